@@ -1,0 +1,1 @@
+"""Operator side: Flower ServerApp workflows, estimators over aggregates, evidence reports."""

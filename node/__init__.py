@@ -1,0 +1,1 @@
+"""On-premise side: ingestion, pseudonyms, store, privacy ledger, scoring, Flower ClientApp."""

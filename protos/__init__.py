@@ -1,0 +1,1 @@
+"""Wire contracts (.proto) and the code generated from them."""

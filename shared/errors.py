@@ -1,0 +1,77 @@
+"""Typed errors shared by node and coordinator.
+
+Hierarchy::
+
+    ReHealthError
+    ├── SpecError            a study spec or config is invalid (names the field)
+    ├── DataError            input data is invalid (names the row and field)
+    │   └── CovariateBoundsError   a covariate lies outside its public bounds
+    ├── EstimationError      the statistics cannot support an estimate
+    │   ├── EmptyArmError         an arm has no rows
+    │   ├── NoOverlapError        no stratum holds both arms
+    │   └── ConvergenceError      the propensity fit did not converge
+    ├── PrivacyError         a release would break the privacy contract
+    │   └── BudgetExceededError   the node's budget cannot pay for a release
+    ├── QueryRefused         a node refused a query it does not know or cannot validate
+    └── FederationError      a node failed or timed out in a round (names node and round)
+"""
+
+from __future__ import annotations
+
+
+class ReHealthError(Exception):
+    """Base of every error this product raises on purpose."""
+
+
+class SpecError(ReHealthError, ValueError):
+    """A study spec or configuration is invalid."""
+
+
+class DataError(ReHealthError, ValueError):
+    """Input data is invalid; the message names the row and the field."""
+
+    def __init__(self, message: str, *, row: int | None = None, field: str | None = None):
+        super().__init__(message)
+        self.row = row
+        self.field = field
+
+
+class CovariateBoundsError(DataError):
+    """A covariate value lies outside its declared public bounds."""
+
+
+class EstimationError(ReHealthError):
+    """The statistics cannot support the requested estimate."""
+
+
+class EmptyArmError(EstimationError):
+    """The treated or the control arm has no rows."""
+
+
+class NoOverlapError(EstimationError):
+    """No stratum contains both treated and controls."""
+
+
+class ConvergenceError(EstimationError):
+    """The propensity fit did not converge within its iteration cap."""
+
+
+class PrivacyError(ReHealthError):
+    """A release would break the privacy contract."""
+
+
+class BudgetExceededError(PrivacyError):
+    """The node's privacy budget cannot pay for the requested release."""
+
+
+class QueryRefused(ReHealthError):
+    """A node refused a query it does not know or that fails validation."""
+
+
+class FederationError(ReHealthError):
+    """A node failed or timed out during a round."""
+
+    def __init__(self, message: str, *, node: str | None = None, round_name: str | None = None):
+        super().__init__(message)
+        self.node = node
+        self.round_name = round_name

@@ -1,0 +1,129 @@
+"""The study result: what the coordinator writes after a study and the evidence report reads.
+
+Aggregates only: counts per site, stratum and arm, estimates and diagnostics. No row, pseudonym
+or per-person score ever appears here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+RESULT_SCHEMA_VERSION = "rehealth.study-result/1"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SiteSummary(_Model):
+    name: str
+    status: Literal["ok", "failed", "excluded"] = "ok"
+    n: int | None = None  # released counts (noisy under DP)
+    n_treated: int | None = None
+    n_control: int | None = None
+    error: str | None = None
+
+
+class OutcomeEstimate(_Model):
+    name: str
+    kind: Literal["continuous", "binary"]
+    att: float
+    se: float
+    ci: tuple[float, float]
+    n_treated: int  # treated in common support
+    n_control: int  # controls in common support
+    n_treated_dropped: int  # treated in strata without controls (attrition)
+    treated_mean: float
+    control_mean: float  # counterfactual mean: controls reweighted to the treated
+    se_sampling: float
+    se_privacy: float = 0.0
+    privacy_share_of_ci: float = 0.0  # share of the CI width due to DP noise, 0..1
+    risk_difference: float | None = None  # binary outcomes
+    relative_risk: float | None = None
+    relative_risk_ci: tuple[float, float] | None = None
+    # 1:1 nearest-neighbour caliper matching reference, when computed on pooled rows
+    reference: dict[str, float] | None = None
+
+
+class BalanceRow(_Model):
+    covariate: str
+    smd_before: float
+    smd_after: float
+    var_ratio_before: float | None = None
+    var_ratio_after: float | None = None
+
+
+class StratumCounts(_Model):
+    lo: float  # logit-score edges
+    hi: float
+    n_treated: int
+    n_control: int
+    used: bool  # both arms present (common support)
+
+
+class Propensity(_Model):
+    beta: tuple[float, ...]
+    iterations: int
+    converged: bool
+    loglik: float | None = None
+
+
+class Diagnostic(_Model):
+    name: str
+    passed: bool
+    value: float | None = None
+    threshold: float | None = None
+    message: str = ""
+
+
+class RoundLog(_Model):
+    name: str
+    seconds: float
+    nodes: tuple[str, ...] = ()
+
+
+class PrivacySpent(_Model):
+    enabled: bool
+    epsilon: float | None = None  # the study's budget
+    delta: float | None = None
+    accountant: str | None = None
+    per_site: dict[str, float] = Field(default_factory=dict)  # ε charged at each node
+
+
+class StudyResult(_Model):
+    schema_version: str = RESULT_SCHEMA_VERSION
+    study: str
+    spec_hash: str
+    spec: dict
+    software_version: str
+    started_at: str  # ISO 8601 UTC
+    finished_at: str
+    sites: tuple[SiteSummary, ...]
+    outcomes: tuple[OutcomeEstimate, ...]
+    balance: tuple[BalanceRow, ...]
+    strata_method: str
+    strata: tuple[StratumCounts, ...]
+    propensity: Propensity
+    diagnostics: tuple[Diagnostic, ...] = ()
+    warnings: tuple[str, ...] = ()
+    privacy: PrivacySpent = PrivacySpent(enabled=False)
+    rounds: tuple[RoundLog, ...] = ()
+    timings: dict[str, float] = Field(default_factory=dict)  # startup, rounds, compute, total (s)
+    truth: dict[str, float] | None = None  # simulated true ATT per outcome (synthetic studies)
+
+    def outcome(self, name: str) -> OutcomeEstimate:
+        for o in self.outcomes:
+            if o.name == name:
+                return o
+        raise KeyError(name)
+
+    def write(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.model_dump(mode="json"), indent=2) + "\n")
+
+    @classmethod
+    def read(cls, path: str | Path) -> "StudyResult":
+        return cls.model_validate_json(Path(path).read_text())

@@ -1,0 +1,206 @@
+"""The study spec: what a study estimates, over which sites, under which privacy budget.
+
+Loaded from TOML (``StudySpec.from_toml``). Invalid specs raise :class:`SpecError` whose message
+names the field (``covariates[2].hi``) and what is wrong. Relative site paths resolve against
+the spec file's folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from shared.errors import SpecError
+from shared.features import FEATURES, Feature
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StudyInfo(_Model):
+    name: str = Field(min_length=1)
+    seed: int = 0
+    description: str = ""
+
+
+class Treatment(_Model):
+    column: str = "treated"
+    intervention: str | None = None  # intervention code, when derived from a trajectory log
+    cost_per_person: float = Field(default=0.0, ge=0)  # for ROI in the evidence report
+
+
+class Covariate(_Model):
+    name: str = Field(min_length=1)
+    lo: float
+    hi: float
+    kind: Literal["continuous", "binary"] = "continuous"
+
+    @model_validator(mode="after")
+    def _hi_above_lo(self) -> "Covariate":
+        if not self.hi > self.lo:
+            raise ValueError(f"hi ({self.hi:g}) must exceed lo ({self.lo:g})")
+        return self
+
+    def as_feature(self) -> Feature:
+        return Feature(self.name, self.lo, self.hi, self.kind)
+
+
+class Outcome(_Model):
+    name: str = Field(min_length=1)
+    cap: float
+    lo: float = 0.0
+    kind: Literal["continuous", "binary"] = "continuous"
+
+    @model_validator(mode="after")
+    def _cap_above_lo(self) -> "Outcome":
+        if not self.cap > self.lo:
+            raise ValueError(f"cap ({self.cap:g}) must exceed lo ({self.lo:g})")
+        if self.kind == "binary" and (self.lo, self.cap) != (0, 1):
+            raise ValueError("binary outcomes have lo = 0 and cap = 1")
+        return self
+
+
+class BudgetSplit(_Model):
+    """Shares of the study's ε spent on each round; they must sum to 1."""
+
+    describe: float = Field(default=0.05, ge=0)
+    ps_fit: float = Field(default=0.15, ge=0)
+    psm_stats: float = Field(default=0.7, ge=0)
+    balance: float = Field(default=0.1, ge=0)
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> "BudgetSplit":
+        total = self.describe + self.ps_fit + self.psm_stats + self.balance
+        if abs(total - 1.0) > 1e-9:
+            raise ValueError(f"shares must sum to 1, got {total:g}")
+        return self
+
+
+class Privacy(_Model):
+    enabled: bool = False
+    epsilon: float = Field(default=1.0, gt=0)
+    delta: float = Field(default=1e-6, gt=0, lt=1)
+    split: BudgetSplit = BudgetSplit()
+
+
+class Strata(_Model):
+    """How the logit propensity score is cut into strata.
+
+    ``caliper``: width ``caliper_sd`` x SD of the logit (MatchIt/CohortMethod); ``quantile``:
+    ``n`` strata of equal treated count. ``auto`` = caliper without DP, quantile with DP.
+    """
+
+    method: Literal["auto", "caliper", "quantile"] = "auto"
+    caliper_sd: float = Field(default=0.2, gt=0)
+    n: int = Field(default=8, ge=1, le=200)
+
+
+class Site(_Model):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    data: str | None = None  # flat cohort table, CSV or Parquet (relative to the spec)
+    store: str | None = None  # or a node store URL
+
+
+class Federation(_Model):
+    superlink: str | None = None  # e.g. "127.0.0.1:9093"; None with --local
+    min_nodes: int | None = Field(default=None, ge=1)  # go on without failed nodes down to this
+    round_timeout_s: float = Field(default=120.0, gt=0)
+    max_newton_iter: int = Field(default=25, ge=1, le=100)
+    ridge: float = Field(default=1e-6, ge=0)
+    tol: float = Field(default=1e-10, gt=0)
+
+
+class StudySpec(_Model):
+    study: StudyInfo
+    treatment: Treatment = Treatment()
+    covariates: tuple[Covariate, ...] = Field(
+        default_factory=lambda: tuple(
+            Covariate(name=f.name, lo=f.lo, hi=f.hi, kind=f.kind) for f in FEATURES
+        )
+    )
+    outcomes: tuple[Outcome, ...] = Field(min_length=1)
+    privacy: Privacy = Privacy()
+    strata: Strata = Strata()
+    federation: Federation = Federation()
+    sites: tuple[Site, ...] = ()
+
+    @field_validator("covariates")
+    @classmethod
+    def _covariates_unique(cls, v: tuple[Covariate, ...]) -> tuple[Covariate, ...]:
+        _require_unique([c.name for c in v], "covariate")
+        if not v:
+            raise ValueError("at least one covariate is needed")
+        return v
+
+    @field_validator("outcomes")
+    @classmethod
+    def _outcomes_unique(cls, v: tuple[Outcome, ...]) -> tuple[Outcome, ...]:
+        _require_unique([o.name for o in v], "outcome")
+        return v
+
+    @field_validator("sites")
+    @classmethod
+    def _sites_unique(cls, v: tuple[Site, ...]) -> tuple[Site, ...]:
+        _require_unique([s.name for s in v], "site")
+        return v
+
+    @property
+    def features(self) -> tuple[Feature, ...]:
+        return tuple(c.as_feature() for c in self.covariates)
+
+    def spec_hash(self) -> str:
+        """SHA-256 of the spec's canonical JSON: names the study in ledgers and reports."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "StudySpec":
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            raise SpecError(format_validation_error(e, "study spec")) from None
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> "StudySpec":
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise SpecError(f"study spec {path} not found") from None
+        except tomllib.TOMLDecodeError as e:
+            raise SpecError(f"study spec {path}: not valid TOML: {e}") from None
+        return cls.from_dict(data).resolve_paths(path.parent)
+
+    def resolve_paths(self, base: Path) -> "StudySpec":
+        """Site data paths made absolute against ``base`` (the spec's folder)."""
+        sites = tuple(
+            s.model_copy(update={"data": str((base / s.data).resolve())}) if s.data else s
+            for s in self.sites
+        )
+        return self.model_copy(update={"sites": sites})
+
+
+def _require_unique(names: list[str], what: str) -> None:
+    seen: set[str] = set()
+    for n in names:
+        if n in seen:
+            raise ValueError(f"duplicate {what} name {n!r}")
+        seen.add(n)
+
+
+def format_validation_error(e: ValidationError, what: str) -> str:
+    """One line per problem, each naming the field path, e.g. ``covariates[2].hi``."""
+    lines = []
+    for err in e.errors():
+        path = ""
+        for part in err["loc"]:
+            path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{path or '(root)'}: {msg}")
+    return f"invalid {what}: " + "; ".join(lines)

@@ -1,0 +1,71 @@
+import pytest
+
+from shared.errors import SpecError
+from shared.study import StudySpec
+
+MINIMAL = """
+[study]
+name = "demo"
+seed = 7
+[treatment]
+column = "treated"
+[[covariates]]
+name = "age"
+lo = 18
+hi = 90
+[[outcomes]]
+name = "claims_cost"
+cap = 50000
+kind = "continuous"
+[privacy]
+enabled = false
+[[sites]]
+name = "insurer_a"
+data = "insurer_a.csv"
+"""
+
+
+def test_contract_shape_loads_and_resolves_paths(tmp_path):
+    p = tmp_path / "study.toml"
+    p.write_text(MINIMAL)
+    spec = StudySpec.from_toml(p)
+    assert spec.study.seed == 7 and spec.treatment.column == "treated"
+    assert [c.name for c in spec.covariates] == ["age"]
+    assert spec.sites[0].data == str(tmp_path / "insurer_a.csv")
+    assert spec.outcomes[0].lo == 0.0
+
+
+def test_covariates_default_to_the_16_features():
+    spec = StudySpec.from_dict({"study": {"name": "x"}, "outcomes": [{"name": "y", "cap": 1}]})
+    assert len(spec.features) == 16
+
+
+@pytest.mark.parametrize("patch,field", [
+    ({"covariates": [{"name": "age", "lo": 90, "hi": 18}]}, "covariates[0]"),
+    ({"outcomes": [{"name": "y", "cap": -1}]}, "outcomes[0]"),
+    ({"outcomes": [{"name": "e", "cap": 2, "kind": "binary"}]}, "outcomes[0]"),
+    ({"privacy": {"enabled": True, "epsilon": 0}}, "privacy.epsilon"),
+    ({"privacy": {"split": {"describe": 0.5, "ps_fit": 0.5, "psm_stats": 0.5, "balance": 0}}},
+     "privacy.split"),
+    ({"sites": [{"name": "a"}, {"name": "a"}]}, "sites"),
+    ({"treatment": {"colum": "t"}}, "treatment.colum"),
+    ({"outcomes": []}, "outcomes"),
+])
+def test_invalid_spec_names_the_field(patch, field):
+    data = {"study": {"name": "x"}, "outcomes": [{"name": "y", "cap": 1}], **patch}
+    with pytest.raises(SpecError) as e:
+        StudySpec.from_dict(data)
+    assert field in str(e.value)
+
+
+def test_bad_toml_is_a_spec_error(tmp_path):
+    p = tmp_path / "s.toml"
+    p.write_text("[study\nname=")
+    with pytest.raises(SpecError, match="TOML"):
+        StudySpec.from_toml(p)
+
+
+def test_spec_hash_is_stable_and_sensitive():
+    a = StudySpec.from_dict({"study": {"name": "x"}, "outcomes": [{"name": "y", "cap": 1}]})
+    b = StudySpec.from_dict({"study": {"name": "x"}, "outcomes": [{"name": "y", "cap": 2}]})
+    assert a.spec_hash() == a.model_copy().spec_hash() != b.spec_hash()
