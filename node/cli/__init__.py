@@ -1,0 +1,8 @@
+"""`rehealth node` commands. One module per command; each registers itself on ``app``."""
+
+import typer
+
+app = typer.Typer(help="On-premise node: set up, ingest data, serve, inspect the privacy budget.",
+                  no_args_is_help=True)
+
+# Command modules register on import; add one line per command module.
