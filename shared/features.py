@@ -104,10 +104,11 @@ def check_bounds(x: np.ndarray, features: Sequence[Feature], *, row_offset: int 
         )
 
 
-def scale(x: np.ndarray, features: Sequence[Feature]) -> np.ndarray:
-    """Map raw values to ``z = (x - lo) / (hi - lo)`` in [0, 1], after checking bounds."""
+def scale(x: np.ndarray, features: Sequence[Feature], *, row_offset: int = 0) -> np.ndarray:
+    """Map raw values to ``z = (x - lo) / (hi - lo)`` in [0, 1], after checking bounds
+    (errors name row ``index + row_offset``)."""
     x = np.asarray(x, dtype=float)
-    check_bounds(x, features)
+    check_bounds(x, features, row_offset=row_offset)
     lo, hi = _bounds(features)
     return (x - lo) / (hi - lo)
 

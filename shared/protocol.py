@@ -1,0 +1,90 @@
+"""The typed queries a node answers in a study, and the names of what it returns.
+
+A node runs no code the coordinator sends: it answers only these queries, validated here with
+``extra="forbid"``. Several operations travel in one message, because every Flower round trip
+costs seconds (a fresh ClientApp process per message).
+
+Replies carry one array record per operation, named after the operation, holding only
+aggregates: :class:`shared.psm.propensity.CovMoments`, :class:`~shared.psm.propensity.PsStats`
+and :class:`~shared.psm.table.PsmTable` arrays.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.study import Covariate, Outcome, StudySpec
+
+PROTOCOL_VERSION = 1
+STUDY_MESSAGE_TYPE = "query.study"
+REQUEST_KEY = "request"  # ConfigRecord holding the request JSON
+META_KEY = "meta"  # ConfigRecord of the reply: site, rows, timings
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Describe(_Model):
+    """Per-arm counts and covariate moments (Σz, Σzzᵀ): balance before, a Newton start, the SD
+    of the logit score for caliper strata."""
+
+    op: Literal["describe"] = "describe"
+
+
+class PsFit(_Model):
+    """Gradient, Hessian and log-likelihood of the propensity model at ``beta``."""
+
+    op: Literal["ps_fit"] = "ps_fit"
+    beta: tuple[float, ...]
+
+
+class PsmStats(_Model):
+    """Per stratum x arm sums of the outcomes and covariates at ``beta`` with ``edges``."""
+
+    op: Literal["psm_stats"] = "psm_stats"
+    beta: tuple[float, ...]
+    edges: tuple[float, ...]  # may include -inf/+inf outer edges (JSON: -Infinity/Infinity)
+
+
+Operation = Annotated[Union[Describe, PsFit, PsmStats], Field(discriminator="op")]
+
+
+class DpRelease(_Model):
+    """Noise the coordinator asks for, per operation: σ in units of the sensitivity
+    (noise multiplier). The node charges its ledger before it answers."""
+
+    noise_multiplier: dict[str, float] = Field(default_factory=dict)
+
+
+class StudyQuery(_Model):
+    """What a node needs to answer: the study's columns and bounds, never code."""
+
+    protocol: Literal[1] = PROTOCOL_VERSION
+    study_id: str = Field(min_length=8, max_length=128)
+    treatment_column: str
+    covariates: tuple[Covariate, ...] = Field(min_length=1)
+    outcomes: tuple[Outcome, ...] = Field(min_length=1)
+    ops: tuple[Operation, ...] = Field(min_length=1, max_length=3)
+    dp: DpRelease | None = None
+
+    @classmethod
+    def for_spec(cls, spec: StudySpec, ops: tuple, dp: DpRelease | None = None) -> "StudyQuery":
+        return cls(
+            study_id=spec.spec_hash(),
+            treatment_column=spec.treatment.column,
+            covariates=spec.covariates,
+            outcomes=spec.outcomes,
+            ops=ops,
+            dp=dp,
+        )
+
+    def data_key(self) -> tuple:
+        """What determines the node's prepared arrays (for its local cache)."""
+        return (
+            self.treatment_column,
+            tuple((c.name, c.lo, c.hi, c.kind) for c in self.covariates),
+            tuple((o.name, o.lo, o.cap, o.kind) for o in self.outcomes),
+        )
