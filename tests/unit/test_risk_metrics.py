@@ -1,0 +1,80 @@
+"""Federated evaluation from additive aggregates vs scikit-learn on the pooled rows."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from sklearn.metrics import brier_score_loss, roc_auc_score
+
+from shared.errors import DataError, EstimationError
+from shared.risk.metrics import (EvalAggregate, calibration_by_decile, eval_aggregate, evaluate,
+                                 merge_aggregates, pooled_auc)
+
+
+def _scores(rng, n):
+    x = rng.normal(size=n)
+    y = (rng.uniform(size=n) < 1 / (1 + np.exp(-(x - 2)))).astype(float)
+    p = 1 / (1 + np.exp(-(0.8 * x - 2)))
+    return p, y
+
+
+def _tie_bound(agg):
+    # Pairs sharing a bin are scored ½; the exact AUC can differ by at most that mass.
+    return float(np.sum(agg.pos * agg.neg) / (agg.pos.sum() * agg.neg.sum())) / 2
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.integers(1, 5))
+def test_pooled_metrics_match_sklearn_on_pooled_rows(seed, k):
+    rng = np.random.default_rng(seed)
+    parts = [_scores(rng, int(rng.integers(200, 3000))) for _ in range(k)]
+    if sum(p[1].sum() for p in parts) == 0:
+        return
+    agg = merge_aggregates(eval_aggregate(prob=p, y=y) for p, y in parts)
+    p = np.concatenate([a for a, _ in parts])
+    y = np.concatenate([b for _, b in parts])
+    assert agg.n == len(y) and agg.events == y.sum()
+    assert abs(pooled_auc(agg) - roc_auc_score(y, p)) <= _tie_bound(agg) + 1e-12
+    assert evaluate(agg).brier == pytest.approx(brier_score_loss(y, p), rel=1e-12)
+
+
+def test_auc_is_exact_when_no_pos_neg_pair_shares_a_bin():
+    p = np.array([0.01, 0.2, 0.35, 0.5, 0.77, 0.9])
+    y = np.array([0, 0, 1, 0, 1, 1])
+    agg = eval_aggregate(prob=p, y=y)
+    assert pooled_auc(agg) == pytest.approx(roc_auc_score(y, p), abs=1e-15)
+
+
+def test_merge_is_order_free_and_round_trips_through_arrays():
+    rng = np.random.default_rng(0)
+    a, b, c = (eval_aggregate(prob=p, y=y) for p, y in (_scores(rng, 500) for _ in range(3)))
+    left, right = a.merge(b).merge(c), c.merge(a.merge(b))
+    np.testing.assert_allclose(left.to_arrays()[0], right.to_arrays()[0])
+    back = EvalAggregate.from_arrays(left.to_arrays())
+    assert evaluate(back) == evaluate(left)
+
+
+def test_calibration_by_global_decile():
+    rng = np.random.default_rng(5)
+    p = rng.uniform(0.0, 0.4, size=50_000)
+    y = (rng.uniform(size=p.size) < p).astype(float)   # perfectly calibrated
+    cal = calibration_by_decile(eval_aggregate(prob=p, y=y))
+    assert [c.decile for c in cal] == list(range(1, 11))
+    assert sum(c.n for c in cal) == p.size
+    assert all(abs(c.n - 5000) < 200 for c in cal)     # global deciles, to bin resolution
+    order = np.argsort(p)
+    for c, chunk in zip(cal, np.array_split(order, 10)):
+        assert c.mean_predicted == pytest.approx(p[chunk].mean(), abs=2e-3)
+        assert c.observed_rate == pytest.approx(c.mean_predicted, abs=0.03)
+    assert all(a.p_hi <= b.p_lo + 1e-12 for a, b in zip(cal, cal[1:]))
+
+
+def test_bad_rows_are_named():
+    with pytest.raises(DataError, match="row 1") as e:
+        eval_aggregate(prob=np.array([0.1, 1.2]), y=np.array([0, 1]))
+    assert e.value.row == 1
+    with pytest.raises(DataError, match="row 0"):
+        eval_aggregate(prob=np.array([np.nan]), y=np.array([0]))
+    with pytest.raises(DataError, match="not 0 or 1"):
+        eval_aggregate(prob=np.array([0.1, 0.2]), y=np.array([0, 2]))
+    with pytest.raises(EstimationError):
+        pooled_auc(eval_aggregate(prob=np.array([0.1, 0.2]), y=np.array([0, 0])))
