@@ -1,0 +1,169 @@
+"""Build the evidence report document from a study result.
+
+The report restates the result's aggregates in the report schema, adds the checks against the
+stated thresholds, the value figures and the audience summaries, and refuses what it cannot
+state honestly: a spec that does not match its hash, or a non-finite number anywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from datetime import datetime, timezone
+
+from coordinator.report import checks
+from coordinator.report.canonical import canonical_bytes
+from coordinator.report.document import (
+    Attrition, BalanceRow, Estimand, EvidenceReport, OutcomeRow, PrivacySection, SiteBudget,
+    SiteRow, Software, StratumRow, StudySection, Summaries,
+)
+from coordinator.report.errors import ReportError
+from coordinator.report.narrative import write_summaries
+from coordinator.report.value import value_section
+from shared import __version__
+from shared.result import StudyResult
+
+DEFAULT_ISSUER = "ReHealth Core coordinator"
+ESTIMAND_TEXT = (
+    "Average treatment effect on the treated (ATT): the mean outcome of the treated minus the "
+    "mean they would have had without the intervention, estimated by stratifying on the "
+    "propensity score and reweighting controls to the treated within strata."
+)
+
+
+def build_report(result: StudyResult, *, issuer: str = DEFAULT_ISSUER,
+                 issued_at: str | None = None) -> EvidenceReport:
+    """The evidence report of ``result``.
+
+    Args:
+        result: the study's aggregates (no person-level data).
+        issuer: who issues (and signs) the report.
+        issued_at: ISO 8601 UTC time of issue; now when omitted (pass it for reproducible bytes).
+
+    Returns:
+        The report document, ready to serialise canonically and sign.
+
+    Raises:
+        ReportError: the spec does not hash to ``result.spec_hash``, the result has no outcome
+            or balance row, or a number is NaN/infinite (the message names its path).
+    """
+    if not result.outcomes or not result.balance:
+        raise ReportError("study result has no outcome estimate or no balance table")
+    _check_spec_hash(result)
+    truth = result.truth or {}
+    sites = tuple(SiteRow(**s.model_dump()) for s in result.sites)
+    outcomes = tuple(_outcome_row(o, truth.get(o.name)) for o in result.outcomes)
+    balance = tuple(
+        BalanceRow(**b.model_dump(), balanced=abs(b.smd_after) < checks.SMD_MAX)
+        for b in result.balance
+    )
+    strata = tuple(
+        StratumRow(lo=_finite_or_none(s.lo), hi=_finite_or_none(s.hi), n_treated=s.n_treated,
+                   n_control=s.n_control, used=s.used)
+        for s in result.strata
+    )
+    first = outcomes[0]
+    attrition = Attrition(
+        treated_in_support=first.n_treated, treated_dropped=first.n_treated_dropped,
+        treated_dropped_share=_share(first.n_treated_dropped,
+                                     first.n_treated + first.n_treated_dropped),
+        control_in_support=first.n_control, strata_total=len(strata),
+        strata_used=sum(s.used for s in strata),
+    )
+    doc = EvidenceReport(
+        issuer=issuer,
+        issued_at=issued_at or datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        software=Software(report_generator=f"rehealth-core {__version__}",
+                          study_software=result.software_version),
+        study=_study_section(result),
+        estimand=Estimand(
+            name="ATT", description=ESTIMAND_TEXT, strata_method=result.strata_method,
+            n_strata=len(strata), n_strata_used=attrition.strata_used,
+            propensity_iterations=result.propensity.iterations,
+            propensity_converged=result.propensity.converged,
+            propensity_beta=result.propensity.beta,
+        ),
+        sites=sites,
+        outcomes=outcomes,
+        balance=balance,
+        strata=strata,
+        checks=_checks(result, sites, balance, strata, attrition),
+        attrition=attrition,
+        privacy=_privacy(result, outcomes),
+        value=value_section(outcomes, cost_per_person=_cost_per_person(result.spec)),
+        summaries=Summaries(insurer="", hr="", regulator=""),
+        warnings=result.warnings,
+        synthetic=result.truth is not None,
+    )
+    doc = doc.model_copy(update={"summaries": write_summaries(doc)})
+    canonical_bytes(doc.model_dump(mode="json"))  # refuse NaN/inf now, naming the field
+    return doc
+
+
+def _check_spec_hash(result: StudyResult) -> None:
+    blob = json.dumps(result.spec, sort_keys=True, separators=(",", ":")).encode()
+    actual = hashlib.sha256(blob).hexdigest()
+    if actual != result.spec_hash:
+        raise ReportError(
+            f"study result: spec_hash {result.spec_hash[:16]}… does not match the spec it carries "
+            f"(SHA-256 of its canonical JSON is {actual[:16]}…)"
+        )
+
+
+def _study_section(result: StudyResult) -> StudySection:
+    info = result.spec.get("study", {})
+    return StudySection(
+        name=result.study, description=str(info.get("description", "")),
+        spec_hash=result.spec_hash, spec=result.spec, result_schema=result.schema_version,
+        started_at=result.started_at, finished_at=result.finished_at,
+    )
+
+
+def _outcome_row(o, truth: float | None) -> OutcomeRow:
+    d = o.model_dump()
+    lo, hi = d.pop("ci")
+    return OutcomeRow(**d, ci_low=lo, ci_high=hi, truth=truth)
+
+
+def _checks(result, sites, balance, strata, attrition):
+    treated, control, source = checks.arm_totals(sites, strata)
+    own = [
+        checks.balance_check(balance),
+        checks.variance_ratio_check(balance),
+        *checks.size_checks(treated, control, source),
+        checks.overlap_check(treated_in_support=attrition.treated_in_support,
+                             treated_dropped=attrition.treated_dropped),
+        checks.convergence_check(converged=result.propensity.converged,
+                                 iterations=result.propensity.iterations),
+    ]
+    return tuple(c for c in own if c is not None) + tuple(
+        checks.study_check(d) for d in result.diagnostics
+    )
+
+
+def _privacy(result: StudyResult, outcomes: tuple[OutcomeRow, ...]) -> PrivacySection:
+    p = result.privacy
+    return PrivacySection(
+        enabled=p.enabled, epsilon=p.epsilon, delta=p.delta, accountant=p.accountant,
+        per_site=tuple(SiteBudget(site=k, epsilon=v) for k, v in sorted(p.per_site.items())),
+        max_privacy_share_of_ci=max(o.privacy_share_of_ci for o in outcomes),
+    )
+
+
+def _cost_per_person(spec: dict) -> float:
+    try:
+        return float(spec.get("treatment", {}).get("cost_per_person", 0.0))
+    except (TypeError, ValueError):
+        raise ReportError("study spec: treatment.cost_per_person is not a number") from None
+
+
+def _finite_or_none(x: float) -> float | None:
+    """A stratum edge; ±inf (unbounded outer strata) becomes ``None``, NaN is refused."""
+    if math.isnan(x):
+        raise ReportError("study result: a stratum edge is NaN")
+    return x if math.isfinite(x) else None
+
+
+def _share(part: int, total: int) -> float:
+    return part / total if total else 0.0

@@ -1,0 +1,96 @@
+"""Diagnostics with pass/fail against the thresholds the report states.
+
+Thresholds (DESIGN §5–6; Austin 2009 for SMD; Rubin 2001 for variance ratios):
+
+* balance: max |SMD| after weighting < 0.1 over all covariates;
+* variance ratio after weighting within [0.5, 2] for every covariate where it is known;
+* size gate: ≥ 100 treated, and a control pool ≥ 3 × the treated;
+* overlap: ≥ 95% of the treated lie in strata that also hold controls (common support);
+* the propensity fit converged.
+"""
+
+from __future__ import annotations
+
+import math
+
+from coordinator.report.document import BalanceRow, Check, SiteRow, StratumRow
+from shared.result import Diagnostic
+
+SMD_MAX = 0.1
+VAR_RATIO_LO, VAR_RATIO_HI = 0.5, 2.0
+MIN_TREATED = 100
+CONTROL_POOL_RATIO = 3.0
+MIN_TREATED_IN_SUPPORT = 0.95
+
+
+def balance_check(rows: tuple[BalanceRow, ...]) -> Check:
+    worst = max(rows, key=lambda r: abs(r.smd_after))
+    value = abs(worst.smd_after)
+    return Check(
+        name="balance_smd", label="Covariate balance", rule=f"max |SMD| after weighting < {SMD_MAX:g}",
+        passed=value < SMD_MAX, value=value, threshold=SMD_MAX, source="report",
+        detail=f"largest |SMD| after weighting: {worst.covariate}",
+    )
+
+
+def variance_ratio_check(rows: tuple[BalanceRow, ...]) -> Check | None:
+    known = [r for r in rows if r.var_ratio_after is not None and r.var_ratio_after > 0]
+    if not known:
+        return None
+    worst = max(known, key=lambda r: abs(math.log(r.var_ratio_after)))
+    value = worst.var_ratio_after
+    return Check(
+        name="variance_ratio", label="Variance ratios",
+        rule=f"variance ratio after weighting within [{VAR_RATIO_LO:g}, {VAR_RATIO_HI:g}]",
+        passed=VAR_RATIO_LO <= value <= VAR_RATIO_HI, value=value, threshold=VAR_RATIO_HI,
+        source="report", detail=f"furthest from 1: {worst.covariate}",
+    )
+
+
+def arm_totals(sites: tuple[SiteRow, ...], strata: tuple[StratumRow, ...]) -> tuple[int, int, str]:
+    """Treated and control totals: the sites' released counts when all are known, else strata."""
+    ok = [s for s in sites if s.status == "ok"]
+    if ok and all(s.n_treated is not None and s.n_control is not None for s in ok):
+        return sum(s.n_treated for s in ok), sum(s.n_control for s in ok), "sites' released counts"
+    return (sum(s.n_treated for s in strata), sum(s.n_control for s in strata),
+            "stratum counts")
+
+
+def size_checks(treated: int, control: int, source: str) -> tuple[Check, Check]:
+    ratio = control / treated if treated > 0 else 0.0
+    return (
+        Check(name="size_treated", label="Size gate: treated", rule=f"treated ≥ {MIN_TREATED}",
+              passed=treated >= MIN_TREATED, value=float(treated), threshold=float(MIN_TREATED),
+              source="report", detail=f"{treated} treated ({source})"),
+        Check(name="size_control_pool", label="Size gate: control pool",
+              rule=f"controls ≥ {CONTROL_POOL_RATIO:g} × treated",
+              passed=ratio >= CONTROL_POOL_RATIO, value=ratio, threshold=CONTROL_POOL_RATIO,
+              source="report", detail=f"{control} controls for {treated} treated ({source})"),
+    )
+
+
+def overlap_check(*, treated_in_support: int, treated_dropped: int) -> Check:
+    total = treated_in_support + treated_dropped
+    share = treated_in_support / total if total else 0.0
+    return Check(
+        name="overlap", label="Propensity-score overlap",
+        rule=f"share of treated in common support ≥ {MIN_TREATED_IN_SUPPORT:.0%}",
+        passed=share >= MIN_TREATED_IN_SUPPORT, value=share, threshold=MIN_TREATED_IN_SUPPORT,
+        source="report", detail=f"{treated_dropped} of {total} treated outside common support",
+    )
+
+
+def convergence_check(*, converged: bool, iterations: int) -> Check:
+    return Check(
+        name="propensity_converged", label="Propensity model fit", rule="Newton iterations converged",
+        passed=converged, value=float(iterations), threshold=None, source="report",
+        detail=f"{iterations} iterations",
+    )
+
+
+def study_check(d: Diagnostic) -> Check:
+    """A diagnostic the study run reported, carried over as stated."""
+    rule = d.message or d.name
+    return Check(name=d.name, label=d.name.replace("_", " ").capitalize(), rule=rule,
+                 passed=d.passed, value=d.value, threshold=d.threshold, source="study",
+                 detail=d.message)

@@ -1,0 +1,192 @@
+"""The evidence report document, schema ``rehealth.evidence-report/1``.
+
+What an enterprise submits to its insurer, the insurer shows its reinsurer and regulator, and
+HR uses for management and ESG reporting. Aggregates only: site counts, estimates, balance,
+diagnostics and the privacy spent; no row, pseudonym or per-person score.
+
+Every model is frozen and forbids extra fields, so a parsed report is exactly a document of
+this version or an error. Scores' outer stratum edges are unbounded: ``None`` stands for ±∞
+(JSON has no infinity). Changing a field's meaning needs a new ``schema_version``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+REPORT_SCHEMA_VERSION = "rehealth.evidence-report/1"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Software(_Model):
+    report_generator: str  # "rehealth-core 0.1.0"
+    study_software: str  # version the study ran with
+
+
+class StudySection(_Model):
+    name: str
+    description: str
+    spec_hash: str  # SHA-256 of the spec's canonical JSON (StudySpec.spec_hash)
+    spec: dict
+    result_schema: str
+    started_at: str  # ISO 8601 UTC
+    finished_at: str
+
+
+class Estimand(_Model):
+    name: Literal["ATT"]
+    description: str
+    strata_method: str
+    n_strata: int
+    n_strata_used: int
+    propensity_iterations: int
+    propensity_converged: bool
+    propensity_beta: tuple[float, ...]
+
+
+class SiteRow(_Model):
+    name: str
+    status: str
+    n: int | None
+    n_treated: int | None
+    n_control: int | None
+    error: str | None
+
+
+class OutcomeRow(_Model):
+    name: str
+    kind: Literal["continuous", "binary"]
+    att: float
+    se: float
+    ci_low: float
+    ci_high: float
+    se_sampling: float
+    se_privacy: float
+    privacy_share_of_ci: float  # share of the CI width due to DP noise, 0..1
+    n_treated: int
+    n_control: int
+    n_treated_dropped: int
+    treated_mean: float
+    control_mean: float  # counterfactual: controls reweighted to the treated
+    risk_difference: float | None
+    relative_risk: float | None
+    relative_risk_ci: tuple[float, float] | None
+    reference: dict[str, float] | None  # 1:1 NN caliper matching on pooled rows, if computed
+    truth: float | None  # simulation ground truth (synthetic studies only)
+
+
+class BalanceRow(_Model):
+    covariate: str
+    smd_before: float
+    smd_after: float
+    var_ratio_before: float | None
+    var_ratio_after: float | None
+    balanced: bool  # |smd_after| below the stated threshold
+
+
+class StratumRow(_Model):
+    lo: float | None  # logit-score edge; None = -inf
+    hi: float | None  # None = +inf
+    n_treated: int
+    n_control: int
+    used: bool
+
+
+class Check(_Model):
+    """A diagnostic with its pass/fail against a stated threshold."""
+
+    name: str
+    label: str
+    rule: str  # the threshold in words, e.g. "max |SMD| after weighting < 0.1"
+    passed: bool
+    value: float | None
+    threshold: float | None
+    source: Literal["report", "study"]  # computed by the report, or reported by the study run
+    detail: str
+
+
+class Attrition(_Model):
+    treated_in_support: int
+    treated_dropped: int
+    treated_dropped_share: float
+    control_in_support: int
+    strata_total: int
+    strata_used: int
+
+
+class SiteBudget(_Model):
+    site: str
+    epsilon: float
+
+
+class PrivacySection(_Model):
+    enabled: bool
+    epsilon: float | None
+    delta: float | None
+    accountant: str | None
+    per_site: tuple[SiteBudget, ...]
+    max_privacy_share_of_ci: float
+
+
+class ValueFigure(_Model):
+    name: str
+    label: str
+    unit: str
+    estimate: float
+    ci_low: float
+    ci_high: float
+    formula: str  # how it follows from the estimates, with the numbers used
+    truth: float | None  # the same figure at the simulated true ATT (synthetic studies)
+
+
+class ValueSection(_Model):
+    n_treated: int  # treated in common support: the people the ATT is about
+    cost_per_person: float  # intervention cost per treated person, from the study spec
+    intervention_cost: float
+    claims_saved: ValueFigure | None
+    net_benefit: ValueFigure | None
+    roi: ValueFigure | None
+    events_averted: ValueFigure | None
+    absence_days_averted: ValueFigure | None
+
+
+class Summaries(_Model):
+    """Plain-language summaries per audience, generated from the numbers in this document."""
+
+    insurer: str  # insurer / reinsurer
+    hr: str  # enterprise HR, management and ESG reporting
+    regulator: str
+
+
+class EvidenceReport(_Model):
+    schema_version: Literal["rehealth.evidence-report/1"] = REPORT_SCHEMA_VERSION
+    issuer: str
+    issued_at: str  # ISO 8601 UTC
+    software: Software
+    study: StudySection
+    estimand: Estimand
+    sites: tuple[SiteRow, ...]
+    outcomes: tuple[OutcomeRow, ...]
+    balance: tuple[BalanceRow, ...]
+    strata: tuple[StratumRow, ...]
+    checks: tuple[Check, ...]
+    attrition: Attrition
+    privacy: PrivacySection
+    value: ValueSection
+    summaries: Summaries
+    warnings: tuple[str, ...]
+    synthetic: bool  # ground truth present: a simulated study, not real-world evidence
+
+    @property
+    def all_checks_passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    def outcome(self, name: str) -> OutcomeRow:
+        for o in self.outcomes:
+            if o.name == name:
+                return o
+        raise KeyError(name)

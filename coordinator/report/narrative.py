@@ -1,0 +1,142 @@
+"""Plain-language summaries per audience, written from the numbers in the report.
+
+Every number in the prose is read from the document and formatted by :mod:`fmt`; none is typed
+in. The sentences only choose words from the numbers (lower/higher, passed/failed, whether the
+CI excludes zero), so the summary cannot disagree with the tables.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from coordinator.report import fmt
+from coordinator.report.value import ABSENCE, CLAIMS, EVENTS
+
+if TYPE_CHECKING:
+    from coordinator.report.document import EvidenceReport, OutcomeRow, Summaries, ValueFigure
+
+
+def write_summaries(doc: "EvidenceReport") -> "Summaries":
+    """The three audience summaries of ``doc`` (its ``summaries`` field is ignored)."""
+    from coordinator.report.document import Summaries
+
+    return Summaries(insurer=_insurer(doc), hr=_hr(doc), regulator=_regulator(doc))
+
+
+def _insurer(doc: "EvidenceReport") -> str:
+    v = doc.value
+    parts = [_who(doc)]
+    claims = _get(doc, CLAIMS)
+    if claims is not None:
+        parts.append(
+            f"Their claims cost was {fmt.num(abs(claims.att))} per person "
+            f"{_direction(claims.att)} than the comparison group's "
+            f"(ATT 95% CI {fmt.ci(claims.ci_low, claims.ci_high)}); {_significance(claims)}"
+        )
+    if v.claims_saved is not None:
+        parts.append(f"Across the treated this is {_figure(v.claims_saved)} of claims saved.")
+    if v.roi is not None:
+        parts.append(
+            f"Against an intervention cost of {fmt.num(v.intervention_cost)} "
+            f"({fmt.num(v.cost_per_person)} per person), the return on investment is "
+            f"{fmt.pct(v.roi.estimate, digits=0)} (95% CI {fmt.pct(v.roi.ci_low, digits=0)} to "
+            f"{fmt.pct(v.roi.ci_high, digits=0)})."
+        )
+    if v.events_averted is not None:
+        parts.append(f"Cardiovascular events averted: {_figure(v.events_averted)}.")
+    parts += [_checks_sentence(doc), _privacy_sentence(doc), _synthetic_sentence(doc)]
+    return _join(parts)
+
+
+def _hr(doc: "EvidenceReport") -> str:
+    v = doc.value
+    parts = [_who(doc)]
+    if v.absence_days_averted is not None:
+        absence = _get(doc, ABSENCE)
+        parts.append(
+            f"Absence days averted: {_figure(v.absence_days_averted)}, that is "
+            f"{fmt.num(abs(absence.att))} {_direction(absence.att, 'fewer', 'more')} days per "
+            f"participant than comparable colleagues who did not take part; "
+            f"{_significance(absence)}"
+        )
+    if v.events_averted is not None:
+        parts.append(f"Cardiovascular events averted: {_figure(v.events_averted)}.")
+    if v.net_benefit is not None:
+        parts.append(f"Net benefit after the intervention cost: {_figure(v.net_benefit)}.")
+    parts.append(
+        f"All figures are aggregates over {len(doc.sites)} sites; no individual's data left "
+        f"any site, so the figures can be used in management and ESG reporting as they stand."
+    )
+    parts += [_checks_sentence(doc), _synthetic_sentence(doc)]
+    return _join(parts)
+
+
+def _regulator(doc: "EvidenceReport") -> str:
+    a, e = doc.attrition, doc.estimand
+    parts = [
+        f"Estimand: the average treatment effect on the treated (ATT), by propensity-score "
+        f"stratification ({e.strata_method}, {e.n_strata_used} of {e.n_strata} strata with both "
+        f"arms) over {len(doc.sites)} sites.",
+        f"{fmt.num(a.treated_dropped)} treated ({fmt.pct(a.treated_dropped_share)}) fell outside "
+        f"common support and are not in the estimate.",
+        _checks_sentence(doc),
+        _privacy_sentence(doc),
+        f"The study specification has SHA-256 {doc.study.spec_hash}; the report was produced by "
+        f"{doc.software.report_generator} and is signed with Ed25519 over its canonical JSON, so "
+        f"any change to it is detectable offline with the issuer's public key.",
+        _synthetic_sentence(doc),
+    ]
+    return _join(parts)
+
+
+def _who(doc: "EvidenceReport") -> str:
+    n_sites = sum(s.status == "ok" for s in doc.sites)
+    return (f"Across {n_sites} site{'s' if n_sites != 1 else ''}, "
+            f"{fmt.num(doc.value.n_treated)} people who received the intervention were compared "
+            f"with similar people who did not.")
+
+
+def _figure(f: "ValueFigure") -> str:
+    return f"{fmt.num(f.estimate)} (95% CI {fmt.ci(f.ci_low, f.ci_high)})"
+
+
+def _direction(att: float, lower: str = "lower", higher: str = "higher") -> str:
+    return lower if att < 0 else higher
+
+
+def _significance(o: "OutcomeRow") -> str:
+    if o.ci_low > 0 or o.ci_high < 0:
+        return "the interval excludes zero, so the effect is statistically clear at the 5% level."
+    return "the interval includes zero, so the effect is not statistically clear at the 5% level."
+
+
+def _checks_sentence(doc: "EvidenceReport") -> str:
+    failed = [c.label for c in doc.checks if not c.passed]
+    if not failed:
+        return f"All {len(doc.checks)} diagnostics passed their stated thresholds."
+    return (f"{len(failed)} of {len(doc.checks)} diagnostics failed their stated thresholds "
+            f"({'; '.join(failed)}): read the estimates with that caution.")
+
+
+def _privacy_sentence(doc: "EvidenceReport") -> str:
+    p = doc.privacy
+    if not p.enabled:
+        return "No differential-privacy noise was added to this study's releases."
+    return (f"Differential privacy protected every release (ε = {fmt.num(p.epsilon)}, "
+            f"δ = {'n/a' if p.delta is None else format(p.delta, 'g')}, {p.accountant or 'accountant not stated'}); privacy noise accounts "
+            f"for at most {fmt.pct(p.max_privacy_share_of_ci)} of a confidence interval's width.")
+
+
+def _synthetic_sentence(doc: "EvidenceReport") -> str:
+    if not doc.synthetic:
+        return ""
+    return ("This study ran on simulated data with a known true effect; it demonstrates the "
+            "method and is not real-world evidence.")
+
+
+def _get(doc: "EvidenceReport", name: str) -> "OutcomeRow | None":
+    return next((o for o in doc.outcomes if o.name == name), None)
+
+
+def _join(parts: list[str]) -> str:
+    return " ".join(p for p in parts if p)
