@@ -68,6 +68,7 @@ class StudyQuery(_Model):
     covariates: tuple[Covariate, ...] = Field(min_length=1)
     outcomes: tuple[Outcome, ...] = Field(min_length=1)
     ops: tuple[Operation, ...] = Field(min_length=1, max_length=3)
+    sites: tuple[str, ...] = ()  # sites taking part; a node not listed declines (nothing computed)
     dp: DpRelease | None = None
 
     @classmethod
@@ -78,6 +79,7 @@ class StudyQuery(_Model):
             covariates=spec.covariates,
             outcomes=spec.outcomes,
             ops=ops,
+            sites=tuple(s.name for s in spec.sites),
             dp=dp,
         )
 

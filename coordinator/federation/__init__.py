@@ -1,0 +1,1 @@
+"""Running a federation: a local multi-node launcher and the `flwr run` client."""

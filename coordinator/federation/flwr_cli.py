@@ -1,0 +1,104 @@
+"""The ``flwr`` CLI as the coordinator uses it: submit a run, poll its status, read its logs.
+
+A ServerApp reaches a real SuperLink only through ``flwr run``; its connection lives in
+``$FLWR_HOME/config.toml`` (written here), never in the app's pyproject (``flwr run`` would
+rewrite it). ``flwr run --stream`` exits 0 even when the ServerApp failed, so we poll the
+run's status instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared.errors import FederationError
+
+CONNECTION = "rehealth"
+
+
+def flwr_bin(name: str) -> str:
+    """A Flower executable from the same environment as this Python."""
+    cand = Path(sys.executable).with_name(name)
+    return str(cand) if cand.exists() else name
+
+
+def flwr_env(home: Path, **extra: str) -> dict:
+    """Environment for a Flower process: its own FLWR_HOME, this venv's bin first on PATH
+    (Flower spawns flower-superexec / flwr-clientapp by name), no telemetry."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return dict(os.environ, FLWR_HOME=str(home), PATH=path, FLWR_TELEMETRY_ENABLED="0",
+                FLWR_DISABLE_UPDATE_CHECK="1", **extra)
+
+
+def toml_value(v) -> str:
+    """A Python scalar as a TOML value (strings quoted) for ``--run-config``/``--node-config``."""
+    if isinstance(v, bool):
+        return str(v).lower()
+    return json.dumps(v) if isinstance(v, str) else repr(v)
+
+
+@dataclass(frozen=True)
+class FlwrClient:
+    home: Path
+    address: str
+    root_certificates: Path | None = None  # TLS; None = insecure (loopback only)
+
+    def __post_init__(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        tls = (f'root-certificates = "{self.root_certificates}"\n' if self.root_certificates
+               else "insecure = true\n")
+        (self.home / "config.toml").write_text(
+            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+            f'address = "{self.address}"\n{tls}')
+
+    def _run(self, *args: str, timeout_s: float = 60.0) -> subprocess.CompletedProcess:
+        return subprocess.run([flwr_bin("flwr"), *args], env=flwr_env(self.home),
+                              capture_output=True, text=True, timeout=timeout_s,
+                              stdin=subprocess.DEVNULL)
+
+    def json(self, *args: str, timeout_s: float = 60.0) -> dict:
+        """Run ``flwr ARGS --format json``; its parsed output, or a FederationError."""
+        cp = self._run(*args, "--format", "json", timeout_s=timeout_s)
+        try:
+            out = json.loads(cp.stdout)
+        except json.JSONDecodeError:
+            raise FederationError(f"flwr {args[0]} failed (exit {cp.returncode}): "
+                                  f"{(cp.stdout + cp.stderr).strip()[-800:]}") from None
+        if not out.get("success", cp.returncode == 0):
+            raise FederationError(f"flwr {args[0]} failed: {out.get('error-message', out)}")
+        return out
+
+    def submit(self, app_dir: Path, run_config: dict) -> int:
+        """Submit a run of the app in ``app_dir``; returns its run id."""
+        cfg = " ".join(f"{k}={toml_value(v)}" for k, v in run_config.items())
+        out = self.json("run", str(app_dir), CONNECTION, "--run-config", cfg)
+        return int(out["run-id"])
+
+    def status(self, run_id: int) -> str:
+        runs = self.json("list", CONNECTION, "--run-id", str(run_id)).get("runs") or []
+        return str(runs[0].get("status", "")) if runs else ""
+
+    def wait(self, run_id: int, *, timeout_s: float = 600.0, poll_s: float = 0.5,
+             on_poll=None) -> str:
+        """Poll until the run finishes; returns its final status (e.g. ``finished:completed``)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            status = self.status(run_id)
+            if status.startswith("finished"):
+                return status
+            if on_poll:
+                on_poll(status)
+            time.sleep(poll_s)
+        raise FederationError(f"run {run_id} did not finish within {timeout_s:.0f} s")
+
+    def stop(self, run_id: int) -> None:
+        self._run("stop", str(run_id), CONNECTION)
+
+    def logs(self, run_id: int) -> str:
+        cp = self._run("log", str(run_id), CONNECTION, "--show")
+        return cp.stdout + cp.stderr

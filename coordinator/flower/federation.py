@@ -1,0 +1,115 @@
+"""The coordinator's view of the nodes of a study, over Flower's Grid (Message API).
+
+One call, :meth:`GridFederation.ask`, sends a study query to every node still in the study and
+collects the answers, polling faster than ``Grid.send_and_receive`` (which sleeps 3 s). A node
+that fails or times out either ends the study with an error naming node and round, or — when the
+spec allows a minimum number of nodes — is dropped and named in the result.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import numpy as np
+from flwr.app import Message
+from flwr.serverapp import Grid
+
+from shared.errors import FederationError
+from shared.protocol import STUDY_MESSAGE_TYPE, StudyQuery
+from shared.wire import decode_answer, encode_query
+
+log = logging.getLogger("rehealth.coordinator")
+
+CODE_NOT_IN_STUDY = 4004  # must match node.flower.client_app (the wire contract)
+
+
+@dataclass(frozen=True)
+class NodeAnswer:
+    site: str
+    answers: dict[str, dict[str, np.ndarray]]
+    meta: dict
+
+
+@dataclass
+class GridFederation:
+    """Nodes of one study. ``min_nodes=None`` means every node must answer every round."""
+
+    grid: Grid
+    timeout_s: float = 120.0
+    min_nodes: int | None = None
+    poll_s: float = 0.2
+    active: dict[int, str | None] = field(default_factory=dict)  # node id -> site (once known)
+    dropped: dict[str, str] = field(default_factory=dict)  # site or node -> reason
+
+    def wait_for_nodes(self, expected: int, *, timeout_s: float = 60.0) -> list[int]:
+        """Wait until ``expected`` nodes are connected (or time out with the count seen)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            ids = sorted(self.grid.get_node_ids())
+            if len(ids) >= expected or time.monotonic() > deadline:
+                break
+            time.sleep(self.poll_s)
+        if len(ids) < expected:
+            raise FederationError(f"only {len(ids)} of {expected} nodes connected after {timeout_s:.0f} s",
+                                  round_name="connect")
+        self.active = {i: None for i in ids}
+        return ids
+
+    def ask(self, query: StudyQuery, round_name: str) -> dict[str, NodeAnswer]:
+        """Send ``query`` to every active node; answers keyed by site."""
+        msgs = [Message(content=encode_query(query), dst_node_id=nid, message_type=STUDY_MESSAGE_TYPE, group_id=round_name)
+                for nid in self.active]
+        sent = dict(zip(self.grid.push_messages(msgs), self.active))
+        replies = self._collect(sent)
+        out: dict[str, NodeAnswer] = {}
+        failures: dict[int, str] = {}
+        for msg_id, nid in sent.items():
+            reply = replies.get(msg_id)
+            who = self.active.get(nid) or f"node {nid}"
+            if reply is None:
+                failures[nid] = f"{who}: no answer within {self.timeout_s:.0f} s"
+            elif reply.has_error():
+                if reply.error.code == CODE_NOT_IN_STUDY:
+                    log.info("node %s declined: %s", nid, reply.error.reason)
+                    del self.active[nid]
+                    continue
+                failures[nid] = reply.error.reason or f"{who}: error {reply.error.code}"
+            else:
+                answers, meta = decode_answer(reply.content)
+                site = str(meta.get("site", nid))
+                self.active[nid] = site
+                out[site] = NodeAnswer(site=site, answers=answers, meta=meta)
+        if failures:
+            self._drop_or_fail(failures, round_name)
+        return out
+
+    def _collect(self, sent: Mapping[str, int]) -> dict[str, Message]:
+        pending = set(sent)
+        got: dict[str, Message] = {}
+        deadline = time.monotonic() + self.timeout_s
+        while pending and time.monotonic() < deadline:
+            for reply in self.grid.pull_messages(list(pending)):
+                got[reply.metadata.reply_to_message_id] = reply
+                pending.discard(reply.metadata.reply_to_message_id)
+            if pending:
+                time.sleep(self.poll_s)
+        return got
+
+    def _drop_or_fail(self, failures: dict[int, str], round_name: str) -> None:
+        remaining = len(self.active) - len(failures)
+        if self.min_nodes is None or remaining < self.min_nodes:
+            nid, reason = next(iter(failures.items()))
+            allowed = "" if self.min_nodes is None else f" ({remaining} left, spec needs {self.min_nodes})"
+            raise FederationError(f"round {round_name}: {reason}{allowed}",
+                                  node=self.active.get(nid) or str(nid), round_name=round_name)
+        for nid, reason in failures.items():
+            who = self.active.pop(nid) or f"node {nid}"
+            self.dropped[who] = f"dropped in round {round_name}: {reason}"
+            log.warning("dropping %s in round %s: %s", who, round_name, reason)
+
+    @property
+    def sites(self) -> list[str]:
+        return [s for s in self.active.values() if s]

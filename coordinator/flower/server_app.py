@@ -1,0 +1,71 @@
+"""Flower ServerApp of the coordinator: runs one study and writes its result.
+
+Run configuration (``flwr run … --run-config``): ``spec-path`` (the study TOML, on the
+SuperLink's host), ``out-dir`` (where ``result.json`` and ``progress.jsonl`` are written),
+``expected-nodes`` (when the spec lists no sites).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import time
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from coordinator.flower.federation import GridFederation
+from coordinator.study.assemble import assemble_result
+from coordinator.study.workflow import run_study
+from shared.errors import FederationError, ReHealthError
+from shared.study import StudySpec
+
+log = logging.getLogger("rehealth.coordinator")
+app = ServerApp()
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    cfg = context.run_config
+    out_dir = Path(str(cfg["out-dir"]))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    progress_path = out_dir / "progress.jsonl"
+
+    def progress(event: str, data: dict) -> None:
+        with progress_path.open("a") as f:
+            f.write(json.dumps({"t": time.time(), "event": event, **data}) + "\n")
+
+    try:
+        run_one(grid, cfg, out_dir, progress)
+    except ReHealthError as e:
+        error = {"error": type(e).__name__, "message": str(e),
+                 "node": getattr(e, "node", None), "round": getattr(e, "round_name", None)}
+        (out_dir / "error.json").write_text(json.dumps(error, indent=2) + "\n")
+        progress("failed", error)
+        log.error("study failed: %s", e)
+        raise
+
+
+def run_one(grid: Grid, cfg, out_dir: Path, progress) -> None:
+    started = time.perf_counter()
+    started_at = _now()
+    spec = StudySpec.from_toml(str(cfg["spec-path"]))
+    fed = GridFederation(grid, timeout_s=spec.federation.round_timeout_s,
+                         min_nodes=spec.federation.min_nodes)
+    expected = len(spec.sites) or int(cfg.get("expected-nodes", 0))
+    if expected < 1:
+        raise FederationError("the spec lists no sites and expected-nodes is not set",
+                              round_name="connect")
+    fed.wait_for_nodes(expected, timeout_s=float(cfg.get("connect-timeout", 60.0)))
+    progress("connected", {"nodes": expected})
+    run = run_study(spec, fed, progress)
+    result = assemble_result(run, dropped=fed.dropped, started_at=started_at, finished_at=_now(),
+                             total_s=time.perf_counter() - started)
+    result.write(out_dir / "result.json")
+    progress("done", {"result": str(out_dir / "result.json")})

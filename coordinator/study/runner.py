@@ -1,0 +1,108 @@
+"""Run a study: against a running federation, or on a local one started for the purpose.
+
+The ServerApp writes ``result.json`` (or ``error.json``) and ``progress.jsonl`` into the output
+folder on the SuperLink's host; the runner follows the progress file, waits for the run to
+finish and returns the result, adding the start-up time it measured itself.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import coordinator.flower
+from coordinator.federation.flwr_cli import FlwrClient
+from coordinator.federation.launcher import LocalFederation, NodeSpec
+from shared.errors import FederationError, SpecError
+from shared.result import StudyResult
+from shared.study import StudySpec
+
+APP_DIR = Path(coordinator.flower.__file__).parent / "app"
+OnEvent = Callable[[dict], None]
+
+
+def site_nodes(spec: StudySpec, workdir: Path) -> list[NodeSpec]:
+    """Node configs for a local federation: one SuperNode per site of the spec."""
+    if not spec.sites:
+        raise SpecError("sites: a local study needs at least one [[sites]] entry")
+    nodes = []
+    for s in spec.sites:
+        if not s.data:
+            raise SpecError(f"sites[{s.name}].data: a local study needs each site's data file")
+        state = workdir / "nodes" / s.name
+        state.mkdir(parents=True, exist_ok=True, mode=0o700)
+        nodes.append(NodeSpec(s.name, {"data-path": s.data, "state-dir": str(state)}))
+    return nodes
+
+
+class ProgressTail:
+    """Reads new lines of the ServerApp's progress file."""
+
+    def __init__(self, path: Path):
+        self.path, self.offset = path, 0
+
+    def new_events(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        with self.path.open() as f:
+            f.seek(self.offset)
+            chunk = f.read()
+        complete = chunk[: chunk.rfind("\n") + 1]
+        self.offset += len(complete)
+        return [json.loads(line) for line in complete.splitlines() if line.strip()]
+
+
+def run_with_client(client: FlwrClient, spec_path: Path, out_dir: Path, *, startup_s: float = 0.0,
+                    timeout_s: float = 900.0, on_event: OnEvent | None = None) -> StudyResult:
+    """Submit the study app, follow its progress, return the result it wrote."""
+    out_dir = out_dir.resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in ("result.json", "error.json", "progress.jsonl"):
+        (out_dir / stale).unlink(missing_ok=True)
+    tail = ProgressTail(out_dir / "progress.jsonl")
+
+    def poll(_status: str) -> None:
+        for ev in tail.new_events():
+            if on_event:
+                on_event(ev)
+
+    run_id = client.submit(APP_DIR, {"spec-path": str(spec_path.resolve()), "out-dir": str(out_dir)})
+    status = client.wait(run_id, timeout_s=timeout_s, on_poll=poll)
+    poll(status)
+    error_file, result_file = out_dir / "error.json", out_dir / "result.json"
+    if error_file.exists():
+        err = json.loads(error_file.read_text())
+        raise FederationError(err["message"], node=err.get("node"), round_name=err.get("round"))
+    if status != "finished:completed" or not result_file.exists():
+        raise FederationError(f"run {run_id} ended with status {status!r} and no result; "
+                              f"its log:\n{client.logs(run_id)[-3000:]}")
+    result = StudyResult.read(result_file)
+    timings = dict(result.timings, startup_s=startup_s, total_s=result.timings.get("total_s", 0) + startup_s)
+    result = result.model_copy(update={"timings": timings, "truth": _truth(spec_path)})
+    result.write(result_file)
+    return result
+
+
+def run_local(spec_path: Path, out_dir: Path, *, on_event: OnEvent | None = None,
+              timeout_s: float = 900.0) -> StudyResult:
+    """Start a SuperLink and one SuperNode per site on 127.0.0.1, run the study, stop them."""
+    spec = StudySpec.from_toml(spec_path)
+    workdir = out_dir.resolve() / "federation"
+    with LocalFederation(workdir, site_nodes(spec, workdir)) as fed:
+        if on_event:
+            on_event({"event": "federation_up", "seconds": fed.startup_s, "nodes": len(fed.nodes)})
+        return run_with_client(fed.client, spec_path, out_dir, startup_s=fed.startup_s,
+                               timeout_s=timeout_s, on_event=on_event)
+
+
+def _truth(spec_path: Path) -> dict[str, float] | None:
+    """Simulated true ATT per outcome when the spec sits beside a synthetic ``truth.json``."""
+    path = spec_path.parent / "truth.json"
+    if not path.exists():
+        return None
+    truth = json.loads(path.read_text())
+    pooled = truth.get("pooled", {})
+    att = pooled.get("att_capped") or pooled.get("att") or {}
+    return {k: float(v) for k, v in att.items()} or None

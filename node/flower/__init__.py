@@ -1,0 +1,1 @@
+"""The node's Flower ClientApp: thin handlers over the node's installed services."""

@@ -1,0 +1,67 @@
+"""Flower ClientApp of an on-premise node.
+
+Thin by design (RecordDict -> validated query -> node service -> aggregates): the allow-list of
+queries, validation and privacy accounting live in the installed ``node`` package, not in the
+app bundle that ``flwr run`` ships. Errors go back as coded Flower errors with a message that
+names the site and the problem but carries no row values; details stay in the node's log.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from flwr.app import Context, Error, Message
+from flwr.clientapp import ClientApp
+from pydantic import ValidationError
+
+from node.runtime import NodeRuntime, NotInStudy
+from shared.errors import DataError, PrivacyError, QueryRefused, ReHealthError
+from shared.wire import decode_query, encode_answer
+
+log = logging.getLogger("rehealth.node")
+
+#: Error codes returned to the coordinator.
+CODE_REFUSED = 4001  # unknown or invalid query
+CODE_DATA = 4002  # the site's data fail validation
+CODE_BUDGET = 4003  # privacy budget exhausted
+CODE_NOT_IN_STUDY = 4004  # this site is not part of the study: declined, nothing computed
+CODE_INTERNAL = 5000
+
+app = ClientApp()
+
+
+@app.query("study")
+def study(msg: Message, context: Context) -> Message:
+    """Answer one study message (one or more operations) with aggregates only."""
+    started = time.perf_counter()
+    runtime = NodeRuntime.from_node_config(context.node_config)
+    try:
+        query = decode_query(msg.content)
+        answers = runtime.answer(query)
+    except NotInStudy as e:
+        return _error(msg, CODE_NOT_IN_STUDY, runtime.site, e, public=True)
+    except (ValidationError, ValueError, QueryRefused) as e:
+        if isinstance(e, DataError):
+            return _error(msg, CODE_DATA, runtime.site, e)
+        return _error(msg, CODE_REFUSED, runtime.site, e, public=True)
+    except PrivacyError as e:
+        return _error(msg, CODE_BUDGET, runtime.site, e, public=True)
+    except ReHealthError as e:
+        return _error(msg, CODE_INTERNAL, runtime.site, e)
+    meta = {"site": runtime.site, "seconds": time.perf_counter() - started,
+            "ops": [op.op for op in query.ops]}
+    return Message(encode_answer(answers, meta), reply_to=msg)
+
+
+def _error(msg: Message, code: int, site: str, e: Exception, *, public: bool = False) -> Message:
+    """Log the full error locally; send a message without row values unless ``public``."""
+    log.error("site %s: %s: %s", site, type(e).__name__, e)
+    if public:
+        reason = f"site {site}: {type(e).__name__}: {str(e)[:500]}"
+    elif isinstance(e, DataError):
+        where = f" (field {e.field})" if getattr(e, "field", None) else ""
+        reason = f"site {site}: the site's data fail validation{where}; see the node's log"
+    else:
+        reason = f"site {site}: internal error ({type(e).__name__}); see the node's log"
+    return Message(Error(code=code, reason=reason), reply_to=msg)
