@@ -1,5 +1,77 @@
-"""`rehealth study` commands."""
+"""`rehealth study run`: run a study against a federation, or on a local one (--local)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
-app = typer.Typer(help="study", no_args_is_help=True)
+from coordinator.cli.progress import study_progress
+from shared.errors import ReHealthError
+from shared.result import StudyResult
+
+app = typer.Typer(help="Run federated studies.", no_args_is_help=True)
+
+
+@app.command("run")
+def run(
+    spec: Path = typer.Option(..., "--spec", exists=True, dir_okay=False, help="Study spec (TOML)."),
+    local: bool = typer.Option(False, "--local", help="Start a SuperLink and one SuperNode per site."),
+    superlink: str = typer.Option(None, help="SuperLink address (default: [federation] superlink)."),
+    root_certificates: Path = typer.Option(None, help="CA certificate for TLS to the SuperLink."),
+    out: Path = typer.Option(Path("result.json"), "--out", help="Where to write the result JSON."),
+    report_key: Path = typer.Option(None, help="Sign and render the evidence report with this key."),
+    fmt: str = typer.Option("text", "--format", help="text or json"),
+) -> None:
+    """Run the study described by SPEC and write its result."""
+    from coordinator.study.runner import run_local, run_remote
+
+    console = Console(stderr=fmt == "json")
+    work = out.resolve().parent / f".{out.stem}-run"
+    try:
+        with study_progress(console, enabled=fmt != "json") as on_event:
+            if local:
+                result = run_local(spec, work, on_event=on_event)
+            else:
+                result = run_remote(spec, work, superlink=superlink,
+                                    root_certificates=root_certificates, on_event=on_event)
+    except ReHealthError as e:
+        console.print(f"[red]study failed:[/red] {e}")
+        raise typer.Exit(1)
+    result.write(out)
+    paths = {"result": str(out)}
+    if report_key:
+        from coordinator.report import write_signed_report
+
+        paths.update({k: str(v) for k, v in write_signed_report(
+            result, key_path=report_key, out_dir=out.resolve().parent).items()})
+    if fmt == "json":
+        typer.echo(json.dumps({"paths": paths, "outcomes": [o.model_dump(mode="json") for o in result.outcomes]}))
+    else:
+        print_estimates(console, result)
+        for k, v in paths.items():
+            console.print(f"{k}: {v}")
+
+
+def print_estimates(console: Console, result: StudyResult) -> None:
+    """The ATT per outcome with its CI (and the simulated truth, when known)."""
+    t = Table(title=f"Study {result.study}: ATT per outcome")
+    for col in ("outcome", "ATT", "95% CI", "treated", "controls", "dropped"):
+        t.add_column(col, justify="right" if col != "outcome" else "left")
+    if result.truth:
+        t.add_column("true ATT", justify="right")
+        t.add_column("covered")
+    for o in result.outcomes:
+        row = [o.name, f"{o.att:,.4g}", f"[{o.ci[0]:,.4g}, {o.ci[1]:,.4g}]", str(o.n_treated),
+               str(o.n_control), str(o.n_treated_dropped)]
+        if result.truth:
+            truth = result.truth.get(o.name)
+            row += [f"{truth:,.4g}" if truth is not None else "-",
+                    ("yes" if o.ci[0] <= truth <= o.ci[1] else "[red]no") if truth is not None else "-"]
+        t.add_row(*row)
+    console.print(t)
+    tm = result.timings
+    console.print("timings: " + ", ".join(f"{k.removesuffix('_s')} {v:.1f} s" for k, v in tm.items()))

@@ -182,3 +182,39 @@ def _register_cleanup(fed: LocalFederation) -> None:
         if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
             signal.signal(signal.SIGTERM, lambda *a: (_stop_all(), sys.exit(143)))
     _CLEANUP.add(fed)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m coordinator.federation.launcher --spec study.toml [--workdir D]``: start a
+    SuperLink and one SuperNode per site of the spec on 127.0.0.1, print the address to submit
+    studies to, and keep them up until Ctrl-C (then stop them all)."""
+    import argparse
+
+    from shared.study import StudySpec
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--spec", type=Path, required=True)
+    ap.add_argument("--workdir", type=Path, default=Path("local-federation"))
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    from coordinator.study.runner import site_nodes
+
+    spec = StudySpec.from_toml(args.spec)
+    workdir = args.workdir.resolve()
+    with LocalFederation(workdir, site_nodes(spec, workdir)) as fed:
+        print(f"SuperLink on {HOST}:{fed.port} with {len(fed.nodes)} SuperNodes "
+              f"({', '.join(n.site for n in fed.nodes)}); logs in {workdir / 'logs'}", flush=True)
+        print(f"run a study:  rehealth study run --spec {args.spec} --superlink {HOST}:{fed.port}",
+              flush=True)
+        try:
+            while all(p.poll() is None for p in fed.procs.values()):
+                time.sleep(1)
+            print("a federation process exited; stopping", flush=True)
+            return 1
+        except KeyboardInterrupt:
+            print("stopping", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

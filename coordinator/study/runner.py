@@ -106,3 +106,17 @@ def _truth(spec_path: Path) -> dict[str, float] | None:
     pooled = truth.get("pooled", {})
     att = pooled.get("att_capped") or pooled.get("att") or {}
     return {k: float(v) for k, v in att.items()} or None
+
+
+def run_remote(spec_path: Path, out_dir: Path, *, superlink: str | None = None,
+               root_certificates: Path | None = None, on_event: OnEvent | None = None,
+               timeout_s: float = 900.0) -> StudyResult:
+    """Run the study on an already running federation (SuperLink address from the flag or
+    the spec's ``[federation] superlink``). The result lands on the SuperLink's host."""
+    spec = StudySpec.from_toml(spec_path)
+    address = superlink or spec.federation.superlink
+    if not address:
+        raise SpecError("federation.superlink: give the SuperLink address (or use --local)")
+    client = FlwrClient(home=out_dir.resolve() / "flwr-home", address=address,
+                        root_certificates=root_certificates)
+    return run_with_client(client, spec_path, out_dir, timeout_s=timeout_s, on_event=on_event)
