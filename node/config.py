@@ -1,0 +1,126 @@
+"""Node configuration: one TOML file (``node.toml``) per node.
+
+Relative paths in the file (key, data, API keys, a SQLite store) resolve against the file's
+folder, so a node directory can be moved as a whole. Invalid files raise :class:`SpecError`
+naming the field (``budget.epsilon: Input should be greater than 0``).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy.engine import make_url
+
+from shared.errors import SpecError
+from shared.study import format_validation_error
+
+CONFIG_NAME = "node.toml"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Budget(_Model):
+    """The node's total privacy budget per dataset: the ledger refuses releases beyond it."""
+
+    epsilon: float = Field(default=10.0, gt=0)
+    delta: float = Field(default=1e-6, gt=0, lt=1)
+
+
+class DataPaths(_Model):
+    """Where the site drops its input files (optional; `rehealth node ingest` takes a path)."""
+
+    persons: Path | None = None
+    interventions: Path | None = None
+    outcomes: Path | None = None
+    cohort: Path | None = None
+
+
+class NodeConfig(_Model):
+    site_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    store_url: str = "sqlite:///node.db"
+    key_path: Path = Path("node.key")
+    api_keys_path: Path = Path("api_keys.toml")
+    budget: Budget = Budget()
+    data: DataPaths = DataPaths()
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> "NodeConfig":
+        """Load and validate ``path``; relative paths resolve against its folder.
+
+        Raises:
+            SpecError: the file is missing, not TOML, or a field is invalid (named).
+        """
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise SpecError(f"node config {path} not found (create one: rehealth node init)") from None
+        except tomllib.TOMLDecodeError as e:
+            raise SpecError(f"node config {path}: not valid TOML: {e}") from None
+        try:
+            cfg = cls.model_validate(data)
+        except ValidationError as e:
+            raise SpecError(format_validation_error(e, f"node config {path}")) from None
+        return cfg.resolve_paths(path.parent.resolve())
+
+    def resolve_paths(self, base: Path) -> "NodeConfig":
+        data = DataPaths(**{k: _abs(v, base) for k, v in self.data.model_dump().items()})
+        return self.model_copy(update={
+            "store_url": _resolve_sqlite(self.store_url, base),
+            "key_path": _abs(self.key_path, base),
+            "api_keys_path": _abs(self.api_keys_path, base),
+            "data": data,
+        })
+
+
+def _abs(p: Path | None, base: Path) -> Path | None:
+    return None if p is None else (p if p.is_absolute() else base / p)
+
+
+def _resolve_sqlite(url: str, base: Path) -> str:
+    try:
+        u = make_url(url)
+    except Exception:  # noqa: BLE001 - any parse failure is a config error
+        raise SpecError(f"store_url: not a database URL: {url!r}") from None
+    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
+        return url
+    db = Path(u.database)
+    return url if db.is_absolute() else u.set(database=str(base / db)).render_as_string(False)
+
+
+def default_config_text(*, site_id: str) -> str:
+    """A commented default ``node.toml`` for ``rehealth node init``."""
+    return f'''# ReHealth Core node configuration. Relative paths resolve against this file's folder.
+
+# This site's name in studies (letters, digits, _ . -). Mixed into every pseudonym: changing it
+# later gives every person a new pseudonym.
+site_id = "{site_id}"
+
+# Where the node keeps its data. SQLite file by default; PostgreSQL by URL, e.g.
+#   store_url = "postgresql+psycopg2://rehealth@127.0.0.1:5432/rehealth"
+store_url = "sqlite:///node.db"
+
+# The 32-byte pseudonym key (HMAC-SHA256), created on first start with mode 0600.
+# It never leaves this machine: back it up like a password. Losing it unlinks new data from
+# the data already loaded; leaking it lets the holder re-identify pseudonyms.
+key_path = "node.key"
+
+# API keys and their roles for the node's REST API (underwriter, hr, admin).
+api_keys_path = "api_keys.toml"
+
+# The node's total privacy budget; the ledger refuses any release beyond it.
+[budget]
+epsilon = 10.0
+delta = 1e-6
+
+# Optional default input files (CSV or Parquet); `rehealth node ingest FILE` also takes a path.
+[data]
+# persons = "data/persons.csv"
+# interventions = "data/interventions.csv"
+# outcomes = "data/outcomes.csv"
+# cohort = "data/cohort.csv"
+'''

@@ -1,0 +1,258 @@
+"""Vectorised row validation: one pass per column over a whole chunk, a mask per check.
+
+Every row of a chunk ends up either valid (typed, pseudonymised, ready for the store) or with
+exactly one problem: the first failing field in column order, with a reason code from
+:data:`REASONS` and a detail that never contains the offending value (it could be an
+identifier put in the wrong column). Per-row pydantic would be ~100x slower.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from node.ingest.schema import ID_FIELD, FieldSpec, KindSpec
+from shared.schemas import AGE_BANDS, CHANNELS, INTERVENTION_CODES, age_band
+
+MISSING = "missing field"
+WRONG_TYPE = "wrong type"
+OUT_OF_BOUNDS = "out of bounds"
+BAD_DATE = "bad date"
+UNKNOWN_CODE = "unknown intervention code"
+UNKNOWN_CHANNEL = "unknown channel"
+BAD_ID = "bad identifier"
+DATE_ORDER = "date order"
+DUPLICATE_ID = "duplicate id"
+DUPLICATE_RECORD = "duplicate record"
+REASONS = (MISSING, WRONG_TYPE, OUT_OF_BOUNDS, BAD_DATE, UNKNOWN_CODE, UNKNOWN_CHANNEL, BAD_ID,
+           DATE_ORDER, DUPLICATE_ID, DUPLICATE_RECORD)
+
+DEFAULT_CHANNEL = "in_person"
+_DATE_MIN, _DATE_MAX = np.datetime64("1900-01-01"), np.datetime64("2100-12-31")
+_AGE_BAND_BY_YEAR = np.array([age_band(a) for a in range(0, 200)], dtype=object)
+assert set(_AGE_BAND_BY_YEAR[18:91]) <= set(AGE_BANDS)
+
+Pseudonymize = Callable[[Sequence[str]], list[str]]
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    """``rows``: valid rows in stored columns plus ``ingest_row``; ``problems``: one per bad
+    row with ``row, field, reason, detail, pseudonym`` (pseudonym None if the id was bad)."""
+
+    rows: pd.DataFrame
+    problems: pd.DataFrame
+
+
+class _Flags:
+    """First problem per row: later checks never overwrite an earlier field's reason."""
+
+    def __init__(self, n: int):
+        self.field = np.full(n, None, dtype=object)
+        self.reason = np.full(n, None, dtype=object)
+        self.detail = np.full(n, None, dtype=object)
+
+    @property
+    def ok(self) -> np.ndarray:
+        return self.reason == None  # noqa: E711 - elementwise on an object array
+
+    def flag(self, mask: np.ndarray, field: str, reason: str, detail: str | np.ndarray) -> None:
+        m = np.asarray(mask, dtype=bool) & self.ok
+        if m.any():
+            self.field[m], self.reason[m] = field, reason
+            self.detail[m] = detail if isinstance(detail, str) else detail[m]
+
+
+def _missing(col: pd.Series) -> np.ndarray:
+    miss = col.isna().to_numpy(copy=True)
+    if col.dtype == object or pd.api.types.is_string_dtype(col.dtype):
+        miss |= (col.astype(str).str.strip() == "").to_numpy()
+    return miss
+
+
+def _text(col: pd.Series) -> pd.Series:
+    return col.astype(str).str.strip()
+
+
+def _bounds_text(f: FieldSpec) -> str:
+    lo = "-inf" if f.lo is None else f"{f.lo:g}"
+    hi = "inf" if f.hi is None else f"{f.hi:g}"
+    return f"{f.name} outside [{lo}, {hi}]"
+
+
+def _parse_number(col: pd.Series, f: FieldSpec, miss: np.ndarray, flags: _Flags) -> np.ndarray:
+    if pd.api.types.is_numeric_dtype(col.dtype) and not pd.api.types.is_bool_dtype(col.dtype):
+        v = col.to_numpy(dtype=float, na_value=np.nan)
+    else:
+        v = pd.to_numeric(col.where(~miss), errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+    flags.flag(miss, f.name, MISSING, f"{f.name} is empty")
+    flags.flag(~np.isfinite(v), f.name, WRONG_TYPE, f"{f.name} is not a finite number")
+    with np.errstate(invalid="ignore"):
+        if f.type == "binary":
+            flags.flag((v != 0) & (v != 1), f.name, OUT_OF_BOUNDS, f"{f.name} must be 0 or 1")
+        else:
+            out = np.zeros(len(v), dtype=bool)
+            if f.lo is not None:
+                out |= v < f.lo
+            if f.hi is not None:
+                out |= v > f.hi
+            flags.flag(out, f.name, OUT_OF_BOUNDS, _bounds_text(f))
+    return v
+
+
+def _parse_date(col: pd.Series, f: FieldSpec, miss: np.ndarray, flags: _Flags) -> np.ndarray:
+    """Dates as ``datetime64[D]``; text must be ISO ``YYYY-MM-DD`` (no locale guessing)."""
+    if pd.api.types.is_datetime64_any_dtype(col.dtype):
+        d = col.to_numpy().astype("datetime64[D]")
+    else:
+        parsed = pd.to_datetime(_text(col).where(~miss), format="%Y-%m-%d", errors="coerce")
+        d = parsed.to_numpy().astype("datetime64[D]")
+    if f.required:
+        flags.flag(miss, f.name, MISSING, f"{f.name} is empty")
+    bad = ~miss & (np.isnat(d) | (d < _DATE_MIN) | (d > _DATE_MAX))
+    flags.flag(bad, f.name, BAD_DATE, f"{f.name} is not a date YYYY-MM-DD in 1900..2100")
+    return d
+
+
+def _parse_choice(col: pd.Series, f: FieldSpec, miss: np.ndarray, flags: _Flags) -> np.ndarray:
+    allowed, reason = ((tuple(INTERVENTION_CODES), UNKNOWN_CODE) if f.type == "code"
+                       else (CHANNELS, UNKNOWN_CHANNEL))
+    v = _text(col).to_numpy(dtype=object, copy=True)
+    if f.type == "channel":
+        v[miss] = DEFAULT_CHANNEL
+    else:
+        flags.flag(miss, f.name, MISSING, f"{f.name} is empty")
+    flags.flag(~miss & ~np.isin(v, allowed), f.name, reason,
+               f"{f.name} is not one of: {', '.join(allowed)}")
+    return v
+
+
+def _parse_text(col: pd.Series, f: FieldSpec, miss: np.ndarray, flags: _Flags) -> np.ndarray:
+    v = _text(col).to_numpy(dtype=object, copy=True)
+    if f.required:
+        flags.flag(miss, f.name, MISSING, f"{f.name} is empty")
+    v[miss] = None
+    if f.max_len is not None:
+        too_long = ~miss & (_text(col).str.len().to_numpy() > f.max_len)
+        flags.flag(too_long, f.name, BAD_ID if f.type == "id" else WRONG_TYPE,
+                   f"{f.name} is longer than {f.max_len} characters")
+    return v
+
+
+_PARSERS = {"number": _parse_number, "binary": _parse_number, "date": _parse_date,
+            "code": _parse_choice, "channel": _parse_choice, "text": _parse_text,
+            "id": _parse_text}
+
+
+def validate_chunk(df: pd.DataFrame, spec: KindSpec, *, first_row: int, site_id: str,
+                   pseudonymize: Pseudonymize) -> ChunkResult:
+    """Split one chunk into valid, typed rows and one problem per invalid row.
+
+    Args:
+        df: the chunk, columns already renamed to ours (missing optional columns allowed).
+        spec: the input kind.
+        first_row: 1-based data-row number of ``df``'s first row.
+        site_id: the node's site, for persons files without a ``site`` column.
+        pseudonymize: raw ids -> pseudonyms (the raw ids go no further than this call).
+
+    Returns:
+        A :class:`ChunkResult`. Duplicates of a natural key *within the chunk* are flagged
+        here (first occurrence kept); across chunks and files the store's key decides.
+    """
+    n = len(df)
+    flags = _Flags(n)
+    values: dict[str, np.ndarray] = {}
+    for f in spec.fields:
+        col = df[f.name] if f.name in df.columns else pd.Series([None] * n, index=df.index, dtype=object)
+        values[f.name] = _PARSERS[f.type](col, f, _missing(col), flags)
+    extra_names = _extra_columns(df, spec)
+    for name in extra_names:
+        col = df[name]
+        values[name] = _parse_number(col, FieldSpec(name, "number"), _missing(col), flags)
+    for earlier, later in spec.date_order:
+        with np.errstate(invalid="ignore"):
+            flags.flag(values[later] < values[earlier], later, DATE_ORDER,
+                       f"{later} is before {earlier}")
+
+    raw = values.pop(ID_FIELD)
+    has_id = flags.field != ID_FIELD
+    pseudonyms = np.full(n, None, dtype=object)
+    pseudonyms[has_id] = pseudonymize(raw[has_id].tolist())
+    del raw
+    values["pseudonym"] = pseudonyms
+    _flag_duplicates(values, spec, flags, first_row)
+
+    ok = flags.ok
+    rows = _stored_rows(values, spec, ok, site_id, extra_names)
+    rows["ingest_row"] = np.arange(first_row, first_row + n)[ok]
+    bad = ~ok
+    problems = pd.DataFrame({
+        "row": np.arange(first_row, first_row + n)[bad], "field": flags.field[bad],
+        "reason": flags.reason[bad], "detail": flags.detail[bad], "pseudonym": pseudonyms[bad],
+    })
+    return ChunkResult(rows=rows, problems=problems)
+
+
+def _extra_columns(df: pd.DataFrame, spec: KindSpec) -> list[str]:
+    if not spec.extras:
+        return []
+    known = {f.name for f in spec.fields} | spec.ignored
+    return [c for c in df.columns if c not in known]
+
+
+def _flag_duplicates(values: dict[str, np.ndarray], spec: KindSpec, flags: _Flags,
+                     first_row: int) -> None:
+    ok = flags.ok
+    keys = pd.DataFrame({k: values[k] for k in spec.key})[ok]
+    dup = keys.duplicated(keep="first")
+    if not dup.any():
+        return
+    first = keys[~dup].reset_index().set_index(list(spec.key))["index"]
+    first_idx = keys[dup].join(first, on=list(spec.key))["index"].to_numpy()
+    mask = np.zeros(len(ok), dtype=bool)
+    mask[dup.index[dup.to_numpy()]] = True
+    detail = np.full(len(ok), None, dtype=object)
+    detail[mask] = [f"same key as row {first_row + int(i)}" for i in first_idx]
+    flags.flag(mask, *duplicate_flag(spec), detail)
+
+
+def duplicate_flag(spec: KindSpec) -> tuple[str, str]:
+    """(field, reason) of a repeated natural key: ``duplicate id`` for one-row-per-person
+    kinds, ``duplicate record`` for events and outcome periods."""
+    if spec.key == ("pseudonym",):
+        return ID_FIELD, DUPLICATE_ID
+    return spec.key[-1], DUPLICATE_RECORD
+
+
+def _iso(d: np.ndarray) -> np.ndarray:
+    out = np.datetime_as_string(d, unit="D").astype(object)
+    out[np.isnat(d)] = None
+    return out
+
+
+def _stored_rows(values: dict[str, np.ndarray], spec: KindSpec, ok: np.ndarray, site_id: str,
+                 extra_names: list[str]) -> pd.DataFrame:
+    """Valid rows in the table's column names; dates as ISO text (see node.store.engine)."""
+    out: dict[str, np.ndarray] = {}
+    for f in spec.fields:
+        if f.name == ID_FIELD:
+            continue
+        v = values[f.name][ok]
+        if f.type == "date":
+            v = _iso(v)
+        elif f.type == "binary":
+            v = v.astype(np.int64)
+        out[f.name] = v
+    out = {"pseudonym": values["pseudonym"][ok], **out}
+    if spec.kind == "persons":
+        site = out["site"]
+        site[pd.isna(site)] = site_id
+        out["age_band"] = _AGE_BAND_BY_YEAR[np.floor(values["age"][ok]).astype(np.int64)]
+    if spec.extras:
+        extras = pd.DataFrame({name: values[name][ok] for name in extra_names})
+        out["extras"] = np.array(extras.to_dict("records"), dtype=object) if extra_names else \
+            np.array([{}] * int(ok.sum()), dtype=object)
+    return pd.DataFrame(out)

@@ -1,0 +1,95 @@
+"""Keyed pseudonyms: a site's raw person identifiers never reach the store.
+
+``pseudonym = hex(HMAC-SHA256(key, site_id + "\\x1f" + raw_id))``, under a 32-byte key created
+on first use at the configured path with mode 0600 and never logged, printed or sent. The
+site id is mixed in so the same raw id at two sites gives unrelated pseudonyms.
+
+>>> p = Pseudonymizer(key=bytes(32), site_id="demo")
+>>> len(p("A-000123")), p("A-000123") == p("A-000123"), p("A-000123") == p("A-000124")
+(64, True, False)
+
+Notes:
+    Without the key, a pseudonym cannot be linked back to a raw id even by enumerating all
+    plausible ids (HMAC is a PRF). Whoever holds the key can, so the key stays on the node:
+    the file is created with ``O_CREAT | O_EXCL`` and mode 0600 (no window where it is
+    readable by others), and a key file readable by group or others is refused.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import stat
+from pathlib import Path
+from typing import Iterable
+
+from shared.errors import SpecError
+
+log = logging.getLogger(__name__)
+
+KEY_BYTES = 32
+_SEP = "\x1f"  # ASCII unit separator: cannot occur in a site id (pattern-checked in the config)
+
+
+class KeyFileError(SpecError):
+    """The pseudonym key file is unsafe (readable by others) or malformed."""
+
+
+def load_or_create_key(path: str | Path) -> bytes:
+    """Return the node's pseudonym key, creating it (0600) on first use.
+
+    Raises:
+        KeyFileError: the file is readable or writable by group/others, or not 32 bytes.
+    """
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return _read_key(path)
+    try:
+        os.write(fd, os.urandom(KEY_BYTES))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    log.info("created a new pseudonym key file at %s (mode 0600)", path)
+    return _read_key(path)
+
+
+def _read_key(path: Path) -> bytes:
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise KeyFileError(
+            f"pseudonym key {path} has mode {mode:04o}: it must not be accessible by group or "
+            f"others (chmod 600 {path})")
+    key = path.read_bytes()
+    if len(key) != KEY_BYTES:
+        raise KeyFileError(f"pseudonym key {path} must hold {KEY_BYTES} bytes, has {len(key)}")
+    return key
+
+
+class Pseudonymizer:
+    """Maps raw person ids to hex HMAC-SHA256 pseudonyms under the node key."""
+
+    __slots__ = ("_key", "_prefix")
+
+    def __init__(self, *, key: bytes, site_id: str):
+        if len(key) != KEY_BYTES:
+            raise KeyFileError(f"a pseudonym key has {KEY_BYTES} bytes")
+        self._key = key
+        self._prefix = (site_id + _SEP).encode()
+
+    @classmethod
+    def from_key_file(cls, path: str | Path, *, site_id: str) -> "Pseudonymizer":
+        return cls(key=load_or_create_key(path), site_id=site_id)
+
+    def __call__(self, raw_id: str) -> str:
+        return hmac.digest(self._key, self._prefix + raw_id.encode(), "sha256").hex()
+
+    def many(self, raw_ids: Iterable[str]) -> list[str]:
+        """Pseudonyms of many ids (the hot loop of ingestion: one C call per id)."""
+        key, prefix, digest = self._key, self._prefix, hmac.digest
+        return [digest(key, prefix + r.encode(), "sha256").hex() for r in raw_ids]
+
+    def __repr__(self) -> str:  # never show the key
+        return "Pseudonymizer(key=<hidden>)"

@@ -1,0 +1,147 @@
+"""Opening the store and the one write path ingestion needs: a bulk insert that skips rows
+whose natural key is already stored, and says how many it inserted.
+
+The same SQL (``INSERT … ON CONFLICT DO NOTHING``) runs on SQLite (≥ 3.24) and PostgreSQL.
+Unlike ``INSERT OR IGNORE`` it skips only key conflicts: a NOT NULL violation still raises,
+so a row can never vanish silently. Bulk rows go through the DBAPI directly (SQLAlchemy's
+per-row parameter processing would cost more than the whole validation), which is why dates
+arrive here as ISO strings — the storage format SQLAlchemy's ``Date`` uses on SQLite.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Sequence
+
+import pandas as pd
+from sqlalchemy import Connection, Engine, Table, create_engine, event, func, select
+
+from node.store import models
+from shared.errors import DataError
+from shared.study import StudySpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Store:
+    """A node store: an engine whose tables exist (see :mod:`node.store.models`)."""
+
+    engine: Engine
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def counts(self) -> dict[str, int]:
+        """Row count of every table."""
+        with self.engine.connect() as conn:
+            return {t.name: conn.scalar(select(func.count()).select_from(t))
+                    for t in models.metadata.sorted_tables}
+
+    def quarantine_frame(self, *, ingest_id: int | None = None) -> pd.DataFrame:
+        """Quarantined rows (file, row, field, reason, detail, pseudonym), oldest first."""
+        q = models.quarantine
+        stmt = select(q).order_by(q.c.id)
+        if ingest_id is not None:
+            stmt = stmt.where(q.c.ingest_id == ingest_id)
+        with self.engine.connect() as conn:
+            return pd.DataFrame(conn.execute(stmt).mappings().all(), columns=list(q.c.keys()))
+
+    def cohort_frame(self, spec: StudySpec) -> pd.DataFrame:
+        """The flat cohort as a study needs it: covariates, treatment, outcomes; no pseudonyms.
+
+        Covariates that are one of the 16 features come from their columns; any other
+        covariate and every outcome comes from the numeric extras of the cohort file.
+        Treatment is the cohort's ``treated`` column under ``spec.treatment.column``.
+        Values are returned raw: ``shared.features.scale`` checks the spec's bounds.
+
+        Raises:
+            DataError: the cohort is empty, or a requested column was never loaded
+                (names the column and the first row missing it).
+        """
+        c = models.cohort
+        fixed = {col.name for col in c.columns} - {"extras", "pseudonym"}
+        stmt = select(c).order_by(c.c.pseudonym)
+        with self.engine.connect() as conn:
+            rows = conn.execute(stmt).mappings().all()
+        if not rows:
+            raise DataError("the cohort table is empty: ingest a cohort file first "
+                            "(rehealth node ingest --kind cohort FILE)")
+        base = pd.DataFrame(rows, columns=list(c.c.keys())).drop(columns="pseudonym")
+        extras = pd.DataFrame.from_records(list(base.pop("extras")))
+        wanted = [cov.name for cov in spec.covariates] + ["treated"] + [o.name for o in spec.outcomes]
+        out = {}
+        for name in wanted:
+            src = base if name in fixed else extras
+            if name not in src.columns:
+                raise DataError(f"cohort has no column {name!r} (loaded extras: "
+                                f"{sorted(extras.columns)})", field=name)
+            col = pd.to_numeric(src[name], errors="coerce").astype(float)
+            if col.isna().any():
+                row = int(col.isna().to_numpy().argmax())
+                raise DataError(f"cohort row {row}: {name} is missing (loaded from a file "
+                                f"without this column)", row=row, field=name)
+            out[spec.treatment.column if name == "treated" else name] = col.to_numpy()
+        return pd.DataFrame(out)
+
+
+def open_store(url: str) -> Store:
+    """Connect to ``url`` (``sqlite:///path`` or ``postgresql+psycopg2://…``) and create tables."""
+    engine = create_engine(url, future=True)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    elif engine.dialect.name != "postgresql":
+        raise DataError(f"unsupported store backend {engine.dialect.name!r} (sqlite or postgresql)")
+    models.metadata.create_all(engine)
+    log.info("store ready: %s", engine.url.render_as_string(hide_password=True))
+    return Store(engine)
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")  # readers do not block the ingest writer
+    cur.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a crash loses no committed row
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def insert_ignore(conn: Connection, table: Table, columns: Sequence[str],
+                  rows: Sequence[tuple]) -> int:
+    """Insert ``rows`` (tuples in ``columns`` order), skipping natural-key conflicts.
+
+    Returns:
+        How many rows were inserted; the caller finds out which were skipped and why.
+    """
+    if not rows:
+        return 0
+    q = conn.dialect.identifier_preparer
+    head = (f"INSERT INTO {q.format_table(table)} ({', '.join(q.quote(c) for c in columns)}) "
+            "VALUES ")
+    dbapi = conn.connection.dbapi_connection
+    cur = dbapi.cursor()
+    try:
+        if conn.dialect.name == "sqlite":
+            cur.executemany(head + f"({', '.join('?' * len(columns))}) ON CONFLICT DO NOTHING",
+                            rows)
+            return cur.rowcount
+        from psycopg2.extras import execute_values
+
+        inserted = execute_values(cur, head + "%s ON CONFLICT DO NOTHING RETURNING 1", rows,
+                                  page_size=2000, fetch=True)
+        return len(inserted)
+    finally:
+        cur.close()
+
+
+def fetch_by_pseudonyms(conn: Connection, table: Table, columns: Sequence[str],
+                        pseudonyms: Sequence[str], *, batch: int = 5000) -> pd.DataFrame:
+    """Rows of ``table`` whose pseudonym is in ``pseudonyms`` (batched under bind limits)."""
+    cols = [table.c[c] for c in columns]
+    parts = []
+    uniq = list(dict.fromkeys(pseudonyms))
+    for i in range(0, len(uniq), batch):
+        stmt = select(*cols).where(table.c.pseudonym.in_(uniq[i:i + batch]))
+        parts.append(pd.DataFrame(conn.execute(stmt).all(), columns=list(columns)))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=list(columns))

@@ -1,0 +1,101 @@
+"""Shared fixtures: node store URLs over SQLite and a real, throwaway PostgreSQL server.
+
+``store_url`` is parametrised over ``["sqlite", "postgres"]``: every store test runs on both.
+The PostgreSQL cluster is created once per session (initdb into a temp dir, as the
+``postgres`` OS user when running as root), listens on 127.0.0.1 on a free port, and is
+stopped at the end; each test gets its own fresh database. Without the PostgreSQL binaries
+the postgres cases FAIL (never skip): run ``deploy/postgres.sh``.
+"""
+
+from __future__ import annotations
+
+import glob
+import itertools
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+PG_USER = "postgres"
+_db_counter = itertools.count()
+
+
+def _pg_bindir() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"),
+                   key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0)
+    if found:
+        return Path(found[-1]).parent
+    pg_ctl = shutil.which("pg_ctl")
+    return Path(pg_ctl).parent if pg_ctl else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _as_pg_user(cmd: list[str]) -> list[str]:
+    return ["runuser", "-u", PG_USER, "--", *cmd] if os.geteuid() == 0 else cmd
+
+
+def _run(cmd: list[str]) -> None:
+    proc = subprocess.run(_as_pg_user(cmd), capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """Base URL (no database) of a throwaway PostgreSQL cluster on 127.0.0.1."""
+    bindir = _pg_bindir()
+    if bindir is None:
+        pytest.fail("PostgreSQL server binaries not found (no pg_ctl): run `bash deploy/postgres.sh`"
+                    " (installs the Debian postgresql package), then re-run the tests.",
+                    pytrace=False)
+    tmp = Path(tempfile.mkdtemp(prefix="rehealth-pg-"))
+    data = tmp / "data"
+    if os.geteuid() == 0:
+        shutil.chown(tmp, user=PG_USER)
+    port = _free_port()
+    _run([str(bindir / "initdb"), "-D", str(data), "-U", PG_USER, "--auth=trust", "-E", "UTF8",
+          "--no-sync"])
+    _run([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(tmp / "log"), "-w", "-t", "60",
+          "-o", f"-c listen_addresses=127.0.0.1 -p {port} -k {tmp} -c fsync=off", "start"])
+    try:
+        yield f"postgresql+psycopg2://{PG_USER}@127.0.0.1:{port}"
+    finally:
+        _run([str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"])
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server) -> str:
+    """``postgresql+psycopg2://postgres@127.0.0.1:PORT/rehealth_test`` (shared by the session)."""
+    return _create_database(postgres_server, "rehealth_test")
+
+
+def _create_database(base_url: str, name: str) -> str:
+    import psycopg2
+
+    host_port = base_url.rsplit("@", 1)[1]
+    host, port = host_port.split(":")
+    conn = psycopg2.connect(host=host, port=int(port), user=PG_USER, dbname="postgres")
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    conn.close()
+    return f"{base_url}/{name}"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request, tmp_path) -> str:
+    """A URL of an empty node store: a SQLite file, or a fresh database on real PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'node.db'}"
+    base = request.getfixturevalue("postgres_server")
+    return _create_database(base, f"rehealth_test_{os.getpid()}_{next(_db_counter)}")
