@@ -1,0 +1,180 @@
+"""Seeded generation of a synthetic federation with its ground truth (pure: no I/O).
+
+Each site draws from its own ``Generator(PCG64(SeedSequence(seed, spawn_key=(i,))))``, where
+``i`` is the site's place in :data:`~shared.synth.sites.PROFILES`: the child seeds that
+``SeedSequence(seed).spawn`` hands out. A site's data therefore depends only on the seed, its
+profile and its size, never on which other sites are generated.
+
+>>> fed = generate_federation(seed=1, sites=2, scale=0.01)
+>>> [s.name for s in fed.sites]
+['insurer_large', 'insurer_mid_1']
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from shared.errors import SpecError
+from shared.synth.hazard import HIGH_RISK, baseline_hazard, event_probability
+from shared.synth.outcomes import OUTCOMES, PotentialOutcomes, draw_potential_outcomes
+from shared.synth.population import Population, draw_population
+from shared.synth.records import (
+    INDEX_WINDOW_DAYS, OUTCOME_PERIOD_DAYS, TREATMENT_CODE, cohort_table, person_ids,
+    record_tables,
+)
+from shared.synth.sites import (
+    PROFILES, PROFILES_BY_NAME, RETIRED, SiteProfile, select_profiles, site_size,
+)
+from shared.synth.truth import outcome_truth
+from shared.synth.uptake import uptake_probability
+
+
+@dataclass(frozen=True)
+class SiteData:
+    """One site's tables. ``potential`` (the truth per person) is never part of the cohort."""
+
+    name: str
+    profile: SiteProfile
+    persons: pd.DataFrame
+    interventions: pd.DataFrame
+    outcomes: pd.DataFrame
+    cohort: pd.DataFrame
+    potential: pd.DataFrame
+
+
+@dataclass(frozen=True)
+class Federation:
+    """The sites in profile order and the JSON-ready ground truth (``truth.json``)."""
+
+    sites: tuple[SiteData, ...]
+    truth: dict
+
+
+@dataclass(frozen=True)
+class _Simulation:
+    """Everything drawn for one site before the record tables are laid out."""
+
+    profile: SiteProfile
+    population: Population
+    p0: np.ndarray
+    propensity: np.ndarray
+    treated: np.ndarray
+    potential: PotentialOutcomes
+
+
+def _site_rng(seed: int, profile: SiteProfile) -> np.random.Generator:
+    child = np.random.SeedSequence(seed, spawn_key=(PROFILES.index(profile),))
+    return np.random.Generator(np.random.PCG64(child))
+
+
+def _simulate(rng: np.random.Generator, profile: SiteProfile, n: int) -> _Simulation:
+    pop = draw_population(rng, profile, n)
+    hazard0 = baseline_hazard(pop.features)
+    p0 = event_probability(hazard0)
+    dept_shift = np.array([d.uptake_shift for d in profile.departments])
+    dept_index = {d.name: i for i, d in enumerate(profile.departments)}
+    shift = dept_shift[np.array([dept_index[d] for d in pop.department])]
+    pi = uptake_probability(p0=p0, features=pop.features, site_logit=profile.uptake_logit,
+                            department_shift=shift)
+    treated = (rng.random(n) < pi).astype(np.int64)
+    potential = draw_potential_outcomes(rng, hazard0=hazard0, working=pop.job_type != RETIRED)
+    return _Simulation(profile, pop, p0, pi, treated, potential)
+
+
+def _cohort(sim: _Simulation, ids: np.ndarray) -> pd.DataFrame:
+    return cohort_table(ids=ids, profile=sim.profile, department=sim.population.department,
+                        job_type=sim.population.job_type, features=sim.population.features,
+                        treated=sim.treated, observed=sim.potential.observed(sim.treated))
+
+
+def _potential_table(sim: _Simulation, ids: np.ndarray) -> pd.DataFrame:
+    cols = {"person_id": ids, "baseline_risk": sim.p0, "propensity": sim.propensity,
+            "treated": sim.treated}
+    for o in OUTCOMES:
+        cols[f"y0_{o.name}"] = sim.potential.y0[o.name]
+        cols[f"y1_{o.name}"] = sim.potential.y1[o.name]
+    return pd.DataFrame(cols)
+
+
+def _truth(sims: list[_Simulation]) -> dict:
+    """Truth of the people in ``sims`` taken together."""
+    def cat(get) -> np.ndarray:
+        return np.concatenate([get(s) for s in sims])
+
+    return outcome_truth(
+        y0={o.name: cat(lambda s: s.potential.y0[o.name]) for o in OUTCOMES},
+        y1={o.name: cat(lambda s: s.potential.y1[o.name]) for o in OUTCOMES},
+        treated=cat(lambda s: s.treated), p0=cat(lambda s: s.p0),
+    )
+
+
+def _study_truth() -> dict:
+    return {
+        "treatment": TREATMENT_CODE,
+        "treated_if": f"{TREATMENT_CODE} started 0-{INDEX_WINDOW_DAYS} days after the index date",
+        "outcome_period_days": OUTCOME_PERIOD_DAYS,
+        "high_risk": f"baseline 1-year CV event risk >= {HIGH_RISK:g}",
+        "outcomes": [o.model_dump() for o in OUTCOMES],
+    }
+
+
+def generate_federation(*, seed: int, sites: int | None = None, scale: float = 1.0) -> Federation:
+    """Generate the first ``sites`` profiles (all for None) at ``scale`` with their truth.
+
+    Args:
+        seed: master seed; equal seeds give equal federations.
+        sites: number of profiles to take in fixed order (large insurer first).
+        scale: multiplies every site's size (at least 20 people per site).
+
+    Returns:
+        A :class:`Federation`; ``truth`` holds the study definition, ``pooled`` and per-site
+        figures (see :func:`shared.synth.truth.outcome_truth`), the seed and the scale.
+
+    Raises:
+        SpecError: ``sites`` or ``scale`` out of range.
+    """
+    out_sites: list[SiteData] = []
+    sims: list[_Simulation] = []
+    site_truth: dict[str, dict] = {}
+    for profile in select_profiles(sites):
+        rng = _site_rng(seed, profile)
+        sim = _simulate(rng, profile, site_size(profile, scale))
+        ids = person_ids(profile.prefix, sim.population.n)
+        cohort = _cohort(sim, ids)
+        persons, interventions, outcomes = record_tables(rng, cohort=cohort, profile=profile)
+        out_sites.append(SiteData(profile.name, profile, persons, interventions, outcomes, cohort,
+                                  _potential_table(sim, ids)))
+        sims.append(sim)
+        site_truth[profile.name] = {"kind": profile.kind, **_truth([sim])}
+    truth = {"generator": "shared.synth", "seed": seed, "scale": scale, "study": _study_truth(),
+             "pooled": _truth(sims), "sites": site_truth}
+    return Federation(sites=tuple(out_sites), truth=truth)
+
+
+def generate_cohort(*, n: int, seed: int, profile: str = "insurer_mid_1") -> tuple[pd.DataFrame, dict]:
+    """One site's flat cohort table and its truth, without the record tables (fast).
+
+    With ``n`` equal to the site's size in :func:`generate_federation` the cohort is the same.
+
+    Args:
+        n: number of people.
+        seed: master seed.
+        profile: a name from :data:`~shared.synth.sites.PROFILES`.
+
+    Returns:
+        ``(cohort, truth)``; ``truth`` as one site's entry of the federation truth, plus ``seed``.
+
+    Raises:
+        SpecError: unknown profile or ``n`` below 1.
+    """
+    if profile not in PROFILES_BY_NAME:
+        raise SpecError(f"unknown site profile {profile!r}; known: {', '.join(PROFILES_BY_NAME)}")
+    if n < 1:
+        raise SpecError(f"n must be at least 1, got {n}")
+    prof = PROFILES_BY_NAME[profile]
+    sim = _simulate(_site_rng(seed, prof), prof, n)
+    cohort = _cohort(sim, person_ids(prof.prefix, n))
+    return cohort, {"seed": seed, "site": prof.name, "kind": prof.kind, **_truth([sim])}
