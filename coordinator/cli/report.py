@@ -1,5 +1,192 @@
-"""`rehealth report` commands."""
+"""`rehealth report` commands: keygen, build, sign, render, verify.
+
+No logic of its own: each command calls :mod:`coordinator.report` and prints paths or a verdict
+(``--format json`` for machines). ``verify`` exits 0 for an intact report signed by the given
+key and 1 otherwise, with the reason; 2 means the command could not run (unreadable key).
+"""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
 
 import typer
 
-app = typer.Typer(help="report", no_args_is_help=True)
+app = typer.Typer(help="Evidence reports: sign, render and verify.", no_args_is_help=True)
+
+
+class Fmt(str, Enum):
+    text = "text"
+    json = "json"
+
+
+def _emit(fmt: Fmt, payload: dict, lines: list[str]) -> None:
+    if fmt is Fmt.json:
+        typer.echo(json.dumps(payload, indent=2, sort_keys=True))
+    else:
+        for line in lines:
+            typer.echo(line)
+
+
+def _fail(message: str, *, code: int = 2) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def keygen(
+    out: Path = typer.Option(..., "--out", help="Folder for coordinator.key and coordinator.pub."),
+    force: bool = typer.Option(False, help="Overwrite an existing key pair."),
+    fmt: Fmt = typer.Option(Fmt.text, "--format", help="Output format."),
+) -> None:
+    """Generate the coordinator's Ed25519 signing key (PKCS#8 PEM, mode 0600) and public key."""
+    from coordinator.report import ReportError, generate_keypair, key_id, load_public_key
+
+    try:
+        key_path, pub_path = generate_keypair(out, overwrite=force)
+    except ReportError as e:
+        _fail(str(e))
+    kid = key_id(load_public_key(pub_path))
+    _emit(fmt, {"private_key": str(key_path), "public_key": str(pub_path), "key_id": kid},
+          [f"private key: {key_path} (keep it secret; never commit it)",
+           f"public key:  {pub_path} (give it to whoever verifies reports)", f"key id: {kid}"])
+
+
+@app.command()
+def build(
+    result: Path = typer.Argument(..., help="Study result JSON (rehealth study run)."),
+    out: Path = typer.Option(..., "--out", help="Where to write the unsigned report document."),
+    issuer: str = typer.Option("ReHealth Core coordinator", help="Who issues the report."),
+) -> None:
+    """Build the unsigned report document (canonical JSON) from a study result, for review."""
+    from coordinator.report import ReportError, build_report, report_bytes
+    from shared.result import StudyResult
+
+    try:
+        doc = build_report(_read_result(result, StudyResult), issuer=issuer)
+    except ReportError as e:
+        _fail(str(e))
+    out.write_bytes(report_bytes(doc))
+    typer.echo(f"report document: {out}")
+
+
+@app.command()
+def sign(
+    document: Path = typer.Argument(..., help="Unsigned report document (rehealth report build)."),
+    key: Path = typer.Option(..., "--key", help="Coordinator private key (PEM)."),
+    out: Path = typer.Option(..., "--out", help="Folder for report.json, report.html, report.pdf."),
+    fmt: Fmt = typer.Option(Fmt.text, "--format", help="Output format."),
+) -> None:
+    """Sign a reviewed report document and render its HTML and PDF."""
+    from pydantic import ValidationError
+
+    from coordinator.report import (EvidenceReport, ReportError, load_private_key, sign_report,
+                                    verify_signed_report, write_renderings)
+
+    try:
+        doc = EvidenceReport.model_validate_json(document.read_bytes())
+        private = load_private_key(key)
+    except (OSError, ValidationError) as e:
+        _fail(f"{document}: not a report document ({str(e).splitlines()[0]})")
+    except ReportError as e:
+        _fail(str(e))
+    signed = sign_report(doc, private)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_bytes(signed)
+    paths = {"json": out / "report.json",
+             **write_renderings(verify_signed_report(signed, private.public_key()),
+                                signed_name="report.json", out_dir=out)}
+    _emit_paths(fmt, paths)
+
+
+@app.command()
+def render(
+    source: Path = typer.Argument(..., help="Study result JSON, or a signed report to re-render."),
+    key: Path = typer.Option(None, "--key", help="Private key to sign a study result with."),
+    pub: Path = typer.Option(None, "--pub", help="Public key to verify a signed report with."),
+    out: Path = typer.Option(Path("report"), "--out", help="Output folder."),
+    issuer: str = typer.Option("ReHealth Core coordinator", help="Who issues the report."),
+    fmt: Fmt = typer.Option(Fmt.text, "--format", help="Output format."),
+) -> None:
+    """Write report.json (signed), report.html and report.pdf, and print their paths.
+
+    From a study result this needs the coordinator's private key (--key). From a signed report
+    it needs the public key (--pub): the report is verified before anything is rendered.
+    """
+    from coordinator.report import (ReportError, ReportVerificationError, verify_file,
+                                    write_renderings, write_signed_report)
+    from shared.result import StudyResult
+
+    try:
+        if _is_signed_report(source):
+            if pub is None:
+                _fail("a signed report is verified before rendering: give --pub PUBLIC_KEY")
+            paths = write_renderings(verify_file(source, pub), signed_name=source.name,
+                                     out_dir=out)
+        else:
+            if key is None:
+                _fail("signing a study result needs the coordinator's private key: --key KEY")
+            paths = write_signed_report(_read_result(source, StudyResult), key_path=key,
+                                        out_dir=out, issuer=issuer)
+    except ReportVerificationError as e:
+        _fail(f"{source}: {e}", code=1)
+    except ReportError as e:
+        _fail(str(e))
+    _emit_paths(fmt, paths)
+
+
+@app.command()
+def verify(
+    report: Path = typer.Argument(..., help="Signed report (report.json)."),
+    key: Path = typer.Option(..., "--key", help="Issuer's public key (PEM)."),
+    fmt: Fmt = typer.Option(Fmt.text, "--format", help="Output format."),
+) -> None:
+    """Check a signed report offline: exit 0 if intact and signed by KEY, 1 with the reason if not."""
+    from coordinator.report import ReportError, ReportVerificationError, verify_file
+
+    try:
+        v = verify_file(report, key)
+    except ReportVerificationError as e:
+        _emit(fmt, {"valid": False, "reason": e.reason, "message": str(e), "report": str(report)},
+              [f"INVALID: {report}: {e}"])
+        raise typer.Exit(1)
+    except ReportError as e:
+        _fail(str(e))
+    r = v.report
+    _emit(fmt, {"valid": True, "report": str(report), "key_id": v.key_id, "sha256": v.sha256,
+                "study": r.study.name, "spec_hash": r.study.spec_hash, "issued_at": r.issued_at,
+                "schema_version": r.schema_version, "all_checks_passed": r.all_checks_passed},
+          [f"OK: {report} is intact and signed by key {v.key_id}",
+           f"study {r.study.name} (spec {r.study.spec_hash[:16]}…), issued {r.issued_at} by "
+           f"{r.issuer}; file SHA-256 {v.sha256}"])
+
+
+def _emit_paths(fmt: Fmt, paths: dict[str, Path]) -> None:
+    _emit(fmt, {k: str(v) for k, v in paths.items()}, [f"{k}: {v}" for k, v in paths.items()])
+
+
+def _read_result(path: Path, model):
+    from pydantic import ValidationError
+
+    try:
+        return model.read(path)
+    except OSError as e:
+        _fail(f"cannot read {path}: {e.strerror}")
+    except ValidationError as e:
+        _fail(f"{path}: not a study result ({e.error_count()} error(s), first at "
+              f"{'.'.join(map(str, e.errors()[0]['loc']))}: {e.errors()[0]['msg']})")
+
+
+def _is_signed_report(path: Path) -> bool:
+    try:
+        head = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(head, dict) and "report" in head and "study" not in head
+
+
+def verify_main() -> None:
+    """``rehealth-verify REPORT --key PUB``: the verify command alone, for fast offline checks
+    (it imports neither the study nor the rendering stack)."""
+    typer.run(verify)

@@ -1,0 +1,198 @@
+"""The PDF report (fpdf2): the same view as the HTML, paginated, with page numbers and the
+signing key id in the footer. Fonts are the DejaVu TTFs that ship with matplotlib, so the
+symbols the report uses (ε, δ, −, ≥, ∞) render without a system font or a browser.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import matplotlib
+from fpdf import FPDF
+from fpdf.fonts import FontFace
+
+from coordinator.report.view import Figure, ReportView, Table
+
+FONT = "DejaVu"
+_FONT_DIR = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+BLUE = (31, 95, 158)
+GREY = (85, 85, 85)
+PASS, FAIL = (30, 123, 52), (181, 42, 38)
+HEAD_FILL = (238, 242, 247)
+
+# column width weights per table, so long text columns get the room
+_WIDTHS = {
+    "What the effect is worth": (22, 14, 22, 14, 36),
+    "Effect estimates (ATT)": (18, 9, 9, 20, 9, 10, 10, 12, 13),
+    "Diagnostics against stated thresholds": (18, 28, 9, 8, 37),
+    "Covariate balance": (22, 13, 13, 15, 15, 12),
+}
+
+
+class _ReportPDF(FPDF):
+    def __init__(self, view: ReportView):
+        super().__init__(orientation="P", unit="mm", format="A4")
+        self.view = view
+        self.set_margins(16, 16, 16)
+        self.set_auto_page_break(auto=True, margin=18)
+        self.add_font(FONT, "", str(_FONT_DIR / "DejaVuSans.ttf"))
+        self.add_font(FONT, "B", str(_FONT_DIR / "DejaVuSans-Bold.ttf"))
+        self.add_font(FONT, "I", str(_FONT_DIR / "DejaVuSans-Oblique.ttf"))
+        self.add_font(FONT + "Mono", "", str(_FONT_DIR / "DejaVuSansMono.ttf"))
+        self.set_title(view.title)
+        self.set_creator("rehealth-core")
+
+    def footer(self) -> None:
+        self.set_y(-12)
+        self.set_font(FONT, "", 7)
+        self.set_text_color(*GREY)
+        sig = self.view.signature
+        left = (f"Signed Ed25519, key id {sig.key_id[:16]}…  ·  verify: rehealth report verify "
+                f"{sig.file_name} --key coordinator.pub") if sig else "UNSIGNED RENDERING"
+        self.cell(0, 5, left, align="L")
+        self.set_x(self.l_margin)
+        self.cell(0, 5, f"Page {self.page_no()} of {{nb}}", align="R")
+        self.set_text_color(0, 0, 0)
+
+
+def render_pdf(view: ReportView) -> bytes:
+    """The report as PDF bytes."""
+    pdf = _ReportPDF(view)
+    pdf.add_page()
+    _title(pdf, view)
+    _heading(pdf, "Summary")
+    for label, text in view.summaries:
+        pdf.set_font(FONT, "B", 9.5)
+        pdf.cell(0, 6, label, new_x="LMARGIN", new_y="NEXT")
+        _para(pdf, text)
+    _table(pdf, view.value)
+    _table(pdf, view.estimates, font_size=7)
+    _figure(pdf, view.figures["estimates"])
+    _table(pdf, view.checks)
+    _table(pdf, view.balance)
+    _table(pdf, view.attrition)
+    _figure(pdf, view.figures["love"], width=130)
+    _figure(pdf, view.figures["overlap"])
+    _table(pdf, view.sites)
+    _table(pdf, view.privacy)
+    _heading(pdf, "Method and provenance")
+    _para(pdf, view.estimand)
+    for w in view.warnings:
+        _para(pdf, f"Warning from the study run: {w}")
+    _table(pdf, view.strata, font_size=7)
+    _signature(pdf, view)
+    return bytes(pdf.output())
+
+
+def _title(pdf: FPDF, view: ReportView) -> None:
+    pdf.set_font(FONT, "B", 16)
+    pdf.set_text_color(*BLUE)
+    pdf.multi_cell(0, 8, view.title, new_x="LMARGIN", new_y="NEXT")
+    pdf.set_text_color(0, 0, 0)
+    pdf.ln(1)
+    for label, value in view.facts:
+        pdf.set_font(FONT, "B", 8.5)
+        pdf.cell(30, 4.8, label)
+        mono = label.endswith("SHA-256")
+        pdf.set_font(FONT + "Mono" if mono else FONT, "", 7.5 if mono else 8.5)
+        pdf.multi_cell(0, 4.8, value, new_x="LMARGIN", new_y="NEXT")
+    pdf.ln(2)
+    if view.banner:
+        _box(pdf, view.banner, fill=(255, 244, 214), bold=False)
+    _box(pdf, view.verdict, fill=(227, 243, 230) if view.verdict_ok else (251, 227, 225),
+         bold=True)
+
+
+def _box(pdf: FPDF, text: str, *, fill: tuple[int, int, int], bold: bool) -> None:
+    pdf.set_font(FONT, "B" if bold else "", 9)
+    pdf.set_fill_color(*fill)
+    pdf.multi_cell(0, 5.5, text, fill=True, padding=2, new_x="LMARGIN", new_y="NEXT")
+    pdf.ln(2)
+
+
+def _heading(pdf: FPDF, text: str) -> None:
+    if pdf.get_y() > pdf.h - 50:  # keep a heading with what follows it
+        pdf.add_page()
+    pdf.ln(3)
+    pdf.set_font(FONT, "B", 12)
+    pdf.set_text_color(*BLUE)
+    pdf.cell(0, 7, text, new_x="LMARGIN", new_y="NEXT")
+    pdf.set_draw_color(*BLUE)
+    pdf.line(pdf.l_margin, pdf.get_y(), pdf.w - pdf.r_margin, pdf.get_y())
+    pdf.set_text_color(0, 0, 0)
+    pdf.ln(1.5)
+
+
+def _para(pdf: FPDF, text: str, *, size: float = 9, color=(0, 0, 0)) -> None:
+    pdf.set_font(FONT, "", size)
+    pdf.set_text_color(*color)
+    pdf.multi_cell(0, 4.6, text, new_x="LMARGIN", new_y="NEXT")
+    pdf.set_text_color(0, 0, 0)
+    pdf.ln(1)
+
+
+def _table(pdf: FPDF, t: Table, *, font_size: float = 7.5) -> None:
+    rough_height = 16 + 5.5 * (len(t.rows) + 1)
+    if pdf.get_y() + min(rough_height, 110) > pdf.h - pdf.b_margin:  # keep short tables whole
+        pdf.add_page()
+    _heading(pdf, t.title)
+    pdf.set_font(FONT, "", font_size)
+    widths = _WIDTHS.get(t.title)
+    if widths is not None and len(widths) != len(t.header):  # e.g. no truth column
+        widths = None
+    with pdf.table(col_widths=widths, line_height=1.45 * font_size * 0.3528 + 1,
+                   headings_style=FontFace(emphasis="BOLD", fill_color=HEAD_FILL),
+                   borders_layout="HORIZONTAL_LINES", padding=0.8,
+                   text_align="LEFT") as table:
+        table.row(list(t.header))
+        for cells in t.rows:
+            row = table.row()
+            for i, cell in enumerate(cells):
+                style = None
+                if t.status_col == i:
+                    style = FontFace(emphasis="BOLD", color=PASS if cell == "pass" else FAIL)
+                row.cell(cell, style=style)
+    if t.note:
+        _para(pdf, t.note, size=7, color=GREY)
+
+
+def _figure(pdf: FPDF, f: Figure, *, width: float = 170) -> None:
+    img = io.BytesIO(f.png)
+    from PIL import Image
+
+    with Image.open(io.BytesIO(f.png)) as im:
+        height = width * im.height / im.width
+    if pdf.get_y() + height + 12 > pdf.h - pdf.b_margin:
+        pdf.add_page()
+    pdf.ln(2)
+    x = pdf.l_margin + (pdf.epw - width) / 2
+    pdf.image(img, x=x, w=width)
+    pdf.set_font(FONT, "B", 7.5)
+    pdf.set_text_color(*GREY)
+    pdf.multi_cell(0, 4, f"{f.title}. ", new_x="LMARGIN", new_y="NEXT")
+    _para(pdf, f.caption, size=7, color=GREY)
+
+
+def _signature(pdf: FPDF, view: ReportView) -> None:
+    _heading(pdf, "Signature and verification")
+    sig = view.signature
+    if sig is None:
+        _para(pdf, "This rendering is of an unsigned report.")
+        return
+    for label, value in (("Signed file", sig.file_name),
+                         ("Algorithm", f"{sig.algorithm} over the canonical JSON of the report"),
+                         ("Signing key id", sig.key_id), ("File SHA-256", sig.file_sha256)):
+        pdf.set_font(FONT, "B", 8.5)
+        pdf.cell(30, 4.8, label)
+        mono = label in ("Signing key id", "File SHA-256")
+        pdf.set_font(FONT + "Mono" if mono else FONT, "", 7.5 if mono else 8.5)
+        pdf.multi_cell(0, 4.8, value, new_x="LMARGIN", new_y="NEXT")
+    pdf.ln(2)
+    _para(pdf, f"This document is a rendering; the signed evidence is {sig.file_name}. To check "
+               f"it offline run: rehealth report verify {sig.file_name} --key coordinator.pub "
+               f"(exit code 0: intact and signed by the key whose id is shown; a change to any "
+               f"byte, a wrong key or a missing signature is rejected). Without this software: "
+               f"parse the file, re-serialise its 'report' field as JSON with sorted keys, no "
+               f"whitespace and UTF-8, and verify the base64 'signature.value' with any Ed25519 "
+               f"library.")

@@ -1,0 +1,135 @@
+"""Report figures as PNG bytes: Love plot, propensity-score overlap, estimates with CIs.
+
+Uses ``matplotlib.figure.Figure`` with the Agg canvas directly (no pyplot): no global state, no
+display, safe in threads and servers.
+"""
+
+from __future__ import annotations
+
+import io
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from coordinator.report.checks import SMD_MAX
+from coordinator.report.document import BalanceRow, OutcomeRow, StratumRow
+
+BEFORE, AFTER, TRUTH = "#c0504d", "#1f5f9e", "#2e8b57"
+TREATED, CONTROL = "#1f5f9e", "#e08a2c"
+DPI = 150
+
+
+def love_plot(rows: tuple[BalanceRow, ...]) -> bytes:
+    """|SMD| per covariate before and after weighting, with the 0.1 balance threshold."""
+    order = sorted(rows, key=lambda r: abs(r.smd_before))
+    fig = Figure(figsize=(6.4, 0.28 * len(order) + 1.3))
+    ax = fig.add_subplot()
+    y = range(len(order))
+    ax.hlines(y, [min(abs(r.smd_before), abs(r.smd_after)) for r in order],
+              [max(abs(r.smd_before), abs(r.smd_after)) for r in order], color="#bbbbbb", lw=1)
+    ax.scatter([abs(r.smd_before) for r in order], y, facecolors="white", edgecolors=BEFORE,
+               label="before weighting", zorder=3)
+    ax.scatter([abs(r.smd_after) for r in order], y, color=AFTER, label="after weighting",
+               zorder=3)
+    ax.axvline(SMD_MAX, color="black", ls="--", lw=0.8)
+    ax.text(SMD_MAX, len(order) - 0.4, f" |SMD| = {SMD_MAX:g}", fontsize=7, va="bottom")
+    ax.set_yticks(list(y), [r.covariate for r in order], fontsize=8)
+    ax.set_ylim(-0.7, len(order) + 0.2)
+    ax.set_xlim(left=0)
+    ax.set_xlabel("absolute standardized mean difference")
+    ax.legend(loc="lower right", fontsize=8, frameon=False)
+    ax.grid(axis="x", alpha=0.3)
+    return _png(fig)
+
+
+def overlap_plot(strata: tuple[StratumRow, ...]) -> bytes:
+    """Share of each arm per logit-score stratum: treated above the axis, controls below.
+
+    Unbounded outer strata are drawn with their neighbour's width and hatched; strata outside
+    common support (one arm empty) are shaded.
+    """
+    spans = _finite_spans(strata)
+    n_t = sum(s.n_treated for s in strata) or 1
+    n_c = sum(s.n_control for s in strata) or 1
+    fig = Figure(figsize=(6.4, 3.0))
+    ax = fig.add_subplot()
+    for s, (lo, hi, open_ended) in zip(strata, spans):
+        hatch = "///" if open_ended else None
+        if not s.used:
+            ax.axvspan(lo, hi, color="#eeeeee", zorder=0)
+        ax.bar(lo, s.n_treated / n_t, width=hi - lo, align="edge", color=TREATED, alpha=0.85,
+               edgecolor="white", hatch=hatch, lw=0.5)
+        ax.bar(lo, -s.n_control / n_c, width=hi - lo, align="edge", color=CONTROL, alpha=0.85,
+               edgecolor="white", hatch=hatch, lw=0.5)
+    ax.axhline(0, color="black", lw=0.6)
+    ax.set_xlabel("logit propensity score (stratum edges)")
+    ax.set_ylabel("share of arm")
+    top = max(abs(v) for v in ax.get_ylim())
+    ax.set_ylim(-top, top)
+    ax.yaxis.set_major_formatter(lambda v, _: f"{abs(v):.0%}")
+    ax.text(0.01, 0.97, f"treated (n = {n_t:,})", transform=ax.transAxes, va="top",
+            color=TREATED, fontsize=8)
+    ax.text(0.99, 0.03, f"control (n = {n_c:,})", transform=ax.transAxes, va="bottom",
+            ha="right", color=CONTROL, fontsize=8)
+    ax.set_title("grey: no common support (not in the estimate); hatched: open-ended stratum",
+                 fontsize=7, color="#555555", loc="right")
+    return _png(fig)
+
+
+def estimate_plot(outcomes: tuple[OutcomeRow, ...]) -> bytes:
+    """ATT per outcome with its 95% CI (thin), the sampling-only CI (thick) and the truth."""
+    fig = Figure(figsize=(6.4, 0.95 * len(outcomes) + 0.5))
+    axes = fig.subplots(len(outcomes), 1, squeeze=False)[:, 0]
+    for ax, o in zip(axes, outcomes):
+        ax.hlines(0, o.ci_low, o.ci_high, color=AFTER, lw=1.5)
+        half = 1.96 * o.se_sampling
+        ax.hlines(0, o.att - half, o.att + half, color=AFTER, lw=5, alpha=0.45)
+        ax.plot([o.att], [0], "o", color=AFTER, label="ATT, 95% CI", zorder=3)
+        if o.truth is not None:
+            ax.plot([o.truth], [0], "|", color=TRUTH, ms=18, mew=2.5, label="simulation truth",
+                    zorder=2)
+        ax.axvline(0, color="black", lw=0.6, ls=":")
+        ax.set_yticks([])
+        ax.set_ylabel(o.name, rotation=0, ha="right", va="center", fontsize=8)
+        lo = min(o.ci_low, 0.0, o.truth if o.truth is not None else 0.0)
+        hi = max(o.ci_high, 0.0, o.truth if o.truth is not None else 0.0)
+        pad = 0.08 * (hi - lo or 1.0)
+        ax.set_xlim(lo - pad, hi + pad)
+        ax.tick_params(axis="x", labelsize=7)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper right", fontsize=7, frameon=False, ncol=2)
+    fig.text(0.01, 0.99, "thick: sampling-only CI; thin: full CI incl. privacy noise",
+             fontsize=7, va="top", color="#555555")
+    return _png(fig, top=0.9)
+
+
+def _finite_spans(strata: tuple[StratumRow, ...]) -> list[tuple[float, float, bool]]:
+    """(lo, hi, open_ended) per stratum, unbounded edges replaced by the neighbour's width."""
+    widths = [s.hi - s.lo for s in strata if s.lo is not None and s.hi is not None]
+    default = (sum(widths) / len(widths)) if widths else 1.0
+    spans = []
+    for i, s in enumerate(strata):
+        lo, hi = s.lo, s.hi
+        if lo is None and hi is None:
+            lo, hi = -default / 2, default / 2
+        elif lo is None:
+            nxt = strata[i + 1] if i + 1 < len(strata) else None
+            w = (nxt.hi - nxt.lo) if nxt and nxt.hi is not None and nxt.lo is not None else default
+            lo = hi - w
+        elif hi is None:
+            prv = strata[i - 1] if i > 0 else None
+            w = (prv.hi - prv.lo) if prv and prv.hi is not None and prv.lo is not None else default
+            hi = lo + w
+        spans.append((lo, hi, s.lo is None or s.hi is None))
+    return spans
+
+
+def _png(fig: Figure, *, top: float | None = None) -> bytes:
+    if top is not None:
+        fig.tight_layout(rect=(0, 0, 1, top))
+    else:
+        fig.tight_layout()
+    buf = io.BytesIO()
+    FigureCanvasAgg(fig)
+    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
+    return buf.getvalue()
