@@ -99,3 +99,20 @@ def store_url(request, tmp_path) -> str:
         return f"sqlite:///{tmp_path / 'node.db'}"
     base = request.getfixturevalue("postgres_server")
     return _create_database(base, f"rehealth_test_{os.getpid()}_{next(_db_counter)}")
+
+
+def _valid_person(person_id: str, **overrides) -> dict:
+    """A persons-file row (text cells, as in a CSV) that passes validation."""
+    from shared.features import FEATURES
+
+    row = {"person_id": person_id, "site": "site_a", "department": "ops", "job_type": "office",
+           "index_date": "2024-01-15"}
+    row.update({f.name: "1" if f.kind == "binary" else f"{(f.lo + f.hi) / 2:g}" for f in FEATURES})
+    row.update(overrides)
+    return row
+
+
+@pytest.fixture
+def valid_person():
+    """Factory of valid persons-file rows: ``valid_person("A-1", age="55")``."""
+    return _valid_person

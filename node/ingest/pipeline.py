@@ -143,6 +143,9 @@ def _commit_chunk(conn: Connection, spec: KindSpec, job: _Job, result: ChunkResu
     rows = result.rows
     cols = list(rows.columns) + ["ingest_id"]
     data = [rows[c].tolist() for c in rows.columns] + [[job.id] * len(rows)]
+    if "recorded_at" in spec.table.c:  # the trajectory log notes where an event came from
+        cols += ["source", "recorded_at"]
+        data += [["file"] * len(rows), [_now().isoformat(sep=" ")] * len(rows)]
     if spec.extras:
         i = cols.index("extras")
         data[i] = [_db_value(v) for v in data[i]]
@@ -156,7 +159,8 @@ def _commit_chunk(conn: Connection, spec: KindSpec, job: _Job, result: ChunkResu
         conn.execute(insert(quarantine), [
             {"ingest_id": job.id, "file": file_name[:255], "kind": spec.kind, "row": int(r.row),
              "field": r.field, "reason": r.reason, "detail": str(r.detail)[:255],
-             "pseudonym": r.pseudonym, "ingested_at": now}
+             "pseudonym": r.pseudonym if isinstance(r.pseudonym, str) else None,
+             "ingested_at": now}
             for r in problems.itertuples(index=False)])
     f = ingested_files
     conn.execute(update(f).where(f.c.id == job.id).values(
