@@ -1,0 +1,100 @@
+r"""Balance diagnostics from the table's Σz and Σz² per stratum × arm.
+
+Standardised mean difference per covariate, before (all rows, unweighted) and after (treated in
+common support vs controls reweighted to the treated's stratum distribution):
+
+.. math::
+    \mathrm{SMD} = \frac{\bar z_T - \bar z_C}{\sqrt{(s^2_T + s^2_C)/2}},
+
+with the *same* denominator before and after — the unweighted pooled SD of the full sample
+(Stuart 2010; cobalt's ``s.d.denom = "pooled"``) — so a change in SMD is a change in means only.
+Variance ratios :math:`s^2_T / s^2_C` before and after (``None`` when the control variance is 0).
+Under DP, moments are clamped to their valid ranges (:mod:`shared.psm.cells`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from shared.psm.cells import cell_means, clamped_counts
+
+__all__ = ["BalanceStat", "balance_table", "overlap_coefficient"]
+
+_TINY = 1e-12
+
+
+@dataclass(frozen=True)
+class BalanceStat:
+    """Mirrors :class:`shared.result.BalanceRow`."""
+
+    covariate: str
+    smd_before: float
+    smd_after: float
+    var_ratio_before: float | None = None
+    var_ratio_after: float | None = None
+
+
+def _weighted_moments(sum_z: np.ndarray, sumsq_z: np.ndarray, n: np.ndarray,
+                      weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and variance of z under stratum weights on the per-cell means (one arm).
+
+    ``weights`` sum to 1 over strata; cell first and second moments are clamped to [0, 1].
+    """
+    m1 = cell_means(sum_z[:, None, :], n[:, None])[:, 0, :]
+    m2 = cell_means(sumsq_z[:, None, :], n[:, None])[:, 0, :]
+    mean = weights @ m1
+    return mean, np.clip(weights @ m2 - mean**2, 0.0, None)
+
+
+def _arm_moments(sum_z, sumsq_z, n) -> tuple[np.ndarray, np.ndarray]:
+    """Unweighted mean and n − 1 variance of one arm from its summed cells."""
+    total = max(float(n.sum()), 1.0)
+    mean = np.clip(sum_z.sum(axis=0) / total, 0.0, 1.0)
+    var = (sumsq_z.sum(axis=0) - total * mean**2) / max(total - 1.0, 1.0)
+    return mean, np.clip(var, 0.0, None)
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return float(a / b) if b > _TINY else None
+
+
+def balance_table(*, table, covariates: Sequence[str], weights: np.ndarray,
+                  used: np.ndarray) -> tuple[BalanceStat, ...]:
+    """One :class:`BalanceStat` per covariate.
+
+    Args:
+        table: the summed :class:`~shared.psm.table.PsmTable`.
+        covariates: names in table order.
+        weights: ``(S,)`` treated share per stratum over common support (0 outside).
+        used: ``(S,)`` strata in common support.
+    """
+    n = clamped_counts(table.count)
+    mt0, vt0 = _arm_moments(table.sum_z[:, 1], table.sumsq_z[:, 1], n[:, 1])
+    mc0, vc0 = _arm_moments(table.sum_z[:, 0], table.sumsq_z[:, 0], n[:, 0])
+    denom = np.maximum(np.sqrt((vt0 + vc0) / 2.0), _TINY)
+    wc = np.where(used, weights, 0.0)
+    mt1, vt1 = _weighted_moments(table.sum_z[:, 1], table.sumsq_z[:, 1], n[:, 1], wc)
+    mc1, vc1 = _weighted_moments(table.sum_z[:, 0], table.sumsq_z[:, 0], n[:, 0], wc)
+    return tuple(
+        BalanceStat(
+            covariate=name,
+            smd_before=float((mt0[j] - mc0[j]) / denom[j]),
+            smd_after=float((mt1[j] - mc1[j]) / denom[j]),
+            var_ratio_before=_ratio(vt0[j], vc0[j]),
+            var_ratio_after=_ratio(vt1[j], vc1[j]),
+        )
+        for j, name in enumerate(covariates)
+    )
+
+
+def overlap_coefficient(n: np.ndarray) -> float:
+    r"""Overlap of the arms' score distributions over strata,
+    :math:`\sum_b \min(n_{bT}/N_T,\ n_{bC}/N_C)` (1 = identical, 0 = disjoint)."""
+    n = clamped_counts(n)
+    tot = n.sum(axis=0)
+    if not np.all(tot > 0):
+        return 0.0
+    return float(np.minimum(n[:, 1] / tot[1], n[:, 0] / tot[0]).sum())

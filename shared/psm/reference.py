@@ -1,0 +1,183 @@
+r"""Centralised references on pooled rows: the same stratified estimator, and 1:1 NN matching.
+
+:func:`estimate_att_pooled` runs exactly the federated pipeline with one "node" holding every
+row (same fitter, same edges, same table, same estimator), so federated = pooled up to rounding.
+
+:func:`nn_match_att` is the classic alternative: each treated is matched, with replacement, to
+the control nearest on the logit score within a caliper (0.2 SD of the logit by convention);
+treated without a control inside the caliper are dropped. SE by Abadie & Imbens (2006,
+*Econometrica* 74(1), eq. for the ATT with M = 1), which accounts for controls reused as matches:
+
+.. math::
+    \widehat V = \frac{1}{N_1^2}\Big[\sum_{i:T}(Y_i - Y_{m(i)} - \hat\tau)^2
+                 + \sum_{j:C} K_j (K_j - 1)\, \hat\sigma^2_j\Big],
+    \qquad \hat\sigma^2_j = \tfrac12 (Y_j - Y_{j'})^2,
+
+where :math:`K_j` counts how often control j is used and :math:`j'` is the control nearest to
+j on the score (the conditional-variance estimate of AI with J = 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+import numpy as np
+
+from shared.errors import DataError, EmptyArmError, NoOverlapError
+from shared.psm._checks import check_t, check_z
+from shared.psm.estimator import Z_95, AttEstimate, estimate_att
+from shared.psm.propensity import PropensityFitter, cov_moments, fit_propensity
+from shared.psm.strata import (caliper_edges, logit_sd, quantile_edges, score_grid,
+                               score_histogram)
+from shared.psm.table import PsmTable, psm_table, scale_outcomes
+from shared.study import Outcome
+
+__all__ = ["NnMatch", "PooledAtt", "estimate_att_pooled", "nn_match_att"]
+
+
+@dataclass(frozen=True)
+class PooledAtt:
+    """The pooled reference run: the estimate and what produced it."""
+
+    estimate: AttEstimate
+    fitter: PropensityFitter
+    edges: np.ndarray
+    table: PsmTable
+    logit_sd: float
+    n_clipped: np.ndarray
+
+
+def estimate_att_pooled(*, z, t, y, outcomes: Sequence[Outcome], covariates: Sequence[str],
+                        strata: Literal["caliper", "quantile"] = "caliper", caliper_sd: float = 0.2,
+                        n_strata: int = 8, n_grid: int = 200, ridge: float = 1e-6,
+                        tol: float = 1e-10, max_iter: int = 25, min_cell: float = 1) -> PooledAtt:
+    """The federated pipeline on pooled rows: fit, edges, table, estimate.
+
+    Args:
+        z: ``(n, d)`` covariates scaled to [0, 1].
+        t: ``(n,)`` treatment 0/1.
+        y: ``(n, O)`` outcomes in ORIGINAL units; clipped and rescaled here by each outcome's
+            public ``[lo, cap]``, exactly as a node does.
+        strata: ``"caliper"`` (width ``caliper_sd`` × SD of the logit) or ``"quantile"``
+            (``n_strata`` equal-treated strata read off an ``n_grid``-bin public score grid).
+
+    Raises:
+        DataError / CovariateBoundsError: bad input.
+        EmptyArmError: an arm has no rows.
+        NoOverlapError: the arms are separated on the score (the fit diverges) or share no stratum.
+        ConvergenceError: the fit fails for another reason.
+    """
+    z = check_z(z, names=covariates)
+    t = check_t(t, n=z.shape[0])
+    y01, n_clipped = scale_outcomes(y=y, lo=[o.lo for o in outcomes], cap=[o.cap for o in outcomes],
+                                    names=[o.name for o in outcomes])
+    if y01.shape[0] != z.shape[0]:
+        raise DataError(f"{y01.shape[0]} outcome rows for {z.shape[0]} covariate rows")
+    moments = cov_moments(z=z, t=t)
+    if moments.count.min() < 1:
+        raise EmptyArmError(f"an arm is empty: {moments.count[1]:.0f} treated, {moments.count[0]:.0f} controls")
+    fitter = fit_propensity(z=z, t=t, ridge=ridge, tol=tol, max_iter=max_iter)
+    sd = logit_sd(moments=moments, beta=fitter.beta)
+    if strata == "caliper":
+        edges = caliper_edges(beta=fitter.beta, sd=sd, caliper_sd=caliper_sd)
+    elif strata == "quantile":
+        grid = score_grid(beta=fitter.beta, n_bins=n_grid)
+        hist = score_histogram(z=z, t=t, beta=fitter.beta, grid=grid)
+        edges = quantile_edges(grid=grid, treated_counts=hist[:, 1], n_strata=n_strata)
+    else:
+        raise DataError(f"unknown strata method {strata!r} (caliper or quantile)", field="strata")
+    table = psm_table(z=z, t=t, y=y01, beta=fitter.beta, edges=edges)
+    est = estimate_att(table=table, outcomes=outcomes, covariates=covariates, min_cell=min_cell)
+    return PooledAtt(estimate=est, fitter=fitter, edges=edges, table=table, logit_sd=sd,
+                     n_clipped=np.asarray(n_clipped))
+
+
+@dataclass(frozen=True)
+class NnMatch:
+    """One outcome's 1:1 nearest-neighbour matching estimate (units of ``y``)."""
+
+    name: str
+    att: float
+    se: float
+    ci: tuple[float, float]
+    n_matched: int  # treated with a control inside the caliper
+    n_treated_dropped: int
+    n_controls_used: int  # distinct controls used as matches
+
+
+def nn_match_att(*, scores, t, y, caliper: float, names: Sequence[str] | None = None) -> tuple[NnMatch, ...]:
+    """1:1 nearest-neighbour matching with replacement on ``scores`` within ``caliper``.
+
+    Args:
+        scores: ``(n,)`` logit propensity scores.
+        t: ``(n,)`` treatment 0/1.
+        y: ``(n, O)`` outcomes in any units (results are in the same units).
+        caliper: maximal |score difference| of a match (e.g. ``0.2 * logit_sd``).
+        names: outcome names.
+
+    Returns:
+        One :class:`NnMatch` per outcome. Ties go to the lower-scored control.
+
+    Raises:
+        DataError: NaN or mismatched shapes, ``t`` not 0/1, caliper not positive.
+        EmptyArmError: an arm has no rows.
+        NoOverlapError: no treated has a control within the caliper.
+    """
+    s = np.asarray(scores, dtype=float).reshape(-1)
+    t = check_t(t, n=s.size)
+    y = np.asarray(y, dtype=float)
+    y = y[:, None] if y.ndim == 1 else y
+    if y.shape[0] != s.size or not np.all(np.isfinite(y)) or not np.all(np.isfinite(s)):
+        raise DataError("scores and outcomes must be finite and have one row per person")
+    if not caliper > 0:
+        raise DataError(f"caliper must be positive, got {caliper!r}", field="caliper")
+    names = list(names) if names is not None else [f"y[{k}]" for k in range(y.shape[1])]
+    ctrl = np.flatnonzero(t == 0)
+    trt = np.flatnonzero(t == 1)
+    if ctrl.size == 0 or trt.size == 0:
+        raise EmptyArmError(f"an arm is empty: {trt.size} treated, {ctrl.size} controls")
+    order = ctrl[np.argsort(s[ctrl], kind="stable")]
+    sc = s[order]
+    match, dist = _nearest(sc, s[trt])
+    ok = dist <= caliper
+    if not ok.any():
+        raise NoOverlapError(f"no treated has a control within the caliper {caliper:.3g}")
+    matched_t, matched_c = trt[ok], match[ok]  # match: positions in the sorted controls
+    k_used = np.bincount(matched_c, minlength=sc.size).astype(float)
+    sigma2 = _neighbour_variance(sc, y[order]) if sc.size >= 2 else np.zeros((sc.size, y.shape[1]))
+    n1 = matched_t.size
+    out = []
+    for k, name in enumerate(names):
+        diff = y[matched_t, k] - y[order][matched_c, k]
+        tau = float(diff.mean())
+        var = (np.sum((diff - tau) ** 2) + np.sum(k_used * (k_used - 1.0) * sigma2[:, k])) / n1**2
+        se = float(np.sqrt(var))
+        out.append(NnMatch(name=name, att=tau, se=se, ci=(tau - Z_95 * se, tau + Z_95 * se),
+                           n_matched=int(n1), n_treated_dropped=int(trt.size - n1),
+                           n_controls_used=int(np.count_nonzero(k_used))))
+    return tuple(out)
+
+
+def _nearest(sorted_scores: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Position of the nearest value in ``sorted_scores`` for each query, and the distance."""
+    pos = np.searchsorted(sorted_scores, query)
+    left = np.clip(pos - 1, 0, sorted_scores.size - 1)
+    right = np.clip(pos, 0, sorted_scores.size - 1)
+    dl = np.abs(query - sorted_scores[left])
+    dr = np.abs(sorted_scores[right] - query)
+    take_left = dl <= dr
+    return np.where(take_left, left, right), np.where(take_left, dl, dr)
+
+
+def _neighbour_variance(sorted_scores: np.ndarray, y_sorted: np.ndarray) -> np.ndarray:
+    """AI conditional variance with J = 1: half the squared outcome gap to the nearest other
+    control on the score, ``(n_c, O)``."""
+    m = sorted_scores.size
+    idx = np.arange(m)
+    left = np.clip(idx - 1, 0, m - 1)
+    right = np.clip(idx + 1, 0, m - 1)
+    dl = np.where(idx > 0, sorted_scores - sorted_scores[left], np.inf)
+    dr = np.where(idx < m - 1, sorted_scores[right] - sorted_scores, np.inf)
+    nb = np.where(dl <= dr, left, right)
+    return 0.5 * (y_sorted - y_sorted[nb]) ** 2
