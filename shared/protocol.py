@@ -24,7 +24,8 @@ META_KEY = "meta"  # ConfigRecord of the reply: site, rows, timings
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # outer stratum edges are ±inf: JSON carries them as Infinity, not null
+    model_config = ConfigDict(extra="forbid", frozen=True, ser_json_inf_nan="constants")
 
 
 class Describe(_Model):

@@ -113,7 +113,7 @@ class Federation(_Model):
     round_timeout_s: float = Field(default=120.0, gt=0)
     max_newton_iter: int = Field(default=25, ge=1, le=100)
     ridge: float = Field(default=1e-6, ge=0)
-    tol: float = Field(default=1e-10, gt=0)
+    tol: float = Field(default=1e-8, gt=0)  # Newton step (sup-norm); 1e-10 is at rounding level
 
 
 class StudySpec(_Model):

@@ -1,0 +1,56 @@
+"""Turn what a study run learned into the :class:`shared.result.StudyResult` contract."""
+
+from __future__ import annotations
+
+from shared import __version__
+from shared.psm.strata import score_range
+from shared.result import PrivacySpent, Propensity, RoundLog, SiteSummary, StudyResult
+from coordinator.study.workflow import StudyRun
+
+
+def _site_summaries(run: StudyRun, dropped: dict[str, str]) -> tuple[SiteSummary, ...]:
+    """Released counts per site (aggregates only), and the sites that failed, with why."""
+    out = []
+    for site, m in sorted(run.moments.items()):
+        if site in dropped:
+            out.append(SiteSummary(name=site, status="failed", error=dropped[site]))
+            continue
+        n_c, n_t = (int(round(float(c))) for c in m.count)
+        out.append(SiteSummary(name=site, n=n_c + n_t, n_treated=n_t, n_control=n_c))
+    for who, why in sorted(dropped.items()):
+        if who not in run.moments:
+            out.append(SiteSummary(name=who, status="failed", error=why))
+    return tuple(out)
+
+
+def assemble_result(run: StudyRun, *, dropped: dict[str, str], started_at: str, finished_at: str,
+                    total_s: float) -> StudyResult:
+    assert run.estimate is not None and run.fitter is not None and run.table is not None
+    spec = run.spec
+    parts = run.estimate.to_result_parts(score_range=score_range(beta=run.fitter.beta))
+    rounds_s = sum(r.seconds for r in run.rounds)
+    warnings = tuple(parts.pop("warnings")) + tuple(
+        f"site {who} left the study: {why}" for who, why in sorted(dropped.items()))
+    clipped = {o.name: int(sum(float(v[k]) for s, v in run.n_clipped.items() if s not in dropped))
+               for k, o in enumerate(spec.outcomes)}
+    warnings += tuple(f"{n} value(s) of {name} clipped to its public cap"
+                      for name, n in clipped.items() if n)
+    return StudyResult(
+        study=spec.study.name,
+        spec_hash=spec.spec_hash(),
+        spec=spec.model_dump(mode="json"),
+        software_version=__version__,
+        started_at=started_at,
+        finished_at=finished_at,
+        sites=_site_summaries(run, dropped),
+        strata_method="caliper",
+        propensity=Propensity(beta=tuple(float(b) for b in run.fitter.beta),
+                              iterations=run.fitter.iterations, converged=run.fitter.converged,
+                              loglik=run.fitter.loglik),
+        warnings=warnings,
+        privacy=PrivacySpent(enabled=spec.privacy.enabled),
+        rounds=tuple(RoundLog(name=r.name, seconds=r.seconds, nodes=r.sites) for r in run.rounds),
+        timings={"rounds_s": rounds_s, "node_compute_s": sum(r.node_seconds for r in run.rounds),
+                 "coordinator_compute_s": run.compute_s, "total_s": total_s},
+        **parts,
+    )

@@ -1,0 +1,103 @@
+"""The study workflow through the real ServerApp/ClientApp code, on an in-process Grid."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from coordinator.flower.federation import GridFederation
+from coordinator.flower.inprocess import InProcessGrid
+from coordinator.study.assemble import assemble_result
+from coordinator.study.workflow import run_study
+from node.flower.client_app import app as client_app
+from shared.errors import FederationError
+from shared.features import FEATURES
+from shared.psm.reference import estimate_att_pooled
+from shared.study import StudySpec
+from shared.synth import generate_federation, write_federation
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fed")
+    fed = generate_federation(seed=11, sites=4, scale=0.08)
+    spec_path = write_federation(fed, out)
+    return StudySpec.from_toml(spec_path), fed
+
+
+def _grid(spec, tmp_path, fail=None):
+    configs = {i + 1: {"site": s.name, "data-path": s.data, "state-dir": str(tmp_path / s.name)}
+               for i, s in enumerate(spec.sites)}
+    return InProcessGrid(client_app, configs, fail=fail)
+
+
+def _pooled(spec, fed):
+    cohort = pd.concat([s.cohort for s in fed.sites], ignore_index=True)
+    feats = [c.as_feature() for c in spec.covariates]
+    lo = np.array([f.lo for f in feats]); hi = np.array([f.hi for f in feats])
+    z = (cohort[[f.name for f in feats]].to_numpy(float) - lo) / (hi - lo)
+    return estimate_att_pooled(z=z, t=cohort[spec.treatment.column].to_numpy(float),
+                               y=cohort[[o.name for o in spec.outcomes]].to_numpy(float),
+                               outcomes=spec.outcomes, covariates=[c.name for c in spec.covariates],
+                               tol=spec.federation.tol, ridge=spec.federation.ridge,
+                               caliper_sd=spec.strata.caliper_sd)
+
+
+def test_federated_equals_pooled(federation, tmp_path):
+    spec, fed = federation
+    grid_fed = GridFederation(_grid(spec, tmp_path), poll_s=0.0)
+    grid_fed.wait_for_nodes(len(spec.sites))
+    run = run_study(spec, grid_fed)
+    pooled = _pooled(spec, fed)
+    np.testing.assert_allclose(run.fitter.beta, pooled.fitter.beta, rtol=1e-9, atol=1e-12)
+    for o in spec.outcomes:
+        a, b = run.estimate.outcome(o.name), pooled.estimate.outcome(o.name)
+        assert a.att == pytest.approx(b.att, rel=1e-9, abs=1e-12)
+        assert a.se == pytest.approx(b.se, rel=1e-9)
+        assert a.n_treated == b.n_treated and a.n_treated_dropped == b.n_treated_dropped
+    result = assemble_result(run, dropped={}, started_at="t0", finished_at="t1", total_s=1.0)
+    assert {s.name for s in result.sites} == {s.name for s in spec.sites}
+    assert sum(s.n for s in result.sites) == sum(len(s.cohort) for s in fed.sites)
+    # fewer round trips than a cold Newton start would need: describe + few fits (psm rides along)
+    assert len(run.rounds) <= 6, [r.name for r in run.rounds]
+
+
+def test_node_failure_names_node_and_round(federation, tmp_path):
+    spec, _ = federation
+    victim = spec.sites[1].name
+    grid = _grid(spec, tmp_path, fail=lambda nid, msg: nid == 2 and msg.metadata.group_id == "ps-fit-2")
+    fed = GridFederation(grid, poll_s=0.0, timeout_s=0.5)
+    fed.wait_for_nodes(len(spec.sites))
+    with pytest.raises(FederationError) as e:
+        run_study(spec, fed)
+    assert e.value.node == victim and e.value.round_name == "ps-fit-2"
+    assert victim in str(e.value) and "ps-fit-2" in str(e.value)
+
+
+def test_min_nodes_goes_on_without_failed_node_and_says_so(federation, tmp_path):
+    spec, fed = federation
+    spec = spec.model_copy(update={"federation": spec.federation.model_copy(update={"min_nodes": 3})})
+    victim = spec.sites[1].name
+    grid = _grid(spec, tmp_path, fail=lambda nid, msg: nid == 2 and msg.metadata.group_id == "ps-fit-2")
+    gf = GridFederation(grid, poll_s=0.0, timeout_s=0.5, min_nodes=3)
+    gf.wait_for_nodes(len(spec.sites))
+    run = run_study(spec, gf)
+    result = assemble_result(run, dropped=gf.dropped, started_at="t0", finished_at="t1", total_s=1.0)
+    failed = [s for s in result.sites if s.status == "failed"]
+    assert [s.name for s in failed] == [victim] and "ps-fit-2" in failed[0].error
+    assert any(victim in w for w in result.warnings)
+    # the estimate is the pooled one over the remaining sites
+    rest = type(fed)(sites=tuple(s for s in fed.sites if s.name != victim), truth=fed.truth)
+    pooled = _pooled(spec, rest)
+    for o in spec.outcomes:
+        assert run.estimate.outcome(o.name).att == pytest.approx(pooled.estimate.outcome(o.name).att, rel=1e-9)
+
+
+def test_node_refuses_unknown_query(federation, tmp_path):
+    from flwr.app import ConfigRecord, Message, RecordDict
+    spec, _ = federation
+    grid = _grid(spec, tmp_path)
+    msg = Message(RecordDict({"request": ConfigRecord({"json": '{"op": "dump_rows"}'})}),
+                  dst_node_id=1, message_type="query.study")
+    reply = list(grid.send_and_receive([msg]))[0]
+    assert reply.has_error() and reply.error.code == 4001
+    assert spec.sites[0].name in reply.error.reason
