@@ -3,7 +3,7 @@
 ``store_url`` is parametrised over ``["sqlite", "postgres"]``: every store test runs on both.
 The PostgreSQL cluster is created once per session (initdb into a temp dir, as the
 ``postgres`` OS user when running as root), listens on 127.0.0.1 on a free port, and is
-stopped at the end; each test gets its own fresh database. Without the PostgreSQL binaries
+stopped at the end; each test gets its own fresh schema. Without the PostgreSQL binaries
 the postgres cases FAIL (never skip): run ``deploy/postgres.sh``.
 """
 
@@ -69,7 +69,7 @@ def postgres_server():
     try:
         yield f"postgresql+psycopg2://{PG_USER}@127.0.0.1:{port}"
     finally:
-        _run([str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"])
+        _run([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"])
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -79,26 +79,36 @@ def postgres_url(postgres_server) -> str:
     return _create_database(postgres_server, "rehealth_test")
 
 
-def _create_database(base_url: str, name: str) -> str:
+def _admin(url: str, sql: str) -> None:
     import psycopg2
 
-    host_port = base_url.rsplit("@", 1)[1]
+    host_port, _, dbname = url.rsplit("@", 1)[1].partition("/")
     host, port = host_port.split(":")
-    conn = psycopg2.connect(host=host, port=int(port), user=PG_USER, dbname="postgres")
+    conn = psycopg2.connect(host=host, port=int(port), user=PG_USER, dbname=dbname or "postgres")
     conn.autocommit = True
     with conn.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
+        cur.execute(sql)
     conn.close()
+
+
+def _create_database(base_url: str, name: str) -> str:
+    _admin(base_url, f'CREATE DATABASE "{name}"')
     return f"{base_url}/{name}"
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def store_url(request, tmp_path) -> str:
-    """A URL of an empty node store: a SQLite file, or a fresh database on real PostgreSQL."""
+    """A URL of an empty node store: a SQLite file, or a fresh schema on real PostgreSQL.
+
+    A schema per test (selected by ``search_path`` in the URL) is much cheaper than a
+    database per test and just as isolated for the store's unqualified table names.
+    """
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'node.db'}"
-    base = request.getfixturevalue("postgres_server")
-    return _create_database(base, f"rehealth_test_{os.getpid()}_{next(_db_counter)}")
+    base = request.getfixturevalue("postgres_url")
+    schema = f"t_{os.getpid()}_{next(_db_counter)}"
+    _admin(base, f'CREATE SCHEMA "{schema}"')
+    return f"{base}?options=-csearch_path%3D{schema}"
 
 
 def _valid_person(person_id: str, **overrides) -> dict:
