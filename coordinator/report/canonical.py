@@ -25,7 +25,7 @@ from typing import Any
 
 from coordinator.report.errors import CanonicalisationError
 
-__all__ = ["canonical_bytes", "parse_canonical", "first_difference"]
+__all__ = ["canonical_bytes", "dump_parsed", "parse_canonical", "first_difference"]
 
 
 def canonical_bytes(value: Any) -> bytes:
@@ -36,13 +36,19 @@ def canonical_bytes(value: Any) -> bytes:
             is not JSON data; the message names the path of the offending value.
     """
     _check(value, "$")
+    return dump_parsed(value)
+
+
+def dump_parsed(value: Any) -> bytes:
+    """:func:`canonical_bytes` without the type walk, for values :func:`parse_canonical` returned
+    (their keys are strings and NaN/±Infinity cannot occur; ``allow_nan=False`` still guards)."""
     text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                       allow_nan=False)
     return text.encode("utf-8")
 
 
 def parse_canonical(data: bytes) -> Any:
-    """Parse JSON bytes strictly: UTF-8, no duplicate keys, no NaN/Infinity literals.
+    """Parse JSON bytes strictly: UTF-8, no duplicate keys, no NaN/Infinity, no float overflow.
 
     Raises:
         CanonicalisationError: the bytes are not such JSON.
@@ -52,7 +58,8 @@ def parse_canonical(data: bytes) -> Any:
     except UnicodeDecodeError as e:
         raise CanonicalisationError(f"not UTF-8 (byte {e.start})") from None
     try:
-        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant,
+                          parse_float=_finite_float)
     except json.JSONDecodeError as e:
         raise CanonicalisationError(f"not valid JSON: {e}") from None
 
@@ -92,6 +99,13 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
             raise CanonicalisationError(f"duplicate key {k!r}")
         out[k] = v
     return out
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # "1e999" overflows to inf
+        raise CanonicalisationError(f"number {text} is out of range")
+    return value
 
 
 def _no_constant(name: str) -> Any:

@@ -117,3 +117,27 @@ def _split(total: int) -> list[int]:
     parts = [int(total * s) for s in SITE_SHARES]
     parts[0] += total - sum(parts)
     return parts
+
+
+def make_small_result() -> StudyResult:
+    """The smallest honest result: 1 site, 1 outcome, 2 covariates, 2 strata (for exhaustive
+    byte-flip tests)."""
+    spec = StudySpec.from_dict({
+        "study": {"name": "s"},
+        "covariates": [{"name": "age", "lo": 18, "hi": 90}, {"name": "sbp", "lo": 80, "hi": 220}],
+        "outcomes": [{"name": "claims_cost", "cap": 1000.0}],
+        "treatment": {"cost_per_person": 10.0},
+    })
+    strata = (StratumCounts(lo=-math.inf, hi=0.5, n_treated=120, n_control=400, used=True),
+              StratumCounts(lo=0.5, hi=math.inf, n_treated=3, n_control=0, used=False))
+    return StudyResult(
+        study="s", spec_hash=spec.spec_hash(), spec=spec.model_dump(mode="json"),
+        software_version="0.1.0", started_at="2026-01-01T00:00:00+00:00",
+        finished_at="2026-01-01T00:01:00+00:00",
+        sites=(SiteSummary(name="a", n=523, n_treated=123, n_control=400),),
+        outcomes=(_outcome("claims_cost", "continuous", -25.0, 8.0, 0.0, 300.0, strata),),
+        balance=(BalanceRow(covariate="age", smd_before=0.3, smd_after=0.02),
+                 BalanceRow(covariate="sbp", smd_before=-0.2, smd_after=0.05)),
+        strata_method="caliper", strata=strata,
+        propensity=Propensity(beta=(0.1, 0.2, 0.3), iterations=5, converged=True),
+    )
