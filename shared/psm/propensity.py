@@ -286,6 +286,7 @@ class PropensityFitter:
 
         Raises:
             DataError: the statistics do not have ``p`` parameters or are not finite.
+            NoOverlapError: converged to a model that separates the arms (Σ p(1−p) < 1).
             ConvergenceError: ``max_iter`` evaluations without convergence, or a singular system.
         """
         if self.converged:
@@ -310,6 +311,7 @@ class PropensityFitter:
         step = self._newton_step(total)
         self.last_step = float(np.abs(step).max())
         if self.last_step < self.tol:
+            self._check_overlap(total)
             return self._converge(total.loglik)
         self._check_budget()
         self._prev = (self.beta.copy(), obj, step)
@@ -327,6 +329,16 @@ class PropensityFitter:
             raise ConvergenceError(
                 f"propensity Newton system is singular at iteration {self.iterations} "
                 "(a covariate constant in the pooled data? raise the ridge)") from None
+
+    @staticmethod
+    def _check_overlap(total: PsStats) -> None:
+        # Σ p(1 − p) is the expected number of misclassified rows: below one, the fitted model
+        # tells every row's arm with near certainty (complete separation, held finite only by
+        # the ridge), and no stratum can hold both arms.
+        if total.H[0, 0] < 1.0:
+            raise NoOverlapError(
+                f"the propensity model separates treated and controls (sum of p(1-p) = "
+                f"{total.H[0, 0]:.3g} < 1): the arms do not overlap on their covariates")
 
     def _converge(self, loglik: float) -> bool:
         self.converged = True
