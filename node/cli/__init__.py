@@ -6,3 +6,4 @@ app = typer.Typer(help="On-premise node: set up, ingest data, serve, inspect the
                   no_args_is_help=True)
 
 # Command modules register on import; add one line per command module.
+from node.cli import init, ingest, intervention  # noqa: E402,F401

@@ -11,6 +11,7 @@ arrive here as ISO strings — the storage format SQLAlchemy's ``Date`` uses on 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -91,12 +92,24 @@ def open_store(url: str) -> Store:
     """Connect to ``url`` (``sqlite:///path`` or ``postgresql+psycopg2://…``) and create tables."""
     engine = create_engine(url, future=True)
     if engine.dialect.name == "sqlite":
+        _create_private_file(engine.url.database)
         event.listen(engine, "connect", _sqlite_pragmas)
     elif engine.dialect.name != "postgresql":
         raise DataError(f"unsupported store backend {engine.dialect.name!r} (sqlite or postgresql)")
     models.metadata.create_all(engine)
     log.info("store ready: %s", engine.url.render_as_string(hide_password=True))
     return Store(engine)
+
+
+def _create_private_file(database: str | None) -> None:
+    """Create a new SQLite file as 0600: it holds pseudonymised health data. SQLite gives
+    its -wal and -shm files the database file's permissions."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    try:
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:

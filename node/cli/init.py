@@ -1,0 +1,48 @@
+"""``rehealth node init``: a commented default node.toml, the pseudonym key and an empty store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from node.cli import app
+from node.cli._dataplane import FORMAT_OPTION, check_format, echo_json, errors_to_exit, open_node
+from node.config import CONFIG_NAME, default_config_text
+from shared.errors import SpecError
+
+
+@app.command("init")
+def init(
+    directory: Path = typer.Option(Path("."), "--dir", "-d", help="Node directory (created)."),
+    site_id: str = typer.Option("my_site", "--site-id", help="This site's name in studies."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing node.toml."),
+    fmt: str = FORMAT_OPTION,
+) -> None:
+    """Write DIR/node.toml (commented defaults), create the pseudonym key (0600) and the store."""
+    check_format(fmt)
+    with errors_to_exit():
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / CONFIG_NAME
+        if path.exists() and not force:
+            raise SpecError(f"{path} exists; edit it, or pass --force to overwrite")
+        path.write_text(default_config_text(site_id=site_id))
+        cfg, store, _ = open_node(path)  # validates the file, creates key and tables
+        store.engine.dispose()
+    info = {"config": str(path), "key": str(cfg.key_path), "store": _safe_url(cfg.store_url),
+            "site_id": cfg.site_id}
+    if fmt == "json":
+        echo_json(info)
+        return
+    out = Console()
+    out.print(f"[green]node initialised[/green] for site [bold]{cfg.site_id}[/bold]")
+    out.print(f"  config  {path}\n  key     {cfg.key_path} (0600, keep it on this machine)\n"
+              f"  store   {info['store']}", highlight=False)
+    out.print(f"next: rehealth node ingest --config {path} --kind persons FILE", highlight=False)
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
