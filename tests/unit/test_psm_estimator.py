@@ -16,7 +16,7 @@ CAPS = np.array([o.cap for o in OUTCOMES])
 
 @pytest.fixture(scope="module")
 def study():
-    return make_study(n=6000, seed=21)
+    return make_study(n=6000, seed=24)  # has strata with a single control or treated
 
 
 @pytest.fixture(scope="module")
