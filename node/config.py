@@ -61,11 +61,16 @@ class NodeConfig(_Model):
             raise SpecError(f"node config {path} not found (create one: rehealth node init)") from None
         except tomllib.TOMLDecodeError as e:
             raise SpecError(f"node config {path}: not valid TOML: {e}") from None
+        return cls.from_dict(data, base=path.parent.resolve(), what=f"node config {path}")
+
+    @classmethod
+    def from_dict(cls, data: dict, *, base: Path, what: str = "node config") -> "NodeConfig":
+        """Validate parsed TOML; relative paths resolve against ``base``."""
         try:
             cfg = cls.model_validate(data)
         except ValidationError as e:
-            raise SpecError(format_validation_error(e, f"node config {path}")) from None
-        return cfg.resolve_paths(path.parent.resolve())
+            raise SpecError(format_validation_error(e, what)) from None
+        return cfg.resolve_paths(base)
 
     def resolve_paths(self, base: Path) -> "NodeConfig":
         data = DataPaths(**{k: _abs(v, base) for k, v in self.data.model_dump().items()})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import typer
@@ -9,7 +10,7 @@ from rich.console import Console
 
 from node.cli import app
 from node.cli._dataplane import FORMAT_OPTION, check_format, echo_json, errors_to_exit, open_node
-from node.config import CONFIG_NAME, default_config_text
+from node.config import CONFIG_NAME, NodeConfig, default_config_text
 from shared.errors import SpecError
 
 
@@ -27,7 +28,9 @@ def init(
         path = directory / CONFIG_NAME
         if path.exists() and not force:
             raise SpecError(f"{path} exists; edit it, or pass --force to overwrite")
-        path.write_text(default_config_text(site_id=site_id))
+        text = default_config_text(site_id=site_id)
+        NodeConfig.from_dict(tomllib.loads(text), base=directory)  # never write an invalid file
+        path.write_text(text)
         cfg, store, _ = open_node(path)  # validates the file, creates key and tables
         store.engine.dispose()
     info = {"config": str(path), "key": str(cfg.key_path), "store": _safe_url(cfg.store_url),

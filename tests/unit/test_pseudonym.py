@@ -1,0 +1,65 @@
+import hashlib
+import hmac
+import os
+import stat
+import threading
+
+import pytest
+
+from node.pseudonym import KEY_BYTES, KeyFileError, Pseudonymizer, load_or_create_key
+
+
+def test_key_is_created_once_with_mode_0600_and_then_reused(tmp_path):
+    path = tmp_path / "node.key"
+    key = load_or_create_key(path)
+    assert len(key) == KEY_BYTES
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert load_or_create_key(path) == key
+    assert load_or_create_key(tmp_path / "other.key") != key  # random, not derived
+
+
+def test_concurrent_first_starts_agree_on_one_key(tmp_path):
+    path, keys = tmp_path / "node.key", []
+    threads = [threading.Thread(target=lambda: keys.append(load_or_create_key(path)))
+               for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(keys)) == 1
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o660, 0o644])
+def test_a_key_readable_by_others_is_refused(tmp_path, mode):
+    path = tmp_path / "node.key"
+    load_or_create_key(path)
+    os.chmod(path, mode)
+    with pytest.raises(KeyFileError, match="chmod 600"):
+        load_or_create_key(path)
+
+
+def test_a_truncated_key_is_refused(tmp_path):
+    path = tmp_path / "node.key"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, b"short")
+    os.close(fd)
+    with pytest.raises(KeyFileError, match="32 bytes"):
+        load_or_create_key(path)
+
+
+def test_pseudonym_is_hmac_sha256_of_site_and_id():
+    key = bytes(range(32))
+    p = Pseudonymizer(key=key, site_id="insurer_a")
+    want = hmac.new(key, b"insurer_a\x1fA-000123", hashlib.sha256).hexdigest()
+    assert p("A-000123") == want
+    assert p.many(["A-000123", "A-000124"]) == [want, p("A-000124")]
+    assert Pseudonymizer(key=key, site_id="insurer_b")("A-000123") != want
+    assert Pseudonymizer(key=bytes(32), site_id="insurer_a")("A-000123") != want
+
+
+def test_key_material_is_not_shown():
+    key = bytes(range(32))
+    p = Pseudonymizer(key=key, site_id="s")
+    assert key.hex() not in repr(p) and "hidden" in repr(p)
+    with pytest.raises(AttributeError):
+        p.__dict__  # slots only: no accidental vars() dump
