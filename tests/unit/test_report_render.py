@@ -1,0 +1,77 @@
+"""HTML and PDF renderings of a signed report, written next to the signed JSON."""
+
+from __future__ import annotations
+
+import base64
+import re
+
+import pytest
+from report_fixtures import ISSUED_AT, make_result, make_small_result
+
+from coordinator.report import generate_keypair, verify_file, write_signed_report
+from coordinator.report import plots
+from coordinator.report.build import build_report
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def keypair(tmp_path_factory):
+    return generate_keypair(tmp_path_factory.mktemp("keys"))
+
+
+@pytest.fixture(scope="module")
+def written(keypair, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    return write_signed_report(make_result(privacy=True), key_path=keypair[0], out_dir=out,
+                               issuer="Coordinator <script>alert(1)</script>",
+                               issued_at=ISSUED_AT)
+
+
+def test_writes_signed_json_html_and_pdf_that_verify(keypair, written):
+    assert set(written) == {"json", "html", "pdf"}
+    assert all(p.exists() and p.stat().st_size > 1000 for p in written.values())
+    v = verify_file(written["json"], keypair[1])
+    assert v.report.issued_at == ISSUED_AT
+
+
+def test_html_is_self_contained_with_three_plots_and_verification(keypair, written):
+    html = written["html"].read_text(encoding="utf-8")
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
+    assert len(images) == 3 and all(base64.b64decode(i).startswith(PNG) for i in images)
+    assert not re.search(r'(src|href)="(https?:)?//', html)  # nothing fetched from elsewhere
+    v = verify_file(written["json"], keypair[1])
+    assert v.key_id in html and v.sha256 in html
+    assert "rehealth report verify report.json" in html
+    assert "<script>alert" not in html and "&lt;script&gt;" in html  # escaped, not executed
+    for text in ("Love plot", "Propensity-score overlap", "Diagnostics against stated thresholds",
+                 "Privacy share of CI", "For the insurer and reinsurer", "For the regulator",
+                 "For enterprise HR and ESG", "Sim. truth", "SIMULATED STUDY", "219,862"):
+        assert text in html, text
+
+
+def test_pdf_is_a_paginated_document(written):
+    pdf = written["pdf"].read_bytes()
+    assert pdf.startswith(b"%PDF-") and pdf.rstrip().endswith(b"%%EOF")
+    pages = len(re.findall(rb"/Type\s*/Page\b", pdf))
+    assert 4 <= pages <= 10
+    assert len(re.findall(rb"/Subtype\s*/Image", pdf)) >= 3
+
+
+@pytest.mark.parametrize("result", [make_result(privacy=False, truth=False), make_small_result()],
+                         ids=["real-no-dp", "small"])
+def test_renders_without_truth_or_privacy(keypair, tmp_path, result):
+    paths = write_signed_report(result, key_path=keypair[0], out_dir=tmp_path)
+    html = paths["html"].read_text(encoding="utf-8")
+    assert "Sim. truth" not in html and "SIMULATED STUDY" not in html
+    assert "off: no noise added" in html
+    assert paths["pdf"].read_bytes().startswith(b"%PDF-")
+
+
+def test_plots_handle_unbounded_and_unused_strata():
+    doc = build_report(make_small_result(), issued_at=ISSUED_AT)  # both strata open-ended
+    for png in (plots.love_plot(doc.balance), plots.overlap_plot(doc.strata),
+                plots.estimate_plot(doc.outcomes)):
+        assert png.startswith(PNG)
+    spans = plots._finite_spans(doc.strata)
+    assert spans[0][2] and spans[1][2] and all(lo < hi for lo, hi, _ in spans)
