@@ -55,10 +55,8 @@ def demo(
 
 def _report(result, out: Path) -> dict[str, Path]:
     """Sign and render the evidence report with a coordinator key made for this demo."""
-    from coordinator.report import generate_keypair, write_signed_report
+    from coordinator.report import ensure_keypair, write_signed_report
 
-    key_dir = out / "keys"
-    key_path = key_dir / "coordinator.key"
-    if not key_path.exists():
-        generate_keypair(key_dir)
-    return write_signed_report(result, key_path=key_path, out_dir=out / "report")
+    key_path, pub_path = ensure_keypair(out / "keys")
+    paths = write_signed_report(result, key_path=key_path, out_dir=out / "report")
+    return {**paths, "public key": pub_path}

@@ -29,6 +29,11 @@ from shared.study import StudySpec
 
 log = logging.getLogger("rehealth.coordinator")
 
+#: Ask for the PSM table alongside the gradient once the Newton step falls below this: Newton
+#: converges quadratically, so the next round very likely confirms convergence at that β; if it
+#: does not, the table is discarded and only node compute (milliseconds) was lost.
+NEAR_TOL = 0.05
+
 
 class Federation(Protocol):
     def ask(self, query: StudyQuery, round_name: str) -> dict: ...
@@ -97,7 +102,8 @@ def run_study(spec: StudySpec, fed: Federation, progress: Progress | None = None
     fed_cfg = spec.federation
     t0 = time.perf_counter()
     fitter = PropensityFitter(p=d + 1, ridge=fed_cfg.ridge, tol=fed_cfg.tol,
-                              max_iter=fed_cfg.max_newton_iter, beta0=initial_beta(moments=total_moments()))
+                              max_iter=fed_cfg.max_newton_iter, beta0=initial_beta(moments=total_moments()),
+                              near_tol=NEAR_TOL)
     run.fitter = fitter
     run.compute_s += time.perf_counter() - t0
     round_no = 0

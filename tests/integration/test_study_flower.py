@@ -1,0 +1,85 @@
+"""The federated study on Flower's Deployment Engine: a real SuperLink and real SuperNodes
+(separate processes, gRPC/HTTP on 127.0.0.1), the real ClientApp and ServerApp."""
+
+import json
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from coordinator.federation.launcher import LocalFederation
+from coordinator.study.runner import APP_DIR, run_local, site_nodes
+from shared.errors import FederationError
+from shared.psm.reference import estimate_att_pooled
+from shared.study import StudySpec
+from shared.synth import generate_federation, write_federation
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth")
+    fed = generate_federation(seed=3, sites=4, scale=0.05)
+    spec_path = write_federation(fed, out)
+    with spec_path.open("a") as f:
+        f.write("\n[federation]\nround_timeout_s = 25.0\n")
+    return spec_path, fed
+
+
+def _pooled(spec, fed):
+    cohort = pd.concat([s.cohort for s in fed.sites], ignore_index=True)
+    feats = spec.features
+    lo = np.array([f.lo for f in feats]); hi = np.array([f.hi for f in feats])
+    z = (cohort[[f.name for f in feats]].to_numpy(float) - lo) / (hi - lo)
+    return estimate_att_pooled(
+        z=z, t=cohort[spec.treatment.column].to_numpy(float),
+        y=cohort[[o.name for o in spec.outcomes]].to_numpy(float), outcomes=spec.outcomes,
+        covariates=[c.name for c in spec.covariates], tol=spec.federation.tol,
+        ridge=spec.federation.ridge, caliper_sd=spec.strata.caliper_sd)
+
+
+def test_real_federation_equals_pooled_estimator(synthetic, tmp_path):
+    spec_path, fed = synthetic
+    spec = StudySpec.from_toml(spec_path)
+    events = []
+    result = run_local(spec_path, tmp_path / "run", on_event=events.append, timeout_s=400)
+    pooled = _pooled(spec, fed)
+    assert {s.name for s in result.sites if s.status == "ok"} == {s.name for s in spec.sites}
+    for o in spec.outcomes:
+        got, ref = result.outcome(o.name), pooled.estimate.outcome(o.name)
+        assert got.att == pytest.approx(ref.att, rel=1e-9, abs=1e-12), o.name
+        assert got.se == pytest.approx(ref.se, rel=1e-9), o.name
+        assert (got.n_treated, got.n_control) == (ref.n_treated, ref.n_control)
+    np.testing.assert_allclose(result.propensity.beta, pooled.fitter.beta, rtol=1e-9, atol=1e-12)
+    # rounds really went through the SuperLink, and the progress events reached the runner
+    assert [r.name for r in result.rounds][0] == "describe"
+    assert any(e.get("event") == "round_end" for e in events)
+    assert result.timings["startup_s"] > 0 and result.truth  # truth.json beside the spec
+
+
+def test_killed_supernode_fails_clearly_naming_node_and_round(synthetic, tmp_path):
+    spec_path, _ = synthetic
+    spec = StudySpec.from_toml(spec_path)
+    victim = spec.sites[2].name
+    out = tmp_path / "out"
+    workdir = tmp_path / "fed"
+    with LocalFederation(workdir, site_nodes(spec, workdir)) as fed:
+        run_id = fed.client.submit(APP_DIR, {"spec-path": str(spec_path), "out-dir": str(out)})
+        progress = out / "progress.jsonl"
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:  # wait until the Newton rounds have begun
+            if progress.exists() and '"round": "ps-fit-1"' in progress.read_text():
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("study never reached ps-fit-1:\n" + fed.client.logs(run_id)[-2000:])
+        fed.kill_node(victim)
+        status = fed.client.wait(run_id, timeout_s=240)
+        assert status != "finished:completed"
+    error = json.loads((out / "error.json").read_text())
+    assert error["error"] == "FederationError"
+    assert error["round"].startswith("ps-fit")
+    assert victim in error["message"] or error["node"] == victim, error
+    assert not (out / "result.json").exists()
