@@ -1,0 +1,78 @@
+"""Benchmark: how long verifying a typical signed evidence report takes.
+
+Prints, for a 3-outcome, 16-covariate, 20-stratum, 5-site report:
+  * in-process ``verify_signed_report`` (parse, canonical check, Ed25519, schema): median ms;
+  * ``verify_file`` including reading the key and the file;
+  * the command line end to end (process start included): ``rehealth-verify`` and
+    ``rehealth report verify`` (the latter also loads every other CLI group);
+and the time to build+sign and to render HTML+PDF for scale. Target: verify < 1 s.
+
+Run: .venv/bin/python bench/bench_verify.py
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests" / "unit"))
+
+from report_fixtures import ISSUED_AT, make_result  # noqa: E402
+
+from coordinator.report import (  # noqa: E402
+    build_report, generate_keypair, load_private_key, load_public_key, sign_report, verify_file,
+    verify_signed_report, write_signed_report,
+)
+
+
+def _median_ms(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        key_path, pub_path = generate_keypair(d / "keys")
+        result = make_result(privacy=True)
+        key, pub = load_private_key(key_path), load_public_key(pub_path)
+        t = time.perf_counter()
+        signed = sign_report(build_report(result, issued_at=ISSUED_AT), key)
+        build_ms = (time.perf_counter() - t) * 1e3
+        report = d / "report.json"
+        report.write_bytes(signed)
+        print(f"report size: {len(signed):,} bytes; build+sign {build_ms:.1f} ms")
+        print(f"verify_signed_report (in process): "
+              f"{_median_ms(lambda: verify_signed_report(signed, pub), 200):.2f} ms median")
+        print(f"verify_file (read key + file + verify): "
+              f"{_median_ms(lambda: verify_file(report, pub_path), 100):.2f} ms median")
+        bindir = Path(sys.executable).parent
+        for cmd in ([str(bindir / "rehealth-verify"), str(report), "--key", str(pub_path)],
+                    [str(bindir / "rehealth"), "report", "verify", str(report), "--key",
+                     str(pub_path)]):
+            runs = []
+            for _ in range(3):
+                t = time.perf_counter()
+                subprocess.run(cmd, check=True, capture_output=True)
+                runs.append(time.perf_counter() - t)
+            label = Path(cmd[0]).name + (" report verify" if cmd[1] == "report" else "")
+            print(f"{label} (process end to end): {statistics.median(runs) * 1e3:.0f} ms median "
+                  f"of 3")
+        t = time.perf_counter()
+        write_signed_report(result, key_path=key_path, out_dir=d / "out", issued_at=ISSUED_AT)
+        print(f"write_signed_report (build, sign, verify, HTML, PDF): "
+              f"{(time.perf_counter() - t) * 1e3:.0f} ms")
+
+
+if __name__ == "__main__":
+    main()
