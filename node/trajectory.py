@@ -4,18 +4,23 @@ The log is the ``interventions`` table: who (pseudonym) received which intervent
 through which channel. Files append to it through ingestion; staff append single events as
 they happen (:func:`record_intervention`, used by ``rehealth node intervention add`` and the
 API). :func:`derive_cohort` turns persons + log + outcomes into the flat table a PSM study
-needs, with a landmark design:
+needs (a new-user design anchored at each person's index date):
 
-* treated: first start of intervention X inside ``[index_start, index_end]``;
-* excluded: started X before ``index_start`` (prevalent users: their baseline is not pre-X);
-* controls: eligible persons who had not started X by ``index_end`` (later starters stay
-  controls: exposure is fixed at the landmark, as in an intention-to-treat analysis);
-* eligible: baseline features measured no later than the person's own index (treated: their
-  first start; controls: ``index_end``), so covariates precede treatment;
-* outcomes over the follow-up window ``[index_end + 1 day, index_end + followup_days]``,
-  the same calendar window for both arms (no immortal time): outcome periods starting in it
-  are summed (claims, absence days) or maxed (CV event). Persons without such a period are
-  excluded and counted, never imputed as zero.
+* a person's *index* is ``persons.index_date``: study entry, when the 16 baseline features
+  were measured. Eligible: index inside the study's index window ``[index_start, index_end]``;
+* excluded as prevalent users: started intervention X before their index (their baseline is
+  not pre-treatment);
+* treated: first start of X between their index and the end of the window (or within
+  ``grace_days`` of the index, if given);
+* controls: eligible, not excluded, not treated (a later start keeps them controls: exposure
+  is fixed when the window closes, as in an intention-to-treat analysis);
+* outcomes over the follow-up ``[index, index + followup_days)``, the same span for both arms:
+  outcome periods starting in it are summed (claims, absence days) or maxed (CV event).
+  Persons without such a period are excluded and counted, never imputed as zero.
+
+Keep the grace period short against the follow-up: a treated person must stay event-free
+until their start, which favours the treated slightly (immortal time). Synthetic sites from
+``shared.synth`` use a 30-day grace period and a 365-day outcome period.
 """
 
 from __future__ import annotations
@@ -86,14 +91,17 @@ def record_intervention(store: Store, pseudonymize: Callable[[str], str], *, per
 
 
 def derive_cohort(store: Store, *, intervention: str, index_start: dt.date, index_end: dt.date,
-                  followup_days: int, treatment_column: str = "treated") -> pd.DataFrame:
-    """A study cohort from the trajectory log (landmark design, see the module docstring).
+                  followup_days: int, grace_days: int | None = None,
+                  treatment_column: str = "treated") -> pd.DataFrame:
+    """A study cohort from persons + trajectory log + outcomes (see the module docstring).
 
     Args:
-        store: the node store (persons, interventions, outcomes).
+        store: the node store.
         intervention: the intervention code X.
         index_start, index_end: the index window (inclusive).
-        followup_days: length of the follow-up window after ``index_end``.
+        followup_days: length of each person's follow-up from their index date.
+        grace_days: treated only if X starts within this many days of the index (None: any
+            time up to ``index_end``).
         treatment_column: name of the 0/1 treatment column.
 
     Returns:
@@ -102,7 +110,7 @@ def derive_cohort(store: Store, *, intervention: str, index_start: dt.date, inde
         counts who was left out and why.
 
     Raises:
-        DataError: unknown code, an empty or reversed window, or ``followup_days < 1``.
+        DataError: unknown code, a reversed window, ``followup_days < 1`` or ``grace_days < 0``.
     """
     if intervention not in INTERVENTION_CODES:
         raise DataError(f"unknown intervention code {intervention!r}", field="intervention")
@@ -110,30 +118,34 @@ def derive_cohort(store: Store, *, intervention: str, index_start: dt.date, inde
         raise DataError("index_end is before index_start", field="index_end")
     if followup_days < 1:
         raise DataError("followup_days must be at least 1", field="followup_days")
-    fu_start = index_end + dt.timedelta(days=1)
-    fu_end = index_end + dt.timedelta(days=followup_days)
+    if grace_days is not None and grace_days < 0:
+        raise DataError("grace_days must not be negative", field="grace_days")
 
     people = _frame(store, select(persons.c.pseudonym, persons.c.index_date,
                                   *[persons.c[f] for f in FEATURE_NAMES]))
-    first = _frame(store, select(interventions.c.pseudonym, interventions.c.start)
-                   .where(interventions.c.code == intervention)
-                   ).groupby("pseudonym")["start"].min().rename("first_start")
-    out = _frame(store, select(outcomes.c.pseudonym, *[outcomes.c[c] for c in OUTCOME_COLUMNS])
-                 .where(outcomes.c.period_start >= fu_start, outcomes.c.period_start <= fu_end))
-    followed = out.groupby("pseudonym").agg(claims_cost=("claims_cost", "sum"),
-                                             cv_event=("cv_event", "max"),
-                                             absence_days=("absence_days", "sum"))
+    starts = _frame(store, select(interventions.c.pseudonym, interventions.c.start)
+                    .where(interventions.c.code == intervention))
+    horizon = index_end + dt.timedelta(days=followup_days)
+    periods = _frame(store, select(outcomes.c.pseudonym, outcomes.c.period_start,
+                                   *[outcomes.c[c] for c in OUTCOME_COLUMNS])
+                     .where(outcomes.c.period_start >= index_start,
+                            outcomes.c.period_start < horizon))
 
-    df = people.join(pd.to_datetime(first), on="pseudonym")
-    df["index_date"] = pd.to_datetime(df["index_date"])
-    win_start, win_end = pd.Timestamp(index_start), pd.Timestamp(index_end)
-    started = df["first_start"].notna()
-    prior = started & (df["first_start"] < win_start)
-    treated = started & ~prior & (df["first_start"] <= win_end)
-    own_index = df["first_start"].where(treated, win_end)
-    late_baseline = ~prior & (df["index_date"] > own_index)
-    keep = ~prior & ~late_baseline
-    df = df[keep].assign(**{treatment_column: treated[keep].astype(float)})
+    people["index_date"] = pd.to_datetime(people["index_date"])
+    in_window = people["index_date"].between(pd.Timestamp(index_start), pd.Timestamp(index_end))
+    df = people[in_window]
+    starts["start"] = pd.to_datetime(starts["start"])
+    starts = starts.merge(df[["pseudonym", "index_date"]], on="pseudonym")
+    prior_ids = set(starts.loc[starts["start"] < starts["index_date"], "pseudonym"])
+    last = starts["index_date"] + pd.Timedelta(days=grace_days) if grace_days is not None \
+        else pd.Timestamp(index_end)
+    took_up = (starts["start"] >= starts["index_date"]) & (starts["start"] <= last) \
+        & (starts["start"] <= pd.Timestamp(index_end))
+    treated_ids = set(starts.loc[took_up, "pseudonym"]) - prior_ids
+
+    prior = df["pseudonym"].isin(prior_ids)
+    df = df[~prior].assign(**{treatment_column: df["pseudonym"].isin(treated_ids).astype(float)})
+    followed = _followup(periods, df[["pseudonym", "index_date"]], followup_days)
     df = df.join(followed, on="pseudonym")
     no_outcome = df["claims_cost"].isna()
     df = df[~no_outcome].sort_values("pseudonym")
@@ -142,16 +154,24 @@ def derive_cohort(store: Store, *, intervention: str, index_start: dt.date, inde
     frame = frame.reset_index(drop=True)
     frame.attrs["attrition"] = {
         "persons": int(len(people)),
+        "index_outside_window": int((~in_window).sum()),
         "prior_exposure": int(prior.sum()),
-        "baseline_after_index": int(late_baseline.sum()),
         "no_followup_outcome": int(no_outcome.sum()),
-        "events_without_person": int((~first.index.isin(people["pseudonym"])).sum()),
         "treated": int(frame[treatment_column].sum()),
         "controls": int((frame[treatment_column] == 0).sum()),
     }
-    frame.attrs["followup"] = (fu_start.isoformat(), fu_end.isoformat())
     log.info("derived cohort for %s: %s", intervention, frame.attrs["attrition"])
     return frame
+
+
+def _followup(periods: pd.DataFrame, index: pd.DataFrame, followup_days: int) -> pd.DataFrame:
+    """Per pseudonym: outcome periods starting in ``[index, index + followup_days)``."""
+    p = periods.merge(index, on="pseudonym")
+    start = pd.to_datetime(p["period_start"])
+    inside = (start >= p["index_date"]) & (start < p["index_date"] + pd.Timedelta(days=followup_days))
+    return p[inside].groupby("pseudonym").agg(
+        claims_cost=("claims_cost", "sum"), cv_event=("cv_event", "max"),
+        absence_days=("absence_days", "sum"))
 
 
 def _frame(store: Store, stmt) -> pd.DataFrame:

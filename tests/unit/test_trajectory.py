@@ -62,50 +62,92 @@ def _load(store, tmp_path, name, kind, rows, pseudo):
     assert s.quarantined == 0, s.by_reason
 
 
-def test_derive_cohort_landmark_design(store_url, tmp_path, valid_person, pseudo):
-    store = open_store(store_url)
-    # age encodes who is who in the derived (pseudonym-free) frame
-    people = {"T1": 30, "T2": 31, "C1": 40, "C2": 41, "PRIOR": 50, "LATE": 51, "NOFU": 52,
-              "LATEBASE": 53, "OTHER": 54}
-    rows = [valid_person(pid, age=str(age), index_date="2024-01-01") for pid, age in people.items()]
-    rows[list(people).index("LATEBASE")]["index_date"] = "2024-09-01"  # measured after index_end
-    _load(store, tmp_path, "persons", "persons", rows, pseudo)
+def _scenario(store, tmp_path, valid_person, pseudo):
+    """Persons whose age tags them in the (pseudonym-free) derived frame."""
     X = "lifestyle_coaching"
+    people = {"T1": (30, "2024-01-15"), "T2": (31, "2024-03-01"), "C1": (40, "2024-02-01"),
+              "C2": (41, "2024-02-01"), "PRIOR": (50, "2024-02-01"), "LATE": (51, "2024-02-01"),
+              "NOFU": (52, "2024-02-01"), "OUTSIDE": (53, "2024-09-01"),
+              "BEFORE_INDEX": (54, "2024-04-01")}
+    _load(store, tmp_path, "persons", "persons",
+          [valid_person(pid, age=str(age), index_date=idx) for pid, (age, idx) in people.items()],
+          pseudo)
     events = [("T1", X, "2024-02-10"), ("T1", X, "2024-05-01"), ("T2", X, "2024-06-30"),
-              ("PRIOR", X, "2023-12-01"), ("LATE", X, "2024-07-15"), ("NOFU", X, "2024-03-01"),
-              ("C1", "bp_management", "2024-03-01"), ("OTHER", "bp_management", "2024-02-01"),
+              ("PRIOR", X, "2023-12-01"), ("PRIOR", X, "2024-03-01"), ("LATE", X, "2024-07-15"),
+              ("NOFU", X, "2024-03-01"), ("C1", "bp_management", "2024-03-01"),
+              ("BEFORE_INDEX", X, "2024-03-15"), ("OUTSIDE", X, "2024-09-02"),
               ("GHOST", X, "2024-03-03")]
     _load(store, tmp_path, "events", "interventions",
           [dict(person_id=p, code=c, start=s) for p, c, s in events], pseudo)
-    outcomes = []
-    for pid in people:
-        if pid == "NOFU":
-            continue
-        outcomes.append(dict(person_id=pid, period_start="2024-07-01", period_end="2024-12-31",
-                             claims_cost="100", cv_event="0", absence_days="1"))
-        outcomes.append(dict(person_id=pid, period_start="2024-01-01", period_end="2024-06-30",
-                             claims_cost="5000", cv_event="1", absence_days="9"))  # before follow-up
-    outcomes.append(dict(person_id="T1", period_start="2024-10-01", period_end="2024-12-31",
-                         claims_cost="50", cv_event="1", absence_days="2"))
-    outcomes.append(dict(person_id="C1", period_start="2025-01-01", period_end="2025-06-30",
-                         claims_cost="999", cv_event="1", absence_days="9"))  # after follow-up
-    _load(store, tmp_path, "outcomes", "outcomes", outcomes, pseudo)
 
+    def period(pid, start_offset, cost, cv, absence):
+        start = D.fromisoformat(people[pid][1]) + dt.timedelta(days=start_offset)
+        return dict(person_id=pid, period_start=start.isoformat(),
+                    period_end=(start + dt.timedelta(days=30)).isoformat(),
+                    claims_cost=str(cost), cv_event=str(cv), absence_days=str(absence))
+
+    outcomes = [period(pid, 0, 100, 0, 1) for pid in people if pid != "NOFU"]
+    outcomes += [period("T1", 100, 50, 1, 2),     # inside T1's follow-up: added
+                 period("C1", 200, 999, 1, 9),    # after the 184-day follow-up
+                 period("C2", -20, 5000, 1, 9)]   # before C2's index
+    _load(store, tmp_path, "outcomes", "outcomes", outcomes, pseudo)
+    return X
+
+
+def test_derive_cohort_new_user_design(store_url, tmp_path, valid_person, pseudo):
+    store = open_store(store_url)
+    X = _scenario(store, tmp_path, valid_person, pseudo)
     frame = derive_cohort(store, intervention=X, index_start=D(2024, 1, 1),
                           index_end=D(2024, 6, 30), followup_days=184)
     assert list(frame.columns) == [*FEATURE_NAMES, "treated", "claims_cost", "cv_event",
                                    "absence_days"]
     got = frame.set_index("age")[["treated", "claims_cost", "cv_event", "absence_days"]]
-    expected = pd.DataFrame({"age": [30.0, 31.0, 40.0, 41.0, 51.0, 54.0],
-                             "treated": [1.0, 1.0, 0.0, 0.0, 0.0, 0.0],
-                             "claims_cost": [150.0, 100, 100, 100, 100, 100],
-                             "cv_event": [1.0, 0, 0, 0, 0, 0],
-                             "absence_days": [3.0, 1, 1, 1, 1, 1]}).set_index("age")
+    expected = pd.DataFrame({"age": [30.0, 31.0, 40.0, 41.0, 51.0],
+                             "treated": [1.0, 1.0, 0.0, 0.0, 0.0],
+                             "claims_cost": [150.0, 100, 100, 100, 100],
+                             "cv_event": [1.0, 0, 0, 0, 0],
+                             "absence_days": [3.0, 1, 1, 1, 1]}).set_index("age")
     pd.testing.assert_frame_equal(got.sort_index(), expected)
     assert frame.attrs["attrition"] == {
-        "persons": 9, "prior_exposure": 1, "baseline_after_index": 1, "no_followup_outcome": 1,
-        "events_without_person": 1, "treated": 2, "controls": 4}
-    assert frame.attrs["followup"] == ("2024-07-01", "2024-12-31")
+        "persons": 9, "index_outside_window": 1, "prior_exposure": 2, "no_followup_outcome": 1,
+        "treated": 2, "controls": 3}
+
+    graced = derive_cohort(store, intervention=X, index_start=D(2024, 1, 1),
+                           index_end=D(2024, 6, 30), followup_days=184, grace_days=30,
+                           treatment_column="coached")
+    assert graced.set_index("age")["coached"].to_dict() == {
+        30.0: 1.0, 31.0: 0.0, 40.0: 0.0, 41.0: 0.0, 51.0: 0.0}  # T2 started 121 days in
+
+
+def test_derive_cohort_reproduces_the_synthetic_cohort(tmp_path, pseudo):
+    """shared.synth writes both the record tables and the flat cohort they imply: deriving
+    the cohort from the records must give the same rows (minus prevalent users)."""
+    from shared.synth.federation import generate_federation
+    from shared.synth.io import write_federation
+    from shared.synth.records import INDEX_WINDOW_DAYS, OUTCOME_PERIOD_DAYS, TREATMENT_CODE
+
+    fed = generate_federation(seed=5, sites=1, scale=0.02)
+    write_federation(fed, tmp_path / "fed", "csv")
+    site = fed.sites[0]
+    store = open_store(f"sqlite:///{tmp_path / 'n.db'}")
+    for kind in ("persons", "interventions", "outcomes"):
+        s = ingest_file(store, tmp_path / "fed" / site.name / f"{kind}.csv", kind=kind,
+                        pseudonymize=pseudo.many, site_id=SITE)
+        assert s.quarantined == 0 and s.loaded == s.rows, s
+
+    frame = derive_cohort(store, intervention=TREATMENT_CODE, index_start=D(2024, 1, 1),
+                          index_end=D(2024, 12, 31), followup_days=OUTCOME_PERIOD_DAYS,
+                          grace_days=INDEX_WINDOW_DAYS)
+    ev = site.interventions.merge(site.persons[["person_id", "index_date"]], on="person_id")
+    prior = set(ev.loc[(ev.code == TREATMENT_CODE) & (ev.start < ev.index_date), "person_id"])
+    want = site.cohort[~site.cohort.person_id.isin(prior)][list(frame.columns)].astype(float)
+    assert frame.attrs["attrition"]["prior_exposure"] == len(prior) > 0
+    assert len(frame) == len(want) > 100 and frame["treated"].sum() > 10
+
+    def canon(df):
+        return df.sort_values(list(df.columns)).reset_index(drop=True)
+
+    pd.testing.assert_frame_equal(canon(frame), canon(want), check_exact=False, rtol=1e-12)
 
 
 def test_derive_cohort_rejects_bad_windows(tmp_path):
