@@ -2,7 +2,8 @@
 
 Architectures and the numpy forward pass live in :mod:`shared.risk.arch`; this module builds the
 matching ``nn.Module`` so a node can train it (with Opacus) and convert weights both ways. The
-torch forward and :func:`shared.risk.arch.predict_proba` agree to float precision (tested).
+modules take the network input ``u = model_input(z)`` and return logits; their forward agrees with
+:func:`shared.risk.arch.forward_logit` to float precision (tested).
 """
 
 from __future__ import annotations

@@ -6,7 +6,9 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from shared.errors import SpecError
-from shared.risk.arch import RiskArch, check_arrays, predict_proba, sigmoid
+from shared.features import FEATURES, scale
+from shared.risk.arch import (RiskArch, check_arrays, fold_inputs, forward_logit, model_input,
+                              predict_proba, sigmoid)
 from shared.risk.fedavg import weighted_average
 from shared.risk.model import build_model, from_arrays, initial_arrays, to_arrays
 from shared.risk.tiers import DEFAULT_CUTOFFS, TIERS, assign_tiers, check_cutoffs, tier_index
@@ -32,10 +34,25 @@ def test_numpy_forward_matches_torch(arch):
     model = from_arrays(build_model(arch), arrays, arch=arch)
     z = rng.uniform(size=(500, 16))
     with torch.no_grad():
-        p_torch = torch.sigmoid(model(torch.as_tensor(z, dtype=torch.float32))).numpy()
+        u = torch.as_tensor(model_input(z), dtype=torch.float32)
+        p_torch = torch.sigmoid(model(u)).numpy()
     arrays32 = [a.astype(np.float32).astype(np.float64) for a in arrays]
     p_np = predict_proba(arch=arch, arrays=arrays32, z=z)
     np.testing.assert_allclose(p_np, p_torch, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHS, ids=lambda a: a.kind)
+def test_folded_weights_on_raw_features_equal_the_scaled_forward(arch):
+    rng = np.random.default_rng(3)
+    arrays = [rng.normal(size=s) for s in arch.shapes()]
+    lo = np.array([f.lo for f in FEATURES])
+    hi = np.array([f.hi for f in FEATURES])
+    x = lo + rng.uniform(size=(300, 16)) * (hi - lo)
+    binary = [f.kind == "binary" for f in FEATURES]
+    x[:, binary] = np.round(x[:, binary])
+    raw = forward_logit(arch=arch, arrays=fold_inputs(arch=arch, arrays=arrays), inputs=x)
+    scaled = forward_logit(arch=arch, arrays=arrays, inputs=model_input(scale(x, FEATURES)))
+    np.testing.assert_allclose(raw, scaled, rtol=1e-10, atol=1e-10)
 
 
 def test_logistic_starts_at_zero_and_mlp_init_is_seeded():
