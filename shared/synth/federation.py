@@ -71,13 +71,13 @@ def _site_rng(seed: int, profile: SiteProfile) -> np.random.Generator:
 
 
 def _simulate(rng: np.random.Generator, profile: SiteProfile, n: int) -> _Simulation:
-    pop = draw_population(rng, profile, n)
+    pop = draw_population(rng, profile=profile, n=n)
     hazard0 = baseline_hazard(pop.features)
     p0 = event_probability(hazard0)
     dept_shift = np.array([d.uptake_shift for d in profile.departments])
     dept_index = {d.name: i for i, d in enumerate(profile.departments)}
     shift = dept_shift[np.array([dept_index[d] for d in pop.department])]
-    pi = uptake_probability(p0=p0, features=pop.features, site_logit=profile.uptake_logit,
+    pi = uptake_probability(features=pop.features, site_logit=profile.uptake_logit,
                             department_shift=shift)
     treated = (rng.random(n) < pi).astype(np.int64)
     potential = draw_potential_outcomes(rng, hazard0=hazard0, working=pop.job_type != RETIRED)

@@ -68,7 +68,7 @@ def _draw_jobs(rng: np.random.Generator, profile: SiteProfile, n: int,
     return dept, job
 
 
-def draw_population(rng: np.random.Generator, profile: SiteProfile, n: int) -> Population:
+def draw_population(rng: np.random.Generator, *, profile: SiteProfile, n: int) -> Population:
     """Draw ``n`` people of ``profile``'s case mix.
 
     Args:

@@ -76,7 +76,11 @@ def record_tables(rng: np.random.Generator, *, cohort: pd.DataFrame,
 
     treated = cohort["treated"].to_numpy() == 1
     f = {n_: cohort[n_].to_numpy() for n_ in ("bp_treated", "smoker", "diabetes")}
-    pick = lambda mask, p: np.flatnonzero(mask & (rng.random(n) < p))  # noqa: E731
+
+    def pick(mask: np.ndarray, share: float) -> np.ndarray:
+        """Indices of a random ``share`` of the people in ``mask``."""
+        return np.flatnonzero(mask & (rng.random(n) < share))
+
     ch = profile.channels
     groups = [
         _events(rng, who=np.flatnonzero(treated), code=TREATMENT_CODE, index=index,

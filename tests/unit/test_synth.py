@@ -156,9 +156,11 @@ def test_uptake_is_confounded_by_risk_so_the_naive_difference_is_biased(fed, poo
 def test_uptake_differs_by_site_and_department(fed):
     uptake = [t["uptake"] for t in fed.truth["sites"].values() if t["n"] >= 1000]
     assert max(uptake) - min(uptake) > 0.05
-    c = fed.sites[3].cohort  # company_logistics: office is pushed, drivers are not
+    # company_logistics pushes the programme in the office, not among drivers (who are at
+    # higher risk): a large draw of its profile shows the department effect beyond noise
+    c, _ = generate_cohort(n=20_000, seed=SEED, profile="company_logistics")
     by_dept = c.groupby("department")["treated"].mean()
-    assert by_dept["office"] > by_dept["transport"]
+    assert by_dept["office"] > by_dept["transport"] + 0.05
 
 
 def test_true_att_is_the_mean_of_potential_outcome_differences(fed):
@@ -253,13 +255,15 @@ def test_record_tables_validate_against_the_schemas(fed):
 
 
 def test_trajectory_log_defines_the_cohort_treatment(fed):
-    for site in fed.sites[:4]:
+    older = 0
+    for site in fed.sites:
         ev = site.interventions.merge(site.persons[["person_id", "index_date"]], on="person_id")
         lag = (ev["start"] - ev["index_date"]).dt.days
         in_window = ev[(ev["code"] == TREATMENT_CODE) & (lag >= 0) & (lag <= INDEX_WINDOW_DAYS)]
         derived = site.cohort["person_id"].isin(in_window["person_id"]).astype(int)
         assert (derived.to_numpy() == site.cohort["treated"].to_numpy()).all()
-        assert len(ev[ev["code"] == TREATMENT_CODE]) > len(in_window)  # older episodes exist
+        older += (ev["code"] == TREATMENT_CODE).sum() - len(in_window)
+    assert older > 0  # coaching that ended before the index date: those people are controls
 
 
 def test_outcome_records_and_person_ids(fed):
