@@ -49,7 +49,7 @@ from shared.study import Outcome
 
 __all__ = [
     "AttEstimate", "BalanceStat", "Check", "OutcomeAtt", "StratumStat", "estimate_att",
-    "estimate_att_pooled", "nn_match_att", "NnMatch", "PooledAtt",
+    "estimate_att_federated", "estimate_att_pooled", "nn_match_att", "NnMatch", "PooledAtt",
 ]
 
 Z_95 = 1.959963984540054
@@ -287,4 +287,5 @@ def _diagnostics(n_t: float, n_c: float, n_t_used: float, balance, overlap: floa
 
 
 # the pooled references live in their own module; exported here for one import path
-from shared.psm.reference import NnMatch, PooledAtt, estimate_att_pooled, nn_match_att  # noqa: E402
+from shared.psm.reference import (NnMatch, PooledAtt, estimate_att_federated,  # noqa: E402
+                                  estimate_att_pooled, nn_match_att)

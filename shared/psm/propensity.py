@@ -35,7 +35,7 @@ from shared.psm._checks import check_beta, check_t, check_z, require_keys
 
 __all__ = [
     "CovMoments", "PropensityFitter", "PsStats", "cov_moments", "fit_propensity",
-    "initial_beta", "ps_contribution",
+    "initial_beta", "ps_contribution", "run_fit",
 ]
 
 
@@ -373,13 +373,37 @@ def fit_propensity(*, z, t, ridge: float = 1e-6, tol: float = 1e-10, max_iter: i
     if beta0 is None:
         beta0 = initial_beta(moments=cov_moments(z=z, t=t))
     fitter = PropensityFitter(p=z.shape[1] + 1, ridge=ridge, tol=tol, max_iter=max_iter, beta0=beta0)
+    run_fit(fitter, [(z, t)])
+    return fitter
+
+
+def run_fit(fitter: PropensityFitter, parts) -> PropensityFitter:
+    """Drive ``fitter`` to convergence over row sets ``parts`` = [(z, t), ...], summing their
+    statistics each round as the coordinator does (in-process: references, tests, benchmarks).
+
+    Raises:
+        NoOverlapError: the fit diverged and its last iterate separates the arms completely.
+        ConvergenceError: see :meth:`PropensityFitter.update`.
+    """
     try:
-        while not fitter.update(ps_contribution(z=z, t=t, beta=fitter.beta)):
+        while not fitter.update(_sum_stats(ps_contribution(z=z, t=t, beta=fitter.beta) for z, t in parts)):
             pass
     except ConvergenceError as e:
-        s = fitter.beta[0] + z @ fitter.beta[1:]
-        if s[t == 0].max() < s[t == 1].min() or s[t == 1].max() < s[t == 0].min():
+        scores = [(fitter.beta[0] + z @ fitter.beta[1:], t) for z, t in parts]
+        lo = {arm: min((s[t == arm].min() for s, t in scores if (t == arm).any()), default=np.inf)
+              for arm in (0, 1)}
+        hi = {arm: max((s[t == arm].max() for s, t in scores if (t == arm).any()), default=-np.inf)
+              for arm in (0, 1)}
+        if hi[0] < lo[1] or hi[1] < lo[0]:
             raise NoOverlapError("treated and controls are completely separated by their "
                                  "covariates: the propensity scores do not overlap") from e
         raise
     return fitter
+
+
+def _sum_stats(stats):
+    it = iter(stats)
+    total = next(it)
+    for s in it:
+        total = total + s
+    return total

@@ -1,7 +1,8 @@
 r"""Centralised references on pooled rows: the same stratified estimator, and 1:1 NN matching.
 
-:func:`estimate_att_pooled` runs exactly the federated pipeline with one "node" holding every
-row (same fitter, same edges, same table, same estimator), so federated = pooled up to rounding.
+:func:`estimate_att_federated` runs a whole study in one process — every node's answer by the
+node-side functions, summed as the coordinator sums them — and :func:`estimate_att_pooled` is
+that run with one "node" holding every row, so federated = pooled up to rounding by design.
 
 :func:`nn_match_att` is the classic alternative: each treated is matched, with replacement, to
 the control nearest on the logit score within a caliper (0.2 SD of the logit by convention);
@@ -20,6 +21,7 @@ j on the score (the conditional-variance estimate of AI with J = 1).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import reduce
 from typing import Literal, Sequence
 
 import numpy as np
@@ -27,70 +29,88 @@ import numpy as np
 from shared.errors import DataError, EmptyArmError, NoOverlapError
 from shared.psm._checks import check_t, check_z
 from shared.psm.estimator import Z_95, AttEstimate, estimate_att
-from shared.psm.propensity import PropensityFitter, cov_moments, fit_propensity
+from shared.psm.propensity import PropensityFitter, cov_moments, initial_beta, run_fit
 from shared.psm.strata import (caliper_edges, logit_sd, quantile_edges, score_grid,
                                score_histogram)
 from shared.psm.table import PsmTable, psm_table, scale_outcomes
 from shared.study import Outcome
 
-__all__ = ["NnMatch", "PooledAtt", "estimate_att_pooled", "nn_match_att"]
+__all__ = ["NnMatch", "PooledAtt", "estimate_att_federated", "estimate_att_pooled", "nn_match_att"]
 
 
 @dataclass(frozen=True)
 class PooledAtt:
-    """The pooled reference run: the estimate and what produced it."""
+    """A reference run: the estimate and what produced it."""
 
     estimate: AttEstimate
     fitter: PropensityFitter
     edges: np.ndarray
     table: PsmTable
     logit_sd: float
-    n_clipped: np.ndarray
+    n_clipped: np.ndarray  # per outcome, over all rows
 
 
-def estimate_att_pooled(*, z, t, y, outcomes: Sequence[Outcome], covariates: Sequence[str],
-                        strata: Literal["caliper", "quantile"] = "caliper", caliper_sd: float = 0.2,
-                        n_strata: int = 8, n_grid: int = 200, ridge: float = 1e-6,
-                        tol: float = 1e-10, max_iter: int = 25, min_cell: float = 1) -> PooledAtt:
-    """The federated pipeline on pooled rows: fit, edges, table, estimate.
+def estimate_att_federated(*, nodes: Sequence[tuple], outcomes: Sequence[Outcome],
+                           covariates: Sequence[str],
+                           strata: Literal["caliper", "quantile"] = "caliper",
+                           caliper_sd: float = 0.2, n_strata: int = 8, n_grid: int = 200,
+                           ridge: float = 1e-6, tol: float = 1e-10, max_iter: int = 25,
+                           min_cell: float = 1) -> PooledAtt:
+    """The study in one process: each node's answers by the node-side functions, summed as the
+    coordinator sums them (describe → Newton rounds → edges → tables → estimate).
 
     Args:
-        z: ``(n, d)`` covariates scaled to [0, 1].
-        t: ``(n,)`` treatment 0/1.
-        y: ``(n, O)`` outcomes in ORIGINAL units; clipped and rescaled here by each outcome's
-            public ``[lo, cap]``, exactly as a node does.
+        nodes: ``[(z, t, y), ...]`` per node: ``z`` ``(n, d)`` scaled to [0, 1], ``t`` 0/1,
+            ``y`` ``(n, O)`` outcomes in ORIGINAL units (each node clips and rescales them by
+            the outcomes' public ``[lo, cap]``, as a real node does).
         strata: ``"caliper"`` (width ``caliper_sd`` × SD of the logit) or ``"quantile"``
-            (``n_strata`` equal-treated strata read off an ``n_grid``-bin public score grid).
+            (``n_strata`` equal-treated strata read off an ``n_grid``-bin public score grid,
+            from summed per-node histograms).
 
     Raises:
-        DataError / CovariateBoundsError: bad input.
-        EmptyArmError: an arm has no rows.
-        NoOverlapError: the arms are separated on the score (the fit diverges) or share no stratum.
+        DataError / CovariateBoundsError: bad input (row numbers are within the node).
+        EmptyArmError: an arm has no rows in the whole federation.
+        NoOverlapError: the arms are separated on the score, or share no stratum.
         ConvergenceError: the fit fails for another reason.
     """
-    z = check_z(z, names=covariates)
-    t = check_t(t, n=z.shape[0])
-    y01, n_clipped = scale_outcomes(y=y, lo=[o.lo for o in outcomes], cap=[o.cap for o in outcomes],
-                                    names=[o.name for o in outcomes])
-    if y01.shape[0] != z.shape[0]:
-        raise DataError(f"{y01.shape[0]} outcome rows for {z.shape[0]} covariate rows")
-    moments = cov_moments(z=z, t=t)
-    if moments.count.min() < 1:
-        raise EmptyArmError(f"an arm is empty: {moments.count[1]:.0f} treated, {moments.count[0]:.0f} controls")
-    fitter = fit_propensity(z=z, t=t, ridge=ridge, tol=tol, max_iter=max_iter)
-    sd = logit_sd(moments=moments, beta=fitter.beta)
+    lo, cap = [o.lo for o in outcomes], [o.cap for o in outcomes]
+    prepared = []
+    for z, t, y in nodes:
+        z = check_z(z, names=covariates)
+        t = check_t(t, n=z.shape[0])
+        y01, clipped = scale_outcomes(y=y, lo=lo, cap=cap, names=[o.name for o in outcomes])
+        if y01.shape[0] != z.shape[0]:
+            raise DataError(f"{y01.shape[0]} outcome rows for {z.shape[0]} covariate rows")
+        prepared.append((z, t, y01, clipped))
+    moments = _total(cov_moments(z=z, t=t) for z, t, _, _ in prepared)
+    fitter = PropensityFitter(p=moments.d + 1, ridge=ridge, tol=tol, max_iter=max_iter,
+                              beta0=initial_beta(moments=moments))
+    run_fit(fitter, [(z, t) for z, t, _, _ in prepared])
+    beta = fitter.beta
+    sd = logit_sd(moments=moments, beta=beta)
     if strata == "caliper":
-        edges = caliper_edges(beta=fitter.beta, sd=sd, caliper_sd=caliper_sd)
+        edges = caliper_edges(beta=beta, sd=sd, caliper_sd=caliper_sd)
     elif strata == "quantile":
-        grid = score_grid(beta=fitter.beta, n_bins=n_grid)
-        hist = score_histogram(z=z, t=t, beta=fitter.beta, grid=grid)
+        grid = score_grid(beta=beta, n_bins=n_grid)
+        hist = _total(score_histogram(z=z, t=t, beta=beta, grid=grid) for z, t, _, _ in prepared)
         edges = quantile_edges(grid=grid, treated_counts=hist[:, 1], n_strata=n_strata)
     else:
         raise DataError(f"unknown strata method {strata!r} (caliper or quantile)", field="strata")
-    table = psm_table(z=z, t=t, y=y01, beta=fitter.beta, edges=edges)
+    table = _total(psm_table(z=z, t=t, y=y01, beta=beta, edges=edges) for z, t, y01, _ in prepared)
     est = estimate_att(table=table, outcomes=outcomes, covariates=covariates, min_cell=min_cell)
     return PooledAtt(estimate=est, fitter=fitter, edges=edges, table=table, logit_sd=sd,
-                     n_clipped=np.asarray(n_clipped))
+                     n_clipped=_total(np.asarray(c) for _, _, _, c in prepared))
+
+
+def estimate_att_pooled(*, z, t, y, outcomes: Sequence[Outcome], covariates: Sequence[str],
+                        **options) -> PooledAtt:
+    """The centralised reference: :func:`estimate_att_federated` with one node holding every
+    row — the same functions on pooled rows. ``y`` in original units; ``options`` as there."""
+    return estimate_att_federated(nodes=[(z, t, y)], outcomes=outcomes, covariates=covariates, **options)
+
+
+def _total(items):
+    return reduce(lambda a, b: a + b, items)
 
 
 @dataclass(frozen=True)

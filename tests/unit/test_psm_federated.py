@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from psm_dgp import COVARIATES, OUTCOMES, make_study, partition
-from shared.psm.estimator import AttEstimate, estimate_att, estimate_att_pooled
+from shared.psm.estimator import (AttEstimate, estimate_att, estimate_att_federated,
+                                  estimate_att_pooled)
 from shared.psm.propensity import PropensityFitter, cov_moments, initial_beta, ps_contribution
-from shared.psm.strata import caliper_edges, logit_sd, quantile_edges, score_grid, score_histogram
+from shared.psm.strata import caliper_edges, logit_sd
 from shared.psm.table import psm_table, scale_outcomes
 
 LO = [o.lo for o in OUTCOMES]
@@ -20,20 +21,22 @@ def _sum(items):
     return reduce(lambda a, b: a + b, items)
 
 
-def federated(nodes, *, strata="caliper", n_strata=8):
-    """What the coordinator does (coordinator/study/workflow.py), with nodes as (z, t, y01)."""
+def coordinator(nodes):
+    """The coordinator's loop of coordinator/study/workflow.py over nodes (z, t, y01): once the
+    fit is near convergence the table is asked in the same round as the gradient, at that β."""
     moments = _sum(cov_moments(z=z, t=t) for z, t, _ in nodes)
     fitter = PropensityFitter(p=moments.d + 1, beta0=initial_beta(moments=moments))
-    while not fitter.update(_sum(ps_contribution(z=z, t=t, beta=fitter.beta) for z, t, _ in nodes)):
-        pass
-    if strata == "caliper":
-        edges = caliper_edges(beta=fitter.beta, sd=logit_sd(moments=moments, beta=fitter.beta))
-    else:
-        grid = score_grid(beta=fitter.beta)
-        hist = _sum(score_histogram(z=z, t=t, beta=fitter.beta, grid=grid) for z, t, _ in nodes)
-        edges = quantile_edges(grid=grid, treated_counts=hist[:, 1], n_strata=n_strata)
-    table = _sum(psm_table(z=z, t=t, y=y, beta=fitter.beta, edges=edges) for z, t, y in nodes)
-    return fitter, estimate_att(table=table, outcomes=OUTCOMES, covariates=COVARIATES)
+    tables = None
+    while True:
+        beta = fitter.beta.copy()
+        if fitter.near_converged:
+            edges = caliper_edges(beta=beta, sd=logit_sd(moments=moments, beta=beta))
+            tables = [psm_table(z=z, t=t, y=y, beta=beta, edges=edges) for z, t, y in nodes]
+        if fitter.update(_sum(ps_contribution(z=z, t=t, beta=beta) for z, t, _ in nodes)):
+            break
+        tables = None
+    assert tables is not None, "the speculative table of the last round is the final one"
+    return fitter, estimate_att(table=_sum(tables), outcomes=OUTCOMES, covariates=COVARIATES)
 
 
 def _numbers(obj):
@@ -62,14 +65,19 @@ def study():
     return make_study(n=6000, seed=11)
 
 
+@pytest.fixture(scope="module")
+def pooled_caliper(study):
+    return estimate_att_pooled(z=study.z, t=study.t, y=study.y, outcomes=OUTCOMES, covariates=COVARIATES)
+
+
 @pytest.mark.parametrize("k", range(1, 9))
-def test_federated_equals_pooled_for_k_unequal_nodes(study, k):
-    pooled = estimate_att_pooled(z=study.z, t=study.t, y=study.y, outcomes=OUTCOMES, covariates=COVARIATES)
+def test_federated_equals_pooled_for_k_unequal_nodes(study, pooled_caliper, k):
+    pooled = pooled_caliper
     y01, _ = scale_outcomes(y=study.y, lo=LO, cap=CAP)
     parts = partition(study.t.size, k, np.random.default_rng(100 + k))
     sizes = sorted(p.size for p in parts)
     assert k == 1 or sizes[0] != sizes[-1]
-    fitter, est = federated([(study.z[p], study.t[p], y01[p]) for p in parts])
+    fitter, est = coordinator([(study.z[p], study.t[p], y01[p]) for p in parts])
     np.testing.assert_allclose(fitter.beta, pooled.fitter.beta, rtol=1e-9, atol=1e-12)
     assert fitter.iterations == pooled.fitter.iterations
     assert_estimates_equal(est, pooled.estimate)
@@ -80,18 +88,18 @@ def test_federated_equals_pooled_for_k_unequal_nodes(study, k):
 def test_federated_equals_pooled_with_quantile_strata(study):
     pooled = estimate_att_pooled(z=study.z, t=study.t, y=study.y, outcomes=OUTCOMES,
                                  covariates=COVARIATES, strata="quantile", n_strata=6)
-    y01, _ = scale_outcomes(y=study.y, lo=LO, cap=CAP)
     parts = partition(study.t.size, 5, np.random.default_rng(5))
-    _, est = federated([(study.z[p], study.t[p], y01[p]) for p in parts], strata="quantile", n_strata=6)
-    assert len(est.strata) == 6
-    assert_estimates_equal(est, pooled.estimate)
+    fed = estimate_att_federated(nodes=[(study.z[p], study.t[p], study.y[p]) for p in parts],
+                                 outcomes=OUTCOMES, covariates=COVARIATES, strata="quantile", n_strata=6)
+    assert len(fed.estimate.strata) == 6
+    assert_estimates_equal(fed.estimate, pooled.estimate)
 
 
-def test_nodes_missing_an_arm_still_add_up(study):
+def test_nodes_missing_an_arm_still_add_up(study, pooled_caliper):
     """A small company may have no treated at all; its rows still count as controls."""
-    y01, _ = scale_outcomes(y=study.y, lo=LO, cap=CAP)
     controls_only = np.flatnonzero(study.t == 0)[:500]
     rest = np.setdiff1d(np.arange(study.t.size), controls_only)
-    _, est = federated([(study.z[p], study.t[p], y01[p]) for p in (controls_only, rest)])
-    pooled = estimate_att_pooled(z=study.z, t=study.t, y=study.y, outcomes=OUTCOMES, covariates=COVARIATES)
-    assert_estimates_equal(est, pooled.estimate)
+    fed = estimate_att_federated(nodes=[(study.z[p], study.t[p], study.y[p]) for p in (controls_only, rest)],
+                                 outcomes=OUTCOMES, covariates=COVARIATES)
+    assert_estimates_equal(fed.estimate, pooled_caliper.estimate)
+    np.testing.assert_array_equal(fed.n_clipped, pooled_caliper.n_clipped)
