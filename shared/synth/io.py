@@ -97,5 +97,5 @@ def write_federation(fed: Federation, out: Path, fmt: str = "csv") -> Path:
             _write_table(getattr(site, table), folder / f"{table}.{fmt}", fmt)
     study = out / "study.toml"
     study.write_text(to_toml(study_document(fed, fmt)))
-    (out / "truth.json").write_text(json.dumps(fed.truth, indent=2) + "\n")
+    (out / "truth.json").write_text(json.dumps(fed.truth, indent=2, allow_nan=False) + "\n")
     return study

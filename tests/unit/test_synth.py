@@ -298,6 +298,15 @@ def test_study_toml_loads_and_points_at_the_cohort_files(tmp_path, fmt):
     assert json.loads((tmp_path / "truth.json").read_text()) == json.loads(json.dumps(fed.truth))
 
 
+def test_tiny_sites_without_treated_people_give_null_not_nan(tmp_path):
+    fed = generate_federation(seed=2, scale=0.0001)  # 20 people per site
+    empty = [t for t in fed.truth["sites"].values() if t["n_treated"] == 0]
+    assert empty, "expected a site without treated people at this size"
+    assert all(v is None for t in empty for v in t["att"].values())
+    json.dumps(fed.truth, allow_nan=False)  # raises on NaN or inf
+    write_federation(fed, tmp_path)
+
+
 def test_bad_arguments_raise_typed_errors(tmp_path):
     with pytest.raises(SpecError, match="sites"):
         generate_federation(seed=1, sites=0)
