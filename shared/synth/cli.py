@@ -20,6 +20,7 @@ from shared.synth.sites import PROFILES
 app = typer.Typer(
     help="Generate a seeded synthetic federation with ground truth (true ATT per outcome).",
     add_completion=False,
+    subcommand_metavar="",  # a single command: no "[COMMAND] [ARGS]" in its usage line
 )
 
 
