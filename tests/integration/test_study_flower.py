@@ -22,10 +22,7 @@ pytestmark = pytest.mark.integration
 def synthetic(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth")
     fed = generate_federation(seed=3, sites=4, scale=0.05)
-    spec_path = write_federation(fed, out)
-    with spec_path.open("a") as f:
-        f.write("\n[federation]\nround_timeout_s = 25.0\n")
-    return spec_path, fed
+    return write_federation(fed, out), fed
 
 
 def _pooled(spec, fed):
@@ -60,7 +57,8 @@ def test_real_federation_equals_pooled_estimator(synthetic, tmp_path):
 
 
 def test_killed_supernode_fails_clearly_naming_node_and_round(synthetic, tmp_path):
-    spec_path, _ = synthetic
+    spec_path = synthetic[0].with_name("study-timeout.toml")
+    spec_path.write_text(synthetic[0].read_text() + "\n[federation]\nround_timeout_s = 45.0\n")
     spec = StudySpec.from_toml(spec_path)
     victim = spec.sites[2].name
     out = tmp_path / "out"
