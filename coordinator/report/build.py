@@ -137,9 +137,10 @@ def _checks(result, sites, balance, strata, attrition):
         checks.convergence_check(converged=result.propensity.converged,
                                  iterations=result.propensity.iterations),
     ]
-    return tuple(c for c in own if c is not None) + tuple(
-        checks.study_check(d) for d in result.diagnostics
-    )
+    own = [c for c in own if c is not None]
+    by_name = {c.name: c for c in own}
+    return tuple(own) + tuple(checks.study_check(d) for d in result.diagnostics
+                              if not checks.is_restatement(d, by_name))
 
 
 def _privacy(result: StudyResult, outcomes: tuple[OutcomeRow, ...]) -> PrivacySection:

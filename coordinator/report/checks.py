@@ -88,6 +88,20 @@ def convergence_check(*, converged: bool, iterations: int) -> Check:
     )
 
 
+# study diagnostics that state the same thing as a report check, by name
+STUDY_ALIASES = {"size_gate_treated": "size_treated", "size_gate_control_ratio": "size_control_pool",
+                 "balance_after": "balance_smd", "common_support": "overlap"}
+
+
+def is_restatement(d: Diagnostic, own: dict[str, Check]) -> bool:
+    """True if the study's diagnostic repeats a report check with the same value and verdict
+    (then it is not shown twice); a disagreement is kept so the reader sees both."""
+    mine = own.get(STUDY_ALIASES.get(d.name, ""))
+    if mine is None or mine.passed != d.passed or (d.value is None) != (mine.value is None):
+        return False
+    return d.value is None or math.isclose(d.value, mine.value, rel_tol=1e-9, abs_tol=1e-12)
+
+
 def study_check(d: Diagnostic) -> Check:
     """A diagnostic the study run reported, carried over as stated."""
     rule = d.message or d.name

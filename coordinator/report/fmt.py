@@ -35,8 +35,14 @@ def num(x: float | int | None, *, digits: int = 3) -> str:
 
 
 def pct(share: float | None, *, digits: int = 1) -> str:
-    """A share 0..1 as a percentage (``0.237`` → ``23.7%``)."""
-    return "n/a" if share is None else _sign(f"{100 * share:.{digits}f}%")
+    """A share 0..1 as a percentage (``0.237`` → ``23.7%``); a small non-zero share that would
+    round to zero reads ``<0.1%`` rather than a misleading ``0.0%``."""
+    if share is None:
+        return "n/a"
+    floor = 0.5 * 10.0 ** -digits
+    if 0 < abs(100 * share) < floor:
+        return f"<{10.0 ** -digits:.{digits}f}%" if share > 0 else f">{MINUS}{10.0 ** -digits:.{digits}f}%"
+    return _sign(f"{100 * share:.{digits}f}%")
 
 
 def ci(lo: float, hi: float, *, digits: int = 3) -> str:

@@ -19,13 +19,14 @@ _FONT_DIR = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
 BLUE = (31, 95, 158)
 GREY = (85, 85, 85)
 PASS, FAIL = (30, 123, 52), (181, 42, 38)
-HEAD_FILL = (238, 242, 247)
+HEAD_FILL = (226, 233, 243)
+ZEBRA = (246, 248, 251)
 
 # column width weights per table, so long text columns get the room
 _WIDTHS = {
     "What the effect is worth": (22, 14, 22, 14, 36),
     "Effect estimates (ATT)": (18, 9, 9, 20, 9, 10, 10, 12, 13),
-    "Diagnostics against stated thresholds": (18, 28, 9, 8, 37),
+    "Diagnostics against stated thresholds": (18, 26, 9, 12, 8, 33),
     "Covariate balance": (22, 13, 13, 15, 15, 12),
 }
 
@@ -96,7 +97,7 @@ def _title(pdf: FPDF, view: ReportView) -> None:
         pdf.cell(30, 4.8, label)
         mono = label.endswith("SHA-256")
         pdf.set_font(FONT + "Mono" if mono else FONT, "", 7.5 if mono else 8.5)
-        pdf.multi_cell(0, 4.8, value, new_x="LMARGIN", new_y="NEXT")
+        pdf.multi_cell(0, 4.8, value, align="L", new_x="LMARGIN", new_y="NEXT")
     pdf.ln(2)
     if view.banner:
         _box(pdf, view.banner, fill=(255, 244, 214), bold=False)
@@ -107,7 +108,9 @@ def _title(pdf: FPDF, view: ReportView) -> None:
 def _box(pdf: FPDF, text: str, *, fill: tuple[int, int, int], bold: bool) -> None:
     pdf.set_font(FONT, "B" if bold else "", 9)
     pdf.set_fill_color(*fill)
-    pdf.multi_cell(0, 5.5, text, fill=True, padding=2, new_x="LMARGIN", new_y="NEXT")
+    pdf.multi_cell(0, 5.5, text, fill=True, padding=2, align="L", new_x="LMARGIN",
+                   new_y="NEXT")
+    pdf.set_fill_color(255, 255, 255)
     pdf.ln(2)
 
 
@@ -144,6 +147,7 @@ def _table(pdf: FPDF, t: Table, *, font_size: float = 7.5) -> None:
     with pdf.table(col_widths=widths, line_height=1.45 * font_size * 0.3528 + 1,
                    headings_style=FontFace(emphasis="BOLD", fill_color=HEAD_FILL),
                    borders_layout="HORIZONTAL_LINES", padding=0.8,
+                   cell_fill_color=ZEBRA, cell_fill_mode="ROWS",
                    text_align="LEFT") as table:
         table.row(list(t.header))
         for cells in t.rows:

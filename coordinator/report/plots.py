@@ -49,6 +49,10 @@ def overlap_plot(strata: tuple[StratumRow, ...]) -> bytes:
     common support (one arm empty) are shaded.
     """
     spans = _finite_spans(strata)
+    filled = [i for i, s in enumerate(strata) if s.n_treated or s.n_control]
+    if filled:  # empty caliper strata far out in the tails would squash the plot
+        keep = range(filled[0], filled[-1] + 1)
+        strata, spans = tuple(strata[i] for i in keep), [spans[i] for i in keep]
     n_t = sum(s.n_treated for s in strata) or 1
     n_c = sum(s.n_control for s in strata) or 1
     fig = Figure(figsize=(6.4, 3.0))

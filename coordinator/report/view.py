@@ -89,11 +89,12 @@ def report_view(doc: EvidenceReport, *, signature: Signature | None = None) -> R
         estimates=_estimates_table(doc),
         checks=Table(
             title="Diagnostics against stated thresholds",
-            header=("Check", "Rule", "Value", "Result", "Detail"),
-            rows=tuple((c.label, c.rule, fmt.num(c.value), "pass" if c.passed else "fail",
+            header=("Check", "Rule", "Value", "Threshold", "Result", "Detail"),
+            rows=tuple((c.label, c.rule, fmt.num(c.value, digits=4),
+                        fmt.num(c.threshold), "pass" if c.passed else "fail",
                         c.detail + (" (reported by the study run)" if c.source == "study" else ""))
                        for c in doc.checks),
-            status_col=3,
+            status_col=4,
         ),
         balance=Table(
             title="Covariate balance",
@@ -116,15 +117,7 @@ def report_view(doc: EvidenceReport, *, signature: Signature | None = None) -> R
         ),
         privacy=_privacy_table(doc),
         attrition=_attrition_table(doc),
-        strata=Table(
-            title="Strata of the logit propensity score",
-            header=("Stratum", "From", "To", "Treated", "Control", "In estimate"),
-            rows=tuple((str(i + 1), fmt.edge(s.lo, lower=True), fmt.edge(s.hi, lower=False),
-                        fmt.num(s.n_treated), fmt.num(s.n_control), "yes" if s.used else "no")
-                       for i, s in enumerate(doc.strata)),
-            note=f"Method: {doc.estimand.strata_method}. Strata lacking either arm are outside "
-                 f"common support.",
-        ),
+        strata=_strata_table(doc),
         figures={
             "estimates": Figure("Estimates with 95% confidence intervals",
                                 plots.estimate_plot(doc.outcomes),
@@ -140,6 +133,23 @@ def report_view(doc: EvidenceReport, *, signature: Signature | None = None) -> R
         estimand=doc.estimand.description,
         spec_json=json.dumps(doc.study.spec, indent=2, sort_keys=True),
         signature=signature,
+    )
+
+
+def _strata_table(doc: EvidenceReport) -> Table:
+    shown = [(i, s) for i, s in enumerate(doc.strata) if s.n_treated or s.n_control]
+    empty = len(doc.strata) - len(shown)
+    note = (f"Method: {doc.estimand.strata_method}. Strata lacking either arm are outside common "
+            f"support.")
+    if empty:
+        note += f" {empty} empty strata (no one in either arm) are not listed."
+    return Table(
+        title="Strata of the logit propensity score",
+        header=("Stratum", "From", "To", "Treated", "Control", "In estimate"),
+        rows=tuple((str(i + 1), fmt.edge(s.lo, lower=True), fmt.edge(s.hi, lower=False),
+                    fmt.num(s.n_treated), fmt.num(s.n_control), "yes" if s.used else "no")
+                   for i, s in shown),
+        note=note,
     )
 
 
@@ -171,7 +181,7 @@ def _fig_value(f: ValueFigure, x: float | None) -> str:
 
 def _estimates_table(doc: EvidenceReport) -> Table:
     header = ["Outcome", "ATT", "SE", "95% CI", "Privacy share of CI", "Treated mean",
-              "Control mean (reweighted)", "Treated / control"]
+              "Control mean*", "Treated / control"]
     if doc.synthetic:
         header.insert(4, "Sim. truth")
     rows = []
@@ -183,8 +193,8 @@ def _estimates_table(doc: EvidenceReport) -> Table:
         cells += [fmt.pct(o.privacy_share_of_ci), fmt.num(o.treated_mean),
                   fmt.num(o.control_mean), f"{fmt.num(o.n_treated)} / {fmt.num(o.n_control)}"]
         rows.append(tuple(cells))
-    notes = ["Control mean (reweighted): the treated's counterfactual mean, controls reweighted "
-             "to the treated within strata. Privacy share: part of the CI width due to privacy "
+    notes = ["*Control mean: the treated's counterfactual mean, controls reweighted to the "
+             "treated within strata. Privacy share: part of the CI width due to privacy "
              "noise."]
     for o in doc.outcomes:
         if o.relative_risk is not None:
