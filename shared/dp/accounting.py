@@ -1,0 +1,92 @@
+r"""Privacy accounting of Gaussian releases with Opacus' maintained accountants.
+
+Every release is one Gaussian mechanism without subsampling (``sample_rate=1``) and noise
+multiplier :math:`\mu = \sigma / \Delta_2`. Composition over all releases of a study, and
+across studies on the same dataset, is done by the accountant itself: nothing is composed by
+hand here.
+
+* ``"rdp"`` (default): :class:`opacus.accountants.RDPAccountant` — Rényi DP (Mironov 2017),
+  converted to :math:`(\varepsilon, \delta)` by Opacus' improved conversion (Balle et al.
+  2020). For unsubsampled Gaussians the RDP curve :math:`\alpha / (2\mu^2)` is exact, so the
+  only slack is the conversion. Fast (milliseconds), deterministic.
+* ``"prv"``: :class:`opacus.accountants.PRVAccountant` — numerical composition of privacy-loss
+  random variables (Gopi et al. 2021), ≈5 % tighter, but seconds per call over long
+  heterogeneous histories; returns the upper bound of its error interval.
+
+The order grid is extended beyond Opacus' default (which stops at 63) so small budgets
+(ε < 1 at δ = 1e-6 wants orders near 50–100) are not over-reported.
+
+>>> round(epsilon_spent(noise_multipliers=[1.0] * 10, delta=1e-5), 2)
+19.05
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Iterable, Literal, Sequence
+
+import numpy as np
+
+__all__ = ["ACCOUNTANTS", "Accountant", "ORDERS", "epsilon_spent", "make_accountant"]
+
+Accountant = Literal["rdp", "prv"]
+ACCOUNTANTS: tuple[str, ...] = ("rdp", "prv")
+
+#: RDP orders: Opacus' default grid extended to 1024.
+ORDERS: tuple[float, ...] = tuple(
+    [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
+    + list(range(64, 128, 4)) + list(range(128, 257, 16)) + [320, 384, 512, 768, 1024])
+
+
+def make_accountant(name: str = "rdp"):
+    """A fresh Opacus accountant by name (``"rdp"`` or ``"prv"``).
+
+    Raises:
+        ValueError: unknown name.
+    """
+    from opacus.accountants import PRVAccountant, RDPAccountant  # torch import: keep it lazy
+
+    if name == "rdp":
+        return RDPAccountant()
+    if name == "prv":
+        return PRVAccountant()
+    raise ValueError(f"unknown accountant {name!r}; known: {', '.join(ACCOUNTANTS)}")
+
+
+def _check_multipliers(noise_multipliers: Iterable[float]) -> list[float]:
+    mus = [float(m) for m in noise_multipliers]
+    bad = [m for m in mus if not (np.isfinite(m) and m > 0)]
+    if bad:
+        raise ValueError(f"noise multipliers must be positive and finite, got {bad[0]!r}")
+    return mus
+
+
+def epsilon_spent(*, noise_multipliers: Sequence[float], delta: float,
+                  accountant: str = "rdp") -> float:
+    r"""ε at ``delta`` of the composition of Gaussian releases with these noise multipliers.
+
+    Args:
+        noise_multipliers: :math:`\mu_i = \sigma_i / \Delta_i`, one per release, any order.
+        delta: target δ in (0, 1).
+        accountant: ``"rdp"`` or ``"prv"``.
+
+    Returns:
+        ε (0.0 for no releases).
+
+    Raises:
+        ValueError: a multiplier is not positive, δ outside (0, 1), or an unknown accountant.
+    """
+    mus = _check_multipliers(noise_multipliers)
+    if not 0 < delta < 1:
+        raise ValueError(f"delta must lie in (0, 1), got {delta!r}")
+    if not mus:
+        return 0.0
+    acc = make_accountant(accountant)
+    # group equal multipliers so the accountant's history stays short (it merges runs only)
+    for mu in sorted(mus):
+        acc.step(noise_multiplier=mu, sample_rate=1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PRV's discretisation warns at sample_rate = 1
+        if accountant == "rdp":
+            return float(acc.get_epsilon(delta=delta, alphas=list(ORDERS)))
+        return float(acc.get_epsilon(delta=delta))

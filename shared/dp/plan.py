@@ -1,0 +1,193 @@
+r"""The study's noise plan: σ for every planned release, public and deterministic.
+
+Coordinator and nodes compute the same plan from the study spec (ε, δ, the budget split, the
+number of covariates and outcomes, the number of DP Newton rounds), so the coordinator knows
+every noise scale it must account for in the CI, and a node can check that what it is asked to
+release matches the spec.
+
+**How the split's shares map to noise.** A Gaussian release with noise multiplier
+:math:`\mu = \sigma/\Delta_2` is :math:`\rho`-zCDP with :math:`\rho = 1/(2\mu^2)`, and its RDP
+curve :math:`\alpha\rho` composes by adding :math:`\rho` (Bun & Steinke 2016). The shares of
+:class:`shared.study.BudgetSplit` are shares of the study's total :math:`\rho`:
+
+=====================  =========================================================================
+share                  releases (each its own Gaussian mechanism)
+=====================  =========================================================================
+``describe``           ``describe``: per-arm counts
+``ps_fit``             R ``ps_fit`` rounds (g, H) and one ``score_hist`` (the quantile-strata
+                       histogram), each :math:`\rho_{ps}/(R + 1)`
+``psm_stats``          ``psm_main``: counts, Σy, Σy² per stratum × arm
+``balance``            ``psm_balance``: Σz, Σz² per stratum × arm (0 = not released)
+=====================  =========================================================================
+
+The total :math:`\rho` is the largest for which the accountant (:mod:`.accounting`) composes all
+releases to at most the study's ε at δ, found by bisection and returned from the conservative
+end (never above ε, Opacus' ``get_noise_multiplier`` convention). A node charges its ledger
+with the *same* accountant, so the plan's releases always fit a fresh budget of ε.
+
+>>> from shared.study import BudgetSplit
+>>> plan = plan_study(epsilon=1.0, delta=1e-6, split=BudgetSplit(), n_covariates=16,
+...                   n_outcomes=3, n_ps_rounds=4)
+>>> plan.epsilon_planned <= 1.0, [r.query for r in plan.releases][:3]
+(True, ['describe', 'ps_fit', 'ps_fit'])
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+from shared.dp.accounting import epsilon_spent
+from shared.dp.sensitivity import (count_sensitivity, ps_fit_sensitivity, psm_balance_sensitivity,
+                                   psm_main_sensitivity)
+from shared.errors import PrivacyError
+
+__all__ = ["DEFAULT_PS_ROUNDS", "NoisePlan", "PlannedRelease", "plan_study"]
+
+#: Newton rounds of the propensity fit under DP (fixed, so the plan can be set in advance).
+DEFAULT_PS_ROUNDS = 4
+
+
+@dataclass(frozen=True)
+class PlannedRelease:
+    """One Gaussian release of the plan.
+
+    Attributes:
+        query: ``describe``, ``ps_fit``, ``score_hist``, ``psm_main`` or ``psm_balance``
+            (the keys of :data:`shared.dp.sensitivity.RELEASE_KEYS`).
+        index: round number among releases of the same query (ps_fit 0..R-1, else 0).
+        sensitivity: :math:`\\Delta_2` from the public bounds.
+        noise_multiplier: :math:`\\mu = \\sigma/\\Delta_2`.
+    """
+
+    query: str
+    index: int
+    sensitivity: float
+    noise_multiplier: float
+
+    @property
+    def sigma(self) -> float:
+        """Noise standard deviation each node adds to every entry."""
+        return self.noise_multiplier * self.sensitivity
+
+    def total_sigma(self, n_nodes: int, *, secure_aggregation: bool = False) -> float:
+        """SD of the noise in the coordinator's sum over ``n_nodes`` nodes.
+
+        Without secure aggregation each node adds σ, so the sum carries σ√K; with SecAgg+
+        each node adds σ/√K and only the sum is seen (central-DP noise σ).
+        """
+        return self.sigma if secure_aggregation else self.sigma * math.sqrt(n_nodes)
+
+
+@dataclass(frozen=True)
+class NoisePlan:
+    """Every release of a DP study with its σ; :attr:`epsilon_planned` ≤ :attr:`epsilon`."""
+
+    epsilon: float
+    delta: float
+    accountant: str
+    rho: float
+    n_ps_rounds: int
+    releases: tuple[PlannedRelease, ...]
+    epsilon_planned: float
+
+    def release(self, query: str) -> PlannedRelease:
+        """The first planned release of ``query`` (all ps_fit rounds have equal noise).
+
+        Raises:
+            PrivacyError: the plan has no such release (e.g. balance share 0).
+        """
+        for r in self.releases:
+            if r.query == query:
+                return r
+        raise PrivacyError(f"the study's noise plan has no {query!r} release")
+
+    def has(self, query: str) -> bool:
+        return any(r.query == query for r in self.releases)
+
+    def sigma(self, query: str) -> float:
+        return self.release(query).sigma
+
+    def to_dict(self) -> dict:
+        return {"epsilon": self.epsilon, "delta": self.delta, "accountant": self.accountant,
+                "rho": self.rho, "n_ps_rounds": self.n_ps_rounds,
+                "epsilon_planned": self.epsilon_planned,
+                "releases": [{"query": r.query, "index": r.index, "sensitivity": r.sensitivity,
+                              "noise_multiplier": r.noise_multiplier, "sigma": r.sigma}
+                             for r in self.releases]}
+
+
+def _release_shares(split, n_ps_rounds: int) -> list[tuple[str, int, float]]:
+    """(query, index, share of ρ) for every release with a positive share."""
+    ps_each = split.ps_fit / (n_ps_rounds + 1)
+    out = [("describe", 0, split.describe)]
+    out += [("ps_fit", i, ps_each) for i in range(n_ps_rounds)]
+    out += [("score_hist", 0, ps_each), ("psm_main", 0, split.psm_stats),
+            ("psm_balance", 0, split.balance)]
+    return [r for r in out if r[2] > 0]
+
+
+def plan_study(*, epsilon: float, delta: float, split, n_covariates: int, n_outcomes: int,
+               n_ps_rounds: int = DEFAULT_PS_ROUNDS, accountant: str = "rdp") -> NoisePlan:
+    r"""σ for every release so that their composition costs at most ``epsilon`` at ``delta``.
+
+    Args:
+        epsilon, delta: the study's budget (per node and dataset).
+        split: a :class:`shared.study.BudgetSplit` (shares of ρ, see the module docstring).
+        n_covariates, n_outcomes: D and O (the sensitivities depend on them).
+        n_ps_rounds: R, the fixed number of DP Newton rounds.
+        accountant: ``"rdp"`` or ``"prv"``.
+
+    Returns:
+        The :class:`NoisePlan` (deterministic in its arguments).
+
+    Raises:
+        PrivacyError: ε or δ out of range, or describe, ps_fit or psm_stats has no share.
+        ValueError: bad dimensions or accountant.
+    """
+    if not (math.isfinite(epsilon) and epsilon > 0) or not 0 < delta < 1:
+        raise PrivacyError(f"a DP study needs ε > 0 and 0 < δ < 1, got ε={epsilon!r}, δ={delta!r}")
+    if n_ps_rounds < 1:
+        raise ValueError(f"n_ps_rounds must be at least 1, got {n_ps_rounds!r}")
+    for name in ("describe", "ps_fit", "psm_stats"):
+        if not getattr(split, name) > 0:
+            raise PrivacyError(f"privacy.split.{name} must be positive under DP: that round "
+                               "cannot run without releasing noisy statistics")
+    sens = {"describe": count_sensitivity(), "score_hist": count_sensitivity(),
+            "ps_fit": ps_fit_sensitivity(n_covariates=n_covariates),
+            "psm_main": psm_main_sensitivity(n_outcomes=n_outcomes),
+            "psm_balance": psm_balance_sensitivity(n_covariates=n_covariates)}
+    shares = tuple(_release_shares(split, n_ps_rounds))
+    rho, eps = _calibrate(float(epsilon), float(delta), tuple(s for _, _, s in shares), accountant)
+    releases = tuple(PlannedRelease(query=q, index=i, sensitivity=sens[q],
+                                    noise_multiplier=_multiplier(rho * s))
+                     for q, i, s in shares)
+    return NoisePlan(epsilon=float(epsilon), delta=float(delta), accountant=accountant, rho=rho,
+                     n_ps_rounds=n_ps_rounds, releases=releases, epsilon_planned=eps)
+
+
+def _multiplier(rho: float) -> float:
+    return 1.0 / math.sqrt(2.0 * rho)
+
+
+@functools.lru_cache(maxsize=256)
+def _calibrate(epsilon: float, delta: float, shares: tuple[float, ...],
+               accountant: str) -> tuple[float, float]:
+    """Largest total ρ (to relative 1e-6) whose releases compose to ≤ ε; returns (ρ, ε(ρ))."""
+    def eps_of(rho: float) -> float:
+        return epsilon_spent(noise_multipliers=[_multiplier(rho * s) for s in shares],
+                             delta=delta, accountant=accountant)
+
+    lo, hi = 1e-12, epsilon  # ρ ≤ ε always (ε ≥ ρ + 2√(ρ log 1/δ))
+    while eps_of(hi) <= epsilon:  # pragma: no cover - defensive: ρ = ε never fits
+        lo, hi = hi, hi * 2.0
+    eps_lo = eps_of(lo)
+    while hi / lo > 1.0 + 1e-6:
+        mid = math.sqrt(lo * hi)
+        e = eps_of(mid)
+        if e <= epsilon:
+            lo, eps_lo = mid, e
+        else:
+            hi = mid
+    return lo, eps_lo

@@ -1,0 +1,107 @@
+r"""L2 sensitivities of every study release, derived from the public bounds alone.
+
+Neighbouring datasets differ by adding or removing one row (one person). Covariates are scaled
+to [0, 1] by their public bounds (:func:`shared.features.scale`), so :math:`\tilde z = [1, z]
+\in [0, 1]^{d+1}`; outcomes are clipped to their public ``[lo, cap]`` and rescaled to [0, 1]
+(:func:`shared.psm.table.scale_outcomes`). A row therefore moves each release by a bounded
+amount, whatever its values:
+
+=================  ==========================================  =================================
+release            arrays                                      :math:`\Delta_2`
+=================  ==========================================  =================================
+``describe``       per-arm ``count`` (2,)                      :math:`1`
+``ps_fit``         ``g`` (p,), ``H`` (p, p), p = d + 1         :math:`\sqrt{p + p^2/16}`
+``score_hist``     per bin × arm ``count`` (G, 2)              :math:`1`
+``psm_main``       ``count``, ``sum_y``, ``sumsq_y``           :math:`\sqrt{1 + 2 O}`
+``psm_balance``    ``sum_z``, ``sumsq_z``                      :math:`\sqrt{2 D}`
+=================  ==========================================  =================================
+
+Derivations (one row, treatment t, fitted probability p):
+
+* ``ps_fit``: the row adds :math:`\tilde z (t - p)` to g, with :math:`|t - p| \le 1`, so
+  :math:`\lVert\cdot\rVert_2 \le \lVert\tilde z\rVert_2 \le \sqrt{p}`; and
+  :math:`p(1-p)\tilde z\tilde z^\top` to H, whose Frobenius norm is
+  :math:`p(1-p)\lVert\tilde z\rVert_2^2 \le p/4`. Released together:
+  :math:`\sqrt{p + p^2/16}`.
+* ``psm_*``: the row lands in exactly one stratum × arm cell, adding 1 to its count and a value
+  in [0, 1] to each of its O sums and O sums of squares (main), D sums and D sums of squares
+  (balance).
+* The log-likelihood and ``n`` of :class:`shared.psm.propensity.PsStats` are *not* released
+  under DP: the log-likelihood of one row, :math:`t\eta - \log(1 + e^\eta)`, is unbounded in
+  :math:`\eta`, and the DP fit runs a fixed number of Newton rounds, so it needs neither.
+* The full covariate moments of the non-private describe round (:math:`\sum zz^\top`) have
+  :math:`\Delta_2 = \sqrt{1 + d + d^2}` (:func:`cov_moments_sensitivity`); under DP describe
+  releases the per-arm counts only and balance comes from the PSM balance release.
+
+>>> round(psm_main_sensitivity(n_outcomes=3), 4)
+2.6458
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = [
+    "RELEASE_KEYS", "cov_moments_sensitivity", "count_sensitivity", "ps_fit_sensitivity",
+    "psm_balance_sensitivity", "psm_main_sensitivity",
+]
+
+#: The arrays each DP release carries (all other arrays of an answer are withheld).
+RELEASE_KEYS: dict[str, tuple[str, ...]] = {
+    "describe": ("count",),
+    "ps_fit": ("g", "H"),
+    "score_hist": ("count",),
+    "psm_main": ("count", "sum_y", "sumsq_y"),
+    "psm_balance": ("sum_z", "sumsq_z"),
+}
+
+
+def _positive(name: str, value: int) -> int:
+    if int(value) != value or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def count_sensitivity() -> float:
+    """Any histogram of rows (each row in exactly one cell): :math:`\\Delta_2 = 1`."""
+    return 1.0
+
+
+def ps_fit_sensitivity(*, n_covariates: int) -> float:
+    r"""Joint L2 sensitivity of the propensity gradient and Hessian,
+    :math:`\sqrt{p + p^2/16}` with :math:`p = d + 1`.
+
+    Raises:
+        ValueError: ``n_covariates`` is not a positive integer.
+    """
+    p = _positive("n_covariates", n_covariates) + 1
+    return math.sqrt(p + p * p / 16.0)
+
+
+def psm_main_sensitivity(*, n_outcomes: int) -> float:
+    r"""Counts, :math:`\sum y` and :math:`\sum y^2` per stratum × arm: :math:`\sqrt{1 + 2O}`.
+
+    Raises:
+        ValueError: ``n_outcomes`` is not a positive integer.
+    """
+    return math.sqrt(1.0 + 2.0 * _positive("n_outcomes", n_outcomes))
+
+
+def psm_balance_sensitivity(*, n_covariates: int) -> float:
+    r""":math:`\sum z` and :math:`\sum z^2` per stratum × arm: :math:`\sqrt{2D}`.
+
+    Raises:
+        ValueError: ``n_covariates`` is not a positive integer.
+    """
+    return math.sqrt(2.0 * _positive("n_covariates", n_covariates))
+
+
+def cov_moments_sensitivity(*, n_covariates: int) -> float:
+    r"""Per-arm count, :math:`\sum z` and :math:`\sum zz^\top`: :math:`\sqrt{1 + d + d^2}`
+    (:math:`\lVert zz^\top\rVert_F = \lVert z\rVert_2^2 \le d`).
+
+    Raises:
+        ValueError: ``n_covariates`` is not a positive integer.
+    """
+    d = _positive("n_covariates", n_covariates)
+    return math.sqrt(1.0 + d + d * d)

@@ -1,0 +1,122 @@
+r"""The coordinator's side of a DP study, as pure functions over released (noisy) sums.
+
+The Flower workflow and the in-process simulation (:mod:`shared.dp.study_sim`) call exactly
+these, in this order::
+
+    plan = plan_study(...)                                    # public, same on every node
+    describe   -> counts (2,) summed      -> dp_start_beta
+    ps_fit x R -> g, H summed             -> dp_ps_stats -> fitter.update   (fitter = dp_fitter)
+    score_hist at the final β on dp_grid  -> dp_edges
+    psm_main (+ psm_balance) at β, edges  -> dp_table -> dp_estimate
+
+``n_nodes`` is the number of nodes whose noisy answers were summed: without secure aggregation
+the noise in a sum has SD σ√K (:meth:`shared.dp.plan.PlannedRelease.total_sigma`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from shared.dp.mechanisms import project_psd
+from shared.dp.plan import NoisePlan
+from shared.dp.strata import DP_GRID_BINS, dp_min_cell, dp_n_strata, dp_quantile_edges
+from shared.dp.uncertainty import att_privacy_se
+from shared.errors import EmptyArmError
+from shared.psm.estimator import AttEstimate, estimate_att
+from shared.psm.propensity import PropensityFitter, PsStats
+from shared.psm.strata import score_grid
+from shared.psm.table import PsmTable
+from shared.study import Outcome
+
+__all__ = ["dp_edges", "dp_estimate", "dp_fitter", "dp_grid", "dp_ps_stats", "dp_start_beta",
+           "dp_table"]
+
+
+def dp_start_beta(*, counts, n_covariates: int) -> np.ndarray:
+    """Newton start from the noisy per-arm counts: intercept ``log(n1/n0)``, slopes 0.
+
+    Raises:
+        EmptyArmError: a noisy arm count is below 1.
+    """
+    n = np.asarray(counts, dtype=float).reshape(-1)
+    if not (n[0] >= 1 and n[1] >= 1):
+        raise EmptyArmError(f"an arm is empty (noisy counts: controls {n[0]:.1f}, "
+                            f"treated {n[1]:.1f})")
+    return np.concatenate(([math.log(n[1] / n[0])], np.zeros(n_covariates)))
+
+
+def dp_fitter(*, plan: NoisePlan, n_covariates: int, ridge: float,
+              beta0: np.ndarray) -> PropensityFitter:
+    """A fitter that takes exactly ``plan.n_ps_rounds`` Newton steps (noise never lets the
+    step fall below ``tol``; no line search, since the log-likelihood is not released)."""
+    return PropensityFitter(p=n_covariates + 1, ridge=ridge, tol=1e-300,
+                            max_iter=plan.n_ps_rounds + 1, beta0=beta0, line_search=False)
+
+
+def dp_ps_stats(*, g, H, plan: NoisePlan, n_nodes: int) -> PsStats:
+    r"""Summed noisy (g, H) as :class:`PsStats`, H made symmetric positive definite.
+
+    The eigenvalue floor is the typical spectral norm of the symmetrised noise,
+    :math:`\sqrt{2p}\,\sigma_{tot}`: directions the noise could flip are damped like a ridge
+    instead of inverted.
+    """
+    g = np.asarray(g, dtype=float).reshape(-1)
+    sigma = plan.release("ps_fit").total_sigma(n_nodes)
+    floor = math.sqrt(2.0 * g.size) * sigma
+    return PsStats(n=0, g=g, H=project_psd(np.asarray(H, dtype=float), floor=floor), loglik=0.0)
+
+
+def dp_grid(*, beta) -> np.ndarray:
+    """The public grid of the score histogram (nodes and coordinator agree on it)."""
+    return score_grid(beta=beta, n_bins=DP_GRID_BINS)
+
+
+def dp_edges(*, beta, hist, plan: NoisePlan, n_nodes: int, n_treated: float,
+             requested: int) -> np.ndarray:
+    """Quantile strata edges from the summed noisy ``(G, 2)`` score histogram.
+
+    The number of strata follows :func:`shared.dp.strata.dp_n_strata` with the noise of the
+    main PSM release's counts (the cells the estimate reads).
+    """
+    count_sigma = plan.release("psm_main").total_sigma(n_nodes)
+    n_strata = dp_n_strata(n_treated=n_treated, count_sigma=count_sigma, requested=requested)
+    hist = np.asarray(hist, dtype=float)
+    return dp_quantile_edges(grid=dp_grid(beta=beta), treated_counts=hist[:, 1],
+                             noise_sd=plan.release("score_hist").total_sigma(n_nodes),
+                             n_strata=n_strata)
+
+
+def dp_table(*, main: Mapping[str, np.ndarray], balance: Mapping[str, np.ndarray] | None,
+             edges, n_covariates: int) -> PsmTable:
+    """A :class:`PsmTable` from the summed main and balance releases (balance zeros if the
+    plan has no balance release: the SMDs are then meaningless and must not be reported)."""
+    count = np.asarray(main["count"], dtype=float)
+    if balance is None:
+        zeros = np.zeros(count.shape + (n_covariates,))
+        balance = {"sum_z": zeros, "sumsq_z": zeros}
+    return PsmTable(edges=np.asarray(edges, dtype=float), count=count,
+                    sum_y=np.asarray(main["sum_y"], dtype=float),
+                    sumsq_y=np.asarray(main["sumsq_y"], dtype=float),
+                    sum_z=np.asarray(balance["sum_z"], dtype=float),
+                    sumsq_z=np.asarray(balance["sumsq_z"], dtype=float))
+
+
+def dp_estimate(*, table: PsmTable, plan: NoisePlan, n_nodes: int, outcomes: Sequence[Outcome],
+                covariates: Sequence[str]) -> AttEstimate:
+    """The stratified ATT with the privacy noise in its SE and CI.
+
+    Cells need ``dp_min_cell`` noisy rows per arm; the privacy SE is analytic
+    (:func:`shared.dp.uncertainty.att_privacy_se`) over the strata the estimator uses.
+    """
+    sigma = plan.release("psm_main").total_sigma(n_nodes)
+    min_cell = dp_min_cell(count_sigma=sigma)
+    n = np.clip(table.count, 0.0, None)
+    used = (n[:, 1] >= min_cell) & (n[:, 0] >= min_cell)
+    span = np.array([o.cap - o.lo for o in outcomes])
+    se_priv = att_privacy_se(count=table.count, sum_y=table.sum_y, used=used,
+                             sigma_count=sigma, sigma_sum=sigma) * span
+    return estimate_att(table=table, outcomes=outcomes, covariates=covariates,
+                        min_cell=min_cell, se_privacy=se_priv)

@@ -1,0 +1,191 @@
+"""The node's privacy ledger on SQLite and real PostgreSQL: charges, refusals, composition across
+studies, a process killed between charge and send, and concurrent chargers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from node.ledger import PrivacyLedger
+from node.privacy import charged_release
+from shared.dp.accounting import epsilon_spent
+from shared.dp.plan import plan_study
+from shared.errors import BudgetExceededError, PrivacyError
+from shared.study import BudgetSplit
+
+ROOT = Path(__file__).resolve().parents[2]
+DATASET = "cohort-2024"
+
+
+@pytest.fixture
+def ledger(store_url) -> PrivacyLedger:
+    led = PrivacyLedger(store_url)
+    led.ensure_budget(dataset=DATASET, epsilon=1.0, delta=1e-6)
+    return led
+
+
+def test_charge_is_recorded_and_spent_is_the_accountant_over_history(ledger):
+    c1 = ledger.charge(dataset=DATASET, study_id="study-a", query="describe", sigma=40.0, sensitivity=1.0)
+    c2 = ledger.charge(dataset=DATASET, study_id="study-a", query="psm_main", sigma=60.0, sensitivity=2.0)
+    hist = ledger.history(DATASET)
+    assert [(h.study_id, h.query, h.sigma, h.sensitivity) for h in hist] == \
+        [("study-a", "describe", 40.0, 1.0), ("study-a", "psm_main", 60.0, 2.0)]
+    assert hist[1].noise_multiplier == 30.0
+    expected = epsilon_spent(noise_multipliers=[40.0, 30.0], delta=1e-6)
+    assert ledger.spent(DATASET) == pytest.approx(expected)
+    assert c2.epsilon_after == pytest.approx(expected)
+    assert c1.epsilon + c2.epsilon == pytest.approx(expected)  # increments add up to the total
+    assert c2.epsilon_left == pytest.approx(1.0 - expected)
+    assert all(h.status == "charged" for h in hist)
+    ledger.mark_sent(c1.id)
+    assert ledger.history(DATASET)[0].status == "sent"
+
+
+def test_over_budget_query_is_refused_with_a_clear_error_and_not_recorded(ledger):
+    ledger.charge(dataset=DATASET, study_id="study-a", query="psm_main", sigma=8.0, sensitivity=1.0)
+    spent = ledger.spent(DATASET)
+    with pytest.raises(BudgetExceededError) as e:
+        ledger.charge(dataset=DATASET, study_id="study-b", query="psm_main", sigma=4.0, sensitivity=1.0)
+    msg = str(e.value)
+    need = epsilon_spent(noise_multipliers=[8.0, 4.0], delta=1e-6) - spent
+    assert f"budget of dataset {DATASET}: ε=1.00 total" in msg
+    assert f"{1.0 - spent:.2f} left" in msg
+    assert f"needs {need:.2f}" in msg
+    assert len(ledger.history(DATASET)) == 1 and ledger.spent(DATASET) == pytest.approx(spent)
+
+
+def test_budget_composes_across_studies_and_a_whole_plan_fits_exactly(ledger):
+    """Charging one study's planned releases spends at most ε; a second study on the same
+    dataset is refused at its first release."""
+    plan = plan_study(epsilon=1.0, delta=1e-6, split=BudgetSplit(), n_covariates=16, n_outcomes=3)
+    for r in plan.releases:
+        ledger.charge(dataset=DATASET, study_id="study-1", query=r.query, sigma=r.sigma,
+                      sensitivity=r.sensitivity)
+    assert ledger.spent(DATASET) == pytest.approx(plan.epsilon_planned) and ledger.spent(DATASET) <= 1.0
+    first = plan.releases[0]
+    with pytest.raises(BudgetExceededError):
+        ledger.charge(dataset=DATASET, study_id="study-2", query=first.query, sigma=first.sigma,
+                      sensitivity=first.sensitivity)
+    # another dataset has its own budget
+    ledger.ensure_budget(dataset="other", epsilon=1.0, delta=1e-6)
+    ledger.charge(dataset="other", study_id="study-2", query=first.query, sigma=first.sigma,
+                  sensitivity=first.sensitivity)
+    assert set(ledger.state_dict()["datasets"]) == {DATASET, "other"}
+
+
+def test_no_budget_or_bad_noise_is_refused(ledger):
+    with pytest.raises(PrivacyError, match="no privacy budget"):
+        ledger.charge(dataset="unknown", study_id="s", query="describe", sigma=1.0, sensitivity=1.0)
+    with pytest.raises(PrivacyError, match="positive"):
+        ledger.charge(dataset=DATASET, study_id="s", query="describe", sigma=0.0, sensitivity=1.0)
+
+
+def test_charged_release_charges_first_and_withholds_unnamed_arrays(ledger):
+    arrays = {"count": np.array([500.0, 100.0]), "sum_z": np.ones((2, 3)), "sum_zz": np.ones((2, 3, 3))}
+    out, charge = charged_release(ledger=ledger, dataset=DATASET, study_id="s", query="describe",
+                                  arrays=arrays, sigma=30.0, sensitivity=1.0,
+                                  rng=np.random.default_rng(0))
+    assert set(out) == {"count"}  # the covariate moments never leave under DP
+    assert not np.allclose(out["count"], arrays["count"])
+    assert ledger.history(DATASET)[-1].id == charge.id
+    # refused: nothing is released and nothing recorded
+    with pytest.raises(BudgetExceededError):
+        charged_release(ledger=ledger, dataset=DATASET, study_id="s", query="describe",
+                        arrays=arrays, sigma=0.5, sensitivity=1.0, rng=np.random.default_rng(0))
+    assert len(ledger.history(DATASET)) == 1
+
+
+_CHILD = textwrap.dedent("""
+    import json, os, signal, sys, time
+    import numpy as np
+    from node.ledger import PrivacyLedger
+    from node.privacy import charged_release
+    from shared.errors import BudgetExceededError
+
+    mode, url, dataset = sys.argv[1], sys.argv[2], sys.argv[3]
+    led = PrivacyLedger(url)
+    if mode == "crash":
+        class DiesBeforeSend:  # the node dies while noising/sending, after the charge committed
+            def normal(self, *a, **k):
+                os.kill(os.getpid(), signal.SIGKILL)
+        charged_release(ledger=led, dataset=dataset, study_id="crash-study", query="psm_main",
+                        arrays={"count": np.ones((2, 2)), "sum_y": np.ones((2, 2, 1)),
+                                "sumsq_y": np.ones((2, 2, 1))},
+                        sigma=12.0, sensitivity=3 ** 0.5, rng=DiesBeforeSend())
+        print("released")  # never reached
+    else:
+        print("ready", flush=True)
+        sys.stdin.readline()  # "go"
+        ids = []
+        while True:
+            try:
+                ids.append(led.charge(dataset=dataset, study_id=mode, query="psm_main",
+                                      sigma=20.0, sensitivity=1.0).id)
+            except BudgetExceededError:
+                break
+        print(json.dumps(ids))
+""")
+
+
+def _child(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-c", _CHILD, *args], cwd=ROOT, env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def test_process_killed_between_charge_and_send_never_under_counts(ledger, store_url):
+    proc = _child("crash", store_url, DATASET)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == -signal.SIGKILL, err
+    assert "released" not in out
+    hist = PrivacyLedger(store_url).history(DATASET)
+    assert [(h.study_id, h.query, h.status) for h in hist] == [("crash-study", "psm_main", "charged")]
+    assert PrivacyLedger(store_url).spent(DATASET) == pytest.approx(
+        epsilon_spent(noise_multipliers=[12.0 / 3 ** 0.5], delta=1e-6))
+
+
+def test_two_concurrent_processes_cannot_overspend(ledger, store_url):
+    """Two studies charge the same dataset as fast as they can, one from a child process and one
+    from this process: together they get exactly as many releases as fit in the budget."""
+    import threading
+
+    proc = _child("study-x", store_url, DATASET)
+    here: list[int] = []
+    led = PrivacyLedger(store_url)
+
+    def charge_until_refused() -> None:
+        while True:
+            try:
+                here.append(led.charge(dataset=DATASET, study_id="study-y", query="psm_main",
+                                       sigma=20.0, sensitivity=1.0).id)
+            except BudgetExceededError:
+                return
+
+    assert proc.stdout.readline().strip() == "ready"  # imports done: start both at once
+    thread = threading.Thread(target=charge_until_refused)
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+    thread.start()
+    out, err = proc.communicate(timeout=300)
+    thread.join(timeout=300)
+    assert proc.returncode == 0, err
+    there = json.loads(out.strip().splitlines()[-1])
+    fits = 0
+    while epsilon_spent(noise_multipliers=[20.0] * (fits + 1), delta=1e-6) <= 1.0 + 1e-9:
+        fits += 1
+    assert fits >= 10  # the race had room to happen
+    hist = PrivacyLedger(store_url).history(DATASET)
+    assert sorted(there + here) == [h.id for h in hist]
+    assert len(hist) == fits
+    assert PrivacyLedger(store_url).spent(DATASET) <= 1.0
+    assert max(h.epsilon_after for h in hist) <= 1.0 + 1e-9
