@@ -54,6 +54,7 @@ class LocalFederation:
     workdir: Path
     nodes: list[NodeSpec]
     env_extra: dict = field(default_factory=dict)
+    guarded: bool = True  # SuperNodes run app bundles only through node.flower.guard
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     port: int = 0
     startup_s: float = 0.0
@@ -66,16 +67,29 @@ class LocalFederation:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def _env(self, name: str) -> dict:
+    def _env(self, name: str, guarded: bool = False) -> dict:
         home = self.workdir / "flwr-home" / name
         home.mkdir(parents=True, exist_ok=True)
-        return flwr_env(home, PYTHONUNBUFFERED="1", **self.env_extra)
+        env = flwr_env(home, PYTHONUNBUFFERED="1", **self.env_extra)
+        if guarded:
+            env["PATH"] = f"{self._guard_bin()}{os.pathsep}{env['PATH']}"
+        return env
 
-    def _spawn(self, name: str, cmd: list[str]) -> subprocess.Popen:
+    def _guard_bin(self) -> Path:
+        """A folder whose ``flwr-clientapp`` is the node's guarded runtime
+        (:mod:`node.flower.guard`), put first on SuperNodes' PATH."""
+        folder = self.workdir / "guard-bin"
+        link = folder / "flwr-clientapp"
+        if not link.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(flwr_bin("rehealth-clientapp"))
+        return folder
+
+    def _spawn(self, name: str, cmd: list[str], *, guarded: bool = False) -> subprocess.Popen:
         logs = self.workdir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         out = open(logs / f"{name}.log", "ab")
-        proc = subprocess.Popen(cmd, env=self._env(name), stdout=out, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(cmd, env=self._env(name, guarded), stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
         out.close()
         self.procs[name] = proc
@@ -104,7 +118,7 @@ class LocalFederation:
             flwr_bin("flower-supernode"), "--insecure", "--superlink", f"{HOST}:{self.port}",
             "--host", HOST, "--port", str(free_port()),
             "--node-config", node_config_arg(cfg),
-        ])
+        ], guarded=self.guarded)
 
     def kill_node(self, site: str) -> None:
         """Kill one SuperNode and its ClientApp processes at once (fault tests)."""
