@@ -7,3 +7,6 @@ app = typer.Typer(help="On-premise node: set up, ingest data, serve, inspect the
 
 # Command modules register on import; add one line per command module.
 from node.cli import init, ingest, intervention  # noqa: E402,F401
+from node.cli import serve  # noqa: E402,F401
+from node.cli import score  # noqa: E402,F401
+from node.cli import apikey  # noqa: E402,F401

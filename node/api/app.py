@@ -1,0 +1,180 @@
+"""FastAPI app factory for the node's scoring API.
+
+Endpoints (JSON in and out; OpenAPI at ``/openapi.json``, docs at ``/docs``)::
+
+    GET  /v1/health          no key        liveness and the model version in use
+    GET  /v1/model           any role      the model card: version, training record, metrics
+    POST /v1/score           underwriter   one person's probability and tier
+    POST /v1/score/batch     underwriter   up to 10 000 persons at once
+    GET  /v1/groups?by=…     hr            counts per tier by department / age band (k, DP)
+
+``admin`` may call everything. Keys come in the ``X-API-Key`` header: absent or unknown → 401,
+known but the wrong role → 403. Invalid bodies → 422 naming the field (:mod:`node.api.errors`).
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Literal, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from fastapi import Depends, FastAPI, Query
+from fastapi.responses import JSONResponse
+from fastapi.security import APIKeyHeader
+
+from node.api.auth import HEADER, ApiKey, KeyRing
+from node.api.errors import ApiError, install_error_handlers
+from node.api.groups import GROUPINGS, GroupPolicy, exact_counts, group_frame, noisy_cells
+from node.api.schemas import (BatchIn, BatchOut, ErrorOut, GroupView, HealthOut, ModelOut,
+                              PersonIn, ScoreOut)
+from node.risk.model_store import ModelStore, StoredModel
+from node.risk.scoring import Scorer, read_book, score_book
+from shared.dp.mechanisms import secure_rng
+from shared.features import FEATURE_NAMES
+from shared.risk.tiers import TIERS
+
+GroupBy = Literal["department", "age_band", "department,age_band"]
+assert set(GroupBy.__args__) == set(GROUPINGS)  # type: ignore[attr-defined]
+_ERRORS = {401: {"model": ErrorOut}, 403: {"model": ErrorOut}, 422: {"model": ErrorOut}}
+_key_header = APIKeyHeader(name=HEADER, auto_error=False,
+                           description="Node API key (roles: underwriter, hr, admin)")
+
+
+def _persons_matrix(persons: Sequence[PersonIn]) -> np.ndarray:
+    return np.array([[getattr(p, n) for n in FEATURE_NAMES] for p in persons], dtype=np.float64)
+
+
+class _GroupViews:
+    """Computes each grouping's noisy view once (charging the ledger first), then caches it."""
+
+    def __init__(self, groups: pd.DataFrame | None, *, policy: GroupPolicy, version: str,
+                 ledger, dataset: str | None, rng: np.random.Generator):
+        self.groups, self.policy, self.version = groups, policy, version
+        self.ledger, self.dataset, self.rng = ledger, dataset, rng
+        self._cache: dict[str, GroupView] = {}
+        self._lock = threading.Lock()
+        # ε needs the accountant (an opacus/torch import): pay that at start-up, not per request.
+        self.epsilon = policy.epsilon if groups is not None else float("nan")
+
+    def get(self, by: str) -> GroupView:
+        if self.groups is None:
+            raise ApiError(404, "no scored book is loaded at this node: group views unavailable")
+        with self._lock:
+            if by not in self._cache:
+                labels, counts = exact_counts(self.groups, by=by)
+                if self.ledger is not None:  # pay before anything noisy exists
+                    self.ledger.charge(dataset=self.dataset, study_id="group-view",
+                                       query=f"group_view:{by}", sigma=self.policy.sigma,
+                                       sensitivity=1.0)
+                cells = noisy_cells(labels, counts, policy=self.policy, rng=self.rng)
+                self._cache[by] = GroupView(
+                    by=by, k=self.policy.k, sigma=self.policy.sigma, epsilon=self.epsilon,
+                    delta=self.policy.delta, model_version=self.version, cells=cells)
+            return self._cache[by]
+
+
+def _load_model(model: StoredModel | None, model_dir: str | Path | None,
+                version: str | None) -> StoredModel:
+    if model is not None:
+        return model
+    if model_dir is None:
+        raise ValueError("create_app needs a model or a model_dir")
+    store = ModelStore(model_dir)
+    return store.load(version) if version else store.latest()
+
+
+def create_app(*, keys: KeyRing | Mapping[str, str] | str | Path,
+               model: StoredModel | None = None, model_dir: str | Path | None = None,
+               version: str | None = None, cutoffs: Sequence[float] | None = None,
+               book: pd.DataFrame | str | Path | None = None,
+               group_policy: GroupPolicy = GroupPolicy(), ledger=None,
+               dataset: str | None = None, rng: np.random.Generator | None = None) -> FastAPI:
+    """Build the node's scoring API.
+
+    Args:
+        keys: a :class:`KeyRing`, a keys file path, or ``{plaintext key: role}``.
+        model: the model to serve; or ``model_dir`` (+ ``version``, default the latest).
+        cutoffs: tier cut-offs overriding the model's recorded ones.
+        book: the scored population for group views (DataFrame or CSV/Parquet path with the
+            16 features, ``department`` and ``age`` or ``age_band``); ``None`` disables them.
+        group_policy: k-suppression and Gaussian noise of group views.
+        ledger: the node's :class:`node.ledger.PrivacyLedger`; each group view is charged to
+            ``dataset`` before release. Without one, views are still noised but not accounted.
+        rng: noise generator (default :func:`shared.dp.mechanisms.secure_rng`).
+
+    Raises:
+        SpecError: no model, unreadable keys; DataError: a book row out of bounds (named).
+    """
+    ring = keys if isinstance(keys, KeyRing) else (
+        KeyRing.from_plain(keys) if isinstance(keys, Mapping) else KeyRing.from_file(keys))
+    stored = _load_model(model, model_dir, version)
+    scorer = Scorer.from_model(stored, cutoffs=cutoffs)
+    if isinstance(book, (str, Path)):
+        book = read_book(book)
+    groups = None
+    if book is not None:
+        scored = score_book(book, scorer)
+        groups = group_frame(book.reset_index(drop=True).assign(tier=scored["tier"]))
+    if ledger is not None and not dataset:
+        raise ValueError("a ledger needs the dataset whose budget pays for group views")
+    views = _GroupViews(groups, policy=group_policy, version=stored.version, ledger=ledger,
+                        dataset=dataset, rng=rng or secure_rng())
+
+    app = FastAPI(title="ReHealth node scoring API", version="1",
+                  description="Cardiovascular risk scores at the node. Per-person scores are "
+                              "returned only to the authenticated caller and never leave the node.")
+    install_error_handlers(app)
+
+    def require(*roles: str):
+        allowed = set(roles) | {"admin"}
+
+        async def check(presented: str | None = Depends(_key_header)) -> ApiKey:
+            key = ring.lookup(presented)
+            if key is None:
+                raise ApiError(401, f"missing API key (header {HEADER})" if not presented
+                               else "unknown API key", field=HEADER)
+            if key.role not in allowed:
+                raise ApiError(403, f"role '{key.role}' may not do this "
+                                    f"(needs {' or '.join(sorted(allowed))})", field=HEADER)
+            return key
+        return check
+
+    @app.get("/v1/health", response_model=HealthOut)
+    async def health() -> dict:
+        return {"status": "ok", "model_version": stored.version}
+
+    @app.get("/v1/model", response_model=ModelOut, responses=_ERRORS,
+             dependencies=[Depends(require("underwriter", "hr"))])
+    async def model_card() -> dict:
+        r = stored.record
+        return {"version": stored.version, "kind": r.kind, "cutoffs": scorer.cutoffs,
+                "rounds": r.rounds, "nodes": r.nodes, "epsilon": r.epsilon, "delta": r.delta,
+                "metrics": r.metrics, "source": r.source, "created_at": r.created_at}
+
+    @app.post("/v1/score", response_model=ScoreOut, responses=_ERRORS,
+              dependencies=[Depends(require("underwriter"))])
+    async def score_one(person: PersonIn) -> dict:
+        s = scorer.score(_persons_matrix([person]))
+        return {"ref": person.ref, "probability": float(s.prob[0]),
+                "tier": TIERS[int(s.tier_idx[0])], "model_version": stored.version}
+
+    @app.post("/v1/score/batch", response_model=BatchOut, responses=_ERRORS,
+              dependencies=[Depends(require("underwriter"))])
+    async def score_batch(batch: BatchIn) -> JSONResponse:
+        s = scorer.score(_persons_matrix(batch.persons))
+        tiers = [TIERS[i] for i in s.tier_idx.tolist()]
+        results = [{"ref": p.ref, "probability": prob, "tier": t, "model_version": stored.version}
+                   for p, prob, t in zip(batch.persons, s.prob.tolist(), tiers)]
+        counts = np.bincount(s.tier_idx, minlength=len(TIERS)).tolist()
+        # Built directly (not re-validated): up to 10 000 rows of already-checked values.
+        return JSONResponse({"model_version": stored.version, "count": len(results),
+                             "tier_counts": dict(zip(TIERS, counts)), "results": results})
+
+    @app.get("/v1/groups", response_model=GroupView, responses={**_ERRORS, 404: {"model": ErrorOut}},
+             dependencies=[Depends(require("hr"))])
+    def group_view(by: GroupBy = Query("department")) -> GroupView:
+        return views.get(by)
+
+    return app

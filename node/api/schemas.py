@@ -1,0 +1,93 @@
+"""Request and response bodies of the scoring API (pydantic, ``extra="forbid"``, strict types).
+
+A person is the 16 clinical features by name (:class:`shared.schemas.ClinicalFeatures`: public
+bounds as ``ge``/``le``, binary features 0/1) plus an optional caller reference echoed back.
+Strict mode: a number sent as a string is a type error, not silently parsed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.risk.tiers import TIERS
+from shared.schemas import ClinicalFeatures
+
+Tier = Literal["low", "medium", "high", "very_high"]
+assert tuple(Tier.__args__) == TIERS  # type: ignore[attr-defined]
+MAX_BATCH = 10_000
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PersonIn(ClinicalFeatures):  # type: ignore[misc, valid-type]
+    """One person to score."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    ref: str | None = Field(default=None, max_length=128,
+                            description="Caller's reference, echoed back; not stored.")
+
+
+class BatchIn(_Body):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    persons: list[PersonIn] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class ScoreOut(_Body):
+    ref: str | None = None
+    probability: float = Field(ge=0, le=1, description="Predicted probability of a CV event")
+    tier: Tier
+    model_version: str
+
+
+class BatchOut(_Body):
+    model_version: str
+    count: int
+    tier_counts: dict[str, int]
+    results: list[ScoreOut]
+
+
+class GroupCell(_Body):
+    group: str
+    tier: Tier
+    count: int | None = Field(description="DP-noised count; null when suppressed (below k)")
+    suppressed: bool
+
+
+class GroupView(_Body):
+    by: str
+    k: int = Field(description="Cells whose noisy count is below k are suppressed")
+    sigma: float = Field(description="Std of the Gaussian noise added to each count")
+    epsilon: float = Field(description="ε of this release at delta (each person in one cell)")
+    delta: float
+    model_version: str
+    cells: list[GroupCell]
+
+
+class ModelOut(_Body):
+    version: str
+    kind: str
+    cutoffs: tuple[float, float, float]
+    rounds: int
+    nodes: int | None
+    epsilon: float | None
+    delta: float | None
+    metrics: dict[str, Any]
+    source: str
+    created_at: dt.datetime
+
+
+class HealthOut(_Body):
+    status: Literal["ok"]
+    model_version: str
+
+
+class ErrorOut(_Body):
+    error: str = Field(description="What is wrong, in words")
+    field: str | None = Field(default=None, description="The field at fault, e.g. persons[3].age")
+    errors: list[dict[str, Any]] = Field(default_factory=list,
+                                         description="Every problem found, each with its field")

@@ -1,0 +1,47 @@
+"""`rehealth node serve`: run the node's scoring API (FastAPI under uvicorn)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from node.cli import app
+from node.cli._dataplane import errors_to_exit
+from node.cli._risk import keys_file, model_dir, node_config, parse_cutoffs
+
+
+@app.command("serve")
+def serve(
+    config: Path = typer.Option(None, "--config", "-c", help="The node's node.toml."),
+    models: Path = typer.Option(None, "--model-dir", help="Model store (default <node dir>/models)."),
+    version: str = typer.Option(None, "--version", help="Model version (default: the latest)."),
+    keys: Path = typer.Option(None, "--keys-file", help="API keys (default: api_keys_path)."),
+    book: Path = typer.Option(None, "--book", help="CSV/Parquet population for HR group views."),
+    cutoffs: str = typer.Option(None, "--cutoffs", help="Tier cut-offs, e.g. 0.05,0.1,0.2."),
+    k: int = typer.Option(10, "--k", help="Group views: suppress cells below k."),
+    sigma: float = typer.Option(2.0, "--sigma", help="Group views: Gaussian noise per count."),
+    dataset: str = typer.Option("scoring-book", "--dataset",
+                                help="Ledger dataset charged for group views (with --config)."),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8080, "--port"),
+) -> None:
+    """Serve real-time and batch scoring and group views, behind API keys with roles."""
+    import uvicorn
+
+    from node.api.app import create_app
+    from node.api.groups import GroupPolicy
+
+    with errors_to_exit():
+        cfg = node_config(config)
+        ledger = None
+        if cfg is not None and book is not None:
+            from node.ledger import PrivacyLedger
+            ledger = PrivacyLedger(cfg.store_url)
+            ledger.ensure_budget(dataset=dataset, epsilon=cfg.budget.epsilon,
+                                 delta=cfg.budget.delta)
+        policy = GroupPolicy(k=k, sigma=sigma, delta=cfg.budget.delta if cfg else 1e-6)
+        api = create_app(keys=keys_file(cfg, keys), model_dir=model_dir(cfg, config, models),
+                         version=version, cutoffs=parse_cutoffs(cutoffs), book=book,
+                         group_policy=policy, ledger=ledger, dataset=dataset)
+    uvicorn.run(api, host=host, port=port, log_level="warning", access_log=False)
