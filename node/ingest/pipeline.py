@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import logging
 import time
+from operator import itemgetter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -92,7 +93,7 @@ def ingest_file(store: Store, path: str | Path, *, kind: str, pseudonymize: Pseu
     if job.rows_done:
         log.info("resuming %s after data row %d", path.name, job.rows_done)
     next_row = 1
-    for chunk in iter_chunks(path, columns, chunk_rows=chunk_rows):
+    for chunk in iter_chunks(path, columns, chunk_rows=chunk_rows, text_columns=spec.text_columns):
         first_row, next_row = next_row, next_row + len(chunk)
         if next_row - 1 <= job.rows_done:
             continue  # committed by an earlier, interrupted run
@@ -149,7 +150,9 @@ def _commit_chunk(conn: Connection, spec: KindSpec, job: _Job, result: ChunkResu
     if spec.extras:
         i = cols.index("extras")
         data[i] = [_db_value(v) for v in data[i]]
-    inserted = insert_ignore(conn, spec.table, cols, list(zip(*data)))
+    tuples = list(zip(*data))
+    tuples.sort(key=itemgetter(0))  # by pseudonym: key-ordered inserts keep B-tree writes local
+    inserted = insert_ignore(conn, spec.table, cols, tuples)
     problems, already = result.problems, 0
     if inserted < len(rows):
         dups, already = _classify_skipped(conn, spec, job.id, rows, inserted)

@@ -72,17 +72,25 @@ def plan_columns(header: list[str], spec: KindSpec, mapping: Mapping[str, str]) 
             if o in known or (spec.extras and o not in spec.ignored)}
 
 
-def iter_chunks(path: Path, columns: Mapping[str, str], *, chunk_rows: int) -> Iterator[pd.DataFrame]:
-    """Chunks of at most ``chunk_rows`` rows, only ``columns``, renamed to ours."""
+def iter_chunks(path: Path, columns: Mapping[str, str], *, chunk_rows: int,
+                text_columns: frozenset[str] = frozenset()) -> Iterator[pd.DataFrame]:
+    """Chunks of at most ``chunk_rows`` rows, only ``columns``, renamed to ours.
+
+    CSV columns named (ours) in ``text_columns`` are read as text (ids keep leading zeros);
+    the others are parsed as numbers by pandas' C parser, and a column holding a value that
+    is not a number comes back as text for the validator to flag row by row. Only an empty
+    cell is missing: "NA" or "n/a" stay text and are reported as the wrong type.
+    """
     if file_format(path) == "parquet":
         pf = pq.ParquetFile(path)
         for batch in pf.iter_batches(batch_size=chunk_rows, columns=list(columns)):
             yield batch.to_pandas().rename(columns=dict(columns))
         return
     sep = "\t" if path.name.lower().endswith(".tsv") else ","
-    reader = pd.read_csv(path, sep=sep, usecols=list(columns), dtype=str, na_filter=False,
-                         keep_default_na=False, skip_blank_lines=False, chunksize=chunk_rows,
-                         encoding="utf-8-sig")
+    dtype = {c: str for c, ours in columns.items() if ours in text_columns}
+    reader = pd.read_csv(path, sep=sep, usecols=list(columns), dtype=dtype,
+                         keep_default_na=False, na_values=[""], skip_blank_lines=False,
+                         chunksize=chunk_rows, low_memory=False, encoding="utf-8-sig")
     try:
         for chunk in reader:
             yield chunk.rename(columns=dict(columns))

@@ -61,6 +61,11 @@ class KindSpec:
     def required(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.fields if f.required)
 
+    @property
+    def text_columns(self) -> frozenset[str]:
+        """Columns read as text: everything but numbers (ids keep their leading zeros)."""
+        return frozenset(f.name for f in self.fields if f.type not in ("number", "binary"))
+
     def field(self, name: str) -> FieldSpec:
         return next(f for f in self.fields if f.name == name)
 

@@ -51,17 +51,15 @@ class _Flags:
     """First problem per row: later checks never overwrite an earlier field's reason."""
 
     def __init__(self, n: int):
+        self.ok = np.ones(n, dtype=bool)
         self.field = np.full(n, None, dtype=object)
         self.reason = np.full(n, None, dtype=object)
         self.detail = np.full(n, None, dtype=object)
 
-    @property
-    def ok(self) -> np.ndarray:
-        return self.reason == None  # noqa: E711 - elementwise on an object array
-
     def flag(self, mask: np.ndarray, field: str, reason: str, detail: str | np.ndarray) -> None:
         m = np.asarray(mask, dtype=bool) & self.ok
         if m.any():
+            self.ok &= ~m
             self.field[m], self.reason[m] = field, reason
             self.detail[m] = detail if isinstance(detail, str) else detail[m]
 
@@ -131,12 +129,13 @@ def _parse_choice(col: pd.Series, f: FieldSpec, miss: np.ndarray, flags: _Flags)
 
 
 def _parse_text(col: pd.Series, f: FieldSpec, miss: np.ndarray, flags: _Flags) -> np.ndarray:
-    v = _text(col).to_numpy(dtype=object, copy=True)
+    text = _text(col)
+    v = text.to_numpy(dtype=object, copy=True)
     if f.required:
         flags.flag(miss, f.name, MISSING, f"{f.name} is empty")
     v[miss] = None
     if f.max_len is not None:
-        too_long = ~miss & (_text(col).str.len().to_numpy() > f.max_len)
+        too_long = ~miss & (text.str.len().to_numpy() > f.max_len)
         flags.flag(too_long, f.name, BAD_ID if f.type == "id" else WRONG_TYPE,
                    f"{f.name} is longer than {f.max_len} characters")
     return v
@@ -255,4 +254,7 @@ def _stored_rows(values: dict[str, np.ndarray], spec: KindSpec, ok: np.ndarray, 
         extras = pd.DataFrame({name: values[name][ok] for name in extra_names})
         out["extras"] = np.array(extras.to_dict("records"), dtype=object) if extra_names else \
             np.array([{}] * int(ok.sum()), dtype=object)
-    return pd.DataFrame(out)
+    # object Series: pandas would otherwise copy every text column into Arrow strings and
+    # the store writer would copy them back into Python strings
+    return pd.DataFrame({k: pd.Series(v, dtype=object) if v.dtype == object else v
+                         for k, v in out.items()})
