@@ -27,6 +27,7 @@ export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 PYTHONHASHSEED=${PYT
 cmd=${1:-}; shift || true
 case "$cmd" in
   demo) exec "$VENV/bin/rehealth" demo "$@" ;;
-  test) exec "$VENV/bin/python" -m pytest "$@" ;;
+  test) bash deploy/postgres.sh  # the store tests also run on a real PostgreSQL server
+        exec "$VENV/bin/python" -m pytest "$@" ;;
   *) echo "usage: bash deploy/dev.sh {demo|test} [args...]" >&2; exit 2 ;;
 esac

@@ -10,6 +10,6 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -q
-# Install only; do not leave a system cluster running (the tests make their own).
+# The tests start their own throwaway cluster; a system cluster the package may start is unused.
 $SUDO apt-get install -y -q --no-install-recommends postgresql
 ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null
