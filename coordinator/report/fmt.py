@@ -46,8 +46,9 @@ def pct(share: float | None, *, digits: int = 1) -> str:
 
 
 def ci(lo: float, hi: float, *, digits: int = 3) -> str:
-    """A confidence interval ``[lo, hi]`` in the same style as :func:`num`."""
-    return f"[{num(lo, digits=digits)}, {num(hi, digits=digits)}]"
+    """A confidence interval ``lo to hi`` in the style of :func:`num` ("to", not a comma, since
+    large numbers carry thousands separators)."""
+    return f"{num(lo, digits=digits)} to {num(hi, digits=digits)}"
 
 
 def edge(x: float | None, *, lower: bool) -> str:

@@ -34,7 +34,7 @@ def _insurer(doc: "EvidenceReport") -> str:
             f"(ATT 95% CI {fmt.ci(claims.ci_low, claims.ci_high)}); {_significance(claims)}"
         )
     if v.claims_saved is not None:
-        parts.append(f"Across the treated this is {_figure(v.claims_saved)} of claims saved.")
+        parts.append(f"Claims cost saved across the treated: {_figure(v.claims_saved)}.")
     if v.roi is not None:
         parts.append(
             f"Against an intervention cost of {fmt.num(v.intervention_cost)} "

@@ -163,7 +163,7 @@ def _value_table(doc: EvidenceReport) -> Table:
     rows = []
     for f in figs:
         cells = [f.label, _fig_value(f, f.estimate),
-                 f"[{_fig_value(f, f.ci_low)}, {_fig_value(f, f.ci_high)}]"]
+                 f"{_fig_value(f, f.ci_low)} to {_fig_value(f, f.ci_high)}"]
         if doc.synthetic:
             cells.append(_fig_value(f, f.truth) if f.truth is not None else "n/a")
         rows.append((*cells, f.formula))
