@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import Mapping
 
 import pandas as pd
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, insert, select, update
 
+from node.ingest.quarantine import counts_by_reason, write_problems
 from node.ingest.readers import file_sha256, iter_chunks, plan_columns, read_header
 from node.ingest.schema import KindSpec, spec_for
 from node.ingest.validate import ChunkResult, Pseudonymize, duplicate_flag, validate_chunk
 from node.store import Store, fetch_by_pseudonyms, insert_ignore
-from node.store.models import ingested_files, quarantine
+from node.store.models import ingested_files
 from shared.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -157,14 +158,7 @@ def _commit_chunk(conn: Connection, spec: KindSpec, job: _Job, result: ChunkResu
     if inserted < len(rows):
         dups, already = _classify_skipped(conn, spec, job.id, rows, inserted)
         problems = pd.concat([problems, dups], ignore_index=True)
-    if len(problems):
-        now = _now()
-        conn.execute(insert(quarantine), [
-            {"ingest_id": job.id, "file": file_name[:255], "kind": spec.kind, "row": int(r.row),
-             "field": r.field, "reason": r.reason, "detail": str(r.detail)[:255],
-             "pseudonym": r.pseudonym if isinstance(r.pseudonym, str) else None,
-             "ingested_at": now}
-            for r in problems.itertuples(index=False)])
+    write_problems(conn, problems, ingest_id=job.id, file=file_name, kind=spec.kind)
     f = ingested_files
     conn.execute(update(f).where(f.c.id == job.id).values(
         rows_done=last_row, loaded=f.c.loaded + inserted,
@@ -208,13 +202,12 @@ def _classify_skipped(conn: Connection, spec: KindSpec, job_id: int, rows: pd.Da
 
 
 def _summary(store: Store, job_id: int, *, already: bool, seconds: float) -> IngestSummary:
-    f, q = ingested_files, quarantine
+    f = ingested_files
     with store.engine.connect() as conn:
         job = conn.execute(select(f).where(f.c.id == job_id)).mappings().one()
-        by_reason = dict(conn.execute(select(q.c.reason, func.count()).where(q.c.ingest_id == job_id)
-                                      .group_by(q.c.reason).order_by(q.c.reason)).all())
+        by_reason = counts_by_reason(conn, job_id)
     return IngestSummary(
         file=job["name"], kind=job["kind"], sha256=job["sha256"], rows=job["rows_done"],
         loaded=job["loaded"], already_present=job["already_present"],
-        quarantined=job["quarantined"], by_reason={k: int(v) for k, v in by_reason.items()},
+        quarantined=job["quarantined"], by_reason=by_reason,
         already_ingested=already, seconds=round(seconds, 3))
