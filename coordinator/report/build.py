@@ -15,14 +15,14 @@ from datetime import datetime, timezone
 from coordinator.report import checks
 from coordinator.report.canonical import canonical_bytes
 from coordinator.report.document import (
-    Attrition, BalanceRow, Estimand, EvidenceReport, OutcomeRow, PrivacySection, SiteBudget,
+    Attrition, BalanceRow, Check, Estimand, EvidenceReport, OutcomeRow, PrivacySection, SiteBudget,
     SiteRow, Software, StratumRow, StudySection, Summaries,
 )
 from coordinator.report.errors import ReportError
 from coordinator.report.narrative import write_summaries
 from coordinator.report.value import value_section
 from shared import __version__
-from shared.result import StudyResult
+from shared.result import OutcomeEstimate, StudyResult
 
 DEFAULT_ISSUER = "ReHealth Core coordinator"
 ESTIMAND_TEXT = (
@@ -120,13 +120,15 @@ def _study_section(result: StudyResult) -> StudySection:
     )
 
 
-def _outcome_row(o, truth: float | None) -> OutcomeRow:
+def _outcome_row(o: OutcomeEstimate, truth: float | None) -> OutcomeRow:
     d = o.model_dump()
     lo, hi = d.pop("ci")
     return OutcomeRow(**d, ci_low=lo, ci_high=hi, truth=truth)
 
 
-def _checks(result, sites, balance, strata, attrition):
+def _checks(result: StudyResult, sites: tuple[SiteRow, ...], balance: tuple[BalanceRow, ...],
+            strata: tuple[StratumRow, ...], attrition: Attrition) -> tuple[Check, ...]:
+    """The report's own checks, then the study's diagnostics that do not merely restate them."""
     treated, control, source = checks.arm_totals(sites, strata)
     own = [
         checks.balance_check(balance),

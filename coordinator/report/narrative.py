@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from coordinator.report import fmt
-from coordinator.report.value import ABSENCE, CLAIMS, EVENTS
+from coordinator.report.value import ABSENCE, CLAIMS
 
 if TYPE_CHECKING:
     from coordinator.report.document import EvidenceReport, OutcomeRow, Summaries, ValueFigure

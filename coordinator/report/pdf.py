@@ -11,6 +11,7 @@ from pathlib import Path
 import matplotlib
 from fpdf import FPDF
 from fpdf.fonts import FontFace
+from PIL import Image
 
 from coordinator.report.view import Figure, ReportView, Table
 
@@ -163,8 +164,6 @@ def _table(pdf: FPDF, t: Table, *, font_size: float = 7.5) -> None:
 
 def _figure(pdf: FPDF, f: Figure, *, width: float = 170) -> None:
     img = io.BytesIO(f.png)
-    from PIL import Image
-
     with Image.open(io.BytesIO(f.png)) as im:
         height = width * im.height / im.width
     if pdf.get_y() + height + 12 > pdf.h - pdf.b_margin:

@@ -7,7 +7,6 @@ signed JSON (they show its key id and file hash); the JSON is the evidence.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from coordinator.report.build import DEFAULT_ISSUER, build_report
 from coordinator.report.html import render_html
 from coordinator.report.pdf import render_pdf
 from coordinator.report.signing import (
-    ALGORITHM, PRIVATE_KEY_NAME, PUBLIC_KEY_NAME, VerifiedReport, generate_keypair, key_id,
+    ALGORITHM, PRIVATE_KEY_NAME, PUBLIC_KEY_NAME, VerifiedReport, generate_keypair,
     load_private_key, sign_report, verify_signed_report,
 )
 from coordinator.report.view import Signature, report_view
@@ -74,15 +73,6 @@ def ensure_keypair(key_dir: str | Path) -> tuple[Path, Path]:
     if key_path.exists() and pub_path.exists():
         return key_path, pub_path
     return generate_keypair(key_dir, overwrite=True)
-
-
-def public_key_id(key_path: str | Path) -> str:
-    """The key id of a private key file's public half (what ``verify`` will expect)."""
-    return key_id(load_private_key(key_path).public_key())
-
-
-def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

@@ -166,3 +166,19 @@ def test_non_finite_number_is_refused_naming_its_field():
     cost = result.outcome("claims_cost").model_copy(update={"se": math.nan})
     with pytest.raises(ReportError, match=r"outcomes\[0\]\.se"):
         _doc(result.model_copy(update={"outcomes": (cost, *result.outcomes[1:])}))
+
+
+def test_study_diagnostics_are_shown_once_unless_they_disagree():
+    from shared.result import Diagnostic
+
+    result = make_result()
+    own = {c.name: c for c in _doc(result).checks}
+    same = Diagnostic(name="size_gate_treated", passed=True, value=own["size_treated"].value,
+                      threshold=100.0, message="restated")
+    stricter = Diagnostic(name="common_support", passed=False, value=own["overlap"].value,
+                          threshold=1.0, message="12 treated dropped")
+    doc = _doc(result.model_copy(update={"diagnostics": (same, stricter)}))
+    names = [c.name for c in doc.checks]
+    assert "size_gate_treated" not in names and names.count("size_treated") == 1
+    assert "common_support" in names  # disagrees with the report's overlap verdict: kept
+    assert not doc.all_checks_passed
