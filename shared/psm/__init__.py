@@ -6,13 +6,15 @@ reference (DESIGN.md §6)::
     node:         cov_moments -> ps_contribution (per Newton round) -> psm_table
     coordinator:  sum -> initial_beta, PropensityFitter.update -> logit_sd, caliper_edges
                   -> sum of tables -> estimate_att
-    reference:    estimate_att_pooled (same path on pooled rows), nn_match_att
+    reference:    estimate_att_federated (the study in one process), estimate_att_pooled
+                  (the same with one node holding every row), nn_match_att
 """
 
 from shared.psm.estimator import (AttEstimate, BalanceStat, Check, NnMatch, OutcomeAtt, PooledAtt,
-                                  StratumStat, estimate_att, estimate_att_pooled, nn_match_att)
+                                  StratumStat, estimate_att, estimate_att_federated,
+                                  estimate_att_pooled, nn_match_att)
 from shared.psm.propensity import (CovMoments, PropensityFitter, PsStats, cov_moments,
-                                   fit_propensity, initial_beta, ps_contribution)
+                                   fit_propensity, initial_beta, ps_contribution, run_fit)
 from shared.psm.strata import (caliper_edges, logit_scores, logit_sd, quantile_edges, score_grid,
                                score_histogram, score_range)
 from shared.psm.table import PsmTable, psm_table, scale_outcomes, unscale_outcomes
@@ -20,7 +22,7 @@ from shared.psm.table import PsmTable, psm_table, scale_outcomes, unscale_outcom
 __all__ = [
     "AttEstimate", "BalanceStat", "Check", "CovMoments", "NnMatch", "OutcomeAtt", "PooledAtt",
     "PropensityFitter", "PsStats", "PsmTable", "StratumStat", "caliper_edges", "cov_moments",
-    "estimate_att", "estimate_att_pooled", "fit_propensity", "initial_beta", "logit_scores",
-    "logit_sd", "nn_match_att", "ps_contribution", "psm_table", "quantile_edges", "scale_outcomes",
+    "estimate_att", "estimate_att_federated", "estimate_att_pooled", "fit_propensity", "initial_beta", "logit_scores",
+    "logit_sd", "nn_match_att", "ps_contribution", "psm_table", "quantile_edges", "run_fit", "scale_outcomes",
     "score_grid", "score_histogram", "score_range", "unscale_outcomes",
 ]

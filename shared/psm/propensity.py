@@ -235,9 +235,14 @@ class PropensityFitter:
     intercept is not penalised, as in scikit-learn), so the step is
     :math:`\Delta = (H + \lambda D)^{-1}(g - \lambda D\beta)`, :math:`D = \mathrm{diag}(0,1,..,1)`.
 
-    The caller evaluates the statistics at :attr:`beta` and calls :meth:`update`. When the step
-    is below ``tol`` in sup-norm (or, if ``loglik_rtol`` > 0, the penalised log-likelihood
-    changed by less than that relative amount) the fit is converged and :attr:`beta` is *kept*:
+    The caller evaluates the statistics at :attr:`beta` and calls :meth:`update`. The fit is
+    converged when the step is small relative to β, :math:`\lVert\Delta\rVert_\infty \le
+    \mathrm{tol}\,(1 + \lVert\beta\rVert_\infty)`; or when Newton has reached the rounding floor
+    — the step is below ``stall_tol``·(1 + ‖β‖∞) yet no longer shrinks (≥ half the previous
+    one), which happens with nearly collinear covariates (total cholesterol ≈ HDL + LDL + TG/2.2:
+    condition numbers ~1e8 make sums over different node splits differ by ~1e-10 along the flat
+    direction); or, if ``loglik_rtol`` > 0, when the penalised log-likelihood changed by less than
+    that relative amount. Then :attr:`beta` is *kept*:
     it is the β at which the last statistics were computed, so a PSM table requested in the same
     round is at the final β. If the penalised log-likelihood fell since the previous iterate,
     the previous step is halved instead (a safeguard for far starts; turn off with
@@ -252,11 +257,12 @@ class PropensityFitter:
         near_tol: :attr:`near_converged` once the last step is below this.
         loglik_rtol: optional relative log-likelihood-change criterion (0 = off).
         line_search: step halving when the objective decreases.
+        stall_tol: relative step below which a step that stopped shrinking means convergence.
     """
 
     def __init__(self, *, p: int, ridge: float = 1e-6, tol: float = 1e-10, max_iter: int = 25,
                  beta0: np.ndarray | None = None, near_tol: float = 1e-4,
-                 loglik_rtol: float = 0.0, line_search: bool = True):
+                 loglik_rtol: float = 0.0, line_search: bool = True, stall_tol: float = 1e-6):
         if p < 1 or ridge < 0 or tol <= 0 or max_iter < 1:
             raise ValueError("PropensityFitter needs p >= 1, ridge >= 0, tol > 0, max_iter >= 1")
         self.p = p
@@ -266,6 +272,7 @@ class PropensityFitter:
         self.near_tol = float(near_tol)
         self.loglik_rtol = float(loglik_rtol)
         self.line_search = line_search
+        self.stall_tol = float(stall_tol)
         self.beta = np.zeros(p) if beta0 is None else check_beta(beta0, p=p).copy()
         self.iterations = 0
         self.converged = False
@@ -301,7 +308,8 @@ class PropensityFitter:
             prev_beta, prev_obj, prev_step = self._prev
             if self.loglik_rtol > 0 and abs(obj - prev_obj) <= self.loglik_rtol * (1.0 + abs(obj)):
                 return self._converge(total.loglik)
-            if self.line_search and obj < prev_obj - 1e-12 * (1.0 + abs(prev_obj)):
+            # a real overshoot loses far more than rounding (1e-10 relative) could
+            if self.line_search and obj < prev_obj - 1e-10 * (1.0 + abs(prev_obj)):
                 half = prev_step / 2.0
                 self._check_budget()
                 self._prev = (prev_beta, prev_obj, half)
@@ -310,7 +318,7 @@ class PropensityFitter:
                 return False
         step = self._newton_step(total)
         self.last_step = float(np.abs(step).max())
-        if self.last_step < self.tol:
+        if self._small(self.last_step):
             self._check_overlap(total)
             return self._converge(total.loglik)
         self._check_budget()
@@ -318,6 +326,13 @@ class PropensityFitter:
         self.loglik = total.loglik
         self.beta = self.beta + step
         return False
+
+    def _small(self, step: float) -> bool:
+        scale = 1.0 + float(np.abs(self.beta).max())
+        if step <= self.tol * scale:
+            return True
+        prev_step = float(np.abs(self._prev[2]).max()) if self._prev is not None else np.inf
+        return step <= self.stall_tol * scale and step > 0.5 * prev_step
 
     def _newton_step(self, total: PsStats) -> np.ndarray:
         pen = np.full(self.p, self.ridge)
