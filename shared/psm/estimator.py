@@ -19,8 +19,8 @@ within a stratum :math:`Y(0)` of treated and controls share one distribution (th
 balances), so both terms carry the controls' within-stratum variance :math:`s^2_{bC}`. Using the
 treated's :math:`s^2_{bT}` instead (the usual population-ATT form) mis-states the SE whenever the
 effect changes the outcome's spread (−20 % on costs shrinks it: 92 % coverage in the benchmark;
-this form: 94–96 %). Cells with fewer than two rows borrow the arm's pooled within-stratum
-variance (:func:`shared.psm.cells.cell_variances`). Treated in strata without controls are
+this form: 94–96 %). Cells with fewer than ten degrees of freedom borrow the variance of their
+neighbouring strata on the score (:func:`shared.psm.cells.cell_variances`). Treated in strata without controls are
 dropped and reported (attrition), so the estimand is the ATT on the supported treated.
 
 Relative risk (binary outcomes): :math:`\bar p_T/\bar p_C` over the same weights, CI by the

@@ -34,15 +34,21 @@ def test_estimate_equals_row_level_computation(study, pooled):
     for k, o in enumerate(OUTCOMES):
         controls = [y[(b == s) & (t == 0), k] for s in used]
         assert any(c.size == 1 for c in controls)  # the small-cell fallback is exercised
-        # cells with one control borrow the pooled within-stratum control variance
-        pooled_var = (sum((c.size - 1) * c.var(ddof=1) for c in controls if c.size >= 2)
-                      / sum(c.size - 1 for c in controls if c.size >= 2))
+        dof = [max(c.size - 1, 0) for c in controls]
+        ss = [((c - c.mean()) ** 2).sum() for c in controls]
+
+        def variance(i):  # own if >= 10 dof, else the nearest symmetric window holding 10 dof
+            for r in range(len(used)):
+                win = range(max(i - r, 0), min(i + r + 1, len(used)))
+                if sum(dof[j] for j in win) >= 10 or len(win) == len(used):
+                    return sum(ss[j] for j in win) / sum(dof[j] for j in win)
+
         att = var = 0.0
-        for s, yc in zip(used, controls):
+        for i, (s, yc) in enumerate(zip(used, controls)):
             yt = y[(b == s) & (t == 1), k]
             w = yt.size / n_t
             att += w * (yt.mean() - yc.mean())
-            var += w**2 * (yc.var(ddof=1) if yc.size >= 2 else pooled_var) * (1 / yt.size + 1 / yc.size)
+            var += w**2 * variance(i) * (1 / yt.size + 1 / yc.size)
         est = pooled.estimate.outcome(o.name)
         assert est.att == pytest.approx(att, rel=1e-9)
         assert est.se_sampling == est.se == pytest.approx(np.sqrt(var), rel=1e-9)
