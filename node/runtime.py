@@ -1,7 +1,15 @@
-"""What a running node knows about itself: its site, its data, its state folder.
+"""What a running node knows about itself: its site, its data, its ledger, its policy.
 
 Built from the SuperNode's ``--node-config`` (set by the node's operator, never by the
-coordinator), e.g. ``site="insurer_a" data-path="/srv/rehealth/cohort.csv" state-dir="/var/lib/rehealth"``.
+coordinator), e.g.::
+
+    site="insurer_a" data-path="/srv/rehealth/cohort.csv" state-dir="/var/lib/rehealth"
+    budget-epsilon=10.0 budget-delta=1e-5 require-dp=true
+
+Privacy: the node derives every noise scale itself from the study's public parameters
+(:meth:`shared.protocol.PrivacyQuery.plan`), charges its own ledger (one budget per dataset)
+before any answer leaves, and answers exact aggregates only when its policy allows
+(``require-dp=false``, the default for local demos).
 """
 
 from __future__ import annotations
@@ -10,12 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from shared.errors import QueryRefused, SpecError
-from shared.protocol import StudyQuery
+from shared.errors import PrivacyError, QueryRefused, SpecError
+from shared.protocol import DP_RELEASES, StudyQuery
 
 
 class NotInStudy(QueryRefused):
     """The query names sites and this node is not one of them: it declines, computing nothing."""
+
+
+def _bool(v) -> bool:
+    return v if isinstance(v, bool) else str(v).strip().lower() in ("1", "true", "yes")
 
 
 @dataclass(frozen=True)
@@ -23,25 +35,89 @@ class NodeRuntime:
     site: str
     data_path: Path | None = None
     state_dir: Path | None = None
+    ledger_url: str | None = None
+    dataset: str | None = None
+    budget_epsilon: float = 10.0
+    budget_delta: float = 1e-5
+    require_dp: bool = False
 
     @classmethod
     def from_node_config(cls, cfg: Mapping) -> "NodeRuntime":
         site = str(cfg.get("site", "")).strip()
         if not site:
             raise SpecError('node config lacks site (e.g. --node-config \'site="insurer_a"\')')
-        data = cfg.get("data-path")
-        state = cfg.get("state-dir")
-        return cls(site=site, data_path=Path(str(data)) if data else None,
-                   state_dir=Path(str(state)) if state else None)
+        data, state = cfg.get("data-path"), cfg.get("state-dir")
+        try:
+            return cls(site=site, data_path=Path(str(data)) if data else None,
+                       state_dir=Path(str(state)) if state else None,
+                       ledger_url=str(cfg["ledger-url"]) if cfg.get("ledger-url") else None,
+                       dataset=str(cfg.get("dataset") or site),
+                       budget_epsilon=float(cfg.get("budget-epsilon", 10.0)),
+                       budget_delta=float(cfg.get("budget-delta", 1e-5)),
+                       require_dp=_bool(cfg.get("require-dp", False)))
+        except (TypeError, ValueError) as e:
+            raise SpecError(f"node config of site {site}: {e}") from None
 
-    def answer(self, query: StudyQuery):
-        """Answer a validated study query from this node's own data."""
+    def answer(self, query: StudyQuery) -> tuple[dict, dict]:
+        """Answer a validated study query from this node's own data.
+
+        Returns:
+            ``(answers per operation, metadata)``; under DP the metadata says what the
+            dataset's ledger has spent.
+
+        Raises:
+            NotInStudy, QueryRefused, DataError, PrivacyError / BudgetExceededError.
+        """
         from node.study_service import answer, load_site_arrays
 
         if query.sites and self.site not in query.sites:
             raise NotInStudy(f"site {self.site} is not among the study's sites")
+        if query.privacy is None and self.require_dp:
+            raise PrivacyError(f"site {self.site} answers only differentially private studies "
+                               "(set [privacy] enabled = true)")
         if self.data_path is None:
             raise QueryRefused(f"site {self.site} has no study data configured (data-path)")
         cache = self.state_dir / "cache" if self.state_dir else None
         data = load_site_arrays(self.data_path, query, cache)
-        return answer(query, data)
+        if query.privacy is None:
+            return answer(query, data), {}
+        ledger = self.ledger()
+        return answer(query, data, self._dp_release(query, ledger)), {
+            "dataset": self.dataset, "epsilon_spent": ledger.spent(self.dataset),
+            "epsilon_budget": self.budget_epsilon}
+
+    def ledger(self):
+        from node.ledger import PrivacyLedger
+
+        url = self.ledger_url
+        if url is None:
+            if self.state_dir is None:
+                raise PrivacyError(f"site {self.site} has no privacy ledger (ledger-url or state-dir)")
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            url = f"sqlite:///{self.state_dir / 'ledger.db'}"
+        ledger = PrivacyLedger(url)
+        ledger.ensure_budget(dataset=self.dataset, epsilon=self.budget_epsilon, delta=self.budget_delta)
+        return ledger
+
+    def _dp_release(self, query: StudyQuery, ledger):
+        """Charge-then-noise for every release an operation's answer is made of."""
+        from node.privacy import charged_release
+        from shared.dp.mechanisms import secure_rng
+
+        assert query.privacy is not None
+        plan = query.privacy.plan(n_covariates=len(query.covariates), n_outcomes=len(query.outcomes))
+        rng = secure_rng()
+
+        def release(op: str, arrays: dict) -> dict:
+            out: dict = {}
+            for name in DP_RELEASES[op]:
+                if not plan.has(name):
+                    continue
+                planned = plan.release(name)
+                noisy, _charge = charged_release(
+                    ledger=ledger, dataset=self.dataset, study_id=query.study_id, query=name,
+                    arrays=arrays, sigma=planned.sigma, sensitivity=planned.sensitivity, rng=rng)
+                out.update(noisy)
+            return out
+
+        return release

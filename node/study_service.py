@@ -17,8 +17,10 @@ import numpy as np
 
 from shared.errors import DataError, QueryRefused
 from shared.features import scale
-from shared.protocol import Describe, PsFit, PsmStats, StudyQuery
+from shared.dp.workflow import dp_grid
+from shared.protocol import Describe, PsFit, PsmStats, ScoreHist, StudyQuery
 from shared.psm.propensity import cov_moments, ps_contribution
+from shared.psm.strata import score_histogram
 from shared.psm.table import psm_table, scale_outcomes
 
 log = logging.getLogger("rehealth.node.study")
@@ -115,28 +117,29 @@ def _no_noise(op: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def answer(query: StudyQuery, data: SiteArrays, release: Release = _no_noise) -> dict[str, dict[str, np.ndarray]]:
     """Compute every operation of ``query`` over ``data``; each answer passes through
     ``release`` (the DP charge-and-noise step when privacy is on) before it is returned."""
+    return {op.op: release(op.op, exact_answer(op, query, data)) for op in query.ops}
+
+
+def exact_answer(op, query: StudyQuery, data: SiteArrays) -> dict[str, np.ndarray]:
+    """One operation's exact aggregates over the site's rows (they stay on the node until
+    released)."""
     d = len(query.covariates)
-    out: dict[str, dict[str, np.ndarray]] = {}
-    for op in query.ops:
-        if isinstance(op, Describe):
-            arrays = cov_moments(z=data.z, t=data.t).to_arrays()
-            arrays["n_clipped"] = data.n_clipped
-        elif isinstance(op, PsFit):
-            _check_beta(op.beta, d)
-            arrays = ps_contribution(z=data.z, t=data.t, beta=np.array(op.beta)).to_arrays()
-        elif isinstance(op, PsmStats):
-            _check_beta(op.beta, d)
-            edges = np.array(op.edges, dtype=float)
-            if edges.ndim != 1 or edges.size < 2 or np.any(np.diff(edges) <= 0):
-                raise QueryRefused("psm_stats: edges must be a strictly increasing list of ≥2 values")
-            arrays = psm_table(z=data.z, t=data.t, y=data.y, beta=np.array(op.beta),
-                               edges=edges).to_arrays()
-        else:  # pragma: no cover - the discriminated union admits nothing else
-            raise QueryRefused(f"unknown operation {op!r}")
-        out[op.op] = release(op.op, arrays)
-    return out
+    if isinstance(op, Describe):
+        return {**cov_moments(z=data.z, t=data.t).to_arrays(), "n_clipped": data.n_clipped}
+    beta = _check_beta(op.beta, d)
+    if isinstance(op, PsFit):
+        return ps_contribution(z=data.z, t=data.t, beta=beta).to_arrays()
+    if isinstance(op, ScoreHist):
+        return {"count": score_histogram(z=data.z, t=data.t, beta=beta, grid=dp_grid(beta=beta))}
+    if isinstance(op, PsmStats):
+        edges = np.array(op.edges, dtype=float)
+        if edges.ndim != 1 or edges.size < 2 or np.any(np.diff(edges) <= 0):
+            raise QueryRefused("psm_stats: edges must be a strictly increasing list of ≥2 values")
+        return psm_table(z=data.z, t=data.t, y=data.y, beta=beta, edges=edges).to_arrays()
+    raise QueryRefused(f"unknown operation {op!r}")  # pragma: no cover - union admits no other
 
 
-def _check_beta(beta: tuple[float, ...], d: int) -> None:
+def _check_beta(beta: tuple[float, ...], d: int) -> np.ndarray:
     if len(beta) != d + 1 or not np.all(np.isfinite(beta)):
         raise QueryRefused(f"beta must hold {d + 1} finite values (intercept + {d} covariates)")
+    return np.array(beta, dtype=float)

@@ -15,7 +15,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.study import Covariate, Outcome, StudySpec
+from shared.study import BudgetSplit, Covariate, Outcome, StudySpec
 
 PROTOCOL_VERSION = 1
 STUDY_MESSAGE_TYPE = "query.study"
@@ -50,14 +50,44 @@ class PsmStats(_Model):
     edges: tuple[float, ...]  # may include -inf/+inf outer edges (JSON: -Infinity/Infinity)
 
 
-Operation = Annotated[Union[Describe, PsFit, PsmStats], Field(discriminator="op")]
+class ScoreHist(_Model):
+    """Per-arm histogram of the logit score at ``beta`` on the public grid
+    :func:`shared.dp.workflow.dp_grid` (quantile strata under DP)."""
+
+    op: Literal["score_hist"] = "score_hist"
+    beta: tuple[float, ...]
 
 
-class DpRelease(_Model):
-    """Noise the coordinator asks for, per operation: σ in units of the sensitivity
-    (noise multiplier). The node charges its ledger before it answers."""
+Operation = Annotated[Union[Describe, PsFit, PsmStats, ScoreHist], Field(discriminator="op")]
 
-    noise_multiplier: dict[str, float] = Field(default_factory=dict)
+
+#: The DP releases each operation's answer is made of (:data:`shared.dp.sensitivity.RELEASE_KEYS`
+#: names their arrays); everything else in an answer is withheld under DP.
+DP_RELEASES: dict[str, tuple[str, ...]] = {
+    "describe": ("describe",),
+    "ps_fit": ("ps_fit",),
+    "score_hist": ("score_hist",),
+    "psm_stats": ("psm_main", "psm_balance"),
+}
+
+
+class PrivacyQuery(_Model):
+    """The study's privacy parameters. The node derives every σ itself from these and the
+    query's dimensions (:func:`shared.dp.plan.plan_study`), so it never takes a noise scale on
+    the coordinator's word, and charges its own ledger before answering."""
+
+    epsilon: float = Field(gt=0)
+    delta: float = Field(gt=0, lt=1)
+    split: BudgetSplit
+    n_ps_rounds: int = Field(ge=1, le=20)
+    accountant: Literal["rdp", "prv"] = "rdp"
+
+    def plan(self, *, n_covariates: int, n_outcomes: int):
+        from shared.dp.plan import plan_study
+
+        return plan_study(epsilon=self.epsilon, delta=self.delta, split=self.split,
+                          n_covariates=n_covariates, n_outcomes=n_outcomes,
+                          n_ps_rounds=self.n_ps_rounds, accountant=self.accountant)
 
 
 class StudyQuery(_Model):
@@ -68,12 +98,16 @@ class StudyQuery(_Model):
     treatment_column: str
     covariates: tuple[Covariate, ...] = Field(min_length=1)
     outcomes: tuple[Outcome, ...] = Field(min_length=1)
-    ops: tuple[Operation, ...] = Field(min_length=1, max_length=3)
+    ops: tuple[Operation, ...] = Field(min_length=1, max_length=4)
     sites: tuple[str, ...] = ()  # sites taking part; a node not listed declines (nothing computed)
-    dp: DpRelease | None = None
+    privacy: PrivacyQuery | None = None  # None: exact aggregates (if the node's policy allows)
 
     @classmethod
-    def for_spec(cls, spec: StudySpec, ops: tuple, dp: DpRelease | None = None) -> "StudyQuery":
+    def for_spec(cls, spec: StudySpec, ops: tuple) -> "StudyQuery":
+        p = spec.privacy
+        privacy = (PrivacyQuery(epsilon=p.epsilon, delta=p.delta, split=p.split,
+                                n_ps_rounds=p.ps_rounds, accountant=p.accountant)
+                   if p.enabled else None)
         return cls(
             study_id=spec.spec_hash(),
             treatment_column=spec.treatment.column,
@@ -81,7 +115,7 @@ class StudyQuery(_Model):
             outcomes=spec.outcomes,
             ops=ops,
             sites=tuple(s.name for s in spec.sites),
-            dp=dp,
+            privacy=privacy,
         )
 
     def data_key(self) -> tuple:

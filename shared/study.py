@@ -83,10 +83,14 @@ class BudgetSplit(_Model):
 
 
 class Privacy(_Model):
+    """The study's DP budget, charged at every node (each node's ledger caps its own total)."""
+
     enabled: bool = False
     epsilon: float = Field(default=1.0, gt=0)
     delta: float = Field(default=1e-6, gt=0, lt=1)
     split: BudgetSplit = BudgetSplit()
+    accountant: Literal["rdp", "prv"] = "rdp"
+    ps_rounds: int = Field(default=4, ge=1, le=20)  # fixed Newton rounds under DP
 
 
 class Strata(_Model):

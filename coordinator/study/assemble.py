@@ -11,16 +11,24 @@ from coordinator.study.workflow import StudyRun
 def _site_summaries(run: StudyRun, dropped: dict[str, str]) -> tuple[SiteSummary, ...]:
     """Released counts per site (aggregates only), and the sites that failed, with why."""
     out = []
-    for site, m in sorted(run.moments.items()):
+    for site, count in sorted(run.site_counts.items()):
         if site in dropped:
             out.append(SiteSummary(name=site, status="failed", error=dropped[site]))
             continue
-        n_c, n_t = (int(round(float(c))) for c in m.count)
+        n_c, n_t = (max(int(round(float(c))), 0) for c in count)  # noisy under DP
         out.append(SiteSummary(name=site, n=n_c + n_t, n_treated=n_t, n_control=n_c))
     for who, why in sorted(dropped.items()):
-        if who not in run.moments:
+        if who not in run.site_counts:
             out.append(SiteSummary(name=who, status="failed", error=why))
     return tuple(out)
+
+
+def _privacy(run: StudyRun) -> PrivacySpent:
+    """The study's budget and what each node's ledger reports as spent on its dataset."""
+    if run.plan is None:
+        return PrivacySpent(enabled=False)
+    return PrivacySpent(enabled=True, epsilon=run.plan.epsilon, delta=run.plan.delta,
+                        accountant=f"opacus-{run.plan.accountant}", per_site=dict(run.privacy_spent))
 
 
 def assemble_result(run: StudyRun, *, dropped: dict[str, str], started_at: str, finished_at: str,
@@ -43,12 +51,12 @@ def assemble_result(run: StudyRun, *, dropped: dict[str, str], started_at: str, 
         started_at=started_at,
         finished_at=finished_at,
         sites=_site_summaries(run, dropped),
-        strata_method="caliper",
+        strata_method=run.strata_method,
         propensity=Propensity(beta=tuple(float(b) for b in run.fitter.beta),
                               iterations=run.fitter.iterations, converged=run.fitter.converged,
                               loglik=run.fitter.loglik),
         warnings=warnings,
-        privacy=PrivacySpent(enabled=spec.privacy.enabled),
+        privacy=_privacy(run),
         rounds=tuple(RoundLog(name=r.name, seconds=r.seconds, nodes=r.sites) for r in run.rounds),
         timings={"rounds_s": rounds_s, "node_compute_s": sum(r.node_seconds for r in run.rounds),
                  "coordinator_compute_s": run.compute_s, "total_s": total_s},

@@ -1,12 +1,15 @@
 """The federated study: describe -> Newton rounds -> PSM statistics -> estimate.
 
-Round trips cost seconds, so the workflow spends as few as it can: the Newton fit starts from a
-discriminant direction computed from the describe moments, and once the fit is nearly converged
-the PSM-statistics query rides along with the next gradient query (at the same β). When that
-round confirms convergence, its table is the final one; otherwise one more round is needed.
-
+Round trips cost seconds, so the workflow spends as few as it can. Without DP, the Newton fit
+starts from a discriminant direction computed from the describe moments, and once the fit is
+nearly converged the PSM-statistics query rides along with the next gradient query (at the same
+β); when that round confirms convergence its table is final, otherwise one more round is needed.
 The same functions (``shared.psm``) compute each node's answer and the coordinator's sums, so
-without noise the result equals the pooled estimator on the union of the rows.
+the result equals the pooled estimator on the union of the rows.
+
+With DP (``[privacy] enabled``), the rounds follow the public noise plan
+(:mod:`shared.dp.workflow`): noisy counts, a fixed number of noisy Newton rounds, a noisy score
+histogram for quantile strata, the noisy PSM table, and a CI that includes the privacy noise.
 """
 
 from __future__ import annotations
@@ -19,11 +22,14 @@ from typing import Callable, Protocol
 
 import numpy as np
 
+from shared.dp.plan import NoisePlan, plan_study
+from shared.dp.workflow import (dp_edges, dp_estimate, dp_fitter, dp_grid, dp_ps_stats,
+                                dp_start_beta, dp_table)
 from shared.errors import FederationError
-from shared.protocol import Describe, PsFit, PsmStats, StudyQuery
+from shared.protocol import Describe, PsFit, PsmStats, ScoreHist, StudyQuery
 from shared.psm.estimator import AttEstimate, estimate_att
 from shared.psm.propensity import CovMoments, PropensityFitter, PsStats, initial_beta
-from shared.psm.strata import caliper_edges, logit_sd
+from shared.psm.strata import caliper_edges, logit_sd, quantile_edges
 from shared.psm.table import PsmTable
 from shared.study import StudySpec
 
@@ -55,11 +61,13 @@ class StudyRun:
     """Everything the workflow learned; turned into a ``StudyResult`` by ``assemble``."""
 
     spec: StudySpec
-    moments: dict[str, CovMoments] = field(default_factory=dict)
+    site_counts: dict[str, np.ndarray] = field(default_factory=dict)  # (controls, treated)
     n_clipped: dict[str, np.ndarray] = field(default_factory=dict)
+    privacy_spent: dict[str, float] = field(default_factory=dict)  # ledger ε per site
     fitter: PropensityFitter | None = None
+    plan: NoisePlan | None = None
+    strata_method: str = "caliper"
     table: PsmTable | None = None
-    site_tables: dict[str, PsmTable] = field(default_factory=dict)
     estimate: AttEstimate | None = None
     rounds: list[RoundRecord] = field(default_factory=list)
     compute_s: float = 0.0
@@ -72,74 +80,124 @@ def _sum(items):
     return reduce(lambda a, b: a + b, items)
 
 
-def run_study(spec: StudySpec, fed: Federation, progress: Progress | None = None) -> StudyRun:
-    """Run the study over ``fed`` and return what it learned (raises ``FederationError``)."""
-    progress = progress or (lambda event, data: None)
-    run = StudyRun(spec=spec)
-    d = len(spec.covariates)
+class _Rounds:
+    """Sends one round's operations to the federation and keeps the books."""
 
-    def ask(ops: tuple, name: str) -> dict:
+    def __init__(self, spec: StudySpec, fed: Federation, run: StudyRun, progress: Progress):
+        self.spec, self.fed, self.run, self.progress = spec, fed, run, progress
+
+    def ask(self, ops: tuple, name: str) -> dict:
         started = time.perf_counter()
-        progress("round_start", {"round": name, "ops": [o.op for o in ops]})
-        answers = fed.ask(StudyQuery.for_spec(spec, ops), name)
+        self.progress("round_start", {"round": name, "ops": [o.op for o in ops]})
+        answers = self.fed.ask(StudyQuery.for_spec(self.spec, ops), name)
         if not answers:
             raise FederationError(f"round {name}: no node answered", round_name=name)
         rec = RoundRecord(name, time.perf_counter() - started, tuple(sorted(answers)),
                           max(float(a.meta.get("seconds", 0.0)) for a in answers.values()))
-        run.rounds.append(rec)
-        progress("round_end", {"round": name, "seconds": rec.seconds, "sites": list(rec.sites)})
+        self.run.rounds.append(rec)
+        for site, a in answers.items():
+            if "epsilon_spent" in a.meta:
+                self.run.privacy_spent[site] = float(a.meta["epsilon_spent"])
+        self.progress("round_end", {"round": name, "seconds": rec.seconds, "sites": list(rec.sites)})
         log.info("round %s: %d sites in %.2f s", name, len(rec.sites), rec.seconds)
         return answers
 
-    answers = ask((Describe(),), "describe")
-    for site, a in answers.items():
-        run.moments[site] = CovMoments.from_arrays(a.answers["describe"])
-        run.n_clipped[site] = a.answers["describe"].get("n_clipped", np.zeros(len(spec.outcomes)))
+    def total(self, answers: dict, op: str, key: str) -> np.ndarray:
+        return _sum(np.asarray(a.answers[op][key], dtype=float) for a in answers.values())
 
-    def total_moments() -> CovMoments:
-        return _sum(m for s, m in run.moments.items() if s not in fed.dropped)
+    def describe(self) -> dict:
+        answers = self.ask((Describe(),), "describe")
+        for site, a in answers.items():
+            self.run.site_counts[site] = np.asarray(a.answers["describe"]["count"], dtype=float)
+            if "n_clipped" in a.answers["describe"]:
+                self.run.n_clipped[site] = a.answers["describe"]["n_clipped"]
+        return answers
 
-    fed_cfg = spec.federation
-    t0 = time.perf_counter()
-    fitter = PropensityFitter(p=d + 1, ridge=fed_cfg.ridge, tol=fed_cfg.tol,
-                              max_iter=fed_cfg.max_newton_iter, beta0=initial_beta(moments=total_moments()),
-                              near_tol=NEAR_TOL)
-    run.fitter = fitter
-    run.compute_s += time.perf_counter() - t0
-    round_no = 0
-    while True:
-        round_no += 1
-        beta = tuple(float(b) for b in fitter.beta)
-        ops: tuple = (PsFit(beta=beta),)
-        edges = None
-        if fitter.near_converged:
-            edges = _edges(spec, total_moments(), fitter.beta)
-            ops += (PsmStats(beta=beta, edges=tuple(edges)),)
-        answers = ask(ops, f"ps-fit-{round_no}")
-        t0 = time.perf_counter()
-        ps_total = _sum(PsStats.from_arrays(a.answers["ps_fit"]) for a in answers.values())
-        converged = fitter.update(ps_total)
-        run.compute_s += time.perf_counter() - t0
-        progress("newton", {"iteration": fitter.iterations, "converged": converged})
-        if converged:
-            if edges is not None:
-                run.site_tables = {s: PsmTable.from_arrays(a.answers["psm_stats"]) for s, a in answers.items()}
-            break
-    if not run.site_tables:
-        beta = tuple(float(b) for b in fitter.beta)
-        edges = _edges(spec, total_moments(), fitter.beta)
-        answers = ask((PsmStats(beta=beta, edges=tuple(edges)),), "psm-stats")
-        run.site_tables = {s: PsmTable.from_arrays(a.answers["psm_stats"]) for s, a in answers.items()}
-    t0 = time.perf_counter()
-    run.table = _sum(t for s, t in run.site_tables.items() if s not in fed.dropped)
-    run.estimate = estimate_att(table=run.table, outcomes=spec.outcomes,
-                                covariates=[c.name for c in spec.covariates])
-    run.compute_s += time.perf_counter() - t0
-    progress("estimated", {})
+
+def run_study(spec: StudySpec, fed: Federation, progress: Progress | None = None) -> StudyRun:
+    """Run the study over ``fed`` and return what it learned (raises ``FederationError`` and
+    the estimator's typed errors)."""
+    run = StudyRun(spec=spec)
+    rounds = _Rounds(spec, fed, run, progress or (lambda event, data: None))
+    if spec.privacy.enabled:
+        _run_private(spec, rounds, run)
+    else:
+        _run_exact(spec, rounds, run, fed)
+    rounds.progress("estimated", {})
     return run
 
 
-def _edges(spec: StudySpec, moments: CovMoments, beta: np.ndarray) -> np.ndarray:
-    """Stratum edges on the logit score, from public quantities and pooled moments only."""
+def _run_exact(spec: StudySpec, rounds: _Rounds, run: StudyRun, fed: Federation) -> None:
+    d = len(spec.covariates)
+    moments = {s: CovMoments.from_arrays(a.answers["describe"]) for s, a in rounds.describe().items()}
+
+    def total_moments() -> CovMoments:
+        return _sum(m for s, m in moments.items() if s not in fed.dropped)
+
+    cfg = spec.federation
+    fitter = PropensityFitter(p=d + 1, ridge=cfg.ridge, tol=cfg.tol, max_iter=cfg.max_newton_iter,
+                              beta0=initial_beta(moments=total_moments()), near_tol=NEAR_TOL)
+    run.fitter = fitter
+    quantile = spec.strata.method == "quantile"
+    run.strata_method = "quantile" if quantile else "caliper"
+    tables: dict | None = None
+    while True:
+        beta = tuple(float(b) for b in fitter.beta)
+        edges = None if quantile or not fitter.near_converged else _caliper(spec, total_moments(), fitter.beta)
+        ops: tuple = (PsFit(beta=beta),) + ((PsmStats(beta=beta, edges=tuple(edges)),) if edges is not None else ())
+        answers = rounds.ask(ops, f"ps-fit-{fitter.iterations + 1}")
+        t0 = time.perf_counter()
+        converged = fitter.update(_sum(PsStats.from_arrays(a.answers["ps_fit"]) for a in answers.values()))
+        run.compute_s += time.perf_counter() - t0
+        rounds.progress("newton", {"iteration": fitter.iterations, "converged": converged})
+        if converged:
+            tables = answers if edges is not None else None
+            break
+    beta = tuple(float(b) for b in fitter.beta)
+    if tables is None:
+        if quantile:
+            hist = rounds.total(rounds.ask((ScoreHist(beta=beta),), "score-hist"), "score_hist", "count")
+            edges = quantile_edges(grid=dp_grid(beta=fitter.beta), treated_counts=hist[:, 1],
+                                   n_strata=spec.strata.n)
+        else:
+            edges = _caliper(spec, total_moments(), fitter.beta)
+        tables = rounds.ask((PsmStats(beta=beta, edges=tuple(edges)),), "psm-stats")
+    t0 = time.perf_counter()
+    run.table = _sum(PsmTable.from_arrays(a.answers["psm_stats"]) for s, a in tables.items()
+                     if s not in fed.dropped)
+    run.estimate = estimate_att(table=run.table, outcomes=spec.outcomes,
+                                covariates=[c.name for c in spec.covariates])
+    run.compute_s += time.perf_counter() - t0
+
+
+def _run_private(spec: StudySpec, rounds: _Rounds, run: StudyRun) -> None:
+    d, p = len(spec.covariates), spec.privacy
+    plan = plan_study(epsilon=p.epsilon, delta=p.delta, split=p.split, n_covariates=d,
+                      n_outcomes=len(spec.outcomes), n_ps_rounds=p.ps_rounds, accountant=p.accountant)
+    run.plan, run.strata_method = plan, "quantile (DP)"
+    counts = rounds.total(rounds.describe(), "describe", "count")
+    fitter = dp_fitter(plan=plan, n_covariates=d, ridge=spec.federation.ridge,
+                       beta0=dp_start_beta(counts=counts, n_covariates=d))
+    run.fitter = fitter
+    for r in range(plan.n_ps_rounds):
+        answers = rounds.ask((PsFit(beta=tuple(float(b) for b in fitter.beta)),), f"ps-fit-{r + 1}")
+        fitter.update(dp_ps_stats(g=rounds.total(answers, "ps_fit", "g"),
+                                  H=rounds.total(answers, "ps_fit", "H"), plan=plan,
+                                  n_nodes=len(answers)))
+    beta = tuple(float(b) for b in fitter.beta)
+    answers = rounds.ask((ScoreHist(beta=beta),), "score-hist")
+    edges = dp_edges(beta=fitter.beta, hist=rounds.total(answers, "score_hist", "count"), plan=plan,
+                     n_nodes=len(answers), n_treated=float(counts[1]), requested=spec.strata.n)
+    answers = rounds.ask((PsmStats(beta=beta, edges=tuple(float(e) for e in edges)),), "psm-stats")
+    keys = ("count", "sum_y", "sumsq_y") + (("sum_z", "sumsq_z") if plan.has("psm_balance") else ())
+    sums = {k: rounds.total(answers, "psm_stats", k) for k in keys}
+    run.table = dp_table(main=sums, balance=sums if plan.has("psm_balance") else None, edges=edges,
+                         n_covariates=d)
+    run.estimate = dp_estimate(table=run.table, plan=plan, n_nodes=len(answers),
+                               outcomes=spec.outcomes, covariates=[c.name for c in spec.covariates])
+
+
+def _caliper(spec: StudySpec, moments: CovMoments, beta: np.ndarray) -> np.ndarray:
+    """Caliper-width edges on the logit score, from public quantities and pooled moments only."""
     return caliper_edges(beta=beta, sd=logit_sd(moments=moments, beta=beta),
                          caliper_sd=spec.strata.caliper_sd)

@@ -38,7 +38,7 @@ def study(msg: Message, context: Context) -> Message:
     runtime = NodeRuntime.from_node_config(context.node_config)
     try:
         query = decode_query(msg.content)
-        answers = runtime.answer(query)
+        answers, extra = runtime.answer(query)
     except NotInStudy as e:
         return _error(msg, CODE_NOT_IN_STUDY, runtime.site, e, public=True)
     except (ValidationError, ValueError, QueryRefused) as e:
@@ -50,7 +50,7 @@ def study(msg: Message, context: Context) -> Message:
     except ReHealthError as e:
         return _error(msg, CODE_INTERNAL, runtime.site, e)
     meta = {"site": runtime.site, "seconds": time.perf_counter() - started,
-            "ops": [op.op for op in query.ops]}
+            "ops": [op.op for op in query.ops], **extra}
     return Message(encode_answer(answers, meta), reply_to=msg)
 
 

@@ -1,0 +1,77 @@
+"""A DP study through the real ServerApp/ClientApp code (in-process Grid): nodes derive their
+own noise from the public plan and charge their ledgers before answering."""
+
+import pytest
+
+from coordinator.flower.federation import GridFederation
+from coordinator.flower.inprocess import InProcessGrid
+from coordinator.study.assemble import assemble_result
+from coordinator.study.workflow import run_study
+from node.flower.client_app import app as client_app
+from node.ledger import PrivacyLedger
+from shared.errors import FederationError
+from shared.study import StudySpec
+from shared.synth import generate_federation, write_federation
+
+
+@pytest.fixture(scope="module")
+def spec(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dpfed")
+    spec = StudySpec.from_toml(write_federation(generate_federation(seed=5, sites=3, scale=0.15), out))
+    return spec
+
+
+def _with_privacy(spec, **kw):
+    return spec.model_copy(update={"privacy": spec.privacy.model_copy(update={"enabled": True, **kw})})
+
+
+def _run(spec, tmp_path, budget=10.0):
+    configs = {i + 1: {"site": s.name, "data-path": s.data, "state-dir": str(tmp_path / s.name),
+                       "budget-epsilon": budget}
+               for i, s in enumerate(spec.sites)}
+    fed = GridFederation(InProcessGrid(client_app, configs), poll_s=0.0)
+    fed.wait_for_nodes(len(spec.sites))
+    return run_study(spec, fed)
+
+
+def test_dp_study_charges_every_node_and_widens_the_ci(spec, tmp_path):
+    exact = _run(spec, tmp_path / "exact")
+    dp_spec = _with_privacy(spec, epsilon=4.0)
+    run = _run(dp_spec, tmp_path / "dp")
+    result = assemble_result(run, dropped={}, started_at="a", finished_at="b", total_s=1.0)
+    assert result.privacy.enabled and result.privacy.epsilon == 4.0
+    assert set(result.privacy.per_site) == {s.name for s in spec.sites}
+    for s in spec.sites:
+        ledger = PrivacyLedger(f"sqlite:///{tmp_path / 'dp' / s.name / 'ledger.db'}")
+        history = ledger.history(s.name)
+        queries = [h.query for h in history]
+        assert queries.count("ps_fit") == dp_spec.privacy.ps_rounds
+        assert {"describe", "score_hist", "psm_main"} <= set(queries)
+        spent = ledger.spent(s.name)
+        assert 0 < spent <= 4.0 + 1e-9  # one study's plan fits its ε
+        assert result.privacy.per_site[s.name] == pytest.approx(spent)
+    assert [r.name for r in run.rounds] == ["describe", "ps-fit-1", "ps-fit-2", "ps-fit-3",
+                                            "ps-fit-4", "score-hist", "psm-stats"]
+    for o in spec.outcomes:
+        dp_o, ex_o = run.estimate.outcome(o.name), exact.estimate.outcome(o.name)
+        assert dp_o.se_privacy > 0 and 0 < dp_o.privacy_share_of_ci < 1
+        assert dp_o.ci[1] - dp_o.ci[0] > ex_o.ci[1] - ex_o.ci[0]
+    assert result.strata_method.startswith("quantile")
+
+
+def test_over_budget_node_refuses_and_the_study_names_it(spec, tmp_path):
+    with pytest.raises(FederationError) as e:
+        _run(_with_privacy(spec, epsilon=4.0), tmp_path, budget=1.0)
+    msg = str(e.value)
+    assert "budget of dataset" in msg and "left" in msg and "needs" in msg, msg
+    assert e.value.node in {s.name for s in spec.sites} and e.value.round_name
+
+
+def test_node_that_requires_dp_refuses_exact_study(spec, tmp_path):
+    configs = {1: {"site": spec.sites[0].name, "data-path": spec.sites[0].data,
+                   "state-dir": str(tmp_path), "require-dp": True}}
+    one = spec.model_copy(update={"sites": spec.sites[:1]})
+    fed = GridFederation(InProcessGrid(client_app, configs), poll_s=0.0)
+    fed.wait_for_nodes(1)
+    with pytest.raises(FederationError, match="differentially private"):
+        run_study(one, fed)
