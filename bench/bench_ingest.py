@@ -1,7 +1,8 @@
 """Benchmark: ingest N synthetic persons (CSV and Parquet) into a fresh SQLite node store.
 
-Prints rows/s and peak resident memory per format. Each ingest runs in its own process so
-its peak RSS (``ru_maxrss``) is its own, not the generator's.
+Prints rows/s (wall clock, and per CPU second: on a shared machine the wall clock also counts
+the time other processes held the CPU) and peak resident memory per format. Each ingest runs
+in its own process so its peak RSS (``ru_maxrss``) is its own, not the generator's.
 
     .venv/bin/python bench/bench_ingest.py            # 1,000,000 persons, 1% bad rows
     .venv/bin/python bench/bench_ingest.py --rows 200000 --chunk-rows 50000

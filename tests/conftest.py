@@ -96,7 +96,7 @@ def _create_database(base_url: str, name: str) -> str:
     return f"{base_url}/{name}"
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def store_url(request, tmp_path) -> str:
     """A URL of an empty node store: a SQLite file, or a fresh schema on real PostgreSQL.
 

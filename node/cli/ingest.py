@@ -11,6 +11,7 @@ from rich.table import Table
 from node.cli import app
 from node.cli._dataplane import (CONFIG_OPTION, FORMAT_OPTION, check_format, echo_json,
                                  errors_to_exit, open_node)
+from node.config import NodeConfig
 from node.ingest import DEFAULT_CHUNK_ROWS, KINDS, IngestSummary, ingest_file
 from shared.errors import DataError
 
@@ -28,7 +29,8 @@ def parse_mapping(pairs: list[str]) -> dict[str, str]:
 
 @app.command("ingest")
 def ingest(
-    file: Path = typer.Argument(..., help="CSV or Parquet file."),
+    file: Path = typer.Argument(None, help="CSV or Parquet file (default: the config's "
+                                           "[data] path for --kind)."),
     kind: str = typer.Option(..., "--kind", "-k", help=f"One of: {', '.join(KINDS)}."),
     config: Path = CONFIG_OPTION,
     mapping: list[str] = typer.Option([], "--map", help="site_column=our_column (repeatable)."),
@@ -42,6 +44,7 @@ def ingest(
     with errors_to_exit():
         cfg, store, pseudo = open_node(config)
         try:
+            file = file or _configured_file(cfg, kind)
             summary = ingest_file(store, file, kind=kind, pseudonymize=pseudo.many,
                                   site_id=cfg.site_id, mapping=parse_mapping(mapping),
                                   chunk_rows=chunk_rows)
@@ -51,6 +54,13 @@ def ingest(
         echo_json(summary.to_dict())
     else:
         print_summary(summary)
+
+
+def _configured_file(cfg: NodeConfig, kind: str) -> Path:
+    path = getattr(cfg.data, kind, None) if kind in KINDS else None
+    if path is None:
+        raise DataError(f"no FILE given and the node config has no [data] {kind} path")
+    return path
 
 
 def print_summary(s: IngestSummary) -> None:

@@ -51,11 +51,18 @@ class Store:
             return pd.DataFrame(conn.execute(stmt).mappings().all(), columns=list(q.c.keys()))
 
     def cohort_frame(self, spec: StudySpec) -> pd.DataFrame:
+        """The flat cohort as ``spec`` needs it (see :meth:`cohort_columns`)."""
+        return self.cohort_columns(covariates=[c.name for c in spec.covariates],
+                                   treatment_column=spec.treatment.column,
+                                   outcomes=[o.name for o in spec.outcomes])
+
+    def cohort_columns(self, *, covariates: Sequence[str], treatment_column: str,
+                       outcomes: Sequence[str]) -> pd.DataFrame:
         """The flat cohort as a study needs it: covariates, treatment, outcomes; no pseudonyms.
 
         Covariates that are one of the 16 features come from their columns; any other
         covariate and every outcome comes from the numeric extras of the cohort file.
-        Treatment is the cohort's ``treated`` column under ``spec.treatment.column``.
+        Treatment is the cohort's ``treated`` column, named ``treatment_column``.
         Values are returned raw: ``shared.features.scale`` checks the spec's bounds.
 
         Raises:
@@ -72,7 +79,7 @@ class Store:
                             "(rehealth node ingest --kind cohort FILE)")
         base = pd.DataFrame(rows, columns=list(c.c.keys())).drop(columns="pseudonym")
         extras = pd.DataFrame.from_records(list(base.pop("extras")))
-        wanted = [cov.name for cov in spec.covariates] + ["treated"] + [o.name for o in spec.outcomes]
+        wanted = [*covariates, "treated", *outcomes]
         out = {}
         for name in wanted:
             src = base if name in fixed else extras
@@ -84,7 +91,7 @@ class Store:
                 row = int(col.isna().to_numpy().argmax())
                 raise DataError(f"cohort row {row}: {name} is missing (loaded from a file "
                                 f"without this column)", row=row, field=name)
-            out[spec.treatment.column if name == "treated" else name] = col.to_numpy()
+            out[treatment_column if name == "treated" else name] = col.to_numpy()
         return pd.DataFrame(out)
 
 

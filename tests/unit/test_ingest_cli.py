@@ -60,3 +60,16 @@ def test_intervention_add_json(node_dir):
     rec = json.loads(res.output)
     assert rec["code"] == "digital_prevention" and rec["end"] == "2024-03-10"
     assert "E-1" not in res.output
+
+
+def test_ingest_defaults_to_the_configured_data_path(node_dir, valid_person):
+    (node_dir / "in").mkdir()
+    pd.DataFrame([valid_person("E-1")]).to_csv(node_dir / "in" / "p.csv", index=False)
+    cfg = node_dir / "node.toml"
+    cfg.write_text(cfg.read_text().replace('# persons = "data/persons.csv"', 'persons = "in/p.csv"'))
+    runner = CliRunner()
+    res = runner.invoke(app, ["ingest", "-k", "persons", "-c", str(cfg), "--format", "json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["loaded"] == 1
+    res = runner.invoke(app, ["ingest", "-k", "outcomes", "-c", str(cfg)])
+    assert res.exit_code == 1 and "no FILE given" in res.output
