@@ -34,8 +34,16 @@ def _root(
     """ReHealth Core command line."""
 
 
-def _mount_groups() -> None:
-    for ep in sorted(entry_points(group="rehealth.cli"), key=lambda e: e.name):
+def _mount_groups(argv: list[str] | None = None) -> None:
+    """Mount the group named on the command line only (so ``rehealth report verify`` does not
+    import pandas or torch); all of them when none is named (``--help``) or ``argv`` is None.
+    Idempotent."""
+    eps = sorted(entry_points(group="rehealth.cli"), key=lambda e: e.name)
+    named = [ep for ep in eps if argv is not None and ep.name in argv[1:2]]
+    mounted = {g.name for g in app.registered_groups} | {c.name for c in app.registered_commands}
+    for ep in named or eps:
+        if ep.name in mounted:
+            continue
         sub = ep.load()
         if isinstance(sub, typer.Typer):
             app.add_typer(sub, name=ep.name)
@@ -44,5 +52,7 @@ def _mount_groups() -> None:
 
 
 def main() -> None:
-    _mount_groups()
+    import sys
+
+    _mount_groups(sys.argv)
     app()

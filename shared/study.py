@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
+                      model_validator)
 
 from shared.errors import SpecError
 from shared.features import FEATURES, Feature
@@ -133,6 +135,7 @@ class StudySpec(_Model):
     strata: Strata = Strata()
     federation: Federation = Federation()
     sites: tuple[Site, ...] = ()
+    _source_dir: str | None = PrivateAttr(default=None)  # the spec file's folder, if loaded from one
 
     @field_validator("covariates")
     @classmethod
@@ -158,9 +161,21 @@ class StudySpec(_Model):
     def features(self) -> tuple[Feature, ...]:
         return tuple(c.as_feature() for c in self.covariates)
 
+    def public(self) -> "StudySpec":
+        """The spec as published in results and reports: site data paths relative to the spec's
+        folder (as written), never this machine's absolute paths."""
+        base = self._source_dir
+        sites = tuple(
+            s.model_copy(update={"data": os.path.relpath(s.data, base) if base else Path(s.data).name})
+            if s.data and os.path.isabs(s.data) else s
+            for s in self.sites
+        )
+        return self.model_copy(update={"sites": sites})
+
     def spec_hash(self) -> str:
-        """SHA-256 of the spec's canonical JSON: names the study in ledgers and reports."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """SHA-256 of the public spec's canonical JSON: names the study in ledgers and reports,
+        and is the same wherever the spec's folder lies."""
+        blob = json.dumps(self.public().model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
 
     @classmethod
@@ -187,7 +202,9 @@ class StudySpec(_Model):
             s.model_copy(update={"data": str((base / s.data).resolve())}) if s.data else s
             for s in self.sites
         )
-        return self.model_copy(update={"sites": sites})
+        resolved = self.model_copy(update={"sites": sites})
+        resolved._source_dir = str(Path(base).resolve())
+        return resolved
 
 
 def _require_unique(names: list[str], what: str) -> None:

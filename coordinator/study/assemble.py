@@ -46,7 +46,7 @@ def assemble_result(run: StudyRun, *, dropped: dict[str, str], started_at: str, 
     return StudyResult(
         study=spec.study.name,
         spec_hash=spec.spec_hash(),
-        spec=spec.model_dump(mode="json"),
+        spec=spec.public().model_dump(mode="json"),
         software_version=__version__,
         started_at=started_at,
         finished_at=finished_at,

@@ -69,3 +69,18 @@ def test_spec_hash_is_stable_and_sensitive():
     a = StudySpec.from_dict({"study": {"name": "x"}, "outcomes": [{"name": "y", "cap": 1}]})
     b = StudySpec.from_dict({"study": {"name": "x"}, "outcomes": [{"name": "y", "cap": 2}]})
     assert a.spec_hash() == a.model_copy().spec_hash() != b.spec_hash()
+
+
+def test_public_spec_hides_machine_paths_and_hash_is_location_independent(tmp_path):
+    for folder in ("a", "b/c"):
+        d = tmp_path / folder
+        d.mkdir(parents=True)
+        (d / "study.toml").write_text(MINIMAL)
+    s1 = StudySpec.from_toml(tmp_path / "a" / "study.toml")
+    s2 = StudySpec.from_toml(tmp_path / "b" / "c" / "study.toml")
+    assert s1.sites[0].data != s2.sites[0].data  # resolved for use on this machine
+    assert s1.public().sites[0].data == "insurer_a.csv"
+    assert str(tmp_path) not in s1.public().model_dump_json()
+    assert s1.spec_hash() == s2.spec_hash()
+    copied = s1.model_copy(update={"study": s1.study.model_copy(update={"seed": 8})})
+    assert copied.public().sites[0].data == "insurer_a.csv"
