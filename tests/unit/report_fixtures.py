@@ -95,7 +95,7 @@ def make_result(*, privacy: bool = False, truth: bool = True) -> StudyResult:
         for n, t, c in zip(SITE_NAMES, t_parts, c_parts)
     )
     return StudyResult(
-        study=spec.study.name, spec_hash=spec.spec_hash(), spec=spec.model_dump(mode="json"),
+        study=spec.study.name, spec_hash=spec.spec_hash(), spec=spec.public().model_dump(mode="json"),
         software_version="0.1.0", started_at="2026-11-23T19:40:00+00:00",
         finished_at="2026-11-23T19:41:12+00:00", sites=sites, outcomes=outcomes,
         balance=balance, strata_method="quantile" if privacy else "caliper", strata=strata,
@@ -131,7 +131,7 @@ def make_small_result() -> StudyResult:
     strata = (StratumCounts(lo=-math.inf, hi=0.5, n_treated=120, n_control=400, used=True),
               StratumCounts(lo=0.5, hi=math.inf, n_treated=3, n_control=0, used=False))
     return StudyResult(
-        study="s", spec_hash=spec.spec_hash(), spec=spec.model_dump(mode="json"),
+        study="s", spec_hash=spec.spec_hash(), spec=spec.public().model_dump(mode="json"),
         software_version="0.1.0", started_at="2026-01-01T00:00:00+00:00",
         finished_at="2026-01-01T00:01:00+00:00",
         sites=(SiteSummary(name="a", n=523, n_treated=123, n_control=400),),
