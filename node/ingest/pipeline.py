@@ -86,6 +86,9 @@ def ingest_file(store: Store, path: str | Path, *, kind: str, pseudonymize: Pseu
     if not path.is_file():
         raise DataError(f"input file {path} not found")
     columns = plan_columns(read_header(path), spec, mapping or {})
+    extras = [c for c in columns.values() if c not in {f.name for f in spec.fields}]
+    if extras:  # names only: an operator should see every column that will be stored
+        log.info("%s: storing extra numeric column(s) %s", path.name, ", ".join(extras))
     sha = file_sha256(path)
     job = _open_job(store, sha=sha, kind=spec.kind, name=path.name)
     if job.status == "done":

@@ -18,6 +18,8 @@ import pyarrow.parquet as pq
 from node.ingest.schema import KindSpec
 from shared.errors import DataError
 
+#: Store-side column names an input file may not use.
+RESERVED = frozenset({"pseudonym", "ingest_id", "ingest_row", "extras"})
 _CSV = (".csv", ".txt", ".csv.gz", ".tsv")
 _PARQUET = (".parquet", ".pq")
 
@@ -62,6 +64,10 @@ def plan_columns(header: list[str], spec: KindSpec, mapping: Mapping[str, str]) 
     clash = sorted({c for c in ours if ours.count(c) > 1})
     if clash:
         raise DataError(f"several file columns map to {', '.join(clash)}")
+    reserved = sorted(RESERVED & set(ours))
+    if reserved:
+        raise DataError(f"column name(s) {', '.join(reserved)} are reserved by the store; "
+                        "rename them with --map", field=reserved[0])
     missing = [f for f in spec.required if f not in ours]
     if missing:
         raise DataError(

@@ -253,3 +253,12 @@ def test_unknown_kind_and_file_type_are_errors(tmp_path, pseudo):
     with pytest.raises(DataError, match="not found"):
         ingest_file(store, tmp_path / "nope.csv", kind="persons", pseudonymize=pseudo.many,
                     site_id=SITE)
+
+
+def test_store_column_names_are_reserved(tmp_path, valid_person, pseudo):
+    store = open_store(f"sqlite:///{tmp_path / 'n.db'}")
+    row = dict(valid_person("C-1"), treated="1", pseudonym="3")
+    path = _write([row], tmp_path / "cohort", "csv")
+    with pytest.raises(DataError, match="reserved") as e:
+        ingest_file(store, path, kind="cohort", pseudonymize=pseudo.many, site_id=SITE)
+    assert e.value.field == "pseudonym"
