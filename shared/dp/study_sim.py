@@ -59,10 +59,12 @@ class DpStudy:
     plan: NoisePlan
 
 
-def _noisy_sum(plan: NoisePlan, query: str, answers: Sequence[dict], rngs) -> dict[str, np.ndarray]:
-    """Each node releases its answer's ``query`` arrays with the plan's σ; the sum of them."""
+def _noisy_sum(plan: NoisePlan, query: str, answers: Sequence[dict], rngs,
+               secure_aggregation: bool) -> dict[str, np.ndarray]:
+    """Each node releases its answer's ``query`` arrays with the plan's σ (σ/√K under secure
+    aggregation, where only the sum is seen); the sum of them."""
     keys = RELEASE_KEYS[query]
-    sigma = plan.sigma(query)
+    sigma = plan.sigma(query) / (np.sqrt(len(answers)) if secure_aggregation else 1.0)
     noisy = [release(arrays={k: a[k] for k in keys}, sigma=sigma, rng=rng)
              for a, rng in zip(answers, rngs)]
     return {k: sum(n[k] for n in noisy) for k in keys}
@@ -70,7 +72,8 @@ def _noisy_sum(plan: NoisePlan, query: str, answers: Sequence[dict], rngs) -> di
 
 def run_dp_study(*, sites: Sequence[SiteArrays], outcomes: Sequence[Outcome],
                  covariates: Sequence[str], plan: NoisePlan, rngs: Sequence[np.random.Generator],
-                 ridge: float = 1e-6, strata_n: int = 8) -> DpStudy:
+                 ridge: float = 1e-6, strata_n: int = 8,
+                 secure_aggregation: bool = False) -> DpStudy:
     """describe → R noisy Newton rounds → noisy score histogram → noisy PSM table → estimate.
 
     Args:
@@ -81,29 +84,34 @@ def run_dp_study(*, sites: Sequence[SiteArrays], outcomes: Sequence[Outcome],
         rngs: one noise generator per node (``secure_rng()`` on real nodes).
         ridge: propensity ridge.
         strata_n: the spec's requested number of strata (an upper bound under DP).
+        secure_aggregation: simulate SecAgg+ (each node adds σ/√K; only sums are seen).
 
     Raises:
         EstimationError subclasses: an arm empty, no overlap.
     """
     k, d = len(sites), sites[0].z.shape[1]
-    counts = _noisy_sum(plan, "describe",
-                        [cov_moments(z=s.z, t=s.t).to_arrays() for s in sites], rngs)["count"]
+    sa = {"secure_aggregation": secure_aggregation}
+
+    def noisy_sum(query: str, answers: Sequence[dict]) -> dict[str, np.ndarray]:
+        return _noisy_sum(plan, query, answers, rngs, secure_aggregation)
+
+    counts = noisy_sum("describe", [cov_moments(z=s.z, t=s.t).to_arrays() for s in sites])["count"]
     fitter = dp_fitter(plan=plan, n_covariates=d, ridge=ridge,
                        beta0=dp_start_beta(counts=counts, n_covariates=d))
     for _ in range(plan.n_ps_rounds):
         answers = [ps_contribution(z=s.z, t=s.t, beta=fitter.beta).to_arrays() for s in sites]
-        total = _noisy_sum(plan, "ps_fit", answers, rngs)
-        fitter.update(dp_ps_stats(g=total["g"], H=total["H"], plan=plan, n_nodes=k))
+        total = noisy_sum("ps_fit", answers)
+        fitter.update(dp_ps_stats(g=total["g"], H=total["H"], plan=plan, n_nodes=k, **sa))
     beta = fitter.beta.copy()
     grid = dp_grid(beta=beta)
-    hist = _noisy_sum(plan, "score_hist",
-                      [{"count": score_histogram(z=s.z, t=s.t, beta=beta, grid=grid)} for s in sites],
-                      rngs)["count"]
+    hist = noisy_sum("score_hist", [{"count": score_histogram(z=s.z, t=s.t, beta=beta, grid=grid)}
+                                    for s in sites])["count"]
     edges = dp_edges(beta=beta, hist=hist, plan=plan, n_nodes=k, n_treated=float(counts[1]),
-                     requested=strata_n)
+                     requested=strata_n, **sa)
     tables = [psm_table(z=s.z, t=s.t, y=s.y, beta=beta, edges=edges).to_arrays() for s in sites]
-    main = _noisy_sum(plan, "psm_main", tables, rngs)
-    balance = _noisy_sum(plan, "psm_balance", tables, rngs) if plan.has("psm_balance") else None
+    main = noisy_sum("psm_main", tables)
+    balance = noisy_sum("psm_balance", tables) if plan.has("psm_balance") else None
     table = dp_table(main=main, balance=balance, edges=edges, n_covariates=d)
-    est = dp_estimate(table=table, plan=plan, n_nodes=k, outcomes=outcomes, covariates=covariates)
+    est = dp_estimate(table=table, plan=plan, n_nodes=k, outcomes=outcomes, covariates=covariates,
+                      **sa)
     return DpStudy(estimate=est, beta=beta, edges=edges, plan=plan)

@@ -10,7 +10,8 @@ these, in this order::
     psm_main (+ psm_balance) at β, edges  -> dp_table -> dp_estimate
 
 ``n_nodes`` is the number of nodes whose noisy answers were summed: without secure aggregation
-the noise in a sum has SD σ√K (:meth:`shared.dp.plan.PlannedRelease.total_sigma`).
+the noise in a sum has SD σ√K; with SecAgg+ (``secure_aggregation=True``) each node adds σ/√K
+and the sum carries σ (:meth:`shared.dp.plan.PlannedRelease.total_sigma`).
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def dp_fitter(*, plan: NoisePlan, n_covariates: int, ridge: float,
                             max_iter=plan.n_ps_rounds + 1, beta0=beta0, line_search=False)
 
 
-def dp_ps_stats(*, g, H, plan: NoisePlan, n_nodes: int) -> PsStats:
+def dp_ps_stats(*, g, H, plan: NoisePlan, n_nodes: int, secure_aggregation: bool = False) -> PsStats:
     r"""Summed noisy (g, H) as :class:`PsStats`, H made symmetric positive definite.
 
     The eigenvalue floor is the typical spectral norm of the symmetrised noise,
@@ -64,7 +65,7 @@ def dp_ps_stats(*, g, H, plan: NoisePlan, n_nodes: int) -> PsStats:
     instead of inverted.
     """
     g = np.asarray(g, dtype=float).reshape(-1)
-    sigma = plan.release("ps_fit").total_sigma(n_nodes)
+    sigma = plan.release("ps_fit").total_sigma(n_nodes, secure_aggregation=secure_aggregation)
     floor = math.sqrt(2.0 * g.size) * sigma
     return PsStats(n=0, g=g, H=project_psd(np.asarray(H, dtype=float), floor=floor), loglik=0.0)
 
@@ -75,17 +76,18 @@ def dp_grid(*, beta) -> np.ndarray:
 
 
 def dp_edges(*, beta, hist, plan: NoisePlan, n_nodes: int, n_treated: float,
-             requested: int) -> np.ndarray:
+             requested: int, secure_aggregation: bool = False) -> np.ndarray:
     """Quantile strata edges from the summed noisy ``(G, 2)`` score histogram.
 
     The number of strata follows :func:`shared.dp.strata.dp_n_strata` with the noise of the
     main PSM release's counts (the cells the estimate reads).
     """
-    count_sigma = plan.release("psm_main").total_sigma(n_nodes)
+    count_sigma = plan.release("psm_main").total_sigma(n_nodes, secure_aggregation=secure_aggregation)
     n_strata = dp_n_strata(n_treated=n_treated, count_sigma=count_sigma, requested=requested)
     hist = np.asarray(hist, dtype=float)
     return dp_quantile_edges(grid=dp_grid(beta=beta), treated_counts=hist[:, 1],
-                             noise_sd=plan.release("score_hist").total_sigma(n_nodes),
+                             noise_sd=plan.release("score_hist").total_sigma(
+                                 n_nodes, secure_aggregation=secure_aggregation),
                              n_strata=n_strata)
 
 
@@ -105,13 +107,13 @@ def dp_table(*, main: Mapping[str, np.ndarray], balance: Mapping[str, np.ndarray
 
 
 def dp_estimate(*, table: PsmTable, plan: NoisePlan, n_nodes: int, outcomes: Sequence[Outcome],
-                covariates: Sequence[str]) -> AttEstimate:
+                covariates: Sequence[str], secure_aggregation: bool = False) -> AttEstimate:
     """The stratified ATT with the privacy noise in its SE and CI.
 
     Cells need ``dp_min_cell`` noisy rows per arm; the privacy SE is analytic
     (:func:`shared.dp.uncertainty.att_privacy_se`) over the strata the estimator uses.
     """
-    sigma = plan.release("psm_main").total_sigma(n_nodes)
+    sigma = plan.release("psm_main").total_sigma(n_nodes, secure_aggregation=secure_aggregation)
     min_cell = dp_min_cell(count_sigma=sigma)
     n = np.clip(table.count, 0.0, None)
     used = (n[:, 1] >= min_cell) & (n[:, 0] >= min_cell)

@@ -1,0 +1,162 @@
+"""Privacy–utility frontier of the DP study (issue #6): bias, CI coverage and CI width vs ε.
+
+For ε ∈ {0.5, 1, 2, 4, 8} (δ = 1e-6) and about 1k and 10k treated spread evenly over five
+synthetic nodes of different profiles (shared.synth), each seeded study runs
+
+* the non-private federated estimator (= the pooled reference: caliper strata, converged fit);
+* the DP study of :func:`shared.dp.study_sim.run_dp_study` — noisy describe counts, R noisy
+  Newton rounds, noisy score histogram → DP quantile strata, noisy PSM table, CI with the
+  analytic privacy SE — with each node adding its own noise (no SecAgg), and with ``--secagg``
+  also as under SecAgg+ (each node adds σ/√K; only sums are seen).
+
+It prints, per setting and outcome: bias (outcome units and in SEs), coverage of the true
+(capped, sample) ATT by the 95 % CI, the DP CI width relative to the non-private one, and the
+privacy share of the DP CI width. Coverage is over all seeds of that size (≥ 200 by default for
+1k treated). Noise here comes from seeded generators so runs are reproducible; nodes use
+``secure_rng``.
+
+    .venv/bin/python bench/bench_privacy.py                    # ≈ 15–30 min on 2 busy cores
+    .venv/bin/python bench/bench_privacy.py --seeds-1k 20 --seeds-10k 5   # quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from shared.dp.plan import plan_study  # noqa: E402
+from shared.dp.study_sim import SiteArrays, run_dp_study  # noqa: E402
+from shared.errors import EstimationError  # noqa: E402
+from shared.features import FEATURES, scale  # noqa: E402
+from shared.psm.estimator import estimate_att_pooled  # noqa: E402
+from shared.psm.table import scale_outcomes  # noqa: E402
+from shared.study import BudgetSplit  # noqa: E402
+from shared.synth import generate_cohort  # noqa: E402
+from shared.synth.outcomes import OUTCOMES  # noqa: E402
+
+EPSILONS = (0.5, 1.0, 2.0, 4.0, 8.0)
+DELTA = 1e-6
+#: five nodes of different case mix, with their approximate programme uptake (sizes are set
+#: so each node holds about a fifth of the treated)
+NODES = (("insurer_large", 0.127), ("insurer_mid_1", 0.193), ("insurer_mid_2", 0.088),
+         ("company_logistics", 0.157), ("company_software", 0.176))
+NAMES = [f.name for f in FEATURES]
+CAPS = np.array([o.cap for o in OUTCOMES])
+
+
+def federation(seed: int, treated: int) -> tuple[list[SiteArrays], dict[str, float]]:
+    """Five nodes' scaled arrays and the pooled true ATT (capped outcomes) per outcome."""
+    sites, truths = [], []
+    for i, (profile, uptake) in enumerate(NODES):
+        cohort, truth = generate_cohort(n=int(round(treated / len(NODES) / uptake)),
+                                        seed=seed * 1000 + i, profile=profile)
+        z = scale(cohort[NAMES].to_numpy(dtype=float), FEATURES)
+        y, _ = scale_outcomes(y=cohort[[o.name for o in OUTCOMES]].to_numpy(dtype=float),
+                              lo=[o.lo for o in OUTCOMES], cap=CAPS)
+        sites.append(SiteArrays(z=z, t=cohort["treated"].to_numpy(dtype=float), y=y))
+        truths.append(truth)
+    n_t = np.array([t["n_treated"] for t in truths], dtype=float)
+    att = {o.name: float(sum(t["att_capped"][o.name] * n for t, n in zip(truths, n_t)) / n_t.sum())
+           for o in OUTCOMES}
+    return sites, att
+
+
+def run(args) -> dict:
+    plans = {eps: plan_study(epsilon=eps, delta=DELTA, split=BudgetSplit(), n_covariates=len(NAMES),
+                             n_outcomes=len(OUTCOMES)) for eps in args.eps}
+    modes = ("local", "secagg") if args.secagg else ("local",)
+    rows: dict[tuple, list] = defaultdict(list)  # (treated, mode, eps, outcome) -> per-seed tuples
+    failures: dict[tuple, int] = defaultdict(int)
+    for treated, n_seeds in ((1000, args.seeds_1k), (10_000, args.seeds_10k)):
+        t0 = time.time()
+        for seed in range(n_seeds):
+            sites, truth = federation(seed, treated)
+            pooled = estimate_att_pooled(
+                z=np.vstack([s.z for s in sites]), t=np.concatenate([s.t for s in sites]),
+                y=np.vstack([s.y for s in sites]) * CAPS, outcomes=OUTCOMES, covariates=NAMES).estimate
+            for o in OUTCOMES:
+                a = pooled.outcome(o.name)
+                rows[(treated, "none", 0.0, o.name)].append(
+                    (a.att - truth[o.name], a.se, a.ci[0] <= truth[o.name] <= a.ci[1], a.ci[1] - a.ci[0], 0.0))
+            for mode in modes:
+                for j, eps in enumerate(args.eps):
+                    rngs = [np.random.default_rng([seed, j, i, mode == "secagg"]) for i in range(len(sites))]
+                    try:
+                        dp = run_dp_study(sites=sites, outcomes=OUTCOMES, covariates=NAMES,
+                                          plan=plans[eps], rngs=rngs,
+                                          secure_aggregation=mode == "secagg").estimate
+                    except EstimationError:
+                        failures[(treated, mode, eps)] += 1
+                        continue
+                    for o in OUTCOMES:
+                        b, a = dp.outcome(o.name), pooled.outcome(o.name)
+                        rows[(treated, mode, eps, o.name)].append(
+                            (b.att - truth[o.name], b.se, b.ci[0] <= truth[o.name] <= b.ci[1],
+                             (b.ci[1] - b.ci[0]) / (a.ci[1] - a.ci[0]), b.privacy_share_of_ci))
+            if (seed + 1) % 10 == 0 or seed + 1 == n_seeds:
+                print(f"  {treated} treated: {seed + 1}/{n_seeds} seeds, {time.time() - t0:.0f} s",
+                      file=sys.stderr, flush=True)
+    return {"rows": rows, "failures": failures, "plans": plans}
+
+
+def summarise(result: dict) -> list[dict]:
+    out = []
+    for (treated, mode, eps, outcome), v in sorted(result["rows"].items(),
+                                                   key=lambda kv: (kv[0][0], kv[0][1] != "none", kv[0][1], kv[0][2], kv[0][3])):
+        a = np.array(v, dtype=float)
+        out.append({"treated": treated, "noise": mode, "epsilon": eps or None, "outcome": outcome,
+                    "n": len(a), "bias": a[:, 0].mean(), "bias_in_se": a[:, 0].mean() / a[:, 1].mean(),
+                    "coverage": a[:, 2].mean(),
+                    "width_ratio": None if mode == "none" else float(np.median(a[:, 3])),
+                    "privacy_share": None if mode == "none" else a[:, 4].mean()})
+    return out
+
+
+def print_table(summary: list[dict], result: dict) -> None:
+    print("\nPlan per node at δ = 1e-6 (RDP accountant), σ per release:")
+    for eps, plan in result["plans"].items():
+        sig = {r.query: r.sigma for r in plan.releases}
+        print(f"  ε={eps:<4g} describe {sig['describe']:.1f}  ps_fit {sig['ps_fit']:.1f} (x{plan.n_ps_rounds})"
+              f"  score_hist {sig['score_hist']:.1f}  psm_main {sig['psm_main']:.1f}"
+              f"  psm_balance {sig.get('psm_balance', float('nan')):.1f}  (ε planned {plan.epsilon_planned:.4f})")
+    print("\n| treated | noise  |   ε  | outcome      | seeds |    bias   | bias/SE | coverage | CI width / non-DP | privacy share |")
+    print("|--------:|--------|-----:|--------------|------:|----------:|--------:|---------:|------------------:|--------------:|")
+    for r in summary:
+        eps = "—" if r["epsilon"] is None else f"{r['epsilon']:g}"
+        wr = "1.00 (ref)" if r["width_ratio"] is None else f"{r['width_ratio']:.2f}"
+        ps = "—" if r["privacy_share"] is None else f"{r['privacy_share']:.2f}"
+        print(f"| {r['treated']:>7} | {r['noise']:<6} | {eps:>4} | {r['outcome']:<12} | {r['n']:>5} | "
+              f"{r['bias']:>9.4g} | {r['bias_in_se']:>7.2f} | {100 * r['coverage']:>7.1f}% | {wr:>17} | {ps:>13} |")
+    if result["failures"]:
+        print("\nstudies that stopped with an estimation error (e.g. no overlap under noise):")
+        for k, n in sorted(result["failures"].items()):
+            print(f"  treated {k[0]}, {k[1]}, ε={k[2]:g}: {n}")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--seeds-1k", type=int, default=200)
+    p.add_argument("--seeds-10k", type=int, default=40)
+    p.add_argument("--eps", type=lambda s: tuple(float(x) for x in s.split(",")), default=EPSILONS)
+    p.add_argument("--secagg", action="store_true", help="also simulate SecAgg+ (central noise)")
+    p.add_argument("--json", type=Path, help="write the summary here")
+    args = p.parse_args(argv)
+    t0 = time.time()
+    result = run(args)
+    summary = summarise(result)
+    print_table(summary, result)
+    print(f"\ntotal {time.time() - t0:.0f} s")
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""DP estimation end to end: the CI carries the privacy noise (it is accounted for, not just
+added), the analytic privacy SE matches re-drawing the noise, and the DP strata rules hold."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from shared.dp.plan import plan_study
+from shared.dp.strata import dp_min_cell, dp_n_strata, dp_quantile_edges
+from shared.dp.study_sim import SiteArrays, run_dp_study
+from shared.dp.uncertainty import att_privacy_se, combine_se, redraw_se
+from shared.dp.workflow import dp_estimate, dp_table
+from shared.psm.estimator import estimate_att
+from shared.psm.strata import score_grid
+from shared.psm.table import PsmTable, psm_table
+from shared.study import BudgetSplit, Outcome
+
+OUTCOMES = (Outcome(name="cost", cap=1000.0), Outcome(name="event", cap=1.0, kind="binary"))
+COVS = ("a", "b", "c")
+BETA = np.array([-1.2, 1.5, -1.0, 0.8])
+EFFECT = np.array([-0.05, -0.04])  # on the [0, 1] scale
+
+
+def _site(rng: np.random.Generator, n: int) -> SiteArrays:
+    """A correctly specified logistic treatment model and a constant effect: without noise the
+    stratified estimator is nearly unbiased, so coverage measures the noise accounting."""
+    z = rng.uniform(size=(n, 3))
+    t = (rng.uniform(size=n) < 1 / (1 + np.exp(-(BETA[0] + z @ BETA[1:])))).astype(float)
+    base = np.column_stack([0.3 + 0.3 * z[:, 0], 0.2 + 0.3 * z[:, 0]])
+    y0 = np.column_stack([np.clip(base[:, 0] + rng.normal(0, 0.1, n), 0, 1),
+                          (rng.uniform(size=n) < base[:, 1]).astype(float)])
+    y1 = np.column_stack([np.clip(y0[:, 0] + EFFECT[0], 0, 1),
+                          (rng.uniform(size=n) < base[:, 1] + EFFECT[1]).astype(float)])
+    return SiteArrays(z=z, t=t, y=np.where(t[:, None] == 1, y1, y0)), (y1 - y0)[t == 1]
+
+
+def test_dp_cis_cover_and_would_not_without_the_privacy_term():
+    plan = plan_study(epsilon=1.0, delta=1e-6, split=BudgetSplit(), n_covariates=3, n_outcomes=2)
+    hits, hits_naive, shares = [], [], []
+    for seed in range(60):
+        rng = np.random.default_rng(seed)
+        pairs = [_site(rng, 4000) for _ in range(3)]
+        sites = [p[0] for p in pairs]
+        truth = np.concatenate([p[1] for p in pairs]).mean(axis=0) * np.array([o.cap for o in OUTCOMES])
+        est = run_dp_study(sites=sites, outcomes=OUTCOMES, covariates=COVS, plan=plan,
+                           rngs=[np.random.default_rng([seed, i]) for i in range(3)]).estimate
+        for k, o in enumerate(est.outcomes):
+            hits.append(o.ci[0] <= truth[k] <= o.ci[1])
+            hits_naive.append(abs(o.att - truth[k]) <= 1.96 * o.se_sampling)
+            shares.append(o.privacy_share_of_ci)
+    coverage, naive = np.mean(hits), np.mean(hits_naive)
+    assert 0.88 <= coverage <= 1.0, coverage
+    assert naive < 0.75, naive  # ignoring the noise would under-cover badly
+    assert 0.3 < np.mean(shares) < 1.0
+
+
+def _fixed_table(seed: int = 0) -> tuple[list[dict], np.ndarray]:
+    rng = np.random.default_rng(seed)
+    sites = [_site(rng, 5000)[0] for _ in range(4)]
+    edges = np.array([-np.inf, -0.5, 0.0, 0.5, np.inf])
+    return [psm_table(z=s.z, t=s.t, y=s.y, beta=BETA, edges=edges).to_arrays() for s in sites], edges
+
+
+def test_analytic_privacy_se_matches_the_spread_of_repeated_noise():
+    plan = plan_study(epsilon=1.0, delta=1e-6, split=BudgetSplit(), n_covariates=3, n_outcomes=2)
+    tables, edges = _fixed_table()
+    sigma = plan.sigma("psm_main")
+    atts, ses = [], []
+    for r in range(300):
+        rng = np.random.default_rng(r)
+        main = {k: sum(t[k] + rng.normal(0, sigma, t[k].shape) for t in tables)
+                for k in ("count", "sum_y", "sumsq_y")}
+        exact_bal = {k: sum(t[k] for t in tables) for k in ("sum_z", "sumsq_z")}
+        table = dp_table(main=main, balance=exact_bal, edges=edges, n_covariates=3)
+        est = dp_estimate(table=table, plan=plan, n_nodes=4, outcomes=OUTCOMES, covariates=COVS)
+        atts.append([o.att for o in est.outcomes])
+        ses.append([o.se_privacy for o in est.outcomes])
+    empirical = np.std(np.array(atts), axis=0, ddof=1)
+    assert np.mean(ses, axis=0) == pytest.approx(empirical, rel=0.15)
+
+
+def test_redraw_and_analytic_privacy_se_agree():
+    tables, edges = _fixed_table(1)
+    total = {k: sum(t[k] for t in tables) for k in tables[0]}
+    sigma = 40.0
+    table = PsmTable.from_arrays(total)
+
+    def att(arrays: dict) -> np.ndarray:
+        est = estimate_att(table=PsmTable.from_arrays(arrays), outcomes=OUTCOMES, covariates=COVS)
+        return np.array([o.att for o in est.outcomes])
+
+    redrawn = redraw_se(arrays=total, sigma={"count": sigma, "sum_y": sigma}, estimate=att,
+                        n_draws=400, rng=np.random.default_rng(3))
+    used = np.ones(table.n_strata, dtype=bool)
+    analytic = att_privacy_se(count=table.count, sum_y=table.sum_y, used=used, sigma_count=sigma,
+                              sigma_sum=sigma) * np.array([o.cap for o in OUTCOMES])
+    assert redrawn == pytest.approx(analytic, rel=0.12)
+
+
+def test_combine_se_and_privacy_share():
+    se, share = combine_se(se_sampling=[3.0, 1.0, 0.0], se_privacy=[4.0, 0.0, 0.0])
+    assert se.tolist() == [5.0, 1.0, 0.0]
+    assert share.tolist() == pytest.approx([0.4, 0.0, 0.0])
+
+
+def test_secure_aggregation_shrinks_the_privacy_se_by_about_root_k():
+    plan = plan_study(epsilon=1.0, delta=1e-6, split=BudgetSplit(), n_covariates=3, n_outcomes=2)
+    rng = np.random.default_rng(11)
+    sites = [_site(rng, 4000)[0] for _ in range(4)]
+    se = {}
+    for sa in (False, True):
+        est = run_dp_study(sites=sites, outcomes=OUTCOMES, covariates=COVS, plan=plan,
+                           rngs=[np.random.default_rng(i) for i in range(4)],
+                           secure_aggregation=sa).estimate
+        se[sa] = np.array([o.se_privacy for o in est.outcomes])
+    ratio = se[False] / se[True]
+    assert np.all((ratio > 1.4) & (ratio < 2.9)), ratio  # √4 = 2, up to differing strata
+
+
+def test_strata_rule_caps_by_noise_and_by_the_request():
+    assert dp_n_strata(n_treated=10_000, count_sigma=32.0, requested=8) == 8
+    assert dp_n_strata(n_treated=1_000, count_sigma=32.0, requested=8) == 3  # 1000 / 320
+    assert dp_n_strata(n_treated=100, count_sigma=32.0, requested=8) == 1
+    assert dp_n_strata(n_treated=1e6, count_sigma=1.0, requested=50) == 10
+    assert dp_min_cell(count_sigma=0.2) == 1.0 and dp_min_cell(count_sigma=30.0) == 60.0
+
+
+def test_dp_quantile_edges_ignore_noise_in_the_empty_public_range():
+    """Treated scores fill 10 of 100 public bins; clamping the noise of the 90 empty bins at 0
+    would pile phantom treated into the tails and shift every quantile."""
+    beta = np.array([0.0, 10.0, -10.0])
+    grid = score_grid(beta=beta, n_bins=100)
+    true = np.zeros(100)
+    true[45:55] = 200.0  # 2000 treated in the middle tenth of the public range
+    rng = np.random.default_rng(0)
+    noisy = true + rng.normal(0, 30.0, size=100)
+    edges = dp_quantile_edges(grid=grid, treated_counts=noisy, noise_sd=30.0, n_strata=4)
+    inner = edges[1:-1]
+    assert len(inner) == 3
+    assert np.all((inner >= grid[45]) & (inner <= grid[56]))  # all cuts inside the occupied bins
