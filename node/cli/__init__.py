@@ -10,3 +10,4 @@ from node.cli import init, ingest, intervention  # noqa: E402,F401
 from node.cli import serve  # noqa: E402,F401
 from node.cli import score  # noqa: E402,F401
 from node.cli import apikey  # noqa: E402,F401
+from node.cli import budget  # noqa: E402,F401
