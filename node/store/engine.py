@@ -97,7 +97,10 @@ class Store:
 
 def open_store(url: str) -> Store:
     """Connect to ``url`` (``sqlite:///path`` or ``postgresql+psycopg2://…``) and create tables."""
-    engine = create_engine(url, future=True)
+    is_sqlite = url.startswith("sqlite")
+    # SQLite has one writer at a time: a second ingest or an API append waits for a chunk's
+    # transaction instead of failing after the driver's default 5 s.
+    engine = create_engine(url, connect_args={"timeout": 120} if is_sqlite else {})
     if engine.dialect.name == "sqlite":
         _create_private_file(engine.url.database)
         event.listen(engine, "connect", _sqlite_pragmas)
