@@ -13,7 +13,7 @@ from typing import Mapping
 import numpy as np
 
 from node.ledger import Charge, PrivacyLedger
-from shared.dp.mechanisms import release
+from shared.dp.mechanisms import release, secure_rng
 from shared.dp.sensitivity import RELEASE_KEYS
 from shared.errors import PrivacyError
 
@@ -22,7 +22,7 @@ __all__ = ["charged_release"]
 
 def charged_release(*, ledger: PrivacyLedger, dataset: str, study_id: str, query: str,
                     arrays: Mapping[str, np.ndarray], sigma: float, sensitivity: float,
-                    rng: np.random.Generator) -> tuple[dict[str, np.ndarray], Charge]:
+                    rng: np.random.Generator | None = None) -> tuple[dict[str, np.ndarray], Charge]:
     """Charge ``dataset`` for one Gaussian release of ``query``, then return the noisy arrays.
 
     Args:
@@ -34,7 +34,9 @@ def charged_release(*, ledger: PrivacyLedger, dataset: str, study_id: str, query
         arrays: the exact answer; only the release's keys leave.
         sigma: noise SD (the study plan's).
         sensitivity: the release's L2 sensitivity (:mod:`shared.dp.sensitivity`).
-        rng: the noise generator — :func:`shared.dp.mechanisms.secure_rng` in production.
+        rng: the noise generator; leave it None in production (a fresh
+            :func:`shared.dp.mechanisms.secure_rng`, seeded from the OS CSPRNG — never from
+            anything the coordinator sent). Tests inject a seeded one.
 
     Returns:
         ``(noisy arrays, charge)``.
@@ -51,4 +53,4 @@ def charged_release(*, ledger: PrivacyLedger, dataset: str, study_id: str, query
     exact = {k: np.asarray(arrays[k], dtype=float) for k in RELEASE_KEYS[query]}
     charge = ledger.charge(dataset=dataset, study_id=study_id, query=query, sigma=sigma,
                            sensitivity=sensitivity)
-    return release(arrays=exact, sigma=sigma, rng=rng), charge
+    return release(arrays=exact, sigma=sigma, rng=rng if rng is not None else secure_rng()), charge
