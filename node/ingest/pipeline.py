@@ -4,6 +4,7 @@ stored, or quarantined with its reason — and the three counts add up to the ro
 Each chunk commits in one transaction together with its quarantine rows and the file's
 progress (``ingested_files.rows_done``), so a crash loses nothing and a re-run resumes after
 the last committed chunk. A file whose SHA-256 was fully ingested before is not read again.
+One writer thread stores chunk k while the caller's thread validates chunk k+1.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ import datetime as dt
 import json
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from operator import itemgetter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import pandas as pd
 from sqlalchemy import Connection, insert, select, update
@@ -96,20 +98,21 @@ def ingest_file(store: Store, path: str | Path, *, kind: str, pseudonymize: Pseu
         return _summary(store, job.id, already=True, seconds=time.perf_counter() - t0)
     if job.rows_done:
         log.info("resuming %s after data row %d", path.name, job.rows_done)
-    next_row = 1
-    for chunk in iter_chunks(path, columns, chunk_rows=chunk_rows, text_columns=spec.text_columns):
-        first_row, next_row = next_row, next_row + len(chunk)
-        if next_row - 1 <= job.rows_done:
-            continue  # committed by an earlier, interrupted run
-        if first_row <= job.rows_done:
-            chunk = chunk.iloc[job.rows_done - first_row + 1:]
-            first_row = job.rows_done + 1
-        result = validate_chunk(chunk, spec, first_row=first_row, site_id=site_id,
-                                pseudonymize=pseudonymize)
-        del chunk
-        with store.engine.begin() as conn:
-            _commit_chunk(conn, spec, job, result, path.name, last_row=next_row - 1)
-        job.rows_done = next_row - 1
+    chunks = _pending_chunks(path, columns, spec, chunk_rows=chunk_rows, rows_done=job.rows_done)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-writer") as writer:
+        # Validate chunk k+1 while chunk k is written: SQLite releases the GIL while it
+        # works, so the two overlap. At most two chunks are in memory.
+        writing: Future | None = None
+        for chunk, first_row, last_row in chunks:
+            result = validate_chunk(chunk, spec, first_row=first_row, site_id=site_id,
+                                    pseudonymize=pseudonymize)
+            del chunk
+            if writing is not None:
+                writing.result()  # re-raises a failed write before anything else is queued
+            writing = writer.submit(_write_chunk, store, spec, job, result, path.name,
+                                    last_row=last_row)
+        if writing is not None:
+            writing.result()
     with store.engine.begin() as conn:
         conn.execute(update(ingested_files).where(ingested_files.c.id == job.id)
                      .values(status="done", finished_at=_now()))
@@ -118,6 +121,26 @@ def ingest_file(store: Store, path: str | Path, *, kind: str, pseudonymize: Pseu
              path.name, kind, summary.rows, summary.loaded, summary.already_present,
              summary.quarantined, summary.by_reason)
     return summary
+
+
+def _pending_chunks(path: Path, columns: Mapping[str, str], spec: KindSpec, *, chunk_rows: int,
+                    rows_done: int) -> Iterator[tuple[pd.DataFrame, int, int]]:
+    """``(chunk, first_row, last_row)`` for the data rows after ``rows_done`` (a resume)."""
+    next_row = 1
+    for chunk in iter_chunks(path, columns, chunk_rows=chunk_rows, text_columns=spec.text_columns):
+        first_row, next_row = next_row, next_row + len(chunk)
+        if next_row - 1 <= rows_done:
+            continue  # committed by an earlier, interrupted run
+        if first_row <= rows_done:
+            chunk, first_row = chunk.iloc[rows_done - first_row + 1:], rows_done + 1
+        yield chunk, first_row, next_row - 1
+
+
+def _write_chunk(store: Store, spec: KindSpec, job: _Job, result: ChunkResult, file_name: str,
+                 *, last_row: int) -> None:
+    with store.engine.begin() as conn:
+        _commit_chunk(conn, spec, job, result, file_name, last_row=last_row)
+    job.rows_done = last_row
 
 
 def _now() -> dt.datetime:
