@@ -99,13 +99,34 @@ class NodeRuntime:
         ledger.ensure_budget(dataset=self.dataset, epsilon=self.budget_epsilon, delta=self.budget_delta)
         return ledger
 
+    def _plan(self, query: StudyQuery):
+        """The study's noise plan, derived here from its public parameters and cached in the
+        state folder (calibration costs seconds; each Flower message is a fresh process)."""
+        import hashlib
+        import json
+
+        from shared.dp.plan import NoisePlan
+
+        assert query.privacy is not None
+        dims = {"n_covariates": len(query.covariates), "n_outcomes": len(query.outcomes)}
+        key = hashlib.sha256((query.privacy.model_dump_json() + json.dumps(dims)).encode()).hexdigest()
+        cache = self.state_dir / "plans" / f"{key[:32]}.json" if self.state_dir else None
+        if cache is not None and cache.exists():
+            return NoisePlan.from_dict(json.loads(cache.read_text()))
+        plan = query.privacy.plan(**dims)
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(".tmp")
+            tmp.write_text(json.dumps(plan.to_dict()))
+            tmp.replace(cache)
+        return plan
+
     def _dp_release(self, query: StudyQuery, ledger):
         """Charge-then-noise for every release an operation's answer is made of."""
         from node.privacy import charged_release
         from shared.dp.mechanisms import secure_rng
 
-        assert query.privacy is not None
-        plan = query.privacy.plan(n_covariates=len(query.covariates), n_outcomes=len(query.outcomes))
+        plan = self._plan(query)
         rng = secure_rng()
 
         def release(op: str, arrays: dict) -> dict:

@@ -117,6 +117,18 @@ class NoisePlan:
                               "noise_multiplier": r.noise_multiplier, "sigma": r.sigma}
                              for r in self.releases]}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "NoisePlan":
+        """Inverse of :meth:`to_dict` (a node caches its plan per study: calibrating it costs
+        seconds of accountant work, and every Flower message starts a fresh process)."""
+        releases = tuple(PlannedRelease(query=r["query"], index=int(r["index"]),
+                                        sensitivity=float(r["sensitivity"]),
+                                        noise_multiplier=float(r["noise_multiplier"]))
+                         for r in d["releases"])
+        return cls(epsilon=float(d["epsilon"]), delta=float(d["delta"]), accountant=d["accountant"],
+                   rho=float(d["rho"]), n_ps_rounds=int(d["n_ps_rounds"]), releases=releases,
+                   epsilon_planned=float(d["epsilon_planned"]))
+
 
 def _release_shares(split, n_ps_rounds: int) -> list[tuple[str, int, float]]:
     """(query, index, share of ρ) for every release with a positive share."""

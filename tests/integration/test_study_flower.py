@@ -81,3 +81,21 @@ def test_killed_supernode_fails_clearly_naming_node_and_round(synthetic, tmp_pat
     assert error["round"].startswith("ps-fit")
     assert victim in error["message"] or error["node"] == victim, error
     assert not (out / "result.json").exists()
+
+
+def test_private_study_charges_each_real_node_ledger(synthetic, tmp_path):
+    from node.ledger import PrivacyLedger
+
+    spec_path = synthetic[0].with_name("study-dp.toml")
+    text = synthetic[0].read_text().replace("[privacy]\nenabled = false", "[privacy]\nenabled = true")
+    assert "enabled = true" in text
+    spec_path.write_text(text)
+    spec = StudySpec.from_toml(spec_path)
+    result = run_local(spec_path, tmp_path / "run", timeout_s=500)
+    assert result.privacy.enabled and result.privacy.epsilon == spec.privacy.epsilon
+    for s in spec.sites:
+        ledger = PrivacyLedger(f"sqlite:///{tmp_path / 'run' / 'federation' / 'nodes' / s.name / 'ledger.db'}")
+        assert 0 < ledger.spent(s.name) <= spec.privacy.epsilon + 1e-9
+        assert result.privacy.per_site[s.name] == pytest.approx(ledger.spent(s.name))
+    for o in result.outcomes:
+        assert o.se_privacy > 0 and o.ci[0] < o.att < o.ci[1]

@@ -75,3 +75,15 @@ def test_node_that_requires_dp_refuses_exact_study(spec, tmp_path):
     fed.wait_for_nodes(1)
     with pytest.raises(FederationError, match="differentially private"):
         run_study(one, fed)
+
+
+def test_node_caches_the_plan_it_derived(spec, tmp_path):
+    from node.runtime import NodeRuntime
+    from shared.protocol import Describe, StudyQuery
+
+    q = StudyQuery.for_spec(_with_privacy(spec, epsilon=2.0), (Describe(),))
+    rt = NodeRuntime(site="x", state_dir=tmp_path)
+    fresh = rt._plan(q)
+    assert list((tmp_path / "plans").glob("*.json"))
+    assert rt._plan(q) == fresh == q.privacy.plan(n_covariates=len(q.covariates),
+                                                   n_outcomes=len(q.outcomes))
