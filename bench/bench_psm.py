@@ -7,7 +7,7 @@
 3. time per node for 1M rows split over 5 nodes (validation + scaling, describe, one Newton
    round, the PSM table) and the coordinator's compute.
 
-    .venv/bin/python bench/bench_psm.py              # 200 seeds, 1M rows
+    .venv/bin/python bench/bench_psm.py              # 400 seeds, 1M rows
     .venv/bin/python bench/bench_psm.py --seeds 50 --rows 200000   # quicker
 """
 
@@ -162,7 +162,7 @@ def timing(rows: int, n_nodes: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, default=200)
+    ap.add_argument("--seeds", type=int, default=400)
     ap.add_argument("--n", type=int, default=5000, help="people per synthetic study for coverage")
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--nodes", type=int, default=5)

@@ -34,14 +34,25 @@ def test_estimate_equals_row_level_computation(study, pooled):
     for k, o in enumerate(OUTCOMES):
         controls = [y[(b == s) & (t == 0), k] for s in used]
         assert any(c.size == 1 for c in controls)  # the small-cell fallback is exercised
+        treated = [y[(b == s) & (t == 1), k] for s in used]
         dof = [max(c.size - 1, 0) for c in controls]
         ss = [((c - c.mean()) ** 2).sum() for c in controls]
+        big = [i for i in range(len(used)) if controls[i].size > 10 and treated[i].size > 10]
+        assert any(dof[i] < 10 and treated[i].size > 10 for i in range(len(used)))  # both rules run
+        kappa = (sum(ss[i] for i in big) / sum(dof[i] for i in big)) / (
+            sum(treated[i].var() * treated[i].size for i in big) / sum(treated[i].size - 1 for i in big))
 
-        def variance(i):  # own if >= 10 dof, else the nearest symmetric window holding 10 dof
-            for r in range(len(used)):
+        def variance(i):
+            if dof[i] >= 10:
+                return ss[i] / dof[i]
+            for r in range(len(used)):  # the nearest symmetric window holding 10 dof
                 win = range(max(i - r, 0), min(i + r + 1, len(used)))
                 if sum(dof[j] for j in win) >= 10 or len(win) == len(used):
-                    return sum(ss[j] for j in win) / sum(dof[j] for j in win)
+                    pooled = sum(ss[j] for j in win) / sum(dof[j] for j in win)
+                    break
+            if treated[i].size > 10:  # the stratum's many treated give the local spread
+                pooled = max(pooled, kappa * treated[i].var(ddof=1))
+            return pooled
 
         att = var = 0.0
         for i, (s, yc) in enumerate(zip(used, controls)):
