@@ -22,7 +22,8 @@ from shared.psm.table import PsmTable, psm_table, scale_outcomes, unscale_outcom
 __all__ = [
     "AttEstimate", "BalanceStat", "Check", "CovMoments", "NnMatch", "OutcomeAtt", "PooledAtt",
     "PropensityFitter", "PsStats", "PsmTable", "StratumStat", "caliper_edges", "cov_moments",
-    "estimate_att", "estimate_att_federated", "estimate_att_pooled", "fit_propensity", "initial_beta", "logit_scores",
-    "logit_sd", "nn_match_att", "ps_contribution", "psm_table", "quantile_edges", "run_fit", "scale_outcomes",
-    "score_grid", "score_histogram", "score_range", "unscale_outcomes",
+    "estimate_att", "estimate_att_federated", "estimate_att_pooled", "fit_propensity",
+    "initial_beta", "logit_scores", "logit_sd", "nn_match_att", "ps_contribution", "psm_table",
+    "quantile_edges", "run_fit", "scale_outcomes", "score_grid", "score_histogram",
+    "score_range", "unscale_outcomes",
 ]
