@@ -125,3 +125,27 @@ class StudyQuery(_Model):
             tuple((c.name, c.lo, c.hi, c.kind) for c in self.covariates),
             tuple((o.name, o.lo, o.cap, o.kind) for o in self.outcomes),
         )
+
+
+# -- federated risk-model training (Flower train/evaluate messages) --------------------------
+RISK_JOB_KEY = "job"  # ConfigRecord entry holding the RiskJob JSON
+RISK_ARRAYS_KEY = "arrays"  # ArrayRecord of model parameters (transport order)
+RISK_EVAL_KEY = "eval"  # ArrayRecord of the node's additive evaluation aggregate
+
+
+class RiskJob(_Model):
+    """A federated DP training job of the risk model. The node derives its own DP-SGD noise
+    from ``target_epsilon`` (its total over ``rounds``), its row count and these settings, and
+    charges its ledger before the weights leave."""
+
+    job_id: str = Field(min_length=8, max_length=128)
+    kind: Literal["logistic", "mlp"] = "logistic"
+    hidden: int = Field(default=16, ge=1, le=1024)
+    rounds: int = Field(ge=1, le=100)
+    epochs: int = Field(default=1, ge=1, le=20)
+    batch_size: int = Field(default=1024, ge=16, le=65536)
+    lr: float = Field(default=0.05, gt=0, le=10)
+    max_grad_norm: float = Field(default=5.0, gt=0)
+    target_epsilon: float = Field(gt=0, le=100)
+    delta: float = Field(default=1e-5, gt=0, lt=1)
+    outcome: str = "cv_event"

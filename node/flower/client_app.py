@@ -24,7 +24,7 @@ log = logging.getLogger("rehealth.node")
 #: Error codes returned to the coordinator.
 CODE_REFUSED = 4001  # unknown or invalid query
 CODE_DATA = 4002  # the site's data fail validation
-CODE_BUDGET = 4003  # privacy budget exhausted
+CODE_BUDGET = 4003  # privacy budget exhausted, or the node's privacy policy refuses
 CODE_NOT_IN_STUDY = 4004  # this site is not part of the study: declined, nothing computed
 CODE_INTERNAL = 5000
 
@@ -34,24 +34,49 @@ app = ClientApp()
 @app.query("study")
 def study(msg: Message, context: Context) -> Message:
     """Answer one study message (one or more operations) with aggregates only."""
+    return _guarded(_answer_study, msg, context)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """One round of federated DP training of the risk model on this node's rows."""
+    from node.flower import risk_handlers
+
+    return _guarded(risk_handlers.train, msg, context)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Evaluate a risk model on this node's rows; only additive aggregates leave."""
+    from node.flower import risk_handlers
+
+    return _guarded(risk_handlers.evaluate, msg, context)
+
+
+def _answer_study(msg: Message, runtime: NodeRuntime) -> Message:
     started = time.perf_counter()
+    query = decode_query(msg.content)
+    answers, extra = runtime.answer(query)
+    meta = {"site": runtime.site, "seconds": time.perf_counter() - started,
+            "ops": [op.op for op in query.ops], **extra}
+    return Message(encode_answer(answers, meta), reply_to=msg)
+
+
+def _guarded(handler, msg: Message, context: Context) -> Message:
+    """Run a handler; turn every expected failure into a coded error reply."""
     runtime = NodeRuntime.from_node_config(context.node_config)
     try:
-        query = decode_query(msg.content)
-        answers, extra = runtime.answer(query)
+        return handler(msg, runtime)
     except NotInStudy as e:
         return _error(msg, CODE_NOT_IN_STUDY, runtime.site, e, public=True)
+    except DataError as e:
+        return _error(msg, CODE_DATA, runtime.site, e)
     except (ValidationError, ValueError, QueryRefused) as e:
-        if isinstance(e, DataError):
-            return _error(msg, CODE_DATA, runtime.site, e)
         return _error(msg, CODE_REFUSED, runtime.site, e, public=True)
     except PrivacyError as e:
         return _error(msg, CODE_BUDGET, runtime.site, e, public=True)
     except ReHealthError as e:
         return _error(msg, CODE_INTERNAL, runtime.site, e)
-    meta = {"site": runtime.site, "seconds": time.perf_counter() - started,
-            "ops": [op.op for op in query.ops], **extra}
-    return Message(encode_answer(answers, meta), reply_to=msg)
 
 
 def _error(msg: Message, code: int, site: str, e: Exception, *, public: bool = False) -> Message:
