@@ -75,7 +75,7 @@ def caliper_edges(*, beta, sd: float, caliper_sd: float = 0.2) -> np.ndarray:
     if not (np.isfinite(width) and width > 0):
         raise EstimationError(f"caliper width {width!r} must be positive")
     lo, hi = score_range(beta=beta)
-    k = int(np.ceil((hi - lo) / width)) if hi > lo else 1
+    k = int(np.ceil((hi - lo) / width - 1e-9)) if hi > lo else 1  # no sliver stratum at hi
     if k > MAX_STRATA:
         raise EstimationError(f"{k} caliper strata exceed {MAX_STRATA}: score range "
                               f"[{lo:.3g}, {hi:.3g}] vs width {width:.3g}")

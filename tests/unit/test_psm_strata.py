@@ -23,7 +23,7 @@ def test_caliper_grid_tiles_the_public_range(beta, sd):
     if inner.size:
         np.testing.assert_allclose(np.diff(inner), 0.2 * sd, rtol=1e-9)
         assert lo < inner[0] <= lo + 0.2 * sd + 1e-9 and inner[-1] < hi
-    assert edges.size - 1 == max(int(np.ceil((hi - lo) / (0.2 * sd) - 1e-12)), 1)
+    assert edges.size - 1 == max(int(np.ceil((hi - lo) / (0.2 * sd) - 1e-9)), 1)
 
 
 def test_logit_sd_from_moments_equals_sd_of_the_scores():
