@@ -34,8 +34,8 @@ class FederatedFit:
 
 
 def train_federated(*, nodes: Sequence[tuple[np.ndarray, np.ndarray]], target_epsilon: float,
-                    rounds: int = 5, epochs: int = 1, batch_size: int = 1024, lr: float = 0.1,
-                    max_grad_norm: float = 1.0, delta: float = 1e-5,
+                    rounds: int = 8, epochs: int = 1, batch_size: int = 1024, lr: float = 0.05,
+                    max_grad_norm: float = 5.0, delta: float = 1e-5,
                     optimizer_name: str = "adam",
                     arch: RiskArch = RiskArch(), seed: int = 0) -> FederatedFit:
     """FedAvg over ``rounds`` rounds; each node spends ``target_epsilon`` in total.

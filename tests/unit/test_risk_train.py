@@ -9,9 +9,11 @@ from sklearn.metrics import roc_auc_score
 from node.risk.simulate import train_federated
 from node.risk.train import composed_epsilon, local_train, plan_noise
 from shared.errors import CovariateBoundsError, DataError, SpecError
-from shared.features import FEATURES, scale
+from shared.features import FEATURE_NAMES, FEATURES, scale
 from shared.risk.arch import RiskArch, predict_proba
+from shared.risk.metrics import eval_aggregate, evaluate
 from shared.risk.model import initial_arrays
+from shared.synth import generate_federation
 from risk_cohort import cohort
 
 
@@ -80,17 +82,26 @@ def test_bad_input_is_named():
                     accountant="gdp")
 
 
+def _sites(seed: int, scale_: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    fed = generate_federation(seed=seed, sites=3, scale=scale_)
+    return [(s.cohort[list(FEATURE_NAMES)].to_numpy(float), s.cohort["cv_event"].to_numpy(float))
+            for s in fed.sites]
+
+
 def test_federated_dp_at_epsilon_8_is_within_002_auc_of_centralized():
-    nodes = [cohort(n, seed=10 + k) for k, n in enumerate((12_000, 8_000, 6_000))]
-    X_test, y_test = cohort(20_000, seed=99)
+    nodes = _sites(seed=21, scale_=0.4)                     # three non-IID synthetic sites
+    X_test = np.vstack([x for x, _ in _sites(seed=22, scale_=0.4)])
+    y_test = np.concatenate([y for _, y in _sites(seed=22, scale_=0.4)])
     z_test = scale(X_test, FEATURES)
     X_all = np.vstack([x for x, _ in nodes])
     y_all = np.concatenate([y for _, y in nodes])
-    central = LogisticRegression(C=1e6, max_iter=2000).fit(scale(X_all, FEATURES), y_all)
+    central = LogisticRegression(C=1e6, max_iter=5000).fit(scale(X_all, FEATURES), y_all)
     auc_central = roc_auc_score(y_test, central.predict_proba(z_test)[:, 1])
 
     fit = train_federated(nodes=nodes, target_epsilon=8.0, delta=1e-5, seed=0)
-    auc_fed = roc_auc_score(y_test, predict_proba(arch=RiskArch(), arrays=fit.arrays, z=z_test))
+    p_fed = predict_proba(arch=RiskArch(), arrays=fit.arrays, z=z_test)
+    auc_fed = roc_auc_score(y_test, p_fed)
     assert fit.epsilon(delta=1e-5) <= 8.0
     assert auc_central > 0.7   # the task carries signal, so the comparison means something
+    assert abs(evaluate(eval_aggregate(prob=p_fed, y=y_test)).auc - auc_fed) < 2e-3
     assert auc_central - auc_fed < 0.02, (auc_central, auc_fed)

@@ -1,0 +1,227 @@
+"""Benchmark of the risk model: federated DP vs centralized, batch throughput, HTTP latency.
+
+    .venv/bin/python bench/bench_risk.py            # all three parts (≈ a few minutes on 2 cores)
+    .venv/bin/python bench/bench_risk.py --part scoring
+
+(a) Federated DP-SGD (FedAvg over the synthetic sites, Opacus on each, in process) vs a
+    centralized non-private logistic regression on the same pooled rows; AUC (and Brier) on a
+    held-out synthetic federation, at ε ∈ {1, 3, 8}. The federated model's metrics come from the
+    sites' additive aggregates (shared.risk.metrics), cross-checked against sklearn.
+(b) Batch scoring throughput on one core (process pinned to one CPU, BLAS limited to 1 thread):
+    bounds check + folded forward pass + tiers, logistic and MLP.
+(c) Real-time latency over HTTP on loopback: `rehealth node serve` in a subprocess, sequential
+    single-person requests with keep-alive; p50 / p99.
+Figures are printed, not asserted (targets: ≥ 500k people/s; p99 < 10 ms).
+"""
+
+from __future__ import annotations
+
+import os
+
+for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_v, "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from node.risk.model_store import ModelStore, StoredModel, TrainingRecord  # noqa: E402
+from node.risk.scoring import Scorer, feature_matrix, score_book  # noqa: E402
+from shared.features import FEATURE_NAMES, FEATURES, scale  # noqa: E402
+from shared.risk.arch import RiskArch, model_input, predict_proba  # noqa: E402
+from shared.risk.metrics import eval_aggregate, evaluate, merge_aggregates  # noqa: E402
+from shared.synth import generate_federation  # noqa: E402
+
+DELTA = 1e-5
+
+
+def _site_xy(cohort: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    return cohort[list(FEATURE_NAMES)].to_numpy(float), cohort["cv_event"].to_numpy(float)
+
+
+def bench_federated(*, scale_: float, rounds: int, seed: int) -> None:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import brier_score_loss, roc_auc_score
+
+    from node.risk.simulate import train_federated
+
+    train = generate_federation(seed=seed, sites=4, scale=scale_)
+    test = generate_federation(seed=seed + 1, sites=4, scale=scale_ / 2)
+    nodes = [_site_xy(s.cohort) for s in train.sites]
+    tests = [_site_xy(s.cohort) for s in test.sites]
+    X_all = np.vstack([x for x, _ in nodes])
+    y_all = np.concatenate([y for _, y in nodes])
+    X_te = np.vstack([x for x, _ in tests])
+    y_te = np.concatenate([y for _, y in tests])
+    print(f"(a) federated DP-SGD vs centralized logistic regression")
+    print(f"    train sites: {[len(y) for _, y in nodes]} rows, events {y_all.mean():.3%}; "
+          f"held-out {len(y_te)} rows, events {y_te.mean():.3%}")
+    t0 = time.perf_counter()
+    central = LogisticRegression(C=1e6, max_iter=5000).fit(model_input(scale(X_all, FEATURES)),
+                                                          y_all)
+    p_c = central.predict_proba(model_input(scale(X_te, FEATURES)))[:, 1]
+    auc_c, brier_c = roc_auc_score(y_te, p_c), brier_score_loss(y_te, p_c)
+    print(f"    centralized (non-private): AUC {auc_c:.4f}  Brier {brier_c:.5f}  "
+          f"({time.perf_counter() - t0:.1f} s)")
+    print(f"    {'ε':>4} {'ε spent':>8} {'AUC':>7} {'gap':>8} {'AUC(agg)':>9} {'Brier':>8} "
+          f"{'time':>7}   [{rounds} rounds, {len(nodes)} nodes, Opacus RDP, δ={DELTA:g}]")
+    for eps in (1.0, 3.0, 8.0):
+        t0 = time.perf_counter()
+        fit = train_federated(nodes=nodes, target_epsilon=eps, rounds=rounds, delta=DELTA,
+                              seed=seed)
+        secs = time.perf_counter() - t0
+        arch = RiskArch()
+        aggs = [eval_aggregate(prob=predict_proba(arch=arch, arrays=fit.arrays,
+                                                  z=scale(x, FEATURES)), y=y) for x, y in tests]
+        report = evaluate(merge_aggregates(aggs))
+        p = predict_proba(arch=arch, arrays=fit.arrays, z=scale(X_te, FEATURES))
+        auc = roc_auc_score(y_te, p)
+        print(f"    {eps:>4g} {fit.epsilon(delta=DELTA):>8.3f} {auc:>7.4f} {auc_c - auc:>+8.4f} "
+              f"{report.auc:>9.4f} {report.brier:>8.5f} {secs:>6.1f}s")
+    cal = report.calibration
+    print("    calibration by decile at ε=8 (pooled from site aggregates): "
+          + " ".join(f"{c.mean_predicted:.3f}/{c.observed_rate:.3f}" for c in cal))
+
+
+def _tiled_book(n: int, seed: int) -> pd.DataFrame:
+    fed = generate_federation(seed=seed, sites=2, scale=0.5)
+    base = pd.concat([s.cohort for s in fed.sites], ignore_index=True)
+    reps = int(np.ceil(n / len(base)))
+    return pd.concat([base] * reps, ignore_index=True).iloc[:n].reset_index(drop=True)
+
+
+def _best_of(fn, repeats: int = 5) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def bench_scoring(*, n: int, seed: int) -> None:
+    try:
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+        pinned = "pinned to 1 CPU"
+    except (AttributeError, OSError):
+        pinned = "not pinned"
+    try:
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(1)
+    except ImportError:
+        pass
+    book = _tiled_book(n, seed)
+    x = feature_matrix(book)
+    rng = np.random.default_rng(seed)
+    print(f"(b) batch scoring, {n:,} people, one core ({pinned}, BLAS 1 thread)")
+    for arch in (RiskArch(), RiskArch(kind="mlp", hidden=16)):
+        arrays = [rng.normal(scale=0.3, size=s) for s in arch.shapes()]
+        model = StoredModel(version="bench", arrays=arrays,
+                            record=TrainingRecord(kind=arch.kind, hidden=arch.hidden, rounds=0))
+        scorer = Scorer.from_model(model)
+        t_mat = _best_of(lambda: scorer.score(x).tiers)
+        t_book = _best_of(lambda: score_book(book, scorer), repeats=3)
+        print(f"    {arch.kind:<8} matrix→prob+tier: {n / t_mat:>12,.0f} people/s "
+              f"({t_mat * 1e3:.0f} ms)   DataFrame→scored frame: {n / t_book:>11,.0f} people/s")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bench_http(*, requests: int, seed: int) -> None:
+    import httpx
+
+    from node.api.auth import add_key
+
+    rehealth = str(Path(sys.executable).parent / "rehealth")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        ModelStore(root / "models").save(
+            arrays=[np.linspace(-0.5, 0.8, 16).reshape(1, 16), np.array([-3.0])],
+            record=TrainingRecord(rounds=0, source="imported"))
+        _, key = add_key(root / "keys.toml", role="underwriter")
+        book = _tiled_book(1000, seed)
+        port = _free_port()
+        proc = subprocess.Popen([rehealth, "node", "serve", "--model-dir", str(root / "models"),
+                                 "--keys-file", str(root / "keys.toml"), "--host", "127.0.0.1",
+                                 "--port", str(port)], stderr=subprocess.PIPE)
+        try:
+            base = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if httpx.get(f"{base}/v1/health", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(proc.stderr.read().decode()[-2000:])
+                    time.sleep(0.2)
+            persons = [{n: (int(v) if f.kind == "binary" else float(v))
+                        for n, f, v in zip(FEATURE_NAMES, FEATURES, row)}
+                       for row in book[list(FEATURE_NAMES)].to_numpy(float)]
+            lat, server = [], []
+            with httpx.Client(base_url=base, headers={"X-API-Key": key}, timeout=10) as client:
+                for i in range(200):  # warm-up
+                    client.post("/v1/score", json=persons[i % len(persons)])
+                for i in range(requests):
+                    t0 = time.perf_counter()
+                    r = client.post("/v1/score", json=persons[i % len(persons)])
+                    lat.append(time.perf_counter() - t0)
+                    server.append(float(r.headers["server-timing"].split("dur=")[1]))
+                    if r.status_code != 200:
+                        raise RuntimeError(r.text)
+                t0 = time.perf_counter()
+                batches = 20
+                for _ in range(batches):
+                    r = client.post("/v1/score/batch", json={"persons": persons})
+                    assert r.status_code == 200, r.text
+                t_batch = time.perf_counter() - t0
+            ms = np.array(lat) * 1e3
+            load = os.getloadavg()[0]
+            print(f"(c) real-time over HTTP on loopback, {requests} sequential requests "
+                  f"(keep-alive; client and server share this machine, load avg {load:.1f})")
+            print(f"    p50 {np.percentile(ms, 50):.2f} ms   p90 {np.percentile(ms, 90):.2f} ms   "
+                  f"p99 {np.percentile(ms, 99):.2f} ms   max {ms.max():.2f} ms   (client-observed)")
+            sv = np.array(server)
+            print(f"    p50 {np.percentile(sv, 50):.2f} ms   p90 {np.percentile(sv, 90):.2f} ms   "
+                  f"p99 {np.percentile(sv, 99):.2f} ms   max {sv.max():.2f} ms   "
+                  f"(inside the node: Server-Timing)")
+            print(f"    batch endpoint: {batches} × {len(persons)} persons → "
+                  f"{batches * len(persons) / t_batch:,.0f} people/s (JSON round trip)")
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--part", choices=["all", "federated", "scoring", "http"], default="all")
+    ap.add_argument("--scale", type=float, default=0.5, help="synthetic federation scale")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rows", type=int, default=1_000_000, help="rows for batch scoring")
+    ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--seed", type=int, default=11)
+    args = ap.parse_args()
+    print(json.dumps({"bench": "risk", **vars(args), "cpus": os.cpu_count(),
+                      "loadavg_1m": round(os.getloadavg()[0], 2)}))
+    if args.part in ("all", "federated"):
+        bench_federated(scale_=args.scale, rounds=args.rounds, seed=args.seed)
+    if args.part in ("all", "http"):
+        bench_http(requests=args.requests, seed=args.seed)
+    if args.part in ("all", "scoring"):  # last: it pins this process to one CPU
+        bench_scoring(n=args.rows, seed=args.seed)
+
+
+if __name__ == "__main__":
+    main()
