@@ -1,7 +1,7 @@
 """Opening the store and the one write path ingestion needs: a bulk insert that skips rows
 whose natural key is already stored, and says how many it inserted.
 
-The same SQL (``INSERT … ON CONFLICT DO NOTHING``) runs on SQLite (≥ 3.24) and PostgreSQL.
+``INSERT … ON CONFLICT DO NOTHING`` on SQLite (≥ 3.24) and PostgreSQL alike.
 Unlike ``INSERT OR IGNORE`` it skips only key conflicts: a NOT NULL violation still raises,
 so a row can never vanish silently. Bulk rows go through the DBAPI directly (SQLAlchemy's
 per-row parameter processing would cost more than the whole validation), which is why dates
@@ -10,6 +10,8 @@ arrive here as ISO strings — the storage format SQLAlchemy's ``Date`` uses on 
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 import os
 from dataclasses import dataclass
@@ -135,28 +137,43 @@ def insert_ignore(conn: Connection, table: Table, columns: Sequence[str],
                   rows: Sequence[tuple]) -> int:
     """Insert ``rows`` (tuples in ``columns`` order), skipping natural-key conflicts.
 
+    SQLite: one prepared ``INSERT … ON CONFLICT DO NOTHING`` run over all rows. PostgreSQL:
+    ``COPY`` into a temporary table, then one ``INSERT … SELECT … ON CONFLICT DO NOTHING``
+    (a row-by-row INSERT is an order of magnitude slower there). Both count exactly.
+
     Returns:
         How many rows were inserted; the caller finds out which were skipped and why.
     """
     if not rows:
         return 0
     q = conn.dialect.identifier_preparer
-    head = (f"INSERT INTO {q.format_table(table)} ({', '.join(q.quote(c) for c in columns)}) "
-            "VALUES ")
-    dbapi = conn.connection.dbapi_connection
-    cur = dbapi.cursor()
+    cols = ", ".join(q.quote(c) for c in columns)
+    target = q.format_table(table)
+    cur = conn.connection.dbapi_connection.cursor()
     try:
         if conn.dialect.name == "sqlite":
-            cur.executemany(head + f"({', '.join('?' * len(columns))}) ON CONFLICT DO NOTHING",
-                            rows)
+            cur.executemany(f"INSERT INTO {target} ({cols}) VALUES "
+                            f"({', '.join('?' * len(columns))}) ON CONFLICT DO NOTHING", rows)
             return cur.rowcount
-        from psycopg2.extras import execute_values
-
-        inserted = execute_values(cur, head + "%s ON CONFLICT DO NOTHING RETURNING 1", rows,
-                                  page_size=2000, fetch=True)
-        return len(inserted)
+        stage = q.quote(f"_stage_{table.name}")
+        cur.execute(f"CREATE TEMP TABLE {stage} AS SELECT {cols} FROM {target} WITH NO DATA")
+        cur.copy_expert(f"COPY {stage} ({cols}) FROM STDIN WITH (FORMAT csv)", _csv_stream(rows))
+        cur.execute(f"INSERT INTO {target} ({cols}) SELECT {cols} FROM {stage} "
+                    "ON CONFLICT DO NOTHING")
+        inserted = cur.rowcount
+        cur.execute(f"DROP TABLE {stage}")
+        return inserted
     finally:
         cur.close()
+
+
+def _csv_stream(rows: Sequence[tuple]) -> io.StringIO:
+    """Rows as CSV for ``COPY … (FORMAT csv)``: None becomes an unquoted empty field (NULL);
+    text is never empty here (ingestion turns empty cells into None)."""
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(rows)
+    buf.seek(0)
+    return buf
 
 
 def fetch_by_pseudonyms(conn: Connection, table: Table, columns: Sequence[str],
