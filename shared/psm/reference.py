@@ -125,6 +125,11 @@ class NnMatch:
     n_treated_dropped: int
     n_controls_used: int  # distinct controls used as matches
 
+    def as_reference(self) -> dict[str, float]:
+        """The form of :attr:`shared.result.OutcomeEstimate.reference`."""
+        return {"att": self.att, "se": self.se, "ci_lo": self.ci[0], "ci_hi": self.ci[1],
+                "n_matched": float(self.n_matched), "n_treated_dropped": float(self.n_treated_dropped)}
+
 
 def nn_match_att(*, scores, t, y, caliper: float, names: Sequence[str] | None = None) -> tuple[NnMatch, ...]:
     """1:1 nearest-neighbour matching with replacement on ``scores`` within ``caliper``.
