@@ -94,12 +94,14 @@ def iter_chunks(path: Path, columns: Mapping[str, str], *, chunk_rows: int,
         return
     sep = "\t" if path.name.lower().endswith(".tsv") else ","
     dtype = {c: str for c, ours in columns.items() if ours in text_columns}
-    reader = pd.read_csv(path, sep=sep, usecols=list(columns), dtype=dtype,
+    # No usecols: with it pandas silently ignores surplus fields in a row; without it a
+    # row with too many fields is an error naming the line.
+    reader = pd.read_csv(path, sep=sep, dtype=dtype,
                          keep_default_na=False, na_values=[""], skip_blank_lines=False,
                          chunksize=chunk_rows, low_memory=False, encoding="utf-8-sig")
     try:
         for chunk in reader:
-            yield chunk.rename(columns=dict(columns))
+            yield chunk[list(columns)].rename(columns=dict(columns))
     except pd.errors.ParserError as e:
         # pandas names the line; the message holds counts, never cell values.
         raise DataError(f"{path.name}: malformed CSV: {e}") from None

@@ -262,3 +262,16 @@ def test_store_column_names_are_reserved(tmp_path, valid_person, pseudo):
     with pytest.raises(DataError, match="reserved") as e:
         ingest_file(store, path, kind="cohort", pseudonymize=pseudo.many, site_id=SITE)
     assert e.value.field == "pseudonym"
+
+
+def test_malformed_csv_names_the_line_and_keeps_committed_chunks(tmp_path, valid_person, pseudo):
+    path = tmp_path / "persons.csv"
+    pd.DataFrame([valid_person(f"P-{i}") for i in range(6)]).to_csv(path, index=False)
+    with open(path, "a") as fh:
+        fh.write("P-9,too,many,fields" + ",x" * 30 + "\n")
+    store = open_store(f"sqlite:///{tmp_path / 'n.db'}")
+    with pytest.raises(DataError, match="malformed CSV.*line 8") as e:
+        ingest_file(store, path, kind="persons", pseudonymize=pseudo.many, site_id=SITE,
+                    chunk_rows=3)
+    assert "P-9" not in str(e.value)
+    assert store.counts()["persons"] == 6  # the two complete chunks before the bad line
