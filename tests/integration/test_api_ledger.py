@@ -1,0 +1,86 @@
+"""Group views charge the node's privacy ledger before release: `rehealth node serve --config`.
+
+A node made by `rehealth node init` (budget ε = 10, δ = 1e-6 by default) serves group views at
+σ = 0.9; each grouping is one Gaussian release of sensitivity 1. The ledger must record each view
+once (repeats are served from cache), and refuse the release that would exceed the budget with a
+clear JSON error, leaving the ledger unchanged.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from node.config import NodeConfig
+from node.ledger import PrivacyLedger
+from node.risk.model_store import ModelStore, TrainingRecord
+from shared.dp.accounting import epsilon_spent
+from shared.synth import generate_cohort
+
+REHEALTH = str(Path(sys.executable).parent / "rehealth")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(*args: str) -> str:
+    return subprocess.run([REHEALTH, *args], check=True, capture_output=True, text=True).stdout
+
+
+def test_group_views_are_charged_once_and_refused_over_budget(tmp_path):
+    node = tmp_path / "node"
+    _run("node", "init", "--dir", str(node), "--site-id", "ledger_site")
+    cfg = NodeConfig.from_toml(node / "node.toml")
+    assert epsilon_spent(noise_multipliers=[0.9, 0.9], delta=cfg.budget.delta) \
+        <= cfg.budget.epsilon < epsilon_spent(noise_multipliers=[0.9] * 3, delta=cfg.budget.delta)
+    ModelStore(node / "models").save(arrays=[np.full((1, 16), 0.2), np.array([-3.0])],
+                                     record=TrainingRecord(rounds=1))
+    key = json.loads(_run("node", "apikey", "add", "--role", "hr", "--config",
+                          str(node / "node.toml"), "--format", "json"))["key"]
+    book, _ = generate_cohort(n=2000, seed=5)
+    book.to_parquet(node / "book.parquet")
+    port = _free_port()
+    proc = subprocess.Popen([REHEALTH, "node", "serve", "--config", str(node / "node.toml"),
+                             "--book", str(node / "book.parquet"), "--sigma", "0.9",
+                             "--host", "127.0.0.1", "--port", str(port)],
+                            stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if httpx.get(f"{base}/v1/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(proc.communicate()[1].decode()[-2000:])
+            time.sleep(0.2)
+        ledger = PrivacyLedger(cfg.store_url)
+        with httpx.Client(base_url=base, headers={"X-API-Key": key}, timeout=30) as client:
+            first = client.get("/v1/groups", params={"by": "department"})
+            assert first.status_code == 200, first.text
+            assert client.get("/v1/groups", params={"by": "department"}).json() == first.json()
+            assert [r.query for r in ledger.history("scoring-book")] == ["group_view:department"]
+            assert client.get("/v1/groups", params={"by": "age_band"}).status_code == 200
+            refused = client.get("/v1/groups", params={"by": "department,age_band"})
+        assert refused.status_code == 409
+        assert "budget" in refused.json()["error"] and "left" in refused.json()["error"]
+        history = ledger.history("scoring-book")
+        assert [r.query for r in history] == ["group_view:department", "group_view:age_band"]
+        assert all(r.sigma == 0.9 and r.sensitivity == 1.0 for r in history)
+        assert ledger.state("scoring-book").spent <= cfg.budget.epsilon
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
