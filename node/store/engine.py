@@ -17,11 +17,14 @@ import os
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import pandas as pd
 from sqlalchemy import Connection, Engine, Table, create_engine, event, func, select
+from sqlalchemy.engine import make_url
 
 from node.store import models
-from shared.errors import DataError
+from shared.errors import DataError, SpecError
+from shared.features import FEATURE_NAMES
 from shared.study import StudySpec
 
 log = logging.getLogger(__name__)
@@ -72,42 +75,52 @@ class Store:
                 (names the column and the first row missing it).
         """
         c = models.cohort
-        fixed = {col.name for col in c.columns} - {"extras", "pseudonym"}
-        stmt = select(c).order_by(c.c.pseudonym)
+        wanted = [*covariates, "treated", *outcomes]
+        fixed = [n for n in wanted if n in _COHORT_FIXED]
+        from_extras = [n for n in wanted if n not in _COHORT_FIXED]
+        stmt = select(*[c.c[n] for n in fixed], *([c.c.extras] if from_extras else [])
+                      ).order_by(c.c.pseudonym)
         with self.engine.connect() as conn:
-            rows = conn.execute(stmt).mappings().all()
-        if not rows:
+            result = conn.execute(stmt)
+            frame = pd.DataFrame(result.all(), columns=list(result.keys()))
+        if frame.empty:
             raise DataError("the cohort table is empty: ingest a cohort file first "
                             "(rehealth node ingest --kind cohort FILE)")
-        base = pd.DataFrame(rows, columns=list(c.c.keys())).drop(columns="pseudonym")
-        extras = pd.DataFrame.from_records(list(base.pop("extras")))
-        wanted = [*covariates, "treated", *outcomes]
+        if from_extras:
+            extras = pd.DataFrame.from_records(list(frame.pop("extras")))
+            for name in from_extras:
+                if name not in extras.columns:
+                    raise DataError(f"cohort has no column {name!r} (extra columns loaded: "
+                                    f"{', '.join(sorted(extras.columns)) or 'none'})", field=name)
+                frame[name] = extras[name].to_numpy()
         out = {}
         for name in wanted:
-            src = base if name in fixed else extras
-            if name not in src.columns:
-                raise DataError(f"cohort has no column {name!r} (loaded extras: "
-                                f"{sorted(extras.columns)})", field=name)
-            col = pd.to_numeric(src[name], errors="coerce").astype(float)
-            if col.isna().any():
-                row = int(col.isna().to_numpy().argmax())
-                raise DataError(f"cohort row {row}: {name} is missing (loaded from a file "
-                                f"without this column)", row=row, field=name)
-            out[treatment_column if name == "treated" else name] = col.to_numpy()
+            col = frame[name].to_numpy(dtype=float, na_value=np.nan)
+            if np.isnan(col).any():
+                raise DataError(f"{int(np.isnan(col).sum())} of {len(col)} cohort rows lack "
+                                f"{name!r} (loaded from a file without this column)", field=name)
+            out[treatment_column if name == "treated" else name] = col
         return pd.DataFrame(out)
+
+
+#: Cohort columns stored as columns; anything else a study asks for lives in ``extras``.
+_COHORT_FIXED = frozenset(FEATURE_NAMES) | {"treated"}
 
 
 def open_store(url: str) -> Store:
     """Connect to ``url`` (``sqlite:///path`` or ``postgresql+psycopg2://…``) and create tables."""
-    is_sqlite = url.startswith("sqlite")
+    try:
+        backend = make_url(url).get_backend_name()
+    except Exception:  # noqa: BLE001 - any parse failure is a config error
+        raise SpecError("store_url is not a database URL") from None
+    if backend not in ("sqlite", "postgresql"):
+        raise SpecError(f"unsupported store backend {backend!r}: sqlite or postgresql")
     # SQLite has one writer at a time: a second ingest or an API append waits for a chunk's
     # transaction instead of failing after the driver's default 5 s.
-    engine = create_engine(url, connect_args={"timeout": 120} if is_sqlite else {})
-    if engine.dialect.name == "sqlite":
+    engine = create_engine(url, connect_args={"timeout": 120} if backend == "sqlite" else {})
+    if backend == "sqlite":
         _create_private_file(engine.url.database)
         event.listen(engine, "connect", _sqlite_pragmas)
-    elif engine.dialect.name != "postgresql":
-        raise DataError(f"unsupported store backend {engine.dialect.name!r} (sqlite or postgresql)")
     models.metadata.create_all(engine)
     log.info("store ready: %s", engine.url.render_as_string(hide_password=True))
     return Store(engine)

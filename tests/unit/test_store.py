@@ -6,7 +6,7 @@ from sqlalchemy import insert, inspect, select
 
 from node.store import insert_ignore, open_store
 from node.store.models import cohort, interventions, persons
-from shared.errors import DataError
+from shared.errors import DataError, SpecError
 from shared.features import FEATURE_NAMES, FEATURES
 from shared.study import StudySpec
 
@@ -91,7 +91,18 @@ def test_cohort_frame_names_a_column_that_was_never_loaded(store_url):
         store.cohort_frame(_spec())
     with store.engine.begin() as conn:
         conn.execute(insert(cohort), [_cohort_row("a", 40.0, 1, {"absence_days": 2.0})])
-    with pytest.raises(DataError, match="no column 'claims_cost'") as e:
+    with pytest.raises(DataError, match="no column 'claims_cost'.*loaded: absence_days") as e:
         store.cohort_frame(_spec())
     assert e.value.field == "claims_cost"
+    with store.engine.begin() as conn:
+        conn.execute(insert(cohort), [_cohort_row("b", 40.0, 1, {"claims_cost": 2.0})])
+    with pytest.raises(DataError, match="1 of 2 cohort rows lack 'claims_cost'"):
+        store.cohort_frame(_spec())
+
+
+def test_open_store_refuses_other_backends_and_bad_urls():
+    with pytest.raises(SpecError, match="unsupported store backend 'mysql'"):
+        open_store("mysql://nobody@127.0.0.1/x")
+    with pytest.raises(SpecError, match="not a database URL"):
+        open_store("not a url")
 
