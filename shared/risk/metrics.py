@@ -137,6 +137,27 @@ def eval_aggregate(*, prob: np.ndarray, y: np.ndarray, n_bins: int = DEFAULT_BIN
                          sq_err=float(np.sum((prob - y) ** 2)))
 
 
+#: L2 sensitivity of one node's aggregate: a row adds 1 to one ``pos``/``neg`` bin, at most 1 to
+#: that bin's ``sum_p`` and at most 1 to ``sq_err``, so :math:`\Delta_2 \le \sqrt{3}`.
+EVAL_SENSITIVITY = float(np.sqrt(3.0))
+
+
+def noisy_aggregate(agg: EvalAggregate, *, sigma: float,
+                    rng: np.random.Generator) -> EvalAggregate:
+    """The aggregate with i.i.d. :math:`\mathcal N(0, \sigma^2)` noise on every entry.
+
+    The Gaussian mechanism at noise multiplier ``sigma / EVAL_SENSITIVITY``; charge that to the
+    node's ledger before release. Noise goes on every bin, empty ones included.
+
+    Raises:
+        SpecError: ``sigma`` not positive.
+    """
+    if not sigma > 0:
+        raise SpecError(f"evaluation noise sigma must be positive, got {sigma!r}")
+    noise = [rng.normal(0.0, sigma, size=np.shape(a)) for a in agg.to_arrays()]
+    return EvalAggregate.from_arrays([a + e for a, e in zip(agg.to_arrays(), noise)])
+
+
 def merge_aggregates(aggs: Iterable[EvalAggregate]) -> EvalAggregate:
     """Pool the nodes' aggregates (their sum)."""
     aggs = list(aggs)
@@ -176,7 +197,7 @@ def calibration_by_decile(agg: EvalAggregate, *, groups: int = 10) -> tuple[Cali
     A bin goes wholly to the decile holding the midpoint of its rows in the pooled ranking, so a
     decile may be empty (then omitted) when a single bin holds more than a tenth of the rows.
     """
-    tot = agg.pos + agg.neg
+    tot = np.clip(agg.pos + agg.neg, 0, None)   # noisy aggregates may hold negative counts
     n = tot.sum()
     if n <= 0:
         raise EstimationError("calibration of an empty evaluation set")
@@ -189,6 +210,8 @@ def calibration_by_decile(agg: EvalAggregate, *, groups: int = 10) -> tuple[Cali
         if not sel.any():
             continue
         cnt = tot[sel].sum()
+        if cnt < 1:
+            continue
         edges = np.flatnonzero(sel)
         out.append(CalibrationBin(decile=g + 1, n=float(cnt),
                                   mean_predicted=float(agg.sum_p[sel].sum() / cnt),

@@ -7,7 +7,7 @@ from sklearn.metrics import brier_score_loss, roc_auc_score
 
 from shared.errors import DataError, EstimationError
 from shared.risk.metrics import (EvalAggregate, calibration_by_decile, eval_aggregate, evaluate,
-                                 merge_aggregates, pooled_auc)
+                                 merge_aggregates, noisy_aggregate, pooled_auc)
 
 
 def _scores(rng, n):
@@ -78,3 +78,15 @@ def test_bad_rows_are_named():
         eval_aggregate(prob=np.array([0.1, 0.2]), y=np.array([0, 2]))
     with pytest.raises(EstimationError):
         pooled_auc(eval_aggregate(prob=np.array([0.1, 0.2]), y=np.array([0, 0])))
+
+
+def test_noisy_aggregates_still_pool_to_a_close_auc():
+    rng = np.random.default_rng(9)
+    parts = [_scores(rng, 20_000) for _ in range(3)]
+    exact = merge_aggregates(eval_aggregate(prob=p, y=y) for p, y in parts)
+    noisy = merge_aggregates(noisy_aggregate(eval_aggregate(prob=p, y=y), sigma=2.0, rng=rng)
+                             for p, y in parts)
+    assert not np.array_equal(noisy.pos, exact.pos)
+    assert abs(pooled_auc(noisy) - pooled_auc(exact)) < 0.01
+    assert abs(evaluate(noisy).brier - evaluate(exact).brier) < 0.005
+    assert len(calibration_by_decile(noisy)) >= 8
