@@ -33,7 +33,7 @@ def _sum(items):
     return reduce(lambda a, b: a + b, items)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(labels)
 def test_psm_table_is_additive(lab):
     full = psm_table(z=Z, t=T, y=Y, beta=BETA, edges=EDGES)
@@ -45,7 +45,7 @@ def test_psm_table_is_additive(lab):
     np.testing.assert_allclose(merged.sum_y.sum(axis=(0, 1)), Y.sum(axis=0), rtol=1e-12)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(labels, betas)
 def test_propensity_statistics_are_additive(lab, beta):
     full = ps_contribution(z=Z, t=T, beta=beta)
@@ -56,7 +56,7 @@ def test_propensity_statistics_are_additive(lab, beta):
     assert abs(merged.loglik - full.loglik) <= 1e-10 * (1 + abs(full.loglik))
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(labels)
 def test_covariate_moments_and_score_histogram_are_additive(lab):
     full = cov_moments(z=Z, t=T)

@@ -11,7 +11,7 @@ from shared.psm.strata import (caliper_edges, logit_scores, logit_sd, quantile_e
 betas = st.lists(st.floats(-5, 5), min_size=3, max_size=6).map(np.array)
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(betas, st.floats(0.05, 3.0))
 def test_caliper_grid_tiles_the_public_range(beta, sd):
     lo, hi = score_range(beta=beta)
@@ -34,7 +34,7 @@ def test_logit_sd_from_moments_equals_sd_of_the_scores():
     assert abs(sd - scores.std(ddof=1)) < 1e-10 * sd
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(st.lists(st.floats(-20, 200), min_size=40, max_size=40), st.integers(1, 12))
 def test_quantile_edges_from_any_noisy_histogram_are_valid(counts, n_strata):
     grid = score_grid(beta=np.array([0.5, 3.0, -2.0]), n_bins=40)
