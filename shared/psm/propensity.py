@@ -251,7 +251,7 @@ class PropensityFitter:
     Args:
         p: number of coefficients (d + 1).
         ridge: λ above; a small ridge keeps H invertible.
-        tol: convergence threshold on :math:`\lVert\Delta\rVert_\infty`.
+        tol: convergence threshold on :math:`\lVert\Delta\rVert_\infty / (1 + \lVert\beta\rVert_\infty)`.
         max_iter: maximum number of statistics evaluations (rounds).
         beta0: starting β (zeros if None).
         near_tol: :attr:`near_converged` once the last step is below this.
