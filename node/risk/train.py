@@ -96,16 +96,16 @@ def composed_epsilon(*, history: Sequence[tuple[float, float, int]], delta: floa
         return float(acc.get_epsilon(delta=delta))
 
 
-def sample_rate_for(*, n: int, batch_size: int) -> float:
-    """Poisson sampling rate giving an expected batch of ``batch_size`` rows."""
-    if n < 1 or batch_size < 1:
-        raise SpecError(f"need n ≥ 1 and batch_size ≥ 1, got n={n}, batch_size={batch_size}")
-    return min(1.0, batch_size / n)
-
-
 def steps_per_epoch(*, n: int, batch_size: int) -> int:
     """Opacus's step count per epoch: one expected pass over the data, ``⌈n / batch⌉``."""
-    return int(np.ceil(n / batch_size))
+    if n < 1 or batch_size < 1:
+        raise SpecError(f"need n ≥ 1 and batch_size ≥ 1, got n={n}, batch_size={batch_size}")
+    return int(np.ceil(n / min(batch_size, n)))
+
+
+def sample_rate_for(*, n: int, batch_size: int) -> float:
+    """Poisson sampling rate Opacus uses: ``1 / steps_per_epoch`` (≈ ``batch_size / n``)."""
+    return 1.0 / steps_per_epoch(n=n, batch_size=batch_size)
 
 
 def plan_noise(*, n: int, batch_size: int, epochs: int, rounds: int, target_epsilon: float,

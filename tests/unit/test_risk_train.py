@@ -7,7 +7,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from node.risk.simulate import train_federated
-from node.risk.train import composed_epsilon, local_train, plan_noise
+from node.risk.train import composed_epsilon, local_train, plan_noise, sample_rate_for
 from shared.errors import CovariateBoundsError, DataError, SpecError
 from shared.features import FEATURE_NAMES, FEATURES, scale
 from shared.risk.arch import RiskArch, predict_proba
@@ -51,6 +51,9 @@ def test_target_epsilon_is_met_for_one_run_and_seed_reproduces():
     b = local_train(arrays=initial_arrays(RiskArch()), X=X, y=y, target_epsilon=1.0, seed=7)
     c = local_train(arrays=initial_arrays(RiskArch()), X=X, y=y, target_epsilon=1.0, seed=8)
     assert a.spend.epsilon <= 1.0 + 1e-9 and a.spend.epsilon > 0.9
+    # what the ledger records is what Opacus used: q = 1/⌈n/B⌉, ⌈n/B⌉ steps per epoch
+    assert a.spend.sample_rate == sample_rate_for(n=3000, batch_size=1024) == 1 / 3
+    assert a.spend.steps == 3
     for u, v in zip(a.arrays, b.arrays):
         np.testing.assert_array_equal(u, v)
     assert not np.array_equal(a.arrays[0], c.arrays[0])
