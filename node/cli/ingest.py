@@ -38,8 +38,11 @@ def ingest(
                                    help="Rows per chunk: memory grows with it."),
     fmt: str = FORMAT_OPTION,
 ) -> None:
-    """Validate, pseudonymise and store FILE. Invalid rows go to quarantine with the reason;
-    re-ingesting the same file changes nothing. Exit code 0 even if rows were quarantined."""
+    """Validate, pseudonymise and store a CSV or Parquet FILE.
+
+    Invalid rows go to quarantine with their reason; re-ingesting the same file changes
+    nothing. Exit code 0 even if rows were quarantined, 1 if the file cannot be read.
+    """
     check_format(fmt)
     with errors_to_exit():
         cfg, store, pseudo = open_node(config)

@@ -21,7 +21,7 @@ def init(
     force: bool = typer.Option(False, "--force", help="Overwrite an existing node.toml."),
     fmt: str = FORMAT_OPTION,
 ) -> None:
-    """Write DIR/node.toml (commented defaults), create the pseudonym key (0600) and the store."""
+    """Create a node: commented node.toml, pseudonym key (0600) and an empty store."""
     check_format(fmt)
     with errors_to_exit():
         directory.mkdir(parents=True, exist_ok=True)

@@ -29,8 +29,10 @@ def add(
     config: Path = CONFIG_OPTION,
     fmt: str = FORMAT_OPTION,
 ) -> None:
-    """Record that a person started an intervention. The id is pseudonymised before storage
-    and never echoed."""
+    """Record that a person started an intervention.
+
+    The id is pseudonymised before storage and never echoed.
+    """
     check_format(fmt)
     with errors_to_exit():
         _, store, pseudo = open_node(config)
