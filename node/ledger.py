@@ -38,7 +38,7 @@ from datetime import datetime, timezone
 from sqlalchemy import (Column, DateTime, Engine, Float, Integer, MetaData, String, Table,
                         create_engine, event, insert, select, update)
 
-from shared.dp.accounting import epsilon_spent
+from shared.dp.accounting import epsilon_of_history
 from shared.errors import BudgetExceededError, PrivacyError
 
 __all__ = ["BudgetState", "Charge", "PrivacyLedger", "ReleaseRecord"]
@@ -63,6 +63,8 @@ releases = Table(
     Column("sigma", Float, nullable=False),
     Column("sensitivity", Float, nullable=False),
     Column("noise_multiplier", Float, nullable=False),
+    Column("sample_rate", Float, nullable=False, default=1.0),  # q < 1: DP-SGD (subsampled)
+    Column("steps", Integer, nullable=False, default=1),  # applications of the mechanism
     Column("epsilon", Float, nullable=False),  # added by this release
     Column("epsilon_after", Float, nullable=False),  # dataset total after it
     Column("created_at", DateTime(timezone=True), nullable=False),
@@ -101,6 +103,8 @@ class ReleaseRecord:
     epsilon_after: float
     created_at: str
     status: str
+    sample_rate: float = 1.0
+    steps: int = 1
 
 
 @dataclass(frozen=True)
@@ -171,17 +175,40 @@ class PrivacyLedger:
         if not (math.isfinite(sigma) and sigma > 0 and math.isfinite(sensitivity) and sensitivity > 0):
             raise PrivacyError(f"release {query!r} on dataset {dataset}: σ and sensitivity must be "
                                f"positive, got σ={sigma!r}, Δ={sensitivity!r}")
+        return self._charge(dataset=dataset, study_id=study_id, query=query, sigma=sigma,
+                            sensitivity=sensitivity, sample_rate=1.0, steps=1)
+
+    def charge_sgd(self, *, dataset: str, study_id: str, query: str, noise_multiplier: float,
+                   sample_rate: float, steps: int) -> Charge:
+        r"""Charge one local DP-SGD run (``steps`` subsampled Gaussian steps, Poisson rate
+        ``sample_rate``, noise multiplier μ = σ/C) before its weights leave, atomically.
+
+        Raises:
+            BudgetExceededError: the composed ε would exceed the budget.
+            PrivacyError: no budget, or μ, q or steps out of range.
+        """
+        if not (0 < float(sample_rate) <= 1) or int(steps) < 1:
+            raise PrivacyError(f"release {query!r} on dataset {dataset}: need 0 < q <= 1 and "
+                               f"steps >= 1, got q={sample_rate!r}, steps={steps!r}")
+        return self._charge(dataset=dataset, study_id=study_id, query=query,
+                            sigma=float(noise_multiplier), sensitivity=1.0,
+                            sample_rate=float(sample_rate), steps=int(steps))
+
+    def _charge(self, *, dataset: str, study_id: str, query: str, sigma: float,
+                sensitivity: float, sample_rate: float, steps: int) -> Charge:
+        if not (math.isfinite(sigma) and sigma > 0):
+            raise PrivacyError(f"release {query!r} on dataset {dataset}: noise must be positive")
         mu = sigma / sensitivity
+        entry = (mu, sample_rate, steps)
         with self.engine.begin() as conn:
             budget = conn.execute(select(budgets).where(budgets.c.dataset == dataset)
                                   .with_for_update()).first()
             if budget is None:
                 raise PrivacyError(f"no privacy budget is set for dataset {dataset}: "
                                    "refusing to release")
-            mus = list(conn.execute(select(releases.c.noise_multiplier)
-                                    .where(releases.c.dataset == dataset)).scalars())
-            before = self._eps(mus, budget.delta)
-            after = self._eps(mus + [mu], budget.delta)
+            history = self._history(conn, dataset)
+            before = self._eps(history, budget.delta)
+            after = self._eps(history + [entry], budget.delta)
             if after > budget.epsilon + _EPS_TOL:
                 raise BudgetExceededError(
                     f"budget of dataset {dataset}: ε={budget.epsilon:.2f} total "
@@ -189,8 +216,8 @@ class PrivacyLedger:
                     f"this release ({query}, study {study_id[:12]}) needs {after - before:.2f}")
             rid = conn.execute(insert(releases).values(
                 dataset=dataset, study_id=study_id, query=query, sigma=sigma,
-                sensitivity=sensitivity, noise_multiplier=mu, epsilon=after - before,
-                epsilon_after=after, created_at=datetime.now(timezone.utc), status="charged",
+                sensitivity=sensitivity, noise_multiplier=mu, sample_rate=sample_rate,
+                steps=steps, epsilon=after - before, epsilon_after=after, created_at=datetime.now(timezone.utc), status="charged",
             )).inserted_primary_key[0]
         return Charge(id=int(rid), dataset=dataset, study_id=study_id, query=query, sigma=sigma,
                       sensitivity=sensitivity, noise_multiplier=mu, epsilon=after - before,
@@ -201,8 +228,15 @@ class PrivacyLedger:
         with self.engine.begin() as conn:
             conn.execute(update(releases).where(releases.c.id == charge_id).values(status="sent"))
 
-    def _eps(self, mus: list[float], delta: float) -> float:
-        return epsilon_spent(noise_multipliers=mus, delta=delta, accountant=self.accountant)
+    def _eps(self, history: list[tuple[float, float, int]], delta: float) -> float:
+        return epsilon_of_history(history=history, delta=delta, accountant=self.accountant)
+
+    @staticmethod
+    def _history(conn, dataset: str) -> list[tuple[float, float, int]]:
+        """Every charged release of ``dataset`` as an accountant entry (μ, q, steps)."""
+        rows = conn.execute(select(releases.c.noise_multiplier, releases.c.sample_rate,
+                                   releases.c.steps).where(releases.c.dataset == dataset))
+        return [(float(m), float(q), int(k)) for m, q, k in rows]
 
     # -- reading -------------------------------------------------------------------------------
     def spent(self, dataset: str) -> float:
@@ -223,11 +257,10 @@ class PrivacyLedger:
             budget = conn.execute(select(budgets).where(budgets.c.dataset == dataset)).first()
             if budget is None:
                 raise PrivacyError(f"no privacy budget is set for dataset {dataset}")
-            mus = list(conn.execute(select(releases.c.noise_multiplier)
-                                    .where(releases.c.dataset == dataset)).scalars())
-        spent = self._eps(mus, budget.delta)
+            history = self._history(conn, dataset)
+        spent = self._eps(history, budget.delta)
         return BudgetState(dataset=dataset, epsilon=budget.epsilon, delta=budget.delta,
-                           spent=spent, left=max(budget.epsilon - spent, 0.0), releases=len(mus))
+                           spent=spent, left=max(budget.epsilon - spent, 0.0), releases=len(history))
 
     def history(self, dataset: str) -> list[ReleaseRecord]:
         """Every release charged to ``dataset``, oldest first."""

@@ -27,7 +27,8 @@ from typing import Iterable, Literal, Sequence
 
 import numpy as np
 
-__all__ = ["ACCOUNTANTS", "Accountant", "ORDERS", "epsilon_spent", "make_accountant"]
+__all__ = ["ACCOUNTANTS", "Accountant", "ORDERS", "epsilon_of_history", "epsilon_spent",
+           "make_accountant"]
 
 Accountant = Literal["rdp", "prv"]
 ACCOUNTANTS: tuple[str, ...] = ("rdp", "prv")
@@ -63,28 +64,42 @@ def _check_multipliers(noise_multipliers: Iterable[float]) -> list[float]:
 
 def epsilon_spent(*, noise_multipliers: Sequence[float], delta: float,
                   accountant: str = "rdp") -> float:
-    r"""ε at ``delta`` of the composition of Gaussian releases with these noise multipliers.
-
-    Args:
-        noise_multipliers: :math:`\mu_i = \sigma_i / \Delta_i`, one per release, any order.
-        delta: target δ in (0, 1).
-        accountant: ``"rdp"`` or ``"prv"``.
-
-    Returns:
-        ε (0.0 for no releases).
+    r"""ε at ``delta`` of the composition of full-batch Gaussian releases with these noise
+    multipliers :math:`\mu_i = \sigma_i / \Delta_i` (any order); 0.0 for none.
 
     Raises:
         ValueError: a multiplier is not positive, δ outside (0, 1), or an unknown accountant.
     """
     mus = _check_multipliers(noise_multipliers)
+    return epsilon_of_history(history=[(mu, 1.0, 1) for mu in mus], delta=delta,
+                              accountant=accountant)
+
+
+def epsilon_of_history(*, history: Sequence[tuple[float, float, int]], delta: float,
+                       accountant: str = "rdp") -> float:
+    r"""ε at ``delta`` of a composition of (subsampled) Gaussian mechanisms, each entry
+    ``(μ, q, steps)`` in Opacus' accountant-history form: ``steps`` applications with noise
+    multiplier μ and Poisson sampling rate q (q = 1 for a full-batch release, as in the
+    study's statistics; q < 1 for DP-SGD). Composed by the Opacus accountant itself.
+
+    Raises:
+        ValueError: a multiplier is not positive, q outside (0, 1], steps < 1, δ outside
+            (0, 1), or an unknown accountant.
+    """
+    entries = [(float(mu), float(q), int(k)) for mu, q, k in history]
+    _check_multipliers(mu for mu, _, _ in entries)
+    if any(not 0 < q <= 1 or k < 1 for _, q, k in entries):
+        raise ValueError("history entries need 0 < q <= 1 and steps >= 1")
     if not 0 < delta < 1:
         raise ValueError(f"delta must lie in (0, 1), got {delta!r}")
-    if not mus:
+    if not entries:
         return 0.0
     acc = make_accountant(accountant)
-    # group equal multipliers so the accountant's history stays short (it merges runs only)
-    for mu in sorted(mus):
-        acc.step(noise_multiplier=mu, sample_rate=1.0)
+    # merge equal (μ, q) entries so the accountant's history stays short
+    merged: dict[tuple[float, float], int] = {}
+    for mu, q, k in sorted(entries):
+        merged[(mu, q)] = merged.get((mu, q), 0) + k
+    acc.history = [(mu, q, k) for (mu, q), k in merged.items()]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # PRV's discretisation warns at sample_rate = 1
         if accountant == "rdp":

@@ -189,3 +189,33 @@ def test_two_concurrent_processes_cannot_overspend(ledger, store_url):
     assert len(hist) == fits
     assert PrivacyLedger(store_url).spent(DATASET) <= 1.0
     assert max(h.epsilon_after for h in hist) <= 1.0 + 1e-9
+
+
+def test_dp_sgd_runs_compose_with_gaussian_releases_by_the_accountant(ledger):
+    from opacus.accountants import RDPAccountant
+
+    from shared.dp.accounting import ORDERS
+
+    ds = f"sgd-{os.getpid()}-{time.time_ns()}"
+    ledger.ensure_budget(dataset=ds, epsilon=50.0, delta=1e-5)
+    ledger.charge(dataset=ds, study_id="s" * 12, query="describe", sigma=3.0, sensitivity=1.5)
+    c = ledger.charge_sgd(dataset=ds, study_id="j" * 12, query="risk_train",
+                          noise_multiplier=1.1, sample_rate=0.05, steps=40)
+    acc = RDPAccountant()
+    acc.history = [(2.0, 1.0, 1), (1.1, 0.05, 40)]
+    expected = acc.get_epsilon(delta=1e-5, alphas=list(ORDERS))
+    assert ledger.spent(ds) == pytest.approx(expected, rel=1e-9)
+    assert c.epsilon_after == pytest.approx(expected, rel=1e-9)
+    rec = ledger.history(ds)[-1]
+    assert (rec.sample_rate, rec.steps, rec.query) == (0.05, 40, "risk_train")
+
+
+@pytest.mark.parametrize("q,steps", [(0.0, 10), (1.5, 10), (0.1, 0)])
+def test_dp_sgd_charge_rejects_impossible_runs(ledger, q, steps):
+    from shared.errors import PrivacyError
+
+    ds = f"sgd-bad-{time.time_ns()}"
+    ledger.ensure_budget(dataset=ds, epsilon=5.0, delta=1e-5)
+    with pytest.raises(PrivacyError):
+        ledger.charge_sgd(dataset=ds, study_id="j" * 12, query="risk_train",
+                          noise_multiplier=1.0, sample_rate=q, steps=steps)
