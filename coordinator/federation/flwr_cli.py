@@ -74,9 +74,16 @@ class FlwrClient:
         return out
 
     def submit(self, app_dir: Path, run_config: dict) -> int:
-        """Submit a run of the app in ``app_dir``; returns its run id."""
-        cfg = " ".join(f"{k}={toml_value(v)}" for k, v in run_config.items())
-        out = self.json("run", str(app_dir), CONNECTION, "--run-config", cfg)
+        """Submit a run of the app in ``app_dir``; returns its run id. The run configuration
+        travels as a TOML file (any string, JSON included, survives quoting)."""
+        import hashlib
+
+        import tomli_w
+
+        blob = tomli_w.dumps(run_config)
+        cfg = self.home / f"run-config-{hashlib.sha256(blob.encode()).hexdigest()[:16]}.toml"
+        cfg.write_text(blob)
+        out = self.json("run", str(app_dir), CONNECTION, "--run-config", str(cfg))
         return int(out["run-id"])
 
     def status(self, run_id: int) -> str:

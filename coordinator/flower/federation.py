@@ -63,7 +63,7 @@ class GridFederation:
         msgs = [Message(content=encode_query(query), dst_node_id=nid, message_type=STUDY_MESSAGE_TYPE, group_id=round_name)
                 for nid in self.active]
         sent = dict(zip(self.grid.push_messages(msgs), self.active))
-        replies = self._collect(sent)
+        replies = self.collect(sent)
         out: dict[str, NodeAnswer] = {}
         failures: dict[int, str] = {}
         for msg_id, nid in sent.items():
@@ -86,7 +86,8 @@ class GridFederation:
             self._drop_or_fail(failures, round_name)
         return out
 
-    def _collect(self, sent: Mapping[str, int]) -> dict[str, Message]:
+    def collect(self, sent: Mapping[str, int]) -> dict[str, Message]:
+        """Replies to ``sent`` (message id -> node id), polling until all arrive or time out."""
         pending = set(sent)
         got: dict[str, Message] = {}
         deadline = time.monotonic() + self.timeout_s

@@ -42,7 +42,10 @@ def main(grid: Grid, context: Context) -> None:
             f.write(json.dumps({"t": time.time(), "event": event, **data}) + "\n")
 
     try:
-        run_one(grid, cfg, out_dir, progress)
+        if str(cfg.get("workflow", "study")) == "risk":
+            train_one_model(grid, cfg, out_dir, progress)
+        else:
+            run_one(grid, cfg, out_dir, progress)
     except ReHealthError as e:
         error = {"error": type(e).__name__, "message": str(e),
                  "node": getattr(e, "node", None), "round": getattr(e, "round_name", None)}
@@ -69,3 +72,15 @@ def run_one(grid: Grid, cfg, out_dir: Path, progress) -> None:
                              total_s=time.perf_counter() - started)
     result.write(out_dir / "result.json")
     progress("done", {"result": str(out_dir / "result.json")})
+
+
+def train_one_model(grid: Grid, cfg, out_dir: Path, progress) -> None:
+    from coordinator.flower.risk_workflow import train_risk_model
+    from shared.protocol import RiskJob
+
+    job = RiskJob.model_validate_json(str(cfg["risk-job"]))
+    expected = int(cfg.get("expected-nodes", 0))
+    if expected < 1:
+        raise FederationError("expected-nodes must be set for risk training", round_name="connect")
+    train_risk_model(grid, job, expected_nodes=expected, out_dir=out_dir, progress=progress)
+    progress("done", {"result": str(out_dir / "risk_result.json")})

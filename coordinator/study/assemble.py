@@ -36,6 +36,10 @@ def assemble_result(run: StudyRun, *, dropped: dict[str, str], started_at: str, 
     assert run.estimate is not None and run.fitter is not None and run.table is not None
     spec = run.spec
     parts = run.estimate.to_result_parts(score_range=score_range(beta=run.fitter.beta))
+    # caliper strata tile the public score range (up to ~1,500 with 16 covariates); the result
+    # keeps those holding anyone (under DP, noisy counts: every quantile stratum is kept)
+    parts["strata"] = tuple(s for s in parts["strata"]
+                            if run.plan is not None or s.n_treated + s.n_control > 0)
     rounds_s = sum(r.seconds for r in run.rounds)
     warnings = tuple(parts.pop("warnings")) + tuple(
         f"site {who} left the study: {why}" for who, why in sorted(dropped.items()))

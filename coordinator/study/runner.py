@@ -54,12 +54,13 @@ class ProgressTail:
         return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
 
-def run_with_client(client: FlwrClient, spec_path: Path, out_dir: Path, *, startup_s: float = 0.0,
-                    timeout_s: float = 900.0, on_event: OnEvent | None = None) -> StudyResult:
-    """Submit the study app, follow its progress, return the result it wrote."""
+def run_app(client: FlwrClient, run_config: dict, out_dir: Path, *, result_name: str,
+            timeout_s: float = 900.0, on_event: OnEvent | None = None) -> Path:
+    """Submit the ReHealth Flower app with ``run_config``, follow its progress, and return the
+    path of the result file it wrote (or raise with its error, or with the run's log)."""
     out_dir = out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in ("result.json", "error.json", "progress.jsonl"):
+    for stale in (result_name, "error.json", "progress.jsonl"):
         (out_dir / stale).unlink(missing_ok=True)
     tail = ProgressTail(out_dir / "progress.jsonl")
 
@@ -68,21 +69,43 @@ def run_with_client(client: FlwrClient, spec_path: Path, out_dir: Path, *, start
             if on_event:
                 on_event(ev)
 
-    run_id = client.submit(APP_DIR, {"spec-path": str(spec_path.resolve()), "out-dir": str(out_dir)})
+    run_id = client.submit(APP_DIR, {**run_config, "out-dir": str(out_dir)})
     status = client.wait(run_id, timeout_s=timeout_s, on_poll=poll)
     poll(status)
-    error_file, result_file = out_dir / "error.json", out_dir / "result.json"
+    error_file, result_file = out_dir / "error.json", out_dir / result_name
     if error_file.exists():
         err = json.loads(error_file.read_text())
         raise FederationError(err["message"], node=err.get("node"), round_name=err.get("round"))
     if status != "finished:completed" or not result_file.exists():
         raise FederationError(f"run {run_id} ended with status {status!r} and no result; "
                               f"its log:\n{client.logs(run_id)[-3000:]}")
+    return result_file
+
+
+def run_with_client(client: FlwrClient, spec_path: Path, out_dir: Path, *, startup_s: float = 0.0,
+                    timeout_s: float = 900.0, on_event: OnEvent | None = None) -> StudyResult:
+    """Submit the study app, follow its progress, return the result it wrote."""
+    result_file = run_app(client, {"spec-path": str(spec_path.resolve())}, out_dir,
+                          result_name="result.json", timeout_s=timeout_s, on_event=on_event)
     result = StudyResult.read(result_file)
     timings = dict(result.timings, startup_s=startup_s, total_s=result.timings.get("total_s", 0) + startup_s)
     result = result.model_copy(update={"timings": timings, "truth": _truth(spec_path)})
     result.write(result_file)
     return result
+
+
+def train_risk_local(spec_path: Path, out_dir: Path, job, *, on_event: OnEvent | None = None,
+                     timeout_s: float = 900.0) -> dict:
+    """Federated DP training of the risk model over one local SuperNode per site of the spec."""
+    spec = StudySpec.from_toml(spec_path)
+    workdir = out_dir.resolve() / "federation"
+    with LocalFederation(workdir, site_nodes(spec, workdir)) as fed:
+        if on_event:
+            on_event({"event": "federation_up", "seconds": fed.startup_s, "nodes": len(fed.nodes)})
+        path = run_app(fed.client, {"workflow": "risk", "risk-job": job.model_dump_json(),
+                                    "expected-nodes": len(fed.nodes)}, out_dir,
+                       result_name="risk_result.json", timeout_s=timeout_s, on_event=on_event)
+    return json.loads(path.read_text())
 
 
 def run_local(spec_path: Path, out_dir: Path, *, on_event: OnEvent | None = None,

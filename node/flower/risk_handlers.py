@@ -85,5 +85,20 @@ def evaluate(msg: Message, runtime: NodeRuntime) -> Message:
     prob = predict_proba(arch=RiskArch(kind=job.kind, hidden=job.hidden), arrays=_arrays(msg.content),
                          z=scale(X, FEATURES, row_offset=1))
     agg = eval_aggregate(prob=prob, y=y)
+    _store_model(runtime, job, _arrays(msg.content))
     return Message(RecordDict({RISK_EVAL_KEY: ArrayRecord(agg.to_arrays()),
                                "metrics": MetricRecord({"num-examples": int(len(y))})}), reply_to=msg)
+
+
+def _store_model(runtime: NodeRuntime, job: RiskJob, arrays: list[np.ndarray]) -> None:
+    """Keep the model the coordinator sent for evaluation (the node scores with the model it
+    was sent), versioned with its training record."""
+    if runtime.state_dir is None:
+        return
+    from node.risk.model_store import ModelStore, TrainingRecord
+
+    record = TrainingRecord(kind=job.kind, hidden=job.hidden, rounds=job.rounds,
+                            epsilon=job.target_epsilon, delta=job.delta, source="federated",
+                            metrics={"job_id": job.job_id})
+    stored = ModelStore(runtime.state_dir / "models").save(arrays=arrays, record=record)
+    log.info("site %s stored risk model %s", runtime.site, stored.version)

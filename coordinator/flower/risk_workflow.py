@@ -1,0 +1,80 @@
+"""Federated DP training of the cardiovascular risk model with Flower's FedAvg strategy.
+
+Each round every node runs local DP-SGD (Opacus) from the global weights, charged to its own
+ledger, and FedAvg averages the returned weights by row count. A final evaluation message sends
+the trained model to every node, which stores it (versioned, with its training record) and
+answers with an additive evaluation aggregate; the pooled AUC, Brier score and decile
+calibration come from the merged aggregates. No per-person score leaves a node.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from coordinator.flower.federation import GridFederation
+from shared.errors import FederationError
+from shared.protocol import RISK_ARRAYS_KEY, RISK_EVAL_KEY, RISK_JOB_KEY, RiskJob
+from shared.risk.arch import RiskArch
+from shared.risk.metrics import EvalAggregate, evaluate, merge_aggregates
+
+log = logging.getLogger("rehealth.coordinator.risk")
+
+
+def initial_arrays(arch: RiskArch) -> list[np.ndarray]:
+    """Zero weights: a public, data-free start (logistic: the 50% model)."""
+    return [np.zeros(s) for s in arch.shapes()]
+
+
+def train_risk_model(grid: Grid, job: RiskJob, *, expected_nodes: int, out_dir: Path,
+                     timeout_s: float = 600.0, progress=lambda event, data: None) -> dict:
+    """Run ``job.rounds`` FedAvg rounds and a federated evaluation; write ``risk_model.npz``
+    and ``risk_result.json`` to ``out_dir``; return the result dict."""
+    started = time.perf_counter()
+    fed = GridFederation(grid, timeout_s=timeout_s)
+    fed.wait_for_nodes(expected_nodes)
+    arch = RiskArch(kind=job.kind, hidden=job.hidden)
+    strategy = FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=expected_nodes,
+                      min_available_nodes=expected_nodes)
+    config = ConfigRecord({RISK_JOB_KEY: job.model_dump_json()})
+    progress("risk_training", {"rounds": job.rounds, "nodes": expected_nodes})
+    result = strategy.start(grid=grid, initial_arrays=ArrayRecord(initial_arrays(arch)),
+                            num_rounds=job.rounds, timeout=timeout_s, train_config=config)
+    arrays = result.arrays.to_numpy_ndarrays()
+    train_metrics = {int(r): dict(m) for r, m in result.train_metrics_clientapp.items()}
+    if len(train_metrics) < job.rounds:
+        raise FederationError(f"risk training completed {len(train_metrics)} of {job.rounds} rounds "
+                              "(a node failed; see the SuperNode logs)", round_name="risk-train")
+    report = _federated_evaluation(grid, fed, arrays, config)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    np.savez(out_dir / "risk_model.npz", *arrays)
+    summary = {"job": json.loads(job.model_dump_json()), "arch": arch.to_dict(),
+               "rounds": job.rounds, "nodes": expected_nodes, "evaluation": report.to_dict(),
+               "train_metrics": train_metrics, "seconds": time.perf_counter() - started}
+    (out_dir / "risk_result.json").write_text(json.dumps(summary, indent=2) + "\n")
+    progress("risk_done", {"auc": report.auc, "brier": report.brier})
+    return summary
+
+
+def _federated_evaluation(grid: Grid, fed: GridFederation, arrays: list[np.ndarray],
+                          config: ConfigRecord):
+    msgs = [Message(RecordDict({RISK_ARRAYS_KEY: ArrayRecord(arrays), "config": config}),
+                    dst_node_id=nid, message_type="evaluate", group_id="risk-evaluate")
+            for nid in fed.active]
+    sent = list(grid.push_messages(msgs))
+    replies = fed.collect(dict(zip(sent, fed.active)))
+    aggs = []
+    for msg_id in sent:
+        reply = replies.get(msg_id)
+        if reply is None or reply.has_error():
+            reason = reply.error.reason if reply is not None else "no answer"
+            raise FederationError(f"risk evaluation: {reason}", round_name="risk-evaluate")
+        aggs.append(EvalAggregate.from_arrays(reply.content.array_records[RISK_EVAL_KEY].to_numpy_ndarrays()))
+    return evaluate(merge_aggregates(aggs))
