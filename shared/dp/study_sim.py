@@ -72,7 +72,7 @@ def _noisy_sum(plan: NoisePlan, query: str, answers: Sequence[dict], rngs,
 
 def run_dp_study(*, sites: Sequence[SiteArrays], outcomes: Sequence[Outcome],
                  covariates: Sequence[str], plan: NoisePlan, rngs: Sequence[np.random.Generator],
-                 ridge: float = 1e-6, strata_n: int = 8,
+                 ridge: float = 1e-6, strata_n: int | None = None,
                  secure_aggregation: bool = False) -> DpStudy:
     """describe → R noisy Newton rounds → noisy score histogram → noisy PSM table → estimate.
 
@@ -83,7 +83,7 @@ def run_dp_study(*, sites: Sequence[SiteArrays], outcomes: Sequence[Outcome],
         plan: the study's :class:`NoisePlan`.
         rngs: one noise generator per node (``secure_rng()`` on real nodes).
         ridge: propensity ridge.
-        strata_n: the spec's requested number of strata (an upper bound under DP).
+        strata_n: an explicit upper bound on the number of strata (None: the DP rule alone).
         secure_aggregation: simulate SecAgg+ (each node adds σ/√K; only sums are seen).
 
     Raises:

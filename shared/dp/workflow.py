@@ -23,7 +23,7 @@ import numpy as np
 
 from shared.dp.mechanisms import project_psd
 from shared.dp.plan import NoisePlan
-from shared.dp.strata import DP_GRID_BINS, dp_min_cell, dp_n_strata, dp_quantile_edges
+from shared.dp.strata import DP_GRID_BINS, dp_min_cell, dp_n_strata, dp_width_edges
 from shared.dp.uncertainty import att_privacy_se
 from shared.errors import EmptyArmError
 from shared.psm.estimator import AttEstimate, estimate_att
@@ -76,8 +76,8 @@ def dp_grid(*, beta) -> np.ndarray:
 
 
 def dp_edges(*, beta, hist, plan: NoisePlan, n_nodes: int, n_treated: float,
-             requested: int, secure_aggregation: bool = False) -> np.ndarray:
-    """Quantile strata edges from the summed noisy ``(G, 2)`` score histogram.
+             requested: int | None = None, secure_aggregation: bool = False) -> np.ndarray:
+    """Equal-width strata over the treated range of the summed noisy ``(G, 2)`` score histogram.
 
     The number of strata follows :func:`shared.dp.strata.dp_n_strata` with the noise of the
     main PSM release's counts (the cells the estimate reads).
@@ -85,7 +85,7 @@ def dp_edges(*, beta, hist, plan: NoisePlan, n_nodes: int, n_treated: float,
     count_sigma = plan.release("psm_main").total_sigma(n_nodes, secure_aggregation=secure_aggregation)
     n_strata = dp_n_strata(n_treated=n_treated, count_sigma=count_sigma, requested=requested)
     hist = np.asarray(hist, dtype=float)
-    return dp_quantile_edges(grid=dp_grid(beta=beta), treated_counts=hist[:, 1],
+    return dp_width_edges(grid=dp_grid(beta=beta), treated_counts=hist[:, 1],
                              noise_sd=plan.release("score_hist").total_sigma(
                                  n_nodes, secure_aggregation=secure_aggregation),
                              n_strata=n_strata)
