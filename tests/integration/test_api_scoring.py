@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 
 from node.risk.model_store import ModelStore, TrainingRecord
-from shared.features import FEATURE_NAMES, FEATURES, scale
+from shared.features import FEATURE_NAMES, FEATURES
 from shared.risk.arch import REFERENCE
 from shared.synth import generate_cohort
 

@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from node.risk.model_store import ModelStore, TrainingRecord, model_version
