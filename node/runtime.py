@@ -34,6 +34,7 @@ def _bool(v) -> bool:
 class NodeRuntime:
     site: str
     data_path: Path | None = None
+    store_url: str | None = None  # the node's store (ingested cohort) instead of a file
     state_dir: Path | None = None
     ledger_url: str | None = None
     dataset: str | None = None
@@ -49,6 +50,7 @@ class NodeRuntime:
         data, state = cfg.get("data-path"), cfg.get("state-dir")
         try:
             return cls(site=site, data_path=Path(str(data)) if data else None,
+                       store_url=str(cfg["store-url"]) if cfg.get("store-url") else None,
                        state_dir=Path(str(state)) if state else None,
                        ledger_url=str(cfg["ledger-url"]) if cfg.get("ledger-url") else None,
                        dataset=str(cfg.get("dataset") or site),
@@ -68,17 +70,25 @@ class NodeRuntime:
         Raises:
             NotInStudy, QueryRefused, DataError, PrivacyError / BudgetExceededError.
         """
-        from node.study_service import answer, load_site_arrays
+        from node.study_service import answer, load_site_arrays, prepare_arrays
 
         if query.sites and self.site not in query.sites:
             raise NotInStudy(f"site {self.site} is not among the study's sites")
         if query.privacy is None and self.require_dp:
             raise PrivacyError(f"site {self.site} answers only differentially private studies "
                                "(set [privacy] enabled = true)")
-        if self.data_path is None:
-            raise QueryRefused(f"site {self.site} has no study data configured (data-path)")
-        cache = self.state_dir / "cache" if self.state_dir else None
-        data = load_site_arrays(self.data_path, query, cache)
+        if self.store_url:
+            from node.store import open_store
+
+            frame = open_store(self.store_url).cohort_columns(
+                covariates=[c.name for c in query.covariates],
+                treatment_column=query.treatment_column, outcomes=[o.name for o in query.outcomes])
+            data = prepare_arrays(frame, query)
+        elif self.data_path is not None:
+            cache = self.state_dir / "cache" if self.state_dir else None
+            data = load_site_arrays(self.data_path, query, cache)
+        else:
+            raise QueryRefused(f"site {self.site} has no study data configured (store-url or data-path)")
         if query.privacy is None:
             return answer(query, data), {}
         ledger = self.ledger()

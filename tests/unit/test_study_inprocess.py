@@ -101,3 +101,28 @@ def test_node_refuses_unknown_query(federation, tmp_path):
     reply = list(grid.send_and_receive([msg]))[0]
     assert reply.has_error() and reply.error.code == 4001
     assert spec.sites[0].name in reply.error.reason
+
+
+def test_nodes_answer_from_their_ingested_store_as_from_the_file(federation, tmp_path):
+    """A node configured with its store (ingested, pseudonymised cohort) gives the same study."""
+    from node.ingest import ingest_file
+    from node.pseudonym import Pseudonymizer
+    from node.store import open_store
+
+    spec, fed = federation
+    configs = {}
+    for i, s in enumerate(spec.sites):
+        url = f"sqlite:///{tmp_path / (s.name + '.db')}"
+        summary = ingest_file(open_store(url), s.data, kind="cohort", site_id=s.name,
+                              pseudonymize=Pseudonymizer(key=b"k" * 32, site_id=s.name).many)
+        assert summary.quarantined == 0
+        configs[i + 1] = {"site": s.name, "store-url": url}
+    gf = GridFederation(InProcessGrid(client_app, configs), poll_s=0.0)
+    gf.wait_for_nodes(len(spec.sites))
+    from_store = run_study(spec, gf)
+    files_fed = GridFederation(_grid(spec, tmp_path), poll_s=0.0)
+    files_fed.wait_for_nodes(len(spec.sites))
+    from_files = run_study(spec, files_fed)
+    for o in spec.outcomes:
+        assert from_store.estimate.outcome(o.name).att == pytest.approx(
+            from_files.estimate.outcome(o.name).att, rel=1e-9)
