@@ -9,46 +9,26 @@ name. The node scores with the exact model it was sent.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import io
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from shared.errors import SpecError
 from shared.features import FEATURE_NAMES
 from shared.risk.arch import RiskArch, check_arrays
-from shared.risk.tiers import DEFAULT_CUTOFFS, check_cutoffs
+from shared.risk.record import TrainingRecord
+from shared.risk.tiers import check_cutoffs
+
+__all__ = ["ModelStore", "StoredModel", "TrainingRecord", "model_version"]
 
 _VERSION_CHARS = 16
-
-
-class TrainingRecord(BaseModel):
-    """How a model came to be: enough for an actuary to judge it and for a ledger to match it."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    kind: str = "logistic"
-    hidden: int = 16
-    feature_names: tuple[str, ...] = FEATURE_NAMES
-    cutoffs: tuple[float, float, float] = DEFAULT_CUTOFFS
-    rounds: int = Field(ge=0)
-    nodes: int | None = Field(default=None, ge=1)
-    epsilon: float | None = Field(default=None, ge=0)
-    delta: float | None = Field(default=None, gt=0, lt=1)
-    metrics: dict[str, Any] = Field(default_factory=dict)
-    source: str = Field(default="federated", description="federated | centralized | imported")
-    created_at: dt.datetime = Field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
-
-    @property
-    def arch(self) -> RiskArch:
-        return RiskArch(kind=self.kind, hidden=self.hidden)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
