@@ -37,6 +37,7 @@ from datetime import datetime, timezone
 
 from sqlalchemy import (Column, DateTime, Engine, Float, Integer, MetaData, String, Table,
                         create_engine, event, insert, select, update)
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from shared.dp.accounting import epsilon_of_history
 from shared.errors import BudgetExceededError, PrivacyError
@@ -129,7 +130,10 @@ class PrivacyLedger:
         self.url = url
         self.accountant = accountant
         self.engine = _make_engine(url)
-        metadata.create_all(self.engine)
+        try:
+            metadata.create_all(self.engine)
+        except DBAPIError:  # another process created the tables between check and create
+            metadata.create_all(self.engine)
 
     # -- budgets -------------------------------------------------------------------------------
     def ensure_budget(self, *, dataset: str, epsilon: float, delta: float) -> BudgetState:
@@ -142,18 +146,23 @@ class PrivacyLedger:
         if not (math.isfinite(epsilon) and epsilon > 0) or not 0 < delta < 1:
             raise PrivacyError(f"budget of dataset {dataset}: need ε > 0 and 0 < δ < 1, "
                                f"got ε={epsilon!r}, δ={delta!r}")
+        try:
+            self._set_budget(dataset, float(epsilon), float(delta))
+        except IntegrityError:  # a concurrent process inserted the same dataset first
+            self._set_budget(dataset, float(epsilon), float(delta))
+        return self.state(dataset)
+
+    def _set_budget(self, dataset: str, epsilon: float, delta: float) -> None:
         with self.engine.begin() as conn:
             row = conn.execute(select(budgets).where(budgets.c.dataset == dataset)
                                .with_for_update()).first()
             if row is None:
-                conn.execute(insert(budgets).values(dataset=dataset, epsilon=float(epsilon),
-                                                    delta=float(delta)))
-            elif (row.epsilon, row.delta) != (float(epsilon), float(delta)):
+                conn.execute(insert(budgets).values(dataset=dataset, epsilon=epsilon, delta=delta))
+            elif (row.epsilon, row.delta) != (epsilon, delta):
                 log.warning("budget of dataset %s changed from ε=%g, δ=%g to ε=%g, δ=%g",
                             dataset, row.epsilon, row.delta, epsilon, delta)
                 conn.execute(update(budgets).where(budgets.c.dataset == dataset)
-                             .values(epsilon=float(epsilon), delta=float(delta)))
-        return self.state(dataset)
+                             .values(epsilon=epsilon, delta=delta))
 
     def datasets(self) -> list[str]:
         with self.engine.connect() as conn:
@@ -217,7 +226,8 @@ class PrivacyLedger:
             rid = conn.execute(insert(releases).values(
                 dataset=dataset, study_id=study_id, query=query, sigma=sigma,
                 sensitivity=sensitivity, noise_multiplier=mu, sample_rate=sample_rate,
-                steps=steps, epsilon=after - before, epsilon_after=after, created_at=datetime.now(timezone.utc), status="charged",
+                steps=steps, epsilon=after - before, epsilon_after=after,
+                created_at=datetime.now(timezone.utc), status="charged",
             )).inserted_primary_key[0]
         return Charge(id=int(rid), dataset=dataset, study_id=study_id, query=query, sigma=sigma,
                       sensitivity=sensitivity, noise_multiplier=mu, epsilon=after - before,
