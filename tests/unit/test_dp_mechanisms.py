@@ -109,3 +109,10 @@ def test_plan_without_balance_share_has_no_balance_release_and_refuses_missing_r
     with pytest.raises(PrivacyError, match="ps_fit"):
         plan_study(epsilon=1.0, delta=1e-6, split=BudgetSplit(describe=0.1, ps_fit=0.0,
                    psm_stats=0.8, balance=0.1), n_covariates=4, n_outcomes=1)
+
+
+def test_plan_round_trips_through_its_dict():
+    from shared.dp.plan import NoisePlan
+
+    plan = plan_study(epsilon=2.0, delta=1e-6, split=BudgetSplit(), n_covariates=5, n_outcomes=2)
+    assert NoisePlan.from_dict(plan.to_dict()) == plan
