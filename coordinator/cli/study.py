@@ -83,7 +83,7 @@ def train_risk(
                               help="Study spec whose sites train (their data carry cv_event)."),
     epsilon: float = typer.Option(8.0, help="Each node's total ε for the whole training."),
     delta: float = typer.Option(1e-5, help="δ of the DP-SGD guarantee."),
-    rounds: int = typer.Option(5, help="FedAvg rounds."),
+    rounds: int = typer.Option(8, help="FedAvg rounds."),
     kind: str = typer.Option("logistic", help="logistic or mlp"),
     out: Path = typer.Option(Path("risk-model"), "--out", help="Folder for the model and metrics."),
     fmt: str = typer.Option("text", "--format", help="text or json"),

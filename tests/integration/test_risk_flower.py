@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 def test_federated_dp_model_matches_centralized_auc_at_eps_8(tmp_path):
     fed = generate_federation(seed=3, sites=3, scale=0.3)
     spec_path = write_federation(fed, tmp_path / "data")
-    job = RiskJob(job_id="risk-test-0001", rounds=5, target_epsilon=8.0)
+    job = RiskJob(job_id="risk-test-0001", rounds=8, target_epsilon=8.0)
     summary = train_risk_local(spec_path, tmp_path / "run", job, timeout_s=900)
 
     with np.load(tmp_path / "run" / "risk_model.npz") as f:
