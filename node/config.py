@@ -7,14 +7,13 @@ naming the field (``budget.epsilon: Input should be greater than 0``).
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.engine import make_url
 
 from shared.errors import SpecError
-from shared.study import format_validation_error
+from shared.study import format_validation_error, read_toml
 
 CONFIG_NAME = "node.toml"
 
@@ -55,12 +54,7 @@ class NodeConfig(_Model):
             SpecError: the file is missing, not TOML, or a field is invalid (named).
         """
         path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise SpecError(f"node config {path} not found (create one: rehealth node init)") from None
-        except tomllib.TOMLDecodeError as e:
-            raise SpecError(f"node config {path}: not valid TOML: {e}") from None
+        data = read_toml(path, what="node config", hint=" (create one: rehealth node init)")
         return cls.from_dict(data, base=path.parent.resolve(), what=f"node config {path}")
 
     @classmethod

@@ -188,13 +188,7 @@ class StudySpec(_Model):
     @classmethod
     def from_toml(cls, path: str | Path) -> "StudySpec":
         path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise SpecError(f"study spec {path} not found") from None
-        except tomllib.TOMLDecodeError as e:
-            raise SpecError(f"study spec {path}: not valid TOML: {e}") from None
-        return cls.from_dict(data).resolve_paths(path.parent)
+        return cls.from_dict(read_toml(path, what="study spec")).resolve_paths(path.parent)
 
     def resolve_paths(self, base: Path) -> "StudySpec":
         """Site data paths made absolute against ``base`` (the spec's folder)."""
@@ -213,6 +207,16 @@ def _require_unique(names: list[str], what: str) -> None:
         if n in seen:
             raise ValueError(f"duplicate {what} name {n!r}")
         seen.add(n)
+
+
+def read_toml(path: Path, *, what: str, hint: str = "") -> dict:
+    """A TOML file's content, or a :class:`SpecError` saying which file and what is wrong."""
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise SpecError(f"{what} {path} not found{hint}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(f"{what} {path}: not valid TOML: {e}") from None
 
 
 def format_validation_error(e: ValidationError, what: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -94,14 +95,21 @@ def run_with_client(client: FlwrClient, spec_path: Path, out_dir: Path, *, start
     return result
 
 
-def train_risk_local(spec_path: Path, out_dir: Path, job, *, on_event: OnEvent | None = None,
-                     timeout_s: float = 900.0) -> dict:
-    """Federated DP training of the risk model over one local SuperNode per site of the spec."""
+@contextmanager
+def local_federation(spec_path: Path, out_dir: Path, on_event: OnEvent | None = None):
+    """A SuperLink and one SuperNode per site of the spec on 127.0.0.1, stopped on exit."""
     spec = StudySpec.from_toml(spec_path)
     workdir = out_dir.resolve() / "federation"
     with LocalFederation(workdir, site_nodes(spec, workdir)) as fed:
         if on_event:
             on_event({"event": "federation_up", "seconds": fed.startup_s, "nodes": len(fed.nodes)})
+        yield fed
+
+
+def train_risk_local(spec_path: Path, out_dir: Path, job, *, on_event: OnEvent | None = None,
+                     timeout_s: float = 900.0) -> dict:
+    """Federated DP training of the risk model over one local SuperNode per site of the spec."""
+    with local_federation(spec_path, out_dir, on_event) as fed:
         path = run_app(fed.client, {"workflow": "risk", "risk-job": job.model_dump_json(),
                                     "expected-nodes": len(fed.nodes)}, out_dir,
                        result_name="risk_result.json", timeout_s=timeout_s, on_event=on_event)
@@ -111,11 +119,7 @@ def train_risk_local(spec_path: Path, out_dir: Path, job, *, on_event: OnEvent |
 def run_local(spec_path: Path, out_dir: Path, *, on_event: OnEvent | None = None,
               timeout_s: float = 900.0) -> StudyResult:
     """Start a SuperLink and one SuperNode per site on 127.0.0.1, run the study, stop them."""
-    spec = StudySpec.from_toml(spec_path)
-    workdir = out_dir.resolve() / "federation"
-    with LocalFederation(workdir, site_nodes(spec, workdir)) as fed:
-        if on_event:
-            on_event({"event": "federation_up", "seconds": fed.startup_s, "nodes": len(fed.nodes)})
+    with local_federation(spec_path, out_dir, on_event) as fed:
         return run_with_client(fed.client, spec_path, out_dir, startup_s=fed.startup_s,
                                timeout_s=timeout_s, on_event=on_event)
 
