@@ -205,8 +205,9 @@ def test_size_gate_and_attrition_warn(study):
     assert any(w.startswith("size_gate_treated") for w in est.warnings)
     # attrition: treated in strata without controls are dropped and reported
     assert est.n_treated_dropped == 60 - est.outcomes[0].n_treated
-    if est.n_treated_dropped:
-        assert not checks["common_support"].passed
+    kept = est.outcomes[0].n_treated / 60
+    assert checks["common_support"].value == pytest.approx(kept)
+    assert checks["common_support"].passed == (kept >= 0.95)
 
 
 def test_maps_one_to_one_onto_the_result_contract(pooled):
