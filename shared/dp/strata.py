@@ -5,15 +5,17 @@ ATT's privacy noise grows like :math:`\sigma_{tot}\sqrt{S}/N_T` (DESIGN.md §6) 
 strata already remove about 90 % of the confounding bias of a score (Cochran 1968; Rosenbaum &
 Rubin 1984). The rule, documented here and used by the workflow and the benchmark:
 
-1. **Number of strata** :func:`dp_n_strata`: the largest S ≤ 20 (or the spec's explicit
-   ``strata.n``) for which an average stratum holds at least ``CELL_NOISE_RATIO`` = 40 times
-   the SD of a cell count's noise, :math:`N_T / S \ge 40\,\sigma_{tot}`, and at least 1. More
-   strata remove more confounding but add privacy noise (∝ √S): in the benchmark 20 strata
-   beat 8 once noise is small (10k treated, ε = 8: CV-event bias 0.0029 vs 0.0048), while at
-   ε = 1 the extra strata only widened the CI, since there the noisy propensity fit, not the
-   strata, limits the adjustment (15 equal-width strata gave a 35 % wider CI than 8 for no
-   less bias). Without SecAgg over five nodes the ratio 40 gives S ≈ 7 at ε = 1, 14 at ε = 2
-   and 20 from ε = 4 for 10k treated; 1–5 for 1k treated.
+1. **Number of strata** :func:`dp_n_strata`, two tiers in units of the SD
+   :math:`\sigma_{tot}` of a summed cell count's noise: up to 5 strata (Cochran's 5, which remove
+   most of a score's confounding) as long as an average stratum holds
+   :math:`N_T/S \ge 10\,\sigma_{tot}` treated (count noise under 10 %); beyond 5 only while
+   :math:`N_T/S \ge 40\,\sigma_{tot}`; at most 20 (or the spec's explicit ``strata.n``), at
+   least 1. More strata remove more confounding but add privacy noise (∝ √S): in the benchmark
+   20 strata beat 8 once noise was small (10k treated, ε = 8: CV-event bias 0.0029 vs 0.0048),
+   while at ε = 1 extra strata only widened the CI (15 vs 8: 35 % wider, no less bias), since
+   there the noisy propensity fit limits the adjustment; and one stratum (no adjustment at all)
+   for 1k treated cost coverage. Without SecAgg over five nodes this gives S = 7 at ε = 1, 14
+   at ε = 2 and 20 from ε = 4 for 10k treated; 3 at ε = 1 and 5 from ε = 2 for 1k treated.
 2. **Where** :func:`dp_width_edges`: S strata of *equal width on the logit scale* over the
    range the treated occupy, read off the noisy treated histogram on a fine *public* grid
    (:func:`shared.psm.strata.score_grid` over the public score range); the outer edges are ±inf.
@@ -41,11 +43,14 @@ import numpy as np
 from shared.errors import DataError, EstimationError
 from shared.psm.strata import quantile_edges
 
-__all__ = ["CELL_NOISE_RATIO", "DP_GRID_BINS", "DP_MAX_STRATA", "dp_min_cell", "dp_n_strata",
+__all__ = ["CELL_NOISE_RATIO", "DP_GRID_BINS", "DP_MAX_STRATA", "FEW_STRATA", "MANY_NOISE_RATIO",
+           "dp_min_cell", "dp_n_strata",
            "dp_quantile_edges", "dp_width_edges"]
 
 DP_MAX_STRATA = 20
-CELL_NOISE_RATIO = 40.0
+CELL_NOISE_RATIO = 10.0  # up to FEW_STRATA strata
+MANY_NOISE_RATIO = 40.0  # beyond FEW_STRATA
+FEW_STRATA = 5
 DP_GRID_BINS = 100
 _THRESHOLD_SD = 2.0  # min cell: a noise-only cell passes with probability 2.3 %
 _HIST_THRESHOLD_SD = 3.0  # histogram bins: 0.13 % of empty bins pass
@@ -70,7 +75,9 @@ def dp_n_strata(*, n_treated: float, count_sigma: float, requested: int | None =
     if requested < 1 or not count_sigma > 0:
         raise DataError(f"dp_n_strata needs requested >= 1 and count_sigma > 0, "
                         f"got {requested!r}, {count_sigma!r}")
-    by_noise = math.floor(max(n_treated, 0.0) / (CELL_NOISE_RATIO * count_sigma))
+    n_t = max(float(n_treated), 0.0)
+    by_noise = max(min(FEW_STRATA, math.floor(n_t / (CELL_NOISE_RATIO * count_sigma))),
+                   math.floor(n_t / (MANY_NOISE_RATIO * count_sigma)))
     return int(max(1, min(requested, max_strata, by_noise)))
 
 

@@ -122,6 +122,8 @@ def test_strata_rule_caps_by_noise_and_by_the_request():
     assert dp_n_strata(n_treated=10_000, count_sigma=32.0) == 7  # 10000 / (40 * 32)
     assert dp_n_strata(n_treated=10_000, count_sigma=32.0, requested=5) == 5
     assert dp_n_strata(n_treated=10_000, count_sigma=4.0) == 20  # the DP cap
+    assert dp_n_strata(n_treated=1_000, count_sigma=32.0) == 3  # 1000 / (10 * 32)
+    assert dp_n_strata(n_treated=1_000, count_sigma=4.0) == 6  # 1000 / (40 * 4) beyond 5
     assert dp_n_strata(n_treated=100, count_sigma=32.0) == 1
     assert dp_min_cell(count_sigma=0.2) == 1.0 and dp_min_cell(count_sigma=30.0) == 60.0
 
