@@ -174,7 +174,7 @@ def _run_private(spec: StudySpec, rounds: _Rounds, run: StudyRun) -> None:
     d, p = len(spec.covariates), spec.privacy
     plan = plan_study(epsilon=p.epsilon, delta=p.delta, split=p.split, n_covariates=d,
                       n_outcomes=len(spec.outcomes), n_ps_rounds=p.ps_rounds, accountant=p.accountant)
-    run.plan, run.strata_method = plan, "quantile (DP)"
+    run.plan, run.strata_method = plan, "equal-width on the treated score range (DP)"
     counts = rounds.total(rounds.describe(), "describe", "count")
     fitter = dp_fitter(plan=plan, n_covariates=d, ridge=spec.federation.ridge,
                        beta0=dp_start_beta(counts=counts, n_covariates=d))
@@ -187,7 +187,8 @@ def _run_private(spec: StudySpec, rounds: _Rounds, run: StudyRun) -> None:
     beta = tuple(float(b) for b in fitter.beta)
     answers = rounds.ask((ScoreHist(beta=beta),), "score-hist")
     edges = dp_edges(beta=fitter.beta, hist=rounds.total(answers, "score_hist", "count"), plan=plan,
-                     n_nodes=len(answers), n_treated=float(counts[1]), requested=spec.strata.n)
+                     n_nodes=len(answers), n_treated=float(counts[1]),
+                     requested=spec.strata.n if spec.strata.method == "quantile" else None)
     answers = rounds.ask((PsmStats(beta=beta, edges=tuple(float(e) for e in edges)),), "psm-stats")
     keys = ("count", "sum_y", "sumsq_y") + (("sum_z", "sumsq_z") if plan.has("psm_balance") else ())
     sums = {k: rounds.total(answers, "psm_stats", k) for k in keys}
