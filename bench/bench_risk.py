@@ -35,6 +35,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from node.api.ready import wait_until_healthy  # noqa: E402
 from node.risk.model_store import ModelStore, StoredModel, TrainingRecord  # noqa: E402
 from node.risk.scoring import Scorer, feature_matrix, score_book  # noqa: E402
 from shared.features import FEATURE_NAMES, FEATURES, scale  # noqa: E402
@@ -149,8 +150,6 @@ def _free_port() -> int:
 
 
 def bench_http(*, requests: int, seed: int) -> None:
-    import httpx
-
     from node.api.auth import add_key
 
     rehealth = str(Path(sys.executable).parent / "rehealth")
@@ -167,15 +166,7 @@ def bench_http(*, requests: int, seed: int) -> None:
                                  "--port", str(port)], stderr=subprocess.PIPE)
         try:
             base = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if httpx.get(f"{base}/v1/health", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(proc.stderr.read().decode()[-2000:])
-                    time.sleep(0.2)
+            wait_until_healthy(base, proc, timeout_s=60)
             persons = [{n: (int(v) if f.kind == "binary" else float(v))
                         for n, f, v in zip(FEATURE_NAMES, FEATURES, row)}
                        for row in book[list(FEATURE_NAMES)].to_numpy(float)]

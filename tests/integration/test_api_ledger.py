@@ -23,6 +23,7 @@ from node.ledger import PrivacyLedger
 from node.risk.model_store import ModelStore, TrainingRecord
 from shared.dp.accounting import epsilon_spent
 from shared.synth import generate_cohort
+from node.api.ready import wait_until_healthy
 
 REHEALTH = str(Path(sys.executable).parent / "rehealth")
 
@@ -56,17 +57,10 @@ def test_group_views_are_charged_once_and_refused_over_budget(tmp_path):
                             stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(f"{base}/v1/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(proc.communicate()[1].decode()[-2000:])
-            time.sleep(0.2)
+        try:
+            wait_until_healthy(base, proc)
+        except RuntimeError as e:
+            pytest.fail(str(e))
         ledger = PrivacyLedger(cfg.store_url)
         with httpx.Client(base_url=base, headers={"X-API-Key": key}, timeout=30) as client:
             first = client.get("/v1/groups", params={"by": "department"})

@@ -22,6 +22,7 @@ from node.risk.model_store import ModelStore, TrainingRecord
 from shared.features import FEATURE_NAMES, FEATURES
 from shared.risk.arch import REFERENCE
 from shared.synth import generate_cohort
+from node.api.ready import wait_until_healthy
 
 REHEALTH = str(Path(sys.executable).parent / "rehealth")
 WEIGHTS = np.linspace(-0.6, 0.9, 16).reshape(1, 16)
@@ -69,17 +70,10 @@ def server(tmp_path_factory):
                              "--host", "127.0.0.1", "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            if httpx.get(f"{base}/v1/health", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"server did not start: {proc.communicate()[1].decode()[-2000:]}")
-        time.sleep(0.2)
+    try:
+        wait_until_healthy(base, proc)
+    except RuntimeError as e:
+        pytest.fail(str(e))
     with httpx.Client(base_url=base, timeout=30) as client:
         yield client, key, model.version, book
     proc.terminate()
