@@ -1,7 +1,7 @@
 """Charge, then release: the only path by which a DP answer leaves the node.
 
 :func:`charged_release` withholds every array the release does not name
-(:data:`shared.dp.sensitivity.RELEASE_KEYS`), commits the charge to the ledger, and only then
+(:func:`shared.dp.forms.release_arrays`), commits the charge to the ledger, and only then
 adds the Gaussian noise. If the ledger refuses, nothing is computed or returned; if the process
 dies after the charge, the ledger over-counts, never under-counts.
 """
@@ -13,9 +13,8 @@ from typing import Mapping
 import numpy as np
 
 from node.ledger import Charge, PrivacyLedger
+from shared.dp.forms import release_arrays
 from shared.dp.mechanisms import release, secure_rng
-from shared.dp.sensitivity import RELEASE_KEYS
-from shared.errors import PrivacyError
 
 __all__ = ["charged_release"]
 
@@ -29,9 +28,10 @@ def charged_release(*, ledger: PrivacyLedger, dataset: str, study_id: str, query
         ledger: the node's ledger.
         dataset: the dataset whose budget pays.
         study_id: the study asking (recorded).
-        query: a release name of :data:`RELEASE_KEYS` (``describe``, ``ps_fit``, ``score_hist``,
-            ``psm_main``, ``psm_balance``).
-        arrays: the exact answer; only the release's keys leave.
+        query: a release name (``describe``, ``ps_fit``, ``score_hist``, ``psm_main``,
+            ``psm_balance``: :data:`shared.dp.sensitivity.RELEASE_KEYS`).
+        arrays: the exact answer; only the release's keys leave, in release form
+            (:mod:`shared.dp.forms`: covariates centred).
         sigma: noise SD (the study plan's).
         sensitivity: the release's L2 sensitivity (:mod:`shared.dp.sensitivity`).
         rng: the noise generator; leave it None in production (a fresh
@@ -45,12 +45,7 @@ def charged_release(*, ledger: PrivacyLedger, dataset: str, study_id: str, query
         PrivacyError: unknown release, or a named array is missing.
         BudgetExceededError: the ledger refused (nothing is released).
     """
-    if query not in RELEASE_KEYS:
-        raise PrivacyError(f"unknown DP release {query!r}; known: {', '.join(RELEASE_KEYS)}")
-    missing = [k for k in RELEASE_KEYS[query] if k not in arrays]
-    if missing:
-        raise PrivacyError(f"release {query!r} lacks array(s) {', '.join(missing)}")
-    exact = {k: np.asarray(arrays[k], dtype=float) for k in RELEASE_KEYS[query]}
+    exact = release_arrays(query, arrays)
     charge = ledger.charge(dataset=dataset, study_id=study_id, query=query, sigma=sigma,
                            sensitivity=sensitivity)
     return release(arrays=exact, sigma=sigma, rng=rng if rng is not None else secure_rng()), charge

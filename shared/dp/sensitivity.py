@@ -1,8 +1,9 @@
 r"""L2 sensitivities of every study release, derived from the public bounds alone.
 
 Neighbouring datasets differ by adding or removing one row (one person). Covariates are scaled
-to [0, 1] by their public bounds (:func:`shared.features.scale`), so :math:`\tilde z = [1, z]
-\in [0, 1]^{d+1}`; outcomes are clipped to their public ``[lo, cap]`` and rescaled to [0, 1]
+to [0, 1] by their public bounds (:func:`shared.features.scale`) and released centred on the
+public midpoint (:mod:`shared.dp.forms`), so :math:`\tilde z_c = [1, z - 1/2]` has
+:math:`\lVert\tilde z_c\rVert_2^2 \le q = 1 + d/4`; outcomes are clipped to their public ``[lo, cap]`` and rescaled to [0, 1]
 (:func:`shared.psm.table.scale_outcomes`). A row therefore moves each release by a bounded
 amount, whatever its values:
 
@@ -10,22 +11,24 @@ amount, whatever its values:
 release            arrays                                      :math:`\Delta_2`
 =================  ==========================================  =================================
 ``describe``       per-arm ``count`` (2,)                      :math:`1`
-``ps_fit``         ``g`` (p,), ``H`` (p, p), p = d + 1         :math:`\sqrt{p + p^2/16}`
+``ps_fit``         ``g`` (p,), ``H`` (p, p), centred           :math:`\sqrt{q + q^2/16}`
 ``score_hist``     per bin × arm ``count`` (G, 2)              :math:`1`
 ``psm_main``       ``count``, ``sum_y``, ``sumsq_y``           :math:`\sqrt{1 + 2 O}`
-``psm_balance``    ``sum_z``, ``sumsq_z``                      :math:`\sqrt{2 D}`
+``psm_balance``    ``sum_z``, ``sumsq_z``, centred             :math:`\sqrt{5 D / 16}`
 =================  ==========================================  =================================
 
 Derivations (one row, treatment t, fitted probability p):
 
-* ``ps_fit``: the row adds :math:`\tilde z (t - p)` to g, with :math:`|t - p| \le 1`, so
-  :math:`\lVert\cdot\rVert_2 \le \lVert\tilde z\rVert_2 \le \sqrt{p}`; and
-  :math:`p(1-p)\tilde z\tilde z^\top` to H, whose Frobenius norm is
-  :math:`p(1-p)\lVert\tilde z\rVert_2^2 \le p/4`. Released together:
-  :math:`\sqrt{p + p^2/16}`.
+* ``ps_fit``: the row adds :math:`\tilde z_c (t - p)` to g, with :math:`|t - p| \le 1`, so
+  :math:`\lVert\cdot\rVert_2 \le \lVert\tilde z_c\rVert_2 \le \sqrt{q}`; and
+  :math:`p(1-p)\tilde z_c\tilde z_c^\top` to H, whose Frobenius norm is
+  :math:`p(1-p)\lVert\tilde z_c\rVert_2^2 \le q/4`. Released together:
+  :math:`\sqrt{q + q^2/16}` (uncentred it would be :math:`\sqrt{p + p^2/16}`, p = d + 1: for
+  d = 16, 5.92 against 2.56).
 * ``psm_*``: the row lands in exactly one stratum × arm cell, adding 1 to its count and a value
-  in [0, 1] to each of its O sums and O sums of squares (main), D sums and D sums of squares
-  (balance).
+  in [0, 1] to each of its O sums and O sums of squares (main); a value in [-1/2, 1/2] to each
+  of its D centred sums and one in [0, 1/4] to each of its D centred sums of squares (balance:
+  :math:`\sqrt{D (1/4 + 1/16)}`).
 * The log-likelihood and ``n`` of :class:`shared.psm.propensity.PsStats` are *not* released
   under DP: the log-likelihood of one row, :math:`t\eta - \log(1 + e^\eta)`, is unbounded in
   :math:`\eta`, and the DP fit runs a fixed number of Newton rounds, so it needs neither.
@@ -68,14 +71,14 @@ def count_sensitivity() -> float:
 
 
 def ps_fit_sensitivity(*, n_covariates: int) -> float:
-    r"""Joint L2 sensitivity of the propensity gradient and Hessian,
-    :math:`\sqrt{p + p^2/16}` with :math:`p = d + 1`.
+    r"""Joint L2 sensitivity of the centred propensity gradient and Hessian,
+    :math:`\sqrt{q + q^2/16}` with :math:`q = 1 + d/4`.
 
     Raises:
         ValueError: ``n_covariates`` is not a positive integer.
     """
-    p = _positive("n_covariates", n_covariates) + 1
-    return math.sqrt(p + p * p / 16.0)
+    q = 1.0 + _positive("n_covariates", n_covariates) / 4.0
+    return math.sqrt(q + q * q / 16.0)
 
 
 def psm_main_sensitivity(*, n_outcomes: int) -> float:
@@ -88,12 +91,13 @@ def psm_main_sensitivity(*, n_outcomes: int) -> float:
 
 
 def psm_balance_sensitivity(*, n_covariates: int) -> float:
-    r""":math:`\sum z` and :math:`\sum z^2` per stratum × arm: :math:`\sqrt{2D}`.
+    r"""Centred :math:`\sum (z - 1/2)` and :math:`\sum (z - 1/2)^2` per stratum × arm:
+    :math:`\sqrt{5D/16}`.
 
     Raises:
         ValueError: ``n_covariates`` is not a positive integer.
     """
-    return math.sqrt(2.0 * _positive("n_covariates", n_covariates))
+    return math.sqrt(5.0 * _positive("n_covariates", n_covariates) / 16.0)
 
 
 def cov_moments_sensitivity(*, n_covariates: int) -> float:

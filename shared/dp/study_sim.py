@@ -30,6 +30,7 @@ import numpy as np
 
 from shared.dp.mechanisms import release
 from shared.dp.plan import NoisePlan
+from shared.dp.forms import release_arrays
 from shared.dp.sensitivity import RELEASE_KEYS
 from shared.dp.workflow import (dp_edges, dp_estimate, dp_fitter, dp_grid, dp_ps_stats,
                                 dp_start_beta, dp_table)
@@ -65,7 +66,7 @@ def _noisy_sum(plan: NoisePlan, query: str, answers: Sequence[dict], rngs,
     aggregation, where only the sum is seen); the sum of them."""
     keys = RELEASE_KEYS[query]
     sigma = plan.sigma(query) / (np.sqrt(len(answers)) if secure_aggregation else 1.0)
-    noisy = [release(arrays={k: a[k] for k in keys}, sigma=sigma, rng=rng)
+    noisy = [release(arrays=release_arrays(query, a), sigma=sigma, rng=rng)
              for a, rng in zip(answers, rngs)]
     return {k: sum(n[k] for n in noisy) for k in keys}
 

@@ -21,6 +21,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from shared.dp.forms import balance_from_release, ps_from_release
 from shared.dp.mechanisms import project_psd
 from shared.dp.plan import NoisePlan
 from shared.dp.strata import DP_GRID_BINS, dp_min_cell, dp_n_strata, dp_width_edges
@@ -58,16 +59,19 @@ def dp_fitter(*, plan: NoisePlan, n_covariates: int, ridge: float,
 
 
 def dp_ps_stats(*, g, H, plan: NoisePlan, n_nodes: int, secure_aggregation: bool = False) -> PsStats:
-    r"""Summed noisy (g, H) as :class:`PsStats`, H made symmetric positive definite.
+    r"""Summed noisy centred (g, H) as :class:`PsStats` in the fitter's basis, H made symmetric
+    positive definite.
 
-    The eigenvalue floor is the typical spectral norm of the symmetrised noise,
-    :math:`\sqrt{2p}\,\sigma_{tot}`: directions the noise could flip are damped like a ridge
-    instead of inverted.
+    The projection happens in the centred basis of the release (:mod:`shared.dp.forms`), where
+    the noise is isotropic; its eigenvalue floor is the typical spectral norm of the symmetrised
+    noise, :math:`\sqrt{2p}\,\sigma_{tot}`: directions the noise could flip are damped like a
+    ridge instead of inverted.
     """
     g = np.asarray(g, dtype=float).reshape(-1)
     sigma = plan.release("ps_fit").total_sigma(n_nodes, secure_aggregation=secure_aggregation)
     floor = math.sqrt(2.0 * g.size) * sigma
-    return PsStats(n=0, g=g, H=project_psd(np.asarray(H, dtype=float), floor=floor), loglik=0.0)
+    g, H = ps_from_release(g=g, H=project_psd(np.asarray(H, dtype=float), floor=floor))
+    return PsStats(n=0, g=g, H=H, loglik=0.0)
 
 
 def dp_grid(*, beta) -> np.ndarray:
@@ -93,17 +97,17 @@ def dp_edges(*, beta, hist, plan: NoisePlan, n_nodes: int, n_treated: float,
 
 def dp_table(*, main: Mapping[str, np.ndarray], balance: Mapping[str, np.ndarray] | None,
              edges, n_covariates: int) -> PsmTable:
-    """A :class:`PsmTable` from the summed main and balance releases (balance zeros if the
-    plan has no balance release: the SMDs are then meaningless and must not be reported)."""
+    """A :class:`PsmTable` from the summed main and (centred) balance releases; balance zeros if
+    the plan has no balance release: the SMDs are then meaningless and must not be reported."""
     count = np.asarray(main["count"], dtype=float)
     if balance is None:
-        zeros = np.zeros(count.shape + (n_covariates,))
-        balance = {"sum_z": zeros, "sumsq_z": zeros}
+        sum_z = sumsq_z = np.zeros(count.shape + (n_covariates,))
+    else:
+        sum_z, sumsq_z = balance_from_release(count=count, sum_z=balance["sum_z"],
+                                              sumsq_z=balance["sumsq_z"])
     return PsmTable(edges=np.asarray(edges, dtype=float), count=count,
                     sum_y=np.asarray(main["sum_y"], dtype=float),
-                    sumsq_y=np.asarray(main["sumsq_y"], dtype=float),
-                    sum_z=np.asarray(balance["sum_z"], dtype=float),
-                    sumsq_z=np.asarray(balance["sumsq_z"], dtype=float))
+                    sumsq_y=np.asarray(main["sumsq_y"], dtype=float), sum_z=sum_z, sumsq_z=sumsq_z)
 
 
 def dp_estimate(*, table: PsmTable, plan: NoisePlan, n_nodes: int, outcomes: Sequence[Outcome],

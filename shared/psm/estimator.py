@@ -202,7 +202,7 @@ def estimate_att(*, table: PsmTable, outcomes: Sequence[Outcome], covariates: Se
     n_treated_dropped = _count(n_t_all - n_t_used)
 
     usable = np.repeat(used[:, None], 2, axis=1)
-    mean = cell_means(table.sum_y, n)
+    mean = cell_means(table.sum_y, n, clamp=False)  # unbiased under DP noise (see cells)
     var = cell_variances(table.sum_y, table.sumsq_y, n, usable)
     se_priv = np.zeros(len(outcomes)) if se_privacy is None else np.asarray(se_privacy, dtype=float)
     warnings: list[str] = []

@@ -1,5 +1,6 @@
 """Property tests: adding or removing one row — adversarial, at the public bounds — never moves a
-release by more than its stated L2 sensitivity (shared.dp.sensitivity)."""
+release, in the form the node adds noise to (shared.dp.forms), by more than its stated L2
+sensitivity (shared.dp.sensitivity)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from shared.dp.forms import release_form
 from shared.dp.sensitivity import (RELEASE_KEYS, cov_moments_sensitivity, count_sensitivity,
                                    ps_fit_sensitivity, psm_balance_sensitivity,
                                    psm_main_sensitivity)
@@ -45,13 +47,14 @@ def _releases(rows, d, o, beta) -> dict[str, dict[str, np.ndarray]]:
     edges = np.array([-np.inf, beta[0] - 1.0, beta[0], beta[0] + 2.0, np.inf])
     grid = score_grid(beta=beta, n_bins=7)
     table = psm_table(z=z, t=t, y=y, beta=beta, edges=edges).to_arrays()
-    return {
+    exact = {
         "describe": cov_moments(z=z, t=t).to_arrays(),
         "cov_moments": cov_moments(z=z, t=t).to_arrays(),
         "ps_fit": ps_contribution(z=z, t=t, beta=beta).to_arrays(),
         "score_hist": {"count": score_histogram(z=z, t=t, beta=beta, grid=grid)},
         "psm_main": table, "psm_balance": table,
     }
+    return {name: release_form(name, arrays) for name, arrays in exact.items()}
 
 
 def _l2_change(a: dict, b: dict, keys) -> float:
@@ -92,12 +95,27 @@ def test_bounds_are_attained_by_the_extreme_row(d, o):
         delta, keys = _bounds(d, o)[name]
         assert _l2_change(without[name], with_row[name], keys) == pytest.approx(delta, rel=1e-12)
     # the propensity bound needs |t - p| = 1 and p(1 - p) = 1/4 at once, so it is not attained,
-    # but a row at p = 1/2 comes within a factor sqrt(p/4 + p^2/16) / sqrt(p + p^2/16)
+    # but a row at p = 1/2 comes within a factor sqrt(q/4 + q^2/16) / sqrt(q + q^2/16), with
+    # q = 1 + d/4 the squared norm of the centred all-ones row [1, 1/2, ..., 1/2]
     delta, keys = _bounds(d, o)["ps_fit"]
     change = _l2_change(without["ps_fit"], with_row["ps_fit"], keys)
-    p = d + 1
-    assert change == pytest.approx(math.sqrt(p / 4 + p * p / 16), rel=1e-12)
+    q = 1 + d / 4
+    assert change == pytest.approx(math.sqrt(q / 4 + q * q / 16), rel=1e-12)
     assert change < delta
+
+
+def test_centring_shrinks_the_propensity_sensitivity_without_changing_the_fit():
+    """The release form is the same information: mapped back, it is the uncentred answer, and
+    the uncentred answer of the all-ones row would move the release 2.3x further (d = 16)."""
+    from shared.dp.forms import ps_from_release
+
+    rng = np.random.default_rng(3)
+    z, t = rng.uniform(size=(50, 16)), (rng.uniform(size=50) < 0.4) * 1.0
+    exact = ps_contribution(z=z, t=t, beta=rng.normal(size=17)).to_arrays()
+    formed = release_form("ps_fit", exact)
+    g, H = ps_from_release(g=formed["g"], H=formed["H"])
+    assert np.allclose(g, exact["g"]) and np.allclose(H, exact["H"])
+    assert math.sqrt(17 + 17**2 / 16) / ps_fit_sensitivity(n_covariates=16) == pytest.approx(2.31, abs=0.01)
 
 
 def test_sensitivity_rejects_bad_dimensions():
