@@ -29,7 +29,7 @@ def charged_release(*, ledger: PrivacyLedger, dataset: str, study_id: str, query
         dataset: the dataset whose budget pays.
         study_id: the study asking (recorded).
         query: a release name (``describe``, ``ps_fit``, ``score_hist``, ``psm_main``,
-            ``psm_balance``: :data:`shared.dp.sensitivity.RELEASE_KEYS`).
+            ``psm_sumsq``, ``psm_balance``: :data:`shared.dp.sensitivity.RELEASE_KEYS`).
         arrays: the exact answer; only the release's keys leave, in release form
             (:mod:`shared.dp.forms`: covariates centred).
         sigma: noise SD (the study plan's).

@@ -67,7 +67,7 @@ DP_RELEASES: dict[str, tuple[str, ...]] = {
     "describe": ("describe",),
     "ps_fit": ("ps_fit",),
     "score_hist": ("score_hist",),
-    "psm_stats": ("psm_main", "psm_balance"),
+    "psm_stats": ("psm_main", "psm_sumsq", "psm_balance"),
 }
 
 

@@ -13,7 +13,8 @@ release            arrays                                      :math:`\Delta_2`
 ``describe``       per-arm ``count`` (2,)                      :math:`1`
 ``ps_fit``         ``g`` (p,), ``H`` (p, p), centred           :math:`\sqrt{q + q^2/16}`
 ``score_hist``     per bin × arm ``count`` (G, 2)              :math:`1`
-``psm_main``       ``count``, ``sum_y``, ``sumsq_y``           :math:`\sqrt{1 + 2 O}`
+``psm_main``       ``count``, ``sum_y``                        :math:`\sqrt{1 + O}`
+``psm_sumsq``      ``sumsq_y``                                 :math:`\sqrt{O}`
 ``psm_balance``    ``sum_z``, ``sumsq_z``, centred             :math:`\sqrt{5 D / 16}`
 =================  ==========================================  =================================
 
@@ -26,7 +27,7 @@ Derivations (one row, treatment t, fitted probability p):
   :math:`\sqrt{q + q^2/16}` (uncentred it would be :math:`\sqrt{p + p^2/16}`, p = d + 1: for
   d = 16, 5.92 against 2.56).
 * ``psm_*``: the row lands in exactly one stratum × arm cell, adding 1 to its count and a value
-  in [0, 1] to each of its O sums and O sums of squares (main); a value in [-1/2, 1/2] to each
+  in [0, 1] to each of its O sums (main) and of its O sums of squares (sumsq); a value in [-1/2, 1/2] to each
   of its D centred sums and one in [0, 1/4] to each of its D centred sums of squares (balance:
   :math:`\sqrt{D (1/4 + 1/16)}`).
 * The log-likelihood and ``n`` of :class:`shared.psm.propensity.PsStats` are *not* released
@@ -36,8 +37,8 @@ Derivations (one row, treatment t, fitted probability p):
   :math:`\Delta_2 = \sqrt{1 + d + d^2}` (:func:`cov_moments_sensitivity`); under DP describe
   releases the per-arm counts only and balance comes from the PSM balance release.
 
->>> round(psm_main_sensitivity(n_outcomes=3), 4)
-2.6458
+>>> psm_main_sensitivity(n_outcomes=3)
+2.0
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ import math
 
 __all__ = [
     "RELEASE_KEYS", "cov_moments_sensitivity", "count_sensitivity", "ps_fit_sensitivity",
-    "psm_balance_sensitivity", "psm_main_sensitivity",
+    "psm_balance_sensitivity", "psm_main_sensitivity", "psm_sumsq_sensitivity",
 ]
 
 #: The arrays each DP release carries (all other arrays of an answer are withheld).
@@ -54,7 +55,8 @@ RELEASE_KEYS: dict[str, tuple[str, ...]] = {
     "describe": ("count",),
     "ps_fit": ("g", "H"),
     "score_hist": ("count",),
-    "psm_main": ("count", "sum_y", "sumsq_y"),
+    "psm_main": ("count", "sum_y"),
+    "psm_sumsq": ("sumsq_y",),
     "psm_balance": ("sum_z", "sumsq_z"),
 }
 
@@ -82,12 +84,21 @@ def ps_fit_sensitivity(*, n_covariates: int) -> float:
 
 
 def psm_main_sensitivity(*, n_outcomes: int) -> float:
-    r"""Counts, :math:`\sum y` and :math:`\sum y^2` per stratum × arm: :math:`\sqrt{1 + 2O}`.
+    r"""Counts and :math:`\sum y` per stratum × arm: :math:`\sqrt{1 + O}`.
 
     Raises:
         ValueError: ``n_outcomes`` is not a positive integer.
     """
-    return math.sqrt(1.0 + 2.0 * _positive("n_outcomes", n_outcomes))
+    return math.sqrt(1.0 + _positive("n_outcomes", n_outcomes))
+
+
+def psm_sumsq_sensitivity(*, n_outcomes: int) -> float:
+    r""":math:`\sum y^2` per stratum × arm (only the sampling variance reads it): :math:`\sqrt{O}`.
+
+    Raises:
+        ValueError: ``n_outcomes`` is not a positive integer.
+    """
+    return math.sqrt(_positive("n_outcomes", n_outcomes))
 
 
 def psm_balance_sensitivity(*, n_covariates: int) -> float:

@@ -14,8 +14,10 @@ Rubin 1984). The rule, documented here and used by the workflow and the benchmar
    20 strata beat 8 once noise was small (10k treated, ε = 8: CV-event bias 0.0029 vs 0.0048),
    while at ε = 1 extra strata only widened the CI (15 vs 8: 35 % wider, no less bias), since
    there the noisy propensity fit limits the adjustment; and one stratum (no adjustment at all)
-   for 1k treated cost coverage. Without SecAgg over five nodes this gives S = 7 at ε = 1, 14
-   at ε = 2 and 20 from ε = 4 for 10k treated; 3 at ε = 1 and 5 from ε = 2 for 1k treated.
+   for 1k treated cost coverage. Without SecAgg over five nodes (default split) this gives
+   S = 5 at ε = 0.5, 9 at ε = 1, 17 at ε = 2 and 20 from ε = 4 for 10k treated; 1 at ε = 0.5,
+   3 at ε = 1 and 5 to 6 from ε = 2 for 1k treated. (At 1k treated and ε = 1, 5 strata instead
+   of 3 did not help: the noisy propensity fit, not the strata, limits the adjustment there.)
 2. **Where** :func:`dp_width_edges`: S strata of *equal width on the logit scale* over the
    range the treated occupy, read off the noisy treated histogram on a fine *public* grid
    (:func:`shared.psm.strata.score_grid` over the public score range); the outer edges are ±inf.

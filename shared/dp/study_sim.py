@@ -110,7 +110,7 @@ def run_dp_study(*, sites: Sequence[SiteArrays], outcomes: Sequence[Outcome],
     edges = dp_edges(beta=beta, hist=hist, plan=plan, n_nodes=k, n_treated=float(counts[1]),
                      requested=strata_n, **sa)
     tables = [psm_table(z=s.z, t=s.t, y=s.y, beta=beta, edges=edges).to_arrays() for s in sites]
-    main = noisy_sum("psm_main", tables)
+    main = {**noisy_sum("psm_main", tables), **noisy_sum("psm_sumsq", tables)}
     balance = noisy_sum("psm_balance", tables) if plan.has("psm_balance") else None
     table = dp_table(main=main, balance=balance, edges=edges, n_covariates=d)
     est = dp_estimate(table=table, plan=plan, n_nodes=k, outcomes=outcomes, covariates=covariates,

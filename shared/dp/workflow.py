@@ -7,7 +7,7 @@ these, in this order::
     describe   -> counts (2,) summed      -> dp_start_beta
     ps_fit x R -> g, H summed             -> dp_ps_stats -> fitter.update   (fitter = dp_fitter)
     score_hist at the final β on dp_grid  -> dp_edges
-    psm_main (+ psm_balance) at β, edges  -> dp_table -> dp_estimate
+    psm_main, psm_sumsq (+ psm_balance) at β, edges -> dp_table -> dp_estimate
 
 ``n_nodes`` is the number of nodes whose noisy answers were summed: without secure aggregation
 the noise in a sum has SD σ√K; with SecAgg+ (``secure_aggregation=True``) each node adds σ/√K

@@ -89,15 +89,18 @@ def test_plan_shares_are_rho_shares():
     split = BudgetSplit(describe=0.1, ps_fit=0.2, psm_stats=0.6, balance=0.1)
     plan = plan_study(epsilon=1.0, delta=1e-6, split=split, n_covariates=16, n_outcomes=3,
                       n_ps_rounds=3)
-    rho = {q: 0.0 for q in ("describe", "ps_fit", "score_hist", "psm_main", "psm_balance")}
+    rho = {q: 0.0 for q in ("describe", "ps_fit", "score_hist", "psm_main", "psm_sumsq",
+                            "psm_balance")}
     for r in plan.releases:
         rho[r.query] += 1.0 / (2 * r.noise_multiplier**2)
     total = sum(rho.values())
     assert total == pytest.approx(plan.rho)
-    assert rho["psm_main"] / total == pytest.approx(0.6)
+    assert (rho["psm_main"] + rho["psm_sumsq"]) / total == pytest.approx(0.6)
+    assert rho["psm_sumsq"] / total == pytest.approx(0.6 * 0.15)
     assert (rho["ps_fit"] + rho["score_hist"]) / total == pytest.approx(0.2)
     assert rho["score_hist"] / total == pytest.approx(0.2 / 4)
-    assert plan.sigma("psm_main") == pytest.approx(np.sqrt(7) * plan.release("psm_main").noise_multiplier)
+    assert plan.sigma("psm_main") == pytest.approx(2.0 * plan.release("psm_main").noise_multiplier)
+    assert plan.sigma("psm_sumsq") == pytest.approx(np.sqrt(3) * plan.release("psm_sumsq").noise_multiplier)
 
 
 def test_plan_without_balance_share_has_no_balance_release_and_refuses_missing_rounds():

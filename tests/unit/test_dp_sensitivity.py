@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from shared.dp.forms import release_form
 from shared.dp.sensitivity import (RELEASE_KEYS, cov_moments_sensitivity, count_sensitivity,
                                    ps_fit_sensitivity, psm_balance_sensitivity,
-                                   psm_main_sensitivity)
+                                   psm_main_sensitivity, psm_sumsq_sensitivity)
 from shared.psm.propensity import cov_moments, ps_contribution
 from shared.psm.strata import score_grid, score_histogram
 from shared.psm.table import psm_table
@@ -52,7 +52,7 @@ def _releases(rows, d, o, beta) -> dict[str, dict[str, np.ndarray]]:
         "cov_moments": cov_moments(z=z, t=t).to_arrays(),
         "ps_fit": ps_contribution(z=z, t=t, beta=beta).to_arrays(),
         "score_hist": {"count": score_histogram(z=z, t=t, beta=beta, grid=grid)},
-        "psm_main": table, "psm_balance": table,
+        "psm_main": table, "psm_sumsq": table, "psm_balance": table,
     }
     return {name: release_form(name, arrays) for name, arrays in exact.items()}
 
@@ -68,6 +68,7 @@ def _bounds(d: int, o: int) -> dict[str, tuple[float, tuple[str, ...]]]:
         "ps_fit": (ps_fit_sensitivity(n_covariates=d), RELEASE_KEYS["ps_fit"]),
         "score_hist": (count_sensitivity(), RELEASE_KEYS["score_hist"]),
         "psm_main": (psm_main_sensitivity(n_outcomes=o), RELEASE_KEYS["psm_main"]),
+        "psm_sumsq": (psm_sumsq_sensitivity(n_outcomes=o), RELEASE_KEYS["psm_sumsq"]),
         "psm_balance": (psm_balance_sensitivity(n_covariates=d), RELEASE_KEYS["psm_balance"]),
     }
 
@@ -91,7 +92,7 @@ def test_bounds_are_attained_by_the_extreme_row(d, o):
     extreme = ([1.0] * d, 1.0, [1.0] * o)
     beta = np.zeros(d + 1)
     without, with_row = _releases(base, d, o, beta), _releases(base + [extreme], d, o, beta)
-    for name in ("describe", "score_hist", "psm_main", "psm_balance", "cov_moments"):
+    for name in ("describe", "score_hist", "psm_main", "psm_sumsq", "psm_balance", "cov_moments"):
         delta, keys = _bounds(d, o)[name]
         assert _l2_change(without[name], with_row[name], keys) == pytest.approx(delta, rel=1e-12)
     # the propensity bound needs |t - p| = 1 and p(1 - p) = 1/4 at once, so it is not attained,
