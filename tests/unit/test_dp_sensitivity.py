@@ -119,6 +119,18 @@ def test_centring_shrinks_the_propensity_sensitivity_without_changing_the_fit():
     assert math.sqrt(17 + 17**2 / 16) / ps_fit_sensitivity(n_covariates=16) == pytest.approx(2.31, abs=0.01)
 
 
+def test_centred_balance_sums_map_back_and_only_named_arrays_leave():
+    from shared.dp.forms import balance_from_release, release_arrays
+
+    rng = np.random.default_rng(4)
+    z, t, y = rng.uniform(size=(80, 3)), (rng.uniform(size=80) < 0.5) * 1.0, rng.uniform(size=(80, 2))
+    table = psm_table(z=z, t=t, y=y, beta=np.zeros(4), edges=np.array([-np.inf, 0.0, np.inf]))
+    released = release_arrays("psm_balance", table.to_arrays())
+    assert set(released) == {"sum_z", "sumsq_z"}  # counts and outcome sums are withheld
+    sum_z, sumsq_z = balance_from_release(count=table.count, **released)
+    assert np.allclose(sum_z, table.sum_z) and np.allclose(sumsq_z, table.sumsq_z)
+
+
 def test_sensitivity_rejects_bad_dimensions():
     with pytest.raises(ValueError):
         psm_main_sensitivity(n_outcomes=0)
