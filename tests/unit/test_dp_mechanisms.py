@@ -62,6 +62,28 @@ def test_golden_epsilon_of_ten_unit_gaussians():
         pytest.approx(17.87, abs=0.05)
 
 
+def test_rdp_path_is_opacus_accountant_exactly_and_never_imports_torch():
+    """The node's charge path loads Opacus' RDP analysis by file: same ε as RDPAccountant to the
+    last bit, and a fresh process planning and charging a study never imports torch."""
+    import subprocess
+    import sys
+
+    from opacus.accountants import RDPAccountant
+
+    from shared.dp.accounting import ORDERS, epsilon_of_history
+
+    history = [(0.8, 1.0, 3), (12.0, 1.0, 1), (1.1, 0.01, 400)]
+    acc = RDPAccountant()
+    acc.history = history
+    assert epsilon_of_history(history=history, delta=1e-6) == acc.get_epsilon(delta=1e-6,
+                                                                               alphas=list(ORDERS))
+    code = ("import sys; from shared.dp.plan import plan_study; from shared.study import BudgetSplit;"
+            "p = plan_study(epsilon=1.0, delta=1e-6, split=BudgetSplit(), n_covariates=16,"
+            " n_outcomes=3); print(p.epsilon_planned <= 1.0, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "False"]
+
+
 def test_composition_is_order_free_and_grows():
     a = epsilon_spent(noise_multipliers=[5.0, 20.0, 8.0], delta=1e-6)
     b = epsilon_spent(noise_multipliers=[8.0, 5.0, 20.0], delta=1e-6)
