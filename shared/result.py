@@ -50,9 +50,11 @@ class OutcomeEstimate(_Model):
 
 
 class BalanceRow(_Model):
+    """SMDs and variance ratios; None where DP noise leaves a variance unresolved."""
+
     covariate: str
-    smd_before: float
-    smd_after: float
+    smd_before: float | None
+    smd_after: float | None
     var_ratio_before: float | None = None
     var_ratio_after: float | None = None
 

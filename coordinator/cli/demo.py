@@ -23,6 +23,8 @@ def demo(
     seed: int = typer.Option(7, help="Seed of the synthetic federation."),
     sites: int = typer.Option(None, help="Number of synthetic sites (default: all profiles)."),
     scale: float = typer.Option(1.0, help="Scale the synthetic site sizes."),
+    epsilon: float = typer.Option(None, min=0.01, help="Differentially private study at this ε "
+                                  "(δ = 1e-6), charged to every node's ledger; exact when omitted."),
 ) -> None:
     """Run a complete federated study on loopback with synthetic sites, ending in a signed report."""
     from coordinator.study.runner import run_local
@@ -32,7 +34,8 @@ def demo(
     started = time.perf_counter()
     out = out.resolve()
     console.rule("1. Synthetic federation")
-    spec_path = generate_and_summarise(out=out / "data", seed=seed, sites=sites, scale=scale)
+    spec_path = generate_and_summarise(out=out / "data", seed=seed, sites=sites, scale=scale,
+                                       epsilon=epsilon)
     synth_s = time.perf_counter() - started
     console.rule("2. Federated study over Flower (SuperLink + SuperNodes on 127.0.0.1)")
     try:

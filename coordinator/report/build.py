@@ -55,7 +55,8 @@ def build_report(result: StudyResult, *, issuer: str = DEFAULT_ISSUER,
     sites = tuple(SiteRow(**s.model_dump()) for s in result.sites)
     outcomes = tuple(_outcome_row(o, truth.get(o.name)) for o in result.outcomes)
     balance = tuple(
-        BalanceRow(**b.model_dump(), balanced=abs(b.smd_after) < checks.SMD_MAX)
+        BalanceRow(**b.model_dump(), balanced=None if b.smd_after is None
+                   else abs(b.smd_after) < checks.SMD_MAX)
         for b in result.balance
     )
     strata = tuple(
@@ -137,7 +138,8 @@ def _checks(result: StudyResult, sites: tuple[SiteRow, ...], balance: tuple[Bala
         checks.overlap_check(treated_in_support=attrition.treated_in_support,
                              treated_dropped=attrition.treated_dropped),
         checks.convergence_check(converged=result.propensity.converged,
-                                 iterations=result.propensity.iterations),
+                                 iterations=result.propensity.iterations,
+                                 private=result.privacy.enabled),
     ]
     own = [c for c in own if c is not None]
     by_name = {c.name: c for c in own}

@@ -6,7 +6,7 @@ Thresholds (DESIGN §5–6; Austin 2009 for SMD; Rubin 2001 for variance ratios)
 * variance ratio after weighting within [0.5, 2] for every covariate where it is known;
 * size gate: ≥ 100 treated, and a control pool ≥ 3 × the treated;
 * overlap: ≥ 95% of the treated lie in strata that also hold controls (common support);
-* the propensity fit converged.
+* the propensity fit converged (under DP: its fixed noisy rounds ran).
 """
 
 from __future__ import annotations
@@ -24,12 +24,22 @@ MIN_TREATED_IN_SUPPORT = 0.95
 
 
 def balance_check(rows: tuple[BalanceRow, ...]) -> Check:
-    worst = max(rows, key=lambda r: abs(r.smd_after))
+    """Fails when no covariate's balance could be measured (DP noise): balance not shown."""
+    known = [r for r in rows if r.smd_after is not None]
+    rule = f"max |SMD| after weighting < {SMD_MAX:g}"
+    if not known:
+        return Check(name="balance_smd", label="Covariate balance", rule=rule, passed=False,
+                     value=None, threshold=SMD_MAX, source="report",
+                     detail="no covariate's SMD is resolvable under the privacy noise")
+    worst = max(known, key=lambda r: abs(r.smd_after))
     value = abs(worst.smd_after)
+    unresolved = len(rows) - len(known)
     return Check(
-        name="balance_smd", label="Covariate balance", rule=f"max |SMD| after weighting < {SMD_MAX:g}",
+        name="balance_smd", label="Covariate balance", rule=rule,
         passed=value < SMD_MAX, value=value, threshold=SMD_MAX, source="report",
-        detail=f"largest |SMD| after weighting: {worst.covariate}",
+        detail=f"largest |SMD| after weighting: {worst.covariate}" + (
+            f"; {unresolved} of {len(rows)} covariates unresolved under the privacy noise"
+            if unresolved else ""),
     )
 
 
@@ -80,7 +90,16 @@ def overlap_check(*, treated_in_support: int, treated_dropped: int) -> Check:
     )
 
 
-def convergence_check(*, converged: bool, iterations: int) -> Check:
+def convergence_check(*, converged: bool, iterations: int, private: bool = False) -> Check:
+    """Converged Newton fit; under DP the plan's fixed number of noisy rounds (the
+    log-likelihood is not released, so convergence cannot be tested — shared.dp.plan)."""
+    if private:
+        return Check(
+            name="propensity_converged", label="Propensity model fit",
+            rule="DP: the plan's fixed number of noisy Newton rounds ran",
+            passed=iterations >= 1, value=float(iterations), threshold=None, source="report",
+            detail=f"{iterations} noisy rounds (convergence is not tested under DP)",
+        )
     return Check(
         name="propensity_converged", label="Propensity model fit", rule="Newton iterations converged",
         passed=converged, value=float(iterations), threshold=None, source="report",

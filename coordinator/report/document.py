@@ -81,11 +81,11 @@ class OutcomeRow(_Model):
 
 class BalanceRow(_Model):
     covariate: str
-    smd_before: float
-    smd_after: float
+    smd_before: float | None  # None: DP noise leaves the covariate's variance unresolved
+    smd_after: float | None
     var_ratio_before: float | None
     var_ratio_after: float | None
-    balanced: bool  # |smd_after| below the stated threshold
+    balanced: bool | None  # |smd_after| below the stated threshold; None when not resolved
 
 
 class StratumRow(_Model):

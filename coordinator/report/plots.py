@@ -20,10 +20,15 @@ DPI = 150
 
 
 def love_plot(rows: tuple[BalanceRow, ...]) -> bytes:
-    """|SMD| per covariate before and after weighting, with the 0.1 balance threshold."""
-    order = sorted(rows, key=lambda r: abs(r.smd_before))
-    fig = Figure(figsize=(6.4, 0.28 * len(order) + 1.3))
+    """|SMD| per covariate before and after weighting, with the 0.1 balance threshold
+    (covariates whose SMD the privacy noise leaves unresolved are left out, and said so)."""
+    order = sorted((r for r in rows if r.smd_before is not None and r.smd_after is not None),
+                   key=lambda r: abs(r.smd_before))
+    fig = Figure(figsize=(6.4, 0.28 * max(len(order), 1) + 1.3))
     ax = fig.add_subplot()
+    if len(order) < len(rows):
+        ax.set_title(f"{len(rows) - len(order)} of {len(rows)} covariates unresolved under the "
+                     "privacy noise (not shown)", fontsize=8)
     y = range(len(order))
     ax.hlines(y, [min(abs(r.smd_before), abs(r.smd_after)) for r in order],
               [max(abs(r.smd_before), abs(r.smd_after)) for r in order], color="#bbbbbb", lw=1)

@@ -102,9 +102,11 @@ def report_view(doc: EvidenceReport, *, signature: Signature | None = None) -> R
                     "Var. ratio after", "Balanced"),
             rows=tuple((b.covariate, fmt.num(b.smd_before), fmt.num(b.smd_after),
                         fmt.num(b.var_ratio_before), fmt.num(b.var_ratio_after),
-                        "pass" if b.balanced else "fail") for b in doc.balance),
+                        {True: "pass", False: "fail", None: "n/a"}[b.balanced])
+                       for b in doc.balance),
             note="SMD: standardized mean difference, treated minus (reweighted) controls; "
-                 "balanced when |SMD after| < 0.1.",
+                 "balanced when |SMD after| < 0.1. n/a: the privacy noise leaves the "
+                 "covariate's variance unresolved (noisy variance below twice its noise SD).",
             status_col=5,
         ),
         sites=Table(

@@ -31,11 +31,12 @@ from typing import Mapping
 
 import numpy as np
 
+from shared.psm.balance import BalanceNoise
 from shared.dp.sensitivity import RELEASE_KEYS
 from shared.errors import PrivacyError
 
-__all__ = ["CENTER", "balance_from_release", "centring", "ps_from_release", "release_arrays",
-           "release_form"]
+__all__ = ["CENTER", "balance_from_release", "balance_noise_sd", "centring", "ps_from_release",
+           "release_arrays", "release_form"]
 
 #: The public centre of every scaled covariate (the midpoint of its [0, 1] range).
 CENTER = 0.5
@@ -103,3 +104,14 @@ def balance_from_release(*, count, sum_z, sumsq_z) -> tuple[np.ndarray, np.ndarr
     n = np.asarray(count, dtype=float)[..., None]
     sc, ssc = np.asarray(sum_z, dtype=float), np.asarray(sumsq_z, dtype=float)
     return sc + CENTER * n, ssc + 2.0 * CENTER * sc + CENTER**2 * n
+
+
+def balance_noise_sd(*, sigma_balance: float, sigma_count: float) -> BalanceNoise:
+    r"""Noise SDs of one cell's recovered :math:`\sum z` and :math:`\sum z^2`
+    (:func:`balance_from_release`): :math:`\sqrt{\sigma_b^2 + c^2\sigma_n^2}` and
+    :math:`\sqrt{(1 + 4c^2)\sigma_b^2 + c^4\sigma_n^2}`, from the centred sums' noise
+    :math:`\sigma_b` and the cell count's :math:`\sigma_n`."""
+    c = CENTER
+    return BalanceNoise(sum_z=float(np.hypot(sigma_balance, c * sigma_count)),
+                        sumsq_z=float(np.sqrt((1 + 4 * c * c) * sigma_balance**2
+                                              + c**4 * sigma_count**2)))

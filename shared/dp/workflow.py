@@ -21,7 +21,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from shared.dp.forms import balance_from_release, ps_from_release
+from shared.dp.forms import balance_from_release, balance_noise_sd, ps_from_release
 from shared.dp.mechanisms import project_psd
 from shared.dp.plan import NoisePlan
 from shared.dp.strata import DP_GRID_BINS, dp_min_cell, dp_n_strata, dp_width_edges
@@ -115,9 +115,15 @@ def dp_estimate(*, table: PsmTable, plan: NoisePlan, n_nodes: int, outcomes: Seq
     """The stratified ATT with the privacy noise in its SE and CI.
 
     Cells need ``dp_min_cell`` noisy rows per arm; the privacy SE is analytic
-    (:func:`shared.dp.uncertainty.att_privacy_se`) over the strata the estimator uses.
+    (:func:`shared.dp.uncertainty.att_privacy_se`) over the strata the estimator uses; balance
+    statistics the noise cannot resolve are None (:mod:`shared.psm.balance`).
     """
     sigma = plan.release("psm_main").total_sigma(n_nodes, secure_aggregation=secure_aggregation)
+    balance_noise = None
+    if plan.has("psm_balance"):
+        balance_noise = balance_noise_sd(
+            sigma_balance=plan.release("psm_balance").total_sigma(
+                n_nodes, secure_aggregation=secure_aggregation), sigma_count=sigma)
     min_cell = dp_min_cell(count_sigma=sigma)
     n = np.clip(table.count, 0.0, None)
     used = (n[:, 1] >= min_cell) & (n[:, 0] >= min_cell)
@@ -125,4 +131,4 @@ def dp_estimate(*, table: PsmTable, plan: NoisePlan, n_nodes: int, outcomes: Seq
     se_priv = att_privacy_se(count=table.count, sum_y=table.sum_y, used=used,
                              sigma_count=sigma, sigma_sum=sigma) * span
     return estimate_att(table=table, outcomes=outcomes, covariates=covariates,
-                        min_cell=min_cell, se_privacy=se_priv)
+                        min_cell=min_cell, se_privacy=se_priv, balance_noise=balance_noise)

@@ -9,7 +9,10 @@ common support vs controls reweighted to the treated's stratum distribution):
 with the *same* denominator before and after — the unweighted pooled SD of the full sample
 (Stuart 2010; cobalt's ``s.d.denom = "pooled"``) — so a change in SMD is a change in means only.
 Variance ratios :math:`s^2_T / s^2_C` before and after (``None`` when the control variance is 0).
-Under DP, moments are clamped to their valid ranges (:mod:`shared.psm.cells`).
+Under DP, moments are clamped to their valid ranges (:mod:`shared.psm.cells`), and a
+covariate whose variance the noise cannot resolve — a noisy variance below twice its noise SD,
+as for a narrow covariate such as glucose (variance 0.002 on the [0, 1] scale) at ε = 1 — gets
+``None`` for its SMDs and variance ratios instead of a quotient of noise (which reached 5e10).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import numpy as np
 
 from shared.psm.cells import cell_means, clamped_counts
 
-__all__ = ["BalanceStat", "balance_table", "overlap_coefficient"]
+__all__ = ["BalanceNoise", "BalanceStat", "balance_table", "overlap_coefficient"]
 
 _TINY = 1e-12
 
@@ -31,10 +34,24 @@ class BalanceStat:
     """Mirrors :class:`shared.result.BalanceRow`."""
 
     covariate: str
-    smd_before: float
-    smd_after: float
+    smd_before: float | None
+    smd_after: float | None
     var_ratio_before: float | None = None
     var_ratio_after: float | None = None
+
+
+@dataclass(frozen=True)
+class BalanceNoise:
+    """SDs of the DP noise in one summed cell's Σz and Σz² entries (per covariate)."""
+
+    sum_z: float
+    sumsq_z: float
+
+    def variance_sd(self, *, coef: np.ndarray, mean: np.ndarray) -> np.ndarray:
+        r"""Approximate noise SD of a variance :math:`\sum_b c_b \Sigma z^2_b - \bar z^2` with
+        :math:`\bar z = \sum_b c_b \Sigma z_b` (delta method; ``coef`` = :math:`c_b`)."""
+        spread = float(np.sqrt(np.sum(np.asarray(coef, dtype=float) ** 2)))
+        return spread * np.sqrt(self.sumsq_z**2 + (2.0 * mean * self.sum_z) ** 2)
 
 
 def _weighted_moments(sum_z: np.ndarray, sumsq_z: np.ndarray, n: np.ndarray,
@@ -62,7 +79,7 @@ def _ratio(a: float, b: float) -> float | None:
 
 
 def balance_table(*, table, covariates: Sequence[str], weights: np.ndarray,
-                  used: np.ndarray) -> tuple[BalanceStat, ...]:
+                  used: np.ndarray, noise: BalanceNoise | None = None) -> tuple[BalanceStat, ...]:
     """One :class:`BalanceStat` per covariate.
 
     Args:
@@ -70,6 +87,7 @@ def balance_table(*, table, covariates: Sequence[str], weights: np.ndarray,
         covariates: names in table order.
         weights: ``(S,)`` treated share per stratum over common support (0 outside).
         used: ``(S,)`` strata in common support.
+        noise: the DP noise of the balance sums (None: exact table).
     """
     n = clamped_counts(table.count)
     mt0, vt0 = _arm_moments(table.sum_z[:, 1], table.sumsq_z[:, 1], n[:, 1])
@@ -78,13 +96,30 @@ def balance_table(*, table, covariates: Sequence[str], weights: np.ndarray,
     wc = np.where(used, weights, 0.0)
     mt1, vt1 = _weighted_moments(table.sum_z[:, 1], table.sumsq_z[:, 1], n[:, 1], wc)
     mc1, vc1 = _weighted_moments(table.sum_z[:, 0], table.sumsq_z[:, 0], n[:, 0], wc)
+    known_before = known_after = np.ones(len(covariates), dtype=bool)
+    if noise is not None:
+        def resolved(var, mean, coef):
+            return var > 2.0 * noise.variance_sd(coef=coef, mean=mean)
+
+        def pooled(arm):  # every cell of the arm, each row weighted 1/N
+            return np.full(n.shape[0], 1.0 / max(float(n[:, arm].sum()), 1.0))
+
+        def stratified(arm):  # cell b weighted w_b / n_b
+            return np.where(n[:, arm] > 0, wc / np.maximum(n[:, arm], 1.0), 0.0)
+
+        known_before = resolved(vt0, mt0, pooled(1)) & resolved(vc0, mc0, pooled(0))
+        known_after = resolved(vt1, mt1, stratified(1)) & resolved(vc1, mc1, stratified(0))
+
+    def keep(ok: bool, value: float | None) -> float | None:
+        return value if ok else None
+
     return tuple(
         BalanceStat(
             covariate=name,
-            smd_before=float((mt0[j] - mc0[j]) / denom[j]),
-            smd_after=float((mt1[j] - mc1[j]) / denom[j]),
-            var_ratio_before=_ratio(vt0[j], vc0[j]),
-            var_ratio_after=_ratio(vt1[j], vc1[j]),
+            smd_before=keep(known_before[j], float((mt0[j] - mc0[j]) / denom[j])),
+            smd_after=keep(known_before[j], float((mt1[j] - mc1[j]) / denom[j])),
+            var_ratio_before=keep(known_before[j], _ratio(vt0[j], vc0[j])),
+            var_ratio_after=keep(known_after[j], _ratio(vt1[j], vc1[j])),
         )
         for j, name in enumerate(covariates)
     )

@@ -47,7 +47,7 @@ from typing import Sequence
 import numpy as np
 
 from shared.errors import DataError, EmptyArmError, NoOverlapError
-from shared.psm.balance import BalanceStat, balance_table, overlap_coefficient
+from shared.psm.balance import BalanceNoise, BalanceStat, balance_table, overlap_coefficient
 from shared.psm.cells import cell_means, cell_variances, clamped_counts
 from shared.psm.table import PsmTable
 from shared.study import Outcome
@@ -168,7 +168,8 @@ def _finite_edges(strata: Sequence[StratumStat], score_range) -> tuple[list[floa
 
 
 def estimate_att(*, table: PsmTable, outcomes: Sequence[Outcome], covariates: Sequence[str],
-                 min_cell: float = 1, se_privacy: Sequence[float] | None = None) -> AttEstimate:
+                 min_cell: float = 1, se_privacy: Sequence[float] | None = None,
+                 balance_noise: BalanceNoise | None = None) -> AttEstimate:
     """Stratified ATT, SE, CI, balance and diagnostics from a summed table.
 
     Args:
@@ -178,6 +179,7 @@ def estimate_att(*, table: PsmTable, outcomes: Sequence[Outcome], covariates: Se
         min_cell: a stratum is in common support when both arms count at least this (> 0;
             raise it under DP so noise-only cells stay out).
         se_privacy: optional DP-noise SE per outcome in original units, added in quadrature.
+        balance_noise: the DP noise of the balance sums (SMDs it cannot resolve are None).
 
     Returns:
         :class:`AttEstimate`.
@@ -210,7 +212,8 @@ def estimate_att(*, table: PsmTable, outcomes: Sequence[Outcome], covariates: Se
         _outcome_att(o, k, w, used, n, mean, var, float(se_priv[k]), n_treated_dropped, warnings)
         for k, o in enumerate(outcomes)
     )
-    balance = balance_table(table=table, covariates=covariates, weights=w, used=used)
+    balance = balance_table(table=table, covariates=covariates, weights=w, used=used,
+                            noise=balance_noise)
     overlap = overlap_coefficient(n)
     strata = tuple(
         StratumStat(lo=float(table.edges[b]), hi=float(table.edges[b + 1]),
@@ -274,15 +277,18 @@ def _outcome_att(o: Outcome, k: int, w, used, n, mean, var, se_priv: float,
 def _diagnostics(n_t: float, n_c: float, n_t_used: float, balance, overlap: float,
                  warnings: list[str]) -> tuple[Check, ...]:
     ratio = n_c / n_t
-    max_smd = max((abs(b.smd_after) for b in balance), default=0.0)
+    known = [abs(b.smd_after) for b in balance if b.smd_after is not None]
+    max_smd = max(known, default=None)
     kept = n_t_used / n_t
     checks = (
         Check("size_gate_treated", n_t >= MIN_TREATED, n_t, MIN_TREATED,
               f"{n_t:.0f} treated (the design asks for at least {MIN_TREATED})"),
         Check("size_gate_control_ratio", ratio >= MIN_CONTROL_RATIO, ratio, MIN_CONTROL_RATIO,
               f"control pool {ratio:.2f}x the treated (at least {MIN_CONTROL_RATIO:g}x asked)"),
-        Check("balance_after", max_smd < SMD_TARGET, max_smd, SMD_TARGET,
-              "largest |SMD| after weighting"),
+        Check("balance_after", max_smd is not None and max_smd < SMD_TARGET, max_smd, SMD_TARGET,
+              "largest |SMD| after weighting" + (
+                  f" over the {len(known)} of {len(balance)} covariates the privacy noise resolves"
+                  if len(known) < len(balance) else "")),
         Check("common_support", kept >= MIN_SUPPORT, kept, MIN_SUPPORT,
               f"{n_t - n_t_used:.0f} treated dropped for lack of controls in their stratum "
               f"({kept:.2%} kept; the estimand is the ATT on those kept)"),

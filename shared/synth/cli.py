@@ -54,7 +54,8 @@ def summary_table(truth: dict) -> Table:
 
 
 def generate_and_summarise(*, out: Path, seed: int, sites: int | None, scale: float = 1.0,
-                           fmt: str = "csv", console: Console | None = None) -> Path:
+                           fmt: str = "csv", epsilon: float | None = None,
+                           console: Console | None = None) -> Path:
     """Generate, write and print the per-site summary; returns the ``study.toml`` path."""
     if console is None:
         console = Console()
@@ -63,7 +64,7 @@ def generate_and_summarise(*, out: Path, seed: int, sites: int | None, scale: fl
     t0 = time.perf_counter()
     fed = generate_federation(seed=seed, sites=sites, scale=scale)
     t1 = time.perf_counter()
-    study = write_federation(fed, Path(out), fmt=fmt)
+    study = write_federation(fed, Path(out), fmt=fmt, epsilon=epsilon)
     t2 = time.perf_counter()
     console.print(summary_table(fed.truth))
     console.print(
@@ -82,9 +83,11 @@ def synth(
     seed: int = typer.Option(7, help="Master seed: equal seeds give byte-identical files."),
     scale: float = typer.Option(1.0, min=0.0001, help="Multiply every site's size."),
     fmt: str = typer.Option("csv", "--format", help=f"File format: {' or '.join(FORMATS)}."),
+    epsilon: float = typer.Option(None, min=0.01, help="Write study.toml as a DP study at this "
+                                  "ε (δ = 1e-6); exact when omitted."),
 ) -> None:
     """Write per-site persons, interventions, outcomes and cohort tables, study.toml and
     truth.json, and print the true ATT per site."""
     if fmt not in FORMATS:
         raise typer.BadParameter(f"must be one of {', '.join(FORMATS)}", param_hint="--format")
-    generate_and_summarise(out=out, seed=seed, sites=sites, scale=scale, fmt=fmt)
+    generate_and_summarise(out=out, seed=seed, sites=sites, scale=scale, fmt=fmt, epsilon=epsilon)

@@ -39,8 +39,9 @@ def _write_table(df: pd.DataFrame, path: Path, fmt: str) -> None:
     df.assign(**dates).to_parquet(path, index=False)
 
 
-def study_document(fed: Federation, fmt: str = "csv") -> dict:
-    """The default study as a TOML-ready dict (loads with ``StudySpec.from_dict``)."""
+def study_document(fed: Federation, fmt: str = "csv", epsilon: float | None = None) -> dict:
+    """The default study as a TOML-ready dict (loads with ``StudySpec.from_dict``); with
+    ``epsilon`` it is a DP study at that ε (δ = 1e-6), else exact."""
     seed = fed.truth["seed"]
     return {
         "study": {
@@ -57,7 +58,8 @@ def study_document(fed: Federation, fmt: str = "csv") -> dict:
         "covariates": [{"name": f.name, "lo": float(f.lo), "hi": float(f.hi), "kind": f.kind}
                        for f in FEATURES],
         "outcomes": [{"name": o.name, "lo": o.lo, "cap": o.cap, "kind": o.kind} for o in OUTCOMES],
-        "privacy": {"enabled": False, "epsilon": 1.0, "delta": 1e-6},
+        "privacy": {"enabled": epsilon is not None,
+                    "epsilon": 1.0 if epsilon is None else float(epsilon), "delta": 1e-6},
         "sites": [{"name": s.name, "data": f"{s.name}/cohort.{fmt}"} for s in fed.sites],
     }
 
@@ -73,13 +75,15 @@ def to_toml(doc: dict) -> str:
     return "\n".join(parts)
 
 
-def write_federation(fed: Federation, out: Path, fmt: str = "csv") -> Path:
+def write_federation(fed: Federation, out: Path, fmt: str = "csv",
+                     epsilon: float | None = None) -> Path:
     """Write every site's tables, ``study.toml`` and ``truth.json`` under ``out``.
 
     Args:
         fed: from :func:`shared.synth.generate_federation`.
         out: output folder (created; existing files are overwritten).
         fmt: ``"csv"`` or ``"parquet"``.
+        epsilon: make ``study.toml`` a DP study at this ε (None: exact).
 
     Returns:
         The path of ``study.toml``.
@@ -96,6 +100,6 @@ def write_federation(fed: Federation, out: Path, fmt: str = "csv") -> Path:
         for table in TABLES:
             _write_table(getattr(site, table), folder / f"{table}.{fmt}", fmt)
     study = out / "study.toml"
-    study.write_text(to_toml(study_document(fed, fmt)))
+    study.write_text(to_toml(study_document(fed, fmt, epsilon)))
     (out / "truth.json").write_text(json.dumps(fed.truth, indent=2, allow_nan=False) + "\n")
     return study

@@ -86,11 +86,12 @@ def test_killed_supernode_fails_clearly_naming_node_and_round(synthetic, tmp_pat
 def test_private_study_charges_each_real_node_ledger(synthetic, tmp_path):
     from node.ledger import PrivacyLedger
 
+    from shared.synth.io import study_document, to_toml
+
     spec_path = synthetic[0].with_name("study-dp.toml")
-    text = synthetic[0].read_text().replace("[privacy]\nenabled = false", "[privacy]\nenabled = true")
-    assert "enabled = true" in text
-    spec_path.write_text(text)
+    spec_path.write_text(to_toml(study_document(synthetic[1], epsilon=1.0)))
     spec = StudySpec.from_toml(spec_path)
+    assert spec.privacy.enabled and spec.privacy.epsilon == 1.0
     result = run_local(spec_path, tmp_path / "run", timeout_s=500)
     assert result.privacy.enabled and result.privacy.epsilon == spec.privacy.epsilon
     for s in spec.sites:

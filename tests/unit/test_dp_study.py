@@ -158,3 +158,30 @@ def test_dp_width_edges_span_the_occupied_treated_range_evenly():
     assert np.allclose(np.diff(inner), np.diff(inner)[0])  # equal widths
     lo, hi = grid[40], grid[60]  # edges of the occupied bins 40..59
     assert np.allclose(inner, lo + (hi - lo) * np.arange(1, 5) / 5)
+
+
+def test_dp_balance_never_divides_by_noise():
+    """A narrow covariate (SD 0.01 on [0, 1]) has a variance the balance noise cannot resolve:
+    its SMD is None instead of a quotient of noise; a wide one stays measured and sane."""
+    from shared.psm.balance import BalanceNoise, balance_table
+
+    rng = np.random.default_rng(11)
+    n = 20000
+    z = np.column_stack([rng.uniform(size=n), np.clip(0.3 + 0.01 * rng.normal(size=n), 0, 1)])
+    t = (rng.uniform(size=n) < 1 / (1 + np.exp(-(z[:, 0] - 0.5)))) * 1.0
+    edges = np.array([-np.inf, -0.25, 0.0, 0.25, np.inf])
+    exact = psm_table(z=z, t=t, y=rng.uniform(size=(n, 1)), beta=np.array([-0.5, 1.0, 0.0]),
+                      edges=edges)
+    sigma = 60.0
+    noisy = PsmTable.from_arrays({k: v + (rng.normal(0, sigma, v.shape) if k in ("sum_z", "sumsq_z")
+                                          else 0.0) for k, v in exact.to_arrays().items()})
+    weights = np.clip(exact.count[:, 1], 0, None) / exact.count[:, 1].sum()
+    used = np.ones(4, dtype=bool)
+    wide, narrow = balance_table(table=noisy, covariates=("wide", "narrow"), weights=weights,
+                                 used=used, noise=BalanceNoise(sum_z=sigma, sumsq_z=sigma))
+    assert narrow.smd_before is None and narrow.smd_after is None
+    assert wide.smd_before is not None and abs(wide.smd_before) < 2.0
+    exact_rows = balance_table(table=exact, covariates=("wide", "narrow"), weights=weights,
+                               used=used)
+    assert exact_rows[1].smd_before is not None  # None above is the noise's doing
+    assert exact_rows[1].var_ratio_before == pytest.approx(1.0, abs=0.1)

@@ -182,3 +182,15 @@ def test_study_diagnostics_are_shown_once_unless_they_disagree():
     assert "size_gate_treated" not in names and names.count("size_treated") == 1
     assert "common_support" in names  # disagrees with the report's overlap verdict: kept
     assert not doc.all_checks_passed
+
+
+def test_dp_fit_is_judged_by_its_planned_rounds_not_by_convergence():
+    result = make_result(privacy=True)
+    result = result.model_copy(update={"propensity": result.propensity.model_copy(
+        update={"converged": False, "iterations": 4})})
+    check = {c.name: c for c in _doc(result).checks}["propensity_converged"]
+    assert check.passed and "not tested under DP" in check.detail
+    exact = make_result(privacy=False)
+    exact = exact.model_copy(update={"propensity": exact.propensity.model_copy(
+        update={"converged": False})})
+    assert not {c.name: c for c in _doc(exact).checks}["propensity_converged"].passed

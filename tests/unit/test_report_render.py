@@ -74,3 +74,24 @@ def test_plots_handle_unbounded_and_unused_strata():
         assert png.startswith(PNG)
     spans = plots._finite_spans(doc.strata)
     assert spans[0][2] and spans[1][2] and all(lo < hi for lo, hi, _ in spans)
+
+
+def test_balance_rows_the_privacy_noise_leaves_unresolved_render_as_na(keypair, tmp_path):
+    """Under DP an SMD may be None (variance unresolved): the report says n/a, the Love plot
+    leaves the row out and says so, and the balance check only judges the resolved rows."""
+    result = make_result(privacy=True)
+    rows = tuple(b.model_copy(update={"smd_before": None, "smd_after": None,
+                                      "var_ratio_before": None, "var_ratio_after": None})
+                 if i % 2 else b for i, b in enumerate(result.balance))
+    result = result.model_copy(update={"balance": rows})
+    doc = build_report(result, issued_at=ISSUED_AT)
+    assert [b.balanced for b in doc.balance][1] is None
+    check = {c.name: c for c in doc.checks}["balance_smd"]
+    assert "unresolved under the privacy noise" in check.detail
+    assert plots.love_plot(doc.balance).startswith(PNG)
+    paths = write_signed_report(result, key_path=keypair[0], out_dir=tmp_path)
+    assert "n/a: the privacy noise" in paths["html"].read_text(encoding="utf-8")
+    none_known = result.model_copy(update={"balance": tuple(
+        b.model_copy(update={"smd_before": None, "smd_after": None}) for b in result.balance)})
+    check = {c.name: c for c in build_report(none_known, issued_at=ISSUED_AT).checks}["balance_smd"]
+    assert not check.passed and check.value is None
