@@ -156,7 +156,8 @@ def _table(pdf: FPDF, t: Table, *, font_size: float = 7.5) -> None:
             for i, cell in enumerate(cells):
                 style = None
                 if t.status_col == i:
-                    style = FontFace(emphasis="BOLD", color=PASS if cell == "pass" else FAIL)
+                    color = {"pass": PASS, "fail": FAIL}.get(cell, GREY)  # n/a: neither
+                    style = FontFace(emphasis="BOLD", color=color)
                 row.cell(cell, style=style)
     if t.note:
         _para(pdf, t.note, size=7, color=GREY)
