@@ -76,6 +76,7 @@ def run(args) -> dict:
     modes = ("local", "secagg") if args.secagg else ("local",)
     rows: dict[tuple, list] = defaultdict(list)  # (treated, mode, eps, outcome) -> per-seed tuples
     failures: dict[tuple, int] = defaultdict(int)
+    unresolved: dict[tuple, list] = defaultdict(list)  # share of covariates whose SMD is n/a
     for treated, n_seeds in ((1000, args.seeds_1k), (10_000, args.seeds_10k)):
         t0 = time.time()
         for seed in range(n_seeds):
@@ -97,6 +98,8 @@ def run(args) -> dict:
                     except EstimationError:
                         failures[(treated, mode, eps)] += 1
                         continue
+                    unresolved[(treated, mode, eps)].append(
+                        np.mean([r.smd_after is None for r in dp.balance]))
                     for o in OUTCOMES:
                         b, a = dp.outcome(o.name), pooled.outcome(o.name)
                         rows[(treated, mode, eps, o.name)].append(
@@ -105,7 +108,7 @@ def run(args) -> dict:
             if (seed + 1) % 10 == 0 or seed + 1 == n_seeds:
                 print(f"  {treated} treated: {seed + 1}/{n_seeds} seeds, {time.time() - t0:.0f} s",
                       file=sys.stderr, flush=True)
-    return {"rows": rows, "failures": failures, "plans": plans}
+    return {"rows": rows, "failures": failures, "plans": plans, "unresolved": unresolved}
 
 
 def summarise(result: dict) -> list[dict]:
@@ -136,6 +139,9 @@ def print_table(summary: list[dict], result: dict) -> None:
         ps = "—" if r["privacy_share"] is None else f"{r['privacy_share']:.2f}"
         print(f"| {r['treated']:>7} | {r['noise']:<6} | {eps:>4} | {r['outcome']:<12} | {r['n']:>5} | "
               f"{r['bias']:>9.4g} | {r['bias_in_se']:>7.2f} | {100 * r['coverage']:>7.1f}% | {wr:>17} | {ps:>13} |")
+    print("\nshare of covariates whose balance the noise leaves unresolved (SMD n/a), mean over seeds:")
+    for (treated, mode, eps), v in sorted(result["unresolved"].items()):
+        print(f"  treated {treated}, {mode}, ε={eps:g}: {100 * np.mean(v):.0f} %")
     if result["failures"]:
         print("\nstudies that stopped with an estimation error (e.g. no overlap under noise):")
         for k, n in sorted(result["failures"].items()):

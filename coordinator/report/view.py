@@ -106,7 +106,7 @@ def report_view(doc: EvidenceReport, *, signature: Signature | None = None) -> R
                        for b in doc.balance),
             note="SMD: standardized mean difference, treated minus (reweighted) controls; "
                  "balanced when |SMD after| < 0.1. n/a: the privacy noise leaves the "
-                 "covariate's variance unresolved (noisy variance below twice its noise SD).",
+                 "covariate's variance unresolved (noisy variance below 3 noise SDs).",
             status_col=5,
         ),
         sites=Table(

@@ -10,9 +10,10 @@ with the *same* denominator before and after — the unweighted pooled SD of the
 (Stuart 2010; cobalt's ``s.d.denom = "pooled"``) — so a change in SMD is a change in means only.
 Variance ratios :math:`s^2_T / s^2_C` before and after (``None`` when the control variance is 0).
 Under DP, moments are clamped to their valid ranges (:mod:`shared.psm.cells`), and a
-covariate whose variance the noise cannot resolve — a noisy variance below twice its noise SD,
+covariate whose variance the noise cannot resolve — a noisy variance below 3 noise SDs,
 as for a narrow covariate such as glucose (variance 0.002 on the [0, 1] scale) at ε = 1 — gets
-``None`` for its SMDs and variance ratios instead of a quotient of noise (which reached 5e10).
+``None`` instead of a quotient of noise (which reached 5e10): its SMDs when the SMD denominator
+(the mean of the arm variances) is unresolved, a variance ratio when either variance is.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from shared.psm.cells import cell_means, clamped_counts
 __all__ = ["BalanceNoise", "BalanceStat", "balance_table", "overlap_coefficient"]
 
 _TINY = 1e-12
+#: A noisy variance counts as resolved above this many noise SDs (pure noise passes 0.13 %).
+RESOLVE_SD = 3.0
 
 
 @dataclass(frozen=True)
@@ -96,10 +99,13 @@ def balance_table(*, table, covariates: Sequence[str], weights: np.ndarray,
     wc = np.where(used, weights, 0.0)
     mt1, vt1 = _weighted_moments(table.sum_z[:, 1], table.sumsq_z[:, 1], n[:, 1], wc)
     mc1, vc1 = _weighted_moments(table.sum_z[:, 0], table.sumsq_z[:, 0], n[:, 0], wc)
-    known_before = known_after = np.ones(len(covariates), dtype=bool)
+    known_smd = known_before = known_after = np.ones(len(covariates), dtype=bool)
     if noise is not None:
+        def sd(mean, coef):
+            return noise.variance_sd(coef=coef, mean=mean)
+
         def resolved(var, mean, coef):
-            return var > 2.0 * noise.variance_sd(coef=coef, mean=mean)
+            return var > RESOLVE_SD * sd(mean, coef)
 
         def pooled(arm):  # every cell of the arm, each row weighted 1/N
             return np.full(n.shape[0], 1.0 / max(float(n[:, arm].sum()), 1.0))
@@ -109,6 +115,9 @@ def balance_table(*, table, covariates: Sequence[str], weights: np.ndarray,
 
         known_before = resolved(vt0, mt0, pooled(1)) & resolved(vc0, mc0, pooled(0))
         known_after = resolved(vt1, mt1, stratified(1)) & resolved(vc1, mc1, stratified(0))
+        # the SMDs need only their shared denominator, the mean of the two arm variances
+        denom_sd = 0.5 * np.hypot(sd(mt0, pooled(1)), sd(mc0, pooled(0)))
+        known_smd = (vt0 + vc0) / 2.0 > RESOLVE_SD * denom_sd
 
     def keep(ok: bool, value: float | None) -> float | None:
         return value if ok else None
@@ -116,8 +125,8 @@ def balance_table(*, table, covariates: Sequence[str], weights: np.ndarray,
     return tuple(
         BalanceStat(
             covariate=name,
-            smd_before=keep(known_before[j], float((mt0[j] - mc0[j]) / denom[j])),
-            smd_after=keep(known_before[j], float((mt1[j] - mc1[j]) / denom[j])),
+            smd_before=keep(known_smd[j], float((mt0[j] - mc0[j]) / denom[j])),
+            smd_after=keep(known_smd[j], float((mt1[j] - mc1[j]) / denom[j])),
             var_ratio_before=keep(known_before[j], _ratio(vt0[j], vc0[j])),
             var_ratio_after=keep(known_after[j], _ratio(vt1[j], vc1[j])),
         )
