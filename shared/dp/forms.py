@@ -11,8 +11,11 @@ The centring is a fixed invertible linear map :math:`A` (:math:`\tilde z_c = A\t
   projects the summed :math:`H_c` onto the positive-definite cone *in this basis* (where the
   noise is isotropic) and maps back, :math:`g = A^{-1} g_c`, :math:`H = A^{-1} H_c A^{-\top}`.
   The Newton step :math:`H^{-1} g = A^\top H_c^{-1} g_c` is the same step in either basis.
-* ``psm_balance``: the node releases :math:`\sum (z - c)` and :math:`\sum (z - c)^2` per cell;
-  the coordinator recovers :math:`\sum z` and :math:`\sum z^2` with the released cell counts.
+* ``psm_balance``: the node releases :math:`\sum (z - c)` per cell and :math:`\sum (z - c)^2`
+  per *arm* (summed over strata: the same sensitivity, since a row lands in one cell and one
+  arm, but one noise draw per arm instead of one per stratum, so the SMD denominators — the arm
+  variances — carry √S less noise); the coordinator recovers :math:`\sum z` and the arms'
+  :math:`\sum z^2` with the released cell counts.
 
 Both maps are public and data-independent: post-processing, no privacy cost. Outcomes are not
 centred (they are skewed towards 0, where centring at 1/2 would *raise* their sums' range).
@@ -35,7 +38,7 @@ from shared.psm.balance import BalanceNoise
 from shared.dp.sensitivity import RELEASE_KEYS
 from shared.errors import PrivacyError
 
-__all__ = ["CENTER", "balance_from_release", "balance_noise_sd", "centring", "ps_from_release",
+__all__ = ["CENTER", "balance_from_release", "balance_noise", "centring", "ps_from_release",
            "release_arrays", "release_form"]
 
 #: The public centre of every scaled covariate (the midpoint of its [0, 1] range).
@@ -71,7 +74,7 @@ def release_form(query: str, arrays: Mapping[str, np.ndarray]) -> dict[str, np.n
         n = out["count"][..., None]
         s, ss = out["sum_z"], out["sumsq_z"]
         out["sum_z"] = s - CENTER * n
-        out["sumsq_z"] = ss - 2.0 * CENTER * s + CENTER**2 * n
+        out["sumsq_z"] = (ss - 2.0 * CENTER * s + CENTER**2 * n).sum(axis=0)  # (2, D) per arm
     return out
 
 
@@ -99,19 +102,16 @@ def ps_from_release(*, g, H) -> tuple[np.ndarray, np.ndarray]:
 
 
 def balance_from_release(*, count, sum_z, sumsq_z) -> tuple[np.ndarray, np.ndarray]:
-    r"""Centred balance sums back to :math:`\sum z`, :math:`\sum z^2`, with the (noisy) cell
-    counts of the main release."""
+    r"""Centred balance sums back to :math:`\sum z` per cell ``(S, 2, D)`` and :math:`\sum z^2`
+    per arm ``(2, D)``, with the (noisy) cell counts of the main release."""
     n = np.asarray(count, dtype=float)[..., None]
     sc, ssc = np.asarray(sum_z, dtype=float), np.asarray(sumsq_z, dtype=float)
-    return sc + CENTER * n, ssc + 2.0 * CENTER * sc + CENTER**2 * n
+    return sc + CENTER * n, ssc + (2.0 * CENTER * sc + CENTER**2 * n).sum(axis=0)
 
 
-def balance_noise_sd(*, sigma_balance: float, sigma_count: float) -> BalanceNoise:
-    r"""Noise SDs of one cell's recovered :math:`\sum z` and :math:`\sum z^2`
-    (:func:`balance_from_release`): :math:`\sqrt{\sigma_b^2 + c^2\sigma_n^2}` and
-    :math:`\sqrt{(1 + 4c^2)\sigma_b^2 + c^4\sigma_n^2}`, from the centred sums' noise
-    :math:`\sigma_b` and the cell count's :math:`\sigma_n`."""
-    c = CENTER
-    return BalanceNoise(sum_z=float(np.hypot(sigma_balance, c * sigma_count)),
-                        sumsq_z=float(np.sqrt((1 + 4 * c * c) * sigma_balance**2
-                                              + c**4 * sigma_count**2)))
+def balance_noise(*, sigma_balance: float) -> BalanceNoise:
+    """The balance release's noise for :func:`shared.psm.balance.balance_table`: σ on every
+    centred cell sum and on every centred arm sum of squares (the counts' noise only enters
+    through the row totals, a relative error well below the sums')."""
+    return BalanceNoise(sum_z=float(sigma_balance), sumsq_z=float(sigma_balance), center=CENTER,
+                        sumsq_per_arm=True)

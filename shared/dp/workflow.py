@@ -21,7 +21,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from shared.dp.forms import balance_from_release, balance_noise_sd, ps_from_release
+from shared.dp.forms import balance_from_release, balance_noise, ps_from_release
 from shared.dp.mechanisms import project_psd
 from shared.dp.plan import NoisePlan
 from shared.dp.strata import DP_GRID_BINS, dp_min_cell, dp_n_strata, dp_width_edges
@@ -98,13 +98,21 @@ def dp_edges(*, beta, hist, plan: NoisePlan, n_nodes: int, n_treated: float,
 def dp_table(*, main: Mapping[str, np.ndarray], balance: Mapping[str, np.ndarray] | None,
              edges, n_covariates: int) -> PsmTable:
     """A :class:`PsmTable` from the summed main and (centred) balance releases; balance zeros if
-    the plan has no balance release: the SMDs are then meaningless and must not be reported."""
+    the plan has no balance release: the SMDs are then meaningless and must not be reported.
+
+    Σz² is released per arm (:mod:`shared.dp.forms`); the table's per-cell Σz² apportions each
+    arm's total by the cells' noisy counts, so the arm totals — all the balance reads under DP
+    (:class:`shared.psm.balance.BalanceNoise`) — are exactly the released ones.
+    """
     count = np.asarray(main["count"], dtype=float)
     if balance is None:
         sum_z = sumsq_z = np.zeros(count.shape + (n_covariates,))
     else:
-        sum_z, sumsq_z = balance_from_release(count=count, sum_z=balance["sum_z"],
-                                              sumsq_z=balance["sumsq_z"])
+        sum_z, arm_sumsq = balance_from_release(count=count, sum_z=balance["sum_z"],
+                                                sumsq_z=balance["sumsq_z"])
+        n = np.clip(count, 0.0, None)
+        share = n / np.maximum(n.sum(axis=0), 1e-12)  # (S, 2)
+        sumsq_z = share[..., None] * arm_sumsq[None, :, :]
     return PsmTable(edges=np.asarray(edges, dtype=float), count=count,
                     sum_y=np.asarray(main["sum_y"], dtype=float),
                     sumsq_y=np.asarray(main["sumsq_y"], dtype=float), sum_z=sum_z, sumsq_z=sumsq_z)
@@ -119,11 +127,10 @@ def dp_estimate(*, table: PsmTable, plan: NoisePlan, n_nodes: int, outcomes: Seq
     statistics the noise cannot resolve are None (:mod:`shared.psm.balance`).
     """
     sigma = plan.release("psm_main").total_sigma(n_nodes, secure_aggregation=secure_aggregation)
-    balance_noise = None
+    noise = None
     if plan.has("psm_balance"):
-        balance_noise = balance_noise_sd(
-            sigma_balance=plan.release("psm_balance").total_sigma(
-                n_nodes, secure_aggregation=secure_aggregation), sigma_count=sigma)
+        noise = balance_noise(sigma_balance=plan.release("psm_balance").total_sigma(
+            n_nodes, secure_aggregation=secure_aggregation))
     min_cell = dp_min_cell(count_sigma=sigma)
     n = np.clip(table.count, 0.0, None)
     used = (n[:, 1] >= min_cell) & (n[:, 0] >= min_cell)
@@ -131,4 +138,4 @@ def dp_estimate(*, table: PsmTable, plan: NoisePlan, n_nodes: int, outcomes: Seq
     se_priv = att_privacy_se(count=table.count, sum_y=table.sum_y, used=used,
                              sigma_count=sigma, sigma_sum=sigma) * span
     return estimate_att(table=table, outcomes=outcomes, covariates=covariates,
-                        min_cell=min_cell, se_privacy=se_priv, balance_noise=balance_noise)
+                        min_cell=min_cell, se_privacy=se_priv, balance_noise=noise)

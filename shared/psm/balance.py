@@ -45,16 +45,28 @@ class BalanceStat:
 
 @dataclass(frozen=True)
 class BalanceNoise:
-    """SDs of the DP noise in one summed cell's Σz and Σz² entries (per covariate)."""
+    """SDs of the DP noise in one released Σ(z − c) and Σ(z − c)² entry (per covariate), with
+    ``center`` = c the point the node centred on (0: released uncentred).
+
+    ``sumsq_per_arm``: Σ(z − c)² was released per arm, not per cell (:mod:`shared.dp.forms`):
+    the table's per-cell Σz² then only apportions the arm total, so the arm variances are read
+    from one noisy total each and the variance ratios *after* weighting are not available.
+    """
 
     sum_z: float
     sumsq_z: float
+    center: float = 0.0
+    sumsq_per_arm: bool = False
 
-    def variance_sd(self, *, coef: np.ndarray, mean: np.ndarray) -> np.ndarray:
-        r"""Approximate noise SD of a variance :math:`\sum_b c_b \Sigma z^2_b - \bar z^2` with
-        :math:`\bar z = \sum_b c_b \Sigma z_b` (delta method; ``coef`` = :math:`c_b`)."""
-        spread = float(np.sqrt(np.sum(np.asarray(coef, dtype=float) ** 2)))
-        return spread * np.sqrt(self.sumsq_z**2 + (2.0 * mean * self.sum_z) ** 2)
+    def variance_sd(self, *, coef_sum: np.ndarray, coef_sumsq: np.ndarray,
+                    mean: np.ndarray) -> np.ndarray:
+        r"""Noise SD of a variance :math:`\sum_b c_b \Sigma(z-c)^2_b - (\bar z - c)^2` with
+        :math:`\bar z - c = \sum_b c_b \Sigma(z-c)_b` (delta method; the variance is the same
+        in either frame, its noise is smaller in the centred one)."""
+        spread_sum = float(np.sqrt(np.sum(np.asarray(coef_sum, dtype=float) ** 2)))
+        spread_sq = float(np.sqrt(np.sum(np.asarray(coef_sumsq, dtype=float) ** 2)))
+        return np.hypot(spread_sq * self.sumsq_z,
+                        2.0 * (mean - self.center) * spread_sum * self.sum_z)
 
 
 def _weighted_moments(sum_z: np.ndarray, sumsq_z: np.ndarray, n: np.ndarray,
@@ -101,22 +113,22 @@ def balance_table(*, table, covariates: Sequence[str], weights: np.ndarray,
     mc1, vc1 = _weighted_moments(table.sum_z[:, 0], table.sumsq_z[:, 0], n[:, 0], wc)
     known_smd = known_before = known_after = np.ones(len(covariates), dtype=bool)
     if noise is not None:
-        def sd(mean, coef):
-            return noise.variance_sd(coef=coef, mean=mean)
+        def pooled_sd(arm, mean):  # every row of the arm weighted 1/N
+            inv_n = 1.0 / max(float(n[:, arm].sum()), 1.0)
+            cells = np.full(n.shape[0], inv_n)
+            return noise.variance_sd(coef_sum=cells, mean=mean,
+                                     coef_sumsq=[inv_n] if noise.sumsq_per_arm else cells)
 
-        def resolved(var, mean, coef):
-            return var > RESOLVE_SD * sd(mean, coef)
+        def stratified_sd(arm, mean):  # cell b weighted w_b / n_b
+            coef = np.where(n[:, arm] > 0, wc / np.maximum(n[:, arm], 1.0), 0.0)
+            return noise.variance_sd(coef_sum=coef, coef_sumsq=coef, mean=mean)
 
-        def pooled(arm):  # every cell of the arm, each row weighted 1/N
-            return np.full(n.shape[0], 1.0 / max(float(n[:, arm].sum()), 1.0))
-
-        def stratified(arm):  # cell b weighted w_b / n_b
-            return np.where(n[:, arm] > 0, wc / np.maximum(n[:, arm], 1.0), 0.0)
-
-        known_before = resolved(vt0, mt0, pooled(1)) & resolved(vc0, mc0, pooled(0))
-        known_after = resolved(vt1, mt1, stratified(1)) & resolved(vc1, mc1, stratified(0))
+        known_before = (vt0 > RESOLVE_SD * pooled_sd(1, mt0)) & (vc0 > RESOLVE_SD * pooled_sd(0, mc0))
+        known_after = (np.zeros(len(covariates), dtype=bool) if noise.sumsq_per_arm else
+                       (vt1 > RESOLVE_SD * stratified_sd(1, mt1))
+                       & (vc1 > RESOLVE_SD * stratified_sd(0, mc1)))
         # the SMDs need only their shared denominator, the mean of the two arm variances
-        denom_sd = 0.5 * np.hypot(sd(mt0, pooled(1)), sd(mc0, pooled(0)))
+        denom_sd = 0.5 * np.hypot(pooled_sd(1, mt0), pooled_sd(0, mc0))
         known_smd = (vt0 + vc0) / 2.0 > RESOLVE_SD * denom_sd
 
     def keep(ok: bool, value: float | None) -> float | None:

@@ -127,8 +127,9 @@ def test_centred_balance_sums_map_back_and_only_named_arrays_leave():
     table = psm_table(z=z, t=t, y=y, beta=np.zeros(4), edges=np.array([-np.inf, 0.0, np.inf]))
     released = release_arrays("psm_balance", table.to_arrays())
     assert set(released) == {"sum_z", "sumsq_z"}  # counts and outcome sums are withheld
-    sum_z, sumsq_z = balance_from_release(count=table.count, **released)
-    assert np.allclose(sum_z, table.sum_z) and np.allclose(sumsq_z, table.sumsq_z)
+    assert released["sumsq_z"].shape == (2, 3)  # one total per arm, not per stratum
+    sum_z, arm_sumsq = balance_from_release(count=table.count, **released)
+    assert np.allclose(sum_z, table.sum_z) and np.allclose(arm_sumsq, table.sumsq_z.sum(axis=0))
 
 
 def test_sensitivity_rejects_bad_dimensions():
