@@ -76,8 +76,8 @@ _EPS_TOL = 1e-9  # float noise of the accountant; never lets a real overspend th
 
 
 @dataclass(frozen=True)
-class Charge:
-    """A committed charge: pay first, then release."""
+class _Release:
+    """The fields every ledger row carries."""
 
     id: int
     dataset: str
@@ -88,20 +88,19 @@ class Charge:
     noise_multiplier: float
     epsilon: float  # this release's increment
     epsilon_after: float  # the dataset's total ε after it
+
+
+@dataclass(frozen=True)
+class Charge(_Release):
+    """A committed charge: pay first, then release."""
+
     epsilon_left: float
 
 
 @dataclass(frozen=True)
-class ReleaseRecord:
-    id: int
-    dataset: str
-    study_id: str
-    query: str
-    sigma: float
-    sensitivity: float
-    noise_multiplier: float
-    epsilon: float
-    epsilon_after: float
+class ReleaseRecord(_Release):
+    """One row of the ledger's history."""
+
     created_at: str
     status: str
     sample_rate: float = 1.0

@@ -24,7 +24,7 @@ def budget(
     check_format(fmt)
     with errors_to_exit():
         url, configured = _ledger_source(config, ledger_url)
-        from node.ledger import PrivacyLedger  # imports opacus (torch): only when run
+        from node.ledger import PrivacyLedger  # SQLAlchemy and the accountant: only when run
 
         ledger = PrivacyLedger(url)
         names = [dataset] if dataset else ledger.datasets()

@@ -82,12 +82,12 @@ def _rdp_analysis():
 
 def _rdp_epsilon(entries: Sequence[tuple[float, float, int]], delta: float) -> float:
     """What ``RDPAccountant.get_epsilon(delta, alphas=ORDERS)`` returns for this history."""
-    analysis = _rdp_analysis()
-    rdp = sum(analysis.compute_rdp(q=q, noise_multiplier=mu, steps=k, orders=list(ORDERS))
+    analysis, orders = _rdp_analysis(), list(ORDERS)
+    rdp = sum(analysis.compute_rdp(q=q, noise_multiplier=mu, steps=k, orders=orders)
               for mu, q, k in entries)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "optimal order is the largest alpha" at large ε
-        eps, _ = analysis.get_privacy_spent(orders=list(ORDERS), rdp=rdp, delta=delta)
+        eps, _ = analysis.get_privacy_spent(orders=orders, rdp=rdp, delta=delta)
     return float(eps)
 
 

@@ -34,28 +34,23 @@ from typing import Mapping
 
 import numpy as np
 
-from shared.psm.balance import BalanceNoise
 from shared.dp.sensitivity import RELEASE_KEYS
 from shared.errors import PrivacyError
+from shared.psm.balance import BalanceNoise
 
-__all__ = ["CENTER", "balance_from_release", "balance_noise", "centring", "ps_from_release",
-           "release_arrays", "release_form"]
+__all__ = ["CENTER", "balance_from_release", "balance_noise", "ps_from_release", "release_arrays",
+           "release_form"]
 
 #: The public centre of every scaled covariate (the midpoint of its [0, 1] range).
 CENTER = 0.5
 
 
-def centring(p: int) -> np.ndarray:
-    r"""The map :math:`A` with :math:`[1, z - c] = A [1, z]` for ``p = d + 1`` parameters."""
+def _shift(p: int, offset: float) -> np.ndarray:
+    r"""The map :math:`[1, z] \mapsto [1, z + \text{offset}]` for ``p = d + 1`` parameters:
+    :math:`A` at ``-CENTER``, :math:`A^{-1}` at ``+CENTER``."""
     A = np.eye(p)
-    A[1:, 0] = -CENTER
+    A[1:, 0] = offset
     return A
-
-
-def _uncentring(p: int) -> np.ndarray:
-    A_inv = np.eye(p)
-    A_inv[1:, 0] = CENTER
-    return A_inv
 
 
 def release_form(query: str, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -68,7 +63,7 @@ def release_form(query: str, arrays: Mapping[str, np.ndarray]) -> dict[str, np.n
     """
     out = {k: np.asarray(v, dtype=float) for k, v in arrays.items()}
     if query == "ps_fit":
-        A = centring(out["g"].size)
+        A = _shift(out["g"].size, -CENTER)
         out["g"], out["H"] = A @ out["g"], A @ out["H"] @ A.T
     elif query == "psm_balance":
         n = out["count"][..., None]
@@ -97,7 +92,7 @@ def release_arrays(query: str, arrays: Mapping[str, np.ndarray]) -> dict[str, np
 def ps_from_release(*, g, H) -> tuple[np.ndarray, np.ndarray]:
     """Centred (g, H) back in the basis of :math:`[1, z]` (what the fitter's β lives in)."""
     g = np.asarray(g, dtype=float).reshape(-1)
-    A_inv = _uncentring(g.size)
+    A_inv = _shift(g.size, CENTER)
     return A_inv @ g, A_inv @ np.asarray(H, dtype=float) @ A_inv.T
 
 

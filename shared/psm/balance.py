@@ -123,13 +123,13 @@ def balance_table(*, table, covariates: Sequence[str], weights: np.ndarray,
             coef = np.where(n[:, arm] > 0, wc / np.maximum(n[:, arm], 1.0), 0.0)
             return noise.variance_sd(coef_sum=coef, coef_sumsq=coef, mean=mean)
 
-        known_before = (vt0 > RESOLVE_SD * pooled_sd(1, mt0)) & (vc0 > RESOLVE_SD * pooled_sd(0, mc0))
+        sd_t0, sd_c0 = pooled_sd(1, mt0), pooled_sd(0, mc0)
+        known_before = (vt0 > RESOLVE_SD * sd_t0) & (vc0 > RESOLVE_SD * sd_c0)
         known_after = (np.zeros(len(covariates), dtype=bool) if noise.sumsq_per_arm else
                        (vt1 > RESOLVE_SD * stratified_sd(1, mt1))
                        & (vc1 > RESOLVE_SD * stratified_sd(0, mc1)))
         # the SMDs need only their shared denominator, the mean of the two arm variances
-        denom_sd = 0.5 * np.hypot(pooled_sd(1, mt0), pooled_sd(0, mc0))
-        known_smd = (vt0 + vc0) / 2.0 > RESOLVE_SD * denom_sd
+        known_smd = (vt0 + vc0) / 2.0 > RESOLVE_SD * 0.5 * np.hypot(sd_t0, sd_c0)
 
     def keep(ok: bool, value: float | None) -> float | None:
         return value if ok else None
