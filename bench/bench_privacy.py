@@ -71,7 +71,7 @@ def federation(seed: int, treated: int) -> tuple[list[SiteArrays], dict[str, flo
 
 
 def run(args) -> dict:
-    plans = {eps: plan_study(epsilon=eps, delta=DELTA, split=BudgetSplit(), n_covariates=len(NAMES),
+    plans = {eps: plan_study(epsilon=eps, delta=DELTA, split=args.split, n_covariates=len(NAMES),
                              n_outcomes=len(OUTCOMES)) for eps in args.eps}
     modes = ("local", "secagg") if args.secagg else ("local",)
     rows: dict[tuple, list] = defaultdict(list)  # (treated, mode, eps, outcome) -> per-seed tuples
@@ -148,12 +148,19 @@ def print_table(summary: list[dict], result: dict) -> None:
             print(f"  treated {k[0]}, {k[1]}, ε={k[2]:g}: {n}")
 
 
+def _split(text: str) -> BudgetSplit:
+    shares = [float(x) for x in text.split(",")]
+    return BudgetSplit(**dict(zip(("describe", "ps_fit", "psm_stats", "balance"), shares, strict=True)))
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seeds-1k", type=int, default=200)
     p.add_argument("--seeds-10k", type=int, default=200)
     p.add_argument("--eps", type=lambda s: tuple(float(x) for x in s.split(",")), default=EPSILONS)
     p.add_argument("--secagg", action="store_true", help="also simulate SecAgg+ (central noise)")
+    p.add_argument("--split", type=_split, default=BudgetSplit(),
+                   help="budget shares describe,ps_fit,psm_stats,balance (default: the study default)")
     p.add_argument("--json", type=Path, help="write the summary here")
     args = p.parse_args(argv)
     t0 = time.time()

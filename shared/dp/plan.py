@@ -16,15 +16,17 @@ share                  releases (each its own Gaussian mechanism)
 ``describe``           ``describe``: per-arm counts
 ``ps_fit``             R ``ps_fit`` rounds (g, H) and one ``score_hist`` (the quantile-strata
                        histogram), each :math:`\rho_{ps}/(R + 1)`
-``psm_stats``          ``psm_main``: counts and Σy per stratum × arm, 85 %; ``psm_sumsq``: Σy²,
-                       15 % (:data:`SUMSQ_SHARE`)
+``psm_stats``          ``psm_main``: counts and Σ(y − ½) per stratum × arm, 85 %; ``psm_sumsq``:
+                       Σ(y − ½)², 15 % (:data:`SUMSQ_SHARE`)
 ``balance``            ``psm_balance``: Σz, Σz² per stratum × arm (0 = not released)
 =====================  =========================================================================
 
-Σy² only feeds the sampling variance, a minor part of a DP CI, while the counts and Σy carry
-the ATT; releasing Σy² on its own with a small share makes the ATT's privacy noise 18 % smaller
-than one joint release of all three at the same total ρ (:math:`\sqrt{1+O}/\sqrt{0.85}` against
-:math:`\sqrt{1+2O}` for O = 3).
+Outcome sums are released centred on ½ (:mod:`shared.dp.forms`). Σ(y − ½)² only feeds the
+sampling variance, while the counts and Σ(y − ½) carry the ATT. Two releases with shares in the
+ratio of their squared sensitivities would cost exactly what one joint release costs
+(:math:`\sqrt{1 + O/4 + O/16} = 1.39` per unit of noise multiplier for O = 3); 15 % for Σ(y − ½)²
+gives the ATT's sums 3 % more noise than that (1.44) and the sums of squares 20 % less (1.12):
+a noisy Σ(y − ½)² is clamped at a variance of 0 in small cells, which inflates their variance.
 
 The total :math:`\rho` is the largest for which the accountant (:mod:`.accounting`) composes all
 releases to at most the study's ε at δ, found by bisection and returned from the conservative

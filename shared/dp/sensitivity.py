@@ -3,8 +3,9 @@ r"""L2 sensitivities of every study release, derived from the public bounds alon
 Neighbouring datasets differ by adding or removing one row (one person). Covariates are scaled
 to [0, 1] by their public bounds (:func:`shared.features.scale`) and released centred on the
 public midpoint (:mod:`shared.dp.forms`), so :math:`\tilde z_c = [1, z - 1/2]` has
-:math:`\lVert\tilde z_c\rVert_2^2 \le q = 1 + d/4`; outcomes are clipped to their public ``[lo, cap]`` and rescaled to [0, 1]
-(:func:`shared.psm.table.scale_outcomes`). A row therefore moves each release by a bounded
+:math:`\lVert\tilde z_c\rVert_2^2 \le q = 1 + d/4`; outcomes are clipped to their public
+``[lo, cap]``, rescaled to [0, 1] (:func:`shared.psm.table.scale_outcomes`) and released centred
+on 1/2 as well. A row therefore moves each release by a bounded
 amount, whatever its values:
 
 =================  ==========================================  =================================
@@ -13,8 +14,8 @@ release            arrays                                      :math:`\Delta_2`
 ``describe``       per-arm ``count`` (2,)                      :math:`1`
 ``ps_fit``         ``g`` (p,), ``H`` (p, p), centred           :math:`\sqrt{q + q^2/16}`
 ``score_hist``     per bin × arm ``count`` (G, 2)              :math:`1`
-``psm_main``       ``count``, ``sum_y``                        :math:`\sqrt{1 + O}`
-``psm_sumsq``      ``sumsq_y``                                 :math:`\sqrt{O}`
+``psm_main``       ``count``, ``sum_y``, centred               :math:`\sqrt{1 + O/4}`
+``psm_sumsq``      ``sumsq_y``, centred                        :math:`\sqrt{O}/4`
 ``psm_balance``    ``sum_z``, ``sumsq_z``, centred             :math:`\sqrt{5 D / 16}`
 =================  ==========================================  =================================
 
@@ -37,8 +38,8 @@ Derivations (one row, treatment t, fitted probability p):
   :math:`\Delta_2 = \sqrt{1 + d + d^2}` (:func:`cov_moments_sensitivity`); under DP describe
   releases the per-arm counts only and balance comes from the PSM balance release.
 
->>> psm_main_sensitivity(n_outcomes=3)
-2.0
+>>> psm_main_sensitivity(n_outcomes=4)
+1.4142135623730951
 """
 
 from __future__ import annotations
@@ -84,21 +85,22 @@ def ps_fit_sensitivity(*, n_covariates: int) -> float:
 
 
 def psm_main_sensitivity(*, n_outcomes: int) -> float:
-    r"""Counts and :math:`\sum y` per stratum × arm: :math:`\sqrt{1 + O}`.
+    r"""Counts and centred :math:`\sum (y - 1/2)` per stratum × arm: :math:`\sqrt{1 + O/4}`.
 
     Raises:
         ValueError: ``n_outcomes`` is not a positive integer.
     """
-    return math.sqrt(1.0 + _positive("n_outcomes", n_outcomes))
+    return math.sqrt(1.0 + _positive("n_outcomes", n_outcomes) / 4.0)
 
 
 def psm_sumsq_sensitivity(*, n_outcomes: int) -> float:
-    r""":math:`\sum y^2` per stratum × arm (only the sampling variance reads it): :math:`\sqrt{O}`.
+    r"""Centred :math:`\sum (y - 1/2)^2` per stratum × arm (only the sampling variance reads
+    it): :math:`\sqrt{O}/4`.
 
     Raises:
         ValueError: ``n_outcomes`` is not a positive integer.
     """
-    return math.sqrt(_positive("n_outcomes", n_outcomes))
+    return math.sqrt(_positive("n_outcomes", n_outcomes)) / 4.0
 
 
 def psm_balance_sensitivity(*, n_covariates: int) -> float:

@@ -15,9 +15,10 @@ Rubin 1984). The rule, documented here and used by the workflow and the benchmar
    while at ε = 1 extra strata only widened the CI (15 vs 8: 35 % wider, no less bias), since
    there the noisy propensity fit limits the adjustment; and one stratum (no adjustment at all)
    for 1k treated cost coverage. Without SecAgg over five nodes (default split) this gives
-   S = 5 at ε = 0.5, 9 at ε = 1, 17 at ε = 2 and 20 from ε = 4 for 10k treated; 1 at ε = 0.5,
-   3 at ε = 1 and 5 to 6 from ε = 2 for 1k treated. (At 1k treated and ε = 1, 5 strata instead
-   of 3 did not help: the noisy propensity fit, not the strata, limits the adjustment there.)
+   S = 6 at ε = 0.5, 11 at ε = 1 and 20 from ε = 2 for 10k treated; 2 at ε = 0.5, 4 at ε = 1,
+   5 at ε = 2 and 4 and 7 at ε = 8 for 1k treated. (At 1k treated and ε = 1, 10 strata instead
+   of 5 — or 30 even on the exact table — left the CV-event bias at 0.02: the noisy
+   propensity fit, not the strata, limits the adjustment there.)
 2. **Where** :func:`dp_width_edges`: S strata of *equal width on the logit scale* over the
    range the treated occupy, read off the noisy treated histogram on a fine *public* grid
    (:func:`shared.psm.strata.score_grid` over the public score range); the outer edges are ±inf.

@@ -20,6 +20,11 @@ instead of ignoring it. Two ways, which agree in the linear regime (tested):
   :math:`S_{bC}/\hat n_{bC}` visibly non-linear (first order alone was 13 % narrow with 200
   controls at σ = 40).
 
+  With outcomes released centred on :math:`c` (:mod:`shared.dp.forms`) the noise sits on
+  :math:`S - c\,n` and the count; the table's :math:`S` was mapped back with the noisy count,
+  so the formula holds for the centred sums, with :math:`\bar y_{bC} - c` in the count terms
+  (``center``).
+
 * :func:`redraw_se` — parametric bootstrap: add fresh noise of the known SDs to the released
   arrays, re-estimate, take the SD over draws. Works for any estimator (e.g. with clamping).
 
@@ -38,7 +43,7 @@ __all__ = ["att_privacy_se", "combine_se", "redraw_se"]
 
 
 def att_privacy_se(*, count: np.ndarray, sum_y: np.ndarray, used: np.ndarray,
-                   sigma_count: float, sigma_sum: float) -> np.ndarray:
+                   sigma_count: float, sigma_sum: float, center: float = 0.0) -> np.ndarray:
     r"""Analytic SD of the stratified ATT due to DP noise, per outcome, on the [0, 1] scale.
 
     Args:
@@ -46,7 +51,9 @@ def att_privacy_se(*, count: np.ndarray, sum_y: np.ndarray, used: np.ndarray,
         sum_y: ``(S, 2, O)`` noisy summed Σy.
         used: ``(S,)`` strata that enter the estimate (both arms present).
         sigma_count: total noise SD of one summed count.
-        sigma_sum: total noise SD of one summed Σy entry.
+        sigma_sum: total noise SD of one summed (centred) Σy entry.
+        center: the centre the outcome sums were released at (their noise is on Σ(y − c));
+            ``sum_y`` is the mapped-back Σy either way.
 
     Returns:
         ``(O,)`` privacy SEs; multiply by ``cap - lo`` for original units.
@@ -61,6 +68,7 @@ def att_privacy_se(*, count: np.ndarray, sum_y: np.ndarray, used: np.ndarray,
     ybar_c = np.clip(s[:, 0, :] / n_c[:, None], 0.0, 1.0)
     ybar_t = np.clip(s[:, 1, :] / np.maximum(n_t, 1e-12)[:, None], 0.0, 1.0)
     att = (w[:, None] * (ybar_t - ybar_c)).sum(axis=0)
+    ybar_c = ybar_c - center
     inv_c2 = (1.0 + 3.0 * sigma_count**2 / n_c**2) / n_c**2  # E[1/n̂²] to second order
     var_sum = sigma_sum**2 * (n.shape[0] / N**2 + np.sum(w**2 * inv_c2))
     var_cnt = sigma_count**2 * (np.sum((w**2 * inv_c2)[:, None] * ybar_c**2, axis=0)

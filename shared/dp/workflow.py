@@ -21,7 +21,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from shared.dp.forms import balance_from_release, balance_noise, ps_from_release
+from shared.dp.forms import (CENTER, balance_from_release, balance_noise, main_from_release,
+                             ps_from_release)
 from shared.dp.mechanisms import project_psd
 from shared.dp.plan import NoisePlan
 from shared.dp.strata import DP_GRID_BINS, dp_min_cell, dp_n_strata, dp_width_edges
@@ -97,8 +98,9 @@ def dp_edges(*, beta, hist, plan: NoisePlan, n_nodes: int, n_treated: float,
 
 def dp_table(*, main: Mapping[str, np.ndarray], balance: Mapping[str, np.ndarray] | None,
              edges, n_covariates: int) -> PsmTable:
-    """A :class:`PsmTable` from the summed main and (centred) balance releases; balance zeros if
-    the plan has no balance release: the SMDs are then meaningless and must not be reported.
+    """A :class:`PsmTable` from the summed (centred) main and balance releases, mapped back with
+    the noisy counts (:mod:`shared.dp.forms`); balance zeros if the plan has no balance release:
+    the SMDs are then meaningless and must not be reported.
 
     Σz² is released per arm (:mod:`shared.dp.forms`); the table's per-cell Σz² apportions each
     arm's total by the cells' noisy counts, so the arm totals — all the balance reads under DP
@@ -113,9 +115,9 @@ def dp_table(*, main: Mapping[str, np.ndarray], balance: Mapping[str, np.ndarray
         n = np.clip(count, 0.0, None)
         share = n / np.maximum(n.sum(axis=0), 1e-12)  # (S, 2)
         sumsq_z = share[..., None] * arm_sumsq[None, :, :]
-    return PsmTable(edges=np.asarray(edges, dtype=float), count=count,
-                    sum_y=np.asarray(main["sum_y"], dtype=float),
-                    sumsq_y=np.asarray(main["sumsq_y"], dtype=float), sum_z=sum_z, sumsq_z=sumsq_z)
+    sum_y, sumsq_y = main_from_release(count=count, sum_y=main["sum_y"], sumsq_y=main["sumsq_y"])
+    return PsmTable(edges=np.asarray(edges, dtype=float), count=count, sum_y=sum_y,
+                    sumsq_y=sumsq_y, sum_z=sum_z, sumsq_z=sumsq_z)
 
 
 def dp_estimate(*, table: PsmTable, plan: NoisePlan, n_nodes: int, outcomes: Sequence[Outcome],
@@ -136,6 +138,6 @@ def dp_estimate(*, table: PsmTable, plan: NoisePlan, n_nodes: int, outcomes: Seq
     used = (n[:, 1] >= min_cell) & (n[:, 0] >= min_cell)
     span = np.array([o.cap - o.lo for o in outcomes])
     se_priv = att_privacy_se(count=table.count, sum_y=table.sum_y, used=used,
-                             sigma_count=sigma, sigma_sum=sigma) * span
+                             sigma_count=sigma, sigma_sum=sigma, center=CENTER) * span
     return estimate_att(table=table, outcomes=outcomes, covariates=covariates,
                         min_cell=min_cell, se_privacy=se_priv, balance_noise=noise)

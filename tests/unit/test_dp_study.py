@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from shared.dp.forms import CENTER, release_arrays
 from shared.dp.plan import plan_study
 from shared.dp.strata import dp_min_cell, dp_n_strata, dp_quantile_edges, dp_width_edges
 from shared.dp.study_sim import SiteArrays, run_dp_study
@@ -69,10 +70,11 @@ def test_analytic_privacy_se_matches_the_spread_of_repeated_noise():
     atts, ses = [], []
     for r in range(300):
         rng = np.random.default_rng(r)
-        main = {k: sum(t[k] + rng.normal(0, sigma, t[k].shape) for t in tables)
-                for k in ("count", "sum_y")}
-        main["sumsq_y"] = sum(t["sumsq_y"] + rng.normal(0, plan.sigma("psm_sumsq"), t["sumsq_y"].shape)
-                              for t in tables)
+        main = {}
+        for query in ("psm_main", "psm_sumsq"):  # noise on the release form, as a node adds it
+            formed = [release_arrays(query, t) for t in tables]
+            main.update({k: sum(f[k] + rng.normal(0, plan.sigma(query), f[k].shape) for f in formed)
+                         for k in formed[0]})
         table = dp_table(main=main, balance=None, edges=edges, n_covariates=3)
         est = dp_estimate(table=table, plan=plan, n_nodes=4, outcomes=OUTCOMES, covariates=COVS)
         atts.append([o.att for o in est.outcomes])
@@ -81,21 +83,29 @@ def test_analytic_privacy_se_matches_the_spread_of_repeated_noise():
     assert np.mean(ses, axis=0) == pytest.approx(empirical, rel=0.15)
 
 
-def test_redraw_and_analytic_privacy_se_agree():
+@pytest.mark.parametrize("center", [0.0, CENTER])
+def test_redraw_and_analytic_privacy_se_agree(center):
+    """Noise on Σy (center 0) or on the centred Σ(y − c) the nodes release, mapped back with the
+    noisy count: the analytic SE follows the re-drawn spread either way. Outcomes are shrunk
+    towards 0 (means 0.03–0.05, like claims and event rates), where the centred form's count
+    noise weighs most (the uncentred formula would be 10 % narrow here)."""
     tables, edges = _fixed_table(1)
+    tables = [{**t, "sum_y": 0.1 * t["sum_y"], "sumsq_y": 0.01 * t["sumsq_y"]} for t in tables]
     total = {k: sum(t[k] for t in tables) for k in tables[0]}
+    total["sum_y"] = total["sum_y"] - center * total["count"][..., None]
     sigma = 40.0
-    table = PsmTable.from_arrays(total)
 
     def att(arrays: dict) -> np.ndarray:
-        est = estimate_att(table=PsmTable.from_arrays(arrays), outcomes=OUTCOMES, covariates=COVS)
+        mapped = {**arrays, "sum_y": arrays["sum_y"] + center * arrays["count"][..., None]}
+        est = estimate_att(table=PsmTable.from_arrays(mapped), outcomes=OUTCOMES, covariates=COVS)
         return np.array([o.att for o in est.outcomes])
 
     redrawn = redraw_se(arrays=total, sigma={"count": sigma, "sum_y": sigma}, estimate=att,
                         n_draws=1500, rng=np.random.default_rng(3))
+    table = PsmTable.from_arrays({k: sum(t[k] for t in tables) for k in tables[0]})
     used = np.ones(table.n_strata, dtype=bool)
     analytic = att_privacy_se(count=table.count, sum_y=table.sum_y, used=used, sigma_count=sigma,
-                              sigma_sum=sigma) * np.array([o.cap for o in OUTCOMES])
+                              sigma_sum=sigma, center=center) * np.array([o.cap for o in OUTCOMES])
     assert redrawn == pytest.approx(analytic, rel=0.08)
 
 
