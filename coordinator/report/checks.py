@@ -6,7 +6,9 @@ Thresholds (DESIGN §5–6; Austin 2009 for SMD; Rubin 2001 for variance ratios)
 * variance ratio after weighting within [0.5, 2] for every covariate where it is known;
 * size gate: ≥ 100 treated, and a control pool ≥ 3 × the treated;
 * overlap: ≥ 95% of the treated lie in strata that also hold controls (common support);
-* the propensity fit converged (under DP: its fixed noisy rounds ran).
+* the propensity fit converged (under DP: its fixed noisy rounds ran);
+* under DP, the study's own ``dp_fit_resolution``: enough treated per unit of the fit's noise
+  for the score to resolve the confounding (:func:`shared.dp.workflow.fit_resolution_check`).
 """
 
 from __future__ import annotations
@@ -121,9 +123,14 @@ def is_restatement(d: Diagnostic, own: dict[str, Check]) -> bool:
     return d.value is None or math.isclose(d.value, mine.value, rel_tol=1e-9, abs_tol=1e-12)
 
 
+# study diagnostics whose name does not read well as a label
+STUDY_LABELS = {"dp_fit_resolution": "Propensity fit resolution (DP)"}
+
+
 def study_check(d: Diagnostic) -> Check:
     """A diagnostic the study run reported, carried over as stated."""
     rule = d.message or d.name
-    return Check(name=d.name, label=d.name.replace("_", " ").capitalize(), rule=rule,
+    label = STUDY_LABELS.get(d.name, d.name.replace("_", " ").capitalize())
+    return Check(name=d.name, label=label, rule=rule,
                  passed=d.passed, value=d.value, threshold=d.threshold, source="study",
                  detail=d.message)

@@ -17,6 +17,7 @@ and the sum carries σ (:meth:`shared.dp.plan.PlannedRelease.total_sigma`).
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -28,14 +29,14 @@ from shared.dp.plan import NoisePlan
 from shared.dp.strata import DP_GRID_BINS, dp_min_cell, dp_n_strata, dp_width_edges
 from shared.dp.uncertainty import att_privacy_se
 from shared.errors import EmptyArmError
-from shared.psm.estimator import AttEstimate, estimate_att
+from shared.psm.estimator import AttEstimate, Check, estimate_att
 from shared.psm.propensity import PropensityFitter, PsStats
 from shared.psm.strata import score_grid
 from shared.psm.table import PsmTable
 from shared.study import Outcome
 
-__all__ = ["dp_edges", "dp_estimate", "dp_fitter", "dp_grid", "dp_ps_stats", "dp_start_beta",
-           "dp_table"]
+__all__ = ["FIT_RESOLUTION_MIN", "dp_edges", "dp_estimate", "dp_fitter", "dp_grid", "dp_ps_stats",
+           "dp_start_beta", "dp_table", "fit_resolution_check"]
 
 
 def dp_start_beta(*, counts, n_covariates: int) -> np.ndarray:
@@ -139,5 +140,39 @@ def dp_estimate(*, table: PsmTable, plan: NoisePlan, n_nodes: int, outcomes: Seq
     span = np.array([o.cap - o.lo for o in outcomes])
     se_priv = att_privacy_se(count=table.count, sum_y=table.sum_y, used=used,
                              sigma_count=sigma, sigma_sum=sigma, center=CENTER) * span
-    return estimate_att(table=table, outcomes=outcomes, covariates=covariates,
-                        min_cell=min_cell, se_privacy=se_priv, balance_noise=noise)
+    est = estimate_att(table=table, outcomes=outcomes, covariates=covariates,
+                       min_cell=min_cell, se_privacy=se_priv, balance_noise=noise)
+    check = fit_resolution_check(
+        n_treated=float(n[:, 1].sum()), n_covariates=len(covariates),
+        sigma_fit=plan.release("ps_fit").total_sigma(n_nodes, secure_aggregation=secure_aggregation))
+    warnings = est.warnings + (() if check.passed else (f"{check.name}: {check.message}",))
+    return replace(est, diagnostics=est.diagnostics + (check,), warnings=warnings)
+
+
+#: Treated rows per noise SD of the summed propensity release, per √(d + 1) fitted parameters,
+#: below which the DP fit is noise-limited (see :func:`fit_resolution_check`).
+FIT_RESOLUTION_MIN = 15.0
+
+
+def fit_resolution_check(*, n_treated: float, n_covariates: int, sigma_fit: float) -> Check:
+    r"""Whether the noisy propensity fit can resolve the confounding it is meant to remove.
+
+    The fit's signal grows with the treated count, its noise is :math:`\sigma_{fit}` on each of
+    :math:`p = d + 1` coordinates of every summed (g, H) release, so the measure is
+    :math:`r = N_T / (\sigma_{fit}\sqrt{p})`. Below :data:`FIT_RESOLUTION_MIN` the score is
+    mostly noise, stratifying on it removes only part of the confounding, and the residual is a
+    bias the CI does not carry. In the benchmark (16 covariates, five nodes, 400 seeds per
+    cell) the CV event's bias was 0.40–0.61 SE at r = 1.5–14.6 (coverage 87.0–92.8 %, and
+    94.8 % at 14.6), against 0.04–0.25 SE at r = 18–760 (coverage 92.0–96.8 %; the two cells
+    under 93 % at r = 18 and 33). Claims and absence days, less confounded, covered at every r.
+    The remedy is more treated, a larger ε, or
+    secure aggregation (√K less noise in every sum).
+    """
+    r = n_treated / (sigma_fit * math.sqrt(n_covariates + 1))
+    return Check(
+        "dp_fit_resolution", r >= FIT_RESOLUTION_MIN, r, FIT_RESOLUTION_MIN,
+        f"{r:.1f} treated per noise SD of the propensity fit and √(d + 1) (at least "
+        f"{FIT_RESOLUTION_MIN:g} needed): " + (
+            "the fit resolves the confounding" if r >= FIT_RESOLUTION_MIN else
+            "the noisy score removes only part of the confounding, so the CI may not cover "
+            "the residual bias; more treated, a larger ε or secure aggregation would resolve it"))

@@ -194,3 +194,21 @@ def test_dp_balance_never_divides_by_noise():
                                used=used)
     assert exact_rows[1].smd_before is not None  # None above is the noise's doing
     assert exact_rows[1].var_ratio_before == pytest.approx(1.0, abs=0.1)
+
+
+def test_a_noise_limited_propensity_fit_is_flagged_and_a_resolved_one_is_not():
+    """The same plan over 3 × 4000 rows resolves the fit; over 3 × 300 rows the score is mostly
+    noise, and the estimate carries a failed check and a warning saying so."""
+    plan = plan_study(epsilon=1.0, delta=1e-6, split=BudgetSplit(), n_covariates=3, n_outcomes=2)
+    verdicts = {}
+    for n in (300, 4000):
+        rng = np.random.default_rng(n)
+        sites = [_site(rng, n)[0] for _ in range(3)]
+        est = run_dp_study(sites=sites, outcomes=OUTCOMES, covariates=COVS, plan=plan,
+                           rngs=[np.random.default_rng([n, i]) for i in range(3)]).estimate
+        check = next(c for c in est.diagnostics if c.name == "dp_fit_resolution")
+        n_t = sum(float(s.t.sum()) for s in sites)
+        expected = n_t / (plan.release("ps_fit").total_sigma(3) * 2.0)  # √(d + 1) = 2
+        assert check.value == pytest.approx(expected, rel=0.2)  # the noisy treated count
+        verdicts[n] = (check.passed, any("dp_fit_resolution" in w for w in est.warnings))
+    assert verdicts == {300: (False, True), 4000: (True, False)}
