@@ -17,7 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from shared.study import BudgetSplit, Covariate, Outcome, StudySpec
 
-PROTOCOL_VERSION = 1
+#: Bumped whenever what a node returns changes meaning (2: DP outcome sums released centred on
+#: 1/2, shared.dp.forms): a node and a coordinator of different versions refuse each other
+#: instead of mis-reading the sums; a node's cached noise plans are keyed by it too.
+PROTOCOL_VERSION = 2
 STUDY_MESSAGE_TYPE = "query.study"
 REQUEST_KEY = "request"  # ConfigRecord holding the request JSON
 META_KEY = "meta"  # ConfigRecord of the reply: site, rows, timings
@@ -93,7 +96,7 @@ class PrivacyQuery(_Model):
 class StudyQuery(_Model):
     """What a node needs to answer: the study's columns and bounds, never code."""
 
-    protocol: Literal[1] = PROTOCOL_VERSION
+    protocol: Literal[2] = PROTOCOL_VERSION
     study_id: str = Field(min_length=8, max_length=128)
     treatment_column: str
     covariates: tuple[Covariate, ...] = Field(min_length=1)

@@ -87,3 +87,16 @@ def test_node_caches_the_plan_it_derived(spec, tmp_path):
     assert list((tmp_path / "plans").glob("*.json"))
     assert rt._plan(q) == fresh == q.privacy.plan(n_covariates=len(q.covariates),
                                                    n_outcomes=len(q.outcomes))
+
+
+def test_a_query_of_another_protocol_version_is_refused(spec):
+    """A node of another version must not mis-read a query (or its replies be mis-read): the
+    release forms changed with protocol 2 (centred DP outcome sums)."""
+    from pydantic import ValidationError
+
+    from shared.protocol import PROTOCOL_VERSION, Describe, StudyQuery
+
+    q = StudyQuery.for_spec(_with_privacy(spec, epsilon=2.0), (Describe(),))
+    old = q.model_dump(mode="json") | {"protocol": PROTOCOL_VERSION - 1}
+    with pytest.raises(ValidationError, match="protocol"):
+        StudyQuery.model_validate(old)
