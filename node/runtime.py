@@ -4,7 +4,11 @@ Built from the SuperNode's ``--node-config`` (set by the node's operator, never 
 coordinator), e.g.::
 
     site="insurer_a" data-path="/srv/rehealth/cohort.csv" state-dir="/var/lib/rehealth"
-    budget-epsilon=10.0 budget-delta=1e-5 require-dp=true
+    budget-epsilon=10.0 budget-delta=1e-5 require-dp=true model-dir="/srv/rehealth/node/models"
+
+Risk models the federation trains are kept in ``model-dir``, by default ``<state-dir>/models``;
+``rehealth node serve`` and ``score`` read ``<node dir>/models`` (beside ``node.toml``), so an
+operator points ``model-dir`` there (or uses the node folder as ``state-dir``) to serve them.
 
 Privacy: the node derives every noise scale itself from the study's public parameters
 (:meth:`shared.protocol.PrivacyQuery.plan`), charges its own ledger (one budget per dataset)
@@ -41,6 +45,14 @@ class NodeRuntime:
     budget_epsilon: float = 10.0
     budget_delta: float = 1e-5
     require_dp: bool = False
+    model_dir: Path | None = None  # where trained risk models are kept (default <state-dir>/models)
+
+    @property
+    def models(self) -> Path | None:
+        """The folder trained risk models are stored in, None if the node keeps no state."""
+        if self.model_dir is not None:
+            return self.model_dir
+        return self.state_dir / "models" if self.state_dir is not None else None
 
     @classmethod
     def from_node_config(cls, cfg: Mapping) -> "NodeRuntime":
@@ -56,7 +68,8 @@ class NodeRuntime:
                        dataset=str(cfg.get("dataset") or site),
                        budget_epsilon=float(cfg.get("budget-epsilon", 10.0)),
                        budget_delta=float(cfg.get("budget-delta", 1e-5)),
-                       require_dp=_bool(cfg.get("require-dp", False)))
+                       require_dp=_bool(cfg.get("require-dp", False)),
+                       model_dir=Path(str(cfg["model-dir"])) if cfg.get("model-dir") else None)
         except (TypeError, ValueError) as e:
             raise SpecError(f"node config of site {site}: {e}") from None
 

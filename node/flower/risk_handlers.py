@@ -93,12 +93,14 @@ def evaluate(msg: Message, runtime: NodeRuntime) -> Message:
 def _store_model(runtime: NodeRuntime, job: RiskJob, arrays: list[np.ndarray]) -> None:
     """Keep the model the coordinator sent for evaluation (the node scores with the model it
     was sent), versioned with its training record."""
-    if runtime.state_dir is None:
+    if runtime.models is None:
+        log.warning("site %s keeps no risk model: its node config has neither model-dir nor "
+                    "state-dir", runtime.site)
         return
     from node.risk.model_store import ModelStore, TrainingRecord
 
     record = TrainingRecord(kind=job.kind, hidden=job.hidden, rounds=job.rounds,
                             epsilon=job.target_epsilon, delta=job.delta, source="federated",
                             metrics={"job_id": job.job_id})
-    stored = ModelStore(runtime.state_dir / "models").save(arrays=arrays, record=record)
-    log.info("site %s stored risk model %s", runtime.site, stored.version)
+    stored = ModelStore(runtime.models).save(arrays=arrays, record=record)
+    log.info("site %s stored risk model %s in %s", runtime.site, stored.version, runtime.models)

@@ -100,3 +100,16 @@ def test_a_query_of_another_protocol_version_is_refused(spec):
     old = q.model_dump(mode="json") | {"protocol": PROTOCOL_VERSION - 1}
     with pytest.raises(ValidationError, match="protocol"):
         StudyQuery.model_validate(old)
+
+
+def test_node_keeps_trained_models_where_its_operator_says(tmp_path):
+    """``model-dir`` (e.g. the node folder's models/, where serve and score look) wins over the
+    default <state-dir>/models; a node with neither keeps none (and logs it)."""
+    from node.runtime import NodeRuntime
+
+    state = tmp_path / "state"
+    assert NodeRuntime.from_node_config({"site": "a", "state-dir": str(state)}).models == state / "models"
+    explicit = NodeRuntime.from_node_config({"site": "a", "state-dir": str(state),
+                                             "model-dir": str(tmp_path / "node" / "models")})
+    assert explicit.models == tmp_path / "node" / "models"
+    assert NodeRuntime.from_node_config({"site": "a"}).models is None
