@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shared.dp.plan import plan_study  # noqa: E402
 from shared.dp.study_sim import SiteArrays, run_dp_study  # noqa: E402
+from shared.dp.workflow import FIT_RESOLUTION_MIN  # noqa: E402
 from shared.errors import EstimationError  # noqa: E402
 from shared.features import FEATURES, scale  # noqa: E402
 from shared.psm.estimator import estimate_att_pooled  # noqa: E402
@@ -77,6 +78,7 @@ def run(args) -> dict:
     rows: dict[tuple, list] = defaultdict(list)  # (treated, mode, eps, outcome) -> per-seed tuples
     failures: dict[tuple, int] = defaultdict(int)
     unresolved: dict[tuple, list] = defaultdict(list)  # share of covariates whose SMD is n/a
+    resolution: dict[tuple, list] = defaultdict(list)  # the dp_fit_resolution check's r
     for treated, n_seeds in ((1000, args.seeds_1k), (10_000, args.seeds_10k)):
         t0 = time.time()
         for seed in range(n_seeds):
@@ -100,6 +102,8 @@ def run(args) -> dict:
                         continue
                     unresolved[(treated, mode, eps)].append(
                         np.mean([r.smd_after is None for r in dp.balance]))
+                    resolution[(treated, mode, eps)].append(
+                        next(c.value for c in dp.diagnostics if c.name == "dp_fit_resolution"))
                     for o in OUTCOMES:
                         b, a = dp.outcome(o.name), pooled.outcome(o.name)
                         rows[(treated, mode, eps, o.name)].append(
@@ -108,7 +112,8 @@ def run(args) -> dict:
             if (seed + 1) % 10 == 0 or seed + 1 == n_seeds:
                 print(f"  {treated} treated: {seed + 1}/{n_seeds} seeds, {time.time() - t0:.0f} s",
                       file=sys.stderr, flush=True)
-    return {"rows": rows, "failures": failures, "plans": plans, "unresolved": unresolved}
+    return {"rows": rows, "failures": failures, "plans": plans, "unresolved": unresolved,
+            "resolution": resolution}
 
 
 def summarise(result: dict) -> list[dict]:
@@ -142,6 +147,11 @@ def print_table(summary: list[dict], result: dict) -> None:
     print("\nshare of covariates whose balance the noise leaves unresolved (SMD n/a), mean over seeds:")
     for (treated, mode, eps), v in sorted(result["unresolved"].items()):
         print(f"  treated {treated}, {mode}, ε={eps:g}: {100 * np.mean(v):.0f} %")
+    print(f"\ndp_fit_resolution r (treated per fit-noise SD per √(d + 1); flagged below "
+          f"{FIT_RESOLUTION_MIN:g}), mean over seeds:")
+    for (treated, mode, eps), v in sorted(result["resolution"].items()):
+        print(f"  treated {treated}, {mode}, ε={eps:g}: r = {np.mean(v):.1f}"
+              f"{'' if np.mean(v) >= FIT_RESOLUTION_MIN else '  (flagged)'}")
     if result["failures"]:
         print("\nstudies that stopped with an estimation error (e.g. no overlap under noise):")
         for k, n in sorted(result["failures"].items()):
