@@ -94,6 +94,11 @@ def _centred_squares(sumsq, sums, n):
     return sumsq - 2.0 * CENTER * sums + CENTER**2 * n
 
 
+def _uncentred_squares(centred_sumsq, centred_sums, n):
+    r""":math:`\sum x^2 = \sum (x - c)^2 + 2c \sum (x - c) + c^2 n` (inverse of the above)."""
+    return centred_sumsq + 2.0 * CENTER * centred_sums + CENTER**2 * n
+
+
 def release_arrays(query: str, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Exactly the arrays ``query`` releases (:data:`RELEASE_KEYS`), in release form: what the
     node adds noise to. Everything else of the answer is withheld.
@@ -117,15 +122,12 @@ def ps_from_release(*, g, H) -> tuple[np.ndarray, np.ndarray]:
     return A_inv @ g, A_inv @ np.asarray(H, dtype=float) @ A_inv.T
 
 
-def main_from_release(*, count, sum_y, sumsq_y=None) -> tuple[np.ndarray, np.ndarray | None]:
-    r"""Centred outcome sums back to :math:`\sum y` and (if given) :math:`\sum y^2` per cell,
-    with the (noisy) counts released beside them: :math:`\sum y = \sum (y - c) + c n`,
-    :math:`\sum y^2 = \sum (y - c)^2 + 2c \sum (y - c) + c^2 n`."""
+def main_from_release(*, count, sum_y, sumsq_y) -> tuple[np.ndarray, np.ndarray]:
+    r"""Centred outcome sums back to :math:`\sum y` and :math:`\sum y^2` per cell, with the
+    (noisy) counts released beside them."""
     n = np.asarray(count, dtype=float)[..., None]
     sc = np.asarray(sum_y, dtype=float)
-    if sumsq_y is None:
-        return sc + CENTER * n, None
-    return sc + CENTER * n, np.asarray(sumsq_y, dtype=float) + 2.0 * CENTER * sc + CENTER**2 * n
+    return sc + CENTER * n, _uncentred_squares(np.asarray(sumsq_y, dtype=float), sc, n)
 
 
 def balance_from_release(*, count, sum_z, sumsq_z) -> tuple[np.ndarray, np.ndarray]:
@@ -133,7 +135,7 @@ def balance_from_release(*, count, sum_z, sumsq_z) -> tuple[np.ndarray, np.ndarr
     per arm ``(2, D)``, with the (noisy) cell counts of the main release."""
     n = np.asarray(count, dtype=float)[..., None]
     sc, ssc = np.asarray(sum_z, dtype=float), np.asarray(sumsq_z, dtype=float)
-    return sc + CENTER * n, ssc + (2.0 * CENTER * sc + CENTER**2 * n).sum(axis=0)
+    return sc + CENTER * n, _uncentred_squares(ssc, sc.sum(axis=0), n.sum(axis=0))
 
 
 def balance_noise(*, sigma_balance: float) -> BalanceNoise:

@@ -137,3 +137,19 @@ def test_sensitivity_rejects_bad_dimensions():
         psm_main_sensitivity(n_outcomes=0)
     with pytest.raises(ValueError):
         ps_fit_sensitivity(n_covariates=1.5)
+
+
+def test_centred_outcome_sums_map_back_and_halve_the_sensitivity():
+    """The node releases Σ(y − ½) and Σ(y − ½)²; mapped back with the counts they are the
+    table's Σy and Σy², and an all-ones or all-zeros row moves them by ½ and ¼ per outcome."""
+    from shared.dp.forms import main_from_release, release_arrays
+
+    rng = np.random.default_rng(5)
+    z, t, y = rng.uniform(size=(60, 2)), (rng.uniform(size=60) < 0.5) * 1.0, rng.uniform(size=(60, 3))
+    table = psm_table(z=z, t=t, y=y, beta=np.zeros(3), edges=np.array([-np.inf, 0.0, np.inf]))
+    arrays = table.to_arrays()
+    main, sumsq = release_arrays("psm_main", arrays), release_arrays("psm_sumsq", arrays)
+    sum_y, sumsq_y = main_from_release(count=main["count"], sum_y=main["sum_y"], sumsq_y=sumsq["sumsq_y"])
+    assert np.allclose(sum_y, table.sum_y) and np.allclose(sumsq_y, table.sumsq_y)
+    assert psm_main_sensitivity(n_outcomes=3) == pytest.approx(math.sqrt(1 + 3 / 4))
+    assert psm_sumsq_sensitivity(n_outcomes=3) == pytest.approx(math.sqrt(3) / 4)
