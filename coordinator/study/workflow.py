@@ -24,7 +24,7 @@ import numpy as np
 
 from shared.dp.plan import NoisePlan, plan_study
 from shared.dp.workflow import (dp_edges, dp_estimate, dp_fitter, dp_grid, dp_ps_stats,
-                                dp_start_beta, dp_table)
+                                dp_start_beta, dp_table, fit_resolution_check)
 from shared.errors import FederationError
 from shared.protocol import Describe, PsFit, PsmStats, ScoreHist, StudyQuery
 from shared.psm.estimator import AttEstimate, estimate_att
@@ -175,7 +175,12 @@ def _run_private(spec: StudySpec, rounds: _Rounds, run: StudyRun) -> None:
     plan = plan_study(epsilon=p.epsilon, delta=p.delta, split=p.split, n_covariates=d,
                       n_outcomes=len(spec.outcomes), n_ps_rounds=p.ps_rounds, accountant=p.accountant)
     run.plan, run.strata_method = plan, "equal-width on the treated score range (DP)"
-    counts = rounds.total(rounds.describe(), "describe", "count")
+    described = rounds.describe()
+    counts = rounds.total(described, "describe", "count")
+    early = fit_resolution_check(n_treated=float(counts[1]), n_covariates=d,
+                                 sigma_fit=plan.release("ps_fit").total_sigma(len(described)))
+    if not early.passed:  # said now, while the operator can still stop before the budget is spent
+        log.warning("DP study %s: %s", spec.study.name, early.message)
     fitter = dp_fitter(plan=plan, n_covariates=d, ridge=spec.federation.ridge,
                        beta0=dp_start_beta(counts=counts, n_covariates=d))
     run.fitter = fitter

@@ -34,10 +34,11 @@ def _run(spec, tmp_path, budget=10.0):
     return run_study(spec, fed)
 
 
-def test_dp_study_charges_every_node_and_widens_the_ci(spec, tmp_path):
+def test_dp_study_charges_every_node_and_widens_the_ci(spec, tmp_path, caplog):
     exact = _run(spec, tmp_path / "exact")
     dp_spec = _with_privacy(spec, epsilon=4.0)
-    run = _run(dp_spec, tmp_path / "dp")
+    with caplog.at_level("WARNING", logger="rehealth.coordinator"):
+        run = _run(dp_spec, tmp_path / "dp")
     result = assemble_result(run, dropped={}, started_at="a", finished_at="b", total_s=1.0)
     assert result.privacy.enabled and result.privacy.epsilon == 4.0
     assert set(result.privacy.per_site) == {s.name for s in spec.sites}
@@ -57,6 +58,22 @@ def test_dp_study_charges_every_node_and_widens_the_ci(spec, tmp_path):
         assert dp_o.se_privacy > 0 and 0 < dp_o.privacy_share_of_ci < 1
         assert dp_o.ci[1] - dp_o.ci[0] > ex_o.ci[1] - ex_o.ci[0]
     assert "DP" in result.strata_method
+    check = next(c for c in run.estimate.diagnostics if c.name == "dp_fit_resolution")
+    assert check.passed and check.value > 20  # about 30 here
+    assert "dp_fit_resolution" not in caplog.text and "part of the confounding" not in caplog.text
+
+
+def test_a_noise_limited_dp_study_is_warned_about_after_describe(spec, tmp_path, caplog):
+    """At ε = 0.5 the same cohort cannot resolve its propensity fit: the coordinator says so as
+    soon as describe's counts are in (the operator can still stop), and the estimate flags it."""
+    with caplog.at_level("INFO", logger="rehealth.coordinator"):
+        run = _run(_with_privacy(spec, epsilon=0.5), tmp_path)
+    said = [r.getMessage() for r in caplog.records]
+    at = lambda text: next(i for i, m in enumerate(said) if text in m)  # noqa: E731
+    assert at("round describe") < at("part of the confounding") < at("round ps-fit-1")
+    check = next(c for c in run.estimate.diagnostics if c.name == "dp_fit_resolution")
+    assert not check.passed and check.value < 15
+    assert any("dp_fit_resolution" in w for w in run.estimate.warnings)
 
 
 def test_over_budget_node_refuses_and_the_study_names_it(spec, tmp_path):
