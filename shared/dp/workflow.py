@@ -165,8 +165,9 @@ def fit_resolution_check(*, n_treated: float, n_covariates: int, sigma_fit: floa
     cell) the CV event's bias was 0.40–0.61 SE at r = 1.5–14.6 (coverage 87.0–92.8 %, and
     94.8 % at 14.6), against 0.04–0.25 SE at r = 18–760 (coverage 92.0–96.8 %; the two cells
     under 93 % at r = 18 and 33). Claims and absence days, less confounded, stayed within
-    92.8–97.8 % at every r. The remedy is more treated, a larger ε, or secure aggregation (√K
-    less noise in every sum).
+    92.8–97.8 % at every r. The remedy is more treated or a larger ε; secure aggregation
+    (√K less noise in every sum, simulated in ``bench/bench_privacy.py --secagg``) would be
+    another, once the Flower study runs it.
     """
     r = n_treated / (sigma_fit * math.sqrt(n_covariates + 1))
     return Check(
@@ -175,4 +176,4 @@ def fit_resolution_check(*, n_treated: float, n_covariates: int, sigma_fit: floa
         f"{FIT_RESOLUTION_MIN:g} needed): " + (
             "the fit resolves the confounding" if r >= FIT_RESOLUTION_MIN else
             "the noisy score removes only part of the confounding, so the CI may not cover "
-            "the residual bias; more treated, a larger ε or secure aggregation would resolve it"))
+            "the residual bias; more treated or a larger ε would resolve it"))
