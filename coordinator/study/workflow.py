@@ -177,8 +177,8 @@ def _run_private(spec: StudySpec, rounds: _Rounds, run: StudyRun) -> None:
     run.plan, run.strata_method = plan, "equal-width on the treated score range (DP)"
     described = rounds.describe()
     counts = rounds.total(described, "describe", "count")
-    early = fit_resolution_check(n_treated=float(counts[1]), n_covariates=d,
-                                 sigma_fit=plan.release("ps_fit").total_sigma(len(described)))
+    early = fit_resolution_check(n_treated=float(counts[1]), n_covariates=d, plan=plan,
+                                 n_nodes=len(described))
     if not early.passed:  # said now, while the operator can still stop before the budget is spent
         log.warning("DP study %s: %s", spec.study.name, early.message)
     fitter = dp_fitter(plan=plan, n_covariates=d, ridge=spec.federation.ridge,

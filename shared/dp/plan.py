@@ -119,6 +119,14 @@ class NoisePlan:
     def sigma(self, query: str) -> float:
         return self.release(query).sigma
 
+    def epsilon_for_sigma(self, query: str, sigma: float) -> float:
+        """The study ε at which ``query`` would carry noise ``sigma`` per node, with the same
+        split, δ and rounds: every σ scales together when ε changes, so this is the accountant's
+        ε for all multipliers scaled by ``sigma / self.sigma(query)``."""
+        k = sigma / self.sigma(query)
+        return epsilon_spent(noise_multipliers=[r.noise_multiplier * k for r in self.releases],
+                             delta=self.delta, accountant=self.accountant)
+
     def to_dict(self) -> dict:
         return {"epsilon": self.epsilon, "delta": self.delta, "accountant": self.accountant,
                 "rho": self.rho, "n_ps_rounds": self.n_ps_rounds,

@@ -142,9 +142,8 @@ def dp_estimate(*, table: PsmTable, plan: NoisePlan, n_nodes: int, outcomes: Seq
                              sigma_count=sigma, sigma_sum=sigma, center=CENTER) * span
     est = estimate_att(table=table, outcomes=outcomes, covariates=covariates,
                        min_cell=min_cell, se_privacy=se_priv, balance_noise=noise)
-    check = fit_resolution_check(
-        n_treated=float(n[:, 1].sum()), n_covariates=len(covariates),
-        sigma_fit=plan.release("ps_fit").total_sigma(n_nodes, secure_aggregation=secure_aggregation))
+    check = fit_resolution_check(n_treated=float(n[:, 1].sum()), n_covariates=len(covariates),
+                                 plan=plan, n_nodes=n_nodes, secure_aggregation=secure_aggregation)
     warnings = est.warnings + (() if check.passed else (f"{check.name}: {check.message}",))
     return replace(est, diagnostics=est.diagnostics + (check,), warnings=warnings)
 
@@ -154,7 +153,8 @@ def dp_estimate(*, table: PsmTable, plan: NoisePlan, n_nodes: int, outcomes: Seq
 FIT_RESOLUTION_MIN = 15.0
 
 
-def fit_resolution_check(*, n_treated: float, n_covariates: int, sigma_fit: float) -> Check:
+def fit_resolution_check(*, n_treated: float, n_covariates: int, plan: NoisePlan, n_nodes: int,
+                         secure_aggregation: bool = False) -> Check:
     r"""Whether the noisy propensity fit can resolve the confounding it is meant to remove.
 
     The fit's signal grows with the treated count, its noise is :math:`\sigma_{fit}` on each of
@@ -169,11 +169,17 @@ def fit_resolution_check(*, n_treated: float, n_covariates: int, sigma_fit: floa
     (√K less noise in every sum, simulated in ``bench/bench_privacy.py --secagg``) would be
     another, once the Flower study runs it.
     """
-    r = n_treated / (sigma_fit * math.sqrt(n_covariates + 1))
-    return Check(
-        "dp_fit_resolution", r >= FIT_RESOLUTION_MIN, r, FIT_RESOLUTION_MIN,
-        f"{r:.1f} treated per noise SD of the propensity fit and √(d + 1) (at least "
-        f"{FIT_RESOLUTION_MIN:g} needed): " + (
-            "the fit resolves the confounding" if r >= FIT_RESOLUTION_MIN else
-            "the noisy score removes only part of the confounding, so the CI may not cover "
-            "the residual bias; more treated or a larger ε would resolve it"))
+    fit = plan.release("ps_fit")
+    root_p = math.sqrt(n_covariates + 1)
+    r = n_treated / (fit.total_sigma(n_nodes, secure_aggregation=secure_aggregation) * root_p)
+    said = f"{r:.1f} treated per noise SD of the propensity fit and √(d + 1) (at least " \
+           f"{FIT_RESOLUTION_MIN:g} needed): "
+    if r >= FIT_RESOLUTION_MIN:
+        return Check("dp_fit_resolution", True, r, FIT_RESOLUTION_MIN,
+                     said + "the fit resolves the confounding")
+    # the σ that would give r = FIT_RESOLUTION_MIN, and the ε that buys it
+    needed = plan.epsilon_for_sigma("ps_fit", fit.sigma * r / FIT_RESOLUTION_MIN)
+    return Check("dp_fit_resolution", False, r, FIT_RESOLUTION_MIN, said + (
+        "the noisy score removes only part of the confounding, so the CI may not cover the "
+        f"residual bias; these {n_treated:,.0f} treated would need ε ≥ {needed:.2g} (same split "
+        f"and δ), or more treated at this ε"))

@@ -212,3 +212,21 @@ def test_a_noise_limited_propensity_fit_is_flagged_and_a_resolved_one_is_not():
         assert check.value == pytest.approx(expected, rel=0.2)  # the noisy treated count
         verdicts[n] = (check.passed, any("dp_fit_resolution" in w for w in est.warnings))
     assert verdicts == {300: (False, True), 4000: (True, False)}
+
+
+def test_the_flag_names_the_epsilon_that_would_resolve_the_fit():
+    """ε for a target σ inverts the plan (all σ scale together with ε), and a study planned at
+    the ε the flag names passes the check for the same treated count."""
+    from shared.dp.workflow import FIT_RESOLUTION_MIN, fit_resolution_check
+
+    low, high = (plan_study(epsilon=e, delta=1e-6, split=BudgetSplit(), n_covariates=16,
+                            n_outcomes=3) for e in (1.0, 4.0))
+    assert low.epsilon_for_sigma("ps_fit", low.sigma("ps_fit")) == pytest.approx(1.0, rel=1e-4)
+    assert low.epsilon_for_sigma("ps_fit", high.sigma("ps_fit")) == pytest.approx(4.0, rel=1e-4)
+    flagged = fit_resolution_check(n_treated=1000, n_covariates=16, plan=low, n_nodes=5)
+    assert not flagged.passed and "would need ε ≥" in flagged.message
+    needed = float(flagged.message.split("ε ≥ ")[1].split(" ")[0])
+    at_needed = plan_study(epsilon=needed * 1.02, delta=1e-6, split=BudgetSplit(), n_covariates=16,
+                           n_outcomes=3)  # the message rounds to 2 digits
+    ok = fit_resolution_check(n_treated=1000, n_covariates=16, plan=at_needed, n_nodes=5)
+    assert ok.passed and ok.value == pytest.approx(FIT_RESOLUTION_MIN, rel=0.1)
