@@ -21,6 +21,7 @@ import hashlib
 import logging
 import os
 import stat
+import tempfile
 from pathlib import Path
 from typing import Iterable
 
@@ -40,20 +41,28 @@ class KeyFileError(SpecError):
 def load_or_create_key(path: str | Path) -> bytes:
     """Return the node's pseudonym key, creating it (0600) on first use.
 
+    The key is written in full to a private temporary file and then hard-linked into place,
+    which fails if the file exists: concurrent first starts agree on one key, and none can
+    read a file another has created but not yet filled.
+
     Raises:
         KeyFileError: the file is readable or writable by group/others, or not 32 bytes.
     """
     path = Path(path)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
+    if path.exists():
         return _read_key(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mode 0600
     try:
-        os.write(fd, os.urandom(KEY_BYTES))
-        os.fsync(fd)
+        with os.fdopen(fd, "wb") as f:
+            f.write(os.urandom(KEY_BYTES))
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, path)
+        log.info("created a new pseudonym key file at %s (mode 0600)", path)
+    except FileExistsError:
+        pass  # another process created it first: use theirs
     finally:
-        os.close(fd)
-    log.info("created a new pseudonym key file at %s (mode 0600)", path)
+        os.unlink(tmp)
     return _read_key(path)
 
 

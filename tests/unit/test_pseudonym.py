@@ -19,14 +19,24 @@ def test_key_is_created_once_with_mode_0600_and_then_reused(tmp_path):
 
 
 def test_concurrent_first_starts_agree_on_one_key(tmp_path):
-    path, keys = tmp_path / "node.key", []
-    threads = [threading.Thread(target=lambda: keys.append(load_or_create_key(path)))
-               for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(set(keys)) == 1
+    """Every start gets the key (none reads a file another has created but not yet filled),
+    and all get the same one; no temporary file is left behind."""
+    for attempt in range(20):
+        path, keys, errors = tmp_path / f"node{attempt}.key", [], []
+
+        def start():
+            try:
+                keys.append(load_or_create_key(path))
+            except Exception as e:  # noqa: BLE001 - collected for the assertion
+                errors.append(e)
+
+        threads = [threading.Thread(target=start) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors and len(keys) == 8 and len(set(keys)) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"node{a}.key" for a in range(20))
 
 
 @pytest.mark.parametrize("mode", [0o640, 0o604, 0o660, 0o644])
