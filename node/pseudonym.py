@@ -11,8 +11,9 @@ site id is mixed in so the same raw id at two sites gives unrelated pseudonyms.
 Notes:
     Without the key, a pseudonym cannot be linked back to a raw id even by enumerating all
     plausible ids (HMAC is a PRF). Whoever holds the key can, so the key stays on the node:
-    the file is created with ``O_CREAT | O_EXCL`` and mode 0600 (no window where it is
-    readable by others), and a key file readable by group or others is refused.
+    it is written to a temporary file created with mode 0600 and linked into place whole (no
+    window where it is readable by others, or present but empty), and a key file readable by
+    group or others is refused.
 """
 
 from __future__ import annotations
