@@ -162,12 +162,12 @@ def fit_resolution_check(*, n_treated: float, n_covariates: int, plan: NoisePlan
     :math:`r = N_T / (\sigma_{fit}\sqrt{p})`. Below :data:`FIT_RESOLUTION_MIN` the score is
     mostly noise, stratifying on it removes only part of the confounding, and the residual is a
     bias the CI does not carry. In the benchmark (16 covariates, five nodes, 400 seeds per
-    cell) the CV event's bias was 0.40–0.61 SE at r = 1.5–14.6 (coverage 87.0–92.8 %, and
-    94.8 % at 14.6), against 0.04–0.25 SE at r = 18–760 (coverage 92.0–96.8 %; the two cells
-    under 93 % at r = 18 and 33). Claims and absence days, less confounded, stayed within
-    92.8–97.8 % at every r. The remedy is more treated or a larger ε; secure aggregation
-    (√K less noise in every sum, simulated in ``bench/bench_privacy.py --secagg``) would be
-    another, once the Flower study runs it.
+    cell, about 1.1k and 11k treated) every flagged cell under-covered the CV event: bias
+    0.40–0.61 SE, coverage 87.0–92.8 % at r = 1.6–13. Of the 13 cells at r = 16–450, 11 covered
+    93.8–96.8 % (bias 0.04–0.40 SE); 92.0 % at r = 20 and 92.5 % at r = 36 missed narrowly.
+    Claims and absence days, less confounded, stayed within 92.8–97.8 % at every r. The remedy
+    is more treated or a larger ε; secure aggregation (√K less noise in every sum, simulated in
+    ``bench/bench_privacy.py --secagg``) would be another, once the Flower study runs it.
     """
     fit = plan.release("ps_fit")
     root_p = math.sqrt(n_covariates + 1)
