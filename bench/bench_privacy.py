@@ -95,7 +95,7 @@ def run(args) -> dict:
                     rngs = [np.random.default_rng([seed, j, i, mode == "secagg"]) for i in range(len(sites))]
                     try:
                         dp = run_dp_study(sites=sites, outcomes=OUTCOMES, covariates=NAMES,
-                                          plan=plans[eps], rngs=rngs,
+                                          plan=plans[eps], rngs=rngs, split=args.split,
                                           secure_aggregation=mode == "secagg").estimate
                     except EstimationError:
                         failures[(treated, mode, eps)] += 1

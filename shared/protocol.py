@@ -84,13 +84,18 @@ class PrivacyQuery(_Model):
     split: BudgetSplit
     n_ps_rounds: int = Field(ge=1, le=20)
     accountant: Literal["rdp", "prv"] = "rdp"
+    #: the split of the rounds after describe, re-chosen from describe's public counts
+    #: (:func:`shared.dp.workflow.dp_resplit`); the node applies it to the plan it derived itself
+    #: (same total ρ, ε re-checked), so whatever the split, the study's ε bounds what it releases
+    resplit: BudgetSplit | None = None
 
     def plan(self, *, n_covariates: int, n_outcomes: int):
         from shared.dp.plan import plan_study
 
-        return plan_study(epsilon=self.epsilon, delta=self.delta, split=self.split,
+        plan = plan_study(epsilon=self.epsilon, delta=self.delta, split=self.split,
                           n_covariates=n_covariates, n_outcomes=n_outcomes,
                           n_ps_rounds=self.n_ps_rounds, accountant=self.accountant)
+        return plan if self.resplit is None else plan.with_split(self.resplit)
 
 
 class StudyQuery(_Model):
@@ -106,10 +111,10 @@ class StudyQuery(_Model):
     privacy: PrivacyQuery | None = None  # None: exact aggregates (if the node's policy allows)
 
     @classmethod
-    def for_spec(cls, spec: StudySpec, ops: tuple) -> "StudyQuery":
+    def for_spec(cls, spec: StudySpec, ops: tuple, resplit: BudgetSplit | None = None) -> "StudyQuery":
         p = spec.privacy
         privacy = (PrivacyQuery(epsilon=p.epsilon, delta=p.delta, split=p.split,
-                                n_ps_rounds=p.ps_rounds, accountant=p.accountant)
+                                n_ps_rounds=p.ps_rounds, accountant=p.accountant, resplit=resplit)
                    if p.enabled else None)
         return cls(
             study_id=spec.spec_hash(),

@@ -94,6 +94,9 @@ class PrivacySpent(_Model):
     delta: float | None = None
     accountant: str | None = None
     per_site: dict[str, float] = Field(default_factory=dict)  # ε charged at each node
+    # the budget split of the rounds after describe when the study re-split it from describe's
+    # public counts (shared.dp.workflow.dp_resplit); None: the spec's split throughout
+    resplit: dict[str, float] | None = None
 
 
 class StudyResult(_Model):

@@ -28,7 +28,8 @@ def _privacy(run: StudyRun) -> PrivacySpent:
     if run.plan is None:
         return PrivacySpent(enabled=False)
     return PrivacySpent(enabled=True, epsilon=run.plan.epsilon, delta=run.plan.delta,
-                        accountant=f"opacus-{run.plan.accountant}", per_site=dict(run.privacy_spent))
+                        accountant=f"opacus-{run.plan.accountant}", per_site=dict(run.privacy_spent),
+                        resplit=run.resplit)
 
 
 def assemble_result(run: StudyRun, *, dropped: dict[str, str], started_at: str, finished_at: str,

@@ -127,6 +127,30 @@ class NoisePlan:
         return epsilon_spent(noise_multipliers=[r.noise_multiplier * k for r in self.releases],
                              delta=self.delta, accountant=self.accountant)
 
+    def with_split(self, split) -> "NoisePlan":
+        """The same total ρ spread by another split (same sensitivities and rounds): how a study
+        re-plans its rounds after describe (:func:`shared.dp.workflow.dp_resplit`).
+
+        Gaussian releases compose by adding ρ, so under the RDP accountant the ε is unchanged
+        whatever the split; it is recomputed and checked all the same (PRV composes otherwise).
+
+        Raises:
+            PrivacyError: the split names a release this plan has no sensitivity for, or the
+                re-split plan would cost more than the study's ε.
+        """
+        sens = {r.query: r.sensitivity for r in self.releases}
+        shares = tuple(_release_shares(split, self.n_ps_rounds))
+        unknown = sorted({q for q, _, _ in shares} - set(sens))
+        if unknown:
+            raise PrivacyError(f"cannot re-split onto release(s) the plan lacks: {', '.join(unknown)}")
+        eps = epsilon_spent(noise_multipliers=[_multiplier(self.rho * s) for _, _, s in shares],
+                            delta=self.delta, accountant=self.accountant)
+        if eps > self.epsilon * (1.0 + 1e-9):
+            raise PrivacyError(f"the re-split plan would cost ε = {eps:.6g}, more than the study's "
+                               f"ε = {self.epsilon:g}")
+        return _assemble(self.epsilon, self.delta, self.accountant, self.rho, self.n_ps_rounds,
+                         shares, sens, eps)
+
     def to_dict(self) -> dict:
         return {"epsilon": self.epsilon, "delta": self.delta, "accountant": self.accountant,
                 "rho": self.rho, "n_ps_rounds": self.n_ps_rounds,
@@ -191,10 +215,15 @@ def plan_study(*, epsilon: float, delta: float, split, n_covariates: int, n_outc
             "psm_balance": psm_balance_sensitivity(n_covariates=n_covariates)}
     shares = tuple(_release_shares(split, n_ps_rounds))
     rho, eps = _calibrate(float(epsilon), float(delta), tuple(s for _, _, s in shares), accountant)
+    return _assemble(float(epsilon), float(delta), accountant, rho, n_ps_rounds, shares, sens, eps)
+
+
+def _assemble(epsilon: float, delta: float, accountant: str, rho: float, n_ps_rounds: int,
+              shares, sens: dict[str, float], eps: float) -> NoisePlan:
     releases = tuple(PlannedRelease(query=q, index=i, sensitivity=sens[q],
                                     noise_multiplier=_multiplier(rho * s))
                      for q, i, s in shares)
-    return NoisePlan(epsilon=float(epsilon), delta=float(delta), accountant=accountant, rho=rho,
+    return NoisePlan(epsilon=epsilon, delta=delta, accountant=accountant, rho=rho,
                      n_ps_rounds=n_ps_rounds, releases=releases, epsilon_planned=eps)
 
 

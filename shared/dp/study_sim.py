@@ -33,7 +33,7 @@ from shared.dp.plan import NoisePlan
 from shared.dp.forms import release_arrays
 from shared.dp.sensitivity import RELEASE_KEYS
 from shared.dp.workflow import (dp_edges, dp_estimate, dp_fitter, dp_grid, dp_ps_stats,
-                                dp_start_beta, dp_table)
+                                dp_resplit, dp_start_beta, dp_table)
 from shared.psm.estimator import AttEstimate
 from shared.psm.propensity import cov_moments, ps_contribution
 from shared.psm.strata import score_histogram
@@ -74,7 +74,7 @@ def _noisy_sum(plan: NoisePlan, query: str, answers: Sequence[dict], rngs,
 def run_dp_study(*, sites: Sequence[SiteArrays], outcomes: Sequence[Outcome],
                  covariates: Sequence[str], plan: NoisePlan, rngs: Sequence[np.random.Generator],
                  ridge: float = 1e-6, strata_n: int | None = None,
-                 secure_aggregation: bool = False) -> DpStudy:
+                 secure_aggregation: bool = False, split=None) -> DpStudy:
     """describe → R noisy Newton rounds → noisy score histogram → noisy PSM table → estimate.
 
     Args:
@@ -86,6 +86,9 @@ def run_dp_study(*, sites: Sequence[SiteArrays], outcomes: Sequence[Outcome],
         ridge: propensity ridge.
         strata_n: an explicit upper bound on the number of strata (None: the DP rule alone).
         secure_aggregation: simulate SecAgg+ (each node adds σ/√K; only sums are seen).
+        split: the :class:`~shared.study.BudgetSplit` ``plan`` was made from: the study then
+            re-splits after describe as the Flower study does (:func:`dp_resplit`); None keeps
+            ``plan`` throughout.
 
     Raises:
         EstimationError subclasses: an arm empty, no overlap.
@@ -97,6 +100,9 @@ def run_dp_study(*, sites: Sequence[SiteArrays], outcomes: Sequence[Outcome],
         return _noisy_sum(plan, query, answers, rngs, secure_aggregation)
 
     counts = noisy_sum("describe", [cov_moments(z=s.z, t=s.t).to_arrays() for s in sites])["count"]
+    if split is not None:
+        _, plan = dp_resplit(split=split, plan=plan, n_treated=float(counts[1]), n_covariates=d,
+                             n_nodes=k, **sa)
     fitter = dp_fitter(plan=plan, n_covariates=d, ridge=ridge,
                        beta0=dp_start_beta(counts=counts, n_covariates=d))
     for _ in range(plan.n_ps_rounds):

@@ -4,7 +4,7 @@ The Flower workflow and the in-process simulation (:mod:`shared.dp.study_sim`) c
 these, in this order::
 
     plan = plan_study(...)                                    # public, same on every node
-    describe   -> counts (2,) summed      -> dp_start_beta
+    describe   -> counts (2,) summed      -> dp_start_beta; dp_resplit (plan for the rest)
     ps_fit x R -> g, H summed             -> dp_ps_stats -> fitter.update   (fitter = dp_fitter)
     score_hist at the final β on dp_grid  -> dp_edges
     psm_main, psm_sumsq (+ psm_balance) at β, edges -> dp_table -> dp_estimate
@@ -28,15 +28,16 @@ from shared.dp.mechanisms import project_psd
 from shared.dp.plan import NoisePlan
 from shared.dp.strata import DP_GRID_BINS, dp_min_cell, dp_n_strata, dp_width_edges
 from shared.dp.uncertainty import att_privacy_se
-from shared.errors import EmptyArmError
+from shared.errors import EmptyArmError, PrivacyError
 from shared.psm.estimator import AttEstimate, Check, estimate_att
 from shared.psm.propensity import PropensityFitter, PsStats
 from shared.psm.strata import score_grid
 from shared.psm.table import PsmTable
 from shared.study import Outcome
 
-__all__ = ["FIT_RESOLUTION_MIN", "dp_edges", "dp_estimate", "dp_fitter", "dp_grid", "dp_ps_stats",
-           "dp_start_beta", "dp_table", "fit_resolution_check"]
+__all__ = ["FIT_RESOLUTION_MIN", "FIT_RESOLUTION_TARGET", "MIN_PS_SHARE", "dp_edges", "dp_estimate",
+           "dp_fitter", "dp_grid", "dp_ps_stats", "dp_resplit", "dp_start_beta", "dp_table",
+           "fit_resolution", "fit_resolution_check"]
 
 
 def dp_start_beta(*, counts, n_covariates: int) -> np.ndarray:
@@ -151,6 +152,47 @@ def dp_estimate(*, table: PsmTable, plan: NoisePlan, n_nodes: int, outcomes: Seq
 #: Treated rows per noise SD of the summed propensity release, per √(d + 1) fitted parameters,
 #: below which the DP fit is noise-limited (see :func:`fit_resolution_check`).
 FIT_RESOLUTION_MIN = 15.0
+#: The resolution a re-split aims the fit at when the treated count allows more
+#: (:func:`dp_resplit`); the benchmark's cells at r ≥ 30 covered 93.8–96.8 % but one (92.5 %).
+FIT_RESOLUTION_TARGET = 30.0
+#: The smallest ps_fit share a re-split leaves (it also pays for the strata's histogram).
+MIN_PS_SHARE = 0.15
+
+
+def fit_resolution(*, n_treated: float, n_covariates: int, plan: NoisePlan, n_nodes: int,
+                   secure_aggregation: bool = False) -> float:
+    r"""r = N_T / (σ_fit √(d + 1)): treated per noise SD of the summed propensity release and
+    per fitted parameter (see :func:`fit_resolution_check`)."""
+    sigma = plan.release("ps_fit").total_sigma(n_nodes, secure_aggregation=secure_aggregation)
+    return float(n_treated) / (sigma * math.sqrt(n_covariates + 1))
+
+
+def dp_resplit(*, split, plan: NoisePlan, n_treated: float, n_covariates: int, n_nodes: int,
+               secure_aggregation: bool = False):
+    r"""After describe: give the propensity fit only what :data:`FIT_RESOLUTION_TARGET` needs and
+    the rest of its share to the PSM table, the same total ρ (:meth:`NoisePlan.with_split`).
+
+    r grows as the square root of the fit's share, so a fit at r₀ > target needs the share
+    ``ps_fit · (target / r₀)²`` (at least :data:`MIN_PS_SHARE`, never more than the spec's).
+    The treated count is describe's released (noisy) total: public, so re-planning costs no
+    privacy. In the benchmark (11k treated, five nodes, 200 seeds) ps_fit 0.15 instead of
+    0.45 made the CIs 24–27 % narrower for claims and absence and 10–16 % for the CV event at
+    ε = 2–8, with coverage 93.5–98 %. The spec's split stands when r₀ ≤ target, or when the
+    accountant (PRV) would price the re-split above ε.
+
+    Returns:
+        ``(split, plan)``: the re-split and its plan, or ``(None, plan)`` if unchanged.
+    """
+    r = fit_resolution(n_treated=n_treated, n_covariates=n_covariates, plan=plan,
+                       n_nodes=n_nodes, secure_aggregation=secure_aggregation)
+    ps = max(split.ps_fit * (FIT_RESOLUTION_TARGET / r) ** 2, min(MIN_PS_SHARE, split.ps_fit))
+    if not ps < split.ps_fit:
+        return None, plan
+    resplit = split.model_copy(update={"ps_fit": ps, "psm_stats": split.psm_stats + split.ps_fit - ps})
+    try:
+        return resplit, plan.with_split(resplit)
+    except PrivacyError:
+        return None, plan
 
 
 def fit_resolution_check(*, n_treated: float, n_covariates: int, plan: NoisePlan, n_nodes: int,
@@ -169,16 +211,15 @@ def fit_resolution_check(*, n_treated: float, n_covariates: int, plan: NoisePlan
     is more treated or a larger ε; secure aggregation (√K less noise in every sum, simulated in
     ``bench/bench_privacy.py --secagg``) would be another, once the Flower study runs it.
     """
-    fit = plan.release("ps_fit")
-    root_p = math.sqrt(n_covariates + 1)
-    r = n_treated / (fit.total_sigma(n_nodes, secure_aggregation=secure_aggregation) * root_p)
+    r = fit_resolution(n_treated=n_treated, n_covariates=n_covariates, plan=plan,
+                       n_nodes=n_nodes, secure_aggregation=secure_aggregation)
     said = f"{r:.1f} treated per noise SD of the propensity fit and √(d + 1) (at least " \
            f"{FIT_RESOLUTION_MIN:g} needed): "
     if r >= FIT_RESOLUTION_MIN:
         return Check("dp_fit_resolution", True, r, FIT_RESOLUTION_MIN,
                      said + "the fit resolves the confounding")
     # the σ that would give r = FIT_RESOLUTION_MIN, and the ε that buys it
-    needed = plan.epsilon_for_sigma("ps_fit", fit.sigma * r / FIT_RESOLUTION_MIN)
+    needed = plan.epsilon_for_sigma("ps_fit", plan.sigma("ps_fit") * r / FIT_RESOLUTION_MIN)
     return Check("dp_fit_resolution", False, r, FIT_RESOLUTION_MIN, said + (
         "the noisy score removes only part of the confounding, so the CI may not cover the "
         f"residual bias; these {n_treated:,.0f} treated would need ε ≥ {needed:.2g} (same split "

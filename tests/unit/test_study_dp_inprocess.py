@@ -130,3 +130,28 @@ def test_node_keeps_trained_models_where_its_operator_says(tmp_path):
                                              "model-dir": str(tmp_path / "node" / "models")})
     assert explicit.models == tmp_path / "node" / "models"
     assert NodeRuntime.from_node_config({"site": "a"}).models is None
+
+
+def test_nodes_follow_the_re_split_and_their_ledgers_stay_within_the_study_epsilon(spec, tmp_path):
+    """At ε = 8 the fit resolves far above its target: after describe the coordinator moves
+    budget from the fit to the PSM table, every node re-derives the same plan from the query
+    (its own plan, the coordinator's split), and its ledger shows those σ within ε."""
+    from shared.dp.plan import plan_study
+
+    dp_spec = _with_privacy(spec, epsilon=8.0)
+    run = _run(dp_spec, tmp_path)
+    p = dp_spec.privacy
+    base = plan_study(epsilon=8.0, delta=p.delta, split=p.split, n_covariates=len(spec.covariates),
+                      n_outcomes=len(spec.outcomes), n_ps_rounds=p.ps_rounds)
+    assert run.resplit is not None and run.resplit["ps_fit"] < p.split.ps_fit
+    assert run.plan.sigma("ps_fit") > base.sigma("ps_fit")
+    assert run.plan.sigma("psm_main") < base.sigma("psm_main")
+    for s in spec.sites:
+        ledger = PrivacyLedger(f"sqlite:///{tmp_path / s.name / 'ledger.db'}")
+        sigma = {h.query: h.sigma for h in ledger.history(s.name)}
+        assert sigma["describe"] == pytest.approx(base.sigma("describe"))
+        assert sigma["ps_fit"] == pytest.approx(run.plan.sigma("ps_fit"))
+        assert sigma["psm_main"] == pytest.approx(run.plan.sigma("psm_main"))
+        assert ledger.spent(s.name) <= 8.0 + 1e-9
+    result = assemble_result(run, dropped={}, started_at="a", finished_at="b", total_s=1.0)
+    assert result.privacy.resplit == run.resplit
