@@ -153,7 +153,8 @@ def dp_estimate(*, table: PsmTable, plan: NoisePlan, n_nodes: int, outcomes: Seq
 #: below which the DP fit is noise-limited (see :func:`fit_resolution_check`).
 FIT_RESOLUTION_MIN = 15.0
 #: The resolution a re-split aims the fit at when the treated count allows more
-#: (:func:`dp_resplit`); the benchmark's cells at r ≥ 30 covered 93.8–96.8 % but one (92.5 %).
+#: (:func:`dp_resplit`); in the benchmark the cells at r ≥ 30 covered 93.2–96.2 %, but one
+#: (91.0 %, simulated SecAgg at ε = 0.5).
 FIT_RESOLUTION_TARGET = 30.0
 #: The smallest ps_fit share a re-split leaves (it also pays for the strata's histogram).
 MIN_PS_SHARE = 0.15
@@ -175,9 +176,9 @@ def dp_resplit(*, split, plan: NoisePlan, n_treated: float, n_covariates: int, n
     r grows as the square root of the fit's share, so a fit at r₀ > target needs the share
     ``ps_fit · (target / r₀)²`` (at least :data:`MIN_PS_SHARE`, never more than the spec's).
     The treated count is describe's released (noisy) total: public, so re-planning costs no
-    privacy. In the benchmark (11k treated, five nodes, 200 seeds) ps_fit 0.15 instead of
-    0.45 made the CIs 24–27 % narrower for claims and absence and 10–16 % for the CV event at
-    ε = 2–8, with coverage 93.5–98 %. The spec's split stands when r₀ ≤ target, or when the
+    privacy. In the benchmark (11k treated, five nodes, 400 seeds) it made the CIs 24–28 %
+    narrower for claims and absence days and 10–24 % for the CV event at
+    ε = 2–8, with coverage 93.5–96.2 %. The spec's split stands when r₀ ≤ target, or when the
     accountant (PRV) would price the re-split above ε.
 
     Returns:
@@ -205,8 +206,9 @@ def fit_resolution_check(*, n_treated: float, n_covariates: int, plan: NoisePlan
     mostly noise, stratifying on it removes only part of the confounding, and the residual is a
     bias the CI does not carry. In the benchmark (16 covariates, five nodes, 400 seeds per
     cell, about 1.1k and 11k treated) every flagged cell under-covered the CV event: bias
-    0.40–0.61 SE, coverage 87.0–92.8 % at r = 1.6–13. Of the 13 cells at r = 16–450, 11 covered
-    93.8–96.8 % (bias 0.04–0.40 SE); 92.0 % at r = 20 and 92.5 % at r = 36 missed narrowly.
+    0.40–0.61 SE, coverage 87.0–92.8 % at r = 1.6–13. Of the 13 cells at r = 16–260 (after
+    :func:`dp_resplit`), 11 covered 93.2–96.2 % (bias 0.04–0.40 SE); 92.0 % at r = 20 and
+    91.0 % at r = 30 (simulated SecAgg, ε = 0.5) missed.
     Claims and absence days, less confounded, stayed within 92.8–97.8 % at every r. The remedy
     is more treated or a larger ε; secure aggregation (√K less noise in every sum, simulated in
     ``bench/bench_privacy.py --secagg``) would be another, once the Flower study runs it.
