@@ -153,6 +153,8 @@ def _privacy(result: StudyResult, outcomes: tuple[OutcomeRow, ...]) -> PrivacySe
         enabled=p.enabled, epsilon=p.epsilon, delta=p.delta, accountant=p.accountant,
         per_site=tuple(SiteBudget(site=k, epsilon=v) for k, v in sorted(p.per_site.items())),
         max_privacy_share_of_ci=max(o.privacy_share_of_ci for o in outcomes),
+        split=(p.resplit or result.spec.get("privacy", {}).get("split")) if p.enabled else None,
+        resplit=p.resplit is not None,
     )
 
 

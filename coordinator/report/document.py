@@ -130,6 +130,9 @@ class PrivacySection(_Model):
     accountant: str | None
     per_site: tuple[SiteBudget, ...]
     max_privacy_share_of_ci: float
+    # shares of the study's ρ behind the estimate (re-split after describe when ``resplit``)
+    split: dict[str, float] | None = None
+    resplit: bool = False
 
 
 class ValueFigure(_Model):

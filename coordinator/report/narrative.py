@@ -124,7 +124,20 @@ def _privacy_sentence(doc: "EvidenceReport") -> str:
         return "No differential-privacy noise was added to this study's releases."
     return (f"Differential privacy protected every release (ε = {fmt.num(p.epsilon)}, "
             f"δ = {'n/a' if p.delta is None else format(p.delta, 'g')}, {p.accountant or 'accountant not stated'}); privacy noise accounts "
-            f"for at most {fmt.pct(p.max_privacy_share_of_ci)} of a confidence interval's width.")
+            f"for at most {fmt.pct(p.max_privacy_share_of_ci)} of a confidence interval's width."
+            + _split_clause(p))
+
+
+def _split_clause(p) -> str:
+    if not p.split:
+        return ""
+    parts = ", ".join(f"{SPLIT_LABELS.get(k, k)} {v:.2f}" for k, v in p.split.items())
+    return (f" Shares of the privacy budget (zCDP ρ): {parts}"
+            + (" (re-split after the describe round from its public counts)." if p.resplit else "."))
+
+
+SPLIT_LABELS = {"describe": "describe", "ps_fit": "propensity fit", "psm_stats": "PSM table",
+                "balance": "balance"}
 
 
 def _synthetic_sentence(doc: "EvidenceReport") -> str:

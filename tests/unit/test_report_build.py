@@ -146,10 +146,10 @@ def _formatted_numbers(doc) -> set[str]:
         values += [f.estimate, f.ci_low, f.ci_high]
     values += [doc.value.intervention_cost, doc.value.cost_per_person, doc.value.n_treated,
                doc.privacy.epsilon, doc.privacy.delta, len(doc.sites), len(doc.checks),
-               doc.privacy.max_privacy_share_of_ci]
+               doc.privacy.max_privacy_share_of_ci, *(doc.privacy.split or {}).values()]
     out = set()
     for x in values:
-        for s in (fmt.num(x), fmt.pct(x), fmt.pct(x, digits=0), f"{x:g}"):
+        for s in (fmt.num(x), fmt.pct(x), fmt.pct(x, digits=0), f"{x:g}", f"{x:.2f}"):
             out |= set(re.findall(r"\d+(?:,\d{3})*(?:\.\d+)?", s))
     return out | {"95", "5"}  # "95% CI", "the 5% level": the CI's stated confidence
 
