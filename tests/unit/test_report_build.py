@@ -194,3 +194,18 @@ def test_dp_fit_is_judged_by_its_planned_rounds_not_by_convergence():
     exact = exact.model_copy(update={"propensity": exact.propensity.model_copy(
         update={"converged": False})})
     assert not {c.name: c for c in _doc(exact).checks}["propensity_converged"].passed
+
+
+def test_the_report_states_the_budget_shares_behind_the_estimate():
+    """The spec's split, or the re-split the study chose after describe, is in the document and
+    its summary; an exact study states none."""
+    result = make_result(privacy=True)
+    spec_split = _doc(result).privacy
+    assert spec_split.split == result.spec["privacy"]["split"] and not spec_split.resplit
+    resplit = {"describe": 0.05, "ps_fit": 0.31, "psm_stats": 0.59, "balance": 0.05}
+    doc = _doc(result.model_copy(update={"privacy": result.privacy.model_copy(
+        update={"resplit": resplit})}))
+    assert doc.privacy.split == resplit and doc.privacy.resplit
+    assert "propensity fit 0.31, PSM table 0.59" in doc.summaries.regulator
+    assert "re-split after the describe round" in doc.summaries.regulator
+    assert _doc(privacy=False).privacy.split is None
