@@ -177,9 +177,9 @@ def dp_resplit(*, split, plan: NoisePlan, n_treated: float, n_covariates: int, n
     ``ps_fit · (target / r₀)²`` (at least :data:`MIN_PS_SHARE`, never more than the spec's).
     The treated count is describe's released (noisy) total: public, so re-planning costs no
     privacy. In the benchmark (11k treated, five nodes, 400 seeds) it made the CIs 24–28 %
-    narrower for claims and absence days and 10–24 % for the CV event at
-    ε = 2–8, with coverage 93.5–96.2 %. The spec's split stands when r₀ ≤ target, or when the
-    accountant (PRV) would price the re-split above ε.
+    narrower for claims and absence days and 10–24 % for the CV event at ε = 2–8, with
+    coverage 93.5–96.2 %. The spec's split stands when r₀ ≤ target, or when the accountant
+    (PRV) would price the re-split above ε.
 
     Returns:
         ``(split, plan)``: the re-split and its plan, or ``(None, plan)`` if unchanged.
@@ -208,10 +208,10 @@ def fit_resolution_check(*, n_treated: float, n_covariates: int, plan: NoisePlan
     cell, about 1.1k and 11k treated) every flagged cell under-covered the CV event: bias
     0.40–0.61 SE, coverage 87.0–92.8 % at r = 1.6–13. Of the 13 cells at r = 16–260 (after
     :func:`dp_resplit`), 11 covered 93.2–96.2 % (bias 0.04–0.40 SE); 92.0 % at r = 20 and
-    91.0 % at r = 30 (simulated SecAgg, ε = 0.5) missed.
-    Claims and absence days, less confounded, stayed within 92.8–97.8 % at every r. The remedy
-    is more treated or a larger ε; secure aggregation (√K less noise in every sum, simulated in
-    ``bench/bench_privacy.py --secagg``) would be another, once the Flower study runs it.
+    91.0 % at r = 30 (simulated SecAgg, ε = 0.5) missed. Claims and absence days, less
+    confounded, stayed within 92.8–97.8 % at every r. The remedy is more treated or a larger ε;
+    secure aggregation (√K less noise in every sum, simulated in ``bench/bench_privacy.py
+    --secagg``) would be another, once the Flower study runs it.
     """
     r = fit_resolution(n_treated=n_treated, n_covariates=n_covariates, plan=plan,
                        n_nodes=n_nodes, secure_aggregation=secure_aggregation)
