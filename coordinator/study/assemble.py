@@ -29,7 +29,7 @@ def _privacy(run: StudyRun) -> PrivacySpent:
         return PrivacySpent(enabled=False)
     return PrivacySpent(enabled=True, epsilon=run.plan.epsilon, delta=run.plan.delta,
                         accountant=f"opacus-{run.plan.accountant}", per_site=dict(run.privacy_spent),
-                        resplit=run.resplit)
+                        resplit=run.resplit.model_dump() if run.resplit else None)
 
 
 def assemble_result(run: StudyRun, *, dropped: dict[str, str], started_at: str, finished_at: str,

@@ -32,7 +32,7 @@ from shared.psm.estimator import AttEstimate, estimate_att
 from shared.psm.propensity import CovMoments, PropensityFitter, PsStats, initial_beta
 from shared.psm.strata import caliper_edges, logit_sd, quantile_edges
 from shared.psm.table import PsmTable
-from shared.study import StudySpec
+from shared.study import BudgetSplit, StudySpec
 
 log = logging.getLogger("rehealth.coordinator")
 
@@ -67,7 +67,7 @@ class StudyRun:
     privacy_spent: dict[str, float] = field(default_factory=dict)  # ledger ε per site
     fitter: PropensityFitter | None = None
     plan: NoisePlan | None = None
-    resplit: dict[str, float] | None = None  # the split after describe, if re-split
+    resplit: BudgetSplit | None = None  # a DP study's split after describe, if re-split
     strata_method: str = "caliper"
     table: PsmTable | None = None
     estimate: AttEstimate | None = None
@@ -87,12 +87,11 @@ class _Rounds:
 
     def __init__(self, spec: StudySpec, fed: Federation, run: StudyRun, progress: Progress):
         self.spec, self.fed, self.run, self.progress = spec, fed, run, progress
-        self.resplit = None  # a DP study's split after describe (shared.dp.workflow.dp_resplit)
 
     def ask(self, ops: tuple, name: str) -> dict:
         started = time.perf_counter()
         self.progress("round_start", {"round": name, "ops": [o.op for o in ops]})
-        answers = self.fed.ask(StudyQuery.for_spec(self.spec, ops, resplit=self.resplit), name)
+        answers = self.fed.ask(StudyQuery.for_spec(self.spec, ops, resplit=self.run.resplit), name)
         if not answers:
             raise FederationError(f"round {name}: no node answered", round_name=name)
         rec = RoundRecord(name, time.perf_counter() - started, tuple(sorted(answers)),
@@ -184,13 +183,11 @@ def _run_private(spec: StudySpec, rounds: _Rounds, run: StudyRun) -> None:
                                  n_nodes=len(described))
     if not early.passed:  # said now, while the operator can still stop before the budget is spent
         log.warning("DP study %s: %s", spec.study.name, early.message)
-    rounds.resplit, plan = dp_resplit(split=p.split, plan=plan, n_treated=float(counts[1]),
-                                      n_covariates=d, n_nodes=len(described))
-    if rounds.resplit is not None:
-        run.resplit = rounds.resplit.model_dump()
+    run.resplit, plan = dp_resplit(split=p.split, plan=plan, resolution=early.value)
+    if run.resplit is not None:
         log.info("DP study %s: the fit resolves at r = %.0f, so ps_fit takes %.2f of ρ instead of "
                  "%.2f and the PSM table the rest", spec.study.name, early.value,
-                 rounds.resplit.ps_fit, p.split.ps_fit)
+                 run.resplit.ps_fit, p.split.ps_fit)
     run.plan = plan
     fitter = dp_fitter(plan=plan, n_covariates=d, ridge=spec.federation.ridge,
                        beta0=dp_start_beta(counts=counts, n_covariates=d))

@@ -33,7 +33,7 @@ from shared.dp.plan import NoisePlan
 from shared.dp.forms import release_arrays
 from shared.dp.sensitivity import RELEASE_KEYS
 from shared.dp.workflow import (dp_edges, dp_estimate, dp_fitter, dp_grid, dp_ps_stats,
-                                dp_resplit, dp_start_beta, dp_table)
+                                dp_resplit, dp_start_beta, dp_table, fit_resolution)
 from shared.psm.estimator import AttEstimate
 from shared.psm.propensity import cov_moments, ps_contribution
 from shared.psm.strata import score_histogram
@@ -101,8 +101,8 @@ def run_dp_study(*, sites: Sequence[SiteArrays], outcomes: Sequence[Outcome],
 
     counts = noisy_sum("describe", [cov_moments(z=s.z, t=s.t).to_arrays() for s in sites])["count"]
     if split is not None:
-        _, plan = dp_resplit(split=split, plan=plan, n_treated=float(counts[1]), n_covariates=d,
-                             n_nodes=k, **sa)
+        r = fit_resolution(n_treated=float(counts[1]), n_covariates=d, plan=plan, n_nodes=k, **sa)
+        _, plan = dp_resplit(split=split, plan=plan, resolution=r)
     fitter = dp_fitter(plan=plan, n_covariates=d, ridge=ridge,
                        beta0=dp_start_beta(counts=counts, n_covariates=d))
     for _ in range(plan.n_ps_rounds):

@@ -169,7 +169,8 @@ def _finite_edges(strata: Sequence[StratumStat], score_range) -> tuple[list[floa
 
 def estimate_att(*, table: PsmTable, outcomes: Sequence[Outcome], covariates: Sequence[str],
                  min_cell: float = 1, se_privacy: Sequence[float] | None = None,
-                 balance_noise: BalanceNoise | None = None) -> AttEstimate:
+                 balance_noise: BalanceNoise | None = None,
+                 extra_checks: Sequence[Check] = ()) -> AttEstimate:
     """Stratified ATT, SE, CI, balance and diagnostics from a summed table.
 
     Args:
@@ -180,6 +181,8 @@ def estimate_att(*, table: PsmTable, outcomes: Sequence[Outcome], covariates: Se
             raise it under DP so noise-only cells stay out).
         se_privacy: optional DP-noise SE per outcome in original units, added in quadrature.
         balance_noise: the DP noise of the balance sums (SMDs it cannot resolve are None).
+        extra_checks: diagnostics of the caller's own (e.g. the DP fit's resolution), listed
+            and warned about like the estimator's.
 
     Returns:
         :class:`AttEstimate`.
@@ -220,7 +223,7 @@ def estimate_att(*, table: PsmTable, outcomes: Sequence[Outcome], covariates: Se
                     n_treated=_count(n[b, 1]), n_control=_count(n[b, 0]), used=bool(used[b]))
         for b in range(table.n_strata)
     )
-    checks = _diagnostics(n_t_all, n_c_all, n_t_used, balance, overlap, warnings)
+    checks = _diagnostics(n_t_all, n_c_all, n_t_used, balance, overlap, warnings, extra_checks)
     return AttEstimate(outcomes=results, balance=balance, strata=strata, diagnostics=checks,
                        warnings=tuple(warnings), n_treated=_count(n_t_all), n_control=_count(n_c_all),
                        n_treated_dropped=n_treated_dropped, overlap=overlap)
@@ -275,7 +278,7 @@ def _outcome_att(o: Outcome, k: int, w, used, n, mean, var, se_priv: float,
 
 
 def _diagnostics(n_t: float, n_c: float, n_t_used: float, balance, overlap: float,
-                 warnings: list[str]) -> tuple[Check, ...]:
+                 warnings: list[str], extra: Sequence[Check] = ()) -> tuple[Check, ...]:
     ratio = n_c / n_t
     known = [abs(b.smd_after) for b in balance if b.smd_after is not None]
     max_smd = max(known, default=None)
@@ -294,6 +297,7 @@ def _diagnostics(n_t: float, n_c: float, n_t_used: float, balance, overlap: floa
               f"({kept:.2%} kept; the estimand is the ATT on those kept)"),
         Check("score_overlap", overlap > 0, overlap, None,
               "overlap coefficient of treated and control score distributions over strata"),
+        *extra,
     )
     for c in checks:
         if not c.passed and c.name != "score_overlap":

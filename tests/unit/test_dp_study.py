@@ -243,7 +243,7 @@ def test_resplit_gives_a_well_resolved_fit_only_what_it_needs_at_the_same_privac
     kw = {"n_covariates": 16, "n_nodes": 5}
     r0 = fit_resolution(n_treated=6000, plan=plan, **kw)
     assert r0 > FIT_RESOLUTION_TARGET
-    resplit, new = dp_resplit(split=split, plan=plan, n_treated=6000, **kw)
+    resplit, new = dp_resplit(split=split, plan=plan, resolution=r0)
     assert MIN_PS_SHARE < resplit.ps_fit < split.ps_fit
     assert resplit.describe == split.describe and resplit.balance == split.balance
     assert resplit.ps_fit + resplit.psm_stats == pytest.approx(split.ps_fit + split.psm_stats)
@@ -251,10 +251,12 @@ def test_resplit_gives_a_well_resolved_fit_only_what_it_needs_at_the_same_privac
     assert new.rho == plan.rho and new.sigma("describe") == plan.sigma("describe")
     assert new.epsilon_planned == pytest.approx(plan.epsilon_planned, rel=1e-12)
     assert new.sigma("psm_main") < plan.sigma("psm_main")
-    _, floor = dp_resplit(split=split, plan=plan, n_treated=10**6, **kw)
+    _, floor = dp_resplit(split=split, plan=plan,
+                          resolution=fit_resolution(n_treated=10**6, plan=plan, **kw))
     assert sum(1 / (2 * r.noise_multiplier**2) for r in floor.releases
                if r.query in ("ps_fit", "score_hist")) == pytest.approx(MIN_PS_SHARE * plan.rho)
-    assert dp_resplit(split=split, plan=plan, n_treated=1000, **kw) == (None, plan)
+    r_small = fit_resolution(n_treated=1000, plan=plan, **kw)
+    assert dp_resplit(split=split, plan=plan, resolution=r_small) == (None, plan)
 
 
 def test_a_simulated_study_re_splits_like_the_flower_study():

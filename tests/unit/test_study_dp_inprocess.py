@@ -143,7 +143,7 @@ def test_nodes_follow_the_re_split_and_their_ledgers_stay_within_the_study_epsil
     p = dp_spec.privacy
     base = plan_study(epsilon=8.0, delta=p.delta, split=p.split, n_covariates=len(spec.covariates),
                       n_outcomes=len(spec.outcomes), n_ps_rounds=p.ps_rounds)
-    assert run.resplit is not None and run.resplit["ps_fit"] < p.split.ps_fit
+    assert run.resplit is not None and run.resplit.ps_fit < p.split.ps_fit
     assert run.plan.sigma("ps_fit") > base.sigma("ps_fit")
     assert run.plan.sigma("psm_main") < base.sigma("psm_main")
     for s in spec.sites:
@@ -154,4 +154,4 @@ def test_nodes_follow_the_re_split_and_their_ledgers_stay_within_the_study_epsil
         assert sigma["psm_main"] == pytest.approx(run.plan.sigma("psm_main"))
         assert ledger.spent(s.name) <= 8.0 + 1e-9
     result = assemble_result(run, dropped={}, started_at="a", finished_at="b", total_s=1.0)
-    assert result.privacy.resplit == run.resplit
+    assert result.privacy.resplit == run.resplit.model_dump()
