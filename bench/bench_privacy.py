@@ -51,29 +51,31 @@ DELTA = 1e-6
 NODES = (("insurer_large", 0.127), ("insurer_mid_1", 0.193), ("insurer_mid_2", 0.088),
          ("company_logistics", 0.157), ("company_software", 0.176))
 NAMES = [f.name for f in FEATURES]
-CAPS = np.array([o.cap for o in OUTCOMES])
 
 
-def federation(seed: int, treated: int) -> tuple[list[SiteArrays], dict[str, float]]:
-    """Five nodes' scaled arrays and the pooled true ATT (capped outcomes) per outcome."""
+def federation(seed: int, treated: int,
+               outcomes=OUTCOMES) -> tuple[list[SiteArrays], dict[str, float]]:
+    """Five nodes' scaled arrays and the pooled true ATT (capped at ``outcomes``' bounds)."""
     sites, truths = [], []
     for i, (profile, uptake) in enumerate(NODES):
         cohort, truth = generate_cohort(n=int(round(treated / len(NODES) / uptake)),
-                                        seed=seed * 1000 + i, profile=profile)
+                                        seed=seed * 1000 + i, profile=profile, outcomes=outcomes)
         z = scale(cohort[NAMES].to_numpy(dtype=float), FEATURES)
-        y, _ = scale_outcomes(y=cohort[[o.name for o in OUTCOMES]].to_numpy(dtype=float),
-                              lo=[o.lo for o in OUTCOMES], cap=CAPS)
+        y, _ = scale_outcomes(y=cohort[[o.name for o in outcomes]].to_numpy(dtype=float),
+                              lo=[o.lo for o in outcomes], cap=[o.cap for o in outcomes])
         sites.append(SiteArrays(z=z, t=cohort["treated"].to_numpy(dtype=float), y=y))
         truths.append(truth)
     n_t = np.array([t["n_treated"] for t in truths], dtype=float)
     att = {o.name: float(sum(t["att_capped"][o.name] * n for t, n in zip(truths, n_t)) / n_t.sum())
-           for o in OUTCOMES}
+           for o in outcomes}
     return sites, att
 
 
 def run(args) -> dict:
+    outcomes = args.outcomes
+    lo, span = np.array([o.lo for o in outcomes]), np.array([o.cap - o.lo for o in outcomes])
     plans = {eps: plan_study(epsilon=eps, delta=DELTA, split=args.split, n_covariates=len(NAMES),
-                             n_outcomes=len(OUTCOMES)) for eps in args.eps}
+                             n_outcomes=len(outcomes)) for eps in args.eps}
     modes = ("local", "secagg") if args.secagg else ("local",)
     rows: dict[tuple, list] = defaultdict(list)  # (treated, mode, eps, outcome) -> per-seed tuples
     failures: dict[tuple, int] = defaultdict(int)
@@ -82,11 +84,12 @@ def run(args) -> dict:
     for treated, n_seeds in ((1000, args.seeds_1k), (10_000, args.seeds_10k)):
         t0 = time.time()
         for seed in range(n_seeds):
-            sites, truth = federation(seed, treated)
+            sites, truth = federation(seed, treated, outcomes)
             pooled = estimate_att_pooled(
                 z=np.vstack([s.z for s in sites]), t=np.concatenate([s.t for s in sites]),
-                y=np.vstack([s.y for s in sites]) * CAPS, outcomes=OUTCOMES, covariates=NAMES).estimate
-            for o in OUTCOMES:
+                y=lo + np.vstack([s.y for s in sites]) * span, outcomes=outcomes,
+                covariates=NAMES).estimate
+            for o in outcomes:
                 a = pooled.outcome(o.name)
                 rows[(treated, "none", 0.0, o.name)].append(
                     (a.att - truth[o.name], a.se, a.ci[0] <= truth[o.name] <= a.ci[1], a.ci[1] - a.ci[0], 0.0))
@@ -94,7 +97,7 @@ def run(args) -> dict:
                 for j, eps in enumerate(args.eps):
                     rngs = [np.random.default_rng([seed, j, i, mode == "secagg"]) for i in range(len(sites))]
                     try:
-                        dp = run_dp_study(sites=sites, outcomes=OUTCOMES, covariates=NAMES,
+                        dp = run_dp_study(sites=sites, outcomes=outcomes, covariates=NAMES,
                                           plan=plans[eps], rngs=rngs, split=args.split,
                                           secure_aggregation=mode == "secagg").estimate
                     except EstimationError:
@@ -104,7 +107,7 @@ def run(args) -> dict:
                         np.mean([r.smd_after is None for r in dp.balance]))
                     resolution[(treated, mode, eps)].append(
                         next(c.value for c in dp.diagnostics if c.name == "dp_fit_resolution"))
-                    for o in OUTCOMES:
+                    for o in outcomes:
                         b, a = dp.outcome(o.name), pooled.outcome(o.name)
                         rows[(treated, mode, eps, o.name)].append(
                             (b.att - truth[o.name], b.se, b.ci[0] <= truth[o.name] <= b.ci[1],
@@ -163,6 +166,16 @@ def _split(text: str) -> BudgetSplit:
     return BudgetSplit(**dict(zip(("describe", "ps_fit", "psm_stats", "balance"), shares, strict=True)))
 
 
+def _caps(text: str) -> tuple:
+    """The synthetic outcomes with some caps replaced: ``claims_cost=25000,absence_days=60``."""
+    caps = dict(item.split("=") for item in text.split(","))
+    unknown = set(caps) - {o.name for o in OUTCOMES}
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown outcome(s): {', '.join(sorted(unknown))}")
+    return tuple(o.model_copy(update={"cap": float(caps[o.name])}) if o.name in caps else o
+                 for o in OUTCOMES)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seeds-1k", type=int, default=200)
@@ -171,6 +184,9 @@ def main(argv=None) -> None:
     p.add_argument("--secagg", action="store_true", help="also simulate SecAgg+ (central noise)")
     p.add_argument("--split", type=_split, default=BudgetSplit(),
                    help="budget shares describe,ps_fit,psm_stats,balance (default: the study default)")
+    p.add_argument("--caps", dest="outcomes", type=_caps, default=OUTCOMES,
+                   help="other outcome caps, e.g. claims_cost=25000,absence_days=60 (a large-loss "
+                        "cap: the truth and both estimators are then of the capped outcome)")
     p.add_argument("--json", type=Path, help="write the summary here")
     args = p.parse_args(argv)
     t0 = time.time()

@@ -13,11 +13,13 @@ profile and its size, never on which other sites are generated.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
 from shared.errors import SpecError
+from shared.study import Outcome
 from shared.synth.hazard import HIGH_RISK, baseline_hazard, event_probability
 from shared.synth.outcomes import OUTCOMES, PotentialOutcomes, draw_potential_outcomes
 from shared.synth.population import Population, draw_population
@@ -99,15 +101,15 @@ def _potential_table(sim: _Simulation, ids: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame(cols)
 
 
-def _truth(sims: list[_Simulation]) -> dict:
-    """Truth of the people in ``sims`` taken together."""
+def _truth(sims: list[_Simulation], outcomes: Sequence[Outcome] = OUTCOMES) -> dict:
+    """Truth of the people in ``sims`` taken together, capped at ``outcomes``' bounds."""
     def cat(get) -> np.ndarray:
         return np.concatenate([get(s) for s in sims])
 
     return outcome_truth(
         y0={o.name: cat(lambda s: s.potential.y0[o.name]) for o in OUTCOMES},
         y1={o.name: cat(lambda s: s.potential.y1[o.name]) for o in OUTCOMES},
-        treated=cat(lambda s: s.treated), p0=cat(lambda s: s.p0),
+        treated=cat(lambda s: s.treated), p0=cat(lambda s: s.p0), outcomes=outcomes,
     )
 
 
@@ -154,7 +156,8 @@ def generate_federation(*, seed: int, sites: int | None = None, scale: float = 1
     return Federation(sites=tuple(out_sites), truth=truth)
 
 
-def generate_cohort(*, n: int, seed: int, profile: str = "insurer_mid_1") -> tuple[pd.DataFrame, dict]:
+def generate_cohort(*, n: int, seed: int, profile: str = "insurer_mid_1",
+                    outcomes: Sequence[Outcome] = OUTCOMES) -> tuple[pd.DataFrame, dict]:
     """One site's flat cohort table and its truth, without the record tables (fast).
 
     With ``n`` equal to the site's size in :func:`generate_federation` the cohort is the same.
@@ -163,6 +166,8 @@ def generate_cohort(*, n: int, seed: int, profile: str = "insurer_mid_1") -> tup
         n: number of people.
         seed: master seed.
         profile: a name from :data:`~shared.synth.sites.PROFILES`.
+        outcomes: the outcomes whose bounds cap ``att_capped`` in the truth (a study with other
+            caps, e.g. a large-loss cap on claims, targets another estimand).
 
     Returns:
         ``(cohort, truth)``; ``truth`` as one site's entry of the federation truth, plus ``seed``.
@@ -177,4 +182,4 @@ def generate_cohort(*, n: int, seed: int, profile: str = "insurer_mid_1") -> tup
     prof = PROFILES_BY_NAME[profile]
     sim = _simulate(_site_rng(seed, prof), prof, n)
     cohort = _cohort(sim, person_ids(prof.prefix, n))
-    return cohort, {"seed": seed, "site": prof.name, "kind": prof.kind, **_truth([sim])}
+    return cohort, {"seed": seed, "site": prof.name, "kind": prof.kind, **_truth([sim], outcomes)}

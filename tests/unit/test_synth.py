@@ -73,6 +73,19 @@ def test_generate_cohort_equals_the_federation_site(fed):
     assert truth["seed"] == SEED
 
 
+def test_generate_cohort_truth_follows_the_study_caps(fed):
+    """A large-loss cap changes the estimand: the capped truth is the mean capped difference."""
+    site = fed.sites[1]
+    capped = tuple(o.model_copy(update={"cap": 25_000.0}) if o.name == "claims_cost" else o
+                   for o in OUTCOMES)
+    _, truth = generate_cohort(n=len(site.cohort), seed=SEED, profile=site.name, outcomes=capped)
+    p = site.potential[site.potential["treated"] == 1]
+    want = float(np.mean(np.clip(p["y1_claims_cost"], 0, 25_000) - np.clip(p["y0_claims_cost"], 0, 25_000)))
+    assert truth["att_capped"]["claims_cost"] == pytest.approx(want, rel=1e-12)
+    assert truth["att_capped"]["claims_cost"] != fed.truth["sites"][site.name]["att_capped"]["claims_cost"]
+    assert truth["att_capped"]["cv_event"] == fed.truth["sites"][site.name]["att_capped"]["cv_event"]
+
+
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
 def test_written_files_are_byte_identical_for_equal_seeds(tmp_path, fmt):
     paths = []
