@@ -56,6 +56,11 @@ class ConvergenceError(EstimationError):
     """The propensity fit did not converge within its iteration cap."""
 
 
+class UnresolvedFitError(EstimationError):
+    """A DP study stopped after describe: its noisy propensity fit could not resolve the
+    confounding, and the spec asked to stop rather than spend the budget on a biased estimate."""
+
+
 class PrivacyError(ReHealthError):
     """A release would break the privacy contract."""
 

@@ -26,7 +26,7 @@ from shared.dp.plan import NoisePlan, plan_study
 from shared.dp.workflow import (dp_edges, dp_estimate, dp_fitter, dp_grid, dp_ps_stats,
                                 dp_resplit, dp_start_beta, dp_table,
                                 fit_resolution_check)
-from shared.errors import FederationError
+from shared.errors import FederationError, UnresolvedFitError
 from shared.protocol import Describe, PsFit, PsmStats, ScoreHist, StudyQuery
 from shared.psm.estimator import AttEstimate, estimate_att
 from shared.psm.propensity import CovMoments, PropensityFitter, PsStats, initial_beta
@@ -182,6 +182,11 @@ def _run_private(spec: StudySpec, rounds: _Rounds, run: StudyRun) -> None:
     early = fit_resolution_check(n_treated=float(counts[1]), n_covariates=d, plan=plan,
                                  n_nodes=len(described))
     if not early.passed:  # said now, while the operator can still stop before the budget is spent
+        if p.unresolved_fit == "stop":
+            raise UnresolvedFitError(
+                f"DP study {spec.study.name} stopped after describe ([privacy] unresolved_fit = "
+                f"\"stop\"): {early.message}. Only describe's share of the budget was spent "
+                f"({_spent(run)})")
         log.warning("DP study %s: %s", spec.study.name, early.message)
     run.resplit, plan = dp_resplit(split=p.split, plan=plan, resolution=early.value)
     if run.resplit is not None:
@@ -209,6 +214,15 @@ def _run_private(spec: StudySpec, rounds: _Rounds, run: StudyRun) -> None:
                          n_covariates=d)
     run.estimate = dp_estimate(table=run.table, plan=plan, n_nodes=len(answers),
                                outcomes=spec.outcomes, covariates=[c.name for c in spec.covariates])
+
+
+def _spent(run: StudyRun) -> str:
+    """The nodes' ledger totals as reported with their answers, e.g. ``ε 0.05–0.06 per node``."""
+    eps = sorted(run.privacy_spent.values())
+    if not eps:
+        return "the nodes reported no ledger total"
+    span = f"{eps[0]:.3g}" if eps[0] == eps[-1] else f"{eps[0]:.3g}–{eps[-1]:.3g}"
+    return f"ledger ε {span} per node, all studies on these datasets included"
 
 
 def _caliper(spec: StudySpec, moments: CovMoments, beta: np.ndarray) -> np.ndarray:

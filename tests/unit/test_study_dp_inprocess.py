@@ -9,7 +9,7 @@ from coordinator.study.assemble import assemble_result
 from coordinator.study.workflow import run_study
 from node.flower.client_app import app as client_app
 from node.ledger import PrivacyLedger
-from shared.errors import FederationError
+from shared.errors import FederationError, UnresolvedFitError
 from shared.study import StudySpec
 from shared.synth import generate_federation, write_federation
 
@@ -74,6 +74,18 @@ def test_a_noise_limited_dp_study_is_warned_about_after_describe(spec, tmp_path,
     check = next(c for c in run.estimate.diagnostics if c.name == "dp_fit_resolution")
     assert not check.passed and check.value < 15
     assert any("dp_fit_resolution" in w for w in run.estimate.warnings)
+
+
+def test_a_noise_limited_dp_study_can_stop_after_describe(spec, tmp_path):
+    """With ``unresolved_fit = "stop"`` the study ends at the warning: each node's ledger holds
+    describe alone, and the error names the ε the fit would need."""
+    with pytest.raises(UnresolvedFitError, match=r"stopped after describe.*would need ε ≥") as e:
+        _run(_with_privacy(spec, epsilon=0.5, unresolved_fit="stop"), tmp_path)
+    assert "Only describe's share of the budget was spent (ledger ε" in str(e.value)
+    for s in spec.sites:
+        ledger = PrivacyLedger(f"sqlite:///{tmp_path / s.name / 'ledger.db'}")
+        assert [h.query for h in ledger.history(s.name)] == ["describe"]
+        assert 0 < ledger.spent(s.name) < 0.5 / 4
 
 
 def test_over_budget_node_refuses_and_the_study_names_it(spec, tmp_path):
