@@ -101,9 +101,10 @@ class Privacy(_Model):
     accountant: Literal["rdp", "prv"] = "rdp"
     ps_rounds: int = Field(default=4, ge=1, le=20)  # fixed Newton rounds under DP
     #: what a study does when describe's counts show its noisy propensity fit cannot resolve the
-    #: confounding (the ``dp_fit_resolution`` check): ``warn`` goes on and flags the estimate;
-    #: ``stop`` ends the study there, having spent only describe's share of the budget
-    unresolved_fit: Literal["warn", "stop"] = "warn"
+    #: confounding (the ``dp_fit_resolution`` check): ``stop`` ends the study there, having spent
+    #: only describe's share of the budget, rather than sign an estimate whose CI may miss the
+    #: confounding left (shared.dp.workflow.after_describe); ``warn`` goes on and flags it
+    unresolved_fit: Literal["warn", "stop"] = "stop"
 
 
 class Strata(_Model):

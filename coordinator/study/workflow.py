@@ -23,9 +23,8 @@ from typing import Callable, Protocol
 import numpy as np
 
 from shared.dp.plan import NoisePlan, plan_study
-from shared.dp.workflow import (dp_edges, dp_estimate, dp_fitter, dp_grid, dp_ps_stats,
-                                dp_resplit, dp_start_beta, dp_table,
-                                fit_resolution_check)
+from shared.dp.workflow import (after_describe, dp_edges, dp_estimate, dp_fitter, dp_grid,
+                                dp_ps_stats, dp_start_beta, dp_table)
 from shared.errors import FederationError, UnresolvedFitError
 from shared.protocol import Describe, PsFit, PsmStats, ScoreHist, StudyQuery
 from shared.psm.estimator import AttEstimate, estimate_att
@@ -179,19 +178,18 @@ def _run_private(spec: StudySpec, rounds: _Rounds, run: StudyRun) -> None:
     run.plan, run.strata_method = plan, "equal-width on the treated score range (DP)"
     described = rounds.describe()
     counts = rounds.total(described, "describe", "count")
-    early = fit_resolution_check(n_treated=float(counts[1]), n_covariates=d, plan=plan,
-                                 n_nodes=len(described))
-    if not early.passed:  # said now, while the operator can still stop before the budget is spent
-        if p.unresolved_fit == "stop":
-            raise UnresolvedFitError(
-                f"DP study {spec.study.name} stopped after describe ([privacy] unresolved_fit = "
-                f"\"stop\"): {early.message}. Only describe's share of the budget was spent "
-                f"({_spent(run)})")
-        log.warning("DP study %s: %s", spec.study.name, early.message)
-    run.resplit, plan = dp_resplit(split=p.split, plan=plan, resolution=early.value)
+    try:
+        gate = after_describe(counts=counts, n_covariates=d, plan=plan, split=p.split,
+                              n_nodes=len(described), unresolved_fit=p.unresolved_fit)
+    except UnresolvedFitError as e:
+        raise UnresolvedFitError(f"DP study {spec.study.name} {e}. Only describe's share of the "
+                                 f"budget was spent ({_spent(run)})") from None
+    if not gate.check.passed:  # said now, while the operator can still stop before the budget is spent
+        log.warning("DP study %s: %s", spec.study.name, gate.check.message)
+    run.resplit, plan = gate.resplit, gate.plan
     if run.resplit is not None:
         log.info("DP study %s: the fit resolves at r = %.0f, so ps_fit takes %.2f of ρ instead of "
-                 "%.2f and the PSM table the rest", spec.study.name, early.value,
+                 "%.2f and the PSM table the rest", spec.study.name, gate.check.value,
                  run.resplit.ps_fit, p.split.ps_fit)
     run.plan = plan
     fitter = dp_fitter(plan=plan, n_covariates=d, ridge=spec.federation.ridge,

@@ -32,9 +32,9 @@ from shared.dp.mechanisms import release
 from shared.dp.plan import NoisePlan
 from shared.dp.forms import release_arrays
 from shared.dp.sensitivity import RELEASE_KEYS
-from shared.dp.workflow import (dp_edges, dp_estimate, dp_fitter, dp_grid, dp_ps_stats,
-                                dp_resplit, dp_start_beta, dp_table, fit_resolution)
-from shared.psm.estimator import AttEstimate
+from shared.dp.workflow import (after_describe, dp_edges, dp_estimate, dp_fitter, dp_grid,
+                                dp_ps_stats, dp_start_beta, dp_table)
+from shared.psm.estimator import AttEstimate, Check
 from shared.psm.propensity import cov_moments, ps_contribution
 from shared.psm.strata import score_histogram
 from shared.psm.table import psm_table
@@ -58,6 +58,7 @@ class DpStudy:
     beta: np.ndarray
     edges: np.ndarray
     plan: NoisePlan
+    at_describe: Check  #: ``dp_fit_resolution`` at describe (what ``unresolved_fit`` acts on)
 
 
 def _noisy_sum(plan: NoisePlan, query: str, answers: Sequence[dict], rngs,
@@ -74,7 +75,8 @@ def _noisy_sum(plan: NoisePlan, query: str, answers: Sequence[dict], rngs,
 def run_dp_study(*, sites: Sequence[SiteArrays], outcomes: Sequence[Outcome],
                  covariates: Sequence[str], plan: NoisePlan, rngs: Sequence[np.random.Generator],
                  ridge: float = 1e-6, strata_n: int | None = None,
-                 secure_aggregation: bool = False, split=None) -> DpStudy:
+                 secure_aggregation: bool = False, split=None,
+                 unresolved_fit: str = "warn") -> DpStudy:
     """describe → R noisy Newton rounds → noisy score histogram → noisy PSM table → estimate.
 
     Args:
@@ -89,9 +91,10 @@ def run_dp_study(*, sites: Sequence[SiteArrays], outcomes: Sequence[Outcome],
         split: the :class:`~shared.study.BudgetSplit` ``plan`` was made from: the study then
             re-splits after describe as the Flower study does (:func:`dp_resplit`); None keeps
             ``plan`` throughout.
+        unresolved_fit: ``warn`` or ``stop``, as the spec's ``[privacy] unresolved_fit``.
 
     Raises:
-        EstimationError subclasses: an arm empty, no overlap.
+        EstimationError subclasses: an arm empty, no overlap, an unresolved fit told to stop.
     """
     k, d = len(sites), sites[0].z.shape[1]
     sa = {"secure_aggregation": secure_aggregation}
@@ -100,9 +103,9 @@ def run_dp_study(*, sites: Sequence[SiteArrays], outcomes: Sequence[Outcome],
         return _noisy_sum(plan, query, answers, rngs, secure_aggregation)
 
     counts = noisy_sum("describe", [cov_moments(z=s.z, t=s.t).to_arrays() for s in sites])["count"]
-    if split is not None:
-        r = fit_resolution(n_treated=float(counts[1]), n_covariates=d, plan=plan, n_nodes=k, **sa)
-        _, plan = dp_resplit(split=split, plan=plan, resolution=r)
+    gate = after_describe(counts=counts, n_covariates=d, plan=plan, split=split, n_nodes=k,
+                          unresolved_fit=unresolved_fit, **sa)
+    plan = gate.plan
     fitter = dp_fitter(plan=plan, n_covariates=d, ridge=ridge,
                        beta0=dp_start_beta(counts=counts, n_covariates=d))
     for _ in range(plan.n_ps_rounds):
@@ -121,4 +124,4 @@ def run_dp_study(*, sites: Sequence[SiteArrays], outcomes: Sequence[Outcome],
     table = dp_table(main=main, balance=balance, edges=edges, n_covariates=d)
     est = dp_estimate(table=table, plan=plan, n_nodes=k, outcomes=outcomes, covariates=covariates,
                       **sa)
-    return DpStudy(estimate=est, beta=beta, edges=edges, plan=plan)
+    return DpStudy(estimate=est, beta=beta, edges=edges, plan=plan, at_describe=gate.check)

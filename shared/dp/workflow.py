@@ -4,7 +4,7 @@ The Flower workflow and the in-process simulation (:mod:`shared.dp.study_sim`) c
 these, in this order::
 
     plan = plan_study(...)                                    # public, same on every node
-    describe   -> counts (2,) summed      -> dp_start_beta; dp_resplit (plan for the rest)
+    describe   -> counts (2,) summed      -> after_describe (go on? plan for the rest); dp_start_beta
     ps_fit x R -> g, H summed             -> dp_ps_stats -> fitter.update   (fitter = dp_fitter)
     score_hist at the final β on dp_grid  -> dp_edges
     psm_main, psm_sumsq (+ psm_balance) at β, edges -> dp_table -> dp_estimate
@@ -17,7 +17,8 @@ and the sum carries σ (:meth:`shared.dp.plan.PlannedRelease.total_sigma`).
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal, Mapping, Sequence
 
 import numpy as np
 
@@ -27,14 +28,15 @@ from shared.dp.mechanisms import project_psd
 from shared.dp.plan import NoisePlan
 from shared.dp.strata import DP_GRID_BINS, dp_min_cell, dp_n_strata, dp_width_edges
 from shared.dp.uncertainty import att_privacy_se
-from shared.errors import EmptyArmError, PrivacyError
+from shared.errors import EmptyArmError, PrivacyError, UnresolvedFitError
 from shared.psm.estimator import AttEstimate, Check, estimate_att
 from shared.psm.propensity import PropensityFitter, PsStats
 from shared.psm.strata import score_grid
 from shared.psm.table import PsmTable
 from shared.study import Outcome
 
-__all__ = ["FIT_RESOLUTION_MIN", "FIT_RESOLUTION_TARGET", "MIN_PS_SHARE", "dp_edges", "dp_estimate",
+__all__ = ["FIT_RESOLUTION_MIN", "FIT_RESOLUTION_TARGET", "MIN_PS_SHARE", "AfterDescribe",
+           "after_describe", "dp_edges", "dp_estimate",
            "dp_fitter", "dp_grid", "dp_ps_stats", "dp_resplit", "dp_start_beta", "dp_table",
            "fit_resolution", "fit_resolution_check"]
 
@@ -221,3 +223,39 @@ def fit_resolution_check(*, n_treated: float, n_covariates: int, plan: NoisePlan
         "the noisy score removes only part of the confounding, so the CI may not cover the "
         f"residual bias; these {n_treated:,.0f} treated would need ε ≥ {needed:.2g} (same split "
         f"and δ), or more treated at this ε"))
+
+
+@dataclass(frozen=True)
+class AfterDescribe:
+    """What describe's public counts decide for the rest of a DP study."""
+
+    check: Check  #: ``dp_fit_resolution`` at describe's treated count, under the spec's plan
+    resplit: object | None  #: the :class:`~shared.study.BudgetSplit` re-split, or None
+    plan: NoisePlan  #: the plan for the remaining rounds
+
+
+def after_describe(*, counts, n_covariates: int, plan: NoisePlan, split, n_nodes: int,
+                   unresolved_fit: Literal["warn", "stop"] = "warn",
+                   secure_aggregation: bool = False) -> AfterDescribe:
+    """Whether the study goes on, and with which plan: the Flower study and the simulation both
+    decide here, from the noisy describe counts (public, so deciding costs no privacy).
+
+    Args:
+        counts: describe's summed noisy ``(controls, treated)``.
+        split: the spec's :class:`~shared.study.BudgetSplit` (None: never re-split).
+        unresolved_fit: the spec's ``[privacy] unresolved_fit``; ``stop`` raises when the fit
+            cannot resolve the confounding, before the other 95 % of the budget is spent.
+
+    Raises:
+        UnresolvedFitError: ``unresolved_fit`` is ``stop`` and the check fails.
+    """
+    sa = {"secure_aggregation": secure_aggregation}
+    check = fit_resolution_check(n_treated=float(counts[1]), n_covariates=n_covariates, plan=plan,
+                                 n_nodes=n_nodes, **sa)
+    if not check.passed and unresolved_fit == "stop":
+        raise UnresolvedFitError(f"stopped after describe ([privacy] unresolved_fit = \"stop\"): "
+                                 f"{check.message}")
+    if split is None:
+        return AfterDescribe(check, None, plan)
+    resplit, plan = dp_resplit(split=split, plan=plan, resolution=check.value)
+    return AfterDescribe(check, resplit, plan)

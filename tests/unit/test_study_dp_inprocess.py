@@ -63,11 +63,12 @@ def test_dp_study_charges_every_node_and_widens_the_ci(spec, tmp_path, caplog):
     assert "dp_fit_resolution" not in caplog.text and "part of the confounding" not in caplog.text
 
 
-def test_a_noise_limited_dp_study_is_warned_about_after_describe(spec, tmp_path, caplog):
-    """At ε = 0.5 the same cohort cannot resolve its propensity fit: the coordinator says so as
-    soon as describe's counts are in (the operator can still stop), and the estimate flags it."""
+def test_a_noise_limited_dp_study_told_to_go_on_is_warned_about_after_describe(spec, tmp_path, caplog):
+    """At ε = 0.5 the same cohort cannot resolve its propensity fit: with ``unresolved_fit =
+    "warn"`` the coordinator says so as soon as describe's counts are in (the operator can still
+    stop), and the estimate flags it."""
     with caplog.at_level("INFO", logger="rehealth.coordinator"):
-        run = _run(_with_privacy(spec, epsilon=0.5), tmp_path)
+        run = _run(_with_privacy(spec, epsilon=0.5, unresolved_fit="warn"), tmp_path)
     said = [r.getMessage() for r in caplog.records]
     at = lambda text: next(i for i, m in enumerate(said) if text in m)  # noqa: E731
     assert at("round describe") < at("part of the confounding") < at("round ps-fit-1")
@@ -76,11 +77,12 @@ def test_a_noise_limited_dp_study_is_warned_about_after_describe(spec, tmp_path,
     assert any("dp_fit_resolution" in w for w in run.estimate.warnings)
 
 
-def test_a_noise_limited_dp_study_can_stop_after_describe(spec, tmp_path):
-    """With ``unresolved_fit = "stop"`` the study ends at the warning: each node's ledger holds
+def test_a_noise_limited_dp_study_stops_after_describe_by_default(spec, tmp_path):
+    """By default (``unresolved_fit = "stop"``) the study ends there: each node's ledger holds
     describe alone, and the error names the ε the fit would need."""
+    assert spec.privacy.unresolved_fit == "stop"
     with pytest.raises(UnresolvedFitError, match=r"stopped after describe.*would need ε ≥") as e:
-        _run(_with_privacy(spec, epsilon=0.5, unresolved_fit="stop"), tmp_path)
+        _run(_with_privacy(spec, epsilon=0.5), tmp_path)
     assert "Only describe's share of the budget was spent (ledger ε" in str(e.value)
     for s in spec.sites:
         ledger = PrivacyLedger(f"sqlite:///{tmp_path / s.name / 'ledger.db'}")
