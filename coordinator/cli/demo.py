@@ -12,6 +12,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from coordinator.cli.progress import study_progress
 from coordinator.cli.study import print_estimates
@@ -42,7 +43,7 @@ def demo(
         with study_progress(console) as on_event:
             result = run_local(spec_path, out / "study", on_event=on_event)
     except ReHealthError as e:
-        console.print(f"[red]study failed:[/red] {e}")
+        console.print(f"[red]study failed:[/red] {escape(str(e))}")
         raise typer.Exit(1)
     result_path = out / "result.json"
     result.write(result_path)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from coordinator.cli.progress import study_progress
@@ -39,7 +40,7 @@ def run(
                 result = run_remote(spec, work, superlink=superlink,
                                     root_certificates=root_certificates, on_event=on_event)
     except ReHealthError as e:
-        console.print(f"[red]study failed:[/red] {e}")
+        console.print(f"[red]study failed:[/red] {escape(str(e))}")
         raise typer.Exit(1)
     result.write(out)
     paths = {"result": str(out)}
@@ -77,6 +78,72 @@ def print_estimates(console: Console, result: StudyResult) -> None:
     console.print("timings: " + ", ".join(f"{k.removesuffix('_s')} {v:.1f} s" for k, v in tm.items()))
 
 
+@app.command("plan")
+def plan(
+    spec: Path = typer.Option(..., "--spec", exists=True, dir_okay=False, help="Study spec (TOML)."),
+    treated: int = typer.Option(..., "--treated", min=1, help="Expected treated people, all nodes."),
+    nodes: int = typer.Option(None, "--nodes", min=1, help="Nodes taking part (default: the spec's sites)."),
+    fmt: str = typer.Option("text", "--format", help="text or json"),
+) -> None:
+    """Preview a DP study before it spends any budget: every release's noise, and whether the
+    propensity fit would resolve the confounding at this many treated (else the study stops
+    after describe, by default) or what ε it would need."""
+    from coordinator.study.workflow import noise_plan
+    from shared.dp.workflow import after_describe
+    from shared.study import StudySpec
+
+    console = Console()
+    try:
+        study = StudySpec.from_toml(spec)
+        if not study.privacy.enabled:
+            raise ReHealthError("the spec's study is exact ([privacy] enabled = false): it "
+                                "releases no noisy statistics and spends no privacy budget")
+        k = nodes or len(study.sites)
+        if k < 1:
+            raise ReHealthError("the spec names no sites: give --nodes")
+        before = noise_plan(study)
+        gate = after_describe(counts=(0.0, float(treated)), n_covariates=len(study.covariates),
+                              plan=before, split=study.privacy.split, n_nodes=k)
+    except ReHealthError as e:
+        console.print(f"[red]cannot plan:[/red] {escape(str(e))}")
+        raise typer.Exit(1)
+    stops = not gate.check.passed and study.privacy.unresolved_fit == "stop"
+    if fmt == "json":
+        typer.echo(json.dumps({
+            "study": study.study.name, "treated": treated, "nodes": k,
+            "plan": before.to_dict(), "fit_resolution": gate.check.value,
+            "fit_resolves": gate.check.passed, "message": gate.check.message,
+            "stops_after_describe": stops,
+            "resplit": gate.resplit.model_dump() if gate.resplit is not None else None,
+            "plan_after_describe": gate.plan.to_dict()}))
+        return
+    _print_plan(console, study, gate, before, treated, k, stops)
+
+
+def _print_plan(console: Console, study, gate, before, treated: int, k: int, stops: bool) -> None:
+    p = study.privacy
+    console.print(f"DP study {study.study.name}: ε = {p.epsilon:g}, δ = {p.delta:g} per node "
+                  f"({p.accountant.upper()} accountant), {k} nodes, {treated:,} treated")
+    t = Table(title="Noise per release (σ per node; the sum over nodes carries σ·√nodes)")
+    for col in ("release", "rounds", "Δ₂", "σ per node", "σ of the sum"):
+        t.add_column(col, justify="left" if col == "release" else "right")
+    for q in dict.fromkeys(r.query for r in gate.plan.releases):
+        r = gate.plan.release(q)
+        n = sum(1 for x in gate.plan.releases if x.query == q)
+        t.add_row(q, str(n), f"{r.sensitivity:.3g}", f"{r.sigma:.3g}", f"{r.total_sigma(k):.3g}")
+    console.print(t)
+    if gate.resplit is not None:
+        s = gate.resplit
+        console.print(f"re-split after describe: ps_fit {p.split.ps_fit:.2f} → {s.ps_fit:.2f}, "
+                      f"psm_stats {p.split.psm_stats:.2f} → {s.psm_stats:.2f} (same ε; σ above are "
+                      "after it, describe's as planned)")
+    verdict = ("[red]the study would stop after describe[/red] (unresolved_fit = \"stop\")" if stops
+               else "the study would run" + ("" if gate.check.passed else
+                                             " and flag its estimate (unresolved_fit = \"warn\")"))
+    console.print(f"propensity fit: {escape(gate.check.message)}")
+    console.print(verdict)
+
+
 @app.command("train-risk")
 def train_risk(
     spec: Path = typer.Option(..., "--spec", exists=True, dir_okay=False,
@@ -102,7 +169,7 @@ def train_risk(
         with study_progress(console, enabled=fmt != "json") as on_event:
             summary = train_risk_local(spec, out, job, on_event=on_event)
     except ReHealthError as e:
-        console.print(f"[red]training failed:[/red] {e}")
+        console.print(f"[red]training failed:[/red] {escape(str(e))}")
         raise typer.Exit(1)
     ev = summary["evaluation"]
     if fmt == "json":

@@ -171,10 +171,17 @@ def _run_exact(spec: StudySpec, rounds: _Rounds, run: StudyRun, fed: Federation)
     run.compute_s += time.perf_counter() - t0
 
 
+def noise_plan(spec: StudySpec) -> NoisePlan:
+    """The DP study's public noise plan before describe (each node derives the same)."""
+    p = spec.privacy
+    return plan_study(epsilon=p.epsilon, delta=p.delta, split=p.split,
+                      n_covariates=len(spec.covariates), n_outcomes=len(spec.outcomes),
+                      n_ps_rounds=p.ps_rounds, accountant=p.accountant)
+
+
 def _run_private(spec: StudySpec, rounds: _Rounds, run: StudyRun) -> None:
     d, p = len(spec.covariates), spec.privacy
-    plan = plan_study(epsilon=p.epsilon, delta=p.delta, split=p.split, n_covariates=d,
-                      n_outcomes=len(spec.outcomes), n_ps_rounds=p.ps_rounds, accountant=p.accountant)
+    plan = noise_plan(spec)
     run.plan, run.strata_method = plan, "equal-width on the treated score range (DP)"
     described = rounds.describe()
     counts = rounds.total(described, "describe", "count")

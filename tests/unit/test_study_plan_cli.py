@@ -1,0 +1,68 @@
+"""`rehealth study plan`: a DP study's noise and fit verdict before it spends any budget."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+from coordinator.cli.study import app
+from coordinator.study.workflow import noise_plan
+from shared.study import StudySpec
+from shared.synth import generate_federation, write_federation
+from shared.synth.io import study_document, to_toml
+
+
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory):
+    out = tmp_path_factory.mktemp("planfed")
+    fed = generate_federation(seed=2, sites=5, scale=0.01)
+    write_federation(fed, out)
+    return fed, out
+
+
+def _spec(fed, epsilon: float | None) -> str:
+    fed, out = fed
+    path = out / f"study-{epsilon}.toml"
+    path.write_text(to_toml(study_document(fed, epsilon=epsilon)))
+    return str(path)
+
+
+def _plan(spec: str, treated: int) -> dict:
+    res = CliRunner().invoke(app, ["plan", "--spec", spec, "--treated", str(treated), "--format", "json"])
+    assert res.exit_code == 0, res.output
+    return json.loads(res.output)
+
+
+def test_a_small_study_would_stop_and_the_epsilon_it_names_resolves_its_fit(fed):
+    spec = _spec(fed, 1.0)
+    out = _plan(spec, 1000)
+    assert out["nodes"] == 5 and out["plan"] == noise_plan(StudySpec.from_toml(spec)).to_dict()
+    assert not out["fit_resolves"] and out["fit_resolution"] < 15 and out["stops_after_describe"]
+    needed = float(re.search(r"would need ε ≥ ([0-9.]+)", out["message"]).group(1))
+    assert _plan(_spec(fed, needed * 1.05), 1000)["fit_resolves"]
+    assert not _plan(_spec(fed, needed * 0.9), 1000)["fit_resolves"]
+
+
+def test_a_large_study_runs_and_gives_the_fit_only_what_it_needs(fed):
+    out = _plan(_spec(fed, 1.0), 20_000)
+    assert out["fit_resolves"] and not out["stops_after_describe"]
+    assert out["resplit"]["ps_fit"] < 0.45 < out["resplit"]["psm_stats"]
+    sigma = {p: {r["query"]: r["sigma"] for r in out[p]["releases"]} for p in ("plan", "plan_after_describe")}
+    assert sigma["plan_after_describe"]["psm_main"] < sigma["plan"]["psm_main"]
+    assert sigma["plan_after_describe"]["describe"] == sigma["plan"]["describe"]
+
+
+def test_plan_text_says_the_study_would_stop(fed):
+    res = CliRunner().invoke(app, ["plan", "--spec", _spec(fed, 0.5), "--treated", "800"],
+                             env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert "psm_main" in res.output and "would stop after describe" in res.output
+
+
+def test_an_exact_study_has_nothing_to_plan(fed):
+    res = CliRunner().invoke(app, ["plan", "--spec", _spec(fed, None), "--treated", "800"],
+                             env={"COLUMNS": "200"})
+    assert res.exit_code == 1 and "[privacy] enabled = false" in res.output
