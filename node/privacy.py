@@ -8,6 +8,7 @@ dies after the charge, the ledger over-counts, never under-counts.
 
 from __future__ import annotations
 
+import math
 from typing import Mapping
 
 import numpy as np
@@ -21,7 +22,8 @@ __all__ = ["charged_release"]
 
 def charged_release(*, ledger: PrivacyLedger, dataset: str, study_id: str, query: str,
                     arrays: Mapping[str, np.ndarray], sigma: float, sensitivity: float,
-                    rng: np.random.Generator | None = None) -> tuple[dict[str, np.ndarray], Charge]:
+                    rng: np.random.Generator | None = None,
+                    share: int = 1) -> tuple[dict[str, np.ndarray], Charge]:
     """Charge ``dataset`` for one Gaussian release of ``query``, then return the noisy arrays.
 
     Args:
@@ -37,6 +39,8 @@ def charged_release(*, ledger: PrivacyLedger, dataset: str, study_id: str, query
         rng: the noise generator; leave it None in production (a fresh
             :func:`shared.dp.mechanisms.secure_rng`, seeded from the OS CSPRNG — never from
             anything the coordinator sent). Tests inject a seeded one.
+        share: K when this answer is one of K nodes' masked inputs to a SecAgg+ sum: the node
+            adds σ/√K and is charged for σ, the noise of the only thing the coordinator sees.
 
     Returns:
         ``(noisy arrays, charge)``.
@@ -48,4 +52,5 @@ def charged_release(*, ledger: PrivacyLedger, dataset: str, study_id: str, query
     exact = release_arrays(query, arrays)
     charge = ledger.charge(dataset=dataset, study_id=study_id, query=query, sigma=sigma,
                            sensitivity=sensitivity)
-    return release(arrays=exact, sigma=sigma, rng=rng if rng is not None else secure_rng()), charge
+    return release(arrays=exact, sigma=sigma / math.sqrt(share),
+                   rng=rng if rng is not None else secure_rng()), charge

@@ -46,6 +46,9 @@ class NodeRuntime:
     budget_delta: float = 1e-5
     require_dp: bool = False
     model_dir: Path | None = None  # where trained risk models are kept (default <state-dir>/models)
+    #: the operator accepts studies whose releases after describe go through SecAgg+ with this
+    #: node adding only its 1/√K share of the noise (the trust model of shared.study.Privacy)
+    accept_secure_aggregation: bool = False
 
     @property
     def models(self) -> Path | None:
@@ -69,12 +72,17 @@ class NodeRuntime:
                        budget_epsilon=float(cfg.get("budget-epsilon", 10.0)),
                        budget_delta=float(cfg.get("budget-delta", 1e-5)),
                        require_dp=_bool(cfg.get("require-dp", False)),
-                       model_dir=Path(str(cfg["model-dir"])) if cfg.get("model-dir") else None)
+                       model_dir=Path(str(cfg["model-dir"])) if cfg.get("model-dir") else None,
+                       accept_secure_aggregation=_bool(cfg.get("secure-aggregation", False)))
         except (TypeError, ValueError) as e:
             raise SpecError(f"node config of site {site}: {e}") from None
 
-    def answer(self, query: StudyQuery) -> tuple[dict, dict]:
+    def answer(self, query: StudyQuery, *, secure_sum: bool = False) -> tuple[dict, dict]:
         """Answer a validated study query from this node's own data.
+
+        Args:
+            secure_sum: the answer leaves only masked, as one input of a SecAgg+ sum (the
+                ClientApp's secure-sum handler, behind Flower's ``secaggplus_mod``).
 
         Returns:
             ``(answers per operation, metadata)``; under DP the metadata says what the
@@ -90,6 +98,7 @@ class NodeRuntime:
         if query.privacy is None and self.require_dp:
             raise PrivacyError(f"site {self.site} answers only differentially private studies "
                                "(set [privacy] enabled = true)")
+        self._check_secure_sum(query, secure_sum)
         if self.store_url:
             from node.store import open_store
 
@@ -108,6 +117,20 @@ class NodeRuntime:
         return answer(query, data, self._dp_release(query, ledger)), {
             "dataset": self.dataset, "epsilon_spent": ledger.spent(self.dataset),
             "epsilon_budget": self.budget_epsilon}
+
+    def _check_secure_sum(self, query: StudyQuery, secure_sum: bool) -> None:
+        """A node adds only its share of the noise when, and only when, its answer is masked."""
+        nodes = query.privacy.secure_nodes if query.privacy is not None else None
+        shared_noise = nodes is not None and any(op.op != "describe" for op in query.ops)
+        if shared_noise and not secure_sum:
+            raise PrivacyError(f"site {self.site} releases a share of the noise only as a masked "
+                               "SecAgg+ input, never in a plain reply")
+        if secure_sum and not shared_noise:
+            raise QueryRefused(f"site {self.site}: a secure-sum round must carry a secure-"
+                               "aggregation study's releases after describe")
+        if shared_noise and not self.accept_secure_aggregation:
+            raise PrivacyError(f"site {self.site} does not accept secure-aggregation studies "
+                               "(node config secure-aggregation = true accepts them)")
 
     def ledger(self):
         from node.ledger import PrivacyLedger
@@ -161,7 +184,8 @@ class NodeRuntime:
                 planned = plan.release(name)
                 noisy, _charge = charged_release(
                     ledger=ledger, dataset=self.dataset, study_id=query.study_id, query=name,
-                    arrays=arrays, sigma=planned.sigma, sensitivity=planned.sensitivity, rng=rng)
+                    arrays=arrays, sigma=planned.sigma, sensitivity=planned.sensitivity, rng=rng,
+                    share=query.privacy.share(name))
                 out.update(noisy)
             return out
 

@@ -18,9 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from shared.study import BudgetSplit, Covariate, Outcome, StudySpec
 
 #: Bumped whenever what a node returns changes meaning (2: DP outcome sums released centred on
-#: 1/2, shared.dp.forms): a node and a coordinator of different versions refuse each other
-#: instead of mis-reading the sums; a node's cached noise plans are keyed by it too.
-PROTOCOL_VERSION = 2
+#: 1/2, shared.dp.forms; 3: releases over SecAgg+ carry a node's share of the noise): a node
+#: and a coordinator of different versions refuse each other instead of mis-reading the sums; a
+#: node's cached noise plans are keyed by it too.
+PROTOCOL_VERSION = 3
 STUDY_MESSAGE_TYPE = "query.study"
 REQUEST_KEY = "request"  # ConfigRecord holding the request JSON
 META_KEY = "meta"  # ConfigRecord of the reply: site, rows, timings
@@ -88,6 +89,13 @@ class PrivacyQuery(_Model):
     #: (:func:`shared.dp.workflow.dp_resplit`); the node applies it to the plan it derived itself
     #: (same total ρ, ε re-checked), so whatever the split, the study's ε bounds what it releases
     resplit: BudgetSplit | None = None
+    #: K under secure aggregation: every release after describe travels only through SecAgg+,
+    #: the node adding σ/√K (:mod:`shared.secure_sum`); None: each node adds σ
+    secure_nodes: int | None = Field(default=None, ge=2)
+
+    def share(self, release: str) -> int:
+        """Over how many nodes' noise a release's σ is split (1: all of it at this node)."""
+        return 1 if self.secure_nodes is None or release == "describe" else self.secure_nodes
 
     def plan(self, *, n_covariates: int, n_outcomes: int):
         from shared.dp.plan import plan_study
@@ -101,7 +109,7 @@ class PrivacyQuery(_Model):
 class StudyQuery(_Model):
     """What a node needs to answer: the study's columns and bounds, never code."""
 
-    protocol: Literal[2] = PROTOCOL_VERSION
+    protocol: Literal[3] = PROTOCOL_VERSION
     study_id: str = Field(min_length=8, max_length=128)
     treatment_column: str
     covariates: tuple[Covariate, ...] = Field(min_length=1)
@@ -109,12 +117,17 @@ class StudyQuery(_Model):
     ops: tuple[Operation, ...] = Field(min_length=1, max_length=4)
     sites: tuple[str, ...] = ()  # sites taking part; a node not listed declines (nothing computed)
     privacy: PrivacyQuery | None = None  # None: exact aggregates (if the node's policy allows)
+    #: under secure aggregation: values travel divided by this public scale, which the
+    #: coordinator sets from describe's noisy counts so every entry fits SecAgg+'s range
+    secure_scale: float | None = Field(default=None, gt=0)
 
     @classmethod
-    def for_spec(cls, spec: StudySpec, ops: tuple, resplit: BudgetSplit | None = None) -> "StudyQuery":
+    def for_spec(cls, spec: StudySpec, ops: tuple, resplit: BudgetSplit | None = None,
+                 secure_nodes: int | None = None, secure_scale: float | None = None) -> "StudyQuery":
         p = spec.privacy
         privacy = (PrivacyQuery(epsilon=p.epsilon, delta=p.delta, split=p.split,
-                                n_ps_rounds=p.ps_rounds, accountant=p.accountant, resplit=resplit)
+                                n_ps_rounds=p.ps_rounds, accountant=p.accountant, resplit=resplit,
+                                secure_nodes=secure_nodes)
                    if p.enabled else None)
         return cls(
             study_id=spec.spec_hash(),
@@ -124,6 +137,7 @@ class StudyQuery(_Model):
             ops=ops,
             sites=tuple(s.name for s in spec.sites),
             privacy=privacy,
+            secure_scale=secure_scale,
         )
 
     def data_key(self) -> tuple:

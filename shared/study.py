@@ -105,6 +105,19 @@ class Privacy(_Model):
     #: only describe's share of the budget, rather than sign an estimate whose CI may miss the
     #: confounding left (shared.dp.workflow.after_describe); ``warn`` goes on and flags it
     unresolved_fit: Literal["warn", "stop"] = "stop"
+    #: SecAgg+ (Flower's SecAggPlusWorkflow) for every release after describe: each of the K
+    #: nodes adds σ/√K and the coordinator sees only the masked sum, which carries σ — the
+    #: noise of a central release, √K less than K nodes each adding σ. Trust model: an
+    #: honest-but-curious coordinator and non-colluding nodes (a node that revealed its own
+    #: noise would leave the others' sum with less); every node must answer every round
+    secure_aggregation: bool = False
+
+    @model_validator(mode="after")
+    def _secure_aggregation_needs_dp(self) -> "Privacy":
+        if self.secure_aggregation and not self.enabled:
+            raise ValueError("secure_aggregation splits the DP noise over the nodes: it needs "
+                             "enabled = true")
+        return self
 
 
 class Strata(_Model):
@@ -168,6 +181,15 @@ class StudySpec(_Model):
     def _sites_unique(cls, v: tuple[Site, ...]) -> tuple[Site, ...]:
         _require_unique([s.name for s in v], "site")
         return v
+
+    @model_validator(mode="after")
+    def _secure_sum_over_every_node(self) -> "StudySpec":
+        m = self.federation.min_nodes
+        if self.privacy.secure_aggregation and m is not None and m < len(self.sites):
+            raise ValueError(f"secure aggregation needs every node in every round: with "
+                             f"federation.min_nodes = {m} a node could drop and the others' sum "
+                             "would carry less noise than the plan")
+        return self
 
     @property
     def features(self) -> tuple[Feature, ...]:

@@ -86,6 +86,22 @@ class GridFederation:
             self._drop_or_fail(failures, round_name)
         return out
 
+    def secure_ask(self, query: StudyQuery, round_name: str) -> dict[str, NodeAnswer]:
+        """``query`` as one SecAgg+ sum over every active node: each site's public metadata,
+        and the summed arrays under :data:`~coordinator.flower.secure_sum.SECURE_SUM`."""
+        from coordinator.flower.secure_sum import secure_sum
+        from shared.secure_sum import SECURE_SUM
+
+        totals, metas = secure_sum(self.grid, list(self.active), query, round_name,
+                                   timeout_s=self.timeout_s)
+        out: dict[str, NodeAnswer] = {}
+        for nid, meta in metas.items():
+            site = str(meta.get("site", nid))
+            self.active[nid] = site
+            out[site] = NodeAnswer(site=site, answers={}, meta=meta)
+        out[SECURE_SUM] = NodeAnswer(site=SECURE_SUM, answers=totals, meta={})
+        return out
+
     def collect(self, sent: Mapping[str, int]) -> dict[str, Message]:
         """Replies to ``sent`` (message id -> node id), polling until all arrive or time out."""
         pending = set(sent)

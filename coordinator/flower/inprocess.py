@@ -29,6 +29,7 @@ class InProcessGrid(Grid):
         self.node_configs = node_configs
         self.fail = fail
         self._replies: dict[str, Message] = {}
+        self._contexts: dict[int, Context] = {}
         self._run = None
 
     def set_run(self, run) -> None:
@@ -56,9 +57,11 @@ class InProcessGrid(Grid):
             nid = msg.metadata.dst_node_id
             if self.fail and self.fail(nid, msg):
                 continue
-            ctx = Context(run_id=msg.metadata.run_id, node_id=nid, node_config=self.node_configs[nid],
-                          state=RecordDict(), run_config={})
-            self._replies[msg_id] = copy.deepcopy(self.client_app(msg, ctx))
+            if nid not in self._contexts:  # a SuperNode keeps each run's context (SecAgg+ state)
+                self._contexts[nid] = Context(run_id=msg.metadata.run_id, node_id=nid,
+                                              node_config=self.node_configs[nid], state=RecordDict(),
+                                              run_config={})
+            self._replies[msg_id] = copy.deepcopy(self.client_app(msg, self._contexts[nid]))
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:

@@ -15,6 +15,7 @@ histogram for quantile strata, the noisy PSM table, and a CI that includes the p
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from functools import reduce
@@ -31,6 +32,7 @@ from shared.psm.estimator import AttEstimate, estimate_att
 from shared.psm.propensity import CovMoments, PropensityFitter, PsStats, initial_beta
 from shared.psm.strata import caliper_edges, logit_sd, quantile_edges
 from shared.psm.table import PsmTable
+from shared.secure_sum import SECURE_SUM, secure_scale
 from shared.study import BudgetSplit, StudySpec
 
 log = logging.getLogger("rehealth.coordinator")
@@ -43,6 +45,8 @@ NEAR_TOL = 0.05
 
 class Federation(Protocol):
     def ask(self, query: StudyQuery, round_name: str) -> dict: ...
+
+    def secure_ask(self, query: StudyQuery, round_name: str) -> dict: ...
 
     @property
     def dropped(self) -> dict[str, str]: ...
@@ -67,6 +71,7 @@ class StudyRun:
     fitter: PropensityFitter | None = None
     plan: NoisePlan | None = None
     resplit: BudgetSplit | None = None  # a DP study's split after describe, if re-split
+    secure: tuple[int, float] | None = None  # SecAgg+ after describe: (nodes K, public scale)
     strata_method: str = "caliper"
     table: PsmTable | None = None
     estimate: AttEstimate | None = None
@@ -88,12 +93,18 @@ class _Rounds:
         self.spec, self.fed, self.run, self.progress = spec, fed, run, progress
 
     def ask(self, ops: tuple, name: str) -> dict:
+        """One round; under secure aggregation (after describe) a SecAgg+ sum, whose answers
+        hold the sum under ``SECURE_SUM`` and each site's metadata under its name."""
         started = time.perf_counter()
         self.progress("round_start", {"round": name, "ops": [o.op for o in ops]})
-        answers = self.fed.ask(StudyQuery.for_spec(self.spec, ops, resplit=self.run.resplit), name)
+        nodes, scale = self.run.secure or (None, None)
+        query = StudyQuery.for_spec(self.spec, ops, resplit=self.run.resplit, secure_nodes=nodes,
+                                    secure_scale=scale)
+        answers = (self.fed.secure_ask if nodes is not None else self.fed.ask)(query, name)
         if not answers:
             raise FederationError(f"round {name}: no node answered", round_name=name)
-        rec = RoundRecord(name, time.perf_counter() - started, tuple(sorted(answers)),
+        sites = tuple(sorted(s for s in answers if s != SECURE_SUM))
+        rec = RoundRecord(name, time.perf_counter() - started, sites,
                           max(float(a.meta.get("seconds", 0.0)) for a in answers.values()))
         self.run.rounds.append(rec)
         for site, a in answers.items():
@@ -104,7 +115,8 @@ class _Rounds:
         return answers
 
     def total(self, answers: dict, op: str, key: str) -> np.ndarray:
-        return _sum(np.asarray(a.answers[op][key], dtype=float) for a in answers.values())
+        return _sum(np.asarray(a.answers[op][key], dtype=float) for a in answers.values()
+                    if op in a.answers)
 
     def describe(self) -> dict:
         answers = self.ask((Describe(),), "describe")
@@ -185,9 +197,10 @@ def _run_private(spec: StudySpec, rounds: _Rounds, run: StudyRun) -> None:
     run.plan, run.strata_method = plan, "equal-width on the treated score range (DP)"
     described = rounds.describe()
     counts = rounds.total(described, "describe", "count")
+    sa = {"secure_aggregation": p.secure_aggregation}
     try:
         gate = after_describe(counts=counts, n_covariates=d, plan=plan, split=p.split,
-                              n_nodes=len(described), unresolved_fit=p.unresolved_fit)
+                              n_nodes=len(described), unresolved_fit=p.unresolved_fit, **sa)
     except UnresolvedFitError as e:
         raise UnresolvedFitError(f"DP study {spec.study.name} {e}. Only describe's share of the "
                                  f"budget was spent ({_spent(run)})") from None
@@ -199,6 +212,14 @@ def _run_private(spec: StudySpec, rounds: _Rounds, run: StudyRun) -> None:
                  "%.2f and the PSM table the rest", spec.study.name, gate.check.value,
                  run.resplit.ps_fit, p.split.ps_fit)
     run.plan = plan
+    if p.secure_aggregation:
+        run.secure = (len(described), _secure_scale(counts, plan, len(described)))
+        log.info("DP study %s: the rounds after describe are SecAgg+ sums over %d nodes",
+                 spec.study.name, len(described))
+
+    def nodes(answers: dict) -> int:
+        return sum(1 for s in answers if s != SECURE_SUM)
+
     fitter = dp_fitter(plan=plan, n_covariates=d, ridge=spec.federation.ridge,
                        beta0=dp_start_beta(counts=counts, n_covariates=d))
     run.fitter = fitter
@@ -206,19 +227,27 @@ def _run_private(spec: StudySpec, rounds: _Rounds, run: StudyRun) -> None:
         answers = rounds.ask((PsFit(beta=tuple(float(b) for b in fitter.beta)),), f"ps-fit-{r + 1}")
         fitter.update(dp_ps_stats(g=rounds.total(answers, "ps_fit", "g"),
                                   H=rounds.total(answers, "ps_fit", "H"), plan=plan,
-                                  n_nodes=len(answers)))
+                                  n_nodes=nodes(answers), **sa))
     beta = tuple(float(b) for b in fitter.beta)
     answers = rounds.ask((ScoreHist(beta=beta),), "score-hist")
     edges = dp_edges(beta=fitter.beta, hist=rounds.total(answers, "score_hist", "count"), plan=plan,
-                     n_nodes=len(answers), n_treated=float(counts[1]),
-                     requested=spec.strata.n if spec.strata.method == "quantile" else None)
+                     n_nodes=nodes(answers), n_treated=float(counts[1]),
+                     requested=spec.strata.n if spec.strata.method == "quantile" else None, **sa)
     answers = rounds.ask((PsmStats(beta=beta, edges=tuple(float(e) for e in edges)),), "psm-stats")
     keys = ("count", "sum_y", "sumsq_y") + (("sum_z", "sumsq_z") if plan.has("psm_balance") else ())
     sums = {k: rounds.total(answers, "psm_stats", k) for k in keys}
     run.table = dp_table(main=sums, balance=sums if plan.has("psm_balance") else None, edges=edges,
                          n_covariates=d)
-    run.estimate = dp_estimate(table=run.table, plan=plan, n_nodes=len(answers),
-                               outcomes=spec.outcomes, covariates=[c.name for c in spec.covariates])
+    run.estimate = dp_estimate(table=run.table, plan=plan, n_nodes=nodes(answers),
+                               outcomes=spec.outcomes, covariates=[c.name for c in spec.covariates],
+                               **sa)
+
+
+def _secure_scale(counts: np.ndarray, plan: NoisePlan, k: int) -> float:
+    """SecAgg+'s public scale from describe's noisy counts: no node holds more rows than their
+    total plus 5 noise SDs (:func:`shared.secure_sum.secure_scale`)."""
+    rows_upper = float(np.sum(counts)) + 5.0 * math.sqrt(2.0) * plan.release("describe").total_sigma(k)
+    return secure_scale(rows_upper=rows_upper, sigma_max=max(r.sigma for r in plan.releases))
 
 
 def _spent(run: StudyRun) -> str:

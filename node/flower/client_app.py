@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from node.runtime import NodeRuntime, NotInStudy
 from shared.errors import DataError, PrivacyError, QueryRefused, ReHealthError
+from shared.protocol import StudyQuery
 from shared.wire import decode_query, encode_answer
 
 log = logging.getLogger("rehealth.node")
@@ -37,7 +38,20 @@ def study(msg: Message, context: Context) -> Message:
     return _guarded(_answer_study, msg, context)
 
 
-@app.train()
+def _secure_sum_mod(msg: Message, context: Context, call_next) -> Message:
+    """A study round under secure aggregation arrives as Flower's SecAgg+ stages (train
+    messages with its config record): they go through ``secaggplus_mod`` to the study answer,
+    which thus leaves only masked. Other train messages (risk training) go on unchanged."""
+    from flwr.client.mod import secaggplus_mod
+    from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+
+    if RECORD_KEY_CONFIGS not in msg.content.config_records:
+        return call_next(msg, context)
+    return _guarded(lambda m, runtime: secaggplus_mod(
+        m, context, lambda inner, ctx: _answer_secure_sum(inner, ctx, runtime)), msg, context)
+
+
+@app.train(mods=[_secure_sum_mod])
 def train(msg: Message, context: Context) -> Message:
     """One round of federated DP training of the risk model on this node's rows."""
     from node.flower import risk_handlers
@@ -60,6 +74,33 @@ def _answer_study(msg: Message, runtime: NodeRuntime) -> Message:
     meta = {"site": runtime.site, "seconds": time.perf_counter() - started,
             "ops": [op.op for op in query.ops], **extra}
     return Message(encode_answer(answers, meta), reply_to=msg)
+
+
+def _answer_secure_sum(msg: Message, context: Context, runtime: NodeRuntime) -> Message:
+    """This node's masked input to a secure sum: its releases (with its 1/√K share of the noise)
+    packed into one vector at the round's public scale (:mod:`shared.secure_sum`)."""
+    import json
+
+    import flwr.compat.common.recorddict_compat as compat
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+    from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_STATE
+
+    from shared.secure_sum import QUERY_KEY, pack
+
+    started = time.perf_counter()
+    query = StudyQuery.model_validate_json(str(compat.recorddict_to_fitins(msg.content, True).config[QUERY_KEY]))
+    nodes = query.privacy.secure_nodes if query.privacy is not None else None
+    sampled = int(context.state.config_records[RECORD_KEY_STATE].get("sample_num", 0))
+    if nodes is None or query.secure_scale is None or sampled < nodes:
+        raise QueryRefused(f"site {runtime.site}: a secure sum over {sampled} nodes cannot carry "
+                           f"a release planned for {nodes} (each adds only its share of the noise)")
+    answers, extra = runtime.answer(query, secure_sum=True)
+    vec, layout = pack(answers, scale=query.secure_scale)
+    metrics = {"site": runtime.site, "seconds": time.perf_counter() - started,
+               "layout": json.dumps(layout), **{k: v for k, v in extra.items() if k != "dataset"}}
+    fitres = FitRes(status=Status(code=Code.OK, message=""), parameters=ndarrays_to_parameters([vec]),
+                    num_examples=1, metrics=metrics)
+    return Message(compat.fitres_to_recorddict(fitres, True), reply_to=msg)
 
 
 def _guarded(handler, msg: Message, context: Context) -> Message:

@@ -102,7 +102,10 @@ def run_dp_study(*, sites: Sequence[SiteArrays], outcomes: Sequence[Outcome],
     def noisy_sum(query: str, answers: Sequence[dict]) -> dict[str, np.ndarray]:
         return _noisy_sum(plan, query, answers, rngs, secure_aggregation)
 
-    counts = noisy_sum("describe", [cov_moments(z=s.z, t=s.t).to_arrays() for s in sites])["count"]
+    # describe is released by each node in the clear even under SecAgg+ (its counts set the
+    # secure sum's scale), as in the Flower study
+    counts = _noisy_sum(plan, "describe", [cov_moments(z=s.z, t=s.t).to_arrays() for s in sites],
+                        rngs, False)["count"]
     gate = after_describe(counts=counts, n_covariates=d, plan=plan, split=split, n_nodes=k,
                           unresolved_fit=unresolved_fit, **sa)
     plan = gate.plan
