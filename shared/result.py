@@ -97,6 +97,8 @@ class PrivacySpent(_Model):
     # the budget split of the rounds after describe when the study re-split it from describe's
     # public counts (shared.dp.workflow.dp_resplit); None: the spec's split throughout
     resplit: dict[str, float] | None = None
+    # K when every release after describe was a SecAgg+ sum over K nodes (each adding σ/√K)
+    secure_nodes: int | None = None
 
 
 class StudyResult(_Model):

@@ -92,7 +92,7 @@ class GridFederation:
         from coordinator.flower.secure_sum import secure_sum
         from shared.secure_sum import SECURE_SUM
 
-        totals, metas = secure_sum(self.grid, list(self.active), query, round_name,
+        totals, metas = secure_sum(_PolledGrid(self), list(self.active), query, round_name,
                                    timeout_s=self.timeout_s)
         out: dict[str, NodeAnswer] = {}
         for nid, meta in metas.items():
@@ -130,3 +130,19 @@ class GridFederation:
     @property
     def sites(self) -> list[str]:
         return [s for s in self.active.values() if s]
+
+
+class _PolledGrid:
+    """The federation's Grid, with ``send_and_receive`` polling at the federation's pace
+    (Flower's sleeps 3 s between pulls, and SecAgg+ takes four exchanges per round)."""
+
+    def __init__(self, fed: GridFederation):
+        self._fed = fed
+
+    def __getattr__(self, name):
+        return getattr(self._fed.grid, name)
+
+    def send_and_receive(self, messages, *, timeout: float | None = None) -> list[Message]:
+        messages = list(messages)
+        sent = dict(zip(self._fed.grid.push_messages(messages), (m.metadata.dst_node_id for m in messages)))
+        return list(self._fed.collect(sent).values())

@@ -155,6 +155,7 @@ def _privacy(result: StudyResult, outcomes: tuple[OutcomeRow, ...]) -> PrivacySe
         max_privacy_share_of_ci=max(o.privacy_share_of_ci for o in outcomes),
         split=(p.resplit or result.spec.get("privacy", {}).get("split")) if p.enabled else None,
         resplit=p.resplit is not None,
+        secure_nodes=p.secure_nodes,
     )
 
 

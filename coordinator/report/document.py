@@ -133,6 +133,7 @@ class PrivacySection(_Model):
     # shares of the study's ρ behind the estimate (re-split after describe when ``resplit``)
     split: dict[str, float] | None = None
     resplit: bool = False
+    secure_nodes: int | None = None  # releases after describe summed under SecAgg+ over K nodes
 
 
 class ValueFigure(_Model):

@@ -125,7 +125,15 @@ def _privacy_sentence(doc: "EvidenceReport") -> str:
     return (f"Differential privacy protected every release (ε = {fmt.num(p.epsilon)}, "
             f"δ = {'n/a' if p.delta is None else format(p.delta, 'g')}, {p.accountant or 'accountant not stated'}); privacy noise accounts "
             f"for at most {fmt.pct(p.max_privacy_share_of_ci)} of a confidence interval's width."
-            + _split_clause(p))
+            + _split_clause(p) + _secure_clause(p))
+
+
+def _secure_clause(p) -> str:
+    if not p.secure_nodes:
+        return ""
+    return (f" Every release after the describe round was a secure sum (SecAgg+) over "
+            f"{p.secure_nodes} nodes: each node added 1/√{p.secure_nodes} of the noise, and the "
+            "coordinator saw only the masked sums.")
 
 
 def _split_clause(p) -> str:

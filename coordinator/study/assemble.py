@@ -29,7 +29,8 @@ def _privacy(run: StudyRun) -> PrivacySpent:
         return PrivacySpent(enabled=False)
     return PrivacySpent(enabled=True, epsilon=run.plan.epsilon, delta=run.plan.delta,
                         accountant=f"opacus-{run.plan.accountant}", per_site=dict(run.privacy_spent),
-                        resplit=run.resplit.model_dump() if run.resplit else None)
+                        resplit=run.resplit.model_dump() if run.resplit else None,
+                        secure_nodes=run.secure[0] if run.secure else None)
 
 
 def assemble_result(run: StudyRun, *, dropped: dict[str, str], started_at: str, finished_at: str,

@@ -34,7 +34,10 @@ def site_nodes(spec: StudySpec, workdir: Path) -> list[NodeSpec]:
             raise SpecError(f"sites[{s.name}].data: a local study needs each site's data file")
         state = workdir / "nodes" / s.name
         state.mkdir(parents=True, exist_ok=True, mode=0o700)
-        nodes.append(NodeSpec(s.name, {"data-path": s.data, "state-dir": str(state)}))
+        config = {"data-path": s.data, "state-dir": str(state)}
+        if spec.privacy.secure_aggregation:  # the local sites' operator is the one running it
+            config["secure-aggregation"] = True
+        nodes.append(NodeSpec(s.name, config))
     return nodes
 
 

@@ -104,3 +104,35 @@ def test_private_study_charges_each_real_node_ledger(synthetic, tmp_path):
         assert result.privacy.per_site[s.name] == pytest.approx(ledger.spent(s.name))
     for o in result.outcomes:
         assert o.se_privacy > 0 and o.ci[0] < o.att < o.ci[1]
+
+
+def test_secure_aggregation_study_over_real_nodes(synthetic, tmp_path):
+    """SecAgg+ between real SuperNodes: every round after describe is a masked sum, each node's
+    ledger is charged the plan's (central) σ once per release, and the CI holds the estimate."""
+    from node.ledger import PrivacyLedger
+
+    from shared.synth.io import study_document, to_toml
+
+    spec_path = synthetic[0].with_name("study-secagg.toml")
+    doc = study_document(synthetic[1], epsilon=8.0)
+    doc["privacy"]["secure_aggregation"] = True
+    spec_path.write_text(to_toml(doc))
+    spec = StudySpec.from_toml(spec_path)
+    result = run_local(spec_path, tmp_path / "run", timeout_s=600)
+    from coordinator.study.workflow import noise_plan
+    from shared.study import BudgetSplit
+
+    assert result.privacy.enabled and result.privacy.secure_nodes == len(spec.sites)
+    planned = noise_plan(spec)
+    if result.privacy.resplit:
+        planned = planned.with_split(BudgetSplit(**result.privacy.resplit))
+    plan = {r.query: r.sigma for r in planned.releases}
+    for s in spec.sites:
+        ledger = PrivacyLedger(f"sqlite:///{tmp_path / 'run' / 'federation' / 'nodes' / s.name / 'ledger.db'}")
+        history = ledger.history(s.name)
+        assert [h.query for h in history].count("ps_fit") == spec.privacy.ps_rounds
+        assert {h.query: h.sigma for h in history} == pytest.approx(plan)
+        assert 0 < ledger.spent(s.name) <= spec.privacy.epsilon + 1e-9
+        assert result.privacy.per_site[s.name] == pytest.approx(ledger.spent(s.name))
+    for o in result.outcomes:
+        assert o.se_privacy > 0 and o.ci[0] < o.att < o.ci[1]

@@ -209,3 +209,8 @@ def test_the_report_states_the_budget_shares_behind_the_estimate():
     assert "propensity fit 0.31, PSM table 0.59" in doc.summaries.regulator
     assert "re-split after the describe round" in doc.summaries.regulator
     assert _doc(privacy=False).privacy.split is None
+    assert "secure sum" not in doc.summaries.regulator
+    secure = _doc(result.model_copy(update={"privacy": result.privacy.model_copy(
+        update={"secure_nodes": 4})}))
+    assert secure.privacy.secure_nodes == 4
+    assert "secure sum (SecAgg+) over 4 nodes" in secure.summaries.regulator
