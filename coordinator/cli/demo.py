@@ -26,6 +26,8 @@ def demo(
     scale: float = typer.Option(1.0, help="Scale the synthetic site sizes."),
     epsilon: float = typer.Option(None, min=0.01, help="Differentially private study at this ε "
                                   "(δ = 1e-6), charged to every node's ledger; exact when omitted."),
+    secure_aggregation: bool = typer.Option(False, "--secure-aggregation", help="With --epsilon: "
+                                            "every release after describe as a SecAgg+ sum."),
 ) -> None:
     """Run a complete federated study on loopback with synthetic sites, ending in a signed report."""
     from coordinator.study.runner import run_local
@@ -35,8 +37,11 @@ def demo(
     started = time.perf_counter()
     out = out.resolve()
     console.rule("1. Synthetic federation")
+    if secure_aggregation and epsilon is None:
+        console.print("[red]--secure-aggregation needs --epsilon[/red] (it splits the DP noise)")
+        raise typer.Exit(2)
     spec_path = generate_and_summarise(out=out / "data", seed=seed, sites=sites, scale=scale,
-                                       epsilon=epsilon)
+                                       epsilon=epsilon, secure_aggregation=secure_aggregation)
     synth_s = time.perf_counter() - started
     console.rule("2. Federated study over Flower (SuperLink + SuperNodes on 127.0.0.1)")
     try:

@@ -55,7 +55,7 @@ def summary_table(truth: dict) -> Table:
 
 def generate_and_summarise(*, out: Path, seed: int, sites: int | None, scale: float = 1.0,
                            fmt: str = "csv", epsilon: float | None = None,
-                           console: Console | None = None) -> Path:
+                           secure_aggregation: bool = False, console: Console | None = None) -> Path:
     """Generate, write and print the per-site summary; returns the ``study.toml`` path."""
     if console is None:
         console = Console()
@@ -64,7 +64,8 @@ def generate_and_summarise(*, out: Path, seed: int, sites: int | None, scale: fl
     t0 = time.perf_counter()
     fed = generate_federation(seed=seed, sites=sites, scale=scale)
     t1 = time.perf_counter()
-    study = write_federation(fed, Path(out), fmt=fmt, epsilon=epsilon)
+    study = write_federation(fed, Path(out), fmt=fmt, epsilon=epsilon,
+                             secure_aggregation=secure_aggregation)
     t2 = time.perf_counter()
     console.print(summary_table(fed.truth))
     console.print(

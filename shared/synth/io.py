@@ -39,9 +39,11 @@ def _write_table(df: pd.DataFrame, path: Path, fmt: str) -> None:
     df.assign(**dates).to_parquet(path, index=False)
 
 
-def study_document(fed: Federation, fmt: str = "csv", epsilon: float | None = None) -> dict:
+def study_document(fed: Federation, fmt: str = "csv", epsilon: float | None = None,
+                   secure_aggregation: bool = False) -> dict:
     """The default study as a TOML-ready dict (loads with ``StudySpec.from_dict``); with
-    ``epsilon`` it is a DP study at that ε (δ = 1e-6), else exact."""
+    ``epsilon`` it is a DP study at that ε (δ = 1e-6), else exact; ``secure_aggregation``
+    runs its releases after describe as SecAgg+ sums."""
     seed = fed.truth["seed"]
     return {
         "study": {
@@ -59,7 +61,8 @@ def study_document(fed: Federation, fmt: str = "csv", epsilon: float | None = No
                        for f in FEATURES],
         "outcomes": [{"name": o.name, "lo": o.lo, "cap": o.cap, "kind": o.kind} for o in OUTCOMES],
         "privacy": {"enabled": epsilon is not None,
-                    "epsilon": 1.0 if epsilon is None else float(epsilon), "delta": 1e-6},
+                    "epsilon": 1.0 if epsilon is None else float(epsilon), "delta": 1e-6,
+                    "secure_aggregation": secure_aggregation},
         "sites": [{"name": s.name, "data": f"{s.name}/cohort.{fmt}"} for s in fed.sites],
     }
 
@@ -76,7 +79,7 @@ def to_toml(doc: dict) -> str:
 
 
 def write_federation(fed: Federation, out: Path, fmt: str = "csv",
-                     epsilon: float | None = None) -> Path:
+                     epsilon: float | None = None, secure_aggregation: bool = False) -> Path:
     """Write every site's tables, ``study.toml`` and ``truth.json`` under ``out``.
 
     Args:
@@ -84,6 +87,7 @@ def write_federation(fed: Federation, out: Path, fmt: str = "csv",
         out: output folder (created; existing files are overwritten).
         fmt: ``"csv"`` or ``"parquet"``.
         epsilon: make ``study.toml`` a DP study at this ε (None: exact).
+        secure_aggregation: and run it over SecAgg+ (needs ``epsilon``).
 
     Returns:
         The path of ``study.toml``.
@@ -100,6 +104,6 @@ def write_federation(fed: Federation, out: Path, fmt: str = "csv",
         for table in TABLES:
             _write_table(getattr(site, table), folder / f"{table}.{fmt}", fmt)
     study = out / "study.toml"
-    study.write_text(to_toml(study_document(fed, fmt, epsilon)))
+    study.write_text(to_toml(study_document(fed, fmt, epsilon, secure_aggregation)))
     (out / "truth.json").write_text(json.dumps(fed.truth, indent=2, allow_nan=False) + "\n")
     return study

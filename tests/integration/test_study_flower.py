@@ -114,8 +114,8 @@ def test_secure_aggregation_study_over_real_nodes(synthetic, tmp_path):
     from shared.synth.io import study_document, to_toml
 
     spec_path = synthetic[0].with_name("study-secagg.toml")
-    doc = study_document(synthetic[1], epsilon=8.0)
-    doc["privacy"]["secure_aggregation"] = True
+    doc = study_document(synthetic[1], epsilon=8.0, secure_aggregation=True)
+    doc["sites"] = doc["sites"][:3]  # each SecAgg+ stage starts a ClientApp process per node
     spec_path.write_text(to_toml(doc))
     spec = StudySpec.from_toml(spec_path)
     result = run_local(spec_path, tmp_path / "run", timeout_s=600)
