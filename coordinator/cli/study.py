@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import typer
@@ -103,7 +104,8 @@ def plan(
             raise ReHealthError("the spec names no sites: give --nodes")
         before = noise_plan(study)
         gate = after_describe(counts=(0.0, float(treated)), n_covariates=len(study.covariates),
-                              plan=before, split=study.privacy.split, n_nodes=k)
+                              plan=before, split=study.privacy.split, n_nodes=k,
+                              secure_aggregation=study.privacy.secure_aggregation)
     except ReHealthError as e:
         console.print(f"[red]cannot plan:[/red] {escape(str(e))}")
         raise typer.Exit(1)
@@ -124,13 +126,17 @@ def _print_plan(console: Console, study, gate, before, treated: int, k: int, sto
     p = study.privacy
     console.print(f"DP study {study.study.name}: ε = {p.epsilon:g}, δ = {p.delta:g} per node "
                   f"({p.accountant.upper()} accountant), {k} nodes, {treated:,} treated")
-    t = Table(title="Noise per release (σ per node; the sum over nodes carries σ·√nodes)")
+    t = Table(title="Noise per release (the noise each node adds, and what the summed release "
+                    "carries)" + (": SecAgg+ after describe" if p.secure_aggregation else ""))
     for col in ("release", "rounds", "Δ₂", "σ per node", "σ of the sum"):
         t.add_column(col, justify="left" if col == "release" else "right")
     for q in dict.fromkeys(r.query for r in gate.plan.releases):
         r = gate.plan.release(q)
         n = sum(1 for x in gate.plan.releases if x.query == q)
-        t.add_row(q, str(n), f"{r.sensitivity:.3g}", f"{r.sigma:.3g}", f"{r.total_sigma(k):.3g}")
+        secure = p.secure_aggregation and q != "describe"
+        node = r.sigma / math.sqrt(k) if secure else r.sigma
+        t.add_row(q, str(n), f"{r.sensitivity:.3g}", f"{node:.3g}",
+                  f"{r.total_sigma(k, secure_aggregation=secure):.3g}")
     console.print(t)
     if gate.resplit is not None:
         s = gate.resplit

@@ -217,12 +217,17 @@ def fit_resolution_check(*, n_treated: float, n_covariates: int, plan: NoisePlan
     if r >= FIT_RESOLUTION_MIN:
         return Check("dp_fit_resolution", True, r, FIT_RESOLUTION_MIN,
                      said + "the fit resolves the confounding")
-    # the σ that would give r = FIT_RESOLUTION_MIN, and the ε that buys it
-    needed = plan.epsilon_for_sigma("ps_fit", plan.sigma("ps_fit") * r / FIT_RESOLUTION_MIN)
+    # the σ that would give r = FIT_RESOLUTION_MIN, and the ε that buys it; under secure
+    # aggregation the K nodes' noise sums to σ instead of σ√K, so each may carry √K more
+    sigma = plan.sigma("ps_fit") * r / FIT_RESOLUTION_MIN
+    needed = plan.epsilon_for_sigma("ps_fit", sigma)
+    secure = "" if secure_aggregation or n_nodes < 2 else (
+        f"; ε ≥ {plan.epsilon_for_sigma('ps_fit', sigma * math.sqrt(n_nodes)):.2g} with secure "
+        "aggregation")
     return Check("dp_fit_resolution", False, r, FIT_RESOLUTION_MIN, said + (
         "the noisy score removes only part of the confounding, so the CI may not cover the "
         f"residual bias; these {n_treated:,.0f} treated would need ε ≥ {needed:.2g} (same split "
-        f"and δ), or more treated at this ε"))
+        f"and δ{secure}), or more treated at this ε"))
 
 
 @dataclass(frozen=True)

@@ -230,6 +230,14 @@ def test_the_flag_names_the_epsilon_that_would_resolve_the_fit():
                            n_outcomes=3)  # the message rounds to 2 digits
     ok = fit_resolution_check(n_treated=1000, n_covariates=16, plan=at_needed, n_nodes=5)
     assert ok.passed and ok.value == pytest.approx(FIT_RESOLUTION_MIN, rel=0.1)
+    secure = float(flagged.message.split("ε ≥ ")[2].split(" ")[0])
+    assert "with secure aggregation" in flagged.message and secure < needed
+    at_secure = plan_study(epsilon=secure * 1.02, delta=1e-6, split=BudgetSplit(), n_covariates=16,
+                           n_outcomes=3)
+    sa = fit_resolution_check(n_treated=1000, n_covariates=16, plan=at_secure, n_nodes=5,
+                              secure_aggregation=True)
+    assert sa.passed and sa.value == pytest.approx(FIT_RESOLUTION_MIN, rel=0.1)
+    assert not fit_resolution_check(n_treated=1000, n_covariates=16, plan=at_secure, n_nodes=5).passed
 
 
 def test_resplit_gives_a_well_resolved_fit_only_what_it_needs_at_the_same_privacy_cost():

@@ -55,6 +55,16 @@ def test_a_large_study_runs_and_gives_the_fit_only_what_it_needs(fed):
     assert sigma["plan_after_describe"]["describe"] == sigma["plan"]["describe"]
 
 
+def test_secure_aggregation_resolves_the_fit_of_fewer_treated(fed):
+    """√K less noise in every summed release: the secure plan's r is √5 times the plain one."""
+    fed_, out = fed
+    path = out / "study-secure.toml"
+    path.write_text(to_toml(study_document(fed_, epsilon=1.0, secure_aggregation=True)))
+    plain, secure = _plan(_spec(fed, 1.0), 4000), _plan(str(path), 4000)
+    assert secure["fit_resolution"] == pytest.approx(plain["fit_resolution"] * 5 ** 0.5)
+    assert not plain["fit_resolves"] and secure["fit_resolves"]
+
+
 def test_plan_text_says_the_study_would_stop(fed):
     res = CliRunner().invoke(app, ["plan", "--spec", _spec(fed, 0.5), "--treated", "800"],
                              env={"COLUMNS": "200"})
