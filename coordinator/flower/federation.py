@@ -88,7 +88,7 @@ class GridFederation:
 
     def secure_ask(self, query: StudyQuery, round_name: str) -> dict[str, NodeAnswer]:
         """``query`` as one SecAgg+ sum over every active node: each site's public metadata,
-        and the summed arrays under :data:`~coordinator.flower.secure_sum.SECURE_SUM`."""
+        and the summed arrays under :data:`shared.secure_sum.SECURE_SUM`."""
         from coordinator.flower.secure_sum import secure_sum
         from shared.secure_sum import SECURE_SUM
 
