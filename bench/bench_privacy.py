@@ -7,7 +7,8 @@ synthetic nodes of different profiles (shared.synth), each seeded study runs
 * the DP study of :func:`shared.dp.study_sim.run_dp_study` — noisy describe counts, R noisy
   Newton rounds on centred covariates, noisy score histogram → DP equal-width strata, noisy PSM
   table, CI with the analytic privacy SE — with each node adding its own noise (no SecAgg), and
-  with ``--secagg`` also as under SecAgg+ (each node adds σ/√K; only sums are seen).
+  with ``--secagg`` also under secure aggregation (``[privacy] secure_aggregation``: each node
+  adds σ/√K to the releases after describe; only their SecAgg+ sums are seen).
 
 It prints, per setting and outcome: bias (outcome units and in SEs), coverage of the true
 (capped, sample) ATT by the 95 % CI, the DP CI width relative to the non-private one, and the
@@ -193,7 +194,8 @@ def main(argv=None) -> None:
     p.add_argument("--seeds-1k", type=int, default=200)
     p.add_argument("--seeds-10k", type=int, default=200)
     p.add_argument("--eps", type=lambda s: tuple(float(x) for x in s.split(",")), default=EPSILONS)
-    p.add_argument("--secagg", action="store_true", help="also simulate SecAgg+ (central noise)")
+    p.add_argument("--secagg", action="store_true",
+                   help="also run every study under secure aggregation ([privacy] secure_aggregation)")
     p.add_argument("--split", type=_split, default=BudgetSplit(),
                    help="budget shares describe,ps_fit,psm_stats,balance (default: the study default)")
     p.add_argument("--caps", dest="outcomes", type=_caps, default=OUTCOMES,

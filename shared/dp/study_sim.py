@@ -87,7 +87,8 @@ def run_dp_study(*, sites: Sequence[SiteArrays], outcomes: Sequence[Outcome],
         rngs: one noise generator per node (``secure_rng()`` on real nodes).
         ridge: propensity ridge.
         strata_n: an explicit upper bound on the number of strata (None: the DP rule alone).
-        secure_aggregation: simulate SecAgg+ (each node adds σ/√K; only sums are seen).
+        secure_aggregation: as ``[privacy] secure_aggregation`` (each node adds σ/√K to the
+            releases after describe; only their sums are seen).
         split: the :class:`~shared.study.BudgetSplit` ``plan`` was made from: the study then
             re-splits after describe as the Flower study does (:func:`dp_resplit`); None keeps
             ``plan`` throughout.
