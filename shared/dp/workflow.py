@@ -153,7 +153,9 @@ def dp_estimate(*, table: PsmTable, plan: NoisePlan, n_nodes: int, outcomes: Seq
 FIT_RESOLUTION_MIN = 15.0
 #: The resolution a re-split aims the fit at when the treated count allows more
 #: (:func:`dp_resplit`); in the benchmark the cells at r ≥ 30 covered 93.2–96.2 %, but one
-#: (91.0 %, simulated SecAgg at ε = 0.5).
+#: (91.2 %, secure aggregation at ε = 0.5: its PSM table is so precise that the fit's residual
+#: bias shows; aiming at r = 45 there, with room to raise the fit's share, covered 93.5 % with
+#: CIs 30 % wider, and cost 1–2 points of coverage in the plain cells, so it was not adopted).
 FIT_RESOLUTION_TARGET = 30.0
 #: The smallest ps_fit share a re-split leaves (it also pays for the strata's histogram).
 MIN_PS_SHARE = 0.15
@@ -201,14 +203,13 @@ def fit_resolution_check(*, n_treated: float, n_covariates: int, plan: NoisePlan
     :math:`p = d + 1` coordinates of every summed (g, H) release, so the measure is
     :math:`r = N_T / (\sigma_{fit}\sqrt{p})`. Below :data:`FIT_RESOLUTION_MIN` the score is
     mostly noise, stratifying on it removes only part of the confounding, and the residual is a
-    bias the CI does not carry. In the benchmark (16 covariates, five nodes, 400 seeds per
-    cell, about 1.1k and 11k treated) every flagged cell under-covered the CV event: bias
-    0.40–0.61 SE, coverage 87.0–92.8 % at r = 1.6–13. Of the 13 cells at r = 16–260 (after
-    :func:`dp_resplit`), 11 covered 93.2–96.2 % (bias 0.04–0.40 SE); 92.0 % at r = 20 and
-    91.0 % at r = 30 (simulated SecAgg, ε = 0.5) missed. Claims and absence days, less
-    confounded, stayed within 92.8–97.8 % at every r. The remedy is more treated or a larger ε;
-    secure aggregation (√K less noise in every sum, simulated in ``bench/bench_privacy.py
-    --secagg``) would be another, once the Flower study runs it.
+    bias the CI does not carry. In the benchmark (16 covariates, five nodes, 600 seeds per
+    cell at about 1.1k treated, 400 at 11k) 6 of the 7 flagged cells under-covered the CV
+    event: coverage 87.5–92.3 % at r = 1.6–13 (93.0 % at r = 1.6, where the table's noise
+    dwarfs the bias). Of the 13 cells at r = 16–260 (after :func:`dp_resplit`), 11 covered
+    93.2–96.2 %; 92.2 % at r = 20 and 91.2 % at r = 30 (secure aggregation, ε = 0.5) missed.
+    Claims and absence days, less confounded, stayed within 93.3–97.7 % at every r. The
+    remedy is more treated, a larger ε, or secure aggregation (√K less noise in every sum).
     """
     r = fit_resolution(n_treated=n_treated, n_covariates=n_covariates, plan=plan,
                        n_nodes=n_nodes, secure_aggregation=secure_aggregation)
