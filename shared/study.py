@@ -185,6 +185,8 @@ class StudySpec(_Model):
     @model_validator(mode="after")
     def _secure_sum_over_every_node(self) -> "StudySpec":
         m = self.federation.min_nodes
+        if self.privacy.secure_aggregation and len(self.sites) == 1:
+            raise ValueError("secure aggregation sums over several nodes: this study has one site")
         if self.privacy.secure_aggregation and m is not None and m < len(self.sites):
             raise ValueError(f"secure aggregation needs every node in every round: with "
                              f"federation.min_nodes = {m} a node could drop and the others' sum "

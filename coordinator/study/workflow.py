@@ -213,6 +213,9 @@ def _run_private(spec: StudySpec, rounds: _Rounds, run: StudyRun) -> None:
                  run.resplit.ps_fit, p.split.ps_fit)
     run.plan = plan
     if p.secure_aggregation:
+        if len(described) < 2:
+            raise FederationError("secure aggregation sums over several nodes; only "
+                                  f"{len(described)} answered describe", round_name="describe")
         run.secure = (len(described), _secure_scale(counts, plan, len(described)))
         log.info("DP study %s: the rounds after describe are SecAgg+ sums over %d nodes",
                  spec.study.name, len(described))

@@ -104,6 +104,8 @@ def test_secure_aggregation_needs_dp_and_every_node(spec):
     doc["federation"]["min_nodes"] = 2
     with pytest.raises(SpecError, match="every node in every round"):
         StudySpec.from_dict(doc)
+    with pytest.raises(SpecError, match="this study has one site"):
+        StudySpec.from_dict({**doc, "federation": {}, "sites": doc["sites"][:1]})
 
 
 def test_pack_refuses_values_outside_the_secure_range():
