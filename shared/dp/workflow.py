@@ -152,11 +152,11 @@ def dp_estimate(*, table: PsmTable, plan: NoisePlan, n_nodes: int, outcomes: Seq
 #: below which the DP fit is noise-limited (see :func:`fit_resolution_check`).
 FIT_RESOLUTION_MIN = 15.0
 #: The resolution a re-split aims the fit at when the treated count allows more
-#: (:func:`dp_resplit`); in the benchmark the cells at r ≥ 30 covered 93.2–96.2 %, but one
-#: (91.2 %, secure aggregation at ε = 0.5: its PSM table is so precise that the fit's residual
-#: bias shows; aiming at r = 45 there, with room to raise the fit's share, covered 93.5 % with
-#: CIs 30 % wider, and cost 1–2 points of coverage in the plain cells, so it was not adopted).
-FIT_RESOLUTION_TARGET = 30.0
+#: (:func:`dp_resplit`), times K^¼ under secure aggregation (:func:`after_describe`). Why 45:
+#: at 30 the 5-node benchmark covered 93.2–96.2 % at 10k treated, but the demo's 8-site
+#: federation (15.8k treated, ε = 1, 100 noise draws) covered the CV event only 90 % (bias 0.56
+#: SE) — at 45 (no re-split there) 97 %, at a cost of 13 % wider CIs at ε = 2 in the benchmark.
+FIT_RESOLUTION_TARGET = 45.0
 #: The smallest ps_fit share a re-split leaves (it also pays for the strata's histogram).
 MIN_PS_SHARE = 0.15
 
@@ -169,23 +169,22 @@ def fit_resolution(*, n_treated: float, n_covariates: int, plan: NoisePlan, n_no
     return float(n_treated) / (sigma * math.sqrt(n_covariates + 1))
 
 
-def dp_resplit(*, split, plan: NoisePlan, resolution: float):
+def dp_resplit(*, split, plan: NoisePlan, resolution: float, target: float = FIT_RESOLUTION_TARGET):
     r"""After describe: give the propensity fit only what :data:`FIT_RESOLUTION_TARGET` needs and
     the rest of its share to the PSM table, the same total ρ (:meth:`NoisePlan.with_split`).
 
     r grows as the square root of the fit's share, so a fit at r₀ > target needs the share
     ``ps_fit · (target / r₀)²`` (at least :data:`MIN_PS_SHARE`, never more than the spec's).
     ``resolution`` is r₀ under ``plan`` (:func:`fit_resolution`) from describe's released
-    (noisy) treated total: public, so re-planning costs no privacy. In the benchmark (11k treated, five nodes, 400 seeds) it made the CIs 24–28 %
-    narrower for claims and absence days and 10–24 % for the CV event at ε = 2–8, with
-    coverage 93.5–96.2 %. The spec's split stands when r₀ ≤ target, or when the accountant
-    (PRV) would price the re-split above ε.
+    (noisy) treated total: public, so re-planning costs no privacy. In the benchmark (11k
+    treated, five nodes, 400 seeds) it made the CIs 10–27 % narrower at ε = 4–8 with coverage
+    93.5–96.8 %. The spec's split stands when r₀ ≤ target, or when the accountant (PRV) would
+    price the re-split above ε.
 
     Returns:
         ``(split, plan)``: the re-split and its plan, or ``(None, plan)`` if unchanged.
     """
-    ps = max(split.ps_fit * (FIT_RESOLUTION_TARGET / resolution) ** 2,
-             min(MIN_PS_SHARE, split.ps_fit))
+    ps = max(split.ps_fit * (target / resolution) ** 2, min(MIN_PS_SHARE, split.ps_fit))
     if not ps < split.ps_fit:
         return None, plan
     resplit = split.model_copy(update={"ps_fit": ps, "psm_stats": split.psm_stats + split.ps_fit - ps})
@@ -263,5 +262,8 @@ def after_describe(*, counts, n_covariates: int, plan: NoisePlan, split, n_nodes
                                  f"{check.message}")
     if split is None:
         return AfterDescribe(check, None, plan)
-    resplit, plan = dp_resplit(split=split, plan=plan, resolution=check.value)
+    # the fit's residual bias falls as 1/r², the table's noise SE as σ_psm: under secure
+    # aggregation σ_psm is √K smaller, so the same bias-to-SE ratio needs r larger by K^¼
+    target = FIT_RESOLUTION_TARGET * (n_nodes ** 0.25 if secure_aggregation else 1.0)
+    resplit, plan = dp_resplit(split=split, plan=plan, resolution=check.value, target=target)
     return AfterDescribe(check, resplit, plan)

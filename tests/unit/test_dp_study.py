@@ -241,7 +241,7 @@ def test_the_flag_names_the_epsilon_that_would_resolve_the_fit():
 
 
 def test_resplit_gives_a_well_resolved_fit_only_what_it_needs_at_the_same_privacy_cost():
-    """Far above the target resolution the fit's share shrinks to what r = 30 needs and the PSM
+    """Far above the target resolution the fit's share shrinks to what the target needs and the PSM
     table gets the rest: same ρ, same describe noise (already released), same ε. Below the
     target, and for a fit already at the floor share, the plan stands."""
     from shared.dp.workflow import FIT_RESOLUTION_TARGET, MIN_PS_SHARE, dp_resplit, fit_resolution
@@ -249,13 +249,13 @@ def test_resplit_gives_a_well_resolved_fit_only_what_it_needs_at_the_same_privac
     split = BudgetSplit()
     plan = plan_study(epsilon=2.0, delta=1e-6, split=split, n_covariates=16, n_outcomes=3)
     kw = {"n_covariates": 16, "n_nodes": 5}
-    r0 = fit_resolution(n_treated=6000, plan=plan, **kw)
+    r0 = fit_resolution(n_treated=12_000, plan=plan, **kw)
     assert r0 > FIT_RESOLUTION_TARGET
     resplit, new = dp_resplit(split=split, plan=plan, resolution=r0)
     assert MIN_PS_SHARE < resplit.ps_fit < split.ps_fit
     assert resplit.describe == split.describe and resplit.balance == split.balance
     assert resplit.ps_fit + resplit.psm_stats == pytest.approx(split.ps_fit + split.psm_stats)
-    assert fit_resolution(n_treated=6000, plan=new, **kw) == pytest.approx(FIT_RESOLUTION_TARGET)
+    assert fit_resolution(n_treated=12_000, plan=new, **kw) == pytest.approx(FIT_RESOLUTION_TARGET)
     assert new.rho == plan.rho and new.sigma("describe") == plan.sigma("describe")
     assert new.epsilon_planned == pytest.approx(plan.epsilon_planned, rel=1e-12)
     assert new.sigma("psm_main") < plan.sigma("psm_main")
@@ -265,6 +265,12 @@ def test_resplit_gives_a_well_resolved_fit_only_what_it_needs_at_the_same_privac
                if r.query in ("ps_fit", "score_hist")) == pytest.approx(MIN_PS_SHARE * plan.rho)
     r_small = fit_resolution(n_treated=1000, plan=plan, **kw)
     assert dp_resplit(split=split, plan=plan, resolution=r_small) == (None, plan)
+    # under secure aggregation the table's noise is √K smaller, so the fit is aimed K^¼ higher
+    from shared.dp.workflow import after_describe
+
+    secure = after_describe(counts=(0.0, 6000.0), plan=plan, split=split, secure_aggregation=True, **kw)
+    assert fit_resolution(n_treated=6000, plan=secure.plan, secure_aggregation=True, **kw) \
+        == pytest.approx(FIT_RESOLUTION_TARGET * 5 ** 0.25)
 
 
 def test_a_simulated_study_re_splits_like_the_flower_study():
