@@ -206,7 +206,7 @@ def fit_resolution_check(*, n_treated: float, n_covariates: int, plan: NoisePlan
     cell at about 1.1k treated, 400 at 11k) 6 of the 7 flagged cells under-covered the CV
     event: coverage 87.5–92.3 % at r = 1.6–13 (93.0 % at r = 1.6, where the table's noise
     dwarfs the bias). Of the 13 cells at r = 16–260 (after :func:`dp_resplit`), 11 covered
-    93.2–96.2 %; 92.2 % at r = 20 and 91.2 % at r = 30 (secure aggregation, ε = 0.5) missed.
+    93.2–96.5 %; 92.2 % at r = 20 and 92.5 % at r = 36 (secure aggregation, ε = 0.5) missed.
     Claims and absence days, less confounded, stayed within 93.2–97.7 % at every r. The
     remedy is more treated, a larger ε, or secure aggregation (√K less noise in every sum).
     """
