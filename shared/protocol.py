@@ -15,6 +15,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.secure_sum import secured
 from shared.study import BudgetSplit, Covariate, Outcome, StudySpec
 
 #: Bumped whenever what a node returns changes meaning (2: DP outcome sums released centred on
@@ -95,7 +96,7 @@ class PrivacyQuery(_Model):
 
     def share(self, release: str) -> int:
         """Over how many nodes' noise a release's σ is split (1: all of it at this node)."""
-        return 1 if self.secure_nodes is None or release == "describe" else self.secure_nodes
+        return self.secure_nodes if self.secure_nodes is not None and secured(release) else 1
 
     def plan(self, *, n_covariates: int, n_outcomes: int):
         from shared.dp.plan import plan_study

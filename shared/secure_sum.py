@@ -37,6 +37,15 @@ NOISE_MARGIN_SD = 8.0
 
 Layout = Sequence[tuple[str, str, tuple[int, ...]]]
 
+#: Releases every node makes in the clear even under secure aggregation: describe's noisy counts
+#: set the scale of the secure sums that follow.
+PLAIN_RELEASES = frozenset({"describe"})
+
+
+def secured(release: str) -> bool:
+    """Whether ``release`` travels as a SecAgg+ sum in a secure-aggregation study."""
+    return release not in PLAIN_RELEASES
+
 
 def pack(answers: Mapping[str, Mapping[str, np.ndarray]], *, scale: float) -> tuple[np.ndarray, list]:
     """One vector of every array of ``answers`` (operations, then keys, sorted), over ``scale``.

@@ -123,6 +123,8 @@ def plan(
 
 
 def _print_plan(console: Console, study, gate, before, treated: int, k: int, stops: bool) -> None:
+    from shared.secure_sum import secured
+
     p = study.privacy
     console.print(f"DP study {study.study.name}: ε = {p.epsilon:g}, δ = {p.delta:g} per node "
                   f"({p.accountant.upper()} accountant), {k} nodes, {treated:,} treated")
@@ -133,7 +135,7 @@ def _print_plan(console: Console, study, gate, before, treated: int, k: int, sto
     for q in dict.fromkeys(r.query for r in gate.plan.releases):
         r = gate.plan.release(q)
         n = sum(1 for x in gate.plan.releases if x.query == q)
-        secure = p.secure_aggregation and q != "describe"
+        secure = p.secure_aggregation and secured(q)
         node = r.sigma / math.sqrt(k) if secure else r.sigma
         t.add_row(q, str(n), f"{r.sensitivity:.3g}", f"{node:.3g}",
                   f"{r.total_sigma(k, secure_aggregation=secure):.3g}")

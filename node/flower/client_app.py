@@ -97,7 +97,7 @@ def _answer_secure_sum(msg: Message, context: Context, runtime: NodeRuntime) -> 
     answers, extra = runtime.answer(query, secure_sum=True)
     vec, layout = pack(answers, scale=query.secure_scale)
     metrics = {"site": runtime.site, "seconds": time.perf_counter() - started,
-               "layout": json.dumps(layout), **{k: v for k, v in extra.items() if k != "dataset"}}
+               "layout": json.dumps(layout), **extra}
     fitres = FitRes(status=Status(code=Code.OK, message=""), parameters=ndarrays_to_parameters([vec]),
                     num_examples=1, metrics=metrics)
     return Message(compat.fitres_to_recorddict(fitres, True), reply_to=msg)

@@ -32,6 +32,7 @@ from shared.dp.mechanisms import release
 from shared.dp.plan import NoisePlan
 from shared.dp.forms import release_arrays
 from shared.dp.sensitivity import RELEASE_KEYS
+from shared.secure_sum import secured
 from shared.dp.workflow import (after_describe, dp_edges, dp_estimate, dp_fitter, dp_grid,
                                 dp_ps_stats, dp_start_beta, dp_table)
 from shared.psm.estimator import AttEstimate, Check
@@ -64,9 +65,10 @@ class DpStudy:
 def _noisy_sum(plan: NoisePlan, query: str, answers: Sequence[dict], rngs,
                secure_aggregation: bool) -> dict[str, np.ndarray]:
     """Each node releases its answer's ``query`` arrays with the plan's σ (σ/√K under secure
-    aggregation, where only the sum is seen); the sum of them."""
+    aggregation for the releases summed securely, where only the sum is seen); their sum."""
     keys = RELEASE_KEYS[query]
-    sigma = plan.sigma(query) / (np.sqrt(len(answers)) if secure_aggregation else 1.0)
+    shared_noise = secure_aggregation and secured(query)
+    sigma = plan.sigma(query) / (np.sqrt(len(answers)) if shared_noise else 1.0)
     noisy = [release(arrays=release_arrays(query, a), sigma=sigma, rng=rng)
              for a, rng in zip(answers, rngs)]
     return {k: sum(n[k] for n in noisy) for k in keys}
@@ -103,10 +105,7 @@ def run_dp_study(*, sites: Sequence[SiteArrays], outcomes: Sequence[Outcome],
     def noisy_sum(query: str, answers: Sequence[dict]) -> dict[str, np.ndarray]:
         return _noisy_sum(plan, query, answers, rngs, secure_aggregation)
 
-    # describe is released by each node in the clear even under SecAgg+ (its counts set the
-    # secure sum's scale), as in the Flower study
-    counts = _noisy_sum(plan, "describe", [cov_moments(z=s.z, t=s.t).to_arrays() for s in sites],
-                        rngs, False)["count"]
+    counts = noisy_sum("describe", [cov_moments(z=s.z, t=s.t).to_arrays() for s in sites])["count"]
     gate = after_describe(counts=counts, n_covariates=d, plan=plan, split=split, n_nodes=k,
                           unresolved_fit=unresolved_fit, **sa)
     plan = gate.plan
