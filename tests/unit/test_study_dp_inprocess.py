@@ -9,6 +9,7 @@ from coordinator.study.assemble import assemble_result
 from coordinator.study.workflow import run_study
 from node.flower.client_app import app as client_app
 from node.ledger import PrivacyLedger
+from shared.dp.workflow import FIT_RESOLUTION_MIN
 from shared.errors import FederationError, UnresolvedFitError
 from shared.study import StudySpec
 from shared.synth import generate_federation, write_federation
@@ -73,7 +74,7 @@ def test_a_noise_limited_dp_study_told_to_go_on_is_warned_about_after_describe(s
     at = lambda text: next(i for i, m in enumerate(said) if text in m)  # noqa: E731
     assert at("round describe") < at("part of the confounding") < at("round ps-fit-1")
     check = next(c for c in run.estimate.diagnostics if c.name == "dp_fit_resolution")
-    assert not check.passed and check.value < 15
+    assert not check.passed and check.value < FIT_RESOLUTION_MIN
     assert any("dp_fit_resolution" in w for w in run.estimate.warnings)
 
 
