@@ -149,11 +149,11 @@ def dp_estimate(*, table: PsmTable, plan: NoisePlan, n_nodes: int, outcomes: Seq
 
 
 #: Treated rows per noise SD of the summed propensity release, per √(d + 1) fitted parameters,
-#: below which the DP fit is noise-limited (see :func:`fit_resolution_check`). Why 20: over
-#: 800–2000 seeds per ε, the CV event at 10k treated without secure aggregation covered 92.3 %
-#: at r = 16 and 92.8 % at r = 19, then 94.0 / 94.6 / 95.0 % at r = 22 / 25 / 31; at 1k
-#: treated and r = 20, 93.5 % (bias 0.47 SE at r = 16, 0.23–0.32 SE at r = 20–22).
-FIT_RESOLUTION_MIN = 20.0
+#: below which the DP fit is noise-limited (see :func:`fit_resolution_check`). Why 22: the CV
+#: event under-covered at every r measured below 21 and covered at every r from 22 (benchmark,
+#: five nodes, 600–2000 seeds per cell): 92.3–92.8 % at r = 16 and 19 (11k treated), 91.1–93.5 %
+#: over four runs at r = 20 (1.1k treated, ε = 8); 94.0–95.1 % at r = 22–36 for both sizes.
+FIT_RESOLUTION_MIN = 22.0
 #: The resolution a re-split aims the fit at when the treated count allows more
 #: (:func:`dp_resplit`), times K^¼ under secure aggregation (:func:`after_describe`). Why 45:
 #: at 30 the 5-node benchmark covered 93.2–96.2 % at 10k treated, but the demo's 8-site
@@ -206,10 +206,10 @@ def fit_resolution_check(*, n_treated: float, n_covariates: int, plan: NoisePlan
     :math:`r = N_T / (\sigma_{fit}\sqrt{p})`. Below :data:`FIT_RESOLUTION_MIN` the score is
     mostly noise, stratifying on it removes only part of the confounding, and the residual is a
     bias the CI does not carry. In the benchmark (16 covariates, five nodes) the CV event
-    under-covered at every r below 20: 87.5–92.3 % at r = 1.6–13 (600 seeds per cell, 1.1k
-    treated; 93.0 % at r = 1.6, where the table's noise dwarfs the bias), 92.3 % at r = 16 and
-    92.8 % at r = 19 (11k treated, 1200 and 800 seeds); from r = 20 it covered 93.5–96.5 %.
-    Claims and absence days, less confounded, stayed within 93.2–97.7 % at every r. The
+    under-covered at every r below 21: 88.7–93.0 % at r = 1.6–13 (1.1k treated, 1000 seeds per
+    cell), 92.3–92.8 % at r = 16 and 19 (11k treated, 600–1200 seeds) and 91.1–93.5 % over four
+    runs at r = 20 (1.1k treated, ε = 8); from r = 22 it covered 94.0–96.5 % at both sizes.
+    Claims and absence days, less confounded, stayed within 93.2–97.0 % at every r. The
     remedy is more treated, a larger ε, or secure aggregation (√K less noise in every sum).
     """
     r = fit_resolution(n_treated=n_treated, n_covariates=n_covariates, plan=plan,
