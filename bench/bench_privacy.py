@@ -43,7 +43,7 @@ from shared.errors import EstimationError  # noqa: E402
 from shared.features import FEATURES, scale  # noqa: E402
 from shared.psm.estimator import estimate_att_pooled  # noqa: E402
 from shared.psm.table import scale_outcomes  # noqa: E402
-from shared.study import BudgetSplit  # noqa: E402
+from shared.study import BudgetSplit, Privacy  # noqa: E402
 from shared.synth import generate_cohort  # noqa: E402
 from shared.synth.outcomes import OUTCOMES  # noqa: E402
 
@@ -78,7 +78,8 @@ def run(args) -> dict:
     outcomes = args.outcomes
     lo, span = np.array([o.lo for o in outcomes]), np.array([o.cap - o.lo for o in outcomes])
     plans = {eps: plan_study(epsilon=eps, delta=DELTA, split=args.split, n_covariates=len(NAMES),
-                             n_outcomes=len(outcomes)) for eps in args.eps}
+                             n_outcomes=len(outcomes), n_ps_rounds=args.ps_rounds)
+             for eps in args.eps}
     modes = ("local", "secagg") if args.secagg else ("local",)
     rows: dict[tuple, list] = defaultdict(list)  # (treated, mode, eps, outcome) -> per-seed tuples
     failures: dict[tuple, int] = defaultdict(int)
@@ -198,6 +199,8 @@ def main(argv=None) -> None:
                    help="also run every study under secure aggregation ([privacy] secure_aggregation)")
     p.add_argument("--split", type=_split, default=BudgetSplit(),
                    help="budget shares describe,ps_fit,psm_stats,balance (default: the study default)")
+    p.add_argument("--ps-rounds", type=int, default=Privacy().ps_rounds,
+                   help="DP Newton rounds of the propensity fit ([privacy] ps_rounds)")
     p.add_argument("--caps", dest="outcomes", type=_caps, default=OUTCOMES,
                    help="other outcome caps, e.g. claims_cost=25000,absence_days=60 (a large-loss "
                         "cap: the truth and both estimators are then of the capped outcome)")

@@ -84,13 +84,17 @@ def caliper_edges(*, beta, sd: float, caliper_sd: float = 0.2) -> np.ndarray:
 
 
 def score_grid(*, beta, n_bins: int = 200) -> np.ndarray:
-    """A fine public grid of ``n_bins`` equal bins over :func:`score_range`, outer edges ±inf."""
+    """A fine public grid of ``n_bins`` equal bins over :func:`score_range`, outer edges ±inf.
+
+    A range narrower than float resolution (slopes of 1e-16) gives fewer, distinct edges, so
+    the grid is always strictly increasing.
+    """
     if n_bins < 1:
         raise DataError("score grid needs at least one bin")
     lo, hi = score_range(beta=beta)
     if not hi > lo:
         return np.array([-np.inf, np.inf])
-    return np.concatenate(([-np.inf], np.linspace(lo, hi, n_bins + 1)[1:-1], [np.inf]))
+    return np.concatenate(([-np.inf], np.unique(np.linspace(lo, hi, n_bins + 1)[1:-1]), [np.inf]))
 
 
 def stratum_index(scores: np.ndarray, edges) -> np.ndarray:

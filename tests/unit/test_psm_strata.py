@@ -58,3 +58,12 @@ def test_quantile_strata_hold_about_equal_treated():
     per = np.bincount(b[s.t == 1], minlength=edges.size - 1) / s.t.sum()
     assert edges.size - 1 == 5
     np.testing.assert_allclose(per, 0.2, atol=0.03)
+
+
+def test_a_score_range_below_float_resolution_still_gives_a_strictly_increasing_grid():
+    """Slopes of 1e-16 (found by the sensitivity property test) made 200 equal bins collapse
+    onto one float: the grid keeps only distinct edges, and every score still lands in a bin."""
+    beta = np.array([1.0, 0.0, 0.0, 0.0, 2.220446049250313e-16])
+    grid = score_grid(beta=beta)
+    assert grid[0] == -np.inf and grid[-1] == np.inf and np.all(np.diff(grid) > 0)
+    assert stratum_index(np.array([1.0, 1.0 + 2e-16]), grid).size == 2
