@@ -23,25 +23,11 @@ from pathlib import Path
 from typing import Mapping
 
 from shared.errors import PrivacyError, QueryRefused, SpecError
-from shared.protocol import DP_RELEASES, PsFit, StudyQuery
+from shared.protocol import DP_RELEASES, StudyQuery
 
 
 class NotInStudy(QueryRefused):
     """The query names sites and this node is not one of them: it declines, computing nothing."""
-
-
-def _round_of(op) -> int | None:
-    """Which planned release of its query an operation's answer is: a DP Newton round must say
-    (rounds carry different noise), everything else has one.
-
-    Raises:
-        QueryRefused: a ps_fit query without its round.
-    """
-    if not isinstance(op, PsFit):
-        return None
-    if op.round is None:
-        raise QueryRefused("a differentially private ps_fit query must name its Newton round")
-    return op.round
 
 
 def _bool(v) -> bool:
@@ -191,12 +177,12 @@ class NodeRuntime:
         plan = self._plan(query)
         rng = secure_rng()
 
-        def release(op, arrays: dict) -> dict:
+        def release(op: str, arrays: dict) -> dict:
             out: dict = {}
-            for name in DP_RELEASES[op.op]:
+            for name in DP_RELEASES[op]:
                 if not plan.has(name):
                     continue
-                planned = plan.release(name, _round_of(op))
+                planned = plan.release(name)
                 noisy, _charge = charged_release(
                     ledger=ledger, dataset=self.dataset, study_id=query.study_id, query=name,
                     arrays=arrays, sigma=planned.sigma, sensitivity=planned.sensitivity, rng=rng,

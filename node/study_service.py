@@ -18,7 +18,7 @@ import numpy as np
 from shared.errors import DataError, QueryRefused
 from shared.features import scale
 from shared.dp.workflow import dp_grid
-from shared.protocol import Describe, Operation, PsFit, PsmStats, ScoreHist, StudyQuery
+from shared.protocol import Describe, PsFit, PsmStats, ScoreHist, StudyQuery
 from shared.psm.propensity import cov_moments, ps_contribution
 from shared.psm.strata import score_histogram
 from shared.psm.table import psm_table, scale_outcomes
@@ -107,17 +107,17 @@ def load_site_arrays(data_path: str | Path, query: StudyQuery, cache_dir: str | 
     return arrays
 
 
-Release = Callable[[Operation, dict[str, np.ndarray]], dict[str, np.ndarray]]
+Release = Callable[[str, dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 
-def _no_noise(op: Operation, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _no_noise(op: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return arrays
 
 
 def answer(query: StudyQuery, data: SiteArrays, release: Release = _no_noise) -> dict[str, dict[str, np.ndarray]]:
     """Compute every operation of ``query`` over ``data``; each answer passes through
     ``release`` (the DP charge-and-noise step when privacy is on) before it is returned."""
-    return {op.op: release(op, exact_answer(op, query, data)) for op in query.ops}
+    return {op.op: release(op.op, exact_answer(op, query, data)) for op in query.ops}
 
 
 def exact_answer(op, query: StudyQuery, data: SiteArrays) -> dict[str, np.ndarray]:

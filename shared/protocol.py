@@ -19,11 +19,10 @@ from shared.secure_sum import secured
 from shared.study import BudgetSplit, Covariate, Outcome, StudySpec
 
 #: Bumped whenever what a node returns changes meaning (2: DP outcome sums released centred on
-#: 1/2, shared.dp.forms; 3: releases over SecAgg+ carry a node's share of the noise; 4: DP
-#: Newton rounds carry unequal noise, named by PsFit.round): a node
+#: 1/2, shared.dp.forms; 3: releases over SecAgg+ carry a node's share of the noise): a node
 #: and a coordinator of different versions refuse each other instead of mis-reading the sums; a
 #: node's cached noise plans are keyed by it too.
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 3
 STUDY_MESSAGE_TYPE = "query.study"
 REQUEST_KEY = "request"  # ConfigRecord holding the request JSON
 META_KEY = "meta"  # ConfigRecord of the reply: site, rows, timings
@@ -42,13 +41,10 @@ class Describe(_Model):
 
 
 class PsFit(_Model):
-    """Gradient, Hessian and log-likelihood of the propensity model at ``beta``; under DP,
-    ``round`` names the Newton round, whose planned σ the node adds (rounds differ:
-    :func:`shared.dp.plan.ps_round_weights`)."""
+    """Gradient, Hessian and log-likelihood of the propensity model at ``beta``."""
 
     op: Literal["ps_fit"] = "ps_fit"
     beta: tuple[float, ...]
-    round: int | None = Field(default=None, ge=0)
 
 
 class PsmStats(_Model):
@@ -114,7 +110,7 @@ class PrivacyQuery(_Model):
 class StudyQuery(_Model):
     """What a node needs to answer: the study's columns and bounds, never code."""
 
-    protocol: Literal[4] = PROTOCOL_VERSION
+    protocol: Literal[3] = PROTOCOL_VERSION
     study_id: str = Field(min_length=8, max_length=128)
     treatment_column: str
     covariates: tuple[Covariate, ...] = Field(min_length=1)

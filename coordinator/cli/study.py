@@ -130,14 +130,15 @@ def _print_plan(console: Console, study, gate, before, treated: int, k: int, sto
                   f"({p.accountant.upper()} accountant), {k} nodes, {treated:,} treated")
     t = Table(title="Noise per release (the noise each node adds, and what the summed release "
                     "carries)" + (": SecAgg+ after describe" if p.secure_aggregation else ""))
-    for col in ("release", "Δ₂", "σ per node", "σ of the sum"):
+    for col in ("release", "rounds", "Δ₂", "σ per node", "σ of the sum"):
         t.add_column(col, justify="left" if col == "release" else "right")
-    for r in gate.plan.releases:
-        n = sum(1 for x in gate.plan.releases if x.query == r.query)
-        secure = p.secure_aggregation and secured(r.query)
+    for q in dict.fromkeys(r.query for r in gate.plan.releases):
+        r = gate.plan.release(q)
+        n = sum(1 for x in gate.plan.releases if x.query == q)
+        secure = p.secure_aggregation and secured(q)
         node = r.sigma / math.sqrt(k) if secure else r.sigma
-        t.add_row(r.query + (f" {r.index + 1}/{n}" if n > 1 else ""), f"{r.sensitivity:.3g}",
-                  f"{node:.3g}", f"{r.total_sigma(k, secure_aggregation=secure):.3g}")
+        t.add_row(q, str(n), f"{r.sensitivity:.3g}", f"{node:.3g}",
+                  f"{r.total_sigma(k, secure_aggregation=secure):.3g}")
     console.print(t)
     if gate.resplit is not None:
         s = gate.resplit

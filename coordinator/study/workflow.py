@@ -227,11 +227,10 @@ def _run_private(spec: StudySpec, rounds: _Rounds, run: StudyRun) -> None:
                        beta0=dp_start_beta(counts=counts, n_covariates=d))
     run.fitter = fitter
     for r in range(plan.n_ps_rounds):
-        answers = rounds.ask((PsFit(beta=tuple(float(b) for b in fitter.beta), round=r),),
-                             f"ps-fit-{r + 1}")
+        answers = rounds.ask((PsFit(beta=tuple(float(b) for b in fitter.beta)),), f"ps-fit-{r + 1}")
         fitter.update(dp_ps_stats(g=rounds.total(answers, "ps_fit", "g"),
                                   H=rounds.total(answers, "ps_fit", "H"), plan=plan,
-                                  n_nodes=nodes(answers), index=r, **sa))
+                                  n_nodes=nodes(answers), **sa))
     beta = tuple(float(b) for b in fitter.beta)
     answers = rounds.ask((ScoreHist(beta=beta),), "score-hist")
     edges = dp_edges(beta=fitter.beta, hist=rounds.total(answers, "score_hist", "count"), plan=plan,

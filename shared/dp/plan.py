@@ -14,22 +14,12 @@ curve :math:`\alpha\rho` composes by adding :math:`\rho` (Bun & Steinke 2016). T
 share                  releases (each its own Gaussian mechanism)
 =====================  =========================================================================
 ``describe``           ``describe``: per-arm counts
-``ps_fit``             R ``ps_fit`` rounds (g, H), together :math:`R\rho_{ps}/(R + 1)` split
-                       1 : … : 1 : R − 1 (:func:`ps_round_weights`), and one ``score_hist``
-                       (the quantile-strata histogram), :math:`\rho_{ps}/(R + 1)`
+``ps_fit``             R ``ps_fit`` rounds (g, H) and one ``score_hist`` (the quantile-strata
+                       histogram), each :math:`\rho_{ps}/(R + 1)`
 ``psm_stats``          ``psm_main``: counts and Σ(y − ½) per stratum × arm, 85 %; ``psm_sumsq``:
                        Σ(y − ½)², 15 % (:data:`SUMSQ_SHARE`)
 ``balance``            ``psm_balance``: Σz, Σz² per stratum × arm (0 = not released)
 =====================  =========================================================================
-
-**Why the last Newton round gets half.** Near the optimum a Newton step lands at the
-maximiser plus :math:`H^{-1}` times that round's noise; earlier rounds' noise only moves the
-point the next step starts from, and Newton's contraction removes most of it. So the fitted β
-is about as precise as its last round, and giving that round half the rounds' budget instead of
-a quarter (R = 4) makes the fit √2 more precise at the same ε. In the benchmark (1.1k treated,
-five nodes, 1000 seeds) the CV-event CI then covered 93.6–94.0 % at ε = 8 instead of 91.1 %,
-with CIs as wide; cutting R to 2 instead (equal rounds) covered only 92.7 %: two steps from
-the intercept-only start do not converge.
 
 Outcome sums are released centred on ½ (:mod:`shared.dp.forms`). Σ(y − ½)² only feeds the
 sampling variance, while the counts and Σ(y − ½) carry the ATT. Two releases with shares in the
@@ -61,8 +51,7 @@ from shared.dp.sensitivity import (count_sensitivity, ps_fit_sensitivity, psm_ba
                                    psm_main_sensitivity, psm_sumsq_sensitivity)
 from shared.errors import PrivacyError
 
-__all__ = ["DEFAULT_PS_ROUNDS", "NoisePlan", "PlannedRelease", "SUMSQ_SHARE", "plan_study",
-           "ps_round_weights"]
+__all__ = ["DEFAULT_PS_ROUNDS", "NoisePlan", "PlannedRelease", "SUMSQ_SHARE", "plan_study"]
 
 #: Newton rounds of the propensity fit under DP (fixed, so the plan can be set in advance).
 DEFAULT_PS_ROUNDS = 4
@@ -113,25 +102,22 @@ class NoisePlan:
     releases: tuple[PlannedRelease, ...]
     epsilon_planned: float
 
-    def release(self, query: str, index: int | None = None) -> PlannedRelease:
-        """The planned release ``index`` of ``query``; None: its last (for ``ps_fit`` the final
-        Newton round, whose noise sets the fit's precision; other queries have one release).
+    def release(self, query: str) -> PlannedRelease:
+        """The first planned release of ``query`` (all ps_fit rounds have equal noise).
 
         Raises:
-            PrivacyError: the plan has no such release (e.g. balance share 0, or a ps_fit round
-                beyond R).
+            PrivacyError: the plan has no such release (e.g. balance share 0).
         """
-        found = [r for r in self.releases if r.query == query and index in (None, r.index)]
-        if not found:
-            which = repr(query) if index is None else f"{query!r} round {index}"
-            raise PrivacyError(f"the study's noise plan has no {which} release")
-        return found[-1]
+        for r in self.releases:
+            if r.query == query:
+                return r
+        raise PrivacyError(f"the study's noise plan has no {query!r} release")
 
     def has(self, query: str) -> bool:
         return any(r.query == query for r in self.releases)
 
-    def sigma(self, query: str, index: int | None = None) -> float:
-        return self.release(query, index).sigma
+    def sigma(self, query: str) -> float:
+        return self.release(query).sigma
 
     def epsilon_for_sigma(self, query: str, sigma: float) -> float:
         """The study ε at which ``query`` would carry noise ``sigma`` per node, with the same
@@ -186,19 +172,11 @@ class NoisePlan:
                    epsilon_planned=float(d["epsilon_planned"]))
 
 
-def ps_round_weights(n_ps_rounds: int) -> tuple[float, ...]:
-    """Shares of the Newton rounds' budget: 1 : … : 1 : R − 1, so the last round, which sets the
-    fit's precision, gets half (all of it when R = 1; see the module docstring)."""
-    w = [1.0] * (n_ps_rounds - 1) + [max(n_ps_rounds - 1, 1)]
-    return tuple(x / sum(w) for x in w)
-
-
 def _release_shares(split, n_ps_rounds: int) -> list[tuple[str, int, float]]:
     """(query, index, share of ρ) for every release with a positive share."""
     ps_each = split.ps_fit / (n_ps_rounds + 1)
-    rounds = ps_each * n_ps_rounds
     out = [("describe", 0, split.describe)]
-    out += [("ps_fit", i, rounds * w) for i, w in enumerate(ps_round_weights(n_ps_rounds))]
+    out += [("ps_fit", i, ps_each) for i in range(n_ps_rounds)]
     out += [("score_hist", 0, ps_each), ("psm_main", 0, split.psm_stats * (1.0 - SUMSQ_SHARE)),
             ("psm_sumsq", 0, split.psm_stats * SUMSQ_SHARE), ("psm_balance", 0, split.balance)]
     return [r for r in out if r[2] > 0]

@@ -63,12 +63,12 @@ class DpStudy:
 
 
 def _noisy_sum(plan: NoisePlan, query: str, answers: Sequence[dict], rngs,
-               secure_aggregation: bool, index: int | None = None) -> dict[str, np.ndarray]:
+               secure_aggregation: bool) -> dict[str, np.ndarray]:
     """Each node releases its answer's ``query`` arrays with the plan's σ (σ/√K under secure
     aggregation for the releases summed securely, where only the sum is seen); their sum."""
     keys = RELEASE_KEYS[query]
     shared_noise = secure_aggregation and secured(query)
-    sigma = plan.sigma(query, index) / (np.sqrt(len(answers)) if shared_noise else 1.0)
+    sigma = plan.sigma(query) / (np.sqrt(len(answers)) if shared_noise else 1.0)
     noisy = [release(arrays=release_arrays(query, a), sigma=sigma, rng=rng)
              for a, rng in zip(answers, rngs)]
     return {k: sum(n[k] for n in noisy) for k in keys}
@@ -102,8 +102,8 @@ def run_dp_study(*, sites: Sequence[SiteArrays], outcomes: Sequence[Outcome],
     k, d = len(sites), sites[0].z.shape[1]
     sa = {"secure_aggregation": secure_aggregation}
 
-    def noisy_sum(query: str, answers: Sequence[dict], index: int | None = None) -> dict[str, np.ndarray]:
-        return _noisy_sum(plan, query, answers, rngs, secure_aggregation, index)
+    def noisy_sum(query: str, answers: Sequence[dict]) -> dict[str, np.ndarray]:
+        return _noisy_sum(plan, query, answers, rngs, secure_aggregation)
 
     counts = noisy_sum("describe", [cov_moments(z=s.z, t=s.t).to_arrays() for s in sites])["count"]
     gate = after_describe(counts=counts, n_covariates=d, plan=plan, split=split, n_nodes=k,
@@ -111,10 +111,10 @@ def run_dp_study(*, sites: Sequence[SiteArrays], outcomes: Sequence[Outcome],
     plan = gate.plan
     fitter = dp_fitter(plan=plan, n_covariates=d, ridge=ridge,
                        beta0=dp_start_beta(counts=counts, n_covariates=d))
-    for i in range(plan.n_ps_rounds):
+    for _ in range(plan.n_ps_rounds):
         answers = [ps_contribution(z=s.z, t=s.t, beta=fitter.beta).to_arrays() for s in sites]
-        total = noisy_sum("ps_fit", answers, i)
-        fitter.update(dp_ps_stats(g=total["g"], H=total["H"], plan=plan, n_nodes=k, index=i, **sa))
+        total = noisy_sum("ps_fit", answers)
+        fitter.update(dp_ps_stats(g=total["g"], H=total["H"], plan=plan, n_nodes=k, **sa))
     beta = fitter.beta.copy()
     grid = dp_grid(beta=beta)
     hist = noisy_sum("score_hist", [{"count": score_histogram(z=s.z, t=s.t, beta=beta, grid=grid)}

@@ -5,7 +5,7 @@ these, in this order::
 
     plan = plan_study(...)                                    # public, same on every node
     describe   -> counts (2,) summed      -> after_describe (go on? plan for the rest); dp_start_beta
-    ps_fit x R -> g, H summed             -> dp_ps_stats(index=round) -> fitter.update (dp_fitter)
+    ps_fit x R -> g, H summed             -> dp_ps_stats -> fitter.update   (fitter = dp_fitter)
     score_hist at the final β on dp_grid  -> dp_edges
     psm_main, psm_sumsq (+ psm_balance) at β, edges -> dp_table -> dp_estimate
 
@@ -62,8 +62,7 @@ def dp_fitter(*, plan: NoisePlan, n_covariates: int, ridge: float,
                             max_iter=plan.n_ps_rounds + 1, beta0=beta0, line_search=False)
 
 
-def dp_ps_stats(*, g, H, plan: NoisePlan, n_nodes: int, index: int,
-                secure_aggregation: bool = False) -> PsStats:
+def dp_ps_stats(*, g, H, plan: NoisePlan, n_nodes: int, secure_aggregation: bool = False) -> PsStats:
     r"""Summed noisy centred (g, H) as :class:`PsStats` in the fitter's basis, H made symmetric
     positive definite.
 
@@ -73,7 +72,7 @@ def dp_ps_stats(*, g, H, plan: NoisePlan, n_nodes: int, index: int,
     ridge instead of inverted.
     """
     g = np.asarray(g, dtype=float).reshape(-1)
-    sigma = plan.release("ps_fit", index).total_sigma(n_nodes, secure_aggregation=secure_aggregation)
+    sigma = plan.release("ps_fit").total_sigma(n_nodes, secure_aggregation=secure_aggregation)
     floor = math.sqrt(2.0 * g.size) * sigma
     g, H = ps_from_release(g=g, H=project_psd(np.asarray(H, dtype=float), floor=floor))
     return PsStats(n=0, g=g, H=H, loglik=0.0)

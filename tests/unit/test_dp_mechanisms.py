@@ -127,26 +127,6 @@ def test_plan_shares_are_rho_shares():
     assert plan.sigma("psm_sumsq") == pytest.approx(np.sqrt(3) / 4 * plan.release("psm_sumsq").noise_multiplier)
 
 
-@pytest.mark.parametrize("rounds", [1, 2, 4, 6])
-def test_the_last_newton_round_gets_half_of_the_rounds_budget(rounds):
-    """Its noise sets the fit's precision: at R = 4 its σ is 1/√2 of an equal split's, the
-    earlier rounds' √(3/2) larger, the rounds' total ρ and the study's ε unchanged."""
-    plan = plan_study(epsilon=1.0, delta=1e-6, split=BudgetSplit(), n_covariates=16, n_outcomes=3,
-                      n_ps_rounds=rounds)
-    rho = [1.0 / (2 * plan.release("ps_fit", i).noise_multiplier**2) for i in range(rounds)]
-    hist = 1.0 / (2 * plan.release("score_hist").noise_multiplier**2)
-    assert sum(rho) == pytest.approx(rounds * hist)  # the rounds keep R/(R + 1) of the share
-    assert rho[-1] == pytest.approx(sum(rho) / (2 if rounds > 1 else 1))
-    assert all(r == pytest.approx(rho[0]) for r in rho[:-1])
-    assert plan.release("ps_fit") == plan.release("ps_fit", rounds - 1)  # None: the last round
-    if rounds == 4:
-        mu = lambda q, i=None: plan.release(q, i).noise_multiplier  # noqa: E731
-        assert mu("ps_fit", 3) == pytest.approx(mu("score_hist") / math.sqrt(2))  # an equal round's / √2
-        assert plan.sigma("ps_fit", 0) == pytest.approx(plan.sigma("ps_fit", 3) * math.sqrt(3))
-    with pytest.raises(PrivacyError, match=f"'ps_fit' round {rounds}"):
-        plan.release("ps_fit", rounds)
-
-
 def test_plan_without_balance_share_has_no_balance_release_and_refuses_missing_rounds():
     plan = plan_study(epsilon=1.0, delta=1e-6, split=BudgetSplit(describe=0.05, ps_fit=0.15,
                       psm_stats=0.8, balance=0.0), n_covariates=4, n_outcomes=1)

@@ -249,13 +249,13 @@ def test_resplit_gives_a_well_resolved_fit_only_what_it_needs_at_the_same_privac
     split = BudgetSplit()
     plan = plan_study(epsilon=2.0, delta=1e-6, split=split, n_covariates=16, n_outcomes=3)
     kw = {"n_covariates": 16, "n_nodes": 5}
-    r0 = fit_resolution(n_treated=8_000, plan=plan, **kw)
+    r0 = fit_resolution(n_treated=12_000, plan=plan, **kw)
     assert r0 > FIT_RESOLUTION_TARGET
     resplit, new = dp_resplit(split=split, plan=plan, resolution=r0)
     assert MIN_PS_SHARE < resplit.ps_fit < split.ps_fit
     assert resplit.describe == split.describe and resplit.balance == split.balance
     assert resplit.ps_fit + resplit.psm_stats == pytest.approx(split.ps_fit + split.psm_stats)
-    assert fit_resolution(n_treated=8_000, plan=new, **kw) == pytest.approx(FIT_RESOLUTION_TARGET)
+    assert fit_resolution(n_treated=12_000, plan=new, **kw) == pytest.approx(FIT_RESOLUTION_TARGET)
     assert new.rho == plan.rho and new.sigma("describe") == plan.sigma("describe")
     assert new.epsilon_planned == pytest.approx(plan.epsilon_planned, rel=1e-12)
     assert new.sigma("psm_main") < plan.sigma("psm_main")

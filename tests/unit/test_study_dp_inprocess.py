@@ -10,7 +10,7 @@ from coordinator.study.workflow import run_study
 from node.flower.client_app import app as client_app
 from node.ledger import PrivacyLedger
 from shared.dp.workflow import FIT_RESOLUTION_MIN
-from shared.errors import FederationError, PrivacyError, QueryRefused, UnresolvedFitError
+from shared.errors import FederationError, UnresolvedFitError
 from shared.study import StudySpec
 from shared.synth import generate_federation, write_federation
 
@@ -121,30 +121,6 @@ def test_node_caches_the_plan_it_derived(spec, tmp_path):
                                                    n_outcomes=len(q.outcomes))
 
 
-def test_a_dp_newton_round_is_released_with_its_own_noise_and_must_be_named(spec, tmp_path):
-    """Rounds carry different σ, so a node answers a DP ps_fit only for a named round, charges
-    that round's σ, and refuses a round the plan does not have."""
-    from node.runtime import NodeRuntime
-    from shared.protocol import PsFit, StudyQuery
-
-    dp_spec = _with_privacy(spec, epsilon=2.0)
-    site = spec.sites[0]
-    rt = NodeRuntime.from_node_config({"site": site.name, "data-path": site.data,
-                                       "state-dir": str(tmp_path), "budget-epsilon": 10.0})
-    beta = (0.0,) * (len(spec.covariates) + 1)
-    ask = lambda **kw: rt.answer(StudyQuery.for_spec(dp_spec, (PsFit(beta=beta, **kw),)))  # noqa: E731
-    with pytest.raises(QueryRefused, match="must name its Newton round"):
-        ask()
-    ask(round=0)
-    ask(round=3)
-    with pytest.raises(PrivacyError, match="'ps_fit' round 4"):
-        ask(round=4)
-    plan = rt._plan(StudyQuery.for_spec(dp_spec, (PsFit(beta=beta, round=0),)))
-    charged = [h.sigma for h in rt.ledger().history(rt.dataset)]
-    assert charged == pytest.approx([plan.sigma("ps_fit", 0), plan.sigma("ps_fit", 3)])
-    assert charged[0] == pytest.approx(charged[1] * 3 ** 0.5)
-
-
 def test_a_query_of_another_protocol_version_is_refused(spec):
     """A node of another version must not mis-read a query (or its replies be mis-read): the
     release forms changed with protocol 2 (centred DP outcome sums)."""
@@ -187,11 +163,9 @@ def test_nodes_follow_the_re_split_and_their_ledgers_stay_within_the_study_epsil
     assert run.plan.sigma("psm_main") < base.sigma("psm_main")
     for s in spec.sites:
         ledger = PrivacyLedger(f"sqlite:///{tmp_path / s.name / 'ledger.db'}")
-        history = ledger.history(s.name)
-        sigma = {h.query: h.sigma for h in history}
+        sigma = {h.query: h.sigma for h in ledger.history(s.name)}
         assert sigma["describe"] == pytest.approx(base.sigma("describe"))
-        assert [h.sigma for h in history if h.query == "ps_fit"] == pytest.approx(
-            [run.plan.sigma("ps_fit", i) for i in range(p.ps_rounds)])  # round by round
+        assert sigma["ps_fit"] == pytest.approx(run.plan.sigma("ps_fit"))
         assert sigma["psm_main"] == pytest.approx(run.plan.sigma("psm_main"))
         assert ledger.spent(s.name) <= 8.0 + 1e-9
     result = assemble_result(run, dropped={}, started_at="a", finished_at="b", total_s=1.0)
