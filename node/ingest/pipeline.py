@@ -2,9 +2,9 @@
 stored, or quarantined with its reason — and the three counts add up to the rows read.
 
 Each chunk commits in one transaction together with its quarantine rows and the file's
-progress (``ingested_files.rows_done``), so a crash loses nothing and a re-run resumes after
-the last committed chunk. A file whose SHA-256 was fully ingested before is not read again.
-One writer thread stores chunk k while the caller's thread validates chunk k+1.
+progress (``ingested_files.rows_done``), so a crash never leaves part of a chunk and a re-run
+resumes after the last chunk that survived (what survives a power loss: ``node.store.engine``). A file whose SHA-256 was fully ingested before is not read again.
+One writer thread commits chunk k while the caller's thread validates chunk k+1.
 """
 
 from __future__ import annotations
@@ -12,13 +12,15 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from operator import itemgetter
 from dataclasses import asdict, dataclass, field
+from itertools import repeat
 from pathlib import Path
 from typing import Iterator, Mapping
 
+import numpy as np
 import pandas as pd
 from sqlalchemy import Connection, insert, select, update
 
@@ -61,6 +63,16 @@ class _Job:
     status: str
 
 
+@dataclass(frozen=True)
+class _Batch:
+    """A validated chunk ready for the writer: ``columns`` holds the valid rows' columns as
+    Python lists (see :func:`_column_lists`); ``last_row`` is the chunk's last data row."""
+
+    result: ChunkResult
+    columns: list[list]
+    last_row: int
+
+
 def ingest_file(store: Store, path: str | Path, *, kind: str, pseudonymize: Pseudonymize,
                 site_id: str, mapping: Mapping[str, str] | None = None,
                 chunk_rows: int = DEFAULT_CHUNK_ROWS) -> IngestSummary:
@@ -100,17 +112,21 @@ def ingest_file(store: Store, path: str | Path, *, kind: str, pseudonymize: Pseu
         log.info("resuming %s after data row %d", path.name, job.rows_done)
     chunks = _pending_chunks(path, columns, spec, chunk_rows=chunk_rows, rows_done=job.rows_done)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-writer") as writer:
-        # Validate chunk k+1 while chunk k is written: SQLite releases the GIL while it
-        # works, so the two overlap. At most two chunks are in memory.
+        # Validate chunk k+1 while chunk k commits, which SQLite does without the GIL. Not
+        # while chunk k's rows are inserted: the driver takes the GIL back for every row, so
+        # the two threads would hand it over row by row, each far slower than alone.
+        # At most two chunks are in memory.
         writing: Future | None = None
         for chunk, first_row, last_row in chunks:
             result = validate_chunk(chunk, spec, first_row=first_row, site_id=site_id,
                                     pseudonymize=pseudonymize)
             del chunk
+            batch = _Batch(result, _column_lists(result.rows), last_row)
             if writing is not None:
                 writing.result()  # re-raises a failed write before anything else is queued
-            writing = writer.submit(_write_chunk, store, spec, job, result, path.name,
-                                    last_row=last_row)
+            staged = threading.Event()
+            writing = writer.submit(_write_chunk, store, spec, job, batch, path.name, staged)
+            staged.wait()
         if writing is not None:
             writing.result()
     with store.engine.begin() as conn:
@@ -136,11 +152,27 @@ def _pending_chunks(path: Path, columns: Mapping[str, str], spec: KindSpec, *, c
         yield chunk, first_row, next_row - 1
 
 
-def _write_chunk(store: Store, spec: KindSpec, job: _Job, result: ChunkResult, file_name: str,
-                 *, last_row: int) -> None:
-    with store.engine.begin() as conn:
-        _commit_chunk(conn, spec, job, result, file_name, last_row=last_row)
-    job.rows_done = last_row
+def _write_chunk(store: Store, spec: KindSpec, job: _Job, batch: _Batch, file_name: str,
+                 staged: threading.Event) -> None:
+    """Store ``batch`` in one transaction; ``staged`` is set once only the commit is left."""
+    try:
+        with store.engine.begin() as conn:
+            _commit_chunk(conn, spec, job, batch, file_name)
+            staged.set()
+    finally:
+        staged.set()  # a failed write must not leave the caller waiting
+    job.rows_done = batch.last_row
+
+
+def _column_lists(rows: pd.DataFrame) -> list[list]:
+    """``rows``' columns as Python lists for the DBAPI, in pseudonym order (key-ordered
+    inserts keep B-tree writes local). Built on the caller's thread, off the writer's path;
+    the writer zips them into one row tuple at a time."""
+    order = np.argsort(rows["pseudonym"].to_numpy(dtype=str), kind="stable")
+    lists = {c: rows[c].to_numpy()[order].tolist() for c in rows.columns}
+    if "extras" in lists:
+        lists["extras"] = [_db_value(v) for v in lists["extras"]]
+    return list(lists.values())
 
 
 def _now() -> dt.datetime:
@@ -166,28 +198,23 @@ def _db_value(v):
     return v
 
 
-def _commit_chunk(conn: Connection, spec: KindSpec, job: _Job, result: ChunkResult,
-                  file_name: str, *, last_row: int) -> None:
-    rows = result.rows
+def _commit_chunk(conn: Connection, spec: KindSpec, job: _Job, batch: _Batch,
+                  file_name: str) -> None:
+    rows = batch.result.rows
     cols = list(rows.columns) + ["ingest_id"]
-    data = [rows[c].tolist() for c in rows.columns] + [[job.id] * len(rows)]
+    data = [*batch.columns, repeat(job.id)]  # zip stops at the shortest: the real columns
     if "recorded_at" in spec.table.c:  # the trajectory log notes where an event came from
         cols += ["source", "recorded_at"]
-        data += [["file"] * len(rows), [_now().isoformat(sep=" ")] * len(rows)]
-    if spec.extras:
-        i = cols.index("extras")
-        data[i] = [_db_value(v) for v in data[i]]
-    tuples = list(zip(*data))
-    tuples.sort(key=itemgetter(0))  # by pseudonym: key-ordered inserts keep B-tree writes local
-    inserted = insert_ignore(conn, spec.table, cols, tuples)
-    problems, already = result.problems, 0
+        data += [repeat("file"), repeat(_now().isoformat(sep=" "))]
+    inserted = insert_ignore(conn, spec.table, cols, zip(*data))
+    problems, already = batch.result.problems, 0
     if inserted < len(rows):
         dups, already = _classify_skipped(conn, spec, job.id, rows, inserted)
         problems = pd.concat([problems, dups], ignore_index=True)
     write_problems(conn, problems, ingest_id=job.id, file=file_name, kind=spec.kind)
     f = ingested_files
     conn.execute(update(f).where(f.c.id == job.id).values(
-        rows_done=last_row, loaded=f.c.loaded + inserted,
+        rows_done=batch.last_row, loaded=f.c.loaded + inserted,
         already_present=f.c.already_present + already,
         quarantined=f.c.quarantined + len(problems)))
 

@@ -205,7 +205,7 @@ def _extra_columns(df: pd.DataFrame, spec: KindSpec) -> list[str]:
 def _flag_duplicates(values: dict[str, np.ndarray], spec: KindSpec, flags: _Flags,
                      first_row: int) -> None:
     ok = flags.ok
-    keys = pd.DataFrame({k: values[k] for k in spec.key})[ok]
+    keys = _frame({k: values[k] for k in spec.key})[ok]
     dup = keys.duplicated(keep="first")
     if not dup.any():
         return
@@ -227,9 +227,19 @@ def duplicate_flag(spec: KindSpec) -> tuple[str, str]:
 
 
 def _iso(d: np.ndarray) -> np.ndarray:
-    out = np.datetime_as_string(d, unit="D").astype(object)
+    """ISO text of ``datetime64[D]`` dates (None for NaT); a chunk holds few distinct days,
+    so each is formatted once."""
+    days, inverse = np.unique(d, return_inverse=True)
+    out = np.datetime_as_string(days, unit="D").astype(object)[inverse]
     out[np.isnat(d)] = None
     return out
+
+
+def _frame(columns: dict[str, np.ndarray]) -> pd.DataFrame:
+    """A frame that keeps object columns as Python objects: pandas would otherwise copy
+    every text column into Arrow strings (and the store writer would copy them back)."""
+    return pd.DataFrame({k: pd.Series(v, dtype=object) if v.dtype == object else v
+                         for k, v in columns.items()})
 
 
 def _stored_rows(values: dict[str, np.ndarray], spec: KindSpec, ok: np.ndarray, site_id: str,
@@ -254,7 +264,4 @@ def _stored_rows(values: dict[str, np.ndarray], spec: KindSpec, ok: np.ndarray, 
         extras = pd.DataFrame({name: values[name][ok] for name in extra_names})
         out["extras"] = np.array(extras.to_dict("records"), dtype=object) if extra_names else \
             np.array([{}] * int(ok.sum()), dtype=object)
-    # object Series: pandas would otherwise copy every text column into Arrow strings and
-    # the store writer would copy them back into Python strings
-    return pd.DataFrame({k: pd.Series(v, dtype=object) if v.dtype == object else v
-                         for k, v in out.items()})
+    return _frame(out)

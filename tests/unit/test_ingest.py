@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from sqlalchemy import select
 
-from node.ingest import ingest_file
+from node.ingest import ingest_file, pipeline
 from node.ingest.validate import (BAD_DATE, BAD_ID, DATE_ORDER, DUPLICATE_ID, DUPLICATE_RECORD,
                                   MISSING, OUT_OF_BOUNDS, UNKNOWN_CHANNEL, UNKNOWN_CODE,
                                   WRONG_TYPE)
@@ -230,6 +230,28 @@ def test_interrupted_ingest_resumes_without_losing_or_repeating_rows(store_url, 
     assert (s.rows, s.loaded, s.quarantined, s.already_present) == (10, 8, 2, 0)
     assert _quarantined(store) == {3: ("age", WRONG_TYPE), 9: ("person_id", DUPLICATE_ID)}
     assert store.counts()["persons"] == 8
+
+
+def test_a_failed_chunk_write_raises_and_keeps_earlier_chunks(store_url, tmp_path, valid_person,
+                                                              pseudo, monkeypatch):
+    path = _write([valid_person(f"P-{i}") for i in range(9)], tmp_path / "persons", "csv")
+    store = open_store(store_url)
+    real, calls = pipeline.insert_ignore, {"n": 0}
+
+    def failing(*args):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("disk full")
+        return real(*args)
+
+    monkeypatch.setattr(pipeline, "insert_ignore", failing)
+    with pytest.raises(RuntimeError, match="disk full"):  # raised, not waited on forever
+        ingest_file(store, path, kind="persons", pseudonymize=pseudo.many, site_id=SITE,
+                    chunk_rows=3)
+    assert store.counts()["persons"] == 3  # the first chunk only: the second rolled back
+    monkeypatch.setattr(pipeline, "insert_ignore", real)
+    s = ingest_file(store, path, kind="persons", pseudonymize=pseudo.many, site_id=SITE)
+    assert (s.rows, s.loaded, s.quarantined, s.already_present) == (9, 9, 0, 0)
 
 
 def test_blank_lines_are_quarantined_not_skipped(store_url, tmp_path, valid_person, pseudo):

@@ -5,6 +5,7 @@ import pytest
 from sqlalchemy import insert, inspect, select
 
 from node.store import insert_ignore, open_store
+from node.store.engine import SQLITE_PAGE_SIZE
 from node.store.models import cohort, interventions, persons
 from shared.errors import DataError, SpecError
 from shared.features import FEATURE_NAMES, FEATURES
@@ -38,6 +39,24 @@ def test_insert_ignore_counts_only_new_rows_and_round_trips_dates(store_url):
         got = conn.execute(select(persons.c.pseudonym, persons.c.index_date)
                            .order_by(persons.c.pseudonym)).all()
     assert [(p, d) for p, d in got] == [(p, dt.date(2024, 1, 1)) for p in ("p1", "p2", "p3")]
+
+
+def test_insert_ignore_takes_a_one_shot_generator_and_an_empty_one(store_url):
+    store = open_store(store_url)
+    cols = list(_person_row("x"))
+    with store.engine.begin() as conn:
+        assert insert_ignore(conn, persons, cols, iter(())) == 0
+        assert insert_ignore(conn, persons, cols,
+                             (tuple(_person_row(p).values()) for p in ("p1", "p2", "p1"))) == 2
+    assert store.counts()["persons"] == 2
+
+
+def test_new_sqlite_store_uses_wal_and_large_pages(tmp_path):
+    store = open_store(f"sqlite:///{tmp_path / 'n.db'}")
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+        assert conn.exec_driver_sql("PRAGMA page_size").scalar() == SQLITE_PAGE_SIZE
 
 
 def test_insert_ignore_never_swallows_a_not_null_violation(store_url):
