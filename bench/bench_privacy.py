@@ -14,10 +14,13 @@ It prints, per setting and outcome: bias (outcome units and in SEs), coverage of
 (capped, sample) ATT by the 95 % CI, the DP CI width relative to the non-private one, and the
 privacy share of the DP CI width. Every study runs to its estimate (``unresolved_fit = "warn"``),
 so coverage measures the statistics everywhere; "stopped" counts the studies the default
-(``"stop"``) would end after describe, and "issued cov." is the coverage of the CIs it issues. Coverage is over all seeds of that size (200 each by default:
-a perfectly calibrated 95 % CI then lands in 93–97 % with probability 0.85, so use 400 or more
-to judge a single cell). Noise here comes from seeded generators so runs are reproducible;
-nodes use ``secure_rng``.
+(``"stop"``) would end after describe, and "issued cov." is the coverage of the CIs it
+issues. Coverage is over all seeds of that size (200 each by default: a perfectly calibrated
+95 % CI then lands in 93–97 % with probability 0.85, so use 400 or more to judge a single
+cell; the noise of ε's j-th entry is drawn from ``[seed, j, node, secagg]``, so the same ε at
+another position in ``--eps`` draws other noise, and one cell at 1000 seeds has moved by up to
+2.4 points that way). Noise here comes from seeded generators so runs are reproducible; nodes
+use ``secure_rng``.
 
     .venv/bin/python bench/bench_privacy.py                    # ≈ 4 min on 2 cores (8 with --secagg)
     .venv/bin/python bench/bench_privacy.py --seeds-1k 20 --seeds-10k 5   # quick look
