@@ -152,7 +152,9 @@ def dp_estimate(*, table: PsmTable, plan: NoisePlan, n_nodes: int, outcomes: Seq
 #: below which the DP fit is noise-limited (see :func:`fit_resolution_check`). Why 22: the CV
 #: event under-covered at every r measured below 21 and covered at every r from 22 (benchmark,
 #: five nodes, 600–2000 seeds per cell): 92.3–92.8 % at r = 16 and 19 (11k treated), 91.1–93.5 %
-#: over four runs at r = 20 (1.1k treated, ε = 8); 94.0–95.1 % at r = 22–36 for both sizes.
+#: over four runs at r = 20 (1.1k treated, ε = 8); 94.0–95.1 % at r = 22–36 for both sizes,
+#: and over five noise streams of 600 seeds each 94.0 % at r = 22.3 (1.1k treated, ε = 9) and
+#: 94.2 % at r = 24.5 (1.1k treated, secure aggregation, ε = 4).
 FIT_RESOLUTION_MIN = 22.0
 #: The resolution a re-split aims the fit at when the treated count allows more
 #: (:func:`dp_resplit`), times K^¼ under secure aggregation (:func:`after_describe`). Why 45:
