@@ -33,6 +33,8 @@ def study_progress(console: Console, *, enabled: bool = True):
             elif kind == "estimated":
                 bar.update(task, description="estimated")
             elif kind == "failed":
-                bar.update(task, description=f"[red]failed: {ev.get('message', '')}")
+                # the caller prints the whole error; a one-line bar would cut it (and rich
+                # would read "[privacy]" in it as markup)
+                bar.update(task, description="[red]failed[/red]")
 
         yield on_event
