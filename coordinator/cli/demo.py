@@ -55,9 +55,9 @@ def demo(
     print_estimates(console, result)
     console.rule("3. Evidence report")
     paths = _report(result, out)
-    console.print(f"result: {result_path}")
+    console.print(f"result: {result_path}", markup=False)
     for k, v in paths.items():
-        console.print(f"{k}: {v}")
+        console.print(f"{k}: {v}", markup=False)
     console.print(f"demo finished in {time.perf_counter() - started:.1f} s "
                   f"(synthetic data {synth_s:.1f} s)")
 

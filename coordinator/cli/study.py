@@ -55,7 +55,7 @@ def run(
     else:
         print_estimates(console, result)
         for k, v in paths.items():
-            console.print(f"{k}: {v}")
+            console.print(f"{k}: {v}", markup=False)
 
 
 def print_estimates(console: Console, result: StudyResult) -> None:
@@ -126,8 +126,8 @@ def _print_plan(console: Console, study, gate, before, treated: int, k: int, sto
     from shared.secure_sum import secured
 
     p = study.privacy
-    console.print(f"DP study {study.study.name}: ε = {p.epsilon:g}, δ = {p.delta:g} per node "
-                  f"({p.accountant.upper()} accountant), {k} nodes, {treated:,} treated")
+    console.print(f"DP study {escape(study.study.name)}: ε = {p.epsilon:g}, δ = {p.delta:g} per "
+                  f"node ({p.accountant.upper()} accountant), {k} nodes, {treated:,} treated")
     t = Table(title="Noise per release (the noise each node adds, and what the summed release "
                     "carries)" + (": SecAgg+ after describe" if p.secure_aggregation else ""))
     for col in ("release", "rounds", "Δ₂", "σ per node", "σ of the sum"):
@@ -185,4 +185,5 @@ def train_risk(
     else:
         console.print(f"risk model after {rounds} rounds at ε={epsilon:g}: AUC {ev['auc']:.3f}, "
                       f"Brier {ev['brier']:.4f} over {ev['n']:,.0f} people")
-        console.print(f"model: {out / 'risk_model.npz'}  metrics: {out / 'risk_result.json'}")
+        console.print(f"model: {out / 'risk_model.npz'}  metrics: {out / 'risk_result.json'}",
+                      markup=False)

@@ -63,7 +63,7 @@ def _print_tables(url, configured, states, hist) -> None:
     from rich.table import Table
 
     console = Console()
-    console.print(f"ledger: {_redact(url)}", highlight=False)
+    console.print(f"ledger: {_redact(url)}", highlight=False, markup=False)
     if not states:
         note = (f" (configured budget per dataset: ε={configured['epsilon']:g}, "
                 f"δ={configured['delta']:g})") if configured else ""

@@ -76,3 +76,15 @@ def test_an_exact_study_has_nothing_to_plan(fed):
     res = CliRunner().invoke(app, ["plan", "--spec", _spec(fed, None), "--treated", "800"],
                              env={"COLUMNS": "200"})
     assert res.exit_code == 1 and "[privacy] enabled = false" in res.output
+
+
+def test_a_study_name_with_brackets_is_printed_as_written(fed):
+    fed_, out = fed
+    doc = study_document(fed_, epsilon=1.0)
+    doc["study"]["name"] = "coaching [pilot]"
+    path = out / "study-brackets.toml"
+    path.write_text(to_toml(doc))
+    res = CliRunner().invoke(app, ["plan", "--spec", str(path), "--treated", "800"],
+                             env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert "DP study coaching [pilot]:" in res.output
