@@ -231,7 +231,8 @@ def fit_resolution_check(*, n_treated: float, n_covariates: int, plan: NoisePlan
     return Check("dp_fit_resolution", False, r, FIT_RESOLUTION_MIN, said + (
         "the noisy score removes only part of the confounding, so the CI may not cover the "
         f"residual bias; these {n_treated:,.0f} treated would need ε ≥ {needed:.2g} (same split "
-        f"and δ{secure}), or more treated at this ε"))
+        f"and δ{secure}), or at least {math.ceil(n_treated * FIT_RESOLUTION_MIN / r):,} treated at "
+        "this ε"))
 
 
 @dataclass(frozen=True)

@@ -238,6 +238,10 @@ def test_the_flag_names_the_epsilon_that_would_resolve_the_fit():
                               secure_aggregation=True)
     assert sa.passed and sa.value == pytest.approx(FIT_RESOLUTION_MIN, rel=0.1)
     assert not fit_resolution_check(n_treated=1000, n_covariates=16, plan=at_secure, n_nodes=5).passed
+    # or more treated at the same ε: the count it names resolves, one fewer does not
+    enough = int(flagged.message.split("or at least ")[1].split(" treated")[0].replace(",", ""))
+    assert fit_resolution_check(n_treated=enough, n_covariates=16, plan=low, n_nodes=5).passed
+    assert not fit_resolution_check(n_treated=enough - 1, n_covariates=16, plan=low, n_nodes=5).passed
 
 
 def test_resplit_gives_a_well_resolved_fit_only_what_it_needs_at_the_same_privacy_cost():
