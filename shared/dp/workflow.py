@@ -221,9 +221,11 @@ def fit_resolution_check(*, n_treated: float, n_covariates: int, plan: NoisePlan
     if r >= FIT_RESOLUTION_MIN:
         return Check("dp_fit_resolution", True, r, FIT_RESOLUTION_MIN,
                      said + "the fit resolves the confounding")
+    # r is N_T / σ: reaching FIT_RESOLUTION_MIN takes σ smaller, or N_T larger, by this factor
+    short = FIT_RESOLUTION_MIN / r
     # the σ that would give r = FIT_RESOLUTION_MIN, and the ε that buys it; under secure
     # aggregation the K nodes' noise sums to σ instead of σ√K, so each may carry √K more
-    sigma = plan.sigma("ps_fit") * r / FIT_RESOLUTION_MIN
+    sigma = plan.sigma("ps_fit") / short
     needed = plan.epsilon_for_sigma("ps_fit", sigma)
     secure = "" if secure_aggregation or n_nodes < 2 else (
         f"; ε ≥ {plan.epsilon_for_sigma('ps_fit', sigma * math.sqrt(n_nodes)):.2g} with secure "
@@ -231,7 +233,7 @@ def fit_resolution_check(*, n_treated: float, n_covariates: int, plan: NoisePlan
     return Check("dp_fit_resolution", False, r, FIT_RESOLUTION_MIN, said + (
         "the noisy score removes only part of the confounding, so the CI may not cover the "
         f"residual bias; these {n_treated:,.0f} treated would need ε ≥ {needed:.2g} (same split "
-        f"and δ{secure}), or at least {math.ceil(n_treated * FIT_RESOLUTION_MIN / r):,} treated at "
+        f"and δ{secure}), or at least {math.ceil(n_treated * short):,} treated at "
         "this ε"))
 
 
