@@ -4,6 +4,10 @@ A ServerApp reaches a real SuperLink only through ``flwr run``; its connection l
 ``$FLWR_HOME/config.toml`` (written here), never in the app's pyproject (``flwr run`` would
 rewrite it). ``flwr run --stream`` exits 0 even when the ServerApp failed, so we poll the
 run's status instead.
+
+The connection is TLS: against ``root_certificates`` (a pinned CA, as the local launcher
+generates) or, without it, the system's roots. Plaintext only with ``insecure=True``, an explicit
+opt-out. The CLI's own files (config, run configs, what ``flwr`` writes under its home) are 0600.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from coordinator.federation.pki import private_dir, write_private
 from shared.errors import FederationError
 
 CONNECTION = "rehealth"
@@ -46,20 +51,23 @@ def toml_value(v) -> str:
 class FlwrClient:
     home: Path
     address: str
-    root_certificates: Path | None = None  # TLS; None = insecure (loopback only)
+    root_certificates: Path | None = None  # CA to pin; None = the system's roots
+    insecure: bool = False  # plaintext, no server authentication: debugging only
 
     def __post_init__(self) -> None:
-        self.home.mkdir(parents=True, exist_ok=True)
+        if self.insecure and self.root_certificates:
+            raise FederationError("a connection is either insecure or pins root certificates")
+        private_dir(self.home)
         tls = (f'root-certificates = "{self.root_certificates}"\n' if self.root_certificates
-               else "insecure = true\n")
-        (self.home / "config.toml").write_text(
+               else "insecure = true\n" if self.insecure else "")
+        write_private(self.home / "config.toml", (
             f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-            f'address = "{self.address}"\n{tls}')
+            f'address = "{self.address}"\n{tls}').encode())
 
     def _run(self, *args: str, timeout_s: float = 60.0) -> subprocess.CompletedProcess:
         return subprocess.run([flwr_bin("flwr"), *args], env=flwr_env(self.home),
                               capture_output=True, text=True, timeout=timeout_s,
-                              stdin=subprocess.DEVNULL)
+                              stdin=subprocess.DEVNULL, umask=0o077)
 
     def json(self, *args: str, timeout_s: float = 60.0) -> dict:
         """Run ``flwr ARGS --format json``; its parsed output, or a FederationError."""
@@ -82,7 +90,7 @@ class FlwrClient:
 
         blob = tomli_w.dumps(run_config)
         cfg = self.home / f"run-config-{hashlib.sha256(blob.encode()).hexdigest()[:16]}.toml"
-        cfg.write_text(blob)
+        write_private(cfg, blob.encode())
         out = self.json("run", str(app_dir), CONNECTION, "--run-config", str(cfg))
         return int(out["run-id"])
 

@@ -8,6 +8,16 @@ process outlives the launcher.
 >>> with LocalFederation(workdir, [NodeSpec("a", {"data-path": "/d/a.csv"})]) as fed:  # doctest: +SKIP
 ...     run_id = fed.client.submit(app_dir, {"spec-path": "/d/study.toml", "out-dir": "/d/out"})
 ...     fed.client.wait(run_id)
+
+The control plane is authenticated by default (``deploy/TRUST.md``, "Control plane"): at start
+the launcher generates a CA, a server certificate and one key per node (:mod:`.pki`); the
+SuperLink serves TLS only, accepts only SuperNodes whose keys it registered, and runs in
+``process`` isolation next to a SuperExec the launcher starts with the federation's auth secret
+(Flower ignores the secret in its default ``subprocess`` isolation). Each SuperNode does the same
+for its own Runtime API. App processes get their run tokens through a file descriptor
+(:mod:`.superexec`), never on a command line. Every file the federation writes is 0600 in 0700
+folders (the processes run under umask 077). ``insecure=True`` restores Flower's plaintext,
+unauthenticated setup for debugging only; nothing in the product passes it.
 """
 
 from __future__ import annotations
@@ -20,16 +30,19 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 
-from coordinator.federation.flwr_cli import FlwrClient, flwr_bin, flwr_env, toml_value
+from coordinator.federation.flwr_cli import CONNECTION, FlwrClient, flwr_bin, flwr_env, toml_value
+from coordinator.federation.pki import FederationPKI, private_dir
 from shared.errors import FederationError
 
 log = logging.getLogger("rehealth.launcher")
 HOST = "127.0.0.1"
+UMASK = 0o077  # Flower's state, logs and installed bundles: owner only
 
 
 def free_port() -> int:
@@ -55,9 +68,11 @@ class LocalFederation:
     nodes: list[NodeSpec]
     env_extra: dict = field(default_factory=dict)
     guarded: bool = True  # SuperNodes run app bundles only through node.flower.guard
+    insecure: bool = False  # opt-out for debugging: plaintext, no node auth, no auth secret
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     port: int = 0
     startup_s: float = 0.0
+    pki: FederationPKI | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> "LocalFederation":
@@ -67,9 +82,8 @@ class LocalFederation:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def _env(self, name: str, guarded: bool = False) -> dict:
-        home = self.workdir / "flwr-home" / name
-        home.mkdir(parents=True, exist_ok=True)
+    def _env(self, home_name: str, guarded: bool = False) -> dict:
+        home = private_dir(self.workdir / "flwr-home" / home_name)
         env = flwr_env(home, PYTHONUNBUFFERED="1", **self.env_extra)
         if guarded:
             env["PATH"] = f"{self._guard_bin()}{os.pathsep}{env['PATH']}"
@@ -78,56 +92,126 @@ class LocalFederation:
     def _guard_bin(self) -> Path:
         """A folder whose ``flwr-clientapp`` is the node's guarded runtime
         (:mod:`node.flower.guard`), put first on SuperNodes' PATH."""
-        folder = self.workdir / "guard-bin"
+        folder = private_dir(self.workdir / "guard-bin")
         link = folder / "flwr-clientapp"
         if not link.exists():
-            folder.mkdir(parents=True, exist_ok=True)
             link.symlink_to(flwr_bin("rehealth-clientapp"))
         return folder
 
-    def _spawn(self, name: str, cmd: list[str], *, guarded: bool = False) -> subprocess.Popen:
-        logs = self.workdir / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        out = open(logs / f"{name}.log", "ab")
-        proc = subprocess.Popen(cmd, env=self._env(name, guarded), stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-        out.close()
+    def _spawn(self, name: str, cmd: list[str], *, guarded: bool = False, home: str | None = None,
+               log_name: str | None = None) -> subprocess.Popen:
+        logs = private_dir(self.workdir / "logs")
+        fd = os.open(logs / f"{log_name or name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(fd, "ab") as out:
+            proc = subprocess.Popen(cmd, env=self._env(home or name, guarded), stdout=out,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True, umask=UMASK)
         self.procs[name] = proc
         return proc
 
     def start(self, *, timeout_s: float = 30.0) -> None:
         started = time.perf_counter()
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.workdir)
         _register_cleanup(self)
         self.port = free_port()
+        if not self.insecure:
+            self.pki = FederationPKI.create(self.workdir / "pki", [n.site for n in self.nodes])
         self._spawn("superlink", [
-            flwr_bin("flower-superlink"), "--insecure", "--disable-runtime-dependency-installation",
+            flwr_bin("flower-superlink"), *self._superlink_security(),
+            "--disable-runtime-dependency-installation",
             "--host", HOST, "--port", str(self.port),
             "--database", str(self.workdir / "superlink.db"),
         ])
         self._wait_port(self.port, "superlink", timeout_s)
-        for node in self.nodes:
-            self.start_node(node)
+        if not self.insecure:
+            self._spawn_superexec("superexec-superlink", self.port, parent="superlink",
+                                  home="superexec-superlink")
+            # Each `flwr` call costs ~1.5 s of imports: register the keys side by side.
+            with ThreadPoolExecutor(max_workers=4) as pool:
+                list(pool.map(self.register_node, [n.site for n in self.nodes]))
+        ports = {node.site: self._start_supernode(node) for node in self.nodes}
+        if not self.insecure:
+            for node in self.nodes:
+                self._start_node_superexec(node.site, ports[node.site], timeout_s)
         self.startup_s = time.perf_counter() - started
-        log.info("federation up on %s:%d with %d nodes in %.1f s", HOST, self.port,
-                 len(self.nodes), self.startup_s)
+        log.info("federation up on %s:%d with %d nodes in %.1f s (%s)", HOST, self.port,
+                 len(self.nodes), self.startup_s, "INSECURE" if self.insecure else "TLS")
 
-    def start_node(self, node: NodeSpec) -> subprocess.Popen:
+    def _superlink_security(self) -> list[str]:
+        if self.insecure:
+            return ["--insecure"]
+        pki = self.pki
+        return ["--ssl-ca-certfile", str(pki.ca_cert), "--ssl-certfile", str(pki.server_cert),
+                "--ssl-keyfile", str(pki.server_key), "--enable-supernode-auth",
+                "--isolation", "process", "--superexec-auth-secret-file", str(pki.superexec_secret)]
+
+    def _spawn_superexec(self, name: str, runtime_port: int, *, parent: str, home: str,
+                         guarded: bool = False, log_name: str | None = None) -> subprocess.Popen:
+        """The SuperExec for one Runtime API (the SuperLink's or a SuperNode's), holding the
+        auth secret, handing tokens to app processes through a descriptor; it exits with its
+        parent."""
+        return self._spawn(name, [
+            sys.executable, "-m", "coordinator.federation.superexec",
+            "--runtime-api-address", f"{HOST}:{runtime_port}",
+            "--root-certificates", str(self.pki.ca_cert),
+            "--superexec-auth-secret-file", str(self.pki.superexec_secret),
+            "--parent-pid", str(self.procs[parent].pid),
+        ], guarded=guarded, home=home, log_name=log_name)
+
+    def register_node(self, site: str) -> None:
+        """Register ``site``'s public key with the SuperLink (a node whose key is not
+        registered cannot join)."""
+        key = self.pki.add_node(site)
+        self.client.json("supernode", "register", str(key.public_key), CONNECTION)
+
+    def start_node(self, node: NodeSpec, *, timeout_s: float = 30.0) -> subprocess.Popen:
+        """Start one SuperNode (with its SuperExec) against the running SuperLink; its key must
+        be registered (:meth:`register_node`)."""
+        port = self._start_supernode(node)
+        if not self.insecure:
+            self._start_node_superexec(node.site, port, timeout_s)
+        return self.procs[f"supernode-{node.site}"]
+
+    def _start_supernode(self, node: NodeSpec) -> int:
+        """Spawn the SuperNode process; returns the port of its Runtime API."""
         cfg = {"site": node.site, **node.config}
-        return self._spawn(f"supernode-{node.site}", [
-            flwr_bin("flower-supernode"), "--insecure", "--superlink", f"{HOST}:{self.port}",
-            "--host", HOST, "--port", str(free_port()),
+        port = free_port()
+        if self.insecure:
+            security = ["--insecure"]
+        else:
+            pki, key = self.pki, self.pki.add_node(node.site)
+            security = ["--root-certificates", str(pki.ca_cert),
+                        "--auth-supernode-private-key", str(key.private_key),
+                        # its own Runtime API (where ClientApps fetch messages) is TLS too
+                        "--ssl-ca-certfile", str(pki.ca_cert), "--ssl-certfile", str(pki.server_cert),
+                        "--ssl-keyfile", str(pki.server_key),
+                        "--isolation", "process",
+                        "--superexec-auth-secret-file", str(pki.superexec_secret)]
+        self._spawn(f"supernode-{node.site}", [
+            flwr_bin("flower-supernode"), *security, "--superlink", f"{HOST}:{self.port}",
+            "--host", HOST, "--port", str(port),
             "--node-config", node_config_arg(cfg),
         ], guarded=self.guarded)
+        return port
+
+    def _start_node_superexec(self, site: str, port: int, timeout_s: float) -> None:
+        """The node's SuperExec: its ClientApp processes are the SuperExec's children, so it
+        gets the SuperNode's PATH (the guard first), FLWR_HOME and log."""
+        name = f"supernode-{site}"
+        self._wait_port(port, name, timeout_s)
+        self._spawn_superexec(f"superexec-{site}", port, parent=name, home=name,
+                              guarded=self.guarded, log_name=name)
 
     def kill_node(self, site: str) -> None:
         """Kill one SuperNode and its ClientApp processes at once (fault tests)."""
-        proc = self.procs.pop(f"supernode-{site}")
-        tree = _tree(proc.pid)
+        procs = [self.procs.pop(n) for n in (f"supernode-{site}", f"superexec-{site}")
+                 if n in self.procs]
+        tree = [p for proc in procs for p in _tree(proc.pid)]
         for p in tree:
             _signal(p, signal.SIGKILL)
         psutil.wait_procs(tree, timeout=10)
-        proc.wait(timeout=5)
+        for proc in procs:
+            proc.wait(timeout=5)
 
     def stop(self) -> None:
         """Terminate every launched process and all their descendants (Flower detaches its
@@ -162,7 +246,10 @@ class LocalFederation:
     @property
     def client(self) -> FlwrClient:
         """The ``flwr`` CLI pointed at this federation's SuperLink."""
-        return FlwrClient(home=self.workdir / "flwr-home" / "cli", address=f"{HOST}:{self.port}")
+        return FlwrClient(home=private_dir(self.workdir / "flwr-home" / "cli"),
+                          address=f"{HOST}:{self.port}",
+                          root_certificates=None if self.insecure else self.pki.ca_cert,
+                          insecure=self.insecure)
 
 
 def _tree(pid: int) -> list[psutil.Process]:
