@@ -36,11 +36,11 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
 from sqlalchemy import (Column, DateTime, Engine, Float, Integer, MetaData, String, Table,
-                        create_engine, event, insert, select, update)
+                        create_engine, event, func, insert, select, update)
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from shared.dp.accounting import epsilon_of_history
-from shared.errors import BudgetExceededError, PrivacyError
+from shared.errors import BudgetExceededError, PrivacyError, ReplayRefused
 
 __all__ = ["BudgetState", "Charge", "PrivacyLedger", "ReleaseRecord"]
 
@@ -169,7 +169,7 @@ class PrivacyLedger:
 
     # -- charging ------------------------------------------------------------------------------
     def charge(self, *, dataset: str, study_id: str, query: str, sigma: float,
-               sensitivity: float) -> Charge:
+               sensitivity: float, limit: int | None = None) -> Charge:
         r"""Charge one Gaussian release (:math:`\mu = \sigma/\Delta`) to ``dataset``, atomically.
 
         Returns:
@@ -177,6 +177,8 @@ class PrivacyLedger:
 
         Raises:
             BudgetExceededError: the composed ε would exceed the budget (names budget, left, asked).
+            ReplayRefused: ``study_id`` already had ``limit`` releases of ``query`` (a signed
+                study gets the releases its plan names, once: a replayed grant gets nothing).
             PrivacyError: no budget for ``dataset``, or σ / Δ not positive.
         """
         sigma, sensitivity = float(sigma), float(sensitivity)
@@ -184,7 +186,7 @@ class PrivacyLedger:
             raise PrivacyError(f"release {query!r} on dataset {dataset}: σ and sensitivity must be "
                                f"positive, got σ={sigma!r}, Δ={sensitivity!r}")
         return self._charge(dataset=dataset, study_id=study_id, query=query, sigma=sigma,
-                            sensitivity=sensitivity, sample_rate=1.0, steps=1)
+                            sensitivity=sensitivity, sample_rate=1.0, steps=1, limit=limit)
 
     def charge_sgd(self, *, dataset: str, study_id: str, query: str, noise_multiplier: float,
                    sample_rate: float, steps: int) -> Charge:
@@ -203,7 +205,8 @@ class PrivacyLedger:
                             sample_rate=float(sample_rate), steps=int(steps))
 
     def _charge(self, *, dataset: str, study_id: str, query: str, sigma: float,
-                sensitivity: float, sample_rate: float, steps: int) -> Charge:
+                sensitivity: float, sample_rate: float, steps: int,
+                limit: int | None = None) -> Charge:
         if not (math.isfinite(sigma) and sigma > 0):
             raise PrivacyError(f"release {query!r} on dataset {dataset}: noise must be positive")
         mu = sigma / sensitivity
@@ -214,6 +217,13 @@ class PrivacyLedger:
             if budget is None:
                 raise PrivacyError(f"no privacy budget is set for dataset {dataset}: "
                                    "refusing to release")
+            if limit is not None:
+                done = conn.execute(select(func.count()).select_from(releases).where(
+                    releases.c.dataset == dataset, releases.c.study_id == study_id,
+                    releases.c.query == query)).scalar_one()
+                if done >= limit:
+                    raise ReplayRefused(f"study {study_id[:24]} already had {done} {query} "
+                                        f"release(s), all its signed plan allows")
             history = self._history(conn, dataset)
             before = self._eps(history, budget.delta)
             after = self._eps(history + [entry], budget.delta)

@@ -17,7 +17,7 @@ from node.ledger import Charge, PrivacyLedger
 from shared.dp.forms import release_arrays
 from shared.dp.mechanisms import release, secure_rng
 
-__all__ = ["charged_release"]
+__all__ = ["charged_release", "noisy_release"]
 
 
 def charged_release(*, ledger: PrivacyLedger, dataset: str, study_id: str, query: str,
@@ -49,8 +49,19 @@ def charged_release(*, ledger: PrivacyLedger, dataset: str, study_id: str, query
         PrivacyError: unknown release, or a named array is missing.
         BudgetExceededError: the ledger refused (nothing is released).
     """
-    exact = release_arrays(query, arrays)
+    release_arrays(query, arrays)  # an unknown release or a missing array fails before the charge
     charge = ledger.charge(dataset=dataset, study_id=study_id, query=query, sigma=sigma,
                            sensitivity=sensitivity)
-    return release(arrays=exact, sigma=sigma / math.sqrt(share),
-                   rng=rng if rng is not None else secure_rng()), charge
+    return noisy_release(query=query, arrays=arrays, sigma=sigma, share=share, rng=rng), charge
+
+
+def noisy_release(*, query: str, arrays: Mapping[str, np.ndarray], sigma: float, share: int = 1,
+                  rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+    """The release's arrays (only those it names, in release form) with N(0, (σ/√share)²) noise.
+
+    Call it only after the release was charged: :meth:`node.runtime.NodeRuntime.answer`
+    charges every release of a query before it reads any data, so that nothing data-dependent
+    (not even a failure) happens before the ledger has paid.
+    """
+    return release(arrays=release_arrays(query, arrays), sigma=sigma / math.sqrt(share),
+                   rng=rng if rng is not None else secure_rng())

@@ -4,26 +4,35 @@ Built from the SuperNode's ``--node-config`` (set by the node's operator, never 
 coordinator), e.g.::
 
     site="insurer_a" data-path="/srv/rehealth/cohort.csv" state-dir="/var/lib/rehealth"
-    budget-epsilon=10.0 budget-delta=1e-5 require-dp=true model-dir="/srv/rehealth/node/models"
+    coordinator-key="/etc/rehealth/coordinator.pub" policy-path="/etc/rehealth/policy.toml"
+    budget-epsilon=10.0 budget-delta=1e-5 model-dir="/srv/rehealth/node/models"
 
 Risk models the federation trains are kept in ``model-dir``, by default ``<state-dir>/models``;
 ``rehealth node serve`` and ``score`` read ``<node dir>/models`` (beside ``node.toml``), so an
 operator points ``model-dir`` there (or uses the node folder as ``state-dir``) to serve them.
 
-Privacy: the node derives every noise scale itself from the study's public parameters
-(:meth:`shared.protocol.PrivacyQuery.plan`), charges its own ledger (one budget per dataset)
-before any answer leaves, and answers exact aggregates only when its policy allows
-(``require-dp=false``, the default for local demos).
+Who may ask: every query carries the operator's signed grant (:mod:`shared.grant`), verified
+against the coordinator public key pinned here (``coordinator-key``); a node without a pinned
+key answers nothing. What may be asked: the node's own policy (:mod:`node.policy`; columns,
+bounds, caps, exact answers only with ``allow-exact=true``). Privacy: the node derives every
+noise scale itself from the study's public parameters
+(:meth:`shared.protocol.PrivacyQuery.plan`) and charges its own ledger for every release of a
+query *before it reads any data*; the data are then read, clipped to the public bounds (never
+an error about a value), and the noisy answer leaves.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from shared.errors import PrivacyError, QueryRefused, SpecError
+from shared.errors import PrivacyError, QueryRefused, SpecError, UnauthorizedQuery
 from shared.protocol import DP_RELEASES, StudyQuery
+
+
+log = logging.getLogger("rehealth.node")
 
 
 class NotInStudy(QueryRefused):
@@ -44,7 +53,9 @@ class NodeRuntime:
     dataset: str | None = None
     budget_epsilon: float = 10.0
     budget_delta: float = 1e-5
-    require_dp: bool = False
+    coordinator_key: Path | None = None  # the pinned coordinator public key (PEM)
+    policy_path: Path | None = None  # the node's policy file (default policy if None)
+    allow_exact: bool | None = None  # overrides the policy file's allow_exact
     model_dir: Path | None = None  # where trained risk models are kept (default <state-dir>/models)
     #: the operator accepts studies whose releases after describe go through SecAgg+ with this
     #: node adding only its 1/√K share of the noise (the trust model of shared.study.Privacy)
@@ -57,11 +68,74 @@ class NodeRuntime:
             return self.model_dir
         return self.state_dir / "models" if self.state_dir is not None else None
 
+    @property
+    def policy(self):
+        from node.policy import NodePolicy
+
+        return NodePolicy.load(self.policy_path, allow_exact=self.allow_exact)
+
+    def pinned_key(self):
+        """The coordinator public key this node trusts; UnauthorizedQuery if none is pinned."""
+        from shared.grant import load_public_key
+
+        if self.coordinator_key is None:
+            raise UnauthorizedQuery(f"site {self.site} has no pinned coordinator key "
+                                    "(node config coordinator-key): it answers nothing")
+        try:
+            return load_public_key(self.coordinator_key.read_bytes())
+        except (OSError, ValueError):
+            log.error("site %s: cannot read the pinned coordinator key %s", self.site,
+                      self.coordinator_key)
+            raise UnauthorizedQuery(f"site {self.site} cannot read its pinned coordinator key") from None
+
+    def verify(self, signed, *, kind: str):
+        """The verified grant of a message (signature by the pinned key, right kind)."""
+        from shared.grant import verify_grant
+
+        grant = verify_grant(signed, self.pinned_key())
+        if grant.kind != kind:
+            raise UnauthorizedQuery(f"a {grant.kind} grant does not authorise a {kind} message")
+        if self.site not in grant.sites:
+            raise NotInStudy(f"site {self.site} is not among the signed study's sites")
+        return grant
+
+    def verify_study(self, query: StudyQuery):
+        """The query's grant, verified, and the query checked against it term by term."""
+        from shared.grant import canonical_json
+
+        grant = self.verify(query.grant, kind="study")
+        if query.study_id != grant.grant_id:
+            raise UnauthorizedQuery("the query's study id differs from its signed grant's")
+        if tuple(query.sites) != tuple(grant.sites):
+            raise UnauthorizedQuery("the query's sites differ from its signed grant's")
+        if canonical_json(query.terms()) != canonical_json(grant.terms):
+            raise UnauthorizedQuery("the query's columns, bounds or privacy terms differ from "
+                                    "its signed grant's")
+        return grant
+
+    def verify_risk(self, content):
+        """A risk-training message's job, checked against its signed grant (the whole job)."""
+        from shared.grant import SignedGrant, canonical_json
+        from shared.protocol import GRANT_KEY, RISK_JOB_KEY, RiskJob
+
+        rec = content.config_records.get("config")
+        if rec is None or RISK_JOB_KEY not in rec:
+            raise QueryRefused("training message carries no risk job")
+        signed = (SignedGrant.model_validate_json(str(rec[GRANT_KEY])) if GRANT_KEY in rec else None)
+        grant = self.verify(signed, kind="risk")
+        job = RiskJob.model_validate_json(str(rec[RISK_JOB_KEY]))
+        if job.job_id != grant.grant_id or canonical_json(job.terms()) != canonical_json(grant.terms):
+            raise UnauthorizedQuery("the risk job differs from its signed grant")
+        return job
+
     @classmethod
     def from_node_config(cls, cfg: Mapping) -> "NodeRuntime":
         site = str(cfg.get("site", "")).strip()
         if not site:
             raise SpecError('node config lacks site (e.g. --node-config \'site="insurer_a"\')')
+        if "require-dp" in cfg:
+            raise SpecError(f"node config of site {site}: require-dp is gone — nodes answer only "
+                            "DP queries unless allow-exact=true (or allow_exact in the policy file)")
         data, state = cfg.get("data-path"), cfg.get("state-dir")
         try:
             return cls(site=site, data_path=Path(str(data)) if data else None,
@@ -71,14 +145,22 @@ class NodeRuntime:
                        dataset=str(cfg.get("dataset") or site),
                        budget_epsilon=float(cfg.get("budget-epsilon", 10.0)),
                        budget_delta=float(cfg.get("budget-delta", 1e-5)),
-                       require_dp=_bool(cfg.get("require-dp", False)),
+                       coordinator_key=Path(str(cfg["coordinator-key"])) if cfg.get("coordinator-key") else None,
+                       policy_path=Path(str(cfg["policy-path"])) if cfg.get("policy-path") else None,
+                       allow_exact=_bool(cfg["allow-exact"]) if "allow-exact" in cfg else None,
                        model_dir=Path(str(cfg["model-dir"])) if cfg.get("model-dir") else None,
                        accept_secure_aggregation=_bool(cfg.get("secure-aggregation", False)))
         except (TypeError, ValueError) as e:
             raise SpecError(f"node config of site {site}: {e}") from None
 
     def answer(self, query: StudyQuery, *, secure_sum: bool = False) -> tuple[dict, dict]:
-        """Answer a validated study query from this node's own data.
+        """Answer a study query from this node's own data.
+
+        The order is the promise: (1) the grant's signature and the query's match with it,
+        (2) the node's policy, (3) every check that needs no data, (4) under DP, the ledger
+        charge of every release the query asks for — then, and only then, (5) the data are read
+        and the answer computed. Steps 1–4 depend only on the query, its grant and the node's
+        policy; whatever fails after them has already been paid for.
 
         Args:
             secure_sum: the answer leaves only masked, as one input of a SecAgg+ sum (the
@@ -86,37 +168,44 @@ class NodeRuntime:
 
         Returns:
             ``(answers per operation, metadata)``; under DP the metadata says what the
-            dataset's ledger has spent.
+            node's ledger has spent.
 
         Raises:
-            NotInStudy, QueryRefused, DataError, PrivacyError / BudgetExceededError.
+            UnauthorizedQuery, NotInStudy, PolicyRefused, QueryRefused, PrivacyError /
+            BudgetExceededError / ReplayRefused, DataError.
         """
-        from node.study_service import answer, load_site_arrays, prepare_arrays
+        from node.study_service import answer, check_query, suppress_small_cells
 
-        if query.sites and self.site not in query.sites:
-            raise NotInStudy(f"site {self.site} is not among the study's sites")
-        if query.privacy is None and self.require_dp:
-            raise PrivacyError(f"site {self.site} answers only differentially private studies "
-                               "(set [privacy] enabled = true)")
+        grant = self.verify_study(query)
+        policy = self.policy
+        policy.check(query, grant)
         self._check_secure_sum(query, secure_sum)
+        check_query(query)
+        if query.privacy is None:
+            data = self._site_arrays(query)
+            exact = answer(query, data)
+            return {op: suppress_small_cells(op, a, k=policy.min_cell) for op, a in exact.items()}, {}
+        ledger = self.ledger()
+        release = self._dp_release(query, ledger)  # charges every release of the query
+        data = self._site_arrays(query)
+        return answer(query, data, release), {
+            "dataset": self.dataset, "epsilon_spent": ledger.spent(self.dataset),
+            "epsilon_budget": self.budget_epsilon}
+
+    def _site_arrays(self, query: StudyQuery):
+        from node.study_service import load_site_arrays, prepare_arrays
+
         if self.store_url:
             from node.store import open_store
 
             frame = open_store(self.store_url).cohort_columns(
                 covariates=[c.name for c in query.covariates],
                 treatment_column=query.treatment_column, outcomes=[o.name for o in query.outcomes])
-            data = prepare_arrays(frame, query)
-        elif self.data_path is not None:
+            return prepare_arrays(frame, query)
+        if self.data_path is not None:
             cache = self.state_dir / "cache" if self.state_dir else None
-            data = load_site_arrays(self.data_path, query, cache)
-        else:
-            raise QueryRefused(f"site {self.site} has no study data configured (store-url or data-path)")
-        if query.privacy is None:
-            return answer(query, data), {}
-        ledger = self.ledger()
-        return answer(query, data, self._dp_release(query, ledger)), {
-            "dataset": self.dataset, "epsilon_spent": ledger.spent(self.dataset),
-            "epsilon_budget": self.budget_epsilon}
+            return load_site_arrays(self.data_path, query, cache)
+        raise QueryRefused(f"site {self.site} has no study data configured (store-url or data-path)")
 
     def _check_secure_sum(self, query: StudyQuery, secure_sum: bool) -> None:
         """A node adds only its share of the noise when, and only when, its answer is masked."""
@@ -170,24 +259,27 @@ class NodeRuntime:
         return plan
 
     def _dp_release(self, query: StudyQuery, ledger):
-        """Charge-then-noise for every release an operation's answer is made of."""
-        from node.privacy import charged_release
+        """Charge every release the query asks for (each at most as often as the signed
+        study's plan names it), then return the step that adds the noise once data are read."""
+        from node.privacy import noisy_release
         from shared.dp.mechanisms import secure_rng
 
+        assert query.privacy is not None
         plan = self._plan(query)
+        planned = [(name, plan.release(name)) for op in query.ops for name in DP_RELEASES[op.op]
+                   if plan.has(name)]
+        for name, rel in planned:
+            limit = query.privacy.n_ps_rounds if name == "ps_fit" else 1
+            ledger.charge(dataset=self.dataset, study_id=query.study_id, query=name,
+                          sigma=rel.sigma, sensitivity=rel.sensitivity, limit=limit)
         rng = secure_rng()
 
         def release(op: str, arrays: dict) -> dict:
             out: dict = {}
             for name in DP_RELEASES[op]:
-                if not plan.has(name):
-                    continue
-                planned = plan.release(name)
-                noisy, _charge = charged_release(
-                    ledger=ledger, dataset=self.dataset, study_id=query.study_id, query=name,
-                    arrays=arrays, sigma=planned.sigma, sensitivity=planned.sensitivity, rng=rng,
-                    share=query.privacy.share(name))
-                out.update(noisy)
+                if plan.has(name):
+                    out.update(noisy_release(query=name, arrays=arrays, sigma=plan.release(name).sigma,
+                                             share=query.privacy.share(name), rng=rng))
             return out
 
         return release

@@ -11,8 +11,11 @@ Hierarchy::
     │   ├── NoOverlapError        no stratum holds both arms
     │   └── ConvergenceError      the propensity fit did not converge
     ├── PrivacyError         a release would break the privacy contract
-    │   └── BudgetExceededError   the node's budget cannot pay for a release
+    │   ├── BudgetExceededError   the node's budget cannot pay for a release
+    │   └── ReplayRefused         the signed study already had every release it was signed for
     ├── QueryRefused         a node refused a query it does not know or cannot validate
+    │   ├── PolicyRefused         the query disagrees with the node's own policy
+    │   └── UnauthorizedQuery     the query carries no valid grant signed by the pinned key
     └── FederationError      a node failed or timed out in a round (names node and round)
 """
 
@@ -69,8 +72,24 @@ class BudgetExceededError(PrivacyError):
     """The node's privacy budget cannot pay for the requested release."""
 
 
+class ReplayRefused(PrivacyError):
+    """A signed study asked for a release it has already had as often as its plan allows."""
+
+
 class QueryRefused(ReHealthError):
-    """A node refused a query it does not know or that fails validation."""
+    """A node refused a query it does not know or that fails validation.
+
+    Its message is built from the query and the node's policy only (both known to the
+    coordinator), never from the node's data: it may cross the wire.
+    """
+
+
+class PolicyRefused(QueryRefused):
+    """The query disagrees with the node's own policy (a column, a bound, a cap, exact answers)."""
+
+
+class UnauthorizedQuery(QueryRefused):
+    """The query is unsigned, signed by another key, altered, or outside what its grant covers."""
 
 
 class FederationError(ReHealthError):

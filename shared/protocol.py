@@ -15,17 +15,39 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.grant import Grant, SignedGrant
 from shared.secure_sum import secured
 from shared.study import BudgetSplit, Covariate, Outcome, StudySpec
 
 #: Bumped whenever what a node returns changes meaning (2: DP outcome sums released centred on
 #: 1/2, shared.dp.forms; 3: releases over SecAgg+ carry a node's share of the noise): a node
 #: and a coordinator of different versions refuse each other instead of mis-reading the sums; a
-#: node's cached noise plans are keyed by it too.
-PROTOCOL_VERSION = 3
+#: node's cached noise plans are keyed by it too; 4: every query carries the operator's signed
+#: grant, checked by the node against its pinned coordinator key).
+PROTOCOL_VERSION = 4
 STUDY_MESSAGE_TYPE = "query.study"
 REQUEST_KEY = "request"  # ConfigRecord holding the request JSON
 META_KEY = "meta"  # ConfigRecord of the reply: site, rows, timings
+GRANT_KEY = "grant"  # ConfigRecord of a risk message: the signed grant (SignedGrant JSON)
+
+#: Error codes a node returns, and the only texts that may follow the site's name. A node's own
+#: refusals (:class:`shared.errors.QueryRefused`, :class:`~shared.errors.PrivacyError`) are
+#: built from the query and the node's policy alone and may add their message; every other
+#: failure crosses the wire as the fixed text, its details staying in the node's log.
+CODE_REFUSED = 4001  # unknown, invalid or policy-refused query
+CODE_DATA = 4002  # the site's data could not be read
+CODE_BUDGET = 4003  # privacy budget exhausted, replay, or the node's privacy policy refuses
+CODE_NOT_IN_STUDY = 4004  # this site is not part of the study: declined, nothing computed
+CODE_UNAUTHORIZED = 4005  # no valid grant signed by the node's pinned coordinator key
+CODE_INTERNAL = 5000
+ERROR_TEXT: dict[int, str] = {
+    CODE_REFUSED: "query refused",
+    CODE_DATA: "the site's data could not be read; see the node's log",
+    CODE_BUDGET: "refused by the node's privacy policy",
+    CODE_NOT_IN_STUDY: "not among the study's sites",
+    CODE_UNAUTHORIZED: "query not authorised by the node's pinned coordinator key",
+    CODE_INTERNAL: "internal error; see the node's log",
+}
 
 
 class _Model(BaseModel):
@@ -93,6 +115,8 @@ class PrivacyQuery(_Model):
     #: K under secure aggregation: every release after describe travels only through SecAgg+,
     #: the node adding σ/√K (:mod:`shared.secure_sum`); None: each node adds σ
     secure_nodes: int | None = Field(default=None, ge=2)
+    #: the study's rounds after describe travel as SecAgg+ sums (signed with the study)
+    secure_aggregation: bool = False
 
     def share(self, release: str) -> int:
         """Over how many nodes' noise a release's σ is split (1: all of it at this node)."""
@@ -110,8 +134,8 @@ class PrivacyQuery(_Model):
 class StudyQuery(_Model):
     """What a node needs to answer: the study's columns and bounds, never code."""
 
-    protocol: Literal[3] = PROTOCOL_VERSION
-    study_id: str = Field(min_length=8, max_length=128)
+    protocol: Literal[4] = PROTOCOL_VERSION
+    study_id: str = Field(min_length=8, max_length=128)  # the grant's id
     treatment_column: str
     covariates: tuple[Covariate, ...] = Field(min_length=1)
     outcomes: tuple[Outcome, ...] = Field(min_length=1)
@@ -121,17 +145,30 @@ class StudyQuery(_Model):
     #: under secure aggregation: values travel divided by this public scale, which the
     #: coordinator sets from describe's noisy counts so every entry fits SecAgg+'s range
     secure_scale: float | None = Field(default=None, gt=0)
+    #: the operator's signed grant this query belongs to (:mod:`shared.grant`)
+    grant: SignedGrant | None = None
+
+    def terms(self) -> dict:
+        """The fixed part of every query of the study: what its grant signs."""
+        privacy = (None if self.privacy is None else
+                   self.privacy.model_dump(mode="json", exclude={"resplit", "secure_nodes"}))
+        return {"treatment_column": self.treatment_column,
+                "covariates": [c.model_dump(mode="json") for c in self.covariates],
+                "outcomes": [o.model_dump(mode="json") for o in self.outcomes],
+                "privacy": privacy}
 
     @classmethod
     def for_spec(cls, spec: StudySpec, ops: tuple, resplit: BudgetSplit | None = None,
-                 secure_nodes: int | None = None, secure_scale: float | None = None) -> "StudyQuery":
+                 secure_nodes: int | None = None, secure_scale: float | None = None,
+                 grant: SignedGrant | None = None) -> "StudyQuery":
         p = spec.privacy
         privacy = (PrivacyQuery(epsilon=p.epsilon, delta=p.delta, split=p.split,
                                 n_ps_rounds=p.ps_rounds, accountant=p.accountant, resplit=resplit,
-                                secure_nodes=secure_nodes)
+                                secure_nodes=secure_nodes, secure_aggregation=p.secure_aggregation)
                    if p.enabled else None)
+        study_id = Grant.model_validate_json(grant.body).grant_id if grant else spec.spec_hash()
         return cls(
-            study_id=spec.spec_hash(),
+            study_id=study_id,
             treatment_column=spec.treatment.column,
             covariates=spec.covariates,
             outcomes=spec.outcomes,
@@ -139,7 +176,17 @@ class StudyQuery(_Model):
             sites=tuple(s.name for s in spec.sites),
             privacy=privacy,
             secure_scale=secure_scale,
+            grant=grant,
         )
+
+    @staticmethod
+    def study_grant(spec: StudySpec, grant_id: str) -> Grant:
+        """The grant the operator signs for ``spec`` (its sites and terms)."""
+        if not spec.sites:
+            raise ValueError("a signed study names its sites ([[sites]] in the spec)")
+        probe = StudyQuery.for_spec(spec, (Describe(),))
+        return Grant(kind="study", grant_id=grant_id, sites=tuple(s.name for s in spec.sites),
+                     terms=probe.terms())
 
     def data_key(self) -> tuple:
         """What determines the node's prepared arrays (for its local cache)."""
@@ -172,3 +219,7 @@ class RiskJob(_Model):
     target_epsilon: float = Field(gt=0, le=100)
     delta: float = Field(default=1e-5, gt=0, lt=1)
     outcome: str = "cv_event"
+
+    def terms(self) -> dict:
+        """What a risk grant signs: the whole job."""
+        return self.model_dump(mode="json")

@@ -68,6 +68,15 @@ class Outcome(_Model):
         return self
 
 
+#: The default study's outcomes with their public caps (claims are rarely near the cap); also
+#: a node's default policy (:mod:`node.policy`).
+DEFAULT_OUTCOMES: tuple[Outcome, ...] = (
+    Outcome(name="claims_cost", cap=100_000.0),
+    Outcome(name="cv_event", cap=1.0, kind="binary"),
+    Outcome(name="absence_days", cap=365.0),
+)
+
+
 class BudgetSplit(_Model):
     """Shares of the study's privacy loss (zCDP ρ) spent on each round; they must sum to 1.
 

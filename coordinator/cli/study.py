@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from coordinator.cli.progress import study_progress
-from shared.errors import ReHealthError
+from shared.errors import ReHealthError, SpecError
 from shared.result import StudyResult
 
 app = typer.Typer(help="Run federated studies.", no_args_is_help=True)
@@ -26,9 +26,12 @@ def run(
     root_certificates: Path = typer.Option(None, help="CA certificate for TLS to the SuperLink."),
     out: Path = typer.Option(Path("result.json"), "--out", help="Where to write the result JSON."),
     report_key: Path = typer.Option(None, help="Sign and render the evidence report with this key."),
+    key: Path = typer.Option(None, "--key", help="The operator's Ed25519 key that signs the study "
+                             "(its .pub is pinned in every node). With --local: made on first use "
+                             "beside the result; against a SuperLink: required."),
     fmt: str = typer.Option("text", "--format", help="text or json"),
 ) -> None:
-    """Run the study described by SPEC and write its result."""
+    """Run the study described by SPEC, signed with the operator's key, and write its result."""
     from coordinator.study.runner import run_local, run_remote
 
     console = Console(stderr=fmt == "json")
@@ -36,9 +39,12 @@ def run(
     try:
         with study_progress(console, enabled=fmt != "json") as on_event:
             if local:
-                result = run_local(spec, work, on_event=on_event)
+                result = run_local(spec, work, on_event=on_event, key_path=key)
             else:
-                result = run_remote(spec, work, superlink=superlink,
+                if key is None:
+                    raise SpecError("--key: a study sent to a running federation is signed with "
+                                    "the operator's key, whose public half its nodes pin")
+                result = run_remote(spec, work, key_path=key, superlink=superlink,
                                     root_certificates=root_certificates, on_event=on_event)
     except ReHealthError as e:
         console.print(f"[red]study failed:[/red] {escape(str(e))}")

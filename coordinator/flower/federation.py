@@ -18,12 +18,11 @@ from flwr.app import Message
 from flwr.serverapp import Grid
 
 from shared.errors import FederationError
-from shared.protocol import STUDY_MESSAGE_TYPE, StudyQuery
+from shared.protocol import CODE_NOT_IN_STUDY, STUDY_MESSAGE_TYPE, StudyQuery
 from shared.wire import decode_answer, encode_query
 
 log = logging.getLogger("rehealth.coordinator")
 
-CODE_NOT_IN_STUDY = 4004  # must match node.flower.client_app (the wire contract)
 
 
 @dataclass(frozen=True)

@@ -69,3 +69,25 @@ class InProcessGrid(Grid):
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None):
         return self.pull_messages(self.push_messages(messages))
+
+
+def signed_grid(spec, workdir, *, extra: dict | None = None, key_path=None,
+                fail: Callable[[int, Message], bool] | None = None):
+    """An in-process Grid over one node per site of ``spec``, configured as the local launcher
+    configures its SuperNodes (:func:`coordinator.study.runner.site_nodes`: each pins the
+    operator's public key), and the operator's signed grant for ``spec``.
+
+    ``extra``: node-config entries added to every node (e.g. a budget, a ledger URL).
+    Returns ``(grid, grant)``; pass the grant to :func:`coordinator.study.workflow.run_study`.
+    """
+    from pathlib import Path
+
+    from coordinator.study.runner import coordinator_keys, sign_study, site_nodes
+    from node.flower.client_app import app as client_app
+    from shared.grant import SignedGrant
+
+    workdir = Path(workdir)
+    key, pub = coordinator_keys(workdir / "keys", key_path)
+    configs = {i + 1: {"site": n.site, **n.config, **(extra or {})}
+               for i, n in enumerate(site_nodes(spec, workdir, pub))}
+    return InProcessGrid(client_app, configs, fail=fail), SignedGrant.model_validate_json(sign_study(spec, key))

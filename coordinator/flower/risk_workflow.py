@@ -21,7 +21,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from coordinator.flower.federation import GridFederation
 from shared.errors import FederationError
-from shared.protocol import RISK_ARRAYS_KEY, RISK_EVAL_KEY, RISK_JOB_KEY, RiskJob
+from shared.protocol import GRANT_KEY, RISK_ARRAYS_KEY, RISK_EVAL_KEY, RISK_JOB_KEY, RiskJob
 from shared.risk.arch import RiskArch
 from shared.risk.metrics import EvalAggregate, evaluate, merge_aggregates
 
@@ -34,7 +34,8 @@ def initial_arrays(arch: RiskArch) -> list[np.ndarray]:
 
 
 def train_risk_model(grid: Grid, job: RiskJob, *, expected_nodes: int, out_dir: Path,
-                     timeout_s: float = 600.0, progress=lambda event, data: None) -> dict:
+                     timeout_s: float = 600.0, progress=lambda event, data: None,
+                     grant=None) -> dict:
     """Run ``job.rounds`` FedAvg rounds and a federated evaluation; write ``risk_model.npz``
     and ``risk_result.json`` to ``out_dir``; return the result dict."""
     started = time.perf_counter()
@@ -43,7 +44,8 @@ def train_risk_model(grid: Grid, job: RiskJob, *, expected_nodes: int, out_dir: 
     arch = RiskArch(kind=job.kind, hidden=job.hidden)
     strategy = FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=expected_nodes,
                       min_available_nodes=expected_nodes)
-    config = ConfigRecord({RISK_JOB_KEY: job.model_dump_json()})
+    config = ConfigRecord({RISK_JOB_KEY: job.model_dump_json(),
+                           **({GRANT_KEY: grant.model_dump_json()} if grant is not None else {})})
     progress("risk_training", {"rounds": job.rounds, "nodes": expected_nodes})
     result = strategy.start(grid=grid, initial_arrays=ArrayRecord(initial_arrays(arch)),
                             num_rounds=job.rounds, timeout=timeout_s, train_config=config)

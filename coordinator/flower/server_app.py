@@ -2,7 +2,9 @@
 
 Run configuration (``flwr run … --run-config``): ``spec-path`` (the study TOML, on the
 SuperLink's host), ``out-dir`` (where ``result.json`` and ``progress.jsonl`` are written),
-``expected-nodes`` (when the spec lists no sites).
+``grant`` (the operator's signed grant, :mod:`shared.grant`: it travels with every query and
+each node checks it against its pinned coordinator key; the ServerApp holds no key and cannot
+sign one), ``expected-nodes`` (risk training).
 """
 
 from __future__ import annotations
@@ -67,11 +69,21 @@ def run_one(grid: Grid, cfg, out_dir: Path, progress) -> None:
                               round_name="connect")
     fed.wait_for_nodes(expected, timeout_s=float(cfg.get("connect-timeout", 60.0)))
     progress("connected", {"nodes": expected})
-    run = run_study(spec, fed, progress)
+    run = run_study(spec, fed, progress, grant=_grant(cfg))
     result = assemble_result(run, dropped=fed.dropped, started_at=started_at, finished_at=_now(),
                              total_s=time.perf_counter() - started)
     result.write(out_dir / "result.json")
     progress("done", {"result": str(out_dir / "result.json")})
+
+
+def _grant(cfg):
+    from shared.grant import SignedGrant
+
+    if not cfg.get("grant"):
+        raise FederationError("the run carries no signed grant: nodes answer only studies signed "
+                              "by the operator's key (rehealth study run signs them)",
+                              round_name="connect")
+    return SignedGrant.model_validate_json(str(cfg["grant"]))
 
 
 def train_one_model(grid: Grid, cfg, out_dir: Path, progress) -> None:
@@ -82,5 +94,6 @@ def train_one_model(grid: Grid, cfg, out_dir: Path, progress) -> None:
     expected = int(cfg.get("expected-nodes", 0))
     if expected < 1:
         raise FederationError("expected-nodes must be set for risk training", round_name="connect")
-    train_risk_model(grid, job, expected_nodes=expected, out_dir=out_dir, progress=progress)
+    train_risk_model(grid, job, expected_nodes=expected, out_dir=out_dir, progress=progress,
+                     grant=_grant(cfg))
     progress("done", {"result": str(out_dir / "risk_result.json")})

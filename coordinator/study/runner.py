@@ -24,8 +24,35 @@ APP_DIR = Path(coordinator.flower.__file__).parent / "app"
 OnEvent = Callable[[dict], None]
 
 
-def site_nodes(spec: StudySpec, workdir: Path) -> list[NodeSpec]:
-    """Node configs for a local federation: one SuperNode per site of the spec."""
+def coordinator_keys(key_dir: Path, key_path: Path | None = None) -> tuple[Path, Path]:
+    """The operator's Ed25519 key pair: ``key_path`` (its public half beside it, ``.pub``) or
+    one made on first use in ``key_dir`` (0600). It signs studies and evidence reports."""
+    from coordinator.report import ensure_keypair
+    from coordinator.report.signing import PUBLIC_KEY_NAME
+
+    if key_path is None:
+        return ensure_keypair(key_dir)
+    pub = key_path.with_name(PUBLIC_KEY_NAME)
+    if not pub.exists():
+        raise SpecError(f"{pub}: the public half of {key_path} is missing (it is pinned in every node)")
+    return key_path, pub
+
+
+def sign_study(spec: StudySpec, key_path: Path) -> str:
+    """The operator's signed grant for ``spec`` (JSON), one new grant id per call."""
+    from coordinator.report.signing import load_private_key
+    from shared.grant import new_grant_id, sign_grant
+    from shared.protocol import StudyQuery
+
+    grant = StudyQuery.study_grant(spec, new_grant_id(spec.spec_hash()))
+    return sign_grant(grant, load_private_key(key_path)).model_dump_json()
+
+
+def site_nodes(spec: StudySpec, workdir: Path, coordinator_pub: Path) -> list[NodeSpec]:
+    """Node configs for a local federation: one SuperNode per site of the spec, each pinning
+    ``coordinator_pub``. The sites' operator is the one running them, so an exact spec (its
+    ``[privacy] enabled = false``, written by that operator) opts them into exact answers — a
+    single data owner's federation; a DP spec leaves them DP-only."""
     if not spec.sites:
         raise SpecError("sites: a local study needs at least one [[sites]] entry")
     nodes = []
@@ -34,7 +61,10 @@ def site_nodes(spec: StudySpec, workdir: Path) -> list[NodeSpec]:
             raise SpecError(f"sites[{s.name}].data: a local study needs each site's data file")
         state = workdir / "nodes" / s.name
         state.mkdir(parents=True, exist_ok=True, mode=0o700)
-        config = {"data-path": s.data, "state-dir": str(state)}
+        config = {"data-path": s.data, "state-dir": str(state),
+                  "coordinator-key": str(coordinator_pub.resolve())}
+        if not spec.privacy.enabled:
+            config["allow-exact"] = True
         if spec.privacy.secure_aggregation:  # the local sites' operator is the one running it
             config["secure-aggregation"] = True
         nodes.append(NodeSpec(s.name, config))
@@ -86,10 +116,13 @@ def run_app(client: FlwrClient, run_config: dict, out_dir: Path, *, result_name:
     return result_file
 
 
-def run_with_client(client: FlwrClient, spec_path: Path, out_dir: Path, *, startup_s: float = 0.0,
-                    timeout_s: float = 900.0, on_event: OnEvent | None = None) -> StudyResult:
-    """Submit the study app, follow its progress, return the result it wrote."""
-    result_file = run_app(client, {"spec-path": str(spec_path.resolve())}, out_dir,
+def run_with_client(client: FlwrClient, spec_path: Path, out_dir: Path, *, key_path: Path,
+                    startup_s: float = 0.0, timeout_s: float = 900.0,
+                    on_event: OnEvent | None = None) -> StudyResult:
+    """Sign the study with the operator's key, submit the study app, follow its progress,
+    return the result it wrote."""
+    grant = sign_study(StudySpec.from_toml(spec_path), key_path)
+    result_file = run_app(client, {"spec-path": str(spec_path.resolve()), "grant": grant}, out_dir,
                           result_name="result.json", timeout_s=timeout_s, on_event=on_event)
     result = StudyResult.read(result_file)
     timings = dict(result.timings, startup_s=startup_s, total_s=result.timings.get("total_s", 0) + startup_s)
@@ -99,31 +132,47 @@ def run_with_client(client: FlwrClient, spec_path: Path, out_dir: Path, *, start
 
 
 @contextmanager
-def local_federation(spec_path: Path, out_dir: Path, on_event: OnEvent | None = None):
+def local_federation(spec_path: Path, out_dir: Path, coordinator_pub: Path,
+                     on_event: OnEvent | None = None):
     """A SuperLink and one SuperNode per site of the spec on 127.0.0.1, stopped on exit."""
     spec = StudySpec.from_toml(spec_path)
     workdir = out_dir.resolve() / "federation"
-    with LocalFederation(workdir, site_nodes(spec, workdir)) as fed:
+    with LocalFederation(workdir, site_nodes(spec, workdir, coordinator_pub)) as fed:
         if on_event:
             on_event({"event": "federation_up", "seconds": fed.startup_s, "nodes": len(fed.nodes)})
         yield fed
 
 
+def sign_risk_job(job, key_path: Path) -> str:
+    """The operator's signed grant for a risk-training job (JSON): the whole job."""
+    from coordinator.report.signing import load_private_key
+    from shared.grant import Grant, sign_grant
+
+    sites = tuple(getattr(job, "sites", ()) or ())
+    grant = Grant(kind="risk", grant_id=job.job_id, sites=sites, terms=job.terms())
+    return sign_grant(grant, load_private_key(key_path)).model_dump_json()
+
+
 def train_risk_local(spec_path: Path, out_dir: Path, job, *, on_event: OnEvent | None = None,
-                     timeout_s: float = 900.0) -> dict:
+                     timeout_s: float = 900.0, key_path: Path | None = None) -> dict:
     """Federated DP training of the risk model over one local SuperNode per site of the spec."""
-    with local_federation(spec_path, out_dir, on_event) as fed:
+    key, pub = coordinator_keys(out_dir.resolve() / "keys", key_path)
+    with local_federation(spec_path, out_dir, pub, on_event) as fed:
         path = run_app(fed.client, {"workflow": "risk", "risk-job": job.model_dump_json(),
+                                    "grant": sign_risk_job(job, key),
                                     "expected-nodes": len(fed.nodes)}, out_dir,
                        result_name="risk_result.json", timeout_s=timeout_s, on_event=on_event)
     return json.loads(path.read_text())
 
 
 def run_local(spec_path: Path, out_dir: Path, *, on_event: OnEvent | None = None,
-              timeout_s: float = 900.0) -> StudyResult:
-    """Start a SuperLink and one SuperNode per site on 127.0.0.1, run the study, stop them."""
-    with local_federation(spec_path, out_dir, on_event) as fed:
-        return run_with_client(fed.client, spec_path, out_dir, startup_s=fed.startup_s,
+              timeout_s: float = 900.0, key_path: Path | None = None) -> StudyResult:
+    """Start a SuperLink and one SuperNode per site on 127.0.0.1 (each pinning the operator's
+    public key), run the signed study, stop them. Without ``key_path`` a key pair is made in
+    ``out_dir/keys`` on first use."""
+    key, pub = coordinator_keys(out_dir.resolve() / "keys", key_path)
+    with local_federation(spec_path, out_dir, pub, on_event) as fed:
+        return run_with_client(fed.client, spec_path, out_dir, key_path=key, startup_s=fed.startup_s,
                                timeout_s=timeout_s, on_event=on_event)
 
 
@@ -138,7 +187,7 @@ def _truth(spec_path: Path) -> dict[str, float] | None:
     return {k: float(v) for k, v in att.items()} or None
 
 
-def run_remote(spec_path: Path, out_dir: Path, *, superlink: str | None = None,
+def run_remote(spec_path: Path, out_dir: Path, *, key_path: Path, superlink: str | None = None,
                root_certificates: Path | None = None, on_event: OnEvent | None = None,
                timeout_s: float = 900.0) -> StudyResult:
     """Run the study on an already running federation (SuperLink address from the flag or
@@ -149,4 +198,5 @@ def run_remote(spec_path: Path, out_dir: Path, *, superlink: str | None = None,
         raise SpecError("federation.superlink: give the SuperLink address (or use --local)")
     client = FlwrClient(home=out_dir.resolve() / "flwr-home", address=address,
                         root_certificates=root_certificates)
-    return run_with_client(client, spec_path, out_dir, timeout_s=timeout_s, on_event=on_event)
+    return run_with_client(client, spec_path, out_dir, key_path=key_path, timeout_s=timeout_s,
+                           on_event=on_event)

@@ -89,8 +89,10 @@ def _sum(items):
 class _Rounds:
     """Sends one round's operations to the federation and keeps the books."""
 
-    def __init__(self, spec: StudySpec, fed: Federation, run: StudyRun, progress: Progress):
+    def __init__(self, spec: StudySpec, fed: Federation, run: StudyRun, progress: Progress,
+                 grant=None):
         self.spec, self.fed, self.run, self.progress = spec, fed, run, progress
+        self.grant = grant
 
     def ask(self, ops: tuple, name: str) -> dict:
         """One round; under secure aggregation (after describe) a SecAgg+ sum, whose answers
@@ -99,7 +101,7 @@ class _Rounds:
         self.progress("round_start", {"round": name, "ops": [o.op for o in ops]})
         nodes, scale = self.run.secure or (None, None)
         query = StudyQuery.for_spec(self.spec, ops, resplit=self.run.resplit, secure_nodes=nodes,
-                                    secure_scale=scale)
+                                    secure_scale=scale, grant=self.grant)
         answers = (self.fed.secure_ask if nodes is not None else self.fed.ask)(query, name)
         if not answers:
             raise FederationError(f"round {name}: no node answered", round_name=name)
@@ -127,11 +129,13 @@ class _Rounds:
         return answers
 
 
-def run_study(spec: StudySpec, fed: Federation, progress: Progress | None = None) -> StudyRun:
+def run_study(spec: StudySpec, fed: Federation, progress: Progress | None = None,
+              grant=None) -> StudyRun:
     """Run the study over ``fed`` and return what it learned (raises ``FederationError`` and
-    the estimator's typed errors)."""
+    the estimator's typed errors). ``grant``: the operator's signed grant for ``spec``
+    (:class:`shared.grant.SignedGrant`), sent with every query."""
     run = StudyRun(spec=spec)
-    rounds = _Rounds(spec, fed, run, progress or (lambda event, data: None))
+    rounds = _Rounds(spec, fed, run, progress or (lambda event, data: None), grant)
     if spec.privacy.enabled:
         _run_private(spec, rounds, run)
     else:

@@ -16,18 +16,12 @@ from flwr.clientapp import ClientApp
 from pydantic import ValidationError
 
 from node.runtime import NodeRuntime, NotInStudy
-from shared.errors import DataError, PrivacyError, QueryRefused, ReHealthError
-from shared.protocol import StudyQuery
+from shared.errors import DataError, PrivacyError, QueryRefused, SpecError, UnauthorizedQuery
+from shared.protocol import (CODE_BUDGET, CODE_DATA, CODE_INTERNAL, CODE_NOT_IN_STUDY,
+                             CODE_REFUSED, CODE_UNAUTHORIZED, ERROR_TEXT, StudyQuery)
 from shared.wire import decode_query, encode_answer
 
 log = logging.getLogger("rehealth.node")
-
-#: Error codes returned to the coordinator.
-CODE_REFUSED = 4001  # unknown or invalid query
-CODE_DATA = 4002  # the site's data fail validation
-CODE_BUDGET = 4003  # privacy budget exhausted, or the node's privacy policy refuses
-CODE_NOT_IN_STUDY = 4004  # this site is not part of the study: declined, nothing computed
-CODE_INTERNAL = 5000
 
 app = ClientApp()
 
@@ -56,7 +50,7 @@ def train(msg: Message, context: Context) -> Message:
     """One round of federated DP training of the risk model on this node's rows."""
     from node.flower import risk_handlers
 
-    return _guarded(risk_handlers.train, msg, context)
+    return _guarded(_risk(risk_handlers.train), msg, context)
 
 
 @app.evaluate()
@@ -64,7 +58,15 @@ def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate a risk model on this node's rows; only additive aggregates leave."""
     from node.flower import risk_handlers
 
-    return _guarded(risk_handlers.evaluate, msg, context)
+    return _guarded(_risk(risk_handlers.evaluate), msg, context)
+
+
+def _risk(handler):
+    """A risk-model handler behind the check of the message's signed grant."""
+    def checked(msg: Message, runtime: NodeRuntime) -> Message:
+        runtime.verify_risk(msg.content)
+        return handler(msg, runtime)
+    return checked
 
 
 def _answer_study(msg: Message, runtime: NodeRuntime) -> Message:
@@ -104,30 +106,34 @@ def _answer_secure_sum(msg: Message, context: Context, runtime: NodeRuntime) -> 
 
 
 def _guarded(handler, msg: Message, context: Context) -> Message:
-    """Run a handler; turn every expected failure into a coded error reply."""
-    runtime = NodeRuntime.from_node_config(context.node_config)
+    """Run a handler; turn every failure into a coded error reply with a fixed text."""
+    try:
+        runtime = NodeRuntime.from_node_config(context.node_config)
+    except SpecError as e:
+        log.error("node config: %s", e)
+        return Message(Error(code=CODE_INTERNAL, reason=f"node: {ERROR_TEXT[CODE_INTERNAL]}"), reply_to=msg)
     try:
         return handler(msg, runtime)
     except NotInStudy as e:
-        return _error(msg, CODE_NOT_IN_STUDY, runtime.site, e, public=True)
-    except DataError as e:
-        return _error(msg, CODE_DATA, runtime.site, e)
-    except (ValidationError, ValueError, QueryRefused) as e:
-        return _error(msg, CODE_REFUSED, runtime.site, e, public=True)
+        return _error(msg, CODE_NOT_IN_STUDY, runtime.site, e)
+    except UnauthorizedQuery as e:
+        return _error(msg, CODE_UNAUTHORIZED, runtime.site, e, public=True)
+    except (QueryRefused, ValidationError) as e:
+        return _error(msg, CODE_REFUSED, runtime.site, e, public=isinstance(e, QueryRefused))
     except PrivacyError as e:
         return _error(msg, CODE_BUDGET, runtime.site, e, public=True)
-    except ReHealthError as e:
+    except DataError as e:
+        return _error(msg, CODE_DATA, runtime.site, e)
+    except Exception as e:  # noqa: BLE001 - nothing of an unexpected error may cross the wire
+        log.exception("site %s: unexpected %s", runtime.site, type(e).__name__)
         return _error(msg, CODE_INTERNAL, runtime.site, e)
 
 
 def _error(msg: Message, code: int, site: str, e: Exception, *, public: bool = False) -> Message:
-    """Log the full error locally; send a message without row values unless ``public``."""
+    """Log the full error locally; send the code's fixed text, and the refusal's own message
+    only where ``public`` (a node refusal, built from the query and policy alone)."""
     log.error("site %s: %s: %s", site, type(e).__name__, e)
+    reason = f"site {site}: {ERROR_TEXT[code]}"
     if public:
-        reason = f"site {site}: {type(e).__name__}: {str(e)[:500]}"
-    elif isinstance(e, DataError):
-        where = f" (field {e.field})" if getattr(e, "field", None) else ""
-        reason = f"site {site}: the site's data fail validation{where}; see the node's log"
-    else:
-        reason = f"site {site}: internal error ({type(e).__name__}); see the node's log"
+        reason += f": {str(e)[:500]}"
     return Message(Error(code=code, reason=reason), reply_to=msg)

@@ -23,15 +23,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shared.study import Outcome
+from shared.study import DEFAULT_OUTCOMES, Outcome
 from shared.synth.hazard import HIGH_RISK, event_probability
 
 #: The default study's outcomes with their public caps (claims are rarely near the cap).
-OUTCOMES: tuple[Outcome, ...] = (
-    Outcome(name="claims_cost", cap=100_000.0),
-    Outcome(name="cv_event", cap=1.0, kind="binary"),
-    Outcome(name="absence_days", cap=365.0),
-)
+OUTCOMES: tuple[Outcome, ...] = DEFAULT_OUTCOMES
 OUTCOME_NAMES: tuple[str, ...] = tuple(o.name for o in OUTCOMES)
 
 
