@@ -101,9 +101,13 @@ class BudgetSplit(_Model):
 
 
 class Privacy(_Model):
-    """The study's DP budget, charged at every node (each node's ledger caps its own total)."""
+    """The study's DP budget, charged at every node (each node's ledger caps its own total).
 
-    enabled: bool = False
+    On by default: nodes answer only DP queries unless their operator allows exact answers, so
+    an exact study (``enabled = false``) is a deliberate request for a single data owner's
+    federation."""
+
+    enabled: bool = True
     epsilon: float = Field(default=1.0, gt=0)
     delta: float = Field(default=1e-6, gt=0, lt=1)
     split: BudgetSplit = BudgetSplit()

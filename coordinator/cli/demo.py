@@ -1,8 +1,10 @@
 """`rehealth demo`: the whole product on loopback with synthetic sites.
 
 Generates a synthetic federation with known ground truth, starts a SuperLink and one SuperNode
-per site on 127.0.0.1, runs the study over Flower, prints the ATT per outcome next to the true
-ATT, and writes the result and the signed evidence report.
+per site on 127.0.0.1 in the secure configuration (TLS, registered node keys, Flower's auth
+secret; every node pinning the operator's key), runs the operator-signed DP study over Flower,
+prints the ATT per outcome next to the true ATT, and writes the result and the signed evidence
+report.
 """
 
 from __future__ import annotations
@@ -24,12 +26,15 @@ def demo(
     seed: int = typer.Option(7, help="Seed of the synthetic federation."),
     sites: int = typer.Option(None, help="Number of synthetic sites (default: all profiles)."),
     scale: float = typer.Option(1.0, help="Scale the synthetic site sizes."),
-    epsilon: float = typer.Option(None, min=0.01, help="Differentially private study at this ε "
-                                  "(δ = 1e-6), charged to every node's ledger; exact when omitted."),
+    epsilon: float = typer.Option(1.0, min=0.01, help="The study's ε (δ = 1e-6), charged to every "
+                                  "node's ledger."),
+    exact: bool = typer.Option(False, "--exact", help="An exact (non-DP) study instead, its nodes "
+                               "opted into exact answers as one data owner's federation."),
     secure_aggregation: bool = typer.Option(False, "--secure-aggregation", help="With --epsilon: "
                                             "every release after describe as a SecAgg+ sum."),
 ) -> None:
     """Run a complete federated study on loopback with synthetic sites, ending in a signed report."""
+    from coordinator.report import ensure_keypair
     from coordinator.study.runner import run_local
     from shared.synth.cli import generate_and_summarise
 
@@ -37,16 +42,18 @@ def demo(
     started = time.perf_counter()
     out = out.resolve()
     console.rule("1. Synthetic federation")
-    if secure_aggregation and epsilon is None:
-        console.print("[red]--secure-aggregation needs --epsilon[/red] (it splits the DP noise)")
+    if secure_aggregation and exact:
+        console.print("[red]--secure-aggregation splits the DP noise: not with --exact[/red]")
         raise typer.Exit(2)
     spec_path = generate_and_summarise(out=out / "data", seed=seed, sites=sites, scale=scale,
-                                       epsilon=epsilon, secure_aggregation=secure_aggregation)
+                                       epsilon=None if exact else epsilon,
+                                       secure_aggregation=secure_aggregation)
     synth_s = time.perf_counter() - started
     console.rule("2. Federated study over Flower (SuperLink + SuperNodes on 127.0.0.1)")
     try:
         with study_progress(console) as on_event:
-            result = run_local(spec_path, out / "study", on_event=on_event)
+            result = run_local(spec_path, out / "study", on_event=on_event,
+                               key_path=ensure_keypair(out / "keys")[0])
     except ReHealthError as e:
         console.print(f"[red]study failed:[/red] {escape(str(e))}")
         raise typer.Exit(1)

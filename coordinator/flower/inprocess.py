@@ -88,6 +88,21 @@ def signed_grid(spec, workdir, *, extra: dict | None = None, key_path=None,
 
     workdir = Path(workdir)
     key, pub = coordinator_keys(workdir / "keys", key_path)
-    configs = {i + 1: {"site": n.site, **n.config, **(extra or {})}
-               for i, n in enumerate(site_nodes(spec, workdir, pub))}
+    configs = {}
+    for i, n in enumerate(site_nodes(spec, workdir, pub)):
+        # each test or benchmark run gets its own node state (and so its own ledger)
+        cfg = {k: v for k, v in n.config.items() if k != "ledger-url"}
+        cfg["state-dir"] = str(workdir / "nodes" / n.site)
+        configs[i + 1] = {"site": n.site, **cfg, **(extra or {})}
     return InProcessGrid(client_app, configs, fail=fail), SignedGrant.model_validate_json(sign_study(spec, key))
+
+
+def signed_federation(spec, workdir, *, extra: dict | None = None, key_path=None,
+                      fail: Callable[[int, Message], bool] | None = None):
+    """:func:`signed_grid` wrapped in a connected ``GridFederation``: ``(federation, grant)``."""
+    from coordinator.flower.federation import GridFederation
+
+    grid, grant = signed_grid(spec, workdir, extra=extra, key_path=key_path, fail=fail)
+    fed = GridFederation(grid, poll_s=0.0)
+    fed.wait_for_nodes(len(spec.sites))
+    return fed, grant

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from shared.synth.federation import generate_federation
-from shared.synth.io import FORMATS, write_federation
+from shared.synth.io import DEFAULT_EPSILON, FORMATS, write_federation
 from shared.synth.sites import PROFILES
 
 app = typer.Typer(
@@ -84,11 +84,14 @@ def synth(
     seed: int = typer.Option(7, help="Master seed: equal seeds give byte-identical files."),
     scale: float = typer.Option(1.0, min=0.0001, help="Multiply every site's size."),
     fmt: str = typer.Option("csv", "--format", help=f"File format: {' or '.join(FORMATS)}."),
-    epsilon: float = typer.Option(None, min=0.01, help="Write study.toml as a DP study at this "
-                                  "ε (δ = 1e-6); exact when omitted."),
+    epsilon: float = typer.Option(DEFAULT_EPSILON, min=0.01, help="study.toml is a DP study at "
+                                  "this ε (δ = 1e-6)."),
+    exact: bool = typer.Option(False, "--exact", help="Write an exact (non-DP) study instead: "
+                               "only nodes whose operator allows exact answers answer it."),
 ) -> None:
     """Write per-site persons, interventions, outcomes and cohort tables, study.toml and
     truth.json, and print the true ATT per site."""
     if fmt not in FORMATS:
         raise typer.BadParameter(f"must be one of {', '.join(FORMATS)}", param_hint="--format")
-    generate_and_summarise(out=out, seed=seed, sites=sites, scale=scale, fmt=fmt, epsilon=epsilon)
+    generate_and_summarise(out=out, seed=seed, sites=sites, scale=scale, fmt=fmt,
+                           epsilon=None if exact else epsilon)

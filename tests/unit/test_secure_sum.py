@@ -7,12 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from coordinator.flower.federation import GridFederation
-from coordinator.flower.inprocess import InProcessGrid
+from coordinator.flower.inprocess import signed_federation
 from coordinator.study.assemble import assemble_result
 from coordinator.study.workflow import run_study
-from node.flower.client_app import app as client_app
-from node.ledger import PrivacyLedger
+from node.runtime import NodeRuntime
+from node.study_service import answer, load_site_arrays
 from shared.dp.forms import main_from_release
 from shared.errors import FederationError, PrivacyError, SpecError
 from shared.protocol import PsmStats, ScoreHist, StudyQuery
@@ -31,13 +30,19 @@ def _dp(spec, **kw):
     return spec.model_copy(update={"privacy": spec.privacy.model_copy(update={"enabled": True, **kw})})
 
 
-def _fed(spec, tmp_path, *, accept=True) -> GridFederation:
-    configs = {i + 1: {"site": s.name, "data-path": s.data, "state-dir": str(tmp_path / s.name),
-                       "budget-epsilon": 1e4, "secure-aggregation": accept}
-               for i, s in enumerate(spec.sites)}
-    fed = GridFederation(InProcessGrid(client_app, configs), poll_s=0.0)
-    fed.wait_for_nodes(len(spec.sites))
-    return fed
+def _exact(spec):
+    return spec.model_copy(update={"privacy": spec.privacy.model_copy(update={"enabled": False})})
+
+
+def _fed(spec, tmp_path, *, accept=True):
+    """Nodes as the local launcher configures them, pinning the operator's key; ``(fed, grant)``."""
+    return signed_federation(spec, tmp_path, extra={"budget-epsilon": 1e4, "secure-aggregation": accept})
+
+
+def _history(fed, site):
+    cfg = next(c for c in fed.grid.node_configs.values() if c["site"] == site)
+    runtime = NodeRuntime.from_node_config(cfg)
+    return runtime.ledger().history(runtime.dataset)
 
 
 def test_the_secure_sum_is_the_sum_of_the_nodes_answers(spec, tmp_path):
@@ -45,14 +50,18 @@ def test_the_secure_sum_is_the_sum_of_the_nodes_answers(spec, tmp_path):
     over the plain path, entry by entry (scale, node count and layout all round-trip)."""
     beta = (-1.0,) + (0.1,) * len(spec.covariates)
     ops = (ScoreHist(beta=beta), PsmStats(beta=beta, edges=(-np.inf, -1.0, 0.0, np.inf)))
-    exact = _fed(spec, tmp_path / "exact").ask(StudyQuery.for_spec(spec, ops), "exact")
+    # the nodes' exact aggregates, computed from their data directly (an exact query would
+    # have its small cells suppressed)
+    exact_query = StudyQuery.for_spec(_exact(spec), ops)
+    exact = {s.name: answer(exact_query, load_site_arrays(s.data, exact_query, None)) for s in spec.sites}
     dp = _dp(spec, epsilon=1000.0, secure_aggregation=True)
-    n_rows = sum(float(a.answers["score_hist"]["count"].sum()) for a in exact.values())
-    query = StudyQuery.for_spec(dp, ops, secure_nodes=3,
+    n_rows = sum(float(a["score_hist"]["count"].sum()) for a in exact.values())
+    fed, grant = _fed(dp, tmp_path / "secure")
+    query = StudyQuery.for_spec(dp, ops, secure_nodes=3, grant=grant,
                                 secure_scale=secure_scale(rows_upper=n_rows, sigma_max=1.0))
-    got = _fed(spec, tmp_path / "secure").secure_ask(query, "secure")
+    got = fed.secure_ask(query, "secure")
     assert set(got) == {s.name for s in spec.sites} | {SECURE_SUM}
-    total = lambda op, key: sum(a.answers[op][key] for a in exact.values())  # noqa: E731
+    total = lambda op, key: sum(a[op][key] for a in exact.values())  # noqa: E731
     summed = got[SECURE_SUM].answers
     np.testing.assert_allclose(summed["score_hist"]["count"], total("score_hist", "count"), atol=0.5)
     count = summed["psm_stats"]["count"]
@@ -64,9 +73,11 @@ def test_the_secure_sum_is_the_sum_of_the_nodes_answers(spec, tmp_path):
 
 
 def test_a_secure_study_charges_the_central_sigma_and_narrows_the_ci(spec, tmp_path):
-    local = run_study(_dp(spec, epsilon=4.0), _fed(spec, tmp_path / "local"))
+    local_fed, local_grant = _fed(_dp(spec, epsilon=4.0), tmp_path / "local")
+    local = run_study(_dp(spec, epsilon=4.0), local_fed, grant=local_grant)
     secure_spec = _dp(spec, epsilon=4.0, secure_aggregation=True)
-    secure = run_study(secure_spec, _fed(spec, tmp_path / "secure"))
+    secure_fed, secure_grant = _fed(secure_spec, tmp_path / "secure")
+    secure = run_study(secure_spec, secure_fed, grant=secure_grant)
     assert [r.name for r in secure.rounds] == [r.name for r in local.rounds]
     result = assemble_result(secure, dropped={}, started_at="a", finished_at="b", total_s=1.0)
     assert result.privacy.secure_nodes == 3 and assemble_result(
@@ -74,7 +85,7 @@ def test_a_secure_study_charges_the_central_sigma_and_narrows_the_ci(spec, tmp_p
     assert all(set(r.sites) == {s.name for s in spec.sites} for r in secure.rounds)
     sigmas = {r.query: r.sigma for r in secure.plan.releases}
     for s in spec.sites:
-        history = PrivacyLedger(f"sqlite:///{tmp_path / 'secure' / s.name / 'ledger.db'}").history(s.name)
+        history = _history(secure_fed, s.name)
         assert [h.query for h in history].count("ps_fit") == secure_spec.privacy.ps_rounds
         assert {h.query: h.sigma for h in history} == pytest.approx(sigmas)  # the sum's σ, once
         assert secure.privacy_spent[s.name] <= 4.0 + 1e-9
@@ -89,21 +100,25 @@ def test_a_secure_study_charges_the_central_sigma_and_narrows_the_ci(spec, tmp_p
 
 
 def test_a_node_never_releases_a_noise_share_in_a_plain_reply(spec, tmp_path):
-    q = StudyQuery.for_spec(_dp(spec, epsilon=4.0, secure_aggregation=True),
-                            (ScoreHist(beta=(0.0,) * (len(spec.covariates) + 1)),),
-                            secure_nodes=3, secure_scale=1e4)
+    dp = _dp(spec, epsilon=4.0, secure_aggregation=True)
+    fed, grant = _fed(dp, tmp_path)
+    q = StudyQuery.for_spec(dp, (ScoreHist(beta=(0.0,) * (len(spec.covariates) + 1)),),
+                            secure_nodes=3, secure_scale=1e4, grant=grant)
     with pytest.raises(FederationError, match="only as a masked SecAgg\\+ input"):
-        _fed(spec, tmp_path).ask(q, "plain")
+        fed.ask(q, "plain")
 
 
 def test_a_node_that_does_not_accept_secure_aggregation_stops_the_study(spec, tmp_path):
+    dp = _dp(spec, epsilon=4.0, secure_aggregation=True)
+    fed, grant = _fed(dp, tmp_path, accept=False)
     with pytest.raises(FederationError, match="does not accept secure-aggregation studies"):
-        run_study(_dp(spec, epsilon=4.0, secure_aggregation=True), _fed(spec, tmp_path, accept=False))
+        run_study(dp, fed, grant=grant)
 
 
 def test_secure_aggregation_needs_dp_and_every_node(spec):
     with pytest.raises(SpecError, match="needs enabled = true"):
-        StudySpec.from_dict({**spec.model_dump(mode="json"), "privacy": {"secure_aggregation": True}})
+        StudySpec.from_dict({**spec.model_dump(mode="json"),
+                             "privacy": {"enabled": False, "secure_aggregation": True}})
     doc = _dp(spec, secure_aggregation=True).model_dump(mode="json")
     doc["federation"]["min_nodes"] = 2
     with pytest.raises(SpecError, match="every node in every round"):

@@ -3,12 +3,10 @@ own noise from the public plan and charge their ledgers before answering."""
 
 import pytest
 
-from coordinator.flower.federation import GridFederation
-from coordinator.flower.inprocess import InProcessGrid
+from coordinator.flower.inprocess import signed_federation
 from coordinator.study.assemble import assemble_result
 from coordinator.study.workflow import run_study
-from node.flower.client_app import app as client_app
-from node.ledger import PrivacyLedger
+from node.runtime import NodeRuntime
 from shared.dp.workflow import FIT_RESOLUTION_MIN
 from shared.errors import FederationError, UnresolvedFitError
 from shared.study import StudySpec
@@ -26,17 +24,23 @@ def _with_privacy(spec, **kw):
     return spec.model_copy(update={"privacy": spec.privacy.model_copy(update={"enabled": True, **kw})})
 
 
+def _exact(spec):
+    return spec.model_copy(update={"privacy": spec.privacy.model_copy(update={"enabled": False})})
+
+
 def _run(spec, tmp_path, budget=10.0):
-    configs = {i + 1: {"site": s.name, "data-path": s.data, "state-dir": str(tmp_path / s.name),
-                       "budget-epsilon": budget}
-               for i, s in enumerate(spec.sites)}
-    fed = GridFederation(InProcessGrid(client_app, configs), poll_s=0.0)
-    fed.wait_for_nodes(len(spec.sites))
-    return run_study(spec, fed)
+    fed, grant = signed_federation(spec, tmp_path, extra={"budget-epsilon": budget})
+    return run_study(spec, fed, grant=grant)
+
+
+def _ledger(tmp_path, site):
+    """The node's ledger and budget key, as the node itself finds them."""
+    rt = NodeRuntime.from_node_config({"site": site, "state-dir": str(tmp_path / "nodes" / site)})
+    return rt.ledger(), rt.dataset
 
 
 def test_dp_study_charges_every_node_and_widens_the_ci(spec, tmp_path, caplog):
-    exact = _run(spec, tmp_path / "exact")
+    exact = _run(_exact(spec), tmp_path / "exact")
     dp_spec = _with_privacy(spec, epsilon=4.0)
     with caplog.at_level("WARNING", logger="rehealth.coordinator"):
         run = _run(dp_spec, tmp_path / "dp")
@@ -44,12 +48,12 @@ def test_dp_study_charges_every_node_and_widens_the_ci(spec, tmp_path, caplog):
     assert result.privacy.enabled and result.privacy.epsilon == 4.0
     assert set(result.privacy.per_site) == {s.name for s in spec.sites}
     for s in spec.sites:
-        ledger = PrivacyLedger(f"sqlite:///{tmp_path / 'dp' / s.name / 'ledger.db'}")
-        history = ledger.history(s.name)
+        ledger, key = _ledger(tmp_path / "dp", s.name)
+        history = ledger.history(key)
         queries = [h.query for h in history]
         assert queries.count("ps_fit") == dp_spec.privacy.ps_rounds
         assert {"describe", "score_hist", "psm_main"} <= set(queries)
-        spent = ledger.spent(s.name)
+        spent = ledger.spent(key)
         assert 0 < spent <= 4.0 + 1e-9  # one study's plan fits its ε
         assert result.privacy.per_site[s.name] == pytest.approx(spent)
     assert [r.name for r in run.rounds] == ["describe", "ps-fit-1", "ps-fit-2", "ps-fit-3",
@@ -86,27 +90,24 @@ def test_a_noise_limited_dp_study_stops_after_describe_by_default(spec, tmp_path
         _run(_with_privacy(spec, epsilon=0.5), tmp_path)
     assert "Only describe's share of the budget was spent (ledger ε" in str(e.value)
     for s in spec.sites:
-        ledger = PrivacyLedger(f"sqlite:///{tmp_path / s.name / 'ledger.db'}")
-        assert [h.query for h in ledger.history(s.name)] == ["describe"]
-        assert 0 < ledger.spent(s.name) < 0.5 / 4
+        ledger, key = _ledger(tmp_path, s.name)
+        assert [h.query for h in ledger.history(key)] == ["describe"]
+        assert 0 < ledger.spent(key) < 0.5 / 4
 
 
 def test_over_budget_node_refuses_and_the_study_names_it(spec, tmp_path):
     with pytest.raises(FederationError) as e:
         _run(_with_privacy(spec, epsilon=4.0), tmp_path, budget=1.0)
     msg = str(e.value)
-    assert "budget of dataset" in msg and "left" in msg and "needs" in msg, msg
+    assert "budget of" in msg and "left" in msg and "needs" in msg, msg
     assert e.value.node in {s.name for s in spec.sites} and e.value.round_name
 
 
-def test_node_that_requires_dp_refuses_exact_study(spec, tmp_path):
-    configs = {1: {"site": spec.sites[0].name, "data-path": spec.sites[0].data,
-                   "state-dir": str(tmp_path), "require-dp": True}}
-    one = spec.model_copy(update={"sites": spec.sites[:1]})
-    fed = GridFederation(InProcessGrid(client_app, configs), poll_s=0.0)
-    fed.wait_for_nodes(1)
-    with pytest.raises(FederationError, match="differentially private"):
-        run_study(one, fed)
+def test_a_node_answers_an_exact_study_only_if_its_operator_allows_it(spec, tmp_path):
+    one = _exact(spec.model_copy(update={"sites": spec.sites[:1]}))
+    fed, grant = signed_federation(one, tmp_path, extra={"allow-exact": False})
+    with pytest.raises(FederationError, match="only differentially private"):
+        run_study(one, fed, grant=grant)
 
 
 def test_node_caches_the_plan_it_derived(spec, tmp_path):
@@ -162,11 +163,11 @@ def test_nodes_follow_the_re_split_and_their_ledgers_stay_within_the_study_epsil
     assert run.plan.sigma("ps_fit") > base.sigma("ps_fit")
     assert run.plan.sigma("psm_main") < base.sigma("psm_main")
     for s in spec.sites:
-        ledger = PrivacyLedger(f"sqlite:///{tmp_path / s.name / 'ledger.db'}")
-        sigma = {h.query: h.sigma for h in ledger.history(s.name)}
+        ledger, key = _ledger(tmp_path, s.name)
+        sigma = {h.query: h.sigma for h in ledger.history(key)}
         assert sigma["describe"] == pytest.approx(base.sigma("describe"))
         assert sigma["ps_fit"] == pytest.approx(run.plan.sigma("ps_fit"))
         assert sigma["psm_main"] == pytest.approx(run.plan.sigma("psm_main"))
-        assert ledger.spent(s.name) <= 8.0 + 1e-9
+        assert ledger.spent(key) <= 8.0 + 1e-9
     result = assemble_result(run, dropped={}, started_at="a", finished_at="b", total_s=1.0)
     assert result.privacy.resplit == run.resplit.model_dump()

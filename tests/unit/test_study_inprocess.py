@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from coordinator.flower.federation import GridFederation
-from coordinator.flower.inprocess import InProcessGrid
+from coordinator.flower.inprocess import InProcessGrid, signed_grid
 from coordinator.study.assemble import assemble_result
 from coordinator.study.workflow import run_study
 from node.flower.client_app import app as client_app
@@ -20,14 +20,43 @@ from shared.synth import generate_federation, write_federation
 def federation(tmp_path_factory):
     out = tmp_path_factory.mktemp("fed")
     fed = generate_federation(seed=11, sites=4, scale=0.08)
-    spec_path = write_federation(fed, out)
+    spec_path = write_federation(fed, out, epsilon=None)  # exact: the sites are one owner's
     return StudySpec.from_toml(spec_path), fed
 
 
 def _grid(spec, tmp_path, fail=None):
-    configs = {i + 1: {"site": s.name, "data-path": s.data, "state-dir": str(tmp_path / s.name)}
-               for i, s in enumerate(spec.sites)}
-    return InProcessGrid(client_app, configs, fail=fail)
+    return signed_grid(spec, tmp_path, fail=fail)
+
+
+def _run(spec, fed, grid_and_grant):
+    return run_study(spec, fed, grant=grid_and_grant[1])
+
+
+def _scaled(spec, cohort):
+    feats = [c.as_feature() for c in spec.covariates]
+    lo = np.array([f.lo for f in feats]); hi = np.array([f.hi for f in feats])
+    z = (cohort[[f.name for f in feats]].to_numpy(float) - lo) / (hi - lo)
+    return z, cohort[spec.treatment.column].to_numpy(float), cohort[[o.name for o in spec.outcomes]].to_numpy(float)
+
+
+def _pooled_without_small_cells(spec, fed, beta, edges, k=11):
+    """The estimator on the pooled rows minus those in a site's stratum × arm cell of fewer
+    than ``k`` people (what exact nodes withhold), at the federation's β and edges."""
+    from shared.psm.estimator import estimate_att
+    from shared.psm.table import psm_table, scale_outcomes
+
+    keep_z, keep_t, keep_y = [], [], []
+    for site in fed.sites:
+        z, t, y = _scaled(spec, site.cohort)
+        score = np.hstack([np.ones((len(t), 1)), z]) @ beta
+        cell = (np.searchsorted(edges, score, side="right") - 1) * 2 + t.astype(int)
+        counts = np.bincount(cell, minlength=2 * (len(edges) - 1))
+        keep = counts[cell] >= k
+        keep_z.append(z[keep]); keep_t.append(t[keep]); keep_y.append(y[keep])
+    y, _ = scale_outcomes(y=np.vstack(keep_y), lo=np.array([o.lo for o in spec.outcomes]),
+                          cap=np.array([o.cap for o in spec.outcomes]))
+    table = psm_table(z=np.vstack(keep_z), t=np.concatenate(keep_t), y=y, beta=beta, edges=edges)
+    return estimate_att(table=table, outcomes=spec.outcomes, covariates=[c.name for c in spec.covariates])
 
 
 def _pooled(spec, fed):
@@ -44,19 +73,30 @@ def _pooled(spec, fed):
 
 def test_federated_equals_pooled(federation, tmp_path):
     spec, fed = federation
-    grid_fed = GridFederation(_grid(spec, tmp_path), poll_s=0.0)
+    gg = _grid(spec, tmp_path)
+    grid_fed = GridFederation(gg[0], poll_s=0.0)
     grid_fed.wait_for_nodes(len(spec.sites))
-    run = run_study(spec, grid_fed)
+    run = _run(spec, grid_fed, gg)
     pooled = _pooled(spec, fed)
     np.testing.assert_allclose(run.fitter.beta, pooled.fitter.beta, rtol=1e-9, atol=1e-12)
+    # exact nodes never release a cell of fewer than 11 people: the federated estimate is the
+    # pooled estimator over the rows in cells of at least 11 at their site, to 1e-9
+    reference = _pooled_without_small_cells(spec, fed, run.fitter.beta, run.table.edges)
+    suppressed = 0
     for o in spec.outcomes:
-        a, b = run.estimate.outcome(o.name), pooled.estimate.outcome(o.name)
+        a, b = run.estimate.outcome(o.name), reference.outcome(o.name)
         assert a.att == pytest.approx(b.att, rel=1e-9, abs=1e-12)
         assert a.se == pytest.approx(b.se, rel=1e-9)
         assert a.n_treated == b.n_treated and a.n_treated_dropped == b.n_treated_dropped
+        full = pooled.estimate.outcome(o.name)
+        suppressed = full.n_treated + full.n_treated_dropped - a.n_treated - a.n_treated_dropped
+        assert abs(a.att - full.att) < 3 * full.se  # what the suppression costs is small
+    assert suppressed >= 0
     result = assemble_result(run, dropped={}, started_at="t0", finished_at="t1", total_s=1.0)
     assert {s.name for s in result.sites} == {s.name for s in spec.sites}
-    assert sum(s.n for s in result.sites) == sum(len(s.cohort) for s in fed.sites)
+    # each site's size as released: an arm of fewer than 11 people is withheld (released as 0)
+    arms = [np.bincount(s.cohort[spec.treatment.column].to_numpy(int), minlength=2) for s in fed.sites]
+    assert sum(s.n for s in result.sites) == sum(int(a[a >= 11].sum()) for a in arms)
     # fewer round trips than a cold Newton start would need: describe + few fits (psm rides along)
     assert len(run.rounds) <= 6, [r.name for r in run.rounds]
 
@@ -64,11 +104,11 @@ def test_federated_equals_pooled(federation, tmp_path):
 def test_node_failure_names_node_and_round(federation, tmp_path):
     spec, _ = federation
     victim = spec.sites[1].name
-    grid = _grid(spec, tmp_path, fail=lambda nid, msg: nid == 2 and msg.metadata.group_id == "ps-fit-2")
-    fed = GridFederation(grid, poll_s=0.0, timeout_s=0.5)
+    gg = _grid(spec, tmp_path, fail=lambda nid, msg: nid == 2 and msg.metadata.group_id == "ps-fit-2")
+    fed = GridFederation(gg[0], poll_s=0.0, timeout_s=0.5)
     fed.wait_for_nodes(len(spec.sites))
     with pytest.raises(FederationError) as e:
-        run_study(spec, fed)
+        _run(spec, fed, gg)
     assert e.value.node == victim and e.value.round_name == "ps-fit-2"
     assert victim in str(e.value) and "ps-fit-2" in str(e.value)
 
@@ -77,25 +117,25 @@ def test_min_nodes_goes_on_without_failed_node_and_says_so(federation, tmp_path)
     spec, fed = federation
     spec = spec.model_copy(update={"federation": spec.federation.model_copy(update={"min_nodes": 3})})
     victim = spec.sites[1].name
-    grid = _grid(spec, tmp_path, fail=lambda nid, msg: nid == 2 and msg.metadata.group_id == "ps-fit-2")
-    gf = GridFederation(grid, poll_s=0.0, timeout_s=0.5, min_nodes=3)
+    gg = _grid(spec, tmp_path, fail=lambda nid, msg: nid == 2 and msg.metadata.group_id == "ps-fit-2")
+    gf = GridFederation(gg[0], poll_s=0.0, timeout_s=0.5, min_nodes=3)
     gf.wait_for_nodes(len(spec.sites))
-    run = run_study(spec, gf)
+    run = _run(spec, gf, gg)
     result = assemble_result(run, dropped=gf.dropped, started_at="t0", finished_at="t1", total_s=1.0)
     failed = [s for s in result.sites if s.status == "failed"]
     assert [s.name for s in failed] == [victim] and "ps-fit-2" in failed[0].error
     assert any(victim in w for w in result.warnings)
     # the estimate is the pooled one over the remaining sites
     rest = type(fed)(sites=tuple(s for s in fed.sites if s.name != victim), truth=fed.truth)
-    pooled = _pooled(spec, rest)
+    pooled = _pooled_without_small_cells(spec, rest, run.fitter.beta, run.table.edges)
     for o in spec.outcomes:
-        assert run.estimate.outcome(o.name).att == pytest.approx(pooled.estimate.outcome(o.name).att, rel=1e-9)
+        assert run.estimate.outcome(o.name).att == pytest.approx(pooled.outcome(o.name).att, rel=1e-9)
 
 
 def test_node_refuses_unknown_query(federation, tmp_path):
     from flwr.app import ConfigRecord, Message, RecordDict
     spec, _ = federation
-    grid = _grid(spec, tmp_path)
+    grid, _ = _grid(spec, tmp_path)
     msg = Message(RecordDict({"request": ConfigRecord({"json": '{"op": "dump_rows"}'})}),
                   dst_node_id=1, message_type="query.study")
     reply = list(grid.send_and_receive([msg]))[0]
@@ -110,19 +150,22 @@ def test_nodes_answer_from_their_ingested_store_as_from_the_file(federation, tmp
     from node.store import open_store
 
     spec, fed = federation
-    configs = {}
-    for i, s in enumerate(spec.sites):
+    urls = {}
+    for s in spec.sites:
         url = f"sqlite:///{tmp_path / (s.name + '.db')}"
         summary = ingest_file(open_store(url), s.data, kind="cohort", site_id=s.name,
                               pseudonymize=Pseudonymizer(key=b"k" * 32, site_id=s.name).many)
         assert summary.quarantined == 0
-        configs[i + 1] = {"site": s.name, "store-url": url}
+        urls[s.name] = url
+    files, grant = _grid(spec, tmp_path)
+    configs = {nid: {**{k: v for k, v in cfg.items() if k != "data-path"}, "store-url": urls[cfg["site"]]}
+               for nid, cfg in files.node_configs.items()}
     gf = GridFederation(InProcessGrid(client_app, configs), poll_s=0.0)
     gf.wait_for_nodes(len(spec.sites))
-    from_store = run_study(spec, gf)
-    files_fed = GridFederation(_grid(spec, tmp_path), poll_s=0.0)
+    from_store = run_study(spec, gf, grant=grant)
+    files_fed = GridFederation(files, poll_s=0.0)
     files_fed.wait_for_nodes(len(spec.sites))
-    from_files = run_study(spec, files_fed)
+    from_files = run_study(spec, files_fed, grant=grant)
     for o in spec.outcomes:
         assert from_store.estimate.outcome(o.name).att == pytest.approx(
             from_files.estimate.outcome(o.name).att, rel=1e-9)
