@@ -300,7 +300,7 @@ def test_study_toml_loads_and_points_at_the_cohort_files(tmp_path, fmt):
     assert spec.study.seed == 3 and spec.treatment.intervention == TREATMENT_CODE
     assert [c.name for c in spec.covariates] == list(FEATURE_NAMES)
     assert {o.name: o.cap for o in spec.outcomes} == {o.name: o.cap for o in OUTCOMES}
-    assert not spec.privacy.enabled
+    assert spec.privacy.enabled and spec.privacy.epsilon == 1.0  # DP unless exact is asked for
     for site, s in zip(spec.sites, fed.sites):
         read = pd.read_csv if fmt == "csv" else pd.read_parquet
         df = read(site.data)
