@@ -24,17 +24,34 @@ APP_DIR = Path(coordinator.flower.__file__).parent / "app"
 OnEvent = Callable[[dict], None]
 
 
+def node_state_dir(data: str | Path) -> Path:
+    """A local site's state folder, ``<data file>.rehealth/`` beside its data (mode 0700).
+
+    It holds the site's privacy ledger, so the budget belongs to the data, not to a run: every
+    ``--out`` folder, demo or local federation over the same file charges the same budget.
+    """
+    data = Path(data).resolve()
+    state = data.with_name(data.name + ".rehealth")
+    state.mkdir(mode=0o700, exist_ok=True)
+    state.chmod(0o700)
+    return state
+
+
 def site_nodes(spec: StudySpec, workdir: Path) -> list[NodeSpec]:
-    """Node configs for a local federation: one SuperNode per site of the spec."""
+    """Node configs for a local federation: one SuperNode per site of the spec.
+
+    Each site's state (and ledger) lives beside its data file (:func:`node_state_dir`), not in
+    ``workdir``: a new output folder must not be a fresh privacy budget.
+    """
     if not spec.sites:
         raise SpecError("sites: a local study needs at least one [[sites]] entry")
     nodes = []
     for s in spec.sites:
         if not s.data:
             raise SpecError(f"sites[{s.name}].data: a local study needs each site's data file")
-        state = workdir / "nodes" / s.name
-        state.mkdir(parents=True, exist_ok=True, mode=0o700)
-        config = {"data-path": s.data, "state-dir": str(state)}
+        state = node_state_dir(s.data)
+        config = {"data-path": s.data, "state-dir": str(state),
+                  "ledger-url": f"sqlite:///{state / 'ledger.db'}"}
         if spec.privacy.secure_aggregation:  # the local sites' operator is the one running it
             config["secure-aggregation"] = True
         nodes.append(NodeSpec(s.name, config))
