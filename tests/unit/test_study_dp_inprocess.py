@@ -45,11 +45,11 @@ def test_dp_study_charges_every_node_and_widens_the_ci(spec, tmp_path, caplog):
     assert set(result.privacy.per_site) == {s.name for s in spec.sites}
     for s in spec.sites:
         ledger = PrivacyLedger(f"sqlite:///{tmp_path / 'dp' / s.name / 'ledger.db'}")
-        history = ledger.history(s.name)
+        history = ledger.history()
         queries = [h.query for h in history]
         assert queries.count("ps_fit") == dp_spec.privacy.ps_rounds
         assert {"describe", "score_hist", "psm_main"} <= set(queries)
-        spent = ledger.spent(s.name)
+        spent = ledger.spent()
         assert 0 < spent <= 4.0 + 1e-9  # one study's plan fits its ε
         assert result.privacy.per_site[s.name] == pytest.approx(spent)
     assert [r.name for r in run.rounds] == ["describe", "ps-fit-1", "ps-fit-2", "ps-fit-3",
@@ -87,15 +87,15 @@ def test_a_noise_limited_dp_study_stops_after_describe_by_default(spec, tmp_path
     assert "Only describe's share of the budget was spent (ledger ε" in str(e.value)
     for s in spec.sites:
         ledger = PrivacyLedger(f"sqlite:///{tmp_path / s.name / 'ledger.db'}")
-        assert [h.query for h in ledger.history(s.name)] == ["describe"]
-        assert 0 < ledger.spent(s.name) < 0.5 / 4
+        assert [h.query for h in ledger.history()] == ["describe"]
+        assert 0 < ledger.spent() < 0.5 / 4
 
 
 def test_over_budget_node_refuses_and_the_study_names_it(spec, tmp_path):
     with pytest.raises(FederationError) as e:
         _run(_with_privacy(spec, epsilon=4.0), tmp_path, budget=1.0)
     msg = str(e.value)
-    assert "budget of dataset" in msg and "left" in msg and "needs" in msg, msg
+    assert "privacy budget of this node's population" in msg and "left" in msg and "needs" in msg, msg
     assert e.value.node in {s.name for s in spec.sites} and e.value.round_name
 
 
@@ -163,10 +163,10 @@ def test_nodes_follow_the_re_split_and_their_ledgers_stay_within_the_study_epsil
     assert run.plan.sigma("psm_main") < base.sigma("psm_main")
     for s in spec.sites:
         ledger = PrivacyLedger(f"sqlite:///{tmp_path / s.name / 'ledger.db'}")
-        sigma = {h.query: h.sigma for h in ledger.history(s.name)}
+        sigma = {h.query: h.sigma for h in ledger.history()}
         assert sigma["describe"] == pytest.approx(base.sigma("describe"))
         assert sigma["ps_fit"] == pytest.approx(run.plan.sigma("ps_fit"))
         assert sigma["psm_main"] == pytest.approx(run.plan.sigma("psm_main"))
-        assert ledger.spent(s.name) <= 8.0 + 1e-9
+        assert ledger.spent() <= 8.0 + 1e-9
     result = assemble_result(run, dropped={}, started_at="a", finished_at="b", total_s=1.0)
     assert result.privacy.resplit == run.resplit.model_dump()
