@@ -23,7 +23,8 @@ class _Model(BaseModel):
 
 
 class Budget(_Model):
-    """The node's total privacy budget per dataset: the ledger refuses releases beyond it."""
+    """The node's total privacy budget for its population (studies, risk training and group
+    views together): the ledger refuses releases beyond it."""
 
     epsilon: float = Field(default=10.0, gt=0)
     delta: float = Field(default=1e-6, gt=0, lt=1)
@@ -41,6 +42,8 @@ class DataPaths(_Model):
 class NodeConfig(_Model):
     site_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     store_url: str = "sqlite:///node.db"
+    #: the privacy ledger: one database, one population's budget (see node.ledger)
+    ledger_url: str = "sqlite:///ledger.db"
     key_path: Path = Path("node.key")
     api_keys_path: Path = Path("api_keys.toml")
     budget: Budget = Budget()
@@ -69,7 +72,8 @@ class NodeConfig(_Model):
     def resolve_paths(self, base: Path) -> "NodeConfig":
         data = DataPaths(**{k: _abs(v, base) for k, v in self.data.model_dump().items()})
         return self.model_copy(update={
-            "store_url": _resolve_sqlite(self.store_url, base),
+            "store_url": _resolve_sqlite(self.store_url, base, field="store_url"),
+            "ledger_url": _resolve_sqlite(self.ledger_url, base, field="ledger_url"),
             "key_path": _abs(self.key_path, base),
             "api_keys_path": _abs(self.api_keys_path, base),
             "data": data,
@@ -80,11 +84,11 @@ def _abs(p: Path | None, base: Path) -> Path | None:
     return None if p is None else (p if p.is_absolute() else base / p)
 
 
-def _resolve_sqlite(url: str, base: Path) -> str:
+def _resolve_sqlite(url: str, base: Path, *, field: str) -> str:
     try:
         u = make_url(url)
     except Exception:  # noqa: BLE001 - any parse failure is a config error
-        raise SpecError(f"store_url: not a database URL: {url!r}") from None
+        raise SpecError(f"{field}: not a database URL: {url!r}") from None
     if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
         return url
     db = Path(u.database)
@@ -103,6 +107,12 @@ site_id = "{site_id}"
 #   store_url = "postgresql+psycopg2://rehealth@127.0.0.1:5432/rehealth"
 store_url = "sqlite:///node.db"
 
+# The privacy ledger: every release of this node (study queries, risk-model training, HR group
+# views) is charged here, against one budget for the node's population. Keep it with the data,
+# back it up, never reset it: a new ledger is a fresh budget. The SuperNode's node config should
+# name the same ledger (ledger-url) so studies and group views draw from one budget.
+ledger_url = "sqlite:///ledger.db"
+
 # The 32-byte pseudonym key (HMAC-SHA256), created on first start with mode 0600.
 # It never leaves this machine: back it up like a password. Losing it unlinks new data from
 # the data already loaded; leaking it lets the holder re-identify pseudonyms.
@@ -111,7 +121,8 @@ key_path = "node.key"
 # API keys and their roles for the node's REST API (underwriter, hr, admin).
 api_keys_path = "api_keys.toml"
 
-# The node's total privacy budget; the ledger refuses any release beyond it.
+# The node's total privacy budget (for its whole population); the ledger refuses any release
+# beyond it.
 [budget]
 epsilon = 10.0
 delta = 1e-6

@@ -20,15 +20,17 @@ from shared.dp.mechanisms import release, secure_rng
 __all__ = ["charged_release", "noisy_release"]
 
 
-def charged_release(*, ledger: PrivacyLedger, dataset: str, study_id: str, query: str,
+def charged_release(*, ledger: PrivacyLedger, study_id: str, query: str,
                     arrays: Mapping[str, np.ndarray], sigma: float, sensitivity: float,
-                    rng: np.random.Generator | None = None,
-                    share: int = 1) -> tuple[dict[str, np.ndarray], Charge]:
-    """Charge ``dataset`` for one Gaussian release of ``query``, then return the noisy arrays.
+                    rng: np.random.Generator | None = None, share: int = 1,
+                    dataset: str | None = None) -> tuple[dict[str, np.ndarray], Charge]:
+    """Charge the node's population budget for one Gaussian release of ``query``, then return
+    the noisy arrays.
 
     Args:
-        ledger: the node's ledger.
-        dataset: the dataset whose budget pays.
+        ledger: the node's ledger (one population, one budget).
+        dataset: None or :data:`node.ledger.POPULATION`; any other name is refused (it does
+            not select another budget).
         study_id: the study asking (recorded).
         query: a release name (``describe``, ``ps_fit``, ``score_hist``, ``psm_main``,
             ``psm_sumsq``, ``psm_balance``: :data:`shared.dp.sensitivity.RELEASE_KEYS`).
@@ -48,6 +50,7 @@ def charged_release(*, ledger: PrivacyLedger, dataset: str, study_id: str, query
     Raises:
         PrivacyError: unknown release, or a named array is missing.
         BudgetExceededError: the ledger refused (nothing is released).
+        PrivacyError: also for a ``dataset`` other than the population.
     """
     release_arrays(query, arrays)  # an unknown release or a missing array fails before the charge
     charge = ledger.charge(dataset=dataset, study_id=study_id, query=query, sigma=sigma,

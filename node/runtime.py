@@ -130,19 +130,25 @@ class NodeRuntime:
 
     @classmethod
     def from_node_config(cls, cfg: Mapping) -> "NodeRuntime":
+        from node.ledger import POPULATION
+
         site = str(cfg.get("site", "")).strip()
         if not site:
             raise SpecError('node config lacks site (e.g. --node-config \'site="insurer_a"\')')
         if "require-dp" in cfg:
             raise SpecError(f"node config of site {site}: require-dp is gone — nodes answer only "
                             "DP queries unless allow-exact=true (or allow_exact in the policy file)")
+        if "dataset" in cfg:  # it used to name the budget: a new name was a fresh budget
+            raise SpecError(f"node config of site {site}: key 'dataset' is not accepted: the node's "
+                            "ledger holds one budget for its whole population, chosen by "
+                            "ledger-url (or state-dir), not by a name; remove the key")
         data, state = cfg.get("data-path"), cfg.get("state-dir")
         try:
             return cls(site=site, data_path=Path(str(data)) if data else None,
                        store_url=str(cfg["store-url"]) if cfg.get("store-url") else None,
                        state_dir=Path(str(state)) if state else None,
                        ledger_url=str(cfg["ledger-url"]) if cfg.get("ledger-url") else None,
-                       dataset=str(cfg.get("dataset") or site),
+                       dataset=POPULATION,
                        budget_epsilon=float(cfg.get("budget-epsilon", 10.0)),
                        budget_delta=float(cfg.get("budget-delta", 1e-5)),
                        coordinator_key=Path(str(cfg["coordinator-key"])) if cfg.get("coordinator-key") else None,
@@ -223,13 +229,15 @@ class NodeRuntime:
                                "(node config secure-aggregation = true accepts them)")
 
     def ledger(self):
+        """The node's ledger: one population, one budget, at ``ledger-url`` or
+        ``<state-dir>/ledger.db`` (the operator's choice; no query or name selects another)."""
         from node.ledger import PrivacyLedger
 
         url = self.ledger_url
         if url is None:
             if self.state_dir is None:
                 raise PrivacyError(f"site {self.site} has no privacy ledger (ledger-url or state-dir)")
-            self.state_dir.mkdir(parents=True, exist_ok=True)
+            self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             url = f"sqlite:///{self.state_dir / 'ledger.db'}"
         ledger = PrivacyLedger(url)
         ledger.ensure_budget(dataset=self.dataset, epsilon=self.budget_epsilon, delta=self.budget_delta)

@@ -48,20 +48,38 @@ def sign_study(spec: StudySpec, key_path: Path) -> str:
     return sign_grant(grant, load_private_key(key_path)).model_dump_json()
 
 
+def node_state_dir(data: str | Path) -> Path:
+    """A local site's state folder, ``<data file>.rehealth/`` beside its data (mode 0700).
+
+    It holds the site's privacy ledger, so the budget belongs to the data, not to a run: every
+    ``--out`` folder, demo or local federation over the same file charges the same budget.
+    """
+    data = Path(data).resolve()
+    state = data.with_name(data.name + ".rehealth")
+    state.mkdir(mode=0o700, exist_ok=True)
+    state.chmod(0o700)
+    return state
+
+
 def site_nodes(spec: StudySpec, workdir: Path, coordinator_pub: Path) -> list[NodeSpec]:
     """Node configs for a local federation: one SuperNode per site of the spec, each pinning
-    ``coordinator_pub``. The sites' operator is the one running them, so an exact spec (its
-    ``[privacy] enabled = false``, written by that operator) opts them into exact answers — a
-    single data owner's federation; a DP spec leaves them DP-only."""
+    ``coordinator_pub``.
+
+    Each site's state (and ledger) lives beside its data file (:func:`node_state_dir`), not in
+    ``workdir``: a new output folder must not be a fresh privacy budget. The sites' operator is
+    the one running them, so an exact spec (``[privacy] enabled = false``, written by that
+    operator) opts them into exact answers — a single data owner's federation; a DP spec leaves
+    them DP-only.
+    """
     if not spec.sites:
         raise SpecError("sites: a local study needs at least one [[sites]] entry")
     nodes = []
     for s in spec.sites:
         if not s.data:
             raise SpecError(f"sites[{s.name}].data: a local study needs each site's data file")
-        state = workdir / "nodes" / s.name
-        state.mkdir(parents=True, exist_ok=True, mode=0o700)
+        state = node_state_dir(s.data)
         config = {"data-path": s.data, "state-dir": str(state),
+                  "ledger-url": f"sqlite:///{state / 'ledger.db'}",
                   "coordinator-key": str(coordinator_pub.resolve())}
         if not spec.privacy.enabled:
             config["allow-exact"] = True

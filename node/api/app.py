@@ -70,16 +70,37 @@ class _ServerTiming:
 
 
 class _GroupViews:
-    """Computes each grouping's noisy view once (charging the ledger first), then caches it."""
+    """Computes each grouping's noisy view once (charging the ledger first), then serves it again.
+
+    With a ledger, the released view is stored in the ledger's database with the charge that
+    paid for it (:meth:`node.ledger.PrivacyLedger.release_once`), keyed by the book's groups,
+    the model version, the grouping and the noise policy: a restart serves the same noisy view
+    instead of drawing (and paying for) a fresh one that could be averaged with the first.
+    """
 
     def __init__(self, groups: pd.DataFrame | None, *, policy: GroupPolicy, version: str,
-                 ledger, dataset: str | None, rng: np.random.Generator):
+                 ledger, rng: np.random.Generator):
         self.groups, self.policy, self.version = groups, policy, version
-        self.ledger, self.dataset, self.rng = ledger, dataset, rng
+        self.ledger, self.rng = ledger, rng
         self._cache: dict[str, GroupView] = {}
         self._lock = threading.Lock()
         # ε needs the accountant (an opacus/torch import): pay that at start-up, not per request.
         self.epsilon = policy.epsilon if groups is not None else float("nan")
+        self._fingerprint = _groups_fingerprint(groups) if groups is not None else ""
+
+    def _view(self, by: str, labels: list[str], counts: np.ndarray) -> GroupView:
+        cells = noisy_cells(labels, counts, policy=self.policy, rng=self.rng)
+        return GroupView(by=by, k=self.policy.k, sigma=self.policy.sigma, epsilon=self.epsilon,
+                         delta=self.policy.delta, model_version=self.version, cells=cells)
+
+    def _key(self, by: str) -> str:
+        import hashlib
+        import json
+
+        p = self.policy
+        what = json.dumps({"by": by, "k": p.k, "sigma": p.sigma, "delta": p.delta,
+                           "model": self.version, "groups": self._fingerprint}, sort_keys=True)
+        return "group_view:" + hashlib.sha256(what.encode()).hexdigest()
 
     def get(self, by: str) -> GroupView:
         if self.groups is None:
@@ -87,15 +108,25 @@ class _GroupViews:
         with self._lock:
             if by not in self._cache:
                 labels, counts = exact_counts(self.groups, by=by)
-                if self.ledger is not None:  # pay before anything noisy exists
-                    self.ledger.charge(dataset=self.dataset, study_id="group-view",
-                                       query=f"group_view:{by}", sigma=self.policy.sigma,
-                                       sensitivity=1.0)
-                cells = noisy_cells(labels, counts, policy=self.policy, rng=self.rng)
-                self._cache[by] = GroupView(
-                    by=by, k=self.policy.k, sigma=self.policy.sigma, epsilon=self.epsilon,
-                    delta=self.policy.delta, model_version=self.version, cells=cells)
+                if self.ledger is None:  # noised, not accounted (tests, demos without a node)
+                    self._cache[by] = self._view(by, labels, counts)
+                else:  # pay before anything noisy exists; a view released before is re-served
+                    body, _charge = self.ledger.release_once(
+                        key=self._key(by), study_id="group-view", query=f"group_view:{by}",
+                        sigma=self.policy.sigma, sensitivity=1.0,
+                        make=lambda: self._view(by, labels, counts).model_dump_json())
+                    self._cache[by] = GroupView.model_validate_json(body)
             return self._cache[by]
+
+
+def _groups_fingerprint(groups: pd.DataFrame) -> str:
+    """SHA-256 of every person's (department, age band, tier), in order: the view's exact input.
+    Per-person rows make it a high-entropy digest, unlike a digest of the count table."""
+    import hashlib
+
+    digest = hashlib.sha256(",".join(map(str, groups.columns)).encode())
+    digest.update(pd.util.hash_pandas_object(groups, index=False).to_numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _load_model(model: StoredModel | None, model_dir: str | Path | None,
@@ -113,7 +144,7 @@ def create_app(*, keys: KeyRing | Mapping[str, str] | str | Path,
                version: str | None = None, cutoffs: Sequence[float] | None = None,
                book: pd.DataFrame | str | Path | None = None,
                group_policy: GroupPolicy = GroupPolicy(), ledger=None,
-               dataset: str | None = None, rng: np.random.Generator | None = None) -> FastAPI:
+               rng: np.random.Generator | None = None) -> FastAPI:
     """Build the node's scoring API.
 
     Args:
@@ -123,8 +154,10 @@ def create_app(*, keys: KeyRing | Mapping[str, str] | str | Path,
         book: the scored population for group views (DataFrame or CSV/Parquet path with the
             16 features, ``department`` and ``age`` or ``age_band``); ``None`` disables them.
         group_policy: k-suppression and Gaussian noise of group views.
-        ledger: the node's :class:`node.ledger.PrivacyLedger`; each group view is charged to
-            ``dataset`` before release. Without one, views are still noised but not accounted.
+        ledger: the node's :class:`node.ledger.PrivacyLedger` (``ledger_url`` in node.toml);
+            each group view is charged to its population budget — the one studies and risk
+            training draw from — before release, and kept there to be served again. Without
+            one, views are still noised but not accounted.
         rng: noise generator (default :func:`shared.dp.mechanisms.secure_rng`).
 
     Raises:
@@ -140,10 +173,8 @@ def create_app(*, keys: KeyRing | Mapping[str, str] | str | Path,
     if book is not None:
         scored = score_book(book, scorer)
         groups = group_frame(book.reset_index(drop=True).assign(tier=scored["tier"]))
-    if ledger is not None and not dataset:
-        raise ValueError("a ledger needs the dataset whose budget pays for group views")
     views = _GroupViews(groups, policy=group_policy, version=stored.version, ledger=ledger,
-                        dataset=dataset, rng=rng or secure_rng())
+                        rng=rng or secure_rng())
 
     app = FastAPI(title="ReHealth node scoring API", version="1",
                   description="Cardiovascular risk scores at the node. Per-person scores are "

@@ -1,7 +1,13 @@
-"""`rehealth node budget`: the node's privacy budget per dataset — total, spent, left, history."""
+"""`rehealth node budget`: the node's one privacy budget — total, spent, left — and what spent it.
+
+A node's ledger holds one budget for its whole population (:mod:`node.ledger`): study queries,
+risk-model training and HR group views all draw from it. This command shows the budget and the
+releases grouped by kind, with the study, job or grouping each came from.
+"""
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import asdict
 from pathlib import Path
 
@@ -14,28 +20,53 @@ from shared.errors import SpecError
 
 @app.command("budget")
 def budget(
-    config: Path = typer.Option(None, "--config", "-c", help="The node's node.toml (ledger in its store)."),
-    ledger_url: str = typer.Option(None, "--ledger", help="Ledger database URL instead of --config."),
-    dataset: str = typer.Option(None, "--dataset", help="Only this dataset (default: all)."),
+    config: Path = typer.Option(None, "--config", "-c", help="The node's node.toml (its ledger_url)."),
+    ledger_url: str = typer.Option(None, "--ledger-url", "--ledger",
+                                   help="Ledger database URL instead of --config."),
     history: bool = typer.Option(True, "--history/--no-history", help="List every release."),
     fmt: str = typer.Option("table", "--format", help="table or json."),
 ) -> None:
-    """Show each dataset's ε budget, ε spent (Opacus accountant over every release), ε left."""
+    """Show the node's ε budget, ε spent (accountant over every release), ε left, and the
+    releases by kind: study queries (per study), risk training (per job), group views."""
     check_format(fmt)
     with errors_to_exit():
         url, configured = _ledger_source(config, ledger_url)
         from node.ledger import PrivacyLedger  # SQLAlchemy and the accountant: only when run
 
         ledger = PrivacyLedger(url)
-        names = [dataset] if dataset else ledger.datasets()
-        states = [ledger.state(d) for d in names]
-        hist = {d: ledger.history(d) for d in names} if history else {}
+        state = ledger.state() if ledger.has_budget() else None
+        rows = ledger.history() if state is not None else []
+    kinds = _by_kind(rows)
     if fmt == "json":
-        echo_json({"ledger": _redact(url), "accountant": ledger.accountant, "configured": configured,
-                   "datasets": [{**asdict(s), "history": [asdict(r) for r in hist.get(s.dataset, [])]}
-                                for s in states]})
+        echo_json({"ledger": _redact(url), "accountant": ledger.accountant,
+                   "configured": configured,
+                   "budget": asdict(state) if state is not None else None,
+                   "by_kind": kinds,
+                   "history": [{**asdict(r), "kind": r.kind} for r in rows] if history else []})
         return
-    _print_tables(url, configured, states, hist)
+    _print_tables(url, configured, state, kinds, rows if history else [])
+
+
+def _by_kind(rows) -> dict[str, list[dict]]:
+    """Releases grouped by kind, then by study/job id (group views: by grouping), in order.
+
+    ``epsilon`` of a group is the sum of its releases' increments; the increments of all
+    groups add up to the total spent (each is what the accountant's total grew by)."""
+    from node.ledger import KINDS
+
+    groups: dict[str, dict[str, dict]] = {k: {} for k in KINDS}
+    for r in rows:
+        kind = r.kind
+        ident = r.query.split(":", 1)[1] if kind == "group_view" and ":" in r.query else r.study_id
+        g = groups[kind].setdefault(ident, {"id": ident, "releases": 0, "queries": defaultdict(int),
+                                             "epsilon": 0.0, "first": r.created_at,
+                                             "last": r.created_at})
+        g["releases"] += 1
+        g["queries"][r.query] += 1
+        g["epsilon"] += r.epsilon
+        g["last"] = r.created_at
+    return {k: [{**g, "queries": dict(g["queries"])} for g in v.values()]
+            for k, v in groups.items()}
 
 
 def _ledger_source(config: Path | None, ledger_url: str | None) -> tuple[str, dict | None]:
@@ -44,11 +75,11 @@ def _ledger_source(config: Path | None, ledger_url: str | None) -> tuple[str, di
     if config is None:
         config = Path("node.toml")
         if not config.exists():
-            raise SpecError("give --config node.toml or --ledger URL")
+            raise SpecError("give --config node.toml or --ledger-url URL")
     from node.config import NodeConfig
 
     cfg = NodeConfig.from_toml(config)
-    return cfg.store_url, {"epsilon": cfg.budget.epsilon, "delta": cfg.budget.delta}
+    return cfg.ledger_url, {"epsilon": cfg.budget.epsilon, "delta": cfg.budget.delta}
 
 
 def _redact(url: str) -> str:
@@ -57,36 +88,44 @@ def _redact(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def _print_tables(url, configured, states, hist) -> None:
+def _print_tables(url, configured, state, kinds, rows) -> None:
     from rich import box
     from rich.console import Console
     from rich.table import Table
 
+    from node.ledger import KINDS
+
     console = Console()
     console.print(f"ledger: {_redact(url)}", highlight=False, markup=False)
-    if not states:
-        note = (f" (configured budget per dataset: ε={configured['epsilon']:g}, "
+    if state is None:
+        note = (f" (configured budget: ε={configured['epsilon']:g}, "
                 f"δ={configured['delta']:g})") if configured else ""
-        console.print(f"no dataset has a privacy budget yet: nothing was released{note}")
+        console.print(f"no privacy budget in this ledger yet: nothing was released{note}")
         return
-    summary = Table(title="Privacy budget per dataset")
-    for col in ("dataset", "ε budget", "δ", "ε spent", "ε left", "releases"):
-        summary.add_column(col, justify="left" if col == "dataset" else "right")
-    for s in states:
-        left = f"[red]{s.left:.3f}[/red]" if s.left <= 0.05 * s.epsilon else f"{s.left:.3f}"
-        summary.add_row(s.dataset, f"{s.epsilon:g}", f"{s.delta:g}", f"{s.spent:.3f}", left,
-                        str(s.releases))
+    summary = Table(title="Privacy budget of this node's population")
+    for col in ("ε budget", "δ", "ε spent", "ε left", "releases"):
+        summary.add_column(col, justify="right")
+    left = f"[red]{state.left:.3f}[/red]" if state.left <= 0.05 * state.epsilon else f"{state.left:.3f}"
+    summary.add_row(f"{state.epsilon:g}", f"{state.delta:g}", f"{state.spent:.3f}", left,
+                    str(state.releases))
     console.print(summary)
-    for name, rows in hist.items():
-        if not rows:
-            continue
-        t = Table(title=f"Releases of {name} (ε: this release's increment; total: after it)",
-                  box=box.SIMPLE_HEAD)
-        for col in ("#", "UTC", "study", "query", "σ", "Δ₂", "ε", "total"):
-            t.add_column(col, no_wrap=True,
-                         justify="left" if col in ("UTC", "study", "query") else "right")
-        for r in rows:
-            t.add_row(str(r.id), r.created_at[5:16].replace("T", " "), r.study_id[:8], r.query,
-                      f"{r.sigma:.1f}", f"{r.sensitivity:.2f}", f"{r.epsilon:.4f}",
-                      f"{r.epsilon_after:.4f}")
-        console.print(t)
+    by = Table(title="What spent it (ε: sum of the releases' increments)", box=box.SIMPLE_HEAD)
+    for col in ("kind", "study / job / grouping", "releases", "queries", "ε", "last UTC"):
+        by.add_column(col, justify="right" if col in ("releases", "ε") else "left")
+    for kind, label in KINDS.items():
+        for g in kinds[kind]:
+            queries = ", ".join(q if n == 1 else f"{q}×{n}" for q, n in g["queries"].items())
+            by.add_row(label, g["id"], str(g["releases"]), queries, f"{g['epsilon']:.4f}",
+                       g["last"][:16].replace("T", " "))
+    console.print(by)
+    if not rows:
+        return
+    t = Table(title="Releases (ε: this release's increment; total: after it)", box=box.SIMPLE_HEAD)
+    for col in ("#", "UTC", "kind", "study", "query", "σ", "Δ₂", "ε", "total"):
+        t.add_column(col, no_wrap=True,
+                     justify="left" if col in ("UTC", "kind", "study", "query") else "right")
+    for r in rows:
+        t.add_row(str(r.id), r.created_at[5:16].replace("T", " "), r.kind, r.study_id[:12],
+                  r.query, f"{r.sigma:.1f}", f"{r.sensitivity:.2f}", f"{r.epsilon:.4f}",
+                  f"{r.epsilon_after:.4f}")
+    console.print(t)

@@ -21,8 +21,6 @@ def serve(
     cutoffs: str = typer.Option(None, "--cutoffs", help="Tier cut-offs, e.g. 0.05,0.1,0.2."),
     k: int = typer.Option(10, "--k", help="Group views: suppress cells below k."),
     sigma: float = typer.Option(2.0, "--sigma", help="Group views: Gaussian noise per count."),
-    dataset: str = typer.Option("scoring-book", "--dataset",
-                                help="Ledger dataset charged for group views (with --config)."),
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(8080, "--port"),
 ) -> None:
@@ -37,11 +35,10 @@ def serve(
         ledger = None
         if cfg is not None and book is not None:
             from node.ledger import PrivacyLedger
-            ledger = PrivacyLedger(cfg.store_url)
-            ledger.ensure_budget(dataset=dataset, epsilon=cfg.budget.epsilon,
-                                 delta=cfg.budget.delta)
+            ledger = PrivacyLedger(cfg.ledger_url)  # the population's one budget
+            ledger.ensure_budget(epsilon=cfg.budget.epsilon, delta=cfg.budget.delta)
         policy = GroupPolicy(k=k, sigma=sigma, delta=cfg.budget.delta if cfg else 1e-6)
         api = create_app(keys=keys_file(cfg, keys), model_dir=model_dir(cfg, config, models),
                          version=version, cutoffs=parse_cutoffs(cutoffs), book=book,
-                         group_policy=policy, ledger=ledger, dataset=dataset)
+                         group_policy=policy, ledger=ledger)
     uvicorn.run(api, host=host, port=port, log_level="warning", access_log=False)

@@ -1,9 +1,10 @@
 """Group views charge the node's privacy ledger before release: `rehealth node serve --config`.
 
 A node made by `rehealth node init` (budget ε = 10, δ = 1e-6 by default) serves group views at
-σ = 0.9; each grouping is one Gaussian release of sensitivity 1. The ledger must record each view
-once (repeats are served from cache), and refuse the release that would exceed the budget with a
-clear JSON error, leaving the ledger unchanged.
+σ = 0.9; each grouping is one Gaussian release of sensitivity 1. The ledger (node.toml's
+``ledger_url``: the population budget studies draw from too) must record each view once — repeats,
+and a restarted server, serve the stored view — and refuse the release that would exceed the budget
+with a clear JSON error, leaving the ledger unchanged.
 """
 
 import json
@@ -50,31 +51,48 @@ def test_group_views_are_charged_once_and_refused_over_budget(tmp_path):
                           str(node / "node.toml"), "--format", "json"))["key"]
     book, _ = generate_cohort(n=2000, seed=5)
     book.to_parquet(node / "book.parquet")
-    port = _free_port()
-    proc = subprocess.Popen([REHEALTH, "node", "serve", "--config", str(node / "node.toml"),
-                             "--book", str(node / "book.parquet"), "--sigma", "0.9",
-                             "--host", "127.0.0.1", "--port", str(port)],
-                            stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    serve = [REHEALTH, "node", "serve", "--config", str(node / "node.toml"),
+             "--book", str(node / "book.parquet"), "--sigma", "0.9", "--host", "127.0.0.1"]
+    proc, base = _serve(serve)
     try:
-        base = f"http://127.0.0.1:{port}"
-        try:
-            wait_until_healthy(base, proc)
-        except RuntimeError as e:
-            pytest.fail(str(e))
-        ledger = PrivacyLedger(cfg.store_url)
+        ledger = PrivacyLedger(cfg.ledger_url)
         with httpx.Client(base_url=base, headers={"X-API-Key": key}, timeout=30) as client:
             first = client.get("/v1/groups", params={"by": "department"})
             assert first.status_code == 200, first.text
             assert client.get("/v1/groups", params={"by": "department"}).json() == first.json()
-            assert [r.query for r in ledger.history("scoring-book")] == ["group_view:department"]
+            assert [r.query for r in ledger.history()] == ["group_view:department"]
+    finally:
+        _stop(proc)
+    proc, base = _serve(serve)  # a restart serves the stored view: no fresh draw, no new charge
+    try:
+        with httpx.Client(base_url=base, headers={"X-API-Key": key}, timeout=30) as client:
+            assert client.get("/v1/groups", params={"by": "department"}).json() == first.json()
+            assert [r.query for r in ledger.history()] == ["group_view:department"]
             assert client.get("/v1/groups", params={"by": "age_band"}).status_code == 200
             refused = client.get("/v1/groups", params={"by": "department,age_band"})
         assert refused.status_code == 409
         assert "budget" in refused.json()["error"] and "left" in refused.json()["error"]
-        history = ledger.history("scoring-book")
+        history = ledger.history()
         assert [r.query for r in history] == ["group_view:department", "group_view:age_band"]
         assert all(r.sigma == 0.9 and r.sensitivity == 1.0 for r in history)
-        assert ledger.state("scoring-book").spent <= cfg.budget.epsilon
+        assert ledger.state().spent <= cfg.budget.epsilon
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        _stop(proc)
+
+
+def _serve(cmd: list[str]) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    proc = subprocess.Popen([*cmd, "--port", str(port)], stderr=subprocess.PIPE,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_healthy(base, proc)
+    except RuntimeError as e:
+        _stop(proc)
+        pytest.fail(str(e))
+    return proc, base
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    proc.wait(timeout=10)

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from coordinator.federation.launcher import LocalFederation
-from coordinator.study.runner import APP_DIR, run_local, site_nodes
+from coordinator.study.runner import APP_DIR, node_state_dir, run_local, site_nodes
 from shared.errors import FederationError
 from shared.psm.reference import estimate_att_pooled
 from shared.study import StudySpec
@@ -88,7 +88,8 @@ def test_private_study_charges_each_real_node_ledger(synthetic, tmp_path):
 
     from shared.synth.io import study_document, to_toml
 
-    spec_path = synthetic[0].with_name("study-dp.toml")
+    # its own copy of the data: a site's ledger lives beside its data file, for every run over it
+    spec_path = write_federation(synthetic[1], tmp_path / "data").with_name("study-dp.toml")
     doc = study_document(synthetic[1], epsilon=1.0)
     # about 800 treated cannot resolve the propensity fit at ε = 1 (a study would stop after
     # describe by default); this test is about every round charging the real ledgers
@@ -99,9 +100,9 @@ def test_private_study_charges_each_real_node_ledger(synthetic, tmp_path):
     result = run_local(spec_path, tmp_path / "run", timeout_s=500)
     assert result.privacy.enabled and result.privacy.epsilon == spec.privacy.epsilon
     for s in spec.sites:
-        ledger = PrivacyLedger(f"sqlite:///{tmp_path / 'run' / 'federation' / 'nodes' / s.name / 'ledger.db'}")
-        assert 0 < ledger.spent(s.name) <= spec.privacy.epsilon + 1e-9
-        assert result.privacy.per_site[s.name] == pytest.approx(ledger.spent(s.name))
+        ledger = PrivacyLedger(f"sqlite:///{node_state_dir(s.data) / 'ledger.db'}")
+        assert 0 < ledger.spent() <= spec.privacy.epsilon + 1e-9
+        assert result.privacy.per_site[s.name] == pytest.approx(ledger.spent())
     for o in result.outcomes:
         assert o.se_privacy > 0 and o.ci[0] < o.att < o.ci[1]
 
@@ -113,7 +114,7 @@ def test_secure_aggregation_study_over_real_nodes(synthetic, tmp_path):
 
     from shared.synth.io import study_document, to_toml
 
-    spec_path = synthetic[0].with_name("study-secagg.toml")
+    spec_path = write_federation(synthetic[1], tmp_path / "data").with_name("study-secagg.toml")
     doc = study_document(synthetic[1], epsilon=8.0, secure_aggregation=True)
     doc["sites"] = doc["sites"][:3]  # each SecAgg+ stage starts a ClientApp process per node
     spec_path.write_text(to_toml(doc))
@@ -128,11 +129,11 @@ def test_secure_aggregation_study_over_real_nodes(synthetic, tmp_path):
         planned = planned.with_split(BudgetSplit(**result.privacy.resplit))
     plan = {r.query: r.sigma for r in planned.releases}
     for s in spec.sites:
-        ledger = PrivacyLedger(f"sqlite:///{tmp_path / 'run' / 'federation' / 'nodes' / s.name / 'ledger.db'}")
-        history = ledger.history(s.name)
+        ledger = PrivacyLedger(f"sqlite:///{node_state_dir(s.data) / 'ledger.db'}")
+        history = ledger.history()
         assert [h.query for h in history].count("ps_fit") == spec.privacy.ps_rounds
         assert {h.query: h.sigma for h in history} == pytest.approx(plan)
-        assert 0 < ledger.spent(s.name) <= spec.privacy.epsilon + 1e-9
-        assert result.privacy.per_site[s.name] == pytest.approx(ledger.spent(s.name))
+        assert 0 < ledger.spent() <= spec.privacy.epsilon + 1e-9
+        assert result.privacy.per_site[s.name] == pytest.approx(ledger.spent())
     for o in result.outcomes:
         assert o.se_privacy > 0 and o.ci[0] < o.att < o.ci[1]
