@@ -109,6 +109,28 @@ def estimate_att_pooled(*, z, t, y, outcomes: Sequence[Outcome], covariates: Seq
     return estimate_att_federated(nodes=[(z, t, y)], outcomes=outcomes, covariates=covariates, **options)
 
 
+def estimate_att_cells_withheld(*, sites: Sequence[tuple], beta, edges, outcomes: Sequence[Outcome],
+                                covariates: Sequence[str], min_cell: int) -> AttEstimate:
+    """The estimator at ``beta`` and ``edges`` on the pooled rows minus every row that lies in a
+    stratum × arm cell of fewer than ``min_cell`` people *at its own site* (``sites``: one
+    ``(z, t, y_raw)`` per site): what an exact federation, whose nodes never release such a
+    cell, estimates. Computed from rows, so it checks the federated path independently.
+    """
+    beta, edges = np.asarray(beta, dtype=float), np.asarray(edges, dtype=float)
+    kept = []
+    for z, t, y in sites:
+        z, t = np.asarray(z, dtype=float), np.asarray(t, dtype=float)
+        score = np.hstack([np.ones((len(t), 1)), z]) @ beta
+        cell = (np.searchsorted(edges, score, side="right") - 1) * 2 + t.astype(int)
+        keep = np.bincount(cell, minlength=2 * (len(edges) - 1))[cell] >= min_cell
+        kept.append((z[keep], t[keep], np.asarray(y, dtype=float)[keep]))
+    y01, _ = scale_outcomes(y=np.vstack([k[2] for k in kept]), lo=np.array([o.lo for o in outcomes]),
+                            cap=np.array([o.cap for o in outcomes]))
+    table = psm_table(z=np.vstack([k[0] for k in kept]), t=np.concatenate([k[1] for k in kept]),
+                      y=y01, beta=beta, edges=edges)
+    return estimate_att(table=table, outcomes=outcomes, covariates=covariates)
+
+
 def _total(items):
     return reduce(lambda a, b: a + b, items)
 

@@ -11,7 +11,7 @@ from coordinator.study.workflow import run_study
 from node.flower.client_app import app as client_app
 from shared.errors import FederationError
 from shared.features import FEATURES
-from shared.psm.reference import estimate_att_pooled
+from shared.psm.reference import estimate_att_cells_withheld, estimate_att_pooled
 from shared.study import StudySpec
 from shared.synth import generate_federation, write_federation
 
@@ -40,23 +40,10 @@ def _scaled(spec, cohort):
 
 
 def _pooled_without_small_cells(spec, fed, beta, edges, k=11):
-    """The estimator on the pooled rows minus those in a site's stratum × arm cell of fewer
-    than ``k`` people (what exact nodes withhold), at the federation's β and edges."""
-    from shared.psm.estimator import estimate_att
-    from shared.psm.table import psm_table, scale_outcomes
-
-    keep_z, keep_t, keep_y = [], [], []
-    for site in fed.sites:
-        z, t, y = _scaled(spec, site.cohort)
-        score = np.hstack([np.ones((len(t), 1)), z]) @ beta
-        cell = (np.searchsorted(edges, score, side="right") - 1) * 2 + t.astype(int)
-        counts = np.bincount(cell, minlength=2 * (len(edges) - 1))
-        keep = counts[cell] >= k
-        keep_z.append(z[keep]); keep_t.append(t[keep]); keep_y.append(y[keep])
-    y, _ = scale_outcomes(y=np.vstack(keep_y), lo=np.array([o.lo for o in spec.outcomes]),
-                          cap=np.array([o.cap for o in spec.outcomes]))
-    table = psm_table(z=np.vstack(keep_z), t=np.concatenate(keep_t), y=y, beta=beta, edges=edges)
-    return estimate_att(table=table, outcomes=spec.outcomes, covariates=[c.name for c in spec.covariates])
+    """The pooled estimator over the rows in cells of at least ``k`` at their site."""
+    return estimate_att_cells_withheld(
+        sites=[_scaled(spec, s.cohort) for s in fed.sites], beta=beta, edges=edges,
+        outcomes=spec.outcomes, covariates=[c.name for c in spec.covariates], min_cell=k)
 
 
 def _pooled(spec, fed):

@@ -1,0 +1,103 @@
+"""Runs that the operator did not sign get nothing from real SuperNodes (issue #16, item 6).
+
+Open-source Flower lets anyone who reaches the SuperLink submit a run (its run-submission API
+has no authentication; the CA certificate is public). Before this change, ``flwr run`` of the
+*shipped* ServerApp with the caller's own run config (their own spec: an exact study, caps of
+1e7) wrote an exact result to a folder the caller chose. Now every node checks each query's
+grant against the coordinator key pinned in its own config, so such a run ends in an error and
+no result: unsigned, signed by another key, or a genuine grant replayed under another spec or
+after its study ran.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from coordinator.federation.launcher import LocalFederation
+from coordinator.report.signing import generate_keypair
+from coordinator.study.runner import APP_DIR, coordinator_keys, run_with_client, sign_study, site_nodes
+from shared.study import StudySpec
+from shared.synth import generate_federation, write_federation
+from shared.synth.io import study_document, to_toml
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory):
+    """Two DP-only SuperNodes (the defaults) pinning the operator's key, and the operator's own
+    signed study run to completion first."""
+    base = tmp_path_factory.mktemp("signed-runs")
+    synth = generate_federation(seed=21, sites=2, scale=0.02)
+    spec_path = write_federation(synth, base / "data")
+    doc = study_document(synth, epsilon=1.0)
+    doc["privacy"]["unresolved_fit"] = "warn"  # a few hundred rows: this is about who may ask
+    spec_path.write_text(to_toml(doc))
+    spec = StudySpec.from_toml(spec_path)
+    key, pub = coordinator_keys(base / "operator")
+    with LocalFederation(base / "fed", site_nodes(spec, base / "fed", pub)) as fed:
+        result = run_with_client(fed.client, spec_path, base / "operator-run", key_path=key,
+                                 timeout_s=400)
+        yield fed, spec_path, spec, key, result, synth, base
+
+
+def _attack(fed, out, run_config):
+    run_id = fed.client.submit(APP_DIR, {**run_config, "out-dir": str(out)})
+    status = fed.client.wait(run_id, timeout_s=300)
+    error = json.loads((out / "error.json").read_text()) if (out / "error.json").exists() else None
+    return status, error
+
+
+def _exact_spec(synth, base, name):
+    """The attacker's own spec over the same sites: exact answers, claims capped at 1e7."""
+    doc = study_document(synth, epsilon=None)
+    doc["outcomes"][0]["cap"] = 1e7
+    path = base / "data" / f"{name}.toml"
+    path.write_text(to_toml(doc))
+    return path
+
+
+def test_the_operators_signed_study_runs(federation):
+    *_, result, _synth, _base = federation
+    assert result.privacy.enabled and {s.status for s in result.sites} == {"ok"}
+
+
+def test_the_shipped_serverapp_with_an_own_unsigned_spec_gets_nothing(federation):
+    fed, _, _, _, _, synth, base = federation
+    out = base / "loot-unsigned"
+    status, error = _attack(fed, out, {"spec-path": str(_exact_spec(synth, base, "own"))})
+    assert status != "finished:completed" and error is not None
+    assert "no signed grant" in error["message"]
+    assert not (out / "result.json").exists()
+
+
+def test_a_study_signed_by_another_key_is_refused_by_every_node(federation):
+    fed, _, _, _, _, synth, base = federation
+    other_key, _ = generate_keypair(base / "mallory")
+    spec_path = _exact_spec(synth, base, "forged")
+    out = base / "loot-forged"
+    status, error = _attack(fed, out, {"spec-path": str(spec_path),
+                                       "grant": sign_study(StudySpec.from_toml(spec_path), other_key)})
+    assert error is not None and "not authorised by the node's pinned coordinator key" in error["message"]
+    assert not (out / "result.json").exists()
+
+
+def test_a_genuine_grant_under_another_spec_or_replayed_gets_nothing(federation):
+    fed, spec_path, spec, key, _, synth, base = federation
+    genuine = sign_study(spec, key)
+    # (a) the operator's genuine grant with the attacker's own spec: terms differ
+    out = base / "loot-swapped"
+    _, error = _attack(fed, out, {"spec-path": str(_exact_spec(synth, base, "swapped")), "grant": genuine})
+    assert error is not None and "differ from its signed grant" in error["message"]
+    assert not (out / "result.json").exists()
+    # (b) the same genuine grant, its own spec, run once by its operator...
+    first = base / "replay-1"
+    status, error = _attack(fed, first, {"spec-path": str(spec_path), "grant": genuine})
+    assert error is None and (first / "result.json").exists()
+    # ...and replayed by whoever read it from the run config: every release was had already
+    out = base / "loot-replayed"
+    _, error = _attack(fed, out, {"spec-path": str(spec_path), "grant": genuine})
+    assert error is not None and "already had" in error["message"]
+    assert not (out / "result.json").exists()
