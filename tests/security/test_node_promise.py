@@ -418,7 +418,7 @@ def test_7_unsigned_foreign_altered_or_mismatched_grants_get_nothing(tmp_path, s
         "grant for other sites": (fed.sign(base.model_copy(update={"sites": other_sites})),
                                   CODE_NOT_IN_STUDY),
         "grant for other sites, query names this one": (fed.sign(base, sites=other_sites),
-                                                         CODE_UNAUTHORIZED),
+                                                         CODE_NOT_IN_STUDY),
     }
     got = {name: node.ask(q).code for name, (q, _) in attacks.items()}
     assert got == {name: code for name, (_, code) in attacks.items()}
