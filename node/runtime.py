@@ -199,6 +199,19 @@ class NodeRuntime:
             "epsilon_budget": self.budget_epsilon}
 
     def _site_arrays(self, query: StudyQuery):
+        """The site's study arrays; any failure to read them (a missing or corrupt file, an
+        unreachable store) is a DataError, whose details stay in the node's log."""
+        from shared.errors import DataError, ReHealthError
+
+        try:
+            return self._read_site_arrays(query)
+        except ReHealthError:
+            raise
+        except Exception as e:  # noqa: BLE001 - OS, decode, parser and driver errors alike
+            log.error("site %s: cannot read its study data: %s: %s", self.site, type(e).__name__, e)
+            raise DataError(f"site {self.site}: its study data could not be read") from None
+
+    def _read_site_arrays(self, query: StudyQuery):
         from node.study_service import load_site_arrays, prepare_arrays
 
         if self.store_url:
