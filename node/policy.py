@@ -25,7 +25,7 @@ Policy file (``policy-path`` in the node config; TOML), every key optional::
 
     allow_exact = false
     min_cell = 11
-    max_abs_beta = 200.0
+    max_abs_beta = 1000.0
     max_strata = 10000
     treatment_columns = ["treated"]
     [[covariates]]            # default: the 16 clinical features with their public bounds
@@ -74,12 +74,14 @@ class NodePolicy(BaseModel):
     #: the smallest cell an exact answer releases (cells below are released as 0)
     min_cell: int = Field(default=11, ge=2)
     #: bound on every coefficient of β on the [0, 1]-scaled covariates, exact answers only.
-    #: Collinear lipids make fitted coefficients large (|β| up to 53 on the synthetic sites:
-    #: total cholesterol ≈ HDL + LDL + TG/2.2), so the bound is 4x that; it refuses the
-    #: step-function β of the crafted-β attack (K·(age − c), K in the thousands) but, like
-    #: every guard on exact answers, it bounds differencing rather than preventing it: exact
-    #: answers are for a coordinator the data owner trusts (deploy/TRUST.md)
-    max_abs_beta: float = Field(default=200.0, gt=0)
+    #: Collinear lipids make fitted coefficients large (total cholesterol ≈ HDL + LDL +
+    #: TG/2.2): |β| reached 53 at convergence on the synthetic sites and passed 200 in an
+    #: intermediate Newton iterate on small ones, so the bound is 1000. The crafted-β attack's
+    #: step function needs K per year of age, i.e. |β_age| = 72·K on the scaled covariate
+    #: (7.2e4 at K = 1000): refused. Like every guard on exact answers it bounds differencing
+    #: rather than preventing it: exact answers are for a coordinator the data owner trusts
+    #: (deploy/TRUST.md)
+    max_abs_beta: float = Field(default=1000.0, gt=0)
     #: bound on the strata of an exact psm_stats query: the coordinator's own bound on caliper
     #: strata, which span the score range the public bounds allow (most of them empty); the
     #: real guard against fine edges is ``min_cell``
