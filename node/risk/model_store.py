@@ -242,7 +242,7 @@ class ModelStore:
             pending = self.candidate_versions()
             hint = (f"; {len(pending)} candidate(s) await approval (rehealth node model list)"
                     if pending else " (train one first)")
-            raise SpecError(f"no approved risk model in {self.root}{hint}")
+            raise SpecError(f"no risk model approved for serving in {self.root}{hint}")
         return self.load(versions[-1])
 
     @staticmethod
