@@ -10,15 +10,16 @@ terminal and the model's approval note). Two figures decide, each with a *materi
   under-states everyone's risk by a quarter moves a person predicted at 8 % across the 10 %
   boundary. Chance allowance: if the model is calibrated, :math:`\operatorname{Var} O =
   \sum p(1-p)`, so :math:`\operatorname{SE}(\log O/E) \approx \sqrt{\sum p(1-p)} / E`; the
-  band is widened to :math:`z_{0.995}\,\mathrm{SE}` (p < 0.01, two-sided) when that is wider.
-  A well-calibrated model is thus refused with probability below 1 % on any site size, and a
+  band is widened to :math:`z\,\mathrm{SE}` when that is wider, with z = 2.81 (two-sided
+  p < 0.005 per figure, Bonferroni over the two figures: p < 0.01 for the check). A
+  well-calibrated model is thus refused with probability about 1 % on any site size, and a
   large site cannot refuse a model for an immaterial miscalibration.
 * **Calibration slope** :math:`b` of the logistic recalibration
   :math:`\operatorname{logit} P(y=1) = a + b\,\operatorname{logit} p` (Cox 1958; Van Calster
   et al. 2016 "weak calibration": slope 1). :math:`b < 1`: predictions too extreme (the
   signature of an over-fitted model, or of one built to single people out); :math:`b > 1`: too
   timid. Material band [0.8, 1.25] (the same ratio either way), widened to
-  :math:`1 \pm z_{0.995}\,\mathrm{SE}(b)` from the fit's Fisher information when wider.
+  :math:`1 \pm z\,\mathrm{SE}(b)` from the fit's Fisher information when wider.
 
 The check also reports the Hosmer–Lemeshow statistic over deciles of predicted risk (8 degrees
 of freedom) and its p-value, as context for the operator: on large sites it rejects immaterial
@@ -37,8 +38,9 @@ __all__ = ["BAND", "CalibrationCheck", "MIN_EVENTS", "Z_99", "calibration_check"
 
 #: Material band of O/E and of the slope (ratio 1.25 either way).
 BAND = (0.8, 1.25)
-#: Two-sided p < 0.01 normal quantile: the chance allowance.
-Z_99 = 2.5758293035489004
+#: The chance allowance: two-sided p < 0.005 per figure (normal quantile), so that the two
+#: figures together refuse a calibrated model with probability below about 1 %.
+Z_99 = 2.807033768343811
 #: Fewer events than this and the check cannot decide (refused).
 MIN_EVENTS = 10
 _EPS = 1e-6
