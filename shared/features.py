@@ -113,6 +113,24 @@ def scale(x: np.ndarray, features: Sequence[Feature], *, row_offset: int = 0) ->
     return (x - lo) / (hi - lo)
 
 
+def clip_to_bounds(x: np.ndarray, features: Sequence[Feature]) -> tuple[np.ndarray, np.ndarray, int]:
+    """Values clipped to the public bounds (binary ones rounded to 0/1); rows with a missing or
+    non-finite value marked for leaving out. Never an error about a row: for releases paid for
+    before the data are read, where a value must not become an error text.
+
+    Returns:
+        ``(clipped rows kept, keep mask over the input rows, values changed + rows left out)``.
+    """
+    x = np.asarray(x, dtype=float)
+    keep = np.isfinite(x).all(axis=1)
+    kept = x[keep]
+    lo, hi = _bounds(features)
+    out = np.clip(kept, lo, hi)
+    binary = np.array([f.kind == "binary" for f in features])
+    out[:, binary] = np.round(out[:, binary])
+    return out, keep, int((~keep).sum()) + int((out != kept).sum())
+
+
 def unscale(z: np.ndarray, features: Sequence[Feature]) -> np.ndarray:
     """Inverse of :func:`scale`."""
     lo, hi = _bounds(features)

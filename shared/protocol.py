@@ -206,9 +206,17 @@ RISK_EVAL_KEY = "eval"  # ArrayRecord of the node's additive evaluation aggregat
 class RiskJob(_Model):
     """A federated DP training job of the risk model. The node derives its own DP-SGD noise
     from ``target_epsilon`` (its total over ``rounds``), its row count and these settings, and
-    charges its ledger before the weights leave."""
+    charges its ledger before the weights leave.
+
+    The final evaluation is one more Gaussian release per node, at ``eval_epsilon`` (and
+    ``delta``), charged on top of training: a node's total for the job is the composition of
+    both, which its ledger's accountant computes. ``eval_bins`` is the public probability grid
+    of that release (fewer bins, less noise per pooled metric; see
+    :mod:`shared.risk.metrics`). A node not in ``sites`` declines every message of the job.
+    """
 
     job_id: str = Field(min_length=8, max_length=128)
+    sites: tuple[str, ...] = Field(min_length=1, max_length=1000)
     kind: Literal["logistic", "mlp"] = "logistic"
     hidden: int = Field(default=16, ge=1, le=1024)
     rounds: int = Field(ge=1, le=100)
@@ -218,7 +226,11 @@ class RiskJob(_Model):
     max_grad_norm: float = Field(default=5.0, gt=0)
     target_epsilon: float = Field(gt=0, le=100)
     delta: float = Field(default=1e-5, gt=0, lt=1)
-    outcome: str = "cv_event"
+    #: the risk model's outcome; fixed, so a job cannot point training or evaluation at
+    #: another 0/1 column of the node (treatment, a diagnosis)
+    outcome: Literal["cv_event"] = "cv_event"
+    eval_epsilon: float = Field(default=0.2, gt=0, le=10)
+    eval_bins: int = Field(default=20, ge=2, le=1000)
 
     def terms(self) -> dict:
         """What a risk grant signs: the whole job."""

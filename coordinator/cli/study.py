@@ -163,6 +163,8 @@ def train_risk(
     spec: Path = typer.Option(..., "--spec", exists=True, dir_okay=False,
                               help="Study spec whose sites train (their data carry cv_event)."),
     epsilon: float = typer.Option(8.0, help="Each node's total ε for the whole training."),
+    eval_epsilon: float = typer.Option(0.2, "--eval-epsilon",
+                                       help="Each node's ε for the one DP evaluation release."),
     delta: float = typer.Option(1e-5, help="δ of the DP-SGD guarantee."),
     rounds: int = typer.Option(8, help="FedAvg rounds."),
     kind: str = typer.Option("logistic", help="logistic or mlp"),
@@ -178,7 +180,15 @@ def train_risk(
 
     console = Console(stderr=fmt == "json")
     job_id = "risk-" + hashlib.sha256(f"{spec}{_time.time_ns()}".encode()).hexdigest()[:16]
-    job = RiskJob(job_id=job_id, kind=kind, rounds=rounds, target_epsilon=epsilon, delta=delta)
+    from shared.study import StudySpec
+
+    try:
+        sites = tuple(s.name for s in StudySpec.from_toml(spec).sites)
+    except ReHealthError as e:
+        console.print(f"[red]cannot read the spec:[/red] {escape(str(e))}")
+        raise typer.Exit(1)
+    job = RiskJob(job_id=job_id, kind=kind, rounds=rounds, target_epsilon=epsilon, delta=delta,
+                  sites=sites, eval_epsilon=eval_epsilon)
     try:
         with study_progress(console, enabled=fmt != "json") as on_event:
             summary = train_risk_local(spec, out, job, on_event=on_event)
@@ -189,7 +199,11 @@ def train_risk(
     if fmt == "json":
         typer.echo(json.dumps(summary))
     else:
+        pv = summary.get("evaluation_privacy", {})
         console.print(f"risk model after {rounds} rounds at ε={epsilon:g}: AUC {ev['auc']:.3f}, "
-                      f"Brier {ev['brier']:.4f} over {ev['n']:,.0f} people")
+                      f"Brier {ev['brier']:.4f} over ≈{ev['n']:,.0f} people (DP evaluation at "
+                      f"ε={pv.get('epsilon', eval_epsilon):g} per node, σ={pv.get('sigma_per_node', 0):.1f} "
+                      "per entry; sent models are candidates until each node's operator approves "
+                      "them: rehealth node model approve)")
         console.print(f"model: {out / 'risk_model.npz'}  metrics: {out / 'risk_result.json'}",
                       markup=False)

@@ -2,9 +2,12 @@
 
 Each round every node runs local DP-SGD (Opacus) from the global weights, charged to its own
 ledger, and FedAvg averages the returned weights by row count. A final evaluation message sends
-the trained model to every node, which stores it (versioned, with its training record) and
-answers with an additive evaluation aggregate; the pooled AUC, Brier score and decile
-calibration come from the merged aggregates. No per-person score leaves a node.
+the trained model to every node, which stores it as a *candidate* (served only after its
+operator approves it) and answers with one Gaussian release of its additive evaluation
+aggregate at the job's ``eval_epsilon``, charged to its ledger. The pooled AUC, Brier score and
+decile calibration come from the merged noisy aggregates (clamped where a metric needs
+non-negative counts: :func:`shared.risk.metrics.evaluate`), and the result says the evaluation
+is DP and at what noise. No per-person score leaves a node.
 """
 
 from __future__ import annotations
@@ -39,6 +42,10 @@ def train_risk_model(grid: Grid, job: RiskJob, *, expected_nodes: int, out_dir: 
     """Run ``job.rounds`` FedAvg rounds and a federated evaluation; write ``risk_model.npz``
     and ``risk_result.json`` to ``out_dir``; return the result dict."""
     started = time.perf_counter()
+    if expected_nodes != len(job.sites):
+        raise FederationError(f"the risk job names {len(job.sites)} site(s) but {expected_nodes} "
+                              "node(s) are expected: every node trains, so they must agree "
+                              "(a node not named declines)", round_name="connect")
     fed = GridFederation(grid, timeout_s=timeout_s)
     fed.wait_for_nodes(expected_nodes)
     arch = RiskArch(kind=job.kind, hidden=job.hidden)
@@ -59,10 +66,27 @@ def train_risk_model(grid: Grid, job: RiskJob, *, expected_nodes: int, out_dir: 
     np.savez(out_dir / "risk_model.npz", *arrays)
     summary = {"job": json.loads(job.model_dump_json()), "arch": arch.to_dict(),
                "rounds": job.rounds, "nodes": expected_nodes, "evaluation": report.to_dict(),
+               "evaluation_privacy": evaluation_privacy(job, expected_nodes),
                "train_metrics": train_metrics, "seconds": time.perf_counter() - started}
     (out_dir / "risk_result.json").write_text(json.dumps(summary, indent=2) + "\n")
     progress("risk_done", {"auc": report.auc, "brier": report.brier})
     return summary
+
+
+def evaluation_privacy(job: RiskJob, nodes: int) -> dict:
+    """What the evaluation cost and how noisy it is: each node released its aggregate once,
+    (ε, δ) = (``eval_epsilon``, ``delta``)-DP for its rows, with σ per entry; the pooled
+    aggregate carries σ√K."""
+    import math
+
+    from shared.risk.metrics import EVAL_SENSITIVITY, eval_noise_sigma
+
+    sigma = eval_noise_sigma(epsilon=job.eval_epsilon, delta=job.delta)
+    return {"dp": True, "epsilon": job.eval_epsilon, "delta": job.delta,
+            "sensitivity": EVAL_SENSITIVITY, "sigma_per_node": sigma,
+            "sigma_pooled": sigma * math.sqrt(nodes), "bins": job.eval_bins,
+            "note": "each node's evaluation aggregate is one Gaussian release charged to its "
+                    "ledger on top of training; metrics are computed from the noisy sums"}
 
 
 def _federated_evaluation(grid: Grid, fed: GridFederation, arrays: list[np.ndarray],

@@ -11,3 +11,4 @@ from node.cli import serve  # noqa: E402,F401
 from node.cli import score  # noqa: E402,F401
 from node.cli import apikey  # noqa: E402,F401
 from node.cli import budget  # noqa: E402,F401
+from node.cli import model  # noqa: E402,F401

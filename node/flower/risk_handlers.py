@@ -1,6 +1,11 @@
 """The node's side of federated risk-model training: DP-SGD on its own rows, charged to its
-ledger before the new weights leave; evaluation as an additive aggregate (no per-person score
-leaves the node).
+ledger before the new weights leave; evaluation as one Gaussian release of an additive aggregate,
+charged before any row is read (no per-person score leaves the node).
+
+A node not among the job's ``sites`` declines both message types before anything is read or
+charged. A model a coordinator sends is stored as a *candidate* only: the node serves it after
+its operator approves it (``rehealth node model approve``), which checks its calibration on the
+node's own rows first.
 
 Torch and Opacus are imported here only, so study queries stay light.
 """
@@ -11,10 +16,11 @@ import json
 import logging
 
 import numpy as np
+import pandas as pd
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-from node.runtime import NodeRuntime
-from shared.errors import DataError, QueryRefused
+from node.runtime import NodeRuntime, NotInStudy
+from shared.errors import DataError, QueryRefused, SpecError
 from shared.features import FEATURE_NAMES
 from shared.protocol import RISK_ARRAYS_KEY, RISK_EVAL_KEY, RISK_JOB_KEY, RiskJob
 
@@ -26,6 +32,25 @@ def decode_job(content: RecordDict) -> RiskJob:
     if rec is None or RISK_JOB_KEY not in rec:
         raise QueryRefused("training message carries no risk job")
     return RiskJob.model_validate_json(str(rec[RISK_JOB_KEY]))
+
+
+def _job_for_site(content: RecordDict, runtime: NodeRuntime) -> RiskJob:
+    """The job, if this node is one of its sites (else :class:`NotInStudy`: nothing is read,
+    charged or stored)."""
+    job = decode_job(content)
+    if runtime.site not in job.sites:
+        raise NotInStudy(f"site {runtime.site} is not among the risk job's sites")
+    return job
+
+
+def _model_arrays(content: RecordDict, job: RiskJob) -> list[np.ndarray]:
+    """The sent weights, checked against the job's architecture (no data involved)."""
+    from shared.risk.arch import RiskArch, check_arrays
+
+    try:
+        return check_arrays(arch=RiskArch(kind=job.kind, hidden=job.hidden), arrays=_arrays(content))
+    except SpecError as e:
+        raise QueryRefused(f"the sent model does not fit the job: {e}") from None
 
 
 def _arrays(content: RecordDict) -> list[np.ndarray]:
@@ -44,7 +69,18 @@ def _xy(runtime: NodeRuntime, job: RiskJob) -> tuple[np.ndarray, np.ndarray]:
     missing = [c for c in (*FEATURE_NAMES, job.outcome) if c not in frame.columns]
     if missing:
         raise DataError(f"training table lacks column(s): {', '.join(missing)}", field=missing[0])
-    return frame[list(FEATURE_NAMES)].to_numpy(dtype=float), frame[job.outcome].to_numpy(dtype=float)
+    X = frame[list(FEATURE_NAMES)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+    y = pd.to_numeric(frame[job.outcome], errors="coerce").to_numpy(dtype=float)
+    return X, y  # unparsable values are NaN: left out by the handlers, never echoed
+
+
+def _within_bounds(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Features clipped to their public bounds, rows with a missing feature left out
+    (:func:`shared.features.clip_to_bounds`): nothing about a row may become an error."""
+    from shared.features import FEATURES, clip_to_bounds
+
+    out, keep, changed = clip_to_bounds(X, FEATURES)
+    return out, y[keep], changed
 
 
 def train(msg: Message, runtime: NodeRuntime) -> Message:
@@ -52,8 +88,15 @@ def train(msg: Message, runtime: NodeRuntime) -> Message:
     from node.risk.train import local_train, plan_noise
     from shared.risk.arch import RiskArch
 
-    job = decode_job(msg.content)
+    job = _job_for_site(msg.content, runtime)
     X, y = _xy(runtime, job)
+    X, y, fixed = _within_bounds(X, y)
+    keep = (y == 0) | (y == 1)
+    X, y = X[keep], y[keep]
+    if fixed or not keep.all():
+        log.warning("site %s, risk job %s: %d feature values clipped or rows without features "
+                    "left out, %d rows without a 0/1 outcome left out of training",
+                    runtime.site, job.job_id, fixed, int((~keep).sum()))
     sigma = plan_noise(n=len(y), batch_size=job.batch_size, epochs=job.epochs, rounds=job.rounds,
                        target_epsilon=job.target_epsilon, delta=job.delta)
     ledger = runtime.ledger()
@@ -64,7 +107,7 @@ def train(msg: Message, runtime: NodeRuntime) -> Message:
     steps = job.epochs * steps_per_epoch(n=len(y), batch_size=job.batch_size)
     ledger.charge_sgd(dataset=runtime.dataset, study_id=job.job_id, query="risk_train",
                       noise_multiplier=sigma, sample_rate=q, steps=steps)
-    res = local_train(arrays=_arrays(msg.content), X=X, y=y,
+    res = local_train(arrays=_model_arrays(msg.content, job), X=X, y=y,
                       arch=RiskArch(kind=job.kind, hidden=job.hidden), epochs=job.epochs,
                       batch_size=job.batch_size, lr=job.lr, noise_multiplier=sigma,
                       max_grad_norm=job.max_grad_norm, delta=job.delta)
@@ -74,25 +117,58 @@ def train(msg: Message, runtime: NodeRuntime) -> Message:
                                "metrics": metrics}), reply_to=msg)
 
 
-def evaluate(msg: Message, runtime: NodeRuntime) -> Message:
-    """Additive evaluation aggregate of the received model on the node's rows."""
+#: The ledger's name for the evaluation release (one per job: a replay gets nothing).
+EVAL_QUERY = "risk_evaluate"
+
+
+def evaluate(msg: Message, runtime: NodeRuntime, *, rng: np.random.Generator | None = None) -> Message:
+    """One Gaussian release of the sent model's evaluation aggregate on the node's rows.
+
+    Order (the node's promise): the job and the node's place in its sites, the sent weights'
+    shapes, σ from the job's public ``eval_epsilon`` and ``delta`` — then the ledger charge
+    (at most once per job) — and only then are the rows read, scored, binned on the job's
+    public grid (values clipped, never an error about a row) and noised. Whatever fails after
+    the charge has been paid for. The model is then kept as a candidate, never served.
+
+    Args:
+        rng: the noise generator; None in production (:func:`shared.dp.mechanisms.secure_rng`,
+            seeded from the OS CSPRNG). Tests inject a seeded one.
+    """
+    from shared.dp.mechanisms import secure_rng
     from shared.features import FEATURES, scale
     from shared.risk.arch import RiskArch, predict_proba
-    from shared.risk.metrics import eval_aggregate
+    from shared.risk.metrics import (EVAL_SENSITIVITY, clean_scores, eval_aggregate,
+                                     eval_noise_sigma, noisy_aggregate)
 
-    job = decode_job(msg.content)
+    job = _job_for_site(msg.content, runtime)
+    arrays = _model_arrays(msg.content, job)
+    sigma = eval_noise_sigma(epsilon=job.eval_epsilon, delta=job.delta)
+    ledger = runtime.ledger()
+    charge = ledger.charge(dataset=runtime.dataset, study_id=job.job_id, query=EVAL_QUERY,
+                           sigma=sigma, sensitivity=EVAL_SENSITIVITY, limit=1)
+    # --- paid: from here on the node's rows are read ---
     X, y = _xy(runtime, job)
-    prob = predict_proba(arch=RiskArch(kind=job.kind, hidden=job.hidden), arrays=_arrays(msg.content),
-                         z=scale(X, FEATURES, row_offset=1))
-    agg = eval_aggregate(prob=prob, y=y)
-    _store_model(runtime, job, _arrays(msg.content))
-    return Message(RecordDict({RISK_EVAL_KEY: ArrayRecord(agg.to_arrays()),
-                               "metrics": MetricRecord({"num-examples": int(len(y))})}), reply_to=msg)
+    X, y, fixed = _within_bounds(X, y)
+    prob = predict_proba(arch=RiskArch(kind=job.kind, hidden=job.hidden), arrays=arrays,
+                         z=scale(X, FEATURES))
+    _, _, clipped, dropped = clean_scores(prob=prob, y=y)
+    if fixed or clipped or dropped:
+        log.warning("site %s, risk job %s: %d feature values clipped or rows without features "
+                    "left out, %d probabilities clipped, %d rows without a 0/1 outcome left out",
+                    runtime.site, job.job_id, fixed, clipped, dropped)
+    agg = eval_aggregate(prob=prob, y=y, n_bins=job.eval_bins)
+    noisy = noisy_aggregate(agg, sigma=sigma, rng=rng if rng is not None else secure_rng())
+    ledger.mark_sent(charge.id)
+    _store_candidate(runtime, job, arrays)
+    metrics = MetricRecord({"eval-epsilon": float(job.eval_epsilon), "eval-sigma": float(sigma),
+                            "epsilon-spent": float(charge.epsilon_after)})
+    return Message(RecordDict({RISK_EVAL_KEY: ArrayRecord(noisy.to_arrays()), "metrics": metrics}),
+                   reply_to=msg)
 
 
-def _store_model(runtime: NodeRuntime, job: RiskJob, arrays: list[np.ndarray]) -> None:
-    """Keep the model the coordinator sent for evaluation (the node scores with the model it
-    was sent), versioned with its training record."""
+def _store_candidate(runtime: NodeRuntime, job: RiskJob, arrays: list[np.ndarray]) -> None:
+    """Keep the model the coordinator sent as a candidate (never served until the operator
+    approves it after a calibration check on local data), versioned with its training record."""
     if runtime.models is None:
         log.warning("site %s keeps no risk model: its node config has neither model-dir nor "
                     "state-dir", runtime.site)
@@ -100,7 +176,9 @@ def _store_model(runtime: NodeRuntime, job: RiskJob, arrays: list[np.ndarray]) -
     from node.risk.model_store import ModelStore, TrainingRecord
 
     record = TrainingRecord(kind=job.kind, hidden=job.hidden, rounds=job.rounds,
-                            epsilon=job.target_epsilon, delta=job.delta, source="federated",
-                            metrics={"job_id": job.job_id})
-    stored = ModelStore(runtime.models).save(arrays=arrays, record=record)
-    log.info("site %s stored risk model %s in %s", runtime.site, stored.version, runtime.models)
+                            nodes=len(job.sites), epsilon=job.target_epsilon, delta=job.delta,
+                            source="federated", metrics={"job_id": job.job_id})
+    stored = ModelStore(runtime.models).save_candidate(arrays=arrays, record=record)
+    log.info("site %s stored candidate risk model %s in %s (approve it with "
+             "`rehealth node model approve %s`)", runtime.site, stored.version, runtime.models,
+             stored.version)

@@ -51,7 +51,8 @@ from shared.dp.sensitivity import (count_sensitivity, ps_fit_sensitivity, psm_ba
                                    psm_main_sensitivity, psm_sumsq_sensitivity)
 from shared.errors import PrivacyError
 
-__all__ = ["DEFAULT_PS_ROUNDS", "NoisePlan", "PlannedRelease", "SUMSQ_SHARE", "plan_study"]
+__all__ = ["DEFAULT_PS_ROUNDS", "NoisePlan", "PlannedRelease", "SUMSQ_SHARE", "plan_study",
+           "single_release_multiplier"]
 
 #: Newton rounds of the propensity fit under DP (fixed, so the plan can be set in advance).
 DEFAULT_PS_ROUNDS = 4
@@ -216,6 +217,23 @@ def plan_study(*, epsilon: float, delta: float, split, n_covariates: int, n_outc
     shares = tuple(_release_shares(split, n_ps_rounds))
     rho, eps = _calibrate(float(epsilon), float(delta), tuple(s for _, _, s in shares), accountant)
     return _assemble(float(epsilon), float(delta), accountant, rho, n_ps_rounds, shares, sens, eps)
+
+
+def single_release_multiplier(*, epsilon: float, delta: float, accountant: str = "rdp") -> float:
+    """Noise multiplier μ = σ/Δ₂ of one Gaussian release costing at most ``epsilon`` at
+    ``delta`` under the ledger's accountant (the same bisection as :func:`plan_study`, with one
+    release holding the whole ρ): a node charging this μ to a fresh ledger spends ≤ ε.
+
+    >>> round(single_release_multiplier(epsilon=1.0, delta=1e-5), 2)
+    4.05
+
+    Raises:
+        PrivacyError: ε or δ out of range.
+    """
+    if not (math.isfinite(epsilon) and epsilon > 0) or not 0 < delta < 1:
+        raise PrivacyError(f"a DP release needs ε > 0 and 0 < δ < 1, got ε={epsilon!r}, δ={delta!r}")
+    rho, _ = _calibrate(float(epsilon), float(delta), (1.0,), accountant)
+    return _multiplier(rho)
 
 
 def _assemble(epsilon: float, delta: float, accountant: str, rho: float, n_ps_rounds: int,

@@ -110,25 +110,39 @@ class EvalReport:
                 "calibration": [vars(c) for c in self.calibration]}
 
 
-def eval_aggregate(*, prob: np.ndarray, y: np.ndarray, n_bins: int = DEFAULT_BINS) -> EvalAggregate:
-    """A node's aggregate from its predicted probabilities and 0/1 outcomes.
+def clean_scores(*, prob: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Probabilities clipped to [0, 1] (NaN → ½) and rows whose outcome is not 0/1 dropped.
+
+    Nothing about a row or a value is ever an error: on a node this runs *after* the release
+    was charged, and its counts go to the node's own log only. Neither step can move a
+    row's contribution beyond :data:`EVAL_SENSITIVITY` (a dropped row contributes nothing).
+
+    Returns:
+        ``(prob, y, n_clipped, n_dropped)``.
 
     Raises:
-        DataError: names the first row whose probability is outside [0, 1] / NaN or whose
-            outcome is not 0/1.
+        DataError: ``prob`` and ``y`` differ in length (a code error, no value named).
     """
     prob = np.asarray(prob, dtype=np.float64).reshape(-1)
     y = np.asarray(y, dtype=np.float64).reshape(-1)
     if prob.shape != y.shape:
         raise DataError(f"{prob.size} probabilities but {y.size} outcomes")
-    bad = ~((prob >= 0) & (prob <= 1))
-    if bad.any():
-        r = int(np.argmax(bad))
-        raise DataError(f"row {r}: probability {prob[r]} is not in [0, 1]", row=r, field="prob")
-    bad = (y != 0) & (y != 1)
-    if bad.any():
-        r = int(np.argmax(bad))
-        raise DataError(f"row {r}: outcome {y[r]} is not 0 or 1", row=r, field="cv_event")
+    bad_p = ~((prob >= 0) & (prob <= 1))
+    prob = np.clip(np.where(np.isnan(prob), 0.5, prob), 0.0, 1.0)
+    keep = (y == 0) | (y == 1)
+    return prob[keep], y[keep], int(bad_p.sum()), int((~keep).sum())
+
+
+def eval_aggregate(*, prob: np.ndarray, y: np.ndarray, n_bins: int = DEFAULT_BINS) -> EvalAggregate:
+    """A node's aggregate from its predicted probabilities and 0/1 outcomes.
+
+    Probabilities outside [0, 1] are clipped (NaN counts as ½) and rows whose outcome is not
+    0/1 are left out (:func:`clean_scores`): no error names a row or echoes a value.
+
+    Raises:
+        DataError: ``prob`` and ``y`` differ in length.
+    """
+    prob, y, _, _ = clean_scores(prob=prob, y=y)
     idx = np.minimum((prob * n_bins).astype(np.int64), n_bins - 1)
     pos = np.bincount(idx, weights=y, minlength=n_bins)
     tot = np.bincount(idx, minlength=n_bins).astype(np.float64)
@@ -137,9 +151,29 @@ def eval_aggregate(*, prob: np.ndarray, y: np.ndarray, n_bins: int = DEFAULT_BIN
                          sq_err=float(np.sum((prob - y) ** 2)))
 
 
-#: L2 sensitivity of one node's aggregate: a row adds 1 to one ``pos``/``neg`` bin, at most 1 to
-#: that bin's ``sum_p`` and at most 1 to ``sq_err``, so :math:`\Delta_2 \le \sqrt{3}`.
+#: L2 sensitivity of one node's aggregate under add/remove-one-row neighbours. A row with
+#: predicted probability p ∈ [0, 1] (clipped) and outcome y ∈ {0, 1} lands in exactly one bin b:
+#: it adds 1 to ``pos[b]`` or ``neg[b]``, p to ``sum_p[b]`` and (p − y)² to ``sq_err``, and
+#: nothing elsewhere. So Δ₂² = 1 + p² + (p − y)²; for y = 1 that is 1 + p² + (1 − p)² ≤ 2,
+#: for y = 0 it is 1 + 2p² ≤ 3 (attained at p = 1). Hence :math:`\Delta_2 = \sqrt{3}`, tight.
+#: (Releasing ``sum_p`` centred on each bin's midpoint and ``sq_err`` centred on ½ would bring
+#: it to about 1.12; not done here, the transport form stays uncentred.)
 EVAL_SENSITIVITY = float(np.sqrt(3.0))
+
+
+def eval_noise_sigma(*, epsilon: float, delta: float, accountant: str = "rdp") -> float:
+    """Noise SD per entry of one node's evaluation release at (``epsilon``, ``delta``):
+    :math:`\sigma = \mu\,\Delta_2` with μ from :func:`shared.dp.plan.single_release_multiplier`
+    (the accountant the node's ledger charges with), so the charge is at most ε on a fresh
+    budget. Node and coordinator compute the same σ from the job's public parameters.
+
+    Raises:
+        PrivacyError: ε or δ out of range.
+    """
+    from shared.dp.plan import single_release_multiplier
+
+    return single_release_multiplier(epsilon=epsilon, delta=delta,
+                                     accountant=accountant) * EVAL_SENSITIVITY
 
 
 def noisy_aggregate(agg: EvalAggregate, *, sigma: float,
@@ -170,7 +204,8 @@ def merge_aggregates(aggs: Iterable[EvalAggregate]) -> EvalAggregate:
 
 
 def pooled_auc(agg: EvalAggregate) -> float:
-    """Tie-corrected AUC from the merged histograms (pairs in one bin count ½).
+    """Tie-corrected AUC from the merged histograms (pairs in one bin count ½); noisy bin counts
+    are clamped at 0 first.
 
     Raises:
         EstimationError: no events or no non-events.
@@ -185,10 +220,18 @@ def pooled_auc(agg: EvalAggregate) -> float:
 
 
 def brier_score(agg: EvalAggregate) -> float:
-    """Mean squared error of the predicted probability."""
-    if agg.n <= 0:
+    """Mean squared error of the predicted probability.
+
+    On a noisy aggregate the row count is the sum of the bin counts clamped at 0 per bin, and
+    the ratio is clamped to [0, 1] (its true range); both are post-processing.
+
+    Raises:
+        EstimationError: no rows (after clamping).
+    """
+    n = float(np.sum(np.clip(agg.pos + agg.neg, 0, None)))
+    if n < 1:
         raise EstimationError("Brier score of an empty evaluation set")
-    return agg.sq_err / agg.n
+    return float(np.clip(agg.sq_err / n, 0.0, 1.0))
 
 
 def calibration_by_decile(agg: EvalAggregate, *, groups: int = 10) -> tuple[CalibrationBin, ...]:
@@ -196,6 +239,8 @@ def calibration_by_decile(agg: EvalAggregate, *, groups: int = 10) -> tuple[Cali
 
     A bin goes wholly to the decile holding the midpoint of its rows in the pooled ranking, so a
     decile may be empty (then omitted) when a single bin holds more than a tenth of the rows.
+    On a noisy aggregate, bin counts are clamped at 0 and the per-decile mean predicted risk and
+    observed rate at [0, 1] (post-processing; a decile with less than one row is omitted).
     """
     tot = np.clip(agg.pos + agg.neg, 0, None)   # noisy aggregates may hold negative counts
     n = tot.sum()
@@ -214,13 +259,21 @@ def calibration_by_decile(agg: EvalAggregate, *, groups: int = 10) -> tuple[Cali
             continue
         edges = np.flatnonzero(sel)
         out.append(CalibrationBin(decile=g + 1, n=float(cnt),
-                                  mean_predicted=float(agg.sum_p[sel].sum() / cnt),
-                                  observed_rate=float(agg.pos[sel].sum() / cnt),
+                                  mean_predicted=float(np.clip(agg.sum_p[sel].sum() / cnt, 0, 1)),
+                                  observed_rate=float(np.clip(agg.pos[sel].sum() / cnt, 0, 1)),
                                   p_lo=float(edges[0] * width), p_hi=float((edges[-1] + 1) * width)))
     return tuple(out)
 
 
 def evaluate(agg: EvalAggregate) -> EvalReport:
-    """AUC, Brier score and decile calibration of a pooled aggregate."""
-    return EvalReport(n=agg.n, events=agg.events, auc=pooled_auc(agg), brier=brier_score(agg),
+    """AUC, Brier score and decile calibration of a pooled aggregate.
+
+    Works on noisy aggregates (sums of the nodes' DP releases): ``n`` and ``events`` are the
+    sums of the bin counts clamped at 0 per bin, the AUC uses clamped counts
+    (:func:`pooled_auc`), the Brier score and calibration clamp as documented there. Clamping
+    is post-processing of the releases; it costs no privacy but biases small cells upward.
+    """
+    tot = np.clip(agg.pos + agg.neg, 0, None)
+    return EvalReport(n=float(tot.sum()), events=float(np.clip(agg.pos, 0, None).sum()),
+                      auc=pooled_auc(agg), brier=brier_score(agg),
                       calibration=calibration_by_decile(agg))

@@ -22,7 +22,9 @@ pytestmark = pytest.mark.integration
 def test_federated_dp_model_matches_centralized_auc_at_eps_8(tmp_path):
     fed = generate_federation(seed=3, sites=3, scale=0.3)
     spec_path = write_federation(fed, tmp_path / "data")
-    job = RiskJob(job_id="risk-test-0001", rounds=8, target_epsilon=8.0)
+    spec = StudySpec.from_toml(spec_path)
+    job = RiskJob(job_id="risk-test-0001", rounds=8, target_epsilon=8.0,
+                  sites=tuple(s.name for s in spec.sites))
     summary = train_risk_local(spec_path, tmp_path / "run", job, timeout_s=900)
 
     with np.load(tmp_path / "run" / "risk_model.npz") as f:
@@ -35,16 +37,21 @@ def test_federated_dp_model_matches_centralized_auc_at_eps_8(tmp_path):
     auc_central = roc_auc_score(held_out["cv_event"], central.predict_proba(model_input(z_test))[:, 1])
     auc_fed = roc_auc_score(held_out["cv_event"], predict_proba(arch=RiskArch(), arrays=arrays, z=z_test))
     assert auc_fed > 0.6 and abs(auc_central - auc_fed) <= 0.02, (auc_central, auc_fed)
-    # the federated evaluation pooled the nodes' aggregates
-    assert summary["evaluation"]["n"] == len(train)
+    # the federated evaluation pooled the nodes' noisy releases (DP at eval_epsilon)
+    privacy = summary["evaluation_privacy"]
+    assert privacy["dp"] and privacy["epsilon"] == job.eval_epsilon
+    assert abs(summary["evaluation"]["n"] - len(train)) < 6 * privacy["sigma_pooled"] * job.eval_bins ** 0.5
     assert 0.5 < summary["evaluation"]["auc"] < 1
-    spec = StudySpec.from_toml(spec_path)
     for s in spec.sites:
         state = node_state_dir(s.data)  # beside the site's data, whatever the output folder
         ledger = PrivacyLedger(f"sqlite:///{state / 'ledger.db'}")
         history = ledger.history()
-        assert [h.query for h in history] == ["risk_train"] * job.rounds
-        assert all(h.sample_rate < 1 and h.steps >= 1 for h in history)
-        assert 0 < ledger.spent() <= job.target_epsilon + 1e-6
-        stored = ModelStore(state / "models").latest()  # the node keeps the model it was sent
+        assert [h.query for h in history] == ["risk_train"] * job.rounds + ["risk_evaluate"]
+        assert all(h.sample_rate < 1 and h.steps >= 1 for h in history[:-1])
+        assert history[-1].epsilon <= job.eval_epsilon + 1e-6
+        assert 0 < ledger.spent() <= job.target_epsilon + job.eval_epsilon + 1e-6
+        store = ModelStore(state / "models")  # the node keeps the model it was sent, as a candidate
+        assert store.versions() == []
+        [version] = store.candidate_versions()
+        stored = store.load_candidate(version)
         assert all(np.allclose(a, b) for a, b in zip(stored.arrays, arrays))

@@ -6,7 +6,8 @@ from hypothesis import given, settings, strategies as st
 from sklearn.metrics import brier_score_loss, roc_auc_score
 
 from shared.errors import DataError, EstimationError
-from shared.risk.metrics import (EvalAggregate, calibration_by_decile, eval_aggregate, evaluate,
+from shared.risk.metrics import (EVAL_SENSITIVITY, EvalAggregate, calibration_by_decile, clean_scores,
+                                 eval_aggregate, evaluate,
                                  merge_aggregates, noisy_aggregate, pooled_auc)
 
 
@@ -68,16 +69,39 @@ def test_calibration_by_global_decile():
     assert all(a.p_hi <= b.p_lo + 1e-12 for a, b in zip(cal, cal[1:]))
 
 
-def test_bad_rows_are_named():
-    with pytest.raises(DataError, match="row 1") as e:
-        eval_aggregate(prob=np.array([0.1, 1.2]), y=np.array([0, 1]))
-    assert e.value.row == 1
-    with pytest.raises(DataError, match="row 0"):
-        eval_aggregate(prob=np.array([np.nan]), y=np.array([0]))
-    with pytest.raises(DataError, match="not 0 or 1"):
-        eval_aggregate(prob=np.array([0.1, 0.2]), y=np.array([0, 2]))
+def test_bad_values_are_clipped_or_left_out_never_named():
+    """On a node this runs after the release was paid for: no error names a row or a value."""
+    a = eval_aggregate(prob=np.array([0.1, 1.2, np.nan]), y=np.array([0, 1, 0]), n_bins=10)
+    assert a.pos[9] == 1 and a.neg[5] == 1 and a.sum_p[9] == 1.0  # 1.2 → 1, NaN → ½
+    assert clean_scores(prob=np.array([0.1, 1.2]), y=np.array([0, 1]))[2:] == (1, 0)
+    b = eval_aggregate(prob=np.array([0.1, 0.2]), y=np.array([0, 2]), n_bins=10)
+    assert b.n == 1  # the row without a 0/1 outcome is left out
+    with pytest.raises(DataError) as e:
+        eval_aggregate(prob=np.array([0.1, 0.2]), y=np.array([0]))
+    assert "0.1" not in str(e.value)
     with pytest.raises(EstimationError):
         pooled_auc(eval_aggregate(prob=np.array([0.1, 0.2]), y=np.array([0, 0])))
+
+
+def test_eval_sensitivity_is_attained_by_a_certain_wrong_row():
+    """Δ₂² = 1 + p² + (p − y)² is 3 at p = 1, y = 0 and never more."""
+    empty = eval_aggregate(prob=np.array([0.5]), y=np.array([1]), n_bins=10)
+    worst = 0.0
+    for p in np.linspace(0, 1, 101):
+        for y in (0, 1):
+            one = eval_aggregate(prob=np.array([0.5, p]), y=np.array([1, y]), n_bins=10)
+            diff = np.concatenate([x - e for x, e in zip(one.to_arrays(), empty.to_arrays())])
+            worst = max(worst, float(np.linalg.norm(diff)))
+    assert worst == pytest.approx(EVAL_SENSITIVITY)
+
+
+def test_noisy_metrics_stay_in_range():
+    rng = np.random.default_rng(3)
+    p, y = _scores(rng, 300)
+    noisy = noisy_aggregate(eval_aggregate(prob=p, y=y, n_bins=20), sigma=30.0, rng=rng)
+    rep = evaluate(noisy)
+    assert 0 <= rep.auc <= 1 and 0 <= rep.brier <= 1 and rep.n >= 0 and rep.events >= 0
+    assert all(0 <= c.mean_predicted <= 1 and 0 <= c.observed_rate <= 1 for c in rep.calibration)
 
 
 def test_noisy_aggregates_still_pool_to_a_close_auc():
