@@ -159,7 +159,7 @@ def _ledger_rows(node: Node) -> int:
     if not db.exists():
         return 0
     try:
-        return len(PrivacyLedger(f"sqlite:///{db}").history(SITE))
+        return len(PrivacyLedger(f"sqlite:///{db}").history())
     except PrivacyError:
         return 0
 

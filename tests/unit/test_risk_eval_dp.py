@@ -29,7 +29,7 @@ def _ledger(node) -> PrivacyLedger:
 
 def _history(node) -> list:
     db = Path(node.config["state-dir"]) / "ledger.db"
-    return _ledger(node).history(ra.SITE) if db.exists() else []
+    return _ledger(node).history() if db.exists() else []
 
 
 def _candidates(node) -> list[str]:
