@@ -7,9 +7,11 @@ coordinator), e.g.::
     coordinator-key="/etc/rehealth/coordinator.pub" policy-path="/etc/rehealth/policy.toml"
     budget-epsilon=10.0 budget-delta=1e-5 model-dir="/srv/rehealth/node/models"
 
-Risk models the federation trains are kept in ``model-dir``, by default ``<state-dir>/models``;
-``rehealth node serve`` and ``score`` read ``<node dir>/models`` (beside ``node.toml``), so an
-operator points ``model-dir`` there (or uses the node folder as ``state-dir``) to serve them.
+Risk models the federation trains arrive as candidates in ``<model-dir>/candidates``, by
+default ``<state-dir>/models``; ``rehealth node serve`` and ``score`` read ``<node dir>/models``
+(beside ``node.toml``) and use a model only after the operator approved it there
+(``rehealth node model approve``, which checks its calibration on local data). The ledger holds
+one budget for the node's whole population (``ledger-url``, default ``<state-dir>/ledger.db``).
 
 Who may ask: every query carries the operator's signed grant (:mod:`shared.grant`), verified
 against the coordinator public key pinned here (``coordinator-key``); a node without a pinned
