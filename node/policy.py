@@ -125,23 +125,8 @@ class NodePolicy(BaseModel):
         if query.treatment_column not in self.treatment_columns:
             raise PolicyRefused(f"treatment column {query.treatment_column!r} is not in this "
                                 "node's policy")
-        allowed = {c.name: c for c in self.covariates}
-        for c in query.covariates:
-            mine = allowed.get(c.name)
-            if mine is None:
-                raise PolicyRefused(f"covariate {c.name!r} is not in this node's policy")
-            if (c.lo, c.hi, c.kind) != (mine.lo, mine.hi, mine.kind):
-                raise PolicyRefused(f"covariate {c.name!r}: the query's bounds [{c.lo:g}, "
-                                    f"{c.hi:g}] ({c.kind}) differ from this node's public "
-                                    f"[{mine.lo:g}, {mine.hi:g}] ({mine.kind})")
-        outcomes = {o.name: o for o in self.outcomes}
-        for o in query.outcomes:
-            mine = outcomes.get(o.name)
-            if mine is None:
-                raise PolicyRefused(f"outcome {o.name!r} is not in this node's policy")
-            if (o.lo, o.cap, o.kind) != (mine.lo, mine.cap, mine.kind):
-                raise PolicyRefused(f"outcome {o.name!r}: the query's [{o.lo:g}, {o.cap:g}] "
-                                    f"differs from this node's public [{mine.lo:g}, {mine.cap:g}]")
+        _check_listed("covariate", query.covariates, self.covariates, lambda c: (c.lo, c.hi, c.kind))
+        _check_listed("outcome", query.outcomes, self.outcomes, lambda o: (o.lo, o.cap, o.kind))
 
     def _check_exact(self, query: StudyQuery) -> None:
         for op in query.ops:
@@ -181,6 +166,19 @@ class NodePolicy(BaseModel):
         if p.secure_nodes != sites:
             raise PolicyRefused(f"secure_nodes = {p.secure_nodes} differs from the signed study's "
                                 f"{sites} sites (each node adds only its 1/√K share of the noise)")
+
+
+def _check_listed(what: str, asked, allowed, public) -> None:
+    """Every column ``asked`` is one the policy lists, with the same ``public`` terms
+    (bounds or cap, and kind); the refusal names only what the query itself said and the
+    node's public terms."""
+    mine = {c.name: c for c in allowed}
+    for c in asked:
+        if c.name not in mine:
+            raise PolicyRefused(f"{what} {c.name!r} is not in this node's policy")
+        if public(c) != public(mine[c.name]):
+            raise PolicyRefused(f"{what} {c.name!r}: the query's (lo, hi or cap, kind) {public(c)} "
+                                f"differ from this node's public {public(mine[c.name])}")
 
 
 def _check_resplit(*, signed: BudgetSplit, resplit: BudgetSplit) -> None:

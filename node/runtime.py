@@ -289,9 +289,9 @@ class NodeRuntime:
 
         assert query.privacy is not None
         plan = self._plan(query)
-        planned = [(name, plan.release(name)) for op in query.ops for name in DP_RELEASES[op.op]
-                   if plan.has(name)]
-        for name, rel in planned:
+        planned = {name: plan.release(name) for op in query.ops for name in DP_RELEASES[op.op]
+                   if plan.has(name)}
+        for name, rel in planned.items():
             limit = query.privacy.n_ps_rounds if name == "ps_fit" else 1
             ledger.charge(dataset=self.dataset, study_id=query.study_id, query=name,
                           sigma=rel.sigma, sensitivity=rel.sensitivity, limit=limit)
@@ -300,8 +300,8 @@ class NodeRuntime:
         def release(op: str, arrays: dict) -> dict:
             out: dict = {}
             for name in DP_RELEASES[op]:
-                if plan.has(name):
-                    out.update(noisy_release(query=name, arrays=arrays, sigma=plan.release(name).sigma,
+                if name in planned:
+                    out.update(noisy_release(query=name, arrays=arrays, sigma=planned[name].sigma,
                                              share=query.privacy.share(name), rng=rng))
             return out
 

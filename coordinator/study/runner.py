@@ -38,14 +38,20 @@ def coordinator_keys(key_dir: Path, key_path: Path | None = None) -> tuple[Path,
     return key_path, pub
 
 
+def _signed(grant, key_path: Path) -> str:
+    """``grant`` signed with the operator's key at ``key_path``, as the JSON a run config carries."""
+    from coordinator.report.signing import load_private_key
+    from shared.grant import sign_grant
+
+    return sign_grant(grant, load_private_key(key_path)).model_dump_json()
+
+
 def sign_study(spec: StudySpec, key_path: Path) -> str:
     """The operator's signed grant for ``spec`` (JSON), one new grant id per call."""
-    from coordinator.report.signing import load_private_key
-    from shared.grant import new_grant_id, sign_grant
+    from shared.grant import new_grant_id
     from shared.protocol import StudyQuery
 
-    grant = StudyQuery.study_grant(spec, new_grant_id(spec.spec_hash()))
-    return sign_grant(grant, load_private_key(key_path)).model_dump_json()
+    return _signed(StudyQuery.study_grant(spec, new_grant_id(spec.spec_hash())), key_path)
 
 
 def node_state_dir(data: str | Path) -> Path:
@@ -163,12 +169,10 @@ def local_federation(spec_path: Path, out_dir: Path, coordinator_pub: Path,
 
 def sign_risk_job(job, key_path: Path) -> str:
     """The operator's signed grant for a risk-training job (JSON): the whole job."""
-    from coordinator.report.signing import load_private_key
-    from shared.grant import Grant, sign_grant
+    from shared.grant import Grant
 
-    sites = tuple(getattr(job, "sites", ()) or ())
-    grant = Grant(kind="risk", grant_id=job.job_id, sites=sites, terms=job.terms())
-    return sign_grant(grant, load_private_key(key_path)).model_dump_json()
+    return _signed(Grant(kind="risk", grant_id=job.job_id, sites=job.sites, terms=job.terms()),
+                   key_path)
 
 
 def train_risk_local(spec_path: Path, out_dir: Path, job, *, on_event: OnEvent | None = None,
