@@ -44,7 +44,7 @@ from shared.dp.study_sim import SiteArrays, run_dp_study  # noqa: E402
 from shared.dp.workflow import FIT_RESOLUTION_MIN  # noqa: E402
 from shared.errors import EstimationError  # noqa: E402
 from shared.features import FEATURES, scale  # noqa: E402
-from shared.psm.estimator import estimate_att_pooled  # noqa: E402
+from shared.psm.reference import estimate_att_pooled  # noqa: E402
 from shared.psm.table import scale_outcomes  # noqa: E402
 from shared.study import BudgetSplit, Privacy  # noqa: E402
 from shared.synth import generate_cohort  # noqa: E402
@@ -105,9 +105,11 @@ def run(args) -> dict:
                 for j, eps in enumerate(args.eps):
                     rngs = [np.random.default_rng([seed, j, i, mode == "secagg"]) for i in range(len(sites))]
                     try:
+                        privacy = Privacy(epsilon=eps, delta=DELTA, split=args.split,
+                                          ps_rounds=args.ps_rounds, unresolved_fit="warn",
+                                          secure_aggregation=mode == "secagg")
                         study = run_dp_study(sites=sites, outcomes=outcomes, covariates=NAMES,
-                                             plan=plans[eps], rngs=rngs, split=args.split,
-                                             secure_aggregation=mode == "secagg")
+                                             privacy=privacy, rngs=rngs)
                     except EstimationError:
                         failures[(treated, mode, eps)] += 1
                         continue

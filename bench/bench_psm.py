@@ -25,8 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "unit")]
 
 from shared.features import FEATURE_NAMES, FEATURES, scale  # noqa: E402
-from shared.psm import (cov_moments, estimate_att_federated, estimate_att_pooled,  # noqa: E402
-                        logit_scores, nn_match_att, ps_contribution, psm_table, scale_outcomes)
+from shared.psm import (cov_moments, logit_scores, ps_contribution, psm_table,  # noqa: E402
+                        scale_outcomes)
+from shared.psm.reference import estimate_att_federated, estimate_att_pooled, nn_match_att  # noqa: E402
 from shared.synth import generate_cohort, generate_federation  # noqa: E402
 from shared.synth.outcomes import OUTCOMES  # noqa: E402
 

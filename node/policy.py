@@ -9,7 +9,7 @@ with its policy (vantage6's "the node has the last word", NVFlare's site ``priva
   data is read; the refusal names only what the query itself said.
 * **Differential privacy by default.** Exact answers only where the operator set
   ``allow_exact`` (a federation whose sites all belong to one data owner). Even then a cell of
-  fewer than ``min_cell`` people is never released (:func:`node.study_service.suppress_small_cells`),
+  fewer than ``min_cell`` people is never released (:func:`shared.answer.suppress_small_cells`),
   |β| is bounded and so is the number of strata: a crafted β cannot make the score a step
   function that isolates one person, and 20,000 fine edges cannot put each row in a cell.
 * **Shares with a floor.** Every DP release a query asks for carries at least

@@ -8,16 +8,16 @@ dies after the charge, the ledger over-counts, never under-counts.
 
 from __future__ import annotations
 
-import math
 from typing import Mapping
 
 import numpy as np
 
 from node.ledger import Charge, PrivacyLedger
+from shared.answer import noisy_release
 from shared.dp.forms import release_arrays
-from shared.dp.mechanisms import release, secure_rng
+from shared.dp.mechanisms import secure_rng
 
-__all__ = ["charged_release", "noisy_release"]
+__all__ = ["charged_release"]
 
 
 def charged_release(*, ledger: PrivacyLedger, study_id: str, query: str,
@@ -55,16 +55,5 @@ def charged_release(*, ledger: PrivacyLedger, study_id: str, query: str,
     release_arrays(query, arrays)  # an unknown release or a missing array fails before the charge
     charge = ledger.charge(dataset=dataset, study_id=study_id, query=query, sigma=sigma,
                            sensitivity=sensitivity)
-    return noisy_release(query=query, arrays=arrays, sigma=sigma, share=share, rng=rng), charge
-
-
-def noisy_release(*, query: str, arrays: Mapping[str, np.ndarray], sigma: float, share: int = 1,
-                  rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
-    """The release's arrays (only those it names, in release form) with N(0, (σ/√share)²) noise.
-
-    Call it only after the release was charged: :meth:`node.runtime.NodeRuntime.answer`
-    charges every release of a query before it reads any data, so that nothing data-dependent
-    (not even a failure) happens before the ledger has paid.
-    """
-    return release(arrays=release_arrays(query, arrays), sigma=sigma / math.sqrt(share),
-                   rng=rng if rng is not None else secure_rng())
+    return noisy_release(query=query, arrays=arrays, sigma=sigma, share=share,
+                         rng=rng if rng is not None else secure_rng()), charge

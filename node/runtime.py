@@ -182,7 +182,7 @@ class NodeRuntime:
             UnauthorizedQuery, NotInStudy, PolicyRefused, QueryRefused, PrivacyError /
             BudgetExceededError / ReplayRefused, DataError.
         """
-        from node.study_service import answer, check_query, suppress_small_cells
+        from shared.answer import answer, check_query, suppress_small_cells
 
         grant = self.verify_study(query)
         policy = self.policy
@@ -284,25 +284,13 @@ class NodeRuntime:
     def _dp_release(self, query: StudyQuery, ledger):
         """Charge every release the query asks for (each at most as often as the signed
         study's plan names it), then return the step that adds the noise once data are read."""
-        from node.privacy import noisy_release
+        from shared.answer import dp_release, planned_releases
         from shared.dp.mechanisms import secure_rng
 
         assert query.privacy is not None
         plan = self._plan(query)
-        planned = {name: plan.release(name) for op in query.ops for name in DP_RELEASES[op.op]
-                   if plan.has(name)}
-        for name, rel in planned.items():
+        for name, rel in planned_releases(query, plan).items():
             limit = query.privacy.n_ps_rounds if name == "ps_fit" else 1
             ledger.charge(dataset=self.dataset, study_id=query.study_id, query=name,
                           sigma=rel.sigma, sensitivity=rel.sensitivity, limit=limit)
-        rng = secure_rng()
-
-        def release(op: str, arrays: dict) -> dict:
-            out: dict = {}
-            for name in DP_RELEASES[op]:
-                if name in planned:
-                    out.update(noisy_release(query=name, arrays=arrays, sigma=planned[name].sigma,
-                                             share=query.privacy.share(name), rng=rng))
-            return out
-
-        return release
+        return dp_release(query, plan, secure_rng())

@@ -95,7 +95,7 @@ def plan(
     """Preview a DP study before it spends any budget: every release's noise, and whether the
     propensity fit would resolve the confounding at this many treated (else the study stops
     after describe, by default) or what ε it would need."""
-    from coordinator.study.workflow import noise_plan
+    from shared.driver import noise_plan
     from shared.dp.workflow import after_describe
     from shared.study import StudySpec
 

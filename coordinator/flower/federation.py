@@ -17,19 +17,13 @@ import numpy as np
 from flwr.app import Message
 from flwr.serverapp import Grid
 
+from shared.driver import NodeAnswer
 from shared.errors import FederationError
 from shared.protocol import CODE_NOT_IN_STUDY, STUDY_MESSAGE_TYPE, StudyQuery
 from shared.wire import decode_answer, encode_query
 
 log = logging.getLogger("rehealth.coordinator")
 
-
-
-@dataclass(frozen=True)
-class NodeAnswer:
-    site: str
-    answers: dict[str, dict[str, np.ndarray]]
-    meta: dict
 
 
 @dataclass

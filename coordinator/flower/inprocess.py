@@ -78,7 +78,7 @@ def signed_grid(spec, workdir, *, extra: dict | None = None, key_path=None,
     operator's public key), and the operator's signed grant for ``spec``.
 
     ``extra``: node-config entries added to every node (e.g. a budget, a ledger URL).
-    Returns ``(grid, grant)``; pass the grant to :func:`coordinator.study.workflow.run_study`.
+    Returns ``(grid, grant)``; pass the grant to :func:`shared.driver.run_study`.
     """
     from pathlib import Path
 

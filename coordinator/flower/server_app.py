@@ -20,7 +20,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from coordinator.flower.federation import GridFederation
 from coordinator.study.assemble import assemble_result
-from coordinator.study.workflow import run_study
+from shared.driver import run_study
 from shared.errors import FederationError, ReHealthError
 from shared.study import StudySpec
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from shared import __version__
 from shared.psm.strata import score_range
 from shared.result import PrivacySpent, Propensity, RoundLog, SiteSummary, StudyResult
-from coordinator.study.workflow import StudyRun
+from shared.driver import StudyRun
 
 
 def _site_summaries(run: StudyRun, dropped: dict[str, str]) -> tuple[SiteSummary, ...]:

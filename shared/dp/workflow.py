@@ -1,7 +1,7 @@
 r"""The coordinator's side of a DP study, as pure functions over released (noisy) sums.
 
-The Flower workflow and the in-process simulation (:mod:`shared.dp.study_sim`) call exactly
-these, in this order::
+The study driver (:func:`shared.driver.run_study`, whatever its federation adapter) calls
+exactly these, in this order::
 
     plan = plan_study(...)                                    # public, same on every node
     describe   -> counts (2,) summed      -> after_describe (go on? plan for the rest); dp_start_beta

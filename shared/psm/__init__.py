@@ -6,13 +6,12 @@ reference (DESIGN.md §6)::
     node:         cov_moments -> ps_contribution (per Newton round) -> psm_table
     coordinator:  sum -> initial_beta, PropensityFitter.update -> logit_sd, caliper_edges
                   -> sum of tables -> estimate_att
-    reference:    estimate_att_federated (the study in one process), estimate_att_pooled
-                  (the same with one node holding every row), nn_match_att
+The references (``shared.psm.reference``: estimate_att_federated, the study in one process
+through the study driver; estimate_att_pooled, the same with one node holding every row;
+nn_match_att) are imported from their module: they run the driver, which imports this package.
 """
 
-from shared.psm.estimator import (AttEstimate, BalanceStat, Check, NnMatch, OutcomeAtt, PooledAtt,
-                                  StratumStat, estimate_att, estimate_att_federated,
-                                  estimate_att_pooled, nn_match_att)
+from shared.psm.estimator import AttEstimate, BalanceStat, Check, OutcomeAtt, StratumStat, estimate_att
 from shared.psm.propensity import (CovMoments, PropensityFitter, PsStats, cov_moments,
                                    fit_propensity, initial_beta, ps_contribution, run_fit)
 from shared.psm.strata import (caliper_edges, logit_scores, logit_sd, quantile_edges, score_grid,
@@ -20,9 +19,9 @@ from shared.psm.strata import (caliper_edges, logit_scores, logit_sd, quantile_e
 from shared.psm.table import PsmTable, psm_table, scale_outcomes, unscale_outcomes
 
 __all__ = [
-    "AttEstimate", "BalanceStat", "Check", "CovMoments", "NnMatch", "OutcomeAtt", "PooledAtt",
+    "AttEstimate", "BalanceStat", "Check", "CovMoments", "OutcomeAtt",
     "PropensityFitter", "PsStats", "PsmTable", "StratumStat", "caliper_edges", "cov_moments",
-    "estimate_att", "estimate_att_federated", "estimate_att_pooled", "fit_propensity",
+    "estimate_att", "fit_propensity",
     "initial_beta", "logit_scores", "logit_sd", "nn_match_att", "ps_contribution", "psm_table",
     "quantile_edges", "run_fit", "scale_outcomes", "score_grid", "score_histogram",
     "score_range", "unscale_outcomes",

@@ -52,10 +52,7 @@ from shared.psm.cells import cell_means, cell_variances, clamped_counts
 from shared.psm.table import PsmTable
 from shared.study import Outcome
 
-__all__ = [
-    "AttEstimate", "BalanceStat", "Check", "OutcomeAtt", "StratumStat", "estimate_att",
-    "estimate_att_federated", "estimate_att_pooled", "nn_match_att", "NnMatch", "PooledAtt",
-]
+__all__ = ["AttEstimate", "BalanceStat", "Check", "OutcomeAtt", "StratumStat", "estimate_att"]
 
 Z_95 = 1.959963984540054
 MIN_TREATED = 100
@@ -303,8 +300,3 @@ def _diagnostics(n_t: float, n_c: float, n_t_used: float, balance, overlap: floa
         if not c.passed and c.name != "score_overlap":
             warnings.append(f"{c.name}: {c.message}")
     return checks
-
-
-# the pooled references live in their own module; exported here for one import path
-from shared.psm.reference import (NnMatch, PooledAtt, estimate_att_federated,  # noqa: E402
-                                  estimate_att_pooled, nn_match_att)

@@ -1,8 +1,8 @@
 r"""Centralised references on pooled rows: the same stratified estimator, and 1:1 NN matching.
 
-:func:`estimate_att_federated` runs a whole study in one process — every node's answer by the
-node-side functions, summed as the coordinator sums them — and :func:`estimate_att_pooled` is
-that run with one "node" holding every row, so federated = pooled up to rounding by design.
+:func:`estimate_att_federated` runs a whole study in one process — the coordinator's study
+driver over in-process sites that answer with the node's code — and :func:`estimate_att_pooled`
+is that run with one "node" holding every row, so federated = pooled up to rounding by design.
 
 :func:`nn_match_att` is the classic alternative: each treated is matched, with replacement, to
 the control nearest on the logit score within a caliper (0.2 SD of the logit by convention);
@@ -26,16 +26,18 @@ from typing import Literal, Sequence
 
 import numpy as np
 
+from shared.answer import SiteArrays
 from shared.errors import DataError, EmptyArmError, NoOverlapError
 from shared.psm._checks import check_t, check_z
 from shared.psm.estimator import Z_95, AttEstimate, estimate_att
-from shared.psm.propensity import PropensityFitter, cov_moments, initial_beta, run_fit
-from shared.psm.strata import (caliper_edges, logit_sd, quantile_edges, score_grid,
-                               score_histogram)
+from shared.psm.propensity import PropensityFitter
+from shared.psm.strata import logit_sd
 from shared.psm.table import PsmTable, psm_table, scale_outcomes
-from shared.study import Outcome
+from shared.study import (Covariate, Federation, Outcome, Privacy, Site, Strata, StudyInfo,
+                          StudySpec)
 
-__all__ = ["NnMatch", "PooledAtt", "estimate_att_federated", "estimate_att_pooled", "nn_match_att"]
+__all__ = ["NnMatch", "PooledAtt", "estimate_att_federated", "estimate_att_pooled", "nn_match_att",
+           "reference_spec"]
 
 
 @dataclass(frozen=True)
@@ -50,22 +52,41 @@ class PooledAtt:
     n_clipped: np.ndarray  # per outcome, over all rows
 
 
+def reference_spec(*, outcomes: Sequence[Outcome], covariates: Sequence[str], n_sites: int,
+                   strata: Literal["caliper", "quantile"] = "caliper", caliper_sd: float = 0.2,
+                   n_strata: int = 8, ridge: float = 1e-6, tol: float = 1e-10, max_iter: int = 25,
+                   privacy: Privacy | None = None) -> StudySpec:
+    """The study spec of a reference run over arrays already scaled to [0, 1] (covariate
+    bounds 0..1), with sites ``site-0`` … ``site-{n_sites-1}``; exact unless ``privacy``."""
+    if strata not in ("caliper", "quantile"):
+        raise DataError(f"unknown strata method {strata!r} (caliper or quantile)", field="strata")
+    return StudySpec(
+        study=StudyInfo(name="reference"),
+        covariates=tuple(Covariate(name=c, lo=0.0, hi=1.0) for c in covariates),
+        outcomes=tuple(outcomes),
+        privacy=privacy if privacy is not None else Privacy(enabled=False),
+        strata=Strata(method=strata, caliper_sd=caliper_sd, n=n_strata),
+        federation=Federation(ridge=ridge, tol=tol, max_newton_iter=max_iter),
+        sites=tuple(Site(name=f"site-{i}") for i in range(n_sites)))
+
+
 def estimate_att_federated(*, nodes: Sequence[tuple], outcomes: Sequence[Outcome],
                            covariates: Sequence[str],
                            strata: Literal["caliper", "quantile"] = "caliper",
-                           caliper_sd: float = 0.2, n_strata: int = 8, n_grid: int = 200,
-                           ridge: float = 1e-6, tol: float = 1e-10, max_iter: int = 25,
-                           min_cell: float = 1) -> PooledAtt:
-    """The study in one process: each node's answers by the node-side functions, summed as the
-    coordinator sums them (describe → Newton rounds → edges → tables → estimate).
+                           caliper_sd: float = 0.2, n_strata: int = 8,
+                           ridge: float = 1e-6, tol: float = 1e-10, max_iter: int = 25) -> PooledAtt:
+    """The exact study in one process: the study driver (:func:`shared.driver.run_study`, the
+    coordinator's code) over in-process sites answering with the node's code
+    (:mod:`shared.answer`), every cell kept (describe → Newton rounds → edges → tables →
+    estimate).
 
     Args:
         nodes: ``[(z, t, y), ...]`` per node: ``z`` ``(n, d)`` scaled to [0, 1], ``t`` 0/1,
             ``y`` ``(n, O)`` outcomes in ORIGINAL units (each node clips and rescales them by
             the outcomes' public ``[lo, cap]``, as a real node does).
         strata: ``"caliper"`` (width ``caliper_sd`` × SD of the logit) or ``"quantile"``
-            (``n_strata`` equal-treated strata read off an ``n_grid``-bin public score grid,
-            from summed per-node histograms).
+            (``n_strata`` equal-treated strata read off the public score grid
+            :func:`shared.dp.workflow.dp_grid`, from summed per-node histograms).
 
     Raises:
         DataError / CovariateBoundsError: bad input (row numbers are within the node).
@@ -73,33 +94,28 @@ def estimate_att_federated(*, nodes: Sequence[tuple], outcomes: Sequence[Outcome
         NoOverlapError: the arms are separated on the score, or share no stratum.
         ConvergenceError: the fit fails for another reason.
     """
+    from shared.driver import run_study
+    from shared.inprocess_sites import InProcessSites
+
+    spec = reference_spec(outcomes=outcomes, covariates=covariates, n_sites=len(nodes),
+                          strata=strata, caliper_sd=caliper_sd, n_strata=n_strata, ridge=ridge,
+                          tol=tol, max_iter=max_iter)
     lo, cap = [o.lo for o in outcomes], [o.cap for o in outcomes]
-    prepared = []
-    for z, t, y in nodes:
+    sites, clipped = {}, []
+    for site, (z, t, y) in zip(spec.sites, nodes):
         z = check_z(z, names=covariates)
         t = check_t(t, n=z.shape[0])
-        y01, clipped = scale_outcomes(y=y, lo=lo, cap=cap, names=[o.name for o in outcomes])
+        y01, n_clipped = scale_outcomes(y=y, lo=lo, cap=cap, names=[o.name for o in outcomes])
         if y01.shape[0] != z.shape[0]:
             raise DataError(f"{y01.shape[0]} outcome rows for {z.shape[0]} covariate rows")
-        prepared.append((z, t, y01, clipped))
-    moments = _total(cov_moments(z=z, t=t) for z, t, _, _ in prepared)
-    fitter = PropensityFitter(p=moments.d + 1, ridge=ridge, tol=tol, max_iter=max_iter,
-                              beta0=initial_beta(moments=moments))
-    run_fit(fitter, [(z, t) for z, t, _, _ in prepared])
-    beta = fitter.beta
-    sd = logit_sd(moments=moments, beta=beta)
-    if strata == "caliper":
-        edges = caliper_edges(beta=beta, sd=sd, caliper_sd=caliper_sd)
-    elif strata == "quantile":
-        grid = score_grid(beta=beta, n_bins=n_grid)
-        hist = _total(score_histogram(z=z, t=t, beta=beta, grid=grid) for z, t, _, _ in prepared)
-        edges = quantile_edges(grid=grid, treated_counts=hist[:, 1], n_strata=n_strata)
-    else:
-        raise DataError(f"unknown strata method {strata!r} (caliper or quantile)", field="strata")
-    table = _total(psm_table(z=z, t=t, y=y01, beta=beta, edges=edges) for z, t, y01, _ in prepared)
-    est = estimate_att(table=table, outcomes=outcomes, covariates=covariates, min_cell=min_cell)
-    return PooledAtt(estimate=est, fitter=fitter, edges=edges, table=table, logit_sd=sd,
-                     n_clipped=_total(np.asarray(c) for _, _, _, c in prepared))
+        sites[site.name] = SiteArrays(z=z, t=t, y=y01, n_clipped=np.asarray(n_clipped, dtype=float))
+        clipped.append(np.asarray(n_clipped, dtype=float))
+    run = run_study(spec, InProcessSites(sites))
+    assert run.fitter is not None and run.table is not None and run.estimate is not None
+    assert run.moments is not None
+    return PooledAtt(estimate=run.estimate, fitter=run.fitter, edges=run.table.edges, table=run.table,
+                     logit_sd=logit_sd(moments=run.moments, beta=run.fitter.beta),
+                     n_clipped=_total(clipped))
 
 
 def estimate_att_pooled(*, z, t, y, outcomes: Sequence[Outcome], covariates: Sequence[str],

@@ -50,7 +50,7 @@ def test_real_federation_equals_pooled_estimator(synthetic, tmp_path):
     # ClientApp code (checked against the pooled reference with those cells withheld, to 1e-9,
     # in tests/unit/test_study_inprocess.py) is what the real processes must give
     from coordinator.flower.inprocess import signed_federation
-    from coordinator.study.workflow import run_study
+    from shared.driver import run_study
 
     inproc_fed, grant = signed_federation(spec, tmp_path / "inprocess")
     ref_est = run_study(spec, inproc_fed, grant=grant).estimate
@@ -132,7 +132,7 @@ def test_secure_aggregation_study_over_real_nodes(synthetic, tmp_path):
     spec_path.write_text(to_toml(doc))
     spec = StudySpec.from_toml(spec_path)
     result = run_local(spec_path, tmp_path / "run", timeout_s=600)
-    from coordinator.study.workflow import noise_plan
+    from shared.driver import noise_plan
     from shared.study import BudgetSplit
 
     assert result.privacy.enabled and result.privacy.secure_nodes == len(spec.sites)

@@ -27,7 +27,7 @@ from coordinator.flower.federation import GridFederation
 from coordinator.flower.inprocess import InProcessGrid
 from coordinator.study.runner import coordinator_keys, sign_study
 from coordinator.study.runner import site_nodes as _site_nodes
-from coordinator.study.workflow import run_study
+from shared.driver import run_study
 from node.flower.client_app import app as client_app
 from node.ledger import PrivacyLedger
 from node.runtime import NodeRuntime

@@ -31,7 +31,7 @@ import pytest
 
 from coordinator.flower.inprocess import signed_federation
 from coordinator.report.signing import PRIVATE_KEY_NAME, generate_keypair
-from coordinator.study.workflow import run_study
+from shared.driver import run_study
 from node.ledger import PrivacyLedger
 from node.study_service import prepare_arrays, read_cohort
 from shared.grant import SignedGrant

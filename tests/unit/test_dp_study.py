@@ -15,12 +15,14 @@ from shared.dp.workflow import dp_estimate, dp_table
 from shared.psm.estimator import estimate_att
 from shared.psm.strata import score_grid
 from shared.psm.table import PsmTable, psm_table
-from shared.study import BudgetSplit, Outcome
+from shared.study import BudgetSplit, Outcome, Privacy
 
 OUTCOMES = (Outcome(name="cost", cap=1000.0), Outcome(name="event", cap=1.0, kind="binary"))
 COVS = ("a", "b", "c")
 BETA = np.array([-1.2, 1.5, -1.0, 0.8])
 EFFECT = np.array([-0.05, -0.04])  # on the [0, 1] scale
+#: ε = 1, δ = 1e-6, the default split; every study runs to its estimate
+PRIVACY = Privacy(epsilon=1.0, delta=1e-6, unresolved_fit="warn")
 
 
 def _site(rng: np.random.Generator, n: int) -> SiteArrays:
@@ -44,7 +46,7 @@ def test_dp_cis_cover_and_would_not_without_the_privacy_term():
         pairs = [_site(rng, 4000) for _ in range(3)]
         sites = [p[0] for p in pairs]
         truth = np.concatenate([p[1] for p in pairs]).mean(axis=0) * np.array([o.cap for o in OUTCOMES])
-        est = run_dp_study(sites=sites, outcomes=OUTCOMES, covariates=COVS, plan=plan,
+        est = run_dp_study(sites=sites, outcomes=OUTCOMES, covariates=COVS, privacy=PRIVACY,
                            rngs=[np.random.default_rng([seed, i]) for i in range(3)]).estimate
         for k, o in enumerate(est.outcomes):
             hits.append(o.ci[0] <= truth[k] <= o.ci[1])
@@ -121,9 +123,9 @@ def test_secure_aggregation_shrinks_the_privacy_se_by_about_root_k():
     sites = [_site(rng, 4000)[0] for _ in range(4)]
     se = {}
     for sa in (False, True):
-        est = run_dp_study(sites=sites, outcomes=OUTCOMES, covariates=COVS, plan=plan,
-                           rngs=[np.random.default_rng(i) for i in range(4)],
-                           secure_aggregation=sa, strata_n=3).estimate
+        est = run_dp_study(sites=sites, outcomes=OUTCOMES, covariates=COVS,
+                           privacy=PRIVACY.model_copy(update={"secure_aggregation": sa}),
+                           rngs=[np.random.default_rng(i) for i in range(4)], strata_n=3).estimate
         se[sa] = np.array([o.se_privacy for o in est.outcomes])
     ratio = se[False] / se[True]
     assert np.all((ratio > 1.6) & (ratio < 2.5)), ratio  # √4 = 2, up to the noisy fit
@@ -204,11 +206,13 @@ def test_a_noise_limited_propensity_fit_is_flagged_and_a_resolved_one_is_not():
     for n in (300, 4000):
         rng = np.random.default_rng(n)
         sites = [_site(rng, n)[0] for _ in range(3)]
-        est = run_dp_study(sites=sites, outcomes=OUTCOMES, covariates=COVS, plan=plan,
-                           rngs=[np.random.default_rng([n, i]) for i in range(3)]).estimate
+        study = run_dp_study(sites=sites, outcomes=OUTCOMES, covariates=COVS, privacy=PRIVACY,
+                             rngs=[np.random.default_rng([n, i]) for i in range(3)])
+        est = study.estimate
         check = next(c for c in est.diagnostics if c.name == "dp_fit_resolution")
         n_t = sum(float(s.t.sum()) for s in sites)
-        expected = n_t / (plan.release("ps_fit").total_sigma(3) * 2.0)  # √(d + 1) = 2
+        # under the plan of the rounds after describe (re-split when the fit resolves easily)
+        expected = n_t / (study.plan.release("ps_fit").total_sigma(3) * 2.0)  # √(d + 1) = 2
         assert check.value == pytest.approx(expected, rel=0.2)  # the noisy treated count
         verdicts[n] = (check.passed, any("dp_fit_resolution" in w for w in est.warnings))
     assert verdicts == {300: (False, True), 4000: (True, False)}
@@ -282,8 +286,8 @@ def test_a_simulated_study_re_splits_like_the_flower_study():
     rng = np.random.default_rng(11)
     sites = [_site(rng, 4000)[0] for _ in range(3)]
     rngs = [np.random.default_rng([11, i]) for i in range(3)]
-    study = run_dp_study(sites=sites, outcomes=OUTCOMES, covariates=COVS, plan=plan, rngs=rngs,
-                         split=BudgetSplit())
+    study = run_dp_study(sites=sites, outcomes=OUTCOMES, covariates=COVS, rngs=rngs,
+                         privacy=PRIVACY.model_copy(update={"epsilon": 4.0}))
     assert study.plan.sigma("ps_fit") > plan.sigma("ps_fit")  # about 5k treated resolve easily
     assert study.plan.sigma("psm_main") < plan.sigma("psm_main")
     check = next(c for c in study.estimate.diagnostics if c.name == "dp_fit_resolution")

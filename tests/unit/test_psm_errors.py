@@ -6,7 +6,8 @@ import pytest
 from psm_dgp import COVARIATES, OUTCOMES, make_study
 from shared.errors import (CovariateBoundsError, DataError, EmptyArmError, EstimationError,
                            NoOverlapError)
-from shared.psm.estimator import estimate_att, estimate_att_pooled, nn_match_att
+from shared.psm.estimator import estimate_att
+from shared.psm.reference import estimate_att_pooled, nn_match_att
 from shared.psm.propensity import cov_moments, initial_beta, ps_contribution
 from shared.psm.strata import caliper_edges, logit_sd, quantile_edges, score_grid
 from shared.psm.table import PsmTable, psm_table, scale_outcomes

@@ -6,7 +6,8 @@ import pytest
 
 from psm_dgp import COVARIATES, OUTCOMES, make_study
 from shared.features import FEATURE_NAMES, FEATURES, scale
-from shared.psm.estimator import estimate_att, estimate_att_pooled, nn_match_att
+from shared.psm.estimator import estimate_att
+from shared.psm.reference import estimate_att_pooled, nn_match_att
 from shared.psm.strata import logit_scores
 from shared.psm.table import PsmTable, scale_outcomes, unscale_outcomes
 from shared.result import BalanceRow, Diagnostic, OutcomeEstimate, StratumCounts

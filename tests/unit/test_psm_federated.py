@@ -8,9 +8,9 @@ import pytest
 
 from psm_dgp import COVARIATES, OUTCOMES, make_study, partition
 from shared.features import FEATURE_NAMES, FEATURES, scale
-from shared.psm.estimator import (AttEstimate, estimate_att, estimate_att_federated,
-                                  estimate_att_pooled)
-from shared.psm.propensity import PropensityFitter, cov_moments, initial_beta, ps_contribution
+from shared.psm.estimator import AttEstimate, estimate_att
+from shared.psm.propensity import cov_moments, fit_propensity
+from shared.psm.reference import estimate_att_federated, estimate_att_pooled
 from shared.psm.strata import caliper_edges, logit_sd
 from shared.psm.table import psm_table, scale_outcomes
 from shared.synth import generate_federation
@@ -21,26 +21,15 @@ LO = [o.lo for o in OUTCOMES]
 CAP = [o.cap for o in OUTCOMES]
 
 
-def _sum(items):
-    return reduce(lambda a, b: a + b, items)
-
-
-def coordinator(nodes):
-    """The coordinator's loop of coordinator/study/workflow.py over nodes (z, t, y01): once the
-    fit is near convergence the table is asked in the same round as the gradient, at that β."""
-    moments = _sum(cov_moments(z=z, t=t) for z, t, _ in nodes)
-    fitter = PropensityFitter(p=moments.d + 1, beta0=initial_beta(moments=moments))
-    tables = None
-    while True:
-        beta = fitter.beta.copy()
-        if fitter.near_converged:
-            edges = caliper_edges(beta=beta, sd=logit_sd(moments=moments, beta=beta))
-            tables = [psm_table(z=z, t=t, y=y, beta=beta, edges=edges) for z, t, y in nodes]
-        if fitter.update(_sum(ps_contribution(z=z, t=t, beta=beta) for z, t, _ in nodes)):
-            break
-        tables = None
-    assert tables is not None, "the speculative table of the last round is the final one"
-    return fitter, estimate_att(table=_sum(tables), outcomes=OUTCOMES, covariates=COVARIATES)
+def textbook(z, t, y):
+    """The stratified estimator on pooled rows, written from its definition with the
+    building blocks only (no study driver, no sites): converged pooled fit, caliper edges
+    of 0.2 SD of the logit, one table over every row."""
+    fitter = fit_propensity(z=z, t=t)
+    edges = caliper_edges(beta=fitter.beta, sd=logit_sd(moments=cov_moments(z=z, t=t), beta=fitter.beta))
+    y01, _ = scale_outcomes(y=y, lo=LO, cap=CAP)
+    table = psm_table(z=z, t=t, y=y01, beta=fitter.beta, edges=edges)
+    return fitter, estimate_att(table=table, outcomes=OUTCOMES, covariates=COVARIATES)
 
 
 def _numbers(obj):
@@ -74,19 +63,29 @@ def pooled_caliper(study):
     return estimate_att_pooled(z=study.z, t=study.t, y=study.y, outcomes=OUTCOMES, covariates=COVARIATES)
 
 
-@pytest.mark.parametrize("k", range(1, 9))
+def test_the_driver_on_one_site_is_the_textbook_estimator(study, pooled_caliper):
+    """The study driver over one in-process site (the pooled reference) equals the estimator
+    written from its definition on the same rows, to rounding."""
+    fitter, est = textbook(study.z, study.t, study.y)
+    np.testing.assert_allclose(pooled_caliper.fitter.beta, fitter.beta, rtol=1e-9, atol=1e-12)
+    assert_estimates_equal(pooled_caliper.estimate, est)
+
+
+@pytest.mark.parametrize("k", range(2, 9))
 def test_federated_equals_pooled_for_k_unequal_nodes(study, pooled_caliper, k):
+    """The driver over k unequal in-process sites (each answering with the node's code) gives
+    the pooled estimator: the same fit, iterations, strata and every number of the estimate."""
     pooled = pooled_caliper
-    y01, _ = scale_outcomes(y=study.y, lo=LO, cap=CAP)
     parts = partition(study.t.size, k, np.random.default_rng(100 + k))
     sizes = sorted(p.size for p in parts)
-    assert k == 1 or sizes[0] != sizes[-1]
-    fitter, est = coordinator([(study.z[p], study.t[p], y01[p]) for p in parts])
-    np.testing.assert_allclose(fitter.beta, pooled.fitter.beta, rtol=1e-9, atol=1e-12)
-    assert fitter.iterations == pooled.fitter.iterations
-    assert_estimates_equal(est, pooled.estimate)
+    assert sizes[0] != sizes[-1]
+    fed = estimate_att_federated(nodes=[(study.z[p], study.t[p], study.y[p]) for p in parts],
+                                 outcomes=OUTCOMES, covariates=COVARIATES)
+    np.testing.assert_allclose(fed.fitter.beta, pooled.fitter.beta, rtol=1e-9, atol=1e-12)
+    assert fed.fitter.iterations == pooled.fitter.iterations
+    assert_estimates_equal(fed.estimate, pooled.estimate)
     # and the estimate is not trivially the same object: the effect is real and in original units
-    assert est.outcome("claims_cost").att < -500
+    assert fed.estimate.outcome("claims_cost").att < -500
 
 
 def test_federated_equals_pooled_with_quantile_strata(study):

@@ -9,9 +9,10 @@ import pytest
 
 from coordinator.flower.inprocess import signed_federation
 from coordinator.study.assemble import assemble_result
-from coordinator.study.workflow import run_study
+from shared.driver import run_study
 from node.runtime import NodeRuntime
-from node.study_service import answer, load_site_arrays
+from node.study_service import load_site_arrays
+from shared.answer import answer
 from shared.dp.forms import main_from_release
 from shared.errors import FederationError, PrivacyError, SpecError
 from shared.protocol import PsmStats, ScoreHist, StudyQuery

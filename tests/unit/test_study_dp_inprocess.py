@@ -5,7 +5,7 @@ import pytest
 
 from coordinator.flower.inprocess import signed_federation
 from coordinator.study.assemble import assemble_result
-from coordinator.study.workflow import run_study
+from shared.driver import run_study
 from node.runtime import NodeRuntime
 from shared.dp.workflow import FIT_RESOLUTION_MIN
 from shared.errors import FederationError, UnresolvedFitError

@@ -7,7 +7,7 @@ import pytest
 from coordinator.flower.federation import GridFederation
 from coordinator.flower.inprocess import InProcessGrid, signed_grid
 from coordinator.study.assemble import assemble_result
-from coordinator.study.workflow import run_study
+from shared.driver import run_study
 from node.flower.client_app import app as client_app
 from shared.errors import FederationError
 from shared.features import FEATURES

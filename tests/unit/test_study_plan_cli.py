@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from coordinator.cli.study import app
-from coordinator.study.workflow import noise_plan
+from shared.driver import noise_plan
 from shared.study import StudySpec
 from shared.synth import generate_federation, write_federation
 from shared.synth.io import study_document, to_toml

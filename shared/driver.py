@@ -1,4 +1,18 @@
-"""The federated study: describe -> Newton rounds -> PSM statistics -> estimate.
+"""The study sequence, written once: describe -> Newton rounds -> strata -> PSM table -> estimate.
+
+:func:`run_study` is a function of the spec and a federation adapter (:class:`Federation`):
+
+* Flower (:class:`coordinator.flower.federation.GridFederation`, its ``ask``), real SuperNodes
+  or the in-process Grid of the unit tests;
+* Flower over SecAgg+ (the same class, its ``secure_ask``) for a secure-aggregation study's
+  rounds after describe;
+* in-process sites (:class:`shared.inprocess_sites.InProcessSites`): exact, or with the nodes'
+  own DP release code and seeded noise — the pooled reference
+  (:func:`shared.psm.reference.estimate_att_federated`) and the DP simulation the benchmarks
+  run (:func:`shared.dp.study_sim.run_dp_study`).
+
+Every adapter answers through :mod:`shared.answer`, so the numbers a benchmark or a coverage
+table reports are those of the code that ships.
 
 Round trips cost seconds, so the workflow spends as few as it can. Without DP, the Newton fit
 starts from a discriminant direction computed from the describe moments, and once the fit is
@@ -28,7 +42,7 @@ from shared.dp.workflow import (after_describe, dp_edges, dp_estimate, dp_fitter
                                 dp_ps_stats, dp_start_beta, dp_table)
 from shared.errors import FederationError, UnresolvedFitError
 from shared.protocol import Describe, PsFit, PsmStats, ScoreHist, StudyQuery
-from shared.psm.estimator import AttEstimate, estimate_att
+from shared.psm.estimator import AttEstimate, Check, estimate_att
 from shared.psm.propensity import CovMoments, PropensityFitter, PsStats, initial_beta
 from shared.psm.strata import caliper_edges, logit_sd, quantile_edges
 from shared.psm.table import PsmTable
@@ -43,10 +57,24 @@ log = logging.getLogger("rehealth.coordinator")
 NEAR_TOL = 0.05
 
 
-class Federation(Protocol):
-    def ask(self, query: StudyQuery, round_name: str) -> dict: ...
+@dataclass(frozen=True)
+class NodeAnswer:
+    """One node's reply to one round: arrays per operation, and its public metadata."""
 
-    def secure_ask(self, query: StudyQuery, round_name: str) -> dict: ...
+    site: str
+    answers: dict[str, dict[str, np.ndarray]]
+    meta: dict
+
+
+class Federation(Protocol):
+    """Where a study's queries go. ``ask`` sends a query to every node in the study and returns
+    their answers by site; ``secure_ask`` returns only the SecAgg+ sum (under
+    :data:`shared.secure_sum.SECURE_SUM`) and each site's metadata; ``dropped`` names the sites
+    that left the study (``federation.min_nodes``) and why."""
+
+    def ask(self, query: StudyQuery, round_name: str) -> dict[str, NodeAnswer]: ...
+
+    def secure_ask(self, query: StudyQuery, round_name: str) -> dict[str, NodeAnswer]: ...
 
     @property
     def dropped(self) -> dict[str, str]: ...
@@ -73,6 +101,8 @@ class StudyRun:
     resplit: BudgetSplit | None = None  # a DP study's split after describe, if re-split
     secure: tuple[int, float] | None = None  # SecAgg+ after describe: (nodes K, public scale)
     strata_method: str = "caliper"
+    moments: CovMoments | None = None  # exact studies: the summed describe moments
+    at_describe: Check | None = None  # DP studies: ``dp_fit_resolution`` at describe's counts
     table: PsmTable | None = None
     estimate: AttEstimate | None = None
     rounds: list[RoundRecord] = field(default_factory=list)
@@ -182,6 +212,7 @@ def _run_exact(spec: StudySpec, rounds: _Rounds, run: StudyRun, fed: Federation)
     t0 = time.perf_counter()
     run.table = _sum(PsmTable.from_arrays(a.answers["psm_stats"]) for s, a in tables.items()
                      if s not in fed.dropped)
+    run.moments = total_moments()
     run.estimate = estimate_att(table=run.table, outcomes=spec.outcomes,
                                 covariates=[c.name for c in spec.covariates])
     run.compute_s += time.perf_counter() - t0
@@ -210,7 +241,7 @@ def _run_private(spec: StudySpec, rounds: _Rounds, run: StudyRun) -> None:
                                  f"budget was spent ({_spent(run)})") from None
     if not gate.check.passed:  # said now, while the operator can still stop before the budget is spent
         log.warning("DP study %s: %s", spec.study.name, gate.check.message)
-    run.resplit, plan = gate.resplit, gate.plan
+    run.resplit, plan, run.at_describe = gate.resplit, gate.plan, gate.check
     if run.resplit is not None:
         log.info("DP study %s: the fit resolves at r = %.0f, so ps_fit takes %.2f of ρ instead of "
                  "%.2f and the PSM table the rest", spec.study.name, gate.check.value,

@@ -1,0 +1,185 @@
+"""A node's answer to a study query, computed from its scaled arrays: the only code that does.
+
+Every adapter of the study driver (:mod:`shared.driver`) reaches a node's answer through this
+module: a real node (:meth:`node.runtime.NodeRuntime.answer`, behind Flower's ClientApp, with
+or without SecAgg+) after its grant, policy and ledger checks, and the in-process sites of
+:mod:`shared.inprocess_sites` (the pooled reference and the DP simulation the benchmarks run).
+So what a benchmark measures is what a node releases.
+
+Pure: arrays in, aggregates out. Reading and validating a site's data is the node's
+(:mod:`node.study_service`); charging its ledger before the release too (:mod:`node.runtime`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+import numpy as np
+
+from shared.dp.forms import release_arrays
+from shared.dp.mechanisms import release as gaussian_release
+from shared.dp.plan import NoisePlan, PlannedRelease
+from shared.dp.workflow import dp_grid
+from shared.errors import QueryRefused
+from shared.protocol import DP_RELEASES, Describe, PsFit, PsmStats, ScoreHist, StudyQuery
+from shared.psm.propensity import cov_moments, ps_contribution
+from shared.psm.strata import score_histogram
+from shared.psm.table import psm_table
+
+__all__ = ["Release", "SiteArrays", "answer", "check_edges", "check_query", "dp_release",
+           "exact_answer", "noisy_release", "planned_releases", "suppress_small_cells"]
+
+#: Counts a node keeps to itself: how many values it clipped to the public bounds and how
+#: many rows it could not use (its log names them). Never released, not even exactly.
+WITHHELD = ("n_clipped", "n_clipped_z", "n_excluded")
+
+
+@dataclass(frozen=True)
+class SiteArrays:
+    """A site's study data, scaled: z in [0,1]^d, t in {0,1}, y in [0,1]^O.
+
+    ``n_clipped`` (per outcome) and ``n_clipped_z`` (per covariate) count values clipped to the
+    public bounds; ``n_excluded`` rows that could not be used (a missing or non-numeric value, a
+    treatment other than 0/1). Zeros when not given (arrays prepared elsewhere).
+    """
+
+    z: np.ndarray
+    t: np.ndarray
+    y: np.ndarray
+    n_clipped: np.ndarray = field(default=None)  # type: ignore[assignment]
+    n_clipped_z: np.ndarray = field(default=None)  # type: ignore[assignment]
+    n_excluded: np.ndarray = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        y = np.asarray(self.y, dtype=float)
+        defaults = {"n_clipped": np.zeros(y.shape[1] if y.ndim == 2 else 1),
+                    "n_clipped_z": np.zeros(np.shape(self.z)[1]), "n_excluded": np.zeros(1)}
+        for name, zero in defaults.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, zero)
+
+    @property
+    def n(self) -> int:
+        return int(self.t.shape[0])
+
+    def to_npz(self) -> dict[str, np.ndarray]:
+        return {k: getattr(self, k) for k in ("z", "t", "y", "n_clipped", "n_clipped_z", "n_excluded")}
+
+
+Release = Callable[[str, dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+def _no_noise(op: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return arrays
+
+
+def answer(query: StudyQuery, data: SiteArrays, release: Release = _no_noise) -> dict[str, dict[str, np.ndarray]]:
+    """Compute every operation of ``query`` over ``data``; each answer passes through
+    ``release`` (the DP noise step when privacy is on) before it is returned."""
+    return {op.op: release(op.op, exact_answer(op, query, data)) for op in query.ops}
+
+
+def exact_answer(op, query: StudyQuery, data: SiteArrays) -> dict[str, np.ndarray]:
+    """One operation's exact aggregates over the site's rows (they stay on the node until
+    released)."""
+    d = len(query.covariates)
+    if isinstance(op, Describe):
+        return {**cov_moments(z=data.z, t=data.t).to_arrays(), "n_clipped": data.n_clipped,
+                "n_clipped_z": data.n_clipped_z, "n_excluded": data.n_excluded}
+    beta = _check_beta(op.beta, d)
+    if isinstance(op, PsFit):
+        return ps_contribution(z=data.z, t=data.t, beta=beta).to_arrays()
+    if isinstance(op, ScoreHist):
+        return {"count": score_histogram(z=data.z, t=data.t, beta=beta, grid=dp_grid(beta=beta))}
+    if isinstance(op, PsmStats):
+        edges = check_edges(op.edges)
+        return psm_table(z=data.z, t=data.t, y=data.y, beta=beta, edges=edges).to_arrays()
+    raise QueryRefused(f"unknown operation {op!r}")  # pragma: no cover - union admits no other
+
+
+def check_edges(edges) -> np.ndarray:
+    """Strictly increasing edges whose outer ones are ±inf, so every score falls in a stratum
+    (checked on the query alone: a bad edge list is refused before any data is read)."""
+    e = np.array(edges, dtype=float)
+    if (e.ndim != 1 or e.size < 2 or np.any(np.diff(e) <= 0) or e[0] != -np.inf or e[-1] != np.inf
+            or not np.all(np.isfinite(e[1:-1]))):
+        raise QueryRefused("psm_stats: edges must be strictly increasing, from -inf to +inf")
+    return e
+
+
+def check_query(query: StudyQuery) -> None:
+    """Every check of an operation that needs no data (β length, edges): before the charge."""
+    d = len(query.covariates)
+    for op in query.ops:
+        if isinstance(op, (PsFit, ScoreHist, PsmStats)):
+            _check_beta(op.beta, d)
+        if isinstance(op, PsmStats):
+            check_edges(op.edges)
+
+
+def suppress_small_cells(op: str, arrays: dict[str, np.ndarray], *, k: int) -> dict[str, np.ndarray]:
+    """An exact answer with every cell of fewer than ``k`` people released as 0.
+
+    A cell is an arm (describe), a score bin × arm (score_hist) or a stratum × arm
+    (psm_stats); its count and all its sums go together, so a suppressed cell looks exactly like
+    an empty one. ps_fit sums over the whole site: a site of fewer than ``k`` rows releases 0.
+    The clipping and exclusion counts are withheld.
+    """
+    out = {key: np.array(v, dtype=float, copy=True) for key, v in arrays.items() if key not in WITHHELD}
+    if op == "ps_fit":
+        if out["n"][0] < k:
+            out = {key: np.zeros_like(v) for key, v in out.items()}
+        return out
+    count = out["count"]
+    small = count < k  # per cell: (2,) arms, (bins, 2) or (S, 2)
+    for key, v in out.items():
+        if key == "edges":
+            continue
+        v[small] = 0.0
+    return out
+
+
+def planned_releases(query: StudyQuery, plan: NoisePlan) -> dict[str, PlannedRelease]:
+    """The plan's releases that ``query``'s operations make (what a node charges, once each)."""
+    return {name: plan.release(name) for op in query.ops for name in DP_RELEASES[op.op]
+            if plan.has(name)}
+
+
+def dp_release(query: StudyQuery, plan: NoisePlan, rng: np.random.Generator) -> Release:
+    """The step that turns each exact answer of ``query`` into its DP release under ``plan``
+    (the node's own plan, derived from the query's public privacy terms), noise from ``rng``.
+
+    A node builds it only after charging :func:`planned_releases` to its ledger.
+    """
+    assert query.privacy is not None
+    privacy = query.privacy
+    planned = planned_releases(query, plan)
+
+    def release(op: str, arrays: dict) -> dict:
+        out: dict = {}
+        for name in DP_RELEASES[op]:
+            if name in planned:
+                out.update(noisy_release(query=name, arrays=arrays, sigma=planned[name].sigma,
+                                         share=privacy.share(name), rng=rng))
+        return out
+
+    return release
+
+
+def noisy_release(*, query: str, arrays: Mapping[str, np.ndarray], sigma: float, share: int = 1,
+                  rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """The release's arrays (only those it names, in release form) with N(0, (σ/√share)²) noise.
+
+    ``share`` is K when this answer is one of K nodes' masked inputs to a SecAgg+ sum: the node
+    adds σ/√K, and the sum, the only thing the coordinator sees, carries σ.
+    """
+    return gaussian_release(arrays=release_arrays(query, arrays), sigma=sigma / math.sqrt(share),
+                            rng=rng)
+
+
+def _check_beta(beta: tuple[float, ...], d: int) -> np.ndarray:
+    if len(beta) != d + 1 or not np.all(np.isfinite(beta)):
+        raise QueryRefused(f"beta must hold {d + 1} finite values (intercept + {d} covariates)")
+    return np.array(beta, dtype=float)

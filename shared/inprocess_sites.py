@@ -1,0 +1,96 @@
+"""In-process sites: the study driver's federation adapter over arrays held in this process.
+
+Each site answers with the node's own answer code (:mod:`shared.answer`): exact answers pass
+through the same small-cell suppression a node applies (``min_cell``; 1 suppresses nothing,
+which is how the pooled reference runs), and DP answers through the same release step, with the
+noise plan each node derives from the query's public privacy terms and noise from a seeded
+generator per site (a real node draws from :func:`shared.dp.mechanisms.secure_rng`). What it
+leaves out is what is not statistics: grants, policy, the ledger, the wire.
+
+>>> import numpy as np
+>>> from shared.answer import SiteArrays
+>>> rng = np.random.default_rng(0)
+>>> z = rng.uniform(size=(50, 1)); t = (z[:, 0] > 0.5) * 1.0
+>>> sites = InProcessSites({"a": SiteArrays(z=z, t=t, y=np.zeros((50, 1)))})
+>>> sites.dropped
+{}
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Mapping
+
+import numpy as np
+
+from shared.answer import SiteArrays, answer, check_query, dp_release, suppress_small_cells
+from shared.driver import NodeAnswer
+from shared.dp.plan import NoisePlan
+from shared.protocol import DP_RELEASES, PrivacyQuery, StudyQuery
+from shared.secure_sum import SECURE_SUM
+
+__all__ = ["InProcessSites", "node_plan"]
+
+
+@functools.lru_cache(maxsize=64)
+def _plan(privacy_json: str, n_covariates: int, n_outcomes: int) -> NoisePlan:
+    return PrivacyQuery.model_validate_json(privacy_json).plan(n_covariates=n_covariates,
+                                                               n_outcomes=n_outcomes)
+
+
+def node_plan(query: StudyQuery) -> NoisePlan:
+    """The noise plan a node derives from ``query`` (as :meth:`node.runtime.NodeRuntime._plan`
+    does; cached, since calibration takes a moment and a benchmark runs the same study often)."""
+    assert query.privacy is not None
+    return _plan(query.privacy.model_dump_json(), len(query.covariates), len(query.outcomes))
+
+
+class InProcessSites:
+    """Sites answering in this process.
+
+    Args:
+        sites: each site's scaled arrays, by site name.
+        rngs: each site's noise generator (DP queries need them; one generator per site, used
+            round after round, as a node's would be).
+        min_cell: the exact answers' small-cell threshold (a node's policy says 11; 1 keeps
+            every cell, as the pooled reference needs).
+    """
+
+    def __init__(self, sites: Mapping[str, SiteArrays], *,
+                 rngs: Mapping[str, np.random.Generator] | None = None, min_cell: int = 1):
+        self.sites = dict(sites)
+        self.rngs = dict(rngs or {})
+        self.min_cell = min_cell
+        self.dropped: dict[str, str] = {}
+
+    def _answer(self, site: str, query: StudyQuery) -> dict[str, dict[str, np.ndarray]]:
+        check_query(query)
+        data = self.sites[site]
+        if query.privacy is None:
+            return {op: suppress_small_cells(op, a, k=self.min_cell)
+                    for op, a in answer(query, data).items()}
+        if site not in self.rngs:
+            raise ValueError(f"in-process site {site} has no noise generator for a DP query")
+        return answer(query, data, dp_release(query, node_plan(query), self.rngs[site]))
+
+    def ask(self, query: StudyQuery, round_name: str) -> dict[str, NodeAnswer]:
+        return {s: NodeAnswer(site=s, answers=self._answer(s, query), meta={"site": s})
+                for s in self._in_study(query)}
+
+    def secure_ask(self, query: StudyQuery, round_name: str) -> dict[str, NodeAnswer]:
+        """What a SecAgg+ round reveals: the sum of the sites' answers (each carrying its share
+        of the noise) and each site's metadata. The sum is exact here; SecAgg+'s quantisation
+        is the Flower adapter's (:mod:`coordinator.flower.secure_sum`)."""
+        assert query.privacy is not None and query.privacy.secure_nodes is not None
+        if any(query.privacy.share(r) == 1 for op in query.ops for r in DP_RELEASES[op.op]):
+            raise ValueError("a secure-sum round carries only releases summed under SecAgg+")
+        sites = self._in_study(query)
+        answers = [self._answer(s, query) for s in sites]
+        total = {op: {k: sum(a[op][k] for a in answers) for k in answers[0][op]} for op in answers[0]}
+        out = {s: NodeAnswer(site=s, answers={}, meta={"site": s}) for s in sites}
+        out[SECURE_SUM] = NodeAnswer(site=SECURE_SUM, answers=total, meta={})
+        return out
+
+    def _in_study(self, query: StudyQuery) -> list[str]:
+        """The sites the query names (a node not named declines), all if it names none."""
+        return [s for s in self.sites if not query.sites or s in query.sites]
