@@ -19,7 +19,7 @@ leaves out is what is not statistics: grants, policy, the ledger, the wire.
 from __future__ import annotations
 
 import functools
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 
@@ -50,16 +50,18 @@ class InProcessSites:
 
     Args:
         sites: each site's scaled arrays, by site name.
-        rngs: each site's noise generator (DP queries need them; one generator per site, used
-            round after round, as a node's would be).
+        rngs: each site's noise generator (DP queries need them), by site, used round after
+            round; or a function of the site returning the generator for one answer (as a
+            real node, which starts a fresh one per message).
         min_cell: the exact answers' small-cell threshold (a node's policy says 11; 1 keeps
             every cell, as the pooled reference needs).
     """
 
     def __init__(self, sites: Mapping[str, SiteArrays], *,
-                 rngs: Mapping[str, np.random.Generator] | None = None, min_cell: int = 1):
+                 rngs: Mapping[str, np.random.Generator]
+                 | Callable[[str], np.random.Generator] | None = None, min_cell: int = 1):
         self.sites = dict(sites)
-        self.rngs = dict(rngs or {})
+        self.rngs = rngs if callable(rngs) else dict(rngs or {})
         self.min_cell = min_cell
         self.dropped: dict[str, str] = {}
 
@@ -69,9 +71,13 @@ class InProcessSites:
         if query.privacy is None:
             return {op: suppress_small_cells(op, a, k=self.min_cell)
                     for op, a in answer(query, data).items()}
-        if site not in self.rngs:
+        if callable(self.rngs):
+            rng = self.rngs(site)
+        elif site in self.rngs:
+            rng = self.rngs[site]
+        else:
             raise ValueError(f"in-process site {site} has no noise generator for a DP query")
-        return answer(query, data, dp_release(query, node_plan(query), self.rngs[site]))
+        return answer(query, data, dp_release(query, node_plan(query), rng))
 
     def ask(self, query: StudyQuery, round_name: str) -> dict[str, NodeAnswer]:
         return {s: NodeAnswer(site=s, answers=self._answer(s, query), meta={"site": s})
