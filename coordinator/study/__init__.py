@@ -1,1 +1,1 @@
-"""The study workflow: rounds of typed queries, the estimator over their sums, the result."""
+"""The coordinator's study around the driver (:mod:`shared.driver`): sites, signed grants, runs, the result."""
