@@ -1,0 +1,281 @@
+from google.protobuf import descriptor_pb2 as _descriptor_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Protocol(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PROTOCOL_UNSPECIFIED: _ClassVar[Protocol]
+    PROTOCOL_VERSION: _ClassVar[Protocol]
+
+class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ERROR_CODE_UNSPECIFIED: _ClassVar[ErrorCode]
+    ERROR_CODE_REFUSED: _ClassVar[ErrorCode]
+    ERROR_CODE_DATA: _ClassVar[ErrorCode]
+    ERROR_CODE_BUDGET: _ClassVar[ErrorCode]
+    ERROR_CODE_NOT_IN_STUDY: _ClassVar[ErrorCode]
+    ERROR_CODE_UNAUTHORIZED: _ClassVar[ErrorCode]
+    ERROR_CODE_PROTOCOL: _ClassVar[ErrorCode]
+    ERROR_CODE_INTERNAL: _ClassVar[ErrorCode]
+
+class ColumnKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    COLUMN_KIND_UNSPECIFIED: _ClassVar[ColumnKind]
+    COLUMN_KIND_CONTINUOUS: _ClassVar[ColumnKind]
+    COLUMN_KIND_BINARY: _ClassVar[ColumnKind]
+
+class Accountant(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ACCOUNTANT_UNSPECIFIED: _ClassVar[Accountant]
+    ACCOUNTANT_RDP: _ClassVar[Accountant]
+    ACCOUNTANT_PRV: _ClassVar[Accountant]
+PROTOCOL_UNSPECIFIED: Protocol
+PROTOCOL_VERSION: Protocol
+ERROR_CODE_UNSPECIFIED: ErrorCode
+ERROR_CODE_REFUSED: ErrorCode
+ERROR_CODE_DATA: ErrorCode
+ERROR_CODE_BUDGET: ErrorCode
+ERROR_CODE_NOT_IN_STUDY: ErrorCode
+ERROR_CODE_UNAUTHORIZED: ErrorCode
+ERROR_CODE_PROTOCOL: ErrorCode
+ERROR_CODE_INTERNAL: ErrorCode
+COLUMN_KIND_UNSPECIFIED: ColumnKind
+COLUMN_KIND_CONTINUOUS: ColumnKind
+COLUMN_KIND_BINARY: ColumnKind
+ACCOUNTANT_UNSPECIFIED: Accountant
+ACCOUNTANT_RDP: Accountant
+ACCOUNTANT_PRV: Accountant
+TEXT_FIELD_NUMBER: _ClassVar[int]
+text: _descriptor.FieldDescriptor
+
+class SignedGrant(_message.Message):
+    __slots__ = ("body", "signature", "key_id")
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    body: str
+    signature: str
+    key_id: str
+    def __init__(self, body: _Optional[str] = ..., signature: _Optional[str] = ..., key_id: _Optional[str] = ...) -> None: ...
+
+class Covariate(_message.Message):
+    __slots__ = ("name", "lo", "hi", "kind")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LO_FIELD_NUMBER: _ClassVar[int]
+    HI_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    lo: float
+    hi: float
+    kind: ColumnKind
+    def __init__(self, name: _Optional[str] = ..., lo: _Optional[float] = ..., hi: _Optional[float] = ..., kind: _Optional[_Union[ColumnKind, str]] = ...) -> None: ...
+
+class Outcome(_message.Message):
+    __slots__ = ("name", "cap", "lo", "kind")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CAP_FIELD_NUMBER: _ClassVar[int]
+    LO_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    cap: float
+    lo: float
+    kind: ColumnKind
+    def __init__(self, name: _Optional[str] = ..., cap: _Optional[float] = ..., lo: _Optional[float] = ..., kind: _Optional[_Union[ColumnKind, str]] = ...) -> None: ...
+
+class BudgetSplit(_message.Message):
+    __slots__ = ("describe", "ps_fit", "psm_stats", "balance")
+    DESCRIBE_FIELD_NUMBER: _ClassVar[int]
+    PS_FIT_FIELD_NUMBER: _ClassVar[int]
+    PSM_STATS_FIELD_NUMBER: _ClassVar[int]
+    BALANCE_FIELD_NUMBER: _ClassVar[int]
+    describe: float
+    ps_fit: float
+    psm_stats: float
+    balance: float
+    def __init__(self, describe: _Optional[float] = ..., ps_fit: _Optional[float] = ..., psm_stats: _Optional[float] = ..., balance: _Optional[float] = ...) -> None: ...
+
+class PrivacyQuery(_message.Message):
+    __slots__ = ("epsilon", "delta", "split", "n_ps_rounds", "accountant", "resplit", "secure_nodes", "secure_aggregation")
+    EPSILON_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_FIELD_NUMBER: _ClassVar[int]
+    N_PS_ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNTANT_FIELD_NUMBER: _ClassVar[int]
+    RESPLIT_FIELD_NUMBER: _ClassVar[int]
+    SECURE_NODES_FIELD_NUMBER: _ClassVar[int]
+    SECURE_AGGREGATION_FIELD_NUMBER: _ClassVar[int]
+    epsilon: float
+    delta: float
+    split: BudgetSplit
+    n_ps_rounds: int
+    accountant: Accountant
+    resplit: BudgetSplit
+    secure_nodes: int
+    secure_aggregation: bool
+    def __init__(self, epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., split: _Optional[_Union[BudgetSplit, _Mapping]] = ..., n_ps_rounds: _Optional[int] = ..., accountant: _Optional[_Union[Accountant, str]] = ..., resplit: _Optional[_Union[BudgetSplit, _Mapping]] = ..., secure_nodes: _Optional[int] = ..., secure_aggregation: _Optional[bool] = ...) -> None: ...
+
+class Describe(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PsFit(_message.Message):
+    __slots__ = ("beta",)
+    BETA_FIELD_NUMBER: _ClassVar[int]
+    beta: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, beta: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class PsmStats(_message.Message):
+    __slots__ = ("beta", "edges")
+    BETA_FIELD_NUMBER: _ClassVar[int]
+    EDGES_FIELD_NUMBER: _ClassVar[int]
+    beta: _containers.RepeatedScalarFieldContainer[float]
+    edges: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, beta: _Optional[_Iterable[float]] = ..., edges: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class ScoreHist(_message.Message):
+    __slots__ = ("beta",)
+    BETA_FIELD_NUMBER: _ClassVar[int]
+    beta: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, beta: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class Operation(_message.Message):
+    __slots__ = ("describe", "ps_fit", "psm_stats", "score_hist")
+    DESCRIBE_FIELD_NUMBER: _ClassVar[int]
+    PS_FIT_FIELD_NUMBER: _ClassVar[int]
+    PSM_STATS_FIELD_NUMBER: _ClassVar[int]
+    SCORE_HIST_FIELD_NUMBER: _ClassVar[int]
+    describe: Describe
+    ps_fit: PsFit
+    psm_stats: PsmStats
+    score_hist: ScoreHist
+    def __init__(self, describe: _Optional[_Union[Describe, _Mapping]] = ..., ps_fit: _Optional[_Union[PsFit, _Mapping]] = ..., psm_stats: _Optional[_Union[PsmStats, _Mapping]] = ..., score_hist: _Optional[_Union[ScoreHist, _Mapping]] = ...) -> None: ...
+
+class StudyQuery(_message.Message):
+    __slots__ = ("protocol", "study_id", "treatment_column", "covariates", "outcomes", "ops", "sites", "privacy", "secure_scale", "grant")
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    STUDY_ID_FIELD_NUMBER: _ClassVar[int]
+    TREATMENT_COLUMN_FIELD_NUMBER: _ClassVar[int]
+    COVARIATES_FIELD_NUMBER: _ClassVar[int]
+    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    OPS_FIELD_NUMBER: _ClassVar[int]
+    SITES_FIELD_NUMBER: _ClassVar[int]
+    PRIVACY_FIELD_NUMBER: _ClassVar[int]
+    SECURE_SCALE_FIELD_NUMBER: _ClassVar[int]
+    GRANT_FIELD_NUMBER: _ClassVar[int]
+    protocol: int
+    study_id: str
+    treatment_column: str
+    covariates: _containers.RepeatedCompositeFieldContainer[Covariate]
+    outcomes: _containers.RepeatedCompositeFieldContainer[Outcome]
+    ops: _containers.RepeatedCompositeFieldContainer[Operation]
+    sites: _containers.RepeatedScalarFieldContainer[str]
+    privacy: PrivacyQuery
+    secure_scale: float
+    grant: SignedGrant
+    def __init__(self, protocol: _Optional[int] = ..., study_id: _Optional[str] = ..., treatment_column: _Optional[str] = ..., covariates: _Optional[_Iterable[_Union[Covariate, _Mapping]]] = ..., outcomes: _Optional[_Iterable[_Union[Outcome, _Mapping]]] = ..., ops: _Optional[_Iterable[_Union[Operation, _Mapping]]] = ..., sites: _Optional[_Iterable[str]] = ..., privacy: _Optional[_Union[PrivacyQuery, _Mapping]] = ..., secure_scale: _Optional[float] = ..., grant: _Optional[_Union[SignedGrant, _Mapping]] = ...) -> None: ...
+
+class Tensor(_message.Message):
+    __slots__ = ("values", "shape")
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[float]
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, values: _Optional[_Iterable[float]] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class DescribeReply(_message.Message):
+    __slots__ = ("count", "sum_z", "sum_zz")
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    SUM_Z_FIELD_NUMBER: _ClassVar[int]
+    SUM_ZZ_FIELD_NUMBER: _ClassVar[int]
+    count: Tensor
+    sum_z: Tensor
+    sum_zz: Tensor
+    def __init__(self, count: _Optional[_Union[Tensor, _Mapping]] = ..., sum_z: _Optional[_Union[Tensor, _Mapping]] = ..., sum_zz: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class PsFitReply(_message.Message):
+    __slots__ = ("n", "g", "H", "loglik")
+    N_FIELD_NUMBER: _ClassVar[int]
+    G_FIELD_NUMBER: _ClassVar[int]
+    H_FIELD_NUMBER: _ClassVar[int]
+    LOGLIK_FIELD_NUMBER: _ClassVar[int]
+    n: Tensor
+    g: Tensor
+    H: Tensor
+    loglik: Tensor
+    def __init__(self, n: _Optional[_Union[Tensor, _Mapping]] = ..., g: _Optional[_Union[Tensor, _Mapping]] = ..., H: _Optional[_Union[Tensor, _Mapping]] = ..., loglik: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class PsmStatsReply(_message.Message):
+    __slots__ = ("edges", "count", "sum_y", "sumsq_y", "sum_z", "sumsq_z")
+    EDGES_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    SUM_Y_FIELD_NUMBER: _ClassVar[int]
+    SUMSQ_Y_FIELD_NUMBER: _ClassVar[int]
+    SUM_Z_FIELD_NUMBER: _ClassVar[int]
+    SUMSQ_Z_FIELD_NUMBER: _ClassVar[int]
+    edges: Tensor
+    count: Tensor
+    sum_y: Tensor
+    sumsq_y: Tensor
+    sum_z: Tensor
+    sumsq_z: Tensor
+    def __init__(self, edges: _Optional[_Union[Tensor, _Mapping]] = ..., count: _Optional[_Union[Tensor, _Mapping]] = ..., sum_y: _Optional[_Union[Tensor, _Mapping]] = ..., sumsq_y: _Optional[_Union[Tensor, _Mapping]] = ..., sum_z: _Optional[_Union[Tensor, _Mapping]] = ..., sumsq_z: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class ScoreHistReply(_message.Message):
+    __slots__ = ("count",)
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    count: Tensor
+    def __init__(self, count: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class StudyAnswers(_message.Message):
+    __slots__ = ("describe", "ps_fit", "psm_stats", "score_hist")
+    DESCRIBE_FIELD_NUMBER: _ClassVar[int]
+    PS_FIT_FIELD_NUMBER: _ClassVar[int]
+    PSM_STATS_FIELD_NUMBER: _ClassVar[int]
+    SCORE_HIST_FIELD_NUMBER: _ClassVar[int]
+    describe: DescribeReply
+    ps_fit: PsFitReply
+    psm_stats: PsmStatsReply
+    score_hist: ScoreHistReply
+    def __init__(self, describe: _Optional[_Union[DescribeReply, _Mapping]] = ..., ps_fit: _Optional[_Union[PsFitReply, _Mapping]] = ..., psm_stats: _Optional[_Union[PsmStatsReply, _Mapping]] = ..., score_hist: _Optional[_Union[ScoreHistReply, _Mapping]] = ...) -> None: ...
+
+class ReplyMeta(_message.Message):
+    __slots__ = ("site", "seconds", "ops", "dataset", "epsilon_spent", "epsilon_budget")
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    OPS_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_SPENT_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_BUDGET_FIELD_NUMBER: _ClassVar[int]
+    site: str
+    seconds: float
+    ops: _containers.RepeatedScalarFieldContainer[str]
+    dataset: str
+    epsilon_spent: float
+    epsilon_budget: float
+    def __init__(self, site: _Optional[str] = ..., seconds: _Optional[float] = ..., ops: _Optional[_Iterable[str]] = ..., dataset: _Optional[str] = ..., epsilon_spent: _Optional[float] = ..., epsilon_budget: _Optional[float] = ...) -> None: ...
+
+class StudyReply(_message.Message):
+    __slots__ = ("protocol", "meta", "answers")
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    META_FIELD_NUMBER: _ClassVar[int]
+    ANSWERS_FIELD_NUMBER: _ClassVar[int]
+    protocol: int
+    meta: ReplyMeta
+    answers: StudyAnswers
+    def __init__(self, protocol: _Optional[int] = ..., meta: _Optional[_Union[ReplyMeta, _Mapping]] = ..., answers: _Optional[_Union[StudyAnswers, _Mapping]] = ...) -> None: ...
+
+class RiskRequest(_message.Message):
+    __slots__ = ("protocol", "job", "grant")
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    GRANT_FIELD_NUMBER: _ClassVar[int]
+    protocol: int
+    job: str
+    grant: SignedGrant
+    def __init__(self, protocol: _Optional[int] = ..., job: _Optional[str] = ..., grant: _Optional[_Union[SignedGrant, _Mapping]] = ...) -> None: ...
