@@ -117,15 +117,13 @@ class NodeRuntime:
 
     def verify_risk(self, content):
         """A risk-training message's job, checked against its signed grant (the whole job)."""
-        from shared.grant import SignedGrant, canonical_json
-        from shared.protocol import GRANT_KEY, RISK_JOB_KEY, RiskJob
+        from node.flower.risk_handlers import decode_job_and_grant
+        from shared.grant import canonical_json
+        from shared.protocol import RiskJob
 
-        rec = content.config_records.get("config")
-        if rec is None or RISK_JOB_KEY not in rec:
-            raise QueryRefused("training message carries no risk job")
-        signed = (SignedGrant.model_validate_json(str(rec[GRANT_KEY])) if GRANT_KEY in rec else None)
+        job_json, signed = decode_job_and_grant(content)
         grant = self.verify(signed, kind="risk")
-        job = RiskJob.model_validate_json(str(rec[RISK_JOB_KEY]))
+        job = RiskJob.model_validate_json(job_json)
         if job.job_id != grant.grant_id or canonical_json(job.terms()) != canonical_json(grant.terms):
             raise UnauthorizedQuery("the risk job differs from its signed grant")
         return job

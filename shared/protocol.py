@@ -4,50 +4,53 @@ A node runs no code the coordinator sends: it answers only these queries, valida
 ``extra="forbid"``. Several operations travel in one message, because every Flower round trip
 costs seconds (a fresh ClientApp process per message).
 
-Replies carry one array record per operation, named after the operation, holding only
-aggregates: :class:`shared.psm.propensity.CovMoments`, :class:`~shared.psm.propensity.PsStats`
-and :class:`~shared.psm.table.PsmTable` arrays.
+These models are what people and code write; what crosses the wire is the contract in
+``protos/rehealth_v1.proto`` (:mod:`protos.codec` converts, field by field, and refuses a field
+either side lacks). Replies are typed per operation there, holding only aggregates:
+:class:`shared.psm.propensity.CovMoments`, :class:`~shared.psm.propensity.PsStats` and
+:class:`~shared.psm.table.PsmTable` arrays.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from protos import rehealth_v1_pb2 as _pb  # the generated contract (protobuf only, no Flower)
 
 from shared.grant import Grant, SignedGrant
 from shared.secure_sum import secured
 from shared.study import BudgetSplit, Covariate, Outcome, StudySpec
 
-#: Bumped whenever what a node returns changes meaning (2: DP outcome sums released centred on
-#: 1/2, shared.dp.forms; 3: releases over SecAgg+ carry a node's share of the noise): a node
-#: and a coordinator of different versions refuse each other instead of mis-reading the sums; a
-#: node's cached noise plans are keyed by it too; 4: every query carries the operator's signed
-#: grant, checked by the node against its pinned coordinator key).
-PROTOCOL_VERSION = 4
+#: The protocol version, from the wire contract (``protos/rehealth_v1.proto``, enum
+#: ``Protocol``; its history is there). A node and a coordinator of different versions refuse
+#: each other instead of mis-reading the sums (:mod:`protos.codec`); a node's cached noise plans
+#: are keyed by it too.
+PROTOCOL_VERSION: int = _pb.PROTOCOL_VERSION
 STUDY_MESSAGE_TYPE = "query.study"
-REQUEST_KEY = "request"  # ConfigRecord holding the request JSON
-META_KEY = "meta"  # ConfigRecord of the reply: site, rows, timings
-GRANT_KEY = "grant"  # ConfigRecord of a risk message: the signed grant (SignedGrant JSON)
 
-#: Error codes a node returns, and the only texts that may follow the site's name. A node's own
-#: refusals (:class:`shared.errors.QueryRefused`, :class:`~shared.errors.PrivacyError`) are
-#: built from the query and the node's policy alone and may add their message; every other
-#: failure crosses the wire as the fixed text, its details staying in the node's log.
-CODE_REFUSED = 4001  # unknown, invalid or policy-refused query
-CODE_DATA = 4002  # the site's data could not be read
-CODE_BUDGET = 4003  # privacy budget exhausted, replay, or the node's privacy policy refuses
-CODE_NOT_IN_STUDY = 4004  # this site is not part of the study: declined, nothing computed
-CODE_UNAUTHORIZED = 4005  # no valid grant signed by the node's pinned coordinator key
-CODE_INTERNAL = 5000
+#: Error codes a node returns (the contract's ``ErrorCode``), and the only texts that may follow
+#: the site's name (each code's ``text`` option in the .proto). A node's own refusals
+#: (:class:`shared.errors.QueryRefused`, :class:`~shared.errors.PrivacyError`) are built from
+#: the query and the node's policy alone and may add their message; every other failure crosses
+#: the wire as the fixed text, its details staying in the node's log.
+CODE_REFUSED: int = _pb.ERROR_CODE_REFUSED
+CODE_DATA: int = _pb.ERROR_CODE_DATA
+CODE_BUDGET: int = _pb.ERROR_CODE_BUDGET
+CODE_NOT_IN_STUDY: int = _pb.ERROR_CODE_NOT_IN_STUDY
+CODE_UNAUTHORIZED: int = _pb.ERROR_CODE_UNAUTHORIZED
+CODE_PROTOCOL: int = _pb.ERROR_CODE_PROTOCOL
+CODE_INTERNAL: int = _pb.ERROR_CODE_INTERNAL
 ERROR_TEXT: dict[int, str] = {
-    CODE_REFUSED: "query refused",
-    CODE_DATA: "the site's data could not be read; see the node's log",
-    CODE_BUDGET: "refused by the node's privacy policy",
-    CODE_NOT_IN_STUDY: "not among the study's sites",
-    CODE_UNAUTHORIZED: "query not authorised by the node's pinned coordinator key",
-    CODE_INTERNAL: "internal error; see the node's log",
+    v.number: v.GetOptions().Extensions[_pb.text]
+    for v in _pb.ErrorCode.DESCRIPTOR.values if v.number != _pb.ERROR_CODE_UNSPECIFIED
 }
+
+
+def error_text(code: int) -> str:
+    """The fixed text of an error ``code`` (a code this version does not know says so)."""
+    return ERROR_TEXT.get(int(code), f"unknown error code {int(code)}")
 
 
 class _Model(BaseModel):
@@ -134,7 +137,7 @@ class PrivacyQuery(_Model):
 class StudyQuery(_Model):
     """What a node needs to answer: the study's columns and bounds, never code."""
 
-    protocol: Literal[4] = PROTOCOL_VERSION
+    protocol: int = PROTOCOL_VERSION
     study_id: str = Field(min_length=8, max_length=128)  # the grant's id
     treatment_column: str
     covariates: tuple[Covariate, ...] = Field(min_length=1)
@@ -147,6 +150,14 @@ class StudyQuery(_Model):
     secure_scale: float | None = Field(default=None, gt=0)
     #: the operator's signed grant this query belongs to (:mod:`shared.grant`)
     grant: SignedGrant | None = None
+
+    @field_validator("protocol")
+    @classmethod
+    def _same_protocol(cls, v: int) -> int:
+        if v != PROTOCOL_VERSION:
+            raise ValueError(f"a query of protocol version {v}; this side speaks version "
+                             f"{PROTOCOL_VERSION}")
+        return v
 
     def terms(self) -> dict:
         """The fixed part of every query of the study: what its grant signs."""
@@ -198,7 +209,6 @@ class StudyQuery(_Model):
 
 
 # -- federated risk-model training (Flower train/evaluate messages) --------------------------
-RISK_JOB_KEY = "job"  # ConfigRecord entry holding the RiskJob JSON
 RISK_ARRAYS_KEY = "arrays"  # ArrayRecord of model parameters (transport order)
 RISK_EVAL_KEY = "eval"  # ArrayRecord of the node's additive evaluation aggregate
 

@@ -27,8 +27,6 @@ from shared.errors import PrivacyError
 
 #: The key under which a secure round's answers hold the sum (no site is named so).
 SECURE_SUM = "(secure sum)"
-#: The FitIns config entry that carries the study query (JSON) of a secure-sum round.
-QUERY_KEY = "rehealth-study"
 #: SecAggPlusWorkflow's clipping range: inputs must lie in [-CLIP, CLIP].
 CLIP = 8.0
 #: Noise SDs of margin above the row count in :func:`secure_scale` (a Gaussian entry exceeds
@@ -47,15 +45,19 @@ def secured(release: str) -> bool:
     return release not in PLAIN_RELEASES
 
 
-def pack(answers: Mapping[str, Mapping[str, np.ndarray]], *, scale: float) -> tuple[np.ndarray, list]:
-    """One vector of every array of ``answers`` (operations, then keys, sorted), over ``scale``.
+def pack(answers: Mapping[str, Mapping[str, np.ndarray]], *, scale: float,
+         layout: Layout | None = None) -> tuple[np.ndarray, list]:
+    """One vector of every array of ``answers`` over ``scale``, in the order of ``layout``
+    (default: operations, then keys, sorted). A study round passes the wire contract's order
+    (:func:`protos.codec.secure_layout`), so both sides derive it from the .proto.
 
     Raises:
         PrivacyError: an entry falls outside [-CLIP, CLIP]: the scale was set too small, and
             SecAgg+ would clip it silently (no value is named).
     """
-    layout = [(op, key, tuple(np.shape(answers[op][key])))
-              for op in sorted(answers) for key in sorted(answers[op])]
+    if layout is None:
+        layout = [(op, key, tuple(np.shape(answers[op][key])))
+                  for op in sorted(answers) for key in sorted(answers[op])]
     vec = np.concatenate([np.asarray(answers[op][key], dtype=float).ravel()
                           for op, key, _ in layout]) / scale
     if not np.all(np.abs(vec) <= CLIP):

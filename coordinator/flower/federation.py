@@ -3,7 +3,9 @@
 One call, :meth:`GridFederation.ask`, sends a study query to every node still in the study and
 collects the answers, polling faster than ``Grid.send_and_receive`` (which sleeps 3 s). A node
 that fails or times out either ends the study with an error naming node and round, or — when the
-spec allows a minimum number of nodes — is dropped and named in the result.
+spec allows a minimum number of nodes — is dropped and named in the result. Queries and replies
+travel as the wire contract's messages (:mod:`protos.codec`); a reply of another protocol
+version is refused, naming both versions.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from flwr.serverapp import Grid
 
 from shared.driver import NodeAnswer
 from shared.errors import FederationError
-from shared.protocol import CODE_NOT_IN_STUDY, STUDY_MESSAGE_TYPE, StudyQuery
-from shared.wire import decode_answer, encode_query
+from protos.codec import ContractError, ProtocolMismatch, decode_answer, encode_query
+from shared.protocol import CODE_NOT_IN_STUDY, STUDY_MESSAGE_TYPE, StudyQuery, error_text
 
 log = logging.getLogger("rehealth.coordinator")
 
@@ -69,9 +71,13 @@ class GridFederation:
                     log.info("node %s declined: %s", nid, reply.error.reason)
                     del self.active[nid]
                     continue
-                failures[nid] = reply.error.reason or f"{who}: error {reply.error.code}"
+                failures[nid] = reply.error.reason or f"{who}: {error_text(reply.error.code)}"
             else:
-                answers, meta = decode_answer(reply.content)
+                try:
+                    answers, meta = decode_answer(reply.content)
+                except (ProtocolMismatch, ContractError) as e:
+                    failures[nid] = f"{who}: {e}"
+                    continue
                 site = str(meta.get("site", nid))
                 self.active[nid] = site
                 out[site] = NodeAnswer(site=site, answers=answers, meta=meta)

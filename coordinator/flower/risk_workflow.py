@@ -24,7 +24,8 @@ from flwr.serverapp.strategy import FedAvg
 
 from coordinator.flower.federation import GridFederation
 from shared.errors import FederationError
-from shared.protocol import GRANT_KEY, RISK_ARRAYS_KEY, RISK_EVAL_KEY, RISK_JOB_KEY, RiskJob
+from protos.codec import encode_risk
+from shared.protocol import RISK_ARRAYS_KEY, RISK_EVAL_KEY, RiskJob
 from shared.risk.arch import RiskArch
 from shared.risk.metrics import EvalAggregate, evaluate, merge_aggregates
 
@@ -51,8 +52,7 @@ def train_risk_model(grid: Grid, job: RiskJob, *, expected_nodes: int, out_dir: 
     arch = RiskArch(kind=job.kind, hidden=job.hidden)
     strategy = FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=expected_nodes,
                       min_available_nodes=expected_nodes)
-    config = ConfigRecord({RISK_JOB_KEY: job.model_dump_json(),
-                           **({GRANT_KEY: grant.model_dump_json()} if grant is not None else {})})
+    config = encode_risk(job, grant)  # the wire contract's RiskRequest
     progress("risk_training", {"rounds": job.rounds, "nodes": expected_nodes})
     result = strategy.start(grid=grid, initial_arrays=ArrayRecord(initial_arrays(arch)),
                             num_rounds=job.rounds, timeout=timeout_s, train_config=config)

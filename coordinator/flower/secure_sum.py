@@ -2,8 +2,9 @@
 
 Flower runs SecAgg+ only through its legacy bridge (``LegacyContext`` + ``SecAggPlusWorkflow``,
 ``secaggplus_mod`` on the node; ``../shared/FLOWER_NOTES.md``): the round's query travels as the
-config of a ``FitIns``, each node's packed answer (:mod:`shared.secure_sum`) as its masked
-``FitRes``, and the workflow hands the strategy only the unmasked aggregate. With every node's
+config of a ``FitIns`` (the wire contract's serialized query, :mod:`protos.codec`), each node's
+packed answer (:mod:`shared.secure_sum`, in the contract's field order) as its masked ``FitRes``
+beside its public reply (metadata and the arrays' shapes), and the workflow hands the strategy only the unmasked aggregate. With every node's
 weight 1 that aggregate is the mean of the inputs, so the sum is it times the nodes counted.
 
 Every node must contribute: each added only σ/√K, so a sum over fewer would carry less noise
@@ -13,7 +14,6 @@ and the round fails naming them.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 
@@ -28,9 +28,10 @@ from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECOR
 from flwr.serverapp import Grid
 import flwr.compat.common.recorddict_compat as compat
 
+from protos.codec import QUERY_ENTRY, REPLY_ENTRY, ContractError, ProtocolMismatch, decode_secure_sum, query_entry
 from shared.errors import FederationError
 from shared.protocol import StudyQuery
-from shared.secure_sum import CLIP, QUERY_KEY, unpack
+from shared.secure_sum import CLIP
 
 log = logging.getLogger("rehealth.coordinator")
 
@@ -38,16 +39,16 @@ log = logging.getLogger("rehealth.coordinator")
 class _OneRound(Strategy):
     """Hands every node the round's query; keeps what the workflow aggregated."""
 
-    def __init__(self, grid: Grid, node_ids: list[int], query_json: str):
+    def __init__(self, grid: Grid, node_ids: list[int], query: bytes):
         self.proxies = [GridClientProxy(nid, grid, 0) for nid in node_ids]
-        self.query_json = query_json
+        self.query = query
         self.results: list = []
 
     def initialize_parameters(self, client_manager):
         return None
 
     def configure_fit(self, server_round, parameters, client_manager):
-        ins = FitIns(parameters=Parameters(tensors=[], tensor_type=""), config={QUERY_KEY: self.query_json})
+        ins = FitIns(parameters=Parameters(tensors=[], tensor_type=""), config={QUERY_ENTRY: self.query})
         return [(proxy, ins) for proxy in self.proxies]
 
     def aggregate_fit(self, server_round, results, failures):
@@ -95,7 +96,7 @@ def secure_sum(grid: Grid, node_ids: list[int], query: StudyQuery, round_name: s
         FederationError: a node failed or the sum could not be unmasked over every node.
     """
     k = len(node_ids)
-    strategy = _OneRound(grid, node_ids, query.model_dump_json())
+    strategy = _OneRound(grid, node_ids, query_entry(query))
     state = RecordDict()
     state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({Key.CURRENT_ROUND: 1})
     state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(
@@ -112,11 +113,9 @@ def secure_sum(grid: Grid, node_ids: list[int], query: StudyQuery, round_name: s
         raise FederationError(f"round {round_name}: secure aggregation needs every node; "
                               f"node(s) {missing or node_ids} sent no masked input ({said})",
                               round_name=round_name)
-    metas = {nid: dict(res.metrics) for nid, res in done.items()}
-    layouts = {m["layout"] for m in metas.values()}
-    if len(layouts) != 1:
-        raise FederationError(f"round {round_name}: nodes packed their answers differently",
-                              round_name=round_name)
     mean = parameters_to_ndarrays(strategy.results[0][1].parameters)[0]
     total = mean * k * float(query.secure_scale)
-    return unpack(total, json.loads(layouts.pop())), metas
+    try:
+        return decode_secure_sum(total, {nid: res.metrics.get(REPLY_ENTRY, b"") for nid, res in done.items()})
+    except (ProtocolMismatch, ContractError) as e:
+        raise FederationError(f"round {round_name}: {e}", round_name=round_name) from None

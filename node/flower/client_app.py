@@ -2,8 +2,11 @@
 
 Thin by design (RecordDict -> validated query -> node service -> aggregates): the allow-list of
 queries, validation and privacy accounting live in the installed ``node`` package, not in the
-app bundle that ``flwr run`` ships. Errors go back as coded Flower errors with a message that
-names the site and the problem but carries no row values; details stay in the node's log.
+app bundle that ``flwr run`` ships. Queries and replies are the wire contract's messages
+(:mod:`protos.codec`). Errors go back as coded Flower errors (the contract's ``ErrorCode``) with a
+message that names the site and the problem but carries no row values; details stay in the
+node's log. A query of another protocol version is refused (``ERROR_CODE_PROTOCOL``) naming both
+versions, before anything else of it is read.
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ from pydantic import ValidationError
 
 from node.runtime import NodeRuntime, NotInStudy
 from shared.errors import DataError, PrivacyError, QueryRefused, SpecError, UnauthorizedQuery
+from protos.codec import (QUERY_ENTRY, REPLY_ENTRY, ContractError, ProtocolMismatch, decode_query,
+                          encode_answer, encode_secure_input, query_from_entry)
 from shared.protocol import (CODE_BUDGET, CODE_DATA, CODE_INTERNAL, CODE_NOT_IN_STUDY,
-                             CODE_REFUSED, CODE_UNAUTHORIZED, ERROR_TEXT, StudyQuery)
-from shared.wire import decode_query, encode_answer
+                             CODE_PROTOCOL, CODE_REFUSED, CODE_UNAUTHORIZED, error_text)
 
 log = logging.getLogger("rehealth.node")
 
@@ -71,7 +75,7 @@ def _risk(handler):
 
 def _answer_study(msg: Message, runtime: NodeRuntime) -> Message:
     started = time.perf_counter()
-    query = decode_query(msg.content)
+    query = _decoded(lambda: decode_query(msg.content))
     answers, extra = runtime.answer(query)
     meta = {"site": runtime.site, "seconds": time.perf_counter() - started,
             "ops": [op.op for op in query.ops], **extra}
@@ -81,28 +85,38 @@ def _answer_study(msg: Message, runtime: NodeRuntime) -> Message:
 def _answer_secure_sum(msg: Message, context: Context, runtime: NodeRuntime) -> Message:
     """This node's masked input to a secure sum: its releases (with its 1/√K share of the noise)
     packed into one vector at the round's public scale (:mod:`shared.secure_sum`)."""
-    import json
-
     import flwr.compat.common.recorddict_compat as compat
     from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
     from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_STATE
 
-    from shared.secure_sum import QUERY_KEY, pack
-
     started = time.perf_counter()
-    query = StudyQuery.model_validate_json(str(compat.recorddict_to_fitins(msg.content, True).config[QUERY_KEY]))
+    config = compat.recorddict_to_fitins(msg.content, True).config
+    if QUERY_ENTRY not in config:
+        raise QueryRefused(f"a secure-sum round carries no {QUERY_ENTRY!r} config entry")
+    query = _decoded(lambda: query_from_entry(config[QUERY_ENTRY]))
     nodes = query.privacy.secure_nodes if query.privacy is not None else None
     sampled = int(context.state.config_records[RECORD_KEY_STATE].get("sample_num", 0))
     if nodes is None or query.secure_scale is None or sampled < nodes:
         raise QueryRefused(f"site {runtime.site}: a secure sum over {sampled} nodes cannot carry "
                            f"a release planned for {nodes} (each adds only its share of the noise)")
     answers, extra = runtime.answer(query, secure_sum=True)
-    vec, layout = pack(answers, scale=query.secure_scale)
-    metrics = {"site": runtime.site, "seconds": time.perf_counter() - started,
-               "layout": json.dumps(layout), **extra}
+    meta = {"site": runtime.site, "seconds": time.perf_counter() - started,
+            "ops": [op.op for op in query.ops], **extra}
+    vec, reply = encode_secure_input(answers, meta, scale=query.secure_scale)
+    metrics = {REPLY_ENTRY: reply}  # public: metadata and the arrays' shapes, no values
     fitres = FitRes(status=Status(code=Code.OK, message=""), parameters=ndarrays_to_parameters([vec]),
                     num_examples=1, metrics=metrics)
     return Message(compat.fitres_to_recorddict(fitres, True), reply_to=msg)
+
+
+def _decoded(decode):
+    """An incoming message decoded; one the contract cannot read is refused (its structure,
+    never data, is named). Encoding this node's own reply is not guarded so: a reply the
+    contract cannot carry is the node's bug (an internal error)."""
+    try:
+        return decode()
+    except ContractError as e:
+        raise QueryRefused(str(e)) from None
 
 
 def _guarded(handler, msg: Message, context: Context) -> Message:
@@ -111,11 +125,13 @@ def _guarded(handler, msg: Message, context: Context) -> Message:
         runtime = NodeRuntime.from_node_config(context.node_config)
     except SpecError as e:
         log.error("node config: %s", e)
-        return Message(Error(code=CODE_INTERNAL, reason=f"node: {ERROR_TEXT[CODE_INTERNAL]}"), reply_to=msg)
+        return Message(Error(code=CODE_INTERNAL, reason=f"node: {error_text(CODE_INTERNAL)}"), reply_to=msg)
     try:
         return handler(msg, runtime)
     except NotInStudy as e:
         return _error(msg, CODE_NOT_IN_STUDY, runtime.site, e)
+    except ProtocolMismatch as e:
+        return _error(msg, CODE_PROTOCOL, runtime.site, e, public=True)
     except UnauthorizedQuery as e:
         return _error(msg, CODE_UNAUTHORIZED, runtime.site, e, public=True)
     except (QueryRefused, ValidationError) as e:
@@ -133,7 +149,7 @@ def _error(msg: Message, code: int, site: str, e: Exception, *, public: bool = F
     """Log the full error locally; send the code's fixed text, and the refusal's own message
     only where ``public`` (a node refusal, built from the query and policy alone)."""
     log.error("site %s: %s: %s", site, type(e).__name__, e)
-    reason = f"site {site}: {ERROR_TEXT[code]}"
+    reason = f"site {site}: {error_text(code)}"
     if public:
         reason += f": {str(e)[:500]}"
     return Message(Error(code=code, reason=reason), reply_to=msg)

@@ -22,16 +22,24 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from node.runtime import NodeRuntime, NotInStudy
 from shared.errors import DataError, QueryRefused, SpecError
 from shared.features import FEATURE_NAMES
-from shared.protocol import RISK_ARRAYS_KEY, RISK_EVAL_KEY, RISK_JOB_KEY, RiskJob
+from shared.protocol import RISK_ARRAYS_KEY, RISK_EVAL_KEY, RiskJob
 
 log = logging.getLogger("rehealth.node.risk")
 
 
+def decode_job_and_grant(content: RecordDict):
+    """The message's risk job (JSON, not yet validated) and signed grant: the wire contract's
+    ``RiskRequest`` (:func:`protos.codec.decode_risk`)."""
+    from protos.codec import ContractError, decode_risk
+
+    try:
+        return decode_risk(content)
+    except ContractError as e:
+        raise QueryRefused(f"training message carries no risk job: {e}") from None
+
+
 def decode_job(content: RecordDict) -> RiskJob:
-    rec = content.config_records.get("config")
-    if rec is None or RISK_JOB_KEY not in rec:
-        raise QueryRefused("training message carries no risk job")
-    return RiskJob.model_validate_json(str(rec[RISK_JOB_KEY]))
+    return RiskJob.model_validate_json(decode_job_and_grant(content)[0])
 
 
 def _job_for_site(content: RecordDict, runtime: NodeRuntime) -> RiskJob:

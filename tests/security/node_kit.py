@@ -25,7 +25,7 @@ from shared.grant import Grant, new_grant_id, sign_grant
 from shared.protocol import STUDY_MESSAGE_TYPE, StudyQuery
 from shared.study import StudySpec
 from shared.synth import generate_federation, write_federation
-from shared.wire import decode_answer, encode_query
+from protos.codec import decode_answer, encode_query
 
 
 @dataclass

@@ -100,18 +100,17 @@ def job_json(job_id: str, *, eval_epsilon: float = 0.2, sites: tuple[str, ...] =
 def evaluate_message(node: Node, arrays: list[np.ndarray], job: str, *,
                      grant_sites: tuple[str, ...] = (SITE,)):
     """Send ``arrays`` for evaluation with an operator-signed job; return the reply."""
-    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+    from flwr.app import ArrayRecord, Context, Message, RecordDict
 
     from node.flower.client_app import app as client_app
     from shared.grant import Grant, sign_grant
-    from shared.protocol import GRANT_KEY, RISK_ARRAYS_KEY, RISK_JOB_KEY, RiskJob
+    from protos.codec import encode_risk
+    from shared.protocol import RISK_ARRAYS_KEY, RiskJob
 
     parsed = RiskJob.model_validate_json(job)
     grant = sign_grant(Grant(kind="risk", grant_id=parsed.job_id, sites=grant_sites,
                              terms=parsed.terms()), node.key)
-    content = RecordDict({RISK_ARRAYS_KEY: ArrayRecord(arrays),
-                          "config": ConfigRecord({RISK_JOB_KEY: job,
-                                                  GRANT_KEY: grant.model_dump_json()})})
+    content = RecordDict({RISK_ARRAYS_KEY: ArrayRecord(arrays), "config": encode_risk(parsed, grant)})
     from flwr.supercore.task_identity import TaskIdentity
 
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0

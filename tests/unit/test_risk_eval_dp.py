@@ -91,18 +91,18 @@ def test_a_node_outside_the_sites_declines_evaluate(tmp_path, job_sites, grant_s
 
 
 def test_a_node_outside_the_sites_declines_train(tmp_path):
-    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+    from flwr.app import ArrayRecord, Context, Message, RecordDict
 
     from node.flower.client_app import app as client_app
     from shared.grant import Grant, sign_grant
-    from shared.protocol import GRANT_KEY, RISK_ARRAYS_KEY, RISK_JOB_KEY, RiskJob
+    from protos.codec import encode_risk
+    from shared.protocol import RISK_ARRAYS_KEY, RiskJob
 
     node = ra.make_node(tmp_path)
     job = RiskJob.model_validate_json(ra.job_json("train-job-0006", sites=("other",)))
     grant = sign_grant(Grant(kind="risk", grant_id=job.job_id, sites=(ra.SITE,), terms=job.terms()),
                        node.key)
-    content = RecordDict({RISK_ARRAYS_KEY: ArrayRecord(MODEL), "config": ConfigRecord(
-        {RISK_JOB_KEY: job.model_dump_json(), GRANT_KEY: grant.model_dump_json()})})
+    content = RecordDict({RISK_ARRAYS_KEY: ArrayRecord(MODEL), "config": encode_risk(job, grant)})
     msg = Message(content=content, dst_node_id=1, message_type="train", group_id="t")
     msg.metadata.__dict__["_message_id"] = "train-1"
     reply = client_app(msg, Context(run_id=1, node_id=1, node_config=node.config,
