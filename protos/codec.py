@@ -25,16 +25,31 @@ from typing import Any, Mapping
 import numpy as np
 from flwr.app import ConfigRecord, RecordDict
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
-from google.protobuf.message import DecodeError, Message as ProtoMessage
+from google.protobuf.message import DecodeError
+from google.protobuf.message import Message as ProtoMessage
 
 from protos import rehealth_v1_pb2 as pb
 from shared.errors import QueryRefused
 from shared.protocol import PROTOCOL_VERSION, RiskJob, StudyQuery
 
-__all__ = ["ContractError", "ProtocolMismatch", "QUERY_ENTRY", "RECORD", "REPLY_ENTRY",
-           "RISK_ENTRY", "decode_answer", "decode_query", "decode_risk", "decode_secure_sum",
-           "encode_answer", "encode_query", "encode_risk", "encode_secure_input", "query_entry",
-           "secure_layout"]
+__all__ = [
+    "QUERY_ENTRY",
+    "RECORD",
+    "REPLY_ENTRY",
+    "RISK_ENTRY",
+    "ContractError",
+    "ProtocolMismatch",
+    "decode_answer",
+    "decode_query",
+    "decode_risk",
+    "decode_secure_sum",
+    "encode_answer",
+    "encode_query",
+    "encode_risk",
+    "encode_secure_input",
+    "query_entry",
+    "secure_layout",
+]
 
 #: The record every contract message travels in (the proto package's name), and its entries
 #: (each message's full name): all derived from the descriptor, none written twice.

@@ -17,8 +17,9 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from protos import rehealth_v1_pb2 as _pb  # the generated contract (protobuf only, no Flower)
-
+from protos import (
+    rehealth_v1_pb2 as _pb,  # the generated contract (protobuf only, no Flower)
+)
 from shared.grant import Grant, SignedGrant
 from shared.secure_sum import secured
 from shared.study import BudgetSplit, Covariate, Outcome, StudySpec

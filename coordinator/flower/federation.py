@@ -15,14 +15,18 @@ import time
 from dataclasses import dataclass, field
 from typing import Mapping
 
-import numpy as np
 from flwr.app import Message
 from flwr.serverapp import Grid
 
+from protos.codec import ContractError, ProtocolMismatch, decode_answer, encode_query
 from shared.driver import NodeAnswer
 from shared.errors import FederationError
-from protos.codec import ContractError, ProtocolMismatch, decode_answer, encode_query
-from shared.protocol import CODE_NOT_IN_STUDY, STUDY_MESSAGE_TYPE, StudyQuery, error_text
+from shared.protocol import (
+    CODE_NOT_IN_STUDY,
+    STUDY_MESSAGE_TYPE,
+    StudyQuery,
+    error_text,
+)
 
 log = logging.getLogger("rehealth.coordinator")
 

@@ -23,8 +23,8 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from coordinator.flower.federation import GridFederation
-from shared.errors import FederationError
 from protos.codec import encode_risk
+from shared.errors import FederationError
 from shared.protocol import RISK_ARRAYS_KEY, RISK_EVAL_KEY, RiskJob
 from shared.risk.arch import RiskArch
 from shared.risk.metrics import EvalAggregate, evaluate, merge_aggregates

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 
+import flwr.compat.common.recorddict_compat as compat
 import numpy as np
 from flwr.app import ConfigRecord, Context, RecordDict
 from flwr.common import FitIns, Parameters, parameters_to_ndarrays
@@ -26,9 +27,15 @@ from flwr.server.strategy import Strategy
 from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
 from flwr.serverapp import Grid
-import flwr.compat.common.recorddict_compat as compat
 
-from protos.codec import QUERY_ENTRY, REPLY_ENTRY, ContractError, ProtocolMismatch, decode_secure_sum, query_entry
+from protos.codec import (
+    QUERY_ENTRY,
+    REPLY_ENTRY,
+    ContractError,
+    ProtocolMismatch,
+    decode_secure_sum,
+    query_entry,
+)
 from shared.errors import FederationError
 from shared.protocol import StudyQuery
 from shared.secure_sum import CLIP

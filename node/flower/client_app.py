@@ -19,11 +19,33 @@ from flwr.clientapp import ClientApp
 from pydantic import ValidationError
 
 from node.runtime import NodeRuntime, NotInStudy
-from shared.errors import DataError, PrivacyError, QueryRefused, SpecError, UnauthorizedQuery
-from protos.codec import (QUERY_ENTRY, REPLY_ENTRY, ContractError, ProtocolMismatch, decode_query,
-                          encode_answer, encode_secure_input, query_from_entry)
-from shared.protocol import (CODE_BUDGET, CODE_DATA, CODE_INTERNAL, CODE_NOT_IN_STUDY,
-                             CODE_PROTOCOL, CODE_REFUSED, CODE_UNAUTHORIZED, error_text)
+from protos.codec import (
+    QUERY_ENTRY,
+    REPLY_ENTRY,
+    ContractError,
+    ProtocolMismatch,
+    decode_query,
+    encode_answer,
+    encode_secure_input,
+    query_from_entry,
+)
+from shared.errors import (
+    DataError,
+    PrivacyError,
+    QueryRefused,
+    SpecError,
+    UnauthorizedQuery,
+)
+from shared.protocol import (
+    CODE_BUDGET,
+    CODE_DATA,
+    CODE_INTERNAL,
+    CODE_NOT_IN_STUDY,
+    CODE_PROTOCOL,
+    CODE_REFUSED,
+    CODE_UNAUTHORIZED,
+    error_text,
+)
 
 log = logging.getLogger("rehealth.node")
 
@@ -140,7 +162,7 @@ def _guarded(handler, msg: Message, context: Context) -> Message:
         return _error(msg, CODE_BUDGET, runtime.site, e, public=True)
     except DataError as e:
         return _error(msg, CODE_DATA, runtime.site, e)
-    except Exception as e:  # noqa: BLE001 - nothing of an unexpected error may cross the wire
+    except Exception as e:
         log.exception("site %s: unexpected %s", runtime.site, type(e).__name__)
         return _error(msg, CODE_INTERNAL, runtime.site, e)
 

@@ -12,12 +12,11 @@ Torch and Opacus are imported here only, so study queries stay light.
 
 from __future__ import annotations
 
-import json
 import logging
 
 import numpy as np
 import pandas as pd
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 
 from node.runtime import NodeRuntime, NotInStudy
 from shared.errors import DataError, QueryRefused, SpecError
@@ -145,8 +144,13 @@ def evaluate(msg: Message, runtime: NodeRuntime, *, rng: np.random.Generator | N
     from shared.dp.mechanisms import secure_rng
     from shared.features import FEATURES, scale
     from shared.risk.arch import RiskArch, predict_proba
-    from shared.risk.metrics import (EVAL_SENSITIVITY, clean_scores, eval_aggregate,
-                                     eval_noise_sigma, noisy_aggregate)
+    from shared.risk.metrics import (
+        EVAL_SENSITIVITY,
+        clean_scores,
+        eval_aggregate,
+        eval_noise_sigma,
+        noisy_aggregate,
+    )
 
     job = _job_for_site(msg.content, runtime)
     arrays = _model_arrays(msg.content, job)

@@ -14,9 +14,21 @@ from protos import codec, generate
 from protos import rehealth_v1_pb2 as pb
 from shared.dp.sensitivity import RELEASE_KEYS
 from shared.errors import FederationError
-from shared.grant import Grant, SignedGrant
-from shared.protocol import (CODE_PROTOCOL, DP_RELEASES, ERROR_TEXT, PROTOCOL_VERSION, STUDY_MESSAGE_TYPE,
-                             BudgetSplit, Describe, PrivacyQuery, PsFit, PsmStats, ScoreHist, StudyQuery)
+from shared.grant import SignedGrant
+from shared.protocol import (
+    CODE_PROTOCOL,
+    DP_RELEASES,
+    ERROR_TEXT,
+    PROTOCOL_VERSION,
+    STUDY_MESSAGE_TYPE,
+    BudgetSplit,
+    Describe,
+    PrivacyQuery,
+    PsFit,
+    PsmStats,
+    ScoreHist,
+    StudyQuery,
+)
 from shared.study import Covariate, Outcome, StudySpec
 from shared.synth import generate_federation, write_federation
 
@@ -101,7 +113,7 @@ def test_a_value_the_contract_lacks_is_refused_not_dropped():
 
 def _answers(rng, d=2, strata=3, outcomes=2) -> dict:
     """Every array of every operation, shaped as the node's code shapes it."""
-    r = lambda *shape: rng.standard_normal(shape) * 1e6  # noqa: E731 - full float64 mantissas
+    r = lambda *shape: rng.standard_normal(shape) * 1e6
     return {"describe": {"count": r(2), "sum_z": r(2, d), "sum_zz": r(2, d, d)},
             "ps_fit": {"n": r(1), "g": r(d + 1), "H": r(d + 1, d + 1), "loglik": r(1)},
             "score_hist": {"count": r(40, 2)},
@@ -246,9 +258,9 @@ def test_the_real_nodes_exact_reply_decodes_to_what_the_node_code_computes(writt
     decodes to exactly the arrays :mod:`shared.answer` computes on the site's rows, under the
     same names: renaming an array in the node code or in the .proto fails here."""
     from coordinator.flower.inprocess import signed_federation
+    from node.policy import NodePolicy
     from node.study_service import load_site_arrays
     from shared.answer import answer, suppress_small_cells
-    from node.policy import NodePolicy
 
     spec = _spec(written, enabled=False)
     fed, grant = signed_federation(spec, tmp_path)
@@ -269,7 +281,7 @@ def test_the_real_nodes_dp_reply_carries_the_released_arrays_only(written, tmp_p
 
     fed, grant = signed_federation(spec, tmp_path, extra={"budget-epsilon": 50.0})
     query = StudyQuery.for_spec(spec, _all_ops(spec), grant=grant)
-    for site, reply in fed.ask(query, "all-ops").items():
+    for reply in fed.ask(query, "all-ops").values():
         assert {op: set(a) for op, a in reply.answers.items()} == {
             op: {k for r in DP_RELEASES[op] for k in RELEASE_KEYS[r]} for op in DP_RELEASES}
         assert reply.meta["epsilon_spent"] > 0 and reply.meta["dataset"]
