@@ -146,10 +146,14 @@ def timing(rows: int, n_nodes: int) -> None:
     print(f"{'node':>4} {'rows':>8} {'validate+scale':>15} {'describe':>9} {'ps_fit/round':>13} {'psm_stats':>10}")
     node_total = []
     for i, (z, t, y) in enumerate(nodes):
-        t1 = time.perf_counter(); y01, _ = scale_outcomes(y=y, lo=lo, cap=cap)
-        t2 = time.perf_counter(); cov_moments(z=z, t=t)
-        t3 = time.perf_counter(); ps_contribution(z=z, t=t, beta=beta)
-        t4 = time.perf_counter(); psm_table(z=z, t=t, y=y01, beta=beta, edges=edges)
+        t1 = time.perf_counter()
+        y01, _ = scale_outcomes(y=y, lo=lo, cap=cap)
+        t2 = time.perf_counter()
+        cov_moments(z=z, t=t)
+        t3 = time.perf_counter()
+        ps_contribution(z=z, t=t, beta=beta)
+        t4 = time.perf_counter()
+        psm_table(z=z, t=t, y=y01, beta=beta, edges=edges)
         t5 = time.perf_counter()
         node_total.append(prep[i] + (t2 - t1) + (t3 - t2) + fed.fitter.iterations * (t4 - t3) + (t5 - t4))
         print(f"{i:>4} {len(t):>8,} {prep[i] + t2 - t1:>14.3f}s {t3 - t2:>8.3f}s {t4 - t3:>12.3f}s {t5 - t4:>9.3f}s")

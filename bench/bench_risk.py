@@ -64,7 +64,7 @@ def bench_federated(*, scale_: float, rounds: int, seed: int, seeds: list[int]) 
     y_all = np.concatenate([y for _, y in nodes])
     X_te = np.vstack([x for x, _ in tests])
     y_te = np.concatenate([y for _, y in tests])
-    print(f"(a) federated DP-SGD vs centralized logistic regression")
+    print("(a) federated DP-SGD vs centralized logistic regression")
     print(f"    train sites: {[len(y) for _, y in nodes]} rows, events {y_all.mean():.3%}; "
           f"held-out {len(y_te)} rows, events {y_te.mean():.3%}")
     t0 = time.perf_counter()

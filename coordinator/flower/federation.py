@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Mapping
 
-import numpy as np
 from flwr.app import Message
 from flwr.serverapp import Grid
 

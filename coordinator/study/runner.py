@@ -8,7 +8,6 @@ finish and returns the result, adding the start-up time it measured itself.
 from __future__ import annotations
 
 import json
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable

@@ -1,7 +1,6 @@
 """Federated = pooled: the coordinator's loop over K nodes' sums gives the pooled estimator."""
 
 from dataclasses import fields
-from functools import reduce
 
 import numpy as np
 import pytest
