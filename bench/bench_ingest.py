@@ -58,13 +58,21 @@ def run_one(path: Path, db: Path, chunk_rows: int) -> dict:
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     t1 = time.perf_counter()
     again = ingest_file(store, path, kind="persons", pseudonymize=pseudo.many, site_id="bench")
-    return {"format": path.suffix[1:], "rows": s.rows, "loaded": s.loaded,
-            "quarantined": s.quarantined, "by_reason": s.by_reason, "seconds": round(seconds, 2),
-            "rows_per_s": round(s.rows / seconds),
-            "cpu_s": round(cpu, 2), "rows_per_cpu_s": round(s.rows / cpu), "reingest_s": round(time.perf_counter() - t1, 2),
-            "reingest_noop": again.already_ingested,
-            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "db_mib": round(db.stat().st_size / 2**20, 1)}
+    return {
+        "format": path.suffix[1:],
+        "rows": s.rows,
+        "loaded": s.loaded,
+        "quarantined": s.quarantined,
+        "by_reason": s.by_reason,
+        "seconds": round(seconds, 2),
+        "rows_per_s": round(s.rows / seconds),
+        "cpu_s": round(cpu, 2),
+        "rows_per_cpu_s": round(s.rows / cpu),
+        "reingest_s": round(time.perf_counter() - t1, 2),
+        "reingest_noop": again.already_ingested,
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "db_mib": round(db.stat().st_size / 2**20, 1),
+    }
 
 
 def main() -> None:

@@ -134,8 +134,11 @@ def run(args) -> dict:
 
 def summarise(result: dict) -> list[dict]:
     out = []
-    for (treated, mode, eps, outcome), v in sorted(result["rows"].items(),
-                                                   key=lambda kv: (kv[0][0], kv[0][1] != "none", kv[0][1], kv[0][2], kv[0][3])):
+    def order(kv):  # by treated count, the non-private reference first, then mode, ε, outcome
+        (treated, mode, eps, outcome), _ = kv
+        return treated, mode != "none", mode, eps, outcome
+
+    for (treated, mode, eps, outcome), v in sorted(result["rows"].items(), key=order):
         a = np.array(v, dtype=float)
         issued = a[:, 5] > 0
         out.append({"treated": treated, "noise": mode, "epsilon": eps or None, "outcome": outcome,
@@ -151,21 +154,24 @@ def print_table(summary: list[dict], result: dict) -> None:
     print("\nPlan per node at δ = 1e-6 (RDP accountant), σ per release:")
     for eps, plan in result["plans"].items():
         sig = {r.query: r.sigma for r in plan.releases}
-        print(f"  ε={eps:<4g} describe {sig['describe']:.1f}  ps_fit {sig['ps_fit']:.1f} (x{plan.n_ps_rounds})"
-              f"  score_hist {sig['score_hist']:.1f}  psm_main {sig['psm_main']:.1f}  psm_sumsq {sig['psm_sumsq']:.1f}"
-              f"  psm_balance {sig.get('psm_balance', float('nan')):.1f}  (ε planned {plan.epsilon_planned:.4f})")
+        print(f"  ε={eps:<4g} describe {sig['describe']:.1f}  ps_fit {sig['ps_fit']:.1f}"
+              f" (x{plan.n_ps_rounds})  score_hist {sig['score_hist']:.1f}  psm_main {sig['psm_main']:.1f}"
+              f"  psm_sumsq {sig['psm_sumsq']:.1f}  psm_balance {sig.get('psm_balance', float('nan')):.1f}"
+              f"  (ε planned {plan.epsilon_planned:.4f})")
     print("\ncoverage: every seeded study run through (unresolved_fit = \"warn\"); stopped / issued: "
           "the studies the default (\"stop\") ends after describe, and the coverage of the CIs it issues")
-    print("\n| treated | noise  |   ε  | outcome      | seeds |    bias   | bias/SE | coverage | stopped | issued cov. | CI width / non-DP | privacy share |")
-    print("|--------:|--------|-----:|--------------|------:|----------:|--------:|---------:|--------:|------------:|------------------:|--------------:|")
+    print("\n| treated | noise  |   ε  | outcome      | seeds |    bias   | bias/SE | coverage | stopped |"
+          " issued cov. | CI width / non-DP | privacy share |")
+    print("|--------:|--------|-----:|--------------|------:|----------:|--------:|---------:|--------:|"
+          "------------:|------------------:|--------------:|")
     for r in summary:
         eps = "—" if r["epsilon"] is None else f"{r['epsilon']:g}"
         wr = "1.00 (ref)" if r["width_ratio"] is None else f"{r['width_ratio']:.2f}"
         ps = "—" if r["privacy_share"] is None else f"{r['privacy_share']:.2f}"
         ci = "—" if r["coverage_issued"] is None else f"{100 * r['coverage_issued']:.1f}%"
         print(f"| {r['treated']:>7} | {r['noise']:<6} | {eps:>4} | {r['outcome']:<12} | {r['n']:>5} | "
-              f"{r['bias']:>9.4g} | {r['bias_in_se']:>7.2f} | {100 * r['coverage']:>7.1f}% | {r['stopped']:>7} | "
-              f"{ci:>11} | {wr:>17} | {ps:>13} |")
+              f"{r['bias']:>9.4g} | {r['bias_in_se']:>7.2f} | {100 * r['coverage']:>7.1f}% | "
+              f"{r['stopped']:>7} | {ci:>11} | {wr:>17} | {ps:>13} |")
     print("\nshare of covariates whose balance the noise leaves unresolved (SMD n/a), mean over seeds:")
     for (treated, mode, eps), v in sorted(result["unresolved"].items()):
         print(f"  treated {treated}, {mode}, ε={eps:g}: {100 * np.mean(v):.0f} %")

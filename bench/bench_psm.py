@@ -103,8 +103,9 @@ def coverage(title: str, studies, seeds: range, nn: bool = True) -> None:
         arr = np.array(data, dtype=float)  # (seeds, outcomes, [bias, se, hit])
         for k, o in enumerate(outcomes):
             bias, se, hit = arr[:, k, 0], arr[:, k, 1], arr[:, k, 2]
-            print(f"{label:>10} {o.name:>13}: coverage {hit.mean():6.1%}  mean|bias| {np.abs(bias).mean():10.4g}"
-                  f"  mean bias {bias.mean():+10.3g}  mean SE {se.mean():10.4g}  sd(err)/SE {bias.std() / se.mean():.3f}")
+            print(f"{label:>10} {o.name:>13}: coverage {hit.mean():6.1%}"
+                  f"  mean|bias| {np.abs(bias).mean():10.4g}  mean bias {bias.mean():+10.3g}"
+                  f"  mean SE {se.mean():10.4g}  sd(err)/SE {bias.std() / se.mean():.3f}")
     print(f"({elapsed / len(seeds):.3f} s per study)")
 
 
@@ -143,7 +144,8 @@ def timing(rows: int, n_nodes: int) -> None:
     lo, cap = [o.lo for o in OUTCOMES], [o.cap for o in OUTCOMES]
     print(f"Newton rounds {fed.fitter.iterations}, strata {len(edges) - 1}, "
           f"treated {fed.estimate.n_treated:,}, controls {fed.estimate.n_control:,}")
-    print(f"{'node':>4} {'rows':>8} {'validate+scale':>15} {'describe':>9} {'ps_fit/round':>13} {'psm_stats':>10}")
+    print(f"{'node':>4} {'rows':>8} {'validate+scale':>15} {'describe':>9} {'ps_fit/round':>13}"
+          f" {'psm_stats':>10}")
     node_total = []
     for i, (z, t, y) in enumerate(nodes):
         t1 = time.perf_counter()
@@ -156,7 +158,8 @@ def timing(rows: int, n_nodes: int) -> None:
         psm_table(z=z, t=t, y=y01, beta=beta, edges=edges)
         t5 = time.perf_counter()
         node_total.append(prep[i] + (t2 - t1) + (t3 - t2) + fed.fitter.iterations * (t4 - t3) + (t5 - t4))
-        print(f"{i:>4} {len(t):>8,} {prep[i] + t2 - t1:>14.3f}s {t3 - t2:>8.3f}s {t4 - t3:>12.3f}s {t5 - t4:>9.3f}s")
+        print(f"{i:>4} {len(t):>8,} {prep[i] + t2 - t1:>14.3f}s {t3 - t2:>8.3f}s {t4 - t3:>12.3f}s"
+              f" {t5 - t4:>9.3f}s")
     print(f"per node, whole study ({fed.fitter.iterations} Newton rounds): "
           f"mean {np.mean(node_total):.2f} s, max {np.max(node_total):.2f} s")
     print(f"in-process federated study over {rows:,} rows (all nodes serially + coordinator): {total:.2f} s")

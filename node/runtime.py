@@ -153,7 +153,8 @@ class NodeRuntime:
                        dataset=POPULATION,
                        budget_epsilon=float(cfg.get("budget-epsilon", 10.0)),
                        budget_delta=float(cfg.get("budget-delta", 1e-5)),
-                       coordinator_key=Path(str(cfg["coordinator-key"])) if cfg.get("coordinator-key") else None,
+                       coordinator_key=(Path(str(cfg["coordinator-key"])) if cfg.get("coordinator-key")
+                                        else None),
                        policy_path=Path(str(cfg["policy-path"])) if cfg.get("policy-path") else None,
                        allow_exact=_bool(cfg["allow-exact"]) if "allow-exact" in cfg else None,
                        model_dir=Path(str(cfg["model-dir"])) if cfg.get("model-dir") else None,

@@ -75,7 +75,9 @@ def _no_noise(op: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return arrays
 
 
-def answer(query: StudyQuery, data: SiteArrays, release: Release = _no_noise) -> dict[str, dict[str, np.ndarray]]:
+def answer(
+    query: StudyQuery, data: SiteArrays, release: Release = _no_noise
+) -> dict[str, dict[str, np.ndarray]]:
     """Compute every operation of ``query`` over ``data``; each answer passes through
     ``release`` (the DP noise step when privacy is on) before it is returned."""
     return {op.op: release(op.op, exact_answer(op, query, data)) for op in query.ops}

@@ -57,7 +57,9 @@ def run(
         paths.update({k: str(v) for k, v in write_signed_report(
             result, key_path=report_key, out_dir=out.resolve().parent).items()})
     if fmt == "json":
-        typer.echo(json.dumps({"paths": paths, "outcomes": [o.model_dump(mode="json") for o in result.outcomes]}))
+        typer.echo(
+            json.dumps({"paths": paths, "outcomes": [o.model_dump(mode="json") for o in result.outcomes]})
+        )
     else:
         print_estimates(console, result)
         for k, v in paths.items():

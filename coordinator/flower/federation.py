@@ -52,7 +52,8 @@ class GridFederation:
 
     def ask(self, query: StudyQuery, round_name: str) -> dict[str, NodeAnswer]:
         """Send ``query`` to every active node; answers keyed by site."""
-        msgs = [Message(content=encode_query(query), dst_node_id=nid, message_type=STUDY_MESSAGE_TYPE, group_id=round_name)
+        msgs = [Message(content=encode_query(query), dst_node_id=nid, message_type=STUDY_MESSAGE_TYPE,
+                        group_id=round_name)
                 for nid in self.active]
         sent = dict(zip(self.grid.push_messages(msgs), self.active))
         replies = self.collect(sent)

@@ -90,7 +90,9 @@ def _answer_secure_sum(msg: Message, context: Context, runtime: NodeRuntime) -> 
     from shared.secure_sum import QUERY_KEY, pack
 
     started = time.perf_counter()
-    query = StudyQuery.model_validate_json(str(compat.recorddict_to_fitins(msg.content, True).config[QUERY_KEY]))
+    query = StudyQuery.model_validate_json(
+        str(compat.recorddict_to_fitins(msg.content, True).config[QUERY_KEY])
+    )
     nodes = query.privacy.secure_nodes if query.privacy is not None else None
     sampled = int(context.state.config_records[RECORD_KEY_STATE].get("sample_num", 0))
     if nodes is None or query.secure_scale is None or sampled < nodes:

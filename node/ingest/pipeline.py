@@ -3,7 +3,8 @@ stored, or quarantined with its reason — and the three counts add up to the ro
 
 Each chunk commits in one transaction together with its quarantine rows and the file's
 progress (``ingested_files.rows_done``), so a crash never leaves part of a chunk and a re-run
-resumes after the last chunk that survived (what survives a power loss: ``node.store.engine``). A file whose SHA-256 was fully ingested before is not read again.
+resumes after the last chunk that survived (what survives a power loss: ``node.store.engine``).
+A file whose SHA-256 was fully ingested before is not read again.
 One writer thread commits chunk k while the caller's thread validates chunk k+1.
 """
 

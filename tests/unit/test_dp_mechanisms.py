@@ -123,8 +123,12 @@ def test_plan_shares_are_rho_shares():
     assert rho["psm_sumsq"] / total == pytest.approx(0.6 * 0.15)
     assert (rho["ps_fit"] + rho["score_hist"]) / total == pytest.approx(0.2)
     assert rho["score_hist"] / total == pytest.approx(0.2 / 4)
-    assert plan.sigma("psm_main") == pytest.approx(math.sqrt(1 + 3 / 4) * plan.release("psm_main").noise_multiplier)
-    assert plan.sigma("psm_sumsq") == pytest.approx(np.sqrt(3) / 4 * plan.release("psm_sumsq").noise_multiplier)
+    assert plan.sigma("psm_main") == pytest.approx(
+        math.sqrt(1 + 3 / 4) * plan.release("psm_main").noise_multiplier
+    )
+    assert plan.sigma("psm_sumsq") == pytest.approx(
+        np.sqrt(3) / 4 * plan.release("psm_sumsq").noise_multiplier
+    )
 
 
 def test_plan_without_balance_share_has_no_balance_release_and_refuses_missing_rounds():

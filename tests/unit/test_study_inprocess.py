@@ -36,7 +36,11 @@ def _scaled(spec, cohort):
     lo = np.array([f.lo for f in feats])
     hi = np.array([f.hi for f in feats])
     z = (cohort[[f.name for f in feats]].to_numpy(float) - lo) / (hi - lo)
-    return z, cohort[spec.treatment.column].to_numpy(float), cohort[[o.name for o in spec.outcomes]].to_numpy(float)
+    return (
+        z,
+        cohort[spec.treatment.column].to_numpy(float),
+        cohort[[o.name for o in spec.outcomes]].to_numpy(float),
+    )
 
 
 def _pooled_without_small_cells(spec, fed, beta, edges, k=11):
