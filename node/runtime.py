@@ -231,9 +231,9 @@ class NodeRuntime:
 
     def _check_secure_sum(self, query: StudyQuery, secure_sum: bool) -> None:
         """A node adds only its share of the noise when, and only when, its answer is masked."""
-        nodes = query.privacy.secure_nodes if query.privacy is not None else None
-        shared_noise = nodes is not None and any(
-            query.privacy.share(r) > 1 for op in query.ops for r in DP_RELEASES[op.op])
+        privacy = query.privacy
+        shared_noise = privacy is not None and privacy.secure_nodes is not None and any(
+            privacy.share(r) > 1 for op in query.ops for r in DP_RELEASES[op.op])
         if shared_noise and not secure_sum:
             raise PrivacyError(f"site {self.site} releases a share of the noise only as a masked "
                                "SecAgg+ input, never in a plain reply")

@@ -101,6 +101,6 @@ def load_site_arrays(data_path: str | Path, query: StudyQuery, cache_dir: str | 
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = cache.with_suffix(".tmp.npz")
-        np.savez(tmp, **arrays.to_npz())
+        np.savez(tmp, **arrays.to_npz())  # type: ignore[arg-type]  # mypy checks ** against allow_pickle
         tmp.replace(cache)
     return arrays

@@ -48,9 +48,9 @@ class SiteArrays:
     z: np.ndarray
     t: np.ndarray
     y: np.ndarray
-    n_clipped: np.ndarray = field(default=None)  # type: ignore[assignment]
-    n_clipped_z: np.ndarray = field(default=None)  # type: ignore[assignment]
-    n_excluded: np.ndarray = field(default=None)  # type: ignore[assignment]
+    n_clipped: np.ndarray = field(default=None)  # type: ignore[arg-type]  # None: zeros, below
+    n_clipped_z: np.ndarray = field(default=None)  # type: ignore[arg-type]  # None: zeros, below
+    n_excluded: np.ndarray = field(default=None)  # type: ignore[arg-type]  # None: zeros, below
 
     def __post_init__(self) -> None:
         y = np.asarray(self.y, dtype=float)

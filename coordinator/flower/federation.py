@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Mapping, cast
 
 from flwr.app import Message
 from flwr.serverapp import Grid
@@ -85,7 +85,8 @@ class GridFederation:
         from coordinator.flower.secure_sum import secure_sum
         from shared.secure_sum import SECURE_SUM
 
-        totals, metas = secure_sum(_PolledGrid(self), list(self.active), query, round_name,
+        grid = cast(Grid, _PolledGrid(self))  # a Grid by delegation (__getattr__)
+        totals, metas = secure_sum(grid, list(self.active), query, round_name,
                                    timeout_s=self.timeout_s)
         out: dict[str, NodeAnswer] = {}
         for nid, meta in metas.items():

@@ -94,7 +94,10 @@ def secure_sum(grid: Grid, node_ids: list[int], query: StudyQuery, round_name: s
     Raises:
         FederationError: a node failed or the sum could not be unmasked over every node.
     """
-    k = len(node_ids)
+    if query.secure_scale is None:
+        raise FederationError(f"round {round_name}: a secure sum needs the query's fixed-point scale",
+                              round_name=round_name)
+    scale, k = query.secure_scale, len(node_ids)
     strategy = _OneRound(grid, node_ids, query.model_dump_json())
     state = RecordDict()
     state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({Key.CURRENT_ROUND: 1})
@@ -118,5 +121,5 @@ def secure_sum(grid: Grid, node_ids: list[int], query: StudyQuery, round_name: s
         raise FederationError(f"round {round_name}: nodes packed their answers differently",
                               round_name=round_name)
     mean = parameters_to_ndarrays(strategy.results[0][1].parameters)[0]
-    total = mean * k * float(query.secure_scale)
+    total = mean * k * scale
     return unpack(total, json.loads(layouts.pop())), metas

@@ -51,8 +51,8 @@ def _insurer(doc: "EvidenceReport") -> str:
 def _hr(doc: "EvidenceReport") -> str:
     v = doc.value
     parts = [_who(doc)]
-    if v.absence_days_averted is not None:
-        absence = _get(doc, ABSENCE)
+    absence = _get(doc, ABSENCE)
+    if v.absence_days_averted is not None and absence is not None:  # the figure comes from the row
         parts.append(
             f"Absence days averted: {_figure(v.absence_days_averted)}, that is "
             f"{fmt.num(abs(absence.att))} {_direction(absence.att, 'fewer', 'more')} days per "
