@@ -86,8 +86,8 @@ def main() -> None:
         print(json.dumps(run_one(Path(args.child[0]), Path(args.child[1]), args.chunk_rows)))
         return
 
-    with tempfile.TemporaryDirectory(prefix="rehealth-bench-") as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="rehealth-bench-") as tmp_name:
+        tmp = Path(tmp_name)
         t0 = time.perf_counter()
         df = synthetic_persons(args.rows, bad_fraction=args.bad_fraction)
         csv, parquet = tmp / "persons.csv", tmp / "persons.parquet"

@@ -41,8 +41,8 @@ def _median_ms(fn, repeat: int) -> float:
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory() as d:
-        d = Path(d)
+    with tempfile.TemporaryDirectory() as tmp_name:
+        d = Path(tmp_name)
         key_path, pub_path = generate_keypair(d / "keys")
         result = make_result(privacy=True)
         key, pub = load_private_key(key_path), load_public_key(pub_path)
