@@ -191,9 +191,9 @@ def insert_ignore(conn: Connection, table: Table, columns: Sequence[str],
     try:
         if conn.dialect.name == "sqlite":
             # sqlite3 streams any iterable of rows; SQLAlchemy's DBAPI protocol asks for a Sequence
-            cur.executemany(f"INSERT INTO {target} ({cols}) VALUES "
-                            f"({', '.join('?' * len(columns))}) ON CONFLICT DO NOTHING",
-                            rows)  # type: ignore[arg-type]
+            marks = ", ".join("?" * len(columns))
+            sql = f"INSERT INTO {target} ({cols}) VALUES ({marks}) ON CONFLICT DO NOTHING"
+            cur.executemany(sql, rows)  # type: ignore[arg-type]
             return cur.rowcount
         stage = q.quote(f"_stage_{table.name}")
         cur.execute(f"CREATE TEMP TABLE {stage} AS SELECT {cols} FROM {target} WITH NO DATA")
