@@ -90,6 +90,17 @@ def _git(*args: str) -> str:
     return out.stdout.strip()
 
 
+def _commit() -> str:
+    commit = _git("rev-parse", "--short=12", "HEAD") or "unknown"
+    if commit != "unknown" and _git("status", "--porcelain", "--untracked-files=no"):
+        commit += " + uncommitted changes"
+    return commit
+
+
+#: The code the benchmark runs is the code at its start: read the commit then.
+_COMMIT = _commit()
+
+
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -112,9 +123,7 @@ def provenance(argv: Sequence[str] | None = None) -> dict[str, str]:
         shown = str(script.relative_to(ROOT)) if script else ""
     except ValueError:
         shown = str(script)
-    commit = _git("rev-parse", "--short=12", "HEAD") or "unknown"
-    if commit != "unknown" and _git("status", "--porcelain", "--untracked-files=no"):
-        commit += " + uncommitted changes"
+    commit = _COMMIT
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
