@@ -33,7 +33,10 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT_DIR = Path("docs") / "benchmarks"
 #: When the benchmark started (it imports this module first) and the load it started under:
 #: on a shared machine the load says how much of the wall clock was the benchmark's.
-_STARTED = (dt.datetime.now(dt.timezone.utc), os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan"))
+#: The cores it may use are read then too (bench_risk.py pins itself to one core for its last part).
+_STARTED = (dt.datetime.now(dt.timezone.utc),
+            os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan"),
+            len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 0)
 
 
 def cell(value) -> str:
@@ -124,11 +127,7 @@ def provenance(argv: Sequence[str] | None = None) -> dict[str, str]:
     except ValueError:
         shown = str(script)
     commit = _COMMIT
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count() or 0
-    started, load = _STARTED
+    started, load, usable = _STARTED
     took = (dt.datetime.now(dt.timezone.utc) - started).total_seconds()
     return {
         "command": shlex.join(["python", shown, *argv[1:]]),
