@@ -1,7 +1,7 @@
 """One study round as a SecAgg+ secure sum over Flower's Grid (the coordinator's side).
 
 Flower runs SecAgg+ only through its legacy bridge (``LegacyContext`` + ``SecAggPlusWorkflow``,
-``secaggplus_mod`` on the node; ``../shared/FLOWER_NOTES.md``): the round's query travels as the
+``secaggplus_mod`` on the node; ``docs/ARCHITECTURE.md``): the round's query travels as the
 config of a ``FitIns``, each node's packed answer (:mod:`shared.secure_sum`) as its masked
 ``FitRes``, and the workflow hands the strategy only the unmasked aggregate. With every node's
 weight 1 that aggregate is the mean of the inputs, so the sum is it times the nodes counted.

@@ -1,6 +1,6 @@
 """Diagnostics with pass/fail against the thresholds the report states.
 
-Thresholds (DESIGN §5–6; Austin 2009 for SMD; Rubin 2001 for variance ratios):
+Thresholds (docs/STATISTICS.md, "Diagnostics"; Austin 2009 for SMD; Rubin 2001 for variance ratios):
 
 * balance: max |SMD| after weighting < 0.1 over all covariates;
 * variance ratio after weighting within [0.5, 2] for every covariate where it is known;

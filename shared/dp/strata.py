@@ -1,7 +1,7 @@
 r"""Strata under DP: how many, where, and which cells count.
 
 Noise in a stratum's released sums is :math:`\sigma_{tot}` per entry (σ√K over K nodes), so the
-ATT's privacy noise grows like :math:`\sigma_{tot}\sqrt{S}/N_T` (DESIGN.md §6) while five
+ATT's privacy noise grows like :math:`\sigma_{tot}\sqrt{S}/N_T` (docs/PRIVACY.md) while five
 strata already remove about 90 % of the confounding bias of a score (Cochran 1968; Rosenbaum &
 Rubin 1984). The rule, documented here and used by the workflow and the benchmark:
 

@@ -58,7 +58,7 @@ def test_project_psd_keeps_a_well_conditioned_spd_matrix():
 
 
 def test_golden_epsilon_of_ten_unit_gaussians():
-    # FLOWER_NOTES: ten releases at sigma/Delta = 1, delta = 1e-5: RDP 19.05, PRV 17.87
+    # docs/ARCHITECTURE.md: ten releases at sigma/Delta = 1, delta = 1e-5: RDP 19.05, PRV 17.87
     assert epsilon_spent(noise_multipliers=[1.0] * 10, delta=1e-5) == pytest.approx(19.05, abs=0.01)
     assert epsilon_spent(noise_multipliers=[1.0] * 10, delta=1e-5, accountant="prv") == \
         pytest.approx(17.87, abs=0.05)
