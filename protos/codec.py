@@ -53,10 +53,10 @@ __all__ = [
 
 #: The record every contract message travels in (the proto package's name), and its entries
 #: (each message's full name): all derived from the descriptor, none written twice.
-RECORD = pb.DESCRIPTOR.package
-QUERY_ENTRY = pb.StudyQuery.DESCRIPTOR.full_name
-REPLY_ENTRY = pb.StudyReply.DESCRIPTOR.full_name
-RISK_ENTRY = pb.RiskRequest.DESCRIPTOR.full_name
+RECORD: str = pb.DESCRIPTOR.package
+QUERY_ENTRY: str = pb.StudyQuery.DESCRIPTOR.full_name
+REPLY_ENTRY: str = pb.StudyReply.DESCRIPTOR.full_name
+RISK_ENTRY: str = pb.RiskRequest.DESCRIPTOR.full_name
 
 
 class ContractError(ValueError):
@@ -116,8 +116,10 @@ def _fill(msg: ProtoMessage, data: Mapping[str, Any]) -> ProtoMessage:
                 getattr(msg, key).SetInParent()
                 _fill(getattr(msg, key), value)
         elif fd.type == FieldDescriptor.TYPE_ENUM:
-            to = [_enum_number(fd.enum_type, v) for v in value] if fd.is_repeated else _enum_number(fd.enum_type, value)
-            getattr(msg, key).extend(to) if fd.is_repeated else setattr(msg, key, to)
+            if fd.is_repeated:
+                getattr(msg, key).extend(_enum_number(fd.enum_type, v) for v in value)
+            else:
+                setattr(msg, key, _enum_number(fd.enum_type, value))
         elif fd.is_repeated:
             getattr(msg, key).extend(value)
         else:
@@ -168,7 +170,9 @@ def _read(msg: ProtoMessage) -> dict[str, Any]:
     return out
 
 
-def _parse(cls, data: bytes, what: str):
+def _parse(cls, data: object, what: str):
+    if not isinstance(data, (bytes, bytearray)):
+        raise ContractError(f"{what} is not a serialized {cls.DESCRIPTOR.full_name}")
     msg = cls()
     try:
         msg.ParseFromString(bytes(data))
@@ -177,11 +181,11 @@ def _parse(cls, data: bytes, what: str):
     return msg
 
 
-def _entry(content: RecordDict, entry: str, record: str = RECORD) -> bytes:
+def _entry(content: RecordDict, entry: str, record: str = RECORD) -> object:
     rec = content.config_records.get(record)
     if rec is None or entry not in rec:
         raise ContractError(f"message carries no {entry!r} in a {record!r} config record")
-    return rec[entry]  # type: ignore[return-value]
+    return rec[entry]
 
 
 # -- the study query ---------------------------------------------------------------------------
@@ -204,7 +208,8 @@ def query_entry(query: StudyQuery) -> bytes:
     return query_to_proto(query).SerializeToString(deterministic=True)
 
 
-def query_from_entry(data: bytes) -> StudyQuery:
+def query_from_entry(data: object) -> StudyQuery:
+    """Inverse of :func:`query_entry` (anything but a serialized query: :class:`ContractError`)."""
     return query_from_proto(_parse(pb.StudyQuery, data, "the query"))
 
 
@@ -332,7 +337,7 @@ def encode_secure_input(answers: Mapping[str, Mapping[str, np.ndarray]], meta: M
     return vec, reply_to_proto(answers, meta, values=False).SerializeToString(deterministic=True)
 
 
-def decode_secure_sum(total: np.ndarray, replies: Mapping[Any, bytes]) -> tuple[dict, dict]:
+def decode_secure_sum(total: np.ndarray, replies: Mapping[Any, object]) -> tuple[dict, dict]:
     """The summed arrays (``total``: the unmasked sum, scale multiplied back) and each node's
     metadata, from each node's shapes-only reply (version-checked; all must agree)."""
     from shared.secure_sum import unpack

@@ -13,13 +13,11 @@ either side lacks). Replies are typed per operation there, holding only aggregat
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Final, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from protos import (
-    rehealth_v1_pb2 as _pb,  # the generated contract (protobuf only, no Flower)
-)
+from protos import rehealth_v1_pb2 as _pb  # the generated contract (protobuf only, no Flower)
 from shared.grant import Grant, SignedGrant
 from shared.secure_sum import secured
 from shared.study import BudgetSplit, Covariate, Outcome, StudySpec
@@ -28,7 +26,7 @@ from shared.study import BudgetSplit, Covariate, Outcome, StudySpec
 #: ``Protocol``; its history is there). A node and a coordinator of different versions refuse
 #: each other instead of mis-reading the sums (:mod:`protos.codec`); a node's cached noise plans
 #: are keyed by it too.
-PROTOCOL_VERSION: int = _pb.PROTOCOL_VERSION
+PROTOCOL_VERSION: Final[int] = _pb.PROTOCOL_VERSION
 STUDY_MESSAGE_TYPE = "query.study"
 
 #: Error codes a node returns (the contract's ``ErrorCode``), and the only texts that may follow

@@ -1,11 +1,12 @@
 """One study round as a SecAgg+ secure sum over Flower's Grid (the coordinator's side).
 
 Flower runs SecAgg+ only through its legacy bridge (``LegacyContext`` + ``SecAggPlusWorkflow``,
-``secaggplus_mod`` on the node; ``../shared/FLOWER_NOTES.md``): the round's query travels as the
+``secaggplus_mod`` on the node; ``docs/ARCHITECTURE.md``): the round's query travels as the
 config of a ``FitIns`` (the wire contract's serialized query, :mod:`protos.codec`), each node's
 packed answer (:mod:`shared.secure_sum`, in the contract's field order) as its masked ``FitRes``
-beside its public reply (metadata and the arrays' shapes), and the workflow hands the strategy only the unmasked aggregate. With every node's
-weight 1 that aggregate is the mean of the inputs, so the sum is it times the nodes counted.
+beside its public reply (metadata and the arrays' shapes), and the workflow hands the strategy
+only the unmasked aggregate. With every node's weight 1 that aggregate is the mean of the
+inputs, so the sum is it times the nodes counted.
 
 Every node must contribute: each added only σ/√K, so a sum over fewer would carry less noise
 than the plan. The workflow is therefore stopped before its unmask stage if any node is missing,
@@ -102,7 +103,10 @@ def secure_sum(grid: Grid, node_ids: list[int], query: StudyQuery, round_name: s
     Raises:
         FederationError: a node failed or the sum could not be unmasked over every node.
     """
-    k = len(node_ids)
+    if query.secure_scale is None:
+        raise FederationError(f"round {round_name}: a secure sum needs the query's fixed-point scale",
+                              round_name=round_name)
+    scale, k = query.secure_scale, len(node_ids)
     strategy = _OneRound(grid, node_ids, query_entry(query))
     state = RecordDict()
     state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({Key.CURRENT_ROUND: 1})
@@ -121,7 +125,7 @@ def secure_sum(grid: Grid, node_ids: list[int], query: StudyQuery, round_name: s
                               f"node(s) {missing or node_ids} sent no masked input ({said})",
                               round_name=round_name)
     mean = parameters_to_ndarrays(strategy.results[0][1].parameters)[0]
-    total = mean * k * float(query.secure_scale)
+    total = mean * k * scale
     try:
         return decode_secure_sum(total, {nid: res.metrics.get(REPLY_ENTRY, b"") for nid, res in done.items()})
     except (ProtocolMismatch, ContractError) as e:

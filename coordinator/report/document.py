@@ -11,11 +11,11 @@ this version or an error. Scores' outer stratum edges are unbounded: ``None`` st
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-REPORT_SCHEMA_VERSION = "rehealth.evidence-report/1"
+REPORT_SCHEMA_VERSION: Final = "rehealth.evidence-report/1"
 
 
 class _Model(BaseModel):

@@ -117,7 +117,8 @@ def _answer_secure_sum(msg: Message, context: Context, runtime: NodeRuntime) -> 
         raise QueryRefused(f"a secure-sum round carries no {QUERY_ENTRY!r} config entry")
     query = _decoded(lambda: query_from_entry(config[QUERY_ENTRY]))
     nodes = query.privacy.secure_nodes if query.privacy is not None else None
-    sampled = int(context.state.config_records[RECORD_KEY_STATE].get("sample_num", 0))
+    sample_num = context.state.config_records[RECORD_KEY_STATE].get("sample_num", 0)
+    sampled = sample_num if isinstance(sample_num, int) else 0  # Flower's SecAgg+ state: an int
     if nodes is None or query.secure_scale is None or sampled < nodes:
         raise QueryRefused(f"site {runtime.site}: a secure sum over {sampled} nodes cannot carry "
                            f"a release planned for {nodes} (each adds only its share of the noise)")
@@ -125,7 +126,7 @@ def _answer_secure_sum(msg: Message, context: Context, runtime: NodeRuntime) -> 
     meta = {"site": runtime.site, "seconds": time.perf_counter() - started,
             "ops": [op.op for op in query.ops], **extra}
     vec, reply = encode_secure_input(answers, meta, scale=query.secure_scale)
-    metrics = {REPLY_ENTRY: reply}  # public: metadata and the arrays' shapes, no values
+    metrics: dict[str, bool | bytes | float | int | str] = {REPLY_ENTRY: reply}  # public: meta, shapes
     fitres = FitRes(status=Status(code=Code.OK, message=""), parameters=ndarrays_to_parameters([vec]),
                     num_examples=1, metrics=metrics)
     return Message(compat.fitres_to_recorddict(fitres, True), reply_to=msg)

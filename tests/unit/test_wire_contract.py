@@ -45,7 +45,8 @@ def _query(**update) -> StudyQuery:
     q = StudyQuery(study_id="study-0001-abcdef", treatment_column="statin",
                    covariates=(Covariate(name="age", lo=18, hi=95),
                                Covariate(name="smoker", lo=0, hi=1, kind="binary")),
-                   outcomes=(Outcome(name="cost", cap=1e5, lo=-10.0), Outcome(name="cv_event", cap=1, kind="binary")),
+                   outcomes=(Outcome(name="cost", cap=1e5, lo=-10.0),
+                             Outcome(name="cv_event", cap=1, kind="binary")),
                    ops=OPS, sites=("a", "b", "c"), privacy=privacy, secure_scale=1234.5, grant=grant)
     return q.model_copy(update=update) if update else q
 
@@ -64,7 +65,7 @@ def test_the_committed_generated_code_is_what_the_proto_generates(tmp_path):
     assert {p.name for p in written} == {"rehealth_v1_pb2.py", "rehealth_v1_pb2.pyi"}
     for p in written:
         committed = Path(generate.HERE) / p.name
-        assert committed.read_bytes() == p.read_bytes(), f"{committed} is stale: run python -m protos.generate"
+        assert committed.read_bytes() == p.read_bytes(), f"{committed} is stale: python -m protos.generate"
 
 
 def test_one_version_and_one_set_of_error_texts_from_the_proto():
@@ -113,7 +114,9 @@ def test_a_value_the_contract_lacks_is_refused_not_dropped():
 
 def _answers(rng, d=2, strata=3, outcomes=2) -> dict:
     """Every array of every operation, shaped as the node's code shapes it."""
-    r = lambda *shape: rng.standard_normal(shape) * 1e6
+    def r(*shape):  # full float64 mantissas
+        return rng.standard_normal(shape) * 1e6
+
     return {"describe": {"count": r(2), "sum_z": r(2, d), "sum_zz": r(2, d, d)},
             "ps_fit": {"n": r(1), "g": r(d + 1), "H": r(d + 1, d + 1), "loglik": r(1)},
             "score_hist": {"count": r(40, 2)},
@@ -217,7 +220,8 @@ def test_the_pydantic_query_refuses_another_version_too():
     """A query built in Python (the REST API, a test) cannot claim another version either."""
     from pydantic import ValidationError
 
-    with pytest.raises(ValidationError, match=f"protocol version 4; this side speaks version {PROTOCOL_VERSION}"):
+    with pytest.raises(ValidationError,
+                       match=f"protocol version 4; this side speaks version {PROTOCOL_VERSION}"):
         StudyQuery.model_validate(_query().model_dump() | {"protocol": 4})
 
 
