@@ -13,7 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from shared.synth import generate_cohort, generate_federation, write_federation
+from shared.synth import generate_cohort, generate_federation
+from coordinator.synth import write_federation
 
 
 def _best(fn, repeats: int) -> tuple[float, object]:

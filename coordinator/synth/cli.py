@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from shared.synth.federation import generate_federation
-from shared.synth.io import DEFAULT_EPSILON, FORMATS, write_federation
+from coordinator.synth.io import DEFAULT_EPSILON, FORMATS, write_federation
 from shared.synth.sites import PROFILES
 
 app = typer.Typer(
