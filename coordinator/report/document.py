@@ -185,7 +185,7 @@ class EvidenceReport(_Model):
         raise KeyError(name)
 
     def balanced(self, row: BalanceRow) -> bool | None:
-        """``row``'s \|SMD\| after weighting below the threshold this report's ``balance_smd``
+        """``row``'s ``|smd_after|`` below the threshold this report's ``balance_smd``
         check states; None when the privacy noise leaves it unresolved."""
         if row.smd_after is None:
             return None

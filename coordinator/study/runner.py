@@ -8,7 +8,6 @@ finish and returns the result, adding the start-up time it measured itself.
 from __future__ import annotations
 
 import json
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
@@ -16,8 +15,8 @@ from typing import Callable
 import coordinator.flower
 from coordinator.federation.flwr_cli import FlwrClient
 from coordinator.federation.launcher import LocalFederation, NodeSpec
-from shared.errors import FederationError, SpecError
 from coordinator.files import load_spec, read_result, write_result
+from shared.errors import FederationError, SpecError
 from shared.result import StudyResult
 from shared.study import StudySpec
 

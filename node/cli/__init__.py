@@ -2,6 +2,8 @@
 
 from node.cli._app import app
 
+__all__ = ["app"]
+
 # Command modules register on import; add one line per command module.
 from node.cli import init, ingest, intervention  # noqa: E402,F401
 from node.cli import serve  # noqa: E402,F401
