@@ -17,8 +17,8 @@ from __future__ import annotations
 import math
 
 from coordinator.report.document import Check, StratumRow
-from shared.result import BalanceRow, Diagnostic, SiteSummary
 from shared import thresholds as th
+from shared.result import BalanceRow, Diagnostic, SiteSummary
 
 
 def balance_check(rows: tuple[BalanceRow, ...]) -> Check:

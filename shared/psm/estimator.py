@@ -46,13 +46,13 @@ from typing import Sequence
 
 import numpy as np
 
+from shared import thresholds as th
 from shared.errors import DataError, EmptyArmError, NoOverlapError
 from shared.psm.balance import BalanceNoise, balance_table, overlap_coefficient
 from shared.psm.cells import cell_means, cell_variances, clamped_counts
 from shared.psm.table import PsmTable
 from shared.result import BalanceRow, Diagnostic, OutcomeEstimate, StratumCounts
 from shared.study import Outcome
-from shared import thresholds as th
 
 __all__ = ["AttEstimate", "Check", "estimate_att"]
 
