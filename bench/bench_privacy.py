@@ -24,6 +24,7 @@ use ``secure_rng``.
 
     .venv/bin/python bench/bench_privacy.py                    # ≈ 4 min on 2 cores (8 with --secagg)
     .venv/bin/python bench/bench_privacy.py --seeds-1k 20 --seeds-10k 5   # quick look
+    .venv/bin/python bench/bench_privacy.py --secagg --write    # also docs/benchmarks/privacy.md
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _table import Table, add_write_argument, write_tables  # noqa: E402
 from shared.dp.plan import plan_study  # noqa: E402
 from shared.dp.study_sim import SiteArrays, run_dp_study  # noqa: E402
 from shared.dp.workflow import FIT_RESOLUTION_MIN  # noqa: E402
@@ -134,8 +136,11 @@ def run(args) -> dict:
 
 def summarise(result: dict) -> list[dict]:
     out = []
-    for (treated, mode, eps, outcome), v in sorted(result["rows"].items(),
-                                                   key=lambda kv: (kv[0][0], kv[0][1] != "none", kv[0][1], kv[0][2], kv[0][3])):
+    def order(kv):  # by treated count, the non-private reference first, then mode, ε, outcome
+        (treated, mode, eps, outcome), _ = kv
+        return treated, mode != "none", mode, eps, outcome
+
+    for (treated, mode, eps, outcome), v in sorted(result["rows"].items(), key=order):
         a = np.array(v, dtype=float)
         issued = a[:, 5] > 0
         out.append({"treated": treated, "noise": mode, "epsilon": eps or None, "outcome": outcome,
@@ -151,21 +156,24 @@ def print_table(summary: list[dict], result: dict) -> None:
     print("\nPlan per node at δ = 1e-6 (RDP accountant), σ per release:")
     for eps, plan in result["plans"].items():
         sig = {r.query: r.sigma for r in plan.releases}
-        print(f"  ε={eps:<4g} describe {sig['describe']:.1f}  ps_fit {sig['ps_fit']:.1f} (x{plan.n_ps_rounds})"
-              f"  score_hist {sig['score_hist']:.1f}  psm_main {sig['psm_main']:.1f}  psm_sumsq {sig['psm_sumsq']:.1f}"
-              f"  psm_balance {sig.get('psm_balance', float('nan')):.1f}  (ε planned {plan.epsilon_planned:.4f})")
+        print(f"  ε={eps:<4g} describe {sig['describe']:.1f}  ps_fit {sig['ps_fit']:.1f}"
+              f" (x{plan.n_ps_rounds})  score_hist {sig['score_hist']:.1f}  psm_main {sig['psm_main']:.1f}"
+              f"  psm_sumsq {sig['psm_sumsq']:.1f}  psm_balance {sig.get('psm_balance', float('nan')):.1f}"
+              f"  (ε planned {plan.epsilon_planned:.4f})")
     print("\ncoverage: every seeded study run through (unresolved_fit = \"warn\"); stopped / issued: "
           "the studies the default (\"stop\") ends after describe, and the coverage of the CIs it issues")
-    print("\n| treated | noise  |   ε  | outcome      | seeds |    bias   | bias/SE | coverage | stopped | issued cov. | CI width / non-DP | privacy share |")
-    print("|--------:|--------|-----:|--------------|------:|----------:|--------:|---------:|--------:|------------:|------------------:|--------------:|")
+    print("\n| treated | noise  |   ε  | outcome      | seeds |    bias   | bias/SE | coverage | stopped |"
+          " issued cov. | CI width / non-DP | privacy share |")
+    print("|--------:|--------|-----:|--------------|------:|----------:|--------:|---------:|--------:|"
+          "------------:|------------------:|--------------:|")
     for r in summary:
         eps = "—" if r["epsilon"] is None else f"{r['epsilon']:g}"
         wr = "1.00 (ref)" if r["width_ratio"] is None else f"{r['width_ratio']:.2f}"
         ps = "—" if r["privacy_share"] is None else f"{r['privacy_share']:.2f}"
         ci = "—" if r["coverage_issued"] is None else f"{100 * r['coverage_issued']:.1f}%"
         print(f"| {r['treated']:>7} | {r['noise']:<6} | {eps:>4} | {r['outcome']:<12} | {r['n']:>5} | "
-              f"{r['bias']:>9.4g} | {r['bias_in_se']:>7.2f} | {100 * r['coverage']:>7.1f}% | {r['stopped']:>7} | "
-              f"{ci:>11} | {wr:>17} | {ps:>13} |")
+              f"{r['bias']:>9.4g} | {r['bias_in_se']:>7.2f} | {100 * r['coverage']:>7.1f}% | "
+              f"{r['stopped']:>7} | {ci:>11} | {wr:>17} | {ps:>13} |")
     print("\nshare of covariates whose balance the noise leaves unresolved (SMD n/a), mean over seeds:")
     for (treated, mode, eps), v in sorted(result["unresolved"].items()):
         print(f"  treated {treated}, {mode}, ε={eps:g}: {100 * np.mean(v):.0f} %")
@@ -178,6 +186,51 @@ def print_table(summary: list[dict], result: dict) -> None:
         print("\nstudies that stopped with an estimation error (e.g. no overlap under noise):")
         for k, n in sorted(result["failures"].items()):
             print(f"  treated {k[0]}, {k[1]}, ε={k[2]:g}: {n}")
+
+
+def tables(summary: list[dict], result: dict) -> list[Table]:
+    """The printed tables, for ``--write``: the plan's σ, the frontier, the fit's resolution."""
+    plan_rows = []
+    for eps, plan in result["plans"].items():
+        sig = {r.query: r.sigma for r in plan.releases}
+        plan_rows.append((f"{eps:g}", *(f"{sig[q]:.1f}" if q in sig else "—" for q in
+                          ("describe", "ps_fit", "score_hist", "psm_main", "psm_sumsq", "psm_balance")),
+                          plan.n_ps_rounds, f"{plan.epsilon_planned:.4f}"))
+    rows = []
+    for r in summary:
+        rows.append((r["treated"], r["noise"], "—" if r["epsilon"] is None else f"{r['epsilon']:g}",
+                     r["outcome"], r["n"], f"{r['bias']:.4g}", f"{r['bias_in_se']:.2f}",
+                     f"{100 * r['coverage']:.1f}%", r["stopped"],
+                     "—" if r["coverage_issued"] is None else f"{100 * r['coverage_issued']:.1f}%",
+                     "1.00 (ref)" if r["width_ratio"] is None else f"{r['width_ratio']:.2f}",
+                     "—" if r["privacy_share"] is None else f"{r['privacy_share']:.2f}"))
+    fit = [(treated, mode, f"{eps:g}", f"{np.mean(v):.1f}",
+            "yes" if np.mean(v) < FIT_RESOLUTION_MIN else "no",
+            f"{100 * np.mean(result['unresolved'][(treated, mode, eps)]):.0f} %")
+           for (treated, mode, eps), v in sorted(result["resolution"].items())]
+    out = [Table(title="Noise plan per node (δ = 1e-6, RDP accountant): σ per release", rows=plan_rows,
+                 columns=("ε", "describe", "ps_fit", "score_hist", "psm_main", "psm_sumsq",
+                          "psm_balance", "ps_fit rounds", "ε planned"), align="rrrrrrrrr"),
+           Table(title="Bias, CI coverage and CI width against the non-private study", rows=rows,
+                 columns=("treated", "noise", "ε", "outcome", "seeds", "bias", "bias/SE", "coverage",
+                          "stopped", "issued cov.", "CI width / non-DP", "privacy share"),
+                 align="rlllrrrrrrrr",
+                 note="Every seeded study runs to its estimate (unresolved_fit = \"warn\"), so "
+                      "\"coverage\" measures the statistics everywhere; \"stopped\" counts the "
+                      "studies the default (\"stop\") ends after describe, \"issued cov.\" is the "
+                      "coverage of the CIs the default issues. \"noise\": none = the exact "
+                      "federated study (= pooled), local = each node adds its noise, secagg = "
+                      "secure aggregation (each node adds σ/√K; simulated with the same noise as "
+                      "the Flower study)."),
+           Table(title="Propensity-fit resolution and unresolved balance", rows=fit,
+                 columns=("treated", "noise", "ε", "dp_fit_resolution r (mean)",
+                          f"flagged (r < {FIT_RESOLUTION_MIN:g})", "covariates with SMD n/a"),
+                 align="rllrlr")]
+    if result["failures"]:
+        out.append(Table(title="Studies that stopped with an estimation error", columns=(
+            "treated", "noise", "ε", "studies"), align="rllr",
+            rows=[(k[0], k[1], f"{k[2]:g}", n) for k, n in sorted(result["failures"].items())]))
+    return out
 
 
 def _split(text: str) -> BudgetSplit:
@@ -210,6 +263,7 @@ def main(argv=None) -> None:
                    help="other outcome caps, e.g. claims_cost=25000,absence_days=60 (a large-loss "
                         "cap: the truth and both estimators are then of the capped outcome)")
     p.add_argument("--json", type=Path, help="write the summary here")
+    add_write_argument(p, "privacy")
     args = p.parse_args(argv)
     t0 = time.time()
     result = run(args)
@@ -218,7 +272,18 @@ def main(argv=None) -> None:
     print(f"\ntotal {time.time() - t0:.0f} s")
     if args.json:
         args.json.write_text(json.dumps(summary, indent=1))
-
+    if args.write:
+        setting = (f"{args.seeds_1k} seeds at ~1k treated, {args.seeds_10k} at ~10k treated, five "
+                   f"nodes; ε ∈ {{{', '.join(f'{e:g}' for e in args.eps)}}}, δ = {DELTA:g}; split "
+                   f"{args.split.model_dump()}; {args.ps_rounds} DP Newton rounds; caps "
+                   + ", ".join(f"{o.name} {o.cap:g}" for o in args.outcomes))
+        if min(args.seeds_1k, args.seeds_10k) < 200:
+            setting += (". **Fewer seeds than the default 200 per size: a coverage cell is then "
+                        "good to ±5 points or worse, so this table shows the shape of the "
+                        "frontier, not calibration.** The full run: `python "
+                        "bench/bench_privacy.py --secagg --seeds-1k 1000 --seeds-10k 600 --write`")
+        write_tables("privacy", title="Differential privacy: the privacy–utility frontier",
+                     tables=tables(summary, result), setting=setting)
 
 if __name__ == "__main__":
     main()

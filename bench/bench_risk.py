@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_risk.py            # all three parts (≈ a few minutes on 2 cores)
     .venv/bin/python bench/bench_risk.py --part scoring
+    .venv/bin/python bench/bench_risk.py --write    # also docs/benchmarks/risk.md
 
 (a) Federated DP-SGD (FedAvg over the synthetic sites, Opacus on each, in process) vs a
     centralized non-private logistic regression on the same pooled rows; AUC (and Brier) on a
@@ -35,6 +36,8 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _table import Table, add_write_argument, write_tables  # noqa: E402
 from node.api.ready import wait_until_healthy  # noqa: E402
 from node.risk.model_store import ModelStore, StoredModel, TrainingRecord  # noqa: E402
 from node.risk.scoring import Scorer, feature_matrix, score_book  # noqa: E402
@@ -50,7 +53,7 @@ def _site_xy(cohort: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return cohort[list(FEATURE_NAMES)].to_numpy(float), cohort["cv_event"].to_numpy(float)
 
 
-def bench_federated(*, scale_: float, rounds: int, seed: int, seeds: list[int]) -> None:
+def bench_federated(*, scale_: float, rounds: int, seed: int, seeds: list[int]) -> Table:
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import brier_score_loss, roc_auc_score
 
@@ -64,7 +67,7 @@ def bench_federated(*, scale_: float, rounds: int, seed: int, seeds: list[int]) 
     y_all = np.concatenate([y for _, y in nodes])
     X_te = np.vstack([x for x, _ in tests])
     y_te = np.concatenate([y for _, y in tests])
-    print(f"(a) federated DP-SGD vs centralized logistic regression")
+    print("(a) federated DP-SGD vs centralized logistic regression")
     print(f"    train sites: {[len(y) for _, y in nodes]} rows, events {y_all.mean():.3%}; "
           f"held-out {len(y_te)} rows, events {y_te.mean():.3%}")
     t0 = time.perf_counter()
@@ -78,6 +81,7 @@ def bench_federated(*, scale_: float, rounds: int, seed: int, seeds: list[int]) 
           f"{'Brier':>8} {'time':>7}   [{rounds} rounds, {len(nodes)} nodes, Opacus RDP, "
           f"δ={DELTA:g}, {len(seeds)} training seeds]")
     arch = RiskArch()
+    rows = [("centralized (non-private)", "—", f"{auc_c:.4f}", "—", "—", "—", f"{brier_c:.5f}", "—")]
     for eps in (1.0, 3.0, 8.0):
         gaps = []
         for s in seeds:
@@ -96,9 +100,22 @@ def bench_federated(*, scale_: float, rounds: int, seed: int, seeds: list[int]) 
         spent, auc, rep, secs = first
         print(f"    {eps:>4g} {spent:>8.3f} {auc:>7.4f} {np.mean(gaps):>+8.4f} "
               f"[{min(gaps):+.4f},{max(gaps):+.4f}] {rep.auc:>9.4f} {rep.brier:>8.5f} {secs:>6.1f}s")
+        rows.append((f"federated DP-SGD, ε = {eps:g}", f"{spent:.3f}", f"{auc:.4f}",
+                     f"{np.mean(gaps):+.4f}", f"[{min(gaps):+.4f}, {max(gaps):+.4f}]",
+                     f"{rep.auc:.4f}", f"{rep.brier:.5f}", f"{secs:.1f}"))
     cal = rep.calibration  # the last ε, 8
     print("    calibration by decile at ε=8 (pooled from site aggregates): "
           + " ".join(f"{c.mean_predicted:.3f}/{c.observed_rate:.3f}" for c in cal))
+    return Table(
+        title="(a) federated DP-SGD vs centralized logistic regression", rows=rows,
+        columns=("model", "ε spent", "AUC", "AUC gap (mean)", "gap range", "AUC from site aggregates",
+                 "Brier", "train s"), align="lrrrrrrr",
+        note=f"Train sites {[len(y) for _, y in nodes]} rows ({y_all.mean():.2%} events), held-out "
+             f"{len(y_te):,} rows; {rounds} FedAvg rounds over {len(nodes)} nodes, Opacus RDP, "
+             f"δ = {DELTA:g}; the gap is centralized minus federated AUC over {len(seeds)} training "
+             "seed(s), the other columns are the first seed's. Calibration by decile at ε = 8 "
+             "(mean predicted / observed): "
+             + " ".join(f"{c.mean_predicted:.3f}/{c.observed_rate:.3f}" for c in cal) + ".")
 
 
 def _tiled_book(n: int, seed: int) -> pd.DataFrame:
@@ -117,7 +134,7 @@ def _best_of(fn, repeats: int = 5) -> float:
     return best
 
 
-def bench_scoring(*, n: int, seed: int) -> None:
+def bench_scoring(*, n: int, seed: int) -> Table:
     try:
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
         pinned = "pinned to 1 CPU"
@@ -132,6 +149,7 @@ def bench_scoring(*, n: int, seed: int) -> None:
     x = feature_matrix(book)
     rng = np.random.default_rng(seed)
     print(f"(b) batch scoring, {n:,} people, one core ({pinned}, BLAS 1 thread)")
+    rows = []
     for arch in (RiskArch(), RiskArch(kind="mlp", hidden=16)):
         arrays = [rng.normal(scale=0.3, size=s) for s in arch.shapes()]
         model = StoredModel(version="bench", arrays=arrays,
@@ -141,6 +159,10 @@ def bench_scoring(*, n: int, seed: int) -> None:
         t_book = _best_of(lambda: score_book(book, scorer), repeats=3)
         print(f"    {arch.kind:<8} matrix→prob+tier: {n / t_mat:>12,.0f} people/s "
               f"({t_mat * 1e3:.0f} ms)   DataFrame→scored frame: {n / t_book:>11,.0f} people/s")
+        rows.append((arch.kind, f"{n / t_mat:,.0f}", f"{t_mat * 1e3:.0f}", f"{n / t_book:,.0f}"))
+    return Table(title=f"(b) batch scoring, {n:,} people, one core ({pinned}, BLAS 1 thread)",
+                 columns=("model", "matrix → prob + tier, people/s", "ms", "DataFrame → scored frame, people/s"),
+                 rows=rows, align="lrrr", note="Target: ≥ 500k people/s. Best of 5 (frame: 3).")
 
 
 def _free_port() -> int:
@@ -149,7 +171,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def bench_http(*, requests: int, seed: int) -> None:
+def bench_http(*, requests: int, seed: int) -> Table:
     from node.api.auth import add_key
 
     rehealth = str(Path(sys.executable).parent / "rehealth")
@@ -210,6 +232,15 @@ def bench_http(*, requests: int, seed: int) -> None:
                   f"(inside the node: Server-Timing)")
             print(f"    batch endpoint: {batches} × {len(persons)} persons → "
                   f"{batches * len(persons) / t_batch:,.0f} people/s (JSON round trip)")
+            pct = lambda a: [f"{np.percentile(a, q):.2f}" for q in (50, 90, 99)] + [f"{a.max():.2f}"]  # noqa: E731
+            return Table(
+                title=f"(c) real-time scoring over HTTP on loopback, {requests} sequential requests",
+                columns=("measured", "p50 ms", "p90 ms", "p99 ms", "max ms"), align="lrrrr",
+                rows=[("client-observed (keep-alive)", *pct(ms)),
+                      ("inside the node (Server-Timing)", *pct(sv))],
+                note=f"Client and server share the machine (load average {load:.1f} during the "
+                     f"run). Target: p99 < 10 ms. Batch endpoint: {batches} × {len(persons)} "
+                     f"persons → {batches * len(persons) / t_batch:,.0f} people/s (JSON round trip).")
         finally:
             proc.terminate()
             proc.wait(timeout=10)
@@ -224,16 +255,26 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1_000_000, help="rows for batch scoring")
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=11)
+    add_write_argument(ap, "risk")
     args = ap.parse_args()
     print(json.dumps({"bench": "risk", **vars(args), "cpus": os.cpu_count(),
                       "loadavg_1m": round(os.getloadavg()[0], 2)}))
+    tables = []
     if args.part in ("all", "federated"):
-        bench_federated(scale_=args.scale, rounds=args.rounds, seed=args.seed,
-                        seeds=list(range(args.train_seeds)))
+        tables.append(bench_federated(scale_=args.scale, rounds=args.rounds, seed=args.seed,
+                                      seeds=list(range(args.train_seeds))))
     if args.part in ("all", "http"):
-        bench_http(requests=args.requests, seed=args.seed)
+        tables.append(bench_http(requests=args.requests, seed=args.seed))
     if args.part in ("all", "scoring"):  # last: it pins this process to one CPU
-        bench_scoring(n=args.rows, seed=args.seed)
+        tables.append(bench_scoring(n=args.rows, seed=args.seed))
+    if args.write:
+        write_tables("risk" if args.part == "all" else f"risk-{args.part}",
+                     title="Risk model: federated DP training, batch scoring, HTTP latency",
+                     tables=tables,
+                     setting=f"part {args.part}; synthetic federation scale {args.scale:g}, "
+                             f"{args.rounds} rounds, {args.train_seeds} training seed(s) per ε, "
+                             f"{args.rows:,} rows for batch scoring, {args.requests} HTTP requests, "
+                             f"seed {args.seed}")
 
 
 if __name__ == "__main__":

@@ -107,7 +107,8 @@ class Pseudonymizer:
 
     def many(self, raw_ids: Iterable[str]) -> list[str]:
         """Pseudonyms of many ids (the hot loop of ingestion)."""
-        inner, outer, out = self._inner, self._outer, []
+        inner, outer = self._inner, self._outer
+        out: list[str] = []
         append = out.append
         for raw in raw_ids:
             i = inner.copy()

@@ -153,7 +153,8 @@ class NodeRuntime:
                        dataset=POPULATION,
                        budget_epsilon=float(cfg.get("budget-epsilon", 10.0)),
                        budget_delta=float(cfg.get("budget-delta", 1e-5)),
-                       coordinator_key=Path(str(cfg["coordinator-key"])) if cfg.get("coordinator-key") else None,
+                       coordinator_key=(Path(str(cfg["coordinator-key"])) if cfg.get("coordinator-key")
+                                        else None),
                        policy_path=Path(str(cfg["policy-path"])) if cfg.get("policy-path") else None,
                        allow_exact=_bool(cfg["allow-exact"]) if "allow-exact" in cfg else None,
                        model_dir=Path(str(cfg["model-dir"])) if cfg.get("model-dir") else None,
@@ -230,9 +231,9 @@ class NodeRuntime:
 
     def _check_secure_sum(self, query: StudyQuery, secure_sum: bool) -> None:
         """A node adds only its share of the noise when, and only when, its answer is masked."""
-        nodes = query.privacy.secure_nodes if query.privacy is not None else None
-        shared_noise = nodes is not None and any(
-            query.privacy.share(r) > 1 for op in query.ops for r in DP_RELEASES[op.op])
+        privacy = query.privacy
+        shared_noise = privacy is not None and privacy.secure_nodes is not None and any(
+            privacy.share(r) > 1 for op in query.ops for r in DP_RELEASES[op.op])
         if shared_noise and not secure_sum:
             raise PrivacyError(f"site {self.site} releases a share of the noise only as a masked "
                                "SecAgg+ input, never in a plain reply")

@@ -25,7 +25,7 @@ def prepare_arrays(frame, query: StudyQuery) -> SiteArrays:
     """The study's columns of a flat cohort frame, clipped to the public bounds and scaled.
 
     Nothing here raises on a value: the coordinator learns nothing from whether a row is odd.
-    Values outside the public bounds are clipped (and counted), as DESIGN §8 asks of a node that
+    Values outside the public bounds are clipped (and counted), as deploy/TRUST.md asks: a node
     must not decide anything from data before its ledger is charged; rows with a missing or
     non-numeric value or a treatment other than 0/1 are excluded from the study, counted, and
     named (row and field) in the node's own log — nothing is dropped silently, and no value
@@ -101,6 +101,6 @@ def load_site_arrays(data_path: str | Path, query: StudyQuery, cache_dir: str | 
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = cache.with_suffix(".tmp.npz")
-        np.savez(tmp, **arrays.to_npz())
+        np.savez(tmp, **arrays.to_npz())  # type: ignore[arg-type]  # mypy checks ** against allow_pickle
         tmp.replace(cache)
     return arrays

@@ -48,9 +48,9 @@ class SiteArrays:
     z: np.ndarray
     t: np.ndarray
     y: np.ndarray
-    n_clipped: np.ndarray = field(default=None)  # type: ignore[assignment]
-    n_clipped_z: np.ndarray = field(default=None)  # type: ignore[assignment]
-    n_excluded: np.ndarray = field(default=None)  # type: ignore[assignment]
+    n_clipped: np.ndarray = field(default=None)  # type: ignore[arg-type]  # None: zeros, below
+    n_clipped_z: np.ndarray = field(default=None)  # type: ignore[arg-type]  # None: zeros, below
+    n_excluded: np.ndarray = field(default=None)  # type: ignore[arg-type]  # None: zeros, below
 
     def __post_init__(self) -> None:
         y = np.asarray(self.y, dtype=float)
@@ -75,7 +75,9 @@ def _no_noise(op: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return arrays
 
 
-def answer(query: StudyQuery, data: SiteArrays, release: Release = _no_noise) -> dict[str, dict[str, np.ndarray]]:
+def answer(
+    query: StudyQuery, data: SiteArrays, release: Release = _no_noise
+) -> dict[str, dict[str, np.ndarray]]:
     """Compute every operation of ``query`` over ``data``; each answer passes through
     ``release`` (the DP noise step when privacy is on) before it is returned."""
     return {op.op: release(op.op, exact_answer(op, query, data)) for op in query.ops}

@@ -190,8 +190,12 @@ def _run_exact(spec: StudySpec, rounds: _Rounds, run: StudyRun, fed: Federation)
     tables: dict | None = None
     while True:
         beta = tuple(float(b) for b in fitter.beta)
-        edges = None if quantile or not fitter.near_converged else _caliper(spec, total_moments(), fitter.beta)
-        ops: tuple = (PsFit(beta=beta),) + ((PsmStats(beta=beta, edges=tuple(edges)),) if edges is not None else ())
+        edges = (
+            None if quantile or not fitter.near_converged else _caliper(spec, total_moments(), fitter.beta)
+        )
+        ops: tuple = (PsFit(beta=beta),) + (
+            (PsmStats(beta=beta, edges=tuple(edges)),) if edges is not None else ()
+        )
         answers = rounds.ask(ops, f"ps-fit-{fitter.iterations + 1}")
         t0 = time.perf_counter()
         converged = fitter.update(_sum(PsStats.from_arrays(a.answers["ps_fit"]) for a in answers.values()))

@@ -19,6 +19,7 @@ leaves out is what is not statistics: grants, policy, the ledger, the wire.
 from __future__ import annotations
 
 import functools
+import operator
 from typing import Callable, Mapping
 
 import numpy as np
@@ -92,7 +93,8 @@ class InProcessSites:
             raise ValueError("a secure-sum round carries only releases summed under SecAgg+")
         sites = self._in_study(query)
         answers = [self._answer(s, query) for s in sites]
-        total = {op: {k: sum(a[op][k] for a in answers) for k in answers[0][op]} for op in answers[0]}
+        total = {op: {k: functools.reduce(operator.add, (a[op][k] for a in answers)) for k in answers[0][op]}
+                 for op in answers[0]}
         out = {s: NodeAnswer(site=s, answers={}, meta={"site": s}) for s in sites}
         out[SECURE_SUM] = NodeAnswer(site=SECURE_SUM, answers=total, meta={})
         return out

@@ -11,7 +11,7 @@ and :class:`~shared.psm.table.PsmTable` arrays.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Final, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -24,7 +24,7 @@ from shared.study import BudgetSplit, Covariate, Outcome, StudySpec
 #: and a coordinator of different versions refuse each other instead of mis-reading the sums; a
 #: node's cached noise plans are keyed by it too; 4: every query carries the operator's signed
 #: grant, checked by the node against its pinned coordinator key).
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION: Final = 4
 STUDY_MESSAGE_TYPE = "query.study"
 REQUEST_KEY = "request"  # ConfigRecord holding the request JSON
 META_KEY = "meta"  # ConfigRecord of the reply: site, rows, timings

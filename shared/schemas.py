@@ -53,7 +53,7 @@ ClinicalFeatures = create_model(
 ClinicalFeatures.__doc__ = "The 16 clinical features at the index date, within public bounds."
 
 
-class Person(ClinicalFeatures):  # type: ignore[misc, valid-type]
+class Person(ClinicalFeatures):
     person_id: str = Field(min_length=1, max_length=128)
     site: str = Field(min_length=1)
     department: str | None = None

@@ -57,7 +57,7 @@ def demo(
                                key_path=ensure_keypair(out / "keys")[0])
     except ReHealthError as e:
         console.print(f"[red]study failed:[/red] {escape(str(e))}")
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     result_path = out / "result.json"
     write_result(result, result_path)
     print_estimates(console, result)

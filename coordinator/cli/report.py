@@ -148,7 +148,7 @@ def verify(
     except ReportVerificationError as e:
         _emit(fmt, {"valid": False, "reason": e.reason, "message": str(e), "report": str(report)},
               [f"INVALID: {report}: {e}"])
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     except ReportError as e:
         _fail(str(e))
     r = v.report

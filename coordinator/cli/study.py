@@ -49,7 +49,7 @@ def run(
                                     root_certificates=root_certificates, on_event=on_event)
     except ReHealthError as e:
         console.print(f"[red]study failed:[/red] {escape(str(e))}")
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     write_result(result, out)
     paths = {"result": str(out)}
     if report_key:
@@ -58,7 +58,9 @@ def run(
         paths.update({k: str(v) for k, v in write_signed_report(
             result, key_path=report_key, out_dir=out.resolve().parent).items()})
     if fmt == "json":
-        typer.echo(json.dumps({"paths": paths, "outcomes": [o.model_dump(mode="json") for o in result.outcomes]}))
+        typer.echo(
+            json.dumps({"paths": paths, "outcomes": [o.model_dump(mode="json") for o in result.outcomes]})
+        )
     else:
         print_estimates(console, result)
         for k, v in paths.items():
@@ -114,7 +116,7 @@ def plan(
                               secure_aggregation=study.privacy.secure_aggregation)
     except ReHealthError as e:
         console.print(f"[red]cannot plan:[/red] {escape(str(e))}")
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     stops = not gate.check.passed and study.privacy.unresolved_fit == "stop"
     if fmt == "json":
         typer.echo(json.dumps({
@@ -184,7 +186,7 @@ def train_risk(
         sites = tuple(s.name for s in load_spec(spec).sites)
     except ReHealthError as e:
         console.print(f"[red]cannot read the spec:[/red] {escape(str(e))}")
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     job = RiskJob(job_id=job_id, kind=kind, rounds=rounds, target_epsilon=epsilon, delta=delta,
                   sites=sites, eval_epsilon=eval_epsilon)
     try:
@@ -192,7 +194,7 @@ def train_risk(
             summary = train_risk_local(spec, out, job, on_event=on_event)
     except ReHealthError as e:
         console.print(f"[red]training failed:[/red] {escape(str(e))}")
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     ev = summary["evaluation"]
     if fmt == "json":
         typer.echo(json.dumps(summary))

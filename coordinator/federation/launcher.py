@@ -137,10 +137,17 @@ class LocalFederation:
         log.info("federation up on %s:%d with %d nodes in %.1f s (%s)", HOST, self.port,
                  len(self.nodes), self.startup_s, "INSECURE" if self.insecure else "TLS")
 
+    @property
+    def _pki(self) -> FederationPKI:
+        """The PKI, which only a started TLS federation has (``start`` creates it)."""
+        if self.pki is None:
+            raise FederationError("no PKI: the federation is insecure or not started")
+        return self.pki
+
     def _superlink_security(self) -> list[str]:
         if self.insecure:
             return ["--insecure"]
-        pki = self.pki
+        pki = self._pki
         return ["--ssl-ca-certfile", str(pki.ca_cert), "--ssl-certfile", str(pki.server_cert),
                 "--ssl-keyfile", str(pki.server_key), "--enable-supernode-auth",
                 "--isolation", "process", "--superexec-auth-secret-file", str(pki.superexec_secret)]
@@ -153,15 +160,15 @@ class LocalFederation:
         return self._spawn(name, [
             sys.executable, "-m", "coordinator.federation.superexec",
             "--runtime-api-address", f"{HOST}:{runtime_port}",
-            "--root-certificates", str(self.pki.ca_cert),
-            "--superexec-auth-secret-file", str(self.pki.superexec_secret),
+            "--root-certificates", str(self._pki.ca_cert),
+            "--superexec-auth-secret-file", str(self._pki.superexec_secret),
             "--parent-pid", str(self.procs[parent].pid),
         ], guarded=guarded, home=home, log_name=log_name)
 
     def register_node(self, site: str) -> None:
         """Register ``site``'s public key with the SuperLink (a node whose key is not
         registered cannot join)."""
-        key = self.pki.add_node(site)
+        key = self._pki.add_node(site)
         self.client.json("supernode", "register", str(key.public_key), CONNECTION)
 
     def start_node(self, node: NodeSpec, *, timeout_s: float = 30.0) -> subprocess.Popen:
@@ -179,7 +186,7 @@ class LocalFederation:
         if self.insecure:
             security = ["--insecure"]
         else:
-            pki, key = self.pki, self.pki.add_node(node.site)
+            pki, key = self._pki, self._pki.add_node(node.site)
             security = ["--root-certificates", str(pki.ca_cert),
                         "--auth-supernode-private-key", str(key.private_key),
                         # its own Runtime API (where ClientApps fetch messages) is TLS too
@@ -248,7 +255,7 @@ class LocalFederation:
         """The ``flwr`` CLI pointed at this federation's SuperLink."""
         return FlwrClient(home=private_dir(self.workdir / "flwr-home" / "cli"),
                           address=f"{HOST}:{self.port}",
-                          root_certificates=None if self.insecure else self.pki.ca_cert,
+                          root_certificates=None if self.insecure else self._pki.ca_cert,
                           insecure=self.insecure)
 
 

@@ -49,8 +49,8 @@ def launch_with_token_file(spec):
             args.extend(["--parent-pid", str(spec.parent_pid)])
         if spec.runtime_dependency_install:
             args.append("--allow-runtime-dependency-installation")
-        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL} if spec.suppress_output else {}
-        subprocess.Popen(args, pass_fds=(fd,), **quiet)  # pylint: disable=consider-using-with
+        out = subprocess.DEVNULL if spec.suppress_output else None  # None: inherit
+        subprocess.Popen(args, pass_fds=(fd,), stdout=out, stderr=out)  # pylint: disable=consider-using-with
     finally:
         os.close(fd)
     return LaunchResult.accepted()
@@ -60,7 +60,8 @@ def main() -> None:
     from flwr.supercore.cli.flower_superexec import flower_superexec
     from flwr.supercore.superexec.executor.subprocess_executor import SubprocessExecutor
 
-    SubprocessExecutor.launch = lambda self, spec: launch_with_token_file(spec)
+    # deliberate: Flower's launcher is replaced by the one that passes the token by descriptor
+    SubprocessExecutor.launch = lambda self, spec: launch_with_token_file(spec)  # type: ignore[method-assign]
     flower_superexec()
 
 

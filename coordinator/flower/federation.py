@@ -11,9 +11,8 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Mapping, cast
 
-import numpy as np
 from flwr.app import Message
 from flwr.serverapp import Grid
 
@@ -53,7 +52,8 @@ class GridFederation:
 
     def ask(self, query: StudyQuery, round_name: str) -> dict[str, NodeAnswer]:
         """Send ``query`` to every active node; answers keyed by site."""
-        msgs = [Message(content=encode_query(query), dst_node_id=nid, message_type=STUDY_MESSAGE_TYPE, group_id=round_name)
+        msgs = [Message(content=encode_query(query), dst_node_id=nid, message_type=STUDY_MESSAGE_TYPE,
+                        group_id=round_name)
                 for nid in self.active]
         sent = dict(zip(self.grid.push_messages(msgs), self.active))
         replies = self.collect(sent)
@@ -85,7 +85,8 @@ class GridFederation:
         from coordinator.flower.secure_sum import secure_sum
         from shared.secure_sum import SECURE_SUM
 
-        totals, metas = secure_sum(_PolledGrid(self), list(self.active), query, round_name,
+        grid = cast(Grid, _PolledGrid(self))  # a Grid by delegation (__getattr__)
+        totals, metas = secure_sum(grid, list(self.active), query, round_name,
                                    timeout_s=self.timeout_s)
         out: dict[str, NodeAnswer] = {}
         for nid, meta in metas.items():

@@ -94,7 +94,9 @@ def signed_grid(spec, workdir, *, extra: dict | None = None, key_path=None,
         cfg = {k: v for k, v in n.config.items() if k != "ledger-url"}
         cfg["state-dir"] = str(workdir / "nodes" / n.site)
         configs[i + 1] = {"site": n.site, **cfg, **(extra or {})}
-    return InProcessGrid(client_app, configs, fail=fail), SignedGrant.model_validate_json(sign_study(spec, key))
+    return InProcessGrid(client_app, configs, fail=fail), SignedGrant.model_validate_json(
+        sign_study(spec, key)
+    )
 
 
 def signed_federation(spec, workdir, *, extra: dict | None = None, key_path=None,

@@ -1,7 +1,7 @@
 """One study round as a SecAgg+ secure sum over Flower's Grid (the coordinator's side).
 
 Flower runs SecAgg+ only through its legacy bridge (``LegacyContext`` + ``SecAggPlusWorkflow``,
-``secaggplus_mod`` on the node; ``../shared/FLOWER_NOTES.md``): the round's query travels as the
+``secaggplus_mod`` on the node; ``docs/ARCHITECTURE.md``): the round's query travels as the
 config of a ``FitIns``, each node's packed answer (:mod:`shared.secure_sum`) as its masked
 ``FitRes``, and the workflow hands the strategy only the unmasked aggregate. With every node's
 weight 1 that aggregate is the mean of the inputs, so the sum is it times the nodes counted.
@@ -94,7 +94,10 @@ def secure_sum(grid: Grid, node_ids: list[int], query: StudyQuery, round_name: s
     Raises:
         FederationError: a node failed or the sum could not be unmasked over every node.
     """
-    k = len(node_ids)
+    if query.secure_scale is None:
+        raise FederationError(f"round {round_name}: a secure sum needs the query's fixed-point scale",
+                              round_name=round_name)
+    scale, k = query.secure_scale, len(node_ids)
     strategy = _OneRound(grid, node_ids, query.model_dump_json())
     state = RecordDict()
     state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({Key.CURRENT_ROUND: 1})
@@ -118,5 +121,5 @@ def secure_sum(grid: Grid, node_ids: list[int], query: StudyQuery, round_name: s
         raise FederationError(f"round {round_name}: nodes packed their answers differently",
                               round_name=round_name)
     mean = parameters_to_ndarrays(strategy.results[0][1].parameters)[0]
-    total = mean * k * float(query.secure_scale)
+    total = mean * k * scale
     return unpack(total, json.loads(layouts.pop())), metas

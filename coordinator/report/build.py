@@ -132,9 +132,9 @@ def _checks(result: StudyResult, sites: tuple[SiteSummary, ...], balance: tuple[
                                  iterations=result.propensity.iterations,
                                  private=result.privacy.enabled),
     ]
-    own = [c for c in own if c is not None]
-    by_name = {c.name: c for c in own}
-    return tuple(own) + tuple(checks.study_check(d) for d in result.diagnostics
+    shown = [c for c in own if c is not None]
+    by_name = {c.name: c for c in shown}
+    return tuple(shown) + tuple(checks.study_check(d) for d in result.diagnostics
                               if not checks.is_restatement(d, by_name))
 
 

@@ -1,7 +1,7 @@
 """Diagnostics with pass/fail against the thresholds the report states.
 
 Thresholds (defined once, in :mod:`shared.thresholds`, which the estimator's diagnostics read
-too; DESIGN §5–6; Austin 2009 for SMD; Rubin 2001 for variance ratios):
+too; docs/STATISTICS.md, "Diagnostics"; Austin 2009 for SMD; Rubin 2001 for variance ratios):
 
 * balance: max |SMD| after weighting < 0.1 over all covariates;
 * variance ratio after weighting within [0.5, 2] for every covariate where it is known;
@@ -23,14 +23,13 @@ from shared.result import BalanceRow, Diagnostic, SiteSummary
 
 def balance_check(rows: tuple[BalanceRow, ...]) -> Check:
     """Fails when no covariate's balance could be measured (DP noise): balance not shown."""
-    known = [r for r in rows if r.smd_after is not None]
+    known = [(r, abs(r.smd_after)) for r in rows if r.smd_after is not None]
     rule = f"max |SMD| after weighting < {th.SMD_MAX:g}"
     if not known:
         return Check(name="balance_smd", label="Covariate balance", rule=rule, passed=False,
                      value=None, threshold=th.SMD_MAX, source="report",
                      detail="no covariate's SMD is resolvable under the privacy noise")
-    worst = max(known, key=lambda r: abs(r.smd_after))
-    value = abs(worst.smd_after)
+    worst, value = max(known, key=lambda rv: rv[1])
     unresolved = len(rows) - len(known)
     return Check(
         name="balance_smd", label="Covariate balance", rule=rule,
@@ -42,11 +41,10 @@ def balance_check(rows: tuple[BalanceRow, ...]) -> Check:
 
 
 def variance_ratio_check(rows: tuple[BalanceRow, ...]) -> Check | None:
-    known = [r for r in rows if r.var_ratio_after is not None and r.var_ratio_after > 0]
+    known = [(r, r.var_ratio_after) for r in rows if r.var_ratio_after is not None and r.var_ratio_after > 0]
     if not known:
         return None
-    worst = max(known, key=lambda r: abs(math.log(r.var_ratio_after)))
-    value = worst.var_ratio_after
+    worst, value = max(known, key=lambda rv: abs(math.log(rv[1])))
     return Check(
         name="variance_ratio", label="Variance ratios",
         rule=f"variance ratio after weighting within [{th.VAR_RATIO_LO:g}, {th.VAR_RATIO_HI:g}]",
@@ -58,8 +56,10 @@ def variance_ratio_check(rows: tuple[BalanceRow, ...]) -> Check | None:
 def arm_totals(sites: tuple[SiteSummary, ...], strata: tuple[StratumRow, ...]) -> tuple[int, int, str]:
     """Treated and control totals: the sites' released counts when all are known, else strata."""
     ok = [s for s in sites if s.status == "ok"]
-    if ok and all(s.n_treated is not None and s.n_control is not None for s in ok):
-        return sum(s.n_treated for s in ok), sum(s.n_control for s in ok), "sites' released counts"
+    treated = [s.n_treated for s in ok if s.n_treated is not None]
+    control = [s.n_control for s in ok if s.n_control is not None]
+    if ok and len(treated) == len(control) == len(ok):
+        return sum(treated), sum(control), "sites' released counts"
     return (sum(s.n_treated for s in strata), sum(s.n_control for s in strata),
             "stratum counts")
 
@@ -116,7 +116,9 @@ def is_restatement(d: Diagnostic, own: dict[str, Check]) -> bool:
     mine = own.get(STUDY_ALIASES.get(d.name, ""))
     if mine is None or mine.passed != d.passed or (d.value is None) != (mine.value is None):
         return False
-    return d.value is None or math.isclose(d.value, mine.value, rel_tol=1e-9, abs_tol=1e-12)
+    if d.value is None or mine.value is None:  # both None (the line above)
+        return True
+    return math.isclose(d.value, mine.value, rel_tol=1e-9, abs_tol=1e-12)
 
 
 # study diagnostics whose name does not read well as a label

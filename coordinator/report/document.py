@@ -21,13 +21,13 @@ Version 2 (was 1): ``outcomes[i]`` is ``{"estimate": OutcomeEstimate, "truth"}``
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from shared.result import BalanceRow, OutcomeEstimate, SiteSummary
 
-REPORT_SCHEMA_VERSION = "rehealth.evidence-report/2"
+REPORT_SCHEMA_VERSION: Final = "rehealth.evidence-report/2"
 
 __all__ = ["REPORT_SCHEMA_VERSION", "Attrition", "BalanceRow", "Check", "Estimand", "EvidenceReport",
            "OutcomeRow", "PrivacySection", "SiteBudget", "SiteSummary", "Software", "StratumRow",

@@ -52,8 +52,8 @@ def _insurer(doc: "EvidenceReport") -> str:
 def _hr(doc: "EvidenceReport") -> str:
     v = doc.value
     parts = [_who(doc)]
-    if v.absence_days_averted is not None:
-        absence = _get(doc, ABSENCE)
+    absence = _get(doc, ABSENCE)
+    if v.absence_days_averted is not None and absence is not None:  # the figure comes from the row
         parts.append(
             f"Absence days averted: {_figure(v.absence_days_averted)}, that is "
             f"{fmt.num(abs(absence.att))} {_direction(absence.att, 'fewer', 'more')} days per "
@@ -124,7 +124,8 @@ def _privacy_sentence(doc: "EvidenceReport") -> str:
     if not p.enabled:
         return "No differential-privacy noise was added to this study's releases."
     return (f"Differential privacy protected every release (ε = {fmt.num(p.epsilon)}, "
-            f"δ = {'n/a' if p.delta is None else format(p.delta, 'g')}, {p.accountant or 'accountant not stated'}); privacy noise accounts "
+            f"δ = {'n/a' if p.delta is None else format(p.delta, 'g')}, "
+            f"{p.accountant or 'accountant not stated'}); privacy noise accounts "
             f"for at most {fmt.pct(p.max_privacy_share_of_ci)} of a confidence interval's width."
             + _split_clause(p) + _secure_clause(p))
 

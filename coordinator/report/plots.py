@@ -23,23 +23,23 @@ def love_plot(rows: tuple[BalanceRow, ...], *, threshold: float) -> bytes:
     """|SMD| per covariate before and after weighting, with the balance ``threshold`` the report
     states (its ``balance_smd`` check; covariates whose SMD the privacy noise leaves unresolved
     are left out, and said so)."""
-    order = sorted((r for r in rows if r.smd_before is not None and r.smd_after is not None),
-                   key=lambda r: abs(r.smd_before))
+    order = sorted(((r.covariate, abs(r.smd_before), abs(r.smd_after)) for r in rows
+                    if r.smd_before is not None and r.smd_after is not None), key=lambda c: c[1])
     fig = Figure(figsize=(6.4, 0.28 * max(len(order), 1) + 1.3))
     ax = fig.add_subplot()
     if len(order) < len(rows):
         ax.set_title(f"{len(rows) - len(order)} of {len(rows)} covariates unresolved under the "
                      "privacy noise (not shown)", fontsize=8)
     y = range(len(order))
-    ax.hlines(y, [min(abs(r.smd_before), abs(r.smd_after)) for r in order],
-              [max(abs(r.smd_before), abs(r.smd_after)) for r in order], color="#bbbbbb", lw=1)
-    ax.scatter([abs(r.smd_before) for r in order], y, facecolors="white", edgecolors=BEFORE,
+    ax.hlines(y, [min(b, a) for _, b, a in order], [max(b, a) for _, b, a in order],
+              color="#bbbbbb", lw=1)
+    ax.scatter([b for _, b, _ in order], y, facecolors="white", edgecolors=BEFORE,
                label="before weighting", zorder=3)
-    ax.scatter([abs(r.smd_after) for r in order], y, color=AFTER, label="after weighting",
+    ax.scatter([a for _, _, a in order], y, color=AFTER, label="after weighting",
                zorder=3)
     ax.axvline(threshold, color="black", ls="--", lw=0.8)
     ax.text(threshold, len(order) - 0.4, f" |SMD| = {threshold:g}", fontsize=7, va="bottom")
-    ax.set_yticks(list(y), [r.covariate for r in order], fontsize=8)
+    ax.set_yticks(list(y), [c for c, _, _ in order], fontsize=8)
     ax.set_ylim(-0.7, len(order) + 0.2)
     ax.set_xlim(left=0)
     ax.set_xlabel("absolute standardized mean difference")
@@ -121,17 +121,18 @@ def _finite_spans(strata: tuple[StratumRow, ...]) -> list[tuple[float, float, bo
     spans = []
     for i, s in enumerate(strata):
         lo, hi = s.lo, s.hi
-        if lo is None and hi is None:
-            lo, hi = -default / 2, default / 2
-        elif lo is None:
+        if lo is not None and hi is not None:
+            spans.append((lo, hi, False))
+        elif hi is not None:  # open below: the next stratum's width
             nxt = strata[i + 1] if i + 1 < len(strata) else None
             w = (nxt.hi - nxt.lo) if nxt and nxt.hi is not None and nxt.lo is not None else default
-            lo = hi - w
-        elif hi is None:
+            spans.append((hi - w, hi, True))
+        elif lo is not None:  # open above: the previous stratum's width
             prv = strata[i - 1] if i > 0 else None
             w = (prv.hi - prv.lo) if prv and prv.hi is not None and prv.lo is not None else default
-            hi = lo + w
-        spans.append((lo, hi, s.lo is None or s.hi is None))
+            spans.append((lo, lo + w, True))
+        else:
+            spans.append((-default / 2, default / 2, True))
     return spans
 
 

@@ -1,6 +1,6 @@
 """What the effect is worth: claims saved, ROI, events and absence days averted.
 
-Formulas (DESIGN §6 "Value"), with n the treated in common support (the people the ATT is
+Formulas (docs/STATISTICS.md, "Value"), with n the treated in common support (the people the ATT is
 about) and C = cost per person × n the intervention cost:
 
 .. math::

@@ -160,7 +160,7 @@ def _value_table(doc: EvidenceReport) -> Table:
     v = doc.value
     figs = [f for f in (v.claims_saved, v.net_benefit, v.roi, v.events_averted,
                         v.absence_days_averted) if f is not None]
-    header = ("Figure", "Estimate", "95% CI", "How computed")
+    header: tuple[str, ...] = ("Figure", "Estimate", "95% CI", "How computed")
     if doc.synthetic:
         header = header[:3] + ("Simulation truth",) + header[3:]
     rows = []

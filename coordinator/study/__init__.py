@@ -1,1 +1,2 @@
-"""The coordinator's study around the driver (:mod:`shared.driver`): sites, signed grants, runs, the result."""
+"""The coordinator's study around the driver (:mod:`shared.driver`): sites, signed grants, runs,
+the result."""

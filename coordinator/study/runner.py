@@ -84,7 +84,7 @@ def site_nodes(spec: StudySpec, workdir: Path, coordinator_pub: Path) -> list[No
         if not s.data:
             raise SpecError(f"sites[{s.name}].data: a local study needs each site's data file")
         state = node_state_dir(s.data)
-        config = {"data-path": s.data, "state-dir": str(state),
+        config: dict[str, str | bool] = {"data-path": s.data, "state-dir": str(state),
                   "ledger-url": f"sqlite:///{state / 'ledger.db'}",
                   "coordinator-key": str(coordinator_pub.resolve())}
         if not spec.privacy.enabled:

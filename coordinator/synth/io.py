@@ -73,7 +73,7 @@ def study_document(fed: Federation, fmt: str = "csv", epsilon: float | None = DE
 def to_toml(doc: dict) -> str:
     """TOML with a ``[section]`` per table and ``[[section]]`` per list item, in ``doc`` order
     (``tomli_w`` alone would write the lists inline, before the tables)."""
-    parts = []
+    parts: list[str] = []
     for key, value in doc.items():
         items = value if isinstance(value, list) else [value]
         header = f"[[{key}]]" if isinstance(value, list) else f"[{key}]"

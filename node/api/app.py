@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from typing import Literal, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -38,7 +38,8 @@ from shared.risk.tiers import TIERS
 
 GroupBy = Literal["department", "age_band", "department,age_band"]
 assert set(GroupBy.__args__) == set(GROUPINGS)  # type: ignore[attr-defined]
-_ERRORS = {401: {"model": ErrorOut}, 403: {"model": ErrorOut}, 422: {"model": ErrorOut}}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut}, 403: {"model": ErrorOut}, 422: {"model": ErrorOut}}
 _key_header = APIKeyHeader(name=HEADER, auto_error=False,
                            description="Node API key (roles: underwriter, hr, admin)")
 
@@ -167,12 +168,11 @@ def create_app(*, keys: KeyRing | Mapping[str, str] | str | Path,
         KeyRing.from_plain(keys) if isinstance(keys, Mapping) else KeyRing.from_file(keys))
     stored = _load_model(model, model_dir, version)
     scorer = Scorer.from_model(stored, cutoffs=cutoffs)
-    if isinstance(book, (str, Path)):
-        book = read_book(book)
+    frame = read_book(book) if isinstance(book, (str, Path)) else book
     groups = None
-    if book is not None:
-        scored = score_book(book, scorer)
-        groups = group_frame(book.reset_index(drop=True).assign(tier=scored["tier"]))
+    if frame is not None:
+        scored = score_book(frame, scorer)
+        groups = group_frame(frame.reset_index(drop=True).assign(tier=scored["tier"]))
     views = _GroupViews(groups, policy=group_policy, version=stored.version, ledger=ledger,
                         rng=rng or secure_rng())
 

@@ -79,7 +79,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         errs = [describe(e) for e in exc.errors()]
         first = errs[0] if errs else {"error": "invalid request", "field": None}
-        return JSONResponse(status_code=422, content=_body(first["error"], first["field"], errs))
+        return JSONResponse(status_code=422, content=_body(str(first["error"]), first["field"], errs))
 
     @app.exception_handler(ApiError)
     async def _api(_: Request, exc: ApiError) -> JSONResponse:

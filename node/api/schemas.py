@@ -24,7 +24,7 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class PersonIn(ClinicalFeatures):  # type: ignore[misc, valid-type]
+class PersonIn(ClinicalFeatures):
     """One person to score."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)

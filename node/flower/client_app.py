@@ -90,9 +90,12 @@ def _answer_secure_sum(msg: Message, context: Context, runtime: NodeRuntime) -> 
     from shared.secure_sum import QUERY_KEY, pack
 
     started = time.perf_counter()
-    query = StudyQuery.model_validate_json(str(compat.recorddict_to_fitins(msg.content, True).config[QUERY_KEY]))
+    query = StudyQuery.model_validate_json(
+        str(compat.recorddict_to_fitins(msg.content, True).config[QUERY_KEY])
+    )
     nodes = query.privacy.secure_nodes if query.privacy is not None else None
-    sampled = int(context.state.config_records[RECORD_KEY_STATE].get("sample_num", 0))
+    sample_num = context.state.config_records[RECORD_KEY_STATE].get("sample_num", 0)
+    sampled = sample_num if isinstance(sample_num, int) else 0  # Flower's SecAgg+ state: an int
     if nodes is None or query.secure_scale is None or sampled < nodes:
         raise QueryRefused(f"site {runtime.site}: a secure sum over {sampled} nodes cannot carry "
                            f"a release planned for {nodes} (each adds only its share of the noise)")

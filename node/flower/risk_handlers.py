@@ -12,12 +12,11 @@ Torch and Opacus are imported here only, so study queries stay light.
 
 from __future__ import annotations
 
-import json
 import logging
 
 import numpy as np
 import pandas as pd
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 
 from node.runtime import NodeRuntime, NotInStudy
 from shared.errors import DataError, QueryRefused, SpecError

@@ -3,7 +3,8 @@ stored, or quarantined with its reason — and the three counts add up to the ro
 
 Each chunk commits in one transaction together with its quarantine rows and the file's
 progress (``ingested_files.rows_done``), so a crash never leaves part of a chunk and a re-run
-resumes after the last chunk that survived (what survives a power loss: ``node.store.engine``). A file whose SHA-256 was fully ingested before is not read again.
+resumes after the last chunk that survived (what survives a power loss: ``node.store.engine``).
+A file whose SHA-256 was fully ingested before is not read again.
 One writer thread commits chunk k while the caller's thread validates chunk k+1.
 """
 
@@ -186,9 +187,11 @@ def _open_job(store: Store, *, sha: str, kind: str, name: str) -> _Job:
                            .where(f.c.sha256 == sha, f.c.kind == kind)).first()
         if row is not None:
             return _Job(row.id, row.rows_done, row.status)
-        new_id = conn.execute(insert(f).values(
+        key = conn.execute(insert(f).values(
             sha256=sha, kind=kind, name=name[:255], status="running", rows_done=0, loaded=0,
-            already_present=0, quarantined=0, started_at=_now())).inserted_primary_key[0]
+            already_present=0, quarantined=0, started_at=_now())).inserted_primary_key
+        assert key is not None, "a single-row INSERT reports its primary key"
+        new_id = key[0]
         return _Job(new_id, 0, "running")
 
 

@@ -155,7 +155,7 @@ def local_train(*, arrays: Sequence[np.ndarray], X: np.ndarray, y: np.ndarray,
                 noise_multiplier: float | None = None, max_grad_norm: float = 5.0,
                 delta: float = 1e-5, accountant: Accountant = "rdp",
                 optimizer_name: str = "adam", seed: int | None = None) -> LocalTrainResult:
-    """One node's DP-SGD update of the global model on its own rows.
+    r"""One node's DP-SGD update of the global model on its own rows.
 
     Args:
         arrays: the global parameters received (transport layout of ``arch``).

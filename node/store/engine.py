@@ -44,7 +44,7 @@ class Store:
     def counts(self) -> dict[str, int]:
         """Row count of every table."""
         with self.engine.connect() as conn:
-            return {t.name: conn.scalar(select(func.count()).select_from(t))
+            return {t.name: conn.scalar(select(func.count()).select_from(t)) or 0
                     for t in models.metadata.sorted_tables}
 
     def quarantine_frame(self, *, ingest_id: int | None = None) -> pd.DataFrame:
@@ -185,11 +185,15 @@ def insert_ignore(conn: Connection, table: Table, columns: Sequence[str],
     q = conn.dialect.identifier_preparer
     cols = ", ".join(q.quote(c) for c in columns)
     target = q.format_table(table)
-    cur = conn.connection.dbapi_connection.cursor()
+    dbapi = conn.connection.dbapi_connection
+    assert dbapi is not None, "an open connection has a DBAPI connection"
+    cur = dbapi.cursor()
     try:
         if conn.dialect.name == "sqlite":
-            cur.executemany(f"INSERT INTO {target} ({cols}) VALUES "
-                            f"({', '.join('?' * len(columns))}) ON CONFLICT DO NOTHING", rows)
+            # sqlite3 streams any iterable of rows; SQLAlchemy's DBAPI protocol asks for a Sequence
+            marks = ", ".join("?" * len(columns))
+            sql = f"INSERT INTO {target} ({cols}) VALUES ({marks}) ON CONFLICT DO NOTHING"
+            cur.executemany(sql, rows)  # type: ignore[arg-type]
             return cur.rowcount
         stage = q.quote(f"_stage_{table.name}")
         cur.execute(f"CREATE TEMP TABLE {stage} AS SELECT {cols} FROM {target} WITH NO DATA")

@@ -2,7 +2,7 @@
 Opacus, the study's public noise plan, DP strata and the privacy part of the CI.
 
 Pure numpy (no I/O, no Flower); the node's persisted ledger lives in :mod:`node.ledger`.
-DESIGN.md §6 "Differential privacy". Flow of a DP study::
+docs/PRIVACY.md. Flow of a DP study::
 
     plan_study(...)                      both sides, deterministic: sigma per release
     node:   charged_release(...)         node.privacy: ledger charge, then release()

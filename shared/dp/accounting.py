@@ -72,9 +72,14 @@ def _rdp_analysis():
     name = "opacus.accountants.analysis.rdp"
     if name in sys.modules:
         return sys.modules[name]
-    root = Path(importlib.util.find_spec("opacus").submodule_search_locations[0])
+    opacus = importlib.util.find_spec("opacus")
+    if opacus is None or not opacus.submodule_search_locations:
+        raise ImportError("Opacus is not installed")
+    root = Path(opacus.submodule_search_locations[0])
     spec = importlib.util.spec_from_file_location("_rehealth_opacus_rdp",
                                                   root / "accountants" / "analysis" / "rdp.py")
+    if spec is None or spec.loader is None:
+        raise ImportError(f"Opacus' RDP analysis module is missing under {root}")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -1,7 +1,7 @@
 r"""Strata under DP: how many, where, and which cells count.
 
 Noise in a stratum's released sums is :math:`\sigma_{tot}` per entry (σ√K over K nodes), so the
-ATT's privacy noise grows like :math:`\sigma_{tot}\sqrt{S}/N_T` (DESIGN.md §6) while five
+ATT's privacy noise grows like :math:`\sigma_{tot}\sqrt{S}/N_T` (docs/PRIVACY.md) while five
 strata already remove about 90 % of the confounding bias of a score (Cochran 1968; Rosenbaum &
 Rubin 1984). The rule, documented here and used by the workflow and the benchmark:
 
@@ -25,11 +25,11 @@ Rubin 1984). The rule, documented here and used by the workflow and the benchmar
    Most of the public range is empty (it spans the corners of the unit cube), so bins are
    first thresholded at :math:`3\sigma_{tot}` — a bin below is treated as empty — and the range
    spans the bins holding the central 98 % of the remaining treated mass (a lone noise bin
-   that passes the threshold far out carries too little mass to stretch it). Equal width, like the caliper strata of the
-   non-private path, resolves the tails where treated and controls differ most; equal-count
-   quantile strata (:func:`dp_quantile_edges`, kept for comparison) lump the tails together and
-   left about twice the residual confounding in the benchmark (8 strata, exact β: bias 0.0062
-   vs 0.0034 in the CV event rate, 267 vs 125 in claims cost).
+   that passes the threshold far out carries too little mass to stretch it). Equal width, like the
+   caliper strata of the non-private path, resolves the tails where treated and controls differ
+   most; equal-count quantile strata (:func:`dp_quantile_edges`, kept for comparison) lump the
+   tails together and left about twice the residual confounding in the benchmark (8 strata,
+   exact β: bias 0.0062 vs 0.0034 in the CV event rate, 267 vs 125 in claims cost).
 3. **Which cells** :func:`dp_min_cell`: a stratum enters the estimate only when both arms'
    noisy counts reach :math:`\max(1, 2\sigma_{tot})`, so a cell made of noise alone (true count
    0) is kept out with probability 97.7 %.

@@ -33,7 +33,7 @@ from shared.psm.estimator import AttEstimate, Check, estimate_att
 from shared.psm.propensity import PropensityFitter, PsStats
 from shared.psm.strata import score_grid
 from shared.psm.table import PsmTable
-from shared.study import Outcome
+from shared.study import BudgetSplit, Outcome
 
 __all__ = ["FIT_RESOLUTION_MIN", "FIT_RESOLUTION_TARGET", "MIN_PS_SHARE", "AfterDescribe",
            "after_describe", "dp_edges", "dp_estimate",
@@ -243,7 +243,7 @@ class AfterDescribe:
     """What describe's public counts decide for the rest of a DP study."""
 
     check: Check  #: ``dp_fit_resolution`` at describe's treated count, under the spec's plan
-    resplit: object | None  #: the :class:`~shared.study.BudgetSplit` re-split, or None
+    resplit: BudgetSplit | None  #: the :class:`~shared.study.BudgetSplit` re-split, or None
     plan: NoisePlan  #: the plan for the remaining rounds
 
 
@@ -268,7 +268,7 @@ def after_describe(*, counts, n_covariates: int, plan: NoisePlan, split, n_nodes
     if not check.passed and unresolved_fit == "stop":
         raise UnresolvedFitError(f"stopped after describe ([privacy] unresolved_fit = \"stop\"): "
                                  f"{check.message}")
-    if split is None:
+    if split is None or check.value is None:  # the check always states r; None keeps the split
         return AfterDescribe(check, None, plan)
     # the fit's residual bias falls as 1/r², the table's noise SE as σ_psm: under secure
     # aggregation σ_psm is √K smaller, so the same bias-to-SE ratio needs r larger by K^¼

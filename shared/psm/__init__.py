@@ -1,7 +1,7 @@
 """Propensity-score stratification as sufficient statistics: pure numpy, no I/O, no Flower.
 
 The same functions give a node's contribution, the coordinator's aggregate and the pooled
-reference (DESIGN.md §6)::
+reference (docs/STATISTICS.md)::
 
     node:         cov_moments -> ps_contribution (per Newton round) -> psm_table
     coordinator:  sum -> initial_beta, PropensityFitter.update -> logit_sd, caliper_edges

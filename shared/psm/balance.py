@@ -108,7 +108,7 @@ def balance_table(*, table, covariates: Sequence[str], weights: np.ndarray,
             inv_n = 1.0 / max(float(n[:, arm].sum()), 1.0)
             cells = np.full(n.shape[0], inv_n)
             return noise.variance_sd(coef_sum=cells, mean=mean,
-                                     coef_sumsq=[inv_n] if noise.sumsq_per_arm else cells)
+                                     coef_sumsq=np.array([inv_n]) if noise.sumsq_per_arm else cells)
 
         def stratified_sd(arm, mean):  # cell b weighted w_b / n_b
             coef = np.where(n[:, arm] > 0, wc / np.maximum(n[:, arm], 1.0), 0.0)

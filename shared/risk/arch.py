@@ -99,7 +99,7 @@ def check_arrays(*, arch: RiskArch, arrays: Sequence[np.ndarray]) -> list[np.nda
 
 
 def fold_inputs(*, arch: RiskArch, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Parameters that act on RAW features: the input map folded into the first layer.
+    r"""Parameters that act on RAW features: the input map folded into the first layer.
 
     The network sees :math:`u = (x - m)/s` (reference centre ``m`` and spread ``s`` in raw units,
     the composition of bounds scaling and :func:`model_input`), so its first layer ``W u + b``

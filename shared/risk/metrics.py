@@ -162,7 +162,7 @@ EVAL_SENSITIVITY = float(np.sqrt(3.0))
 
 
 def eval_noise_sigma(*, epsilon: float, delta: float, accountant: str = "rdp") -> float:
-    """Noise SD per entry of one node's evaluation release at (``epsilon``, ``delta``):
+    r"""Noise SD per entry of one node's evaluation release at (``epsilon``, ``delta``):
     :math:`\sigma = \mu\,\Delta_2` with μ from :func:`shared.dp.plan.single_release_multiplier`
     (the accountant the node's ledger charges with), so the charge is at most ε on a fresh
     budget. Node and coordinator compute the same σ from the job's public parameters.
@@ -178,7 +178,7 @@ def eval_noise_sigma(*, epsilon: float, delta: float, accountant: str = "rdp") -
 
 def noisy_aggregate(agg: EvalAggregate, *, sigma: float,
                     rng: np.random.Generator) -> EvalAggregate:
-    """The aggregate with i.i.d. :math:`\mathcal N(0, \sigma^2)` noise on every entry.
+    r"""The aggregate with i.i.d. :math:`\mathcal N(0, \sigma^2)` noise on every entry.
 
     The Gaussian mechanism at noise multiplier ``sigma / EVAL_SENSITIVITY``; charge that to the
     node's ledger before release. Noise goes on every bin, empty ones included.

@@ -1,4 +1,4 @@
-"""Seeded synthetic federation with ground truth (DESIGN.md §9).
+"""Seeded synthetic federation with ground truth (docs/STATISTICS.md, "Synthetic data").
 
 ``generate_federation`` and ``generate_cohort`` are pure (numpy/pandas in memory). Writing a
 federation to files and the ``rehealth synth`` command are the operator's tooling and live in

@@ -107,8 +107,8 @@ def _truth(sims: list[_Simulation], outcomes: Sequence[Outcome] = OUTCOMES) -> d
         return np.concatenate([get(s) for s in sims])
 
     return outcome_truth(
-        y0={o.name: cat(lambda s: s.potential.y0[o.name]) for o in OUTCOMES},
-        y1={o.name: cat(lambda s: s.potential.y1[o.name]) for o in OUTCOMES},
+        y0={o.name: cat(lambda s, k=o.name: s.potential.y0[k]) for o in OUTCOMES},
+        y1={o.name: cat(lambda s, k=o.name: s.potential.y1[k]) for o in OUTCOMES},
         treated=cat(lambda s: s.treated), p0=cat(lambda s: s.p0), outcomes=outcomes,
     )
 

@@ -12,7 +12,6 @@ from coordinator.files import load_spec
 from coordinator.federation.launcher import LocalFederation
 from coordinator.study.runner import (APP_DIR, coordinator_keys, node_state_dir, run_local,
                                       sign_study, site_nodes)
-from shared.errors import FederationError
 from shared.psm.reference import estimate_att_pooled
 from shared.synth import generate_federation
 from coordinator.synth import write_federation
@@ -30,7 +29,8 @@ def synthetic(tmp_path_factory):
 def _pooled(spec, fed):
     cohort = pd.concat([s.cohort for s in fed.sites], ignore_index=True)
     feats = spec.features
-    lo = np.array([f.lo for f in feats]); hi = np.array([f.hi for f in feats])
+    lo = np.array([f.lo for f in feats])
+    hi = np.array([f.hi for f in feats])
     z = (cohort[[f.name for f in feats]].to_numpy(float) - lo) / (hi - lo)
     return estimate_att_pooled(
         z=z, t=cohort[spec.treatment.column].to_numpy(float),

@@ -80,7 +80,9 @@ def _ledgers(spec: StudySpec, out) -> dict[str, PrivacyLedger]:
 
 def test_a_another_out_folder_is_not_a_fresh_budget(spec, tmp_path):
     _run_local(spec, tmp_path / "out-1")
-    first = {site: (led.spent(), len(led.history())) for site, led in _ledgers(spec, tmp_path / "out-1").items()}
+    first = {
+        site: (led.spent(), len(led.history())) for site, led in _ledgers(spec, tmp_path / "out-1").items()
+    }
     assert all(0 < eps <= 4.0 + 1e-9 for eps, _ in first.values())
 
     _run_local(spec, tmp_path / "out-2")

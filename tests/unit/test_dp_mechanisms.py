@@ -58,7 +58,7 @@ def test_project_psd_keeps_a_well_conditioned_spd_matrix():
 
 
 def test_golden_epsilon_of_ten_unit_gaussians():
-    # FLOWER_NOTES: ten releases at sigma/Delta = 1, delta = 1e-5: RDP 19.05, PRV 17.87
+    # docs/ARCHITECTURE.md: ten releases at sigma/Delta = 1, delta = 1e-5: RDP 19.05, PRV 17.87
     assert epsilon_spent(noise_multipliers=[1.0] * 10, delta=1e-5) == pytest.approx(19.05, abs=0.01)
     assert epsilon_spent(noise_multipliers=[1.0] * 10, delta=1e-5, accountant="prv") == \
         pytest.approx(17.87, abs=0.05)
@@ -123,8 +123,12 @@ def test_plan_shares_are_rho_shares():
     assert rho["psm_sumsq"] / total == pytest.approx(0.6 * 0.15)
     assert (rho["ps_fit"] + rho["score_hist"]) / total == pytest.approx(0.2)
     assert rho["score_hist"] / total == pytest.approx(0.2 / 4)
-    assert plan.sigma("psm_main") == pytest.approx(math.sqrt(1 + 3 / 4) * plan.release("psm_main").noise_multiplier)
-    assert plan.sigma("psm_sumsq") == pytest.approx(np.sqrt(3) / 4 * plan.release("psm_sumsq").noise_multiplier)
+    assert plan.sigma("psm_main") == pytest.approx(
+        math.sqrt(1 + 3 / 4) * plan.release("psm_main").noise_multiplier
+    )
+    assert plan.sigma("psm_sumsq") == pytest.approx(
+        np.sqrt(3) / 4 * plan.release("psm_sumsq").noise_multiplier
+    )
 
 
 def test_plan_without_balance_share_has_no_balance_release_and_refuses_missing_rounds():

@@ -39,7 +39,6 @@ def _site(rng: np.random.Generator, n: int) -> SiteArrays:
 
 
 def test_dp_cis_cover_and_would_not_without_the_privacy_term():
-    plan = plan_study(epsilon=1.0, delta=1e-6, split=BudgetSplit(), n_covariates=3, n_outcomes=2)
     hits, hits_naive, shares = [], [], []
     for seed in range(60):
         rng = np.random.default_rng(seed)
@@ -68,7 +67,6 @@ def _fixed_table(seed: int = 0) -> tuple[list[dict], np.ndarray]:
 def test_analytic_privacy_se_matches_the_spread_of_repeated_noise():
     plan = plan_study(epsilon=1.0, delta=1e-6, split=BudgetSplit(), n_covariates=3, n_outcomes=2)
     tables, edges = _fixed_table()
-    sigma = plan.sigma("psm_main")
     atts, ses = [], []
     for r in range(300):
         rng = np.random.default_rng(r)
@@ -118,7 +116,6 @@ def test_combine_se_and_privacy_share():
 
 
 def test_secure_aggregation_shrinks_the_privacy_se_by_about_root_k():
-    plan = plan_study(epsilon=1.0, delta=1e-6, split=BudgetSplit(), n_covariates=3, n_outcomes=2)
     rng = np.random.default_rng(11)
     sites = [_site(rng, 4000)[0] for _ in range(4)]
     se = {}
@@ -201,7 +198,6 @@ def test_dp_balance_never_divides_by_noise():
 def test_a_noise_limited_propensity_fit_is_flagged_and_a_resolved_one_is_not():
     """The same plan over 3 × 4000 rows resolves the fit; over 3 × 300 rows the score is mostly
     noise, and the estimate carries a failed check and a warning saying so."""
-    plan = plan_study(epsilon=1.0, delta=1e-6, split=BudgetSplit(), n_covariates=3, n_outcomes=2)
     verdicts = {}
     for n in (300, 4000):
         rng = np.random.default_rng(n)

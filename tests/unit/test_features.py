@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
-from hypothesis.extra import numpy as hnp
 
 from shared.errors import CovariateBoundsError, DataError
 from shared.features import FEATURES, FEATURE_NAMES, check_bounds, scale, unscale

@@ -72,7 +72,7 @@ def test_key_material_is_not_shown():
     p = Pseudonymizer(key=key, site_id="s")
     assert key.hex() not in repr(p) and "hidden" in repr(p)
     with pytest.raises(AttributeError):
-        p.__dict__  # slots only: no accidental vars() dump
+        p.__dict__  # noqa: B018 - slots only: no accidental vars() dump
 
 
 from hypothesis import given, settings, strategies as st  # noqa: E402

@@ -11,7 +11,7 @@ from shared.psm.propensity import cov_moments, ps_contribution
 from shared.psm.strata import caliper_edges, score_grid, score_histogram
 from shared.psm.table import PsmTable, psm_table
 
-N, D, O = 60, 3, 2
+N, D, O = 60, 3, 2  # noqa: E741 - rows, covariates, outcomes
 _rng = np.random.default_rng(3)
 Z = _rng.uniform(size=(N, D))
 Z[:5] = np.round(Z[:5])  # rows on the cube's corners: extreme scores

@@ -1,7 +1,6 @@
 """Federated = pooled: the coordinator's loop over K nodes' sums gives the pooled estimator."""
 
 from dataclasses import fields
-from functools import reduce
 
 import numpy as np
 from pydantic import BaseModel
@@ -127,7 +126,10 @@ def test_federated_equals_pooled_on_shared_synth_sites():
     pooled = estimate_att_pooled(z=z, t=t, y=y, outcomes=SYNTH_OUTCOMES, covariates=FEATURE_NAMES)
     np.testing.assert_array_equal(fed.table.count, pooled.table.count)
     for part in ("outcomes", "balance", "diagnostics"):
-        a, b = np.array(_numbers(getattr(fed.estimate, part))), np.array(_numbers(getattr(pooled.estimate, part)))
+        a, b = (
+            np.array(_numbers(getattr(fed.estimate, part))),
+            np.array(_numbers(getattr(pooled.estimate, part))),
+        )
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
     width = 0.2 * pooled.logit_sd
     assert np.max(np.abs(fed.edges[1:-1] - pooled.edges[1:-1])) < 1e-6 * width

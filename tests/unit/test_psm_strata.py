@@ -15,7 +15,9 @@ betas = st.lists(st.floats(-5, 5), min_size=3, max_size=6).map(np.array)
 @given(betas, st.floats(0.05, 3.0))
 def test_caliper_grid_tiles_the_public_range(beta, sd):
     lo, hi = score_range(beta=beta)
-    corners = beta[0] + np.array([[0.0] * (beta.size - 1), (beta[1:] > 0) * 1.0, (beta[1:] < 0) * 1.0]) @ beta[1:]
+    corners = (
+        beta[0] + np.array([[0.0] * (beta.size - 1), (beta[1:] > 0) * 1.0, (beta[1:] < 0) * 1.0]) @ beta[1:]
+    )
     assert lo <= corners.min() + 1e-12 and corners.max() <= hi + 1e-12
     edges = caliper_edges(beta=beta, sd=sd)
     assert edges[0] == -np.inf and edges[-1] == np.inf and np.all(np.diff(edges) > 0)

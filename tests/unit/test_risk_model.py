@@ -117,7 +117,7 @@ def test_fedavg_matches_np_average(k, seed):
     w = rng.integers(1, 1000, size=k)
     avg = weighted_average(arrays_list=lists, weights=w)
     for i in range(len(shapes)):
-        np.testing.assert_allclose(avg[i], np.average([l[i] for l in lists], axis=0, weights=w),
+        np.testing.assert_allclose(avg[i], np.average([arrs[i] for arrs in lists], axis=0, weights=w),
                                    rtol=1e-12, atol=1e-12)
 
 

@@ -18,7 +18,7 @@ from risk_cohort import cohort
 
 
 def test_golden_epsilon_of_composed_history():
-    # FLOWER_NOTES: ten Gaussian releases at σ = 1, δ = 1e-5 cost 19.05 under RDP.
+    # docs/ARCHITECTURE.md: ten Gaussian releases at σ = 1, δ = 1e-5 cost 19.05 under RDP.
     assert composed_epsilon(history=[(1.0, 1.0, 10)], delta=1e-5) == pytest.approx(19.05, abs=0.01)
     acc = RDPAccountant()
     for _ in range(3):

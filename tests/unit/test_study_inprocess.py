@@ -11,7 +11,6 @@ from coordinator.study.assemble import assemble_result
 from shared.driver import run_study
 from node.flower.client_app import app as client_app
 from shared.errors import FederationError
-from shared.features import FEATURES
 from shared.psm.reference import estimate_att_cells_withheld, estimate_att_pooled
 from shared.synth import generate_federation
 from coordinator.synth import write_federation
@@ -35,9 +34,14 @@ def _run(spec, fed, grid_and_grant):
 
 def _scaled(spec, cohort):
     feats = [c.as_feature() for c in spec.covariates]
-    lo = np.array([f.lo for f in feats]); hi = np.array([f.hi for f in feats])
+    lo = np.array([f.lo for f in feats])
+    hi = np.array([f.hi for f in feats])
     z = (cohort[[f.name for f in feats]].to_numpy(float) - lo) / (hi - lo)
-    return z, cohort[spec.treatment.column].to_numpy(float), cohort[[o.name for o in spec.outcomes]].to_numpy(float)
+    return (
+        z,
+        cohort[spec.treatment.column].to_numpy(float),
+        cohort[[o.name for o in spec.outcomes]].to_numpy(float),
+    )
 
 
 def _pooled_without_small_cells(spec, fed, beta, edges, k=11):
@@ -50,7 +54,8 @@ def _pooled_without_small_cells(spec, fed, beta, edges, k=11):
 def _pooled(spec, fed):
     cohort = pd.concat([s.cohort for s in fed.sites], ignore_index=True)
     feats = [c.as_feature() for c in spec.covariates]
-    lo = np.array([f.lo for f in feats]); hi = np.array([f.hi for f in feats])
+    lo = np.array([f.lo for f in feats])
+    hi = np.array([f.hi for f in feats])
     z = (cohort[[f.name for f in feats]].to_numpy(float) - lo) / (hi - lo)
     return estimate_att_pooled(z=z, t=cohort[spec.treatment.column].to_numpy(float),
                                y=cohort[[o.name for o in spec.outcomes]].to_numpy(float),
