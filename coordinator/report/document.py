@@ -184,9 +184,18 @@ class EvidenceReport(_Model):
                 return c
         raise KeyError(name)
 
+    @property
+    def smd_threshold(self) -> float:
+        """The balance threshold this report states (its ``balance_smd`` check), which is what
+        the report is read against, whatever today's :data:`shared.thresholds.SMD_MAX`."""
+        threshold = self.check("balance_smd").threshold
+        if threshold is None:
+            raise ValueError("the report's balance_smd check states no threshold")
+        return threshold
+
     def balanced(self, row: BalanceRow) -> bool | None:
         """``row``'s ``|smd_after|`` below the threshold this report's ``balance_smd``
         check states; None when the privacy noise leaves it unresolved."""
         if row.smd_after is None:
             return None
-        return abs(row.smd_after) < self.check("balance_smd").threshold
+        return abs(row.smd_after) < self.smd_threshold

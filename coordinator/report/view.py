@@ -66,7 +66,7 @@ class ReportView:
 def report_view(doc: EvidenceReport, *, signature: Signature | None = None) -> ReportView:
     """Format ``doc`` for reading; ``signature`` describes the signed file when there is one."""
     failed = [c.label for c in doc.checks if not c.passed]
-    smd_max = doc.check("balance_smd").threshold  # as the signed document states it
+    smd_max = doc.smd_threshold  # as the signed document states it
     return ReportView(
         title=f"Evidence report: {doc.study.name}",
         facts=(
