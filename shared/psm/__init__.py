@@ -22,7 +22,7 @@ __all__ = [
     "AttEstimate", "Check", "CovMoments",
     "PropensityFitter", "PsStats", "PsmTable", "caliper_edges", "cov_moments",
     "estimate_att", "fit_propensity",
-    "initial_beta", "logit_scores", "logit_sd", "nn_match_att", "ps_contribution", "psm_table",
+    "initial_beta", "logit_scores", "logit_sd", "ps_contribution", "psm_table",
     "quantile_edges", "run_fit", "scale_outcomes", "score_grid", "score_histogram",
     "score_range", "unscale_outcomes",
 ]

@@ -4,8 +4,9 @@
   Opacus, CLI, web or database framework; its source calls no file-system function and imports
   no process, socket or temp-file module.
 * ``shared`` imports nothing from ``node``, ``coordinator`` or the root CLI; ``node`` and
-  ``coordinator`` never import each other; the root CLI (``rehealth_cli``) imports only
-  ``shared`` (it finds each side's commands through entry points at run time).
+  ``coordinator`` never import each other; the root CLI (``coordinator.cli.root``) imports
+  only ``shared`` (it finds each side's commands, the node's too, through entry points at run
+  time).
 * The project's modules import each other without cycles.
 
 Imports are read from the AST, *all* of them: module level, inside functions (lazy imports) and
@@ -24,7 +25,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("shared", "node", "coordinator", "protos", "rehealth_cli")
+PACKAGES = ("shared", "node", "coordinator", "protos")
 # shared/wire.py (Flower's record codec) moves to protos/ in a parallel change; the lead removes
 # this exclusion when merging it (the layering test then covers every file of shared/).
 EXCLUDED = {"shared/wire.py"}
@@ -104,7 +105,7 @@ def test_importing_all_of_shared_loads_no_framework():
     loaded = set(json.loads(cp.stdout.strip().splitlines()[-1]))
     assert len(mods) > 40  # the walk found shared/ (not an empty folder)
     assert not loaded & set(FORBIDDEN_IN_SHARED), sorted(loaded & set(FORBIDDEN_IN_SHARED))
-    assert not loaded & {"node", "coordinator", "rehealth_cli"}
+    assert not loaded & {"node", "coordinator"}
 
 
 def test_shared_source_does_no_io():
@@ -126,11 +127,10 @@ def test_shared_source_does_no_io():
 
 #: package -> project packages it must not import
 FORBIDDEN_EDGES = {
-    "shared": {"node", "coordinator", "rehealth_cli"},
-    "protos": {"node", "coordinator", "rehealth_cli"},
-    "node": {"coordinator", "rehealth_cli"},
-    "coordinator": {"node", "rehealth_cli"},
-    "rehealth_cli": {"node", "coordinator", "protos"},
+    "shared": {"node", "coordinator"},
+    "protos": {"node", "coordinator"},
+    "node": {"coordinator"},
+    "coordinator": {"node"},
 }
 
 
@@ -149,6 +149,14 @@ def test_layers_import_only_downwards():
         if _top(mod) in FORBIDDEN_EDGES[_top(name)] and (name, mod) not in KNOWN_BREACHES
     ]
     assert not breaches, "\n".join(breaches)
+
+
+def test_the_root_cli_imports_only_shared():
+    """``rehealth node …`` runs the root from coordinator/cli/root.py: it must pull in no other
+    coordinator (or node) module, only ``shared`` and the CLI framework."""
+    name = "coordinator.cli.root"
+    project = [m for m, _ in _imports(name, ALL[name]) if _top(m) in PACKAGES]
+    assert project and all(_top(m) == "shared" for m in project), project
 
 
 def _graph() -> dict[str, set[str]]:

@@ -3,15 +3,13 @@
 Groups come from the ``rehealth.cli`` entry points (pyproject), so the node and the coordinator
 each own their commands and neither imports the other. A node-only install shows node commands.
 
-Why a package of its own, and not ``shared``, ``node`` or ``coordinator``: the root is process
-plumbing (typer, argv, entry-point discovery), which ``shared`` must not hold — ``shared`` is the
-pure core both sides import (no I/O, no CLI frameworks, no Flower, no torch;
-``tests/unit/test_layering.py``). Putting it in ``node`` or ``coordinator`` would make the other
-side's installation carry that side's package just to get its own ``rehealth`` command, and
-invite the one import between them that the layering forbids. Here it imports only
-``shared.__version__`` and finds each side's groups through entry-point metadata at run time, so
-the static import graph has no edge from this package to ``node`` or ``coordinator`` (also
-checked by the layering test).
+Why here: the repository's layout is fixed (``shared``, ``node``, ``coordinator``, ``protos``),
+and ``shared`` must not hold it — ``shared`` is the pure core both sides import (no I/O, no CLI
+frameworks, no Flower, no torch; ``tests/unit/test_layering.py``). It sits beside the operator's
+command groups, but imports only ``typer`` and ``shared`` and finds each side's groups (the
+node's included) through entry-point metadata at run time, so the static import graph has no
+edge from it to ``node`` (checked by the layering test) and ``rehealth node …`` loads no
+coordinator code beyond this module.
 """
 
 from __future__ import annotations
