@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from collections import defaultdict
@@ -51,6 +52,10 @@ from shared.psm.table import scale_outcomes  # noqa: E402
 from shared.study import BudgetSplit, Privacy  # noqa: E402
 from shared.synth import generate_cohort  # noqa: E402
 from shared.synth.outcomes import OUTCOMES  # noqa: E402
+
+# The study driver warns once per flagged study (dp_fit_resolution); the tables below count the
+# flags over all seeds, so the thousand warnings of a run would only bury them.
+logging.getLogger("rehealth.coordinator").setLevel(logging.ERROR)
 
 EPSILONS = (0.5, 1.0, 2.0, 4.0, 8.0)
 DELTA = 1e-6

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import astuple
 from pathlib import Path
 
 import numpy as np
@@ -44,12 +43,12 @@ def site_arrays(cohort):
 
 
 def numbers(items) -> np.ndarray:
-    """Every finite number of a sequence of dataclasses, in field order."""
+    """Every finite number of a sequence of result models, in field order."""
     def flat(x):
         if isinstance(x, (tuple, list)):
             return [v for item in x for v in flat(item)]
         return [float(x)] if isinstance(x, (int, float)) and not isinstance(x, bool) else []
-    v = np.array(flat([astuple(i) for i in items]))
+    v = np.array(flat([tuple(i.model_dump().values()) for i in items]))
     return v[np.isfinite(v)]
 
 

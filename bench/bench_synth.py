@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 from _table import Table, add_write_argument, write_tables
-from shared.synth import generate_cohort, generate_federation, write_federation
+from coordinator.synth import write_federation
+from shared.synth import generate_cohort, generate_federation
 
 T = TypeVar("T")
 

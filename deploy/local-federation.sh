@@ -4,4 +4,4 @@
 #   bash deploy/local-federation.sh --spec demo-out/data/study.toml
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec .venv/bin/python -m coordinator.federation.launcher "$@"
+exec .venv/bin/python -m coordinator.cli.local_federation "$@"

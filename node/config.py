@@ -13,7 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.engine import make_url
 
 from shared.errors import SpecError
-from shared.study import format_validation_error, read_toml
+from node.files import read_toml
+from shared.study import format_validation_error
 
 CONFIG_NAME = "node.toml"
 

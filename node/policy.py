@@ -47,7 +47,8 @@ from shared.features import FEATURES
 from shared.grant import Grant, canonical_json
 from shared.protocol import DP_RELEASES, PsFit, PsmStats, ScoreHist, StudyQuery
 from shared.psm.strata import MAX_STRATA
-from shared.study import DEFAULT_OUTCOMES, BudgetSplit, Covariate, Outcome, format_validation_error, read_toml
+from node.files import read_toml
+from shared.study import DEFAULT_OUTCOMES, BudgetSplit, Covariate, Outcome, format_validation_error
 
 __all__ = ["MIN_RELEASE_SHARE", "NodePolicy"]
 

@@ -117,11 +117,14 @@ class NodeRuntime:
 
     def verify_risk(self, content):
         """A risk-training message's job, checked against its signed grant (the whole job)."""
-        from node.flower.risk_handlers import decode_job_and_grant
+        from protos.codec import ContractError, decode_risk
         from shared.grant import canonical_json
         from shared.protocol import RiskJob
 
-        job_json, signed = decode_job_and_grant(content)
+        try:
+            job_json, signed = decode_risk(content)  # the wire contract's RiskRequest
+        except ContractError as e:
+            raise QueryRefused(f"training message carries no risk job: {e}") from None
         grant = self.verify(signed, kind="risk")
         job = RiskJob.model_validate_json(job_json)
         if job.job_id != grant.grant_id or canonical_json(job.terms()) != canonical_json(grant.terms):

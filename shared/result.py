@@ -1,23 +1,20 @@
 """The study result: what the coordinator writes after a study and the evidence report reads.
 
 Aggregates only: counts per site, stratum and arm, estimates and diagnostics. No row, pseudonym
-or per-person score ever appears here.
+or per-person score ever appears here. The file is written and read by :mod:`coordinator.files`
+(``shared`` does no I/O).
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 RESULT_SCHEMA_VERSION = "rehealth.study-result/1"
 
-
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
 
 class SiteSummary(_Model):
     name: str
@@ -26,7 +23,6 @@ class SiteSummary(_Model):
     n_treated: int | None = None
     n_control: int | None = None
     error: str | None = None
-
 
 class OutcomeEstimate(_Model):
     name: str
@@ -48,7 +44,6 @@ class OutcomeEstimate(_Model):
     # 1:1 nearest-neighbour caliper matching reference, when computed on pooled rows
     reference: dict[str, float] | None = None
 
-
 class BalanceRow(_Model):
     """SMDs and variance ratios; None where DP noise leaves a variance unresolved."""
 
@@ -58,7 +53,6 @@ class BalanceRow(_Model):
     var_ratio_before: float | None = None
     var_ratio_after: float | None = None
 
-
 class StratumCounts(_Model):
     lo: float  # logit-score edges
     hi: float
@@ -66,13 +60,11 @@ class StratumCounts(_Model):
     n_control: int
     used: bool  # both arms present (common support)
 
-
 class Propensity(_Model):
     beta: tuple[float, ...]
     iterations: int
     converged: bool
     loglik: float | None = None
-
 
 class Diagnostic(_Model):
     name: str
@@ -81,12 +73,10 @@ class Diagnostic(_Model):
     threshold: float | None = None
     message: str = ""
 
-
 class RoundLog(_Model):
     name: str
     seconds: float
     nodes: tuple[str, ...] = ()
-
 
 class PrivacySpent(_Model):
     enabled: bool
@@ -99,7 +89,6 @@ class PrivacySpent(_Model):
     resplit: dict[str, float] | None = None
     # K when every release after describe was a SecAgg+ sum over K nodes (each adding σ/√K)
     secure_nodes: int | None = None
-
 
 class StudyResult(_Model):
     schema_version: str = RESULT_SCHEMA_VERSION
@@ -128,9 +117,3 @@ class StudyResult(_Model):
                 return o
         raise KeyError(name)
 
-    def write(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.model_dump(mode="json"), indent=2) + "\n")
-
-    @classmethod
-    def read(cls, path: str | Path) -> "StudyResult":
-        return cls.model_validate_json(Path(path).read_text())

@@ -1,8 +1,10 @@
 """The study spec: what a study estimates, over which sites, under which privacy budget.
 
-Loaded from TOML (``StudySpec.from_toml``). Invalid specs raise :class:`SpecError` whose message
-names the field (``covariates[2].hi``) and what is wrong. Relative site paths resolve against
-the spec file's folder.
+Parsed from TOML text (``StudySpec.from_toml_text``) or a dict (``StudySpec.from_dict``); the
+coordinator reads the file (:func:`coordinator.files.load_spec`), because ``shared`` does no
+I/O. Invalid specs raise :class:`SpecError` whose message names the field (``covariates[2].hi``)
+and what is wrong. Relative site paths resolve against the spec file's folder, which the reader
+passes as ``base``.
 """
 
 from __future__ import annotations
@@ -235,18 +237,28 @@ class StudySpec(_Model):
             raise SpecError(format_validation_error(e, "study spec")) from None
 
     @classmethod
-    def from_toml(cls, path: str | Path) -> "StudySpec":
-        path = Path(path)
-        return cls.from_dict(read_toml(path, what="study spec")).resolve_paths(path.parent)
+    def from_toml_text(cls, text: str, *, source: str = "study spec",
+                       base: str | Path | None = None) -> "StudySpec":
+        """The spec in TOML ``text`` (``source`` names it in errors); with ``base``, the absolute
+        folder of the spec file, relative site paths resolve against it (:meth:`resolve_paths`).
 
-    def resolve_paths(self, base: Path) -> "StudySpec":
-        """Site data paths made absolute against ``base`` (the spec's folder)."""
+        Takes text, not a path: reading the file is the caller's
+        (:func:`coordinator.files.load_spec`)."""
+        spec = cls.from_dict(parse_toml(text, what=source))
+        return spec if base is None else spec.resolve_paths(base)
+
+    def resolve_paths(self, base: str | Path) -> "StudySpec":
+        """Site data paths made absolute against ``base``, the spec's folder (absolute: the
+        caller resolves it; here paths are only joined and normalised, no file system access)."""
+        base = str(base)
+        if not os.path.isabs(base):
+            raise SpecError(f"study spec: base folder {base!r} must be an absolute path")
         sites = tuple(
-            s.model_copy(update={"data": str((base / s.data).resolve())}) if s.data else s
+            s.model_copy(update={"data": os.path.normpath(os.path.join(base, s.data))}) if s.data else s
             for s in self.sites
         )
         resolved = self.model_copy(update={"sites": sites})
-        resolved._source_dir = str(Path(base).resolve())
+        resolved._source_dir = os.path.normpath(base)
         return resolved
 
 
@@ -258,14 +270,14 @@ def _require_unique(names: list[str], what: str) -> None:
         seen.add(n)
 
 
-def read_toml(path: Path, *, what: str, hint: str = "") -> dict:
-    """A TOML file's content, or a :class:`SpecError` saying which file and what is wrong."""
+def parse_toml(text: str, *, what: str) -> dict:
+    """TOML ``text`` as a dict, or a :class:`SpecError` saying what (``what``, e.g. the file it
+    came from) is wrong. Pure: the file readers (:mod:`coordinator.files`, :mod:`node.files`)
+    turn a missing file into their own message."""
     try:
-        return tomllib.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise SpecError(f"{what} {path} not found{hint}") from None
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise SpecError(f"{what} {path}: not valid TOML: {e}") from None
+        raise SpecError(f"{what}: not valid TOML: {e}") from None
 
 
 def format_validation_error(e: ValidationError, what: str) -> str:

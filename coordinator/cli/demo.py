@@ -35,8 +35,9 @@ def demo(
 ) -> None:
     """Run a complete federated study on loopback with synthetic sites, ending in a signed report."""
     from coordinator.report import ensure_keypair
+    from coordinator.files import write_result
     from coordinator.study.runner import run_local
-    from shared.synth.cli import generate_and_summarise
+    from coordinator.synth.cli import generate_and_summarise
 
     console = Console()
     started = time.perf_counter()
@@ -58,7 +59,7 @@ def demo(
         console.print(f"[red]study failed:[/red] {escape(str(e))}")
         raise typer.Exit(1) from None
     result_path = out / "result.json"
-    result.write(result_path)
+    write_result(result, result_path)
     print_estimates(console, result)
     console.rule("3. Evidence report")
     paths = _report(result, out)

@@ -61,10 +61,9 @@ def build(
 ) -> None:
     """Build the unsigned report document (canonical JSON) from a study result, for review."""
     from coordinator.report import ReportError, build_report, report_bytes
-    from shared.result import StudyResult
 
     try:
-        doc = build_report(_read_result(result, StudyResult), issuer=issuer)
+        doc = build_report(_read_result(result), issuer=issuer)
     except ReportError as e:
         _fail(str(e))
     out.write_bytes(report_bytes(doc))
@@ -116,7 +115,6 @@ def render(
     """
     from coordinator.report import (ReportError, ReportVerificationError, verify_file,
                                     write_renderings, write_signed_report)
-    from shared.result import StudyResult
 
     try:
         if _is_signed_report(source):
@@ -127,7 +125,7 @@ def render(
         else:
             if key is None:
                 _fail("signing a study result needs the coordinator's private key: --key KEY")
-            paths = write_signed_report(_read_result(source, StudyResult), key_path=key,
+            paths = write_signed_report(_read_result(source), key_path=key,
                                         out_dir=out, issuer=issuer)
     except ReportVerificationError as e:
         _fail(f"{source}: {e}", code=1)
@@ -166,11 +164,13 @@ def _emit_paths(fmt: Fmt, paths: dict[str, Path]) -> None:
     _emit(fmt, {k: str(v) for k, v in paths.items()}, [f"{k}: {v}" for k, v in paths.items()])
 
 
-def _read_result(path: Path, model):
+def _read_result(path: Path):
     from pydantic import ValidationError
 
+    from coordinator.files import read_result
+
     try:
-        return model.read(path)
+        return read_result(path)
     except OSError as e:
         _fail(f"cannot read {path}: {e.strerror}")
     except ValidationError as e:

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from coordinator.cli.progress import study_progress
 from shared.errors import ReHealthError, SpecError
+from coordinator.files import load_spec, write_result
 from shared.result import StudyResult
 
 app = typer.Typer(help="Run federated studies.", no_args_is_help=True)
@@ -49,7 +50,7 @@ def run(
     except ReHealthError as e:
         console.print(f"[red]study failed:[/red] {escape(str(e))}")
         raise typer.Exit(1) from None
-    result.write(out)
+    write_result(result, out)
     paths = {"result": str(out)}
     if report_key:
         from coordinator.report import write_signed_report
@@ -99,11 +100,10 @@ def plan(
     after describe, by default) or what ε it would need."""
     from shared.driver import noise_plan
     from shared.dp.workflow import after_describe
-    from shared.study import StudySpec
 
     console = Console()
     try:
-        study = StudySpec.from_toml(spec)
+        study = load_spec(spec)
         if not study.privacy.enabled:
             raise ReHealthError("the spec's study is exact ([privacy] enabled = false): it "
                                 "releases no noisy statistics and spends no privacy budget")
@@ -182,10 +182,8 @@ def train_risk(
 
     console = Console(stderr=fmt == "json")
     job_id = "risk-" + hashlib.sha256(f"{spec}{_time.time_ns()}".encode()).hexdigest()[:16]
-    from shared.study import StudySpec
-
     try:
-        sites = tuple(s.name for s in StudySpec.from_toml(spec).sites)
+        sites = tuple(s.name for s in load_spec(spec).sites)
     except ReHealthError as e:
         console.print(f"[red]cannot read the spec:[/red] {escape(str(e))}")
         raise typer.Exit(1) from None

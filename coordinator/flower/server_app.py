@@ -22,7 +22,7 @@ from coordinator.flower.federation import GridFederation
 from coordinator.study.assemble import assemble_result
 from shared.driver import run_study
 from shared.errors import FederationError, ReHealthError
-from shared.study import StudySpec
+from coordinator.files import load_spec, write_result
 
 log = logging.getLogger("rehealth.coordinator")
 app = ServerApp()
@@ -60,7 +60,7 @@ def main(grid: Grid, context: Context) -> None:
 def run_one(grid: Grid, cfg, out_dir: Path, progress) -> None:
     started = time.perf_counter()
     started_at = _now()
-    spec = StudySpec.from_toml(str(cfg["spec-path"]))
+    spec = load_spec(str(cfg["spec-path"]))
     fed = GridFederation(grid, timeout_s=spec.federation.round_timeout_s,
                          min_nodes=spec.federation.min_nodes)
     expected = len(spec.sites) or int(cfg.get("expected-nodes", 0))
@@ -72,7 +72,7 @@ def run_one(grid: Grid, cfg, out_dir: Path, progress) -> None:
     run = run_study(spec, fed, progress, grant=_grant(cfg))
     result = assemble_result(run, dropped=fed.dropped, started_at=started_at, finished_at=_now(),
                              total_s=time.perf_counter() - started)
-    result.write(out_dir / "result.json")
+    write_result(result, out_dir / "result.json")
     progress("done", {"result": str(out_dir / "result.json")})
 
 

@@ -15,14 +15,14 @@ from datetime import datetime, timezone
 from coordinator.report import checks
 from coordinator.report.canonical import canonical_bytes
 from coordinator.report.document import (
-    Attrition, BalanceRow, Check, Estimand, EvidenceReport, OutcomeRow, PrivacySection, SiteBudget,
-    SiteRow, Software, StratumRow, StudySection, Summaries,
+    Attrition, Check, Estimand, EvidenceReport, OutcomeRow, PrivacySection, SiteBudget, Software,
+    StratumRow, StudySection, Summaries,
 )
 from coordinator.report.errors import ReportError
 from coordinator.report.narrative import write_summaries
 from coordinator.report.value import value_section
 from shared import __version__
-from shared.result import OutcomeEstimate, StudyResult
+from shared.result import BalanceRow, SiteSummary, StudyResult
 
 DEFAULT_ISSUER = "ReHealth Core coordinator"
 ESTIMAND_TEXT = (
@@ -52,19 +52,16 @@ def build_report(result: StudyResult, *, issuer: str = DEFAULT_ISSUER,
         raise ReportError("study result has no outcome estimate or no balance table")
     _check_spec_hash(result)
     truth = result.truth or {}
-    sites = tuple(SiteRow(**s.model_dump()) for s in result.sites)
-    outcomes = tuple(_outcome_row(o, truth.get(o.name)) for o in result.outcomes)
-    balance = tuple(
-        BalanceRow(**b.model_dump(), balanced=None if b.smd_after is None
-                   else abs(b.smd_after) < checks.SMD_MAX)
-        for b in result.balance
-    )
+    sites = result.sites
+    # the result's own estimate objects, with what only the report adds beside them
+    outcomes = tuple(OutcomeRow(estimate=o, truth=truth.get(o.name)) for o in result.outcomes)
+    balance = result.balance
     strata = tuple(
         StratumRow(lo=_finite_or_none(s.lo), hi=_finite_or_none(s.hi), n_treated=s.n_treated,
                    n_control=s.n_control, used=s.used)
         for s in result.strata
     )
-    first = outcomes[0]
+    first = result.outcomes[0]
     attrition = Attrition(
         treated_in_support=first.n_treated, treated_dropped=first.n_treated_dropped,
         treated_dropped_share=_share(first.n_treated_dropped,
@@ -121,13 +118,7 @@ def _study_section(result: StudyResult) -> StudySection:
     )
 
 
-def _outcome_row(o: OutcomeEstimate, truth: float | None) -> OutcomeRow:
-    d = o.model_dump()
-    lo, hi = d.pop("ci")
-    return OutcomeRow(**d, ci_low=lo, ci_high=hi, truth=truth)
-
-
-def _checks(result: StudyResult, sites: tuple[SiteRow, ...], balance: tuple[BalanceRow, ...],
+def _checks(result: StudyResult, sites: tuple[SiteSummary, ...], balance: tuple[BalanceRow, ...],
             strata: tuple[StratumRow, ...], attrition: Attrition) -> tuple[Check, ...]:
     """The report's own checks, then the study's diagnostics that do not merely restate them."""
     treated, control, source = checks.arm_totals(sites, strata)
@@ -152,7 +143,7 @@ def _privacy(result: StudyResult, outcomes: tuple[OutcomeRow, ...]) -> PrivacySe
     return PrivacySection(
         enabled=p.enabled, epsilon=p.epsilon, delta=p.delta, accountant=p.accountant,
         per_site=tuple(SiteBudget(site=k, epsilon=v) for k, v in sorted(p.per_site.items())),
-        max_privacy_share_of_ci=max(o.privacy_share_of_ci for o in outcomes),
+        max_privacy_share_of_ci=max(o.estimate.privacy_share_of_ci for o in outcomes),
         split=(p.resplit or result.spec.get("privacy", {}).get("split")) if p.enabled else None,
         resplit=p.resplit is not None,
         secure_nodes=p.secure_nodes,

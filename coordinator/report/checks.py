@@ -1,6 +1,7 @@
 """Diagnostics with pass/fail against the thresholds the report states.
 
-Thresholds (docs/STATISTICS.md, "Diagnostics"; Austin 2009 for SMD; Rubin 2001 for variance ratios):
+Thresholds (defined once, in :mod:`shared.thresholds`, which the estimator's diagnostics read
+too; docs/STATISTICS.md, "Diagnostics"; Austin 2009 for SMD; Rubin 2001 for variance ratios):
 
 * balance: max |SMD| after weighting < 0.1 over all covariates;
 * variance ratio after weighting within [0.5, 2] for every covariate where it is known;
@@ -15,29 +16,24 @@ from __future__ import annotations
 
 import math
 
-from coordinator.report.document import BalanceRow, Check, SiteRow, StratumRow
-from shared.result import Diagnostic
-
-SMD_MAX = 0.1
-VAR_RATIO_LO, VAR_RATIO_HI = 0.5, 2.0
-MIN_TREATED = 100
-CONTROL_POOL_RATIO = 3.0
-MIN_TREATED_IN_SUPPORT = 0.95
+from coordinator.report.document import Check, StratumRow
+from shared import thresholds as th
+from shared.result import BalanceRow, Diagnostic, SiteSummary
 
 
 def balance_check(rows: tuple[BalanceRow, ...]) -> Check:
     """Fails when no covariate's balance could be measured (DP noise): balance not shown."""
     known = [(r, abs(r.smd_after)) for r in rows if r.smd_after is not None]
-    rule = f"max |SMD| after weighting < {SMD_MAX:g}"
+    rule = f"max |SMD| after weighting < {th.SMD_MAX:g}"
     if not known:
         return Check(name="balance_smd", label="Covariate balance", rule=rule, passed=False,
-                     value=None, threshold=SMD_MAX, source="report",
+                     value=None, threshold=th.SMD_MAX, source="report",
                      detail="no covariate's SMD is resolvable under the privacy noise")
     worst, value = max(known, key=lambda rv: rv[1])
     unresolved = len(rows) - len(known)
     return Check(
         name="balance_smd", label="Covariate balance", rule=rule,
-        passed=value < SMD_MAX, value=value, threshold=SMD_MAX, source="report",
+        passed=value < th.SMD_MAX, value=value, threshold=th.SMD_MAX, source="report",
         detail=f"largest |SMD| after weighting: {worst.covariate}" + (
             f"; {unresolved} of {len(rows)} covariates unresolved under the privacy noise"
             if unresolved else ""),
@@ -51,13 +47,13 @@ def variance_ratio_check(rows: tuple[BalanceRow, ...]) -> Check | None:
     worst, value = max(known, key=lambda rv: abs(math.log(rv[1])))
     return Check(
         name="variance_ratio", label="Variance ratios",
-        rule=f"variance ratio after weighting within [{VAR_RATIO_LO:g}, {VAR_RATIO_HI:g}]",
-        passed=VAR_RATIO_LO <= value <= VAR_RATIO_HI, value=value, threshold=VAR_RATIO_HI,
+        rule=f"variance ratio after weighting within [{th.VAR_RATIO_LO:g}, {th.VAR_RATIO_HI:g}]",
+        passed=th.VAR_RATIO_LO <= value <= th.VAR_RATIO_HI, value=value, threshold=th.VAR_RATIO_HI,
         source="report", detail=f"furthest from 1: {worst.covariate}",
     )
 
 
-def arm_totals(sites: tuple[SiteRow, ...], strata: tuple[StratumRow, ...]) -> tuple[int, int, str]:
+def arm_totals(sites: tuple[SiteSummary, ...], strata: tuple[StratumRow, ...]) -> tuple[int, int, str]:
     """Treated and control totals: the sites' released counts when all are known, else strata."""
     ok = [s for s in sites if s.status == "ok"]
     treated = [s.n_treated for s in ok if s.n_treated is not None]
@@ -71,12 +67,12 @@ def arm_totals(sites: tuple[SiteRow, ...], strata: tuple[StratumRow, ...]) -> tu
 def size_checks(treated: int, control: int, source: str) -> tuple[Check, Check]:
     ratio = control / treated if treated > 0 else 0.0
     return (
-        Check(name="size_treated", label="Size gate: treated", rule=f"treated ≥ {MIN_TREATED}",
-              passed=treated >= MIN_TREATED, value=float(treated), threshold=float(MIN_TREATED),
+        Check(name="size_treated", label="Size gate: treated", rule=f"treated ≥ {th.MIN_TREATED}",
+              passed=treated >= th.MIN_TREATED, value=float(treated), threshold=float(th.MIN_TREATED),
               source="report", detail=f"{treated} treated ({source})"),
         Check(name="size_control_pool", label="Size gate: control pool",
-              rule=f"controls ≥ {CONTROL_POOL_RATIO:g} × treated",
-              passed=ratio >= CONTROL_POOL_RATIO, value=ratio, threshold=CONTROL_POOL_RATIO,
+              rule=f"controls ≥ {th.MIN_CONTROL_RATIO:g} × treated",
+              passed=ratio >= th.MIN_CONTROL_RATIO, value=ratio, threshold=th.MIN_CONTROL_RATIO,
               source="report", detail=f"{control} controls for {treated} treated ({source})"),
     )
 
@@ -86,8 +82,8 @@ def overlap_check(*, treated_in_support: int, treated_dropped: int) -> Check:
     share = treated_in_support / total if total else 0.0
     return Check(
         name="overlap", label="Propensity-score overlap",
-        rule=f"share of treated in common support ≥ {MIN_TREATED_IN_SUPPORT:.0%}",
-        passed=share >= MIN_TREATED_IN_SUPPORT, value=share, threshold=MIN_TREATED_IN_SUPPORT,
+        rule=f"share of treated in common support ≥ {th.MIN_SUPPORT:.0%}",
+        passed=share >= th.MIN_SUPPORT, value=share, threshold=th.MIN_SUPPORT,
         source="report", detail=f"{treated_dropped} of {total} treated outside common support",
     )
 

@@ -1,4 +1,4 @@
-"""The evidence report document, schema ``rehealth.evidence-report/1``.
+"""The evidence report document, schema ``rehealth.evidence-report/2``.
 
 What an enterprise submits to its insurer, the insurer shows its reinsurer and regulator, and
 HR uses for management and ESG reporting. Aggregates only: site counts, estimates, balance,
@@ -7,6 +7,16 @@ diagnostics and the privacy spent; no row, pseudonym or per-person score.
 Every model is frozen and forbids extra fields, so a parsed report is exactly a document of
 this version or an error. Scores' outer stratum edges are unbounded: ``None`` stands for ±∞
 (JSON has no infinity). Changing a field's meaning needs a new ``schema_version``.
+
+What the study estimated is carried as the study result's own types (:mod:`shared.result`, the
+objects the estimator builds): an outcome row *holds* its :class:`~shared.result.OutcomeEstimate`
+next to what only the report adds (the simulation truth), balance rows and sites are the
+result's :class:`~shared.result.BalanceRow` and :class:`~shared.result.SiteSummary`. A field
+added to the estimate therefore reaches the signed report without a copy to keep in step.
+
+Version 2 (was 1): ``outcomes[i]`` is ``{"estimate": OutcomeEstimate, "truth"}`` (the estimate's
+``ci`` a pair instead of ``ci_low``/``ci_high``); balance rows no longer carry ``balanced`` (it is
+``|smd_after|`` below the ``balance_smd`` check's threshold, stated in ``checks``).
 """
 
 from __future__ import annotations
@@ -15,7 +25,13 @@ from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-REPORT_SCHEMA_VERSION: Final = "rehealth.evidence-report/1"
+from shared.result import BalanceRow, OutcomeEstimate, SiteSummary
+
+REPORT_SCHEMA_VERSION: Final = "rehealth.evidence-report/2"
+
+__all__ = ["REPORT_SCHEMA_VERSION", "Attrition", "BalanceRow", "Check", "Estimand", "EvidenceReport",
+           "OutcomeRow", "PrivacySection", "SiteBudget", "SiteSummary", "Software", "StratumRow",
+           "StudySection", "Summaries", "ValueFigure", "ValueSection"]
 
 
 class _Model(BaseModel):
@@ -48,44 +64,11 @@ class Estimand(_Model):
     propensity_beta: tuple[float, ...]
 
 
-class SiteRow(_Model):
-    name: str
-    status: str
-    n: int | None
-    n_treated: int | None
-    n_control: int | None
-    error: str | None
-
-
 class OutcomeRow(_Model):
-    name: str
-    kind: Literal["continuous", "binary"]
-    att: float
-    se: float
-    ci_low: float
-    ci_high: float
-    se_sampling: float
-    se_privacy: float
-    privacy_share_of_ci: float  # share of the CI width due to DP noise, 0..1
-    n_treated: int
-    n_control: int
-    n_treated_dropped: int
-    treated_mean: float
-    control_mean: float  # counterfactual: controls reweighted to the treated
-    risk_difference: float | None
-    relative_risk: float | None
-    relative_risk_ci: tuple[float, float] | None
-    reference: dict[str, float] | None  # 1:1 NN caliper matching on pooled rows, if computed
+    """One outcome: the study's estimate as the estimator built it, and the report's additions."""
+
+    estimate: OutcomeEstimate
     truth: float | None  # simulation ground truth (synthetic studies only)
-
-
-class BalanceRow(_Model):
-    covariate: str
-    smd_before: float | None  # None: DP noise leaves the covariate's variance unresolved
-    smd_after: float | None
-    var_ratio_before: float | None
-    var_ratio_after: float | None
-    balanced: bool | None  # |smd_after| below the stated threshold; None when not resolved
 
 
 class StratumRow(_Model):
@@ -167,13 +150,13 @@ class Summaries(_Model):
 
 
 class EvidenceReport(_Model):
-    schema_version: Literal["rehealth.evidence-report/1"] = REPORT_SCHEMA_VERSION
+    schema_version: Literal["rehealth.evidence-report/2"] = REPORT_SCHEMA_VERSION
     issuer: str
     issued_at: str  # ISO 8601 UTC
     software: Software
     study: StudySection
     estimand: Estimand
-    sites: tuple[SiteRow, ...]
+    sites: tuple[SiteSummary, ...]
     outcomes: tuple[OutcomeRow, ...]
     balance: tuple[BalanceRow, ...]
     strata: tuple[StratumRow, ...]
@@ -191,6 +174,28 @@ class EvidenceReport(_Model):
 
     def outcome(self, name: str) -> OutcomeRow:
         for o in self.outcomes:
-            if o.name == name:
+            if o.estimate.name == name:
                 return o
         raise KeyError(name)
+
+    def check(self, name: str) -> Check:
+        for c in self.checks:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    @property
+    def smd_threshold(self) -> float:
+        """The balance threshold this report states (its ``balance_smd`` check), which is what
+        the report is read against, whatever today's :data:`shared.thresholds.SMD_MAX`."""
+        threshold = self.check("balance_smd").threshold
+        if threshold is None:
+            raise ValueError("the report's balance_smd check states no threshold")
+        return threshold
+
+    def balanced(self, row: BalanceRow) -> bool | None:
+        """``row``'s ``|smd_after|`` below the threshold this report's ``balance_smd``
+        check states; None when the privacy noise leaves it unresolved."""
+        if row.smd_after is None:
+            return None
+        return abs(row.smd_after) < self.smd_threshold

@@ -13,7 +13,8 @@ from coordinator.report import fmt
 from coordinator.report.value import ABSENCE, CLAIMS
 
 if TYPE_CHECKING:
-    from coordinator.report.document import EvidenceReport, OutcomeRow, Summaries, ValueFigure
+    from coordinator.report.document import EvidenceReport, Summaries, ValueFigure
+    from shared.result import OutcomeEstimate
 
 
 def write_summaries(doc: "EvidenceReport") -> "Summaries":
@@ -31,7 +32,7 @@ def _insurer(doc: "EvidenceReport") -> str:
         parts.append(
             f"Their claims cost was {fmt.num(abs(claims.att))} per person "
             f"{_direction(claims.att)} than the comparison group's "
-            f"(ATT 95% CI {fmt.ci(claims.ci_low, claims.ci_high)}); {_significance(claims)}"
+            f"(ATT 95% CI {fmt.ci(*claims.ci)}); {_significance(claims)}"
         )
     if v.claims_saved is not None:
         parts.append(f"Claims cost saved across the treated: {_figure(v.claims_saved)}.")
@@ -104,8 +105,8 @@ def _direction(att: float, lower: str = "lower", higher: str = "higher") -> str:
     return lower if att < 0 else higher
 
 
-def _significance(o: "OutcomeRow") -> str:
-    if o.ci_low > 0 or o.ci_high < 0:
+def _significance(o: "OutcomeEstimate") -> str:
+    if o.ci[0] > 0 or o.ci[1] < 0:
         return "the interval excludes zero, so the effect is statistically clear at the 5% level."
     return "the interval includes zero, so the effect is not statistically clear at the 5% level."
 
@@ -156,8 +157,8 @@ def _synthetic_sentence(doc: "EvidenceReport") -> str:
             "method and is not real-world evidence.")
 
 
-def _get(doc: "EvidenceReport", name: str) -> "OutcomeRow | None":
-    return next((o for o in doc.outcomes if o.name == name), None)
+def _get(doc: "EvidenceReport", name: str) -> "OutcomeEstimate | None":
+    return next((o.estimate for o in doc.outcomes if o.estimate.name == name), None)
 
 
 def _join(parts: list[str]) -> str:

@@ -11,17 +11,18 @@ import io
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from coordinator.report.checks import SMD_MAX
-from coordinator.report.document import BalanceRow, OutcomeRow, StratumRow
+from coordinator.report.document import OutcomeRow, StratumRow
+from shared.result import BalanceRow
 
 BEFORE, AFTER, TRUTH = "#c0504d", "#1f5f9e", "#2e8b57"
 TREATED, CONTROL = "#1f5f9e", "#e08a2c"
 DPI = 150
 
 
-def love_plot(rows: tuple[BalanceRow, ...]) -> bytes:
-    """|SMD| per covariate before and after weighting, with the 0.1 balance threshold
-    (covariates whose SMD the privacy noise leaves unresolved are left out, and said so)."""
+def love_plot(rows: tuple[BalanceRow, ...], *, threshold: float) -> bytes:
+    """|SMD| per covariate before and after weighting, with the balance ``threshold`` the report
+    states (its ``balance_smd`` check; covariates whose SMD the privacy noise leaves unresolved
+    are left out, and said so)."""
     order = sorted(((r.covariate, abs(r.smd_before), abs(r.smd_after)) for r in rows
                     if r.smd_before is not None and r.smd_after is not None), key=lambda c: c[1])
     fig = Figure(figsize=(6.4, 0.28 * max(len(order), 1) + 1.3))
@@ -36,8 +37,8 @@ def love_plot(rows: tuple[BalanceRow, ...]) -> bytes:
                label="before weighting", zorder=3)
     ax.scatter([a for _, _, a in order], y, color=AFTER, label="after weighting",
                zorder=3)
-    ax.axvline(SMD_MAX, color="black", ls="--", lw=0.8)
-    ax.text(SMD_MAX, len(order) - 0.4, f" |SMD| = {SMD_MAX:g}", fontsize=7, va="bottom")
+    ax.axvline(threshold, color="black", ls="--", lw=0.8)
+    ax.text(threshold, len(order) - 0.4, f" |SMD| = {threshold:g}", fontsize=7, va="bottom")
     ax.set_yticks(list(y), [c for c, _, _ in order], fontsize=8)
     ax.set_ylim(-0.7, len(order) + 0.2)
     ax.set_xlim(left=0)
@@ -89,19 +90,20 @@ def estimate_plot(outcomes: tuple[OutcomeRow, ...]) -> bytes:
     """ATT per outcome with its 95% CI (thin), the sampling-only CI (thick) and the truth."""
     fig = Figure(figsize=(6.4, 0.95 * len(outcomes) + 0.5))
     axes = fig.subplots(len(outcomes), 1, squeeze=False)[:, 0]
-    for ax, o in zip(axes, outcomes):
-        ax.hlines(0, o.ci_low, o.ci_high, color=AFTER, lw=1.5)
+    for ax, row in zip(axes, outcomes):
+        o, truth = row.estimate, row.truth
+        ax.hlines(0, *o.ci, color=AFTER, lw=1.5)
         half = 1.96 * o.se_sampling
         ax.hlines(0, o.att - half, o.att + half, color=AFTER, lw=5, alpha=0.45)
         ax.plot([o.att], [0], "o", color=AFTER, label="ATT, 95% CI", zorder=3)
-        if o.truth is not None:
-            ax.plot([o.truth], [0], "|", color=TRUTH, ms=18, mew=2.5, label="simulation truth",
+        if truth is not None:
+            ax.plot([truth], [0], "|", color=TRUTH, ms=18, mew=2.5, label="simulation truth",
                     zorder=2)
         ax.axvline(0, color="black", lw=0.6, ls=":")
         ax.set_yticks([])
         ax.set_ylabel(o.name, rotation=0, ha="right", va="center", fontsize=8)
-        lo = min(o.ci_low, 0.0, o.truth if o.truth is not None else 0.0)
-        hi = max(o.ci_high, 0.0, o.truth if o.truth is not None else 0.0)
+        lo = min(o.ci[0], 0.0, truth if truth is not None else 0.0)
+        hi = max(o.ci[1], 0.0, truth if truth is not None else 0.0)
         pad = 0.08 * (hi - lo or 1.0)
         ax.set_xlim(lo - pad, hi + pad)
         ax.tick_params(axis="x", labelsize=7)

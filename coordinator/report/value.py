@@ -36,9 +36,9 @@ def roi(*, saved: float, cost: float) -> float:
 
 def value_section(outcomes: tuple[OutcomeRow, ...], *, cost_per_person: float) -> ValueSection:
     """The value figures from the outcome estimates and the spec's cost per person."""
-    by_name = {o.name: o for o in outcomes}
+    by_name = {o.estimate.name: o for o in outcomes}
     basis = by_name.get(CLAIMS, outcomes[0])
-    n = basis.n_treated
+    n = basis.estimate.n_treated
     cost = cost_per_person * n
     saved = _averted_figure(by_name.get(CLAIMS), name="claims_saved", label="Claims cost saved",
                             unit="claims currency")
@@ -62,11 +62,12 @@ def value_section(outcomes: tuple[OutcomeRow, ...], *, cost_per_person: float) -
     )
 
 
-def _averted_figure(o: OutcomeRow | None, *, name: str, label: str, unit: str) -> ValueFigure | None:
-    if o is None:
+def _averted_figure(row: OutcomeRow | None, *, name: str, label: str, unit: str) -> ValueFigure | None:
+    if row is None:
         return None
-    est, lo, hi = averted(att=o.att, ci=(o.ci_low, o.ci_high), n_treated=o.n_treated)
-    truth = None if o.truth is None else -o.truth * o.n_treated
+    o = row.estimate
+    est, lo, hi = averted(att=o.att, ci=o.ci, n_treated=o.n_treated)
+    truth = None if row.truth is None else -row.truth * o.n_treated
     return ValueFigure(
         name=name, label=label, unit=unit, estimate=est, ci_low=lo, ci_high=hi, truth=truth,
         formula=f"−ATT({o.name}) × treated = −({fmt.num(o.att)}) × {fmt.num(o.n_treated)}",

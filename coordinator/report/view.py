@@ -66,6 +66,7 @@ class ReportView:
 def report_view(doc: EvidenceReport, *, signature: Signature | None = None) -> ReportView:
     """Format ``doc`` for reading; ``signature`` describes the signed file when there is one."""
     failed = [c.label for c in doc.checks if not c.passed]
+    smd_max = doc.smd_threshold  # as the signed document states it
     return ReportView(
         title=f"Evidence report: {doc.study.name}",
         facts=(
@@ -102,10 +103,10 @@ def report_view(doc: EvidenceReport, *, signature: Signature | None = None) -> R
                     "Var. ratio after", "Balanced"),
             rows=tuple((b.covariate, fmt.num(b.smd_before), fmt.num(b.smd_after),
                         fmt.num(b.var_ratio_before), fmt.num(b.var_ratio_after),
-                        {True: "pass", False: "fail", None: "n/a"}[b.balanced])
+                        {True: "pass", False: "fail", None: "n/a"}[doc.balanced(b)])
                        for b in doc.balance),
             note="SMD: standardized mean difference, treated minus (reweighted) controls; "
-                 "balanced when |SMD after| < 0.1. n/a: the privacy noise leaves the "
+                 f"balanced when |SMD after| < {smd_max:g}. n/a: the privacy noise leaves the "
                  "covariate's variance unresolved (noisy variance below 3 noise SDs).",
             status_col=5,
         ),
@@ -125,9 +126,9 @@ def report_view(doc: EvidenceReport, *, signature: Signature | None = None) -> R
                                 plots.estimate_plot(doc.outcomes),
                                 "ATT per outcome: thin bar the full 95% CI, thick bar the part "
                                 "from sampling alone; the difference is privacy noise."),
-            "love": Figure("Love plot", plots.love_plot(doc.balance),
+            "love": Figure("Love plot", plots.love_plot(doc.balance, threshold=smd_max),
                            "Absolute SMD per covariate before (open) and after (filled) "
-                           "weighting; dashed line: the 0.1 threshold."),
+                           f"weighting; dashed line: the {smd_max:g} threshold."),
             "overlap": Figure("Propensity-score overlap by arm", plots.overlap_plot(doc.strata),
                               "Share of each arm per stratum of the logit propensity score."),
         },
@@ -187,18 +188,19 @@ def _estimates_table(doc: EvidenceReport) -> Table:
     if doc.synthetic:
         header.insert(4, "Sim. truth")
     rows = []
-    for o in doc.outcomes:
+    for row in doc.outcomes:
+        o = row.estimate
         cells = [o.name + (" (binary)" if o.kind == "binary" else ""), fmt.num(o.att),
-                 fmt.num(o.se), fmt.ci(o.ci_low, o.ci_high)]
+                 fmt.num(o.se), fmt.ci(*o.ci)]
         if doc.synthetic:
-            cells.append(fmt.num(o.truth))
+            cells.append(fmt.num(row.truth))
         cells += [fmt.pct(o.privacy_share_of_ci), fmt.num(o.treated_mean),
                   fmt.num(o.control_mean), f"{fmt.num(o.n_treated)} / {fmt.num(o.n_control)}"]
         rows.append(tuple(cells))
     notes = ["*Control mean: the treated's counterfactual mean, controls reweighted to the "
              "treated within strata. Privacy share: part of the CI width due to privacy "
              "noise."]
-    for o in doc.outcomes:
+    for o in (row.estimate for row in doc.outcomes):
         if o.relative_risk is not None:
             rr_ci = f" (95% CI {fmt.ci(*o.relative_risk_ci)})" if o.relative_risk_ci else ""
             notes.append(f"{o.name}: relative risk {fmt.num(o.relative_risk)}{rr_ci}.")

@@ -15,6 +15,7 @@ from typing import Callable
 import coordinator.flower
 from coordinator.federation.flwr_cli import FlwrClient
 from coordinator.federation.launcher import LocalFederation, NodeSpec
+from coordinator.files import load_spec, read_result, write_result
 from shared.errors import FederationError, SpecError
 from shared.result import StudyResult
 from shared.study import StudySpec
@@ -144,13 +145,13 @@ def run_with_client(client: FlwrClient, spec_path: Path, out_dir: Path, *, key_p
                     on_event: OnEvent | None = None) -> StudyResult:
     """Sign the study with the operator's key, submit the study app, follow its progress,
     return the result it wrote."""
-    grant = sign_study(StudySpec.from_toml(spec_path), key_path)
+    grant = sign_study(load_spec(spec_path), key_path)
     result_file = run_app(client, {"spec-path": str(spec_path.resolve()), "grant": grant}, out_dir,
                           result_name="result.json", timeout_s=timeout_s, on_event=on_event)
-    result = StudyResult.read(result_file)
+    result = read_result(result_file)
     timings = dict(result.timings, startup_s=startup_s, total_s=result.timings.get("total_s", 0) + startup_s)
     result = result.model_copy(update={"timings": timings, "truth": _truth(spec_path)})
-    result.write(result_file)
+    write_result(result, result_file)
     return result
 
 
@@ -158,7 +159,7 @@ def run_with_client(client: FlwrClient, spec_path: Path, out_dir: Path, *, key_p
 def local_federation(spec_path: Path, out_dir: Path, coordinator_pub: Path,
                      on_event: OnEvent | None = None):
     """A SuperLink and one SuperNode per site of the spec on 127.0.0.1, stopped on exit."""
-    spec = StudySpec.from_toml(spec_path)
+    spec = load_spec(spec_path)
     workdir = out_dir.resolve() / "federation"
     with LocalFederation(workdir, site_nodes(spec, workdir, coordinator_pub)) as fed:
         if on_event:
@@ -213,7 +214,7 @@ def run_remote(spec_path: Path, out_dir: Path, *, key_path: Path, superlink: str
                timeout_s: float = 900.0) -> StudyResult:
     """Run the study on an already running federation (SuperLink address from the flag or
     the spec's ``[federation] superlink``). The result lands on the SuperLink's host."""
-    spec = StudySpec.from_toml(spec_path)
+    spec = load_spec(spec_path)
     address = superlink or spec.federation.superlink
     if not address:
         raise SpecError("federation.superlink: give the SuperLink address (or use --local)")

@@ -1,9 +1,8 @@
 """`rehealth node` commands. One module per command; each registers itself on ``app``."""
 
-import typer
+from node.cli._app import app
 
-app = typer.Typer(help="On-premise node: set up, ingest data, serve, inspect the privacy budget.",
-                  no_args_is_help=True)
+__all__ = ["app"]
 
 # Command modules register on import; add one line per command module.
 from node.cli import init, ingest, intervention  # noqa: E402,F401

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import typer
 
-from node.cli import app
+from node.cli._app import app
 from node.cli._dataplane import check_format, echo_json, errors_to_exit
 from shared.errors import SpecError
 

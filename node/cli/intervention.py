@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from node.cli import app
+from node.cli._app import app
 from node.cli._dataplane import (CONFIG_OPTION, FORMAT_OPTION, check_format, echo_json,
                                  errors_to_exit, open_node)
 from node.trajectory import record_intervention

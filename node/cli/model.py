@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from node.cli import app
+from node.cli._app import app
 from node.cli._dataplane import check_format, echo_json, errors_to_exit
 from node.cli._risk import model_dir, node_config
 

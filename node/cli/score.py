@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from node.cli import app
+from node.cli._app import app
 from node.cli._dataplane import errors_to_exit
 from node.cli._risk import model_dir, node_config, parse_cutoffs
 

@@ -16,7 +16,7 @@ import numpy as np
 from node.risk.train import DpSgdSpend, composed_epsilon, local_train, plan_noise
 from shared.risk.arch import RiskArch
 from shared.risk.fedavg import weighted_average
-from shared.risk.model import initial_arrays
+from node.risk.model import initial_arrays
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from shared.errors import DataError, SpecError
 from shared.features import FEATURES, scale
 from shared.risk.arch import RiskArch, model_input
-from shared.risk.model import build_model, from_arrays, to_arrays
+from node.risk.model import build_model, from_arrays, to_arrays
 
 Accountant = str  # "rdp" | "prv"
 _ACCOUNTANTS = ("rdp", "prv")

@@ -219,8 +219,8 @@ def fit_resolution_check(*, n_treated: float, n_covariates: int, plan: NoisePlan
     said = f"{r:.1f} treated per noise SD of the propensity fit and √(d + 1) (at least " \
            f"{FIT_RESOLUTION_MIN:g} needed): "
     if r >= FIT_RESOLUTION_MIN:
-        return Check("dp_fit_resolution", True, r, FIT_RESOLUTION_MIN,
-                     said + "the fit resolves the confounding")
+        return Check(name="dp_fit_resolution", passed=True, value=r, threshold=FIT_RESOLUTION_MIN,
+                     message=said + "the fit resolves the confounding")
     # r is N_T / σ: reaching FIT_RESOLUTION_MIN takes σ smaller, or N_T larger, by this factor
     short = FIT_RESOLUTION_MIN / r
     # the σ that would give r = FIT_RESOLUTION_MIN, and the ε that buys it; under secure
@@ -230,7 +230,8 @@ def fit_resolution_check(*, n_treated: float, n_covariates: int, plan: NoisePlan
     secure = "" if secure_aggregation or n_nodes < 2 else (
         f"; ε ≥ {plan.epsilon_for_sigma('ps_fit', sigma * math.sqrt(n_nodes)):.2g} with secure "
         "aggregation")
-    return Check("dp_fit_resolution", False, r, FIT_RESOLUTION_MIN, said + (
+    return Check(name="dp_fit_resolution", passed=False, value=r, threshold=FIT_RESOLUTION_MIN,
+                 message=said + (
         "the noisy score removes only part of the confounding, so the CI may not cover the "
         f"residual bias; these {n_treated:,.0f} treated would need ε ≥ {needed:.2g} (same split "
         f"and δ{secure}), or at least {math.ceil(n_treated * short):,} treated at "

@@ -11,7 +11,7 @@ through the study driver; estimate_att_pooled, the same with one node holding ev
 nn_match_att) are imported from their module: they run the driver, which imports this package.
 """
 
-from shared.psm.estimator import AttEstimate, BalanceStat, Check, OutcomeAtt, StratumStat, estimate_att
+from shared.psm.estimator import AttEstimate, Check, estimate_att
 from shared.psm.propensity import (CovMoments, PropensityFitter, PsStats, cov_moments,
                                    fit_propensity, initial_beta, ps_contribution, run_fit)
 from shared.psm.strata import (caliper_edges, logit_scores, logit_sd, quantile_edges, score_grid,
@@ -19,10 +19,10 @@ from shared.psm.strata import (caliper_edges, logit_scores, logit_sd, quantile_e
 from shared.psm.table import PsmTable, psm_table, scale_outcomes, unscale_outcomes
 
 __all__ = [
-    "AttEstimate", "BalanceStat", "Check", "CovMoments", "OutcomeAtt",
-    "PropensityFitter", "PsStats", "PsmTable", "StratumStat", "caliper_edges", "cov_moments",
+    "AttEstimate", "Check", "CovMoments",
+    "PropensityFitter", "PsStats", "PsmTable", "caliper_edges", "cov_moments",
     "estimate_att", "fit_propensity",
-    "initial_beta", "logit_scores", "logit_sd", "nn_match_att", "ps_contribution", "psm_table",
+    "initial_beta", "logit_scores", "logit_sd", "ps_contribution", "psm_table",
     "quantile_edges", "run_fit", "scale_outcomes", "score_grid", "score_histogram",
     "score_range", "unscale_outcomes",
 ]

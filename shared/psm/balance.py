@@ -24,23 +24,13 @@ from typing import Sequence
 import numpy as np
 
 from shared.psm.cells import cell_means, clamped_counts
+from shared.result import BalanceRow
 
-__all__ = ["BalanceNoise", "BalanceStat", "balance_table", "overlap_coefficient"]
+__all__ = ["BalanceNoise", "balance_table", "overlap_coefficient"]
 
 _TINY = 1e-12
 #: A noisy variance counts as resolved above this many noise SDs (pure noise passes 0.13 %).
 RESOLVE_SD = 3.0
-
-
-@dataclass(frozen=True)
-class BalanceStat:
-    """Mirrors :class:`shared.result.BalanceRow`."""
-
-    covariate: str
-    smd_before: float | None
-    smd_after: float | None
-    var_ratio_before: float | None = None
-    var_ratio_after: float | None = None
 
 
 @dataclass(frozen=True)
@@ -94,8 +84,9 @@ def _ratio(a: float, b: float) -> float | None:
 
 
 def balance_table(*, table, covariates: Sequence[str], weights: np.ndarray,
-                  used: np.ndarray, noise: BalanceNoise | None = None) -> tuple[BalanceStat, ...]:
-    """One :class:`BalanceStat` per covariate.
+                  used: np.ndarray, noise: BalanceNoise | None = None) -> tuple[BalanceRow, ...]:
+    """One :class:`shared.result.BalanceRow` per covariate (the type the study result and the
+    evidence report carry).
 
     Args:
         table: the summed :class:`~shared.psm.table.PsmTable`.
@@ -135,7 +126,7 @@ def balance_table(*, table, covariates: Sequence[str], weights: np.ndarray,
         return value if ok else None
 
     return tuple(
-        BalanceStat(
+        BalanceRow(
             covariate=name,
             smd_before=keep(known_smd[j], float((mt0[j] - mc0[j]) / denom[j])),
             smd_after=keep(known_smd[j], float((mt1[j] - mc1[j]) / denom[j])),

@@ -46,111 +46,69 @@ from typing import Sequence
 
 import numpy as np
 
+from shared import thresholds as th
 from shared.errors import DataError, EmptyArmError, NoOverlapError
-from shared.psm.balance import BalanceNoise, BalanceStat, balance_table, overlap_coefficient
+from shared.psm.balance import BalanceNoise, balance_table, overlap_coefficient
 from shared.psm.cells import cell_means, cell_variances, clamped_counts
 from shared.psm.table import PsmTable
+from shared.result import BalanceRow, Diagnostic, OutcomeEstimate, StratumCounts
 from shared.study import Outcome
 
-__all__ = ["AttEstimate", "BalanceStat", "Check", "OutcomeAtt", "StratumStat", "estimate_att"]
+__all__ = ["AttEstimate", "Check", "estimate_att"]
 
 Z_95 = 1.959963984540054
-MIN_TREATED = 100
-MIN_CONTROL_RATIO = 3.0
-SMD_TARGET = 0.1
-#: Share of the treated that must lie in common support for the ATT to speak for the treated
-#: (dropping a handful is routine; dropping more changes the estimand and fails the check).
-MIN_SUPPORT = 0.95
-
-
-@dataclass(frozen=True)
-class OutcomeAtt:
-    """One outcome's estimate; fields mirror :class:`shared.result.OutcomeEstimate`."""
-
-    name: str
-    kind: str
-    att: float
-    se: float
-    ci: tuple[float, float]
-    n_treated: int
-    n_control: int
-    n_treated_dropped: int
-    treated_mean: float
-    control_mean: float
-    se_sampling: float
-    se_privacy: float = 0.0
-    privacy_share_of_ci: float = 0.0
-    risk_difference: float | None = None
-    relative_risk: float | None = None
-    relative_risk_ci: tuple[float, float] | None = None
-
-
-@dataclass(frozen=True)
-class StratumStat:
-    """Mirrors :class:`shared.result.StratumCounts` (edges may be ±inf here)."""
-
-    lo: float
-    hi: float
-    n_treated: int
-    n_control: int
-    used: bool
-
-
-@dataclass(frozen=True)
-class Check:
-    """Mirrors :class:`shared.result.Diagnostic`."""
-
-    name: str
-    passed: bool
-    value: float | None = None
-    threshold: float | None = None
-    message: str = ""
+#: The estimator's diagnostics are :class:`shared.result.Diagnostic` (this name is kept for the
+#: DP workflow and simulation, which build and pass them as ``Check``): one type per concept.
+Check = Diagnostic
 
 
 @dataclass(frozen=True)
 class AttEstimate:
-    """Everything the stratified estimator found; :meth:`to_result_parts` maps it onto
-    :mod:`shared.result`."""
+    """Everything the stratified estimator found, in the types of the study result
+    (:mod:`shared.result`): the result and the evidence report carry these very objects, so an
+    outcome, a balance row or a diagnostic has one definition from estimator to report.
 
-    outcomes: tuple[OutcomeAtt, ...]
-    balance: tuple[BalanceStat, ...]
-    strata: tuple[StratumStat, ...]
-    diagnostics: tuple[Check, ...]
+    ``strata`` edges may be ±inf here (unbounded outer strata); :meth:`to_result_parts` makes
+    them finite for JSON.
+    """
+
+    outcomes: tuple[OutcomeEstimate, ...]
+    balance: tuple[BalanceRow, ...]
+    strata: tuple[StratumCounts, ...]
+    diagnostics: tuple[Diagnostic, ...]
     warnings: tuple[str, ...]
     n_treated: int  # all treated (before common support)
     n_control: int
     n_treated_dropped: int
     overlap: float  # overlap coefficient of the arms' score distributions over strata
 
-    def outcome(self, name: str) -> OutcomeAtt:
+    def outcome(self, name: str) -> OutcomeEstimate:
         for o in self.outcomes:
             if o.name == name:
                 return o
         raise KeyError(name)
 
     def to_result_parts(self, *, score_range: tuple[float, float] | None = None) -> dict:
-        """``outcomes``, ``balance``, ``strata``, ``diagnostics``, ``warnings`` as the pydantic
-        objects of :mod:`shared.result`.
+        """``outcomes``, ``balance``, ``strata``, ``diagnostics``, ``warnings`` for
+        :class:`shared.result.StudyResult`: the same objects, strata with finite edges.
 
         JSON (and the signed report) has no infinities, so the outer ±inf edges are replaced by
         ``score_range`` (the public range, :func:`shared.psm.strata.score_range`) if given, else
         by extending the neighbouring stratum's width — which for caliper strata is exactly the
         public lower end.
         """
-        from shared import result as r  # schemas stay out of the math's import path
-
         los, his = _finite_edges(self.strata, score_range)
         return {
-            "outcomes": tuple(r.OutcomeEstimate(**vars(o)) for o in self.outcomes),
-            "balance": tuple(r.BalanceRow(**vars(b)) for b in self.balance),
-            "strata": tuple(r.StratumCounts(**{**vars(s), "lo": lo, "hi": hi})
+            "outcomes": self.outcomes,
+            "balance": self.balance,
+            "strata": tuple(s.model_copy(update={"lo": lo, "hi": hi})
                             for s, lo, hi in zip(self.strata, los, his)),
-            "diagnostics": tuple(r.Diagnostic(**vars(c)) for c in self.diagnostics),
+            "diagnostics": self.diagnostics,
             "warnings": self.warnings,
         }
 
 
-def _finite_edges(strata: Sequence[StratumStat], score_range) -> tuple[list[float], list[float]]:
+def _finite_edges(strata: Sequence[StratumCounts], score_range) -> tuple[list[float], list[float]]:
     edges = np.array([s.lo for s in strata] + [strata[-1].hi], dtype=float)
     finite = edges[np.isfinite(edges)]
     step = float(np.diff(finite)[0]) if finite.size >= 2 else 1.0
@@ -216,7 +174,7 @@ def estimate_att(*, table: PsmTable, outcomes: Sequence[Outcome], covariates: Se
                             noise=balance_noise)
     overlap = overlap_coefficient(n)
     strata = tuple(
-        StratumStat(lo=float(table.edges[b]), hi=float(table.edges[b + 1]),
+        StratumCounts(lo=float(table.edges[b]), hi=float(table.edges[b + 1]),
                     n_treated=_count(n[b, 1]), n_control=_count(n[b, 0]), used=bool(used[b]))
         for b in range(table.n_strata)
     )
@@ -243,7 +201,7 @@ def _count(x: float) -> int:
 
 
 def _outcome_att(o: Outcome, k: int, w, used, n, mean, var, se_priv: float,
-                 n_treated_dropped: int, warnings: list[str]) -> OutcomeAtt:
+                 n_treated_dropped: int, warnings: list[str]) -> OutcomeEstimate:
     span = o.cap - o.lo
     nt, nc = n[used, 1], n[used, 0]
     mt, mc = mean[used, 1, k], mean[used, 0, k]
@@ -264,7 +222,7 @@ def _outcome_att(o: Outcome, k: int, w, used, n, mean, var, se_priv: float,
             rr_ci = (float(rr * np.exp(-half)), float(rr * np.exp(half)))
         else:
             warnings.append(f"{o.name}: relative risk undefined (a weighted arm risk is 0)")
-    return OutcomeAtt(
+    return OutcomeEstimate(
         name=o.name, kind=o.kind, att=att, se=se, ci=(att - Z_95 * se, att + Z_95 * se),
         n_treated=_count(nt.sum()), n_control=_count(nc.sum()), n_treated_dropped=n_treated_dropped,
         treated_mean=o.lo + treated01 * span, control_mean=o.lo + control01 * span,
@@ -275,25 +233,32 @@ def _outcome_att(o: Outcome, k: int, w, used, n, mean, var, se_priv: float,
 
 
 def _diagnostics(n_t: float, n_c: float, n_t_used: float, balance, overlap: float,
-                 warnings: list[str], extra: Sequence[Check] = ()) -> tuple[Check, ...]:
+                 warnings: list[str], extra: Sequence[Diagnostic] = ()) -> tuple[Diagnostic, ...]:
     ratio = n_c / n_t
     known = [abs(b.smd_after) for b in balance if b.smd_after is not None]
     max_smd = max(known, default=None)
     kept = n_t_used / n_t
+    # thresholds read at call time from their one definition, as the report's checks read them
     checks = (
-        Check("size_gate_treated", n_t >= MIN_TREATED, n_t, MIN_TREATED,
-              f"{n_t:.0f} treated (the design asks for at least {MIN_TREATED})"),
-        Check("size_gate_control_ratio", ratio >= MIN_CONTROL_RATIO, ratio, MIN_CONTROL_RATIO,
-              f"control pool {ratio:.2f}x the treated (at least {MIN_CONTROL_RATIO:g}x asked)"),
-        Check("balance_after", max_smd is not None and max_smd < SMD_TARGET, max_smd, SMD_TARGET,
-              "largest |SMD| after weighting" + (
-                  f" over the {len(known)} of {len(balance)} covariates the privacy noise resolves"
-                  if len(known) < len(balance) else "")),
-        Check("common_support", kept >= MIN_SUPPORT, kept, MIN_SUPPORT,
-              f"{n_t - n_t_used:.0f} treated dropped for lack of controls in their stratum "
-              f"({kept:.2%} kept; the estimand is the ATT on those kept)"),
-        Check("score_overlap", overlap > 0, overlap, None,
-              "overlap coefficient of treated and control score distributions over strata"),
+        Diagnostic(name="size_gate_treated", passed=n_t >= th.MIN_TREATED, value=n_t,
+                   threshold=th.MIN_TREATED,
+                   message=f"{n_t:.0f} treated (the design asks for at least {th.MIN_TREATED})"),
+        Diagnostic(name="size_gate_control_ratio", passed=ratio >= th.MIN_CONTROL_RATIO, value=ratio,
+                   threshold=th.MIN_CONTROL_RATIO,
+                   message=f"control pool {ratio:.2f}x the treated "
+                           f"(at least {th.MIN_CONTROL_RATIO:g}x asked)"),
+        Diagnostic(name="balance_after", passed=max_smd is not None and max_smd < th.SMD_MAX,
+                   value=max_smd, threshold=th.SMD_MAX,
+                   message="largest |SMD| after weighting" + (
+                       f" over the {len(known)} of {len(balance)} covariates the privacy noise "
+                       "resolves" if len(known) < len(balance) else "")),
+        Diagnostic(name="common_support", passed=kept >= th.MIN_SUPPORT, value=kept,
+                   threshold=th.MIN_SUPPORT,
+                   message=f"{n_t - n_t_used:.0f} treated dropped for lack of controls in their "
+                           f"stratum ({kept:.2%} kept; the estimand is the ATT on those kept)"),
+        Diagnostic(name="score_overlap", passed=overlap > 0, value=overlap, threshold=None,
+                   message="overlap coefficient of treated and control score distributions "
+                           "over strata"),
         *extra,
     )
     for c in checks:

@@ -1,10 +1,10 @@
 """Seeded synthetic federation with ground truth (docs/STATISTICS.md, "Synthetic data").
 
-``generate_federation`` and ``generate_cohort`` are pure (numpy/pandas in memory);
-``write_federation`` (in :mod:`shared.synth.io`) is the only part that touches files.
+``generate_federation`` and ``generate_cohort`` are pure (numpy/pandas in memory). Writing a
+federation to files and the ``rehealth synth`` command are the operator's tooling and live in
+:mod:`coordinator.synth` (``shared`` does no I/O).
 """
 
 from shared.synth.federation import Federation, SiteData, generate_cohort, generate_federation
-from shared.synth.io import write_federation
 
-__all__ = ["Federation", "SiteData", "generate_cohort", "generate_federation", "write_federation"]
+__all__ = ["Federation", "SiteData", "generate_cohort", "generate_federation"]

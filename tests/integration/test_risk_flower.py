@@ -7,14 +7,15 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
+from coordinator.files import load_spec
 from coordinator.study.runner import node_state_dir, train_risk_local
 from node.ledger import PrivacyLedger
 from node.risk.model_store import ModelStore
 from shared.features import FEATURE_NAMES, FEATURES, scale
 from shared.protocol import RiskJob
 from shared.risk.arch import RiskArch, model_input, predict_proba
-from shared.study import StudySpec
-from shared.synth import generate_cohort, generate_federation, write_federation
+from shared.synth import generate_cohort, generate_federation
+from coordinator.synth import write_federation
 
 pytestmark = pytest.mark.integration
 
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.integration
 def test_federated_dp_model_matches_centralized_auc_at_eps_8(tmp_path):
     fed = generate_federation(seed=3, sites=3, scale=0.3)
     spec_path = write_federation(fed, tmp_path / "data")
-    spec = StudySpec.from_toml(spec_path)
+    spec = load_spec(spec_path)
     job = RiskJob(job_id="risk-test-0001", rounds=8, target_epsilon=8.0,
                   sites=tuple(s.name for s in spec.sites))
     summary = train_risk_local(spec_path, tmp_path / "run", job, timeout_s=900)

@@ -8,12 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from coordinator.files import load_spec
 from coordinator.federation.launcher import LocalFederation
 from coordinator.study.runner import (APP_DIR, coordinator_keys, node_state_dir, run_local,
                                       sign_study, site_nodes)
 from shared.psm.reference import estimate_att_pooled
-from shared.study import StudySpec
-from shared.synth import generate_federation, write_federation
+from shared.synth import generate_federation
+from coordinator.synth import write_federation
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +41,7 @@ def _pooled(spec, fed):
 
 def test_real_federation_equals_pooled_estimator(synthetic, tmp_path):
     spec_path, fed = synthetic
-    spec = StudySpec.from_toml(spec_path)
+    spec = load_spec(spec_path)
     events = []
     result = run_local(spec_path, tmp_path / "run", on_event=events.append, timeout_s=400)
     pooled = _pooled(spec, fed)
@@ -69,7 +70,7 @@ def test_real_federation_equals_pooled_estimator(synthetic, tmp_path):
 def test_killed_supernode_fails_clearly_naming_node_and_round(synthetic, tmp_path):
     spec_path = synthetic[0].with_name("study-timeout.toml")
     spec_path.write_text(synthetic[0].read_text() + "\n[federation]\nround_timeout_s = 45.0\n")
-    spec = StudySpec.from_toml(spec_path)
+    spec = load_spec(spec_path)
     victim = spec.sites[2].name
     out = tmp_path / "out"
     workdir = tmp_path / "fed"
@@ -98,7 +99,7 @@ def test_killed_supernode_fails_clearly_naming_node_and_round(synthetic, tmp_pat
 def test_private_study_charges_each_real_node_ledger(synthetic, tmp_path):
     from node.ledger import PrivacyLedger
 
-    from shared.synth.io import study_document, to_toml
+    from coordinator.synth.io import study_document, to_toml
 
     # its own copy of the data: a site's ledger lives beside its data file, for every run over it
     spec_path = write_federation(synthetic[1], tmp_path / "data").with_name("study-dp.toml")
@@ -107,7 +108,7 @@ def test_private_study_charges_each_real_node_ledger(synthetic, tmp_path):
     # describe by default); this test is about every round charging the real ledgers
     doc["privacy"]["unresolved_fit"] = "warn"
     spec_path.write_text(to_toml(doc))
-    spec = StudySpec.from_toml(spec_path)
+    spec = load_spec(spec_path)
     assert spec.privacy.enabled and spec.privacy.epsilon == 1.0
     result = run_local(spec_path, tmp_path / "run", timeout_s=500)
     assert result.privacy.enabled and result.privacy.epsilon == spec.privacy.epsilon
@@ -124,13 +125,13 @@ def test_secure_aggregation_study_over_real_nodes(synthetic, tmp_path):
     ledger is charged the plan's (central) σ once per release, and the CI holds the estimate."""
     from node.ledger import PrivacyLedger
 
-    from shared.synth.io import study_document, to_toml
+    from coordinator.synth.io import study_document, to_toml
 
     spec_path = write_federation(synthetic[1], tmp_path / "data").with_name("study-secagg.toml")
     doc = study_document(synthetic[1], epsilon=8.0, secure_aggregation=True)
     doc["sites"] = doc["sites"][:3]  # each SecAgg+ stage starts a ClientApp process per node
     spec_path.write_text(to_toml(doc))
-    spec = StudySpec.from_toml(spec_path)
+    spec = load_spec(spec_path)
     result = run_local(spec_path, tmp_path / "run", timeout_s=600)
     from shared.driver import noise_plan
     from shared.study import BudgetSplit

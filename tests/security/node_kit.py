@@ -18,13 +18,15 @@ from pathlib import Path
 import numpy as np
 from flwr.app import Message
 
+from coordinator.files import load_spec
 from coordinator.flower.inprocess import InProcessGrid, signed_grid
 from coordinator.report.signing import PRIVATE_KEY_NAME, load_private_key
 from node.ledger import PrivacyLedger
 from shared.grant import Grant, new_grant_id, sign_grant
 from shared.protocol import STUDY_MESSAGE_TYPE, StudyQuery
 from shared.study import StudySpec
-from shared.synth import generate_federation, write_federation
+from shared.synth import generate_federation
+from coordinator.synth import write_federation
 from protos.codec import decode_answer, encode_query
 
 
@@ -122,7 +124,7 @@ def make_federation(root: Path, *, seed: int = 7, extra: dict | None = None,
     entries for every node (e.g. ``{"allow-exact": True}`` — the single-owner setting)."""
     synth = synth if synth is not None else generate_federation(seed=seed, sites=2, scale=0.02)
     spec_path = write_federation(synth, root / "data", epsilon=epsilon)
-    spec = StudySpec.from_toml(spec_path)
+    spec = load_spec(spec_path)
     grid, _ = signed_grid(spec, root / "fed", extra=extra)
     key = root / "fed" / "keys" / PRIVATE_KEY_NAME
     nodes = {cfg["site"]: Node(grid, nid, cfg["site"], cfg) for nid, cfg in grid.node_configs.items()}

@@ -23,6 +23,7 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
+from coordinator.files import load_spec
 from coordinator.flower.federation import GridFederation
 from coordinator.flower.inprocess import InProcessGrid
 from coordinator.study.runner import coordinator_keys, sign_study
@@ -36,14 +37,15 @@ from shared.grant import SignedGrant
 from shared.errors import BudgetExceededError, FederationError, PrivacyError, SpecError
 from shared.protocol import Describe, StudyQuery
 from shared.study import StudySpec
-from shared.synth import generate_cohort, generate_federation, write_federation
+from shared.synth import generate_cohort, generate_federation
+from coordinator.synth import write_federation
 
 
 @pytest.fixture
 def spec(tmp_path) -> StudySpec:
     """A DP study (ε = 4) over 3 synthetic sites whose data lives in this test's folder."""
     path = write_federation(generate_federation(seed=5, sites=3, scale=0.15), tmp_path / "data")
-    spec = StudySpec.from_toml(path)
+    spec = load_spec(path)
     return spec.model_copy(update={"privacy": spec.privacy.model_copy(
         update={"enabled": True, "epsilon": 4.0})})
 

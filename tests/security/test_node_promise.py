@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from coordinator.files import load_spec
 from coordinator.flower.inprocess import signed_federation
 from coordinator.report.signing import PRIVATE_KEY_NAME, generate_keypair
 from shared.driver import run_study
@@ -38,7 +39,8 @@ from shared.grant import SignedGrant
 from shared.protocol import (CODE_BUDGET, CODE_DATA, CODE_NOT_IN_STUDY, CODE_REFUSED,
                              CODE_UNAUTHORIZED, ERROR_TEXT, Describe, PsFit, PsmStats, StudyQuery)
 from shared.study import BudgetSplit, Covariate, Outcome, StudyInfo, StudySpec
-from shared.synth import generate_federation, write_federation
+from shared.synth import generate_federation
+from coordinator.synth import write_federation
 from tests.security.node_kit import Federation, Node, make_federation
 
 D = 16  # covariates of the default study
@@ -436,7 +438,7 @@ def test_7_unsigned_foreign_altered_or_mismatched_grants_get_nothing(tmp_path, s
 # -- 8. replay -------------------------------------------------------------------------------
 def test_8a_a_signed_study_replayed_after_it_ran_gets_nothing(tmp_path, synth):
     spec_path = write_federation(synth, tmp_path / "data")
-    spec = StudySpec.from_toml(spec_path)
+    spec = load_spec(spec_path)
     spec = spec.model_copy(update={"privacy": spec.privacy.model_copy(update={"unresolved_fit": "warn"})})
     fed, grant = signed_federation(spec, tmp_path / "fed")
     run_study(spec, fed, grant=grant)
@@ -492,7 +494,7 @@ def test_9b_a_flood_of_signed_studies_stops_at_the_budget(tmp_path, synth):
 def test_10_studies_are_dp_by_default(tmp_path, synth):
     spec = StudySpec(study=StudyInfo(name="x"), outcomes=(Outcome(name="claims_cost", cap=1e5),))
     assert spec.privacy.enabled is True
-    assert StudySpec.from_toml(write_federation(synth, tmp_path / "d")).privacy.enabled is True
+    assert load_spec(write_federation(synth, tmp_path / "d")).privacy.enabled is True
     from typer.testing import CliRunner
 
     from shared import cli
@@ -502,4 +504,4 @@ def test_10_studies_are_dp_by_default(tmp_path, synth):
     res = CliRunner().invoke(cli.app, ["synth", "--sites", "2", "--out", str(tmp_path / "s"),
                                        "--scale", "0.01"])
     assert res.exit_code == 0, res.output
-    assert StudySpec.from_toml(tmp_path / "s" / "study.toml").privacy.enabled is True
+    assert load_spec(tmp_path / "s" / "study.toml").privacy.enabled is True

@@ -15,12 +15,13 @@ import json
 
 import pytest
 
+from coordinator.files import load_spec
 from coordinator.federation.launcher import LocalFederation
 from coordinator.report.signing import generate_keypair
 from coordinator.study.runner import APP_DIR, coordinator_keys, sign_study, site_nodes
-from shared.study import StudySpec
-from shared.synth import generate_federation, write_federation
-from shared.synth.io import study_document, to_toml
+from shared.synth import generate_federation
+from coordinator.synth import write_federation
+from coordinator.synth.io import study_document, to_toml
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +35,7 @@ def federation(tmp_path_factory):
     doc = study_document(synth, epsilon=1.0)
     doc["privacy"]["unresolved_fit"] = "warn"  # a few hundred rows: this is about who may ask
     spec_path.write_text(to_toml(doc))
-    spec = StudySpec.from_toml(spec_path)
+    spec = load_spec(spec_path)
     key, pub = coordinator_keys(base / "operator")
     with LocalFederation(base / "fed", site_nodes(spec, base / "fed", pub)) as fed:
         yield fed, spec_path, spec, key, None, synth, base
@@ -71,7 +72,7 @@ def test_a_study_signed_by_another_key_is_refused_by_every_node(federation):
     spec_path = _exact_spec(synth, base, "forged")
     out = base / "loot-forged"
     status, error = _attack(fed, out, {"spec-path": str(spec_path),
-                                       "grant": sign_study(StudySpec.from_toml(spec_path), other_key)})
+                                       "grant": sign_study(load_spec(spec_path), other_key)})
     assert error is not None and "not authorised by the node's pinned coordinator key" in error["message"]
     assert not (out / "result.json").exists()
 

@@ -7,21 +7,22 @@ noise scales whatever the noise."""
 import numpy as np
 import pytest
 
+from coordinator.files import load_spec
 from coordinator.flower.inprocess import signed_federation
 from node.study_service import load_site_arrays
 from shared.dp.study_sim import run_dp_study
 from shared.driver import run_study
 from shared.inprocess_sites import InProcessSites
 from shared.protocol import Describe, StudyQuery
-from shared.study import StudySpec
-from shared.synth import generate_federation, write_federation
+from shared.synth import generate_federation
+from coordinator.synth import write_federation
 from test_psm_federated import assert_estimates_equal
 
 
 @pytest.fixture(scope="module")
 def written(tmp_path_factory):
     out = tmp_path_factory.mktemp("fed")
-    spec = StudySpec.from_toml(write_federation(generate_federation(seed=5, sites=3, scale=0.12), out))
+    spec = load_spec(write_federation(generate_federation(seed=5, sites=3, scale=0.12), out))
     return spec
 
 

@@ -141,7 +141,7 @@ def test_stratified_and_nn_matching_agree_within_their_cis(study, pooled):
         st = pooled.estimate.outcome(m.name)
         assert m.ci[0] <= st.att <= m.ci[1] and st.ci[0] <= m.att <= st.ci[1], (m, st)
         assert m.se > st.se * 0.8  # matching with replacement discards controls: no more precise
-        ref = OutcomeEstimate(**{**vars(st), "reference": m.as_reference()}).reference
+        ref = st.model_copy(update={"reference": m.as_reference()}).reference
         assert ref["att"] == m.att and ref["ci_hi"] == m.ci[1]
 
 

@@ -3,6 +3,7 @@
 from dataclasses import fields
 
 import numpy as np
+from pydantic import BaseModel
 import pytest
 
 from psm_dgp import COVARIATES, OUTCOMES, make_study, partition
@@ -39,6 +40,10 @@ def _numbers(obj):
         return [x for item in obj for x in _numbers(item)]
     if hasattr(obj, "__dataclass_fields__"):
         return [x for f in fields(obj) for x in _numbers(getattr(obj, f.name))]
+    if isinstance(obj, BaseModel):  # the estimate's parts are shared.result models
+        return [x for name in type(obj).model_fields for x in _numbers(getattr(obj, name))]
+    if isinstance(obj, dict):
+        return [x for k in sorted(obj) for x in _numbers(obj[k])]
     return []
 
 

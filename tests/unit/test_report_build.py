@@ -78,7 +78,7 @@ def _with_spec(result, spec):
 def test_report_carries_the_issue_contents_without_person_level_data():
     result = make_result(privacy=True)
     doc = _doc(result)
-    assert doc.schema_version == "rehealth.evidence-report/1"
+    assert doc.schema_version == "rehealth.evidence-report/2"
     assert doc.study.spec_hash == result.spec_hash and doc.study.spec == result.spec
     assert doc.estimand.name == "ATT"
     assert [s.name for s in doc.sites] == [s.name for s in result.sites]
@@ -112,7 +112,7 @@ def test_checks_pass_and_fail_against_stated_thresholds():
     doc = _doc(result)
     failed = {c.name for c in doc.checks if not c.passed}
     assert failed == {"balance_smd", "variance_ratio", "size_treated", "size_control_pool"}
-    assert not doc.balance[0].balanced
+    assert doc.balanced(doc.balance[0]) is False
     assert f"4 of {len(doc.checks)} diagnostics failed" in doc.summaries.insurer
 
 
@@ -141,7 +141,7 @@ def _formatted_numbers(doc) -> set[str]:
 
     values = []
     for o in doc.outcomes:
-        values += [abs(o.att), o.ci_low, o.ci_high]
+        values += [abs(o.estimate.att), *o.estimate.ci]
     for f in (doc.value.claims_saved, doc.value.events_averted, doc.value.roi):
         values += [f.estimate, f.ci_low, f.ci_high]
     values += [doc.value.intervention_cost, doc.value.cost_per_person, doc.value.n_treated,
@@ -164,7 +164,7 @@ def test_spec_that_does_not_match_its_hash_is_refused():
 def test_non_finite_number_is_refused_naming_its_field():
     result = make_result()
     cost = result.outcome("claims_cost").model_copy(update={"se": math.nan})
-    with pytest.raises(ReportError, match=r"outcomes\[0\]\.se"):
+    with pytest.raises(ReportError, match=r"outcomes\[0\]\.estimate\.se"):
         _doc(result.model_copy(update={"outcomes": (cost, *result.outcomes[1:])}))
 
 

@@ -9,6 +9,7 @@ from report_fixtures import make_result
 from typer.testing import CliRunner
 
 from coordinator.cli.report import app
+from coordinator.files import write_result
 
 runner = CliRunner()
 
@@ -19,7 +20,7 @@ def rendered(tmp_path_factory):
     for name in ("keys", "other"):
         r = runner.invoke(app, ["keygen", "--out", str(d / name)])
         assert r.exit_code == 0, r.output
-    make_result(privacy=True).write(d / "result.json")
+    write_result(make_result(privacy=True), d / "result.json")
     r = runner.invoke(app, ["render", str(d / "result.json"), "--key",
                             str(d / "keys/coordinator.key"), "--out", str(d / "out")])
     assert r.exit_code == 0, r.output

@@ -69,7 +69,7 @@ def test_renders_without_truth_or_privacy(keypair, tmp_path):
 
 def test_plots_handle_unbounded_and_unused_strata():
     doc = build_report(make_small_result(), issued_at=ISSUED_AT)  # both strata open-ended
-    for png in (plots.love_plot(doc.balance), plots.overlap_plot(doc.strata),
+    for png in (plots.love_plot(doc.balance, threshold=0.1), plots.overlap_plot(doc.strata),
                 plots.estimate_plot(doc.outcomes)):
         assert png.startswith(PNG)
     spans = plots._finite_spans(doc.strata)
@@ -85,10 +85,10 @@ def test_balance_rows_the_privacy_noise_leaves_unresolved_render_as_na(keypair, 
                  if i % 2 else b for i, b in enumerate(result.balance))
     result = result.model_copy(update={"balance": rows})
     doc = build_report(result, issued_at=ISSUED_AT)
-    assert [b.balanced for b in doc.balance][1] is None
+    assert [doc.balanced(b) for b in doc.balance][1] is None
     check = {c.name: c for c in doc.checks}["balance_smd"]
     assert "unresolved under the privacy noise" in check.detail
-    assert plots.love_plot(doc.balance).startswith(PNG)
+    assert plots.love_plot(doc.balance, threshold=0.1).startswith(PNG)
     paths = write_signed_report(result, key_path=keypair[0], out_dir=tmp_path)
     assert "n/a: the privacy noise" in paths["html"].read_text(encoding="utf-8")
     none_known = result.model_copy(update={"balance": tuple(

@@ -88,7 +88,8 @@ def test_inserted_deleted_and_whitespace_bytes_are_rejected(keys, signed):
 def test_swapping_two_outcomes_att_values_is_rejected(keys, signed):
     obj = json.loads(signed)
     outs = obj["report"]["outcomes"]
-    outs[0]["att"], outs[2]["att"] = outs[2]["att"], outs[0]["att"]
+    a, b = outs[0]["estimate"], outs[2]["estimate"]
+    a["att"], b["att"] = b["att"], a["att"]
     assert _reason(_resign_content(obj), keys["pub"]) == "signature-mismatch"
 
 
@@ -100,7 +101,7 @@ def test_reordering_the_outcome_list_is_rejected(keys, signed):
 
 def test_moving_a_field_between_outcomes_is_rejected(keys, signed):
     obj = json.loads(signed)
-    a, b = obj["report"]["outcomes"][0], obj["report"]["outcomes"][1]
+    a, b = obj["report"]["outcomes"][0]["estimate"], obj["report"]["outcomes"][1]["estimate"]
     a["relative_risk"], b["relative_risk"] = b["relative_risk"], a["relative_risk"]
     assert _reason(_resign_content(obj), keys["pub"]) == "signature-mismatch"
     obj = json.loads(signed)
@@ -147,7 +148,7 @@ def test_base64_padding_bits_cannot_be_changed(keys, signed):
 
 
 def test_valid_signature_over_a_non_report_is_rejected_by_schema(keys):
-    body = {"schema_version": "rehealth.evidence-report/1", "issuer": "x"}
+    body = {"schema_version": "rehealth.evidence-report/2", "issuer": "x"}
     sig = keys["key"].sign(canonical_bytes(body))
     data = canonical_bytes({"report": body, "signature": {
         "algorithm": "Ed25519", "key_id": key_id(keys["pub"]),

@@ -10,7 +10,7 @@ from shared.features import FEATURES, scale
 from shared.risk.arch import (RiskArch, check_arrays, fold_inputs, forward_logit, model_input,
                               predict_proba, sigmoid)
 from shared.risk.fedavg import weighted_average
-from shared.risk.model import build_model, from_arrays, initial_arrays, to_arrays
+from node.risk.model import build_model, from_arrays, initial_arrays, to_arrays
 from shared.risk.tiers import DEFAULT_CUTOFFS, TIERS, assign_tiers, check_cutoffs, tier_index
 
 ARCHS = [RiskArch(kind="logistic"), RiskArch(kind="mlp", hidden=8)]

@@ -12,7 +12,7 @@ from shared.errors import CovariateBoundsError, DataError, SpecError
 from shared.features import FEATURE_NAMES, FEATURES, scale
 from shared.risk.arch import RiskArch, predict_proba
 from shared.risk.metrics import eval_aggregate, evaluate
-from shared.risk.model import initial_arrays
+from node.risk.model import initial_arrays
 from shared.synth import generate_federation
 from risk_cohort import cohort
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from coordinator.files import load_spec
 from coordinator.flower.inprocess import signed_federation
 from coordinator.study.assemble import assemble_result
 from shared.driver import run_study
@@ -18,13 +19,14 @@ from shared.errors import FederationError, PrivacyError, SpecError
 from shared.protocol import PsmStats, ScoreHist, StudyQuery
 from shared.secure_sum import SECURE_SUM, pack, secure_scale, unpack
 from shared.study import StudySpec
-from shared.synth import generate_federation, write_federation
+from shared.synth import generate_federation
+from coordinator.synth import write_federation
 
 
 @pytest.fixture(scope="module")
 def spec(tmp_path_factory):
     out = tmp_path_factory.mktemp("secagg")
-    return StudySpec.from_toml(write_federation(generate_federation(seed=5, sites=3, scale=0.15), out))
+    return load_spec(write_federation(generate_federation(seed=5, sites=3, scale=0.15), out))
 
 
 def _dp(spec, **kw):

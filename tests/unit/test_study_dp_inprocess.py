@@ -3,20 +3,21 @@ own noise from the public plan and charge their ledgers before answering."""
 
 import pytest
 
+from coordinator.files import load_spec
 from coordinator.flower.inprocess import signed_federation
 from coordinator.study.assemble import assemble_result
 from shared.driver import run_study
 from node.runtime import NodeRuntime
 from shared.dp.workflow import FIT_RESOLUTION_MIN
 from shared.errors import FederationError, UnresolvedFitError
-from shared.study import StudySpec
-from shared.synth import generate_federation, write_federation
+from shared.synth import generate_federation
+from coordinator.synth import write_federation
 
 
 @pytest.fixture(scope="module")
 def spec(tmp_path_factory):
     out = tmp_path_factory.mktemp("dpfed")
-    spec = StudySpec.from_toml(write_federation(generate_federation(seed=5, sites=3, scale=0.15), out))
+    spec = load_spec(write_federation(generate_federation(seed=5, sites=3, scale=0.15), out))
     return spec
 
 

@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from coordinator.files import load_spec
 from coordinator.flower.federation import GridFederation
 from coordinator.flower.inprocess import InProcessGrid, signed_grid
 from coordinator.study.assemble import assemble_result
@@ -11,8 +12,8 @@ from shared.driver import run_study
 from node.flower.client_app import app as client_app
 from shared.errors import FederationError
 from shared.psm.reference import estimate_att_cells_withheld, estimate_att_pooled
-from shared.study import StudySpec
-from shared.synth import generate_federation, write_federation
+from shared.synth import generate_federation
+from coordinator.synth import write_federation
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +21,7 @@ def federation(tmp_path_factory):
     out = tmp_path_factory.mktemp("fed")
     fed = generate_federation(seed=11, sites=4, scale=0.08)
     spec_path = write_federation(fed, out, epsilon=None)  # exact: the sites are one owner's
-    return StudySpec.from_toml(spec_path), fed
+    return load_spec(spec_path), fed
 
 
 def _grid(spec, tmp_path, fail=None):

@@ -8,11 +8,12 @@ import re
 import pytest
 from typer.testing import CliRunner
 
+from coordinator.files import load_spec
 from coordinator.cli.study import app
 from shared.driver import noise_plan
-from shared.study import StudySpec
-from shared.synth import generate_federation, write_federation
-from shared.synth.io import study_document, to_toml
+from shared.synth import generate_federation
+from coordinator.synth import write_federation
+from coordinator.synth.io import study_document, to_toml
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,7 @@ def _plan(spec: str, treated: int) -> dict:
 def test_a_small_study_would_stop_and_the_epsilon_it_names_resolves_its_fit(fed):
     spec = _spec(fed, 1.0)
     out = _plan(spec, 1000)
-    assert out["nodes"] == 5 and out["plan"] == noise_plan(StudySpec.from_toml(spec)).to_dict()
+    assert out["nodes"] == 5 and out["plan"] == noise_plan(load_spec(spec)).to_dict()
     assert not out["fit_resolves"] and out["fit_resolution"] < 15 and out["stops_after_describe"]
     needed = float(re.search(r"would need ε ≥ ([0-9.]+)", out["message"]).group(1))
     assert _plan(_spec(fed, needed * 1.05), 1000)["fit_resolves"]

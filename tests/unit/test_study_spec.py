@@ -1,5 +1,6 @@
 import pytest
 
+from coordinator.files import load_spec
 from shared.errors import SpecError
 from shared.study import StudySpec
 
@@ -28,7 +29,7 @@ data = "insurer_a.csv"
 def test_contract_shape_loads_and_resolves_paths(tmp_path):
     p = tmp_path / "study.toml"
     p.write_text(MINIMAL)
-    spec = StudySpec.from_toml(p)
+    spec = load_spec(p)
     assert spec.study.seed == 7 and spec.treatment.column == "treated"
     assert [c.name for c in spec.covariates] == ["age"]
     assert spec.sites[0].data == str(tmp_path / "insurer_a.csv")
@@ -62,7 +63,7 @@ def test_bad_toml_is_a_spec_error(tmp_path):
     p = tmp_path / "s.toml"
     p.write_text("[study\nname=")
     with pytest.raises(SpecError, match="TOML"):
-        StudySpec.from_toml(p)
+        load_spec(p)
 
 
 def test_spec_hash_is_stable_and_sensitive():
@@ -76,11 +77,26 @@ def test_public_spec_hides_machine_paths_and_hash_is_location_independent(tmp_pa
         d = tmp_path / folder
         d.mkdir(parents=True)
         (d / "study.toml").write_text(MINIMAL)
-    s1 = StudySpec.from_toml(tmp_path / "a" / "study.toml")
-    s2 = StudySpec.from_toml(tmp_path / "b" / "c" / "study.toml")
+    s1 = load_spec(tmp_path / "a" / "study.toml")
+    s2 = load_spec(tmp_path / "b" / "c" / "study.toml")
     assert s1.sites[0].data != s2.sites[0].data  # resolved for use on this machine
     assert s1.public().sites[0].data == "insurer_a.csv"
     assert str(tmp_path) not in s1.public().model_dump_json()
     assert s1.spec_hash() == s2.spec_hash()
     copied = s1.model_copy(update={"study": s1.study.model_copy(update={"seed": 8})})
     assert copied.public().sites[0].data == "insurer_a.csv"
+
+
+def test_the_spec_parses_from_text_without_touching_files():
+    """``shared`` parses; the coordinator reads the file (:func:`coordinator.files.load_spec`)."""
+    spec = StudySpec.from_toml_text(MINIMAL)
+    assert spec.sites[0].data == "insurer_a.csv"  # no base: paths stay as written
+    at = StudySpec.from_toml_text(MINIMAL, base="/srv/studies/x")
+    assert at.sites[0].data == "/srv/studies/x/insurer_a.csv"
+    assert at.public().sites[0].data == "insurer_a.csv"
+    with pytest.raises(SpecError, match="absolute"):
+        StudySpec.from_toml_text(MINIMAL, base="relative/folder")
+    with pytest.raises(SpecError, match="study spec s.toml: not valid TOML"):
+        StudySpec.from_toml_text("[study\nname=", source="study spec s.toml")
+    with pytest.raises(SpecError, match="not found"):
+        load_spec("/nonexistent/study.toml")

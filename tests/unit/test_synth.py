@@ -11,11 +11,12 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from coordinator.files import load_spec
 from shared.errors import SpecError
 from shared.features import FEATURE_NAMES, FEATURES, check_bounds
 from shared.schemas import InterventionEvent, OutcomeRecord, Person
-from shared.study import StudySpec
-from shared.synth import generate_cohort, generate_federation, write_federation
+from shared.synth import generate_cohort, generate_federation
+from coordinator.synth import write_federation
 from shared.synth.hazard import HIGH_RISK
 from shared.synth.outcomes import OUTCOMES
 from shared.synth.records import INDEX_WINDOW_DAYS, TREATMENT_CODE
@@ -296,7 +297,7 @@ def test_outcome_records_and_person_ids(fed):
 def test_study_toml_loads_and_points_at_the_cohort_files(tmp_path, fmt):
     fed = generate_federation(seed=3, sites=3, scale=0.01)
     study = write_federation(fed, tmp_path, fmt)
-    spec = StudySpec.from_toml(study)
+    spec = load_spec(study)
     assert spec.study.seed == 3 and spec.treatment.intervention == TREATMENT_CODE
     assert [c.name for c in spec.covariates] == list(FEATURE_NAMES)
     assert {o.name: o.cap for o in spec.outcomes} == {o.name: o.cap for o in OUTCOMES}
@@ -351,7 +352,7 @@ def test_rehealth_synth_writes_the_federation_and_prints_the_truth(root_app, tmp
     truth = json.loads((out / "truth.json").read_text())
     assert truth["seed"] == 4 and list(truth["sites"]) == [p.name for p in PROFILES[:3]]
     assert f"{truth['pooled']['att']['claims_cost']:,.0f}" in res.output
-    spec = StudySpec.from_toml(out / "study.toml")
+    spec = load_spec(out / "study.toml")
     assert all(Path(s.data).is_file() for s in spec.sites)
 
 

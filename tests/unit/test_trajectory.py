@@ -123,7 +123,7 @@ def test_derive_cohort_reproduces_the_synthetic_cohort(tmp_path, pseudo):
     """shared.synth writes both the record tables and the flat cohort they imply: deriving
     the cohort from the records must give the same rows (minus prevalent users)."""
     from shared.synth.federation import generate_federation
-    from shared.synth.io import write_federation
+    from coordinator.synth.io import write_federation
     from shared.synth.records import INDEX_WINDOW_DAYS, OUTCOME_PERIOD_DAYS, TREATMENT_CODE
 
     fed = generate_federation(seed=5, sites=1, scale=0.02)

@@ -29,8 +29,10 @@ from shared.protocol import (
     ScoreHist,
     StudyQuery,
 )
-from shared.study import Covariate, Outcome, StudySpec
-from shared.synth import generate_federation, write_federation
+from shared.study import Covariate, Outcome
+from coordinator.files import load_spec
+from coordinator.synth import write_federation
+from shared.synth import generate_federation
 
 OPS = (Describe(), PsFit(beta=(0.5, -1.0, 2.0)), ScoreHist(beta=(0.0, 0.25, -0.125)),
        PsmStats(beta=(0.1, 0.2, 0.3), edges=(-math.inf, -0.5, 0.5, math.inf)))
@@ -244,7 +246,7 @@ def test_risk_envelope_round_trips_and_is_version_checked():
 @pytest.fixture(scope="module")
 def written(tmp_path_factory):
     out = tmp_path_factory.mktemp("fed")
-    return StudySpec.from_toml(write_federation(generate_federation(seed=11, sites=2, scale=0.08), out))
+    return load_spec(write_federation(generate_federation(seed=11, sites=2, scale=0.08), out))
 
 
 def _spec(spec, **privacy):

@@ -1,4 +1,4 @@
-"""Writing a synthetic federation to disk: the only module of :mod:`shared.synth` with I/O.
+"""Writing a synthetic federation (:mod:`shared.synth`) to disk.
 
 Layout of ``OUT``::
 

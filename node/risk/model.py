@@ -1,5 +1,9 @@
 """The risk model in PyTorch, and its exchange with the numpy parameter lists that travel.
 
+It lives on the node's side because only nodes train (and ``shared`` stays free of torch); the
+coordinator needs only the architecture description and numpy forward pass of
+:mod:`shared.risk.arch`.
+
 Architectures and the numpy forward pass live in :mod:`shared.risk.arch`; this module builds the
 matching ``nn.Module`` so a node can train it (with Opacus) and convert weights both ways. The
 modules take the network input ``u = model_input(z)`` and return logits; their forward agrees with

@@ -2,6 +2,14 @@
 
 Groups come from the ``rehealth.cli`` entry points (pyproject), so the node and the coordinator
 each own their commands and neither imports the other. A node-only install shows node commands.
+
+Why here: the repository's layout is fixed (``shared``, ``node``, ``coordinator``, ``protos``),
+and ``shared`` must not hold it — ``shared`` is the pure core both sides import (no I/O, no CLI
+frameworks, no Flower, no torch; ``tests/unit/test_layering.py``). It sits beside the operator's
+command groups, but imports only ``typer`` and ``shared`` and finds each side's groups (the
+node's included) through entry-point metadata at run time, so the static import graph has no
+edge from it to ``node`` (checked by the layering test) and ``rehealth node …`` loads no
+coordinator code beyond this module.
 """
 
 from __future__ import annotations

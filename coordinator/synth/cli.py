@@ -13,8 +13,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from coordinator.synth.io import DEFAULT_EPSILON, FORMATS, write_federation
 from shared.synth.federation import generate_federation
-from shared.synth.io import DEFAULT_EPSILON, FORMATS, write_federation
 from shared.synth.sites import PROFILES
 
 app = typer.Typer(
