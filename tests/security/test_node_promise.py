@@ -497,7 +497,7 @@ def test_10_studies_are_dp_by_default(tmp_path, synth):
     assert load_spec(write_federation(synth, tmp_path / "d")).privacy.enabled is True
     from typer.testing import CliRunner
 
-    from shared import cli
+    from coordinator.cli import root as cli
 
     if not any(g.name == "synth" for g in cli.app.registered_groups):
         cli._mount_groups()

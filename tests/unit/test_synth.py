@@ -336,7 +336,7 @@ def test_bad_arguments_raise_typed_errors(tmp_path):
 
 @pytest.fixture(scope="module")
 def root_app():
-    from shared import cli
+    from coordinator.cli import root as cli
 
     if not any(g.name == "synth" for g in cli.app.registered_groups):
         cli._mount_groups()
