@@ -118,7 +118,7 @@ def test_private_study_charges_each_real_node_ledger(synthetic, tmp_path):
     for s in spec.sites:
         ledger = PrivacyLedger(f"sqlite:///{node_state_dir(s.data) / 'ledger.db'}")
         history = ledger.history()
-        # every release of the plan was charged at this node, each once
+        # every release kind of the plan was charged at this node, ps_fit once per Newton round
         assert [h.query for h in history].count("ps_fit") == spec.privacy.ps_rounds
         assert {h.query for h in history} == {r.query for r in noise_plan(spec).releases}
         assert 0 < ledger.spent() <= spec.privacy.epsilon + 1e-9
