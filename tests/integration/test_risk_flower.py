@@ -10,7 +10,6 @@ from sklearn.metrics import roc_auc_score
 from coordinator.study.runner import node_state_dir, train_risk_local
 from node.ledger import PrivacyLedger
 from node.risk.model_store import ModelStore
-from node.risk.train import steps_per_epoch
 from shared.features import FEATURE_NAMES, FEATURES, scale
 from shared.protocol import RiskJob
 from shared.risk.arch import RiskArch, model_input, predict_proba
@@ -58,6 +57,8 @@ def test_federated_dp_model_matches_centralized_auc_at_eps_8(tmp_path):
     assert privacy["dp"] and privacy["epsilon"] == job.eval_epsilon
     assert abs(summary["evaluation"]["n"] - len(train)) < 6 * privacy["sigma_pooled"] * job.eval_bins ** 0.5
     assert 0.5 < summary["evaluation"]["auc"] < 1
+    from node.risk.train import steps_per_epoch  # torch and Opacus: imported by this test only
+
     rows = {s.name: len(s.cohort) for s in fed.sites}
     for s in spec.sites:
         state = node_state_dir(s.data)  # beside the site's data, whatever the output folder
