@@ -59,7 +59,8 @@ def test_federated_dp_model_matches_centralized_auc_at_eps_8(tmp_path):
     assert privacy["dp"] and privacy["epsilon"] == job.eval_epsilon
     assert abs(summary["evaluation"]["n"] - len(train)) < 6 * privacy["sigma_pooled"] * job.eval_bins ** 0.5
     assert 0.5 < summary["evaluation"]["auc"] < 1
-    from node.risk.train import steps_per_epoch  # torch and Opacus: imported by this test only
+    # torch and Opacus: imported here, by this test only, not when tests are collected
+    from node.risk.train import steps_per_epoch
 
     rows = {s.name: len(s.cohort) for s in fed.sites}
     for s in spec.sites:
