@@ -98,9 +98,13 @@ class FlwrClient:
         runs = self.json("list", CONNECTION, "--run-id", str(run_id)).get("runs") or []
         return str(runs[0].get("status", "")) if runs else ""
 
-    def wait(self, run_id: int, *, timeout_s: float = 600.0, poll_s: float = 0.5,
+    def wait(self, run_id: int, *, timeout_s: float = 600.0, poll_s: float = 2.0,
              on_poll=None) -> str:
-        """Poll until the run finishes; returns its final status (e.g. ``finished:completed``)."""
+        """Poll until the run finishes; returns its final status (e.g. ``finished:completed``).
+
+        Each poll is a ``flwr list`` process (~1.3 s of CPU for its imports): polled every
+        0.5 s they took most of a core from the federation being waited for (on a 2-core
+        machine, the SuperLink, SuperNodes and their app processes)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             status = self.status(run_id)

@@ -97,6 +97,7 @@ def test_killed_supernode_fails_clearly_naming_node_and_round(synthetic, tmp_pat
 
 
 def test_private_study_charges_each_real_node_ledger(synthetic, tmp_path):
+    from coordinator.study.workflow import noise_plan
     from node.ledger import PrivacyLedger
 
     from coordinator.synth.io import study_document, to_toml
@@ -107,6 +108,9 @@ def test_private_study_charges_each_real_node_ledger(synthetic, tmp_path):
     # about 800 treated cannot resolve the propensity fit at ε = 1 (a study would stop after
     # describe by default); this test is about every round charging the real ledgers
     doc["privacy"]["unresolved_fit"] = "warn"
+    # two Newton rounds, not four: every round kind (describe, ps-fit, score-hist, psm-stats)
+    # still runs and is charged, and each round costs a ClientApp process per node
+    doc["privacy"]["ps_rounds"] = 2
     spec_path.write_text(to_toml(doc))
     spec = load_spec(spec_path)
     assert spec.privacy.enabled and spec.privacy.epsilon == 1.0
@@ -114,6 +118,10 @@ def test_private_study_charges_each_real_node_ledger(synthetic, tmp_path):
     assert result.privacy.enabled and result.privacy.epsilon == spec.privacy.epsilon
     for s in spec.sites:
         ledger = PrivacyLedger(f"sqlite:///{node_state_dir(s.data) / 'ledger.db'}")
+        history = ledger.history()
+        # every release kind of the plan was charged at this node, ps_fit once per Newton round
+        assert [h.query for h in history].count("ps_fit") == spec.privacy.ps_rounds
+        assert {h.query for h in history} == {r.query for r in noise_plan(spec).releases}
         assert 0 < ledger.spent() <= spec.privacy.epsilon + 1e-9
         assert result.privacy.per_site[s.name] == pytest.approx(ledger.spent())
     for o in result.outcomes:
@@ -130,6 +138,9 @@ def test_secure_aggregation_study_over_real_nodes(synthetic, tmp_path):
     spec_path = write_federation(synthetic[1], tmp_path / "data").with_name("study-secagg.toml")
     doc = study_document(synthetic[1], epsilon=8.0, secure_aggregation=True)
     doc["sites"] = doc["sites"][:3]  # each SecAgg+ stage starts a ClientApp process per node
+    # two Newton rounds, not four: each SecAgg+ round is four exchanges, each a ClientApp
+    # process per node; the ledger is still checked against the plan for every release kind
+    doc["privacy"]["ps_rounds"] = 2
     spec_path.write_text(to_toml(doc))
     spec = load_spec(spec_path)
     result = run_local(spec_path, tmp_path / "run", timeout_s=600)
