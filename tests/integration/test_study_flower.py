@@ -50,7 +50,7 @@ def test_real_federation_equals_pooled_estimator(synthetic, tmp_path):
     # exact nodes withhold cells of fewer than 11: the in-process run of the same ServerApp and
     # ClientApp code (checked against the pooled reference with those cells withheld, to 1e-9,
     # in tests/unit/test_study_inprocess.py) is what the real processes must give
-    from coordinator.flower.inprocess import signed_federation
+    from flower_inprocess import signed_federation
     from shared.driver import run_study
 
     inproc_fed, grant = signed_federation(spec, tmp_path / "inprocess")

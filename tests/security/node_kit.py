@@ -3,7 +3,7 @@
 The attacker is a curious coordinator that holds the operator's signing key (it can sign any
 grant it likes and craft every message), or a party without that key. It talks to the real
 ClientApp (:data:`node.flower.client_app.app`) through the in-process Grid, over the node
-configs the local launcher writes (:func:`coordinator.flower.inprocess.signed_grid`, i.e.
+configs the local launcher writes (:func:`flower_inprocess.signed_grid`, i.e.
 :func:`coordinator.study.runner.site_nodes`: the defaults), and sees exactly what a coordinator
 sees: an answer's arrays and metadata, or an error's code and reason. Nothing here calls node
 internals that would skip a check; the node's ledger is read only to show what was charged.
@@ -19,7 +19,7 @@ import numpy as np
 from flwr.app import Message
 
 from coordinator.files import load_spec
-from coordinator.flower.inprocess import InProcessGrid, signed_grid
+from flower_inprocess import InProcessGrid, signed_grid
 from coordinator.report.signing import PRIVATE_KEY_NAME, load_private_key
 from node.ledger import PrivacyLedger
 from shared.grant import Grant, new_grant_id, sign_grant

@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 
 from coordinator.files import load_spec
 from coordinator.flower.federation import GridFederation
-from coordinator.flower.inprocess import InProcessGrid
+from flower_inprocess import InProcessGrid
 from coordinator.study.runner import coordinator_keys, sign_study
 from coordinator.study.runner import site_nodes as _site_nodes
 from shared.driver import run_study

@@ -30,7 +30,7 @@ import pandas as pd
 import pytest
 
 from coordinator.files import load_spec
-from coordinator.flower.inprocess import signed_federation
+from flower_inprocess import signed_federation
 from coordinator.report.signing import PRIVATE_KEY_NAME, generate_keypair
 from shared.driver import run_study
 from node.ledger import PrivacyLedger

@@ -133,19 +133,12 @@ FORBIDDEN_EDGES = {
 }
 
 
-#: Known breaches, (importer, imported), each to be removed with its fix.
-#: coordinator.flower.inprocess is a test harness (an in-process Grid running the node's real
-#: ClientApp) that lives in coordinator/flower/, which another change is rewriting; it belongs
-#: under tests/ (or its own package), where importing both sides is allowed.
-KNOWN_BREACHES = {("coordinator.flower.inprocess", "node.flower.client_app")}
-
-
 def test_layers_import_only_downwards():
     breaches = [
         f"{path.relative_to(ROOT)}:{line} imports {mod}"
         for name, path in ALL.items()
         for mod, line in _imports(name, path)
-        if _top(mod) in FORBIDDEN_EDGES[_top(name)] and (name, mod) not in KNOWN_BREACHES
+        if _top(mod) in FORBIDDEN_EDGES[_top(name)]
     ]
     assert not breaches, "\n".join(breaches)
 

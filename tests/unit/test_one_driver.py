@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from coordinator.files import load_spec
-from coordinator.flower.inprocess import signed_federation
+from flower_inprocess import signed_federation
 from node.study_service import load_site_arrays
 from shared.dp.study_sim import run_dp_study
 from shared.driver import run_study

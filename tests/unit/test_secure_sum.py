@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from coordinator.files import load_spec
-from coordinator.flower.inprocess import signed_federation
+from flower_inprocess import signed_federation
 from coordinator.study.assemble import assemble_result
 from shared.driver import run_study
 from node.runtime import NodeRuntime

@@ -4,7 +4,7 @@ own noise from the public plan and charge their ledgers before answering."""
 import pytest
 
 from coordinator.files import load_spec
-from coordinator.flower.inprocess import signed_federation
+from flower_inprocess import signed_federation
 from coordinator.study.assemble import assemble_result
 from shared.driver import run_study
 from node.runtime import NodeRuntime

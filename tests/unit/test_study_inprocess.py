@@ -6,7 +6,7 @@ import pytest
 
 from coordinator.files import load_spec
 from coordinator.flower.federation import GridFederation
-from coordinator.flower.inprocess import InProcessGrid, signed_grid
+from flower_inprocess import InProcessGrid, signed_grid
 from coordinator.study.assemble import assemble_result
 from shared.driver import run_study
 from node.flower.client_app import app as client_app

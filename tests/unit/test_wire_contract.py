@@ -263,7 +263,7 @@ def test_the_real_nodes_exact_reply_decodes_to_what_the_node_code_computes(writt
     """The ClientApp's reply (real grant, policy and answer code behind the in-process Grid)
     decodes to exactly the arrays :mod:`shared.answer` computes on the site's rows, under the
     same names: renaming an array in the node code or in the .proto fails here."""
-    from coordinator.flower.inprocess import signed_federation
+    from flower_inprocess import signed_federation
     from node.policy import NodePolicy
     from node.study_service import load_site_arrays
     from shared.answer import answer, suppress_small_cells
@@ -283,7 +283,7 @@ def test_the_real_nodes_exact_reply_decodes_to_what_the_node_code_computes(writt
 
 def test_the_real_nodes_dp_reply_carries_the_released_arrays_only(written, tmp_path):
     spec = _spec(written, enabled=True, epsilon=5.0)
-    from coordinator.flower.inprocess import signed_federation
+    from flower_inprocess import signed_federation
 
     fed, grant = signed_federation(spec, tmp_path, extra={"budget-epsilon": 50.0})
     query = StudyQuery.for_spec(spec, _all_ops(spec), grant=grant)
@@ -298,7 +298,7 @@ def test_an_old_coordinator_and_a_new_node_refuse_each_other_through_flower(writ
     answers a query of another version with ERROR_CODE_PROTOCOL naming both versions (nothing
     read or charged), and the coordinator fails the round on a reply of another version."""
     from coordinator.flower.federation import GridFederation
-    from coordinator.flower.inprocess import signed_grid
+    from flower_inprocess import signed_grid
 
     spec = _spec(written, enabled=True, epsilon=5.0)
     grid, grant = signed_grid(spec, tmp_path, extra={"budget-epsilon": 50.0})

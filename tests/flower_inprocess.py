@@ -1,6 +1,9 @@
 """An in-process stand-in for Flower's Grid: the same ServerApp workflow and ClientApp code,
 without SuperLink/SuperNode processes (≈100x faster; for unit tests and quick checks).
 
+A test harness: it runs both sides, so it lives under tests/ (importable as
+``flower_inprocess`` from every test folder), not in coordinator/, which never imports the node.
+
 Each pushed message is deep-copied (as if serialised), handed to the ClientApp with the node's
 own ``node_config``, and its reply kept for ``pull_messages``. The real-process path is covered
 by the integration tests; this one must never be the only test of a feature.
