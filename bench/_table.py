@@ -22,7 +22,7 @@ import platform
 import shlex
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -34,9 +34,11 @@ OUT_DIR = Path("docs") / "benchmarks"
 #: When the benchmark started (it imports this module first) and the load it started under:
 #: on a shared machine the load says how much of the wall clock was the benchmark's.
 #: The cores it may use are read then too (bench_risk.py pins itself to one core for its last part).
-_STARTED = (dt.datetime.now(dt.timezone.utc),
-            os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan"),
-            len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 0)
+_STARTED = (
+    dt.datetime.now(dt.timezone.utc),
+    os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan"),
+    len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 0,
+)
 
 
 def cell(value) -> str:
@@ -66,8 +68,9 @@ class Table:
 
     def __post_init__(self):
         if self.align and len(self.align) != len(self.columns):
-            raise ValueError(f"align {self.align!r} has {len(self.align)} letters for "
-                             f"{len(self.columns)} columns")
+            raise ValueError(
+                f"align {self.align!r} has {len(self.align)} letters for {len(self.columns)} columns"
+            )
         if set(self.align) - set("lrc"):
             raise ValueError(f"align {self.align!r}: use l, r or c per column")
         for i, row in enumerate(self.rows):
@@ -77,17 +80,21 @@ class Table:
     def markdown(self) -> str:
         align = self.align or "l" * len(self.columns)
         rule = {"l": ":-{}", "r": "-{}:", "c": ":{}:"}
-        lines = ["| " + " | ".join(cell(c) for c in self.columns) + " |",
-                 "|" + "|".join(rule[a].format("-" * max(len(str(c)), 1))
-                                for a, c in zip(align, self.columns)) + "|"]
+        lines = [
+            "| " + " | ".join(cell(c) for c in self.columns) + " |",
+            "|"
+            + "|".join(rule[a].format("-" * max(len(str(c)), 1)) for a, c in zip(align, self.columns))
+            + "|",
+        ]
         lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in self.rows]
         return "\n".join(lines)
 
 
 def _git(*args: str) -> str:
     try:
-        out = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True,
-                             timeout=10, check=True)
+        out = subprocess.run(
+            ["git", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=10, check=True
+        )
     except (OSError, subprocess.SubprocessError):
         return ""
     return out.stdout.strip()
@@ -133,22 +140,31 @@ def provenance(argv: Sequence[str] | None = None) -> dict[str, str]:
         "command": shlex.join(["python", shown, *argv[1:]]),
         "date": f"{started:%Y-%m-%d %H:%M} UTC, took {took:.0f} s",
         "machine": f"{usable} of {os.cpu_count()} cores, {_cpu_model()}, load average "
-                   f"{load:.2f} at the start; Python {platform.python_version()}",
+        f"{load:.2f} at the start; Python {platform.python_version()}",
         "commit": commit,
     }
 
 
-def render(*, title: str, tables: Sequence[Table], setting: str = "", notes: str = "",
-           prov: dict[str, str] | None = None) -> str:
+def render(
+    *,
+    title: str,
+    tables: Sequence[Table],
+    setting: str = "",
+    notes: str = "",
+    prov: dict[str, str] | None = None,
+) -> str:
     """The whole Markdown page: title, provenance, the setting, the tables, notes."""
     prov = prov if prov is not None else provenance()
-    parts = [f"# {title}", "",
-             "<!-- Written by the benchmark (--write); do not edit by hand: re-run the command. -->",
-             "",
-             f"- **Command:** `{prov['command']}` (from the repository root)",
-             f"- **Date:** {prov['date']}",
-             f"- **Machine:** {prov['machine']}",
-             f"- **Commit:** `{prov['commit']}`"]
+    parts = [
+        f"# {title}",
+        "",
+        "<!-- Written by the benchmark (--write); do not edit by hand: re-run the command. -->",
+        "",
+        f"- **Command:** `{prov['command']}` (from the repository root)",
+        f"- **Date:** {prov['date']}",
+        f"- **Machine:** {prov['machine']}",
+        f"- **Commit:** `{prov['commit']}`",
+    ]
     if setting:
         parts.append(f"- **Setting:** {setting}")
     for t in tables:
@@ -163,22 +179,33 @@ def render(*, title: str, tables: Sequence[Table], setting: str = "", notes: str
     return text.rstrip() + "\n"
 
 
-def write_tables(name: str, *, title: str, tables: Sequence[Table], setting: str = "",
-                 notes: str = "", root: Path | None = None,
-                 prov: dict[str, str] | None = None) -> Path:
+def write_tables(
+    name: str,
+    *,
+    title: str,
+    tables: Sequence[Table],
+    setting: str = "",
+    notes: str = "",
+    root: Path | None = None,
+    prov: dict[str, str] | None = None,
+) -> Path:
     """Write ``docs/benchmarks/<name>.md`` under ``root`` (the repository) and return its path."""
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"benchmark name {name!r}: a plain file name, e.g. 'synth'")
     path = (root or ROOT) / OUT_DIR / f"{name}.md"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render(title=title, tables=tables, setting=setting, notes=notes, prov=prov),
-                    encoding="utf-8")
+    path.write_text(
+        render(title=title, tables=tables, setting=setting, notes=notes, prov=prov), encoding="utf-8"
+    )
     print(f"wrote {path}", file=sys.stderr)
     return path
 
 
 def add_write_argument(parser: argparse.ArgumentParser, name: str) -> None:
     """``--write``: also write the tables to ``docs/benchmarks/<name>.md``."""
-    parser.add_argument("--write", action="store_true",
-                        help=f"also write the tables to {OUT_DIR / (name + '.md')}, with the "
-                             "command, date, machine and commit that produced them")
+    parser.add_argument(
+        "--write",
+        action="store_true",
+        help=f"also write the tables to {OUT_DIR / (name + '.md')}, with the "
+        "command, date, machine and commit that produced them",
+    )

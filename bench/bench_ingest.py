@@ -25,6 +25,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _table import Table, add_write_argument, write_tables  # noqa: E402
+
 from shared.features import FEATURES  # noqa: E402
 
 
@@ -32,14 +33,19 @@ def synthetic_persons(n: int, *, bad_fraction: float, seed: int = 0) -> pd.DataF
     """``n`` persons within public bounds (raw ids ``B-0000001``…); ``bad_fraction`` of the
     rows get one out-of-bounds age so the quarantine path is exercised too."""
     rng = np.random.default_rng(seed)
-    df = pd.DataFrame({"person_id": [f"B-{i:07d}" for i in range(n)],
-                       "site": "bench", "department": rng.choice(["ops", "sales", "it"], n),
-                       "job_type": rng.choice(["office", "field"], n)})
-    df["index_date"] = (np.datetime64("2024-01-01") + rng.integers(0, 180, n).astype("timedelta64[D]")
-                        ).astype(str)
+    df = pd.DataFrame(
+        {
+            "person_id": [f"B-{i:07d}" for i in range(n)],
+            "site": "bench",
+            "department": rng.choice(["ops", "sales", "it"], n),
+            "job_type": rng.choice(["office", "field"], n),
+        }
+    )
+    df["index_date"] = (
+        np.datetime64("2024-01-01") + rng.integers(0, 180, n).astype("timedelta64[D]")
+    ).astype(str)
     for f in FEATURES:
-        df[f.name] = (rng.integers(0, 2, n) if f.kind == "binary"
-                      else np.round(rng.uniform(f.lo, f.hi, n), 2))
+        df[f.name] = rng.integers(0, 2, n) if f.kind == "binary" else np.round(rng.uniform(f.lo, f.hi, n), 2)
     bad = rng.random(n) < bad_fraction
     df.loc[bad, "age"] = 150.0
     return df
@@ -54,8 +60,9 @@ def run_one(path: Path, db: Path, chunk_rows: int) -> dict:
     store = open_store(f"sqlite:///{db}")
     pseudo = Pseudonymizer.from_key_file(db.with_suffix(".key"), site_id="bench")
     t0, c0 = time.perf_counter(), time.process_time()
-    s = ingest_file(store, path, kind="persons", pseudonymize=pseudo.many, site_id="bench",
-                    chunk_rows=chunk_rows)
+    s = ingest_file(
+        store, path, kind="persons", pseudonymize=pseudo.many, site_id="bench", chunk_rows=chunk_rows
+    )
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     t1 = time.perf_counter()
     again = ingest_file(store, path, kind="persons", pseudonymize=pseudo.many, site_id="bench")
@@ -96,38 +103,79 @@ def main() -> None:
         df.to_csv(csv, index=False)
         df.to_parquet(parquet, index=False, row_group_size=args.chunk_rows)
         del df
-        print(f"generated {args.rows:,} persons in {time.perf_counter() - t0:.1f} s "
-              f"(CSV {csv.stat().st_size / 2**20:.0f} MiB, Parquet "
-              f"{parquet.stat().st_size / 2**20:.0f} MiB); chunk {args.chunk_rows:,} rows")
+        print(
+            f"generated {args.rows:,} persons in {time.perf_counter() - t0:.1f} s "
+            f"(CSV {csv.stat().st_size / 2**20:.0f} MiB, Parquet "
+            f"{parquet.stat().st_size / 2**20:.0f} MiB); chunk {args.chunk_rows:,} rows"
+        )
         rows = []
         for path in (csv, parquet):
             out = subprocess.run(
-                [sys.executable, __file__, "--chunk-rows", str(args.chunk_rows), "--child",
-                 str(path), str(tmp / f"{path.suffix[1:]}.db")],
-                check=True, capture_output=True, text=True).stdout
+                [
+                    sys.executable,
+                    __file__,
+                    "--chunk-rows",
+                    str(args.chunk_rows),
+                    "--child",
+                    str(path),
+                    str(tmp / f"{path.suffix[1:]}.db"),
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
             r = json.loads(out.strip().splitlines()[-1])
             assert r["rows"] == r["loaded"] + r["quarantined"]
-            print(f"{r['format']:>8}: {r['rows']:,} rows in {r['seconds']} s = "
-                  f"{r['rows_per_s']:,} rows/s (CPU {r['cpu_s']} s = {r['rows_per_cpu_s']:,} rows/CPU-s); "
-                  f"peak RSS {r['peak_rss_mib']} MiB; loaded "
-                  f"{r['loaded']:,}, quarantined {r['quarantined']:,} {r['by_reason']}; "
-                  f"store {r['db_mib']} MiB; re-ingest no-op in {r['reingest_s']} s")
-            rows.append((r["format"], f"{r['rows']:,}", f"{r['seconds']:.1f}", f"{r['rows_per_s']:,}",
-                         f"{r['rows_per_cpu_s']:,}", f"{r['peak_rss_mib']:.0f}",
-                         f"{r['loaded']:,}", f"{r['quarantined']:,}", f"{r['db_mib']:.0f}",
-                         f"{r['reingest_s']:.2f}"))
+            print(
+                f"{r['format']:>8}: {r['rows']:,} rows in {r['seconds']} s = "
+                f"{r['rows_per_s']:,} rows/s (CPU {r['cpu_s']} s = {r['rows_per_cpu_s']:,} rows/CPU-s); "
+                f"peak RSS {r['peak_rss_mib']} MiB; loaded "
+                f"{r['loaded']:,}, quarantined {r['quarantined']:,} {r['by_reason']}; "
+                f"store {r['db_mib']} MiB; re-ingest no-op in {r['reingest_s']} s"
+            )
+            rows.append(
+                (
+                    r["format"],
+                    f"{r['rows']:,}",
+                    f"{r['seconds']:.1f}",
+                    f"{r['rows_per_s']:,}",
+                    f"{r['rows_per_cpu_s']:,}",
+                    f"{r['peak_rss_mib']:.0f}",
+                    f"{r['loaded']:,}",
+                    f"{r['quarantined']:,}",
+                    f"{r['db_mib']:.0f}",
+                    f"{r['reingest_s']:.2f}",
+                )
+            )
     if args.write:
         write_tables(
-            "ingest", title="Node ingestion: persons into a fresh SQLite store",
+            "ingest",
+            title="Node ingestion: persons into a fresh SQLite store",
             setting=f"{args.rows:,} synthetic persons, {args.bad_fraction:.0%} with an "
-                    f"out-of-bounds age (quarantined), chunks of {args.chunk_rows:,} rows; "
-                    "SQLite in WAL mode, synchronous=NORMAL; each format ingested in its own process",
-            tables=[Table(columns=("format", "rows", "seconds", "rows/s", "rows/CPU-s",
-                                   "peak RSS MiB", "loaded", "quarantined", "store MiB",
-                                   "re-ingest s (no-op)"), rows=rows, align="lrrrrrrrrr")],
+            f"out-of-bounds age (quarantined), chunks of {args.chunk_rows:,} rows; "
+            "SQLite in WAL mode, synchronous=NORMAL; each format ingested in its own process",
+            tables=[
+                Table(
+                    columns=(
+                        "format",
+                        "rows",
+                        "seconds",
+                        "rows/s",
+                        "rows/CPU-s",
+                        "peak RSS MiB",
+                        "loaded",
+                        "quarantined",
+                        "store MiB",
+                        "re-ingest s (no-op)",
+                    ),
+                    rows=rows,
+                    align="lrrrrrrrrr",
+                )
+            ],
             notes="rows/s is wall clock; rows/CPU-s counts only this process's CPU time (on a "
-                  "shared machine the wall clock also counts time other processes held the CPU). "
-                  "Re-ingesting the same file is a no-op (same SHA-256).")
+            "shared machine the wall clock also counts time other processes held the CPU). "
+            "Re-ingesting the same file is a no-op (same SHA-256).",
+        )
 
 
 if __name__ == "__main__":

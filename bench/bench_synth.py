@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 from _table import Table, add_write_argument, write_tables
+
 from coordinator.synth import write_federation
 from shared.synth import generate_cohort, generate_federation
 
@@ -42,8 +43,9 @@ def main() -> None:
 
     gen_s, fed = _best(lambda: generate_federation(seed=args.seed, scale=args.scale), args.repeats)
     people = fed.truth["pooled"]["n"]
-    rows_total = sum(len(getattr(s, t)) for s in fed.sites
-                     for t in ("persons", "interventions", "outcomes", "cohort"))
+    rows_total = sum(
+        len(getattr(s, t)) for s in fed.sites for t in ("persons", "interventions", "outcomes", "cohort")
+    )
     print(f"federation: {len(fed.sites)} sites, {people:,} people, {rows_total:,} table rows")
     print(f"generate (in memory)      : {gen_s:6.2f} s  ({people / gen_s:,.0f} people/s)")
     rows.append(("generate (in memory)", f"{gen_s:.2f} s", f"{people / gen_s:,.0f} people/s"))
@@ -61,13 +63,20 @@ def main() -> None:
     print(f"generate_cohort(n={n:,})  : {cohort_s * 1e3:6.1f} ms  (per seed, statistics benches)")
     rows.append((f"generate_cohort(n={n:,})", f"{cohort_s * 1e3:.1f} ms", "per seed, statistics benches"))
     if args.write:
-        write_tables("synth", title="Synthetic federation: generation and writing time",
-                     setting=f"scale {args.scale:g}, seed {args.seed}, best of {args.repeats} "
-                             f"repeats (generate_cohort: best of {max(args.repeats, 10)})",
-                     tables=[Table(title=f"{len(fed.sites)} sites, {people:,} people, "
-                                         f"{rows_total:,} table rows",
-                                   columns=("step", "time", "rate / size"), rows=rows,
-                                   align="lrr")])
+        write_tables(
+            "synth",
+            title="Synthetic federation: generation and writing time",
+            setting=f"scale {args.scale:g}, seed {args.seed}, best of {args.repeats} "
+            f"repeats (generate_cohort: best of {max(args.repeats, 10)})",
+            tables=[
+                Table(
+                    title=f"{len(fed.sites)} sites, {people:,} people, {rows_total:,} table rows",
+                    columns=("step", "time", "rate / size"),
+                    rows=rows,
+                    align="lrr",
+                )
+            ],
+        )
 
 
 if __name__ == "__main__":

@@ -28,8 +28,14 @@ from _table import Table, add_write_argument, write_tables  # noqa: E402
 from report_fixtures import ISSUED_AT, make_result  # noqa: E402
 
 from coordinator.report import (  # noqa: E402
-    build_report, generate_keypair, load_private_key, load_public_key, sign_report, verify_file,
-    verify_signed_report, write_signed_report,
+    build_report,
+    generate_keypair,
+    load_private_key,
+    load_public_key,
+    sign_report,
+    verify_file,
+    verify_signed_report,
+    write_signed_report,
 )
 
 
@@ -66,31 +72,34 @@ def main() -> None:
         print(f"verify_file (read key + file + verify): {with_io:.2f} ms median")
         rows.append(("verify_file: read key + file, verify (median of 100)", f"{with_io:.2f} ms"))
         bindir = Path(sys.executable).parent
-        for cmd in ([str(bindir / "rehealth-verify"), str(report), "--key", str(pub_path)],
-                    [str(bindir / "rehealth"), "report", "verify", str(report), "--key",
-                     str(pub_path)]):
+        for cmd in (
+            [str(bindir / "rehealth-verify"), str(report), "--key", str(pub_path)],
+            [str(bindir / "rehealth"), "report", "verify", str(report), "--key", str(pub_path)],
+        ):
             runs = []
             for _ in range(3):
                 t = time.perf_counter()
                 subprocess.run(cmd, check=True, capture_output=True)
                 runs.append(time.perf_counter() - t)
             label = Path(cmd[0]).name + (" report verify" if cmd[1] == "report" else "")
-            print(f"{label} (process end to end): {statistics.median(runs) * 1e3:.0f} ms median "
-                  f"of 3")
-            rows.append((f"`{label}`, process end to end (median of 3)",
-                         f"{statistics.median(runs) * 1e3:.0f} ms"))
+            print(f"{label} (process end to end): {statistics.median(runs) * 1e3:.0f} ms median of 3")
+            rows.append(
+                (f"`{label}`, process end to end (median of 3)", f"{statistics.median(runs) * 1e3:.0f} ms")
+            )
         t = time.perf_counter()
         write_signed_report(result, key_path=key_path, out_dir=d / "out", issued_at=ISSUED_AT)
         written_ms = (time.perf_counter() - t) * 1e3
         print(f"write_signed_report (build, sign, verify, HTML, PDF): {written_ms:.0f} ms")
-        rows.append(("write_signed_report: build, sign, verify, HTML, PDF (once)",
-                     f"{written_ms:.0f} ms"))
+        rows.append(("write_signed_report: build, sign, verify, HTML, PDF (once)", f"{written_ms:.0f} ms"))
     if args.write:
-        write_tables("verify", title="Evidence report: verify, sign and render time",
-                     setting=f"a 3-outcome, 16-covariate, 20-stratum, 5-site DP report "
-                             f"({len(signed):,} bytes; tests/unit/report_fixtures.py); target: "
-                             "verify < 1 s",
-                     tables=[Table(columns=("step", "time"), rows=rows, align="lr")])
+        write_tables(
+            "verify",
+            title="Evidence report: verify, sign and render time",
+            setting=f"a 3-outcome, 16-covariate, 20-stratum, 5-site DP report "
+            f"({len(signed):,} bytes; tests/unit/report_fixtures.py); target: "
+            "verify < 1 s",
+            tables=[Table(columns=("step", "time"), rows=rows, align="lr")],
+        )
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ case "$cmd" in
   demo) exec "$VENV/bin/rehealth" demo "$@" ;;
   lint) # Installed tools from .venv, so CI checks with the pinned versions (see pyproject.toml).
         "$VENV/bin/ruff" check .
-        # "$VENV/bin/ruff" format --check .   # enabled once the tree is formatted
+        "$VENV/bin/ruff" format --check .
         exec "$VENV/bin/mypy" ;;
   test) bash deploy/postgres.sh  # the store tests also run on a real PostgreSQL server
         exec "$VENV/bin/python" -m pytest "$@" ;;

@@ -12,8 +12,8 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.engine import make_url
 
-from shared.errors import SpecError
 from node.files import read_toml
+from shared.errors import SpecError
 from shared.study import format_validation_error
 
 CONFIG_NAME = "node.toml"
@@ -72,13 +72,15 @@ class NodeConfig(_Model):
 
     def resolve_paths(self, base: Path) -> "NodeConfig":
         data = DataPaths(**{k: _abs(v, base) for k, v in self.data.model_dump().items()})
-        return self.model_copy(update={
-            "store_url": _resolve_sqlite(self.store_url, base, field="store_url"),
-            "ledger_url": _resolve_sqlite(self.ledger_url, base, field="ledger_url"),
-            "key_path": _abs(self.key_path, base),
-            "api_keys_path": _abs(self.api_keys_path, base),
-            "data": data,
-        })
+        return self.model_copy(
+            update={
+                "store_url": _resolve_sqlite(self.store_url, base, field="store_url"),
+                "ledger_url": _resolve_sqlite(self.ledger_url, base, field="ledger_url"),
+                "key_path": _abs(self.key_path, base),
+                "api_keys_path": _abs(self.api_keys_path, base),
+                "data": data,
+            }
+        )
 
 
 def _abs(p: Path | None, base: Path) -> Path | None:

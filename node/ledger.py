@@ -51,8 +51,24 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Callable
 
-from sqlalchemy import (Column, DateTime, Engine, Float, Integer, MetaData, String, Table, Text,
-                        create_engine, delete, event, func, insert, select, update)
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Engine,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from shared.dp.accounting import epsilon_of_history
@@ -68,14 +84,16 @@ POPULATION = "population"
 metadata = MetaData()
 
 budgets = Table(
-    "privacy_budgets", metadata,
+    "privacy_budgets",
+    metadata,
     Column("dataset", String(200), primary_key=True),  # always POPULATION
     Column("epsilon", Float, nullable=False),
     Column("delta", Float, nullable=False),
 )
 
 releases = Table(
-    "privacy_releases", metadata,
+    "privacy_releases",
+    metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("dataset", String(200), nullable=False, index=True),  # always POPULATION
     Column("study_id", String(128), nullable=False),
@@ -92,7 +110,8 @@ releases = Table(
 )
 
 views = Table(
-    "privacy_views", metadata,
+    "privacy_views",
+    metadata,
     Column("key", String(128), primary_key=True),  # what was released, from what (caller's hash)
     Column("release_id", Integer, nullable=False),  # the privacy_releases row that paid for it
     Column("body", Text, nullable=False),  # the released (noisy) answer, served again as is
@@ -118,8 +137,10 @@ def _population(dataset: str | None) -> str:
     """The ledger's one budget key; any other name is refused, so none opens a fresh budget."""
     if dataset is None or dataset == POPULATION:
         return POPULATION
-    raise PrivacyError(f"a ledger holds one budget, for the node's whole population: dataset "
-                       f"{dataset!r} does not name another budget (omit it)")
+    raise PrivacyError(
+        f"a ledger holds one budget, for the node's whole population: dataset "
+        f"{dataset!r} does not name another budget (omit it)"
+    )
 
 
 @dataclass(frozen=True)
@@ -191,33 +212,45 @@ class PrivacyLedger:
         release counts against it (over-counting if the names were different people, never
         under-counting), at the smallest ε and δ any name had until the config sets them."""
         with self.engine.connect() as conn:
-            stale = conn.execute(select(func.count()).select_from(budgets)
-                                 .where(budgets.c.dataset != POPULATION)).scalar_one()
-            stale += conn.execute(select(func.count()).select_from(releases)
-                                  .where(releases.c.dataset != POPULATION)).scalar_one()
+            stale = conn.execute(
+                select(func.count()).select_from(budgets).where(budgets.c.dataset != POPULATION)
+            ).scalar_one()
+            stale += conn.execute(
+                select(func.count()).select_from(releases).where(releases.c.dataset != POPULATION)
+            ).scalar_one()
         if not stale:
             return
         with self.engine.begin() as conn:
             rows = conn.execute(select(budgets).with_for_update()).all()
-            names = sorted({r.dataset for r in rows if r.dataset != POPULATION} |
-                           {r.dataset for r in conn.execute(
-                               select(releases.c.dataset).where(releases.c.dataset != POPULATION)
-                               .distinct())})
+            names = sorted(
+                {r.dataset for r in rows if r.dataset != POPULATION}
+                | {
+                    r.dataset
+                    for r in conn.execute(
+                        select(releases.c.dataset).where(releases.c.dataset != POPULATION).distinct()
+                    )
+                }
+            )
             if not names:  # another process migrated it meanwhile
                 return
-            conn.execute(update(releases).where(releases.c.dataset != POPULATION)
-                         .values(dataset=POPULATION))
+            conn.execute(update(releases).where(releases.c.dataset != POPULATION).values(dataset=POPULATION))
             if rows:
                 conn.execute(delete(budgets))
-                conn.execute(insert(budgets).values(dataset=POPULATION,
-                                                    epsilon=min(r.epsilon for r in rows),
-                                                    delta=min(r.delta for r in rows)))
-        log.warning("ledger %s: budgets of datasets %s folded into the population's one budget",
-                    _redact(self.url), ", ".join(names))
+                conn.execute(
+                    insert(budgets).values(
+                        dataset=POPULATION,
+                        epsilon=min(r.epsilon for r in rows),
+                        delta=min(r.delta for r in rows),
+                    )
+                )
+        log.warning(
+            "ledger %s: budgets of datasets %s folded into the population's one budget",
+            _redact(self.url),
+            ", ".join(names),
+        )
 
     # -- budgets -------------------------------------------------------------------------------
-    def ensure_budget(self, *, epsilon: float, delta: float,
-                      dataset: str | None = None) -> BudgetState:
+    def ensure_budget(self, *, epsilon: float, delta: float, dataset: str | None = None) -> BudgetState:
         """Create the population's budget, or set it to these values (the node config is the
         authority). History is kept; spent ε is recomputed at the new δ.
 
@@ -227,8 +260,7 @@ class PrivacyLedger:
         """
         key = _population(dataset)
         if not (math.isfinite(epsilon) and epsilon > 0) or not 0 < delta < 1:
-            raise PrivacyError(f"privacy budget: need ε > 0 and 0 < δ < 1, "
-                               f"got ε={epsilon!r}, δ={delta!r}")
+            raise PrivacyError(f"privacy budget: need ε > 0 and 0 < δ < 1, got ε={epsilon!r}, δ={delta!r}")
         try:
             self._set_budget(key, float(epsilon), float(delta))
         except IntegrityError:  # a concurrent process inserted the budget first
@@ -237,15 +269,20 @@ class PrivacyLedger:
 
     def _set_budget(self, key: str, epsilon: float, delta: float) -> None:
         with self.engine.begin() as conn:
-            row = conn.execute(select(budgets).where(budgets.c.dataset == key)
-                               .with_for_update()).first()
+            row = conn.execute(select(budgets).where(budgets.c.dataset == key).with_for_update()).first()
             if row is None:
                 conn.execute(insert(budgets).values(dataset=key, epsilon=epsilon, delta=delta))
             elif (row.epsilon, row.delta) != (epsilon, delta):
-                log.warning("privacy budget changed from ε=%g, δ=%g to ε=%g, δ=%g",
-                            row.epsilon, row.delta, epsilon, delta)
-                conn.execute(update(budgets).where(budgets.c.dataset == key)
-                             .values(epsilon=epsilon, delta=delta))
+                log.warning(
+                    "privacy budget changed from ε=%g, δ=%g to ε=%g, δ=%g",
+                    row.epsilon,
+                    row.delta,
+                    epsilon,
+                    delta,
+                )
+                conn.execute(
+                    update(budgets).where(budgets.c.dataset == key).values(epsilon=epsilon, delta=delta)
+                )
 
     def datasets(self) -> list[str]:
         """``[POPULATION]`` once a budget is set, else ``[]``."""
@@ -256,8 +293,16 @@ class PrivacyLedger:
         return bool(self.datasets())
 
     # -- charging ------------------------------------------------------------------------------
-    def charge(self, *, study_id: str, query: str, sigma: float, sensitivity: float,
-               dataset: str | None = None, limit: int | None = None) -> Charge:
+    def charge(
+        self,
+        *,
+        study_id: str,
+        query: str,
+        sigma: float,
+        sensitivity: float,
+        dataset: str | None = None,
+        limit: int | None = None,
+    ) -> Charge:
         r"""Charge one Gaussian release (:math:`\mu = \sigma/\Delta`) to the population, atomically.
 
         Returns:
@@ -273,11 +318,27 @@ class PrivacyLedger:
         _population(dataset)
         sigma, sensitivity = self._gaussian(query, sigma, sensitivity)
         with self.engine.begin() as conn:
-            return self._charge(conn, study_id=study_id, query=query, sigma=sigma,
-                                sensitivity=sensitivity, sample_rate=1.0, steps=1, limit=limit)
+            return self._charge(
+                conn,
+                study_id=study_id,
+                query=query,
+                sigma=sigma,
+                sensitivity=sensitivity,
+                sample_rate=1.0,
+                steps=1,
+                limit=limit,
+            )
 
-    def charge_sgd(self, *, study_id: str, query: str, noise_multiplier: float,
-                   sample_rate: float, steps: int, dataset: str | None = None) -> Charge:
+    def charge_sgd(
+        self,
+        *,
+        study_id: str,
+        query: str,
+        noise_multiplier: float,
+        sample_rate: float,
+        steps: int,
+        dataset: str | None = None,
+    ) -> Charge:
         r"""Charge one local DP-SGD run (``steps`` subsampled Gaussian steps, Poisson rate
         ``sample_rate``, noise multiplier μ = σ/C) before its weights leave, atomically.
 
@@ -287,15 +348,30 @@ class PrivacyLedger:
         """
         _population(dataset)
         if not (0 < float(sample_rate) <= 1) or int(steps) < 1:
-            raise PrivacyError(f"release {query!r}: need 0 < q <= 1 and "
-                               f"steps >= 1, got q={sample_rate!r}, steps={steps!r}")
+            raise PrivacyError(
+                f"release {query!r}: need 0 < q <= 1 and steps >= 1, got q={sample_rate!r}, steps={steps!r}"
+            )
         with self.engine.begin() as conn:
-            return self._charge(conn, study_id=study_id, query=query,
-                                sigma=float(noise_multiplier), sensitivity=1.0,
-                                sample_rate=float(sample_rate), steps=int(steps))
+            return self._charge(
+                conn,
+                study_id=study_id,
+                query=query,
+                sigma=float(noise_multiplier),
+                sensitivity=1.0,
+                sample_rate=float(sample_rate),
+                steps=int(steps),
+            )
 
-    def release_once(self, *, key: str, study_id: str, query: str, sigma: float,
-                     sensitivity: float, make: Callable[[], str]) -> tuple[str, Charge | None]:
+    def release_once(
+        self,
+        *,
+        key: str,
+        study_id: str,
+        query: str,
+        sigma: float,
+        sensitivity: float,
+        make: Callable[[], str],
+    ) -> tuple[str, Charge | None]:
         """The answer released under ``key``: the stored one if it was released before (no new
         charge), else charge one Gaussian release, call ``make()`` for the noisy answer and
         store both — in one transaction, so two processes cannot both draw and pay, and a
@@ -316,32 +392,53 @@ class PrivacyLedger:
             body = conn.execute(select(views.c.body).where(views.c.key == key)).scalar()
             if body is not None:
                 return body, None
-            charge = self._charge(conn, study_id=study_id, query=query, sigma=sigma,
-                                  sensitivity=sensitivity, sample_rate=1.0, steps=1)
+            charge = self._charge(
+                conn,
+                study_id=study_id,
+                query=query,
+                sigma=sigma,
+                sensitivity=sensitivity,
+                sample_rate=1.0,
+                steps=1,
+            )
             body = make()
-            conn.execute(insert(views).values(key=key, release_id=charge.id, body=body,
-                                              created_at=datetime.now(timezone.utc)))
+            conn.execute(
+                insert(views).values(
+                    key=key, release_id=charge.id, body=body, created_at=datetime.now(timezone.utc)
+                )
+            )
         return body, charge
 
     @staticmethod
     def _gaussian(query: str, sigma, sensitivity) -> tuple[float, float]:
         sigma, sensitivity = float(sigma), float(sensitivity)
         if not (math.isfinite(sigma) and sigma > 0 and math.isfinite(sensitivity) and sensitivity > 0):
-            raise PrivacyError(f"release {query!r}: σ and sensitivity must be "
-                               f"positive, got σ={sigma!r}, Δ={sensitivity!r}")
+            raise PrivacyError(
+                f"release {query!r}: σ and sensitivity must be positive, got σ={sigma!r}, Δ={sensitivity!r}"
+            )
         return sigma, sensitivity
 
     @staticmethod
     def _locked_budget(conn, query: str):
-        budget = conn.execute(select(budgets).where(budgets.c.dataset == POPULATION)
-                              .with_for_update()).first()
+        budget = conn.execute(
+            select(budgets).where(budgets.c.dataset == POPULATION).with_for_update()
+        ).first()
         if budget is None:
-            raise PrivacyError(f"no privacy budget is set in this ledger: refusing to release "
-                               f"{query!r}")
+            raise PrivacyError(f"no privacy budget is set in this ledger: refusing to release {query!r}")
         return budget
 
-    def _charge(self, conn, *, study_id: str, query: str, sigma: float, sensitivity: float,
-                sample_rate: float, steps: int, limit: int | None = None) -> Charge:
+    def _charge(
+        self,
+        conn,
+        *,
+        study_id: str,
+        query: str,
+        sigma: float,
+        sensitivity: float,
+        sample_rate: float,
+        steps: int,
+        limit: int | None = None,
+    ) -> Charge:
         """Check and insert one release inside the caller's transaction (which holds the lock)."""
         if not (math.isfinite(sigma) and sigma > 0):
             raise PrivacyError(f"release {query!r}: noise must be positive")
@@ -349,12 +446,19 @@ class PrivacyLedger:
         entry = (mu, sample_rate, steps)
         budget = self._locked_budget(conn, query)
         if limit is not None:
-            done = conn.execute(select(func.count()).select_from(releases).where(
-                releases.c.dataset == POPULATION, releases.c.study_id == study_id,
-                releases.c.query == query)).scalar_one()
+            done = conn.execute(
+                select(func.count())
+                .select_from(releases)
+                .where(
+                    releases.c.dataset == POPULATION,
+                    releases.c.study_id == study_id,
+                    releases.c.query == query,
+                )
+            ).scalar_one()
             if done >= limit:
-                raise ReplayRefused(f"study {study_id[:24]} already had {done} {query} "
-                                    "release(s), all its signed plan allows")
+                raise ReplayRefused(
+                    f"study {study_id[:24]} already had {done} {query} release(s), all its signed plan allows"
+                )
         history = self._history(conn)
         before = self._eps(history, budget.delta)
         after = self._eps(history + [entry], budget.delta)
@@ -362,16 +466,36 @@ class PrivacyLedger:
             raise BudgetExceededError(
                 f"privacy budget of this node's population: ε={budget.epsilon:.2f} total "
                 f"(δ={budget.delta:g}), {max(budget.epsilon - before, 0.0):.2f} left, "
-                f"this release ({query}, {study_id[:12]}) needs {after - before:.2f}")
-        rid = conn.execute(insert(releases).values(
-            dataset=POPULATION, study_id=study_id, query=query, sigma=sigma,
-            sensitivity=sensitivity, noise_multiplier=mu, sample_rate=sample_rate,
-            steps=steps, epsilon=after - before, epsilon_after=after,
-            created_at=datetime.now(timezone.utc), status="charged",
-        )).inserted_primary_key[0]
-        return Charge(id=int(rid), dataset=POPULATION, study_id=study_id, query=query, sigma=sigma,
-                      sensitivity=sensitivity, noise_multiplier=mu, epsilon=after - before,
-                      epsilon_after=after, epsilon_left=max(budget.epsilon - after, 0.0))
+                f"this release ({query}, {study_id[:12]}) needs {after - before:.2f}"
+            )
+        rid = conn.execute(
+            insert(releases).values(
+                dataset=POPULATION,
+                study_id=study_id,
+                query=query,
+                sigma=sigma,
+                sensitivity=sensitivity,
+                noise_multiplier=mu,
+                sample_rate=sample_rate,
+                steps=steps,
+                epsilon=after - before,
+                epsilon_after=after,
+                created_at=datetime.now(timezone.utc),
+                status="charged",
+            )
+        ).inserted_primary_key[0]
+        return Charge(
+            id=int(rid),
+            dataset=POPULATION,
+            study_id=study_id,
+            query=query,
+            sigma=sigma,
+            sensitivity=sensitivity,
+            noise_multiplier=mu,
+            epsilon=after - before,
+            epsilon_after=after,
+            epsilon_left=max(budget.epsilon - after, 0.0),
+        )
 
     def mark_sent(self, charge_id: int) -> None:
         """Record that the charged release left the node (informational: charges count anyway)."""
@@ -384,8 +508,11 @@ class PrivacyLedger:
     @staticmethod
     def _history(conn) -> list[tuple[float, float, int]]:
         """Every charged release as an accountant entry (μ, q, steps)."""
-        rows = conn.execute(select(releases.c.noise_multiplier, releases.c.sample_rate,
-                                   releases.c.steps).where(releases.c.dataset == POPULATION))
+        rows = conn.execute(
+            select(releases.c.noise_multiplier, releases.c.sample_rate, releases.c.steps).where(
+                releases.c.dataset == POPULATION
+            )
+        )
         return [(float(m), float(q), int(k)) for m, q, k in rows]
 
     # -- reading -------------------------------------------------------------------------------
@@ -410,23 +537,35 @@ class PrivacyLedger:
                 raise PrivacyError("no privacy budget is set in this ledger: nothing was released")
             history = self._history(conn)
         spent = self._eps(history, budget.delta)
-        return BudgetState(dataset=POPULATION, epsilon=budget.epsilon, delta=budget.delta,
-                           spent=spent, left=max(budget.epsilon - spent, 0.0), releases=len(history))
+        return BudgetState(
+            dataset=POPULATION,
+            epsilon=budget.epsilon,
+            delta=budget.delta,
+            spent=spent,
+            left=max(budget.epsilon - spent, 0.0),
+            releases=len(history),
+        )
 
     def history(self, dataset: str | None = None) -> list[ReleaseRecord]:
         """Every release charged, oldest first."""
         _population(dataset)
         with self.engine.connect() as conn:
-            rows = conn.execute(select(releases).where(releases.c.dataset == POPULATION)
-                                .order_by(releases.c.id)).mappings().all()
+            rows = (
+                conn.execute(select(releases).where(releases.c.dataset == POPULATION).order_by(releases.c.id))
+                .mappings()
+                .all()
+            )
         return [ReleaseRecord(**{**r, "created_at": _iso(r["created_at"])}) for r in rows]
 
     def state_dict(self) -> dict:
         """JSON-ready snapshot: accountant, and per dataset its budget state and history."""
-        return {"accountant": self.accountant,
-                "datasets": {d: {**asdict(self.state(d)),
-                                 "history": [asdict(r) for r in self.history(d)]}
-                             for d in self.datasets()}}
+        return {
+            "accountant": self.accountant,
+            "datasets": {
+                d: {**asdict(self.state(d)), "history": [asdict(r) for r in self.history(d)]}
+                for d in self.datasets()
+            },
+        }
 
 
 def _iso(value) -> str:

@@ -41,13 +41,13 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from node.files import read_toml
 from shared.dp.workflow import MIN_PS_SHARE
 from shared.errors import PolicyRefused, SpecError
 from shared.features import FEATURES
 from shared.grant import Grant, canonical_json
 from shared.protocol import DP_RELEASES, PsFit, PsmStats, ScoreHist, StudyQuery
 from shared.psm.strata import MAX_STRATA
-from node.files import read_toml
 from shared.study import DEFAULT_OUTCOMES, BudgetSplit, Covariate, Outcome, format_validation_error
 
 __all__ = ["MIN_RELEASE_SHARE", "NodePolicy"]
@@ -58,8 +58,14 @@ __all__ = ["MIN_RELEASE_SHARE", "NodePolicy"]
 MIN_RELEASE_SHARE = 0.01
 
 #: What each release is paid from in :class:`shared.study.BudgetSplit`.
-_SHARE_OF = {"describe": "describe", "ps_fit": "ps_fit", "score_hist": "ps_fit",
-             "psm_main": "psm_stats", "psm_sumsq": "psm_stats", "psm_balance": "balance"}
+_SHARE_OF = {
+    "describe": "describe",
+    "ps_fit": "ps_fit",
+    "score_hist": "ps_fit",
+    "psm_main": "psm_stats",
+    "psm_sumsq": "psm_stats",
+    "psm_balance": "balance",
+}
 
 
 def _default_covariates() -> tuple[Covariate, ...]:
@@ -115,8 +121,10 @@ class NodePolicy(BaseModel):
         self._check_columns(query)
         if query.privacy is None:
             if not self.allow_exact:
-                raise PolicyRefused("this node answers only differentially private queries "
-                                    "(its operator has not allowed exact answers)")
+                raise PolicyRefused(
+                    "this node answers only differentially private queries "
+                    "(its operator has not allowed exact answers)"
+                )
             self._check_exact(query)
         else:
             self._check_shares(query)
@@ -124,8 +132,7 @@ class NodePolicy(BaseModel):
 
     def _check_columns(self, query: StudyQuery) -> None:
         if query.treatment_column not in self.treatment_columns:
-            raise PolicyRefused(f"treatment column {query.treatment_column!r} is not in this "
-                                "node's policy")
+            raise PolicyRefused(f"treatment column {query.treatment_column!r} is not in this node's policy")
         _check_listed("covariate", query.covariates, self.covariates, lambda c: (c.lo, c.hi, c.kind))
         _check_listed("outcome", query.outcomes, self.outcomes, lambda o: (o.lo, o.cap, o.kind))
 
@@ -134,11 +141,14 @@ class NodePolicy(BaseModel):
             if isinstance(op, (PsFit, PsmStats, ScoreHist)):
                 beta = np.asarray(op.beta, dtype=float)
                 if beta.size and np.all(np.isfinite(beta)) and np.max(np.abs(beta)) > self.max_abs_beta:
-                    raise PolicyRefused(f"{op.op}: |β| above this node's bound {self.max_abs_beta:g} "
-                                        "for exact answers")
+                    raise PolicyRefused(
+                        f"{op.op}: |β| above this node's bound {self.max_abs_beta:g} for exact answers"
+                    )
             if isinstance(op, PsmStats) and len(op.edges) - 1 > self.max_strata:
-                raise PolicyRefused(f"psm_stats: {len(op.edges) - 1} strata exceed this node's "
-                                    f"bound of {self.max_strata} for exact answers")
+                raise PolicyRefused(
+                    f"psm_stats: {len(op.edges) - 1} strata exceed this node's "
+                    f"bound of {self.max_strata} for exact answers"
+                )
 
     def _check_shares(self, query: StudyQuery) -> None:
         p = query.privacy
@@ -152,9 +162,11 @@ class NodePolicy(BaseModel):
                 if release == "psm_balance" and share == 0:
                     continue  # the balance sums are not released at all
                 if share < MIN_RELEASE_SHARE:
-                    raise PolicyRefused(f"release {release}: a share of {share:g} of the study's "
-                                        f"privacy loss is below this node's floor of "
-                                        f"{MIN_RELEASE_SHARE:g}")
+                    raise PolicyRefused(
+                        f"release {release}: a share of {share:g} of the study's "
+                        f"privacy loss is below this node's floor of "
+                        f"{MIN_RELEASE_SHARE:g}"
+                    )
 
     def _check_secure(self, query: StudyQuery, grant: Grant | None) -> None:
         p = query.privacy
@@ -165,8 +177,10 @@ class NodePolicy(BaseModel):
             raise PolicyRefused("secure_nodes is set in a study not signed for secure aggregation")
         sites = len(grant.sites) if grant is not None else len(query.sites)
         if p.secure_nodes != sites:
-            raise PolicyRefused(f"secure_nodes = {p.secure_nodes} differs from the signed study's "
-                                f"{sites} sites (each node adds only its 1/√K share of the noise)")
+            raise PolicyRefused(
+                f"secure_nodes = {p.secure_nodes} differs from the signed study's "
+                f"{sites} sites (each node adds only its 1/√K share of the noise)"
+            )
 
 
 def _check_listed(what: str, asked, allowed, public) -> None:
@@ -178,8 +192,10 @@ def _check_listed(what: str, asked, allowed, public) -> None:
         if c.name not in mine:
             raise PolicyRefused(f"{what} {c.name!r} is not in this node's policy")
         if public(c) != public(mine[c.name]):
-            raise PolicyRefused(f"{what} {c.name!r}: the query's (lo, hi or cap, kind) {public(c)} "
-                                f"differ from this node's public {public(mine[c.name])}")
+            raise PolicyRefused(
+                f"{what} {c.name!r}: the query's (lo, hi or cap, kind) {public(c)} "
+                f"differ from this node's public {public(mine[c.name])}"
+            )
 
 
 def _check_resplit(*, signed: BudgetSplit, resplit: BudgetSplit) -> None:
@@ -187,9 +203,10 @@ def _check_resplit(*, signed: BudgetSplit, resplit: BudgetSplit) -> None:
     propensity fit's share to the PSM table, leaving ps_fit at least ``min(MIN_PS_SHARE, its
     signed share)``, describe and balance unchanged."""
     floor = min(MIN_PS_SHARE, signed.ps_fit)
-    same = (abs(resplit.describe - signed.describe) < 1e-12
-            and abs(resplit.balance - signed.balance) < 1e-12)
+    same = abs(resplit.describe - signed.describe) < 1e-12 and abs(resplit.balance - signed.balance) < 1e-12
     if not same or not (floor - 1e-12 <= resplit.ps_fit <= signed.ps_fit + 1e-12):
-        raise PolicyRefused(f"re-split {canonical_json(resplit.model_dump(mode='json')).decode()} "
-                            "is not one this node accepts: only ps_fit may shrink (to no less "
-                            f"than {floor:g}) in favour of psm_stats")
+        raise PolicyRefused(
+            f"re-split {canonical_json(resplit.model_dump(mode='json')).decode()} "
+            "is not one this node accepts: only ps_fit may shrink (to no less "
+            f"than {floor:g}) in favour of psm_stats"
+        )

@@ -20,10 +20,18 @@ from shared.dp.mechanisms import secure_rng
 __all__ = ["charged_release"]
 
 
-def charged_release(*, ledger: PrivacyLedger, study_id: str, query: str,
-                    arrays: Mapping[str, np.ndarray], sigma: float, sensitivity: float,
-                    rng: np.random.Generator | None = None, share: int = 1,
-                    dataset: str | None = None) -> tuple[dict[str, np.ndarray], Charge]:
+def charged_release(
+    *,
+    ledger: PrivacyLedger,
+    study_id: str,
+    query: str,
+    arrays: Mapping[str, np.ndarray],
+    sigma: float,
+    sensitivity: float,
+    rng: np.random.Generator | None = None,
+    share: int = 1,
+    dataset: str | None = None,
+) -> tuple[dict[str, np.ndarray], Charge]:
     """Charge the node's population budget for one Gaussian release of ``query``, then return
     the noisy arrays.
 
@@ -53,7 +61,9 @@ def charged_release(*, ledger: PrivacyLedger, study_id: str, query: str,
         PrivacyError: also for a ``dataset`` other than the population.
     """
     release_arrays(query, arrays)  # an unknown release or a missing array fails before the charge
-    charge = ledger.charge(dataset=dataset, study_id=study_id, query=query, sigma=sigma,
-                           sensitivity=sensitivity)
-    return noisy_release(query=query, arrays=arrays, sigma=sigma, share=share,
-                         rng=rng if rng is not None else secure_rng()), charge
+    charge = ledger.charge(
+        dataset=dataset, study_id=study_id, query=query, sigma=sigma, sensitivity=sensitivity
+    )
+    return noisy_release(
+        query=query, arrays=arrays, sigma=sigma, share=share, rng=rng if rng is not None else secure_rng()
+    ), charge

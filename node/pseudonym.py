@@ -72,7 +72,8 @@ def _read_key(path: Path) -> bytes:
     if mode & 0o077:
         raise KeyFileError(
             f"pseudonym key {path} has mode {mode:04o}: it must not be accessible by group or "
-            f"others (chmod 600 {path})")
+            f"others (chmod 600 {path})"
+        )
     key = path.read_bytes()
     if len(key) != KEY_BYTES:
         raise KeyFileError(f"pseudonym key {path} must hold {KEY_BYTES} bytes, has {len(key)}")

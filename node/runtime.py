@@ -33,7 +33,6 @@ from typing import Mapping
 from shared.errors import PrivacyError, QueryRefused, SpecError, UnauthorizedQuery
 from shared.protocol import DP_RELEASES, StudyQuery
 
-
 log = logging.getLogger("rehealth.node")
 
 
@@ -81,13 +80,14 @@ class NodeRuntime:
         from shared.grant import load_public_key
 
         if self.coordinator_key is None:
-            raise UnauthorizedQuery(f"site {self.site} has no pinned coordinator key "
-                                    "(node config coordinator-key): it answers nothing")
+            raise UnauthorizedQuery(
+                f"site {self.site} has no pinned coordinator key "
+                "(node config coordinator-key): it answers nothing"
+            )
         try:
             return load_public_key(self.coordinator_key.read_bytes())
         except (OSError, ValueError):
-            log.error("site %s: cannot read the pinned coordinator key %s", self.site,
-                      self.coordinator_key)
+            log.error("site %s: cannot read the pinned coordinator key %s", self.site, self.coordinator_key)
             raise UnauthorizedQuery(f"site {self.site} cannot read its pinned coordinator key") from None
 
     def verify(self, signed, *, kind: str):
@@ -111,8 +111,9 @@ class NodeRuntime:
         if tuple(query.sites) != tuple(grant.sites):
             raise UnauthorizedQuery("the query's sites differ from its signed grant's")
         if canonical_json(query.terms()) != canonical_json(grant.terms):
-            raise UnauthorizedQuery("the query's columns, bounds or privacy terms differ from "
-                                    "its signed grant's")
+            raise UnauthorizedQuery(
+                "the query's columns, bounds or privacy terms differ from its signed grant's"
+            )
         return grant
 
     def verify_risk(self, content):
@@ -137,29 +138,35 @@ class NodeRuntime:
 
         site = str(cfg.get("site", "")).strip()
         if not site:
-            raise SpecError('node config lacks site (e.g. --node-config \'site="insurer_a"\')')
+            raise SpecError("node config lacks site (e.g. --node-config 'site=\"insurer_a\"')")
         if "require-dp" in cfg:
-            raise SpecError(f"node config of site {site}: require-dp is gone — nodes answer only "
-                            "DP queries unless allow-exact=true (or allow_exact in the policy file)")
+            raise SpecError(
+                f"node config of site {site}: require-dp is gone — nodes answer only "
+                "DP queries unless allow-exact=true (or allow_exact in the policy file)"
+            )
         if "dataset" in cfg:  # it used to name the budget: a new name was a fresh budget
-            raise SpecError(f"node config of site {site}: key 'dataset' is not accepted: the node's "
-                            "ledger holds one budget for its whole population, chosen by "
-                            "ledger-url (or state-dir), not by a name; remove the key")
+            raise SpecError(
+                f"node config of site {site}: key 'dataset' is not accepted: the node's "
+                "ledger holds one budget for its whole population, chosen by "
+                "ledger-url (or state-dir), not by a name; remove the key"
+            )
         data, state = cfg.get("data-path"), cfg.get("state-dir")
         try:
-            return cls(site=site, data_path=Path(str(data)) if data else None,
-                       store_url=str(cfg["store-url"]) if cfg.get("store-url") else None,
-                       state_dir=Path(str(state)) if state else None,
-                       ledger_url=str(cfg["ledger-url"]) if cfg.get("ledger-url") else None,
-                       dataset=POPULATION,
-                       budget_epsilon=float(cfg.get("budget-epsilon", 10.0)),
-                       budget_delta=float(cfg.get("budget-delta", 1e-5)),
-                       coordinator_key=(Path(str(cfg["coordinator-key"])) if cfg.get("coordinator-key")
-                                        else None),
-                       policy_path=Path(str(cfg["policy-path"])) if cfg.get("policy-path") else None,
-                       allow_exact=_bool(cfg["allow-exact"]) if "allow-exact" in cfg else None,
-                       model_dir=Path(str(cfg["model-dir"])) if cfg.get("model-dir") else None,
-                       accept_secure_aggregation=_bool(cfg.get("secure-aggregation", False)))
+            return cls(
+                site=site,
+                data_path=Path(str(data)) if data else None,
+                store_url=str(cfg["store-url"]) if cfg.get("store-url") else None,
+                state_dir=Path(str(state)) if state else None,
+                ledger_url=str(cfg["ledger-url"]) if cfg.get("ledger-url") else None,
+                dataset=POPULATION,
+                budget_epsilon=float(cfg.get("budget-epsilon", 10.0)),
+                budget_delta=float(cfg.get("budget-delta", 1e-5)),
+                coordinator_key=(Path(str(cfg["coordinator-key"])) if cfg.get("coordinator-key") else None),
+                policy_path=Path(str(cfg["policy-path"])) if cfg.get("policy-path") else None,
+                allow_exact=_bool(cfg["allow-exact"]) if "allow-exact" in cfg else None,
+                model_dir=Path(str(cfg["model-dir"])) if cfg.get("model-dir") else None,
+                accept_secure_aggregation=_bool(cfg.get("secure-aggregation", False)),
+            )
         except (TypeError, ValueError) as e:
             raise SpecError(f"node config of site {site}: {e}") from None
 
@@ -199,8 +206,10 @@ class NodeRuntime:
         release = self._dp_release(query, ledger)  # charges every release of the query
         data = self._site_arrays(query)
         return answer(query, data, release), {
-            "dataset": self.dataset, "epsilon_spent": ledger.spent(self.dataset),
-            "epsilon_budget": self.budget_epsilon}
+            "dataset": self.dataset,
+            "epsilon_spent": ledger.spent(self.dataset),
+            "epsilon_budget": self.budget_epsilon,
+        }
 
     def _site_arrays(self, query: StudyQuery):
         """The site's study arrays; any failure to read them (a missing or corrupt file, an
@@ -223,7 +232,9 @@ class NodeRuntime:
 
             frame = open_store(self.store_url).cohort_columns(
                 covariates=[c.name for c in query.covariates],
-                treatment_column=query.treatment_column, outcomes=[o.name for o in query.outcomes])
+                treatment_column=query.treatment_column,
+                outcomes=[o.name for o in query.outcomes],
+            )
             return prepare_arrays(frame, query)
         if self.data_path is not None:
             cache = self.state_dir / "cache" if self.state_dir else None
@@ -233,17 +244,26 @@ class NodeRuntime:
     def _check_secure_sum(self, query: StudyQuery, secure_sum: bool) -> None:
         """A node adds only its share of the noise when, and only when, its answer is masked."""
         privacy = query.privacy
-        shared_noise = privacy is not None and privacy.secure_nodes is not None and any(
-            privacy.share(r) > 1 for op in query.ops for r in DP_RELEASES[op.op])
+        shared_noise = (
+            privacy is not None
+            and privacy.secure_nodes is not None
+            and any(privacy.share(r) > 1 for op in query.ops for r in DP_RELEASES[op.op])
+        )
         if shared_noise and not secure_sum:
-            raise PrivacyError(f"site {self.site} releases a share of the noise only as a masked "
-                               "SecAgg+ input, never in a plain reply")
+            raise PrivacyError(
+                f"site {self.site} releases a share of the noise only as a masked "
+                "SecAgg+ input, never in a plain reply"
+            )
         if secure_sum and not shared_noise:
-            raise QueryRefused(f"site {self.site}: a secure-sum round must carry a secure-"
-                               "aggregation study's releases after describe")
+            raise QueryRefused(
+                f"site {self.site}: a secure-sum round must carry a secure-"
+                "aggregation study's releases after describe"
+            )
         if shared_noise and not self.accept_secure_aggregation:
-            raise PrivacyError(f"site {self.site} does not accept secure-aggregation studies "
-                               "(node config secure-aggregation = true accepts them)")
+            raise PrivacyError(
+                f"site {self.site} does not accept secure-aggregation studies "
+                "(node config secure-aggregation = true accepts them)"
+            )
 
     def ledger(self):
         """The node's ledger: one population, one budget, at ``ledger-url`` or
@@ -293,6 +313,12 @@ class NodeRuntime:
         plan = self._plan(query)
         for name, rel in planned_releases(query, plan).items():
             limit = query.privacy.n_ps_rounds if name == "ps_fit" else 1
-            ledger.charge(dataset=self.dataset, study_id=query.study_id, query=name,
-                          sigma=rel.sigma, sensitivity=rel.sensitivity, limit=limit)
+            ledger.charge(
+                dataset=self.dataset,
+                study_id=query.study_id,
+                query=name,
+                sigma=rel.sigma,
+                sensitivity=rel.sensitivity,
+                limit=limit,
+            )
         return dp_release(query, plan, secure_rng())

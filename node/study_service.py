@@ -43,7 +43,7 @@ def prepare_arrays(frame, query: StudyQuery) -> SiteArrays:
         raise DataError(f"cohort table lacks column(s): {', '.join(missing)}", field=missing[0])
     raw = frame[names].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
     d, n_out = len(query.covariates), len(query.outcomes)
-    x, t, y_raw = raw[:, :d], raw[:, d], raw[:, d + 1:]
+    x, t, y_raw = raw[:, :d], raw[:, d], raw[:, d + 1 :]
     bad = ~np.isfinite(raw)
     bad[:, d] |= ~np.isin(t, (0.0, 1.0))
     excluded = bad.any(axis=1)
@@ -55,19 +55,32 @@ def prepare_arrays(frame, query: StudyQuery) -> SiteArrays:
     xk = x[keep]
     n_clipped_z = np.sum((xk < lo) | (xk > hi), axis=0).astype(float)
     z = (np.clip(xk, lo, hi) - lo) / (hi - lo)
-    y, n_clipped = scale_outcomes(y=y_raw[keep], lo=np.array([o.lo for o in query.outcomes]),
-                                  cap=np.array([o.cap for o in query.outcomes]))
-    return SiteArrays(z=z, t=t[keep], y=y.reshape(-1, n_out), n_clipped=np.asarray(n_clipped, dtype=float),
-                      n_clipped_z=n_clipped_z, n_excluded=np.array([float(excluded.sum())]))
+    y, n_clipped = scale_outcomes(
+        y=y_raw[keep],
+        lo=np.array([o.lo for o in query.outcomes]),
+        cap=np.array([o.cap for o in query.outcomes]),
+    )
+    return SiteArrays(
+        z=z,
+        t=t[keep],
+        y=y.reshape(-1, n_out),
+        n_clipped=np.asarray(n_clipped, dtype=float),
+        n_clipped_z=n_clipped_z,
+        n_excluded=np.array([float(excluded.sum())]),
+    )
 
 
 def _log_excluded(bad: np.ndarray, names: list[str], study_id: str) -> None:
     """Name (in the node's own log only) the first rows excluded and why."""
     rows = np.flatnonzero(bad.any(axis=1))
-    where = "; ".join(f"row {r + 1}: {', '.join(n for n, b in zip(names, bad[r]) if b)}"
-                      for r in rows[:10])
-    log.warning("study %s: %d row(s) excluded (missing, non-numeric or treatment not 0/1): %s%s",
-                study_id[:16], rows.size, where, " …" if rows.size > 10 else "")
+    where = "; ".join(f"row {r + 1}: {', '.join(n for n, b in zip(names, bad[r]) if b)}" for r in rows[:10])
+    log.warning(
+        "study %s: %d row(s) excluded (missing, non-numeric or treatment not 0/1): %s%s",
+        study_id[:16],
+        rows.size,
+        where,
+        " …" if rows.size > 10 else "",
+    )
 
 
 def read_cohort(path: str | Path):

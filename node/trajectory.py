@@ -59,9 +59,17 @@ class RecordedIntervention:
     recorded_at: dt.datetime
 
 
-def record_intervention(store: Store, pseudonymize: Callable[[str], str], *, person_id: str,
-                        code: str, start: dt.date | str, end: dt.date | str | None = None,
-                        channel: str = "in_person", source: str = "cli") -> RecordedIntervention:
+def record_intervention(
+    store: Store,
+    pseudonymize: Callable[[str], str],
+    *,
+    person_id: str,
+    code: str,
+    start: dt.date | str,
+    end: dt.date | str | None = None,
+    channel: str = "in_person",
+    source: str = "cli",
+) -> RecordedIntervention:
     """Append one intervention event to the trajectory log, pseudonymised.
 
     Raises:
@@ -71,28 +79,41 @@ def record_intervention(store: Store, pseudonymize: Callable[[str], str], *, per
     if source not in SOURCES:
         raise DataError(f"source must be one of {SOURCES}", field="source")
     try:
-        ev = InterventionEvent(person_id=person_id, code=code, start=start, end=end,
-                               channel=channel)
+        ev = InterventionEvent(person_id=person_id, code=code, start=start, end=end, channel=channel)
     except ValidationError as e:
         first = e.errors()[0]["loc"]
-        raise DataError(format_validation_error(e, "intervention event"),
-                        field=str(first[0]) if first else None) from None
+        raise DataError(
+            format_validation_error(e, "intervention event"), field=str(first[0]) if first else None
+        ) from None
     now = dt.datetime.now(dt.timezone.utc)
-    row = {"pseudonym": pseudonymize(ev.person_id), "code": ev.code,
-           "start": ev.start.isoformat(), "end": ev.end.isoformat() if ev.end else None,
-           "channel": ev.channel, "source": source, "recorded_at": now.isoformat(sep=" ")}
+    row = {
+        "pseudonym": pseudonymize(ev.person_id),
+        "code": ev.code,
+        "start": ev.start.isoformat(),
+        "end": ev.end.isoformat() if ev.end else None,
+        "channel": ev.channel,
+        "source": source,
+        "recorded_at": now.isoformat(sep=" "),
+    }
     with store.engine.begin() as conn:
         if insert_ignore(conn, interventions, list(row), [tuple(row.values())]) == 0:
-            raise DataError(f"{ev.code} starting {ev.start} is already recorded for this person",
-                            field="start")
-    log.info("recorded intervention %s starting %s via %s (%s)", ev.code, ev.start, ev.channel,
-             source)
+            raise DataError(
+                f"{ev.code} starting {ev.start} is already recorded for this person", field="start"
+            )
+    log.info("recorded intervention %s starting %s via %s (%s)", ev.code, ev.start, ev.channel, source)
     return RecordedIntervention(ev.code, ev.start, ev.end, ev.channel, source, now)
 
 
-def derive_cohort(store: Store, *, intervention: str, index_start: dt.date, index_end: dt.date,
-                  followup_days: int, grace_days: int | None = None,
-                  treatment_column: str = "treated") -> pd.DataFrame:
+def derive_cohort(
+    store: Store,
+    *,
+    intervention: str,
+    index_start: dt.date,
+    index_end: dt.date,
+    followup_days: int,
+    grace_days: int | None = None,
+    treatment_column: str = "treated",
+) -> pd.DataFrame:
     """A study cohort from persons + trajectory log + outcomes (see the module docstring).
 
     Args:
@@ -121,15 +142,20 @@ def derive_cohort(store: Store, *, intervention: str, index_start: dt.date, inde
     if grace_days is not None and grace_days < 0:
         raise DataError("grace_days must not be negative", field="grace_days")
 
-    people = _frame(store, select(persons.c.pseudonym, persons.c.index_date,
-                                  *[persons.c[f] for f in FEATURE_NAMES]))
-    starts = _frame(store, select(interventions.c.pseudonym, interventions.c.start)
-                    .where(interventions.c.code == intervention))
+    people = _frame(
+        store, select(persons.c.pseudonym, persons.c.index_date, *[persons.c[f] for f in FEATURE_NAMES])
+    )
+    starts = _frame(
+        store,
+        select(interventions.c.pseudonym, interventions.c.start).where(interventions.c.code == intervention),
+    )
     horizon = index_end + dt.timedelta(days=followup_days)
-    periods = _frame(store, select(outcomes.c.pseudonym, outcomes.c.period_start,
-                                   *[outcomes.c[c] for c in OUTCOME_COLUMNS])
-                     .where(outcomes.c.period_start >= index_start,
-                            outcomes.c.period_start < horizon))
+    periods = _frame(
+        store,
+        select(
+            outcomes.c.pseudonym, outcomes.c.period_start, *[outcomes.c[c] for c in OUTCOME_COLUMNS]
+        ).where(outcomes.c.period_start >= index_start, outcomes.c.period_start < horizon),
+    )
 
     people["index_date"] = pd.to_datetime(people["index_date"])
     in_window = people["index_date"].between(pd.Timestamp(index_start), pd.Timestamp(index_end))
@@ -137,10 +163,16 @@ def derive_cohort(store: Store, *, intervention: str, index_start: dt.date, inde
     starts["start"] = pd.to_datetime(starts["start"])
     starts = starts.merge(df[["pseudonym", "index_date"]], on="pseudonym")
     prior_ids = set(starts.loc[starts["start"] < starts["index_date"], "pseudonym"])
-    last = starts["index_date"] + pd.Timedelta(days=grace_days) if grace_days is not None \
+    last = (
+        starts["index_date"] + pd.Timedelta(days=grace_days)
+        if grace_days is not None
         else pd.Timestamp(index_end)
-    took_up = (starts["start"] >= starts["index_date"]) & (starts["start"] <= last) \
+    )
+    took_up = (
+        (starts["start"] >= starts["index_date"])
+        & (starts["start"] <= last)
         & (starts["start"] <= pd.Timestamp(index_end))
+    )
     treated_ids = set(starts.loc[took_up, "pseudonym"]) - prior_ids
 
     prior = df["pseudonym"].isin(prior_ids)
@@ -169,13 +201,18 @@ def _followup(periods: pd.DataFrame, index: pd.DataFrame, followup_days: int) ->
     p = periods.merge(index, on="pseudonym")
     start = pd.to_datetime(p["period_start"])
     inside = (start >= p["index_date"]) & (start < p["index_date"] + pd.Timedelta(days=followup_days))
-    return p[inside].groupby("pseudonym").agg(
-        claims_cost=("claims_cost", "sum"), cv_event=("cv_event", "max"),
-        absence_days=("absence_days", "sum"))
+    return (
+        p[inside]
+        .groupby("pseudonym")
+        .agg(
+            claims_cost=("claims_cost", "sum"),
+            cv_event=("cv_event", "max"),
+            absence_days=("absence_days", "sum"),
+        )
+    )
 
 
 def _frame(store: Store, stmt) -> pd.DataFrame:
     with store.engine.connect() as conn:
         result = conn.execute(stmt)
         return pd.DataFrame(result.all(), columns=list(result.keys()))
-

@@ -74,6 +74,7 @@ class ProtocolMismatch(QueryRefused):
 
 # -- generic conversion: Python dicts (pydantic dumps) <-> messages, by field name --------------
 
+
 def _enum_prefix(enum: EnumDescriptor) -> str:
     """``ColumnKind`` -> ``COLUMN_KIND_`` (the proto style: values carry their enum's name)."""
     return "".join("_" + c if c.isupper() and i else c for i, c in enumerate(enum.name)).upper() + "_"
@@ -82,8 +83,7 @@ def _enum_prefix(enum: EnumDescriptor) -> str:
 def _oneof(desc: Descriptor):
     """The message's real oneof (a discriminated union), if any; proto3 ``optional`` fields'
     synthetic oneofs are not."""
-    real = [o for o in desc.oneofs
-            if not (len(o.fields) == 1 and o.name == "_" + o.fields[0].name)]
+    real = [o for o in desc.oneofs if not (len(o.fields) == 1 and o.name == "_" + o.fields[0].name)]
     return real[0] if real else None
 
 
@@ -139,7 +139,7 @@ def _enum_number(enum: EnumDescriptor, value: str) -> int:
 
 def _enum_name(enum: EnumDescriptor, number: int) -> str:
     found = enum.values_by_number.get(number)
-    return found.name[len(_enum_prefix(enum)):].lower() if found is not None else str(number)
+    return found.name[len(_enum_prefix(enum)) :].lower() if found is not None else str(number)
 
 
 def _read(msg: ProtoMessage) -> dict[str, Any]:
@@ -190,6 +190,7 @@ def _entry(content: RecordDict, entry: str, record: str = RECORD) -> object:
 
 # -- the study query ---------------------------------------------------------------------------
 
+
 def query_to_proto(query: StudyQuery) -> pb.StudyQuery:
     return _fill(pb.StudyQuery(), query.model_dump(mode="python"))
 
@@ -198,8 +199,10 @@ def query_from_proto(msg: pb.StudyQuery) -> StudyQuery:
     """The validated query (pydantic ``ValidationError`` on anything unexpected), after the
     version check (:class:`ProtocolMismatch`: nothing else of the query is read)."""
     if msg.protocol != PROTOCOL_VERSION:
-        raise ProtocolMismatch(f"the query speaks protocol version {msg.protocol}; this node speaks "
-                               f"version {PROTOCOL_VERSION}", theirs=msg.protocol)
+        raise ProtocolMismatch(
+            f"the query speaks protocol version {msg.protocol}; this node speaks version {PROTOCOL_VERSION}",
+            theirs=msg.protocol,
+        )
     return StudyQuery.model_validate(_read(msg))
 
 
@@ -225,6 +228,7 @@ def decode_query(content: RecordDict) -> StudyQuery:
 
 # -- the node's reply --------------------------------------------------------------------------
 
+
 def _op_reply(answers: pb.StudyAnswers, op: str) -> ProtoMessage:
     if op not in pb.StudyAnswers.DESCRIPTOR.fields_by_name:
         raise ContractError(f"operation {op!r} has no reply in the wire contract")
@@ -233,13 +237,15 @@ def _op_reply(answers: pb.StudyAnswers, op: str) -> ProtoMessage:
 
 def _tensor_field(reply: ProtoMessage, op: str, key: str) -> pb.Tensor:
     if key not in reply.DESCRIPTOR.fields_by_name:
-        raise ContractError(f"{op} answer array {key!r} is not in the wire contract "
-                            f"({reply.DESCRIPTOR.full_name})")
+        raise ContractError(
+            f"{op} answer array {key!r} is not in the wire contract ({reply.DESCRIPTOR.full_name})"
+        )
     return getattr(reply, key)
 
 
-def _answers_to_proto(answers: Mapping[str, Mapping[str, np.ndarray]], *,
-                      values: bool = True) -> pb.StudyAnswers:
+def _answers_to_proto(
+    answers: Mapping[str, Mapping[str, np.ndarray]], *, values: bool = True
+) -> pb.StudyAnswers:
     out = pb.StudyAnswers()
     for op, arrays in answers.items():
         reply = _op_reply(out, op)
@@ -276,19 +282,26 @@ def _answers_from_proto(msg: pb.StudyAnswers, *, values: bool = True) -> dict[st
     return out
 
 
-def reply_to_proto(answers: Mapping[str, Mapping[str, np.ndarray]], meta: Mapping, *,
-                   values: bool = True) -> pb.StudyReply:
+def reply_to_proto(
+    answers: Mapping[str, Mapping[str, np.ndarray]], meta: Mapping, *, values: bool = True
+) -> pb.StudyReply:
     """The node's reply; ``values=False`` keeps only the arrays' shapes (a SecAgg+ layout)."""
-    return pb.StudyReply(protocol=PROTOCOL_VERSION, meta=_fill(pb.ReplyMeta(), dict(meta)),
-                         answers=_answers_to_proto(answers, values=values))
+    return pb.StudyReply(
+        protocol=PROTOCOL_VERSION,
+        meta=_fill(pb.ReplyMeta(), dict(meta)),
+        answers=_answers_to_proto(answers, values=values),
+    )
 
 
 def reply_from_proto(msg: pb.StudyReply, *, values: bool = True) -> tuple[dict, dict]:
     """``(answers, meta)`` of a reply, after the version check (:class:`ProtocolMismatch`)."""
     if msg.protocol != PROTOCOL_VERSION:
         site = msg.meta.site or "a node"
-        raise ProtocolMismatch(f"{site} replied in protocol version {msg.protocol}; this coordinator "
-                               f"speaks version {PROTOCOL_VERSION}", theirs=msg.protocol)
+        raise ProtocolMismatch(
+            f"{site} replied in protocol version {msg.protocol}; this coordinator "
+            f"speaks version {PROTOCOL_VERSION}",
+            theirs=msg.protocol,
+        )
     return _answers_from_proto(msg.answers, values=values), _read(msg.meta)
 
 
@@ -305,6 +318,7 @@ def decode_answer(content: RecordDict) -> tuple[dict[str, dict[str, np.ndarray]]
 
 # -- SecAgg+ rounds ----------------------------------------------------------------------------
 
+
 def secure_layout(answers: Mapping[str, Mapping[str, np.ndarray]]) -> list[tuple[str, str, tuple[int, ...]]]:
     """``(op, key, shape)`` of every array of ``answers``, in the contract's field order
     (operations as in ``StudyAnswers``, arrays as in each reply): the order of the masked
@@ -316,18 +330,23 @@ def secure_layout(answers: Mapping[str, Mapping[str, np.ndarray]]) -> list[tuple
         arrays = answers[op_fd.name]
         unknown = set(arrays) - set(op_fd.message_type.fields_by_name)
         if unknown:
-            raise ContractError(f"{op_fd.name} answer array(s) {sorted(unknown)} are not in the wire "
-                                "contract")
-        layout += [(op_fd.name, fd.name, tuple(np.shape(arrays[fd.name])))
-                   for fd in op_fd.message_type.fields if fd.name in arrays]
+            raise ContractError(
+                f"{op_fd.name} answer array(s) {sorted(unknown)} are not in the wire contract"
+            )
+        layout += [
+            (op_fd.name, fd.name, tuple(np.shape(arrays[fd.name])))
+            for fd in op_fd.message_type.fields
+            if fd.name in arrays
+        ]
     unknown_ops = set(answers) - set(pb.StudyAnswers.DESCRIPTOR.fields_by_name)
     if unknown_ops:
         raise ContractError(f"operation(s) {sorted(unknown_ops)} have no reply in the wire contract")
     return layout
 
 
-def encode_secure_input(answers: Mapping[str, Mapping[str, np.ndarray]], meta: Mapping, *,
-                        scale: float) -> tuple[np.ndarray, bytes]:
+def encode_secure_input(
+    answers: Mapping[str, Mapping[str, np.ndarray]], meta: Mapping, *, scale: float
+) -> tuple[np.ndarray, bytes]:
     """A node's masked-sum input: its arrays as one vector over ``scale`` (in
     :func:`secure_layout` order, :func:`shared.secure_sum.pack`) and its reply with the arrays'
     shapes only (public: the shapes follow from the query)."""
@@ -354,6 +373,7 @@ def decode_secure_sum(total: np.ndarray, replies: Mapping[Any, object]) -> tuple
 
 # -- risk training -----------------------------------------------------------------------------
 
+
 def encode_risk(job: RiskJob, grant=None) -> ConfigRecord:
     """The config record of a risk train/evaluate message: the job and its signed grant."""
     msg = pb.RiskRequest(protocol=PROTOCOL_VERSION, job=job.model_dump_json())
@@ -373,7 +393,10 @@ def decode_risk(content: RecordDict, record: str = "config"):
 
     msg = _parse(pb.RiskRequest, _entry(content, RISK_ENTRY, record), "the risk job")
     if msg.protocol != PROTOCOL_VERSION:
-        raise ProtocolMismatch(f"the risk job speaks protocol version {msg.protocol}; this node "
-                               f"speaks version {PROTOCOL_VERSION}", theirs=msg.protocol)
+        raise ProtocolMismatch(
+            f"the risk job speaks protocol version {msg.protocol}; this node "
+            f"speaks version {PROTOCOL_VERSION}",
+            theirs=msg.protocol,
+        )
     grant = SignedGrant.model_validate(_read(msg.grant)) if msg.HasField("grant") else None
     return msg.job, grant

@@ -28,8 +28,18 @@ from shared.psm.propensity import cov_moments, ps_contribution
 from shared.psm.strata import score_histogram
 from shared.psm.table import psm_table
 
-__all__ = ["Release", "SiteArrays", "answer", "check_edges", "check_query", "dp_release",
-           "exact_answer", "noisy_release", "planned_releases", "suppress_small_cells"]
+__all__ = [
+    "Release",
+    "SiteArrays",
+    "answer",
+    "check_edges",
+    "check_query",
+    "dp_release",
+    "exact_answer",
+    "noisy_release",
+    "planned_releases",
+    "suppress_small_cells",
+]
 
 #: Counts a node keeps to itself: how many values it clipped to the public bounds and how
 #: many rows it could not use (its log names them). Never released, not even exactly.
@@ -54,8 +64,11 @@ class SiteArrays:
 
     def __post_init__(self) -> None:
         y = np.asarray(self.y, dtype=float)
-        defaults = {"n_clipped": np.zeros(y.shape[1] if y.ndim == 2 else 1),
-                    "n_clipped_z": np.zeros(np.shape(self.z)[1]), "n_excluded": np.zeros(1)}
+        defaults = {
+            "n_clipped": np.zeros(y.shape[1] if y.ndim == 2 else 1),
+            "n_clipped_z": np.zeros(np.shape(self.z)[1]),
+            "n_excluded": np.zeros(1),
+        }
         for name, zero in defaults.items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, zero)
@@ -88,8 +101,12 @@ def exact_answer(op, query: StudyQuery, data: SiteArrays) -> dict[str, np.ndarra
     released)."""
     d = len(query.covariates)
     if isinstance(op, Describe):
-        return {**cov_moments(z=data.z, t=data.t).to_arrays(), "n_clipped": data.n_clipped,
-                "n_clipped_z": data.n_clipped_z, "n_excluded": data.n_excluded}
+        return {
+            **cov_moments(z=data.z, t=data.t).to_arrays(),
+            "n_clipped": data.n_clipped,
+            "n_clipped_z": data.n_clipped_z,
+            "n_excluded": data.n_excluded,
+        }
     beta = _check_beta(op.beta, d)
     if isinstance(op, PsFit):
         return ps_contribution(z=data.z, t=data.t, beta=beta).to_arrays()
@@ -105,8 +122,14 @@ def check_edges(edges) -> np.ndarray:
     """Strictly increasing edges whose outer ones are ±inf, so every score falls in a stratum
     (checked on the query alone: a bad edge list is refused before any data is read)."""
     e = np.array(edges, dtype=float)
-    if (e.ndim != 1 or e.size < 2 or np.any(np.diff(e) <= 0) or e[0] != -np.inf or e[-1] != np.inf
-            or not np.all(np.isfinite(e[1:-1]))):
+    if (
+        e.ndim != 1
+        or e.size < 2
+        or np.any(np.diff(e) <= 0)
+        or e[0] != -np.inf
+        or e[-1] != np.inf
+        or not np.all(np.isfinite(e[1:-1]))
+    ):
         raise QueryRefused("psm_stats: edges must be strictly increasing, from -inf to +inf")
     return e
 
@@ -145,8 +168,7 @@ def suppress_small_cells(op: str, arrays: dict[str, np.ndarray], *, k: int) -> d
 
 def planned_releases(query: StudyQuery, plan: NoisePlan) -> dict[str, PlannedRelease]:
     """The plan's releases that ``query``'s operations make (what a node charges, once each)."""
-    return {name: plan.release(name) for op in query.ops for name in DP_RELEASES[op.op]
-            if plan.has(name)}
+    return {name: plan.release(name) for op in query.ops for name in DP_RELEASES[op.op] if plan.has(name)}
 
 
 def dp_release(query: StudyQuery, plan: NoisePlan, rng: np.random.Generator) -> Release:
@@ -163,22 +185,29 @@ def dp_release(query: StudyQuery, plan: NoisePlan, rng: np.random.Generator) -> 
         out: dict = {}
         for name in DP_RELEASES[op]:
             if name in planned:
-                out.update(noisy_release(query=name, arrays=arrays, sigma=planned[name].sigma,
-                                         share=privacy.share(name), rng=rng))
+                out.update(
+                    noisy_release(
+                        query=name,
+                        arrays=arrays,
+                        sigma=planned[name].sigma,
+                        share=privacy.share(name),
+                        rng=rng,
+                    )
+                )
         return out
 
     return release
 
 
-def noisy_release(*, query: str, arrays: Mapping[str, np.ndarray], sigma: float, share: int = 1,
-                  rng: np.random.Generator) -> dict[str, np.ndarray]:
+def noisy_release(
+    *, query: str, arrays: Mapping[str, np.ndarray], sigma: float, share: int = 1, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
     """The release's arrays (only those it names, in release form) with N(0, (σ/√share)²) noise.
 
     ``share`` is K when this answer is one of K nodes' masked inputs to a SecAgg+ sum: the node
     adds σ/√K, and the sum, the only thing the coordinator sees, carries σ.
     """
-    return gaussian_release(arrays=release_arrays(query, arrays), sigma=sigma / math.sqrt(share),
-                            rng=rng)
+    return gaussian_release(arrays=release_arrays(query, arrays), sigma=sigma / math.sqrt(share), rng=rng)
 
 
 def _check_beta(beta: tuple[float, ...], d: int) -> np.ndarray:

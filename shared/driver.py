@@ -38,8 +38,16 @@ from typing import Callable, Protocol
 import numpy as np
 
 from shared.dp.plan import NoisePlan, plan_study
-from shared.dp.workflow import (after_describe, dp_edges, dp_estimate, dp_fitter, dp_grid,
-                                dp_ps_stats, dp_start_beta, dp_table)
+from shared.dp.workflow import (
+    after_describe,
+    dp_edges,
+    dp_estimate,
+    dp_fitter,
+    dp_grid,
+    dp_ps_stats,
+    dp_start_beta,
+    dp_table,
+)
 from shared.errors import FederationError, UnresolvedFitError
 from shared.protocol import Describe, PsFit, PsmStats, ScoreHist, StudyQuery
 from shared.psm.estimator import AttEstimate, Check, estimate_att
@@ -119,8 +127,7 @@ def _sum(items):
 class _Rounds:
     """Sends one round's operations to the federation and keeps the books."""
 
-    def __init__(self, spec: StudySpec, fed: Federation, run: StudyRun, progress: Progress,
-                 grant=None):
+    def __init__(self, spec: StudySpec, fed: Federation, run: StudyRun, progress: Progress, grant=None):
         self.spec, self.fed, self.run, self.progress = spec, fed, run, progress
         self.grant = grant
 
@@ -130,14 +137,19 @@ class _Rounds:
         started = time.perf_counter()
         self.progress("round_start", {"round": name, "ops": [o.op for o in ops]})
         nodes, scale = self.run.secure or (None, None)
-        query = StudyQuery.for_spec(self.spec, ops, resplit=self.run.resplit, secure_nodes=nodes,
-                                    secure_scale=scale, grant=self.grant)
+        query = StudyQuery.for_spec(
+            self.spec, ops, resplit=self.run.resplit, secure_nodes=nodes, secure_scale=scale, grant=self.grant
+        )
         answers = (self.fed.secure_ask if nodes is not None else self.fed.ask)(query, name)
         if not answers:
             raise FederationError(f"round {name}: no node answered", round_name=name)
         sites = tuple(sorted(s for s in answers if s != SECURE_SUM))
-        rec = RoundRecord(name, time.perf_counter() - started, sites,
-                          max(float(a.meta.get("seconds", 0.0)) for a in answers.values()))
+        rec = RoundRecord(
+            name,
+            time.perf_counter() - started,
+            sites,
+            max(float(a.meta.get("seconds", 0.0)) for a in answers.values()),
+        )
         self.run.rounds.append(rec)
         for site, a in answers.items():
             if "epsilon_spent" in a.meta:
@@ -147,8 +159,7 @@ class _Rounds:
         return answers
 
     def total(self, answers: dict, op: str, key: str) -> np.ndarray:
-        return _sum(np.asarray(a.answers[op][key], dtype=float) for a in answers.values()
-                    if op in a.answers)
+        return _sum(np.asarray(a.answers[op][key], dtype=float) for a in answers.values() if op in a.answers)
 
     def describe(self) -> dict:
         answers = self.ask((Describe(),), "describe")
@@ -159,8 +170,7 @@ class _Rounds:
         return answers
 
 
-def run_study(spec: StudySpec, fed: Federation, progress: Progress | None = None,
-              grant=None) -> StudyRun:
+def run_study(spec: StudySpec, fed: Federation, progress: Progress | None = None, grant=None) -> StudyRun:
     """Run the study over ``fed`` and return what it learned (raises ``FederationError`` and
     the estimator's typed errors). ``grant``: the operator's signed grant for ``spec``
     (:class:`shared.grant.SignedGrant`), sent with every query."""
@@ -182,8 +192,14 @@ def _run_exact(spec: StudySpec, rounds: _Rounds, run: StudyRun, fed: Federation)
         return _sum(m for s, m in moments.items() if s not in fed.dropped)
 
     cfg = spec.federation
-    fitter = PropensityFitter(p=d + 1, ridge=cfg.ridge, tol=cfg.tol, max_iter=cfg.max_newton_iter,
-                              beta0=initial_beta(moments=total_moments()), near_tol=NEAR_TOL)
+    fitter = PropensityFitter(
+        p=d + 1,
+        ridge=cfg.ridge,
+        tol=cfg.tol,
+        max_iter=cfg.max_newton_iter,
+        beta0=initial_beta(moments=total_moments()),
+        near_tol=NEAR_TOL,
+    )
     run.fitter = fitter
     quantile = spec.strata.method == "quantile"
     run.strata_method = "quantile" if quantile else "caliper"
@@ -208,26 +224,35 @@ def _run_exact(spec: StudySpec, rounds: _Rounds, run: StudyRun, fed: Federation)
     if tables is None:
         if quantile:
             hist = rounds.total(rounds.ask((ScoreHist(beta=beta),), "score-hist"), "score_hist", "count")
-            edges = quantile_edges(grid=dp_grid(beta=fitter.beta), treated_counts=hist[:, 1],
-                                   n_strata=spec.strata.n)
+            edges = quantile_edges(
+                grid=dp_grid(beta=fitter.beta), treated_counts=hist[:, 1], n_strata=spec.strata.n
+            )
         else:
             edges = _caliper(spec, total_moments(), fitter.beta)
         tables = rounds.ask((PsmStats(beta=beta, edges=tuple(edges)),), "psm-stats")
     t0 = time.perf_counter()
-    run.table = _sum(PsmTable.from_arrays(a.answers["psm_stats"]) for s, a in tables.items()
-                     if s not in fed.dropped)
+    run.table = _sum(
+        PsmTable.from_arrays(a.answers["psm_stats"]) for s, a in tables.items() if s not in fed.dropped
+    )
     run.moments = total_moments()
-    run.estimate = estimate_att(table=run.table, outcomes=spec.outcomes,
-                                covariates=[c.name for c in spec.covariates])
+    run.estimate = estimate_att(
+        table=run.table, outcomes=spec.outcomes, covariates=[c.name for c in spec.covariates]
+    )
     run.compute_s += time.perf_counter() - t0
 
 
 def noise_plan(spec: StudySpec) -> NoisePlan:
     """The DP study's public noise plan before describe (each node derives the same)."""
     p = spec.privacy
-    return plan_study(epsilon=p.epsilon, delta=p.delta, split=p.split,
-                      n_covariates=len(spec.covariates), n_outcomes=len(spec.outcomes),
-                      n_ps_rounds=p.ps_rounds, accountant=p.accountant)
+    return plan_study(
+        epsilon=p.epsilon,
+        delta=p.delta,
+        split=p.split,
+        n_covariates=len(spec.covariates),
+        n_outcomes=len(spec.outcomes),
+        n_ps_rounds=p.ps_rounds,
+        accountant=p.accountant,
+    )
 
 
 def _run_private(spec: StudySpec, rounds: _Rounds, run: StudyRun) -> None:
@@ -238,51 +263,91 @@ def _run_private(spec: StudySpec, rounds: _Rounds, run: StudyRun) -> None:
     counts = rounds.total(described, "describe", "count")
     sa = {"secure_aggregation": p.secure_aggregation}
     try:
-        gate = after_describe(counts=counts, n_covariates=d, plan=plan, split=p.split,
-                              n_nodes=len(described), unresolved_fit=p.unresolved_fit, **sa)
+        gate = after_describe(
+            counts=counts,
+            n_covariates=d,
+            plan=plan,
+            split=p.split,
+            n_nodes=len(described),
+            unresolved_fit=p.unresolved_fit,
+            **sa,
+        )
     except UnresolvedFitError as e:
-        raise UnresolvedFitError(f"DP study {spec.study.name} {e}. Only describe's share of the "
-                                 f"budget was spent ({_spent(run)})") from None
+        raise UnresolvedFitError(
+            f"DP study {spec.study.name} {e}. Only describe's share of the budget was spent ({_spent(run)})"
+        ) from None
     if not gate.check.passed:  # said now, while the operator can still stop before the budget is spent
         log.warning("DP study %s: %s", spec.study.name, gate.check.message)
     run.resplit, plan, run.at_describe = gate.resplit, gate.plan, gate.check
     if run.resplit is not None:
-        log.info("DP study %s: the fit resolves at r = %.0f, so ps_fit takes %.2f of ρ instead of "
-                 "%.2f and the PSM table the rest", spec.study.name, gate.check.value,
-                 run.resplit.ps_fit, p.split.ps_fit)
+        log.info(
+            "DP study %s: the fit resolves at r = %.0f, so ps_fit takes %.2f of ρ instead of "
+            "%.2f and the PSM table the rest",
+            spec.study.name,
+            gate.check.value,
+            run.resplit.ps_fit,
+            p.split.ps_fit,
+        )
     run.plan = plan
     if p.secure_aggregation:
         if len(described) < 2:
-            raise FederationError("secure aggregation sums over several nodes; only "
-                                  f"{len(described)} answered describe", round_name="describe")
+            raise FederationError(
+                f"secure aggregation sums over several nodes; only {len(described)} answered describe",
+                round_name="describe",
+            )
         run.secure = (len(described), _secure_scale(counts, plan, len(described)))
-        log.info("DP study %s: the rounds after describe are SecAgg+ sums over %d nodes",
-                 spec.study.name, len(described))
+        log.info(
+            "DP study %s: the rounds after describe are SecAgg+ sums over %d nodes",
+            spec.study.name,
+            len(described),
+        )
 
     def nodes(answers: dict) -> int:
         return sum(1 for s in answers if s != SECURE_SUM)
 
-    fitter = dp_fitter(plan=plan, n_covariates=d, ridge=spec.federation.ridge,
-                       beta0=dp_start_beta(counts=counts, n_covariates=d))
+    fitter = dp_fitter(
+        plan=plan,
+        n_covariates=d,
+        ridge=spec.federation.ridge,
+        beta0=dp_start_beta(counts=counts, n_covariates=d),
+    )
     run.fitter = fitter
     for r in range(plan.n_ps_rounds):
         answers = rounds.ask((PsFit(beta=tuple(float(b) for b in fitter.beta)),), f"ps-fit-{r + 1}")
-        fitter.update(dp_ps_stats(g=rounds.total(answers, "ps_fit", "g"),
-                                  H=rounds.total(answers, "ps_fit", "H"), plan=plan,
-                                  n_nodes=nodes(answers), **sa))
+        fitter.update(
+            dp_ps_stats(
+                g=rounds.total(answers, "ps_fit", "g"),
+                H=rounds.total(answers, "ps_fit", "H"),
+                plan=plan,
+                n_nodes=nodes(answers),
+                **sa,
+            )
+        )
     beta = tuple(float(b) for b in fitter.beta)
     answers = rounds.ask((ScoreHist(beta=beta),), "score-hist")
-    edges = dp_edges(beta=fitter.beta, hist=rounds.total(answers, "score_hist", "count"), plan=plan,
-                     n_nodes=nodes(answers), n_treated=float(counts[1]),
-                     requested=spec.strata.n if spec.strata.method == "quantile" else None, **sa)
+    edges = dp_edges(
+        beta=fitter.beta,
+        hist=rounds.total(answers, "score_hist", "count"),
+        plan=plan,
+        n_nodes=nodes(answers),
+        n_treated=float(counts[1]),
+        requested=spec.strata.n if spec.strata.method == "quantile" else None,
+        **sa,
+    )
     answers = rounds.ask((PsmStats(beta=beta, edges=tuple(float(e) for e in edges)),), "psm-stats")
     keys = ("count", "sum_y", "sumsq_y") + (("sum_z", "sumsq_z") if plan.has("psm_balance") else ())
     sums = {k: rounds.total(answers, "psm_stats", k) for k in keys}
-    run.table = dp_table(main=sums, balance=sums if plan.has("psm_balance") else None, edges=edges,
-                         n_covariates=d)
-    run.estimate = dp_estimate(table=run.table, plan=plan, n_nodes=nodes(answers),
-                               outcomes=spec.outcomes, covariates=[c.name for c in spec.covariates],
-                               **sa)
+    run.table = dp_table(
+        main=sums, balance=sums if plan.has("psm_balance") else None, edges=edges, n_covariates=d
+    )
+    run.estimate = dp_estimate(
+        table=run.table,
+        plan=plan,
+        n_nodes=nodes(answers),
+        outcomes=spec.outcomes,
+        covariates=[c.name for c in spec.covariates],
+        **sa,
+    )
 
 
 def _secure_scale(counts: np.ndarray, plan: NoisePlan, k: int) -> float:
@@ -303,5 +368,6 @@ def _spent(run: StudyRun) -> str:
 
 def _caliper(spec: StudySpec, moments: CovMoments, beta: np.ndarray) -> np.ndarray:
     """Caliper-width edges on the logit score, from public quantities and pooled moments only."""
-    return caliper_edges(beta=beta, sd=logit_sd(moments=moments, beta=beta),
-                         caliper_sd=spec.strata.caliper_sd)
+    return caliper_edges(
+        beta=beta, sd=logit_sd(moments=moments, beta=beta), caliper_sd=spec.strata.caliper_sd
+    )

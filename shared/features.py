@@ -88,7 +88,8 @@ def check_bounds(x: np.ndarray, features: Sequence[Feature], *, row_offset: int 
         r, c = np.argwhere(bad)[0]
         raise DataError(
             f"row {r + row_offset}: {features[c].name} is missing or not a number",
-            row=int(r + row_offset), field=features[c].name,
+            row=int(r + row_offset),
+            field=features[c].name,
         )
     lo, hi = _bounds(features)
     out = (x < lo) | (x > hi)
@@ -100,7 +101,8 @@ def check_bounds(x: np.ndarray, features: Sequence[Feature], *, row_offset: int 
         raise CovariateBoundsError(
             f"row {r + row_offset}: {f.name}={x[r, c]:g} outside public bounds [{f.lo:g}, {f.hi:g}]"
             + (" (binary: 0 or 1)" if f.kind == "binary" else ""),
-            row=int(r + row_offset), field=f.name,
+            row=int(r + row_offset),
+            field=f.name,
         )
 
 

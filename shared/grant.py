@@ -35,8 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.errors import UnauthorizedQuery
 
-__all__ = ["Grant", "SignedGrant", "canonical_json", "key_id", "new_grant_id", "sign_grant",
-           "verify_grant"]
+__all__ = ["Grant", "SignedGrant", "canonical_json", "key_id", "new_grant_id", "sign_grant", "verify_grant"]
 
 
 class _Model(BaseModel):
@@ -66,8 +65,9 @@ class SignedGrant(_Model):
 
 def canonical_json(data: Any) -> bytes:
     """Sorted keys, no whitespace, UTF-8; non-finite floats refused."""
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode()
+    return json.dumps(
+        data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode()
 
 
 def key_id(public_key: Ed25519PublicKey) -> str:
@@ -84,12 +84,14 @@ def new_grant_id(prefix: str) -> str:
 def sign_grant(grant: Grant, private_key: Ed25519PrivateKey) -> SignedGrant:
     """Sign ``grant`` (stamping ``issued_at`` if empty)."""
     if not grant.issued_at:
-        grant = grant.model_copy(update={"issued_at": dt.datetime.now(dt.timezone.utc)
-                                         .isoformat(timespec="seconds")})
+        grant = grant.model_copy(
+            update={"issued_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+        )
     body = canonical_json(grant.model_dump(mode="json")).decode()
     sig = private_key.sign(body.encode())
-    return SignedGrant(body=body, signature=base64.b64encode(sig).decode(),
-                       key_id=key_id(private_key.public_key()))
+    return SignedGrant(
+        body=body, signature=base64.b64encode(sig).decode(), key_id=key_id(private_key.public_key())
+    )
 
 
 def verify_grant(signed: SignedGrant | None, public_key: Ed25519PublicKey) -> Grant:
@@ -100,14 +102,18 @@ def verify_grant(signed: SignedGrant | None, public_key: Ed25519PublicKey) -> Gr
             that is not a canonical grant.
     """
     if signed is None:
-        raise UnauthorizedQuery("the query carries no signed grant; this node answers only "
-                                "studies signed by its pinned coordinator key")
+        raise UnauthorizedQuery(
+            "the query carries no signed grant; this node answers only "
+            "studies signed by its pinned coordinator key"
+        )
     try:
         sig = base64.b64decode(signed.signature, validate=True)
         public_key.verify(sig, signed.body.encode())
     except (InvalidSignature, ValueError):
-        raise UnauthorizedQuery("the query's grant is not signed by this node's pinned "
-                                "coordinator key (unsigned, foreign-signed or altered)") from None
+        raise UnauthorizedQuery(
+            "the query's grant is not signed by this node's pinned "
+            "coordinator key (unsigned, foreign-signed or altered)"
+        ) from None
     try:
         grant = Grant.model_validate_json(signed.body)
     except ValidationError:

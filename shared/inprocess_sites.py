@@ -25,8 +25,8 @@ from typing import Callable, Mapping
 import numpy as np
 
 from shared.answer import SiteArrays, answer, check_query, dp_release, suppress_small_cells
-from shared.driver import NodeAnswer
 from shared.dp.plan import NoisePlan
+from shared.driver import NodeAnswer
 from shared.protocol import DP_RELEASES, PrivacyQuery, StudyQuery
 from shared.secure_sum import SECURE_SUM
 
@@ -35,8 +35,9 @@ __all__ = ["InProcessSites", "node_plan"]
 
 @functools.lru_cache(maxsize=64)
 def _plan(privacy_json: str, n_covariates: int, n_outcomes: int) -> NoisePlan:
-    return PrivacyQuery.model_validate_json(privacy_json).plan(n_covariates=n_covariates,
-                                                               n_outcomes=n_outcomes)
+    return PrivacyQuery.model_validate_json(privacy_json).plan(
+        n_covariates=n_covariates, n_outcomes=n_outcomes
+    )
 
 
 def node_plan(query: StudyQuery) -> NoisePlan:
@@ -58,9 +59,13 @@ class InProcessSites:
             every cell, as the pooled reference needs).
     """
 
-    def __init__(self, sites: Mapping[str, SiteArrays], *,
-                 rngs: Mapping[str, np.random.Generator]
-                 | Callable[[str], np.random.Generator] | None = None, min_cell: int = 1):
+    def __init__(
+        self,
+        sites: Mapping[str, SiteArrays],
+        *,
+        rngs: Mapping[str, np.random.Generator] | Callable[[str], np.random.Generator] | None = None,
+        min_cell: int = 1,
+    ):
         self.sites = dict(sites)
         self.rngs = rngs if callable(rngs) else dict(rngs or {})
         self.min_cell = min_cell
@@ -70,8 +75,7 @@ class InProcessSites:
         check_query(query)
         data = self.sites[site]
         if query.privacy is None:
-            return {op: suppress_small_cells(op, a, k=self.min_cell)
-                    for op, a in answer(query, data).items()}
+            return {op: suppress_small_cells(op, a, k=self.min_cell) for op, a in answer(query, data).items()}
         if callable(self.rngs):
             rng = self.rngs(site)
         elif site in self.rngs:
@@ -81,8 +85,10 @@ class InProcessSites:
         return answer(query, data, dp_release(query, node_plan(query), rng))
 
     def ask(self, query: StudyQuery, round_name: str) -> dict[str, NodeAnswer]:
-        return {s: NodeAnswer(site=s, answers=self._answer(s, query), meta={"site": s})
-                for s in self._in_study(query)}
+        return {
+            s: NodeAnswer(site=s, answers=self._answer(s, query), meta={"site": s})
+            for s in self._in_study(query)
+        }
 
     def secure_ask(self, query: StudyQuery, round_name: str) -> dict[str, NodeAnswer]:
         """What a SecAgg+ round reveals: the sum of the sites' answers (each carrying its share
@@ -93,8 +99,10 @@ class InProcessSites:
             raise ValueError("a secure-sum round carries only releases summed under SecAgg+")
         sites = self._in_study(query)
         answers = [self._answer(s, query) for s in sites]
-        total = {op: {k: functools.reduce(operator.add, (a[op][k] for a in answers)) for k in answers[0][op]}
-                 for op in answers[0]}
+        total = {
+            op: {k: functools.reduce(operator.add, (a[op][k] for a in answers)) for k in answers[0][op]}
+            for op in answers[0]
+        }
         out = {s: NodeAnswer(site=s, answers={}, meta={"site": s}) for s in sites}
         out[SECURE_SUM] = NodeAnswer(site=SECURE_SUM, answers=total, meta={})
         return out

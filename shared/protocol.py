@@ -43,7 +43,8 @@ CODE_PROTOCOL: int = _pb.ERROR_CODE_PROTOCOL
 CODE_INTERNAL: int = _pb.ERROR_CODE_INTERNAL
 ERROR_TEXT: dict[int, str] = {
     v.number: v.GetOptions().Extensions[_pb.text]
-    for v in _pb.ErrorCode.DESCRIPTOR.values if v.number != _pb.ERROR_CODE_UNSPECIFIED
+    for v in _pb.ErrorCode.DESCRIPTOR.values
+    if v.number != _pb.ERROR_CODE_UNSPECIFIED
 }
 
 
@@ -127,9 +128,15 @@ class PrivacyQuery(_Model):
     def plan(self, *, n_covariates: int, n_outcomes: int):
         from shared.dp.plan import plan_study
 
-        plan = plan_study(epsilon=self.epsilon, delta=self.delta, split=self.split,
-                          n_covariates=n_covariates, n_outcomes=n_outcomes,
-                          n_ps_rounds=self.n_ps_rounds, accountant=self.accountant)
+        plan = plan_study(
+            epsilon=self.epsilon,
+            delta=self.delta,
+            split=self.split,
+            n_covariates=n_covariates,
+            n_outcomes=n_outcomes,
+            n_ps_rounds=self.n_ps_rounds,
+            accountant=self.accountant,
+        )
         return plan if self.resplit is None else plan.with_split(self.resplit)
 
 
@@ -154,28 +161,48 @@ class StudyQuery(_Model):
     @classmethod
     def _same_protocol(cls, v: int) -> int:
         if v != PROTOCOL_VERSION:
-            raise ValueError(f"a query of protocol version {v}; this side speaks version "
-                             f"{PROTOCOL_VERSION}")
+            raise ValueError(f"a query of protocol version {v}; this side speaks version {PROTOCOL_VERSION}")
         return v
 
     def terms(self) -> dict:
         """The fixed part of every query of the study: what its grant signs."""
-        privacy = (None if self.privacy is None else
-                   self.privacy.model_dump(mode="json", exclude={"resplit", "secure_nodes"}))
-        return {"treatment_column": self.treatment_column,
-                "covariates": [c.model_dump(mode="json") for c in self.covariates],
-                "outcomes": [o.model_dump(mode="json") for o in self.outcomes],
-                "privacy": privacy}
+        privacy = (
+            None
+            if self.privacy is None
+            else self.privacy.model_dump(mode="json", exclude={"resplit", "secure_nodes"})
+        )
+        return {
+            "treatment_column": self.treatment_column,
+            "covariates": [c.model_dump(mode="json") for c in self.covariates],
+            "outcomes": [o.model_dump(mode="json") for o in self.outcomes],
+            "privacy": privacy,
+        }
 
     @classmethod
-    def for_spec(cls, spec: StudySpec, ops: tuple, resplit: BudgetSplit | None = None,
-                 secure_nodes: int | None = None, secure_scale: float | None = None,
-                 grant: SignedGrant | None = None) -> "StudyQuery":
+    def for_spec(
+        cls,
+        spec: StudySpec,
+        ops: tuple,
+        resplit: BudgetSplit | None = None,
+        secure_nodes: int | None = None,
+        secure_scale: float | None = None,
+        grant: SignedGrant | None = None,
+    ) -> "StudyQuery":
         p = spec.privacy
-        privacy = (PrivacyQuery(epsilon=p.epsilon, delta=p.delta, split=p.split,
-                                n_ps_rounds=p.ps_rounds, accountant=p.accountant, resplit=resplit,
-                                secure_nodes=secure_nodes, secure_aggregation=p.secure_aggregation)
-                   if p.enabled else None)
+        privacy = (
+            PrivacyQuery(
+                epsilon=p.epsilon,
+                delta=p.delta,
+                split=p.split,
+                n_ps_rounds=p.ps_rounds,
+                accountant=p.accountant,
+                resplit=resplit,
+                secure_nodes=secure_nodes,
+                secure_aggregation=p.secure_aggregation,
+            )
+            if p.enabled
+            else None
+        )
         study_id = Grant.model_validate_json(grant.body).grant_id if grant else spec.spec_hash()
         return cls(
             study_id=study_id,
@@ -195,8 +222,9 @@ class StudyQuery(_Model):
         if not spec.sites:
             raise ValueError("a signed study names its sites ([[sites]] in the spec)")
         probe = StudyQuery.for_spec(spec, (Describe(),))
-        return Grant(kind="study", grant_id=grant_id, sites=tuple(s.name for s in spec.sites),
-                     terms=probe.terms())
+        return Grant(
+            kind="study", grant_id=grant_id, sites=tuple(s.name for s in spec.sites), terms=probe.terms()
+        )
 
     def data_key(self) -> tuple:
         """What determines the node's prepared arrays (for its local cache)."""

@@ -13,8 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 RESULT_SCHEMA_VERSION = "rehealth.study-result/1"
 
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
 
 class SiteSummary(_Model):
     name: str
@@ -23,6 +25,7 @@ class SiteSummary(_Model):
     n_treated: int | None = None
     n_control: int | None = None
     error: str | None = None
+
 
 class OutcomeEstimate(_Model):
     name: str
@@ -44,6 +47,7 @@ class OutcomeEstimate(_Model):
     # 1:1 nearest-neighbour caliper matching reference, when computed on pooled rows
     reference: dict[str, float] | None = None
 
+
 class BalanceRow(_Model):
     """SMDs and variance ratios; None where DP noise leaves a variance unresolved."""
 
@@ -53,6 +57,7 @@ class BalanceRow(_Model):
     var_ratio_before: float | None = None
     var_ratio_after: float | None = None
 
+
 class StratumCounts(_Model):
     lo: float  # logit-score edges
     hi: float
@@ -60,11 +65,13 @@ class StratumCounts(_Model):
     n_control: int
     used: bool  # both arms present (common support)
 
+
 class Propensity(_Model):
     beta: tuple[float, ...]
     iterations: int
     converged: bool
     loglik: float | None = None
+
 
 class Diagnostic(_Model):
     name: str
@@ -73,10 +80,12 @@ class Diagnostic(_Model):
     threshold: float | None = None
     message: str = ""
 
+
 class RoundLog(_Model):
     name: str
     seconds: float
     nodes: tuple[str, ...] = ()
+
 
 class PrivacySpent(_Model):
     enabled: bool
@@ -89,6 +98,7 @@ class PrivacySpent(_Model):
     resplit: dict[str, float] | None = None
     # K when every release after describe was a SecAgg+ sum over K nodes (each adding σ/√K)
     secure_nodes: int | None = None
+
 
 class StudyResult(_Model):
     schema_version: str = RESULT_SCHEMA_VERSION
@@ -116,4 +126,3 @@ class StudyResult(_Model):
             if o.name == name:
                 return o
         raise KeyError(name)
-

@@ -47,9 +47,7 @@ def _feature_fields() -> dict:
     return fields
 
 
-ClinicalFeatures = create_model(
-    "ClinicalFeatures", __base__=_Record, **_feature_fields()
-)
+ClinicalFeatures = create_model("ClinicalFeatures", __base__=_Record, **_feature_fields())
 ClinicalFeatures.__doc__ = "The 16 clinical features at the index date, within public bounds."
 
 

@@ -45,8 +45,9 @@ def secured(release: str) -> bool:
     return release not in PLAIN_RELEASES
 
 
-def pack(answers: Mapping[str, Mapping[str, np.ndarray]], *, scale: float,
-         layout: Layout | None = None) -> tuple[np.ndarray, list]:
+def pack(
+    answers: Mapping[str, Mapping[str, np.ndarray]], *, scale: float, layout: Layout | None = None
+) -> tuple[np.ndarray, list]:
     """One vector of every array of ``answers`` over ``scale``, in the order of ``layout``
     (default: operations, then keys, sorted). A study round passes the wire contract's order
     (:func:`protos.codec.secure_layout`), so both sides derive it from the .proto.
@@ -56,13 +57,17 @@ def pack(answers: Mapping[str, Mapping[str, np.ndarray]], *, scale: float,
             SecAgg+ would clip it silently (no value is named).
     """
     if layout is None:
-        layout = [(op, key, tuple(np.shape(answers[op][key])))
-                  for op in sorted(answers) for key in sorted(answers[op])]
-    vec = np.concatenate([np.asarray(answers[op][key], dtype=float).ravel()
-                          for op, key, _ in layout]) / scale
+        layout = [
+            (op, key, tuple(np.shape(answers[op][key])))
+            for op in sorted(answers)
+            for key in sorted(answers[op])
+        ]
+    vec = np.concatenate([np.asarray(answers[op][key], dtype=float).ravel() for op, key, _ in layout]) / scale
     if not np.all(np.abs(vec) <= CLIP):
-        raise PrivacyError(f"an answer exceeds the secure-sum range at scale {scale:g}; "
-                           "the coordinator's scale is too small for this node's rows")
+        raise PrivacyError(
+            f"an answer exceeds the secure-sum range at scale {scale:g}; "
+            "the coordinator's scale is too small for this node's rows"
+        )
     return vec, [list(x) for x in layout]
 
 
@@ -72,7 +77,7 @@ def unpack(vec: np.ndarray, layout: Layout) -> dict[str, dict[str, np.ndarray]]:
     at = 0
     for op, key, shape in layout:
         size = int(np.prod(shape, dtype=int))
-        out.setdefault(op, {})[key] = np.asarray(vec[at:at + size], dtype=float).reshape(shape)
+        out.setdefault(op, {})[key] = np.asarray(vec[at : at + size], dtype=float).reshape(shape)
         at += size
     if at != len(vec):
         raise PrivacyError(f"secure sum of {len(vec)} values does not match its layout ({at})")

@@ -16,8 +16,15 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
-                      model_validator)
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from shared.errors import SpecError
 from shared.features import FEATURES, Feature
@@ -130,8 +137,7 @@ class Privacy(_Model):
     @model_validator(mode="after")
     def _secure_aggregation_needs_dp(self) -> "Privacy":
         if self.secure_aggregation and not self.enabled:
-            raise ValueError("secure_aggregation splits the DP noise over the nodes: it needs "
-                             "enabled = true")
+            raise ValueError("secure_aggregation splits the DP noise over the nodes: it needs enabled = true")
         return self
 
 
@@ -166,9 +172,7 @@ class StudySpec(_Model):
     study: StudyInfo
     treatment: Treatment = Treatment()
     covariates: tuple[Covariate, ...] = Field(
-        default_factory=lambda: tuple(
-            Covariate(name=f.name, lo=f.lo, hi=f.hi, kind=f.kind) for f in FEATURES
-        )
+        default_factory=lambda: tuple(Covariate(name=f.name, lo=f.lo, hi=f.hi, kind=f.kind) for f in FEATURES)
     )
     outcomes: tuple[Outcome, ...] = Field(min_length=1)
     privacy: Privacy = Privacy()
@@ -203,9 +207,11 @@ class StudySpec(_Model):
         if self.privacy.secure_aggregation and len(self.sites) == 1:
             raise ValueError("secure aggregation sums over several nodes: this study has one site")
         if self.privacy.secure_aggregation and m is not None and m < len(self.sites):
-            raise ValueError(f"secure aggregation needs every node in every round: with "
-                             f"federation.min_nodes = {m} a node could drop and the others' sum "
-                             "would carry less noise than the plan")
+            raise ValueError(
+                f"secure aggregation needs every node in every round: with "
+                f"federation.min_nodes = {m} a node could drop and the others' sum "
+                "would carry less noise than the plan"
+            )
         return self
 
     @property
@@ -218,7 +224,8 @@ class StudySpec(_Model):
         base = self._source_dir
         sites = tuple(
             s.model_copy(update={"data": os.path.relpath(s.data, base) if base else Path(s.data).name})
-            if s.data and os.path.isabs(s.data) else s
+            if s.data and os.path.isabs(s.data)
+            else s
             for s in self.sites
         )
         return self.model_copy(update={"sites": sites})
@@ -237,8 +244,9 @@ class StudySpec(_Model):
             raise SpecError(format_validation_error(e, "study spec")) from None
 
     @classmethod
-    def from_toml_text(cls, text: str, *, source: str = "study spec",
-                       base: str | Path | None = None) -> "StudySpec":
+    def from_toml_text(
+        cls, text: str, *, source: str = "study spec", base: str | Path | None = None
+    ) -> "StudySpec":
         """The spec in TOML ``text`` (``source`` names it in errors); with ``base``, the absolute
         folder of the spec file, relative site paths resolve against it (:meth:`resolve_paths`).
 

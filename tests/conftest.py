@@ -25,8 +25,10 @@ _db_counter = itertools.count()
 
 
 def _pg_bindir() -> Path | None:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"),
-                   key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0)
+    found = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"),
+        key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0,
+    )
     if found:
         return Path(found[-1]).parent
     pg_ctl = shutil.which("pg_ctl")
@@ -54,18 +56,32 @@ def postgres_server():
     """Base URL (no database) of a throwaway PostgreSQL cluster on 127.0.0.1."""
     bindir = _pg_bindir()
     if bindir is None:
-        pytest.fail("PostgreSQL server binaries not found (no pg_ctl): run `bash deploy/postgres.sh`"
-                    " (installs the Debian postgresql package), then re-run the tests.",
-                    pytrace=False)
+        pytest.fail(
+            "PostgreSQL server binaries not found (no pg_ctl): run `bash deploy/postgres.sh`"
+            " (installs the Debian postgresql package), then re-run the tests.",
+            pytrace=False,
+        )
     tmp = Path(tempfile.mkdtemp(prefix="rehealth-pg-"))
     data = tmp / "data"
     if os.geteuid() == 0:
         shutil.chown(tmp, user=PG_USER)
     port = _free_port()
-    _run([str(bindir / "initdb"), "-D", str(data), "-U", PG_USER, "--auth=trust", "-E", "UTF8",
-          "--no-sync"])
-    _run([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(tmp / "log"), "-w", "-t", "60",
-          "-o", f"-c listen_addresses=127.0.0.1 -p {port} -k {tmp} -c fsync=off", "start"])
+    _run([str(bindir / "initdb"), "-D", str(data), "-U", PG_USER, "--auth=trust", "-E", "UTF8", "--no-sync"])
+    _run(
+        [
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(tmp / "log"),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            f"-c listen_addresses=127.0.0.1 -p {port} -k {tmp} -c fsync=off",
+            "start",
+        ]
+    )
     try:
         yield f"postgresql+psycopg2://{PG_USER}@127.0.0.1:{port}"
     finally:
@@ -115,8 +131,13 @@ def _valid_person(person_id: str, **overrides) -> dict:
     """A persons-file row (text cells, as in a CSV) that passes validation."""
     from shared.features import FEATURES
 
-    row = {"person_id": person_id, "site": "site_a", "department": "ops", "job_type": "office",
-           "index_date": "2024-01-15"}
+    row = {
+        "person_id": person_id,
+        "site": "site_a",
+        "department": "ops",
+        "job_type": "office",
+        "index_date": "2024-01-15",
+    }
     row.update({f.name: "1" if f.kind == "binary" else f"{(f.lo + f.hi) / 2:g}" for f in FEATURES})
     row.update(overrides)
     return row

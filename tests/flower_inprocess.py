@@ -24,8 +24,14 @@ _ids = itertools.count(1)
 
 
 class InProcessGrid(Grid):
-    def __init__(self, client_app: ClientApp, node_configs: dict[int, dict], *, run_id: int = 1,
-                 fail: Callable[[int, Message], bool] | None = None):
+    def __init__(
+        self,
+        client_app: ClientApp,
+        node_configs: dict[int, dict],
+        *,
+        run_id: int = 1,
+        fail: Callable[[int, Message], bool] | None = None,
+    ):
         """``fail(node_id, message)`` returning True drops that message unanswered (fault tests)."""
         TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = run_id, 0, 0
         self.client_app = client_app
@@ -42,10 +48,17 @@ class InProcessGrid(Grid):
     def run(self):
         return self._run
 
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int,
-                       group_id: str, ttl: float | None = None) -> Message:
-        return Message(content=content, dst_node_id=dst_node_id, message_type=message_type,
-                       group_id=group_id, ttl=ttl)
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        return Message(
+            content=content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id, ttl=ttl
+        )
 
     def get_node_ids(self) -> Iterable[int]:
         return list(self.node_configs)
@@ -61,9 +74,13 @@ class InProcessGrid(Grid):
             if self.fail and self.fail(nid, msg):
                 continue
             if nid not in self._contexts:  # a SuperNode keeps each run's context (SecAgg+ state)
-                self._contexts[nid] = Context(run_id=msg.metadata.run_id, node_id=nid,
-                                              node_config=self.node_configs[nid], state=RecordDict(),
-                                              run_config={})
+                self._contexts[nid] = Context(
+                    run_id=msg.metadata.run_id,
+                    node_id=nid,
+                    node_config=self.node_configs[nid],
+                    state=RecordDict(),
+                    run_config={},
+                )
             self._replies[msg_id] = copy.deepcopy(self.client_app(msg, self._contexts[nid]))
         return ids
 
@@ -74,8 +91,14 @@ class InProcessGrid(Grid):
         return self.pull_messages(self.push_messages(messages))
 
 
-def signed_grid(spec, workdir, *, extra: dict | None = None, key_path=None,
-                fail: Callable[[int, Message], bool] | None = None):
+def signed_grid(
+    spec,
+    workdir,
+    *,
+    extra: dict | None = None,
+    key_path=None,
+    fail: Callable[[int, Message], bool] | None = None,
+):
     """An in-process Grid over one node per site of ``spec``, configured as the local launcher
     configures its SuperNodes (:func:`coordinator.study.runner.site_nodes`: each pins the
     operator's public key), and the operator's signed grant for ``spec``.
@@ -102,8 +125,14 @@ def signed_grid(spec, workdir, *, extra: dict | None = None, key_path=None,
     )
 
 
-def signed_federation(spec, workdir, *, extra: dict | None = None, key_path=None,
-                      fail: Callable[[int, Message], bool] | None = None):
+def signed_federation(
+    spec,
+    workdir,
+    *,
+    extra: dict | None = None,
+    key_path=None,
+    fail: Callable[[int, Message], bool] | None = None,
+):
     """:func:`signed_grid` wrapped in a connected ``GridFederation``: ``(federation, grant)``."""
     from coordinator.flower.federation import GridFederation
 

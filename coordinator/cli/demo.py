@@ -26,16 +26,22 @@ def demo(
     seed: int = typer.Option(7, help="Seed of the synthetic federation."),
     sites: int = typer.Option(None, help="Number of synthetic sites (default: all profiles)."),
     scale: float = typer.Option(1.0, help="Scale the synthetic site sizes."),
-    epsilon: float = typer.Option(1.0, min=0.01, help="The study's ε (δ = 1e-6), charged to every "
-                                  "node's ledger."),
-    exact: bool = typer.Option(False, "--exact", help="An exact (non-DP) study instead, its nodes "
-                               "opted into exact answers as one data owner's federation."),
-    secure_aggregation: bool = typer.Option(False, "--secure-aggregation", help="With --epsilon: "
-                                            "every release after describe as a SecAgg+ sum."),
+    epsilon: float = typer.Option(
+        1.0, min=0.01, help="The study's ε (δ = 1e-6), charged to every node's ledger."
+    ),
+    exact: bool = typer.Option(
+        False,
+        "--exact",
+        help="An exact (non-DP) study instead, its nodes "
+        "opted into exact answers as one data owner's federation.",
+    ),
+    secure_aggregation: bool = typer.Option(
+        False, "--secure-aggregation", help="With --epsilon: every release after describe as a SecAgg+ sum."
+    ),
 ) -> None:
     """Run a complete federated study on loopback with synthetic sites, ending in a signed report."""
-    from coordinator.report import ensure_keypair
     from coordinator.files import write_result
+    from coordinator.report import ensure_keypair
     from coordinator.study.runner import run_local
     from coordinator.synth.cli import generate_and_summarise
 
@@ -46,15 +52,21 @@ def demo(
     if secure_aggregation and exact:
         console.print("[red]--secure-aggregation splits the DP noise: not with --exact[/red]")
         raise typer.Exit(2)
-    spec_path = generate_and_summarise(out=out / "data", seed=seed, sites=sites, scale=scale,
-                                       epsilon=None if exact else epsilon,
-                                       secure_aggregation=secure_aggregation)
+    spec_path = generate_and_summarise(
+        out=out / "data",
+        seed=seed,
+        sites=sites,
+        scale=scale,
+        epsilon=None if exact else epsilon,
+        secure_aggregation=secure_aggregation,
+    )
     synth_s = time.perf_counter() - started
     console.rule("2. Federated study over Flower (SuperLink + SuperNodes on 127.0.0.1)")
     try:
         with study_progress(console) as on_event:
-            result = run_local(spec_path, out / "study", on_event=on_event,
-                               key_path=ensure_keypair(out / "keys")[0])
+            result = run_local(
+                spec_path, out / "study", on_event=on_event, key_path=ensure_keypair(out / "keys")[0]
+            )
     except ReHealthError as e:
         console.print(f"[red]study failed:[/red] {escape(str(e))}")
         raise typer.Exit(1) from None
@@ -66,8 +78,7 @@ def demo(
     console.print(f"result: {result_path}", markup=False)
     for k, v in paths.items():
         console.print(f"{k}: {v}", markup=False)
-    console.print(f"demo finished in {time.perf_counter() - started:.1f} s "
-                  f"(synthetic data {synth_s:.1f} s)")
+    console.print(f"demo finished in {time.perf_counter() - started:.1f} s (synthetic data {synth_s:.1f} s)")
 
 
 def _report(result, out: Path) -> dict[str, Path]:

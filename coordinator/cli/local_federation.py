@@ -28,19 +28,29 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("--spec", type=Path, required=True)
     ap.add_argument("--workdir", type=Path, default=Path("local-federation"))
-    ap.add_argument("--key", type=Path, default=None,
-                    help="the operator's Ed25519 key whose .pub every node pins (default: one "
-                         "made on first use in WORKDIR/keys)")
+    ap.add_argument(
+        "--key",
+        type=Path,
+        default=None,
+        help="the operator's Ed25519 key whose .pub every node pins (default: one "
+        "made on first use in WORKDIR/keys)",
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     spec = load_spec(args.spec)
     workdir = args.workdir.resolve()
     key, pub = coordinator_keys(workdir / "keys", args.key)
     with LocalFederation(workdir, site_nodes(spec, workdir, pub)) as fed:
-        print(f"SuperLink on {HOST}:{fed.port} (TLS) with {len(fed.nodes)} SuperNodes "
-              f"({', '.join(n.site for n in fed.nodes)}); logs in {workdir / 'logs'}", flush=True)
-        print(f"run a study:  rehealth study run --spec {args.spec} --superlink {HOST}:{fed.port} "
-              f"--root-certificates {workdir / 'pki' / 'ca.crt'} --key {key}", flush=True)
+        print(
+            f"SuperLink on {HOST}:{fed.port} (TLS) with {len(fed.nodes)} SuperNodes "
+            f"({', '.join(n.site for n in fed.nodes)}); logs in {workdir / 'logs'}",
+            flush=True,
+        )
+        print(
+            f"run a study:  rehealth study run --spec {args.spec} --superlink {HOST}:{fed.port} "
+            f"--root-certificates {workdir / 'pki' / 'ca.crt'} --key {key}",
+            flush=True,
+        )
         try:
             while all(p.poll() is None for p in fed.procs.values()):
                 time.sleep(1)

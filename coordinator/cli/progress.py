@@ -14,9 +14,15 @@ def study_progress(console: Console, *, enabled: bool = True):
     if not enabled:
         yield lambda ev: None
         return
-    with Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
-                  TextColumn("{task.completed} rounds"), TimeElapsedColumn(),
-                  console=console, transient=False) as bar:
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed} rounds"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as bar:
         task = bar.add_task("starting federation", total=None)
 
         def on_event(ev: dict) -> None:

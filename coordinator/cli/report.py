@@ -48,9 +48,15 @@ def keygen(
     except ReportError as e:
         _fail(str(e))
     kid = key_id(load_public_key(pub_path))
-    _emit(fmt, {"private_key": str(key_path), "public_key": str(pub_path), "key_id": kid},
-          [f"private key: {key_path} (keep it secret; never commit it)",
-           f"public key:  {pub_path} (give it to whoever verifies reports)", f"key id: {kid}"])
+    _emit(
+        fmt,
+        {"private_key": str(key_path), "public_key": str(pub_path), "key_id": kid},
+        [
+            f"private key: {key_path} (keep it secret; never commit it)",
+            f"public key:  {pub_path} (give it to whoever verifies reports)",
+            f"key id: {kid}",
+        ],
+    )
 
 
 @app.command()
@@ -80,8 +86,14 @@ def sign(
     """Sign a reviewed report document and render its HTML and PDF."""
     from pydantic import ValidationError
 
-    from coordinator.report import (EvidenceReport, ReportError, load_private_key, sign_report,
-                                    verify_signed_report, write_renderings)
+    from coordinator.report import (
+        EvidenceReport,
+        ReportError,
+        load_private_key,
+        sign_report,
+        verify_signed_report,
+        write_renderings,
+    )
 
     try:
         doc = EvidenceReport.model_validate_json(document.read_bytes())
@@ -93,9 +105,12 @@ def sign(
     signed = sign_report(doc, private)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_bytes(signed)
-    paths = {"json": out / "report.json",
-             **write_renderings(verify_signed_report(signed, private.public_key()),
-                                signed_name="report.json", out_dir=out)}
+    paths = {
+        "json": out / "report.json",
+        **write_renderings(
+            verify_signed_report(signed, private.public_key()), signed_name="report.json", out_dir=out
+        ),
+    }
     _emit_paths(fmt, paths)
 
 
@@ -113,20 +128,23 @@ def render(
     From a study result this needs the coordinator's private key (--key). From a signed report
     it needs the public key (--pub): the report is verified before anything is rendered.
     """
-    from coordinator.report import (ReportError, ReportVerificationError, verify_file,
-                                    write_renderings, write_signed_report)
+    from coordinator.report import (
+        ReportError,
+        ReportVerificationError,
+        verify_file,
+        write_renderings,
+        write_signed_report,
+    )
 
     try:
         if _is_signed_report(source):
             if pub is None:
                 _fail("a signed report is verified before rendering: give --pub PUBLIC_KEY")
-            paths = write_renderings(verify_file(source, pub), signed_name=source.name,
-                                     out_dir=out)
+            paths = write_renderings(verify_file(source, pub), signed_name=source.name, out_dir=out)
         else:
             if key is None:
                 _fail("signing a study result needs the coordinator's private key: --key KEY")
-            paths = write_signed_report(_read_result(source), key_path=key,
-                                        out_dir=out, issuer=issuer)
+            paths = write_signed_report(_read_result(source), key_path=key, out_dir=out, issuer=issuer)
     except ReportVerificationError as e:
         _fail(f"{source}: {e}", code=1)
     except ReportError as e:
@@ -146,18 +164,34 @@ def verify(
     try:
         v = verify_file(report, key)
     except ReportVerificationError as e:
-        _emit(fmt, {"valid": False, "reason": e.reason, "message": str(e), "report": str(report)},
-              [f"INVALID: {report}: {e}"])
+        _emit(
+            fmt,
+            {"valid": False, "reason": e.reason, "message": str(e), "report": str(report)},
+            [f"INVALID: {report}: {e}"],
+        )
         raise typer.Exit(1) from None
     except ReportError as e:
         _fail(str(e))
     r = v.report
-    _emit(fmt, {"valid": True, "report": str(report), "key_id": v.key_id, "sha256": v.sha256,
-                "study": r.study.name, "spec_hash": r.study.spec_hash, "issued_at": r.issued_at,
-                "schema_version": r.schema_version, "all_checks_passed": r.all_checks_passed},
-          [f"OK: {report} is intact and signed by key {v.key_id}",
-           f"study {r.study.name} (spec {r.study.spec_hash[:16]}…), issued {r.issued_at} by "
-           f"{r.issuer}; file SHA-256 {v.sha256}"])
+    _emit(
+        fmt,
+        {
+            "valid": True,
+            "report": str(report),
+            "key_id": v.key_id,
+            "sha256": v.sha256,
+            "study": r.study.name,
+            "spec_hash": r.study.spec_hash,
+            "issued_at": r.issued_at,
+            "schema_version": r.schema_version,
+            "all_checks_passed": r.all_checks_passed,
+        },
+        [
+            f"OK: {report} is intact and signed by key {v.key_id}",
+            f"study {r.study.name} (spec {r.study.spec_hash[:16]}…), issued {r.issued_at} by "
+            f"{r.issuer}; file SHA-256 {v.sha256}",
+        ],
+    )
 
 
 def _emit_paths(fmt: Fmt, paths: dict[str, Path]) -> None:
@@ -174,8 +208,10 @@ def _read_result(path: Path):
     except OSError as e:
         _fail(f"cannot read {path}: {e.strerror}")
     except ValidationError as e:
-        _fail(f"{path}: not a study result ({e.error_count()} error(s), first at "
-              f"{'.'.join(map(str, e.errors()[0]['loc']))}: {e.errors()[0]['msg']})")
+        _fail(
+            f"{path}: not a study result ({e.error_count()} error(s), first at "
+            f"{'.'.join(map(str, e.errors()[0]['loc']))}: {e.errors()[0]['msg']})"
+        )
 
 
 def _is_signed_report(path: Path) -> bool:

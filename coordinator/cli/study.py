@@ -12,8 +12,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from coordinator.cli.progress import study_progress
-from shared.errors import ReHealthError, SpecError
 from coordinator.files import load_spec, write_result
+from shared.errors import ReHealthError, SpecError
 from shared.result import StudyResult
 
 app = typer.Typer(help="Run federated studies.", no_args_is_help=True)
@@ -27,9 +27,13 @@ def run(
     root_certificates: Path = typer.Option(None, help="CA certificate for TLS to the SuperLink."),
     out: Path = typer.Option(Path("result.json"), "--out", help="Where to write the result JSON."),
     report_key: Path = typer.Option(None, help="Sign and render the evidence report with this key."),
-    key: Path = typer.Option(None, "--key", help="The operator's Ed25519 key that signs the study "
-                             "(its .pub is pinned in every node). With --local: made on first use "
-                             "beside the result; against a SuperLink: required."),
+    key: Path = typer.Option(
+        None,
+        "--key",
+        help="The operator's Ed25519 key that signs the study "
+        "(its .pub is pinned in every node). With --local: made on first use "
+        "beside the result; against a SuperLink: required.",
+    ),
     fmt: str = typer.Option("text", "--format", help="text or json"),
 ) -> None:
     """Run the study described by SPEC, signed with the operator's key, and write its result."""
@@ -43,10 +47,18 @@ def run(
                 result = run_local(spec, work, on_event=on_event, key_path=key)
             else:
                 if key is None:
-                    raise SpecError("--key: a study sent to a running federation is signed with "
-                                    "the operator's key, whose public half its nodes pin")
-                result = run_remote(spec, work, key_path=key, superlink=superlink,
-                                    root_certificates=root_certificates, on_event=on_event)
+                    raise SpecError(
+                        "--key: a study sent to a running federation is signed with "
+                        "the operator's key, whose public half its nodes pin"
+                    )
+                result = run_remote(
+                    spec,
+                    work,
+                    key_path=key,
+                    superlink=superlink,
+                    root_certificates=root_certificates,
+                    on_event=on_event,
+                )
     except ReHealthError as e:
         console.print(f"[red]study failed:[/red] {escape(str(e))}")
         raise typer.Exit(1) from None
@@ -55,8 +67,14 @@ def run(
     if report_key:
         from coordinator.report import write_signed_report
 
-        paths.update({k: str(v) for k, v in write_signed_report(
-            result, key_path=report_key, out_dir=out.resolve().parent).items()})
+        paths.update(
+            {
+                k: str(v)
+                for k, v in write_signed_report(
+                    result, key_path=report_key, out_dir=out.resolve().parent
+                ).items()
+            }
+        )
     if fmt == "json":
         typer.echo(
             json.dumps({"paths": paths, "outcomes": [o.model_dump(mode="json") for o in result.outcomes]})
@@ -76,12 +94,20 @@ def print_estimates(console: Console, result: StudyResult) -> None:
         t.add_column("true ATT", justify="right")
         t.add_column("covered")
     for o in result.outcomes:
-        row = [o.name, f"{o.att:,.4g}", f"[{o.ci[0]:,.4g}, {o.ci[1]:,.4g}]", str(o.n_treated),
-               str(o.n_control), str(o.n_treated_dropped)]
+        row = [
+            o.name,
+            f"{o.att:,.4g}",
+            f"[{o.ci[0]:,.4g}, {o.ci[1]:,.4g}]",
+            str(o.n_treated),
+            str(o.n_control),
+            str(o.n_treated_dropped),
+        ]
         if result.truth:
             truth = result.truth.get(o.name)
-            row += [f"{truth:,.4g}" if truth is not None else "-",
-                    ("yes" if o.ci[0] <= truth <= o.ci[1] else "[red]no") if truth is not None else "-"]
+            row += [
+                f"{truth:,.4g}" if truth is not None else "-",
+                ("yes" if o.ci[0] <= truth <= o.ci[1] else "[red]no") if truth is not None else "-",
+            ]
         t.add_row(*row)
     console.print(t)
     tm = result.timings
@@ -98,34 +124,50 @@ def plan(
     """Preview a DP study before it spends any budget: every release's noise, and whether the
     propensity fit would resolve the confounding at this many treated (else the study stops
     after describe, by default) or what ε it would need."""
-    from shared.driver import noise_plan
     from shared.dp.workflow import after_describe
+    from shared.driver import noise_plan
 
     console = Console()
     try:
         study = load_spec(spec)
         if not study.privacy.enabled:
-            raise ReHealthError("the spec's study is exact ([privacy] enabled = false): it "
-                                "releases no noisy statistics and spends no privacy budget")
+            raise ReHealthError(
+                "the spec's study is exact ([privacy] enabled = false): it "
+                "releases no noisy statistics and spends no privacy budget"
+            )
         k = nodes or len(study.sites)
         if k < 1:
             raise ReHealthError("the spec names no sites: give --nodes")
         before = noise_plan(study)
-        gate = after_describe(counts=(0.0, float(treated)), n_covariates=len(study.covariates),
-                              plan=before, split=study.privacy.split, n_nodes=k,
-                              secure_aggregation=study.privacy.secure_aggregation)
+        gate = after_describe(
+            counts=(0.0, float(treated)),
+            n_covariates=len(study.covariates),
+            plan=before,
+            split=study.privacy.split,
+            n_nodes=k,
+            secure_aggregation=study.privacy.secure_aggregation,
+        )
     except ReHealthError as e:
         console.print(f"[red]cannot plan:[/red] {escape(str(e))}")
         raise typer.Exit(1) from None
     stops = not gate.check.passed and study.privacy.unresolved_fit == "stop"
     if fmt == "json":
-        typer.echo(json.dumps({
-            "study": study.study.name, "treated": treated, "nodes": k,
-            "plan": before.to_dict(), "fit_resolution": gate.check.value,
-            "fit_resolves": gate.check.passed, "message": gate.check.message,
-            "stops_after_describe": stops,
-            "resplit": gate.resplit.model_dump() if gate.resplit is not None else None,
-            "plan_after_describe": gate.plan.to_dict()}))
+        typer.echo(
+            json.dumps(
+                {
+                    "study": study.study.name,
+                    "treated": treated,
+                    "nodes": k,
+                    "plan": before.to_dict(),
+                    "fit_resolution": gate.check.value,
+                    "fit_resolves": gate.check.passed,
+                    "message": gate.check.message,
+                    "stops_after_describe": stops,
+                    "resplit": gate.resplit.model_dump() if gate.resplit is not None else None,
+                    "plan_after_describe": gate.plan.to_dict(),
+                }
+            )
+        )
         return
     _print_plan(console, study, gate, before, treated, k, stops)
 
@@ -134,10 +176,14 @@ def _print_plan(console: Console, study, gate, before, treated: int, k: int, sto
     from shared.secure_sum import secured
 
     p = study.privacy
-    console.print(f"DP study {escape(study.study.name)}: ε = {p.epsilon:g}, δ = {p.delta:g} per "
-                  f"node ({p.accountant.upper()} accountant), {k} nodes, {treated:,} treated")
-    t = Table(title="Noise per release (the noise each node adds, and what the summed release "
-                    "carries)" + (": SecAgg+ after describe" if p.secure_aggregation else ""))
+    console.print(
+        f"DP study {escape(study.study.name)}: ε = {p.epsilon:g}, δ = {p.delta:g} per "
+        f"node ({p.accountant.upper()} accountant), {k} nodes, {treated:,} treated"
+    )
+    t = Table(
+        title="Noise per release (the noise each node adds, and what the summed release "
+        "carries)" + (": SecAgg+ after describe" if p.secure_aggregation else "")
+    )
     for col in ("release", "rounds", "Δ₂", "σ per node", "σ of the sum"):
         t.add_column(col, justify="left" if col == "release" else "right")
     for q in dict.fromkeys(r.query for r in gate.plan.releases):
@@ -145,28 +191,44 @@ def _print_plan(console: Console, study, gate, before, treated: int, k: int, sto
         n = sum(1 for x in gate.plan.releases if x.query == q)
         secure = p.secure_aggregation and secured(q)
         node = r.sigma / math.sqrt(k) if secure else r.sigma
-        t.add_row(q, str(n), f"{r.sensitivity:.3g}", f"{node:.3g}",
-                  f"{r.total_sigma(k, secure_aggregation=secure):.3g}")
+        t.add_row(
+            q,
+            str(n),
+            f"{r.sensitivity:.3g}",
+            f"{node:.3g}",
+            f"{r.total_sigma(k, secure_aggregation=secure):.3g}",
+        )
     console.print(t)
     if gate.resplit is not None:
         s = gate.resplit
-        console.print(f"re-split after describe: ps_fit {p.split.ps_fit:.2f} → {s.ps_fit:.2f}, "
-                      f"psm_stats {p.split.psm_stats:.2f} → {s.psm_stats:.2f} (same ε; σ above are "
-                      "after it, describe's as planned)")
-    verdict = ("[red]the study would stop after describe[/red] (unresolved_fit = \"stop\")" if stops
-               else "the study would run" + ("" if gate.check.passed else
-                                             " and flag its estimate (unresolved_fit = \"warn\")"))
+        console.print(
+            f"re-split after describe: ps_fit {p.split.ps_fit:.2f} → {s.ps_fit:.2f}, "
+            f"psm_stats {p.split.psm_stats:.2f} → {s.psm_stats:.2f} (same ε; σ above are "
+            "after it, describe's as planned)"
+        )
+    verdict = (
+        '[red]the study would stop after describe[/red] (unresolved_fit = "stop")'
+        if stops
+        else "the study would run"
+        + ("" if gate.check.passed else ' and flag its estimate (unresolved_fit = "warn")')
+    )
     console.print(f"propensity fit: {escape(gate.check.message)}")
     console.print(verdict)
 
 
 @app.command("train-risk")
 def train_risk(
-    spec: Path = typer.Option(..., "--spec", exists=True, dir_okay=False,
-                              help="Study spec whose sites train (their data carry cv_event)."),
+    spec: Path = typer.Option(
+        ...,
+        "--spec",
+        exists=True,
+        dir_okay=False,
+        help="Study spec whose sites train (their data carry cv_event).",
+    ),
     epsilon: float = typer.Option(8.0, help="Each node's total ε for the whole training."),
-    eval_epsilon: float = typer.Option(0.2, "--eval-epsilon",
-                                       help="Each node's ε for the one DP evaluation release."),
+    eval_epsilon: float = typer.Option(
+        0.2, "--eval-epsilon", help="Each node's ε for the one DP evaluation release."
+    ),
     delta: float = typer.Option(1e-5, help="δ of the DP-SGD guarantee."),
     rounds: int = typer.Option(8, help="FedAvg rounds."),
     kind: str = typer.Option("logistic", help="logistic or mlp"),
@@ -187,8 +249,15 @@ def train_risk(
     except ReHealthError as e:
         console.print(f"[red]cannot read the spec:[/red] {escape(str(e))}")
         raise typer.Exit(1) from None
-    job = RiskJob(job_id=job_id, kind=kind, rounds=rounds, target_epsilon=epsilon, delta=delta,
-                  sites=sites, eval_epsilon=eval_epsilon)
+    job = RiskJob(
+        job_id=job_id,
+        kind=kind,
+        rounds=rounds,
+        target_epsilon=epsilon,
+        delta=delta,
+        sites=sites,
+        eval_epsilon=eval_epsilon,
+    )
     try:
         with study_progress(console, enabled=fmt != "json") as on_event:
             summary = train_risk_local(spec, out, job, on_event=on_event)
@@ -200,10 +269,11 @@ def train_risk(
         typer.echo(json.dumps(summary))
     else:
         pv = summary.get("evaluation_privacy", {})
-        console.print(f"risk model after {rounds} rounds at ε={epsilon:g}: AUC {ev['auc']:.3f}, "
-                      f"Brier {ev['brier']:.4f} over ≈{ev['n']:,.0f} people (DP evaluation at "
-                      f"ε={pv.get('epsilon', eval_epsilon):g} per node, σ={pv.get('sigma_per_node', 0):.1f} "
-                      "per entry; sent models are candidates until each node's operator approves "
-                      "them: rehealth node model approve)")
-        console.print(f"model: {out / 'risk_model.npz'}  metrics: {out / 'risk_result.json'}",
-                      markup=False)
+        console.print(
+            f"risk model after {rounds} rounds at ε={epsilon:g}: AUC {ev['auc']:.3f}, "
+            f"Brier {ev['brier']:.4f} over ≈{ev['n']:,.0f} people (DP evaluation at "
+            f"ε={pv.get('epsilon', eval_epsilon):g} per node, σ={pv.get('sigma_per_node', 0):.1f} "
+            "per entry; sent models are candidates until each node's operator approves "
+            "them: rehealth node model approve)"
+        )
+        console.print(f"model: {out / 'risk_model.npz'}  metrics: {out / 'risk_result.json'}", markup=False)

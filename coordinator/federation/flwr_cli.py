@@ -36,8 +36,14 @@ def flwr_env(home: Path, **extra: str) -> dict:
     """Environment for a Flower process: its own FLWR_HOME, this venv's bin first on PATH
     (Flower spawns flower-superexec / flwr-clientapp by name), no telemetry."""
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    return dict(os.environ, FLWR_HOME=str(home), PATH=path, FLWR_TELEMETRY_ENABLED="0",
-                FLWR_DISABLE_UPDATE_CHECK="1", **extra)
+    return dict(
+        os.environ,
+        FLWR_HOME=str(home),
+        PATH=path,
+        FLWR_TELEMETRY_ENABLED="0",
+        FLWR_DISABLE_UPDATE_CHECK="1",
+        **extra,
+    )
 
 
 def toml_value(v) -> str:
@@ -58,16 +64,31 @@ class FlwrClient:
         if self.insecure and self.root_certificates:
             raise FederationError("a connection is either insecure or pins root certificates")
         private_dir(self.home)
-        tls = (f'root-certificates = "{self.root_certificates}"\n' if self.root_certificates
-               else "insecure = true\n" if self.insecure else "")
-        write_private(self.home / "config.toml", (
-            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-            f'address = "{self.address}"\n{tls}').encode())
+        tls = (
+            f'root-certificates = "{self.root_certificates}"\n'
+            if self.root_certificates
+            else "insecure = true\n"
+            if self.insecure
+            else ""
+        )
+        write_private(
+            self.home / "config.toml",
+            (
+                f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+                f'address = "{self.address}"\n{tls}'
+            ).encode(),
+        )
 
     def _run(self, *args: str, timeout_s: float = 60.0) -> subprocess.CompletedProcess:
-        return subprocess.run([flwr_bin("flwr"), *args], env=flwr_env(self.home),
-                              capture_output=True, text=True, timeout=timeout_s,
-                              stdin=subprocess.DEVNULL, umask=0o077)
+        return subprocess.run(
+            [flwr_bin("flwr"), *args],
+            env=flwr_env(self.home),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            stdin=subprocess.DEVNULL,
+            umask=0o077,
+        )
 
     def json(self, *args: str, timeout_s: float = 60.0) -> dict:
         """Run ``flwr ARGS --format json``; its parsed output, or a FederationError."""
@@ -75,8 +96,9 @@ class FlwrClient:
         try:
             out = json.loads(cp.stdout)
         except json.JSONDecodeError:
-            raise FederationError(f"flwr {args[0]} failed (exit {cp.returncode}): "
-                                  f"{(cp.stdout + cp.stderr).strip()[-800:]}") from None
+            raise FederationError(
+                f"flwr {args[0]} failed (exit {cp.returncode}): {(cp.stdout + cp.stderr).strip()[-800:]}"
+            ) from None
         if not out.get("success", cp.returncode == 0):
             raise FederationError(f"flwr {args[0]} failed: {out.get('error-message', out)}")
         return out
@@ -98,8 +120,7 @@ class FlwrClient:
         runs = self.json("list", CONNECTION, "--run-id", str(run_id)).get("runs") or []
         return str(runs[0].get("status", "")) if runs else ""
 
-    def wait(self, run_id: int, *, timeout_s: float = 600.0, poll_s: float = 2.0,
-             on_poll=None) -> str:
+    def wait(self, run_id: int, *, timeout_s: float = 600.0, poll_s: float = 2.0, on_poll=None) -> str:
         """Poll until the run finishes; returns its final status (e.g. ``finished:completed``).
 
         Each poll is a ``flwr list`` process (~1.3 s of CPU for its imports): polled every

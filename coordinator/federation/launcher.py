@@ -98,14 +98,27 @@ class LocalFederation:
             link.symlink_to(flwr_bin("rehealth-clientapp"))
         return folder
 
-    def _spawn(self, name: str, cmd: list[str], *, guarded: bool = False, home: str | None = None,
-               log_name: str | None = None) -> subprocess.Popen:
+    def _spawn(
+        self,
+        name: str,
+        cmd: list[str],
+        *,
+        guarded: bool = False,
+        home: str | None = None,
+        log_name: str | None = None,
+    ) -> subprocess.Popen:
         logs = private_dir(self.workdir / "logs")
         fd = os.open(logs / f"{log_name or name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         with os.fdopen(fd, "ab") as out:
-            proc = subprocess.Popen(cmd, env=self._env(home or name, guarded), stdout=out,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True, umask=UMASK)
+            proc = subprocess.Popen(
+                cmd,
+                env=self._env(home or name, guarded),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                umask=UMASK,
+            )
         self.procs[name] = proc
         return proc
 
@@ -116,16 +129,25 @@ class LocalFederation:
         self.port = free_port()
         if not self.insecure:
             self.pki = FederationPKI.create(self.workdir / "pki", [n.site for n in self.nodes])
-        self._spawn("superlink", [
-            flwr_bin("flower-superlink"), *self._superlink_security(),
-            "--disable-runtime-dependency-installation",
-            "--host", HOST, "--port", str(self.port),
-            "--database", str(self.workdir / "superlink.db"),
-        ])
+        self._spawn(
+            "superlink",
+            [
+                flwr_bin("flower-superlink"),
+                *self._superlink_security(),
+                "--disable-runtime-dependency-installation",
+                "--host",
+                HOST,
+                "--port",
+                str(self.port),
+                "--database",
+                str(self.workdir / "superlink.db"),
+            ],
+        )
         self._wait_port(self.port, "superlink", timeout_s)
         if not self.insecure:
-            self._spawn_superexec("superexec-superlink", self.port, parent="superlink",
-                                  home="superexec-superlink")
+            self._spawn_superexec(
+                "superexec-superlink", self.port, parent="superlink", home="superexec-superlink"
+            )
             # Each `flwr` call costs ~1.5 s of imports: register the keys side by side.
             with ThreadPoolExecutor(max_workers=4) as pool:
                 list(pool.map(self.register_node, [n.site for n in self.nodes]))
@@ -134,8 +156,14 @@ class LocalFederation:
             for node in self.nodes:
                 self._start_node_superexec(node.site, ports[node.site], timeout_s)
         self.startup_s = time.perf_counter() - started
-        log.info("federation up on %s:%d with %d nodes in %.1f s (%s)", HOST, self.port,
-                 len(self.nodes), self.startup_s, "INSECURE" if self.insecure else "TLS")
+        log.info(
+            "federation up on %s:%d with %d nodes in %.1f s (%s)",
+            HOST,
+            self.port,
+            len(self.nodes),
+            self.startup_s,
+            "INSECURE" if self.insecure else "TLS",
+        )
 
     @property
     def _pki(self) -> FederationPKI:
@@ -148,22 +176,52 @@ class LocalFederation:
         if self.insecure:
             return ["--insecure"]
         pki = self._pki
-        return ["--ssl-ca-certfile", str(pki.ca_cert), "--ssl-certfile", str(pki.server_cert),
-                "--ssl-keyfile", str(pki.server_key), "--enable-supernode-auth",
-                "--isolation", "process", "--superexec-auth-secret-file", str(pki.superexec_secret)]
+        return [
+            "--ssl-ca-certfile",
+            str(pki.ca_cert),
+            "--ssl-certfile",
+            str(pki.server_cert),
+            "--ssl-keyfile",
+            str(pki.server_key),
+            "--enable-supernode-auth",
+            "--isolation",
+            "process",
+            "--superexec-auth-secret-file",
+            str(pki.superexec_secret),
+        ]
 
-    def _spawn_superexec(self, name: str, runtime_port: int, *, parent: str, home: str,
-                         guarded: bool = False, log_name: str | None = None) -> subprocess.Popen:
+    def _spawn_superexec(
+        self,
+        name: str,
+        runtime_port: int,
+        *,
+        parent: str,
+        home: str,
+        guarded: bool = False,
+        log_name: str | None = None,
+    ) -> subprocess.Popen:
         """The SuperExec for one Runtime API (the SuperLink's or a SuperNode's), holding the
         auth secret, handing tokens to app processes through a descriptor; it exits with its
         parent."""
-        return self._spawn(name, [
-            sys.executable, "-m", "coordinator.federation.superexec",
-            "--runtime-api-address", f"{HOST}:{runtime_port}",
-            "--root-certificates", str(self._pki.ca_cert),
-            "--superexec-auth-secret-file", str(self._pki.superexec_secret),
-            "--parent-pid", str(self.procs[parent].pid),
-        ], guarded=guarded, home=home, log_name=log_name)
+        return self._spawn(
+            name,
+            [
+                sys.executable,
+                "-m",
+                "coordinator.federation.superexec",
+                "--runtime-api-address",
+                f"{HOST}:{runtime_port}",
+                "--root-certificates",
+                str(self._pki.ca_cert),
+                "--superexec-auth-secret-file",
+                str(self._pki.superexec_secret),
+                "--parent-pid",
+                str(self.procs[parent].pid),
+            ],
+            guarded=guarded,
+            home=home,
+            log_name=log_name,
+        )
 
     def register_node(self, site: str) -> None:
         """Register ``site``'s public key with the SuperLink (a node whose key is not
@@ -187,18 +245,39 @@ class LocalFederation:
             security = ["--insecure"]
         else:
             pki, key = self._pki, self._pki.add_node(node.site)
-            security = ["--root-certificates", str(pki.ca_cert),
-                        "--auth-supernode-private-key", str(key.private_key),
-                        # its own Runtime API (where ClientApps fetch messages) is TLS too
-                        "--ssl-ca-certfile", str(pki.ca_cert), "--ssl-certfile", str(pki.server_cert),
-                        "--ssl-keyfile", str(pki.server_key),
-                        "--isolation", "process",
-                        "--superexec-auth-secret-file", str(pki.superexec_secret)]
-        self._spawn(f"supernode-{node.site}", [
-            flwr_bin("flower-supernode"), *security, "--superlink", f"{HOST}:{self.port}",
-            "--host", HOST, "--port", str(port),
-            "--node-config", node_config_arg(cfg),
-        ], guarded=self.guarded)
+            security = [
+                "--root-certificates",
+                str(pki.ca_cert),
+                "--auth-supernode-private-key",
+                str(key.private_key),
+                # its own Runtime API (where ClientApps fetch messages) is TLS too
+                "--ssl-ca-certfile",
+                str(pki.ca_cert),
+                "--ssl-certfile",
+                str(pki.server_cert),
+                "--ssl-keyfile",
+                str(pki.server_key),
+                "--isolation",
+                "process",
+                "--superexec-auth-secret-file",
+                str(pki.superexec_secret),
+            ]
+        self._spawn(
+            f"supernode-{node.site}",
+            [
+                flwr_bin("flower-supernode"),
+                *security,
+                "--superlink",
+                f"{HOST}:{self.port}",
+                "--host",
+                HOST,
+                "--port",
+                str(port),
+                "--node-config",
+                node_config_arg(cfg),
+            ],
+            guarded=self.guarded,
+        )
         return port
 
     def _start_node_superexec(self, site: str, port: int, timeout_s: float) -> None:
@@ -206,13 +285,13 @@ class LocalFederation:
         gets the SuperNode's PATH (the guard first), FLWR_HOME and log."""
         name = f"supernode-{site}"
         self._wait_port(port, name, timeout_s)
-        self._spawn_superexec(f"superexec-{site}", port, parent=name, home=name,
-                              guarded=self.guarded, log_name=name)
+        self._spawn_superexec(
+            f"superexec-{site}", port, parent=name, home=name, guarded=self.guarded, log_name=name
+        )
 
     def kill_node(self, site: str) -> None:
         """Kill one SuperNode and its ClientApp processes at once (fault tests)."""
-        procs = [self.procs.pop(n) for n in (f"supernode-{site}", f"superexec-{site}")
-                 if n in self.procs]
+        procs = [self.procs.pop(n) for n in (f"supernode-{site}", f"superexec-{site}") if n in self.procs]
         tree = [p for proc in procs for p in _tree(proc.pid)]
         for p in tree:
             _signal(p, signal.SIGKILL)
@@ -241,8 +320,10 @@ class LocalFederation:
         while time.monotonic() < deadline:
             proc = self.procs[name]
             if proc.poll() is not None:
-                raise FederationError(f"{name} exited with code {proc.returncode}; see "
-                                      f"{self.workdir / 'logs' / (name + '.log')}")
+                raise FederationError(
+                    f"{name} exited with code {proc.returncode}; see "
+                    f"{self.workdir / 'logs' / (name + '.log')}"
+                )
             try:
                 with socket.create_connection((HOST, port), timeout=0.5):
                     return
@@ -253,10 +334,12 @@ class LocalFederation:
     @property
     def client(self) -> FlwrClient:
         """The ``flwr`` CLI pointed at this federation's SuperLink."""
-        return FlwrClient(home=private_dir(self.workdir / "flwr-home" / "cli"),
-                          address=f"{HOST}:{self.port}",
-                          root_certificates=None if self.insecure else self._pki.ca_cert,
-                          insecure=self.insecure)
+        return FlwrClient(
+            home=private_dir(self.workdir / "flwr-home" / "cli"),
+            address=f"{HOST}:{self.port}",
+            root_certificates=None if self.insecure else self._pki.ca_cert,
+            insecure=self.insecure,
+        )
 
 
 def _tree(pid: int) -> list[psutil.Process]:

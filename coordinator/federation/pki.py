@@ -77,53 +77,76 @@ class FederationPKI:
     superexec_secret: Path
 
     @classmethod
-    def create(cls, folder: Path, sites: list[str], *, hosts: tuple[str, ...] = ("127.0.0.1",
-               "localhost")) -> "FederationPKI":
+    def create(
+        cls, folder: Path, sites: list[str], *, hosts: tuple[str, ...] = ("127.0.0.1", "localhost")
+    ) -> "FederationPKI":
         folder = private_dir(folder)
         ca_key = ec.generate_private_key(ec.SECP384R1())
         ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ReHealth local federation CA")])
         now = dt.datetime.now(dt.timezone.utc)
-        ca = (x509.CertificateBuilder()
-              .subject_name(ca_name).issuer_name(ca_name)
-              .public_key(ca_key.public_key())
-              .serial_number(x509.random_serial_number())
-              .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + VALIDITY)
-              .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-              .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False,
-                                           key_encipherment=False, data_encipherment=False,
-                                           key_agreement=False, key_cert_sign=True, crl_sign=True,
-                                           encipher_only=False, decipher_only=False), critical=True)
-              .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()),
-                             critical=False)
-              .sign(ca_key, hashes.SHA384()))
+        ca = (
+            x509.CertificateBuilder()
+            .subject_name(ca_name)
+            .issuer_name(ca_name)
+            .public_key(ca_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + VALIDITY)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=False,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA384())
+        )
         server_key = ec.generate_private_key(ec.SECP384R1())
-        sans = [x509.IPAddress(ipaddress.ip_address(h)) if _is_ip(h) else x509.DNSName(h)
-                for h in hosts]
-        server = (x509.CertificateBuilder()
-                  .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
-                  .issuer_name(ca_name)
-                  .public_key(server_key.public_key())
-                  .serial_number(x509.random_serial_number())
-                  .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + VALIDITY)
-                  .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-                  .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-                  .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
-                                 critical=False)
-                  .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                      ca_key.public_key()), critical=False)
-                  .sign(ca_key, hashes.SHA384()))
+        sans = [x509.IPAddress(ipaddress.ip_address(h)) if _is_ip(h) else x509.DNSName(h) for h in hosts]
+        server = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
+            .issuer_name(ca_name)
+            .public_key(server_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + VALIDITY)
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+            )
+            .sign(ca_key, hashes.SHA384())
+        )
         # The CA key signs once and is dropped: nobody can mint another server certificate.
         pem = serialization.Encoding.PEM
         write_private(folder / "ca.crt", ca.public_bytes(pem))
         write_private(folder / "server.pem", server.public_bytes(pem))
-        write_private(folder / "server.key", server_key.private_bytes(
-            pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        write_private(
+            folder / "server.key",
+            server_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+        )
         keys_dir = private_dir(folder / "supernode-keys")
         node_keys = {site: _node_key(keys_dir, site) for site in sites}
         write_private(folder / "superexec.secret", secrets.token_bytes(SECRET_BYTES))
-        return cls(folder=folder, ca_cert=folder / "ca.crt", server_cert=folder / "server.pem",
-                   server_key=folder / "server.key", node_keys=node_keys,
-                   superexec_secret=folder / "superexec.secret")
+        return cls(
+            folder=folder,
+            ca_cert=folder / "ca.crt",
+            server_cert=folder / "server.pem",
+            server_key=folder / "server.key",
+            node_keys=node_keys,
+            superexec_secret=folder / "superexec.secret",
+        )
 
     def add_node(self, site: str) -> NodeKey:
         """A key pair for a node that joins after the federation started."""
@@ -136,11 +159,17 @@ def _node_key(folder: Path, site: str) -> NodeKey:
     """An OpenSSH ECDSA P-384 key pair (the format ``ssh-keygen -t ecdsa -b 384`` writes)."""
     key = ec.generate_private_key(ec.SECP384R1())
     stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in site)
-    priv = write_private(folder / f"{stem}", key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-        serialization.NoEncryption()))
-    pub = write_private(folder / f"{stem}.pub", key.public_key().public_bytes(
-        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + b"\n")
+    priv = write_private(
+        folder / f"{stem}",
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+        ),
+    )
+    pub = write_private(
+        folder / f"{stem}.pub",
+        key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        + b"\n",
+    )
     return NodeKey(private_key=priv, public_key=pub)
 
 

@@ -38,9 +38,13 @@ def launch_with_token_file(spec):
 
     fd = token_fd(spec.token)
     try:
-        args = [TASK_TYPE_TO_COMMAND[spec.task_type],
-                TASK_TYPE_TO_APPIO_API_ADDRESS_ARG[spec.task_type], spec.runtime_api_address,
-                "--token-file", f"/dev/fd/{fd}"]
+        args = [
+            TASK_TYPE_TO_COMMAND[spec.task_type],
+            TASK_TYPE_TO_APPIO_API_ADDRESS_ARG[spec.task_type],
+            spec.runtime_api_address,
+            "--token-file",
+            f"/dev/fd/{fd}",
+        ]
         if spec.insecure:
             args.append("--insecure")
         elif spec.root_certificates_path is not None:

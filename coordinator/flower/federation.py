@@ -31,7 +31,6 @@ from shared.protocol import (
 log = logging.getLogger("rehealth.coordinator")
 
 
-
 @dataclass
 class GridFederation:
     """Nodes of one study. ``min_nodes=None`` means every node must answer every round."""
@@ -52,16 +51,23 @@ class GridFederation:
                 break
             time.sleep(self.poll_s)
         if len(ids) < expected:
-            raise FederationError(f"only {len(ids)} of {expected} nodes connected after {timeout_s:.0f} s",
-                                  round_name="connect")
+            raise FederationError(
+                f"only {len(ids)} of {expected} nodes connected after {timeout_s:.0f} s", round_name="connect"
+            )
         self.active = {i: None for i in ids}
         return ids
 
     def ask(self, query: StudyQuery, round_name: str) -> dict[str, NodeAnswer]:
         """Send ``query`` to every active node; answers keyed by site."""
-        msgs = [Message(content=encode_query(query), dst_node_id=nid, message_type=STUDY_MESSAGE_TYPE,
-                        group_id=round_name)
-                for nid in self.active]
+        msgs = [
+            Message(
+                content=encode_query(query),
+                dst_node_id=nid,
+                message_type=STUDY_MESSAGE_TYPE,
+                group_id=round_name,
+            )
+            for nid in self.active
+        ]
         sent = dict(zip(self.grid.push_messages(msgs), self.active))
         replies = self.collect(sent)
         out: dict[str, NodeAnswer] = {}
@@ -97,8 +103,7 @@ class GridFederation:
         from shared.secure_sum import SECURE_SUM
 
         grid = cast(Grid, _PolledGrid(self))  # a Grid by delegation (__getattr__)
-        totals, metas = secure_sum(grid, list(self.active), query, round_name,
-                                   timeout_s=self.timeout_s)
+        totals, metas = secure_sum(grid, list(self.active), query, round_name, timeout_s=self.timeout_s)
         out: dict[str, NodeAnswer] = {}
         for nid, meta in metas.items():
             site = str(meta.get("site", nid))
@@ -125,8 +130,11 @@ class GridFederation:
         if self.min_nodes is None or remaining < self.min_nodes:
             nid, reason = next(iter(failures.items()))
             allowed = "" if self.min_nodes is None else f" ({remaining} left, spec needs {self.min_nodes})"
-            raise FederationError(f"round {round_name}: {reason}{allowed}",
-                                  node=self.active.get(nid) or str(nid), round_name=round_name)
+            raise FederationError(
+                f"round {round_name}: {reason}{allowed}",
+                node=self.active.get(nid) or str(nid),
+                round_name=round_name,
+            )
         for nid, reason in failures.items():
             who = self.active.pop(nid) or f"node {nid}"
             self.dropped[who] = f"dropped in round {round_name}: {reason}"

@@ -37,37 +37,65 @@ def initial_arrays(arch: RiskArch) -> list[np.ndarray]:
     return [np.zeros(s) for s in arch.shapes()]
 
 
-def train_risk_model(grid: Grid, job: RiskJob, *, expected_nodes: int, out_dir: Path,
-                     timeout_s: float = 600.0, progress=lambda event, data: None,
-                     grant=None) -> dict:
+def train_risk_model(
+    grid: Grid,
+    job: RiskJob,
+    *,
+    expected_nodes: int,
+    out_dir: Path,
+    timeout_s: float = 600.0,
+    progress=lambda event, data: None,
+    grant=None,
+) -> dict:
     """Run ``job.rounds`` FedAvg rounds and a federated evaluation; write ``risk_model.npz``
     and ``risk_result.json`` to ``out_dir``; return the result dict."""
     started = time.perf_counter()
     if expected_nodes != len(job.sites):
-        raise FederationError(f"the risk job names {len(job.sites)} site(s) but {expected_nodes} "
-                              "node(s) are expected: every node trains, so they must agree "
-                              "(a node not named declines)", round_name="connect")
+        raise FederationError(
+            f"the risk job names {len(job.sites)} site(s) but {expected_nodes} "
+            "node(s) are expected: every node trains, so they must agree "
+            "(a node not named declines)",
+            round_name="connect",
+        )
     fed = GridFederation(grid, timeout_s=timeout_s)
     fed.wait_for_nodes(expected_nodes)
     arch = RiskArch(kind=job.kind, hidden=job.hidden)
-    strategy = FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=expected_nodes,
-                      min_available_nodes=expected_nodes)
+    strategy = FedAvg(
+        fraction_train=1.0,
+        fraction_evaluate=0.0,
+        min_train_nodes=expected_nodes,
+        min_available_nodes=expected_nodes,
+    )
     config = encode_risk(job, grant)  # the wire contract's RiskRequest
     progress("risk_training", {"rounds": job.rounds, "nodes": expected_nodes})
-    result = strategy.start(grid=grid, initial_arrays=ArrayRecord(initial_arrays(arch)),
-                            num_rounds=job.rounds, timeout=timeout_s, train_config=config)
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord(initial_arrays(arch)),
+        num_rounds=job.rounds,
+        timeout=timeout_s,
+        train_config=config,
+    )
     arrays = result.arrays.to_numpy_ndarrays()
     train_metrics = {int(r): dict(m) for r, m in result.train_metrics_clientapp.items()}
     if len(train_metrics) < job.rounds:
-        raise FederationError(f"risk training completed {len(train_metrics)} of {job.rounds} rounds "
-                              "(a node failed; see the SuperNode logs)", round_name="risk-train")
+        raise FederationError(
+            f"risk training completed {len(train_metrics)} of {job.rounds} rounds "
+            "(a node failed; see the SuperNode logs)",
+            round_name="risk-train",
+        )
     report = _federated_evaluation(grid, fed, arrays, config)
     out_dir.mkdir(parents=True, exist_ok=True)
     np.savez(out_dir / "risk_model.npz", *arrays)
-    summary = {"job": json.loads(job.model_dump_json()), "arch": arch.to_dict(),
-               "rounds": job.rounds, "nodes": expected_nodes, "evaluation": report.to_dict(),
-               "evaluation_privacy": evaluation_privacy(job, expected_nodes),
-               "train_metrics": train_metrics, "seconds": time.perf_counter() - started}
+    summary = {
+        "job": json.loads(job.model_dump_json()),
+        "arch": arch.to_dict(),
+        "rounds": job.rounds,
+        "nodes": expected_nodes,
+        "evaluation": report.to_dict(),
+        "evaluation_privacy": evaluation_privacy(job, expected_nodes),
+        "train_metrics": train_metrics,
+        "seconds": time.perf_counter() - started,
+    }
     (out_dir / "risk_result.json").write_text(json.dumps(summary, indent=2) + "\n")
     progress("risk_done", {"auc": report.auc, "brier": report.brier})
     return summary
@@ -82,18 +110,29 @@ def evaluation_privacy(job: RiskJob, nodes: int) -> dict:
     from shared.risk.metrics import EVAL_SENSITIVITY, eval_noise_sigma
 
     sigma = eval_noise_sigma(epsilon=job.eval_epsilon, delta=job.delta)
-    return {"dp": True, "epsilon": job.eval_epsilon, "delta": job.delta,
-            "sensitivity": EVAL_SENSITIVITY, "sigma_per_node": sigma,
-            "sigma_pooled": sigma * math.sqrt(nodes), "bins": job.eval_bins,
-            "note": "each node's evaluation aggregate is one Gaussian release charged to its "
-                    "ledger on top of training; metrics are computed from the noisy sums"}
+    return {
+        "dp": True,
+        "epsilon": job.eval_epsilon,
+        "delta": job.delta,
+        "sensitivity": EVAL_SENSITIVITY,
+        "sigma_per_node": sigma,
+        "sigma_pooled": sigma * math.sqrt(nodes),
+        "bins": job.eval_bins,
+        "note": "each node's evaluation aggregate is one Gaussian release charged to its "
+        "ledger on top of training; metrics are computed from the noisy sums",
+    }
 
 
-def _federated_evaluation(grid: Grid, fed: GridFederation, arrays: list[np.ndarray],
-                          config: ConfigRecord):
-    msgs = [Message(RecordDict({RISK_ARRAYS_KEY: ArrayRecord(arrays), "config": config}),
-                    dst_node_id=nid, message_type="evaluate", group_id="risk-evaluate")
-            for nid in fed.active]
+def _federated_evaluation(grid: Grid, fed: GridFederation, arrays: list[np.ndarray], config: ConfigRecord):
+    msgs = [
+        Message(
+            RecordDict({RISK_ARRAYS_KEY: ArrayRecord(arrays), "config": config}),
+            dst_node_id=nid,
+            message_type="evaluate",
+            group_id="risk-evaluate",
+        )
+        for nid in fed.active
+    ]
     sent = list(grid.push_messages(msgs))
     replies = fed.collect(dict(zip(sent, fed.active)))
     aggs = []

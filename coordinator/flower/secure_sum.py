@@ -87,14 +87,18 @@ class _EveryNode(SecAggPlusWorkflow):
 
     def unmask_stage(self, grid, context, state) -> bool:
         if len(state.active_node_ids) < self.required:
-            log.error("secure sum: %d of %d nodes sent masked inputs; not unmasking",
-                      len(state.active_node_ids), self.required)
+            log.error(
+                "secure sum: %d of %d nodes sent masked inputs; not unmasking",
+                len(state.active_node_ids),
+                self.required,
+            )
             return False
         return super().unmask_stage(grid, context, state)
 
 
-def secure_sum(grid: Grid, node_ids: list[int], query: StudyQuery, round_name: str, *,
-               timeout_s: float) -> tuple[dict[str, dict[str, np.ndarray]], dict[int, dict]]:
+def secure_sum(
+    grid: Grid, node_ids: list[int], query: StudyQuery, round_name: str, *, timeout_s: float
+) -> tuple[dict[str, dict[str, np.ndarray]], dict[int, dict]]:
     """Run ``query`` as one SecAgg+ round over ``node_ids``.
 
     Returns:
@@ -104,26 +108,37 @@ def secure_sum(grid: Grid, node_ids: list[int], query: StudyQuery, round_name: s
         FederationError: a node failed or the sum could not be unmasked over every node.
     """
     if query.secure_scale is None:
-        raise FederationError(f"round {round_name}: a secure sum needs the query's fixed-point scale",
-                              round_name=round_name)
+        raise FederationError(
+            f"round {round_name}: a secure sum needs the query's fixed-point scale", round_name=round_name
+        )
     scale, k = query.secure_scale, len(node_ids)
     strategy = _OneRound(grid, node_ids, query_entry(query))
     state = RecordDict()
     state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({Key.CURRENT_ROUND: 1})
     state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(
-        Parameters(tensors=[], tensor_type=""), True)
-    context = LegacyContext(Context(run_id=0, node_id=0, node_config={}, state=state, run_config={}),
-                            strategy=strategy)
-    workflow = _EveryNode(k, num_shares=k, reconstruction_threshold=max(2, math.ceil(2 * k / 3)),
-                          max_weight=1.0, clipping_range=CLIP, timeout=timeout_s)
+        Parameters(tensors=[], tensor_type=""), True
+    )
+    context = LegacyContext(
+        Context(run_id=0, node_id=0, node_config={}, state=state, run_config={}), strategy=strategy
+    )
+    workflow = _EveryNode(
+        k,
+        num_shares=k,
+        reconstruction_threshold=max(2, math.ceil(2 * k / 3)),
+        max_weight=1.0,
+        clipping_range=CLIP,
+        timeout=timeout_s,
+    )
     workflow(grid, context)
     done = {proxy.node_id: res for proxy, res in strategy.results}
     if len(done) < k or not strategy.results:
         missing = sorted(set(node_ids) - set(done))
         said = "; ".join(workflow.failures) or "see the nodes' logs"
-        raise FederationError(f"round {round_name}: secure aggregation needs every node; "
-                              f"node(s) {missing or node_ids} sent no masked input ({said})",
-                              round_name=round_name)
+        raise FederationError(
+            f"round {round_name}: secure aggregation needs every node; "
+            f"node(s) {missing or node_ids} sent no masked input ({said})",
+            round_name=round_name,
+        )
     mean = parameters_to_ndarrays(strategy.results[0][1].parameters)[0]
     total = mean * k * scale
     try:

@@ -18,11 +18,11 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from coordinator.files import load_spec, write_result
 from coordinator.flower.federation import GridFederation
 from coordinator.study.assemble import assemble_result
 from shared.driver import run_study
 from shared.errors import FederationError, ReHealthError
-from coordinator.files import load_spec, write_result
 
 log = logging.getLogger("rehealth.coordinator")
 app = ServerApp()
@@ -49,8 +49,12 @@ def main(grid: Grid, context: Context) -> None:
         else:
             run_one(grid, cfg, out_dir, progress)
     except ReHealthError as e:
-        error = {"error": type(e).__name__, "message": str(e),
-                 "node": getattr(e, "node", None), "round": getattr(e, "round_name", None)}
+        error = {
+            "error": type(e).__name__,
+            "message": str(e),
+            "node": getattr(e, "node", None),
+            "round": getattr(e, "round_name", None),
+        }
         (out_dir / "error.json").write_text(json.dumps(error, indent=2) + "\n")
         progress("failed", error)
         log.error("study failed: %s", e)
@@ -61,17 +65,20 @@ def run_one(grid: Grid, cfg, out_dir: Path, progress) -> None:
     started = time.perf_counter()
     started_at = _now()
     spec = load_spec(str(cfg["spec-path"]))
-    fed = GridFederation(grid, timeout_s=spec.federation.round_timeout_s,
-                         min_nodes=spec.federation.min_nodes)
+    fed = GridFederation(grid, timeout_s=spec.federation.round_timeout_s, min_nodes=spec.federation.min_nodes)
     expected = len(spec.sites) or int(cfg.get("expected-nodes", 0))
     if expected < 1:
-        raise FederationError("the spec lists no sites and expected-nodes is not set",
-                              round_name="connect")
+        raise FederationError("the spec lists no sites and expected-nodes is not set", round_name="connect")
     fed.wait_for_nodes(expected, timeout_s=float(cfg.get("connect-timeout", 60.0)))
     progress("connected", {"nodes": expected})
     run = run_study(spec, fed, progress, grant=_grant(cfg))
-    result = assemble_result(run, dropped=fed.dropped, started_at=started_at, finished_at=_now(),
-                             total_s=time.perf_counter() - started)
+    result = assemble_result(
+        run,
+        dropped=fed.dropped,
+        started_at=started_at,
+        finished_at=_now(),
+        total_s=time.perf_counter() - started,
+    )
     write_result(result, out_dir / "result.json")
     progress("done", {"result": str(out_dir / "result.json")})
 
@@ -80,9 +87,11 @@ def _grant(cfg):
     from shared.grant import SignedGrant
 
     if not cfg.get("grant"):
-        raise FederationError("the run carries no signed grant: nodes answer only studies signed "
-                              "by the operator's key (rehealth study run signs them)",
-                              round_name="connect")
+        raise FederationError(
+            "the run carries no signed grant: nodes answer only studies signed "
+            "by the operator's key (rehealth study run signs them)",
+            round_name="connect",
+        )
     return SignedGrant.model_validate_json(str(cfg["grant"]))
 
 
@@ -94,6 +103,7 @@ def train_one_model(grid: Grid, cfg, out_dir: Path, progress) -> None:
     expected = int(cfg.get("expected-nodes", 0))
     if expected < 1:
         raise FederationError("expected-nodes must be set for risk training", round_name="connect")
-    train_risk_model(grid, job, expected_nodes=expected, out_dir=out_dir, progress=progress,
-                     grant=_grant(cfg))
+    train_risk_model(
+        grid, job, expected_nodes=expected, out_dir=out_dir, progress=progress, grant=_grant(cfg)
+    )
     progress("done", {"result": str(out_dir / "risk_result.json")})

@@ -18,15 +18,36 @@ from coordinator.report.canonical import canonical_bytes
 from coordinator.report.document import REPORT_SCHEMA_VERSION, EvidenceReport
 from coordinator.report.errors import CanonicalisationError, ReportError, ReportVerificationError
 from coordinator.report.signing import (
-    VerifiedReport, generate_keypair, key_id, load_private_key, load_public_key, report_bytes,
-    sign_report, verify_file, verify_signed_report,
+    VerifiedReport,
+    generate_keypair,
+    key_id,
+    load_private_key,
+    load_public_key,
+    report_bytes,
+    sign_report,
+    verify_file,
+    verify_signed_report,
 )
 
 __all__ = [
-    "REPORT_SCHEMA_VERSION", "CanonicalisationError", "EvidenceReport", "ReportError",
-    "ReportVerificationError", "VerifiedReport", "build_report", "canonical_bytes",
-    "ensure_keypair", "generate_keypair", "key_id", "load_private_key", "load_public_key",
-    "report_bytes", "sign_report", "verify_file", "verify_signed_report", "write_renderings",
+    "REPORT_SCHEMA_VERSION",
+    "CanonicalisationError",
+    "EvidenceReport",
+    "ReportError",
+    "ReportVerificationError",
+    "VerifiedReport",
+    "build_report",
+    "canonical_bytes",
+    "ensure_keypair",
+    "generate_keypair",
+    "key_id",
+    "load_private_key",
+    "load_public_key",
+    "report_bytes",
+    "sign_report",
+    "verify_file",
+    "verify_signed_report",
+    "write_renderings",
     "write_signed_report",
 ]
 

@@ -15,8 +15,17 @@ from datetime import datetime, timezone
 from coordinator.report import checks
 from coordinator.report.canonical import canonical_bytes
 from coordinator.report.document import (
-    Attrition, Check, Estimand, EvidenceReport, OutcomeRow, PrivacySection, SiteBudget, Software,
-    StratumRow, StudySection, Summaries,
+    Attrition,
+    Check,
+    Estimand,
+    EvidenceReport,
+    OutcomeRow,
+    PrivacySection,
+    SiteBudget,
+    Software,
+    StratumRow,
+    StudySection,
+    Summaries,
 )
 from coordinator.report.errors import ReportError
 from coordinator.report.narrative import write_summaries
@@ -32,8 +41,9 @@ ESTIMAND_TEXT = (
 )
 
 
-def build_report(result: StudyResult, *, issuer: str = DEFAULT_ISSUER,
-                 issued_at: str | None = None) -> EvidenceReport:
+def build_report(
+    result: StudyResult, *, issuer: str = DEFAULT_ISSUER, issued_at: str | None = None
+) -> EvidenceReport:
     """The evidence report of ``result``.
 
     Args:
@@ -57,27 +67,37 @@ def build_report(result: StudyResult, *, issuer: str = DEFAULT_ISSUER,
     outcomes = tuple(OutcomeRow(estimate=o, truth=truth.get(o.name)) for o in result.outcomes)
     balance = result.balance
     strata = tuple(
-        StratumRow(lo=_finite_or_none(s.lo), hi=_finite_or_none(s.hi), n_treated=s.n_treated,
-                   n_control=s.n_control, used=s.used)
+        StratumRow(
+            lo=_finite_or_none(s.lo),
+            hi=_finite_or_none(s.hi),
+            n_treated=s.n_treated,
+            n_control=s.n_control,
+            used=s.used,
+        )
         for s in result.strata
     )
     first = result.outcomes[0]
     attrition = Attrition(
-        treated_in_support=first.n_treated, treated_dropped=first.n_treated_dropped,
-        treated_dropped_share=_share(first.n_treated_dropped,
-                                     first.n_treated + first.n_treated_dropped),
-        control_in_support=first.n_control, strata_total=len(strata),
+        treated_in_support=first.n_treated,
+        treated_dropped=first.n_treated_dropped,
+        treated_dropped_share=_share(first.n_treated_dropped, first.n_treated + first.n_treated_dropped),
+        control_in_support=first.n_control,
+        strata_total=len(strata),
         strata_used=sum(s.used for s in strata),
     )
     doc = EvidenceReport(
         issuer=issuer,
         issued_at=issued_at or datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        software=Software(report_generator=f"rehealth-core {__version__}",
-                          study_software=result.software_version),
+        software=Software(
+            report_generator=f"rehealth-core {__version__}", study_software=result.software_version
+        ),
         study=_study_section(result),
         estimand=Estimand(
-            name="ATT", description=ESTIMAND_TEXT, strata_method=result.strata_method,
-            n_strata=len(strata), n_strata_used=attrition.strata_used,
+            name="ATT",
+            description=ESTIMAND_TEXT,
+            strata_method=result.strata_method,
+            n_strata=len(strata),
+            n_strata_used=attrition.strata_used,
             propensity_iterations=result.propensity.iterations,
             propensity_converged=result.propensity.converged,
             propensity_beta=result.propensity.beta,
@@ -112,36 +132,52 @@ def _check_spec_hash(result: StudyResult) -> None:
 def _study_section(result: StudyResult) -> StudySection:
     info = result.spec.get("study", {})
     return StudySection(
-        name=result.study, description=str(info.get("description", "")),
-        spec_hash=result.spec_hash, spec=result.spec, result_schema=result.schema_version,
-        started_at=result.started_at, finished_at=result.finished_at,
+        name=result.study,
+        description=str(info.get("description", "")),
+        spec_hash=result.spec_hash,
+        spec=result.spec,
+        result_schema=result.schema_version,
+        started_at=result.started_at,
+        finished_at=result.finished_at,
     )
 
 
-def _checks(result: StudyResult, sites: tuple[SiteSummary, ...], balance: tuple[BalanceRow, ...],
-            strata: tuple[StratumRow, ...], attrition: Attrition) -> tuple[Check, ...]:
+def _checks(
+    result: StudyResult,
+    sites: tuple[SiteSummary, ...],
+    balance: tuple[BalanceRow, ...],
+    strata: tuple[StratumRow, ...],
+    attrition: Attrition,
+) -> tuple[Check, ...]:
     """The report's own checks, then the study's diagnostics that do not merely restate them."""
     treated, control, source = checks.arm_totals(sites, strata)
     own = [
         checks.balance_check(balance),
         checks.variance_ratio_check(balance),
         *checks.size_checks(treated, control, source),
-        checks.overlap_check(treated_in_support=attrition.treated_in_support,
-                             treated_dropped=attrition.treated_dropped),
-        checks.convergence_check(converged=result.propensity.converged,
-                                 iterations=result.propensity.iterations,
-                                 private=result.privacy.enabled),
+        checks.overlap_check(
+            treated_in_support=attrition.treated_in_support, treated_dropped=attrition.treated_dropped
+        ),
+        checks.convergence_check(
+            converged=result.propensity.converged,
+            iterations=result.propensity.iterations,
+            private=result.privacy.enabled,
+        ),
     ]
     shown = [c for c in own if c is not None]
     by_name = {c.name: c for c in shown}
-    return tuple(shown) + tuple(checks.study_check(d) for d in result.diagnostics
-                              if not checks.is_restatement(d, by_name))
+    return tuple(shown) + tuple(
+        checks.study_check(d) for d in result.diagnostics if not checks.is_restatement(d, by_name)
+    )
 
 
 def _privacy(result: StudyResult, outcomes: tuple[OutcomeRow, ...]) -> PrivacySection:
     p = result.privacy
     return PrivacySection(
-        enabled=p.enabled, epsilon=p.epsilon, delta=p.delta, accountant=p.accountant,
+        enabled=p.enabled,
+        epsilon=p.epsilon,
+        delta=p.delta,
+        accountant=p.accountant,
         per_site=tuple(SiteBudget(site=k, epsilon=v) for k, v in sorted(p.per_site.items())),
         max_privacy_share_of_ci=max(o.estimate.privacy_share_of_ci for o in outcomes),
         split=(p.resplit or result.spec.get("privacy", {}).get("split")) if p.enabled else None,

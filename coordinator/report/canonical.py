@@ -42,8 +42,7 @@ def canonical_bytes(value: Any) -> bytes:
 def dump_parsed(value: Any) -> bytes:
     """:func:`canonical_bytes` without the type walk, for values :func:`parse_canonical` returned
     (their keys are strings and NaN/±Infinity cannot occur; ``allow_nan=False`` still guards)."""
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False)
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     return text.encode("utf-8")
 
 
@@ -58,8 +57,9 @@ def parse_canonical(data: bytes) -> Any:
     except UnicodeDecodeError as e:
         raise CanonicalisationError(f"not UTF-8 (byte {e.start})") from None
     try:
-        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant,
-                          parse_float=_finite_float)
+        return json.loads(
+            text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant, parse_float=_finite_float
+        )
     except json.JSONDecodeError as e:
         raise CanonicalisationError(f"not valid JSON: {e}") from None
 

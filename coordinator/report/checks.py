@@ -26,17 +26,32 @@ def balance_check(rows: tuple[BalanceRow, ...]) -> Check:
     known = [(r, abs(r.smd_after)) for r in rows if r.smd_after is not None]
     rule = f"max |SMD| after weighting < {th.SMD_MAX:g}"
     if not known:
-        return Check(name="balance_smd", label="Covariate balance", rule=rule, passed=False,
-                     value=None, threshold=th.SMD_MAX, source="report",
-                     detail="no covariate's SMD is resolvable under the privacy noise")
+        return Check(
+            name="balance_smd",
+            label="Covariate balance",
+            rule=rule,
+            passed=False,
+            value=None,
+            threshold=th.SMD_MAX,
+            source="report",
+            detail="no covariate's SMD is resolvable under the privacy noise",
+        )
     worst, value = max(known, key=lambda rv: rv[1])
     unresolved = len(rows) - len(known)
     return Check(
-        name="balance_smd", label="Covariate balance", rule=rule,
-        passed=value < th.SMD_MAX, value=value, threshold=th.SMD_MAX, source="report",
-        detail=f"largest |SMD| after weighting: {worst.covariate}" + (
+        name="balance_smd",
+        label="Covariate balance",
+        rule=rule,
+        passed=value < th.SMD_MAX,
+        value=value,
+        threshold=th.SMD_MAX,
+        source="report",
+        detail=f"largest |SMD| after weighting: {worst.covariate}"
+        + (
             f"; {unresolved} of {len(rows)} covariates unresolved under the privacy noise"
-            if unresolved else ""),
+            if unresolved
+            else ""
+        ),
     )
 
 
@@ -46,10 +61,14 @@ def variance_ratio_check(rows: tuple[BalanceRow, ...]) -> Check | None:
         return None
     worst, value = max(known, key=lambda rv: abs(math.log(rv[1])))
     return Check(
-        name="variance_ratio", label="Variance ratios",
+        name="variance_ratio",
+        label="Variance ratios",
         rule=f"variance ratio after weighting within [{th.VAR_RATIO_LO:g}, {th.VAR_RATIO_HI:g}]",
-        passed=th.VAR_RATIO_LO <= value <= th.VAR_RATIO_HI, value=value, threshold=th.VAR_RATIO_HI,
-        source="report", detail=f"furthest from 1: {worst.covariate}",
+        passed=th.VAR_RATIO_LO <= value <= th.VAR_RATIO_HI,
+        value=value,
+        threshold=th.VAR_RATIO_HI,
+        source="report",
+        detail=f"furthest from 1: {worst.covariate}",
     )
 
 
@@ -60,20 +79,32 @@ def arm_totals(sites: tuple[SiteSummary, ...], strata: tuple[StratumRow, ...]) -
     control = [s.n_control for s in ok if s.n_control is not None]
     if ok and len(treated) == len(control) == len(ok):
         return sum(treated), sum(control), "sites' released counts"
-    return (sum(s.n_treated for s in strata), sum(s.n_control for s in strata),
-            "stratum counts")
+    return (sum(s.n_treated for s in strata), sum(s.n_control for s in strata), "stratum counts")
 
 
 def size_checks(treated: int, control: int, source: str) -> tuple[Check, Check]:
     ratio = control / treated if treated > 0 else 0.0
     return (
-        Check(name="size_treated", label="Size gate: treated", rule=f"treated ≥ {th.MIN_TREATED}",
-              passed=treated >= th.MIN_TREATED, value=float(treated), threshold=float(th.MIN_TREATED),
-              source="report", detail=f"{treated} treated ({source})"),
-        Check(name="size_control_pool", label="Size gate: control pool",
-              rule=f"controls ≥ {th.MIN_CONTROL_RATIO:g} × treated",
-              passed=ratio >= th.MIN_CONTROL_RATIO, value=ratio, threshold=th.MIN_CONTROL_RATIO,
-              source="report", detail=f"{control} controls for {treated} treated ({source})"),
+        Check(
+            name="size_treated",
+            label="Size gate: treated",
+            rule=f"treated ≥ {th.MIN_TREATED}",
+            passed=treated >= th.MIN_TREATED,
+            value=float(treated),
+            threshold=float(th.MIN_TREATED),
+            source="report",
+            detail=f"{treated} treated ({source})",
+        ),
+        Check(
+            name="size_control_pool",
+            label="Size gate: control pool",
+            rule=f"controls ≥ {th.MIN_CONTROL_RATIO:g} × treated",
+            passed=ratio >= th.MIN_CONTROL_RATIO,
+            value=ratio,
+            threshold=th.MIN_CONTROL_RATIO,
+            source="report",
+            detail=f"{control} controls for {treated} treated ({source})",
+        ),
     )
 
 
@@ -81,10 +112,14 @@ def overlap_check(*, treated_in_support: int, treated_dropped: int) -> Check:
     total = treated_in_support + treated_dropped
     share = treated_in_support / total if total else 0.0
     return Check(
-        name="overlap", label="Propensity-score overlap",
+        name="overlap",
+        label="Propensity-score overlap",
         rule=f"share of treated in common support ≥ {th.MIN_SUPPORT:.0%}",
-        passed=share >= th.MIN_SUPPORT, value=share, threshold=th.MIN_SUPPORT,
-        source="report", detail=f"{treated_dropped} of {total} treated outside common support",
+        passed=share >= th.MIN_SUPPORT,
+        value=share,
+        threshold=th.MIN_SUPPORT,
+        source="report",
+        detail=f"{treated_dropped} of {total} treated outside common support",
     )
 
 
@@ -93,21 +128,34 @@ def convergence_check(*, converged: bool, iterations: int, private: bool = False
     log-likelihood is not released, so convergence cannot be tested — shared.dp.plan)."""
     if private:
         return Check(
-            name="propensity_converged", label="Propensity model fit",
+            name="propensity_converged",
+            label="Propensity model fit",
             rule="DP: the plan's fixed number of noisy Newton rounds ran",
-            passed=iterations >= 1, value=float(iterations), threshold=None, source="report",
+            passed=iterations >= 1,
+            value=float(iterations),
+            threshold=None,
+            source="report",
             detail=f"{iterations} noisy rounds (convergence is not tested under DP)",
         )
     return Check(
-        name="propensity_converged", label="Propensity model fit", rule="Newton iterations converged",
-        passed=converged, value=float(iterations), threshold=None, source="report",
+        name="propensity_converged",
+        label="Propensity model fit",
+        rule="Newton iterations converged",
+        passed=converged,
+        value=float(iterations),
+        threshold=None,
+        source="report",
         detail=f"{iterations} iterations",
     )
 
 
 # study diagnostics that state the same thing as a report check, by name
-STUDY_ALIASES = {"size_gate_treated": "size_treated", "size_gate_control_ratio": "size_control_pool",
-                 "balance_after": "balance_smd", "common_support": "overlap"}
+STUDY_ALIASES = {
+    "size_gate_treated": "size_treated",
+    "size_gate_control_ratio": "size_control_pool",
+    "balance_after": "balance_smd",
+    "common_support": "overlap",
+}
 
 
 def is_restatement(d: Diagnostic, own: dict[str, Check]) -> bool:
@@ -129,6 +177,13 @@ def study_check(d: Diagnostic) -> Check:
     """A diagnostic the study run reported, carried over as stated."""
     rule = d.message or d.name
     label = STUDY_LABELS.get(d.name, d.name.replace("_", " ").capitalize())
-    return Check(name=d.name, label=label, rule=rule,
-                 passed=d.passed, value=d.value, threshold=d.threshold, source="study",
-                 detail=d.message)
+    return Check(
+        name=d.name,
+        label=label,
+        rule=rule,
+        passed=d.passed,
+        value=d.value,
+        threshold=d.threshold,
+        source="study",
+        detail=d.message,
+    )

@@ -29,9 +29,24 @@ from shared.result import BalanceRow, OutcomeEstimate, SiteSummary
 
 REPORT_SCHEMA_VERSION: Final = "rehealth.evidence-report/2"
 
-__all__ = ["REPORT_SCHEMA_VERSION", "Attrition", "BalanceRow", "Check", "Estimand", "EvidenceReport",
-           "OutcomeRow", "PrivacySection", "SiteBudget", "SiteSummary", "Software", "StratumRow",
-           "StudySection", "Summaries", "ValueFigure", "ValueSection"]
+__all__ = [
+    "REPORT_SCHEMA_VERSION",
+    "Attrition",
+    "BalanceRow",
+    "Check",
+    "Estimand",
+    "EvidenceReport",
+    "OutcomeRow",
+    "PrivacySection",
+    "SiteBudget",
+    "SiteSummary",
+    "Software",
+    "StratumRow",
+    "StudySection",
+    "Summaries",
+    "ValueFigure",
+    "ValueSection",
+]
 
 
 class _Model(BaseModel):

@@ -39,9 +39,9 @@ def pct(share: float | None, *, digits: int = 1) -> str:
     round to zero reads ``<0.1%`` rather than a misleading ``0.0%``."""
     if share is None:
         return "n/a"
-    floor = 0.5 * 10.0 ** -digits
+    floor = 0.5 * 10.0**-digits
     if 0 < abs(100 * share) < floor:
-        return f"<{10.0 ** -digits:.{digits}f}%" if share > 0 else f">{MINUS}{10.0 ** -digits:.{digits}f}%"
+        return f"<{10.0**-digits:.{digits}f}%" if share > 0 else f">{MINUS}{10.0**-digits:.{digits}f}%"
     return _sign(f"{100 * share:.{digits}f}%")
 
 

@@ -17,8 +17,12 @@ def render_html(view: ReportView) -> str:
 
 @lru_cache(maxsize=1)
 def _environment() -> Environment:
-    env = Environment(loader=PackageLoader("coordinator.report", "templates"),
-                      autoescape=select_autoescape(["html", "j2"]), undefined=StrictUndefined,
-                      trim_blocks=False, lstrip_blocks=False)
+    env = Environment(
+        loader=PackageLoader("coordinator.report", "templates"),
+        autoescape=select_autoescape(["html", "j2"]),
+        undefined=StrictUndefined,
+        trim_blocks=False,
+        lstrip_blocks=False,
+    )
     env.filters["b64"] = lambda data: base64.b64encode(data).decode("ascii")
     return env

@@ -92,9 +92,11 @@ def _regulator(doc: "EvidenceReport") -> str:
 
 def _who(doc: "EvidenceReport") -> str:
     n_sites = sum(s.status == "ok" for s in doc.sites)
-    return (f"Across {n_sites} site{'s' if n_sites != 1 else ''}, "
-            f"{fmt.num(doc.value.n_treated)} people who received the intervention were compared "
-            f"with similar people who did not.")
+    return (
+        f"Across {n_sites} site{'s' if n_sites != 1 else ''}, "
+        f"{fmt.num(doc.value.n_treated)} people who received the intervention were compared "
+        f"with similar people who did not."
+    )
 
 
 def _figure(f: "ValueFigure") -> str:
@@ -115,46 +117,60 @@ def _checks_sentence(doc: "EvidenceReport") -> str:
     failed = [c.label for c in doc.checks if not c.passed]
     if not failed:
         return f"All {len(doc.checks)} diagnostics passed their stated thresholds."
-    return (f"{len(failed)} of {len(doc.checks)} diagnostics failed their stated thresholds "
-            f"({'; '.join(failed)}): read the estimates with that caution.")
+    return (
+        f"{len(failed)} of {len(doc.checks)} diagnostics failed their stated thresholds "
+        f"({'; '.join(failed)}): read the estimates with that caution."
+    )
 
 
 def _privacy_sentence(doc: "EvidenceReport") -> str:
     p = doc.privacy
     if not p.enabled:
         return "No differential-privacy noise was added to this study's releases."
-    return (f"Differential privacy protected every release (ε = {fmt.num(p.epsilon)}, "
-            f"δ = {'n/a' if p.delta is None else format(p.delta, 'g')}, "
-            f"{p.accountant or 'accountant not stated'}); privacy noise accounts "
-            f"for at most {fmt.pct(p.max_privacy_share_of_ci)} of a confidence interval's width."
-            + _split_clause(p) + _secure_clause(p))
+    return (
+        f"Differential privacy protected every release (ε = {fmt.num(p.epsilon)}, "
+        f"δ = {'n/a' if p.delta is None else format(p.delta, 'g')}, "
+        f"{p.accountant or 'accountant not stated'}); privacy noise accounts "
+        f"for at most {fmt.pct(p.max_privacy_share_of_ci)} of a confidence interval's width."
+        + _split_clause(p)
+        + _secure_clause(p)
+    )
 
 
 def _secure_clause(p) -> str:
     if not p.secure_nodes:
         return ""
-    return (f" Every release after the describe round was a secure sum (SecAgg+) over "
-            f"{p.secure_nodes} nodes: each node added 1/√{p.secure_nodes} of the noise, and the "
-            "coordinator saw only the masked sums.")
+    return (
+        f" Every release after the describe round was a secure sum (SecAgg+) over "
+        f"{p.secure_nodes} nodes: each node added 1/√{p.secure_nodes} of the noise, and the "
+        "coordinator saw only the masked sums."
+    )
 
 
 def _split_clause(p) -> str:
     if not p.split:
         return ""
     parts = ", ".join(f"{SPLIT_LABELS.get(k, k)} {v:.2f}" for k, v in p.split.items())
-    return (f" Shares of the privacy budget (zCDP ρ): {parts}"
-            + (" (re-split after the describe round from its public counts)." if p.resplit else "."))
+    return f" Shares of the privacy budget (zCDP ρ): {parts}" + (
+        " (re-split after the describe round from its public counts)." if p.resplit else "."
+    )
 
 
-SPLIT_LABELS = {"describe": "describe", "ps_fit": "propensity fit", "psm_stats": "PSM table",
-                "balance": "balance"}
+SPLIT_LABELS = {
+    "describe": "describe",
+    "ps_fit": "propensity fit",
+    "psm_stats": "PSM table",
+    "balance": "balance",
+}
 
 
 def _synthetic_sentence(doc: "EvidenceReport") -> str:
     if not doc.synthetic:
         return ""
-    return ("This study ran on simulated data with a known true effect; it demonstrates the "
-            "method and is not real-world evidence.")
+    return (
+        "This study ran on simulated data with a known true effect; it demonstrates the "
+        "method and is not real-world evidence."
+    )
 
 
 def _get(doc: "EvidenceReport", name: str) -> "OutcomeEstimate | None":

@@ -50,8 +50,14 @@ class _ReportPDF(FPDF):
         self.set_font(FONT, "", 7)
         self.set_text_color(*GREY)
         sig = self.view.signature
-        left = (f"Signed Ed25519, key id {sig.key_id[:16]}…  ·  verify: rehealth report verify "
-                f"{sig.file_name} --key coordinator.pub") if sig else "UNSIGNED RENDERING"
+        left = (
+            (
+                f"Signed Ed25519, key id {sig.key_id[:16]}…  ·  verify: rehealth report verify "
+                f"{sig.file_name} --key coordinator.pub"
+            )
+            if sig
+            else "UNSIGNED RENDERING"
+        )
         self.cell(0, 5, left, align="L")
         self.set_x(self.l_margin)
         self.cell(0, 5, f"Page {self.page_no()} of {{nb}}", align="R")
@@ -102,15 +108,13 @@ def _title(pdf: FPDF, view: ReportView) -> None:
     pdf.ln(2)
     if view.banner:
         _box(pdf, view.banner, fill=(255, 244, 214), bold=False)
-    _box(pdf, view.verdict, fill=(227, 243, 230) if view.verdict_ok else (251, 227, 225),
-         bold=True)
+    _box(pdf, view.verdict, fill=(227, 243, 230) if view.verdict_ok else (251, 227, 225), bold=True)
 
 
 def _box(pdf: FPDF, text: str, *, fill: tuple[int, int, int], bold: bool) -> None:
     pdf.set_font(FONT, "B" if bold else "", 9)
     pdf.set_fill_color(*fill)
-    pdf.multi_cell(0, 5.5, text, fill=True, padding=2, align="L", new_x="LMARGIN",
-                   new_y="NEXT")
+    pdf.multi_cell(0, 5.5, text, fill=True, padding=2, align="L", new_x="LMARGIN", new_y="NEXT")
     pdf.set_fill_color(255, 255, 255)
     pdf.ln(2)
 
@@ -145,11 +149,16 @@ def _table(pdf: FPDF, t: Table, *, font_size: float = 7.5) -> None:
     widths = _WIDTHS.get(t.title)
     if widths is not None and len(widths) != len(t.header):  # e.g. no truth column
         widths = None
-    with pdf.table(col_widths=widths, line_height=1.45 * font_size * 0.3528 + 1,
-                   headings_style=FontFace(emphasis="BOLD", fill_color=HEAD_FILL),
-                   borders_layout="HORIZONTAL_LINES", padding=0.8,
-                   cell_fill_color=ZEBRA, cell_fill_mode="ROWS",
-                   text_align="LEFT") as table:
+    with pdf.table(
+        col_widths=widths,
+        line_height=1.45 * font_size * 0.3528 + 1,
+        headings_style=FontFace(emphasis="BOLD", fill_color=HEAD_FILL),
+        borders_layout="HORIZONTAL_LINES",
+        padding=0.8,
+        cell_fill_color=ZEBRA,
+        cell_fill_mode="ROWS",
+        text_align="LEFT",
+    ) as table:
         table.row(list(t.header))
         for cells in t.rows:
             row = table.row()
@@ -184,19 +193,25 @@ def _signature(pdf: FPDF, view: ReportView) -> None:
     if sig is None:
         _para(pdf, "This rendering is of an unsigned report.")
         return
-    for label, value in (("Signed file", sig.file_name),
-                         ("Algorithm", f"{sig.algorithm} over the canonical JSON of the report"),
-                         ("Signing key id", sig.key_id), ("File SHA-256", sig.file_sha256)):
+    for label, value in (
+        ("Signed file", sig.file_name),
+        ("Algorithm", f"{sig.algorithm} over the canonical JSON of the report"),
+        ("Signing key id", sig.key_id),
+        ("File SHA-256", sig.file_sha256),
+    ):
         pdf.set_font(FONT, "B", 8.5)
         pdf.cell(30, 4.8, label)
         mono = label in ("Signing key id", "File SHA-256")
         pdf.set_font(FONT + "Mono" if mono else FONT, "", 7.5 if mono else 8.5)
         pdf.multi_cell(0, 4.8, value, new_x="LMARGIN", new_y="NEXT")
     pdf.ln(2)
-    _para(pdf, f"This document is a rendering; the signed evidence is {sig.file_name}. To check "
-               f"it offline run: rehealth report verify {sig.file_name} --key coordinator.pub "
-               f"(exit code 0: intact and signed by the key whose id is shown; a change to any "
-               f"byte, a wrong key or a missing signature is rejected). Without this software: "
-               f"parse the file, re-serialise its 'report' field as JSON with sorted keys, no "
-               f"whitespace and UTF-8, and verify the base64 'signature.value' with any Ed25519 "
-               f"library.")
+    _para(
+        pdf,
+        f"This document is a rendering; the signed evidence is {sig.file_name}. To check "
+        f"it offline run: rehealth report verify {sig.file_name} --key coordinator.pub "
+        f"(exit code 0: intact and signed by the key whose id is shown; a change to any "
+        f"byte, a wrong key or a missing signature is rejected). Without this software: "
+        f"parse the file, re-serialise its 'report' field as JSON with sorted keys, no "
+        f"whitespace and UTF-8, and verify the base64 'signature.value' with any Ed25519 "
+        f"library.",
+    )

@@ -23,20 +23,28 @@ def love_plot(rows: tuple[BalanceRow, ...], *, threshold: float) -> bytes:
     """|SMD| per covariate before and after weighting, with the balance ``threshold`` the report
     states (its ``balance_smd`` check; covariates whose SMD the privacy noise leaves unresolved
     are left out, and said so)."""
-    order = sorted(((r.covariate, abs(r.smd_before), abs(r.smd_after)) for r in rows
-                    if r.smd_before is not None and r.smd_after is not None), key=lambda c: c[1])
+    order = sorted(
+        (
+            (r.covariate, abs(r.smd_before), abs(r.smd_after))
+            for r in rows
+            if r.smd_before is not None and r.smd_after is not None
+        ),
+        key=lambda c: c[1],
+    )
     fig = Figure(figsize=(6.4, 0.28 * max(len(order), 1) + 1.3))
     ax = fig.add_subplot()
     if len(order) < len(rows):
-        ax.set_title(f"{len(rows) - len(order)} of {len(rows)} covariates unresolved under the "
-                     "privacy noise (not shown)", fontsize=8)
+        ax.set_title(
+            f"{len(rows) - len(order)} of {len(rows)} covariates unresolved under the "
+            "privacy noise (not shown)",
+            fontsize=8,
+        )
     y = range(len(order))
-    ax.hlines(y, [min(b, a) for _, b, a in order], [max(b, a) for _, b, a in order],
-              color="#bbbbbb", lw=1)
-    ax.scatter([b for _, b, _ in order], y, facecolors="white", edgecolors=BEFORE,
-               label="before weighting", zorder=3)
-    ax.scatter([a for _, _, a in order], y, color=AFTER, label="after weighting",
-               zorder=3)
+    ax.hlines(y, [min(b, a) for _, b, a in order], [max(b, a) for _, b, a in order], color="#bbbbbb", lw=1)
+    ax.scatter(
+        [b for _, b, _ in order], y, facecolors="white", edgecolors=BEFORE, label="before weighting", zorder=3
+    )
+    ax.scatter([a for _, _, a in order], y, color=AFTER, label="after weighting", zorder=3)
     ax.axvline(threshold, color="black", ls="--", lw=0.8)
     ax.text(threshold, len(order) - 0.4, f" |SMD| = {threshold:g}", fontsize=7, va="bottom")
     ax.set_yticks(list(y), [c for c, _, _ in order], fontsize=8)
@@ -67,22 +75,51 @@ def overlap_plot(strata: tuple[StratumRow, ...]) -> bytes:
         hatch = "///" if open_ended else None
         if not s.used:
             ax.axvspan(lo, hi, color="#eeeeee", zorder=0)
-        ax.bar(lo, s.n_treated / n_t, width=hi - lo, align="edge", color=TREATED, alpha=0.85,
-               edgecolor="white", hatch=hatch, lw=0.5)
-        ax.bar(lo, -s.n_control / n_c, width=hi - lo, align="edge", color=CONTROL, alpha=0.85,
-               edgecolor="white", hatch=hatch, lw=0.5)
+        ax.bar(
+            lo,
+            s.n_treated / n_t,
+            width=hi - lo,
+            align="edge",
+            color=TREATED,
+            alpha=0.85,
+            edgecolor="white",
+            hatch=hatch,
+            lw=0.5,
+        )
+        ax.bar(
+            lo,
+            -s.n_control / n_c,
+            width=hi - lo,
+            align="edge",
+            color=CONTROL,
+            alpha=0.85,
+            edgecolor="white",
+            hatch=hatch,
+            lw=0.5,
+        )
     ax.axhline(0, color="black", lw=0.6)
     ax.set_xlabel("logit propensity score (stratum edges)")
     ax.set_ylabel("share of arm")
     top = max(abs(v) for v in ax.get_ylim())
     ax.set_ylim(-top, top)
     ax.yaxis.set_major_formatter(lambda v, _: f"{abs(v):.0%}")
-    ax.text(0.01, 0.97, f"treated (n = {n_t:,})", transform=ax.transAxes, va="top",
-            color=TREATED, fontsize=8)
-    ax.text(0.99, 0.03, f"control (n = {n_c:,})", transform=ax.transAxes, va="bottom",
-            ha="right", color=CONTROL, fontsize=8)
-    ax.set_title("grey: no common support (not in the estimate); hatched: open-ended stratum",
-                 fontsize=7, color="#555555", loc="right")
+    ax.text(0.01, 0.97, f"treated (n = {n_t:,})", transform=ax.transAxes, va="top", color=TREATED, fontsize=8)
+    ax.text(
+        0.99,
+        0.03,
+        f"control (n = {n_c:,})",
+        transform=ax.transAxes,
+        va="bottom",
+        ha="right",
+        color=CONTROL,
+        fontsize=8,
+    )
+    ax.set_title(
+        "grey: no common support (not in the estimate); hatched: open-ended stratum",
+        fontsize=7,
+        color="#555555",
+        loc="right",
+    )
     return _png(fig)
 
 
@@ -97,8 +134,7 @@ def estimate_plot(outcomes: tuple[OutcomeRow, ...]) -> bytes:
         ax.hlines(0, o.att - half, o.att + half, color=AFTER, lw=5, alpha=0.45)
         ax.plot([o.att], [0], "o", color=AFTER, label="ATT, 95% CI", zorder=3)
         if truth is not None:
-            ax.plot([truth], [0], "|", color=TRUTH, ms=18, mew=2.5, label="simulation truth",
-                    zorder=2)
+            ax.plot([truth], [0], "|", color=TRUTH, ms=18, mew=2.5, label="simulation truth", zorder=2)
         ax.axvline(0, color="black", lw=0.6, ls=":")
         ax.set_yticks([])
         ax.set_ylabel(o.name, rotation=0, ha="right", va="center", fontsize=8)
@@ -109,8 +145,14 @@ def estimate_plot(outcomes: tuple[OutcomeRow, ...]) -> bytes:
         ax.tick_params(axis="x", labelsize=7)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper right", fontsize=7, frameon=False, ncol=2)
-    fig.text(0.01, 0.99, "thick: sampling-only CI; thin: full CI incl. privacy noise",
-             fontsize=7, va="top", color="#555555")
+    fig.text(
+        0.01,
+        0.99,
+        "thick: sampling-only CI; thin: full CI incl. privacy noise",
+        fontsize=7,
+        va="top",
+        color="#555555",
+    )
     return _png(fig, top=0.9)
 
 

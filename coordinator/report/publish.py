@@ -14,8 +14,14 @@ from coordinator.report.build import DEFAULT_ISSUER, build_report
 from coordinator.report.html import render_html
 from coordinator.report.pdf import render_pdf
 from coordinator.report.signing import (
-    ALGORITHM, PRIVATE_KEY_NAME, PUBLIC_KEY_NAME, VerifiedReport, generate_keypair,
-    load_private_key, sign_report, verify_signed_report,
+    ALGORITHM,
+    PRIVATE_KEY_NAME,
+    PUBLIC_KEY_NAME,
+    VerifiedReport,
+    generate_keypair,
+    load_private_key,
+    sign_report,
+    verify_signed_report,
 )
 from coordinator.report.view import Signature, report_view
 from shared.result import StudyResult
@@ -23,9 +29,14 @@ from shared.result import StudyResult
 REPORT_JSON, REPORT_HTML, REPORT_PDF = "report.json", "report.html", "report.pdf"
 
 
-def write_signed_report(result: StudyResult, *, key_path: str | Path, out_dir: str | Path,
-                        issuer: str = DEFAULT_ISSUER,
-                        issued_at: str | None = None) -> dict[str, Path]:
+def write_signed_report(
+    result: StudyResult,
+    *,
+    key_path: str | Path,
+    out_dir: str | Path,
+    issuer: str = DEFAULT_ISSUER,
+    issued_at: str | None = None,
+) -> dict[str, Path]:
     """Build, sign and render the report of ``result`` into ``out_dir``.
 
     Args:
@@ -52,11 +63,11 @@ def write_signed_report(result: StudyResult, *, key_path: str | Path, out_dir: s
     return {"json": json_path, **write_renderings(verified, signed_name=REPORT_JSON, out_dir=out)}
 
 
-def write_renderings(verified: VerifiedReport, *, signed_name: str,
-                     out_dir: str | Path) -> dict[str, Path]:
+def write_renderings(verified: VerifiedReport, *, signed_name: str, out_dir: str | Path) -> dict[str, Path]:
     """Write ``report.html`` and ``report.pdf`` for a verified signed report."""
-    sig = Signature(algorithm=ALGORITHM, key_id=verified.key_id, file_sha256=verified.sha256,
-                    file_name=signed_name)
+    sig = Signature(
+        algorithm=ALGORITHM, key_id=verified.key_id, file_sha256=verified.sha256, file_name=signed_name
+    )
     view = report_view(verified.report, signature=sig)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

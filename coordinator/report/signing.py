@@ -32,7 +32,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from pydantic import ValidationError
 
 from coordinator.report.canonical import (
-    canonical_bytes, dump_parsed, first_difference, parse_canonical,
+    canonical_bytes,
+    dump_parsed,
+    first_difference,
+    parse_canonical,
 )
 from coordinator.report.document import EvidenceReport
 from coordinator.report.errors import CanonicalisationError, ReportError, ReportVerificationError
@@ -63,14 +66,18 @@ def generate_keypair(out_dir: str | Path, *, overwrite: bool = False) -> tuple[P
     if not overwrite and (key_path.exists() or pub_path.exists()):
         raise ReportError(f"{key_path} or {pub_path} exists; refusing to overwrite a key")
     key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     key_path.unlink(missing_ok=True)
     fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(pem)
-    pub_path.write_bytes(key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    pub_path.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
     return key_path, pub_path
 
 
@@ -105,14 +112,16 @@ def sign_report(report: EvidenceReport, private_key: Ed25519PrivateKey) -> bytes
     """The signed report file's bytes (canonical JSON of report + signature block)."""
     body = report.model_dump(mode="json")
     signature = private_key.sign(canonical_bytes(body))
-    return canonical_bytes({
-        "report": body,
-        "signature": {
-            "algorithm": ALGORITHM,
-            "key_id": key_id(private_key.public_key()),
-            "value": base64.b64encode(signature).decode("ascii"),
-        },
-    })
+    return canonical_bytes(
+        {
+            "report": body,
+            "signature": {
+                "algorithm": ALGORITHM,
+                "key_id": key_id(private_key.public_key()),
+                "value": base64.b64encode(signature).decode("ascii"),
+            },
+        }
+    )
 
 
 def verify_signed_report(data: bytes, public_key: Ed25519PublicKey) -> VerifiedReport:
@@ -124,37 +133,42 @@ def verify_signed_report(data: bytes, public_key: Ed25519PublicKey) -> VerifiedR
     try:
         parsed = parse_canonical(data)
     except CanonicalisationError as e:
-        raise ReportVerificationError(f"report altered or unreadable: {e}",
-                                      reason="unreadable") from None
+        raise ReportVerificationError(f"report altered or unreadable: {e}", reason="unreadable") from None
     if not isinstance(parsed, dict) or "report" not in parsed:
-        raise ReportVerificationError("not a signed evidence report: no 'report' field",
-                                      reason="unreadable")
+        raise ReportVerificationError("not a signed evidence report: no 'report' field", reason="unreadable")
     if "signature" not in parsed:
-        raise ReportVerificationError("signature missing: the report is not signed",
-                                      reason="signature-missing")
+        raise ReportVerificationError(
+            "signature missing: the report is not signed", reason="signature-missing"
+        )
     _require_canonical(data, parsed)
     if set(parsed) != {"report", "signature"}:
         extra = sorted(set(parsed) - {"report", "signature"})
-        raise ReportVerificationError(f"report altered: unexpected top-level fields {extra}",
-                                      reason="bad-signature-block")
+        raise ReportVerificationError(
+            f"report altered: unexpected top-level fields {extra}", reason="bad-signature-block"
+        )
     signature = _signature_value(parsed["signature"])
     expected = key_id(public_key)
     if parsed["signature"]["key_id"] != expected:
         raise ReportVerificationError(
             f"signed by a different key (key id {parsed['signature']['key_id']}); "
-            f"the public key given has key id {expected}", reason="wrong-key")
+            f"the public key given has key id {expected}",
+            reason="wrong-key",
+        )
     try:
         public_key.verify(signature, dump_parsed(parsed["report"]))
     except InvalidSignature:
-        raise ReportVerificationError("report altered: signature does not match",
-                                      reason="signature-mismatch") from None
+        raise ReportVerificationError(
+            "report altered: signature does not match", reason="signature-mismatch"
+        ) from None
     try:
         report = EvidenceReport.model_validate(parsed["report"])
     except ValidationError as e:
         raise ReportVerificationError(
             f"signature valid but the report does not follow schema "
             f"{EvidenceReport.model_fields['schema_version'].default}: {e.error_count()} error(s), "
-            f"first at {'.'.join(map(str, e.errors()[0]['loc']))}", reason="schema") from None
+            f"first at {'.'.join(map(str, e.errors()[0]['loc']))}",
+            reason="schema",
+        ) from None
     return VerifiedReport(report=report, key_id=expected, sha256=hashlib.sha256(data).hexdigest())
 
 
@@ -178,33 +192,39 @@ def _require_canonical(data: bytes, parsed: dict) -> None:
     if again != data:
         at = first_difference(again, data)
         raise ReportVerificationError(
-            f"report altered: bytes are not canonical (first difference at byte {at})",
-            reason="not-canonical")
+            f"report altered: bytes are not canonical (first difference at byte {at})", reason="not-canonical"
+        )
 
 
 def _signature_value(block: object) -> bytes:
     if not isinstance(block, dict) or set(block) != {"algorithm", "key_id", "value"}:
         raise ReportVerificationError(
             "report altered: signature block must hold exactly algorithm, key_id and value",
-            reason="bad-signature-block")
+            reason="bad-signature-block",
+        )
     if block["algorithm"] != ALGORITHM:
         raise ReportVerificationError(
             f"report altered: signature algorithm {block['algorithm']!r}, expected {ALGORITHM}",
-            reason="bad-signature-block")
+            reason="bad-signature-block",
+        )
     if not isinstance(block["key_id"], str) or not isinstance(block["value"], str):
-        raise ReportVerificationError("report altered: key_id and value must be strings",
-                                      reason="bad-signature-block")
+        raise ReportVerificationError(
+            "report altered: key_id and value must be strings", reason="bad-signature-block"
+        )
     try:
         raw = base64.b64decode(block["value"], validate=True)
     except (binascii.Error, ValueError):
-        raise ReportVerificationError("report altered: signature value is not base64",
-                                      reason="bad-signature-block") from None
+        raise ReportVerificationError(
+            "report altered: signature value is not base64", reason="bad-signature-block"
+        ) from None
     if base64.b64encode(raw).decode("ascii") != block["value"]:  # unused padding bits set
-        raise ReportVerificationError("report altered: signature value is not canonical base64",
-                                      reason="bad-signature-block")
+        raise ReportVerificationError(
+            "report altered: signature value is not canonical base64", reason="bad-signature-block"
+        )
     if len(raw) != 64:
-        raise ReportVerificationError("report altered: an Ed25519 signature has 64 bytes",
-                                      reason="bad-signature-block")
+        raise ReportVerificationError(
+            "report altered: an Ed25519 signature has 64 bytes", reason="bad-signature-block"
+        )
     return raw
 
 

@@ -40,12 +40,12 @@ def value_section(outcomes: tuple[OutcomeRow, ...], *, cost_per_person: float) -
     basis = by_name.get(CLAIMS, outcomes[0])
     n = basis.estimate.n_treated
     cost = cost_per_person * n
-    saved = _averted_figure(by_name.get(CLAIMS), name="claims_saved", label="Claims cost saved",
-                            unit="claims currency")
+    saved = _averted_figure(
+        by_name.get(CLAIMS), name="claims_saved", label="Claims cost saved", unit="claims currency"
+    )
     net = roi_fig = None
     if saved is not None:
-        net = _shifted(saved, name="net_benefit", label="Net benefit (saved − intervention cost)",
-                       cost=cost)
+        net = _shifted(saved, name="net_benefit", label="Net benefit (saved − intervention cost)", cost=cost)
         if cost > 0:
             roi_fig = _roi_figure(saved, cost=cost)
     return ValueSection(
@@ -55,10 +55,12 @@ def value_section(outcomes: tuple[OutcomeRow, ...], *, cost_per_person: float) -
         claims_saved=saved,
         net_benefit=net,
         roi=roi_fig,
-        events_averted=_averted_figure(by_name.get(EVENTS), name="events_averted",
-                                       label="Cardiovascular events averted", unit="events"),
-        absence_days_averted=_averted_figure(by_name.get(ABSENCE), name="absence_days_averted",
-                                             label="Absence days averted", unit="days"),
+        events_averted=_averted_figure(
+            by_name.get(EVENTS), name="events_averted", label="Cardiovascular events averted", unit="events"
+        ),
+        absence_days_averted=_averted_figure(
+            by_name.get(ABSENCE), name="absence_days_averted", label="Absence days averted", unit="days"
+        ),
     )
 
 
@@ -69,15 +71,25 @@ def _averted_figure(row: OutcomeRow | None, *, name: str, label: str, unit: str)
     est, lo, hi = averted(att=o.att, ci=o.ci, n_treated=o.n_treated)
     truth = None if row.truth is None else -row.truth * o.n_treated
     return ValueFigure(
-        name=name, label=label, unit=unit, estimate=est, ci_low=lo, ci_high=hi, truth=truth,
+        name=name,
+        label=label,
+        unit=unit,
+        estimate=est,
+        ci_low=lo,
+        ci_high=hi,
+        truth=truth,
         formula=f"−ATT({o.name}) × treated = −({fmt.num(o.att)}) × {fmt.num(o.n_treated)}",
     )
 
 
 def _shifted(saved: ValueFigure, *, name: str, label: str, cost: float) -> ValueFigure:
     return ValueFigure(
-        name=name, label=label, unit=saved.unit, estimate=saved.estimate - cost,
-        ci_low=saved.ci_low - cost, ci_high=saved.ci_high - cost,
+        name=name,
+        label=label,
+        unit=saved.unit,
+        estimate=saved.estimate - cost,
+        ci_low=saved.ci_low - cost,
+        ci_high=saved.ci_high - cost,
         truth=None if saved.truth is None else saved.truth - cost,
         formula=f"claims saved − intervention cost = {fmt.num(saved.estimate)} − {fmt.num(cost)}",
     )
@@ -85,10 +97,12 @@ def _shifted(saved: ValueFigure, *, name: str, label: str, cost: float) -> Value
 
 def _roi_figure(saved: ValueFigure, *, cost: float) -> ValueFigure:
     return ValueFigure(
-        name="roi", label="Return on investment", unit="ratio",
+        name="roi",
+        label="Return on investment",
+        unit="ratio",
         estimate=roi(saved=saved.estimate, cost=cost),
-        ci_low=roi(saved=saved.ci_low, cost=cost), ci_high=roi(saved=saved.ci_high, cost=cost),
+        ci_low=roi(saved=saved.ci_low, cost=cost),
+        ci_high=roi(saved=saved.ci_high, cost=cost),
         truth=None if saved.truth is None else roi(saved=saved.truth, cost=cost),
-        formula=f"(saved − cost) / cost = ({fmt.num(saved.estimate)} − {fmt.num(cost)}) / "
-                f"{fmt.num(cost)}",
+        formula=f"(saved − cost) / cost = ({fmt.num(saved.estimate)} − {fmt.num(cost)}) / {fmt.num(cost)}",
     )

@@ -12,8 +12,11 @@ from dataclasses import dataclass
 from coordinator.report import fmt, plots
 from coordinator.report.document import EvidenceReport, ValueFigure
 
-AUDIENCES = (("insurer", "For the insurer and reinsurer"), ("hr", "For enterprise HR and ESG"),
-             ("regulator", "For the regulator"))
+AUDIENCES = (
+    ("insurer", "For the insurer and reinsurer"),
+    ("hr", "For enterprise HR and ESG"),
+    ("regulator", "For the regulator"),
+)
 
 
 @dataclass(frozen=True)
@@ -76,14 +79,20 @@ def report_view(doc: EvidenceReport, *, signature: Signature | None = None) -> R
             ("Study run", f"{doc.study.started_at} to {doc.study.finished_at}"),
             ("Estimand", f"{doc.estimand.name} (average treatment effect on the treated)"),
             ("Spec SHA-256", doc.study.spec_hash),
-            ("Software", f"{doc.software.report_generator}; study run with "
-                         f"{doc.software.study_software}"),
+            ("Software", f"{doc.software.report_generator}; study run with {doc.software.study_software}"),
             ("Schema", doc.schema_version),
         ),
-        banner=("SIMULATED STUDY: synthetic data with a known true effect, shown as "
-                "'simulation truth'. Not real-world evidence.") if doc.synthetic else "",
-        verdict=(f"All {len(doc.checks)} diagnostics passed." if not failed else
-                 f"{len(failed)} of {len(doc.checks)} diagnostics FAILED: {', '.join(failed)}."),
+        banner=(
+            "SIMULATED STUDY: synthetic data with a known true effect, shown as "
+            "'simulation truth'. Not real-world evidence."
+        )
+        if doc.synthetic
+        else "",
+        verdict=(
+            f"All {len(doc.checks)} diagnostics passed."
+            if not failed
+            else f"{len(failed)} of {len(doc.checks)} diagnostics FAILED: {', '.join(failed)}."
+        ),
         verdict_ok=not failed,
         summaries=tuple((label, getattr(doc.summaries, key)) for key, label in AUDIENCES),
         value=_value_table(doc),
@@ -91,46 +100,82 @@ def report_view(doc: EvidenceReport, *, signature: Signature | None = None) -> R
         checks=Table(
             title="Diagnostics against stated thresholds",
             header=("Check", "Rule", "Value", "Threshold", "Result", "Detail"),
-            rows=tuple((c.label, c.rule, fmt.num(c.value, digits=4),
-                        fmt.num(c.threshold), "pass" if c.passed else "fail",
-                        c.detail + (" (reported by the study run)" if c.source == "study" else ""))
-                       for c in doc.checks),
+            rows=tuple(
+                (
+                    c.label,
+                    c.rule,
+                    fmt.num(c.value, digits=4),
+                    fmt.num(c.threshold),
+                    "pass" if c.passed else "fail",
+                    c.detail + (" (reported by the study run)" if c.source == "study" else ""),
+                )
+                for c in doc.checks
+            ),
             status_col=4,
         ),
         balance=Table(
             title="Covariate balance",
-            header=("Covariate", "SMD before", "SMD after", "Var. ratio before",
-                    "Var. ratio after", "Balanced"),
-            rows=tuple((b.covariate, fmt.num(b.smd_before), fmt.num(b.smd_after),
-                        fmt.num(b.var_ratio_before), fmt.num(b.var_ratio_after),
-                        {True: "pass", False: "fail", None: "n/a"}[doc.balanced(b)])
-                       for b in doc.balance),
+            header=(
+                "Covariate",
+                "SMD before",
+                "SMD after",
+                "Var. ratio before",
+                "Var. ratio after",
+                "Balanced",
+            ),
+            rows=tuple(
+                (
+                    b.covariate,
+                    fmt.num(b.smd_before),
+                    fmt.num(b.smd_after),
+                    fmt.num(b.var_ratio_before),
+                    fmt.num(b.var_ratio_after),
+                    {True: "pass", False: "fail", None: "n/a"}[doc.balanced(b)],
+                )
+                for b in doc.balance
+            ),
             note="SMD: standardized mean difference, treated minus (reweighted) controls; "
-                 f"balanced when |SMD after| < {smd_max:g}. n/a: the privacy noise leaves the "
-                 "covariate's variance unresolved (noisy variance below 3 noise SDs).",
+            f"balanced when |SMD after| < {smd_max:g}. n/a: the privacy noise leaves the "
+            "covariate's variance unresolved (noisy variance below 3 noise SDs).",
             status_col=5,
         ),
         sites=Table(
             title="Sites",
             header=("Site", "Status", "People", "Treated", "Control"),
-            rows=tuple((s.name, s.status + (f": {s.error}" if s.error else ""), fmt.num(s.n),
-                        fmt.num(s.n_treated), fmt.num(s.n_control)) for s in doc.sites),
-            note="Counts as released by each site" + (" (with differential-privacy noise)."
-                                                      if doc.privacy.enabled else "."),
+            rows=tuple(
+                (
+                    s.name,
+                    s.status + (f": {s.error}" if s.error else ""),
+                    fmt.num(s.n),
+                    fmt.num(s.n_treated),
+                    fmt.num(s.n_control),
+                )
+                for s in doc.sites
+            ),
+            note="Counts as released by each site"
+            + (" (with differential-privacy noise)." if doc.privacy.enabled else "."),
         ),
         privacy=_privacy_table(doc),
         attrition=_attrition_table(doc),
         strata=_strata_table(doc),
         figures={
-            "estimates": Figure("Estimates with 95% confidence intervals",
-                                plots.estimate_plot(doc.outcomes),
-                                "ATT per outcome: thin bar the full 95% CI, thick bar the part "
-                                "from sampling alone; the difference is privacy noise."),
-            "love": Figure("Love plot", plots.love_plot(doc.balance, threshold=smd_max),
-                           "Absolute SMD per covariate before (open) and after (filled) "
-                           f"weighting; dashed line: the {smd_max:g} threshold."),
-            "overlap": Figure("Propensity-score overlap by arm", plots.overlap_plot(doc.strata),
-                              "Share of each arm per stratum of the logit propensity score."),
+            "estimates": Figure(
+                "Estimates with 95% confidence intervals",
+                plots.estimate_plot(doc.outcomes),
+                "ATT per outcome: thin bar the full 95% CI, thick bar the part "
+                "from sampling alone; the difference is privacy noise.",
+            ),
+            "love": Figure(
+                "Love plot",
+                plots.love_plot(doc.balance, threshold=smd_max),
+                "Absolute SMD per covariate before (open) and after (filled) "
+                f"weighting; dashed line: the {smd_max:g} threshold.",
+            ),
+            "overlap": Figure(
+                "Propensity-score overlap by arm",
+                plots.overlap_plot(doc.strata),
+                "Share of each arm per stratum of the logit propensity score.",
+            ),
         },
         warnings=doc.warnings,
         estimand=doc.estimand.description,
@@ -142,37 +187,52 @@ def report_view(doc: EvidenceReport, *, signature: Signature | None = None) -> R
 def _strata_table(doc: EvidenceReport) -> Table:
     shown = [(i, s) for i, s in enumerate(doc.strata) if s.n_treated or s.n_control]
     empty = len(doc.strata) - len(shown)
-    note = (f"Method: {doc.estimand.strata_method}. Strata lacking either arm are outside common "
-            f"support.")
+    note = f"Method: {doc.estimand.strata_method}. Strata lacking either arm are outside common support."
     if empty:
         note += f" {empty} empty strata (no one in either arm) are not listed."
     return Table(
         title="Strata of the logit propensity score",
         header=("Stratum", "From", "To", "Treated", "Control", "In estimate"),
-        rows=tuple((str(i + 1), fmt.edge(s.lo, lower=True), fmt.edge(s.hi, lower=False),
-                    fmt.num(s.n_treated), fmt.num(s.n_control), "yes" if s.used else "no")
-                   for i, s in shown),
+        rows=tuple(
+            (
+                str(i + 1),
+                fmt.edge(s.lo, lower=True),
+                fmt.edge(s.hi, lower=False),
+                fmt.num(s.n_treated),
+                fmt.num(s.n_control),
+                "yes" if s.used else "no",
+            )
+            for i, s in shown
+        ),
         note=note,
     )
 
 
 def _value_table(doc: EvidenceReport) -> Table:
     v = doc.value
-    figs = [f for f in (v.claims_saved, v.net_benefit, v.roi, v.events_averted,
-                        v.absence_days_averted) if f is not None]
+    figs = [
+        f
+        for f in (v.claims_saved, v.net_benefit, v.roi, v.events_averted, v.absence_days_averted)
+        if f is not None
+    ]
     header: tuple[str, ...] = ("Figure", "Estimate", "95% CI", "How computed")
     if doc.synthetic:
         header = header[:3] + ("Simulation truth",) + header[3:]
     rows = []
     for f in figs:
-        cells = [f.label, _fig_value(f, f.estimate),
-                 f"{_fig_value(f, f.ci_low)} to {_fig_value(f, f.ci_high)}"]
+        cells = [
+            f.label,
+            _fig_value(f, f.estimate),
+            f"{_fig_value(f, f.ci_low)} to {_fig_value(f, f.ci_high)}",
+        ]
         if doc.synthetic:
             cells.append(_fig_value(f, f.truth) if f.truth is not None else "n/a")
         rows.append((*cells, f.formula))
-    note = (f"Over the {fmt.num(v.n_treated)} treated in common support; intervention cost "
-            f"{fmt.num(v.cost_per_person)} per person, {fmt.num(v.intervention_cost)} in total "
-            f"(from the study spec). Amounts in the currency of the claims data.")
+    note = (
+        f"Over the {fmt.num(v.n_treated)} treated in common support; intervention cost "
+        f"{fmt.num(v.cost_per_person)} per person, {fmt.num(v.intervention_cost)} in total "
+        f"(from the study spec). Amounts in the currency of the claims data."
+    )
     if v.roi is None and v.claims_saved is not None:
         note += " ROI is not stated: the spec gives no intervention cost."
     return Table(title="What the effect is worth", header=header, rows=tuple(rows), note=note)
@@ -183,23 +243,41 @@ def _fig_value(f: ValueFigure, x: float | None) -> str:
 
 
 def _estimates_table(doc: EvidenceReport) -> Table:
-    header = ["Outcome", "ATT", "SE", "95% CI", "Privacy share of CI", "Treated mean",
-              "Control mean*", "Treated / control"]
+    header = [
+        "Outcome",
+        "ATT",
+        "SE",
+        "95% CI",
+        "Privacy share of CI",
+        "Treated mean",
+        "Control mean*",
+        "Treated / control",
+    ]
     if doc.synthetic:
         header.insert(4, "Sim. truth")
     rows = []
     for row in doc.outcomes:
         o = row.estimate
-        cells = [o.name + (" (binary)" if o.kind == "binary" else ""), fmt.num(o.att),
-                 fmt.num(o.se), fmt.ci(*o.ci)]
+        cells = [
+            o.name + (" (binary)" if o.kind == "binary" else ""),
+            fmt.num(o.att),
+            fmt.num(o.se),
+            fmt.ci(*o.ci),
+        ]
         if doc.synthetic:
             cells.append(fmt.num(row.truth))
-        cells += [fmt.pct(o.privacy_share_of_ci), fmt.num(o.treated_mean),
-                  fmt.num(o.control_mean), f"{fmt.num(o.n_treated)} / {fmt.num(o.n_control)}"]
+        cells += [
+            fmt.pct(o.privacy_share_of_ci),
+            fmt.num(o.treated_mean),
+            fmt.num(o.control_mean),
+            f"{fmt.num(o.n_treated)} / {fmt.num(o.n_control)}",
+        ]
         rows.append(tuple(cells))
-    notes = ["*Control mean: the treated's counterfactual mean, controls reweighted to the "
-             "treated within strata. Privacy share: part of the CI width due to privacy "
-             "noise."]
+    notes = [
+        "*Control mean: the treated's counterfactual mean, controls reweighted to the "
+        "treated within strata. Privacy share: part of the CI width due to privacy "
+        "noise."
+    ]
     for o in (row.estimate for row in doc.outcomes):
         if o.relative_risk is not None:
             rr_ci = f" (95% CI {fmt.ci(*o.relative_risk_ci)})" if o.relative_risk_ci else ""
@@ -207,19 +285,24 @@ def _estimates_table(doc: EvidenceReport) -> Table:
         if o.reference:
             ref = ", ".join(f"{k} {fmt.num(v)}" for k, v in sorted(o.reference.items()))
             notes.append(f"{o.name}: 1:1 nearest-neighbour matching reference: {ref}.")
-    return Table(title="Effect estimates (ATT)", header=tuple(header), rows=tuple(rows),
-                 note=" ".join(notes))
+    return Table(title="Effect estimates (ATT)", header=tuple(header), rows=tuple(rows), note=" ".join(notes))
 
 
 def _privacy_table(doc: EvidenceReport) -> Table:
     p = doc.privacy
     if not p.enabled:
-        return Table(title="Privacy spent", header=("Item", "Value"),
-                     rows=(("Differential privacy", "off: no noise added"),))
-    rows = [("Differential privacy", "on (Gaussian mechanism)"),
-            ("Study budget ε", fmt.num(p.epsilon)), ("δ", "n/a" if p.delta is None else f"{p.delta:g}"),
-            ("Accountant", p.accountant or "n/a"),
-            ("Largest privacy share of a CI's width", fmt.pct(p.max_privacy_share_of_ci))]
+        return Table(
+            title="Privacy spent",
+            header=("Item", "Value"),
+            rows=(("Differential privacy", "off: no noise added"),),
+        )
+    rows = [
+        ("Differential privacy", "on (Gaussian mechanism)"),
+        ("Study budget ε", fmt.num(p.epsilon)),
+        ("δ", "n/a" if p.delta is None else f"{p.delta:g}"),
+        ("Accountant", p.accountant or "n/a"),
+        ("Largest privacy share of a CI's width", fmt.pct(p.max_privacy_share_of_ci)),
+    ]
     rows += [(f"ε charged at {b.site}", fmt.num(b.epsilon)) for b in p.per_site]
     return Table(title="Privacy spent", header=("Item", "Value"), rows=tuple(rows))
 
@@ -227,10 +310,15 @@ def _privacy_table(doc: EvidenceReport) -> Table:
 def _attrition_table(doc: EvidenceReport) -> Table:
     a = doc.attrition
     return Table(
-        title="Attrition and common support", header=("Item", "Value"),
-        rows=(("Treated in common support", fmt.num(a.treated_in_support)),
-              ("Treated dropped (no controls in their stratum)",
-               f"{fmt.num(a.treated_dropped)} ({fmt.pct(a.treated_dropped_share)})"),
-              ("Controls in common support", fmt.num(a.control_in_support)),
-              ("Strata used / total", f"{a.strata_used} / {a.strata_total}")),
+        title="Attrition and common support",
+        header=("Item", "Value"),
+        rows=(
+            ("Treated in common support", fmt.num(a.treated_in_support)),
+            (
+                "Treated dropped (no controls in their stratum)",
+                f"{fmt.num(a.treated_dropped)} ({fmt.pct(a.treated_dropped_share)})",
+            ),
+            ("Controls in common support", fmt.num(a.control_in_support)),
+            ("Strata used / total", f"{a.strata_used} / {a.strata_total}"),
+        ),
     )

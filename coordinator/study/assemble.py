@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from shared import __version__
+from shared.driver import StudyRun
 from shared.psm.strata import score_range
 from shared.result import PrivacySpent, Propensity, RoundLog, SiteSummary, StudyResult
-from shared.driver import StudyRun
 
 
 def _site_summaries(run: StudyRun, dropped: dict[str, str]) -> tuple[SiteSummary, ...]:
@@ -27,28 +27,37 @@ def _privacy(run: StudyRun) -> PrivacySpent:
     """The study's budget and what each node's ledger reports as spent on its dataset."""
     if run.plan is None:
         return PrivacySpent(enabled=False)
-    return PrivacySpent(enabled=True, epsilon=run.plan.epsilon, delta=run.plan.delta,
-                        accountant=f"opacus-{run.plan.accountant}", per_site=dict(run.privacy_spent),
-                        resplit=run.resplit.model_dump() if run.resplit else None,
-                        secure_nodes=run.secure[0] if run.secure else None)
+    return PrivacySpent(
+        enabled=True,
+        epsilon=run.plan.epsilon,
+        delta=run.plan.delta,
+        accountant=f"opacus-{run.plan.accountant}",
+        per_site=dict(run.privacy_spent),
+        resplit=run.resplit.model_dump() if run.resplit else None,
+        secure_nodes=run.secure[0] if run.secure else None,
+    )
 
 
-def assemble_result(run: StudyRun, *, dropped: dict[str, str], started_at: str, finished_at: str,
-                    total_s: float) -> StudyResult:
+def assemble_result(
+    run: StudyRun, *, dropped: dict[str, str], started_at: str, finished_at: str, total_s: float
+) -> StudyResult:
     assert run.estimate is not None and run.fitter is not None and run.table is not None
     spec = run.spec
     parts = run.estimate.to_result_parts(score_range=score_range(beta=run.fitter.beta))
     # caliper strata tile the public score range (up to ~1,500 with 16 covariates); the result
     # keeps those holding anyone (under DP, noisy counts: every quantile stratum is kept)
-    parts["strata"] = tuple(s for s in parts["strata"]
-                            if run.plan is not None or s.n_treated + s.n_control > 0)
+    parts["strata"] = tuple(
+        s for s in parts["strata"] if run.plan is not None or s.n_treated + s.n_control > 0
+    )
     rounds_s = sum(r.seconds for r in run.rounds)
     warnings = tuple(parts.pop("warnings")) + tuple(
-        f"site {who} left the study: {why}" for who, why in sorted(dropped.items()))
-    clipped = {o.name: int(sum(float(v[k]) for s, v in run.n_clipped.items() if s not in dropped))
-               for k, o in enumerate(spec.outcomes)}
-    warnings += tuple(f"{n} value(s) of {name} clipped to its public cap"
-                      for name, n in clipped.items() if n)
+        f"site {who} left the study: {why}" for who, why in sorted(dropped.items())
+    )
+    clipped = {
+        o.name: int(sum(float(v[k]) for s, v in run.n_clipped.items() if s not in dropped))
+        for k, o in enumerate(spec.outcomes)
+    }
+    warnings += tuple(f"{n} value(s) of {name} clipped to its public cap" for name, n in clipped.items() if n)
     return StudyResult(
         study=spec.study.name,
         spec_hash=spec.spec_hash(),
@@ -58,13 +67,20 @@ def assemble_result(run: StudyRun, *, dropped: dict[str, str], started_at: str, 
         finished_at=finished_at,
         sites=_site_summaries(run, dropped),
         strata_method=run.strata_method,
-        propensity=Propensity(beta=tuple(float(b) for b in run.fitter.beta),
-                              iterations=run.fitter.iterations, converged=run.fitter.converged,
-                              loglik=run.fitter.loglik),
+        propensity=Propensity(
+            beta=tuple(float(b) for b in run.fitter.beta),
+            iterations=run.fitter.iterations,
+            converged=run.fitter.converged,
+            loglik=run.fitter.loglik,
+        ),
         warnings=warnings,
         privacy=_privacy(run),
         rounds=tuple(RoundLog(name=r.name, seconds=r.seconds, nodes=r.sites) for r in run.rounds),
-        timings={"rounds_s": rounds_s, "node_compute_s": sum(r.node_seconds for r in run.rounds),
-                 "coordinator_compute_s": run.compute_s, "total_s": total_s},
+        timings={
+            "rounds_s": rounds_s,
+            "node_compute_s": sum(r.node_seconds for r in run.rounds),
+            "coordinator_compute_s": run.compute_s,
+            "total_s": total_s,
+        },
         **parts,
     )

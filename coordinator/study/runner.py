@@ -84,9 +84,12 @@ def site_nodes(spec: StudySpec, workdir: Path, coordinator_pub: Path) -> list[No
         if not s.data:
             raise SpecError(f"sites[{s.name}].data: a local study needs each site's data file")
         state = node_state_dir(s.data)
-        config: dict[str, str | bool] = {"data-path": s.data, "state-dir": str(state),
-                  "ledger-url": f"sqlite:///{state / 'ledger.db'}",
-                  "coordinator-key": str(coordinator_pub.resolve())}
+        config: dict[str, str | bool] = {
+            "data-path": s.data,
+            "state-dir": str(state),
+            "ledger-url": f"sqlite:///{state / 'ledger.db'}",
+            "coordinator-key": str(coordinator_pub.resolve()),
+        }
         if not spec.privacy.enabled:
             config["allow-exact"] = True
         if spec.privacy.secure_aggregation:  # the local sites' operator is the one running it
@@ -112,8 +115,15 @@ class ProgressTail:
         return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
 
-def run_app(client: FlwrClient, run_config: dict, out_dir: Path, *, result_name: str,
-            timeout_s: float = 900.0, on_event: OnEvent | None = None) -> Path:
+def run_app(
+    client: FlwrClient,
+    run_config: dict,
+    out_dir: Path,
+    *,
+    result_name: str,
+    timeout_s: float = 900.0,
+    on_event: OnEvent | None = None,
+) -> Path:
     """Submit the ReHealth Flower app with ``run_config``, follow its progress, and return the
     path of the result file it wrote (or raise with its error, or with the run's log)."""
     out_dir = out_dir.resolve()
@@ -135,19 +145,34 @@ def run_app(client: FlwrClient, run_config: dict, out_dir: Path, *, result_name:
         err = json.loads(error_file.read_text())
         raise FederationError(err["message"], node=err.get("node"), round_name=err.get("round"))
     if status != "finished:completed" or not result_file.exists():
-        raise FederationError(f"run {run_id} ended with status {status!r} and no result; "
-                              f"its log:\n{client.logs(run_id)[-3000:]}")
+        raise FederationError(
+            f"run {run_id} ended with status {status!r} and no result; "
+            f"its log:\n{client.logs(run_id)[-3000:]}"
+        )
     return result_file
 
 
-def run_with_client(client: FlwrClient, spec_path: Path, out_dir: Path, *, key_path: Path,
-                    startup_s: float = 0.0, timeout_s: float = 900.0,
-                    on_event: OnEvent | None = None) -> StudyResult:
+def run_with_client(
+    client: FlwrClient,
+    spec_path: Path,
+    out_dir: Path,
+    *,
+    key_path: Path,
+    startup_s: float = 0.0,
+    timeout_s: float = 900.0,
+    on_event: OnEvent | None = None,
+) -> StudyResult:
     """Sign the study with the operator's key, submit the study app, follow its progress,
     return the result it wrote."""
     grant = sign_study(load_spec(spec_path), key_path)
-    result_file = run_app(client, {"spec-path": str(spec_path.resolve()), "grant": grant}, out_dir,
-                          result_name="result.json", timeout_s=timeout_s, on_event=on_event)
+    result_file = run_app(
+        client,
+        {"spec-path": str(spec_path.resolve()), "grant": grant},
+        out_dir,
+        result_name="result.json",
+        timeout_s=timeout_s,
+        on_event=on_event,
+    )
     result = read_result(result_file)
     timings = dict(result.timings, startup_s=startup_s, total_s=result.timings.get("total_s", 0) + startup_s)
     result = result.model_copy(update={"timings": timings, "truth": _truth(spec_path)})
@@ -156,8 +181,7 @@ def run_with_client(client: FlwrClient, spec_path: Path, out_dir: Path, *, key_p
 
 
 @contextmanager
-def local_federation(spec_path: Path, out_dir: Path, coordinator_pub: Path,
-                     on_event: OnEvent | None = None):
+def local_federation(spec_path: Path, out_dir: Path, coordinator_pub: Path, on_event: OnEvent | None = None):
     """A SuperLink and one SuperNode per site of the spec on 127.0.0.1, stopped on exit."""
     spec = load_spec(spec_path)
     workdir = out_dir.resolve() / "federation"
@@ -171,31 +195,59 @@ def sign_risk_job(job, key_path: Path) -> str:
     """The operator's signed grant for a risk-training job (JSON): the whole job."""
     from shared.grant import Grant
 
-    return _signed(Grant(kind="risk", grant_id=job.job_id, sites=job.sites, terms=job.terms()),
-                   key_path)
+    return _signed(Grant(kind="risk", grant_id=job.job_id, sites=job.sites, terms=job.terms()), key_path)
 
 
-def train_risk_local(spec_path: Path, out_dir: Path, job, *, on_event: OnEvent | None = None,
-                     timeout_s: float = 900.0, key_path: Path | None = None) -> dict:
+def train_risk_local(
+    spec_path: Path,
+    out_dir: Path,
+    job,
+    *,
+    on_event: OnEvent | None = None,
+    timeout_s: float = 900.0,
+    key_path: Path | None = None,
+) -> dict:
     """Federated DP training of the risk model over one local SuperNode per site of the spec."""
     key, pub = coordinator_keys(out_dir.resolve() / "keys", key_path)
     with local_federation(spec_path, out_dir, pub, on_event) as fed:
-        path = run_app(fed.client, {"workflow": "risk", "risk-job": job.model_dump_json(),
-                                    "grant": sign_risk_job(job, key),
-                                    "expected-nodes": len(fed.nodes)}, out_dir,
-                       result_name="risk_result.json", timeout_s=timeout_s, on_event=on_event)
+        path = run_app(
+            fed.client,
+            {
+                "workflow": "risk",
+                "risk-job": job.model_dump_json(),
+                "grant": sign_risk_job(job, key),
+                "expected-nodes": len(fed.nodes),
+            },
+            out_dir,
+            result_name="risk_result.json",
+            timeout_s=timeout_s,
+            on_event=on_event,
+        )
     return json.loads(path.read_text())
 
 
-def run_local(spec_path: Path, out_dir: Path, *, on_event: OnEvent | None = None,
-              timeout_s: float = 900.0, key_path: Path | None = None) -> StudyResult:
+def run_local(
+    spec_path: Path,
+    out_dir: Path,
+    *,
+    on_event: OnEvent | None = None,
+    timeout_s: float = 900.0,
+    key_path: Path | None = None,
+) -> StudyResult:
     """Start a SuperLink and one SuperNode per site on 127.0.0.1 (each pinning the operator's
     public key), run the signed study, stop them. Without ``key_path`` a key pair is made in
     ``out_dir/keys`` on first use."""
     key, pub = coordinator_keys(out_dir.resolve() / "keys", key_path)
     with local_federation(spec_path, out_dir, pub, on_event) as fed:
-        return run_with_client(fed.client, spec_path, out_dir, key_path=key, startup_s=fed.startup_s,
-                               timeout_s=timeout_s, on_event=on_event)
+        return run_with_client(
+            fed.client,
+            spec_path,
+            out_dir,
+            key_path=key,
+            startup_s=fed.startup_s,
+            timeout_s=timeout_s,
+            on_event=on_event,
+        )
 
 
 def _truth(spec_path: Path) -> dict[str, float] | None:
@@ -209,16 +261,25 @@ def _truth(spec_path: Path) -> dict[str, float] | None:
     return {k: float(v) for k, v in att.items()} or None
 
 
-def run_remote(spec_path: Path, out_dir: Path, *, key_path: Path, superlink: str | None = None,
-               root_certificates: Path | None = None, on_event: OnEvent | None = None,
-               timeout_s: float = 900.0) -> StudyResult:
+def run_remote(
+    spec_path: Path,
+    out_dir: Path,
+    *,
+    key_path: Path,
+    superlink: str | None = None,
+    root_certificates: Path | None = None,
+    on_event: OnEvent | None = None,
+    timeout_s: float = 900.0,
+) -> StudyResult:
     """Run the study on an already running federation (SuperLink address from the flag or
     the spec's ``[federation] superlink``). The result lands on the SuperLink's host."""
     spec = load_spec(spec_path)
     address = superlink or spec.federation.superlink
     if not address:
         raise SpecError("federation.superlink: give the SuperLink address (or use --local)")
-    client = FlwrClient(home=out_dir.resolve() / "flwr-home", address=address,
-                        root_certificates=root_certificates)
-    return run_with_client(client, spec_path, out_dir, key_path=key_path, timeout_s=timeout_s,
-                           on_event=on_event)
+    client = FlwrClient(
+        home=out_dir.resolve() / "flwr-home", address=address, root_certificates=root_certificates
+    )
+    return run_with_client(
+        client, spec_path, out_dir, key_path=key_path, timeout_s=timeout_s, on_event=on_event
+    )

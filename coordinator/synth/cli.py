@@ -1,6 +1,6 @@
 """`rehealth synth`: write a seeded synthetic federation and print its per-site truth.
 
-    rehealth synth --sites 3 --out data --seed 7 [--scale 0.1] [--format parquet]
+rehealth synth --sites 3 --out data --seed 7 [--scale 0.1] [--format parquet]
 """
 
 from __future__ import annotations
@@ -30,8 +30,11 @@ def _num(v: float | None, fmt: str) -> str:
 
 def summary_table(truth: dict) -> Table:
     """Per-site rows (people, treated, CV event rate, true ATT per outcome) and a pooled row."""
-    table = Table(title=f"Synthetic federation: seed {truth['seed']}, scale {truth['scale']:g}",
-                  box=box.SIMPLE_HEAD, caption="ATT: true mean of (y1 - y0) over the treated")
+    table = Table(
+        title=f"Synthetic federation: seed {truth['seed']}, scale {truth['scale']:g}",
+        box=box.SIMPLE_HEAD,
+        caption="ATT: true mean of (y1 - y0) over the treated",
+    )
     table.add_column("site")
     for col in ("people", "treated", "CV events\nper year", "high-risk\nbaseline"):
         table.add_column(col, justify="right")
@@ -40,10 +43,15 @@ def summary_table(truth: dict) -> Table:
 
     def row(name: str, t: dict, **style) -> None:
         table.add_row(
-            name, f"{t['n']:,}", f"{t['n_treated']:,} ({t['uptake']:.0%})",
-            _num(t["event_rate"], ".1%"), _num(t["event_rate_high_risk_baseline"], ".1%"),
-            _num(t["att"]["claims_cost"], ",.0f"), _num(t["att"]["cv_event"], "+.4f"),
-            _num(t["att"]["absence_days"], "+.2f"), **style,
+            name,
+            f"{t['n']:,}",
+            f"{t['n_treated']:,} ({t['uptake']:.0%})",
+            _num(t["event_rate"], ".1%"),
+            _num(t["event_rate_high_risk_baseline"], ".1%"),
+            _num(t["att"]["claims_cost"], ",.0f"),
+            _num(t["att"]["cv_event"], "+.4f"),
+            _num(t["att"]["absence_days"], "+.2f"),
+            **style,
         )
 
     for name, t in truth["sites"].items():
@@ -53,9 +61,17 @@ def summary_table(truth: dict) -> Table:
     return table
 
 
-def generate_and_summarise(*, out: Path, seed: int, sites: int | None, scale: float = 1.0,
-                           fmt: str = "csv", epsilon: float | None = None,
-                           secure_aggregation: bool = False, console: Console | None = None) -> Path:
+def generate_and_summarise(
+    *,
+    out: Path,
+    seed: int,
+    sites: int | None,
+    scale: float = 1.0,
+    fmt: str = "csv",
+    epsilon: float | None = None,
+    secure_aggregation: bool = False,
+    console: Console | None = None,
+) -> Path:
     """Generate, write and print the per-site summary; returns the ``study.toml`` path."""
     if console is None:
         console = Console()
@@ -64,8 +80,7 @@ def generate_and_summarise(*, out: Path, seed: int, sites: int | None, scale: fl
     t0 = time.perf_counter()
     fed = generate_federation(seed=seed, sites=sites, scale=scale)
     t1 = time.perf_counter()
-    study = write_federation(fed, Path(out), fmt=fmt, epsilon=epsilon,
-                             secure_aggregation=secure_aggregation)
+    study = write_federation(fed, Path(out), fmt=fmt, epsilon=epsilon, secure_aggregation=secure_aggregation)
     t2 = time.perf_counter()
     console.print(summary_table(fed.truth))
     console.print(
@@ -77,21 +92,30 @@ def generate_and_summarise(*, out: Path, seed: int, sites: int | None, scale: fl
 
 @app.callback(invoke_without_command=True)
 def synth(
-    sites: int | None = typer.Option(None, min=1, max=len(PROFILES),
-                                     help=f"Take the first N of {len(PROFILES)} site profiles "
-                                          "(large insurer first); all when omitted."),
+    sites: int | None = typer.Option(
+        None,
+        min=1,
+        max=len(PROFILES),
+        help=f"Take the first N of {len(PROFILES)} site profiles (large insurer first); all when omitted.",
+    ),
     out: Path = typer.Option(Path("out/synth"), help="Output folder."),
     seed: int = typer.Option(7, help="Master seed: equal seeds give byte-identical files."),
     scale: float = typer.Option(1.0, min=0.0001, help="Multiply every site's size."),
     fmt: str = typer.Option("csv", "--format", help=f"File format: {' or '.join(FORMATS)}."),
-    epsilon: float = typer.Option(DEFAULT_EPSILON, min=0.01, help="study.toml is a DP study at "
-                                  "this ε (δ = 1e-6)."),
-    exact: bool = typer.Option(False, "--exact", help="Write an exact (non-DP) study instead: "
-                               "only nodes whose operator allows exact answers answer it."),
+    epsilon: float = typer.Option(
+        DEFAULT_EPSILON, min=0.01, help="study.toml is a DP study at this ε (δ = 1e-6)."
+    ),
+    exact: bool = typer.Option(
+        False,
+        "--exact",
+        help="Write an exact (non-DP) study instead: "
+        "only nodes whose operator allows exact answers answer it.",
+    ),
 ) -> None:
     """Write per-site persons, interventions, outcomes and cohort tables, study.toml and
     truth.json, and print the true ATT per site."""
     if fmt not in FORMATS:
         raise typer.BadParameter(f"must be one of {', '.join(FORMATS)}", param_hint="--format")
-    generate_and_summarise(out=out, seed=seed, sites=sites, scale=scale, fmt=fmt,
-                           epsilon=None if exact else epsilon)
+    generate_and_summarise(
+        out=out, seed=seed, sites=sites, scale=scale, fmt=fmt, epsilon=None if exact else epsilon
+    )

@@ -42,8 +42,12 @@ def _write_table(df: pd.DataFrame, path: Path, fmt: str) -> None:
     df.assign(**dates).to_parquet(path, index=False)
 
 
-def study_document(fed: Federation, fmt: str = "csv", epsilon: float | None = DEFAULT_EPSILON,
-                   secure_aggregation: bool = False) -> dict:
+def study_document(
+    fed: Federation,
+    fmt: str = "csv",
+    epsilon: float | None = DEFAULT_EPSILON,
+    secure_aggregation: bool = False,
+) -> dict:
     """The default study as a TOML-ready dict (loads with ``StudySpec.from_dict``); with
     ``epsilon`` it is a DP study at that ε (δ = 1e-6), else exact; ``secure_aggregation``
     runs its releases after describe as SecAgg+ sums."""
@@ -58,14 +62,21 @@ def study_document(fed: Federation, fmt: str = "csv", epsilon: float | None = DE
                 "cost, cardiovascular events and absence days. Ground truth in truth.json."
             ),
         },
-        "treatment": {"column": "treated", "intervention": TREATMENT_CODE,
-                      "cost_per_person": COST_PER_PERSON},
-        "covariates": [{"name": f.name, "lo": float(f.lo), "hi": float(f.hi), "kind": f.kind}
-                       for f in FEATURES],
+        "treatment": {
+            "column": "treated",
+            "intervention": TREATMENT_CODE,
+            "cost_per_person": COST_PER_PERSON,
+        },
+        "covariates": [
+            {"name": f.name, "lo": float(f.lo), "hi": float(f.hi), "kind": f.kind} for f in FEATURES
+        ],
         "outcomes": [{"name": o.name, "lo": o.lo, "cap": o.cap, "kind": o.kind} for o in OUTCOMES],
-        "privacy": {"enabled": epsilon is not None,
-                    "epsilon": 1.0 if epsilon is None else float(epsilon), "delta": 1e-6,
-                    "secure_aggregation": secure_aggregation},
+        "privacy": {
+            "enabled": epsilon is not None,
+            "epsilon": 1.0 if epsilon is None else float(epsilon),
+            "delta": 1e-6,
+            "secure_aggregation": secure_aggregation,
+        },
         "sites": [{"name": s.name, "data": f"{s.name}/cohort.{fmt}"} for s in fed.sites],
     }
 
@@ -81,8 +92,13 @@ def to_toml(doc: dict) -> str:
     return "\n".join(parts)
 
 
-def write_federation(fed: Federation, out: Path, fmt: str = "csv",
-                     epsilon: float | None = DEFAULT_EPSILON, secure_aggregation: bool = False) -> Path:
+def write_federation(
+    fed: Federation,
+    out: Path,
+    fmt: str = "csv",
+    epsilon: float | None = DEFAULT_EPSILON,
+    secure_aggregation: bool = False,
+) -> Path:
     """Write every site's tables, ``study.toml`` and ``truth.json`` under ``out``.
 
     Args:

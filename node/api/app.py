@@ -28,8 +28,7 @@ from fastapi.security import APIKeyHeader
 from node.api.auth import HEADER, ApiKey, KeyRing
 from node.api.errors import ApiError, install_error_handlers
 from node.api.groups import GROUPINGS, GroupPolicy, exact_counts, group_frame, noisy_cells
-from node.api.schemas import (BatchIn, BatchOut, ErrorOut, GroupView, HealthOut, ModelOut,
-                              PersonIn, ScoreOut)
+from node.api.schemas import BatchIn, BatchOut, ErrorOut, GroupView, HealthOut, ModelOut, PersonIn, ScoreOut
 from node.risk.model_store import ModelStore, StoredModel
 from node.risk.scoring import Scorer, read_book, score_book
 from shared.dp.mechanisms import secure_rng
@@ -39,9 +38,13 @@ from shared.risk.tiers import TIERS
 GroupBy = Literal["department", "age_band", "department,age_band"]
 assert set(GroupBy.__args__) == set(GROUPINGS)  # type: ignore[attr-defined]
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorOut}, 403: {"model": ErrorOut}, 422: {"model": ErrorOut}}
-_key_header = APIKeyHeader(name=HEADER, auto_error=False,
-                           description="Node API key (roles: underwriter, hr, admin)")
+    401: {"model": ErrorOut},
+    403: {"model": ErrorOut},
+    422: {"model": ErrorOut},
+}
+_key_header = APIKeyHeader(
+    name=HEADER, auto_error=False, description="Node API key (roles: underwriter, hr, admin)"
+)
 
 
 def _persons_matrix(persons: Sequence[PersonIn]) -> np.ndarray:
@@ -63,8 +66,13 @@ class _ServerTiming:
         async def timed_send(message):
             if message["type"] == "http.response.start":
                 ms = (time.perf_counter() - t0) * 1e3
-                message = {**message, "headers": [*message.get("headers", []),
-                                                  (b"server-timing", f"app;dur={ms:.3f}".encode())]}
+                message = {
+                    **message,
+                    "headers": [
+                        *message.get("headers", []),
+                        (b"server-timing", f"app;dur={ms:.3f}".encode()),
+                    ],
+                }
             await send(message)
 
         await self.app(scope, receive, timed_send)
@@ -79,8 +87,15 @@ class _GroupViews:
     instead of drawing (and paying for) a fresh one that could be averaged with the first.
     """
 
-    def __init__(self, groups: pd.DataFrame | None, *, policy: GroupPolicy, version: str,
-                 ledger, rng: np.random.Generator):
+    def __init__(
+        self,
+        groups: pd.DataFrame | None,
+        *,
+        policy: GroupPolicy,
+        version: str,
+        ledger,
+        rng: np.random.Generator,
+    ):
         self.groups, self.policy, self.version = groups, policy, version
         self.ledger, self.rng = ledger, rng
         self._cache: dict[str, GroupView] = {}
@@ -91,16 +106,32 @@ class _GroupViews:
 
     def _view(self, by: str, labels: list[str], counts: np.ndarray) -> GroupView:
         cells = noisy_cells(labels, counts, policy=self.policy, rng=self.rng)
-        return GroupView(by=by, k=self.policy.k, sigma=self.policy.sigma, epsilon=self.epsilon,
-                         delta=self.policy.delta, model_version=self.version, cells=cells)
+        return GroupView(
+            by=by,
+            k=self.policy.k,
+            sigma=self.policy.sigma,
+            epsilon=self.epsilon,
+            delta=self.policy.delta,
+            model_version=self.version,
+            cells=cells,
+        )
 
     def _key(self, by: str) -> str:
         import hashlib
         import json
 
         p = self.policy
-        what = json.dumps({"by": by, "k": p.k, "sigma": p.sigma, "delta": p.delta,
-                           "model": self.version, "groups": self._fingerprint}, sort_keys=True)
+        what = json.dumps(
+            {
+                "by": by,
+                "k": p.k,
+                "sigma": p.sigma,
+                "delta": p.delta,
+                "model": self.version,
+                "groups": self._fingerprint,
+            },
+            sort_keys=True,
+        )
         return "group_view:" + hashlib.sha256(what.encode()).hexdigest()
 
     def get(self, by: str) -> GroupView:
@@ -113,9 +144,13 @@ class _GroupViews:
                     self._cache[by] = self._view(by, labels, counts)
                 else:  # pay before anything noisy exists; a view released before is re-served
                     body, _charge = self.ledger.release_once(
-                        key=self._key(by), study_id="group-view", query=f"group_view:{by}",
-                        sigma=self.policy.sigma, sensitivity=1.0,
-                        make=lambda: self._view(by, labels, counts).model_dump_json())
+                        key=self._key(by),
+                        study_id="group-view",
+                        query=f"group_view:{by}",
+                        sigma=self.policy.sigma,
+                        sensitivity=1.0,
+                        make=lambda: self._view(by, labels, counts).model_dump_json(),
+                    )
                     self._cache[by] = GroupView.model_validate_json(body)
             return self._cache[by]
 
@@ -130,8 +165,7 @@ def _groups_fingerprint(groups: pd.DataFrame) -> str:
     return digest.hexdigest()
 
 
-def _load_model(model: StoredModel | None, model_dir: str | Path | None,
-                version: str | None) -> StoredModel:
+def _load_model(model: StoredModel | None, model_dir: str | Path | None, version: str | None) -> StoredModel:
     if model is not None:
         return model
     if model_dir is None:
@@ -140,12 +174,18 @@ def _load_model(model: StoredModel | None, model_dir: str | Path | None,
     return store.load(version) if version else store.latest()
 
 
-def create_app(*, keys: KeyRing | Mapping[str, str] | str | Path,
-               model: StoredModel | None = None, model_dir: str | Path | None = None,
-               version: str | None = None, cutoffs: Sequence[float] | None = None,
-               book: pd.DataFrame | str | Path | None = None,
-               group_policy: GroupPolicy = GroupPolicy(), ledger=None,
-               rng: np.random.Generator | None = None) -> FastAPI:
+def create_app(
+    *,
+    keys: KeyRing | Mapping[str, str] | str | Path,
+    model: StoredModel | None = None,
+    model_dir: str | Path | None = None,
+    version: str | None = None,
+    cutoffs: Sequence[float] | None = None,
+    book: pd.DataFrame | str | Path | None = None,
+    group_policy: GroupPolicy = GroupPolicy(),
+    ledger=None,
+    rng: np.random.Generator | None = None,
+) -> FastAPI:
     """Build the node's scoring API.
 
     Args:
@@ -164,8 +204,11 @@ def create_app(*, keys: KeyRing | Mapping[str, str] | str | Path,
     Raises:
         SpecError: no model, unreadable keys; DataError: a book row out of bounds (named).
     """
-    ring = keys if isinstance(keys, KeyRing) else (
-        KeyRing.from_plain(keys) if isinstance(keys, Mapping) else KeyRing.from_file(keys))
+    ring = (
+        keys
+        if isinstance(keys, KeyRing)
+        else (KeyRing.from_plain(keys) if isinstance(keys, Mapping) else KeyRing.from_file(keys))
+    )
     stored = _load_model(model, model_dir, version)
     scorer = Scorer.from_model(stored, cutoffs=cutoffs)
     frame = read_book(book) if isinstance(book, (str, Path)) else book
@@ -173,12 +216,16 @@ def create_app(*, keys: KeyRing | Mapping[str, str] | str | Path,
     if frame is not None:
         scored = score_book(frame, scorer)
         groups = group_frame(frame.reset_index(drop=True).assign(tier=scored["tier"]))
-    views = _GroupViews(groups, policy=group_policy, version=stored.version, ledger=ledger,
-                        rng=rng or secure_rng())
+    views = _GroupViews(
+        groups, policy=group_policy, version=stored.version, ledger=ledger, rng=rng or secure_rng()
+    )
 
-    app = FastAPI(title="ReHealth node scoring API", version="1",
-                  description="Cardiovascular risk scores at the node. Per-person scores are "
-                              "returned only to the authenticated caller and never leave the node.")
+    app = FastAPI(
+        title="ReHealth node scoring API",
+        version="1",
+        description="Cardiovascular risk scores at the node. Per-person scores are "
+        "returned only to the authenticated caller and never leave the node.",
+    )
     install_error_handlers(app)
     app.add_middleware(_ServerTiming)
 
@@ -188,48 +235,94 @@ def create_app(*, keys: KeyRing | Mapping[str, str] | str | Path,
         async def check(presented: str | None = Depends(_key_header)) -> ApiKey:
             key = ring.lookup(presented)
             if key is None:
-                raise ApiError(401, f"missing API key (header {HEADER})" if not presented
-                               else "unknown API key", field=HEADER)
+                raise ApiError(
+                    401,
+                    f"missing API key (header {HEADER})" if not presented else "unknown API key",
+                    field=HEADER,
+                )
             if key.role not in allowed:
-                raise ApiError(403, f"role '{key.role}' may not do this "
-                                    f"(needs {' or '.join(sorted(allowed))})", field=HEADER)
+                raise ApiError(
+                    403,
+                    f"role '{key.role}' may not do this (needs {' or '.join(sorted(allowed))})",
+                    field=HEADER,
+                )
             return key
+
         return check
 
     @app.get("/v1/health", response_model=HealthOut)
     async def health() -> dict:
         return {"status": "ok", "model_version": stored.version}
 
-    @app.get("/v1/model", response_model=ModelOut, responses=_ERRORS,
-             dependencies=[Depends(require("underwriter", "hr"))])
+    @app.get(
+        "/v1/model",
+        response_model=ModelOut,
+        responses=_ERRORS,
+        dependencies=[Depends(require("underwriter", "hr"))],
+    )
     async def model_card() -> dict:
         r = stored.record
-        return {"version": stored.version, "kind": r.kind, "cutoffs": scorer.cutoffs,
-                "rounds": r.rounds, "nodes": r.nodes, "epsilon": r.epsilon, "delta": r.delta,
-                "metrics": r.metrics, "source": r.source, "created_at": r.created_at}
+        return {
+            "version": stored.version,
+            "kind": r.kind,
+            "cutoffs": scorer.cutoffs,
+            "rounds": r.rounds,
+            "nodes": r.nodes,
+            "epsilon": r.epsilon,
+            "delta": r.delta,
+            "metrics": r.metrics,
+            "source": r.source,
+            "created_at": r.created_at,
+        }
 
-    @app.post("/v1/score", response_model=ScoreOut, responses=_ERRORS,
-              dependencies=[Depends(require("underwriter"))])
+    @app.post(
+        "/v1/score",
+        response_model=ScoreOut,
+        responses=_ERRORS,
+        dependencies=[Depends(require("underwriter"))],
+    )
     async def score_one(person: PersonIn) -> JSONResponse:
         s = scorer.score(_persons_matrix([person]))
         # A Response skips FastAPI's re-validation of the output: the real-time path stays short.
-        return JSONResponse({"ref": person.ref, "probability": float(s.prob[0]),
-                             "tier": TIERS[int(s.tier_idx[0])], "model_version": stored.version})
+        return JSONResponse(
+            {
+                "ref": person.ref,
+                "probability": float(s.prob[0]),
+                "tier": TIERS[int(s.tier_idx[0])],
+                "model_version": stored.version,
+            }
+        )
 
-    @app.post("/v1/score/batch", response_model=BatchOut, responses=_ERRORS,
-              dependencies=[Depends(require("underwriter"))])
+    @app.post(
+        "/v1/score/batch",
+        response_model=BatchOut,
+        responses=_ERRORS,
+        dependencies=[Depends(require("underwriter"))],
+    )
     async def score_batch(batch: BatchIn) -> JSONResponse:
         s = scorer.score(_persons_matrix(batch.persons))
         tiers = [TIERS[i] for i in s.tier_idx.tolist()]
-        results = [{"ref": p.ref, "probability": prob, "tier": t, "model_version": stored.version}
-                   for p, prob, t in zip(batch.persons, s.prob.tolist(), tiers)]
+        results = [
+            {"ref": p.ref, "probability": prob, "tier": t, "model_version": stored.version}
+            for p, prob, t in zip(batch.persons, s.prob.tolist(), tiers)
+        ]
         counts = np.bincount(s.tier_idx, minlength=len(TIERS)).tolist()
         # Built directly (not re-validated): up to 10 000 rows of already-checked values.
-        return JSONResponse({"model_version": stored.version, "count": len(results),
-                             "tier_counts": dict(zip(TIERS, counts)), "results": results})
+        return JSONResponse(
+            {
+                "model_version": stored.version,
+                "count": len(results),
+                "tier_counts": dict(zip(TIERS, counts)),
+                "results": results,
+            }
+        )
 
-    @app.get("/v1/groups", response_model=GroupView, responses={**_ERRORS, 404: {"model": ErrorOut}},
-             dependencies=[Depends(require("hr"))])
+    @app.get(
+        "/v1/groups",
+        response_model=GroupView,
+        responses={**_ERRORS, 404: {"model": ErrorOut}},
+        dependencies=[Depends(require("hr"))],
+    )
     def group_view(by: GroupBy = Query("department")) -> GroupView:
         return views.get(by)
 

@@ -69,15 +69,17 @@ class KeyRing:
         try:
             data = tomllib.loads(path.read_text())
         except FileNotFoundError:
-            raise SpecError(f"API keys file {path} not found "
-                            "(create a key: rehealth node apikey add --role …)") from None
+            raise SpecError(
+                f"API keys file {path} not found (create a key: rehealth node apikey add --role …)"
+            ) from None
         except tomllib.TOMLDecodeError as e:
             raise SpecError(f"API keys file {path}: not valid TOML: {e}") from None
         keys = []
         for i, entry in enumerate(data.get("keys", [])):
             try:
-                keys.append(ApiKey(key_id=str(entry["id"]), role=str(entry["role"]),
-                                   sha256=str(entry["sha256"])))
+                keys.append(
+                    ApiKey(key_id=str(entry["id"]), role=str(entry["role"]), sha256=str(entry["sha256"]))
+                )
             except KeyError as e:
                 raise SpecError(f"API keys file {path}: keys[{i}] lacks {e.args[0]!r}") from None
         return cls(keys)
@@ -85,8 +87,7 @@ class KeyRing:
     @classmethod
     def from_plain(cls, keys: Mapping[str, str]) -> "KeyRing":
         """From ``{key: role}`` (tests, embedding); the keys are hashed at once."""
-        return cls(ApiKey(key_id=f"k-{hash_key(k)[:8]}", role=r, sha256=hash_key(k))
-                   for k, r in keys.items())
+        return cls(ApiKey(key_id=f"k-{hash_key(k)[:8]}", role=r, sha256=hash_key(k)) for k, r in keys.items())
 
     def lookup(self, presented: str | None) -> ApiKey | None:
         """The stored key matching ``presented``, or ``None``."""
@@ -116,6 +117,5 @@ def add_key(path: str | Path, *, role: str) -> tuple[ApiKey, str]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     with os.fdopen(fd, "a") as f:
-        f.write(f'\n[[keys]]\nid = "{entry.key_id}"\nrole = "{entry.role}"\n'
-                f'sha256 = "{entry.sha256}"\n')
+        f.write(f'\n[[keys]]\nid = "{entry.key_id}"\nrole = "{entry.role}"\nsha256 = "{entry.sha256}"\n')
     return entry, key

@@ -47,8 +47,7 @@ def describe(err: dict) -> dict:
     name = str(loc[-1]) if loc else ""
     kind, value = err.get("type", ""), err.get("input")
     if kind == "missing":
-        msg = (f"missing feature '{name}'" if name in FEATURES_BY_NAME
-               else f"missing field '{path}'")
+        msg = f"missing feature '{name}'" if name in FEATURES_BY_NAME else f"missing field '{path}'"
     elif kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
         msg = f"{path}={value!r} is outside the public bounds{_feature_bounds(name)}"
     elif kind == "literal_error" and name in FEATURES_BY_NAME:

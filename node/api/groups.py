@@ -67,10 +67,18 @@ def group_frame(scored: pd.DataFrame) -> pd.DataFrame:
         bands = _age_bands(scored["age"])
     else:
         raise DataError("book lacks both 'age_band' and 'age'", field="age_band")
-    dept = (scored["department"].fillna("unknown").astype(str) if "department" in scored.columns
-            else pd.Series("all", index=scored.index))
-    return pd.DataFrame({"department": dept.to_numpy(), "age_band": bands.to_numpy(),
-                         "tier": scored["tier"].astype(str).to_numpy()})
+    dept = (
+        scored["department"].fillna("unknown").astype(str)
+        if "department" in scored.columns
+        else pd.Series("all", index=scored.index)
+    )
+    return pd.DataFrame(
+        {
+            "department": dept.to_numpy(),
+            "age_band": bands.to_numpy(),
+            "tier": scored["tier"].astype(str).to_numpy(),
+        }
+    )
 
 
 def exact_counts(groups: pd.DataFrame, *, by: str) -> tuple[list[str], np.ndarray]:
@@ -78,16 +86,26 @@ def exact_counts(groups: pd.DataFrame, *, by: str) -> tuple[list[str], np.ndarra
     if by not in GROUPINGS:
         raise SpecError(f"group by {by!r}: choose one of {', '.join(GROUPINGS)}")
     label = groups[list(GROUPINGS[by])].astype(str).agg(" / ".join, axis=1)
-    table = pd.crosstab(label, pd.Categorical(groups["tier"], categories=list(TIERS)),
-                        dropna=False).reindex(columns=list(TIERS), fill_value=0)
+    table = pd.crosstab(label, pd.Categorical(groups["tier"], categories=list(TIERS)), dropna=False).reindex(
+        columns=list(TIERS), fill_value=0
+    )
     return [str(g) for g in table.index], table.to_numpy(dtype=float)
 
 
-def noisy_cells(labels: list[str], counts: np.ndarray, *, policy: GroupPolicy,
-                rng: np.random.Generator) -> list[dict]:
+def noisy_cells(
+    labels: list[str], counts: np.ndarray, *, policy: GroupPolicy, rng: np.random.Generator
+) -> list[dict]:
     """Noise every cell, round, clamp at 0, suppress below ``k``."""
-    noisy = np.maximum(np.rint(counts + gaussian_noise(shape=counts.shape, sigma=policy.sigma,
-                                                       rng=rng)), 0).astype(int)
-    return [{"group": g, "tier": t, "suppressed": bool(noisy[i, j] < policy.k),
-             "count": None if noisy[i, j] < policy.k else int(noisy[i, j])}
-            for i, g in enumerate(labels) for j, t in enumerate(TIERS)]
+    noisy = np.maximum(
+        np.rint(counts + gaussian_noise(shape=counts.shape, sigma=policy.sigma, rng=rng)), 0
+    ).astype(int)
+    return [
+        {
+            "group": g,
+            "tier": t,
+            "suppressed": bool(noisy[i, j] < policy.k),
+            "count": None if noisy[i, j] < policy.k else int(noisy[i, j]),
+        }
+        for i, g in enumerate(labels)
+        for j, t in enumerate(TIERS)
+    ]

@@ -24,6 +24,7 @@ def wait_until_healthy(base_url: str, proc: subprocess.Popen, *, timeout_s: floa
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             err = proc.communicate()[1] if proc.stderr is not None else b""
-            raise RuntimeError(f"node API at {base_url} did not start: "
-                               f"{(err or b'').decode(errors='replace')[-2000:]}")
+            raise RuntimeError(
+                f"node API at {base_url} did not start: {(err or b'').decode(errors='replace')[-2000:]}"
+            )
         time.sleep(0.2)

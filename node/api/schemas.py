@@ -28,8 +28,9 @@ class PersonIn(ClinicalFeatures):
     """One person to score."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-    ref: str | None = Field(default=None, max_length=128,
-                            description="Caller's reference, echoed back; not stored.")
+    ref: str | None = Field(
+        default=None, max_length=128, description="Caller's reference, echoed back; not stored."
+    )
 
 
 class BatchIn(_Body):
@@ -89,5 +90,6 @@ class HealthOut(_Body):
 class ErrorOut(_Body):
     error: str = Field(description="What is wrong, in words")
     field: str | None = Field(default=None, description="The field at fault, e.g. persons[3].age")
-    errors: list[dict[str, Any]] = Field(default_factory=list,
-                                         description="Every problem found, each with its field")
+    errors: list[dict[str, Any]] = Field(
+        default_factory=list, description="Every problem found, each with its field"
+    )

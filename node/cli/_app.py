@@ -7,5 +7,6 @@ defined before the imports in ``__init__``).
 
 import typer
 
-app = typer.Typer(help="On-premise node: set up, ingest data, serve, inspect the privacy budget.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="On-premise node: set up, ingest data, serve, inspect the privacy budget.", no_args_is_help=True
+)

@@ -31,8 +31,9 @@ def errors_to_exit() -> Iterator[None]:
     try:
         yield
     except ReHealthError as e:
-        Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False, markup=True,
-                                   soft_wrap=True)  # one line, whatever the terminal width
+        Console(stderr=True).print(
+            f"[red]error:[/red] {e}", highlight=False, markup=True, soft_wrap=True
+        )  # one line, whatever the terminal width
         raise typer.Exit(1) from None
 
 

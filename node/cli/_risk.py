@@ -43,5 +43,6 @@ def parse_cutoffs(text: str | None) -> tuple[float, ...] | None:
     try:
         return tuple(float(v) for v in text.split(","))
     except ValueError:
-        raise typer.BadParameter("cut-offs: three comma-separated probabilities, "
-                                 "e.g. 0.05,0.1,0.2", param_hint="--cutoffs") from None
+        raise typer.BadParameter(
+            "cut-offs: three comma-separated probabilities, e.g. 0.05,0.1,0.2", param_hint="--cutoffs"
+        ) from None

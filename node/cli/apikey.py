@@ -29,7 +29,6 @@ def add(
         path = keys_file(node_config(config), keys)
         entry, key = add_key(path, role=role)
     if fmt == "json":
-        typer.echo(json.dumps({"id": entry.key_id, "role": entry.role, "key": key,
-                               "keys_file": str(path)}))
+        typer.echo(json.dumps({"id": entry.key_id, "role": entry.role, "key": key, "keys_file": str(path)}))
     else:
         typer.echo(f"{entry.key_id} ({entry.role}) added to {path}\nkey (shown once): {key}")

@@ -21,8 +21,9 @@ from shared.errors import SpecError
 @app.command("budget")
 def budget(
     config: Path = typer.Option(None, "--config", "-c", help="The node's node.toml (its ledger_url)."),
-    ledger_url: str = typer.Option(None, "--ledger-url", "--ledger",
-                                   help="Ledger database URL instead of --config."),
+    ledger_url: str = typer.Option(
+        None, "--ledger-url", "--ledger", help="Ledger database URL instead of --config."
+    ),
     history: bool = typer.Option(True, "--history/--no-history", help="List every release."),
     fmt: str = typer.Option("table", "--format", help="table or json."),
 ) -> None:
@@ -38,11 +39,16 @@ def budget(
         rows = ledger.history() if state is not None else []
     kinds = _by_kind(rows)
     if fmt == "json":
-        echo_json({"ledger": _redact(url), "accountant": ledger.accountant,
-                   "configured": configured,
-                   "budget": asdict(state) if state is not None else None,
-                   "by_kind": kinds,
-                   "history": [{**asdict(r), "kind": r.kind} for r in rows] if history else []})
+        echo_json(
+            {
+                "ledger": _redact(url),
+                "accountant": ledger.accountant,
+                "configured": configured,
+                "budget": asdict(state) if state is not None else None,
+                "by_kind": kinds,
+                "history": [{**asdict(r), "kind": r.kind} for r in rows] if history else [],
+            }
+        )
         return
     _print_tables(url, configured, state, kinds, rows if history else [])
 
@@ -58,15 +64,22 @@ def _by_kind(rows) -> dict[str, list[dict]]:
     for r in rows:
         kind = r.kind
         ident = r.query.split(":", 1)[1] if kind == "group_view" and ":" in r.query else r.study_id
-        g = groups[kind].setdefault(ident, {"id": ident, "releases": 0, "queries": defaultdict(int),
-                                             "epsilon": 0.0, "first": r.created_at,
-                                             "last": r.created_at})
+        g = groups[kind].setdefault(
+            ident,
+            {
+                "id": ident,
+                "releases": 0,
+                "queries": defaultdict(int),
+                "epsilon": 0.0,
+                "first": r.created_at,
+                "last": r.created_at,
+            },
+        )
         g["releases"] += 1
         g["queries"][r.query] += 1
         g["epsilon"] += r.epsilon
         g["last"] = r.created_at
-    return {k: [{**g, "queries": dict(g["queries"])} for g in v.values()]
-            for k, v in groups.items()}
+    return {k: [{**g, "queries": dict(g["queries"])} for g in v.values()] for k, v in groups.items()}
 
 
 def _ledger_source(config: Path | None, ledger_url: str | None) -> tuple[str, dict | None]:
@@ -98,16 +111,18 @@ def _print_tables(url, configured, state, kinds, rows) -> None:
     console = Console()
     console.print(f"ledger: {_redact(url)}", highlight=False, markup=False)
     if state is None:
-        note = (f" (configured budget: ε={configured['epsilon']:g}, "
-                f"δ={configured['delta']:g})") if configured else ""
+        note = (
+            (f" (configured budget: ε={configured['epsilon']:g}, δ={configured['delta']:g})")
+            if configured
+            else ""
+        )
         console.print(f"no privacy budget in this ledger yet: nothing was released{note}")
         return
     summary = Table(title="Privacy budget of this node's population")
     for col in ("ε budget", "δ", "ε spent", "ε left", "releases"):
         summary.add_column(col, justify="right")
     left = f"[red]{state.left:.3f}[/red]" if state.left <= 0.05 * state.epsilon else f"{state.left:.3f}"
-    summary.add_row(f"{state.epsilon:g}", f"{state.delta:g}", f"{state.spent:.3f}", left,
-                    str(state.releases))
+    summary.add_row(f"{state.epsilon:g}", f"{state.delta:g}", f"{state.spent:.3f}", left, str(state.releases))
     console.print(summary)
     by = Table(title="What spent it (ε: sum of the releases' increments)", box=box.SIMPLE_HEAD)
     for col in ("kind", "study / job / grouping", "releases", "queries", "ε", "last UTC"):
@@ -115,17 +130,32 @@ def _print_tables(url, configured, state, kinds, rows) -> None:
     for kind, label in KINDS.items():
         for g in kinds[kind]:
             queries = ", ".join(q if n == 1 else f"{q}×{n}" for q, n in g["queries"].items())
-            by.add_row(label, g["id"], str(g["releases"]), queries, f"{g['epsilon']:.4f}",
-                       g["last"][:16].replace("T", " "))
+            by.add_row(
+                label,
+                g["id"],
+                str(g["releases"]),
+                queries,
+                f"{g['epsilon']:.4f}",
+                g["last"][:16].replace("T", " "),
+            )
     console.print(by)
     if not rows:
         return
     t = Table(title="Releases (ε: this release's increment; total: after it)", box=box.SIMPLE_HEAD)
     for col in ("#", "UTC", "kind", "study", "query", "σ", "Δ₂", "ε", "total"):
-        t.add_column(col, no_wrap=True,
-                     justify="left" if col in ("UTC", "kind", "study", "query") else "right")
+        t.add_column(
+            col, no_wrap=True, justify="left" if col in ("UTC", "kind", "study", "query") else "right"
+        )
     for r in rows:
-        t.add_row(str(r.id), r.created_at[5:16].replace("T", " "), r.kind, r.study_id[:12],
-                  r.query, f"{r.sigma:.1f}", f"{r.sensitivity:.2f}", f"{r.epsilon:.4f}",
-                  f"{r.epsilon_after:.4f}")
+        t.add_row(
+            str(r.id),
+            r.created_at[5:16].replace("T", " "),
+            r.kind,
+            r.study_id[:12],
+            r.query,
+            f"{r.sigma:.1f}",
+            f"{r.sensitivity:.2f}",
+            f"{r.epsilon:.4f}",
+            f"{r.epsilon_after:.4f}",
+        )
     console.print(t)

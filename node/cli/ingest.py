@@ -9,8 +9,14 @@ from rich.console import Console
 from rich.table import Table
 
 from node.cli._app import app
-from node.cli._dataplane import (CONFIG_OPTION, FORMAT_OPTION, check_format, echo_json,
-                                 errors_to_exit, open_node)
+from node.cli._dataplane import (
+    CONFIG_OPTION,
+    FORMAT_OPTION,
+    check_format,
+    echo_json,
+    errors_to_exit,
+    open_node,
+)
 from node.config import NodeConfig
 from node.ingest import DEFAULT_CHUNK_ROWS, KINDS, IngestSummary, ingest_file
 from shared.errors import DataError
@@ -29,13 +35,15 @@ def parse_mapping(pairs: list[str]) -> dict[str, str]:
 
 @app.command("ingest")
 def ingest(
-    file: Path = typer.Argument(None, help="CSV or Parquet file (default: the config's "
-                                           "[data] path for --kind)."),
+    file: Path = typer.Argument(
+        None, help="CSV or Parquet file (default: the config's [data] path for --kind)."
+    ),
     kind: str = typer.Option(..., "--kind", "-k", help=f"One of: {', '.join(KINDS)}."),
     config: Path = CONFIG_OPTION,
     mapping: list[str] = typer.Option([], "--map", help="site_column=our_column (repeatable)."),
-    chunk_rows: int = typer.Option(DEFAULT_CHUNK_ROWS, "--chunk-rows", min=1,
-                                   help="Rows per chunk: memory grows with it."),
+    chunk_rows: int = typer.Option(
+        DEFAULT_CHUNK_ROWS, "--chunk-rows", min=1, help="Rows per chunk: memory grows with it."
+    ),
     fmt: str = FORMAT_OPTION,
 ) -> None:
     """Validate, pseudonymise and store a CSV or Parquet FILE.
@@ -48,9 +56,15 @@ def ingest(
         cfg, store, pseudo = open_node(config)
         try:
             file = file or _configured_file(cfg, kind)
-            summary = ingest_file(store, file, kind=kind, pseudonymize=pseudo.many,
-                                  site_id=cfg.site_id, mapping=parse_mapping(mapping),
-                                  chunk_rows=chunk_rows)
+            summary = ingest_file(
+                store,
+                file,
+                kind=kind,
+                pseudonymize=pseudo.many,
+                site_id=cfg.site_id,
+                mapping=parse_mapping(mapping),
+                chunk_rows=chunk_rows,
+            )
         finally:
             store.engine.dispose()
     if fmt == "json":
@@ -80,5 +94,6 @@ def print_summary(s: IngestSummary) -> None:
         table.add_row(f"  {reason}", f"{n:,}")
     out.print(table)
     if s.quarantined:
-        out.print("quarantined rows (file, row, field, reason) are in the store's quarantine table",
-                  highlight=False)
+        out.print(
+            "quarantined rows (file, row, field, reason) are in the store's quarantine table", highlight=False
+        )

@@ -33,15 +33,22 @@ def init(
         path.write_text(text)
         cfg, store, _ = open_node(path)  # validates the file, creates key and tables
         store.engine.dispose()
-    info = {"config": str(path), "key": str(cfg.key_path), "store": _safe_url(cfg.store_url),
-            "site_id": cfg.site_id}
+    info = {
+        "config": str(path),
+        "key": str(cfg.key_path),
+        "store": _safe_url(cfg.store_url),
+        "site_id": cfg.site_id,
+    }
     if fmt == "json":
         echo_json(info)
         return
     out = Console()
     out.print(f"[green]node initialised[/green] for site [bold]{cfg.site_id}[/bold]")
-    out.print(f"  config  {path}\n  key     {cfg.key_path} (0600, keep it on this machine)\n"
-              f"  store   {info['store']}", highlight=False)
+    out.print(
+        f"  config  {path}\n  key     {cfg.key_path} (0600, keep it on this machine)\n"
+        f"  store   {info['store']}",
+        highlight=False,
+    )
     out.print(f"next: rehealth node ingest --config {path} --kind persons FILE", highlight=False)
 
 

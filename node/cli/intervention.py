@@ -9,13 +9,20 @@ import typer
 from rich.console import Console
 
 from node.cli._app import app
-from node.cli._dataplane import (CONFIG_OPTION, FORMAT_OPTION, check_format, echo_json,
-                                 errors_to_exit, open_node)
+from node.cli._dataplane import (
+    CONFIG_OPTION,
+    FORMAT_OPTION,
+    check_format,
+    echo_json,
+    errors_to_exit,
+    open_node,
+)
 from node.trajectory import record_intervention
 from shared.schemas import CHANNELS, INTERVENTION_CODES
 
-intervention_app = typer.Typer(help="The intervention trajectory log: who received what, when.",
-                               no_args_is_help=True)
+intervention_app = typer.Typer(
+    help="The intervention trajectory log: who received what, when.", no_args_is_help=True
+)
 app.add_typer(intervention_app, name="intervention")
 
 
@@ -37,13 +44,22 @@ def add(
     with errors_to_exit():
         _, store, pseudo = open_node(config)
         try:
-            rec = record_intervention(store, pseudo, person_id=person_id, code=code, start=start,
-                                      end=end, channel=channel, source="cli")
+            rec = record_intervention(
+                store,
+                pseudo,
+                person_id=person_id,
+                code=code,
+                start=start,
+                end=end,
+                channel=channel,
+                source="cli",
+            )
         finally:
             store.engine.dispose()
     if fmt == "json":
         echo_json(dataclasses.asdict(rec))
     else:
         until = f" until {rec.end}" if rec.end else ""
-        Console().print(f"[green]recorded[/green] {rec.code} from {rec.start}{until} "
-                        f"({rec.channel})", highlight=False)
+        Console().print(
+            f"[green]recorded[/green] {rec.code} from {rec.start}{until} ({rec.channel})", highlight=False
+        )

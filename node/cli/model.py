@@ -16,8 +16,9 @@ from node.cli._app import app
 from node.cli._dataplane import check_format, echo_json, errors_to_exit
 from node.cli._risk import model_dir, node_config
 
-model_app = typer.Typer(help="Risk models: list served and candidate models, approve a candidate.",
-                        no_args_is_help=True)
+model_app = typer.Typer(
+    help="Risk models: list served and candidate models, approve a candidate.", no_args_is_help=True
+)
 app.add_typer(model_app, name="model")
 
 
@@ -34,9 +35,19 @@ def list_models(
     with errors_to_exit():
         entries = ModelStore(model_dir(node_config(config), config, models)).entries()
     if fmt == "json":
-        echo_json({"models": [{"version": e.version, "status": e.status,
-                               "record": e.record.model_dump(mode="json"), "approval": e.approval}
-                              for e in entries]})
+        echo_json(
+            {
+                "models": [
+                    {
+                        "version": e.version,
+                        "status": e.status,
+                        "record": e.record.model_dump(mode="json"),
+                        "approval": e.approval,
+                    }
+                    for e in entries
+                ]
+            }
+        )
         return
     if not entries:
         typer.echo("no risk models stored")
@@ -44,8 +55,10 @@ def list_models(
     typer.echo(f"{'version':<18}{'status':<11}{'source':<12}{'rounds':>6}  {'ε':>6}  created")
     for e in entries:
         eps = f"{e.record.epsilon:g}" if e.record.epsilon is not None else "-"
-        typer.echo(f"{e.version:<18}{e.status:<11}{e.record.source:<12}{e.record.rounds:>6}  "
-                   f"{eps:>6}  {e.record.created_at:%Y-%m-%d %H:%M}")
+        typer.echo(
+            f"{e.version:<18}{e.status:<11}{e.record.source:<12}{e.record.rounds:>6}  "
+            f"{eps:>6}  {e.record.created_at:%Y-%m-%d %H:%M}"
+        )
 
 
 @model_app.command("approve")
@@ -53,9 +66,13 @@ def approve(
     version: str = typer.Argument(..., help="The candidate's version (rehealth node model list)."),
     config: Path = typer.Option(None, "--config", "-c", help="The node's node.toml."),
     models: Path = typer.Option(None, "--model-dir", help="Model store (default <node dir>/models)."),
-    data: Path = typer.Option(None, "--data", help="Cohort file (CSV/Parquet: the 16 features and "
-                              "cv_event) to check on; default: the config's data.cohort, else the "
-                              "node store's cohort."),
+    data: Path = typer.Option(
+        None,
+        "--data",
+        help="Cohort file (CSV/Parquet: the 16 features and "
+        "cv_event) to check on; default: the config's data.cohort, else the "
+        "node store's cohort.",
+    ),
     fmt: str = typer.Option("table", "--format", help="table or json."),
 ) -> None:
     """Check a candidate's calibration on this node's rows; serve it only if it passes."""
@@ -71,9 +88,11 @@ def approve(
         X, y = local_rows(cfg, data)
         check = calibration_check(prob=_predict(candidate, X), y=y)
         if not check.passed:
-            raise SpecError(f"model {version} NOT approved — it fails the calibration check on "
-                            f"this node's rows: {'; '.join(check.reasons)}. Figures: "
-                            f"{check.summary()}")
+            raise SpecError(
+                f"model {version} NOT approved — it fails the calibration check on "
+                f"this node's rows: {'; '.join(check.reasons)}. Figures: "
+                f"{check.summary()}"
+            )
         store.approve(version, check=check.to_dict())
     if fmt == "json":
         echo_json({"version": version, "approved": True, "check": check.to_dict()})
@@ -103,7 +122,8 @@ def local_rows(cfg, data: Path | None):
         from node.store import open_store
 
         frame = open_store(cfg.store_url).cohort_columns(
-            covariates=list(FEATURE_NAMES), treatment_column="treated", outcomes=["cv_event"])
+            covariates=list(FEATURE_NAMES), treatment_column="treated", outcomes=["cv_event"]
+        )
     else:
         raise SpecError("give --data FILE or --config node.toml (its cohort or store)")
     missing = [c for c in (*FEATURE_NAMES, "cv_event") if c not in frame.columns]

@@ -39,12 +39,16 @@ def score(
         seconds = time.perf_counter() - t0
         write_scores(scored, output)
     counts = scored["tier"].value_counts().reindex(list(TIERS), fill_value=0)
-    summary = {"model_version": stored.version, "rows": len(scored), "output": str(output),
-               "seconds": round(seconds, 4), "tiers": {t: int(c) for t, c in counts.items()}}
+    summary = {
+        "model_version": stored.version,
+        "rows": len(scored),
+        "output": str(output),
+        "seconds": round(seconds, 4),
+        "tiers": {t: int(c) for t, c in counts.items()},
+    }
     if fmt == "json":
         typer.echo(json.dumps(summary))
         return
-    typer.echo(f"scored {len(scored)} persons with model {stored.version} "
-               f"in {seconds:.3f} s → {output}")
+    typer.echo(f"scored {len(scored)} persons with model {stored.version} in {seconds:.3f} s → {output}")
     for t, c in counts.items():
         typer.echo(f"  {t:<10} {c:>9}")

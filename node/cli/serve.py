@@ -35,10 +35,17 @@ def serve(
         ledger = None
         if cfg is not None and book is not None:
             from node.ledger import PrivacyLedger
+
             ledger = PrivacyLedger(cfg.ledger_url)  # the population's one budget
             ledger.ensure_budget(epsilon=cfg.budget.epsilon, delta=cfg.budget.delta)
         policy = GroupPolicy(k=k, sigma=sigma, delta=cfg.budget.delta if cfg else 1e-6)
-        api = create_app(keys=keys_file(cfg, keys), model_dir=model_dir(cfg, config, models),
-                         version=version, cutoffs=parse_cutoffs(cutoffs), book=book,
-                         group_policy=policy, ledger=ledger)
+        api = create_app(
+            keys=keys_file(cfg, keys),
+            model_dir=model_dir(cfg, config, models),
+            version=version,
+            cutoffs=parse_cutoffs(cutoffs),
+            book=book,
+            group_policy=policy,
+            ledger=ledger,
+        )
     uvicorn.run(api, host=host, port=port, log_level="warning", access_log=False)

@@ -67,8 +67,13 @@ def _secure_sum_mod(msg: Message, context: Context, call_next) -> Message:
 
     if RECORD_KEY_CONFIGS not in msg.content.config_records:
         return call_next(msg, context)
-    return _guarded(lambda m, runtime: secaggplus_mod(
-        m, context, lambda inner, ctx: _answer_secure_sum(inner, ctx, runtime)), msg, context)
+    return _guarded(
+        lambda m, runtime: secaggplus_mod(
+            m, context, lambda inner, ctx: _answer_secure_sum(inner, ctx, runtime)
+        ),
+        msg,
+        context,
+    )
 
 
 @app.train(mods=[_secure_sum_mod])
@@ -89,9 +94,11 @@ def evaluate(msg: Message, context: Context) -> Message:
 
 def _risk(handler):
     """A risk-model handler behind the check of the message's signed grant."""
+
     def checked(msg: Message, runtime: NodeRuntime) -> Message:
         runtime.verify_risk(msg.content)
         return handler(msg, runtime)
+
     return checked
 
 
@@ -99,8 +106,12 @@ def _answer_study(msg: Message, runtime: NodeRuntime) -> Message:
     started = time.perf_counter()
     query = _decoded(lambda: decode_query(msg.content))
     answers, extra = runtime.answer(query)
-    meta = {"site": runtime.site, "seconds": time.perf_counter() - started,
-            "ops": [op.op for op in query.ops], **extra}
+    meta = {
+        "site": runtime.site,
+        "seconds": time.perf_counter() - started,
+        "ops": [op.op for op in query.ops],
+        **extra,
+    }
     return Message(encode_answer(answers, meta), reply_to=msg)
 
 
@@ -120,15 +131,25 @@ def _answer_secure_sum(msg: Message, context: Context, runtime: NodeRuntime) -> 
     sample_num = context.state.config_records[RECORD_KEY_STATE].get("sample_num", 0)
     sampled = sample_num if isinstance(sample_num, int) else 0  # Flower's SecAgg+ state: an int
     if nodes is None or query.secure_scale is None or sampled < nodes:
-        raise QueryRefused(f"site {runtime.site}: a secure sum over {sampled} nodes cannot carry "
-                           f"a release planned for {nodes} (each adds only its share of the noise)")
+        raise QueryRefused(
+            f"site {runtime.site}: a secure sum over {sampled} nodes cannot carry "
+            f"a release planned for {nodes} (each adds only its share of the noise)"
+        )
     answers, extra = runtime.answer(query, secure_sum=True)
-    meta = {"site": runtime.site, "seconds": time.perf_counter() - started,
-            "ops": [op.op for op in query.ops], **extra}
+    meta = {
+        "site": runtime.site,
+        "seconds": time.perf_counter() - started,
+        "ops": [op.op for op in query.ops],
+        **extra,
+    }
     vec, reply = encode_secure_input(answers, meta, scale=query.secure_scale)
     metrics: dict[str, bool | bytes | float | int | str] = {REPLY_ENTRY: reply}  # public: meta, shapes
-    fitres = FitRes(status=Status(code=Code.OK, message=""), parameters=ndarrays_to_parameters([vec]),
-                    num_examples=1, metrics=metrics)
+    fitres = FitRes(
+        status=Status(code=Code.OK, message=""),
+        parameters=ndarrays_to_parameters([vec]),
+        num_examples=1,
+        metrics=metrics,
+    )
     return Message(compat.fitres_to_recorddict(fitres, True), reply_to=msg)
 
 

@@ -43,8 +43,9 @@ def verify_fab(content: bytes) -> None:
         raise UntrustedAppError(f"app bundle is malformed: {e}") from None
     comp = pyproject.get("tool", {}).get("flwr", {}).get("app", {}).get("components", {})
     if comp.get("clientapp") != ALLOWED_CLIENTAPP:
-        raise UntrustedAppError(f"app bundle names ClientApp {comp.get('clientapp')!r}; this node "
-                                f"runs only {ALLOWED_CLIENTAPP!r}")
+        raise UntrustedAppError(
+            f"app bundle names ClientApp {comp.get('clientapp')!r}; this node runs only {ALLOWED_CLIENTAPP!r}"
+        )
 
 
 def main() -> None:

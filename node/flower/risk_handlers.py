@@ -101,27 +101,59 @@ def train(msg: Message, runtime: NodeRuntime) -> Message:
     keep = (y == 0) | (y == 1)
     X, y = X[keep], y[keep]
     if fixed or not keep.all():
-        log.warning("site %s, risk job %s: %d feature values clipped or rows without features "
-                    "left out, %d rows without a 0/1 outcome left out of training",
-                    runtime.site, job.job_id, fixed, int((~keep).sum()))
-    sigma = plan_noise(n=len(y), batch_size=job.batch_size, epochs=job.epochs, rounds=job.rounds,
-                       target_epsilon=job.target_epsilon, delta=job.delta)
+        log.warning(
+            "site %s, risk job %s: %d feature values clipped or rows without features "
+            "left out, %d rows without a 0/1 outcome left out of training",
+            runtime.site,
+            job.job_id,
+            fixed,
+            int((~keep).sum()),
+        )
+    sigma = plan_noise(
+        n=len(y),
+        batch_size=job.batch_size,
+        epochs=job.epochs,
+        rounds=job.rounds,
+        target_epsilon=job.target_epsilon,
+        delta=job.delta,
+    )
     ledger = runtime.ledger()
     # charge first (the spend is fixed by σ, q and steps before any training happens)
     from node.risk.train import sample_rate_for, steps_per_epoch
 
     q = sample_rate_for(n=len(y), batch_size=job.batch_size)
     steps = job.epochs * steps_per_epoch(n=len(y), batch_size=job.batch_size)
-    ledger.charge_sgd(dataset=runtime.dataset, study_id=job.job_id, query="risk_train",
-                      noise_multiplier=sigma, sample_rate=q, steps=steps)
-    res = local_train(arrays=_model_arrays(msg.content, job), X=X, y=y,
-                      arch=RiskArch(kind=job.kind, hidden=job.hidden), epochs=job.epochs,
-                      batch_size=job.batch_size, lr=job.lr, noise_multiplier=sigma,
-                      max_grad_norm=job.max_grad_norm, delta=job.delta)
-    metrics = MetricRecord({"num-examples": int(res.n), "epsilon-spent": ledger.spent(runtime.dataset),
-                            "loss": float(res.metrics.get("loss", 0.0))})
-    return Message(RecordDict({RISK_ARRAYS_KEY: ArrayRecord([np.asarray(a) for a in res.arrays]),
-                               "metrics": metrics}), reply_to=msg)
+    ledger.charge_sgd(
+        dataset=runtime.dataset,
+        study_id=job.job_id,
+        query="risk_train",
+        noise_multiplier=sigma,
+        sample_rate=q,
+        steps=steps,
+    )
+    res = local_train(
+        arrays=_model_arrays(msg.content, job),
+        X=X,
+        y=y,
+        arch=RiskArch(kind=job.kind, hidden=job.hidden),
+        epochs=job.epochs,
+        batch_size=job.batch_size,
+        lr=job.lr,
+        noise_multiplier=sigma,
+        max_grad_norm=job.max_grad_norm,
+        delta=job.delta,
+    )
+    metrics = MetricRecord(
+        {
+            "num-examples": int(res.n),
+            "epsilon-spent": ledger.spent(runtime.dataset),
+            "loss": float(res.metrics.get("loss", 0.0)),
+        }
+    )
+    return Message(
+        RecordDict({RISK_ARRAYS_KEY: ArrayRecord([np.asarray(a) for a in res.arrays]), "metrics": metrics}),
+        reply_to=msg,
+    )
 
 
 #: The ledger's name for the evaluation release (one per job: a replay gets nothing).
@@ -156,41 +188,70 @@ def evaluate(msg: Message, runtime: NodeRuntime, *, rng: np.random.Generator | N
     arrays = _model_arrays(msg.content, job)
     sigma = eval_noise_sigma(epsilon=job.eval_epsilon, delta=job.delta)
     ledger = runtime.ledger()
-    charge = ledger.charge(dataset=runtime.dataset, study_id=job.job_id, query=EVAL_QUERY,
-                           sigma=sigma, sensitivity=EVAL_SENSITIVITY, limit=1)
+    charge = ledger.charge(
+        dataset=runtime.dataset,
+        study_id=job.job_id,
+        query=EVAL_QUERY,
+        sigma=sigma,
+        sensitivity=EVAL_SENSITIVITY,
+        limit=1,
+    )
     # --- paid: from here on the node's rows are read ---
     X, y = _xy(runtime, job)
     X, y, fixed = _within_bounds(X, y)
-    prob = predict_proba(arch=RiskArch(kind=job.kind, hidden=job.hidden), arrays=arrays,
-                         z=scale(X, FEATURES))
+    prob = predict_proba(arch=RiskArch(kind=job.kind, hidden=job.hidden), arrays=arrays, z=scale(X, FEATURES))
     _, _, clipped, dropped = clean_scores(prob=prob, y=y)
     if fixed or clipped or dropped:
-        log.warning("site %s, risk job %s: %d feature values clipped or rows without features "
-                    "left out, %d probabilities clipped, %d rows without a 0/1 outcome left out",
-                    runtime.site, job.job_id, fixed, clipped, dropped)
+        log.warning(
+            "site %s, risk job %s: %d feature values clipped or rows without features "
+            "left out, %d probabilities clipped, %d rows without a 0/1 outcome left out",
+            runtime.site,
+            job.job_id,
+            fixed,
+            clipped,
+            dropped,
+        )
     agg = eval_aggregate(prob=prob, y=y, n_bins=job.eval_bins)
     noisy = noisy_aggregate(agg, sigma=sigma, rng=rng if rng is not None else secure_rng())
     ledger.mark_sent(charge.id)
     _store_candidate(runtime, job, arrays)
-    metrics = MetricRecord({"eval-epsilon": float(job.eval_epsilon), "eval-sigma": float(sigma),
-                            "epsilon-spent": float(charge.epsilon_after)})
-    return Message(RecordDict({RISK_EVAL_KEY: ArrayRecord(noisy.to_arrays()), "metrics": metrics}),
-                   reply_to=msg)
+    metrics = MetricRecord(
+        {
+            "eval-epsilon": float(job.eval_epsilon),
+            "eval-sigma": float(sigma),
+            "epsilon-spent": float(charge.epsilon_after),
+        }
+    )
+    return Message(
+        RecordDict({RISK_EVAL_KEY: ArrayRecord(noisy.to_arrays()), "metrics": metrics}), reply_to=msg
+    )
 
 
 def _store_candidate(runtime: NodeRuntime, job: RiskJob, arrays: list[np.ndarray]) -> None:
     """Keep the model the coordinator sent as a candidate (never served until the operator
     approves it after a calibration check on local data), versioned with its training record."""
     if runtime.models is None:
-        log.warning("site %s keeps no risk model: its node config has neither model-dir nor "
-                    "state-dir", runtime.site)
+        log.warning(
+            "site %s keeps no risk model: its node config has neither model-dir nor state-dir", runtime.site
+        )
         return
     from node.risk.model_store import ModelStore, TrainingRecord
 
-    record = TrainingRecord(kind=job.kind, hidden=job.hidden, rounds=job.rounds,
-                            nodes=len(job.sites), epsilon=job.target_epsilon, delta=job.delta,
-                            source="federated", metrics={"job_id": job.job_id})
+    record = TrainingRecord(
+        kind=job.kind,
+        hidden=job.hidden,
+        rounds=job.rounds,
+        nodes=len(job.sites),
+        epsilon=job.target_epsilon,
+        delta=job.delta,
+        source="federated",
+        metrics={"job_id": job.job_id},
+    )
     stored = ModelStore(runtime.models).save_candidate(arrays=arrays, record=record)
-    log.info("site %s stored candidate risk model %s in %s (approve it with "
-             "`rehealth node model approve %s`)", runtime.site, stored.version, runtime.models,
-             stored.version)
+    log.info(
+        "site %s stored candidate risk model %s in %s (approve it with `rehealth node model approve %s`)",
+        runtime.site,
+        stored.version,
+        runtime.models,
+        stored.version,
+    )

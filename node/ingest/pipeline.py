@@ -74,9 +74,16 @@ class _Batch:
     last_row: int
 
 
-def ingest_file(store: Store, path: str | Path, *, kind: str, pseudonymize: Pseudonymize,
-                site_id: str, mapping: Mapping[str, str] | None = None,
-                chunk_rows: int = DEFAULT_CHUNK_ROWS) -> IngestSummary:
+def ingest_file(
+    store: Store,
+    path: str | Path,
+    *,
+    kind: str,
+    pseudonymize: Pseudonymize,
+    site_id: str,
+    mapping: Mapping[str, str] | None = None,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+) -> IngestSummary:
     """Validate, pseudonymise and store one CSV or Parquet file of ``kind``.
 
     Args:
@@ -119,8 +126,9 @@ def ingest_file(store: Store, path: str | Path, *, kind: str, pseudonymize: Pseu
         # At most two chunks are in memory.
         writing: Future | None = None
         for chunk, first_row, last_row in chunks:
-            result = validate_chunk(chunk, spec, first_row=first_row, site_id=site_id,
-                                    pseudonymize=pseudonymize)
+            result = validate_chunk(
+                chunk, spec, first_row=first_row, site_id=site_id, pseudonymize=pseudonymize
+            )
             del chunk
             batch = _Batch(result, _column_lists(result.rows), last_row)
             if writing is not None:
@@ -131,17 +139,28 @@ def ingest_file(store: Store, path: str | Path, *, kind: str, pseudonymize: Pseu
         if writing is not None:
             writing.result()
     with store.engine.begin() as conn:
-        conn.execute(update(ingested_files).where(ingested_files.c.id == job.id)
-                     .values(status="done", finished_at=_now()))
+        conn.execute(
+            update(ingested_files)
+            .where(ingested_files.c.id == job.id)
+            .values(status="done", finished_at=_now())
+        )
     summary = _summary(store, job.id, already=False, seconds=time.perf_counter() - t0)
-    log.info("ingested %s (%s): %d rows, %d loaded, %d already stored, %d quarantined %s",
-             path.name, kind, summary.rows, summary.loaded, summary.already_present,
-             summary.quarantined, summary.by_reason)
+    log.info(
+        "ingested %s (%s): %d rows, %d loaded, %d already stored, %d quarantined %s",
+        path.name,
+        kind,
+        summary.rows,
+        summary.loaded,
+        summary.already_present,
+        summary.quarantined,
+        summary.by_reason,
+    )
     return summary
 
 
-def _pending_chunks(path: Path, columns: Mapping[str, str], spec: KindSpec, *, chunk_rows: int,
-                    rows_done: int) -> Iterator[tuple[pd.DataFrame, int, int]]:
+def _pending_chunks(
+    path: Path, columns: Mapping[str, str], spec: KindSpec, *, chunk_rows: int, rows_done: int
+) -> Iterator[tuple[pd.DataFrame, int, int]]:
     """``(chunk, first_row, last_row)`` for the data rows after ``rows_done`` (a resume)."""
     next_row = 1
     for chunk in iter_chunks(path, columns, chunk_rows=chunk_rows, text_columns=spec.text_columns):
@@ -149,12 +168,13 @@ def _pending_chunks(path: Path, columns: Mapping[str, str], spec: KindSpec, *, c
         if next_row - 1 <= rows_done:
             continue  # committed by an earlier, interrupted run
         if first_row <= rows_done:
-            chunk, first_row = chunk.iloc[rows_done - first_row + 1:], rows_done + 1
+            chunk, first_row = chunk.iloc[rows_done - first_row + 1 :], rows_done + 1
         yield chunk, first_row, next_row - 1
 
 
-def _write_chunk(store: Store, spec: KindSpec, job: _Job, batch: _Batch, file_name: str,
-                 staged: threading.Event) -> None:
+def _write_chunk(
+    store: Store, spec: KindSpec, job: _Job, batch: _Batch, file_name: str, staged: threading.Event
+) -> None:
     """Store ``batch`` in one transaction; ``staged`` is set once only the commit is left."""
     try:
         with store.engine.begin() as conn:
@@ -183,13 +203,24 @@ def _now() -> dt.datetime:
 def _open_job(store: Store, *, sha: str, kind: str, name: str) -> _Job:
     f = ingested_files
     with store.engine.begin() as conn:
-        row = conn.execute(select(f.c.id, f.c.rows_done, f.c.status)
-                           .where(f.c.sha256 == sha, f.c.kind == kind)).first()
+        row = conn.execute(
+            select(f.c.id, f.c.rows_done, f.c.status).where(f.c.sha256 == sha, f.c.kind == kind)
+        ).first()
         if row is not None:
             return _Job(row.id, row.rows_done, row.status)
-        key = conn.execute(insert(f).values(
-            sha256=sha, kind=kind, name=name[:255], status="running", rows_done=0, loaded=0,
-            already_present=0, quarantined=0, started_at=_now())).inserted_primary_key
+        key = conn.execute(
+            insert(f).values(
+                sha256=sha,
+                kind=kind,
+                name=name[:255],
+                status="running",
+                rows_done=0,
+                loaded=0,
+                already_present=0,
+                quarantined=0,
+                started_at=_now(),
+            )
+        ).inserted_primary_key
         assert key is not None, "a single-row INSERT reports its primary key"
         new_id = key[0]
         return _Job(new_id, 0, "running")
@@ -201,8 +232,7 @@ def _db_value(v):
     return v
 
 
-def _commit_chunk(conn: Connection, spec: KindSpec, job: _Job, batch: _Batch,
-                  file_name: str) -> None:
+def _commit_chunk(conn: Connection, spec: KindSpec, job: _Job, batch: _Batch, file_name: str) -> None:
     rows = batch.result.rows
     cols = list(rows.columns) + ["ingest_id"]
     data = [*batch.columns, repeat(job.id)]  # zip stops at the shortest: the real columns
@@ -216,14 +246,21 @@ def _commit_chunk(conn: Connection, spec: KindSpec, job: _Job, batch: _Batch,
         problems = pd.concat([problems, dups], ignore_index=True)
     write_problems(conn, problems, ingest_id=job.id, file=file_name, kind=spec.kind)
     f = ingested_files
-    conn.execute(update(f).where(f.c.id == job.id).values(
-        rows_done=batch.last_row, loaded=f.c.loaded + inserted,
-        already_present=f.c.already_present + already,
-        quarantined=f.c.quarantined + len(problems)))
+    conn.execute(
+        update(f)
+        .where(f.c.id == job.id)
+        .values(
+            rows_done=batch.last_row,
+            loaded=f.c.loaded + inserted,
+            already_present=f.c.already_present + already,
+            quarantined=f.c.quarantined + len(problems),
+        )
+    )
 
 
-def _classify_skipped(conn: Connection, spec: KindSpec, job_id: int, rows: pd.DataFrame,
-                      inserted: int) -> tuple[pd.DataFrame, int]:
+def _classify_skipped(
+    conn: Connection, spec: KindSpec, job_id: int, rows: pd.DataFrame, inserted: int
+) -> tuple[pd.DataFrame, int]:
     """Rows the store skipped: duplicates within this file (quarantined) or rows an earlier
     file or the trajectory API already stored (counted, left alone).
 
@@ -232,28 +269,36 @@ def _classify_skipped(conn: Connection, spec: KindSpec, job_id: int, rows: pd.Da
             raised rather than losing the row silently).
     """
     key = list(spec.key)
-    stored = fetch_by_pseudonyms(conn, spec.table, key + ["ingest_id", "ingest_row"],
-                                 rows["pseudonym"].tolist())
+    stored = fetch_by_pseudonyms(
+        conn, spec.table, key + ["ingest_id", "ingest_row"], rows["pseudonym"].tolist()
+    )
     for k in key:
         if k != "pseudonym":  # dates come back as date objects; ours are ISO text
             stored[k] = stored[k].map(lambda v: v.isoformat() if hasattr(v, "isoformat") else v)
     stored["found"] = True
-    merged = rows[key + ["ingest_row"]].merge(stored, on=key, how="left", suffixes=("", "_stored"),
-                                              validate="one_to_one")
+    merged = rows[key + ["ingest_row"]].merge(
+        stored, on=key, how="left", suffixes=("", "_stored"), validate="one_to_one"
+    )
     found = merged["found"].eq(True).to_numpy()
     ours = merged["ingest_id"].eq(job_id).to_numpy()
     this_row = ours & merged["ingest_row_stored"].eq(merged["ingest_row"]).to_numpy()
     if int(this_row.sum()) != inserted or not found.all():
-        raise DataError(f"store reported {inserted} inserted rows but {int(this_row.sum())} carry "
-                        f"this chunk's provenance and {int((~found).sum())} are missing; refusing "
-                        "to continue rather than lose rows")
+        raise DataError(
+            f"store reported {inserted} inserted rows but {int(this_row.sum())} carry "
+            f"this chunk's provenance and {int((~found).sum())} are missing; refusing "
+            "to continue rather than lose rows"
+        )
     dup = ~this_row & ours
     field_name, reason = duplicate_flag(spec)
-    dups = pd.DataFrame({
-        "row": merged["ingest_row"].to_numpy()[dup], "field": field_name, "reason": reason,
-        "detail": [f"same key as row {int(r)}" for r in merged["ingest_row_stored"].to_numpy()[dup]],
-        "pseudonym": merged["pseudonym"].to_numpy()[dup],
-    })
+    dups = pd.DataFrame(
+        {
+            "row": merged["ingest_row"].to_numpy()[dup],
+            "field": field_name,
+            "reason": reason,
+            "detail": [f"same key as row {int(r)}" for r in merged["ingest_row_stored"].to_numpy()[dup]],
+            "pseudonym": merged["pseudonym"].to_numpy()[dup],
+        }
+    )
     return dups, int((~this_row & ~ours).sum())
 
 
@@ -263,7 +308,14 @@ def _summary(store: Store, job_id: int, *, already: bool, seconds: float) -> Ing
         job = conn.execute(select(f).where(f.c.id == job_id)).mappings().one()
         by_reason = counts_by_reason(conn, job_id)
     return IngestSummary(
-        file=job["name"], kind=job["kind"], sha256=job["sha256"], rows=job["rows_done"],
-        loaded=job["loaded"], already_present=job["already_present"],
-        quarantined=job["quarantined"], by_reason=by_reason,
-        already_ingested=already, seconds=round(seconds, 3))
+        file=job["name"],
+        kind=job["kind"],
+        sha256=job["sha256"],
+        rows=job["rows_done"],
+        loaded=job["loaded"],
+        already_present=job["already_present"],
+        quarantined=job["quarantined"],
+        by_reason=by_reason,
+        already_ingested=already,
+        seconds=round(seconds, 3),
+    )

@@ -30,8 +30,9 @@ def file_format(path: Path) -> str:
         return "csv"
     if name.endswith(_PARQUET):
         return "parquet"
-    raise DataError(f"{path.name}: unknown file type (CSV: {', '.join(_CSV)}; "
-                    f"Parquet: {', '.join(_PARQUET)})")
+    raise DataError(
+        f"{path.name}: unknown file type (CSV: {', '.join(_CSV)}; Parquet: {', '.join(_PARQUET)})"
+    )
 
 
 def file_sha256(path: Path, *, block: int = 1 << 20) -> str:
@@ -66,20 +67,24 @@ def plan_columns(header: list[str], spec: KindSpec, mapping: Mapping[str, str]) 
         raise DataError(f"several file columns map to {', '.join(clash)}")
     reserved = sorted(RESERVED & set(ours))
     if reserved:
-        raise DataError(f"column name(s) {', '.join(reserved)} are reserved by the store; "
-                        "rename them with --map", field=reserved[0])
+        raise DataError(
+            f"column name(s) {', '.join(reserved)} are reserved by the store; rename them with --map",
+            field=reserved[0],
+        )
     missing = [f for f in spec.required if f not in ours]
     if missing:
         raise DataError(
             f"{spec.kind} file lacks required column(s) {', '.join(missing)}; map a site's own "
-            "names with --map theirs=ours", field=missing[0])
+            "names with --map theirs=ours",
+            field=missing[0],
+        )
     known = {f.name for f in spec.fields}
-    return {c: o for c, o in renamed.items()
-            if o in known or (spec.extras and o not in spec.ignored)}
+    return {c: o for c, o in renamed.items() if o in known or (spec.extras and o not in spec.ignored)}
 
 
-def iter_chunks(path: Path, columns: Mapping[str, str], *, chunk_rows: int,
-                text_columns: frozenset[str] = frozenset()) -> Iterator[pd.DataFrame]:
+def iter_chunks(
+    path: Path, columns: Mapping[str, str], *, chunk_rows: int, text_columns: frozenset[str] = frozenset()
+) -> Iterator[pd.DataFrame]:
     """Chunks of at most ``chunk_rows`` rows, only ``columns``, renamed to ours.
 
     CSV columns named (ours) in ``text_columns`` are read as text (ids keep leading zeros);
@@ -96,9 +101,17 @@ def iter_chunks(path: Path, columns: Mapping[str, str], *, chunk_rows: int,
     dtype = {c: str for c, ours in columns.items() if ours in text_columns}
     # No usecols: with it pandas silently ignores surplus fields in a row; without it a
     # row with too many fields is an error naming the line.
-    reader = pd.read_csv(path, sep=sep, dtype=dtype,
-                         keep_default_na=False, na_values=[""], skip_blank_lines=False,
-                         chunksize=chunk_rows, low_memory=False, encoding="utf-8-sig")
+    reader = pd.read_csv(
+        path,
+        sep=sep,
+        dtype=dtype,
+        keep_default_na=False,
+        na_values=[""],
+        skip_blank_lines=False,
+        chunksize=chunk_rows,
+        low_memory=False,
+        encoding="utf-8-sig",
+    )
     try:
         for chunk in reader:
             yield chunk[list(columns)].rename(columns=dict(columns))
@@ -107,4 +120,3 @@ def iter_chunks(path: Path, columns: Mapping[str, str], *, chunk_rows: int,
         raise DataError(f"{path.name}: malformed CSV: {e}") from None
     except UnicodeDecodeError as e:
         raise DataError(f"{path.name}: not UTF-8 text (byte {e.start})") from None
-

@@ -88,39 +88,56 @@ def _id(model: type[BaseModel]) -> FieldSpec:
 
 
 _FEATURE_FIELDS = tuple(
-    FieldSpec(f.name, "binary" if f.kind == "binary" else "number", lo=f.lo, hi=f.hi)
-    for f in FEATURES
+    FieldSpec(f.name, "binary" if f.kind == "binary" else "number", lo=f.lo, hi=f.hi) for f in FEATURES
 )
-_DESCRIPTORS = (FieldSpec("department", "text", required=False, max_len=TEXT_MAX),
-                FieldSpec("job_type", "text", required=False, max_len=TEXT_MAX))
+_DESCRIPTORS = (
+    FieldSpec("department", "text", required=False, max_len=TEXT_MAX),
+    FieldSpec("job_type", "text", required=False, max_len=TEXT_MAX),
+)
 
 SPECS: dict[str, KindSpec] = {
     "persons": KindSpec(
-        "persons", models.persons,
-        fields=(_id(Person), FieldSpec("site", "text", required=False, max_len=TEXT_MAX),
-                *_DESCRIPTORS, FieldSpec("index_date", "date"), *_FEATURE_FIELDS),
+        "persons",
+        models.persons,
+        fields=(
+            _id(Person),
+            FieldSpec("site", "text", required=False, max_len=TEXT_MAX),
+            *_DESCRIPTORS,
+            FieldSpec("index_date", "date"),
+            *_FEATURE_FIELDS,
+        ),
         key=("pseudonym",),
     ),
     "interventions": KindSpec(
-        "interventions", models.interventions,
-        fields=(_id(InterventionEvent), FieldSpec("code", "code"), FieldSpec("start", "date"),
-                FieldSpec("end", "date", required=False),
-                FieldSpec("channel", "channel", required=False)),
+        "interventions",
+        models.interventions,
+        fields=(
+            _id(InterventionEvent),
+            FieldSpec("code", "code"),
+            FieldSpec("start", "date"),
+            FieldSpec("end", "date", required=False),
+            FieldSpec("channel", "channel", required=False),
+        ),
         key=("pseudonym", "code", "start"),
         date_order=(("start", "end"),),
     ),
     "outcomes": KindSpec(
-        "outcomes", models.outcomes,
-        fields=(_id(OutcomeRecord), FieldSpec("period_start", "date"),
-                FieldSpec("period_end", "date"),
-                FieldSpec("claims_cost", "number", **_limits(OutcomeRecord, "claims_cost")),
-                FieldSpec("cv_event", "binary", lo=0, hi=1),
-                FieldSpec("absence_days", "number", **_limits(OutcomeRecord, "absence_days"))),
+        "outcomes",
+        models.outcomes,
+        fields=(
+            _id(OutcomeRecord),
+            FieldSpec("period_start", "date"),
+            FieldSpec("period_end", "date"),
+            FieldSpec("claims_cost", "number", **_limits(OutcomeRecord, "claims_cost")),
+            FieldSpec("cv_event", "binary", lo=0, hi=1),
+            FieldSpec("absence_days", "number", **_limits(OutcomeRecord, "absence_days")),
+        ),
         key=("pseudonym", "period_start"),
         date_order=(("period_start", "period_end"),),
     ),
     "cohort": KindSpec(
-        "cohort", models.cohort,
+        "cohort",
+        models.cohort,
         fields=(_id(Person), *_DESCRIPTORS, *_FEATURE_FIELDS, FieldSpec("treated", "binary", lo=0, hi=1)),
         key=("pseudonym",),
         extras=True,

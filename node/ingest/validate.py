@@ -27,8 +27,18 @@ BAD_ID = "bad identifier"
 DATE_ORDER = "date order"
 DUPLICATE_ID = "duplicate id"
 DUPLICATE_RECORD = "duplicate record"
-REASONS = (MISSING, WRONG_TYPE, OUT_OF_BOUNDS, BAD_DATE, UNKNOWN_CODE, UNKNOWN_CHANNEL, BAD_ID,
-           DATE_ORDER, DUPLICATE_ID, DUPLICATE_RECORD)
+REASONS = (
+    MISSING,
+    WRONG_TYPE,
+    OUT_OF_BOUNDS,
+    BAD_DATE,
+    UNKNOWN_CODE,
+    UNKNOWN_CHANNEL,
+    BAD_ID,
+    DATE_ORDER,
+    DUPLICATE_ID,
+    DUPLICATE_RECORD,
+)
 
 DEFAULT_CHANNEL = "in_person"
 _DATE_MIN, _DATE_MAX = np.datetime64("1900-01-01"), np.datetime64("2100-12-31")
@@ -116,15 +126,15 @@ def _parse_date(col: pd.Series, f: FieldSpec, miss: np.ndarray, flags: _Flags) -
 
 
 def _parse_choice(col: pd.Series, f: FieldSpec, miss: np.ndarray, flags: _Flags) -> np.ndarray:
-    allowed, reason = ((tuple(INTERVENTION_CODES), UNKNOWN_CODE) if f.type == "code"
-                       else (CHANNELS, UNKNOWN_CHANNEL))
+    allowed, reason = (
+        (tuple(INTERVENTION_CODES), UNKNOWN_CODE) if f.type == "code" else (CHANNELS, UNKNOWN_CHANNEL)
+    )
     v = _text(col).to_numpy(dtype=object, copy=True)
     if f.type == "channel":
         v[miss] = DEFAULT_CHANNEL
     else:
         flags.flag(miss, f.name, MISSING, f"{f.name} is empty")
-    flags.flag(~miss & ~np.isin(v, allowed), f.name, reason,
-               f"{f.name} is not one of: {', '.join(allowed)}")
+    flags.flag(~miss & ~np.isin(v, allowed), f.name, reason, f"{f.name} is not one of: {', '.join(allowed)}")
     return v
 
 
@@ -136,18 +146,29 @@ def _parse_text(col: pd.Series, f: FieldSpec, miss: np.ndarray, flags: _Flags) -
     v[miss] = None
     if f.max_len is not None:
         too_long = ~miss & (text.str.len().to_numpy() > f.max_len)
-        flags.flag(too_long, f.name, BAD_ID if f.type == "id" else WRONG_TYPE,
-                   f"{f.name} is longer than {f.max_len} characters")
+        flags.flag(
+            too_long,
+            f.name,
+            BAD_ID if f.type == "id" else WRONG_TYPE,
+            f"{f.name} is longer than {f.max_len} characters",
+        )
     return v
 
 
-_PARSERS = {"number": _parse_number, "binary": _parse_number, "date": _parse_date,
-            "code": _parse_choice, "channel": _parse_choice, "text": _parse_text,
-            "id": _parse_text}
+_PARSERS = {
+    "number": _parse_number,
+    "binary": _parse_number,
+    "date": _parse_date,
+    "code": _parse_choice,
+    "channel": _parse_choice,
+    "text": _parse_text,
+    "id": _parse_text,
+}
 
 
-def validate_chunk(df: pd.DataFrame, spec: KindSpec, *, first_row: int, site_id: str,
-                   pseudonymize: Pseudonymize) -> ChunkResult:
+def validate_chunk(
+    df: pd.DataFrame, spec: KindSpec, *, first_row: int, site_id: str, pseudonymize: Pseudonymize
+) -> ChunkResult:
     """Split one chunk into valid, typed rows and one problem per invalid row.
 
     Args:
@@ -173,8 +194,7 @@ def validate_chunk(df: pd.DataFrame, spec: KindSpec, *, first_row: int, site_id:
         values[name] = _parse_number(col, FieldSpec(name, "number"), _missing(col), flags)
     for earlier, later in spec.date_order:
         with np.errstate(invalid="ignore"):
-            flags.flag(values[later] < values[earlier], later, DATE_ORDER,
-                       f"{later} is before {earlier}")
+            flags.flag(values[later] < values[earlier], later, DATE_ORDER, f"{later} is before {earlier}")
 
     raw = values.pop(ID_FIELD)
     has_id = flags.field != ID_FIELD
@@ -188,10 +208,15 @@ def validate_chunk(df: pd.DataFrame, spec: KindSpec, *, first_row: int, site_id:
     rows = _stored_rows(values, spec, ok, site_id, extra_names)
     rows["ingest_row"] = np.arange(first_row, first_row + n)[ok]
     bad = ~ok
-    problems = pd.DataFrame({
-        "row": np.arange(first_row, first_row + n)[bad], "field": flags.field[bad],
-        "reason": flags.reason[bad], "detail": flags.detail[bad], "pseudonym": pseudonyms[bad],
-    })
+    problems = pd.DataFrame(
+        {
+            "row": np.arange(first_row, first_row + n)[bad],
+            "field": flags.field[bad],
+            "reason": flags.reason[bad],
+            "detail": flags.detail[bad],
+            "pseudonym": pseudonyms[bad],
+        }
+    )
     return ChunkResult(rows=rows, problems=problems)
 
 
@@ -202,8 +227,7 @@ def _extra_columns(df: pd.DataFrame, spec: KindSpec) -> list[str]:
     return [c for c in df.columns if c not in known]
 
 
-def _flag_duplicates(values: dict[str, np.ndarray], spec: KindSpec, flags: _Flags,
-                     first_row: int) -> None:
+def _flag_duplicates(values: dict[str, np.ndarray], spec: KindSpec, flags: _Flags, first_row: int) -> None:
     ok = flags.ok
     keys = _frame({k: values[k] for k in spec.key})[ok]
     dup = keys.duplicated(keep="first")
@@ -238,12 +262,14 @@ def _iso(d: np.ndarray) -> np.ndarray:
 def _frame(columns: dict[str, np.ndarray]) -> pd.DataFrame:
     """A frame that keeps object columns as Python objects: pandas would otherwise copy
     every text column into Arrow strings (and the store writer would copy them back)."""
-    return pd.DataFrame({k: pd.Series(v, dtype=object) if v.dtype == object else v
-                         for k, v in columns.items()})
+    return pd.DataFrame(
+        {k: pd.Series(v, dtype=object) if v.dtype == object else v for k, v in columns.items()}
+    )
 
 
-def _stored_rows(values: dict[str, np.ndarray], spec: KindSpec, ok: np.ndarray, site_id: str,
-                 extra_names: list[str]) -> pd.DataFrame:
+def _stored_rows(
+    values: dict[str, np.ndarray], spec: KindSpec, ok: np.ndarray, site_id: str, extra_names: list[str]
+) -> pd.DataFrame:
     """Valid rows in the table's column names; dates as ISO text (see node.store.engine)."""
     out: dict[str, np.ndarray] = {}
     for f in spec.fields:
@@ -262,6 +288,9 @@ def _stored_rows(values: dict[str, np.ndarray], spec: KindSpec, ok: np.ndarray, 
         out["age_band"] = _AGE_BAND_BY_YEAR[np.floor(values["age"][ok]).astype(np.int64)]
     if spec.extras:
         extras = pd.DataFrame({name: values[name][ok] for name in extra_names})
-        out["extras"] = np.array(extras.to_dict("records"), dtype=object) if extra_names else \
-            np.array([{}] * int(ok.sum()), dtype=object)
+        out["extras"] = (
+            np.array(extras.to_dict("records"), dtype=object)
+            if extra_names
+            else np.array([{}] * int(ok.sum()), dtype=object)
+        )
     return _frame(out)

@@ -67,10 +67,12 @@ class CalibrationCheck:
     def summary(self) -> str:
         lo, hi = self.oe_allowed
         slo, shi = self.slope_allowed
-        return (f"{self.n} rows, {self.events} events, {self.expected:.1f} expected: "
-                f"O/E = {self.oe_ratio:.3f} (allowed {lo:.3f}–{hi:.3f}), calibration slope = "
-                f"{self.slope:.3f} ± {self.slope_se:.3f} (allowed {slo:.3f}–{shi:.3f}), "
-                f"Hosmer–Lemeshow χ²(8) = {self.hl_statistic:.1f}, p = {self.hl_p_value:.3g}")
+        return (
+            f"{self.n} rows, {self.events} events, {self.expected:.1f} expected: "
+            f"O/E = {self.oe_ratio:.3f} (allowed {lo:.3f}–{hi:.3f}), calibration slope = "
+            f"{self.slope:.3f} ± {self.slope_se:.3f} (allowed {slo:.3f}–{shi:.3f}), "
+            f"Hosmer–Lemeshow χ²(8) = {self.hl_statistic:.1f}, p = {self.hl_p_value:.3g}"
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -140,17 +142,33 @@ def calibration_check(*, prob: np.ndarray, y: np.ndarray) -> CalibrationCheck:
     s_hi = max(BAND[1], 1 + Z_99 * slope_se)
     hl, hl_p, deciles = _hosmer_lemeshow(prob, y) if n else (float("nan"), float("nan"), ())
     if events < MIN_EVENTS:
-        reasons.append(f"only {events} events on this node: at least {MIN_EVENTS} are needed to "
-                       "check calibration")
+        reasons.append(
+            f"only {events} events on this node: at least {MIN_EVENTS} are needed to check calibration"
+        )
     else:
         if not oe_allowed[0] <= oe <= oe_allowed[1]:
-            reasons.append(f"calibration-in-the-large: observed/expected events = {oe:.3f} "
-                           f"({events} observed, {expected:.1f} expected) is outside "
-                           f"{oe_allowed[0]:.3f}–{oe_allowed[1]:.3f}")
+            reasons.append(
+                f"calibration-in-the-large: observed/expected events = {oe:.3f} "
+                f"({events} observed, {expected:.1f} expected) is outside "
+                f"{oe_allowed[0]:.3f}–{oe_allowed[1]:.3f}"
+            )
         if not (math.isfinite(slope) and s_lo <= slope <= s_hi):
-            reasons.append(f"calibration slope = {slope:.3f} is outside {s_lo:.3f}–{s_hi:.3f} "
-                           "(below: predictions too extreme; above: too timid)")
-    return CalibrationCheck(n=n, events=events, expected=expected, oe_ratio=oe,
-                            oe_allowed=oe_allowed, slope=slope, slope_se=slope_se,
-                            slope_allowed=(s_lo, s_hi), hl_statistic=hl, hl_p_value=hl_p,
-                            deciles=deciles, passed=not reasons, reasons=tuple(reasons))
+            reasons.append(
+                f"calibration slope = {slope:.3f} is outside {s_lo:.3f}–{s_hi:.3f} "
+                "(below: predictions too extreme; above: too timid)"
+            )
+    return CalibrationCheck(
+        n=n,
+        events=events,
+        expected=expected,
+        oe_ratio=oe,
+        oe_allowed=oe_allowed,
+        slope=slope,
+        slope_se=slope_se,
+        slope_allowed=(s_lo, s_hi),
+        hl_statistic=hl,
+        hl_p_value=hl_p,
+        deciles=deciles,
+        passed=not reasons,
+        reasons=tuple(reasons),
+    )

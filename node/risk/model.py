@@ -75,8 +75,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 def to_arrays(model: nn.Module) -> list[np.ndarray]:
     """Parameters as float64 numpy arrays in ``state_dict`` order (the transport layout)."""
-    return [t.detach().cpu().numpy().astype(np.float64)
-            for t in _unwrap(model).state_dict().values()]
+    return [t.detach().cpu().numpy().astype(np.float64) for t in _unwrap(model).state_dict().values()]
 
 
 def from_arrays(model: nn.Module, arrays: Sequence[np.ndarray], *, arch: RiskArch) -> nn.Module:

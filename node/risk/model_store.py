@@ -36,8 +36,7 @@ from shared.risk.arch import RiskArch, check_arrays
 from shared.risk.record import TrainingRecord
 from shared.risk.tiers import check_cutoffs
 
-__all__ = ["CANDIDATES", "ModelEntry", "ModelStore", "StoredModel", "TrainingRecord",
-           "model_version"]
+__all__ = ["CANDIDATES", "ModelEntry", "ModelStore", "StoredModel", "TrainingRecord", "model_version"]
 
 _VERSION_CHARS = 16
 CANDIDATES = "candidates"  # sub-folder of models a coordinator sent, not served
@@ -96,8 +95,13 @@ class ModelStore:
         return self.root / CANDIDATES
 
     # -- writing ---------------------------------------------------------------------------
-    def save(self, *, arrays: Sequence[np.ndarray], record: TrainingRecord,
-             note: str = "stored by the node's operator") -> StoredModel:
+    def save(
+        self,
+        *,
+        arrays: Sequence[np.ndarray],
+        record: TrainingRecord,
+        note: str = "stored by the node's operator",
+    ) -> StoredModel:
         """Store a model the operator vouches for (trained locally, imported): served at once.
 
         Raises:
@@ -151,10 +155,14 @@ class ModelStore:
     def _write_approval(self, version: str, body: dict) -> None:
         import datetime as dt
 
-        body = {"version": version, "approved_at": dt.datetime.now(dt.timezone.utc).isoformat(
-            timespec="seconds"), **body}
-        _write_atomic(self.root / f"{version}{_APPROVAL}",
-                      (json.dumps(body, indent=2, default=float) + "\n").encode())
+        body = {
+            "version": version,
+            "approved_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            **body,
+        }
+        _write_atomic(
+            self.root / f"{version}{_APPROVAL}", (json.dumps(body, indent=2, default=float) + "\n").encode()
+        )
 
     # -- reading ---------------------------------------------------------------------------
     def _approved(self, version: str) -> bool:
@@ -164,8 +172,11 @@ class ModelStore:
     def _stored_in(folder: Path) -> list[str]:
         if not folder.is_dir():
             return []
-        return [p.stem for p in folder.glob("*.json")
-                if not p.name.endswith(_APPROVAL) and (folder / f"{p.stem}.npz").exists()]
+        return [
+            p.stem
+            for p in folder.glob("*.json")
+            if not p.name.endswith(_APPROVAL) and (folder / f"{p.stem}.npz").exists()
+        ]
 
     def versions(self) -> list[str]:
         """Served (approved) versions, oldest first (by ``created_at``)."""
@@ -174,8 +185,9 @@ class ModelStore:
 
     def candidate_versions(self) -> list[str]:
         """Candidate versions (sent, not approved), oldest first."""
-        sent = [(self.candidates_dir, v) for v in self._stored_in(self.candidates_dir)
-                if not self._approved(v)]
+        sent = [
+            (self.candidates_dir, v) for v in self._stored_in(self.candidates_dir) if not self._approved(v)
+        ]
         legacy = [(self.root, v) for v in self._stored_in(self.root) if not self._approved(v)]
         found = {v: f for f, v in sent + legacy}
         return sorted(found, key=lambda v: (self._record(found[v], v).created_at, v))
@@ -185,11 +197,13 @@ class ModelStore:
         out = []
         for v in self.versions():
             note = json.loads((self.root / f"{v}{_APPROVAL}").read_text())
-            out.append(ModelEntry(version=v, status="served", record=self._record(self.root, v),
-                                  approval=note))
+            out.append(
+                ModelEntry(version=v, status="served", record=self._record(self.root, v), approval=note)
+            )
         for v in self.candidate_versions():
-            out.append(ModelEntry(version=v, status="candidate",
-                                  record=self._record(self._candidate_folder(v), v)))
+            out.append(
+                ModelEntry(version=v, status="candidate", record=self._record(self._candidate_folder(v), v))
+            )
         return out
 
     def load(self, version: str) -> StoredModel:
@@ -200,8 +214,10 @@ class ModelStore:
                 not hash to its version (a corrupted or tampered model).
         """
         if version in self.candidate_versions():
-            raise SpecError(f"model {version} is a candidate, not approved: approve it first "
-                            f"(rehealth node model approve {version})")
+            raise SpecError(
+                f"model {version} is a candidate, not approved: approve it first "
+                f"(rehealth node model approve {version})"
+            )
         if not self._approved(version) or not (self.root / f"{version}.npz").exists():
             raise SpecError(f"model version {version!r} not found in {self.root}")
         return self._load(self.root, version)
@@ -240,8 +256,11 @@ class ModelStore:
         versions = self.versions()
         if not versions:
             pending = self.candidate_versions()
-            hint = (f"; {len(pending)} candidate(s) await approval (rehealth node model list)"
-                    if pending else " (train one first)")
+            hint = (
+                f"; {len(pending)} candidate(s) await approval (rehealth node model list)"
+                if pending
+                else " (train one first)"
+            )
             raise SpecError(f"no risk model approved for serving in {self.root}{hint}")
         return self.load(versions[-1])
 

@@ -47,8 +47,7 @@ class Scorer:
     _raw_arrays: list[np.ndarray] = field(repr=False)
 
     @classmethod
-    def from_model(cls, model: StoredModel, *,
-                   cutoffs: Sequence[float] | None = None) -> "Scorer":
+    def from_model(cls, model: StoredModel, *, cutoffs: Sequence[float] | None = None) -> "Scorer":
         """Prepare ``model``; ``cutoffs`` override the tiers recorded with it."""
         cut = check_cutoffs(model.record.cutoffs if cutoffs is None else cutoffs)
         raw = fold_inputs(arch=model.arch, arrays=model.arrays)
@@ -83,8 +82,7 @@ def feature_matrix(book: pd.DataFrame) -> np.ndarray:
             bad = num.isna() & col.notna()
             if bad.any():
                 r = int(np.argmax(bad.to_numpy()))
-                raise DataError(f"row {r}: {name}={col.iloc[r]!r} is not a number",
-                                row=r, field=name)
+                raise DataError(f"row {r}: {name}={col.iloc[r]!r} is not a number", row=r, field=name)
             col = num
         cols.append(col.to_numpy(dtype=np.float64, na_value=np.nan))
     return np.column_stack(cols)

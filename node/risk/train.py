@@ -30,10 +30,10 @@ from opacus.accountants import create_accountant
 from opacus.accountants.utils import get_noise_multiplier
 from torch.utils.data import DataLoader, TensorDataset
 
+from node.risk.model import build_model, from_arrays, to_arrays
 from shared.errors import DataError, SpecError
 from shared.features import FEATURES, scale
 from shared.risk.arch import RiskArch, model_input
-from node.risk.model import build_model, from_arrays, to_arrays
 
 Accountant = str  # "rdp" | "prv"
 _ACCOUNTANTS = ("rdp", "prv")
@@ -79,8 +79,9 @@ def _check_accountant(accountant: str) -> None:
         raise SpecError(f"accountant {accountant!r} is not one of {_ACCOUNTANTS}")
 
 
-def composed_epsilon(*, history: Sequence[tuple[float, float, int]], delta: float,
-                     accountant: Accountant = "rdp") -> float:
+def composed_epsilon(
+    *, history: Sequence[tuple[float, float, int]], delta: float, accountant: Accountant = "rdp"
+) -> float:
     """ε after all runs in ``history`` (entries ``(σ, q, steps)``), composed by Opacus.
 
     >>> round(composed_epsilon(history=[(1.0, 1.0, 10)], delta=1e-5), 2)
@@ -108,8 +109,16 @@ def sample_rate_for(*, n: int, batch_size: int) -> float:
     return 1.0 / steps_per_epoch(n=n, batch_size=batch_size)
 
 
-def plan_noise(*, n: int, batch_size: int, epochs: int, rounds: int, target_epsilon: float,
-               delta: float, accountant: Accountant = "rdp") -> float:
+def plan_noise(
+    *,
+    n: int,
+    batch_size: int,
+    epochs: int,
+    rounds: int,
+    target_epsilon: float,
+    delta: float,
+    accountant: Accountant = "rdp",
+) -> float:
     """σ such that ``rounds`` runs of ``epochs`` epochs each spend at most ``target_epsilon``.
 
     Opacus's bisection returns the conservative end (never overshoots the budget).
@@ -120,9 +129,15 @@ def plan_noise(*, n: int, batch_size: int, epochs: int, rounds: int, target_epsi
     steps = rounds * epochs * steps_per_epoch(n=n, batch_size=batch_size)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "optimal order is the largest alpha"
-        return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta,
-                                          sample_rate=sample_rate_for(n=n, batch_size=batch_size),
-                                          steps=steps, accountant=accountant))
+        return float(
+            get_noise_multiplier(
+                target_epsilon=target_epsilon,
+                target_delta=delta,
+                sample_rate=sample_rate_for(n=n, batch_size=batch_size),
+                steps=steps,
+                accountant=accountant,
+            )
+        )
 
 
 def _check_xy(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -137,8 +152,9 @@ def _check_xy(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return z, y
 
 
-def _sgd(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader, *,
-         epochs: int) -> None:
+def _sgd(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader, *, epochs: int
+) -> None:
     loss_fn = torch.nn.BCEWithLogitsLoss()
     model.train()
     for _ in range(epochs):
@@ -149,12 +165,23 @@ def _sgd(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader: DataL
             optimizer.step()
 
 
-def local_train(*, arrays: Sequence[np.ndarray], X: np.ndarray, y: np.ndarray,
-                arch: RiskArch = RiskArch(), epochs: int = 1, batch_size: int = 1024,
-                lr: float = 0.05, target_epsilon: float | None = None,
-                noise_multiplier: float | None = None, max_grad_norm: float = 5.0,
-                delta: float = 1e-5, accountant: Accountant = "rdp",
-                optimizer_name: str = "adam", seed: int | None = None) -> LocalTrainResult:
+def local_train(
+    *,
+    arrays: Sequence[np.ndarray],
+    X: np.ndarray,
+    y: np.ndarray,
+    arch: RiskArch = RiskArch(),
+    epochs: int = 1,
+    batch_size: int = 1024,
+    lr: float = 0.05,
+    target_epsilon: float | None = None,
+    noise_multiplier: float | None = None,
+    max_grad_norm: float = 5.0,
+    delta: float = 1e-5,
+    accountant: Accountant = "rdp",
+    optimizer_name: str = "adam",
+    seed: int | None = None,
+) -> LocalTrainResult:
     r"""One node's DP-SGD update of the global model on its own rows.
 
     Args:
@@ -208,28 +235,45 @@ def local_train(*, arrays: Sequence[np.ndarray], X: np.ndarray, y: np.ndarray,
 
     model = from_arrays(build_model(arch), arrays, arch=arch)
     optimizer = _OPTIMIZERS[optimizer_name](model.parameters(), lr=lr)
-    loader = DataLoader(TensorDataset(torch.as_tensor(z, dtype=torch.float32),
-                                      torch.as_tensor(y, dtype=torch.float32)),
-                        batch_size=min(batch_size, n), generator=data_gen)
-    common = dict(module=model, optimizer=optimizer, data_loader=loader,
-                  max_grad_norm=max_grad_norm, poisson_sampling=True, noise_generator=noise_gen)
+    loader = DataLoader(
+        TensorDataset(torch.as_tensor(z, dtype=torch.float32), torch.as_tensor(y, dtype=torch.float32)),
+        batch_size=min(batch_size, n),
+        generator=data_gen,
+    )
+    common = dict(
+        module=model,
+        optimizer=optimizer,
+        data_loader=loader,
+        max_grad_norm=max_grad_norm,
+        poisson_sampling=True,
+        noise_generator=noise_gen,
+    )
     with warnings.catch_warnings():
         # Opacus advisories: secure_mode (see module Notes), hooks on input-free modules.
         warnings.simplefilter("ignore", UserWarning)
         engine = PrivacyEngine(accountant=accountant)
         if target_epsilon is not None:
             model, optimizer, loader = engine.make_private_with_epsilon(
-                **common, target_epsilon=target_epsilon, target_delta=delta, epochs=epochs)
+                **common, target_epsilon=target_epsilon, target_delta=delta, epochs=epochs
+            )
         else:
-            model, optimizer, loader = engine.make_private(**common,
-                                                           noise_multiplier=noise_multiplier)
+            model, optimizer, loader = engine.make_private(**common, noise_multiplier=noise_multiplier)
         _sgd(model, optimizer, loader, epochs=epochs)
         epsilon = float(engine.get_epsilon(delta))
     # Opacus merges repeated (σ, q) steps into one history entry.
-    (sigma, q, steps), = engine.accountant.history
-    spend = DpSgdSpend(noise_multiplier=float(sigma), sample_rate=float(q), steps=int(steps),
-                       delta=delta, epsilon=epsilon,
-                       accountant=accountant)
-    metrics = {"epochs": float(epochs), "steps": float(steps), "sample_rate": float(q),
-               "noise_multiplier": float(sigma)}
+    ((sigma, q, steps),) = engine.accountant.history
+    spend = DpSgdSpend(
+        noise_multiplier=float(sigma),
+        sample_rate=float(q),
+        steps=int(steps),
+        delta=delta,
+        epsilon=epsilon,
+        accountant=accountant,
+    )
+    metrics = {
+        "epochs": float(epochs),
+        "steps": float(steps),
+        "sample_rate": float(q),
+        "noise_multiplier": float(sigma),
+    }
     return LocalTrainResult(arrays=to_arrays(model), n=n, metrics=metrics, spend=spend)

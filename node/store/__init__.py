@@ -3,5 +3,4 @@
 from node.store.engine import Store, fetch_by_pseudonyms, insert_ignore, open_store
 from node.store.models import NATURAL_KEYS, metadata
 
-__all__ = ["NATURAL_KEYS", "Store", "fetch_by_pseudonyms", "insert_ignore", "metadata",
-           "open_store"]
+__all__ = ["NATURAL_KEYS", "Store", "fetch_by_pseudonyms", "insert_ignore", "metadata", "open_store"]

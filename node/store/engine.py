@@ -44,8 +44,10 @@ class Store:
     def counts(self) -> dict[str, int]:
         """Row count of every table."""
         with self.engine.connect() as conn:
-            return {t.name: conn.scalar(select(func.count()).select_from(t)) or 0
-                    for t in models.metadata.sorted_tables}
+            return {
+                t.name: conn.scalar(select(func.count()).select_from(t)) or 0
+                for t in models.metadata.sorted_tables
+            }
 
     def quarantine_frame(self, *, ingest_id: int | None = None) -> pd.DataFrame:
         """Quarantined rows (file, row, field, reason, detail, pseudonym), oldest first."""
@@ -58,12 +60,15 @@ class Store:
 
     def cohort_frame(self, spec: StudySpec) -> pd.DataFrame:
         """The flat cohort as ``spec`` needs it (see :meth:`cohort_columns`)."""
-        return self.cohort_columns(covariates=[c.name for c in spec.covariates],
-                                   treatment_column=spec.treatment.column,
-                                   outcomes=[o.name for o in spec.outcomes])
+        return self.cohort_columns(
+            covariates=[c.name for c in spec.covariates],
+            treatment_column=spec.treatment.column,
+            outcomes=[o.name for o in spec.outcomes],
+        )
 
-    def cohort_columns(self, *, covariates: Sequence[str], treatment_column: str,
-                       outcomes: Sequence[str]) -> pd.DataFrame:
+    def cohort_columns(
+        self, *, covariates: Sequence[str], treatment_column: str, outcomes: Sequence[str]
+    ) -> pd.DataFrame:
         """The flat cohort as a study needs it: covariates, treatment, outcomes; no pseudonyms.
 
         Covariates that are one of the 16 features come from their columns; any other
@@ -79,27 +84,36 @@ class Store:
         wanted = [*covariates, "treated", *outcomes]
         fixed = [n for n in wanted if n in _COHORT_FIXED]
         from_extras = [n for n in wanted if n not in _COHORT_FIXED]
-        stmt = select(*[c.c[n] for n in fixed], *([c.c.extras] if from_extras else [])
-                      ).order_by(c.c.pseudonym)
+        stmt = select(*[c.c[n] for n in fixed], *([c.c.extras] if from_extras else [])).order_by(
+            c.c.pseudonym
+        )
         with self.engine.connect() as conn:
             result = conn.execute(stmt)
             frame = pd.DataFrame(result.all(), columns=list(result.keys()))
         if frame.empty:
-            raise DataError("the cohort table is empty: ingest a cohort file first "
-                            "(rehealth node ingest --kind cohort FILE)")
+            raise DataError(
+                "the cohort table is empty: ingest a cohort file first "
+                "(rehealth node ingest --kind cohort FILE)"
+            )
         if from_extras:
             extras = pd.DataFrame.from_records(list(frame.pop("extras")))
             for name in from_extras:
                 if name not in extras.columns:
-                    raise DataError(f"cohort has no column {name!r} (extra columns loaded: "
-                                    f"{', '.join(sorted(extras.columns)) or 'none'})", field=name)
+                    raise DataError(
+                        f"cohort has no column {name!r} (extra columns loaded: "
+                        f"{', '.join(sorted(extras.columns)) or 'none'})",
+                        field=name,
+                    )
                 frame[name] = extras[name].to_numpy()
         out = {}
         for name in wanted:
             col = frame[name].to_numpy(dtype=float, na_value=np.nan)
             if np.isnan(col).any():
-                raise DataError(f"{int(np.isnan(col).sum())} of {len(col)} cohort rows lack "
-                                f"{name!r} (loaded from a file without this column)", field=name)
+                raise DataError(
+                    f"{int(np.isnan(col).sum())} of {len(col)} cohort rows lack "
+                    f"{name!r} (loaded from a file without this column)",
+                    field=name,
+                )
             out[treatment_column if name == "treated" else name] = col
         return pd.DataFrame(out)
 
@@ -164,8 +178,7 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.close()
 
 
-def insert_ignore(conn: Connection, table: Table, columns: Sequence[str],
-                  rows: Iterable[tuple]) -> int:
+def insert_ignore(conn: Connection, table: Table, columns: Sequence[str], rows: Iterable[tuple]) -> int:
     """Insert ``rows`` (tuples in ``columns`` order), skipping natural-key conflicts.
 
     SQLite: one prepared ``INSERT … ON CONFLICT DO NOTHING`` run over all rows. PostgreSQL:
@@ -198,8 +211,7 @@ def insert_ignore(conn: Connection, table: Table, columns: Sequence[str],
         stage = q.quote(f"_stage_{table.name}")
         cur.execute(f"CREATE TEMP TABLE {stage} AS SELECT {cols} FROM {target} WITH NO DATA")
         cur.copy_expert(f"COPY {stage} ({cols}) FROM STDIN WITH (FORMAT csv)", _csv_stream(rows))
-        cur.execute(f"INSERT INTO {target} ({cols}) SELECT {cols} FROM {stage} "
-                    "ON CONFLICT DO NOTHING")
+        cur.execute(f"INSERT INTO {target} ({cols}) SELECT {cols} FROM {stage} ON CONFLICT DO NOTHING")
         inserted = cur.rowcount
         cur.execute(f"DROP TABLE {stage}")
         return inserted
@@ -216,13 +228,14 @@ def _csv_stream(rows: Iterable[tuple]) -> io.StringIO:
     return buf
 
 
-def fetch_by_pseudonyms(conn: Connection, table: Table, columns: Sequence[str],
-                        pseudonyms: Sequence[str], *, batch: int = 5000) -> pd.DataFrame:
+def fetch_by_pseudonyms(
+    conn: Connection, table: Table, columns: Sequence[str], pseudonyms: Sequence[str], *, batch: int = 5000
+) -> pd.DataFrame:
     """Rows of ``table`` whose pseudonym is in ``pseudonyms`` (batched under bind limits)."""
     cols = [table.c[c] for c in columns]
     parts = []
     uniq = list(dict.fromkeys(pseudonyms))
     for i in range(0, len(uniq), batch):
-        stmt = select(*cols).where(table.c.pseudonym.in_(uniq[i:i + batch]))
+        stmt = select(*cols).where(table.c.pseudonym.in_(uniq[i : i + batch]))
         parts.append(pd.DataFrame(conn.execute(stmt).all(), columns=list(columns)))
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=list(columns))

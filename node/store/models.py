@@ -25,8 +25,18 @@ a row that an earlier file already stored.
 from __future__ import annotations
 
 from sqlalchemy import (
-    JSON, Column, Date, DateTime, Float, ForeignKey, Integer, MetaData, SmallInteger, String,
-    Table, UniqueConstraint,
+    JSON,
+    Column,
+    Date,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    UniqueConstraint,
 )
 
 from shared.features import FEATURES
@@ -42,18 +52,22 @@ def _feature_columns() -> list[Column]:
 
 
 def _pseudonym(primary_key: bool = False) -> Column:
-    return Column("pseudonym", String(PSEUDONYM_LEN), primary_key=primary_key,
-                  nullable=False, index=not primary_key)
+    return Column(
+        "pseudonym", String(PSEUDONYM_LEN), primary_key=primary_key, nullable=False, index=not primary_key
+    )
 
 
 def _provenance() -> list[Column]:
     """Which file and data row a row came from (NULL when appended through the CLI or API)."""
-    return [Column("ingest_id", Integer, ForeignKey("ingested_files.id"), nullable=True),
-            Column("ingest_row", Integer, nullable=True)]
+    return [
+        Column("ingest_id", Integer, ForeignKey("ingested_files.id"), nullable=True),
+        Column("ingest_row", Integer, nullable=True),
+    ]
 
 
 ingested_files = Table(
-    "ingested_files", metadata,
+    "ingested_files",
+    metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("sha256", String(64), nullable=False),
     Column("kind", String(16), nullable=False),
@@ -69,7 +83,8 @@ ingested_files = Table(
 )
 
 persons = Table(
-    "persons", metadata,
+    "persons",
+    metadata,
     _pseudonym(primary_key=True),
     Column("site", String(128), nullable=False),
     Column("department", String(128), nullable=True),
@@ -81,7 +96,8 @@ persons = Table(
 )
 
 interventions = Table(
-    "interventions", metadata,
+    "interventions",
+    metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     _pseudonym(),
     Column("code", String(64), nullable=False),
@@ -95,7 +111,8 @@ interventions = Table(
 )
 
 outcomes = Table(
-    "outcomes", metadata,
+    "outcomes",
+    metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     _pseudonym(),
     Column("period_start", Date, nullable=False),
@@ -108,7 +125,8 @@ outcomes = Table(
 )
 
 cohort = Table(
-    "cohort", metadata,
+    "cohort",
+    metadata,
     _pseudonym(primary_key=True),
     Column("department", String(128), nullable=True),
     Column("job_type", String(128), nullable=True),
@@ -119,7 +137,8 @@ cohort = Table(
 )
 
 quarantine = Table(
-    "quarantine", metadata,
+    "quarantine",
+    metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("ingest_id", Integer, ForeignKey("ingested_files.id"), nullable=False, index=True),
     Column("file", String(255), nullable=False),

@@ -16,6 +16,14 @@ from shared.dp.plan import DEFAULT_PS_ROUNDS, NoisePlan, PlannedRelease, plan_st
 from shared.dp.sensitivity import RELEASE_KEYS
 
 __all__ = [
-    "DEFAULT_PS_ROUNDS", "NoisePlan", "PlannedRelease", "RELEASE_KEYS", "epsilon_spent",
-    "gaussian_noise", "plan_study", "project_psd", "release", "secure_rng",
+    "DEFAULT_PS_ROUNDS",
+    "NoisePlan",
+    "PlannedRelease",
+    "RELEASE_KEYS",
+    "epsilon_spent",
+    "gaussian_noise",
+    "plan_study",
+    "project_psd",
+    "release",
+    "secure_rng",
 ]

@@ -36,16 +36,19 @@ from typing import Iterable, Literal, Sequence
 
 import numpy as np
 
-__all__ = ["ACCOUNTANTS", "Accountant", "ORDERS", "epsilon_of_history", "epsilon_spent",
-           "make_accountant"]
+__all__ = ["ACCOUNTANTS", "Accountant", "ORDERS", "epsilon_of_history", "epsilon_spent", "make_accountant"]
 
 Accountant = Literal["rdp", "prv"]
 ACCOUNTANTS: tuple[str, ...] = ("rdp", "prv")
 
 #: RDP orders: Opacus' default grid extended to 1024.
 ORDERS: tuple[float, ...] = tuple(
-    [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
-    + list(range(64, 128, 4)) + list(range(128, 257, 16)) + [320, 384, 512, 768, 1024])
+    [1 + x / 10.0 for x in range(1, 100)]
+    + list(range(12, 64))
+    + list(range(64, 128, 4))
+    + list(range(128, 257, 16))
+    + [320, 384, 512, 768, 1024]
+)
 
 
 def make_accountant(name: str = "rdp"):
@@ -76,8 +79,9 @@ def _rdp_analysis():
     if opacus is None or not opacus.submodule_search_locations:
         raise ImportError("Opacus is not installed")
     root = Path(opacus.submodule_search_locations[0])
-    spec = importlib.util.spec_from_file_location("_rehealth_opacus_rdp",
-                                                  root / "accountants" / "analysis" / "rdp.py")
+    spec = importlib.util.spec_from_file_location(
+        "_rehealth_opacus_rdp", root / "accountants" / "analysis" / "rdp.py"
+    )
     if spec is None or spec.loader is None:
         raise ImportError(f"Opacus' RDP analysis module is missing under {root}")
     module = importlib.util.module_from_spec(spec)
@@ -88,8 +92,7 @@ def _rdp_analysis():
 def _rdp_epsilon(entries: Sequence[tuple[float, float, int]], delta: float) -> float:
     """What ``RDPAccountant.get_epsilon(delta, alphas=ORDERS)`` returns for this history."""
     analysis, orders = _rdp_analysis(), list(ORDERS)
-    rdp = sum(analysis.compute_rdp(q=q, noise_multiplier=mu, steps=k, orders=orders)
-              for mu, q, k in entries)
+    rdp = sum(analysis.compute_rdp(q=q, noise_multiplier=mu, steps=k, orders=orders) for mu, q, k in entries)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "optimal order is the largest alpha" at large ε
         eps, _ = analysis.get_privacy_spent(orders=orders, rdp=rdp, delta=delta)
@@ -104,8 +107,7 @@ def _check_multipliers(noise_multipliers: Iterable[float]) -> list[float]:
     return mus
 
 
-def epsilon_spent(*, noise_multipliers: Sequence[float], delta: float,
-                  accountant: str = "rdp") -> float:
+def epsilon_spent(*, noise_multipliers: Sequence[float], delta: float, accountant: str = "rdp") -> float:
     r"""ε at ``delta`` of the composition of full-batch Gaussian releases with these noise
     multipliers :math:`\mu_i = \sigma_i / \Delta_i` (any order); 0.0 for none.
 
@@ -113,12 +115,12 @@ def epsilon_spent(*, noise_multipliers: Sequence[float], delta: float,
         ValueError: a multiplier is not positive, δ outside (0, 1), or an unknown accountant.
     """
     mus = _check_multipliers(noise_multipliers)
-    return epsilon_of_history(history=[(mu, 1.0, 1) for mu in mus], delta=delta,
-                              accountant=accountant)
+    return epsilon_of_history(history=[(mu, 1.0, 1) for mu in mus], delta=delta, accountant=accountant)
 
 
-def epsilon_of_history(*, history: Sequence[tuple[float, float, int]], delta: float,
-                       accountant: str = "rdp") -> float:
+def epsilon_of_history(
+    *, history: Sequence[tuple[float, float, int]], delta: float, accountant: str = "rdp"
+) -> float:
     r"""ε at ``delta`` of a composition of (subsampled) Gaussian mechanisms, each entry
     ``(μ, q, steps)`` in Opacus' accountant-history form: ``steps`` applications with noise
     multiplier μ and Poisson sampling rate q (q = 1 for a full-batch release, as in the

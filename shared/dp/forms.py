@@ -48,8 +48,15 @@ from shared.dp.sensitivity import RELEASE_KEYS
 from shared.errors import PrivacyError
 from shared.psm.balance import BalanceNoise
 
-__all__ = ["CENTER", "balance_from_release", "balance_noise", "main_from_release", "ps_from_release",
-           "release_arrays", "release_form"]
+__all__ = [
+    "CENTER",
+    "balance_from_release",
+    "balance_noise",
+    "main_from_release",
+    "ps_from_release",
+    "release_arrays",
+    "release_form",
+]
 
 #: The public centre of every scaled covariate and outcome (the midpoint of [0, 1]).
 CENTER = 0.5
@@ -142,5 +149,6 @@ def balance_noise(*, sigma_balance: float) -> BalanceNoise:
     """The balance release's noise for :func:`shared.psm.balance.balance_table`: σ on every
     centred cell sum and on every centred arm sum of squares (the counts' noise only enters
     through the row totals, a relative error well below the sums')."""
-    return BalanceNoise(sum_z=float(sigma_balance), sumsq_z=float(sigma_balance), center=CENTER,
-                        sumsq_per_arm=True)
+    return BalanceNoise(
+        sum_z=float(sigma_balance), sumsq_z=float(sigma_balance), center=CENTER, sumsq_per_arm=True
+    )

@@ -63,8 +63,9 @@ def gaussian_noise(*, shape: tuple[int, ...], sigma: float, rng: np.random.Gener
     return rng.normal(0.0, _check_sigma(sigma), size=shape)
 
 
-def release(*, arrays: Mapping[str, np.ndarray], sigma: float,
-            rng: np.random.Generator) -> dict[str, np.ndarray]:
+def release(
+    *, arrays: Mapping[str, np.ndarray], sigma: float, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
     r"""The Gaussian mechanism over a group of arrays released together.
 
     All arrays share one :math:`\sigma`: their joint L2 sensitivity (over the concatenation)

@@ -47,12 +47,23 @@ import math
 from dataclasses import dataclass
 
 from shared.dp.accounting import epsilon_spent
-from shared.dp.sensitivity import (count_sensitivity, ps_fit_sensitivity, psm_balance_sensitivity,
-                                   psm_main_sensitivity, psm_sumsq_sensitivity)
+from shared.dp.sensitivity import (
+    count_sensitivity,
+    ps_fit_sensitivity,
+    psm_balance_sensitivity,
+    psm_main_sensitivity,
+    psm_sumsq_sensitivity,
+)
 from shared.errors import PrivacyError
 
-__all__ = ["DEFAULT_PS_ROUNDS", "NoisePlan", "PlannedRelease", "SUMSQ_SHARE", "plan_study",
-           "single_release_multiplier"]
+__all__ = [
+    "DEFAULT_PS_ROUNDS",
+    "NoisePlan",
+    "PlannedRelease",
+    "SUMSQ_SHARE",
+    "plan_study",
+    "single_release_multiplier",
+]
 
 #: Newton rounds of the propensity fit under DP (fixed, so the plan can be set in advance).
 DEFAULT_PS_ROUNDS = 4
@@ -125,8 +136,11 @@ class NoisePlan:
         split, δ and rounds: every σ scales together when ε changes, so this is the accountant's
         ε for all multipliers scaled by ``sigma / self.sigma(query)``."""
         k = sigma / self.sigma(query)
-        return epsilon_spent(noise_multipliers=[r.noise_multiplier * k for r in self.releases],
-                             delta=self.delta, accountant=self.accountant)
+        return epsilon_spent(
+            noise_multipliers=[r.noise_multiplier * k for r in self.releases],
+            delta=self.delta,
+            accountant=self.accountant,
+        )
 
     def with_split(self, split) -> "NoisePlan":
         """The same total ρ spread by another split (same sensitivities and rounds): how a study
@@ -144,33 +158,61 @@ class NoisePlan:
         unknown = sorted({q for q, _, _ in shares} - set(sens))
         if unknown:
             raise PrivacyError(f"cannot re-split onto release(s) the plan lacks: {', '.join(unknown)}")
-        eps = epsilon_spent(noise_multipliers=[_multiplier(self.rho * s) for _, _, s in shares],
-                            delta=self.delta, accountant=self.accountant)
+        eps = epsilon_spent(
+            noise_multipliers=[_multiplier(self.rho * s) for _, _, s in shares],
+            delta=self.delta,
+            accountant=self.accountant,
+        )
         if eps > self.epsilon * (1.0 + 1e-9):
-            raise PrivacyError(f"the re-split plan would cost ε = {eps:.6g}, more than the study's "
-                               f"ε = {self.epsilon:g}")
-        return _assemble(self.epsilon, self.delta, self.accountant, self.rho, self.n_ps_rounds,
-                         shares, sens, eps)
+            raise PrivacyError(
+                f"the re-split plan would cost ε = {eps:.6g}, more than the study's ε = {self.epsilon:g}"
+            )
+        return _assemble(
+            self.epsilon, self.delta, self.accountant, self.rho, self.n_ps_rounds, shares, sens, eps
+        )
 
     def to_dict(self) -> dict:
-        return {"epsilon": self.epsilon, "delta": self.delta, "accountant": self.accountant,
-                "rho": self.rho, "n_ps_rounds": self.n_ps_rounds,
-                "epsilon_planned": self.epsilon_planned,
-                "releases": [{"query": r.query, "index": r.index, "sensitivity": r.sensitivity,
-                              "noise_multiplier": r.noise_multiplier, "sigma": r.sigma}
-                             for r in self.releases]}
+        return {
+            "epsilon": self.epsilon,
+            "delta": self.delta,
+            "accountant": self.accountant,
+            "rho": self.rho,
+            "n_ps_rounds": self.n_ps_rounds,
+            "epsilon_planned": self.epsilon_planned,
+            "releases": [
+                {
+                    "query": r.query,
+                    "index": r.index,
+                    "sensitivity": r.sensitivity,
+                    "noise_multiplier": r.noise_multiplier,
+                    "sigma": r.sigma,
+                }
+                for r in self.releases
+            ],
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> "NoisePlan":
         """Inverse of :meth:`to_dict` (a node caches its plan per study: calibrating it costs
         seconds of accountant work, and every Flower message starts a fresh process)."""
-        releases = tuple(PlannedRelease(query=r["query"], index=int(r["index"]),
-                                        sensitivity=float(r["sensitivity"]),
-                                        noise_multiplier=float(r["noise_multiplier"]))
-                         for r in d["releases"])
-        return cls(epsilon=float(d["epsilon"]), delta=float(d["delta"]), accountant=d["accountant"],
-                   rho=float(d["rho"]), n_ps_rounds=int(d["n_ps_rounds"]), releases=releases,
-                   epsilon_planned=float(d["epsilon_planned"]))
+        releases = tuple(
+            PlannedRelease(
+                query=r["query"],
+                index=int(r["index"]),
+                sensitivity=float(r["sensitivity"]),
+                noise_multiplier=float(r["noise_multiplier"]),
+            )
+            for r in d["releases"]
+        )
+        return cls(
+            epsilon=float(d["epsilon"]),
+            delta=float(d["delta"]),
+            accountant=d["accountant"],
+            rho=float(d["rho"]),
+            n_ps_rounds=int(d["n_ps_rounds"]),
+            releases=releases,
+            epsilon_planned=float(d["epsilon_planned"]),
+        )
 
 
 def _release_shares(split, n_ps_rounds: int) -> list[tuple[str, int, float]]:
@@ -178,13 +220,25 @@ def _release_shares(split, n_ps_rounds: int) -> list[tuple[str, int, float]]:
     ps_each = split.ps_fit / (n_ps_rounds + 1)
     out = [("describe", 0, split.describe)]
     out += [("ps_fit", i, ps_each) for i in range(n_ps_rounds)]
-    out += [("score_hist", 0, ps_each), ("psm_main", 0, split.psm_stats * (1.0 - SUMSQ_SHARE)),
-            ("psm_sumsq", 0, split.psm_stats * SUMSQ_SHARE), ("psm_balance", 0, split.balance)]
+    out += [
+        ("score_hist", 0, ps_each),
+        ("psm_main", 0, split.psm_stats * (1.0 - SUMSQ_SHARE)),
+        ("psm_sumsq", 0, split.psm_stats * SUMSQ_SHARE),
+        ("psm_balance", 0, split.balance),
+    ]
     return [r for r in out if r[2] > 0]
 
 
-def plan_study(*, epsilon: float, delta: float, split, n_covariates: int, n_outcomes: int,
-               n_ps_rounds: int = DEFAULT_PS_ROUNDS, accountant: str = "rdp") -> NoisePlan:
+def plan_study(
+    *,
+    epsilon: float,
+    delta: float,
+    split,
+    n_covariates: int,
+    n_outcomes: int,
+    n_ps_rounds: int = DEFAULT_PS_ROUNDS,
+    accountant: str = "rdp",
+) -> NoisePlan:
     r"""σ for every release so that their composition costs at most ``epsilon`` at ``delta``.
 
     Args:
@@ -207,13 +261,18 @@ def plan_study(*, epsilon: float, delta: float, split, n_covariates: int, n_outc
         raise ValueError(f"n_ps_rounds must be at least 1, got {n_ps_rounds!r}")
     for name in ("describe", "ps_fit", "psm_stats"):
         if not getattr(split, name) > 0:
-            raise PrivacyError(f"privacy.split.{name} must be positive under DP: that round "
-                               "cannot run without releasing noisy statistics")
-    sens = {"describe": count_sensitivity(), "score_hist": count_sensitivity(),
-            "ps_fit": ps_fit_sensitivity(n_covariates=n_covariates),
-            "psm_main": psm_main_sensitivity(n_outcomes=n_outcomes),
-            "psm_sumsq": psm_sumsq_sensitivity(n_outcomes=n_outcomes),
-            "psm_balance": psm_balance_sensitivity(n_covariates=n_covariates)}
+            raise PrivacyError(
+                f"privacy.split.{name} must be positive under DP: that round "
+                "cannot run without releasing noisy statistics"
+            )
+    sens = {
+        "describe": count_sensitivity(),
+        "score_hist": count_sensitivity(),
+        "ps_fit": ps_fit_sensitivity(n_covariates=n_covariates),
+        "psm_main": psm_main_sensitivity(n_outcomes=n_outcomes),
+        "psm_sumsq": psm_sumsq_sensitivity(n_outcomes=n_outcomes),
+        "psm_balance": psm_balance_sensitivity(n_covariates=n_covariates),
+    }
     shares = tuple(_release_shares(split, n_ps_rounds))
     rho, eps = _calibrate(float(epsilon), float(delta), tuple(s for _, _, s in shares), accountant)
     return _assemble(float(epsilon), float(delta), accountant, rho, n_ps_rounds, shares, sens, eps)
@@ -236,13 +295,29 @@ def single_release_multiplier(*, epsilon: float, delta: float, accountant: str =
     return _multiplier(rho)
 
 
-def _assemble(epsilon: float, delta: float, accountant: str, rho: float, n_ps_rounds: int,
-              shares, sens: dict[str, float], eps: float) -> NoisePlan:
-    releases = tuple(PlannedRelease(query=q, index=i, sensitivity=sens[q],
-                                    noise_multiplier=_multiplier(rho * s))
-                     for q, i, s in shares)
-    return NoisePlan(epsilon=epsilon, delta=delta, accountant=accountant, rho=rho,
-                     n_ps_rounds=n_ps_rounds, releases=releases, epsilon_planned=eps)
+def _assemble(
+    epsilon: float,
+    delta: float,
+    accountant: str,
+    rho: float,
+    n_ps_rounds: int,
+    shares,
+    sens: dict[str, float],
+    eps: float,
+) -> NoisePlan:
+    releases = tuple(
+        PlannedRelease(query=q, index=i, sensitivity=sens[q], noise_multiplier=_multiplier(rho * s))
+        for q, i, s in shares
+    )
+    return NoisePlan(
+        epsilon=epsilon,
+        delta=delta,
+        accountant=accountant,
+        rho=rho,
+        n_ps_rounds=n_ps_rounds,
+        releases=releases,
+        epsilon_planned=eps,
+    )
 
 
 def _multiplier(rho: float) -> float:
@@ -250,12 +325,15 @@ def _multiplier(rho: float) -> float:
 
 
 @functools.lru_cache(maxsize=256)
-def _calibrate(epsilon: float, delta: float, shares: tuple[float, ...],
-               accountant: str) -> tuple[float, float]:
+def _calibrate(
+    epsilon: float, delta: float, shares: tuple[float, ...], accountant: str
+) -> tuple[float, float]:
     """Largest total ρ (to relative 1e-6) whose releases compose to ≤ ε; returns (ρ, ε(ρ))."""
+
     def eps_of(rho: float) -> float:
-        return epsilon_spent(noise_multipliers=[_multiplier(rho * s) for s in shares],
-                             delta=delta, accountant=accountant)
+        return epsilon_spent(
+            noise_multipliers=[_multiplier(rho * s) for s in shares], delta=delta, accountant=accountant
+        )
 
     lo, hi = 1e-12, epsilon  # ρ ≤ ε always (ε ≥ ρ + 2√(ρ log 1/δ))
     while eps_of(hi) <= epsilon:  # pragma: no cover - defensive: ρ = ε never fits

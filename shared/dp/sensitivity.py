@@ -47,8 +47,13 @@ from __future__ import annotations
 import math
 
 __all__ = [
-    "RELEASE_KEYS", "cov_moments_sensitivity", "count_sensitivity", "ps_fit_sensitivity",
-    "psm_balance_sensitivity", "psm_main_sensitivity", "psm_sumsq_sensitivity",
+    "RELEASE_KEYS",
+    "cov_moments_sensitivity",
+    "count_sensitivity",
+    "ps_fit_sensitivity",
+    "psm_balance_sensitivity",
+    "psm_main_sensitivity",
+    "psm_sumsq_sensitivity",
 ]
 
 #: The arrays each DP release carries (all other arrays of an answer are withheld).

@@ -46,9 +46,17 @@ import numpy as np
 from shared.errors import DataError, EstimationError
 from shared.psm.strata import quantile_edges
 
-__all__ = ["CELL_NOISE_RATIO", "DP_GRID_BINS", "DP_MAX_STRATA", "FEW_STRATA", "MANY_NOISE_RATIO",
-           "dp_min_cell", "dp_n_strata",
-           "dp_quantile_edges", "dp_width_edges"]
+__all__ = [
+    "CELL_NOISE_RATIO",
+    "DP_GRID_BINS",
+    "DP_MAX_STRATA",
+    "FEW_STRATA",
+    "MANY_NOISE_RATIO",
+    "dp_min_cell",
+    "dp_n_strata",
+    "dp_quantile_edges",
+    "dp_width_edges",
+]
 
 DP_MAX_STRATA = 20
 CELL_NOISE_RATIO = 10.0  # up to FEW_STRATA strata
@@ -60,8 +68,9 @@ _HIST_THRESHOLD_SD = 3.0  # histogram bins: 0.13 % of empty bins pass
 _RANGE_TAIL = 0.01  # the strata span the central 98 % of the kept treated mass
 
 
-def dp_n_strata(*, n_treated: float, count_sigma: float, requested: int | None = None,
-                max_strata: int = DP_MAX_STRATA) -> int:
+def dp_n_strata(
+    *, n_treated: float, count_sigma: float, requested: int | None = None, max_strata: int = DP_MAX_STRATA
+) -> int:
     r"""Number of quantile strata under DP (rule 1 of the module docstring).
 
     Args:
@@ -76,11 +85,14 @@ def dp_n_strata(*, n_treated: float, count_sigma: float, requested: int | None =
     """
     requested = max_strata if requested is None else requested
     if requested < 1 or not count_sigma > 0:
-        raise DataError(f"dp_n_strata needs requested >= 1 and count_sigma > 0, "
-                        f"got {requested!r}, {count_sigma!r}")
+        raise DataError(
+            f"dp_n_strata needs requested >= 1 and count_sigma > 0, got {requested!r}, {count_sigma!r}"
+        )
     n_t = max(float(n_treated), 0.0)
-    by_noise = max(min(FEW_STRATA, math.floor(n_t / (CELL_NOISE_RATIO * count_sigma))),
-                   math.floor(n_t / (MANY_NOISE_RATIO * count_sigma)))
+    by_noise = max(
+        min(FEW_STRATA, math.floor(n_t / (CELL_NOISE_RATIO * count_sigma))),
+        math.floor(n_t / (MANY_NOISE_RATIO * count_sigma)),
+    )
     return int(max(1, min(requested, max_strata, by_noise)))
 
 
@@ -112,8 +124,9 @@ def dp_width_edges(*, grid, treated_counts, noise_sd: float, n_strata: int) -> n
     grid = np.asarray(grid, dtype=float)
     counts = np.asarray(treated_counts, dtype=float).reshape(-1)
     if counts.size != grid.size - 1 or n_strata < 1:
-        raise DataError(f"{counts.size} histogram bins for a grid of {grid.size - 1} edges, "
-                        f"n_strata {n_strata}")
+        raise DataError(
+            f"{counts.size} histogram bins for a grid of {grid.size - 1} edges, n_strata {n_strata}"
+        )
     kept = _occupied(counts, noise_sd)
     if not kept.sum() > 0:
         raise EstimationError("no treated in the score histogram: cannot place strata")

@@ -46,25 +46,47 @@ class DpStudy:
     at_describe: Check  #: ``dp_fit_resolution`` at describe (what ``unresolved_fit`` acts on)
 
 
-def dp_spec(*, outcomes: Sequence[Outcome], covariates: Sequence[str], privacy: Privacy,
-            n_sites: int, ridge: float = 1e-6, strata_n: int | None = None) -> StudySpec:
+def dp_spec(
+    *,
+    outcomes: Sequence[Outcome],
+    covariates: Sequence[str],
+    privacy: Privacy,
+    n_sites: int,
+    ridge: float = 1e-6,
+    strata_n: int | None = None,
+) -> StudySpec:
     """The study spec of a simulated DP study over arrays scaled to [0, 1]: ``strata_n`` asks
     for at most that many strata (quantile), None leaves it to the DP rule."""
     from shared.psm.reference import reference_spec
 
     if not privacy.enabled:
         raise ValueError("a DP study needs privacy.enabled = true")
-    spec = reference_spec(outcomes=outcomes, covariates=covariates, n_sites=n_sites,
-                          strata="quantile" if strata_n else "caliper", n_strata=strata_n or 8,
-                          ridge=ridge, privacy=privacy)
-    return spec if strata_n else spec.model_copy(update={"strata": spec.strata.model_copy(
-        update={"method": "auto"})})
+    spec = reference_spec(
+        outcomes=outcomes,
+        covariates=covariates,
+        n_sites=n_sites,
+        strata="quantile" if strata_n else "caliper",
+        n_strata=strata_n or 8,
+        ridge=ridge,
+        privacy=privacy,
+    )
+    return (
+        spec
+        if strata_n
+        else spec.model_copy(update={"strata": spec.strata.model_copy(update={"method": "auto"})})
+    )
 
 
-def run_dp_study(*, sites: Sequence[SiteArrays], outcomes: Sequence[Outcome],
-                 covariates: Sequence[str], privacy: Privacy,
-                 rngs: Sequence[np.random.Generator], ridge: float = 1e-6,
-                 strata_n: int | None = None) -> DpStudy:
+def run_dp_study(
+    *,
+    sites: Sequence[SiteArrays],
+    outcomes: Sequence[Outcome],
+    covariates: Sequence[str],
+    privacy: Privacy,
+    rngs: Sequence[np.random.Generator],
+    ridge: float = 1e-6,
+    strata_n: int | None = None,
+) -> DpStudy:
     """describe → R noisy Newton rounds → noisy score histogram → noisy PSM table → estimate,
     exactly as the Flower study runs it (re-split after describe included).
 
@@ -84,11 +106,22 @@ def run_dp_study(*, sites: Sequence[SiteArrays], outcomes: Sequence[Outcome],
     from shared.driver import run_study
     from shared.inprocess_sites import InProcessSites
 
-    spec = dp_spec(outcomes=outcomes, covariates=covariates, privacy=privacy, n_sites=len(sites),
-                   ridge=ridge, strata_n=strata_n)
+    spec = dp_spec(
+        outcomes=outcomes,
+        covariates=covariates,
+        privacy=privacy,
+        n_sites=len(sites),
+        ridge=ridge,
+        strata_n=strata_n,
+    )
     names = [s.name for s in spec.sites]
     run = run_study(spec, InProcessSites(dict(zip(names, sites)), rngs=dict(zip(names, rngs))))
     assert run.estimate is not None and run.fitter is not None and run.table is not None
     assert run.plan is not None and run.at_describe is not None
-    return DpStudy(estimate=run.estimate, beta=run.fitter.beta.copy(), edges=run.table.edges,
-                   plan=run.plan, at_describe=run.at_describe)
+    return DpStudy(
+        estimate=run.estimate,
+        beta=run.fitter.beta.copy(),
+        edges=run.table.edges,
+        plan=run.plan,
+        at_describe=run.at_describe,
+    )

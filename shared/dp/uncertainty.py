@@ -42,8 +42,15 @@ import numpy as np
 __all__ = ["att_privacy_se", "combine_se", "redraw_se"]
 
 
-def att_privacy_se(*, count: np.ndarray, sum_y: np.ndarray, used: np.ndarray,
-                   sigma_count: float, sigma_sum: float, center: float = 0.0) -> np.ndarray:
+def att_privacy_se(
+    *,
+    count: np.ndarray,
+    sum_y: np.ndarray,
+    used: np.ndarray,
+    sigma_count: float,
+    sigma_sum: float,
+    center: float = 0.0,
+) -> np.ndarray:
     r"""Analytic SD of the stratified ATT due to DP noise, per outcome, on the [0, 1] scale.
 
     Args:
@@ -71,14 +78,21 @@ def att_privacy_se(*, count: np.ndarray, sum_y: np.ndarray, used: np.ndarray,
     ybar_c = ybar_c - center
     inv_c2 = (1.0 + 3.0 * sigma_count**2 / n_c**2) / n_c**2  # E[1/n̂²] to second order
     var_sum = sigma_sum**2 * (n.shape[0] / N**2 + np.sum(w**2 * inv_c2))
-    var_cnt = sigma_count**2 * (np.sum((w**2 * inv_c2)[:, None] * ybar_c**2, axis=0)
-                                + np.sum((ybar_c + att[None, :]) ** 2, axis=0) / N**2)
+    var_cnt = sigma_count**2 * (
+        np.sum((w**2 * inv_c2)[:, None] * ybar_c**2, axis=0)
+        + np.sum((ybar_c + att[None, :]) ** 2, axis=0) / N**2
+    )
     return np.sqrt(var_sum + var_cnt)
 
 
-def redraw_se(*, arrays: Mapping[str, np.ndarray], sigma: Mapping[str, float],
-              estimate: Callable[[dict[str, np.ndarray]], np.ndarray], n_draws: int,
-              rng: np.random.Generator) -> np.ndarray:
+def redraw_se(
+    *,
+    arrays: Mapping[str, np.ndarray],
+    sigma: Mapping[str, float],
+    estimate: Callable[[dict[str, np.ndarray]], np.ndarray],
+    n_draws: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
     """SD of ``estimate`` over fresh noise of the known SDs added to the released arrays.
 
     Args:
@@ -95,8 +109,10 @@ def redraw_se(*, arrays: Mapping[str, np.ndarray], sigma: Mapping[str, float],
         raise ValueError(f"n_draws must be at least 2, got {n_draws!r}")
     draws = []
     for _ in range(n_draws):
-        noisy = {k: (np.asarray(v, dtype=float) + rng.normal(0.0, sigma[k], size=np.shape(v))
-                     if k in sigma else v) for k, v in arrays.items()}
+        noisy = {
+            k: (np.asarray(v, dtype=float) + rng.normal(0.0, sigma[k], size=np.shape(v)) if k in sigma else v)
+            for k, v in arrays.items()
+        }
         draws.append(np.asarray(estimate(noisy), dtype=float))
     return np.std(np.stack(draws), axis=0, ddof=1)
 

@@ -22,8 +22,7 @@ from typing import Literal, Mapping, Sequence
 
 import numpy as np
 
-from shared.dp.forms import (CENTER, balance_from_release, balance_noise, main_from_release,
-                             ps_from_release)
+from shared.dp.forms import CENTER, balance_from_release, balance_noise, main_from_release, ps_from_release
 from shared.dp.mechanisms import project_psd
 from shared.dp.plan import NoisePlan
 from shared.dp.strata import DP_GRID_BINS, dp_min_cell, dp_n_strata, dp_width_edges
@@ -35,10 +34,23 @@ from shared.psm.strata import score_grid
 from shared.psm.table import PsmTable
 from shared.study import BudgetSplit, Outcome
 
-__all__ = ["FIT_RESOLUTION_MIN", "FIT_RESOLUTION_TARGET", "MIN_PS_SHARE", "AfterDescribe",
-           "after_describe", "dp_edges", "dp_estimate",
-           "dp_fitter", "dp_grid", "dp_ps_stats", "dp_resplit", "dp_start_beta", "dp_table",
-           "fit_resolution", "fit_resolution_check"]
+__all__ = [
+    "FIT_RESOLUTION_MIN",
+    "FIT_RESOLUTION_TARGET",
+    "MIN_PS_SHARE",
+    "AfterDescribe",
+    "after_describe",
+    "dp_edges",
+    "dp_estimate",
+    "dp_fitter",
+    "dp_grid",
+    "dp_ps_stats",
+    "dp_resplit",
+    "dp_start_beta",
+    "dp_table",
+    "fit_resolution",
+    "fit_resolution_check",
+]
 
 
 def dp_start_beta(*, counts, n_covariates: int) -> np.ndarray:
@@ -49,17 +61,21 @@ def dp_start_beta(*, counts, n_covariates: int) -> np.ndarray:
     """
     n = np.asarray(counts, dtype=float).reshape(-1)
     if not (n[0] >= 1 and n[1] >= 1):
-        raise EmptyArmError(f"an arm is empty (noisy counts: controls {n[0]:.1f}, "
-                            f"treated {n[1]:.1f})")
+        raise EmptyArmError(f"an arm is empty (noisy counts: controls {n[0]:.1f}, treated {n[1]:.1f})")
     return np.concatenate(([math.log(n[1] / n[0])], np.zeros(n_covariates)))
 
 
-def dp_fitter(*, plan: NoisePlan, n_covariates: int, ridge: float,
-              beta0: np.ndarray) -> PropensityFitter:
+def dp_fitter(*, plan: NoisePlan, n_covariates: int, ridge: float, beta0: np.ndarray) -> PropensityFitter:
     """A fitter that takes exactly ``plan.n_ps_rounds`` Newton steps (noise never lets the
     step fall below ``tol``; no line search, since the log-likelihood is not released)."""
-    return PropensityFitter(p=n_covariates + 1, ridge=ridge, tol=1e-300,
-                            max_iter=plan.n_ps_rounds + 1, beta0=beta0, line_search=False)
+    return PropensityFitter(
+        p=n_covariates + 1,
+        ridge=ridge,
+        tol=1e-300,
+        max_iter=plan.n_ps_rounds + 1,
+        beta0=beta0,
+        line_search=False,
+    )
 
 
 def dp_ps_stats(*, g, H, plan: NoisePlan, n_nodes: int, secure_aggregation: bool = False) -> PsStats:
@@ -83,8 +99,16 @@ def dp_grid(*, beta) -> np.ndarray:
     return score_grid(beta=beta, n_bins=DP_GRID_BINS)
 
 
-def dp_edges(*, beta, hist, plan: NoisePlan, n_nodes: int, n_treated: float,
-             requested: int | None = None, secure_aggregation: bool = False) -> np.ndarray:
+def dp_edges(
+    *,
+    beta,
+    hist,
+    plan: NoisePlan,
+    n_nodes: int,
+    n_treated: float,
+    requested: int | None = None,
+    secure_aggregation: bool = False,
+) -> np.ndarray:
     """Equal-width strata over the treated range of the summed noisy ``(G, 2)`` score histogram.
 
     The number of strata follows :func:`shared.dp.strata.dp_n_strata` with the noise of the
@@ -93,14 +117,17 @@ def dp_edges(*, beta, hist, plan: NoisePlan, n_nodes: int, n_treated: float,
     count_sigma = plan.release("psm_main").total_sigma(n_nodes, secure_aggregation=secure_aggregation)
     n_strata = dp_n_strata(n_treated=n_treated, count_sigma=count_sigma, requested=requested)
     hist = np.asarray(hist, dtype=float)
-    return dp_width_edges(grid=dp_grid(beta=beta), treated_counts=hist[:, 1],
-                             noise_sd=plan.release("score_hist").total_sigma(
-                                 n_nodes, secure_aggregation=secure_aggregation),
-                             n_strata=n_strata)
+    return dp_width_edges(
+        grid=dp_grid(beta=beta),
+        treated_counts=hist[:, 1],
+        noise_sd=plan.release("score_hist").total_sigma(n_nodes, secure_aggregation=secure_aggregation),
+        n_strata=n_strata,
+    )
 
 
-def dp_table(*, main: Mapping[str, np.ndarray], balance: Mapping[str, np.ndarray] | None,
-             edges, n_covariates: int) -> PsmTable:
+def dp_table(
+    *, main: Mapping[str, np.ndarray], balance: Mapping[str, np.ndarray] | None, edges, n_covariates: int
+) -> PsmTable:
     """A :class:`PsmTable` from the summed (centred) main and balance releases, mapped back with
     the noisy counts (:mod:`shared.dp.forms`); balance zeros if the plan has no balance release:
     the SMDs are then meaningless and must not be reported.
@@ -113,18 +140,32 @@ def dp_table(*, main: Mapping[str, np.ndarray], balance: Mapping[str, np.ndarray
     if balance is None:
         sum_z = sumsq_z = np.zeros(count.shape + (n_covariates,))
     else:
-        sum_z, arm_sumsq = balance_from_release(count=count, sum_z=balance["sum_z"],
-                                                sumsq_z=balance["sumsq_z"])
+        sum_z, arm_sumsq = balance_from_release(
+            count=count, sum_z=balance["sum_z"], sumsq_z=balance["sumsq_z"]
+        )
         n = np.clip(count, 0.0, None)
         share = n / np.maximum(n.sum(axis=0), 1e-12)  # (S, 2)
         sumsq_z = share[..., None] * arm_sumsq[None, :, :]
     sum_y, sumsq_y = main_from_release(count=count, sum_y=main["sum_y"], sumsq_y=main["sumsq_y"])
-    return PsmTable(edges=np.asarray(edges, dtype=float), count=count, sum_y=sum_y,
-                    sumsq_y=sumsq_y, sum_z=sum_z, sumsq_z=sumsq_z)
+    return PsmTable(
+        edges=np.asarray(edges, dtype=float),
+        count=count,
+        sum_y=sum_y,
+        sumsq_y=sumsq_y,
+        sum_z=sum_z,
+        sumsq_z=sumsq_z,
+    )
 
 
-def dp_estimate(*, table: PsmTable, plan: NoisePlan, n_nodes: int, outcomes: Sequence[Outcome],
-                covariates: Sequence[str], secure_aggregation: bool = False) -> AttEstimate:
+def dp_estimate(
+    *,
+    table: PsmTable,
+    plan: NoisePlan,
+    n_nodes: int,
+    outcomes: Sequence[Outcome],
+    covariates: Sequence[str],
+    secure_aggregation: bool = False,
+) -> AttEstimate:
     """The stratified ATT with the privacy noise in its SE and CI.
 
     Cells need ``dp_min_cell`` noisy rows per arm; the privacy SE is analytic
@@ -134,18 +175,37 @@ def dp_estimate(*, table: PsmTable, plan: NoisePlan, n_nodes: int, outcomes: Seq
     sigma = plan.release("psm_main").total_sigma(n_nodes, secure_aggregation=secure_aggregation)
     noise = None
     if plan.has("psm_balance"):
-        noise = balance_noise(sigma_balance=plan.release("psm_balance").total_sigma(
-            n_nodes, secure_aggregation=secure_aggregation))
+        noise = balance_noise(
+            sigma_balance=plan.release("psm_balance").total_sigma(
+                n_nodes, secure_aggregation=secure_aggregation
+            )
+        )
     min_cell = dp_min_cell(count_sigma=sigma)
     n = np.clip(table.count, 0.0, None)
     used = (n[:, 1] >= min_cell) & (n[:, 0] >= min_cell)
     span = np.array([o.cap - o.lo for o in outcomes])
-    se_priv = att_privacy_se(count=table.count, sum_y=table.sum_y, used=used,
-                             sigma_count=sigma, sigma_sum=sigma, center=CENTER) * span
-    check = fit_resolution_check(n_treated=float(n[:, 1].sum()), n_covariates=len(covariates),
-                                 plan=plan, n_nodes=n_nodes, secure_aggregation=secure_aggregation)
-    return estimate_att(table=table, outcomes=outcomes, covariates=covariates, min_cell=min_cell,
-                        se_privacy=se_priv, balance_noise=noise, extra_checks=(check,))
+    se_priv = (
+        att_privacy_se(
+            count=table.count, sum_y=table.sum_y, used=used, sigma_count=sigma, sigma_sum=sigma, center=CENTER
+        )
+        * span
+    )
+    check = fit_resolution_check(
+        n_treated=float(n[:, 1].sum()),
+        n_covariates=len(covariates),
+        plan=plan,
+        n_nodes=n_nodes,
+        secure_aggregation=secure_aggregation,
+    )
+    return estimate_att(
+        table=table,
+        outcomes=outcomes,
+        covariates=covariates,
+        min_cell=min_cell,
+        se_privacy=se_priv,
+        balance_noise=noise,
+        extra_checks=(check,),
+    )
 
 
 #: Treated rows per noise SD of the summed propensity release, per √(d + 1) fitted parameters,
@@ -166,8 +226,9 @@ FIT_RESOLUTION_TARGET = 45.0
 MIN_PS_SHARE = 0.15
 
 
-def fit_resolution(*, n_treated: float, n_covariates: int, plan: NoisePlan, n_nodes: int,
-                   secure_aggregation: bool = False) -> float:
+def fit_resolution(
+    *, n_treated: float, n_covariates: int, plan: NoisePlan, n_nodes: int, secure_aggregation: bool = False
+) -> float:
     r"""r = N_T / (σ_fit √(d + 1)): treated per noise SD of the summed propensity release and
     per fitted parameter (see :func:`fit_resolution_check`)."""
     sigma = plan.release("ps_fit").total_sigma(n_nodes, secure_aggregation=secure_aggregation)
@@ -199,8 +260,9 @@ def dp_resplit(*, split, plan: NoisePlan, resolution: float, target: float = FIT
         return None, plan
 
 
-def fit_resolution_check(*, n_treated: float, n_covariates: int, plan: NoisePlan, n_nodes: int,
-                         secure_aggregation: bool = False) -> Check:
+def fit_resolution_check(
+    *, n_treated: float, n_covariates: int, plan: NoisePlan, n_nodes: int, secure_aggregation: bool = False
+) -> Check:
     r"""Whether the noisy propensity fit can resolve the confounding it is meant to remove.
 
     The fit's signal grows with the treated count, its noise is :math:`\sigma_{fit}` on each of
@@ -214,28 +276,52 @@ def fit_resolution_check(*, n_treated: float, n_covariates: int, plan: NoisePlan
     Claims and absence days, less confounded, stayed within 93.2–97.0 % at every r. The
     remedy is more treated, a larger ε, or secure aggregation (√K less noise in every sum).
     """
-    r = fit_resolution(n_treated=n_treated, n_covariates=n_covariates, plan=plan,
-                       n_nodes=n_nodes, secure_aggregation=secure_aggregation)
-    said = f"{r:.1f} treated per noise SD of the propensity fit and √(d + 1) (at least " \
-           f"{FIT_RESOLUTION_MIN:g} needed): "
+    r = fit_resolution(
+        n_treated=n_treated,
+        n_covariates=n_covariates,
+        plan=plan,
+        n_nodes=n_nodes,
+        secure_aggregation=secure_aggregation,
+    )
+    said = (
+        f"{r:.1f} treated per noise SD of the propensity fit and √(d + 1) (at least "
+        f"{FIT_RESOLUTION_MIN:g} needed): "
+    )
     if r >= FIT_RESOLUTION_MIN:
-        return Check(name="dp_fit_resolution", passed=True, value=r, threshold=FIT_RESOLUTION_MIN,
-                     message=said + "the fit resolves the confounding")
+        return Check(
+            name="dp_fit_resolution",
+            passed=True,
+            value=r,
+            threshold=FIT_RESOLUTION_MIN,
+            message=said + "the fit resolves the confounding",
+        )
     # r is N_T / σ: reaching FIT_RESOLUTION_MIN takes σ smaller, or N_T larger, by this factor
     short = FIT_RESOLUTION_MIN / r
     # the σ that would give r = FIT_RESOLUTION_MIN, and the ε that buys it; under secure
     # aggregation the K nodes' noise sums to σ instead of σ√K, so each may carry √K more
     sigma = plan.sigma("ps_fit") / short
     needed = plan.epsilon_for_sigma("ps_fit", sigma)
-    secure = "" if secure_aggregation or n_nodes < 2 else (
-        f"; ε ≥ {plan.epsilon_for_sigma('ps_fit', sigma * math.sqrt(n_nodes)):.2g} with secure "
-        "aggregation")
-    return Check(name="dp_fit_resolution", passed=False, value=r, threshold=FIT_RESOLUTION_MIN,
-                 message=said + (
-        "the noisy score removes only part of the confounding, so the CI may not cover the "
-        f"residual bias; these {n_treated:,.0f} treated would need ε ≥ {needed:.2g} (same split "
-        f"and δ{secure}), or at least {math.ceil(n_treated * short):,} treated at "
-        "this ε"))
+    secure = (
+        ""
+        if secure_aggregation or n_nodes < 2
+        else (
+            f"; ε ≥ {plan.epsilon_for_sigma('ps_fit', sigma * math.sqrt(n_nodes)):.2g} with secure "
+            "aggregation"
+        )
+    )
+    return Check(
+        name="dp_fit_resolution",
+        passed=False,
+        value=r,
+        threshold=FIT_RESOLUTION_MIN,
+        message=said
+        + (
+            "the noisy score removes only part of the confounding, so the CI may not cover the "
+            f"residual bias; these {n_treated:,.0f} treated would need ε ≥ {needed:.2g} (same split "
+            f"and δ{secure}), or at least {math.ceil(n_treated * short):,} treated at "
+            "this ε"
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -247,9 +333,16 @@ class AfterDescribe:
     plan: NoisePlan  #: the plan for the remaining rounds
 
 
-def after_describe(*, counts, n_covariates: int, plan: NoisePlan, split, n_nodes: int,
-                   unresolved_fit: Literal["warn", "stop"] = "warn",
-                   secure_aggregation: bool = False) -> AfterDescribe:
+def after_describe(
+    *,
+    counts,
+    n_covariates: int,
+    plan: NoisePlan,
+    split,
+    n_nodes: int,
+    unresolved_fit: Literal["warn", "stop"] = "warn",
+    secure_aggregation: bool = False,
+) -> AfterDescribe:
     """Whether the study goes on, and with which plan: the Flower study and the simulation both
     decide here, from the noisy describe counts (public, so deciding costs no privacy).
 
@@ -263,15 +356,17 @@ def after_describe(*, counts, n_covariates: int, plan: NoisePlan, split, n_nodes
         UnresolvedFitError: ``unresolved_fit`` is ``stop`` and the check fails.
     """
     sa = {"secure_aggregation": secure_aggregation}
-    check = fit_resolution_check(n_treated=float(counts[1]), n_covariates=n_covariates, plan=plan,
-                                 n_nodes=n_nodes, **sa)
+    check = fit_resolution_check(
+        n_treated=float(counts[1]), n_covariates=n_covariates, plan=plan, n_nodes=n_nodes, **sa
+    )
     if not check.passed and unresolved_fit == "stop":
-        raise UnresolvedFitError(f"stopped after describe ([privacy] unresolved_fit = \"stop\"): "
-                                 f"{check.message}")
+        raise UnresolvedFitError(
+            f'stopped after describe ([privacy] unresolved_fit = "stop"): {check.message}'
+        )
     if split is None or check.value is None:  # the check always states r; None keeps the split
         return AfterDescribe(check, None, plan)
     # the fit's residual bias falls as 1/r², the table's noise SE as σ_psm: under secure
     # aggregation σ_psm is √K smaller, so the same bias-to-SE ratio needs r larger by K^¼
-    target = FIT_RESOLUTION_TARGET * (n_nodes ** 0.25 if secure_aggregation else 1.0)
+    target = FIT_RESOLUTION_TARGET * (n_nodes**0.25 if secure_aggregation else 1.0)
     resplit, plan = dp_resplit(split=split, plan=plan, resolution=check.value, target=target)
     return AfterDescribe(check, resplit, plan)

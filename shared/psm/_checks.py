@@ -68,7 +68,10 @@ def check_unit_outcomes(y, *, n: int, names: Sequence[str] | None = None) -> np.
         r, c = (int(v) for v in np.argwhere(bad)[0])
         raise DataError(
             f"row {r}: outcome {names[c]}={y[r, c]!r} is not a number in [0, 1] "
-            "(clip and rescale with scale_outcomes first)", row=r, field=names[c])
+            "(clip and rescale with scale_outcomes first)",
+            row=r,
+            field=names[c],
+        )
     return y
 
 
@@ -76,8 +79,10 @@ def check_beta(beta, *, p: int) -> np.ndarray:
     """``beta`` as a finite float ``(p,)`` vector (intercept first)."""
     beta = np.asarray(beta, dtype=float)
     if beta.shape != (p,) or not np.all(np.isfinite(beta)):
-        raise DataError(f"beta must hold {p} finite values (intercept + {p - 1} covariates), "
-                        f"got shape {beta.shape}", field="beta")
+        raise DataError(
+            f"beta must hold {p} finite values (intercept + {p - 1} covariates), got shape {beta.shape}",
+            field="beta",
+        )
     return beta
 
 

@@ -48,19 +48,18 @@ class BalanceNoise:
     center: float = 0.0
     sumsq_per_arm: bool = False
 
-    def variance_sd(self, *, coef_sum: np.ndarray, coef_sumsq: np.ndarray,
-                    mean: np.ndarray) -> np.ndarray:
+    def variance_sd(self, *, coef_sum: np.ndarray, coef_sumsq: np.ndarray, mean: np.ndarray) -> np.ndarray:
         r"""Noise SD of a variance :math:`\sum_b c_b \Sigma(z-c)^2_b - (\bar z - c)^2` with
         :math:`\bar z - c = \sum_b c_b \Sigma(z-c)_b` (delta method; the variance is the same
         in either frame, its noise is smaller in the centred one)."""
         spread_sum = float(np.sqrt(np.sum(np.asarray(coef_sum, dtype=float) ** 2)))
         spread_sq = float(np.sqrt(np.sum(np.asarray(coef_sumsq, dtype=float) ** 2)))
-        return np.hypot(spread_sq * self.sumsq_z,
-                        2.0 * (mean - self.center) * spread_sum * self.sum_z)
+        return np.hypot(spread_sq * self.sumsq_z, 2.0 * (mean - self.center) * spread_sum * self.sum_z)
 
 
-def _weighted_moments(sum_z: np.ndarray, sumsq_z: np.ndarray, n: np.ndarray,
-                      weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _weighted_moments(
+    sum_z: np.ndarray, sumsq_z: np.ndarray, n: np.ndarray, weights: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Mean and variance of z under stratum weights on the per-cell means (one arm).
 
     ``weights`` sum to 1 over strata; cell first and second moments are clamped to [0, 1].
@@ -83,8 +82,14 @@ def _ratio(a: float, b: float) -> float | None:
     return float(a / b) if b > _TINY else None
 
 
-def balance_table(*, table, covariates: Sequence[str], weights: np.ndarray,
-                  used: np.ndarray, noise: BalanceNoise | None = None) -> tuple[BalanceRow, ...]:
+def balance_table(
+    *,
+    table,
+    covariates: Sequence[str],
+    weights: np.ndarray,
+    used: np.ndarray,
+    noise: BalanceNoise | None = None,
+) -> tuple[BalanceRow, ...]:
     """One :class:`shared.result.BalanceRow` per covariate (the type the study result and the
     evidence report carry).
 
@@ -104,11 +109,13 @@ def balance_table(*, table, covariates: Sequence[str], weights: np.ndarray,
     mc1, vc1 = _weighted_moments(table.sum_z[:, 0], table.sumsq_z[:, 0], n[:, 0], wc)
     known_smd = known_before = known_after = np.ones(len(covariates), dtype=bool)
     if noise is not None:
+
         def pooled_sd(arm, mean):  # every row of the arm weighted 1/N
             inv_n = 1.0 / max(float(n[:, arm].sum()), 1.0)
             cells = np.full(n.shape[0], inv_n)
-            return noise.variance_sd(coef_sum=cells, mean=mean,
-                                     coef_sumsq=np.array([inv_n]) if noise.sumsq_per_arm else cells)
+            return noise.variance_sd(
+                coef_sum=cells, mean=mean, coef_sumsq=np.array([inv_n]) if noise.sumsq_per_arm else cells
+            )
 
         def stratified_sd(arm, mean):  # cell b weighted w_b / n_b
             coef = np.where(n[:, arm] > 0, wc / np.maximum(n[:, arm], 1.0), 0.0)
@@ -116,9 +123,11 @@ def balance_table(*, table, covariates: Sequence[str], weights: np.ndarray,
 
         sd_t0, sd_c0 = pooled_sd(1, mt0), pooled_sd(0, mc0)
         known_before = (vt0 > RESOLVE_SD * sd_t0) & (vc0 > RESOLVE_SD * sd_c0)
-        known_after = (np.zeros(len(covariates), dtype=bool) if noise.sumsq_per_arm else
-                       (vt1 > RESOLVE_SD * stratified_sd(1, mt1))
-                       & (vc1 > RESOLVE_SD * stratified_sd(0, mc1)))
+        known_after = (
+            np.zeros(len(covariates), dtype=bool)
+            if noise.sumsq_per_arm
+            else (vt1 > RESOLVE_SD * stratified_sd(1, mt1)) & (vc1 > RESOLVE_SD * stratified_sd(0, mc1))
+        )
         # the SMDs need only their shared denominator, the mean of the two arm variances
         known_smd = (vt0 + vc0) / 2.0 > RESOLVE_SD * 0.5 * np.hypot(sd_t0, sd_c0)
 

@@ -32,8 +32,9 @@ def cell_means(sums: np.ndarray, n: np.ndarray, *, clamp: bool = True) -> np.nda
 MIN_DOF = 10.0
 
 
-def cell_variances(sums: np.ndarray, sumsq: np.ndarray, n: np.ndarray, usable: np.ndarray,
-                   *, min_dof: float = MIN_DOF) -> np.ndarray:
+def cell_variances(
+    sums: np.ndarray, sumsq: np.ndarray, n: np.ndarray, usable: np.ndarray, *, min_dof: float = MIN_DOF
+) -> np.ndarray:
     r"""Within-cell variances for the SE, ``(S, 2, K)``, borrowed where cells are small.
 
     A cell's own sample variance :math:`s^2 = (\sum y^2 - n\bar y^2)/(n-1)` is used when it has

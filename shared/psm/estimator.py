@@ -101,8 +101,9 @@ class AttEstimate:
         return {
             "outcomes": self.outcomes,
             "balance": self.balance,
-            "strata": tuple(s.model_copy(update={"lo": lo, "hi": hi})
-                            for s, lo, hi in zip(self.strata, los, his)),
+            "strata": tuple(
+                s.model_copy(update={"lo": lo, "hi": hi}) for s, lo, hi in zip(self.strata, los, his)
+            ),
             "diagnostics": self.diagnostics,
             "warnings": self.warnings,
         }
@@ -122,10 +123,16 @@ def _finite_edges(strata: Sequence[StratumCounts], score_range) -> tuple[list[fl
     return edges[:-1].tolist(), edges[1:].tolist()
 
 
-def estimate_att(*, table: PsmTable, outcomes: Sequence[Outcome], covariates: Sequence[str],
-                 min_cell: float = 1, se_privacy: Sequence[float] | None = None,
-                 balance_noise: BalanceNoise | None = None,
-                 extra_checks: Sequence[Check] = ()) -> AttEstimate:
+def estimate_att(
+    *,
+    table: PsmTable,
+    outcomes: Sequence[Outcome],
+    covariates: Sequence[str],
+    min_cell: float = 1,
+    se_privacy: Sequence[float] | None = None,
+    balance_noise: BalanceNoise | None = None,
+    extra_checks: Sequence[Check] = (),
+) -> AttEstimate:
     """Stratified ATT, SE, CI, balance and diagnostics from a summed table.
 
     Args:
@@ -156,7 +163,8 @@ def estimate_att(*, table: PsmTable, outcomes: Sequence[Outcome], covariates: Se
     if not used.any():
         raise NoOverlapError(
             f"no stratum holds both arms (>= {min_cell:g} each) among {table.n_strata}: "
-            "treated and controls do not overlap on the propensity score")
+            "treated and controls do not overlap on the propensity score"
+        )
     n_t_used = float(n[used, 1].sum())
     w = np.where(used, n[:, 1], 0.0) / n_t_used
     n_treated_dropped = _count(n_t_all - n_t_used)
@@ -170,18 +178,30 @@ def estimate_att(*, table: PsmTable, outcomes: Sequence[Outcome], covariates: Se
         _outcome_att(o, k, w, used, n, mean, var, float(se_priv[k]), n_treated_dropped, warnings)
         for k, o in enumerate(outcomes)
     )
-    balance = balance_table(table=table, covariates=covariates, weights=w, used=used,
-                            noise=balance_noise)
+    balance = balance_table(table=table, covariates=covariates, weights=w, used=used, noise=balance_noise)
     overlap = overlap_coefficient(n)
     strata = tuple(
-        StratumCounts(lo=float(table.edges[b]), hi=float(table.edges[b + 1]),
-                    n_treated=_count(n[b, 1]), n_control=_count(n[b, 0]), used=bool(used[b]))
+        StratumCounts(
+            lo=float(table.edges[b]),
+            hi=float(table.edges[b + 1]),
+            n_treated=_count(n[b, 1]),
+            n_control=_count(n[b, 0]),
+            used=bool(used[b]),
+        )
         for b in range(table.n_strata)
     )
     checks = _diagnostics(n_t_all, n_c_all, n_t_used, balance, overlap, warnings, extra_checks)
-    return AttEstimate(outcomes=results, balance=balance, strata=strata, diagnostics=checks,
-                       warnings=tuple(warnings), n_treated=_count(n_t_all), n_control=_count(n_c_all),
-                       n_treated_dropped=n_treated_dropped, overlap=overlap)
+    return AttEstimate(
+        outcomes=results,
+        balance=balance,
+        strata=strata,
+        diagnostics=checks,
+        warnings=tuple(warnings),
+        n_treated=_count(n_t_all),
+        n_control=_count(n_c_all),
+        n_treated_dropped=n_treated_dropped,
+        overlap=overlap,
+    )
 
 
 def _check_table(table: PsmTable, outcomes, covariates, min_cell) -> None:
@@ -200,8 +220,9 @@ def _count(x: float) -> int:
     return int(round(max(float(x), 0.0)))
 
 
-def _outcome_att(o: Outcome, k: int, w, used, n, mean, var, se_priv: float,
-                 n_treated_dropped: int, warnings: list[str]) -> OutcomeEstimate:
+def _outcome_att(
+    o: Outcome, k: int, w, used, n, mean, var, se_priv: float, n_treated_dropped: int, warnings: list[str]
+) -> OutcomeEstimate:
     span = o.cap - o.lo
     nt, nc = n[used, 1], n[used, 0]
     mt, mc = mean[used, 1, k], mean[used, 0, k]
@@ -223,42 +244,81 @@ def _outcome_att(o: Outcome, k: int, w, used, n, mean, var, se_priv: float,
         else:
             warnings.append(f"{o.name}: relative risk undefined (a weighted arm risk is 0)")
     return OutcomeEstimate(
-        name=o.name, kind=o.kind, att=att, se=se, ci=(att - Z_95 * se, att + Z_95 * se),
-        n_treated=_count(nt.sum()), n_control=_count(nc.sum()), n_treated_dropped=n_treated_dropped,
-        treated_mean=o.lo + treated01 * span, control_mean=o.lo + control01 * span,
-        se_sampling=se_s, se_privacy=se_priv,
+        name=o.name,
+        kind=o.kind,
+        att=att,
+        se=se,
+        ci=(att - Z_95 * se, att + Z_95 * se),
+        n_treated=_count(nt.sum()),
+        n_control=_count(nc.sum()),
+        n_treated_dropped=n_treated_dropped,
+        treated_mean=o.lo + treated01 * span,
+        control_mean=o.lo + control01 * span,
+        se_sampling=se_s,
+        se_privacy=se_priv,
         privacy_share_of_ci=(se - se_s) / se if se > 0 else 0.0,
-        risk_difference=rd, relative_risk=rr, relative_risk_ci=rr_ci,
+        risk_difference=rd,
+        relative_risk=rr,
+        relative_risk_ci=rr_ci,
     )
 
 
-def _diagnostics(n_t: float, n_c: float, n_t_used: float, balance, overlap: float,
-                 warnings: list[str], extra: Sequence[Diagnostic] = ()) -> tuple[Diagnostic, ...]:
+def _diagnostics(
+    n_t: float,
+    n_c: float,
+    n_t_used: float,
+    balance,
+    overlap: float,
+    warnings: list[str],
+    extra: Sequence[Diagnostic] = (),
+) -> tuple[Diagnostic, ...]:
     ratio = n_c / n_t
     known = [abs(b.smd_after) for b in balance if b.smd_after is not None]
     max_smd = max(known, default=None)
     kept = n_t_used / n_t
     # thresholds read at call time from their one definition, as the report's checks read them
     checks = (
-        Diagnostic(name="size_gate_treated", passed=n_t >= th.MIN_TREATED, value=n_t,
-                   threshold=th.MIN_TREATED,
-                   message=f"{n_t:.0f} treated (the design asks for at least {th.MIN_TREATED})"),
-        Diagnostic(name="size_gate_control_ratio", passed=ratio >= th.MIN_CONTROL_RATIO, value=ratio,
-                   threshold=th.MIN_CONTROL_RATIO,
-                   message=f"control pool {ratio:.2f}x the treated "
-                           f"(at least {th.MIN_CONTROL_RATIO:g}x asked)"),
-        Diagnostic(name="balance_after", passed=max_smd is not None and max_smd < th.SMD_MAX,
-                   value=max_smd, threshold=th.SMD_MAX,
-                   message="largest |SMD| after weighting" + (
-                       f" over the {len(known)} of {len(balance)} covariates the privacy noise "
-                       "resolves" if len(known) < len(balance) else "")),
-        Diagnostic(name="common_support", passed=kept >= th.MIN_SUPPORT, value=kept,
-                   threshold=th.MIN_SUPPORT,
-                   message=f"{n_t - n_t_used:.0f} treated dropped for lack of controls in their "
-                           f"stratum ({kept:.2%} kept; the estimand is the ATT on those kept)"),
-        Diagnostic(name="score_overlap", passed=overlap > 0, value=overlap, threshold=None,
-                   message="overlap coefficient of treated and control score distributions "
-                           "over strata"),
+        Diagnostic(
+            name="size_gate_treated",
+            passed=n_t >= th.MIN_TREATED,
+            value=n_t,
+            threshold=th.MIN_TREATED,
+            message=f"{n_t:.0f} treated (the design asks for at least {th.MIN_TREATED})",
+        ),
+        Diagnostic(
+            name="size_gate_control_ratio",
+            passed=ratio >= th.MIN_CONTROL_RATIO,
+            value=ratio,
+            threshold=th.MIN_CONTROL_RATIO,
+            message=f"control pool {ratio:.2f}x the treated (at least {th.MIN_CONTROL_RATIO:g}x asked)",
+        ),
+        Diagnostic(
+            name="balance_after",
+            passed=max_smd is not None and max_smd < th.SMD_MAX,
+            value=max_smd,
+            threshold=th.SMD_MAX,
+            message="largest |SMD| after weighting"
+            + (
+                f" over the {len(known)} of {len(balance)} covariates the privacy noise resolves"
+                if len(known) < len(balance)
+                else ""
+            ),
+        ),
+        Diagnostic(
+            name="common_support",
+            passed=kept >= th.MIN_SUPPORT,
+            value=kept,
+            threshold=th.MIN_SUPPORT,
+            message=f"{n_t - n_t_used:.0f} treated dropped for lack of controls in their "
+            f"stratum ({kept:.2%} kept; the estimand is the ATT on those kept)",
+        ),
+        Diagnostic(
+            name="score_overlap",
+            passed=overlap > 0,
+            value=overlap,
+            threshold=None,
+            message="overlap coefficient of treated and control score distributions over strata",
+        ),
         *extra,
     )
     for c in checks:

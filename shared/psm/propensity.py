@@ -34,8 +34,14 @@ from shared.errors import ConvergenceError, DataError, EmptyArmError, NoOverlapE
 from shared.psm._checks import check_beta, check_t, check_z, require_keys
 
 __all__ = [
-    "CovMoments", "PropensityFitter", "PsStats", "cov_moments", "fit_propensity",
-    "initial_beta", "ps_contribution", "run_fit",
+    "CovMoments",
+    "PropensityFitter",
+    "PsStats",
+    "cov_moments",
+    "fit_propensity",
+    "initial_beta",
+    "ps_contribution",
+    "run_fit",
 ]
 
 
@@ -58,14 +64,19 @@ class PsStats:
     def merge(self, other: "PsStats") -> "PsStats":
         if self.g.shape != other.g.shape:
             raise DataError(f"cannot merge PsStats of {self.g.shape[0]} and {other.g.shape[0]} parameters")
-        return PsStats(n=self.n + other.n, g=self.g + other.g, H=self.H + other.H,
-                       loglik=self.loglik + other.loglik)
+        return PsStats(
+            n=self.n + other.n, g=self.g + other.g, H=self.H + other.H, loglik=self.loglik + other.loglik
+        )
 
     __add__ = merge
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        return {"n": np.array([float(self.n)]), "g": self.g.copy(), "H": self.H.copy(),
-                "loglik": np.array([self.loglik])}
+        return {
+            "n": np.array([float(self.n)]),
+            "g": self.g.copy(),
+            "H": self.H.copy(),
+            "loglik": np.array([self.loglik]),
+        }
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "PsStats":
@@ -79,8 +90,12 @@ class PsStats:
         H = np.asarray(arrays["H"], dtype=float)
         if H.shape != (g.size, g.size):
             raise DataError(f"PsStats: H has shape {H.shape}, expected {(g.size, g.size)}", field="H")
-        return cls(n=int(round(float(np.asarray(arrays["n"]).reshape(-1)[0]))), g=g, H=H,
-                   loglik=float(np.asarray(arrays["loglik"]).reshape(-1)[0]))
+        return cls(
+            n=int(round(float(np.asarray(arrays["n"]).reshape(-1)[0]))),
+            g=g,
+            H=H,
+            loglik=float(np.asarray(arrays["loglik"]).reshape(-1)[0]),
+        )
 
 
 def ps_contribution(*, z, t, beta, names=None) -> PsStats:
@@ -140,8 +155,9 @@ class CovMoments:
     def merge(self, other: "CovMoments") -> "CovMoments":
         if self.sum_z.shape != other.sum_z.shape:
             raise DataError(f"cannot merge CovMoments of {self.d} and {other.d} covariates")
-        return CovMoments(count=self.count + other.count, sum_z=self.sum_z + other.sum_z,
-                          sum_zz=self.sum_zz + other.sum_zz)
+        return CovMoments(
+            count=self.count + other.count, sum_z=self.sum_z + other.sum_z, sum_zz=self.sum_zz + other.sum_zz
+        )
 
     __add__ = merge
 
@@ -161,8 +177,10 @@ class CovMoments:
         sum_zz = np.asarray(arrays["sum_zz"], dtype=float)
         d = sum_z.shape[-1] if sum_z.ndim == 2 else -1
         if count.shape != (2,) or sum_z.shape != (2, d) or sum_zz.shape != (2, d, d):
-            raise DataError(f"CovMoments: inconsistent shapes count {count.shape}, "
-                            f"sum_z {sum_z.shape}, sum_zz {sum_zz.shape}")
+            raise DataError(
+                f"CovMoments: inconsistent shapes count {count.shape}, "
+                f"sum_z {sum_z.shape}, sum_zz {sum_zz.shape}"
+            )
         return cls(count=count, sum_z=sum_z, sum_zz=sum_zz)
 
     def pooled_mean_cov(self) -> tuple[np.ndarray, np.ndarray]:
@@ -260,9 +278,19 @@ class PropensityFitter:
         stall_tol: relative step below which a step that stopped shrinking means convergence.
     """
 
-    def __init__(self, *, p: int, ridge: float = 1e-6, tol: float = 1e-10, max_iter: int = 25,
-                 beta0: np.ndarray | None = None, near_tol: float = 1e-4,
-                 loglik_rtol: float = 0.0, line_search: bool = True, stall_tol: float = 1e-6):
+    def __init__(
+        self,
+        *,
+        p: int,
+        ridge: float = 1e-6,
+        tol: float = 1e-10,
+        max_iter: int = 25,
+        beta0: np.ndarray | None = None,
+        near_tol: float = 1e-4,
+        loglik_rtol: float = 0.0,
+        line_search: bool = True,
+        stall_tol: float = 1e-6,
+    ):
         if p < 1 or ridge < 0 or tol <= 0 or max_iter < 1:
             raise ValueError("PropensityFitter needs p >= 1, ridge >= 0, tol > 0, max_iter >= 1")
         self.p = p
@@ -343,7 +371,8 @@ class PropensityFitter:
         except np.linalg.LinAlgError:
             raise ConvergenceError(
                 f"propensity Newton system is singular at iteration {self.iterations} "
-                "(a covariate constant in the pooled data? raise the ridge)") from None
+                "(a covariate constant in the pooled data? raise the ridge)"
+            ) from None
 
     @staticmethod
     def _check_overlap(total: PsStats) -> None:
@@ -353,7 +382,8 @@ class PropensityFitter:
         if total.H[0, 0] < 1.0:
             raise NoOverlapError(
                 f"the propensity model separates treated and controls (sum of p(1-p) = "
-                f"{total.H[0, 0]:.3g} < 1): the arms do not overlap on their covariates")
+                f"{total.H[0, 0]:.3g} < 1): the arms do not overlap on their covariates"
+            )
 
     def _converge(self, loglik: float) -> bool:
         self.converged = True
@@ -365,11 +395,20 @@ class PropensityFitter:
             raise ConvergenceError(
                 f"propensity fit did not converge in {self.max_iter} iterations "
                 f"(last step {self.last_step:.3g}, tol {self.tol:g}); "
-                "possible separation of the arms or too much noise")
+                "possible separation of the arms or too much noise"
+            )
 
 
-def fit_propensity(*, z, t, ridge: float = 1e-6, tol: float = 1e-10, max_iter: int = 25,
-                   beta0: np.ndarray | None = None, names=None) -> PropensityFitter:
+def fit_propensity(
+    *,
+    z,
+    t,
+    ridge: float = 1e-6,
+    tol: float = 1e-10,
+    max_iter: int = 25,
+    beta0: np.ndarray | None = None,
+    names=None,
+) -> PropensityFitter:
     """Pooled reference fit: the coordinator's loop with one "node" holding every row.
 
     Starts from :func:`initial_beta` of the pooled moments, exactly as the federated workflow.
@@ -405,13 +444,19 @@ def run_fit(fitter: PropensityFitter, parts) -> PropensityFitter:
             pass
     except ConvergenceError as e:
         scores = [(fitter.beta[0] + z @ fitter.beta[1:], t) for z, t in parts]
-        lo = {arm: min((s[t == arm].min() for s, t in scores if (t == arm).any()), default=np.inf)
-              for arm in (0, 1)}
-        hi = {arm: max((s[t == arm].max() for s, t in scores if (t == arm).any()), default=-np.inf)
-              for arm in (0, 1)}
+        lo = {
+            arm: min((s[t == arm].min() for s, t in scores if (t == arm).any()), default=np.inf)
+            for arm in (0, 1)
+        }
+        hi = {
+            arm: max((s[t == arm].max() for s, t in scores if (t == arm).any()), default=-np.inf)
+            for arm in (0, 1)
+        }
         if hi[0] < lo[1] or hi[1] < lo[0]:
-            raise NoOverlapError("treated and controls are completely separated by their "
-                                 "covariates: the propensity scores do not overlap") from e
+            raise NoOverlapError(
+                "treated and controls are completely separated by their "
+                "covariates: the propensity scores do not overlap"
+            ) from e
         raise
     return fitter
 

@@ -33,11 +33,16 @@ from shared.psm.estimator import Z_95, AttEstimate, estimate_att
 from shared.psm.propensity import PropensityFitter
 from shared.psm.strata import logit_sd
 from shared.psm.table import PsmTable, psm_table, scale_outcomes
-from shared.study import (Covariate, Federation, Outcome, Privacy, Site, Strata, StudyInfo,
-                          StudySpec)
+from shared.study import Covariate, Federation, Outcome, Privacy, Site, Strata, StudyInfo, StudySpec
 
-__all__ = ["NnMatch", "PooledAtt", "estimate_att_federated", "estimate_att_pooled", "nn_match_att",
-           "reference_spec"]
+__all__ = [
+    "NnMatch",
+    "PooledAtt",
+    "estimate_att_federated",
+    "estimate_att_pooled",
+    "nn_match_att",
+    "reference_spec",
+]
 
 
 @dataclass(frozen=True)
@@ -52,10 +57,19 @@ class PooledAtt:
     n_clipped: np.ndarray  # per outcome, over all rows
 
 
-def reference_spec(*, outcomes: Sequence[Outcome], covariates: Sequence[str], n_sites: int,
-                   strata: Literal["caliper", "quantile"] = "caliper", caliper_sd: float = 0.2,
-                   n_strata: int = 8, ridge: float = 1e-6, tol: float = 1e-10, max_iter: int = 25,
-                   privacy: Privacy | None = None) -> StudySpec:
+def reference_spec(
+    *,
+    outcomes: Sequence[Outcome],
+    covariates: Sequence[str],
+    n_sites: int,
+    strata: Literal["caliper", "quantile"] = "caliper",
+    caliper_sd: float = 0.2,
+    n_strata: int = 8,
+    ridge: float = 1e-6,
+    tol: float = 1e-10,
+    max_iter: int = 25,
+    privacy: Privacy | None = None,
+) -> StudySpec:
     """The study spec of a reference run over arrays already scaled to [0, 1] (covariate
     bounds 0..1), with sites ``site-0`` … ``site-{n_sites-1}``; exact unless ``privacy``."""
     if strata not in ("caliper", "quantile"):
@@ -67,14 +81,22 @@ def reference_spec(*, outcomes: Sequence[Outcome], covariates: Sequence[str], n_
         privacy=privacy if privacy is not None else Privacy(enabled=False),
         strata=Strata(method=strata, caliper_sd=caliper_sd, n=n_strata),
         federation=Federation(ridge=ridge, tol=tol, max_newton_iter=max_iter),
-        sites=tuple(Site(name=f"site-{i}") for i in range(n_sites)))
+        sites=tuple(Site(name=f"site-{i}") for i in range(n_sites)),
+    )
 
 
-def estimate_att_federated(*, nodes: Sequence[tuple], outcomes: Sequence[Outcome],
-                           covariates: Sequence[str],
-                           strata: Literal["caliper", "quantile"] = "caliper",
-                           caliper_sd: float = 0.2, n_strata: int = 8,
-                           ridge: float = 1e-6, tol: float = 1e-10, max_iter: int = 25) -> PooledAtt:
+def estimate_att_federated(
+    *,
+    nodes: Sequence[tuple],
+    outcomes: Sequence[Outcome],
+    covariates: Sequence[str],
+    strata: Literal["caliper", "quantile"] = "caliper",
+    caliper_sd: float = 0.2,
+    n_strata: int = 8,
+    ridge: float = 1e-6,
+    tol: float = 1e-10,
+    max_iter: int = 25,
+) -> PooledAtt:
     """The exact study in one process: the study driver (:func:`shared.driver.run_study`, the
     coordinator's code) over in-process sites answering with the node's code
     (:mod:`shared.answer`), every cell kept (describe → Newton rounds → edges → tables →
@@ -97,9 +119,17 @@ def estimate_att_federated(*, nodes: Sequence[tuple], outcomes: Sequence[Outcome
     from shared.driver import run_study
     from shared.inprocess_sites import InProcessSites
 
-    spec = reference_spec(outcomes=outcomes, covariates=covariates, n_sites=len(nodes),
-                          strata=strata, caliper_sd=caliper_sd, n_strata=n_strata, ridge=ridge,
-                          tol=tol, max_iter=max_iter)
+    spec = reference_spec(
+        outcomes=outcomes,
+        covariates=covariates,
+        n_sites=len(nodes),
+        strata=strata,
+        caliper_sd=caliper_sd,
+        n_strata=n_strata,
+        ridge=ridge,
+        tol=tol,
+        max_iter=max_iter,
+    )
     lo, cap = [o.lo for o in outcomes], [o.cap for o in outcomes]
     sites, clipped = {}, []
     for site, (z, t, y) in zip(spec.sites, nodes):
@@ -113,20 +143,33 @@ def estimate_att_federated(*, nodes: Sequence[tuple], outcomes: Sequence[Outcome
     run = run_study(spec, InProcessSites(sites))
     assert run.fitter is not None and run.table is not None and run.estimate is not None
     assert run.moments is not None
-    return PooledAtt(estimate=run.estimate, fitter=run.fitter, edges=run.table.edges, table=run.table,
-                     logit_sd=logit_sd(moments=run.moments, beta=run.fitter.beta),
-                     n_clipped=_total(clipped))
+    return PooledAtt(
+        estimate=run.estimate,
+        fitter=run.fitter,
+        edges=run.table.edges,
+        table=run.table,
+        logit_sd=logit_sd(moments=run.moments, beta=run.fitter.beta),
+        n_clipped=_total(clipped),
+    )
 
 
-def estimate_att_pooled(*, z, t, y, outcomes: Sequence[Outcome], covariates: Sequence[str],
-                        **options) -> PooledAtt:
+def estimate_att_pooled(
+    *, z, t, y, outcomes: Sequence[Outcome], covariates: Sequence[str], **options
+) -> PooledAtt:
     """The centralised reference: :func:`estimate_att_federated` with one node holding every
     row — the same functions on pooled rows. ``y`` in original units; ``options`` as there."""
     return estimate_att_federated(nodes=[(z, t, y)], outcomes=outcomes, covariates=covariates, **options)
 
 
-def estimate_att_cells_withheld(*, sites: Sequence[tuple], beta, edges, outcomes: Sequence[Outcome],
-                                covariates: Sequence[str], min_cell: int) -> AttEstimate:
+def estimate_att_cells_withheld(
+    *,
+    sites: Sequence[tuple],
+    beta,
+    edges,
+    outcomes: Sequence[Outcome],
+    covariates: Sequence[str],
+    min_cell: int,
+) -> AttEstimate:
     """The estimator at ``beta`` and ``edges`` on the pooled rows minus every row that lies in a
     stratum × arm cell of fewer than ``min_cell`` people *at its own site* (``sites``: one
     ``(z, t, y_raw)`` per site): what an exact federation, whose nodes never release such a
@@ -140,10 +183,18 @@ def estimate_att_cells_withheld(*, sites: Sequence[tuple], beta, edges, outcomes
         cell = (np.searchsorted(edges, score, side="right") - 1) * 2 + t.astype(int)
         keep = np.bincount(cell, minlength=2 * (len(edges) - 1))[cell] >= min_cell
         kept.append((z[keep], t[keep], np.asarray(y, dtype=float)[keep]))
-    y01, _ = scale_outcomes(y=np.vstack([k[2] for k in kept]), lo=np.array([o.lo for o in outcomes]),
-                            cap=np.array([o.cap for o in outcomes]))
-    table = psm_table(z=np.vstack([k[0] for k in kept]), t=np.concatenate([k[1] for k in kept]),
-                      y=y01, beta=beta, edges=edges)
+    y01, _ = scale_outcomes(
+        y=np.vstack([k[2] for k in kept]),
+        lo=np.array([o.lo for o in outcomes]),
+        cap=np.array([o.cap for o in outcomes]),
+    )
+    table = psm_table(
+        z=np.vstack([k[0] for k in kept]),
+        t=np.concatenate([k[1] for k in kept]),
+        y=y01,
+        beta=beta,
+        edges=edges,
+    )
     return estimate_att(table=table, outcomes=outcomes, covariates=covariates)
 
 
@@ -165,8 +216,14 @@ class NnMatch:
 
     def as_reference(self) -> dict[str, float]:
         """The form of :attr:`shared.result.OutcomeEstimate.reference`."""
-        return {"att": self.att, "se": self.se, "ci_lo": self.ci[0], "ci_hi": self.ci[1],
-                "n_matched": float(self.n_matched), "n_treated_dropped": float(self.n_treated_dropped)}
+        return {
+            "att": self.att,
+            "se": self.se,
+            "ci_lo": self.ci[0],
+            "ci_hi": self.ci[1],
+            "n_matched": float(self.n_matched),
+            "n_treated_dropped": float(self.n_treated_dropped),
+        }
 
 
 def nn_match_att(*, scores, t, y, caliper: float, names: Sequence[str] | None = None) -> tuple[NnMatch, ...]:
@@ -216,9 +273,17 @@ def nn_match_att(*, scores, t, y, caliper: float, names: Sequence[str] | None = 
         tau = float(diff.mean())
         var = (np.sum((diff - tau) ** 2) + np.sum(k_used * (k_used - 1.0) * sigma2[:, k])) / n1**2
         se = float(np.sqrt(var))
-        out.append(NnMatch(name=name, att=tau, se=se, ci=(tau - Z_95 * se, tau + Z_95 * se),
-                           n_matched=int(n1), n_treated_dropped=int(trt.size - n1),
-                           n_controls_used=int(np.count_nonzero(k_used))))
+        out.append(
+            NnMatch(
+                name=name,
+                att=tau,
+                se=se,
+                ci=(tau - Z_95 * se, tau + Z_95 * se),
+                n_matched=int(n1),
+                n_treated_dropped=int(trt.size - n1),
+                n_controls_used=int(np.count_nonzero(k_used)),
+            )
+        )
     return tuple(out)
 
 

@@ -26,8 +26,14 @@ from shared.psm._checks import check_beta, check_t, check_z
 from shared.psm.propensity import CovMoments
 
 __all__ = [
-    "caliper_edges", "logit_scores", "logit_sd", "quantile_edges", "score_grid",
-    "score_histogram", "score_range", "stratum_index",
+    "caliper_edges",
+    "logit_scores",
+    "logit_sd",
+    "quantile_edges",
+    "score_grid",
+    "score_histogram",
+    "score_range",
+    "stratum_index",
 ]
 
 MAX_STRATA = 10_000
@@ -59,8 +65,7 @@ def score_range(*, beta) -> tuple[float, float]:
     """Public range of the logit score over z in [0, 1]^d:
     ``(β0 + Σ min(βj, 0), β0 + Σ max(βj, 0))``."""
     beta = np.asarray(beta, dtype=float)
-    return (float(beta[0] + np.minimum(beta[1:], 0).sum()),
-            float(beta[0] + np.maximum(beta[1:], 0).sum()))
+    return (float(beta[0] + np.minimum(beta[1:], 0).sum()), float(beta[0] + np.maximum(beta[1:], 0).sum()))
 
 
 def caliper_edges(*, beta, sd: float, caliper_sd: float = 0.2) -> np.ndarray:
@@ -77,8 +82,9 @@ def caliper_edges(*, beta, sd: float, caliper_sd: float = 0.2) -> np.ndarray:
     lo, hi = score_range(beta=beta)
     k = int(np.ceil((hi - lo) / width - 1e-9)) if hi > lo else 1  # no sliver stratum at hi
     if k > MAX_STRATA:
-        raise EstimationError(f"{k} caliper strata exceed {MAX_STRATA}: score range "
-                              f"[{lo:.3g}, {hi:.3g}] vs width {width:.3g}")
+        raise EstimationError(
+            f"{k} caliper strata exceed {MAX_STRATA}: score range [{lo:.3g}, {hi:.3g}] vs width {width:.3g}"
+        )
     inner = lo + width * np.arange(1, max(k, 1))
     return np.concatenate(([-np.inf], inner, [np.inf]))
 

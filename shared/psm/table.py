@@ -52,12 +52,19 @@ class PsmTable:
     def __post_init__(self) -> None:
         s = self.edges.shape[0] - 1
         o, d = self.sum_y.shape[-1], self.sum_z.shape[-1]
-        want = {"count": (s, 2), "sum_y": (s, 2, o), "sumsq_y": (s, 2, o),
-                "sum_z": (s, 2, d), "sumsq_z": (s, 2, d)}
+        want = {
+            "count": (s, 2),
+            "sum_y": (s, 2, o),
+            "sumsq_y": (s, 2, o),
+            "sum_z": (s, 2, d),
+            "sumsq_z": (s, 2, d),
+        }
         for name, shape in want.items():
             if getattr(self, name).shape != shape:
-                raise DataError(f"PsmTable.{name} has shape {getattr(self, name).shape}, "
-                                f"expected {shape} for {s} strata", field=name)
+                raise DataError(
+                    f"PsmTable.{name} has shape {getattr(self, name).shape}, expected {shape} for {s} strata",
+                    field=name,
+                )
 
     @property
     def n_strata(self) -> int:
@@ -133,8 +140,10 @@ def psm_table(*, z, t, y, beta, edges, names=None) -> PsmTable:
     return PsmTable(
         edges=edges.copy(),
         count=np.bincount(cell, minlength=n_cells).astype(float).reshape(-1, 2),
-        sum_y=cell_sums(y), sumsq_y=cell_sums(y * y),
-        sum_z=cell_sums(z), sumsq_z=cell_sums(z * z),
+        sum_y=cell_sums(y),
+        sumsq_y=cell_sums(y * y),
+        sum_z=cell_sums(z),
+        sumsq_z=cell_sums(z * z),
     )
 
 

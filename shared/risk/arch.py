@@ -36,10 +36,21 @@ N_FEATURES = len(FEATURE_NAMES)
 #: on the bounds scale some features span a few hundredths (glucose, triglycerides), which
 #: DP-SGD with clipped gradients and a fixed step budget cannot fit.
 REFERENCE: dict[str, tuple[float, float]] = {
-    "age": (50, 15), "sex": (0.5, 0.5), "sbp": (128, 18), "dbp": (80, 11),
-    "bp_treated": (0.2, 0.4), "total_chol": (5.2, 1.1), "hdl": (1.35, 0.4), "ldl": (3.2, 0.9),
-    "triglycerides": (1.5, 0.9), "glucose": (5.4, 1.2), "diabetes": (0.08, 0.27),
-    "smoker": (0.2, 0.4), "bmi": (27, 5), "waist": (92, 13), "family_history": (0.15, 0.36),
+    "age": (50, 15),
+    "sex": (0.5, 0.5),
+    "sbp": (128, 18),
+    "dbp": (80, 11),
+    "bp_treated": (0.2, 0.4),
+    "total_chol": (5.2, 1.1),
+    "hdl": (1.35, 0.4),
+    "ldl": (3.2, 0.9),
+    "triglycerides": (1.5, 0.9),
+    "glucose": (5.4, 1.2),
+    "diabetes": (0.08, 0.27),
+    "smoker": (0.2, 0.4),
+    "bmi": (27, 5),
+    "waist": (92, 13),
+    "family_history": (0.15, 0.36),
     "physical_activity": (15, 12),
 }
 _REF_MEAN = np.array([REFERENCE[n][0] for n in FEATURE_NAMES], dtype=float)
@@ -118,8 +129,7 @@ def sigmoid(s: np.ndarray) -> np.ndarray:
     return np.where(s >= 0, 1.0, e) / (1.0 + e)
 
 
-def forward_logit(*, arch: RiskArch, arrays: Sequence[np.ndarray],
-                  inputs: np.ndarray) -> np.ndarray:
+def forward_logit(*, arch: RiskArch, arrays: Sequence[np.ndarray], inputs: np.ndarray) -> np.ndarray:
     """The network on its direct inputs ``(n, 16)``: ``u`` for transport-layout arrays, raw
     features for :func:`fold_inputs` arrays."""
     if arch.kind == "logistic":

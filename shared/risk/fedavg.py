@@ -17,8 +17,9 @@ import numpy as np
 from shared.errors import SpecError
 
 
-def weighted_average(*, arrays_list: Sequence[Sequence[np.ndarray]],
-                     weights: Sequence[float]) -> list[np.ndarray]:
+def weighted_average(
+    *, arrays_list: Sequence[Sequence[np.ndarray]], weights: Sequence[float]
+) -> list[np.ndarray]:
     """Weighted mean, layer by layer, of the nodes' parameter lists.
 
     Args:
@@ -41,8 +42,11 @@ def weighted_average(*, arrays_list: Sequence[Sequence[np.ndarray]],
     layout = [np.shape(a) for a in arrays_list[0]]
     for k, arrays in enumerate(arrays_list):
         if [np.shape(a) for a in arrays] != layout:
-            raise SpecError(f"node {k}: parameter shapes {[np.shape(a) for a in arrays]} "
-                            f"differ from {layout}")
+            raise SpecError(
+                f"node {k}: parameter shapes {[np.shape(a) for a in arrays]} differ from {layout}"
+            )
     w = w / w.sum()
-    return [sum(wk * np.asarray(arrays[i], dtype=np.float64) for wk, arrays in zip(w, arrays_list))
-            for i in range(len(layout))]
+    return [
+        sum(wk * np.asarray(arrays[i], dtype=np.float64) for wk, arrays in zip(w, arrays_list))
+        for i in range(len(layout))
+    ]

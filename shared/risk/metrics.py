@@ -67,13 +67,16 @@ class EvalAggregate:
         """Sum of two aggregates on the same grid (associative, commutative)."""
         if other.n_bins != self.n_bins:
             raise SpecError(f"cannot merge aggregates on {self.n_bins} and {other.n_bins} bins")
-        return EvalAggregate(pos=self.pos + other.pos, neg=self.neg + other.neg,
-                             sum_p=self.sum_p + other.sum_p, sq_err=self.sq_err + other.sq_err)
+        return EvalAggregate(
+            pos=self.pos + other.pos,
+            neg=self.neg + other.neg,
+            sum_p=self.sum_p + other.sum_p,
+            sq_err=self.sq_err + other.sq_err,
+        )
 
     def to_arrays(self) -> list[np.ndarray]:
         """Transport layout: ``[pos, neg, sum_p, [sq_err]]`` (float64)."""
-        return [np.asarray(a, dtype=np.float64)
-                for a in (self.pos, self.neg, self.sum_p, [self.sq_err])]
+        return [np.asarray(a, dtype=np.float64) for a in (self.pos, self.neg, self.sum_p, [self.sq_err])]
 
     @classmethod
     def from_arrays(cls, arrays: Sequence[np.ndarray]) -> "EvalAggregate":
@@ -106,8 +109,13 @@ class EvalReport:
     calibration: tuple[CalibrationBin, ...] = field(default_factory=tuple)
 
     def to_dict(self) -> dict:
-        return {"n": self.n, "events": self.events, "auc": self.auc, "brier": self.brier,
-                "calibration": [vars(c) for c in self.calibration]}
+        return {
+            "n": self.n,
+            "events": self.events,
+            "auc": self.auc,
+            "brier": self.brier,
+            "calibration": [vars(c) for c in self.calibration],
+        }
 
 
 def clean_scores(*, prob: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, int]:
@@ -147,8 +155,7 @@ def eval_aggregate(*, prob: np.ndarray, y: np.ndarray, n_bins: int = DEFAULT_BIN
     pos = np.bincount(idx, weights=y, minlength=n_bins)
     tot = np.bincount(idx, minlength=n_bins).astype(np.float64)
     sum_p = np.bincount(idx, weights=prob, minlength=n_bins)
-    return EvalAggregate(pos=pos, neg=tot - pos, sum_p=sum_p,
-                         sq_err=float(np.sum((prob - y) ** 2)))
+    return EvalAggregate(pos=pos, neg=tot - pos, sum_p=sum_p, sq_err=float(np.sum((prob - y) ** 2)))
 
 
 #: L2 sensitivity of one node's aggregate under add/remove-one-row neighbours. A row with
@@ -172,12 +179,10 @@ def eval_noise_sigma(*, epsilon: float, delta: float, accountant: str = "rdp") -
     """
     from shared.dp.plan import single_release_multiplier
 
-    return single_release_multiplier(epsilon=epsilon, delta=delta,
-                                     accountant=accountant) * EVAL_SENSITIVITY
+    return single_release_multiplier(epsilon=epsilon, delta=delta, accountant=accountant) * EVAL_SENSITIVITY
 
 
-def noisy_aggregate(agg: EvalAggregate, *, sigma: float,
-                    rng: np.random.Generator) -> EvalAggregate:
+def noisy_aggregate(agg: EvalAggregate, *, sigma: float, rng: np.random.Generator) -> EvalAggregate:
     r"""The aggregate with i.i.d. :math:`\mathcal N(0, \sigma^2)` noise on every entry.
 
     The Gaussian mechanism at noise multiplier ``sigma / EVAL_SENSITIVITY``; charge that to the
@@ -242,7 +247,7 @@ def calibration_by_decile(agg: EvalAggregate, *, groups: int = 10) -> tuple[Cali
     On a noisy aggregate, bin counts are clamped at 0 and the per-decile mean predicted risk and
     observed rate at [0, 1] (post-processing; a decile with less than one row is omitted).
     """
-    tot = np.clip(agg.pos + agg.neg, 0, None)   # noisy aggregates may hold negative counts
+    tot = np.clip(agg.pos + agg.neg, 0, None)  # noisy aggregates may hold negative counts
     n = tot.sum()
     if n <= 0:
         raise EstimationError("calibration of an empty evaluation set")
@@ -258,10 +263,16 @@ def calibration_by_decile(agg: EvalAggregate, *, groups: int = 10) -> tuple[Cali
         if cnt < 1:
             continue
         edges = np.flatnonzero(sel)
-        out.append(CalibrationBin(decile=g + 1, n=float(cnt),
-                                  mean_predicted=float(np.clip(agg.sum_p[sel].sum() / cnt, 0, 1)),
-                                  observed_rate=float(np.clip(agg.pos[sel].sum() / cnt, 0, 1)),
-                                  p_lo=float(edges[0] * width), p_hi=float((edges[-1] + 1) * width)))
+        out.append(
+            CalibrationBin(
+                decile=g + 1,
+                n=float(cnt),
+                mean_predicted=float(np.clip(agg.sum_p[sel].sum() / cnt, 0, 1)),
+                observed_rate=float(np.clip(agg.pos[sel].sum() / cnt, 0, 1)),
+                p_lo=float(edges[0] * width),
+                p_hi=float((edges[-1] + 1) * width),
+            )
+        )
     return tuple(out)
 
 
@@ -274,6 +285,10 @@ def evaluate(agg: EvalAggregate) -> EvalReport:
     is post-processing of the releases; it costs no privacy but biases small cells upward.
     """
     tot = np.clip(agg.pos + agg.neg, 0, None)
-    return EvalReport(n=float(tot.sum()), events=float(np.clip(agg.pos, 0, None).sum()),
-                      auc=pooled_auc(agg), brier=brier_score(agg),
-                      calibration=calibration_by_decile(agg))
+    return EvalReport(
+        n=float(tot.sum()),
+        events=float(np.clip(agg.pos, 0, None).sum()),
+        auc=pooled_auc(agg),
+        brier=brier_score(agg),
+        calibration=calibration_by_decile(agg),
+    )

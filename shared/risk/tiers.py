@@ -16,8 +16,7 @@ import numpy as np
 from shared.errors import SpecError
 
 TIERS: tuple[str, ...] = ("low", "medium", "high", "very_high")
-TIER_LABELS: dict[str, str] = {"low": "Low", "medium": "Medium", "high": "High",
-                               "very_high": "Very high"}
+TIER_LABELS: dict[str, str] = {"low": "Low", "medium": "Medium", "high": "High", "very_high": "Very high"}
 DEFAULT_CUTOFFS: tuple[float, float, float] = (0.05, 0.10, 0.20)
 _TIER_ARRAY = np.array(TIERS)
 
@@ -36,14 +35,16 @@ def check_cutoffs(cutoffs: Sequence[float]) -> tuple[float, float, float]:
     return c  # type: ignore[return-value]
 
 
-def tier_index(prob: np.ndarray | Sequence[float], *,
-               cutoffs: Sequence[float] = DEFAULT_CUTOFFS) -> np.ndarray:
+def tier_index(
+    prob: np.ndarray | Sequence[float], *, cutoffs: Sequence[float] = DEFAULT_CUTOFFS
+) -> np.ndarray:
     """Tier number 0..3 per probability (vectorised ``searchsorted``)."""
     c = np.asarray(check_cutoffs(cutoffs))
     return np.searchsorted(c, np.asarray(prob, dtype=float), side="right")
 
 
-def assign_tiers(prob: np.ndarray | Sequence[float], *,
-                 cutoffs: Sequence[float] = DEFAULT_CUTOFFS) -> np.ndarray:
+def assign_tiers(
+    prob: np.ndarray | Sequence[float], *, cutoffs: Sequence[float] = DEFAULT_CUTOFFS
+) -> np.ndarray:
     """Tier name per probability: an array of ``TIERS`` strings."""
     return _TIER_ARRAY[tier_index(prob, cutoffs=cutoffs)]

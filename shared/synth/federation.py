@@ -24,11 +24,20 @@ from shared.synth.hazard import HIGH_RISK, baseline_hazard, event_probability
 from shared.synth.outcomes import OUTCOMES, PotentialOutcomes, draw_potential_outcomes
 from shared.synth.population import Population, draw_population
 from shared.synth.records import (
-    INDEX_WINDOW_DAYS, OUTCOME_PERIOD_DAYS, TREATMENT_CODE, cohort_table, person_ids,
+    INDEX_WINDOW_DAYS,
+    OUTCOME_PERIOD_DAYS,
+    TREATMENT_CODE,
+    cohort_table,
+    person_ids,
     record_tables,
 )
 from shared.synth.sites import (
-    PROFILES, PROFILES_BY_NAME, RETIRED, SiteProfile, select_profiles, site_size,
+    PROFILES,
+    PROFILES_BY_NAME,
+    RETIRED,
+    SiteProfile,
+    select_profiles,
+    site_size,
 )
 from shared.synth.truth import outcome_truth
 from shared.synth.uptake import uptake_probability
@@ -79,22 +88,26 @@ def _simulate(rng: np.random.Generator, profile: SiteProfile, n: int) -> _Simula
     dept_shift = np.array([d.uptake_shift for d in profile.departments])
     dept_index = {d.name: i for i, d in enumerate(profile.departments)}
     shift = dept_shift[np.array([dept_index[d] for d in pop.department])]
-    pi = uptake_probability(features=pop.features, site_logit=profile.uptake_logit,
-                            department_shift=shift)
+    pi = uptake_probability(features=pop.features, site_logit=profile.uptake_logit, department_shift=shift)
     treated = (rng.random(n) < pi).astype(np.int64)
     potential = draw_potential_outcomes(rng, hazard0=hazard0, working=pop.job_type != RETIRED)
     return _Simulation(profile, pop, p0, pi, treated, potential)
 
 
 def _cohort(sim: _Simulation, ids: np.ndarray) -> pd.DataFrame:
-    return cohort_table(ids=ids, profile=sim.profile, department=sim.population.department,
-                        job_type=sim.population.job_type, features=sim.population.features,
-                        treated=sim.treated, observed=sim.potential.observed(sim.treated))
+    return cohort_table(
+        ids=ids,
+        profile=sim.profile,
+        department=sim.population.department,
+        job_type=sim.population.job_type,
+        features=sim.population.features,
+        treated=sim.treated,
+        observed=sim.potential.observed(sim.treated),
+    )
 
 
 def _potential_table(sim: _Simulation, ids: np.ndarray) -> pd.DataFrame:
-    cols = {"person_id": ids, "baseline_risk": sim.p0, "propensity": sim.propensity,
-            "treated": sim.treated}
+    cols = {"person_id": ids, "baseline_risk": sim.p0, "propensity": sim.propensity, "treated": sim.treated}
     for o in OUTCOMES:
         cols[f"y0_{o.name}"] = sim.potential.y0[o.name]
         cols[f"y1_{o.name}"] = sim.potential.y1[o.name]
@@ -103,13 +116,16 @@ def _potential_table(sim: _Simulation, ids: np.ndarray) -> pd.DataFrame:
 
 def _truth(sims: list[_Simulation], outcomes: Sequence[Outcome] = OUTCOMES) -> dict:
     """Truth of the people in ``sims`` taken together, capped at ``outcomes``' bounds."""
+
     def cat(get) -> np.ndarray:
         return np.concatenate([get(s) for s in sims])
 
     return outcome_truth(
         y0={o.name: cat(lambda s, k=o.name: s.potential.y0[k]) for o in OUTCOMES},
         y1={o.name: cat(lambda s, k=o.name: s.potential.y1[k]) for o in OUTCOMES},
-        treated=cat(lambda s: s.treated), p0=cat(lambda s: s.p0), outcomes=outcomes,
+        treated=cat(lambda s: s.treated),
+        p0=cat(lambda s: s.p0),
+        outcomes=outcomes,
     )
 
 
@@ -147,17 +163,27 @@ def generate_federation(*, seed: int, sites: int | None = None, scale: float = 1
         ids = person_ids(profile.prefix, sim.population.n)
         cohort = _cohort(sim, ids)
         persons, interventions, outcomes = record_tables(rng, cohort=cohort, profile=profile)
-        out_sites.append(SiteData(profile.name, profile, persons, interventions, outcomes, cohort,
-                                  _potential_table(sim, ids)))
+        out_sites.append(
+            SiteData(
+                profile.name, profile, persons, interventions, outcomes, cohort, _potential_table(sim, ids)
+            )
+        )
         sims.append(sim)
         site_truth[profile.name] = {"kind": profile.kind, **_truth([sim])}
-    truth = {"generator": "shared.synth", "seed": seed, "scale": scale, "study": _study_truth(),
-             "pooled": _truth(sims), "sites": site_truth}
+    truth = {
+        "generator": "shared.synth",
+        "seed": seed,
+        "scale": scale,
+        "study": _study_truth(),
+        "pooled": _truth(sims),
+        "sites": site_truth,
+    }
     return Federation(sites=tuple(out_sites), truth=truth)
 
 
-def generate_cohort(*, n: int, seed: int, profile: str = "insurer_mid_1",
-                    outcomes: Sequence[Outcome] = OUTCOMES) -> tuple[pd.DataFrame, dict]:
+def generate_cohort(
+    *, n: int, seed: int, profile: str = "insurer_mid_1", outcomes: Sequence[Outcome] = OUTCOMES
+) -> tuple[pd.DataFrame, dict]:
     """One site's flat cohort table and its truth, without the record tables (fast).
 
     With ``n`` equal to the site's size in :func:`generate_federation` the cohort is the same.

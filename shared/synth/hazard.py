@@ -30,14 +30,19 @@ HIGH_RISK = 0.10
 
 def log_hazard_ratio(f: dict[str, np.ndarray]) -> np.ndarray:
     """Linear predictor ``eta`` of the equation above from raw feature arrays."""
-    return (2.4 * np.log(f["age"] / 50.0)
-            + 0.9 * np.log(f["total_chol"] / 5.2)
-            - 0.75 * np.log(f["hdl"] / 1.3)
-            + 1.6 * np.log(f["sbp"] / 125.0)
-            + 0.2 * f["bp_treated"] + 0.55 * f["smoker"] + 0.5 * f["diabetes"]
-            + 0.35 * f["family_history"] + 0.35 * f["sex"]
-            + 0.45 * np.log(f["bmi"] / 26.0)
-            - 0.006 * (f["physical_activity"] - 18.0))
+    return (
+        2.4 * np.log(f["age"] / 50.0)
+        + 0.9 * np.log(f["total_chol"] / 5.2)
+        - 0.75 * np.log(f["hdl"] / 1.3)
+        + 1.6 * np.log(f["sbp"] / 125.0)
+        + 0.2 * f["bp_treated"]
+        + 0.55 * f["smoker"]
+        + 0.5 * f["diabetes"]
+        + 0.35 * f["family_history"]
+        + 0.35 * f["sex"]
+        + 0.45 * np.log(f["bmi"] / 26.0)
+        - 0.006 * (f["physical_activity"] - 18.0)
+    )
 
 
 def baseline_hazard(f: dict[str, np.ndarray]) -> np.ndarray:

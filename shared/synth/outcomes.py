@@ -49,8 +49,9 @@ def risk_weight(p0: np.ndarray) -> np.ndarray:
     return np.clip((p0 - 0.02) / (HIGH_RISK - 0.02), 0.0, 1.0)
 
 
-def draw_potential_outcomes(rng: np.random.Generator, *, hazard0: np.ndarray,
-                            working: np.ndarray) -> PotentialOutcomes:
+def draw_potential_outcomes(
+    rng: np.random.Generator, *, hazard0: np.ndarray, working: np.ndarray
+) -> PotentialOutcomes:
     """Simulate one year per person under both arms.
 
     Args:
@@ -87,8 +88,14 @@ def draw_potential_outcomes(rng: np.random.Generator, *, hazard0: np.ndarray,
         return np.clip(x, 0, 365).astype(np.int64)
 
     return PotentialOutcomes(
-        y0={"claims_cost": np.round(cost0, 2), "cv_event": event0.astype(np.int64),
-            "absence_days": days(days0)},
-        y1={"claims_cost": np.round(cost1, 2), "cv_event": event1.astype(np.int64),
-            "absence_days": days(days1)},
+        y0={
+            "claims_cost": np.round(cost0, 2),
+            "cv_event": event0.astype(np.int64),
+            "absence_days": days(days0),
+        },
+        y1={
+            "claims_cost": np.round(cost1, 2),
+            "cv_event": event1.astype(np.int64),
+            "absence_days": days(days1),
+        },
     )

@@ -31,9 +31,16 @@ def person_ids(prefix: str, n: int) -> np.ndarray:
     return np.array([f"{prefix}-{i:06d}" for i in range(1, n + 1)], dtype=object)
 
 
-def cohort_table(*, ids: np.ndarray, profile: SiteProfile, department: np.ndarray,
-                 job_type: np.ndarray, features: dict[str, np.ndarray], treated: np.ndarray,
-                 observed: dict[str, np.ndarray]) -> pd.DataFrame:
+def cohort_table(
+    *,
+    ids: np.ndarray,
+    profile: SiteProfile,
+    department: np.ndarray,
+    job_type: np.ndarray,
+    features: dict[str, np.ndarray],
+    treated: np.ndarray,
+    observed: dict[str, np.ndarray],
+) -> pd.DataFrame:
     """The flat cohort table: one row per person with features, ``treated`` and outcomes."""
     cols = {"person_id": ids, "site": profile.name, "department": department, "job_type": job_type}
     cols.update({n: features[n] for n in FEATURE_NAMES})
@@ -46,9 +53,16 @@ def _dates(days: np.ndarray) -> pd.Series:
     return pd.Series(np.asarray(days, dtype="datetime64[D]").astype("datetime64[s]"))
 
 
-def _events(rng: np.random.Generator, *, who: np.ndarray, code: str, index: np.ndarray,
-            start: tuple[int, int], length: tuple[int, int] | None,
-            channels: tuple[tuple[str, float], ...]) -> dict[str, np.ndarray]:
+def _events(
+    rng: np.random.Generator,
+    *,
+    who: np.ndarray,
+    code: str,
+    index: np.ndarray,
+    start: tuple[int, int],
+    length: tuple[int, int] | None,
+    channels: tuple[tuple[str, float], ...],
+) -> dict[str, np.ndarray]:
     """Events of one code for persons ``who`` (indices), starting ``start`` days from their
     index date (a ``[lo, hi)`` range), lasting ``length`` days, or ongoing for None."""
     k = len(who)
@@ -56,12 +70,18 @@ def _events(rng: np.random.Generator, *, who: np.ndarray, code: str, index: np.n
     end = (begin + rng.integers(*length, size=k)) if length else np.full(k, np.datetime64("NaT"))
     names = np.array([c for c, _ in channels], dtype=object)
     channel = names[rng.choice(len(names), size=k, p=[p for _, p in channels])]
-    return {"who": who, "code": np.full(k, code, dtype=object), "start": begin, "end": end,
-            "channel": channel}
+    return {
+        "who": who,
+        "code": np.full(k, code, dtype=object),
+        "start": begin,
+        "end": end,
+        "channel": channel,
+    }
 
 
-def record_tables(rng: np.random.Generator, *, cohort: pd.DataFrame,
-                  profile: SiteProfile) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def record_tables(
+    rng: np.random.Generator, *, cohort: pd.DataFrame, profile: SiteProfile
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Persons, intervention events and outcome records consistent with ``cohort``.
 
     Returns:
@@ -83,33 +103,82 @@ def record_tables(rng: np.random.Generator, *, cohort: pd.DataFrame,
 
     ch = profile.channels
     groups = [
-        _events(rng, who=np.flatnonzero(treated), code=TREATMENT_CODE, index=index,
-                start=(0, INDEX_WINDOW_DAYS + 1), length=(84, 181), channels=ch),
-        _events(rng, who=pick(~treated, 0.03), code=TREATMENT_CODE, index=index,
-                start=(-730, -400), length=(84, 181), channels=ch),
-        _events(rng, who=pick(f["bp_treated"] == 1, 0.4), code="bp_management", index=index,
-                start=(-1500, -30), length=None, channels=ch),
-        _events(rng, who=pick(f["smoker"] == 1, 0.12), code="smoking_cessation", index=index,
-                start=(-365, 300), length=(56, 91), channels=ch),
-        _events(rng, who=pick(f["diabetes"] == 1, 0.25), code="diabetes_prevention", index=index,
-                start=(-700, 0), length=(180, 366), channels=ch),
-        _events(rng, who=pick(np.ones(n, dtype=bool), 0.05), code="digital_prevention",
-                index=index, start=(-200, 300), length=None, channels=(("app", 1.0),)),
+        _events(
+            rng,
+            who=np.flatnonzero(treated),
+            code=TREATMENT_CODE,
+            index=index,
+            start=(0, INDEX_WINDOW_DAYS + 1),
+            length=(84, 181),
+            channels=ch,
+        ),
+        _events(
+            rng,
+            who=pick(~treated, 0.03),
+            code=TREATMENT_CODE,
+            index=index,
+            start=(-730, -400),
+            length=(84, 181),
+            channels=ch,
+        ),
+        _events(
+            rng,
+            who=pick(f["bp_treated"] == 1, 0.4),
+            code="bp_management",
+            index=index,
+            start=(-1500, -30),
+            length=None,
+            channels=ch,
+        ),
+        _events(
+            rng,
+            who=pick(f["smoker"] == 1, 0.12),
+            code="smoking_cessation",
+            index=index,
+            start=(-365, 300),
+            length=(56, 91),
+            channels=ch,
+        ),
+        _events(
+            rng,
+            who=pick(f["diabetes"] == 1, 0.25),
+            code="diabetes_prevention",
+            index=index,
+            start=(-700, 0),
+            length=(180, 366),
+            channels=ch,
+        ),
+        _events(
+            rng,
+            who=pick(np.ones(n, dtype=bool), 0.05),
+            code="digital_prevention",
+            index=index,
+            start=(-200, 300),
+            length=None,
+            channels=(("app", 1.0),),
+        ),
     ]
     ids = cohort["person_id"].to_numpy()
     who = np.concatenate([g["who"] for g in groups])
     start = np.concatenate([g["start"] for g in groups])
     order = np.lexsort((start, who))
-    interventions = pd.DataFrame({
-        "person_id": ids[who][order],
-        "code": np.concatenate([g["code"] for g in groups])[order],
-        "start": _dates(start[order]),
-        "end": _dates(np.concatenate([g["end"] for g in groups])[order]),
-        "channel": np.concatenate([g["channel"] for g in groups])[order],
-    })
+    interventions = pd.DataFrame(
+        {
+            "person_id": ids[who][order],
+            "code": np.concatenate([g["code"] for g in groups])[order],
+            "start": _dates(start[order]),
+            "end": _dates(np.concatenate([g["end"] for g in groups])[order]),
+            "channel": np.concatenate([g["channel"] for g in groups])[order],
+        }
+    )
 
-    outcomes = pd.DataFrame({"person_id": ids, "period_start": _dates(index),
-                             "period_end": _dates(index + (OUTCOME_PERIOD_DAYS - 1))})
+    outcomes = pd.DataFrame(
+        {
+            "person_id": ids,
+            "period_start": _dates(index),
+            "period_end": _dates(index + (OUTCOME_PERIOD_DAYS - 1)),
+        }
+    )
     for name in OUTCOME_NAMES:
         outcomes[name] = cohort[name].to_numpy()
     return persons, interventions, outcomes

@@ -133,107 +133,234 @@ def _regions(*shifts: tuple[str, float, float]) -> tuple[Department, ...]:
 
 PROFILES: tuple[SiteProfile, ...] = (
     SiteProfile(
-        "insurer_large", "insurer", 65_000, "A", (18, 90), (2.3, 3.3),
-        smoke_logit=-1.35, uptake_logit=-2.20, retire_age=67, channels=_INSURER_CHANNELS,
-        departments=_regions(("north", 0.30, 0.3), ("south", 0.28, -0.2), ("east", 0.22, 0.0),
-                             ("west", 0.20, -0.4)),
+        "insurer_large",
+        "insurer",
+        65_000,
+        "A",
+        (18, 90),
+        (2.3, 3.3),
+        smoke_logit=-1.35,
+        uptake_logit=-2.20,
+        retire_age=67,
+        channels=_INSURER_CHANNELS,
+        departments=_regions(
+            ("north", 0.30, 0.3), ("south", 0.28, -0.2), ("east", 0.22, 0.0), ("west", 0.20, -0.4)
+        ),
     ),
     SiteProfile(
-        "insurer_mid_1", "insurer", 20_000, "B", (18, 90), (2.6, 3.0),
-        smoke_logit=-1.15, uptake_logit=-1.85, retire_age=67, channels=_INSURER_CHANNELS,
+        "insurer_mid_1",
+        "insurer",
+        20_000,
+        "B",
+        (18, 90),
+        (2.6, 3.0),
+        smoke_logit=-1.15,
+        uptake_logit=-1.85,
+        retire_age=67,
+        channels=_INSURER_CHANNELS,
         departments=_regions(("urban", 0.6, 0.25), ("rural", 0.4, -0.35)),
     ),
     SiteProfile(
-        "insurer_mid_2", "insurer", 13_000, "C", (18, 90), (1.9, 3.4),
-        smoke_logit=-1.55, uptake_logit=-2.45, retire_age=67, channels=_INSURER_CHANNELS,
+        "insurer_mid_2",
+        "insurer",
+        13_000,
+        "C",
+        (18, 90),
+        (1.9, 3.4),
+        smoke_logit=-1.55,
+        uptake_logit=-2.45,
+        retire_age=67,
+        channels=_INSURER_CHANNELS,
         departments=_regions(("coast", 0.5, 0.1), ("inland", 0.5, -0.1)),
     ),
     SiteProfile(
-        "company_logistics", "company", 480, "D", (18, 67), (2.6, 2.4),
-        smoke_logit=-1.1, uptake_logit=-1.65, channels=_COMPANY_CHANNELS,
+        "company_logistics",
+        "company",
+        480,
+        "D",
+        (18, 67),
+        (2.6, 2.4),
+        smoke_logit=-1.1,
+        uptake_logit=-1.65,
+        channels=_COMPANY_CHANNELS,
         departments=(
-            Department("warehouse", 0.45, (
-                JobType("picker", 0.7, male_share=0.7, smoke_shift=0.5, bmi_shift=0.8, activity=24.0),
-                JobType("forklift_operator", 0.3, male_share=0.85, smoke_shift=0.5, bmi_shift=1.5,
-                        activity=15.0),
-            ), uptake_shift=-0.2),
-            Department("transport", 0.35, (
-                JobType("driver", 1.0, male_share=0.9, smoke_shift=0.7, bmi_shift=2.5, activity=9.0),
-            ), uptake_shift=-0.7),
-            Department("office", 0.20, (
-                JobType("clerk", 0.75, male_share=0.4, smoke_shift=-0.2, activity=16.0),
-                JobType("manager", 0.25, male_share=0.6, smoke_shift=-0.4, activity=18.0),
-            ), uptake_shift=0.6),
+            Department(
+                "warehouse",
+                0.45,
+                (
+                    JobType("picker", 0.7, male_share=0.7, smoke_shift=0.5, bmi_shift=0.8, activity=24.0),
+                    JobType(
+                        "forklift_operator",
+                        0.3,
+                        male_share=0.85,
+                        smoke_shift=0.5,
+                        bmi_shift=1.5,
+                        activity=15.0,
+                    ),
+                ),
+                uptake_shift=-0.2,
+            ),
+            Department(
+                "transport",
+                0.35,
+                (JobType("driver", 1.0, male_share=0.9, smoke_shift=0.7, bmi_shift=2.5, activity=9.0),),
+                uptake_shift=-0.7,
+            ),
+            Department(
+                "office",
+                0.20,
+                (
+                    JobType("clerk", 0.75, male_share=0.4, smoke_shift=-0.2, activity=16.0),
+                    JobType("manager", 0.25, male_share=0.6, smoke_shift=-0.4, activity=18.0),
+                ),
+                uptake_shift=0.6,
+            ),
         ),
     ),
     SiteProfile(
-        "company_software", "company", 220, "E", (20, 63), (2.0, 3.6),
-        smoke_logit=-2.0, uptake_logit=-1.05, channels=_COMPANY_CHANNELS,
+        "company_software",
+        "company",
+        220,
+        "E",
+        (20, 63),
+        (2.0, 3.6),
+        smoke_logit=-2.0,
+        uptake_logit=-1.05,
+        channels=_COMPANY_CHANNELS,
         departments=(
-            Department("engineering", 0.6, (
-                JobType("developer", 0.85, male_share=0.75, smoke_shift=-0.1, bmi_shift=0.3,
-                        activity=13.0),
-                JobType("team_lead", 0.15, male_share=0.7, activity=14.0),
-            ), uptake_shift=0.2),
-            Department("sales", 0.25, (
-                JobType("account_manager", 1.0, male_share=0.55, smoke_shift=0.3, activity=15.0),
-            ), uptake_shift=-0.3),
-            Department("administration", 0.15, (
-                JobType("clerk", 0.8, male_share=0.3, activity=16.0),
-                JobType("manager", 0.2, male_share=0.5, activity=17.0),
-            )),
+            Department(
+                "engineering",
+                0.6,
+                (
+                    JobType(
+                        "developer", 0.85, male_share=0.75, smoke_shift=-0.1, bmi_shift=0.3, activity=13.0
+                    ),
+                    JobType("team_lead", 0.15, male_share=0.7, activity=14.0),
+                ),
+                uptake_shift=0.2,
+            ),
+            Department(
+                "sales",
+                0.25,
+                (JobType("account_manager", 1.0, male_share=0.55, smoke_shift=0.3, activity=15.0),),
+                uptake_shift=-0.3,
+            ),
+            Department(
+                "administration",
+                0.15,
+                (
+                    JobType("clerk", 0.8, male_share=0.3, activity=16.0),
+                    JobType("manager", 0.2, male_share=0.5, activity=17.0),
+                ),
+            ),
         ),
     ),
     SiteProfile(
-        "company_manufacturing", "company", 450, "F", (18, 67), (2.9, 2.2),
-        smoke_logit=-0.95, uptake_logit=-1.75, channels=_COMPANY_CHANNELS,
+        "company_manufacturing",
+        "company",
+        450,
+        "F",
+        (18, 67),
+        (2.9, 2.2),
+        smoke_logit=-0.95,
+        uptake_logit=-1.75,
+        channels=_COMPANY_CHANNELS,
         departments=(
-            Department("production", 0.55, (
-                JobType("machine_operator", 0.7, male_share=0.8, smoke_shift=0.5, bmi_shift=1.2,
-                        activity=20.0),
-                JobType("shift_supervisor", 0.3, male_share=0.8, smoke_shift=0.3, bmi_shift=1.5,
-                        activity=15.0),
-            ), uptake_shift=-0.3),
-            Department("maintenance", 0.20, (
-                JobType("technician", 1.0, male_share=0.9, smoke_shift=0.4, bmi_shift=0.8,
-                        activity=21.0),
-            )),
-            Department("office", 0.25, (
-                JobType("clerk", 0.7, male_share=0.35, smoke_shift=-0.2, activity=15.0),
-                JobType("engineer", 0.3, male_share=0.7, smoke_shift=-0.3, activity=17.0),
-            ), uptake_shift=0.5),
+            Department(
+                "production",
+                0.55,
+                (
+                    JobType(
+                        "machine_operator", 0.7, male_share=0.8, smoke_shift=0.5, bmi_shift=1.2, activity=20.0
+                    ),
+                    JobType(
+                        "shift_supervisor", 0.3, male_share=0.8, smoke_shift=0.3, bmi_shift=1.5, activity=15.0
+                    ),
+                ),
+                uptake_shift=-0.3,
+            ),
+            Department(
+                "maintenance",
+                0.20,
+                (JobType("technician", 1.0, male_share=0.9, smoke_shift=0.4, bmi_shift=0.8, activity=21.0),),
+            ),
+            Department(
+                "office",
+                0.25,
+                (
+                    JobType("clerk", 0.7, male_share=0.35, smoke_shift=-0.2, activity=15.0),
+                    JobType("engineer", 0.3, male_share=0.7, smoke_shift=-0.3, activity=17.0),
+                ),
+                uptake_shift=0.5,
+            ),
         ),
     ),
     SiteProfile(
-        "company_retail", "company", 310, "G", (18, 66), (1.8, 2.8),
-        smoke_logit=-0.9, uptake_logit=-1.95, channels=_COMPANY_CHANNELS,
+        "company_retail",
+        "company",
+        310,
+        "G",
+        (18, 66),
+        (1.8, 2.8),
+        smoke_logit=-0.9,
+        uptake_logit=-1.95,
+        channels=_COMPANY_CHANNELS,
         departments=(
-            Department("stores", 0.75, (
-                JobType("sales_assistant", 0.8, male_share=0.3, smoke_shift=0.4, bmi_shift=0.5,
-                        activity=20.0),
-                JobType("store_manager", 0.2, male_share=0.45, smoke_shift=0.1, bmi_shift=0.8,
-                        activity=16.0),
-            ), uptake_shift=-0.2),
-            Department("headquarters", 0.25, (
-                JobType("clerk", 0.7, male_share=0.4, activity=15.0),
-                JobType("manager", 0.3, male_share=0.55, smoke_shift=-0.3, activity=17.0),
-            ), uptake_shift=0.6),
+            Department(
+                "stores",
+                0.75,
+                (
+                    JobType(
+                        "sales_assistant", 0.8, male_share=0.3, smoke_shift=0.4, bmi_shift=0.5, activity=20.0
+                    ),
+                    JobType(
+                        "store_manager", 0.2, male_share=0.45, smoke_shift=0.1, bmi_shift=0.8, activity=16.0
+                    ),
+                ),
+                uptake_shift=-0.2,
+            ),
+            Department(
+                "headquarters",
+                0.25,
+                (
+                    JobType("clerk", 0.7, male_share=0.4, activity=15.0),
+                    JobType("manager", 0.3, male_share=0.55, smoke_shift=-0.3, activity=17.0),
+                ),
+                uptake_shift=0.6,
+            ),
         ),
     ),
     SiteProfile(
-        "company_clinic", "company", 160, "H", (20, 67), (2.4, 2.4),
-        smoke_logit=-1.6, uptake_logit=-1.25, channels=_COMPANY_CHANNELS,
+        "company_clinic",
+        "company",
+        160,
+        "H",
+        (20, 67),
+        (2.4, 2.4),
+        smoke_logit=-1.6,
+        uptake_logit=-1.25,
+        channels=_COMPANY_CHANNELS,
         departments=(
-            Department("wards", 0.65, (
-                JobType("nurse", 0.8, male_share=0.15, smoke_shift=0.3, activity=22.0),
-                JobType("physician", 0.2, male_share=0.5, smoke_shift=-0.8, activity=18.0),
-            ), uptake_shift=0.1),
-            Department("facilities", 0.35, (
-                JobType("cleaner", 0.6, male_share=0.35, smoke_shift=0.6, bmi_shift=1.8,
-                        activity=19.0),
-                JobType("technician", 0.4, male_share=0.85, smoke_shift=0.4, bmi_shift=0.8,
-                        activity=18.0),
-            ), uptake_shift=-0.4),
+            Department(
+                "wards",
+                0.65,
+                (
+                    JobType("nurse", 0.8, male_share=0.15, smoke_shift=0.3, activity=22.0),
+                    JobType("physician", 0.2, male_share=0.5, smoke_shift=-0.8, activity=18.0),
+                ),
+                uptake_shift=0.1,
+            ),
+            Department(
+                "facilities",
+                0.35,
+                (
+                    JobType("cleaner", 0.6, male_share=0.35, smoke_shift=0.6, bmi_shift=1.8, activity=19.0),
+                    JobType(
+                        "technician", 0.4, male_share=0.85, smoke_shift=0.4, bmi_shift=0.8, activity=18.0
+                    ),
+                ),
+                uptake_shift=-0.4,
+            ),
         ),
     ),
 )

@@ -31,8 +31,14 @@ def att(*, y0: np.ndarray, y1: np.ndarray, treated: np.ndarray) -> float | None:
     return _mean(y1[t] - y0[t])
 
 
-def outcome_truth(*, y0: dict[str, np.ndarray], y1: dict[str, np.ndarray], treated: np.ndarray,
-                  p0: np.ndarray, outcomes: Sequence[Outcome] = OUTCOMES) -> dict:
+def outcome_truth(
+    *,
+    y0: dict[str, np.ndarray],
+    y1: dict[str, np.ndarray],
+    treated: np.ndarray,
+    p0: np.ndarray,
+    outcomes: Sequence[Outcome] = OUTCOMES,
+) -> dict:
     """Truth figures for one group of people (a site, or the pooled federation).
 
     Args:
@@ -50,19 +56,24 @@ def outcome_truth(*, y0: dict[str, np.ndarray], y1: dict[str, np.ndarray], treat
     high = p0 >= HIGH_RISK
     obs = {o.name: np.where(t, y1[o.name], y0[o.name]) for o in outcomes}
     out: dict = {
-        "n": int(len(t)), "n_treated": int(t.sum()), "uptake": _mean(t.astype(float)),
-        "n_high_risk": int(high.sum()), "n_treated_high_risk": int((t & high).sum()),
-        "risk_mean": _mean(p0), "risk_mean_treated": _mean(p0[t]), "risk_mean_control": _mean(p0[~t]),
+        "n": int(len(t)),
+        "n_treated": int(t.sum()),
+        "uptake": _mean(t.astype(float)),
+        "n_high_risk": int(high.sum()),
+        "n_treated_high_risk": int((t & high).sum()),
+        "risk_mean": _mean(p0),
+        "risk_mean_treated": _mean(p0[t]),
+        "risk_mean_control": _mean(p0[~t]),
     }
     if "cv_event" in obs:
         out["event_rate"] = _mean(obs["cv_event"])
         out["event_rate_untreated_all"] = _mean(y0["cv_event"])
         out["event_rate_high_risk_baseline"] = _mean(y0["cv_event"][high])
     out["att"] = {o.name: att(y0=y0[o.name], y1=y1[o.name], treated=t) for o in outcomes}
-    out["att_capped"] = {o.name: att(y0=_clip(y0[o.name], o), y1=_clip(y1[o.name], o), treated=t)
-                         for o in outcomes}
-    out["att_high_risk"] = {o.name: att(y0=y0[o.name], y1=y1[o.name], treated=t & high)
-                            for o in outcomes}
+    out["att_capped"] = {
+        o.name: att(y0=_clip(y0[o.name], o), y1=_clip(y1[o.name], o), treated=t) for o in outcomes
+    }
+    out["att_high_risk"] = {o.name: att(y0=y0[o.name], y1=y1[o.name], treated=t & high) for o in outcomes}
     base_high = {o.name: _mean(y0[o.name][t & high]) for o in outcomes}
     out["att_relative_high_risk"] = {
         k: (v / base_high[k] if v is not None and base_high[k] else None)
@@ -70,8 +81,7 @@ def outcome_truth(*, y0: dict[str, np.ndarray], y1: dict[str, np.ndarray], treat
     }
     out["mean_y0_treated"] = {o.name: _mean(y0[o.name][t]) for o in outcomes}
     out["naive_difference"] = {
-        o.name: (float(obs[o.name][t].mean() - obs[o.name][~t].mean()) if t.any() and (~t).any()
-                 else None)
+        o.name: (float(obs[o.name][t].mean() - obs[o.name][~t].mean()) if t.any() and (~t).any() else None)
         for o in outcomes
     }
     return out

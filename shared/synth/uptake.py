@@ -25,8 +25,9 @@ import numpy as np
 PROPENSITY_RANGE = (0.01, 0.95)
 
 
-def uptake_probability(*, features: dict[str, np.ndarray], site_logit: float,
-                       department_shift: np.ndarray) -> np.ndarray:
+def uptake_probability(
+    *, features: dict[str, np.ndarray], site_logit: float, department_shift: np.ndarray
+) -> np.ndarray:
     """The true propensity ``pi`` of the formula above.
 
     Args:
@@ -38,8 +39,16 @@ def uptake_probability(*, features: dict[str, np.ndarray], site_logit: float,
         Probabilities in :data:`PROPENSITY_RANGE`.
     """
     f = features
-    logit = (site_logit + department_shift
-             + 0.045 * (f["age"] - 50.0) + 0.02 * (f["sbp"] - 125.0) + 0.08 * (f["bmi"] - 26.0)
-             + 0.25 * (f["total_chol"] - 5.2) + 0.7 * f["diabetes"] + 0.4 * f["family_history"]
-             + 0.3 * f["bp_treated"] - 0.3 * f["smoker"])
+    logit = (
+        site_logit
+        + department_shift
+        + 0.045 * (f["age"] - 50.0)
+        + 0.02 * (f["sbp"] - 125.0)
+        + 0.08 * (f["bmi"] - 26.0)
+        + 0.25 * (f["total_chol"] - 5.2)
+        + 0.7 * f["diabetes"]
+        + 0.4 * f["family_history"]
+        + 0.3 * f["bp_treated"]
+        - 0.3 * f["smoker"]
+    )
     return np.clip(1.0 / (1.0 + np.exp(-logit)), *PROPENSITY_RANGE)

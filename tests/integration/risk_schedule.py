@@ -27,11 +27,22 @@ from shared.risk.fedavg import weighted_average
 from shared.synth import generate_cohort, generate_federation
 
 
-def gaps(*, rounds: int, epochs: int, scale_: float, runs: int, target_epsilon: float = 8.0,
-         batch_size: int = 1024, lr: float = 0.05, seed: int = 3) -> list[float]:
+def gaps(
+    *,
+    rounds: int,
+    epochs: int,
+    scale_: float,
+    runs: int,
+    target_epsilon: float = 8.0,
+    batch_size: int = 1024,
+    lr: float = 0.05,
+    seed: int = 3,
+) -> list[float]:
     fed = generate_federation(seed=seed, sites=3, scale=scale_)
-    nodes = [(s.cohort[list(FEATURE_NAMES)].to_numpy(float), s.cohort["cv_event"].to_numpy(float))
-             for s in fed.sites]
+    nodes = [
+        (s.cohort[list(FEATURE_NAMES)].to_numpy(float), s.cohort["cv_event"].to_numpy(float))
+        for s in fed.sites
+    ]
     train = pd.concat([s.cohort for s in fed.sites], ignore_index=True)
     held_out, _ = generate_cohort(n=20000, seed=1234, profile="insurer_mid_1")
     z_train = scale(train[list(FEATURE_NAMES)].to_numpy(float), FEATURES)
@@ -39,20 +50,43 @@ def gaps(*, rounds: int, epochs: int, scale_: float, runs: int, target_epsilon: 
     central = LogisticRegression(max_iter=2000).fit(model_input(z_train), train["cv_event"])
     auc_central = roc_auc_score(held_out["cv_event"], central.predict_proba(model_input(z_test))[:, 1])
     arch = RiskArch()
-    sigmas = [plan_noise(n=len(y), batch_size=batch_size, epochs=epochs, rounds=rounds,
-                         target_epsilon=target_epsilon, delta=1e-5) for _, y in nodes]
+    sigmas = [
+        plan_noise(
+            n=len(y),
+            batch_size=batch_size,
+            epochs=epochs,
+            rounds=rounds,
+            target_epsilon=target_epsilon,
+            delta=1e-5,
+        )
+        for _, y in nodes
+    ]
     out = []
     for _ in range(runs):
         arrays = initial_arrays(arch)
         for _ in range(rounds):
-            res = [local_train(arrays=arrays, X=X, y=y, arch=arch, epochs=epochs,
-                               batch_size=batch_size, lr=lr, noise_multiplier=s, delta=1e-5)
-                   for (X, y), s in zip(nodes, sigmas)]
+            res = [
+                local_train(
+                    arrays=arrays,
+                    X=X,
+                    y=y,
+                    arch=arch,
+                    epochs=epochs,
+                    batch_size=batch_size,
+                    lr=lr,
+                    noise_multiplier=s,
+                    delta=1e-5,
+                )
+                for (X, y), s in zip(nodes, sigmas)
+            ]
             arrays = weighted_average(arrays_list=[r.arrays for r in res], weights=[r.n for r in res])
         auc_fed = roc_auc_score(held_out["cv_event"], predict_proba(arch=arch, arrays=arrays, z=z_test))
         out.append(auc_central - auc_fed)
-        print(f"rounds={rounds} epochs={epochs} gap={out[-1]:.4f} "
-              f"(centralized {auc_central:.4f}, federated {auc_fed:.4f})", flush=True)
+        print(
+            f"rounds={rounds} epochs={epochs} gap={out[-1]:.4f} "
+            f"(centralized {auc_central:.4f}, federated {auc_fed:.4f})",
+            flush=True,
+        )
     return out
 
 
@@ -60,5 +94,8 @@ if __name__ == "__main__":
     for arg in sys.argv[1:]:
         r, e, s, n = arg.split(",")
         g = np.array(gaps(rounds=int(r), epochs=int(e), scale_=float(s), runs=int(n)))
-        print(f"rounds={r} epochs={e}: mean {g.mean():.4f}, largest |gap| {np.abs(g).max():.4f}, "
-              f"over 0.02: {(np.abs(g) > 0.02).sum()} of {len(g)}", flush=True)
+        print(
+            f"rounds={r} epochs={e}: mean {g.mean():.4f}, largest |gap| {np.abs(g).max():.4f}, "
+            f"over 0.02: {(np.abs(g) > 0.02).sum()} of {len(g)}",
+            flush=True,
+        )

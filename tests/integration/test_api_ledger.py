@@ -18,12 +18,12 @@ import httpx
 import numpy as np
 import pytest
 
+from node.api.ready import wait_until_healthy
 from node.config import NodeConfig
 from node.ledger import PrivacyLedger
 from node.risk.model_store import ModelStore, TrainingRecord
 from shared.dp.accounting import epsilon_spent
 from shared.synth import generate_cohort
-from node.api.ready import wait_until_healthy
 
 REHEALTH = str(Path(sys.executable).parent / "rehealth")
 
@@ -42,16 +42,32 @@ def test_group_views_are_charged_once_and_refused_over_budget(tmp_path):
     node = tmp_path / "node"
     _run("node", "init", "--dir", str(node), "--site-id", "ledger_site")
     cfg = NodeConfig.from_toml(node / "node.toml")
-    assert epsilon_spent(noise_multipliers=[0.9, 0.9], delta=cfg.budget.delta) \
-        <= cfg.budget.epsilon < epsilon_spent(noise_multipliers=[0.9] * 3, delta=cfg.budget.delta)
-    ModelStore(node / "models").save(arrays=[np.full((1, 16), 0.2), np.array([-3.0])],
-                                     record=TrainingRecord(rounds=1))
-    key = json.loads(_run("node", "apikey", "add", "--role", "hr", "--config",
-                          str(node / "node.toml"), "--format", "json"))["key"]
+    assert (
+        epsilon_spent(noise_multipliers=[0.9, 0.9], delta=cfg.budget.delta)
+        <= cfg.budget.epsilon
+        < epsilon_spent(noise_multipliers=[0.9] * 3, delta=cfg.budget.delta)
+    )
+    ModelStore(node / "models").save(
+        arrays=[np.full((1, 16), 0.2), np.array([-3.0])], record=TrainingRecord(rounds=1)
+    )
+    key = json.loads(
+        _run("node", "apikey", "add", "--role", "hr", "--config", str(node / "node.toml"), "--format", "json")
+    )["key"]
     book, _ = generate_cohort(n=2000, seed=5)
     book.to_parquet(node / "book.parquet")
-    serve = [REHEALTH, "node", "serve", "--config", str(node / "node.toml"),
-             "--book", str(node / "book.parquet"), "--sigma", "0.9", "--host", "127.0.0.1"]
+    serve = [
+        REHEALTH,
+        "node",
+        "serve",
+        "--config",
+        str(node / "node.toml"),
+        "--book",
+        str(node / "book.parquet"),
+        "--sigma",
+        "0.9",
+        "--host",
+        "127.0.0.1",
+    ]
     proc, base = _serve(serve)
     try:
         ledger = PrivacyLedger(cfg.ledger_url)
@@ -81,8 +97,9 @@ def test_group_views_are_charged_once_and_refused_over_budget(tmp_path):
 
 def _serve(cmd: list[str]) -> tuple[subprocess.Popen, str]:
     port = _free_port()
-    proc = subprocess.Popen([*cmd, "--port", str(port)], stderr=subprocess.PIPE,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(
+        [*cmd, "--port", str(port)], stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until_healthy(base, proc)

@@ -17,11 +17,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from node.api.ready import wait_until_healthy
 from node.risk.model_store import ModelStore, TrainingRecord
 from shared.features import FEATURE_NAMES, FEATURES
 from shared.risk.arch import REFERENCE
 from shared.synth import generate_cohort
-from node.api.ready import wait_until_healthy
 
 REHEALTH = str(Path(sys.executable).parent / "rehealth")
 WEIGHTS = np.linspace(-0.6, 0.9, 16).reshape(1, 16)
@@ -46,8 +46,12 @@ def _tier(p: float) -> str:
 
 
 def _add_key(keys: Path, role: str) -> str:
-    out = subprocess.run([REHEALTH, "node", "apikey", "add", "--role", role, "--keys-file",
-                          str(keys), "--format", "json"], check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [REHEALTH, "node", "apikey", "add", "--role", role, "--keys-file", str(keys), "--format", "json"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return json.loads(out.stdout)["key"]
 
 
@@ -55,8 +59,9 @@ def _add_key(keys: Path, role: str) -> str:
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("node")
     model = ModelStore(root / "models").save(
-        arrays=[WEIGHTS, BIAS], record=TrainingRecord(rounds=5, nodes=3, epsilon=8.0, delta=1e-5,
-                                                      metrics={"auc": 0.8}))
+        arrays=[WEIGHTS, BIAS],
+        record=TrainingRecord(rounds=5, nodes=3, epsilon=8.0, delta=1e-5, metrics={"auc": 0.8}),
+    )
     keys = root / "api_keys.toml"
     key = {role: _add_key(keys, role) for role in ("underwriter", "hr", "admin")}
     assert key["underwriter"] not in keys.read_text()  # only hashes are stored
@@ -64,10 +69,26 @@ def server(tmp_path_factory):
     book.to_csv(root / "book.csv", index=False)
     port = _free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([REHEALTH, "node", "serve", "--model-dir", str(root / "models"),
-                             "--keys-file", str(keys), "--book", str(root / "book.csv"),
-                             "--host", "127.0.0.1", "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(
+        [
+            REHEALTH,
+            "node",
+            "serve",
+            "--model-dir",
+            str(root / "models"),
+            "--keys-file",
+            str(keys),
+            "--book",
+            str(root / "book.csv"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until_healthy(base, proc)
@@ -81,8 +102,9 @@ def server(tmp_path_factory):
 
 def _person(book: pd.DataFrame, i: int) -> dict:
     row = book.iloc[i]
-    return {n: (int(row[n]) if f.kind == "binary" else float(row[n]))
-            for n, f in zip(FEATURE_NAMES, FEATURES)}
+    return {
+        n: (int(row[n]) if f.kind == "binary" else float(row[n])) for n, f in zip(FEATURE_NAMES, FEATURES)
+    }
 
 
 def _post(client, path, body, key):
@@ -106,8 +128,12 @@ def test_real_time_score_matches_oracle(server):
         out = r.json()
         p = _oracle(book.loc[[i], list(FEATURE_NAMES)].to_numpy(float))[0]
         assert out["probability"] == pytest.approx(p, rel=1e-9)
-        assert out == {"ref": f"p{i}", "probability": out["probability"], "tier": _tier(p),
-                       "model_version": version}
+        assert out == {
+            "ref": f"p{i}",
+            "probability": out["probability"],
+            "tier": _tier(p),
+            "model_version": version,
+        }
 
 
 def test_batch_scores_every_person(server):
@@ -122,18 +148,22 @@ def test_batch_scores_every_person(server):
     assert [x["ref"] for x in out["results"]] == [str(i) for i in range(500)]
     assert [x["tier"] for x in out["results"]] == [_tier(v) for v in p]
     assert sum(out["tier_counts"].values()) == 500
-    assert len(set(x["tier"] for x in out["results"])) > 1   # the check is not vacuous
+    assert len(set(x["tier"] for x in out["results"])) > 1  # the check is not vacuous
 
 
-@pytest.mark.parametrize("mutate, field, words", [
-    (lambda b: b.pop("age"), "age", "missing feature 'age'"),
-    (lambda b: b.update(sbp=300), "sbp", "outside the public bounds [80, 220]"),
-    (lambda b: b.update(hdl=0.1), "hdl", "outside the public bounds [0.3, 3.5]"),
-    (lambda b: b.update(smoker=2), "smoker", "binary feature, must be 0 or 1"),
-    (lambda b: b.update(glucose="5.5"), "glucose", "wrong type"),
-    (lambda b: b.update(bmi=[27]), "bmi", "wrong type"),
-    (lambda b: b.update(cholesterol=5.0), "cholesterol", "unknown field 'cholesterol'"),
-], ids=["missing", "above-bound", "below-bound", "binary", "string", "list", "unknown-field"])
+@pytest.mark.parametrize(
+    "mutate, field, words",
+    [
+        (lambda b: b.pop("age"), "age", "missing feature 'age'"),
+        (lambda b: b.update(sbp=300), "sbp", "outside the public bounds [80, 220]"),
+        (lambda b: b.update(hdl=0.1), "hdl", "outside the public bounds [0.3, 3.5]"),
+        (lambda b: b.update(smoker=2), "smoker", "binary feature, must be 0 or 1"),
+        (lambda b: b.update(glucose="5.5"), "glucose", "wrong type"),
+        (lambda b: b.update(bmi=[27]), "bmi", "wrong type"),
+        (lambda b: b.update(cholesterol=5.0), "cholesterol", "unknown field 'cholesterol'"),
+    ],
+    ids=["missing", "above-bound", "below-bound", "binary", "string", "list", "unknown-field"],
+)
 def test_invalid_person_is_422_naming_the_field(server, mutate, field, words):
     client, key, _, book = server
     body = _person(book, 0)
@@ -159,8 +189,11 @@ def test_invalid_batch_item_names_its_index_and_every_problem(server):
 
 def test_malformed_json_is_422(server):
     client, key, _, _ = server
-    r = client.post("/v1/score", content=b"{not json", headers={"X-API-Key": key["underwriter"],
-                                                               "Content-Type": "application/json"})
+    r = client.post(
+        "/v1/score",
+        content=b"{not json",
+        headers={"X-API-Key": key["underwriter"], "Content-Type": "application/json"},
+    )
     assert r.status_code == 422 and "not valid JSON" in r.json()["error"]
 
 
@@ -169,7 +202,10 @@ def test_keys_and_roles(server):
     body = _person(book, 0)
     r = client.post("/v1/score", json=body)
     assert r.status_code == 401 and r.json() == {
-        "error": "missing API key (header X-API-Key)", "field": "X-API-Key", "errors": []}
+        "error": "missing API key (header X-API-Key)",
+        "field": "X-API-Key",
+        "errors": [],
+    }
     r = _post(client, "/v1/score", body, "rh_not-a-key")
     assert r.status_code == 401 and r.json()["error"] == "unknown API key"
     r = _post(client, "/v1/score", body, key["hr"])
@@ -191,7 +227,7 @@ def test_group_view_is_suppressed_noised_and_stable(server):
     exact = pd.crosstab(book["department"].astype(str), pd.Series([_tier(v) for v in p]).values)
     depts = sorted(book["department"].astype(str).unique())
     assert sorted({c["group"] for c in view["cells"]}) == depts
-    assert len(view["cells"]) == 4 * len(depts)          # every tier, zeros included
+    assert len(view["cells"]) == 4 * len(depts)  # every tier, zeros included
     for c in view["cells"]:
         if c["suppressed"]:
             assert c["count"] is None
@@ -199,9 +235,8 @@ def test_group_view_is_suppressed_noised_and_stable(server):
             assert c["count"] >= 10
             true = exact.loc[c["group"], c["tier"]] if c["tier"] in exact.columns else 0
             assert abs(c["count"] - true) <= 5 * view["sigma"] + 1
-    again = client.get("/v1/groups", params={"by": "department"},
-                       headers={"X-API-Key": key["admin"]}).json()
-    assert again == view                                # cached: noise cannot be averaged away
+    again = client.get("/v1/groups", params={"by": "department"}, headers={"X-API-Key": key["admin"]}).json()
+    assert again == view  # cached: noise cannot be averaged away
     r = client.get("/v1/groups", params={"by": "salary"}, headers={"X-API-Key": key["hr"]})
     assert r.status_code == 422 and r.json()["field"] == "by"
 
@@ -209,7 +244,6 @@ def test_group_view_is_suppressed_noised_and_stable(server):
 def test_openapi_schema_documents_endpoints_and_key(server):
     client, *_ = server
     spec = client.get("/openapi.json").json()
-    assert {"/v1/score", "/v1/score/batch", "/v1/groups", "/v1/model", "/v1/health"} <= set(
-        spec["paths"])
+    assert {"/v1/score", "/v1/score/batch", "/v1/groups", "/v1/model", "/v1/health"} <= set(spec["paths"])
     assert any(s.get("name") == "X-API-Key" for s in spec["components"]["securitySchemes"].values())
     assert "age" in spec["components"]["schemas"]["PersonIn"]["required"]

@@ -9,13 +9,13 @@ from sklearn.metrics import roc_auc_score
 
 from coordinator.files import load_spec
 from coordinator.study.runner import node_state_dir, train_risk_local
+from coordinator.synth import write_federation
 from node.ledger import PrivacyLedger
 from node.risk.model_store import ModelStore
 from shared.features import FEATURE_NAMES, FEATURES, scale
 from shared.protocol import RiskJob
 from shared.risk.arch import RiskArch, model_input, predict_proba
 from shared.synth import generate_cohort, generate_federation
-from coordinator.synth import write_federation
 
 pytestmark = pytest.mark.integration
 
@@ -41,8 +41,13 @@ def test_federated_dp_model_matches_centralized_auc_at_eps_8(tmp_path):
     fed = generate_federation(seed=3, sites=3, scale=0.3)
     spec_path = write_federation(fed, tmp_path / "data")
     spec = load_spec(spec_path)
-    job = RiskJob(job_id="risk-test-0001", rounds=4, epochs=2, target_epsilon=8.0,
-                  sites=tuple(s.name for s in spec.sites))
+    job = RiskJob(
+        job_id="risk-test-0001",
+        rounds=4,
+        epochs=2,
+        target_epsilon=8.0,
+        sites=tuple(s.name for s in spec.sites),
+    )
     summary = train_risk_local(spec_path, tmp_path / "run", job, timeout_s=900)
 
     with np.load(tmp_path / "run" / "risk_model.npz") as f:
@@ -58,7 +63,7 @@ def test_federated_dp_model_matches_centralized_auc_at_eps_8(tmp_path):
     # the federated evaluation pooled the nodes' noisy releases (DP at eval_epsilon)
     privacy = summary["evaluation_privacy"]
     assert privacy["dp"] and privacy["epsilon"] == job.eval_epsilon
-    assert abs(summary["evaluation"]["n"] - len(train)) < 6 * privacy["sigma_pooled"] * job.eval_bins ** 0.5
+    assert abs(summary["evaluation"]["n"] - len(train)) < 6 * privacy["sigma_pooled"] * job.eval_bins**0.5
     assert 0.5 < summary["evaluation"]["auc"] < 1
     # torch and Opacus: imported here, by this test only, not when tests are collected
     from node.risk.train import steps_per_epoch

@@ -8,13 +8,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from coordinator.files import load_spec
 from coordinator.federation.launcher import LocalFederation
-from coordinator.study.runner import (APP_DIR, coordinator_keys, node_state_dir, run_local,
-                                      sign_study, site_nodes)
+from coordinator.files import load_spec
+from coordinator.study.runner import (
+    APP_DIR,
+    coordinator_keys,
+    node_state_dir,
+    run_local,
+    sign_study,
+    site_nodes,
+)
+from coordinator.synth import write_federation
 from shared.psm.reference import estimate_att_pooled
 from shared.synth import generate_federation
-from coordinator.synth import write_federation
 
 pytestmark = pytest.mark.integration
 
@@ -33,10 +39,15 @@ def _pooled(spec, fed):
     hi = np.array([f.hi for f in feats])
     z = (cohort[[f.name for f in feats]].to_numpy(float) - lo) / (hi - lo)
     return estimate_att_pooled(
-        z=z, t=cohort[spec.treatment.column].to_numpy(float),
-        y=cohort[[o.name for o in spec.outcomes]].to_numpy(float), outcomes=spec.outcomes,
-        covariates=[c.name for c in spec.covariates], tol=spec.federation.tol,
-        ridge=spec.federation.ridge, caliper_sd=spec.strata.caliper_sd)
+        z=z,
+        t=cohort[spec.treatment.column].to_numpy(float),
+        y=cohort[[o.name for o in spec.outcomes]].to_numpy(float),
+        outcomes=spec.outcomes,
+        covariates=[c.name for c in spec.covariates],
+        tol=spec.federation.tol,
+        ridge=spec.federation.ridge,
+        caliper_sd=spec.strata.caliper_sd,
+    )
 
 
 def test_real_federation_equals_pooled_estimator(synthetic, tmp_path):
@@ -51,6 +62,7 @@ def test_real_federation_equals_pooled_estimator(synthetic, tmp_path):
     # ClientApp code (checked against the pooled reference with those cells withheld, to 1e-9,
     # in tests/unit/test_study_inprocess.py) is what the real processes must give
     from flower_inprocess import signed_federation
+
     from shared.driver import run_study
 
     inproc_fed, grant = signed_federation(spec, tmp_path / "inprocess")
@@ -76,8 +88,9 @@ def test_killed_supernode_fails_clearly_naming_node_and_round(synthetic, tmp_pat
     workdir = tmp_path / "fed"
     key, pub = coordinator_keys(tmp_path / "keys")
     with LocalFederation(workdir, site_nodes(spec, workdir, pub)) as fed:
-        run_id = fed.client.submit(APP_DIR, {"spec-path": str(spec_path), "out-dir": str(out),
-                                             "grant": sign_study(spec, key)})
+        run_id = fed.client.submit(
+            APP_DIR, {"spec-path": str(spec_path), "out-dir": str(out), "grant": sign_study(spec, key)}
+        )
         progress = out / "progress.jsonl"
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:  # wait until the Newton rounds have begun
@@ -98,9 +111,8 @@ def test_killed_supernode_fails_clearly_naming_node_and_round(synthetic, tmp_pat
 
 def test_private_study_charges_each_real_node_ledger(synthetic, tmp_path):
     from coordinator.study.workflow import noise_plan
-    from node.ledger import PrivacyLedger
-
     from coordinator.synth.io import study_document, to_toml
+    from node.ledger import PrivacyLedger
 
     # its own copy of the data: a site's ledger lives beside its data file, for every run over it
     spec_path = write_federation(synthetic[1], tmp_path / "data").with_name("study-dp.toml")
@@ -131,9 +143,8 @@ def test_private_study_charges_each_real_node_ledger(synthetic, tmp_path):
 def test_secure_aggregation_study_over_real_nodes(synthetic, tmp_path):
     """SecAgg+ between real SuperNodes: every round after describe is a masked sum, each node's
     ledger is charged the plan's (central) σ once per release, and the CI holds the estimate."""
-    from node.ledger import PrivacyLedger
-
     from coordinator.synth.io import study_document, to_toml
+    from node.ledger import PrivacyLedger
 
     spec_path = write_federation(synthetic[1], tmp_path / "data").with_name("study-secagg.toml")
     doc = study_document(synthetic[1], epsilon=8.0, secure_aggregation=True)

@@ -9,7 +9,7 @@ from coordinator.federation.launcher import LocalFederation, NodeSpec
 
 pytestmark = pytest.mark.integration
 
-EVIL_APP = textwrap.dedent('''
+EVIL_APP = textwrap.dedent("""
     import json, time
     from flwr.app import ConfigRecord, Message, RecordDict
     from flwr.clientapp import ClientApp
@@ -35,9 +35,9 @@ EVIL_APP = textwrap.dedent('''
                 "loot": None if r.has_error() else str(r.content.config_records["loot"]["rows"])}
                for r in replies]
         open(context.run_config["out"], "w").write(json.dumps(out))
-''')
+""")
 
-PYPROJECT = textwrap.dedent('''
+PYPROJECT = textwrap.dedent("""
     [build-system]
     requires = ["hatchling"]
     build-backend = "hatchling.build"
@@ -52,7 +52,7 @@ PYPROJECT = textwrap.dedent('''
     clientapp = "evil_app:client"
     [tool.flwr.app.config]
     out = ""
-''')
+""")
 
 
 def test_guarded_supernodes_refuse_a_bundle_with_its_own_code(tmp_path):
@@ -67,8 +67,9 @@ def test_guarded_supernodes_refuse_a_bundle_with_its_own_code(tmp_path):
     with LocalFederation(tmp_path / "fed", nodes) as fed:
         run_id = fed.client.submit(app, {"out": str(out)})
         fed.client.wait(run_id, timeout_s=240)
-        node_logs = "".join((tmp_path / "fed" / "logs" / f"supernode-{s}.log").read_text()
-                            for s in ("a", "b"))
+        node_logs = "".join(
+            (tmp_path / "fed" / "logs" / f"supernode-{s}.log").read_text() for s in ("a", "b")
+        )
     replies = json.loads(out.read_text())
     assert len(replies) == 2
     assert all(r["error"] and r["loot"] is None for r in replies), replies

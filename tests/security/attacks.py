@@ -29,8 +29,9 @@ def flwr(name: str) -> str:
 
 def attacker_env(home: Path) -> dict:
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    return dict(os.environ, FLWR_HOME=str(home), PATH=path, FLWR_TELEMETRY_ENABLED="0",
-                FLWR_DISABLE_UPDATE_CHECK="1")
+    return dict(
+        os.environ, FLWR_HOME=str(home), PATH=path, FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1"
+    )
 
 
 # -- a. a plaintext client on the control API -------------------------------------------------
@@ -39,36 +40,58 @@ def plaintext_list_runs(home: Path, port: int) -> subprocess.CompletedProcess:
     client used before): lists the SuperLink's runs if the SuperLink speaks plaintext."""
     home.mkdir(parents=True, exist_ok=True)
     (home / "config.toml").write_text(
-        f'[superlink]\ndefault = "x"\n\n[superlink.x]\naddress = "{HOST}:{port}"\ninsecure = true\n')
-    return subprocess.run([flwr("flwr"), "ls", "x", "--format", "json"], env=attacker_env(home),
-                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        f'[superlink]\ndefault = "x"\n\n[superlink.x]\naddress = "{HOST}:{port}"\ninsecure = true\n'
+    )
+    return subprocess.run(
+        [flwr("flwr"), "ls", "x", "--format", "json"],
+        env=attacker_env(home),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 # -- b. a SuperNode the operator never registered ---------------------------------------------
-def rogue_supernode(folder: Path, port: int, *, ca_cert: Path | None, with_key: bool,
-                    log_name: str) -> subprocess.Popen:
+def rogue_supernode(
+    folder: Path, port: int, *, ca_cert: Path | None, with_key: bool, log_name: str
+) -> subprocess.Popen:
     """Start a SuperNode with a fresh, unregistered key (or none) against the SuperLink; with
     no CA given it tries plaintext, as it could before."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
     folder.mkdir(parents=True, exist_ok=True)
-    cmd = [flwr("flower-supernode"), "--superlink", f"{HOST}:{port}", "--host", HOST,
-           "--port", str(_free_port()), "--node-config", 'site="rogue"', "--max-retries", "3"]
+    cmd = [
+        flwr("flower-supernode"),
+        "--superlink",
+        f"{HOST}:{port}",
+        "--host",
+        HOST,
+        "--port",
+        str(_free_port()),
+        "--node-config",
+        'site="rogue"',
+        "--max-retries",
+        "3",
+    ]
     if ca_cert is None:
         cmd.append("--insecure")
     else:
         cmd += ["--root-certificates", str(ca_cert)]
     if with_key:
         key = ec.generate_private_key(ec.SECP384R1())
-        (folder / "rogue").write_bytes(key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-            serialization.NoEncryption()))
+        (folder / "rogue").write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+            )
+        )
         cmd += ["--auth-supernode-private-key", str(folder / "rogue")]
     out = open(folder / f"{log_name}.log", "wb")
     env = attacker_env(folder / f"home-{log_name}")
-    return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, start_new_session=True)
+    return subprocess.Popen(
+        cmd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+    )
 
 
 def _free_port() -> int:
@@ -94,9 +117,11 @@ def _runtime_client(port: int, ca_cert: Path | None):
     from flwr.supercore.runtime import RuntimeHttpClient
 
     return RuntimeHttpClient.from_server_address(
-        server_address=f"{HOST}:{port}", insecure=ca_cert is None,
+        server_address=f"{HOST}:{port}",
+        insecure=ca_cert is None,
         root_certificates=None if ca_cert is None else ca_cert.read_bytes(),
-        interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec")])
+        interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec")],
+    )
 
 
 def _acquire(client, task_type: str) -> AcquireResult:
@@ -123,8 +148,15 @@ def acquire_task(port: int, task_type: str, *, ca_cert: Path | None) -> AcquireR
         client.close()
 
 
-def race_for_task(port: int, task_type: str, *, ca_cert: Path | None, seconds: float,
-                  poll_s: float = 0.01, started: "threading.Event | None" = None) -> AcquireResult:
+def race_for_task(
+    port: int,
+    task_type: str,
+    *,
+    ca_cert: Path | None,
+    seconds: float,
+    poll_s: float = 0.01,
+    started: "threading.Event | None" = None,
+) -> AcquireResult:
     """Poll ``AcquireTask`` on one connection far faster than the SuperExec (every 1 s) until a
     task comes or time runs out; the first refusal ends the race. Start it before the run is
     submitted (``started`` is set once the first answer came)."""

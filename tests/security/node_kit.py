@@ -16,18 +16,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from flower_inprocess import InProcessGrid, signed_grid
 from flwr.app import Message
 
 from coordinator.files import load_spec
-from flower_inprocess import InProcessGrid, signed_grid
 from coordinator.report.signing import PRIVATE_KEY_NAME, load_private_key
+from coordinator.synth import write_federation
 from node.ledger import PrivacyLedger
+from protos.codec import decode_answer, encode_query
 from shared.grant import Grant, new_grant_id, sign_grant
 from shared.protocol import STUDY_MESSAGE_TYPE, StudyQuery
 from shared.study import StudySpec
 from shared.synth import generate_federation
-from coordinator.synth import write_federation
-from protos.codec import decode_answer, encode_query
 
 
 @dataclass
@@ -46,8 +46,9 @@ class Reply:
     def text(self) -> str:
         """Everything of the reply a coordinator can read, as one string (for grepping)."""
         arrays = {op: {k: np.asarray(v).tolist() for k, v in a.items()} for op, a in self.answers.items()}
-        return json.dumps({"code": self.code, "reason": self.reason, "meta": self.meta,
-                           "answers": arrays}, default=str)
+        return json.dumps(
+            {"code": self.code, "reason": self.reason, "meta": self.meta, "answers": arrays}, default=str
+        )
 
 
 @dataclass
@@ -60,8 +61,12 @@ class Node:
     config: dict
 
     def ask(self, query: StudyQuery) -> Reply:
-        msg = Message(content=encode_query(query), dst_node_id=self.node_id,
-                      message_type=STUDY_MESSAGE_TYPE, group_id="attack")
+        msg = Message(
+            content=encode_query(query),
+            dst_node_id=self.node_id,
+            message_type=STUDY_MESSAGE_TYPE,
+            group_id="attack",
+        )
         (reply,) = self.grid.send_and_receive([msg])
         if reply.has_error():
             return Reply(code=reply.error.code, reason=reply.error.reason)
@@ -101,13 +106,23 @@ class Federation:
         return Path(self.nodes[site].config["data-path"])
 
     # -- the curious coordinator's powers ------------------------------------------------------
-    def sign(self, query: StudyQuery, *, sites: tuple[str, ...] | None = None,
-             terms: dict | None = None, key_path: Path | None = None) -> StudyQuery:
+    def sign(
+        self,
+        query: StudyQuery,
+        *,
+        sites: tuple[str, ...] | None = None,
+        terms: dict | None = None,
+        key_path: Path | None = None,
+    ) -> StudyQuery:
         """``query`` carrying a fresh grant, signed with the operator's key (or ``key_path``),
         over the query's own terms and sites unless told otherwise."""
         sites = tuple(query.sites) if sites is None else sites
-        grant = Grant(kind="study", grant_id=new_grant_id("attack"), sites=sites,
-                      terms=query.terms() if terms is None else terms)
+        grant = Grant(
+            kind="study",
+            grant_id=new_grant_id("attack"),
+            sites=sites,
+            terms=query.terms() if terms is None else terms,
+        )
         signed = sign_grant(grant, load_private_key(key_path or self.key_path))
         return query.model_copy(update={"grant": signed, "study_id": grant.grant_id})
 
@@ -117,8 +132,9 @@ class Federation:
         return q.model_copy(update=update) if update else q
 
 
-def make_federation(root: Path, *, seed: int = 7, extra: dict | None = None,
-                    epsilon: float | None = 1.0, synth=None) -> Federation:
+def make_federation(
+    root: Path, *, seed: int = 7, extra: dict | None = None, epsilon: float | None = 1.0, synth=None
+) -> Federation:
     """Two small synthetic sites written under ``root/data``; their default node configs
     (``site_nodes``, each pinning the operator's key) on an in-process Grid; ``extra`` node-config
     entries for every node (e.g. ``{"allow-exact": True}`` — the single-owner setting)."""

@@ -52,12 +52,20 @@ def make_node(workdir: Path, *, n: int = 400, seed: int = 7, budget: float = 10.
     frame["cv_event"] = y.astype(int)
     frame.to_csv(workdir / "cohort.csv", index=False)
     key = Ed25519PrivateKey.generate()
-    (workdir / "coordinator.pub").write_bytes(key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    (workdir / "coordinator.pub").write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
     state = workdir / "state"
     state.mkdir(exist_ok=True)
-    config = {"site": SITE, "data-path": str(workdir / "cohort.csv"), "state-dir": str(state),
-              "coordinator-key": str(workdir / "coordinator.pub"), "budget-epsilon": budget}
+    config = {
+        "site": SITE,
+        "data-path": str(workdir / "cohort.csv"),
+        "state-dir": str(state),
+        "coordinator-key": str(workdir / "coordinator.pub"),
+        "budget-epsilon": budget,
+    }
     return Node(workdir, X, y, key, config)
 
 
@@ -97,19 +105,21 @@ def job_json(job_id: str, *, eval_epsilon: float = 0.2, sites: tuple[str, ...] =
     return RiskJob(**fields).model_dump_json()
 
 
-def evaluate_message(node: Node, arrays: list[np.ndarray], job: str, *,
-                     grant_sites: tuple[str, ...] = (SITE,)):
+def evaluate_message(
+    node: Node, arrays: list[np.ndarray], job: str, *, grant_sites: tuple[str, ...] = (SITE,)
+):
     """Send ``arrays`` for evaluation with an operator-signed job; return the reply."""
     from flwr.app import ArrayRecord, Context, Message, RecordDict
 
     from node.flower.client_app import app as client_app
-    from shared.grant import Grant, sign_grant
     from protos.codec import encode_risk
+    from shared.grant import Grant, sign_grant
     from shared.protocol import RISK_ARRAYS_KEY, RiskJob
 
     parsed = RiskJob.model_validate_json(job)
-    grant = sign_grant(Grant(kind="risk", grant_id=parsed.job_id, sites=grant_sites,
-                             terms=parsed.terms()), node.key)
+    grant = sign_grant(
+        Grant(kind="risk", grant_id=parsed.job_id, sites=grant_sites, terms=parsed.terms()), node.key
+    )
     content = RecordDict({RISK_ARRAYS_KEY: ArrayRecord(arrays), "config": encode_risk(parsed, grant)})
     from flwr.supercore.task_identity import TaskIdentity
 
@@ -140,13 +150,27 @@ def run(workdir: Path, *, targets: int = 10) -> dict:
             reads.append({"target": t, "error": reply.error.reason})
             continue
         pos, neg = top_bin_read(reply)
-        reads.append({"target": t, "event": int(node.y[t]), "pos": pos, "neg": neg,
-                      "guess": int(pos > neg), "exact": pos in (0.0, 1.0) and pos + neg == 1.0})
+        reads.append(
+            {
+                "target": t,
+                "event": int(node.y[t]),
+                "pos": pos,
+                "neg": neg,
+                "guess": int(pos > neg),
+                "exact": pos in (0.0, 1.0) and pos + neg == 1.0,
+            }
+        )
     answered = [r for r in reads if "error" not in r]
-    return {"people": len(people), "events": int(sum(node.y[t] for t in people)),
-            "answered": len(answered), "correct": sum(r["guess"] == r["event"] for r in answered),
-            "exact": sum(r["exact"] for r in answered), "ledger_rows": _ledger_rows(node),
-            "served_model": _served_model(node), "reads": reads}
+    return {
+        "people": len(people),
+        "events": int(sum(node.y[t] for t in people)),
+        "answered": len(answered),
+        "correct": sum(r["guess"] == r["event"] for r in answered),
+        "exact": sum(r["exact"] for r in answered),
+        "ledger_rows": _ledger_rows(node),
+        "served_model": _served_model(node),
+        "reads": reads,
+    }
 
 
 def _ledger_rows(node: Node) -> int:
@@ -178,5 +202,4 @@ if __name__ == "__main__":  # the "before" figures: run against another checkout
     import json
     import tempfile
 
-    print(json.dumps({k: v for k, v in run(Path(tempfile.mkdtemp()), targets=20).items()
-                      if k != "reads"}))
+    print(json.dumps({k: v for k, v in run(Path(tempfile.mkdtemp()), targets=20).items() if k != "reads"}))

@@ -21,24 +21,24 @@ import json
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from flower_inprocess import InProcessGrid
 from typer.testing import CliRunner
 
 from coordinator.files import load_spec
 from coordinator.flower.federation import GridFederation
-from flower_inprocess import InProcessGrid
 from coordinator.study.runner import coordinator_keys, sign_study
 from coordinator.study.runner import site_nodes as _site_nodes
-from shared.driver import run_study
+from coordinator.synth import write_federation
 from node.flower.client_app import app as client_app
 from node.ledger import PrivacyLedger
 from node.runtime import NodeRuntime
 from shared.dp.accounting import epsilon_of_history
-from shared.grant import SignedGrant
+from shared.driver import run_study
 from shared.errors import BudgetExceededError, FederationError, PrivacyError, SpecError
+from shared.grant import SignedGrant
 from shared.protocol import Describe, StudyQuery
 from shared.study import StudySpec
 from shared.synth import generate_cohort, generate_federation
-from coordinator.synth import write_federation
 
 
 @pytest.fixture
@@ -46,8 +46,9 @@ def spec(tmp_path) -> StudySpec:
     """A DP study (ε = 4) over 3 synthetic sites whose data lives in this test's folder."""
     path = write_federation(generate_federation(seed=5, sites=3, scale=0.15), tmp_path / "data")
     spec = load_spec(path)
-    return spec.model_copy(update={"privacy": spec.privacy.model_copy(
-        update={"enabled": True, "epsilon": 4.0})})
+    return spec.model_copy(
+        update={"privacy": spec.privacy.model_copy(update={"enabled": True, "epsilon": 4.0})}
+    )
 
 
 def site_nodes(spec, workdir):
@@ -66,16 +67,14 @@ def _run_local(spec: StudySpec, out) -> None:
     """What ``rehealth study run --local --out OUT`` gives each node: the runner's node configs
     (:func:`site_nodes`), here on the in-process Grid instead of SuperNode processes."""
     nodes = site_nodes(spec, out / "federation")
-    configs = {i + 1: {"site": n.site, **n.config, "budget-epsilon": BUDGET}
-               for i, n in enumerate(nodes)}
+    configs = {i + 1: {"site": n.site, **n.config, "budget-epsilon": BUDGET} for i, n in enumerate(nodes)}
     fed = GridFederation(InProcessGrid(client_app, configs), poll_s=0.0)
     fed.wait_for_nodes(len(nodes))
     run_study(spec, fed, grant=_grant(spec, out / "federation"))
 
 
 def _ledgers(spec: StudySpec, out) -> dict[str, PrivacyLedger]:
-    return {n.site: PrivacyLedger(n.config["ledger-url"])
-            for n in site_nodes(spec, out / "federation")}
+    return {n.site: PrivacyLedger(n.config["ledger-url"]) for n in site_nodes(spec, out / "federation")}
 
 
 def test_a_another_out_folder_is_not_a_fresh_budget(spec, tmp_path):
@@ -87,16 +86,20 @@ def test_a_another_out_folder_is_not_a_fresh_budget(spec, tmp_path):
 
     _run_local(spec, tmp_path / "out-2")
     ledgers = _ledgers(spec, tmp_path / "out-2")
-    assert {led.url for led in ledgers.values()} == \
-        {led.url for led in _ledgers(spec, tmp_path / "out-1").values()}  # one ledger per site
+    assert {led.url for led in ledgers.values()} == {
+        led.url for led in _ledgers(spec, tmp_path / "out-1").values()
+    }  # one ledger per site
     for site, led in ledgers.items():
         history = led.history()
         eps1, n1 = first[site]
         assert len(history) == 2 * n1  # the second run's releases follow the first's
         assert history[n1].epsilon_after > eps1  # its running total continues from there
-        assert led.spent() == pytest.approx(epsilon_of_history(
-            history=[(h.noise_multiplier, h.sample_rate, h.steps) for h in history],
-            delta=led.state().delta))
+        assert led.spent() == pytest.approx(
+            epsilon_of_history(
+                history=[(h.noise_multiplier, h.sample_rate, h.steps) for h in history],
+                delta=led.state().delta,
+            )
+        )
         assert eps1 < led.spent() <= BUDGET
 
     # a third run does not fit what is left (ε = 4 composed over three runs is about 6.8)
@@ -105,14 +108,12 @@ def test_a_another_out_folder_is_not_a_fresh_budget(spec, tmp_path):
     assert all(led.spent() <= BUDGET + 1e-9 for led in ledgers.values())
     # replaying the study's planned releases at a node is refused by its ledger
     node = site_nodes(spec, tmp_path / "out-4")[0]
-    runtime = NodeRuntime.from_node_config({"site": node.site, **node.config,
-                                            "budget-epsilon": BUDGET})
+    runtime = NodeRuntime.from_node_config({"site": node.site, **node.config, "budget-epsilon": BUDGET})
     query = StudyQuery.for_spec(spec, (Describe(),))
     led = runtime.ledger()
     with pytest.raises(BudgetExceededError, match="left, this release"):
         for r in runtime._plan(query).releases:
-            led.charge(study_id=query.study_id, query=r.query, sigma=r.sigma,
-                       sensitivity=r.sensitivity)
+            led.charge(study_id=query.study_id, query=r.query, sigma=r.sigma, sensitivity=r.sensitivity)
     assert led.spent() <= BUDGET + 1e-9
 
 
@@ -121,11 +122,17 @@ def _book_app(node_dir, ledger: PrivacyLedger, sigma: float):
     from node.api.groups import GroupPolicy
     from node.risk.model_store import ModelStore, TrainingRecord
 
-    model = ModelStore(node_dir / "models").save(arrays=[np.full((1, 16), 0.2), np.array([-3.0])],
-                                                 record=TrainingRecord(rounds=1))
+    model = ModelStore(node_dir / "models").save(
+        arrays=[np.full((1, 16), 0.2), np.array([-3.0])], record=TrainingRecord(rounds=1)
+    )
     book, _ = generate_cohort(n=2000, seed=5)
-    app = create_app(keys={"hr-key": "hr"}, model=model, book=book, ledger=ledger,
-                     group_policy=GroupPolicy(sigma=sigma, delta=ledger.state().delta))
+    app = create_app(
+        keys={"hr-key": "hr"},
+        model=model,
+        book=book,
+        ledger=ledger,
+        group_policy=GroupPolicy(sigma=sigma, delta=ledger.state().delta),
+    )
     return TestClient(app, headers={"X-API-Key": "hr-key"})
 
 
@@ -140,11 +147,17 @@ def test_b_group_views_and_studies_draw_from_one_budget(spec, tmp_path):
     cfg = NodeConfig.from_toml(node_dir / "node.toml")
     assert cfg.ledger_url == f"sqlite:///{node_dir / 'ledger.db'}"
     # the SuperNode of this node names the same ledger (node config ledger-url)
-    runtime = NodeRuntime.from_node_config({
-        "site": site.name, "data-path": site.data, "state-dir": str(node_dir / "state"),
-        "ledger-url": cfg.ledger_url, "budget-epsilon": cfg.budget.epsilon,
-        "budget-delta": cfg.budget.delta,
-        "coordinator-key": str(coordinator_keys(tmp_path / "keys")[1])})
+    runtime = NodeRuntime.from_node_config(
+        {
+            "site": site.name,
+            "data-path": site.data,
+            "state-dir": str(node_dir / "state"),
+            "ledger-url": cfg.ledger_url,
+            "budget-epsilon": cfg.budget.epsilon,
+            "budget-delta": cfg.budget.delta,
+            "coordinator-key": str(coordinator_keys(tmp_path / "keys")[1]),
+        }
+    )
     ledger = runtime.ledger()
 
     # HR group view, served by the node API: charged to the population budget
@@ -167,15 +180,17 @@ def test_b_group_views_and_studies_draw_from_one_budget(spec, tmp_path):
         refused = client.get("/v1/groups", params={"by": "age_band"})
     assert refused.status_code == 409 and "left" in refused.json()["error"]
 
-    res = CliRunner().invoke(node_cli, ["budget", "--config", str(node_dir / "node.toml"),
-                                        "--format", "json"])
+    res = CliRunner().invoke(
+        node_cli, ["budget", "--config", str(node_dir / "node.toml"), "--format", "json"]
+    )
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)
     assert out["budget"]["spent"] == pytest.approx(ledger.spent())
     assert out["budget"]["epsilon"] == 3.0 and out["budget"]["releases"] == 2
     assert [g["id"] for g in out["by_kind"]["group_view"]] == ["department"]
-    assert [(g["id"], g["queries"]) for g in out["by_kind"]["study"]] == \
-        [(small_query.study_id, {"describe": 1})]
+    assert [(g["id"], g["queries"]) for g in out["by_kind"]["study"]] == [
+        (small_query.study_id, {"describe": 1})
+    ]
 
 
 def test_c_a_dataset_name_cannot_select_a_fresh_budget(spec, tmp_path):
@@ -199,8 +214,9 @@ def test_c_a_dataset_name_cannot_select_a_fresh_budget(spec, tmp_path):
     ledger.charge(study_id="s", query="describe", sigma=8.0, sensitivity=1.0)
     with pytest.raises(PrivacyError, match="one budget"):
         ledger.charge(dataset="fresh", study_id="s", query="describe", sigma=8.0, sensitivity=1.0)
-    runtime = NodeRuntime(site=node.site, ledger_url=node.config["ledger-url"], dataset="fresh",
-                          budget_epsilon=1.0)
+    runtime = NodeRuntime(
+        site=node.site, ledger_url=node.config["ledger-url"], dataset="fresh", budget_epsilon=1.0
+    )
     with pytest.raises(PrivacyError, match="one budget"):
         runtime.ledger()
     assert len(ledger.history()) == 1

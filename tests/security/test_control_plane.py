@@ -17,13 +17,14 @@ import pytest
 
 from coordinator.federation.flwr_cli import CONNECTION
 from coordinator.federation.launcher import LocalFederation, NodeSpec
+
 from . import attacks
 
 pytestmark = pytest.mark.integration
 
 SITES = ("a", "b")
 
-APP = textwrap.dedent('''
+APP = textwrap.dedent("""
     import json, time
     from flwr.app import ConfigRecord, Message, RecordDict
     from flwr.clientapp import ClientApp
@@ -41,9 +42,9 @@ APP = textwrap.dedent('''
                         message_type="query.ping") for n in grid.get_node_ids()]
         replies = list(grid.send_and_receive(msgs, timeout=90))
         open(context.run_config["out"], "w").write(json.dumps(len(replies)))
-''')
+""")
 
-PYPROJECT = textwrap.dedent('''
+PYPROJECT = textwrap.dedent("""
     [build-system]
     requires = ["hatchling"]
     build-backend = "hatchling.build"
@@ -58,7 +59,7 @@ PYPROJECT = textwrap.dedent('''
     clientapp = "probe_app:client"
     [tool.flwr.app.config]
     out = ""
-''')
+""")
 
 
 @pytest.fixture(scope="module")
@@ -102,8 +103,13 @@ def live_run(fed, tmp_path_factory):
     sampler.start()
     race: list = []
     started = threading.Event()
-    racer = threading.Thread(target=lambda: race.append(attacks.race_for_task(
-        fed.port, "flwr-serverapp", ca_cert=fed.pki.ca_cert, seconds=8, started=started)))
+    racer = threading.Thread(
+        target=lambda: race.append(
+            attacks.race_for_task(
+                fed.port, "flwr-serverapp", ca_cert=fed.pki.ca_cert, seconds=8, started=started
+            )
+        )
+    )
     racer.start()
     started.wait(10)
     run_id = fed.client.submit(app, {"out": str(out)})
@@ -111,8 +117,13 @@ def live_run(fed, tmp_path_factory):
     status = fed.client.wait(run_id, timeout_s=180)
     done.set()
     sampler.join()
-    return {"status": status, "race": race[0], "leaks": leaks, "seen": seen,
-            "out": out.read_text() if out.exists() else None}
+    return {
+        "status": status,
+        "race": race[0],
+        "leaks": leaks,
+        "seen": seen,
+        "out": out.read_text() if out.exists() else None,
+    }
 
 
 # -- a ---------------------------------------------------------------------------------------
@@ -131,12 +142,15 @@ def test_b_unregistered_supernode_never_joins(fed, tmp_path):
 
     before = registered_ids()
     assert len(before) == len(SITES)
-    rogues = [attacks.rogue_supernode(tmp_path, fed.port, ca_cert=fed.pki.ca_cert, with_key=True,
-                                      log_name="unregistered-key"),
-              attacks.rogue_supernode(tmp_path, fed.port, ca_cert=fed.pki.ca_cert, with_key=False,
-                                      log_name="no-key"),
-              attacks.rogue_supernode(tmp_path, fed.port, ca_cert=None, with_key=False,
-                                      log_name="plaintext")]
+    rogues = [
+        attacks.rogue_supernode(
+            tmp_path, fed.port, ca_cert=fed.pki.ca_cert, with_key=True, log_name="unregistered-key"
+        ),
+        attacks.rogue_supernode(
+            tmp_path, fed.port, ca_cert=fed.pki.ca_cert, with_key=False, log_name="no-key"
+        ),
+        attacks.rogue_supernode(tmp_path, fed.port, ca_cert=None, with_key=False, log_name="plaintext"),
+    ]
     try:
         deadline = time.monotonic() + 8
         while time.monotonic() < deadline:

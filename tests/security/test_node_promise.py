@@ -28,19 +28,29 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+from flower_inprocess import signed_federation
 
 from coordinator.files import load_spec
-from flower_inprocess import signed_federation
 from coordinator.report.signing import PRIVATE_KEY_NAME, generate_keypair
-from shared.driver import run_study
+from coordinator.synth import write_federation
 from node.ledger import PrivacyLedger
 from node.study_service import prepare_arrays, read_cohort
+from shared.driver import run_study
 from shared.grant import SignedGrant
-from shared.protocol import (CODE_BUDGET, CODE_DATA, CODE_NOT_IN_STUDY, CODE_REFUSED,
-                             CODE_UNAUTHORIZED, ERROR_TEXT, Describe, PsFit, PsmStats, StudyQuery)
+from shared.protocol import (
+    CODE_BUDGET,
+    CODE_DATA,
+    CODE_NOT_IN_STUDY,
+    CODE_REFUSED,
+    CODE_UNAUTHORIZED,
+    ERROR_TEXT,
+    Describe,
+    PsFit,
+    PsmStats,
+    StudyQuery,
+)
 from shared.study import BudgetSplit, Covariate, Outcome, StudyInfo, StudySpec
 from shared.synth import generate_federation
-from coordinator.synth import write_federation
 from tests.security.node_kit import Federation, Node, make_federation
 
 D = 16  # covariates of the default study
@@ -89,9 +99,11 @@ def reconstructed(table: dict, truth) -> int:
     rows = set()
     count, sum_z, sum_y = table["count"], table["sum_z"], table["sum_y"]
     for s, arm in zip(*np.nonzero(np.isclose(count, 1.0))):
-        hit = np.flatnonzero((truth.t == arm)
-                             & np.all(np.abs(truth.z - sum_z[s, arm]) < 1e-9, axis=1)
-                             & np.all(np.abs(truth.y - sum_y[s, arm]) < 1e-9, axis=1))
+        hit = np.flatnonzero(
+            (truth.t == arm)
+            & np.all(np.abs(truth.z - sum_z[s, arm]) < 1e-9, axis=1)
+            & np.all(np.abs(truth.y - sum_y[s, arm]) < 1e-9, axis=1)
+        )
         rows.update(hit.tolist())
     return len(rows)
 
@@ -125,8 +137,9 @@ def test_1b_exact_dump_recovers_no_row_on_an_exact_node(exact):
     spec = exact_spec(exact)
     beta = random_beta(2)
     truth = true_rows(exact, node.site, exact.query((Describe(),), spec=spec))
-    too_fine = node.ask(exact.sign(exact.query((PsmStats(beta=beta, edges=fine_edges(beta, 20_000)),),
-                                               spec=spec)))
+    too_fine = node.ask(
+        exact.sign(exact.query((PsmStats(beta=beta, edges=fine_edges(beta, 20_000)),), spec=spec))
+    )
     assert too_fine.code == CODE_REFUSED and "strata" in too_fine.reason
     edges = np.array(fine_edges(beta, 9_999))
     recovered, queries = 0, 0
@@ -139,16 +152,24 @@ def test_1b_exact_dump_recovers_no_row_on_an_exact_node(exact):
         recovered += reconstructed(table, truth)
         busy = np.flatnonzero(table["count"].sum(axis=1) > 0)
         finite = np.clip(edges, edges[1], edges[-2])
-        inner = np.concatenate([np.linspace(finite[s], finite[s + 1], 9_990 // max(len(busy), 1) + 2)
-                                for s in busy]) if busy.size else finite[1:-1]
+        inner = (
+            np.concatenate(
+                [np.linspace(finite[s], finite[s + 1], 9_990 // max(len(busy), 1) + 2) for s in busy]
+            )
+            if busy.size
+            else finite[1:-1]
+        )
         edges = np.array([-np.inf, *np.unique(inner[np.isfinite(inner)])[:9_990], np.inf])
     assert truth.n > 100 and queries == 3
     assert recovered == 0
 
 
-@pytest.mark.xfail(strict=True, reason="documented limit (node/policy.py max_abs_beta, "
-                   "deploy/TRUST.md): min_cell bounds differencing of exact answers but does not "
-                   "prevent it; exact answers are for a coordinator the data owner trusts")
+@pytest.mark.xfail(
+    strict=True,
+    reason="documented limit (node/policy.py max_abs_beta, "
+    "deploy/TRUST.md): min_cell bounds differencing of exact answers but does not "
+    "prevent it; exact answers are for a coordinator the data owner trusts",
+)
 def test_1c_exact_answers_do_not_give_a_row_by_differencing_two_strata(exact):
     """The same exact node, two one-edge tables whose lower cells differ by one person (both
     ≥ 11): their difference is that person's row. Found by bisection on the released count."""
@@ -158,8 +179,9 @@ def test_1c_exact_answers_do_not_give_a_row_by_differencing_two_strata(exact):
     truth = true_rows(exact, node.site, exact.query((Describe(),), spec=spec))
 
     def lower(x: float) -> dict:
-        reply = node.ask(exact.sign(exact.query((PsmStats(beta=beta, edges=(-np.inf, x, np.inf)),),
-                                                spec=spec)))
+        reply = node.ask(
+            exact.sign(exact.query((PsmStats(beta=beta, edges=(-np.inf, x, np.inf)),), spec=spec))
+        )
         assert reply.ok, reply.reason
         return {k: v[0, 0] for k, v in reply.answers["psm_stats"].items() if k != "edges"}
 
@@ -180,8 +202,9 @@ def test_1c_exact_answers_do_not_give_a_row_by_differencing_two_strata(exact):
                 break
         below, above = lower(a), lower(b)
         z, y = above["sum_z"] - below["sum_z"], above["sum_y"] - below["sum_y"]
-        recovered += int(np.any(np.all(np.abs(truth.z - z) < 1e-9, axis=1)
-                                & np.all(np.abs(truth.y - y) < 1e-9, axis=1)))
+        recovered += int(
+            np.any(np.all(np.abs(truth.z - z) < 1e-9, axis=1) & np.all(np.abs(truth.y - y) < 1e-9, axis=1))
+        )
     assert recovered == 0
 
 
@@ -192,8 +215,9 @@ def _identifiers(fed: Federation, site: str) -> tuple[list[str], list[str]]:
 
 
 def _leaks(reason: str, ids: list[str], departments: list[str]) -> list[str]:
-    return ([i for i in ids if i in reason]
-            + [d for d in departments if re.search(rf"\b{re.escape(d)}\b", reason)])
+    return [i for i in ids if i in reason] + [
+        d for d in departments if re.search(rf"\b{re.escape(d)}\b", reason)
+    ]
 
 
 @pytest.mark.parametrize("what", ["cap_1e7", "person_id", "department", "age_bounds"])
@@ -205,16 +229,22 @@ def test_2_caps_columns_and_bounds_are_the_nodes_not_the_querys(dp, what):
         outcomes = (base.outcomes[0].model_copy(update={"cap": 1e7}), *base.outcomes[1:])
         q = base.model_copy(update={"outcomes": outcomes})
     elif what == "age_bounds":
-        covs = tuple(c.model_copy(update={"lo": 40.0, "hi": 41.0}) if c.name == "age" else c
-                     for c in base.covariates)
+        covs = tuple(
+            c.model_copy(update={"lo": 40.0, "hi": 41.0}) if c.name == "age" else c for c in base.covariates
+        )
         q = base.model_copy(update={"covariates": covs})
     else:
         hi = 1e6 if what == "person_id" else 10.0
-        q = base.model_copy(update={"covariates": (*base.covariates, Covariate(name=what, lo=0, hi=hi)),
-                                    "ops": (Describe(), PsFit(beta=(0.0,) * (D + 2)))})
+        q = base.model_copy(
+            update={
+                "covariates": (*base.covariates, Covariate(name=what, lo=0, hi=hi)),
+                "ops": (Describe(), PsFit(beta=(0.0,) * (D + 2))),
+            }
+        )
     reply = node.ask(dp.sign(q))
-    assert reply.code == CODE_REFUSED and ("node's policy" in reply.reason
-                                          or "node's public" in reply.reason), reply.reason
+    assert reply.code == CODE_REFUSED and (
+        "node's policy" in reply.reason or "node's public" in reply.reason
+    ), reply.reason
     assert not _leaks(reply.text(), ids, departments)
     nothing_charged(node)
 
@@ -246,8 +276,10 @@ def test_3a_crafted_beta_on_a_default_node_is_refused_exact_and_charged_under_dp
 def test_3b_crafted_beta_is_refused_by_an_exact_node(exact):
     node = exact.node(0)
     spec = exact_spec(exact)
-    for op in (PsFit(beta=crafted_beta(spec, k=1000.0, c=50.0)),
-               PsmStats(beta=crafted_beta(spec, k=1000.0, c=50.0), edges=(-np.inf, 0.0, np.inf))):
+    for op in (
+        PsFit(beta=crafted_beta(spec, k=1000.0, c=50.0)),
+        PsmStats(beta=crafted_beta(spec, k=1000.0, c=50.0), edges=(-np.inf, 0.0, np.inf)),
+    ):
         reply = node.ask(exact.sign(exact.query((op,), spec=spec)))
         assert reply.code == CODE_REFUSED and "|β| above" in reply.reason, reply.reason
 
@@ -277,11 +309,14 @@ def test_4b_a_value_outside_the_public_bounds_is_clipped_not_an_error(dp):
     assert reply.ok and len(node.releases()) == 1
 
 
-@pytest.mark.parametrize("resplit", [
-    BudgetSplit(describe=0.05, ps_fit=0.0, psm_stats=0.9, balance=0.05),     # ps_fit answered free
-    BudgetSplit(describe=0.05, ps_fit=0.001, psm_stats=0.899, balance=0.05),  # below the floor
-    BudgetSplit(describe=0.05, ps_fit=0.9, psm_stats=0.0, balance=0.05),     # psm_stats free
-])
+@pytest.mark.parametrize(
+    "resplit",
+    [
+        BudgetSplit(describe=0.05, ps_fit=0.0, psm_stats=0.9, balance=0.05),  # ps_fit answered free
+        BudgetSplit(describe=0.05, ps_fit=0.001, psm_stats=0.899, balance=0.05),  # below the floor
+        BudgetSplit(describe=0.05, ps_fit=0.9, psm_stats=0.0, balance=0.05),  # psm_stats free
+    ],
+)
 def test_4c_a_resplit_to_a_zero_or_tiny_share_is_refused_uncharged(dp, resplit):
     node = dp.node(0)
     beta = (0.0,) * (D + 1)
@@ -312,8 +347,9 @@ def _probes(fed: Federation) -> list[StudyQuery]:
         outcomes = (base.outcomes[0].model_copy(update={"cap": cap}), *base.outcomes[1:])
         out.append(base.model_copy(update={"outcomes": outcomes}))
     for lo, hi in ((18.0, 90.0), (18.0, 60.0), (30.0, 90.0), (18.0, 120.0)):
-        covs = tuple(c.model_copy(update={"lo": lo, "hi": hi}) if c.name == "age" else c
-                     for c in base.covariates)
+        covs = tuple(
+            c.model_copy(update={"lo": lo, "hi": hi}) if c.name == "age" else c for c in base.covariates
+        )
         out.append(base.model_copy(update={"covariates": covs}))
     return out
 
@@ -334,8 +370,13 @@ def test_4e_whether_a_probe_is_answered_does_not_depend_on_one_persons_value(tmp
         for probe in _probes(fed):
             q = fed.sign(probe)
             r = fed.nodes[site].ask(q)
-            outcome.append((r.code, r.reason.replace(q.study_id[:24], "<study>"),
-                            round(r.meta.get("epsilon_spent", -1), 12)))
+            outcome.append(
+                (
+                    r.code,
+                    r.reason.replace(q.study_id[:24], "<study>"),
+                    round(r.meta.get("epsilon_spent", -1), 12),
+                )
+            )
         seen[name] = outcome
     assert seen["a"] == seen["b"]
     assert sum(code is None for code, *_ in seen["a"]) == 2  # the policy's cap and bounds
@@ -375,10 +416,12 @@ def test_5b_a_non_numeric_cell_is_excluded_and_named_only_in_the_nodes_log(dp, e
 # -- 6. secure_nodes inflation ---------------------------------------------------------------
 @pytest.mark.parametrize("signed_secure", [False, True])
 def test_6_secure_nodes_inflation_is_refused_uncharged(tmp_path, synth, signed_secure):
-    fed = make_federation(tmp_path / "sa", synth=synth,
-                          extra={"secure-aggregation": True} if signed_secure else None)
-    spec = fed.spec.model_copy(update={"privacy": fed.spec.privacy.model_copy(
-        update={"secure_aggregation": signed_secure})})
+    fed = make_federation(
+        tmp_path / "sa", synth=synth, extra={"secure-aggregation": True} if signed_secure else None
+    )
+    spec = fed.spec.model_copy(
+        update={"privacy": fed.spec.privacy.model_copy(update={"secure_aggregation": signed_secure})}
+    )
     node = fed.node(0)
     q = fed.sign(fed.query((PsFit(beta=(0.0,) * (D + 1)),), spec=spec))
     q = q.model_copy(update={"privacy": q.privacy.model_copy(update={"secure_nodes": 10**6})})
@@ -414,21 +457,35 @@ def test_7_unsigned_foreign_altered_or_mismatched_grants_get_nothing(tmp_path, s
         "unsigned": (base, CODE_UNAUTHORIZED),
         "other key": (fed.sign(base, key_path=mallory), CODE_UNAUTHORIZED),
         "ε altered after signing": (
-            genuine.model_copy(update={"grant": _tamper(genuine.grant, '"epsilon":1.0', '"epsilon":100.0'),
-                                       "privacy": eps100}), CODE_UNAUTHORIZED),
+            genuine.model_copy(
+                update={
+                    "grant": _tamper(genuine.grant, '"epsilon":1.0', '"epsilon":100.0'),
+                    "privacy": eps100,
+                }
+            ),
+            CODE_UNAUTHORIZED,
+        ),
         "cap altered after signing": (
-            genuine.model_copy(update={"grant": _tamper(genuine.grant, '"cap":100000.0', '"cap":10000000.0'),
-                                       "outcomes": (base.outcomes[0].model_copy(update={"cap": 1e7}),
-                                                    *base.outcomes[1:])}), CODE_UNAUTHORIZED),
+            genuine.model_copy(
+                update={
+                    "grant": _tamper(genuine.grant, '"cap":100000.0', '"cap":10000000.0'),
+                    "outcomes": (base.outcomes[0].model_copy(update={"cap": 1e7}), *base.outcomes[1:]),
+                }
+            ),
+            CODE_UNAUTHORIZED,
+        ),
         "ε differs from grant": (genuine.model_copy(update={"privacy": eps100}), CODE_UNAUTHORIZED),
         "bounds differ from grant": (genuine.model_copy(update={"covariates": wide}), CODE_UNAUTHORIZED),
         "sites differ from grant": (genuine.model_copy(update={"sites": (node.site,)}), CODE_UNAUTHORIZED),
-        "study id differs from grant": (genuine.model_copy(update={"study_id": "another-study-0001"}),
-                                        CODE_UNAUTHORIZED),
-        "grant for other sites": (fed.sign(base.model_copy(update={"sites": other_sites})),
-                                  CODE_NOT_IN_STUDY),
-        "grant for other sites, query names this one": (fed.sign(base, sites=other_sites),
-                                                         CODE_NOT_IN_STUDY),
+        "study id differs from grant": (
+            genuine.model_copy(update={"study_id": "another-study-0001"}),
+            CODE_UNAUTHORIZED,
+        ),
+        "grant for other sites": (
+            fed.sign(base.model_copy(update={"sites": other_sites})),
+            CODE_NOT_IN_STUDY,
+        ),
+        "grant for other sites, query names this one": (fed.sign(base, sites=other_sites), CODE_NOT_IN_STUDY),
     }
     got = {name: node.ask(q).code for name, (q, _) in attacks.items()}
     assert got == {name: code for name, (_, code) in attacks.items()}
@@ -443,8 +500,10 @@ def test_8a_a_signed_study_replayed_after_it_ran_gets_nothing(tmp_path, synth):
     fed, grant = signed_federation(spec, tmp_path / "fed")
     run_study(spec, fed, grant=grant)
     grid = fed.grid
-    ledgers = {cfg["site"]: PrivacyLedger(f"sqlite:///{cfg['state-dir']}/ledger.db")
-               for cfg in grid.node_configs.values()}
+    ledgers = {
+        cfg["site"]: PrivacyLedger(f"sqlite:///{cfg['state-dir']}/ledger.db")
+        for cfg in grid.node_configs.values()
+    }
     before = {s: len(led.history()) for s, led in ledgers.items()}
     assert all(before.values())
     for nid, cfg in grid.node_configs.items():
@@ -459,8 +518,10 @@ def test_8b_no_more_ps_fit_rounds_than_signed(dp):
     node = dp.node(0)
     q = dp.sign(dp.query((PsFit(beta=(0.0,) * (D + 1)),)))
     rounds = q.privacy.n_ps_rounds
-    codes = [node.ask(q.model_copy(update={"ops": (PsFit(beta=(0.01 * i,) * (D + 1)),)})).code
-             for i in range(rounds + 2)]
+    codes = [
+        node.ask(q.model_copy(update={"ops": (PsFit(beta=(0.01 * i,) * (D + 1)),)})).code
+        for i in range(rounds + 2)
+    ]
     assert codes == [None] * rounds + [CODE_BUDGET] * 2
     assert len(node.releases()) == rounds
 
@@ -501,7 +562,8 @@ def test_10_studies_are_dp_by_default(tmp_path, synth):
 
     if not any(g.name == "synth" for g in cli.app.registered_groups):
         cli._mount_groups()
-    res = CliRunner().invoke(cli.app, ["synth", "--sites", "2", "--out", str(tmp_path / "s"),
-                                       "--scale", "0.01"])
+    res = CliRunner().invoke(
+        cli.app, ["synth", "--sites", "2", "--out", str(tmp_path / "s"), "--scale", "0.01"]
+    )
     assert res.exit_code == 0, res.output
     assert load_spec(tmp_path / "s" / "study.toml").privacy.enabled is True

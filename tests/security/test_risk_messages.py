@@ -52,8 +52,10 @@ def test_the_attacks_accuracy_is_within_the_dp_bound(tmp_path):
     node = ra.make_node(tmp_path)
     sigma = eval_noise_sigma(epsilon=EPS, delta=DELTA)
     targets = ra.isolatable(node.X, node.y, 20)
-    probs = {t: predict_proba(arch=RiskArch(), arrays=ra.isolating_model(node.X, t),
-                              z=scale(node.X, FEATURES)) for t in targets}
+    probs = {
+        t: predict_proba(arch=RiskArch(), arrays=ra.isolating_model(node.X, t), z=scale(node.X, FEATURES))
+        for t in targets
+    }
     rng, coin = secure_rng(), np.random.default_rng(5)
     trials, correct = 4000, 0
     for _ in range(trials):
@@ -79,6 +81,7 @@ def test_a_model_sent_via_evaluate_is_not_served_and_fails_approval(tmp_path):
     with pytest.raises(Exception, match="await approval"):
         store.latest()
     # the operator's check refuses it: everyone but one person predicted at ~0
-    check = calibration_check(prob=predict_proba(arch=RiskArch(), arrays=arrays,
-                                                 z=scale(node.X, FEATURES)), y=node.y)
+    check = calibration_check(
+        prob=predict_proba(arch=RiskArch(), arrays=arrays, z=scale(node.X, FEATURES)), y=node.y
+    )
     assert not check.passed and check.oe_ratio > 10

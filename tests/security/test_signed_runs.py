@@ -15,13 +15,13 @@ import json
 
 import pytest
 
-from coordinator.files import load_spec
 from coordinator.federation.launcher import LocalFederation
+from coordinator.files import load_spec
 from coordinator.report.signing import generate_keypair
 from coordinator.study.runner import APP_DIR, coordinator_keys, sign_study, site_nodes
-from shared.synth import generate_federation
 from coordinator.synth import write_federation
 from coordinator.synth.io import study_document, to_toml
+from shared.synth import generate_federation
 
 pytestmark = pytest.mark.integration
 
@@ -74,8 +74,9 @@ def test_a_study_signed_by_another_key_is_refused_by_every_node(federation):
     other_key, _ = generate_keypair(base / "mallory")
     spec_path = _exact_spec(synth, base, "forged")
     out = base / "loot-forged"
-    status, error = _attack(fed, out, {"spec-path": str(spec_path),
-                                       "grant": sign_study(load_spec(spec_path), other_key)})
+    status, error = _attack(
+        fed, out, {"spec-path": str(spec_path), "grant": sign_study(load_spec(spec_path), other_key)}
+    )
     assert error is not None and "not authorised by the node's pinned coordinator key" in error["message"]
     assert not (out / "result.json").exists()
 

@@ -22,10 +22,39 @@ def cohort(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     waist = np.clip(bmi * 3.3 + rng.normal(5, 6, n), 50, 160)
     family = (rng.uniform(size=n) < 0.15).astype(float)
     activity = np.clip(rng.gamma(2.0, 8.0, n), 0, 100)
-    X = np.column_stack([age, sex, sbp, dbp, bp_treated, chol, hdl, ldl, tg, glucose, diabetes,
-                         smoker, bmi, waist, family, activity])
-    logit = (-3.2 + 0.07 * (age - 48) + 0.4 * sex + 0.02 * (sbp - 120) + 0.3 * bp_treated
-             + 0.25 * (chol - 5.3) - 0.7 * (hdl - 1.4) + 0.6 * diabetes + 0.6 * smoker
-             + 0.03 * (bmi - 27) + 0.4 * family - 0.01 * (activity - 16))
+    X = np.column_stack(
+        [
+            age,
+            sex,
+            sbp,
+            dbp,
+            bp_treated,
+            chol,
+            hdl,
+            ldl,
+            tg,
+            glucose,
+            diabetes,
+            smoker,
+            bmi,
+            waist,
+            family,
+            activity,
+        ]
+    )
+    logit = (
+        -3.2
+        + 0.07 * (age - 48)
+        + 0.4 * sex
+        + 0.02 * (sbp - 120)
+        + 0.3 * bp_treated
+        + 0.25 * (chol - 5.3)
+        - 0.7 * (hdl - 1.4)
+        + 0.6 * diabetes
+        + 0.6 * smoker
+        + 0.03 * (bmi - 27)
+        + 0.4 * family
+        - 0.01 * (activity - 16)
+    )
     y = (rng.uniform(size=n) < 1 / (1 + np.exp(-logit))).astype(float)
     return X, y

@@ -20,9 +20,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 import _table  # noqa: E402
 from _table import Table, add_write_argument, provenance, render, write_tables  # noqa: E402
 
-PROV = {"command": "python bench/bench_x.py --seeds 3 --write", "date": "2026-12-05 06:00 UTC, took 2 s",
-        "machine": "2 of 2 cores, Some CPU, load average 0.50 at the start; Python 3.11.7",
-        "commit": "0123456789ab"}
+PROV = {
+    "command": "python bench/bench_x.py --seeds 3 --write",
+    "date": "2026-12-05 06:00 UTC, took 2 s",
+    "machine": "2 of 2 cores, Some CPU, load average 0.50 at the start; Python 3.11.7",
+    "commit": "0123456789ab",
+}
 
 
 def _cells(line: str) -> list[str]:
@@ -32,8 +35,9 @@ def _cells(line: str) -> list[str]:
 
 
 def test_table_markdown_rows_alignment_and_escaping():
-    t = Table(columns=("name", "seconds", "note"), align="lrc",
-              rows=[("a|b", 0.123456, None), ("c", 12, "x")])
+    t = Table(
+        columns=("name", "seconds", "note"), align="lrc", rows=[("a|b", 0.123456, None), ("c", 12, "x")]
+    )
     lines = t.markdown().splitlines()
     assert _cells(lines[0]) == ["name", "seconds", "note"]
     assert _cells(lines[1]) == [":-----", "--------:", ":----:"]
@@ -52,9 +56,16 @@ def test_table_refuses_ragged_rows_and_bad_alignment():
 
 
 def test_render_header_then_titled_tables():
-    text = render(title="Tiny bench", setting="3 seeds (quick)", notes="Closing note.", prov=PROV,
-                  tables=[Table(title="first", columns=("k", "v"), rows=[("x", 1)], note="below"),
-                          Table(columns=("k",), rows=[("y",)])])
+    text = render(
+        title="Tiny bench",
+        setting="3 seeds (quick)",
+        notes="Closing note.",
+        prov=PROV,
+        tables=[
+            Table(title="first", columns=("k", "v"), rows=[("x", 1)], note="below"),
+            Table(columns=("k",), rows=[("y",)]),
+        ],
+    )
     lines = text.splitlines()
     assert lines[0] == "# Tiny bench"
     assert "- **Command:** `python bench/bench_x.py --seeds 3 --write` (from the repository root)" in lines
@@ -68,11 +79,13 @@ def test_render_header_then_titled_tables():
 
 
 def test_write_tables_writes_docs_benchmarks_name(tmp_path):
-    path = write_tables("tiny", title="Tiny", tables=[Table(columns=("a",), rows=[(1,)])],
-                        root=tmp_path, prov=PROV)
+    path = write_tables(
+        "tiny", title="Tiny", tables=[Table(columns=("a",), rows=[(1,)])], root=tmp_path, prov=PROV
+    )
     assert path == tmp_path / "docs" / "benchmarks" / "tiny.md"
     assert path.read_text(encoding="utf-8") == render(
-        title="Tiny", tables=[Table(columns=("a",), rows=[(1,)])], prov=PROV)
+        title="Tiny", tables=[Table(columns=("a",), rows=[(1,)])], prov=PROV
+    )
     with pytest.raises(ValueError):
         write_tables("../escape", title="x", tables=[], root=tmp_path, prov=PROV)
 

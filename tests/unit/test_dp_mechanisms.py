@@ -60,8 +60,9 @@ def test_project_psd_keeps_a_well_conditioned_spd_matrix():
 def test_golden_epsilon_of_ten_unit_gaussians():
     # docs/ARCHITECTURE.md: ten releases at sigma/Delta = 1, delta = 1e-5: RDP 19.05, PRV 17.87
     assert epsilon_spent(noise_multipliers=[1.0] * 10, delta=1e-5) == pytest.approx(19.05, abs=0.01)
-    assert epsilon_spent(noise_multipliers=[1.0] * 10, delta=1e-5, accountant="prv") == \
-        pytest.approx(17.87, abs=0.05)
+    assert epsilon_spent(noise_multipliers=[1.0] * 10, delta=1e-5, accountant="prv") == pytest.approx(
+        17.87, abs=0.05
+    )
 
 
 def test_rdp_path_is_opacus_accountant_exactly_and_never_imports_torch():
@@ -77,11 +78,12 @@ def test_rdp_path_is_opacus_accountant_exactly_and_never_imports_torch():
     history = [(0.8, 1.0, 3), (12.0, 1.0, 1), (1.1, 0.01, 400)]
     acc = RDPAccountant()
     acc.history = history
-    assert epsilon_of_history(history=history, delta=1e-6) == acc.get_epsilon(delta=1e-6,
-                                                                               alphas=list(ORDERS))
-    code = ("import sys; from shared.dp.plan import plan_study; from shared.study import BudgetSplit;"
-            "p = plan_study(epsilon=1.0, delta=1e-6, split=BudgetSplit(), n_covariates=16,"
-            " n_outcomes=3); print(p.epsilon_planned <= 1.0, 'torch' in sys.modules)")
+    assert epsilon_of_history(history=history, delta=1e-6) == acc.get_epsilon(delta=1e-6, alphas=list(ORDERS))
+    code = (
+        "import sys; from shared.dp.plan import plan_study; from shared.study import BudgetSplit;"
+        "p = plan_study(epsilon=1.0, delta=1e-6, split=BudgetSplit(), n_covariates=16,"
+        " n_outcomes=3); print(p.epsilon_planned <= 1.0, 'torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["True", "False"]
 
@@ -95,12 +97,18 @@ def test_composition_is_order_free_and_grows():
 
 
 @settings(max_examples=15, deadline=None)
-@given(st.floats(0.2, 10.0), st.sampled_from([1e-5, 1e-6, 1e-7]), st.integers(1, 6),
-       st.integers(1, 20), st.integers(1, 4))
+@given(
+    st.floats(0.2, 10.0),
+    st.sampled_from([1e-5, 1e-6, 1e-7]),
+    st.integers(1, 6),
+    st.integers(1, 20),
+    st.integers(1, 4),
+)
 def test_plan_never_overshoots_and_is_tight(epsilon, delta, rounds, d, o):
     split = BudgetSplit()
-    plan = plan_study(epsilon=epsilon, delta=delta, split=split, n_covariates=d, n_outcomes=o,
-                      n_ps_rounds=rounds)
+    plan = plan_study(
+        epsilon=epsilon, delta=delta, split=split, n_covariates=d, n_outcomes=o, n_ps_rounds=rounds
+    )
     mus = [r.noise_multiplier for r in plan.releases]
     eps = epsilon_spent(noise_multipliers=mus, delta=delta)
     assert eps <= epsilon
@@ -111,10 +119,8 @@ def test_plan_never_overshoots_and_is_tight(epsilon, delta, rounds, d, o):
 
 def test_plan_shares_are_rho_shares():
     split = BudgetSplit(describe=0.1, ps_fit=0.2, psm_stats=0.6, balance=0.1)
-    plan = plan_study(epsilon=1.0, delta=1e-6, split=split, n_covariates=16, n_outcomes=3,
-                      n_ps_rounds=3)
-    rho = {q: 0.0 for q in ("describe", "ps_fit", "score_hist", "psm_main", "psm_sumsq",
-                            "psm_balance")}
+    plan = plan_study(epsilon=1.0, delta=1e-6, split=split, n_covariates=16, n_outcomes=3, n_ps_rounds=3)
+    rho = {q: 0.0 for q in ("describe", "ps_fit", "score_hist", "psm_main", "psm_sumsq", "psm_balance")}
     for r in plan.releases:
         rho[r.query] += 1.0 / (2 * r.noise_multiplier**2)
     total = sum(rho.values())
@@ -132,14 +138,24 @@ def test_plan_shares_are_rho_shares():
 
 
 def test_plan_without_balance_share_has_no_balance_release_and_refuses_missing_rounds():
-    plan = plan_study(epsilon=1.0, delta=1e-6, split=BudgetSplit(describe=0.05, ps_fit=0.15,
-                      psm_stats=0.8, balance=0.0), n_covariates=4, n_outcomes=1)
+    plan = plan_study(
+        epsilon=1.0,
+        delta=1e-6,
+        split=BudgetSplit(describe=0.05, ps_fit=0.15, psm_stats=0.8, balance=0.0),
+        n_covariates=4,
+        n_outcomes=1,
+    )
     assert not plan.has("psm_balance")
     with pytest.raises(PrivacyError, match="psm_balance"):
         plan.release("psm_balance")
     with pytest.raises(PrivacyError, match="ps_fit"):
-        plan_study(epsilon=1.0, delta=1e-6, split=BudgetSplit(describe=0.1, ps_fit=0.0,
-                   psm_stats=0.8, balance=0.1), n_covariates=4, n_outcomes=1)
+        plan_study(
+            epsilon=1.0,
+            delta=1e-6,
+            split=BudgetSplit(describe=0.1, ps_fit=0.0, psm_stats=0.8, balance=0.1),
+            n_covariates=4,
+            n_outcomes=1,
+        )
 
 
 def test_plan_round_trips_through_its_dict():

@@ -12,9 +12,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shared.dp.forms import release_form
-from shared.dp.sensitivity import (RELEASE_KEYS, cov_moments_sensitivity, count_sensitivity,
-                                   ps_fit_sensitivity, psm_balance_sensitivity,
-                                   psm_main_sensitivity, psm_sumsq_sensitivity)
+from shared.dp.sensitivity import (
+    RELEASE_KEYS,
+    count_sensitivity,
+    cov_moments_sensitivity,
+    ps_fit_sensitivity,
+    psm_balance_sensitivity,
+    psm_main_sensitivity,
+    psm_sumsq_sensitivity,
+)
 from shared.psm.propensity import cov_moments, ps_contribution
 from shared.psm.strata import score_grid, score_histogram
 from shared.psm.table import psm_table
@@ -27,10 +33,24 @@ def dataset_and_row(draw):
     d = draw(st.integers(1, 5))
     o = draw(st.integers(1, 3))
     n = draw(st.integers(0, 12))
-    rows = draw(st.lists(st.tuples(st.lists(unit, min_size=d, max_size=d), st.sampled_from([0.0, 1.0]),
-                                   st.lists(unit, min_size=o, max_size=o)), min_size=n, max_size=n))
-    extra = draw(st.tuples(st.lists(unit, min_size=d, max_size=d), st.sampled_from([0.0, 1.0]),
-                           st.lists(unit, min_size=o, max_size=o)))
+    rows = draw(
+        st.lists(
+            st.tuples(
+                st.lists(unit, min_size=d, max_size=d),
+                st.sampled_from([0.0, 1.0]),
+                st.lists(unit, min_size=o, max_size=o),
+            ),
+            min_size=n,
+            max_size=n,
+        )
+    )
+    extra = draw(
+        st.tuples(
+            st.lists(unit, min_size=d, max_size=d),
+            st.sampled_from([0.0, 1.0]),
+            st.lists(unit, min_size=o, max_size=o),
+        )
+    )
     beta = np.array(draw(st.lists(st.floats(-6.0, 6.0), min_size=d + 1, max_size=d + 1)))
     return d, o, rows, extra, beta
 
@@ -52,7 +72,9 @@ def _releases(rows, d, o, beta) -> dict[str, dict[str, np.ndarray]]:
         "cov_moments": cov_moments(z=z, t=t).to_arrays(),
         "ps_fit": ps_contribution(z=z, t=t, beta=beta).to_arrays(),
         "score_hist": {"count": score_histogram(z=z, t=t, beta=beta, grid=grid)},
-        "psm_main": table, "psm_sumsq": table, "psm_balance": table,
+        "psm_main": table,
+        "psm_sumsq": table,
+        "psm_balance": table,
     }
     return {name: release_form(name, arrays) for name, arrays in exact.items()}
 

@@ -31,10 +31,12 @@ def _site(rng: np.random.Generator, n: int) -> SiteArrays:
     z = rng.uniform(size=(n, 3))
     t = (rng.uniform(size=n) < 1 / (1 + np.exp(-(BETA[0] + z @ BETA[1:])))).astype(float)
     base = np.column_stack([0.3 + 0.3 * z[:, 0], 0.2 + 0.3 * z[:, 0]])
-    y0 = np.column_stack([np.clip(base[:, 0] + rng.normal(0, 0.1, n), 0, 1),
-                          (rng.uniform(size=n) < base[:, 1]).astype(float)])
-    y1 = np.column_stack([np.clip(y0[:, 0] + EFFECT[0], 0, 1),
-                          (rng.uniform(size=n) < base[:, 1] + EFFECT[1]).astype(float)])
+    y0 = np.column_stack(
+        [np.clip(base[:, 0] + rng.normal(0, 0.1, n), 0, 1), (rng.uniform(size=n) < base[:, 1]).astype(float)]
+    )
+    y1 = np.column_stack(
+        [np.clip(y0[:, 0] + EFFECT[0], 0, 1), (rng.uniform(size=n) < base[:, 1] + EFFECT[1]).astype(float)]
+    )
     return SiteArrays(z=z, t=t, y=np.where(t[:, None] == 1, y1, y0)), (y1 - y0)[t == 1]
 
 
@@ -45,8 +47,13 @@ def test_dp_cis_cover_and_would_not_without_the_privacy_term():
         pairs = [_site(rng, 4000) for _ in range(3)]
         sites = [p[0] for p in pairs]
         truth = np.concatenate([p[1] for p in pairs]).mean(axis=0) * np.array([o.cap for o in OUTCOMES])
-        est = run_dp_study(sites=sites, outcomes=OUTCOMES, covariates=COVS, privacy=PRIVACY,
-                           rngs=[np.random.default_rng([seed, i]) for i in range(3)]).estimate
+        est = run_dp_study(
+            sites=sites,
+            outcomes=OUTCOMES,
+            covariates=COVS,
+            privacy=PRIVACY,
+            rngs=[np.random.default_rng([seed, i]) for i in range(3)],
+        ).estimate
         for k, o in enumerate(est.outcomes):
             hits.append(o.ci[0] <= truth[k] <= o.ci[1])
             hits_naive.append(abs(o.att - truth[k]) <= 1.96 * o.se_sampling)
@@ -73,8 +80,12 @@ def test_analytic_privacy_se_matches_the_spread_of_repeated_noise():
         main = {}
         for query in ("psm_main", "psm_sumsq"):  # noise on the release form, as a node adds it
             formed = [release_arrays(query, t) for t in tables]
-            main.update({k: sum(f[k] + rng.normal(0, plan.sigma(query), f[k].shape) for f in formed)
-                         for k in formed[0]})
+            main.update(
+                {
+                    k: sum(f[k] + rng.normal(0, plan.sigma(query), f[k].shape) for f in formed)
+                    for k in formed[0]
+                }
+            )
         table = dp_table(main=main, balance=None, edges=edges, n_covariates=3)
         est = dp_estimate(table=table, plan=plan, n_nodes=4, outcomes=OUTCOMES, covariates=COVS)
         atts.append([o.att for o in est.outcomes])
@@ -100,12 +111,18 @@ def test_redraw_and_analytic_privacy_se_agree(center):
         est = estimate_att(table=PsmTable.from_arrays(mapped), outcomes=OUTCOMES, covariates=COVS)
         return np.array([o.att for o in est.outcomes])
 
-    redrawn = redraw_se(arrays=total, sigma={"count": sigma, "sum_y": sigma}, estimate=att,
-                        n_draws=1500, rng=np.random.default_rng(3))
+    redrawn = redraw_se(
+        arrays=total,
+        sigma={"count": sigma, "sum_y": sigma},
+        estimate=att,
+        n_draws=1500,
+        rng=np.random.default_rng(3),
+    )
     table = PsmTable.from_arrays({k: sum(t[k] for t in tables) for k in tables[0]})
     used = np.ones(table.n_strata, dtype=bool)
-    analytic = att_privacy_se(count=table.count, sum_y=table.sum_y, used=used, sigma_count=sigma,
-                              sigma_sum=sigma, center=center) * np.array([o.cap for o in OUTCOMES])
+    analytic = att_privacy_se(
+        count=table.count, sum_y=table.sum_y, used=used, sigma_count=sigma, sigma_sum=sigma, center=center
+    ) * np.array([o.cap for o in OUTCOMES])
     assert redrawn == pytest.approx(analytic, rel=0.08)
 
 
@@ -120,9 +137,14 @@ def test_secure_aggregation_shrinks_the_privacy_se_by_about_root_k():
     sites = [_site(rng, 4000)[0] for _ in range(4)]
     se = {}
     for sa in (False, True):
-        est = run_dp_study(sites=sites, outcomes=OUTCOMES, covariates=COVS,
-                           privacy=PRIVACY.model_copy(update={"secure_aggregation": sa}),
-                           rngs=[np.random.default_rng(i) for i in range(4)], strata_n=3).estimate
+        est = run_dp_study(
+            sites=sites,
+            outcomes=OUTCOMES,
+            covariates=COVS,
+            privacy=PRIVACY.model_copy(update={"secure_aggregation": sa}),
+            rngs=[np.random.default_rng(i) for i in range(4)],
+            strata_n=3,
+        ).estimate
         se[sa] = np.array([o.se_privacy for o in est.outcomes])
     ratio = se[False] / se[True]
     assert np.all((ratio > 1.6) & (ratio < 2.5)), ratio  # √4 = 2, up to the noisy fit
@@ -178,19 +200,26 @@ def test_dp_balance_never_divides_by_noise():
     z = np.column_stack([rng.uniform(size=n), np.clip(0.3 + 0.01 * rng.normal(size=n), 0, 1)])
     t = (rng.uniform(size=n) < 1 / (1 + np.exp(-(z[:, 0] - 0.5)))) * 1.0
     edges = np.array([-np.inf, -0.25, 0.0, 0.25, np.inf])
-    exact = psm_table(z=z, t=t, y=rng.uniform(size=(n, 1)), beta=np.array([-0.5, 1.0, 0.0]),
-                      edges=edges)
+    exact = psm_table(z=z, t=t, y=rng.uniform(size=(n, 1)), beta=np.array([-0.5, 1.0, 0.0]), edges=edges)
     sigma = 60.0
-    noisy = PsmTable.from_arrays({k: v + (rng.normal(0, sigma, v.shape) if k in ("sum_z", "sumsq_z")
-                                          else 0.0) for k, v in exact.to_arrays().items()})
+    noisy = PsmTable.from_arrays(
+        {
+            k: v + (rng.normal(0, sigma, v.shape) if k in ("sum_z", "sumsq_z") else 0.0)
+            for k, v in exact.to_arrays().items()
+        }
+    )
     weights = np.clip(exact.count[:, 1], 0, None) / exact.count[:, 1].sum()
     used = np.ones(4, dtype=bool)
-    wide, narrow = balance_table(table=noisy, covariates=("wide", "narrow"), weights=weights,
-                                 used=used, noise=BalanceNoise(sum_z=sigma, sumsq_z=sigma))
+    wide, narrow = balance_table(
+        table=noisy,
+        covariates=("wide", "narrow"),
+        weights=weights,
+        used=used,
+        noise=BalanceNoise(sum_z=sigma, sumsq_z=sigma),
+    )
     assert narrow.smd_before is None and narrow.smd_after is None
     assert wide.smd_before is not None and abs(wide.smd_before) < 2.0
-    exact_rows = balance_table(table=exact, covariates=("wide", "narrow"), weights=weights,
-                               used=used)
+    exact_rows = balance_table(table=exact, covariates=("wide", "narrow"), weights=weights, used=used)
     assert exact_rows[1].smd_before is not None  # None above is the noise's doing
     assert exact_rows[1].var_ratio_before == pytest.approx(1.0, abs=0.1)
 
@@ -202,8 +231,13 @@ def test_a_noise_limited_propensity_fit_is_flagged_and_a_resolved_one_is_not():
     for n in (300, 4000):
         rng = np.random.default_rng(n)
         sites = [_site(rng, n)[0] for _ in range(3)]
-        study = run_dp_study(sites=sites, outcomes=OUTCOMES, covariates=COVS, privacy=PRIVACY,
-                             rngs=[np.random.default_rng([n, i]) for i in range(3)])
+        study = run_dp_study(
+            sites=sites,
+            outcomes=OUTCOMES,
+            covariates=COVS,
+            privacy=PRIVACY,
+            rngs=[np.random.default_rng([n, i]) for i in range(3)],
+        )
         est = study.estimate
         check = next(c for c in est.diagnostics if c.name == "dp_fit_resolution")
         n_t = sum(float(s.t.sum()) for s in sites)
@@ -219,23 +253,28 @@ def test_the_flag_names_the_epsilon_that_would_resolve_the_fit():
     the ε the flag names passes the check for the same treated count."""
     from shared.dp.workflow import FIT_RESOLUTION_MIN, fit_resolution_check
 
-    low, high = (plan_study(epsilon=e, delta=1e-6, split=BudgetSplit(), n_covariates=16,
-                            n_outcomes=3) for e in (1.0, 4.0))
+    low, high = (
+        plan_study(epsilon=e, delta=1e-6, split=BudgetSplit(), n_covariates=16, n_outcomes=3)
+        for e in (1.0, 4.0)
+    )
     assert low.epsilon_for_sigma("ps_fit", low.sigma("ps_fit")) == pytest.approx(1.0, rel=1e-4)
     assert low.epsilon_for_sigma("ps_fit", high.sigma("ps_fit")) == pytest.approx(4.0, rel=1e-4)
     flagged = fit_resolution_check(n_treated=1000, n_covariates=16, plan=low, n_nodes=5)
     assert not flagged.passed and "would need ε ≥" in flagged.message
     needed = float(flagged.message.split("ε ≥ ")[1].split(" ")[0])
-    at_needed = plan_study(epsilon=needed * 1.02, delta=1e-6, split=BudgetSplit(), n_covariates=16,
-                           n_outcomes=3)  # the message rounds to 2 digits
+    at_needed = plan_study(
+        epsilon=needed * 1.02, delta=1e-6, split=BudgetSplit(), n_covariates=16, n_outcomes=3
+    )  # the message rounds to 2 digits
     ok = fit_resolution_check(n_treated=1000, n_covariates=16, plan=at_needed, n_nodes=5)
     assert ok.passed and ok.value == pytest.approx(FIT_RESOLUTION_MIN, rel=0.1)
     secure = float(flagged.message.split("ε ≥ ")[2].split(" ")[0])
     assert "with secure aggregation" in flagged.message and secure < needed
-    at_secure = plan_study(epsilon=secure * 1.02, delta=1e-6, split=BudgetSplit(), n_covariates=16,
-                           n_outcomes=3)
-    sa = fit_resolution_check(n_treated=1000, n_covariates=16, plan=at_secure, n_nodes=5,
-                              secure_aggregation=True)
+    at_secure = plan_study(
+        epsilon=secure * 1.02, delta=1e-6, split=BudgetSplit(), n_covariates=16, n_outcomes=3
+    )
+    sa = fit_resolution_check(
+        n_treated=1000, n_covariates=16, plan=at_secure, n_nodes=5, secure_aggregation=True
+    )
     assert sa.passed and sa.value == pytest.approx(FIT_RESOLUTION_MIN, rel=0.1)
     assert not fit_resolution_check(n_treated=1000, n_covariates=16, plan=at_secure, n_nodes=5).passed
     # or more treated at the same ε: the count it names resolves, one fewer does not
@@ -263,18 +302,19 @@ def test_resplit_gives_a_well_resolved_fit_only_what_it_needs_at_the_same_privac
     assert new.rho == plan.rho and new.sigma("describe") == plan.sigma("describe")
     assert new.epsilon_planned == pytest.approx(plan.epsilon_planned, rel=1e-12)
     assert new.sigma("psm_main") < plan.sigma("psm_main")
-    _, floor = dp_resplit(split=split, plan=plan,
-                          resolution=fit_resolution(n_treated=10**6, plan=plan, **kw))
-    assert sum(1 / (2 * r.noise_multiplier**2) for r in floor.releases
-               if r.query in ("ps_fit", "score_hist")) == pytest.approx(MIN_PS_SHARE * plan.rho)
+    _, floor = dp_resplit(split=split, plan=plan, resolution=fit_resolution(n_treated=10**6, plan=plan, **kw))
+    assert sum(
+        1 / (2 * r.noise_multiplier**2) for r in floor.releases if r.query in ("ps_fit", "score_hist")
+    ) == pytest.approx(MIN_PS_SHARE * plan.rho)
     r_small = fit_resolution(n_treated=1000, plan=plan, **kw)
     assert dp_resplit(split=split, plan=plan, resolution=r_small) == (None, plan)
     # under secure aggregation the table's noise is √K smaller, so the fit is aimed K^¼ higher
     from shared.dp.workflow import after_describe
 
     secure = after_describe(counts=(0.0, 6000.0), plan=plan, split=split, secure_aggregation=True, **kw)
-    assert fit_resolution(n_treated=6000, plan=secure.plan, secure_aggregation=True, **kw) \
-        == pytest.approx(FIT_RESOLUTION_TARGET * 5 ** 0.25)
+    assert fit_resolution(n_treated=6000, plan=secure.plan, secure_aggregation=True, **kw) == pytest.approx(
+        FIT_RESOLUTION_TARGET * 5**0.25
+    )
 
 
 def test_a_simulated_study_re_splits_like_the_flower_study():
@@ -282,8 +322,13 @@ def test_a_simulated_study_re_splits_like_the_flower_study():
     rng = np.random.default_rng(11)
     sites = [_site(rng, 4000)[0] for _ in range(3)]
     rngs = [np.random.default_rng([11, i]) for i in range(3)]
-    study = run_dp_study(sites=sites, outcomes=OUTCOMES, covariates=COVS, rngs=rngs,
-                         privacy=PRIVACY.model_copy(update={"epsilon": 4.0}))
+    study = run_dp_study(
+        sites=sites,
+        outcomes=OUTCOMES,
+        covariates=COVS,
+        rngs=rngs,
+        privacy=PRIVACY.model_copy(update={"epsilon": 4.0}),
+    )
     assert study.plan.sigma("ps_fit") > plan.sigma("ps_fit")  # about 5k treated resolve easily
     assert study.plan.sigma("psm_main") < plan.sigma("psm_main")
     check = next(c for c in study.estimate.diagnostics if c.name == "dp_fit_resolution")

@@ -1,22 +1,27 @@
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from shared.errors import CovariateBoundsError, DataError
-from shared.features import FEATURES, FEATURE_NAMES, check_bounds, scale, unscale
+from shared.features import FEATURE_NAMES, FEATURES, check_bounds, scale, unscale
 
 
 def test_sixteen_features_with_public_bounds():
     assert len(FEATURES) == 16 and len(set(FEATURE_NAMES)) == 16
     assert all(f.hi > f.lo for f in FEATURES)
     assert {f.name for f in FEATURES if f.kind == "binary"} == {
-        "sex", "bp_treated", "diabetes", "smoker", "family_history"}
+        "sex",
+        "bp_treated",
+        "diabetes",
+        "smoker",
+        "family_history",
+    }
 
 
 def _rows_within_bounds(n):
     cols = [
-        st.integers(0, 1).map(float) if f.kind == "binary"
-        else st.floats(f.lo, f.hi, allow_nan=False)
+        st.integers(0, 1).map(float) if f.kind == "binary" else st.floats(f.lo, f.hi, allow_nan=False)
         for f in FEATURES
     ]
     return st.lists(st.tuples(*cols), min_size=1, max_size=n).map(np.array)

@@ -7,9 +7,18 @@ import pytest
 from sqlalchemy import select
 
 from node.ingest import ingest_file, pipeline
-from node.ingest.validate import (BAD_DATE, BAD_ID, DATE_ORDER, DUPLICATE_ID, DUPLICATE_RECORD,
-                                  MISSING, OUT_OF_BOUNDS, UNKNOWN_CHANNEL, UNKNOWN_CODE,
-                                  WRONG_TYPE)
+from node.ingest.validate import (
+    BAD_DATE,
+    BAD_ID,
+    DATE_ORDER,
+    DUPLICATE_ID,
+    DUPLICATE_RECORD,
+    MISSING,
+    OUT_OF_BOUNDS,
+    UNKNOWN_CHANNEL,
+    UNKNOWN_CODE,
+    WRONG_TYPE,
+)
 from node.pseudonym import Pseudonymizer
 from node.store import open_store
 from node.store.models import interventions, outcomes, persons
@@ -66,12 +75,12 @@ def _quarantined(store, ingest_id=None) -> dict[int, tuple[str, str]]:
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
 def test_mixed_persons_file_loads_every_good_row_and_quarantines_every_bad_one(
-        store_url, tmp_path, valid_person, pseudo, fmt):
+    store_url, tmp_path, valid_person, pseudo, fmt
+):
     rows, expected = _mixed_persons(valid_person)
     path = _write(rows, tmp_path / "persons", fmt)
     store = open_store(store_url)
-    s = ingest_file(store, path, kind="persons", pseudonymize=pseudo.many, site_id=SITE,
-                    chunk_rows=4)
+    s = ingest_file(store, path, kind="persons", pseudonymize=pseudo.many, site_id=SITE, chunk_rows=4)
 
     good_ids = [f"P-{i:03d}" for i in range(1, 10)]
     assert (s.rows, s.loaded, s.quarantined, s.already_present) == (len(rows), 9, len(expected), 0)
@@ -80,12 +89,25 @@ def test_mixed_persons_file_loads_every_good_row_and_quarantines_every_bad_one(
     assert sum(s.by_reason.values()) == s.quarantined
     assert s.by_reason[DUPLICATE_ID] == 2 and s.by_reason[OUT_OF_BOUNDS] == 3
     with store.engine.connect() as conn:
-        stored = conn.execute(select(persons.c.pseudonym, persons.c.age_band, persons.c.index_date,
-                                     persons.c.age, persons.c.sbp, persons.c.site)).all()
+        stored = conn.execute(
+            select(
+                persons.c.pseudonym,
+                persons.c.age_band,
+                persons.c.index_date,
+                persons.c.age,
+                persons.c.sbp,
+                persons.c.site,
+            )
+        ).all()
     assert sorted(r.pseudonym for r in stored) == sorted(pseudo.many(good_ids))
     edge = next(r for r in stored if r.pseudonym == pseudo("P-009"))
     assert (edge.age, edge.sbp, edge.age_band, edge.index_date, edge.site) == (
-        18.0, 220.0, "18-29", dt.date(2024, 1, 15), SITE)
+        18.0,
+        220.0,
+        "18-29",
+        dt.date(2024, 1, 15),
+        SITE,
+    )
     q = store.quarantine_frame()
     assert set(q["file"]) == {path.name}
     dup_row = q[q.row == len(rows)].iloc[0]
@@ -102,7 +124,10 @@ def test_reingesting_the_same_file_adds_nothing(store_url, tmp_path, valid_perso
     again = ingest_file(store, path, kind="persons", pseudonymize=pseudo.many, site_id=SITE)
     assert again.already_ingested and not first.already_ingested
     assert (again.loaded, again.quarantined, again.by_reason) == (
-        first.loaded, first.quarantined, first.by_reason)
+        first.loaded,
+        first.quarantined,
+        first.by_reason,
+    )
     assert store.counts() == before
 
 
@@ -111,8 +136,7 @@ def test_an_overlapping_new_file_loads_only_new_rows(store_url, tmp_path, valid_
     first = _write([valid_person(f"P-{i}") for i in range(5)], tmp_path / "a", "csv")
     ingest_file(store, first, kind="persons", pseudonymize=pseudo.many, site_id=SITE)
     second = _write([valid_person(f"P-{i}", age="70") for i in range(3, 8)], tmp_path / "b", "parquet")
-    s = ingest_file(store, second, kind="persons", pseudonymize=pseudo.many, site_id=SITE,
-                    chunk_rows=2)
+    s = ingest_file(store, second, kind="persons", pseudonymize=pseudo.many, site_id=SITE, chunk_rows=2)
     assert (s.rows, s.loaded, s.already_present, s.quarantined) == (5, 3, 2, 0)
     assert store.counts()["persons"] == 8
     with store.engine.connect() as conn:  # first write wins: P-3 keeps its original age
@@ -131,57 +155,93 @@ def test_column_mapping_lets_a_site_keep_its_own_names(store_url, tmp_path, vali
         ingest_file(store, path, kind="persons", pseudonymize=pseudo.many, site_id=SITE)
     assert e.value.field == "person_id"
     assert store.counts()["ingested_files"] == 0
-    s = ingest_file(store, path, kind="persons", pseudonymize=pseudo.many, site_id=SITE,
-                    mapping={"Versichertennummer": "person_id", "Alter": "age"})
+    s = ingest_file(
+        store,
+        path,
+        kind="persons",
+        pseudonymize=pseudo.many,
+        site_id=SITE,
+        mapping={"Versichertennummer": "person_id", "Alter": "age"},
+    )
     assert (s.loaded, s.quarantined) == (3, 0)
     with pytest.raises(DataError, match="not in the file: Nope"):
-        ingest_file(store, path, kind="persons", pseudonymize=pseudo.many, site_id=SITE,
-                    mapping={"Nope": "age"})
+        ingest_file(
+            store, path, kind="persons", pseudonymize=pseudo.many, site_id=SITE, mapping={"Nope": "age"}
+        )
 
 
 def test_intervention_file_reasons(store_url, tmp_path, pseudo):
-    ev = dict(person_id="P-1", code="bp_management", start="2024-03-01", end="2024-06-01",
-              channel="app")
-    rows = [ev, dict(ev, code="lipid_management", channel=""),  # channel defaults to in_person
-            dict(ev, code="homeopathy"), dict(ev, start="03/01/2024"), dict(ev, end="2024-01-01"),
-            dict(ev, channel="carrier_pigeon"), dict(ev), dict(ev, person_id="")]
+    ev = dict(person_id="P-1", code="bp_management", start="2024-03-01", end="2024-06-01", channel="app")
+    rows = [
+        ev,
+        dict(ev, code="lipid_management", channel=""),  # channel defaults to in_person
+        dict(ev, code="homeopathy"),
+        dict(ev, start="03/01/2024"),
+        dict(ev, end="2024-01-01"),
+        dict(ev, channel="carrier_pigeon"),
+        dict(ev),
+        dict(ev, person_id=""),
+    ]
     path = _write(rows, tmp_path / "events", "csv")
     store = open_store(store_url)
     s = ingest_file(store, path, kind="interventions", pseudonymize=pseudo.many, site_id=SITE)
-    assert _quarantined(store) == {3: ("code", UNKNOWN_CODE), 4: ("start", BAD_DATE),
-                                   5: ("end", DATE_ORDER), 6: ("channel", UNKNOWN_CHANNEL),
-                                   7: ("start", DUPLICATE_RECORD), 8: ("person_id", MISSING)}
+    assert _quarantined(store) == {
+        3: ("code", UNKNOWN_CODE),
+        4: ("start", BAD_DATE),
+        5: ("end", DATE_ORDER),
+        6: ("channel", UNKNOWN_CHANNEL),
+        7: ("start", DUPLICATE_RECORD),
+        8: ("person_id", MISSING),
+    }
     assert (s.loaded, s.quarantined) == (2, 6)
     with store.engine.connect() as conn:
-        got = conn.execute(select(interventions.c.code, interventions.c.channel,
-                                  interventions.c.end, interventions.c.source)
-                           .order_by(interventions.c.code)).all()
-    assert [tuple(r) for r in got] == [("bp_management", "app", dt.date(2024, 6, 1), "file"),
-                                       ("lipid_management", "in_person", dt.date(2024, 6, 1), "file")]
+        got = conn.execute(
+            select(
+                interventions.c.code, interventions.c.channel, interventions.c.end, interventions.c.source
+            ).order_by(interventions.c.code)
+        ).all()
+    assert [tuple(r) for r in got] == [
+        ("bp_management", "app", dt.date(2024, 6, 1), "file"),
+        ("lipid_management", "in_person", dt.date(2024, 6, 1), "file"),
+    ]
 
 
 def test_outcome_file_reasons(store_url, tmp_path, pseudo):
-    o = dict(person_id="P-1", period_start="2024-01-01", period_end="2024-12-31",
-             claims_cost="1234.5", cv_event="0", absence_days="3")
-    rows = [o, dict(o, person_id="P-2", absence_days="367"), dict(o, person_id="P-3", cv_event="2"),
-            dict(o, person_id="P-4", claims_cost="-1"), dict(o, person_id="P-5",
-                                                             period_end="2023-12-31"),
-            dict(o, claims_cost="99"), dict(o, person_id="P-6", period_start="2025-01-01",
-                                            period_end="2025-12-31", absence_days="366")]
+    o = dict(
+        person_id="P-1",
+        period_start="2024-01-01",
+        period_end="2024-12-31",
+        claims_cost="1234.5",
+        cv_event="0",
+        absence_days="3",
+    )
+    rows = [
+        o,
+        dict(o, person_id="P-2", absence_days="367"),
+        dict(o, person_id="P-3", cv_event="2"),
+        dict(o, person_id="P-4", claims_cost="-1"),
+        dict(o, person_id="P-5", period_end="2023-12-31"),
+        dict(o, claims_cost="99"),
+        dict(o, person_id="P-6", period_start="2025-01-01", period_end="2025-12-31", absence_days="366"),
+    ]
     path = _write(rows, tmp_path / "outcomes", "parquet")
     store = open_store(store_url)
     s = ingest_file(store, path, kind="outcomes", pseudonymize=pseudo.many, site_id=SITE)
-    assert _quarantined(store) == {2: ("absence_days", OUT_OF_BOUNDS), 3: ("cv_event", OUT_OF_BOUNDS),
-                                   4: ("claims_cost", OUT_OF_BOUNDS), 5: ("period_end", DATE_ORDER),
-                                   6: ("period_start", DUPLICATE_RECORD)}
+    assert _quarantined(store) == {
+        2: ("absence_days", OUT_OF_BOUNDS),
+        3: ("cv_event", OUT_OF_BOUNDS),
+        4: ("claims_cost", OUT_OF_BOUNDS),
+        5: ("period_end", DATE_ORDER),
+        6: ("period_start", DUPLICATE_RECORD),
+    }
     assert (s.loaded, s.quarantined) == (2, 5)
     with store.engine.connect() as conn:
-        assert conn.execute(select(outcomes.c.claims_cost).order_by(outcomes.c.claims_cost)
-                            ).scalars().all() == [1234.5, 1234.5]
+        assert conn.execute(
+            select(outcomes.c.claims_cost).order_by(outcomes.c.claims_cost)
+        ).scalars().all() == [1234.5, 1234.5]
 
 
-def test_flat_cohort_keeps_extra_numeric_columns_for_studies(store_url, tmp_path, valid_person,
-                                                             pseudo):
+def test_flat_cohort_keeps_extra_numeric_columns_for_studies(store_url, tmp_path, valid_person, pseudo):
     from shared.study import StudySpec
 
     rows = []
@@ -196,8 +256,12 @@ def test_flat_cohort_keeps_extra_numeric_columns_for_studies(store_url, tmp_path
     s = ingest_file(store, path, kind="cohort", pseudonymize=pseudo.many, site_id=SITE)
     assert _quarantined(store) == {5: ("claims_cost", WRONG_TYPE), 6: ("treated", WRONG_TYPE)}
     assert s.loaded == 4
-    spec = StudySpec.from_dict({"study": {"name": "t"}, "outcomes": [
-        {"name": "claims_cost", "cap": 1e5}, {"name": "absence_days", "cap": 366}]})
+    spec = StudySpec.from_dict(
+        {
+            "study": {"name": "t"},
+            "outcomes": [{"name": "claims_cost", "cap": 1e5}, {"name": "absence_days", "cap": 366}],
+        }
+    )
     frame = store.cohort_frame(spec)
     assert len(frame) == 4 and "person_id" not in frame and "pseudonym" not in frame
     assert sorted(frame["age"]) == [40.0, 41.0, 42.0, 43.0]
@@ -206,10 +270,11 @@ def test_flat_cohort_keeps_extra_numeric_columns_for_studies(store_url, tmp_path
     assert by_age.loc[42.0, "absence_days"] == 2.0 and by_age.loc[42.0, "treated"] == 0.0
 
 
-def test_interrupted_ingest_resumes_without_losing_or_repeating_rows(store_url, tmp_path,
-                                                                     valid_person, pseudo):
+def test_interrupted_ingest_resumes_without_losing_or_repeating_rows(
+    store_url, tmp_path, valid_person, pseudo
+):
     rows = [valid_person(f"P-{i}") for i in range(10)]
-    rows[2]["age"] = "x"       # quarantined in the first chunk
+    rows[2]["age"] = "x"  # quarantined in the first chunk
     rows[8]["person_id"] = "P-1"  # duplicate in the third chunk
     path = _write(rows, tmp_path / "persons", "csv")
     store = open_store(store_url)
@@ -224,16 +289,18 @@ def test_interrupted_ingest_resumes_without_losing_or_repeating_rows(store_url, 
     with pytest.raises(KeyboardInterrupt):
         ingest_file(store, path, kind="persons", pseudonymize=crashing, site_id=SITE, chunk_rows=3)
     assert store.counts()["persons"] == 5  # two chunks committed: 6 rows, one quarantined
-    s = ingest_file(store, path, kind="persons", pseudonymize=pseudo.many, site_id=SITE,
-                    chunk_rows=4)  # a different chunking still resumes at row 7
+    s = ingest_file(
+        store, path, kind="persons", pseudonymize=pseudo.many, site_id=SITE, chunk_rows=4
+    )  # a different chunking still resumes at row 7
     assert not s.already_ingested
     assert (s.rows, s.loaded, s.quarantined, s.already_present) == (10, 8, 2, 0)
     assert _quarantined(store) == {3: ("age", WRONG_TYPE), 9: ("person_id", DUPLICATE_ID)}
     assert store.counts()["persons"] == 8
 
 
-def test_a_failed_chunk_write_raises_and_keeps_earlier_chunks(store_url, tmp_path, valid_person,
-                                                              pseudo, monkeypatch):
+def test_a_failed_chunk_write_raises_and_keeps_earlier_chunks(
+    store_url, tmp_path, valid_person, pseudo, monkeypatch
+):
     path = _write([valid_person(f"P-{i}") for i in range(9)], tmp_path / "persons", "csv")
     store = open_store(store_url)
     real, calls = pipeline.insert_ignore, {"n": 0}
@@ -246,8 +313,7 @@ def test_a_failed_chunk_write_raises_and_keeps_earlier_chunks(store_url, tmp_pat
 
     monkeypatch.setattr(pipeline, "insert_ignore", failing)
     with pytest.raises(RuntimeError, match="disk full"):  # raised, not waited on forever
-        ingest_file(store, path, kind="persons", pseudonymize=pseudo.many, site_id=SITE,
-                    chunk_rows=3)
+        ingest_file(store, path, kind="persons", pseudonymize=pseudo.many, site_id=SITE, chunk_rows=3)
     assert store.counts()["persons"] == 3  # the first chunk only: the second rolled back
     monkeypatch.setattr(pipeline, "insert_ignore", real)
     s = ingest_file(store, path, kind="persons", pseudonymize=pseudo.many, site_id=SITE)
@@ -260,8 +326,7 @@ def test_blank_lines_are_quarantined_not_skipped(store_url, tmp_path, valid_pers
     with open(path, "a") as fh:
         fh.write("\n")
     pd.DataFrame([valid_person("P-2")]).to_csv(path, mode="a", header=False, index=False)
-    s = ingest_file(open_store(store_url), path, kind="persons", pseudonymize=pseudo.many,
-                    site_id=SITE)
+    s = ingest_file(open_store(store_url), path, kind="persons", pseudonymize=pseudo.many, site_id=SITE)
     assert (s.rows, s.loaded, s.quarantined, s.by_reason) == (3, 2, 1, {MISSING: 1})
 
 
@@ -273,8 +338,7 @@ def test_unknown_kind_and_file_type_are_errors(tmp_path, pseudo):
     with pytest.raises(DataError, match="unknown file type"):
         ingest_file(store, tmp_path / "x.json", kind="persons", pseudonymize=pseudo.many, site_id=SITE)
     with pytest.raises(DataError, match="not found"):
-        ingest_file(store, tmp_path / "nope.csv", kind="persons", pseudonymize=pseudo.many,
-                    site_id=SITE)
+        ingest_file(store, tmp_path / "nope.csv", kind="persons", pseudonymize=pseudo.many, site_id=SITE)
 
 
 def test_store_column_names_are_reserved(tmp_path, valid_person, pseudo):
@@ -293,7 +357,6 @@ def test_malformed_csv_names_the_line_and_keeps_committed_chunks(tmp_path, valid
         fh.write("P-9,too,many,fields" + ",x" * 30 + "\n")
     store = open_store(f"sqlite:///{tmp_path / 'n.db'}")
     with pytest.raises(DataError, match="malformed CSV.*line 8") as e:
-        ingest_file(store, path, kind="persons", pseudonymize=pseudo.many, site_id=SITE,
-                    chunk_rows=3)
+        ingest_file(store, path, kind="persons", pseudonymize=pseudo.many, site_id=SITE, chunk_rows=3)
     assert "P-9" not in str(e.value)
     assert store.counts()["persons"] == 6  # the two complete chunks before the bad line

@@ -23,13 +23,26 @@ def test_ingest_json_summary_adds_up(node_dir, valid_person):
     df = pd.DataFrame(rows).rename(columns={"person_id": "staff_no", "bmi": "BMI"})
     path = node_dir / "staff.parquet"
     df.to_parquet(path, index=False)
-    res = CliRunner().invoke(app, ["ingest", str(path), "--kind", "persons", "--config",
-                                   str(node_dir / "node.toml"), "--map", "staff_no=person_id",
-                                   "--map", "BMI=bmi", "--format", "json"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "ingest",
+            str(path),
+            "--kind",
+            "persons",
+            "--config",
+            str(node_dir / "node.toml"),
+            "--map",
+            "staff_no=person_id",
+            "--map",
+            "BMI=bmi",
+            "--format",
+            "json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     s = json.loads(res.output)
-    assert (s["rows"], s["loaded"], s["quarantined"], s["by_reason"]) == (
-        6, 5, 1, {"out of bounds": 1})
+    assert (s["rows"], s["loaded"], s["quarantined"], s["by_reason"]) == (6, 5, 1, {"out of bounds": 1})
     assert s["rows"] == s["loaded"] + s["quarantined"] + s["already_present"]
 
 
@@ -52,10 +65,27 @@ def test_parse_mapping():
 
 
 def test_intervention_add_json(node_dir):
-    res = CliRunner().invoke(app, ["intervention", "add", "-c", str(node_dir / "node.toml"),
-                                   "--person-id", "E-1", "--code", "digital_prevention",
-                                   "--start", "2024-01-10", "--end", "2024-03-10",
-                                   "--channel", "app", "--format", "json"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "intervention",
+            "add",
+            "-c",
+            str(node_dir / "node.toml"),
+            "--person-id",
+            "E-1",
+            "--code",
+            "digital_prevention",
+            "--start",
+            "2024-01-10",
+            "--end",
+            "2024-03-10",
+            "--channel",
+            "app",
+            "--format",
+            "json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     rec = json.loads(res.output)
     assert rec["code"] == "digital_prevention" and rec["end"] == "2024-03-10"

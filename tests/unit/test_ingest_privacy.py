@@ -22,18 +22,27 @@ def _raw(i: int) -> str:
 
 def _node(tmp_path: Path, store_url: str) -> Path:
     cfg = tmp_path / "node.toml"
-    cfg.write_text(default_config_text(site_id="insurer_a").replace(
-        'store_url = "sqlite:///node.db"', f'store_url = "{store_url}"'))
+    cfg.write_text(
+        default_config_text(site_id="insurer_a").replace(
+            'store_url = "sqlite:///node.db"', f'store_url = "{store_url}"'
+        )
+    )
     return cfg
 
 
 def _files(tmp_path: Path, valid_person) -> dict[str, Path]:
     persons = [valid_person(_raw(i)) for i in range(20)]
-    persons += [valid_person(_raw(100), age="abc"), valid_person(_raw(3)),  # bad type, duplicate
-                valid_person(_raw(101) + "X" * 130), valid_person(_raw(102), index_date="x")]
+    persons += [
+        valid_person(_raw(100), age="abc"),
+        valid_person(_raw(3)),  # bad type, duplicate
+        valid_person(_raw(101) + "X" * 130),
+        valid_person(_raw(102), index_date="x"),
+    ]
     events = [dict(person_id=_raw(i), code="bp_management", start="2024-03-01") for i in range(5)]
-    events += [dict(person_id=_raw(200), code="reiki", start="2024-03-01"),
-               dict(person_id=_raw(1), code="bp_management", start="2024-03-01")]
+    events += [
+        dict(person_id=_raw(200), code="reiki", start="2024-03-01"),
+        dict(person_id=_raw(1), code="bp_management", start="2024-03-01"),
+    ]
     out = {}
     for name, rows in (("persons", persons), ("interventions", events)):
         out[name] = tmp_path / f"{name}.csv"
@@ -71,14 +80,57 @@ def test_raw_ids_never_appear_in_store_logs_or_output(store_url, tmp_path, valid
         run("ingest", "--config", str(cfg), "--kind", "persons", str(files["persons"]), "--format", fmt)
     run("ingest", "-c", str(cfg), "-k", "persons", str(files["persons_b"]))
     run("ingest", "-c", str(cfg), "-k", "interventions", str(files["interventions"]))
-    run("intervention", "add", "-c", str(cfg), "--person-id", _raw(7), "--code",
-        "lipid_management", "--start", "2024-04-01")
-    run("intervention", "add", "-c", str(cfg), "--person-id", _raw(7), "--code",
-        "lipid_management", "--start", "2024-04-01", ok=False)  # duplicate
-    run("intervention", "add", "-c", str(cfg), "--person-id", _raw(8), "--code", "reiki",
-        "--start", "2024-04-01", ok=False)
-    run("intervention", "add", "-c", str(cfg), "--person-id", _raw(8) * 20, "--code",
-        "bp_management", "--start", "2024-13-01", ok=False)
+    run(
+        "intervention",
+        "add",
+        "-c",
+        str(cfg),
+        "--person-id",
+        _raw(7),
+        "--code",
+        "lipid_management",
+        "--start",
+        "2024-04-01",
+    )
+    run(
+        "intervention",
+        "add",
+        "-c",
+        str(cfg),
+        "--person-id",
+        _raw(7),
+        "--code",
+        "lipid_management",
+        "--start",
+        "2024-04-01",
+        ok=False,
+    )  # duplicate
+    run(
+        "intervention",
+        "add",
+        "-c",
+        str(cfg),
+        "--person-id",
+        _raw(8),
+        "--code",
+        "reiki",
+        "--start",
+        "2024-04-01",
+        ok=False,
+    )
+    run(
+        "intervention",
+        "add",
+        "-c",
+        str(cfg),
+        "--person-id",
+        _raw(8) * 20,
+        "--code",
+        "bp_management",
+        "--start",
+        "2024-13-01",
+        ok=False,
+    )
 
     store = open_store(NodeConfig.from_toml(cfg).store_url)
     counts = store.counts()

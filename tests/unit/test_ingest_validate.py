@@ -2,7 +2,8 @@
 
 import numpy as np
 import pandas as pd
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from node.ingest.schema import SPECS
@@ -16,17 +17,18 @@ PSEUDO = Pseudonymizer(key=bytes(32), site_id="s")
 
 def _value(f):
     span = f.hi - f.lo
-    choices = [f.lo, f.hi, (f.lo + f.hi) / 2, f.lo - span * 1e-6, f.hi + span * 1e-6,
-               np.nan, np.inf, -np.inf]
+    choices = [f.lo, f.hi, (f.lo + f.hi) / 2, f.lo - span * 1e-6, f.hi + span * 1e-6, np.nan, np.inf, -np.inf]
     if f.kind == "binary":
         choices += [0.5, 2.0]
     return st.sampled_from(choices)
 
 
-_row = st.fixed_dictionaries({
-    "index_date": st.sampled_from(["2024-01-15", "1999-12-31", "2024-02-30", "15/01/2024", ""]),
-    **{f.name: _value(f) for f in FEATURES},
-})
+_row = st.fixed_dictionaries(
+    {
+        "index_date": st.sampled_from(["2024-01-15", "1999-12-31", "2024-02-30", "15/01/2024", ""]),
+        **{f.name: _value(f) for f in FEATURES},
+    }
+)
 
 
 def _pydantic_errors(row: dict, i: int) -> set[str] | None:
@@ -43,8 +45,7 @@ def _pydantic_errors(row: dict, i: int) -> set[str] | None:
 def test_validator_accepts_exactly_the_rows_pydantic_accepts(rows):
     df = pd.DataFrame(rows)
     df.insert(0, "person_id", [f"id-{i}" for i in range(len(rows))])
-    res = validate_chunk(df, SPECS["persons"], first_row=1, site_id="s",
-                         pseudonymize=PSEUDO.many)
+    res = validate_chunk(df, SPECS["persons"], first_row=1, site_id="s", pseudonymize=PSEUDO.many)
     bad = dict(zip(res.problems["row"], res.problems["field"]))
     for i, row in enumerate(rows):
         errors = _pydantic_errors(row, i)

@@ -30,14 +30,59 @@ PACKAGES = ("shared", "node", "coordinator", "protos")
 EXCLUDED: set[str] = set()
 
 #: Top-level distributions that must not be loaded by importing ``shared``.
-FORBIDDEN_IN_SHARED = ("flwr", "torch", "opacus", "typer", "rich", "click", "fastapi", "starlette",
-                       "uvicorn", "sqlalchemy", "psycopg2", "grpc", "httpx", "matplotlib", "jinja2",
-                       "fpdf", "psutil")
+FORBIDDEN_IN_SHARED = (
+    "flwr",
+    "torch",
+    "opacus",
+    "typer",
+    "rich",
+    "click",
+    "fastapi",
+    "starlette",
+    "uvicorn",
+    "sqlalchemy",
+    "psycopg2",
+    "grpc",
+    "httpx",
+    "matplotlib",
+    "jinja2",
+    "fpdf",
+    "psutil",
+)
 #: Calls that touch files (as ``f(...)`` or ``x.f(...)``).
-IO_CALLS = {"open", "read_text", "write_text", "read_bytes", "write_bytes", "to_csv", "to_parquet",
-            "to_json", "read_csv", "read_parquet", "read_json", "read_table", "mkdir", "makedirs",
-            "unlink", "rmdir", "rmtree", "touch", "chmod", "iterdir", "glob", "rglob", "exists",
-            "is_file", "is_dir", "stat", "savez", "save", "load", "loadtxt", "savetxt"}
+IO_CALLS = {
+    "open",
+    "read_text",
+    "write_text",
+    "read_bytes",
+    "write_bytes",
+    "to_csv",
+    "to_parquet",
+    "to_json",
+    "read_csv",
+    "read_parquet",
+    "read_json",
+    "read_table",
+    "mkdir",
+    "makedirs",
+    "unlink",
+    "rmdir",
+    "rmtree",
+    "touch",
+    "chmod",
+    "iterdir",
+    "glob",
+    "rglob",
+    "exists",
+    "is_file",
+    "is_dir",
+    "stat",
+    "savez",
+    "save",
+    "load",
+    "loadtxt",
+    "savetxt",
+}
 #: Stdlib modules whose only purpose is I/O or processes.
 IO_MODULES = {"subprocess", "shutil", "tempfile", "socket", "sqlite3", "glob"}
 
@@ -98,8 +143,7 @@ def test_importing_all_of_shared_loads_no_framework():
         "    importlib.import_module(m)\n"
         "print(json.dumps(sorted({k.split('.')[0] for k in sys.modules})))\n"
     )
-    cp = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                        cwd=ROOT)
+    cp = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert cp.returncode == 0, cp.stderr
     loaded = set(json.loads(cp.stdout.strip().splitlines()[-1]))
     assert len(mods) > 40  # the walk found shared/ (not an empty folder)
@@ -152,8 +196,9 @@ def test_the_root_cli_imports_only_shared():
 
 
 def _graph() -> dict[str, set[str]]:
-    return {name: {m for m, _ in _imports(name, path) if m in ALL and m != name}
-            for name, path in ALL.items()}
+    return {
+        name: {m for m, _ in _imports(name, path) if m in ALL and m != name} for name, path in ALL.items()
+    }
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -198,11 +243,14 @@ def test_no_import_cycles():
     assert not cycles, "import cycles:\n" + "\n".join(" <-> ".join(c) for c in cycles)
 
 
-@pytest.mark.parametrize("graph, expected", [
-    ({"a": {"b"}, "b": {"a"}, "c": set()}, [["a", "b"]]),
-    ({"a": {"b"}, "b": {"c"}, "c": set()}, []),
-    ({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}, [["a", "b", "c"]]),
-])
+@pytest.mark.parametrize(
+    "graph, expected",
+    [
+        ({"a": {"b"}, "b": {"a"}, "c": set()}, [["a", "b"]]),
+        ({"a": {"b"}, "b": {"c"}, "c": set()}, []),
+        ({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}, [["a", "b", "c"]]),
+    ],
+)
 def test_the_cycle_finder_finds_cycles(graph, expected):
     assert _cycles(graph) == expected
 
@@ -210,7 +258,9 @@ def test_the_cycle_finder_finds_cycles(graph, expected):
 def test_the_scans_see_a_breach(tmp_path):
     """The AST readers catch what they are meant to: a lazy import, a relative import, a call."""
     src = tmp_path / "m.py"
-    src.write_text("def f():\n    from coordinator.files import load_spec\n"
-                   "    from . import sibling\n    return open('x').read()\n")
+    src.write_text(
+        "def f():\n    from coordinator.files import load_spec\n"
+        "    from . import sibling\n    return open('x').read()\n"
+    )
     assert ("coordinator.files", 2) in _imports("shared.pkg.m", src)
     assert ("shared.pkg", 3) in _imports("shared.pkg.m", src)

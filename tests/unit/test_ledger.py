@@ -37,8 +37,10 @@ def test_charge_is_recorded_and_spent_is_the_accountant_over_history(ledger):
     c1 = ledger.charge(study_id="study-a", query="describe", sigma=40.0, sensitivity=1.0)
     c2 = ledger.charge(study_id="study-a", query="psm_main", sigma=60.0, sensitivity=2.0)
     hist = ledger.history()
-    assert [(h.study_id, h.query, h.sigma, h.sensitivity) for h in hist] == \
-        [("study-a", "describe", 40.0, 1.0), ("study-a", "psm_main", 60.0, 2.0)]
+    assert [(h.study_id, h.query, h.sigma, h.sensitivity) for h in hist] == [
+        ("study-a", "describe", 40.0, 1.0),
+        ("study-a", "psm_main", 60.0, 2.0),
+    ]
     assert hist[1].noise_multiplier == 30.0
     expected = epsilon_spent(noise_multipliers=[40.0, 30.0], delta=1e-6)
     assert ledger.spent() == pytest.approx(expected)
@@ -68,42 +70,59 @@ def test_budget_composes_across_studies_and_a_whole_plan_fits_exactly(ledger):
     dataset is refused at its first release."""
     plan = plan_study(epsilon=1.0, delta=1e-6, split=BudgetSplit(), n_covariates=16, n_outcomes=3)
     for r in plan.releases:
-        ledger.charge(study_id="study-1", query=r.query, sigma=r.sigma,
-                      sensitivity=r.sensitivity)
+        ledger.charge(study_id="study-1", query=r.query, sigma=r.sigma, sensitivity=r.sensitivity)
     assert ledger.spent() == pytest.approx(plan.epsilon_planned) and ledger.spent() <= 1.0
     first = plan.releases[0]
     with pytest.raises(BudgetExceededError):
-        ledger.charge(study_id="study-2", query=first.query, sigma=first.sigma,
-                      sensitivity=first.sensitivity)
+        ledger.charge(study_id="study-2", query=first.query, sigma=first.sigma, sensitivity=first.sensitivity)
     # no name opens another budget: the population has one
     with pytest.raises(PrivacyError, match="one budget"):
         ledger.ensure_budget(dataset="other", epsilon=1.0, delta=1e-6)
     with pytest.raises(PrivacyError, match="one budget"):
-        ledger.charge(dataset="other", study_id="study-2", query=first.query, sigma=first.sigma,
-                      sensitivity=first.sensitivity)
+        ledger.charge(
+            dataset="other",
+            study_id="study-2",
+            query=first.query,
+            sigma=first.sigma,
+            sensitivity=first.sensitivity,
+        )
     assert set(ledger.state_dict()["datasets"]) == {POPULATION}
 
 
 def test_no_budget_or_bad_noise_is_refused(ledger, tmp_path):
     with pytest.raises(PrivacyError, match="no privacy budget"):
         PrivacyLedger(f"sqlite:///{tmp_path / 'empty.db'}").charge(
-            study_id="s", query="describe", sigma=1.0, sensitivity=1.0)
+            study_id="s", query="describe", sigma=1.0, sensitivity=1.0
+        )
     with pytest.raises(PrivacyError, match="positive"):
         ledger.charge(study_id="s", query="describe", sigma=0.0, sensitivity=1.0)
 
 
 def test_charged_release_charges_first_and_withholds_unnamed_arrays(ledger):
     arrays = {"count": np.array([500.0, 100.0]), "sum_z": np.ones((2, 3)), "sum_zz": np.ones((2, 3, 3))}
-    out, charge = charged_release(ledger=ledger, study_id="s", query="describe",
-                                  arrays=arrays, sigma=30.0, sensitivity=1.0,
-                                  rng=np.random.default_rng(0))
+    out, charge = charged_release(
+        ledger=ledger,
+        study_id="s",
+        query="describe",
+        arrays=arrays,
+        sigma=30.0,
+        sensitivity=1.0,
+        rng=np.random.default_rng(0),
+    )
     assert set(out) == {"count"}  # the covariate moments never leave under DP
     assert not np.allclose(out["count"], arrays["count"])
     assert ledger.history()[-1].id == charge.id
     # refused: nothing is released and nothing recorded
     with pytest.raises(BudgetExceededError):
-        charged_release(ledger=ledger, study_id="s", query="describe",
-                        arrays=arrays, sigma=0.5, sensitivity=1.0, rng=np.random.default_rng(0))
+        charged_release(
+            ledger=ledger,
+            study_id="s",
+            query="describe",
+            arrays=arrays,
+            sigma=0.5,
+            sensitivity=1.0,
+            rng=np.random.default_rng(0),
+        )
     assert len(ledger.history()) == 1
 
 
@@ -141,9 +160,15 @@ _CHILD = textwrap.dedent("""
 
 def _child(*args: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-c", _CHILD, *args], cwd=ROOT, env=env,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", _CHILD, *args],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_process_killed_between_charge_and_send_never_under_counts(ledger, store_url):
@@ -154,7 +179,8 @@ def test_process_killed_between_charge_and_send_never_under_counts(ledger, store
     hist = PrivacyLedger(store_url).history()
     assert [(h.study_id, h.query, h.status) for h in hist] == [("crash-study", "psm_main", "charged")]
     assert PrivacyLedger(store_url).spent() == pytest.approx(
-        epsilon_spent(noise_multipliers=[12.0 / 3 ** 0.5], delta=1e-6))
+        epsilon_spent(noise_multipliers=[12.0 / 3**0.5], delta=1e-6)
+    )
 
 
 def test_two_concurrent_processes_cannot_overspend(ledger, store_url):
@@ -169,8 +195,7 @@ def test_two_concurrent_processes_cannot_overspend(ledger, store_url):
     def charge_until_refused() -> None:
         while True:
             try:
-                here.append(led.charge(study_id="study-y", query="psm_main",
-                                       sigma=20.0, sensitivity=1.0).id)
+                here.append(led.charge(study_id="study-y", query="psm_main", sigma=20.0, sensitivity=1.0).id)
             except BudgetExceededError:
                 return
 
@@ -201,8 +226,9 @@ def test_dp_sgd_runs_compose_with_gaussian_releases_by_the_accountant(ledger):
 
     ledger.ensure_budget(epsilon=50.0, delta=1e-5)  # the config raised the budget
     ledger.charge(study_id="s" * 12, query="describe", sigma=3.0, sensitivity=1.5)
-    c = ledger.charge_sgd(study_id="j" * 12, query="risk_train",
-                          noise_multiplier=1.1, sample_rate=0.05, steps=40)
+    c = ledger.charge_sgd(
+        study_id="j" * 12, query="risk_train", noise_multiplier=1.1, sample_rate=0.05, steps=40
+    )
     acc = RDPAccountant()
     acc.history = [(2.0, 1.0, 1), (1.1, 0.05, 40)]
     expected = acc.get_epsilon(delta=1e-5, alphas=list(ORDERS))
@@ -217,8 +243,9 @@ def test_dp_sgd_charge_rejects_impossible_runs(ledger, q, steps):
     from shared.errors import PrivacyError
 
     with pytest.raises(PrivacyError):
-        ledger.charge_sgd(study_id="j" * 12, query="risk_train",
-                          noise_multiplier=1.0, sample_rate=q, steps=steps)
+        ledger.charge_sgd(
+            study_id="j" * 12, query="risk_train", noise_multiplier=1.0, sample_rate=q, steps=steps
+        )
 
 
 def test_a_ledger_of_named_budgets_is_folded_into_the_population(tmp_path):
@@ -235,13 +262,30 @@ def test_a_ledger_of_named_budgets_is_folded_into_the_population(tmp_path):
     engine = create_engine(url)
     metadata.create_all(engine)
     with engine.begin() as conn:
-        conn.execute(insert(budgets), [{"dataset": "insurer_a", "epsilon": 10.0, "delta": 1e-5},
-                                       {"dataset": "scoring-book", "epsilon": 8.0, "delta": 1e-6}])
+        conn.execute(
+            insert(budgets),
+            [
+                {"dataset": "insurer_a", "epsilon": 10.0, "delta": 1e-5},
+                {"dataset": "scoring-book", "epsilon": 8.0, "delta": 1e-6},
+            ],
+        )
         for ds, mu in (("insurer_a", 5.0), ("scoring-book", 2.0), ("insurer_a", 7.0)):
-            conn.execute(insert(releases).values(
-                dataset=ds, study_id="old", query="describe", sigma=mu, sensitivity=1.0,
-                noise_multiplier=mu, sample_rate=1.0, steps=1, epsilon=0.0, epsilon_after=0.0,
-                created_at=datetime.now(timezone.utc), status="sent"))
+            conn.execute(
+                insert(releases).values(
+                    dataset=ds,
+                    study_id="old",
+                    query="describe",
+                    sigma=mu,
+                    sensitivity=1.0,
+                    noise_multiplier=mu,
+                    sample_rate=1.0,
+                    steps=1,
+                    epsilon=0.0,
+                    epsilon_after=0.0,
+                    created_at=datetime.now(timezone.utc),
+                    status="sent",
+                )
+            )
     engine.dispose()
     led = PrivacyLedger(url)
     assert led.datasets() == [POPULATION]
@@ -258,16 +302,18 @@ def test_release_once_charges_once_and_serves_the_stored_answer_again(ledger):
         drawn.append(len(drawn))
         return json.dumps({"noisy": 41 + len(drawn)})
 
-    body, charge = ledger.release_once(key="view-a", study_id="group-view", query="group_view:x",
-                                       sigma=30.0, sensitivity=1.0, make=make)
+    body, charge = ledger.release_once(
+        key="view-a", study_id="group-view", query="group_view:x", sigma=30.0, sensitivity=1.0, make=make
+    )
     assert charge is not None and json.loads(body) == {"noisy": 42}
     again, none = PrivacyLedger(ledger.url).release_once(  # a restarted server
-        key="view-a", study_id="group-view", query="group_view:x", sigma=30.0, sensitivity=1.0,
-        make=make)
+        key="view-a", study_id="group-view", query="group_view:x", sigma=30.0, sensitivity=1.0, make=make
+    )
     assert (again, none, len(drawn)) == (body, None, 1)
     assert [h.id for h in ledger.history()] == [charge.id]
     # over budget: refused before anything is drawn, nothing stored
     with pytest.raises(BudgetExceededError):
-        ledger.release_once(key="view-b", study_id="group-view", query="group_view:y",
-                            sigma=0.5, sensitivity=1.0, make=make)
+        ledger.release_once(
+            key="view-b", study_id="group-view", query="group_view:y", sigma=0.5, sensitivity=1.0, make=make
+        )
     assert len(drawn) == 1 and len(ledger.history()) == 1

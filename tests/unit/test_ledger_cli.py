@@ -18,8 +18,9 @@ def charged(tmp_path) -> str:
     led.ensure_budget(epsilon=2.0, delta=1e-6)
     led.charge(study_id="study-0123456789", query="describe", sigma=20.0, sensitivity=1.0)
     led.charge(study_id="study-0123456789", query="psm_main", sigma=14.0, sensitivity=2.6)
-    led.charge_sgd(study_id="risk-job-0001", query="risk_train", noise_multiplier=30.0,
-                   sample_rate=0.01, steps=100)
+    led.charge_sgd(
+        study_id="risk-job-0001", query="risk_train", noise_multiplier=30.0, sample_rate=0.01, steps=100
+    )
     led.charge(study_id="group-view", query="group_view:department", sigma=40.0, sensitivity=1.0)
     return url
 
@@ -33,8 +34,12 @@ def test_budget_json_shows_spent_left_and_releases_by_kind(charged):
     b = data["budget"]
     assert b["epsilon"] == 2.0 and b["releases"] == 4
     assert b["spent"] == pytest.approx(spent) and b["left"] == pytest.approx(2.0 - spent)
-    assert [h["query"] for h in data["history"]] == ["describe", "psm_main", "risk_train",
-                                                     "group_view:department"]
+    assert [h["query"] for h in data["history"]] == [
+        "describe",
+        "psm_main",
+        "risk_train",
+        "group_view:department",
+    ]
     kinds = data["by_kind"]
     (study,) = kinds["study"]
     assert study["id"] == "study-0123456789" and study["releases"] == 2
@@ -51,11 +56,9 @@ def test_budget_json_shows_spent_left_and_releases_by_kind(charged):
 
 def test_budget_table_from_node_config(charged, tmp_path):
     (tmp_path / "node.toml").write_text('site_id = "a"\nledger_url = "sqlite:///ledger.db"\n')
-    res = CliRunner().invoke(app, ["budget", "--config", str(tmp_path / "node.toml")],
-                             env={"COLUMNS": "160"})
+    res = CliRunner().invoke(app, ["budget", "--config", str(tmp_path / "node.toml")], env={"COLUMNS": "160"})
     assert res.exit_code == 0, res.output
-    for text in ("study queries", "risk training", "group views", "risk-job-0001", "psm_main",
-                 "department"):
+    for text in ("study queries", "risk training", "group views", "risk-job-0001", "psm_main", "department"):
         assert text in res.output
     assert f"{PrivacyLedger(charged).spent():.3f}" in res.output
 

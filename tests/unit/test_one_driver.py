@@ -6,17 +6,17 @@ noise scales whatever the noise."""
 
 import numpy as np
 import pytest
+from flower_inprocess import signed_federation
+from test_psm_federated import assert_estimates_equal
 
 from coordinator.files import load_spec
-from flower_inprocess import signed_federation
+from coordinator.synth import write_federation
 from node.study_service import load_site_arrays
 from shared.dp.study_sim import run_dp_study
 from shared.driver import run_study
 from shared.inprocess_sites import InProcessSites
 from shared.protocol import Describe, StudyQuery
 from shared.synth import generate_federation
-from coordinator.synth import write_federation
-from test_psm_federated import assert_estimates_equal
 
 
 @pytest.fixture(scope="module")
@@ -52,12 +52,14 @@ def test_exact_study_is_the_same_through_flower_and_in_process_sites(written, tm
     assert_estimates_equal(flower.estimate, local.estimate)
     # the threshold is the nodes' policy, and it matters: keeping every cell changes the answer
     every_cell = run_study(spec, InProcessSites(_arrays(spec), min_cell=1))
-    assert not np.allclose([o.att for o in every_cell.estimate.outcomes],
-                           [o.att for o in flower.estimate.outcomes], rtol=1e-9)
+    assert not np.allclose(
+        [o.att for o in every_cell.estimate.outcomes], [o.att for o in flower.estimate.outcomes], rtol=1e-9
+    )
 
 
 def test_dp_study_is_the_same_through_flower_and_the_simulation_given_the_same_noise(
-        written, tmp_path, monkeypatch):
+    written, tmp_path, monkeypatch
+):
     """Every node draws its noise from a fresh generator per message; seeded alike on both
     sides, the Flower DP study and the in-process one agree to 1e-9 — the node's release code,
     plan, re-split and the coordinator's DP estimate are the same code."""
@@ -73,8 +75,7 @@ def test_dp_study_is_the_same_through_flower_and_the_simulation_given_the_same_n
     assert other.estimate.outcome("claims_cost").att != flower.estimate.outcome("claims_cost").att
 
 
-def test_the_dp_simulation_and_the_flower_study_use_the_same_noise_scales(written, tmp_path,
-                                                                         monkeypatch):
+def test_the_dp_simulation_and_the_flower_study_use_the_same_noise_scales(written, tmp_path, monkeypatch):
     """The benchmark's entry point (:func:`run_dp_study`) on the same spec and data: its
     plan before and after describe — every σ the nodes add — is the Flower study's, and each
     Flower node charged its ledger for exactly those σ."""
@@ -82,9 +83,13 @@ def test_the_dp_simulation_and_the_flower_study_use_the_same_noise_scales(writte
     monkeypatch.setattr("shared.dp.mechanisms.secure_rng", lambda: np.random.default_rng(3))
     flower = _flower(spec, tmp_path)
     arrays = _arrays(spec)
-    sim = run_dp_study(sites=list(arrays.values()), outcomes=spec.outcomes,
-                       covariates=[c.name for c in spec.covariates], privacy=spec.privacy,
-                       rngs=[np.random.default_rng(3) for _ in arrays])  # same describe noise
+    sim = run_dp_study(
+        sites=list(arrays.values()),
+        outcomes=spec.outcomes,
+        covariates=[c.name for c in spec.covariates],
+        privacy=spec.privacy,
+        rngs=[np.random.default_rng(3) for _ in arrays],
+    )  # same describe noise
     assert flower.resplit is not None  # at ε = 16 these sites resolve the fit: it re-splits
     assert sim.plan == flower.plan
     from node.runtime import NodeRuntime
@@ -98,7 +103,8 @@ def test_the_dp_simulation_and_the_flower_study_use_the_same_noise_scales(writte
 
 
 def test_secure_aggregation_study_is_the_same_through_flower_secagg_and_in_process_sums(
-        written, tmp_path, monkeypatch):
+    written, tmp_path, monkeypatch
+):
     """Over SecAgg+ each node adds its 1/√K share of the noise and only the masked sum is seen;
     the in-process sites' secure sum is that sum without masks. Seeded alike, the two agree up
     to SecAgg+'s fixed-point rounding: each summed entry is off by at most K steps of
@@ -108,8 +114,7 @@ def test_secure_aggregation_study_is_the_same_through_flower_secagg_and_in_proce
     the strata); other noise moves it by far more."""
     spec = _spec(written, enabled=True, epsilon=4.0, unresolved_fit="warn", secure_aggregation=True)
     monkeypatch.setattr("shared.dp.mechanisms.secure_rng", lambda: np.random.default_rng(11))
-    fed, grant = signed_federation(spec, tmp_path, extra={"budget-epsilon": 50.0,
-                                                          "secure-aggregation": True})
+    fed, grant = signed_federation(spec, tmp_path, extra={"budget-epsilon": 50.0, "secure-aggregation": True})
     flower = run_study(spec, fed, grant=grant)
     local = run_study(spec, InProcessSites(_arrays(spec), rngs=lambda site: np.random.default_rng(11)))
     other = run_study(spec, InProcessSites(_arrays(spec), rngs=lambda site: np.random.default_rng(12)))

@@ -31,8 +31,7 @@ STAMP = "2026-12-01T00:00:00+00:00"
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     out = tmp_path_factory.mktemp("fed")
-    spec = load_spec(write_federation(generate_federation(seed=5, sites=3, scale=0.12), out,
-                                      epsilon=None))
+    spec = load_spec(write_federation(generate_federation(seed=5, sites=3, scale=0.12), out, epsilon=None))
     query = StudyQuery.for_spec(spec, (Describe(),))
     arrays = {s.name: load_site_arrays(s.data, query, None) for s in spec.sites}
     run = run_study(spec, InProcessSites(arrays, min_cell=1))
@@ -57,23 +56,24 @@ def _verdicts(study, monkeypatch, name: str, value: float) -> tuple[dict, dict]:
     """The estimator's diagnostics and the report's checks with ``thresholds.<name> = value``."""
     spec, run, result = study
     monkeypatch.setattr(thresholds, name, value)
-    est = estimate_att(table=run.table, outcomes=spec.outcomes,
-                       covariates=[c.name for c in spec.covariates])
-    doc = build_report(result.model_copy(update={"diagnostics": est.diagnostics}),
-                       issued_at=STAMP)
+    est = estimate_att(table=run.table, outcomes=spec.outcomes, covariates=[c.name for c in spec.covariates])
+    doc = build_report(result.model_copy(update={"diagnostics": est.diagnostics}), issued_at=STAMP)
     return ({d.name: d for d in est.diagnostics}, {c.name: c for c in doc.checks})
 
 
 # threshold, the estimator's diagnostic, the report's check, True if passing means value < threshold
-GATES = [("SMD_MAX", "balance_after", "balance_smd", True),
-         ("MIN_TREATED", "size_gate_treated", "size_treated", False),
-         ("MIN_CONTROL_RATIO", "size_gate_control_ratio", "size_control_pool", False),
-         ("MIN_SUPPORT", "common_support", "overlap", False)]
+GATES = [
+    ("SMD_MAX", "balance_after", "balance_smd", True),
+    ("MIN_TREATED", "size_gate_treated", "size_treated", False),
+    ("MIN_CONTROL_RATIO", "size_gate_control_ratio", "size_control_pool", False),
+    ("MIN_SUPPORT", "common_support", "overlap", False),
+]
 
 
 @pytest.mark.parametrize("name, diagnostic, check, below", GATES)
 def test_a_threshold_changed_in_its_one_place_moves_estimator_and_report(
-        study, monkeypatch, name, diagnostic, check, below):
+    study, monkeypatch, name, diagnostic, check, below
+):
     _, run, _ = study
     value = next(d.value for d in run.estimate.diagnostics if d.name == diagnostic)
     assert value and value > 0

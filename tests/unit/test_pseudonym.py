@@ -5,6 +5,8 @@ import stat
 import threading
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from node.pseudonym import KEY_BYTES, KeyFileError, Pseudonymizer, load_or_create_key
 
@@ -75,13 +77,12 @@ def test_key_material_is_not_shown():
         p.__dict__  # noqa: B018 - slots only: no accidental vars() dump
 
 
-from hypothesis import given, settings, strategies as st  # noqa: E402
-
-
 @settings(max_examples=200, deadline=None)
-@given(key=st.binary(min_size=32, max_size=32),
-       site=st.from_regex(r"[A-Za-z0-9_.-]{1,20}", fullmatch=True),
-       raw=st.text(min_size=1, max_size=128))
+@given(
+    key=st.binary(min_size=32, max_size=32),
+    site=st.from_regex(r"[A-Za-z0-9_.-]{1,20}", fullmatch=True),
+    raw=st.text(min_size=1, max_size=128),
+)
 def test_fast_path_equals_stdlib_hmac(key, site, raw):
     want = hmac.new(key, (site + "\x1f" + raw).encode(), hashlib.sha256).hexdigest()
     assert Pseudonymizer(key=key, site_id=site).many([raw, raw]) == [want, want]

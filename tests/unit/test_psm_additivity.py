@@ -4,7 +4,8 @@ from functools import reduce
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shared.errors import DataError
 from shared.psm.propensity import cov_moments, ps_contribution

@@ -2,13 +2,12 @@
 
 import numpy as np
 import pytest
-
 from psm_dgp import COVARIATES, OUTCOMES, make_study
-from shared.errors import (CovariateBoundsError, DataError, EmptyArmError, EstimationError,
-                           NoOverlapError)
+
+from shared.errors import CovariateBoundsError, DataError, EmptyArmError, EstimationError, NoOverlapError
 from shared.psm.estimator import estimate_att
-from shared.psm.reference import estimate_att_pooled, nn_match_att
 from shared.psm.propensity import cov_moments, initial_beta, ps_contribution
+from shared.psm.reference import estimate_att_pooled, nn_match_att
 from shared.psm.strata import caliper_edges, logit_sd, quantile_edges, score_grid
 from shared.psm.table import PsmTable, psm_table, scale_outcomes
 
@@ -38,9 +37,12 @@ def test_out_of_bounds_covariate_is_a_bounds_error(study):
     with pytest.raises(CovariateBoundsError, match="row 5: age") as e:
         _pooled(z, study.t, study.y)
     assert e.value.field == "age"
-    for fn in (lambda: cov_moments(z=z, t=study.t),
-               lambda: psm_table(z=z, t=study.t, y=np.zeros((800, 1)), beta=np.zeros(7),
-                                 edges=np.array([-np.inf, np.inf]))):
+    for fn in (
+        lambda: cov_moments(z=z, t=study.t),
+        lambda: psm_table(
+            z=z, t=study.t, y=np.zeros((800, 1)), beta=np.zeros(7), edges=np.array([-np.inf, np.inf])
+        ),
+    ):
         with pytest.raises(CovariateBoundsError):
             fn()
 

@@ -3,8 +3,8 @@ agreement with 1:1 NN matching, noisy tables, and the mapping onto shared.result
 
 import numpy as np
 import pytest
-
 from psm_dgp import COVARIATES, OUTCOMES, make_study
+
 from shared.features import FEATURE_NAMES, FEATURES, scale
 from shared.psm.estimator import estimate_att
 from shared.psm.reference import estimate_att_pooled, nn_match_att
@@ -44,7 +44,8 @@ def test_estimate_equals_row_level_computation(study, pooled):
         big = [i for i in range(len(used)) if controls[i].size > 10 and treated[i].size > 10]
         assert any(dof[i] < 10 and treated[i].size > 10 for i in range(len(used)))  # both rules run
         kappa = (sum(ss[i] for i in big) / sum(dof[i] for i in big)) / (
-            sum(treated[i].var() * treated[i].size for i in big) / sum(treated[i].size - 1 for i in big))
+            sum(treated[i].var() * treated[i].size for i in big) / sum(treated[i].size - 1 for i in big)
+        )
 
         def variance(i):
             if dof[i] >= 10:
@@ -87,10 +88,16 @@ def test_reported_in_original_units(study):
     """Raising a cap that clips nothing changes the [0,1] scale but not the reported numbers."""
     days = study.y[:, 2:3]
     assert days.max() < 60
-    a = estimate_att_pooled(z=study.z, t=study.t, y=days, covariates=COVARIATES,
-                            outcomes=[Outcome(name="absence_days", cap=60.0)]).estimate.outcomes[0]
-    b = estimate_att_pooled(z=study.z, t=study.t, y=days + 5, covariates=COVARIATES,
-                            outcomes=[Outcome(name="absence_days", lo=5.0, cap=500.0)]).estimate.outcomes[0]
+    a = estimate_att_pooled(
+        z=study.z, t=study.t, y=days, covariates=COVARIATES, outcomes=[Outcome(name="absence_days", cap=60.0)]
+    ).estimate.outcomes[0]
+    b = estimate_att_pooled(
+        z=study.z,
+        t=study.t,
+        y=days + 5,
+        covariates=COVARIATES,
+        outcomes=[Outcome(name="absence_days", lo=5.0, cap=500.0)],
+    ).estimate.outcomes[0]
     assert b.att == pytest.approx(a.att, rel=1e-9) and b.se == pytest.approx(a.se, rel=1e-9)
     assert b.control_mean == pytest.approx(a.control_mean + 5, rel=1e-9)
     y01, n_clipped = scale_outcomes(y=study.y, lo=[0, 0, 0], cap=CAPS)
@@ -119,8 +126,11 @@ def _synth_study(seed):
     return z, cohort["treated"].to_numpy(float), y, truth["att_capped"], SYNTH_OUTCOMES, FEATURE_NAMES
 
 
-@pytest.mark.parametrize("make, seeds", [(_dgp_study, range(500, 650)), (_synth_study, range(700, 800))],
-                         ids=["test-dgp", "shared.synth"])
+@pytest.mark.parametrize(
+    "make, seeds",
+    [(_dgp_study, range(500, 650)), (_synth_study, range(700, 800))],
+    ids=["test-dgp", "shared.synth"],
+)
 def test_ci_covers_the_true_att_across_seeds(make, seeds):
     """Each outcome's 95 % CI covers the sample ATT in 88-99.5 % of seeded studies (binomial
     sd ≈ 2 %; bench/bench_psm.py runs 400 seeds against the 93-97 % band)."""
@@ -135,8 +145,13 @@ def test_ci_covers_the_true_att_across_seeds(make, seeds):
 
 def test_stratified_and_nn_matching_agree_within_their_cis(study, pooled):
     scores = logit_scores(z=study.z, beta=pooled.fitter.beta)
-    nn = nn_match_att(scores=scores, t=study.t, y=np.clip(study.y, 0, CAPS),
-                      caliper=0.2 * pooled.logit_sd, names=[o.name for o in OUTCOMES])
+    nn = nn_match_att(
+        scores=scores,
+        t=study.t,
+        y=np.clip(study.y, 0, CAPS),
+        caliper=0.2 * pooled.logit_sd,
+        names=[o.name for o in OUTCOMES],
+    )
     for m in nn:
         st = pooled.estimate.outcome(m.name)
         assert m.ci[0] <= st.att <= m.ci[1] and st.ci[0] <= m.att <= st.ci[1], (m, st)
@@ -182,8 +197,9 @@ def test_noisy_table_never_yields_nan(pooled):
         arrays[key] = arrays[key] + rng.normal(0, 3.0, arrays[key].shape)
     noisy = PsmTable.from_arrays(arrays)
     assert (noisy.count < 0).any()
-    est = estimate_att(table=noisy, outcomes=OUTCOMES, covariates=COVARIATES, min_cell=5,
-                       se_privacy=[100.0, 0.01, 0.1])
+    est = estimate_att(
+        table=noisy, outcomes=OUTCOMES, covariates=COVARIATES, min_cell=5, se_privacy=[100.0, 0.01, 0.1]
+    )
     for o in est.outcomes:
         vals = [o.att, o.se, o.se_sampling, *o.ci, o.treated_mean, o.control_mean, o.privacy_share_of_ci]
         assert np.all(np.isfinite(vals)) and 0 < o.privacy_share_of_ci < 1
@@ -198,8 +214,9 @@ def test_noisy_table_never_yields_nan(pooled):
 
 def test_size_gate_and_attrition_warn(study):
     keep = np.r_[np.flatnonzero(study.t == 1)[:60], np.flatnonzero(study.t == 0)[:150]]
-    est = estimate_att_pooled(z=study.z[keep], t=study.t[keep], y=study.y[keep], outcomes=OUTCOMES,
-                              covariates=COVARIATES).estimate
+    est = estimate_att_pooled(
+        z=study.z[keep], t=study.t[keep], y=study.y[keep], outcomes=OUTCOMES, covariates=COVARIATES
+    ).estimate
     checks = {c.name: c for c in est.diagnostics}
     assert not checks["size_gate_treated"].passed and checks["size_gate_treated"].value == 60
     assert not checks["size_gate_control_ratio"].passed

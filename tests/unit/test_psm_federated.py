@@ -3,10 +3,10 @@
 from dataclasses import fields
 
 import numpy as np
-from pydantic import BaseModel
 import pytest
-
 from psm_dgp import COVARIATES, OUTCOMES, make_study, partition
+from pydantic import BaseModel
+
 from shared.features import FEATURE_NAMES, FEATURES, scale
 from shared.psm.estimator import AttEstimate, estimate_att
 from shared.psm.propensity import cov_moments, fit_propensity
@@ -83,8 +83,9 @@ def test_federated_equals_pooled_for_k_unequal_nodes(study, pooled_caliper, k):
     parts = partition(study.t.size, k, np.random.default_rng(100 + k))
     sizes = sorted(p.size for p in parts)
     assert sizes[0] != sizes[-1]
-    fed = estimate_att_federated(nodes=[(study.z[p], study.t[p], study.y[p]) for p in parts],
-                                 outcomes=OUTCOMES, covariates=COVARIATES)
+    fed = estimate_att_federated(
+        nodes=[(study.z[p], study.t[p], study.y[p]) for p in parts], outcomes=OUTCOMES, covariates=COVARIATES
+    )
     np.testing.assert_allclose(fed.fitter.beta, pooled.fitter.beta, rtol=1e-9, atol=1e-12)
     assert fed.fitter.iterations == pooled.fitter.iterations
     assert_estimates_equal(fed.estimate, pooled.estimate)
@@ -93,11 +94,23 @@ def test_federated_equals_pooled_for_k_unequal_nodes(study, pooled_caliper, k):
 
 
 def test_federated_equals_pooled_with_quantile_strata(study):
-    pooled = estimate_att_pooled(z=study.z, t=study.t, y=study.y, outcomes=OUTCOMES,
-                                 covariates=COVARIATES, strata="quantile", n_strata=6)
+    pooled = estimate_att_pooled(
+        z=study.z,
+        t=study.t,
+        y=study.y,
+        outcomes=OUTCOMES,
+        covariates=COVARIATES,
+        strata="quantile",
+        n_strata=6,
+    )
     parts = partition(study.t.size, 5, np.random.default_rng(5))
-    fed = estimate_att_federated(nodes=[(study.z[p], study.t[p], study.y[p]) for p in parts],
-                                 outcomes=OUTCOMES, covariates=COVARIATES, strata="quantile", n_strata=6)
+    fed = estimate_att_federated(
+        nodes=[(study.z[p], study.t[p], study.y[p]) for p in parts],
+        outcomes=OUTCOMES,
+        covariates=COVARIATES,
+        strata="quantile",
+        n_strata=6,
+    )
     assert len(fed.estimate.strata) == 6
     assert_estimates_equal(fed.estimate, pooled.estimate)
 
@@ -106,8 +119,11 @@ def test_nodes_missing_an_arm_still_add_up(study, pooled_caliper):
     """A small company may have no treated at all; its rows still count as controls."""
     controls_only = np.flatnonzero(study.t == 0)[:500]
     rest = np.setdiff1d(np.arange(study.t.size), controls_only)
-    fed = estimate_att_federated(nodes=[(study.z[p], study.t[p], study.y[p]) for p in (controls_only, rest)],
-                                 outcomes=OUTCOMES, covariates=COVARIATES)
+    fed = estimate_att_federated(
+        nodes=[(study.z[p], study.t[p], study.y[p]) for p in (controls_only, rest)],
+        outcomes=OUTCOMES,
+        covariates=COVARIATES,
+    )
     assert_estimates_equal(fed.estimate, pooled_caliper.estimate)
     np.testing.assert_array_equal(fed.n_clipped, pooled_caliper.n_clipped)
 

@@ -4,12 +4,19 @@ loop's contract with the coordinator, and the wire format."""
 import numpy as np
 import pytest
 import statsmodels.api as sm
+from psm_dgp import make_study
 from sklearn.linear_model import LogisticRegression
 
-from psm_dgp import make_study
 from shared.errors import ConvergenceError, DataError
-from shared.psm.propensity import (CovMoments, PropensityFitter, PsStats, cov_moments,
-                                   fit_propensity, initial_beta, ps_contribution)
+from shared.psm.propensity import (
+    CovMoments,
+    PropensityFitter,
+    PsStats,
+    cov_moments,
+    fit_propensity,
+    initial_beta,
+    ps_contribution,
+)
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +58,16 @@ def test_contribution_matches_numerical_derivatives(study):
     eps = 1e-6
     grad = np.array([(loglik(beta + eps * e) - loglik(beta - eps * e)) / (2 * eps) for e in np.eye(7)])
     np.testing.assert_allclose(stats.g, grad, rtol=1e-6, atol=1e-6)
-    hess = np.array([(ps_contribution(z=z, t=t, beta=beta + eps * e).g
-                      - ps_contribution(z=z, t=t, beta=beta - eps * e).g) / (2 * eps) for e in np.eye(7)])
+    hess = np.array(
+        [
+            (
+                ps_contribution(z=z, t=t, beta=beta + eps * e).g
+                - ps_contribution(z=z, t=t, beta=beta - eps * e).g
+            )
+            / (2 * eps)
+            for e in np.eye(7)
+        ]
+    )
     np.testing.assert_allclose(stats.H, -hess, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(stats.H, stats.H.T)
 

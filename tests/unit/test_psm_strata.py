@@ -1,12 +1,21 @@
 """Strata on the logit score: public range, caliper grid, quantile edges from noisy histograms."""
 
 import numpy as np
-from hypothesis import given, settings, strategies as st
-
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from psm_dgp import make_study
+
 from shared.psm.propensity import cov_moments
-from shared.psm.strata import (caliper_edges, logit_scores, logit_sd, quantile_edges, score_grid,
-                               score_histogram, score_range, stratum_index)
+from shared.psm.strata import (
+    caliper_edges,
+    logit_scores,
+    logit_sd,
+    quantile_edges,
+    score_grid,
+    score_histogram,
+    score_range,
+    stratum_index,
+)
 
 betas = st.lists(st.floats(-5, 5), min_size=3, max_size=6).map(np.array)
 

@@ -20,25 +20,27 @@ def _doc(result=None, **kw):
 def test_value_figures_match_hand_computation_from_the_result():
     result = make_result(privacy=True)
     v = _doc(result).value
-    cost, events, absence = (result.outcome(n) for n in ("claims_cost", "cv_event",
-                                                         "absence_days"))
+    cost, events, absence = (result.outcome(n) for n in ("claims_cost", "cv_event", "absence_days"))
     n = cost.n_treated
     assert v.n_treated == n == 533
     saved = -cost.att * n  # 412.5 × 533
     assert v.claims_saved.estimate == pytest.approx(219862.5, abs=1e-6)
     assert v.claims_saved.estimate == pytest.approx(saved, rel=1e-12)
     assert (v.claims_saved.ci_low, v.claims_saved.ci_high) == pytest.approx(
-        (-cost.ci[1] * n, -cost.ci[0] * n), rel=1e-12)
+        (-cost.ci[1] * n, -cost.ci[0] * n), rel=1e-12
+    )
     assert v.claims_saved.ci_low < v.claims_saved.estimate < v.claims_saved.ci_high
     outlay = COST_PER_PERSON * n  # 350 × 533 = 186,550
     assert v.intervention_cost == pytest.approx(186550.0)
     assert v.net_benefit.estimate == pytest.approx(saved - outlay)
     assert v.roi.estimate == pytest.approx((219862.5 - 186550.0) / 186550.0, rel=1e-12)
     assert (v.roi.ci_low, v.roi.ci_high) == pytest.approx(
-        ((-cost.ci[1] * n - outlay) / outlay, (-cost.ci[0] * n - outlay) / outlay), rel=1e-12)
+        ((-cost.ci[1] * n - outlay) / outlay, (-cost.ci[0] * n - outlay) / outlay), rel=1e-12
+    )
     assert v.events_averted.estimate == pytest.approx(0.0213 * 533, rel=1e-12)
     assert (v.events_averted.ci_low, v.events_averted.ci_high) == pytest.approx(
-        (-events.ci[1] * n, -events.ci[0] * n), rel=1e-12)
+        (-events.ci[1] * n, -events.ci[0] * n), rel=1e-12
+    )
     assert v.absence_days_averted.estimate == pytest.approx(1.84 * 533, rel=1e-12)
     assert v.absence_days_averted.ci_high == pytest.approx(-absence.ci[0] * n, rel=1e-12)
     assert v.claims_saved.truth == pytest.approx(450.0 * 533)
@@ -87,7 +89,8 @@ def test_report_carries_the_issue_contents_without_person_level_data():
     assert doc.privacy.enabled and doc.privacy.epsilon == 3.0 and doc.privacy.accountant == "rdp"
     assert [b.site for b in doc.privacy.per_site] == sorted(result.privacy.per_site)
     assert doc.privacy.max_privacy_share_of_ci == pytest.approx(
-        max(o.privacy_share_of_ci for o in result.outcomes))
+        max(o.privacy_share_of_ci for o in result.outcomes)
+    )
     assert doc.attrition.treated_dropped == 12 and doc.attrition.strata_used == 18
     assert doc.software.study_software == "0.1.0" and doc.issued_at == ISSUED_AT
     assert doc.synthetic and doc.outcome("claims_cost").truth == -450.0
@@ -97,11 +100,17 @@ def test_report_carries_the_issue_contents_without_person_level_data():
 def test_checks_pass_and_fail_against_stated_thresholds():
     doc = _doc()
     by = {c.name: c for c in doc.checks}
-    assert set(by) >= {"balance_smd", "variance_ratio", "size_treated", "size_control_pool",
-                       "overlap", "propensity_converged", "min_stratum_cells"}
+    assert set(by) >= {
+        "balance_smd",
+        "variance_ratio",
+        "size_treated",
+        "size_control_pool",
+        "overlap",
+        "propensity_converged",
+        "min_stratum_cells",
+    }
     assert all(c.passed for c in doc.checks)
-    assert by["size_treated"].value == 545 and by["size_control_pool"].value == pytest.approx(
-        4262 / 545)
+    assert by["size_treated"].value == 545 and by["size_control_pool"].value == pytest.approx(4262 / 545)
     assert by["overlap"].value == pytest.approx(533 / 545)
     assert by["min_stratum_cells"].source == "study"
 
@@ -144,9 +153,17 @@ def _formatted_numbers(doc) -> set[str]:
         values += [abs(o.estimate.att), *o.estimate.ci]
     for f in (doc.value.claims_saved, doc.value.events_averted, doc.value.roi):
         values += [f.estimate, f.ci_low, f.ci_high]
-    values += [doc.value.intervention_cost, doc.value.cost_per_person, doc.value.n_treated,
-               doc.privacy.epsilon, doc.privacy.delta, len(doc.sites), len(doc.checks),
-               doc.privacy.max_privacy_share_of_ci, *(doc.privacy.split or {}).values()]
+    values += [
+        doc.value.intervention_cost,
+        doc.value.cost_per_person,
+        doc.value.n_treated,
+        doc.privacy.epsilon,
+        doc.privacy.delta,
+        len(doc.sites),
+        len(doc.checks),
+        doc.privacy.max_privacy_share_of_ci,
+        *(doc.privacy.split or {}).values(),
+    ]
     out = set()
     for x in values:
         for s in (fmt.num(x), fmt.pct(x), fmt.pct(x, digits=0), f"{x:g}", f"{x:.2f}"):
@@ -173,10 +190,20 @@ def test_study_diagnostics_are_shown_once_unless_they_disagree():
 
     result = make_result()
     own = {c.name: c for c in _doc(result).checks}
-    same = Diagnostic(name="size_gate_treated", passed=True, value=own["size_treated"].value,
-                      threshold=100.0, message="restated")
-    stricter = Diagnostic(name="common_support", passed=False, value=own["overlap"].value,
-                          threshold=1.0, message="12 treated dropped")
+    same = Diagnostic(
+        name="size_gate_treated",
+        passed=True,
+        value=own["size_treated"].value,
+        threshold=100.0,
+        message="restated",
+    )
+    stricter = Diagnostic(
+        name="common_support",
+        passed=False,
+        value=own["overlap"].value,
+        threshold=1.0,
+        message="12 treated dropped",
+    )
     doc = _doc(result.model_copy(update={"diagnostics": (same, stricter)}))
     names = [c.name for c in doc.checks]
     assert "size_gate_treated" not in names and names.count("size_treated") == 1
@@ -186,13 +213,13 @@ def test_study_diagnostics_are_shown_once_unless_they_disagree():
 
 def test_dp_fit_is_judged_by_its_planned_rounds_not_by_convergence():
     result = make_result(privacy=True)
-    result = result.model_copy(update={"propensity": result.propensity.model_copy(
-        update={"converged": False, "iterations": 4})})
+    result = result.model_copy(
+        update={"propensity": result.propensity.model_copy(update={"converged": False, "iterations": 4})}
+    )
     check = {c.name: c for c in _doc(result).checks}["propensity_converged"]
     assert check.passed and "not tested under DP" in check.detail
     exact = make_result(privacy=False)
-    exact = exact.model_copy(update={"propensity": exact.propensity.model_copy(
-        update={"converged": False})})
+    exact = exact.model_copy(update={"propensity": exact.propensity.model_copy(update={"converged": False})})
     assert not {c.name: c for c in _doc(exact).checks}["propensity_converged"].passed
 
 
@@ -203,14 +230,14 @@ def test_the_report_states_the_budget_shares_behind_the_estimate():
     spec_split = _doc(result).privacy
     assert spec_split.split == result.spec["privacy"]["split"] and not spec_split.resplit
     resplit = {"describe": 0.05, "ps_fit": 0.31, "psm_stats": 0.59, "balance": 0.05}
-    doc = _doc(result.model_copy(update={"privacy": result.privacy.model_copy(
-        update={"resplit": resplit})}))
+    doc = _doc(result.model_copy(update={"privacy": result.privacy.model_copy(update={"resplit": resplit})}))
     assert doc.privacy.split == resplit and doc.privacy.resplit
     assert "propensity fit 0.31, PSM table 0.59" in doc.summaries.regulator
     assert "re-split after the describe round" in doc.summaries.regulator
     assert _doc(privacy=False).privacy.split is None
     assert "secure sum" not in doc.summaries.regulator
-    secure = _doc(result.model_copy(update={"privacy": result.privacy.model_copy(
-        update={"secure_nodes": 4})}))
+    secure = _doc(
+        result.model_copy(update={"privacy": result.privacy.model_copy(update={"secure_nodes": 4})})
+    )
     assert secure.privacy.secure_nodes == 4
     assert "secure sum (SecAgg+) over 4 nodes" in secure.summaries.regulator

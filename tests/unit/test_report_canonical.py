@@ -21,25 +21,34 @@ from coordinator.report.errors import CanonicalisationError
 ROOT = Path(__file__).resolve().parents[2]
 
 json_data = st.recursive(
-    st.none() | st.booleans() | st.integers(-2**63, 2**63) | st.text(max_size=8)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63)
+    | st.text(max_size=8)
     | st.floats(allow_nan=False, allow_infinity=False),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner,
-                                                                max_size=4),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
     max_leaves=20,
 )
 
 
 def test_sorted_keys_no_whitespace_utf8_and_number_forms():
-    out = canonical_bytes({"b": 1.0, "a": [1, "é\n", None, True], "c": 1e-6, "d": 10**20,
-                           "e": (0.1, -0.0)})
-    assert out == ('{"a":[1,"é\\n",null,true],"b":1.0,"c":1e-06,"d":100000000000000000000,'
-                   '"e":[0.1,-0.0]}').encode()
+    out = canonical_bytes({"b": 1.0, "a": [1, "é\n", None, True], "c": 1e-6, "d": 10**20, "e": (0.1, -0.0)})
+    assert (
+        out
+        == ('{"a":[1,"é\\n",null,true],"b":1.0,"c":1e-06,"d":100000000000000000000,"e":[0.1,-0.0]}').encode()
+    )
 
 
-@pytest.mark.parametrize("bad, where", [
-    ({"x": [1.0, math.nan]}, "$.x[1]"), ({"y": {"z": math.inf}}, "$.y.z"),
-    ({"w": -math.inf}, "$.w"), ({1: "a"}, "key 1"), ({"s": {1, 2}}, "$.s"),
-])
+@pytest.mark.parametrize(
+    "bad, where",
+    [
+        ({"x": [1.0, math.nan]}, "$.x[1]"),
+        ({"y": {"z": math.inf}}, "$.y.z"),
+        ({"w": -math.inf}, "$.w"),
+        ({1: "a"}, "key 1"),
+        ({"s": {1, 2}}, "$.s"),
+    ],
+)
 def test_refuses_values_without_a_canonical_form(bad, where):
     with pytest.raises(CanonicalisationError, match=re.escape(where)):
         canonical_bytes(bad)
@@ -54,10 +63,17 @@ def test_parse_and_reserialise_reproduce_bytes_exactly(value):
     assert json.loads(data) == parsed
 
 
-@pytest.mark.parametrize("raw, msg", [
-    (b'{"a":1,"a":2}', "duplicate key"), (b'{"a":NaN}', "NaN"), (b'{"a":Infinity}', "Infinity"),
-    (b'{"a":"\xff"}', "not UTF-8"), (b'{"a":1e999}', "out of range"), (b'{"a":', "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "raw, msg",
+    [
+        (b'{"a":1,"a":2}', "duplicate key"),
+        (b'{"a":NaN}', "NaN"),
+        (b'{"a":Infinity}', "Infinity"),
+        (b'{"a":"\xff"}', "not UTF-8"),
+        (b'{"a":1e999}', "out of range"),
+        (b'{"a":', "not valid JSON"),
+    ],
+)
 def test_strict_parse_refuses_ambiguous_input(raw, msg):
     with pytest.raises(CanonicalisationError, match=msg):
         parse_canonical(raw)
@@ -84,8 +100,9 @@ def test_report_bytes_identical_across_runs_and_hash_seeds():
     digests = set()
     for seed in ("0", "1", "4242", "random"):
         env = {**os.environ, "PYTHONHASHSEED": seed}
-        out = subprocess.run([sys.executable, "-c", script], env=env, cwd=ROOT, check=True,
-                             capture_output=True, text=True).stdout.split()
+        out = subprocess.run(
+            [sys.executable, "-c", script], env=env, cwd=ROOT, check=True, capture_output=True, text=True
+        ).stdout.split()
         assert len(out) == 2 and out[0] != out[1]
         digests.add(tuple(out))
     assert len(digests) == 1

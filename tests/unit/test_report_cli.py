@@ -21,8 +21,10 @@ def rendered(tmp_path_factory):
         r = runner.invoke(app, ["keygen", "--out", str(d / name)])
         assert r.exit_code == 0, r.output
     write_result(make_result(privacy=True), d / "result.json")
-    r = runner.invoke(app, ["render", str(d / "result.json"), "--key",
-                            str(d / "keys/coordinator.key"), "--out", str(d / "out")])
+    r = runner.invoke(
+        app,
+        ["render", str(d / "result.json"), "--key", str(d / "keys/coordinator.key"), "--out", str(d / "out")],
+    )
     assert r.exit_code == 0, r.output
     for name in ("report.json", "report.html", "report.pdf"):
         assert str(d / "out" / name) in r.output
@@ -36,8 +38,7 @@ def _verify(path, pub, *extra):
 def test_verify_intact_report_exits_0(rendered):
     r = _verify(rendered / "out/report.json", rendered / "keys/coordinator.pub")
     assert r.exit_code == 0 and r.output.startswith("OK:")
-    r = _verify(rendered / "out/report.json", rendered / "keys/coordinator.pub", "--format",
-                "json")
+    r = _verify(rendered / "out/report.json", rendered / "keys/coordinator.pub", "--format", "json")
     assert r.exit_code == 0 and json.loads(r.output)["valid"] is True
 
 
@@ -67,11 +68,31 @@ def test_unreadable_key_is_a_usage_error(rendered, tmp_path):
 
 def test_render_signed_report_verifies_first(rendered, tmp_path):
     signed = rendered / "out/report.json"
-    r = runner.invoke(app, ["render", str(signed), "--pub", str(rendered / "other/coordinator.pub"),
-                            "--out", str(tmp_path / "x")])
+    r = runner.invoke(
+        app,
+        [
+            "render",
+            str(signed),
+            "--pub",
+            str(rendered / "other/coordinator.pub"),
+            "--out",
+            str(tmp_path / "x"),
+        ],
+    )
     assert r.exit_code == 1 and "different key" in r.output
-    r = runner.invoke(app, ["render", str(signed), "--pub", str(rendered / "keys/coordinator.pub"),
-                            "--out", str(tmp_path / "y"), "--format", "json"])
+    r = runner.invoke(
+        app,
+        [
+            "render",
+            str(signed),
+            "--pub",
+            str(rendered / "keys/coordinator.pub"),
+            "--out",
+            str(tmp_path / "y"),
+            "--format",
+            "json",
+        ],
+    )
     assert r.exit_code == 0 and set(json.loads(r.output)) == {"html", "pdf"}
 
 
@@ -79,8 +100,17 @@ def test_build_then_sign(rendered, tmp_path):
     doc = tmp_path / "doc.json"
     r = runner.invoke(app, ["build", str(rendered / "result.json"), "--out", str(doc)])
     assert r.exit_code == 0, r.output
-    r = runner.invoke(app, ["sign", str(doc), "--key", str(rendered / "keys/coordinator.key"),
-                            "--out", str(tmp_path / "signed")])
+    r = runner.invoke(
+        app,
+        [
+            "sign",
+            str(doc),
+            "--key",
+            str(rendered / "keys/coordinator.key"),
+            "--out",
+            str(tmp_path / "signed"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert _verify(tmp_path / "signed/report.json", rendered / "keys/coordinator.pub").exit_code == 0
 

@@ -8,8 +8,7 @@ import re
 import pytest
 from report_fixtures import ISSUED_AT, make_result, make_small_result
 
-from coordinator.report import generate_keypair, verify_file, write_signed_report
-from coordinator.report import plots
+from coordinator.report import generate_keypair, plots, verify_file, write_signed_report
 from coordinator.report.build import build_report
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -23,9 +22,13 @@ def keypair(tmp_path_factory):
 @pytest.fixture(scope="module")
 def written(keypair, tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
-    return write_signed_report(make_result(privacy=True), key_path=keypair[0], out_dir=out,
-                               issuer="Coordinator <script>alert(1)</script>",
-                               issued_at=ISSUED_AT)
+    return write_signed_report(
+        make_result(privacy=True),
+        key_path=keypair[0],
+        out_dir=out,
+        issuer="Coordinator <script>alert(1)</script>",
+        issued_at=ISSUED_AT,
+    )
 
 
 def test_writes_signed_json_html_and_pdf_that_verify(keypair, written):
@@ -44,9 +47,18 @@ def test_html_is_self_contained_with_three_plots_and_verification(keypair, writt
     assert v.key_id in html and v.sha256 in html
     assert "rehealth report verify report.json" in html
     assert "<script>alert" not in html and "&lt;script&gt;" in html  # escaped, not executed
-    for text in ("Love plot", "Propensity-score overlap", "Diagnostics against stated thresholds",
-                 "Privacy share of CI", "For the insurer and reinsurer", "For the regulator",
-                 "For enterprise HR and ESG", "Sim. truth", "SIMULATED STUDY", "219,862"):
+    for text in (
+        "Love plot",
+        "Propensity-score overlap",
+        "Diagnostics against stated thresholds",
+        "Privacy share of CI",
+        "For the insurer and reinsurer",
+        "For the regulator",
+        "For enterprise HR and ESG",
+        "Sim. truth",
+        "SIMULATED STUDY",
+        "219,862",
+    ):
         assert text in html, text
 
 
@@ -59,8 +71,9 @@ def test_pdf_is_a_paginated_document(written):
 
 
 def test_renders_without_truth_or_privacy(keypair, tmp_path):
-    paths = write_signed_report(make_result(privacy=False, truth=False), key_path=keypair[0],
-                                out_dir=tmp_path)
+    paths = write_signed_report(
+        make_result(privacy=False, truth=False), key_path=keypair[0], out_dir=tmp_path
+    )
     html = paths["html"].read_text(encoding="utf-8")
     assert "Sim. truth" not in html and "SIMULATED STUDY" not in html
     assert "off: no noise added" in html
@@ -69,8 +82,11 @@ def test_renders_without_truth_or_privacy(keypair, tmp_path):
 
 def test_plots_handle_unbounded_and_unused_strata():
     doc = build_report(make_small_result(), issued_at=ISSUED_AT)  # both strata open-ended
-    for png in (plots.love_plot(doc.balance, threshold=0.1), plots.overlap_plot(doc.strata),
-                plots.estimate_plot(doc.outcomes)):
+    for png in (
+        plots.love_plot(doc.balance, threshold=0.1),
+        plots.overlap_plot(doc.strata),
+        plots.estimate_plot(doc.outcomes),
+    ):
         assert png.startswith(PNG)
     spans = plots._finite_spans(doc.strata)
     assert spans[0][2] and spans[1][2] and all(lo < hi for lo, hi, _ in spans)
@@ -80,9 +96,14 @@ def test_balance_rows_the_privacy_noise_leaves_unresolved_render_as_na(keypair, 
     """Under DP an SMD may be None (variance unresolved): the report says n/a, the Love plot
     leaves the row out and says so, and the balance check only judges the resolved rows."""
     result = make_result(privacy=True)
-    rows = tuple(b.model_copy(update={"smd_before": None, "smd_after": None,
-                                      "var_ratio_before": None, "var_ratio_after": None})
-                 if i % 2 else b for i, b in enumerate(result.balance))
+    rows = tuple(
+        b.model_copy(
+            update={"smd_before": None, "smd_after": None, "var_ratio_before": None, "var_ratio_after": None}
+        )
+        if i % 2
+        else b
+        for i, b in enumerate(result.balance)
+    )
     result = result.model_copy(update={"balance": rows})
     doc = build_report(result, issued_at=ISSUED_AT)
     assert [doc.balanced(b) for b in doc.balance][1] is None
@@ -91,7 +112,12 @@ def test_balance_rows_the_privacy_noise_leaves_unresolved_render_as_na(keypair, 
     assert plots.love_plot(doc.balance, threshold=0.1).startswith(PNG)
     paths = write_signed_report(result, key_path=keypair[0], out_dir=tmp_path)
     assert "n/a: the privacy noise" in paths["html"].read_text(encoding="utf-8")
-    none_known = result.model_copy(update={"balance": tuple(
-        b.model_copy(update={"smd_before": None, "smd_after": None}) for b in result.balance)})
+    none_known = result.model_copy(
+        update={
+            "balance": tuple(
+                b.model_copy(update={"smd_before": None, "smd_after": None}) for b in result.balance
+            )
+        }
+    )
     check = {c.name: c for c in build_report(none_known, issued_at=ISSUED_AT).checks}["balance_smd"]
     assert not check.passed and check.value is None

@@ -11,8 +11,17 @@ import pytest
 from report_fixtures import ISSUED_AT, make_result, make_small_result
 
 from coordinator.report import (
-    ReportError, ReportVerificationError, build_report, canonical_bytes, generate_keypair,
-    key_id, load_private_key, load_public_key, sign_report, verify_file, verify_signed_report,
+    ReportError,
+    ReportVerificationError,
+    build_report,
+    canonical_bytes,
+    generate_keypair,
+    key_id,
+    load_private_key,
+    load_public_key,
+    sign_report,
+    verify_file,
+    verify_signed_report,
 )
 
 
@@ -21,9 +30,13 @@ def keys(tmp_path_factory):
     d = tmp_path_factory.mktemp("keys")
     key_path, pub_path = generate_keypair(d)
     other_key, other_pub = generate_keypair(d / "other")
-    return {"key": load_private_key(key_path), "pub": load_public_key(pub_path),
-            "other_key": load_private_key(other_key), "other_pub": load_public_key(other_pub),
-            "pub_path": pub_path}
+    return {
+        "key": load_private_key(key_path),
+        "pub": load_public_key(pub_path),
+        "other_key": load_private_key(other_key),
+        "other_pub": load_public_key(other_pub),
+        "pub_path": pub_path,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +68,7 @@ def test_every_sampled_single_byte_change_is_rejected(keys, signed):
     positions = rng.sample(range(len(signed)), 600)
     for pos in positions:
         new = rng.choice([b for b in range(256) if b != signed[pos]])
-        tampered = signed[:pos] + bytes([new]) + signed[pos + 1:]
+        tampered = signed[:pos] + bytes([new]) + signed[pos + 1 :]
         with pytest.raises(ReportVerificationError):
             verify_signed_report(tampered, keys["pub"])
 
@@ -66,22 +79,24 @@ def test_every_position_of_a_small_report_every_bit(keys):
     for pos in range(len(small)):
         new = small[pos] ^ (1 << rng.randrange(8))
         with pytest.raises(ReportVerificationError):
-            verify_signed_report(small[:pos] + bytes([new]) + small[pos + 1:], keys["pub"])
+            verify_signed_report(small[:pos] + bytes([new]) + small[pos + 1 :], keys["pub"])
 
 
 def test_inserted_deleted_and_whitespace_bytes_are_rejected(keys, signed):
     rng = random.Random(1)
     for pos in rng.sample(range(len(signed)), 50):
-        assert _reason(signed[:pos] + signed[pos + 1:], keys["pub"])
+        assert _reason(signed[:pos] + signed[pos + 1 :], keys["pub"])
         assert _reason(signed[:pos] + b" " + signed[pos:], keys["pub"])
     assert _reason(signed + b"\n", keys["pub"]) == "not-canonical"
     pretty = json.dumps(json.loads(signed), indent=1, ensure_ascii=False).encode()
     assert _reason(pretty, keys["pub"]) == "not-canonical"
-    unsorted = json.dumps(json.loads(signed), separators=(",", ":"), ensure_ascii=False,
-                          sort_keys=False)
+    unsorted = json.dumps(json.loads(signed), separators=(",", ":"), ensure_ascii=False, sort_keys=False)
     reordered = json.loads(unsorted)
-    flipped = json.dumps({"signature": reordered["signature"], "report": reordered["report"]},
-                         separators=(",", ":"), ensure_ascii=False).encode()
+    flipped = json.dumps(
+        {"signature": reordered["signature"], "report": reordered["report"]},
+        separators=(",", ":"),
+        ensure_ascii=False,
+    ).encode()
     assert _reason(flipped, keys["pub"]) == "not-canonical"
 
 
@@ -126,12 +141,15 @@ def test_missing_or_malformed_signature_is_rejected(keys, signed):
     unsigned = canonical_bytes({"report": obj["report"]})
     with pytest.raises(ReportVerificationError, match="signature missing"):
         verify_signed_report(unsigned, keys["pub"])
-    for block in (None, {}, {**obj["signature"], "algorithm": "RSA"},
-                  {**obj["signature"], "value": "not base64!"},
-                  {**obj["signature"], "value": base64.b64encode(b"x" * 63).decode()},
-                  {**obj["signature"], "extra": 1}):
-        assert _reason(canonical_bytes({**obj, "signature": block}), keys["pub"]) in (
-            "bad-signature-block")
+    for block in (
+        None,
+        {},
+        {**obj["signature"], "algorithm": "RSA"},
+        {**obj["signature"], "value": "not base64!"},
+        {**obj["signature"], "value": base64.b64encode(b"x" * 63).decode()},
+        {**obj["signature"], "extra": 1},
+    ):
+        assert _reason(canonical_bytes({**obj, "signature": block}), keys["pub"]) in ("bad-signature-block")
     assert _reason(canonical_bytes({**obj, "note": "x"}), keys["pub"]) == "bad-signature-block"
     assert _reason(canonical_bytes(obj["report"]), keys["pub"]) == "unreadable"
 
@@ -150,9 +168,16 @@ def test_base64_padding_bits_cannot_be_changed(keys, signed):
 def test_valid_signature_over_a_non_report_is_rejected_by_schema(keys):
     body = {"schema_version": "rehealth.evidence-report/2", "issuer": "x"}
     sig = keys["key"].sign(canonical_bytes(body))
-    data = canonical_bytes({"report": body, "signature": {
-        "algorithm": "Ed25519", "key_id": key_id(keys["pub"]),
-        "value": base64.b64encode(sig).decode()}})
+    data = canonical_bytes(
+        {
+            "report": body,
+            "signature": {
+                "algorithm": "Ed25519",
+                "key_id": key_id(keys["pub"]),
+                "value": base64.b64encode(sig).decode(),
+            },
+        }
+    )
     with pytest.raises(ReportVerificationError, match="does not follow schema") as e:
         verify_signed_report(data, keys["pub"])
     assert e.value.reason == "schema"

@@ -6,13 +6,13 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from risk_cohort import cohort
 from sklearn.linear_model import LogisticRegression
 from typer.testing import CliRunner
 
 from node.cli import app
 from node.risk.calibration import BAND, calibration_check
 from node.risk.model_store import ModelStore, TrainingRecord
-from risk_cohort import cohort
 from shared.errors import SpecError
 from shared.features import FEATURE_NAMES, FEATURES, scale
 from shared.risk.arch import RiskArch, model_input, predict_proba
@@ -47,8 +47,10 @@ def test_a_candidate_is_never_served_until_approved(tmp_path, fitted):
     assert store.latest().version == own.version  # the newer candidate is not served
     with pytest.raises(SpecError, match="candidate, not approved"):
         store.load(sent.version)
-    assert [(e.version, e.status) for e in store.entries()] == [(own.version, "served"),
-                                                                (sent.version, "candidate")]
+    assert [(e.version, e.status) for e in store.entries()] == [
+        (own.version, "served"),
+        (sent.version, "candidate"),
+    ]
     approved = store.approve(sent.version, check={"oe_ratio": 1.0})
     assert store.latest().version == approved.version == sent.version
     assert store.candidate_versions() == []
@@ -111,16 +113,32 @@ def test_cli_lists_refuses_and_approves(tmp_path, fitted):
     res = run(app, ["model", "list", "--model-dir", str(models), "--format", "json"])
     assert res.exit_code == 0, res.output
     assert {m["version"]: m["status"] for m in json.loads(res.output)["models"]} == {
-        bad.version: "candidate", good.version: "candidate"}
+        bad.version: "candidate",
+        good.version: "candidate",
+    }
 
-    res = run(app, ["model", "approve", bad.version, "--model-dir", str(models),
-                    "--data", str(tmp_path / "local.csv")])
+    res = run(
+        app,
+        ["model", "approve", bad.version, "--model-dir", str(models), "--data", str(tmp_path / "local.csv")],
+    )
     assert res.exit_code == 1
     assert "NOT approved" in res.output and "observed/expected" in res.output
     assert store.versions() == []
 
-    res = run(app, ["model", "approve", good.version, "--model-dir", str(models),
-                    "--data", str(tmp_path / "local.csv"), "--format", "json"])
+    res = run(
+        app,
+        [
+            "model",
+            "approve",
+            good.version,
+            "--model-dir",
+            str(models),
+            "--data",
+            str(tmp_path / "local.csv"),
+            "--format",
+            "json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["check"]["passed"] is True
     assert store.versions() == [good.version]
@@ -134,8 +152,16 @@ def test_score_uses_only_approved_models(tmp_path, fitted):
     _local(tmp_path)
     models = tmp_path / "models"
     sent = ModelStore(models).save_candidate(arrays=fitted, record=TrainingRecord(rounds=8))
-    args = ["score", str(tmp_path / "local.csv"), "-o", str(tmp_path / "s.csv"), "--model-dir",
-            str(models), "--format", "json"]
+    args = [
+        "score",
+        str(tmp_path / "local.csv"),
+        "-o",
+        str(tmp_path / "s.csv"),
+        "--model-dir",
+        str(models),
+        "--format",
+        "json",
+    ]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 1 and "await approval" in res.output
     res = CliRunner().invoke(app, [*args, "--version", sent.version])

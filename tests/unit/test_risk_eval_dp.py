@@ -17,8 +17,12 @@ from node.risk.model_store import ModelStore  # noqa: E402
 from shared.features import FEATURES, scale  # noqa: E402
 from shared.protocol import CODE_BUDGET, CODE_DATA, CODE_NOT_IN_STUDY, RISK_EVAL_KEY  # noqa: E402
 from shared.risk.arch import RiskArch, predict_proba  # noqa: E402
-from shared.risk.metrics import (EVAL_SENSITIVITY, EvalAggregate, eval_aggregate,  # noqa: E402
-                                 eval_noise_sigma)
+from shared.risk.metrics import (
+    EVAL_SENSITIVITY,
+    EvalAggregate,
+    eval_aggregate,  # noqa: E402
+    eval_noise_sigma,
+)
 
 MODEL = [np.full((1, 16), 0.3), np.array([-2.2])]
 
@@ -79,13 +83,19 @@ def test_a_replayed_evaluation_gets_nothing(tmp_path):
     assert len(_history(node)) == 1
 
 
-@pytest.mark.parametrize("job_sites, grant_sites", [(("other",), (ra.SITE,)),  # the job leaves it out
-                                                     ((ra.SITE,), ("other",))])  # the grant does
+@pytest.mark.parametrize(
+    "job_sites, grant_sites",
+    [
+        (("other",), (ra.SITE,)),  # the job leaves it out
+        ((ra.SITE,), ("other",)),
+    ],
+)  # the grant does
 def test_a_node_outside_the_sites_declines_evaluate(tmp_path, job_sites, grant_sites):
     node = ra.make_node(tmp_path)
     Path(node.config["data-path"]).unlink()
-    reply = ra.evaluate_message(node, MODEL, ra.job_json("eval-job-0005", sites=job_sites),
-                                grant_sites=grant_sites)
+    reply = ra.evaluate_message(
+        node, MODEL, ra.job_json("eval-job-0005", sites=job_sites), grant_sites=grant_sites
+    )
     assert reply.has_error() and reply.error.code == CODE_NOT_IN_STUDY
     assert _history(node) == [] and _candidates(node) == []
 
@@ -94,19 +104,19 @@ def test_a_node_outside_the_sites_declines_train(tmp_path):
     from flwr.app import ArrayRecord, Context, Message, RecordDict
 
     from node.flower.client_app import app as client_app
-    from shared.grant import Grant, sign_grant
     from protos.codec import encode_risk
+    from shared.grant import Grant, sign_grant
     from shared.protocol import RISK_ARRAYS_KEY, RiskJob
 
     node = ra.make_node(tmp_path)
     job = RiskJob.model_validate_json(ra.job_json("train-job-0006", sites=("other",)))
-    grant = sign_grant(Grant(kind="risk", grant_id=job.job_id, sites=(ra.SITE,), terms=job.terms()),
-                       node.key)
+    grant = sign_grant(Grant(kind="risk", grant_id=job.job_id, sites=(ra.SITE,), terms=job.terms()), node.key)
     content = RecordDict({RISK_ARRAYS_KEY: ArrayRecord(MODEL), "config": encode_risk(job, grant)})
     msg = Message(content=content, dst_node_id=1, message_type="train", group_id="t")
     msg.metadata.__dict__["_message_id"] = "train-1"
-    reply = client_app(msg, Context(run_id=1, node_id=1, node_config=node.config,
-                                    state=RecordDict(), run_config={}))
+    reply = client_app(
+        msg, Context(run_id=1, node_id=1, node_config=node.config, state=RecordDict(), run_config={})
+    )
     assert reply.has_error() and reply.error.code == CODE_NOT_IN_STUDY
     assert _history(node) == []
 
@@ -114,8 +124,9 @@ def test_a_node_outside_the_sites_declines_train(tmp_path):
 def test_the_noise_sd_is_sigma(tmp_path):
     """10 releases × 61 entries against the exact aggregate the node would have computed."""
     node = ra.make_node(tmp_path, budget=50.0)
-    exact = eval_aggregate(prob=predict_proba(arch=RiskArch(), arrays=MODEL, z=scale(node.X, FEATURES)),
-                           y=node.y, n_bins=20)
+    exact = eval_aggregate(
+        prob=predict_proba(arch=RiskArch(), arrays=MODEL, z=scale(node.X, FEATURES)), y=node.y, n_bins=20
+    )
     draws = []
     for i in range(10):
         reply = ra.evaluate_message(node, MODEL, ra.job_json(f"eval-sd-{i:04d}", eval_epsilon=1.0))

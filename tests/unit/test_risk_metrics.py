@@ -2,13 +2,22 @@
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.metrics import brier_score_loss, roc_auc_score
 
 from shared.errors import DataError, EstimationError
-from shared.risk.metrics import (EVAL_SENSITIVITY, EvalAggregate, calibration_by_decile, clean_scores,
-                                 eval_aggregate, evaluate,
-                                 merge_aggregates, noisy_aggregate, pooled_auc)
+from shared.risk.metrics import (
+    EVAL_SENSITIVITY,
+    EvalAggregate,
+    calibration_by_decile,
+    clean_scores,
+    eval_aggregate,
+    evaluate,
+    merge_aggregates,
+    noisy_aggregate,
+    pooled_auc,
+)
 
 
 def _scores(rng, n):
@@ -57,11 +66,11 @@ def test_merge_is_order_free_and_round_trips_through_arrays():
 def test_calibration_by_global_decile():
     rng = np.random.default_rng(5)
     p = rng.uniform(0.0, 0.4, size=50_000)
-    y = (rng.uniform(size=p.size) < p).astype(float)   # perfectly calibrated
+    y = (rng.uniform(size=p.size) < p).astype(float)  # perfectly calibrated
     cal = calibration_by_decile(eval_aggregate(prob=p, y=y))
     assert [c.decile for c in cal] == list(range(1, 11))
     assert sum(c.n for c in cal) == p.size
-    assert all(abs(c.n - 5000) < 200 for c in cal)     # global deciles, to bin resolution
+    assert all(abs(c.n - 5000) < 200 for c in cal)  # global deciles, to bin resolution
     order = np.argsort(p)
     for c, chunk in zip(cal, np.array_split(order, 10)):
         assert c.mean_predicted == pytest.approx(p[chunk].mean(), abs=2e-3)
@@ -108,8 +117,9 @@ def test_noisy_aggregates_still_pool_to_a_close_auc():
     rng = np.random.default_rng(9)
     parts = [_scores(rng, 20_000) for _ in range(3)]
     exact = merge_aggregates(eval_aggregate(prob=p, y=y) for p, y in parts)
-    noisy = merge_aggregates(noisy_aggregate(eval_aggregate(prob=p, y=y), sigma=2.0, rng=rng)
-                             for p, y in parts)
+    noisy = merge_aggregates(
+        noisy_aggregate(eval_aggregate(prob=p, y=y), sigma=2.0, rng=rng) for p, y in parts
+    )
     assert not np.array_equal(noisy.pos, exact.pos)
     assert abs(pooled_auc(noisy) - pooled_auc(exact)) < 0.01
     assert abs(evaluate(noisy).brier - evaluate(exact).brier) < 0.005

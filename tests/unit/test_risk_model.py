@@ -3,14 +3,22 @@
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from node.risk.model import build_model, from_arrays, initial_arrays, to_arrays
 from shared.errors import SpecError
 from shared.features import FEATURES, scale
-from shared.risk.arch import (RiskArch, check_arrays, fold_inputs, forward_logit, model_input,
-                              predict_proba, sigmoid)
+from shared.risk.arch import (
+    RiskArch,
+    check_arrays,
+    fold_inputs,
+    forward_logit,
+    model_input,
+    predict_proba,
+    sigmoid,
+)
 from shared.risk.fedavg import weighted_average
-from node.risk.model import build_model, from_arrays, initial_arrays, to_arrays
 from shared.risk.tiers import DEFAULT_CUTOFFS, TIERS, assign_tiers, check_cutoffs, tier_index
 
 ARCHS = [RiskArch(kind="logistic"), RiskArch(kind="mlp", hidden=8)]
@@ -84,13 +92,23 @@ def test_sigmoid_is_stable_at_extremes():
 
 def test_tiers_default_cutoffs_with_boundaries_in_upper_tier():
     p = [0.0, 0.0499, 0.05, 0.0999, 0.10, 0.1999, 0.20, 1.0]
-    assert assign_tiers(p).tolist() == ["low", "low", "medium", "medium", "high", "high",
-                                        "very_high", "very_high"]
+    assert assign_tiers(p).tolist() == [
+        "low",
+        "low",
+        "medium",
+        "medium",
+        "high",
+        "high",
+        "very_high",
+        "very_high",
+    ]
     assert DEFAULT_CUTOFFS == (0.05, 0.10, 0.20)
 
 
-@given(st.lists(st.floats(0, 1), min_size=1, max_size=50),
-       st.lists(st.floats(0.01, 0.99), min_size=3, max_size=3, unique=True).map(sorted))
+@given(
+    st.lists(st.floats(0, 1), min_size=1, max_size=50),
+    st.lists(st.floats(0.01, 0.99), min_size=3, max_size=3, unique=True).map(sorted),
+)
 def test_tiers_are_monotone_in_probability_for_any_cutoffs(p, cut):
     if not cut[0] < cut[1] < cut[2]:
         return
@@ -117,8 +135,9 @@ def test_fedavg_matches_np_average(k, seed):
     w = rng.integers(1, 1000, size=k)
     avg = weighted_average(arrays_list=lists, weights=w)
     for i in range(len(shapes)):
-        np.testing.assert_allclose(avg[i], np.average([arrs[i] for arrs in lists], axis=0, weights=w),
-                                   rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(
+            avg[i], np.average([arrs[i] for arrs in lists], axis=0, weights=w), rtol=1e-12, atol=1e-12
+        )
 
 
 def test_fedavg_refuses_bad_input():

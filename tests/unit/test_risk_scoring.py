@@ -21,11 +21,15 @@ ARRAYS = [np.linspace(-0.4, 0.7, 16).reshape(1, 16), np.array([-3.1])]
 
 def test_store_round_trip_versioning_and_latest(tmp_path):
     store = ModelStore(tmp_path / "models")
-    a = store.save(arrays=ARRAYS, record=TrainingRecord(rounds=8, nodes=3, epsilon=8.0,
-                                                        delta=1e-5, metrics={"auc": 0.76}))
-    again = store.save(arrays=ARRAYS, record=TrainingRecord(rounds=8, nodes=3, epsilon=8.0,
-                                                            delta=1e-5, metrics={"auc": 0.76}))
-    assert again.version == a.version and len(store.versions()) == 1   # content-addressed
+    a = store.save(
+        arrays=ARRAYS,
+        record=TrainingRecord(rounds=8, nodes=3, epsilon=8.0, delta=1e-5, metrics={"auc": 0.76}),
+    )
+    again = store.save(
+        arrays=ARRAYS,
+        record=TrainingRecord(rounds=8, nodes=3, epsilon=8.0, delta=1e-5, metrics={"auc": 0.76}),
+    )
+    assert again.version == a.version and len(store.versions()) == 1  # content-addressed
     b = store.save(arrays=[ARRAYS[0] * 2, ARRAYS[1]], record=TrainingRecord(rounds=9))
     assert b.version != a.version and store.versions() == [a.version, b.version]
     assert store.latest().version == b.version
@@ -40,7 +44,7 @@ def test_store_refuses_tampered_unknown_and_wrong_models(tmp_path):
     store = ModelStore(tmp_path)
     m = store.save(arrays=ARRAYS, record=TrainingRecord(rounds=1, epsilon=1.0))
     rec = json.loads((tmp_path / f"{m.version}.json").read_text())
-    rec["epsilon"] = 0.1                                   # understate the privacy spent
+    rec["epsilon"] = 0.1  # understate the privacy spent
     (tmp_path / f"{m.version}.json").write_text(json.dumps(rec))
     with pytest.raises(SpecError, match="does not match its version"):
         store.load(m.version)
@@ -58,8 +62,9 @@ def test_store_refuses_tampered_unknown_and_wrong_models(tmp_path):
 def test_scorer_matches_the_scaled_forward_pass_and_tiers(tmp_path, arch):
     rng = np.random.default_rng(0)
     arrays = [rng.normal(scale=0.5, size=s) for s in arch.shapes()]
-    model = ModelStore(tmp_path).save(arrays=arrays, record=TrainingRecord(
-        kind=arch.kind, hidden=arch.hidden, rounds=1))
+    model = ModelStore(tmp_path).save(
+        arrays=arrays, record=TrainingRecord(kind=arch.kind, hidden=arch.hidden, rounds=1)
+    )
     book, _ = generate_cohort(n=5000, seed=3)
     x = book[list(FEATURE_NAMES)].to_numpy(float)
     expected = predict_proba(arch=arch, arrays=arrays, z=scale(x, FEATURES))
@@ -74,8 +79,15 @@ def test_score_book_keeps_ids_and_names_bad_rows(tmp_path):
     model = ModelStore(tmp_path).save(arrays=ARRAYS, record=TrainingRecord(rounds=1))
     book, _ = generate_cohort(n=300, seed=1)
     scored = score_book(book, Scorer.from_model(model))
-    assert list(scored.columns) == ["person_id", "site", "department", "job_type",
-                                    "probability", "tier", "model_version"]
+    assert list(scored.columns) == [
+        "person_id",
+        "site",
+        "department",
+        "job_type",
+        "probability",
+        "tier",
+        "model_version",
+    ]
     assert (scored["person_id"] == book["person_id"]).all()
     assert (scored["model_version"] == model.version).all()
     bad = book.copy()
@@ -99,10 +111,22 @@ def test_score_cli_reads_csv_writes_parquet(tmp_path):
     model = ModelStore(tmp_path / "models").save(arrays=ARRAYS, record=TrainingRecord(rounds=1))
     book, _ = generate_cohort(n=1000, seed=2)
     book.to_csv(tmp_path / "book.csv", index=False)
-    out = subprocess.run([str(Path(sys.executable).parent / "rehealth"), "node", "score",
-                          str(tmp_path / "book.csv"), "-o", str(tmp_path / "scores.parquet"),
-                          "--model-dir", str(tmp_path / "models"), "--format", "json"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "rehealth"),
+            "node",
+            "score",
+            str(tmp_path / "book.csv"),
+            "-o",
+            str(tmp_path / "scores.parquet"),
+            "--model-dir",
+            str(tmp_path / "models"),
+            "--format",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
     summary = json.loads(out.stdout)
     scored = read_book(tmp_path / "scores.parquet")
@@ -113,9 +137,20 @@ def test_score_cli_reads_csv_writes_parquet(tmp_path):
     bad = book.copy()
     bad.loc[5, "bmi"] = 80
     bad.to_csv(tmp_path / "bad.csv", index=False)
-    out = subprocess.run([str(Path(sys.executable).parent / "rehealth"), "node", "score",
-                          str(tmp_path / "bad.csv"), "-o", str(tmp_path / "x.csv"),
-                          "--model-dir", str(tmp_path / "models")], capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "rehealth"),
+            "node",
+            "score",
+            str(tmp_path / "bad.csv"),
+            "-o",
+            str(tmp_path / "x.csv"),
+            "--model-dir",
+            str(tmp_path / "models"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 1 and "row 5: bmi=80" in out.stderr
     with pytest.raises(DataError, match="csv or .parquet"):
         write_scores(expected, tmp_path / "scores.xlsx")

@@ -3,18 +3,18 @@
 import numpy as np
 import pytest
 from opacus.accountants import RDPAccountant
+from risk_cohort import cohort
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
+from node.risk.model import initial_arrays
 from node.risk.simulate import train_federated
 from node.risk.train import composed_epsilon, local_train, plan_noise, sample_rate_for
 from shared.errors import CovariateBoundsError, DataError, SpecError
 from shared.features import FEATURE_NAMES, FEATURES, scale
 from shared.risk.arch import RiskArch, predict_proba
 from shared.risk.metrics import eval_aggregate, evaluate
-from node.risk.model import initial_arrays
 from shared.synth import generate_federation
-from risk_cohort import cohort
 
 
 def test_golden_epsilon_of_composed_history():
@@ -24,8 +24,9 @@ def test_golden_epsilon_of_composed_history():
     for _ in range(3):
         acc.step(noise_multiplier=0.9, sample_rate=0.05)
     acc.step(noise_multiplier=1.3, sample_rate=0.02)
-    assert composed_epsilon(history=[(0.9, 0.05, 3), (1.3, 0.02, 1)], delta=1e-6) == \
-        pytest.approx(acc.get_epsilon(delta=1e-6), rel=1e-12)
+    assert composed_epsilon(history=[(0.9, 0.05, 3), (1.3, 0.02, 1)], delta=1e-6) == pytest.approx(
+        acc.get_epsilon(delta=1e-6), rel=1e-12
+    )
 
 
 def test_rounds_compose_to_the_planned_budget_without_overshoot():
@@ -33,15 +34,20 @@ def test_rounds_compose_to_the_planned_budget_without_overshoot():
     sigma = plan_noise(n=4000, batch_size=500, epochs=1, rounds=3, target_epsilon=2.0, delta=1e-5)
     arrays, history = initial_arrays(RiskArch()), []
     for r in range(3):
-        arrays, n, metrics, spend = local_train(arrays=arrays, X=X, y=y, batch_size=500,
-                                                noise_multiplier=sigma, seed=r)
+        arrays, n, metrics, spend = local_train(
+            arrays=arrays, X=X, y=y, batch_size=500, noise_multiplier=sigma, seed=r
+        )
         history.append(spend.history_entry())
         assert n == 4000 and spend.steps == 8 and spend.sample_rate == pytest.approx(500 / 4000)
         assert spend.noise_multiplier == pytest.approx(sigma)
-        assert metrics["steps"] == 8 and set(metrics) == {"epochs", "steps", "sample_rate",
-                                                          "noise_multiplier"}
+        assert metrics["steps"] == 8 and set(metrics) == {
+            "epochs",
+            "steps",
+            "sample_rate",
+            "noise_multiplier",
+        }
     total = composed_epsilon(history=history, delta=1e-5)
-    assert 1.9 <= total <= 2.0   # calibrated to the conservative side, yet close
+    assert 1.9 <= total <= 2.0  # calibrated to the conservative side, yet close
     assert spend.epsilon < total  # one round alone costs less than all three
 
 
@@ -63,8 +69,7 @@ def test_target_epsilon_is_met_for_one_run_and_seed_reproduces():
 def test_mlp_trains_and_returns_its_layout():
     X, y = cohort(2000, seed=3)
     arch = RiskArch(kind="mlp", hidden=8)
-    res = local_train(arrays=initial_arrays(arch, seed=0), X=X, y=y, arch=arch,
-                      noise_multiplier=1.0, seed=0)
+    res = local_train(arrays=initial_arrays(arch, seed=0), X=X, y=y, arch=arch, noise_multiplier=1.0, seed=0)
     assert [a.shape for a in res.arrays] == arch.shapes()
 
 
@@ -81,18 +86,19 @@ def test_bad_input_is_named():
     with pytest.raises(SpecError, match="exactly one"):
         local_train(arrays=initial_arrays(RiskArch()), X=X, y=y)
     with pytest.raises(SpecError, match="accountant"):
-        local_train(arrays=initial_arrays(RiskArch()), X=X, y=y, noise_multiplier=1.0,
-                    accountant="gdp")
+        local_train(arrays=initial_arrays(RiskArch()), X=X, y=y, noise_multiplier=1.0, accountant="gdp")
 
 
 def _sites(seed: int, scale_: float) -> list[tuple[np.ndarray, np.ndarray]]:
     fed = generate_federation(seed=seed, sites=3, scale=scale_)
-    return [(s.cohort[list(FEATURE_NAMES)].to_numpy(float), s.cohort["cv_event"].to_numpy(float))
-            for s in fed.sites]
+    return [
+        (s.cohort[list(FEATURE_NAMES)].to_numpy(float), s.cohort["cv_event"].to_numpy(float))
+        for s in fed.sites
+    ]
 
 
 def test_federated_dp_at_epsilon_8_is_within_002_auc_of_centralized():
-    nodes = _sites(seed=21, scale_=0.4)                     # three non-IID synthetic sites
+    nodes = _sites(seed=21, scale_=0.4)  # three non-IID synthetic sites
     X_test = np.vstack([x for x, _ in _sites(seed=22, scale_=0.4)])
     y_test = np.concatenate([y for _, y in _sites(seed=22, scale_=0.4)])
     z_test = scale(X_test, FEATURES)
@@ -105,6 +111,6 @@ def test_federated_dp_at_epsilon_8_is_within_002_auc_of_centralized():
     p_fed = predict_proba(arch=RiskArch(), arrays=fit.arrays, z=z_test)
     auc_fed = roc_auc_score(y_test, p_fed)
     assert fit.epsilon(delta=1e-5) <= 8.0
-    assert auc_central > 0.7   # the task carries signal, so the comparison means something
+    assert auc_central > 0.7  # the task carries signal, so the comparison means something
     assert abs(evaluate(eval_aggregate(prob=p_fed, y=y_test)).auc - auc_fed) < 2e-3
     assert auc_central - auc_fed < 0.02, (auc_central, auc_fed)

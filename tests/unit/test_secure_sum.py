@@ -6,21 +6,21 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from flower_inprocess import signed_federation
 
 from coordinator.files import load_spec
-from flower_inprocess import signed_federation
 from coordinator.study.assemble import assemble_result
-from shared.driver import run_study
+from coordinator.synth import write_federation
 from node.runtime import NodeRuntime
 from node.study_service import load_site_arrays
 from shared.answer import answer
 from shared.dp.forms import main_from_release
+from shared.driver import run_study
 from shared.errors import FederationError, PrivacyError, SpecError
 from shared.protocol import PsmStats, ScoreHist, StudyQuery
 from shared.secure_sum import SECURE_SUM, pack, secure_scale, unpack
 from shared.study import StudySpec
 from shared.synth import generate_federation
-from coordinator.synth import write_federation
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +60,9 @@ def test_the_secure_sum_is_the_sum_of_the_nodes_answers(spec, tmp_path):
     dp = _dp(spec, epsilon=1000.0, secure_aggregation=True)
     n_rows = sum(float(a["score_hist"]["count"].sum()) for a in exact.values())
     fed, grant = _fed(dp, tmp_path / "secure")
-    query = StudyQuery.for_spec(dp, ops, secure_nodes=3, grant=grant,
-                                secure_scale=secure_scale(rows_upper=n_rows, sigma_max=1.0))
+    query = StudyQuery.for_spec(
+        dp, ops, secure_nodes=3, grant=grant, secure_scale=secure_scale(rows_upper=n_rows, sigma_max=1.0)
+    )
     got = fed.secure_ask(query, "secure")
     assert set(got) == {s.name for s in spec.sites} | {SECURE_SUM}
     total = lambda op, key: sum(a[op][key] for a in exact.values())  # noqa: E731
@@ -69,8 +70,9 @@ def test_the_secure_sum_is_the_sum_of_the_nodes_answers(spec, tmp_path):
     np.testing.assert_allclose(summed["score_hist"]["count"], total("score_hist", "count"), atol=0.5)
     count = summed["psm_stats"]["count"]
     np.testing.assert_allclose(count, total("psm_stats", "count"), atol=0.5)
-    sum_y, _ = main_from_release(count=count, sum_y=summed["psm_stats"]["sum_y"],
-                                 sumsq_y=summed["psm_stats"]["sumsq_y"])
+    sum_y, _ = main_from_release(
+        count=count, sum_y=summed["psm_stats"]["sum_y"], sumsq_y=summed["psm_stats"]["sumsq_y"]
+    )
     np.testing.assert_allclose(sum_y, total("psm_stats", "sum_y"), atol=1.0)
     assert all(a.meta["epsilon_spent"] > 0 for s, a in got.items() if s != SECURE_SUM)
 
@@ -83,8 +85,13 @@ def test_a_secure_study_charges_the_central_sigma_and_narrows_the_ci(spec, tmp_p
     secure = run_study(secure_spec, secure_fed, grant=secure_grant)
     assert [r.name for r in secure.rounds] == [r.name for r in local.rounds]
     result = assemble_result(secure, dropped={}, started_at="a", finished_at="b", total_s=1.0)
-    assert result.privacy.secure_nodes == 3 and assemble_result(
-        local, dropped={}, started_at="a", finished_at="b", total_s=1.0).privacy.secure_nodes is None
+    assert (
+        result.privacy.secure_nodes == 3
+        and assemble_result(
+            local, dropped={}, started_at="a", finished_at="b", total_s=1.0
+        ).privacy.secure_nodes
+        is None
+    )
     assert all(set(r.sites) == {s.name for s in spec.sites} for r in secure.rounds)
     sigmas = {r.query: r.sigma for r in secure.plan.releases}
     for s in spec.sites:
@@ -94,7 +101,7 @@ def test_a_secure_study_charges_the_central_sigma_and_narrows_the_ci(spec, tmp_p
         assert secure.privacy_spent[s.name] <= 4.0 + 1e-9
     # each node adds σ/√3 instead of σ, and the table's share of ρ is at least as large
     table = lambda run, sa: run.plan.release("psm_main").total_sigma(3, secure_aggregation=sa)  # noqa: E731
-    assert table(secure, True) <= table(local, False) / 3 ** 0.5 * (1 + 1e-9)
+    assert table(secure, True) <= table(local, False) / 3**0.5 * (1 + 1e-9)
     # the privacy SE scales about as σ·√(strata); strata come from a noisy histogram, so their
     # number varies from run to run (12 vs 20 seen) and the SE itself may even come out larger
     # (1 run in 4 here). Per stratum the secure study's noise is √3 smaller: with that margin,
@@ -107,8 +114,13 @@ def test_a_secure_study_charges_the_central_sigma_and_narrows_the_ci(spec, tmp_p
 def test_a_node_never_releases_a_noise_share_in_a_plain_reply(spec, tmp_path):
     dp = _dp(spec, epsilon=4.0, secure_aggregation=True)
     fed, grant = _fed(dp, tmp_path)
-    q = StudyQuery.for_spec(dp, (ScoreHist(beta=(0.0,) * (len(spec.covariates) + 1)),),
-                            secure_nodes=3, secure_scale=1e4, grant=grant)
+    q = StudyQuery.for_spec(
+        dp,
+        (ScoreHist(beta=(0.0,) * (len(spec.covariates) + 1)),),
+        secure_nodes=3,
+        secure_scale=1e4,
+        grant=grant,
+    )
     with pytest.raises(FederationError, match="only as a masked SecAgg\\+ input"):
         fed.ask(q, "plain")
 
@@ -122,8 +134,9 @@ def test_a_node_that_does_not_accept_secure_aggregation_stops_the_study(spec, tm
 
 def test_secure_aggregation_needs_dp_and_every_node(spec):
     with pytest.raises(SpecError, match="needs enabled = true"):
-        StudySpec.from_dict({**spec.model_dump(mode="json"),
-                             "privacy": {"enabled": False, "secure_aggregation": True}})
+        StudySpec.from_dict(
+            {**spec.model_dump(mode="json"), "privacy": {"enabled": False, "secure_aggregation": True}}
+        )
     doc = _dp(spec, secure_aggregation=True).model_dump(mode="json")
     doc["federation"]["min_nodes"] = 2
     with pytest.raises(SpecError, match="every node in every round"):

@@ -13,16 +13,21 @@ from shared.study import StudySpec
 
 
 def _person_row(pseudonym: str) -> dict:
-    return {"pseudonym": pseudonym, "site": "a", "department": None, "job_type": None,
-            "age_band": "40-49", "index_date": "2024-01-01",
-            **{f.name: float(f.lo) for f in FEATURES}}
+    return {
+        "pseudonym": pseudonym,
+        "site": "a",
+        "department": None,
+        "job_type": None,
+        "age_band": "40-49",
+        "index_date": "2024-01-01",
+        **{f.name: float(f.lo) for f in FEATURES},
+    }
 
 
 def test_open_store_creates_every_table(store_url):
     store = open_store(store_url)
     names = set(inspect(store.engine).get_table_names())
-    assert {"persons", "interventions", "outcomes", "cohort", "quarantine",
-            "ingested_files"} <= names
+    assert {"persons", "interventions", "outcomes", "cohort", "quarantine", "ingested_files"} <= names
     assert set(store.counts().values()) == {0}
 
 
@@ -36,8 +41,9 @@ def test_insert_ignore_counts_only_new_rows_and_round_trips_dates(store_url):
         again = rows + [tuple(_person_row("p3").values())]
         assert insert_ignore(conn, persons, cols, again) == 1
     with store.engine.connect() as conn:
-        got = conn.execute(select(persons.c.pseudonym, persons.c.index_date)
-                           .order_by(persons.c.pseudonym)).all()
+        got = conn.execute(
+            select(persons.c.pseudonym, persons.c.index_date).order_by(persons.c.pseudonym)
+        ).all()
     assert [(p, d) for p, d in got] == [(p, dt.date(2024, 1, 1)) for p in ("p1", "p2", "p3")]
 
 
@@ -46,8 +52,10 @@ def test_insert_ignore_takes_a_one_shot_generator_and_an_empty_one(store_url):
     cols = list(_person_row("x"))
     with store.engine.begin() as conn:
         assert insert_ignore(conn, persons, cols, iter(())) == 0
-        assert insert_ignore(conn, persons, cols,
-                             (tuple(_person_row(p).values()) for p in ("p1", "p2", "p1"))) == 2
+        assert (
+            insert_ignore(conn, persons, cols, (tuple(_person_row(p).values()) for p in ("p1", "p2", "p1")))
+            == 2
+        )
     assert store.counts()["persons"] == 2
 
 
@@ -71,18 +79,31 @@ def test_insert_ignore_never_swallows_a_not_null_violation(store_url):
 
 def test_event_natural_key_rejects_a_second_identical_event(store_url):
     store = open_store(store_url)
-    ev = {"pseudonym": "p1", "code": "bp_management", "start": "2024-02-01", "end": None,
-          "channel": "app", "source": "cli", "recorded_at": dt.datetime.now(dt.timezone.utc)}
+    ev = {
+        "pseudonym": "p1",
+        "code": "bp_management",
+        "start": "2024-02-01",
+        "end": None,
+        "channel": "app",
+        "source": "cli",
+        "recorded_at": dt.datetime.now(dt.timezone.utc),
+    }
     with store.engine.begin() as conn:
         assert insert_ignore(conn, interventions, list(ev), [tuple(ev.values())] * 2) == 1
 
 
 def _spec(**extra) -> StudySpec:
-    return StudySpec.from_dict({
-        "study": {"name": "t"},
-        "covariates": [{"name": "age", "lo": 18, "hi": 90},
-                       {"name": "smoker", "lo": 0, "hi": 1, "kind": "binary"}],
-        "outcomes": [{"name": "claims_cost", "cap": 50000}], **extra})
+    return StudySpec.from_dict(
+        {
+            "study": {"name": "t"},
+            "covariates": [
+                {"name": "age", "lo": 18, "hi": 90},
+                {"name": "smoker", "lo": 0, "hi": 1, "kind": "binary"},
+            ],
+            "outcomes": [{"name": "claims_cost", "cap": 50000}],
+            **extra,
+        }
+    )
 
 
 def _cohort_row(pseudonym: str, age: float, treated: int, extras: dict) -> dict:
@@ -94,14 +115,22 @@ def _cohort_row(pseudonym: str, age: float, treated: int, extras: dict) -> dict:
 def test_cohort_frame_returns_spec_columns_without_pseudonyms(store_url):
     store = open_store(store_url)
     with store.engine.begin() as conn:
-        conn.execute(insert(cohort), [_cohort_row("b", 60.0, 0, {"claims_cost": 100.0}),
-                                      _cohort_row("a", 40.0, 1, {"claims_cost": 250.5})])
+        conn.execute(
+            insert(cohort),
+            [
+                _cohort_row("b", 60.0, 0, {"claims_cost": 100.0}),
+                _cohort_row("a", 40.0, 1, {"claims_cost": 250.5}),
+            ],
+        )
     frame = store.cohort_frame(_spec(treatment={"column": "coached"}))
     assert list(frame.columns) == ["age", "smoker", "coached", "claims_cost"]
     # ordered by pseudonym: "a" first
-    pd.testing.assert_frame_equal(frame, pd.DataFrame({
-        "age": [40.0, 60.0], "smoker": [1.0, 1.0], "coached": [1.0, 0.0],
-        "claims_cost": [250.5, 100.0]}))
+    pd.testing.assert_frame_equal(
+        frame,
+        pd.DataFrame(
+            {"age": [40.0, 60.0], "smoker": [1.0, 1.0], "coached": [1.0, 0.0], "claims_cost": [250.5, 100.0]}
+        ),
+    )
 
 
 def test_cohort_frame_names_a_column_that_was_never_loaded(store_url):
@@ -124,4 +153,3 @@ def test_open_store_refuses_other_backends_and_bad_urls():
         open_store("mysql://nobody@127.0.0.1/x")
     with pytest.raises(SpecError, match="not a database URL"):
         open_store("not a url")
-

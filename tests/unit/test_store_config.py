@@ -27,20 +27,25 @@ def test_default_config_is_commented_valid_toml_and_resolves_relative_paths(tmp_
 
 def test_postgres_urls_and_absolute_paths_are_kept(tmp_path):
     path = tmp_path / "node.toml"
-    path.write_text('site_id = "a"\nstore_url = "postgresql+psycopg2://u:secret@127.0.0.1/db"\n'
-                    'key_path = "/srv/node/node.key"\n[data]\npersons = "in/p.csv"\n')
+    path.write_text(
+        'site_id = "a"\nstore_url = "postgresql+psycopg2://u:secret@127.0.0.1/db"\n'
+        'key_path = "/srv/node/node.key"\n[data]\npersons = "in/p.csv"\n'
+    )
     cfg = NodeConfig.from_toml(path)
     assert cfg.store_url == "postgresql+psycopg2://u:secret@127.0.0.1/db"
     assert str(cfg.key_path) == "/srv/node/node.key"
     assert cfg.data.persons == tmp_path / "in" / "p.csv" and cfg.data.cohort is None
 
 
-@pytest.mark.parametrize("body,field", [
-    ('site_id = "a b"', "site_id"),
-    ('site_id = "a"\n[budget]\nepsilon = -1', "budget.epsilon"),
-    ('site_id = "a"\nbudget_eps = 3', "budget_eps"),
-    ('store_url = "sqlite:///x.db"', "site_id"),
-])
+@pytest.mark.parametrize(
+    "body,field",
+    [
+        ('site_id = "a b"', "site_id"),
+        ('site_id = "a"\n[budget]\nepsilon = -1', "budget.epsilon"),
+        ('site_id = "a"\nbudget_eps = 3', "budget_eps"),
+        ('store_url = "sqlite:///x.db"', "site_id"),
+    ],
+)
 def test_invalid_config_names_the_field(tmp_path, body, field):
     path = tmp_path / "node.toml"
     path.write_text(body)

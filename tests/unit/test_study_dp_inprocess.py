@@ -2,16 +2,16 @@
 own noise from the public plan and charge their ledgers before answering."""
 
 import pytest
+from flower_inprocess import signed_federation
 
 from coordinator.files import load_spec
-from flower_inprocess import signed_federation
 from coordinator.study.assemble import assemble_result
-from shared.driver import run_study
+from coordinator.synth import write_federation
 from node.runtime import NodeRuntime
 from shared.dp.workflow import FIT_RESOLUTION_MIN
+from shared.driver import run_study
 from shared.errors import FederationError, UnresolvedFitError
 from shared.synth import generate_federation
-from coordinator.synth import write_federation
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +57,15 @@ def test_dp_study_charges_every_node_and_widens_the_ci(spec, tmp_path, caplog):
         spent = ledger.spent(key)
         assert 0 < spent <= 4.0 + 1e-9  # one study's plan fits its ε
         assert result.privacy.per_site[s.name] == pytest.approx(spent)
-    assert [r.name for r in run.rounds] == ["describe", "ps-fit-1", "ps-fit-2", "ps-fit-3",
-                                            "ps-fit-4", "score-hist", "psm-stats"]
+    assert [r.name for r in run.rounds] == [
+        "describe",
+        "ps-fit-1",
+        "ps-fit-2",
+        "ps-fit-3",
+        "ps-fit-4",
+        "score-hist",
+        "psm-stats",
+    ]
     for o in spec.outcomes:
         dp_o, ex_o = run.estimate.outcome(o.name), exact.estimate.outcome(o.name)
         assert dp_o.se_privacy > 0 and 0 < dp_o.privacy_share_of_ci < 1
@@ -119,8 +126,7 @@ def test_node_caches_the_plan_it_derived(spec, tmp_path):
     rt = NodeRuntime(site="x", state_dir=tmp_path)
     fresh = rt._plan(q)
     assert list((tmp_path / "plans").glob("*.json"))
-    assert rt._plan(q) == fresh == q.privacy.plan(n_covariates=len(q.covariates),
-                                                   n_outcomes=len(q.outcomes))
+    assert rt._plan(q) == fresh == q.privacy.plan(n_covariates=len(q.covariates), n_outcomes=len(q.outcomes))
 
 
 def test_a_query_of_another_protocol_version_is_refused(spec):
@@ -143,8 +149,9 @@ def test_node_keeps_trained_models_where_its_operator_says(tmp_path):
 
     state = tmp_path / "state"
     assert NodeRuntime.from_node_config({"site": "a", "state-dir": str(state)}).models == state / "models"
-    explicit = NodeRuntime.from_node_config({"site": "a", "state-dir": str(state),
-                                             "model-dir": str(tmp_path / "node" / "models")})
+    explicit = NodeRuntime.from_node_config(
+        {"site": "a", "state-dir": str(state), "model-dir": str(tmp_path / "node" / "models")}
+    )
     assert explicit.models == tmp_path / "node" / "models"
     assert NodeRuntime.from_node_config({"site": "a"}).models is None
 
@@ -158,8 +165,14 @@ def test_nodes_follow_the_re_split_and_their_ledgers_stay_within_the_study_epsil
     dp_spec = _with_privacy(spec, epsilon=8.0)
     run = _run(dp_spec, tmp_path)
     p = dp_spec.privacy
-    base = plan_study(epsilon=8.0, delta=p.delta, split=p.split, n_covariates=len(spec.covariates),
-                      n_outcomes=len(spec.outcomes), n_ps_rounds=p.ps_rounds)
+    base = plan_study(
+        epsilon=8.0,
+        delta=p.delta,
+        split=p.split,
+        n_covariates=len(spec.covariates),
+        n_outcomes=len(spec.outcomes),
+        n_ps_rounds=p.ps_rounds,
+    )
     assert run.resplit is not None and run.resplit.ps_fit < p.split.ps_fit
     assert run.plan.sigma("ps_fit") > base.sigma("ps_fit")
     assert run.plan.sigma("psm_main") < base.sigma("psm_main")

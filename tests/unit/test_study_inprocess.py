@@ -3,17 +3,17 @@
 import numpy as np
 import pandas as pd
 import pytest
+from flower_inprocess import InProcessGrid, signed_grid
 
 from coordinator.files import load_spec
 from coordinator.flower.federation import GridFederation
-from flower_inprocess import InProcessGrid, signed_grid
 from coordinator.study.assemble import assemble_result
-from shared.driver import run_study
+from coordinator.synth import write_federation
 from node.flower.client_app import app as client_app
+from shared.driver import run_study
 from shared.errors import FederationError
 from shared.psm.reference import estimate_att_cells_withheld, estimate_att_pooled
 from shared.synth import generate_federation
-from coordinator.synth import write_federation
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +47,13 @@ def _scaled(spec, cohort):
 def _pooled_without_small_cells(spec, fed, beta, edges, k=11):
     """The pooled estimator over the rows in cells of at least ``k`` at their site."""
     return estimate_att_cells_withheld(
-        sites=[_scaled(spec, s.cohort) for s in fed.sites], beta=beta, edges=edges,
-        outcomes=spec.outcomes, covariates=[c.name for c in spec.covariates], min_cell=k)
+        sites=[_scaled(spec, s.cohort) for s in fed.sites],
+        beta=beta,
+        edges=edges,
+        outcomes=spec.outcomes,
+        covariates=[c.name for c in spec.covariates],
+        min_cell=k,
+    )
 
 
 def _pooled(spec, fed):
@@ -57,11 +62,16 @@ def _pooled(spec, fed):
     lo = np.array([f.lo for f in feats])
     hi = np.array([f.hi for f in feats])
     z = (cohort[[f.name for f in feats]].to_numpy(float) - lo) / (hi - lo)
-    return estimate_att_pooled(z=z, t=cohort[spec.treatment.column].to_numpy(float),
-                               y=cohort[[o.name for o in spec.outcomes]].to_numpy(float),
-                               outcomes=spec.outcomes, covariates=[c.name for c in spec.covariates],
-                               tol=spec.federation.tol, ridge=spec.federation.ridge,
-                               caliper_sd=spec.strata.caliper_sd)
+    return estimate_att_pooled(
+        z=z,
+        t=cohort[spec.treatment.column].to_numpy(float),
+        y=cohort[[o.name for o in spec.outcomes]].to_numpy(float),
+        outcomes=spec.outcomes,
+        covariates=[c.name for c in spec.covariates],
+        tol=spec.federation.tol,
+        ridge=spec.federation.ridge,
+        caliper_sd=spec.strata.caliper_sd,
+    )
 
 
 def test_federated_equals_pooled(federation, tmp_path):
@@ -127,10 +137,14 @@ def test_min_nodes_goes_on_without_failed_node_and_says_so(federation, tmp_path)
 
 def test_node_refuses_unknown_query(federation, tmp_path):
     from flwr.app import ConfigRecord, Message, RecordDict
+
     spec, _ = federation
     grid, _ = _grid(spec, tmp_path)
-    msg = Message(RecordDict({"request": ConfigRecord({"json": '{"op": "dump_rows"}'})}),
-                  dst_node_id=1, message_type="query.study")
+    msg = Message(
+        RecordDict({"request": ConfigRecord({"json": '{"op": "dump_rows"}'})}),
+        dst_node_id=1,
+        message_type="query.study",
+    )
     reply = list(grid.send_and_receive([msg]))[0]
     assert reply.has_error() and reply.error.code == 4001
     assert spec.sites[0].name in reply.error.reason
@@ -146,13 +160,20 @@ def test_nodes_answer_from_their_ingested_store_as_from_the_file(federation, tmp
     urls = {}
     for s in spec.sites:
         url = f"sqlite:///{tmp_path / (s.name + '.db')}"
-        summary = ingest_file(open_store(url), s.data, kind="cohort", site_id=s.name,
-                              pseudonymize=Pseudonymizer(key=b"k" * 32, site_id=s.name).many)
+        summary = ingest_file(
+            open_store(url),
+            s.data,
+            kind="cohort",
+            site_id=s.name,
+            pseudonymize=Pseudonymizer(key=b"k" * 32, site_id=s.name).many,
+        )
         assert summary.quarantined == 0
         urls[s.name] = url
     files, grant = _grid(spec, tmp_path)
-    configs = {nid: {**{k: v for k, v in cfg.items() if k != "data-path"}, "store-url": urls[cfg["site"]]}
-               for nid, cfg in files.node_configs.items()}
+    configs = {
+        nid: {**{k: v for k, v in cfg.items() if k != "data-path"}, "store-url": urls[cfg["site"]]}
+        for nid, cfg in files.node_configs.items()
+    }
     gf = GridFederation(InProcessGrid(client_app, configs), poll_s=0.0)
     gf.wait_for_nodes(len(spec.sites))
     from_store = run_study(spec, gf, grant=grant)
@@ -161,4 +182,5 @@ def test_nodes_answer_from_their_ingested_store_as_from_the_file(federation, tmp
     from_files = run_study(spec, files_fed, grant=grant)
     for o in spec.outcomes:
         assert from_store.estimate.outcome(o.name).att == pytest.approx(
-            from_files.estimate.outcome(o.name).att, rel=1e-9)
+            from_files.estimate.outcome(o.name).att, rel=1e-9
+        )

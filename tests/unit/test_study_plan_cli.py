@@ -8,12 +8,12 @@ import re
 import pytest
 from typer.testing import CliRunner
 
-from coordinator.files import load_spec
 from coordinator.cli.study import app
-from shared.driver import noise_plan
-from shared.synth import generate_federation
+from coordinator.files import load_spec
 from coordinator.synth import write_federation
 from coordinator.synth.io import study_document, to_toml
+from shared.driver import noise_plan
+from shared.synth import generate_federation
 
 
 @pytest.fixture(scope="module")
@@ -62,20 +62,22 @@ def test_secure_aggregation_resolves_the_fit_of_fewer_treated(fed):
     path = out / "study-secure.toml"
     path.write_text(to_toml(study_document(fed_, epsilon=1.0, secure_aggregation=True)))
     plain, secure = _plan(_spec(fed, 1.0), 4000), _plan(str(path), 4000)
-    assert secure["fit_resolution"] == pytest.approx(plain["fit_resolution"] * 5 ** 0.5)
+    assert secure["fit_resolution"] == pytest.approx(plain["fit_resolution"] * 5**0.5)
     assert not plain["fit_resolves"] and secure["fit_resolves"]
 
 
 def test_plan_text_says_the_study_would_stop(fed):
-    res = CliRunner().invoke(app, ["plan", "--spec", _spec(fed, 0.5), "--treated", "800"],
-                             env={"COLUMNS": "200"})
+    res = CliRunner().invoke(
+        app, ["plan", "--spec", _spec(fed, 0.5), "--treated", "800"], env={"COLUMNS": "200"}
+    )
     assert res.exit_code == 0, res.output
     assert "psm_main" in res.output and "would stop after describe" in res.output
 
 
 def test_an_exact_study_has_nothing_to_plan(fed):
-    res = CliRunner().invoke(app, ["plan", "--spec", _spec(fed, None), "--treated", "800"],
-                             env={"COLUMNS": "200"})
+    res = CliRunner().invoke(
+        app, ["plan", "--spec", _spec(fed, None), "--treated", "800"], env={"COLUMNS": "200"}
+    )
     assert res.exit_code == 1 and "[privacy] enabled = false" in res.output
 
 
@@ -85,7 +87,6 @@ def test_a_study_name_with_brackets_is_printed_as_written(fed):
     doc["study"]["name"] = "coaching [pilot]"
     path = out / "study-brackets.toml"
     path.write_text(to_toml(doc))
-    res = CliRunner().invoke(app, ["plan", "--spec", str(path), "--treated", "800"],
-                             env={"COLUMNS": "200"})
+    res = CliRunner().invoke(app, ["plan", "--spec", str(path), "--treated", "800"], env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
     assert "DP study coaching [pilot]:" in res.output

@@ -41,17 +41,22 @@ def test_covariates_default_to_the_16_features():
     assert len(spec.features) == 16
 
 
-@pytest.mark.parametrize("patch,field", [
-    ({"covariates": [{"name": "age", "lo": 90, "hi": 18}]}, "covariates[0]"),
-    ({"outcomes": [{"name": "y", "cap": -1}]}, "outcomes[0]"),
-    ({"outcomes": [{"name": "e", "cap": 2, "kind": "binary"}]}, "outcomes[0]"),
-    ({"privacy": {"enabled": True, "epsilon": 0}}, "privacy.epsilon"),
-    ({"privacy": {"split": {"describe": 0.5, "ps_fit": 0.5, "psm_stats": 0.5, "balance": 0}}},
-     "privacy.split"),
-    ({"sites": [{"name": "a"}, {"name": "a"}]}, "sites"),
-    ({"treatment": {"colum": "t"}}, "treatment.colum"),
-    ({"outcomes": []}, "outcomes"),
-])
+@pytest.mark.parametrize(
+    "patch,field",
+    [
+        ({"covariates": [{"name": "age", "lo": 90, "hi": 18}]}, "covariates[0]"),
+        ({"outcomes": [{"name": "y", "cap": -1}]}, "outcomes[0]"),
+        ({"outcomes": [{"name": "e", "cap": 2, "kind": "binary"}]}, "outcomes[0]"),
+        ({"privacy": {"enabled": True, "epsilon": 0}}, "privacy.epsilon"),
+        (
+            {"privacy": {"split": {"describe": 0.5, "ps_fit": 0.5, "psm_stats": 0.5, "balance": 0}}},
+            "privacy.split",
+        ),
+        ({"sites": [{"name": "a"}, {"name": "a"}]}, "sites"),
+        ({"treatment": {"colum": "t"}}, "treatment.colum"),
+        ({"outcomes": []}, "outcomes"),
+    ],
+)
 def test_invalid_spec_names_the_field(patch, field):
     data = {"study": {"name": "x"}, "outcomes": [{"name": "y", "cap": 1}], **patch}
     with pytest.raises(SpecError) as e:

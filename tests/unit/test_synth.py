@@ -12,11 +12,11 @@ import pytest
 from typer.testing import CliRunner
 
 from coordinator.files import load_spec
+from coordinator.synth import write_federation
 from shared.errors import SpecError
 from shared.features import FEATURE_NAMES, FEATURES, check_bounds
 from shared.schemas import InterventionEvent, OutcomeRecord, Person
 from shared.synth import generate_cohort, generate_federation
-from coordinator.synth import write_federation
 from shared.synth.hazard import HIGH_RISK
 from shared.synth.outcomes import OUTCOMES
 from shared.synth.records import INDEX_WINDOW_DAYS, TREATMENT_CODE
@@ -43,6 +43,7 @@ def potential(fed) -> pd.DataFrame:
 
 
 # --- determinism -------------------------------------------------------------------------
+
 
 def test_same_seed_gives_equal_tables_and_truth(fed):
     again = generate_federation(seed=SEED, scale=SCALE)
@@ -77,8 +78,7 @@ def test_generate_cohort_equals_the_federation_site(fed):
 def test_generate_cohort_truth_follows_the_study_caps(fed):
     """A large-loss cap changes the estimand: the capped truth is the mean capped difference."""
     site = fed.sites[1]
-    capped = tuple(o.model_copy(update={"cap": 25_000.0}) if o.name == "claims_cost" else o
-                   for o in OUTCOMES)
+    capped = tuple(o.model_copy(update={"cap": 25_000.0}) if o.name == "claims_cost" else o for o in OUTCOMES)
     _, truth = generate_cohort(n=len(site.cohort), seed=SEED, profile=site.name, outcomes=capped)
     p = site.potential[site.potential["treated"] == 1]
     want = float(np.mean(np.clip(p["y1_claims_cost"], 0, 25_000) - np.clip(p["y0_claims_cost"], 0, 25_000)))
@@ -92,14 +92,16 @@ def test_written_files_are_byte_identical_for_equal_seeds(tmp_path, fmt):
     paths = []
     for run in ("a", "b"):
         write_federation(generate_federation(seed=5, sites=4, scale=0.01), tmp_path / run, fmt)
-        paths.append(sorted(p.relative_to(tmp_path / run)
-                            for p in (tmp_path / run).rglob("*") if p.is_file()))
+        paths.append(
+            sorted(p.relative_to(tmp_path / run) for p in (tmp_path / run).rglob("*") if p.is_file())
+        )
     assert paths[0] == paths[1] and len(paths[0]) == 4 * 4 + 2
     for rel in paths[0]:
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
 
 
 # --- features ----------------------------------------------------------------------------
+
 
 def test_every_feature_lies_within_its_public_bounds(pooled):
     check_bounds(pooled[list(FEATURE_NAMES)].to_numpy(dtype=float), FEATURES)  # raises if not
@@ -133,8 +135,11 @@ def test_features_are_correlated_as_in_real_populations(pooled):
     assert c.loc["age", "sbp"] > 0.25
     assert c.loc["sbp", "dbp"] > 0.5
     assert c.loc["bmi", "hdl"] < -0.1 and c.loc["bmi", "triglycerides"] > 0.2
-    assert pooled.loc[pooled.diabetes == 1, "glucose"].mean() > 7.0 > pooled.loc[
-        pooled.diabetes == 0, "glucose"].mean()
+    assert (
+        pooled.loc[pooled.diabetes == 1, "glucose"].mean()
+        > 7.0
+        > pooled.loc[pooled.diabetes == 0, "glucose"].mean()
+    )
     assert (pooled["dbp"] < pooled["sbp"]).all()
 
 
@@ -146,6 +151,7 @@ def test_ldl_is_friedewald_consistent(pooled):
 
 
 # --- confounding and truth ---------------------------------------------------------------
+
 
 def test_uptake_has_overlap_and_passes_the_size_gate(fed, potential):
     pi = potential["propensity"]
@@ -223,11 +229,11 @@ def test_capped_and_raw_truth_differ_only_where_claims_exceed_the_cap(fed, poten
     assert above < 0.005
     pooled = fed.truth["pooled"]
     assert pooled["att_capped"]["cv_event"] == pooled["att"]["cv_event"]
-    assert pooled["att_capped"]["claims_cost"] == pytest.approx(pooled["att"]["claims_cost"],
-                                                                rel=0.05)
+    assert pooled["att_capped"]["claims_cost"] == pytest.approx(pooled["att"]["claims_cost"], rel=0.05)
 
 
 # --- sites and records -------------------------------------------------------------------
+
 
 def test_site_profiles_span_a_large_insurer_mid_insurers_and_small_companies():
     sizes = {p.name: site_size(p, 1.0) for p in PROFILES}
@@ -286,12 +292,20 @@ def test_outcome_records_and_person_ids(fed):
     assert site.cohort["person_id"].str.fullmatch(r"A-\d{6}").all()
     assert (site.outcomes["period_end"] > site.outcomes["period_start"]).all()
     assert not any(c.startswith(("y0_", "y1_")) for c in site.cohort.columns)
-    expected = ["person_id", "site", "department", "job_type", *FEATURE_NAMES, "treated",
-                *(o.name for o in OUTCOMES)]
+    expected = [
+        "person_id",
+        "site",
+        "department",
+        "job_type",
+        *FEATURE_NAMES,
+        "treated",
+        *(o.name for o in OUTCOMES),
+    ]
     assert site.cohort.columns.tolist() == expected
 
 
 # --- files and CLI -----------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
 def test_study_toml_loads_and_points_at_the_cohort_files(tmp_path, fmt):
@@ -345,8 +359,9 @@ def root_app():
 
 def test_rehealth_synth_writes_the_federation_and_prints_the_truth(root_app, tmp_path):
     out = tmp_path / "d"
-    res = CliRunner().invoke(root_app, ["synth", "--sites", "3", "--out", str(out), "--seed", "4",
-                                        "--scale", "0.01"])
+    res = CliRunner().invoke(
+        root_app, ["synth", "--sites", "3", "--out", str(out), "--seed", "4", "--scale", "0.01"]
+    )
     assert res.exit_code == 0, res.output
     assert "pooled" in res.output and "insurer_mid_2" in res.output
     truth = json.loads((out / "truth.json").read_text())

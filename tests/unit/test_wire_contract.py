@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Message, RecordDict
 
+from coordinator.files import load_spec
+from coordinator.synth import write_federation
 from protos import codec, generate
 from protos import rehealth_v1_pb2 as pb
 from shared.dp.sensitivity import RELEASE_KEYS
@@ -30,26 +32,40 @@ from shared.protocol import (
     StudyQuery,
 )
 from shared.study import Covariate, Outcome
-from coordinator.files import load_spec
-from coordinator.synth import write_federation
 from shared.synth import generate_federation
 
-OPS = (Describe(), PsFit(beta=(0.5, -1.0, 2.0)), ScoreHist(beta=(0.0, 0.25, -0.125)),
-       PsmStats(beta=(0.1, 0.2, 0.3), edges=(-math.inf, -0.5, 0.5, math.inf)))
+OPS = (
+    Describe(),
+    PsFit(beta=(0.5, -1.0, 2.0)),
+    ScoreHist(beta=(0.0, 0.25, -0.125)),
+    PsmStats(beta=(0.1, 0.2, 0.3), edges=(-math.inf, -0.5, 0.5, math.inf)),
+)
 
 
 def _query(**update) -> StudyQuery:
     """A query with every field of the contract set to something other than its default."""
     grant = SignedGrant(body='{"kind":"study"}', signature="c2ln", key_id="0123456789abcdef")
-    privacy = PrivacyQuery(epsilon=0.7, delta=1e-6, split=BudgetSplit(), n_ps_rounds=3, accountant="prv",
-                           resplit=BudgetSplit(describe=0.0, ps_fit=0.5, psm_stats=0.4, balance=0.1),
-                           secure_nodes=3, secure_aggregation=True)
-    q = StudyQuery(study_id="study-0001-abcdef", treatment_column="statin",
-                   covariates=(Covariate(name="age", lo=18, hi=95),
-                               Covariate(name="smoker", lo=0, hi=1, kind="binary")),
-                   outcomes=(Outcome(name="cost", cap=1e5, lo=-10.0),
-                             Outcome(name="cv_event", cap=1, kind="binary")),
-                   ops=OPS, sites=("a", "b", "c"), privacy=privacy, secure_scale=1234.5, grant=grant)
+    privacy = PrivacyQuery(
+        epsilon=0.7,
+        delta=1e-6,
+        split=BudgetSplit(),
+        n_ps_rounds=3,
+        accountant="prv",
+        resplit=BudgetSplit(describe=0.0, ps_fit=0.5, psm_stats=0.4, balance=0.1),
+        secure_nodes=3,
+        secure_aggregation=True,
+    )
+    q = StudyQuery(
+        study_id="study-0001-abcdef",
+        treatment_column="statin",
+        covariates=(Covariate(name="age", lo=18, hi=95), Covariate(name="smoker", lo=0, hi=1, kind="binary")),
+        outcomes=(Outcome(name="cost", cap=1e5, lo=-10.0), Outcome(name="cv_event", cap=1, kind="binary")),
+        ops=OPS,
+        sites=("a", "b", "c"),
+        privacy=privacy,
+        secure_scale=1234.5,
+        grant=grant,
+    )
     return q.model_copy(update=update) if update else q
 
 
@@ -59,6 +75,7 @@ def _wire(content: RecordDict) -> RecordDict:
 
 
 # -- generated code ---------------------------------------------------------------------------
+
 
 def test_the_committed_generated_code_is_what_the_proto_generates(tmp_path):
     """`python -m protos.generate` into a temporary folder gives the committed bytes: a .proto
@@ -80,8 +97,12 @@ def test_one_version_and_one_set_of_error_texts_from_the_proto():
 
 # -- queries ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("update", [{}, {"privacy": None, "secure_scale": None, "grant": None},
-                                    *({"ops": (op,)} for op in OPS)], ids=lambda u: ",".join(u) or "full")
+
+@pytest.mark.parametrize(
+    "update",
+    [{}, {"privacy": None, "secure_scale": None, "grant": None}, *({"ops": (op,)} for op in OPS)],
+    ids=lambda u: ",".join(u) or "full",
+)
 def test_every_query_round_trips_exactly(update):
     q = _query(**update)
     got = codec.decode_query(_wire(codec.encode_query(q)))
@@ -92,9 +113,18 @@ def test_every_query_round_trips_exactly(update):
 
 def test_query_models_and_messages_name_the_same_fields():
     """A field renamed or added on one side only (pydantic model or .proto) fails here."""
-    pairs = [(StudyQuery, pb.StudyQuery), (PrivacyQuery, pb.PrivacyQuery), (BudgetSplit, pb.BudgetSplit),
-             (Covariate, pb.Covariate), (Outcome, pb.Outcome), (SignedGrant, pb.SignedGrant),
-             (PsFit, pb.PsFit), (PsmStats, pb.PsmStats), (ScoreHist, pb.ScoreHist), (Describe, pb.Describe)]
+    pairs = [
+        (StudyQuery, pb.StudyQuery),
+        (PrivacyQuery, pb.PrivacyQuery),
+        (BudgetSplit, pb.BudgetSplit),
+        (Covariate, pb.Covariate),
+        (Outcome, pb.Outcome),
+        (SignedGrant, pb.SignedGrant),
+        (PsFit, pb.PsFit),
+        (PsmStats, pb.PsmStats),
+        (ScoreHist, pb.ScoreHist),
+        (Describe, pb.Describe),
+    ]
     for model, message in pairs:
         assert set(model.model_fields) - {"op"} == set(message.DESCRIPTOR.fields_by_name), model.__name__
     ops = {f.name for f in pb.Operation.DESCRIPTOR.oneofs_by_name["op"].fields}
@@ -114,17 +144,26 @@ def test_a_value_the_contract_lacks_is_refused_not_dropped():
 
 # -- replies ----------------------------------------------------------------------------------
 
+
 def _answers(rng, d=2, strata=3, outcomes=2) -> dict:
     """Every array of every operation, shaped as the node's code shapes it."""
+
     def r(*shape):  # full float64 mantissas
         return rng.standard_normal(shape) * 1e6
 
-    return {"describe": {"count": r(2), "sum_z": r(2, d), "sum_zz": r(2, d, d)},
-            "ps_fit": {"n": r(1), "g": r(d + 1), "H": r(d + 1, d + 1), "loglik": r(1)},
-            "score_hist": {"count": r(40, 2)},
-            "psm_stats": {"edges": np.array([-np.inf, 0.0, 1.0, np.inf]), "count": r(strata, 2),
-                          "sum_y": r(strata, 2, outcomes), "sumsq_y": r(strata, 2, outcomes),
-                          "sum_z": r(strata, 2, d), "sumsq_z": r(strata, 2, d)}}
+    return {
+        "describe": {"count": r(2), "sum_z": r(2, d), "sum_zz": r(2, d, d)},
+        "ps_fit": {"n": r(1), "g": r(d + 1), "H": r(d + 1, d + 1), "loglik": r(1)},
+        "score_hist": {"count": r(40, 2)},
+        "psm_stats": {
+            "edges": np.array([-np.inf, 0.0, 1.0, np.inf]),
+            "count": r(strata, 2),
+            "sum_y": r(strata, 2, outcomes),
+            "sumsq_y": r(strata, 2, outcomes),
+            "sum_z": r(strata, 2, d),
+            "sumsq_z": r(strata, 2, d),
+        },
+    }
 
 
 def _assert_same(got: dict, want: dict):
@@ -140,8 +179,14 @@ def _assert_same(got: dict, want: dict):
 def test_every_reply_round_trips_exactly(op):
     answers = _answers(np.random.default_rng(3))
     answers = answers if op == "all" else {op: answers[op]}
-    meta = {"site": "insurer_a", "seconds": 0.25, "ops": list(answers), "dataset": "population",
-            "epsilon_spent": 0.125, "epsilon_budget": 10.0}
+    meta = {
+        "site": "insurer_a",
+        "seconds": 0.25,
+        "ops": list(answers),
+        "dataset": "population",
+        "epsilon_spent": 0.125,
+        "epsilon_budget": 10.0,
+    }
     got, got_meta = codec.decode_answer(_wire(codec.encode_answer(answers, meta)))
     _assert_same(got, answers)
     assert got_meta == meta
@@ -177,15 +222,25 @@ def test_the_secure_sum_layout_is_the_contracts_field_order():
     """Each node packs its arrays in the .proto's field order; the coordinator unpacks the sum
     with the shapes from the nodes' public replies, which carry no values."""
     rng = np.random.default_rng(4)
-    nodes = [{"ps_fit": {"g": rng.random(3), "H": rng.random((3, 3))},
-              "psm_stats": {k: rng.random((2, 2, 1)) for k in ("sumsq_y", "sum_y")}} for _ in range(3)]
+    nodes = [
+        {
+            "ps_fit": {"g": rng.random(3), "H": rng.random((3, 3))},
+            "psm_stats": {k: rng.random((2, 2, 1)) for k in ("sumsq_y", "sum_y")},
+        }
+        for _ in range(3)
+    ]
     layout = codec.secure_layout(nodes[0])
-    assert [(op, k) for op, k, _ in layout] == [("ps_fit", "g"), ("ps_fit", "H"), ("psm_stats", "sum_y"),
-                                                ("psm_stats", "sumsq_y")]
+    assert [(op, k) for op, k, _ in layout] == [
+        ("ps_fit", "g"),
+        ("ps_fit", "H"),
+        ("psm_stats", "sum_y"),
+        ("psm_stats", "sumsq_y"),
+    ]
     inputs = [codec.encode_secure_input(a, {"site": f"s{i}"}, scale=2.0) for i, a in enumerate(nodes)]
     for _, reply in inputs:
-        assert not any(t.values for r in (pb.StudyReply.FromString(reply).answers.ps_fit,)
-                       for t in (r.g, r.H))
+        assert not any(
+            t.values for r in (pb.StudyReply.FromString(reply).answers.ps_fit,) for t in (r.g, r.H)
+        )
     total = sum(vec for vec, _ in inputs) * 2.0
     summed, metas = codec.decode_secure_sum(total, {i: reply for i, (_, reply) in enumerate(inputs)})
     for op, k, _ in layout:
@@ -197,6 +252,7 @@ def test_the_secure_sum_layout_is_the_contracts_field_order():
 
 # -- protocol versions, both ways ---------------------------------------------------------------
 
+
 def _old(message, version: int = PROTOCOL_VERSION - 1):
     message.protocol = version
     return message
@@ -205,16 +261,20 @@ def _old(message, version: int = PROTOCOL_VERSION - 1):
 def test_a_node_refuses_a_query_of_another_version_naming_both():
     msg = _old(codec.query_to_proto(_query()))
     content = RecordDict({codec.RECORD: ConfigRecord({codec.QUERY_ENTRY: msg.SerializeToString()})})
-    with pytest.raises(codec.ProtocolMismatch, match=f"version {PROTOCOL_VERSION - 1}; this node speaks "
-                                                     f"version {PROTOCOL_VERSION}"):
+    with pytest.raises(
+        codec.ProtocolMismatch,
+        match=f"version {PROTOCOL_VERSION - 1}; this node speaks version {PROTOCOL_VERSION}",
+    ):
         codec.decode_query(content)
 
 
 def test_a_coordinator_refuses_a_reply_of_another_version_naming_both():
     msg = _old(codec.reply_to_proto({"describe": {"count": np.ones(2)}}, {"site": "insurer_a"}), 9)
     content = RecordDict({codec.RECORD: ConfigRecord({codec.REPLY_ENTRY: msg.SerializeToString()})})
-    with pytest.raises(codec.ProtocolMismatch, match="insurer_a replied in protocol version 9; this "
-                                                     f"coordinator speaks version {PROTOCOL_VERSION}"):
+    with pytest.raises(
+        codec.ProtocolMismatch,
+        match=f"insurer_a replied in protocol version 9; this coordinator speaks version {PROTOCOL_VERSION}",
+    ):
         codec.decode_answer(content)
 
 
@@ -222,8 +282,9 @@ def test_the_pydantic_query_refuses_another_version_too():
     """A query built in Python (the REST API, a test) cannot claim another version either."""
     from pydantic import ValidationError
 
-    with pytest.raises(ValidationError,
-                       match=f"protocol version 4; this side speaks version {PROTOCOL_VERSION}"):
+    with pytest.raises(
+        ValidationError, match=f"protocol version 4; this side speaks version {PROTOCOL_VERSION}"
+    ):
         StudyQuery.model_validate(_query().model_dump() | {"protocol": 4})
 
 
@@ -243,6 +304,7 @@ def test_risk_envelope_round_trips_and_is_version_checked():
 
 # -- against the real node code ---------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def written(tmp_path_factory):
     out = tmp_path_factory.mktemp("fed")
@@ -255,8 +317,12 @@ def _spec(spec, **privacy):
 
 def _all_ops(spec):
     beta = tuple(0.05 * i for i in range(len(spec.covariates) + 1))
-    return (Describe(), PsFit(beta=beta), ScoreHist(beta=beta),
-            PsmStats(beta=beta, edges=(-math.inf, 0.0, math.inf)))
+    return (
+        Describe(),
+        PsFit(beta=beta),
+        ScoreHist(beta=beta),
+        PsmStats(beta=beta, edges=(-math.inf, 0.0, math.inf)),
+    )
 
 
 def test_the_real_nodes_exact_reply_decodes_to_what_the_node_code_computes(written, tmp_path):
@@ -264,6 +330,7 @@ def test_the_real_nodes_exact_reply_decodes_to_what_the_node_code_computes(writt
     decodes to exactly the arrays :mod:`shared.answer` computes on the site's rows, under the
     same names: renaming an array in the node code or in the .proto fails here."""
     from flower_inprocess import signed_federation
+
     from node.policy import NodePolicy
     from node.study_service import load_site_arrays
     from shared.answer import answer, suppress_small_cells
@@ -275,8 +342,10 @@ def test_the_real_nodes_exact_reply_decodes_to_what_the_node_code_computes(writt
     assert set(got) == {s.name for s in spec.sites}
     k = NodePolicy.load(None).min_cell
     for site in spec.sites:
-        want = {op: suppress_small_cells(op, a, k=k)
-                for op, a in answer(query, load_site_arrays(site.data, query, None)).items()}
+        want = {
+            op: suppress_small_cells(op, a, k=k)
+            for op, a in answer(query, load_site_arrays(site.data, query, None)).items()
+        }
         _assert_same(got[site.name].answers, want)
         assert got[site.name].meta["site"] == site.name and got[site.name].meta["ops"] == list(want)
 
@@ -289,7 +358,8 @@ def test_the_real_nodes_dp_reply_carries_the_released_arrays_only(written, tmp_p
     query = StudyQuery.for_spec(spec, _all_ops(spec), grant=grant)
     for reply in fed.ask(query, "all-ops").values():
         assert {op: set(a) for op, a in reply.answers.items()} == {
-            op: {k for r in DP_RELEASES[op] for k in RELEASE_KEYS[r]} for op in DP_RELEASES}
+            op: {k for r in DP_RELEASES[op] for k in RELEASE_KEYS[r]} for op in DP_RELEASES
+        }
         assert reply.meta["epsilon_spent"] > 0 and reply.meta["dataset"]
 
 
@@ -297,19 +367,29 @@ def test_an_old_coordinator_and_a_new_node_refuse_each_other_through_flower(writ
     """Both directions through the real ClientApp and the coordinator's federation: the node
     answers a query of another version with ERROR_CODE_PROTOCOL naming both versions (nothing
     read or charged), and the coordinator fails the round on a reply of another version."""
-    from coordinator.flower.federation import GridFederation
     from flower_inprocess import signed_grid
+
+    from coordinator.flower.federation import GridFederation
 
     spec = _spec(written, enabled=True, epsilon=5.0)
     grid, grant = signed_grid(spec, tmp_path, extra={"budget-epsilon": 50.0})
     query = StudyQuery.for_spec(spec, (Describe(),), grant=grant)
     old = _old(codec.query_to_proto(query)).SerializeToString()
-    msgs = [Message(RecordDict({codec.RECORD: ConfigRecord({codec.QUERY_ENTRY: old})}), dst_node_id=nid,
-                    message_type=STUDY_MESSAGE_TYPE, group_id="old") for nid in grid.get_node_ids()]
+    msgs = [
+        Message(
+            RecordDict({codec.RECORD: ConfigRecord({codec.QUERY_ENTRY: old})}),
+            dst_node_id=nid,
+            message_type=STUDY_MESSAGE_TYPE,
+            group_id="old",
+        )
+        for nid in grid.get_node_ids()
+    ]
     for reply in grid.send_and_receive(msgs):
         assert reply.has_error() and reply.error.code == CODE_PROTOCOL
-        assert (f"{ERROR_TEXT[CODE_PROTOCOL]}: the query speaks protocol version {PROTOCOL_VERSION - 1}; "
-                f"this node speaks version {PROTOCOL_VERSION}") in reply.error.reason
+        assert (
+            f"{ERROR_TEXT[CODE_PROTOCOL]}: the query speaks protocol version {PROTOCOL_VERSION - 1}; "
+            f"this node speaks version {PROTOCOL_VERSION}"
+        ) in reply.error.reason
     assert not list((tmp_path / "nodes").glob("*/ledger.db"))  # refused before the ledger opened
 
     real_app = grid.client_app
@@ -323,6 +403,9 @@ def test_an_old_coordinator_and_a_new_node_refuse_each_other_through_flower(writ
     grid.client_app = old_node
     fed = GridFederation(grid, poll_s=0.0)
     fed.wait_for_nodes(len(spec.sites))
-    with pytest.raises(FederationError, match=f"replied in protocol version {PROTOCOL_VERSION - 1}; "
-                                              f"this coordinator speaks version {PROTOCOL_VERSION}"):
+    with pytest.raises(
+        FederationError,
+        match=f"replied in protocol version {PROTOCOL_VERSION - 1}; "
+        f"this coordinator speaks version {PROTOCOL_VERSION}",
+    ):
         fed.ask(query, "describe")
