@@ -110,9 +110,9 @@ def test_killed_supernode_fails_clearly_naming_node_and_round(synthetic, tmp_pat
 
 
 def test_private_study_charges_each_real_node_ledger(synthetic, tmp_path):
-    from coordinator.study.workflow import noise_plan
     from coordinator.synth.io import study_document, to_toml
     from node.ledger import PrivacyLedger
+    from shared.driver import noise_plan
 
     # its own copy of the data: a site's ledger lives beside its data file, for every run over it
     spec_path = write_federation(synthetic[1], tmp_path / "data").with_name("study-dp.toml")
