@@ -61,19 +61,14 @@ def dp_spec(
 
     if not privacy.enabled:
         raise ValueError("a DP study needs privacy.enabled = true")
-    spec = reference_spec(
+    return reference_spec(
         outcomes=outcomes,
         covariates=covariates,
         n_sites=n_sites,
-        strata="quantile" if strata_n else "caliper",
+        strata="quantile" if strata_n else "auto",
         n_strata=strata_n or 8,
         ridge=ridge,
         privacy=privacy,
-    )
-    return (
-        spec
-        if strata_n
-        else spec.model_copy(update={"strata": spec.strata.model_copy(update={"method": "auto"})})
     )
 
 

@@ -62,7 +62,7 @@ def reference_spec(
     outcomes: Sequence[Outcome],
     covariates: Sequence[str],
     n_sites: int,
-    strata: Literal["caliper", "quantile"] = "caliper",
+    strata: Literal["auto", "caliper", "quantile"] = "caliper",
     caliper_sd: float = 0.2,
     n_strata: int = 8,
     ridge: float = 1e-6,
@@ -71,9 +71,10 @@ def reference_spec(
     privacy: Privacy | None = None,
 ) -> StudySpec:
     """The study spec of a reference run over arrays already scaled to [0, 1] (covariate
-    bounds 0..1), with sites ``site-0`` … ``site-{n_sites-1}``; exact unless ``privacy``."""
-    if strata not in ("caliper", "quantile"):
-        raise DataError(f"unknown strata method {strata!r} (caliper or quantile)", field="strata")
+    bounds 0..1), with sites ``site-0`` … ``site-{n_sites-1}``; exact unless ``privacy``;
+    ``strata`` as the spec's ``[strata] method``."""
+    if strata not in ("auto", "caliper", "quantile"):
+        raise DataError(f"unknown strata method {strata!r} (auto, caliper or quantile)", field="strata")
     return StudySpec(
         study=StudyInfo(name="reference"),
         covariates=tuple(Covariate(name=c, lo=0.0, hi=1.0) for c in covariates),
