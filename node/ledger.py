@@ -1,5 +1,5 @@
-r"""The node's privacy ledger: one budget for the node's population, every release charged
-before it leaves.
+"""The node's privacy ledger: one budget for the node's population, every release charged
+before it leaves, every DP study's whole plan reserved before its first release.
 
 **One ledger, one population, one budget.** Studies, risk-model training and HR group views all
 read the same people, so they all draw from one budget. A ledger database holds exactly that
@@ -14,8 +14,15 @@ Tables (SQLite file by default, PostgreSQL by URL):
   ``dataset`` = :data:`POPULATION`).
 * ``privacy_releases(id, dataset, study_id, query, sigma, sensitivity, noise_multiplier,
   epsilon, epsilon_after, created_at, status)`` — append-only; ``epsilon`` is what this
-  release added, ``epsilon_after`` the total after it; ``study_id``/``query`` say what spent it
-  (:func:`release_kind`: study queries, risk training, group views).
+  release added to the ε *spent*, ``epsilon_after`` the ε spent after it; ``study_id``/``query``
+  say what spent it (:func:`release_kind`: study queries, risk training, group views).
+  ``status`` is ``charged`` when the charge committed and ``sent`` once the node handed the
+  answer to Flower (:meth:`PrivacyLedger.mark_sent`); both count, always.
+* ``privacy_reservations(id, dataset, study_id, releases, rho, epsilon, …, status)`` — a DP
+  study's whole plan, reserved before its first release (:meth:`PrivacyLedger.reserve`):
+  ``reserved`` while live, then ``completed`` (its last release was charged), ``cancelled``
+  (its coordinator gave up) or ``lapsed`` (no release for ``ttl_s`` seconds). A closed
+  reservation frees what was not converted into charges; charges stay.
 * ``privacy_views(key, release_id, body, created_at)`` — a released answer kept so that it is
   served again instead of being re-drawn and re-charged (:meth:`PrivacyLedger.release_once`).
 
@@ -23,16 +30,33 @@ A ledger written before budgets were per population (one row per dataset name) i
 opened: its releases all count against the population, at the smallest ε and δ it held.
 
 **Accounting.** ε is always recomputed by the accountant (:mod:`shared.dp.accounting`) over the
-*whole persisted history* plus the new release, at the budget's δ — composition across studies,
-training runs and group views included. Nothing is summed by hand.
+*whole persisted history* plus what is asked, at the budget's δ — composition across studies,
+training runs and group views included. Nothing is summed by hand. A live reservation counts as
+what its study has not yet charged: the plan's zCDP ρ (a Gaussian release with μ = σ/Δ is
+ρ = 1/(2μ²)-zCDP, and Gaussians compose by adding ρ, exactly, under RDP and PRV alike) minus the
+ρ its charges already used, as one Gaussian entry. So a live study counts at its whole plan,
+whatever split its rounds take (a re-split after describe moves ρ between rounds, never above
+the plan's total), and every other release — another study's reservation, a risk-training run,
+a group view — is checked against what is spent *and* reserved.
 
-**Atomicity.** :meth:`PrivacyLedger.charge` reads the history, checks the budget and inserts the
-release in one transaction that holds the dataset's write lock (SQLite: ``BEGIN IMMEDIATE``;
-PostgreSQL: ``SELECT … FOR UPDATE`` on the budget row), so two concurrent studies cannot both
-spend the last of a budget. The caller adds noise and sends only *after* the charge committed
+**Reserve, convert, close.** :meth:`~PrivacyLedger.reserve` checks that what is charged, every
+live reservation and this study's whole plan compose within the budget, and records the plan, in
+one locked transaction. :meth:`~PrivacyLedger.charge_reserved` converts one planned release into
+a charge: never more releases of a kind than the plan names (a replayed grant gets nothing), never
+more ρ than the plan's total, and none at all without a live reservation ("no reservation, no
+release": a study whose reservation was cancelled or lapsed cannot draw on the budget others
+reserved). Since the reservation fitted, a conversion needs no budget check and cannot fail for
+want of budget: two concurrent studies never both fail mid-study; the second is refused before
+it releases anything. A reservation lapses after ``ttl_s`` seconds without a release (each
+conversion renews it), so a coordinator that dies after reserving does not hold a node's budget
+for longer than that.
+
+**Atomicity.** Every write reads the history, checks and inserts in one transaction that holds
+the budget's write lock (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: ``SELECT … FOR UPDATE`` on the
+budget row), so two concurrent studies cannot both reserve or spend the last of a budget. The
+caller adds noise and sends only *after* the charge committed
 (:func:`node.privacy.charged_release`): a crash between charge and send leaves a charge without
-a release — over-counting, never under-counting. Rows are never deleted; ``status`` goes from
-``charged`` to ``sent`` when the caller confirms, but every row counts either way.
+a release — over-counting, never under-counting. Release rows are never deleted.
 
 >>> import tempfile, os
 >>> led = PrivacyLedger(f"sqlite:///{tempfile.mkdtemp()}/ledger.db")
@@ -45,11 +69,13 @@ True
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+from collections import Counter
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
-from typing import Callable
+from datetime import datetime, timedelta, timezone
+from typing import Callable, Iterable, Sequence
 
 from sqlalchemy import (
     Column,
@@ -74,7 +100,16 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from shared.dp.accounting import epsilon_of_history
 from shared.errors import BudgetExceededError, PrivacyError, ReplayRefused
 
-__all__ = ["POPULATION", "BudgetState", "Charge", "PrivacyLedger", "ReleaseRecord", "release_kind"]
+__all__ = [
+    "DEFAULT_RESERVATION_TTL_S",
+    "POPULATION",
+    "BudgetState",
+    "Charge",
+    "PrivacyLedger",
+    "ReleaseRecord",
+    "Reservation",
+    "release_kind",
+]
 
 log = logging.getLogger("rehealth.node.ledger")
 
@@ -109,6 +144,23 @@ releases = Table(
     Column("status", String(16), nullable=False),  # charged | sent
 )
 
+reservations = Table(
+    "privacy_reservations",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("dataset", String(200), nullable=False, index=True),  # always POPULATION
+    Column("study_id", String(128), nullable=False, index=True),
+    Column("releases", Text, nullable=False),  # JSON {query: how many the plan names}
+    Column("rho", Float, nullable=False),  # zCDP ρ of the whole plan: the study's cap
+    Column("epsilon", Float, nullable=False),  # what reserving added to spent + reserved
+    Column("epsilon_after", Float, nullable=False),  # spent + reserved after it
+    Column("ttl_s", Float, nullable=False),  # lapses this long after its last release
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("closed_at", DateTime(timezone=True), nullable=True),
+    Column("status", String(16), nullable=False),  # reserved | completed | cancelled | lapsed
+)
+
 views = Table(
     "privacy_views",
     metadata,
@@ -119,6 +171,14 @@ views = Table(
 )
 
 _EPS_TOL = 1e-9  # float noise of the accountant; never lets a real overspend through
+_RHO_TOL = 1e-9  # relative: a re-split plan's ρ is the plan's up to float rounding
+
+#: How long a reservation outlives its last release (seconds) unless the node config says
+#: otherwise (``reservation-ttl-s``): longer than any round of a study (a round's timeout is
+#: two minutes by default), short enough that a dead coordinator frees the budget within the hour.
+DEFAULT_RESERVATION_TTL_S = 1800.0
+
+LIVE = "reserved"
 
 #: Kinds of release, as ``rehealth node budget`` groups them.
 KINDS = {"study": "study queries", "risk": "risk training", "group_view": "group views"}
@@ -180,13 +240,35 @@ class ReleaseRecord(_Release):
 
 
 @dataclass(frozen=True)
+class Reservation:
+    """One study's reservation of its whole plan (``releases``: how many of each kind)."""
+
+    id: int
+    study_id: str
+    releases: dict[str, int]
+    rho: float
+    epsilon: float  # what reserving added to the population's spent + reserved ε
+    epsilon_after: float
+    ttl_s: float
+    created_at: str
+    expires_at: str
+    closed_at: str | None
+    status: str  # reserved | completed | cancelled | lapsed
+
+
+@dataclass(frozen=True)
 class BudgetState:
+    """``spent``: the accountant over every charge; ``reserved``: what live reservations add on
+    top of it; ``left``: the budget minus both (what a new study or release may still use)."""
+
     dataset: str
     epsilon: float
     delta: float
     spent: float
     left: float
     releases: int
+    reserved: float = 0.0
+    reservations: int = 0  # live ones
 
 
 class PrivacyLedger:
@@ -195,11 +277,16 @@ class PrivacyLedger:
     Args:
         url: database URL (``sqlite:///path/ledger.db`` or ``postgresql+psycopg2://…``).
         accountant: ``"rdp"`` (default) or ``"prv"``; must match the study plans'.
+        clock: the current UTC time (default: the system clock).
     """
 
-    def __init__(self, url: str, *, accountant: str = "rdp"):
+    def __init__(
+        self, url: str, *, accountant: str = "rdp", clock: Callable[[], datetime] | None = None
+    ):
         self.url = url
         self.accountant = accountant
+        #: the time reservations lapse by (tests pass a fake clock instead of sleeping)
+        self.clock = clock or (lambda: datetime.now(timezone.utc))
         self.engine = _make_engine(url)
         try:
             metadata.create_all(self.engine)
@@ -439,35 +526,40 @@ class PrivacyLedger:
         steps: int,
         limit: int | None = None,
     ) -> Charge:
-        """Check and insert one release inside the caller's transaction (which holds the lock)."""
+        """Check and insert one release inside the caller's transaction (which holds the lock):
+        it must fit beside what is spent *and* what live reservations hold for their studies."""
         if not (math.isfinite(sigma) and sigma > 0):
             raise PrivacyError(f"release {query!r}: noise must be positive")
         mu = sigma / sensitivity
         entry = (mu, sample_rate, steps)
         budget = self._locked_budget(conn, query)
         if limit is not None:
-            done = conn.execute(
-                select(func.count())
-                .select_from(releases)
-                .where(
-                    releases.c.dataset == POPULATION,
-                    releases.c.study_id == study_id,
-                    releases.c.query == query,
-                )
-            ).scalar_one()
+            done = self._count(conn, study_id, query)
             if done >= limit:
                 raise ReplayRefused(
                     f"study {study_id[:24]} already had {done} {query} release(s), all its signed plan allows"
                 )
-        history = self._history(conn)
-        before = self._eps(history, budget.delta)
-        after = self._eps(history + [entry], budget.delta)
+        books = self._books(conn, lapse=True)
+        held = books.charged + books.held()
+        before = self._eps(held, budget.delta)
+        after = self._eps(held + [entry], budget.delta)
         if after > budget.epsilon + _EPS_TOL:
             raise BudgetExceededError(
                 f"privacy budget of this node's population: ε={budget.epsilon:.2f} total "
-                f"(δ={budget.delta:g}), {max(budget.epsilon - before, 0.0):.2f} left, "
+                f"(δ={budget.delta:g}), {max(budget.epsilon - before, 0.0):.2f} left"
+                f"{books.reserved_note(self, budget.delta)}, "
                 f"this release ({query}, {study_id[:12]}) needs {after - before:.2f}"
             )
+        return self._insert(
+            conn, books, budget, study_id, query, sigma, sensitivity, entry, left=budget.epsilon - after
+        )
+
+    def _insert(self, conn, books, budget, study_id, query, sigma, sensitivity, entry, *, left) -> Charge:
+        """Insert a charge row; its ``epsilon`` is what it added to the ε *spent* (so the rows'
+        increments add up to :meth:`spent`)."""
+        mu, sample_rate, steps = entry
+        spent_before = self._eps(books.charged, budget.delta)
+        spent_after = self._eps(books.charged + [entry], budget.delta)
         rid = conn.execute(
             insert(releases).values(
                 dataset=POPULATION,
@@ -478,9 +570,9 @@ class PrivacyLedger:
                 noise_multiplier=mu,
                 sample_rate=sample_rate,
                 steps=steps,
-                epsilon=after - before,
-                epsilon_after=after,
-                created_at=datetime.now(timezone.utc),
+                epsilon=spent_after - spent_before,
+                epsilon_after=spent_after,
+                created_at=self.clock(),
                 status="charged",
             )
         ).inserted_primary_key[0]
@@ -492,28 +584,258 @@ class PrivacyLedger:
             sigma=sigma,
             sensitivity=sensitivity,
             noise_multiplier=mu,
-            epsilon=after - before,
-            epsilon_after=after,
-            epsilon_left=max(budget.epsilon - after, 0.0),
+            epsilon=spent_after - spent_before,
+            epsilon_after=spent_after,
+            epsilon_left=max(left, 0.0),
         )
 
-    def mark_sent(self, charge_id: int) -> None:
-        """Record that the charged release left the node (informational: charges count anyway)."""
+    @staticmethod
+    def _count(conn, study_id: str, query: str) -> int:
+        return conn.execute(
+            select(func.count())
+            .select_from(releases)
+            .where(
+                releases.c.dataset == POPULATION,
+                releases.c.study_id == study_id,
+                releases.c.query == query,
+            )
+        ).scalar_one()
+
+    # -- reservations ----------------------------------------------------------------------------
+    def reserve(
+        self,
+        *,
+        study_id: str,
+        releases: Sequence[tuple[str, float, float]],
+        ttl_s: float = DEFAULT_RESERVATION_TTL_S,
+        dataset: str | None = None,
+    ) -> Reservation:
+        """Reserve a DP study's whole plan before its first release, atomically.
+
+        Args:
+            study_id: the signed study (its grant id).
+            releases: every release the study's plan names, one ``(query, σ, Δ)`` per release
+                (a plan's R ``ps_fit`` rounds are R entries): what the node derived from the
+                signed terms, never the coordinator's word.
+            ttl_s: the reservation lapses this long after its last release (or after reserving).
+
+        Returns:
+            The live :class:`Reservation`. Reserving again while it is live changes nothing but
+            its expiry (a retried round). A study whose reservation was closed may reserve again:
+            only the releases it has not charged yet, within the plan's ρ (a replayed grant buys
+            nothing beyond its plan).
+
+        Raises:
+            BudgetExceededError: what is spent, every live reservation and this plan do not
+                compose within the budget (names budget, left, reserved, asked); nothing is
+                recorded.
+            PrivacyError: no budget, an empty plan or bad noise, a bad ``ttl_s``, a live
+                reservation of this study for another plan, or a foreign ``dataset``.
+        """
+        _population(dataset)
+        if not releases:
+            raise PrivacyError(f"study {study_id[:24]}: a reservation needs the plan's releases")
+        if not (math.isfinite(ttl_s) and ttl_s > 0):
+            raise PrivacyError(f"a reservation's lifetime must be positive, got {ttl_s!r} s")
+        counts: Counter[str] = Counter()
+        rho = 0.0
+        for query, sigma, sensitivity in releases:
+            sigma, sensitivity = self._gaussian(query, sigma, sensitivity)
+            counts[query] += 1
+            rho += _rho(sigma / sensitivity)
+        plan = json.dumps(dict(sorted(counts.items())), sort_keys=True)
         with self.engine.begin() as conn:
-            conn.execute(update(releases).where(releases.c.id == charge_id).values(status="sent"))
+            budget = self._locked_budget(conn, f"the plan of study {study_id[:24]}")
+            books = self._books(conn, lapse=True)
+            now = self.clock()
+            live = books.live.get(study_id)
+            if live is not None:
+                if live.releases != plan or not math.isclose(live.rho, rho, rel_tol=_RHO_TOL):
+                    raise PrivacyError(
+                        f"study {study_id[:24]} already holds a reservation for another plan at this node"
+                    )
+                conn.execute(
+                    update(reservations)
+                    .where(reservations.c.id == live.id)
+                    .values(expires_at=now + timedelta(seconds=float(live.ttl_s)))
+                )
+                return self._reservation(conn, live.id)
+            others = books.charged + books.held()
+            mine = _gaussian_of_rho(rho - books.study_rho.get(study_id, 0.0))
+            before = self._eps(others, budget.delta)
+            after = self._eps(others + mine, budget.delta)
+            if after > budget.epsilon + _EPS_TOL:
+                raise BudgetExceededError(
+                    f"privacy budget of this node's population: ε={budget.epsilon:.2f} total "
+                    f"(δ={budget.delta:g}), {max(budget.epsilon - before, 0.0):.2f} left"
+                    f"{books.reserved_note(self, budget.delta)}, "
+                    f"study {study_id[:12]} needs {after - before:.2f} for its whole plan "
+                    f"({sum(counts.values())} releases): nothing was reserved or spent"
+                )
+            rid = conn.execute(
+                insert(reservations).values(
+                    dataset=POPULATION,
+                    study_id=study_id,
+                    releases=plan,
+                    rho=rho,
+                    epsilon=after - before,
+                    epsilon_after=after,
+                    ttl_s=float(ttl_s),
+                    created_at=now,
+                    expires_at=now + timedelta(seconds=float(ttl_s)),
+                    closed_at=None,
+                    status=LIVE,
+                )
+            ).inserted_primary_key[0]
+            return self._reservation(conn, int(rid))
+
+    def charge_reserved(
+        self, *, study_id: str, query: str, sigma: float, sensitivity: float, dataset: str | None = None
+    ) -> Charge:
+        r"""Convert one release of ``study_id``'s live reservation into a charge, atomically.
+
+        The reservation already fitted the budget, so no budget check is needed or made: a
+        reserved study's release is never refused for want of budget. What is checked: a live
+        reservation (no reservation, no release), the release is one the plan names and not
+        more often than it names it, and the study's charges stay within the plan's ρ (a
+        re-split moves ρ between rounds, never beyond the total). Each conversion renews the
+        reservation's lifetime; when the plan's every release is charged it is ``completed``.
+
+        Raises:
+            PrivacyError: no live reservation of the study (none, cancelled, completed or
+                lapsed), a release the plan does not name, or more ρ than reserved.
+            ReplayRefused: the plan's releases of ``query`` were all charged already.
+        """
+        _population(dataset)
+        sigma, sensitivity = self._gaussian(query, sigma, sensitivity)
+        mu = sigma / sensitivity
+        with self.engine.begin() as conn:
+            budget = self._locked_budget(conn, query)
+            books = self._books(conn, lapse=True)
+            res = books.live.get(study_id)
+            if res is None:
+                raise PrivacyError(
+                    f"study {study_id[:24]} holds no live budget reservation at this node "
+                    "(none was made, or it was cancelled, completed or lapsed): no reservation, "
+                    f"no release of {query}"
+                )
+            planned = json.loads(res.releases).get(query, 0)
+            done = self._count(conn, study_id, query)
+            if not planned:
+                raise PrivacyError(f"study {study_id[:24]}: its reserved plan has no {query} release")
+            if done >= planned:
+                raise ReplayRefused(
+                    f"study {study_id[:24]} already had {done} {query} release(s), all its signed plan allows"
+                )
+            used = books.study_rho.get(study_id, 0.0) + _rho(mu)
+            if used > res.rho * (1.0 + _RHO_TOL):
+                raise PrivacyError(
+                    f"study {study_id[:24]}: this {query} release would take its charges beyond "
+                    "the privacy loss its plan reserved"
+                )
+            held = books.charged + books.held()
+            charge = self._insert(
+                conn,
+                books,
+                budget,
+                study_id,
+                query,
+                sigma,
+                sensitivity,
+                (mu, 1.0, 1),
+                left=budget.epsilon - self._eps(held, budget.delta),  # unchanged: it was reserved
+            )
+            now = self.clock()
+            values: dict = {"expires_at": now + timedelta(seconds=float(res.ttl_s))}
+            counts = json.loads(res.releases)
+            if all(self._count(conn, study_id, q) >= n for q, n in counts.items()):
+                values.update(status="completed", closed_at=now)
+            conn.execute(update(reservations).where(reservations.c.id == res.id).values(**values))
+        return charge
+
+    def complete(self, study_id: str) -> Reservation | None:
+        """Close ``study_id``'s live reservation as ``completed`` (its last release was charged):
+        what it did not convert — a re-split's slack, a release it skipped — is freed."""
+        return self._close(study_id, "completed")
+
+    def cancel(self, study_id: str) -> Reservation | None:
+        """Free what ``study_id``'s live reservation has not converted into charges (charges
+        stay). Harmless whoever asks: it only lowers what the ledger holds, and only for this
+        study, which then releases nothing more (no reservation, no release).
+
+        Returns:
+            The cancelled reservation, or None if the study held no live one.
+        """
+        return self._close(study_id, "cancelled")
+
+    def _close(self, study_id: str, status: str) -> Reservation | None:
+        with self.engine.begin() as conn:
+            self._locked_budget(conn, f"closing a reservation of {study_id[:24]}")
+            books = self._books(conn, lapse=True)
+            res = books.live.get(study_id)
+            if res is None:
+                return None
+            conn.execute(
+                update(reservations)
+                .where(reservations.c.id == res.id)
+                .values(status=status, closed_at=self.clock())
+            )
+            return self._reservation(conn, res.id)
+
+    def _reservation(self, conn, rid: int) -> Reservation:
+        r = conn.execute(select(reservations).where(reservations.c.id == rid)).mappings().one()
+        return _reservation_record(r)
+
+    def mark_sent(self, charge_ids: int | Iterable[int]) -> None:
+        """Record that the charged releases left the node: the node handed the answer that
+        carries them to Flower, the last point it controls (informational: charges count
+        anyway)."""
+        ids = [charge_ids] if isinstance(charge_ids, int) else [int(i) for i in charge_ids]
+        if not ids:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(update(releases).where(releases.c.id.in_(ids)).values(status="sent"))
 
     def _eps(self, history: list[tuple[float, float, int]], delta: float) -> float:
         return epsilon_of_history(history=history, delta=delta, accountant=self.accountant)
 
-    @staticmethod
-    def _history(conn) -> list[tuple[float, float, int]]:
-        """Every charged release as an accountant entry (μ, q, steps)."""
+    def _books(self, conn, *, lapse: bool = False) -> "_Books":
+        """Every charge as an accountant entry (μ, q, steps), each study's charged ρ, and the
+        live reservations. ``lapse``: mark reservations past their expiry ``lapsed`` (inside a
+        write transaction); either way they no longer count."""
+        charged: list[tuple[float, float, int]] = []
+        study_rho: dict[str, float] = {}
         rows = conn.execute(
-            select(releases.c.noise_multiplier, releases.c.sample_rate, releases.c.steps).where(
-                releases.c.dataset == POPULATION
-            )
+            select(
+                releases.c.study_id, releases.c.noise_multiplier, releases.c.sample_rate, releases.c.steps
+            ).where(releases.c.dataset == POPULATION)
         )
-        return [(float(m), float(q), int(k)) for m, q, k in rows]
+        for sid, m, q, k in rows:
+            charged.append((float(m), float(q), int(k)))
+            if float(q) >= 1.0:
+                study_rho[sid] = study_rho.get(sid, 0.0) + int(k) * _rho(float(m))
+        now = self.clock()
+        live: dict[str, _Live] = {}
+        expired: list[tuple[int, datetime]] = []
+        for r in conn.execute(
+            select(reservations).where(reservations.c.dataset == POPULATION, reservations.c.status == LIVE)
+        ).mappings():
+            expires = _aware(r["expires_at"])
+            if expires <= now:
+                expired.append((int(r["id"]), expires))
+            else:
+                live[r["study_id"]] = _Live(
+                    id=int(r["id"]), releases=r["releases"], rho=float(r["rho"]), ttl_s=float(r["ttl_s"])
+                )
+        if lapse:
+            for rid, expires in expired:
+                conn.execute(
+                    update(reservations)
+                    .where(reservations.c.id == rid)
+                    .values(status="lapsed", closed_at=expires)
+                )
+                log.info("ledger: reservation %d lapsed (no release for its lifetime)", rid)
+        return _Books(charged=charged, study_rho=study_rho, live=live)
 
     # -- reading -------------------------------------------------------------------------------
     def spent(self, dataset: str | None = None) -> float:
@@ -525,7 +847,7 @@ class PrivacyLedger:
         return self.state(dataset).spent
 
     def state(self, dataset: str | None = None) -> BudgetState:
-        """Budget, spent, left and number of releases.
+        """Budget, spent, reserved (on top of spent), left and number of releases.
 
         Raises:
             PrivacyError: no budget set (or a foreign ``dataset``).
@@ -535,15 +857,18 @@ class PrivacyLedger:
             budget = conn.execute(select(budgets).where(budgets.c.dataset == POPULATION)).first()
             if budget is None:
                 raise PrivacyError("no privacy budget is set in this ledger: nothing was released")
-            history = self._history(conn)
-        spent = self._eps(history, budget.delta)
+            books = self._books(conn)
+        spent = self._eps(books.charged, budget.delta)
+        held = self._eps(books.charged + books.held(), budget.delta) if books.live else spent
         return BudgetState(
             dataset=POPULATION,
             epsilon=budget.epsilon,
             delta=budget.delta,
             spent=spent,
-            left=max(budget.epsilon - spent, 0.0),
-            releases=len(history),
+            left=max(budget.epsilon - held, 0.0),
+            releases=len(books.charged),
+            reserved=max(held - spent, 0.0),
+            reservations=len(books.live),
         )
 
     def history(self, dataset: str | None = None) -> list[ReleaseRecord]:
@@ -557,15 +882,100 @@ class PrivacyLedger:
             )
         return [ReleaseRecord(**{**r, "created_at": _iso(r["created_at"])}) for r in rows]
 
+    def reservations(self, study_id: str | None = None) -> list[Reservation]:
+        """Every reservation (live, completed, cancelled, lapsed), oldest first; one whose
+        lifetime is over shows as ``lapsed`` even before a write marks it."""
+        now = self.clock()
+        with self.engine.connect() as conn:
+            q = select(reservations).where(reservations.c.dataset == POPULATION)
+            if study_id is not None:
+                q = q.where(reservations.c.study_id == study_id)
+            rows = conn.execute(q.order_by(reservations.c.id)).mappings().all()
+        out = []
+        for r in rows:
+            rec = _reservation_record(r)
+            if rec.status == LIVE and _aware(r["expires_at"]) <= now:
+                rec = Reservation(**{**asdict(rec), "status": "lapsed", "closed_at": rec.expires_at})
+            out.append(rec)
+        return out
+
     def state_dict(self) -> dict:
-        """JSON-ready snapshot: accountant, and per dataset its budget state and history."""
+        """JSON-ready snapshot: accountant, and per dataset its budget state, history and
+        reservations."""
         return {
             "accountant": self.accountant,
             "datasets": {
-                d: {**asdict(self.state(d)), "history": [asdict(r) for r in self.history(d)]}
+                d: {
+                    **asdict(self.state(d)),
+                    "history": [asdict(r) for r in self.history(d)],
+                    "reservations": [asdict(r) for r in self.reservations()],
+                }
                 for d in self.datasets()
             },
         }
+
+
+@dataclass(frozen=True)
+class _Live:
+    id: int
+    releases: str  # JSON {query: count}
+    rho: float
+    ttl_s: float
+
+
+@dataclass(frozen=True)
+class _Books:
+    """What a ledger holds at one moment (inside one transaction)."""
+
+    charged: list[tuple[float, float, int]]
+    study_rho: dict[str, float]  # ρ each study's Gaussian charges used
+    live: dict[str, _Live]  # live reservations by study
+
+    def held(self) -> list[tuple[float, float, int]]:
+        """Each live reservation's unconverted part, as one Gaussian accountant entry."""
+        return [
+            e for sid, r in self.live.items() for e in _gaussian_of_rho(r.rho - self.study_rho.get(sid, 0.0))
+        ]
+
+    def reserved_note(self, ledger: "PrivacyLedger", delta: float) -> str:
+        if not self.live:
+            return ""
+        spent = ledger._eps(self.charged, delta)
+        held = ledger._eps(self.charged + self.held(), delta)
+        n = len(self.live)
+        return f" (after {held - spent:.2f} reserved by {n} running stud{'y' if n == 1 else 'ies'})"
+
+
+def _rho(mu: float) -> float:
+    """zCDP ρ of one Gaussian release with noise multiplier μ = σ/Δ."""
+    return 1.0 / (2.0 * mu * mu)
+
+
+def _gaussian_of_rho(rho: float) -> list[tuple[float, float, int]]:
+    """One Gaussian accountant entry worth ``rho`` (none for nothing left)."""
+    return [(1.0 / math.sqrt(2.0 * rho), 1.0, 1)] if rho > 1e-15 else []
+
+
+def _aware(value) -> datetime:
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+
+
+def _reservation_record(r) -> Reservation:
+    return Reservation(
+        id=int(r["id"]),
+        study_id=r["study_id"],
+        releases=json.loads(r["releases"]),
+        rho=float(r["rho"]),
+        epsilon=float(r["epsilon"]),
+        epsilon_after=float(r["epsilon_after"]),
+        ttl_s=float(r["ttl_s"]),
+        created_at=_iso(r["created_at"]),
+        expires_at=_iso(r["expires_at"]),
+        closed_at=_iso(r["closed_at"]) if r["closed_at"] is not None else None,
+        status=r["status"],
+    )
 
 
 def _iso(value) -> str:
