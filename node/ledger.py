@@ -280,9 +280,7 @@ class PrivacyLedger:
         clock: the current UTC time (default: the system clock).
     """
 
-    def __init__(
-        self, url: str, *, accountant: str = "rdp", clock: Callable[[], datetime] | None = None
-    ):
+    def __init__(self, url: str, *, accountant: str = "rdp", clock: Callable[[], datetime] | None = None):
         self.url = url
         self.accountant = accountant
         #: the time reservations lapse by (tests pass a fake clock instead of sleeping)
@@ -686,8 +684,9 @@ class PrivacyLedger:
                     closed_at=None,
                     status=LIVE,
                 )
-            ).inserted_primary_key[0]
-            return self._reservation(conn, int(rid))
+            ).inserted_primary_key
+            assert rid is not None
+            return self._reservation(conn, int(rid[0]))
 
     def charge_reserved(
         self, *, study_id: str, query: str, sigma: float, sensitivity: float, dataset: str | None = None

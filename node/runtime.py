@@ -18,9 +18,12 @@ against the coordinator public key pinned here (``coordinator-key``); a node wit
 key answers nothing. What may be asked: the node's own policy (:mod:`node.policy`; columns,
 bounds, caps, exact answers only with ``allow-exact=true``). Privacy: the node derives every
 noise scale itself from the study's public parameters
-(:meth:`shared.protocol.PrivacyQuery.plan`) and charges its own ledger for every release of a
-query *before it reads any data*; the data are then read, clipped to the public bounds (never
-an error about a value), and the noisy answer leaves.
+(:meth:`shared.protocol.PrivacyQuery.plan`), reserves a DP study's whole plan on its own ledger
+at the study's first query (``reserve``; a study that does not fit is refused before anything is
+spent), and converts each release of a query from that reservation into a charge *before it
+reads any data*; the data are then read, clipped to the public bounds (never an error about a
+value), and the noisy answer leaves. A reservation lapses after ``reservation-ttl-s`` seconds
+without a release (default 1800).
 """
 
 from __future__ import annotations
@@ -38,6 +41,22 @@ log = logging.getLogger("rehealth.node")
 
 class NotInStudy(QueryRefused):
     """The query names sites and this node is not one of them: it declines, computing nothing."""
+
+
+def _whole_study(query: StudyQuery) -> StudyQuery:
+    """``query`` asking every operation of a DP study at once: what the node's policy judges
+    when the study reserves its plan (each operation's releases and their shares). The β and
+    edges are placeholders: under DP the policy judges the releases, not where they are taken."""
+    from shared.protocol import Describe, PsFit, PsmStats, ScoreHist
+
+    beta = (0.0,) * (len(query.covariates) + 1)
+    ops = (
+        Describe(),
+        PsFit(beta=beta),
+        ScoreHist(beta=beta),
+        PsmStats(beta=beta, edges=(-float("inf"), float("inf"))),
+    )
+    return query.model_copy(update={"ops": ops})
 
 
 def _bool(v) -> bool:
@@ -61,6 +80,9 @@ class NodeRuntime:
     #: the operator accepts studies whose releases after describe go through SecAgg+ with this
     #: node adding only its 1/√K share of the noise (the trust model of shared.study.Privacy)
     accept_secure_aggregation: bool = False
+    #: a DP study's reservation lapses this long after its last release (seconds; None: the
+    #: ledger's default, :data:`node.ledger.DEFAULT_RESERVATION_TTL_S`)
+    reservation_ttl_s: float | None = None
 
     @property
     def models(self) -> Path | None:
@@ -166,50 +188,109 @@ class NodeRuntime:
                 allow_exact=_bool(cfg["allow-exact"]) if "allow-exact" in cfg else None,
                 model_dir=Path(str(cfg["model-dir"])) if cfg.get("model-dir") else None,
                 accept_secure_aggregation=_bool(cfg.get("secure-aggregation", False)),
+                reservation_ttl_s=(
+                    float(cfg["reservation-ttl-s"]) if cfg.get("reservation-ttl-s") is not None else None
+                ),
             )
         except (TypeError, ValueError) as e:
             raise SpecError(f"node config of site {site}: {e}") from None
 
     def answer(self, query: StudyQuery, *, secure_sum: bool = False) -> tuple[dict, dict]:
+        """:meth:`respond` without the ids of the charges made (for callers that send nothing)."""
+        answers, meta, _charges = self.respond(query, secure_sum=secure_sum)
+        return answers, meta
+
+    def respond(self, query: StudyQuery, *, secure_sum: bool = False) -> tuple[dict, dict, list[int]]:
         """Answer a study query from this node's own data.
 
         The order is the promise: (1) the grant's signature and the query's match with it,
         (2) the node's policy, (3) every check that needs no data, (4) under DP, the ledger
-        charge of every release the query asks for — then, and only then, (5) the data are read
-        and the answer computed. Steps 1–4 depend only on the query, its grant and the node's
-        policy; whatever fails after them has already been paid for.
+        step: a DP study's first query reserves its whole plan (the policy judges the whole
+        plan then, so a study it would refuse later is refused before anything is spent), and
+        every release after that is converted from the reservation into a charge (no
+        reservation, no release) — then, and only then, (5) the data are read and the answer
+        computed. Steps 1–4 depend only on the query, its grant and the node's policy; whatever
+        fails after them has already been paid for. A ``cancel`` needs only step 1: it frees
+        what the study's reservation holds and nothing else.
 
         Args:
             secure_sum: the answer leaves only masked, as one input of a SecAgg+ sum (the
                 ClientApp's secure-sum handler, behind Flower's ``secaggplus_mod``).
 
         Returns:
-            ``(answers per operation, metadata)``; under DP the metadata says what the
-            node's ledger has spent.
+            ``(answers per operation, metadata, ids of the ledger charges made)``; under DP the
+            metadata says what the node's ledger has spent and holds reserved. The caller marks
+            the charges ``sent`` (:meth:`mark_sent`) once it handed the reply on.
 
         Raises:
             UnauthorizedQuery, NotInStudy, PolicyRefused, QueryRefused, PrivacyError /
             BudgetExceededError / ReplayRefused, DataError.
         """
-        from shared.answer import answer, check_query, suppress_small_cells
+        from shared.answer import answer, check_query, control_op, suppress_small_cells
 
         grant = self.verify_study(query)
+        control = control_op(query)
+        if control == "cancel":  # frees, never spends: the grant is all it needs
+            check_query(query)
+            return self._ledger_step(query, None)
         policy = self.policy
-        policy.check(query, grant)
+        policy.check(query if control is None else _whole_study(query), grant)
         self._check_secure_sum(query, secure_sum)
         check_query(query)
         if query.privacy is None:
             data = self._site_arrays(query)
             exact = answer(query, data)
-            return {op: suppress_small_cells(op, a, k=policy.min_cell) for op, a in exact.items()}, {}
-        ledger = self.ledger()
-        release = self._dp_release(query, ledger)  # charges every release of the query
+            return {op: suppress_small_cells(op, a, k=policy.min_cell) for op, a in exact.items()}, {}, []
+        if control == "reserve":
+            if secure_sum:
+                raise QueryRefused(f"site {self.site}: a reservation travels in a plain round")
+            if query.privacy.secure_aggregation and not self.accept_secure_aggregation:
+                raise PrivacyError(
+                    f"site {self.site} does not accept secure-aggregation studies "
+                    "(node config secure-aggregation = true accepts them)"
+                )
+            return self._ledger_step(query, self._plan(query))
+        from shared.answer import dp_release
+        from shared.dp.mechanisms import secure_rng
+
+        plan = self._plan(query)
+        answers, meta, charges = self._ledger_step(query, plan)  # before any data is read
         data = self._site_arrays(query)
-        return answer(query, data, release), {
-            "dataset": self.dataset,
-            "epsilon_spent": ledger.spent(self.dataset),
-            "epsilon_budget": self.budget_epsilon,
-        }
+        return answer(query, data, dp_release(query, plan, secure_rng())), meta, charges
+
+    def _ledger_step(self, query: StudyQuery, plan) -> tuple[dict, dict, list[int]]:
+        """Reserve, cancel or charge (:func:`shared.answer.ledger_step`); the reply's metadata
+        says what the population's ledger has spent and holds reserved after it."""
+        from node.ledger import DEFAULT_RESERVATION_TTL_S
+        from shared.answer import ledger_step
+
+        ledger = self.ledger()
+        ttl = self.reservation_ttl_s if self.reservation_ttl_s is not None else DEFAULT_RESERVATION_TTL_S
+        charges = ledger_step(query, plan, ledger, ttl_s=ttl)
+        state = ledger.state(self.dataset)
+        return (
+            {},
+            {
+                "dataset": self.dataset,
+                "epsilon_spent": state.spent,
+                "epsilon_reserved": state.reserved,
+                "epsilon_budget": self.budget_epsilon,
+            },
+            charges,
+        )
+
+    def mark_sent(self, charge_ids: list[int]) -> None:
+        """Record in the ledger that these charges' answer was handed on (to Flower): the last
+        point the node controls. Informational — a charge counts either way — so a failure
+        here is logged and does not hold the reply back."""
+        if not charge_ids:
+            return
+        try:
+            self.ledger().mark_sent(charge_ids)
+        except Exception as e:  # noqa: BLE001 - the answer is paid for; sending it is what matters
+            log.error(
+                "site %s: could not mark %d charge(s) sent: %s", self.site, len(charge_ids), type(e).__name__
+            )
 
     def _site_arrays(self, query: StudyQuery):
         """The site's study arrays; any failure to read them (a missing or corrupt file, an
@@ -221,7 +302,9 @@ class NodeRuntime:
         except ReHealthError:
             raise
         except Exception as e:  # noqa: BLE001 - OS, decode, parser and driver errors alike
-            log.error("site %s: cannot read its study data: %s: %s", self.site, type(e).__name__, e)
+            # an OS error names a path; a parser's or driver's message may quote a cell: withheld
+            said = f": {e}" if isinstance(e, OSError) else " (its message is withheld: it may quote the data)"
+            log.error("site %s: cannot read its study data: %s%s", self.site, type(e).__name__, said)
             raise DataError(f"site {self.site}: its study data could not be read") from None
 
     def _read_site_arrays(self, query: StudyQuery):
@@ -247,7 +330,7 @@ class NodeRuntime:
         shared_noise = (
             privacy is not None
             and privacy.secure_nodes is not None
-            and any(privacy.share(r) > 1 for op in query.ops for r in DP_RELEASES[op.op])
+            and any(privacy.share(r) > 1 for op in query.ops for r in DP_RELEASES.get(op.op, ()))
         )
         if shared_noise and not secure_sum:
             raise PrivacyError(
@@ -302,23 +385,3 @@ class NodeRuntime:
             tmp.write_text(json.dumps(plan.to_dict()))
             tmp.replace(cache)
         return plan
-
-    def _dp_release(self, query: StudyQuery, ledger):
-        """Charge every release the query asks for (each at most as often as the signed
-        study's plan names it), then return the step that adds the noise once data are read."""
-        from shared.answer import dp_release, planned_releases
-        from shared.dp.mechanisms import secure_rng
-
-        assert query.privacy is not None
-        plan = self._plan(query)
-        for name, rel in planned_releases(query, plan).items():
-            limit = query.privacy.n_ps_rounds if name == "ps_fit" else 1
-            ledger.charge(
-                dataset=self.dataset,
-                study_id=query.study_id,
-                query=name,
-                sigma=rel.sigma,
-                sensitivity=rel.sensitivity,
-                limit=limit,
-            )
-        return dp_release(query, plan, secure_rng())

@@ -144,17 +144,29 @@ class ScoreHist(_message.Message):
     beta: _containers.RepeatedScalarFieldContainer[float]
     def __init__(self, beta: _Optional[_Iterable[float]] = ...) -> None: ...
 
+class Reserve(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Cancel(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class Operation(_message.Message):
-    __slots__ = ("describe", "ps_fit", "psm_stats", "score_hist")
+    __slots__ = ("describe", "ps_fit", "psm_stats", "score_hist", "reserve", "cancel")
     DESCRIBE_FIELD_NUMBER: _ClassVar[int]
     PS_FIT_FIELD_NUMBER: _ClassVar[int]
     PSM_STATS_FIELD_NUMBER: _ClassVar[int]
     SCORE_HIST_FIELD_NUMBER: _ClassVar[int]
+    RESERVE_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
     describe: Describe
     ps_fit: PsFit
     psm_stats: PsmStats
     score_hist: ScoreHist
-    def __init__(self, describe: _Optional[_Union[Describe, _Mapping]] = ..., ps_fit: _Optional[_Union[PsFit, _Mapping]] = ..., psm_stats: _Optional[_Union[PsmStats, _Mapping]] = ..., score_hist: _Optional[_Union[ScoreHist, _Mapping]] = ...) -> None: ...
+    reserve: Reserve
+    cancel: Cancel
+    def __init__(self, describe: _Optional[_Union[Describe, _Mapping]] = ..., ps_fit: _Optional[_Union[PsFit, _Mapping]] = ..., psm_stats: _Optional[_Union[PsmStats, _Mapping]] = ..., score_hist: _Optional[_Union[ScoreHist, _Mapping]] = ..., reserve: _Optional[_Union[Reserve, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ...) -> None: ...
 
 class StudyQuery(_message.Message):
     __slots__ = ("protocol", "study_id", "treatment_column", "covariates", "outcomes", "ops", "sites", "privacy", "secure_scale", "grant")
@@ -245,20 +257,22 @@ class StudyAnswers(_message.Message):
     def __init__(self, describe: _Optional[_Union[DescribeReply, _Mapping]] = ..., ps_fit: _Optional[_Union[PsFitReply, _Mapping]] = ..., psm_stats: _Optional[_Union[PsmStatsReply, _Mapping]] = ..., score_hist: _Optional[_Union[ScoreHistReply, _Mapping]] = ...) -> None: ...
 
 class ReplyMeta(_message.Message):
-    __slots__ = ("site", "seconds", "ops", "dataset", "epsilon_spent", "epsilon_budget")
+    __slots__ = ("site", "seconds", "ops", "dataset", "epsilon_spent", "epsilon_budget", "epsilon_reserved")
     SITE_FIELD_NUMBER: _ClassVar[int]
     SECONDS_FIELD_NUMBER: _ClassVar[int]
     OPS_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
     EPSILON_SPENT_FIELD_NUMBER: _ClassVar[int]
     EPSILON_BUDGET_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_RESERVED_FIELD_NUMBER: _ClassVar[int]
     site: str
     seconds: float
     ops: _containers.RepeatedScalarFieldContainer[str]
     dataset: str
     epsilon_spent: float
     epsilon_budget: float
-    def __init__(self, site: _Optional[str] = ..., seconds: _Optional[float] = ..., ops: _Optional[_Iterable[str]] = ..., dataset: _Optional[str] = ..., epsilon_spent: _Optional[float] = ..., epsilon_budget: _Optional[float] = ...) -> None: ...
+    epsilon_reserved: float
+    def __init__(self, site: _Optional[str] = ..., seconds: _Optional[float] = ..., ops: _Optional[_Iterable[str]] = ..., dataset: _Optional[str] = ..., epsilon_spent: _Optional[float] = ..., epsilon_budget: _Optional[float] = ..., epsilon_reserved: _Optional[float] = ...) -> None: ...
 
 class StudyReply(_message.Message):
     __slots__ = ("protocol", "meta", "answers")

@@ -7,14 +7,17 @@ or without SecAgg+) after its grant, policy and ledger checks, and the in-proces
 So what a benchmark measures is what a node releases.
 
 Pure: arrays in, aggregates out. Reading and validating a site's data is the node's
-(:mod:`node.study_service`); charging its ledger before the release too (:mod:`node.runtime`).
+(:mod:`node.study_service`). The ledger step of a DP query (:func:`ledger_step`: reserve the
+study's whole plan, convert a reserved release into a charge, cancel) is written here once
+against any ledger with the methods of :class:`NodeLedger` (a real node passes
+:class:`node.ledger.PrivacyLedger`), and called by the node before it reads any data.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -23,7 +26,7 @@ from shared.dp.mechanisms import release as gaussian_release
 from shared.dp.plan import NoisePlan, PlannedRelease
 from shared.dp.workflow import dp_grid
 from shared.errors import QueryRefused
-from shared.protocol import DP_RELEASES, Describe, PsFit, PsmStats, ScoreHist, StudyQuery
+from shared.protocol import CONTROL_OPS, DP_RELEASES, Describe, PsFit, PsmStats, ScoreHist, StudyQuery
 from shared.psm.propensity import cov_moments, ps_contribution
 from shared.psm.strata import score_histogram
 from shared.psm.table import psm_table
@@ -33,11 +36,15 @@ __all__ = [
     "SiteArrays",
     "answer",
     "check_edges",
+    "NodeLedger",
     "check_query",
+    "control_op",
     "dp_release",
     "exact_answer",
+    "ledger_step",
     "noisy_release",
     "planned_releases",
+    "study_releases",
     "suppress_small_cells",
 ]
 
@@ -134,8 +141,38 @@ def check_edges(edges) -> np.ndarray:
     return e
 
 
+def control_op(query: StudyQuery) -> str | None:
+    """``reserve`` or ``cancel`` when ``query`` is about the study's budget (such an operation
+    travels alone), None for a query of data operations.
+
+    Raises:
+        QueryRefused: a control operation beside others.
+    """
+    names = [op.op for op in query.ops]
+    control = [n for n in names if n in CONTROL_OPS]
+    if not control:
+        return None
+    if len(names) != 1:
+        raise QueryRefused(
+            f"{control[0]} travels alone, not beside {', '.join(n for n in names if n != control[0])}"
+        )
+    return control[0]
+
+
 def check_query(query: StudyQuery) -> None:
-    """Every check of an operation that needs no data (β length, edges): before the charge."""
+    """Every check of an operation that needs no data (β length, edges; a reservation made
+    from the signed terms alone): before the charge."""
+    control = control_op(query)
+    if control is not None:
+        if query.privacy is None:
+            raise QueryRefused(f"{control}: an exact study has no privacy budget to {control}")
+        if control == "reserve" and (
+            query.privacy.resplit is not None
+            or query.privacy.secure_nodes is not None
+            or query.secure_scale is not None
+        ):
+            raise QueryRefused("reserve: a reservation is made from the signed study's terms alone")
+        return
     d = len(query.covariates)
     for op in query.ops:
         if isinstance(op, (PsFit, ScoreHist, PsmStats)):
@@ -169,6 +206,59 @@ def suppress_small_cells(op: str, arrays: dict[str, np.ndarray], *, k: int) -> d
 def planned_releases(query: StudyQuery, plan: NoisePlan) -> dict[str, PlannedRelease]:
     """The plan's releases that ``query``'s operations make (what a node charges, once each)."""
     return {name: plan.release(name) for op in query.ops for name in DP_RELEASES[op.op] if plan.has(name)}
+
+
+def study_releases(plan: NoisePlan) -> list[tuple[str, float, float]]:
+    """Every release a DP study's plan names, as ``(query, σ, Δ)`` (its R ``ps_fit`` rounds are
+    R entries): what a node reserves before the study's first release. ``plan`` is the one the
+    node derived from the signed terms (:meth:`shared.protocol.PrivacyQuery.plan`, no re-split)."""
+    return [(r.query, r.sigma, r.sensitivity) for r in plan.releases]
+
+
+class NodeLedger(Protocol):
+    """What :func:`ledger_step` needs of a node's ledger (:class:`node.ledger.PrivacyLedger`)."""
+
+    def reserve(
+        self, *, study_id: str, releases: Sequence[tuple[str, float, float]], ttl_s: float
+    ) -> Any: ...
+
+    def charge_reserved(self, *, study_id: str, query: str, sigma: float, sensitivity: float) -> Any: ...
+
+    def complete(self, study_id: str) -> Any: ...
+
+    def cancel(self, study_id: str) -> Any: ...
+
+
+def ledger_step(query: StudyQuery, plan: NoisePlan | None, ledger: NodeLedger, *, ttl_s: float) -> list[int]:
+    """A DP query's ledger step, before any data is read: ``reserve`` records the study's whole
+    plan (or the ledger refuses: nothing is reserved or spent), ``cancel`` frees what the
+    study's reservation has not converted, and a query of data operations converts each release
+    it makes (:func:`planned_releases`) into a charge — never without a live reservation. The
+    PSM table is a DP study's last release (:func:`shared.driver.run_study`): charging it
+    completes the reservation, so a re-split's slack does not stay reserved.
+
+    Returns:
+        The ids of the charges made (the node marks them ``sent`` once its reply is handed on).
+    """
+    control = control_op(query)
+    if control == "cancel":
+        ledger.cancel(query.study_id)
+        return []
+    assert plan is not None
+    if control == "reserve":
+        ledger.reserve(study_id=query.study_id, releases=study_releases(plan), ttl_s=ttl_s)
+        return []
+    ids = [
+        int(
+            ledger.charge_reserved(
+                study_id=query.study_id, query=name, sigma=rel.sigma, sensitivity=rel.sensitivity
+            ).id
+        )
+        for name, rel in planned_releases(query, plan).items()
+    ]
+    if any(isinstance(op, PsmStats) for op in query.ops):
+        ledger.complete(query.study_id)
+    return ids
 
 
 def dp_release(query: StudyQuery, plan: NoisePlan, rng: np.random.Generator) -> Release:

@@ -88,7 +88,27 @@ class ScoreHist(_Model):
     beta: tuple[float, ...]
 
 
-Operation = Annotated[Union[Describe, PsFit, PsmStats, ScoreHist], Field(discriminator="op")]
+class Reserve(_Model):
+    """A DP study's first round: reserve the study's whole noise plan on the node's ledger
+    before any release (the node derives the plan from the signed terms; nothing is released).
+    If any node refuses, the study stops having spent nothing."""
+
+    op: Literal["reserve"] = "reserve"
+
+
+class Cancel(_Model):
+    """The study is over without its last release: free what the node's reservation has not
+    converted into charges (charges stay). Harmless whoever sends it: it carries the study's
+    grant, and it only lowers what that study holds."""
+
+    op: Literal["cancel"] = "cancel"
+
+
+Operation = Annotated[Union[Describe, PsFit, PsmStats, ScoreHist, Reserve, Cancel], Field(discriminator="op")]
+
+#: Operations about the study's budget rather than its data: they travel alone, read no data
+#: and are answered by the reply's metadata only.
+CONTROL_OPS: tuple[str, ...] = ("reserve", "cancel")
 
 
 #: The DP releases each operation's answer is made of (:data:`shared.dp.sensitivity.RELEASE_KEYS`

@@ -7,12 +7,21 @@ app bundle that ``flwr run`` ships. Queries and replies are the wire contract's 
 message that names the site and the problem but carries no row values; details stay in the
 node's log. A query of another protocol version is refused (``ERROR_CODE_PROTOCOL``) naming both
 versions, before anything else of it is read.
+
+An unexpected exception (a bug, or a library error about the site's data, whose message may
+quote a cell) crosses the wire as code 5000 and its fixed text only, and reaches the node's log
+as its type and the code lines it passed through — never its message, its chained causes or any
+local variable (:func:`_guarded`).
+
+Once a reply is built, the charges it carries are marked ``sent`` in the node's ledger: handing
+the reply to Flower is the last point the node controls.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import traceback
 
 from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
@@ -105,14 +114,16 @@ def _risk(handler):
 def _answer_study(msg: Message, runtime: NodeRuntime) -> Message:
     started = time.perf_counter()
     query = _decoded(lambda: decode_query(msg.content))
-    answers, extra = runtime.answer(query)
+    answers, extra, charges = runtime.respond(query)
     meta = {
         "site": runtime.site,
         "seconds": time.perf_counter() - started,
         "ops": [op.op for op in query.ops],
         **extra,
     }
-    return Message(encode_answer(answers, meta), reply_to=msg)
+    reply = Message(encode_answer(answers, meta), reply_to=msg)
+    runtime.mark_sent(charges)  # handed to Flower next: the last point the node controls
+    return reply
 
 
 def _answer_secure_sum(msg: Message, context: Context, runtime: NodeRuntime) -> Message:
@@ -135,7 +146,7 @@ def _answer_secure_sum(msg: Message, context: Context, runtime: NodeRuntime) -> 
             f"site {runtime.site}: a secure sum over {sampled} nodes cannot carry "
             f"a release planned for {nodes} (each adds only its share of the noise)"
         )
-    answers, extra = runtime.answer(query, secure_sum=True)
+    answers, extra, charges = runtime.respond(query, secure_sum=True)
     meta = {
         "site": runtime.site,
         "seconds": time.perf_counter() - started,
@@ -150,7 +161,9 @@ def _answer_secure_sum(msg: Message, context: Context, runtime: NodeRuntime) -> 
         num_examples=1,
         metrics=metrics,
     )
-    return Message(compat.fitres_to_recorddict(fitres, True), reply_to=msg)
+    out = Message(compat.fitres_to_recorddict(fitres, True), reply_to=msg)
+    runtime.mark_sent(charges)  # handed to SecAgg+ (which masks it) next: the node's last point
+    return out
 
 
 def _decoded(decode):
@@ -164,7 +177,14 @@ def _decoded(decode):
 
 
 def _guarded(handler, msg: Message, context: Context) -> Message:
-    """Run a handler; turn every failure into a coded error reply with a fixed text."""
+    """Run a handler; turn every failure into a coded error reply with a fixed text.
+
+    A node's own refusals (built from the query and its policy alone) may add their message;
+    every other failure sends the code's fixed text only. The node's log gets the exception's
+    type and, for the errors this code raises (whose messages carry no values by contract),
+    its message; a pydantic error only where and what kind (never the input); an unexpected
+    exception only its type and traceback frames (code lines, no message, no locals).
+    """
     try:
         runtime = NodeRuntime.from_node_config(context.node_config)
     except SpecError as e:
@@ -173,26 +193,49 @@ def _guarded(handler, msg: Message, context: Context) -> Message:
     try:
         return handler(msg, runtime)
     except NotInStudy as e:
-        return _error(msg, CODE_NOT_IN_STUDY, runtime.site, e)
+        return _error(msg, CODE_NOT_IN_STUDY, runtime.site, e, detail=str(e))
     except ProtocolMismatch as e:
         return _error(msg, CODE_PROTOCOL, runtime.site, e, public=True)
     except UnauthorizedQuery as e:
         return _error(msg, CODE_UNAUTHORIZED, runtime.site, e, public=True)
-    except (QueryRefused, ValidationError) as e:
-        return _error(msg, CODE_REFUSED, runtime.site, e, public=isinstance(e, QueryRefused))
+    except QueryRefused as e:
+        return _error(msg, CODE_REFUSED, runtime.site, e, public=True)
+    except ValidationError as e:
+        return _error(msg, CODE_REFUSED, runtime.site, e, detail=_where(e))
     except PrivacyError as e:
         return _error(msg, CODE_BUDGET, runtime.site, e, public=True)
     except DataError as e:
-        return _error(msg, CODE_DATA, runtime.site, e)
-    except Exception as e:
-        log.exception("site %s: unexpected %s", runtime.site, type(e).__name__)
-        return _error(msg, CODE_INTERNAL, runtime.site, e)
+        return _error(msg, CODE_DATA, runtime.site, e, detail=str(e))
+    except Exception as e:  # noqa: BLE001 - whatever it is, it leaves as code 5000 only
+        frames = "".join(traceback.format_tb(e.__traceback__)).rstrip()
+        log.error(
+            "site %s: unexpected %s (its message is withheld: it may quote the site's data)\n%s",
+            runtime.site,
+            type(e).__name__,
+            frames,
+        )
+        return Message(
+            Error(code=CODE_INTERNAL, reason=f"site {runtime.site}: {error_text(CODE_INTERNAL)}"),
+            reply_to=msg,
+        )
 
 
-def _error(msg: Message, code: int, site: str, e: Exception, *, public: bool = False) -> Message:
-    """Log the full error locally; send the code's fixed text, and the refusal's own message
-    only where ``public`` (a node refusal, built from the query and policy alone)."""
-    log.error("site %s: %s: %s", site, type(e).__name__, e)
+def _where(e: ValidationError) -> str:
+    """Where a pydantic validation failed and what kind of failure, never the input."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['type']}"
+        for err in e.errors(include_url=False, include_input=False, include_context=False)
+    )
+
+
+def _error(
+    msg: Message, code: int, site: str, e: Exception, *, public: bool = False, detail: str | None = None
+) -> Message:
+    """Log the error locally (its type, and ``detail`` or, where ``public``, its message); send
+    the code's fixed text, and the refusal's own message only where ``public`` (a node refusal,
+    built from the query and policy alone)."""
+    said = str(e) if public else detail
+    log.error("site %s: %s%s", site, type(e).__name__, f": {said}" if said else "")
     reason = f"site {site}: {error_text(code)}"
     if public:
         reason += f": {str(e)[:500]}"
