@@ -24,6 +24,15 @@ the result equals the pooled estimator on the union of the rows.
 With DP (``[privacy] enabled``), the rounds follow the public noise plan
 (:mod:`shared.dp.workflow`): noisy counts, a fixed number of noisy Newton rounds, a noisy score
 histogram for quantile strata, the noisy PSM table, and a CI that includes the privacy noise.
+
+Before the first of those releases, a DP study reserves its whole plan on every node
+(``reserve``, a plain round even under secure aggregation: it releases nothing). If a node
+refuses (its budget, what others have reserved, its policy), every node is told to ``cancel``
+and the study fails naming the site, having spent nothing. If the study fails later, for any
+reason, the nodes are told to ``cancel`` (best effort; a node that does not hear it lets the
+reservation lapse): what they had not yet released is freed, what they released stays charged.
+So two studies competing for one budget never both fail mid-study: one reserves, the other is
+refused before it spends anything.
 """
 
 from __future__ import annotations
@@ -49,7 +58,7 @@ from shared.dp.workflow import (
     dp_table,
 )
 from shared.errors import FederationError, UnresolvedFitError
-from shared.protocol import Describe, PsFit, PsmStats, ScoreHist, StudyQuery
+from shared.protocol import Cancel, Describe, PsFit, PsmStats, Reserve, ScoreHist, StudyQuery
 from shared.psm.estimator import AttEstimate, Check, estimate_att
 from shared.psm.propensity import CovMoments, PropensityFitter, PsStats, initial_beta
 from shared.psm.strata import caliper_edges, logit_sd, quantile_edges
@@ -104,6 +113,9 @@ class StudyRun:
     site_counts: dict[str, np.ndarray] = field(default_factory=dict)  # (controls, treated)
     n_clipped: dict[str, np.ndarray] = field(default_factory=dict)
     privacy_spent: dict[str, float] = field(default_factory=dict)  # ledger ε per site
+    #: ε each site's ledger held reserved on top of what it had spent, when the study reserved
+    #: (all live reservations there, this study's included)
+    privacy_reserved: dict[str, float] = field(default_factory=dict)
     fitter: PropensityFitter | None = None
     plan: NoisePlan | None = None
     resplit: BudgetSplit | None = None  # a DP study's split after describe, if re-split
@@ -154,6 +166,8 @@ class _Rounds:
         for site, a in answers.items():
             if "epsilon_spent" in a.meta:
                 self.run.privacy_spent[site] = float(a.meta["epsilon_spent"])
+            if "epsilon_reserved" in a.meta and name == "reserve":
+                self.run.privacy_reserved[site] = float(a.meta["epsilon_reserved"])
         self.progress("round_end", {"round": name, "seconds": rec.seconds, "sites": list(rec.sites)})
         log.info("round %s: %d sites in %.2f s", name, len(rec.sites), rec.seconds)
         return answers
@@ -256,6 +270,52 @@ def noise_plan(spec: StudySpec) -> NoisePlan:
 
 
 def _run_private(spec: StudySpec, rounds: _Rounds, run: StudyRun) -> None:
+    """A DP study: reserve its whole plan on every node, then release; cancel on any failure."""
+    _reserve(spec, rounds)
+    try:
+        _release(spec, rounds, run)
+    except BaseException:
+        _cancel(spec, rounds)
+        raise
+
+
+def _reserve(spec: StudySpec, rounds: _Rounds) -> None:
+    """The ``reserve`` round (plain, releases nothing). A node that refuses ends the study,
+    every reservation made is cancelled, and the error names the site: nothing was spent.
+    (With ``federation.min_nodes`` a refusing node is dropped like any failed node instead, and
+    the study goes on without it; it reserved and spent nothing.)"""
+    try:
+        rounds.ask((Reserve(),), "reserve")
+    except FederationError as e:
+        _cancel(spec, rounds)
+        raise FederationError(
+            f"DP study {spec.study.name}: {e.node or 'a node'} refused to reserve the study's "
+            f"privacy budget ({e}). Nothing was spent: a DP study reserves its whole budget on "
+            "every node before its first release, and the reservations made were cancelled",
+            node=e.node,
+            round_name="reserve",
+        ) from None
+    except BaseException:
+        _cancel(spec, rounds)
+        raise
+
+
+def _cancel(spec: StudySpec, rounds: _Rounds) -> None:
+    """Best effort: tell every node still in the study to free what its reservation has not
+    released. A node that does not hear it lets the reservation lapse on its own."""
+    query = StudyQuery.for_spec(spec, (Cancel(),), grant=rounds.grant)
+    try:
+        rounds.fed.ask(query, "cancel")
+        log.info("DP study %s: the nodes' unreleased reservations were cancelled", spec.study.name)
+    except Exception as e:  # noqa: BLE001 - the study's own failure is what the operator must see
+        log.warning(
+            "DP study %s: cancelling its reservations failed (%s); they lapse on their own",
+            spec.study.name,
+            e,
+        )
+
+
+def _release(spec: StudySpec, rounds: _Rounds, run: StudyRun) -> None:
     d, p = len(spec.covariates), spec.privacy
     plan = noise_plan(spec)
     run.plan, run.strata_method = plan, "equal-width on the treated score range (DP)"

@@ -5,7 +5,10 @@ through the same small-cell suppression a node applies (``min_cell``; 1 suppress
 which is how the pooled reference runs), and DP answers through the same release step, with the
 noise plan each node derives from the query's public privacy terms and noise from a seeded
 generator per site (a real node draws from :func:`shared.dp.mechanisms.secure_rng`). What it
-leaves out is what is not statistics: grants, policy, the ledger, the wire.
+leaves out is what is not statistics: grants, policy, the wire — and the ledger, unless each site
+is given one (``ledgers``): then a DP study reserves, converts and cancels through the node's
+own ledger step (:func:`shared.answer.ledger_step`), so budget competition between studies runs
+through the real driver and node code without Flower.
 
 >>> import numpy as np
 >>> from shared.answer import SiteArrays
@@ -24,9 +27,19 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from shared.answer import SiteArrays, answer, check_query, dp_release, suppress_small_cells
+from shared.answer import (
+    NodeLedger,
+    SiteArrays,
+    answer,
+    check_query,
+    control_op,
+    dp_release,
+    ledger_step,
+    suppress_small_cells,
+)
 from shared.dp.plan import NoisePlan
 from shared.driver import NodeAnswer
+from shared.errors import FederationError, PrivacyError
 from shared.protocol import DP_RELEASES, PrivacyQuery, StudyQuery
 from shared.secure_sum import SECURE_SUM
 
@@ -57,6 +70,10 @@ class InProcessSites:
             real node, which starts a fresh one per message).
         min_cell: the exact answers' small-cell threshold (a node's policy says 11; 1 keeps
             every cell, as the pooled reference needs).
+        ledgers: each site's privacy ledger (:class:`node.ledger.PrivacyLedger` or anything
+            with the methods of :class:`shared.answer.NodeLedger`); None: DP answers are not
+            accounted (a simulation), and ``reserve``/``cancel`` are answered with nothing.
+        ttl_s: the reservations' lifetime when ``ledgers`` are given.
     """
 
     def __init__(
@@ -65,14 +82,25 @@ class InProcessSites:
         *,
         rngs: Mapping[str, np.random.Generator] | Callable[[str], np.random.Generator] | None = None,
         min_cell: int = 1,
+        ledgers: Mapping[str, NodeLedger] | None = None,
+        ttl_s: float = 1800.0,
     ):
         self.sites = dict(sites)
+        self.ledgers = dict(ledgers or {})
+        self.ttl_s = ttl_s
         self.rngs = rngs if callable(rngs) else dict(rngs or {})
         self.min_cell = min_cell
         self.dropped: dict[str, str] = {}
 
     def _answer(self, site: str, query: StudyQuery) -> dict[str, dict[str, np.ndarray]]:
         check_query(query)
+        control = control_op(query)
+        if query.privacy is not None and site in self.ledgers:  # the node's ledger step first
+            ledger_step(
+                query, None if control == "cancel" else node_plan(query), self.ledgers[site], ttl_s=self.ttl_s
+            )
+        if control is not None:
+            return {}
         data = self.sites[site]
         if query.privacy is None:
             return {op: suppress_small_cells(op, a, k=self.min_cell) for op, a in answer(query, data).items()}
@@ -85,10 +113,29 @@ class InProcessSites:
         return answer(query, data, dp_release(query, node_plan(query), rng))
 
     def ask(self, query: StudyQuery, round_name: str) -> dict[str, NodeAnswer]:
-        return {
-            s: NodeAnswer(site=s, answers=self._answer(s, query), meta={"site": s})
-            for s in self._in_study(query)
-        }
+        """Every site's answer; a site whose ledger refuses ends the round as a Flower node's
+        refusal does (:class:`~shared.errors.FederationError` naming site and round), after
+        every site was asked."""
+        out: dict[str, NodeAnswer] = {}
+        refused: list[tuple[str, PrivacyError]] = []
+        for s in self._in_study(query):
+            try:
+                out[s] = NodeAnswer(site=s, answers=self._answer(s, query), meta=self._meta(s, query))
+            except PrivacyError as e:
+                refused.append((s, e))
+        if refused:
+            site, why = refused[0]
+            raise FederationError(f"round {round_name}: site {site}: {why}", node=site, round_name=round_name)
+        return out
+
+    def _meta(self, site: str, query: StudyQuery) -> dict:
+        """The reply's metadata: under DP with a ledger, what it has spent and holds reserved."""
+        ledger = self.ledgers.get(site)
+        state = getattr(ledger, "state", None)
+        if query.privacy is None or state is None:
+            return {"site": site}
+        now = state()
+        return {"site": site, "epsilon_spent": now.spent, "epsilon_reserved": now.reserved}
 
     def secure_ask(self, query: StudyQuery, round_name: str) -> dict[str, NodeAnswer]:
         """What a SecAgg+ round reveals: the sum of the sites' answers (each carrying its share
