@@ -288,16 +288,28 @@ def _reserve(spec: StudySpec, rounds: _Rounds) -> None:
         rounds.ask((Reserve(),), "reserve")
     except FederationError as e:
         _cancel(spec, rounds)
+        site = _named_site(spec, e)
         raise FederationError(
-            f"DP study {spec.study.name}: {e.node or 'a node'} refused to reserve the study's "
+            f"DP study {spec.study.name}: site {site} refused to reserve the study's "
             f"privacy budget ({e}). Nothing was spent: a DP study reserves its whole budget on "
             "every node before its first release, and the reservations made were cancelled",
-            node=e.node,
+            node=site,
             round_name="reserve",
         ) from None
     except BaseException:
         _cancel(spec, rounds)
         raise
+
+
+def _named_site(spec: StudySpec, e: FederationError) -> str:
+    """The site a round's failure is about. In the first round the coordinator may know a node
+    only by its Flower id; a node's error reply starts with ``site <name>:`` (its fixed form,
+    ``node/flower/client_app.py``), so the spec's site it names is the one."""
+    sites = {s.name for s in spec.sites}
+    if e.node in sites:
+        return str(e.node)
+    named = [s for s in sorted(sites) if f"site {s}:" in str(e)]
+    return named[0] if len(named) == 1 else str(e.node or "a node")
 
 
 def _cancel(spec: StudySpec, rounds: _Rounds) -> None:

@@ -57,7 +57,16 @@ def test_dp_study_charges_every_node_and_widens_the_ci(spec, tmp_path, caplog):
         spent = ledger.spent(key)
         assert 0 < spent <= 4.0 + 1e-9  # one study's plan fits its ε
         assert result.privacy.per_site[s.name] == pytest.approx(spent)
+        # the whole plan was reserved first, converted release by release, then completed;
+        # every charge was marked sent when the node handed its reply on
+        (reservation,) = ledger.reservations()
+        assert reservation.status == "completed" and reservation.epsilon <= 4.0 + 1e-9
+        assert sum(reservation.releases.values()) == len(history)
+        assert {h.status for h in history} == {"sent"}
+        assert ledger.state().reserved == 0.0
+        assert run.privacy_reserved[s.name] == pytest.approx(reservation.epsilon)
     assert [r.name for r in run.rounds] == [
+        "reserve",
         "describe",
         "ps-fit-1",
         "ps-fit-2",
@@ -101,14 +110,22 @@ def test_a_noise_limited_dp_study_stops_after_describe_by_default(spec, tmp_path
         ledger, key = _ledger(tmp_path, s.name)
         assert [h.query for h in ledger.history(key)] == ["describe"]
         assert 0 < ledger.spent(key) < 0.5 / 4
+        # the rest of the plan was reserved, and freed when the study stopped
+        assert [r.status for r in ledger.reservations()] == ["cancelled"]
+        assert ledger.state().reserved == 0.0
 
 
 def test_over_budget_node_refuses_and_the_study_names_it(spec, tmp_path):
+    """The study's whole plan does not fit: refused at the reservation, before any release."""
     with pytest.raises(FederationError) as e:
         _run(_with_privacy(spec, epsilon=4.0), tmp_path, budget=1.0)
     msg = str(e.value)
     assert "budget of" in msg and "left" in msg and "needs" in msg, msg
-    assert e.value.node in {s.name for s in spec.sites} and e.value.round_name
+    assert "Nothing was spent" in msg
+    assert e.value.node in {s.name for s in spec.sites} and e.value.round_name == "reserve"
+    for s in spec.sites:
+        ledger, _ = _ledger(tmp_path, s.name)
+        assert ledger.history() == [] and ledger.state().reserved == 0.0
 
 
 def test_a_node_answers_an_exact_study_only_if_its_operator_allows_it(spec, tmp_path):
