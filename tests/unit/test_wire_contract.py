@@ -19,15 +19,18 @@ from shared.errors import FederationError
 from shared.grant import SignedGrant
 from shared.protocol import (
     CODE_PROTOCOL,
+    CONTROL_OPS,
     DP_RELEASES,
     ERROR_TEXT,
     PROTOCOL_VERSION,
     STUDY_MESSAGE_TYPE,
     BudgetSplit,
+    Cancel,
     Describe,
     PrivacyQuery,
     PsFit,
     PsmStats,
+    Reserve,
     ScoreHist,
     StudyQuery,
 )
@@ -88,7 +91,7 @@ def test_the_committed_generated_code_is_what_the_proto_generates(tmp_path):
 
 
 def test_one_version_and_one_set_of_error_texts_from_the_proto():
-    assert PROTOCOL_VERSION == pb.PROTOCOL_VERSION == 5
+    assert PROTOCOL_VERSION == pb.PROTOCOL_VERSION == 6
     assert StudyQuery.model_fields["protocol"].default == PROTOCOL_VERSION
     codes = {v.number for v in pb.ErrorCode.DESCRIPTOR.values} - {0}
     assert set(ERROR_TEXT) == codes and all(ERROR_TEXT.values())
@@ -100,7 +103,11 @@ def test_one_version_and_one_set_of_error_texts_from_the_proto():
 
 @pytest.mark.parametrize(
     "update",
-    [{}, {"privacy": None, "secure_scale": None, "grant": None}, *({"ops": (op,)} for op in OPS)],
+    [
+        {},
+        {"privacy": None, "secure_scale": None, "grant": None},
+        *({"ops": (op,)} for op in (*OPS, Reserve(), Cancel())),
+    ],
     ids=lambda u: ",".join(u) or "full",
 )
 def test_every_query_round_trips_exactly(update):
@@ -124,11 +131,15 @@ def test_query_models_and_messages_name_the_same_fields():
         (PsmStats, pb.PsmStats),
         (ScoreHist, pb.ScoreHist),
         (Describe, pb.Describe),
+        (Reserve, pb.Reserve),
+        (Cancel, pb.Cancel),
     ]
     for model, message in pairs:
         assert set(model.model_fields) - {"op"} == set(message.DESCRIPTOR.fields_by_name), model.__name__
     ops = {f.name for f in pb.Operation.DESCRIPTOR.oneofs_by_name["op"].fields}
-    assert ops == set(DP_RELEASES) == set(pb.StudyAnswers.DESCRIPTOR.fields_by_name)
+    assert ops == set(DP_RELEASES) | set(CONTROL_OPS)
+    # a data operation has a reply; reserve and cancel are answered by the reply's meta alone
+    assert set(DP_RELEASES) == set(pb.StudyAnswers.DESCRIPTOR.fields_by_name)
 
 
 def test_a_value_the_contract_lacks_is_refused_not_dropped():
@@ -186,6 +197,7 @@ def test_every_reply_round_trips_exactly(op):
         "dataset": "population",
         "epsilon_spent": 0.125,
         "epsilon_budget": 10.0,
+        "epsilon_reserved": 2.5,
     }
     got, got_meta = codec.decode_answer(_wire(codec.encode_answer(answers, meta)))
     _assert_same(got, answers)
@@ -355,6 +367,9 @@ def test_the_real_nodes_dp_reply_carries_the_released_arrays_only(written, tmp_p
     from flower_inprocess import signed_federation
 
     fed, grant = signed_federation(spec, tmp_path, extra={"budget-epsilon": 50.0})
+    reserved = fed.ask(StudyQuery.for_spec(spec, (Reserve(),), grant=grant), "reserve")
+    for reply in reserved.values():  # the meta alone: what the ledger now holds reserved
+        assert reply.answers == {} and reply.meta["epsilon_reserved"] > 0 and reply.meta["epsilon_spent"] == 0
     query = StudyQuery.for_spec(spec, _all_ops(spec), grant=grant)
     for reply in fed.ask(query, "all-ops").values():
         assert {op: set(a) for op, a in reply.answers.items()} == {
@@ -407,5 +422,5 @@ def test_an_old_coordinator_and_a_new_node_refuse_each_other_through_flower(writ
         FederationError,
         match=f"replied in protocol version {PROTOCOL_VERSION - 1}; "
         f"this coordinator speaks version {PROTOCOL_VERSION}",
-    ):
-        fed.ask(query, "describe")
+    ):  # a DP study's first round
+        fed.ask(StudyQuery.for_spec(spec, (Reserve(),), grant=grant), "reserve")
