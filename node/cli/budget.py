@@ -1,8 +1,11 @@
-"""`rehealth node budget`: the node's one privacy budget — total, spent, left — and what spent it.
+"""`rehealth node budget`: the node's one privacy budget — total, spent, reserved, left — and
+what spent or holds it.
 
 A node's ledger holds one budget for its whole population (:mod:`node.ledger`): study queries,
-risk-model training and HR group views all draw from it. This command shows the budget and the
-releases grouped by kind, with the study, job or grouping each came from.
+risk-model training and HR group views all draw from it. This command shows the budget, what
+live DP studies hold reserved apart from what was spent, the releases grouped by kind (with the
+study, job or grouping each came from) and the studies' reservations (live, completed,
+cancelled, lapsed).
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ def budget(
     history: bool = typer.Option(True, "--history/--no-history", help="List every release."),
     fmt: str = typer.Option("table", "--format", help="table or json."),
 ) -> None:
-    """Show the node's ε budget, ε spent (accountant over every release), ε left, and the
-    releases by kind: study queries (per study), risk training (per job), group views."""
+    """Show the node's ε budget, ε spent (accountant over every release), ε reserved by running
+    DP studies (not yet spent), ε left, the releases by kind — study queries (per study), risk
+    training (per job), group views — and the studies' reservations."""
     check_format(fmt)
     with errors_to_exit():
         url, configured = _ledger_source(config, ledger_url)
@@ -37,6 +41,7 @@ def budget(
         ledger = PrivacyLedger(url)
         state = ledger.state() if ledger.has_budget() else None
         rows = ledger.history() if state is not None else []
+        held = ledger.reservations() if state is not None else []
     kinds = _by_kind(rows)
     if fmt == "json":
         echo_json(
@@ -47,10 +52,11 @@ def budget(
                 "budget": asdict(state) if state is not None else None,
                 "by_kind": kinds,
                 "history": [{**asdict(r), "kind": r.kind} for r in rows] if history else [],
+                "reservations": [asdict(r) for r in held],
             }
         )
         return
-    _print_tables(url, configured, state, kinds, rows if history else [])
+    _print_tables(url, configured, state, kinds, rows if history else [], held)
 
 
 def _by_kind(rows) -> dict[str, list[dict]]:
@@ -101,7 +107,7 @@ def _redact(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def _print_tables(url, configured, state, kinds, rows) -> None:
+def _print_tables(url, configured, state, kinds, rows, held=()) -> None:
     from rich import box
     from rich.console import Console
     from rich.table import Table
@@ -119,11 +125,32 @@ def _print_tables(url, configured, state, kinds, rows) -> None:
         console.print(f"no privacy budget in this ledger yet: nothing was released{note}")
         return
     summary = Table(title="Privacy budget of this node's population")
-    for col in ("ε budget", "δ", "ε spent", "ε left", "releases"):
+    for col in ("ε budget", "δ", "ε spent", "ε reserved", "ε left", "releases"):
         summary.add_column(col, justify="right")
     left = f"[red]{state.left:.3f}[/red]" if state.left <= 0.05 * state.epsilon else f"{state.left:.3f}"
-    summary.add_row(f"{state.epsilon:g}", f"{state.delta:g}", f"{state.spent:.3f}", left, str(state.releases))
+    reserved = f"{state.reserved:.3f} ({state.reservations} live)" if state.reservations else "0"
+    summary.add_row(
+        f"{state.epsilon:g}", f"{state.delta:g}", f"{state.spent:.3f}", reserved, left, str(state.releases)
+    )
     console.print(summary)
+    if held:
+        res = Table(
+            title="DP studies' reservations (ε: what reserving the whole plan added; "
+            "a closed one frees what it did not release)",
+            box=box.SIMPLE_HEAD,
+        )
+        for col in ("study", "status", "releases", "ε reserved", "since UTC", "lapses / closed UTC"):
+            res.add_column(col, justify="right" if col in ("releases", "ε reserved") else "left")
+        for r in held:
+            res.add_row(
+                r.study_id[:24],
+                r.status,
+                str(sum(r.releases.values())),
+                f"{r.epsilon:.4f}",
+                r.created_at[:16].replace("T", " "),
+                (r.closed_at or r.expires_at)[:16].replace("T", " "),
+            )
+        console.print(res)
     by = Table(title="What spent it (ε: sum of the releases' increments)", box=box.SIMPLE_HEAD)
     for col in ("kind", "study / job / grouping", "releases", "queries", "ε", "last UTC"):
         by.add_column(col, justify="right" if col in ("releases", "ε") else "left")
@@ -142,9 +169,11 @@ def _print_tables(url, configured, state, kinds, rows) -> None:
     if not rows:
         return
     t = Table(title="Releases (ε: this release's increment; total: after it)", box=box.SIMPLE_HEAD)
-    for col in ("#", "UTC", "kind", "study", "query", "σ", "Δ₂", "ε", "total"):
+    for col in ("#", "UTC", "kind", "study", "query", "σ", "Δ₂", "ε", "total", "status"):
         t.add_column(
-            col, no_wrap=True, justify="left" if col in ("UTC", "kind", "study", "query") else "right"
+            col,
+            no_wrap=True,
+            justify="left" if col in ("UTC", "kind", "study", "query", "status") else "right",
         )
     for r in rows:
         t.add_row(
@@ -157,5 +186,6 @@ def _print_tables(url, configured, state, kinds, rows) -> None:
             f"{r.sensitivity:.2f}",
             f"{r.epsilon:.4f}",
             f"{r.epsilon_after:.4f}",
+            r.status,
         )
     console.print(t)
