@@ -36,7 +36,7 @@ from shared.dp.accounting import epsilon_of_history
 from shared.driver import run_study
 from shared.errors import BudgetExceededError, FederationError, PrivacyError, SpecError
 from shared.grant import SignedGrant
-from shared.protocol import Describe, StudyQuery
+from shared.protocol import Describe, Reserve, StudyQuery
 from shared.study import StudySpec
 from shared.synth import generate_cohort, generate_federation
 
@@ -167,8 +167,11 @@ def test_b_group_views_and_studies_draw_from_one_budget(spec, tmp_path):
     assert after_view > 0
 
     # a study on the same node: charged to the same budget, on top of the view
-    small = spec.model_copy(update={"privacy": spec.privacy.model_copy(update={"epsilon": 1.0})})
-    small_query = StudyQuery.for_spec(small, (Describe(),), grant=_grant(small, tmp_path / "out"))
+    small = spec.model_copy(update={"privacy": spec.privacy.model_copy(update={"epsilon": 0.5})})
+    grant = _grant(small, tmp_path / "out")
+    _nothing, reserved = runtime.answer(StudyQuery.for_spec(small, (Reserve(),), grant=grant))
+    assert reserved["epsilon_spent"] == pytest.approx(after_view) and reserved["epsilon_reserved"] > 0
+    small_query = StudyQuery.for_spec(small, (Describe(),), grant=grant)
     _answers, meta = runtime.answer(small_query)
     assert meta["epsilon_spent"] == pytest.approx(ledger.spent())
     assert ledger.spent() > after_view
@@ -187,6 +190,9 @@ def test_b_group_views_and_studies_draw_from_one_budget(spec, tmp_path):
     out = json.loads(res.output)
     assert out["budget"]["spent"] == pytest.approx(ledger.spent())
     assert out["budget"]["epsilon"] == 3.0 and out["budget"]["releases"] == 2
+    # the rest of the study's plan is reserved, shown apart from what was spent
+    assert out["budget"]["reserved"] == pytest.approx(ledger.state().reserved) and out["budget"]["reserved"] > 0
+    assert [(r["study_id"], r["status"]) for r in out["reservations"]] == [(small_query.study_id, "reserved")]
     assert [g["id"] for g in out["by_kind"]["group_view"]] == ["department"]
     assert [(g["id"], g["queries"]) for g in out["by_kind"]["study"]] == [
         (small_query.study_id, {"describe": 1})
