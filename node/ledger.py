@@ -627,6 +627,7 @@ class PrivacyLedger:
             BudgetExceededError: what is spent, every live reservation and this plan do not
                 compose within the budget (names budget, left, reserved, asked); nothing is
                 recorded.
+            ReplayRefused: the study already had every release of its plan.
             PrivacyError: no budget, an empty plan or bad noise, a bad ``ttl_s``, a live
                 reservation of this study for another plan, or a foreign ``dataset``.
         """
@@ -658,6 +659,10 @@ class PrivacyLedger:
                     .values(expires_at=now + timedelta(seconds=float(live.ttl_s)))
                 )
                 return self._reservation(conn, live.id)
+            if all(self._count(conn, study_id, q) >= n for q, n in counts.items()):
+                raise ReplayRefused(
+                    f"study {study_id[:24]} already had every release its signed plan allows"
+                )
             others = books.charged + books.held()
             mine = _gaussian_of_rho(rho - books.study_rho.get(study_id, 0.0))
             before = self._eps(others, budget.delta)

@@ -7,6 +7,8 @@ configs the local launcher writes (:func:`flower_inprocess.signed_grid`, i.e.
 :func:`coordinator.study.runner.site_nodes`: the defaults), and sees exactly what a coordinator
 sees: an answer's arrays and metadata, or an error's code and reason. Nothing here calls node
 internals that would skip a check; the node's ledger is read only to show what was charged.
+Like any coordinator, the attacker reserves a DP study's plan (``reserve``) before its first
+data query: a node releases nothing without a reservation (:meth:`Node.ask` does it).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from coordinator.synth import write_federation
 from node.ledger import PrivacyLedger
 from protos.codec import decode_answer, encode_query
 from shared.grant import Grant, new_grant_id, sign_grant
-from shared.protocol import STUDY_MESSAGE_TYPE, StudyQuery
+from shared.protocol import CONTROL_OPS, STUDY_MESSAGE_TYPE, Reserve, StudyQuery
 from shared.study import StudySpec
 from shared.synth import generate_federation
 
@@ -59,8 +61,21 @@ class Node:
     node_id: int
     site: str
     config: dict
+    reserved: set[str] = field(default_factory=set)  # studies this handle sent ``reserve`` for
 
-    def ask(self, query: StudyQuery) -> Reply:
+    def ask(self, query: StudyQuery, *, reserve: bool = True) -> Reply:
+        """Send ``query``; a DP data query of a study not reserved yet through this handle is
+        preceded by the study's ``reserve`` (from the query's signed terms), as a coordinator's
+        first round. ``reserve=False`` sends the query alone."""
+        first = query.privacy is not None and not any(op.op in CONTROL_OPS for op in query.ops)
+        if reserve and first and query.study_id not in self.reserved:
+            self.reserved.add(query.study_id)
+            assert query.privacy is not None
+            plain = query.privacy.model_copy(update={"resplit": None, "secure_nodes": None})
+            self._send(query.model_copy(update={"ops": (Reserve(),), "privacy": plain, "secure_scale": None}))
+        return self._send(query)
+
+    def _send(self, query: StudyQuery) -> Reply:
         msg = Message(
             content=encode_query(query),
             dst_node_id=self.node_id,

@@ -47,6 +47,7 @@ from shared.protocol import (
     Describe,
     PsFit,
     PsmStats,
+    Reserve,
     StudyQuery,
 )
 from shared.study import BudgetSplit, Covariate, Outcome, StudyInfo, StudySpec
@@ -508,9 +509,12 @@ def test_8a_a_signed_study_replayed_after_it_ran_gets_nothing(tmp_path, synth):
     assert all(before.values())
     for nid, cfg in grid.node_configs.items():
         n = Node(grid, nid, cfg["site"], cfg)
+        # its reservation was completed: reserving again is refused, and without one, nothing
+        reply = n.ask(StudyQuery.for_spec(spec, (Reserve(),), grant=grant))
+        assert reply.code == CODE_BUDGET and "already had every release" in reply.reason, reply.reason
         for ops in ((Describe(),), (PsFit(beta=(0.0,) * (D + 1)),)):
-            reply = n.ask(StudyQuery.for_spec(spec, ops, grant=grant))
-            assert reply.code == CODE_BUDGET and "already had" in reply.reason, reply.reason
+            reply = n.ask(StudyQuery.for_spec(spec, ops, grant=grant), reserve=False)
+            assert reply.code == CODE_BUDGET and "no reservation, no release" in reply.reason, reply.reason
     assert {s: len(led.history()) for s, led in ledgers.items()} == before
 
 
