@@ -17,7 +17,7 @@ from shared.answer import answer
 from shared.dp.forms import main_from_release
 from shared.driver import run_study
 from shared.errors import FederationError, PrivacyError, SpecError
-from shared.protocol import PsmStats, ScoreHist, StudyQuery
+from shared.protocol import PsmStats, Reserve, ScoreHist, StudyQuery
 from shared.secure_sum import SECURE_SUM, pack, secure_scale, unpack
 from shared.study import StudySpec
 from shared.synth import generate_federation
@@ -60,6 +60,7 @@ def test_the_secure_sum_is_the_sum_of_the_nodes_answers(spec, tmp_path):
     dp = _dp(spec, epsilon=1000.0, secure_aggregation=True)
     n_rows = sum(float(a["score_hist"]["count"].sum()) for a in exact.values())
     fed, grant = _fed(dp, tmp_path / "secure")
+    fed.ask(StudyQuery.for_spec(dp, (Reserve(),), grant=grant), "reserve")  # a DP study's first round
     query = StudyQuery.for_spec(
         dp, ops, secure_nodes=3, grant=grant, secure_scale=secure_scale(rows_upper=n_rows, sigma_max=1.0)
     )
