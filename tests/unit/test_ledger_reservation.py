@@ -358,3 +358,34 @@ def test_two_studies_competing_for_one_budget_one_completes_the_other_spends_not
         assert state.reserved == 0.0 and state.spent <= 4.0 + 1e-9
         assert run_a.privacy_reserved[s] == pytest.approx(led.reservations(id_a)[0].epsilon)
         assert run_a.privacy_spent[s] == pytest.approx(state.spent)
+
+
+def test_node_budget_shows_what_is_reserved_apart_from_what_is_spent(tmp_path, clock):
+    """`rehealth node budget`: ε reserved beside ε spent, the reservations with their status,
+    and each release's status (charged, or sent once the node handed it on)."""
+    from typer.testing import CliRunner
+
+    from node.cli import app
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    led = PrivacyLedger(url)
+    led.ensure_budget(epsilon=BUDGET, delta=DELTA)
+    led.reserve(study_id="study-running-0001", releases=RELEASES)
+    (c,) = _convert(led, "study-running-0001", PLAN.releases[:1])
+    led.mark_sent([c.id])
+    state = led.state()
+    res = CliRunner().invoke(app, ["budget", "--ledger-url", url, "--format", "json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert state.spent > 0 and state.reserved > 0
+    assert data["budget"]["spent"] == pytest.approx(state.spent)
+    assert data["budget"]["reserved"] == pytest.approx(state.reserved)
+    assert data["budget"]["left"] == pytest.approx(BUDGET - state.spent - state.reserved)
+    assert [(r["study_id"], r["status"]) for r in data["reservations"]] == [
+        ("study-running-0001", "reserved")
+    ]
+    assert [h["status"] for h in data["history"]] == ["sent"]
+    table = CliRunner().invoke(app, ["budget", "--ledger-url", url], env={"COLUMNS": "200"})
+    assert table.exit_code == 0, table.output
+    for text in ("ε reserved", f"{state.reserved:.3f} (1 live)", "study-running-0001", "reserved", "sent"):
+        assert text in table.output, text
