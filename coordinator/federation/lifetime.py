@@ -98,4 +98,3 @@ def spawn(args: Any, **kwargs: Any) -> subprocess.Popen:
             _spawner = _Spawner()
         spawner = _spawner
     return spawner.popen(args, **kwargs)
-

@@ -10,8 +10,9 @@
 * **A drop is shown.** With ``federation.min_nodes`` allowing it, one SuperNode is stopped
   (SIGSTOP: alive but silent) mid-study: the study completes, the console prints the drop when
   it happens, and the result and the rendered report name the dropped site.
-* **Re-runs.** The same study into the same ``--out`` right after a successful run succeeds
-  (each run starts from fresh Flower state).
+* **Re-runs.** The same study into the same ``--out`` right after a successful run reaches
+  every node (each run starts from fresh Flower state); that run is the one whose SuperNode is
+  then killed.
 * **One run per output folder.** A run into a folder another run holds is refused before any
   federation starts, naming the folder and the holder's pid.
 
@@ -107,14 +108,18 @@ class Run:
             if predicate():
                 return
             if self.proc.poll() is not None:
-                pytest.fail(f"the run ended (rc {self.proc.returncode}) before {what}:\n{self.text()[-3000:]}")
+                pytest.fail(
+                    f"the run ended (rc {self.proc.returncode}) before {what}:\n{self.text()[-3000:]}"
+                )
             time.sleep(0.1)
         pytest.fail(f"no {what} within {timeout_s:.0f} s:\n{self.text()[-3000:]}")
 
     def wait_round(self, round_name: str) -> None:
         self.wait_for(
             f"round {round_name}",
-            lambda: any(e.get("event") == "round_start" and e.get("round") == round_name for e in self.events()),
+            lambda: any(
+                e.get("event") == "round_start" and e.get("round") == round_name for e in self.events()
+            ),
         )
 
     def finish(self, timeout_s: float = 300.0) -> int:
@@ -186,26 +191,6 @@ def test_killing_the_coordinator_leaves_no_process_of_its_federation(spec_path, 
     )
 
 
-def test_a_killed_supernode_fails_the_study_fast_naming_site_and_round(spec_path, tmp_path):
-    run = Run(spec_path, tmp_path / "result.json")
-    run.wait_round("ps-fit-1")  # describe answered: every node is known by its site
-    victim = load_spec(spec_path).sites[1].name
-    _supernode(run.work, victim).kill()
-    killed = time.time()
-    rc = run.finish()
-    error_file = run.work / "error.json"
-    assert rc == 1 and error_file.exists(), run.text()[-3000:]
-    detected_s = error_file.stat().st_mtime - killed
-    console = run.text()
-    print(f"killed SuperNode detected after {detected_s:.1f} s; CLI exited after {time.time() - killed:.1f} s")
-    assert detected_s <= DETECTION_BOUND_S + 3, f"detected after {detected_s:.1f} s"
-    failure = next(line for line in console.splitlines() if "study failed:" in line)
-    assert victim in failure and "ps-fit-" in failure, failure
-    error = json.loads(error_file.read_text())
-    assert error["node"] == victim and error["round"].startswith("ps-fit-"), error
-    assert not federation_procs(run.work), _describe(federation_procs(run.work))
-
-
 @pytest.fixture(scope="module")
 def dropped_run(spec_path, tmp_path_factory):
     """One study with ``min_nodes = 2`` of 3 whose third site's SuperNode is stopped (SIGSTOP)
@@ -213,7 +198,9 @@ def dropped_run(spec_path, tmp_path_factory):
     from coordinator.report import ensure_keypair
 
     folder = tmp_path_factory.mktemp("dropped")
-    spec = _spec_with(spec_path, "study-min2.toml", "\n[federation]\nmin_nodes = 2\n")
+    # tol 1e-4: three Newton rounds fewer than the default's 1e-8 (each round of ClientApp
+    # processes costs ~6 s); the estimate is beside the point here
+    spec = _spec_with(spec_path, "study-min2.toml", "\n[federation]\nmin_nodes = 2\ntol = 1e-4\n")
     key, _pub = ensure_keypair(folder / "report-keys")
     out = folder / "out" / "result.json"
     run = Run(spec, out, "--report-key", str(key))
@@ -252,12 +239,34 @@ def test_a_min_nodes_drop_is_printed_and_in_the_result_and_report(dropped_run):
     assert not federation_procs(run.work)
 
 
-def test_the_same_study_into_the_same_out_right_after_a_run_succeeds(dropped_run):
+def test_a_rerun_right_after_passes_describe_and_a_killed_supernode_fails_it_fast_by_name(
+    spec_path, dropped_run
+):
+    """The same ``--out`` right after the run above: describe reaches every (fresh) node — where
+    a re-run used to fail, addressing the previous run's nodes still "online" in the SuperLink's
+    database. Then one SuperNode is killed: the study fails within the bound, the console's one
+    line naming site and round. (One federation for both: each costs a minute of CI.)"""
     first = dropped_run["run"]
-    again = Run(dropped_run["spec"], first.out)
-    assert again.finish() == 0, again.text()[-3000:]
-    result = json.loads(first.out.read_text())
-    assert all(s["status"] == "ok" for s in result["sites"]), result["sites"]
+    run = Run(spec_path, first.out)
+    run.wait_round("ps-fit-1")  # describe answered: every node is known by its site
+    described = next(e for e in run.events() if e.get("event") == "round_end")
+    assert sorted(described["sites"]) == sorted(s.name for s in load_spec(spec_path).sites)
+    victim = load_spec(spec_path).sites[1].name
+    _supernode(run.work, victim).kill()
+    killed = time.time()
+    rc = run.finish()
+    error_file = run.work / "error.json"
+    assert rc == 1 and error_file.exists(), run.text()[-3000:]
+    detected_s = error_file.stat().st_mtime - killed
+    print(
+        f"killed SuperNode detected after {detected_s:.1f} s; CLI exited after {time.time() - killed:.1f} s"
+    )
+    assert detected_s <= DETECTION_BOUND_S + 3, f"detected after {detected_s:.1f} s"
+    failure = next(line for line in run.text().splitlines() if "study failed:" in line)
+    assert f"site {victim}" in failure and "round ps-fit-" in failure, failure
+    error = json.loads(error_file.read_text())
+    assert error["node"] == victim and error["round"].startswith("ps-fit-"), error
+    assert not federation_procs(run.work), _describe(federation_procs(run.work))
 
 
 def test_a_second_run_into_a_held_output_folder_is_refused_naming_it(spec_path, tmp_path):
