@@ -275,7 +275,8 @@ class LocalFederation:
         self._spawn(
             f"supernode-{node.site}",
             [
-                str(self._supernode_bin()),
+                sys.executable,
+                str(self._supernode_script()),
                 *security,
                 "--superlink",
                 f"{HOST}:{self.port}",
@@ -290,16 +291,13 @@ class LocalFederation:
         )
         return port
 
-    def _supernode_bin(self) -> Path:
-        """A ``flower-supernode`` script running :mod:`.supernode` (Flower's SuperNode with a
-        10 s heartbeat) with this Python."""
+    def _supernode_script(self) -> Path:
+        """A script named ``flower-supernode`` that runs :mod:`.supernode` (Flower's SuperNode
+        with a 10 s heartbeat); run by this Python, so it needs no exec bit (0600 like every
+        file of the federation), and ``ps`` shows a ``flower-supernode`` as before."""
         path = private_dir(self.workdir / "supernode-bin") / "flower-supernode"
         if not path.exists():
-            write_private(
-                path,
-                f"#!{sys.executable}\nfrom coordinator.federation.supernode import main\n\nmain()\n".encode(),
-            )
-            path.chmod(0o700)
+            write_private(path, b"from coordinator.federation.supernode import main\n\nmain()\n")
         return path
 
     def _start_node_superexec(self, site: str, port: int, timeout_s: float) -> None:

@@ -61,8 +61,9 @@ class Run:
     def __init__(self, spec: Path, out: Path, *extra: str):
         self.out = out
         self.work = out.parent / f".{out.stem}-run"  # the CLI's run folder beside --out
-        self.console = out.parent / f"{out.stem}.console.txt"
         out.parent.mkdir(parents=True, exist_ok=True)
+        self.started = time.time()
+        self.console = out.parent / f"{out.stem}.{self.started:.3f}.console.txt"
         env = dict(
             os.environ,
             PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p),
@@ -100,7 +101,8 @@ class Run:
         path = self.work / "progress.jsonl"
         if not path.exists():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+        lines = (json.loads(line) for line in path.read_text().splitlines() if line.endswith("}"))
+        return [e for e in lines if e["t"] >= self.started]  # not a previous run's, not yet cleared
 
     def wait_for(self, what: str, predicate, timeout_s: float = 180.0) -> None:
         deadline = time.monotonic() + timeout_s
