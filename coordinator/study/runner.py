@@ -251,7 +251,7 @@ def train_risk_local(
         key, pub = coordinator_keys(out_dir.resolve() / "keys", key_path)
         with local_federation(spec_path, out_dir, pub, on_event) as fed:
             path = run_app(
-            fed.client,
+                fed.client,
                 {
                     "workflow": "risk",
                     "risk-job": job.model_dump_json(),
