@@ -40,18 +40,39 @@ def demo(
     ),
 ) -> None:
     """Run a complete federated study on loopback with synthetic sites, ending in a signed report."""
+    from coordinator.study.runner import FolderBusy, exclusive_folder
+
+    console = Console()
+    if secure_aggregation and exact:
+        console.print("[red]--secure-aggregation splits the DP noise: not with --exact[/red]")
+        raise typer.Exit(2)
+    try:
+        # the whole demo (data, study, report) is one run of this folder: a second demo into it
+        # would regenerate the data under the first one's nodes
+        with exclusive_folder(out.resolve()) as folder:
+            _demo(console, folder, seed, sites, scale, epsilon, exact, secure_aggregation)
+    except FolderBusy as e:
+        console.print(f"[red]demo refused:[/red] {escape(str(e))}")
+        raise typer.Exit(1) from None
+
+
+def _demo(
+    console: Console,
+    out: Path,
+    seed: int,
+    sites: int | None,
+    scale: float,
+    epsilon: float,
+    exact: bool,
+    secure_aggregation: bool,
+) -> None:
     from coordinator.files import write_result
     from coordinator.report import ensure_keypair
     from coordinator.study.runner import run_local
     from coordinator.synth.cli import generate_and_summarise
 
-    console = Console()
     started = time.perf_counter()
-    out = out.resolve()
     console.rule("1. Synthetic federation")
-    if secure_aggregation and exact:
-        console.print("[red]--secure-aggregation splits the DP noise: not with --exact[/red]")
-        raise typer.Exit(2)
     spec_path = generate_and_summarise(
         out=out / "data",
         seed=seed,

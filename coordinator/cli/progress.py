@@ -5,6 +5,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 
@@ -36,6 +37,14 @@ def study_progress(console: Console, *, enabled: bool = True):
             elif kind == "round_end":
                 bar.advance(task)
                 console.log(f"round {ev['round']}: {len(ev['sites'])} sites, {ev['seconds']:.1f} s")
+            elif kind == "dropped":
+                # printed when it happens (escaped: a reason is text, not markup); the result
+                # and the report name the site again
+                console.log(
+                    f"[yellow]site {escape(str(ev['site']))} dropped in round "
+                    f"{escape(str(ev['round']))}[/yellow]: {escape(str(ev.get('reason', '')))}; "
+                    "the study goes on without it (federation.min_nodes)"
+                )
             elif kind == "estimated":
                 bar.update(task, description="estimated")
             elif kind == "failed":

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from coordinator.federation.lifetime import spawn
 from coordinator.federation.pki import private_dir, write_private
 from shared.errors import FederationError
 
@@ -80,15 +81,25 @@ class FlwrClient:
         )
 
     def _run(self, *args: str, timeout_s: float = 60.0) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [flwr_bin("flwr"), *args],
+        """``flwr ARGS``, killed after ``timeout_s`` and with this process (a ``flwr list``
+        polling a SuperLink must not outlive a coordinator that was killed)."""
+        cmd = [flwr_bin("flwr"), *args]
+        with spawn(
+            cmd,
             env=flwr_env(self.home),
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=timeout_s,
             stdin=subprocess.DEVNULL,
             umask=0o077,
-        )
+        ) as proc:
+            try:
+                out, err = proc.communicate(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+                raise
+        return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
     def json(self, *args: str, timeout_s: float = 60.0) -> dict:
         """Run ``flwr ARGS --format json``; its parsed output, or a FederationError."""

@@ -2,8 +2,14 @@
 
 Each process gets its own ``FLWR_HOME``, a free port and a log file under the work folder. They
 run in their own process groups; :meth:`LocalFederation.stop` terminates every group (then kills
-what remains), and is called on exit, on SIGINT/SIGTERM and when the ``with`` block fails, so no
-process outlives the launcher.
+what remains), and is called on exit, on SIGINT/SIGTERM/SIGHUP and when the ``with`` block
+fails. A launcher that dies without running any of that (SIGKILL, a crash) still leaves nothing:
+every process it starts carries a parent-death signal (:mod:`.lifetime`), and so does every app
+process our SuperExec starts (:mod:`.superexec`), so the kernel takes the whole federation down
+with it. Each start uses a fresh SuperLink database (a previous run's nodes, still "online" in
+the old one for up to a minute, would be addressed and fail as "Node Unavailable"), and
+SuperNodes heartbeat every ~4 s so a dead one is noticed within
+:data:`~coordinator.federation.supernode.DETECTION_BOUND_S` (:mod:`.supernode`).
 
 >>> with LocalFederation(workdir, [NodeSpec("a", {"data-path": "/d/a.csv"})]) as fed:  # doctest: +SKIP
 ...     run_id = fed.client.submit(app_dir, {"spec-path": "/d/study.toml", "out-dir": "/d/out"})
@@ -37,7 +43,8 @@ from pathlib import Path
 import psutil
 
 from coordinator.federation.flwr_cli import CONNECTION, FlwrClient, flwr_bin, flwr_env, toml_value
-from coordinator.federation.pki import FederationPKI, private_dir
+from coordinator.federation.lifetime import spawn
+from coordinator.federation.pki import FederationPKI, private_dir, write_private
 from shared.errors import FederationError
 
 log = logging.getLogger("rehealth.launcher")
@@ -110,7 +117,7 @@ class LocalFederation:
         logs = private_dir(self.workdir / "logs")
         fd = os.open(logs / f"{log_name or name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         with os.fdopen(fd, "ab") as out:
-            proc = subprocess.Popen(
+            proc = spawn(  # dies with this process, however it dies
                 cmd,
                 env=self._env(home or name, guarded),
                 stdout=out,
@@ -127,6 +134,9 @@ class LocalFederation:
         private_dir(self.workdir)
         _register_cleanup(self)
         self.port = free_port()
+        database = self.workdir / "superlink.db"
+        for suffix in ("", "-wal", "-shm", "-journal"):  # fresh Flower state: no previous run's nodes
+            database.with_name(database.name + suffix).unlink(missing_ok=True)
         if not self.insecure:
             self.pki = FederationPKI.create(self.workdir / "pki", [n.site for n in self.nodes])
         self._spawn(
@@ -140,7 +150,7 @@ class LocalFederation:
                 "--port",
                 str(self.port),
                 "--database",
-                str(self.workdir / "superlink.db"),
+                str(database),
             ],
         )
         self._wait_port(self.port, "superlink", timeout_s)
@@ -265,7 +275,8 @@ class LocalFederation:
         self._spawn(
             f"supernode-{node.site}",
             [
-                flwr_bin("flower-supernode"),
+                sys.executable,
+                str(self._supernode_script()),
                 *security,
                 "--superlink",
                 f"{HOST}:{self.port}",
@@ -279,6 +290,15 @@ class LocalFederation:
             guarded=self.guarded,
         )
         return port
+
+    def _supernode_script(self) -> Path:
+        """A script named ``flower-supernode`` that runs :mod:`.supernode` (Flower's SuperNode
+        with a 10 s heartbeat); run by this Python, so it needs no exec bit (0600 like every
+        file of the federation), and ``ps`` shows a ``flower-supernode`` as before."""
+        path = private_dir(self.workdir / "supernode-bin") / "flower-supernode"
+        if not path.exists():
+            write_private(path, b"from coordinator.federation.supernode import main\n\nmain()\n")
+        return path
 
     def _start_node_superexec(self, site: str, port: int, timeout_s: float) -> None:
         """The node's SuperExec: its ClientApp processes are the SuperExec's children, so it
@@ -306,6 +326,7 @@ class LocalFederation:
         tree = [p for proc in self.procs.values() for p in _tree(proc.pid)]
         for p in tree:
             _signal(p, signal.SIGTERM)
+            _signal(p, signal.SIGCONT)  # a stopped (SIGSTOP) process acts on SIGTERM only once resumed
         _gone, alive = psutil.wait_procs(tree, timeout=10)
         for p in alive:
             _signal(p, signal.SIGKILL)
@@ -366,10 +387,17 @@ def _stop_all(*_):
 
 
 def _register_cleanup(fed: LocalFederation) -> None:
-    """Stop every launched process at interpreter exit and on SIGTERM (SIGINT raises
-    KeyboardInterrupt, which unwinds through ``__exit__``)."""
+    """Stop every launched process at interpreter exit and on SIGTERM or SIGHUP (a closed
+    terminal), exiting 128 + the signal; SIGINT raises KeyboardInterrupt, which unwinds through
+    ``__exit__``. (SIGKILL runs nothing: the parent-death signal covers it.)"""
     if not _CLEANUP:
         atexit.register(_stop_all)
-        if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
-            signal.signal(signal.SIGTERM, lambda *a: (_stop_all(), sys.exit(143)))
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            if signal.getsignal(sig) in (signal.SIG_DFL, None):
+                signal.signal(sig, _stop_and_exit)
     _CLEANUP.add(fed)
+
+
+def _stop_and_exit(signum: int, _frame) -> None:
+    _stop_all()
+    sys.exit(128 + signum)

@@ -8,8 +8,13 @@ user can read (``ps``). The SuperExec auth secret does not help there: it guards
 
 Both app commands also accept ``--token-file``. This runtime writes the token to an anonymous
 in-memory file (``memfd_create``: no path on disk, gone when the last descriptor closes), passes
-that descriptor to the child only, and gives it ``--token-file /dev/fd/N``. Everything else is
-Flower's own executor and SuperExec loop, unchanged.
+that descriptor to the child only, and gives it ``--token-file /dev/fd/N``.
+
+Each app process also dies with this SuperExec (a parent-death signal, :mod:`.lifetime`), which
+itself dies with the launcher: Flower's own ``--parent-pid`` watch only polls and asks the app
+to stop (SIGINT), which a busy or stopped app does not honour, and a launcher killed outright
+would otherwise leave ServerApps and ClientApps behind. Everything else is Flower's own executor
+and SuperExec loop, unchanged.
 
 Run as ``python -m coordinator.federation.superexec`` with ``flower-superexec``'s arguments.
 """
@@ -18,6 +23,8 @@ from __future__ import annotations
 
 import os
 import subprocess
+
+from coordinator.federation.lifetime import spawn
 
 TOKEN_FD_NAME = "flwr-task-token"
 
@@ -54,7 +61,7 @@ def launch_with_token_file(spec):
         if spec.runtime_dependency_install:
             args.append("--allow-runtime-dependency-installation")
         out = subprocess.DEVNULL if spec.suppress_output else None  # None: inherit
-        subprocess.Popen(args, pass_fds=(fd,), stdout=out, stderr=out)  # pylint: disable=consider-using-with
+        spawn(args, pass_fds=(fd,), stdout=out, stderr=out)  # dies with this SuperExec
     finally:
         os.close(fd)
     return LaunchResult.accepted()

@@ -2,10 +2,18 @@
 
 One call, :meth:`GridFederation.ask`, sends a study query to every node still in the study and
 collects the answers, polling faster than ``Grid.send_and_receive`` (which sleeps 3 s). A node
-that fails or times out either ends the study with an error naming node and round, or — when the
-spec allows a minimum number of nodes — is dropped and named in the result. Queries and replies
-travel as the wire contract's messages (:mod:`protos.codec`); a reply of another protocol
-version is refused, naming both versions.
+that fails or times out either ends the study with an error naming site and round, or — when the
+spec allows a minimum number of nodes — is dropped, reported at once (``on_drop``: a progress
+event the console prints) and named in the result. Queries and replies travel as the wire
+contract's messages (:mod:`protos.codec`); a reply of another protocol version is refused,
+naming both versions.
+
+A node that dies or hangs is noticed by the SuperLink when its heartbeats stop: the reply to a
+message for it becomes Flower's ``NODE_UNAVAILABLE`` error, within ``HEARTBEAT_PATIENCE`` (2) ×
+the node's declared heartbeat interval of its last heartbeat — 20 s for the SuperNodes our
+launcher starts (:mod:`coordinator.federation.supernode`), 60 s for Flower's default. The
+SuperLink's node list (``grid.get_node_ids()``) drops the node at that same moment, so watching
+it would tell nothing sooner; ``round_timeout_s`` bounds a node that is alive but never answers.
 """
 
 from __future__ import annotations
@@ -13,9 +21,10 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Mapping, cast
+from typing import Callable, Mapping, cast
 
 from flwr.app import Message
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
 from protos.codec import ContractError, ProtocolMismatch, decode_answer, encode_query
@@ -41,6 +50,7 @@ class GridFederation:
     poll_s: float = 0.2
     active: dict[int, str | None] = field(default_factory=dict)  # node id -> site (once known)
     dropped: dict[str, str] = field(default_factory=dict)  # site or node -> reason
+    on_drop: Callable[[str, str, str], None] | None = None  # (site, round, reason) when one drops
 
     def wait_for_nodes(self, expected: int, *, timeout_s: float = 60.0) -> list[int]:
         """Wait until ``expected`` nodes are connected (or time out with the count seen)."""
@@ -74,7 +84,8 @@ class GridFederation:
         failures: dict[int, str] = {}
         for msg_id, nid in sent.items():
             reply = replies.get(msg_id)
-            who = self.active.get(nid) or f"node {nid}"
+            site = self.active.get(nid)
+            who = f"site {site}" if site else f"node {nid}"
             if reply is None:
                 failures[nid] = f"{who}: no answer within {self.timeout_s:.0f} s"
             elif reply.has_error():
@@ -82,7 +93,7 @@ class GridFederation:
                     log.info("node %s declined: %s", nid, reply.error.reason)
                     del self.active[nid]
                     continue
-                failures[nid] = reply.error.reason or f"{who}: {error_text(reply.error.code)}"
+                failures[nid] = _failure_text(who, reply.error.code, reply.error.reason)
             else:
                 try:
                     answers, meta = decode_answer(reply.content)
@@ -139,10 +150,24 @@ class GridFederation:
             who = self.active.pop(nid) or f"node {nid}"
             self.dropped[who] = f"dropped in round {round_name}: {reason}"
             log.warning("dropping %s in round %s: %s", who, round_name, reason)
+            if self.on_drop:
+                self.on_drop(who, round_name, reason)
 
     @property
     def sites(self) -> list[str]:
         return [s for s in self.active.values() if s]
+
+
+def _failure_text(who: str, code: int, reason: str | None) -> str:
+    """One line naming the site: a node's own error (its reason starts with the site's name, the
+    contract's fixed text after it) or one Flower generated for it (a dead node, a crashed app)."""
+    if code == ErrorCode.NODE_UNAVAILABLE:
+        return (
+            f"{who} stopped answering: the SuperLink had no heartbeat from its SuperNode within "
+            "its liveness window (the node died, was stopped or lost its connection)"
+        )
+    text = reason or error_text(code)
+    return text if text.startswith(who) else f"{who}: {text}"  # a node's reason names its site
 
 
 class _PolledGrid:

@@ -65,7 +65,15 @@ def run_one(grid: Grid, cfg, out_dir: Path, progress) -> None:
     started = time.perf_counter()
     started_at = _now()
     spec = load_spec(str(cfg["spec-path"]))
-    fed = GridFederation(grid, timeout_s=spec.federation.round_timeout_s, min_nodes=spec.federation.min_nodes)
+    fed = GridFederation(
+        grid,
+        timeout_s=spec.federation.round_timeout_s,
+        min_nodes=spec.federation.min_nodes,
+        # the console shows a drop when it happens, not only the result at the end
+        on_drop=lambda site, round_name, reason: progress(
+            "dropped", {"site": site, "round": round_name, "reason": reason}
+        ),
+    )
     expected = len(spec.sites) or int(cfg.get("expected-nodes", 0))
     if expected < 1:
         raise FederationError("the spec lists no sites and expected-nodes is not set", round_name="connect")

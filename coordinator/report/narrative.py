@@ -65,7 +65,7 @@ def _hr(doc: "EvidenceReport") -> str:
     if v.net_benefit is not None:
         parts.append(f"Net benefit after the intervention cost: {_figure(v.net_benefit)}.")
     parts.append(
-        f"All figures are aggregates over {len(doc.sites)} sites; no individual's data left "
+        f"All figures are aggregates over {_over_sites(doc)}; no individual's data left "
         f"any site, so the figures can be used in management and ESG reporting as they stand."
     )
     parts += [_checks_sentence(doc), _synthetic_sentence(doc)]
@@ -77,7 +77,7 @@ def _regulator(doc: "EvidenceReport") -> str:
     parts = [
         f"Estimand: the average treatment effect on the treated (ATT), by propensity-score "
         f"stratification ({e.strata_method}, {e.n_strata_used} of {e.n_strata} strata with both "
-        f"arms) over {len(doc.sites)} sites.",
+        f"arms) over {_over_sites(doc)}.",
         f"{fmt.num(a.treated_dropped)} treated ({fmt.pct(a.treated_dropped_share)}) fell outside "
         f"common support and are not in the estimate.",
         _checks_sentence(doc),
@@ -88,6 +88,18 @@ def _regulator(doc: "EvidenceReport") -> str:
         _synthetic_sentence(doc),
     ]
     return _join(parts)
+
+
+def _over_sites(doc: "EvidenceReport") -> str:
+    """The sites the figures come from, naming any that left the study (``min_nodes``): their
+    data are not in the estimate, which a reader must not have to find in the sites table."""
+    ok = [s.name for s in doc.sites if s.status == "ok"]
+    gone = [s.name for s in doc.sites if s.status != "ok"]
+    text = f"{len(ok)} site{'s' if len(ok) != 1 else ''}"
+    if gone:
+        verb = "is" if len(gone) == 1 else "are"
+        text += f" ({', '.join(gone)} dropped out during the study and {verb} not in it)"
+    return text
 
 
 def _who(doc: "EvidenceReport") -> str:

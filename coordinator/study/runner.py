@@ -3,11 +3,19 @@
 The ServerApp writes ``result.json`` (or ``error.json``) and ``progress.jsonl`` into the output
 folder on the SuperLink's host; the runner follows the progress file, waits for the run to
 finish and returns the result, adding the start-up time it measured itself.
+
+One run at a time per output folder: each run holds an exclusive lock on ``run.lock`` in it
+(:func:`exclusive_folder`) from before its federation starts until it ends, and a second run
+is refused naming the folder and the holder's pid (two runs would otherwise interleave their
+events in one progress file and overwrite each other's result). The kernel drops the lock when
+its holder dies, however it dies, so a killed run never leaves the folder locked.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
@@ -16,12 +24,43 @@ import coordinator.flower
 from coordinator.federation.flwr_cli import FlwrClient
 from coordinator.federation.launcher import LocalFederation, NodeSpec
 from coordinator.files import load_spec, read_result, write_result
-from shared.errors import FederationError, SpecError
+from shared.errors import FederationError, ReHealthError, SpecError
 from shared.result import StudyResult
 from shared.study import StudySpec
 
 APP_DIR = Path(coordinator.flower.__file__).parent / "app"
 OnEvent = Callable[[dict], None]
+
+
+LOCK_NAME = "run.lock"
+
+
+class FolderBusy(ReHealthError):
+    """Another run holds the output folder."""
+
+
+@contextmanager
+def exclusive_folder(folder: Path):
+    """Hold an exclusive lock on ``folder`` for the ``with`` block, or raise :class:`FolderBusy`
+    naming the folder and the holder's pid at once (never wait: the other run may take an hour).
+    """
+    folder = folder.resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise FolderBusy(
+                f"{folder} is in use by another run (pid {holder}): wait for it to finish, or "
+                "give this run another output folder (--out)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield folder
+    finally:
+        os.close(fd)  # releases the lock (the file stays: unlinking it would race a waiter)
 
 
 def coordinator_keys(key_dir: Path, key_path: Path | None = None) -> tuple[Path, Path]:
@@ -208,22 +247,23 @@ def train_risk_local(
     key_path: Path | None = None,
 ) -> dict:
     """Federated DP training of the risk model over one local SuperNode per site of the spec."""
-    key, pub = coordinator_keys(out_dir.resolve() / "keys", key_path)
-    with local_federation(spec_path, out_dir, pub, on_event) as fed:
-        path = run_app(
-            fed.client,
-            {
-                "workflow": "risk",
-                "risk-job": job.model_dump_json(),
-                "grant": sign_risk_job(job, key),
-                "expected-nodes": len(fed.nodes),
-            },
-            out_dir,
-            result_name="risk_result.json",
-            timeout_s=timeout_s,
-            on_event=on_event,
-        )
-    return json.loads(path.read_text())
+    with exclusive_folder(out_dir):
+        key, pub = coordinator_keys(out_dir.resolve() / "keys", key_path)
+        with local_federation(spec_path, out_dir, pub, on_event) as fed:
+            path = run_app(
+                fed.client,
+                {
+                    "workflow": "risk",
+                    "risk-job": job.model_dump_json(),
+                    "grant": sign_risk_job(job, key),
+                    "expected-nodes": len(fed.nodes),
+                },
+                out_dir,
+                result_name="risk_result.json",
+                timeout_s=timeout_s,
+                on_event=on_event,
+            )
+        return json.loads(path.read_text())
 
 
 def run_local(
@@ -237,17 +277,18 @@ def run_local(
     """Start a SuperLink and one SuperNode per site on 127.0.0.1 (each pinning the operator's
     public key), run the signed study, stop them. Without ``key_path`` a key pair is made in
     ``out_dir/keys`` on first use."""
-    key, pub = coordinator_keys(out_dir.resolve() / "keys", key_path)
-    with local_federation(spec_path, out_dir, pub, on_event) as fed:
-        return run_with_client(
-            fed.client,
-            spec_path,
-            out_dir,
-            key_path=key,
-            startup_s=fed.startup_s,
-            timeout_s=timeout_s,
-            on_event=on_event,
-        )
+    with exclusive_folder(out_dir):
+        key, pub = coordinator_keys(out_dir.resolve() / "keys", key_path)
+        with local_federation(spec_path, out_dir, pub, on_event) as fed:
+            return run_with_client(
+                fed.client,
+                spec_path,
+                out_dir,
+                key_path=key,
+                startup_s=fed.startup_s,
+                timeout_s=timeout_s,
+                on_event=on_event,
+            )
 
 
 def _truth(spec_path: Path) -> dict[str, float] | None:
@@ -277,9 +318,10 @@ def run_remote(
     address = superlink or spec.federation.superlink
     if not address:
         raise SpecError("federation.superlink: give the SuperLink address (or use --local)")
-    client = FlwrClient(
-        home=out_dir.resolve() / "flwr-home", address=address, root_certificates=root_certificates
-    )
-    return run_with_client(
-        client, spec_path, out_dir, key_path=key_path, timeout_s=timeout_s, on_event=on_event
-    )
+    with exclusive_folder(out_dir):
+        client = FlwrClient(
+            home=out_dir.resolve() / "flwr-home", address=address, root_certificates=root_certificates
+        )
+        return run_with_client(
+            client, spec_path, out_dir, key_path=key_path, timeout_s=timeout_s, on_event=on_event
+        )
