@@ -54,7 +54,7 @@ FINGERPRINT_HEX = 32  # 128 bits: a wrong key matches by chance with probability
 #: The confirmation ``rehealth node store rekey`` asks for.
 REKEY_FLAG = "--i-understand-stored-pseudonyms-will-not-link"
 _REKEY_HINT = (
-    "or, to start over under this key, re-key: `rehealth node store rekey` "
+    "or, to start over under a new key, re-key: `rehealth node store rekey` "
     "(deletes the stored person data; see docs/USAGE.md)"
 )
 
@@ -253,5 +253,5 @@ def rekey(store: "Store", key_path: str | Path, *, site_id: str) -> tuple[dict[s
     with store.engine.begin() as conn:
         deleted = store.delete_person_data(conn)
         store.set_meta({META_FINGERPRINT: fp, META_SITE: site_id}, conn=conn)
-    log.warning("store re-keyed to key %s: %s person-linked rows deleted", fp[:8], sum(deleted.values()))
+    log.info("store re-keyed to key %s: %s person-linked rows deleted", fp[:8], sum(deleted.values()))
     return deleted, fp

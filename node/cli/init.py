@@ -18,6 +18,9 @@ from shared.errors import SpecError
 def init(
     directory: Path = typer.Option(Path("."), "--dir", "-d", help="Node directory (created)."),
     site_id: str = typer.Option("my_site", "--site-id", help="This site's name in studies."),
+    time_zone: str = typer.Option(
+        "UTC", "--time-zone", help="The site's IANA time zone (e.g. Europe/Berlin): dates are days there."
+    ),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing node.toml."),
     fmt: str = FORMAT_OPTION,
 ) -> None:
@@ -28,10 +31,11 @@ def init(
         path = directory / CONFIG_NAME
         if path.exists() and not force:
             raise SpecError(f"{path} exists; edit it, or pass --force to overwrite")
-        text = default_config_text(site_id=site_id)
+        text = default_config_text(site_id=site_id, time_zone=time_zone)
         NodeConfig.from_dict(tomllib.loads(text), base=directory)  # never write an invalid file
         path.write_text(text)
-        cfg, store, _ = open_node(path)  # validates the file, creates key and tables
+        # validates the file, creates key and tables, records the key's fingerprint in the store
+        cfg, store, _ = open_node(path)
         store.engine.dispose()
     info = {
         "config": str(path),
