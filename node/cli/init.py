@@ -33,7 +33,10 @@ def init(
             raise SpecError(f"{path} exists; edit it, or pass --force to overwrite")
         text = default_config_text(site_id=site_id, time_zone=time_zone)
         NodeConfig.from_dict(tomllib.loads(text), base=directory)  # never write an invalid file
-        path.write_text(text)
+        try:
+            path.write_text(text)
+        except OSError as e:  # a full disk, a read-only folder: one line, not a traceback
+            raise SpecError(f"cannot write {path}: {e.strerror}") from None
         # validates the file, creates key and tables, records the key's fingerprint in the store
         cfg, store, _ = open_node(path)
         store.engine.dispose()

@@ -277,7 +277,7 @@ def _quick_check(conn: Connection, where: str) -> None:
     cost). Its messages name pages, never values; they stay out of the error anyway."""
     problems = [r[0] for r in conn.exec_driver_sql("PRAGMA quick_check").all()]
     if problems != ["ok"]:
-        log.error("%s failed PRAGMA quick_check: %d problem(s), first: %s", where, len(problems), problems[0])
+        log.info("%s failed PRAGMA quick_check: %d problem(s), first: %s", where, len(problems), problems[0])
         raise DataError(f"{where} is corrupt (SQLite quick_check found problems): {RESTORE_HINT}")
 
 
@@ -305,6 +305,8 @@ def _open_error(e: Exception, backend: str, where: str) -> DataError:
     full = isinstance(orig, OSError) and orig.errno == errno.ENOSPC
     if full or "disk is full" in low or "no space" in low:
         return DataError(f"{where}: the disk is full: free space, then retry")
+    if "disk i/o error" in low:  # also what a write beyond a file-size limit gives
+        return DataError(f"{where}: disk I/O error (is the disk full or failing?): check it, then retry")
     if "not a database" in low:
         return DataError(
             f"{where} is not a SQLite database (or its first page is corrupt): fix store_url, "
