@@ -23,7 +23,9 @@ import pandas as pd
 import pytest
 from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
+from typer.testing import CliRunner
 
+from node.cli import app
 from node.config import NodeConfig, default_config_text
 from node.ingest import ingest_file
 from node.ingest.schema import SPECS
@@ -314,15 +316,15 @@ def test_a_store_from_before_fingerprints_adopts_its_key_and_then_holds_to_it(tm
 
 
 def test_rekey_cli_asks_for_confirmation_then_starts_over_without_mixing(tmp_path, valid_person):
-    """Through the real CLI: a deleted key is refused (one line, no canary); ``store rekey``
+    """A deleted key stops the real CLI (one line, no canary, no key created); ``store rekey``
     refuses without its flag, then deletes every person-linked row and the ingest history;
-    the same file loads whole under the new key; the ledger is untouched."""
-    cfg = _node(tmp_path)
+    the same file then loads whole under the new key; the ledger is untouched."""
+    cfg, url = _node(tmp_path), f"sqlite:///{tmp_path / 'node.db'}"
     file = tmp_path / "persons.csv"
     pd.DataFrame(_rows(valid_person, 10)).to_csv(file, index=False)
     config = ["--config", str(cfg)]
-    cp = _rh("node", "ingest", str(file), "--kind", "persons", *config)
-    assert cp.returncode == 0, _clean(cp)
+    runner = CliRunner()
+    assert _ingest(url, tmp_path / "node.key", file).loaded == 10  # what `node ingest` runs
     ledger = tmp_path / "ledger.db"
     ledger_before = ledger.read_bytes() if ledger.exists() else None
     old_fp = key_fingerprint((tmp_path / "node.key").read_bytes())
@@ -334,25 +336,24 @@ def test_rekey_cli_asks_for_confirmation_then_starts_over_without_mixing(tmp_pat
     line = _one_error_line(_rh("node", "store", "check", *config))
     assert old_fp[:8] in line
 
-    line = _one_error_line(_rh("node", "store", "rekey", *config))
-    assert REKEY_FLAG in line and "persons 10" in line
-    assert _count(f"sqlite:///{tmp_path / 'node.db'}") == 10
+    res = runner.invoke(app, ["store", "rekey", *config])
+    assert res.exit_code == 1 and REKEY_FLAG in res.output and "persons 10" in res.output
+    assert _count(url) == 10
 
-    cp = _rh("node", "store", "rekey", *config, REKEY_FLAG, "--format", "json")
-    assert cp.returncode == 0, _clean(cp)
-    store = open_store(f"sqlite:///{tmp_path / 'node.db'}")
+    res = runner.invoke(app, ["store", "rekey", *config, REKEY_FLAG, "--format", "json"])
+    assert res.exit_code == 0, res.output
+    store = open_store(url)
     assert store.person_counts() == dict.fromkeys(PERSON_LINKED, 0)
     assert store.meta()[META_FINGERPRINT] == key_fingerprint((tmp_path / "node.key").read_bytes()) != old_fp
     store.engine.dispose()
     assert (ledger.read_bytes() if ledger.exists() else None) == ledger_before
 
-    cp = _rh("node", "ingest", str(file), "--kind", "persons", *config, "--format", "json")
-    assert cp.returncode == 0 and '"loaded": 10' in _clean(cp)  # not "already ingested"
-    assert _one_error_line(_rh("node", "store", "rekey", *config, REKEY_FLAG)).endswith(
-        "keep it as a backup)"
-    )  # the key already is the store's: nothing to re-key
-    cp = _rh("node", "store", "check", *config)
-    assert cp.returncode == 0 and "matches" in _clean(cp)
+    res = runner.invoke(app, ["ingest", str(file), "--kind", "persons", *config, "--format", "json"])
+    assert res.exit_code == 0 and '"loaded": 10' in res.output  # not "already ingested"
+    res = runner.invoke(app, ["store", "rekey", *config, REKEY_FLAG])
+    assert res.exit_code == 1 and "nothing to re-key" in res.output  # the key already is the store's
+    res = runner.invoke(app, ["store", "check", *config])
+    assert res.exit_code == 0 and "matches" in res.output
 
 
 # -- integrity: a corrupt store is refused at open, before ingest and before a study ----------
