@@ -147,6 +147,9 @@ class Pseudonymizer:
 
     @classmethod
     def from_key_file(cls, path: str | Path, *, site_id: str) -> "Pseudonymizer":
+        """From a key file alone, creating it if missing: for benchmarks and tests. A node
+        pseudonymising into its store uses :func:`open_pseudonymizer`, which checks the key
+        against the store and never replaces a lost one."""
         return cls(key=load_or_create_key(path), site_id=site_id)
 
     def __call__(self, raw_id: str) -> str:
