@@ -134,8 +134,10 @@ store_url = "sqlite:///node.db"
 ledger_url = "sqlite:///ledger.db"
 
 # The 32-byte pseudonym key (HMAC-SHA256), created on first start with mode 0600.
-# It never leaves this machine: back it up like a password. Losing it unlinks new data from
-# the data already loaded; leaking it lets the holder re-identify pseudonyms.
+# It never leaves this machine: back it up like a password. The store records its fingerprint:
+# without the same key the node loads no more data until the key is restored from backup (or the
+# store is re-keyed, which deletes its person data: rehealth node store rekey). Leaking it lets
+# the holder re-identify pseudonyms.
 key_path = "node.key"
 
 # The site's time zone (IANA name, e.g. "Europe/Berlin"). Dates are calendar dates in this zone:
