@@ -98,7 +98,10 @@ def load_or_create_key(path: str | Path, *, create: bool = True) -> bytes:
         return _read_key(path)
     if not create:
         raise KeyFileError(f"pseudonym key {path} not found (not creating a new one)")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mode 0600
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mode 0600
+    except OSError as e:  # a missing or read-only folder: one line, not a traceback
+        raise KeyFileError(f"cannot create the pseudonym key {path}: {e.strerror}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(os.urandom(KEY_BYTES))
@@ -108,12 +111,21 @@ def load_or_create_key(path: str | Path, *, create: bool = True) -> bytes:
         log.info("created a new pseudonym key file at %s (mode 0600)", path)
     except FileExistsError:
         pass  # another process created it first: use theirs
+    except OSError as e:  # a full disk: nothing was linked into place
+        raise KeyFileError(f"cannot create the pseudonym key {path}: {e.strerror}") from None
     finally:
         os.unlink(tmp)
     return _read_key(path)
 
 
 def _read_key(path: Path) -> bytes:
+    try:
+        return _read_key_file(path)
+    except OSError as e:
+        raise KeyFileError(f"cannot read the pseudonym key {path}: {e.strerror}") from None
+
+
+def _read_key_file(path: Path) -> bytes:
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
         raise KeyFileError(

@@ -456,3 +456,14 @@ def test_postgres_schema_check_names_a_missing_column(store_url):
     store.engine.dispose()
     with pytest.raises(SpecError, match="table persons lacks column.* job_type.*incompatible version"):
         open_store(store_url)
+
+
+def test_a_key_that_cannot_be_created_or_read_is_one_clear_error(tmp_path):
+    store = open_store(f"sqlite:///{tmp_path / 'n.db'}")
+    with pytest.raises(KeyFileError, match="cannot create the pseudonym key .*No such file or directory"):
+        open_pseudonymizer(store, tmp_path / "no_such_dir" / "node.key", site_id=SITE)
+    (tmp_path / "node.key").mkdir(mode=0o700)  # a folder where the key file should be
+    with pytest.raises(KeyFileError, match="cannot read the pseudonym key"):
+        open_pseudonymizer(store, tmp_path / "node.key", site_id=SITE)
+    assert store.meta() == {}  # nothing recorded for a key that was never read
+    store.engine.dispose()
