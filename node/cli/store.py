@@ -47,7 +47,7 @@ def check(
     check_format(fmt)
     with errors_to_exit():
         cfg = NodeConfig.from_toml(config)
-        store = open_store(cfg.store_url)  # refuses a store that fails quick_check
+        store = open_store(cfg.store_url, create=False)  # refuses a store that fails quick_check
         try:
             problems = store.integrity_problems(full=True) if full else []
             meta = store.meta()
@@ -152,7 +152,7 @@ def rekey_store(
     check_format(fmt)
     with errors_to_exit():
         cfg = NodeConfig.from_toml(config)
-        store = open_store(cfg.store_url)
+        store = open_store(cfg.store_url, create=False)
         try:
             if not confirm:
                 counts = store.person_counts()

@@ -190,7 +190,7 @@ SQLITE_PAGE_SIZE = 16384
 _COHORT_FIXED = frozenset(FEATURE_NAMES) | {"treated"}
 
 
-def open_store(url: str, *, check: bool = True) -> Store:
+def open_store(url: str, *, check: bool = True, create: bool = True) -> Store:
     """Connect to ``url`` (``sqlite:///path`` or ``postgresql+psycopg2://…``), check the store
     and create missing tables.
 
@@ -203,6 +203,9 @@ def open_store(url: str, *, check: bool = True) -> Store:
     - PostgreSQL: the server answers and the schema has every table and column. Page
       checksums are the server's business (``initdb --data-checksums``).
     - Both: every table has the columns this version expects.
+
+    ``create=False`` refuses a SQLite store file that does not exist yet (a command that only
+    inspects the store must not leave a new, empty one behind).
 
     Raises:
         SpecError: ``url`` is not a supported database URL, the SQLite store's folder does
@@ -218,7 +221,7 @@ def open_store(url: str, *, check: bool = True) -> Store:
     if backend not in ("sqlite", "postgresql"):
         raise SpecError(f"unsupported store backend {backend!r}: sqlite or postgresql")
     if backend == "sqlite":
-        _check_sqlite_location(parsed.database)
+        _check_sqlite_location(parsed.database, create=create)
     # SQLite has one writer at a time: a second ingest or an API append waits for a chunk's
     # transaction instead of failing after the driver's default 5 s.
     engine = create_engine(url, connect_args={"timeout": 120} if backend == "sqlite" else {})
@@ -257,7 +260,7 @@ def _where(u: URL) -> str:
     return f"PostgreSQL store {u.host or 'localhost'}:{u.port or 5432}/{u.database or ''}"
 
 
-def _check_sqlite_location(database: str | None) -> None:
+def _check_sqlite_location(database: str | None, *, create: bool) -> None:
     """A SQLite store's folder must exist: SQLite would fail with "unable to open database
     file", and creating the folder would put a new, empty store wherever a typo points."""
     if not database or database == ":memory:" or database.startswith("file:"):
@@ -269,6 +272,8 @@ def _check_sqlite_location(database: str | None) -> None:
         raise SpecError(
             f"the store's folder {path.parent} does not exist: create it, or fix store_url in node.toml"
         )
+    if not create and not path.exists():
+        raise SpecError(f"there is no store at {path}: fix store_url, or create it (rehealth node init)")
 
 
 def _quick_check(conn: Connection, where: str) -> None:

@@ -441,12 +441,17 @@ def test_store_open_errors_are_one_line_each(tmp_path):
 
 def test_a_full_disk_at_store_creation_is_one_line(tmp_path):
     """Writes beyond a file-size limit fail as on a full disk (``EFBIG`` instead of ``ENOSPC``;
-    SQLite reports both as an I/O or full-disk error)."""
-    cfg = _node(tmp_path)
-    line = _one_error_line(_rh("node", "store", "check", "--config", str(cfg), limit_file_size=4096))
-    assert "disk" in line and "retry" in line
-    line = _one_error_line(_rh("node", "init", "--dir", str(tmp_path / "n"), limit_file_size=0))
+    SQLite reports them as an I/O error, a full disk as "database or disk is full")."""
+    line = _one_error_line(_rh("node", "init", "--dir", str(tmp_path / "a"), limit_file_size=8192))
+    assert "disk" in line and "retry" in line  # node.toml fits, the store's first pages do not
+    line = _one_error_line(_rh("node", "init", "--dir", str(tmp_path / "b"), limit_file_size=0))
     assert "cannot write" in line
+
+
+def test_store_check_does_not_create_a_store(tmp_path):
+    res = CliRunner().invoke(app, ["store", "check", "--config", str(_node(tmp_path))])
+    assert res.exit_code == 1 and "there is no store at" in res.output
+    assert not (tmp_path / "node.db").exists()
 
 
 def test_postgres_schema_check_names_a_missing_column(store_url):
