@@ -442,10 +442,21 @@ def test_store_open_errors_are_one_line_each(tmp_path):
 def test_a_full_disk_at_store_creation_is_one_line(tmp_path):
     """Writes beyond a file-size limit fail as on a full disk (``EFBIG`` instead of ``ENOSPC``;
     SQLite reports them as an I/O error, a full disk as "database or disk is full")."""
-    line = _one_error_line(_rh("node", "init", "--dir", str(tmp_path / "a"), limit_file_size=8192))
-    assert "disk" in line and "retry" in line  # node.toml fits, the store's first pages do not
-    line = _one_error_line(_rh("node", "init", "--dir", str(tmp_path / "b"), limit_file_size=0))
-    assert "cannot write" in line
+    line = _one_error_line(_rh("node", "init", "--dir", str(tmp_path), limit_file_size=8192))
+    assert "disk" in line and "retry" in line
+    assert not (tmp_path / "node.toml").exists()  # no config for a node that was never made
+
+
+def test_init_force_refuses_another_site_id_for_a_store_with_data(tmp_path, valid_person):
+    runner = CliRunner()
+    assert runner.invoke(app, ["init", "--dir", str(tmp_path), "--site-id", SITE]).exit_code == 0
+    file = tmp_path / "p.csv"
+    pd.DataFrame(_rows(valid_person, 3)).to_csv(file, index=False)
+    _ingest(f"sqlite:///{tmp_path / 'node.db'}", tmp_path / "node.key", file)
+    before = (tmp_path / "node.toml").read_text()
+    res = runner.invoke(app, ["init", "--dir", str(tmp_path), "--site-id", "renamed", "--force"])
+    assert res.exit_code == 1 and "site_id 'renamed' is not the site id" in res.output
+    assert (tmp_path / "node.toml").read_text() == before  # refused before anything was overwritten
 
 
 def test_store_check_does_not_create_a_store(tmp_path):
