@@ -39,6 +39,7 @@ from node.pseudonym import (
     Pseudonymizer,
     key_fingerprint,
     open_pseudonymizer,
+    rekey,
 )
 from node.store import open_store
 from node.store.engine import SQLITE_PAGE_SIZE
@@ -354,6 +355,31 @@ def test_rekey_cli_asks_for_confirmation_then_starts_over_without_mixing(tmp_pat
     assert res.exit_code == 1 and "nothing to re-key" in res.output  # the key already is the store's
     res = runner.invoke(app, ["store", "check", *config])
     assert res.exit_code == 0 and "matches" in res.output
+
+
+def test_rekey_deletes_every_person_linked_row_and_binds_the_new_key(store_url, tmp_path, valid_person):
+    key = tmp_path / "node.key"
+    file, events = tmp_path / "p.csv", tmp_path / "e.csv"
+    pd.DataFrame(_rows(valid_person, 5) + [valid_person(f"{CANARY}-bad", age="abc")]).to_csv(
+        file, index=False
+    )
+    pd.DataFrame(
+        [dict(person_id=f"{CANARY}-{i:05d}", code="bp_management", start="2024-03-01") for i in range(5)]
+    ).to_csv(events, index=False)
+    _ingest(store_url, key, file)
+    store = open_store(store_url)
+    pseudo = open_pseudonymizer(store, key, site_id=SITE)
+    ingest_file(store, events, kind="interventions", pseudonymize=pseudo.many, site_id=SITE)
+    assert store.person_counts()["quarantine"] == 1 and store.person_counts()["interventions"] == 5
+    with pytest.raises(SpecError, match="nothing to re-key"):
+        rekey(store, key, site_id=SITE)
+    key.unlink()
+    deleted, fp = rekey(store, key, site_id=SITE)  # the explicit act: a new key is created
+    assert deleted["persons"] == 5 and deleted["interventions"] == 5 and deleted["quarantine"] == 1
+    assert store.person_counts() == dict.fromkeys(PERSON_LINKED, 0)
+    assert store.meta()[META_FINGERPRINT] == fp == key_fingerprint(key.read_bytes())
+    assert _ingest(store_url, key, file).loaded == 5  # read again, under the new key
+    store.engine.dispose()
 
 
 # -- integrity: a corrupt store is refused at open, before ingest and before a study ----------
