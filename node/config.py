@@ -8,8 +8,9 @@ naming the field (``budget.epsilon: Input should be greater than 0``).
 from __future__ import annotations
 
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy.engine import make_url
 
 from node.files import read_toml
@@ -47,8 +48,15 @@ class NodeConfig(_Model):
     ledger_url: str = "sqlite:///ledger.db"
     key_path: Path = Path("node.key")
     api_keys_path: Path = Path("api_keys.toml")
+    #: the site's time zone (IANA): dates are calendar dates here (see node.ingest.validate)
+    time_zone: str = "UTC"
     budget: Budget = Budget()
     data: DataPaths = DataPaths()
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_zone(cls, v: str) -> str:
+        return check_time_zone(v)
 
     @classmethod
     def from_toml(cls, path: str | Path) -> "NodeConfig":
@@ -83,6 +91,15 @@ class NodeConfig(_Model):
         )
 
 
+def check_time_zone(name: str) -> str:
+    """``name`` if it is an IANA time zone this machine knows (``Europe/Berlin``, ``UTC``)."""
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {name!r}: an IANA name such as Europe/Berlin, or UTC") from None
+    return name
+
+
 def _abs(p: Path | None, base: Path) -> Path | None:
     return None if p is None else (p if p.is_absolute() else base / p)
 
@@ -98,7 +115,7 @@ def _resolve_sqlite(url: str, base: Path, *, field: str) -> str:
     return url if db.is_absolute() else u.set(database=str(base / db)).render_as_string(False)
 
 
-def default_config_text(*, site_id: str) -> str:
+def default_config_text(*, site_id: str, time_zone: str = "UTC") -> str:
     """A commented default ``node.toml`` for ``rehealth node init``."""
     return f'''# ReHealth Core node configuration. Relative paths resolve against this file's folder.
 
@@ -117,9 +134,16 @@ store_url = "sqlite:///node.db"
 ledger_url = "sqlite:///ledger.db"
 
 # The 32-byte pseudonym key (HMAC-SHA256), created on first start with mode 0600.
-# It never leaves this machine: back it up like a password. Losing it unlinks new data from
-# the data already loaded; leaking it lets the holder re-identify pseudonyms.
+# It never leaves this machine: back it up like a password. The store records its fingerprint:
+# without the same key the node loads no more data until the key is restored from backup (or the
+# store is re-keyed, which deletes its person data: rehealth node store rekey). Leaking it lets
+# the holder re-identify pseudonyms.
 key_path = "node.key"
+
+# The site's time zone (IANA name, e.g. "Europe/Berlin"). Dates are calendar dates in this zone:
+# a time-zone-aware timestamp in an input file is converted to it before its date is taken, and
+# a date with a time of day other than midnight here is quarantined, never shifted a day.
+time_zone = "{time_zone}"
 
 # API keys and their roles for the node's REST API (underwriter, hr, admin).
 api_keys_path = "api_keys.toml"

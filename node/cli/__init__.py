@@ -14,4 +14,5 @@ from node.cli import (  # noqa: E402,F401
     model,  # noqa: E402,F401
     score,  # noqa: E402,F401
     serve,  # noqa: E402,F401
+    store,  # noqa: E402,F401
 )

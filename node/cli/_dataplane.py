@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 
 from node.config import NodeConfig
-from node.pseudonym import Pseudonymizer
+from node.pseudonym import Pseudonymizer, open_pseudonymizer
 from node.store import Store, open_store
 from shared.errors import ReHealthError
 
@@ -22,7 +22,8 @@ FORMAT_OPTION = typer.Option("table", "--format", help="Output: table (human) or
 
 def open_node(config_path: Path) -> tuple[NodeConfig, Store, Pseudonymizer]:
     cfg = NodeConfig.from_toml(config_path)
-    return cfg, open_store(cfg.store_url), Pseudonymizer.from_key_file(cfg.key_path, site_id=cfg.site_id)
+    store = open_store(cfg.store_url)  # integrity-checked; the key is then checked against it
+    return cfg, store, open_pseudonymizer(store, cfg.key_path, site_id=cfg.site_id)
 
 
 @contextlib.contextmanager

@@ -64,6 +64,7 @@ def ingest(
                 site_id=cfg.site_id,
                 mapping=parse_mapping(mapping),
                 chunk_rows=chunk_rows,
+                time_zone=cfg.time_zone,
             )
         finally:
             store.engine.dispose()

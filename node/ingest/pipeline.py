@@ -83,6 +83,7 @@ def ingest_file(
     site_id: str,
     mapping: Mapping[str, str] | None = None,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    time_zone: str = "UTC",
 ) -> IngestSummary:
     """Validate, pseudonymise and store one CSV or Parquet file of ``kind``.
 
@@ -94,6 +95,7 @@ def ingest_file(
         site_id: the node's site (default ``site`` of persons).
         mapping: ``{site column: our column}`` for files with their own column names.
         chunk_rows: rows per chunk (memory is proportional to it).
+        time_zone: the site's time zone (node config ``time_zone``): dates are calendar days there.
 
     Returns:
         The :class:`IngestSummary`.
@@ -127,7 +129,8 @@ def ingest_file(
         writing: Future | None = None
         for chunk, first_row, last_row in chunks:
             result = validate_chunk(
-                chunk, spec, first_row=first_row, site_id=site_id, pseudonymize=pseudonymize
+                chunk, spec, first_row=first_row, site_id=site_id, pseudonymize=pseudonymize,
+                time_zone=time_zone,
             )
             del chunk
             batch = _Batch(result, _column_lists(result.rows), last_row)

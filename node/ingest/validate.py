@@ -111,18 +111,64 @@ def _parse_number(col: pd.Series, f: FieldSpec, miss: np.ndarray, flags: _Flags)
     return v
 
 
-def _parse_date(col: pd.Series, f: FieldSpec, miss: np.ndarray, flags: _Flags) -> np.ndarray:
-    """Dates as ``datetime64[D]``; text must be ISO ``YYYY-MM-DD`` (no locale guessing)."""
-    if pd.api.types.is_datetime64_any_dtype(col.dtype):
-        d = col.to_numpy().astype("datetime64[D]")
+def _parse_date(
+    col: pd.Series, f: FieldSpec, miss: np.ndarray, flags: _Flags, *, time_zone: str = "UTC"
+) -> np.ndarray:
+    """Calendar dates (``datetime64[D]``) in the site's ``time_zone``, never shifted.
+
+    Text is ISO ``YYYY-MM-DD`` (no locale guessing), or an ISO 8601 timestamp at midnight
+    (``2024-01-01T00:00:00``, ``…+01:00``). A time-zone-aware value (a Parquet timestamp
+    with a zone, a text offset) is first converted to ``time_zone``; a naive one already is
+    the site's local time. The date is taken only where the time of day is midnight: any other
+    time is refused (quarantined), because which day it meant is a guess — a Berlin midnight
+    exported in UTC is 23:00 the day before, and truncating it stored every date a day early.
+    """
+    if isinstance(col.dtype, pd.DatetimeTZDtype):
+        local = col.dt.tz_convert(time_zone).dt.tz_localize(None)
+    elif pd.api.types.is_datetime64_any_dtype(col.dtype):
+        local = col
     else:
-        parsed = pd.to_datetime(_text(col).where(~miss), format="%Y-%m-%d", errors="coerce")
-        d = parsed.to_numpy().astype("datetime64[D]")
+        local = _parse_date_text(_text(col).where(~miss), time_zone)
+    ts = local.to_numpy()  # datetime64 in the column's own unit (ns, us, ms or s)
+    d = ts.astype("datetime64[D]")
     if f.required:
         flags.flag(miss, f.name, MISSING, f"{f.name} is empty")
-    bad = ~miss & (np.isnat(d) | (d < _DATE_MIN) | (d > _DATE_MAX))
+    nat = np.isnat(d)
+    bad = ~miss & (nat | (d < _DATE_MIN) | (d > _DATE_MAX))
     flags.flag(bad, f.name, BAD_DATE, f"{f.name} is not a date YYYY-MM-DD in 1900..2100")
+    with np.errstate(invalid="ignore"):
+        timed = ~miss & ~nat & (ts != d.astype(ts.dtype))
+    flags.flag(
+        timed,
+        f.name,
+        BAD_DATE,
+        f"{f.name} has a time of day in {time_zone}: a date must be a calendar day (not shifted)",
+    )
     return d
+
+
+_TZ_SUFFIX = r"(?:Z|[+-]\d{2}(?::?\d{2})?)$"
+
+
+def _parse_date_text(text: pd.Series, time_zone: str) -> pd.Series:
+    """Naive local timestamps of ISO text: ``YYYY-MM-DD`` on the fast path; the few cells that
+    are not are read as ISO 8601 timestamps, those with an offset converted to ``time_zone``.
+    Unparseable cells are NaT."""
+    parsed = pd.to_datetime(text, format="%Y-%m-%d", errors="coerce")
+    retry = parsed.isna() & text.notna()
+    if not retry.any():
+        return parsed
+    unit = "datetime64[us]"  # holds every year 1..9999, so no ISO text overflows
+    parsed = parsed.astype(unit)
+    rest = text[retry]
+    aware = rest.str.contains(_TZ_SUFFIX, regex=True).to_numpy(dtype=bool)
+    if aware.any():
+        stamps = pd.to_datetime(rest[aware], format="ISO8601", utc=True, errors="coerce")
+        parsed.loc[rest.index[aware]] = stamps.dt.tz_convert(time_zone).dt.tz_localize(None).astype(unit)
+    if not aware.all():
+        naive = pd.to_datetime(rest[~aware], format="ISO8601", errors="coerce")
+        parsed.loc[rest.index[~aware]] = naive.astype(unit)
+    return parsed
 
 
 def _parse_choice(col: pd.Series, f: FieldSpec, miss: np.ndarray, flags: _Flags) -> np.ndarray:
@@ -158,7 +204,6 @@ def _parse_text(col: pd.Series, f: FieldSpec, miss: np.ndarray, flags: _Flags) -
 _PARSERS = {
     "number": _parse_number,
     "binary": _parse_number,
-    "date": _parse_date,
     "code": _parse_choice,
     "channel": _parse_choice,
     "text": _parse_text,
@@ -167,7 +212,13 @@ _PARSERS = {
 
 
 def validate_chunk(
-    df: pd.DataFrame, spec: KindSpec, *, first_row: int, site_id: str, pseudonymize: Pseudonymize
+    df: pd.DataFrame,
+    spec: KindSpec,
+    *,
+    first_row: int,
+    site_id: str,
+    pseudonymize: Pseudonymize,
+    time_zone: str = "UTC",
 ) -> ChunkResult:
     """Split one chunk into valid, typed rows and one problem per invalid row.
 
@@ -177,6 +228,8 @@ def validate_chunk(
         first_row: 1-based data-row number of ``df``'s first row.
         site_id: the node's site, for persons files without a ``site`` column.
         pseudonymize: raw ids -> pseudonyms (the raw ids go no further than this call).
+        time_zone: the site's IANA time zone (node config ``time_zone``): dates are calendar
+            days there (see :func:`_parse_date`).
 
     Returns:
         A :class:`ChunkResult`. Duplicates of a natural key *within the chunk* are flagged
@@ -187,7 +240,10 @@ def validate_chunk(
     values: dict[str, np.ndarray] = {}
     for f in spec.fields:
         col = df[f.name] if f.name in df.columns else pd.Series([None] * n, index=df.index, dtype=object)
-        values[f.name] = _PARSERS[f.type](col, f, _missing(col), flags)
+        if f.type == "date":
+            values[f.name] = _parse_date(col, f, _missing(col), flags, time_zone=time_zone)
+        else:
+            values[f.name] = _PARSERS[f.type](col, f, _missing(col), flags)
     extra_names = _extra_columns(df, spec)
     for name in extra_names:
         col = df[name]

@@ -11,20 +11,26 @@ arrive here as ISO strings — the storage format SQLAlchemy's ``Date`` uses on 
 from __future__ import annotations
 
 import csv
+import datetime as dt
+import errno
 import io
 import itertools
 import logging
 import os
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Connection, Engine, Table, create_engine, event, func, select
-from sqlalchemy.engine import make_url
+from sqlalchemy import Connection, Engine, Table, create_engine, delete, event, func, inspect, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from node.store import models
-from shared.errors import DataError, SpecError
+from shared.errors import DataError, ReHealthError, SpecError
 from shared.features import FEATURE_NAMES
 from shared.study import StudySpec
 
@@ -48,6 +54,65 @@ class Store:
                 t.name: conn.scalar(select(func.count()).select_from(t)) or 0
                 for t in models.metadata.sorted_tables
             }
+
+    def meta(self) -> dict[str, str]:
+        """The store's own facts (``store_meta``): key fingerprint, pseudonym site id."""
+        m = models.store_meta
+        with self.engine.connect() as conn:
+            return {r.name: r.value for r in conn.execute(select(m.c.name, m.c.value))}
+
+    def set_meta(self, values: Mapping[str, str], *, conn: Connection | None = None) -> None:
+        """Write ``values`` into ``store_meta`` (in ``conn``'s transaction if given)."""
+        if conn is None:
+            with self.engine.begin() as own:
+                return self.set_meta(values, conn=own)
+        m = models.store_meta
+        now = dt.datetime.now(dt.timezone.utc)
+        # an upsert: two first starts that record the same facts at once must not collide
+        ins = (sqlite_insert if conn.dialect.name == "sqlite" else pg_insert)(m)
+        conn.execute(
+            ins.on_conflict_do_update(
+                index_elements=[m.c.name], set_={"value": ins.excluded.value, "updated_at": now}
+            ),
+            [{"name": k, "value": v, "updated_at": now} for k, v in values.items()],
+        )
+
+    def person_counts(self, conn: Connection | None = None) -> dict[str, int]:
+        """Rows of every person-linked table (:data:`node.store.models.PERSON_LINKED`)."""
+        if conn is None:
+            with self.engine.connect() as own:
+                return self.person_counts(own)
+        tables = models.metadata.tables
+        return {
+            name: conn.scalar(select(func.count()).select_from(tables[name])) or 0
+            for name in models.PERSON_LINKED
+        }
+
+    def holds_person_data(self) -> bool:
+        """Whether any person-linked table has a row (cheap: one row per table at most)."""
+        tables = models.metadata.tables
+        with self.engine.connect() as conn:
+            return any(
+                conn.execute(select(1).select_from(tables[n]).limit(1)).first() is not None
+                for n in models.PERSON_LINKED
+            )
+
+    def delete_person_data(self, conn: Connection) -> dict[str, int]:
+        """Delete every person-linked row in ``conn``'s transaction; rows deleted per table."""
+        tables = models.metadata.tables
+        return {name: conn.execute(delete(tables[name])).rowcount for name in models.PERSON_LINKED}
+
+    def integrity_problems(self, *, full: bool = False) -> list[str]:
+        """SQLite ``quick_check`` (``full``: ``integrity_check``, which also cross-checks every
+        index against its table) as a list of problems, empty when the store is sound. The
+        messages name pages and indexes, never values. PostgreSQL: empty (its page checksums
+        are the server's; connectivity and schema were checked at open)."""
+        if self.dialect != "sqlite":
+            return []
+        pragma = "integrity_check" if full else "quick_check"
+        with self.engine.connect() as conn:
+            rows = [r[0] for r in conn.exec_driver_sql(f"PRAGMA {pragma}").all()]
+        return [] if rows == ["ok"] else rows
 
     def quarantine_frame(self, *, ingest_id: int | None = None) -> pd.DataFrame:
         """Quarantined rows (file, row, field, reason, detail, pseudonym), oldest first."""
@@ -125,23 +190,142 @@ SQLITE_PAGE_SIZE = 16384
 _COHORT_FIXED = frozenset(FEATURE_NAMES) | {"treated"}
 
 
-def open_store(url: str) -> Store:
-    """Connect to ``url`` (``sqlite:///path`` or ``postgresql+psycopg2://…``) and create tables."""
+def open_store(url: str, *, check: bool = True, create: bool = True) -> Store:
+    """Connect to ``url`` (``sqlite:///path`` or ``postgresql+psycopg2://…``), check the store
+    and create missing tables.
+
+    The check (``check=True``, every caller's default) runs before anything is written:
+
+    - SQLite: the store's folder exists (a mistyped ``store_url`` must not silently create a
+      new, empty store somewhere else), the file is a database, and ``PRAGMA quick_check``
+      passes (every page of every table and index is read: ~0.4 s warm, ~1.5 s cold at
+      1M persons). A corrupt store is refused before an ingest adds to it or a study reads it.
+    - PostgreSQL: the server answers and the schema has every table and column. Page
+      checksums are the server's business (``initdb --data-checksums``).
+    - Both: every table has the columns this version expects.
+
+    ``create=False`` refuses a SQLite store file that does not exist yet (a command that only
+    inspects the store must not leave a new, empty one behind).
+
+    Raises:
+        SpecError: ``url`` is not a supported database URL, the SQLite store's folder does
+            not exist, or the store was created by an incompatible version.
+        DataError: the store cannot be opened (not a database, corrupt, unreadable, disk
+            full, server unreachable); one line that says what to do, never a value.
+    """
     try:
-        backend = make_url(url).get_backend_name()
+        parsed = make_url(url)
+        backend = parsed.get_backend_name()
     except Exception:  # noqa: BLE001 - any parse failure is a config error
         raise SpecError("store_url is not a database URL") from None
     if backend not in ("sqlite", "postgresql"):
         raise SpecError(f"unsupported store backend {backend!r}: sqlite or postgresql")
+    if backend == "sqlite":
+        _check_sqlite_location(parsed.database, create=create)
     # SQLite has one writer at a time: a second ingest or an API append waits for a chunk's
     # transaction instead of failing after the driver's default 5 s.
     engine = create_engine(url, connect_args={"timeout": 120} if backend == "sqlite" else {})
-    if backend == "sqlite":
-        _create_private_file(engine.url.database)
-        event.listen(engine, "connect", _sqlite_pragmas)
-    models.metadata.create_all(engine)
+    where = _where(parsed)
+    try:
+        if backend == "sqlite":
+            _create_private_file(engine.url.database)
+            event.listen(engine, "connect", _sqlite_pragmas)
+        with engine.connect() as conn:  # connects: an unreachable server fails here
+            if check and backend == "sqlite":
+                _quick_check(conn, where)
+        models.metadata.create_all(engine)
+        if check:
+            _check_schema(engine, where)
+    except ReHealthError:
+        engine.dispose()
+        raise
+    except (OSError, SQLAlchemyError) as e:
+        engine.dispose()
+        raise _open_error(e, backend, where) from None
     log.info("store ready: %s", engine.url.render_as_string(hide_password=True))
     return Store(engine)
+
+
+#: What to do with a store that fails its integrity check.
+RESTORE_HINT = (
+    "stop the node, restore the store from its latest backup and re-ingest the files loaded "
+    "since (the privacy ledger is a separate database and is not affected)"
+)
+
+
+def _where(u: URL) -> str:
+    """The store as an operator recognises it, without credentials or URL options."""
+    if u.get_backend_name() == "sqlite":
+        return f"SQLite store {u.database}"
+    return f"PostgreSQL store {u.host or 'localhost'}:{u.port or 5432}/{u.database or ''}"
+
+
+def _check_sqlite_location(database: str | None, *, create: bool) -> None:
+    """A SQLite store's folder must exist: SQLite would fail with "unable to open database
+    file", and creating the folder would put a new, empty store wherever a typo points."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    path = Path(database)
+    if path.is_dir():
+        raise SpecError(f"store_url names a folder, not a file ({path}): fix store_url in node.toml")
+    if not path.parent.is_dir():
+        raise SpecError(
+            f"the store's folder {path.parent} does not exist: create it, or fix store_url in node.toml"
+        )
+    if not create and not path.exists():
+        raise SpecError(f"there is no store at {path}: fix store_url, or create it (rehealth node init)")
+
+
+def _quick_check(conn: Connection, where: str) -> None:
+    """``PRAGMA quick_check``: every b-tree page is well formed and every record fits its page
+    (it skips only the index-to-table cross-check of ``integrity_check``, which would double the
+    cost). Its messages name pages, never values; they stay out of the error anyway."""
+    problems = [r[0] for r in conn.exec_driver_sql("PRAGMA quick_check").all()]
+    if problems != ["ok"]:
+        log.info("%s failed PRAGMA quick_check: %d problem(s), first: %s", where, len(problems), problems[0])
+        raise DataError(f"{where} is corrupt (SQLite quick_check found problems): {RESTORE_HINT}")
+
+
+def _check_schema(engine: Engine, where: str) -> None:
+    """Every table this version writes has every column it expects (``create_all`` adds
+    missing tables, never missing columns)."""
+    insp = inspect(engine)
+    for table in models.metadata.sorted_tables:
+        have = {c["name"] for c in insp.get_columns(table.name)}
+        missing = [c.name for c in table.columns if c.name not in have]
+        if missing:
+            raise SpecError(
+                f"{where}: table {table.name} lacks column(s) {', '.join(missing)}: it was created "
+                "by an incompatible version of ReHealth Core (point store_url at a store of this "
+                "version, or at a new one and re-ingest)"
+            )
+
+
+def _open_error(e: Exception, backend: str, where: str) -> DataError:
+    """One line for a store that cannot be opened: the driver's first line (it names files,
+    hosts and users, never a row's value), never the URL's password."""
+    orig = getattr(e, "orig", None) or e
+    first = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+    low = first.lower()
+    full = isinstance(orig, OSError) and orig.errno == errno.ENOSPC
+    if full or "disk is full" in low or "no space" in low:
+        return DataError(f"{where}: the disk is full: free space, then retry")
+    if "disk i/o error" in low:  # also what a write beyond a file-size limit gives
+        return DataError(f"{where}: disk I/O error (is the disk full or failing?): check it, then retry")
+    if "not a database" in low:
+        return DataError(
+            f"{where} is not a SQLite database (or its first page is corrupt): fix store_url, "
+            f"or {RESTORE_HINT}"
+        )
+    if "malformed" in low or "corrupt" in low:
+        return DataError(f"{where} is corrupt ({first}): {RESTORE_HINT}")
+    if isinstance(orig, PermissionError) or "readonly" in low or "permission denied" in low:
+        return DataError(
+            f"{where} is not writable by this user: check the owner and mode of the file and its folder"
+        )
+    if backend == "postgresql":
+        return DataError(f"cannot open the {where}: {first} (check that the server runs and store_url)")
+    return DataError(f"cannot open the {where}: {first}")
 
 
 def _create_private_file(database: str | None) -> None:

@@ -12,6 +12,7 @@ outcomes       (pseudonym, period_start)        claims, CV event, absence over o
 cohort         pseudonym                        a flat cohort row: features, treated, extras
 quarantine     id                               one rejected input row: file, row, field, why
 ingested_files id; unique (sha256, kind)        one input file and its counts (resumable)
+store_meta     name                             one fact about the store itself (see below)
 =============  ===============================  ==========================================
 
 ``cohort.extras`` is a JSON object of the numeric columns a flat cohort file has beyond the
@@ -20,6 +21,11 @@ sites name their outcomes freely, so a fixed column list would not fit. ``(inges
 name the file (``ingested_files.id``) and data row a row came from (NULL for events appended
 through the CLI or API); they let ingestion tell a duplicate inside the file being loaded from
 a row that an earlier file already stored.
+
+``store_meta`` holds what every stored pseudonym depends on: the fingerprint of the pseudonym
+key (``key_fingerprint``, see :func:`node.pseudonym.key_fingerprint`) and the site id mixed into
+each pseudonym (``pseudonym_site_id``). They let the node refuse to add rows under another key
+or site id, which would store the same people twice under unrelated pseudonyms.
 """
 
 from __future__ import annotations
@@ -150,6 +156,19 @@ quarantine = Table(
     Column("pseudonym", String(PSEUDONYM_LEN), nullable=True),
     Column("ingested_at", DateTime(timezone=True), nullable=False),
 )
+
+store_meta = Table(
+    "store_meta",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", String(255), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+#: What re-keying deletes (``rehealth node store rekey``), children before parents: every table
+#: whose rows carry a pseudonym, and the ingest history (a file loaded under the old key must be
+#: read again under the new one, not skipped as "already ingested").
+PERSON_LINKED = ("quarantine", "persons", "interventions", "outcomes", "cohort", "ingested_files")
 
 #: Natural key columns of each ingestible table.
 NATURAL_KEYS: dict[str, tuple[str, ...]] = {
