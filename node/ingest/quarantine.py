@@ -14,6 +14,10 @@ from sqlalchemy import Connection, func, insert, select
 
 from node.store.models import quarantine
 
+#: Reason of a row whose natural key is already stored with other values (a correction):
+#: refused, the stored row unchanged (see :mod:`node.ingest.pipeline`).
+CONFLICTS_WITH_STORED = "conflicts with stored"
+
 #: Columns of a problems frame (see :class:`node.ingest.validate.ChunkResult`).
 PROBLEM_COLUMNS = ("row", "field", "reason", "detail", "pseudonym")
 
