@@ -114,6 +114,7 @@ def sniff(path: Path) -> None:
                 f"{path.name}: not a Parquet file (no PAR1 magic at byte 0){_what_it_is(path, head)}; "
                 "no row was stored"
             )
+        _check_parquet(path)
         return
     if _gzipped(path):
         if not head.startswith(b"\x1f\x8b"):
@@ -131,6 +132,9 @@ def sniff(path: Path) -> None:
             raise DataError(
                 f"{path.name}: the text is {enc}, not UTF-8 (byte-order mark at byte 0): {_REEXPORT}"
             )
+    problem = _TextCheck().feed(head)  # the header line must be readable before it is read
+    if problem is not None:
+        raise _text_error(path, *problem, gz=_gzipped(path))
 
 
 def _what_it_is(path: Path, head: bytes) -> str:
@@ -218,8 +222,8 @@ def _text_error(path: Path, offset: int, what: str, *, gz: bool) -> DataError:
     where = f"byte {offset} of the decompressed text" if gz else f"byte {offset}"
     if "NUL" in what:
         hint = (
-            "the file is binary or UTF-16 without a byte-order mark; re-export it as CSV UTF-8 "
-            "(a NUL cannot be stored); no row was stored"
+            "a NUL cannot be stored: remove it (a file full of them is binary, or UTF-16 without "
+            "a byte-order mark: re-export it as CSV UTF-8); no row was stored"
         )
     else:
         hint = f"the text is probably Latin-1/Windows-1252: {_REEXPORT}"
@@ -231,21 +235,19 @@ def preflight(path: Path, *, block: int = BLOCK) -> str:
 
     CSV: every byte is valid UTF-8 and none is NUL (a ``.csv.gz`` is decompressed on the
     fly: the stream must be complete and its CRC right, and offsets count decompressed
-    text). Parquet: the file ends with its footer magic, and the footer can be read.
+    text). Parquet files are only hashed (:func:`sniff` checked their footer).
 
     Raises:
         DataError: names the file, the exact byte offset and the line of the first bad
-            byte (or that a gzip stream is cut off / a Parquet footer missing), and what to do.
+            byte (or that a gzip stream is cut off), and what to do.
     """
     fmt = file_format(path)
     h = hashlib.sha256()
     check = _TextCheck() if fmt == "csv" else None
     gz = _Gunzip(path) if fmt == "csv" and _gzipped(path) else None
-    last = b""
     with open(path, "rb") as fh:
         while data := fh.read(block):
             h.update(data)
-            last = (last + data)[-8:]
             if check is None:
                 continue
             texts = gz.feed(data) if gz is not None else (data,)
@@ -258,8 +260,6 @@ def preflight(path: Path, *, block: int = BLOCK) -> str:
             gz.finish()
         if (problem := check.feed(b"", final=True)) is not None:
             raise _text_error(path, *problem, gz=gz is not None)
-    if fmt == "parquet":
-        _check_parquet(path, last)
     return h.hexdigest()
 
 
@@ -308,8 +308,13 @@ class _Gunzip:
             )
 
 
-def _check_parquet(path: Path, tail: bytes) -> None:
-    if not tail.endswith(b"PAR1"):
+def _check_parquet(path: Path) -> None:
+    """The footer is there (a cut-off copy loses it first) and can be read."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        fh.seek(max(size - 4, 0))
+        tail = fh.read(4)
+    if tail != b"PAR1" or size < 12:
         raise DataError(
             f"{path.name}: the Parquet file is truncated (no footer at its end, {path.stat().st_size} "
             "bytes): the copy is incomplete; copy or export it again; no row was stored"
@@ -515,8 +520,9 @@ def _row_group_error(path: Path, pf: pq.ParquetFile, columns: list[str], rows: i
                 pf.read_row_group(i, columns=columns)
             except (pa.ArrowException, OSError, ValueError, EOFError):
                 return DataError(
-                    f"{path.name}: Parquet row group {i} of {md.num_row_groups} (data rows "
-                    f"{start + 1}..{start + n}) is corrupt and cannot be read: export the file again",
+                    f"{path.name}: Parquet row group {i} (numbered from 0, of {md.num_row_groups}; "
+                    f"data rows {start + 1}..{start + n}) is corrupt and cannot be read: export the "
+                    "file again",
                     row=start + 1,
                 )
         start += n
