@@ -262,10 +262,12 @@ def _check_text(path: Path, spec: KindSpec, chunk: pd.DataFrame, first_row: int)
     would keep it, so the file is refused on both. (A CSV file's NUL bytes are refused by
     :func:`node.ingest.readers.preflight`; this catches Parquet strings.)"""
     for f in spec.fields:
-        if f.type != "text" or f.name not in chunk.columns or chunk[f.name].dtype != object:
+        if f.type != "text" or f.name not in chunk.columns:
             continue
         col = chunk[f.name]
-        has_nul = col.map(lambda v: isinstance(v, str) and "\x00" in v).to_numpy(dtype=bool)
+        if not (col.dtype == object or pd.api.types.is_string_dtype(col.dtype)):
+            continue
+        has_nul = col.str.contains("\x00", regex=False, na=False).to_numpy(dtype=bool)
         if has_nul.any():
             row = first_row + int(np.argmax(has_nul))
             raise DataError(
@@ -318,6 +320,8 @@ def _roll_back(
     :class:`FileRefused` to raise — or None when ``error`` is a bug (the job is still rolled
     back and marked failed; the caller re-raises ``error`` with its traceback)."""
     message, bug = _reason(path, store, error)
+    if isinstance(error, _WriteFailed):  # the reader may be a chunk ahead of the writer
+        progress.read = min(progress.read, error.last_row)
     row = error.row if isinstance(error, DataError) else None
     field_name = error.field if isinstance(error, DataError) else None
     f = ingested_files

@@ -31,6 +31,8 @@ from sqlalchemy import create_engine, text
 from typer.testing import CliRunner
 
 from node.cli import app as node_app
+from node.cli._dataplane import open_node
+from node.ingest import ingest_file
 from node.ingest.readers import _TextCheck
 from shared.features import FEATURES
 
@@ -496,17 +498,22 @@ def test_a_fixed_file_loads_after_a_refused_one(node, tmp_path):
     """The refused file's job is ``failed``; the same bytes again start afresh (and fail the
     same way, leaving nothing); the fixed file loads whole."""
     built = malformed_line(tmp_path)
-    for _ in range(2):
-        assert_refused(ingest(node, built.path), built, state(node), state(node))
     fixed = tmp_path / "fixed" / "persons.csv"
     fixed.parent.mkdir()
     fixed.write_bytes(csv_bytes(people(1200)))
-    run = ingest(node, fixed)
-    assert run.rc == 0, run.stderr
-    s = json.loads(run.stdout)
+    args = ingest_args(node, built.path)
+    first, again, good = rehealth_many(tmp_path, [args, args, ingest_args(node, fixed)])
+    for run in (first, again):
+        assert run.rc == 1 and len(run.errors) == 1 and re.search(built.locator, run.errors[0])
+        assert json.loads(run.stdout)["rolled_back"] == 1000
+    assert good.rc == 0, good.stderr
+    s = json.loads(good.stdout)
     assert (s["rows"], s["loaded"], s["quarantined"], s["already_present"]) == (1200, 1200, 0, 0)
-    assert len(state(node).persons) == 1200
-    assert_no_canary(run, state(node))
+    after = state(node)
+    assert len(after.persons) == 1200 and after.quarantine == []
+    assert [j[:2] for j in after.jobs] == [("persons.csv", "failed"), ("persons.csv", "done")]
+    for run in (first, again, good):
+        assert_no_canary(run, after)
 
 
 @pytest.mark.parametrize(
@@ -516,7 +523,9 @@ def test_corrections_to_stored_people_are_refused_and_counted(node, tmp_path, st
     use_store(node, store_url)
     first = tmp_path / "a.csv"
     first.write_bytes(csv_bytes(people(600)))
-    assert ingest(node, first).rc == 0
+    cfg, store, pseudo = open_node(node / "node.toml")
+    ingest_file(store, first, kind="persons", pseudonymize=pseudo.many, site_id=cfg.site_id)
+    store.engine.dispose()
     before = state(node)
     # people 1..600 stored; the second file: 595..600 unchanged, 501..594 with another sbp in one
     # of two rows, 601..700 new
@@ -569,6 +578,10 @@ def test_postgres_a_nul_byte_in_a_text_field_refuses_the_file(node, tmp_path, st
     parquet_file(path := tmp_path / "persons.parquet", rows)
     built = Built(path, 1200, r"data row 900, column department: the text holds a NUL character")
     assert_refused(ingest(node, path), built, state(node), state(node))
+    # Without the node's own check, the server refuses the chunk: rolled back all the same.
+    unchecked = "import node.ingest.pipeline as p\np._check_text = lambda *a: None\n"
+    built.locator = r"the store refused data rows 501\.\.1000 \(PostgreSQL: a character not valid"
+    assert_refused(ingest(node, path, prelude=unchecked), built, state(node), state(node))
     rows[899]["department"] = "ops"
     parquet_file(path, rows)
     run = ingest(node, path)
