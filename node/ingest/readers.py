@@ -21,12 +21,13 @@ import codecs
 import csv
 import gzip
 import hashlib
+import io
 import re
 import warnings
 import zipfile
 import zlib
 from pathlib import Path
-from typing import IO, Iterator, Mapping
+from typing import Iterator, Mapping
 
 import pandas as pd
 import pyarrow as pa
@@ -203,7 +204,7 @@ class _TextCheck:
         return min(bad) if bad else None
 
 
-def _line_of(stream: IO[bytes], offset: int) -> int:
+def _line_of(stream: io.BufferedIOBase, offset: int) -> int:
     """1-based line number of byte ``offset`` of ``stream`` (read from its start)."""
     lines, seen = 1, 0
     while seen < offset:
@@ -216,9 +217,8 @@ def _line_of(stream: IO[bytes], offset: int) -> int:
 
 
 def _text_error(path: Path, offset: int, what: str, *, gz: bool) -> DataError:
-    opener = gzip.open if gz else open
-    with opener(path, "rb") as fh:  # type: ignore[operator]
-        line = _line_of(fh, offset)
+    with open(path, "rb") as raw:
+        line = _line_of(gzip.GzipFile(fileobj=raw) if gz else raw, offset)
     where = f"byte {offset} of the decompressed text" if gz else f"byte {offset}"
     if "NUL" in what:
         hint = (
@@ -348,9 +348,12 @@ def read_header(path: Path) -> list[str]:
         except (pa.ArrowException, OSError):
             raise DataError(f"{path.name}: cannot read the Parquet schema: export the file again") from None
     else:
-        opener = gzip.open if _gzipped(path) else open
         try:
-            with opener(path, "rt", encoding="utf-8-sig", newline="") as fh:  # type: ignore[operator]
+            with (
+                gzip.open(path, "rt", encoding="utf-8-sig", newline="")
+                if _gzipped(path)
+                else open(path, encoding="utf-8-sig", newline="")
+            ) as fh:
                 names = next(csv.reader(fh, delimiter=_csv_sep(path)), [])
         except (UnicodeDecodeError, OSError, EOFError, zlib.error, csv.Error):
             raise DataError(f"{path.name}: cannot read the header line: {_REEXPORT}") from None

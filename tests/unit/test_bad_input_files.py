@@ -388,7 +388,10 @@ def rehealth_many(work: Path, commands: list[list[str]]) -> list[Run]:
     assert cp.returncode == 0, cp.stdout + cp.stderr
     codes = json.loads(cp.stdout.strip().splitlines()[-1])
     return [
-        Run(code, *(Path(c[k]).read_text() if Path(c[k]).exists() else "" for k in ("out", "err", "log")))
+        Run(
+            code,
+            *(Path(str(c[k])).read_text() if Path(str(c[k])).exists() else "" for k in ("out", "err", "log")),
+        )
         for code, c in zip(codes, spec)
     ]
 
