@@ -581,16 +581,22 @@ def _iso_or_self(v):
     return v.isoformat() if hasattr(v, "isoformat") else v
 
 
-def _same(ours: np.ndarray, stored: np.ndarray, numeric: bool) -> np.ndarray:
-    """Element-wise equality; two missing values are equal (NaN and None alike)."""
-    if numeric:
+def _same(ours: np.ndarray, stored: np.ndarray, kind: str) -> np.ndarray:
+    """Element-wise equality of a column (``kind``: number, date or text); two missing values
+    are equal (NaN, NaT and None alike). Vectorised: a re-exported file of stored people
+    compares every row."""
+    if kind == "number":
         a = pd.to_numeric(pd.Series(ours, dtype=object), errors="coerce").to_numpy(dtype=float)
         b = pd.to_numeric(pd.Series(stored, dtype=object), errors="coerce").to_numpy(dtype=float)
         return (a == b) | (np.isnan(a) & np.isnan(b))
-    a = pd.Series(ours, dtype=object)
-    b = pd.Series(stored, dtype=object).map(_iso_or_self)
-    both_missing = (a.isna() & b.isna()).to_numpy()
-    return both_missing | np.array([x == y for x, y in zip(a, b)], dtype=bool)
+    if kind == "date":  # ours: ISO text; stored: date objects (or ISO text on SQLite raw reads)
+        da = pd.to_datetime(pd.Series(ours, dtype=object), errors="coerce").to_numpy()
+        db = pd.to_datetime(pd.Series(stored, dtype=object), errors="coerce").to_numpy()
+        return (da == db) | (np.isnat(da) & np.isnat(db))
+    sa, sb = pd.Series(ours, dtype=object), pd.Series(stored, dtype=object)
+    miss_a, miss_b = sa.isna().to_numpy(), sb.isna().to_numpy()
+    equal = sa.to_numpy(dtype=object) == sb.to_numpy(dtype=object)
+    return (miss_a & miss_b) | (equal & ~miss_a & ~miss_b)
 
 
 def _conflicts(conn: Connection, spec: KindSpec, skipped: pd.DataFrame, values: list[str]) -> pd.DataFrame:
@@ -600,7 +606,10 @@ def _conflicts(conn: Connection, spec: KindSpec, skipped: pd.DataFrame, values: 
     n = len(skipped)
     first = np.full(n, None, dtype=object)
     differ = np.zeros(n, dtype=int)
-    numeric = {f.name for f in spec.fields if f.type in ("number", "binary")}
+    kinds = {
+        f.name: "number" if f.type in ("number", "binary") else "date" if f.type == "date" else "text"
+        for f in spec.fields
+    }
     for name in values:
         ours, theirs = skipped[name].to_numpy(dtype=object), skipped[f"{name}_stored"].to_numpy(dtype=object)
         if name == "extras":
@@ -609,7 +618,7 @@ def _conflicts(conn: Connection, spec: KindSpec, skipped: pd.DataFrame, values: 
             same = np.array([x == y for x, y in zip(ours, theirs)], dtype=bool)
             labels = np.array([_first_extra(x, y) for x, y in zip(ours, theirs)], dtype=object)
         else:
-            same = _same(ours, theirs, name in numeric)
+            same = _same(ours, theirs, kinds[name])
             labels = np.full(n, name, dtype=object)
         new = ~same & (differ == 0)
         first[new] = labels[new]

@@ -655,3 +655,69 @@ def test_text_check_offsets_are_exact_across_block_edges(split):
     assert truncated.feed("ab\u20ac".encode()[:-1]) is None
     assert truncated.feed(b"", final=True) == (2, "a byte sequence that is not UTF-8")
     assert codecs.BOM_UTF8 + b"a" and _TextCheck().feed(codecs.BOM_UTF8 + b"a,b\n", final=True) is None
+
+
+# --- corrections of every kind (in process: the comparison itself) --------------------------
+
+_EVENT = dict(
+    person_id="CANARY-7f3a-1", code="bp_management", start="2024-03-01", end="2024-06-01", channel="app"
+)
+_OUTCOME = dict(
+    person_id="CANARY-7f3a-1",
+    period_start="2024-01-01",
+    period_end="2024-12-31",
+    claims_cost="1234.373917",
+    cv_event="0",
+    absence_days="3",
+)
+
+
+@pytest.mark.parametrize(
+    "kind, first, second, expected",
+    [
+        (
+            "interventions",
+            [_EVENT, dict(_EVENT, code="lipid_management", end="")],
+            [_EVENT, dict(_EVENT, code="lipid_management", end="2024-05-01"), dict(_EVENT, channel="phone")],
+            {2: "end"},  # row 3 has the same key as row 1 of this file: a duplicate record
+        ),
+        (
+            "outcomes",
+            [_OUTCOME, dict(_OUTCOME, person_id="CANARY-7f3a-2")],
+            [dict(_OUTCOME, period_end="2024-12-30"), dict(_OUTCOME, person_id="CANARY-7f3a-2")],
+            {1: "period_end"},
+        ),
+        (
+            "cohort",
+            [
+                dict(person(1), treated="1", claims_cost="10.373917"),
+                dict(person(2), treated="0", claims_cost="5"),
+            ],
+            [
+                dict(person(1), treated="1", claims_cost="11.373917"),
+                dict(person(2), treated="1", claims_cost="6"),
+            ],
+            {1: "claims_cost", 2: "treated"},
+        ),
+    ],
+)
+def test_corrections_of_every_kind_name_the_first_differing_field(
+    store_url, tmp_path, kind, first, second, expected
+):
+    from node.pseudonym import Pseudonymizer
+    from node.store import open_store
+
+    store = open_store(store_url)
+    pseudo = Pseudonymizer(key=bytes(range(32)), site_id="site_a")
+    for name, rows in (("first.csv", first), ("second.csv", second)):
+        (tmp_path / name).write_bytes(csv_bytes(rows, header=list(rows[0])))
+    ingest_file(store, tmp_path / "first.csv", kind=kind, pseudonymize=pseudo.many, site_id="site_a")
+    before = store.counts()
+    s = ingest_file(store, tmp_path / "second.csv", kind=kind, pseudonymize=pseudo.many, site_id="site_a")
+    q = store.quarantine_frame(ingest_id=2)
+    conflicts = q[q.reason == "conflicts with stored"]
+    assert dict(zip(conflicts.row, conflicts.field)) == expected
+    assert s.rows == s.loaded + s.already_present + s.quarantined
+    assert s.already_present == len(second) - len(q) - s.loaded
+    assert store.counts()[kind] == before[kind] + s.loaded
+    assert CANARY.search(repr(q.to_dict("records"))) is None
