@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import gzip
 import json
 import zipfile
 import zlib
@@ -82,9 +83,13 @@ def describe_error(e: BaseException) -> str:
         return "a ZIP file is corrupt: copy it again"
     if isinstance(e, csv.Error):
         return "a CSV file is malformed: export it again"
+    if isinstance(e, gzip.BadGzipFile):
+        return "a .gz file is not gzip or is corrupt: copy it again"
     assert isinstance(e, OSError)
+    if e.strerror is None:  # pyarrow's and others' OSErrors carry only a message (maybe a value)
+        return f"cannot read a file or the store ({type(e).__name__}): check it and run the command again"
     where = f": {e.filename}" if e.filename else ""
-    return f"{e.strerror or type(e).__name__}{where}"
+    return f"{e.strerror}{where}"
 
 
 def _fail(message: str) -> None:

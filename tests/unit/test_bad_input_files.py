@@ -721,3 +721,57 @@ def test_corrections_of_every_kind_name_the_first_differing_field(
     assert s.already_present == len(second) - len(q) - s.loaded
     assert store.counts()[kind] == before[kind] + s.loaded
     assert CANARY.search(repr(q.to_dict("records"))) is None
+
+
+# --- errors_to_exit: every expected error class, one line, no value --------------------------
+
+
+def _expected_errors() -> list[BaseException]:
+    import errno
+    import sqlite3 as sq
+
+    from sqlalchemy.exc import OperationalError
+
+    from shared.errors import DataError, SpecError
+
+    raw = b"CANARY-7f3a-000001\xff"
+    return [
+        DataError("persons.csv: line 3 (data row 2) has 4 fields where the header line has 3"),
+        SpecError("store_url is not a database URL"),
+        OperationalError(
+            "INSERT INTO persons VALUES (?)",
+            ("CANARY-7f3a-000001",),
+            sq.OperationalError("database or disk is full"),
+        ),
+        pa.ArrowInvalid("Could not convert 'CANARY-7f3a-000001' with type str: tried to convert to double"),
+        OSError("Couldn't deserialize thrift: CANARY-7f3a-000001"),
+        UnicodeDecodeError("utf-8", raw, 18, 19, "invalid start byte"),
+        EOFError("Compressed file ended before the end-of-stream marker was reached CANARY-7f3a"),
+        gzip.BadGzipFile("Not a gzipped file (b'CANARY-7f3a')"),
+        zipfile.BadZipFile("File is not a zip file CANARY-7f3a"),
+        FileNotFoundError(errno.ENOENT, "No such file or directory", "/srv/rehealth/node.db"),
+    ]
+
+
+@pytest.mark.parametrize("error", _expected_errors(), ids=lambda e: type(e).__name__)
+def test_errors_to_exit_prints_one_line_without_values(error, capsys):
+    from click.exceptions import Exit
+
+    from node.cli._dataplane import errors_to_exit
+
+    with pytest.raises(Exit) as e:
+        with errors_to_exit():
+            raise error
+    assert e.value.exit_code == 1
+    out = capsys.readouterr()
+    lines = [line for line in out.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and out.out == "", out
+    assert CANARY.search(out.err) is None, out.err
+
+
+def test_a_bug_is_not_swallowed_by_errors_to_exit():
+    from node.cli._dataplane import errors_to_exit
+
+    with pytest.raises(KeyError):
+        with errors_to_exit():
+            raise KeyError("a bug keeps its traceback")
