@@ -787,3 +787,41 @@ def test_a_bug_is_not_swallowed_by_errors_to_exit():
     with pytest.raises(KeyError):
         with errors_to_exit():
             raise KeyError("a bug keeps its traceback")
+
+
+def test_when_the_roll_back_fails_too_the_file_stays_resumable(tmp_path, monkeypatch):
+    """A store that refuses a write may refuse the roll-back's DELETE as well (a disk that is
+    really full): then the job stays ``running``, the error says so, and the same command
+    resumes once the cause is fixed — nothing lost, nothing twice."""
+    import sqlite3 as sq
+
+    from node.ingest import pipeline
+    from node.ingest.pipeline import FileRefused
+    from node.pseudonym import Pseudonymizer
+    from node.store import open_store
+
+    store = open_store(f"sqlite:///{tmp_path / 'n.db'}")
+    pseudo = Pseudonymizer(key=bytes(range(32)), site_id="site_a")
+    path = tmp_path / "persons.csv"
+    path.write_bytes(csv_bytes(people(1200)))
+    real_insert, real_delete = pipeline.insert_ignore, pipeline.delete
+
+    def full(conn, table, cols, rows):
+        if conn.execute(text("SELECT count(*) FROM persons")).scalar_one() >= 1000:
+            raise sq.OperationalError("database or disk is full")
+        return real_insert(conn, table, cols, rows)
+
+    def no_delete(*a):
+        raise sq.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(pipeline, "insert_ignore", full)
+    monkeypatch.setattr(pipeline, "delete", no_delete)
+    with pytest.raises(FileRefused) as e:
+        ingest_file(store, path, kind="persons", pseudonymize=pseudo.many, site_id="site_a", chunk_rows=CHUNK)
+    assert e.value.status == "running" and "resumes after data row 1000" in str(e.value)
+    assert "database or disk is full" in str(e.value) and "disk I/O error" in str(e.value)
+    monkeypatch.setattr(pipeline, "insert_ignore", real_insert)
+    monkeypatch.setattr(pipeline, "delete", real_delete)
+    s = ingest_file(store, path, kind="persons", pseudonymize=pseudo.many, site_id="site_a", chunk_rows=CHUNK)
+    assert (s.rows, s.loaded, s.already_present, s.quarantined) == (1200, 1200, 0, 0)
+    assert store.counts()["persons"] == 1200
