@@ -41,7 +41,7 @@ from sqlalchemy import Connection, delete, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from node.ingest.quarantine import CONFLICTS_WITH_STORED, counts_by_reason, write_problems
-from node.ingest.readers import iter_chunks, plan_columns, preflight, read_header, sniff
+from node.ingest.readers import check_columns, iter_chunks, plan_columns, preflight, read_header, sniff
 from node.ingest.schema import ID_FIELD, KindSpec, spec_for
 from node.ingest.validate import ChunkResult, Pseudonymize, duplicate_flag, validate_chunk
 from node.store import Store, fetch_by_pseudonyms, insert_ignore
@@ -181,6 +181,7 @@ def ingest_file(
         raise DataError(f"input file {path} not found")
     sniff(path)  # the first block: empty, a workbook or archive, UTF-16 — before the header
     columns = plan_columns(read_header(path), spec, mapping or {})
+    check_columns(path, columns)
     extras = [c for c in columns.values() if c not in {f.name for f in spec.fields}]
     if extras:  # names only: an operator should see every column that will be stored
         log.info("%s: storing extra numeric column(s) %s", path.name, ", ".join(extras))
@@ -324,6 +325,7 @@ def _roll_back(
         progress.read = min(progress.read, error.last_row)
     row = error.row if isinstance(error, DataError) else None
     field_name = error.field if isinstance(error, DataError) else None
+    refused = f"{message}; the whole file was refused (nothing of it is stored)"
     f = ingested_files
     try:
         with store.engine.begin() as conn:
@@ -339,11 +341,12 @@ def _roll_back(
                     already_present=0,
                     quarantined=0,
                     finished_at=_now(),
-                    error=message[:255],
+                    error=refused[:255],
                 )
             )
     except Exception as e:  # noqa: BLE001 - the store itself is failing: say so, keep the job resumable
-        log.error("%s: the roll-back failed too (%s)", path.name, store_error_text(e))
+        # info, not error: the CLI prints the one error line (a handler-less logger would add one)
+        log.info("%s: the roll-back failed too (%s)", path.name, store_error_text(e))
         message = (
             f"{message}. The rows this file stored before the error could not be removed "
             f"({store_error_text(e)}): once the cause is fixed, run the same command again; "
@@ -356,11 +359,11 @@ def _roll_back(
                 message, file=path.name, kind=spec.kind, rows_read=progress.read, status="running", row=row
             )
         )
-    log.error("%s: refused, %d stored row(s) of it rolled back: %s", path.name, removed, message)
+    log.info("%s: refused, %d stored row(s) of it rolled back: %s", path.name, removed, message)
     if bug:
         return None
     return FileRefused(
-        message,
+        refused,
         file=path.name,
         kind=spec.kind,
         rows_read=progress.read,
@@ -373,7 +376,7 @@ def _roll_back(
 def _reason(path: Path, store: Store, error: Exception) -> tuple[str, bool]:
     """``(one-line reason, is_bug)`` of a failed load; never a row's value."""
     if isinstance(error, DataError):
-        return f"{error}; the whole file was refused (nothing of it is stored)", False
+        return str(error), False
     if isinstance(error, _WriteFailed):
         cause = error.__cause__
         dbapi_error = getattr(store.engine.dialect.dbapi, "Error", ())
@@ -387,7 +390,7 @@ def _reason(path: Path, store: Store, error: Exception) -> tuple[str, bool]:
             )
             return (
                 f"{path.name}: the store refused data rows {error.first_row}..{error.last_row} "
-                f"({text}): {todo}; the whole file was refused (nothing of it is stored)",
+                f"({text}): {todo}",
                 False,
             )
         return (

@@ -413,6 +413,26 @@ def plan_columns(header: list[str], spec: KindSpec, mapping: Mapping[str, str]) 
     return {c: o for c, o in renamed.items() if o in known or (spec.extras and o not in spec.ignored)}
 
 
+def check_columns(path: Path, columns: Mapping[str, str]) -> None:
+    """Column types the readers cannot take as text, refused before a row is stored: a
+    Parquet BINARY column would be read as Python bytes reprs (``b'\\x..'``), silently.
+
+    Raises:
+        DataError: names the column and what to do.
+    """
+    if file_format(path) != "parquet":
+        return
+    schema = pq.ParquetFile(path).schema_arrow
+    for name in columns:
+        typ = schema.field(name).type
+        if pa.types.is_binary(typ) or pa.types.is_large_binary(typ) or pa.types.is_fixed_size_binary(typ):
+            raise DataError(
+                f"{path.name}: column {name!r} holds binary data, not text (Parquet type {typ}): "
+                "write it as a string (UTF-8) column; no row was stored",
+                field=name,
+            )
+
+
 def iter_chunks(
     path: Path, columns: Mapping[str, str], *, chunk_rows: int, text_columns: frozenset[str] = frozenset()
 ) -> Iterator[pd.DataFrame]:

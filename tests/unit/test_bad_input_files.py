@@ -226,6 +226,20 @@ def ambiguous_column_csv(d: Path) -> Built:
     )
 
 
+def binary_id_parquet(d: Path) -> Built:
+    """Ids as Parquet BINARY (bytes, some not UTF-8) instead of strings."""
+    rows = people(20)
+    cols = list(rows[0])
+    arrays = [
+        pa.array([r[c].encode() + b"\xff" for r in rows], pa.binary())
+        if c == "person_id"
+        else pa.array([r[c] for r in rows])
+        for c in cols
+    ]
+    pq.write_table(pa.table(arrays, names=cols), p := d / "persons.parquet")
+    return Built(p, 20, r"column 'person_id' holds binary data, not text", job=None)
+
+
 def nul_byte_csv(d: Path) -> Built:
     data = bytearray(csv_bytes(people(100)))
     pos = data.index(b"DEPT-CANARY-7f3a-70,") + 3
@@ -252,6 +266,7 @@ CASES: dict[str, Callable[[Path], Built]] = {
         duplicate_column_parquet,
         ambiguous_column_csv,
         nul_byte_csv,
+        binary_id_parquet,
     )
 }
 
