@@ -147,7 +147,9 @@ def test_an_overlapping_new_file_loads_only_new_rows(store_url, tmp_path, valid_
     assert s.by_reason == {CONFLICTS_WITH_STORED: 5}
     q = store.quarantine_frame(ingest_id=3)
     assert set(q.field) == {"age"} and sorted(q.row) == [1, 2, 3, 4, 5]
-    assert q.detail.iloc[0] == "differs from the stored row (from a.csv row 4) in 1 field(s); corrections are not applied"
+    assert q.detail.iloc[0] == (
+        "differs from the stored row (from a.csv row 4) in 1 field(s); corrections are not applied"
+    )
     assert store.counts()["persons"] == 10
     with store.engine.connect() as conn:  # P-3 keeps its original age
         age = conn.execute(select(persons.c.age).where(persons.c.pseudonym == pseudo("P-3"))).scalar()
