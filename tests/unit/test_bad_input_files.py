@@ -840,3 +840,41 @@ def test_when_the_roll_back_fails_too_the_file_stays_resumable(tmp_path, monkeyp
     s = ingest_file(store, path, kind="persons", pseudonymize=pseudo.many, site_id="site_a", chunk_rows=CHUNK)
     assert (s.rows, s.loaded, s.already_present, s.quarantined) == (1200, 1200, 0, 0)
     assert store.counts()["persons"] == 1200
+
+
+# --- good files the checks must not refuse ---------------------------------------------------
+
+
+def test_good_files_in_every_accepted_shape_still_load(tmp_path):
+    """The checks refuse what is broken, not what is merely unusual: a UTF-8 BOM and
+    non-ASCII text, a multi-member .csv.gz, a trailing delimiter on every line (pandas would
+    take the first column as an index and shift every other one by one, silently)."""
+    from node.pseudonym import Pseudonymizer
+    from node.store import open_store
+    from node.store.models import persons
+
+    store = open_store(f"sqlite:///{tmp_path / 'n.db'}")
+    pseudo = Pseudonymizer(key=bytes(range(32)), site_id="site_a")
+    rows = people(30)
+    for r in rows:
+        r["department"] = "Büro-Ärzte-€"
+    body = csv_bytes(rows)
+    files = {
+        "bom.csv": codecs.BOM_UTF8 + body,
+        "multi.csv.gz": gzip.compress(body[:4000]) + gzip.compress(body[4000:]),
+        "trailing.csv": b"\n".join(line + b"," for line in body.rstrip(b"\n").split(b"\n")) + b"\n",
+    }
+    for i, (name, data) in enumerate(files.items()):
+        (tmp_path / name).write_bytes(data)
+        s = ingest_file(store, tmp_path / name, kind="persons", pseudonymize=pseudo.many, site_id="site_a")
+        assert (s.rows, s.quarantined) == (30, 0), name
+        assert (s.loaded, s.already_present) == ((30, 0) if i == 0 else (0, 30)), (
+            name
+        )  # same people, same values
+    with store.engine.connect() as c:
+        got = (
+            c.execute(persons.select().where(persons.c.pseudonym == pseudo("CANARY-7f3a-000007")))
+            .mappings()
+            .one()
+        )
+    assert (got["department"], got["age"], got["sbp"]) == ("Büro-Ärzte-€", 54.373917, 150.373917)
