@@ -660,9 +660,7 @@ class PrivacyLedger:
                 )
                 return self._reservation(conn, live.id)
             if all(self._count(conn, study_id, q) >= n for q, n in counts.items()):
-                raise ReplayRefused(
-                    f"study {study_id[:24]} already had every release its signed plan allows"
-                )
+                raise ReplayRefused(f"study {study_id[:24]} already had every release its signed plan allows")
             others = books.charged + books.held()
             mine = _gaussian_of_rho(rho - books.study_rho.get(study_id, 0.0))
             before = self._eps(others, budget.delta)

@@ -13,7 +13,11 @@ from pathlib import Path
 
 import typer
 
-app = typer.Typer(help="Evidence reports: sign, render and verify.", no_args_is_help=True)
+app = typer.Typer(
+    help="Evidence reports: sign, render and verify.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
 
 
 class Fmt(str, Enum):

@@ -25,6 +25,9 @@ app = typer.Typer(
     help="ReHealth Core: federated causal evidence for cardiovascular prevention.",
     no_args_is_help=True,
     add_completion=False,
+    # The root runs every command: a bug's Rich traceback must not print local variables
+    # (raw ids and health rows on a node, grant and key material on the coordinator).
+    pretty_exceptions_show_locals=False,
 )
 
 

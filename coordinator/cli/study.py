@@ -16,7 +16,7 @@ from coordinator.files import load_spec, write_result
 from shared.errors import ReHealthError, SpecError
 from shared.result import StudyResult
 
-app = typer.Typer(help="Run federated studies.", no_args_is_help=True)
+app = typer.Typer(help="Run federated studies.", no_args_is_help=True, pretty_exceptions_show_locals=False)
 
 
 @app.command("run")

@@ -21,6 +21,7 @@ app = typer.Typer(
     help="Generate a seeded synthetic federation with ground truth (true ATT per outcome).",
     add_completion=False,
     subcommand_metavar="",  # a single command: no "[COMMAND] [ARGS]" in its usage line
+    pretty_exceptions_show_locals=False,
 )
 
 

@@ -8,5 +8,8 @@ defined before the imports in ``__init__``).
 import typer
 
 app = typer.Typer(
-    help="On-premise node: set up, ingest data, serve, inspect the privacy budget.", no_args_is_help=True
+    help="On-premise node: set up, ingest data, serve, inspect the privacy budget.",
+    no_args_is_help=True,
+    # A bug's traceback must never print local variables: they hold raw ids and health rows.
+    pretty_exceptions_show_locals=False,
 )

@@ -11,7 +11,9 @@ from node.cli._app import app
 from node.cli._dataplane import errors_to_exit
 from node.cli._risk import keys_file, node_config
 
-apikey_app = typer.Typer(help="API keys of the node's scoring API.", no_args_is_help=True)
+apikey_app = typer.Typer(
+    help="API keys of the node's scoring API.", no_args_is_help=True, pretty_exceptions_show_locals=False
+)
 app.add_typer(apikey_app, name="apikey")
 
 

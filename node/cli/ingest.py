@@ -19,6 +19,8 @@ from node.cli._dataplane import (
 )
 from node.config import NodeConfig
 from node.ingest import DEFAULT_CHUNK_ROWS, KINDS, IngestSummary, ingest_file
+from node.ingest.pipeline import FileRefused
+from node.ingest.validate import CONFLICTS_WITH_STORED
 from shared.errors import DataError
 
 
@@ -48,24 +50,31 @@ def ingest(
 ) -> None:
     """Validate, pseudonymise and store a CSV or Parquet FILE.
 
-    Invalid rows go to quarantine with their reason; re-ingesting the same file changes
-    nothing. Exit code 0 even if rows were quarantined, 1 if the file cannot be read.
+    Invalid rows go to quarantine with their reason; rows for people (or events) already
+    stored with other values are refused into the quarantine too (corrections are not
+    applied); re-ingesting the same file changes nothing. A file loads whole or not at all:
+    exit code 0 even if rows were quarantined, 1 if the file was refused (nothing of it is
+    stored; the error names the line or row group and what to do).
     """
     check_format(fmt)
     with errors_to_exit():
         cfg, store, pseudo = open_node(config)
         try:
             file = file or _configured_file(cfg, kind)
-            summary = ingest_file(
-                store,
-                file,
-                kind=kind,
-                pseudonymize=pseudo.many,
-                site_id=cfg.site_id,
-                mapping=parse_mapping(mapping),
-                chunk_rows=chunk_rows,
-                time_zone=cfg.time_zone,
-            )
+            try:
+                summary = ingest_file(
+                    store,
+                    file,
+                    kind=kind,
+                    pseudonymize=pseudo.many,
+                    site_id=cfg.site_id,
+                    mapping=parse_mapping(mapping),
+                    chunk_rows=chunk_rows,
+                    time_zone=cfg.time_zone,
+                )
+            except DataError as e:
+                print_refused(e, Path(file).name, kind, fmt)
+                raise
         finally:
             store.engine.dispose()
     if fmt == "json":
@@ -94,7 +103,35 @@ def print_summary(s: IngestSummary) -> None:
     for reason, n in sorted(s.by_reason.items(), key=lambda kv: -kv[1]):
         table.add_row(f"  {reason}", f"{n:,}")
     out.print(table)
+    conflicts = s.by_reason.get(CONFLICTS_WITH_STORED, 0)
+    if conflicts:
+        out.print(
+            f"{conflicts:,} row(s) differ from what is already stored for the same person or record: "
+            "refused (corrections are not applied; see the ingest section of docs/USAGE.md)",
+            highlight=False,
+        )
     if s.quarantined:
         out.print(
             "quarantined rows (file, row, field, reason) are in the store's quarantine table", highlight=False
         )
+
+
+def print_refused(e: DataError, file: str, kind: str, fmt: str) -> None:
+    """The summary of a refused file on stdout (the error line itself goes to stderr)."""
+    if isinstance(e, FileRefused):
+        data = e.to_dict()
+    else:  # refused before its first row was read
+        data = FileRefused(str(e), file=file, kind=kind, rows_read=0).to_dict()
+    if fmt == "json":
+        echo_json(data)
+        return
+    table = Table(title=f"{data['file']} ({data['kind']}) - REFUSED", show_header=False)
+    table.add_column(justify="left")
+    table.add_column(justify="right")
+    table.add_row("rows read before the error", f"{data['rows_read']:,}")
+    if data["status"] == "failed":
+        table.add_row("[red]loaded[/red]", "0 (the whole file was refused)")
+        table.add_row("rows rolled back", f"{data['rolled_back']:,}")
+    else:
+        table.add_row("[red]status[/red]", "incomplete: run the command again to resume")
+    Console().print(table)

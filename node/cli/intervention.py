@@ -21,7 +21,9 @@ from node.trajectory import record_intervention
 from shared.schemas import CHANNELS, INTERVENTION_CODES
 
 intervention_app = typer.Typer(
-    help="The intervention trajectory log: who received what, when.", no_args_is_help=True
+    help="The intervention trajectory log: who received what, when.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
 )
 app.add_typer(intervention_app, name="intervention")
 

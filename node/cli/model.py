@@ -17,7 +17,9 @@ from node.cli._dataplane import check_format, echo_json, errors_to_exit
 from node.cli._risk import model_dir, node_config
 
 model_app = typer.Typer(
-    help="Risk models: list served and candidate models, approve a candidate.", no_args_is_help=True
+    help="Risk models: list served and candidate models, approve a candidate.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
 )
 app.add_typer(model_app, name="model")
 

@@ -6,6 +6,20 @@ progress (``ingested_files.rows_done``), so a crash never leaves part of a chunk
 resumes after the last chunk that survived (what survives a power loss: ``node.store.engine``).
 A file whose SHA-256 was fully ingested before is not read again.
 One writer thread commits chunk k while the caller's thread validates chunk k+1.
+
+A file loads whole or not at all. It is checked before its first row is stored (see
+:mod:`node.ingest.readers`); an error found only mid-file (a malformed line, a corrupt
+Parquet row group, a store that is full or refuses a value) rolls the file back: every row
+and quarantine row this file's job stored is deleted (they all carry its ``ingest_id``),
+the job is marked ``failed`` with the reason, and :class:`FileRefused` names file, line or
+row group and what to do. A later run of the same file starts afresh. An *interruption*
+(Ctrl-C, kill -9, a power loss) is not a file-level error: the job stays ``running`` and a
+re-run resumes after the last committed chunk.
+
+Corrections: a row whose natural key is already stored (by another file or the API) and whose
+values are the same is counted ``already stored``; one whose values differ is refused into
+the quarantine with reason :data:`CONFLICTS_WITH_STORED` (field: the first that differs). The
+stored row is never changed and the correction never dropped silently.
 """
 
 from __future__ import annotations
@@ -23,14 +37,21 @@ from typing import Iterator, Mapping
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from node.ingest.quarantine import counts_by_reason, write_problems
-from node.ingest.readers import file_sha256, iter_chunks, plan_columns, read_header
-from node.ingest.schema import KindSpec, spec_for
-from node.ingest.validate import ChunkResult, Pseudonymize, duplicate_flag, validate_chunk
+from node.ingest.readers import check_columns, iter_chunks, plan_columns, preflight, read_header, sniff
+from node.ingest.schema import ID_FIELD, KindSpec, spec_for
+from node.ingest.validate import (
+    CONFLICTS_WITH_STORED,
+    ChunkResult,
+    Pseudonymize,
+    duplicate_flag,
+    validate_chunk,
+)
 from node.store import Store, fetch_by_pseudonyms, insert_ignore
-from node.store.models import ingested_files
+from node.store.models import ingested_files, quarantine
 from shared.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -57,11 +78,63 @@ class IngestSummary:
         return asdict(self)
 
 
+class FileRefused(DataError):
+    """A file-level error: the file was refused whole (nothing of it stays stored).
+
+    ``rows_read``: data rows read before the error; ``rolled_back``: rows (stored and
+    quarantined) this file had committed and that were removed; ``status``: the job's state
+    afterwards (``failed``; ``running`` if the roll-back itself failed, and a re-run resumes).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str,
+        kind: str,
+        rows_read: int,
+        rolled_back: int = 0,
+        status: str = "failed",
+        row: int | None = None,
+        field: str | None = None,
+    ):
+        super().__init__(message, row=row, field=field)
+        self.file, self.kind, self.rows_read = file, kind, rows_read
+        self.rolled_back, self.status = rolled_back, status
+
+    def to_dict(self) -> dict:
+        return {
+            "file": self.file,
+            "kind": self.kind,
+            "status": self.status,
+            "error": str(self),
+            "rows_read": self.rows_read,
+            "loaded": 0 if self.status == "failed" else None,
+            "rolled_back": self.rolled_back,
+            "refused_whole_file": self.status == "failed",
+        }
+
+
 @dataclass
 class _Job:
     id: int
     rows_done: int
     status: str
+
+
+@dataclass
+class _Progress:
+    """Data rows read so far (the caller's thread) — for the summary of a refused file."""
+
+    read: int = 0
+
+
+class _WriteFailed(Exception):
+    """A chunk's transaction failed; ``__cause__`` is the store's error."""
+
+    def __init__(self, first_row: int, last_row: int):
+        super().__init__(f"storing data rows {first_row}..{last_row} failed")
+        self.first_row, self.last_row = first_row, last_row
 
 
 @dataclass(frozen=True)
@@ -71,6 +144,7 @@ class _Batch:
 
     result: ChunkResult
     columns: list[list]
+    first_row: int
     last_row: int
 
 
@@ -101,46 +175,41 @@ def ingest_file(
         The :class:`IngestSummary`.
 
     Raises:
-        DataError: the file is missing, of an unknown type, lacks a required column, or is
-            malformed CSV. Bad *rows* never raise: they are quarantined.
+        DataError: the file is missing, of an unknown type, lacks a required column or
+            repeats one, or fails a check before its first row is stored (empty, not UTF-8,
+            a NUL byte, not CSV, a cut-off gzip stream or Parquet file): nothing was stored.
+        FileRefused: a file-level error found mid-file (a malformed line, a corrupt Parquet
+            row group, a write the store refused): the file was rolled back. Bad *rows*
+            never raise: they are quarantined.
     """
     t0 = time.perf_counter()
     path = Path(path)
     spec = spec_for(kind)
     if not path.is_file():
         raise DataError(f"input file {path} not found")
+    sniff(path)  # the first block: empty, a workbook or archive, UTF-16 — before the header
     columns = plan_columns(read_header(path), spec, mapping or {})
+    check_columns(path, columns)
     extras = [c for c in columns.values() if c not in {f.name for f in spec.fields}]
     if extras:  # names only: an operator should see every column that will be stored
         log.info("%s: storing extra numeric column(s) %s", path.name, ", ".join(extras))
-    sha = file_sha256(path)
+    sha = preflight(path)  # every byte, in the pass that hashes the file
     job = _open_job(store, sha=sha, kind=spec.kind, name=path.name)
     if job.status == "done":
         log.info("%s (%s) was ingested before (sha256 %s…): nothing to do", path.name, kind, sha[:12])
         return _summary(store, job.id, already=True, seconds=time.perf_counter() - t0)
     if job.rows_done:
         log.info("resuming %s after data row %d", path.name, job.rows_done)
-    chunks = _pending_chunks(path, columns, spec, chunk_rows=chunk_rows, rows_done=job.rows_done)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-writer") as writer:
-        # Validate chunk k+1 while chunk k commits, which SQLite does without the GIL. Not
-        # while chunk k's rows are inserted: the driver takes the GIL back for every row, so
-        # the two threads would hand it over row by row, each far slower than alone.
-        # At most two chunks are in memory.
-        writing: Future | None = None
-        for chunk, first_row, last_row in chunks:
-            result = validate_chunk(
-                chunk, spec, first_row=first_row, site_id=site_id, pseudonymize=pseudonymize,
-                time_zone=time_zone,
-            )
-            del chunk
-            batch = _Batch(result, _column_lists(result.rows), last_row)
-            if writing is not None:
-                writing.result()  # re-raises a failed write before anything else is queued
-            staged = threading.Event()
-            writing = writer.submit(_write_chunk, store, spec, job, batch, path.name, staged)
-            staged.wait()
-        if writing is not None:
-            writing.result()
+    progress = _Progress(read=job.rows_done)
+    try:
+        _load(store, path, spec, job, columns, progress, chunk_rows, site_id, pseudonymize, time_zone)
+    except Exception as e:  # noqa: BLE001 - any failure but an interruption rolls the file back
+        refused = _roll_back(store, path, spec, job, progress, e)
+        if refused is None:  # a bug, not the file's fault: its traceback (never locals) is needed
+            if isinstance(e, _WriteFailed) and e.__cause__ is not None:
+                raise e.__cause__  # noqa: B904 - the bug itself, raised on the writer thread
+            raise
+        raise refused from None
     with store.engine.begin() as conn:
         conn.execute(
             update(ingested_files)
@@ -161,6 +230,69 @@ def ingest_file(
     return summary
 
 
+def _load(
+    store: Store,
+    path: Path,
+    spec: KindSpec,
+    job: _Job,
+    columns: Mapping[str, str],
+    progress: _Progress,
+    chunk_rows: int,
+    site_id: str,
+    pseudonymize: Pseudonymize,
+    time_zone: str,
+) -> None:
+    """Validate and store the chunks after ``job.rows_done``, one transaction per chunk."""
+    chunks = _pending_chunks(path, columns, spec, chunk_rows=chunk_rows, rows_done=job.rows_done)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-writer") as writer:
+        # Validate chunk k+1 while chunk k commits, which SQLite does without the GIL. Not
+        # while chunk k's rows are inserted: the driver takes the GIL back for every row, so
+        # the two threads would hand it over row by row, each far slower than alone.
+        # At most two chunks are in memory.
+        writing: Future | None = None
+        for chunk, first_row, last_row in chunks:
+            progress.read = last_row
+            _check_text(path, spec, chunk, first_row)
+            result = validate_chunk(
+                chunk,
+                spec,
+                first_row=first_row,
+                site_id=site_id,
+                pseudonymize=pseudonymize,
+                time_zone=time_zone,
+            )
+            del chunk
+            batch = _Batch(result, _column_lists(result.rows), first_row, last_row)
+            if writing is not None:
+                writing.result()  # re-raises a failed write before anything else is queued
+            staged = threading.Event()
+            writing = writer.submit(_write_chunk, store, spec, job, batch, path.name, staged)
+            staged.wait()
+        if writing is not None:
+            writing.result()
+
+
+def _check_text(path: Path, spec: KindSpec, chunk: pd.DataFrame, first_row: int) -> None:
+    """A stored text field must not hold a NUL character: PostgreSQL refuses it and SQLite
+    would keep it, so the file is refused on both. (A CSV file's NUL bytes are refused by
+    :func:`node.ingest.readers.preflight`; this catches Parquet strings.)"""
+    for f in spec.fields:
+        if f.type != "text" or f.name not in chunk.columns:
+            continue
+        col = chunk[f.name]
+        if not (col.dtype == object or pd.api.types.is_string_dtype(col.dtype)):
+            continue
+        has_nul = col.str.contains("\x00", regex=False, na=False).to_numpy(dtype=bool)
+        if has_nul.any():
+            row = first_row + int(np.argmax(has_nul))
+            raise DataError(
+                f"{path.name}: data row {row}, column {f.name}: the text holds a NUL character "
+                "(0x00), which the store cannot keep: remove it from the file and run the command again",
+                row=row,
+                field=f.name,
+            )
+
+
 def _pending_chunks(
     path: Path, columns: Mapping[str, str], spec: KindSpec, *, chunk_rows: int, rows_done: int
 ) -> Iterator[tuple[pd.DataFrame, int, int]]:
@@ -178,14 +310,138 @@ def _pending_chunks(
 def _write_chunk(
     store: Store, spec: KindSpec, job: _Job, batch: _Batch, file_name: str, staged: threading.Event
 ) -> None:
-    """Store ``batch`` in one transaction; ``staged`` is set once only the commit is left."""
+    """Store ``batch`` in one transaction; ``staged`` is set once only the commit is left.
+
+    Raises:
+        _WriteFailed: the transaction failed (rolled back); its cause is the store's error.
+    """
     try:
         with store.engine.begin() as conn:
             _commit_chunk(conn, spec, job, batch, file_name)
             staged.set()
+    except DataError:
+        raise
+    except Exception as e:
+        raise _WriteFailed(batch.first_row, batch.last_row) from e
     finally:
         staged.set()  # a failed write must not leave the caller waiting
     job.rows_done = batch.last_row
+
+
+def _roll_back(
+    store: Store, path: Path, spec: KindSpec, job: _Job, progress: _Progress, error: Exception
+) -> FileRefused | None:
+    """Remove everything ``job`` stored, mark it ``failed`` with the reason, and return the
+    :class:`FileRefused` to raise — or None when ``error`` is a bug (the job is still rolled
+    back and marked failed; the caller re-raises ``error`` with its traceback)."""
+    message, bug = _reason(path, store, error)
+    if isinstance(error, _WriteFailed):  # the reader may be a chunk ahead of the writer
+        progress.read = min(progress.read, error.last_row)
+    row = error.row if isinstance(error, DataError) else None
+    field_name = error.field if isinstance(error, DataError) else None
+    refused = f"{message}; the whole file was refused (nothing of it is stored)"
+    f = ingested_files
+    try:
+        with store.engine.begin() as conn:
+            removed = conn.execute(delete(spec.table).where(spec.table.c.ingest_id == job.id)).rowcount
+            removed += conn.execute(delete(quarantine).where(quarantine.c.ingest_id == job.id)).rowcount
+            conn.execute(
+                update(f)
+                .where(f.c.id == job.id)
+                .values(
+                    status="failed",
+                    rows_done=0,
+                    loaded=0,
+                    already_present=0,
+                    quarantined=0,
+                    finished_at=_now(),
+                    error=refused[:255],
+                )
+            )
+    except Exception as e:  # noqa: BLE001 - the store itself is failing: say so, keep the job resumable
+        # info, not error: the CLI prints the one error line (a handler-less logger would add one)
+        log.info("%s: the roll-back failed too (%s)", path.name, store_error_text(e))
+        message = (
+            f"{message}. The rows this file stored before the error could not be removed "
+            f"({store_error_text(e)}): once the cause is fixed, run the same command again; "
+            f"it resumes after data row {job.rows_done}"
+        )
+        return (
+            None
+            if bug
+            else FileRefused(
+                message, file=path.name, kind=spec.kind, rows_read=progress.read, status="running", row=row
+            )
+        )
+    log.info("%s: refused, %d stored row(s) of it rolled back: %s", path.name, removed, message)
+    if bug:
+        return None
+    return FileRefused(
+        refused,
+        file=path.name,
+        kind=spec.kind,
+        rows_read=progress.read,
+        rolled_back=removed,
+        row=row,
+        field=field_name,
+    )
+
+
+def _reason(path: Path, store: Store, error: Exception) -> tuple[str, bool]:
+    """``(one-line reason, is_bug)`` of a failed load; never a row's value."""
+    if isinstance(error, DataError):
+        return str(error), False
+    if isinstance(error, _WriteFailed):
+        cause = error.__cause__
+        dbapi_error = getattr(store.engine.dialect.dbapi, "Error", ())
+        if isinstance(cause, (SQLAlchemyError, OSError, dbapi_error)):
+            text = store_error_text(cause)
+            full = "full" in text.lower() or "no space" in text.lower()
+            todo = (
+                "free space on the store's disk (or raise its quota), then run the command again"
+                if full
+                else "fix the store, then run the command again"
+            )
+            return (
+                f"{path.name}: the store refused data rows {error.first_row}..{error.last_row} "
+                f"({text}): {todo}",
+                False,
+            )
+        return (
+            f"{path.name}: internal error while storing data rows {error.first_row}..{error.last_row}",
+            True,
+        )
+    return f"{path.name}: internal error while loading ({type(error).__name__})", True
+
+
+#: PostgreSQL error classes (SQLSTATE) whose server message may quote a value: named by code.
+_PG_STATES = {
+    "53100": "PostgreSQL: disk full",
+    "53200": "PostgreSQL: out of memory",
+    "22021": "PostgreSQL: a character not valid in the database encoding (a NUL byte?)",
+    "22P05": "PostgreSQL: a character that cannot be converted to the database encoding",
+    "22001": "PostgreSQL: a value too long for its column",
+    "57014": "PostgreSQL: the statement was cancelled",
+}
+
+
+def store_error_text(e: BaseException) -> str:
+    """What the store said, without a value: SQLite's messages are fixed texts naming tables
+    and columns; PostgreSQL's may quote a value, so only its SQLSTATE is shown."""
+    orig = getattr(e, "orig", None)
+    if isinstance(orig, BaseException):
+        e = orig
+    pgcode = getattr(e, "pgcode", None)
+    if pgcode:
+        return _PG_STATES.get(pgcode, f"PostgreSQL error SQLSTATE {pgcode}")
+    if type(e).__module__.startswith("psycopg2"):
+        return f"PostgreSQL: {type(e).__name__}"
+    if isinstance(e, OSError):
+        return f"{e.strerror or type(e).__name__}"
+    if type(e).__module__ == "sqlite3":
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        return f"SQLite: {first}"
+    return type(e).__name__
 
 
 def _column_lists(rows: pd.DataFrame) -> list[list]:
@@ -209,6 +465,23 @@ def _open_job(store: Store, *, sha: str, kind: str, name: str) -> _Job:
         row = conn.execute(
             select(f.c.id, f.c.rows_done, f.c.status).where(f.c.sha256 == sha, f.c.kind == kind)
         ).first()
+        if row is not None and row.status == "failed":  # refused and rolled back: afresh
+            conn.execute(
+                update(f)
+                .where(f.c.id == row.id)
+                .values(
+                    status="running",
+                    name=name[:255],
+                    rows_done=0,
+                    loaded=0,
+                    already_present=0,
+                    quarantined=0,
+                    started_at=_now(),
+                    finished_at=None,
+                    error=None,
+                )
+            )
+            return _Job(row.id, 0, "running")
         if row is not None:
             return _Job(row.id, row.rows_done, row.status)
         key = conn.execute(
@@ -264,22 +537,25 @@ def _commit_chunk(conn: Connection, spec: KindSpec, job: _Job, batch: _Batch, fi
 def _classify_skipped(
     conn: Connection, spec: KindSpec, job_id: int, rows: pd.DataFrame, inserted: int
 ) -> tuple[pd.DataFrame, int]:
-    """Rows the store skipped: duplicates within this file (quarantined) or rows an earlier
-    file or the trajectory API already stored (counted, left alone).
+    """Rows the store skipped: duplicates within this file (quarantined), rows an earlier
+    file or the trajectory API already stored with the same values (counted, left alone), and
+    rows whose key is stored with *other* values (corrections: quarantined as
+    :data:`CONFLICTS_WITH_STORED`, the stored row unchanged).
 
     Raises:
         DataError: a row was neither inserted nor matched by a stored key (never expected;
             raised rather than losing the row silently).
     """
     key = list(spec.key)
+    values = _compared_columns(spec, rows)
     stored = fetch_by_pseudonyms(
-        conn, spec.table, key + ["ingest_id", "ingest_row"], rows["pseudonym"].tolist()
+        conn, spec.table, key + ["ingest_id", "ingest_row"] + values, rows["pseudonym"].tolist()
     )
     for k in key:
         if k != "pseudonym":  # dates come back as date objects; ours are ISO text
-            stored[k] = stored[k].map(lambda v: v.isoformat() if hasattr(v, "isoformat") else v)
+            stored[k] = stored[k].map(_iso_or_self)
     stored["found"] = True
-    merged = rows[key + ["ingest_row"]].merge(
+    merged = rows[key + ["ingest_row"] + values].merge(
         stored, on=key, how="left", suffixes=("", "_stored"), validate="one_to_one"
     )
     found = merged["found"].eq(True).to_numpy()
@@ -302,7 +578,111 @@ def _classify_skipped(
             "pseudonym": merged["pseudonym"].to_numpy()[dup],
         }
     )
-    return dups, int((~this_row & ~ours).sum())
+    other = ~this_row & ~ours
+    conflicts = _conflicts(conn, spec, merged[other], values)
+    return pd.concat([dups, conflicts], ignore_index=True), int(other.sum()) - len(conflicts)
+
+
+#: Stored columns that are not the row's values (provenance, surrogate keys, derived).
+_NOT_COMPARED = frozenset({"id", "ingest_id", "ingest_row", "source", "recorded_at", "age_band"})
+
+
+def _compared_columns(spec: KindSpec, rows: pd.DataFrame) -> list[str]:
+    """The value columns a correction is judged on, in the file's field order (so the first
+    differing one is the one an operator reads first); ``extras`` last."""
+    names = [f.name for f in spec.fields if f.name != ID_FIELD] + ["extras"]
+    return [n for n in names if n in rows.columns and n not in spec.key and n not in _NOT_COMPARED]
+
+
+def _iso_or_self(v):
+    return v.isoformat() if hasattr(v, "isoformat") else v
+
+
+def _same(ours: np.ndarray, stored: np.ndarray, kind: str) -> np.ndarray:
+    """Element-wise equality of a column (``kind``: number, date or text); two missing values
+    are equal (NaN, NaT and None alike). Vectorised: a re-exported file of stored people
+    compares every row."""
+    if kind == "number":
+        a = pd.to_numeric(pd.Series(ours, dtype=object), errors="coerce").to_numpy(dtype=float)
+        b = pd.to_numeric(pd.Series(stored, dtype=object), errors="coerce").to_numpy(dtype=float)
+        return (a == b) | (np.isnan(a) & np.isnan(b))
+    if kind == "date":  # ours: ISO text; stored: date objects (or ISO text on SQLite raw reads)
+        da = pd.to_datetime(pd.Series(ours, dtype=object), errors="coerce").to_numpy()
+        db = pd.to_datetime(pd.Series(stored, dtype=object), errors="coerce").to_numpy()
+        return (da == db) | (np.isnat(da) & np.isnat(db))
+    sa, sb = pd.Series(ours, dtype=object), pd.Series(stored, dtype=object)
+    miss_a, miss_b = sa.isna().to_numpy(), sb.isna().to_numpy()
+    equal = sa.to_numpy(dtype=object) == sb.to_numpy(dtype=object)
+    return (miss_a & miss_b) | (equal & ~miss_a & ~miss_b)
+
+
+def _conflicts(conn: Connection, spec: KindSpec, skipped: pd.DataFrame, values: list[str]) -> pd.DataFrame:
+    """Quarantine rows for skipped rows whose values differ from the stored row's. The
+    detail names the differing fields' count and where the stored row came from, never a
+    value; ``field`` is the first differing field (an extra's own name for ``extras``)."""
+    n = len(skipped)
+    first = np.full(n, None, dtype=object)
+    differ = np.zeros(n, dtype=int)
+    kinds = {
+        f.name: "number" if f.type in ("number", "binary") else "date" if f.type == "date" else "text"
+        for f in spec.fields
+    }
+    for name in values:
+        ours, theirs = skipped[name].to_numpy(dtype=object), skipped[f"{name}_stored"].to_numpy(dtype=object)
+        if name == "extras":
+            theirs = np.array([json.loads(v) if isinstance(v, str) else v for v in theirs], dtype=object)
+            ours = np.array([json.loads(v) if isinstance(v, str) else v for v in ours], dtype=object)
+            same = np.array([x == y for x, y in zip(ours, theirs)], dtype=bool)
+            labels = np.array([_first_extra(x, y) for x, y in zip(ours, theirs)], dtype=object)
+        else:
+            same = _same(ours, theirs, kinds[name])
+            labels = np.full(n, name, dtype=object)
+        new = ~same & (differ == 0)
+        first[new] = labels[new]
+        differ += ~same
+    bad = differ > 0
+    if not bad.any():
+        return pd.DataFrame(columns=["row", "field", "reason", "detail", "pseudonym"])
+    ids = sorted({int(i) for i in skipped["ingest_id"].to_numpy()[bad] if pd.notna(i)})
+    names = (
+        dict(
+            conn.execute(
+                select(ingested_files.c.id, ingested_files.c.name).where(ingested_files.c.id.in_(ids))
+            ).all()
+        )
+        if ids
+        else {}
+    )
+
+    def source(ingest_id, ingest_row) -> str:
+        if pd.isna(ingest_id):
+            return "added through the CLI or API"
+        return f"from {names.get(int(ingest_id), 'an earlier file')} row {int(ingest_row)}"
+
+    detail = [
+        f"differs from the stored row ({source(i, r)}) in {int(k)} field(s); corrections are not applied"
+        for i, r, k in zip(
+            skipped["ingest_id"].to_numpy()[bad], skipped["ingest_row_stored"].to_numpy()[bad], differ[bad]
+        )
+    ]
+    return pd.DataFrame(
+        {
+            "row": skipped["ingest_row"].to_numpy()[bad],
+            "field": first[bad],
+            "reason": CONFLICTS_WITH_STORED,
+            "detail": detail,
+            "pseudonym": skipped["pseudonym"].to_numpy()[bad],
+        }
+    )
+
+
+def _first_extra(ours: dict | None, theirs: dict | None) -> str:
+    """The first (file-order) extra column whose value differs, or is in one row only."""
+    ours, theirs = ours or {}, theirs or {}
+    for k in [*ours, *(k for k in theirs if k not in ours)]:
+        if ours.get(k) != theirs.get(k):
+            return str(k)[:64]
+    return "extras"
 
 
 def _summary(store: Store, job_id: int, *, already: bool, seconds: float) -> IngestSummary:

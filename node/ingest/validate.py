@@ -27,6 +27,9 @@ BAD_ID = "bad identifier"
 DATE_ORDER = "date order"
 DUPLICATE_ID = "duplicate id"
 DUPLICATE_RECORD = "duplicate record"
+#: A row whose natural key is already stored with other values (a correction): refused, the
+#: stored row unchanged (the store, not this chunk, decides it: :mod:`node.ingest.pipeline`).
+CONFLICTS_WITH_STORED = "conflicts with stored"
 REASONS = (
     MISSING,
     WRONG_TYPE,
@@ -38,6 +41,7 @@ REASONS = (
     DATE_ORDER,
     DUPLICATE_ID,
     DUPLICATE_RECORD,
+    CONFLICTS_WITH_STORED,
 )
 
 DEFAULT_CHANNEL = "in_person"

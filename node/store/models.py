@@ -78,13 +78,15 @@ ingested_files = Table(
     Column("sha256", String(64), nullable=False),
     Column("kind", String(16), nullable=False),
     Column("name", String(255), nullable=False),
-    Column("status", String(16), nullable=False),  # running | done
+    Column("status", String(16), nullable=False),  # running | done | failed
     Column("rows_done", Integer, nullable=False, default=0),  # data rows committed so far
     Column("loaded", Integer, nullable=False, default=0),
     Column("already_present", Integer, nullable=False, default=0),
     Column("quarantined", Integer, nullable=False, default=0),
     Column("started_at", DateTime(timezone=True), nullable=False),
     Column("finished_at", DateTime(timezone=True), nullable=True),
+    # why a failed file was refused and rolled back (names file, line or row group; no value)
+    Column("error", String(255), nullable=True),
     UniqueConstraint("sha256", "kind", name="uq_ingested_files_sha_kind"),
 )
 

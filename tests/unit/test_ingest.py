@@ -10,6 +10,7 @@ from node.ingest import ingest_file, pipeline
 from node.ingest.validate import (
     BAD_DATE,
     BAD_ID,
+    CONFLICTS_WITH_STORED,
     DATE_ORDER,
     DUPLICATE_ID,
     DUPLICATE_RECORD,
@@ -21,7 +22,7 @@ from node.ingest.validate import (
 )
 from node.pseudonym import Pseudonymizer
 from node.store import open_store
-from node.store.models import interventions, outcomes, persons
+from node.store.models import ingested_files, interventions, outcomes, persons
 from shared.errors import DataError
 
 SITE = "site_a"
@@ -135,11 +136,22 @@ def test_an_overlapping_new_file_loads_only_new_rows(store_url, tmp_path, valid_
     store = open_store(store_url)
     first = _write([valid_person(f"P-{i}") for i in range(5)], tmp_path / "a", "csv")
     ingest_file(store, first, kind="persons", pseudonymize=pseudo.many, site_id=SITE)
-    second = _write([valid_person(f"P-{i}", age="70") for i in range(3, 8)], tmp_path / "b", "parquet")
-    s = ingest_file(store, second, kind="persons", pseudonymize=pseudo.many, site_id=SITE, chunk_rows=2)
+    # P-3 and P-4 again, unchanged: already stored; P-5..P-7 new
+    same = _write([valid_person(f"P-{i}") for i in range(3, 8)], tmp_path / "b", "parquet")
+    s = ingest_file(store, same, kind="persons", pseudonymize=pseudo.many, site_id=SITE, chunk_rows=2)
     assert (s.rows, s.loaded, s.already_present, s.quarantined) == (5, 3, 2, 0)
-    assert store.counts()["persons"] == 8
-    with store.engine.connect() as conn:  # first write wins: P-3 keeps its original age
+    # P-3 and P-4 with another age (corrections): refused, counted, the stored rows unchanged
+    changed = _write([valid_person(f"P-{i}", age="70") for i in range(3, 10)], tmp_path / "c", "csv")
+    s = ingest_file(store, changed, kind="persons", pseudonymize=pseudo.many, site_id=SITE, chunk_rows=2)
+    assert (s.rows, s.loaded, s.already_present, s.quarantined) == (7, 2, 0, 5)
+    assert s.by_reason == {CONFLICTS_WITH_STORED: 5}
+    q = store.quarantine_frame(ingest_id=3)
+    assert set(q.field) == {"age"} and sorted(q.row) == [1, 2, 3, 4, 5]
+    assert q.detail.iloc[0] == (
+        "differs from the stored row (from a.csv row 4) in 1 field(s); corrections are not applied"
+    )
+    assert store.counts()["persons"] == 10
+    with store.engine.connect() as conn:  # P-3 keeps its original age
         age = conn.execute(select(persons.c.age).where(persons.c.pseudonym == pseudo("P-3"))).scalar()
     assert age == 54.0
 
@@ -298,7 +310,7 @@ def test_interrupted_ingest_resumes_without_losing_or_repeating_rows(
     assert store.counts()["persons"] == 8
 
 
-def test_a_failed_chunk_write_raises_and_keeps_earlier_chunks(
+def test_a_failed_chunk_write_raises_and_rolls_the_file_back(
     store_url, tmp_path, valid_person, pseudo, monkeypatch
 ):
     path = _write([valid_person(f"P-{i}") for i in range(9)], tmp_path / "persons", "csv")
@@ -314,7 +326,9 @@ def test_a_failed_chunk_write_raises_and_keeps_earlier_chunks(
     monkeypatch.setattr(pipeline, "insert_ignore", failing)
     with pytest.raises(RuntimeError, match="disk full"):  # raised, not waited on forever
         ingest_file(store, path, kind="persons", pseudonymize=pseudo.many, site_id=SITE, chunk_rows=3)
-    assert store.counts()["persons"] == 3  # the first chunk only: the second rolled back
+    assert store.counts()["persons"] == 0  # the first chunk was rolled back with the second
+    with store.engine.connect() as conn:
+        assert conn.execute(select(ingested_files.c.status)).scalar() == "failed"
     monkeypatch.setattr(pipeline, "insert_ignore", real)
     s = ingest_file(store, path, kind="persons", pseudonymize=pseudo.many, site_id=SITE)
     assert (s.rows, s.loaded, s.quarantined, s.already_present) == (9, 9, 0, 0)
@@ -350,7 +364,7 @@ def test_store_column_names_are_reserved(tmp_path, valid_person, pseudo):
     assert e.value.field == "pseudonym"
 
 
-def test_malformed_csv_names_the_line_and_keeps_committed_chunks(tmp_path, valid_person, pseudo):
+def test_malformed_csv_names_the_line_and_rolls_back_committed_chunks(tmp_path, valid_person, pseudo):
     path = tmp_path / "persons.csv"
     pd.DataFrame([valid_person(f"P-{i}") for i in range(6)]).to_csv(path, index=False)
     with open(path, "a") as fh:
@@ -359,4 +373,5 @@ def test_malformed_csv_names_the_line_and_keeps_committed_chunks(tmp_path, valid
     with pytest.raises(DataError, match="malformed CSV.*line 8") as e:
         ingest_file(store, path, kind="persons", pseudonymize=pseudo.many, site_id=SITE, chunk_rows=3)
     assert "P-9" not in str(e.value)
-    assert store.counts()["persons"] == 6  # the two complete chunks before the bad line
+    assert store.counts()["persons"] == 0  # the two chunks before the bad line: rolled back
+    assert e.value.rows_read == 6 and e.value.rolled_back == 6
