@@ -229,7 +229,8 @@ def _count(store_url: str) -> int:
 def test_deleted_key_is_not_silently_replaced_so_nobody_is_stored_twice(store_url, tmp_path, valid_person):
     first, again = tmp_path / "first.csv", tmp_path / "again.csv"
     pd.DataFrame(_rows(valid_person, 10)).to_csv(first, index=False)
-    pd.DataFrame(_rows(valid_person, 10, job_type="field")).to_csv(again, index=False)  # same people
+    # The same people with the same values in another order: another file, nothing to correct.
+    pd.DataFrame(_rows(valid_person, 10)[::-1]).to_csv(again, index=False)
     key = tmp_path / "node.key"
 
     # The old path: a deleted key file is recreated, and the same 10 people are stored again.
