@@ -99,7 +99,8 @@ def check_bounds(x: np.ndarray, features: Sequence[Feature], *, row_offset: int 
         r, c = np.argwhere(out)[0]
         f = features[c]
         raise CovariateBoundsError(
-            f"row {r + row_offset}: {f.name}={x[r, c]:g} outside public bounds [{f.lo:g}, {f.hi:g}]"
+            # row and field, never the value: DataError texts may be sent to the coordinator
+            f"row {r + row_offset}: {f.name} outside public bounds [{f.lo:g}, {f.hi:g}]"
             + (" (binary: 0 or 1)" if f.kind == "binary" else ""),
             row=int(r + row_offset),
             field=f.name,

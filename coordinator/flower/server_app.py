@@ -43,6 +43,7 @@ def main(grid: Grid, context: Context) -> None:
         with progress_path.open("a") as f:
             f.write(json.dumps({"t": time.time(), "event": event, **data}) + "\n")
 
+    progress("started", {})  # before any message to a node: the runner's sign that the app ran
     try:
         if str(cfg.get("workflow", "study")) == "risk":
             train_one_model(grid, cfg, out_dir, progress)

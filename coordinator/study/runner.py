@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,6 +34,7 @@ OnEvent = Callable[[dict], None]
 
 
 LOCK_NAME = "run.lock"
+log = logging.getLogger("rehealth.coordinator.runner")
 
 
 class FolderBusy(ReHealthError):
@@ -154,6 +156,32 @@ class ProgressTail:
         return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
 
+def submit_until_started(
+    client: FlwrClient, run_config: dict, out_dir: Path, *, timeout_s: float, on_poll=None
+) -> tuple[int, str]:
+    """Submit the app and wait for its run; ``(run_id, final status)``.
+
+    A run whose ServerApp never reached its main (no ``progress.jsonl``: the app writes
+    ``started`` before any message to a node) is submitted once more, and said so in the log.
+    Seen in CI: Flower's app process failed to connect to the SuperLink
+    ("SSL: UNEXPECTED_EOF_WHILE_READING") two seconds after the previous run ended. That
+    attempt asked no node anything and charged nothing, so trying again is safe; a run that
+    did start is never resubmitted (its queries may have been charged).
+    """
+    progress = out_dir / "progress.jsonl"
+    for attempt in (1, 2):
+        run_id = client.submit(APP_DIR, {**run_config, "out-dir": str(out_dir)})
+        status = client.wait(run_id, timeout_s=timeout_s, on_poll=on_poll)
+        if progress.exists() or status == "finished:completed" or attempt == 2:
+            return run_id, status
+        log.warning(
+            "run %d ended %r before its ServerApp started (no query was sent): submitting once more",
+            run_id,
+            status,
+        )
+    raise AssertionError("unreachable")
+
+
 def run_app(
     client: FlwrClient,
     run_config: dict,
@@ -176,8 +204,7 @@ def run_app(
             if on_event:
                 on_event(ev)
 
-    run_id = client.submit(APP_DIR, {**run_config, "out-dir": str(out_dir)})
-    status = client.wait(run_id, timeout_s=timeout_s, on_poll=poll)
+    run_id, status = submit_until_started(client, run_config, out_dir, timeout_s=timeout_s, on_poll=poll)
     poll(status)
     error_file, result_file = out_dir / "error.json", out_dir / result_name
     if error_file.exists():

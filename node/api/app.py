@@ -143,7 +143,7 @@ class _GroupViews:
                 if self.ledger is None:  # noised, not accounted (tests, demos without a node)
                     self._cache[by] = self._view(by, labels, counts)
                 else:  # pay before anything noisy exists; a view released before is re-served
-                    body, _charge = self.ledger.release_once(
+                    body, charge = self.ledger.release_once(
                         key=self._key(by),
                         study_id="group-view",
                         query=f"group_view:{by}",
@@ -152,6 +152,8 @@ class _GroupViews:
                         make=lambda: self._view(by, labels, counts).model_dump_json(),
                     )
                     self._cache[by] = GroupView.model_validate_json(body)
+                    if charge is not None:  # the response is all that is left to send
+                        self.ledger.mark_sent(charge.id)
             return self._cache[by]
 
 

@@ -123,7 +123,7 @@ def train(msg: Message, runtime: NodeRuntime) -> Message:
 
     q = sample_rate_for(n=len(y), batch_size=job.batch_size)
     steps = job.epochs * steps_per_epoch(n=len(y), batch_size=job.batch_size)
-    ledger.charge_sgd(
+    charge = ledger.charge_sgd(
         dataset=runtime.dataset,
         study_id=job.job_id,
         query="risk_train",
@@ -150,10 +150,12 @@ def train(msg: Message, runtime: NodeRuntime) -> Message:
             "loss": float(res.metrics.get("loss", 0.0)),
         }
     )
-    return Message(
+    reply = Message(
         RecordDict({RISK_ARRAYS_KEY: ArrayRecord([np.asarray(a) for a in res.arrays]), "metrics": metrics}),
         reply_to=msg,
     )
+    ledger.mark_sent(charge.id)  # the reply is built: handing it to Flower is all that is left
+    return reply
 
 
 #: The ledger's name for the evaluation release (one per job: a replay gets nothing).

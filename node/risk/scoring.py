@@ -82,7 +82,8 @@ def feature_matrix(book: pd.DataFrame) -> np.ndarray:
             bad = num.isna() & col.notna()
             if bad.any():
                 r = int(np.argmax(bad.to_numpy()))
-                raise DataError(f"row {r}: {name}={col.iloc[r]!r} is not a number", row=r, field=name)
+                # the value itself is not quoted: error texts may travel further than the node
+                raise DataError(f"row {r}: {name} is not a number", row=r, field=name)
             col = num
         cols.append(col.to_numpy(dtype=np.float64, na_value=np.nan))
     return np.column_stack(cols)

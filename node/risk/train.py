@@ -148,7 +148,7 @@ def _check_xy(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     bad = (y != 0) & (y != 1)
     if bad.any():
         r = int(np.argmax(bad))
-        raise DataError(f"row {r}: cv_event={y[r]!r} is not 0 or 1", row=r, field="cv_event")
+        raise DataError(f"row {r}: cv_event is not 0 or 1", row=r, field="cv_event")  # no value quoted
     return z, y
 
 

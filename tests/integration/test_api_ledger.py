@@ -90,6 +90,7 @@ def test_group_views_are_charged_once_and_refused_over_budget(tmp_path):
         history = ledger.history()
         assert [r.query for r in history] == ["group_view:department", "group_view:age_band"]
         assert all(r.sigma == 0.9 and r.sensitivity == 1.0 for r in history)
+        assert [r.status for r in history] == ["sent", "sent"]  # answered, so recorded as sent
         assert ledger.state().spent <= cfg.budget.epsilon
     finally:
         _stop(proc)

@@ -74,6 +74,7 @@ def test_federated_dp_model_matches_centralized_auc_at_eps_8(tmp_path):
         ledger = PrivacyLedger(f"sqlite:///{state / 'ledger.db'}")
         history = ledger.history()
         assert [h.query for h in history] == ["risk_train"] * job.rounds + ["risk_evaluate"]
+        assert {h.status for h in history} == {"sent"}  # every charged reply was handed to Flower
         assert all(h.sample_rate < 1 and h.steps >= 1 for h in history[:-1])
         # each round charged the job's epochs, not one: ⌈n / batch⌉ Poisson steps per epoch
         per_round = job.epochs * steps_per_epoch(n=rows[s.name], batch_size=job.batch_size)

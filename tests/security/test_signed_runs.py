@@ -18,7 +18,7 @@ import pytest
 from coordinator.federation.launcher import LocalFederation
 from coordinator.files import load_spec
 from coordinator.report.signing import generate_keypair
-from coordinator.study.runner import APP_DIR, coordinator_keys, sign_study, site_nodes
+from coordinator.study.runner import coordinator_keys, sign_study, site_nodes, submit_until_started
 from coordinator.synth import write_federation
 from coordinator.synth.io import study_document, to_toml
 from shared.synth import generate_federation
@@ -47,17 +47,12 @@ def federation(tmp_path_factory):
 def _attack(fed, out, run_config):
     """Submit a run of the shipped ServerApp and wait for it; ``(status, error.json or None)``.
 
-    A run whose ServerApp process never reached its main (``out`` not even created) is
-    submitted once more: seen once in CI, Flower's app process failed to connect to the
-    SuperLink ("SSL: UNEXPECTED_EOF_WHILE_READING") two seconds after the previous run ended,
-    before any query was sent. That attempt asked no node anything, so it proves nothing either
-    way; every assertion is about a run whose ServerApp did run.
+    Submitted as the runner submits (:func:`submit_until_started`: a run whose ServerApp never
+    started asked nobody anything and is submitted once more), so every assertion is about a
+    run whose ServerApp did run.
     """
-    for _ in range(2):
-        run_id = fed.client.submit(APP_DIR, {**run_config, "out-dir": str(out)})
-        status = fed.client.wait(run_id, timeout_s=300)
-        if out.exists():
-            break
+    _, status = submit_until_started(fed.client, run_config, out, timeout_s=300)
+    assert (out / "progress.jsonl").exists(), "the ServerApp never started"
     error = json.loads((out / "error.json").read_text()) if (out / "error.json").exists() else None
     return status, error
 

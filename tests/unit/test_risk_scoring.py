@@ -92,13 +92,14 @@ def test_score_book_keeps_ids_and_names_bad_rows(tmp_path):
     assert (scored["model_version"] == model.version).all()
     bad = book.copy()
     bad.loc[42, "sbp"] = 250.0
-    with pytest.raises(CovariateBoundsError, match="row 42: sbp=250") as e:
+    with pytest.raises(CovariateBoundsError, match=r"row 42: sbp outside public bounds") as e:
         score_book(bad, Scorer.from_model(model))
-    assert e.value.field == "sbp"
+    assert e.value.field == "sbp" and "250" not in str(e.value)  # row and field, never the value
     bad = book.astype({"hdl": object})
     bad.loc[7, "hdl"] = "n/a"
-    with pytest.raises(DataError, match="row 7: hdl='n/a' is not a number"):
+    with pytest.raises(DataError, match="row 7: hdl is not a number") as e:
         feature_matrix(bad)
+    assert "n/a" not in str(e.value)
     with pytest.raises(DataError, match="lacks feature column"):
         feature_matrix(book.drop(columns=["glucose"]))
     bad = book.copy()
