@@ -1,22 +1,14 @@
 """The federated study on Flower's Deployment Engine: a real SuperLink and real SuperNodes
 (separate processes, gRPC/HTTP on 127.0.0.1), the real ClientApp and ServerApp."""
 
-import json
-import time
-
 import numpy as np
 import pandas as pd
 import pytest
 
-from coordinator.federation.launcher import LocalFederation
 from coordinator.files import load_spec
 from coordinator.study.runner import (
-    APP_DIR,
-    coordinator_keys,
     node_state_dir,
     run_local,
-    sign_study,
-    site_nodes,
 )
 from coordinator.synth import write_federation
 from shared.psm.reference import estimate_att_pooled
@@ -79,34 +71,7 @@ def test_real_federation_equals_pooled_estimator(synthetic, tmp_path):
     assert result.timings["startup_s"] > 0 and result.truth  # truth.json beside the spec
 
 
-def test_killed_supernode_fails_clearly_naming_node_and_round(synthetic, tmp_path):
-    spec_path = synthetic[0].with_name("study-timeout.toml")
-    spec_path.write_text(synthetic[0].read_text() + "\n[federation]\nround_timeout_s = 45.0\n")
-    spec = load_spec(spec_path)
-    victim = spec.sites[2].name
-    out = tmp_path / "out"
-    workdir = tmp_path / "fed"
-    key, pub = coordinator_keys(tmp_path / "keys")
-    with LocalFederation(workdir, site_nodes(spec, workdir, pub)) as fed:
-        run_id = fed.client.submit(
-            APP_DIR, {"spec-path": str(spec_path), "out-dir": str(out), "grant": sign_study(spec, key)}
-        )
-        progress = out / "progress.jsonl"
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:  # wait until the Newton rounds have begun
-            if progress.exists() and '"round": "ps-fit-1"' in progress.read_text():
-                break
-            time.sleep(0.2)
-        else:
-            pytest.fail("study never reached ps-fit-1:\n" + fed.client.logs(run_id)[-2000:])
-        fed.kill_node(victim)
-        status = fed.client.wait(run_id, timeout_s=240)
-        assert status != "finished:completed"
-    error = json.loads((out / "error.json").read_text())
-    assert error["error"] == "FederationError"
-    assert error["round"].startswith("ps-fit")
-    assert victim in error["message"] or error["node"] == victim, error
-    assert not (out / "result.json").exists()
+# A killed SuperNode (the error names site and round, within the bound): tests/integration/test_faults.py
 
 
 def test_private_study_charges_each_real_node_ledger(synthetic, tmp_path):
