@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 RESULT_SCHEMA_VERSION = "rehealth.study-result/1"
 
@@ -46,6 +46,26 @@ class OutcomeEstimate(_Model):
     relative_risk_ci: tuple[float, float] | None = None
     # 1:1 nearest-neighbour caliper matching reference, when computed on pooled rows
     reference: dict[str, float] | None = None
+    # DP studies only (shared.dp.limit): the 95 % CI width one Gaussian release of this ATT
+    # would have at the study's (ε, δ) ("the physical limit"), and the CI width divided by it
+    # and by the non-private width 2·1.96·se_sampling (estimated: se_sampling is from the
+    # noisy table). None for exact studies.
+    limit_width: float | None = None
+    ratio_limit: float | None = None
+    ratio_exact_est: float | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_limit(self, handler: SerializerFunctionWrapHandler) -> dict:
+        """Leave the DP-only limit fields out when None, so an exact study's result and signed
+        report keep the bytes they had before the fields existed."""
+        d = handler(self)
+        for k in _DP_LIMIT_FIELDS:
+            if d.get(k) is None:
+                d.pop(k, None)
+        return d
+
+
+_DP_LIMIT_FIELDS = ("limit_width", "ratio_limit", "ratio_exact_est")
 
 
 class BalanceRow(_Model):

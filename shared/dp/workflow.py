@@ -23,6 +23,7 @@ from typing import Literal, Mapping, Sequence
 import numpy as np
 
 from shared.dp.forms import CENTER, balance_from_release, balance_noise, main_from_release, ps_from_release
+from shared.dp.limit import with_limit
 from shared.dp.mechanisms import project_psd
 from shared.dp.plan import NoisePlan
 from shared.dp.strata import DP_GRID_BINS, dp_min_cell, dp_n_strata, dp_width_edges
@@ -197,7 +198,7 @@ def dp_estimate(
         n_nodes=n_nodes,
         secure_aggregation=secure_aggregation,
     )
-    return estimate_att(
+    estimate = estimate_att(
         table=table,
         outcomes=outcomes,
         covariates=covariates,
@@ -206,6 +207,8 @@ def dp_estimate(
         balance_noise=noise,
         extra_checks=(check,),
     )
+    # achieved ÷ physical limit and ÷ exact (estimated) per outcome (shared.dp.limit)
+    return with_limit(estimate, count=table.count, plan=plan, spans=[o.cap - o.lo for o in outcomes])
 
 
 #: Treated rows per noise SD of the summed propensity release, per √(d + 1) fitted parameters,
