@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
+from pydantic import BaseModel, ConfigDict, Field
 
 RESULT_SCHEMA_VERSION = "rehealth.study-result/1"
 
@@ -53,19 +53,6 @@ class OutcomeEstimate(_Model):
     limit_width: float | None = None
     ratio_limit: float | None = None
     ratio_exact_est: float | None = None
-
-    @model_serializer(mode="wrap")
-    def _omit_absent_limit(self, handler: SerializerFunctionWrapHandler) -> dict:
-        """Leave the DP-only limit fields out when None, so an exact study's result and signed
-        report keep the bytes they had before the fields existed."""
-        d = handler(self)
-        for k in _DP_LIMIT_FIELDS:
-            if d.get(k) is None:
-                d.pop(k, None)
-        return d
-
-
-_DP_LIMIT_FIELDS = ("limit_width", "ratio_limit", "ratio_exact_est")
 
 
 class BalanceRow(_Model):

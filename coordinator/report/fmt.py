@@ -45,6 +45,11 @@ def pct(share: float | None, *, digits: int = 1) -> str:
     return _sign(f"{100 * share:.{digits}f}%")
 
 
+def ratio(x: float | None) -> str:
+    """A ratio of widths (``2.48`` → ``2.48×``, ``12.3×``); ``n/a`` for ``None``."""
+    return "n/a" if x is None else f"{num(x)}\u00d7"
+
+
 def ci(lo: float, hi: float, *, digits: int = 3) -> str:
     """A confidence interval ``lo to hi`` in the style of :func:`num` ("to", not a comma, since
     large numbers carry thousands separators)."""

@@ -146,6 +146,22 @@ def _privacy_sentence(doc: "EvidenceReport") -> str:
         f"for at most {fmt.pct(p.max_privacy_share_of_ci)} of a confidence interval's width."
         + _split_clause(p)
         + _secure_clause(p)
+        + _limit_clause(doc)
+    )
+
+
+def _limit_clause(doc: "EvidenceReport") -> str:
+    """How the intervals compare with the physical limit and with no noise (DP studies that
+    state it, :mod:`shared.dp.limit`); empty otherwise."""
+    rows = [r.estimate for r in doc.outcomes if r.estimate.ratio_limit is not None]
+    if not rows:
+        return ""
+    to_limit = ", ".join(f"{o.name} {fmt.ratio(o.ratio_limit)}" for o in rows)
+    to_exact = ", ".join(f"{o.name} {fmt.ratio(o.ratio_exact_est)}" for o in rows)
+    return (
+        f" Confidence-interval width against the physical limit (one noisy release of the ATT "
+        f"itself at this ε and δ, as if a trusted party held all rows): {to_limit}; against the "
+        f"width without privacy noise (estimated): {to_exact}."
     )
 
 

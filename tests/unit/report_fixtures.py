@@ -67,6 +67,13 @@ def _strata() -> tuple[StratumCounts, ...]:
 
 def _outcome(name, kind, att, se_sampling, se_privacy, treated_mean, strata, **extra):
     se = math.hypot(se_sampling, se_privacy)
+    if se_privacy > 0:  # a DP study states its physical limit (shared.dp.limit): σ_limit = se_privacy / 2
+        limit = 2 * 1.96 * math.hypot(se_sampling, se_privacy / 2)
+        extra |= {
+            "limit_width": limit,
+            "ratio_limit": 2 * 1.96 * se / limit,
+            "ratio_exact_est": se / se_sampling,
+        }
     n_t = sum(s.n_treated for s in strata if s.used)
     return OutcomeEstimate(
         name=name,

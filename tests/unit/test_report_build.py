@@ -151,6 +151,8 @@ def _formatted_numbers(doc) -> set[str]:
     values = []
     for o in doc.outcomes:
         values += [abs(o.estimate.att), *o.estimate.ci]
+        # DP studies: CI width ÷ physical limit and ÷ exact (shared.dp.limit)
+        values += [r for r in (o.estimate.ratio_limit, o.estimate.ratio_exact_est) if r is not None]
     for f in (doc.value.claims_saved, doc.value.events_averted, doc.value.roi):
         values += [f.estimate, f.ci_low, f.ci_high]
     values += [

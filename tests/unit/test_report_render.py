@@ -8,8 +8,9 @@ import re
 import pytest
 from report_fixtures import ISSUED_AT, make_result, make_small_result
 
-from coordinator.report import generate_keypair, plots, verify_file, write_signed_report
+from coordinator.report import fmt, generate_keypair, plots, verify_file, write_signed_report
 from coordinator.report.build import build_report
+from coordinator.report.view import report_view
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -121,3 +122,26 @@ def test_balance_rows_the_privacy_noise_leaves_unresolved_render_as_na(keypair, 
     )
     check = {c.name: c for c in build_report(none_known, issued_at=ISSUED_AT).checks}["balance_smd"]
     assert not check.passed and check.value is None
+
+
+def test_a_dp_report_states_each_outcome_against_the_physical_limit_and_exact(keypair, written):
+    """Issue #19: per outcome, CI width ÷ physical limit and ÷ exact (estimated), with what the
+    limit is, in the signed JSON, the HTML and the summaries; an exact study's report has none."""
+    v = verify_file(written["json"], keypair[1])
+    html = written["html"].read_text(encoding="utf-8")
+    for row in v.report.outcomes:
+        o = row.estimate
+        assert o.ratio_limit is not None and o.ratio_exact_est is not None
+        assert f'{o.name}: CI width ÷ physical limit</td><td class="num">{fmt.ratio(o.ratio_limit)}' in html
+        assert (
+            f'{o.name}: CI width ÷ exact (estimated)</td><td class="num">{fmt.ratio(o.ratio_exact_est)}'
+            in html
+        )
+    assert "Physical limit: the 95% CI width if a trusted party" in html
+    assert "width against the physical limit" in v.report.summaries.regulator
+
+    doc = build_report(make_result(privacy=False), issued_at=ISSUED_AT)
+    assert all(r.estimate.limit_width is None and r.estimate.ratio_limit is None for r in doc.outcomes)
+    assert "physical limit" not in " ".join((doc.summaries.regulator, doc.summaries.insurer))
+    view = report_view(doc)
+    assert not view.privacy.note and not any("physical limit" in r[0] for r in view.privacy.rows)
