@@ -79,6 +79,11 @@ def test_dp_study_charges_every_node_and_widens_the_ci(spec, tmp_path, caplog):
         dp_o, ex_o = run.estimate.outcome(o.name), exact.estimate.outcome(o.name)
         assert dp_o.se_privacy > 0 and 0 < dp_o.privacy_share_of_ci < 1
         assert dp_o.ci[1] - dp_o.ci[0] > ex_o.ci[1] - ex_o.ci[0]
+        # the result states the interval against the physical limit and the exact width (#19)
+        in_result = result.outcome(o.name).model_dump(mode="json")
+        assert in_result["ratio_limit"] == dp_o.ratio_limit and dp_o.ratio_limit > 0.9
+        assert in_result["ratio_exact_est"] > 1 and in_result["limit_width"] > 0
+        assert ex_o.limit_width is None and ex_o.ratio_limit is None
     assert "DP" in result.strata_method
     check = next(c for c in run.estimate.diagnostics if c.name == "dp_fit_resolution")
     assert check.passed and check.value > 20  # about 30 here
