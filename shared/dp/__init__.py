@@ -7,7 +7,8 @@ docs/PRIVACY.md. Flow of a DP study::
     plan_study(...)                      both sides, deterministic: sigma per release
     node:   charged_release(...)         node.privacy: ledger charge, then release()
     coord:  workflow.dp_start_beta -> dp_fitter/dp_ps_stats x R -> dp_edges -> dp_table
-            -> dp_estimate (CI includes the noise; privacy share of the CI width)
+            -> dp_estimate (CI includes the noise; privacy share of the CI width; CI width
+               against the physical limit of one release of the ATT, :mod:`shared.dp.limit`)
 """
 
 from shared.dp.accounting import epsilon_spent
