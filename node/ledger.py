@@ -97,7 +97,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from shared.dp.accounting import epsilon_of_history
+from shared.dp.accounting import ACCOUNTANTS, DEFAULT_ACCOUNTANT, epsilon_of_history
 from shared.errors import BudgetExceededError, PrivacyError, ReplayRefused
 
 __all__ = [
@@ -276,11 +276,19 @@ class PrivacyLedger:
 
     Args:
         url: database URL (``sqlite:///path/ledger.db`` or ``postgresql+psycopg2://…``).
-        accountant: ``"rdp"`` (default) or ``"prv"``; must match the study plans'.
+        accountant: ``"gaussian"`` (default: exact for Gaussian releases, RDP for a history
+            with DP-SGD in it), ``"rdp"`` or ``"prv"``; a study planned under a tighter one
+            than the ledger's may not fit. Not stored: ε is recomputed over the stored
+            history, so a ledger written under one accountant opens under another (its rows'
+            recorded increments stay as written).
         clock: the current UTC time (default: the system clock).
     """
 
-    def __init__(self, url: str, *, accountant: str = "rdp", clock: Callable[[], datetime] | None = None):
+    def __init__(
+        self, url: str, *, accountant: str = DEFAULT_ACCOUNTANT, clock: Callable[[], datetime] | None = None
+    ):
+        if accountant not in ACCOUNTANTS:
+            raise ValueError(f"unknown accountant {accountant!r}; known: {', '.join(ACCOUNTANTS)}")
         self.url = url
         self.accountant = accountant
         #: the time reservations lapse by (tests pass a fake clock instead of sleeping)
