@@ -33,7 +33,7 @@ opened: its releases all count against the population, at the smallest ε and δ
 *whole persisted history* plus what is asked, at the budget's δ — composition across studies,
 training runs and group views included. Nothing is summed by hand. A live reservation counts as
 what its study has not yet charged: the plan's zCDP ρ (a Gaussian release with μ = σ/Δ is
-ρ = 1/(2μ²)-zCDP, and Gaussians compose by adding ρ, exactly, under RDP and PRV alike) minus the
+ρ = 1/(2μ²)-zCDP, and Gaussians compose by adding ρ, exactly, under all three accountants) minus the
 ρ its charges already used, as one Gaussian entry. So a live study counts at its whole plan,
 whatever split its rounds take (a re-split after describe moves ρ between rounds, never above
 the plan's total), and every other release — another study's reservation, a risk-training run,
