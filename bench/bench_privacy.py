@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _table import Table, add_write_argument, write_tables  # noqa: E402
 
+from shared.dp.accounting import accountant_label  # noqa: E402
 from shared.dp.plan import plan_study  # noqa: E402
 from shared.dp.study_sim import SiteArrays, run_dp_study  # noqa: E402
 from shared.dp.workflow import FIT_RESOLUTION_MIN  # noqa: E402
@@ -223,7 +224,8 @@ def summarise(result: dict) -> list[dict]:
 
 
 def print_table(summary: list[dict], result: dict) -> None:
-    print("\nPlan per node at δ = 1e-6 (RDP accountant), σ per release:")
+    acct = accountant_label(next(iter(result["plans"].values())).accountant)
+    print(f"\nPlan per node at δ = 1e-6 ({acct} accountant), σ per release:")
     for eps, plan in result["plans"].items():
         sig = {r.query: r.sigma for r in plan.releases}
         print(
@@ -317,9 +319,10 @@ def tables(summary: list[dict], result: dict) -> list[Table]:
         )
         for (treated, mode, eps), v in sorted(result["resolution"].items())
     ]
+    acct = accountant_label(next(iter(result["plans"].values())).accountant)
     out = [
         Table(
-            title="Noise plan per node (δ = 1e-6, RDP accountant): σ per release",
+            title=f"Noise plan per node (δ = 1e-6, {acct} accountant): σ per release",
             rows=plan_rows,
             columns=(
                 "ε",

@@ -33,7 +33,7 @@ opened: its releases all count against the population, at the smallest ε and δ
 *whole persisted history* plus what is asked, at the budget's δ — composition across studies,
 training runs and group views included. Nothing is summed by hand. A live reservation counts as
 what its study has not yet charged: the plan's zCDP ρ (a Gaussian release with μ = σ/Δ is
-ρ = 1/(2μ²)-zCDP, and Gaussians compose by adding ρ, exactly, under RDP and PRV alike) minus the
+ρ = 1/(2μ²)-zCDP, and Gaussians compose by adding ρ, exactly, under all three accountants) minus the
 ρ its charges already used, as one Gaussian entry. So a live study counts at its whole plan,
 whatever split its rounds take (a re-split after describe moves ρ between rounds, never above
 the plan's total), and every other release — another study's reservation, a risk-training run,
@@ -97,7 +97,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from shared.dp.accounting import epsilon_of_history
+from shared.dp.accounting import ACCOUNTANTS, DEFAULT_ACCOUNTANT, epsilon_of_history
 from shared.errors import BudgetExceededError, PrivacyError, ReplayRefused
 
 __all__ = [
@@ -276,11 +276,19 @@ class PrivacyLedger:
 
     Args:
         url: database URL (``sqlite:///path/ledger.db`` or ``postgresql+psycopg2://…``).
-        accountant: ``"rdp"`` (default) or ``"prv"``; must match the study plans'.
+        accountant: ``"gaussian"`` (default: exact for Gaussian releases, RDP for a history
+            with DP-SGD in it), ``"rdp"`` or ``"prv"``; a study planned under a tighter one
+            than the ledger's may not fit. Not stored: ε is recomputed over the stored
+            history, so a ledger written under one accountant opens under another (its rows'
+            recorded increments stay as written).
         clock: the current UTC time (default: the system clock).
     """
 
-    def __init__(self, url: str, *, accountant: str = "rdp", clock: Callable[[], datetime] | None = None):
+    def __init__(
+        self, url: str, *, accountant: str = DEFAULT_ACCOUNTANT, clock: Callable[[], datetime] | None = None
+    ):
+        if accountant not in ACCOUNTANTS:
+            raise ValueError(f"unknown accountant {accountant!r}; known: {', '.join(ACCOUNTANTS)}")
         self.url = url
         self.accountant = accountant
         #: the time reservations lapse by (tests pass a fake clock instead of sleeping)

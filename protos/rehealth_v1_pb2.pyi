@@ -35,6 +35,7 @@ class Accountant(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ACCOUNTANT_UNSPECIFIED: _ClassVar[Accountant]
     ACCOUNTANT_RDP: _ClassVar[Accountant]
     ACCOUNTANT_PRV: _ClassVar[Accountant]
+    ACCOUNTANT_GAUSSIAN: _ClassVar[Accountant]
 PROTOCOL_UNSPECIFIED: Protocol
 PROTOCOL_VERSION: Protocol
 ERROR_CODE_UNSPECIFIED: ErrorCode
@@ -51,6 +52,7 @@ COLUMN_KIND_BINARY: ColumnKind
 ACCOUNTANT_UNSPECIFIED: Accountant
 ACCOUNTANT_RDP: Accountant
 ACCOUNTANT_PRV: Accountant
+ACCOUNTANT_GAUSSIAN: Accountant
 TEXT_FIELD_NUMBER: _ClassVar[int]
 text: _descriptor.FieldDescriptor
 

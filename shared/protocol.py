@@ -130,7 +130,7 @@ class PrivacyQuery(_Model):
     delta: float = Field(gt=0, lt=1)
     split: BudgetSplit
     n_ps_rounds: int = Field(ge=1, le=20)
-    accountant: Literal["rdp", "prv"] = "rdp"
+    accountant: Literal["gaussian", "rdp", "prv"] = "gaussian"
     #: the split of the rounds after describe, re-chosen from describe's public counts
     #: (:func:`shared.dp.workflow.dp_resplit`); the node applies it to the plan it derived itself
     #: (same total ρ, ε re-checked), so whatever the split, the study's ε bounds what it releases

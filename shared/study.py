@@ -120,7 +120,7 @@ class Privacy(_Model):
     epsilon: float = Field(default=1.0, gt=0)
     delta: float = Field(default=1e-6, gt=0, lt=1)
     split: BudgetSplit = BudgetSplit()
-    accountant: Literal["rdp", "prv"] = "rdp"
+    accountant: Literal["gaussian", "rdp", "prv"] = "gaussian"
     ps_rounds: int = Field(default=4, ge=1, le=20)  # fixed Newton rounds under DP
     #: what a study does when describe's counts show its noisy propensity fit cannot resolve the
     #: confounding (the ``dp_fit_resolution`` check): ``stop`` ends the study there, having spent

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from shared import __version__
+from shared.dp.accounting import accountant_label
 from shared.driver import StudyRun
 from shared.psm.strata import score_range
 from shared.result import PrivacySpent, Propensity, RoundLog, SiteSummary, StudyResult
@@ -31,7 +32,7 @@ def _privacy(run: StudyRun) -> PrivacySpent:
         enabled=True,
         epsilon=run.plan.epsilon,
         delta=run.plan.delta,
-        accountant=f"opacus-{run.plan.accountant}",
+        accountant=accountant_label(run.plan.accountant),
         per_site=dict(run.privacy_spent),
         resplit=run.resplit.model_dump() if run.resplit else None,
         secure_nodes=run.secure[0] if run.secure else None,

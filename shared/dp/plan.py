@@ -46,7 +46,7 @@ import functools
 import math
 from dataclasses import dataclass
 
-from shared.dp.accounting import epsilon_spent
+from shared.dp.accounting import DEFAULT_ACCOUNTANT, epsilon_spent
 from shared.dp.sensitivity import (
     count_sensitivity,
     ps_fit_sensitivity,
@@ -237,7 +237,7 @@ def plan_study(
     n_covariates: int,
     n_outcomes: int,
     n_ps_rounds: int = DEFAULT_PS_ROUNDS,
-    accountant: str = "rdp",
+    accountant: str = DEFAULT_ACCOUNTANT,
 ) -> NoisePlan:
     r"""σ for every release so that their composition costs at most ``epsilon`` at ``delta``.
 
@@ -246,7 +246,7 @@ def plan_study(
         split: a :class:`shared.study.BudgetSplit` (shares of ρ, see the module docstring).
         n_covariates, n_outcomes: D and O (the sensitivities depend on them).
         n_ps_rounds: R, the fixed number of DP Newton rounds.
-        accountant: ``"rdp"`` or ``"prv"``.
+        accountant: ``"gaussian"`` (default, exact), ``"rdp"`` or ``"prv"``.
 
     Returns:
         The :class:`NoisePlan` (deterministic in its arguments).
@@ -278,13 +278,13 @@ def plan_study(
     return _assemble(float(epsilon), float(delta), accountant, rho, n_ps_rounds, shares, sens, eps)
 
 
-def single_release_multiplier(*, epsilon: float, delta: float, accountant: str = "rdp") -> float:
+def single_release_multiplier(*, epsilon: float, delta: float, accountant: str = DEFAULT_ACCOUNTANT) -> float:
     """Noise multiplier μ = σ/Δ₂ of one Gaussian release costing at most ``epsilon`` at
     ``delta`` under the ledger's accountant (the same bisection as :func:`plan_study`, with one
     release holding the whole ρ): a node charging this μ to a fresh ledger spends ≤ ε.
 
     >>> round(single_release_multiplier(epsilon=1.0, delta=1e-5), 2)
-    4.05
+    3.73
 
     Raises:
         PrivacyError: ε or δ out of range.

@@ -25,6 +25,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from shared.dp.accounting import DEFAULT_ACCOUNTANT
 from shared.errors import DataError, EstimationError, SpecError
 
 DEFAULT_BINS = 1000
@@ -168,7 +169,7 @@ def eval_aggregate(*, prob: np.ndarray, y: np.ndarray, n_bins: int = DEFAULT_BIN
 EVAL_SENSITIVITY = float(np.sqrt(3.0))
 
 
-def eval_noise_sigma(*, epsilon: float, delta: float, accountant: str = "rdp") -> float:
+def eval_noise_sigma(*, epsilon: float, delta: float, accountant: str = DEFAULT_ACCOUNTANT) -> float:
     r"""Noise SD per entry of one node's evaluation release at (``epsilon``, ``delta``):
     :math:`\sigma = \mu\,\Delta_2` with μ from :func:`shared.dp.plan.single_release_multiplier`
     (the accountant the node's ledger charges with), so the charge is at most ε on a fresh

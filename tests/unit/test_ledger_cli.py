@@ -51,7 +51,7 @@ def test_budget_json_shows_spent_left_and_releases_by_kind(charged):
     # the increments of the kinds add up to what the accountant says was spent
     total = sum(g["epsilon"] for gs in kinds.values() for g in gs)
     assert total == pytest.approx(spent)
-    assert data["accountant"] == "rdp"
+    assert data["accountant"] == "gaussian"  # the default: exact for Gaussians, RDP with DP-SGD
 
 
 def test_budget_table_from_node_config(charged, tmp_path):

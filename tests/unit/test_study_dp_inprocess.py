@@ -47,6 +47,7 @@ def test_dp_study_charges_every_node_and_widens_the_ci(spec, tmp_path, caplog):
         run = _run(dp_spec, tmp_path / "dp")
     result = assemble_result(run, dropped={}, started_at="a", finished_at="b", total_s=1.0)
     assert result.privacy.enabled and result.privacy.epsilon == 4.0
+    assert result.privacy.accountant == "gaussian (exact GDP composition)"  # the default, labelled
     assert set(result.privacy.per_site) == {s.name for s in spec.sites}
     for s in spec.sites:
         ledger, key = _ledger(tmp_path / "dp", s.name)
