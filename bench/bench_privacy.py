@@ -51,6 +51,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _coverage import wilson_interval  # noqa: E402
 from _grid_cli import add_grid_arguments, run_grid  # noqa: E402
 from _table import Table, add_write_argument, write_tables  # noqa: E402
 
@@ -224,6 +225,7 @@ def summarise(result: dict) -> list[dict]:
                 "bias": a[:, 0].mean(),
                 "bias_in_se": a[:, 0].mean() / a[:, 1].mean(),
                 "coverage": a[:, 2].mean(),
+                "wilson": wilson_interval(int(a[:, 2].sum()), len(a)),
                 "stopped": int((~issued).sum()),
                 "coverage_issued": float(a[issued, 2].mean()) if issued.any() else None,
                 "width_ratio": None if mode == "none" else float(np.median(a[:, 3])),
@@ -231,6 +233,12 @@ def summarise(result: dict) -> list[dict]:
             }
         )
     return out
+
+
+def _wilson(r: dict) -> str:
+    """The coverage's binomial 95 % interval (Wilson), in percent."""
+    lo, hi = r["wilson"]
+    return f"[{100 * lo:.1f}, {100 * hi:.1f}]"
 
 
 def print_table(summary: list[dict], result: dict) -> None:
@@ -248,11 +256,11 @@ def print_table(summary: list[dict], result: dict) -> None:
         'the studies the default ("stop") ends after describe, and the coverage of the CIs it issues'
     )
     print(
-        "\n| treated | noise  |   ε  | outcome      | seeds |    bias   | bias/SE | coverage | stopped |"
-        " issued cov. | CI width / non-DP | privacy share |"
+        "\n| treated | noise  |   ε  | outcome      | seeds |    bias   | bias/SE | coverage |"
+        "  Wilson 95 %  | stopped | issued cov. | CI width / non-DP | privacy share |"
     )
     print(
-        "|--------:|--------|-----:|--------------|------:|----------:|--------:|---------:|--------:|"
+        "|--------:|--------|-----:|--------------|------:|----------:|--------:|---------:|--------------:|--------:|"
         "------------:|------------------:|--------------:|"
     )
     for r in summary:
@@ -263,7 +271,7 @@ def print_table(summary: list[dict], result: dict) -> None:
         print(
             f"| {r['treated']:>7} | {r['noise']:<6} | {eps:>4} | {r['outcome']:<12} | {r['n']:>5} | "
             f"{r['bias']:>9.4g} | {r['bias_in_se']:>7.2f} | {100 * r['coverage']:>7.1f}% | "
-            f"{r['stopped']:>7} | {ci:>11} | {wr:>17} | {ps:>13} |"
+            f"{_wilson(r):>13} | {r['stopped']:>7} | {ci:>11} | {wr:>17} | {ps:>13} |"
         )
     print("\nshare of covariates whose balance the noise leaves unresolved (SMD n/a), mean over seeds:")
     for (treated, mode, eps), v in sorted(result["unresolved"].items()):
@@ -311,6 +319,7 @@ def tables(summary: list[dict], result: dict) -> list[Table]:
                 f"{r['bias']:.4g}",
                 f"{r['bias_in_se']:.2f}",
                 f"{100 * r['coverage']:.1f}%",
+                _wilson(r),
                 r["stopped"],
                 "—" if r["coverage_issued"] is None else f"{100 * r['coverage_issued']:.1f}%",
                 "1.00 (ref)" if r["width_ratio"] is None else f"{r['width_ratio']:.2f}",
@@ -357,12 +366,13 @@ def tables(summary: list[dict], result: dict) -> list[Table]:
                 "bias",
                 "bias/SE",
                 "coverage",
+                "Wilson 95 %",
                 "stopped",
                 "issued cov.",
                 "CI width / non-DP",
                 "privacy share",
             ),
-            align="rlllrrrrrrrr",
+            align="rlllrrrrrrrrr",
             note='Every seeded study runs to its estimate (unresolved_fit = "warn"), so '
             '"coverage" measures the statistics everywhere; "stopped" counts the '
             'studies the default ("stop") ends after describe, "issued cov." is the '
