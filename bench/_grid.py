@@ -66,11 +66,14 @@ def _stopped(study: Any) -> bool:
 def _limit_width(study: Any, outcome: str) -> float | None:
     """The limit CI width of ``outcome`` for the weights ``study`` used, or None.
 
-    TODO(lead): wire ``shared.dp.limit`` (helper "lim": the limit CI width from per-stratum
-    counts, used mask, spans, ε, δ, accountant and the sampling SE) once it is on main; until
-    then the ÷ limit column shows "—".
+    ``shared.dp.limit.with_limit`` (helper "lim", issue #19) attaches ``limit_width`` to each
+    outcome of a DP estimate, from the study's own strata counts, used mask, spans, (ε, δ),
+    accountant and sampling SE; it is read here when the shipped workflow sets it, so the
+    ÷ limit column fills itself once that code is on main and shows "—" before.
+    TODO(lead): after merging "lim", check the column is filled (no seed should show "—").
     """
-    return None
+    value = getattr(study.estimate.outcome(outcome), "limit_width", None)
+    return None if value is None else float(value)
 
 
 def _exact(nodes: Sequence[Node], outcomes: tuple[Outcome, ...]) -> dict[str, Any]:

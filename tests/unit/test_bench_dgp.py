@@ -68,12 +68,12 @@ def test_nodes_hold_about_the_target_treated_and_the_truth_is_their_pooled_att()
 
 
 def _fake(seed: int, truth: float, exact: tuple[float, float], dp: tuple[float, float] | None, stopped=False):
-    def iv(lo: float, hi: float) -> dict:
-        return {"att": (lo + hi) / 2, "se": (hi - lo) / 3.92, "lo": lo, "hi": hi, "limit_width": None}
+    def iv(lo: float, hi: float, limit: float | None = None) -> dict:
+        return {"att": (lo + hi) / 2, "se": (hi - lo) / 3.92, "lo": lo, "hi": hi, "limit_width": limit}
 
     modes: dict = {"exact": {"stopped": False, "outcomes": {"y": iv(*exact)}}}
     modes["local"] = (
-        {"error": "NoOverlapError"} if dp is None else {"stopped": stopped, "outcomes": {"y": iv(*dp)}}
+        {"error": "NoOverlapError"} if dp is None else {"stopped": stopped, "outcomes": {"y": iv(*dp, 0.5)}}
     )
     return {"seed": seed, "truth": {"y": truth}, "modes": modes}
 
@@ -93,7 +93,8 @@ def test_cell_summary_counts_coverage_width_stopped_and_errors():
     assert rows["local"]["coverage"] == 1.0 and rows["local"]["n"] == 2
     assert rows["local"]["errors"] == 1 and rows["local"]["stopped"] == 1
     assert rows["local"]["width_by_exact"] == pytest.approx(5.0)  # median of 4 and 6
-    assert rows["local"]["width_by_limit"] is None
+    assert rows["local"]["width_by_limit"] == pytest.approx(1.4)  # median of 0.8/0.5 and 0.6/0.5
+    assert rows["exact"]["width_by_limit"] is None
     assert rows["exact"]["bias"] == pytest.approx(np.mean([0.0, 0.15, 0.0]))
 
 
