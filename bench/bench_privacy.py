@@ -25,6 +25,16 @@ use ``secure_rng``.
     .venv/bin/python bench/bench_privacy.py                    # ≈ 4 min on 2 cores (8 with --secagg)
     .venv/bin/python bench/bench_privacy.py --seeds-1k 20 --seeds-10k 5   # quick look
     .venv/bin/python bench/bench_privacy.py --secagg --write    # also docs/benchmarks/privacy.md
+
+``--grid`` runs the coverage grid instead (issue #19, validation on data the tuning never saw):
+data-generating processes of :mod:`shared.synth.dgp` × node layouts (K = 2, 5, 20; see
+``bench/_layouts.py``) × exact / DP-local / DP-secagg at one ε, and prints per cell and outcome
+the coverage with its Wilson 95 % interval, bias in SEs, CI width ÷ exact and ÷ limit, the
+studies the default rule would stop, and the cell's time (``bench/_grid.py``).
+
+    .venv/bin/python bench/bench_privacy.py --grid --seeds 40            # every cell, a quick look
+    .venv/bin/python bench/bench_privacy.py --grid --seeds 500 --jobs 2 --write --json grid.json
+    .venv/bin/python bench/bench_privacy.py --grid --dgps misspecified --layouts k5_10k --seeds 100
 """
 
 from __future__ import annotations
@@ -41,6 +51,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _coverage import wilson_interval  # noqa: E402
+from _grid_cli import add_grid_arguments, run_grid  # noqa: E402
 from _table import Table, add_write_argument, write_tables  # noqa: E402
 
 from shared.dp.accounting import accountant_label  # noqa: E402
@@ -214,6 +226,7 @@ def summarise(result: dict) -> list[dict]:
                 "bias": a[:, 0].mean(),
                 "bias_in_se": a[:, 0].mean() / a[:, 1].mean(),
                 "coverage": a[:, 2].mean(),
+                "wilson": wilson_interval(int(a[:, 2].sum()), len(a)),
                 "stopped": int((~issued).sum()),
                 "coverage_issued": float(a[issued, 2].mean()) if issued.any() else None,
                 "width_ratio": None if mode == "none" else float(np.median(a[:, 3])),
@@ -221,6 +234,12 @@ def summarise(result: dict) -> list[dict]:
             }
         )
     return out
+
+
+def _wilson(r: dict) -> str:
+    """The coverage's binomial 95 % interval (Wilson), in percent."""
+    lo, hi = r["wilson"]
+    return f"[{100 * lo:.1f}, {100 * hi:.1f}]"
 
 
 def print_table(summary: list[dict], result: dict) -> None:
@@ -239,11 +258,11 @@ def print_table(summary: list[dict], result: dict) -> None:
         'the studies the default ("stop") ends after describe, and the coverage of the CIs it issues'
     )
     print(
-        "\n| treated | noise  |   ε  | outcome      | seeds |    bias   | bias/SE | coverage | stopped |"
-        " issued cov. | CI width / non-DP | privacy share |"
+        "\n| treated | noise  |   ε  | outcome      | seeds |    bias   | bias/SE | coverage |"
+        "  Wilson 95 %  | stopped | issued cov. | CI width / non-DP | privacy share |"
     )
     print(
-        "|--------:|--------|-----:|--------------|------:|----------:|--------:|---------:|--------:|"
+        "|--------:|--------|-----:|--------------|------:|----------:|--------:|---------:|--------------:|--------:|"
         "------------:|------------------:|--------------:|"
     )
     for r in summary:
@@ -254,7 +273,7 @@ def print_table(summary: list[dict], result: dict) -> None:
         print(
             f"| {r['treated']:>7} | {r['noise']:<6} | {eps:>4} | {r['outcome']:<12} | {r['n']:>5} | "
             f"{r['bias']:>9.4g} | {r['bias_in_se']:>7.2f} | {100 * r['coverage']:>7.1f}% | "
-            f"{r['stopped']:>7} | {ci:>11} | {wr:>17} | {ps:>13} |"
+            f"{_wilson(r):>13} | {r['stopped']:>7} | {ci:>11} | {wr:>17} | {ps:>13} |"
         )
     print("\nshare of covariates whose balance the noise leaves unresolved (SMD n/a), mean over seeds:")
     for (treated, mode, eps), v in sorted(result["unresolved"].items()):
@@ -302,6 +321,7 @@ def tables(summary: list[dict], result: dict) -> list[Table]:
                 f"{r['bias']:.4g}",
                 f"{r['bias_in_se']:.2f}",
                 f"{100 * r['coverage']:.1f}%",
+                _wilson(r),
                 r["stopped"],
                 "—" if r["coverage_issued"] is None else f"{100 * r['coverage_issued']:.1f}%",
                 "1.00 (ref)" if r["width_ratio"] is None else f"{r['width_ratio']:.2f}",
@@ -349,12 +369,13 @@ def tables(summary: list[dict], result: dict) -> list[Table]:
                 "bias",
                 "bias/SE",
                 "coverage",
+                "Wilson 95 %",
                 "stopped",
                 "issued cov.",
                 "CI width / non-DP",
                 "privacy share",
             ),
-            align="rlllrrrrrrrr",
+            align="rlllrrrrrrrrr",
             note='Every seeded study runs to its estimate (unresolved_fit = "warn"), so '
             '"coverage" measures the statistics everywhere; "stopped" counts the '
             'studies the default ("stop") ends after describe, "issued cov." is the '
@@ -433,9 +454,13 @@ def main(argv=None) -> None:
         help="other outcome caps, e.g. claims_cost=25000,absence_days=60 (a large-loss "
         "cap: the truth and both estimators are then of the capped outcome)",
     )
-    p.add_argument("--json", type=Path, help="write the summary here")
-    add_write_argument(p, "privacy")
+    p.add_argument("--json", type=Path, help="write the summary (with --grid: every seed's results) here")
+    add_write_argument(p, "privacy")  # --grid writes privacy_grid.md
+    add_grid_arguments(p)
     args = p.parse_args(argv)
+    if args.grid:
+        run_grid(args)
+        return
     t0 = time.time()
     result = run(args)
     summary = summarise(result)

@@ -5,6 +5,7 @@ federation to files and the ``rehealth synth`` command are the operator's toolin
 :mod:`coordinator.synth` (``shared`` does no I/O).
 """
 
+from shared.synth.dgp import DGP_NAMES, DGPS, Dgp
 from shared.synth.federation import Federation, SiteData, generate_cohort, generate_federation
 
-__all__ = ["Federation", "SiteData", "generate_cohort", "generate_federation"]
+__all__ = ["DGPS", "DGP_NAMES", "Dgp", "Federation", "SiteData", "generate_cohort", "generate_federation"]

@@ -20,6 +20,8 @@ import pandas as pd
 
 from shared.errors import SpecError
 from shared.study import Outcome
+from shared.synth.dgp import BASELINE, Dgp, effect_modifier
+from shared.synth.dgp import dgp as get_dgp
 from shared.synth.hazard import HIGH_RISK, baseline_hazard, event_probability
 from shared.synth.outcomes import OUTCOMES, PotentialOutcomes, draw_potential_outcomes
 from shared.synth.population import Population, draw_population
@@ -81,16 +83,25 @@ def _site_rng(seed: int, profile: SiteProfile) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(child))
 
 
-def _simulate(rng: np.random.Generator, profile: SiteProfile, n: int) -> _Simulation:
+def _simulate(rng: np.random.Generator, profile: SiteProfile, n: int, process: Dgp = BASELINE) -> _Simulation:
     pop = draw_population(rng, profile=profile, n=n)
     hazard0 = baseline_hazard(pop.features)
     p0 = event_probability(hazard0)
     dept_shift = np.array([d.uptake_shift for d in profile.departments])
     dept_index = {d.name: i for i, d in enumerate(profile.departments)}
     shift = dept_shift[np.array([dept_index[d] for d in pop.department])]
-    pi = uptake_probability(features=pop.features, site_logit=profile.uptake_logit, department_shift=shift)
+    pi = uptake_probability(
+        features=pop.features, site_logit=profile.uptake_logit, department_shift=shift, process=process
+    )
     treated = (rng.random(n) < pi).astype(np.int64)
-    potential = draw_potential_outcomes(rng, hazard0=hazard0, working=pop.job_type != RETIRED)
+    potential = draw_potential_outcomes(
+        rng,
+        hazard0=hazard0,
+        working=pop.job_type != RETIRED,
+        modifier=effect_modifier(process, pop.features),
+        claims_log_sd=process.claims_log_sd,
+        claims_clip=process.claims_clip,
+    )
     return _Simulation(profile, pop, p0, pi, treated, potential)
 
 
@@ -129,6 +140,11 @@ def _truth(sims: list[_Simulation], outcomes: Sequence[Outcome] = OUTCOMES) -> d
     )
 
 
+def _dgp_truth(process: Dgp) -> dict:
+    """``{"dgp": name}`` for a process other than the baseline (whose truth stays as it was)."""
+    return {} if process.is_baseline else {"dgp": process.name}
+
+
 def _study_truth() -> dict:
     return {
         "treatment": TREATMENT_CODE,
@@ -139,27 +155,32 @@ def _study_truth() -> dict:
     }
 
 
-def generate_federation(*, seed: int, sites: int | None = None, scale: float = 1.0) -> Federation:
+def generate_federation(
+    *, seed: int, sites: int | None = None, scale: float = 1.0, dgp: str | Dgp = BASELINE
+) -> Federation:
     """Generate the first ``sites`` profiles (all for None) at ``scale`` with their truth.
 
     Args:
         seed: master seed; equal seeds give equal federations.
         sites: number of profiles to take in fixed order (large insurer first).
         scale: multiplies every site's size (at least 20 people per site).
+        dgp: the data-generating process (:mod:`shared.synth.dgp`); the baseline's output is
+            the same as it always was, other processes add ``"dgp"`` to the truth.
 
     Returns:
         A :class:`Federation`; ``truth`` holds the study definition, ``pooled`` and per-site
         figures (see :func:`shared.synth.truth.outcome_truth`), the seed and the scale.
 
     Raises:
-        SpecError: ``sites`` or ``scale`` out of range.
+        SpecError: ``sites`` or ``scale`` out of range, or an unknown ``dgp``.
     """
+    process = get_dgp(dgp)
     out_sites: list[SiteData] = []
     sims: list[_Simulation] = []
     site_truth: dict[str, dict] = {}
     for profile in select_profiles(sites):
         rng = _site_rng(seed, profile)
-        sim = _simulate(rng, profile, site_size(profile, scale))
+        sim = _simulate(rng, profile, site_size(profile, scale), process)
         ids = person_ids(profile.prefix, sim.population.n)
         cohort = _cohort(sim, ids)
         persons, interventions, outcomes = record_tables(rng, cohort=cohort, profile=profile)
@@ -177,12 +198,18 @@ def generate_federation(*, seed: int, sites: int | None = None, scale: float = 1
         "study": _study_truth(),
         "pooled": _truth(sims),
         "sites": site_truth,
+        **_dgp_truth(process),
     }
     return Federation(sites=tuple(out_sites), truth=truth)
 
 
 def generate_cohort(
-    *, n: int, seed: int, profile: str = "insurer_mid_1", outcomes: Sequence[Outcome] = OUTCOMES
+    *,
+    n: int,
+    seed: int,
+    profile: str = "insurer_mid_1",
+    outcomes: Sequence[Outcome] = OUTCOMES,
+    dgp: str | Dgp = BASELINE,
 ) -> tuple[pd.DataFrame, dict]:
     """One site's flat cohort table and its truth, without the record tables (fast).
 
@@ -194,18 +221,22 @@ def generate_cohort(
         profile: a name from :data:`~shared.synth.sites.PROFILES`.
         outcomes: the outcomes whose bounds cap ``att_capped`` in the truth (a study with other
             caps, e.g. a large-loss cap on claims, targets another estimand).
+        dgp: the data-generating process (:mod:`shared.synth.dgp`).
 
     Returns:
-        ``(cohort, truth)``; ``truth`` as one site's entry of the federation truth, plus ``seed``.
+        ``(cohort, truth)``; ``truth`` as one site's entry of the federation truth, plus ``seed``
+        (and ``dgp`` for a process other than the baseline).
 
     Raises:
-        SpecError: unknown profile or ``n`` below 1.
+        SpecError: unknown profile or process, or ``n`` below 1.
     """
+    process = get_dgp(dgp)
     if profile not in PROFILES_BY_NAME:
         raise SpecError(f"unknown site profile {profile!r}; known: {', '.join(PROFILES_BY_NAME)}")
     if n < 1:
         raise SpecError(f"n must be at least 1, got {n}")
     prof = PROFILES_BY_NAME[profile]
-    sim = _simulate(_site_rng(seed, prof), prof, n)
+    sim = _simulate(_site_rng(seed, prof), prof, n, process)
     cohort = _cohort(sim, person_ids(prof.prefix, n))
-    return cohort, {"seed": seed, "site": prof.name, "kind": prof.kind, **_truth([sim], outcomes)}
+    truth = {"seed": seed, "site": prof.name, "kind": prof.kind, **_truth([sim], outcomes)}
+    return cohort, {**truth, **_dgp_truth(process)}

@@ -50,14 +50,29 @@ def risk_weight(p0: np.ndarray) -> np.ndarray:
 
 
 def draw_potential_outcomes(
-    rng: np.random.Generator, *, hazard0: np.ndarray, working: np.ndarray
+    rng: np.random.Generator,
+    *,
+    hazard0: np.ndarray,
+    working: np.ndarray,
+    modifier: np.ndarray | None = None,
+    claims_log_sd: tuple[float, float] | None = None,
+    claims_clip: float | None = None,
 ) -> PotentialOutcomes:
     """Simulate one year per person under both arms.
+
+    The keyword arguments after ``working`` are the variants of :mod:`shared.synth.dgp`; left at
+    None the draws and formulas are the baseline's, bit for bit. Variants draw the same random
+    numbers in the same order (common random numbers across processes).
 
     Args:
         rng: the site's generator.
         hazard0: baseline 1-year cumulative hazard per person (see :mod:`.hazard`).
         working: False for retired people (no absence days).
+        modifier: per-person multiplier ``m`` of every cut (hazard, claims, absence): the
+            treated hazard becomes ``hazard0 (1 - (0.2 + 0.1 w) m)``; 0 = no effect, < 0 harm.
+        claims_log_sd: ``(routine, event cost)`` log-sd of the claims lognormals; the
+            log-means move so the means stay the baseline's.
+        claims_clip: clip both arms' claims at this value.
 
     Returns:
         Both arms' ``claims_cost`` (currency units, cents), ``cv_event`` (0/1) and
@@ -67,22 +82,34 @@ def draw_potential_outcomes(
     p0 = event_probability(hazard0)
     w = risk_weight(p0)
     rel = np.log(p0 / 0.03)  # risk relative to a typical person
+    m = modifier
 
     u_event = rng.random(n)
     event0 = u_event < p0
-    event1 = u_event < event_probability(hazard0 * (0.8 - 0.1 * w))
+    if m is None:
+        event1 = u_event < event_probability(hazard0 * (0.8 - 0.1 * w))
+    else:
+        event1 = u_event < event_probability(hazard0 * (1.0 - (0.2 + 0.1 * w) * m))
 
+    sd_routine, sd_event = (1.1, 0.6) if claims_log_sd is None else claims_log_sd
+    # a lognormal's mean is exp(mu + sd²/2): a wider spread at the same mean moves mu down
+    mu_routine = np.log(1200.0) - (0.5 * (sd_routine**2 - 1.1**2) if claims_log_sd else 0.0)
+    mu_event = np.log(15_000.0) - (0.5 * (sd_event**2 - 0.6**2) if claims_log_sd else 0.0)
     any_claim = rng.random(n) < 1.0 / (1.0 + np.exp(-(1.0 + 0.45 * rel)))
-    routine = any_claim * np.exp(np.log(1200.0) + 0.55 * rel + 1.1 * rng.standard_normal(n))
-    event_cost = np.exp(np.log(15_000.0) + 0.6 * rng.standard_normal(n))
+    routine = any_claim * np.exp(mu_routine + 0.55 * rel + sd_routine * rng.standard_normal(n))
+    event_cost = np.exp(mu_event + sd_event * rng.standard_normal(n))
+    claims_cut = 0.06 + 0.12 * w if m is None else (0.06 + 0.12 * w) * m
     cost0 = routine + event0 * event_cost
-    cost1 = routine * (1.0 - (0.06 + 0.12 * w)) + event1 * event_cost
+    cost1 = routine * (1.0 - claims_cut) + event1 * event_cost
+    if claims_clip is not None:
+        cost0, cost1 = np.minimum(cost0, claims_clip), np.minimum(cost1, claims_clip)
 
     frailty = rng.gamma(0.8, 1.0 / 0.8, size=n)
     mean_days = 9.0 * np.exp(0.35 * rel) * frailty
     event_days = np.round(np.exp(np.log(28.0) + 0.5 * rng.standard_normal(n)))
+    days_cut = 0.16 + 0.16 * w if m is None else (0.16 + 0.16 * w) * m
     days0 = working * (np.round(mean_days) + event0 * event_days)
-    days1 = working * (np.round(mean_days * (1.0 - (0.16 + 0.16 * w))) + event1 * event_days)
+    days1 = working * (np.round(mean_days * (1.0 - days_cut)) + event1 * event_days)
 
     def days(x: np.ndarray) -> np.ndarray:
         return np.clip(x, 0, 365).astype(np.int64)

@@ -21,34 +21,54 @@ from __future__ import annotations
 
 import numpy as np
 
+from shared.synth.dgp import BASELINE, Dgp, nonlinear_uptake_terms
+
 #: Uptake probabilities are kept in this range (positivity / overlap).
 PROPENSITY_RANGE = (0.01, 0.95)
 
 
+def _linear_terms(f: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
+    """The features' log-odds terms of the formula above, in its order."""
+    return (
+        0.045 * (f["age"] - 50.0),
+        0.02 * (f["sbp"] - 125.0),
+        0.08 * (f["bmi"] - 26.0),
+        0.25 * (f["total_chol"] - 5.2),
+        0.7 * f["diabetes"],
+        0.4 * f["family_history"],
+        0.3 * f["bp_treated"],
+        -0.3 * f["smoker"],
+    )
+
+
 def uptake_probability(
-    *, features: dict[str, np.ndarray], site_logit: float, department_shift: np.ndarray
+    *,
+    features: dict[str, np.ndarray],
+    site_logit: float,
+    department_shift: np.ndarray,
+    process: Dgp = BASELINE,
 ) -> np.ndarray:
-    """The true propensity ``pi`` of the formula above.
+    """The true propensity ``pi`` of the formula above (or of ``process``'s variant of it).
 
     Args:
         features: the 16 feature arrays.
         site_logit: the site's baseline uptake log-odds.
         department_shift: per-person uptake log-odds shift of their department.
+        process: the data-generating process (:mod:`shared.synth.dgp`): the feature terms are
+            multiplied by its ``confounding``, its ``uptake_offset`` and, if it says so, the
+            non-linear terms are added.
 
     Returns:
         Probabilities in :data:`PROPENSITY_RANGE`.
     """
-    f = features
-    logit = (
-        site_logit
-        + department_shift
-        + 0.045 * (f["age"] - 50.0)
-        + 0.02 * (f["sbp"] - 125.0)
-        + 0.08 * (f["bmi"] - 26.0)
-        + 0.25 * (f["total_chol"] - 5.2)
-        + 0.7 * f["diabetes"]
-        + 0.4 * f["family_history"]
-        + 0.3 * f["bp_treated"]
-        - 0.3 * f["smoker"]
-    )
+    logit = site_logit + department_shift
+    if not process.changes_uptake:
+        # summed term by term, left to right, exactly as the baseline always was (bit-identical)
+        for term in _linear_terms(features):
+            logit = logit + term
+    else:
+        linear = sum(_linear_terms(features), np.zeros_like(logit))
+        logit = logit + process.uptake_offset + process.confounding * linear
+        if process.nonlinear_uptake:
+            logit = logit + nonlinear_uptake_terms(features)
     return np.clip(1.0 / (1.0 + np.exp(-logit)), *PROPENSITY_RANGE)

@@ -1,0 +1,182 @@
+"""The coverage grid of ``bench_privacy.py --grid``: DGP × node layout × noise mode at one ε.
+
+Each cell runs the same seeded federations (:mod:`_layouts`, under a process of
+:mod:`shared.synth.dgp`) through
+
+* ``exact`` — the exact federated study (:func:`shared.psm.reference.estimate_att_federated`:
+  the study driver over in-process nodes, caliper strata, converged fit);
+* ``local`` — the DP study (:func:`shared.dp.study_sim.run_dp_study`, the shipped driver and
+  node code with seeded noise), each node adding its own noise;
+* ``secagg`` — the same under secure aggregation (each node adds σ/√K).
+
+and reports per outcome: coverage of the true (capped, sample) ATT with its Wilson 95 % interval,
+bias in SEs, the CI width ÷ the exact study's CI width on the same seed, ÷ the limit (the width
+of one Gaussian release of the ATT at the same (ε, δ), see issue #19), and studies stopped.
+Every DP study runs to its estimate (``unresolved_fit = "warn"`` where the spec still has it),
+so coverage measures the statistics everywhere; "stopped" counts those the default rule would
+end. One seed's cell work runs in one process (:func:`run_seed`), so seeds parallelise over a
+pool; the noise of node ``i`` is drawn from ``[seed, dgp, layout, ε·1000, mode, i]``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+from _coverage import wilson_interval
+from _layouts import LAYOUTS, NAMES, Node, build_nodes
+
+from shared.dp.study_sim import run_dp_study
+from shared.errors import EstimationError
+from shared.psm.reference import estimate_att_federated
+from shared.study import Outcome, Privacy
+from shared.synth.dgp import DGP_NAMES
+
+__all__ = ["MODES", "Cell", "run_seed", "summarise_cell"]
+
+MODES = ("exact", "local", "secagg")
+DELTA = 1e-6
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One grid cell's settings (all seeds of it share them)."""
+
+    dgp: str
+    layout: str
+    epsilon: float
+    modes: tuple[str, ...]
+    outcomes: tuple[Outcome, ...]
+
+
+def _privacy(epsilon: float, secagg: bool) -> Privacy:
+    """The DP spec: run every study through (``warn``) where the spec still has a stop rule."""
+    extra: dict[str, Any] = {"unresolved_fit": "warn"} if "unresolved_fit" in Privacy.model_fields else {}
+    return Privacy(epsilon=epsilon, delta=DELTA, secure_aggregation=secagg, **extra)
+
+
+def _stopped(study: Any) -> bool:
+    """Would the default rule have stopped this study after describe? (False without a rule.)"""
+    check = getattr(study, "at_describe", None)
+    return check is not None and not check.passed
+
+
+def _limit_width(study: Any, outcome: str) -> float | None:
+    """The limit CI width of ``outcome`` for the weights ``study`` used, or None.
+
+    ``shared.dp.limit.with_limit`` (helper "lim", issue #19) attaches ``limit_width`` to each
+    outcome of a DP estimate, from the study's own strata counts, used mask, spans, (ε, δ),
+    accountant and sampling SE; it is read here when the shipped workflow sets it, so the
+    ÷ limit column fills itself once that code is on main and shows "—" before.
+    TODO(lead): after merging "lim", check the column is filled (no seed should show "—").
+    """
+    value = getattr(study.estimate.outcome(outcome), "limit_width", None)
+    return None if value is None else float(value)
+
+
+def _exact(nodes: Sequence[Node], outcomes: tuple[Outcome, ...]) -> dict[str, Any]:
+    est = estimate_att_federated(
+        nodes=[(n.arrays.z, n.arrays.t, n.y_raw) for n in nodes], outcomes=outcomes, covariates=NAMES
+    ).estimate
+    return {"stopped": False, "outcomes": {o.name: _interval(est.outcome(o.name), None) for o in outcomes}}
+
+
+def _dp(nodes: Sequence[Node], cell: Cell, seed: int, mode: str) -> dict[str, Any]:
+    noise_key = [
+        seed,
+        DGP_NAMES.index(cell.dgp),
+        list(LAYOUTS).index(cell.layout),
+        int(round(cell.epsilon * 1000)),
+        MODES.index(mode),
+    ]
+    study = run_dp_study(
+        sites=[n.arrays for n in nodes],
+        outcomes=cell.outcomes,
+        covariates=NAMES,
+        privacy=_privacy(cell.epsilon, mode == "secagg"),
+        rngs=[np.random.default_rng([*noise_key, i]) for i in range(len(nodes))],
+    )
+    return {
+        "stopped": _stopped(study),
+        "outcomes": {
+            o.name: _interval(study.estimate.outcome(o.name), _limit_width(study, o.name))
+            for o in cell.outcomes
+        },
+    }
+
+
+def _interval(a: Any, limit_width: float | None) -> dict[str, float | None]:
+    return {"att": a.att, "se": a.se, "lo": a.ci[0], "hi": a.ci[1], "limit_width": limit_width}
+
+
+def run_seed(cell: Cell, seed: int) -> dict[str, Any]:
+    """Every mode of ``cell`` on one seeded federation (picklable in and out, for a pool)."""
+    t0 = time.process_time()
+    nodes, truth = build_nodes(layout=LAYOUTS[cell.layout], dgp=cell.dgp, seed=seed, outcomes=cell.outcomes)
+    out: dict[str, Any] = {
+        "seed": seed,
+        "n_treated": sum(n.n_treated for n in nodes),
+        "n_people": sum(len(n.y_raw) for n in nodes),
+        "truth": truth,
+        "time": {"data": time.process_time() - t0},
+        "modes": {},
+    }
+    for mode in cell.modes:
+        t0 = time.process_time()
+        try:
+            res = _exact(nodes, cell.outcomes) if mode == "exact" else _dp(nodes, cell, seed, mode)
+        except EstimationError as e:  # no estimate at all: counted, named by type only
+            res = {"error": type(e).__name__}
+        out["modes"][mode] = res
+        out["time"][mode] = time.process_time() - t0
+    return out
+
+
+def _exact_width(r: dict[str, Any], outcome: str) -> float | None:
+    ex = r["modes"].get("exact", {})
+    if "outcomes" not in ex:
+        return None
+    return ex["outcomes"][outcome]["hi"] - ex["outcomes"][outcome]["lo"]
+
+
+def summarise_cell(cell: Cell, results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per mode and outcome: coverage (Wilson 95 %), bias/SE, width ratios, stopped."""
+    rows = []
+    for mode in cell.modes:
+        done = [r for r in results if "outcomes" in r["modes"][mode]]
+        errors = len(results) - len(done)
+        stopped = sum(bool(r["modes"][mode]["stopped"]) for r in done)
+        for o in cell.outcomes:
+            est = [r["modes"][mode]["outcomes"][o.name] for r in done]
+            truth = np.array([r["truth"][o.name] for r in done])
+            att = np.array([e["att"] for e in est])
+            se = np.array([e["se"] for e in est])
+            lo, hi = np.array([e["lo"] for e in est]), np.array([e["hi"] for e in est])
+            covered = int(((lo <= truth) & (truth <= hi)).sum())
+            ci_lo, ci_hi = wilson_interval(covered, len(est))
+            exact_w = [_exact_width(r, o.name) for r in done]
+            by_exact = [(h - lw) / w for h, lw, w in zip(hi, lo, exact_w) if w]
+            limits = [e["limit_width"] for e in est]
+            by_limit = [(h - lw) / w for h, lw, w in zip(hi, lo, limits) if w]
+            rows.append(
+                {
+                    "dgp": cell.dgp,
+                    "layout": cell.layout,
+                    "mode": mode,
+                    "epsilon": None if mode == "exact" else cell.epsilon,
+                    "outcome": o.name,
+                    "seeds": len(results),
+                    "n": len(est),
+                    "coverage": covered / len(est) if est else None,
+                    "wilson": (ci_lo, ci_hi),
+                    "bias": float(np.mean(att - truth)) if est else None,
+                    "bias_in_se": float(np.mean(att - truth) / np.mean(se)) if est else None,
+                    "width_by_exact": None if mode == "exact" or not by_exact else float(np.median(by_exact)),
+                    "width_by_limit": float(np.median(by_limit)) if by_limit else None,
+                    "stopped": stopped,
+                    "errors": errors,
+                }
+            )
+    return rows

@@ -1,0 +1,160 @@
+"""Named data-generating processes: the baseline and variants the estimator was never tuned on.
+
+The coverage benchmark must not only run on the process the estimator was built around: its
+uptake is logistic-linear in the features, exactly the propensity model the study fits. Each
+:class:`Dgp` changes one thing and keeps the rest, drawing the *same* random numbers in the same
+order, so for one seed the people (features) are identical across processes and only uptake or
+outcomes differ (common random numbers):
+
+============================  ===============================================================
+``baseline``                  today's generator, bit-identical for every seed
+``misspecified``              uptake logit with ``age²``, ``BMI·smoker`` and ``SBP·age`` terms:
+                              a propensity the logistic-linear fit cannot represent
+``weak_confounding``          the features' uptake log-odds × 0.35
+``strong_confounding``        the features' uptake log-odds × 2 (thin overlap at the top)
+``heavy_tail``                claims lognormal with log-sd 1.9 (routine) and 1.2 (event cost),
+                              same means, clipped at the public cap (100,000)
+``heterogeneous``             the effect scales with a per-person modifier of diabetes, smoking
+                              and age (harm for the young and healthy), so ATT ≠ ATE
+``null``                      no effect at all: ``y1 = y0``, the true ATT is exactly 0
+============================  ===============================================================
+
+The truth is always the *sample* ATT of the generated people (mean of ``y1 − y0`` over the
+treated, capped as the estimator caps), from :mod:`shared.synth.truth`: no process states its
+effect as a formula the sample could miss.
+
+>>> dgp("misspecified").nonlinear_uptake
+True
+>>> sorted(DGPS) == sorted(DGP_NAMES)
+True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from shared.errors import SpecError
+
+__all__ = ["BASELINE", "DGPS", "DGP_NAMES", "Dgp", "dgp", "effect_modifier", "nonlinear_uptake_terms"]
+
+
+@dataclass(frozen=True)
+class Dgp:
+    """One data-generating process: what it changes against the baseline.
+
+    Args:
+        name: the process's name (as the benchmark and ``generate_cohort(dgp=...)`` take it).
+        about: one line for tables.
+        confounding: multiplies the features' part of the uptake log-odds (1 = baseline).
+        uptake_offset: added to the uptake log-odds, so uptake stays near the baseline's
+            (~15 % at the large insurer) when the feature part changes.
+        nonlinear_uptake: add :func:`nonlinear_uptake_terms` to the uptake log-odds.
+        claims_log_sd: ``(routine, event cost)`` log-sd of the claims lognormals (None: the
+            baseline's 1.1 and 0.6); the means are kept, so only the tail grows.
+        claims_clip: clip claims at this value at generation (a heavy tail passes the public cap
+            often; the data then hold the cap, as an insurer's large-loss layer would).
+        heterogeneity: the effect's per-person multiplier (see :func:`effect_modifier`):
+            ``"none"`` (baseline), ``"covariates"`` or ``"zero"`` (no effect).
+    """
+
+    name: str
+    about: str
+    confounding: float = 1.0
+    uptake_offset: float = 0.0
+    nonlinear_uptake: bool = False
+    claims_log_sd: tuple[float, float] | None = None
+    claims_clip: float | None = None
+    heterogeneity: str = "none"
+
+    @property
+    def is_baseline(self) -> bool:
+        """True when uptake and outcomes follow the baseline's formulas (bit-identical)."""
+        return self == BASELINE
+
+    @property
+    def changes_uptake(self) -> bool:
+        return self.confounding != 1.0 or self.uptake_offset != 0.0 or self.nonlinear_uptake
+
+
+#: The claims cap of the default study (``shared.study.DEFAULT_OUTCOMES``), repeated here only
+#: as the heavy-tail process's clip; a test checks that the two agree.
+CLAIMS_CAP = 100_000.0
+
+BASELINE = Dgp("baseline", "logistic-linear uptake, lognormal claims, effect rising with risk")
+DGPS: dict[str, Dgp] = {
+    d.name: d
+    for d in (
+        BASELINE,
+        Dgp(
+            "misspecified",
+            "uptake logit + age², BMI·smoker, SBP·age (the linear-logit fit is misspecified)",
+            nonlinear_uptake=True,
+            uptake_offset=-0.45,
+        ),
+        Dgp("weak_confounding", "feature uptake log-odds × 0.35", confounding=0.35, uptake_offset=0.38),
+        Dgp("strong_confounding", "feature uptake log-odds × 2", confounding=2.0, uptake_offset=-0.45),
+        Dgp(
+            "heavy_tail",
+            "claims log-sd 1.9 / 1.2 (same means), clipped at the 100,000 cap",
+            claims_log_sd=(1.9, 1.2),
+            claims_clip=CLAIMS_CAP,
+        ),
+        Dgp(
+            "heterogeneous",
+            "effect × m(diabetes, smoking, age) in [−0.5, 2.5]: harm for the young, ATT ≠ ATE",
+            heterogeneity="covariates",
+        ),
+        Dgp("null", "no effect: y1 = y0, true ATT exactly 0", heterogeneity="zero"),
+    )
+}
+DGP_NAMES: tuple[str, ...] = tuple(DGPS)
+
+
+def dgp(name: str | Dgp) -> Dgp:
+    """The process called ``name`` (a :class:`Dgp` passes through).
+
+    Raises:
+        SpecError: unknown name.
+    """
+    if isinstance(name, Dgp):
+        return name
+    if name not in DGPS:
+        raise SpecError(f"unknown data-generating process {name!r}; known: {', '.join(DGPS)}")
+    return DGPS[name]
+
+
+def nonlinear_uptake_terms(f: dict[str, np.ndarray]) -> np.ndarray:
+    """Log-odds the logistic-linear propensity model cannot represent.
+
+    A U-shape in age (outreach reaches the young through onboarding and the old through
+    check-ups), heavier smokers enrolling more (a smoking-cessation track) and old hypertensives
+    enrolling less (already in a physician's care):
+
+    .. math:: 0.002 (age - 50)^2 + 0.2 (BMI - 26)\\,smoker - 0.0015 (SBP - 125)(age - 50)
+    """
+    da = f["age"] - 50.0
+    return 0.002 * da**2 + 0.2 * (f["bmi"] - 26.0) * f["smoker"] - 0.0015 * (f["sbp"] - 125.0) * da
+
+
+def effect_modifier(process: Dgp, f: dict[str, np.ndarray]) -> np.ndarray | None:
+    """The per-person multiplier ``m`` of the programme's effect (None: the baseline's effect).
+
+    With ``m`` the cuts become ``m × (baseline cut)`` (hazard, claims, absence), so ``m = 0`` is no
+    effect and ``m < 0`` harm. ``"covariates"``:
+
+    .. math:: m = \\operatorname{clip}(0.2 + 1.2\\,diabetes + 0.8\\,smoker + 0.035 (age - 50), -0.5, 2.5)
+
+    Uptake rises with age and diabetes, so the treated benefit more than the average person:
+    the ATT differs from the ATE, and an estimator that targets the ATE would miss.
+    """
+    if process.heterogeneity == "none":
+        return None
+    n = len(f["age"])
+    if process.heterogeneity == "zero":
+        return np.zeros(n)
+    if process.heterogeneity == "covariates":
+        m = 0.2 + 1.2 * f["diabetes"] + 0.8 * f["smoker"] + 0.035 * (f["age"] - 50.0)
+        return np.clip(m, -0.5, 2.5)
+    raise SpecError(f"unknown heterogeneity {process.heterogeneity!r}")
