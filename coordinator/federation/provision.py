@@ -173,8 +173,18 @@ def provision(spec: FederationFile, out: Path, *, passphrase: bytes | None, forc
     _refuse_existing(coord.root, force)
     for site in spec.sites:
         _refuse_existing(out / "sites" / site.name, force)
-    private_dir(coord.root)
+    try:
+        return _provision(spec, out, coord, passphrase)
+    except BaseException:
+        # a half-written kit would be refused next time (and might hold an unmatched key)
+        for folder in (coord.root, *(out / "sites" / s.name for s in spec.sites)):
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def _provision(spec: FederationFile, out: Path, coord: CoordinatorKit, passphrase: bytes | None) -> Kits:
     private_dir(coord.registered)
+    private_dir(coord.signing_key.parent)
     validity = dt.timedelta(days=spec.validity_days)
     ca_key, ca = new_ca(f"ReHealth federation {spec.name} CA", validity)
     hosts = tuple(dict.fromkeys((spec.host, *spec.coordinator_hosts)))
