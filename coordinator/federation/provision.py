@@ -147,6 +147,21 @@ def load_encrypted_key(path: Path, passphrase: bytes | None):
         raise SpecError(f"{path}: cannot decrypt (wrong or missing {PASSPHRASE_ENV})") from None
 
 
+def load_signing_key(path: Path) -> Ed25519PrivateKey:
+    """The operator's study-signing key: a kit's encrypted one (passphrase from
+    :data:`PASSPHRASE_ENV`) or a plaintext one (``rehealth report keygen``)."""
+    pem = Path(path).read_bytes()
+    if b"ENCRYPTED" not in pem:
+        from coordinator.report.signing import load_private_key
+
+        return load_private_key(path)
+    phrase = os.environ.get(PASSPHRASE_ENV, "")
+    key = load_encrypted_key(Path(path), phrase.encode() if phrase else None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise SpecError(f"{path}: not an Ed25519 study-signing key")
+    return key
+
+
 @dataclass(frozen=True)
 class Kits:
     coordinator: CoordinatorKit
@@ -293,6 +308,7 @@ __all__ = [
     "add_site",
     "describe",
     "load_encrypted_key",
+    "load_signing_key",
     "passphrase_from_env",
     "provision",
     "revoke_site",

@@ -165,7 +165,7 @@ def _private_opener(path, flags):
 
 
 def run(kit: Path, *, bind: str | None = None) -> int:
-    coord = Coordinator(CoordinatorKit(Path(kit)), bind=bind)
+    coord = Coordinator(CoordinatorKit(Path(kit).resolve()), bind=bind)
     try:
         coord.start()
         coord.run_forever()
