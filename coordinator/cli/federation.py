@@ -53,7 +53,8 @@ def provision_cmd(
 @app.command("add-site")
 def add_site_cmd(
     name: str = typer.Argument(..., help="The new site's name."),
-    kits: Path = typer.Option(Path("kits"), "--kits", help="The folder provision wrote."),
+    kit: Path = typer.Option(Path("kits/coordinator"), "--kit", help="The coordinator's kit."),
+    out: Path = typer.Option(Path("kits/sites"), "--out", help="Where the site's kit goes."),
     time_zone: str = typer.Option("UTC", "--time-zone"),
     runtime_address: str = typer.Option("127.0.0.1:9094", "--runtime-address"),
     force: bool = typer.Option(False, "--force", help="Re-key a site that is already registered."),
@@ -67,16 +68,16 @@ def add_site_cmd(
     try:
         site = SiteEntry(name=name, time_zone=time_zone, runtime_address=runtime_address)
         phrase = passphrase_from_env(insecure_plaintext=insecure_plaintext_key)
-        kit = add_site(kits, site, passphrase=phrase, force=force)
+        written = add_site(kit, site, out, passphrase=phrase, force=force)
     except (ReHealthError, ValidationError) as e:
         _fail(e)
-    typer.echo(str(kit.root))
+    typer.echo(str(written.root))
 
 
 @app.command("revoke-site")
 def revoke_site_cmd(
     name: str = typer.Argument(..., help="The site to revoke."),
-    kits: Path = typer.Option(Path("kits"), "--kits", help="The folder provision wrote."),
+    kit: Path = typer.Option(Path("kits/coordinator"), "--kit", help="The coordinator's kit."),
 ) -> None:
     """Remove the site's key from the registered set. A running SuperLink keeps accepting it
     until restarted (`rehealth coordinator run` registers only the set), or until the node is
@@ -84,7 +85,7 @@ def revoke_site_cmd(
     from coordinator.federation.provision import revoke_site
 
     try:
-        moved = revoke_site(kits, name)
+        moved = revoke_site(kit, name)
     except ReHealthError as e:
         _fail(e)
     typer.echo(f"revoked {name} (key kept at {moved}); restart the SuperLink for it to take effect")

@@ -226,13 +226,12 @@ def _provision(spec: FederationFile, out: Path, coord: CoordinatorKit, passphras
     )
     coord.write_manifest(spec, encrypted=passphrase is not None)
     write_private(coord.root / "README.md", coordinator_readme(spec.coordinator))
-    sites = {s.name: _site_kit(spec, s, out, coord) for s in spec.sites}
+    sites = {s.name: _site_kit(spec, s, SiteKit(out / "sites" / s.name), coord) for s in spec.sites}
     return Kits(coord, sites)
 
 
-def _site_kit(spec: FederationFile, site: SiteEntry, out: Path, coord: CoordinatorKit) -> SiteKit:
+def _site_kit(spec: FederationFile, site: SiteEntry, kit: SiteKit, coord: CoordinatorKit) -> SiteKit:
     """One site's kit; its public key joins the coordinator's registered set."""
-    kit = SiteKit(out / "sites" / site.name)
     private_dir(kit.root)
     priv, pub = node_key_pair()
     write_private(kit.private_key, priv)
@@ -248,22 +247,22 @@ def _site_kit(spec: FederationFile, site: SiteEntry, out: Path, coord: Coordinat
 
 
 def add_site(
-    kits: Path,
+    coordinator_kit: Path,
     site: SiteEntry,
+    out: Path,
     *,
     passphrase: bytes | None,
     force: bool = False,
 ) -> SiteKit:
-    """A kit for a site that joins later, its key registered in the coordinator's kit (the
-    CA key is read, so the coordinator's passphrase is needed). A running SuperLink learns it
-    at its next start (``rehealth coordinator run`` registers every key of the set)."""
-    coord = CoordinatorKit(Path(kits) / "coordinator")
+    """A kit for a site that joins later (``out/<site>``), its key registered in the
+    coordinator's kit. The passphrase must open the CA key: only the coordinator's operator
+    adds sites. A running SuperLink learns the key at its next start (``rehealth coordinator
+    run`` registers every key of the set)."""
+    coord = CoordinatorKit(Path(coordinator_kit))
     manifest = coord.manifest()
-    if site.name in coord.registered_sites():
-        if not force:
-            raise SpecError(f"site {site.name} is already registered (pass --force to re-key it)")
-    _refuse_existing(Path(kits) / "sites" / site.name, force)
-    # The passphrase must open the CA key: only the coordinator's operator adds sites.
+    if site.name in coord.registered_sites() and not force:
+        raise SpecError(f"site {site.name} is already registered (pass --force to re-key it)")
+    _refuse_existing(Path(out) / site.name, force)
     key = load_encrypted_key(coord.ca_key, passphrase)
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise SpecError(f"{coord.ca_key}: not the federation's CA key")
@@ -271,16 +270,17 @@ def add_site(
     spec = FederationFile.model_validate(
         {"name": manifest["name"], "coordinator": manifest["coordinator"], "sites": [site.model_dump()]}
     )
-    kit = _site_kit(spec, site, Path(kits), coord)
+    kit = _site_kit(spec, site, SiteKit(Path(out) / site.name), coord)
     coord.update_manifest(added=site.name)
     return kit
 
 
-def revoke_site(kits: Path, site: str) -> Path:
-    """Remove ``site``'s public key from the coordinator's registered set (moved to
+def revoke_site(coordinator_kit: Path, site: str) -> Path:
+    """Remove ``site``'s public key from the coordinator kit's registered set (moved to
     ``revoked/`` for the record). Takes effect when the SuperLink next starts; returns the
     moved key."""
-    coord = CoordinatorKit(Path(kits) / "coordinator")
+    coord = CoordinatorKit(Path(coordinator_kit))
+    coord.manifest()  # a coordinator kit, or SpecError
     key = coord.registered / f"{site}.pub"
     if not key.exists():
         raise SpecError(f"site {site} is not registered in {coord.root}")
