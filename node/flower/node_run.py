@@ -21,11 +21,12 @@ import os
 import secrets
 import stat
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from node.config import FederationSection, NodeConfig
-from node.flower.supervisor import Supervisor
+from node.flower.supervisor import ChildExited, Supervisor
 from shared.errors import SpecError
 from shared.flower_commands import RuntimeTLS, superexec_command, supernode_command, supernode_script_text
 
@@ -188,12 +189,19 @@ def _venv_bin(name: str) -> str:
     return str(cand)
 
 
-def run(config_path: Path) -> int:
-    """Start the node's processes and supervise them until SIGTERM/SIGINT; the exit code."""
+def run(config_path: Path, *, restart_max_s: float = 30.0) -> int:
+    """Start the node's processes and supervise them until SIGTERM/SIGINT; the exit code.
+
+    A SuperNode that exits is started again (with its SuperExec), after 2 s, doubling to
+    ``restart_max_s``: Flower's SuperNode ends when the SuperLink stops knowing its node id —
+    after a SuperLink restart, which gives every registered key a new one — and a fresh start
+    re-activates it with its key. A revoked key stays refused at every attempt (logged).
+    """
     cfg = NodeConfig.from_toml(config_path)
     p = plan(cfg, config_path)
     fed = _federation(cfg)
     sup = Supervisor()
+    sup.install_signals()
     log.info(
         "site %s: joining %s (TLS, node key %s), Runtime API %s:%d",
         cfg.site_id,
@@ -202,28 +210,52 @@ def run(config_path: Path) -> int:
         p.runtime_host,
         p.runtime_port,
     )
+    backoff = 2.0
     try:
-        node = sup.spawn("supernode", p.supernode, env=p.env)
-        sup.wait_port("supernode", p.runtime_host, p.runtime_port)
-        sup.spawn(
-            "superexec",
-            superexec_command(
-                sys.executable,
-                runtime_api=f"{p.runtime_host}:{p.runtime_port}",
-                runtime=p.runtime,
-                parent_pid=node.pid,
-            ),
-            env=p.env,
-        )
         if p.api is not None and cfg.api is not None:
             sup.spawn("api", p.api, env=p.env)
             sup.wait_port("api", cfg.api.host, cfg.api.port)
             log.info("scoring API on http://%s:%d", cfg.api.host, cfg.api.port)
-        log.info("site %s: node running (stop with SIGTERM or Ctrl-C)", cfg.site_id)
-        sup.run_forever()
-        return 0
+        while True:
+            started = time.monotonic()
+            try:
+                _start_supernode(sup, p)
+                log.info("site %s: node running (stop with SIGTERM or Ctrl-C)", cfg.site_id)
+                sup.run_forever()
+                return 0
+            except ChildExited as e:
+                if e.name == "api":
+                    raise
+                _stop_federation_children(sup)
+                backoff = 2.0 if time.monotonic() - started > 60 else min(backoff * 2, restart_max_s)
+                log.warning("site %s: %s; restarting the SuperNode in %.0f s", cfg.site_id, e, backoff)
+                if not sup.sleep(backoff):
+                    return 0
     except Exception as e:  # noqa: BLE001 - reported and turned into an exit code
         log.error("site %s: %s", cfg.site_id, e)
         return 1
     finally:
         sup.stop()
+
+
+def _start_supernode(sup: Supervisor, p: NodePlan) -> None:
+    node = sup.spawn("supernode", p.supernode, env=p.env)
+    sup.wait_port("supernode", p.runtime_host, p.runtime_port)
+    sup.spawn(
+        "superexec",
+        superexec_command(
+            sys.executable,
+            runtime_api=f"{p.runtime_host}:{p.runtime_port}",
+            runtime=p.runtime,
+            parent_pid=node.pid,
+        ),
+        env=p.env,
+    )
+
+
+def _stop_federation_children(sup: Supervisor) -> None:
+    """Stop the SuperNode and its SuperExec (the API keeps serving)."""
+    rest = {k: v for k, v in sup.procs.items() if k == "api"}
+    sup.procs = {k: v for k, v in sup.procs.items() if k != "api"}
+    sup.stop()
+    sup.procs = rest

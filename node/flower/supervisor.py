@@ -40,13 +40,34 @@ def _dies_with(parent: int) -> Callable[[], None]:
 
 
 class ChildExited(RuntimeError):
-    """A supervised process ended while the node was meant to run."""
+    """A supervised process ended (or never listened) while the node was meant to run."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(message)
+        self.name = name
 
 
 @dataclass
 class Supervisor:
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
-    stopping: bool = False
+    received: list[int] = field(default_factory=list)  # stop signals seen
+
+    def install_signals(self) -> None:
+        """SIGTERM, SIGINT and SIGHUP ask the supervisor to stop (seen by :meth:`run_forever`
+        and :meth:`sleep`); the children are stopped by the caller's :meth:`stop`."""
+
+        def on_signal(signum, _frame) -> None:
+            self.received.append(signum)
+
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, on_signal)
+
+    def sleep(self, seconds: float) -> bool:
+        """Sleep unless a stop signal arrives; False if one did."""
+        deadline = time.monotonic() + seconds
+        while not self.received and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return not self.received
 
     def spawn(self, name: str, cmd: list[str], *, env: dict, log_path=None) -> subprocess.Popen:
         """Start ``cmd`` in a session of its own; output to ``log_path`` (0600) or inherited."""
@@ -81,26 +102,20 @@ class Supervisor:
                     return
             except OSError:
                 time.sleep(0.1)
-        raise ChildExited(f"{name} did not listen on {host}:{port} within {timeout_s:.0f} s")
+        raise ChildExited(name, f"{name} did not listen on {host}:{port} within {timeout_s:.0f} s")
 
     def check(self) -> None:
         for name, proc in self.procs.items():
             if proc.poll() is not None:
-                raise ChildExited(f"{name} exited with code {proc.returncode}")
+                raise ChildExited(name, f"{name} exited with code {proc.returncode}")
 
     def run_forever(self, poll_s: float = 0.5) -> None:
-        """Block until a child exits (ChildExited) or a SIGTERM/SIGINT/SIGHUP arrives (returns)."""
-        received: list[int] = []
-
-        def on_signal(signum, _frame) -> None:
-            received.append(signum)
-
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, on_signal)
-        while not received:
+        """Block until a child exits (ChildExited) or a stop signal arrives (returns); call
+        :meth:`install_signals` first."""
+        while not self.received:
             self.check()
             time.sleep(poll_s)
-        log.info("received %s: stopping", signal.Signals(received[0]).name)
+        log.info("received %s: stopping", signal.Signals(self.received[0]).name)
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """SIGTERM every child's whole tree, SIGKILL what is left after ``timeout_s``."""
@@ -111,6 +126,8 @@ class Supervisor:
                 tree += [root, *root.children(recursive=True)]
             except psutil.NoSuchProcess:
                 continue
+        if not tree:
+            return
         for p in tree:
             _send(p, signal.SIGTERM)
             _send(p, signal.SIGCONT)
