@@ -260,3 +260,13 @@ def test_the_launcher_and_node_run_share_one_supernode_command():
     for mod in (launcher, node_run):
         src = inspect.getsource(mod)
         assert "supernode_command(" in src and '"--auth-supernode-private-key"' not in src
+
+
+def test_node_run_explains_a_node_toml_without_federation_section(tmp_path):
+    from node.config import default_config_text
+    from node.flower.node_run import plan
+
+    path = tmp_path / "node.toml"
+    path.write_text(default_config_text(site_id="solo"))
+    with pytest.raises(SpecError, match=r"no \[federation\] section"):
+        plan(NodeConfig.from_toml(path), path)
