@@ -41,6 +41,37 @@ class DataPaths(_Model):
     cohort: Path | None = None
 
 
+class FederationSection(_Model):
+    """How the node's SuperNode joins the federation (``rehealth node run``); written by
+    ``rehealth federation provision`` into each site's kit."""
+
+    superlink: str = Field(min_length=3)  # host:port of the coordinator's SuperLink
+    root_certificates: Path = Path("ca.crt")
+    private_key: Path = Path("supernode.key")
+    public_key: Path = Path("supernode.pub")
+    coordinator_key: Path = Path("coordinator.pub")
+    #: loopback host:port of the SuperNode's own Runtime API (its ClientApp processes)
+    runtime_address: str = "127.0.0.1:9094"
+    state_dir: Path = Path("flower")
+    #: answer studies from this cohort file instead of the store
+    data_path: Path | None = None
+    policy_path: Path | None = None
+    allow_exact: bool = False
+    secure_aggregation: bool = False
+
+    def resolve_paths(self, base: Path) -> "FederationSection":
+        names = ("root_certificates", "private_key", "public_key", "coordinator_key", "state_dir")
+        update = {n: _abs(getattr(self, n), base) for n in (*names, "data_path", "policy_path")}
+        return self.model_copy(update=update)
+
+
+class ApiSection(_Model):
+    """The scoring API ``rehealth node run`` starts beside the SuperNode (if present)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, gt=0, lt=65536)
+
+
 class NodeConfig(_Model):
     site_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     store_url: str = "sqlite:///node.db"
@@ -52,6 +83,8 @@ class NodeConfig(_Model):
     time_zone: str = "UTC"
     budget: Budget = Budget()
     data: DataPaths = DataPaths()
+    federation: FederationSection | None = None
+    api: ApiSection | None = None
 
     @field_validator("time_zone")
     @classmethod
@@ -87,6 +120,7 @@ class NodeConfig(_Model):
                 "key_path": _abs(self.key_path, base),
                 "api_keys_path": _abs(self.api_keys_path, base),
                 "data": data,
+                "federation": self.federation.resolve_paths(base) if self.federation else None,
             }
         )
 

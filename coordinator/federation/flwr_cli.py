@@ -23,6 +23,9 @@ from pathlib import Path
 from coordinator.federation.lifetime import spawn
 from coordinator.federation.pki import private_dir, write_private
 from shared.errors import FederationError
+from shared.flower_commands import toml_value
+
+__all__ = ["CONNECTION", "FlwrClient", "flwr_bin", "flwr_env", "toml_value"]
 
 CONNECTION = "rehealth"
 
@@ -45,13 +48,6 @@ def flwr_env(home: Path, **extra: str) -> dict:
         FLWR_DISABLE_UPDATE_CHECK="1",
         **extra,
     )
-
-
-def toml_value(v) -> str:
-    """A Python scalar as a TOML value (strings quoted) for ``--run-config``/``--node-config``."""
-    if isinstance(v, bool):
-        return str(v).lower()
-    return json.dumps(v) if isinstance(v, str) else repr(v)
 
 
 @dataclass(frozen=True)

@@ -42,10 +42,17 @@ from pathlib import Path
 
 import psutil
 
-from coordinator.federation.flwr_cli import CONNECTION, FlwrClient, flwr_bin, flwr_env, toml_value
+from coordinator.federation.flwr_cli import CONNECTION, FlwrClient, flwr_bin, flwr_env
 from coordinator.federation.lifetime import spawn
 from coordinator.federation.pki import FederationPKI, private_dir, write_private
 from shared.errors import FederationError
+from shared.flower_commands import (
+    RuntimeTLS,
+    superexec_command,
+    superlink_command,
+    supernode_command,
+    supernode_script_text,
+)
 
 log = logging.getLogger("rehealth.launcher")
 HOST = "127.0.0.1"
@@ -58,9 +65,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def node_config_arg(cfg: dict) -> str:
-    """``--node-config`` string: space-separated TOML key=value pairs."""
-    return " ".join(f"{k}={toml_value(v)}" for k, v in cfg.items())
+__all__ = ["HOST", "LocalFederation", "NodeSpec", "free_port"]
 
 
 @dataclass(frozen=True)
@@ -141,17 +146,13 @@ class LocalFederation:
             self.pki = FederationPKI.create(self.workdir / "pki", [n.site for n in self.nodes])
         self._spawn(
             "superlink",
-            [
+            superlink_command(
                 flwr_bin("flower-superlink"),
-                *self._superlink_security(),
-                "--disable-runtime-dependency-installation",
-                "--host",
-                HOST,
-                "--port",
-                str(self.port),
-                "--database",
-                str(database),
-            ],
+                host=HOST,
+                port=self.port,
+                database=database,
+                tls=None if self.insecure else self._runtime_tls,
+            ),
         )
         self._wait_port(self.port, "superlink", timeout_s)
         if not self.insecure:
@@ -182,23 +183,11 @@ class LocalFederation:
             raise FederationError("no PKI: the federation is insecure or not started")
         return self.pki
 
-    def _superlink_security(self) -> list[str]:
-        if self.insecure:
-            return ["--insecure"]
+    @property
+    def _runtime_tls(self) -> RuntimeTLS:
+        """The federation's certificate and auth secret, for every Runtime API it runs."""
         pki = self._pki
-        return [
-            "--ssl-ca-certfile",
-            str(pki.ca_cert),
-            "--ssl-certfile",
-            str(pki.server_cert),
-            "--ssl-keyfile",
-            str(pki.server_key),
-            "--enable-supernode-auth",
-            "--isolation",
-            "process",
-            "--superexec-auth-secret-file",
-            str(pki.superexec_secret),
-        ]
+        return RuntimeTLS(pki.ca_cert, pki.server_cert, pki.server_key, pki.superexec_secret)
 
     def _spawn_superexec(
         self,
@@ -215,19 +204,12 @@ class LocalFederation:
         parent."""
         return self._spawn(
             name,
-            [
+            superexec_command(
                 sys.executable,
-                "-m",
-                "coordinator.federation.superexec",
-                "--runtime-api-address",
-                f"{HOST}:{runtime_port}",
-                "--root-certificates",
-                str(self._pki.ca_cert),
-                "--superexec-auth-secret-file",
-                str(self._pki.superexec_secret),
-                "--parent-pid",
-                str(self.procs[parent].pid),
-            ],
+                runtime_api=f"{HOST}:{runtime_port}",
+                runtime=self._runtime_tls,
+                parent_pid=self.procs[parent].pid,
+            ),
             guarded=guarded,
             home=home,
             log_name=log_name,
@@ -249,44 +231,21 @@ class LocalFederation:
 
     def _start_supernode(self, node: NodeSpec) -> int:
         """Spawn the SuperNode process; returns the port of its Runtime API."""
-        cfg = {"site": node.site, **node.config}
         port = free_port()
-        if self.insecure:
-            security = ["--insecure"]
-        else:
-            pki, key = self._pki, self._pki.add_node(node.site)
-            security = [
-                "--root-certificates",
-                str(pki.ca_cert),
-                "--auth-supernode-private-key",
-                str(key.private_key),
-                # its own Runtime API (where ClientApps fetch messages) is TLS too
-                "--ssl-ca-certfile",
-                str(pki.ca_cert),
-                "--ssl-certfile",
-                str(pki.server_cert),
-                "--ssl-keyfile",
-                str(pki.server_key),
-                "--isolation",
-                "process",
-                "--superexec-auth-secret-file",
-                str(pki.superexec_secret),
-            ]
+        key = None if self.insecure else self._pki.add_node(node.site).private_key
         self._spawn(
             f"supernode-{node.site}",
-            [
+            supernode_command(
                 sys.executable,
-                str(self._supernode_script()),
-                *security,
-                "--superlink",
-                f"{HOST}:{self.port}",
-                "--host",
-                HOST,
-                "--port",
-                str(port),
-                "--node-config",
-                node_config_arg(cfg),
-            ],
+                self._supernode_script(),
+                superlink=f"{HOST}:{self.port}",
+                host=HOST,
+                port=port,
+                node_config={"site": node.site, **node.config},
+                root_certificates=None if self.insecure else self._pki.ca_cert,
+                private_key=key,
+                runtime=None if self.insecure else self._runtime_tls,
+            ),
             guarded=self.guarded,
         )
         return port
@@ -297,7 +256,7 @@ class LocalFederation:
         file of the federation), and ``ps`` shows a ``flower-supernode`` as before."""
         path = private_dir(self.workdir / "supernode-bin") / "flower-supernode"
         if not path.exists():
-            write_private(path, b"from coordinator.federation.supernode import main\n\nmain()\n")
+            write_private(path, supernode_script_text())
         return path
 
     def _start_node_superexec(self, site: str, port: int, timeout_s: float) -> None:

@@ -26,16 +26,14 @@ as 0600 files; nothing is ever committed or reused across federations.
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import serialization
+
+from shared.tls import issue_server_cert, new_ca, node_key_pair
 
 VALIDITY = dt.timedelta(days=7)  # a federation lives for one session; a stale cert is refused
 SECRET_BYTES = 32
@@ -81,53 +79,8 @@ class FederationPKI:
         cls, folder: Path, sites: list[str], *, hosts: tuple[str, ...] = ("127.0.0.1", "localhost")
     ) -> "FederationPKI":
         folder = private_dir(folder)
-        ca_key = ec.generate_private_key(ec.SECP384R1())
-        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ReHealth local federation CA")])
-        now = dt.datetime.now(dt.timezone.utc)
-        ca = (
-            x509.CertificateBuilder()
-            .subject_name(ca_name)
-            .issuer_name(ca_name)
-            .public_key(ca_key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + VALIDITY)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=False,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-            .sign(ca_key, hashes.SHA384())
-        )
-        server_key = ec.generate_private_key(ec.SECP384R1())
-        sans = [x509.IPAddress(ipaddress.ip_address(h)) if _is_ip(h) else x509.DNSName(h) for h in hosts]
-        server = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
-            .issuer_name(ca_name)
-            .public_key(server_key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + VALIDITY)
-            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-            )
-            .sign(ca_key, hashes.SHA384())
-        )
+        ca_key, ca = new_ca("ReHealth local federation CA", VALIDITY)
+        server_key, server = issue_server_cert(ca_key, ca, hosts, VALIDITY)
         # The CA key signs once and is dropped: nobody can mint another server certificate.
         pem = serialization.Encoding.PEM
         write_private(folder / "ca.crt", ca.public_bytes(pem))
@@ -156,26 +109,19 @@ class FederationPKI:
 
 
 def _node_key(folder: Path, site: str) -> NodeKey:
-    """An OpenSSH ECDSA P-384 key pair (the format ``ssh-keygen -t ecdsa -b 384`` writes)."""
-    key = ec.generate_private_key(ec.SECP384R1())
     stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in site)
-    priv = write_private(
-        folder / f"{stem}",
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
-        ),
+    priv, pub = node_key_pair()
+    return NodeKey(
+        private_key=write_private(folder / stem, priv), public_key=write_private(folder / f"{stem}.pub", pub)
     )
-    pub = write_private(
-        folder / f"{stem}.pub",
-        key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-        + b"\n",
-    )
-    return NodeKey(private_key=priv, public_key=pub)
 
 
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        return False
+__all__ = [
+    "FederationPKI",
+    "NodeKey",
+    "issue_server_cert",
+    "new_ca",
+    "node_key_pair",
+    "private_dir",
+    "write_private",
+]

@@ -81,10 +81,11 @@ def coordinator_keys(key_dir: Path, key_path: Path | None = None) -> tuple[Path,
 
 def _signed(grant, key_path: Path) -> str:
     """``grant`` signed with the operator's key at ``key_path``, as the JSON a run config carries."""
-    from coordinator.report.signing import load_private_key
+    from coordinator.federation.provision import load_signing_key
     from shared.grant import sign_grant
 
-    return sign_grant(grant, load_private_key(key_path)).model_dump_json()
+    # a provisioned kit's key is encrypted (passphrase from REHEALTH_KEY_PASSPHRASE)
+    return sign_grant(grant, load_signing_key(key_path)).model_dump_json()
 
 
 def sign_study(spec: StudySpec, key_path: Path) -> str:
