@@ -56,9 +56,11 @@ from shared.dp.workflow import (
     dp_ps_stats,
     dp_start_beta,
     dp_table,
+    dp_wsum_query,
 )
 from shared.errors import FederationError, UnresolvedFitError
-from shared.protocol import Cancel, Describe, PsFit, PsmStats, Reserve, ScoreHist, StudyQuery
+from shared.dp.sensitivity import psm_wsum_sensitivity
+from shared.protocol import Cancel, Describe, PsFit, PsmStats, PsmWsum, Reserve, ScoreHist, StudyQuery
 from shared.psm.estimator import AttEstimate, Check, estimate_att
 from shared.psm.propensity import CovMoments, PropensityFitter, PsStats, initial_beta
 from shared.psm.strata import caliper_edges, logit_sd, quantile_edges
@@ -412,14 +414,38 @@ def _release(spec: StudySpec, rounds: _Rounds, run: StudyRun) -> None:
     run.table = dp_table(
         main=sums, balance=sums if plan.has("psm_balance") else None, edges=edges, n_covariates=d
     )
+    wsum = None
+    op = dp_wsum_query(table=run.table, beta=fitter.beta, plan=plan, n_nodes=nodes(answers), **sa)
+    if op is not None:  # None: no stratum holds both arms, and dp_estimate says so
+        answers = _wsum_round(spec, rounds, run, op, plan)
+        wsum = rounds.total(answers, "psm_wsum", "wsum")
     run.estimate = dp_estimate(
         table=run.table,
         plan=plan,
         n_nodes=nodes(answers),
         outcomes=spec.outcomes,
         covariates=[c.name for c in spec.covariates],
+        wsum=wsum,
         **sa,
     )
+
+
+def _wsum_round(spec: StudySpec, rounds: _Rounds, run: StudyRun, op: PsmWsum, plan: NoisePlan) -> dict:
+    """The ``psm_wsum`` round. Under secure aggregation its public scale also covers the
+    weighted sums' noise, whose σ grows with the largest weight (:mod:`shared.dp.wsum`)."""
+    if run.secure is None:
+        return rounds.ask((op,), "psm-wsum")
+    k, scale = run.secure
+    sigma = plan.release("psm_wsum").for_sensitivity(
+        psm_wsum_sensitivity(n_outcomes=len(spec.outcomes), max_weight=op.max_weight)
+    ).sigma
+    # |Σ v (y − ½)| is at most about N_T ≤ the rows bound the scale holds; add the noise's
+    # margin (secure_scale is linear in both: this is secure_scale(rows, σ_max + σ_wsum))
+    run.secure = (k, scale + secure_scale(rows_upper=0.0, sigma_max=sigma) - secure_scale(rows_upper=0.0, sigma_max=0.0))
+    try:
+        return rounds.ask((op,), "psm-wsum")
+    finally:
+        run.secure = (k, scale)
 
 
 def _secure_scale(counts: np.ndarray, plan: NoisePlan, k: int) -> float:

@@ -1,0 +1,163 @@
+r"""The ATT released as one weighted sum per outcome (``psm_wsum``), both sides of it.
+
+Once the noisy counts of the PSM table (``psm_main``) are public, every person's weight in the
+stratified ATT is fixed: over the strata the estimator uses (both arms at least
+:func:`shared.dp.strata.dp_min_cell`), with :math:`N = \sum_b n_{bT}`,
+
+.. math::
+    \widehat{ATT} = \frac{1}{N}\sum_i v_i\,(y_i - c), \qquad
+    v_i = 1 \text{ (treated)}, \quad v_i = -\frac{n_{bT}}{n_{bC}} \text{ (control in } b),
+
+with :math:`c = 1/2` (:data:`shared.dp.forms.CENTER`) and zero weight outside the used strata.
+With exact counts :math:`\sum_i v_i = 0`, so the centre changes nothing but the sensitivity. A
+node releases :math:`W = \sum_i v_i (y_i - c)` (O values) with Gaussian noise at
+:math:`\Delta_2 = \sqrt{O}\,v_{max}/2` (:func:`shared.dp.sensitivity.psm_wsum_sensitivity`),
+summed over SecAgg+ like the other releases. The weights are scaled by :math:`N` (treated
+weight 1, not 1/N) so the sums are of the order of the row count, as SecAgg+'s fixed-point
+range expects (:mod:`shared.secure_sum`).
+
+**What the node checks** (:func:`node_weights`, before any data is read): the query carries
+the strata edges, the noisy counts of the strata to use (0 for a stratum left out) and the
+largest weight :math:`v_{max}` the coordinator computed from them. The node recomputes the
+weights from the counts itself, refuses counts that are not finite, negative, or one arm of a
+stratum without the other (a used control count below 1 would make a weight exceed the treated
+count), and refuses a declared :math:`v_{max}` that is not the one the counts give: the
+coordinator's CI assumes σ = μ·Δ(:math:`v_{max}`), and the node charges exactly that. The
+guarantee does not depend on the weights' values (σ scales with the largest one), so the
+checks protect the CI's honesty and the node's books, not the privacy loss, which is the
+plan's μ.
+
+**Privacy SE** (:func:`wsum_privacy_se`): the weights are public before the release, so the
+mechanism's noise on the estimate is :math:`\sigma_W/N` exactly; the counts' noise enters
+through the weights. Linearising :math:`W/N` in the count errors :math:`e_{bT}, e_{bC}` (the
+sum runs over the true rows; the weights use the noisy counts),
+
+.. math::
+    \mathrm{Var}_{priv} = \frac{\sigma_W^2}{N^2} + \sigma_n^2 \sum_b \Big(
+        \frac{w_b^2 (\bar y_{bC} - c)^2}{n_{bC}^2}
+        + \frac{(\bar y_{bC} - c + \widehat{ATT})^2}{N^2}\Big), \quad w_b = n_{bT}/N,
+
+the count terms of :func:`shared.dp.uncertainty.att_privacy_se` (with its second-order
+:math:`E[1/\hat n^2]`), the cell means :math:`\bar y_{bC}` read off the (noisier) cell release.
+Verified against re-draws of both noises in ``tests/unit/test_dp_wsum.py``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from shared.dp.forms import CENTER
+from shared.dp.sensitivity import psm_wsum_sensitivity
+from shared.errors import QueryRefused
+from shared.psm.strata import stratum_index
+
+__all__ = [
+    "att_weights",
+    "max_weight",
+    "node_weights",
+    "weighted_sums",
+    "wsum_att",
+    "wsum_privacy_se",
+    "wsum_query_counts",
+]
+
+#: Relative tolerance of the declared largest weight against the node's own (float round-off).
+_WEIGHT_RTOL = 1e-9
+
+
+def att_weights(count: np.ndarray, used: np.ndarray) -> np.ndarray:
+    """``(S, 2)`` weights (control, treated) of one person per cell: treated 1, control
+    ``-n_bT / n_bC``, 0 outside ``used``; ``count`` the noisy counts (clamped at 0)."""
+    n = np.clip(np.asarray(count, dtype=float), 0.0, None)
+    used = np.asarray(used, dtype=bool)
+    v = np.zeros_like(n)
+    v[used, 1] = 1.0
+    v[used, 0] = -n[used, 1] / n[used, 0]
+    return v
+
+
+def max_weight(v: np.ndarray) -> float:
+    """The largest weight in magnitude (what the sensitivity scales with)."""
+    return float(np.max(np.abs(v)))
+
+
+def wsum_query_counts(count: np.ndarray, used: np.ndarray) -> tuple[float, ...]:
+    """The counts a ``psm_wsum`` query carries: the used strata's noisy counts, 0 elsewhere,
+    flattened ``(control, treated)`` per stratum."""
+    n = np.where(np.asarray(used, dtype=bool)[:, None], np.clip(np.asarray(count, dtype=float), 0.0, None), 0.0)
+    return tuple(float(x) for x in n.reshape(-1))
+
+
+def node_weights(*, counts, n_strata: int, declared_max: float, n_outcomes: int) -> tuple[np.ndarray, float]:
+    """The node's check of a ``psm_wsum`` query (on the query alone, before any data is read).
+
+    Returns:
+        ``(v, Δ)``: the ``(S, 2)`` weights and the release's L2 sensitivity.
+
+    Raises:
+        QueryRefused: counts of the wrong size, not finite, negative, one arm of a stratum
+            without the other, a used count below 1, no used stratum, or a declared largest
+            weight other than the counts' (no value is named: the counts are the study's).
+    """
+    n = np.asarray(counts, dtype=float).reshape(-1)
+    if n.size != 2 * n_strata or not np.all(np.isfinite(n)) or np.any(n < 0):
+        raise QueryRefused(f"psm_wsum: counts must be {2 * n_strata} finite non-negative values")
+    n = n.reshape(n_strata, 2)
+    used = (n[:, 0] > 0) & (n[:, 1] > 0)
+    if np.any((n[:, 0] > 0) != (n[:, 1] > 0)) or np.any(n[used] < 1.0) or not used.any():
+        raise QueryRefused(
+            "psm_wsum: every stratum needs both arms' counts at least 1, or both 0 (left out), "
+            "and at least one stratum must be used"
+        )
+    v = att_weights(n, used)
+    v_max = max_weight(v)
+    if not (math.isfinite(declared_max) and math.isclose(declared_max, v_max, rel_tol=_WEIGHT_RTOL)):
+        raise QueryRefused("psm_wsum: the declared largest weight is not the one its counts give")
+    return v, psm_wsum_sensitivity(n_outcomes=n_outcomes, max_weight=v_max)
+
+
+def weighted_sums(*, z, t, y, beta, edges, v) -> np.ndarray:
+    """A node's exact ``(O,)`` sums :math:`\\sum_i v_i (y_i - c)` (scaled arrays, as
+    :func:`shared.psm.table.psm_table` reads them)."""
+    z = np.asarray(z, dtype=float)
+    beta = np.asarray(beta, dtype=float)
+    b = stratum_index(beta[0] + z @ beta[1:], np.asarray(edges, dtype=float))
+    weight = np.asarray(v, dtype=float)[b, np.asarray(t).astype(np.int64)]
+    return weight @ (np.asarray(y, dtype=float) - CENTER)
+
+
+def wsum_att(*, wsum, count, used) -> np.ndarray:
+    """The ATT per outcome on the [0, 1] scale from the summed noisy weighted sums."""
+    n_t = float(np.clip(np.asarray(count, dtype=float), 0.0, None)[np.asarray(used, dtype=bool), 1].sum())
+    return np.asarray(wsum, dtype=float) / n_t
+
+
+def wsum_privacy_se(*, count, sum_y, used, att, sigma_count: float, sigma_wsum: float) -> np.ndarray:
+    r"""Analytic SD of :func:`wsum_att` due to both noises, per outcome on the [0, 1] scale
+    (module docstring).
+
+    Args:
+        count: ``(S, 2)`` noisy summed counts (the ones the weights were computed from).
+        sum_y: ``(S, 2, O)`` the cell release's noisy Σy (mapped back; only its control means
+            are read).
+        used: ``(S,)`` the strata with weight.
+        att: ``(O,)`` the estimate on the [0, 1] scale.
+        sigma_count: noise SD of one summed count.
+        sigma_wsum: noise SD of one summed weighted sum.
+    """
+    n = np.clip(np.asarray(count, dtype=float), 0.0, None)[used]
+    s = np.asarray(sum_y, dtype=float)[used]
+    n_t, n_c = n[:, 1], n[:, 0]
+    N = n_t.sum()
+    if not (N > 0 and np.all(n_c > 0)):
+        return np.full(s.shape[-1], np.inf)
+    w = n_t / N
+    ybar_c = np.clip(s[:, 0, :] / n_c[:, None], 0.0, 1.0) - CENTER
+    inv_c2 = (1.0 + 3.0 * sigma_count**2 / n_c**2) / n_c**2  # E[1/n̂²] to second order
+    var_cnt = sigma_count**2 * (
+        np.sum((w**2 * inv_c2)[:, None] * ybar_c**2, axis=0)
+        + np.sum((ybar_c + np.asarray(att, dtype=float)[None, :]) ** 2, axis=0) / N**2
+    )
+    return np.sqrt(sigma_wsum**2 / N**2 + var_cnt)
