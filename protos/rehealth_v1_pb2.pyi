@@ -139,16 +139,18 @@ class PsmStats(_message.Message):
     def __init__(self, beta: _Optional[_Iterable[float]] = ..., edges: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class PsmWsum(_message.Message):
-    __slots__ = ("beta", "edges", "count", "max_weight")
+    __slots__ = ("beta", "edges", "count", "max_weight", "center")
     BETA_FIELD_NUMBER: _ClassVar[int]
     EDGES_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     MAX_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    CENTER_FIELD_NUMBER: _ClassVar[int]
     beta: _containers.RepeatedScalarFieldContainer[float]
     edges: _containers.RepeatedScalarFieldContainer[float]
     count: _containers.RepeatedScalarFieldContainer[float]
     max_weight: float
-    def __init__(self, beta: _Optional[_Iterable[float]] = ..., edges: _Optional[_Iterable[float]] = ..., count: _Optional[_Iterable[float]] = ..., max_weight: _Optional[float] = ...) -> None: ...
+    center: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, beta: _Optional[_Iterable[float]] = ..., edges: _Optional[_Iterable[float]] = ..., count: _Optional[_Iterable[float]] = ..., max_weight: _Optional[float] = ..., center: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ScoreHist(_message.Message):
     __slots__ = ("beta",)

@@ -125,8 +125,8 @@ def exact_answer(op, query: StudyQuery, data: SiteArrays) -> dict[str, np.ndarra
         return psm_table(z=data.z, t=data.t, y=data.y, beta=beta, edges=edges).to_arrays()
     if isinstance(op, PsmWsum):
         edges = check_edges(op.edges)
-        v, _ = _wsum_weights(op, n_outcomes=len(query.outcomes))
-        return {"wsum": weighted_sums(z=data.z, t=data.t, y=data.y, beta=beta, edges=edges, v=v)}
+        v, c, _ = _wsum_weights(op, n_outcomes=len(query.outcomes))
+        return {"wsum": weighted_sums(z=data.z, t=data.t, y=data.y, beta=beta, edges=edges, v=v, centers=c)}
     raise QueryRefused(f"unknown operation {op!r}")  # pragma: no cover - union admits no other
 
 
@@ -146,11 +146,15 @@ def check_edges(edges) -> np.ndarray:
     return e
 
 
-def _wsum_weights(op: PsmWsum, *, n_outcomes: int) -> tuple[np.ndarray, float]:
-    """The weights and sensitivity of a ``psm_wsum`` operation, checked on the query alone
-    (:func:`shared.dp.wsum.node_weights`)."""
+def _wsum_weights(op: PsmWsum, *, n_outcomes: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """The weights, centres and sensitivity of a ``psm_wsum`` operation, checked on the query
+    alone (:func:`shared.dp.wsum.node_weights`)."""
     return node_weights(
-        counts=op.count, n_strata=len(op.edges) - 1, declared_max=op.max_weight, n_outcomes=n_outcomes
+        counts=op.count,
+        centers=op.center,
+        n_strata=len(op.edges) - 1,
+        n_outcomes=n_outcomes,
+        declared_max=op.max_weight,
     )
 
 
@@ -234,7 +238,7 @@ def planned_releases(query: StudyQuery, plan: NoisePlan) -> dict[str, PlannedRel
                 continue
             rel = plan.release(name)
             if isinstance(op, PsmWsum):
-                rel = rel.for_sensitivity(_wsum_weights(op, n_outcomes=len(query.outcomes))[1])
+                rel = rel.for_sensitivity(_wsum_weights(op, n_outcomes=len(query.outcomes))[2])
             out[name] = rel
     return out
 

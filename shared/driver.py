@@ -436,9 +436,9 @@ def _wsum_round(spec: StudySpec, rounds: _Rounds, run: StudyRun, op: PsmWsum, pl
     if run.secure is None:
         return rounds.ask((op,), "psm-wsum")
     k, scale = run.secure
-    sigma = plan.release("psm_wsum").for_sensitivity(
-        psm_wsum_sensitivity(n_outcomes=len(spec.outcomes), max_weight=op.max_weight)
-    ).sigma
+    sigma = plan.release("psm_wsum").for_sensitivity(psm_wsum_sensitivity(
+        n_outcomes=len(spec.outcomes), max_weight=op.max_weight
+    )).sigma  # an upper bound: the centres keep the sensitivity within √O·v_max/2
     # |Σ v (y − ½)| is at most about N_T ≤ the rows bound the scale holds; add the noise's
     # margin (secure_scale is linear in both: this is secure_scale(rows, σ_max + σ_wsum))
     run.secure = (k, scale + secure_scale(rows_upper=0.0, sigma_max=sigma) - secure_scale(rows_upper=0.0, sigma_max=0.0))

@@ -81,16 +81,18 @@ class PsmStats(_Model):
 
 
 class PsmWsum(_Model):
-    """Per outcome, one weighted sum Σ vᵢ (yᵢ − ½) at ``beta`` with ``edges``: the ATT itself
+    """Per outcome, one weighted sum Σ vᵢ (yᵢ − cᵢ) at ``beta`` with ``edges``: the ATT itself
     (:mod:`shared.dp.wsum`). The weights come from ``count`` (the noisy PSM counts of the strata
     the estimator uses, 0 for one left out, ``(control, treated)`` per stratum, flattened),
-    which the node turns into weights itself; ``max_weight`` is the largest it must find, and
-    what it charges the release's sensitivity by. Under DP only."""
+    which the node turns into weights itself; ``max_weight`` is the largest it must find.
+    ``center``: the public centre of every stratum × arm × outcome in [0, 1], flattened. The
+    node charges the sensitivity it computes from weights and centres. Under DP only."""
 
     op: Literal["psm_wsum"] = "psm_wsum"
     beta: tuple[float, ...]
     edges: tuple[float, ...]
     count: tuple[float, ...]
+    center: tuple[float, ...]
     max_weight: float
 
 

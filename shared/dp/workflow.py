@@ -27,9 +27,16 @@ from shared.dp.forms import CENTER, balance_from_release, balance_noise, main_fr
 from shared.dp.mechanisms import project_psd
 from shared.dp.plan import NoisePlan
 from shared.dp.strata import DP_GRID_BINS, dp_min_cell, dp_n_strata, dp_width_edges
-from shared.dp.sensitivity import psm_wsum_sensitivity
 from shared.dp.uncertainty import att_privacy_se
-from shared.dp.wsum import att_weights, max_weight, wsum_att, wsum_privacy_se, wsum_query_counts
+from shared.dp.wsum import (
+    att_weights,
+    max_weight,
+    wsum_att,
+    wsum_centers,
+    wsum_privacy_se,
+    wsum_query_counts,
+    wsum_sensitivity,
+)
 from shared.errors import EmptyArmError, PrivacyError, UnresolvedFitError
 from shared.protocol import PsmWsum
 from shared.psm.estimator import Z_95, AttEstimate, Check, estimate_att
@@ -185,6 +192,7 @@ def dp_wsum_query(
         beta=tuple(float(b) for b in beta),
         edges=tuple(float(e) for e in table.edges),
         count=wsum_query_counts(table.count, used),
+        center=tuple(float(c) for c in wsum_centers(count=table.count, sum_y=table.sum_y, used=used).reshape(-1)),
         max_weight=max_weight(att_weights(table.count, used)),
     )
 
@@ -218,16 +226,15 @@ def dp_estimate(
     span = np.array([o.cap - o.lo for o in outcomes])
     att01 = None
     if wsum is not None and used.any():
-        att01 = wsum_att(wsum=wsum, count=table.count, used=used)
-        v_max = max_weight(att_weights(table.count, used))
-        rel = plan.release("psm_wsum").for_sensitivity(
-            psm_wsum_sensitivity(n_outcomes=len(outcomes), max_weight=v_max)
-        )
+        centers = wsum_centers(count=table.count, sum_y=table.sum_y, used=used)
+        att01 = wsum_att(wsum=wsum, count=table.count, used=used, centers=centers)
+        rel = plan.release("psm_wsum").for_sensitivity(wsum_sensitivity(att_weights(table.count, used), centers))
         se01 = wsum_privacy_se(
             count=table.count,
             sum_y=table.sum_y,
             used=used,
             att=att01,
+            centers=centers,
             sigma_count=sigma,
             sigma_wsum=rel.total_sigma(n_nodes, **sa),
         )
