@@ -56,7 +56,9 @@ def _whole_study(query: StudyQuery) -> StudyQuery:
         PsFit(beta=beta),
         ScoreHist(beta=beta),
         PsmStats(beta=beta, edges=whole),
-        PsmWsum(beta=beta, edges=whole, count=(1.0, 1.0), center=(0.5,) * 2 * len(query.outcomes), max_weight=1.0),
+        PsmWsum(
+            beta=beta, edges=whole, count=(1.0, 1.0), center=(0.5,) * 2 * len(query.outcomes), max_weight=1.0
+        ),
     )
     return query.model_copy(update={"ops": ops})
 

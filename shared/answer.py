@@ -25,9 +25,18 @@ from shared.dp.forms import release_arrays
 from shared.dp.mechanisms import release as gaussian_release
 from shared.dp.plan import NoisePlan, PlannedRelease
 from shared.dp.workflow import dp_grid
-from shared.errors import QueryRefused
 from shared.dp.wsum import node_weights, weighted_sums
-from shared.protocol import CONTROL_OPS, DP_RELEASES, Describe, PsFit, PsmStats, PsmWsum, ScoreHist, StudyQuery
+from shared.errors import QueryRefused
+from shared.protocol import (
+    CONTROL_OPS,
+    DP_RELEASES,
+    Describe,
+    PsFit,
+    PsmStats,
+    PsmWsum,
+    ScoreHist,
+    StudyQuery,
+)
 from shared.psm.propensity import cov_moments, ps_contribution
 from shared.psm.strata import score_histogram
 from shared.psm.table import psm_table

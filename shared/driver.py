@@ -47,6 +47,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from shared.dp.plan import NoisePlan, plan_study
+from shared.dp.sensitivity import psm_wsum_sensitivity
 from shared.dp.workflow import (
     after_describe,
     dp_edges,
@@ -59,7 +60,6 @@ from shared.dp.workflow import (
     dp_wsum_query,
 )
 from shared.errors import FederationError, UnresolvedFitError
-from shared.dp.sensitivity import psm_wsum_sensitivity
 from shared.protocol import Cancel, Describe, PsFit, PsmStats, PsmWsum, Reserve, ScoreHist, StudyQuery
 from shared.psm.estimator import AttEstimate, Check, estimate_att
 from shared.psm.propensity import CovMoments, PropensityFitter, PsStats, initial_beta
@@ -436,12 +436,17 @@ def _wsum_round(spec: StudySpec, rounds: _Rounds, run: StudyRun, op: PsmWsum, pl
     if run.secure is None:
         return rounds.ask((op,), "psm-wsum")
     k, scale = run.secure
-    sigma = plan.release("psm_wsum").for_sensitivity(psm_wsum_sensitivity(
-        n_outcomes=len(spec.outcomes), max_weight=op.max_weight
-    )).sigma  # an upper bound: the centres keep the sensitivity within √O·v_max/2
+    sigma = (
+        plan.release("psm_wsum")
+        .for_sensitivity(psm_wsum_sensitivity(n_outcomes=len(spec.outcomes), max_weight=op.max_weight))
+        .sigma
+    )  # an upper bound: the centres keep the sensitivity within √O·v_max/2
     # |Σ v (y − ½)| is at most about N_T ≤ the rows bound the scale holds; add the noise's
     # margin (secure_scale is linear in both: this is secure_scale(rows, σ_max + σ_wsum))
-    run.secure = (k, scale + secure_scale(rows_upper=0.0, sigma_max=sigma) - secure_scale(rows_upper=0.0, sigma_max=0.0))
+    run.secure = (
+        k,
+        scale + secure_scale(rows_upper=0.0, sigma_max=sigma) - secure_scale(rows_upper=0.0, sigma_max=0.0),
+    )
     try:
         return rounds.ask((op,), "psm-wsum")
     finally:

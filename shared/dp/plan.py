@@ -63,13 +63,13 @@ from shared.dp.sensitivity import (
     psm_main_sensitivity,
     psm_sumsq_sensitivity,
 )
+from shared.errors import PrivacyError
 
 #: The sensitivity a plan records for ``psm_wsum``: a unit. That release's Δ depends on the
 #: largest weight the query asks for (:func:`shared.dp.sensitivity.psm_wsum_sensitivity`); the
 #: plan fixes its noise multiplier μ, and σ = μ·Δ follows from the query
 #: (:meth:`PlannedRelease.for_sensitivity`).
 UNIT_SENSITIVITY = 1.0
-from shared.errors import PrivacyError
 
 __all__ = [
     "DEFAULT_PS_ROUNDS",
@@ -117,7 +117,10 @@ class PlannedRelease:
         """The same release (same μ, so the same privacy loss) at the sensitivity a query
         declares: how ``psm_wsum`` gets its σ from the largest weight it is asked for."""
         return PlannedRelease(
-            query=self.query, index=self.index, sensitivity=float(sensitivity), noise_multiplier=self.noise_multiplier
+            query=self.query,
+            index=self.index,
+            sensitivity=float(sensitivity),
+            noise_multiplier=self.noise_multiplier,
         )
 
     def total_sigma(self, n_nodes: int, *, secure_aggregation: bool = False) -> float:

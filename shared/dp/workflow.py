@@ -170,7 +170,9 @@ def dp_table(
     )
 
 
-def dp_used(*, table: PsmTable, plan: NoisePlan, n_nodes: int, secure_aggregation: bool = False) -> np.ndarray:
+def dp_used(
+    *, table: PsmTable, plan: NoisePlan, n_nodes: int, secure_aggregation: bool = False
+) -> np.ndarray:
     """``(S,)`` the strata the estimate uses: both arms' noisy counts at least ``dp_min_cell``
     (the estimator's common support, :func:`shared.psm.estimator.estimate_att`)."""
     sigma = plan.release("psm_main").total_sigma(n_nodes, secure_aggregation=secure_aggregation)
@@ -192,7 +194,9 @@ def dp_wsum_query(
         beta=tuple(float(b) for b in beta),
         edges=tuple(float(e) for e in table.edges),
         count=wsum_query_counts(table.count, used),
-        center=tuple(float(c) for c in wsum_centers(count=table.count, sum_y=table.sum_y, used=used).reshape(-1)),
+        center=tuple(
+            float(c) for c in wsum_centers(count=table.count, sum_y=table.sum_y, used=used).reshape(-1)
+        ),
         max_weight=max_weight(att_weights(table.count, used)),
     )
 
@@ -228,7 +232,9 @@ def dp_estimate(
     if wsum is not None and used.any():
         centers = wsum_centers(count=table.count, sum_y=table.sum_y, used=used)
         att01 = wsum_att(wsum=wsum, count=table.count, used=used, centers=centers)
-        rel = plan.release("psm_wsum").for_sensitivity(wsum_sensitivity(att_weights(table.count, used), centers))
+        rel = plan.release("psm_wsum").for_sensitivity(
+            wsum_sensitivity(att_weights(table.count, used), centers)
+        )
         se01 = wsum_privacy_se(
             count=table.count,
             sum_y=table.sum_y,
@@ -260,7 +266,9 @@ def dp_estimate(
     )
     if att01 is None:
         return est
-    return replace(est, outcomes=tuple(_with_att(o, float(a * s)) for o, a, s in zip(est.outcomes, att01, span)))
+    return replace(
+        est, outcomes=tuple(_with_att(o, float(a * s)) for o, a, s in zip(est.outcomes, att01, span))
+    )
 
 
 def _with_att(o, att: float):

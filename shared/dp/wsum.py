@@ -101,12 +101,14 @@ def max_weight(v: np.ndarray) -> float:
 def wsum_query_counts(count: np.ndarray, used: np.ndarray) -> tuple[float, ...]:
     """The counts a ``psm_wsum`` query carries: the used strata's noisy counts, 0 elsewhere,
     flattened ``(control, treated)`` per stratum."""
-    n = np.where(np.asarray(used, dtype=bool)[:, None], np.clip(np.asarray(count, dtype=float), 0.0, None), 0.0)
+    n = np.where(
+        np.asarray(used, dtype=bool)[:, None], np.clip(np.asarray(count, dtype=float), 0.0, None), 0.0
+    )
     return tuple(float(x) for x in n.reshape(-1))
 
 
 def wsum_centers(*, count, sum_y, used) -> np.ndarray:
-    """``(S, 2, O)`` public centres: each used cell's noisy mean (from the cell release),
+    r"""``(S, 2, O)`` public centres: each used cell's noisy mean (from the cell release),
     clipped so that :math:`|v| \max(c, 1 - c) \le v_{max}/2` (module docstring); ½ in the cells
     of the largest weight and outside the used strata."""
     n = np.clip(np.asarray(count, dtype=float), 0.0, None)
@@ -119,7 +121,7 @@ def wsum_centers(*, count, sum_y, used) -> np.ndarray:
 
 
 def wsum_sensitivity(v: np.ndarray, centers: np.ndarray) -> float:
-    """L2 sensitivity of the weighted sums: the largest :math:`|v|\,\lVert\max(c, 1 -
+    """L2 sensitivity of the weighted sums: the largest :math:`|v|\\,\\lVert\\max(c, 1 -
     c)\rVert_2` over cells (one row lands in one cell)."""
     reach = np.sqrt(np.sum(np.maximum(centers, 1.0 - centers) ** 2, axis=-1))  # (S, 2)
     return float(np.max(np.abs(v) * reach))
@@ -140,13 +142,13 @@ def node_weights(
             centre outside [0, 1], or a declared largest weight other than the counts' (no
             value is named: they are the study's).
     """
-    n = np.asarray(counts, dtype=float).reshape(-1)
-    c = np.asarray(centers, dtype=float).reshape(-1)
-    if n.size != 2 * n_strata or not np.all(np.isfinite(n)) or np.any(n < 0):
+    flat_n = np.asarray(counts, dtype=float).reshape(-1)
+    flat_c = np.asarray(centers, dtype=float).reshape(-1)
+    if flat_n.size != 2 * n_strata or not np.all(np.isfinite(flat_n)) or np.any(flat_n < 0):
         raise QueryRefused(f"psm_wsum: counts must be {2 * n_strata} finite non-negative values")
-    if c.size != 2 * n_strata * n_outcomes or not np.all((c >= 0.0) & (c <= 1.0)):
+    if flat_c.size != 2 * n_strata * n_outcomes or not np.all((flat_c >= 0.0) & (flat_c <= 1.0)):
         raise QueryRefused(f"psm_wsum: centers must be {2 * n_strata * n_outcomes} values in [0, 1]")
-    n = n.reshape(n_strata, 2)
+    n = flat_n.reshape(n_strata, 2)
     used = (n[:, 0] > 0) & (n[:, 1] > 0)
     if np.any((n[:, 0] > 0) != (n[:, 1] > 0)) or np.any(n[used] < 1.0) or not used.any():
         raise QueryRefused(
@@ -156,7 +158,7 @@ def node_weights(
     v = att_weights(n, used)
     if not (math.isfinite(declared_max) and math.isclose(declared_max, max_weight(v), rel_tol=_WEIGHT_RTOL)):
         raise QueryRefused("psm_wsum: the declared largest weight is not the one its counts give")
-    c = c.reshape(n_strata, 2, n_outcomes)
+    c = flat_c.reshape(n_strata, 2, n_outcomes)
     return v, c, wsum_sensitivity(v, c)
 
 
@@ -181,9 +183,7 @@ def wsum_att(*, wsum, count, used, centers) -> np.ndarray:
     return (np.asarray(wsum, dtype=float) + back) / float(n[u, 1].sum())
 
 
-def wsum_privacy_se(
-    *, count, sum_y, used, att, centers, sigma_count: float, sigma_wsum: float
-) -> np.ndarray:
+def wsum_privacy_se(*, count, sum_y, used, att, centers, sigma_count: float, sigma_wsum: float) -> np.ndarray:
     r"""Analytic SD of :func:`wsum_att` due to both noises, per outcome on the [0, 1] scale
     (module docstring).
 
