@@ -47,6 +47,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from shared.dp.plan import NoisePlan, plan_study
+from shared.dp.fitnoise import FitNoise, score_variance, slope_noise_covariance
 from shared.dp.sensitivity import psm_wsum_sensitivity
 from shared.dp.workflow import (
     after_describe,
@@ -388,20 +389,25 @@ def _release(spec: StudySpec, rounds: _Rounds, run: StudyRun) -> None:
     run.fitter = fitter
     for r in range(plan.n_ps_rounds):
         answers = rounds.ask((PsFit(beta=tuple(float(b) for b in fitter.beta)),), f"ps-fit-{r + 1}")
-        fitter.update(
-            dp_ps_stats(
-                g=rounds.total(answers, "ps_fit", "g"),
-                H=rounds.total(answers, "ps_fit", "H"),
-                plan=plan,
-                n_nodes=nodes(answers),
-                **sa,
-            )
+        last = dp_ps_stats(
+            g=rounds.total(answers, "ps_fit", "g"),
+            H=rounds.total(answers, "ps_fit", "H"),
+            plan=plan,
+            n_nodes=nodes(answers),
+            **sa,
         )
+        fitter.update(last)
+    fit_sigma = plan.release("ps_fit").total_sigma(nodes(answers), **sa)
     beta = tuple(float(b) for b in fitter.beta)
     answers = rounds.ask((ScoreHist(beta=beta),), "score-hist")
+    hist = rounds.total(answers, "score_hist", "count")
+    fit_noise = FitNoise(
+        noise_cov=slope_noise_covariance(H=last.H + spec.federation.ridge * np.eye(d + 1), sigma_fit=fit_sigma),
+        var_score=score_variance(grid=dp_grid(beta=fitter.beta), hist=hist),
+    )
     edges = dp_edges(
         beta=fitter.beta,
-        hist=rounds.total(answers, "score_hist", "count"),
+        hist=hist,
         plan=plan,
         n_nodes=nodes(answers),
         n_treated=float(counts[1]),
@@ -426,6 +432,7 @@ def _release(spec: StudySpec, rounds: _Rounds, run: StudyRun) -> None:
         outcomes=spec.outcomes,
         covariates=[c.name for c in spec.covariates],
         wsum=wsum,
+        fit_noise=fit_noise,
         **sa,
     )
 

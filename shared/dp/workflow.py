@@ -23,6 +23,7 @@ from typing import Literal, Mapping, Sequence
 
 import numpy as np
 
+from shared.dp.fitnoise import FitNoise, bias_aware_halfwidth, fit_bias_bound
 from shared.dp.forms import CENTER, balance_from_release, balance_noise, main_from_release, ps_from_release
 from shared.dp.mechanisms import project_psd
 from shared.dp.plan import NoisePlan
@@ -210,6 +211,7 @@ def dp_estimate(
     covariates: Sequence[str],
     secure_aggregation: bool = False,
     wsum: np.ndarray | None = None,
+    fit_noise: FitNoise | None = None,
 ) -> AttEstimate:
     """The stratified ATT with the privacy noise in its SE and CI.
 
@@ -218,7 +220,9 @@ def dp_estimate(
     privacy SE :func:`shared.dp.wsum.wsum_privacy_se`; without, the table's stratified ATT with
     :func:`shared.dp.uncertainty.att_privacy_se`. The sampling SE, the arm means and balance
     come from the table either way; balance statistics the noise cannot resolve are None
-    (:mod:`shared.psm.balance`).
+    (:mod:`shared.psm.balance`). With ``fit_noise`` the CI also holds the bias the propensity
+    fit's noise may leave (:mod:`shared.dp.fitnoise`), and the diagnostic ``dp_fit_bias`` says
+    how large that bound is.
     """
     sa = {"secure_aggregation": secure_aggregation}
     sigma = plan.release("psm_main").total_sigma(n_nodes, **sa)
@@ -264,11 +268,47 @@ def dp_estimate(
         balance_noise=noise,
         extra_checks=(check,),
     )
-    if att01 is None:
-        return est
-    return replace(
-        est, outcomes=tuple(_with_att(o, float(a * s)) for o, a, s in zip(est.outcomes, att01, span))
+    if att01 is not None:
+        est = replace(
+            est, outcomes=tuple(_with_att(o, float(a * s)) for o, a, s in zip(est.outcomes, att01, span))
+        )
+    return est if fit_noise is None else _fit_bias_aware(est, table, fit_noise, span)
+
+
+def _fit_bias_aware(est: AttEstimate, table: PsmTable, fit_noise: FitNoise, span: np.ndarray) -> AttEstimate:
+    """Each CI widened to hold the bound on the fit's residual bias (bias-aware), and the
+    ``dp_fit_bias`` diagnostic stating the bounds."""
+    n = np.clip(table.count, 0.0, None)
+    arm = n.sum(axis=0)
+    means = table.sum_y.sum(axis=0) / np.maximum(arm, 1.0)[:, None]  # (2, O) on [0, 1]
+    crude = (means[1] - means[0]) * span
+    bound = fit_bias_bound(
+        crude=crude,
+        adjusted=[o.att for o in est.outcomes],
+        noise_cov=fit_noise.noise_cov,
+        var_score=fit_noise.var_score,
     )
+    outcomes = []
+    for o, b in zip(est.outcomes, bound):
+        half = bias_aware_halfwidth(se=o.se, bias=float(b))
+        outcomes.append(o.model_copy(update={"ci": (o.att - half, o.att + half)}))
+    ratio = [float(b / o.se) if o.se > 0 else math.inf for o, b in zip(est.outcomes, bound)]
+    said = ", ".join(f"{o.name} {b:.3g} ({r:.2f} SE)" for o, b, r in zip(est.outcomes, bound, ratio))
+    finite = bool(np.all(np.isfinite(ratio)))
+    check = Check(
+        name="dp_fit_bias",
+        passed=finite,
+        value=max(ratio) if finite else None,
+        threshold=None,
+        message=(
+            f"the propensity fit's noise may leave a bias up to {said}; each CI is widened to "
+            "cover at 95 % with that bias (bias-aware interval, shared/dp/fitnoise.py)"
+            if finite
+            else f"the propensity fit's noise is as large as the score's spread ({said}): the "
+            "adjustment cannot be trusted and the CIs are unbounded"
+        ),
+    )
+    return replace(est, outcomes=tuple(outcomes), diagnostics=est.diagnostics + (check,))
 
 
 def _with_att(o, att: float):
