@@ -282,11 +282,17 @@ def _fit_bias_aware(est: AttEstimate, table: PsmTable, fit_noise: FitNoise, span
     arm = n.sum(axis=0)
     means = table.sum_y.sum(axis=0) / np.maximum(arm, 1.0)[:, None]  # (2, O) on [0, 1]
     crude = (means[1] - means[0]) * span
+    sd_z = None  # without a balance release: the bound ½ of a covariate scaled to [0, 1]
+    if np.any(table.sumsq_z):
+        rows = max(float(arm.sum()), 1.0)
+        mean_z = table.sum_z.sum(axis=(0, 1)) / rows
+        sd_z = np.sqrt(np.clip(table.sumsq_z.sum(axis=(0, 1)) / rows - mean_z**2, 0.0, 0.25))
     bound = fit_bias_bound(
         crude=crude,
         adjusted=[o.att for o in est.outcomes],
         noise_cov=fit_noise.noise_cov,
         var_score=fit_noise.var_score,
+        sd_z=sd_z,
     )
     outcomes = []
     for o, b in zip(est.outcomes, bound):
