@@ -46,8 +46,8 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from shared.dp.plan import NoisePlan, plan_study
 from shared.dp.fitnoise import FitNoise, score_variance, slope_noise_covariance
+from shared.dp.plan import NoisePlan, plan_study
 from shared.dp.sensitivity import psm_wsum_sensitivity
 from shared.dp.workflow import (
     after_describe,
@@ -402,7 +402,9 @@ def _release(spec: StudySpec, rounds: _Rounds, run: StudyRun) -> None:
     answers = rounds.ask((ScoreHist(beta=beta),), "score-hist")
     hist = rounds.total(answers, "score_hist", "count")
     fit_noise = FitNoise(
-        noise_cov=slope_noise_covariance(H=last.H + spec.federation.ridge * np.eye(d + 1), sigma_fit=fit_sigma),
+        noise_cov=slope_noise_covariance(
+            H=last.H + spec.federation.ridge * np.eye(d + 1), sigma_fit=fit_sigma
+        ),
         var_score=score_variance(grid=dp_grid(beta=fitter.beta), hist=hist),
     )
     edges = dp_edges(

@@ -35,10 +35,9 @@ of the strata, which the exact study shares.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
-
-from dataclasses import dataclass
 
 from shared.dp.forms import CENTER
 
