@@ -235,7 +235,9 @@ def dp_estimate(
     att01 = None
     if wsum is not None and used.any():
         centers = wsum_centers(count=table.count, sum_y=table.sum_y, used=used)
-        att01 = wsum_att(wsum=wsum, count=table.count, used=used, centers=centers)
+        att01 = wsum_att(
+            wsum=wsum, count=table.count, used=used, centers=centers, sum_y=table.sum_y, sigma_count=sigma
+        )
         rel = plan.release("psm_wsum").for_sensitivity(
             wsum_sensitivity(att_weights(table.count, used), centers)
         )

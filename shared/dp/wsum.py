@@ -173,14 +173,28 @@ def weighted_sums(*, z, t, y, beta, edges, v, centers) -> np.ndarray:
     return weight @ (np.asarray(y, dtype=float) - np.asarray(centers, dtype=float)[b, arm])
 
 
-def wsum_att(*, wsum, count, used, centers) -> np.ndarray:
+def wsum_att(*, wsum, count, used, centers, sum_y=None, sigma_count: float = 0.0) -> np.ndarray:
     """The ATT per outcome on the [0, 1] scale from the summed noisy weighted sums, the
-    centres added back with the noisy treated counts (module docstring)."""
+    centres added back with the noisy treated counts (module docstring).
+
+    With ``sum_y`` and ``sigma_count``, the ratio bias of the control weights is removed to
+    second order: :math:`E[n/\\hat n] \approx 1 + \\sigma^2/n^2`, so a control cell adds
+    :math:`-w_b (\\sigma^2/n_{bC}^2)(\bar y_{bC} - c_{bC})` to the estimate's expectation, large in
+    a cell of few controls (2σ at least) left at centre ½ for its large weight; the cell mean
+    is read off the cell release.
+    """
     n = np.clip(np.asarray(count, dtype=float), 0.0, None)
     u = np.asarray(used, dtype=bool)
     c = np.asarray(centers, dtype=float)[u]
+    n_t = float(n[u, 1].sum())
     back = np.sum(n[u, 1][:, None] * (c[:, 1, :] - c[:, 0, :]), axis=0)
-    return (np.asarray(wsum, dtype=float) + back) / float(n[u, 1].sum())
+    att = (np.asarray(wsum, dtype=float) + back) / n_t
+    if sum_y is None or not sigma_count > 0:
+        return att
+    n_c = n[u, 0]
+    ybar_c = np.clip(np.asarray(sum_y, dtype=float)[u, 0, :] / n_c[:, None], 0.0, 1.0)
+    ratio_bias = (n[u, 1] / n_t * sigma_count**2 / n_c**2)[:, None] * (ybar_c - c[:, 0, :])
+    return att + ratio_bias.sum(axis=0)
 
 
 def wsum_privacy_se(*, count, sum_y, used, att, centers, sigma_count: float, sigma_wsum: float) -> np.ndarray:

@@ -151,11 +151,12 @@ def test_secure_aggregation_shrinks_the_privacy_se_by_about_root_k():
 
 
 def test_strata_rule_caps_by_noise_and_by_the_request():
-    assert dp_n_strata(n_treated=10_000, count_sigma=32.0) == 15  # 10000 / (20 * 32)
+    assert dp_n_strata(n_treated=10_000, count_sigma=64.0) == 15  # 10000 / (10 * 64)
     assert dp_n_strata(n_treated=10_000, count_sigma=32.0, requested=5) == 5
     assert dp_n_strata(n_treated=10_000, count_sigma=4.0) == 20  # the DP cap
     assert dp_n_strata(n_treated=1_000, count_sigma=32.0) == 3  # 1000 / (10 * 32)
-    assert dp_n_strata(n_treated=1_000, count_sigma=4.0) == 12  # 1000 / (20 * 4) beyond 5
+    assert dp_n_strata(n_treated=1_000, count_sigma=4.0) == 20  # 1000 / (10 * 4), capped
+    assert dp_n_strata(n_treated=1_000, count_sigma=8.0) == 12  # 1000 / (10 * 8) beyond 5
     assert dp_n_strata(n_treated=100, count_sigma=32.0) == 1
     assert dp_min_cell(count_sigma=0.2) == 1.0 and dp_min_cell(count_sigma=30.0) == 60.0
 
