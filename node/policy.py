@@ -64,6 +64,7 @@ _SHARE_OF = {
     "score_hist": "ps_fit",
     "psm_main": "psm_stats",
     "psm_sumsq": "psm_stats",
+    "psm_wsum": "psm_stats",
     "psm_balance": "balance",
 }
 

@@ -47,14 +47,18 @@ def _whole_study(query: StudyQuery) -> StudyQuery:
     """``query`` asking every operation of a DP study at once: what the node's policy judges
     when the study reserves its plan (each operation's releases and their shares). The β and
     edges are placeholders: under DP the policy judges the releases, not where they are taken."""
-    from shared.protocol import Describe, PsFit, PsmStats, ScoreHist
+    from shared.protocol import Describe, PsFit, PsmStats, PsmWsum, ScoreHist
 
     beta = (0.0,) * (len(query.covariates) + 1)
+    whole = (-float("inf"), float("inf"))
     ops = (
         Describe(),
         PsFit(beta=beta),
         ScoreHist(beta=beta),
-        PsmStats(beta=beta, edges=(-float("inf"), float("inf"))),
+        PsmStats(beta=beta, edges=whole),
+        PsmWsum(
+            beta=beta, edges=whole, count=(1.0, 1.0), center=(0.5,) * 2 * len(query.outcomes), max_weight=1.0
+        ),
     )
     return query.model_copy(update={"ops": ops})
 

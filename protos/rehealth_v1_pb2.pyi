@@ -140,6 +140,20 @@ class PsmStats(_message.Message):
     edges: _containers.RepeatedScalarFieldContainer[float]
     def __init__(self, beta: _Optional[_Iterable[float]] = ..., edges: _Optional[_Iterable[float]] = ...) -> None: ...
 
+class PsmWsum(_message.Message):
+    __slots__ = ("beta", "edges", "count", "max_weight", "center")
+    BETA_FIELD_NUMBER: _ClassVar[int]
+    EDGES_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    MAX_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    CENTER_FIELD_NUMBER: _ClassVar[int]
+    beta: _containers.RepeatedScalarFieldContainer[float]
+    edges: _containers.RepeatedScalarFieldContainer[float]
+    count: _containers.RepeatedScalarFieldContainer[float]
+    max_weight: float
+    center: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, beta: _Optional[_Iterable[float]] = ..., edges: _Optional[_Iterable[float]] = ..., count: _Optional[_Iterable[float]] = ..., max_weight: _Optional[float] = ..., center: _Optional[_Iterable[float]] = ...) -> None: ...
+
 class ScoreHist(_message.Message):
     __slots__ = ("beta",)
     BETA_FIELD_NUMBER: _ClassVar[int]
@@ -155,20 +169,22 @@ class Cancel(_message.Message):
     def __init__(self) -> None: ...
 
 class Operation(_message.Message):
-    __slots__ = ("describe", "ps_fit", "psm_stats", "score_hist", "reserve", "cancel")
+    __slots__ = ("describe", "ps_fit", "psm_stats", "score_hist", "reserve", "cancel", "psm_wsum")
     DESCRIBE_FIELD_NUMBER: _ClassVar[int]
     PS_FIT_FIELD_NUMBER: _ClassVar[int]
     PSM_STATS_FIELD_NUMBER: _ClassVar[int]
     SCORE_HIST_FIELD_NUMBER: _ClassVar[int]
     RESERVE_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
+    PSM_WSUM_FIELD_NUMBER: _ClassVar[int]
     describe: Describe
     ps_fit: PsFit
     psm_stats: PsmStats
     score_hist: ScoreHist
     reserve: Reserve
     cancel: Cancel
-    def __init__(self, describe: _Optional[_Union[Describe, _Mapping]] = ..., ps_fit: _Optional[_Union[PsFit, _Mapping]] = ..., psm_stats: _Optional[_Union[PsmStats, _Mapping]] = ..., score_hist: _Optional[_Union[ScoreHist, _Mapping]] = ..., reserve: _Optional[_Union[Reserve, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ...) -> None: ...
+    psm_wsum: PsmWsum
+    def __init__(self, describe: _Optional[_Union[Describe, _Mapping]] = ..., ps_fit: _Optional[_Union[PsFit, _Mapping]] = ..., psm_stats: _Optional[_Union[PsmStats, _Mapping]] = ..., score_hist: _Optional[_Union[ScoreHist, _Mapping]] = ..., reserve: _Optional[_Union[Reserve, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., psm_wsum: _Optional[_Union[PsmWsum, _Mapping]] = ...) -> None: ...
 
 class StudyQuery(_message.Message):
     __slots__ = ("protocol", "study_id", "treatment_column", "covariates", "outcomes", "ops", "sites", "privacy", "secure_scale", "grant")
@@ -246,17 +262,25 @@ class ScoreHistReply(_message.Message):
     count: Tensor
     def __init__(self, count: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
+class PsmWsumReply(_message.Message):
+    __slots__ = ("wsum",)
+    WSUM_FIELD_NUMBER: _ClassVar[int]
+    wsum: Tensor
+    def __init__(self, wsum: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
 class StudyAnswers(_message.Message):
-    __slots__ = ("describe", "ps_fit", "psm_stats", "score_hist")
+    __slots__ = ("describe", "ps_fit", "psm_stats", "score_hist", "psm_wsum")
     DESCRIBE_FIELD_NUMBER: _ClassVar[int]
     PS_FIT_FIELD_NUMBER: _ClassVar[int]
     PSM_STATS_FIELD_NUMBER: _ClassVar[int]
     SCORE_HIST_FIELD_NUMBER: _ClassVar[int]
+    PSM_WSUM_FIELD_NUMBER: _ClassVar[int]
     describe: DescribeReply
     ps_fit: PsFitReply
     psm_stats: PsmStatsReply
     score_hist: ScoreHistReply
-    def __init__(self, describe: _Optional[_Union[DescribeReply, _Mapping]] = ..., ps_fit: _Optional[_Union[PsFitReply, _Mapping]] = ..., psm_stats: _Optional[_Union[PsmStatsReply, _Mapping]] = ..., score_hist: _Optional[_Union[ScoreHistReply, _Mapping]] = ...) -> None: ...
+    psm_wsum: PsmWsumReply
+    def __init__(self, describe: _Optional[_Union[DescribeReply, _Mapping]] = ..., ps_fit: _Optional[_Union[PsFitReply, _Mapping]] = ..., psm_stats: _Optional[_Union[PsmStatsReply, _Mapping]] = ..., score_hist: _Optional[_Union[ScoreHistReply, _Mapping]] = ..., psm_wsum: _Optional[_Union[PsmWsumReply, _Mapping]] = ...) -> None: ...
 
 class ReplyMeta(_message.Message):
     __slots__ = ("site", "seconds", "ops", "dataset", "epsilon_spent", "epsilon_budget", "epsilon_reserved")

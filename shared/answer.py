@@ -25,8 +25,18 @@ from shared.dp.forms import release_arrays
 from shared.dp.mechanisms import release as gaussian_release
 from shared.dp.plan import NoisePlan, PlannedRelease
 from shared.dp.workflow import dp_grid
+from shared.dp.wsum import node_weights, weighted_sums
 from shared.errors import QueryRefused
-from shared.protocol import CONTROL_OPS, DP_RELEASES, Describe, PsFit, PsmStats, ScoreHist, StudyQuery
+from shared.protocol import (
+    CONTROL_OPS,
+    DP_RELEASES,
+    Describe,
+    PsFit,
+    PsmStats,
+    PsmWsum,
+    ScoreHist,
+    StudyQuery,
+)
 from shared.psm.propensity import cov_moments, ps_contribution
 from shared.psm.strata import score_histogram
 from shared.psm.table import psm_table
@@ -122,6 +132,10 @@ def exact_answer(op, query: StudyQuery, data: SiteArrays) -> dict[str, np.ndarra
     if isinstance(op, PsmStats):
         edges = check_edges(op.edges)
         return psm_table(z=data.z, t=data.t, y=data.y, beta=beta, edges=edges).to_arrays()
+    if isinstance(op, PsmWsum):
+        edges = check_edges(op.edges)
+        v, c, _ = _wsum_weights(op, n_outcomes=len(query.outcomes))
+        return {"wsum": weighted_sums(z=data.z, t=data.t, y=data.y, beta=beta, edges=edges, v=v, centers=c)}
     raise QueryRefused(f"unknown operation {op!r}")  # pragma: no cover - union admits no other
 
 
@@ -139,6 +153,18 @@ def check_edges(edges) -> np.ndarray:
     ):
         raise QueryRefused("psm_stats: edges must be strictly increasing, from -inf to +inf")
     return e
+
+
+def _wsum_weights(op: PsmWsum, *, n_outcomes: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """The weights, centres and sensitivity of a ``psm_wsum`` operation, checked on the query
+    alone (:func:`shared.dp.wsum.node_weights`)."""
+    return node_weights(
+        counts=op.count,
+        centers=op.center,
+        n_strata=len(op.edges) - 1,
+        n_outcomes=n_outcomes,
+        declared_max=op.max_weight,
+    )
 
 
 def control_op(query: StudyQuery) -> str | None:
@@ -175,10 +201,14 @@ def check_query(query: StudyQuery) -> None:
         return
     d = len(query.covariates)
     for op in query.ops:
-        if isinstance(op, (PsFit, ScoreHist, PsmStats)):
+        if isinstance(op, (PsFit, ScoreHist, PsmStats, PsmWsum)):
             _check_beta(op.beta, d)
-        if isinstance(op, PsmStats):
+        if isinstance(op, (PsmStats, PsmWsum)):
             check_edges(op.edges)
+        if isinstance(op, PsmWsum):
+            if query.privacy is None:
+                raise QueryRefused("psm_wsum is a DP release: an exact study reads the PSM table")
+            _wsum_weights(op, n_outcomes=len(query.outcomes))
 
 
 def suppress_small_cells(op: str, arrays: dict[str, np.ndarray], *, k: int) -> dict[str, np.ndarray]:
@@ -204,8 +234,22 @@ def suppress_small_cells(op: str, arrays: dict[str, np.ndarray], *, k: int) -> d
 
 
 def planned_releases(query: StudyQuery, plan: NoisePlan) -> dict[str, PlannedRelease]:
-    """The plan's releases that ``query``'s operations make (what a node charges, once each)."""
-    return {name: plan.release(name) for op in query.ops for name in DP_RELEASES[op.op] if plan.has(name)}
+    """The plan's releases that ``query``'s operations make (what a node charges, once each).
+
+    ``psm_wsum`` keeps the plan's noise multiplier at the sensitivity its weights give
+    (:meth:`shared.dp.plan.PlannedRelease.for_sensitivity`): the node charges, and adds noise
+    by, the largest weight it is asked for, computed from the query before any data is read.
+    """
+    out = {}
+    for op in query.ops:
+        for name in DP_RELEASES[op.op]:
+            if not plan.has(name):
+                continue
+            rel = plan.release(name)
+            if isinstance(op, PsmWsum):
+                rel = rel.for_sensitivity(_wsum_weights(op, n_outcomes=len(query.outcomes))[2])
+            out[name] = rel
+    return out
 
 
 def study_releases(plan: NoisePlan) -> list[tuple[str, float, float]]:
@@ -235,7 +279,8 @@ def ledger_step(query: StudyQuery, plan: NoisePlan | None, ledger: NodeLedger, *
     study's reservation has not converted, and a query of data operations converts each release
     it makes (:func:`planned_releases`) into a charge — never without a live reservation. The
     PSM table is a DP study's last release (:func:`shared.driver.run_study`): charging it
-    completes the reservation, so a re-split's slack does not stay reserved.
+    completes the reservation, so a re-split's slack does not stay reserved; since protocol 7
+    the last release is the ATT's weighted sums (``psm_wsum``), which completes it instead.
 
     Returns:
         The ids of the charges made (the node marks them ``sent`` once its reply is handed on).
@@ -256,7 +301,7 @@ def ledger_step(query: StudyQuery, plan: NoisePlan | None, ledger: NodeLedger, *
         )
         for name, rel in planned_releases(query, plan).items()
     ]
-    if any(isinstance(op, PsmStats) for op in query.ops):
+    if any(isinstance(op, PsmWsum) for op in query.ops):
         ledger.complete(query.study_id)
     return ids
 

@@ -46,7 +46,9 @@ from typing import Callable, Protocol
 
 import numpy as np
 
+from shared.dp.fitnoise import FitNoise, score_variance, slope_noise_covariance
 from shared.dp.plan import NoisePlan, plan_study
+from shared.dp.sensitivity import psm_wsum_sensitivity
 from shared.dp.workflow import (
     after_describe,
     dp_edges,
@@ -56,9 +58,10 @@ from shared.dp.workflow import (
     dp_ps_stats,
     dp_start_beta,
     dp_table,
+    dp_wsum_query,
 )
 from shared.errors import FederationError, UnresolvedFitError
-from shared.protocol import Cancel, Describe, PsFit, PsmStats, Reserve, ScoreHist, StudyQuery
+from shared.protocol import Cancel, Describe, PsFit, PsmStats, PsmWsum, Reserve, ScoreHist, StudyQuery
 from shared.psm.estimator import AttEstimate, Check, estimate_att
 from shared.psm.propensity import CovMoments, PropensityFitter, PsStats, initial_beta
 from shared.psm.strata import caliper_edges, logit_sd, quantile_edges
@@ -386,20 +389,27 @@ def _release(spec: StudySpec, rounds: _Rounds, run: StudyRun) -> None:
     run.fitter = fitter
     for r in range(plan.n_ps_rounds):
         answers = rounds.ask((PsFit(beta=tuple(float(b) for b in fitter.beta)),), f"ps-fit-{r + 1}")
-        fitter.update(
-            dp_ps_stats(
-                g=rounds.total(answers, "ps_fit", "g"),
-                H=rounds.total(answers, "ps_fit", "H"),
-                plan=plan,
-                n_nodes=nodes(answers),
-                **sa,
-            )
+        last = dp_ps_stats(
+            g=rounds.total(answers, "ps_fit", "g"),
+            H=rounds.total(answers, "ps_fit", "H"),
+            plan=plan,
+            n_nodes=nodes(answers),
+            **sa,
         )
+        fitter.update(last)
+    fit_sigma = plan.release("ps_fit").total_sigma(nodes(answers), **sa)
     beta = tuple(float(b) for b in fitter.beta)
     answers = rounds.ask((ScoreHist(beta=beta),), "score-hist")
+    hist = rounds.total(answers, "score_hist", "count")
+    fit_noise = FitNoise(
+        noise_cov=slope_noise_covariance(
+            H=last.H + spec.federation.ridge * np.eye(d + 1), sigma_fit=fit_sigma
+        ),
+        var_score=score_variance(grid=dp_grid(beta=fitter.beta), hist=hist),
+    )
     edges = dp_edges(
         beta=fitter.beta,
-        hist=rounds.total(answers, "score_hist", "count"),
+        hist=hist,
         plan=plan,
         n_nodes=nodes(answers),
         n_treated=float(counts[1]),
@@ -412,14 +422,44 @@ def _release(spec: StudySpec, rounds: _Rounds, run: StudyRun) -> None:
     run.table = dp_table(
         main=sums, balance=sums if plan.has("psm_balance") else None, edges=edges, n_covariates=d
     )
+    wsum = None
+    op = dp_wsum_query(table=run.table, beta=fitter.beta, plan=plan, n_nodes=nodes(answers), **sa)
+    if op is not None:  # None: no stratum holds both arms, and dp_estimate says so
+        answers = _wsum_round(spec, rounds, run, op, plan)
+        wsum = rounds.total(answers, "psm_wsum", "wsum")
     run.estimate = dp_estimate(
         table=run.table,
         plan=plan,
         n_nodes=nodes(answers),
         outcomes=spec.outcomes,
         covariates=[c.name for c in spec.covariates],
+        wsum=wsum,
+        fit_noise=fit_noise,
         **sa,
     )
+
+
+def _wsum_round(spec: StudySpec, rounds: _Rounds, run: StudyRun, op: PsmWsum, plan: NoisePlan) -> dict:
+    """The ``psm_wsum`` round. Under secure aggregation its public scale also covers the
+    weighted sums' noise, whose σ grows with the largest weight (:mod:`shared.dp.wsum`)."""
+    if run.secure is None:
+        return rounds.ask((op,), "psm-wsum")
+    k, scale = run.secure
+    sigma = (
+        plan.release("psm_wsum")
+        .for_sensitivity(psm_wsum_sensitivity(n_outcomes=len(spec.outcomes), max_weight=op.max_weight))
+        .sigma
+    )  # an upper bound: the centres keep the sensitivity within √O·v_max/2
+    # |Σ v (y − ½)| is at most about N_T ≤ the rows bound the scale holds; add the noise's
+    # margin (secure_scale is linear in both: this is secure_scale(rows, σ_max + σ_wsum))
+    run.secure = (
+        k,
+        scale + secure_scale(rows_upper=0.0, sigma_max=sigma) - secure_scale(rows_upper=0.0, sigma_max=0.0),
+    )
+    try:
+        return rounds.ask((op,), "psm-wsum")
+    finally:
+        run.secure = (k, scale)
 
 
 def _secure_scale(counts: np.ndarray, plan: NoisePlan, k: int) -> float:

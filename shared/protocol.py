@@ -80,6 +80,22 @@ class PsmStats(_Model):
     edges: tuple[float, ...]  # may include -inf/+inf outer edges (JSON: -Infinity/Infinity)
 
 
+class PsmWsum(_Model):
+    """Per outcome, one weighted sum Σ vᵢ (yᵢ − cᵢ) at ``beta`` with ``edges``: the ATT itself
+    (:mod:`shared.dp.wsum`). The weights come from ``count`` (the noisy PSM counts of the strata
+    the estimator uses, 0 for one left out, ``(control, treated)`` per stratum, flattened),
+    which the node turns into weights itself; ``max_weight`` is the largest it must find.
+    ``center``: the public centre of every stratum × arm × outcome in [0, 1], flattened. The
+    node charges the sensitivity it computes from weights and centres. Under DP only."""
+
+    op: Literal["psm_wsum"] = "psm_wsum"
+    beta: tuple[float, ...]
+    edges: tuple[float, ...]
+    count: tuple[float, ...]
+    center: tuple[float, ...]
+    max_weight: float
+
+
 class ScoreHist(_Model):
     """Per-arm histogram of the logit score at ``beta`` on the public grid
     :func:`shared.dp.workflow.dp_grid` (quantile strata under DP)."""
@@ -104,7 +120,9 @@ class Cancel(_Model):
     op: Literal["cancel"] = "cancel"
 
 
-Operation = Annotated[Union[Describe, PsFit, PsmStats, ScoreHist, Reserve, Cancel], Field(discriminator="op")]
+Operation = Annotated[
+    Union[Describe, PsFit, PsmStats, ScoreHist, PsmWsum, Reserve, Cancel], Field(discriminator="op")
+]
 
 #: Operations about the study's budget rather than its data: they travel alone, read no data
 #: and are answered by the reply's metadata only.
@@ -118,6 +136,7 @@ DP_RELEASES: dict[str, tuple[str, ...]] = {
     "ps_fit": ("ps_fit",),
     "score_hist": ("score_hist",),
     "psm_stats": ("psm_main", "psm_sumsq", "psm_balance"),
+    "psm_wsum": ("psm_wsum",),
 }
 
 

@@ -191,13 +191,13 @@ def _print_plan(console: Console, study, gate, before, treated: int, k: int, sto
         n = sum(1 for x in gate.plan.releases if x.query == q)
         secure = p.secure_aggregation and secured(q)
         node = r.sigma / math.sqrt(k) if secure else r.sigma
-        t.add_row(
-            q,
-            str(n),
-            f"{r.sensitivity:.3g}",
-            f"{node:.3g}",
-            f"{r.total_sigma(k, secure_aggregation=secure):.3g}",
-        )
+        total = r.total_sigma(k, secure_aggregation=secure)
+        if q == "psm_wsum":  # Δ₂ follows the largest weight the study asks for (shared/dp/wsum.py)
+            unit = "×Δ₂"
+            sens = f"≤ {math.sqrt(len(study.outcomes)) / 2:.3g}·v_max"
+        else:
+            unit, sens = "", f"{r.sensitivity:.3g}"
+        t.add_row(q, str(n), sens, f"{node:.3g}{unit}", f"{total:.3g}{unit}")
     console.print(t)
     if gate.resplit is not None:
         s = gate.resplit

@@ -170,7 +170,10 @@ def is_restatement(d: Diagnostic, own: dict[str, Check]) -> bool:
 
 
 # study diagnostics whose name does not read well as a label
-STUDY_LABELS = {"dp_fit_resolution": "Propensity fit resolution (DP)"}
+STUDY_LABELS = {
+    "dp_fit_resolution": "Propensity fit resolution (DP)",
+    "dp_fit_bias": "Propensity fit noise: bias bound held by the CI (DP)",
+}
 
 
 def study_check(d: Diagnostic) -> Check:

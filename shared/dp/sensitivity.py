@@ -17,6 +17,7 @@ release            arrays                                      :math:`\Delta_2`
 ``psm_main``       ``count``, ``sum_y``, centred               :math:`\sqrt{1 + O/4}`
 ``psm_sumsq``      ``sumsq_y``, centred                        :math:`\sqrt{O}/4`
 ``psm_balance``    ``sum_z``, ``sumsq_z``, centred             :math:`\sqrt{5 D / 16}`
+``psm_wsum``       ``wsum`` (O,), weighted and centred         :math:`\le\sqrt{O}\,v_{max}/2`
 =================  ==========================================  =================================
 
 Derivations (one row, treatment t, fitted probability p):
@@ -31,6 +32,14 @@ Derivations (one row, treatment t, fitted probability p):
   in [0, 1] to each of its O sums (main) and of its O sums of squares (sumsq); a value in [-1/2, 1/2] to each
   of its D centred sums and one in [0, 1/4] to each of its D centred sums of squares (balance:
   :math:`\sqrt{D (1/4 + 1/16)}`).
+* ``psm_wsum``: the weights :math:`v_i` and centres :math:`c_i` are public before the
+  release (fixed by the noisy ``psm_main`` release, :mod:`shared.dp.wsum`), so adding or
+  removing a row moves each of the O sums by :math:`v_i (y_i - c_i)`: jointly at most
+  :math:`|v_i|\,\lVert\max(c_i, 1 - c_i)\rVert_2`, the largest over cells
+  (:func:`shared.dp.wsum.wsum_sensitivity`); the coordinator's centres keep it within
+  :math:`\sqrt{O}\,v_{max}/2` (:func:`psm_wsum_sensitivity`, all centres ½). Only this
+  release's sensitivity depends on the query; its plan entry holds the noise multiplier μ,
+  and σ = μ·Δ follows from the weights and centres the node is asked for.
 * The log-likelihood and ``n`` of :class:`shared.psm.propensity.PsStats` are *not* released
   under DP: the log-likelihood of one row, :math:`t\eta - \log(1 + e^\eta)`, is unbounded in
   :math:`\eta`, and the DP fit runs a fixed number of Newton rounds, so it needs neither.
@@ -54,6 +63,7 @@ __all__ = [
     "psm_balance_sensitivity",
     "psm_main_sensitivity",
     "psm_sumsq_sensitivity",
+    "psm_wsum_sensitivity",
 ]
 
 #: The arrays each DP release carries (all other arrays of an answer are withheld).
@@ -64,6 +74,7 @@ RELEASE_KEYS: dict[str, tuple[str, ...]] = {
     "psm_main": ("count", "sum_y"),
     "psm_sumsq": ("sumsq_y",),
     "psm_balance": ("sum_z", "sumsq_z"),
+    "psm_wsum": ("wsum",),
 }
 
 
@@ -127,3 +138,16 @@ def cov_moments_sensitivity(*, n_covariates: int) -> float:
     """
     d = _positive("n_covariates", n_covariates)
     return math.sqrt(1.0 + d + d * d)
+
+
+def psm_wsum_sensitivity(*, n_outcomes: int, max_weight: float) -> float:
+    r"""The O weighted sums :math:`\sum_i v_i (y_i - 1/2)` with public weights of magnitude at
+    most ``max_weight``: :math:`\sqrt{O}\,v_{max}/2`.
+
+    Raises:
+        ValueError: ``n_outcomes`` is not a positive integer, or ``max_weight`` is not a
+            positive finite number.
+    """
+    if not (math.isfinite(max_weight) and max_weight > 0):
+        raise ValueError(f"max_weight must be positive and finite, got {max_weight!r}")
+    return math.sqrt(_positive("n_outcomes", n_outcomes)) * float(max_weight) / 2.0

@@ -7,7 +7,8 @@ exactly these, in this order::
     describe   -> counts (2,) summed      -> after_describe (go on? plan for the rest); dp_start_beta
     ps_fit x R -> g, H summed             -> dp_ps_stats -> fitter.update   (fitter = dp_fitter)
     score_hist at the final β on dp_grid  -> dp_edges
-    psm_main, psm_sumsq (+ psm_balance) at β, edges -> dp_table -> dp_estimate
+    psm_main, psm_sumsq (+ psm_balance) at β, edges -> dp_table -> dp_wsum_query
+    psm_wsum at β, edges, the used strata's noisy counts -> dp_estimate
 
 ``n_nodes`` is the number of nodes whose noisy answers were summed: without secure aggregation
 the noise in a sum has SD σ√K; with SecAgg+ (``secure_aggregation=True``) each node adds σ/√K
@@ -17,19 +18,30 @@ and the sum carries σ (:meth:`shared.dp.plan.PlannedRelease.total_sigma`).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, Mapping, Sequence
 
 import numpy as np
 
+from shared.dp.fitnoise import FitNoise, bias_aware_halfwidth, fit_bias_bound
 from shared.dp.forms import CENTER, balance_from_release, balance_noise, main_from_release, ps_from_release
 from shared.dp.limit import with_limit
 from shared.dp.mechanisms import project_psd
 from shared.dp.plan import NoisePlan
 from shared.dp.strata import DP_GRID_BINS, dp_min_cell, dp_n_strata, dp_width_edges
 from shared.dp.uncertainty import att_privacy_se
+from shared.dp.wsum import (
+    att_weights,
+    max_weight,
+    wsum_att,
+    wsum_centers,
+    wsum_privacy_se,
+    wsum_query_counts,
+    wsum_sensitivity,
+)
 from shared.errors import EmptyArmError, PrivacyError, UnresolvedFitError
-from shared.psm.estimator import AttEstimate, Check, estimate_att
+from shared.protocol import PsmWsum
+from shared.psm.estimator import Z_95, AttEstimate, Check, estimate_att
 from shared.psm.propensity import PropensityFitter, PsStats
 from shared.psm.strata import score_grid
 from shared.psm.table import PsmTable
@@ -49,6 +61,8 @@ __all__ = [
     "dp_resplit",
     "dp_start_beta",
     "dp_table",
+    "dp_used",
+    "dp_wsum_query",
     "fit_resolution",
     "fit_resolution_check",
 ]
@@ -158,6 +172,37 @@ def dp_table(
     )
 
 
+def dp_used(
+    *, table: PsmTable, plan: NoisePlan, n_nodes: int, secure_aggregation: bool = False
+) -> np.ndarray:
+    """``(S,)`` the strata the estimate uses: both arms' noisy counts at least ``dp_min_cell``
+    (the estimator's common support, :func:`shared.psm.estimator.estimate_att`)."""
+    sigma = plan.release("psm_main").total_sigma(n_nodes, secure_aggregation=secure_aggregation)
+    n = np.clip(table.count, 0.0, None)
+    min_cell = dp_min_cell(count_sigma=sigma)
+    return (n[:, 1] >= min_cell) & (n[:, 0] >= min_cell)
+
+
+def dp_wsum_query(
+    *, table: PsmTable, beta, plan: NoisePlan, n_nodes: int, secure_aggregation: bool = False
+) -> PsmWsum | None:
+    """The ``psm_wsum`` operation that releases the ATT at ``beta`` over the table's strata
+    (:mod:`shared.dp.wsum`), or None when no stratum holds both arms (the estimate then fails
+    on the table alone, before anything more is released)."""
+    used = dp_used(table=table, plan=plan, n_nodes=n_nodes, secure_aggregation=secure_aggregation)
+    if not used.any():
+        return None
+    return PsmWsum(
+        beta=tuple(float(b) for b in beta),
+        edges=tuple(float(e) for e in table.edges),
+        count=wsum_query_counts(table.count, used),
+        center=tuple(
+            float(c) for c in wsum_centers(count=table.count, sum_y=table.sum_y, used=used).reshape(-1)
+        ),
+        max_weight=max_weight(att_weights(table.count, used)),
+    )
+
+
 def dp_estimate(
     *,
     table: PsmTable,
@@ -166,49 +211,135 @@ def dp_estimate(
     outcomes: Sequence[Outcome],
     covariates: Sequence[str],
     secure_aggregation: bool = False,
+    wsum: np.ndarray | None = None,
+    fit_noise: FitNoise | None = None,
 ) -> AttEstimate:
     """The stratified ATT with the privacy noise in its SE and CI.
 
-    Cells need ``dp_min_cell`` noisy rows per arm; the privacy SE is analytic
-    (:func:`shared.dp.uncertainty.att_privacy_se`) over the strata the estimator uses; balance
-    statistics the noise cannot resolve are None (:mod:`shared.psm.balance`).
+    Cells need ``dp_min_cell`` noisy rows per arm (:func:`dp_used`). With ``wsum`` (the summed
+    ``psm_wsum`` release over those strata) the point estimate is the weighted sum and its
+    privacy SE :func:`shared.dp.wsum.wsum_privacy_se`; without, the table's stratified ATT with
+    :func:`shared.dp.uncertainty.att_privacy_se`. The sampling SE, the arm means and balance
+    come from the table either way; balance statistics the noise cannot resolve are None
+    (:mod:`shared.psm.balance`). With ``fit_noise`` the CI also holds the bias the propensity
+    fit's noise may leave (:mod:`shared.dp.fitnoise`), and the diagnostic ``dp_fit_bias`` says
+    how large that bound is.
     """
-    sigma = plan.release("psm_main").total_sigma(n_nodes, secure_aggregation=secure_aggregation)
+    sa = {"secure_aggregation": secure_aggregation}
+    sigma = plan.release("psm_main").total_sigma(n_nodes, **sa)
     noise = None
     if plan.has("psm_balance"):
-        noise = balance_noise(
-            sigma_balance=plan.release("psm_balance").total_sigma(
-                n_nodes, secure_aggregation=secure_aggregation
-            )
-        )
+        noise = balance_noise(sigma_balance=plan.release("psm_balance").total_sigma(n_nodes, **sa))
     min_cell = dp_min_cell(count_sigma=sigma)
-    n = np.clip(table.count, 0.0, None)
-    used = (n[:, 1] >= min_cell) & (n[:, 0] >= min_cell)
+    used = dp_used(table=table, plan=plan, n_nodes=n_nodes, **sa)
     span = np.array([o.cap - o.lo for o in outcomes])
-    se_priv = (
-        att_privacy_se(
+    att01 = None
+    if wsum is not None and used.any():
+        centers = wsum_centers(count=table.count, sum_y=table.sum_y, used=used)
+        att01 = wsum_att(
+            wsum=wsum, count=table.count, used=used, centers=centers, sum_y=table.sum_y, sigma_count=sigma
+        )
+        rel = plan.release("psm_wsum").for_sensitivity(
+            wsum_sensitivity(att_weights(table.count, used), centers)
+        )
+        se01 = wsum_privacy_se(
+            count=table.count,
+            sum_y=table.sum_y,
+            used=used,
+            att=att01,
+            centers=centers,
+            sigma_count=sigma,
+            sigma_wsum=rel.total_sigma(n_nodes, **sa),
+        )
+    else:
+        se01 = att_privacy_se(
             count=table.count, sum_y=table.sum_y, used=used, sigma_count=sigma, sigma_sum=sigma, center=CENTER
         )
-        * span
-    )
     check = fit_resolution_check(
-        n_treated=float(n[:, 1].sum()),
+        n_treated=float(np.clip(table.count, 0.0, None)[:, 1].sum()),
         n_covariates=len(covariates),
         plan=plan,
         n_nodes=n_nodes,
-        secure_aggregation=secure_aggregation,
+        **sa,
     )
-    estimate = estimate_att(
+    est = estimate_att(
         table=table,
         outcomes=outcomes,
         covariates=covariates,
         min_cell=min_cell,
-        se_privacy=se_priv,
+        se_privacy=se01 * span,
         balance_noise=noise,
         extra_checks=(check,),
     )
-    # achieved ÷ physical limit and ÷ exact (estimated) per outcome (shared.dp.limit)
-    return with_limit(estimate, count=table.count, plan=plan, spans=[o.cap - o.lo for o in outcomes])
+    if att01 is not None:
+        est = replace(
+            est, outcomes=tuple(_with_att(o, float(a * s)) for o, a, s in zip(est.outcomes, att01, span))
+        )
+    if fit_noise is not None:
+        est = _fit_bias_aware(est, table, fit_noise, span)
+    # the final CI (bias-aware) ÷ the physical limit and ÷ exact (estimated), per outcome
+    return with_limit(est, count=table.count, plan=plan, spans=[float(s) for s in span])
+
+
+def _fit_bias_aware(est: AttEstimate, table: PsmTable, fit_noise: FitNoise, span: np.ndarray) -> AttEstimate:
+    """Each CI widened to hold the bound on the fit's residual bias (bias-aware), and the
+    ``dp_fit_bias`` diagnostic stating the bounds."""
+    n = np.clip(table.count, 0.0, None)
+    arm = n.sum(axis=0)
+    means = table.sum_y.sum(axis=0) / np.maximum(arm, 1.0)[:, None]  # (2, O) on [0, 1]
+    crude = (means[1] - means[0]) * span
+    sd_z = None  # without a balance release: the bound ½ of a covariate scaled to [0, 1]
+    if np.any(table.sumsq_z):
+        rows = max(float(arm.sum()), 1.0)
+        mean_z = table.sum_z.sum(axis=(0, 1)) / rows
+        sd_z = np.sqrt(np.clip(table.sumsq_z.sum(axis=(0, 1)) / rows - mean_z**2, 0.0, 0.25))
+    bound = fit_bias_bound(
+        crude=crude,
+        adjusted=[o.att for o in est.outcomes],
+        noise_cov=fit_noise.noise_cov,
+        var_score=fit_noise.var_score,
+        sd_z=sd_z,
+    )
+    outcomes = []
+    for o, b in zip(est.outcomes, bound):
+        half = bias_aware_halfwidth(se=o.se, bias=float(b))
+        outcomes.append(o.model_copy(update={"ci": (o.att - half, o.att + half)}))
+    ratio = [float(b / o.se) if o.se > 0 else math.inf for o, b in zip(est.outcomes, bound)]
+    said = ", ".join(f"{o.name} {b:.3g} ({r:.2f} SE)" for o, b, r in zip(est.outcomes, bound, ratio))
+    finite = bool(np.all(np.isfinite(ratio)))
+    check = Check(
+        name="dp_fit_bias",
+        passed=finite,
+        value=max(ratio) if finite else None,
+        threshold=None,
+        message=(
+            f"the propensity fit's noise may leave a bias up to {said}; each CI is widened to "
+            "cover at 95 % with that bias (bias-aware interval, shared/dp/fitnoise.py)"
+            if finite
+            else f"the propensity fit's noise is as large as the score's spread ({said}): the "
+            "adjustment cannot be trusted and the CIs are unbounded"
+        ),
+    )
+    return replace(est, outcomes=tuple(outcomes), diagnostics=est.diagnostics + (check,))
+
+
+def _with_att(o, att: float):
+    """An outcome's estimate with the weighted sum's ATT: the CI re-centred on it (same SE),
+    the counterfactual control mean the treated mean minus it, the risks of a binary outcome
+    recomputed (its relative-risk CI moved by the same factor)."""
+    control = o.treated_mean - att
+    update: dict = {"att": att, "ci": (att - Z_95 * o.se, att + Z_95 * o.se), "control_mean": control}
+    if o.kind == "binary":
+        update["risk_difference"] = att
+        if o.relative_risk is not None and control > 0:
+            rr = o.treated_mean / control
+            k = rr / o.relative_risk
+            update["relative_risk"] = rr
+            if o.relative_risk_ci is not None:
+                update["relative_risk_ci"] = (o.relative_risk_ci[0] * k, o.relative_risk_ci[1] * k)
+        else:
+            update["relative_risk"] = update["relative_risk_ci"] = None
+    return o.model_copy(update=update)
 
 
 #: Treated rows per noise SD of the summed propensity release, per √(d + 1) fitted parameters,

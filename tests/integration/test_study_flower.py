@@ -127,12 +127,15 @@ def test_secure_aggregation_study_over_real_nodes(synthetic, tmp_path):
     planned = noise_plan(spec)
     if result.privacy.resplit:
         planned = planned.with_split(BudgetSplit(**result.privacy.resplit))
-    plan = {r.query: r.sigma for r in planned.releases}
+    # the plan's μ for every release; its σ too, but psm_wsum's follows the weights asked
+    plan = {r.query: r.noise_multiplier for r in planned.releases}
+    sigmas = {r.query: r.sigma for r in planned.releases if r.query != "psm_wsum"}
     for s in spec.sites:
         ledger = PrivacyLedger(f"sqlite:///{node_state_dir(s.data) / 'ledger.db'}")
         history = ledger.history()
         assert [h.query for h in history].count("ps_fit") == spec.privacy.ps_rounds
-        assert {h.query: h.sigma for h in history} == pytest.approx(plan)
+        assert {h.query: h.sigma / h.sensitivity for h in history} == pytest.approx(plan)
+        assert {h.query: h.sigma for h in history if h.query != "psm_wsum"} == pytest.approx(sigmas)
         assert 0 < ledger.spent() <= spec.privacy.epsilon + 1e-9
         assert result.privacy.per_site[s.name] == pytest.approx(ledger.spent())
     for o in result.outcomes:

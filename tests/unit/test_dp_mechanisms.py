@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from shared.dp.accounting import epsilon_spent
 from shared.dp.mechanisms import gaussian_noise, project_psd, release, secure_rng
-from shared.dp.plan import plan_study
+from shared.dp.plan import SUMSQ_SHARE, WSUM_SHARE, plan_study
 from shared.errors import PrivacyError
 from shared.study import BudgetSplit
 
@@ -124,13 +124,18 @@ def test_plan_never_overshoots_and_is_tight(epsilon, delta, rounds, d, o):
 def test_plan_shares_are_rho_shares():
     split = BudgetSplit(describe=0.1, ps_fit=0.2, psm_stats=0.6, balance=0.1)
     plan = plan_study(epsilon=1.0, delta=1e-6, split=split, n_covariates=16, n_outcomes=3, n_ps_rounds=3)
-    rho = {q: 0.0 for q in ("describe", "ps_fit", "score_hist", "psm_main", "psm_sumsq", "psm_balance")}
+    rho = {
+        q: 0.0
+        for q in ("describe", "ps_fit", "score_hist", "psm_main", "psm_sumsq", "psm_wsum", "psm_balance")
+    }
     for r in plan.releases:
         rho[r.query] += 1.0 / (2 * r.noise_multiplier**2)
     total = sum(rho.values())
     assert total == pytest.approx(plan.rho)
-    assert (rho["psm_main"] + rho["psm_sumsq"]) / total == pytest.approx(0.6)
-    assert rho["psm_sumsq"] / total == pytest.approx(0.6 * 0.15)
+    assert (rho["psm_main"] + rho["psm_sumsq"] + rho["psm_wsum"]) / total == pytest.approx(0.6)
+    assert rho["psm_sumsq"] / total == pytest.approx(0.6 * SUMSQ_SHARE)
+    assert rho["psm_wsum"] / total == pytest.approx(0.6 * WSUM_SHARE)
+    assert plan.release("psm_wsum").sensitivity == 1.0  # a unit: the query sets Δ
     assert (rho["ps_fit"] + rho["score_hist"]) / total == pytest.approx(0.2)
     assert rho["score_hist"] / total == pytest.approx(0.2 / 4)
     assert plan.sigma("psm_main") == pytest.approx(

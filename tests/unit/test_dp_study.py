@@ -60,8 +60,8 @@ def test_dp_cis_cover_and_would_not_without_the_privacy_term():
             shares.append(o.privacy_share_of_ci)
     coverage, naive = np.mean(hits), np.mean(hits_naive)
     assert 0.88 <= coverage <= 1.0, coverage
-    assert naive < 0.75, naive  # ignoring the noise would under-cover badly
-    assert 0.3 < np.mean(shares) < 1.0
+    assert naive < 0.85, naive  # ignoring the noise would under-cover badly
+    assert 0.1 < np.mean(shares) < 1.0  # a visible share, smaller since the ATT is one weighted sum
 
 
 def _fixed_table(seed: int = 0) -> tuple[list[dict], np.ndarray]:
@@ -151,11 +151,12 @@ def test_secure_aggregation_shrinks_the_privacy_se_by_about_root_k():
 
 
 def test_strata_rule_caps_by_noise_and_by_the_request():
-    assert dp_n_strata(n_treated=10_000, count_sigma=32.0) == 7  # 10000 / (40 * 32)
+    assert dp_n_strata(n_treated=10_000, count_sigma=64.0) == 15  # 10000 / (10 * 64)
     assert dp_n_strata(n_treated=10_000, count_sigma=32.0, requested=5) == 5
     assert dp_n_strata(n_treated=10_000, count_sigma=4.0) == 20  # the DP cap
     assert dp_n_strata(n_treated=1_000, count_sigma=32.0) == 3  # 1000 / (10 * 32)
-    assert dp_n_strata(n_treated=1_000, count_sigma=4.0) == 6  # 1000 / (40 * 4) beyond 5
+    assert dp_n_strata(n_treated=1_000, count_sigma=4.0) == 20  # 1000 / (10 * 4), capped
+    assert dp_n_strata(n_treated=1_000, count_sigma=8.0) == 12  # 1000 / (10 * 8) beyond 5
     assert dp_n_strata(n_treated=100, count_sigma=32.0) == 1
     assert dp_min_cell(count_sigma=0.2) == 1.0 and dp_min_cell(count_sigma=30.0) == 60.0
 

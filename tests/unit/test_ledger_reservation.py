@@ -79,6 +79,7 @@ def test_a_plan_that_fits_is_reserved_and_counts_before_anything_is_spent(ledger
         "score_hist": 1,
         "psm_main": 1,
         "psm_sumsq": 1,
+        "psm_wsum": 1,
         "psm_balance": 1,
     }
     plan_eps = _eps(r.noise_multiplier for r in PLAN.releases)

@@ -96,9 +96,14 @@ def test_the_dp_simulation_and_the_flower_study_use_the_same_noise_scales(writte
 
     for site in arrays:
         rt = NodeRuntime.from_node_config({"site": site, "state-dir": str(tmp_path / "nodes" / site)})
-        charged = {h.query: h.sigma for h in rt.ledger().history(rt.dataset)}
+        history = rt.ledger().history(rt.dataset)
+        charged = {h.query: h.sigma for h in history}
+        charged_mu = {h.query: h.sigma / h.sensitivity for h in history}
         for release in flower.plan.releases:
-            if release.query != "describe":
+            if release.query == "psm_wsum":  # the plan's μ at the Δ of the weights asked
+                mu = charged_mu[release.query]
+                assert mu == pytest.approx(release.noise_multiplier, rel=1e-12)
+            elif release.query != "describe":
                 assert charged[release.query] == pytest.approx(release.sigma, rel=1e-12)
 
 

@@ -94,11 +94,15 @@ def test_a_secure_study_charges_the_central_sigma_and_narrows_the_ci(spec, tmp_p
         is None
     )
     assert all(set(r.sites) == {s.name for s in spec.sites} for r in secure.rounds)
-    sigmas = {r.query: r.sigma for r in secure.plan.releases}
+    # the sum's σ, once; psm_wsum's σ follows the weights asked, so its μ is the plan's
+    mus = {r.query: r.noise_multiplier for r in secure.plan.releases}
     for s in spec.sites:
         history = _history(secure_fed, s.name)
         assert [h.query for h in history].count("ps_fit") == secure_spec.privacy.ps_rounds
-        assert {h.query: h.sigma for h in history} == pytest.approx(sigmas)  # the sum's σ, once
+        assert {h.query: h.sigma / h.sensitivity for h in history} == pytest.approx(mus)
+        assert {h.query: h.sensitivity for h in history if h.query != "psm_wsum"} == pytest.approx(
+            {r.query: r.sensitivity for r in secure.plan.releases if r.query != "psm_wsum"}
+        )
         assert secure.privacy_spent[s.name] <= 4.0 + 1e-9
     # each node adds σ/√3 instead of σ, and the table's share of ρ is at least as large
     table = lambda run, sa: run.plan.release("psm_main").total_sigma(3, secure_aggregation=sa)  # noqa: E731

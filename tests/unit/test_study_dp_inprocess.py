@@ -54,7 +54,7 @@ def test_dp_study_charges_every_node_and_widens_the_ci(spec, tmp_path, caplog):
         history = ledger.history(key)
         queries = [h.query for h in history]
         assert queries.count("ps_fit") == dp_spec.privacy.ps_rounds
-        assert {"describe", "score_hist", "psm_main"} <= set(queries)
+        assert {"describe", "score_hist", "psm_main", "psm_wsum"} <= set(queries)
         spent = ledger.spent(key)
         assert 0 < spent <= 4.0 + 1e-9  # one study's plan fits its ε
         assert result.privacy.per_site[s.name] == pytest.approx(spent)
@@ -75,6 +75,7 @@ def test_dp_study_charges_every_node_and_widens_the_ci(spec, tmp_path, caplog):
         "ps-fit-4",
         "score-hist",
         "psm-stats",
+        "psm-wsum",
     ]
     for o in spec.outcomes:
         dp_o, ex_o = run.estimate.outcome(o.name), exact.estimate.outcome(o.name)

@@ -30,6 +30,7 @@ from shared.protocol import (
     PrivacyQuery,
     PsFit,
     PsmStats,
+    PsmWsum,
     Reserve,
     ScoreHist,
     StudyQuery,
@@ -91,7 +92,7 @@ def test_the_committed_generated_code_is_what_the_proto_generates(tmp_path):
 
 
 def test_one_version_and_one_set_of_error_texts_from_the_proto():
-    assert PROTOCOL_VERSION == pb.PROTOCOL_VERSION == 6
+    assert PROTOCOL_VERSION == pb.PROTOCOL_VERSION == 7
     assert StudyQuery.model_fields["protocol"].default == PROTOCOL_VERSION
     codes = {v.number for v in pb.ErrorCode.DESCRIPTOR.values} - {0}
     assert set(ERROR_TEXT) == codes and all(ERROR_TEXT.values())
@@ -371,11 +372,24 @@ def test_the_real_nodes_dp_reply_carries_the_released_arrays_only(written, tmp_p
     for reply in reserved.values():  # the meta alone: what the ledger now holds reserved
         assert reply.answers == {} and reply.meta["epsilon_reserved"] > 0 and reply.meta["epsilon_spent"] == 0
     query = StudyQuery.for_spec(spec, _all_ops(spec), grant=grant)
+    asked = [op.op for op in query.ops]
     for reply in fed.ask(query, "all-ops").values():
         assert {op: set(a) for op, a in reply.answers.items()} == {
-            op: {k for r in DP_RELEASES[op] for k in RELEASE_KEYS[r]} for op in DP_RELEASES
+            op: {k for r in DP_RELEASES[op] for k in RELEASE_KEYS[r]} for op in asked
         }
         assert reply.meta["epsilon_spent"] > 0 and reply.meta["dataset"]
+    # the ATT's weighted sums, the study's last release: one array of O values
+    n_out = len(spec.outcomes)
+    wsum = PsmWsum(
+        beta=query.ops[1].beta,
+        edges=(-math.inf, 0.0, math.inf),
+        count=(40.0, 20.0, 10.0, 30.0),
+        center=(0.5,) * 4 * n_out,
+        max_weight=3.0,  # 30 treated over 10 controls
+    )
+    for reply in fed.ask(StudyQuery.for_spec(spec, (wsum,), grant=grant), "wsum").values():
+        assert {op: set(a) for op, a in reply.answers.items()} == {"psm_wsum": {"wsum"}}
+        assert reply.answers["psm_wsum"]["wsum"].shape == (n_out,)
 
 
 def test_an_old_coordinator_and_a_new_node_refuse_each_other_through_flower(written, tmp_path):
