@@ -41,7 +41,14 @@ import numpy as np
 
 from shared.dp.forms import CENTER
 
-__all__ = ["FitNoise", "bias_aware_halfwidth", "fit_bias_bound", "score_variance", "slope_noise_covariance"]
+__all__ = [
+    "FitNoise",
+    "bias_aware_halfwidth",
+    "fit_bias_bound",
+    "noise_share",
+    "score_variance",
+    "slope_noise_covariance",
+]
 
 
 @dataclass(frozen=True)
@@ -82,14 +89,21 @@ def score_variance(*, grid, hist) -> float:
     return float(np.average((mid - m) ** 2, weights=w))
 
 
+def noise_share(*, noise_cov, var_score: float, sd_z=None) -> float:
+    """s = Var(u) / Var(ŝ): the fit noise's share of the noisy score's variance (module
+    docstring), Var(u) bounded with the covariates' SDs ``sd_z`` (½ each when None); inf when
+    the score has no variance. What the stop rule predicts (:mod:`shared.dp.stoprule`)."""
+    C = np.asarray(noise_cov, dtype=float)
+    sd = np.full(C.shape[0], 0.5) if sd_z is None else np.clip(np.asarray(sd_z, dtype=float), 0.0, 0.5)
+    var_u = float(np.sum(np.outer(sd, sd) * np.abs(C)))
+    return var_u / var_score if var_score > 0 else math.inf
+
+
 def fit_bias_bound(*, crude, adjusted, noise_cov, var_score: float, sd_z=None) -> np.ndarray:
     """``(O,)`` bound on the residual bias the fit's noise leaves (module docstring), in the
     units of ``crude`` and ``adjusted``. Inf when the noise's share of the score's variance
     reaches 1 (the score is all noise)."""
-    C = np.asarray(noise_cov, dtype=float)
-    sd = np.full(C.shape[0], 0.5) if sd_z is None else np.clip(np.asarray(sd_z, dtype=float), 0.0, 0.5)
-    var_u = float(np.sum(np.outer(sd, sd) * np.abs(C)))
-    share = var_u / var_score if var_score > 0 else math.inf
+    share = noise_share(noise_cov=noise_cov, var_score=var_score, sd_z=sd_z)
     removed = np.abs(np.asarray(crude, dtype=float) - np.asarray(adjusted, dtype=float))
     if share >= 1.0:
         return np.where(removed > 0, np.inf, 0.0)

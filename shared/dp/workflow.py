@@ -28,6 +28,7 @@ from shared.dp.forms import CENTER, balance_from_release, balance_noise, main_fr
 from shared.dp.limit import with_limit
 from shared.dp.mechanisms import project_psd
 from shared.dp.plan import NoisePlan
+from shared.dp.stoprule import fit_resolution_check
 from shared.dp.strata import DP_GRID_BINS, dp_min_cell, dp_n_strata, dp_width_edges
 from shared.dp.uncertainty import att_privacy_se
 from shared.dp.wsum import (
@@ -48,8 +49,6 @@ from shared.psm.table import PsmTable
 from shared.study import BudgetSplit, Outcome
 
 __all__ = [
-    "FIT_RESOLUTION_MIN",
-    "FIT_RESOLUTION_TARGET",
     "MIN_PS_SHARE",
     "AfterDescribe",
     "after_describe",
@@ -58,12 +57,10 @@ __all__ = [
     "dp_fitter",
     "dp_grid",
     "dp_ps_stats",
-    "dp_resplit",
     "dp_start_beta",
     "dp_table",
     "dp_used",
     "dp_wsum_query",
-    "fit_resolution",
     "fit_resolution_check",
 ]
 
@@ -257,6 +254,7 @@ def dp_estimate(
         )
     check = fit_resolution_check(
         n_treated=float(np.clip(table.count, 0.0, None)[:, 1].sum()),
+        n_total=float(np.clip(table.count, 0.0, None).sum()),
         n_covariates=len(covariates),
         plan=plan,
         n_nodes=n_nodes,
@@ -342,128 +340,18 @@ def _with_att(o, att: float):
     return o.model_copy(update=update)
 
 
-#: Treated rows per noise SD of the summed propensity release, per √(d + 1) fitted parameters,
-#: below which the DP fit is noise-limited (see :func:`fit_resolution_check`). Why 22: the CV
-#: event under-covered at every r measured below 21 and covered at every r from 22 (benchmark,
-#: five nodes, 600–2000 seeds per cell): 92.3–92.8 % at r = 16 and 19 (11k treated), 91.1–93.5 %
-#: over four runs at r = 20 (1.1k treated, ε = 8); 94.0–95.1 % at r = 22–36 for both sizes,
-#: and over five noise streams of 600 seeds each 94.0 % at r = 22.3 (1.1k treated, ε = 9) and
-#: 94.2 % at r = 24.5 (1.1k treated, secure aggregation, ε = 4).
-FIT_RESOLUTION_MIN = 22.0
-#: The resolution a re-split aims the fit at when the treated count allows more
-#: (:func:`dp_resplit`), times K^¼ under secure aggregation (:func:`after_describe`). Why 45:
-#: at 30 the 5-node benchmark covered 93.2–96.2 % at 10k treated, but the demo's 8-site
-#: federation (15.8k treated, ε = 1, 100 noise draws) covered the CV event only 90 % (bias 0.56
-#: SE) — at 45 (no re-split there) 97 %, at a cost of 13 % wider CIs at ε = 2 in the benchmark.
-FIT_RESOLUTION_TARGET = 45.0
-#: The smallest ps_fit share a re-split leaves (it also pays for the strata's histogram).
+#: The smallest ps_fit share a re-split may leave (it also pays for the strata's histogram). The
+#: coordinator no longer re-splits (issue #19: its target was tuned on the benchmark); nodes still
+#: accept a re-split within this floor (node.policy), so a coordinator that asks one is bounded.
 MIN_PS_SHARE = 0.15
-
-
-def fit_resolution(
-    *, n_treated: float, n_covariates: int, plan: NoisePlan, n_nodes: int, secure_aggregation: bool = False
-) -> float:
-    r"""r = N_T / (σ_fit √(d + 1)): treated per noise SD of the summed propensity release and
-    per fitted parameter (see :func:`fit_resolution_check`)."""
-    sigma = plan.release("ps_fit").total_sigma(n_nodes, secure_aggregation=secure_aggregation)
-    return float(n_treated) / (sigma * math.sqrt(n_covariates + 1))
-
-
-def dp_resplit(*, split, plan: NoisePlan, resolution: float, target: float = FIT_RESOLUTION_TARGET):
-    r"""After describe: give the propensity fit only what :data:`FIT_RESOLUTION_TARGET` needs and
-    the rest of its share to the PSM table, the same total ρ (:meth:`NoisePlan.with_split`).
-
-    r grows as the square root of the fit's share, so a fit at r₀ > target needs the share
-    ``ps_fit · (target / r₀)²`` (at least :data:`MIN_PS_SHARE`, never more than the spec's).
-    ``resolution`` is r₀ under ``plan`` (:func:`fit_resolution`) from describe's released
-    (noisy) treated total: public, so re-planning costs no privacy. In the benchmark (11k
-    treated, five nodes, 400 seeds) it made the CIs 10–27 % narrower at ε = 4–8 with coverage
-    93.5–96.8 %. The spec's split stands when r₀ ≤ target, or when the accountant (PRV) would
-    price the re-split above ε.
-
-    Returns:
-        ``(split, plan)``: the re-split and its plan, or ``(None, plan)`` if unchanged.
-    """
-    ps = max(split.ps_fit * (target / resolution) ** 2, min(MIN_PS_SHARE, split.ps_fit))
-    if not ps < split.ps_fit:
-        return None, plan
-    resplit = split.model_copy(update={"ps_fit": ps, "psm_stats": split.psm_stats + split.ps_fit - ps})
-    try:
-        return resplit, plan.with_split(resplit)
-    except PrivacyError:
-        return None, plan
-
-
-def fit_resolution_check(
-    *, n_treated: float, n_covariates: int, plan: NoisePlan, n_nodes: int, secure_aggregation: bool = False
-) -> Check:
-    r"""Whether the noisy propensity fit can resolve the confounding it is meant to remove.
-
-    The fit's signal grows with the treated count, its noise is :math:`\sigma_{fit}` on each of
-    :math:`p = d + 1` coordinates of every summed (g, H) release, so the measure is
-    :math:`r = N_T / (\sigma_{fit}\sqrt{p})`. Below :data:`FIT_RESOLUTION_MIN` the score is
-    mostly noise, stratifying on it removes only part of the confounding, and the residual is a
-    bias the CI does not carry. In the benchmark (16 covariates, five nodes) the CV event
-    under-covered at every r below 21: 88.7–93.0 % at r = 1.6–13 (1.1k treated, 1000 seeds per
-    cell), 92.3–92.8 % at r = 16 and 19 (11k treated, 600–1200 seeds) and 91.1–93.5 % over four
-    runs at r = 20 (1.1k treated, ε = 8); from r = 22 it covered 94.0–96.5 % at both sizes.
-    Claims and absence days, less confounded, stayed within 93.2–97.0 % at every r. The
-    remedy is more treated, a larger ε, or secure aggregation (√K less noise in every sum).
-    """
-    r = fit_resolution(
-        n_treated=n_treated,
-        n_covariates=n_covariates,
-        plan=plan,
-        n_nodes=n_nodes,
-        secure_aggregation=secure_aggregation,
-    )
-    said = (
-        f"{r:.1f} treated per noise SD of the propensity fit and √(d + 1) (at least "
-        f"{FIT_RESOLUTION_MIN:g} needed): "
-    )
-    if r >= FIT_RESOLUTION_MIN:
-        return Check(
-            name="dp_fit_resolution",
-            passed=True,
-            value=r,
-            threshold=FIT_RESOLUTION_MIN,
-            message=said + "the fit resolves the confounding",
-        )
-    # r is N_T / σ: reaching FIT_RESOLUTION_MIN takes σ smaller, or N_T larger, by this factor
-    short = FIT_RESOLUTION_MIN / r
-    # the σ that would give r = FIT_RESOLUTION_MIN, and the ε that buys it; under secure
-    # aggregation the K nodes' noise sums to σ instead of σ√K, so each may carry √K more
-    sigma = plan.sigma("ps_fit") / short
-    needed = plan.epsilon_for_sigma("ps_fit", sigma)
-    secure = (
-        ""
-        if secure_aggregation or n_nodes < 2
-        else (
-            f"; ε ≥ {plan.epsilon_for_sigma('ps_fit', sigma * math.sqrt(n_nodes)):.2g} with secure "
-            "aggregation"
-        )
-    )
-    return Check(
-        name="dp_fit_resolution",
-        passed=False,
-        value=r,
-        threshold=FIT_RESOLUTION_MIN,
-        message=said
-        + (
-            "the noisy score removes only part of the confounding, so the CI may not cover the "
-            f"residual bias; these {n_treated:,.0f} treated would need ε ≥ {needed:.2g} (same split "
-            f"and δ{secure}), or at least {math.ceil(n_treated * short):,} treated at "
-            "this ε"
-        ),
-    )
 
 
 @dataclass(frozen=True)
 class AfterDescribe:
     """What describe's public counts decide for the rest of a DP study."""
 
-    check: Check  #: ``dp_fit_resolution`` at describe's treated count, under the spec's plan
-    resplit: BudgetSplit | None  #: the :class:`~shared.study.BudgetSplit` re-split, or None
+    check: Check  #: ``dp_fit_resolution`` at describe's counts, under the spec's plan
+    resplit: BudgetSplit | None  #: always None: the spec's split stands (no tuned re-split target)
     plan: NoisePlan  #: the plan for the remaining rounds
 
 
@@ -482,7 +370,7 @@ def after_describe(
 
     Args:
         counts: describe's summed noisy ``(controls, treated)``.
-        split: the spec's :class:`~shared.study.BudgetSplit` (None: never re-split).
+        split: the spec's :class:`~shared.study.BudgetSplit` (kept: the coordinator no longer re-splits).
         unresolved_fit: the spec's ``[privacy] unresolved_fit``; ``stop`` raises when the fit
             cannot resolve the confounding, before the other 95 % of the budget is spent.
 
@@ -491,16 +379,17 @@ def after_describe(
     """
     sa = {"secure_aggregation": secure_aggregation}
     check = fit_resolution_check(
-        n_treated=float(counts[1]), n_covariates=n_covariates, plan=plan, n_nodes=n_nodes, **sa
+        n_treated=float(counts[1]),
+        n_total=float(counts[0]) + float(counts[1]),
+        n_covariates=n_covariates,
+        plan=plan,
+        n_nodes=n_nodes,
+        **sa,
     )
     if not check.passed and unresolved_fit == "stop":
         raise UnresolvedFitError(
             f'stopped after describe ([privacy] unresolved_fit = "stop"): {check.message}'
         )
-    if split is None or check.value is None:  # the check always states r; None keeps the split
-        return AfterDescribe(check, None, plan)
-    # the fit's residual bias falls as 1/r², the table's noise SE as σ_psm: under secure
-    # aggregation σ_psm is √K smaller, so the same bias-to-SE ratio needs r larger by K^¼
-    target = FIT_RESOLUTION_TARGET * (n_nodes**0.25 if secure_aggregation else 1.0)
-    resplit, plan = dp_resplit(split=split, plan=plan, resolution=check.value, target=target)
-    return AfterDescribe(check, resplit, plan)
+    # the spec's split stands: the re-split's target was tuned on the benchmark (issue #19), and
+    # the fit's residual bias is now carried in the CI whatever share the fit has
+    return AfterDescribe(check, None, plan)
