@@ -40,7 +40,7 @@ from shared.dp.wsum import (
     wsum_query_counts,
     wsum_sensitivity,
 )
-from shared.errors import EmptyArmError, PrivacyError, UnresolvedFitError
+from shared.errors import EmptyArmError, UnresolvedFitError
 from shared.protocol import PsmWsum
 from shared.psm.estimator import Z_95, AttEstimate, Check, estimate_att
 from shared.psm.propensity import PropensityFitter, PsStats
