@@ -121,11 +121,11 @@ class StudyRun:
     privacy_reserved: dict[str, float] = field(default_factory=dict)
     fitter: PropensityFitter | None = None
     plan: NoisePlan | None = None
-    resplit: BudgetSplit | None = None  # a DP study's split after describe, if re-split
+    resplit: BudgetSplit | None = None  # a re-split after describe (the coordinator no longer asks one)
     secure: tuple[int, float] | None = None  # SecAgg+ after describe: (nodes K, public scale)
     strata_method: str = "caliper"
     moments: CovMoments | None = None  # exact studies: the summed describe moments
-    at_describe: Check | None = None  # DP studies: ``dp_fit_resolution`` at describe's counts
+    at_describe: Check | None = None  # DP studies: ``dp_fit_resolution`` (stop rule) at describe's counts
     table: PsmTable | None = None
     estimate: AttEstimate | None = None
     rounds: list[RoundRecord] = field(default_factory=list)
@@ -354,15 +354,6 @@ def _release(spec: StudySpec, rounds: _Rounds, run: StudyRun) -> None:
     if not gate.check.passed:  # said now, while the operator can still stop before the budget is spent
         log.warning("DP study %s: %s", spec.study.name, gate.check.message)
     run.resplit, plan, run.at_describe = gate.resplit, gate.plan, gate.check
-    if run.resplit is not None:
-        log.info(
-            "DP study %s: the fit resolves at r = %.0f, so ps_fit takes %.2f of ρ instead of "
-            "%.2f and the PSM table the rest",
-            spec.study.name,
-            gate.check.value,
-            run.resplit.ps_fit,
-            p.split.ps_fit,
-        )
     run.plan = plan
     if p.secure_aggregation:
         if len(described) < 2:

@@ -118,12 +118,16 @@ def print_estimates(console: Console, result: StudyResult) -> None:
 def plan(
     spec: Path = typer.Option(..., "--spec", exists=True, dir_okay=False, help="Study spec (TOML)."),
     treated: int = typer.Option(..., "--treated", min=1, help="Expected treated people, all nodes."),
+    controls: int = typer.Option(
+        None, "--controls", min=0, help="Expected controls, all nodes (default: 4 × treated)."
+    ),
     nodes: int = typer.Option(None, "--nodes", min=1, help="Nodes taking part (default: the spec's sites)."),
     fmt: str = typer.Option("text", "--format", help="text or json"),
 ) -> None:
     """Preview a DP study before it spends any budget: every release's noise, and whether the
-    propensity fit would resolve the confounding at this many treated (else the study stops
-    after describe, by default) or what ε it would need."""
+    propensity fit would resolve the confounding at these counts (the stop rule fixed in
+    advance, shared.dp.stoprule: else the study stops after describe, by default) or what ε it
+    would need."""
     from shared.dp.workflow import after_describe
     from shared.driver import noise_plan
 
@@ -140,7 +144,7 @@ def plan(
             raise ReHealthError("the spec names no sites: give --nodes")
         before = noise_plan(study)
         gate = after_describe(
-            counts=(0.0, float(treated)),
+            counts=(float(4 * treated if controls is None else controls), float(treated)),
             n_covariates=len(study.covariates),
             plan=before,
             split=study.privacy.split,
@@ -159,12 +163,10 @@ def plan(
                     "treated": treated,
                     "nodes": k,
                     "plan": before.to_dict(),
-                    "fit_resolution": gate.check.value,
+                    "fit_noise_share": gate.check.value,
                     "fit_resolves": gate.check.passed,
                     "message": gate.check.message,
                     "stops_after_describe": stops,
-                    "resplit": gate.resplit.model_dump() if gate.resplit is not None else None,
-                    "plan_after_describe": gate.plan.to_dict(),
                 }
             )
         )
@@ -199,13 +201,6 @@ def _print_plan(console: Console, study, gate, before, treated: int, k: int, sto
             unit, sens = "", f"{r.sensitivity:.3g}"
         t.add_row(q, str(n), sens, f"{node:.3g}{unit}", f"{total:.3g}{unit}")
     console.print(t)
-    if gate.resplit is not None:
-        s = gate.resplit
-        console.print(
-            f"re-split after describe: ps_fit {p.split.ps_fit:.2f} → {s.ps_fit:.2f}, "
-            f"psm_stats {p.split.psm_stats:.2f} → {s.psm_stats:.2f} (same ε; σ above are "
-            "after it, describe's as planned)"
-        )
     verdict = (
         '[red]the study would stop after describe[/red] (unresolved_fit = "stop")'
         if stops

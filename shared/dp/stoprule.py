@@ -81,6 +81,8 @@ def predicted_noise_share(
     n, nt = float(n_total), float(n_treated)
     if not (n > 0 and 0 < nt < n):
         return 1.0
+    if not sigma_fit > 0:
+        return 0.0
     d = int(n_covariates)
     p = nt / n
     # the Hessian the fit would reach, in the release's centred basis [1, z − c] (covariates
@@ -128,6 +130,15 @@ def fit_resolution_check(
             value=s,
             threshold=NOISE_SHARE_MAX,
             message=said + "the fit can resolve the confounding; its residual bias is carried in the CI",
+        )
+    if share(0.0) >= NOISE_SHARE_MAX:  # no ε helps: the counts themselves carry no information
+        return Check(
+            name="dp_fit_resolution",
+            passed=False,
+            value=s,
+            threshold=NOISE_SHARE_MAX,
+            message=said + "describe's noisy counts show an arm empty, so no propensity fit can "
+            "resolve the confounding at any ε",
         )
     # s falls with σ²: the σ at which the prediction reaches the rule, and the ε that buys it
     lo, hi = 0.0, sigma
