@@ -57,8 +57,8 @@ from _table import Table, add_write_argument, write_tables  # noqa: E402
 
 from shared.dp.accounting import accountant_label  # noqa: E402
 from shared.dp.plan import plan_study  # noqa: E402
+from shared.dp.stoprule import NOISE_SHARE_MAX  # noqa: E402
 from shared.dp.study_sim import SiteArrays, run_dp_study  # noqa: E402
-from shared.dp.workflow import FIT_RESOLUTION_MIN  # noqa: E402
 from shared.errors import EstimationError  # noqa: E402
 from shared.features import FEATURES, scale  # noqa: E402
 from shared.psm.reference import estimate_att_pooled  # noqa: E402
@@ -129,7 +129,7 @@ def run(args) -> dict:
     rows: dict[tuple, list] = defaultdict(list)  # (treated, mode, eps, outcome) -> per-seed tuples
     failures: dict[tuple, int] = defaultdict(int)
     unresolved: dict[tuple, list] = defaultdict(list)  # share of covariates whose SMD is n/a
-    resolution: dict[tuple, list] = defaultdict(list)  # the dp_fit_resolution check's r
+    resolution: dict[tuple, list] = defaultdict(list)  # the stop rule's predicted noise share s
     for treated, n_seeds in ((1000, args.seeds_1k), (10_000, args.seeds_10k)):
         t0 = time.time()
         for seed in range(n_seeds):
@@ -279,13 +279,13 @@ def print_table(summary: list[dict], result: dict) -> None:
     for (treated, mode, eps), v in sorted(result["unresolved"].items()):
         print(f"  treated {treated}, {mode}, ε={eps:g}: {100 * np.mean(v):.0f} %")
     print(
-        f"\ndp_fit_resolution r (treated per fit-noise SD per √(d + 1); flagged below "
-        f"{FIT_RESOLUTION_MIN:g}), mean over seeds:"
+        f"\ndp_fit_resolution: predicted noise share s of the fit (shared/dp/stoprule.py; the "
+        f"default stops at s ≥ {NOISE_SHARE_MAX:g}), mean over seeds:"
     )
     for (treated, mode, eps), v in sorted(result["resolution"].items()):
         print(
-            f"  treated {treated}, {mode}, ε={eps:g}: r = {np.mean(v):.1f}"
-            f"{'' if np.mean(v) >= FIT_RESOLUTION_MIN else '  (flagged)'}"
+            f"  treated {treated}, {mode}, ε={eps:g}: s = {np.mean(v):.3f}"
+            f"{'' if np.mean(v) < NOISE_SHARE_MAX else '  (flagged)'}"
         )
     if result["failures"]:
         print("\nstudies that stopped with an estimation error (e.g. no overlap under noise):")
@@ -333,8 +333,8 @@ def tables(summary: list[dict], result: dict) -> list[Table]:
             treated,
             mode,
             f"{eps:g}",
-            f"{np.mean(v):.1f}",
-            "yes" if np.mean(v) < FIT_RESOLUTION_MIN else "no",
+            f"{np.mean(v):.3f}",
+            "yes" if np.mean(v) >= NOISE_SHARE_MAX else "no",
             f"{100 * np.mean(result['unresolved'][(treated, mode, eps)]):.0f} %",
         )
         for (treated, mode, eps), v in sorted(result["resolution"].items())
@@ -391,8 +391,8 @@ def tables(summary: list[dict], result: dict) -> list[Table]:
                 "treated",
                 "noise",
                 "ε",
-                "dp_fit_resolution r (mean)",
-                f"flagged (r < {FIT_RESOLUTION_MIN:g})",
+                "predicted fit-noise share s (mean)",
+                f"flagged (s ≥ {NOISE_SHARE_MAX:g})",
                 "covariates with SMD n/a",
             ),
             align="rllrlr",
