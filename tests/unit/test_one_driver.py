@@ -62,7 +62,7 @@ def test_dp_study_is_the_same_through_flower_and_the_simulation_given_the_same_n
 ):
     """Every node draws its noise from a fresh generator per message; seeded alike on both
     sides, the Flower DP study and the in-process one agree to 1e-9 — the node's release code,
-    plan, re-split and the coordinator's DP estimate are the same code."""
+    plan, stop rule and the coordinator's DP estimate are the same code."""
     spec = _spec(written, enabled=True, epsilon=4.0, unresolved_fit="warn")
     monkeypatch.setattr("shared.dp.mechanisms.secure_rng", lambda: np.random.default_rng(7))
     flower = _flower(spec, tmp_path)
@@ -90,7 +90,7 @@ def test_the_dp_simulation_and_the_flower_study_use_the_same_noise_scales(writte
         privacy=spec.privacy,
         rngs=[np.random.default_rng(3) for _ in arrays],
     )  # same describe noise
-    assert flower.resplit is not None  # at ε = 16 these sites resolve the fit: it re-splits
+    assert flower.resplit is None  # the coordinator keeps the spec's split (no tuned re-split, #19)
     assert sim.plan == flower.plan
     from node.runtime import NodeRuntime
 

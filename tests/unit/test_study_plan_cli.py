@@ -37,32 +37,49 @@ def _plan(spec: str, treated: int) -> dict:
     return json.loads(res.output)
 
 
+def _plan_with(spec: str, *args: str) -> dict:
+    res = CliRunner().invoke(app, ["plan", "--spec", spec, *args, "--format", "json"])
+    assert res.exit_code == 0, res.output
+    return json.loads(res.output)
+
+
 def test_a_small_study_would_stop_and_the_epsilon_it_names_resolves_its_fit(fed):
-    spec = _spec(fed, 1.0)
-    out = _plan(spec, 1000)
+    """800 treated over five nodes at ε = 0.5: the fit's noise is predicted to take more than
+    half the score's variance, so the study would stop; at the ε the message names it runs."""
+    spec = _spec(fed, 0.5)
+    out = _plan(spec, 800)
     assert out["nodes"] == 5 and out["plan"] == noise_plan(load_spec(spec)).to_dict()
-    assert not out["fit_resolves"] and out["fit_resolution"] < 15 and out["stops_after_describe"]
+    assert not out["fit_resolves"] and out["fit_noise_share"] >= 0.5 and out["stops_after_describe"]
+    assert "fixed in advance, not tuned" in out["message"]
     needed = float(re.search(r"would need ε ≥ ([0-9.]+)", out["message"]).group(1))
-    assert _plan(_spec(fed, needed * 1.05), 1000)["fit_resolves"]
-    assert not _plan(_spec(fed, needed * 0.9), 1000)["fit_resolves"]
+    assert _plan(_spec(fed, needed * 1.05), 800)["fit_resolves"]
+    assert not _plan(_spec(fed, needed * 0.9), 800)["fit_resolves"]
 
 
-def test_a_large_study_runs_and_gives_the_fit_only_what_it_needs(fed):
-    out = _plan(_spec(fed, 1.0), 20_000)
-    assert out["fit_resolves"] and not out["stops_after_describe"]
-    assert out["resplit"]["ps_fit"] < 0.45 < out["resplit"]["psm_stats"]
-    sigma = {p: {r["query"]: r["sigma"] for r in out[p]["releases"]} for p in ("plan", "plan_after_describe")}
-    assert sigma["plan_after_describe"]["psm_main"] < sigma["plan"]["psm_main"]
-    assert sigma["plan_after_describe"]["describe"] == sigma["plan"]["describe"]
+def test_a_study_the_old_rule_stopped_runs_and_keeps_its_split(fed):
+    """1000 treated at ε = 1 (the old rule, r ≥ 22, stopped them): predicted share under ½,
+    the study would run, with the spec's split (no re-split)."""
+    out = _plan(_spec(fed, 1.0), 1000)
+    assert out["fit_resolves"] and out["fit_noise_share"] < 0.5 and not out["stops_after_describe"]
+    assert "resplit" not in out
+
+
+def test_the_controls_enter_the_prediction_and_none_stops(fed):
+    """The prediction reads both of describe's counts: no controls at all carry no information
+    about the score, so the study would stop at any ε."""
+    spec = _spec(fed, 4.0)
+    assert _plan_with(spec, "--treated", "1000", "--controls", "5000")["fit_resolves"]
+    out = _plan_with(spec, "--treated", "1000", "--controls", "0")
+    assert not out["fit_resolves"] and "at any ε" in out["message"]
 
 
 def test_secure_aggregation_resolves_the_fit_of_fewer_treated(fed):
-    """√K less noise in every summed release: the secure plan's r is √5 times the plain one."""
+    """√K less noise in every summed release: the secure plan's predicted share is smaller."""
     fed_, out = fed
     path = out / "study-secure.toml"
-    path.write_text(to_toml(study_document(fed_, epsilon=1.0, secure_aggregation=True)))
-    plain, secure = _plan(_spec(fed, 1.0), 4000), _plan(str(path), 4000)
-    assert secure["fit_resolution"] == pytest.approx(plain["fit_resolution"] * 5**0.5)
+    path.write_text(to_toml(study_document(fed_, epsilon=0.5, secure_aggregation=True)))
+    plain, secure = _plan(_spec(fed, 0.5), 800), _plan(str(path), 800)
+    assert secure["fit_noise_share"] < plain["fit_noise_share"]
     assert not plain["fit_resolves"] and secure["fit_resolves"]
 
 
