@@ -14,7 +14,7 @@ with its policy (vantage6's "the node has the last word", NVFlare's site ``priva
   function that isolates one person, and 20,000 fine edges cannot put each row in a cell.
 * **Shares with a floor.** Every DP release a query asks for carries at least
   :data:`MIN_RELEASE_SHARE` of the study's privacy loss, and a re-split after describe may only
-  move budget as :func:`shared.dp.workflow.dp_resplit` does (ps_fit → psm_stats, ps_fit not below
+  move budget ps_fit → psm_stats (the coordinator no longer asks one; ps_fit not below
   :data:`~shared.dp.workflow.MIN_PS_SHARE`), so no probe is answered for (almost) free.
 * **Secure aggregation** splits the noise over exactly the signed study's sites.
 
@@ -200,7 +200,7 @@ def _check_listed(what: str, asked, allowed, public) -> None:
 
 
 def _check_resplit(*, signed: BudgetSplit, resplit: BudgetSplit) -> None:
-    """A re-split may only do what :func:`shared.dp.workflow.dp_resplit` does: move part of the
+    """A re-split (no longer asked by the coordinator, issue #19) may only move part of the
     propensity fit's share to the PSM table, leaving ps_fit at least ``min(MIN_PS_SHARE, its
     signed share)``, describe and balance unchanged."""
     floor = min(MIN_PS_SHARE, signed.ps_fit)

@@ -122,10 +122,11 @@ class Privacy(_Model):
     split: BudgetSplit = BudgetSplit()
     accountant: Literal["gaussian", "rdp", "prv"] = "gaussian"
     ps_rounds: int = Field(default=4, ge=1, le=20)  # fixed Newton rounds under DP
-    #: what a study does when describe's counts show its noisy propensity fit cannot resolve the
-    #: confounding (the ``dp_fit_resolution`` check): ``stop`` ends the study there, having spent
-    #: only describe's share of the budget, rather than sign an estimate whose CI may miss the
-    #: confounding left (shared.dp.workflow.after_describe); ``warn`` goes on and flags it
+    #: what a study does when describe's counts predict its propensity fit's noise would take at
+    #: least half the score's variance (the ``dp_fit_resolution`` check, a rule fixed in advance:
+    #: there the fit's bias bound equals the whole adjustment, shared.dp.stoprule): ``stop`` ends
+    #: the study there, having spent only describe's share of the budget, rather than spend the
+    #: rest on void evidence; ``warn`` goes on and flags it
     unresolved_fit: Literal["warn", "stop"] = "stop"
     #: SecAgg+ (Flower's SecAggPlusWorkflow) for every release after describe: each of the K
     #: nodes adds σ/√K and the coordinator sees only the masked sum, which carries σ — the

@@ -8,8 +8,8 @@ too; docs/STATISTICS.md, "Diagnostics"; Austin 2009 for SMD; Rubin 2001 for vari
 * size gate: ≥ 100 treated, and a control pool ≥ 3 × the treated;
 * overlap: ≥ 95% of the treated lie in strata that also hold controls (common support);
 * the propensity fit converged (under DP: its fixed noisy rounds ran);
-* under DP, the study's own ``dp_fit_resolution``: enough treated per unit of the fit's noise
-  for the score to resolve the confounding (:func:`shared.dp.workflow.fit_resolution_check`).
+* under DP, the study's own ``dp_fit_resolution``: the stop rule fixed in advance, the fit
+  noise's predicted share of the score's variance below ½ (:func:`shared.dp.stoprule.fit_resolution_check`).
 """
 
 from __future__ import annotations
@@ -171,7 +171,7 @@ def is_restatement(d: Diagnostic, own: dict[str, Check]) -> bool:
 
 # study diagnostics whose name does not read well as a label
 STUDY_LABELS = {
-    "dp_fit_resolution": "Propensity fit resolution (DP)",
+    "dp_fit_resolution": "Propensity fit noise share, predicted (DP stop rule)",
     "dp_fit_bias": "Propensity fit noise: bias bound held by the CI (DP)",
 }
 
