@@ -151,7 +151,7 @@ class PrivacyQuery(_Model):
     n_ps_rounds: int = Field(ge=1, le=20)
     accountant: Literal["gaussian", "rdp", "prv"] = "gaussian"
     #: the split of the rounds after describe, re-chosen from describe's public counts
-    #: (:func:`shared.dp.workflow.dp_resplit`); the node applies it to the plan it derived itself
+    #: (the coordinator no longer asks one, issue #19); the node applies it to the plan it derived itself
     #: (same total ρ, ε re-checked), so whatever the split, the study's ε bounds what it releases
     resplit: BudgetSplit | None = None
     #: K under secure aggregation: every release after describe travels only through SecAgg+,

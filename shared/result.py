@@ -101,7 +101,7 @@ class PrivacySpent(_Model):
     accountant: str | None = None
     per_site: dict[str, float] = Field(default_factory=dict)  # ε charged at each node
     # the budget split of the rounds after describe when the study re-split it from describe's
-    # public counts (shared.dp.workflow.dp_resplit); None: the spec's split throughout
+    # public counts (no longer done, issue #19); None: the spec's split throughout
     resplit: dict[str, float] | None = None
     # K when every release after describe was a SecAgg+ sum over K nodes (each adding σ/√K)
     secure_nodes: int | None = None

@@ -179,7 +179,7 @@ class NoisePlan:
 
     def with_split(self, split) -> "NoisePlan":
         """The same total ρ spread by another split (same sensitivities and rounds): how a study
-        re-plans its rounds after describe (:func:`shared.dp.workflow.dp_resplit`).
+        re-plans its rounds after describe (a re-split; the coordinator no longer asks one).
 
         Gaussian releases compose by adding ρ, so under the RDP accountant the ε is unchanged
         whatever the split; it is recomputed and checked all the same (PRV composes otherwise).
