@@ -173,6 +173,7 @@ def is_restatement(d: Diagnostic, own: dict[str, Check]) -> bool:
 STUDY_LABELS = {
     "dp_fit_resolution": "Propensity fit noise share, predicted (DP stop rule)",
     "dp_fit_bias": "Propensity fit noise: bias bound held by the CI (DP)",
+    "dp_strata_resolution": "Propensity strata the count noise allows (DP stop rule)",
 }
 
 

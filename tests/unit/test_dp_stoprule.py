@@ -167,3 +167,46 @@ def test_the_prediction_matches_the_realised_share_where_its_assumptions_hold(mo
         )
         ratios.append(realised[-1] / study.at_describe.value)
     assert all(0.5 < r < 2.0 for r in ratios), ratios
+
+
+# -- the strata rule (Cochran's five strata) -----------------------------------------------------
+
+
+def test_too_few_strata_stop_a_study_the_fit_rule_lets_through():
+    """900 treated over 20 companies at ε = 2 without secure aggregation: the fit's predicted
+    noise share passes (< ½), but the summed counts' noise (σ√20) leaves 3 strata, which remove
+    only ~79 % of a confounder's bias (Cochran 1968). The study stops after describe naming the
+    strata and the ε that would do; with secure aggregation (13 strata) it runs. Without the
+    strata rule the first study would run and issue a CI that does not carry that bias."""
+    from shared.dp.stoprule import MIN_STRATA, strata_resolution_check
+    from shared.dp.strata import dp_n_strata
+
+    plan = _plan(2.0)
+    counts = (7100.0, 900.0)
+    fit = fit_resolution_check(n_treated=900, n_total=8000, n_covariates=D, plan=plan, n_nodes=20)
+    assert fit.passed
+    sigma = plan.release("psm_main").total_sigma(20)
+    assert dp_n_strata(n_treated=900, count_sigma=sigma) < MIN_STRATA
+    kw = {"counts": counts, "n_covariates": D, "plan": plan, "split": BudgetSplit(), "n_nodes": 20}
+    with pytest.raises(UnresolvedFitError, match="propensity strata the count noise allows"):
+        after_describe(unresolved_fit="stop", **kw)
+    warned = after_describe(unresolved_fit="warn", **kw)
+    assert warned.check.name == "dp_strata_resolution" and not warned.check.passed
+    assert after_describe(unresolved_fit="stop", secure_aggregation=True, **kw).check.passed
+
+    # the ε the message names gives MIN_STRATA strata; a tenth less does not
+    failed = strata_resolution_check(n_strata=3, n_treated=900, plan=plan, n_nodes=20)
+    needed = float(failed.message.split("need ε ≥ ")[1].split(" ")[0])
+    for eps, enough in ((needed * 1.01, True), (needed * 0.9, False)):
+        sigma = _plan(eps).release("psm_main").total_sigma(20)
+        assert (dp_n_strata(n_treated=900, count_sigma=sigma) >= MIN_STRATA) is enough
+
+
+def test_the_strata_threshold_is_five_and_the_result_states_the_strata_used():
+    from shared.dp.stoprule import MIN_STRATA, strata_resolution_check
+
+    plan = _plan(1.0)
+    assert MIN_STRATA == 5
+    assert not strata_resolution_check(n_strata=4, n_treated=1e4, plan=plan, n_nodes=5).passed
+    ok = strata_resolution_check(n_strata=5, n_treated=1e4, plan=plan, n_nodes=5, realised=True)
+    assert ok.passed and "the estimate used" in ok.message and "Cochran 1968" in ok.message
