@@ -351,9 +351,10 @@ def _release(spec: StudySpec, rounds: _Rounds, run: StudyRun) -> None:
         raise UnresolvedFitError(
             f"DP study {spec.study.name} {e}. Only describe's share of the budget was spent ({_spent(run)})"
         ) from None
-    if not gate.check.passed:  # said now, while the operator can still stop before the budget is spent
-        log.warning("DP study %s: %s", spec.study.name, gate.check.message)
-    run.resplit, plan, run.at_describe = gate.resplit, gate.plan, gate.check
+    for check in (gate.check, gate.strata):  # said now, while the operator can still stop the study
+        if check is not None and not check.passed:
+            log.warning("DP study %s: %s", spec.study.name, check.message)
+    run.resplit, plan, run.at_describe = gate.resplit, gate.plan, gate.decisive
     run.plan = plan
     if p.secure_aggregation:
         if len(described) < 2:

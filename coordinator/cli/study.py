@@ -154,7 +154,7 @@ def plan(
     except ReHealthError as e:
         console.print(f"[red]cannot plan:[/red] {escape(str(e))}")
         raise typer.Exit(1) from None
-    stops = not gate.check.passed and study.privacy.unresolved_fit == "stop"
+    stops = not gate.decisive.passed and study.privacy.unresolved_fit == "stop"
     if fmt == "json":
         typer.echo(
             json.dumps(
@@ -166,6 +166,9 @@ def plan(
                     "fit_noise_share": gate.check.value,
                     "fit_resolves": gate.check.passed,
                     "message": gate.check.message,
+                    "strata": None if gate.strata is None else gate.strata.value,
+                    "strata_resolve": gate.strata is None or gate.strata.passed,
+                    "strata_message": None if gate.strata is None else gate.strata.message,
                     "stops_after_describe": stops,
                 }
             )
@@ -205,9 +208,11 @@ def _print_plan(console: Console, study, gate, before, treated: int, k: int, sto
         '[red]the study would stop after describe[/red] (unresolved_fit = "stop")'
         if stops
         else "the study would run"
-        + ("" if gate.check.passed else ' and flag its estimate (unresolved_fit = "warn")')
+        + ("" if gate.decisive.passed else ' and flag its estimate (unresolved_fit = "warn")')
     )
     console.print(f"propensity fit: {escape(gate.check.message)}")
+    if gate.strata is not None:
+        console.print(f"strata: {escape(gate.strata.message)}")
     console.print(verdict)
 
 

@@ -363,6 +363,13 @@ class AfterDescribe:
     check: Check  #: ``dp_fit_resolution`` at describe's counts, under the spec's plan
     resplit: BudgetSplit | None  #: always None: the spec's split stands (no tuned re-split target)
     plan: NoisePlan  #: the plan for the remaining rounds
+    strata: Check | None = None  #: ``dp_strata_resolution``: the strata the count noise allows
+
+    @property
+    def decisive(self) -> Check:
+        """The check ``unresolved_fit`` acts on: the first rule that fails, else the fit's."""
+        failed = [c for c in (self.check, self.strata) if c is not None and not c.passed]
+        return failed[0] if failed else self.check
 
 
 def after_describe(
@@ -409,7 +416,6 @@ def after_describe(
     if failed and unresolved_fit == "stop":
         said = "; and ".join(c.message for c in failed)
         raise UnresolvedFitError(f'stopped after describe ([privacy] unresolved_fit = "stop"): {said}')
-    check = failed[0] if failed else check  # the first rule that fails is what the study reports
     # the spec's split stands: the re-split's target was tuned on the benchmark (issue #19), and
     # the fit's residual bias is now carried in the CI whatever share the fit has
-    return AfterDescribe(check, None, plan)
+    return AfterDescribe(check, None, plan, strata)

@@ -191,8 +191,9 @@ def test_too_few_strata_stop_a_study_the_fit_rule_lets_through():
     with pytest.raises(UnresolvedFitError, match="propensity strata the count noise allows"):
         after_describe(unresolved_fit="stop", **kw)
     warned = after_describe(unresolved_fit="warn", **kw)
-    assert warned.check.name == "dp_strata_resolution" and not warned.check.passed
-    assert after_describe(unresolved_fit="stop", secure_aggregation=True, **kw).check.passed
+    assert warned.check.passed and warned.check.name == "dp_fit_resolution"
+    assert warned.decisive is warned.strata and not warned.strata.passed
+    assert after_describe(unresolved_fit="stop", secure_aggregation=True, **kw).decisive.passed
 
     # the ε the message names gives MIN_STRATA strata; a tenth less does not
     failed = strata_resolution_check(n_strata=3, n_treated=900, plan=plan, n_nodes=20)

@@ -57,10 +57,17 @@ def test_a_small_study_would_stop_and_the_epsilon_it_names_resolves_its_fit(fed)
 
 
 def test_a_study_the_old_rule_stopped_runs_and_keeps_its_split(fed):
-    """1000 treated at ε = 1 (the old rule, r ≥ 22, stopped them): predicted share under ½,
-    the study would run, with the spec's split (no re-split)."""
-    out = _plan(_spec(fed, 1.0), 1000)
+    """1000 treated over five nodes (the old rule, r ≥ 22, stopped them at ε = 1 and 2): the
+    fit's predicted share is under ½ at both; at ε = 1 the summed counts' noise leaves fewer
+    than five strata, so the strata rule stops it, and at ε = 2 (six strata) it runs, with the
+    spec's split (no re-split)."""
+    low = _plan(_spec(fed, 1.0), 1000)
+    assert low["fit_resolves"] and low["fit_noise_share"] < 0.5
+    assert not low["strata_resolve"] and low["strata"] < 5 and low["stops_after_describe"]
+    assert "Cochran 1968" in low["strata_message"]
+    out = _plan(_spec(fed, 2.0), 1000)
     assert out["fit_resolves"] and out["fit_noise_share"] < 0.5 and not out["stops_after_describe"]
+    assert out["strata_resolve"] and out["strata"] >= 5
     assert "resplit" not in out
 
 
