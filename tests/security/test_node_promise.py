@@ -47,6 +47,7 @@ from shared.protocol import (
     Describe,
     PsFit,
     PsmStats,
+    PsmWsum,
     Reserve,
     StudyQuery,
 )
@@ -528,6 +529,27 @@ def test_8b_no_more_ps_fit_rounds_than_signed(dp):
     ]
     assert codes == [None] * rounds + [CODE_BUDGET] * 2
     assert len(node.releases()) == rounds
+
+
+def test_8c_one_weighted_sum_per_study_and_never_below_its_weights_sensitivity(dp):
+    """The ATT's weighted sum (``psm_wsum``): a coordinator that declares a largest weight below
+    what its own counts give would be charged for less sensitivity than the release has; the
+    node refuses it before anything is charged. An honest one is charged once; asking again
+    (other centres, to difference the two) gets nothing."""
+    node = dp.node(0)
+    o = len(dp.query((Describe(),)).outcomes)
+    beta, edges = (0.0,) * (D + 1), (-np.inf, 0.0, np.inf)
+    counts = (40.0, 10.0, 12.0, 30.0)  # control 40, treated 10 | control 12, treated 30: v_max 2.5
+    honest = PsmWsum(beta=beta, edges=edges, count=counts, center=(0.5,) * (4 * o), max_weight=2.5)
+    lie = dp.sign(dp.query((honest.model_copy(update={"max_weight": 1.0}),)))
+    assert node.ask(lie).code == CODE_REFUSED
+    nothing_charged(node)
+    q = dp.sign(dp.query((honest,)))
+    assert node.ask(q).code is None
+    assert [r.query for r in node.releases()] == ["psm_wsum"]
+    again = q.model_copy(update={"ops": (honest.model_copy(update={"center": (0.25,) * (4 * o)}),)})
+    assert node.ask(again).code == CODE_BUDGET
+    assert len(node.releases()) == 1
 
 
 # -- 9. differencing two studies; an over-budget flood -----------------------------------------
