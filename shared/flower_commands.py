@@ -19,6 +19,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from shared.errors import SpecError
+
 SUPEREXEC_MODULE = "coordinator.federation.superexec"
 SUPERNODE_MODULE = "coordinator.federation.supernode"
 
@@ -156,3 +158,17 @@ def superexec_command(python: str, *, runtime_api: str, runtime: RuntimeTLS, par
 def supernode_script_text() -> bytes:
     """The body of the ``flower-supernode`` script callers write (run by their Python)."""
     return f"from {SUPERNODE_MODULE} import main\n\nmain()\n".encode()
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` too) as (host, port).
+
+    Raises:
+        SpecError: not host:port with a port in 1–65535 (a ValueError, so a pydantic validator
+            that calls it reports a validation error).
+    """
+    host, sep, port = address.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise SpecError(f"{address!r} is not host:port")
+    return host, int(port)

@@ -45,6 +45,7 @@ from coordinator.federation.kit_files import (
 )
 from coordinator.federation.pki import private_dir, write_private
 from shared.errors import SpecError
+from shared.flower_commands import split_address
 from shared.study import format_validation_error
 from shared.tls import issue_server_cert, new_ca, node_key_pair, pem_cert, pem_key
 
@@ -104,15 +105,6 @@ class FederationFile(_Model):
             return cls.model_validate(data)
         except ValidationError as e:
             raise SpecError(format_validation_error(e, f"federation file {path}")) from None
-
-
-def split_address(address: str) -> tuple[str, int]:
-    """``host:port`` (``[v6]:port`` too) as (host, port)."""
-    host, sep, port = address.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{address!r} is not host:port")
-    return host, int(port)
 
 
 def passphrase_from_env(*, insecure_plaintext: bool) -> bytes | None:

@@ -31,18 +31,9 @@ from coordinator.federation.launcher import UMASK, _signal, _tree
 from coordinator.federation.lifetime import spawn
 from coordinator.federation.pki import private_dir
 from shared.errors import FederationError, SpecError
-from shared.flower_commands import RuntimeTLS, superexec_command, superlink_command
+from shared.flower_commands import RuntimeTLS, split_address, superexec_command, superlink_command
 
 log = logging.getLogger("rehealth.coordinator.run")
-
-
-def split_address(address: str) -> tuple[str, int]:
-    from coordinator.federation.provision import split_address as split
-
-    try:
-        return split(address)
-    except ValueError as e:
-        raise SpecError(str(e)) from None
 
 
 @dataclass(eq=False)

@@ -28,7 +28,13 @@ from pathlib import Path
 from node.config import FederationSection, NodeConfig
 from node.flower.supervisor import ChildExited, Supervisor
 from shared.errors import SpecError
-from shared.flower_commands import RuntimeTLS, superexec_command, supernode_command, supernode_script_text
+from shared.flower_commands import (
+    RuntimeTLS,
+    split_address,
+    superexec_command,
+    supernode_command,
+    supernode_script_text,
+)
 
 log = logging.getLogger("rehealth.node.run")
 RUNTIME_VALIDITY_DAYS = 30
@@ -46,13 +52,6 @@ def write_private(path: Path, data: bytes) -> Path:
         f.write(data)
     os.chmod(path, 0o600)
     return path
-
-
-def split_address(address: str) -> tuple[str, int]:
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise SpecError(f"federation: {address!r} is not host:port")
-    return host.strip("[]"), int(port)
 
 
 def check_kit(fed: FederationSection) -> None:

@@ -35,11 +35,40 @@ disappear without DP noise.
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from typing import Callable, Mapping, NamedTuple
 
 import numpy as np
 
-__all__ = ["att_privacy_se", "combine_se", "redraw_se"]
+__all__ = ["UsedCells", "att_privacy_se", "combine_se", "redraw_se", "used_cells"]
+
+
+class UsedCells(NamedTuple):
+    """The used strata as both delta-method SEs read them (this module's and
+    :func:`shared.dp.wsum.wsum_privacy_se`)."""
+
+    n_t: np.ndarray  #: (B,) noisy treated counts, clamped at 0
+    N: float  #: their total
+    w: np.ndarray  #: (B,) stratum weights n_bT / N
+    ybar_c: np.ndarray  #: (B, O) control means on [0, 1], clipped
+    inv_c2: np.ndarray  #: (B,) E[1/n̂_bC²] to second order in the count noise
+
+
+def used_cells(*, count, sum_y, used, sigma_count: float) -> UsedCells | None:
+    """The used strata's counts, weights and control means; None when there is nothing to
+    estimate (no treated, or a used stratum without controls): the SE is then infinite."""
+    n = np.clip(np.asarray(count, dtype=float), 0.0, None)[used]
+    s = np.asarray(sum_y, dtype=float)[used]
+    n_t, n_c = n[:, 1], n[:, 0]
+    N = float(n_t.sum())
+    if not (N > 0 and np.all(n_c > 0)):
+        return None
+    return UsedCells(
+        n_t=n_t,
+        N=N,
+        w=n_t / N,
+        ybar_c=np.clip(s[:, 0, :] / n_c[:, None], 0.0, 1.0),
+        inv_c2=(1.0 + 3.0 * sigma_count**2 / n_c**2) / n_c**2,
+    )
 
 
 def att_privacy_se(
@@ -65,19 +94,15 @@ def att_privacy_se(
     Returns:
         ``(O,)`` privacy SEs; multiply by ``cap - lo`` for original units.
     """
-    n = np.clip(np.asarray(count, dtype=float), 0.0, None)[used]
+    cells = used_cells(count=count, sum_y=sum_y, used=used, sigma_count=sigma_count)
+    if cells is None:
+        return np.full(np.shape(sum_y)[-1], np.inf)
     s = np.asarray(sum_y, dtype=float)[used]
-    n_t, n_c = n[:, 1], n[:, 0]
-    N = n_t.sum()
-    if not (N > 0 and np.all(n_c > 0)):
-        return np.full(s.shape[-1], np.inf)
-    w = n_t / N
-    ybar_c = np.clip(s[:, 0, :] / n_c[:, None], 0.0, 1.0)
-    ybar_t = np.clip(s[:, 1, :] / np.maximum(n_t, 1e-12)[:, None], 0.0, 1.0)
-    att = (w[:, None] * (ybar_t - ybar_c)).sum(axis=0)
-    ybar_c = ybar_c - center
-    inv_c2 = (1.0 + 3.0 * sigma_count**2 / n_c**2) / n_c**2  # E[1/n̂²] to second order
-    var_sum = sigma_sum**2 * (n.shape[0] / N**2 + np.sum(w**2 * inv_c2))
+    N, w, inv_c2 = cells.N, cells.w, cells.inv_c2
+    ybar_t = np.clip(s[:, 1, :] / np.maximum(cells.n_t, 1e-12)[:, None], 0.0, 1.0)
+    att = (w[:, None] * (ybar_t - cells.ybar_c)).sum(axis=0)
+    ybar_c = cells.ybar_c - center
+    var_sum = sigma_sum**2 * (cells.n_t.size / N**2 + np.sum(w**2 * inv_c2))
     var_cnt = sigma_count**2 * (
         np.sum((w**2 * inv_c2)[:, None] * ybar_c**2, axis=0)
         + np.sum((ybar_c + att[None, :]) ** 2, axis=0) / N**2

@@ -63,6 +63,7 @@ import math
 import numpy as np
 
 from shared.dp.forms import CENTER
+from shared.dp.uncertainty import used_cells
 from shared.errors import QueryRefused
 from shared.psm.strata import stratum_index
 
@@ -211,16 +212,11 @@ def wsum_privacy_se(*, count, sum_y, used, att, centers, sigma_count: float, sig
         sigma_count: noise SD of one summed count.
         sigma_wsum: noise SD of one summed weighted sum.
     """
-    n = np.clip(np.asarray(count, dtype=float), 0.0, None)[used]
-    s = np.asarray(sum_y, dtype=float)[used]
-    n_t, n_c = n[:, 1], n[:, 0]
-    N = n_t.sum()
-    if not (N > 0 and np.all(n_c > 0)):
-        return np.full(s.shape[-1], np.inf)
-    w = n_t / N
+    cells = used_cells(count=count, sum_y=sum_y, used=used, sigma_count=sigma_count)
+    if cells is None:
+        return np.full(np.shape(sum_y)[-1], np.inf)
+    N, w, ybar_c, inv_c2 = cells.N, cells.w, cells.ybar_c, cells.inv_c2
     c = np.asarray(centers, dtype=float)[used]
-    ybar_c = np.clip(s[:, 0, :] / n_c[:, None], 0.0, 1.0)
-    inv_c2 = (1.0 + 3.0 * sigma_count**2 / n_c**2) / n_c**2  # E[1/n̂²] to second order
     var_cnt = sigma_count**2 * (
         np.sum((w**2 * inv_c2)[:, None] * (ybar_c - c[:, 0, :]) ** 2, axis=0)
         + np.sum((c[:, 1, :] - ybar_c - np.asarray(att, dtype=float)[None, :]) ** 2, axis=0) / N**2
