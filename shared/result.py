@@ -56,13 +56,19 @@ class OutcomeEstimate(_Model):
 
 
 class BalanceRow(_Model):
-    """SMDs and variance ratios; None where DP noise leaves a variance unresolved."""
+    """SMDs and variance ratios; None where DP noise leaves a variance unresolved.
+
+    ``smd_after_noise_sd`` is the SD the privacy noise gives ``smd_after`` (0 in an exact study,
+    None where the SMD is unresolved): the balance gate reads |SMD| against it
+    (:func:`shared.psm.balance.balance_verdict`) instead of treating a noisy SMD as exact.
+    """
 
     covariate: str
     smd_before: float | None
     smd_after: float | None
     var_ratio_before: float | None = None
     var_ratio_after: float | None = None
+    smd_after_noise_sd: float | None = 0.0
 
 
 class StratumCounts(_Model):

@@ -3,7 +3,8 @@
 Thresholds (defined once, in :mod:`shared.thresholds`, which the estimator's diagnostics read
 too; docs/STATISTICS.md, "Diagnostics"; Austin 2009 for SMD; Rubin 2001 for variance ratios):
 
-* balance: max |SMD| after weighting < 0.1 over all covariates;
+* balance: max |SMD| after weighting < 0.1 over all covariates, read under DP with the noise
+  each SMD carries (:func:`shared.psm.balance.balance_verdict`: balanced, imbalanced or not shown);
 * variance ratio after weighting within [0.5, 2] for every covariate where it is known;
 * size gate: ≥ 100 treated, and a control pool ≥ 3 × the treated;
 * overlap: ≥ 95% of the treated lie in strata that also hold controls (common support);
@@ -18,40 +19,28 @@ import math
 
 from coordinator.report.document import Check, StratumRow
 from shared import thresholds as th
+from shared.psm.balance import balance_verdict
 from shared.result import BalanceRow, Diagnostic, SiteSummary
 
 
 def balance_check(rows: tuple[BalanceRow, ...]) -> Check:
-    """Fails when no covariate's balance could be measured (DP noise): balance not shown."""
-    known = [(r, abs(r.smd_after)) for r in rows if r.smd_after is not None]
-    rule = f"max |SMD| after weighting < {th.SMD_MAX:g}"
-    if not known:
-        return Check(
-            name="balance_smd",
-            label="Covariate balance",
-            rule=rule,
-            passed=False,
-            value=None,
-            threshold=th.SMD_MAX,
-            source="report",
-            detail="no covariate's SMD is resolvable under the privacy noise",
-        )
-    worst, value = max(known, key=lambda rv: rv[1])
-    unresolved = len(rows) - len(known)
+    """Passes only when balance is shown: every covariate below the threshold, with the noise
+    margin under DP. "Not shown" (the noise hides the answer) fails like "imbalanced" — a report
+    cannot claim a balance it could not see — and the detail says which of the two it is."""
+    verdict = balance_verdict(rows, th.SMD_MAX)
+    rule = f"max |SMD| after weighting < {th.SMD_MAX:g}" + (
+        f", each with {verdict.z:.2f} privacy-noise SDs of margin" if verdict.z > 0 else ""
+    )
+    worst = f"largest |SMD| after weighting: {verdict.worst}; " if verdict.worst else ""
     return Check(
         name="balance_smd",
         label="Covariate balance",
         rule=rule,
-        passed=value < th.SMD_MAX,
-        value=value,
+        passed=verdict.state == "balanced",
+        value=verdict.max_abs_smd,
         threshold=th.SMD_MAX,
         source="report",
-        detail=f"largest |SMD| after weighting: {worst.covariate}"
-        + (
-            f"; {unresolved} of {len(rows)} covariates unresolved under the privacy noise"
-            if unresolved
-            else ""
-        ),
+        detail=worst + verdict.reads,
     )
 
 

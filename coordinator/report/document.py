@@ -25,6 +25,7 @@ from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from shared.psm.balance import balance_verdict
 from shared.result import BalanceRow, OutcomeEstimate, SiteSummary
 
 REPORT_SCHEMA_VERSION: Final = "rehealth.evidence-report/2"
@@ -209,8 +210,9 @@ class EvidenceReport(_Model):
         return threshold
 
     def balanced(self, row: BalanceRow) -> bool | None:
-        """``row``'s ``|smd_after|`` below the threshold this report's ``balance_smd``
-        check states; None when the privacy noise leaves it unresolved."""
-        if row.smd_after is None:
-            return None
-        return abs(row.smd_after) < self.smd_threshold
+        """``row`` read against the threshold this report's ``balance_smd`` check states, with
+        the noise margin of :func:`shared.psm.balance.balance_verdict` over this report's rows:
+        True balanced, False imbalanced, None when the privacy noise leaves it open."""
+        verdict = balance_verdict(self.balance, self.smd_threshold)
+        state = verdict.states[self.balance.index(row)]
+        return {"balanced": True, "imbalanced": False, "not_shown": None}[state]

@@ -127,16 +127,23 @@ def report_view(doc: EvidenceReport, *, signature: Signature | None = None) -> R
                 (
                     b.covariate,
                     fmt.num(b.smd_before),
-                    fmt.num(b.smd_after),
+                    fmt.num(b.smd_after)
+                    + (
+                        f" ± {fmt.num(b.smd_after_noise_sd)}"
+                        if b.smd_after is not None and b.smd_after_noise_sd
+                        else ""
+                    ),
                     fmt.num(b.var_ratio_before),
                     fmt.num(b.var_ratio_after),
-                    {True: "pass", False: "fail", None: "n/a"}[doc.balanced(b)],
+                    {True: "pass", False: "fail", None: "not shown"}[doc.balanced(b)],
                 )
                 for b in doc.balance
             ),
             note="SMD: standardized mean difference, treated minus (reweighted) controls; "
-            f"balanced when |SMD after| < {smd_max:g}. n/a: the privacy noise leaves the "
-            "covariate's variance unresolved (noisy variance below 3 noise SDs).",
+            f"balanced when |SMD after| < {smd_max:g}; under DP ± is the SD the privacy noise gives "
+            "the SMD, and a covariate passes only with a Bonferroni margin of noise SDs below the "
+            "threshold, fails only with that margin above it, and is otherwise not shown. n/a: the "
+            "privacy noise leaves the covariate's variance unresolved (noisy variance below 3 noise SDs).",
             status_col=5,
         ),
         sites=Table(

@@ -145,10 +145,15 @@ def balance_from_release(*, count, sum_z, sumsq_z) -> tuple[np.ndarray, np.ndarr
     return sc + CENTER * n, _uncentred_squares(ssc, sc.sum(axis=0), n.sum(axis=0))
 
 
-def balance_noise(*, sigma_balance: float) -> BalanceNoise:
+def balance_noise(*, sigma_balance: float, sigma_count: float = 0.0) -> BalanceNoise:
     """The balance release's noise for :func:`shared.psm.balance.balance_table`: σ on every
-    centred cell sum and on every centred arm sum of squares (the counts' noise only enters
-    through the row totals, a relative error well below the sums')."""
+    centred cell sum and on every centred arm sum of squares, and the main release's σ on the
+    cell counts the cell means divide by (it enters the SMDs' noise SD; for the variances it only
+    enters through the row totals, a relative error well below the sums')."""
     return BalanceNoise(
-        sum_z=float(sigma_balance), sumsq_z=float(sigma_balance), center=CENTER, sumsq_per_arm=True
+        sum_z=float(sigma_balance),
+        sumsq_z=float(sigma_balance),
+        center=CENTER,
+        sumsq_per_arm=True,
+        count=float(sigma_count),
     )

@@ -226,7 +226,9 @@ def dp_estimate(
     sigma = plan.release("psm_main").total_sigma(n_nodes, **sa)
     noise = None
     if plan.has("psm_balance"):
-        noise = balance_noise(sigma_balance=plan.release("psm_balance").total_sigma(n_nodes, **sa))
+        noise = balance_noise(
+            sigma_balance=plan.release("psm_balance").total_sigma(n_nodes, **sa), sigma_count=sigma
+        )
     min_cell = dp_min_cell(count_sigma=sigma)
     used = dp_used(table=table, plan=plan, n_nodes=n_nodes, **sa)
     span = np.array([o.cap - o.lo for o in outcomes])

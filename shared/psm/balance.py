@@ -14,19 +14,31 @@ covariate whose variance the noise cannot resolve — a noisy variance below 3 n
 as for a narrow covariate such as glucose (variance 0.002 on the [0, 1] scale) at ε = 1 — gets
 ``None`` instead of a quotient of noise (which reached 5e10): its SMDs when the SMD denominator
 (the mean of the arm variances) is unresolved, a variance ratio when either variance is.
+
+Under DP a noisy SMD is not an SMD: at ε = 1 on 10k treated its noise SD is about 0.14, larger
+than the 0.1 threshold itself, so "max |SMD| < 0.1" read on noisy values fails every DP study
+and, at a large ε, passes studies whose true imbalance it cannot see. Each row therefore carries
+the SD the noise gives its SMD after weighting (delta method on the released cell sums and
+counts), and :func:`balance_verdict` reads the rows against it: *balanced* only when every
+covariate's |SMD| plus z noise SDs lies below the threshold, *imbalanced* when some covariate's
+|SMD| minus z noise SDs reaches it, and otherwise *not shown* — the privacy noise hides the
+answer. z is Bonferroni-corrected over the covariates read (2.96 for 16), so the chance that any
+covariate at the threshold is called balanced by noise stays below 5 %. Without noise the
+verdict is the plain rule.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from statistics import NormalDist
+from typing import Literal, Sequence
 
 import numpy as np
 
 from shared.psm.cells import cell_means, clamped_counts
 from shared.result import BalanceRow
 
-__all__ = ["BalanceNoise", "balance_table", "overlap_coefficient"]
+__all__ = ["BalanceNoise", "BalanceVerdict", "balance_table", "balance_verdict", "overlap_coefficient"]
 
 _TINY = 1e-12
 #: A noisy variance counts as resolved above this many noise SDs (pure noise passes 0.13 %).
@@ -47,6 +59,7 @@ class BalanceNoise:
     sumsq_z: float
     center: float = 0.0
     sumsq_per_arm: bool = False
+    count: float = 0.0  # SD of the noise on each cell count (the cell means divide by it)
 
     def variance_sd(self, *, coef_sum: np.ndarray, coef_sumsq: np.ndarray, mean: np.ndarray) -> np.ndarray:
         r"""Noise SD of a variance :math:`\sum_b c_b \Sigma(z-c)^2_b - (\bar z - c)^2` with
@@ -76,6 +89,25 @@ def _arm_moments(sum_z, sumsq_z, n) -> tuple[np.ndarray, np.ndarray]:
     mean = np.clip(sum_z.sum(axis=0) / total, 0.0, 1.0)
     var = (sumsq_z.sum(axis=0) - total * mean**2) / max(total - 1.0, 1.0)
     return mean, np.clip(var, 0.0, None)
+
+
+def _smd_after_sd(
+    sum_z: np.ndarray, n: np.ndarray, wc: np.ndarray, noise: BalanceNoise, denom: np.ndarray
+) -> np.ndarray:
+    r"""Noise SD of the SMD after weighting, per covariate (delta method).
+
+    The weighted arm mean is :math:`c + \sum_b w_b S_b / n_b` with :math:`S_b = \Sigma(z - c)`
+    released with noise SD ``noise.sum_z`` and :math:`n_b` with ``noise.count``; so
+    :math:`\mathrm{Var} = \sum_b (w_b/n_b)^2 (\sigma_S^2 + (\bar z_b - c)^2 \sigma_n^2)` per arm,
+    the two arms independent, divided by the SMD's denominator (whose own noise is second order).
+    """
+    var = np.zeros(sum_z.shape[-1])
+    for arm in (0, 1):
+        nb = n[:, arm]
+        coef = np.where((wc > 0) & (nb > 0), wc / np.maximum(nb, 1.0), 0.0)
+        dev = cell_means(sum_z[:, arm, :][:, None, :], nb[:, None])[:, 0, :] - noise.center
+        var += (coef**2) @ (noise.sum_z**2 + dev**2 * noise.count**2)
+    return np.sqrt(var) / denom
 
 
 def _ratio(a: float, b: float) -> float | None:
@@ -108,7 +140,9 @@ def balance_table(
     mt1, vt1 = _weighted_moments(table.sum_z[:, 1], table.sumsq_z[:, 1], n[:, 1], wc)
     mc1, vc1 = _weighted_moments(table.sum_z[:, 0], table.sumsq_z[:, 0], n[:, 0], wc)
     known_smd = known_before = known_after = np.ones(len(covariates), dtype=bool)
+    smd_sd = np.zeros(len(covariates))
     if noise is not None:
+        smd_sd = _smd_after_sd(table.sum_z, n, wc, noise, denom)
 
         def pooled_sd(arm, mean):  # every row of the arm weighted 1/N
             inv_n = 1.0 / max(float(n[:, arm].sum()), 1.0)
@@ -141,8 +175,89 @@ def balance_table(
             smd_after=keep(known_smd[j], float((mt1[j] - mc1[j]) / denom[j])),
             var_ratio_before=keep(known_before[j], _ratio(vt0[j], vc0[j])),
             var_ratio_after=keep(known_after[j], _ratio(vt1[j], vc1[j])),
+            smd_after_noise_sd=keep(known_smd[j], float(smd_sd[j])),
         )
         for j, name in enumerate(covariates)
+    )
+
+
+BalanceState = Literal["balanced", "imbalanced", "not_shown"]
+
+
+def row_state(smd: float | None, sd: float | None, *, threshold: float, z: float) -> BalanceState:
+    """One covariate read against the threshold with ``z`` noise SDs of margin."""
+    if smd is None or sd is None:
+        return "not_shown"
+    if abs(smd) + z * sd < threshold:
+        return "balanced"
+    if abs(smd) - z * sd >= threshold:
+        return "imbalanced"
+    return "not_shown"
+
+
+@dataclass(frozen=True)
+class BalanceVerdict:
+    """What the balance rows show against ``threshold`` (see the module docstring).
+
+    ``z``: the noise SDs of margin each covariate gets (0 in an exact study); ``states``: one per
+    row; ``worst``: the covariate with the largest |SMD| after weighting (None if none resolved).
+    """
+
+    state: BalanceState
+    threshold: float
+    z: float
+    states: tuple[BalanceState, ...]
+    worst: str | None
+    max_abs_smd: float | None
+    n_resolved: int
+    n_rows: int
+
+    @property
+    def reads(self) -> str:
+        """One line for the diagnostic and the report."""
+        head = {
+            "balanced": f"every covariate's |SMD| after weighting is below {self.threshold:g}",
+            "imbalanced": f"at least one covariate's |SMD| after weighting is at or above {self.threshold:g}",
+            "not_shown": f"the privacy noise leaves open whether every |SMD| is below {self.threshold:g}",
+        }[self.state]
+        if self.z > 0:
+            head += (
+                f" (read with {self.z:.2f} noise SDs of margin per covariate,"
+                f" Bonferroni over {self.n_resolved})"
+            )
+        if self.n_resolved < self.n_rows:
+            unresolved = self.n_rows - self.n_resolved
+            head += f"; {unresolved} of {self.n_rows} covariates unresolved under the privacy noise"
+        return head
+
+
+def balance_verdict(rows: Sequence[BalanceRow], threshold: float, *, alpha: float = 0.05) -> BalanceVerdict:
+    """Read the balance rows against ``threshold``, with the noise each SMD carries.
+
+    A covariate counts as read when its SMD is resolved; z is the two-sided normal quantile at
+    ``alpha`` / (2 · read covariates), used only when some SMD carries noise. Balance is shown
+    only if every covariate is read and each lies below the threshold with that margin.
+    """
+    read = [r for r in rows if r.smd_after is not None and r.smd_after_noise_sd is not None]
+    noisy = any((r.smd_after_noise_sd or 0.0) > 0 for r in read)
+    z = NormalDist().inv_cdf(1.0 - alpha / (2.0 * len(read))) if noisy and read else 0.0
+    states = tuple(row_state(r.smd_after, r.smd_after_noise_sd, threshold=threshold, z=z) for r in rows)
+    if "imbalanced" in states:
+        state: BalanceState = "imbalanced"
+    elif read and all(s == "balanced" for s in states):
+        state = "balanced"
+    else:
+        state = "not_shown"
+    worst = max(read, key=lambda r: abs(r.smd_after or 0.0), default=None)
+    return BalanceVerdict(
+        state=state,
+        threshold=threshold,
+        z=z,
+        states=states,
+        worst=None if worst is None else worst.covariate,
+        max_abs_smd=None if worst is None or worst.smd_after is None else abs(worst.smd_after),
+        n_resolved=len(read),
+        n_rows=len(rows),
     )
 
 

@@ -48,7 +48,7 @@ import numpy as np
 
 from shared import thresholds as th
 from shared.errors import DataError, EmptyArmError, NoOverlapError
-from shared.psm.balance import BalanceNoise, balance_table, overlap_coefficient
+from shared.psm.balance import BalanceNoise, balance_table, balance_verdict, overlap_coefficient
 from shared.psm.cells import cell_means, cell_variances, clamped_counts
 from shared.psm.table import PsmTable
 from shared.result import BalanceRow, Diagnostic, OutcomeEstimate, StratumCounts
@@ -273,8 +273,7 @@ def _diagnostics(
     extra: Sequence[Diagnostic] = (),
 ) -> tuple[Diagnostic, ...]:
     ratio = n_c / n_t
-    known = [abs(b.smd_after) for b in balance if b.smd_after is not None]
-    max_smd = max(known, default=None)
+    verdict = balance_verdict(balance, th.SMD_MAX)
     kept = n_t_used / n_t
     # thresholds read at call time from their one definition, as the report's checks read them
     checks = (
@@ -294,15 +293,10 @@ def _diagnostics(
         ),
         Diagnostic(
             name="balance_after",
-            passed=max_smd is not None and max_smd < th.SMD_MAX,
-            value=max_smd,
+            passed=verdict.state == "balanced",
+            value=verdict.max_abs_smd,
             threshold=th.SMD_MAX,
-            message="largest |SMD| after weighting"
-            + (
-                f" over the {len(known)} of {len(balance)} covariates the privacy noise resolves"
-                if len(known) < len(balance)
-                else ""
-            ),
+            message=f"largest |SMD| after weighting ({verdict.worst}): {verdict.reads}",
         ),
         Diagnostic(
             name="common_support",
