@@ -34,13 +34,17 @@ from shared.synth.outcomes import OUTCOMES  # noqa: E402
 
 
 def run_cell(layout: str, epsilon: float, seeds: range, secagg: bool) -> dict:
-    sd_med, sd_max, exact_max, states, plain = [], [], [], Counter(), Counter()
+    sd_med: list[float] = []
+    sd_max: list[float] = []
+    exact_max: list[float] = []
+    states: Counter[str] = Counter()
+    plain: Counter[str] = Counter()
     for seed in seeds:
         nodes, _ = build_nodes(layout=LAYOUTS[layout], dgp="baseline", seed=seed, outcomes=OUTCOMES)
         exact = estimate_att_federated(
             nodes=[(n.arrays.z, n.arrays.t, n.y_raw) for n in nodes], outcomes=OUTCOMES, covariates=NAMES
         ).estimate
-        exact_max.append(max(abs(b.smd_after) for b in exact.balance))
+        exact_max.append(max(abs(b.smd_after) for b in exact.balance if b.smd_after is not None))
         study = run_dp_study(
             sites=[n.arrays for n in nodes],
             outcomes=OUTCOMES,
