@@ -125,6 +125,9 @@ def render(
     pub: Path = typer.Option(None, "--pub", help="Public key to verify a signed report with."),
     out: Path = typer.Option(Path("report"), "--out", help="Output folder."),
     issuer: str = typer.Option("ReHealth Core coordinator", help="Who issues the report."),
+    registration: Path = typer.Option(
+        None, "--registration", exists=True, dir_okay=False, help="The study's registration (study register)."
+    ),
     fmt: Fmt = typer.Option(Fmt.text, "--format", help="Output format."),
 ) -> None:
     """Write report.json (signed), report.html and report.pdf, and print their paths.
@@ -148,7 +151,9 @@ def render(
         else:
             if key is None:
                 _fail("signing a study result needs the coordinator's private key: --key KEY")
-            paths = write_signed_report(_read_result(source), key_path=key, out_dir=out, issuer=issuer)
+            paths = write_signed_report(
+                _read_result(source), key_path=key, out_dir=out, issuer=issuer, registration=registration
+            )
     except ReportVerificationError as e:
         _fail(f"{source}: {e}", code=1)
     except ReportError as e:

@@ -12,11 +12,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from coordinator.cli.progress import study_progress
+from coordinator.cli.register import register
 from coordinator.files import load_spec, write_result
 from shared.errors import ReHealthError, SpecError
 from shared.result import StudyResult
 
 app = typer.Typer(help="Run federated studies.", no_args_is_help=True, pretty_exceptions_show_locals=False)
+app.command("register")(register)
 
 
 @app.command("run")
@@ -27,6 +29,9 @@ def run(
     root_certificates: Path = typer.Option(None, help="CA certificate for TLS to the SuperLink."),
     out: Path = typer.Option(Path("result.json"), "--out", help="Where to write the result JSON."),
     report_key: Path = typer.Option(None, help="Sign and render the evidence report with this key."),
+    registration: Path = typer.Option(
+        None, "--registration", exists=True, dir_okay=False, help="The study's registration (study register)."
+    ),
     key: Path = typer.Option(
         None,
         "--key",
@@ -71,7 +76,7 @@ def run(
             {
                 k: str(v)
                 for k, v in write_signed_report(
-                    result, key_path=report_key, out_dir=out.resolve().parent
+                    result, key_path=report_key, out_dir=out.resolve().parent, registration=registration
                 ).items()
             }
         )

@@ -29,6 +29,7 @@ from coordinator.report.document import (
 )
 from coordinator.report.errors import ReportError
 from coordinator.report.narrative import write_summaries
+from coordinator.report.registration import Registration, registration_check, registration_section
 from coordinator.report.value import value_section
 from shared import __version__
 from shared.result import BalanceRow, SiteSummary, StudyResult
@@ -42,7 +43,11 @@ ESTIMAND_TEXT = (
 
 
 def build_report(
-    result: StudyResult, *, issuer: str = DEFAULT_ISSUER, issued_at: str | None = None
+    result: StudyResult,
+    *,
+    issuer: str = DEFAULT_ISSUER,
+    issued_at: str | None = None,
+    registration: Registration | None = None,
 ) -> EvidenceReport:
     """The evidence report of ``result``.
 
@@ -50,6 +55,9 @@ def build_report(
         result: the study's aggregates (no person-level data).
         issuer: who issues (and signs) the report.
         issued_at: ISO 8601 UTC time of issue; now when omitted (pass it for reproducible bytes).
+        registration: the study's pre-registration, already verified under the signer's key
+            (:func:`coordinator.report.registration.load_verified`); adds the
+            ``pre_registration`` check.
 
     Returns:
         The report document, ready to serialise canonically and sign.
@@ -106,13 +114,15 @@ def build_report(
         outcomes=outcomes,
         balance=balance,
         strata=strata,
-        checks=_checks(result, sites, balance, strata, attrition),
+        checks=_checks(result, sites, balance, strata, attrition)
+        + (() if registration is None else (registration_check(registration, result),)),
         attrition=attrition,
         privacy=_privacy(result, outcomes),
         value=value_section(outcomes, cost_per_person=_cost_per_person(result.spec)),
         summaries=Summaries(insurer="", hr="", regulator=""),
         warnings=result.warnings,
         synthetic=result.truth is not None,
+        registration=None if registration is None else registration_section(registration, result),
     )
     doc = doc.model_copy(update={"summaries": write_summaries(doc)})
     canonical_bytes(doc.model_dump(mode="json"))  # refuse NaN/inf now, naming the field

@@ -165,6 +165,16 @@ class Summaries(_Model):
     regulator: str
 
 
+class RegistrationSection(_Model):
+    """The study's pre-registration as the report's signer verified it
+    (:mod:`coordinator.report.registration`): the signed record itself, so any reader can
+    re-verify it with the report's key, and what it shows about this study."""
+
+    record: dict  # the signed registration, verbatim
+    spec_matches: bool  # it names the spec hash this study ran
+    preceded_start: bool  # registered strictly before the study started (before any outcome was read)
+
+
 class EvidenceReport(_Model):
     schema_version: Literal["rehealth.evidence-report/2"] = REPORT_SCHEMA_VERSION
     issuer: str
@@ -183,6 +193,7 @@ class EvidenceReport(_Model):
     summaries: Summaries
     warnings: tuple[str, ...]
     synthetic: bool  # ground truth present: a simulated study, not real-world evidence
+    registration: RegistrationSection | None = None  # None: the study was not pre-registered
 
     @property
     def all_checks_passed(self) -> bool:

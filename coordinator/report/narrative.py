@@ -82,12 +82,34 @@ def _regulator(doc: "EvidenceReport") -> str:
         f"common support and are not in the estimate.",
         _checks_sentence(doc),
         _privacy_sentence(doc),
+        _registration_sentence(doc),
         f"The study specification has SHA-256 {doc.study.spec_hash}; the report was produced by "
         f"{doc.software.report_generator} and is signed with Ed25519 over its canonical JSON, so "
         f"any change to it is detectable offline with the issuer's public key.",
         _synthetic_sentence(doc),
     ]
     return _join(parts)
+
+
+def _registration_sentence(doc: "EvidenceReport") -> str:
+    """Whether the analysis was fixed before the data could steer it, in one sentence."""
+    reg = doc.registration
+    if reg is None:
+        return (
+            "The study was not pre-registered: nothing shows that its specification was fixed before it ran."
+        )
+    at = reg.record.get("registered_at", "?")
+    if reg.spec_matches and reg.preceded_start:
+        return (
+            f"The specification and analysis plan were registered (signed with the report's key) at {at}, "
+            "before the study started and so before any outcome was read, and were not changed since."
+        )
+    said = []
+    if not reg.spec_matches:
+        said.append("the specification was changed after it was registered")
+    if not reg.preceded_start:
+        said.append(f"the registration ({at}) does not precede the study's start")
+    return "Pre-registration does not hold: " + " and ".join(said) + "."
 
 
 def _over_sites(doc: "EvidenceReport") -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 from coordinator.report.build import DEFAULT_ISSUER, build_report
 from coordinator.report.html import render_html
 from coordinator.report.pdf import render_pdf
+from coordinator.report.registration import load_verified
 from coordinator.report.signing import (
     ALGORITHM,
     PRIVATE_KEY_NAME,
@@ -36,6 +37,7 @@ def write_signed_report(
     out_dir: str | Path,
     issuer: str = DEFAULT_ISSUER,
     issued_at: str | None = None,
+    registration: str | Path | None = None,
 ) -> dict[str, Path]:
     """Build, sign and render the report of ``result`` into ``out_dir``.
 
@@ -45,6 +47,8 @@ def write_signed_report(
         out_dir: folder for ``report.json`` (signed), ``report.html`` and ``report.pdf``.
         issuer: who issues the report.
         issued_at: ISO 8601 time of issue; now when omitted.
+        registration: the study's registration file (``rehealth study register``), verified
+            under the same key before it is stated in the report.
 
     Returns:
         ``{"json": path, "html": path, "pdf": path}``.
@@ -53,7 +57,10 @@ def write_signed_report(
         ReportError: the key cannot be loaded or the result cannot be reported honestly.
     """
     key = load_private_key(key_path)
-    doc = build_report(result, issuer=issuer, issued_at=issued_at)
+    record = (
+        None if registration is None else load_verified(Path(registration).read_bytes(), key.public_key())
+    )
+    doc = build_report(result, issuer=issuer, issued_at=issued_at, registration=record)
     signed = sign_report(doc, key)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
