@@ -82,6 +82,8 @@ def _demo(
         secure_aggregation=secure_aggregation,
     )
     synth_s = time.perf_counter() - started
+    registration = _register(spec_path, out)
+    console.print(f"registered the spec before any outcome is read: {registration}", markup=False)
     console.rule("2. Federated study over Flower (SuperLink + SuperNodes on 127.0.0.1)")
     try:
         with study_progress(console) as on_event:
@@ -95,17 +97,35 @@ def _demo(
     write_result(result, result_path)
     print_estimates(console, result)
     console.rule("3. Evidence report")
-    paths = _report(result, out)
+    paths = _report(result, out, registration)
     console.print(f"result: {result_path}", markup=False)
     for k, v in paths.items():
         console.print(f"{k}: {v}", markup=False)
     console.print(f"demo finished in {time.perf_counter() - started:.1f} s (synthetic data {synth_s:.1f} s)")
 
 
-def _report(result, out: Path) -> dict[str, Path]:
+def _register(spec_path: Path, out: Path) -> Path:
+    """Pre-register the spec with the demo's coordinator key, as an operator would before a
+    billable study (``rehealth study register``); the report then states that it came first."""
+    from coordinator.files import load_spec
+    from coordinator.report import ensure_keypair, load_private_key
+    from coordinator.report.registration import dump, register
+
+    spec = load_spec(spec_path)
+    record = register(
+        study=spec.study.name,
+        spec_hash=spec.spec_hash(),
+        key=load_private_key(ensure_keypair(out / "keys")[0]),
+    )
+    path = out / "registration.json"
+    path.write_bytes(dump(record))
+    return path
+
+
+def _report(result, out: Path, registration: Path) -> dict[str, Path]:
     """Sign and render the evidence report with a coordinator key made for this demo."""
     from coordinator.report import ensure_keypair, write_signed_report
 
     key_path, pub_path = ensure_keypair(out / "keys")
-    paths = write_signed_report(result, key_path=key_path, out_dir=out / "report")
-    return {**paths, "public key": pub_path}
+    paths = write_signed_report(result, key_path=key_path, out_dir=out / "report", registration=registration)
+    return {**paths, "public key": pub_path, "registration": registration}
