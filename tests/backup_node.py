@@ -39,7 +39,8 @@ class BackupNode:
         store = open_store(self.cfg.store_url)
         try:
             with store.engine.connect() as conn:
-                return list(conn.scalars(select(models.persons.c.pseudonym).order_by(models.persons.c.pseudonym)))
+                p = models.persons.c.pseudonym
+                return list(conn.scalars(select(p).order_by(p)))
         finally:
             store.engine.dispose()
 
