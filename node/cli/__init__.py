@@ -7,6 +7,7 @@ __all__ = ["app"]
 # Command modules register on import; add one line per command module.
 from node.cli import (  # noqa: E402,F401
     apikey,  # noqa: E402,F401
+    backup,  # noqa: E402,F401
     budget,  # noqa: E402,F401
     ingest,
     init,

@@ -30,6 +30,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from node.store import models
+from node.store.schema import migrate
 from shared.errors import DataError, ReHealthError, SpecError
 from shared.features import FEATURE_NAMES
 from shared.study import StudySpec
@@ -192,7 +193,8 @@ _COHORT_FIXED = frozenset(FEATURE_NAMES) | {"treated"}
 
 def open_store(url: str, *, check: bool = True, create: bool = True) -> Store:
     """Connect to ``url`` (``sqlite:///path`` or ``postgresql+psycopg2://…``), check the store
-    and create missing tables.
+    and bring its schema to this version's (:func:`node.store.schema.migrate`: creates a new
+    store's tables, adopts one made before schema versions, applies pending migrations).
 
     The check (``check=True``, every caller's default) runs before anything is written:
 
@@ -210,6 +212,8 @@ def open_store(url: str, *, check: bool = True, create: bool = True) -> Store:
     Raises:
         SpecError: ``url`` is not a supported database URL, the SQLite store's folder does
             not exist, or the store was created by an incompatible version.
+        SchemaTooNewError: the store's schema was written by a newer ReHealth Core (a
+            :class:`SpecError`; names both versions).
         DataError: the store cannot be opened (not a database, corrupt, unreadable, disk
             full, server unreachable); one line that says what to do, never a value.
     """
@@ -233,7 +237,7 @@ def open_store(url: str, *, check: bool = True, create: bool = True) -> Store:
         with engine.connect() as conn:  # connects: an unreachable server fails here
             if check and backend == "sqlite":
                 _quick_check(conn, where)
-        models.metadata.create_all(engine)
+        migrate(engine, where)  # refuses a newer schema before anything reads the store
         if check:
             _check_schema(engine, where)
     except ReHealthError:
@@ -287,8 +291,8 @@ def _quick_check(conn: Connection, where: str) -> None:
 
 
 def _check_schema(engine: Engine, where: str) -> None:
-    """Every table this version writes has every column it expects (``create_all`` adds
-    missing tables, never missing columns)."""
+    """Every table this version writes has every column it expects (a store adopted at the
+    baseline revision may have been made by an older, unversioned build)."""
     insp = inspect(engine)
     for table in models.metadata.sorted_tables:
         have = {c["name"] for c in insp.get_columns(table.name)}
