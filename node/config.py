@@ -7,7 +7,9 @@ naming the field (``budget.epsilon: Input should be greater than 0``).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -66,10 +68,36 @@ class FederationSection(_Model):
 
 
 class ApiSection(_Model):
-    """The scoring API ``rehealth node run`` starts beside the SuperNode (if present)."""
+    """The scoring API: ``rehealth node run`` starts it beside the SuperNode if this section is
+    present; ``rehealth node serve`` takes its limits from it (defaults without it)."""
 
     host: str = "127.0.0.1"
     port: int = Field(default=8080, gt=0, lt=65536)
+    #: request bodies above this are refused with 413 before they are read or parsed, and
+    #: before the API key is checked; 8 MiB holds a full 10 000-person batch
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
+    #: browser origins allowed to call the API (CORS), e.g. ["https://portal.example.org"];
+    #: empty (the default): no CORS headers, browsers refuse cross-origin calls
+    cors_origins: tuple[str, ...] = ()
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _plain_origins(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for origin in v:
+            if not re.fullmatch(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?", origin):
+                raise ValueError(
+                    f"{origin!r} is not an origin: scheme://host[:port], e.g. https://portal.example.org"
+                    " (no '*', no path: name each origin that may call the API)"
+                )
+        return v
+
+
+class LogSection(_Model):
+    """Logs of the node's long-running processes (``node serve``, ``node run``): one line per
+    event on stderr; ``--log-format``/``--log-level`` (or ``REHEALTH_LOG_FORMAT``) override."""
+
+    format: Literal["text", "json"] = "text"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
 class NodeConfig(_Model):
@@ -85,6 +113,7 @@ class NodeConfig(_Model):
     data: DataPaths = DataPaths()
     federation: FederationSection | None = None
     api: ApiSection | None = None
+    log: LogSection = LogSection()
 
     @field_validator("time_zone")
     @classmethod

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import typer
@@ -23,10 +22,18 @@ def _group() -> None:
 def run(
     kit: Path = typer.Option(..., "--kit", exists=True, file_okay=False, help="The coordinator kit."),
     bind: str = typer.Option(None, "--bind", help="Listen host (default: the kit address's host)."),
+    log_format: str = typer.Option(
+        "text", "--log-format", envvar="REHEALTH_LOG_FORMAT", help="text or json."
+    ),
+    log_level: str = typer.Option("INFO", "--log-level", envvar="REHEALTH_LOG_LEVEL", help="DEBUG … ERROR."),
 ) -> None:
     """Start the SuperLink (TLS, SuperNode authentication, the kit's registered node keys) and
     its SuperExec; stop both on SIGTERM or Ctrl-C."""
     from coordinator.federation import serve
+    from shared.logsetup import setup_logging
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        setup_logging(log_format, log_level)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--log-format/--log-level") from None
     raise typer.Exit(serve.run(kit, bind=bind))

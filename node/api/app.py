@@ -3,13 +3,18 @@
 Endpoints (JSON in and out; OpenAPI at ``/openapi.json``, docs at ``/docs``)::
 
     GET  /v1/health          no key        liveness and the model version in use
+    GET  /livez              no key        the process answers (restart it if not)
+    GET  /readyz             no key        store opens, model scores, budget left (503 if not)
+    GET  /metrics            ops           Prometheus metrics (key as X-API-Key or Bearer)
     GET  /v1/model           any role      the model card: version, training record, metrics
     POST /v1/score           underwriter   one person's probability and tier
     POST /v1/score/batch     underwriter   up to 10 000 persons at once
     GET  /v1/groups?by=…     hr            counts per tier by department / age band (k, DP)
 
-``admin`` may call everything. Keys come in the ``X-API-Key`` header: absent or unknown → 401,
-known but the wrong role → 403. Invalid bodies → 422 naming the field (:mod:`node.api.errors`).
+``admin`` may call everything. Keys come in the ``X-API-Key`` header: absent, unknown, expired
+or revoked → 401, known but the wrong role → 403. Invalid bodies → 422 naming the field
+(:mod:`node.api.errors`); a body over ``max_body_bytes`` → 413 and one that is not JSON → 415,
+both before the key is checked (:mod:`node.api.middleware`, which also writes the audit log).
 """
 
 from __future__ import annotations
@@ -21,18 +26,33 @@ from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from fastapi import Depends, FastAPI, Query
-from fastapi.responses import JSONResponse
-from fastapi.security import APIKeyHeader
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from node.api.auth import HEADER, ApiKey, KeyRing
 from node.api.errors import ApiError, install_error_handlers
 from node.api.groups import GROUPINGS, GroupPolicy, exact_counts, group_frame, noisy_cells
-from node.api.schemas import BatchIn, BatchOut, ErrorOut, GroupView, HealthOut, ModelOut, PersonIn, ScoreOut
+from node.api.metrics import ApiMetrics
+from node.api.middleware import STATE_KEY, BodyGate, RequestContext
+from node.api.ready import ReadinessProbe
+from node.api.schemas import (
+    BatchIn,
+    BatchOut,
+    ErrorOut,
+    GroupView,
+    HealthOut,
+    LiveOut,
+    ModelOut,
+    PersonIn,
+    ReadyOut,
+    ScoreOut,
+)
 from node.risk.model_store import ModelStore, StoredModel
 from node.risk.scoring import Scorer, read_book, score_book
 from shared.dp.mechanisms import secure_rng
-from shared.features import FEATURE_NAMES
+from shared.features import FEATURE_NAMES, FEATURES
+from shared.risk.arch import REFERENCE
 from shared.risk.tiers import TIERS
 
 GroupBy = Literal["department", "age_band", "department,age_band"]
@@ -43,8 +63,11 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     422: {"model": ErrorOut},
 }
 _key_header = APIKeyHeader(
-    name=HEADER, auto_error=False, description="Node API key (roles: underwriter, hr, admin)"
+    name=HEADER, auto_error=False, description="Node API key (roles: underwriter, hr, ops, admin)"
 )
+_bearer = HTTPBearer(auto_error=False, description="The node API key as a bearer token (/metrics only)")
+#: 8 MiB: a full 10 000-person batch with 128-character refs and full-precision floats fits
+MAX_BODY_BYTES = 8 * 1024 * 1024
 
 
 def _persons_matrix(persons: Sequence[PersonIn]) -> np.ndarray:
@@ -167,6 +190,17 @@ def _groups_fingerprint(groups: pd.DataFrame) -> str:
     return digest.hexdigest()
 
 
+def _scores(scorer: Scorer) -> bool:
+    """The model gives a probability in [0, 1] for a reference person (continuous features at
+    their reference mean, within bounds; binary ones 0): what readiness asks of the model."""
+    x = np.array(
+        [[0.0 if f.kind == "binary" else min(max(REFERENCE[f.name][0], f.lo), f.hi) for f in FEATURES]],
+        dtype=np.float64,
+    )
+    p = scorer.score(x).prob
+    return bool(np.all(np.isfinite(p)) and np.all((p >= 0) & (p <= 1)))
+
+
 def _load_model(model: StoredModel | None, model_dir: str | Path | None, version: str | None) -> StoredModel:
     if model is not None:
         return model
@@ -187,6 +221,9 @@ def create_app(
     group_policy: GroupPolicy = GroupPolicy(),
     ledger=None,
     rng: np.random.Generator | None = None,
+    store_url: str | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    cors_origins: Sequence[str] = (),
 ) -> FastAPI:
     """Build the node's scoring API.
 
@@ -202,6 +239,9 @@ def create_app(
             training draw from — before release, and kept there to be served again. Without
             one, views are still noised but not accounted.
         rng: noise generator (default :func:`shared.dp.mechanisms.secure_rng`).
+        store_url: the node's store, checked by ``/readyz`` (``None``: not checked).
+        max_body_bytes: larger request bodies get 413 unread (``[api] max_body_bytes``).
+        cors_origins: browser origins allowed to call the API (default none: no CORS).
 
     Raises:
         SpecError: no model, unreadable keys; DataError: a book row out of bounds (named).
@@ -229,12 +269,34 @@ def create_app(
         "returned only to the authenticated caller and never leave the node.",
     )
     install_error_handlers(app)
+    budget_left = (lambda: ledger.state().left) if ledger is not None else None
+    probe = ReadinessProbe(model_ok=lambda: _scores(scorer), store_url=store_url, budget_left=budget_left)
+    metrics = ApiMetrics(budget_left=budget_left, ready=lambda: probe.check().ready)
+    # added innermost first: the request context wraps CORS, which wraps the body gate
     app.add_middleware(_ServerTiming)
+    app.add_middleware(BodyGate, max_bytes=max_body_bytes)
+    if cors_origins:
+        from starlette.middleware.cors import CORSMiddleware
 
-    def require(*roles: str):
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=[HEADER, "Content-Type", "X-Request-ID"],
+            expose_headers=["X-Request-ID"],
+        )
+    app.add_middleware(RequestContext, router=app.router, metrics=metrics)
+
+    def require(*roles: str, bearer: bool = False):
         allowed = set(roles) | {"admin"}
 
-        async def check(presented: str | None = Depends(_key_header)) -> ApiKey:
+        async def check(
+            request: Request,
+            presented: str | None = Depends(_key_header),
+            token: HTTPAuthorizationCredentials | None = Depends(_bearer),
+        ) -> ApiKey:
+            if presented is None and bearer and token is not None:
+                presented = token.credentials
             key = ring.lookup(presented)
             if key is None:
                 raise ApiError(
@@ -242,6 +304,10 @@ def create_app(
                     f"missing API key (header {HEADER})" if not presented else "unknown API key",
                     field=HEADER,
                 )
+            setattr(request.state, STATE_KEY, key)  # for the audit line: who, never the key
+            refused = key.refusal()
+            if refused is not None:
+                raise ApiError(401, f"API key {key.key_id} is {refused}", field=HEADER)
             if key.role not in allowed:
                 raise ApiError(
                     403,
@@ -255,6 +321,27 @@ def create_app(
     @app.get("/v1/health", response_model=HealthOut)
     async def health() -> dict:
         return {"status": "ok", "model_version": stored.version}
+
+    @app.get("/livez", response_model=LiveOut)
+    async def livez() -> dict:
+        return {"status": "alive"}
+
+    @app.get("/readyz", response_model=ReadyOut, responses={503: {"model": ReadyOut}})
+    def readyz() -> JSONResponse:
+        r = probe.check()
+        return JSONResponse(
+            {"status": "ready" if r.ready else "not ready", "checks": r.checks},
+            status_code=200 if r.ready else 503,
+        )
+
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses=_ERRORS,
+        dependencies=[Depends(require("ops", bearer=True))],
+    )
+    def prometheus_metrics() -> Response:
+        return Response(metrics.render(), media_type=metrics.content_type)
 
     @app.get(
         "/v1/model",

@@ -67,7 +67,7 @@ def describe(err: dict) -> dict:
     return {"field": path, "error": msg}
 
 
-def _body(error: str, field: str | None, errors: list[dict] | None = None) -> dict:
+def error_body(error: str, field: str | None, errors: list[dict] | None = None) -> dict:
     return {"error": error, "field": field, "errors": errors or []}
 
 
@@ -78,20 +78,20 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         errs = [describe(e) for e in exc.errors()]
         first = errs[0] if errs else {"error": "invalid request", "field": None}
-        return JSONResponse(status_code=422, content=_body(str(first["error"]), first["field"], errs))
+        return JSONResponse(status_code=422, content=error_body(str(first["error"]), first["field"], errs))
 
     @app.exception_handler(ApiError)
     async def _api(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(status_code=exc.status, content=_body(exc.error, exc.field))
+        return JSONResponse(status_code=exc.status, content=error_body(exc.error, exc.field))
 
     @app.exception_handler(DataError)
     async def _data(_: Request, exc: DataError) -> JSONResponse:
-        return JSONResponse(status_code=422, content=_body(str(exc), exc.field))
+        return JSONResponse(status_code=422, content=error_body(str(exc), exc.field))
 
     @app.exception_handler(ReHealthError)
     async def _domain(_: Request, exc: ReHealthError) -> JSONResponse:
-        return JSONResponse(status_code=409, content=_body(str(exc), None))
+        return JSONResponse(status_code=409, content=error_body(str(exc), None))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse(status_code=exc.status_code, content=_body(str(exc.detail), None))
+        return JSONResponse(status_code=exc.status_code, content=error_body(str(exc.detail), None))

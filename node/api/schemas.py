@@ -87,6 +87,17 @@ class HealthOut(_Body):
     model_version: str
 
 
+class LiveOut(_Body):
+    status: Literal["alive"]
+
+
+class ReadyOut(_Body):
+    status: Literal["ready", "not ready"]
+    checks: dict[str, str] = Field(
+        description="model, store, budget: ok, failed, exhausted (budget) or not configured"
+    )
+
+
 class ErrorOut(_Body):
     error: str = Field(description="What is wrong, in words")
     field: str | None = Field(default=None, description="The field at fault, e.g. persons[3].age")

@@ -8,6 +8,7 @@ import typer
 
 from node.cli._app import app
 from node.cli._dataplane import errors_to_exit
+from node.cli._logging import LOG_FORMAT_OPTION, LOG_LEVEL_OPTION, setup_node_logging
 from node.cli._risk import keys_file, model_dir, node_config, parse_cutoffs
 
 
@@ -23,22 +24,29 @@ def serve(
     sigma: float = typer.Option(2.0, "--sigma", help="Group views: Gaussian noise per count."),
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(8080, "--port"),
+    log_format: str = LOG_FORMAT_OPTION,
+    log_level: str = LOG_LEVEL_OPTION,
 ) -> None:
-    """Serve real-time and batch scoring and group views, behind API keys with roles."""
+    """Serve real-time and batch scoring and group views, behind API keys with roles; one
+    audit line per request on stderr (see docs/USAGE.md, "Operating the scoring API")."""
+    import logging
+
     import uvicorn
 
-    from node.api.app import create_app
+    from node.api.app import MAX_BODY_BYTES, create_app
     from node.api.groups import GroupPolicy
 
     with errors_to_exit():
         cfg = node_config(config)
+        _, level = setup_node_logging(cfg, log_format, log_level)
         ledger = None
-        if cfg is not None and book is not None:
+        if cfg is not None:
             from node.ledger import PrivacyLedger
 
-            ledger = PrivacyLedger(cfg.ledger_url)  # the population's one budget
+            ledger = PrivacyLedger(cfg.ledger_url)  # the population's one budget (and /readyz's)
             ledger.ensure_budget(epsilon=cfg.budget.epsilon, delta=cfg.budget.delta)
         policy = GroupPolicy(k=k, sigma=sigma, delta=cfg.budget.delta if cfg else 1e-6)
+        api_cfg = cfg.api if cfg is not None else None
         api = create_app(
             keys=keys_file(cfg, keys),
             model_dir=model_dir(cfg, config, models),
@@ -47,5 +55,20 @@ def serve(
             book=book,
             group_policy=policy,
             ledger=ledger,
+            store_url=cfg.store_url if cfg is not None else None,
+            max_body_bytes=api_cfg.max_body_bytes if api_cfg else MAX_BODY_BYTES,
+            cors_origins=api_cfg.cors_origins if api_cfg else (),
         )
-    uvicorn.run(api, host=host, port=port, log_level="warning", access_log=False)
+    logging.getLogger("rehealth.api").info(
+        "scoring API starting",
+        extra={
+            "fields": {
+                "host": host,
+                "port": port,
+                "max_body_bytes": api_cfg.max_body_bytes if api_cfg else MAX_BODY_BYTES,
+            }
+        },
+    )
+    # log_config=None: uvicorn keeps the one handler set up above; its own access log stays
+    # off (the audit line replaces it: it has the key id and route template, not the raw path)
+    uvicorn.run(api, host=host, port=port, log_config=None, log_level=level.lower(), access_log=False)
