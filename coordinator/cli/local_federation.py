@@ -9,12 +9,13 @@ CLI layer above both, the import graph stays acyclic (``tests/unit/test_layering
 
 from __future__ import annotations
 
-import logging
+import os
 import sys
 import time
 from pathlib import Path
 
 from coordinator.federation.launcher import HOST, LocalFederation
+from shared.logsetup import setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         "made on first use in WORKDIR/keys)",
     )
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    setup_logging(os.environ.get("REHEALTH_LOG_FORMAT", "text"), os.environ.get("REHEALTH_LOG_LEVEL", "INFO"))
     spec = load_spec(args.spec)
     workdir = args.workdir.resolve()
     key, pub = coordinator_keys(workdir / "keys", args.key)

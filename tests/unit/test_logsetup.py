@@ -75,3 +75,29 @@ def test_unknown_format_or_level_is_refused_naming_the_choices(restore_root):
         setup_logging("xml")
     with pytest.raises(ValueError, match="DEBUG"):
         setup_logging("text", "LOUD")
+
+
+def test_node_commands_take_the_option_else_node_toml_and_pass_it_on(restore_root, tmp_path, monkeypatch):
+    from node.cli._logging import FORMAT_ENV, setup_node_logging
+    from node.config import NodeConfig
+    from shared.logsetup import JsonFormatter, TextFormatter
+
+    monkeypatch.delenv(FORMAT_ENV, raising=False)
+    cfg = NodeConfig.from_dict({"site_id": "s", "log": {"format": "json", "level": "WARNING"}}, base=tmp_path)
+    assert setup_node_logging(cfg, None, None) == ("json", "WARNING")
+    assert isinstance(logging.getLogger().handlers[0].formatter, JsonFormatter)
+    import os
+
+    assert os.environ[FORMAT_ENV] == "json"  # what node run's scoring API process inherits
+    assert setup_node_logging(cfg, "text", "debug") == ("text", "DEBUG")
+    assert isinstance(logging.getLogger().handlers[0].formatter, TextFormatter)
+    assert setup_node_logging(None, None, None) == ("text", "INFO")
+
+
+def test_coordinator_run_refuses_an_unknown_format(restore_root, tmp_path):
+    from typer.testing import CliRunner
+
+    from coordinator.cli.coordinator import app
+
+    res = CliRunner().invoke(app, ["run", "--kit", str(tmp_path), "--log-format", "xml"])
+    assert res.exit_code == 2 and "xml" in res.output and "--log-format" in res.output
