@@ -43,6 +43,7 @@ REQUEST_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 UNMATCHED = "<unmatched>"
+CLIENT_GONE = 499
 #: where the key check leaves the caller's key (an ApiKey) for the audit line
 STATE_KEY = "api_key"
 audit_log = logging.getLogger("rehealth.api.audit")
@@ -139,11 +140,9 @@ class RequestContext:
 
     def _route(self, scope) -> str:
         route = scope.get("route")
-        if route is None:  # answered before routing (413, 415): match it the router's way
-            for r in self.router.routes:
-                if r.matches(scope)[0] is Match.FULL:
-                    route = r
-                    break
+        if route is None:  # answered before routing (413, 415, a CORS preflight, 405)
+            matches = {r.matches(scope)[0]: r for r in reversed(self.router.routes)}  # first wins
+            route = matches.get(Match.FULL) or matches.get(Match.PARTIAL)
         return str(getattr(route, "path", UNMATCHED))
 
     async def __call__(self, scope, receive, send):
@@ -157,7 +156,7 @@ class RequestContext:
             )
         scope.setdefault("state", {})
         scope["state"]["request_id"] = rid
-        status = 500
+        status: int | None = None
 
         async def send_with_id(message):
             nonlocal status
@@ -171,8 +170,12 @@ class RequestContext:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except BaseException:
+            status = status or 500  # the server's error handler answers 500
+            raise
         finally:
-            self._record(scope, rid, status, time.perf_counter() - t0)
+            # no answer and no error: the caller left before its body was in (nginx's 499)
+            self._record(scope, rid, status or CLIENT_GONE, time.perf_counter() - t0)
 
     def _record(self, scope, rid: str, status: int, seconds: float) -> None:
         method = scope["method"] if scope["method"] in METHODS else "OTHER"

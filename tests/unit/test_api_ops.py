@@ -88,12 +88,14 @@ def test_audit_line_per_call_says_who_what_when_never_the_key(node, log_lines):
     assert c.post("/v1/score", json=_person()).status_code == 401
     assert c.post("/v1/score", json=_person(), headers={"X-API-Key": hr_key}).status_code == 403
     assert c.get("/no/such/path?ref=" + REF).status_code == 404
+    assert c.get("/v1/score").status_code == 405
     audit = _audit(log_lines())
     assert [(a["route"], a["status"]) for a in audit] == [
         ("/v1/score", 200),
         ("/v1/score", 401),
         ("/v1/score", 403),
         ("<unmatched>", 404),  # never the raw path (the caller's choice)
+        ("/v1/score", 405),
     ]
     assert (audit[0]["key_id"], audit[0]["role"]) == (u_entry.key_id, "underwriter")
     assert (audit[1]["key_id"], audit[1]["role"]) == ("-", "-")
@@ -131,6 +133,8 @@ def _asgi(app, *, method="POST", path="/v1/score", headers=(), chunks=(b"",)):
         if not chunks:
             await asyncio.sleep(3600)  # the client waits for the answer, as a real one would
         body = chunks.pop(0)
+        if body is None:  # the caller hangs up
+            return {"type": "http.disconnect"}
         pulled += len(body)
         return {"type": "http.request", "body": body, "more_body": bool(chunks)}
 
@@ -154,7 +158,7 @@ def _asgi(app, *, method="POST", path="/v1/score", headers=(), chunks=(b"",)):
         "server": ("127.0.0.1", 8080),
     }
     asyncio.run(asyncio.wait_for(app(scope, receive, send), 30))
-    return out["status"], pulled
+    return out.get("status"), pulled
 
 
 def test_oversized_declared_body_without_key_is_413_unread(node, log_lines):
@@ -178,6 +182,13 @@ def test_oversized_chunked_body_is_cut_off_at_the_limit(node):
         chunks=[chunk] * 1000,  # 1 MB, no Content-Length
     )
     assert status == 413 and pulled <= LIMIT + len(chunk)
+
+
+def test_caller_gone_mid_body_is_logged_499_and_not_answered(node, log_lines):
+    _, _, client = node
+    status, pulled = _asgi(client().app, headers=[("content-type", "application/json")], chunks=[b"{", None])
+    assert (status, pulled) == (None, 1)
+    assert (_audit(log_lines())[-1]["status"], _audit(log_lines())[-1]["route"]) == (499, "/v1/score")
 
 
 def test_body_within_limit_in_chunks_is_handed_on_whole(node):
