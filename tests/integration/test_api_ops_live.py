@@ -55,7 +55,9 @@ def test_serve_logs_an_audit_line_per_call_and_serves_metrics(tmp_path):
         [REHEALTH, "node", "serve", "-c", str(config), "--host", "127.0.0.1", "--port", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=stderr,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        # node.toml's [log] decides: no REHEALTH_LOG_* from the caller's environment
+        env={k: v for k, v in os.environ.items() if not k.startswith("REHEALTH_LOG_")}
+        | {"OMP_NUM_THREADS": "1"},
     )
     base = f"http://127.0.0.1:{port}"
     person = {f.name: (0 if f.kind == "binary" else (f.lo + f.hi) / 2) for f in FEATURES} | {"ref": REF}

@@ -78,11 +78,13 @@ def test_unknown_format_or_level_is_refused_naming_the_choices(restore_root):
 
 
 def test_node_commands_take_the_option_else_node_toml_and_pass_it_on(restore_root, tmp_path, monkeypatch):
-    from node.cli._logging import FORMAT_ENV, setup_node_logging
+    from node.cli._logging import FORMAT_ENV, LEVEL_ENV, setup_node_logging
     from node.config import NodeConfig
     from shared.logsetup import JsonFormatter, TextFormatter
 
-    monkeypatch.delenv(FORMAT_ENV, raising=False)
+    for name in (FORMAT_ENV, LEVEL_ENV):  # set, then deleted: monkeypatch restores both at the end
+        monkeypatch.setenv(name, "-")
+        monkeypatch.delenv(name)
     cfg = NodeConfig.from_dict({"site_id": "s", "log": {"format": "json", "level": "WARNING"}}, base=tmp_path)
     assert setup_node_logging(cfg, None, None) == ("json", "WARNING")
     assert isinstance(logging.getLogger().handlers[0].formatter, JsonFormatter)
