@@ -38,6 +38,10 @@ class OutcomeEstimate(_Model):
     n_treated_dropped: int  # treated in strata without controls (attrition)
     treated_mean: float
     control_mean: float  # counterfactual mean: controls reweighted to the treated
+    # SD of the outcome among the controls reweighted to the treated (original units), from the
+    # released per-cell Σy, Σy² (noisy under DP); the scale of the E-value's standardised
+    # difference. None in results written before it was computed.
+    control_sd: float | None = None
     se_sampling: float
     se_privacy: float = 0.0
     privacy_share_of_ci: float = 0.0  # share of the CI width due to DP noise, 0..1

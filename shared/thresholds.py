@@ -5,7 +5,9 @@ checks and their stated rules (:mod:`coordinator.report.checks`), the balance co
 report and its love plot all read these names, so a threshold changed here changes every
 verdict and every sentence that states it (``tests/unit/test_report_build.py``).
 
-Sources: DESIGN §5–6; Austin (2009) for the SMD; Rubin (2001) for variance ratios.
+Sources: DESIGN §5–6; Austin (2009) for the SMD; Rubin (2001) for variance ratios; Walker et al.
+(2013) and OHDSI CohortMethod's ``createCmDiagnosticThresholds`` (``equipoiseThreshold = 0.2``)
+for equipoise.
 """
 
 #: Covariate balance: largest |standardised mean difference| after weighting must stay below.
@@ -19,3 +21,7 @@ MIN_CONTROL_RATIO = 3.0
 #: Share of the treated that must lie in common support for the ATT to speak for the treated
 #: (dropping a handful is routine; dropping more changes the estimand and fails the check).
 MIN_SUPPORT = 0.95
+#: Equipoise: at least this share of the people (both arms) must have a preference score ...
+EQUIPOISE_MIN = 0.2
+#: ... within these bounds (the preference score: the propensity score with the treated share removed).
+EQUIPOISE_LO, EQUIPOISE_HI = 0.3, 0.7

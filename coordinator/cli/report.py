@@ -193,7 +193,8 @@ def verify(
             "spec_hash": r.study.spec_hash,
             "issued_at": r.issued_at,
             "schema_version": r.schema_version,
-            "all_checks_passed": r.all_checks_passed,
+            "billable": r.billable,
+            "failed_gates": list(r.failed_gates),
         },
         [
             f"OK: {report} is intact and signed by key {v.key_id}",

@@ -28,8 +28,15 @@ from coordinator.report.document import (
     Summaries,
 )
 from coordinator.report.errors import ReportError
+from coordinator.report.method import method_section
 from coordinator.report.narrative import write_summaries
-from coordinator.report.registration import Registration, registration_check, registration_section
+from coordinator.report.registration import (
+    Registration,
+    registration_check,
+    registration_section,
+    unregistered_check,
+)
+from coordinator.report.sensitivity import sensitivity_section
 from coordinator.report.value import value_section
 from shared import __version__
 from shared.result import BalanceRow, SiteSummary, StudyResult
@@ -56,8 +63,9 @@ def build_report(
         issuer: who issues (and signs) the report.
         issued_at: ISO 8601 UTC time of issue; now when omitted (pass it for reproducible bytes).
         registration: the study's pre-registration, already verified under the signer's key
-            (:func:`coordinator.report.registration.load_verified`); adds the
-            ``pre_registration`` check.
+            (:func:`coordinator.report.registration.load_verified`). The ``pre_registration``
+            gate passes only with one that names this spec and precedes the start; without one
+            it fails, and the report is not billable.
 
     Returns:
         The report document, ready to serialise canonically and sign.
@@ -93,6 +101,10 @@ def build_report(
         strata_total=len(strata),
         strata_used=sum(s.used for s in strata),
     )
+    all_checks = _checks(result, sites, balance, strata, attrition) + (
+        (unregistered_check(),) if registration is None else (registration_check(registration, result),)
+    )
+    failed_gates = tuple(c.name for c in all_checks if c.failed)
     doc = EvidenceReport(
         issuer=issuer,
         issued_at=issued_at or datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -114,11 +126,16 @@ def build_report(
         outcomes=outcomes,
         balance=balance,
         strata=strata,
-        checks=_checks(result, sites, balance, strata, attrition)
-        + (() if registration is None else (registration_check(registration, result),)),
+        checks=all_checks,
+        billable=not failed_gates,
+        failed_gates=failed_gates,
         attrition=attrition,
         privacy=_privacy(result, outcomes),
-        value=value_section(outcomes, cost_per_person=_cost_per_person(result.spec)),
+        value=value_section(
+            outcomes, cost_per_person=_cost_per_person(result.spec), failed_gates=failed_gates
+        ),
+        sensitivity=sensitivity_section(result.outcomes, private=result.privacy.enabled),
+        method=method_section(result, outcomes, strata, attrition),
         summaries=Summaries(insurer="", hr="", regulator=""),
         warnings=result.warnings,
         synthetic=result.truth is not None,
@@ -168,13 +185,15 @@ def _checks(
         checks.overlap_check(
             treated_in_support=attrition.treated_in_support, treated_dropped=attrition.treated_dropped
         ),
+        checks.equipoise_check(strata),
         checks.convergence_check(
             converged=result.propensity.converged,
             iterations=result.propensity.iterations,
             private=result.privacy.enabled,
+            tol=_newton_tol(result.spec),
         ),
     ]
-    shown = [c for c in own if c is not None]
+    shown = list(own)
     by_name = {c.name: c for c in shown}
     return tuple(shown) + tuple(
         checks.study_check(d) for d in result.diagnostics if not checks.is_restatement(d, by_name)
@@ -194,6 +213,11 @@ def _privacy(result: StudyResult, outcomes: tuple[OutcomeRow, ...]) -> PrivacySe
         resplit=p.resplit is not None,
         secure_nodes=p.secure_nodes,
     )
+
+
+def _newton_tol(spec: dict) -> float | None:
+    tol = spec.get("federation", {}).get("tol")
+    return float(tol) if isinstance(tol, (int, float)) else None
 
 
 def _cost_per_person(spec: dict) -> float:

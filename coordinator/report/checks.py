@@ -1,4 +1,10 @@
-"""Diagnostics with pass/fail against the thresholds the report states.
+"""Diagnostics: gates with pass/fail against the thresholds the report states, and information.
+
+A *gate* has a threshold and passes or fails; a failed gate makes the report not billable
+(:class:`coordinator.report.document.EvidenceReport`). An *info* check has no threshold (the
+overlap coefficient, the DP fit's planned rounds, a variance ratio the noise hides): it is shown
+and never counted as a pass. Defaults follow OHDSI CohortMethod's
+``createCmDiagnosticThresholds`` where one applies (max |SMD| 0.1, equipoise ≥ 0.2).
 
 Thresholds (defined once, in :mod:`shared.thresholds`, which the estimator's diagnostics read
 too; docs/STATISTICS.md, "Diagnostics"; Austin 2009 for SMD; Rubin 2001 for variance ratios):
@@ -8,7 +14,9 @@ too; docs/STATISTICS.md, "Diagnostics"; Austin 2009 for SMD; Rubin 2001 for vari
 * variance ratio after weighting within [0.5, 2] for every covariate where it is known;
 * size gate: ≥ 100 treated, and a control pool ≥ 3 × the treated;
 * overlap: ≥ 95% of the treated lie in strata that also hold controls (common support);
-* the propensity fit converged (under DP: its fixed noisy rounds ran);
+* equipoise: share of the people with a preference score in [0.3, 0.7] ≥ 0.2 (Walker et al.
+  2013; CohortMethod), read from the released strata counts and edges;
+* the propensity fit converged (exact studies; under DP its fixed noisy rounds are information);
 * under DP, the study's own ``dp_fit_resolution``: the stop rule fixed in advance, the fit
   noise's predicted share of the score's variance below ½ (:func:`shared.dp.stoprule.fit_resolution_check`).
 """
@@ -36,6 +44,7 @@ def balance_check(rows: tuple[BalanceRow, ...]) -> Check:
         name="balance_smd",
         label="Covariate balance",
         rule=rule,
+        kind="gate",
         passed=verdict.state == "balanced",
         value=verdict.max_abs_smd,
         threshold=th.SMD_MAX,
@@ -44,20 +53,96 @@ def balance_check(rows: tuple[BalanceRow, ...]) -> Check:
     )
 
 
-def variance_ratio_check(rows: tuple[BalanceRow, ...]) -> Check | None:
+def variance_ratio_check(rows: tuple[BalanceRow, ...]) -> Check:
+    """A gate over the variance ratios that are known; information when none is (under DP the
+    noise can hide every one): then nothing was tested, and the report says so."""
+    rule = f"variance ratio after weighting within [{th.VAR_RATIO_LO:g}, {th.VAR_RATIO_HI:g}]"
     known = [(r, r.var_ratio_after) for r in rows if r.var_ratio_after is not None and r.var_ratio_after > 0]
     if not known:
-        return None
+        return Check(
+            name="variance_ratio",
+            label="Variance ratios",
+            rule=rule,
+            kind="info",
+            passed=None,
+            value=None,
+            threshold=None,
+            source="report",
+            detail="not computable: no variance ratio after weighting was released or resolved "
+            "(under DP the noise hides them), so this was not tested",
+        )
     worst, value = max(known, key=lambda rv: abs(math.log(rv[1])))
+    unknown = len(rows) - len(known)
     return Check(
         name="variance_ratio",
         label="Variance ratios",
-        rule=f"variance ratio after weighting within [{th.VAR_RATIO_LO:g}, {th.VAR_RATIO_HI:g}]",
+        rule=rule,
+        kind="gate",
         passed=th.VAR_RATIO_LO <= value <= th.VAR_RATIO_HI,
         value=value,
         threshold=th.VAR_RATIO_HI,
         source="report",
-        detail=f"furthest from 1: {worst.covariate}",
+        detail=f"furthest from 1: {worst.covariate}"
+        + (f"; {unknown} of {len(rows)} covariates not computable (not tested)" if unknown else ""),
+    )
+
+
+def equipoise_check(strata: tuple[StratumRow, ...]) -> Check:
+    r"""Share of the people (both arms) whose preference score lies in [0.3, 0.7].
+
+    The preference score F (Walker et al. 2013) removes the treated share P from the propensity
+    score: logit F = s − logit P, s the logit score the strata are cut on. The released strata
+    give counts per arm between logit-score edges, so the share is known up to the strata that
+    straddle the window: ``value`` interpolates them uniformly on the logit scale, and the gate
+    reads the *lower* bound (strata wholly inside), as the balance gate reads only what it can
+    see. Under DP the counts carry noise (negative noisy counts count as 0).
+    """
+    rule = (
+        f"share with preference score in [{th.EQUIPOISE_LO:g}, {th.EQUIPOISE_HI:g}] "
+        f"≥ {th.EQUIPOISE_MIN:g} (lower bound from the strata edges)"
+    )
+    treated = sum(max(s.n_treated, 0) for s in strata)
+    total = treated + sum(max(s.n_control, 0) for s in strata)
+    if treated == 0 or treated == total:
+        return Check(
+            name="equipoise",
+            label="Equipoise (preference score)",
+            rule=rule,
+            kind="info",
+            passed=None,
+            value=None,
+            threshold=None,
+            source="report",
+            detail="not computable: an arm is empty in the released strata",
+        )
+    shift = math.log(treated / (total - treated))  # logit of the treated share
+    lo_w = math.log(th.EQUIPOISE_LO / (1 - th.EQUIPOISE_LO)) + shift
+    hi_w = math.log(th.EQUIPOISE_HI / (1 - th.EQUIPOISE_HI)) + shift
+    inside = touching = interpolated = 0.0
+    for s in strata:
+        people = max(s.n_treated, 0) + max(s.n_control, 0)
+        lo = -math.inf if s.lo is None else s.lo
+        hi = math.inf if s.hi is None else s.hi
+        overlap = max(0.0, min(hi, hi_w) - max(lo, lo_w))
+        if lo >= lo_w and hi <= hi_w:
+            inside += people
+            interpolated += people
+        elif overlap > 0 or (lo < hi_w and hi > lo_w):
+            touching += people
+            if math.isfinite(hi - lo) and hi > lo:
+                interpolated += people * overlap / (hi - lo)
+    lower, upper, share = inside / total, (inside + touching) / total, interpolated / total
+    return Check(
+        name="equipoise",
+        label="Equipoise (preference score)",
+        rule=rule,
+        kind="gate",
+        passed=lower >= th.EQUIPOISE_MIN,
+        value=share,
+        threshold=th.EQUIPOISE_MIN,
+        source="report",
+        detail=f"{share:.1%} of {total:,} people in equipoise (between {lower:.1%} and {upper:.1%} "
+        "from the strata edges); the preference score removes the treated share from the propensity score",
     )
 
 
@@ -78,6 +163,7 @@ def size_checks(treated: int, control: int, source: str) -> tuple[Check, Check]:
             name="size_treated",
             label="Size gate: treated",
             rule=f"treated ≥ {th.MIN_TREATED}",
+            kind="gate",
             passed=treated >= th.MIN_TREATED,
             value=float(treated),
             threshold=float(th.MIN_TREATED),
@@ -88,6 +174,7 @@ def size_checks(treated: int, control: int, source: str) -> tuple[Check, Check]:
             name="size_control_pool",
             label="Size gate: control pool",
             rule=f"controls ≥ {th.MIN_CONTROL_RATIO:g} × treated",
+            kind="gate",
             passed=ratio >= th.MIN_CONTROL_RATIO,
             value=ratio,
             threshold=th.MIN_CONTROL_RATIO,
@@ -104,6 +191,7 @@ def overlap_check(*, treated_in_support: int, treated_dropped: int) -> Check:
         name="overlap",
         label="Propensity-score overlap",
         rule=f"share of treated in common support ≥ {th.MIN_SUPPORT:.0%}",
+        kind="gate",
         passed=share >= th.MIN_SUPPORT,
         value=share,
         threshold=th.MIN_SUPPORT,
@@ -112,29 +200,36 @@ def overlap_check(*, treated_in_support: int, treated_dropped: int) -> Check:
     )
 
 
-def convergence_check(*, converged: bool, iterations: int, private: bool = False) -> Check:
-    """Converged Newton fit; under DP the plan's fixed number of noisy rounds (the
-    log-likelihood is not released, so convergence cannot be tested — shared.dp.plan)."""
+def convergence_check(
+    *, converged: bool, iterations: int, private: bool = False, tol: float | None = None
+) -> Check:
+    """Exact studies: a gate, the Newton step fell below the spec's tolerance (a fit that did
+    not converge is not the maximum-likelihood score the design assumes). Under DP: information,
+    the plan's fixed number of noisy rounds (the log-likelihood is not released, so convergence
+    cannot be tested — shared.dp.plan)."""
     if private:
         return Check(
             name="propensity_converged",
             label="Propensity model fit",
-            rule="DP: the plan's fixed number of noisy Newton rounds ran",
-            passed=iterations >= 1,
+            rule="DP: the plan's fixed number of noisy Newton rounds (no threshold: not tested)",
+            kind="info",
+            passed=None,
             value=float(iterations),
             threshold=None,
             source="report",
-            detail=f"{iterations} noisy rounds (convergence is not tested under DP)",
+            detail=f"{iterations} noisy rounds ran (convergence is not tested under DP)",
         )
+    step = f" (largest Newton step < {tol:g})" if tol is not None else ""
     return Check(
         name="propensity_converged",
         label="Propensity model fit",
-        rule="Newton iterations converged",
+        rule=f"Newton iterations converged{step}",
+        kind="gate",
         passed=converged,
         value=float(iterations),
-        threshold=None,
+        threshold=tol,
         source="report",
-        detail=f"{iterations} iterations",
+        detail=f"{iterations} iterations" + ("" if converged else ": did not converge"),
     )
 
 
@@ -151,7 +246,12 @@ def is_restatement(d: Diagnostic, own: dict[str, Check]) -> bool:
     """True if the study's diagnostic repeats a report check with the same value and verdict
     (then it is not shown twice); a disagreement is kept so the reader sees both."""
     mine = own.get(STUDY_ALIASES.get(d.name, ""))
-    if mine is None or mine.passed != d.passed or (d.value is None) != (mine.value is None):
+    if (
+        mine is None
+        or mine.kind != "gate"
+        or mine.passed != d.passed
+        or (d.value is None) != (mine.value is None)
+    ):
         return False
     if d.value is None or mine.value is None:  # both None (the line above)
         return True
@@ -166,15 +266,22 @@ STUDY_LABELS = {
 }
 
 
+# study diagnostics with no threshold: shown as information, never counted as a pass
+STUDY_INFO = frozenset({"score_overlap"})
+
+
 def study_check(d: Diagnostic) -> Check:
-    """A diagnostic the study run reported, carried over as stated."""
+    """A diagnostic the study run reported, carried over as stated: a gate unless it is one
+    of :data:`STUDY_INFO` (then its pass/fail is not shown, only its value)."""
     rule = d.message or d.name
     label = STUDY_LABELS.get(d.name, d.name.replace("_", " ").capitalize())
+    info = d.name in STUDY_INFO
     return Check(
         name=d.name,
         label=label,
         rule=rule,
-        passed=d.passed,
+        kind="info" if info else "gate",
+        passed=None if info else d.passed,
         value=d.value,
         threshold=d.threshold,
         source="study",

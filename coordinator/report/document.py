@@ -1,4 +1,4 @@
-"""The evidence report document, schema ``rehealth.evidence-report/2``.
+"""The evidence report document, schema ``rehealth.evidence-report/3``.
 
 What an enterprise submits to its insurer, the insurer shows its reinsurer and regulator, and
 HR uses for management and ESG reporting. Aggregates only: site counts, estimates, balance,
@@ -17,18 +17,26 @@ added to the estimate therefore reaches the signed report without a copy to keep
 Version 2 (was 1): ``outcomes[i]`` is ``{"estimate": OutcomeEstimate, "truth"}`` (the estimate's
 ``ci`` a pair instead of ``ci_low``/``ci_high``); balance rows no longer carry ``balanced`` (it is
 ``|smd_after|`` below the ``balance_smd`` check's threshold, stated in ``checks``).
+
+Version 3 (was 2): every check has a ``kind``: a *gate* (a threshold; ``passed`` true or false)
+or *info* (no threshold; ``passed`` null, shown as information and never counted as a pass).
+``billable`` is false and ``failed_gates`` names them when any gate failed; the document refuses
+to parse if either disagrees with its checks. New sections: ``sensitivity`` (E-values per
+outcome, :mod:`coordinator.report.sensitivity`) and ``method`` (design, model, variance,
+privacy, assumptions, limitations, :mod:`coordinator.report.method`); the value section says
+whether a saving is claimed (only when billable and the claims CI excludes zero).
 """
 
 from __future__ import annotations
 
 from typing import Final, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from shared.psm.balance import balance_verdict
 from shared.result import BalanceRow, OutcomeEstimate, SiteSummary
 
-REPORT_SCHEMA_VERSION: Final = "rehealth.evidence-report/2"
+REPORT_SCHEMA_VERSION: Final = "rehealth.evidence-report/3"
 
 __all__ = [
     "REPORT_SCHEMA_VERSION",
@@ -36,10 +44,13 @@ __all__ = [
     "BalanceRow",
     "Check",
     "Estimand",
+    "EValue",
     "EvidenceReport",
+    "MethodSection",
     "OutcomeRow",
     "PrivacySection",
     "SiteBudget",
+    "SensitivitySection",
     "SiteSummary",
     "Software",
     "StratumRow",
@@ -96,16 +107,31 @@ class StratumRow(_Model):
 
 
 class Check(_Model):
-    """A diagnostic with its pass/fail against a stated threshold."""
+    """A diagnostic: a *gate* passes or fails against a stated threshold; an *info* check has no
+    threshold and only informs (``passed`` is None: it is never counted as a pass)."""
 
     name: str
     label: str
     rule: str  # the threshold in words, e.g. "max |SMD| after weighting < 0.1"
-    passed: bool
+    kind: Literal["gate", "info"]
+    passed: bool | None
     value: float | None
     threshold: float | None
     source: Literal["report", "study"]  # computed by the report, or reported by the study run
     detail: str
+
+    @model_validator(mode="after")
+    def _kind_decides_passed(self) -> "Check":
+        if (self.kind == "gate") != (self.passed is not None):
+            raise ValueError(
+                f"check {self.name}: a gate passes or fails (passed true/false), an info check "
+                f"has passed null (kind {self.kind!r}, passed {self.passed!r})"
+            )
+        return self
+
+    @property
+    def failed(self) -> bool:
+        return self.kind == "gate" and self.passed is False
 
 
 class Attrition(_Model):
@@ -155,6 +181,45 @@ class ValueSection(_Model):
     roi: ValueFigure | None
     events_averted: ValueFigure | None
     absence_days_averted: ValueFigure | None
+    # a saving is claimed only when the report is billable and the claims saved CI excludes 0
+    saving_claimed: bool = False
+    claim_note: str = ""  # why a saving is or is not claimed, in one sentence
+
+
+class EValue(_Model):
+    """How strong an unmeasured confounder would have to be to explain an estimate away
+    (VanderWeele & Ding 2017), see :mod:`coordinator.report.sensitivity`."""
+
+    outcome: str
+    scale: Literal["risk_ratio", "smd"]  # RR directly (binary) or RR ≈ exp(0.91·d) (continuous)
+    rr: float | None  # the estimate on the risk-ratio scale (None: not computable)
+    rr_ci: tuple[float, float] | None
+    e_value: float | None  # for the estimate
+    e_value_ci: float | None  # for the CI bound nearest the null (1 when the CI holds the null)
+    control_sd: float | None  # continuous: the SD d divides by (controls reweighted to the treated)
+    statement: str  # the plain-language line
+    note: str = ""  # caveats (approximation, DP noise in the SD, why not computable)
+
+
+class SensitivitySection(_Model):
+    method: str
+    evalues: tuple[EValue, ...]
+
+
+class MethodSection(_Model):
+    """What was done and on what assumptions, in the words the report states
+    (:mod:`coordinator.report.method`); the spec itself is in ``study.spec``."""
+
+    design: str
+    propensity_model: str
+    strata: str
+    outcome_model: str
+    variance: str
+    privacy: str  # what was released, with which noise, at what cost
+    per_site: str  # per-site estimates, or why none are given
+    multiplicity: str
+    assumptions: tuple[str, ...]
+    limitations: tuple[str, ...]
 
 
 class Summaries(_Model):
@@ -176,7 +241,7 @@ class RegistrationSection(_Model):
 
 
 class EvidenceReport(_Model):
-    schema_version: Literal["rehealth.evidence-report/2"] = REPORT_SCHEMA_VERSION
+    schema_version: Literal["rehealth.evidence-report/3"] = REPORT_SCHEMA_VERSION
     issuer: str
     issued_at: str  # ISO 8601 UTC
     software: Software
@@ -187,17 +252,35 @@ class EvidenceReport(_Model):
     balance: tuple[BalanceRow, ...]
     strata: tuple[StratumRow, ...]
     checks: tuple[Check, ...]
+    billable: bool  # no gate failed: the estimate may be used for billing
+    failed_gates: tuple[str, ...]  # names of the failed gates (empty when billable)
     attrition: Attrition
     privacy: PrivacySection
     value: ValueSection
+    sensitivity: SensitivitySection
+    method: MethodSection
     summaries: Summaries
     warnings: tuple[str, ...]
     synthetic: bool  # ground truth present: a simulated study, not real-world evidence
     registration: RegistrationSection | None = None  # None: the study was not pre-registered
 
+    @model_validator(mode="after")
+    def _billable_follows_the_gates(self) -> "EvidenceReport":
+        failed = tuple(c.name for c in self.checks if c.failed)
+        if self.failed_gates != failed or self.billable != (not failed):
+            raise ValueError(
+                f"billable={self.billable} and failed_gates={list(self.failed_gates)} disagree "
+                f"with the checks (failed gates: {list(failed)})"
+            )
+        return self
+
     @property
-    def all_checks_passed(self) -> bool:
-        return all(c.passed for c in self.checks)
+    def gates(self) -> tuple[Check, ...]:
+        return tuple(c for c in self.checks if c.kind == "gate")
+
+    @property
+    def all_gates_passed(self) -> bool:
+        return self.billable
 
     def outcome(self, name: str) -> OutcomeRow:
         for o in self.outcomes:

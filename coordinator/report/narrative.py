@@ -34,9 +34,11 @@ def _insurer(doc: "EvidenceReport") -> str:
             f"{_direction(claims.att)} than the comparison group's "
             f"(ATT 95% CI {fmt.ci(*claims.ci)}); {_significance(claims)}"
         )
-    if v.claims_saved is not None:
+    if v.claims_saved is not None and v.saving_claimed:
         parts.append(f"Claims cost saved across the treated: {_figure(v.claims_saved)}.")
-    if v.roi is not None:
+    elif v.claims_saved is not None:
+        parts.append(f"{v.claim_note} The estimate across the treated is {_figure(v.claims_saved)}.")
+    if v.roi is not None and v.saving_claimed:
         parts.append(
             f"Against an intervention cost of {fmt.num(v.intervention_cost)} "
             f"({fmt.num(v.cost_per_person)} per person), the return on investment is "
@@ -62,14 +64,36 @@ def _hr(doc: "EvidenceReport") -> str:
         )
     if v.events_averted is not None:
         parts.append(f"Cardiovascular events averted: {_figure(v.events_averted)}.")
-    if v.net_benefit is not None:
+    if v.net_benefit is not None and v.saving_claimed:
         parts.append(f"Net benefit after the intervention cost: {_figure(v.net_benefit)}.")
-    parts.append(
-        f"All figures are aggregates over {_over_sites(doc)}; no individual's data left "
-        f"any site, so the figures can be used in management and ESG reporting as they stand."
-    )
+    elif v.net_benefit is not None:
+        parts.append(v.claim_note)
+    parts.append(_hr_privacy(doc))
     parts += [_checks_sentence(doc), _synthetic_sentence(doc)]
     return _join(parts)
+
+
+def _hr_privacy(doc: "EvidenceReport") -> str:
+    """What HR may say about privacy, exact to what was released (method.privacy_statement
+    has the detail): DP studies released only noisy aggregates; exact studies released exact
+    aggregates, which are not anonymous when a cell is small."""
+    from coordinator.report.method import SMALL_CELL, smallest_treated_cell
+
+    over = f"All figures are aggregates over {_over_sites(doc)}; no row, pseudonym or score left any site."
+    if doc.privacy.enabled:
+        return (
+            over + " Every release carried differential-privacy noise, so the figures can be "
+            "used in management and ESG reporting as they stand."
+        )
+    smallest = smallest_treated_cell(doc.strata)
+    if smallest is not None and smallest < SMALL_CELL:
+        return (
+            over + f" The study ran without differential privacy, and the exact aggregates it "
+            f"released include a stratum of {smallest} treated "
+            f"{'person' if smallest == 1 else 'people'}: do not publish the report's tables "
+            "below the headline figures."
+        )
+    return over + " The study ran without differential privacy; its released aggregates are exact."
 
 
 def _regulator(doc: "EvidenceReport") -> str:
@@ -81,6 +105,7 @@ def _regulator(doc: "EvidenceReport") -> str:
         f"{fmt.num(a.treated_dropped)} treated ({fmt.pct(a.treated_dropped_share)}) fell outside "
         f"common support and are not in the estimate.",
         _checks_sentence(doc),
+        _billing_sentence(doc),
         _privacy_sentence(doc),
         _registration_sentence(doc),
         f"The study specification has SHA-256 {doc.study.spec_hash}; the report was produced by "
@@ -148,13 +173,23 @@ def _significance(o: "OutcomeEstimate") -> str:
 
 
 def _checks_sentence(doc: "EvidenceReport") -> str:
-    failed = [c.label for c in doc.checks if not c.passed]
+    """Counts the gates only: an information check has no threshold and is never a pass."""
+    gates = doc.gates
+    info = len(doc.checks) - len(gates)
+    shown = f" ({info} further check{'s are' if info != 1 else ' is'} information only)" if info else ""
+    failed = [c.label for c in gates if c.failed]
     if not failed:
-        return f"All {len(doc.checks)} diagnostics passed their stated thresholds."
+        return f"All {len(gates)} diagnostic gates passed their stated thresholds{shown}."
     return (
-        f"{len(failed)} of {len(doc.checks)} diagnostics failed their stated thresholds "
-        f"({'; '.join(failed)}): read the estimates with that caution."
+        f"{len(failed)} of {len(gates)} diagnostic gates failed their stated thresholds "
+        f"({'; '.join(failed)}){shown}: the estimate is not for billing."
     )
+
+
+def _billing_sentence(doc: "EvidenceReport") -> str:
+    if doc.billable:
+        return "Every gate passed, so the estimate may be used for billing."
+    return "Because a gate failed, the report is marked NOT FOR BILLING."
 
 
 def _privacy_sentence(doc: "EvidenceReport") -> str:

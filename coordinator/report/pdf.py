@@ -29,6 +29,7 @@ _WIDTHS = {
     "Effect estimates (ATT)": (18, 9, 9, 20, 9, 10, 10, 12, 13),
     "Diagnostics against stated thresholds": (18, 26, 9, 12, 8, 33),
     "Covariate balance": (22, 13, 13, 15, 15, 12),
+    "Sensitivity to an unmeasured confounder (E-values)": (18, 24, 28, 10, 10),
 }
 
 
@@ -78,6 +79,7 @@ def render_pdf(view: ReportView) -> bytes:
     _table(pdf, view.estimates, font_size=7)
     _figure(pdf, view.figures["estimates"])
     _table(pdf, view.checks)
+    _table(pdf, view.sensitivity)
     _table(pdf, view.balance)
     _table(pdf, view.attrition)
     _figure(pdf, view.figures["love"], width=130)
@@ -86,6 +88,16 @@ def render_pdf(view: ReportView) -> bytes:
     _table(pdf, view.privacy)
     _heading(pdf, "Method and provenance")
     _para(pdf, view.estimand)
+    for heading, text in (
+        *view.method,
+        ("Assumptions", "\n".join(f"• {a}" for a in view.assumptions)),
+        ("Limitations", "\n".join(f"• {a}" for a in view.limitations)),
+    ):
+        pdf.set_font(FONT, "B", 9.5)
+        pdf.cell(0, 6, heading, new_x="LMARGIN", new_y="NEXT")
+        _para(pdf, text)
+    _table(pdf, view.spec_covariates)
+    _table(pdf, view.spec_outcomes)
     for w in view.warnings:
         _para(pdf, f"Warning from the study run: {w}")
     _table(pdf, view.strata, font_size=7)
@@ -106,6 +118,8 @@ def _title(pdf: FPDF, view: ReportView) -> None:
         pdf.set_font(FONT + "Mono" if mono else FONT, "", 7.5 if mono else 8.5)
         pdf.multi_cell(0, 4.8, value, align="L", new_x="LMARGIN", new_y="NEXT")
     pdf.ln(2)
+    if view.billing_banner:
+        _box(pdf, view.billing_banner, fill=(251, 200, 196), bold=True)
     if view.banner:
         _box(pdf, view.banner, fill=(255, 244, 214), bold=False)
     _box(pdf, view.verdict, fill=(227, 243, 230) if view.verdict_ok else (251, 227, 225), bold=True)

@@ -135,6 +135,26 @@ def registration_section(record: Registration, result: StudyResult) -> Registrat
     )
 
 
+REGISTRATION_RULE = "spec and analysis plan signed before the study started, spec unchanged since"
+
+
+def unregistered_check() -> Check:
+    """``pre_registration`` for a study with no registration: a failed gate. Nothing shows the
+    analysis was fixed before the data could steer it, so the estimate is not billable."""
+    return Check(
+        name="pre_registration",
+        label="Pre-registration",
+        rule=REGISTRATION_RULE,
+        kind="gate",
+        passed=False,
+        value=None,
+        threshold=None,
+        source="report",
+        detail="no registration was given (rehealth study register before the run; "
+        "rehealth report render --registration)",
+    )
+
+
 def registration_check(record: Registration, result: StudyResult) -> Check:
     """``pre_registration``: passes when the registration names this study's spec and precedes
     its start; says which failed otherwise (a spec changed after registration hashes otherwise)."""
@@ -158,7 +178,8 @@ def registration_check(record: Registration, result: StudyResult) -> Check:
     return Check(
         name="pre_registration",
         label="Pre-registration",
-        rule="spec and analysis plan signed before the study started, spec unchanged since",
+        rule=REGISTRATION_RULE,
+        kind="gate",
         passed=matches and before,
         value=None,
         threshold=None,

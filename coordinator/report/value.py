@@ -11,6 +11,10 @@ about) and C = cost per person × n the intervention cost:
 
 Each figure is monotone in its ATT, so its 95% CI follows from the ATT's CI endpoints (negated,
 hence swapped). ROI is undefined when the intervention cost is zero and then omitted.
+
+A saving is *claimed* (``saving_claimed``) only when every gate passed and the claims saved CI
+lies wholly above zero; otherwise the figures are still stated, with their CI, as estimates,
+and ``claim_note`` says why nothing is claimed.
 """
 
 from __future__ import annotations
@@ -34,8 +38,11 @@ def roi(*, saved: float, cost: float) -> float:
     return (saved - cost) / cost
 
 
-def value_section(outcomes: tuple[OutcomeRow, ...], *, cost_per_person: float) -> ValueSection:
-    """The value figures from the outcome estimates and the spec's cost per person."""
+def value_section(
+    outcomes: tuple[OutcomeRow, ...], *, cost_per_person: float, failed_gates: tuple[str, ...] = ()
+) -> ValueSection:
+    """The value figures from the outcome estimates and the spec's cost per person; a saving
+    is claimed only with no failed gate and a claims CI above zero."""
     by_name = {o.estimate.name: o for o in outcomes}
     basis = by_name.get(CLAIMS, outcomes[0])
     n = basis.estimate.n_treated
@@ -48,7 +55,10 @@ def value_section(outcomes: tuple[OutcomeRow, ...], *, cost_per_person: float) -
         net = _shifted(saved, name="net_benefit", label="Net benefit (saved − intervention cost)", cost=cost)
         if cost > 0:
             roi_fig = _roi_figure(saved, cost=cost)
+    claimed, note = _claim(saved, failed_gates)
     return ValueSection(
+        saving_claimed=claimed,
+        claim_note=note,
         n_treated=n,
         cost_per_person=cost_per_person,
         intervention_cost=cost,
@@ -61,6 +71,25 @@ def value_section(outcomes: tuple[OutcomeRow, ...], *, cost_per_person: float) -
         absence_days_averted=_averted_figure(
             by_name.get(ABSENCE), name="absence_days_averted", label="Absence days averted", unit="days"
         ),
+    )
+
+
+def _claim(saved: ValueFigure | None, failed_gates: tuple[str, ...]) -> tuple[bool, str]:
+    if saved is None:
+        return False, "No saving is claimed: the study has no claims cost outcome."
+    if failed_gates:
+        return False, (
+            f"No saving is claimed: {len(failed_gates)} diagnostic gate"
+            f"{'s' if len(failed_gates) != 1 else ''} failed ({', '.join(failed_gates)}), so the "
+            "estimate is not for billing."
+        )
+    if saved.ci_low > 0:
+        return True, "A saving is claimed: every gate passed and the claims saved CI lies above zero."
+    if saved.ci_high < 0:
+        return False, "No saving is claimed: the claims saved CI lies below zero (claims rose)."
+    return False, (
+        f"No saving is claimed: the claims saved CI ({fmt.ci(saved.ci_low, saved.ci_high)}) "
+        "includes zero, so the data are compatible with no saving."
     )
 
 

@@ -48,6 +48,7 @@ class ReportView:
     title: str
     facts: tuple[tuple[str, str], ...]  # label, value: the header block
     banner: str  # simulation notice, or ""
+    billing_banner: str  # "NOT FOR BILLING: ..." when a gate failed, else ""
     verdict: str  # diagnostics summary line
     verdict_ok: bool
     summaries: tuple[tuple[str, str], ...]  # audience label, text
@@ -59,6 +60,12 @@ class ReportView:
     privacy: Table
     attrition: Table
     strata: Table
+    sensitivity: Table
+    method: tuple[tuple[str, str], ...]  # heading, paragraph
+    assumptions: tuple[str, ...]
+    limitations: tuple[str, ...]
+    spec_covariates: Table
+    spec_outcomes: Table
     figures: dict[str, Figure]
     warnings: tuple[str, ...]
     estimand: str
@@ -68,7 +75,13 @@ class ReportView:
 
 def report_view(doc: EvidenceReport, *, signature: Signature | None = None) -> ReportView:
     """Format ``doc`` for reading; ``signature`` describes the signed file when there is one."""
-    failed = [c.label for c in doc.checks if not c.passed]
+    failed = [c.label for c in doc.checks if c.failed]
+    n_gates, n_info = len(doc.gates), len(doc.checks) - len(doc.gates)
+    info = (
+        f" {n_info} further check{'s' if n_info != 1 else ''} shown as information (no threshold)."
+        if n_info
+        else ""
+    )
     smd_max = doc.smd_threshold  # as the signed document states it
     return ReportView(
         title=f"Evidence report: {doc.study.name}",
@@ -88,10 +101,17 @@ def report_view(doc: EvidenceReport, *, signature: Signature | None = None) -> R
         )
         if doc.synthetic
         else "",
+        billing_banner=""
+        if doc.billable
+        else (
+            f"NOT FOR BILLING: {len(doc.failed_gates)} diagnostic gate"
+            f"{'s' if len(doc.failed_gates) != 1 else ''} failed ({', '.join(failed)}). "
+            "No saving is claimed; the estimates are shown for information only."
+        ),
         verdict=(
-            f"All {len(doc.checks)} diagnostics passed."
+            f"All {n_gates} diagnostic gates passed.{info}"
             if not failed
-            else f"{len(failed)} of {len(doc.checks)} diagnostics FAILED: {', '.join(failed)}."
+            else f"{len(failed)} of {n_gates} diagnostic gates FAILED: {', '.join(failed)}.{info}"
         ),
         verdict_ok=not failed,
         summaries=tuple((label, getattr(doc.summaries, key)) for key, label in AUDIENCES),
@@ -100,13 +120,16 @@ def report_view(doc: EvidenceReport, *, signature: Signature | None = None) -> R
         checks=Table(
             title="Diagnostics against stated thresholds",
             header=("Check", "Rule", "Value", "Threshold", "Result", "Detail"),
+            note="Result: pass or fail for a gate (a threshold; a failed gate makes the report not "
+            "for billing); info for a check with no threshold, shown as information and never "
+            "counted as a pass.",
             rows=tuple(
                 (
                     c.label,
                     c.rule,
                     fmt.num(c.value, digits=4),
                     fmt.num(c.threshold),
-                    "pass" if c.passed else "fail",
+                    "info" if c.kind == "info" else ("pass" if c.passed else "fail"),
                     c.detail + (" (reported by the study run)" if c.source == "study" else ""),
                 )
                 for c in doc.checks
@@ -184,10 +207,91 @@ def report_view(doc: EvidenceReport, *, signature: Signature | None = None) -> R
                 "Share of each arm per stratum of the logit propensity score.",
             ),
         },
+        sensitivity=_sensitivity_table(doc),
+        method=(
+            ("Design", doc.method.design),
+            ("Propensity model", doc.method.propensity_model),
+            ("Strata", doc.method.strata),
+            ("Outcome model", doc.method.outcome_model),
+            ("Variance", doc.method.variance),
+            ("Privacy: what was released", doc.method.privacy),
+            ("Per-site estimates", doc.method.per_site),
+            ("Multiplicity", doc.method.multiplicity),
+        ),
+        assumptions=doc.method.assumptions,
+        limitations=doc.method.limitations,
+        spec_covariates=_spec_covariates(doc),
+        spec_outcomes=_spec_outcomes(doc),
         warnings=doc.warnings,
         estimand=doc.estimand.description,
         spec_json=json.dumps(doc.study.spec, indent=2, sort_keys=True),
         signature=signature,
+    )
+
+
+def _sensitivity_table(doc: EvidenceReport) -> Table:
+    rows = []
+    for e in doc.sensitivity.evalues:
+        rr = "n/a" if e.rr is None else fmt.num(e.rr)
+        if e.rr_ci is not None:
+            rr += f" ({fmt.ci(*e.rr_ci)})"
+        rows.append(
+            (
+                e.outcome,
+                {"risk_ratio": "risk ratio", "smd": "SMD → RR ≈ exp(0.91·d)"}[e.scale],
+                rr,
+                "n/a" if e.e_value is None else f"{e.e_value:.2f}",
+                "n/a" if e.e_value_ci is None else f"{e.e_value_ci:.2f}",
+            )
+        )
+    lines = [e.statement + (f" ({e.note}.)" if e.note else "") for e in doc.sensitivity.evalues]
+    return Table(
+        title="Sensitivity to an unmeasured confounder (E-values)",
+        header=("Outcome", "Scale", "Risk ratio (95% CI)", "E-value", "E-value, CI"),
+        rows=tuple(rows),
+        note=" ".join([doc.sensitivity.method, *lines]),
+    )
+
+
+def _spec_covariates(doc: EvidenceReport) -> Table:
+    covs = doc.study.spec.get("covariates", [])
+    return Table(
+        title="Specification: covariates and their public bounds",
+        header=("Covariate", "Kind", "Lower bound", "Upper bound"),
+        rows=tuple(
+            (str(c.get("name")), str(c.get("kind", "")), fmt.num(c.get("lo")), fmt.num(c.get("hi")))
+            for c in covs
+        ),
+        note="Each covariate is scaled to [0, 1] by these bounds; a site clips values outside them "
+        "and counts them.",
+    )
+
+
+#: What an outcome's number is counted in; the spec names no currency.
+OUTCOME_UNITS = {
+    "claims_cost": "currency of the claims data (the spec names none)",
+    "cv_event": "0/1 (event in follow-up)",
+    "absence_days": "days",
+}
+
+
+def _spec_outcomes(doc: EvidenceReport) -> Table:
+    outs = doc.study.spec.get("outcomes", [])
+    return Table(
+        title="Specification: outcomes, caps and units",
+        header=("Outcome", "Kind", "Lower bound", "Cap", "Unit"),
+        rows=tuple(
+            (
+                str(o.get("name")),
+                str(o.get("kind", "")),
+                fmt.num(o.get("lo", 0.0)),
+                fmt.num(o.get("cap")),
+                OUTCOME_UNITS.get(str(o.get("name")), "not stated"),
+            )
+            for o in outs
+        ),
+        note="Outcomes are clipped to [lower bound, cap] before they are summed; the follow-up "
+        "window is set at each site (see Design).",
     )
 
 
@@ -226,9 +330,10 @@ def _value_table(doc: EvidenceReport) -> Table:
     if doc.synthetic:
         header = header[:3] + ("Simulation truth",) + header[3:]
     rows = []
+    unclaimed = {"claims_saved", "net_benefit", "roi"} if not v.saving_claimed else set()
     for f in figs:
         cells = [
-            f.label,
+            f.label + (" (estimate, not claimed)" if f.name in unclaimed else ""),
             _fig_value(f, f.estimate),
             f"{_fig_value(f, f.ci_low)} to {_fig_value(f, f.ci_high)}",
         ]
@@ -236,9 +341,13 @@ def _value_table(doc: EvidenceReport) -> Table:
             cells.append(_fig_value(f, f.truth) if f.truth is not None else "n/a")
         rows.append((*cells, f.formula))
     note = (
-        f"Over the {fmt.num(v.n_treated)} treated in common support; intervention cost "
-        f"{fmt.num(v.cost_per_person)} per person, {fmt.num(v.intervention_cost)} in total "
-        f"(from the study spec). Amounts in the currency of the claims data."
+        v.claim_note
+        + " "
+        + (
+            f"Over the {fmt.num(v.n_treated)} treated in common support; intervention cost "
+            f"{fmt.num(v.cost_per_person)} per person, {fmt.num(v.intervention_cost)} in total "
+            f"(from the study spec). Amounts in the currency of the claims data."
+        )
     )
     if v.roi is None and v.claims_saved is not None:
         note += " ROI is not stated: the spec gives no intervention cost."

@@ -32,6 +32,10 @@ Relative risk (binary outcomes): :math:`\bar p_T/\bar p_C` over the same weights
 delta method on the log scale, :math:`\mathrm{Var}\log RR \approx V_T/\bar p_T^2 + V_C/\bar p_C^2`
 with :math:`V_a = \sum w_b^2 s^2_{ba}/n_{ba}`.
 
+``control_sd``: the outcome's SD among the controls reweighted to the treated,
+:math:`\sqrt{\sum_b w_b\,(s^2_{bC} + (\bar y_{bC} - \bar y_C)^2)}` (the mixture over strata),
+for the E-value of a continuous outcome (:mod:`coordinator.report.sensitivity`).
+
 Everything is computed on the [0, 1] scale of the table and reported in the outcome's original
 units: means as ``lo + m (cap - lo)``, differences and SEs times ``cap - lo``.
 
@@ -232,6 +236,9 @@ def _outcome_att(
     var_c = float(np.sum(wu**2 * var[used, 0, k] / nc))
     var_satt = float(np.sum(wu**2 * var[used, 0, k] * (1.0 / nt + 1.0 / nc)))
     att = (treated01 - control01) * span
+    # the controls reweighted to the treated form a mixture over strata: its variance is the
+    # weighted within-cell variance plus the spread of the cell means about their weighted mean
+    control_var01 = float(wu @ (var[used, 0, k] + (mc - control01) ** 2))
     se_s = float(np.sqrt(var_satt)) * span
     se = float(np.hypot(se_s, se_priv))
     rr = rr_ci = rd = None
@@ -254,6 +261,7 @@ def _outcome_att(
         n_treated_dropped=n_treated_dropped,
         treated_mean=o.lo + treated01 * span,
         control_mean=o.lo + control01 * span,
+        control_sd=float(np.sqrt(max(control_var01, 0.0))) * span,
         se_sampling=se_s,
         se_privacy=se_priv,
         privacy_share_of_ci=(se - se_s) / se if se > 0 else 0.0,

@@ -107,6 +107,7 @@ def make_result(*, privacy: bool = False, truth: bool = True) -> StudyResult:
             2890.25,
             strata,
             reference={"att": -398.2, "se": 131.4},
+            control_sd=4870.0,
         ),
         _outcome(
             "cv_event",
@@ -120,7 +121,7 @@ def make_result(*, privacy: bool = False, truth: bool = True) -> StudyResult:
             relative_risk=0.847,
             relative_risk_ci=(0.74, 0.97),
         ),
-        _outcome("absence_days", "continuous", -1.84, 0.52, 0.52 * noise, 9.6, strata),
+        _outcome("absence_days", "continuous", -1.84, 0.52, 0.52 * noise, 9.6, strata, control_sd=8.3),
     )
     rng = np.random.default_rng(11)
     before = rng.uniform(-0.45, 0.6, len(FEATURES))
@@ -219,3 +220,13 @@ def make_small_result() -> StudyResult:
         strata=strata,
         propensity=Propensity(beta=(0.1, 0.2, 0.3), iterations=5, converged=True),
     )
+
+
+def make_registration(result: StudyResult, *, at: str = "2026-11-23T18:00:00Z"):
+    """A registration of ``result``'s spec, signed with a fresh key before the study started,
+    so the ``pre_registration`` gate passes."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from coordinator.report.registration import register
+
+    return register(study=result.study, spec_hash=result.spec_hash, key=Ed25519PrivateKey.generate(), at=at)

@@ -6,7 +6,7 @@ import math
 import re
 
 import pytest
-from report_fixtures import COST_PER_PERSON, ISSUED_AT, make_result
+from report_fixtures import COST_PER_PERSON, ISSUED_AT, make_registration, make_result
 
 from coordinator.report import ReportError, build_report, canonical_bytes
 from coordinator.report.document import EvidenceReport
@@ -80,7 +80,7 @@ def _with_spec(result, spec):
 def test_report_carries_the_issue_contents_without_person_level_data():
     result = make_result(privacy=True)
     doc = _doc(result)
-    assert doc.schema_version == "rehealth.evidence-report/2"
+    assert doc.schema_version == "rehealth.evidence-report/3"
     assert doc.study.spec_hash == result.spec_hash and doc.study.spec == result.spec
     assert doc.estimand.name == "ATT"
     assert [s.name for s in doc.sites] == [s.name for s in result.sites]
@@ -98,7 +98,8 @@ def test_report_carries_the_issue_contents_without_person_level_data():
 
 
 def test_checks_pass_and_fail_against_stated_thresholds():
-    doc = _doc()
+    result = make_result()
+    doc = build_report(result, issued_at=ISSUED_AT, registration=make_registration(result))
     by = {c.name: c for c in doc.checks}
     assert set(by) >= {
         "balance_smd",
@@ -107,9 +108,11 @@ def test_checks_pass_and_fail_against_stated_thresholds():
         "size_control_pool",
         "overlap",
         "propensity_converged",
+        "equipoise",
         "min_stratum_cells",
+        "pre_registration",
     }
-    assert all(c.passed for c in doc.checks)
+    assert all(c.kind == "gate" and c.passed for c in doc.checks) and doc.billable
     assert by["size_treated"].value == 545 and by["size_control_pool"].value == pytest.approx(4262 / 545)
     assert by["overlap"].value == pytest.approx(533 / 545)
     assert by["min_stratum_cells"].source == "study"
@@ -118,11 +121,12 @@ def test_checks_pass_and_fail_against_stated_thresholds():
     bad_row = BalanceRow(covariate="age", smd_before=0.4, smd_after=0.13, var_ratio_after=2.6)
     sites = tuple(s.model_copy(update={"n_treated": 15, "n_control": 30}) for s in result.sites)
     result = result.model_copy(update={"balance": (bad_row, *result.balance[1:]), "sites": sites})
-    doc = _doc(result)
-    failed = {c.name for c in doc.checks if not c.passed}
+    doc = build_report(result, issued_at=ISSUED_AT, registration=make_registration(result))
+    failed = {c.name for c in doc.checks if c.failed}
     assert failed == {"balance_smd", "variance_ratio", "size_treated", "size_control_pool"}
+    assert set(doc.failed_gates) == failed and not doc.billable
     assert doc.balanced(doc.balance[0]) is False
-    assert f"4 of {len(doc.checks)} diagnostics failed" in doc.summaries.insurer
+    assert f"4 of {len(doc.gates)} diagnostic gates failed" in doc.summaries.insurer
 
 
 def test_summaries_are_written_from_the_numbers():
@@ -163,6 +167,9 @@ def _formatted_numbers(doc) -> set[str]:
         doc.privacy.delta,
         len(doc.sites),
         len(doc.checks),
+        len(doc.gates),
+        len(doc.checks) - len(doc.gates),
+        len(doc.failed_gates),
         doc.privacy.max_privacy_share_of_ci,
         *(doc.privacy.split or {}).values(),
     ]
@@ -210,7 +217,7 @@ def test_study_diagnostics_are_shown_once_unless_they_disagree():
     names = [c.name for c in doc.checks]
     assert "size_gate_treated" not in names and names.count("size_treated") == 1
     assert "common_support" in names  # disagrees with the report's overlap verdict: kept
-    assert not doc.all_checks_passed
+    assert not doc.billable and "common_support" in doc.failed_gates
 
 
 def test_dp_fit_is_judged_by_its_planned_rounds_not_by_convergence():
@@ -219,10 +226,12 @@ def test_dp_fit_is_judged_by_its_planned_rounds_not_by_convergence():
         update={"propensity": result.propensity.model_copy(update={"converged": False, "iterations": 4})}
     )
     check = {c.name: c for c in _doc(result).checks}["propensity_converged"]
-    assert check.passed and "not tested under DP" in check.detail
+    # information, not a pass: nothing was tested
+    assert check.kind == "info" and check.passed is None and "not tested under DP" in check.detail
     exact = make_result(privacy=False)
     exact = exact.model_copy(update={"propensity": exact.propensity.model_copy(update={"converged": False})})
-    assert not {c.name: c for c in _doc(exact).checks}["propensity_converged"].passed
+    gate = {c.name: c for c in _doc(exact).checks}["propensity_converged"]
+    assert gate.kind == "gate" and gate.passed is False and gate.threshold == 1e-8
 
 
 def test_the_report_states_the_budget_shares_behind_the_estimate():
