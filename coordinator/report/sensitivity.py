@@ -89,9 +89,11 @@ def sensitivity_section(outcomes: "tuple[OutcomeEstimate, ...]", *, private: boo
 
 
 def _ci_widening(o: "OutcomeEstimate") -> float:
-    """The ATT's CI width over its sampling-only width (≥ 1; 1 in an exact study)."""
+    """The ATT's CI width over its sampling-only width (≥ 1; 1 in an exact study, where the
+    two differ only by how 1.96 was rounded)."""
     sampling = 2.0 * Z_95 * o.se_sampling
-    return max(1.0, (o.ci[1] - o.ci[0]) / sampling) if sampling > 0 else 1.0
+    factor = (o.ci[1] - o.ci[0]) / sampling if sampling > 0 else 1.0
+    return factor if factor > 1.005 else 1.0
 
 
 def _binary(o: "OutcomeEstimate") -> EValue:
@@ -107,7 +109,7 @@ def _binary(o: "OutcomeEstimate") -> EValue:
     log_half_lo, log_half_hi = math.log(rr / lo) * factor, math.log(hi / rr) * factor
     ci = (rr * math.exp(-log_half_lo), rr * math.exp(log_half_hi))
     note = "on the relative risk the estimator states"
-    if factor > 1.005:  # below: the CI's own rounding of 1.96
+    if factor > 1.0:
         note += (
             f"; its CI widened ×{factor:.2f} on the log scale, as the risk difference's CI is "
             "widened by privacy noise beyond sampling error"

@@ -60,13 +60,20 @@ def test_estimate_equals_row_level_computation(study, pooled):
             return pooled
 
         att = var = 0.0
+        mix = []  # (weight, control mean, control variance) per stratum, for control_sd
         for i, (s, yc) in enumerate(zip(used, controls)):
             yt = y[(b == s) & (t == 1), k]
             w = yt.size / n_t
             att += w * (yt.mean() - yc.mean())
             var += w**2 * variance(i) * (1 / yt.size + 1 / yc.size)
+            mix.append((w, yc.mean(), variance(i)))
         est = pooled.estimate.outcome(o.name)
         assert est.att == pytest.approx(att, rel=1e-9)
+        # the SD of the controls reweighted to the treated: the mixture over strata
+        m_c = sum(w * m for w, m, _ in mix)
+        sd_c = np.sqrt(sum(w * (v + (m - m_c) ** 2) for w, m, v in mix))
+        assert est.control_sd == pytest.approx(sd_c, rel=1e-9)
+        assert est.control_mean == pytest.approx(m_c, rel=1e-9)
         assert est.se_sampling == est.se == pytest.approx(np.sqrt(var), rel=1e-9)
         assert est.n_treated == n_t and est.n_treated_dropped == int(t.sum()) - n_t
         assert est.ci[0] < est.att < est.ci[1]

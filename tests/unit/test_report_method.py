@@ -1,0 +1,75 @@
+"""The method section: privacy exact to what was released, multiplicity, per-site, the spec."""
+
+from __future__ import annotations
+
+from statistics import NormalDist
+
+import pytest
+from report_fixtures import ISSUED_AT, make_result
+
+from coordinator.report import build_report
+from coordinator.report.html import render_html
+from coordinator.report.view import report_view
+
+
+def _doc(result):
+    return build_report(result, issued_at=ISSUED_AT)
+
+
+def _with_one_treated_stratum(result):
+    strata = list(result.strata)
+    strata[1] = strata[1].model_copy(update={"n_treated": 1})
+    return result.model_copy(update={"strata": tuple(strata)})
+
+
+def test_an_exact_study_with_tiny_strata_does_not_claim_no_individual_data_left():
+    """The issue's case: an exact study released a stratum of one treated person; the HR
+    summary said no individual's data left any site."""
+    doc = _doc(_with_one_treated_stratum(make_result()))
+    hr = doc.summaries.hr
+    assert "no individual's data left" not in hr
+    assert "without differential privacy" in hr and "a stratum of 1 treated person" in hr
+    assert "as they stand" not in hr  # the DP wording is not used
+    assert "not anonymous" in doc.method.privacy and "as few as 1 treated person" in doc.method.privacy
+    assert "each of the 5 sites sent the coordinator exact aggregates" in doc.method.privacy
+
+
+def test_a_dp_study_states_its_budget_per_site_and_its_noise():
+    doc = _doc(make_result(privacy=True))
+    p = doc.method.privacy
+    assert "ε = 3" in p and "δ = 1e-06" in p and "insurer_large ε = 3" in p
+    assert "differential-privacy noise" in doc.summaries.hr
+    assert "no further privacy" in doc.method.per_site  # noisy per-site tables, not computed
+    secure = make_result(privacy=True)
+    secure = secure.model_copy(update={"privacy": secure.privacy.model_copy(update={"secure_nodes": 5})})
+    doc = _doc(secure)
+    assert "SecAgg+ sum over 5 sites" in doc.method.privacy
+    assert "secure aggregation" in doc.method.per_site
+
+
+def test_multiplicity_note_by_hand():
+    """Bonferroni over 3 outcomes: z = Φ⁻¹(1 − 0.05/6) = 2.394. Absence −0.9 (SE 0.42) excludes
+    zero at 95% (|z| 2.14) but not after correction; claims and CV events still do."""
+    result = make_result()
+    absence = result.outcome("absence_days")
+    moved = absence.model_copy(
+        update={"att": -0.9, "se": 0.42, "ci": (-0.9 - 1.96 * 0.42, -0.9 + 1.96 * 0.42)}
+    )
+    result = result.model_copy(update={"outcomes": (*result.outcomes[:2], moved)})
+    z = NormalDist().inv_cdf(1 - 0.05 / 6)
+    assert z == pytest.approx(2.394, abs=1e-3) and 1.96 < 0.9 / 0.42 < z
+    note = _doc(result).method.multiplicity
+    assert "up to 14.3%" in note  # 1 − 0.95³
+    assert "claims_cost, cv_event still exclude zero" in note and "absence_days" not in note
+
+
+def test_the_report_renders_its_method_assumptions_and_spec():
+    doc = _doc(make_result())
+    html = render_html(report_view(doc))
+    for heading in ("Design", "Propensity model", "Variance", "Privacy: what was released", "Multiplicity"):
+        assert f"<h3>{heading}</h3>" in html
+    assert "No unmeasured confounding" in html and "Positivity" in html and "Consistency" in html
+    assert "Specification: covariates and their public bounds" in html
+    assert "Specification: outcomes, caps and units" in html
+    assert "the spec names none" in html  # the currency, stated as missing rather than guessed
+    assert "not part of the signed specification" in doc.method.design  # the window is not in the spec
