@@ -214,7 +214,7 @@ def convergence_check(
             rule="DP: the plan's fixed number of noisy Newton rounds (no threshold: not tested)",
             kind="info",
             passed=None,
-            value=float(iterations),
+            value=None,
             threshold=None,
             source="report",
             detail=f"{iterations} noisy rounds ran (convergence is not tested under DP)",
@@ -226,7 +226,7 @@ def convergence_check(
         rule=f"Newton iterations converged{step}",
         kind="gate",
         passed=converged,
-        value=float(iterations),
+        value=None,  # the iterations are not what the tolerance bounds (in the detail)
         threshold=tol,
         source="report",
         detail=f"{iterations} iterations" + ("" if converged else ": did not converge"),

@@ -16,8 +16,9 @@ from coordinator.report.document import Attrition, MethodSection, OutcomeRow, St
 from shared.result import StudyResult
 from shared.synth.records import INDEX_WINDOW_DAYS, OUTCOME_PERIOD_DAYS
 
-#: Below this many treated a released exact cell is called small (the common small-cell
-#: suppression floor of official health statistics is 5–11; we say how small, not a verdict).
+#: A node's default floor on an exact answer's cells (:class:`node.policy.NodePolicy`
+#: ``min_cell``; the coordinator cannot import the node, so the default is restated here and a
+#: test holds the two equal). A pooled non-empty cell below it shows some site lowered it.
 SMALL_CELL = 11
 
 
@@ -135,25 +136,28 @@ def privacy_statement(result: StudyResult, strata: tuple[StratumRow, ...]) -> st
     if not p.enabled:
         smallest = smallest_treated_cell(strata)
         cells = (
-            f"the pooled table holds a stratum with as few as {smallest} treated "
-            f"{'person' if smallest == 1 else 'people'}, and a site's own cells can be smaller still"
+            f"the pooled table's smallest non-empty treated stratum holds {smallest} "
+            f"{'person' if smallest == 1 else 'people'}"
             if smallest is not None
             else "no stratum holds treated"
         )
-        small = (
-            f" A cell below {SMALL_CELL} people can disclose its members' outcomes to anyone "
-            "who can single them out."
+        lowered = (
+            f", below the default floor of {SMALL_CELL}, so at least one site's operator lowered it"
             if smallest is not None and smallest < SMALL_CELL
             else ""
         )
         return (
-            f"No differential privacy: each of the {k} sites sent the coordinator exact aggregates "
-            "of its own rows over TLS: per-arm counts and covariate sums and cross-products "
-            "(describe); the gradient, Hessian and log-likelihood of every Newton iteration; and per "
-            "stratum and arm the count, Σy and Σy² of each outcome and Σz and Σz² of each covariate "
-            "(one table per Newton round once the fit was near convergence; the last is used). "
-            f"No row, pseudonym or score left a site, but these aggregates are not anonymous: {cells}."
-            + small
+            f"No differential privacy: the sites' operators allowed exact answers, which are meant "
+            f"for a coordinator the data owner trusts (deploy/TRUST.md). Each of the {k} sites sent "
+            "the coordinator exact aggregates of its own rows over TLS: per-arm counts and covariate "
+            "sums and cross-products (describe); the gradient, Hessian and log-likelihood of every "
+            "Newton iteration; and per stratum and arm the count, Σy and Σy² of each outcome and Σz "
+            "and Σz² of each covariate (one table per Newton round once the fit was near "
+            "convergence; the last is used). By its policy a site releases a cell (an arm, or a "
+            f"stratum × arm) only if it holds at least min_cell people ({SMALL_CELL} unless its "
+            "operator lowered it, never below 2), and smaller cells as zero. No row, pseudonym or "
+            f"score left a site, but exact aggregates are not anonymous: {cells}{lowered}, and "
+            "tables released at successive Newton rounds, or by repeated studies, can be differenced."
         )
     per_site = ", ".join(f"{s} ε = {fmt.num(e)}" for s, e in sorted(p.per_site.items()))
     secure = (

@@ -43,7 +43,7 @@ def _insurer(doc: "EvidenceReport") -> str:
             f"Against an intervention cost of {fmt.num(v.intervention_cost)} "
             f"({fmt.num(v.cost_per_person)} per person), the return on investment is "
             f"{fmt.pct(v.roi.estimate, digits=0)} (95% CI {fmt.pct(v.roi.ci_low, digits=0)} to "
-            f"{fmt.pct(v.roi.ci_high, digits=0)})."
+            f"{fmt.pct(v.roi.ci_high, digits=0)}){_open(v.roi)}."
         )
     if v.events_averted is not None:
         parts.append(f"Cardiovascular events averted: {_figure(v.events_averted)}.")
@@ -65,7 +65,9 @@ def _hr(doc: "EvidenceReport") -> str:
     if v.events_averted is not None:
         parts.append(f"Cardiovascular events averted: {_figure(v.events_averted)}.")
     if v.net_benefit is not None and v.saving_claimed:
-        parts.append(f"Net benefit after the intervention cost: {_figure(v.net_benefit)}.")
+        parts.append(
+            f"Net benefit after the intervention cost: {_figure(v.net_benefit)}{_open(v.net_benefit)}."
+        )
     elif v.net_benefit is not None:
         parts.append(v.claim_note)
     parts.append(_hr_privacy(doc))
@@ -86,14 +88,16 @@ def _hr_privacy(doc: "EvidenceReport") -> str:
             "used in management and ESG reporting as they stand."
         )
     smallest = smallest_treated_cell(doc.strata)
-    if smallest is not None and smallest < SMALL_CELL:
-        return (
-            over + f" The study ran without differential privacy, and the exact aggregates it "
-            f"released include a stratum of {smallest} treated "
-            f"{'person' if smallest == 1 else 'people'}: do not publish the report's tables "
-            "below the headline figures."
-        )
-    return over + " The study ran without differential privacy; its released aggregates are exact."
+    small = (
+        f", down to a stratum of {smallest} treated {'person' if smallest == 1 else 'people'}"
+        if smallest is not None and smallest < SMALL_CELL
+        else ""
+    )
+    return (
+        over + f" The study ran without differential privacy: the sites released exact aggregates"
+        f"{small}, which are not anonymous, so use the headline figures rather than the tables "
+        "in management and ESG reporting."
+    )
 
 
 def _regulator(doc: "EvidenceReport") -> str:
@@ -162,6 +166,13 @@ def _figure(f: "ValueFigure") -> str:
     return f"{fmt.num(f.estimate)} (95% CI {fmt.ci(f.ci_low, f.ci_high)})"
 
 
+def _open(f: "ValueFigure") -> str:
+    """A clause when a net figure's CI includes zero: the saving is shown, a net gain is not."""
+    if f.ci_low < 0 < f.ci_high:
+        return "; its interval includes zero, so a net gain after the intervention's cost is not established"
+    return ""
+
+
 def _direction(att: float, lower: str = "lower", higher: str = "higher") -> str:
     return lower if att < 0 else higher
 
@@ -187,6 +198,8 @@ def _checks_sentence(doc: "EvidenceReport") -> str:
 
 
 def _billing_sentence(doc: "EvidenceReport") -> str:
+    if doc.billable and doc.synthetic:
+        return "Every gate passed; the estimate would be billable were the data real."
     if doc.billable:
         return "Every gate passed, so the estimate may be used for billing."
     return "Because a gate failed, the report is marked NOT FOR BILLING."

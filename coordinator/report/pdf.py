@@ -80,6 +80,8 @@ def render_pdf(view: ReportView) -> bytes:
     _figure(pdf, view.figures["estimates"])
     _table(pdf, view.checks)
     _table(pdf, view.sensitivity)
+    for line in view.sensitivity_lines:
+        _para(pdf, line, size=8.5)
     _table(pdf, view.balance)
     _table(pdf, view.attrition)
     _figure(pdf, view.figures["love"], width=130)
@@ -93,6 +95,8 @@ def render_pdf(view: ReportView) -> bytes:
         ("Assumptions", "\n".join(f"• {a}" for a in view.assumptions)),
         ("Limitations", "\n".join(f"• {a}" for a in view.limitations)),
     ):
+        if pdf.get_y() > pdf.h - 40:  # keep a sub-heading with its paragraph
+            pdf.add_page()
         pdf.set_font(FONT, "B", 9.5)
         pdf.cell(0, 6, heading, new_x="LMARGIN", new_y="NEXT")
         _para(pdf, text)
@@ -149,7 +153,7 @@ def _heading(pdf: FPDF, text: str) -> None:
 def _para(pdf: FPDF, text: str, *, size: float = 9, color=(0, 0, 0)) -> None:
     pdf.set_font(FONT, "", size)
     pdf.set_text_color(*color)
-    pdf.multi_cell(0, 4.6, text, new_x="LMARGIN", new_y="NEXT")
+    pdf.multi_cell(0, 4.6, text, align="L", new_x="LMARGIN", new_y="NEXT")
     pdf.set_text_color(0, 0, 0)
     pdf.ln(1)
 

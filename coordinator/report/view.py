@@ -11,6 +11,10 @@ from dataclasses import dataclass
 
 from coordinator.report import fmt, plots
 from coordinator.report.document import EvidenceReport, ValueFigure
+from shared.features import FEATURES
+
+#: The 16 clinical features' units (a study's own covariates are "as declared").
+UNITS = {f.name: f.unit or ("0/1" if f.kind == "binary" else "") for f in FEATURES}
 
 AUDIENCES = (
     ("insurer", "For the insurer and reinsurer"),
@@ -61,6 +65,7 @@ class ReportView:
     attrition: Table
     strata: Table
     sensitivity: Table
+    sensitivity_lines: tuple[str, ...]  # one plain-language line per outcome
     method: tuple[tuple[str, str], ...]  # heading, paragraph
     assumptions: tuple[str, ...]
     limitations: tuple[str, ...]
@@ -128,7 +133,7 @@ def report_view(doc: EvidenceReport, *, signature: Signature | None = None) -> R
                     c.label,
                     c.rule,
                     fmt.num(c.value, digits=4),
-                    fmt.num(c.threshold),
+                    _threshold(c.threshold),
                     "info" if c.kind == "info" else ("pass" if c.passed else "fail"),
                     c.detail + (" (reported by the study run)" if c.source == "study" else ""),
                 )
@@ -208,6 +213,10 @@ def report_view(doc: EvidenceReport, *, signature: Signature | None = None) -> R
             ),
         },
         sensitivity=_sensitivity_table(doc),
+        sensitivity_lines=tuple(
+            e.statement + (f" ({e.note[:1].upper()}{e.note[1:]}.)" if e.note else "")
+            for e in doc.sensitivity.evalues
+        ),
         method=(
             ("Design", doc.method.design),
             ("Propensity model", doc.method.propensity_model),
@@ -229,6 +238,15 @@ def report_view(doc: EvidenceReport, *, signature: Signature | None = None) -> R
     )
 
 
+def _threshold(x: float | None) -> str:
+    """A threshold as stated (``1e-08``, not ``0.0000000100``)."""
+    return f"{x:g}" if x is not None and 0 < abs(x) < 1e-3 else fmt.num(x)
+
+
+def _bound(x) -> str:
+    return "n/a" if x is None else f"{x:g}"
+
+
 def _sensitivity_table(doc: EvidenceReport) -> Table:
     rows = []
     for e in doc.sensitivity.evalues:
@@ -244,12 +262,11 @@ def _sensitivity_table(doc: EvidenceReport) -> Table:
                 "n/a" if e.e_value_ci is None else f"{e.e_value_ci:.2f}",
             )
         )
-    lines = [e.statement + (f" ({e.note}.)" if e.note else "") for e in doc.sensitivity.evalues]
     return Table(
         title="Sensitivity to an unmeasured confounder (E-values)",
         header=("Outcome", "Scale", "Risk ratio (95% CI)", "E-value", "E-value, CI"),
         rows=tuple(rows),
-        note=" ".join([doc.sensitivity.method, *lines]),
+        note=doc.sensitivity.method,
     )
 
 
@@ -257,9 +274,15 @@ def _spec_covariates(doc: EvidenceReport) -> Table:
     covs = doc.study.spec.get("covariates", [])
     return Table(
         title="Specification: covariates and their public bounds",
-        header=("Covariate", "Kind", "Lower bound", "Upper bound"),
+        header=("Covariate", "Kind", "Unit", "Lower bound", "Upper bound"),
         rows=tuple(
-            (str(c.get("name")), str(c.get("kind", "")), fmt.num(c.get("lo")), fmt.num(c.get("hi")))
+            (
+                str(c.get("name")),
+                str(c.get("kind", "")),
+                UNITS.get(str(c.get("name")), "as declared"),
+                _bound(c.get("lo")),
+                _bound(c.get("hi")),
+            )
             for c in covs
         ),
         note="Each covariate is scaled to [0, 1] by these bounds; a site clips values outside them "
@@ -284,7 +307,7 @@ def _spec_outcomes(doc: EvidenceReport) -> Table:
             (
                 str(o.get("name")),
                 str(o.get("kind", "")),
-                fmt.num(o.get("lo", 0.0)),
+                _bound(o.get("lo", 0.0)),
                 fmt.num(o.get("cap")),
                 OUTCOME_UNITS.get(str(o.get("name")), "not stated"),
             )
@@ -410,7 +433,10 @@ def _privacy_table(doc: EvidenceReport) -> Table:
         return Table(
             title="Privacy spent",
             header=("Item", "Value"),
-            rows=(("Differential privacy", "off: no noise added"),),
+            rows=(
+                ("Differential privacy", "off: no noise added"),
+                ("What was released", "exact aggregates, see Method and provenance: Privacy"),
+            ),
         )
     rows = [
         ("Differential privacy", "on (Gaussian mechanism)"),

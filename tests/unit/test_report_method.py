@@ -30,8 +30,26 @@ def test_an_exact_study_with_tiny_strata_does_not_claim_no_individual_data_left(
     assert "no individual's data left" not in hr
     assert "without differential privacy" in hr and "a stratum of 1 treated person" in hr
     assert "as they stand" not in hr  # the DP wording is not used
-    assert "not anonymous" in doc.method.privacy and "as few as 1 treated person" in doc.method.privacy
-    assert "each of the 5 sites sent the coordinator exact aggregates" in doc.method.privacy
+    p = doc.method.privacy
+    assert "not anonymous" in p and "smallest non-empty treated stratum holds 1 person" in p
+    assert "below the default floor of 11, so at least one site" in p
+    assert "Each of the 5 sites sent the coordinator exact aggregates" in p
+    assert "can be differenced" in p
+    # the fixture's own smallest treated stratum (2) is below the floor too; at the floor, no claim
+    at_floor = make_result()
+    strata = tuple(
+        s.model_copy(update={"n_treated": max(s.n_treated, 11) if s.n_treated else 0})
+        for s in at_floor.strata
+    )
+    p = _doc(at_floor.model_copy(update={"strata": strata})).method.privacy
+    assert "holds 11 people" in p and "below the default floor" not in p
+
+
+def test_the_stated_cell_floor_is_the_nodes_default():
+    from coordinator.report.method import SMALL_CELL
+    from node.policy import NodePolicy
+
+    assert NodePolicy().min_cell == SMALL_CELL
 
 
 def test_a_dp_study_states_its_budget_per_site_and_its_noise():
