@@ -124,6 +124,37 @@ def _strata(result: StudyResult, strata: tuple[StratumRow, ...], a: Attrition) -
     )
 
 
+#: What each study round releases (shared/driver.py round names; reserve/cancel release nothing).
+ROUND_RELEASES = {
+    "describe": "per-arm counts and covariate sums and cross-products (describe)",
+    "ps-fit": "the propensity fit's gradient and Hessian{loglik} ({n} round{s})",
+    "score-hist": "a histogram of the logit score per arm on a public grid",
+    "psm-stats": "per stratum and arm the count, Σy and Σy² of each outcome{balance}",
+    "psm-wsum": "one weighted sum per outcome (the ATT's numerator)",
+}
+
+
+def released_rounds(result: StudyResult) -> str:
+    """The releases the study's rounds made, from its round log; "" if the log is empty."""
+    names = [r.name for r in result.rounds]
+    fits = sum(n.startswith("ps-fit") for n in names)
+    exact = not result.privacy.enabled
+    out = []
+    for key, text in ROUND_RELEASES.items():
+        n = fits if key == "ps-fit" else sum(name == key for name in names)
+        if not n and not (key == "psm-stats" and exact and fits):  # exact: tables ride on ps-fit rounds
+            continue
+        out.append(
+            text.format(
+                loglik=" and log-likelihood" if exact else "",
+                n=n,
+                s="s" if n != 1 else "",
+                balance=" and Σz and Σz² of each covariate",
+            )
+        )
+    return "; ".join(out)
+
+
 def smallest_treated_cell(strata: tuple[StratumRow, ...]) -> int | None:
     """The fewest treated in a released stratum that holds any treated (None: none does)."""
     return min((s.n_treated for s in strata if s.n_treated > 0), default=None)
@@ -149,15 +180,14 @@ def privacy_statement(result: StudyResult, strata: tuple[StratumRow, ...]) -> st
         return (
             f"No differential privacy: the sites' operators allowed exact answers, which are meant "
             f"for a coordinator the data owner trusts (deploy/TRUST.md). Each of the {k} sites sent "
-            "the coordinator exact aggregates of its own rows over TLS: per-arm counts and covariate "
-            "sums and cross-products (describe); the gradient, Hessian and log-likelihood of every "
-            "Newton iteration; and per stratum and arm the count, Σy and Σy² of each outcome and Σz "
-            "and Σz² of each covariate (one table per Newton round once the fit was near "
-            "convergence; the last is used). By its policy a site releases a cell (an arm, or a "
-            f"stratum × arm) only if it holds at least min_cell people ({SMALL_CELL} unless its "
-            "operator lowered it, never below 2), and smaller cells as zero. No row, pseudonym or "
-            f"score left a site, but exact aggregates are not anonymous: {cells}{lowered}, and "
-            "tables released at successive Newton rounds, or by repeated studies, can be differenced."
+            "the coordinator exact aggregates of its own rows over TLS: "
+            + (released_rounds(result) or "per-arm counts, the propensity fit's statistics and the PSM table")
+            + " (a PSM table with each Newton round once the fit was near convergence; the last is "
+            "used). By its policy a site releases a cell (an arm, or a stratum × arm) only if it "
+            f"holds at least min_cell people ({SMALL_CELL} unless its operator lowered it, never "
+            "below 2), and smaller cells as zero. No row, pseudonym or score left a site, but exact "
+            f"aggregates are not anonymous: {cells}{lowered}, and tables released at successive "
+            "Newton rounds, or by repeated studies, can be differenced."
         )
     per_site = ", ".join(f"{s} ε = {fmt.num(e)}" for s, e in sorted(p.per_site.items()))
     secure = (
@@ -166,12 +196,16 @@ def privacy_statement(result: StudyResult, strata: tuple[StratumRow, ...]) -> st
         if p.secure_nodes
         else " Each site's own noisy release reached the coordinator (no secure aggregation)."
     )
+    released = released_rounds(result)
     return (
-        f"Differential privacy (Gaussian mechanism) on every release, charged to each site's "
+        (f"Released by each site, each with Gaussian noise: {released}. " if released else "")
+        + f"Differential privacy (Gaussian mechanism) on every release, charged to each site's "
         f"ledger before it left: study budget ε = {fmt.num(p.epsilon)}, δ = "
         f"{'n/a' if p.delta is None else format(p.delta, 'g')} per site "
         f"({p.accountant or 'accountant not stated'}); "
-        f"charged: {per_site or 'not stated'}." + secure + " The noise's cost is stated per outcome as its "
+        f"ε charged per site: {per_site or 'not reported by the study run'}."
+        + secure
+        + " The noise's cost is stated per outcome as its "
         "share of the CI width."
     )
 

@@ -69,7 +69,7 @@ def _hr(doc: "EvidenceReport") -> str:
             f"Net benefit after the intervention cost: {_figure(v.net_benefit)}{_open(v.net_benefit)}."
         )
     elif v.net_benefit is not None:
-        parts.append(v.claim_note)
+        parts.append(_unclaimed(doc))
     parts.append(_hr_privacy(doc))
     parts += [_checks_sentence(doc), _synthetic_sentence(doc)]
     return _join(parts)
@@ -84,8 +84,8 @@ def _hr_privacy(doc: "EvidenceReport") -> str:
     over = f"All figures are aggregates over {_over_sites(doc)}; no row, pseudonym or score left any site."
     if doc.privacy.enabled:
         return (
-            over + " Every release carried differential-privacy noise, so the figures can be "
-            "used in management and ESG reporting as they stand."
+            over + " Every release carried differential-privacy noise, so publishing these "
+            "figures discloses no more about any employee than the study's privacy budget allows."
         )
     smallest = smallest_treated_cell(doc.strata)
     small = (
@@ -164,6 +164,24 @@ def _who(doc: "EvidenceReport") -> str:
 
 def _figure(f: "ValueFigure") -> str:
     return f"{fmt.num(f.estimate)} (95% CI {fmt.ci(f.ci_low, f.ci_high)})"
+
+
+def _unclaimed(doc: "EvidenceReport") -> str:
+    """Why no saving is claimed, with the estimate and its CI (the headline is always an
+    estimate with its interval)."""
+    v = doc.value
+    assert v.claims_saved is not None
+    why = (
+        "the report is not for billing"
+        if not doc.billable
+        else "the interval includes zero, so the data are compatible with no saving"
+        if v.claims_saved.ci_low <= 0 <= v.claims_saved.ci_high
+        else "claims rose"
+    )
+    return (
+        f"No saving is claimed ({why}); the estimated claims saved across the treated are "
+        f"{_figure(v.claims_saved)}."
+    )
 
 
 def _open(f: "ValueFigure") -> str:

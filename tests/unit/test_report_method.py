@@ -91,3 +91,16 @@ def test_the_report_renders_its_method_assumptions_and_spec():
     assert "Specification: outcomes, caps and units" in html
     assert "the spec names none" in html  # the currency, stated as missing rather than guessed
     assert "not part of the signed specification" in doc.method.design  # the window is not in the spec
+
+
+def test_the_privacy_statement_lists_the_rounds_that_released():
+    from shared.result import RoundLog
+
+    result = make_result(privacy=True)
+    names = ("reserve", "describe", "ps-fit-1", "ps-fit-2", "ps-fit-3", "ps-fit-4", "score-hist", "psm-stats")
+    result = result.model_copy(update={"rounds": tuple(RoundLog(name=n, seconds=0.1) for n in names)})
+    p = _doc(result).method.privacy
+    assert p.startswith("Released by each site, each with Gaussian noise: per-arm counts")
+    assert "gradient and Hessian (4 rounds)" in p and "log-likelihood" not in p
+    assert "histogram of the logit score" in p and "Σy and Σy² of each outcome" in p
+    assert "weighted sum per outcome" not in p  # no psm-wsum round ran
