@@ -37,7 +37,7 @@ def _insurer(doc: "EvidenceReport") -> str:
     if v.claims_saved is not None and v.saving_claimed:
         parts.append(f"Claims cost saved across the treated: {_figure(v.claims_saved)}.")
     elif v.claims_saved is not None:
-        parts.append(f"{v.claim_note} The estimate across the treated is {_figure(v.claims_saved)}.")
+        parts.append(_unclaimed(doc))
     if v.roi is not None and v.saving_claimed:
         parts.append(
             f"Against an intervention cost of {fmt.num(v.intervention_cost)} "

@@ -11,10 +11,13 @@ For a risk ratio RR (taking 1/RR when RR < 1):
 For the CI, the bound nearest the null is used; a CI that holds the null has E = 1 (no
 confounding is needed).
 
-* Binary outcome (the CV event): the estimator's relative risk and its CI. That CI (delta method,
-  :mod:`shared.psm.estimator`) holds the sampling error only, so it is widened on the log scale
-  by the factor by which the risk difference's CI exceeds its sampling-only width (privacy
-  noise, and under DP the fit-bias margin); 1 in an exact study.
+* Binary outcome (the CV event): the estimator's relative risk. Its CI is the wider of two: the
+  estimator's delta-method CI, which holds the sampling error only and is therefore widened on
+  the log scale by the factor by which the risk difference's CI exceeds its sampling-only width
+  (privacy noise and, under DP, the fit-bias margin; 1 in an exact study); and 1 + the risk
+  difference's CI divided by the control risk. The second keeps the E-value of the CI at 1
+  whenever the risk difference's CI holds 0 (under DP the delta-method CI alone excluded 1 on
+  the demo while the risk difference's CI held 0: the noise on the arm risks is not in it).
 * Continuous outcome (claims cost, absence days): the standardised difference d = ATT / SD,
   SD the outcome's SD among the controls reweighted to the treated (``control_sd``), mapped to
   RR ≈ exp(0.91·d) and the CI to exp(0.91·CI/SD) (VanderWeele & Ding 2017, Table; Hasselblad &
@@ -106,14 +109,21 @@ def _binary(o: "OutcomeEstimate") -> EValue:
     lo, hi = o.relative_risk_ci
     if lo <= 0:
         return _not_computable(o, "risk_ratio", "the relative risk's CI reaches 0", sd=None)
-    log_half_lo, log_half_hi = math.log(rr / lo) * factor, math.log(hi / rr) * factor
-    ci = (rr * math.exp(-log_half_lo), rr * math.exp(log_half_hi))
-    note = "on the relative risk the estimator states"
-    if factor > 1.0:
-        note += (
-            f"; its CI widened ×{factor:.2f} on the log scale, as the risk difference's CI is "
-            "widened by privacy noise beyond sampling error"
+    delta = (rr * math.exp(-math.log(rr / lo) * factor), rr * math.exp(math.log(hi / rr) * factor))
+    # the risk difference's own CI over the control risk: holds 1 exactly when that CI holds 0
+    p_c = o.control_mean
+    from_rd = (1.0 + o.ci[0] / p_c, 1.0 + o.ci[1] / p_c) if p_c > 0 else delta
+    ci = (max(min(delta[0], from_rd[0]), 0.0), max(delta[1], from_rd[1]))
+    if ci[1] <= 0:
+        return _not_computable(
+            o, "risk_ratio", "the risk difference's CI lies below minus the control risk", sd=None
         )
+    note = (
+        "on the relative risk the estimator states; its CI is the wider of the delta-method CI"
+        + (f" (widened ×{factor:.2f} on the log scale for privacy noise)" if factor > 1.0 else "")
+        + " and 1 + the risk difference's CI ÷ the control risk, so it holds 1 whenever the risk "
+        "difference's CI holds 0"
+    )
     return _evalue(o, "risk_ratio", rr, ci, sd=None, note=note)
 
 

@@ -56,9 +56,15 @@ def test_each_outcome_gets_evalues_and_a_plain_line():
     by = {e.outcome: e for e in doc.sensitivity.evalues}
     assert set(by) == {"claims_cost", "cv_event", "absence_days"}
 
-    # binary: the estimator's relative risk 0.847 (0.74 to 0.97), exact study → not widened
+    # binary: the estimator's relative risk 0.847 (0.74 to 0.97), exact study → not widened;
+    # the risk difference −0.0213 (CI ± 1.96 × 0.0081) over the control risk 0.118 + 0.0213
     ev = by["cv_event"]
-    assert ev.scale == "risk_ratio" and ev.rr == 0.847 and ev.rr_ci == pytest.approx((0.74, 0.97))
+    o = doc.outcome("cv_event").estimate
+    p_c = 0.118 + 0.0213
+    from_rd = (1 + o.ci[0] / p_c, 1 + o.ci[1] / p_c)
+    assert from_rd[0] < 0.74 and from_rd[1] < 0.97  # so the union is (from_rd low, 0.97)
+    assert ev.scale == "risk_ratio" and ev.rr == 0.847
+    assert ev.rr_ci == pytest.approx((from_rd[0], 0.97), rel=1e-9)
     r = 1 / 0.847
     assert ev.e_value == pytest.approx(r + math.sqrt(r * (r - 1)), rel=1e-12)
     r_ci = 1 / 0.97
@@ -86,10 +92,25 @@ def test_under_dp_the_rr_ci_is_widened_and_the_noisy_sd_is_said():
     factor = (o.ci[1] - o.ci[0]) / (2 * 1.959963984540054 * o.se_sampling)
     assert factor > 1.05  # the fixture's privacy noise
     lo, hi = by["cv_event"].rr_ci
-    assert math.log(0.847 / lo) == pytest.approx(factor * math.log(0.847 / 0.74), rel=1e-9)
-    assert math.log(hi / 0.847) == pytest.approx(factor * math.log(0.97 / 0.847), rel=1e-9)
+    delta = (
+        0.847 * math.exp(-factor * math.log(0.847 / 0.74)),
+        0.847 * math.exp(factor * math.log(0.97 / 0.847)),
+    )
+    from_rd = (1 + o.ci[0] / o.control_mean, 1 + o.ci[1] / o.control_mean)
+    assert (lo, hi) == pytest.approx((min(delta[0], from_rd[0]), max(delta[1], from_rd[1])), rel=1e-9)
     assert "widened" in by["cv_event"].note
     assert "noisy sums" in by["claims_cost"].note and "noisy sums" in by["absence_days"].note
+
+
+def test_a_risk_difference_ci_through_zero_keeps_the_rr_evalue_at_one():
+    """The demo's DP case: the delta-method RR CI (sampling only) excluded 1 while the risk
+    difference's CI held 0; the E-value of the CI must then be 1."""
+    o = make_result().outcome("cv_event")
+    o = o.model_copy(
+        update={"att": -0.012, "ci": (-0.028, 0.004), "relative_risk": 0.5, "relative_risk_ci": (0.43, 0.59)}
+    )
+    ev = outcome_evalue(o, private=True)
+    assert ev.rr_ci[0] <= 1.0 <= ev.rr_ci[1] and ev.e_value_ci == 1.0
 
 
 def test_a_ci_through_zero_says_no_confounding_is_needed():
