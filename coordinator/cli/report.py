@@ -200,6 +200,9 @@ def verify(
             f"OK: {report} is intact and signed by key {v.key_id}",
             f"study {r.study.name} (spec {r.study.spec_hash[:16]}…), issued {r.issued_at} by "
             f"{r.issuer}; file SHA-256 {v.sha256}",
+            "billable: every gate passed"
+            if r.billable
+            else f"NOT FOR BILLING: failed gates {', '.join(r.failed_gates)}",
         ],
     )
 

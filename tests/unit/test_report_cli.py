@@ -38,8 +38,12 @@ def _verify(path, pub, *extra):
 def test_verify_intact_report_exits_0(rendered):
     r = _verify(rendered / "out/report.json", rendered / "keys/coordinator.pub")
     assert r.exit_code == 0 and r.output.startswith("OK:")
+    # a valid signature is not a billable estimate: the fixture is not pre-registered
+    assert "NOT FOR BILLING: failed gates pre_registration" in r.output
     r = _verify(rendered / "out/report.json", rendered / "keys/coordinator.pub", "--format", "json")
-    assert r.exit_code == 0 and json.loads(r.output)["valid"] is True
+    out = json.loads(r.output)
+    assert r.exit_code == 0 and out["valid"] is True
+    assert out["billable"] is False and out["failed_gates"] == ["pre_registration"]
 
 
 def test_verify_rejects_change_wrong_key_and_missing_signature(rendered, tmp_path):
