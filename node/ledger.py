@@ -502,6 +502,19 @@ class PrivacyLedger:
             )
         return body, charge
 
+    def latest_view(self, prefix: str) -> dict | None:
+        """The body (parsed JSON) of the newest stored view whose key starts with ``prefix``, or
+        None: lets a caller whose keys are ``<definition>:<inputs>`` say what changed since the
+        last release of the same definition."""
+        with self.engine.connect() as conn:
+            body = conn.execute(
+                select(views.c.body)
+                .where(views.c.key.startswith(prefix, autoescape=True))
+                .order_by(views.c.created_at.desc(), views.c.release_id.desc())
+                .limit(1)
+            ).scalar()
+        return json.loads(body) if body is not None else None
+
     @staticmethod
     def _gaussian(query: str, sigma, sensitivity) -> tuple[float, float]:
         sigma, sensitivity = float(sigma), float(sensitivity)

@@ -9,7 +9,8 @@ Endpoints (JSON in and out; OpenAPI at ``/openapi.json``, docs at ``/docs``)::
     GET  /v1/model           any role      the model card: version, training record, metrics
     POST /v1/score           underwriter   one person's probability and tier
     POST /v1/score/batch     underwriter   up to 10 000 persons at once
-    GET  /v1/groups?by=…     hr            counts per tier by department / age band (k, DP)
+    GET  /v1/groups?by=…     hr            risk profiles by department, age band, job type (DP,
+                                           suppressed, charged once; format=csv for export)
 
 ``admin`` may call everything. Keys come in the ``X-API-Key`` header: absent, unknown, expired
 or revoked → 401, known but the wrong role → 403. Invalid bodies → 422 naming the field
@@ -19,20 +20,19 @@ both before the key is checked (:mod:`node.api.middleware`, which also writes th
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from fastapi import Depends, FastAPI, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.security import APIKeyHeader
 
 from node.api.auth import HEADER, ApiKey, KeyRing
 from node.api.errors import ApiError, install_error_handlers
-from node.api.groups import GROUPINGS, GroupPolicy, exact_counts, group_frame, noisy_cells
+from node.api.groups import GroupPolicy, GroupViews, data_version, group_frame, view_csv
 from node.api.metrics import ApiMetrics
 from node.api.middleware import STATE_KEY, BodyGate, RequestContext
 from node.api.ready import ReadinessProbe
@@ -51,12 +51,11 @@ from node.api.schemas import (
 from node.risk.model_store import ModelStore, StoredModel
 from node.risk.scoring import Scorer, read_book, score_book
 from shared.dp.mechanisms import secure_rng
+from shared.errors import DataError, SpecError
 from shared.features import FEATURE_NAMES, FEATURES
 from shared.risk.arch import REFERENCE
 from shared.risk.tiers import TIERS
 
-GroupBy = Literal["department", "age_band", "department,age_band"]
-assert set(GroupBy.__args__) == set(GROUPINGS)  # type: ignore[attr-defined]
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut},
     403: {"model": ErrorOut},
@@ -100,93 +99,36 @@ class _ServerTiming:
         await self.app(scope, receive, timed_send)
 
 
-class _GroupViews:
-    """Computes each grouping's noisy view once (charging the ledger first), then serves it again.
+def group_views(
+    book: pd.DataFrame | str | Path | Callable[[], pd.DataFrame | str | Path | None] | None,
+    *,
+    scorer: Scorer,
+    policy: GroupPolicy,
+    ledger,
+    rng: np.random.Generator | None = None,
+) -> GroupViews:
+    """The group views of ``book`` scored by ``scorer`` (no book: views unavailable; a callable:
+    read at the first request). Shared by the API and ``rehealth node groups`` so both store and
+    find a view under the same key."""
 
-    With a ledger, the released view is stored in the ledger's database with the charge that
-    paid for it (:meth:`node.ledger.PrivacyLedger.release_once`), keyed by the book's groups,
-    the model version, the grouping and the noise policy: a restart serves the same noisy view
-    instead of drawing (and paying for) a fresh one that could be averaged with the first.
-    """
+    def prepare(source=book) -> tuple[pd.DataFrame | None, str]:
+        frame = read_book(source) if isinstance(source, (str, Path)) else source
+        if frame is None:
+            return None, ""
+        frame = frame.reset_index(drop=True)
+        scored = score_book(frame, scorer)
+        return group_frame(
+            frame.assign(tier=scored["tier"], probability=scored["probability"])
+        ), data_version(frame)
 
-    def __init__(
-        self,
-        groups: pd.DataFrame | None,
-        *,
-        policy: GroupPolicy,
-        version: str,
-        ledger,
-        rng: np.random.Generator,
-    ):
-        self.groups, self.policy, self.version = groups, policy, version
-        self.ledger, self.rng = ledger, rng
-        self._cache: dict[str, GroupView] = {}
-        self._lock = threading.Lock()
-        # ε needs the accountant (an opacus/torch import): pay that at start-up, not per request.
-        self.epsilon = policy.epsilon if groups is not None else float("nan")
-        self._fingerprint = _groups_fingerprint(groups) if groups is not None else ""
-
-    def _view(self, by: str, labels: list[str], counts: np.ndarray) -> GroupView:
-        cells = noisy_cells(labels, counts, policy=self.policy, rng=self.rng)
-        return GroupView(
-            by=by,
-            k=self.policy.k,
-            sigma=self.policy.sigma,
-            epsilon=self.epsilon,
-            delta=self.policy.delta,
-            model_version=self.version,
-            cells=cells,
-        )
-
-    def _key(self, by: str) -> str:
-        import hashlib
-        import json
-
-        p = self.policy
-        what = json.dumps(
-            {
-                "by": by,
-                "k": p.k,
-                "sigma": p.sigma,
-                "delta": p.delta,
-                "model": self.version,
-                "groups": self._fingerprint,
-            },
-            sort_keys=True,
-        )
-        return "group_view:" + hashlib.sha256(what.encode()).hexdigest()
-
-    def get(self, by: str) -> GroupView:
-        if self.groups is None:
-            raise ApiError(404, "no scored book is loaded at this node: group views unavailable")
-        with self._lock:
-            if by not in self._cache:
-                labels, counts = exact_counts(self.groups, by=by)
-                if self.ledger is None:  # noised, not accounted (tests, demos without a node)
-                    self._cache[by] = self._view(by, labels, counts)
-                else:  # pay before anything noisy exists; a view released before is re-served
-                    body, charge = self.ledger.release_once(
-                        key=self._key(by),
-                        study_id="group-view",
-                        query=f"group_view:{by}",
-                        sigma=self.policy.sigma,
-                        sensitivity=1.0,
-                        make=lambda: self._view(by, labels, counts).model_dump_json(),
-                    )
-                    self._cache[by] = GroupView.model_validate_json(body)
-                    if charge is not None:  # the response is all that is left to send
-                        self.ledger.mark_sent(charge.id)
-            return self._cache[by]
-
-
-def _groups_fingerprint(groups: pd.DataFrame) -> str:
-    """SHA-256 of every person's (department, age band, tier), in order: the view's exact input.
-    Per-person rows make it a high-entropy digest, unlike a digest of the count table."""
-    import hashlib
-
-    digest = hashlib.sha256(",".join(map(str, groups.columns)).encode())
-    digest.update(pd.util.hash_pandas_object(groups, index=False).to_numpy().tobytes())
-    return digest.hexdigest()
+    return GroupViews(
+        (lambda: prepare(book())) if callable(book) else prepare(),
+        policy=policy,
+        model_version=scorer.version,
+        cutoffs=scorer.cutoffs,
+        ledger=ledger,
+        rng=rng if rng is not None else secure_rng(),
+    )
 
 
 def _scores(scorer: Scorer) -> bool:
@@ -216,7 +158,7 @@ def create_app(
     model_dir: str | Path | None = None,
     version: str | None = None,
     cutoffs: Sequence[float] | None = None,
-    book: pd.DataFrame | str | Path | None = None,
+    book: pd.DataFrame | str | Path | Callable[[], pd.DataFrame | str | Path | None] | None = None,
     group_policy: GroupPolicy = GroupPolicy(),
     ledger=None,
     rng: np.random.Generator | None = None,
@@ -230,8 +172,9 @@ def create_app(
         keys: a :class:`KeyRing`, a keys file path, or ``{plaintext key: role}``.
         model: the model to serve; or ``model_dir`` (+ ``version``, default the latest).
         cutoffs: tier cut-offs overriding the model's recorded ones.
-        book: the scored population for group views (DataFrame or CSV/Parquet path with the
-            16 features, ``department`` and ``age`` or ``age_band``); ``None`` disables them.
+        book: the population for group views (DataFrame or CSV/Parquet path with the 16
+            features, ``department``, ``job_type`` and ``age`` or ``age_band``; or a callable
+            returning one, called at the first group request); ``None`` disables them.
         group_policy: k-suppression and Gaussian noise of group views.
         ledger: the node's :class:`node.ledger.PrivacyLedger` (``ledger_url`` in node.toml);
             each group view is charged to its population budget — the one studies and risk
@@ -252,14 +195,7 @@ def create_app(
     )
     stored = _load_model(model, model_dir, version)
     scorer = Scorer.from_model(stored, cutoffs=cutoffs)
-    frame = read_book(book) if isinstance(book, (str, Path)) else book
-    groups = None
-    if frame is not None:
-        scored = score_book(frame, scorer)
-        groups = group_frame(frame.reset_index(drop=True).assign(tier=scored["tier"]))
-    views = _GroupViews(
-        groups, policy=group_policy, version=stored.version, ledger=ledger, rng=rng or secure_rng()
-    )
+    views = group_views(book, scorer=scorer, policy=group_policy, ledger=ledger, rng=rng)
 
     app = FastAPI(
         title="ReHealth node scoring API",
@@ -408,7 +344,22 @@ def create_app(
         responses={**_ERRORS, 404: {"model": ErrorOut}},
         dependencies=[Depends(require("hr"))],
     )
-    def group_view(by: GroupBy = Query("department")) -> GroupView:
-        return views.get(by)
+    def group_view(
+        by: str = Query(
+            "department",
+            description="Dimensions, comma-separated: any of department, age_band, job_type",
+            examples=["department,job_type"],
+        ),
+        format: Literal["json", "csv"] = Query("json", description="json, or csv for export"),
+    ) -> Any:
+        try:
+            view = views.get(by)
+        except SpecError as e:
+            raise ApiError(422, str(e), field="by") from None
+        except DataError as e:
+            raise ApiError(404, str(e)) from None
+        if format == "csv":
+            return PlainTextResponse(view_csv(view), media_type="text/csv")
+        return view
 
     return app

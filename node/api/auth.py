@@ -3,7 +3,7 @@
 Roles and what they may do::
 
     underwriter   score persons (real-time and batch), read the model card
-    hr            group views only (counts per tier, suppressed and noised), the model card
+    hr            group risk profiles only (node.api.groups: noised, suppressed), the model card
     ops           operations only: ``/metrics`` (no person's score, no group view)
     admin         everything
 

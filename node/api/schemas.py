@@ -53,20 +53,53 @@ class BatchOut(_Body):
 
 
 class GroupCell(_Body):
-    group: str
+    group: str = Field(description="The group's label: its values joined by ' / '")
+    values: dict[str, str] = Field(description="The group's value of each dimension")
     tier: Tier
-    count: int | None = Field(description="DP-noised count; null when suppressed (below k)")
+    count: int | None = Field(description="DP-noised count; null when suppressed, never 0 for it")
+    suppressed: bool
+    reason: Literal["small", "complementary"] | None = Field(
+        description="small: noisy count below k; complementary: withheld so margins do not reveal another"
+    )
+
+
+class GroupRow(_Body):
+    group: str
+    values: dict[str, str]
+    people: int | None = Field(description="Sum of the group's noisy tier counts; null below k")
+    mean_risk: float | None = Field(description="Noisy mean predicted risk; null when people is")
     suppressed: bool
 
 
+class Superseded(_Body):
+    released_at: str | None
+    model_version: str | None
+    data_version: str | None
+    changed: list[Literal["model", "data"]]
+
+
 class GroupView(_Body):
-    by: str
+    by: str = Field(description="The view's dimensions, comma-separated, in canonical order")
+    dimensions: list[str]
     k: int = Field(description="Cells whose noisy count is below k are suppressed")
-    sigma: float = Field(description="Std of the Gaussian noise added to each count")
-    epsilon: float = Field(description="ε of this release at delta (each person in one cell)")
+    sigma: float = Field(description="Std of the Gaussian noise added to each count and risk sum")
+    sensitivity: float = Field(description="L2 sensitivity of the release (√2: one count, one risk sum)")
+    epsilon: float = Field(description="ε of this release at delta")
     delta: float
     model_version: str
+    data_version: str = Field(description="Digest prefix of the population the view was drawn from")
+    released_at: str
+    supersedes: Superseded | None = Field(
+        description="The previous release of this view definition, and what changed since"
+    )
+    charged_now: bool = Field(description="Whether this request paid for a new release")
+    note: str
     cells: list[GroupCell]
+    groups: list[GroupRow]
+    tier_totals: dict[str, int | None]
+    total: int | None
+    suppressed_cells: int
+    complementary_cells: int
 
 
 class ModelOut(_Body):

@@ -9,6 +9,7 @@ from node.cli import (  # noqa: E402,F401
     apikey,  # noqa: E402,F401
     backup,  # noqa: E402,F401
     budget,  # noqa: E402,F401
+    groups,  # noqa: E402,F401
     ingest,
     init,
     intervention,

@@ -18,10 +18,12 @@ def serve(
     models: Path = typer.Option(None, "--model-dir", help="Model store (default <node dir>/models)."),
     version: str = typer.Option(None, "--version", help="Model version (default: the latest)."),
     keys: Path = typer.Option(None, "--keys-file", help="API keys (default: api_keys_path)."),
-    book: Path = typer.Option(None, "--book", help="CSV/Parquet population for HR group views."),
+    book: Path = typer.Option(
+        None, "--book", help="CSV/Parquet population for HR group views (default: the node store's persons)."
+    ),
     cutoffs: str = typer.Option(None, "--cutoffs", help="Tier cut-offs, e.g. 0.05,0.1,0.2."),
-    k: int = typer.Option(10, "--k", help="Group views: suppress cells below k."),
-    sigma: float = typer.Option(2.0, "--sigma", help="Group views: Gaussian noise per count."),
+    k: int = typer.Option(None, "--k", help="Group views: suppress cells below k (default: min_cell)."),
+    sigma: float = typer.Option(2.0, "--sigma", help="Group views: Gaussian noise per count and risk sum."),
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(8080, "--port"),
     log_format: str = LOG_FORMAT_OPTION,
@@ -34,25 +36,27 @@ def serve(
     import uvicorn
 
     from node.api.app import MAX_BODY_BYTES, create_app
-    from node.api.groups import GroupPolicy
+    from node.cli.groups import group_policy, population
 
     with errors_to_exit():
         cfg = node_config(config)
         _, level = setup_node_logging(cfg, log_format, log_level)
         ledger = None
+        # the store's persons are read at the first group request, not at start-up
+        people = book if book is not None or cfg is None else (lambda: population(cfg, None))
         if cfg is not None:
             from node.ledger import PrivacyLedger
 
             ledger = PrivacyLedger(cfg.ledger_url)  # the population's one budget (and /readyz's)
             ledger.ensure_budget(epsilon=cfg.budget.epsilon, delta=cfg.budget.delta)
-        policy = GroupPolicy(k=k, sigma=sigma, delta=cfg.budget.delta if cfg else 1e-6)
+        policy = group_policy(cfg, k=k, sigma=sigma)
         api_cfg = cfg.api if cfg is not None else None
         api = create_app(
             keys=keys_file(cfg, keys),
             model_dir=model_dir(cfg, config, models),
             version=version,
             cutoffs=parse_cutoffs(cutoffs),
-            book=book,
+            book=people,
             group_policy=policy,
             ledger=ledger,
             store_url=cfg.store_url if cfg is not None else None,

@@ -1,7 +1,8 @@
 """Group views charge the node's privacy ledger before release: `rehealth node serve --config`.
 
 A node made by `rehealth node init` (budget ε = 10, δ = 1e-6 by default) serves group views at
-σ = 0.9; each grouping is one Gaussian release of sensitivity 1. The ledger (node.toml's
+σ = 0.9·√2; each grouping is one Gaussian release of sensitivity √2 (counts and risk sums), so a
+noise multiplier of 0.9. The ledger (node.toml's
 ``ledger_url``: the population budget studies draw from too) must record each view once — repeats,
 and a restarted server, serve the stored view — and refuse the release that would exceed the budget
 with a clear JSON error, leaving the ledger unchanged.
@@ -26,6 +27,7 @@ from shared.dp.accounting import epsilon_spent
 from shared.synth import generate_cohort
 
 REHEALTH = str(Path(sys.executable).parent / "rehealth")
+SIGMA = 0.9 * 2**0.5
 
 
 def _free_port() -> int:
@@ -64,7 +66,7 @@ def test_group_views_are_charged_once_and_refused_over_budget(tmp_path):
         "--book",
         str(node / "book.parquet"),
         "--sigma",
-        "0.9",
+        repr(SIGMA),
         "--host",
         "127.0.0.1",
     ]
@@ -74,14 +76,16 @@ def test_group_views_are_charged_once_and_refused_over_budget(tmp_path):
         with httpx.Client(base_url=base, headers={"X-API-Key": key}, timeout=30) as client:
             first = client.get("/v1/groups", params={"by": "department"})
             assert first.status_code == 200, first.text
-            assert client.get("/v1/groups", params={"by": "department"}).json() == first.json()
+            again = client.get("/v1/groups", params={"by": "department"}).json()
+            assert again["cells"] == first.json()["cells"] and not again["charged_now"]
             assert [r.query for r in ledger.history()] == ["group_view:department"]
     finally:
         _stop(proc)
     proc, base = _serve(serve)  # a restart serves the stored view: no fresh draw, no new charge
     try:
         with httpx.Client(base_url=base, headers={"X-API-Key": key}, timeout=30) as client:
-            assert client.get("/v1/groups", params={"by": "department"}).json() == first.json()
+            again = client.get("/v1/groups", params={"by": "department"}).json()
+            assert again["cells"] == first.json()["cells"] and not again["charged_now"]
             assert [r.query for r in ledger.history()] == ["group_view:department"]
             assert client.get("/v1/groups", params={"by": "age_band"}).status_code == 200
             refused = client.get("/v1/groups", params={"by": "department,age_band"})
@@ -89,7 +93,7 @@ def test_group_views_are_charged_once_and_refused_over_budget(tmp_path):
         assert "budget" in refused.json()["error"] and "left" in refused.json()["error"]
         history = ledger.history()
         assert [r.query for r in history] == ["group_view:department", "group_view:age_band"]
-        assert all(r.sigma == 0.9 and r.sensitivity == 1.0 for r in history)
+        assert all(r.sigma == SIGMA and r.sensitivity == pytest.approx(2**0.5) for r in history)
         assert [r.status for r in history] == ["sent", "sent"]  # answered, so recorded as sent
         assert ledger.state().spent <= cfg.budget.epsilon
     finally:

@@ -161,7 +161,8 @@ def test_b_group_views_and_studies_draw_from_one_budget(spec, tmp_path):
     ledger = runtime.ledger()
 
     # HR group view, served by the node API: charged to the population budget
-    with _book_app(node_dir, PrivacyLedger(cfg.ledger_url), sigma=2.0) as client:  # ε ≈ 2.25
+    # a view releases counts and risk sums (sensitivity √2): σ = 2√2 is a noise multiplier of 2
+    with _book_app(node_dir, PrivacyLedger(cfg.ledger_url), sigma=2.0 * np.sqrt(2.0)) as client:  # ε ≈ 2.25
         assert client.get("/v1/groups", params={"by": "department"}).status_code == 200
     after_view = ledger.spent()
     assert after_view > 0
@@ -180,7 +181,7 @@ def test_b_group_views_and_studies_draw_from_one_budget(spec, tmp_path):
 
     # what is left is shared: a view that fit the whole budget alone is refused now
     # (exact accountant: ε ≈ 2.03 alone, ≈ 3.20 on top of the first view and the study's plan)
-    with _book_app(node_dir, PrivacyLedger(cfg.ledger_url), sigma=2.2) as client:
+    with _book_app(node_dir, PrivacyLedger(cfg.ledger_url), sigma=2.2 * np.sqrt(2.0)) as client:
         refused = client.get("/v1/groups", params={"by": "age_band"})
     assert refused.status_code == 409 and "left" in refused.json()["error"]
 
