@@ -1055,13 +1055,15 @@ def _undo_earlier(store: Store, kind: str, *, name: str, sha: str) -> list[int]:
     """Undo every finished ingest of ``kind`` with this file name or these bytes."""
     f = ingested_files
     with store.engine.connect() as conn:
-        ids = conn.execute(
-            select(f.c.id)
-            .where(f.c.kind == kind, f.c.status.in_(("done", "failed")))
-            .where((f.c.name == name[:255]) | (f.c.sha256 == sha))
-            .order_by(f.c.id)
-        ).scalars()
-        ids = list(ids)
+        ids = [
+            int(i)
+            for i in conn.execute(
+                select(f.c.id)
+                .where(f.c.kind == kind, f.c.status.in_(("done", "failed")))
+                .where((f.c.name == name[:255]) | (f.c.sha256 == sha))
+                .order_by(f.c.id)
+            ).scalars()
+        ]
     for i in ids:
         undo_file(store, i)
     return ids

@@ -226,7 +226,10 @@ def _text_error(path: Path, offset: int, what: str, *, gz: bool) -> DataError:
             "a byte-order mark: re-export it as CSV UTF-8); no row was stored"
         )
     else:
-        hint = f"the text is probably Latin-1/Windows-1252: {_REEXPORT}"
+        hint = (
+            f'the text is probably Latin-1/Windows-1252: {_REEXPORT}, or set encoding = "cp1252" '
+            "in a mapping file (--mapping)"
+        )
     return DataError(f"{path.name}: {what} at {where} (line {line}): {hint}", row=max(line - 1, 0))
 
 
