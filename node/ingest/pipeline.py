@@ -255,7 +255,8 @@ def ingest_file(
         header = read_header(src, delimiter=plan.delimiter)
         columns = plan_columns(header, spec, dict(extract.columns) if extract else (mapping or {}))
         check_columns(src, columns)
-        unmapped = [c for c in header if c.strip() and c not in columns and c not in ignore]
+        # a kind's ``ignored`` columns (the flat cohort's site, index_date) are expected there
+        unmapped = [c for c in header if c.strip() and c not in columns and c not in ignore | spec.ignored]
         if unmapped:  # names only, never silently dropped
             log.info("%s: column(s) not read: %s", path.name, ", ".join(unmapped))
         extras = [c for c in columns.values() if c not in {f.name for f in spec.fields}]
