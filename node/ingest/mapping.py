@@ -181,20 +181,34 @@ def apply_mapping(chunk: pd.DataFrame, spec: KindSpec, mapping: ExtractMapping) 
 
 def _codes(col: pd.Series, codes: dict[str, float | str]) -> pd.Series:
     table = {str(k).strip().casefold(): v for k, v in codes.items()}
-    key = col.astype("string").str.strip().str.casefold()
-    mapped = key.map(table)
-    return col.astype(object).where(mapped.isna(), mapped.astype(object))
+    raw = col.to_numpy(dtype=object)
+    key = pd.Series(raw, index=col.index, dtype=object).astype(str).str.strip().str.casefold()
+    mapped = key.map(table).to_numpy(dtype=object)
+    hit = ~pd.isna(mapped) & ~pd.isna(raw)
+    out = raw.copy()
+    out[hit] = mapped[hit]
+    return pd.Series(out, index=col.index, dtype=object)
 
 
 def _number(col: pd.Series, *, decimal: str, factor: float) -> pd.Series:
+    """Numbers with ``decimal`` as the decimal mark, times ``factor``. A float column (blank
+    cells NaN) when every cell converts — the validator's fast path; otherwise an object column
+    holding the cells that do not convert as they were."""
     if pd.api.types.is_numeric_dtype(col.dtype) and not pd.api.types.is_bool_dtype(col.dtype):
-        return col.astype(float) * factor if factor != 1.0 else col
-    text = col.astype("string").str.strip()
+        return col.astype(float).mul(factor).round(6) if factor != 1.0 else col
+    raw = col.to_numpy(dtype=object)
+    text = pd.Series(raw, index=col.index, dtype=object).astype(str).str.strip()
+    blank = pd.isna(raw) | (text == "").to_numpy()
     if decimal == ",":
         text = text.str.replace(",", ".", regex=False)
-    num = pd.to_numeric(text, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+    num = pd.to_numeric(text.where(~blank), errors="coerce").to_numpy(dtype=float, na_value=np.nan)
     parsed = np.isfinite(num)
-    values = col.astype(object).to_numpy(copy=True)
+    if factor != 1.0:  # 6 decimals of mmol/L: far below any lab's precision, and no float noise
+        num = np.round(num * factor, 6)  # (347.985 mg/dL LDL must be 9.0, not 9.0000000001)
+        factor = 1.0
+    if (parsed | blank).all():
+        return pd.Series(np.where(parsed, num * factor, np.nan), index=col.index, dtype=float)
+    values = raw.copy()
     values[parsed] = num[parsed] * factor
     return pd.Series(values, index=col.index, dtype=object)
 

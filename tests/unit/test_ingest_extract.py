@@ -13,14 +13,16 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from sqlalchemy import func, select, text
 from typer.testing import CliRunner
 
 from node.cli import app
 from node.ingest import ingest_file
-from node.ingest.mapping import UNIT_FACTORS, load_mapping
+from node.ingest.mapping import UNIT_FACTORS, apply_mapping, load_mapping
 from node.ingest.pipeline import undo_file
+from node.ingest.schema import spec_for
 from node.ledger import PrivacyLedger
 from node.pseudonym import Pseudonymizer
 from node.store import open_store
@@ -158,6 +160,15 @@ def test_unit_factors_are_the_clinical_ones():
     assert 200 * UNIT_FACTORS[("ldl", "mg/dL")] == pytest.approx(5.17, abs=0.005)
     assert 150 * UNIT_FACTORS[("triglycerides", "mg/dL")] == pytest.approx(1.69, abs=0.005)
     assert 100 * UNIT_FACTORS[("glucose", "mg/dL")] == pytest.approx(5.55, abs=0.005)
+
+
+def test_a_value_at_a_bound_stays_inside_it_after_conversion(mapping):
+    """347.985 mg/dL LDL is 9.0 mmol/L, the upper bound: float noise must not push it out."""
+    spec = spec_for("persons")
+    frame = pd.DataFrame({"ldl": ["347,985", "19,3325", "", "abc"], "sex": ["M ", "w", "", "x"]})
+    out = apply_mapping(frame, spec, mapping)
+    assert out["ldl"].tolist()[:2] == [9.0, 0.5] and out["ldl"][2] == "" and out["ldl"][3] == "abc"
+    assert out["sex"].tolist()[:2] == [1, 0] and out["sex"][3] == "x"  # an unknown code is not guessed
 
 
 def test_a_semicolon_file_without_the_delimiter_says_so(tmp_path, pseudo):
