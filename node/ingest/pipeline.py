@@ -19,7 +19,14 @@ re-run resumes after the last committed chunk.
 Corrections: a row whose natural key is already stored (by another file or the API) and whose
 values are the same is counted ``already stored``; one whose values differ is refused into
 the quarantine with reason :data:`CONFLICTS_WITH_STORED` (field: the first that differs). The
-stored row is never changed and the correction never dropped silently.
+stored row is never changed and the correction never dropped silently. A corrected *file*
+replaces the old one whole: ``replace=True`` (or :func:`undo_file` first) removes every row the
+earlier ingest of that file stored, then loads it; the privacy ledger is never refunded.
+
+A mapping file (:mod:`node.ingest.mapping`) converts a site's own extract chunk by chunk before
+validation. ``dry_run=True`` runs the same reading, conversion and validation and writes
+nothing. The quarantine gate (:func:`gate`) rejects a file with too many quarantined rows after
+it loaded: its rows are removed again, its quarantine kept for the viewer.
 """
 
 from __future__ import annotations
@@ -59,7 +66,9 @@ from node.ingest.readers import (
 )
 from node.ingest.schema import ID_FIELD, KindSpec, spec_for
 from node.ingest.validate import (
+    BAD_DATE,
     CONFLICTS_WITH_STORED,
+    WRONG_TYPE,
     ChunkResult,
     Pseudonymize,
     duplicate_flag,
@@ -349,7 +358,7 @@ class _Plan:
             yield chunk, first_row, last_row
 
     def validate(self, chunk: pd.DataFrame, first_row: int) -> ChunkResult:
-        return validate_chunk(
+        result = validate_chunk(
             chunk,
             self.spec,
             first_row=first_row,
@@ -358,6 +367,29 @@ class _Plan:
             time_zone=self.time_zone,
             missing_ok=self.missing_ok,
         )
+        if self.extract is None or result.problems.empty:
+            return result
+        return ChunkResult(
+            result.rows, describe_in_mapping_terms(result.problems, self.extract), result.notes
+        )
+
+
+def describe_in_mapping_terms(problems: pd.DataFrame, extract: ExtractMapping) -> pd.DataFrame:
+    """Details in the file's own terms: a bad date against the mapping's date format, a wrong
+    type against the mapping's codes (the codes are the mapping's, never a row's value)."""
+    p = problems.copy()
+    if extract.date_format:
+        bad_date = (p["reason"] == BAD_DATE).to_numpy() & p["detail"].astype(str).str.contains(
+            "YYYY-MM-DD"
+        ).to_numpy()
+        fmt = extract.date_format.replace("%d", "dd").replace("%m", "mm").replace("%Y", "yyyy")
+        p.loc[bad_date, "detail"] = p.loc[bad_date, "field"] + f" is not a date {fmt} in 1900..2100"
+    for name, codes in extract.codes.items():
+        wrong = ((p["reason"] == WRONG_TYPE) & (p["field"] == name)).to_numpy()
+        p.loc[wrong, "detail"] = (
+            f"{name} is none of the mapping's codes ({', '.join(codes)}) and not a number"
+        )
+    return p
 
 
 def gate(summary: IngestSummary, max_quarantine: float | None) -> str | None:

@@ -227,8 +227,8 @@ def _text_error(path: Path, offset: int, what: str, *, gz: bool) -> DataError:
         )
     else:
         hint = (
-            f'the text is probably Latin-1/Windows-1252: {_REEXPORT}, or set encoding = "cp1252" '
-            "in a mapping file (--mapping)"
+            'the text is probably Latin-1/Windows-1252: set encoding = "cp1252" in a mapping file '
+            f"(--mapping), or {_REEXPORT}"
         )
     return DataError(f"{path.name}: {what} at {where} (line {line}): {hint}", row=max(line - 1, 0))
 

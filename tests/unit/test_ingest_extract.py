@@ -368,6 +368,8 @@ def test_viewer_and_errors_never_show_a_value(node_dir, tmp_path):
     text_out = "\n".join(r.output for r in outputs)
     assert all(r.exit_code in (0, 1) for r in outputs), text_out
     assert "ldl" in text_out and "wrong type" in text_out  # it does say what and where
+    assert "index_date is not a date dd.mm.yyyy" in text_out  # in the file's own terms
+    assert "sex is none of the mapping's codes (m, w)" in text_out
     for secret in (
         SECRET_LDL,
         SECRET_SEX,
