@@ -454,3 +454,24 @@ def test_a_mapping_naming_an_unknown_field_or_unit_is_refused(tmp_path):
         load_mapping(bad)
     shutil.copy(EXAMPLE, bad)
     assert load_mapping(bad).date_format == "%d.%m.%Y"
+
+
+def test_cli_undo_and_replace(node_dir, tmp_path):
+    path = write_extract(tmp_path / "export.csv")
+    ingest = ["ingest", str(path), "-k", "persons", "--mapping", str(EXAMPLE), "--format", "json"]
+    first = json.loads(_cli(node_dir, *ingest).output)
+    again = json.loads(_cli(node_dir, *ingest).output)
+    assert again["already_ingested"] and _persons_count(node_dir) == N_GOOD
+    replaced = _cli(node_dir, *ingest, "--replace")
+    assert replaced.exit_code == 0, replaced.output
+    out = json.loads(replaced.output)
+    assert out["replaced"] == [first["file_id"]] and out["loaded"] == N_GOOD
+    res = _cli(node_dir, "ingest-undo", str(out["file_id"]))
+    assert res.exit_code == 0 and f"{N_GOOD:,} row(s)" in res.output and "ledger is unchanged" in res.output
+    assert _persons_count(node_dir) == 0
+    listed = json.loads(_cli(node_dir, "quarantine", "list", "--format", "json").output)["files"]
+    assert [(f["id"], f["status"]) for f in listed] == [(out["file_id"], "undone")]
+    res = _cli(node_dir, "quarantine", "show", "42")
+    assert res.exit_code == 1 and "no ingested file with id 42" in res.output
+    res = _cli(node_dir, *ingest, "--max-quarantine", "12")
+    assert res.exit_code == 1 and "--max-quarantine" in res.output
