@@ -54,7 +54,9 @@ metadata = MetaData()
 
 
 def _feature_columns(*, nullable: bool = False) -> list[Column]:
-    return [Column(f.name, Float, nullable=nullable) for f in FEATURES]
+    """The 16 feature columns; ``nullable`` for all but age (never kept missing: its band is
+    derived from it). Schema revision 0002 made persons' nullable."""
+    return [Column(f.name, Float, nullable=nullable and f.name != "age") for f in FEATURES]
 
 
 def _pseudonym(primary_key: bool = False) -> Column:

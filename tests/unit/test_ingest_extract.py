@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import create_engine, func, inspect, select, text
 from typer.testing import CliRunner
 
 from node.cli import app
@@ -27,6 +27,7 @@ from node.ledger import PrivacyLedger
 from node.pseudonym import Pseudonymizer
 from node.store import open_store
 from node.store.models import ingested_files, metadata, persons, quarantine
+from node.store.schema import MIGRATIONS, migrate
 from node.trajectory import derive_cohort
 from shared.errors import DataError
 
@@ -475,3 +476,33 @@ def test_cli_undo_and_replace(node_dir, tmp_path):
     assert res.exit_code == 1 and "no ingested file with id 42" in res.output
     res = _cli(node_dir, *ingest, "--max-quarantine", "12")
     assert res.exit_code == 1 and "--max-quarantine" in res.output
+
+
+def test_a_store_from_before_the_policy_is_migrated_to_keep_missing_values(
+    store_url, tmp_path, pseudo, mapping
+):
+    """Schema revision 0002 makes persons' features (but age) nullable; a 0001 store gets it."""
+    old = tmp_path / "migrations-0001"
+    shutil.copytree(MIGRATIONS, old, ignore=shutil.ignore_patterns("__pycache__", "0002_*"))
+    engine = create_engine(store_url)
+    assert migrate(engine, "old store", script_location=old) == (None, "0001")
+
+    def nullable() -> dict[str, bool]:
+        return {c["name"]: c["nullable"] for c in inspect(engine).get_columns("persons")}
+
+    assert not nullable()["ldl"]
+    store = open_store(store_url)  # brings it to this code's head
+    assert nullable()["ldl"] and not nullable()["age"]
+    rows = [_good(i) for i in range(5)]
+    rows[1]["LDL"] = ""
+    s = ingest_file(
+        store,
+        write_extract(tmp_path / "export.csv", rows),
+        kind="persons",
+        pseudonymize=pseudo.many,
+        site_id=SITE,
+        extract=mapping,
+        missing_ok=frozenset({"ldl"}),
+    )
+    assert (s.loaded, s.quarantined) == (5, 0)
+    engine.dispose()
