@@ -17,6 +17,7 @@ from sqlalchemy.engine import make_url
 
 from node.files import read_toml
 from shared.errors import SpecError
+from shared.features import FEATURES
 from shared.study import format_validation_error
 
 CONFIG_NAME = "node.toml"
@@ -100,6 +101,39 @@ class LogSection(_Model):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
+#: Features whose blank cell may be kept (``indicator``): continuous ones but age (its band is
+#: derived from it and every view groups by it).
+MISSING_OK_FEATURES = tuple(f.name for f in FEATURES if f.kind == "continuous" and f.name != "age")
+
+
+class IngestSection(_Model):
+    """What ingestion does with a blank feature cell in a persons file, per feature.
+
+    ``quarantine`` (the default): the row is quarantined (``missing field``). ``indicator``:
+    the person is kept with the value missing (stored NULL, counted in the ingest summary);
+    risk scoring leaves such a person out explicitly, and a study leaves them out of analyses
+    that use that feature (:func:`node.trajectory.derive_cohort` counts them in its attrition),
+    so one blank LDL no longer removes a person from everything else.
+    """
+
+    missing: dict[str, Literal["quarantine", "indicator"]] = {}
+
+    @field_validator("missing")
+    @classmethod
+    def _known_features(cls, v: dict[str, str]) -> dict[str, str]:
+        for name in v:
+            if name not in MISSING_OK_FEATURES:
+                raise ValueError(
+                    f"{name!r} cannot have a missing-value policy: one of {', '.join(MISSING_OK_FEATURES)}"
+                )
+        return v
+
+    @property
+    def missing_ok(self) -> frozenset[str]:
+        """The features kept as missing when blank."""
+        return frozenset(n for n, p in self.missing.items() if p == "indicator")
+
+
 class NodeConfig(_Model):
     site_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     store_url: str = "sqlite:///node.db"
@@ -111,6 +145,7 @@ class NodeConfig(_Model):
     time_zone: str = "UTC"
     budget: Budget = Budget()
     data: DataPaths = DataPaths()
+    ingest: IngestSection = IngestSection()
     federation: FederationSection | None = None
     api: ApiSection | None = None
     log: LogSection = LogSection()
@@ -223,4 +258,11 @@ delta = 1e-6
 # interventions = "data/interventions.csv"
 # outcomes = "data/outcomes.csv"
 # cohort = "data/cohort.csv"
+
+# What ingestion does with a blank feature cell in a persons file: "quarantine" (the default:
+# the row is refused) or "indicator" (the person is kept with the value missing; scoring and
+# studies that need the feature leave them out, counted). See docs/USAGE.md.
+[ingest.missing]
+# ldl = "indicator"
+# glucose = "indicator"
 '''

@@ -28,7 +28,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import pandas as pd
 from pydantic import ValidationError
@@ -113,6 +113,7 @@ def derive_cohort(
     followup_days: int,
     grace_days: int | None = None,
     treatment_column: str = "treated",
+    covariates: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """A study cohort from persons + trajectory log + outcomes (see the module docstring).
 
@@ -124,6 +125,10 @@ def derive_cohort(
         grace_days: treated only if X starts within this many days of the index (None: any
             time up to ``index_end``).
         treatment_column: name of the 0/1 treatment column.
+        covariates: the features the study adjusts for (default: all 16). A person kept by
+            the ``indicator`` missing-value policy with one of these missing is left out,
+            counted as ``missing_feature`` in the attrition; a missing feature the study does
+            not use leaves them in (its column is then NaN: the study must not read it).
 
     Returns:
         One row per eligible person: the 16 features, ``treatment_column`` and
@@ -157,6 +162,12 @@ def derive_cohort(
         ).where(outcomes.c.period_start >= index_start, outcomes.c.period_start < horizon),
     )
 
+    used = list(FEATURE_NAMES if covariates is None else covariates)
+    unknown = [c for c in used if c not in FEATURE_NAMES]
+    if unknown:
+        raise DataError(f"unknown covariate(s) {', '.join(unknown)}", field="covariates")
+    incomplete = people[used].isna().any(axis=1)
+    people = people[~incomplete].copy()
     people["index_date"] = pd.to_datetime(people["index_date"])
     in_window = people["index_date"].between(pd.Timestamp(index_start), pd.Timestamp(index_end))
     df = people[in_window]
@@ -185,7 +196,8 @@ def derive_cohort(
     frame = df[list(FEATURE_NAMES) + [treatment_column, *OUTCOME_COLUMNS]].astype(float)
     frame = frame.reset_index(drop=True)
     frame.attrs["attrition"] = {
-        "persons": int(len(people)),
+        "persons": int(len(people) + incomplete.sum()),
+        "missing_feature": int(incomplete.sum()),
         "index_outside_window": int((~in_window).sum()),
         "prior_exposure": int(prior.sum()),
         "no_followup_outcome": int(no_outcome.sum()),

@@ -19,7 +19,8 @@ from node.cli._dataplane import (
 )
 from node.config import NodeConfig
 from node.ingest import DEFAULT_CHUNK_ROWS, KINDS, IngestSummary, ingest_file
-from node.ingest.pipeline import FileRefused
+from node.ingest.mapping import load_mapping
+from node.ingest.pipeline import FileRefused, gate, undo_file
 from node.ingest.validate import CONFLICTS_WITH_STORED
 from shared.errors import DataError
 
@@ -35,6 +36,26 @@ def parse_mapping(pairs: list[str]) -> dict[str, str]:
     return mapping
 
 
+#: Exit code of a file the quarantine gate rejected (1: an error; 2: a usage error).
+EXIT_GATE = 3
+
+
+def parse_fraction(text: str | None) -> float | None:
+    """``"5%"`` or ``"0.05"`` -> 0.05; None stays None."""
+    if text is None:
+        return None
+    t = text.strip()
+    try:
+        value = float(t[:-1]) / 100 if t.endswith("%") else float(t)
+    except ValueError:
+        raise DataError(
+            f"--max-quarantine expects a percentage (5%) or a fraction (0.05), got {text!r}"
+        ) from None
+    if not 0 <= value <= 1:
+        raise DataError(f"--max-quarantine must lie between 0% and 100%, got {text!r}")
+    return value
+
+
 @app.command("ingest")
 def ingest(
     file: Path = typer.Argument(
@@ -43,6 +64,22 @@ def ingest(
     kind: str = typer.Option(..., "--kind", "-k", help=f"One of: {', '.join(KINDS)}."),
     config: Path = CONFIG_OPTION,
     mapping: list[str] = typer.Option([], "--map", help="site_column=our_column (repeatable)."),
+    mapping_file: Path = typer.Option(
+        None,
+        "--mapping",
+        help="A mapping file (TOML): columns, codes, units, date format, delimiter, decimal comma, encoding.",
+    ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Show what would load and be quarantined; write nothing."
+    ),
+    max_quarantine: str = typer.Option(
+        None,
+        "--max-quarantine",
+        help="Reject the file (exit 3) if more rows than this are quarantined: 5% or 0.05.",
+    ),
+    replace: bool = typer.Option(
+        False, "--replace", help="Undo earlier ingests of this file (same name or bytes) first, then load it."
+    ),
     chunk_rows: int = typer.Option(
         DEFAULT_CHUNK_ROWS, "--chunk-rows", min=1, help="Rows per chunk: memory grows with it."
     ),
@@ -52,12 +89,17 @@ def ingest(
 
     Invalid rows go to quarantine with their reason; rows for people (or events) already
     stored with other values are refused into the quarantine too (corrections are not
-    applied); re-ingesting the same file changes nothing. A file loads whole or not at all:
-    exit code 0 even if rows were quarantined, 1 if the file was refused (nothing of it is
-    stored; the error names the line or row group and what to do).
+    applied); re-ingesting the same file changes nothing (--replace undoes the earlier
+    ingest first). Exit code 0 when the file loaded (even with rows quarantined), 1 if it was
+    refused (nothing of it is stored; the error names the line or row group and what to do),
+    3 if the quarantine gate rejected it: every row quarantined, or more than
+    --max-quarantine (its loaded rows are removed again, its quarantine rows kept for
+    `rehealth node quarantine show`). --dry-run exits 3 too when the file would be rejected.
     """
     check_format(fmt)
     with errors_to_exit():
+        limit = parse_fraction(max_quarantine)
+        extract = load_mapping(mapping_file) if mapping_file is not None else None
         cfg, store, pseudo = open_node(config)
         try:
             file = file or _configured_file(cfg, kind)
@@ -71,16 +113,52 @@ def ingest(
                     mapping=parse_mapping(mapping),
                     chunk_rows=chunk_rows,
                     time_zone=cfg.time_zone,
+                    extract=extract,
+                    missing_ok=cfg.ingest.missing_ok,
+                    dry_run=dry_run,
+                    max_quarantine=limit,
+                    replace=replace,
                 )
             except DataError as e:
                 print_refused(e, Path(file).name, kind, fmt)
                 raise
         finally:
             store.engine.dispose()
+    rejected = summary.rejected or (gate(summary, limit) if summary.dry_run else None)
     if fmt == "json":
-        echo_json(summary.to_dict())
+        echo_json({**summary.to_dict(), "rejected": rejected})
     else:
-        print_summary(summary)
+        print_summary(summary, rejected)
+    if rejected is not None:
+        raise typer.Exit(EXIT_GATE)
+
+
+@app.command("ingest-undo")
+def ingest_undo(
+    file_id: int = typer.Argument(..., help="The file's id (rehealth node quarantine list)."),
+    config: Path = CONFIG_OPTION,
+    fmt: str = FORMAT_OPTION,
+) -> None:
+    """Remove every row one ingested file stored (and its quarantine rows), so a corrected
+    file, or the same file with a corrected mapping, can be ingested again.
+
+    Privacy budget already spent on releases that used these rows stays spent: the ledger is
+    never refunded.
+    """
+    check_format(fmt)
+    with errors_to_exit():
+        _cfg, store, _pseudo = open_node(config)
+        try:
+            done = undo_file(store, file_id)
+        finally:
+            store.engine.dispose()
+    if fmt == "json":
+        echo_json(done.to_dict())
+    else:
+        typer.echo(
+            f"undid {done.file} ({done.kind}, id {done.file_id}): {done.rows_removed:,} row(s) and "
+            f"{done.quarantine_removed:,} quarantine row(s) removed; the privacy ledger is unchanged"
+        )
 
 
 def _configured_file(cfg: NodeConfig, kind: str) -> Path:
@@ -90,19 +168,42 @@ def _configured_file(cfg: NodeConfig, kind: str) -> Path:
     return path
 
 
-def print_summary(s: IngestSummary) -> None:
+def print_summary(s: IngestSummary, rejected: str | None = None) -> None:
     out = Console()
     title = f"{s.file} ({s.kind})" + (" - already ingested, nothing changed" if s.already_ingested else "")
+    if s.dry_run:
+        title = f"{s.file} ({s.kind}) - DRY RUN, nothing written" + (
+            " (this file was ingested before)" if s.already_ingested else ""
+        )
     table = Table(title=title, show_header=False)
     table.add_column(justify="left")
     table.add_column(justify="right")
+    would = "would be " if s.dry_run else ""
     table.add_row("rows read", f"{s.rows:,}")
-    table.add_row("[green]loaded[/green]", f"{s.loaded:,}")
-    table.add_row("already stored", f"{s.already_present:,}")
-    table.add_row("[yellow]quarantined[/yellow]", f"{s.quarantined:,}")
+    table.add_row(f"[green]{would}loaded[/green]", f"{s.loaded:,}")
+    table.add_row("already stored" if not s.dry_run else "key already stored", f"{s.already_present:,}")
+    table.add_row(f"[yellow]{would}quarantined[/yellow]", f"{s.quarantined:,}")
     for reason, n in sorted(s.by_reason.items(), key=lambda kv: -kv[1]):
         table.add_row(f"  {reason}", f"{n:,}")
+    for note, n in s.notes.items():
+        table.add_row(f"kept: {note}", f"{n:,}")
     out.print(table)
+    for where, rows in s.problem_rows.items():
+        shown = ", ".join(str(r) for r in rows[:20]) + (" …" if len(rows) > 20 else "")
+        out.print(f"  {where}: rows {shown}", highlight=False)
+    if s.unmapped_columns:
+        out.print(
+            f"column(s) not read (map them, or list them under ignore in the mapping file): "
+            f"{', '.join(s.unmapped_columns)}",
+            highlight=False,
+        )
+    if s.replaced:
+        out.print(
+            f"replaced earlier ingest(s) {', '.join(map(str, s.replaced))} (undone first)", highlight=False
+        )
+    if rejected is not None:
+        what = "would be rejected" if s.dry_run else "REJECTED: its loaded rows were removed again"
+        out.print(f"[red]{what}[/red]: {rejected}", highlight=False)
     conflicts = s.by_reason.get(CONFLICTS_WITH_STORED, 0)
     if conflicts:
         out.print(
@@ -110,9 +211,10 @@ def print_summary(s: IngestSummary) -> None:
             "refused (corrections are not applied; see the ingest section of docs/USAGE.md)",
             highlight=False,
         )
-    if s.quarantined:
+    if s.quarantined and not s.dry_run:
         out.print(
-            "quarantined rows (file, row, field, reason) are in the store's quarantine table", highlight=False
+            f"quarantined rows (row, field, reason): rehealth node quarantine show {s.file_id}",
+            highlight=False,
         )
 
 

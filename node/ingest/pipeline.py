@@ -19,32 +19,56 @@ re-run resumes after the last committed chunk.
 Corrections: a row whose natural key is already stored (by another file or the API) and whose
 values are the same is counted ``already stored``; one whose values differ is refused into
 the quarantine with reason :data:`CONFLICTS_WITH_STORED` (field: the first that differs). The
-stored row is never changed and the correction never dropped silently.
+stored row is never changed and the correction never dropped silently. A corrected *file*
+replaces the old one whole: ``replace=True`` (or :func:`undo_file` first) removes every row the
+earlier ingest of that file stored, then loads it; the privacy ledger is never refunded.
+
+A mapping file (:mod:`node.ingest.mapping`) converts a site's own extract chunk by chunk before
+validation. ``dry_run=True`` runs the same reading, conversion and validation and writes
+nothing. The quarantine gate (:func:`gate`) rejects a file with too many quarantined rows after
+it loaded: its rows are removed again, its quarantine kept for the viewer.
 """
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import datetime as dt
+import gzip
 import json
 import logging
+import tempfile
 import threading
 import time
+from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from itertools import repeat
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from sqlalchemy import Connection, delete, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
+from node.ingest.mapping import ExtractMapping, apply_mapping
 from node.ingest.quarantine import counts_by_reason, write_problems
-from node.ingest.readers import check_columns, iter_chunks, plan_columns, preflight, read_header, sniff
+from node.ingest.readers import (
+    BLOCK,
+    check_columns,
+    file_format,
+    iter_chunks,
+    plan_columns,
+    preflight,
+    read_header,
+    sniff,
+)
 from node.ingest.schema import ID_FIELD, KindSpec, spec_for
 from node.ingest.validate import (
+    BAD_DATE,
     CONFLICTS_WITH_STORED,
+    WRONG_TYPE,
     ChunkResult,
     Pseudonymize,
     duplicate_flag,
@@ -73,6 +97,20 @@ class IngestSummary:
     by_reason: dict[str, int] = field(default_factory=dict)
     already_ingested: bool = False
     seconds: float = 0.0
+    #: the file's columns no field reads and the mapping does not ``ignore`` (names only)
+    unmapped_columns: list[str] = field(default_factory=list)
+    #: rows kept with a change (the node's site id, a missing value kept): counts by note
+    notes: dict[str, int] = field(default_factory=dict)
+    #: ``--dry-run``: nothing was written; ``loaded``/``quarantined`` say what would be
+    dry_run: bool = False
+    #: why the quarantine gate refused the file (its loaded rows were removed), else None
+    rejected: str | None = None
+    #: ids of earlier ingests of this file undone by ``replace``
+    replaced: list[int] = field(default_factory=list)
+    #: ``"field: reason"`` -> quarantined data-row numbers (dry run; never values)
+    problem_rows: dict[str, list[int]] = field(default_factory=dict)
+    #: the file's id in ``ingested_files`` (for ``rehealth node quarantine show`` / undo)
+    file_id: int | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -158,6 +196,11 @@ def ingest_file(
     mapping: Mapping[str, str] | None = None,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     time_zone: str = "UTC",
+    extract: ExtractMapping | None = None,
+    missing_ok: frozenset[str] = frozenset(),
+    dry_run: bool = False,
+    max_quarantine: float | None = None,
+    replace: bool = False,
 ) -> IngestSummary:
     """Validate, pseudonymise and store one CSV or Parquet file of ``kind``.
 
@@ -170,6 +213,18 @@ def ingest_file(
         mapping: ``{site column: our column}`` for files with their own column names.
         chunk_rows: rows per chunk (memory is proportional to it).
         time_zone: the site's time zone (node config ``time_zone``): dates are calendar days there.
+        extract: a mapping file (:mod:`node.ingest.mapping`): columns, codes, units, dates,
+            delimiter, decimal comma, encoding. Not together with ``mapping``.
+        missing_ok: persons number fields kept as missing when blank (the node config's
+            ``indicator`` policy) instead of quarantining the row.
+        dry_run: validate and count only; nothing is written (not even the file's job).
+        max_quarantine: the quarantine gate, a fraction of the rows (0.05 = 5 %). Beyond it,
+            and always when no row loads, the file is rejected: its loaded rows are removed,
+            its quarantine rows kept for the viewer, the job marked ``failed``
+            (``summary.rejected`` says why).
+        replace: undo earlier ingests of this file (same name or same bytes, same kind) before
+            loading it: how a corrected file, or the same file with a corrected mapping, is
+            re-ingested. Releases already made from the old rows stay charged in the ledger.
 
     Returns:
         The :class:`IngestSummary`.
@@ -187,36 +242,75 @@ def ingest_file(
     spec = spec_for(kind)
     if not path.is_file():
         raise DataError(f"input file {path} not found")
-    sniff(path)  # the first block: empty, a workbook or archive, UTF-16 — before the header
-    columns = plan_columns(read_header(path), spec, mapping or {})
-    check_columns(path, columns)
-    extras = [c for c in columns.values() if c not in {f.name for f in spec.fields}]
-    if extras:  # names only: an operator should see every column that will be stored
-        log.info("%s: storing extra numeric column(s) %s", path.name, ", ".join(extras))
-    sha = preflight(path)  # every byte, in the pass that hashes the file
-    job = _open_job(store, sha=sha, kind=spec.kind, name=path.name)
-    if job.status == "done":
-        log.info("%s (%s) was ingested before (sha256 %s…): nothing to do", path.name, kind, sha[:12])
-        return _summary(store, job.id, already=True, seconds=time.perf_counter() - t0)
-    if job.rows_done:
-        log.info("resuming %s after data row %d", path.name, job.rows_done)
-    progress = _Progress(read=job.rows_done)
-    try:
-        _load(store, path, spec, job, columns, progress, chunk_rows, site_id, pseudonymize, time_zone)
-    except Exception as e:  # noqa: BLE001 - any failure but an interruption rolls the file back
-        refused = _roll_back(store, path, spec, job, progress, e)
-        if refused is None:  # a bug, not the file's fault: its traceback (never locals) is needed
-            if isinstance(e, _WriteFailed) and e.__cause__ is not None:
-                raise e.__cause__  # noqa: B904 - the bug itself, raised on the writer thread
-            raise
-        raise refused from None
+    if extract is not None and mapping:
+        raise DataError("give the column mapping either as --map flags or in a mapping file, not both")
+    if max_quarantine is not None and not 0 <= max_quarantine <= 1:
+        raise DataError("the quarantine limit must be a fraction in [0, 1] (e.g. 0.05 or 5%)")
+    if extract is not None:
+        extract.check(spec)
+    ignore = set(extract.ignore) if extract else set()
+    plan = _Plan(
+        spec=spec,
+        extract=extract,
+        missing_ok=missing_ok if spec.kind == "persons" else frozenset(),
+        delimiter=extract.delimiter if extract else None,
+        site_id=site_id,
+        pseudonymize=pseudonymize,
+        time_zone=time_zone,
+        chunk_rows=chunk_rows,
+    )
+    with _utf8(path, extract) as src:
+        sniff(src)  # the first block: empty, a workbook or archive, UTF-16 — before the header
+        header = read_header(src, delimiter=plan.delimiter)
+        columns = plan_columns(header, spec, dict(extract.columns) if extract else (mapping or {}))
+        check_columns(src, columns)
+        # a kind's ``ignored`` columns (the flat cohort's site, index_date) are expected there
+        unmapped = [c for c in header if c.strip() and c not in columns and c not in ignore | spec.ignored]
+        if unmapped:  # names only, never silently dropped
+            log.info("%s: column(s) not read: %s", path.name, ", ".join(unmapped))
+        extras = [c for c in columns.values() if c not in {f.name for f in spec.fields}]
+        if extras:  # names only: an operator should see every column that will be stored
+            log.info("%s: storing extra numeric column(s) %s", path.name, ", ".join(extras))
+        sha = preflight(src)  # every byte, in the pass that hashes the file
+        if dry_run:
+            return _dry_run(store, src, plan, columns, sha=sha, unmapped=unmapped, t0=t0)
+        replaced = _undo_earlier(store, spec.kind, name=path.name, sha=sha) if replace else []
+        job = _open_job(store, sha=sha, kind=spec.kind, name=path.name)
+        if job.status == "done":
+            log.info("%s (%s) was ingested before (sha256 %s…): nothing to do", path.name, kind, sha[:12])
+            return _summary(store, job.id, already=True, seconds=time.perf_counter() - t0, unmapped=unmapped)
+        if job.rows_done:
+            log.info("resuming %s after data row %d", path.name, job.rows_done)
+        progress = _Progress(read=job.rows_done)
+        try:
+            notes = _load(store, src, plan, job, columns, progress)
+        except Exception as e:  # noqa: BLE001 - any failure but an interruption rolls the file back
+            refused = _roll_back(store, path, spec, job, progress, e)
+            if refused is None:  # a bug, not the file's fault: its traceback (never locals) is needed
+                if isinstance(e, _WriteFailed) and e.__cause__ is not None:
+                    raise e.__cause__  # noqa: B904 - the bug itself, raised on the writer thread
+                raise
+            raise refused from None
     with store.engine.begin() as conn:
         conn.execute(
             update(ingested_files)
             .where(ingested_files.c.id == job.id)
             .values(status="done", finished_at=_now())
         )
-    summary = _summary(store, job.id, already=False, seconds=time.perf_counter() - t0)
+    summary = _summary(
+        store,
+        job.id,
+        already=False,
+        seconds=time.perf_counter() - t0,
+        unmapped=unmapped,
+        notes=notes,
+        replaced=replaced,
+    )
+    rejected = gate(summary, max_quarantine)
+    if rejected is not None:
+        _reject(store, spec, job.id, rejected)
+        log.info("%s: rejected by the quarantine gate: %s", path.name, rejected)
+        return _replace_summary(summary, rejected=rejected)
     log.info(
         "ingested %s (%s): %d rows, %d loaded, %d already stored, %d quarantined %s",
         path.name,
@@ -230,20 +324,104 @@ def ingest_file(
     return summary
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """How a file's chunks are read, converted and validated (the same for load and dry run)."""
+
+    spec: KindSpec
+    extract: ExtractMapping | None
+    missing_ok: frozenset[str]
+    delimiter: str | None
+    site_id: str
+    pseudonymize: Pseudonymize
+    time_zone: str
+    chunk_rows: int
+
+    def chunks(
+        self, path: Path, columns: Mapping[str, str], *, rows_done: int = 0
+    ) -> Iterator[tuple[pd.DataFrame, int, int]]:
+        text = self.spec.text_columns
+        if self.extract is not None:
+            text |= self.extract.text_columns(self.spec)
+        for chunk, first_row, last_row in _pending_chunks(
+            path,
+            columns,
+            self.spec,
+            chunk_rows=self.chunk_rows,
+            rows_done=rows_done,
+            text_columns=text,
+            delimiter=self.delimiter,
+        ):
+            _check_text(path, self.spec, chunk, first_row)
+            if self.extract is not None:
+                chunk = apply_mapping(chunk, self.spec, self.extract)
+            yield chunk, first_row, last_row
+
+    def validate(self, chunk: pd.DataFrame, first_row: int) -> ChunkResult:
+        result = validate_chunk(
+            chunk,
+            self.spec,
+            first_row=first_row,
+            site_id=self.site_id,
+            pseudonymize=self.pseudonymize,
+            time_zone=self.time_zone,
+            missing_ok=self.missing_ok,
+        )
+        if self.extract is None or result.problems.empty:
+            return result
+        return ChunkResult(
+            result.rows, describe_in_mapping_terms(result.problems, self.extract), result.notes
+        )
+
+
+def describe_in_mapping_terms(problems: pd.DataFrame, extract: ExtractMapping) -> pd.DataFrame:
+    """Details in the file's own terms: a bad date against the mapping's date format, a wrong
+    type against the mapping's codes (the codes are the mapping's, never a row's value)."""
+    p = problems.copy()
+    if extract.date_format:
+        bad_date = (p["reason"] == BAD_DATE).to_numpy() & p["detail"].astype(str).str.contains(
+            "YYYY-MM-DD"
+        ).to_numpy()
+        fmt = extract.date_format.replace("%d", "dd").replace("%m", "mm").replace("%Y", "yyyy")
+        p.loc[bad_date, "detail"] = p.loc[bad_date, "field"] + f" is not a date {fmt} in 1900..2100"
+    for name, codes in extract.codes.items():
+        wrong = ((p["reason"] == WRONG_TYPE) & (p["field"] == name)).to_numpy()
+        p.loc[wrong, "detail"] = (
+            f"{name} is none of the mapping's codes ({', '.join(codes)}) and not a number"
+        )
+    return p
+
+
+def gate(summary: IngestSummary, max_quarantine: float | None) -> str | None:
+    """Why the quarantine gate refuses ``summary``'s file, or None: more than
+    ``max_quarantine`` of its rows quarantined, or (always) rows read and none of them kept."""
+    if summary.rows and summary.loaded + summary.already_present == 0:
+        return f"every row ({summary.rows:,}) was quarantined"
+    if max_quarantine is not None and summary.quarantined > max_quarantine * summary.rows:
+        return (
+            f"{summary.quarantined:,} of {summary.rows:,} rows quarantined "
+            f"({summary.quarantined / summary.rows:.1%}), more than the limit of {max_quarantine:.1%}"
+        )
+    return None
+
+
+def _replace_summary(summary: IngestSummary, **changes) -> IngestSummary:
+    return IngestSummary(**{**asdict(summary), **changes})
+
+
 def _load(
     store: Store,
     path: Path,
-    spec: KindSpec,
+    plan: _Plan,
     job: _Job,
     columns: Mapping[str, str],
     progress: _Progress,
-    chunk_rows: int,
-    site_id: str,
-    pseudonymize: Pseudonymize,
-    time_zone: str,
-) -> None:
-    """Validate and store the chunks after ``job.rows_done``, one transaction per chunk."""
-    chunks = _pending_chunks(path, columns, spec, chunk_rows=chunk_rows, rows_done=job.rows_done)
+) -> dict[str, int]:
+    """Validate and store the chunks after ``job.rows_done``, one transaction per chunk;
+    returns the chunks' notes, summed."""
+    spec = plan.spec
+    notes: Counter[str] = Counter()
+    chunks = plan.chunks(path, columns, rows_done=job.rows_done)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-writer") as writer:
         # Validate chunk k+1 while chunk k commits, which SQLite does without the GIL. Not
         # while chunk k's rows are inserted: the driver takes the GIL back for every row, so
@@ -252,15 +430,8 @@ def _load(
         writing: Future | None = None
         for chunk, first_row, last_row in chunks:
             progress.read = last_row
-            _check_text(path, spec, chunk, first_row)
-            result = validate_chunk(
-                chunk,
-                spec,
-                first_row=first_row,
-                site_id=site_id,
-                pseudonymize=pseudonymize,
-                time_zone=time_zone,
-            )
+            result = plan.validate(chunk, first_row)
+            notes.update(result.notes)
             del chunk
             batch = _Batch(result, _column_lists(result.rows), first_row, last_row)
             if writing is not None:
@@ -270,6 +441,7 @@ def _load(
             staged.wait()
         if writing is not None:
             writing.result()
+    return dict(notes)
 
 
 def _check_text(path: Path, spec: KindSpec, chunk: pd.DataFrame, first_row: int) -> None:
@@ -294,11 +466,20 @@ def _check_text(path: Path, spec: KindSpec, chunk: pd.DataFrame, first_row: int)
 
 
 def _pending_chunks(
-    path: Path, columns: Mapping[str, str], spec: KindSpec, *, chunk_rows: int, rows_done: int
+    path: Path,
+    columns: Mapping[str, str],
+    spec: KindSpec,
+    *,
+    chunk_rows: int,
+    rows_done: int,
+    text_columns: frozenset[str],
+    delimiter: str | None,
 ) -> Iterator[tuple[pd.DataFrame, int, int]]:
     """``(chunk, first_row, last_row)`` for the data rows after ``rows_done`` (a resume)."""
     next_row = 1
-    for chunk in iter_chunks(path, columns, chunk_rows=chunk_rows, text_columns=spec.text_columns):
+    for chunk in iter_chunks(
+        path, columns, chunk_rows=chunk_rows, text_columns=text_columns, delimiter=delimiter
+    ):
         first_row, next_row = next_row, next_row + len(chunk)
         if next_row - 1 <= rows_done:
             continue  # committed by an earlier, interrupted run
@@ -449,10 +630,19 @@ def _column_lists(rows: pd.DataFrame) -> list[list]:
     inserts keep B-tree writes local). Built on the caller's thread, off the writer's path;
     the writer zips them into one row tuple at a time."""
     order = np.argsort(rows["pseudonym"].to_numpy(dtype=str), kind="stable")
-    lists = {c: rows[c].to_numpy()[order].tolist() for c in rows.columns}
+    lists = {c: _nulls(rows[c].to_numpy()[order]) for c in rows.columns}
     if "extras" in lists:
         lists["extras"] = [_db_value(v) for v in lists["extras"]]
     return list(lists.values())
+
+
+def _nulls(v: np.ndarray) -> list:
+    """A column as a Python list, NaN as None: a missing feature kept by the ``indicator``
+    policy must reach PostgreSQL as NULL, not as the float NaN."""
+    out = v.tolist()
+    if v.dtype.kind == "f" and np.isnan(v).any():
+        out = [None if x != x else x for x in out]
+    return out
 
 
 def _now() -> dt.datetime:
@@ -465,7 +655,8 @@ def _open_job(store: Store, *, sha: str, kind: str, name: str) -> _Job:
         row = conn.execute(
             select(f.c.id, f.c.rows_done, f.c.status).where(f.c.sha256 == sha, f.c.kind == kind)
         ).first()
-        if row is not None and row.status == "failed":  # refused and rolled back: afresh
+        if row is not None and row.status in ("failed", "undone"):  # refused, rejected or undone: afresh
+            conn.execute(delete(quarantine).where(quarantine.c.ingest_id == row.id))
             conn.execute(
                 update(f)
                 .where(f.c.id == row.id)
@@ -685,7 +876,16 @@ def _first_extra(ours: dict | None, theirs: dict | None) -> str:
     return "extras"
 
 
-def _summary(store: Store, job_id: int, *, already: bool, seconds: float) -> IngestSummary:
+def _summary(
+    store: Store,
+    job_id: int,
+    *,
+    already: bool,
+    seconds: float,
+    unmapped: Sequence[str] = (),
+    notes: Mapping[str, int] | None = None,
+    replaced: Sequence[int] = (),
+) -> IngestSummary:
     f = ingested_files
     with store.engine.connect() as conn:
         job = conn.execute(select(f).where(f.c.id == job_id)).mappings().one()
@@ -701,4 +901,215 @@ def _summary(store: Store, job_id: int, *, already: bool, seconds: float) -> Ing
         by_reason=by_reason,
         already_ingested=already,
         seconds=round(seconds, 3),
+        unmapped_columns=list(unmapped),
+        notes=dict(notes or {}),
+        replaced=list(replaced),
+        file_id=job_id,
     )
+
+
+# --- text encodings ------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _utf8(path: Path, extract: ExtractMapping | None) -> Iterator[Path]:
+    """``path`` itself, or a UTF-8 copy of it under the same name when the mapping names
+    another encoding (a Windows-1252 export). The copy sits in a private temporary folder
+    (mode 0700) on this machine and is removed afterwards; the file's identity (SHA-256) is
+    then that of the UTF-8 text, the same for every run.
+
+    Raises:
+        DataError: a byte is not valid in the named encoding (offset given, never the byte).
+    """
+    if extract is None or extract.utf8 or file_format(path) != "csv":
+        yield path
+        return
+    gz = path.name.lower().endswith(".gz")
+    with tempfile.TemporaryDirectory(prefix="rehealth-ingest-") as tmp:
+        out = Path(tmp) / path.name
+        decoder = codecs.getincrementaldecoder(extract.encoding)("strict")
+        offset = 0
+        with (
+            gzip.open(path, "rb") if gz else open(path, "rb") as src,
+            gzip.open(out, "wb") if gz else open(out, "wb") as dst,
+        ):
+            while block := src.read(BLOCK):
+                try:
+                    dst.write(decoder.decode(block).encode("utf-8"))
+                except UnicodeDecodeError as e:
+                    raise DataError(
+                        f"{path.name}: byte {offset + e.start} is not valid {extract.encoding}: "
+                        "check the mapping file's encoding; no row was stored"
+                    ) from None
+                offset += len(block)
+            dst.write(decoder.decode(b"", final=True).encode("utf-8"))
+        yield out
+
+
+# --- dry run -------------------------------------------------------------------------------
+
+#: Row numbers listed per (field, reason) in a dry run's summary (the counts are complete).
+MAX_LISTED_ROWS = 1000
+
+
+def _dry_run(
+    store: Store,
+    path: Path,
+    plan: _Plan,
+    columns: Mapping[str, str],
+    *,
+    sha: str,
+    unmapped: Sequence[str],
+    t0: float,
+) -> IngestSummary:
+    """What ingesting would do, written nowhere: rows that would load, rows whose key is
+    already stored (loaded as ``already stored`` if equal, quarantined as conflicts if not),
+    and the quarantine by field and reason with row numbers."""
+    spec = plan.spec
+    key = list(spec.key)
+    seen: set[tuple] = set()
+    rows = valid = stored_keys = 0
+    notes: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    listed: dict[str, list[int]] = {}
+
+    def note_problems(frame: pd.DataFrame) -> None:
+        for r in frame.itertuples(index=False):
+            reasons[r.reason] += 1
+            where = listed.setdefault(f"{r.field}: {r.reason}", [])
+            if len(where) < MAX_LISTED_ROWS:
+                where.append(int(r.row))
+
+    with store.engine.connect() as conn:
+        f = ingested_files
+        done = conn.execute(
+            select(f.c.id).where(f.c.sha256 == sha, f.c.kind == spec.kind, f.c.status == "done")
+        ).first()
+        for chunk, _first, last in plan.chunks(path, columns):
+            rows = last
+            result = plan.validate(chunk, _first)
+            notes.update(result.notes)
+            note_problems(result.problems)
+            ok = result.rows
+            keys = [tuple(_iso_or_self(v) for v in k) for k in ok[key].itertuples(index=False, name=None)]
+            dup = np.array([k in seen for k in keys], dtype=bool)
+            seen.update(keys)
+            if dup.any():  # a repeat of a key from an earlier chunk: the store would refuse it
+                field_name, reason = duplicate_flag(spec)
+                rows_dup = ok["ingest_row"].to_numpy()[dup]
+                note_problems(pd.DataFrame({"row": rows_dup, "field": field_name, "reason": reason}))
+            ok = ok[~dup]
+            valid += len(ok)
+            if len(ok):
+                have = fetch_by_pseudonyms(conn, spec.table, key, ok["pseudonym"].tolist())
+                for k in key[1:]:
+                    have[k] = have[k].map(_iso_or_self)
+                stored_keys += len(ok[key].merge(have.drop_duplicates(), on=key, how="inner"))
+    return IngestSummary(
+        file=path.name,
+        kind=spec.kind,
+        sha256=sha,
+        rows=rows,
+        loaded=valid - stored_keys,
+        already_present=stored_keys,
+        quarantined=sum(reasons.values()),
+        by_reason=dict(sorted(reasons.items())),
+        already_ingested=done is not None,
+        seconds=round(time.perf_counter() - t0, 3),
+        unmapped_columns=list(unmapped),
+        notes=dict(notes),
+        dry_run=True,
+        problem_rows=dict(sorted(listed.items())),
+        file_id=done.id if done is not None else None,
+    )
+
+
+# --- undo, replace and the gate ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UndoSummary:
+    """What undoing one ingested file removed."""
+
+    file_id: int
+    file: str
+    kind: str
+    rows_removed: int
+    quarantine_removed: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def undo_file(store: Store, file_id: int) -> UndoSummary:
+    """Remove every row one ingested file stored, and its quarantine rows, in one transaction;
+    the file is marked ``undone`` and can be ingested again.
+
+    Rows the file found *already stored* (from another file or the API) are not its own and
+    stay. The privacy ledger is a separate database and is not touched: releases already made
+    from these rows stay charged (a refund would let an analyst spend the budget twice on the
+    same people).
+
+    Raises:
+        DataError: no such file id, or its ingest is still running or interrupted (finish it
+            by running the same ingest again, then undo).
+    """
+    f = ingested_files
+    with store.engine.begin() as conn:
+        job = conn.execute(select(f).where(f.c.id == file_id)).mappings().first()
+        if job is None:
+            raise DataError(f"no ingested file with id {file_id} (see: rehealth node quarantine list)")
+        if job["status"] == "running":
+            raise DataError(
+                f"file {file_id} ({job['name']}) is still running or was interrupted: run the same "
+                "ingest again to finish it, then undo it"
+            )
+        table = spec_for(job["kind"]).table
+        removed = conn.execute(delete(table).where(table.c.ingest_id == file_id)).rowcount
+        q_removed = conn.execute(delete(quarantine).where(quarantine.c.ingest_id == file_id)).rowcount
+        conn.execute(
+            update(f)
+            .where(f.c.id == file_id)
+            .values(
+                status="undone",
+                rows_done=0,
+                loaded=0,
+                already_present=0,
+                quarantined=0,
+                finished_at=_now(),
+                error="undone",
+            )
+        )
+    log.info("undid %s (%s, id %d): %d row(s) removed", job["name"], job["kind"], file_id, removed)
+    return UndoSummary(file_id, job["name"], job["kind"], int(removed), int(q_removed))
+
+
+def _undo_earlier(store: Store, kind: str, *, name: str, sha: str) -> list[int]:
+    """Undo every finished ingest of ``kind`` with this file name or these bytes."""
+    f = ingested_files
+    with store.engine.connect() as conn:
+        ids = [
+            int(i)
+            for i in conn.execute(
+                select(f.c.id)
+                .where(f.c.kind == kind, f.c.status.in_(("done", "failed")))
+                .where((f.c.name == name[:255]) | (f.c.sha256 == sha))
+                .order_by(f.c.id)
+            ).scalars()
+        ]
+    for i in ids:
+        undo_file(store, i)
+    return ids
+
+
+def _reject(store: Store, spec: KindSpec, job_id: int, why: str) -> None:
+    """The gate refused the file: its loaded rows go, its quarantine rows stay (for the
+    viewer), the job is ``failed`` with the reason (a re-run starts afresh)."""
+    f = ingested_files
+    with store.engine.begin() as conn:
+        conn.execute(delete(spec.table).where(spec.table.c.ingest_id == job_id))
+        conn.execute(
+            update(f)
+            .where(f.c.id == job_id)
+            .values(status="failed", loaded=0, finished_at=_now(), error=f"rejected: {why}"[:255])
+        )

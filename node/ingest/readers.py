@@ -226,7 +226,10 @@ def _text_error(path: Path, offset: int, what: str, *, gz: bool) -> DataError:
             "a byte-order mark: re-export it as CSV UTF-8); no row was stored"
         )
     else:
-        hint = f"the text is probably Latin-1/Windows-1252: {_REEXPORT}"
+        hint = (
+            'the text is probably Latin-1/Windows-1252: set encoding = "cp1252" in a mapping file '
+            f"(--mapping), or {_REEXPORT}"
+        )
     return DataError(f"{path.name}: {what} at {where} (line {line}): {hint}", row=max(line - 1, 0))
 
 
@@ -331,16 +334,24 @@ def _check_parquet(path: Path) -> None:
 # --- header and chunks -------------------------------------------------------------------
 
 
-def _csv_sep(path: Path) -> str:
+def _csv_sep(path: Path, delimiter: str | None = None) -> str:
+    if delimiter is not None:
+        return delimiter
     return "\t" if path.name.lower().endswith(".tsv") else ","
 
 
-def read_header(path: Path) -> list[str]:
+#: Delimiters a header line read as one column is checked for (what spreadsheets export).
+_OTHER_DELIMITERS = ((";", "semicolon"), ("\t", "tab"), ("|", "pipe"), (",", "comma"))
+
+
+def read_header(path: Path, *, delimiter: str | None = None) -> list[str]:
     """The file's column names exactly as written (pandas would rename a repeated ``age`` to
     ``age.1`` and a blank one to ``Unnamed: 3``).
 
     Raises:
-        DataError: the file cannot be read, has no header line, or repeats a column name.
+        DataError: the file cannot be read, has no header line, repeats a column name, or
+            reads as one column that another delimiter would split (a semicolon CSV read
+            with commas): the error names the delimiter to set.
     """
     if file_format(path) == "parquet":
         try:
@@ -354,13 +365,29 @@ def read_header(path: Path) -> list[str]:
                 if _gzipped(path)
                 else open(path, encoding="utf-8-sig", newline="")
             ) as fh:
-                names = next(csv.reader(fh, delimiter=_csv_sep(path)), [])
+                names = next(csv.reader(fh, delimiter=_csv_sep(path, delimiter)), [])
         except (UnicodeDecodeError, OSError, EOFError, zlib.error, csv.Error):
             raise DataError(f"{path.name}: cannot read the header line: {_REEXPORT}") from None
         if not any(n.strip() for n in names):
             raise DataError(f"{path.name}: the first line holds no column names (a header line is required)")
+        _check_delimiter(path, names, _csv_sep(path, delimiter))
     _check_unique(path, names)
     return names
+
+
+def _check_delimiter(path: Path, names: list[str], used: str) -> None:
+    """A header read as a single column that another delimiter splits is a delimiter mistake,
+    not a file lacking columns: say which delimiter to set (column names are not row values)."""
+    if len(names) != 1:
+        return
+    for sep, word in _OTHER_DELIMITERS:
+        if sep != used and sep in names[0]:
+            n = len(names[0].split(sep))
+            raise DataError(
+                f"{path.name}: the header line reads as one column with delimiter {used!r}, but holds "
+                f"{n} {word}-separated names: the file is {word}-separated; set delimiter = {sep!r} "
+                "in the mapping file (--mapping); no row was stored"
+            )
 
 
 def _check_unique(path: Path, names: list[str]) -> None:
@@ -390,7 +417,10 @@ def plan_columns(header: list[str], spec: KindSpec, mapping: Mapping[str, str]) 
     """
     unknown = [c for c in mapping if c not in header]
     if unknown:
-        raise DataError(f"--map names column(s) not in the file: {', '.join(unknown)}")
+        raise DataError(
+            f"the column mapping names column(s) not in the file: {', '.join(unknown)} "
+            f"(the file's columns: {', '.join(c for c in header if c.strip())})"
+        )
     renamed = {c: mapping.get(c, c) for c in header if c.strip()}
     ours = list(renamed.values())
     clash = sorted({c for c in ours if ours.count(c) > 1})
@@ -434,7 +464,12 @@ def check_columns(path: Path, columns: Mapping[str, str]) -> None:
 
 
 def iter_chunks(
-    path: Path, columns: Mapping[str, str], *, chunk_rows: int, text_columns: frozenset[str] = frozenset()
+    path: Path,
+    columns: Mapping[str, str],
+    *,
+    chunk_rows: int,
+    text_columns: frozenset[str] = frozenset(),
+    delimiter: str | None = None,
 ) -> Iterator[pd.DataFrame]:
     """Chunks of at most ``chunk_rows`` rows, only ``columns``, renamed to ours.
 
@@ -457,7 +492,7 @@ def iter_chunks(
     # taken as the index and every other column shifted by one, silently.
     reader = pd.read_csv(
         path,
-        sep=_csv_sep(path),
+        sep=_csv_sep(path, delimiter),
         dtype=dtype,
         keep_default_na=False,
         na_values=[""],

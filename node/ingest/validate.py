@@ -8,7 +8,7 @@ identifier put in the wrong column). Per-row pydantic would be ~100x slower.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
@@ -59,6 +59,18 @@ class ChunkResult:
 
     rows: pd.DataFrame
     problems: pd.DataFrame
+    #: counts of what was kept but changed, by note (see :data:`SITE_OVERRIDDEN`,
+    #: :func:`missing_kept`): counts only, never a value
+    notes: dict[str, int] = field(default_factory=dict)
+
+
+#: Note: a persons row whose own ``site`` differs from the node's site id (the node's is stored).
+SITE_OVERRIDDEN = "site column differs from the node's site id (the node's is stored)"
+
+
+def missing_kept(name: str) -> str:
+    """Note: a row kept with ``name`` missing, under the ``indicator`` missing-value policy."""
+    return f"kept with {name} missing (missing-value policy: indicator)"
 
 
 class _Flags:
@@ -95,13 +107,17 @@ def _bounds_text(f: FieldSpec) -> str:
     return f"{f.name} outside [{lo}, {hi}]"
 
 
-def _parse_number(col: pd.Series, f: FieldSpec, miss: np.ndarray, flags: _Flags) -> np.ndarray:
+def _parse_number(
+    col: pd.Series, f: FieldSpec, miss: np.ndarray, flags: _Flags, *, missing_ok: bool = False
+) -> np.ndarray:
+    """``missing_ok``: a blank cell is kept as NaN (stored NULL), not quarantined."""
     if pd.api.types.is_numeric_dtype(col.dtype) and not pd.api.types.is_bool_dtype(col.dtype):
         v = col.to_numpy(dtype=float, na_value=np.nan)
     else:
         v = pd.to_numeric(col.where(~miss), errors="coerce").to_numpy(dtype=float, na_value=np.nan)
-    flags.flag(miss, f.name, MISSING, f"{f.name} is empty")
-    flags.flag(~np.isfinite(v), f.name, WRONG_TYPE, f"{f.name} is not a finite number")
+    if not missing_ok:
+        flags.flag(miss, f.name, MISSING, f"{f.name} is empty")
+    flags.flag(~miss & ~np.isfinite(v), f.name, WRONG_TYPE, f"{f.name} is not a finite number")
     with np.errstate(invalid="ignore"):
         if f.type == "binary":
             flags.flag((v != 0) & (v != 1), f.name, OUT_OF_BOUNDS, f"{f.name} must be 0 or 1")
@@ -223,6 +239,7 @@ def validate_chunk(
     site_id: str,
     pseudonymize: Pseudonymize,
     time_zone: str = "UTC",
+    missing_ok: frozenset[str] = frozenset(),
 ) -> ChunkResult:
     """Split one chunk into valid, typed rows and one problem per invalid row.
 
@@ -234,6 +251,8 @@ def validate_chunk(
         pseudonymize: raw ids -> pseudonyms (the raw ids go no further than this call).
         time_zone: the site's IANA time zone (node config ``time_zone``): dates are calendar
             days there (see :func:`_parse_date`).
+        missing_ok: number fields whose blank cells are kept as missing (NaN, stored NULL)
+            instead of quarantining the row: the node config's ``indicator`` policy.
 
     Returns:
         A :class:`ChunkResult`. Duplicates of a natural key *within the chunk* are flagged
@@ -246,6 +265,8 @@ def validate_chunk(
         col = df[f.name] if f.name in df.columns else pd.Series([None] * n, index=df.index, dtype=object)
         if f.type == "date":
             values[f.name] = _parse_date(col, f, _missing(col), flags, time_zone=time_zone)
+        elif f.type == "number" and f.name in missing_ok:
+            values[f.name] = _parse_number(col, f, _missing(col), flags, missing_ok=True)
         else:
             values[f.name] = _PARSERS[f.type](col, f, _missing(col), flags)
     extra_names = _extra_columns(df, spec)
@@ -265,6 +286,7 @@ def validate_chunk(
     _flag_duplicates(values, spec, flags, first_row)
 
     ok = flags.ok
+    notes = _notes(values, spec, ok, site_id, missing_ok)
     rows = _stored_rows(values, spec, ok, site_id, extra_names)
     rows["ingest_row"] = np.arange(first_row, first_row + n)[ok]
     bad = ~ok
@@ -277,7 +299,25 @@ def validate_chunk(
             "pseudonym": pseudonyms[bad],
         }
     )
-    return ChunkResult(rows=rows, problems=problems)
+    return ChunkResult(rows=rows, problems=problems, notes=notes)
+
+
+def _notes(
+    values: dict[str, np.ndarray], spec: KindSpec, ok: np.ndarray, site_id: str, missing_ok: frozenset[str]
+) -> dict[str, int]:
+    """Counts of valid rows kept with a change the operator should know of."""
+    notes: dict[str, int] = {}
+    if "site" in values:
+        site = values["site"][ok]
+        differs = int((~pd.isna(site) & (site != site_id)).sum())
+        if differs:
+            notes[SITE_OVERRIDDEN] = differs
+    for name in sorted(missing_ok):
+        if name in values:
+            n = int(np.isnan(values[name][ok].astype(float)).sum())
+            if n:
+                notes[missing_kept(name)] = n
+    return notes
 
 
 def _extra_columns(df: pd.DataFrame, spec: KindSpec) -> list[str]:
@@ -342,9 +382,8 @@ def _stored_rows(
             v = v.astype(np.int64)
         out[f.name] = v
     out = {"pseudonym": values["pseudonym"][ok], **out}
-    if spec.kind == "persons":
-        site = out["site"]
-        site[pd.isna(site)] = site_id
+    if spec.kind == "persons":  # the node's site id is authoritative (a differing one is a note)
+        out["site"] = np.full(int(ok.sum()), site_id, dtype=object)
         out["age_band"] = _AGE_BAND_BY_YEAR[np.floor(values["age"][ok]).astype(np.int64)]
     if spec.extras:
         extras = pd.DataFrame({name: values[name][ok] for name in extra_names})

@@ -53,8 +53,10 @@ PSEUDONYM_LEN = 64
 metadata = MetaData()
 
 
-def _feature_columns() -> list[Column]:
-    return [Column(f.name, Float, nullable=False) for f in FEATURES]
+def _feature_columns(*, nullable: bool = False) -> list[Column]:
+    """The 16 feature columns; ``nullable`` for all but age (never kept missing: its band is
+    derived from it). Schema revision 0002 made persons' nullable."""
+    return [Column(f.name, Float, nullable=nullable and f.name != "age") for f in FEATURES]
 
 
 def _pseudonym(primary_key: bool = False) -> Column:
@@ -78,7 +80,7 @@ ingested_files = Table(
     Column("sha256", String(64), nullable=False),
     Column("kind", String(16), nullable=False),
     Column("name", String(255), nullable=False),
-    Column("status", String(16), nullable=False),  # running | done | failed
+    Column("status", String(16), nullable=False),  # running | done | failed | undone
     Column("rows_done", Integer, nullable=False, default=0),  # data rows committed so far
     Column("loaded", Integer, nullable=False, default=0),
     Column("already_present", Integer, nullable=False, default=0),
@@ -99,7 +101,9 @@ persons = Table(
     Column("job_type", String(128), nullable=True),
     Column("age_band", String(8), nullable=False),
     Column("index_date", Date, nullable=False),
-    *_feature_columns(),
+    # NULL only under the node's ``indicator`` missing-value policy (node.config IngestSection):
+    # whoever reads persons' features must handle or explicitly exclude it
+    *_feature_columns(nullable=True),
     *_provenance(),
 )
 

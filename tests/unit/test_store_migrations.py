@@ -29,7 +29,7 @@ _PENDING = '''"""A test-only revision: store_meta gets a note column."""
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002"
+revision = "{next}"
 down_revision = "{head}"
 branch_labels = None
 depends_on = None
@@ -109,23 +109,24 @@ def test_a_pending_migration_is_applied_and_older_code_then_refuses(store_url, t
     # a newer build's migrations: the package's plus a 0002 that adds a column
     newer = tmp_path / "migrations"
     shutil.copytree(MIGRATIONS, newer, ignore=shutil.ignore_patterns("__pycache__"))
-    (newer / "versions" / "0002_note.py").write_text(_PENDING.format(head=head_revision()))
+    nxt = f"{int(head_revision()) + 1:04d}"  # the revision after the package's newest
+    (newer / "versions" / f"{nxt}_note.py").write_text(_PENDING.format(head=head_revision(), next=nxt))
     open_store(store_url).engine.dispose()  # at the package's head, with rows below
     engine = create_engine(store_url)
     with engine.begin() as conn:
         conn.execute(insert(models.store_meta), [{"name": "k", "value": "v", "updated_at": NOW}])
     where = "the test store"
-    assert migrate(engine, where, script_location=newer) == (head_revision(), "0002")
-    assert migrate(engine, where, script_location=newer) == ("0002", "0002")  # idempotent
+    assert migrate(engine, where, script_location=newer) == (head_revision(), nxt)
+    assert migrate(engine, where, script_location=newer) == (nxt, nxt)  # idempotent
     with engine.connect() as conn:
         assert conn.execute(text("SELECT name, value, note FROM store_meta")).all() == [("k", "v", None)]
     engine.dispose()
     # this (older) code refuses the store, naming both versions, and leaves it as it was
     with pytest.raises(SchemaTooNewError) as err:
         open_store(store_url)
-    assert "schema version 0002" in str(err.value)
+    assert f"schema version {nxt}" in str(err.value)
     assert f"newest is {head_revision()}" in str(err.value)
-    assert _revision(store_url) == "0002"
+    assert _revision(store_url) == nxt
 
 
 def test_a_store_of_an_unknown_revision_is_refused_before_it_is_read(store_url):
@@ -135,7 +136,7 @@ def test_a_store_of_an_unknown_revision_is_refused_before_it_is_read(store_url):
         conn.execute(text(f"CREATE TABLE {VERSION_TABLE} (version_num VARCHAR(32) NOT NULL)"))
         conn.execute(text(f"INSERT INTO {VERSION_TABLE} VALUES ('9f3a77c0d1e2')"))
     engine.dispose()
-    with pytest.raises(SchemaTooNewError, match=r"9f3a77c0d1e2.*newest is 0001"):
+    with pytest.raises(SchemaTooNewError, match=rf"9f3a77c0d1e2.*newest is {head_revision()}"):
         open_store(store_url)
     assert _revision(store_url) == "9f3a77c0d1e2"
 

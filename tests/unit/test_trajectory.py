@@ -156,6 +156,7 @@ def test_derive_cohort_new_user_design(store_url, tmp_path, valid_person, pseudo
     pd.testing.assert_frame_equal(got.sort_index(), expected)
     assert frame.attrs["attrition"] == {
         "persons": 9,
+        "missing_feature": 0,
         "index_outside_window": 1,
         "prior_exposure": 2,
         "no_followup_outcome": 1,
