@@ -163,7 +163,12 @@ def data_version(book: pd.DataFrame) -> str:
 
 def persons_frame(store_url: str) -> pd.DataFrame:
     """The node store's persons (groups and features, no pseudonym), in pseudonym order — the
-    population HR profiles describe when no book file is given."""
+    population HR profiles describe when no book file is given.
+
+    A person kept with a missing lab value (``[ingest.missing]`` = "indicator") cannot be
+    scored, so is not in the profile: the risk model needs every feature, and imputing one here
+    would put a made-up risk into HR's table. The view's docs say so; the count left out is not
+    released (it would be one more unnoised figure about the workforce)."""
     from sqlalchemy import select
 
     from node.store import models
@@ -178,6 +183,7 @@ def persons_frame(store_url: str) -> pd.DataFrame:
     finally:
         store.engine.dispose()
     frame = pd.DataFrame(rows, columns=[c.name for c in cols])
+    frame = frame.dropna(subset=list(FEATURE_NAMES)).reset_index(drop=True)
     if frame.empty:
         raise DataError("the node store holds no persons: ingest a persons file first (rehealth node ingest)")
     return frame

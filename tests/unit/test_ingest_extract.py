@@ -419,6 +419,11 @@ def test_missing_policy_keeps_a_person_with_a_blank_lab(store_url, tmp_path, pse
     assert derive_cohort(store, **window).attrs["attrition"]["missing_feature"] == 4
     no_labs = [f for f in ("age", "sex", "sbp", "smoker")]
     assert derive_cohort(store, covariates=no_labs, **window).attrs["attrition"]["missing_feature"] == 0
+    # HR's profiles score people: those with a missing lab are left out, never scored on a NaN
+    from node.api.groups import persons_frame
+
+    profiled = persons_frame(store_url)
+    assert len(profiled) == 16 and not profiled.isna().any().any()
 
 
 def test_the_node_config_sets_the_missing_policy(node_dir, tmp_path):
