@@ -29,10 +29,10 @@ class BackupNode:
     def cli(self, *args: str):
         return CliRunner().invoke(app, [*args, "--config", str(self.config)])
 
-    def ingest(self, rows: list[dict], name: str) -> None:
+    def ingest(self, rows: list[dict], name: str, kind: str = "persons") -> None:
         path = self.dir / f"{name}.csv"
         pd.DataFrame(rows).to_csv(path, index=False)
-        res = self.cli("ingest", str(path), "--kind", "persons")
+        res = self.cli("ingest", str(path), "--kind", kind)
         assert res.exit_code == 0, res.output
 
     def pseudonyms(self) -> list[str]:

@@ -11,7 +11,7 @@ Methods (the manifest records which one made a backup; restore uses the same):
   and at least as new as the server.
 - ``logical``: otherwise, for PostgreSQL, every row of every store table read in one
   ``REPEATABLE READ`` transaction and written back in one transaction (rows deleted and
-  re-inserted, id sequences reset). Needs the backup's schema version to be this code's.
+  copied in with ``COPY``, id sequences reset). Needs the backup's schema version to be this code's.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ import sqlite3
 import subprocess
 from pathlib import Path
 
-from sqlalchemy import Connection, Date, DateTime, Table, delete, insert, select, text
+from sqlalchemy import JSON, Connection, Table, delete, select, text
 from sqlalchemy.engine import URL, make_url
 
-from node.store import Store, models
+from node.store import Store, insert_ignore, models
 from node.store.engine import _check_sqlite_location, _create_private_file
 from node.store.schema import VERSION_TABLE, check_known, head_revision
 from shared.errors import DataError, SpecError
@@ -253,22 +253,14 @@ def logical_restore(path: Path, store: Store, where: str) -> None:
 
 
 def _insert(conn: Connection, table: Table | None, cols: list[str], batch: list[list]) -> None:
+    """``COPY`` the rows in (:func:`node.store.insert_ignore`, the ingest path): dates and
+    times stay ISO text, which PostgreSQL parses; JSON columns go back to JSON text."""
     if table is None or not batch:
         return
-    conv = []
-    for c in cols:
-        t = table.c[c].type
-        conv.append(
-            dt.datetime.fromisoformat
-            if isinstance(t, DateTime)
-            else dt.date.fromisoformat
-            if isinstance(t, Date)
-            else None
-        )
-    rows = [
-        {c: (f(v) if f is not None and v is not None else v) for c, f, v in zip(cols, conv, r)} for r in batch
-    ]
-    conn.execute(insert(table), rows)
+    as_json = [isinstance(table.c[c].type, JSON) for c in cols]
+    rows = (tuple(json.dumps(v) if j and v is not None else v for j, v in zip(as_json, r)) for r in batch)
+    if insert_ignore(conn, table, cols, rows) != len(batch):
+        raise DataError(f"the logical copy holds duplicate rows in table {table.name}")
 
 
 def _reset_sequences(conn: Connection) -> None:

@@ -8,12 +8,12 @@ import sqlite3
 
 import pytest
 from backup_node import SITE, make_node
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, select
 
 from node.backup import backup_node, restore_node
 from node.backup.archive import write_archive
 from node.pseudonym import key_fingerprint, load_or_create_key
-from node.store import models
+from node.store import models, open_store
 from node.store.schema import VERSION_TABLE, SchemaTooNewError, head_revision
 from shared.errors import DataError, SpecError
 
@@ -22,6 +22,10 @@ from shared.errors import DataError, SpecError
 def node(tmp_path, store_url, valid_person):
     n = make_node(tmp_path, store_url)
     n.ingest([valid_person(f"E-{i}") for i in range(20)], "first")
+    cohort = [
+        {**valid_person(f"C-{i}"), "treated": str(i % 2), "claims_cost": str(10.5 * i)} for i in range(6)
+    ]
+    n.ingest(cohort, "cohort", kind="cohort")  # a JSON column (extras) in the round trip
     n.charge("s1", 2)
     return n
 
@@ -32,7 +36,8 @@ def _methods(store_url: str) -> list[str | None]:
 
 def test_restore_brings_back_the_store_as_backed_up(node, store_url, tmp_path, valid_person):
     for method in _methods(store_url):
-        before = node.pseudonyms()
+        before, cohort_before = node.pseudonyms(), _cohort(node)
+        assert sorted(e["claims_cost"] for _, e in cohort_before) == [10.5 * i for i in range(6)]
         archive = tmp_path / f"b-{method}.rhb"
         info = backup_node(node.cfg, archive, method=method)
         assert info["store"]["method"] == (method or "sqlite")
@@ -41,11 +46,25 @@ def test_restore_brings_back_the_store_as_backed_up(node, store_url, tmp_path, v
         assert len(node.pseudonyms()) == 27
         out = restore_node(node.cfg, archive)
         assert node.pseudonyms() == before
-        assert out["rows"]["persons"] == 20 and out["rows"]["ingested_files"] == 1
+        assert out["rows"]["persons"] == 20 and out["rows"]["ingested_files"] == 2
+        assert _cohort(node) == cohort_before
         # the restored store takes new rows again (PostgreSQL: id sequences continue)
         node.ingest([valid_person(f"N-{i}") for i in range(3)], f"next-{method}")
         assert len(node.pseudonyms()) == 23
         restore_node(node.cfg, archive)
+
+
+def _cohort(node) -> list:
+    store = open_store(node.cfg.store_url)
+    try:
+        with store.engine.connect() as conn:
+            c = models.cohort
+            return [
+                tuple(r)
+                for r in conn.execute(select(c.c.pseudonym, c.c.extras).order_by(c.c.treated, c.c.pseudonym))
+            ]
+    finally:
+        store.engine.dispose()
 
 
 def test_the_logical_copy_is_for_postgresql_only(node, store_url, tmp_path):
