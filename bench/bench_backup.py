@@ -153,7 +153,7 @@ def main() -> None:
             "backup",
             title="Node backup and restore",
             setting=f"{args.rows:,} synthetic persons ingested, a ledger with 5 releases; archive "
-            "zlib level 3 + AES-256-GCM in 1 MiB chunks; restore = authenticate and unpack, merge "
+            "zlib level 1 + AES-256-GCM in 1 MiB chunks; restore = authenticate and unpack, merge "
             "the ledger, replace the store, open it (quick_check, schema)",
             tables=[
                 Table(
