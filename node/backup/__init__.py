@@ -66,7 +66,9 @@ def backup_node(cfg: NodeConfig, to: Path, *, method: str | None = None, force: 
     key = load_or_create_key(cfg.key_path, create=False)
     fp = key_fingerprint(key)
     store = open_store(cfg.store_url, create=False)
-    tmp = Path(tempfile.mkdtemp(dir=to.parent, prefix=".rehealth-backup-"))  # 0700
+    # the clear copy stays beside the store (or in the system's temp folder), never on the
+    # backup medium: only the encrypted archive goes there
+    tmp = Path(tempfile.mkdtemp(dir=_work_dir(cfg), prefix=".rehealth-backup-"))  # 0700
     try:
         stored_fp = store.meta().get(META_FINGERPRINT)
         if stored_fp is not None and stored_fp != fp:
@@ -168,7 +170,8 @@ def _ledger_summary(rows: dict | None) -> dict:
 
 
 def _work_dir(cfg: NodeConfig) -> Path | None:
-    """Where a restore unpacks: beside a SQLite store (same disk, enough room), else the default."""
+    """Where clear copies live while a backup is written or a restore unpacked: beside a SQLite
+    store (the disk that holds the data in clear anyway, with room for it), else the default."""
     u = make_url(cfg.store_url)
     if u.get_backend_name() == "sqlite" and u.database:
         folder = Path(u.database).parent

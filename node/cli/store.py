@@ -27,6 +27,7 @@ from node.pseudonym import (
 )
 from node.store import open_store
 from node.store.engine import RESTORE_HINT
+from node.store.schema import current_revision
 from shared.errors import DataError, SpecError
 
 store_app = typer.Typer(
@@ -58,6 +59,8 @@ def check(
                 else None
             )
             dialect = store.dialect
+            with store.engine.connect() as conn:
+                schema = current_revision(conn)
         finally:
             store.engine.dispose()
         stored_fp, stored_site = meta.get(META_FINGERPRINT), meta.get(META_SITE)
@@ -87,6 +90,7 @@ def check(
         )
         report = {
             "integrity": integrity,
+            "schema_version": schema,
             "key_file": str(cfg.key_path),
             "key_fingerprint": key_fp[:8] if key_fp else None,
             "store_key_fingerprint": stored_fp[:8] if stored_fp else None,
@@ -117,6 +121,7 @@ def check(
 def _print_report(report: dict, problems: list[str]) -> None:
     out = Console()
     out.print(f"integrity  {report['integrity']}", highlight=False)
+    out.print(f"schema     version {report['schema_version']} (migrated on open)", highlight=False)
     for line in problems[:10]:  # SQLite names pages and indexes here, never values
         out.print(f"  {line}", highlight=False)
     out.print(

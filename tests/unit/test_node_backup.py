@@ -87,6 +87,7 @@ def test_the_archive_reveals_nothing_and_is_private(node, tmp_path):
     for clear in (b"SQLite format 3", b"PGDMP", SITE.encode(), b"persons", b"privacy_releases"):
         assert clear not in raw
     assert not list(tmp_path.glob(".rehealth-*")) and not list(tmp_path.glob(".*.partial"))
+    assert not list(node.dir.glob(".rehealth-*"))  # the clear copy is gone too
 
 
 def test_backup_never_overwrites_and_restore_refuses_another_site(node, tmp_path, store_url):

@@ -2,6 +2,7 @@
 pending migration applied, a newer schema refused, two first starts at once."""
 
 import datetime as dt
+import json
 import shutil
 import threading
 from pathlib import Path
@@ -170,6 +171,9 @@ def test_node_init_creates_a_versioned_store(tmp_path):
     res = CliRunner().invoke(app, ["init", "--dir", str(tmp_path), "--site-id", "employer_x"])
     assert res.exit_code == 0, res.output
     assert _revision(f"sqlite:///{tmp_path / 'node.db'}") == head_revision()
+    res = CliRunner().invoke(app, ["store", "check", "-c", str(tmp_path / "node.toml"), "--format", "json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["schema_version"] == head_revision()
 
 
 def test_the_migrations_ship_inside_the_package():
