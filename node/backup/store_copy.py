@@ -35,7 +35,7 @@ from shared.errors import DataError, SpecError
 
 #: The file each method writes inside the archive.
 FILES = {"sqlite": "store.sqlite", "pg_dump": "store.pgdump", "logical": "store.jsonl"}
-_BATCH = 5000
+_BATCH = 20_000  # rows per read (yield_per) and per COPY on restore
 _IN_USE = (
     "the store is in use by another process: stop the node (rehealth node run/serve, the SuperNode) first"
 )
