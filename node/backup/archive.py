@@ -135,9 +135,11 @@ class _DecryptingReader(io.RawIOBase):
         if len(raw) < 4:
             raise ArchiveError(f"{self._where} is truncated (it ends before its last chunk)")
         (size,) = struct.unpack(">I", raw)
+        if size > CHUNK + _TAG + 1024:  # before reading: a forged length must not cost memory
+            raise ArchiveError(f"{self._where} is corrupt (chunk {self._index} is too long)")
         sealed = self._src.read(size)
-        if size > CHUNK + _TAG + 1024 or len(sealed) != size:
-            raise ArchiveError(f"{self._where} is truncated or corrupt (chunk {self._index})")
+        if len(sealed) != size:
+            raise ArchiveError(f"{self._where} is truncated (in chunk {self._index})")
         for last in (False, True):
             try:
                 plain = self._aead.decrypt(_nonce(self._prefix, self._index, last), sealed, self._aad)

@@ -121,10 +121,12 @@ def test_a_tampered_archive_is_refused_and_changes_nothing(node, tmp_path, monke
     path, head, chunks = _archive(node, tmp_path, monkeypatch)
     body = b"".join(chunks)
     flipped = bytearray(body)
-    flipped[len(body) // 2] ^= 0x01
+    flipped[len(chunks[0]) + 4 + 10] ^= 0x01  # inside the second chunk's ciphertext
+    huge = chunks[0] + struct.pack(">I", 1 << 31) + chunks[1][4:] + b"".join(chunks[2:])
     cases = {
         "a flipped bit": (head + bytes(flipped), "altered"),
         "an edited header": (head.replace(b'"key"', b'"kez"') + body, "another key|altered"),
+        "a forged chunk length": (head + huge, "too long"),
         "the last chunk cut off": (head + b"".join(chunks[:-1]), "truncated"),
         "the tail cut short": (head + body[:-7], "truncated"),
         "a chunk dropped": (head + chunks[0] + b"".join(chunks[2:]), "altered"),
