@@ -174,12 +174,17 @@ def main() -> None:
                         "store MiB",
                         "archive MiB",
                         "backup s",
+                        "backup CPU s",
                         "restore s",
+                        "restore CPU s",
                     ),
                     rows=rows,
-                    align="llrrrrr",
+                    align="llrrrrrrr",
                 )
             ],
+            notes="CPU s: this process and its children (pg_dump, pg_restore), not the PostgreSQL "
+            "server's work; on a shared machine the wall clock also counts other processes' time "
+            "(see the load average above).",
         )
 
 

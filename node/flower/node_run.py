@@ -197,6 +197,12 @@ def run(config_path: Path, *, restart_max_s: float = 30.0) -> int:
     re-activates it with its key. A revoked key stays refused at every attempt (logged).
     """
     cfg = NodeConfig.from_toml(config_path)
+    if _federation(cfg).data_path is None:
+        # studies read the store: migrate it now, and refuse to start on a corrupt store or a
+        # schema newer than this code (node.store.schema), not at the first study's query
+        from node.store import open_store
+
+        open_store(cfg.store_url).engine.dispose()
     p = plan(cfg, config_path)
     fed = _federation(cfg)
     sup = Supervisor()

@@ -176,6 +176,20 @@ def test_node_init_creates_a_versioned_store(tmp_path):
     assert json.loads(res.output)["schema_version"] == head_revision()
 
 
+def test_node_run_refuses_to_start_on_a_newer_schema(tmp_path):
+    from node.flower import node_run
+
+    (tmp_path / "node.toml").write_text('site_id = "a"\n[federation]\nsuperlink = "127.0.0.1:9092"\n')
+    url = f"sqlite:///{tmp_path / 'node.db'}"
+    open_store(url).engine.dispose()
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text(f"UPDATE {VERSION_TABLE} SET version_num = '0002'"))
+    engine.dispose()
+    with pytest.raises(SchemaTooNewError, match="schema version 0002"):  # before any process starts
+        node_run.run(tmp_path / "node.toml")
+
+
 def test_the_migrations_ship_inside_the_package():
     root = Path(__file__).resolve().parents[2]
     assert MIGRATIONS.is_relative_to(root / "node")
