@@ -107,7 +107,7 @@ def test_an_unversioned_store_missing_tables_gets_them(store_url):
 
 
 def test_a_pending_migration_is_applied_and_older_code_then_refuses(store_url, tmp_path):
-    # a newer build's migrations: the package's plus a 0002 that adds a column
+    # a newer build's migrations: the package's plus the next revision, which adds a column
     newer = tmp_path / "migrations"
     shutil.copytree(MIGRATIONS, newer, ignore=shutil.ignore_patterns("__pycache__"))
     nxt = f"{int(head_revision()) + 1:04d}"  # the revision after the package's newest
@@ -184,9 +184,9 @@ def test_node_run_refuses_to_start_on_a_newer_schema(tmp_path):
     open_store(url).engine.dispose()
     engine = create_engine(url)
     with engine.begin() as conn:
-        conn.execute(text(f"UPDATE {VERSION_TABLE} SET version_num = '0002'"))
+        conn.execute(text(f"UPDATE {VERSION_TABLE} SET version_num = '9f3a77c0d1e2'"))
     engine.dispose()
-    with pytest.raises(SchemaTooNewError, match="schema version 0002"):  # before any process starts
+    with pytest.raises(SchemaTooNewError, match="schema version 9f3a77c0d1e2"):  # before any process starts
         node_run.run(tmp_path / "node.toml")
 
 
