@@ -194,13 +194,14 @@ def check(proc_root: Path = Path("/proc"), root_pid: int | None = None) -> str:
     procs = processes(proc_root)
     if root_pid is not None:
         procs = descendants(procs, root_pid)
-    # the outermost rehealth command: `node run` also starts `node serve` as its child
+    # the innermost match: an init (`docker run --init`: docker-init -- rehealth node run ...)
+    # carries the same words on its command line as the service it starts
     mains = [(p, c) for p in procs if (c := command_of(p.argv)) is not None]
-    pids = {p.pid for p, _ in mains}
-    outer = [(p, c) for p, c in mains if p.ppid not in pids]
-    if not outer:
+    parents = {p.ppid for p, _ in mains}
+    inner = [(p, c) for p, c in mains if p.pid not in parents]
+    if not inner:
         raise Unhealthy("no `rehealth node run`, `coordinator run` or `node serve` process is running")
-    main, (cmd, args) = outer[0]
+    main, (cmd, args) = inner[0]
     return f"{cmd} (pid {main.pid}): " + CHECKS[cmd](main, args, procs, proc_root)
 
 

@@ -132,10 +132,23 @@ def rehealth_invocations(text: str) -> list[list[str]]:
         for part in re.split(r"&&|\|\||;|\s\|\s", chunk):
             toks = _split(part)
             for i, tok in enumerate(toks):
-                if tok == "rehealth" or tok.endswith("/rehealth"):
+                # `sudo -u rehealth /opt/rehealth/bin/rehealth node …`: the last of a run of matches
+                nxt = toks[i + 1] if i + 1 < len(toks) else ""
+                # `install -o rehealth -g rehealth`: the account, not the command
+                account = tok == "rehealth" and nxt.startswith("-") and nxt not in ("--help", "--version")
+                if _is_cli(tok) and not _is_cli(nxt) and not account:
                     out.append(toks[i + 1 :])
                     break
     return out
+
+
+def _is_cli(tok: str) -> bool:
+    """``rehealth``, a path to the installed script, or the image (its entry point is rehealth)."""
+    return (
+        tok == "rehealth"
+        or tok.endswith("/bin/rehealth")
+        or re.match(r"^rehealth/core(:\S+)?$", tok) is not None
+    )
 
 
 def _doc_files() -> list[Path]:
@@ -175,6 +188,16 @@ def test_the_command_check_catches_a_wrong_command_or_option():
         check_command_line(cli, ["node", "run", "--config-file", "node.toml"])
     found = rehealth_invocations("x\n```bash\nFOO=1 rehealth study run --spec s.toml \\\n   --key k\n```\n")
     assert found == [["study", "run", "--spec", "s.toml", "--key", "k"]]
+    found = rehealth_invocations(
+        "```\nsudo -u rehealth /opt/rehealth/bin/rehealth node budget -c /var/lib/rehealth/node.toml\n"
+        "docker run --rm -v /srv/rehealth:/var/lib/rehealth rehealth/core:0.1.0 node run -c node.toml\n```\n"
+        "and `rehealth node init --dir /srv/rehealth` after `install -o rehealth -g rehealth -d /x`"
+    )
+    assert found == [
+        ["node", "budget", "-c", "/var/lib/rehealth/node.toml"],
+        ["node", "run", "-c", "node.toml"],
+        ["node", "init", "--dir", "/srv/rehealth"],
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,6 +388,7 @@ def test_dockerfile_invariants():
 
 
 SLEEPER = "import sys, time; time.sleep(float(sys.argv[1]))"
+INIT = "import subprocess, sys; sys.exit(subprocess.call(sys.argv[2:]))"
 PARENT = (
     "import subprocess, sys, time\n"
     "child = subprocess.Popen([sys.executable, sys.argv[1], '60'])\n"
@@ -418,10 +442,10 @@ class _Api(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def _children(pid: int) -> list[int]:
+def _children(pid: int, recursive: bool = True) -> list[int]:
     import psutil
 
-    return [c.pid for c in psutil.Process(pid).children(recursive=True)]
+    return [c.pid for c in psutil.Process(pid).children(recursive=recursive)]
 
 
 def test_healthcheck_node_run_follows_its_supernode_and_api(tmp_path):
@@ -429,11 +453,30 @@ def test_healthcheck_node_run_follows_its_supernode_and_api(tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     port = server.server_address[1]
     (tmp_path / "node.toml").write_text(f'site_id = "a"\n[api]\nhost = "0.0.0.0"\nport = {port}\n')
-    proc = _fake_service(tmp_path, "flower-supernode", "node", "run", "-c", "node.toml")
+    # under an init, as `docker run --init` starts it: docker-init -- rehealth node run ...
+    child = _script(tmp_path, "flower-supernode", SLEEPER)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            INIT,
+            "--",
+            sys.executable,
+            "-c",
+            PARENT,
+            str(child),
+            "rehealth",
+            "node",
+            "run",
+        ]
+        + ["-c", "node.toml"],
+        cwd=tmp_path,
+    )
     try:
         code, said = _wait(proc.pid, 0)
         assert code == 0, said
         assert "SuperNode running" in said and "/v1/health 200" in said  # no /readyz: falls back
+        assert f"(pid {proc.pid})" not in said  # the service, not the init that carries its words
         _Api.status = {"/readyz": 200}
         code, said = _health(proc.pid)
         assert code == 0 and "/readyz 200" in said, said
@@ -441,11 +484,13 @@ def test_healthcheck_node_run_follows_its_supernode_and_api(tmp_path):
         code, said = _health(proc.pid)
         assert code == 1 and "answered 503" in said, said
         _Api.status = {"/readyz": 200}
-        for pid in _children(proc.pid):
-            subprocess.run(["kill", "-9", str(pid)], check=True)
+        supernode = [p for p in _children(proc.pid) if p not in _children(proc.pid, recursive=False)]
+        subprocess.run(["kill", "-9", *map(str, supernode)], check=True)
         code, said = _wait(proc.pid, 1)
         assert code == 1 and "no SuperNode process" in said, said
     finally:
+        for pid in _children(proc.pid):
+            subprocess.run(["kill", "-9", str(pid)], capture_output=True)
         proc.kill()
         proc.wait()
         server.shutdown()
