@@ -30,6 +30,8 @@ def study_progress(console: Console, *, enabled: bool = True):
             kind = ev.get("event")
             if kind == "federation_up":
                 bar.update(task, description=f"federation up ({ev['nodes']} nodes, {ev['seconds']:.1f} s)")
+            elif kind == "submitted":
+                console.log(f"run {ev['run_id']} started (study status|logs|stop {ev['run_id']})")
             elif kind == "connected":
                 bar.update(task, description=f"{ev['nodes']} nodes connected")
             elif kind == "round_start":

@@ -13,12 +13,17 @@ from rich.table import Table
 
 from coordinator.cli.progress import study_progress
 from coordinator.cli.register import register
+from coordinator.cli.study_runs import list_runs, logs, status, stop
 from coordinator.files import load_spec, write_result
 from shared.errors import ReHealthError, SpecError
 from shared.result import StudyResult
 
 app = typer.Typer(help="Run federated studies.", no_args_is_help=True, pretty_exceptions_show_locals=False)
 app.command("register")(register)
+app.command("list")(list_runs)
+app.command("status")(status)
+app.command("logs")(logs)
+app.command("stop")(stop)
 
 
 @app.command("run")
@@ -39,9 +44,18 @@ def run(
         "(its .pub is pinned in every node). With --local: made on first use "
         "beside the result; against a SuperLink: required.",
     ),
+    timeout: float = typer.Option(900.0, "--timeout", min=1, help="Seconds the study may take once started."),
+    connect_timeout: float = typer.Option(
+        60.0, "--connect-timeout", min=0, help="Seconds to wait for every site's node to be online."
+    ),
     fmt: str = typer.Option("text", "--format", help="text or json"),
 ) -> None:
-    """Run the study described by SPEC, signed with the operator's key, and write its result."""
+    """Run the study described by SPEC, signed with the operator's key, and write its result.
+
+    Against a SuperLink (--superlink HOST:PORT or the spec's [federation] superlink) from any
+    machine that reaches it: the spec and the signed grant travel with the run, progress and
+    the result come back through its Control API; nothing is read from or written to the
+    SuperLink's host. The run's id is printed; `study status|logs|stop` take it."""
     from coordinator.study.runner import run_local, run_remote
 
     console = Console(stderr=fmt == "json")
@@ -49,7 +63,7 @@ def run(
     try:
         with study_progress(console, enabled=fmt != "json") as on_event:
             if local:
-                result = run_local(spec, work, on_event=on_event, key_path=key)
+                result = run_local(spec, work, on_event=on_event, key_path=key, timeout_s=timeout)
             else:
                 if key is None:
                     raise SpecError(
@@ -63,6 +77,8 @@ def run(
                     superlink=superlink,
                     root_certificates=root_certificates,
                     on_event=on_event,
+                    timeout_s=timeout,
+                    connect_timeout_s=connect_timeout,
                 )
     except ReHealthError as e:
         console.print(f"[red]study failed:[/red] {escape(str(e))}")

@@ -12,8 +12,8 @@ SuperNodes heartbeat every ~4 s so a dead one is noticed within
 :data:`~coordinator.federation.supernode.DETECTION_BOUND_S` (:mod:`.supernode`).
 
 >>> with LocalFederation(workdir, [NodeSpec("a", {"data-path": "/d/a.csv"})]) as fed:  # doctest: +SKIP
-...     run_id = fed.client.submit(app_dir, {"spec-path": "/d/study.toml", "out-dir": "/d/out"})
-...     fed.client.wait(run_id)
+...     run_id = fed.control.start_run(app_dir, {"spec": spec_json, "grant": grant})
+...     fed.control.status(run_id)
 
 The control plane is authenticated by default (``deploy/TRUST.md``, "Control plane"): at start
 the launcher generates a CA, a server certificate and one key per node (:mod:`.pki`); the
@@ -36,13 +36,13 @@ import socket
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 
-from coordinator.federation.flwr_cli import CONNECTION, FlwrClient, flwr_bin, flwr_env
+from coordinator.federation.control import ControlClient
+from coordinator.federation.flwr_cli import FlwrClient, flwr_bin, flwr_env
 from coordinator.federation.lifetime import spawn
 from coordinator.federation.pki import FederationPKI, private_dir, write_private
 from shared.errors import FederationError
@@ -85,6 +85,7 @@ class LocalFederation:
     port: int = 0
     startup_s: float = 0.0
     pki: FederationPKI | None = None
+    _control: ControlClient | None = field(default=None, repr=False)
 
     # -- lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> "LocalFederation":
@@ -159,9 +160,8 @@ class LocalFederation:
             self._spawn_superexec(
                 "superexec-superlink", self.port, parent="superlink", home="superexec-superlink"
             )
-            # Each `flwr` call costs ~1.5 s of imports: register the keys side by side.
-            with ThreadPoolExecutor(max_workers=4) as pool:
-                list(pool.map(self.register_node, [n.site for n in self.nodes]))
+            for node in self.nodes:  # in-process Control API calls: milliseconds each
+                self.register_node(node.site)
         ports = {node.site: self._start_supernode(node) for node in self.nodes}
         if not self.insecure:
             for node in self.nodes:
@@ -216,10 +216,10 @@ class LocalFederation:
         )
 
     def register_node(self, site: str) -> None:
-        """Register ``site``'s public key with the SuperLink (a node whose key is not
-        registered cannot join)."""
+        """Register ``site``'s public key with the SuperLink under the site's name (a node whose
+        key is not registered cannot join; the name lets a missing site be named)."""
         key = self._pki.add_node(site)
-        self.client.json("supernode", "register", str(key.public_key), CONNECTION)
+        self.control.register_node(key.public_key, site)
 
     def start_node(self, node: NodeSpec, *, timeout_s: float = 30.0) -> subprocess.Popen:
         """Start one SuperNode (with its SuperExec) against the running SuperLink; its key must
@@ -293,6 +293,9 @@ class LocalFederation:
         for proc in self.procs.values():
             proc.wait(timeout=5)
         self.procs.clear()
+        if self._control is not None:
+            self._control.close()
+            self._control = None
         _CLEANUP.discard(self)
 
     def _wait_port(self, port: int, name: str, timeout_s: float) -> None:
@@ -310,6 +313,18 @@ class LocalFederation:
             except OSError:
                 time.sleep(0.1)
         raise FederationError(f"{name} did not listen on {HOST}:{port} within {timeout_s:.0f} s")
+
+    @property
+    def control(self) -> ControlClient:
+        """This federation's Control API, in process (:mod:`.control`); one client per
+        federation, closed by :meth:`stop`."""
+        if self._control is None:
+            self._control = ControlClient(
+                f"{HOST}:{self.port}",
+                root_certificates=None if self.insecure else self._pki.ca_cert,
+                insecure=self.insecure,
+            )
+        return self._control
 
     @property
     def client(self) -> FlwrClient:

@@ -21,11 +21,11 @@ import signal
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from coordinator.federation.flwr_cli import CONNECTION, FlwrClient, flwr_bin, flwr_env
+from coordinator.federation.control import ControlClient
+from coordinator.federation.flwr_cli import FlwrClient, flwr_bin, flwr_env
 from coordinator.federation.kit_files import CoordinatorKit
 from coordinator.federation.launcher import UMASK, _signal, _tree
 from coordinator.federation.lifetime import spawn
@@ -97,9 +97,9 @@ class Coordinator:
             superexec_command(sys.executable, runtime_api=self.address, runtime=tls, parent_pid=link.pid),
         )
         keys = self.kit.registered_sites()
-        client = self.client
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            list(pool.map(lambda k: client.json("supernode", "register", str(k), CONNECTION), keys.values()))
+        with ControlClient(self.address, root_certificates=self.kit.ca_cert) as control:
+            for site, key in keys.items():  # under the site's name: a missing site is named
+                control.register_node(key, site)
         self.registered = sorted(keys)
         log.info(
             "SuperLink on %s (TLS, node auth); registered sites: %s", self.address, ", ".join(self.registered)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from pathlib import Path
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
@@ -42,13 +41,13 @@ def train_risk_model(
     job: RiskJob,
     *,
     expected_nodes: int,
-    out_dir: Path,
     timeout_s: float = 600.0,
     progress=lambda event, data: None,
     grant=None,
-) -> dict:
-    """Run ``job.rounds`` FedAvg rounds and a federated evaluation; write ``risk_model.npz``
-    and ``risk_result.json`` to ``out_dir``; return the result dict."""
+) -> tuple[dict, list[np.ndarray]]:
+    """Run ``job.rounds`` FedAvg rounds and a federated evaluation; return the result summary
+    and the model's weights (the caller sends them back through the run's log: a ServerApp
+    writes no file on the SuperLink's host)."""
     started = time.perf_counter()
     if expected_nodes != len(job.sites):
         raise FederationError(
@@ -84,8 +83,6 @@ def train_risk_model(
             round_name="risk-train",
         )
     report = _federated_evaluation(grid, fed, arrays, config)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    np.savez(out_dir / "risk_model.npz", *arrays)
     summary = {
         "job": json.loads(job.model_dump_json()),
         "arch": arch.to_dict(),
@@ -96,9 +93,8 @@ def train_risk_model(
         "train_metrics": train_metrics,
         "seconds": time.perf_counter() - started,
     }
-    (out_dir / "risk_result.json").write_text(json.dumps(summary, indent=2) + "\n")
     progress("risk_done", {"auc": report.auc, "brier": report.brier})
-    return summary
+    return summary, arrays
 
 
 def evaluation_privacy(job: RiskJob, nodes: int) -> dict:

@@ -1,28 +1,35 @@
-"""Flower ServerApp of the coordinator: runs one study and writes its result.
+"""Flower ServerApp of the coordinator: runs one study and sends its result back through Flower.
 
-Run configuration (``flwr run … --run-config``): ``spec-path`` (the study TOML, on the
-SuperLink's host), ``out-dir`` (where ``result.json`` and ``progress.jsonl`` are written),
-``grant`` (the operator's signed grant, :mod:`shared.grant`: it travels with every query and
-each node checks it against its pinned coordinator key; the ServerApp holds no key and cannot
-sign one), ``expected-nodes`` (risk training).
+Run configuration (``--run-config`` / the Control API's ``override_config``): ``spec`` (the
+study spec as JSON: it travels with the run, the SuperLink's host needs no copy), ``grant``
+(the operator's signed grant, :mod:`shared.grant`: it travels with every query and each node
+checks it against its pinned coordinator key; the ServerApp holds no key and cannot sign one),
+``workflow`` (``study`` or ``risk``), ``risk-job`` and ``expected-nodes`` (risk training),
+``connect-timeout``.
+
+It writes no file. Progress, the result and any error are events in the run's log
+(:mod:`coordinator.federation.run_events`), which the SuperLink stores and streams to whoever
+watches the run over its Control API — the operator's workstation included.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import io
 import json
 import logging
 import time
-from pathlib import Path
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from coordinator.files import load_spec, write_result
+from coordinator.federation import run_events
 from coordinator.flower.federation import GridFederation
 from coordinator.study.assemble import assemble_result
 from shared.driver import run_study
-from shared.errors import FederationError, ReHealthError
+from shared.errors import FederationError, ReHealthError, SpecError
+from shared.study import StudySpec
 
 log = logging.getLogger("rehealth.coordinator")
 app = ServerApp()
@@ -32,23 +39,20 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def progress(event: str, data: dict) -> None:
+    run_events.emit(event, data)
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    run_events.install_output_guard()  # before anything a node said can reach our output
     cfg = context.run_config
-    out_dir = Path(str(cfg["out-dir"]))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    progress_path = out_dir / "progress.jsonl"
-
-    def progress(event: str, data: dict) -> None:
-        with progress_path.open("a") as f:
-            f.write(json.dumps({"t": time.time(), "event": event, **data}) + "\n")
-
     progress("started", {})  # before any message to a node: the runner's sign that the app ran
     try:
         if str(cfg.get("workflow", "study")) == "risk":
-            train_one_model(grid, cfg, out_dir, progress)
+            train_one_model(grid, cfg)
         else:
-            run_one(grid, cfg, out_dir, progress)
+            run_one(grid, cfg)
     except ReHealthError as e:
         error = {
             "error": type(e).__name__,
@@ -56,16 +60,27 @@ def main(grid: Grid, context: Context) -> None:
             "node": getattr(e, "node", None),
             "round": getattr(e, "round_name", None),
         }
-        (out_dir / "error.json").write_text(json.dumps(error, indent=2) + "\n")
         progress("failed", error)
         log.error("study failed: %s", e)
         raise
 
 
-def run_one(grid: Grid, cfg, out_dir: Path, progress) -> None:
+def study_spec(cfg) -> StudySpec:
+    """The spec the run carries (JSON); an error naming the key when it is missing or bad."""
+    text = str(cfg.get("spec", ""))
+    if not text:
+        raise SpecError("the run carries no study spec (run config key 'spec')")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SpecError(f"run config 'spec': not JSON ({e.msg} at {e.pos})") from None
+    return StudySpec.from_dict(data)
+
+
+def run_one(grid: Grid, cfg) -> None:
     started = time.perf_counter()
     started_at = _now()
-    spec = load_spec(str(cfg["spec-path"]))
+    spec = study_spec(cfg)
     fed = GridFederation(
         grid,
         timeout_s=spec.federation.round_timeout_s,
@@ -88,8 +103,7 @@ def run_one(grid: Grid, cfg, out_dir: Path, progress) -> None:
         finished_at=_now(),
         total_s=time.perf_counter() - started,
     )
-    write_result(result, out_dir / "result.json")
-    progress("done", {"result": str(out_dir / "result.json")})
+    progress("done", {"result": result.model_dump(mode="json")})
 
 
 def _grant(cfg):
@@ -104,7 +118,9 @@ def _grant(cfg):
     return SignedGrant.model_validate_json(str(cfg["grant"]))
 
 
-def train_one_model(grid: Grid, cfg, out_dir: Path, progress) -> None:
+def train_one_model(grid: Grid, cfg) -> None:
+    import numpy as np
+
     from coordinator.flower.risk_workflow import train_risk_model
     from shared.protocol import RiskJob
 
@@ -112,7 +128,9 @@ def train_one_model(grid: Grid, cfg, out_dir: Path, progress) -> None:
     expected = int(cfg.get("expected-nodes", 0))
     if expected < 1:
         raise FederationError("expected-nodes must be set for risk training", round_name="connect")
-    train_risk_model(
-        grid, job, expected_nodes=expected, out_dir=out_dir, progress=progress, grant=_grant(cfg)
+    summary, arrays = train_risk_model(
+        grid, job, expected_nodes=expected, progress=progress, grant=_grant(cfg)
     )
-    progress("done", {"result": str(out_dir / "risk_result.json")})
+    buf = io.BytesIO()
+    np.savez(buf, *arrays)  # the trained weights: public, as the nodes' candidate model is
+    progress("done", {"result": summary, "model_npz": base64.b64encode(buf.getvalue()).decode()})

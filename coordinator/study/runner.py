@@ -1,8 +1,12 @@
 """Run a study: against a running federation, or on a local one started for the purpose.
 
-The ServerApp writes ``result.json`` (or ``error.json``) and ``progress.jsonl`` into the output
-folder on the SuperLink's host; the runner follows the progress file, waits for the run to
-finish and returns the result, adding the start-up time it measured itself.
+Everything goes through the SuperLink's Control API, in process (:mod:`coordinator.federation.
+control`): the spec and the signed grant travel in the run's config, and the ServerApp's
+progress, result or error come back as events in the run's log stream
+(:mod:`coordinator.federation.run_events`). The operator's machine needs no file of the
+SuperLink's and the SuperLink's host gets none of the operator's. The runner keeps its own
+record in the output folder: ``progress.jsonl`` (every event as it arrived), ``error.json``
+on failure and the result file.
 
 One run at a time per output folder: each run holds an exclusive lock on ``run.lock`` in it
 (:func:`exclusive_folder`) from before its federation starts until it ends, and a second run
@@ -13,18 +17,26 @@ its holder dies, however it dies, so a killed run never leaves the folder locked
 
 from __future__ import annotations
 
+import base64
 import fcntl
 import json
 import logging
 import os
+import queue
+import threading
+import time
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from pydantic import ValidationError
+
 import coordinator.flower
-from coordinator.federation.flwr_cli import FlwrClient
+from coordinator.federation.control import ControlClient, missing_sites
 from coordinator.federation.launcher import LocalFederation, NodeSpec
-from coordinator.files import load_spec, read_result, write_result
+from coordinator.federation.run_events import EventParser
+from coordinator.files import load_spec, write_result
 from shared.errors import FederationError, ReHealthError, SpecError
 from shared.result import StudyResult
 from shared.study import StudySpec
@@ -140,110 +152,272 @@ def site_nodes(spec: StudySpec, workdir: Path, coordinator_pub: Path) -> list[No
     return nodes
 
 
-class ProgressTail:
-    """Reads new lines of the ServerApp's progress file."""
-
-    def __init__(self, path: Path):
-        self.path, self.offset = path, 0
-
-    def new_events(self) -> list[dict]:
-        if not self.path.exists():
-            return []
-        with self.path.open() as f:
-            f.seek(self.offset)
-            chunk = f.read()
-        complete = chunk[: chunk.rfind("\n") + 1]
-        self.offset += len(complete)
-        return [json.loads(line) for line in complete.splitlines() if line.strip()]
+def spec_json(spec: StudySpec) -> str:
+    """The spec as it travels in a run's config: the public spec (site data paths as
+    written, never this machine's), whose hash the grant names."""
+    return spec.public().model_dump_json()
 
 
-def submit_until_started(
-    client: FlwrClient, run_config: dict, out_dir: Path, *, timeout_s: float, on_poll=None
-) -> tuple[int, str]:
-    """Submit the app and wait for its run; ``(run_id, final status)``.
+@dataclass
+class RunOutcome:
+    """A finished run as its log told it."""
 
-    A run whose ServerApp never reached its main (no ``progress.jsonl``: the app writes
-    ``started`` before any message to a node) is submitted once more, and said so in the log.
-    Seen in CI: Flower's app process failed to connect to the SuperLink
-    ("SSL: UNEXPECTED_EOF_WHILE_READING") two seconds after the previous run ended. That
-    attempt asked no node anything and charged nothing, so trying again is safe; a run that
-    did start is never resubmitted (its queries may have been charged).
+    run_id: int
+    status: str
+    events: list[dict] = field(default_factory=list)
+    log_text: list[str] = field(default_factory=list)  # the log's other lines
+    delays_s: list[float] = field(default_factory=list)  # event written -> received
+
+    def last(self, name: str) -> dict | None:
+        return next((e for e in reversed(self.events) if e.get("event") == name), None)
+
+    @property
+    def started(self) -> bool:
+        return self.last("started") is not None
+
+    @property
+    def error(self) -> dict | None:
+        return self.last("failed")
+
+    @property
+    def done(self) -> dict | None:
+        return self.last("done")
+
+
+class RunRecord:
+    """The runner's own record of a run in its output folder: ``progress.jsonl`` (each event
+    as it arrives) and ``error.json`` (the failure event)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in ("error.json", "progress.jsonl"):
+            (folder / stale).unlink(missing_ok=True)
+
+    def event(self, ev: dict) -> None:
+        with (self.folder / "progress.jsonl").open("a") as f:
+            f.write(json.dumps(ev) + "\n")
+        if ev.get("event") == "failed":
+            (self.folder / "error.json").write_text(json.dumps(_error_fields(ev), indent=2) + "\n")
+
+
+def _error_fields(ev: dict) -> dict:
+    return {k: ev.get(k) for k in ("error", "message", "node", "round")}
+
+
+def follow_run(
+    control: ControlClient,
+    run_id: int,
+    *,
+    timeout_s: float,
+    on_event: OnEvent | None = None,
+) -> RunOutcome:
+    """Follow run ``run_id``'s log until the run finishes: every event goes to ``on_event``
+    as it arrives (within Flower's log upload and stream intervals, 0.2 s + 0.5 s). No process
+    and no status poll: the stream itself ends when the run has finished and its whole log was
+    sent. A broken stream is resumed after the last chunk seen; a run still going after
+    ``timeout_s`` raises."""
+    outcome = RunOutcome(run_id, "")
+    parser = EventParser()
+    chunks: queue.SimpleQueue = queue.SimpleQueue()
+    # a connection of its own: closing it on a timeout ends the blocked read, nothing else
+    stream_client = ControlClient(
+        control.address,
+        root_certificates=control.root_certificates,
+        insecure=control.insecure,
+        timeout_s=control.timeout_s,
+    )
+
+    def pump() -> None:
+        after, failures = 0.0, 0
+        while True:
+            try:
+                for text, ts in stream_client.stream_logs(run_id, after=after):
+                    chunks.put(("log", text))
+                    after, failures = max(after, ts), 0
+                chunks.put(("end", None))
+                return
+            except Exception as e:  # transport trouble of any kind: resume, or hand it over
+                failures += 1
+                if stream_client.closed or failures > 5:
+                    wrapped = FederationError(f"logs of run {run_id}: {e}")
+                    chunks.put(("error", e if isinstance(e, FederationError) else wrapped))
+                    return
+                time.sleep(min(0.5 * 2**failures, 5.0))
+
+    threading.Thread(target=pump, name=f"rehealth-run-{run_id}-log", daemon=True).start()
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            try:
+                kind, item = chunks.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise FederationError(f"run {run_id} did not finish within {timeout_s:.0f} s") from None
+            if kind == "error":
+                raise item
+            events = parser.feed(item) if kind == "log" else parser.close()
+            received = time.time()
+            for ev in events:
+                outcome.events.append(ev)
+                if isinstance(ev.get("t"), (int, float)):
+                    outcome.delays_s.append(received - float(ev["t"]))
+                if on_event:
+                    on_event(ev)
+            if kind == "end":
+                break
+    finally:
+        stream_client.close()
+    outcome.log_text = parser.text
+    outcome.status = control.status(run_id)
+    return outcome
+
+
+def start_and_follow(
+    control: ControlClient,
+    run_config: dict,
+    *,
+    timeout_s: float,
+    on_event: OnEvent | None = None,
+) -> RunOutcome:
+    """Start the app's run and follow it to its end.
+
+    A run whose ServerApp never reached its main (no ``started`` event: the app emits it
+    before any message to a node) is started once more, and said so in the log. Seen in CI:
+    Flower's app process failed to connect to the SuperLink ("SSL: UNEXPECTED_EOF_WHILE_
+    READING") two seconds after the previous run ended. That attempt asked no node anything
+    and charged nothing, so trying again is safe; a run that did start is never restarted
+    (its queries may have been charged).
     """
-    progress = out_dir / "progress.jsonl"
     for attempt in (1, 2):
-        run_id = client.submit(APP_DIR, {**run_config, "out-dir": str(out_dir)})
-        status = client.wait(run_id, timeout_s=timeout_s, on_poll=on_poll)
-        if progress.exists() or status == "finished:completed" or attempt == 2:
-            return run_id, status
+        run_id = control.start_run(APP_DIR, run_config)
+        log.info("run %d started", run_id)
+        if on_event:
+            on_event({"t": time.time(), "event": "submitted", "run_id": run_id})
+        outcome = follow_run(control, run_id, timeout_s=timeout_s, on_event=on_event)
+        if outcome.started or outcome.status == "finished:completed" or attempt == 2:
+            return outcome
         log.warning(
-            "run %d ended %r before its ServerApp started (no query was sent): submitting once more",
+            "run %d ended %r before its ServerApp started (no query was sent): starting it once more",
             run_id,
-            status,
+            outcome.status,
         )
     raise AssertionError("unreachable")
 
 
+def await_sites(control: ControlClient, sites: list[str], *, timeout_s: float) -> None:
+    """Wait until every site of ``sites`` has an online SuperNode (registered under the site's
+    name); else fail naming the sites missing. Nodes registered without names (set up by hand
+    with ``flwr supernode register``) can only be counted."""
+    if not sites:
+        return
+    deadline = time.monotonic() + timeout_s
+    while True:
+        nodes = control.nodes()
+        named = any(n.name for n in nodes)
+        online = [n for n in nodes if n.status == "online"]
+        missing = missing_sites(nodes, sites) if named else sites[len(online) :]
+        if not missing or time.monotonic() >= deadline:
+            break
+        time.sleep(0.5)
+    if not missing:
+        return
+    if named:
+        raise FederationError(
+            f"site(s) {', '.join(missing)} not connected to the SuperLink at {control.address} "
+            f"after {timeout_s:.0f} s ({len(sites) - len(missing)} of {len(sites)} sites online"
+            + (f": {', '.join(s for s in sites if s not in missing)}" if len(missing) < len(sites) else "")
+            + ")",
+            round_name="connect",
+        )
+    raise FederationError(
+        f"only {len(online)} of {len(sites)} nodes online at the SuperLink at {control.address} "
+        f"after {timeout_s:.0f} s; its nodes carry no site names (register each with "
+        "`flwr supernode register KEY --name SITE`) so the missing ones cannot be named",
+        round_name="connect",
+    )
+
+
 def run_app(
-    client: FlwrClient,
+    control: ControlClient,
     run_config: dict,
     out_dir: Path,
     *,
-    result_name: str,
     timeout_s: float = 900.0,
     on_event: OnEvent | None = None,
-) -> Path:
-    """Submit the ReHealth Flower app with ``run_config``, follow its progress, and return the
-    path of the result file it wrote (or raise with its error, or with the run's log)."""
-    out_dir = out_dir.resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in (result_name, "error.json", "progress.jsonl"):
-        (out_dir / stale).unlink(missing_ok=True)
-    tail = ProgressTail(out_dir / "progress.jsonl")
+    sites: list[str] | None = None,
+    connect_timeout_s: float = 60.0,
+) -> dict:
+    """Check the ``sites`` are online, start the ReHealth Flower app with ``run_config``,
+    follow its progress; the ``done`` event (its result), or raise with its error, or with the
+    run's log. Events are recorded in ``out_dir`` (:class:`RunRecord`)."""
+    record = RunRecord(out_dir.resolve())
 
-    def poll(_status: str) -> None:
-        for ev in tail.new_events():
-            if on_event:
-                on_event(ev)
+    def seen(ev: dict) -> None:
+        record.event(ev)
+        if on_event:
+            on_event(ev)
 
-    run_id, status = submit_until_started(client, run_config, out_dir, timeout_s=timeout_s, on_poll=poll)
-    poll(status)
-    error_file, result_file = out_dir / "error.json", out_dir / result_name
-    if error_file.exists():
-        err = json.loads(error_file.read_text())
-        raise FederationError(err["message"], node=err.get("node"), round_name=err.get("round"))
-    if status != "finished:completed" or not result_file.exists():
-        raise FederationError(
-            f"run {run_id} ended with status {status!r} and no result; "
-            f"its log:\n{client.logs(run_id)[-3000:]}"
+    await_sites(control, list(sites or []), timeout_s=connect_timeout_s)
+    outcome = start_and_follow(
+        control,
+        {**run_config, "connect-timeout": float(connect_timeout_s)},
+        timeout_s=timeout_s,
+        on_event=seen,
+    )
+    if outcome.delays_s:
+        log.info(
+            "run %d: %d events, delay median %.2f s",
+            outcome.run_id,
+            len(outcome.delays_s),
+            sorted(outcome.delays_s)[len(outcome.delays_s) // 2],
         )
-    return result_file
+    if outcome.error:
+        err = outcome.error
+        message = str(err.get("message"))
+        if err.get("round") == "connect" and sites:
+            missing = missing_sites(control.nodes(), list(sites))
+            if missing:
+                message += f" (not online now: {', '.join(missing)})"
+        raise FederationError(message, node=err.get("node"), round_name=err.get("round"))
+    done = outcome.done
+    if outcome.status != "finished:completed" or done is None:
+        raise FederationError(
+            f"run {outcome.run_id} ended with status {outcome.status!r} and no result; "
+            "its log:\n" + "\n".join(outcome.log_text)[-3000:]
+        )
+    return done
 
 
 def run_with_client(
-    client: FlwrClient,
+    control: ControlClient,
     spec_path: Path,
     out_dir: Path,
     *,
     key_path: Path,
     startup_s: float = 0.0,
     timeout_s: float = 900.0,
+    connect_timeout_s: float = 60.0,
     on_event: OnEvent | None = None,
 ) -> StudyResult:
-    """Sign the study with the operator's key, submit the study app, follow its progress,
-    return the result it wrote."""
-    grant = sign_study(load_spec(spec_path), key_path)
-    result_file = run_app(
-        client,
-        {"spec-path": str(spec_path.resolve()), "grant": grant},
+    """Sign the study with the operator's key, start the study app with the spec and the
+    grant, follow its progress, return (and record in ``out_dir``) its result."""
+    spec = load_spec(spec_path)
+    done = run_app(
+        control,
+        {"spec": spec_json(spec), "grant": sign_study(spec, key_path)},
         out_dir,
-        result_name="result.json",
         timeout_s=timeout_s,
         on_event=on_event,
+        sites=[s.name for s in spec.sites],
+        connect_timeout_s=connect_timeout_s,
     )
-    result = read_result(result_file)
+    try:
+        result = StudyResult.model_validate(done.get("result"))
+    except ValidationError as e:
+        raise FederationError(f"the run's result is not a study result: {e.errors()[0]['msg']}") from None
     timings = dict(result.timings, startup_s=startup_s, total_s=result.timings.get("total_s", 0) + startup_s)
     result = result.model_copy(update={"timings": timings, "truth": _truth(spec_path)})
-    write_result(result, result_file)
+    write_result(result, out_dir / "result.json")
     return result
 
 
@@ -278,8 +452,8 @@ def train_risk_local(
     with exclusive_folder(out_dir):
         key, pub = coordinator_keys(out_dir.resolve() / "keys", key_path)
         with local_federation(spec_path, out_dir, pub, on_event) as fed:
-            path = run_app(
-                fed.client,
+            done = run_app(
+                fed.control,
                 {
                     "workflow": "risk",
                     "risk-job": job.model_dump_json(),
@@ -287,11 +461,15 @@ def train_risk_local(
                     "expected-nodes": len(fed.nodes),
                 },
                 out_dir,
-                result_name="risk_result.json",
                 timeout_s=timeout_s,
                 on_event=on_event,
+                sites=[n.site for n in fed.nodes],
             )
-        return json.loads(path.read_text())
+        summary = done["result"]
+        out = out_dir.resolve()
+        (out / "risk_model.npz").write_bytes(base64.b64decode(done["model_npz"]))
+        (out / "risk_result.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
 
 
 def run_local(
@@ -309,7 +487,7 @@ def run_local(
         key, pub = coordinator_keys(out_dir.resolve() / "keys", key_path)
         with local_federation(spec_path, out_dir, pub, on_event) as fed:
             return run_with_client(
-                fed.client,
+                fed.control,
                 spec_path,
                 out_dir,
                 key_path=key,
@@ -339,17 +517,22 @@ def run_remote(
     root_certificates: Path | None = None,
     on_event: OnEvent | None = None,
     timeout_s: float = 900.0,
+    connect_timeout_s: float = 60.0,
 ) -> StudyResult:
     """Run the study on an already running federation (SuperLink address from the flag or
-    the spec's ``[federation] superlink``). The result lands on the SuperLink's host."""
+    the spec's ``[federation] superlink``), from any machine that reaches its Control API:
+    spec and grant go out in the run's config, progress and result come back in its log."""
     spec = load_spec(spec_path)
     address = superlink or spec.federation.superlink
     if not address:
         raise SpecError("federation.superlink: give the SuperLink address (or use --local)")
-    with exclusive_folder(out_dir):
-        client = FlwrClient(
-            home=out_dir.resolve() / "flwr-home", address=address, root_certificates=root_certificates
-        )
+    with exclusive_folder(out_dir), ControlClient(address, root_certificates=root_certificates) as control:
         return run_with_client(
-            client, spec_path, out_dir, key_path=key_path, timeout_s=timeout_s, on_event=on_event
+            control,
+            spec_path,
+            out_dir,
+            key_path=key_path,
+            timeout_s=timeout_s,
+            connect_timeout_s=connect_timeout_s,
+            on_event=on_event,
         )
