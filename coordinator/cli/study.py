@@ -60,8 +60,15 @@ def run(
 
     console = Console(stderr=fmt == "json")
     work = out.resolve().parent / f".{out.stem}-run"
+    runs: list[int] = []
     try:
-        with study_progress(console, enabled=fmt != "json") as on_event:
+        with study_progress(console, enabled=fmt != "json") as show:
+
+            def on_event(ev: dict) -> None:
+                if ev.get("event") == "submitted":
+                    runs.append(int(ev["run_id"]))
+                show(ev)
+
             if local:
                 result = run_local(spec, work, on_event=on_event, key_path=key, timeout_s=timeout)
             else:
@@ -98,7 +105,13 @@ def run(
         )
     if fmt == "json":
         typer.echo(
-            json.dumps({"paths": paths, "outcomes": [o.model_dump(mode="json") for o in result.outcomes]})
+            json.dumps(
+                {
+                    "run-id": runs[-1] if runs else None,
+                    "paths": paths,
+                    "outcomes": [o.model_dump(mode="json") for o in result.outcomes],
+                }
+            )
         )
     else:
         print_estimates(console, result)
