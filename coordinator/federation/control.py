@@ -183,7 +183,8 @@ class ControlClient:
         from flwr.proto.control_pb2 import ListRunsRequest
 
         req = ListRunsRequest(run_id=run_id) if run_id is not None else ListRunsRequest(limit=limit)
-        res = self._call("list runs", lambda: self.http.ListRuns(req))
+        what = "list runs" if run_id is None else f"run {run_id} on the SuperLink at {self.address}"
+        res = self._call(what, lambda: self.http.ListRuns(req))
         out = [
             RunInfo(
                 run_id=int(rid),
