@@ -15,6 +15,8 @@ import queue
 import sys
 from contextlib import contextmanager
 
+import pytest
+
 from coordinator.federation import run_events
 from coordinator.federation.control import NodeInfo, missing_sites
 from coordinator.federation.run_events import MARKER, RS, EventParser, emit, encode, event, parse
@@ -131,3 +133,16 @@ def test_the_spec_travels_as_json_with_the_hash_its_grant_names(tmp_path):
     sent = spec_json(spec)
     assert str(tmp_path) not in sent  # the operator's paths stay on the operator's machine
     assert StudySpec.from_dict(json.loads(sent)).spec_hash() == spec.spec_hash()
+
+
+def test_an_unreachable_superlink_is_one_line_naming_it(tmp_path):
+    from coordinator.federation.control import ControlClient
+    from coordinator.federation.launcher import free_port
+    from shared.errors import FederationError
+
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    with ControlClient(address, insecure=True, timeout_s=2) as c:
+        with pytest.raises(FederationError, match=f"cannot reach the SuperLink at {address}"):
+            c.runs()
+    with pytest.raises(FederationError, match="root certificates .* not found"):
+        ControlClient(address, root_certificates=tmp_path / "missing.crt").runs()
