@@ -1,20 +1,23 @@
-"""Canonical JSON: the exact bytes that are signed, reproducible on any machine.
+"""Canonical JSON: the exact bytes that are signed, per RFC 8785 (JSON Canonicalization Scheme).
 
-Rules (close to RFC 8785 / JCS, simpler on numbers):
+Serialisation is the maintained ``rfc8785`` package (Trail of Bits), not code of ours, so a
+verifier in any language that implements JCS reproduces the signed bytes (the Node.js check in
+``deploy/verify/verify-report.mjs`` does). JCS in short:
 
-* objects: keys sorted by code point, every key a ``str``; no duplicate keys when parsing;
-* no insignificant whitespace (``,`` and ``:`` separators only), UTF-8, non-ASCII kept raw;
-* integers as integers; floats as Python's shortest round-trip ``repr`` (``0.1``, ``1e-06``,
-  ``100.0``), so ``parse(serialise(x)) == x`` bit for bit; NaN and ±Infinity are refused;
+* objects: keys sorted by their UTF-16 code units; no insignificant whitespace; UTF-8; strings
+  escaped minimally (``\\n``, ``\\"``, ``\\u001f``; everything else, ``é`` included, raw);
+* numbers are IEEE doubles written as ECMAScript ``Number.prototype.toString`` writes them:
+  ``2.0`` is ``2``, ``1e-06`` is ``0.000001``, ``1e21`` is ``1e+21``, ``-0.0`` is ``0``;
+  integers beyond ±(2**53 − 1) have no exact form and are refused, as are NaN and ±Infinity;
 * ``true`` / ``false`` / ``null``; tuples serialise as arrays.
 
-A float stays a float (``100.0``) and an int an int (``100``): the distinction survives a parse,
-so re-serialising a parsed document reproduces its bytes exactly. That is what lets
-:func:`coordinator.report.signing.verify_signed_report` reject *any* byte change, even one
-that leaves the parsed values unchanged (an added space, a reordered key).
+Because JCS writes an integral float without a fraction, a parsed document holds ``2`` where the
+report had ``2.0``; the report's models accept either, and re-serialising reproduces the bytes
+exactly. That is what lets :func:`coordinator.report.signing.verify_signed_report` reject *any*
+byte change, even one that leaves the parsed values unchanged (an added space, ``2.0`` for ``2``).
 
->>> canonical_bytes({"b": 1.0, "a": [1, "é", None, True]})
-b'{"a":[1,"\\xc3\\xa9",null,true],"b":1.0}'
+>>> canonical_bytes({"b": 1.0, "a": [1, "é", None, True], "c": 1e-06})
+b'{"a":[1,"\\xc3\\xa9",null,true],"b":1,"c":0.000001}'
 """
 
 from __future__ import annotations
@@ -23,31 +26,43 @@ import json
 import math
 from typing import Any
 
+import rfc8785
+
 from coordinator.report.errors import CanonicalisationError
 
-__all__ = ["canonical_bytes", "dump_parsed", "parse_canonical", "first_difference"]
+__all__ = ["CANONICALIZATION", "canonical_bytes", "dump_parsed", "parse_canonical", "first_difference"]
+
+#: the marker a signed file carries so a verifier knows which bytes the signature covers
+CANONICALIZATION = "RFC 8785"
+_SAFE_INT = 2**53 - 1  # JCS numbers are IEEE doubles: larger integers are not exact
 
 
 def canonical_bytes(value: Any) -> bytes:
-    """Serialise ``value`` (JSON data: dict/list/tuple/str/int/float/bool/None) canonically.
+    """Serialise ``value`` (JSON data: dict/list/tuple/str/int/float/bool/None) per RFC 8785.
 
     Raises:
-        CanonicalisationError: a float is NaN or infinite, a key is not a string, or a value
-            is not JSON data; the message names the path of the offending value.
+        CanonicalisationError: a float is NaN or infinite, an integer is beyond ±(2**53 − 1), a
+            key is not a string, or a value is not JSON data; the message names its path.
     """
     _check(value, "$")
     return dump_parsed(value)
 
 
 def dump_parsed(value: Any) -> bytes:
-    """:func:`canonical_bytes` without the type walk, for values :func:`parse_canonical` returned
-    (their keys are strings and NaN/±Infinity cannot occur; ``allow_nan=False`` still guards)."""
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    return text.encode("utf-8")
+    """:func:`canonical_bytes` without the path-naming type walk, for values
+    :func:`parse_canonical` returned (``rfc8785`` still refuses what has no canonical form)."""
+    try:
+        return rfc8785.dumps(value)
+    except rfc8785.CanonicalizationError as e:
+        raise CanonicalisationError(f"no RFC 8785 form: {e}") from None
 
 
 def parse_canonical(data: bytes) -> Any:
     """Parse JSON bytes strictly: UTF-8, no duplicate keys, no NaN/Infinity, no float overflow.
+
+    An integer literal beyond ±(2**53 − 1) parses as the double JCS reads it as (``1e16`` is
+    written ``10000000000000000``), so parse → :func:`dump_parsed` is the identity on canonical
+    bytes.
 
     Raises:
         CanonicalisationError: the bytes are not such JSON.
@@ -58,7 +73,11 @@ def parse_canonical(data: bytes) -> Any:
         raise CanonicalisationError(f"not UTF-8 (byte {e.start})") from None
     try:
         return json.loads(
-            text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant, parse_float=_finite_float
+            text,
+            object_pairs_hook=_no_duplicates,
+            parse_constant=_no_constant,
+            parse_float=_finite_float,
+            parse_int=_jcs_int,
         )
     except json.JSONDecodeError as e:
         raise CanonicalisationError(f"not valid JSON: {e}") from None
@@ -73,7 +92,11 @@ def first_difference(a: bytes, b: bytes) -> int:
 
 
 def _check(value: Any, path: str) -> None:
-    if value is None or isinstance(value, (bool, int, str)):
+    if value is None or isinstance(value, (bool, str)):
+        return
+    if isinstance(value, int):
+        if abs(value) > _SAFE_INT:
+            raise CanonicalisationError(f"{path}: integer {value} is beyond ±(2**53 − 1), not exact in JSON")
         return
     if isinstance(value, float):
         if not math.isfinite(value):
@@ -106,6 +129,11 @@ def _finite_float(text: str) -> float:
     if not math.isfinite(value):  # "1e999" overflows to inf
         raise CanonicalisationError(f"number {text} is out of range")
     return value
+
+
+def _jcs_int(text: str) -> int | float:
+    value = int(text)
+    return value if abs(value) <= _SAFE_INT else _finite_float(text)
 
 
 def _no_constant(name: str) -> Any:

@@ -26,7 +26,8 @@ class ReportVerificationError(ReportError):
     Args:
         message: what a reader should be told, e.g. ``"report altered: signature does not match"``.
         reason: a stable machine code: ``unreadable``, ``not-canonical``, ``signature-missing``,
-            ``bad-signature-block``, ``wrong-key``, ``signature-mismatch``, ``schema``.
+            ``old-format``, ``bad-signature-block``, ``wrong-key``, ``signature-mismatch``, ``schema``
+            (``certify``: ``no-certificate``, ``bad-certificate``, ``issuer-mismatch``).
     """
 
     def __init__(self, message: str, *, reason: str):

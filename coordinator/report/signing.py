@@ -1,16 +1,25 @@
 """Ed25519 signing and offline verification of evidence reports.
 
-The signed file is itself canonical JSON (:mod:`canonical`)::
+The signed file is itself canonical JSON per RFC 8785 (:mod:`canonical`)::
 
-    {"report": {...}, "signature": {"algorithm": "Ed25519", "key_id": <hex>, "value": <base64>}}
+    {"report": {...},
+     "signature": {"algorithm": "Ed25519", "canonicalization": "RFC 8785", "key_id": <hex>,
+                   "value": <base64>, "certificate": <PEM, optional>}}
 
-``value`` is the Ed25519 signature (RFC 8032) over ``canonical_bytes(report)``; ``key_id`` is
-the SHA-256 (hex) of the 32-byte raw public key. Verification needs only the file and the public
-key, and checks, in order: the file parses as strict JSON; it carries a signature; its bytes are
-exactly the canonical serialisation of what they parse to (so *any* byte change is caught, even
-whitespace); the key id is the expected key's; the signature matches; the report follows the
-schema. An actuary can reproduce the check without this code: parse, re-serialise ``report``
-with sorted keys, ``(",", ":")`` separators, UTF-8, and verify with any Ed25519 library.
+``value`` is the Ed25519 signature (RFC 8032) over the RFC 8785 bytes of ``report``, which are
+also, verbatim, the bytes between ``{"report":`` and ``,"signature":`` in the file. ``key_id`` is
+the SHA-256 (hex) of the 32-byte raw public key; ``certificate`` is the signing key's X.509
+certificate from the federation's CA (:mod:`certify`), which binds the report's ``issuer`` to
+the key. ``canonicalization`` names the byte recipe, so a file signed under the pre-RFC 8785
+recipe (Python's float text, no marker) is refused with that reason instead of failing
+somewhere obscure or, worse, being checked against bytes it was never signed over.
+
+Verification needs only the file and the public key (or the CA certificate, :mod:`certify`),
+and checks, in order: the file parses as strict JSON; it carries a signature; the signature
+block names RFC 8785; the file's bytes are exactly the RFC 8785 serialisation of what they parse
+to (so *any* byte change is caught, even whitespace); the key id is the expected key's; the
+signature matches; the report follows the schema. An actuary can reproduce the check without
+this code: ``deploy/verify/verify-report.mjs`` does it with Node.js's standard library alone.
 
 Notes:
     Ed25519 verification is deterministic and constant-time in the key (``cryptography``/
@@ -32,6 +41,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from pydantic import ValidationError
 
 from coordinator.report.canonical import (
+    CANONICALIZATION,
     canonical_bytes,
     dump_parsed,
     first_difference,
@@ -108,20 +118,26 @@ def report_bytes(report: EvidenceReport) -> bytes:
     return canonical_bytes(report.model_dump(mode="json"))
 
 
-def sign_report(report: EvidenceReport, private_key: Ed25519PrivateKey) -> bytes:
-    """The signed report file's bytes (canonical JSON of report + signature block)."""
+def sign_report(
+    report: EvidenceReport, private_key: Ed25519PrivateKey, *, certificate: str | None = None
+) -> bytes:
+    """The signed report file's bytes (RFC 8785 JSON of report + signature block).
+
+    Args:
+        certificate: the signing key's certificate (PEM) from the federation's CA, carried in
+            the signature block so ``rehealth report verify --ca`` can bind issuer and key.
+    """
     body = report.model_dump(mode="json")
     signature = private_key.sign(canonical_bytes(body))
-    return canonical_bytes(
-        {
-            "report": body,
-            "signature": {
-                "algorithm": ALGORITHM,
-                "key_id": key_id(private_key.public_key()),
-                "value": base64.b64encode(signature).decode("ascii"),
-            },
-        }
-    )
+    block = {
+        "algorithm": ALGORITHM,
+        "canonicalization": CANONICALIZATION,
+        "key_id": key_id(private_key.public_key()),
+        "value": base64.b64encode(signature).decode("ascii"),
+    }
+    if certificate is not None:
+        block["certificate"] = certificate
+    return canonical_bytes({"report": body, "signature": block})
 
 
 def verify_signed_report(data: bytes, public_key: Ed25519PublicKey) -> VerifiedReport:
@@ -140,6 +156,7 @@ def verify_signed_report(data: bytes, public_key: Ed25519PublicKey) -> VerifiedR
         raise ReportVerificationError(
             "signature missing: the report is not signed", reason="signature-missing"
         )
+    _require_marker(parsed["signature"])
     _require_canonical(data, parsed)
     if set(parsed) != {"report", "signature"}:
         extra = sorted(set(parsed) - {"report", "signature"})
@@ -196,11 +213,38 @@ def _require_canonical(data: bytes, parsed: dict) -> None:
         )
 
 
-def _signature_value(block: object) -> bytes:
-    if not isinstance(block, dict) or set(block) != {"algorithm", "key_id", "value"}:
+def _require_marker(block: object) -> None:
+    """Refuse a file whose signature was made over other bytes than RFC 8785's."""
+    if not isinstance(block, dict) or "value" not in block:
+        return  # no signature at all: the block checks say what is wrong
+    marker = block.get("canonicalization")
+    if marker is None:
         raise ReportVerificationError(
-            "report altered: signature block must hold exactly algorithm, key_id and value",
+            "signed under the old pre-RFC 8785 format (its signature block names no "
+            "'canonicalization'): this verifier checks only RFC 8785 reports; ask the issuer to "
+            "re-issue the report",
+            reason="old-format",
+        )
+    if marker != CANONICALIZATION:
+        raise ReportVerificationError(
+            f"unknown canonicalization {marker!r}: this verifier checks only {CANONICALIZATION!r}",
+            reason="old-format",
+        )
+
+
+_BLOCK_FIELDS = {"algorithm", "canonicalization", "key_id", "value"}
+
+
+def _signature_value(block: object) -> bytes:
+    if not isinstance(block, dict) or not _BLOCK_FIELDS <= set(block) <= _BLOCK_FIELDS | {"certificate"}:
+        raise ReportVerificationError(
+            "report altered: signature block must hold exactly algorithm, canonicalization, key_id, "
+            "value and optionally certificate",
             reason="bad-signature-block",
+        )
+    if "certificate" in block and not isinstance(block["certificate"], str):
+        raise ReportVerificationError(
+            "report altered: the certificate must be a PEM string", reason="bad-signature-block"
         )
     if block["algorithm"] != ALGORITHM:
         raise ReportVerificationError(

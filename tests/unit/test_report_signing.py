@@ -173,6 +173,7 @@ def test_valid_signature_over_a_non_report_is_rejected_by_schema(keys):
             "report": body,
             "signature": {
                 "algorithm": "Ed25519",
+                "canonicalization": "RFC 8785",
                 "key_id": key_id(keys["pub"]),
                 "value": base64.b64encode(sig).decode(),
             },
@@ -181,6 +182,36 @@ def test_valid_signature_over_a_non_report_is_rejected_by_schema(keys):
     with pytest.raises(ReportVerificationError, match="does not follow schema") as e:
         verify_signed_report(data, keys["pub"])
     assert e.value.reason == "schema"
+
+
+def test_report_signed_under_the_old_recipe_is_refused_as_old_format(keys):
+    """Before RFC 8785 the signature covered Python's json.dumps (sorted keys, ``2.0``,
+    ``1e-06``) and the block named no canonicalization: such a file is refused by name, not
+    checked against bytes it was never signed over."""
+    body = build_report(make_result(), issued_at=ISSUED_AT).model_dump(mode="json")
+
+    def old(v):
+        return json.dumps(v, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+    assert old(body) != canonical_bytes(body)  # the report has floats the recipes write differently
+    block = {"algorithm": "Ed25519", "key_id": key_id(keys["pub"])}
+    block["value"] = base64.b64encode(keys["key"].sign(old(body))).decode()
+    with pytest.raises(ReportVerificationError, match="old pre-RFC 8785 format") as e:
+        verify_signed_report(old({"report": body, "signature": block}), keys["pub"])
+    assert e.value.reason == "old-format"
+    # adding the marker to it does not make it verify: its bytes are not RFC 8785
+    marked = old({"report": body, "signature": {**block, "canonicalization": "RFC 8785"}})
+    assert _reason(marked, keys["pub"]) == "not-canonical"
+    assert (
+        _reason(
+            canonical_bytes({"report": body, "signature": {**block, "canonicalization": "RFC 8785"}}),
+            keys["pub"],
+        )
+        == "signature-mismatch"
+    )
+    other = {**json.loads(sign_report(build_report(make_result(), issued_at=ISSUED_AT), keys["key"]))}
+    other["signature"]["canonicalization"] = "JSON-sorted"
+    assert _reason(canonical_bytes(other), keys["pub"]) == "old-format"
 
 
 def test_keygen_writes_private_key_0600_and_refuses_to_overwrite(tmp_path):
