@@ -55,7 +55,7 @@ def main() -> None:
     rows: list[tuple] = []
     with tempfile.TemporaryDirectory() as tmp_name:
         d = Path(tmp_name)
-        key_path, pub_path = generate_keypair(d / "keys")
+        key_path, pub_path = generate_keypair(d / "keys", passphrase=None)
         result = make_result(privacy=True)
         key, pub = load_private_key(key_path), load_public_key(pub_path)
         t = time.perf_counter()

@@ -33,6 +33,7 @@ case "$cmd" in
         "$VENV/bin/ruff" format --check .
         exec "$VENV/bin/mypy" ;;
   test) bash deploy/postgres.sh  # the store tests also run on a real PostgreSQL server
+        bash deploy/node.sh      # the report verifier test runs deploy/verify/verify-report.mjs
         exec "$VENV/bin/python" -m pytest "$@" ;;
   *) echo "usage: bash deploy/dev.sh {demo|test|lint} [args...]" >&2; exit 2 ;;
 esac

@@ -15,10 +15,10 @@ import ipaddress
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["issue_server_cert", "new_ca", "node_key_pair", "pem_cert", "pem_key"]
+__all__ = ["issue_server_cert", "issue_signing_cert", "new_ca", "node_key_pair", "pem_cert", "pem_key"]
 
 
 def node_key_pair() -> tuple[bytes, bytes]:
@@ -104,6 +104,51 @@ def issue_server_cert(
         .sign(ca_key, hashes.SHA384())
     )
     return server_key, server
+
+
+def issue_signing_cert(
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca: x509.Certificate,
+    public_key: ed25519.Ed25519PublicKey,
+    operator: str,
+    validity: dt.timedelta,
+) -> x509.Certificate:
+    """A certificate binding the operator's name (subject CN) to its Ed25519 report-signing key.
+
+    Key usage is digital signature and content commitment only (no TLS, no certificate
+    signing), so neither this certificate can stand in for the SuperLink's nor the SuperLink's
+    for this one; a verifier of reports requires exactly this usage.
+    """
+    now = dt.datetime.now(dt.timezone.utc)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, operator)]))
+        .issuer_name(ca.subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + validity)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(SIGNING_KEY_USAGE, critical=True)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA384())
+    )
+
+
+#: the key usage of a report-signing certificate (and nothing else)
+SIGNING_KEY_USAGE = x509.KeyUsage(
+    digital_signature=True,
+    content_commitment=True,
+    key_encipherment=False,
+    data_encipherment=False,
+    key_agreement=False,
+    key_cert_sign=False,
+    crl_sign=False,
+    encipher_only=False,
+    decipher_only=False,
+)
 
 
 def _is_ip(host: str) -> bool:

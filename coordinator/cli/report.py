@@ -42,13 +42,21 @@ def _fail(message: str, *, code: int = 2) -> None:
 def keygen(
     out: Path = typer.Option(..., "--out", help="Folder for coordinator.key and coordinator.pub."),
     force: bool = typer.Option(False, help="Overwrite an existing key pair."),
+    insecure_plaintext_key: bool = typer.Option(
+        False,
+        "--insecure-plaintext-key",
+        help="Write the private key unencrypted (throw-away demos and tests only).",
+    ),
     fmt: Fmt = typer.Option(Fmt.text, "--format", help="Output format."),
 ) -> None:
-    """Generate the coordinator's Ed25519 signing key (PKCS#8 PEM, mode 0600) and public key."""
+    """Generate the coordinator's Ed25519 signing key (PKCS#8 PEM, mode 0600, encrypted with
+    REHEALTH_KEY_PASSPHRASE or the file REHEALTH_KEY_PASSPHRASE_FILE names) and public key."""
     from coordinator.report import ReportError, generate_keypair, key_id, load_public_key
+    from coordinator.report.keys import passphrase_for_writing
 
     try:
-        key_path, pub_path = generate_keypair(out, overwrite=force)
+        phrase = passphrase_for_writing(insecure_plaintext=insecure_plaintext_key)
+        key_path, pub_path = generate_keypair(out, passphrase=phrase, overwrite=force)
     except ReportError as e:
         _fail(str(e))
     kid = key_id(load_public_key(pub_path))
@@ -56,7 +64,8 @@ def keygen(
         fmt,
         {"private_key": str(key_path), "public_key": str(pub_path), "key_id": kid},
         [
-            f"private key: {key_path} (keep it secret; never commit it)",
+            f"private key: {key_path} ({'UNENCRYPTED' if phrase is None else 'encrypted'}; keep it secret, "
+            "never commit it)",
             f"public key:  {pub_path} (give it to whoever verifies reports)",
             f"key id: {kid}",
         ],

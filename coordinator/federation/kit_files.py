@@ -83,6 +83,10 @@ class CoordinatorKit:
         return self.root / "signing" / "coordinator.pub"
 
     @property
+    def signing_cert(self) -> Path:  # the CA's certificate of signing_pub, naming the operator
+        return self.root / "signing" / "coordinator.crt"
+
+    @property
     def registered(self) -> Path:
         return self.root / "registered"
 

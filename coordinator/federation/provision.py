@@ -8,7 +8,8 @@ provision`` does:
 - ``kits/coordinator/``: the federation's CA (key encrypted), the SuperLink's certificate for the
   coordinator's host and its key, the registered SuperNode public keys (``registered/*.pub``),
   the SuperExec auth secret, and the operator's Ed25519 study-signing key, **encrypted** with the
-  passphrase in ``REHEALTH_KEY_PASSPHRASE`` (plaintext only with an explicit opt-out);
+  passphrase in ``REHEALTH_KEY_PASSPHRASE`` (plaintext only with an explicit opt-out), and its
+  certificate from the CA (``signing/coordinator.crt``) naming the operator who issues reports;
 - ``kits/sites/<site>/``: the CA certificate, the site's SuperNode key pair, the coordinator's
   study-signing public key to pin, a commented ``node.toml`` (with its ``[federation]`` section)
   and ``start.sh``/``README.md``. Nothing in it is secret but the site's own SuperNode key.
@@ -44,10 +45,11 @@ from coordinator.federation.kit_files import (
     site_start_sh,
 )
 from coordinator.federation.pki import private_dir, write_private
+from coordinator.report.keys import private_key_pem
 from shared.errors import SpecError
 from shared.flower_commands import split_address
 from shared.study import format_validation_error
-from shared.tls import issue_server_cert, new_ca, node_key_pair, pem_cert, pem_key
+from shared.tls import issue_server_cert, issue_signing_cert, new_ca, node_key_pair, pem_cert, pem_key
 
 PASSPHRASE_ENV = "REHEALTH_KEY_PASSPHRASE"
 SECRET_BYTES = 32
@@ -73,6 +75,9 @@ class FederationFile(_Model):
     coordinator: str
     #: further names of the coordinator's host for its certificate (the address's host is always in)
     coordinator_hosts: tuple[str, ...] = ()
+    #: who issues the evidence reports: the subject of the report-signing certificate, and the
+    #: report's ``issuer`` (``rehealth report verify --ca`` checks they are equal)
+    operator: str = Field(default="ReHealth Core coordinator", min_length=1, max_length=64)
     validity_days: int = Field(default=365, gt=0, le=3650)
     sites: tuple[SiteEntry, ...] = Field(min_length=1)
 
@@ -108,31 +113,25 @@ class FederationFile(_Model):
 
 
 def passphrase_from_env(*, insecure_plaintext: bool) -> bytes | None:
-    """The key passphrase (env :data:`PASSPHRASE_ENV`), or None when plaintext was asked for.
+    """The key passphrase (env :data:`PASSPHRASE_ENV` or ``REHEALTH_KEY_PASSPHRASE_FILE``), or
+    None when plaintext was asked for (:func:`coordinator.report.keys.passphrase_for_writing`).
 
     Raises:
         SpecError: no passphrase and no explicit opt-out: a signing key is never written in
             the clear by default.
     """
-    phrase = os.environ.get(PASSPHRASE_ENV, "")
-    if insecure_plaintext:
-        return None
-    if len(phrase) < 12:
-        raise SpecError(
-            f"set {PASSPHRASE_ENV} (at least 12 characters): the coordinator's CA and "
-            "study-signing keys are encrypted with it (or pass --insecure-plaintext-key)"
-        )
-    return phrase.encode()
+    from coordinator.report.errors import ReportError
+    from coordinator.report.keys import passphrase_for_writing
 
-
-def _encryption(passphrase: bytes | None) -> serialization.KeySerializationEncryption:
-    if passphrase is None:
-        return serialization.NoEncryption()
-    return serialization.BestAvailableEncryption(passphrase)
+    try:
+        return passphrase_for_writing(insecure_plaintext=insecure_plaintext)
+    except ReportError as e:
+        raise SpecError(str(e)) from None
 
 
 def load_encrypted_key(path: Path, passphrase: bytes | None):
-    """A private key written by provisioning; SpecError on a wrong or missing passphrase."""
+    """A private key written by provisioning, opened with exactly ``passphrase``; SpecError on a
+    wrong or missing one."""
     try:
         return serialization.load_pem_private_key(path.read_bytes(), password=passphrase)
     except (ValueError, TypeError):
@@ -140,18 +139,16 @@ def load_encrypted_key(path: Path, passphrase: bytes | None):
 
 
 def load_signing_key(path: Path) -> Ed25519PrivateKey:
-    """The operator's study-signing key: a kit's encrypted one (passphrase from
-    :data:`PASSPHRASE_ENV`) or a plaintext one (``rehealth report keygen``)."""
-    pem = Path(path).read_bytes()
-    if b"ENCRYPTED" not in pem:
-        from coordinator.report.signing import load_private_key
+    """The operator's study-signing key, opened as every signing key is
+    (:func:`coordinator.report.signing.load_private_key`: encrypted with the configured
+    passphrase, or a plaintext one made on purpose)."""
+    from coordinator.report.errors import ReportError
+    from coordinator.report.signing import load_private_key
 
+    try:
         return load_private_key(path)
-    phrase = os.environ.get(PASSPHRASE_ENV, "")
-    key = load_encrypted_key(Path(path), phrase.encode() if phrase else None)
-    if not isinstance(key, Ed25519PrivateKey):
-        raise SpecError(f"{path}: not an Ed25519 study-signing key")
-    return key
+    except ReportError as e:
+        raise SpecError(str(e)) from None
 
 
 @dataclass(frozen=True)
@@ -196,19 +193,17 @@ def _provision(spec: FederationFile, out: Path, coord: CoordinatorKit, passphras
     ca_key, ca = new_ca(f"ReHealth federation {spec.name} CA", validity)
     hosts = tuple(dict.fromkeys((spec.host, *spec.coordinator_hosts)))
     server_key, server = issue_server_cert(ca_key, ca, hosts, validity)
-    enc = _encryption(passphrase)
     write_private(coord.ca_cert, pem_cert(ca))
-    write_private(
-        coord.ca_key,
-        ca_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc),
-    )
+    write_private(coord.ca_key, private_key_pem(ca_key, passphrase))
     write_private(coord.server_cert, pem_cert(server))
     write_private(coord.server_key, pem_key(server_key))  # Flower reads it without a passphrase
     write_private(coord.superexec_secret, secrets.token_bytes(SECRET_BYTES))
     signing = Ed25519PrivateKey.generate()
+    write_private(coord.signing_key, private_key_pem(signing, passphrase))
+    # the CA binds the operator's name to the report-signing key (rehealth report verify --ca)
     write_private(
-        coord.signing_key,
-        signing.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc),
+        coord.signing_cert,
+        pem_cert(issue_signing_cert(ca_key, ca, signing.public_key(), spec.operator, validity)),
     )
     write_private(
         coord.signing_pub,

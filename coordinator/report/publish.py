@@ -11,7 +11,9 @@ import os
 from pathlib import Path
 
 from coordinator.report.build import DEFAULT_ISSUER, build_report
+from coordinator.report.certify import certified_issuer
 from coordinator.report.html import render_html
+from coordinator.report.keys import demo_passphrase
 from coordinator.report.pdf import render_pdf
 from coordinator.report.registration import load_verified
 from coordinator.report.signing import (
@@ -35,7 +37,7 @@ def write_signed_report(
     *,
     key_path: str | Path,
     out_dir: str | Path,
-    issuer: str = DEFAULT_ISSUER,
+    issuer: str | None = None,
     issued_at: str | None = None,
     registration: str | Path | None = None,
 ) -> dict[str, Path]:
@@ -45,7 +47,9 @@ def write_signed_report(
         result: the study result.
         key_path: the coordinator's Ed25519 private key (PEM), e.g. from ``rehealth report keygen``.
         out_dir: folder for ``report.json`` (signed), ``report.html`` and ``report.pdf``.
-        issuer: who issues the report.
+        issuer: who issues the report; by default the subject of the key's certificate
+            (``coordinator.crt`` beside a provisioned key, carried in the signed file), else
+            "ReHealth Core coordinator".
         issued_at: ISO 8601 time of issue; now when omitted.
         registration: the study's registration file (``rehealth study register``), verified
             under the same key before it is stated in the report.
@@ -57,11 +61,12 @@ def write_signed_report(
         ReportError: the key cannot be loaded or the result cannot be reported honestly.
     """
     key = load_private_key(key_path)
+    issuer, certificate = certified_issuer(key_path, key, issuer)
     record = (
         None if registration is None else load_verified(Path(registration).read_bytes(), key.public_key())
     )
-    doc = build_report(result, issuer=issuer, issued_at=issued_at, registration=record)
-    signed = sign_report(doc, key)
+    doc = build_report(result, issuer=issuer or DEFAULT_ISSUER, issued_at=issued_at, registration=record)
+    signed = sign_report(doc, key, certificate=certificate)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / REPORT_JSON
@@ -85,12 +90,15 @@ def write_renderings(verified: VerifiedReport, *, signed_name: str, out_dir: str
 
 
 def ensure_keypair(key_dir: str | Path) -> tuple[Path, Path]:
-    """The coordinator key pair in ``key_dir``, generated on first use (for the demo)."""
+    """The coordinator key pair in ``key_dir``, generated on first use (for the demo and local
+    runs): encrypted like every key, with the configured passphrase or a throw-away one
+    (:func:`coordinator.report.keys.demo_passphrase`)."""
     key_dir = Path(key_dir)
     key_path, pub_path = key_dir / PRIVATE_KEY_NAME, key_dir / PUBLIC_KEY_NAME
+    passphrase = demo_passphrase(key_dir)
     if key_path.exists() and pub_path.exists():
         return key_path, pub_path
-    return generate_keypair(key_dir, overwrite=True)
+    return generate_keypair(key_dir, passphrase=passphrase, overwrite=True)
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

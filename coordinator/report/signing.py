@@ -23,7 +23,8 @@ this code: ``deploy/verify/verify-report.mjs`` does it with Node.js's standard l
 
 Notes:
     Ed25519 verification is deterministic and constant-time in the key (``cryptography``/
-    OpenSSL); the private key is written PKCS#8 PEM with mode 0600 and never read by ``verify``.
+    OpenSSL); the private key is written PKCS#8 PEM, encrypted, with mode 0600 (:mod:`keys`)
+    and never read by ``verify``.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +49,7 @@ from coordinator.report.canonical import (
 )
 from coordinator.report.document import EvidenceReport
 from coordinator.report.errors import CanonicalisationError, ReportError, ReportVerificationError
+from coordinator.report.keys import open_private_key, private_key_pem, write_new_private
 
 ALGORITHM = "Ed25519"
 PRIVATE_KEY_NAME = "coordinator.key"
@@ -64,8 +65,15 @@ class VerifiedReport:
     sha256: str  # of the signed file's bytes: cite it to name exactly this report
 
 
-def generate_keypair(out_dir: str | Path, *, overwrite: bool = False) -> tuple[Path, Path]:
-    """Write ``coordinator.key`` (PKCS#8 PEM, mode 0600) and ``coordinator.pub`` (PEM).
+def generate_keypair(
+    out_dir: str | Path, *, passphrase: bytes | None, overwrite: bool = False
+) -> tuple[Path, Path]:
+    """Write ``coordinator.key`` (PKCS#8 PEM, mode 0600, encrypted with ``passphrase``) and
+    ``coordinator.pub`` (PEM).
+
+    Args:
+        passphrase: encrypts the private key; ``None`` writes it in the clear, which callers ask
+            for explicitly (``--insecure-plaintext-key``), see :mod:`coordinator.report.keys`.
 
     Raises:
         ReportError: a key file exists and ``overwrite`` is false.
@@ -76,13 +84,7 @@ def generate_keypair(out_dir: str | Path, *, overwrite: bool = False) -> tuple[P
     if not overwrite and (key_path.exists() or pub_path.exists()):
         raise ReportError(f"{key_path} or {pub_path} exists; refusing to overwrite a key")
     key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    key_path.unlink(missing_ok=True)
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
+    write_new_private(key_path, private_key_pem(key, passphrase))
     pub_path.write_bytes(
         key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -91,9 +93,13 @@ def generate_keypair(out_dir: str | Path, *, overwrite: bool = False) -> tuple[P
     return key_path, pub_path
 
 
-def load_private_key(path: str | Path) -> Ed25519PrivateKey:
-    """Raises: ReportError if the file is missing or not an unencrypted Ed25519 PEM key."""
-    key = _load(path, serialization.load_pem_private_key, password=None)
+def load_private_key(path: str | Path, passphrase: bytes | None = None) -> Ed25519PrivateKey:
+    """The Ed25519 signing key at ``path``; an encrypted one is opened with ``passphrase`` or the
+    configured one (``REHEALTH_KEY_PASSPHRASE`` / ``_FILE``).
+
+    Raises: ReportError if the file is missing, cannot be decrypted or is not an Ed25519 key.
+    """
+    key = open_private_key(path, passphrase)
     if not isinstance(key, Ed25519PrivateKey):
         raise ReportError(f"{path}: not an Ed25519 private key")
     return key

@@ -449,7 +449,7 @@ def test_7_unsigned_foreign_altered_or_mismatched_grants_get_nothing(tmp_path, s
     other_sites = tuple(s for s in fed.nodes if s != node.site)
     control = node.ask(fed.sign(fed.query((Describe(),))))
     assert control.code == CODE_DATA and len(node.releases()) == 1
-    mallory, _ = generate_keypair(tmp_path / "mallory")
+    mallory, _ = generate_keypair(tmp_path / "mallory", passphrase=None)
     assert mallory.name == PRIVATE_KEY_NAME
     base = fed.query((Describe(), PsFit(beta=(0.0,) * (D + 1))))
     genuine = fed.sign(base)

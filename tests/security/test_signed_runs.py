@@ -79,7 +79,7 @@ def test_the_shipped_serverapp_with_an_own_unsigned_spec_gets_nothing(federation
 
 def test_a_study_signed_by_another_key_is_refused_by_every_node(federation):
     fed, _, _, _, _, synth, base = federation
-    other_key, _ = generate_keypair(base / "mallory")
+    other_key, _ = generate_keypair(base / "mallory", passphrase=None)
     spec_path = _exact_spec(synth, base, "forged")
     status, error, result = _attack(
         fed, {"spec": _spec(spec_path), "grant": sign_study(load_spec(spec_path), other_key)}

@@ -44,7 +44,7 @@ def _federation_toml(tmp_path: Path, sites=SITES) -> Path:
 
 
 def _invoke(*args: str, passphrase: str | None = PASS):
-    env = {"REHEALTH_KEY_PASSPHRASE": passphrase or ""}
+    env = {"REHEALTH_KEY_PASSPHRASE": passphrase or "", "REHEALTH_KEY_PASSPHRASE_FILE": ""}
     return CliRunner().invoke(app, list(args), env=env)
 
 

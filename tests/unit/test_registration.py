@@ -22,7 +22,8 @@ from coordinator.report.build import build_report
 from coordinator.report.registration import RegistrationError, dump, load_verified, register
 from shared.study import StudySpec
 
-runner = CliRunner()
+# keys are written and opened encrypted, as in production
+runner = CliRunner(env={"REHEALTH_KEY_PASSPHRASE": "cli-test-passphrase", "REHEALTH_KEY_PASSPHRASE_FILE": ""})
 BEFORE = "2026-11-20T09:00:00Z"  # the fixture study started 2026-11-23T19:40:00+00:00
 AFTER = "2026-11-24T09:00:00Z"
 

@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 from coordinator.cli.report import app
 from coordinator.files import write_result
 
-runner = CliRunner()
+# keys are written and opened encrypted, as in production
+runner = CliRunner(env={"REHEALTH_KEY_PASSPHRASE": "cli-test-passphrase", "REHEALTH_KEY_PASSPHRASE_FILE": ""})
 
 
 @pytest.fixture(scope="module")

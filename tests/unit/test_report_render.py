@@ -17,7 +17,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module")
 def keypair(tmp_path_factory):
-    return generate_keypair(tmp_path_factory.mktemp("keys"))
+    return generate_keypair(tmp_path_factory.mktemp("keys"), passphrase=None)
 
 
 @pytest.fixture(scope="module")

@@ -24,14 +24,16 @@ from coordinator.report import (
     verify_signed_report,
 )
 
+PASSPHRASE = b"signing-test-passphrase"
+
 
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory):
     d = tmp_path_factory.mktemp("keys")
-    key_path, pub_path = generate_keypair(d)
-    other_key, other_pub = generate_keypair(d / "other")
+    key_path, pub_path = generate_keypair(d, passphrase=PASSPHRASE)
+    other_key, other_pub = generate_keypair(d / "other", passphrase=None)
     return {
-        "key": load_private_key(key_path),
+        "key": load_private_key(key_path, PASSPHRASE),
         "pub": load_public_key(pub_path),
         "other_key": load_private_key(other_key),
         "other_pub": load_public_key(other_pub),
@@ -215,12 +217,12 @@ def test_report_signed_under_the_old_recipe_is_refused_as_old_format(keys):
 
 
 def test_keygen_writes_private_key_0600_and_refuses_to_overwrite(tmp_path):
-    key_path, pub_path = generate_keypair(tmp_path)
+    key_path, pub_path = generate_keypair(tmp_path, passphrase=PASSPHRASE)
     assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
-    assert b"BEGIN PRIVATE KEY" in key_path.read_bytes()
+    assert b"BEGIN ENCRYPTED PRIVATE KEY" in key_path.read_bytes()
     assert b"BEGIN PUBLIC KEY" in pub_path.read_bytes()
     with pytest.raises(ReportError, match="refusing to overwrite"):
-        generate_keypair(tmp_path)
+        generate_keypair(tmp_path, passphrase=PASSPHRASE)
     with pytest.raises(ReportError, match="not an Ed25519 private key|not a usable PEM key"):
         load_private_key(pub_path)
     with pytest.raises(ReportError, match="cannot read key"):
