@@ -115,7 +115,13 @@ def sign(
         _fail(f"{document}: not a report document ({str(e).splitlines()[0]})")
     except ReportError as e:
         _fail(str(e))
-    signed = sign_report(doc, private)
+    from coordinator.report.certify import certified_issuer
+
+    try:
+        _, certificate = certified_issuer(key, private, doc.issuer)
+    except ReportError as e:
+        _fail(str(e))
+    signed = sign_report(doc, private, certificate=certificate)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_bytes(signed)
     paths = {
@@ -133,7 +139,9 @@ def render(
     key: Path = typer.Option(None, "--key", help="Private key to sign a study result with."),
     pub: Path = typer.Option(None, "--pub", help="Public key to verify a signed report with."),
     out: Path = typer.Option(Path("report"), "--out", help="Output folder."),
-    issuer: str = typer.Option("ReHealth Core coordinator", help="Who issues the report."),
+    issuer: str = typer.Option(
+        None, help="Who issues the report (default: the name the key is certified for, else the coordinator)."
+    ),
     registration: Path = typer.Option(
         None, "--registration", exists=True, dir_okay=False, help="The study's registration (study register)."
     ),
@@ -173,14 +181,27 @@ def render(
 @app.command()
 def verify(
     report: Path = typer.Argument(..., help="Signed report (report.json)."),
-    key: Path = typer.Option(..., "--key", help="Issuer's public key (PEM)."),
+    key: Path = typer.Option(None, "--key", help="Issuer's public key (PEM)."),
+    ca: Path = typer.Option(
+        None, "--ca", help="The federation's CA certificate: checks the key is certified for the issuer."
+    ),
     fmt: Fmt = typer.Option(Fmt.text, "--format", help="Output format."),
 ) -> None:
-    """Check a signed report offline: exit 0 if intact and signed by KEY, 1 with the reason if not."""
+    """Check a signed report offline: exit 0 if intact and signed by KEY (or by a key the CA
+    certified for the report's issuer), 1 with the reason if not."""
     from coordinator.report import ReportError, ReportVerificationError, verify_file
 
+    if (key is None) == (ca is None):
+        _fail("give the issuer's public key (--key) or the federation's CA certificate (--ca), one of them")
+    subject = None
     try:
-        v = verify_file(report, key)
+        if ca is not None:
+            from coordinator.report.certify import verify_with_ca
+
+            certified = verify_with_ca(_read(report), _read(ca))
+            v, subject = certified.verified, certified.subject
+        else:
+            v = verify_file(report, key)
     except ReportVerificationError as e:
         _emit(
             fmt,
@@ -191,12 +212,14 @@ def verify(
     except ReportError as e:
         _fail(str(e))
     r = v.report
+    by = f"key {v.key_id}" if subject is None else f"key {v.key_id}, certified by {ca} for {subject!r}"
     _emit(
         fmt,
         {
             "valid": True,
             "report": str(report),
             "key_id": v.key_id,
+            "certified_issuer": subject,
             "sha256": v.sha256,
             "study": r.study.name,
             "spec_hash": r.study.spec_hash,
@@ -206,7 +229,7 @@ def verify(
             "failed_gates": list(r.failed_gates),
         },
         [
-            f"OK: {report} is intact and signed by key {v.key_id}",
+            f"OK: {report} is intact and signed by {by}",
             f"study {r.study.name} (spec {r.study.spec_hash[:16]}…), issued {r.issued_at} by "
             f"{r.issuer}; file SHA-256 {v.sha256}",
             "billable: every gate passed"
@@ -214,6 +237,14 @@ def verify(
             else f"NOT FOR BILLING: failed gates {', '.join(r.failed_gates)}",
         ],
     )
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        _fail(f"cannot read {path}: {e.strerror}")
+        raise  # unreachable: _fail exits
 
 
 def _emit_paths(fmt: Fmt, paths: dict[str, Path]) -> None:
