@@ -1,10 +1,17 @@
-"""The PDF report (fpdf2): the same view as the HTML, paginated, with page numbers and the
-signing key id in the footer. Fonts are the DejaVu TTFs that ship with matplotlib, so the
-symbols the report uses (ε, δ, −, ≥, ∞) render without a system font or a browser.
+"""The PDF report (fpdf2): the same view as the HTML, paginated, with page numbers. Fonts are
+the DejaVu TTFs that ship with matplotlib, so the symbols the report uses (ε, δ, −, ≥, ∞) render
+without a system font or a browser.
+
+The PDF is **not signed**; the signed evidence is ``report.json``. Every page's footer says so
+and names that file's SHA-256, so a reader can tie the pages to the signed bytes. The same
+report renders to the same PDF bytes: the creation date is the report's ``issued_at`` (fpdf2
+derives the file ID from it and the content), the figures are PNGs without a timestamp or
+software tag (:mod:`plots`), fonts are subset deterministically.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 from pathlib import Path
 
@@ -34,9 +41,11 @@ _WIDTHS = {
 
 
 class _ReportPDF(FPDF):
-    def __init__(self, view: ReportView):
+    def __init__(self, view: ReportView, created: dt.datetime | None):
         super().__init__(orientation="P", unit="mm", format="A4")
         self.view = view
+        # fixed, never "now": two renderings of one report must be the same bytes
+        self.set_creation_date(created or dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc))
         self.set_margins(16, 16, 16)
         self.set_auto_page_break(auto=True, margin=18)
         self.add_font(FONT, "", str(_FONT_DIR / "DejaVuSans.ttf"))
@@ -48,26 +57,33 @@ class _ReportPDF(FPDF):
 
     def footer(self) -> None:
         self.set_y(-12)
-        self.set_font(FONT, "", 7)
+        self.set_font(FONT, "", 6.5)
         self.set_text_color(*GREY)
-        sig = self.view.signature
-        left = (
-            (
-                f"Signed Ed25519, key id {sig.key_id[:16]}…  ·  verify: rehealth report verify "
-                f"{sig.file_name} --key coordinator.pub"
-            )
-            if sig
-            else "UNSIGNED RENDERING"
-        )
-        self.cell(0, 5, left, align="L")
+        self.cell(0, 5, footer_text(self.view), align="L")
         self.set_x(self.l_margin)
         self.cell(0, 5, f"Page {self.page_no()} of {{nb}}", align="R")
         self.set_text_color(0, 0, 0)
 
 
-def render_pdf(view: ReportView) -> bytes:
-    """The report as PDF bytes."""
-    pdf = _ReportPDF(view)
+def footer_text(view: ReportView) -> str:
+    """What every page says of itself: a rendering, of which file, not signed."""
+    sig = view.signature
+    if sig is None:
+        return "Rendering of an unsigned report, not signed"
+    return f"Rendering of {sig.file_name}, SHA-256 {sig.file_sha256}, not signed"
+
+
+def render_pdf(view: ReportView, *, created: str | None = None) -> bytes:
+    """The report as PDF bytes, identical for identical ``view`` and ``created``.
+
+    Args:
+        created: ISO 8601 time written as the PDF's creation date (the report's ``issued_at``).
+    """
+    when = None
+    if created is not None:
+        when = dt.datetime.fromisoformat(created)
+        when = when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
+    pdf = _ReportPDF(view, when)
     pdf.add_page()
     _title(pdf, view)
     _heading(pdf, "Summary")
@@ -213,7 +229,7 @@ def _signature(pdf: FPDF, view: ReportView) -> None:
         return
     for label, value in (
         ("Signed file", sig.file_name),
-        ("Algorithm", f"{sig.algorithm} over the canonical JSON of the report"),
+        ("Algorithm", f"{sig.algorithm} over the RFC 8785 canonical JSON of the report"),
         ("Signing key id", sig.key_id),
         ("File SHA-256", sig.file_sha256),
     ):
@@ -225,11 +241,13 @@ def _signature(pdf: FPDF, view: ReportView) -> None:
     pdf.ln(2)
     _para(
         pdf,
-        f"This document is a rendering; the signed evidence is {sig.file_name}. To check "
-        f"it offline run: rehealth report verify {sig.file_name} --key coordinator.pub "
-        f"(exit code 0: intact and signed by the key whose id is shown; a change to any "
-        f"byte, a wrong key or a missing signature is rejected). Without this software: "
-        f"parse the file, re-serialise its 'report' field as JSON with sorted keys, no "
-        f"whitespace and UTF-8, and verify the base64 'signature.value' with any Ed25519 "
-        f"library.",
+        f"This PDF is a rendering and is not signed; the signed evidence is {sig.file_name}, "
+        f"whose SHA-256 is shown above and in every page's footer. To check it offline run: "
+        f"rehealth report verify {sig.file_name} --ca ca.crt (the federation's CA certificate: "
+        f"the key must be certified for the issuer named) or --key coordinator.pub (exit code "
+        f"0: intact and signed by the key whose id is shown; a change to any byte, a wrong key "
+        f"or a missing signature is rejected). Without this software: node "
+        f"verify-report.mjs {sig.file_name} --ca ca.crt (Node.js standard library only), or "
+        f"serialise the file's 'report' field per RFC 8785 (JSON Canonicalization Scheme) and "
+        f"verify the base64 'signature.value' over those bytes with any Ed25519 library.",
     )

@@ -85,7 +85,7 @@ def write_renderings(verified: VerifiedReport, *, signed_name: str, out_dir: str
     out.mkdir(parents=True, exist_ok=True)
     html_path, pdf_path = out / REPORT_HTML, out / REPORT_PDF
     _write_atomic(html_path, render_html(view).encode("utf-8"))
-    _write_atomic(pdf_path, render_pdf(view))
+    _write_atomic(pdf_path, render_pdf(view, created=verified.report.issued_at))
     return {"html": html_path, "pdf": pdf_path}
 
 
