@@ -92,15 +92,25 @@ def passphrase_for_writing(*, insecure_plaintext: bool) -> bytes | None:
 
 
 def demo_passphrase(key_dir: Path) -> bytes:
-    """The configured passphrase, or a random one made for throw-away keys (see module doc)."""
-    phrase = configured_passphrase()
-    if phrase is not None:
+    """The passphrase of a throw-away key in ``key_dir`` (see module doc), in this order:
+    ``REHEALTH_KEY_PASSPHRASE``; the folder's own ``passphrase`` file from an earlier run; the
+    file ``REHEALTH_KEY_PASSPHRASE_FILE`` names; a new random one in the folder. Whichever file
+    is used is exported as ``REHEALTH_KEY_PASSPHRASE_FILE`` so every loader in this process (and
+    its children) opens the key the same way."""
+    if os.environ.get(PASSPHRASE_ENV):
+        phrase = configured_passphrase()
+        assert phrase is not None
         return phrase
     path = Path(key_dir) / DEMO_PASSPHRASE_NAME
     if not path.exists():
+        configured = configured_passphrase()  # from the file another throw-away key uses
+        if configured is not None:
+            return configured
         write_new_private(path, secrets.token_urlsafe(24).encode())
     os.environ[PASSPHRASE_FILE_ENV] = str(path.resolve())
-    return path.read_bytes()
+    phrase = configured_passphrase()
+    assert phrase is not None
+    return phrase
 
 
 def private_key_pem(key: PrivateKeyTypes, passphrase: bytes | None) -> bytes:
