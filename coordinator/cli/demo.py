@@ -128,4 +128,6 @@ def _report(result, out: Path, registration: Path) -> dict[str, Path]:
 
     key_path, pub_path = ensure_keypair(out / "keys")
     paths = write_signed_report(result, key_path=key_path, out_dir=out / "report", registration=registration)
-    return {**paths, "public key": pub_path, "registration": registration}
+    phrase = key_path.with_name("passphrase")  # the throw-away key's, unless REHEALTH_KEY_PASSPHRASE is set
+    extra = {"key passphrase": phrase} if phrase.exists() else {}
+    return {**paths, "public key": pub_path, "registration": registration, **extra}
