@@ -3,8 +3,9 @@
 Prints, for a 3-outcome, 16-covariate, 20-stratum, 5-site report:
   * in-process ``verify_signed_report`` (parse, canonical check, Ed25519, schema): median ms;
   * ``verify_file`` including reading the key and the file;
-  * the command line end to end (process start included): ``rehealth-verify`` and
-    ``rehealth report verify`` (the latter also loads every other CLI group);
+  * the command line end to end (process start included): ``rehealth-verify``,
+    ``rehealth report verify`` (the latter also loads every other CLI group) and the
+    independent Node.js check ``deploy/verify/verify-report.mjs``;
 and the time to build+sign and to render HTML+PDF for scale. Target: verify < 1 s.
 
 Run: .venv/bin/python bench/bench_verify.py [--write]
@@ -13,6 +14,7 @@ Run: .venv/bin/python bench/bench_verify.py [--write]
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import subprocess
 import sys
@@ -72,9 +74,12 @@ def main() -> None:
         print(f"verify_file (read key + file + verify): {with_io:.2f} ms median")
         rows.append(("verify_file: read key + file, verify (median of 100)", f"{with_io:.2f} ms"))
         bindir = Path(sys.executable).parent
+        node = shutil.which("node")
+        verifier = ROOT / "deploy" / "verify" / "verify-report.mjs"
         for cmd in (
             [str(bindir / "rehealth-verify"), str(report), "--key", str(pub_path)],
             [str(bindir / "rehealth"), "report", "verify", str(report), "--key", str(pub_path)],
+            *([[node, str(verifier), str(report), "--key", str(pub_path)]] if node else []),
         ):
             runs = []
             for _ in range(3):
@@ -82,6 +87,7 @@ def main() -> None:
                 subprocess.run(cmd, check=True, capture_output=True)
                 runs.append(time.perf_counter() - t)
             label = Path(cmd[0]).name + (" report verify" if cmd[1] == "report" else "")
+            label = "node verify-report.mjs" if cmd[0] == node else label
             print(f"{label} (process end to end): {statistics.median(runs) * 1e3:.0f} ms median of 3")
             rows.append(
                 (f"`{label}`, process end to end (median of 3)", f"{statistics.median(runs) * 1e3:.0f} ms")
