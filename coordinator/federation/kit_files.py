@@ -231,5 +231,9 @@ Start the SuperLink: `REHEALTH_KEY_PASSPHRASE=... rehealth coordinator run --kit
 (the passphrase is not needed to start it; it opens `ca.key` and `signing/coordinator.key`).
 Sites reach it at `{address}`. Keep this folder 0700 and back it up: `ca.key` and
 `signing/coordinator.key` are encrypted, `superlink.key` and `superexec.secret` are not
-(Flower reads them as they are). See `deploy/PROVISIONING.md`.
+(Flower reads them as they are). `signing/coordinator.crt` is the CA's certificate of the
+signing key for the operator's name: evidence reports signed with the key carry it, and whoever
+holds `ca.crt` checks them with `rehealth report verify report.json --ca ca.crt` or
+`node verify-report.mjs report.json --ca ca.crt` (deploy/verify/ in the repository).
+See `deploy/PROVISIONING.md`.
 """.encode()
