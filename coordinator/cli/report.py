@@ -138,6 +138,7 @@ def render(
     source: Path = typer.Argument(..., help="Study result JSON, or a signed report to re-render."),
     key: Path = typer.Option(None, "--key", help="Private key to sign a study result with."),
     pub: Path = typer.Option(None, "--pub", help="Public key to verify a signed report with."),
+    ca: Path = typer.Option(None, "--ca", help="Or the federation's CA certificate to verify it with."),
     out: Path = typer.Option(Path("report"), "--out", help="Output folder."),
     issuer: str = typer.Option(
         None, help="Who issues the report (default: the name the key is certified for, else the coordinator)."
@@ -150,7 +151,8 @@ def render(
     """Write report.json (signed), report.html and report.pdf, and print their paths.
 
     From a study result this needs the coordinator's private key (--key). From a signed report
-    it needs the public key (--pub): the report is verified before anything is rendered.
+    it needs the public key (--pub) or the CA certificate (--ca): the report is verified before
+    anything is rendered.
     """
     from coordinator.report import (
         ReportError,
@@ -162,9 +164,15 @@ def render(
 
     try:
         if _is_signed_report(source):
-            if pub is None:
-                _fail("a signed report is verified before rendering: give --pub PUBLIC_KEY")
-            paths = write_renderings(verify_file(source, pub), signed_name=source.name, out_dir=out)
+            if ca is not None:
+                from coordinator.report.certify import verify_with_ca
+
+                verified = verify_with_ca(_read(source), _read(ca)).verified
+            elif pub is not None:
+                verified = verify_file(source, pub)
+            else:
+                _fail("a signed report is verified before rendering: give --pub PUBLIC_KEY or --ca CA_CERT")
+            paths = write_renderings(verified, signed_name=source.name, out_dir=out)
         else:
             if key is None:
                 _fail("signing a study result needs the coordinator's private key: --key KEY")

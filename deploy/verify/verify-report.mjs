@@ -65,6 +65,7 @@ export function verifyReport(bytes, trust) {
       return { ok: false, reason: `certificate unreadable: ${e.message}` };
     }
     if (!cert.checkIssued(trust.ca) || !cert.verify(trust.ca.publicKey)) return { ok: false, reason: "certificate not issued by the CA" };
+    if (cert.ca) return { ok: false, reason: "the certificate is a CA's, not a report-signing certificate" };
     const at = Date.parse(doc.report.issued_at);
     if (!(at >= Date.parse(cert.validFrom) && at <= Date.parse(cert.validTo))) return { ok: false, reason: "report issued outside the certificate's validity" };
     const cn = /(?:^|\n)CN=([^\n]*)/.exec(cert.subject);

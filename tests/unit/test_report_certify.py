@@ -107,6 +107,12 @@ def test_self_made_certificate_claiming_the_operators_name_is_refused(kit):
     )
     assert r.exit_code == 1 and "was not issued by the CA" in r.output
     assert _node(kit["dir"] / "forged.json", kit["coord"].ca_cert).returncode == 1
+    # and it is not rendered as if genuine
+    out = kit["dir"] / "forged-render"
+    r = runner.invoke(
+        app, ["render", str(kit["dir"] / "forged.json"), "--ca", str(kit["coord"].ca_cert), "--out", str(out)]
+    )
+    assert r.exit_code == 1 and not (out / "report.pdf").exists()
 
 
 def test_genuine_certificate_on_a_report_signed_by_another_key_is_refused(kit):
