@@ -8,7 +8,7 @@ Public API::
     verify_signed_report(data, public_key) -> VerifiedReport
     verify_file(report_path, public_key_path) -> VerifiedReport
     write_signed_report(result, *, key_path, out_dir) -> {"json", "html", "pdf": Path}
-    generate_keypair(out_dir) / ensure_keypair(key_dir) -> (key_path, pub_path)
+    generate_keypair(out_dir, *, passphrase) / ensure_keypair(key_dir) -> (key_path, pub_path)
 
 Rendering (matplotlib, fpdf2) is imported on first use, so ``verify`` starts fast.
 """
