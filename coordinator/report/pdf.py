@@ -222,6 +222,8 @@ def _figure(pdf: FPDF, f: Figure, *, width: float = 170) -> None:
 
 
 def _signature(pdf: FPDF, view: ReportView) -> None:
+    if pdf.get_y() > pdf.h - 80:  # the section (facts + instructions) stays on one page
+        pdf.add_page()
     _heading(pdf, "Signature and verification")
     sig = view.signature
     if sig is None:
@@ -241,13 +243,11 @@ def _signature(pdf: FPDF, view: ReportView) -> None:
     pdf.ln(2)
     _para(
         pdf,
-        f"This PDF is a rendering and is not signed; the signed evidence is {sig.file_name}, "
-        f"whose SHA-256 is shown above and in every page's footer. To check it offline run: "
-        f"rehealth report verify {sig.file_name} --ca ca.crt (the federation's CA certificate: "
-        f"the key must be certified for the issuer named) or --key coordinator.pub (exit code "
-        f"0: intact and signed by the key whose id is shown; a change to any byte, a wrong key "
-        f"or a missing signature is rejected). Without this software: node "
-        f"verify-report.mjs {sig.file_name} --ca ca.crt (Node.js standard library only), or "
-        f"serialise the file's 'report' field per RFC 8785 (JSON Canonicalization Scheme) and "
-        f"verify the base64 'signature.value' over those bytes with any Ed25519 library.",
+        f"This PDF is a rendering and is not signed; the evidence is {sig.file_name} (SHA-256 "
+        f"above and in every footer). Check it offline: rehealth report verify {sig.file_name} "
+        f"--ca ca.crt (the key must be certified by the federation's CA for the issuer named; "
+        f"--key coordinator.pub checks the key alone), or without this software: node "
+        f"verify-report.mjs {sig.file_name} --ca ca.crt (Node.js standard library only). Any "
+        f"changed byte, another key or a missing signature is rejected. By hand: Ed25519 over "
+        f"the RFC 8785 (JCS) serialisation of the file's 'report' field.",
     )
