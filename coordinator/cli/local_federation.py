@@ -47,8 +47,11 @@ def main(argv: list[str] | None = None) -> int:
             f"({', '.join(n.site for n in fed.nodes)}); logs in {workdir / 'logs'}",
             flush=True,
         )
+        # a throw-away key is encrypted with the passphrase in keys/passphrase (report/keys.py)
+        phrase = key.with_name("passphrase")
+        env = f"REHEALTH_KEY_PASSPHRASE_FILE={phrase} " if args.key is None and phrase.exists() else ""
         print(
-            f"run a study:  rehealth study run --spec {args.spec} --superlink {HOST}:{fed.port} "
+            f"run a study:  {env}rehealth study run --spec {args.spec} --superlink {HOST}:{fed.port} "
             f"--root-certificates {workdir / 'pki' / 'ca.crt'} --key {key}",
             flush=True,
         )
