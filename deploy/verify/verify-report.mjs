@@ -43,6 +43,7 @@ export function verifyReport(bytes, trust) {
   if (sig === null || typeof sig !== "object" || Array.isArray(sig)) return { ok: false, reason: "no signature block" };
   const fields = Object.keys(sig).filter((k) => k !== "certificate").sort().join(",");
   if (fields !== BLOCK.join(",")) return { ok: false, reason: `signature block fields: ${fields}` };
+  if ("certificate" in sig && typeof sig.certificate !== "string") return { ok: false, reason: "certificate is not a PEM string" };
   if (sig.canonicalization !== "RFC 8785") return { ok: false, reason: `canonicalization ${JSON.stringify(sig.canonicalization)}, not RFC 8785 (old format?)` };
   if (sig.algorithm !== "Ed25519") return { ok: false, reason: `algorithm ${JSON.stringify(sig.algorithm)}` };
   // JCS of {report, signature} is this concatenation ("report" sorts before "signature"); the
