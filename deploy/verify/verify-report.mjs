@@ -14,14 +14,21 @@ import { fileURLToPath } from "node:url";
 // RFC 8785: ECMAScript number/string text (what JSON.stringify writes), object keys sorted by
 // UTF-16 code units (what Array.prototype.sort does), no whitespace.
 export function jcs(v) {
-  if (v === null || typeof v === "boolean" || typeof v === "string") return JSON.stringify(v);
-  if (typeof v === "number") {
-    if (!Number.isFinite(v)) throw new Error("non-finite number");
-    return JSON.stringify(v); // ES Number::toString; -0 is "0"
+  if (typeof v === "number" && !Number.isFinite(v)) throw new Error("non-finite number");
+  if (v === null || typeof v !== "object") return JSON.stringify(v); // ES Number::toString; -0 is "0"
+  let out = "";
+  if (Array.isArray(v)) {
+    for (const item of v) out += (out ? "," : "") + jcs(item);
+    return "[" + out + "]";
   }
-  if (Array.isArray(v)) return "[" + v.map(jcs).join(",") + "]";
-  const keys = Object.keys(v).sort();
-  return "{" + keys.map((k) => JSON.stringify(k) + ":" + jcs(v[k])).join(",") + "}";
+  for (const k of Object.keys(v).sort()) out += (out ? "," : "") + JSON.stringify(k) + ":" + jcs(v[k]);
+  return "{" + out + "}";
+}
+
+const keyIds = new WeakMap(); // KeyObject -> SHA-256 of its raw 32 bytes (hex)
+function keyIdOf(key) {
+  if (!keyIds.has(key)) keyIds.set(key, createHash("sha256").update(key.export({ format: "der", type: "spki" }).subarray(-32)).digest("hex"));
+  return keyIds.get(key);
 }
 
 const BLOCK = ["algorithm", "canonicalization", "key_id", "value"];
@@ -74,8 +81,7 @@ export function verifyReport(bytes, trust) {
     key = cert.publicKey;
   }
   if (key.asymmetricKeyType !== "ed25519") return { ok: false, reason: "key is not Ed25519" };
-  const raw = key.export({ format: "der", type: "spki" }).subarray(-32);
-  const keyId = createHash("sha256").update(raw).digest("hex");
+  const keyId = keyIdOf(key);
   if (sig.key_id !== keyId) return { ok: false, reason: `signed by key id ${sig.key_id}, expected ${keyId}` };
   const value = typeof sig.value === "string" ? Buffer.from(sig.value, "base64") : Buffer.alloc(0);
   if (value.length !== 64 || value.toString("base64") !== sig.value) return { ok: false, reason: "signature value is not canonical base64 of 64 bytes" };
