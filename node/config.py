@@ -134,6 +134,29 @@ class IngestSection(_Model):
         return frozenset(n for n, p in self.missing.items() if p == "indicator")
 
 
+class PlansSection(_Model):
+    """Personalised intervention plans (:mod:`node.plans`): the catalogue file (codes, targets,
+    texts, channels: configuration, not code), the employer's webhook and its signing secrets,
+    and the delivery's retry schedule. Secrets live in files (mode 0600), never in node.toml."""
+
+    catalogue: Path
+    webhook_url: str | None = Field(default=None, pattern=r"^https?://")
+    #: HMAC-SHA256 key signing outgoing webhooks (shared with the employer's gateway)
+    webhook_secret_path: Path = Path("webhook.secret")
+    #: HMAC-SHA256 key the gateway signs its opened/completed callbacks with
+    callback_secret_path: Path = Path("callback.secret")
+    #: a callback whose timestamp is further than this from the node's clock is refused
+    callback_window_s: int = Field(default=300, ge=1, le=3600)
+    max_attempts: int = Field(default=5, ge=1, le=50)  # then the plan is dead-lettered
+    backoff_ms: float = Field(default=1000.0, ge=0)  # first retry delay; doubles each retry
+    max_backoff_ms: float = Field(default=60_000.0, ge=0)
+    timeout_s: float = Field(default=10.0, gt=0, le=300)
+
+    def resolve_paths(self, base: Path) -> "PlansSection":
+        names = ("catalogue", "webhook_secret_path", "callback_secret_path")
+        return self.model_copy(update={n: _abs(getattr(self, n), base) for n in names})
+
+
 class NodeConfig(_Model):
     site_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     store_url: str = "sqlite:///node.db"
@@ -149,6 +172,7 @@ class NodeConfig(_Model):
     federation: FederationSection | None = None
     api: ApiSection | None = None
     log: LogSection = LogSection()
+    plans: PlansSection | None = None
 
     @field_validator("time_zone")
     @classmethod
@@ -185,6 +209,7 @@ class NodeConfig(_Model):
                 "api_keys_path": _abs(self.api_keys_path, base),
                 "data": data,
                 "federation": self.federation.resolve_paths(base) if self.federation else None,
+                "plans": self.plans.resolve_paths(base) if self.plans else None,
             }
         )
 

@@ -3,8 +3,9 @@
 The log is the ``interventions`` table: who (pseudonym) received which intervention, when and
 through which channel. Files append to it through ingestion; staff append single events as
 they happen (:func:`record_intervention`, used by ``rehealth node intervention add`` and the
-API). :func:`derive_cohort` turns persons + log + outcomes into the flat table a PSM study
-needs (a new-user design anchored at each person's index date):
+API); completed items of delivered plans append through :func:`record_planned`
+(:mod:`node.plans.events`). :func:`derive_cohort` turns persons + log + outcomes into the
+flat table a PSM study needs (a new-user design anchored at each person's index date):
 
 * a person's *index* is ``persons.index_date``: study entry, when the 16 baseline features
   were measured. Eligible: index inside the study's index window ``[index_start, index_end]``;
@@ -44,7 +45,7 @@ from shared.study import format_validation_error
 log = logging.getLogger(__name__)
 
 OUTCOME_COLUMNS = ("claims_cost", "cv_event", "absence_days")
-SOURCES = ("file", "cli", "api")
+SOURCES = ("file", "cli", "api", "plan")
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,29 @@ def record_intervention(
             )
     log.info("recorded intervention %s starting %s via %s (%s)", ev.code, ev.start, ev.channel, source)
     return RecordedIntervention(ev.code, ev.start, ev.end, ev.channel, source, now)
+
+
+def record_planned(
+    conn, *, pseudonym: str, code: str, start: dt.date, end: dt.date | None, channel: str
+) -> bool:
+    """Log a completed plan item as an intervention (source ``plan``) inside the caller's
+    transaction (:mod:`node.plans.events`); False if the same (person, code, start) is logged.
+
+    This is how delivered plans reach :func:`derive_cohort`: the treatment of a study of
+    ``code`` counts a person whose plan item for it was completed, from its start date.
+    """
+    if code not in INTERVENTION_CODES:
+        raise DataError(f"unknown intervention code {code!r}", field="code")
+    row = {
+        "pseudonym": pseudonym,
+        "code": code,
+        "start": start.isoformat(),
+        "end": end.isoformat() if end else None,
+        "channel": channel,
+        "source": "plan",
+        "recorded_at": dt.datetime.now(dt.timezone.utc).isoformat(sep=" "),
+    }
+    return insert_ignore(conn, interventions, list(row), [tuple(row.values())]) == 1
 
 
 def derive_cohort(

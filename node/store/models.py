@@ -13,6 +13,11 @@ cohort         pseudonym                        a flat cohort row: features, tre
 quarantine     id                               one rejected input row: file, row, field, why
 ingested_files id; unique (sha256, kind)        one input file and its counts (resumable)
 store_meta     name                             one fact about the store itself (see below)
+plans          id; unique (pseudonym, model,    one personalised intervention plan and its
+               catalogue)                       delivery state (node.plans)
+plan_events    id; unique idempotency_key       sent, delivered, skipped, dead-lettered,
+                                                opened, completed (the plan trajectory)
+opt_outs       pseudonym                        a person who receives no plan
 =============  ===============================  ==========================================
 
 ``cohort.extras`` is a JSON object of the numeric columns a flat cohort file has beyond the
@@ -171,10 +176,62 @@ store_meta = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
+plans = Table(
+    "plans",
+    metadata,
+    Column("id", String(32), primary_key=True),  # random hex; the webhook's idempotency key
+    _pseudonym(),
+    Column("model_version", String(32), nullable=False),
+    Column("catalogue_sha", String(64), nullable=False),
+    Column("risk", Float, nullable=False),  # predicted risk when generated (never sent)
+    # ranked recommendations: code, intervention, factor, reason, text, channel, reduction
+    Column("items", JSON, nullable=False),
+    Column("status", String(16), nullable=False),  # pending | sending | delivered | dead | skipped
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_error", String(255), nullable=True),  # HTTP status or error type, never a value
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("pseudonym", "model_version", "catalogue_sha", name="uq_plans_person_model"),
+)
+
+plan_events = Table(
+    "plan_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("plan_id", String(32), ForeignKey("plans.id"), nullable=False, index=True),
+    _pseudonym(),
+    # sent | delivered | failed | dead_lettered | skipped | opened | completed
+    Column("event", String(16), nullable=False),
+    Column("code", String(64), nullable=True),  # the plan item (completed), else NULL
+    Column("channel", String(32), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("source", String(16), nullable=False),  # delivery | callback | import
+    Column("detail", String(255), nullable=True),  # attempt number, HTTP status; never a value
+    # a callback's Idempotency-Key: a replayed callback is refused
+    Column("idempotency_key", String(128), nullable=True, unique=True),
+)
+
+opt_outs = Table(
+    "opt_outs",
+    metadata,
+    _pseudonym(primary_key=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+)
+
 #: What re-keying deletes (``rehealth node store rekey``), children before parents: every table
 #: whose rows carry a pseudonym, and the ingest history (a file loaded under the old key must be
 #: read again under the new one, not skipped as "already ingested").
-PERSON_LINKED = ("quarantine", "persons", "interventions", "outcomes", "cohort", "ingested_files")
+PERSON_LINKED = (
+    "quarantine",
+    "plan_events",
+    "plans",
+    "opt_outs",
+    "persons",
+    "interventions",
+    "outcomes",
+    "cohort",
+    "ingested_files",
+)
 
 #: Natural key columns of each ingestible table.
 NATURAL_KEYS: dict[str, tuple[str, ...]] = {
