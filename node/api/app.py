@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -55,6 +55,9 @@ from shared.errors import DataError, SpecError
 from shared.features import FEATURE_NAMES, FEATURES
 from shared.risk.arch import REFERENCE
 from shared.risk.tiers import TIERS
+
+if TYPE_CHECKING:
+    from node.plans.events import CallbackSettings
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut},
@@ -165,6 +168,7 @@ def create_app(
     store_url: str | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
     cors_origins: Sequence[str] = (),
+    plan_callbacks: CallbackSettings | None = None,
 ) -> FastAPI:
     """Build the node's scoring API.
 
@@ -184,6 +188,8 @@ def create_app(
         store_url: the node's store, checked by ``/readyz`` (``None``: not checked).
         max_body_bytes: larger request bodies get 413 unread (``[api] max_body_bytes``).
         cors_origins: browser origins allowed to call the API (default none: no CORS).
+        plan_callbacks: a :class:`node.plans.events.CallbackSettings`: serve the signed
+            ``POST /v1/plans/events`` callback of the employer's app (``None``: not served).
 
     Raises:
         SpecError: no model, unreadable keys; DataError: a book row out of bounds (named).
@@ -221,6 +227,11 @@ def create_app(
             expose_headers=["X-Request-ID"],
         )
     app.add_middleware(RequestContext, router=app.router, metrics=metrics)
+
+    if plan_callbacks is not None:
+        from node.api.plans import install_plan_callbacks
+
+        install_plan_callbacks(app, plan_callbacks)
 
     def require(*roles: str, bearer: bool = False):
         allowed = set(roles) | {"admin"}

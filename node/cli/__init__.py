@@ -14,6 +14,7 @@ from node.cli import (  # noqa: E402,F401
     init,
     intervention,
     model,  # noqa: E402,F401
+    plans,  # noqa: E402,F401
     quarantine,  # noqa: E402,F401
     run,  # noqa: E402,F401
     score,  # noqa: E402,F401

@@ -62,6 +62,7 @@ def serve(
             store_url=cfg.store_url if cfg is not None else None,
             max_body_bytes=api_cfg.max_body_bytes if api_cfg else MAX_BODY_BYTES,
             cors_origins=api_cfg.cors_origins if api_cfg else (),
+            plan_callbacks=_plan_callbacks(cfg),
         )
     logging.getLogger("rehealth.api").info(
         "scoring API starting",
@@ -76,3 +77,21 @@ def serve(
     # log_config=None: uvicorn keeps the one handler set up above; its own access log stays
     # off (the audit line replaces it: it has the key id and route template, not the raw path)
     uvicorn.run(api, host=host, port=port, log_config=None, log_level=level.lower(), access_log=False)
+
+
+def _plan_callbacks(cfg):
+    """The signed plan-event callback, served when ``[plans]`` is configured and its callback
+    secret exists (``rehealth node plans secret``)."""
+    if cfg is None or cfg.plans is None or not cfg.plans.callback_secret_path.exists():
+        return None
+    from node.cli.plans import _recipient_key
+    from node.plans.events import CallbackSettings
+    from node.plans.signing import read_secret
+    from node.store import open_store
+
+    return CallbackSettings(
+        store=open_store(cfg.store_url),
+        secret=read_secret(cfg.plans.callback_secret_path, what="callback secret"),
+        recipient_key=_recipient_key(cfg),
+        window_s=cfg.plans.callback_window_s,
+    )

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -19,7 +17,7 @@ from node.plans.catalogue import Catalogue
 from node.plans.delivery import DeliverySettings, deliver_plans
 from node.plans.events import CallbackRefused, CallbackSettings, accept_callback, set_opt_out
 from node.plans.generate import generate_plans
-from node.plans.signing import IDEMPOTENCY, SIGNATURE, TIMESTAMP, recipient_key, sign, verify
+from node.plans.signing import IDEMPOTENCY, SIGNATURE, TIMESTAMP, recipient_key, sign
 from node.pseudonym import Pseudonymizer
 from node.risk.scoring import Scorer
 from node.store import open_store
@@ -28,57 +26,12 @@ from node.trajectory import derive_cohort
 from shared.features import FEATURE_NAMES
 from shared.schemas import age_band
 from tests.security.hr_company import company, risk_model
+from tests.unit.webhook_receiver import Receiver
 
 CATALOGUE = "deploy/examples/plan-catalogue.toml"
 WEBHOOK_SECRET = b"w" * 32
 CALLBACK_SECRET = b"c" * 32
 RKEY = recipient_key(b"n" * 32)
-
-
-class Receiver:
-    """The employer's gateway: verifies the HMAC, dedups by Idempotency-Key, fails on cue."""
-
-    def __init__(self, script=()):
-        self.script = list(script)  # per request: 200, 500 or "slow" (answers after the timeout)
-        self.requests = 0
-        self.bad_signatures = 0
-        self.applied: dict[str, dict] = {}
-        self.lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                with receiver.lock:
-                    receiver.requests += 1
-                    action = receiver.script.pop(0) if receiver.script else 200
-                ts = int(self.headers[TIMESTAMP])
-                if not verify(WEBHOOK_SECRET, ts, body, self.headers[SIGNATURE]):
-                    receiver.bad_signatures += 1
-                    return self._answer(401)
-                if action == 500:
-                    return self._answer(500)
-                with receiver.lock:  # stored before answering: a lost answer is retried
-                    receiver.applied.setdefault(self.headers[IDEMPOTENCY], json.loads(body))
-                if action == "slow":
-                    time.sleep(0.4)
-                self._answer(200)
-
-            def _answer(self, status):
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/plans"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
@@ -163,7 +116,7 @@ def test_delivery_through_failures_is_exactly_once_signed_and_honours_opt_outs(n
     stored = _plans(store)
     opted = stored[0]["pseudonym"]
     assert set_opt_out(store, opted)
-    rx = Receiver(script=[500, 500, "slow", 500])
+    rx = Receiver(script=[500, 500, "slow", 500], secret=WEBHOOK_SECRET)
     try:
         summary = deliver_plans(store, _settings(rx.url))
     finally:
@@ -182,7 +135,7 @@ def test_delivery_through_failures_is_exactly_once_signed_and_honours_opt_outs(n
     assert len(_events(store, "delivered")) == n - 1 and len(_events(store, "skipped")) == 1
     assert {e["pseudonym"] for e in _events(store, "skipped")} == {opted}
     # a second run sends nothing again
-    rx2 = Receiver()
+    rx2 = Receiver(secret=WEBHOOK_SECRET)
     try:
         assert deliver_plans(store, _settings(rx2.url)).delivered == 0 and rx2.requests == 0
     finally:
@@ -194,7 +147,7 @@ def test_a_gateway_that_keeps_failing_dead_letters_after_n_tries_then_requeue_de
     generate_plans(store, scorer, Catalogue.from_toml(CATALOGUE), min_risk=0.5)
     n = len(_plans(store))
     assert n >= 1
-    rx = Receiver(script=[500] * (3 * n))
+    rx = Receiver(script=[500] * (3 * n), secret=WEBHOOK_SECRET)
     try:
         s = deliver_plans(store, _settings(rx.url, max_attempts=3))
         assert s.dead_lettered == n and rx.requests == 3 * n and not rx.applied
@@ -209,7 +162,7 @@ def test_a_gateway_that_keeps_failing_dead_letters_after_n_tries_then_requeue_de
 def test_a_wrong_secret_is_refused_by_the_receiver_and_dead_lettered_at_once(node):
     store, _, scorer = node
     generate_plans(store, scorer, Catalogue.from_toml(CATALOGUE), min_risk=0.5)
-    rx = Receiver()
+    rx = Receiver(secret=WEBHOOK_SECRET)
     try:
         s = deliver_plans(store, _settings(rx.url, secret=b"x" * 32))
     finally:
@@ -226,7 +179,7 @@ def _callback(body: dict, *, key: str, ts: int | None = None, secret: bytes = CA
 def test_signed_callbacks_reach_the_trajectory_and_the_next_cohorts_treatment(node):
     store, _, scorer = node
     generate_plans(store, scorer, Catalogue.from_toml(CATALOGUE), min_risk=0.2)
-    rx = Receiver()
+    rx = Receiver(secret=WEBHOOK_SECRET)
     try:
         deliver_plans(store, _settings(rx.url))
     finally:
