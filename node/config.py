@@ -290,4 +290,10 @@ delta = 1e-6
 [ingest.missing]
 # ldl = "indicator"
 # glucose = "indicator"
+
+# Personalised intervention plans (rehealth node plans; see docs/USAGE.md). The catalogue holds
+# codes, targets, texts and channels; an example is deploy/examples/plan-catalogue.toml.
+# [plans]
+# catalogue = "plan-catalogue.toml"
+# webhook_url = "https://gateway.example.org/rehealth/plans"
 '''

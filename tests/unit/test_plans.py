@@ -240,3 +240,35 @@ def test_signed_callbacks_reach_the_trajectory_and_the_next_cohorts_treatment(no
 def _sbp(store, pseudonym):
     with store.engine.connect() as conn:
         return conn.execute(select(persons.c.sbp).where(persons.c.pseudonym == pseudonym)).scalar_one()
+
+
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (('factor = "sbp"', 'factor = "age"'), "'age' is not a modifiable factor"),
+        (("target = 130", "target = 300"), "outside its bounds"),
+        (('intervention = "bp_management"', 'intervention = "homeopathy"'), "unknown intervention"),
+        (('code = "weight"', 'code = "bp_target"'), "listed twice: bp_target"),
+    ],
+)
+def test_a_bad_catalogue_is_refused_naming_what_is_wrong(tmp_path, edit, message):
+    from pathlib import Path
+
+    from shared.errors import SpecError
+
+    path = tmp_path / "cat.toml"
+    path.write_text(Path(CATALOGUE).read_text().replace(*edit, 1))
+    with pytest.raises(SpecError, match=message):
+        Catalogue.from_toml(path)
+
+
+def test_a_person_with_a_missing_feature_gets_no_plan_and_is_counted(node):
+    from sqlalchemy import update
+
+    store, _, scorer = node
+    with store.engine.begin() as conn:
+        first = conn.execute(select(persons.c.pseudonym).limit(1)).scalar_one()
+        conn.execute(update(persons).where(persons.c.pseudonym == first).values(ldl=None))
+    s = generate_plans(store, scorer, Catalogue.from_toml(CATALOGUE), min_risk=0.0)
+    assert s.unscored == 1 and s.high_risk == 119
+    assert first not in {p["pseudonym"] for p in _plans(store)}
