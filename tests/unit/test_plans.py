@@ -35,9 +35,10 @@ RKEY = recipient_key(b"n" * 32)
 
 
 @pytest.fixture
-def node(tmp_path):
-    """A store with 120 staff (features, one outcome period each) and the fixed risk model."""
-    store = open_store(f"sqlite:///{tmp_path / 'node.db'}")
+def node(tmp_path, store_url):
+    """A store (SQLite, PostgreSQL) with 120 staff (features, one outcome period each) and the
+    fixed risk model."""
+    store = open_store(store_url)
     pseudo = Pseudonymizer(key=b"n" * 32, site_id="acme")
     staff = company(n=120)
     rows, outs = [], []
