@@ -40,8 +40,9 @@ outcome variance the model leaves (the per-stratum residual variance would need 
 cross-products; scaling each stratum's variance by the pooled share is the stated
 approximation). Coverage: ``bench/bench_dr.py``.
 
-Strata whose control count is below ``min_cell`` (under DP: noise-only cells) share one
-intercept, so a noisy near-zero count never divides a noisy sum.
+Strata whose control count is below ``min_cell`` (under DP: noise-only cells) share the
+intercept of the nearest stratum that has enough, so a noisy near-zero count never divides a
+noisy sum.
 
 DP: :func:`dr_sensitivity` and :func:`release_dr` (one Gaussian release of every array the
 estimator reads, centred on the public midpoints), charged through the ledger's accountant
@@ -64,7 +65,16 @@ from shared.psm.estimator import Z_95
 from shared.psm.table import PsmTable, psm_table
 from shared.study import Outcome
 
-__all__ = ["DrEstimate", "DrStats", "dr_sensitivity", "dr_stats", "estimate_dr", "release_dr"]
+__all__ = [
+    "DrEstimate",
+    "DrStats",
+    "dp_ridge",
+    "dr_sensitivity",
+    "redraw_dr_se",
+    "dr_stats",
+    "estimate_dr",
+    "release_dr",
+]
 
 
 @dataclass(frozen=True)
@@ -114,24 +124,33 @@ class DrEstimate:
 
 
 def _groups(n_c: np.ndarray, min_cell: float) -> np.ndarray:
-    """Intercept group per stratum: its own if it holds ``min_cell`` controls, else one shared."""
-    own = n_c >= min_cell
-    g = np.cumsum(own) - 1
-    return np.where(own, g, int(own.sum()))
+    """Intercept group per stratum: its own if it holds ``min_cell`` controls, else that of the
+    nearest such stratum (ties to the lower), so a noise-only cell's sums join a large count."""
+    own = np.flatnonzero(n_c >= min_cell)
+    if own.size == 0:
+        return np.zeros(n_c.size, dtype=int)
+    idx = np.arange(n_c.size)
+    nearest = np.argmin(np.abs(idx[:, None] - own[None, :]), axis=1)
+    return nearest
 
 
-def _fit(stats: DrStats, n: np.ndarray, min_cell: float):
-    """Within-group slope γ ``(D, O)``, S_zz, S_zy, S_yy (diag) and (N_C, G) of the controls."""
-    tab = stats.table
+def _fit(stats: DrStats, n: np.ndarray, min_cell: float, ridge: float):
+    """Within-group slope γ ``(D, O)``, the (ridged) S_zz, RSS and S_yy per outcome, N_C and G.
+
+    Computed from the arrays centred on the public midpoints (:func:`_centre`): within-group
+    cross-products do not change under a shift, and a DP release is noised in exactly that
+    form, so no noisy total (Σ over hundreds of strata) is added back to every entry.
+    """
+    tab, c = stats.table, _centre(stats)
     grp = _groups(n[:, 0], min_cell)
     n_g = np.bincount(grp, weights=n[:, 0])
     keep = n_g > 0
-    sz = np.stack([np.bincount(grp, weights=tab.sum_z[:, 0, j]) for j in range(tab.n_covariates)], axis=1)
-    sy = np.stack([np.bincount(grp, weights=tab.sum_y[:, 0, k]) for k in range(tab.n_outcomes)], axis=1)
-    syy = tab.sumsq_y[:, 0, :].sum(axis=0)
+    sz = np.stack([np.bincount(grp, weights=c["sum_z"][:, 0, j]) for j in range(tab.n_covariates)], axis=1)
+    sy = np.stack([np.bincount(grp, weights=c["sum_y"][:, 0, k]) for k in range(tab.n_outcomes)], axis=1)
+    syy = c["sumsq_y"][:, 0, :].sum(axis=0)
     sz, sy, n_g = sz[keep], sy[keep], n_g[keep]
-    szz = stats.zz - (sz.T / n_g) @ sz
-    szy = stats.zy - (sz.T / n_g) @ sy
+    szz = c["zz"] - (sz.T / n_g) @ sz
+    szy = c["zy"] - (sz.T / n_g) @ sy
     syy_w = syy - np.sum(sy**2 / n_g[:, None], axis=0)
     szz = (szz + szz.T) / 2.0
     vals = np.linalg.eigvalsh(szz)
@@ -141,8 +160,10 @@ def _fit(stats: DrStats, n: np.ndarray, min_cell: float):
         if not vals[-1] > 0:
             raise EstimationError("the controls' covariates do not vary within strata: no outcome model")
         szz = project_psd(szz, floor=1e-6 * vals[-1])
-    gamma = np.linalg.solve(szz, szy)
-    return gamma, szz, szy, syy_w, float(n[:, 0].sum()), int(keep.sum())
+    szz_r = szz + ridge * np.eye(szz.shape[0])
+    gamma = np.linalg.solve(szz_r, szy)
+    rss = syy_w - 2 * np.sum(gamma * szy, axis=0) + np.sum(gamma * (szz @ gamma), axis=0)
+    return gamma, szz_r, rss, syy_w, float(n[:, 0].sum()), int(keep.sum())
 
 
 def estimate_dr(
@@ -151,6 +172,7 @@ def estimate_dr(
     outcomes: Sequence[Outcome],
     min_cell: float = 1,
     se_privacy: Sequence[float] | None = None,
+    ridge: float = 0.0,
 ) -> tuple[DrEstimate, ...]:
     """DR ATT, SE and 95 % CI per outcome from summed (possibly noisy) statistics.
 
@@ -159,6 +181,9 @@ def estimate_dr(
         outcomes: the study's outcomes, table order (public ``[lo, cap]``).
         min_cell: common support and intercept groups as in :func:`shared.psm.estimate_att`.
         se_privacy: DP SE per outcome in original units, added in quadrature.
+        ridge: λ added to :math:`S_{zz}`'s diagonal (0 exact; under DP :func:`dp_ridge`): shrinks
+            the slope toward 0, i.e. toward the stratified estimate, in the directions the
+            noise hides.
 
     Raises:
         DataError: dimensions disagree, non-finite entries, ``min_cell`` not positive.
@@ -170,6 +195,8 @@ def estimate_dr(
         raise DataError(f"DR statistics hold {tab.n_outcomes} outcomes, study has {len(outcomes)}")
     if not min_cell > 0:
         raise DataError(f"min_cell must be positive, got {min_cell!r}")
+    if not ridge >= 0:
+        raise DataError(f"ridge must be non-negative, got {ridge!r}")
     for name, arr in (
         ("count", tab.count),
         ("sum_y", tab.sum_y),
@@ -191,11 +218,10 @@ def estimate_dr(
     wu, nu = w[used], n[used]
     att_strat = wu @ (ybar[:, 1] - ybar[:, 0])  # (O,)
     d = wu @ (zbar[:, 1] - zbar[:, 0])  # (D,)
-    gamma, szz, szy, syy_w, n_c, n_groups = _fit(stats, n, min_cell)
+    gamma, szz, rss, syy_w, n_c, n_groups = _fit(stats, n, min_cell, ridge)
     att = att_strat - d @ gamma
 
     dof = max(n_c - n_groups - tab.n_covariates, 1.0)
-    rss = syy_w - np.sum(gamma * szy, axis=0)  # S_yy − γᵀS_zy per outcome (γ solves S_zz γ = S_zy)
     sigma2 = np.clip(rss, 0.0, None) / dof
     s2_within = np.clip(syy_w, 1e-300, None) / max(n_c - n_groups, 1.0)
     ratio = np.clip(sigma2 / s2_within, 0.0, 1.0)
@@ -225,6 +251,15 @@ def estimate_dr(
     return tuple(out)
 
 
+def dp_ridge(*, sigma: float, n_covariates: int) -> float:
+    r"""Ridge for a noisy :math:`S_{zz}`: 3σ√D, 1.5 × the spectral norm (≈ 2σ√D) of a
+    symmetric D × D matrix of N(0, σ²) noise (the zz release's part; the subtracted stratum
+    sums add less, their noise is divided by the stratum counts). Directions whose
+    within-stratum spread is below the noise get no adjustment instead of a noise-driven one.
+    """
+    return 3.0 * float(sigma) * math.sqrt(int(n_covariates))
+
+
 def dr_sensitivity(*, n_covariates: int, n_outcomes: int) -> float:
     r"""L2 sensitivity of one :func:`release_dr`: every array centred on the public midpoints.
 
@@ -236,7 +271,7 @@ def dr_sensitivity(*, n_covariates: int, n_outcomes: int) -> float:
     .. math:: \Delta_2 = \sqrt{1 + O/4 + D/4 + O/16 + (D(D+1)/2 + DO)/16}.
 
     >>> round(dr_sensitivity(n_covariates=16, n_outcomes=3), 3)
-    4.138
+    4.176
     """
     d, o = int(n_covariates), int(n_outcomes)
     if d < 1 or o < 1:
@@ -301,7 +336,14 @@ def release_dr(stats: DrStats, *, sigma: float, rng: np.random.Generator) -> DrS
 
 
 def redraw_dr_se(
-    released: DrStats, *, outcomes: Sequence[Outcome], sigma: float, min_cell: float, n_draws: int, rng
+    released: DrStats,
+    *,
+    outcomes: Sequence[Outcome],
+    sigma: float,
+    min_cell: float,
+    n_draws: int,
+    rng,
+    ridge: float = 0.0,
 ) -> np.ndarray:
     """Privacy SE per outcome (original units): SD of the DR estimate over fresh noise of the
     release's σ added to the released arrays (:func:`shared.dp.uncertainty.redraw_se`)."""
@@ -317,7 +359,9 @@ def redraw_dr_se(
         return np.array(
             [
                 e.att
-                for e in estimate_dr(stats=_uncentre(arrays, edges, sq), outcomes=outcomes, min_cell=min_cell)
+                for e in estimate_dr(
+                    stats=_uncentre(arrays, edges, sq), outcomes=outcomes, min_cell=min_cell, ridge=ridge
+                )
             ]
         )
 
