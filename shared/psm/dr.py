@@ -1,0 +1,370 @@
+r"""A doubly robust ATT from sufficient statistics: regression adjustment within propensity strata.
+
+The outcome model, fitted on the **controls**, is linear in the covariates with one intercept
+per propensity stratum and one slope shared by all strata:
+
+.. math:: y_i = \alpha_{b(i)} + z_i^\top\gamma + \varepsilon_i .
+
+Its least-squares slope uses only within-stratum (centred) cross-products,
+:math:`\hat\gamma = S_{zz}^{-1} S_{zy}` with
+:math:`S_{zz} = \sum_{i:C} z_i z_i^\top - \sum_b \Sigma z_{bC}\Sigma z_{bC}^\top / n_{bC}` and
+:math:`S_{zy}` alike, so besides the stratified table (:class:`~shared.psm.table.PsmTable`: per
+stratum × arm count, Σy, Σy², Σz) a node sends only the controls' :math:`\sum zz^\top` (D × D)
+and :math:`\sum zy^\top` (D × O), pooled over strata. Why a pooled slope and not one per stratum:
+it is estimable in strata with a handful of controls, and under DP it adds one D × D and one
+D × O block of noise instead of S of each. The model's mean prediction for the treated of
+stratum b is :math:`\bar y_{bC} + (\bar z_{bT} - \bar z_{bC})^\top\hat\gamma`, so
+
+.. math::
+    \widehat{ATT}_{DR} = \sum_{b\in\mathcal B} w_b\big[\bar y_{bT} - \bar y_{bC}
+        - (\bar z_{bT} - \bar z_{bC})^\top\hat\gamma\big]
+      = \widehat{ATT}_{strat} - d^\top\hat\gamma,\qquad d = \sum_b w_b(\bar z_{bT} - \bar z_{bC}),
+
+the stratified estimate (:mod:`shared.psm.estimator`, same weights and common support) corrected
+by the covariate imbalance left inside the strata. Doubly robust: if :math:`E[Y(0)\mid z]` is
+linear in z (with any stratum shifts) the correction removes the bias whatever the propensity
+model; if the propensity model is right, :math:`d \to 0` and the correction vanishes.
+
+Variance (delta method, target the sample ATT as the stratified estimator does): the error is
+:math:`\sum_b w_b(\bar\varepsilon_{bT} - \bar\varepsilon_{bC}) - d^\top(\hat\gamma - \gamma)`,
+the two parts uncorrelated (within-stratum centring), so
+
+.. math::
+    \widehat V = r \sum_b w_b^2 s^2_{bC}\Big(\frac{1}{n_{bT}} + \frac{1}{n_{bC}}\Big)
+        + \hat\sigma^2\, d^\top S_{zz}^{-1} d,
+
+with :math:`s^2_{bC}` the stratified estimator's cell variances (borrowed where cells are small,
+:func:`shared.psm.cells.cell_variances`), :math:`\hat\sigma^2 = RSS/(N_C - G - D)` the pooled
+residual variance and :math:`r = \hat\sigma^2 / s^2_{within}` the share of the within-stratum
+outcome variance the model leaves (the per-stratum residual variance would need per-stratum
+cross-products; scaling each stratum's variance by the pooled share is the stated
+approximation). Coverage: ``bench/bench_dr.py``.
+
+Strata whose control count is below ``min_cell`` (under DP: noise-only cells) share the
+intercept of the nearest stratum that has enough, so a noisy near-zero count never divides a
+noisy sum.
+
+DP: :func:`dr_sensitivity` and :func:`release_dr` (one Gaussian release of every array the
+estimator reads, centred on the public midpoints), charged through the ledger's accountant
+(:func:`shared.dp.plan.single_release_multiplier`); the privacy SE comes from re-drawing that
+noise on the released arrays (:func:`shared.dp.uncertainty.redraw_se`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from shared.errors import DataError, EmptyArmError, EstimationError, NoOverlapError
+from shared.psm._checks import check_t, check_unit_outcomes, check_z
+from shared.psm.cells import cell_means, cell_variances, clamped_counts
+from shared.psm.estimator import Z_95
+from shared.psm.table import PsmTable, psm_table
+from shared.study import Outcome
+
+__all__ = [
+    "DrEstimate",
+    "DrStats",
+    "dp_ridge",
+    "dr_sensitivity",
+    "redraw_dr_se",
+    "dr_stats",
+    "estimate_dr",
+    "release_dr",
+]
+
+
+@dataclass(frozen=True)
+class DrStats:
+    """Additive statistics of the DR estimator: the stratified table plus the controls'
+    ``zz`` = Σzzᵀ ``(D, D)`` and ``zy`` = Σzyᵀ ``(D, O)`` (z and y on the [0, 1] scale)."""
+
+    table: PsmTable
+    zz: np.ndarray
+    zy: np.ndarray
+
+    def __post_init__(self) -> None:
+        d, o = self.table.n_covariates, self.table.n_outcomes
+        if self.zz.shape != (d, d) or self.zy.shape != (d, o):
+            raise DataError(
+                f"DR cross-products {self.zz.shape}, {self.zy.shape}; expected ({d}, {d}), ({d}, {o})"
+            )
+
+    def merge(self, other: "DrStats") -> "DrStats":
+        return DrStats(table=self.table + other.table, zz=self.zz + other.zz, zy=self.zy + other.zy)
+
+    __add__ = merge
+
+
+def dr_stats(*, z, t, y, beta, edges, names=None) -> DrStats:
+    """A node's DR statistics at ``beta`` over ``edges`` (inputs as :func:`psm_table`)."""
+    table = psm_table(z=z, t=t, y=y, beta=beta, edges=edges, names=names)
+    z = check_z(z, names=names)
+    t = check_t(t, n=z.shape[0])
+    y = check_unit_outcomes(y, n=z.shape[0])
+    zc, yc = z[t == 0], y[t == 0]
+    return DrStats(table=table, zz=zc.T @ zc, zy=zc.T @ yc)
+
+
+@dataclass(frozen=True)
+class DrEstimate:
+    """One outcome's DR ATT in original units; ``adjustment`` = DR − stratified."""
+
+    name: str
+    att: float
+    se: float
+    ci: tuple[float, float]
+    se_sampling: float
+    se_privacy: float
+    att_stratified: float
+    adjustment: float
+
+
+def _groups(n_c: np.ndarray, min_cell: float) -> np.ndarray:
+    """Intercept group per stratum: its own if it holds ``min_cell`` controls, else that of the
+    nearest such stratum (ties to the lower), so a noise-only cell's sums join a large count."""
+    own = np.flatnonzero(n_c >= min_cell)
+    if own.size == 0:
+        return np.zeros(n_c.size, dtype=int)
+    idx = np.arange(n_c.size)
+    nearest = np.argmin(np.abs(idx[:, None] - own[None, :]), axis=1)
+    return nearest
+
+
+def _fit(stats: DrStats, n: np.ndarray, min_cell: float, ridge: float):
+    """Within-group slope γ ``(D, O)``, the (ridged) S_zz, RSS and S_yy per outcome, N_C and G.
+
+    Computed from the arrays centred on the public midpoints (:func:`_centre`): within-group
+    cross-products do not change under a shift, and a DP release is noised in exactly that
+    form, so no noisy total (Σ over hundreds of strata) is added back to every entry.
+    """
+    tab, c = stats.table, _centre(stats)
+    grp = _groups(n[:, 0], min_cell)
+    n_g = np.bincount(grp, weights=n[:, 0])
+    keep = n_g > 0
+    sz = np.stack([np.bincount(grp, weights=c["sum_z"][:, 0, j]) for j in range(tab.n_covariates)], axis=1)
+    sy = np.stack([np.bincount(grp, weights=c["sum_y"][:, 0, k]) for k in range(tab.n_outcomes)], axis=1)
+    syy = c["sumsq_y"][:, 0, :].sum(axis=0)
+    sz, sy, n_g = sz[keep], sy[keep], n_g[keep]
+    szz = c["zz"] - (sz.T / n_g) @ sz
+    szy = c["zy"] - (sz.T / n_g) @ sy
+    syy_w = syy - np.sum(sy**2 / n_g[:, None], axis=0)
+    szz = (szz + szz.T) / 2.0
+    vals = np.linalg.eigvalsh(szz)
+    if not vals[0] > 1e-9 * max(vals[-1], 1.0):
+        from shared.dp.mechanisms import project_psd  # post-processing of a noisy release
+
+        if not vals[-1] > 0:
+            raise EstimationError("the controls' covariates do not vary within strata: no outcome model")
+        szz = project_psd(szz, floor=1e-6 * vals[-1])
+    szz_r = szz + ridge * np.eye(szz.shape[0])
+    gamma = np.linalg.solve(szz_r, szy)
+    rss = syy_w - 2 * np.sum(gamma * szy, axis=0) + np.sum(gamma * (szz @ gamma), axis=0)
+    return gamma, szz_r, rss, syy_w, float(n[:, 0].sum()), int(keep.sum())
+
+
+def estimate_dr(
+    *,
+    stats: DrStats,
+    outcomes: Sequence[Outcome],
+    min_cell: float = 1,
+    se_privacy: Sequence[float] | None = None,
+    ridge: float = 0.0,
+) -> tuple[DrEstimate, ...]:
+    """DR ATT, SE and 95 % CI per outcome from summed (possibly noisy) statistics.
+
+    Args:
+        stats: the sum of every node's :func:`dr_stats` (or a :func:`release_dr`).
+        outcomes: the study's outcomes, table order (public ``[lo, cap]``).
+        min_cell: common support and intercept groups as in :func:`shared.psm.estimate_att`.
+        se_privacy: DP SE per outcome in original units, added in quadrature.
+        ridge: λ added to :math:`S_{zz}`'s diagonal (0 exact; under DP :func:`dp_ridge`): shrinks
+            the slope toward 0, i.e. toward the stratified estimate, in the directions the
+            noise hides.
+
+    Raises:
+        DataError: dimensions disagree, non-finite entries, ``min_cell`` not positive.
+        EmptyArmError / NoOverlapError / EstimationError: as the stratified estimator, or the
+            covariates do not vary within strata among the controls.
+    """
+    tab = stats.table
+    if tab.n_outcomes != len(outcomes):
+        raise DataError(f"DR statistics hold {tab.n_outcomes} outcomes, study has {len(outcomes)}")
+    if not min_cell > 0:
+        raise DataError(f"min_cell must be positive, got {min_cell!r}")
+    if not ridge >= 0:
+        raise DataError(f"ridge must be non-negative, got {ridge!r}")
+    for name, arr in (
+        ("count", tab.count),
+        ("sum_y", tab.sum_y),
+        ("sum_z", tab.sum_z),
+        ("zz", stats.zz),
+        ("zy", stats.zy),
+    ):
+        if not np.all(np.isfinite(arr)):
+            raise DataError(f"DR statistics {name} hold non-finite values", field=name)
+    n = clamped_counts(tab.count)
+    if n[:, 1].sum() < 1 or n[:, 0].sum() < 1:
+        raise EmptyArmError(f"an arm is empty: {n[:, 1].sum():.0f} treated, {n[:, 0].sum():.0f} controls")
+    used = (n[:, 1] >= min_cell) & (n[:, 0] >= min_cell)
+    if not used.any():
+        raise NoOverlapError("no stratum holds both arms: treated and controls do not overlap")
+    w = np.where(used, n[:, 1], 0.0) / n[used, 1].sum()
+    ybar = cell_means(tab.sum_y, n, clamp=False)[used]  # (U, 2, O)
+    zbar = cell_means(tab.sum_z, n, clamp=False)[used]  # (U, 2, D)
+    wu, nu = w[used], n[used]
+    att_strat = wu @ (ybar[:, 1] - ybar[:, 0])  # (O,)
+    d = wu @ (zbar[:, 1] - zbar[:, 0])  # (D,)
+    gamma, szz, rss, syy_w, n_c, n_groups = _fit(stats, n, min_cell, ridge)
+    att = att_strat - d @ gamma
+
+    dof = max(n_c - n_groups - tab.n_covariates, 1.0)
+    sigma2 = np.clip(rss, 0.0, None) / dof
+    s2_within = np.clip(syy_w, 1e-300, None) / max(n_c - n_groups, 1.0)
+    ratio = np.clip(sigma2 / s2_within, 0.0, 1.0)
+    var = cell_variances(tab.sum_y, tab.sumsq_y, n, np.repeat(used[:, None], 2, axis=1))[used, 0]  # (U, O)
+    v_main = ratio * np.sum((wu**2 * (1.0 / nu[:, 1] + 1.0 / nu[:, 0]))[:, None] * var, axis=0)
+    v_gamma = sigma2 * float(d @ np.linalg.solve(szz, d))
+    se01 = np.sqrt(v_main + v_gamma)
+    se_priv = np.zeros(len(outcomes)) if se_privacy is None else np.asarray(se_privacy, dtype=float)
+    out = []
+    for k, o in enumerate(outcomes):
+        span = o.cap - o.lo
+        se_s = float(se01[k]) * span
+        se = float(math.hypot(se_s, float(se_priv[k])))
+        a = float(att[k]) * span
+        out.append(
+            DrEstimate(
+                name=o.name,
+                att=a,
+                se=se,
+                ci=(a - Z_95 * se, a + Z_95 * se),
+                se_sampling=se_s,
+                se_privacy=float(se_priv[k]),
+                att_stratified=float(att_strat[k]) * span,
+                adjustment=a - float(att_strat[k]) * span,
+            )
+        )
+    return tuple(out)
+
+
+def dp_ridge(*, sigma: float, n_covariates: int) -> float:
+    r"""Ridge for a noisy :math:`S_{zz}`: 3σ√D, 1.5 × the spectral norm (≈ 2σ√D) of a
+    symmetric D × D matrix of N(0, σ²) noise (the zz release's part; the subtracted stratum
+    sums add less, their noise is divided by the stratum counts). Directions whose
+    within-stratum spread is below the noise get no adjustment instead of a noise-driven one.
+    """
+    return 3.0 * float(sigma) * math.sqrt(int(n_covariates))
+
+
+def dr_sensitivity(*, n_covariates: int, n_outcomes: int) -> float:
+    r"""L2 sensitivity of one :func:`release_dr`: every array centred on the public midpoints.
+
+    One row lands in one stratum × arm cell and moves its count by 1, its O sums (y − ½) and D
+    sums (z − ½) by at most ½ each, its O sums (y − ½)² by at most ¼ each, and — a control —
+    the D(D+1)/2 distinct entries of Σ(z − ½)(z − ½)ᵀ and the D·O entries of Σ(z − ½)(y − ½)ᵀ
+    by at most ¼ each:
+
+    .. math:: \Delta_2 = \sqrt{1 + O/4 + D/4 + O/16 + (D(D+1)/2 + DO)/16}.
+
+    >>> round(dr_sensitivity(n_covariates=16, n_outcomes=3), 3)
+    4.176
+    """
+    d, o = int(n_covariates), int(n_outcomes)
+    if d < 1 or o < 1:
+        raise DataError("DR sensitivity needs at least one covariate and one outcome")
+    return math.sqrt(1 + o / 4 + d / 4 + o / 16 + (d * (d + 1) / 2 + d * o) / 16)
+
+
+#: The arrays of a DR release, in the estimator's uncentred form.
+RELEASE_ARRAYS = ("count", "sum_y", "sumsq_y", "sum_z", "zz", "zy")
+
+
+def _centre(stats: DrStats) -> dict[str, np.ndarray]:
+    """The release's centred arrays (bounded per row as :func:`dr_sensitivity` says)."""
+    t = stats.table
+    n = t.count
+    n_c = t.count[:, 0].sum()
+    sz_c, sy_c = t.sum_z[:, 0].sum(axis=0), t.sum_y[:, 0].sum(axis=0)
+    return {
+        "count": n,
+        "sum_y": t.sum_y - n[..., None] / 2,
+        "sumsq_y": t.sumsq_y - t.sum_y + n[..., None] / 4,
+        "sum_z": t.sum_z - n[..., None] / 2,
+        "zz": stats.zz - (sz_c[:, None] + sz_c[None, :]) / 2 + n_c / 4,
+        "zy": stats.zy - (sz_c[:, None] + sy_c[None, :]) / 2 + n_c / 4,
+    }
+
+
+def _uncentre(c: dict[str, np.ndarray], edges: np.ndarray, sumsq_z: np.ndarray) -> DrStats:
+    """Inverse of :func:`_centre` (post-processing: uses only released arrays)."""
+    n = c["count"]
+    sum_y = c["sum_y"] + n[..., None] / 2
+    sum_z = c["sum_z"] + n[..., None] / 2
+    n_c = n[:, 0].sum()
+    sz_c, sy_c = sum_z[:, 0].sum(axis=0), sum_y[:, 0].sum(axis=0)
+    zz = c["zz"] + (sz_c[:, None] + sz_c[None, :]) / 2 - n_c / 4
+    zy = c["zy"] + (sz_c[:, None] + sy_c[None, :]) / 2 - n_c / 4
+    table = PsmTable(
+        edges=edges,
+        count=n,
+        sum_y=sum_y,
+        sumsq_y=c["sumsq_y"] + sum_y - n[..., None] / 4,
+        sum_z=sum_z,
+        sumsq_z=sumsq_z,
+    )
+    return DrStats(table=table, zz=(zz + zz.T) / 2, zy=zy)
+
+
+def release_dr(stats: DrStats, *, sigma: float, rng: np.random.Generator) -> DrStats:
+    """The Gaussian release of ``stats`` with noise SD ``sigma`` on every centred entry
+    (σ = μ·:func:`dr_sensitivity`; ``zz`` gets one draw per distinct entry, mirrored).
+
+    ``sumsq_z`` (balance) is not part of this release and is returned as zeros: its own
+    release (``psm_balance``) is charged separately.
+    """
+    from shared.dp.mechanisms import gaussian_noise
+
+    c = _centre(stats)
+    noisy = {k: v + gaussian_noise(shape=v.shape, sigma=sigma, rng=rng) for k, v in c.items() if k != "zz"}
+    upper = np.triu(gaussian_noise(shape=c["zz"].shape, sigma=sigma, rng=rng))
+    noisy["zz"] = c["zz"] + upper + np.triu(upper, 1).T
+    return _uncentre(noisy, stats.table.edges, np.zeros_like(stats.table.sumsq_z))
+
+
+def redraw_dr_se(
+    released: DrStats,
+    *,
+    outcomes: Sequence[Outcome],
+    sigma: float,
+    min_cell: float,
+    n_draws: int,
+    rng,
+    ridge: float = 0.0,
+) -> np.ndarray:
+    """Privacy SE per outcome (original units): SD of the DR estimate over fresh noise of the
+    release's σ added to the released arrays (:func:`shared.dp.uncertainty.redraw_se`)."""
+    from shared.dp.uncertainty import redraw_se
+
+    edges, sq = released.table.edges, released.table.sumsq_z
+    centred = _centre(released)
+
+    def est(arrays: dict[str, np.ndarray]) -> np.ndarray:
+        arrays = dict(arrays)
+        upper = np.triu(arrays["zz"])  # one draw per distinct entry, mirrored, as released
+        arrays["zz"] = upper + np.triu(upper, 1).T
+        return np.array(
+            [
+                e.att
+                for e in estimate_dr(
+                    stats=_uncentre(arrays, edges, sq), outcomes=outcomes, min_cell=min_cell, ridge=ridge
+                )
+            ]
+        )
+
+    return redraw_se(
+        arrays=centred, sigma={k: sigma for k in RELEASE_ARRAYS}, estimate=est, n_draws=n_draws, rng=rng
+    )
