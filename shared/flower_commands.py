@@ -24,6 +24,13 @@ from shared.errors import SpecError
 SUPEREXEC_MODULE = "coordinator.federation.superexec"
 SUPERNODE_MODULE = "coordinator.federation.supernode"
 
+#: Environment every SuperExec (and so every Flower process we start) gets. Flower's SuperExec
+#: asks its Runtime API for a new app task once a second (``FLWR_SUPEREXEC_TASK_POLL_INTERVAL``,
+#: ``supercore/superexec/run_superexec.py``, 0.01–60 s): each message to a node waited 0.5 s on
+#: average for it, each run's ServerApp too. A tenth of that is one cheap loopback call per
+#: 0.1 s per SuperExec (docs/benchmarks/roundtrip.md).
+FLOWER_PACE_ENV = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1"}
+
 
 @dataclass(frozen=True)
 class RuntimeTLS:

@@ -23,7 +23,7 @@ from pathlib import Path
 from coordinator.federation.lifetime import spawn
 from coordinator.federation.pki import private_dir, write_private
 from shared.errors import FederationError
-from shared.flower_commands import toml_value
+from shared.flower_commands import FLOWER_PACE_ENV, toml_value
 
 __all__ = ["CONNECTION", "FlwrClient", "flwr_bin", "flwr_env", "toml_value"]
 
@@ -46,6 +46,7 @@ def flwr_env(home: Path, **extra: str) -> dict:
         PATH=path,
         FLWR_TELEMETRY_ENABLED="0",
         FLWR_DISABLE_UPDATE_CHECK="1",
+        **FLOWER_PACE_ENV,
         **extra,
     )
 

@@ -1,4 +1,5 @@
-"""``flower-supernode`` with a 10 s heartbeat, so the SuperLink sees a dead node within 20 s.
+"""``flower-supernode`` with a 10 s heartbeat (the SuperLink sees a dead node within 20 s) and a
+faster message pull (a round trip no longer waits for Flower's fixed 3 s idle sleep).
 
 How Flower 1.41 notices a node is gone (read from the installed source):
 
@@ -18,6 +19,14 @@ heartbeats and offline 20 s after the last: **a dead or stopped node is detected
 (15.5–20 s), plus the ServerApp's 0.2 s poll. The cost is one small authenticated request per
 node every ~4 s.
 
+The pull (``supernode/start_client_internal.py``): the SuperNode asks the SuperLink for a message,
+and when there is none sleeps a fixed ``time.sleep(3)`` — no option or variable sets it — so a
+message waited 1.5 s on average (3 s at worst) before its node even saw it; after handing a
+message to its ClientApp it polls for the reply every 0.5 s. Both sleeps of that module are
+capped (:func:`configure_pace`): 0.25 s when idle (one small authenticated request per node every
+quarter second), 0.05 s for the reply (a local lookup). Nothing else in Flower changes; the figures
+are in docs/benchmarks/roundtrip.md.
+
 Only the SuperNode's own two uses of the constant change (the interval it declares, and its
 heartbeat period); its app processes and the SuperLink keep Flower's values. Run as a script
 named ``flower-supernode`` (the launcher writes one) with ``flower-supernode``'s arguments.
@@ -26,6 +35,7 @@ named ``flower-supernode`` (the launcher writes one) with ``flower-supernode``'s
 from __future__ import annotations
 
 import sys
+import time
 
 #: The SuperNode's declared heartbeat interval: Flower's minimum (``HEARTBEAT_MIN_INTERVAL``).
 HEARTBEAT_INTERVAL_S = 10
@@ -50,10 +60,41 @@ def configure_heartbeat(interval_s: int = HEARTBEAT_INTERVAL_S) -> None:
     fleet.HEARTBEAT_DEFAULT_INTERVAL = interval_s
 
 
+#: The SuperNode's sleep between pulls that found no message (Flower: 3 s).
+PULL_IDLE_S = 0.25
+#: Its sleep while waiting for its ClientApp's reply, and for a reply's content (Flower: 0.5 s).
+REPLY_POLL_S = 0.05
+
+
+class _PacedTime:
+    """``time`` for Flower's SuperNode loop: every attribute is the real module's, except
+    ``sleep``, which maps Flower's 3 s idle pause to ``idle_s`` and caps shorter ones at ``poll_s``."""
+
+    def __init__(self, idle_s: float, poll_s: float):
+        self._idle_s, self._poll_s = idle_s, poll_s
+
+    def __getattr__(self, name: str):
+        return getattr(time, name)
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(self._idle_s if seconds >= 3 else min(seconds, self._poll_s))
+
+
+def configure_pace(idle_s: float = PULL_IDLE_S, poll_s: float = REPLY_POLL_S) -> None:
+    """Make this process's SuperNode pull every ``idle_s`` when idle (and poll its ClientApp's
+    reply every ``poll_s``) instead of Flower's fixed 3 s (0.5 s)."""
+    import flwr.supernode.start_client_internal as loop
+
+    if not 0 < poll_s <= idle_s <= 3:
+        raise ValueError(f"pace: need 0 < poll ({poll_s}) ≤ idle ({idle_s}) ≤ 3 s")
+    loop.time = _PacedTime(idle_s, poll_s)  # type: ignore[assignment]
+
+
 def main() -> None:
     from flwr.supernode.cli import flower_supernode
 
     configure_heartbeat()
+    configure_pace()
     sys.argv[0] = sys.argv[0].removesuffix(".exe")
     flower_supernode()
 

@@ -29,6 +29,7 @@ from node.config import FederationSection, NodeConfig
 from node.flower.supervisor import ChildExited, Supervisor
 from shared.errors import SpecError
 from shared.flower_commands import (
+    FLOWER_PACE_ENV,
     RuntimeTLS,
     split_address,
     superexec_command,
@@ -152,6 +153,7 @@ def plan(cfg: NodeConfig, config_path: Path) -> NodePlan:
         FLWR_TELEMETRY_ENABLED="0",
         FLWR_DISABLE_UPDATE_CHECK="1",
         PYTHONUNBUFFERED="1",
+        **FLOWER_PACE_ENV,
     )
     supernode = supernode_command(
         sys.executable,

@@ -1,0 +1,58 @@
+"""The pace our Flower processes poll at (docs/benchmarks/roundtrip.md): the SuperNode's pull loop
+and every SuperExec's task poll. Each test reads the installed Flower, so an upgrade that moves
+the sleeps or renames the variable fails here instead of silently bringing back 3 s waits."""
+
+import inspect
+import re
+import time
+
+import pytest
+
+from coordinator.federation import supernode
+from coordinator.federation.flwr_cli import flwr_env
+from shared.flower_commands import FLOWER_PACE_ENV
+
+
+def test_supernode_loop_sleeps_only_where_the_pace_expects():
+    """The paced module's ``time`` is used for sleeping only: Flower's 3 s idle pause and its two
+    0.5 s reply polls. Anything else would go through the proxy unchanged, but a new sleep
+    would be one this module's docstring does not account for."""
+    import flwr.supernode.start_client_internal as loop
+
+    uses = re.findall(r"\btime\.(\w+)\(([^)]*)\)", inspect.getsource(loop))
+    assert sorted(uses) == [("sleep", "0.5"), ("sleep", "0.5"), ("sleep", "3")]
+
+
+def test_configure_pace_shortens_flowers_sleeps(monkeypatch):
+    import flwr.supernode.start_client_internal as loop
+
+    monkeypatch.setattr(loop, "time", time)  # restored after the test
+    slept: list[float] = []
+    monkeypatch.setattr(time, "sleep", slept.append)
+    supernode.configure_pace(idle_s=0.25, poll_s=0.05)
+    loop.time.sleep(3)
+    loop.time.sleep(0.5)
+    assert slept == [0.25, 0.05]
+    assert loop.time.monotonic is time.monotonic  # everything else is the real module
+
+
+def test_configure_pace_refuses_nonsense():
+    with pytest.raises(ValueError, match="pace"):
+        supernode.configure_pace(idle_s=0.01, poll_s=0.05)
+    with pytest.raises(ValueError, match="pace"):
+        supernode.configure_pace(idle_s=5, poll_s=0.05)
+
+
+def test_superexec_reads_the_task_poll_interval_we_set(monkeypatch):
+    """Flower's SuperExec takes the interval from the variable every Flower process we start
+    gets (``flwr_env``; ``rehealth node run`` passes the same) — an unknown or out-of-range value
+    would make it exit, a renamed variable would leave it at 1 s."""
+    from flwr.supercore.superexec import run_superexec
+
+    env = flwr_env(__import__("pathlib").Path("/nonexistent-home"))
+    for k, v in FLOWER_PACE_ENV.items():
+        assert env[k] == v
+        monkeypatch.setenv(k, v)
+    assert run_superexec._get_task_poll_interval() == pytest.approx(0.1)
+    monkeypatch.delenv("FLWR_SUPEREXEC_TASK_POLL_INTERVAL")
+    assert run_superexec._get_task_poll_interval() == 1.0  # Flower's default, what we replace
