@@ -19,7 +19,7 @@ round's messages give:
 ``app`` is split once more with a measured cold start (``--starts`` times: a fresh interpreter
 importing Flower's ClientApp runtime and the node app): the rest is node compute.
 
-    PYTHONPATH=. .venv/bin/python bench/bench_roundtrip.py [--sites 8 --scale 0.05]
+    PYTHONPATH=. .venv/bin/python bench/bench_roundtrip.py [--sites 8 --scale 1]
 """
 
 from __future__ import annotations
@@ -39,6 +39,11 @@ from pathlib import Path
 
 import psutil
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _table import Table, add_write_argument, write_tables  # noqa: E402
+
 STAGES = ("push→pull", "pull→spawn", "app", "reply→link", "link→server")
 
 
@@ -51,20 +56,20 @@ class Sampler(threading.Thread):
         self.ins: dict[str, dict] = {}  # message id -> {group, created, delivered}
         self.res: dict[str, dict] = {}  # reply_to id -> {created, seen, gone}
         self.spawns: dict[int, float] = {}  # pid -> create time
-        self._stop = threading.Event()
+        self._done = threading.Event()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._done.set()
         self.join()
 
     def run(self) -> None:
         me = psutil.Process()
         db: sqlite3.Connection | None = None
-        while not self._stop.is_set():
+        while not self._done.is_set():
             now = time.time()
             for p in me.children(recursive=True):
                 try:
-                    if p.pid not in self.spawns and "clientappio-api-address" in " ".join(p.cmdline()):
+                    if p.pid not in self.spawns and "flwr-clientapp" in " ".join(p.cmdline()):
                         self.spawns[p.pid] = p.create_time()
                 except psutil.Error:
                     pass
@@ -77,7 +82,7 @@ class Sampler(threading.Thread):
                     self._read(db, now)
                 except sqlite3.Error:
                     pass
-            self._stop.wait(self.every_s)
+            self._done.wait(self.every_s)
 
     def _read(self, db: sqlite3.Connection, now: float) -> None:
         for mid, group, created, delivered in db.execute(
@@ -142,13 +147,39 @@ def rounds(s: Sampler) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sites", type=int, default=8)
-    ap.add_argument("--scale", type=float, default=0.05)
+    ap.add_argument("--scale", type=float, default=1.0)
     ap.add_argument("--epsilon", type=float, default=1.0)
     ap.add_argument("--sample", type=float, default=0.05, help="sampling period, s")
     ap.add_argument("--starts", type=int, default=3, help="cold starts timed for the app split")
-    ap.add_argument("--json", type=Path, help="also write the figures here")
+    ap.add_argument("--json", type=Path, help="also write the figures here (for a later --baseline)")
+    ap.add_argument("--baseline", type=Path, help="a --json of an earlier run, shown beside this one")
+    ap.add_argument("--baseline-label", default="before", help="what the baseline ran")
+    ap.add_argument("--note", default="", help="a line added below the tables (e.g. the demo's times)")
+    ap.add_argument("--replay", type=Path, help="print (and --write) a saved --json instead of running")
+    add_write_argument(ap, "roundtrip")
     args = ap.parse_args()
 
+    if args.replay:
+        figures = json.loads(args.replay.read_text())
+    else:
+        figures = measure(args)
+    show(figures)
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=1))
+    if args.write:
+        write_tables(
+            "roundtrip",
+            title="Round trips over Flower: where a round's time goes",
+            setting=f"{args.sites} synthetic sites (seed 7, scale {args.scale}), ε {args.epsilon}, "
+            "TLS, node authentication, signed study, guarded ClientApp, all on 127.0.0.1 (what "
+            "`rehealth demo` runs); stages are means over a round's messages, in seconds",
+            tables=_tables(figures, args),
+            notes=args.note,
+        )
+
+
+def measure(args) -> dict:
+    """Run the study once with the sampler watching; the figures :func:`show` prints."""
     from coordinator.study.runner import run_local
     from coordinator.synth import write_federation
     from shared.synth import generate_federation
@@ -162,17 +193,25 @@ def main() -> None:
         )
         sampler = Sampler(root / "run", args.sample)
         sampler.start()
-        events: list[dict] = []
         t = time.perf_counter()
         try:
-            result = run_local(spec, root / "run", on_event=events.append, timeout_s=900)
+            result = run_local(spec, root / "run", timeout_s=900)
         finally:
             sampler.stop()
         total = time.perf_counter() - t
-    cold = cold_start_s(args.starts)
-    rows = rounds(sampler)
-    print(f"{args.sites} sites, scale {args.scale}, ε {args.epsilon}: study {total:.1f} s end to end")
-    print("result timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items()))
+    return {
+        "setting": {"sites": args.sites, "scale": args.scale, "epsilon": args.epsilon},
+        "total_s": total,
+        "timings": result.timings,
+        "cold_start_s": cold_start_s(args.starts),
+        "rounds": rounds(sampler),
+    }
+
+
+def show(figures: dict) -> None:
+    rows, cold = figures["rounds"], figures["cold_start_s"]
+    print(f"{figures.get('setting', '')}: study {figures['total_s']:.1f} s end to end")
+    print("result timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in figures.get("timings", {}).items()))
     head = ["round", "nodes", "wall", *STAGES, "tail"]
     print("  ".join(f"{h:>12}" for h in head))
     for r in rows:
@@ -180,18 +219,38 @@ def main() -> None:
     if rows:
         n = len(rows)
         mean = {h: sum(r[h] for r in rows) / n for h in ("wall", *STAGES, "tail")}
-        print(
-            "  ".join(
-                [f"{'mean':>12}", f"{'':>12}", *(f"{mean[h]:>12.2f}" for h in ("wall", *STAGES, "tail"))]
-            )
-        )
+        print("  ".join([f"{'mean':>12}", f"{'':>12}", *(f"{mean[h]:>12.2f}" for h in head[2:])]))
         print(
             f"rounds: {n}, sum of round walls {sum(r['wall'] for r in rows):.1f} s; "
             f"ClientApp cold start (interpreter + imports) {cold:.2f} s of the mean app "
             f"{mean['app']:.2f} s; node compute ≈ {max(mean['app'] - cold, 0):.2f} s per round"
         )
-    if args.json:
-        args.json.write_text(json.dumps({"total_s": total, "cold_start_s": cold, "rounds": rows}, indent=1))
+
+
+def _summary(figures: dict) -> list:
+    rows = figures["rounds"]
+    n = max(len(rows), 1)
+    return [
+        f"{figures['total_s']:.1f}",
+        len(rows),
+        *(f"{sum(r[h] for r in rows) / n:.2f}" for h in ("wall", *STAGES, "tail")),
+        f"{figures['cold_start_s']:.2f}",
+    ]
+
+
+def _tables(figures: dict, args) -> list[Table]:
+    cols = ("run", "study s", "rounds", "round wall", *STAGES, "tail", "cold start")
+    summary = [("this commit", *_summary(figures))]
+    if args.baseline:
+        summary.insert(0, (args.baseline_label, *_summary(json.loads(args.baseline.read_text()))))
+    head = ("round", "nodes", "wall", *STAGES, "tail")
+    per_round = [[r["round"], r["nodes"], *(f"{r[h]:.2f}" for h in head[2:])] for r in figures["rounds"]]
+    return [
+        Table(columns=cols, rows=summary, align="l" + "r" * (len(cols) - 1), title="Mean round"),
+        Table(
+            columns=head, rows=per_round, align="l" + "r" * (len(head) - 1), title="Each round (this commit)"
+        ),
+    ]
 
 
 if __name__ == "__main__":
