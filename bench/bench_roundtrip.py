@@ -13,7 +13,8 @@ round's messages give:
     pull→spawn     SuperNode → SuperExec (its task poll) → a fresh ``flwr-clientapp`` process
     app            that process: interpreter + imports + Flower's app loading + the node's compute
     reply→link     reply built until it reached the SuperLink (the SuperNode's reply poll, push)
-    link→server    until the ServerApp pulled it (its poll)
+    link→server    until the ServerApp pulled it: the SuperNode's upload of the reply's content
+                   (sent after the reply's row) and the ServerApp's next 0.2 s poll
     tail           the round's wall time minus the mean path (the slowest node, the ServerApp)
 
 ``app`` is split once more with a measured cold start (``--starts`` times: a fresh interpreter
@@ -154,7 +155,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the figures here (for a later --baseline)")
     ap.add_argument("--baseline", type=Path, help="a --json of an earlier run, shown beside this one")
     ap.add_argument("--baseline-label", default="before", help="what the baseline ran")
-    ap.add_argument("--note", default="", help="a line added below the tables (e.g. the demo's times)")
+    ap.add_argument("--notes", type=Path, help="a Markdown file put below the tables (e.g. the demo's times)")
     ap.add_argument("--replay", type=Path, help="print (and --write) a saved --json instead of running")
     add_write_argument(ap, "roundtrip")
     args = ap.parse_args()
@@ -174,7 +175,7 @@ def main() -> None:
             "TLS, node authentication, signed study, guarded ClientApp, all on 127.0.0.1 (what "
             "`rehealth demo` runs); stages are means over a round's messages, in seconds",
             tables=_tables(figures, args),
-            notes=args.note,
+            notes=args.notes.read_text() if args.notes else "",
         )
 
 
