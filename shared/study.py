@@ -169,6 +169,16 @@ class Federation(_Model):
     tol: float = Field(default=1e-8, gt=0)  # Newton step (sup-norm); 1e-10 is at rounding level
 
 
+class ReportOptions(_Model):
+    """What the evidence report shows beyond the pooled estimate.
+
+    ``per_site = false`` is for pooled studies of small firms (``rehealth study template
+    small-firms``): the report names the participating sites but shows no per-site figure (no
+    people, treated or control counts per site); size gates are on the pool either way."""
+
+    per_site: bool = True
+
+
 class StudySpec(_Model):
     study: StudyInfo
     treatment: Treatment = Treatment()
@@ -179,6 +189,7 @@ class StudySpec(_Model):
     privacy: Privacy = Privacy()
     strata: Strata = Strata()
     federation: Federation = Federation()
+    report: ReportOptions = ReportOptions()
     sites: tuple[Site, ...] = ()
     _source_dir: str | None = PrivateAttr(default=None)  # the spec file's folder, if loaded from one
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 import typer
@@ -14,7 +15,9 @@ from rich.table import Table
 from coordinator.cli.progress import study_progress
 from coordinator.cli.register import register
 from coordinator.cli.study_runs import list_runs, logs, status, stop
+from coordinator.cli.template import template
 from coordinator.files import load_spec, write_result
+from coordinator.study.requirements import requirements
 from shared.errors import ReHealthError, SpecError
 from shared.result import StudyResult
 
@@ -24,6 +27,7 @@ app.command("list")(list_runs)
 app.command("status")(status)
 app.command("logs")(logs)
 app.command("stop")(stop)
+app.command("template")(template)
 
 
 @app.command("run")
@@ -189,6 +193,10 @@ def plan(
         console.print(f"[red]cannot plan:[/red] {escape(str(e))}")
         raise typer.Exit(1) from None
     stops = not gate.decisive.passed and study.privacy.unresolved_fit == "stop"
+    # a pooled study (SecAgg+ or no per-site figures): what the pool needs, told in advance
+    pooled = study.privacy.secure_aggregation or not study.report.per_site
+    n_controls = 4 * treated if controls is None else controls
+    needs = requirements(study, treated=treated, controls=n_controls, nodes=k) if pooled else None
     if fmt == "json":
         typer.echo(
             json.dumps(
@@ -204,11 +212,42 @@ def plan(
                     "strata_resolve": gate.strata is None or gate.strata.passed,
                     "strata_message": None if gate.strata is None else gate.strata.message,
                     "stops_after_describe": stops,
+                    **({} if needs is None else {"pooled": asdict(needs)}),
                 }
             )
         )
         return
     _print_plan(console, study, gate, before, treated, k, stops)
+    if needs is not None:
+        _print_pooled(console, study, needs, treated, n_controls, k)
+
+
+def _print_pooled(console: Console, study, needs, treated: int, controls: int, k: int) -> None:
+    """What the firms of a pooled study need, before any of them joins."""
+    from shared import thresholds as th
+
+    eps = study.privacy.epsilon
+    console.print(
+        f"\n[bold]Pooled study over {k} companies[/bold] (size gates apply to the pool, not to each company):"
+    )
+    console.print(
+        f"  size gates: ≥ {th.MIN_TREATED} treated and ≥ {th.MIN_CONTROL_RATIO:g} × as many controls in the "
+        f"pool; {treated:,} treated and {controls:,} controls "
+        + ("pass." if needs.size_gates_pass else "[red]do not pass[/red].")
+    )
+    console.print(
+        "  at these counts the study needs ε ≥ "
+        + (f"{needs.min_epsilon:.2g}" if needs.min_epsilon is not None else "more than any ε up to 50 gives")
+        + f" (planned ε = {eps:g})."
+    )
+    if needs.min_treated is None:
+        console.print(f"  at ε = {eps:g} no pool of up to a million treated resolves the study: raise ε.")
+    else:
+        console.print(
+            f"  at ε = {eps:g} the pool needs ≥ {needs.min_treated:,} treated and ≥ {needs.min_controls:,} "
+            f"controls, about {needs.treated_per_firm:,} treated per company over {k} companies "
+            "(an average: a company may bring fewer if others bring more)."
+        )
 
 
 def _print_plan(console: Console, study, gate, before, treated: int, k: int, stops: bool) -> None:

@@ -26,6 +26,7 @@ from coordinator.report.document import (
     StratumRow,
     StudySection,
     Summaries,
+    per_site_figures,
 )
 from coordinator.report.errors import ReportError
 from coordinator.report.method import method_section
@@ -92,6 +93,11 @@ def build_report(
         )
         for s in result.strata
     )
+    # counts per site feed the pooled size gates; with [report] per_site = false they are
+    # then blanked, so the report names the participants but shows no per-company figure
+    released_sites = sites
+    if not per_site_figures(result.spec):
+        sites = tuple(s.model_copy(update={"n": None, "n_treated": None, "n_control": None}) for s in sites)
     first = result.outcomes[0]
     attrition = Attrition(
         treated_in_support=first.n_treated,
@@ -101,7 +107,7 @@ def build_report(
         strata_total=len(strata),
         strata_used=sum(s.used for s in strata),
     )
-    all_checks = _checks(result, sites, balance, strata, attrition) + (
+    all_checks = _checks(result, released_sites, balance, strata, attrition) + (
         (unregistered_check(),) if registration is None else (registration_check(registration, result),)
     )
     failed_gates = tuple(c.name for c in all_checks if c.failed)

@@ -143,6 +143,12 @@ class Attrition(_Model):
     strata_used: int
 
 
+def per_site_figures(spec: dict) -> bool:
+    """Whether the report shows per-site counts: the spec's ``[report] per_site`` (default
+    true; false in a pooled small-firm study, whose report names participants only)."""
+    return bool(spec.get("report", {}).get("per_site", True))
+
+
 class SiteBudget(_Model):
     site: str
     epsilon: float

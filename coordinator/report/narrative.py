@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from coordinator.report import fmt
+from coordinator.report.document import per_site_figures
+from coordinator.report.pooled import pooled_hr_paragraphs
 from coordinator.report.value import ABSENCE, CLAIMS
 
 if TYPE_CHECKING:
@@ -70,6 +72,8 @@ def _hr(doc: "EvidenceReport") -> str:
         )
     elif v.net_benefit is not None:
         parts.append(_unclaimed(doc))
+    if not per_site_figures(doc.study.spec):  # a pooled small-firm study (coordinator.report.pooled)
+        parts += pooled_hr_paragraphs(doc)
     parts.append(_hr_privacy(doc))
     parts += [_checks_sentence(doc), _synthetic_sentence(doc)]
     return _join(parts)

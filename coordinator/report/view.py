@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 
 from coordinator.report import fmt, plots
-from coordinator.report.document import EvidenceReport, ValueFigure
+from coordinator.report.document import EvidenceReport, ValueFigure, per_site_figures
 from shared.features import FEATURES
 
 #: The 16 clinical features' units (a study's own covariates are "as declared").
@@ -174,22 +174,7 @@ def report_view(doc: EvidenceReport, *, signature: Signature | None = None) -> R
             "privacy noise leaves the covariate's variance unresolved (noisy variance below 3 noise SDs).",
             status_col=5,
         ),
-        sites=Table(
-            title="Sites",
-            header=("Site", "Status", "People", "Treated", "Control"),
-            rows=tuple(
-                (
-                    s.name,
-                    s.status + (f": {s.error}" if s.error else ""),
-                    fmt.num(s.n),
-                    fmt.num(s.n_treated),
-                    fmt.num(s.n_control),
-                )
-                for s in doc.sites
-            ),
-            note="Counts as released by each site"
-            + (" (with differential-privacy noise)." if doc.privacy.enabled else "."),
-        ),
+        sites=_sites_table(doc),
         privacy=_privacy_table(doc),
         attrition=_attrition_table(doc),
         strata=_strata_table(doc),
@@ -235,6 +220,35 @@ def report_view(doc: EvidenceReport, *, signature: Signature | None = None) -> R
         estimand=doc.estimand.description,
         spec_json=json.dumps(doc.study.spec, indent=2, sort_keys=True),
         signature=signature,
+    )
+
+
+def _sites_table(doc: EvidenceReport) -> Table:
+    """The participating sites; their released counts unless the spec says ``[report]
+    per_site = false`` (a pooled small-firm study: names only, no per-company figure)."""
+    if not per_site_figures(doc.study.spec):
+        return Table(
+            title="Participating sites",
+            header=("Site", "Status"),
+            rows=tuple((s.name, s.status + (f": {s.error}" if s.error else "")) for s in doc.sites),
+            note="A pooled study ([report] per_site = false): every figure in this report is over "
+            "all participants together; no site's own count or estimate is shown.",
+        )
+    return Table(
+        title="Sites",
+        header=("Site", "Status", "People", "Treated", "Control"),
+        rows=tuple(
+            (
+                s.name,
+                s.status + (f": {s.error}" if s.error else ""),
+                fmt.num(s.n),
+                fmt.num(s.n_treated),
+                fmt.num(s.n_control),
+            )
+            for s in doc.sites
+        ),
+        note="Counts as released by each site"
+        + (" (with differential-privacy noise)." if doc.privacy.enabled else "."),
     )
 
 

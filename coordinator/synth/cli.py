@@ -15,7 +15,7 @@ from rich.table import Table
 
 from coordinator.synth.io import DEFAULT_EPSILON, FORMATS, write_federation
 from shared.synth.federation import generate_federation
-from shared.synth.sites import PROFILES
+from shared.synth.sites import MAX_SMALL_FIRMS, PROFILE_SETS, PROFILES
 
 app = typer.Typer(
     help="Generate a seeded synthetic federation with ground truth (true ATT per outcome).",
@@ -72,6 +72,7 @@ def generate_and_summarise(
     epsilon: float | None = None,
     secure_aggregation: bool = False,
     console: Console | None = None,
+    profile_set: str = "default",
 ) -> Path:
     """Generate, write and print the per-site summary; returns the ``study.toml`` path."""
     if console is None:
@@ -79,7 +80,7 @@ def generate_and_summarise(
         if not console.is_terminal:  # piped or captured: do not squeeze the table to 80 columns
             console = Console(width=120)
     t0 = time.perf_counter()
-    fed = generate_federation(seed=seed, sites=sites, scale=scale)
+    fed = generate_federation(seed=seed, sites=sites, scale=scale, profile_set=profile_set)
     t1 = time.perf_counter()
     study = write_federation(fed, Path(out), fmt=fmt, epsilon=epsilon, secure_aggregation=secure_aggregation)
     t2 = time.perf_counter()
@@ -96,8 +97,15 @@ def synth(
     sites: int | None = typer.Option(
         None,
         min=1,
-        max=len(PROFILES),
-        help=f"Take the first N of {len(PROFILES)} site profiles (large insurer first); all when omitted.",
+        max=max(len(PROFILES), MAX_SMALL_FIRMS),
+        help=f"Take the first N of the profile set's sites ({len(PROFILES)} in default, large insurer "
+        f"first; {MAX_SMALL_FIRMS} in small-firms); all when omitted.",
+    ),
+    profile: str = typer.Option(
+        "default",
+        "--profile",
+        help="default (insurers and companies) or small-firms (5–20 companies of < 500 staff: "
+        "the study is pooled, over SecAgg+, with no per-company figure in the report).",
     ),
     out: Path = typer.Option(Path("out/synth"), help="Output folder."),
     seed: int = typer.Option(7, help="Master seed: equal seeds give byte-identical files."),
@@ -117,6 +125,20 @@ def synth(
     truth.json, and print the true ATT per site."""
     if fmt not in FORMATS:
         raise typer.BadParameter(f"must be one of {', '.join(FORMATS)}", param_hint="--format")
+    if profile not in PROFILE_SETS:
+        raise typer.BadParameter(f"must be one of {', '.join(PROFILE_SETS)}", param_hint="--profile")
+    if sites is not None and sites > len(PROFILE_SETS[profile]):
+        raise typer.BadParameter(f"{profile} has {len(PROFILE_SETS[profile])} sites", param_hint="--sites")
+    small = profile == "small-firms"
+    if small and sites is not None and sites < 2:
+        raise typer.BadParameter("a pooled small-firm study needs at least 2 companies", param_hint="--sites")
     generate_and_summarise(
-        out=out, seed=seed, sites=sites, scale=scale, fmt=fmt, epsilon=None if exact else epsilon
+        out=out,
+        seed=seed,
+        sites=sites,
+        scale=scale,
+        fmt=fmt,
+        epsilon=None if exact else epsilon,
+        secure_aggregation=small and not exact,  # pooled: SecAgg+ whenever the study is DP
+        profile_set=profile,
     )

@@ -50,8 +50,10 @@ def study_document(
 ) -> dict:
     """The default study as a TOML-ready dict (loads with ``StudySpec.from_dict``); with
     ``epsilon`` it is a DP study at that ε (δ = 1e-6), else exact; ``secure_aggregation``
-    runs its releases after describe as SecAgg+ sums."""
+    runs its releases after describe as SecAgg+ sums. A small-firm federation
+    (``profile_set = "small-firms"``) gets the pooled study: ``[report] per_site = false``."""
     seed = fed.truth["seed"]
+    pooled = fed.truth.get("profile_set") == "small-firms"
     return {
         "study": {
             "name": STUDY_NAME,
@@ -77,6 +79,7 @@ def study_document(
             "delta": 1e-6,
             "secure_aggregation": secure_aggregation,
         },
+        **({"report": {"per_site": False}} if pooled else {}),
         "sites": [{"name": s.name, "data": f"{s.name}/cohort.{fmt}"} for s in fed.sites],
     }
 

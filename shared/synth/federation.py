@@ -34,12 +34,12 @@ from shared.synth.records import (
     record_tables,
 )
 from shared.synth.sites import (
-    PROFILES,
     PROFILES_BY_NAME,
     RETIRED,
     SiteProfile,
     select_profiles,
     site_size,
+    spawn_key,
 )
 from shared.synth.truth import outcome_truth
 from shared.synth.uptake import uptake_probability
@@ -79,7 +79,7 @@ class _Simulation:
 
 
 def _site_rng(seed: int, profile: SiteProfile) -> np.random.Generator:
-    child = np.random.SeedSequence(seed, spawn_key=(PROFILES.index(profile),))
+    child = np.random.SeedSequence(seed, spawn_key=spawn_key(profile))
     return np.random.Generator(np.random.PCG64(child))
 
 
@@ -156,9 +156,15 @@ def _study_truth() -> dict:
 
 
 def generate_federation(
-    *, seed: int, sites: int | None = None, scale: float = 1.0, dgp: str | Dgp = BASELINE
+    *,
+    seed: int,
+    sites: int | None = None,
+    scale: float = 1.0,
+    dgp: str | Dgp = BASELINE,
+    profile_set: str = "default",
 ) -> Federation:
-    """Generate the first ``sites`` profiles (all for None) at ``scale`` with their truth.
+    """Generate the first ``sites`` profiles of ``profile_set`` (all for None) at ``scale``
+    with their truth (``"small-firms"``: up to 20 companies of < 500 staff).
 
     Args:
         seed: master seed; equal seeds give equal federations.
@@ -178,7 +184,7 @@ def generate_federation(
     out_sites: list[SiteData] = []
     sims: list[_Simulation] = []
     site_truth: dict[str, dict] = {}
-    for profile in select_profiles(sites):
+    for profile in select_profiles(sites, profile_set):
         rng = _site_rng(seed, profile)
         sim = _simulate(rng, profile, site_size(profile, scale), process)
         ids = person_ids(profile.prefix, sim.population.n)
@@ -195,6 +201,7 @@ def generate_federation(
         "generator": "shared.synth",
         "seed": seed,
         "scale": scale,
+        **({} if profile_set == "default" else {"profile_set": profile_set}),
         "study": _study_truth(),
         "pooled": _truth(sims),
         "sites": site_truth,

@@ -9,7 +9,7 @@ the large insurer is always first and adding a site never changes the ones befor
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -364,20 +364,90 @@ PROFILES: tuple[SiteProfile, ...] = (
         ),
     ),
 )
-PROFILES_BY_NAME: dict[str, SiteProfile] = {p.name: p for p in PROFILES}
+
+#: The most small firms a pooled small-firm study takes (issue 22: 5–20 companies of < 500 staff).
+MAX_SMALL_FIRMS = 20
+#: Staff per firm at scale 1, all below 500: a few micro firms, most between 100 and 400, a
+#: few near the 500 line, as in a regional employers' association (fixed, so seeds reproduce).
+_FIRM_SIZES = (
+    480,
+    140,
+    320,
+    95,
+    260,
+    410,
+    180,
+    75,
+    350,
+    230,
+    120,
+    460,
+    210,
+    65,
+    300,
+    155,
+    390,
+    110,
+    270,
+    440,
+)
+#: Per-firm shifts of smoking and programme uptake log-odds around the sector template: two
+#: firms of one sector are alike but not identical (non-IID within a sector too).
+_FIRM_SMOKE = (0.0, 0.15, -0.2, 0.25, -0.1, 0.1, -0.25, 0.2, 0.05, -0.15)
+_FIRM_UPTAKE = (0.0, -0.25, 0.2, 0.35, -0.15, 0.1, -0.3, 0.25, 0.15, -0.05)
 
 
-def select_profiles(sites: int | None) -> tuple[SiteProfile, ...]:
-    """The first ``sites`` profiles in fixed order (all of them for None).
+def _small_firms() -> tuple[SiteProfile, ...]:
+    """Twenty small employers cycling through the five company sectors above (logistics,
+    software, manufacturing, retail, clinic), each with its own size, smoking and uptake:
+    ``firm_01_logistics`` … ``firm_20_clinic``. Raw id prefixes ``S01`` … keep persons apart."""
+    templates = [p for p in PROFILES if p.kind == "company"]
+    firms = []
+    for i in range(MAX_SMALL_FIRMS):
+        t = templates[i % len(templates)]
+        sector = t.name.removeprefix("company_")
+        firms.append(
+            replace(
+                t,
+                name=f"firm_{i + 1:02d}_{sector}",
+                size=_FIRM_SIZES[i],
+                prefix=f"S{i + 1:02d}",
+                smoke_logit=t.smoke_logit + _FIRM_SMOKE[i % len(_FIRM_SMOKE)],
+                uptake_logit=t.uptake_logit + _FIRM_UPTAKE[(3 * i) % len(_FIRM_UPTAKE)],
+            )
+        )
+    return tuple(firms)
+
+
+#: ``rehealth synth --profile small-firms``: a federation of small companies only.
+SMALL_FIRMS: tuple[SiteProfile, ...] = _small_firms()
+#: Profile sets by the name ``rehealth synth --profile`` takes.
+PROFILE_SETS: dict[str, tuple[SiteProfile, ...]] = {"default": PROFILES, "small-firms": SMALL_FIRMS}
+PROFILES_BY_NAME: dict[str, SiteProfile] = {p.name: p for p in PROFILES + SMALL_FIRMS}
+
+
+def spawn_key(profile: SiteProfile) -> tuple[int, ...]:
+    """The profile's child-seed key: its place in :data:`PROFILES` (unchanged, so default
+    federations stay byte-identical), small firms after an offset of 1000."""
+    if profile in PROFILES:
+        return (PROFILES.index(profile),)
+    return (1000 + SMALL_FIRMS.index(profile),)
+
+
+def select_profiles(sites: int | None, profile_set: str = "default") -> tuple[SiteProfile, ...]:
+    """The first ``sites`` profiles of ``profile_set`` in fixed order (all of them for None).
 
     Raises:
-        SpecError: ``sites`` is below 1 or above ``len(PROFILES)``.
+        SpecError: unknown ``profile_set``, or ``sites`` below 1 or above the set's size.
     """
+    if profile_set not in PROFILE_SETS:
+        raise SpecError(f"unknown profile set {profile_set!r}; known: {', '.join(PROFILE_SETS)}")
+    profiles = PROFILE_SETS[profile_set]
     if sites is None:
-        return PROFILES
-    if not 1 <= sites <= len(PROFILES):
-        raise SpecError(f"sites must be between 1 and {len(PROFILES)}, got {sites}")
-    return PROFILES[:sites]
+        return profiles
+    if not 1 <= sites <= len(profiles):
+        raise SpecError(f"sites must be between 1 and {len(profiles)} for {profile_set}, got {sites}")
+    return profiles[:sites]
 
 
 def site_size(profile: SiteProfile, scale: float) -> int:
