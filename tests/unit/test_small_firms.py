@@ -188,3 +188,16 @@ def test_pooled_hr_summary_makes_no_claim_when_the_evidence_does_not_support_one
     assert "Savings per employee: the evidence does not support a savings claim" in hr
     assert "ESG: the evidence does not support a claim" in hr and "averted an estimated" not in hr
     assert "pre_registration" in hr
+
+
+def test_pooled_report_renders_to_html_and_pdf_without_site_counts():
+    from coordinator.report.html import render_html
+    from coordinator.report.pdf import render_pdf
+
+    plain = make_result(privacy=True)
+    result = _pooled(plain)
+    view = report_view(build_report(result, issued_at=ISSUED_AT))
+    html = render_html(view)
+    assert "Participating sites" in html and all(n in html for n in SITE_NAMES)
+    assert "no site&#39;s own count" in html or "no site's own count" in html
+    assert render_pdf(view).startswith(b"%PDF")
