@@ -32,11 +32,13 @@ def main() -> None:
     ap.add_argument("--ps-rounds", type=int, default=2)
     ap.add_argument("--seed", type=int, default=5)
     ap.add_argument("--timeout", type=float, default=3600.0)
+    ap.add_argument("--work", type=Path, default=None, help="Keep data, logs and progress.jsonl here.")
     args = ap.parse_args()
 
     fed = generate_federation(seed=args.seed, sites=args.firms, scale=args.scale, profile_set="small-firms")
     pooled = fed.truth["pooled"]
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = args.work or Path(scratch)
         spec = write_federation(fed, Path(tmp) / "data", epsilon=args.epsilon, secure_aggregation=True)
         spec.write_text(
             spec.read_text().replace("[privacy]\n", f"[privacy]\nps_rounds = {args.ps_rounds}\n", 1)

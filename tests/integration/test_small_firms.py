@@ -2,9 +2,9 @@
 (separate processes on 127.0.0.1), SecAgg+ on, and the evidence report that names the firms
 but carries no per-company figure.
 
-Five firms here (CI on 2 cores); the 20-firm run is ``bench/bench_small_firms.py`` (its wall
-time is in docs/USAGE.md: twenty SuperNodes, each starting a ClientApp process per SecAgg+
-stage, are too heavy for this suite).
+Five firms here: 669 s wall on 2 cores shared with seven other workers (load average ~30;
+each SecAgg+ round is four exchanges, each starting a ClientApp process per node). The 20-firm
+run is ``bench/bench_small_firms.py``: twenty real SuperNodes are too heavy for this suite.
 """
 
 import json
