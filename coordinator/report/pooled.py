@@ -51,32 +51,36 @@ def _savings(doc: "EvidenceReport") -> str:
     if per is None:
         return "Savings per employee: not estimated (the study has no claims cost outcome)."
     est, lo, hi = per
-    figure = f"{fmt.num(est)} claims cost per participating employee (95% CI {fmt.ci(lo, hi)})"
+    figure = f"{fmt.num(est)} in claims cost per participating employee (95% CI {fmt.ci(lo, hi)})"
     if not v.saving_claimed:
+        why = v.claim_note.removeprefix("No saving is claimed: ").rstrip(".")
         return (
-            "Savings per employee: the evidence does not support a savings claim "
-            f"({v.claim_note}) The estimate is {figure}."
+            f"Savings per employee: the evidence does not support a savings claim ({why}); "
+            f"the estimate is {figure}."
         )
     c = v.cost_per_person
-    net = (
-        f", {fmt.num(est - c)} (95% CI {fmt.ci(lo - c, hi - c)}) "
-        f"after the programme's cost of {fmt.num(v.cost_per_person)} per person"
-        if v.cost_per_person > 0
+    if c <= 0:
+        return f"Savings per employee: {figure}."
+    net = f"{fmt.num(est - c)} (95% CI {fmt.ci(lo - c, hi - c)})"
+    open_ = (
+        "; its interval includes zero, so a net gain per employee is not established"
+        if lo - c < 0 < hi - c
         else ""
     )
-    return f"Savings per employee: {figure}{net}."
+    return (
+        f"Savings per employee: {figure}; after the programme's cost of {fmt.num(c)} per "
+        f"person, {net}{open_}."
+    )
 
 
 def _absence(doc: "EvidenceReport") -> str:
+    """Per participant (the total is in the sentence before), and whether a claim holds."""
     f = doc.value.absence_days_averted
     per = _per_person(doc, ABSENCE)
     if f is None or per is None:
         return ""
     est, lo, hi = per
-    text = (
-        f"Absence days averted: {fmt.num(f.estimate)} in total (95% CI {fmt.ci(f.ci_low, f.ci_high)}), "
-        f"{fmt.num(est)} per participant (95% CI {fmt.ci(lo, hi)})"
-    )
+    text = f"Absence days averted per participating employee: {fmt.num(est)} (95% CI {fmt.ci(lo, hi)})"
     if supported(doc, f):
         return text + "."
     return text + "; the evidence does not support a claim that absence fell."
