@@ -4,7 +4,8 @@ but carries no per-company figure.
 
 Five firms here: 669 s wall on 2 cores shared with seven other workers (load average ~30;
 each SecAgg+ round is four exchanges, each starting a ClientApp process per node). The 20-firm
-run is ``bench/bench_small_firms.py``: twenty real SuperNodes are too heavy for this suite.
+run is ``bench/bench_small_firms.py``: twenty real SuperNodes are too heavy for this suite, and
+on that machine it did not complete (docs/USAGE.md, "Cross-company studies for small firms").
 """
 
 import json

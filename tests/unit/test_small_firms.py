@@ -68,6 +68,7 @@ def test_synth_cli_writes_a_pooled_secure_study(tmp_path):
     assert res.exit_code == 0, res.output
     spec = load_spec(tmp_path / "study.toml")
     assert len(spec.sites) == 6 and spec.privacy.secure_aggregation and not spec.report.per_site
+    assert spec.federation.round_timeout_s == 300.0
     bad = CliRunner().invoke(synth_app, ["--profile", "small-firms", "--sites", "1", "--out", str(tmp_path)])
     assert bad.exit_code != 0
 
