@@ -38,6 +38,7 @@ from typer.testing import CliRunner
 from coordinator.cli.federation import app as federation_app
 from coordinator.synth import write_federation
 from node.ledger import PrivacyLedger
+from shared.dp.accounting import epsilon_of_history
 from shared.result import StudyResult
 from shared.synth import generate_federation
 
@@ -184,8 +185,19 @@ def _operator_inputs(spec: Path, kit: Path) -> bytes:
     return buf.getvalue()
 
 
-def _spent(kit: Path) -> float:
-    return PrivacyLedger(f"sqlite:///{kit / 'ledger.db'}").spent()
+def _ledger(kit: Path) -> tuple[float, list[float]]:
+    """The node's own ledger: ε spent in all, and ε charged for each study it answered, oldest
+    first (its accountant over that study's releases alone)."""
+    ledger = PrivacyLedger(f"sqlite:///{kit / 'ledger.db'}")
+    state = ledger.state()
+    studies: dict[str, list[tuple[float, float, int]]] = {}
+    for r in ledger.history():
+        studies.setdefault(r.study_id, []).append((r.noise_multiplier, r.sample_rate, r.steps))
+    per_study = [
+        epsilon_of_history(history=h, delta=state.delta, accountant=ledger.accountant)
+        for h in studies.values()
+    ]
+    return state.spent, per_study
 
 
 def _rounds(result: StudyResult) -> str:
@@ -195,10 +207,10 @@ def _rounds(result: StudyResult) -> str:
 def test_a_federation_across_network_namespaces(tmp_path):
     synth = generate_federation(seed=7, sites=3, scale=0.03)
     spec = write_federation(synth, tmp_path / "synth", epsilon=3.0)  # three runs within a budget of 10
-    spec.write_text(spec.read_text() + "\n[federation]\nmin_nodes = 2\ntol = 1e-4\n")
+    spec.write_text(spec.read_text() + "\n[federation]\nmin_nodes = 2\ntol = 1e-2\n")
     sites = [s.name for s in synth.sites]
     victim = sites[-1]
-    released = dict.fromkeys(sites, 0.0)  # ε each site released, per the results
+    released: dict[str, list[float | None]] = {s: [] for s in sites}  # per run, as the results claim
     logs = tmp_path / "logs"
     logs.mkdir()
     procs: list[subprocess.Popen] = []
@@ -230,8 +242,7 @@ def test_a_federation_across_network_namespaces(tmp_path):
             assert {x.name: x.status for x in first.sites} == dict.fromkeys(sites, "ok")
             assert first.outcomes and first.privacy.enabled
             for s in sites:
-                released[s] += first.privacy.per_site[s]
-                assert _spent(kits[s]) >= released[s] - 1e-9
+                released[s].append(first.privacy.per_site[s])
             print(f"\nstudy on 5 namespaces: {op.seconds:.1f} s; rounds (s): {_rounds(first)}")
 
             # 2. the victim's cable pulled mid-study
@@ -249,12 +260,12 @@ def test_a_federation_across_network_namespaces(tmp_path):
                 assert status == {**dict.fromkeys(sites, "ok"), victim: "failed"}, status
                 assert any(victim in w for w in second.warnings), second.warnings
                 assert f"site {victim} dropped in round" in text, text[-3000:]
-                for s in sites:  # the victim's releases before it dropped included
-                    released[s] += second.privacy.per_site.get(s, 0.0)
+                for s in sites:  # the victim's releases before it dropped, if the result counts them
+                    released[s].append(second.privacy.per_site.get(s))
             else:
                 assert rc == 1 and f"site {victim}" in text and "Traceback" not in text, text[-3000:]
-            for s in sites:
-                assert _spent(kits[s]) >= released[s] - 1e-9, s
+                for s in sites:
+                    released[s].append(None)  # no result: nothing claimed, the ledger still has it
 
             # 3. the cable back: the node re-joins by itself, a re-run reaches all three
             net.restore(victim)
@@ -265,8 +276,14 @@ def test_a_federation_across_network_namespaces(tmp_path):
             third = StudyResult.model_validate_json(files["result.json"])
             assert {x.name: x.status for x in third.sites} == dict.fromkeys(sites, "ok")
             for s in sites:
-                released[s] += third.privacy.per_site[s]
-                assert _spent(kits[s]) >= released[s] - 1e-9, s
+                released[s].append(third.privacy.per_site[s])
+                # a result's per-site ε is that node's ledger total when it answered: the ledger
+                # now holds at least every claim, and a study's worth for each of the three runs
+                # (the victim's second until its cable was pulled)
+                total, per_study = _ledger(kits[s])
+                assert all(total >= c - 1e-9 for c in released[s] if c is not None), (s, total, released[s])
+                assert len(per_study) == 3 and min(per_study) > 0, (s, per_study)
+                assert per_study[0] >= released[s][0] - 1e-9, (s, per_study, released[s])  # run 1 alone
             print(f"re-run after the cable is back: {op.seconds:.1f} s; rounds (s): {_rounds(third)}")
         finally:
             for op in operators:
