@@ -175,6 +175,12 @@ def _wait_log(log: Path, text: str, proc: subprocess.Popen, timeout_s: float = 6
         time.sleep(0.2)
 
 
+def _listening(net: Network, host: str) -> set[str]:
+    """The TCP addresses a host listens on (``ss`` inside its namespace)."""
+    out = subprocess.run(net.cmd(host, ["ss", "-ltnH"]), capture_output=True, text=True, check=True).stdout
+    return {line.split()[3] for line in out.splitlines()}
+
+
 def _operator_inputs(spec: Path, kit: Path) -> bytes:
     """What the operator's workstation holds: the spec, the CA certificate, the signing keys."""
     buf = io.BytesIO()
@@ -233,6 +239,11 @@ def test_a_federation_across_network_namespaces(tmp_path):
                 procs.append(_start(net, s, ["node", "run", "-c", "node.toml"], kits[s], logs / f"{s}.log"))
             for s, p in zip(sites, procs[1:], strict=True):
                 _wait_log(logs / f"{s}.log", "node running", p)
+            # the SuperLink on its host's address only; a node accepts no connection from the
+            # network (its Runtime API stays on its own loopback)
+            assert _listening(net, "coordinator") == {f"{net.address('coordinator')}:{PORT}"}
+            for s in sites:
+                assert _listening(net, s) == {"127.0.0.1:9094"}, s
 
             # 1. a DP study from the operator's host; the victim's cable pulled mid-study
             op = Operator(net, inputs, tmp_path / "run-1")
