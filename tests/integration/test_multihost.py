@@ -241,9 +241,12 @@ def test_a_federation_across_network_namespaces(tmp_path):
                 _wait_log(logs / f"{s}.log", "node running", p)
             # the SuperLink on its host's address only; a node accepts no connection from the
             # network (its Runtime API stays on its own loopback)
-            assert _listening(net, "coordinator") == {f"{net.address('coordinator')}:{PORT}"}
-            for s in sites:
-                assert _listening(net, s) == {"127.0.0.1:9094"}, s
+            expected = {"coordinator": {f"{net.address('coordinator')}:{PORT}"}}
+            expected |= {s: {"127.0.0.1:9094"} for s in sites}
+            deadline = time.monotonic() + 60  # a SuperNode binds its Runtime API once it is in
+            while (found := {h: _listening(net, h) for h in expected}) != expected:
+                assert time.monotonic() < deadline, found
+                time.sleep(0.5)
 
             # 1. a DP study from the operator's host; the victim's cable pulled mid-study
             op = Operator(net, inputs, tmp_path / "run-1")
