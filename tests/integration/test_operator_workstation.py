@@ -33,6 +33,7 @@ from coordinator.federation.control import ControlClient
 from coordinator.federation.launcher import LocalFederation
 from coordinator.federation.pki import FederationPKI
 from coordinator.files import load_spec
+from coordinator.report.keys import DEMO_PASSPHRASE_NAME
 from coordinator.study.runner import APP_DIR, coordinator_keys, site_nodes, spec_json
 from coordinator.synth import write_federation
 from shared.errors import FederationError
@@ -66,6 +67,8 @@ def _operator_inputs(host) -> bytes:
         tar.add(host["fed"].pki.ca_cert, arcname="ca.crt")
         tar.add(host["key"], arcname="keys/coordinator.key")
         tar.add(host["pub"], arcname="keys/coordinator.pub")
+        # the key is encrypted at rest; the operator holds its passphrase (ensure_keypair wrote it)
+        tar.add(Path(host["key"]).with_name(DEMO_PASSPHRASE_NAME), arcname="keys/passphrase")
     return buf.getvalue()
 
 
@@ -75,6 +78,7 @@ mount -t tmpfs -o mode=0700 operator /tmp
 mkdir /tmp/op && cd /tmp/op
 tar -xf -
 export HOME=/tmp/op FLWR_HOME=/tmp/op/.flwr PYTHONDONTWRITEBYTECODE=1 COLUMNS=200
+export REHEALTH_KEY_PASSPHRASE_FILE=/tmp/op/keys/passphrase
 set +e
 "$PY" -c 'from coordinator.cli.root import main; main()' study run --superlink "$ADDR" \
     --root-certificates ca.crt --spec study.toml --key keys/coordinator.key --out result.json \
@@ -107,7 +111,7 @@ def test_a_study_from_a_workstation_that_shares_no_files_with_the_superlink(coor
     console = files["console.txt"].decode(errors="replace")
     assert files["rc"].strip() == b"0", console[-3000:]
     # the operator's folder holds what it brought and what it wrote, nothing else
-    brought = {"study.toml", "ca.crt", "keys/coordinator.key", "keys/coordinator.pub"}
+    brought = {"study.toml", "ca.crt", "keys/coordinator.key", "keys/coordinator.pub", "keys/passphrase"}
     wrote = {"stdout.json", "console.txt", "rc", "result.json"}
     record = {".result-run/progress.jsonl", ".result-run/result.json", ".result-run/run.lock"}
     assert set(files) == brought | wrote | record, sorted(files)
