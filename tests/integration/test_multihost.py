@@ -7,7 +7,8 @@ provision`` writes the kits for a coordinator at ``10.77.0.1:9093``, each host g
 of its kit, ``rehealth coordinator run --kit`` and ``rehealth node run -c node.toml`` start the
 SuperLink and the SuperNodes (TLS pinned to the kit's CA, node authentication, signed studies),
 and the operator runs ``rehealth study run --superlink 10.77.0.1:9093`` from its own namespace —
-also in a mount namespace whose ``/tmp`` is a fresh tmpfs, so it shares no file with anyone.
+also in a mount namespace where a fresh tmpfs covers the test's folder (every host's files), so it
+shares no file with anyone.
 
 1. A DP study (ε = 3, ``federation.min_nodes = 2``) starts over the three sites, and one site's
    cable is pulled after the first propensity round (``ip link set … down`` at the switch): the
@@ -49,15 +50,17 @@ PASSPHRASE = "multihost-test-passphrase"
 PORT = 9093
 CLI = "from coordinator.cli.root import main; main()"
 
-# The operator's workstation: a fresh /tmp nobody else sees, its inputs untarred from stdin, its
+# The operator's workstation: a fresh folder nobody else sees, its inputs untarred from stdin, its
 # console (progress, then the outcome or the error) on stderr, a file the test reads as it grows,
 # and its whole folder tarred to stdout at the end.
 OPERATOR_SCRIPT = r"""
 set -e
-mount -t tmpfs -o mode=0700 operator /tmp
-mkdir /tmp/op && cd /tmp/op
+# a fresh tmpfs over the folder that holds every other party's files (not over /tmp:
+# the checkout and its venv may live there)
+mount -t tmpfs -o mode=0700 operator "$HIDE"
+mkdir "$HIDE/op" && cd "$HIDE/op"
 tar -xf -
-export HOME=/tmp/op FLWR_HOME=/tmp/op/.flwr PYTHONDONTWRITEBYTECODE=1 COLUMNS=400
+export HOME="$HIDE/op" FLWR_HOME="$HIDE/op/.flwr" PYTHONDONTWRITEBYTECODE=1 COLUMNS=400
 set +e
 "$PY" -c "$CLI" study run --superlink "$ADDR" --root-certificates ca.crt --spec study.toml \
     --key keys/coordinator.key --out result.json \
@@ -99,6 +102,7 @@ class Operator:
                         CLI=CLI,
                         ADDR=f"{net.address('coordinator')}:{PORT}",
                         CONNECT=str(connect_timeout),
+                        HIDE=str(folder.parent),  # the test's folder: every host's files
                     ),
                     start_new_session=True,
                 )

@@ -1,9 +1,9 @@
 """Studies from the operator's workstation (issue #20, item 3), against a real TLS federation.
 
 The operator runs ``rehealth study run --superlink HOST:PORT`` in a mount namespace of its own
-whose ``/tmp`` is a fresh tmpfs: it sees none of the SuperLink's files (they live under the
-host's ``/tmp``) and the SuperLink's host sees none of the operator's. The operator gets only
-what an operator has — the spec, the CA certificate, the signing key — through a tar on stdin,
+where a fresh tmpfs covers the folder holding the SuperLink's files: it sees none of them and
+the SuperLink's host sees none of the operator's. The operator gets only what an operator
+has — the spec, the CA certificate, the signing key — through a tar on stdin,
 and hands back its whole folder as a tar on stdout. Before this change the ServerApp read the
 spec from a path and wrote the result and progress on the SuperLink's host, so this run could
 not have finished.
@@ -74,11 +74,13 @@ def _operator_inputs(host) -> bytes:
 
 OPERATOR_SCRIPT = r"""
 set -e
-mount -t tmpfs -o mode=0700 operator /tmp
-mkdir /tmp/op && cd /tmp/op
+# a fresh tmpfs over the folder that holds every other party's files (not over /tmp:
+# the checkout and its venv may live there)
+mount -t tmpfs -o mode=0700 operator "$HIDE"
+mkdir "$HIDE/op" && cd "$HIDE/op"
 tar -xf -
-export HOME=/tmp/op FLWR_HOME=/tmp/op/.flwr PYTHONDONTWRITEBYTECODE=1 COLUMNS=200
-export REHEALTH_KEY_PASSPHRASE_FILE=/tmp/op/keys/passphrase
+export HOME="$HIDE/op" FLWR_HOME="$HIDE/op/.flwr" PYTHONDONTWRITEBYTECODE=1 COLUMNS=200
+export REHEALTH_KEY_PASSPHRASE_FILE="$HIDE/op/keys/passphrase"
 set +e
 "$PY" -c 'from coordinator.cli.root import main; main()' study run --superlink "$ADDR" \
     --root-certificates ca.crt --spec study.toml --key keys/coordinator.key --out result.json \
@@ -99,6 +101,7 @@ def test_a_study_from_a_workstation_that_shares_no_files_with_the_superlink(coor
             os.environ,
             PY=sys.executable,
             ADDR=f"127.0.0.1:{fed.port}",
+            HIDE=str(coordinator_host["base"]),
             PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p),
             FLWR_TELEMETRY_ENABLED="0",
             FLWR_DISABLE_UPDATE_CHECK="1",
@@ -129,7 +132,7 @@ def test_a_study_from_a_workstation_that_shares_no_files_with_the_superlink(coor
     for path in fed.workdir.rglob("*"):
         if path.is_file():
             assert path.name not in ("result.json", "progress.jsonl", "error.json"), path
-            assert b"/tmp/op" not in path.read_bytes(), path
+            assert str(coordinator_host["base"] / "op").encode() not in path.read_bytes(), path
     assert all(e["t"] >= started - 1 for e in events)  # this run's events, sent as they happened
     coordinator_host["run_id"] = run_id
 
