@@ -25,7 +25,7 @@ import sqlite3
 import subprocess
 from pathlib import Path
 
-from sqlalchemy import JSON, Connection, Table, delete, select, text
+from sqlalchemy import JSON, Connection, Integer, Table, delete, select, text
 from sqlalchemy.engine import URL, make_url
 
 from node.store import Store, insert_ignore, models
@@ -266,7 +266,12 @@ def _insert(conn: Connection, table: Table | None, cols: list[str], batch: list[
 def _reset_sequences(conn: Connection) -> None:
     """After explicit ids, the serial sequences continue above the largest id."""
     for table in models.metadata.sorted_tables:
-        if "id" in table.c and table.c.id.autoincrement is not False and table.c.id.primary_key:
+        if (
+            "id" in table.c
+            and table.c.id.primary_key
+            and table.c.id.autoincrement is not False
+            and isinstance(table.c.id.type, Integer)  # a text id (plans) has no sequence
+        ):
             name = table.name
             conn.execute(
                 text(
