@@ -33,7 +33,7 @@ from coordinator.federation.control import ControlClient
 from coordinator.federation.launcher import LocalFederation
 from coordinator.federation.pki import FederationPKI
 from coordinator.files import load_spec
-from coordinator.report.keys import DEMO_PASSPHRASE_NAME
+from coordinator.report.keys import DEMO_PASSPHRASE_NAME, PASSPHRASE_ENV, PASSPHRASE_FILE_ENV
 from coordinator.study.runner import APP_DIR, coordinator_keys, site_nodes, spec_json
 from coordinator.synth import write_federation
 from shared.errors import FederationError
@@ -53,10 +53,17 @@ def coordinator_host(tmp_path_factory):
     spec_path = write_federation(synth, base / "data", epsilon=None)
     # three Newton rounds fewer than the default tolerance: the estimate is beside the point
     spec_path.write_text(spec_path.read_text() + "\n[federation]\ntol = 1e-4\n")
-    key, pub = coordinator_keys(base / "operator-keys")
-    spec = load_spec(spec_path)
-    with LocalFederation(base / "fed", site_nodes(spec, base / "fed", pub)) as fed:
-        yield {"fed": fed, "spec_path": spec_path, "spec": spec, "key": key, "pub": pub, "base": base}
+    # the operator's own key and passphrase file, not one an earlier test left configured in
+    # this process's environment (ensure_keypair would reuse that passphrase, and write no file)
+    saved = {k: os.environ.pop(k) for k in (PASSPHRASE_ENV, PASSPHRASE_FILE_ENV) if k in os.environ}
+    try:
+        key, pub = coordinator_keys(base / "operator-keys")
+        spec = load_spec(spec_path)
+        with LocalFederation(base / "fed", site_nodes(spec, base / "fed", pub)) as fed:
+            yield {"fed": fed, "spec_path": spec_path, "spec": spec, "key": key, "pub": pub, "base": base}
+    finally:
+        os.environ.pop(PASSPHRASE_FILE_ENV, None)
+        os.environ.update(saved)
 
 
 def _operator_inputs(host) -> bytes:
@@ -80,6 +87,7 @@ mount -t tmpfs -o mode=0700 operator "$HIDE"
 mkdir "$HIDE/op" && cd "$HIDE/op"
 tar -xf -
 export HOME="$HIDE/op" FLWR_HOME="$HIDE/op/.flwr" PYTHONDONTWRITEBYTECODE=1 COLUMNS=200
+unset REHEALTH_KEY_PASSPHRASE
 export REHEALTH_KEY_PASSPHRASE_FILE="$HIDE/op/keys/passphrase"
 set +e
 "$PY" -c 'from coordinator.cli.root import main; main()' study run --superlink "$ADDR" \
