@@ -34,7 +34,14 @@ ROOT = Path(__file__).resolve().parents[2]
 VERIFIER = ROOT / "deploy" / "verify" / "verify-report.mjs"
 PASS = "certify-test-passphrase"
 OPERATOR = "Acme Health Coordination Ltd"
-NOW = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")  # within the kit's certificate
+
+
+def _now() -> str:
+    """Now, when the report is built: within the kit's certificate, made minutes before (a time
+    taken at import would precede a certificate made later in a long suite)."""
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
 runner = CliRunner(env={"REHEALTH_KEY_PASSPHRASE": PASS, "REHEALTH_KEY_PASSPHRASE_FILE": ""})
 
 
@@ -46,7 +53,7 @@ def kit(tmp_path_factory):
     )
     coord = provision(spec, d / "kits", passphrase=PASS.encode()).coordinator
     key = load_private_key(coord.signing_key, PASS.encode())
-    doc = build_report(make_result(), issuer=OPERATOR, issued_at=NOW)
+    doc = build_report(make_result(), issuer=OPERATOR, issued_at=_now())
     genuine = sign_report(doc, key, certificate=coord.signing_cert.read_text())
     (d / "report.json").write_bytes(genuine)
     return {
@@ -124,7 +131,7 @@ def test_genuine_certificate_on_a_report_signed_by_another_key_is_refused(kit):
 
 
 def test_genuine_key_signing_under_another_name_is_refused(kit, tmp_path, monkeypatch):
-    doc = build_report(make_result(), issuer="Another Insurer plc", issued_at=NOW)
+    doc = build_report(make_result(), issuer="Another Insurer plc", issued_at=_now())
     other = sign_report(doc, kit["key"], certificate=kit["coord"].signing_cert.read_text())
     with pytest.raises(ReportVerificationError, match="certified for 'Acme Health") as e:
         verify_with_ca(other, kit["ca"])
