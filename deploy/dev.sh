@@ -34,6 +34,7 @@ case "$cmd" in
         exec "$VENV/bin/mypy" ;;
   test) bash deploy/postgres.sh  # the store tests also run on a real PostgreSQL server
         bash deploy/node.sh      # the report verifier test runs deploy/verify/verify-report.mjs
+        bash deploy/browser.sh   # the web console tests drive headless Chromium
         exec "$VENV/bin/python" -m pytest "$@" ;;
   *) echo "usage: bash deploy/dev.sh {demo|test|lint} [args...]" >&2; exit 2 ;;
 esac
