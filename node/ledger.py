@@ -869,6 +869,29 @@ class PrivacyLedger:
         """
         return self.state(dataset).spent
 
+    def study_spent(self, study_id: str) -> float:
+        """ε this one study's charges cost on their own, at the budget's δ (0 before its first).
+
+        What a report states as *this study's* price at a node: :meth:`spent` is the node's
+        running total over every study, group view and training run, which a reader would
+        otherwise take for this study's cost. Composition is not additive (the accountant over
+        all charges is less than the sum of each study's ε), so the two are kept apart.
+
+        Raises:
+            PrivacyError: no budget set.
+        """
+        with self.engine.connect() as conn:
+            budget = conn.execute(select(budgets).where(budgets.c.dataset == POPULATION)).first()
+            if budget is None:
+                raise PrivacyError("no privacy budget is set in this ledger: nothing was released")
+            rows = conn.execute(
+                select(releases.c.noise_multiplier, releases.c.sample_rate, releases.c.steps).where(
+                    releases.c.dataset == POPULATION, releases.c.study_id == study_id
+                )
+            ).all()
+        history = [(float(m), float(q), int(k)) for m, q, k in rows]
+        return self._eps(history, budget.delta) if history else 0.0
+
     def state(self, dataset: str | None = None) -> BudgetState:
         """Budget, spent, reserved (on top of spent), left and number of releases.
 

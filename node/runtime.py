@@ -277,6 +277,7 @@ class NodeRuntime:
             {
                 "dataset": self.dataset,
                 "epsilon_spent": state.spent,
+                "epsilon_study": ledger.study_spent(query.study_id),
                 "epsilon_reserved": state.reserved,
                 "epsilon_budget": self.budget_epsilon,
             },

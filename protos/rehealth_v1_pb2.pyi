@@ -283,7 +283,7 @@ class StudyAnswers(_message.Message):
     def __init__(self, describe: _Optional[_Union[DescribeReply, _Mapping]] = ..., ps_fit: _Optional[_Union[PsFitReply, _Mapping]] = ..., psm_stats: _Optional[_Union[PsmStatsReply, _Mapping]] = ..., score_hist: _Optional[_Union[ScoreHistReply, _Mapping]] = ..., psm_wsum: _Optional[_Union[PsmWsumReply, _Mapping]] = ...) -> None: ...
 
 class ReplyMeta(_message.Message):
-    __slots__ = ("site", "seconds", "ops", "dataset", "epsilon_spent", "epsilon_budget", "epsilon_reserved")
+    __slots__ = ("site", "seconds", "ops", "dataset", "epsilon_spent", "epsilon_budget", "epsilon_reserved", "epsilon_study")
     SITE_FIELD_NUMBER: _ClassVar[int]
     SECONDS_FIELD_NUMBER: _ClassVar[int]
     OPS_FIELD_NUMBER: _ClassVar[int]
@@ -291,6 +291,7 @@ class ReplyMeta(_message.Message):
     EPSILON_SPENT_FIELD_NUMBER: _ClassVar[int]
     EPSILON_BUDGET_FIELD_NUMBER: _ClassVar[int]
     EPSILON_RESERVED_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_STUDY_FIELD_NUMBER: _ClassVar[int]
     site: str
     seconds: float
     ops: _containers.RepeatedScalarFieldContainer[str]
@@ -298,7 +299,8 @@ class ReplyMeta(_message.Message):
     epsilon_spent: float
     epsilon_budget: float
     epsilon_reserved: float
-    def __init__(self, site: _Optional[str] = ..., seconds: _Optional[float] = ..., ops: _Optional[_Iterable[str]] = ..., dataset: _Optional[str] = ..., epsilon_spent: _Optional[float] = ..., epsilon_budget: _Optional[float] = ..., epsilon_reserved: _Optional[float] = ...) -> None: ...
+    epsilon_study: float
+    def __init__(self, site: _Optional[str] = ..., seconds: _Optional[float] = ..., ops: _Optional[_Iterable[str]] = ..., dataset: _Optional[str] = ..., epsilon_spent: _Optional[float] = ..., epsilon_budget: _Optional[float] = ..., epsilon_reserved: _Optional[float] = ..., epsilon_study: _Optional[float] = ...) -> None: ...
 
 class StudyReply(_message.Message):
     __slots__ = ("protocol", "meta", "answers")

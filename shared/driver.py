@@ -115,7 +115,8 @@ class StudyRun:
     spec: StudySpec
     site_counts: dict[str, np.ndarray] = field(default_factory=dict)  # (controls, treated)
     n_clipped: dict[str, np.ndarray] = field(default_factory=dict)
-    privacy_spent: dict[str, float] = field(default_factory=dict)  # ledger ε per site
+    privacy_spent: dict[str, float] = field(default_factory=dict)  # ledger ε per site, all releases
+    privacy_study: dict[str, float] = field(default_factory=dict)  # ε of this study's charges per site
     #: ε each site's ledger held reserved on top of what it had spent, when the study reserved
     #: (all live reservations there, this study's included)
     privacy_reserved: dict[str, float] = field(default_factory=dict)
@@ -169,6 +170,8 @@ class _Rounds:
         for site, a in answers.items():
             if "epsilon_spent" in a.meta:
                 self.run.privacy_spent[site] = float(a.meta["epsilon_spent"])
+            if "epsilon_study" in a.meta:
+                self.run.privacy_study[site] = float(a.meta["epsilon_study"])
             if "epsilon_reserved" in a.meta and name == "reserve":
                 self.run.privacy_reserved[site] = float(a.meta["epsilon_reserved"])
         self.progress("round_end", {"round": name, "seconds": rec.seconds, "sites": list(rec.sites)})

@@ -135,7 +135,9 @@ class InProcessSites:
         if query.privacy is None or state is None:
             return {"site": site}
         now = state()
-        return {"site": site, "epsilon_spent": now.spent, "epsilon_reserved": now.reserved}
+        meta = {"site": site, "epsilon_spent": now.spent, "epsilon_reserved": now.reserved}
+        study_spent = getattr(ledger, "study_spent", None)
+        return meta if study_spent is None else {**meta, "epsilon_study": study_spent(query.study_id)}
 
     def secure_ask(self, query: StudyQuery, round_name: str) -> dict[str, NodeAnswer]:
         """What a SecAgg+ round reveals: the sum of the sites' answers (each carrying its share

@@ -109,7 +109,10 @@ class PrivacySpent(_Model):
     epsilon: float | None = None  # the study's budget
     delta: float | None = None
     accountant: str | None = None
-    per_site: dict[str, float] = Field(default_factory=dict)  # ε charged at each node
+    per_site: dict[str, float] = Field(default_factory=dict)  # ε this study's charges cost at each node
+    # each node's ledger total after the study: every study, group view and training run on its
+    # data (composition is sub-additive, so it is not the sum of the studies' ε)
+    ledger_total: dict[str, float] = Field(default_factory=dict)
     # the budget split of the rounds after describe when the study re-split it from describe's
     # public counts (no longer done, issue #19); None: the spec's split throughout
     resplit: dict[str, float] | None = None

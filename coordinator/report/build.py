@@ -213,7 +213,10 @@ def _privacy(result: StudyResult, outcomes: tuple[OutcomeRow, ...]) -> PrivacySe
         epsilon=p.epsilon,
         delta=p.delta,
         accountant=p.accountant,
-        per_site=tuple(SiteBudget(site=k, epsilon=v) for k, v in sorted(p.per_site.items())),
+        per_site=tuple(
+            SiteBudget(site=k, epsilon=v, ledger_total=p.ledger_total.get(k))
+            for k, v in sorted(p.per_site.items())
+        ),
         max_privacy_share_of_ci=max(o.estimate.privacy_share_of_ci for o in outcomes),
         split=(p.resplit or result.spec.get("privacy", {}).get("split")) if p.enabled else None,
         resplit=p.resplit is not None,

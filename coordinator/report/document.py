@@ -150,8 +150,12 @@ def per_site_figures(spec: dict) -> bool:
 
 
 class SiteBudget(_Model):
+    """``epsilon``: what this study's charges cost at the site; ``ledger_total``: the site's
+    ledger after the study, over everything it ever released (absent in older results)."""
+
     site: str
     epsilon: float
+    ledger_total: float | None = None
 
 
 class PrivacySection(_Model):

@@ -203,7 +203,12 @@ def privacy_statement(result: StudyResult, strata: tuple[StratumRow, ...]) -> st
         f"ledger before it left: study budget ε = {fmt.num(p.epsilon)}, δ = "
         f"{'n/a' if p.delta is None else format(p.delta, 'g')} per site "
         f"({p.accountant or 'accountant not stated'}); "
-        f"ε charged per site: {per_site or 'not reported by the study run'}."
+        f"ε this study charged per site: {per_site or 'not reported by the study run'}"
+        + (
+            f" (each site's ledger total over all its studies and releases: {totals})."
+            if (totals := ", ".join(f"{s} ε = {fmt.num(e)}" for s, e in sorted(p.ledger_total.items())))
+            else "."
+        )
         + secure
         + " The noise's cost is stated per outcome as its "
         "share of the CI width."

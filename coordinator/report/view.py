@@ -459,7 +459,10 @@ def _privacy_table(doc: EvidenceReport) -> Table:
         ("Accountant", p.accountant or "n/a"),
         ("Largest privacy share of a CI's width", fmt.pct(p.max_privacy_share_of_ci)),
     ]
-    rows += [(f"ε charged at {b.site}", fmt.num(b.epsilon)) for b in p.per_site]
+    for b in p.per_site:
+        rows.append((f"ε this study charged at {b.site}", fmt.num(b.epsilon)))
+        if b.ledger_total is not None:
+            rows.append((f"ε spent at {b.site} in all (its ledger)", fmt.num(b.ledger_total)))
     limited = [row.estimate for row in doc.outcomes if row.estimate.ratio_limit is not None]
     for o in limited:
         rows.append((f"{o.name}: CI width ÷ physical limit", fmt.ratio(o.ratio_limit)))

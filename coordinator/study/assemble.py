@@ -33,7 +33,8 @@ def _privacy(run: StudyRun) -> PrivacySpent:
         epsilon=run.plan.epsilon,
         delta=run.plan.delta,
         accountant=accountant_label(run.plan.accountant),
-        per_site=dict(run.privacy_spent),
+        per_site=dict(run.privacy_study),
+        ledger_total=dict(run.privacy_spent),
         resplit=run.resplit.model_dump() if run.resplit else None,
         secure_nodes=run.secure[0] if run.secure else None,
     )

@@ -285,7 +285,7 @@ def test_a_federation_across_network_namespaces(tmp_path):
             assert second.outcomes and second.privacy.enabled
             for s in sites:
                 released[s].append(second.privacy.per_site[s])
-                # a result's per-site ε is that node's ledger total when it answered: the ledger
+                # a result's per-site ε is what that study charged at the node: the ledger
                 # now holds at least every claim, and releases of both runs (the victim's first
                 # until its cable was pulled)
                 total, per_study = _ledger(kits[s])

@@ -228,3 +228,20 @@ def test_a_well_resolved_study_keeps_the_spec_split_and_its_ledgers_stay_within_
         assert ledger.spent(key) <= 8.0 + 1e-9
     result = assemble_result(run, dropped={}, started_at="a", finished_at="b", total_s=1.0)
     assert result.privacy.resplit is None
+
+
+def test_a_second_study_states_its_own_epsilon_apart_from_the_ledger_total(spec, tmp_path):
+    """``per_site`` is what this study cost at each node; ``ledger_total`` the node's running
+    total. Before the split a second study reported the node's total as its own price."""
+    dp_spec = _with_privacy(spec, epsilon=2.0)
+    first, second = (
+        assemble_result(_run(dp_spec, tmp_path), dropped={}, started_at="a", finished_at="b", total_s=1.0)
+        for _ in range(2)
+    )
+    for s in spec.sites:
+        ledger, key = _ledger(tmp_path, s.name)
+        assert len({h.study_id for h in ledger.history(key)}) == 2  # the same ledger answered both
+        assert 0 < second.privacy.per_site[s.name] <= 2.0 + 1e-9
+        assert second.privacy.per_site[s.name] == pytest.approx(first.privacy.per_site[s.name])
+        assert second.privacy.ledger_total[s.name] == pytest.approx(ledger.spent(key))
+        assert second.privacy.ledger_total[s.name] > second.privacy.per_site[s.name] * 1.2
