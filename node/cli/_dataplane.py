@@ -36,6 +36,17 @@ def open_node(config_path: Path) -> tuple[NodeConfig, Store, Pseudonymizer]:
 
 
 @contextlib.contextmanager
+def opened_node(config_path: Path) -> Iterator[tuple[NodeConfig, Store, Pseudonymizer]]:
+    """:func:`open_node` for one command: the store's connections are closed when it is done,
+    whatever happens (a CLI process may be one of several on a PostgreSQL server)."""
+    cfg, store, pseudo = open_node(config_path)
+    try:
+        yield cfg, store, pseudo
+    finally:
+        store.engine.dispose()
+
+
+@contextlib.contextmanager
 def errors_to_exit() -> Iterator[None]:
     """An expected error becomes ``error: <message>`` on stderr and exit code 1 (no traceback).
 

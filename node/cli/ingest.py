@@ -15,7 +15,7 @@ from node.cli._dataplane import (
     check_format,
     echo_json,
     errors_to_exit,
-    open_node,
+    opened_node,
 )
 from node.config import NodeConfig
 from node.ingest import DEFAULT_CHUNK_ROWS, KINDS, IngestSummary, ingest_file
@@ -100,8 +100,7 @@ def ingest(
     with errors_to_exit():
         limit = parse_fraction(max_quarantine)
         extract = load_mapping(mapping_file) if mapping_file is not None else None
-        cfg, store, pseudo = open_node(config)
-        try:
+        with opened_node(config) as (cfg, store, pseudo):
             file = file or _configured_file(cfg, kind)
             try:
                 summary = ingest_file(
@@ -122,8 +121,6 @@ def ingest(
             except DataError as e:
                 print_refused(e, Path(file).name, kind, fmt)
                 raise
-        finally:
-            store.engine.dispose()
     rejected = summary.rejected or (gate(summary, limit) if summary.dry_run else None)
     if fmt == "json":
         echo_json({**summary.to_dict(), "rejected": rejected})
@@ -147,11 +144,8 @@ def ingest_undo(
     """
     check_format(fmt)
     with errors_to_exit():
-        _cfg, store, _pseudo = open_node(config)
-        try:
+        with opened_node(config) as (_cfg, store, _pseudo):
             done = undo_file(store, file_id)
-        finally:
-            store.engine.dispose()
     if fmt == "json":
         echo_json(done.to_dict())
     else:

@@ -15,7 +15,7 @@ from node.cli._dataplane import (
     check_format,
     echo_json,
     errors_to_exit,
-    open_node,
+    opened_node,
 )
 from node.trajectory import record_intervention
 from shared.schemas import CHANNELS, INTERVENTION_CODES
@@ -44,8 +44,7 @@ def add(
     """
     check_format(fmt)
     with errors_to_exit():
-        _, store, pseudo = open_node(config)
-        try:
+        with opened_node(config) as (_, store, pseudo):
             rec = record_intervention(
                 store,
                 pseudo,
@@ -56,8 +55,6 @@ def add(
                 channel=channel,
                 source="cli",
             )
-        finally:
-            store.engine.dispose()
     if fmt == "json":
         echo_json(dataclasses.asdict(rec))
     else:

@@ -19,7 +19,7 @@ from node.cli._dataplane import (
     check_format,
     echo_json,
     errors_to_exit,
-    open_node,
+    opened_node,
 )
 from node.config import NodeConfig, PlansSection
 from shared.errors import SpecError
@@ -81,14 +81,11 @@ def generate(
     with errors_to_exit():
         if min_risk is not None and not 0 <= min_risk <= 1:
             raise SpecError("--min-risk: a probability between 0 and 1")
-        cfg, store, _ = open_node(config)
-        try:
+        with opened_node(config) as (cfg, store, _):
             catalogue = Catalogue.from_toml(_section(cfg).catalogue)
             ms = ModelStore(model_dir(cfg, config, models))
             scorer = Scorer.from_model(ms.load(version) if version else ms.latest())
             summary = generate_plans(store, scorer, catalogue, min_risk=min_risk)
-        finally:
-            store.engine.dispose()
     _report(fmt, dataclasses.asdict(summary))
 
 
@@ -104,8 +101,7 @@ def deliver(
 
     check_format(fmt)
     with errors_to_exit():
-        cfg, store, _ = open_node(config)
-        try:
+        with opened_node(config) as (cfg, store, _):
             sec = _section(cfg)
             if sec.webhook_url is None:
                 raise SpecError("[plans] webhook_url is not set: where should plans go?")
@@ -119,8 +115,6 @@ def deliver(
                 timeout_s=sec.timeout_s,
             )
             summary = deliver_plans(store, settings, requeue=requeue)
-        finally:
-            store.engine.dispose()
     _report(fmt, dataclasses.asdict(summary))
     if summary.dead_lettered:
         raise typer.Exit(2)  # something needs the operator: the gateway refused or stayed down
@@ -136,11 +130,8 @@ def opt_out(
     from node.plans.events import set_opt_out
 
     with errors_to_exit():
-        _, store, pseudo = open_node(config)
-        try:
+        with opened_node(config) as (_, store, pseudo):
             changed = set_opt_out(store, pseudo(person_id), out=not undo)
-        finally:
-            store.engine.dispose()
     state = "opted in" if undo else "opted out"
     typer.echo(f"{state}" + ("" if changed else " (already)"))
 
@@ -154,11 +145,8 @@ def recipient(
     from node.plans.signing import recipient_id
 
     with errors_to_exit():
-        cfg, store, pseudo = open_node(config)
-        try:
+        with opened_node(config) as (cfg, store, pseudo):
             rid = recipient_id(_recipient_key(cfg), pseudo(person_id))
-        finally:
-            store.engine.dispose()
     typer.echo(rid)
 
 
@@ -173,11 +161,8 @@ def import_events_cmd(
 
     check_format(fmt)
     with errors_to_exit():
-        _, store, _ = open_node(config)
-        try:
+        with opened_node(config) as (_, store, _):
             counts = import_events(store, path)
-        finally:
-            store.engine.dispose()
     _report(fmt, counts)
 
 
@@ -190,15 +175,12 @@ def status(config: Path = CONFIG_OPTION, fmt: str = FORMAT_OPTION) -> None:
 
     check_format(fmt)
     with errors_to_exit():
-        _, store, _ = open_node(config)
-        try:
+        with opened_node(config) as (_, store, _):
             with store.engine.connect() as conn:
                 q_status = select(plans.c.status, func.count()).group_by(plans.c.status)
                 q_event = select(plan_events.c.event, func.count()).group_by(plan_events.c.event)
                 by_status = {str(k): int(v) for k, v in conn.execute(q_status).all()}
                 by_event = {str(k): int(v) for k, v in conn.execute(q_event).all()}
-        finally:
-            store.engine.dispose()
     data = {"plans": by_status, "events": by_event}
     if fmt == "json":
         echo_json(data)

@@ -19,7 +19,7 @@ from node.cli._dataplane import (
     check_format,
     echo_json,
     errors_to_exit,
-    open_node,
+    opened_node,
 )
 from node.ingest.quarantine import file_problems, list_files
 
@@ -34,12 +34,9 @@ def list_cmd(config: Path = CONFIG_OPTION, fmt: str = FORMAT_OPTION) -> None:
     """Every ingested file: id, name, kind, status and counts (newest first)."""
     check_format(fmt)
     with errors_to_exit():
-        _cfg, store, _p = open_node(config)
-        try:
+        with opened_node(config) as (_cfg, store, _p):
             with store.engine.connect() as conn:
                 files = list_files(conn)
-        finally:
-            store.engine.dispose()
     if fmt == "json":
         echo_json({"files": files})
         return
@@ -72,12 +69,9 @@ def show_cmd(
     """One file's quarantine: counts and row numbers by field and reason, then each row."""
     check_format(fmt)
     with errors_to_exit():
-        _cfg, store, _p = open_node(config)
-        try:
+        with opened_node(config) as (_cfg, store, _p):
             with store.engine.connect() as conn:
                 data = file_problems(conn, file_id)
-        finally:
-            store.engine.dispose()
     if fmt == "json":
         echo_json(data)
         return
