@@ -24,10 +24,21 @@ SUPERLINK_HELP = "SuperLink address, host:port (its Control API)."
 CA_HELP = "CA certificate the SuperLink's TLS certificate is checked against (default: system roots)."
 
 
-def _control(superlink: str, root_certificates: Path | None, timeout: float):
-    from coordinator.federation.control import ControlClient
+KEY_HELP = (
+    "The operator's study-signing key (its passphrase from REHEALTH_KEY_PASSPHRASE[_FILE]): "
+    "it signs the short-lived token each Control API call carries."
+)
 
-    return ControlClient(superlink, root_certificates=root_certificates, timeout_s=timeout)
+
+def _control(superlink: str, root_certificates: Path | None, timeout: float, key: Path):
+    from coordinator.federation.control import ControlClient
+    from coordinator.federation.control_auth import OperatorCredential
+    from coordinator.federation.provision import load_signing_key
+
+    credential = OperatorCredential(load_signing_key(key))
+    return ControlClient(
+        superlink, root_certificates=root_certificates, timeout_s=timeout, credential=credential
+    )
 
 
 def _fail(console: Console, e: ReHealthError) -> typer.Exit:
@@ -38,6 +49,7 @@ def _fail(console: Console, e: ReHealthError) -> typer.Exit:
 def list_runs(
     superlink: str = typer.Option(..., "--superlink", help=SUPERLINK_HELP),
     root_certificates: Path = typer.Option(None, "--root-certificates", help=CA_HELP),
+    key: Path = typer.Option(..., "--key", help=KEY_HELP),
     limit: int = typer.Option(20, "--limit", min=1, help="Newest runs to show."),
     timeout: float = typer.Option(30.0, "--timeout", min=0.1, help="Seconds to wait for the SuperLink."),
     fmt: str = typer.Option("text", "--format", help="text or json"),
@@ -45,7 +57,7 @@ def list_runs(
     """The SuperLink's runs, newest first."""
     console = Console(stderr=fmt == "json")
     try:
-        with _control(superlink, root_certificates, timeout) as c:
+        with _control(superlink, root_certificates, timeout, key) as c:
             runs = c.runs(limit=limit)
     except ReHealthError as e:
         raise _fail(console, e) from None
@@ -93,6 +105,7 @@ def status(
     run_id: int = typer.Argument(..., help="The run's id (study list)."),
     superlink: str = typer.Option(..., "--superlink", help=SUPERLINK_HELP),
     root_certificates: Path = typer.Option(None, "--root-certificates", help=CA_HELP),
+    key: Path = typer.Option(..., "--key", help=KEY_HELP),
     timeout: float = typer.Option(30.0, "--timeout", min=0.1, help="Seconds to wait for the SuperLink."),
     fmt: str = typer.Option("text", "--format", help="text or json"),
 ) -> None:
@@ -101,7 +114,7 @@ def status(
 
     console = Console(stderr=fmt == "json")
     try:
-        with _control(superlink, root_certificates, timeout) as c:
+        with _control(superlink, root_certificates, timeout, key) as c:
             run = c.run(run_id)
             events = parse(_log_now(c, run_id))
     except ReHealthError as e:
@@ -132,6 +145,7 @@ def logs(
     run_id: int = typer.Argument(..., help="The run's id (study list)."),
     superlink: str = typer.Option(..., "--superlink", help=SUPERLINK_HELP),
     root_certificates: Path = typer.Option(None, "--root-certificates", help=CA_HELP),
+    key: Path = typer.Option(..., "--key", help=KEY_HELP),
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep streaming until the run finishes."),
     timeout: float = typer.Option(30.0, "--timeout", min=0.1, help="Seconds to wait for the SuperLink."),
     fmt: str = typer.Option("text", "--format", help="text or json"),
@@ -143,7 +157,7 @@ def logs(
     parser = EventParser()
     events: list[dict] = []
     try:
-        with _control(superlink, root_certificates, timeout) as c:
+        with _control(superlink, root_certificates, timeout, key) as c:
             c.run(run_id)  # an unknown run fails here, not as an empty log
             if follow and fmt != "json":
                 for text, _ts in c.stream_logs(run_id):
@@ -191,13 +205,14 @@ def stop(
     run_id: int = typer.Argument(..., help="The run's id (study list)."),
     superlink: str = typer.Option(..., "--superlink", help=SUPERLINK_HELP),
     root_certificates: Path = typer.Option(None, "--root-certificates", help=CA_HELP),
+    key: Path = typer.Option(..., "--key", help=KEY_HELP),
     timeout: float = typer.Option(30.0, "--timeout", min=0.1, help="Seconds to wait for the SuperLink."),
     fmt: str = typer.Option("text", "--format", help="text or json"),
 ) -> None:
     """Stop a run (its ServerApp is told to end; nodes answer nothing more for it)."""
     console = Console(stderr=fmt == "json")
     try:
-        with _control(superlink, root_certificates, timeout) as c:
+        with _control(superlink, root_certificates, timeout, key) as c:
             stopped = c.stop(run_id)
             run = c.run(run_id)
     except ReHealthError as e:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+from coordinator.federation.control_auth import Credential, cli_plugin
 from shared.errors import FederationError
 
 CONNECTION = "rehealth"
@@ -73,7 +74,12 @@ def _status_text(status) -> str:
 class ControlClient:
     """The Control API of the SuperLink at ``address`` (``host:port``), over TLS pinned to
     ``root_certificates`` (else the system's roots), or plaintext with ``insecure=True``
-    (debugging only). ``timeout_s`` bounds each unary call's connect and read."""
+    (debugging only). ``timeout_s`` bounds each unary call's connect and read.
+
+    ``credential`` mints the bearer token each request carries (:mod:`.control_auth`): the
+    operator's (:class:`~.control_auth.OperatorCredential`, from the study-signing key) or the
+    coordinator's own (:class:`~.control_auth.CoordinatorCredential`). A ReHealth SuperLink
+    refuses every Control API call without one."""
 
     def __init__(
         self,
@@ -82,6 +88,7 @@ class ControlClient:
         root_certificates: Path | None = None,
         insecure: bool = False,
         timeout_s: float = 30.0,
+        credential: Credential | None = None,
     ):
         if insecure and root_certificates:
             raise FederationError("a connection is either insecure or pins root certificates")
@@ -89,6 +96,7 @@ class ControlClient:
         self.root_certificates = root_certificates
         self.insecure = insecure
         self.timeout_s = timeout_s
+        self.credential = credential
         self._client: Any = None
         self._lock = threading.Lock()
         self.closed = False
@@ -120,8 +128,9 @@ class ControlClient:
                     insecure=self.insecure or None,
                 )
                 # the CLI prints "Using SuperLink: …" to stdout on every build: not ours to say
+                auth = None if self.credential is None else cli_plugin(self.credential, self.address)
                 with contextlib.redirect_stdout(io.StringIO()):
-                    client = init_http_client_from_connection(connection)
+                    client = init_http_client_from_connection(connection, auth_plugin=auth)
                 client._client.timeout = httpx.Timeout(self.timeout_s)
                 self._client = client
             return self._client
@@ -208,6 +217,21 @@ class ControlClient:
     def status(self, run_id: int) -> str:
         """The run's status (``finished:completed`` …): one request, no process."""
         return self.run(run_id).status
+
+    def wait(self, run_id: int, *, timeout_s: float = 600.0, poll_s: float = 0.5) -> str:
+        """Poll until the run has finished; its final status.
+
+        Raises:
+            FederationError: it had not finished after ``timeout_s``.
+        """
+        import time
+
+        deadline = time.monotonic() + timeout_s
+        while not (status := self.status(run_id)).startswith("finished"):
+            if time.monotonic() > deadline:
+                raise FederationError(f"run {run_id} still {status} after {timeout_s:.0f} s")
+            time.sleep(poll_s)
+        return status
 
     def stop(self, run_id: int) -> bool:
         """Ask the SuperLink to stop the run; False if it was no longer running."""

@@ -42,6 +42,7 @@ from pathlib import Path
 import psutil
 
 from coordinator.federation.control import ControlClient
+from coordinator.federation.control_auth import CoordinatorCredential, guarded_superlink
 from coordinator.federation.flwr_cli import FlwrClient, flwr_bin, flwr_env
 from coordinator.federation.lifetime import spawn
 from coordinator.federation.pki import FederationPKI, private_dir, write_private
@@ -147,12 +148,15 @@ class LocalFederation:
             self.pki = FederationPKI.create(self.workdir / "pki", [n.site for n in self.nodes])
         self._spawn(
             "superlink",
-            superlink_command(
-                flwr_bin("flower-superlink"),
-                host=HOST,
-                port=self.port,
-                database=database,
-                tls=None if self.insecure else self._runtime_tls,
+            guarded_superlink(
+                superlink_command(
+                    flwr_bin("flower-superlink"),
+                    host=HOST,
+                    port=self.port,
+                    database=database,
+                    tls=None if self.insecure else self._runtime_tls,
+                ),
+                operator_key=self.operator_key,
             ),
         )
         self._wait_port(self.port, "superlink", timeout_s)
@@ -323,8 +327,22 @@ class LocalFederation:
                 f"{HOST}:{self.port}",
                 root_certificates=None if self.insecure else self._pki.ca_cert,
                 insecure=self.insecure,
+                credential=None if self.insecure else self.coordinator_credential,
             )
         return self._control
+
+    @property
+    def operator_key(self) -> Path | None:
+        """The operator's public key the SuperLink pins for operator tokens: the study key the
+        nodes pin (their ``coordinator-key``), so the operator who signs studies can also run
+        them from another machine (``study run --superlink``)."""
+        pinned = {str(n.config["coordinator-key"]) for n in self.nodes if n.config.get("coordinator-key")}
+        return Path(pinned.pop()) if len(pinned) == 1 else None
+
+    @property
+    def coordinator_credential(self) -> CoordinatorCredential:
+        """The coordinator's own Control API tokens, keyed by this federation's SuperExec secret."""
+        return CoordinatorCredential.from_file(self._pki.superexec_secret)
 
     @property
     def client(self) -> FlwrClient:

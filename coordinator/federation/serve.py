@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from coordinator.federation.control import ControlClient
+from coordinator.federation.control_auth import CoordinatorCredential, guarded_superlink
 from coordinator.federation.flwr_cli import FlwrClient, flwr_bin, flwr_env
 from coordinator.federation.kit_files import CoordinatorKit
 from coordinator.federation.launcher import UMASK, _signal, _tree
@@ -87,8 +88,15 @@ class Coordinator:
             database.with_name(database.name + suffix).unlink(missing_ok=True)
         link = self._spawn(
             "superlink",
-            superlink_command(
-                flwr_bin("flower-superlink"), host=self.bind or host, port=port, database=database, tls=tls
+            guarded_superlink(
+                superlink_command(
+                    flwr_bin("flower-superlink"),
+                    host=self.bind or host,
+                    port=port,
+                    database=database,
+                    tls=tls,
+                ),
+                operator_key=self.kit.signing_pub if self.kit.signing_pub.is_file() else None,
             ),
         )
         self._wait_port("superlink", host, port, timeout_s)
@@ -97,7 +105,10 @@ class Coordinator:
             superexec_command(sys.executable, runtime_api=self.address, runtime=tls, parent_pid=link.pid),
         )
         keys = self.kit.registered_sites()
-        with ControlClient(self.address, root_certificates=self.kit.ca_cert) as control:
+        credential = CoordinatorCredential.from_file(self.kit.superexec_secret)
+        with ControlClient(
+            self.address, root_certificates=self.kit.ca_cert, credential=credential
+        ) as control:
             for site, key in keys.items():  # under the site's name: a missing site is named
                 control.register_node(key, site)
         self.registered = sorted(keys)

@@ -226,6 +226,7 @@ def follow_run(
         root_certificates=control.root_certificates,
         insecure=control.insecure,
         timeout_s=control.timeout_s,
+        credential=control.credential,
     )
 
     def pump() -> None:
@@ -526,7 +527,14 @@ def run_remote(
     address = superlink or spec.federation.superlink
     if not address:
         raise SpecError("federation.superlink: give the SuperLink address (or use --local)")
-    with exclusive_folder(out_dir), ControlClient(address, root_certificates=root_certificates) as control:
+    from coordinator.federation.control_auth import OperatorCredential
+    from coordinator.federation.provision import load_signing_key
+
+    credential = OperatorCredential(load_signing_key(key_path))  # the key that signs the study
+    with (
+        exclusive_folder(out_dir),
+        ControlClient(address, root_certificates=root_certificates, credential=credential) as control,
+    ):
         return run_with_client(
             control,
             spec_path,

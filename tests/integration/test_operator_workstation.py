@@ -156,6 +156,7 @@ def test_study_list_status_and_logs_show_the_finished_run(coordinator_host):
     if run_id is None:  # the study test above did not get that far
         pytest.fail("no study run to look at (see the test above)")
     conn = ["--superlink", f"127.0.0.1:{fed.port}", "--root-certificates", str(fed.pki.ca_cert)]
+    conn += ["--key", str(coordinator_host["key"])]
     rc, out = _cli("list", *conn, "--format", "json")
     assert rc == 0, out
     runs = {r["run-id"]: r for r in json.loads(out)["runs"]}
@@ -217,6 +218,7 @@ def test_study_stop_ends_a_running_run(coordinator_host):
         time.sleep(0.5)
     assert fed.control.status(run_id) == "running"
     conn = ["--superlink", f"127.0.0.1:{fed.port}", "--root-certificates", str(fed.pki.ca_cert)]
+    conn += ["--key", str(coordinator_host["key"])]
     rc, out = _cli("stop", str(run_id), *conn, "--format", "json")
     assert rc == 0, out
     assert json.loads(out)["stopped"] is True

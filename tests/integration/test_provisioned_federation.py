@@ -24,7 +24,8 @@ import pytest
 from typer.testing import CliRunner
 
 from coordinator.cli.federation import app as federation_app
-from coordinator.federation.flwr_cli import CONNECTION, FlwrClient
+from coordinator.federation.control import ControlClient
+from coordinator.federation.control_auth import CoordinatorCredential
 from coordinator.synth import write_federation
 from shared.synth import generate_federation
 
@@ -172,14 +173,16 @@ def test_kits_alone_run_a_dp_study_and_a_revoked_site_is_refused(tmp_path):
         procs.append(coord)
         body = _wait_for(logs / "coordinator-2.log", "registered sites:", coord)
         assert f"registered sites: {names[0]}\n" in body
-        client = FlwrClient(
-            home=tmp_path / "operator" / "cli", address=address, root_certificates=coord_kit / "ca.crt"
+        client = ControlClient(
+            address,
+            root_certificates=coord_kit / "ca.crt",
+            credential=CoordinatorCredential.from_file(coord_kit / "superexec.secret"),
         )
         # the kept site's SuperNode is restarted by its `node run` and re-activates with its
         # key; the revoked one is refused at every attempt
         deadline = time.monotonic() + 45
         while time.monotonic() < deadline:
-            listed = client.json("supernode", "list", CONNECTION)["nodes"]
+            listed = [{"status": n.status} for n in client.nodes()]
             tail = (logs / f"{revoked}.log").read_bytes()[mark:].decode(errors="replace")
             refused = "Failed to activate SuperNode" in tail  # Flower's exit 305: key not registered
             if [n.get("status") for n in listed] == ["online"] and refused:

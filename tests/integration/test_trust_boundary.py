@@ -65,8 +65,8 @@ def test_guarded_supernodes_refuse_a_bundle_with_its_own_code(tmp_path):
     out = tmp_path / "loot.json"
     nodes = [NodeSpec(s, {"data-path": str(secret)}) for s in ("a", "b")]
     with LocalFederation(tmp_path / "fed", nodes) as fed:
-        run_id = fed.client.submit(app, {"out": str(out)})
-        fed.client.wait(run_id, timeout_s=240)
+        run_id = fed.control.start_run(app, {"out": str(out)})
+        fed.control.wait(run_id, timeout_s=240)
         node_logs = "".join(
             (tmp_path / "fed" / "logs" / f"supernode-{s}.log").read_text() for s in ("a", "b")
         )

@@ -52,6 +52,25 @@ def plaintext_list_runs(home: Path, port: int) -> subprocess.CompletedProcess:
     )
 
 
+def tls_list_runs(home: Path, port: int, ca_cert: Path) -> subprocess.CompletedProcess:
+    """``flwr ls`` over TLS pinning the federation's CA: what any network party that trusts the
+    CA (every site does) could do against Flower's open-source Control API, which takes any
+    caller, and so read every run and its log."""
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "x"\n\n[superlink.x]\naddress = "{HOST}:{port}"\n'
+        f'root-certificates = "{ca_cert}"\n'
+    )
+    return subprocess.run(
+        [flwr("flwr"), "ls", "x", "--format", "json"],
+        env=attacker_env(home),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+
+
 # -- b. a SuperNode the operator never registered ---------------------------------------------
 def rogue_supernode(
     folder: Path, port: int, *, ca_cert: Path | None, with_key: bool, log_name: str

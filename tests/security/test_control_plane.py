@@ -15,7 +15,6 @@ import time
 
 import pytest
 
-from coordinator.federation.flwr_cli import CONNECTION
 from coordinator.federation.launcher import LocalFederation, NodeSpec
 
 from . import attacks
@@ -112,9 +111,9 @@ def live_run(fed, tmp_path_factory):
     )
     racer.start()
     started.wait(10)
-    run_id = fed.client.submit(app, {"out": str(out)})
+    run_id = fed.control.start_run(app, {"out": str(out)})
     racer.join()
-    status = fed.client.wait(run_id, timeout_s=180)
+    status = fed.control.wait(run_id, timeout_s=180)
     done.set()
     sampler.join()
     return {
@@ -132,13 +131,13 @@ def test_a_plaintext_client_cannot_talk_to_the_superlink(fed, tmp_path):
     out = json.loads(cp.stdout) if cp.stdout.strip().startswith("{") else {}
     assert out.get("success") is not True and "runs" not in out, cp.stdout + cp.stderr
     # ... while the launcher's own client, pinning the federation's CA, does
-    assert fed.client.json("list", CONNECTION)["success"] is True
+    assert fed.control.runs() is not None
 
 
 # -- b ---------------------------------------------------------------------------------------
 def test_b_unregistered_supernode_never_joins(fed, tmp_path):
     def registered_ids() -> set[str]:
-        return {n["node-id"] for n in fed.client.json("supernode", "list", CONNECTION)["nodes"]}
+        return {n.node_id for n in fed.control.nodes()}
 
     before = registered_ids()
     assert len(before) == len(SITES)
@@ -199,3 +198,37 @@ def test_d_no_token_or_secret_on_any_command_line(live_run):
 def test_e_every_file_of_the_federation_is_private(fed, live_run):
     assert live_run["status"].startswith("finished")
     assert attacks.loose_modes(fed.workdir) == []
+
+
+# -- f ---------------------------------------------------------------------------------------
+def test_f_the_control_api_answers_no_caller_without_a_control_token(fed, live_run, tmp_path):
+    """Before control tokens, anyone trusting the CA listed runs, read a run's log (where the
+    study's result travels) and stopped runs: Flower's open-source Control API takes any caller."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from coordinator.federation.control import ControlClient
+    from coordinator.federation.control_auth import CoordinatorCredential, OperatorCredential
+    from shared.errors import FederationError
+
+    assert live_run["status"] == "finished:completed"
+    (run,) = fed.control.runs(limit=1)
+    cp = attacks.tls_list_runs(tmp_path / "mallory", fed.port, fed.pki.ca_cert)
+    listed = json.loads(cp.stdout) if cp.stdout.strip().startswith("{") else {}
+    assert listed.get("success") is not True and not listed.get("runs"), cp.stdout + cp.stderr
+    forged = {
+        "no token": None,
+        "another secret": CoordinatorCredential(b"x" * 32),
+        "another operator key": OperatorCredential(Ed25519PrivateKey.generate()),
+    }
+    for what, credential in forged.items():
+        with ControlClient(
+            f"127.0.0.1:{fed.port}", root_certificates=fed.pki.ca_cert, credential=credential, timeout_s=10
+        ) as mallory:
+            for call in (mallory.runs, mallory.nodes, lambda: mallory.logs(run.run_id)):
+                with pytest.raises(FederationError):
+                    call()
+                    pytest.fail(f"{what}: a Control API call went through")
+    log = (fed.workdir / "logs" / "superlink.log").read_text(errors="replace")
+    assert "control API call refused: no token" in log and "wrong MAC" in log
+    assert "pins no operator key" in log or "not signed by the pinned operator key" in log
+    assert fed.control.run(run.run_id).status == "finished:completed"  # the coordinator's own client
