@@ -73,8 +73,8 @@ def main() -> None:
 
     from coordinator.federation.flwr_cli import CONNECTION
     from coordinator.federation.launcher import LocalFederation
-    from shared.errors import FederationError
     from coordinator.study.runner import follow_run
+    from shared.errors import FederationError
 
     with tempfile.TemporaryDirectory() as tmp, LocalFederation(Path(tmp) / "fed", []) as fed:
         app = Path(tmp) / "app"
