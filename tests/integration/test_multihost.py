@@ -24,6 +24,7 @@ each node's own ledger file), and at the end every namespace is empty: no proces
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import signal
@@ -53,6 +54,7 @@ CLI = "from coordinator.cli.root import main; main()"
 # The operator's workstation: a fresh folder nobody else sees, its inputs untarred from stdin, its
 # console (progress, then the outcome or the error) on stderr, a file the test reads as it grows,
 # and its whole folder tarred to stdout at the end.
+OPERATOR_NAME = "Multihost Evidence Operator"
 OPERATOR_SCRIPT = r"""
 set -e
 # a fresh tmpfs over the folder that holds every other party's files (not over /tmp:
@@ -66,6 +68,12 @@ set +e
     --key keys/coordinator.key --out result.json \
     --connect-timeout "$CONNECT" --timeout 400 >&2
 echo $? >rc
+if [ "$(cat rc)" = 0 ]; then
+  # the signed evidence report, on the operator's side, checked as a reader would: against the CA
+  "$PY" -c "$CLI" report render result.json --key keys/coordinator.key --out report >&2
+  "$PY" -c "$CLI" report verify report/report.json --ca ca.crt --format json >verify.json
+  echo $? >verify.rc
+fi
 tar -cf - .
 """
 
@@ -137,7 +145,7 @@ def _provision(tmp_path: Path, net: Network, sites: list[str], synth: Path) -> d
     coordinator = f"{net.address('coordinator')}:{PORT}"
     entries = "".join(f'[[sites]]\nname = "{s}"\n\n' for s in sites)
     (tmp_path / "federation.toml").write_text(
-        f'name = "multihost"\ncoordinator = "{coordinator}"\n\n{entries}'
+        f'name = "multihost"\ncoordinator = "{coordinator}"\noperator = "{OPERATOR_NAME}"\n\n{entries}'
     )
     cp = CliRunner().invoke(
         federation_app,
@@ -193,6 +201,7 @@ def _operator_inputs(spec: Path, kit: Path) -> bytes:
         tar.add(kit / "ca.crt", arcname="ca.crt")
         tar.add(kit / "signing" / "coordinator.key", arcname="keys/coordinator.key")
         tar.add(kit / "signing" / "coordinator.pub", arcname="keys/coordinator.pub")
+        tar.add(kit / "signing" / "coordinator.crt", arcname="keys/coordinator.crt")  # the CA's word
     return buf.getvalue()
 
 
@@ -281,6 +290,10 @@ def test_a_federation_across_network_namespaces(tmp_path):
             rc, files = op.finish()
             assert rc == 0, op.console()[-3000:]
             second = StudyResult.model_validate_json(files["result.json"])
+            # a signed report on the operator's side that the federation's CA vouches for
+            assert files.get("verify.rc") == b"0\n", (files.get("verify.json"), op.console()[-3000:])
+            verified = json.loads(files["verify.json"])
+            assert verified["certified_issuer"] == OPERATOR_NAME and "report/report.pdf" in files, verified
             assert {x.name: x.status for x in second.sites} == dict.fromkeys(sites, "ok")
             assert second.outcomes and second.privacy.enabled
             for s in sites:

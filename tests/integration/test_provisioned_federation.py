@@ -154,7 +154,7 @@ def test_kits_alone_run_a_dp_study_and_a_revoked_site_is_refused(tmp_path):
                 key_path=coord_kit / "signing" / "coordinator.key",
                 superlink=address,
                 root_certificates=coord_kit / "ca.crt",
-                timeout_s=120,
+                timeout_s=400,  # minutes on a loaded machine; about one when idle
             )
         finally:
             del os.environ["REHEALTH_KEY_PASSPHRASE"]
