@@ -11,6 +11,10 @@ Endpoints (JSON in and out; OpenAPI at ``/openapi.json``, docs at ``/docs``)::
     POST /v1/score/batch     underwriter   up to 10 000 persons at once
     GET  /v1/groups?by=…     hr            risk profiles by department, age band, job type (DP,
                                            suppressed, charged once; format=csv for export)
+    GET  /v1/programme       hr            plan uptake per stage and department (DP, suppressed,
+                                           charged once per state of the plans; needs the store)
+    GET  /hr/…, POST /hr/…   hr (session)  the HR web view (node.web.hr): sign in with an hr key
+    GET  /report             no key        the report page: verify a report.json in the browser
 
 ``admin`` may call everything. Keys come in the ``X-API-Key`` header: absent, unknown, expired
 or revoked → 401, known but the wrong role → 403. Invalid bodies → 422 naming the field
@@ -45,6 +49,7 @@ from node.api.schemas import (
     LiveOut,
     ModelOut,
     PersonIn,
+    ProgrammeView,
     ReadyOut,
     ScoreOut,
 )
@@ -58,6 +63,7 @@ from shared.risk.tiers import TIERS
 
 if TYPE_CHECKING:
     from node.plans.events import CallbackSettings
+    from node.web.session import Sessions
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut},
@@ -169,6 +175,9 @@ def create_app(
     max_body_bytes: int = MAX_BODY_BYTES,
     cors_origins: Sequence[str] = (),
     plan_callbacks: CallbackSettings | None = None,
+    hr_view: bool = True,
+    reports_dir: str | Path | None = None,
+    sessions: Sessions | None = None,
 ) -> FastAPI:
     """Build the node's scoring API.
 
@@ -190,6 +199,11 @@ def create_app(
         cors_origins: browser origins allowed to call the API (default none: no CORS).
         plan_callbacks: a :class:`node.plans.events.CallbackSettings`: serve the signed
             ``POST /v1/plans/events`` callback of the employer's app (``None``: not served).
+        hr_view: serve the HR web view at ``/hr/`` (:mod:`node.web.hr`) and the report page at
+            ``/report``.
+        reports_dir: where ``rehealth node report import`` keeps evidence reports (the HR
+            view shows the latest); ``None``: no report shown.
+        sessions: the HR view's session table (tests pass one with a clock).
 
     Raises:
         SpecError: no model, unreadable keys; DataError: a book row out of bounds (named).
@@ -215,7 +229,7 @@ def create_app(
     metrics = ApiMetrics(budget_left=budget_left, ready=lambda: probe.check().ready)
     # added innermost first: the request context wraps CORS, which wraps the body gate
     app.add_middleware(_ServerTiming)
-    app.add_middleware(BodyGate, max_bytes=max_body_bytes)
+    app.add_middleware(BodyGate, max_bytes=max_body_bytes, form_prefixes=("/hr/",) if hr_view else ())
     if cors_origins:
         from starlette.middleware.cors import CORSMiddleware
 
@@ -372,5 +386,46 @@ def create_app(
         if format == "csv":
             return PlainTextResponse(view_csv(view), media_type="text/csv")
         return view
+
+    programme = None
+    if store_url is not None:
+        from node.plans.uptake import ProgrammeViews
+
+        programme = ProgrammeViews(
+            store_url, policy=group_policy, ledger=ledger, rng=rng if rng is not None else secure_rng()
+        )
+
+        @app.get(
+            "/v1/programme",
+            response_model=ProgrammeView,
+            responses=_ERRORS,
+            dependencies=[Depends(require("hr"))],
+        )
+        def programme_view() -> Any:
+            """People with a plan per delivery stage and department (noised, suppressed, charged
+            once per state of the plans; :mod:`node.plans.uptake`)."""
+            return programme.get()
+
+    if hr_view:
+        from node.web.hr import install_hr_view
+        from shared.web.report_page import csp, page
+
+        install_hr_view(
+            app,
+            ring=ring,
+            views=views,
+            programme=programme,
+            reports_dir=Path(reports_dir) if reports_dir is not None else None,
+            sessions=sessions,
+        )
+
+        @app.get("/report", include_in_schema=False)
+        def report_page() -> Response:
+            """The report page: checks a report in the browser; no data of this node on it."""
+            return Response(
+                page(),
+                media_type="text/html; charset=utf-8",
+                headers={"Content-Security-Policy": csp(), "X-Content-Type-Options": "nosniff"},
+            )
 
     return app

@@ -351,6 +351,26 @@ class GroupViews:
         }
         return json.dumps(body)
 
+    def peek(self, by: str | Sequence[str]) -> dict | None:
+        """The view by ``by`` if it was released before — in this process, or stored for the
+        same definition, model and data — else None. Never draws noise and never charges: what
+        a GET of the HR web view shows (releasing is a POST there, :mod:`node.web.hr`).
+
+        Raises:
+            SpecError: a bad dimension; DataError: no population loaded.
+        """
+        dims = parse_by(by)
+        with self._lock:
+            self._load()
+            if self.groups is None:
+                raise DataError("no population is loaded at this node: group views unavailable")
+            view = self._cache.get(dims)
+            if view is None and self.ledger is not None:
+                view = self.ledger.latest_view(self.key(dims))  # the full key: this exact release
+                if view is not None:
+                    self._cache[dims] = view
+            return None if view is None else {**view, "charged_now": False, "note": _served_note(view)}
+
     def get(self, by: str | Sequence[str]) -> dict:
         """The view by ``by``, with ``charged_now`` (this call paid for it) and a ``note``.
 

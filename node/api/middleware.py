@@ -42,6 +42,7 @@ REQUEST_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 #: methods counted under their name in the metrics; any other is "OTHER" (a caller picks it)
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+FORM = "application/x-www-form-urlencoded"
 UNMATCHED = "<unmatched>"
 CLIENT_GONE = 499
 #: where the key check leaves the caller's key (an ApiKey) for the audit line
@@ -83,14 +84,21 @@ def _is_json(content_type: str | None) -> bool:
 
 class BodyGate:
     """413 for a body over ``max_bytes`` (declared or streamed), 415 for a body-carrying
-    request (POST, PUT, PATCH) that is not JSON, 400 for a malformed Content-Length.
+    request (POST, PUT, PATCH) that is not JSON (or, under ``form_prefixes``, an HTML form),
+    400 for a malformed Content-Length.
 
     A request within the limit is read whole here and handed on, so nothing downstream ever
     holds more than ``max_bytes`` of one request's body.
     """
 
-    def __init__(self, app, *, max_bytes: int):
+    def __init__(self, app, *, max_bytes: int, form_prefixes: tuple[str, ...] = ()):
         self.app, self.max_bytes = app, max_bytes
+        # paths whose POSTs are HTML forms (the HR view's login, logout and release buttons)
+        self.form_prefixes = form_prefixes
+
+    def _is_form(self, path: str, content_type: str | None) -> bool:
+        media = (content_type or "").split(";", 1)[0].strip().lower()
+        return media == FORM and any(path.startswith(p) for p in self.form_prefixes)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -103,7 +111,11 @@ class BodyGate:
                 return await _send_error(send, 400, "malformed Content-Length header", close)
             if int(declared) > self.max_bytes:
                 return await _send_error(send, 413, self._too_large(), close)
-        if scope["method"] in BODY_METHODS and not _is_json(headers.get("content-type")):
+        if (
+            scope["method"] in BODY_METHODS
+            and not _is_json(headers.get("content-type"))
+            and not self._is_form(scope["path"], headers.get("content-type"))
+        ):
             return await _send_error(
                 send, 415, "unsupported media type: send the body as application/json (Content-Type header)"
             )

@@ -102,6 +102,33 @@ class GroupView(_Body):
     complementary_cells: int
 
 
+class UptakeCell(_Body):
+    department: str
+    stage: Literal["waiting", "not_delivered", "opted_out", "delivered", "opened", "completed"]
+    count: int | None = Field(description="DP-noised people; null when suppressed, never 0 for it")
+    suppressed: bool
+    reason: Literal["small", "complementary"] | None
+
+
+class ProgrammeView(_Body):
+    k: int
+    sigma: float
+    sensitivity: float = Field(description="1: each person is counted once, at their newest plan's stage")
+    epsilon: float
+    delta: float
+    data_version: str
+    released_at: str
+    charged_now: bool
+    departments: list[str]
+    stages: list[str]
+    cells: list[UptakeCell]
+    stage_totals: dict[str, int | None]
+    department_totals: dict[str, int | None]
+    total: int | None
+    suppressed_cells: int
+    complementary_cells: int
+
+
 class ModelOut(_Body):
     version: str
     kind: str

@@ -16,6 +16,7 @@ from node.cli import (  # noqa: E402,F401
     model,  # noqa: E402,F401
     plans,  # noqa: E402,F401
     quarantine,  # noqa: E402,F401
+    report,  # noqa: E402,F401
     run,  # noqa: E402,F401
     score,  # noqa: E402,F401
     serve,  # noqa: E402,F401

@@ -10,6 +10,7 @@ from node.cli._app import app
 from node.cli._dataplane import errors_to_exit
 from node.cli._logging import LOG_FORMAT_OPTION, LOG_LEVEL_OPTION, setup_node_logging
 from node.cli._risk import keys_file, model_dir, node_config, parse_cutoffs
+from node.cli.report import reports_folder
 
 
 @app.command("serve")
@@ -63,6 +64,7 @@ def serve(
             max_body_bytes=api_cfg.max_body_bytes if api_cfg else MAX_BODY_BYTES,
             cors_origins=api_cfg.cors_origins if api_cfg else (),
             plan_callbacks=_plan_callbacks(cfg),
+            reports_dir=reports_folder(config) if cfg is not None else None,
         )
     logging.getLogger("rehealth.api").info(
         "scoring API starting",
