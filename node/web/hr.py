@@ -57,7 +57,7 @@ NAV = (
     (f"{PREFIX}/evidence", "Evidence report"),
 )
 _CSP = (
-    "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+    "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
     "frame-ancestors 'none'; base-uri 'none'"
 )
 MAX_FORM = 4096
