@@ -142,7 +142,7 @@ def build_node(root: Path, *, staff: int = 480) -> WebNode:
     try:
         _staff(store, staff)
         model = risk_model(root / "models")
-        generate_plans(store, Scorer.from_model(model), Catalogue.from_toml(CATALOGUE))
+        generate_plans(store, Scorer.from_model(model), Catalogue.from_toml(CATALOGUE), min_risk=0.05)
         _stages(store)
     finally:
         store.engine.dispose()

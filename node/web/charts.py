@@ -30,7 +30,7 @@ def hbars(
     desc: str,
     cid: str,
     vmax: float | None = None,
-    width: int = 600,
+    width: int = 760,
 ) -> Markup:
     """Horizontal bars: ``(label, value or None when withheld, value text)`` per row."""
     label_w, row_h, right = 210, 26, 90

@@ -50,7 +50,6 @@ VIEWS = (
     ("age_band,job_type", "Age band × job type"),
 )
 DIM_LABELS = {"department": "Department", "age_band": "Age band", "job_type": "Job type"}
-TIER_LABELS = {"low": "Low (<5%)", "medium": "Medium", "high": "High", "very_high": "Very high"}
 NAV = (
     (f"{PREFIX}/", "Risk profile"),
     (f"{PREFIX}/programme", "Programme uptake"),
@@ -226,7 +225,7 @@ def install_hr_view(
             dims_label=" and ".join(DIM_LABELS[d].lower() for d in by.split(",")),
             dim_labels=DIM_LABELS,
             tiers=TIERS,
-            tier_labels=TIER_LABELS,
+            tier_labels=_tier_labels(views.cutoffs),
             chart=_risk_chart(view, by) if view else None,
             matrix=_matrix(view) if view and len(by.split(",")) == 2 else None,
         )
@@ -301,7 +300,10 @@ def install_hr_view(
         figures = []
         if report:
             v = report.get("value", {})
-            figures = [v[n] for n in ("absence_days_averted", "events_averted", "claims_saved") if v.get(n)]
+            names = ["absence_days_averted", "events_averted"] + (
+                ["claims_saved"] if v.get("saving_claimed") else []
+            )
+            figures = [v[n] for n in names if v.get(n)]
         return page(
             request,
             "evidence.html",
@@ -316,6 +318,17 @@ def install_hr_view(
         )
 
     return sessions
+
+
+def _tier_labels(cutoffs) -> dict[str, str]:
+    """Tier names with the cut-offs in use, e.g. ``Medium (5–10%)``."""
+    c = [f"{100 * x:g}" for x in cutoffs]
+    return {
+        "low": f"Low (<{c[0]}%)",
+        "medium": f"Medium ({c[0]}–{c[1]}%)",
+        "high": f"High ({c[1]}–{c[2]}%)",
+        "very_high": f"Very high (≥{c[2]}%)",
+    }
 
 
 def _headers() -> dict[str, str]:

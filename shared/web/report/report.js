@@ -139,11 +139,13 @@
   const money = (v) => (typeof v === "number" ? Math.round(v).toLocaleString("en") : "—");
   const pct = (v) => (typeof v === "number" ? `${(100 * v).toFixed(1)}%` : "—");
 
-  function table(caption, head, rows) {
+  // `text`: indexes of the columns holding words (left-aligned); the others are numbers.
+  function table(caption, head, rows, text = []) {
+    const cls = (i) => (i === 0 || text.includes(i) ? "text" : null);
     return h("div", { class: "scroll" }, h("table", {},
       h("caption", {}, caption),
-      h("thead", {}, h("tr", {}, head.map((c, i) => h("th", { scope: "col", class: i === 0 ? "text" : null }, c)))),
-      h("tbody", {}, rows.map((r) => h("tr", {}, r.map((c, i) => (i === 0 ? h("th", { scope: "row" }, c) : h("td", {}, c))))))));
+      h("thead", {}, h("tr", {}, head.map((c, i) => h("th", { scope: "col", class: cls(i) }, c)))),
+      h("tbody", {}, rows.map((r) => h("tr", {}, r.map((c, i) => (i === 0 ? h("th", { scope: "row" }, c) : h("td", { class: cls(i) }, c))))))));
   }
   function figure(id, title, desc, svgEl, note) {
     svgEl.setAttribute("role", "img");
@@ -254,13 +256,13 @@
       ["Figure", "Estimate", "95% CI", "Unit"],
       figs.map((f) => [f.label, f.unit === "ratio" ? pct(f.estimate) : num(f.estimate, 5),
         f.unit === "ratio" ? `${pct(f.ci_low)} to ${pct(f.ci_high)}` : `${num(f.ci_low, 5)} to ${num(f.ci_high, 5)}`,
-        f.unit === "ratio" ? "percent of cost" : f.unit])));
+        f.unit === "ratio" ? "percent of cost" : f.unit]), [3]));
     out.append(h("h2", {}, "Effect on each outcome"), table("Average effect on the treated (ATT) per outcome",
       ["Outcome", "ATT", "95% CI", "Treated", "Controls", "Share of CI from privacy noise"],
       r.outcomes.map((o) => [o.estimate.name, num(o.estimate.att), `${num(o.estimate.ci[0])} to ${num(o.estimate.ci[1])}`,
         o.estimate.n_treated.toLocaleString("en"), o.estimate.n_control.toLocaleString("en"), pct(o.estimate.privacy_share_of_ci)])));
     const threshold = (r.checks.find((c) => c.name === "balance_smd") || {}).threshold || 0.1;
-    out.append(h("h2", {}, "Figures"), h("div", { class: "grid" },
+    out.append(h("h2", {}, "Figures"), h("div", { class: "figs" },
       figure("fig-estimates", "Estimated effects with 95% CI",
         "For each outcome: the ATT as a dot, its 95% confidence interval as a bar, zero dashed" +
         (r.synthetic ? ", the simulated true effect as a red diamond." : "."), estimatePlot(r.outcomes),
@@ -279,7 +281,7 @@
     out.append(h("h2", {}, "Diagnostic checks"), table("Gates must pass for billing; information checks only inform",
       ["Check", "Rule", "Value", "Result"],
       r.checks.map((c) => [c.label, c.rule, typeof c.value === "number" ? num(c.value) : "—",
-        c.kind === "gate" ? (c.passed ? "pass" : "FAIL") : "information"])));
+        c.kind === "gate" ? (c.passed ? "pass" : "FAIL") : "information"]), [1, 3]));
     const p = r.privacy;
     out.append(h("h2", {}, "Privacy"), h("p", { class: "prose" }, p.enabled
       ? `Differential privacy: ε = ${num(p.epsilon)}, δ = ${p.delta} (${p.accountant} accountant); at most ${pct(p.max_privacy_share_of_ci)} of a confidence interval's width is privacy noise.`
