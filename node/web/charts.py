@@ -33,7 +33,7 @@ def hbars(
     width: int = 760,
 ) -> Markup:
     """Horizontal bars: ``(label, value or None when withheld, value text)`` per row."""
-    label_w, row_h, right = 210, 26, 90
+    label_w, row_h, right = 250, 26, 90
     shown = [v for _, v, _ in rows if v is not None]
     top = max(vmax or 0.0, max(shown, default=0.0)) or 1.0
     scale = (width - label_w - right) / top

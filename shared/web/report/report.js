@@ -209,10 +209,14 @@
     return g;
   }
 
-  // Treated and control people per propensity-score stratum (treated up, controls down).
+  // Share of each arm per propensity-score stratum (treated up, controls down), each arm scaled
+  // to its own total so that a small treated arm is as visible as a large control pool.
   function overlapPlot(strata) {
-    const W = 560, H = 200, L = 40, R = 10, mid = 100;
-    const max = Math.max(1, ...strata.flatMap((st) => [st.n_treated, st.n_control]));
+    const W = 560, H = 200, L = 60, R = 10, mid = 100;
+    const nt = strata.reduce((a, st) => a + st.n_treated, 0) || 1;
+    const nc = strata.reduce((a, st) => a + st.n_control, 0) || 1;
+    const shares = strata.map((st) => ({ ...st, t: st.n_treated / nt, c: st.n_control / nc }));
+    const max = Math.max(1e-9, ...shares.flatMap((st) => [st.t, st.c]));
     const bw = (W - L - R) / strata.length;
     const g = s("svg", { viewBox: `0 0 ${W} ${H}`, width: W });
     g.append(
@@ -220,8 +224,8 @@
       s("text", { x: 0, y: 20 }, "treated"),
       s("text", { x: 0, y: H - 10 }, "control"),
     );
-    strata.forEach((st, i) => {
-      const x = L + i * bw + 1, t = (st.n_treated / max) * (mid - 10), c = (st.n_control / max) * (mid - 10);
+    shares.forEach((st, i) => {
+      const x = L + i * bw + 1, t = (st.t / max) * (mid - 10), c = (st.c / max) * (mid - 10);
       const op = st.used ? 1 : 0.35;
       g.append(
         s("rect", { x, y: mid - t, width: bw - 2, height: t, fill: "#c2410c", opacity: op }),
@@ -271,8 +275,8 @@
         `Absolute standardised mean difference per covariate, before weighting (open circles) and after (filled), with the threshold ${threshold}.`,
         lovePlot(r.balance, threshold), `Open: before weighting. Filled: after. Dashed red: the report's threshold ${threshold}.`),
       figure("fig-overlap", "Propensity-score overlap",
-        "People per propensity-score stratum: treated above the line, controls below; faded strata were not used.",
-        overlapPlot(r.strata), "Orange: treated (up). Blue: controls (down). Faded: strata outside common support."),
+        "Share of each arm per propensity-score stratum, low to high score: treated above the line, controls below; faded strata were not used.",
+        overlapPlot(r.strata), "Share of each arm per score stratum, low to high. Orange: treated (up). Blue: controls (down). Faded: outside common support."),
     ));
     out.append(h("h2", {}, "Summaries"),
       h("h3", {}, "For insurers and reinsurers"), h("p", { class: "prose" }, r.summaries.insurer),
@@ -319,10 +323,12 @@
         `SHA-256 of the file (quote it to name this report): ${r.sha256}`,
       ]);
       render(r.doc);
+      $("verdict").focus();
     } else {
       $("content").replaceChildren(h("p", { class: "prose" },
         "The report's contents are not shown: they cannot be trusted until the file verifies."));
       say("bad", "NOT VERIFIED", [`${state.reportName}: ${r.reason}.`, `SHA-256 of the file: ${r.sha256}`]);
+      $("verdict").focus();
     }
   }
 
