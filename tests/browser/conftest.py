@@ -42,9 +42,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.browser)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    """One headless Chromium per test session (starting one costs ~1 s)."""
+    """One headless Chromium per test module (starting one costs ~1 s).
+
+    Per module, not per session: while Playwright's sync API is open it keeps an asyncio loop
+    running in the main thread, and every later test that calls ``asyncio.run`` (the API's
+    ASGI tests in tests/unit) would fail with "cannot be called from a running event loop"."""
     if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
         pytest.fail(f"Chromium not found at {CHROMIUM}: run `bash deploy/browser.sh`")
     from playwright.sync_api import sync_playwright

@@ -44,7 +44,8 @@ def _accessible(page) -> None:
 def _sign_in(page, url: str, key: str) -> None:
     page.goto(f"{url}/hr/")
     assert page.url.endswith("/hr/login")
-    page.keyboard.type(key)  # the key field has the focus: keyboard only
+    page.wait_for_selector("#api_key:focus")  # the key field has the focus: keyboard only
+    page.keyboard.type(key)
     with page.expect_navigation():
         page.keyboard.press("Enter")
 
