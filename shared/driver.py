@@ -40,7 +40,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import reduce
 from typing import Callable, Protocol
 
@@ -66,6 +66,7 @@ from shared.psm.estimator import AttEstimate, Check, estimate_att
 from shared.psm.propensity import CovMoments, PropensityFitter, PsStats, initial_beta
 from shared.psm.strata import caliper_edges, logit_sd, quantile_edges
 from shared.psm.table import PsmTable
+from shared.result import OutcomeEstimate
 from shared.secure_sum import SECURE_SUM, secure_scale
 from shared.study import BudgetSplit, StudySpec
 
@@ -129,6 +130,9 @@ class StudyRun:
     at_describe: Check | None = None  # DP studies: ``dp_fit_resolution`` (stop rule) at describe's counts
     table: PsmTable | None = None
     estimate: AttEstimate | None = None
+    #: the ATT on each of the spec's negative controls, from the same table and releases as
+    #: ``estimate`` (which holds the spec's outcomes only)
+    negative_controls: tuple[OutcomeEstimate, ...] = ()
     rounds: list[RoundRecord] = field(default_factory=list)
     compute_s: float = 0.0
 
@@ -256,8 +260,9 @@ def _run_exact(spec: StudySpec, rounds: _Rounds, run: StudyRun, fed: Federation)
     )
     run.moments = total_moments()
     run.estimate = estimate_att(
-        table=run.table, outcomes=spec.outcomes, covariates=[c.name for c in spec.covariates]
+        table=run.table, outcomes=spec.analysed_outcomes, covariates=[c.name for c in spec.covariates]
     )
+    _split_negative_controls(spec, run)
     run.compute_s += time.perf_counter() - t0
 
 
@@ -269,7 +274,7 @@ def noise_plan(spec: StudySpec) -> NoisePlan:
         delta=p.delta,
         split=p.split,
         n_covariates=len(spec.covariates),
-        n_outcomes=len(spec.outcomes),
+        n_outcomes=len(spec.analysed_outcomes),
         n_ps_rounds=p.ps_rounds,
         accountant=p.accountant,
     )
@@ -426,12 +431,24 @@ def _release(spec: StudySpec, rounds: _Rounds, run: StudyRun) -> None:
         table=run.table,
         plan=plan,
         n_nodes=nodes(answers),
-        outcomes=spec.outcomes,
+        outcomes=spec.analysed_outcomes,
         covariates=[c.name for c in spec.covariates],
         wsum=wsum,
         fit_noise=fit_noise,
         **sa,
     )
+    _split_negative_controls(spec, run)
+
+
+def _split_negative_controls(spec: StudySpec, run: StudyRun) -> None:
+    """The estimator ran once over the outcomes and the negative controls (one table, one set
+    of releases); the estimate keeps the outcomes, the negative controls go apart."""
+    if not spec.negative_controls or run.estimate is None:
+        return
+    names = {o.name for o in spec.negative_controls}
+    est = run.estimate
+    run.negative_controls = tuple(o for o in est.outcomes if o.name in names)
+    run.estimate = replace(est, outcomes=tuple(o for o in est.outcomes if o.name not in names))
 
 
 def _wsum_round(spec: StudySpec, rounds: _Rounds, run: StudyRun, op: PsmWsum, plan: NoisePlan) -> dict:
@@ -442,7 +459,9 @@ def _wsum_round(spec: StudySpec, rounds: _Rounds, run: StudyRun, op: PsmWsum, pl
     k, scale = run.secure
     sigma = (
         plan.release("psm_wsum")
-        .for_sensitivity(psm_wsum_sensitivity(n_outcomes=len(spec.outcomes), max_weight=op.max_weight))
+        .for_sensitivity(
+            psm_wsum_sensitivity(n_outcomes=len(spec.analysed_outcomes), max_weight=op.max_weight)
+        )
         .sigma
     )  # an upper bound: the centres keep the sensitivity within √O·v_max/2
     # |Σ v (y − ½)| is at most about N_T ≤ the rows bound the scale holds; add the noise's

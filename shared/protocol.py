@@ -247,7 +247,7 @@ class StudyQuery(_Model):
             study_id=study_id,
             treatment_column=spec.treatment.column,
             covariates=spec.covariates,
-            outcomes=spec.outcomes,
+            outcomes=spec.analysed_outcomes,  # negative controls ride in the same releases
             ops=ops,
             sites=tuple(s.name for s in spec.sites),
             privacy=privacy,

@@ -130,6 +130,9 @@ class StudyResult(_Model):
     finished_at: str
     sites: tuple[SiteSummary, ...]
     outcomes: tuple[OutcomeEstimate, ...]
+    #: the ATT on each negative control the spec declares (true effect zero), from the same
+    #: table and releases as ``outcomes``; the report fits the systematic error from them
+    negative_controls: tuple[OutcomeEstimate, ...] = ()
     balance: tuple[BalanceRow, ...]
     strata_method: str
     strata: tuple[StratumCounts, ...]

@@ -21,8 +21,10 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    SerializerFunctionWrapHandler,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -186,6 +188,11 @@ class StudySpec(_Model):
         default_factory=lambda: tuple(Covariate(name=f.name, lo=f.lo, hi=f.hi, kind=f.kind) for f in FEATURES)
     )
     outcomes: tuple[Outcome, ...] = Field(min_length=1)
+    #: negative-control outcomes: outcomes the intervention cannot affect (true ATT zero) that
+    #: share the treatment's confounding. Estimated like the outcomes, in the same releases;
+    #: their estimates fit the systematic-error null for EASE and empirical calibration
+    #: (:mod:`shared.psm.calibration`). Optional: a spec without them hashes as before.
+    negative_controls: tuple[Outcome, ...] = ()
     privacy: Privacy = Privacy()
     strata: Strata = Strata()
     federation: Federation = Federation()
@@ -206,6 +213,26 @@ class StudySpec(_Model):
     def _outcomes_unique(cls, v: tuple[Outcome, ...]) -> tuple[Outcome, ...]:
         _require_unique([o.name for o in v], "outcome")
         return v
+
+    @model_validator(mode="after")
+    def _negative_controls_apart(self) -> "StudySpec":
+        _require_unique([o.name for o in self.analysed_outcomes], "outcome or negative control")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _omit_empty_negative_controls(self, handler: SerializerFunctionWrapHandler) -> dict:
+        """A spec without negative controls dumps (and so hashes, and is signed) as it did
+        before they existed: registrations and grants of such specs stay valid."""
+        data = handler(self)
+        if not self.negative_controls:
+            data.pop("negative_controls", None)
+        return data
+
+    @property
+    def analysed_outcomes(self) -> tuple[Outcome, ...]:
+        """The outcomes, then the negative controls: every column the study estimates an ATT
+        on, in the order the nodes' tables and releases hold them."""
+        return self.outcomes + self.negative_controls
 
     @field_validator("sites")
     @classmethod

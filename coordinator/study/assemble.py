@@ -57,7 +57,7 @@ def assemble_result(
     )
     clipped = {
         o.name: int(sum(float(v[k]) for s, v in run.n_clipped.items() if s not in dropped))
-        for k, o in enumerate(spec.outcomes)
+        for k, o in enumerate(spec.analysed_outcomes)
     }
     warnings += tuple(f"{n} value(s) of {name} clipped to its public cap" for name, n in clipped.items() if n)
     return StudyResult(
@@ -76,6 +76,7 @@ def assemble_result(
             loglik=run.fitter.loglik,
         ),
         warnings=warnings,
+        negative_controls=run.negative_controls,
         privacy=_privacy(run),
         rounds=tuple(RoundLog(name=r.name, seconds=r.seconds, nodes=r.sites) for r in run.rounds),
         timings={

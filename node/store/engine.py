@@ -129,7 +129,7 @@ class Store:
         return self.cohort_columns(
             covariates=[c.name for c in spec.covariates],
             treatment_column=spec.treatment.column,
-            outcomes=[o.name for o in spec.outcomes],
+            outcomes=[o.name for o in spec.analysed_outcomes],
         )
 
     def cohort_columns(

@@ -17,6 +17,10 @@ outcomes differ (common random numbers):
 ``heterogeneous``             the effect scales with a per-person modifier of diabetes, smoking
                               and age (harm for the young and healthy), so ATT ≠ ATE
 ``null``                      no effect at all: ``y1 = y0``, the true ATT is exactly 0
+``unmeasured_confounding``    a latent care-seeking ``u`` (not a column) raises uptake
+                              (log-odds + 1.0 u) and the routine claims and absence days
+                              (× exp(0.35 u), mean kept) and every negative control: bias no
+                              model of the 16 features removes (:mod:`.negative_controls`)
 ============================  ===============================================================
 
 The truth is always the *sample* ATT of the generated people (mean of ``y1 − y0`` over the
@@ -57,6 +61,9 @@ class Dgp:
             often; the data then hold the cap, as an insurer's large-loss layer would).
         heterogeneity: the effect's per-person multiplier (see :func:`effect_modifier`):
             ``"none"`` (baseline), ``"covariates"`` or ``"zero"`` (no effect).
+        unmeasured: the latent care-seeking ``u``'s coefficient in the uptake log-odds (0: ``u``
+            only moves the negative controls and is no confounder); when not 0, ``u`` also
+            multiplies routine claims and absence days by ``exp(UNMEASURED_OUTCOME u)`` (mean kept).
     """
 
     name: str
@@ -67,6 +74,7 @@ class Dgp:
     claims_log_sd: tuple[float, float] | None = None
     claims_clip: float | None = None
     heterogeneity: str = "none"
+    unmeasured: float = 0.0
 
     @property
     def is_baseline(self) -> bool:
@@ -75,12 +83,20 @@ class Dgp:
 
     @property
     def changes_uptake(self) -> bool:
-        return self.confounding != 1.0 or self.uptake_offset != 0.0 or self.nonlinear_uptake
+        return (
+            self.confounding != 1.0
+            or self.uptake_offset != 0.0
+            or self.nonlinear_uptake
+            or self.unmeasured != 0.0
+        )
 
 
 #: The claims cap of the default study (``shared.study.DEFAULT_OUTCOMES``), repeated here only
 #: as the heavy-tail process's clip; a test checks that the two agree.
 CLAIMS_CAP = 100_000.0
+#: ``unmeasured_confounding``: log-multiplier of routine claims and absence days per unit of the
+#: latent care-seeking ``u`` (a care seeker claims and reports more: ≈ +42 % at +1 SD).
+UNMEASURED_OUTCOME = 0.35
 
 BASELINE = Dgp("baseline", "logistic-linear uptake, lognormal claims, effect rising with risk")
 DGPS: dict[str, Dgp] = {
@@ -107,6 +123,12 @@ DGPS: dict[str, Dgp] = {
             heterogeneity="covariates",
         ),
         Dgp("null", "no effect: y1 = y0, true ATT exactly 0", heterogeneity="zero"),
+        Dgp(
+            "unmeasured_confounding",
+            "latent care-seeking u: uptake log-odds + 1.0 u, routine claims and absence × exp(0.35 u)",
+            unmeasured=1.0,
+            uptake_offset=-0.3,
+        ),
     )
 }
 DGP_NAMES: tuple[str, ...] = tuple(DGPS)

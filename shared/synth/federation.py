@@ -20,9 +20,10 @@ import pandas as pd
 
 from shared.errors import SpecError
 from shared.study import Outcome
-from shared.synth.dgp import BASELINE, Dgp, effect_modifier
+from shared.synth.dgp import BASELINE, UNMEASURED_OUTCOME, Dgp, effect_modifier
 from shared.synth.dgp import dgp as get_dgp
 from shared.synth.hazard import HIGH_RISK, baseline_hazard, event_probability
+from shared.synth.negative_controls import NEGATIVE_CONTROLS, draw_negative_controls
 from shared.synth.outcomes import OUTCOMES, PotentialOutcomes, draw_potential_outcomes
 from shared.synth.population import Population, draw_population
 from shared.synth.records import (
@@ -76,22 +77,37 @@ class _Simulation:
     propensity: np.ndarray
     treated: np.ndarray
     potential: PotentialOutcomes
+    negative: dict[str, np.ndarray]  # negative controls (no effect: one value for both arms)
 
 
-def _site_rng(seed: int, profile: SiteProfile) -> np.random.Generator:
-    child = np.random.SeedSequence(seed, spawn_key=spawn_key(profile))
+def _site_rng(seed: int, profile: SiteProfile, stream: tuple[int, ...] = ()) -> np.random.Generator:
+    """The site's generator; ``stream=(1,)``: its negative-control generator, a child seed of
+    its own so the site's other draws are the same with or without negative controls."""
+    child = np.random.SeedSequence(seed, spawn_key=spawn_key(profile) + stream)
     return np.random.Generator(np.random.PCG64(child))
 
 
-def _simulate(rng: np.random.Generator, profile: SiteProfile, n: int, process: Dgp = BASELINE) -> _Simulation:
+def _simulate(
+    rng: np.random.Generator,
+    profile: SiteProfile,
+    n: int,
+    process: Dgp = BASELINE,
+    nc_rng: np.random.Generator | None = None,
+) -> _Simulation:
     pop = draw_population(rng, profile=profile, n=n)
+    nc_rng = nc_rng if nc_rng is not None else np.random.default_rng(0)
+    care = nc_rng.standard_normal(pop.n)  # latent care-seeking (never a column)
     hazard0 = baseline_hazard(pop.features)
     p0 = event_probability(hazard0)
     dept_shift = np.array([d.uptake_shift for d in profile.departments])
     dept_index = {d.name: i for i, d in enumerate(profile.departments)}
     shift = dept_shift[np.array([dept_index[d] for d in pop.department])]
     pi = uptake_probability(
-        features=pop.features, site_logit=profile.uptake_logit, department_shift=shift, process=process
+        features=pop.features,
+        site_logit=profile.uptake_logit,
+        department_shift=shift,
+        process=process,
+        care=care,
     )
     treated = (rng.random(n) < pi).astype(np.int64)
     potential = draw_potential_outcomes(
@@ -101,8 +117,10 @@ def _simulate(rng: np.random.Generator, profile: SiteProfile, n: int, process: D
         modifier=effect_modifier(process, pop.features),
         claims_log_sd=process.claims_log_sd,
         claims_clip=process.claims_clip,
+        hidden=(UNMEASURED_OUTCOME * care - UNMEASURED_OUTCOME**2 / 2) if process.unmeasured else None,
     )
-    return _Simulation(profile, pop, p0, pi, treated, potential)
+    negative = draw_negative_controls(nc_rng, features=pop.features, care=care)
+    return _Simulation(profile, pop, p0, pi, treated, potential, negative)
 
 
 def _cohort(sim: _Simulation, ids: np.ndarray) -> pd.DataFrame:
@@ -113,7 +131,7 @@ def _cohort(sim: _Simulation, ids: np.ndarray) -> pd.DataFrame:
         job_type=sim.population.job_type,
         features=sim.population.features,
         treated=sim.treated,
-        observed=sim.potential.observed(sim.treated),
+        observed={**sim.potential.observed(sim.treated), **sim.negative},
     )
 
 
@@ -131,13 +149,22 @@ def _truth(sims: list[_Simulation], outcomes: Sequence[Outcome] = OUTCOMES) -> d
     def cat(get) -> np.ndarray:
         return np.concatenate([get(s) for s in sims])
 
-    return outcome_truth(
+    truth = outcome_truth(
         y0={o.name: cat(lambda s, k=o.name: s.potential.y0[k]) for o in OUTCOMES},
         y1={o.name: cat(lambda s, k=o.name: s.potential.y1[k]) for o in OUTCOMES},
         treated=cat(lambda s: s.treated),
         p0=cat(lambda s: s.p0),
         outcomes=outcomes,
     )
+    t = cat(lambda s: s.treated).astype(bool)
+    naive = {}
+    for o in NEGATIVE_CONTROLS:
+        y = cat(lambda s, k=o.name: s.negative[k])
+        naive[o.name] = float(y[t].mean() - y[~t].mean()) if t.any() and (~t).any() else None
+    # every negative control's true ATT is 0 (one value for both arms); the naive difference
+    # shows the confounding an analysis must remove from it
+    truth["negative_controls"] = {"att": {o.name: 0.0 for o in NEGATIVE_CONTROLS}, "naive_difference": naive}
+    return truth
 
 
 def _dgp_truth(process: Dgp) -> dict:
@@ -186,7 +213,7 @@ def generate_federation(
     site_truth: dict[str, dict] = {}
     for profile in select_profiles(sites, profile_set):
         rng = _site_rng(seed, profile)
-        sim = _simulate(rng, profile, site_size(profile, scale), process)
+        sim = _simulate(rng, profile, site_size(profile, scale), process, _site_rng(seed, profile, (1,)))
         ids = person_ids(profile.prefix, sim.population.n)
         cohort = _cohort(sim, ids)
         persons, interventions, outcomes = record_tables(rng, cohort=cohort, profile=profile)
@@ -243,7 +270,7 @@ def generate_cohort(
     if n < 1:
         raise SpecError(f"n must be at least 1, got {n}")
     prof = PROFILES_BY_NAME[profile]
-    sim = _simulate(_site_rng(seed, prof), prof, n, process)
+    sim = _simulate(_site_rng(seed, prof), prof, n, process, _site_rng(seed, prof, (1,)))
     cohort = _cohort(sim, person_ids(prof.prefix, n))
     truth = {"seed": seed, "site": prof.name, "kind": prof.kind, **_truth([sim], outcomes)}
     return cohort, {**truth, **_dgp_truth(process)}

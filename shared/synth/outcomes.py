@@ -57,6 +57,7 @@ def draw_potential_outcomes(
     modifier: np.ndarray | None = None,
     claims_log_sd: tuple[float, float] | None = None,
     claims_clip: float | None = None,
+    hidden: np.ndarray | None = None,
 ) -> PotentialOutcomes:
     """Simulate one year per person under both arms.
 
@@ -73,6 +74,9 @@ def draw_potential_outcomes(
         claims_log_sd: ``(routine, event cost)`` log-sd of the claims lognormals; the
             log-means move so the means stay the baseline's.
         claims_clip: clip both arms' claims at this value.
+        hidden: per-person log-multiplier of routine claims and absence days in both arms (an
+            unmeasured confounder's effect, :mod:`shared.synth.dgp`); its mean factor is kept at 1
+            by the caller.
 
     Returns:
         Both arms' ``claims_cost`` (currency units, cents), ``cv_event`` (0/1) and
@@ -97,6 +101,8 @@ def draw_potential_outcomes(
     mu_event = np.log(15_000.0) - (0.5 * (sd_event**2 - 0.6**2) if claims_log_sd else 0.0)
     any_claim = rng.random(n) < 1.0 / (1.0 + np.exp(-(1.0 + 0.45 * rel)))
     routine = any_claim * np.exp(mu_routine + 0.55 * rel + sd_routine * rng.standard_normal(n))
+    if hidden is not None:
+        routine = routine * np.exp(hidden)
     event_cost = np.exp(mu_event + sd_event * rng.standard_normal(n))
     claims_cut = 0.06 + 0.12 * w if m is None else (0.06 + 0.12 * w) * m
     cost0 = routine + event0 * event_cost
@@ -106,6 +112,8 @@ def draw_potential_outcomes(
 
     frailty = rng.gamma(0.8, 1.0 / 0.8, size=n)
     mean_days = 9.0 * np.exp(0.35 * rel) * frailty
+    if hidden is not None:
+        mean_days = mean_days * np.exp(hidden)
     event_days = np.round(np.exp(np.log(28.0) + 0.5 * rng.standard_normal(n)))
     days_cut = 0.16 + 0.16 * w if m is None else (0.16 + 0.16 * w) * m
     days0 = working * (np.round(mean_days) + event0 * event_days)

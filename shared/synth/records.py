@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from shared.features import FEATURE_NAMES
+from shared.synth.negative_controls import NEGATIVE_CONTROL_NAMES
 from shared.synth.outcomes import OUTCOME_NAMES
 from shared.synth.sites import SiteProfile
 
@@ -41,11 +42,14 @@ def cohort_table(
     treated: np.ndarray,
     observed: dict[str, np.ndarray],
 ) -> pd.DataFrame:
-    """The flat cohort table: one row per person with features, ``treated`` and outcomes."""
+    """The flat cohort table: one row per person with features, ``treated``, outcomes and the
+    negative controls (when ``observed`` holds them; the outcome records keep the three
+    outcomes only: a study reads the cohort)."""
     cols = {"person_id": ids, "site": profile.name, "department": department, "job_type": job_type}
     cols.update({n: features[n] for n in FEATURE_NAMES})
     cols["treated"] = np.asarray(treated, dtype=np.int64)
     cols.update({n: observed[n] for n in OUTCOME_NAMES})
+    cols.update({n: observed[n] for n in NEGATIVE_CONTROL_NAMES if n in observed})
     return pd.DataFrame(cols)
 
 

@@ -47,6 +47,7 @@ def uptake_probability(
     site_logit: float,
     department_shift: np.ndarray,
     process: Dgp = BASELINE,
+    care: np.ndarray | None = None,
 ) -> np.ndarray:
     """The true propensity ``pi`` of the formula above (or of ``process``'s variant of it).
 
@@ -57,6 +58,8 @@ def uptake_probability(
         process: the data-generating process (:mod:`shared.synth.dgp`): the feature terms are
             multiplied by its ``confounding``, its ``uptake_offset`` and, if it says so, the
             non-linear terms are added.
+        care: the latent care-seeking ``u`` (:mod:`shared.synth.negative_controls`); enters
+            with ``process.unmeasured`` (needed when that is not 0).
 
     Returns:
         Probabilities in :data:`PROPENSITY_RANGE`.
@@ -71,4 +74,7 @@ def uptake_probability(
         logit = logit + process.uptake_offset + process.confounding * linear
         if process.nonlinear_uptake:
             logit = logit + nonlinear_uptake_terms(features)
+        if process.unmeasured != 0.0:
+            assert care is not None, "an unmeasured confounder needs its values"
+            logit = logit + process.unmeasured * care
     return np.clip(1.0 / (1.0 + np.exp(-logit)), *PROPENSITY_RANGE)
