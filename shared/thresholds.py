@@ -25,3 +25,10 @@ MIN_SUPPORT = 0.95
 EQUIPOISE_MIN = 0.2
 #: ... within these bounds (the preference score: the propensity score with the treated share removed).
 EQUIPOISE_LO, EQUIPOISE_HI = 0.3, 0.7
+#: Negative controls: expected absolute systematic error on the log ratio of means must not
+#: exceed this (CohortMethod ``easeThreshold``; our differences are read as log ratios of means,
+#: the scale the threshold was set on: shared.psm.calibration).
+EASE_MAX = 0.25
+#: CohortMethod's ``mdrrThreshold``: stated beside each outcome's MDRR (information here, not a
+#: gate: coordinator.report.negative_controls says why).
+MDRR_COHORTMETHOD = 10.0

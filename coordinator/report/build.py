@@ -31,6 +31,7 @@ from coordinator.report.document import (
 from coordinator.report.errors import ReportError
 from coordinator.report.method import method_section
 from coordinator.report.narrative import write_summaries
+from coordinator.report.negative_controls import ease_check, mdrr_checks, negative_control_section
 from coordinator.report.registration import (
     Registration,
     registration_check,
@@ -107,8 +108,12 @@ def build_report(
         strata_total=len(strata),
         strata_used=sum(s.used for s in strata),
     )
-    all_checks = _checks(result, released_sites, balance, strata, attrition) + (
-        (unregistered_check(),) if registration is None else (registration_check(registration, result),)
+    controls = negative_control_section(result)
+    all_checks = (
+        _checks(result, released_sites, balance, strata, attrition)
+        + ((ease_check(controls),) if controls is not None else ())
+        + mdrr_checks(result.outcomes)
+        + ((unregistered_check(),) if registration is None else (registration_check(registration, result),))
     )
     failed_gates = tuple(c.name for c in all_checks if c.failed)
     doc = EvidenceReport(
@@ -146,6 +151,7 @@ def build_report(
         warnings=result.warnings,
         synthetic=result.truth is not None,
         registration=None if registration is None else registration_section(registration, result),
+        negative_controls=controls,
     )
     doc = doc.model_copy(update={"summaries": write_summaries(doc)})
     canonical_bytes(doc.model_dump(mode="json"))  # refuse NaN/inf now, naming the field

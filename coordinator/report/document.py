@@ -47,6 +47,7 @@ __all__ = [
     "EValue",
     "EvidenceReport",
     "MethodSection",
+    "NegativeControlSection",
     "OutcomeRow",
     "PrivacySection",
     "SiteBudget",
@@ -196,6 +197,49 @@ class ValueSection(_Model):
     claim_note: str = ""  # why a saving is or is not claimed, in one sentence
 
 
+class NegativeControlRow(_Model):
+    """One negative control's estimate (true effect 0), as a difference and as a log ratio."""
+
+    name: str
+    kind: Literal["continuous", "binary"]
+    att: float
+    ci: tuple[float, float]
+    log_ratio: float | None  # None: an arm's mean is not positive (left out of the null)
+    log_ratio_ci: tuple[float, float] | None
+
+
+class CalibratedRow(_Model):
+    """An outcome's p and CI, uncalibrated and calibrated against the negative controls' null
+    (calibrated fields None where no null was fitted or the outcome has no log ratio)."""
+
+    outcome: str
+    p: float | None  # two-sided, against no effect, from the ATT and its SE
+    ci: tuple[float, float]
+    log_ratio: float | None = None
+    log_ratio_se: float | None = None
+    calibrated_p: float | None = None
+    calibrated_log_ratio_ci: tuple[float, float] | None = None
+    calibrated_att: float | None = None  # the outcome's units
+    calibrated_ci: tuple[float, float] | None = None
+
+
+class NegativeControlSection(_Model):
+    """The negative controls, the systematic-error null fitted from them, EASE, and the
+    calibrated outcomes (:mod:`coordinator.report.negative_controls`)."""
+
+    scale: str
+    n: int
+    n_used: int
+    excluded: tuple[str, ...]
+    null_mean: float | None
+    null_sd: float | None
+    ease: float | None
+    ease_threshold: float
+    controls: tuple[NegativeControlRow, ...]
+    calibrated: tuple[CalibratedRow, ...]
+    assumption: str
+
+
 class EValue(_Model):
     """How strong an unmeasured confounder would have to be to explain an estimate away
     (VanderWeele & Ding 2017), see :mod:`coordinator.report.sensitivity`."""
@@ -273,6 +317,8 @@ class EvidenceReport(_Model):
     warnings: tuple[str, ...]
     synthetic: bool  # ground truth present: a simulated study, not real-world evidence
     registration: RegistrationSection | None = None  # None: the study was not pre-registered
+    #: None: the spec declared no negative controls
+    negative_controls: NegativeControlSection | None = None
 
     @model_validator(mode="after")
     def _billable_follows_the_gates(self) -> "EvidenceReport":

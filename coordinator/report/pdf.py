@@ -95,6 +95,11 @@ def render_pdf(view: ReportView, *, created: str | None = None) -> bytes:
     _table(pdf, view.estimates, font_size=7)
     _figure(pdf, view.figures["estimates"])
     _table(pdf, view.checks)
+    if view.calibrated is not None:
+        _table(pdf, view.calibrated)
+    if view.negative_controls is not None:
+        _figure(pdf, view.figures["negative_controls"])
+        _table(pdf, view.negative_controls, font_size=7)
     _table(pdf, view.sensitivity)
     for line in view.sensitivity_lines:
         _para(pdf, line, size=8.5)

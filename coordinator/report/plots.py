@@ -11,7 +11,7 @@ import io
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from coordinator.report.document import OutcomeRow, StratumRow
+from coordinator.report.document import NegativeControlSection, OutcomeRow, StratumRow
 from shared.result import BalanceRow
 
 BEFORE, AFTER, TRUTH = "#c0504d", "#1f5f9e", "#2e8b57"
@@ -154,6 +154,31 @@ def estimate_plot(outcomes: tuple[OutcomeRow, ...]) -> bytes:
         color="#555555",
     )
     return _png(fig, top=0.9)
+
+
+def negative_control_plot(section: NegativeControlSection) -> bytes:
+    """Each negative control's log ratio of means with its 95% CI, the fitted systematic-error
+    null (its mean and the band mean ± 1.96 SD), and the EASE threshold (± dashed)."""
+    rows = [r for r in section.controls if r.log_ratio is not None and r.log_ratio_ci is not None]
+    fig = Figure(figsize=(6.4, 0.16 * len(rows) + 1.0))
+    ax = fig.subplots()
+    for i, r in enumerate(rows):
+        assert r.log_ratio_ci is not None and r.log_ratio is not None
+        ax.hlines(i, *r.log_ratio_ci, color=AFTER, lw=1.2)
+        ax.plot([r.log_ratio], [i], "o", color=AFTER, ms=3)
+    if section.null_mean is not None and section.null_sd is not None:
+        m, sd = section.null_mean, section.null_sd
+        ax.axvspan(m - 1.96 * sd, m + 1.96 * sd, color=TRUTH, alpha=0.15, lw=0)
+        ax.axvline(m, color=TRUTH, lw=1.2, label="fitted systematic error (mean, ±1.96 SD)")
+    for x in (-section.ease_threshold, section.ease_threshold):
+        ax.axvline(x, color="black", lw=0.6, ls="--")
+    ax.axvline(0, color="black", lw=0.6, ls=":")
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels([r.name for r in rows], fontsize=6)
+    ax.set_xlabel("log ratio of means (0 = no effect, the truth for every control)", fontsize=7)
+    ax.tick_params(axis="x", labelsize=7)
+    ax.legend(loc="upper right", fontsize=6, frameon=False)
+    return _png(fig)
 
 
 def _finite_spans(strata: tuple[StratumRow, ...]) -> list[tuple[float, float, bool]]:

@@ -76,6 +76,9 @@ class ReportView:
     estimand: str
     spec_json: str
     signature: Signature | None
+    #: the negative controls, the fitted null and the calibrated outcomes (None: none declared)
+    negative_controls: Table | None = None
+    calibrated: Table | None = None
 
 
 def report_view(doc: EvidenceReport, *, signature: Signature | None = None) -> ReportView:
@@ -179,6 +182,7 @@ def report_view(doc: EvidenceReport, *, signature: Signature | None = None) -> R
         attrition=_attrition_table(doc),
         strata=_strata_table(doc),
         figures={
+            **_nc_figures(doc),
             "estimates": Figure(
                 "Estimates with 95% confidence intervals",
                 plots.estimate_plot(doc.outcomes),
@@ -220,6 +224,8 @@ def report_view(doc: EvidenceReport, *, signature: Signature | None = None) -> R
         estimand=doc.estimand.description,
         spec_json=json.dumps(doc.study.spec, indent=2, sort_keys=True),
         signature=signature,
+        negative_controls=_negative_controls_table(doc),
+        calibrated=_calibrated_table(doc),
     )
 
 
@@ -259,6 +265,79 @@ def _threshold(x: float | None) -> str:
 
 def _bound(x) -> str:
     return "n/a" if x is None else f"{x:g}"
+
+
+def _nc_figures(doc: EvidenceReport) -> dict[str, Figure]:
+    if doc.negative_controls is None:
+        return {}
+    return {
+        "negative_controls": Figure(
+            "Negative controls and the fitted systematic error",
+            plots.negative_control_plot(doc.negative_controls),
+            "Each negative control's estimate (true effect 0) on the log ratio of means with its "
+            "95% CI; shaded: the fitted systematic-error distribution (mean ± 1.96 SD); dashed: "
+            f"± the EASE threshold {doc.negative_controls.ease_threshold:g}.",
+        )
+    }
+
+
+def _negative_controls_table(doc: EvidenceReport) -> Table | None:
+    nc = doc.negative_controls
+    if nc is None:
+        return None
+    rows = tuple(
+        (
+            r.name,
+            fmt.num(r.att),
+            fmt.ci(*r.ci),
+            "n/a" if r.log_ratio is None else f"{r.log_ratio:.3f}",
+            "n/a" if r.log_ratio_ci is None else f"{r.log_ratio_ci[0]:.3f} to {r.log_ratio_ci[1]:.3f}",
+        )
+        for r in nc.controls
+    )
+    fitted = (
+        "no null fitted (too few controls with a log ratio)"
+        if nc.ease is None or nc.null_mean is None or nc.null_sd is None
+        else f"fitted systematic error N({nc.null_mean:.3f}, {nc.null_sd:.3f}²), "
+        f"EASE {nc.ease:.3f} (gate: ≤ {nc.ease_threshold:g})"
+    )
+    return Table(
+        title=f"Negative controls ({nc.n}; true effect 0)",
+        header=("Negative control", "ATT", "95% CI", "log ratio", "95% CI (log ratio)"),
+        rows=rows,
+        note=f"Scale: {nc.scale}. {fitted}, by maximum likelihood from {nc.n_used} of {nc.n} "
+        "controls (Schuemie et al. 2014)"
+        + (f"; left out (an arm's mean not positive): {', '.join(nc.excluded)}" if nc.excluded else "")
+        + ".",
+    )
+
+
+def _calibrated_table(doc: EvidenceReport) -> Table | None:
+    nc = doc.negative_controls
+    if nc is None:
+        return None
+
+    def p(x: float | None) -> str:
+        return "n/a" if x is None else (f"{x:.3g}" if x >= 1e-4 else "< 0.0001")
+
+    rows = tuple(
+        (
+            c.outcome,
+            fmt.ci(*c.ci),
+            p(c.p),
+            "n/a" if c.calibrated_ci is None else fmt.ci(*c.calibrated_ci),
+            p(c.calibrated_p),
+        )
+        for c in nc.calibrated
+    )
+    return Table(
+        title="Empirically calibrated p-values and confidence intervals",
+        header=("Outcome", "95% CI", "p", "Calibrated 95% CI", "Calibrated p"),
+        rows=rows,
+        note="Calibrated against the systematic error the negative controls show (Schuemie et al. "
+        "2014 for p, 2018 for the CI), on the log ratio of means and mapped back to the outcome's "
+        f"units. {nc.assumption}",
+    )
 
 
 def _sensitivity_table(doc: EvidenceReport) -> Table:

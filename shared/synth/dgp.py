@@ -18,8 +18,8 @@ outcomes differ (common random numbers):
                               and age (harm for the young and healthy), so ATT ≠ ATE
 ``null``                      no effect at all: ``y1 = y0``, the true ATT is exactly 0
 ``unmeasured_confounding``    a latent care-seeking ``u`` (not a column) raises uptake
-                              (log-odds + 1.0 u) and the routine claims and absence days
-                              (× exp(0.35 u), mean kept) and every negative control: bias no
+                              (log-odds + 1.5 u) and the routine claims and absence days
+                              (× exp(0.5 u), mean kept) and every negative control: bias no
                               model of the 16 features removes (:mod:`.negative_controls`)
 ============================  ===============================================================
 
@@ -95,8 +95,8 @@ class Dgp:
 #: as the heavy-tail process's clip; a test checks that the two agree.
 CLAIMS_CAP = 100_000.0
 #: ``unmeasured_confounding``: log-multiplier of routine claims and absence days per unit of the
-#: latent care-seeking ``u`` (a care seeker claims and reports more: ≈ +42 % at +1 SD).
-UNMEASURED_OUTCOME = 0.35
+#: latent care-seeking ``u`` (a care seeker claims and reports more: ≈ +65 % at +1 SD).
+UNMEASURED_OUTCOME = 0.5
 
 BASELINE = Dgp("baseline", "logistic-linear uptake, lognormal claims, effect rising with risk")
 DGPS: dict[str, Dgp] = {
@@ -125,9 +125,9 @@ DGPS: dict[str, Dgp] = {
         Dgp("null", "no effect: y1 = y0, true ATT exactly 0", heterogeneity="zero"),
         Dgp(
             "unmeasured_confounding",
-            "latent care-seeking u: uptake log-odds + 1.0 u, routine claims and absence × exp(0.35 u)",
-            unmeasured=1.0,
-            uptake_offset=-0.3,
+            "latent care-seeking u: uptake log-odds + 1.5 u, routine claims and absence × exp(0.5 u)",
+            unmeasured=1.5,
+            uptake_offset=-0.7,
         ),
     )
 }

@@ -112,7 +112,11 @@ def test_checks_pass_and_fail_against_stated_thresholds():
         "min_stratum_cells",
         "pre_registration",
     }
-    assert all(c.kind == "gate" and c.passed for c in doc.checks) and doc.billable
+    assert all(c.passed for c in doc.gates) and doc.billable
+    # the only information lines: each outcome's minimum detectable effect (never a pass)
+    info = {c.name for c in doc.checks if c.kind == "info"}
+    assert info == {f"mdrr_{o.name}" for o in result.outcomes}
+    assert all(by[n].passed is None and by[n].value > 1 for n in info)
     assert by["size_treated"].value == 545 and by["size_control_pool"].value == pytest.approx(4262 / 545)
     assert by["overlap"].value == pytest.approx(533 / 545)
     assert by["min_stratum_cells"].source == "study"

@@ -18,6 +18,7 @@ from shared.features import FEATURE_NAMES, FEATURES, check_bounds
 from shared.schemas import InterventionEvent, OutcomeRecord, Person
 from shared.synth import generate_cohort, generate_federation
 from shared.synth.hazard import HIGH_RISK
+from shared.synth.negative_controls import NEGATIVE_CONTROL_NAMES
 from shared.synth.outcomes import OUTCOMES
 from shared.synth.records import INDEX_WINDOW_DAYS, TREATMENT_CODE
 from shared.synth.sites import PROFILES, site_size
@@ -300,8 +301,11 @@ def test_outcome_records_and_person_ids(fed):
         *FEATURE_NAMES,
         "treated",
         *(o.name for o in OUTCOMES),
+        *NEGATIVE_CONTROL_NAMES,
     ]
     assert site.cohort.columns.tolist() == expected
+    # the outcome records keep the three outcomes: a study reads the cohort
+    assert not set(NEGATIVE_CONTROL_NAMES) & set(site.outcomes.columns)
 
 
 # --- files and CLI -----------------------------------------------------------------------
