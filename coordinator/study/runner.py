@@ -146,10 +146,24 @@ def site_nodes(spec: StudySpec, workdir: Path, coordinator_pub: Path) -> list[No
         }
         if not spec.privacy.enabled:
             config["allow-exact"] = True
+        if spec.negative_controls:  # the sites' operator lists the columns it runs them on
+            config["policy-path"] = str(_local_policy(state, spec))
         if spec.privacy.secure_aggregation:  # the local sites' operator is the one running it
             config["secure-aggregation"] = True
         nodes.append(NodeSpec(s.name, config))
     return nodes
+
+
+def _local_policy(state: Path, spec: StudySpec) -> Path:
+    """A local site's policy file listing the spec's outcomes and negative controls (the node's
+    default policy lists the three default outcomes only): written by the operator running the
+    sites, as its exact opt-in is. Other policy keys keep their defaults."""
+    import tomli_w
+
+    path = state / "policy.toml"
+    outcomes = [o.model_dump(mode="json") for o in spec.analysed_outcomes]
+    path.write_text(tomli_w.dumps({"outcomes": outcomes}))
+    return path
 
 
 def spec_json(spec: StudySpec) -> str:

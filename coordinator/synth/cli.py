@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from coordinator.synth.io import DEFAULT_EPSILON, FORMATS, write_federation
+from shared.synth.dgp import DGP_NAMES
 from shared.synth.federation import generate_federation
 from shared.synth.sites import MAX_SMALL_FIRMS, PROFILE_SETS, PROFILES
 
@@ -73,6 +74,8 @@ def generate_and_summarise(
     secure_aggregation: bool = False,
     console: Console | None = None,
     profile_set: str = "default",
+    negative_controls: bool = False,
+    dgp: str = "baseline",
 ) -> Path:
     """Generate, write and print the per-site summary; returns the ``study.toml`` path."""
     if console is None:
@@ -80,9 +83,16 @@ def generate_and_summarise(
         if not console.is_terminal:  # piped or captured: do not squeeze the table to 80 columns
             console = Console(width=120)
     t0 = time.perf_counter()
-    fed = generate_federation(seed=seed, sites=sites, scale=scale, profile_set=profile_set)
+    fed = generate_federation(seed=seed, sites=sites, scale=scale, profile_set=profile_set, dgp=dgp)
     t1 = time.perf_counter()
-    study = write_federation(fed, Path(out), fmt=fmt, epsilon=epsilon, secure_aggregation=secure_aggregation)
+    study = write_federation(
+        fed,
+        Path(out),
+        fmt=fmt,
+        epsilon=epsilon,
+        secure_aggregation=secure_aggregation,
+        negative_controls=negative_controls,
+    )
     t2 = time.perf_counter()
     console.print(summary_table(fed.truth))
     console.print(
@@ -120,11 +130,25 @@ def synth(
         help="Write an exact (non-DP) study instead: "
         "only nodes whose operator allows exact answers answer it.",
     ),
+    negative_controls: bool = typer.Option(
+        False,
+        "--negative-controls",
+        help="Declare the cohort's 24 negative-control outcomes in study.toml (EASE and calibrated "
+        "p/CI in the report). Under DP they share the outcomes' releases: more noise per outcome.",
+    ),
+    dgp: str = typer.Option(
+        "baseline",
+        "--dgp",
+        help="Data-generating process (e.g. unmeasured_confounding: a latent confounder the "
+        "negative controls reveal): " + ", ".join(DGP_NAMES) + ".",
+    ),
 ) -> None:
     """Write per-site persons, interventions, outcomes and cohort tables, study.toml and
     truth.json, and print the true ATT per site."""
     if fmt not in FORMATS:
         raise typer.BadParameter(f"must be one of {', '.join(FORMATS)}", param_hint="--format")
+    if dgp not in DGP_NAMES:
+        raise typer.BadParameter(f"must be one of {', '.join(DGP_NAMES)}", param_hint="--dgp")
     if profile not in PROFILE_SETS:
         raise typer.BadParameter(f"must be one of {', '.join(PROFILE_SETS)}", param_hint="--profile")
     if sites is not None and sites > len(PROFILE_SETS[profile]):
@@ -141,4 +165,6 @@ def synth(
         epsilon=None if exact else epsilon,
         secure_aggregation=small and not exact,  # pooled: SecAgg+ whenever the study is DP
         profile_set=profile,
+        negative_controls=negative_controls,
+        dgp=dgp,
     )

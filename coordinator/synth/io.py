@@ -21,6 +21,7 @@ import tomli_w
 from shared.errors import SpecError
 from shared.features import FEATURES
 from shared.synth.federation import Federation
+from shared.synth.negative_controls import NEGATIVE_CONTROLS
 from shared.synth.outcomes import OUTCOMES
 from shared.synth.records import INDEX_WINDOW_DAYS, TREATMENT_CODE
 
@@ -47,11 +48,13 @@ def study_document(
     fmt: str = "csv",
     epsilon: float | None = DEFAULT_EPSILON,
     secure_aggregation: bool = False,
+    negative_controls: bool = False,
 ) -> dict:
     """The default study as a TOML-ready dict (loads with ``StudySpec.from_dict``); with
     ``epsilon`` it is a DP study at that ε (δ = 1e-6), else exact; ``secure_aggregation``
     runs its releases after describe as SecAgg+ sums. A small-firm federation
-    (``profile_set = "small-firms"``) gets the pooled study: ``[report] per_site = false``."""
+    (``profile_set = "small-firms"``) gets the pooled study: ``[report] per_site = false``.
+    ``negative_controls`` declares the cohort's negative controls (:mod:`shared.synth.negative_controls`)."""
     seed = fed.truth["seed"]
     pooled = fed.truth.get("profile_set") == "small-firms"
     return {
@@ -73,6 +76,15 @@ def study_document(
             {"name": f.name, "lo": float(f.lo), "hi": float(f.hi), "kind": f.kind} for f in FEATURES
         ],
         "outcomes": [{"name": o.name, "lo": o.lo, "cap": o.cap, "kind": o.kind} for o in OUTCOMES],
+        **(
+            {
+                "negative_controls": [
+                    {"name": o.name, "lo": o.lo, "cap": o.cap, "kind": o.kind} for o in NEGATIVE_CONTROLS
+                ]
+            }
+            if negative_controls
+            else {}
+        ),
         "privacy": {
             "enabled": epsilon is not None,
             "epsilon": 1.0 if epsilon is None else float(epsilon),
@@ -103,6 +115,7 @@ def write_federation(
     fmt: str = "csv",
     epsilon: float | None = DEFAULT_EPSILON,
     secure_aggregation: bool = False,
+    negative_controls: bool = False,
 ) -> Path:
     """Write every site's tables, ``study.toml`` and ``truth.json`` under ``out``.
 
@@ -113,6 +126,8 @@ def write_federation(
         epsilon: ``study.toml`` is a DP study at this ε (default 1); None asks for an exact study
             (answered only by nodes whose operator allows exact answers).
         secure_aggregation: and run it over SecAgg+ (needs ``epsilon``).
+        negative_controls: declare the 24 negative controls the cohort files hold (they are
+            written either way).
 
     Returns:
         The path of ``study.toml``.
@@ -129,6 +144,6 @@ def write_federation(
         for table in TABLES:
             _write_table(getattr(site, table), folder / f"{table}.{fmt}", fmt)
     study = out / "study.toml"
-    study.write_text(to_toml(study_document(fed, fmt, epsilon, secure_aggregation)))
+    study.write_text(to_toml(study_document(fed, fmt, epsilon, secure_aggregation, negative_controls)))
     (out / "truth.json").write_text(json.dumps(fed.truth, indent=2, allow_nan=False) + "\n")
     return study
