@@ -274,6 +274,8 @@ class MethodSection(_Model):
     multiplicity: str
     assumptions: tuple[str, ...]
     limitations: tuple[str, ...]
+    #: the negative controls: how they were estimated, released and used ("" when none)
+    negative_controls: str = ""
 
 
 class Summaries(_Model):

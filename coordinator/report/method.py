@@ -9,6 +9,7 @@ sites: an exact study released exact aggregates, which are not anonymous when a 
 
 from __future__ import annotations
 
+import math
 from statistics import NormalDist
 
 from coordinator.report import fmt
@@ -55,6 +56,7 @@ def method_section(
         privacy=privacy_statement(result, strata),
         per_site=_per_site(result),
         multiplicity=multiplicity_note(outcomes),
+        negative_controls=negative_control_note(result),
         assumptions=ASSUMPTIONS,
         limitations=_limitations(result, spec),
     )
@@ -263,6 +265,34 @@ def multiplicity_note(outcomes: tuple[OutcomeRow, ...]) -> str:
     )
 
 
+def negative_control_note(result: StudyResult) -> str:
+    """How the negative controls were estimated, released and used ("" when none)."""
+    n = len(result.negative_controls)
+    if not n:
+        return ""
+    o = len(result.outcomes)
+    released = (
+        f"Under differential privacy they were further outcome columns of the same releases "
+        f"(psm_main, psm_sumsq, psm_wsum), charged to each site's ledger before they left, "
+        f"within the study's ε: no separate share of the budget. Their cost is in those releases' "
+        f"sensitivity, which grows with the number of outcome columns (psm_main √(1 + O/4), "
+        f"psm_wsum ∝ √O; O = {o + n} here instead of {o}), so every outcome's privacy noise is "
+        f"{math.sqrt((1 + (o + n) / 4) / (1 + o / 4)):.2f}× (table) to "
+        f"{math.sqrt((o + n) / o):.2f}× (weighted sum) what it would be without them."
+        if result.privacy.enabled
+        else "They were further columns of the same exact PSM table."
+    )
+    return (
+        f"{n} negative-control outcomes (outcomes the intervention cannot affect, true effect 0, "
+        "confounded like the outcomes) were estimated with the same propensity model, strata and "
+        f"estimator as the outcomes. {released} Their estimates, on the log ratio of means, fit "
+        "the systematic-error distribution N(μ, τ²) by maximum likelihood (Schuemie et al. 2014); "
+        "EASE, its expected absolute value, is a gate (≤ 0.25, CohortMethod), and each outcome "
+        "gets a calibrated p-value and CI (Schuemie et al. 2018) assuming the systematic error "
+        "is constant in the true effect (no positive controls)."
+    )
+
+
 def _limitations(result: StudyResult, spec: dict) -> tuple[str, ...]:
     out = [
         f"Only the {len(spec.get('covariates', []))} covariates listed below are adjusted for; "
@@ -278,6 +308,12 @@ def _limitations(result: StudyResult, spec: dict) -> tuple[str, ...]:
         out.append(
             "Privacy noise widens every interval and makes balance statistics noisy; balance a "
             "report cannot see is not claimed."
+        )
+    if result.negative_controls:
+        out.append(
+            "Calibration corrects only the systematic error the negative controls share with the "
+            "outcomes: a bias that reaches the outcomes by another path than the controls' is not "
+            "seen by EASE nor removed by the calibrated CI."
         )
     if result.truth is not None:
         out.append("Simulated data: the study demonstrates the method and is not real-world evidence.")

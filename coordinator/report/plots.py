@@ -175,6 +175,7 @@ def negative_control_plot(section: NegativeControlSection) -> bytes:
     ax.axvline(0, color="black", lw=0.6, ls=":")
     ax.set_yticks(range(len(rows)))
     ax.set_yticklabels([r.name for r in rows], fontsize=6)
+    ax.invert_yaxis()  # the table's order, top down
     ax.set_xlabel("log ratio of means (0 = no effect, the truth for every control)", fontsize=7)
     ax.tick_params(axis="x", labelsize=7)
     ax.legend(loc="upper right", fontsize=6, frameon=False)

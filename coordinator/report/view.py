@@ -215,6 +215,11 @@ def report_view(doc: EvidenceReport, *, signature: Signature | None = None) -> R
             ("Privacy: what was released", doc.method.privacy),
             ("Per-site estimates", doc.method.per_site),
             ("Multiplicity", doc.method.multiplicity),
+            *(
+                (("Negative controls and empirical calibration", doc.method.negative_controls),)
+                if doc.method.negative_controls
+                else ()
+            ),
         ),
         assumptions=doc.method.assumptions,
         limitations=doc.method.limitations,
@@ -290,8 +295,10 @@ def _negative_controls_table(doc: EvidenceReport) -> Table | None:
             r.name,
             fmt.num(r.att),
             fmt.ci(*r.ci),
-            "n/a" if r.log_ratio is None else f"{r.log_ratio:.3f}",
-            "n/a" if r.log_ratio_ci is None else f"{r.log_ratio_ci[0]:.3f} to {r.log_ratio_ci[1]:.3f}",
+            "n/a" if r.log_ratio is None else _signed(r.log_ratio),
+            "n/a"
+            if r.log_ratio_ci is None
+            else f"{_signed(r.log_ratio_ci[0])} to {_signed(r.log_ratio_ci[1])}",
         )
         for r in nc.controls
     )
@@ -312,6 +319,11 @@ def _negative_controls_table(doc: EvidenceReport) -> Table | None:
     )
 
 
+def _signed(x: float) -> str:
+    """A log ratio to three decimals with a true minus sign, as the other tables write numbers."""
+    return f"{x:.3f}".replace("-", "−")
+
+
 def _calibrated_table(doc: EvidenceReport) -> Table | None:
     nc = doc.negative_controls
     if nc is None:
@@ -320,11 +332,14 @@ def _calibrated_table(doc: EvidenceReport) -> Table | None:
     def p(x: float | None) -> str:
         return "n/a" if x is None else (f"{x:.3g}" if x >= 1e-4 else "< 0.0001")
 
+    att = {o.estimate.name: o.estimate.att for o in doc.outcomes}
     rows = tuple(
         (
             c.outcome,
+            fmt.num(att.get(c.outcome)),
             fmt.ci(*c.ci),
             p(c.p),
+            fmt.num(c.calibrated_att),
             "n/a" if c.calibrated_ci is None else fmt.ci(*c.calibrated_ci),
             p(c.calibrated_p),
         )
@@ -332,7 +347,7 @@ def _calibrated_table(doc: EvidenceReport) -> Table | None:
     )
     return Table(
         title="Empirically calibrated p-values and confidence intervals",
-        header=("Outcome", "95% CI", "p", "Calibrated 95% CI", "Calibrated p"),
+        header=("Outcome", "ATT", "95% CI", "p", "Calibrated ATT", "Calibrated 95% CI", "Calibrated p"),
         rows=rows,
         note="Calibrated against the systematic error the negative controls show (Schuemie et al. "
         "2014 for p, 2018 for the CI), on the log ratio of means and mapped back to the outcome's "
