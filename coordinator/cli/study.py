@@ -272,7 +272,7 @@ def _print_plan(console: Console, study, gate, before, treated: int, k: int, sto
         total = r.total_sigma(k, secure_aggregation=secure)
         if q == "psm_wsum":  # Δ₂ follows the largest weight the study asks for (shared/dp/wsum.py)
             unit = "×Δ₂"
-            sens = f"≤ {math.sqrt(len(study.outcomes)) / 2:.3g}·v_max"
+            sens = f"≤ {math.sqrt(len(study.analysed_outcomes)) / 2:.3g}·v_max"
         else:
             unit, sens = "", f"{r.sensitivity:.3g}"
         t.add_row(q, str(n), sens, f"{node:.3g}{unit}", f"{total:.3g}{unit}")

@@ -81,7 +81,9 @@ def test_private_study_charges_each_real_node_ledger(synthetic, tmp_path):
 
     # its own copy of the data: a site's ledger lives beside its data file, for every run over it
     spec_path = write_federation(synthetic[1], tmp_path / "data").with_name("study-dp.toml")
-    doc = study_document(synthetic[1], epsilon=1.0)
+    # with the 24 negative controls: the local sites' policy lists them, and they ride in the
+    # same charged releases (no release kind of their own)
+    doc = study_document(synthetic[1], epsilon=1.0, negative_controls=True)
     # about 800 treated cannot resolve the propensity fit at ε = 1 (a study would stop after
     # describe by default); this test is about every round charging the real ledgers
     doc["privacy"]["unresolved_fit"] = "warn"
@@ -103,6 +105,8 @@ def test_private_study_charges_each_real_node_ledger(synthetic, tmp_path):
         assert result.privacy.per_site[s.name] == pytest.approx(ledger.spent())
     for o in result.outcomes:
         assert o.se_privacy > 0 and o.ci[0] < o.att < o.ci[1]
+    assert [o.name for o in result.negative_controls] == [o.name for o in spec.negative_controls]
+    assert len(result.negative_controls) == 24 and all(o.se_privacy > 0 for o in result.negative_controls)
 
 
 def test_secure_aggregation_study_over_real_nodes(synthetic, tmp_path):
@@ -140,3 +144,5 @@ def test_secure_aggregation_study_over_real_nodes(synthetic, tmp_path):
         assert result.privacy.per_site[s.name] == pytest.approx(ledger.spent())
     for o in result.outcomes:
         assert o.se_privacy > 0 and o.ci[0] < o.att < o.ci[1]
+    assert [o.name for o in result.negative_controls] == [o.name for o in spec.negative_controls]
+    assert len(result.negative_controls) == 24 and all(o.se_privacy > 0 for o in result.negative_controls)

@@ -11,6 +11,7 @@ from flower_inprocess import signed_federation
 from report_fixtures import make_registration
 
 from coordinator.report.build import build_report
+from coordinator.report.html import render_html
 from coordinator.report.pdf import render_pdf
 from coordinator.report.view import report_view
 from coordinator.study.assemble import assemble_result
@@ -126,6 +127,8 @@ def test_an_unmeasured_confounder_fails_ease_and_the_report_is_not_billable():
     assert view.negative_controls is not None and len(view.negative_controls.rows) == 24
     assert "negative_controls" in view.figures
     assert render_pdf(view, created=ISSUED_AT).startswith(b"%PDF")
+    html = render_html(view)
+    assert "Empirically calibrated p-values" in html and "nc_cataract_claims" in html
 
 
 @pytest.mark.parametrize("dgp,fails", [("baseline", 0), ("unmeasured_confounding", 5)])
