@@ -208,3 +208,25 @@ def test_dp_negative_controls_ride_in_the_charged_releases(tmp_path):
         assert 0 < ledger.spent(rt.dataset) <= 4.0 + 1e-9
     doc = _report(fed, spec, run)
     assert doc.negative_controls is not None and doc.check("ease").kind == "gate"
+
+
+def test_a_node_ingests_negative_controls_and_quarantines_a_bad_one_with_row_and_field(tmp_path):
+    """In a cohort file the controls are outcome columns like the others: a non-numeric value
+    quarantines its row naming the field, every other row is stored, and a study reads them."""
+    from node.ingest import ingest_file
+    from node.pseudonym import Pseudonymizer
+    from node.store import open_store
+
+    fed = generate_federation(seed=2, sites=1, scale=0.002)
+    cohort = fed.sites[0].cohort.astype({"nc_warts": object})
+    cohort.loc[3, "nc_warts"] = "yes"
+    path = tmp_path / "cohort.csv"
+    cohort.to_csv(path, index=False)
+    store = open_store(f"sqlite:///{tmp_path / 'node.db'}")
+    pseudo = Pseudonymizer(key=bytes(range(32)), site_id="site_a")
+    summary = ingest_file(store, path, kind="cohort", pseudonymize=pseudo.many, site_id="site_a")
+    q = store.quarantine_frame()
+    assert [(int(r.row), r.field) for r in q.itertuples()] == [(4, "nc_warts")]
+    assert summary.loaded == len(cohort) - 1
+    frame = store.cohort_frame(_spec(fed, epsilon=None))
+    assert len(frame) == len(cohort) - 1 and set(NEGATIVE_CONTROL_NAMES) <= set(frame.columns)
