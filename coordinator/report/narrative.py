@@ -115,6 +115,7 @@ def _regulator(doc: "EvidenceReport") -> str:
         _checks_sentence(doc),
         _billing_sentence(doc),
         _privacy_sentence(doc),
+        _negative_control_sentence(doc),
         _registration_sentence(doc),
         f"The study specification has SHA-256 {doc.study.spec_hash}; the report was produced by "
         f"{doc.software.report_generator} and is signed with Ed25519 over its canonical JSON, so "
@@ -122,6 +123,28 @@ def _regulator(doc: "EvidenceReport") -> str:
         _synthetic_sentence(doc),
     ]
     return _join(parts)
+
+
+def _negative_control_sentence(doc: "EvidenceReport") -> str:
+    """What the negative controls showed, with the calibrated claims CI ("" when none)."""
+    nc = doc.negative_controls
+    if nc is None:
+        return ""
+    if nc.ease is None or nc.null_mean is None:
+        return f"The systematic error could not be estimated from the {nc.n} negative controls."
+    verdict = "within" if nc.ease <= nc.ease_threshold else "above"
+    cal = {c.outcome: c for c in nc.calibrated}.get("claims_cost")
+    calibrated = (
+        f" Calibrated against them, the claims ATT is {fmt.num(cal.calibrated_att)} "
+        f"(95% CI {fmt.ci(*cal.calibrated_ci)}), assuming the error is the same for every effect size."
+        if cal is not None and cal.calibrated_ci is not None
+        else ""
+    )
+    return (
+        f"{nc.n_used} negative-control outcomes (true effect zero) show a systematic error of "
+        f"{nc.null_mean:+.3f} ± {nc.null_sd:.3f} on the log ratio of means: EASE {nc.ease:.3f}, "
+        f"{verdict} the {nc.ease_threshold:g} threshold." + calibrated
+    )
 
 
 def _registration_sentence(doc: "EvidenceReport") -> str:

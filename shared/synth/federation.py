@@ -91,11 +91,10 @@ def _simulate(
     rng: np.random.Generator,
     profile: SiteProfile,
     n: int,
-    process: Dgp = BASELINE,
-    nc_rng: np.random.Generator | None = None,
+    process: Dgp,
+    nc_rng: np.random.Generator,
 ) -> _Simulation:
     pop = draw_population(rng, profile=profile, n=n)
-    nc_rng = nc_rng if nc_rng is not None else np.random.default_rng(0)
     care = nc_rng.standard_normal(pop.n)  # latent care-seeking (never a column)
     hazard0 = baseline_hazard(pop.features)
     p0 = event_probability(hazard0)

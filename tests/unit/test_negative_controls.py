@@ -120,6 +120,8 @@ def test_an_unmeasured_confounder_fails_ease_and_the_report_is_not_billable():
     assert not cal.ci[0] <= truth <= cal.ci[1]  # the plain CI misses the truth ...
     assert cal.calibrated_ci[0] <= truth <= cal.calibrated_ci[1]  # ... the calibrated one holds it
     assert cal.calibrated_p is not None and cal.p is not None
+    assert "EASE 0.3" in bad.summaries.regulator and "above the 0.25 threshold" in bad.summaries.regulator
+    assert "within the 0.25 threshold" in base.summaries.regulator
     # the report shows it: banner, calibrated table, negative-control table and figure, PDF
     view = report_view(bad)
     assert view.billing_banner.startswith("NOT FOR BILLING")
