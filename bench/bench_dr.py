@@ -42,7 +42,14 @@ from shared.dp.plan import single_release_multiplier  # noqa: E402
 from shared.dp.strata import dp_min_cell, dp_n_strata, dp_width_edges  # noqa: E402
 from shared.dp.workflow import dp_grid  # noqa: E402
 from shared.psm import caliper_edges, cov_moments, estimate_att, fit_propensity, logit_sd, scale_outcomes  # noqa: E402
-from shared.psm.dr import dp_ridge, dr_sensitivity, dr_stats, estimate_dr, redraw_dr_se, release_dr  # noqa: E402
+from shared.psm.dr import (  # noqa: E402
+    dr_sensitivities,
+    dr_sigmas,
+    dr_stats,
+    estimate_dr,
+    estimate_dr_release,
+    release_dr,
+)
 from shared.psm.strata import score_histogram  # noqa: E402
 from shared.synth.outcomes import OUTCOMES  # noqa: E402
 
@@ -56,6 +63,19 @@ def _pooled(nodes):
 def _design(z, t):
     beta = fit_propensity(z=z, t=t).beta
     return beta, caliper_edges(beta=beta, sd=logit_sd(moments=cov_moments(z=z, t=t), beta=beta))
+
+
+def _dp_edges(z, t, beta, count_sigma):
+    """The DP design's strata (:func:`shared.dp.workflow.dp_edges`: equal width over the
+    treated range, as many as the count noise allows), read off the exact histogram here."""
+    grid = dp_grid(beta=beta)
+    hist = score_histogram(z=z, t=t, beta=beta, grid=grid)
+    return dp_width_edges(
+        grid=grid,
+        treated_counts=hist[:, 1],
+        noise_sd=count_sigma,
+        n_strata=dp_n_strata(n_treated=float(t.sum()), count_sigma=count_sigma, requested=None),
+    )
 
 
 def one_seed(z, t, y01, outcomes, covariates, truth, dp_eps, seed):
@@ -76,24 +96,16 @@ def one_seed(z, t, y01, outcomes, covariates, truth, dp_eps, seed):
     )
     if dp_eps:
         rng = np.random.default_rng(10_000_000 + seed)
-        sigma = single_release_multiplier(epsilon=dp_eps, delta=DELTA) * dr_sensitivity(
-            n_covariates=z.shape[1], n_outcomes=len(outcomes)
+        d, o = z.shape[1], len(outcomes)
+        # stratification alone spends the whole ε on the cells; DR splits it (dr_sigmas)
+        sigma_strat = (
+            single_release_multiplier(epsilon=dp_eps, delta=DELTA)
+            * dr_sensitivities(n_covariates=d, n_outcomes=o)[0]
         )
-        mc = dp_min_cell(count_sigma=sigma)
-        # the DP design's strata: equal width over the treated range, as many as the count
-        # noise allows (shared.dp.workflow.dp_edges), read off the exact histogram here
-        grid = dp_grid(beta=beta)
-        hist = score_histogram(z=z, t=t, beta=beta, grid=grid)
-        dp_e = dp_width_edges(
-            grid=grid,
-            treated_counts=hist[:, 1],
-            noise_sd=sigma,
-            n_strata=dp_n_strata(n_treated=float(t.sum()), count_sigma=sigma, requested=None),
-        )
-        stats = dr_stats(z=z, t=t, y=y01, beta=beta, edges=dp_e)
-        rel = release_dr(stats, sigma=sigma, rng=rng)
-        lam = dp_ridge(sigma=sigma, n_covariates=z.shape[1])
-        se_dr = redraw_dr_se(rel, outcomes=outcomes, sigma=sigma, min_cell=mc, n_draws=40, rng=rng, ridge=lam)
+        sigma_c, sigma_s = dr_sigmas(epsilon=dp_eps, delta=DELTA, n_covariates=d, n_outcomes=o)
+        stats = dr_stats(z=z, t=t, y=y01, beta=beta, edges=_dp_edges(z, t, beta, sigma_strat))
+        strat_rel = release_dr(stats, sigma_cells=sigma_strat, sigma_slope=sigma_s, rng=rng).cells
+        mc = dp_min_cell(count_sigma=sigma_strat)
 
         def strat_att(arrays_stats):
             est = estimate_att(
@@ -101,19 +113,22 @@ def one_seed(z, t, y01, outcomes, covariates, truth, dp_eps, seed):
             )
             return np.array([o.att for o in est.outcomes])
 
-        se_st = _redraw_strat(rel, sigma, strat_att, rng)
+        se_st = _redraw_strat(strat_rel, sigma_strat, strat_att, rng)
+        rel = release_dr(stats, sigma_cells=sigma_c, sigma_slope=sigma_s, rng=rng)
         record(
             f"dp eps={dp_eps:g}",
             estimate_att(
-                table=rel.table, outcomes=outcomes, covariates=covariates, min_cell=mc, se_privacy=se_st
+                table=strat_rel.table, outcomes=outcomes, covariates=covariates, min_cell=mc, se_privacy=se_st
             ).outcomes,
-            estimate_dr(stats=rel, outcomes=outcomes, min_cell=mc, se_privacy=list(se_dr), ridge=lam),
+            estimate_dr_release(
+                rel, outcomes=outcomes, min_cell=dp_min_cell(count_sigma=sigma_c), n_draws=40, rng=rng
+            ),
         )
     return out
 
 
 def _redraw_strat(rel, sigma, strat_att, rng):
-    """Privacy SE of the stratified estimate on the same release (re-drawn noise)."""
+    """Privacy SE of the stratified estimate on its release (re-drawn noise)."""
     from shared.dp.uncertainty import redraw_se
     from shared.psm.dr import _centre, _uncentre
 

@@ -44,10 +44,36 @@ Strata whose control count is below ``min_cell`` (under DP: noise-only cells) sh
 intercept of the nearest stratum that has enough, so a noisy near-zero count never divides a
 noisy sum.
 
-DP: :func:`dr_sensitivity` and :func:`release_dr` (one Gaussian release of every array the
-estimator reads, centred on the public midpoints), charged through the ledger's accountant
-(:func:`shared.dp.plan.single_release_multiplier`); the privacy SE comes from re-drawing that
-noise on the released arrays (:func:`shared.dp.uncertainty.redraw_se`).
+DP: two Gaussian releases, each charged as its own mechanism (:func:`dr_sigmas` splits one
+budget between them), so that the imbalance and the slope carry **independent** noise:
+
+* ``cells`` (:func:`dr_sensitivities`): the stratified table's count, Σy, Σy², Σz per stratum ×
+  arm — the stratified ATT and the imbalance :math:`d` are read from it;
+* ``slope``: the controls' Σzzᵀ and Σzyᵀ with their own copy of the control cells' count, Σz
+  and Σy (for the within-stratum centring) — :math:`\hat\gamma` is read from it.
+
+Why two: from one release (the first version), the noise of the control cells' Σz entered both
+:math:`\bar z_{bC}` (in :math:`d`) and the centring of :math:`S_{zy}` (in :math:`\hat\gamma`)
+as :math:`-e_b/n_{bC}` and :math:`-e_b\bar y_{bC}^\top`, so :math:`d^\top\hat\gamma` held
+their product, whose mean is not 0: 1k treated, misspecified uptake, ε = 1, 10 seeds × 20
+draws, the noise of Σz alone moved the adjustment by +1,366 ± 96 (claims, of a true
+adjustment of −48), its product term alone by −1,406 (``bench/bench_dr.py``; the +598 ± 140
+of the 120-seed table at 10k treated). With independent releases
+:math:`E[\hat d^\top\hat\gamma] = E[\hat d]^\top E[\hat\gamma]`, and the remaining
+nonlinearities are corrected or damped:
+
+* the centring :math:`-\sum_g s_g s_g^\top/n_g` of a noisy group sum has mean
+  :math:`-ss^\top/n_g - m_g\sigma^2 I/n_g` (:math:`m_g` strata in the group): the known
+  :math:`\sigma^2\sum_g m_g/n_g` is added back (:func:`_fit`, ``noise_sd``); uncorrected it
+  shrank :math:`S_{zz}` and inflated :math:`\hat\gamma` (−232 on the adjustment above);
+* :math:`S_{zz}` itself is noisy in every direction and :math:`S^{-1}` of a noisy matrix has
+  no finite mean where its eigenvalues are of the noise's size: the ridge :func:`dp_ridge`
+  (a prior γ = 0, i.e. the stratified estimate, with precision the noise's spectral scale)
+  keeps the inverse bounded and shrinks the adjustment in the directions the noise hides —
+  a bias toward the stratified estimate, never beyond it.
+
+Privacy SE: a parametric bootstrap from the known noise distribution, both releases' noise
+re-drawn on the released arrays (:func:`redraw_dr_se`), added in quadrature to the sampling SE.
 """
 
 from __future__ import annotations
@@ -68,11 +94,14 @@ from shared.study import Outcome
 __all__ = [
     "DrEstimate",
     "DrStats",
+    "DrRelease",
     "dp_ridge",
-    "dr_sensitivity",
+    "dr_sensitivities",
+    "dr_sigmas",
     "redraw_dr_se",
     "dr_stats",
     "estimate_dr",
+    "estimate_dr_release",
     "release_dr",
 ]
 
@@ -134,24 +163,30 @@ def _groups(n_c: np.ndarray, min_cell: float) -> np.ndarray:
     return nearest
 
 
-def _fit(stats: DrStats, n: np.ndarray, min_cell: float, ridge: float):
-    """Within-group slope γ ``(D, O)``, the (ridged) S_zz, RSS and S_yy per outcome, N_C and G.
+def _fit(slope: DrStats, min_cell: float, ridge: float, noise_sd: float = 0.0):
+    r"""Within-group slope γ ``(D, O)``, the (ridged) S_zz, RSS and S_yy per outcome, N_C and G,
+    from ``slope``'s control cells and cross-products.
 
     Computed from the arrays centred on the public midpoints (:func:`_centre`): within-group
     cross-products do not change under a shift, and a DP release is noised in exactly that
     form, so no noisy total (Σ over hundreds of strata) is added back to every entry.
+    ``noise_sd``: the SD of the release's noise on each centred cell sum; the mean it gives the
+    centring terms, :math:`\sigma^2 m_g/n_g` per group, is added back (module docstring).
     """
-    tab, c = stats.table, _centre(stats)
+    tab, c = slope.table, _centre(slope)
+    n = clamped_counts(tab.count)
     grp = _groups(n[:, 0], min_cell)
     n_g = np.bincount(grp, weights=n[:, 0])
+    m_g = np.bincount(grp).astype(float)
     keep = n_g > 0
     sz = np.stack([np.bincount(grp, weights=c["sum_z"][:, 0, j]) for j in range(tab.n_covariates)], axis=1)
     sy = np.stack([np.bincount(grp, weights=c["sum_y"][:, 0, k]) for k in range(tab.n_outcomes)], axis=1)
     syy = c["sumsq_y"][:, 0, :].sum(axis=0)
-    sz, sy, n_g = sz[keep], sy[keep], n_g[keep]
-    szz = c["zz"] - (sz.T / n_g) @ sz
+    sz, sy, n_g, m_g = sz[keep], sy[keep], n_g[keep], m_g[keep]
+    bias = float(noise_sd) ** 2 * float(np.sum(m_g / n_g))
+    szz = c["zz"] - (sz.T / n_g) @ sz + bias * np.eye(tab.n_covariates)
     szy = c["zy"] - (sz.T / n_g) @ sy
-    syy_w = syy - np.sum(sy**2 / n_g[:, None], axis=0)
+    syy_w = syy - np.sum(sy**2 / n_g[:, None], axis=0) + bias
     szz = (szz + szz.T) / 2.0
     vals = np.linalg.eigvalsh(szz)
     if not vals[0] > 1e-9 * max(vals[-1], 1.0):
@@ -173,6 +208,8 @@ def estimate_dr(
     min_cell: float = 1,
     se_privacy: Sequence[float] | None = None,
     ridge: float = 0.0,
+    slope: DrStats | None = None,
+    slope_noise_sd: float = 0.0,
 ) -> tuple[DrEstimate, ...]:
     """DR ATT, SE and 95 % CI per outcome from summed (possibly noisy) statistics.
 
@@ -184,6 +221,9 @@ def estimate_dr(
         ridge: λ added to :math:`S_{zz}`'s diagonal (0 exact; under DP :func:`dp_ridge`): shrinks
             the slope toward 0, i.e. toward the stratified estimate, in the directions the
             noise hides.
+        slope: where the slope is read (its control cells, ``zz``, ``zy``): ``stats`` itself
+            when None (exact); under DP the ``slope`` release (:func:`release_dr`).
+        slope_noise_sd: that release's noise SD per centred entry (0 exact).
 
     Raises:
         DataError: dimensions disagree, non-finite entries, ``min_cell`` not positive.
@@ -197,12 +237,13 @@ def estimate_dr(
         raise DataError(f"min_cell must be positive, got {min_cell!r}")
     if not ridge >= 0:
         raise DataError(f"ridge must be non-negative, got {ridge!r}")
+    src = stats if slope is None else slope
     for name, arr in (
         ("count", tab.count),
         ("sum_y", tab.sum_y),
         ("sum_z", tab.sum_z),
-        ("zz", stats.zz),
-        ("zy", stats.zy),
+        ("zz", src.zz),
+        ("zy", src.zy),
     ):
         if not np.all(np.isfinite(arr)):
             raise DataError(f"DR statistics {name} hold non-finite values", field=name)
@@ -218,7 +259,9 @@ def estimate_dr(
     wu, nu = w[used], n[used]
     att_strat = wu @ (ybar[:, 1] - ybar[:, 0])  # (O,)
     d = wu @ (zbar[:, 1] - zbar[:, 0])  # (D,)
-    gamma, szz, rss, syy_w, n_c, n_groups = _fit(stats, n, min_cell, ridge)
+    gamma, szz, rss, syy_w, n_c, n_groups = _fit(
+        stats if slope is None else slope, min_cell, ridge, slope_noise_sd
+    )
     att = att_strat - d @ gamma
 
     dof = max(n_c - n_groups - tab.n_covariates, 1.0)
@@ -260,31 +303,68 @@ def dp_ridge(*, sigma: float, n_covariates: int) -> float:
     return 3.0 * float(sigma) * math.sqrt(int(n_covariates))
 
 
-def dr_sensitivity(*, n_covariates: int, n_outcomes: int) -> float:
-    r"""L2 sensitivity of one :func:`release_dr`: every array centred on the public midpoints.
+def dr_sensitivities(*, n_covariates: int, n_outcomes: int) -> tuple[float, float]:
+    r"""L2 sensitivities of the two releases of :func:`release_dr` (arrays centred on the
+    public midpoints), ``(cells, slope)``.
 
     One row lands in one stratum × arm cell and moves its count by 1, its O sums (y − ½) and D
-    sums (z − ½) by at most ½ each, its O sums (y − ½)² by at most ¼ each, and — a control —
-    the D(D+1)/2 distinct entries of Σ(z − ½)(z − ½)ᵀ and the D·O entries of Σ(z − ½)(y − ½)ᵀ
-    by at most ¼ each:
+    sums (z − ½) by at most ½ each and its O sums (y − ½)² by at most ¼ each (``cells``); a
+    control also moves the slope release's copy of its cell (count, O + D sums) and the
+    D(D+1)/2 distinct entries of Σ(z − ½)(z − ½)ᵀ and the D·O entries of Σ(z − ½)(y − ½)ᵀ by at
+    most ¼ each (``slope``):
 
-    .. math:: \Delta_2 = \sqrt{1 + O/4 + D/4 + O/16 + (D(D+1)/2 + DO)/16}.
+    .. math:: \Delta_{cells} = \sqrt{1 + O/4 + D/4 + O/16},\qquad
+        \Delta_{slope} = \sqrt{1 + O/4 + D/4 + (D(D+1)/2 + DO)/16}.
 
-    >>> round(dr_sensitivity(n_covariates=16, n_outcomes=3), 3)
-    4.176
+    >>> [round(x, 3) for x in dr_sensitivities(n_covariates=16, n_outcomes=3)]
+    [2.385, 4.153]
     """
     d, o = int(n_covariates), int(n_outcomes)
     if d < 1 or o < 1:
         raise DataError("DR sensitivity needs at least one covariate and one outcome")
-    return math.sqrt(1 + o / 4 + d / 4 + o / 16 + (d * (d + 1) / 2 + d * o) / 16)
+    cells = math.sqrt(1 + o / 4 + d / 4 + o / 16)
+    slope = math.sqrt(1 + o / 4 + d / 4 + (d * (d + 1) / 2 + d * o) / 16)
+    return cells, slope
 
 
-#: The arrays of a DR release, in the estimator's uncentred form.
-RELEASE_ARRAYS = ("count", "sum_y", "sumsq_y", "sum_z", "zz", "zy")
+#: Share of the DR budget (zCDP ρ) spent on the slope release. Equal shares: stated, not tuned.
+SLOPE_SHARE = 0.5
+
+
+def dr_sigmas(
+    *,
+    epsilon: float,
+    delta: float,
+    n_covariates: int,
+    n_outcomes: int,
+    slope_share: float = SLOPE_SHARE,
+    accountant: str | None = None,
+) -> tuple[float, float]:
+    r"""Noise SD ``(cells, slope)`` of the two DR releases together costing at most ``epsilon``
+    at ``delta``: the multiplier μ of one release at the whole budget
+    (:func:`shared.dp.plan.single_release_multiplier`, the ledger's accountant) split by ρ
+    shares, :math:`\mu_i = \mu/\sqrt{s_i}` — Gaussian mechanisms compose by adding
+    :math:`1/\mu^2` (GDP) or ρ (zCDP/RDP), so the pair costs exactly what one release at μ does
+    (checked against the accountant in ``tests/unit/test_psm_dr.py``).
+    """
+    from shared.dp.accounting import DEFAULT_ACCOUNTANT
+    from shared.dp.plan import single_release_multiplier
+
+    if not 0 < slope_share < 1:
+        raise DataError(f"slope_share must lie in (0, 1), got {slope_share!r}")
+    mu = single_release_multiplier(epsilon=epsilon, delta=delta, accountant=accountant or DEFAULT_ACCOUNTANT)
+    d_cells, d_slope = dr_sensitivities(n_covariates=n_covariates, n_outcomes=n_outcomes)
+    return mu / math.sqrt(1 - slope_share) * d_cells, mu / math.sqrt(slope_share) * d_slope
+
+
+#: The centred arrays of each DR release (:func:`_centre`); the slope release holds the
+#: control arm's cells only.
+CELL_ARRAYS = ("count", "sum_y", "sumsq_y", "sum_z")
+SLOPE_ARRAYS = ("count", "sum_y", "sum_z", "zz", "zy")
 
 
 def _centre(stats: DrStats) -> dict[str, np.ndarray]:
-    """The release's centred arrays (bounded per row as :func:`dr_sensitivity` says)."""
+    """The release's centred arrays (bounded per row as :func:`dr_sensitivities` says)."""
     t = stats.table
     n = t.count
     n_c = t.count[:, 0].sum()
@@ -319,52 +399,130 @@ def _uncentre(c: dict[str, np.ndarray], edges: np.ndarray, sumsq_z: np.ndarray) 
     return DrStats(table=table, zz=(zz + zz.T) / 2, zy=zy)
 
 
-def release_dr(stats: DrStats, *, sigma: float, rng: np.random.Generator) -> DrStats:
-    """The Gaussian release of ``stats`` with noise SD ``sigma`` on every centred entry
-    (σ = μ·:func:`dr_sensitivity`; ``zz`` gets one draw per distinct entry, mirrored).
+@dataclass(frozen=True)
+class DrRelease:
+    """The two DR releases as the coordinator sees them (uncentred), and their noise SDs.
 
-    ``sumsq_z`` (balance) is not part of this release and is returned as zeros: its own
-    release (``psm_balance``) is charged separately.
+    ``cells``: the stratified table (its ``zz``/``zy`` are not released and hold zeros);
+    ``slope``: the control cells' copy (treated cells zero; Σy² taken from ``cells``, read only
+    for the residual variance) with the controls' ``zz`` and ``zy``.
     """
-    from shared.dp.mechanisms import gaussian_noise
 
+    cells: DrStats
+    slope: DrStats
+    sigma_cells: float
+    sigma_slope: float
+
+
+def _noisy(centred: dict[str, np.ndarray], sigma: float, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """``centred`` plus N(0, σ²) on every entry; ``zz`` one draw per distinct entry, mirrored."""
+    out = {k: v + rng.normal(0.0, sigma, size=np.shape(v)) for k, v in centred.items() if k != "zz"}
+    if "zz" in centred:
+        upper = np.triu(rng.normal(0.0, sigma, size=np.shape(centred["zz"])))
+        out["zz"] = centred["zz"] + upper + np.triu(upper, 1).T
+    return out
+
+
+def _release_from_centred(
+    cells: dict[str, np.ndarray], slope: dict[str, np.ndarray], edges, sigma_cells: float, sigma_slope: float
+) -> DrRelease:
+    """The coordinator's :class:`DrRelease` from the two released centred array sets
+    (``slope`` holds the control arm only: ``count (S,)``, ``sum_y (S, O)``, ``sum_z (S, D)``)."""
+    d, o = cells["sum_z"].shape[-1], cells["sum_y"].shape[-1]
+    zero_dd, zero_do = np.zeros((d, d)), np.zeros((d, o))
+    sumsq_z = np.zeros_like(cells["sum_z"])  # the balance's own release, not this one
+    c = _uncentre({**cells, "zz": zero_dd, "zy": zero_do}, edges, sumsq_z)
+    arm = np.zeros_like(cells["count"])
+    arm[:, 0] = slope["count"]
+    sy, sz = np.zeros_like(cells["sum_y"]), np.zeros_like(cells["sum_z"])
+    sy[:, 0], sz[:, 0] = slope["sum_y"], slope["sum_z"]
+    syy = np.zeros_like(cells["sumsq_y"])
+    syy[:, 0] = cells["sumsq_y"][:, 0]
+    s = _uncentre(
+        {"count": arm, "sum_y": sy, "sumsq_y": syy, "sum_z": sz, "zz": slope["zz"], "zy": slope["zy"]},
+        edges,
+        sumsq_z,
+    )
+    return DrRelease(
+        cells=DrStats(table=c.table, zz=zero_dd, zy=zero_do),
+        slope=s,
+        sigma_cells=float(sigma_cells),
+        sigma_slope=float(sigma_slope),
+    )
+
+
+def _split(stats: DrStats) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The exact centred arrays of the two releases."""
     c = _centre(stats)
-    noisy = {k: v + gaussian_noise(shape=v.shape, sigma=sigma, rng=rng) for k, v in c.items() if k != "zz"}
-    upper = np.triu(gaussian_noise(shape=c["zz"].shape, sigma=sigma, rng=rng))
-    noisy["zz"] = c["zz"] + upper + np.triu(upper, 1).T
-    return _uncentre(noisy, stats.table.edges, np.zeros_like(stats.table.sumsq_z))
+    cells = {k: c[k] for k in CELL_ARRAYS}
+    slope = {
+        "count": c["count"][:, 0],
+        "sum_y": c["sum_y"][:, 0],
+        "sum_z": c["sum_z"][:, 0],
+        "zz": c["zz"],
+        "zy": c["zy"],
+    }
+    return cells, slope
+
+
+def release_dr(
+    stats: DrStats, *, sigma_cells: float, sigma_slope: float, rng: np.random.Generator
+) -> DrRelease:
+    """The two Gaussian releases of ``stats`` (:func:`dr_sigmas`), noise on every centred
+    entry. ``sumsq_z`` (balance) is not part of them and is returned as zeros: its own release
+    (``psm_balance``) is charged separately."""
+    cells, slope = _split(stats)
+    return _release_from_centred(
+        _noisy(cells, sigma_cells, rng),
+        _noisy(slope, sigma_slope, rng),
+        stats.table.edges,
+        sigma_cells,
+        sigma_slope,
+    )
+
+
+def _estimate_release(rel: DrRelease, outcomes, min_cell: float, se_privacy=None) -> tuple[DrEstimate, ...]:
+    return estimate_dr(
+        stats=rel.cells,
+        outcomes=outcomes,
+        min_cell=min_cell,
+        se_privacy=se_privacy,
+        ridge=dp_ridge(sigma=rel.sigma_slope, n_covariates=rel.cells.table.n_covariates),
+        slope=rel.slope,
+        slope_noise_sd=rel.sigma_slope,
+    )
 
 
 def redraw_dr_se(
-    released: DrStats,
-    *,
-    outcomes: Sequence[Outcome],
-    sigma: float,
-    min_cell: float,
-    n_draws: int,
-    rng,
-    ridge: float = 0.0,
+    rel: DrRelease, *, outcomes: Sequence[Outcome], min_cell: float, n_draws: int, rng
 ) -> np.ndarray:
-    """Privacy SE per outcome (original units): SD of the DR estimate over fresh noise of the
-    release's σ added to the released arrays (:func:`shared.dp.uncertainty.redraw_se`)."""
+    """Privacy SE per outcome (original units): a parametric bootstrap — the SD of the DR
+    estimate over fresh noise of both releases' known SDs added to the released arrays
+    (:func:`shared.dp.uncertainty.redraw_se`)."""
     from shared.dp.uncertainty import redraw_se
 
-    edges, sq = released.table.edges, released.table.sumsq_z
-    centred = _centre(released)
+    cells, slope = _split(rel.cells)
+    slope = _split(rel.slope)[1]
+    arrays = {**{f"c.{k}": v for k, v in cells.items()}, **{f"s.{k}": v for k, v in slope.items()}}
+    sigma = {f"c.{k}": rel.sigma_cells for k in cells} | {f"s.{k}": rel.sigma_slope for k in slope}
+    edges = rel.cells.table.edges
 
-    def est(arrays: dict[str, np.ndarray]) -> np.ndarray:
-        arrays = dict(arrays)
-        upper = np.triu(arrays["zz"])  # one draw per distinct entry, mirrored, as released
-        arrays["zz"] = upper + np.triu(upper, 1).T
-        return np.array(
-            [
-                e.att
-                for e in estimate_dr(
-                    stats=_uncentre(arrays, edges, sq), outcomes=outcomes, min_cell=min_cell, ridge=ridge
-                )
-            ]
-        )
+    def est(a: dict[str, np.ndarray]) -> np.ndarray:
+        upper = np.triu(a["s.zz"])  # one draw per distinct entry, mirrored, as released
+        s = {k[2:]: v for k, v in a.items() if k.startswith("s.")}
+        s["zz"] = upper + np.triu(upper, 1).T
+        c = {k[2:]: v for k, v in a.items() if k.startswith("c.")}
+        r = _release_from_centred(c, s, edges, rel.sigma_cells, rel.sigma_slope)
+        return np.array([e.att for e in _estimate_release(r, outcomes, min_cell)])
 
-    return redraw_se(
-        arrays=centred, sigma={k: sigma for k in RELEASE_ARRAYS}, estimate=est, n_draws=n_draws, rng=rng
-    )
+    return redraw_se(arrays=arrays, sigma=sigma, estimate=est, n_draws=n_draws, rng=rng)
+
+
+def estimate_dr_release(
+    rel: DrRelease, *, outcomes: Sequence[Outcome], min_cell: float, n_draws: int = 40, rng
+) -> tuple[DrEstimate, ...]:
+    """The DP DR estimate of :func:`release_dr`'s two releases: slope from ``slope`` with the
+    centring's noise mean added back and :func:`dp_ridge`, imbalance and stratified ATT from
+    ``cells``, SE = sampling ⊕ :func:`redraw_dr_se` (``n_draws`` re-draws from ``rng``)."""
+    se_priv = redraw_dr_se(rel, outcomes=outcomes, min_cell=min_cell, n_draws=n_draws, rng=rng)
+    return _estimate_release(rel, outcomes, min_cell, se_privacy=list(se_priv))
