@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11rehealth_v1.proto\x12\x0brehealth.v1\x1a google/protobuf/descriptor.proto\">\n\x0bSignedGrant\x12\x0c\n\x04\x62ody\x18\x01 \x01(\t\x12\x11\n\tsignature\x18\x02 \x01(\t\x12\x0e\n\x06key_id\x18\x03 \x01(\t\"X\n\tCovariate\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02lo\x18\x02 \x01(\x01\x12\n\n\x02hi\x18\x03 \x01(\x01\x12%\n\x04kind\x18\x04 \x01(\x0e\x32\x17.rehealth.v1.ColumnKind\"W\n\x07Outcome\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03\x63\x61p\x18\x02 \x01(\x01\x12\n\n\x02lo\x18\x03 \x01(\x01\x12%\n\x04kind\x18\x04 \x01(\x0e\x32\x17.rehealth.v1.ColumnKind\"S\n\x0b\x42udgetSplit\x12\x10\n\x08\x64\x65scribe\x18\x01 \x01(\x01\x12\x0e\n\x06ps_fit\x18\x02 \x01(\x01\x12\x11\n\tpsm_stats\x18\x03 \x01(\x01\x12\x0f\n\x07\x62\x61lance\x18\x04 \x01(\x01\"\x8c\x02\n\x0cPrivacyQuery\x12\x0f\n\x07\x65psilon\x18\x01 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x02 \x01(\x01\x12\'\n\x05split\x18\x03 \x01(\x0b\x32\x18.rehealth.v1.BudgetSplit\x12\x13\n\x0bn_ps_rounds\x18\x04 \x01(\r\x12+\n\naccountant\x18\x05 \x01(\x0e\x32\x17.rehealth.v1.Accountant\x12)\n\x07resplit\x18\x06 \x01(\x0b\x32\x18.rehealth.v1.BudgetSplit\x12\x19\n\x0csecure_nodes\x18\x07 \x01(\rH\x00\x88\x01\x01\x12\x1a\n\x12secure_aggregation\x18\x08 \x01(\x08\x42\x0f\n\r_secure_nodes\"\n\n\x08\x44\x65scribe\"\x15\n\x05PsFit\x12\x0c\n\x04\x62\x65ta\x18\x01 \x03(\x01\"\'\n\x08PsmStats\x12\x0c\n\x04\x62\x65ta\x18\x01 \x03(\x01\x12\r\n\x05\x65\x64ges\x18\x02 \x03(\x01\"Y\n\x07PsmWsum\x12\x0c\n\x04\x62\x65ta\x18\x01 \x03(\x01\x12\r\n\x05\x65\x64ges\x18\x02 \x03(\x01\x12\r\n\x05\x63ount\x18\x03 \x03(\x01\x12\x12\n\nmax_weight\x18\x04 \x01(\x01\x12\x0e\n\x06\x63\x65nter\x18\x05 \x03(\x01\"\x19\n\tScoreHist\x12\x0c\n\x04\x62\x65ta\x18\x01 \x03(\x01\"\t\n\x07Reserve\"\x08\n\x06\x43\x61ncel\"\xb6\x02\n\tOperation\x12)\n\x08\x64\x65scribe\x18\x01 \x01(\x0b\x32\x15.rehealth.v1.DescribeH\x00\x12$\n\x06ps_fit\x18\x02 \x01(\x0b\x32\x12.rehealth.v1.PsFitH\x00\x12*\n\tpsm_stats\x18\x03 \x01(\x0b\x32\x15.rehealth.v1.PsmStatsH\x00\x12,\n\nscore_hist\x18\x04 \x01(\x0b\x32\x16.rehealth.v1.ScoreHistH\x00\x12\'\n\x07reserve\x18\x05 \x01(\x0b\x32\x14.rehealth.v1.ReserveH\x00\x12%\n\x06\x63\x61ncel\x18\x06 \x01(\x0b\x32\x13.rehealth.v1.CancelH\x00\x12(\n\x08psm_wsum\x18\x07 \x01(\x0b\x32\x14.rehealth.v1.PsmWsumH\x00\x42\x04\n\x02op\"\xd3\x02\n\nStudyQuery\x12\x10\n\x08protocol\x18\x01 \x01(\r\x12\x10\n\x08study_id\x18\x02 \x01(\t\x12\x18\n\x10treatment_column\x18\x03 \x01(\t\x12*\n\ncovariates\x18\x04 \x03(\x0b\x32\x16.rehealth.v1.Covariate\x12&\n\x08outcomes\x18\x05 \x03(\x0b\x32\x14.rehealth.v1.Outcome\x12#\n\x03ops\x18\x06 \x03(\x0b\x32\x16.rehealth.v1.Operation\x12\r\n\x05sites\x18\x07 \x03(\t\x12*\n\x07privacy\x18\x08 \x01(\x0b\x32\x19.rehealth.v1.PrivacyQuery\x12\x19\n\x0csecure_scale\x18\t \x01(\x01H\x00\x88\x01\x01\x12\'\n\x05grant\x18\n \x01(\x0b\x32\x18.rehealth.v1.SignedGrantB\x0f\n\r_secure_scale\"\'\n\x06Tensor\x12\x0e\n\x06values\x18\x01 \x03(\x01\x12\r\n\x05shape\x18\x02 \x03(\r\"|\n\rDescribeReply\x12\"\n\x05\x63ount\x18\x01 \x01(\x0b\x32\x13.rehealth.v1.Tensor\x12\"\n\x05sum_z\x18\x02 \x01(\x0b\x32\x13.rehealth.v1.Tensor\x12#\n\x06sum_zz\x18\x03 \x01(\x0b\x32\x13.rehealth.v1.Tensor\"\x91\x01\n\nPsFitReply\x12\x1e\n\x01n\x18\x01 \x01(\x0b\x32\x13.rehealth.v1.Tensor\x12\x1e\n\x01g\x18\x02 \x01(\x0b\x32\x13.rehealth.v1.Tensor\x12\x1e\n\x01H\x18\x03 \x01(\x0b\x32\x13.rehealth.v1.Tensor\x12#\n\x06loglik\x18\x04 \x01(\x0b\x32\x13.rehealth.v1.Tensor\"\xeb\x01\n\rPsmStatsReply\x12\"\n\x05\x65\x64ges\x18\x01 \x01(\x0b\x32\x13.rehealth.v1.Tensor\x12\"\n\x05\x63ount\x18\x02 \x01(\x0b\x32\x13.rehealth.v1.Tensor\x12\"\n\x05sum_y\x18\x03 \x01(\x0b\x32\x13.rehealth.v1.Tensor\x12$\n\x07sumsq_y\x18\x04 \x01(\x0b\x32\x13.rehealth.v1.Tensor\x12\"\n\x05sum_z\x18\x05 \x01(\x0b\x32\x13.rehealth.v1.Tensor\x12$\n\x07sumsq_z\x18\x06 \x01(\x0b\x32\x13.rehealth.v1.Tensor\"4\n\x0eScoreHistReply\x12\"\n\x05\x63ount\x18\x01 \x01(\x0b\x32\x13.rehealth.v1.Tensor\"1\n\x0cPsmWsumReply\x12!\n\x04wsum\x18\x01 \x01(\x0b\x32\x13.rehealth.v1.Tensor\"\xf2\x01\n\x0cStudyAnswers\x12,\n\x08\x64\x65scribe\x18\x01 \x01(\x0b\x32\x1a.rehealth.v1.DescribeReply\x12\'\n\x06ps_fit\x18\x02 \x01(\x0b\x32\x17.rehealth.v1.PsFitReply\x12-\n\tpsm_stats\x18\x03 \x01(\x0b\x32\x1a.rehealth.v1.PsmStatsReply\x12/\n\nscore_hist\x18\x04 \x01(\x0b\x32\x1b.rehealth.v1.ScoreHistReply\x12+\n\x08psm_wsum\x18\x05 \x01(\x0b\x32\x19.rehealth.v1.PsmWsumReply\"\x99\x02\n\tReplyMeta\x12\x0c\n\x04site\x18\x01 \x01(\t\x12\x0f\n\x07seconds\x18\x02 \x01(\x01\x12\x0b\n\x03ops\x18\x03 \x03(\t\x12\x14\n\x07\x64\x61taset\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\x1a\n\repsilon_spent\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12\x1b\n\x0e\x65psilon_budget\x18\x06 \x01(\x01H\x02\x88\x01\x01\x12\x1d\n\x10\x65psilon_reserved\x18\x07 \x01(\x01H\x03\x88\x01\x01\x12\x1a\n\repsilon_study\x18\x08 \x01(\x01H\x04\x88\x01\x01\x42\n\n\x08_datasetB\x10\n\x0e_epsilon_spentB\x11\n\x0f_epsilon_budgetB\x13\n\x11_epsilon_reservedB\x10\n\x0e_epsilon_study\"p\n\nStudyReply\x12\x10\n\x08protocol\x18\x01 \x01(\r\x12$\n\x04meta\x18\x02 \x01(\x0b\x32\x16.rehealth.v1.ReplyMeta\x12*\n\x07\x61nswers\x18\x03 \x01(\x0b\x32\x19.rehealth.v1.StudyAnswers\"U\n\x0bRiskRequest\x12\x10\n\x08protocol\x18\x01 \x01(\r\x12\x0b\n\x03job\x18\x02 \x01(\t\x12\'\n\x05grant\x18\x03 \x01(\x0b\x32\x18.rehealth.v1.SignedGrant*:\n\x08Protocol\x12\x18\n\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\x14\n\x10PROTOCOL_VERSION\x10\x07*\xfd\x03\n\tErrorCode\x12\x1a\n\x16\x45RROR_CODE_UNSPECIFIED\x10\x00\x12*\n\x12\x45RROR_CODE_REFUSED\x10\xa1\x1f\x1a\x11\x8a\xb5\x18\rquery refused\x12O\n\x0f\x45RROR_CODE_DATA\x10\xa2\x1f\x1a\x39\x8a\xb5\x18\x35the site\'s data could not be read; see the node\'s log\x12@\n\x11\x45RROR_CODE_BUDGET\x10\xa3\x1f\x1a(\x8a\xb5\x18$refused by the node\'s privacy policy\x12=\n\x17\x45RROR_CODE_NOT_IN_STUDY\x10\xa4\x1f\x1a\x1f\x8a\xb5\x18\x1bnot among the study\'s sites\x12[\n\x17\x45RROR_CODE_UNAUTHORIZED\x10\xa5\x1f\x1a=\x8a\xb5\x18\x39query not authorised by the node\'s pinned coordinator key\x12\x37\n\x13\x45RROR_CODE_PROTOCOL\x10\xa6\x1f\x1a\x1d\x8a\xb5\x18\x19protocol version mismatch\x12@\n\x13\x45RROR_CODE_INTERNAL\x10\x88\'\x1a&\x8a\xb5\x18\"internal error; see the node\'s log*]\n\nColumnKind\x12\x1b\n\x17\x43OLUMN_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43OLUMN_KIND_CONTINUOUS\x10\x01\x12\x16\n\x12\x43OLUMN_KIND_BINARY\x10\x02*i\n\nAccountant\x12\x1a\n\x16\x41\x43\x43OUNTANT_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x41\x43\x43OUNTANT_RDP\x10\x01\x12\x12\n\x0e\x41\x43\x43OUNTANT_PRV\x10\x02\x12\x17\n\x13\x41\x43\x43OUNTANT_GAUSSIAN\x10\x03:1\n\x04text\x12!.google.protobuf.EnumValueOptions\x18\xd1\x86\x03 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11rehealth_v1.proto\x12\x0brehealth.v1\x1a google/protobuf/descriptor.proto\">\n\x0bSignedGrant\x12\x0c\n\x04\x62ody\x18\x01 \x01(\t\x12\x11\n\tsignature\x18\x02 \x01(\t\x12\x0e\n\x06key_id\x18\x03 \x01(\t\"X\n\tCovariate\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02lo\x18\x02 \x01(\x01\x12\n\n\x02hi\x18\x03 \x01(\x01\x12%\n\x04kind\x18\x04 \x01(\x0e\x32\x17.rehealth.v1.ColumnKind\"W\n\x07Outcome\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03\x63\x61p\x18\x02 \x01(\x01\x12\n\n\x02lo\x18\x03 \x01(\x01\x12%\n\x04kind\x18\x04 \x01(\x0e\x32\x17.rehealth.v1.ColumnKind\"S\n\x0b\x42udgetSplit\x12\x10\n\x08\x64\x65scribe\x18\x01 \x01(\x01\x12\x0e\n\x06ps_fit\x18\x02 \x01(\x01\x12\x11\n\tpsm_stats\x18\x03 \x01(\x01\x12\x0f\n\x07\x62\x61lance\x18\x04 \x01(\x01\"\x8c\x02\n\x0cPrivacyQuery\x12\x0f\n\x07\x65psilon\x18\x01 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x02 \x01(\x01\x12\'\n\x05split\x18\x03 \x01(\x0b\x32\x18.rehealth.v1.BudgetSplit\x12\x13\n\x0bn_ps_rounds\x18\x04 \x01(\r\x12+\n\naccountant\x18\x05 \x01(\x0e\x32\x17.rehealth.v1.Accountant\x12)\n\x07resplit\x18\x06 \x01(\x0b\x32\x18.rehealth.v1.BudgetSplit\x12\x19\n\x0csecure_nodes\x18\x07 \x01(\rH\x00\x88\x01\x01\x12\x1a\n\x12secure_aggregation\x18\x08 \x01(\x08\x42\x0f\n\r_secure_nodes\"\n\n\x08\x44\x65scribe\"\x15\n\x05PsFit\x12\x0c\n\x04\x62\x65ta\x18\x01 \x03(\x01\"6\n\x08PsmStats\x12\x0c\n\x04\x62\x65ta\x18\x01 \x03(\x01\x12\r\n\x05\x65\x64ges\x18\x02 \x03(\x01\x12\r\n\x05slope\x18\x03 \x01(\x08\"Y\n\x07PsmWsum\x12\x0c\n\x04\x62\x65ta\x18\x01 \x03(\x01\x12\r\n\x05\x65\x64ges\x18\x02 \x03(\x01\x12\r\n\x05\x63ount\x18\x03 \x03(\x01\x12\x12\n\nmax_weight\x18\x04 \x01(\x01\x12\x0e\n\x06\x63\x65nter\x18\x05 \x03(\x01\"\x19\n\tScoreHist\x12\x0c\n\x04\x62\x65ta\x18\x01 \x03(\x01\"\t\n\x07Reserve\"\x08\n\x06\x43\x61ncel\"\xb6\x02\n\tOperation\x12)\n\x08\x64\x65scribe\x18\x01 \x01(\x0b\x32\x15.rehealth.v1.DescribeH\x00\x12$\n\x06ps_fit\x18\x02 \x01(\x0b\x32\x12.rehealth.v1.PsFitH\x00\x12*\n\tpsm_stats\x18\x03 \x01(\x0b\x32\x15.rehealth.v1.PsmStatsH\x00\x12,\n\nscore_hist\x18\x04 \x01(\x0b\x32\x16.rehealth.v1.ScoreHistH\x00\x12\'\n\x07reserve\x18\x05 \x01(\x0b\x32\x14.rehealth.v1.ReserveH\x00\x12%\n\x06\x63\x61ncel\x18\x06 \x01(\x0b\x32\x13.rehealth.v1.CancelH\x00\x12(\n\x08psm_wsum\x18\x07 \x01(\x0b\x32\x14.rehealth.v1.PsmWsumH\x00\x42\x04\n\x02op\"\xd3\x02\n\nStudyQuery\x12\x10\n\x08protocol\x18\x01 \x01(\r\x12\x10\n\x08study_id\x18\x02 \x01(\t\x12\x18\n\x10treatment_column\x18\x03 \x01(\t\x12*\n\ncovariates\x18\x04 \x03(\x0b\x32\x16.rehealth.v1.Covariate\x12&\n\x08outcomes\x18\x05 \x03(\x0b\x32\x14.rehealth.v1.Outcome\x12#\n\x03ops\x18\x06 \x03(\x0b\x32\x16.rehealth.v1.Operation\x12\r\n\x05sites\x18\x07 \x03(\t\x12*\n\x07privacy\x18\x08 \x01(\x0b\x32\x19.rehealth.v1.PrivacyQuery\x12\x19\n\x0csecure_scale\x18\t \x01(\x01H\x00\x88\x01\x01\x12\'\n\x05grant\x18\n \x01(\x0b\x32\x18.rehealth.v1.SignedGrantB\x0f\n\r_secure_scale\"\'\n\x06Tensor\x12\x0e\n\x06values\x18\x01 \x03(\x01\x12\r\n\x05shape\x18\x02 \x03(\r\"|\n\rDescribeReply\x12\"\n\x05\x63ount\x18\x01 \x01(\x0b\x32\x13.rehealth.v1.Tensor\x12\"\n\x05sum_z\x18\x02 \x01(\x0b\x32\x13.rehealth.v1.Tensor\x12#\n\x06sum_zz\x18\x03 \x01(\x0b\x32\x13.rehealth.v1.Tensor\"\x91\x01\n\nPsFitReply\x12\x1e\n\x01n\x18\x01 \x01(\x0b\x32\x13.rehealth.v1.Tensor\x12\x1e\n\x01g\x18\x02 \x01(\x0b\x32\x13.rehealth.v1.Tensor\x12\x1e\n\x01H\x18\x03 \x01(\x0b\x32\x13.rehealth.v1.Tensor\x12#\n\x06loglik\x18\x04 \x01(\x0b\x32\x13.rehealth.v1.Tensor\"\xb1\x02\n\rPsmStatsReply\x12\"\n\x05\x65\x64ges\x18\x01 \x01(\x0b\x32\x13.rehealth.v1.Tensor\x12\"\n\x05\x63ount\x18\x02 \x01(\x0b\x32\x13.rehealth.v1.Tensor\x12\"\n\x05sum_y\x18\x03 \x01(\x0b\x32\x13.rehealth.v1.Tensor\x12$\n\x07sumsq_y\x18\x04 \x01(\x0b\x32\x13.rehealth.v1.Tensor\x12\"\n\x05sum_z\x18\x05 \x01(\x0b\x32\x13.rehealth.v1.Tensor\x12$\n\x07sumsq_z\x18\x06 \x01(\x0b\x32\x13.rehealth.v1.Tensor\x12!\n\x04zz_c\x18\x07 \x01(\x0b\x32\x13.rehealth.v1.Tensor\x12!\n\x04zy_c\x18\x08 \x01(\x0b\x32\x13.rehealth.v1.Tensor\"4\n\x0eScoreHistReply\x12\"\n\x05\x63ount\x18\x01 \x01(\x0b\x32\x13.rehealth.v1.Tensor\"1\n\x0cPsmWsumReply\x12!\n\x04wsum\x18\x01 \x01(\x0b\x32\x13.rehealth.v1.Tensor\"\xf2\x01\n\x0cStudyAnswers\x12,\n\x08\x64\x65scribe\x18\x01 \x01(\x0b\x32\x1a.rehealth.v1.DescribeReply\x12\'\n\x06ps_fit\x18\x02 \x01(\x0b\x32\x17.rehealth.v1.PsFitReply\x12-\n\tpsm_stats\x18\x03 \x01(\x0b\x32\x1a.rehealth.v1.PsmStatsReply\x12/\n\nscore_hist\x18\x04 \x01(\x0b\x32\x1b.rehealth.v1.ScoreHistReply\x12+\n\x08psm_wsum\x18\x05 \x01(\x0b\x32\x19.rehealth.v1.PsmWsumReply\"\x99\x02\n\tReplyMeta\x12\x0c\n\x04site\x18\x01 \x01(\t\x12\x0f\n\x07seconds\x18\x02 \x01(\x01\x12\x0b\n\x03ops\x18\x03 \x03(\t\x12\x14\n\x07\x64\x61taset\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\x1a\n\repsilon_spent\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12\x1b\n\x0e\x65psilon_budget\x18\x06 \x01(\x01H\x02\x88\x01\x01\x12\x1d\n\x10\x65psilon_reserved\x18\x07 \x01(\x01H\x03\x88\x01\x01\x12\x1a\n\repsilon_study\x18\x08 \x01(\x01H\x04\x88\x01\x01\x42\n\n\x08_datasetB\x10\n\x0e_epsilon_spentB\x11\n\x0f_epsilon_budgetB\x13\n\x11_epsilon_reservedB\x10\n\x0e_epsilon_study\"p\n\nStudyReply\x12\x10\n\x08protocol\x18\x01 \x01(\r\x12$\n\x04meta\x18\x02 \x01(\x0b\x32\x16.rehealth.v1.ReplyMeta\x12*\n\x07\x61nswers\x18\x03 \x01(\x0b\x32\x19.rehealth.v1.StudyAnswers\"U\n\x0bRiskRequest\x12\x10\n\x08protocol\x18\x01 \x01(\r\x12\x0b\n\x03job\x18\x02 \x01(\t\x12\'\n\x05grant\x18\x03 \x01(\x0b\x32\x18.rehealth.v1.SignedGrant*:\n\x08Protocol\x12\x18\n\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\x14\n\x10PROTOCOL_VERSION\x10\x07*\xfd\x03\n\tErrorCode\x12\x1a\n\x16\x45RROR_CODE_UNSPECIFIED\x10\x00\x12*\n\x12\x45RROR_CODE_REFUSED\x10\xa1\x1f\x1a\x11\x8a\xb5\x18\rquery refused\x12O\n\x0f\x45RROR_CODE_DATA\x10\xa2\x1f\x1a\x39\x8a\xb5\x18\x35the site\'s data could not be read; see the node\'s log\x12@\n\x11\x45RROR_CODE_BUDGET\x10\xa3\x1f\x1a(\x8a\xb5\x18$refused by the node\'s privacy policy\x12=\n\x17\x45RROR_CODE_NOT_IN_STUDY\x10\xa4\x1f\x1a\x1f\x8a\xb5\x18\x1bnot among the study\'s sites\x12[\n\x17\x45RROR_CODE_UNAUTHORIZED\x10\xa5\x1f\x1a=\x8a\xb5\x18\x39query not authorised by the node\'s pinned coordinator key\x12\x37\n\x13\x45RROR_CODE_PROTOCOL\x10\xa6\x1f\x1a\x1d\x8a\xb5\x18\x19protocol version mismatch\x12@\n\x13\x45RROR_CODE_INTERNAL\x10\x88\'\x1a&\x8a\xb5\x18\"internal error; see the node\'s log*]\n\nColumnKind\x12\x1b\n\x17\x43OLUMN_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43OLUMN_KIND_CONTINUOUS\x10\x01\x12\x16\n\x12\x43OLUMN_KIND_BINARY\x10\x02*i\n\nAccountant\x12\x1a\n\x16\x41\x43\x43OUNTANT_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x41\x43\x43OUNTANT_RDP\x10\x01\x12\x12\n\x0e\x41\x43\x43OUNTANT_PRV\x10\x02\x12\x17\n\x13\x41\x43\x43OUNTANT_GAUSSIAN\x10\x03:1\n\x04text\x12!.google.protobuf.EnumValueOptions\x18\xd1\x86\x03 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,14 +46,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ERRORCODE'].values_by_name["ERROR_CODE_PROTOCOL"]._serialized_options = b'\212\265\030\031protocol version mismatch'
   _globals['_ERRORCODE'].values_by_name["ERROR_CODE_INTERNAL"]._loaded_options = None
   _globals['_ERRORCODE'].values_by_name["ERROR_CODE_INTERNAL"]._serialized_options = b'\212\265\030\"internal error; see the node\'s log'
-  _globals['_PROTOCOL']._serialized_start=2925
-  _globals['_PROTOCOL']._serialized_end=2983
-  _globals['_ERRORCODE']._serialized_start=2986
-  _globals['_ERRORCODE']._serialized_end=3495
-  _globals['_COLUMNKIND']._serialized_start=3497
-  _globals['_COLUMNKIND']._serialized_end=3590
-  _globals['_ACCOUNTANT']._serialized_start=3592
-  _globals['_ACCOUNTANT']._serialized_end=3697
+  _globals['_PROTOCOL']._serialized_start=3010
+  _globals['_PROTOCOL']._serialized_end=3068
+  _globals['_ERRORCODE']._serialized_start=3071
+  _globals['_ERRORCODE']._serialized_end=3580
+  _globals['_COLUMNKIND']._serialized_start=3582
+  _globals['_COLUMNKIND']._serialized_end=3675
+  _globals['_ACCOUNTANT']._serialized_start=3677
+  _globals['_ACCOUNTANT']._serialized_end=3782
   _globals['_SIGNEDGRANT']._serialized_start=68
   _globals['_SIGNEDGRANT']._serialized_end=130
   _globals['_COVARIATE']._serialized_start=132
@@ -69,37 +69,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PSFIT']._serialized_start=679
   _globals['_PSFIT']._serialized_end=700
   _globals['_PSMSTATS']._serialized_start=702
-  _globals['_PSMSTATS']._serialized_end=741
-  _globals['_PSMWSUM']._serialized_start=743
-  _globals['_PSMWSUM']._serialized_end=832
-  _globals['_SCOREHIST']._serialized_start=834
-  _globals['_SCOREHIST']._serialized_end=859
-  _globals['_RESERVE']._serialized_start=861
-  _globals['_RESERVE']._serialized_end=870
-  _globals['_CANCEL']._serialized_start=872
-  _globals['_CANCEL']._serialized_end=880
-  _globals['_OPERATION']._serialized_start=883
-  _globals['_OPERATION']._serialized_end=1193
-  _globals['_STUDYQUERY']._serialized_start=1196
-  _globals['_STUDYQUERY']._serialized_end=1535
-  _globals['_TENSOR']._serialized_start=1537
-  _globals['_TENSOR']._serialized_end=1576
-  _globals['_DESCRIBEREPLY']._serialized_start=1578
-  _globals['_DESCRIBEREPLY']._serialized_end=1702
-  _globals['_PSFITREPLY']._serialized_start=1705
-  _globals['_PSFITREPLY']._serialized_end=1850
-  _globals['_PSMSTATSREPLY']._serialized_start=1853
-  _globals['_PSMSTATSREPLY']._serialized_end=2088
-  _globals['_SCOREHISTREPLY']._serialized_start=2090
-  _globals['_SCOREHISTREPLY']._serialized_end=2142
-  _globals['_PSMWSUMREPLY']._serialized_start=2144
-  _globals['_PSMWSUMREPLY']._serialized_end=2193
-  _globals['_STUDYANSWERS']._serialized_start=2196
-  _globals['_STUDYANSWERS']._serialized_end=2438
-  _globals['_REPLYMETA']._serialized_start=2441
-  _globals['_REPLYMETA']._serialized_end=2722
-  _globals['_STUDYREPLY']._serialized_start=2724
-  _globals['_STUDYREPLY']._serialized_end=2836
-  _globals['_RISKREQUEST']._serialized_start=2838
-  _globals['_RISKREQUEST']._serialized_end=2923
+  _globals['_PSMSTATS']._serialized_end=756
+  _globals['_PSMWSUM']._serialized_start=758
+  _globals['_PSMWSUM']._serialized_end=847
+  _globals['_SCOREHIST']._serialized_start=849
+  _globals['_SCOREHIST']._serialized_end=874
+  _globals['_RESERVE']._serialized_start=876
+  _globals['_RESERVE']._serialized_end=885
+  _globals['_CANCEL']._serialized_start=887
+  _globals['_CANCEL']._serialized_end=895
+  _globals['_OPERATION']._serialized_start=898
+  _globals['_OPERATION']._serialized_end=1208
+  _globals['_STUDYQUERY']._serialized_start=1211
+  _globals['_STUDYQUERY']._serialized_end=1550
+  _globals['_TENSOR']._serialized_start=1552
+  _globals['_TENSOR']._serialized_end=1591
+  _globals['_DESCRIBEREPLY']._serialized_start=1593
+  _globals['_DESCRIBEREPLY']._serialized_end=1717
+  _globals['_PSFITREPLY']._serialized_start=1720
+  _globals['_PSFITREPLY']._serialized_end=1865
+  _globals['_PSMSTATSREPLY']._serialized_start=1868
+  _globals['_PSMSTATSREPLY']._serialized_end=2173
+  _globals['_SCOREHISTREPLY']._serialized_start=2175
+  _globals['_SCOREHISTREPLY']._serialized_end=2227
+  _globals['_PSMWSUMREPLY']._serialized_start=2229
+  _globals['_PSMWSUMREPLY']._serialized_end=2278
+  _globals['_STUDYANSWERS']._serialized_start=2281
+  _globals['_STUDYANSWERS']._serialized_end=2523
+  _globals['_REPLYMETA']._serialized_start=2526
+  _globals['_REPLYMETA']._serialized_end=2807
+  _globals['_STUDYREPLY']._serialized_start=2809
+  _globals['_STUDYREPLY']._serialized_end=2921
+  _globals['_RISKREQUEST']._serialized_start=2923
+  _globals['_RISKREQUEST']._serialized_end=3008
 # @@protoc_insertion_point(module_scope)

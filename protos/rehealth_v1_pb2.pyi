@@ -133,12 +133,14 @@ class PsFit(_message.Message):
     def __init__(self, beta: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class PsmStats(_message.Message):
-    __slots__ = ("beta", "edges")
+    __slots__ = ("beta", "edges", "slope")
     BETA_FIELD_NUMBER: _ClassVar[int]
     EDGES_FIELD_NUMBER: _ClassVar[int]
+    SLOPE_FIELD_NUMBER: _ClassVar[int]
     beta: _containers.RepeatedScalarFieldContainer[float]
     edges: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, beta: _Optional[_Iterable[float]] = ..., edges: _Optional[_Iterable[float]] = ...) -> None: ...
+    slope: bool
+    def __init__(self, beta: _Optional[_Iterable[float]] = ..., edges: _Optional[_Iterable[float]] = ..., slope: _Optional[bool] = ...) -> None: ...
 
 class PsmWsum(_message.Message):
     __slots__ = ("beta", "edges", "count", "max_weight", "center")
@@ -241,20 +243,24 @@ class PsFitReply(_message.Message):
     def __init__(self, n: _Optional[_Union[Tensor, _Mapping]] = ..., g: _Optional[_Union[Tensor, _Mapping]] = ..., H: _Optional[_Union[Tensor, _Mapping]] = ..., loglik: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class PsmStatsReply(_message.Message):
-    __slots__ = ("edges", "count", "sum_y", "sumsq_y", "sum_z", "sumsq_z")
+    __slots__ = ("edges", "count", "sum_y", "sumsq_y", "sum_z", "sumsq_z", "zz_c", "zy_c")
     EDGES_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     SUM_Y_FIELD_NUMBER: _ClassVar[int]
     SUMSQ_Y_FIELD_NUMBER: _ClassVar[int]
     SUM_Z_FIELD_NUMBER: _ClassVar[int]
     SUMSQ_Z_FIELD_NUMBER: _ClassVar[int]
+    ZZ_C_FIELD_NUMBER: _ClassVar[int]
+    ZY_C_FIELD_NUMBER: _ClassVar[int]
     edges: Tensor
     count: Tensor
     sum_y: Tensor
     sumsq_y: Tensor
     sum_z: Tensor
     sumsq_z: Tensor
-    def __init__(self, edges: _Optional[_Union[Tensor, _Mapping]] = ..., count: _Optional[_Union[Tensor, _Mapping]] = ..., sum_y: _Optional[_Union[Tensor, _Mapping]] = ..., sumsq_y: _Optional[_Union[Tensor, _Mapping]] = ..., sum_z: _Optional[_Union[Tensor, _Mapping]] = ..., sumsq_z: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    zz_c: Tensor
+    zy_c: Tensor
+    def __init__(self, edges: _Optional[_Union[Tensor, _Mapping]] = ..., count: _Optional[_Union[Tensor, _Mapping]] = ..., sum_y: _Optional[_Union[Tensor, _Mapping]] = ..., sumsq_y: _Optional[_Union[Tensor, _Mapping]] = ..., sum_z: _Optional[_Union[Tensor, _Mapping]] = ..., sumsq_z: _Optional[_Union[Tensor, _Mapping]] = ..., zz_c: _Optional[_Union[Tensor, _Mapping]] = ..., zy_c: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class ScoreHistReply(_message.Message):
     __slots__ = ("count",)

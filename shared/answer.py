@@ -37,6 +37,7 @@ from shared.protocol import (
     ScoreHist,
     StudyQuery,
 )
+from shared.psm.dr import slope_arrays
 from shared.psm.propensity import cov_moments, ps_contribution
 from shared.psm.strata import score_histogram
 from shared.psm.table import psm_table
@@ -131,7 +132,10 @@ def exact_answer(op, query: StudyQuery, data: SiteArrays) -> dict[str, np.ndarra
         return {"count": score_histogram(z=data.z, t=data.t, beta=beta, grid=dp_grid(beta=beta))}
     if isinstance(op, PsmStats):
         edges = check_edges(op.edges)
-        return psm_table(z=data.z, t=data.t, y=data.y, beta=beta, edges=edges).to_arrays()
+        table = psm_table(z=data.z, t=data.t, y=data.y, beta=beta, edges=edges).to_arrays()
+        if op.slope:  # a DR study (exact only, check_query): the controls' cross-products too
+            table.update(slope_arrays(z=data.z, t=data.t, y=data.y, beta=beta, edges=edges))
+        return table
     if isinstance(op, PsmWsum):
         edges = check_edges(op.edges)
         v, c, _ = _wsum_weights(op, n_outcomes=len(query.outcomes))
@@ -205,6 +209,8 @@ def check_query(query: StudyQuery) -> None:
             _check_beta(op.beta, d)
         if isinstance(op, (PsmStats, PsmWsum)):
             check_edges(op.edges)
+        if isinstance(op, PsmStats) and op.slope and query.privacy is not None:
+            raise QueryRefused("psm_stats: the DR cross-products (slope) are not a planned DP release")
         if isinstance(op, PsmWsum):
             if query.privacy is None:
                 raise QueryRefused("psm_wsum is a DP release: an exact study reads the PSM table")
@@ -229,7 +235,9 @@ def suppress_small_cells(op: str, arrays: dict[str, np.ndarray], *, k: int) -> d
     for key, v in out.items():
         if key == "edges":
             continue
-        v[small] = 0.0
+        # the DR cross-products are the controls' per stratum (S, D, ·): a small control cell
+        # takes its rows' with it
+        v[small[:, 0] if key in ("zz_c", "zy_c") else small] = 0.0
     return out
 
 

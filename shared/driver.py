@@ -62,6 +62,7 @@ from shared.dp.workflow import (
 )
 from shared.errors import FederationError, UnresolvedFitError
 from shared.protocol import Cancel, Describe, PsFit, PsmStats, PsmWsum, Reserve, ScoreHist, StudyQuery
+from shared.psm.dr import DrStats, estimate_dr, with_dr
 from shared.psm.estimator import AttEstimate, Check, estimate_att
 from shared.psm.propensity import CovMoments, PropensityFitter, PsStats, initial_beta
 from shared.psm.strata import caliper_edges, logit_sd, quantile_edges
@@ -227,6 +228,7 @@ def _run_exact(spec: StudySpec, rounds: _Rounds, run: StudyRun, fed: Federation)
     run.fitter = fitter
     quantile = spec.strata.method == "quantile"
     run.strata_method = "quantile" if quantile else "caliper"
+    dr = spec.estimator == "dr"  # the sites also return their controls' cross-products
     tables: dict | None = None
     while True:
         beta = tuple(float(b) for b in fitter.beta)
@@ -234,7 +236,7 @@ def _run_exact(spec: StudySpec, rounds: _Rounds, run: StudyRun, fed: Federation)
             None if quantile or not fitter.near_converged else _caliper(spec, total_moments(), fitter.beta)
         )
         ops: tuple = (PsFit(beta=beta),) + (
-            (PsmStats(beta=beta, edges=tuple(edges)),) if edges is not None else ()
+            (PsmStats(beta=beta, edges=tuple(edges), slope=dr),) if edges is not None else ()
         )
         answers = rounds.ask(ops, f"ps-fit-{fitter.iterations + 1}")
         t0 = time.perf_counter()
@@ -253,7 +255,7 @@ def _run_exact(spec: StudySpec, rounds: _Rounds, run: StudyRun, fed: Federation)
             )
         else:
             edges = _caliper(spec, total_moments(), fitter.beta)
-        tables = rounds.ask((PsmStats(beta=beta, edges=tuple(edges)),), "psm-stats")
+        tables = rounds.ask((PsmStats(beta=beta, edges=tuple(edges), slope=dr),), "psm-stats")
     t0 = time.perf_counter()
     run.table = _sum(
         PsmTable.from_arrays(a.answers["psm_stats"]) for s, a in tables.items() if s not in fed.dropped
@@ -262,6 +264,11 @@ def _run_exact(spec: StudySpec, rounds: _Rounds, run: StudyRun, fed: Federation)
     run.estimate = estimate_att(
         table=run.table, outcomes=spec.analysed_outcomes, covariates=[c.name for c in spec.covariates]
     )
+    if dr:  # the same strata, table and diagnostics; each outcome's ATT, SE and CI are DR's
+        stats = _sum(
+            DrStats.from_answer(a.answers["psm_stats"]) for s, a in tables.items() if s not in fed.dropped
+        )
+        run.estimate = with_dr(run.estimate, estimate_dr(stats=stats, outcomes=spec.analysed_outcomes))
     _split_negative_controls(spec, run)
     run.compute_s += time.perf_counter() - t0
 

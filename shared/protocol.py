@@ -73,11 +73,14 @@ class PsFit(_Model):
 
 
 class PsmStats(_Model):
-    """Per stratum x arm sums of the outcomes and covariates at ``beta`` with ``edges``."""
+    """Per stratum x arm sums of the outcomes and covariates at ``beta`` with ``edges``; with
+    ``slope`` (a DR study, exact only) also the controls' Σzzᵀ and Σzyᵀ per stratum
+    (:func:`shared.psm.dr.slope_arrays`)."""
 
     op: Literal["psm_stats"] = "psm_stats"
     beta: tuple[float, ...]
     edges: tuple[float, ...]  # may include -inf/+inf outer edges (JSON: -Infinity/Infinity)
+    slope: bool = False
 
 
 class PsmWsum(_Model):

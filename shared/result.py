@@ -57,6 +57,9 @@ class OutcomeEstimate(_Model):
     limit_width: float | None = None
     ratio_limit: float | None = None
     ratio_exact_est: float | None = None
+    # a doubly robust study (estimator "dr"): the stratified ATT on the same strata, beside the
+    # DR ATT the outcome reports (None in a stratified study)
+    att_stratified: float | None = None
 
 
 class BalanceRow(_Model):
@@ -143,6 +146,9 @@ class StudyResult(_Model):
     rounds: tuple[RoundLog, ...] = ()
     timings: dict[str, float] = Field(default_factory=dict)  # startup, rounds, compute, total (s)
     truth: dict[str, float] | None = None  # simulated true ATT per outcome (synthetic studies)
+    #: the spec's estimator: "stratified" or "dr" (shared/psm/dr.py); results written before the
+    #: choice existed were stratified
+    estimator: Literal["stratified", "dr"] = "stratified"
 
     def outcome(self, name: str) -> OutcomeEstimate:
         for o in self.outcomes:

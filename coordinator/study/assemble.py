@@ -78,6 +78,7 @@ def assemble_result(
         warnings=warnings,
         negative_controls=run.negative_controls,
         privacy=_privacy(run),
+        estimator=spec.estimator,
         rounds=tuple(RoundLog(name=r.name, seconds=r.seconds, nodes=r.sites) for r in run.rounds),
         timings={
             "rounds_s": rounds_s,

@@ -85,9 +85,9 @@ from typing import Sequence
 import numpy as np
 
 from shared.errors import DataError, EmptyArmError, EstimationError, NoOverlapError
-from shared.psm._checks import check_t, check_unit_outcomes, check_z
+from shared.psm._checks import check_t, check_unit_outcomes, check_z, require_keys
 from shared.psm.cells import cell_means, cell_variances, clamped_counts
-from shared.psm.estimator import Z_95
+from shared.psm.estimator import Z_95, AttEstimate
 from shared.psm.table import PsmTable, psm_table
 from shared.study import Outcome
 
@@ -103,6 +103,8 @@ __all__ = [
     "estimate_dr",
     "estimate_dr_release",
     "release_dr",
+    "slope_arrays",
+    "with_dr",
 ]
 
 
@@ -122,6 +124,17 @@ class DrStats:
                 f"DR cross-products {self.zz.shape}, {self.zy.shape}; expected ({d}, {d}), ({d}, {o})"
             )
 
+    @classmethod
+    def from_answer(cls, arrays: dict[str, np.ndarray]) -> "DrStats":
+        """A (summed) PSM-statistics answer of a DR study: the table and :func:`slope_arrays`
+        summed over strata."""
+        require_keys(arrays, ("zz_c", "zy_c"), "DR statistics")
+        return cls(
+            table=PsmTable.from_arrays(arrays),
+            zz=np.asarray(arrays["zz_c"], dtype=float).sum(axis=0),
+            zy=np.asarray(arrays["zy_c"], dtype=float).sum(axis=0),
+        )
+
     def merge(self, other: "DrStats") -> "DrStats":
         return DrStats(table=self.table + other.table, zz=self.zz + other.zz, zy=self.zy + other.zy)
 
@@ -138,6 +151,29 @@ def dr_stats(*, z, t, y, beta, edges, names=None) -> DrStats:
     return DrStats(table=table, zz=zc.T @ zc, zy=zc.T @ yc)
 
 
+def slope_arrays(*, z, t, y, beta, edges, names=None) -> dict[str, np.ndarray]:
+    """What a node adds to its PSM-statistics answer in a DR study: the controls' Σzzᵀ
+    ``zz_c`` ``(S, D, D)`` and Σzyᵀ ``zy_c`` ``(S, D, O)`` per stratum. Per stratum, not pooled,
+    so that a cell the node suppresses (fewer than k controls) takes its rows' cross-products
+    with it (:func:`shared.answer.suppress_small_cells`); the coordinator sums over strata
+    (:meth:`DrStats.from_answer`)."""
+    from shared.psm.strata import logit_scores, stratum_index
+
+    z = check_z(z, names=names)
+    t = check_t(t, n=z.shape[0])
+    y = check_unit_outcomes(y, n=z.shape[0])
+    edges = np.asarray(edges, dtype=float)
+    b = stratum_index(logit_scores(z=z, beta=np.asarray(beta, dtype=float)), edges)
+    s, d, o = edges.size - 1, z.shape[1], y.shape[1]
+    zz, zy = np.zeros((s, d, d)), np.zeros((s, d, o))
+    c = t == 0
+    for k in np.unique(b[c]):
+        rows = c & (b == k)
+        zz[k] = z[rows].T @ z[rows]
+        zy[k] = z[rows].T @ y[rows]
+    return {"zz_c": zz, "zy_c": zy}
+
+
 @dataclass(frozen=True)
 class DrEstimate:
     """One outcome's DR ATT in original units; ``adjustment`` = DR − stratified."""
@@ -150,6 +186,24 @@ class DrEstimate:
     se_privacy: float
     att_stratified: float
     adjustment: float
+
+
+def with_dr(est: AttEstimate, dr: Sequence[DrEstimate]) -> AttEstimate:
+    """The stratified estimate ``est`` with each outcome's ATT, SE and CI replaced by the DR
+    estimate on the same strata (counterfactual mean, risk difference and relative risk
+    follow the ATT), its stratified ATT kept as ``att_stratified``; strata, balance and
+    diagnostics are unchanged (they describe the design both estimators share)."""
+    from dataclasses import replace
+
+    from shared.dp.workflow import _with_att  # the one place an outcome's ATT is re-centred
+
+    by_name = {d.name: d for d in dr}
+    outcomes = []
+    for o in est.outcomes:
+        d = by_name[o.name]
+        o2 = o.model_copy(update={"se": d.se, "se_sampling": d.se_sampling, "att_stratified": o.att})
+        outcomes.append(_with_att(o2, d.att))
+    return replace(est, outcomes=tuple(outcomes))
 
 
 def _groups(n_c: np.ndarray, min_cell: float) -> np.ndarray:
@@ -188,14 +242,17 @@ def _fit(slope: DrStats, min_cell: float, ridge: float, noise_sd: float = 0.0):
     szy = c["zy"] - (sz.T / n_g) @ sy
     syy_w = syy - np.sum(sy**2 / n_g[:, None], axis=0) + bias
     szz = (szz + szz.T) / 2.0
-    vals = np.linalg.eigvalsh(szz)
+    # the ridge first: under DP it exceeds the noise's spectral norm, so S_zz + λ stays positive
+    # definite and keeps its mean; a projection (which lifts negative eigenvalues, a bias) is
+    # left for what is still not positive definite
+    szz_r = szz + ridge * np.eye(szz.shape[0])
+    vals = np.linalg.eigvalsh(szz_r)
     if not vals[0] > 1e-9 * max(vals[-1], 1.0):
         from shared.dp.mechanisms import project_psd  # post-processing of a noisy release
 
         if not vals[-1] > 0:
             raise EstimationError("the controls' covariates do not vary within strata: no outcome model")
-        szz = project_psd(szz, floor=1e-6 * vals[-1])
-    szz_r = szz + ridge * np.eye(szz.shape[0])
+        szz_r = project_psd(szz_r, floor=1e-6 * vals[-1])
     gamma = np.linalg.solve(szz_r, szy)
     rss = syy_w - 2 * np.sum(gamma * szy, axis=0) + np.sum(gamma * (szz @ gamma), axis=0)
     return gamma, szz_r, rss, syy_w, float(n[:, 0].sum()), int(keep.sum())

@@ -69,6 +69,7 @@ def reference_spec(
     tol: float = 1e-10,
     max_iter: int = 25,
     privacy: Privacy | None = None,
+    estimator: Literal["stratified", "dr"] = "stratified",
 ) -> StudySpec:
     """The study spec of a reference run over arrays already scaled to [0, 1] (covariate
     bounds 0..1), with sites ``site-0`` … ``site-{n_sites-1}``; exact unless ``privacy``;
@@ -83,6 +84,7 @@ def reference_spec(
         strata=Strata(method=strata, caliper_sd=caliper_sd, n=n_strata),
         federation=Federation(ridge=ridge, tol=tol, max_newton_iter=max_iter),
         sites=tuple(Site(name=f"site-{i}") for i in range(n_sites)),
+        estimator=estimator,
     )
 
 
@@ -97,6 +99,7 @@ def estimate_att_federated(
     ridge: float = 1e-6,
     tol: float = 1e-10,
     max_iter: int = 25,
+    estimator: Literal["stratified", "dr"] = "stratified",
 ) -> PooledAtt:
     """The exact study in one process: the study driver (:func:`shared.driver.run_study`, the
     coordinator's code) over in-process sites answering with the node's code
@@ -110,6 +113,7 @@ def estimate_att_federated(
         strata: ``"caliper"`` (width ``caliper_sd`` × SD of the logit) or ``"quantile"``
             (``n_strata`` equal-treated strata read off the public score grid
             :func:`shared.dp.workflow.dp_grid`, from summed per-node histograms).
+        estimator: the spec's ``estimator`` (``dr``: :mod:`shared.psm.dr` on the same strata).
 
     Raises:
         DataError / CovariateBoundsError: bad input (row numbers are within the node).
@@ -130,6 +134,7 @@ def estimate_att_federated(
         ridge=ridge,
         tol=tol,
         max_iter=max_iter,
+        estimator=estimator,
     )
     lo, cap = [o.lo for o in outcomes], [o.cap for o in outcomes]
     sites, clipped = {}, []
