@@ -259,6 +259,16 @@ class StudySpec(_Model):
             )
         return self
 
+    @model_serializer(mode="wrap")
+    def _default_estimator_unwritten(self, handler):
+        """The default estimator is not written: a spec from before the field existed dumps,
+        and hashes, as it did (its registrations, grants and ledger entries name that hash);
+        the result states the estimator either way (``StudyResult.estimator``)."""
+        data = handler(self)
+        if isinstance(data, dict) and data.get("estimator") == "stratified":
+            del data["estimator"]
+        return data
+
     @model_validator(mode="after")
     def _dr_is_exact_only(self) -> "StudySpec":
         if self.estimator == "dr" and self.privacy.enabled:
@@ -288,12 +298,7 @@ class StudySpec(_Model):
     def spec_hash(self) -> str:
         """SHA-256 of the public spec's canonical JSON: names the study in ledgers and reports,
         and is the same wherever the spec's folder lies."""
-        # the default estimator is left out: specs written before the field keep their hash
-        # (their registrations, grants and ledger entries name it)
-        skip = {"estimator"} if self.estimator == "stratified" else set()
-        blob = json.dumps(
-            self.public().model_dump(mode="json", exclude=skip), sort_keys=True, separators=(",", ":")
-        )
+        blob = json.dumps(self.public().model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
 
     @classmethod
