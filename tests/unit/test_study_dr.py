@@ -95,3 +95,15 @@ def test_spec_estimator_default_keeps_the_hash_and_dr_is_exact_only():
     data["estimator"] = "dr"
     with pytest.raises(SpecError, match="exact-only"):
         StudySpec.from_dict(data)
+    toml = "\n".join(
+        (
+            'estimator = "dr"',
+            "[study]",
+            'name = "s"',
+            "[privacy]",
+            "enabled = false",
+            "[[outcomes]]",
+            'name = "y"',
+        )
+    )
+    assert StudySpec.from_toml_text(toml + "\ncap = 1.0\n").estimator == "dr"
