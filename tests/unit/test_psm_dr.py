@@ -154,28 +154,36 @@ def _quintile_stats(n: int, seed: int):
 
 def test_dp_slope_centring_bias_matches_its_analytic_value_and_is_removed():
     """The centring −Σ_g s_g s_gᵀ/n_g of noisy group sums has mean −m_gσ²/n_g on S_zz's
-    diagonal: over 300 releases the uncorrected S_zz's diagonal falls short of the exact one by
-    that analytic amount, and the corrected one does not (both within 4 Monte-Carlo SEs). Both
-    with the DP ridge, which keeps the noisy S_zz positive definite (no projection)."""
+    diagonal: over 3,000 releases of the control cells (Σzzᵀ kept exact: its noise has mean 0 and
+    only blurs the comparison) the uncorrected S_zz's diagonal falls short of the exact one by
+    that analytic amount, and the corrected one does not (both within 4 Monte-Carlo SEs).
+    And at any σ the ridged matrix keeps every eigenvalue ≥ λ (a noisy S_zz is projected onto
+    the semi-definite cone before the ridge), so the slope stays bounded."""
     from shared.psm.dr import _fit, _noisy, _release_from_centred, dp_ridge
 
     stats = _quintile_stats(4000, 3)
-    sigma = 30.0
-    lam = dp_ridge(sigma=sigma, n_covariates=len(COVARIATES))
     cells, slope = _split(stats)
+    sigma = 6.0  # the noisy S_zz stays positive definite (smallest eigenvalue 21): no projection
+    lam = dp_ridge(sigma=sigma, n_covariates=len(COVARIATES))
     exact = np.diag(_fit(stats, 1, lam)[1])
-    n_c = stats.table.count[:, 0]
-    analytic = sigma**2 * np.sum(1.0 / n_c)  # one stratum per group: every control cell ≥ 1
+    analytic = sigma**2 * np.sum(1.0 / stats.table.count[:, 0])  # one stratum per group
     raw, fixed = [], []
-    for s in range(300):
-        rng = np.random.default_rng(s)
-        rel = _release_from_centred(cells, _noisy(slope, sigma, rng), stats.table.edges, 0.0, sigma)
+    for s in range(3000):
+        noisy = _noisy(slope, sigma, np.random.default_rng(s)) | {"zz": slope["zz"], "zy": slope["zy"]}
+        rel = _release_from_centred(cells, noisy, stats.table.edges, 0, sigma)
         raw.append(np.mean(np.diag(_fit(rel.slope, 1, lam)[1]) - exact))
         fixed.append(np.mean(np.diag(_fit(rel.slope, 1, lam, noise_sd=sigma)[1]) - exact))
     for vals, target in ((raw, -analytic), (fixed, 0.0)):
         v = np.array(vals)
         assert abs(v.mean() - target) < 4 * v.std(ddof=1) / np.sqrt(v.size), (v.mean(), target)
-    assert analytic > 8 * np.std(raw, ddof=1) / np.sqrt(300)  # the test can tell them apart
+    assert analytic > 6 * np.std(raw, ddof=1) / np.sqrt(3000)  # the test can tell them apart
+    big = 200.0  # noise far above S_zz's spread: the noisy matrix is indefinite
+    lam = dp_ridge(sigma=big, n_covariates=len(COVARIATES))
+    for s in range(50):
+        rel = _release_from_centred(
+            cells, _noisy(slope, big, np.random.default_rng(s)), stats.table.edges, 0, big
+        )
+        assert np.linalg.eigvalsh(_fit(rel.slope, 1, lam, noise_sd=big)[1])[0] >= lam * (1 - 1e-9)
 
 
 def test_dp_dr_unbiased_over_noise_and_its_se_matches_the_noise():
