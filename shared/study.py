@@ -227,11 +227,15 @@ class StudySpec(_Model):
 
     @model_serializer(mode="wrap")
     def _omit_empty_negative_controls(self, handler: SerializerFunctionWrapHandler) -> dict:
-        """A spec without negative controls dumps (and so hashes, and is signed) as it did
-        before they existed: registrations and grants of such specs stay valid."""
+        """A spec without negative controls, or with the default estimator, dumps (and so
+        hashes, and is signed) as it did before those fields existed: registrations and grants
+        of such specs stay valid (the result states the estimator either way,
+        ``StudyResult.estimator``). One serializer: pydantic keeps only the last of several."""
         data = handler(self)
         if not self.negative_controls:
             data.pop("negative_controls", None)
+        if self.estimator == "stratified":
+            data.pop("estimator", None)
         return data
 
     @property
@@ -258,16 +262,6 @@ class StudySpec(_Model):
                 "would carry less noise than the plan"
             )
         return self
-
-    @model_serializer(mode="wrap")
-    def _default_estimator_unwritten(self, handler):
-        """The default estimator is not written: a spec from before the field existed dumps,
-        and hashes, as it did (its registrations, grants and ledger entries name that hash);
-        the result states the estimator either way (``StudyResult.estimator``)."""
-        data = handler(self)
-        if isinstance(data, dict) and data.get("estimator") == "stratified":
-            del data["estimator"]
-        return data
 
     @model_validator(mode="after")
     def _dr_is_exact_only(self) -> "StudySpec":
