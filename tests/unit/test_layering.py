@@ -28,6 +28,16 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("shared", "node", "coordinator", "protos")
 # shared/wire.py (Flower's record codec) has moved to protos/codec.py: every file of shared/ is covered.
 EXCLUDED: set[str] = set()
+#: The one part of ``shared`` that is not the pure core: the web pages' templates, stylesheet and
+#: report page, which both web servers serve (the node's HR view, the coordinator's console), with
+#: the Jinja loader that reads them from the package. Nothing on the study path imports it
+#: (:func:`test_the_pure_core_does_not_import_the_web_assets`); it still imports only downwards.
+WEB_ASSETS = "shared.web"
+
+
+def _pure(mod: str) -> bool:
+    return _top(mod) == "shared" and not (mod == WEB_ASSETS or mod.startswith(WEB_ASSETS + "."))
+
 
 #: Top-level distributions that must not be loaded by importing ``shared``.
 FORBIDDEN_IN_SHARED = (
@@ -136,7 +146,7 @@ def _top(mod: str) -> str:
 
 def test_importing_all_of_shared_loads_no_framework():
     """A fresh interpreter imports every module of ``shared``; none of the frameworks may load."""
-    mods = sorted(m for m in ALL if _top(m) == "shared")
+    mods = sorted(m for m in ALL if _pure(m))
     code = (
         "import importlib, json, sys\n"
         f"for m in {mods!r}:\n"
@@ -154,7 +164,7 @@ def test_importing_all_of_shared_loads_no_framework():
 def test_shared_source_does_no_io():
     found = []
     for name, path in ALL.items():
-        if _top(name) != "shared":
+        if not _pure(name):
             continue
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Call):
@@ -166,6 +176,18 @@ def test_shared_source_does_no_io():
             if _top(mod) in IO_MODULES:
                 found.append(f"{path.relative_to(ROOT)}:{line} import {mod}")
     assert not found, "I/O in shared/:\n" + "\n".join(found)
+
+
+def test_the_pure_core_does_not_import_the_web_assets():
+    found = [
+        f"{path.relative_to(ROOT)}:{line} import {mod}"
+        for name, path in ALL.items()
+        if _pure(name)
+        for mod, line in _imports(name, path)
+        if not _pure(mod) and _top(mod) == "shared"
+    ]
+    assert not found, found
+    assert any(not _pure(m) for m in ALL)  # the web package is there and was scanned
 
 
 #: package -> project packages it must not import
