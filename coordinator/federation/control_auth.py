@@ -51,6 +51,8 @@ LIFETIME_S = 120  # what a client mints
 MAX_LIFETIME_S = 600  # what the SuperLink accepts
 SKEW_S = 60  # clocks of the operator's workstation and the SuperLink may differ by this much
 OPERATOR, COORDINATOR = "operator", "coordinator"
+#: the console script of :func:`main` (pyproject.toml), installed beside Flower's own
+SUPERLINK_SCRIPT = "rehealth-superlink"
 #: the flag :func:`main` takes off the command line before Flower parses it
 OPERATOR_KEY_FLAG = "--rehealth-operator-key"
 
@@ -304,4 +306,6 @@ def guarded_superlink(cmd: list[str], *, operator_key: Path | None = None) -> li
     if "--superexec-auth-secret-file" not in cmd:
         return cmd
     pin = [OPERATOR_KEY_FLAG, str(operator_key)] if operator_key is not None else []
-    return [sys.executable, "-m", "coordinator.federation.control_auth", *pin, *cmd[1:]]
+    script = Path(sys.executable).with_name(SUPERLINK_SCRIPT)  # what `ps` and health checks see
+    launcher = [str(script)] if script.exists() else [sys.executable, "-m", __name__]
+    return [*launcher, *pin, *cmd[1:]]

@@ -171,7 +171,7 @@ def check_coordinator_run(main: Proc, args: list[str], procs: list[Proc], proc_r
         host, port = split_address(json.loads(manifest.read_text())["coordinator"])
     except (OSError, ValueError, KeyError) as e:
         raise Unhealthy(f"cannot read the kit's address from {manifest} ({type(e).__name__})") from None
-    require_process(procs, "flower-superlink", "SuperLink")
+    require_process(procs, "rehealth-superlink", "SuperLink")
     host = local_host(option(args, "--bind") or host)
     check_tcp(host, port, "the SuperLink")
     return f"SuperLink running, {host}:{port} accepts connections"

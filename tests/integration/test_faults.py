@@ -176,7 +176,7 @@ def test_killing_the_coordinator_leaves_no_process_of_its_federation(spec_path, 
     )
     before = federation_procs(run.work)
     kinds = " ".join(" ".join(p.cmdline()) for p in before)
-    assert all(k in kinds for k in ("flower-superlink", "flower-supernode", "superexec", "serverapp"))
+    assert all(k in kinds for k in ("rehealth-superlink", "flower-supernode", "superexec", "serverapp"))
     killed_at = time.monotonic()
     os.kill(run.proc.pid, sig)
     run.proc.wait(timeout=30)

@@ -513,7 +513,7 @@ def test_healthcheck_coordinator_run_follows_its_superlink_port(tmp_path):
     kit = tmp_path / "kit"
     kit.mkdir()
     (kit / "federation.json").write_text(json.dumps({"coordinator": f"127.0.0.1:{port}"}))
-    child = _script(tmp_path, "flower-superlink", LISTENER)
+    child = _script(tmp_path, "rehealth-superlink", LISTENER)
     parent = PARENT.replace("'60'])", f"'60', '{port}'])")
     proc = subprocess.Popen(
         [sys.executable, "-c", parent, str(child), "rehealth", "coordinator", "run", "--kit", "kit"],
