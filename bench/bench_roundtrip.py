@@ -70,7 +70,9 @@ class Sampler(threading.Thread):
             now = time.time()
             for p in me.children(recursive=True):
                 try:
-                    if p.pid not in self.spawns and "flwr-clientapp" in " ".join(p.cmdline()):
+                    if p.pid not in self.spawns and (
+                        p.name() == "flwr-clientapp" or "flwr-clientapp" in " ".join(p.cmdline())
+                    ):  # a cold process, or a child of the node's zygote (named so)
                         self.spawns[p.pid] = p.create_time()
                 except psutil.Error:
                     pass
