@@ -93,8 +93,11 @@ def configure_pace(idle_s: float = PULL_IDLE_S, poll_s: float = REPLY_POLL_S) ->
 def main() -> None:
     from flwr.supernode.cli import flower_supernode
 
+    from shared.flower_pull import configure_object_pull
+
     configure_heartbeat()
     configure_pace()
+    configure_object_pull()  # a message's objects may still be on their way to the SuperLink
     sys.argv[0] = sys.argv[0].removesuffix(".exe")
     flower_supernode()
 

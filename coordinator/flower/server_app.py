@@ -29,6 +29,7 @@ from coordinator.flower.federation import GridFederation
 from coordinator.study.assemble import assemble_result
 from shared.driver import run_study
 from shared.errors import FederationError, ReHealthError, SpecError
+from shared.flower_pull import configure_object_pull
 from shared.study import StudySpec
 
 log = logging.getLogger("rehealth.coordinator")
@@ -46,6 +47,7 @@ def progress(event: str, data: dict) -> None:
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     run_events.install_output_guard()  # before anything a node said can reach our output
+    configure_object_pull()  # replies' objects may still be on their way to the SuperLink
     cfg = context.run_config
     progress("started", {})  # before any message to a node: the runner's sign that the app ran
     try:

@@ -53,6 +53,10 @@ def main() -> None:
     from flwr.supernode import cli
     from flwr.supernode.runtime import run_clientapp as rc
 
+    from shared.flower_pull import configure_object_pull
+
+    configure_object_pull()  # the message's objects may still be on their way to the SuperNode
+
     install = rc.install_from_fab
 
     def guarded_install(fab_file, *args, **kwargs):

@@ -62,13 +62,16 @@ log = logging.getLogger("rehealth.node.zygote")
 PR_SET_NAME, PR_SET_PDEATHSIG = 15, 1
 _libc = ctypes.CDLL(None, use_errno=True)
 
-#: What a ClientApp imports on its way (Flower's runtime, the guard, the node app and its lazy
-#: imports, torch): imported once here. A module that fails to import is skipped (logged): the
-#: child then imports it, and fails, exactly as a cold process would.
+#: What a ClientApp imports on its way (Flower's runtime, the guard, the node app and the lazy
+#: imports of a study's handlers): imported once, before the zygote says it is ready. A module
+#: that fails to import is skipped (logged): the child then imports it, and fails, exactly as a
+#: cold process would.
 PRELOAD = (
     "numpy",
-    "torch",
     "flwr.supernode.cli",
+    "httpcore",  # Flower's Runtime API client (httpx) imports its transport lazily
+    "h11",
+    "sqlite3",
     "flwr.supernode.runtime.run_clientapp",
     "flwr.cli.install",
     "flwr.clientapp",
@@ -83,8 +86,6 @@ PRELOAD = (
     "node.ledger",
     "node.store",
     "node.study_service",
-    "node.risk.train",
-    "node.risk.model_store",
     "protos.codec",
     "shared.answer",
     "shared.grant",
@@ -95,6 +96,13 @@ PRELOAD = (
     "shared.risk.arch",
     "shared.risk.metrics",
 )
+
+#: What only the risk-model messages need (torch, Opacus and SciPy: ~2.8 s of CPU, twice the
+#: rest): imported once the zygote has been idle :data:`DEFER_IDLE_S`, so that eight nodes
+#: starting at once on two cores are ready for a study's first round sooner. A risk message that
+#: comes before imports them in its own child (a cold start's cost, that once).
+DEFERRED = ("torch", "node.risk.train", "node.risk.model_store")
+DEFER_IDLE_S = 15.0
 
 #: Libraries that would start a thread at import (OpenBLAS's pool under numpy and scipy,
 #: jemalloc's background thread under pyarrow, which pandas imports) are asked not to: the
@@ -165,14 +173,14 @@ def _loopback(address: str) -> bool:
     return bool(sep) and port.isdigit() and host.strip("[]") in ("127.0.0.1", "localhost", "::1")
 
 
-def preload() -> list[str]:
-    """Import :data:`PRELOAD` (under :data:`SINGLE_THREAD_ENV`); the modules that failed."""
+def preload(modules: tuple[str, ...] = PRELOAD) -> list[str]:
+    """Import ``modules`` (under :data:`SINGLE_THREAD_ENV`); those that failed."""
     saved = {k: os.environ.get(k) for k in SINGLE_THREAD_ENV}
     for k, v in SINGLE_THREAD_ENV.items():
         os.environ.setdefault(k, v)
     failed = []
     try:
-        for name in PRELOAD:
+        for name in modules:
             try:
                 importlib.import_module(name)
             except Exception as e:  # noqa: BLE001 - logged; the child will meet it again
@@ -225,13 +233,19 @@ def check_sender(creds: tuple[int, int, int] | None, parent: int) -> None:
 def serve(sock: socket.socket, parent: int) -> int:
     """Answer launch requests until the SuperExec closes its end (or dies)."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    last_request, deferred = time.monotonic(), False
     while True:
         ready, _, _ = select.select([sock], [], [], 1.0)
         _reap()
         if os.getppid() != parent:
             return 0
         if not ready:
+            if not deferred and time.monotonic() - last_request >= DEFER_IDLE_S:
+                deferred = True
+                failed = preload(DEFERRED)
+                log.info("zygote: deferred imports done (%d failed)", len(failed))
             continue
+        last_request = time.monotonic()
         try:
             data, fds, creds = recv_request(sock)
         except BadRequest as e:

@@ -56,3 +56,41 @@ def test_superexec_reads_the_task_poll_interval_we_set(monkeypatch):
     assert run_superexec._get_task_poll_interval() == pytest.approx(0.1)
     monkeypatch.delenv("FLWR_SUPEREXEC_TASK_POLL_INTERVAL")
     assert run_superexec._get_task_poll_interval() == 1.0  # Flower's default, what we replace
+
+
+def test_object_pull_backoff_is_ours_in_flowers_pull_functions(monkeypatch):
+    """Flower binds its 1 s / 10 s object-pull backoff as default arguments; an upgrade that
+    renames them fails here instead of silently bringing back the 1–3 s waits per hop."""
+    from flwr.supercore.inflatable import inflatable_utils as iu
+
+    from shared.flower_pull import configure_object_pull
+
+    for fn in (iu.pull_objects, iu.pull_and_inflate_object_from_tree):
+        monkeypatch.setattr(fn, "__kwdefaults__", dict(fn.__kwdefaults__))  # restored after the test
+        assert fn.__kwdefaults__["initial_backoff"] == 1 and fn.__kwdefaults__["backoff_cap"] == 10
+    configure_object_pull()
+    for fn in (iu.pull_objects, iu.pull_and_inflate_object_from_tree):
+        assert fn.__kwdefaults__["initial_backoff"] == 0.05 and fn.__kwdefaults__["backoff_cap"] == 0.5
+    with pytest.raises(ValueError, match="backoff"):
+        configure_object_pull(initial_s=1, cap_s=0.5)
+
+
+def test_a_pull_of_an_object_not_there_yet_retries_after_50_ms(monkeypatch):
+    """The real ``pull_objects``: an object that appears 0.3 s late is fetched within ~0.2 s of
+    appearing (Flower's default would wait 1 s, then 2 s)."""
+    from flwr.supercore.inflatable import inflatable_utils as iu
+    from flwr.supercore.inflatable.inflatable_utils import ObjectUnavailableError
+
+    from shared.flower_pull import configure_object_pull
+
+    monkeypatch.setattr(iu.pull_objects, "__kwdefaults__", dict(iu.pull_objects.__kwdefaults__))
+    configure_object_pull()
+    start = time.monotonic()
+
+    def pull(obj_id: str) -> bytes:
+        if time.monotonic() - start < 0.3:
+            raise ObjectUnavailableError(obj_id)
+        return b"x"
+
+    assert iu.pull_objects(["a"], pull) == {"a": b"x"}
+    assert time.monotonic() - start < 0.9
