@@ -285,7 +285,11 @@ class LocalFederation:
     def stop(self) -> None:
         """Terminate every launched process and all their descendants (Flower detaches its
         SuperExec and app processes into sessions of their own, so process groups are not
-        enough); kill what is still alive after 10 s."""
+        enough); kill what is still alive after 10 s. Our Control API client is closed first:
+        its open connection holds the SuperLink's graceful shutdown until the kill (10 s)."""
+        if self._control is not None:
+            self._control.close()
+            self._control = None
         tree = [p for proc in self.procs.values() for p in _tree(proc.pid)]
         for p in tree:
             _signal(p, signal.SIGTERM)
@@ -297,9 +301,6 @@ class LocalFederation:
         for proc in self.procs.values():
             proc.wait(timeout=5)
         self.procs.clear()
-        if self._control is not None:
-            self._control.close()
-            self._control = None
         _CLEANUP.discard(self)
 
     def _wait_port(self, port: int, name: str, timeout_s: float) -> None:
