@@ -430,8 +430,8 @@ def _release(spec: StudySpec, rounds: _Rounds, run: StudyRun) -> None:
     run.table = dp_table(
         main=sums, balance=sums if plan.has("psm_balance") else None, edges=edges, n_covariates=d
     )
-    # no control may outweigh a treated person: adjacent strata merged on the noisy counts
-    run.table, cells, weight_check = dp_bound_weights(run.table)
+    # strata with few (noisy) controls merged with their neighbours (shared/dp/weightbound.py)
+    run.table, cells, weight_check = dp_bound_weights(run.table, plan=plan, n_nodes=nodes(answers), **sa)
     wsum = None
     op = dp_wsum_query(
         table=run.table, beta=fitter.beta, plan=plan, n_nodes=nodes(answers), cells=cells, **sa

@@ -33,28 +33,38 @@ from __future__ import annotations
 
 import numpy as np
 
+from shared.dp.strata import CELL_NOISE_RATIO
 from shared.psm.table import PsmTable
 
-__all__ = ["MAX_CONTROL_WEIGHT", "cell_count_sigma", "merge_table", "weight_groups"]
+__all__ = ["MAX_CONTROL_WEIGHT", "MIN_CONTROL_SIGMAS", "cell_count_sigma", "merge_table", "weight_groups"]
 
 #: The largest weight a control may carry relative to a treated person (module docstring):
-#: 1, derived from the treated weight; None turns merging off (the benchmark's comparison).
-MAX_CONTROL_WEIGHT: float | None = 1.0
+#: 1 is the value derived from the treated weight. **Off (None) by default**: measured, merging
+#: to it biased the estimate (residual confounding in the merged top stratum, 2.8 exact SEs on
+#: claims without noise; ``docs/benchmarks/privacy_levers.md``), so it is not shipped.
+MAX_CONTROL_WEIGHT: float | None = None
+#: Merge a stratum with the one below while its noisy control count is under this many SDs of
+#: its count noise: the 10σ of :data:`shared.dp.strata.CELL_NOISE_RATIO` (the strata rule's
+#: "count noise under 10 %"), so no control weight n_bT/n_bC rests on a count the noise moves
+#: by more than 10 %. None turns it off.
+MIN_CONTROL_SIGMAS: float | None = CELL_NOISE_RATIO
 
 
-def weight_groups(count, bound: float | None = MAX_CONTROL_WEIGHT) -> np.ndarray:
+def weight_groups(count, bound: float | None = None, min_controls: float | None = None) -> np.ndarray:
     """``(S,)`` group index per stratum (0 = lowest score group, non-decreasing), from the
     released ``(S, 2)`` counts (control, treated) alone.
 
-    Deterministic: the same counts and bound give the same groups. With ``bound`` None every
-    stratum is its own group.
+    A group closes (walking down from the top) once its treated are at most ``bound`` × its
+    controls and its controls at least ``min_controls``; a criterion left None is not applied,
+    so with both None every stratum is its own group. Deterministic: the same counts and
+    criteria give the same groups.
 
     >>> weight_groups([[100, 10], [80, 20], [30, 30], [5, 10]], bound=1.0).tolist()
     [0, 1, 1, 1]
     """
     n = np.clip(np.asarray(count, dtype=float), 0.0, None)
     s = n.shape[0]
-    if bound is None:
+    if bound is None and min_controls is None:
         return np.arange(s)
     top_down: list[list[int]] = []
     current: list[int] = []
@@ -62,7 +72,7 @@ def weight_groups(count, bound: float | None = MAX_CONTROL_WEIGHT) -> np.ndarray
     for b in range(s - 1, -1, -1):
         current.append(b)
         c, t = c + n[b, 0], t + n[b, 1]
-        if t <= bound * c:  # within the bound (an empty group, t = c = 0, closes too)
+        if (bound is None or t <= bound * c) and (min_controls is None or c >= min_controls):
             top_down.append(current)
             current, c, t = [], 0.0, 0.0
     if current:  # the lowest strata could not reach the bound on their own: join the group above

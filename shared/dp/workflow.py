@@ -195,28 +195,34 @@ def _count_sigma(
     return sigma * np.sqrt(m)
 
 
-def dp_bound_weights(table: PsmTable) -> tuple[PsmTable, np.ndarray, Check]:
+def dp_bound_weights(
+    table: PsmTable, *, plan: NoisePlan, n_nodes: int, secure_aggregation: bool = False
+) -> tuple[PsmTable, np.ndarray, Check]:
     """The table with adjacent strata merged so that no control weighs more than a treated
     person (:mod:`shared.dp.weightbound`, post-processing of the noisy counts), the number of
     released strata in each merged one, and the ``dp_weight_bound`` diagnostic saying what was
     merged."""
-    bound = weightbound.MAX_CONTROL_WEIGHT
-    groups = weight_groups(table.count, bound)
+    bound, k = weightbound.MAX_CONTROL_WEIGHT, weightbound.MIN_CONTROL_SIGMAS
+    sigma = plan.release("psm_main").total_sigma(n_nodes, secure_aggregation=secure_aggregation)
+    min_controls = None if k is None else k * sigma
+    groups = weight_groups(table.count, bound, min_controls)
     merged = merge_table(table, groups)
     cells = np.bincount(groups).astype(float)
     n0, n1 = np.clip(table.count, 0.0, None), np.clip(merged.count, 0.0, None)
     with np.errstate(divide="ignore", invalid="ignore"):
         before = float(np.nanmax(np.where(n0[:, 0] > 0, n0[:, 1] / n0[:, 0], np.nan), initial=0.0))
         after = float(np.nanmax(np.where(n1[:, 0] > 0, n1[:, 1] / n1[:, 0], np.nan), initial=0.0))
-    said = "off" if bound is None else f"{bound:g}"
+    rules = [f"no control weighs more than {bound:g} treated"] if bound is not None else []
+    rules += [f"every stratum holds ≥ {k:g}σ = {min_controls:.0f} noisy controls"] if min_controls else []
+    said = " and ".join(rules) or "no rule (merging off)"
     check = Check(
         name="dp_weight_bound",
         passed=True,
         value=after,
         threshold=bound,
         message=(
-            f"{table.n_strata} released strata merged into {merged.n_strata} so that no control "
-            f"weighs more than {said} treated (largest noisy control weight {before:.2f} before, "
+            f"{table.n_strata} released strata merged into {merged.n_strata} so that {said} "
+            f"(largest noisy control weight {before:.2f} before, "
             f"{after:.2f} after; nobody trimmed: the estimand is still the ATT over all treated "
             "in the used strata; shared/dp/weightbound.py)"
         ),
