@@ -62,7 +62,7 @@ def weight_groups(count, bound: float | None = None, min_controls: float | None 
     >>> weight_groups([[100, 10], [80, 20], [30, 30], [5, 10]], bound=1.0).tolist()
     [0, 1, 1, 1]
     """
-    n = np.clip(np.asarray(count, dtype=float), 0.0, None)
+    n = np.asarray(count, dtype=float)  # summed as released: the merged stratum holds these sums
     s = n.shape[0]
     if bound is None and min_controls is None:
         return np.arange(s)
@@ -72,7 +72,8 @@ def weight_groups(count, bound: float | None = None, min_controls: float | None 
     for b in range(s - 1, -1, -1):
         current.append(b)
         c, t = c + n[b, 0], t + n[b, 1]
-        if (bound is None or t <= bound * c) and (min_controls is None or c >= min_controls):
+        cc, tt = max(c, 0.0), max(t, 0.0)  # a negative noisy sum is no controls, as the estimator reads it
+        if (bound is None or tt <= bound * cc) and (min_controls is None or cc >= min_controls):
             top_down.append(current)
             current, c, t = [], 0.0, 0.0
     if current:  # the lowest strata could not reach the bound on their own: join the group above

@@ -1,7 +1,8 @@
 """Bounding the largest weight by merging strata (issue #19, :mod:`shared.dp.weightbound`).
 
 The merge reads the released noisy counts only and is deterministic; every merged stratum
-holds the bound (bar the lowest group, which has nowhere to go); the table's totals are kept;
+holds its rule (bar the lowest group, which has nowhere to go): the shipped ≥ 10σ noisy
+controls, or the weight bound 1 (measured biased, off by default); the table's totals are kept;
 the privacy SEs carry a merged stratum's larger count noise; and through the shipped driver no
 control of a DP study outweighs a treated person, which the result states.
 """
@@ -39,7 +40,7 @@ COUNTS = [[900, 40], [400, 60], [200, 90], [80, 70], [30, 60], [12, 40], [-3, 8]
 def test_merging_is_deterministic_from_the_counts_and_holds_the_bound():
     groups = weight_groups(COUNTS, 1.0)
     assert groups.tolist() == weight_groups([list(r) for r in COUNTS], 1.0).tolist()  # same input, same
-    # from the top: 0/8, 12/48, 42/108, 122/178 exceed 1; with stratum 2, 322 controls ≥ 268
+    # from the top: 8/-3, 48/9, 108/39, 178/119 exceed 1; with stratum 2, 319 controls ≥ 268
     assert groups.tolist() == [0, 1, 2, 2, 2, 2, 2]
     merged = merge_table(_table(COUNTS), groups)
     n = np.clip(merged.count, 0, None)
@@ -72,7 +73,22 @@ def test_merged_strata_carry_their_larger_count_noise_into_the_privacy_se():
     assert np.all(wsum_privacy_se(sigma_count=sig, sigma_wsum=2.0, **common) > one)
 
 
-def test_a_dp_study_through_the_driver_bounds_its_weights_and_says_so():
+def test_the_shipped_rule_merges_until_every_stratum_holds_ten_sigma_of_controls():
+    sigma = 4.0
+    groups = weight_groups(COUNTS, None, 10 * sigma)
+    # from the top: -3, 9 and 39 controls are under 10σ = 40; with stratum 3 the group holds 119
+    assert groups.tolist() == [0, 1, 2, 3, 3, 3, 3]
+    merged = merge_table(_table(COUNTS), groups)
+    assert np.all(np.clip(merged.count[:, 0], 0, None) >= 10 * sigma)
+
+
+@pytest.mark.parametrize("shipped", [True, False])
+def test_a_dp_study_through_the_driver_merges_on_released_counts_and_says_so(shipped, monkeypatch):
+    from shared.dp import weightbound
+
+    if not shipped:  # the weight bound (measured biased, off by default) through the same path
+        monkeypatch.setattr(weightbound, "MAX_CONTROL_WEIGHT", 1.0)
+        monkeypatch.setattr(weightbound, "MIN_CONTROL_SIGMAS", None)
     rng = np.random.default_rng(5)
     sites = []
     for _ in range(2):  # uptake rising steeply with z: few controls at high scores
@@ -87,7 +103,13 @@ def test_a_dp_study_through_the_driver_bounds_its_weights_and_says_so():
         rngs=[np.random.default_rng(i) for i in range(2)],
     )
     check = next(c for c in out.estimate.diagnostics if c.name == "dp_weight_bound")
-    assert check.value is not None and check.value <= 1.0
     assert "merged into" in check.message and "nobody trimmed" in check.message
+    if shipped:
+        assert "≥ 10σ" in check.message
+        n_c = np.array([s.n_control for s in out.estimate.strata])
+        sigma = out.plan.release("psm_main").total_sigma(2, secure_aggregation=True)
+        assert np.all(n_c >= 10 * sigma - 1)  # (the result's counts are rounded)
+    else:
+        assert check.value is not None and check.value <= 1.0
     assert len(out.edges) - 1 == len(out.estimate.strata)
     assert out.estimate.outcomes[0].limit_width is not None
