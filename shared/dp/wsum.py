@@ -26,7 +26,12 @@ cell's :math:`|v|\max(c, 1 - c)` stays within :math:`v_{max}/2`: the sensitivity
 :math:`\sqrt O\,v_{max}/2`, the same as at ½ everywhere, and only the cells of the largest
 weight keep ½. The weights are scaled by :math:`N` (treated
 weight 1, not 1/N) so the sums are of the order of the row count, as SecAgg+'s fixed-point
-range expects (:mod:`shared.secure_sum`).
+range expects (:mod:`shared.secure_sum`). The bound :math:`v_{max}/2` is the default reach R;
+once merged strata (:mod:`shared.dp.weightbound`) bring the controls' weights near the treated
+weight 1, holding every treated cell at ½ lets the count noise through, so the workflow picks R
+from a fixed grid in :math:`[v_{max}/2, v_{max}]` by this module's predicted privacy variance
+(:func:`shared.dp.workflow.dp_wsum_centers`); the node computes Δ from the centres it is sent
+either way.
 
 **What the node checks** (:func:`node_weights`, before any data is read): the query carries
 the strata edges, the noisy counts of the strata to use (0 for a stratum left out), the
