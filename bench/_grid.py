@@ -26,8 +26,10 @@ from typing import Any, Sequence
 
 import numpy as np
 from _coverage import wilson_interval
-from _layouts import LAYOUTS, NAMES, Node, build_nodes
+from _layouts import LAYOUTS, NAMES, Node, build_nodes, uncapped_truth
 
+from shared.answer import noisy_release
+from shared.dp.capquantile import cap_budget, cap_hist_sensitivity, cap_histogram, quantile_cap
 from shared.dp.study_sim import run_dp_study
 from shared.errors import EstimationError
 from shared.psm.reference import estimate_att_federated
@@ -49,6 +51,9 @@ class Cell:
     epsilon: float
     modes: tuple[str, ...]
     outcomes: tuple[Outcome, ...]
+    #: propose each continuous outcome's cap from a DP quantile at this level first
+    #: (:mod:`shared.dp.capquantile`); None keeps the spec's caps
+    cap_quantile: float | None = None
 
 
 def _privacy(epsilon: float, secagg: bool) -> Privacy:
@@ -80,7 +85,11 @@ def _exact(nodes: Sequence[Node], outcomes: tuple[Outcome, ...]) -> dict[str, An
     est = estimate_att_federated(
         nodes=[(n.arrays.z, n.arrays.t, n.y_raw) for n in nodes], outcomes=outcomes, covariates=NAMES
     ).estimate
-    return {"stopped": False, "outcomes": {o.name: _interval(est.outcome(o.name), None) for o in outcomes}}
+    return {
+        "stopped": False,
+        "outcomes": {o.name: _interval(est.outcome(o.name), None) for o in outcomes},
+        **_clipping(nodes, outcomes),
+    }
 
 
 def _dp(nodes: Sequence[Node], cell: Cell, seed: int, mode: str) -> dict[str, Any]:
@@ -91,11 +100,16 @@ def _dp(nodes: Sequence[Node], cell: Cell, seed: int, mode: str) -> dict[str, An
         int(round(cell.epsilon * 1000)),
         MODES.index(mode),
     ]
+    outcomes, epsilon, extra = cell.outcomes, cell.epsilon, {}
+    if cell.cap_quantile is not None:
+        outcomes, epsilon = _proposed_caps(nodes, cell, mode, noise_key)
+        nodes, truth = build_nodes(layout=LAYOUTS[cell.layout], dgp=cell.dgp, seed=seed, outcomes=outcomes)
+        extra = {"truth": truth, **_clipping(nodes, outcomes)}
     study = run_dp_study(
         sites=[n.arrays for n in nodes],
-        outcomes=cell.outcomes,
+        outcomes=outcomes,
         covariates=NAMES,
-        privacy=_privacy(cell.epsilon, mode == "secagg"),
+        privacy=_privacy(epsilon, mode == "secagg"),
         rngs=[np.random.default_rng([*noise_key, i]) for i in range(len(nodes))],
     )
     return {
@@ -104,6 +118,45 @@ def _dp(nodes: Sequence[Node], cell: Cell, seed: int, mode: str) -> dict[str, An
             o.name: _interval(study.estimate.outcome(o.name), _limit_width(study, o.name))
             for o in cell.outcomes
         },
+        **extra,
+    }
+
+
+def _proposed_caps(
+    nodes: Sequence[Node], cell: Cell, mode: str, noise_key: list[int]
+) -> tuple[tuple[Outcome, ...], float]:
+    """The outcomes with each continuous cap lowered to the DP quantile of the summed noisy
+    histograms (:mod:`shared.dp.capquantile`; each node's noise as :func:`shared.answer.noisy_release`
+    adds it, σ/√K under SecAgg+), and the ε left for the study (both compose to the cell's ε)."""
+    assert cell.cap_quantile is not None
+    mu, rest = cap_budget(epsilon=cell.epsilon, delta=DELTA)
+    sigma = mu * cap_hist_sensitivity(n_outcomes=len(cell.outcomes))
+    share = len(nodes) if mode == "secagg" else 1
+    hist = sum(
+        noisy_release(
+            query="cap_hist",
+            arrays={"count": cap_histogram(n.arrays.y)},
+            sigma=sigma,
+            share=share,
+            rng=np.random.default_rng([*noise_key, 1000 + i]),
+        )["count"]
+        for i, n in enumerate(nodes)
+    )
+    caps = quantile_cap(hist, cell.cap_quantile)
+    outcomes = tuple(
+        o if o.kind == "binary" else o.model_copy(update={"cap": o.lo + float(c) * (o.cap - o.lo)})
+        for o, c in zip(cell.outcomes, caps)
+    )
+    return outcomes, rest
+
+
+def _clipping(nodes: Sequence[Node], outcomes: tuple[Outcome, ...]) -> dict[str, Any]:
+    """The caps in force, the share of rows above them, and the uncapped truth."""
+    y = np.vstack([n.y_raw for n in nodes])
+    return {
+        "caps": {o.name: o.cap for o in outcomes},
+        "clipped": {o.name: float(np.mean(y[:, j] > o.cap)) for j, o in enumerate(outcomes)},
+        "truth_raw": uncapped_truth(list(nodes), outcomes),
     }
 
 
@@ -127,6 +180,8 @@ def run_seed(cell: Cell, seed: int) -> dict[str, Any]:
         t0 = time.process_time()
         try:
             res = _exact(nodes, cell.outcomes) if mode == "exact" else _dp(nodes, cell, seed, mode)
+            if mode != "exact" and "caps" not in res:
+                res.update(_clipping(nodes, cell.outcomes))
         except EstimationError as e:  # no estimate at all: counted, named by type only
             res = {"error": type(e).__name__}
         out["modes"][mode] = res
@@ -150,7 +205,11 @@ def summarise_cell(cell: Cell, results: Sequence[dict[str, Any]]) -> list[dict[s
         stopped = sum(bool(r["modes"][mode]["stopped"]) for r in done)
         for o in cell.outcomes:
             est = [r["modes"][mode]["outcomes"][o.name] for r in done]
-            truth = np.array([r["truth"][o.name] for r in done])
+            # a DP study on proposed caps has its own (capped) truth; else the cell's
+            truth = np.array([r["modes"][mode].get("truth", r["truth"])[o.name] for r in done])
+            raw = np.array([r["modes"][mode]["truth_raw"][o.name] for r in done])
+            caps = [r["modes"][mode]["caps"][o.name] for r in done]
+            clipped = [r["modes"][mode]["clipped"][o.name] for r in done]
             att = np.array([e["att"] for e in est])
             se = np.array([e["se"] for e in est])
             lo, hi = np.array([e["lo"] for e in est]), np.array([e["hi"] for e in est])
@@ -173,6 +232,9 @@ def summarise_cell(cell: Cell, results: Sequence[dict[str, Any]]) -> list[dict[s
                     "wilson": (ci_lo, ci_hi),
                     "bias": float(np.mean(att - truth)) if est else None,
                     "bias_in_se": float(np.mean(att - truth) / np.mean(se)) if est else None,
+                    "bias_raw_in_se": float(np.mean(att - raw) / np.mean(se)) if est else None,
+                    "cap": float(np.median(caps)) if est else None,
+                    "clipped": float(np.mean(clipped)) if est else None,
                     "width_by_exact": None if mode == "exact" or not by_exact else float(np.median(by_exact)),
                     "width_by_limit": float(np.median(by_limit)) if by_limit else None,
                     "stopped": stopped,

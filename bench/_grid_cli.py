@@ -99,6 +99,9 @@ def _row_cells(r: dict[str, Any]) -> tuple:
         _num(r["bias_in_se"]),
         "1.00 (ref)" if r["mode"] == "exact" else _num(r["width_by_exact"]),
         _num(r["width_by_limit"]),
+        _num(r.get("cap"), "g"),
+        _pct(r.get("clipped")) if r.get("clipped") is not None else "—",
+        _num(r.get("bias_raw_in_se")),
         r["stopped"],
         r["errors"],
     )
@@ -116,6 +119,9 @@ COLUMNS = (
     "bias/SE",
     "width ÷ exact",
     "width ÷ limit",
+    "cap",
+    "clipped",
+    "bias/SE vs uncapped",
     "stopped",
     "errors",
 )
@@ -167,7 +173,7 @@ def _tables(rows: list[dict[str, Any]], timings: list[dict[str, Any]], modes: Se
             title="Coverage of the true (capped, sample) ATT, bias and CI width",
             columns=COLUMNS,
             rows=[_row_cells(r) for r in rows],
-            align="lllllrrrrrrrr",
+            align="lllllrrrrrrrrrrr",
             note="Coverage over the seeds with an estimate (every DP study runs through; "
             '"stopped" counts those the default rule would end after describe, "errors" those '
             "with no estimate). Wilson 95 %: the binomial interval of the coverage itself: a "
@@ -215,7 +221,12 @@ def run_grid(args: argparse.Namespace) -> list[dict[str, Any]]:
         for dgp in args.dgps:
             for layout in args.layouts:
                 cell = Cell(
-                    dgp=dgp, layout=layout, epsilon=args.epsilon, modes=tuple(args.modes), outcomes=outcomes
+                    dgp=dgp,
+                    layout=layout,
+                    epsilon=args.epsilon,
+                    modes=tuple(args.modes),
+                    outcomes=outcomes,
+                    cap_quantile=getattr(args, "cap_quantile", None),
                 )
                 t0 = time.time()
                 results = list(
@@ -238,6 +249,10 @@ def run_grid(args: argparse.Namespace) -> list[dict[str, Any]]:
             + ", ".join(f"{o.name} {o.cap:g}" for o in outcomes)
             + f"; {jobs} worker process(es), {total:.0f} s in all"
         )
+        if hasattr(args, "weight_bound"):
+            from _levers import lever_label
+
+            setting += f"; levers: {lever_label(args)}"
         if args.seeds < 500:
             setting += (
                 ". **Fewer than 500 seeds per cell: a coverage cell's Wilson interval is wider "

@@ -87,6 +87,7 @@ class Node:
     y_raw: np.ndarray  #: outcomes in their units (the exact study clips them itself)
     n_treated: int
     att_capped: dict[str, float | None]
+    att_raw: dict[str, float | None] | None = None  #: the uncapped truth (a lowered cap's bias)
 
 
 @lru_cache(maxsize=None)
@@ -121,10 +122,24 @@ def build_nodes(
         y01, _ = scale_outcomes(y=y_raw, lo=[o.lo for o in outcomes], cap=[o.cap for o in outcomes])
         z = scale(cohort[NAMES].to_numpy(dtype=float), FEATURES)
         t = cohort["treated"].to_numpy(dtype=float)
-        nodes.append(Node(SiteArrays(z=z, t=t, y=y01), y_raw, int(truth["n_treated"]), truth["att_capped"]))
+        nodes.append(
+            Node(
+                SiteArrays(z=z, t=t, y=y01), y_raw, int(truth["n_treated"]), truth["att_capped"], truth["att"]
+            )
+        )
     n_t = sum(nd.n_treated for nd in nodes)
     att = {
         o.name: sum(float(nd.att_capped[o.name] or 0.0) * nd.n_treated for nd in nodes) / max(n_t, 1)
         for o in outcomes
     }
     return nodes, att
+
+
+def uncapped_truth(nodes: list[Node], outcomes: tuple[Outcome, ...]) -> dict[str, float]:
+    """The federation's sample ATT per outcome without any cap (what a capped estimand is
+    biased against)."""
+    n_t = sum(nd.n_treated for nd in nodes)
+    return {
+        o.name: sum(float((nd.att_raw or {}).get(o.name) or 0.0) * nd.n_treated for nd in nodes) / max(n_t, 1)
+        for o in outcomes
+    }

@@ -53,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _coverage import wilson_interval  # noqa: E402
 from _grid_cli import add_grid_arguments, run_grid  # noqa: E402
+from _levers import add_lever_arguments, apply_levers, run_levers  # noqa: E402
 from _table import Table, add_write_argument, write_tables  # noqa: E402
 
 from shared.dp.accounting import accountant_label  # noqa: E402
@@ -457,7 +458,12 @@ def main(argv=None) -> None:
     p.add_argument("--json", type=Path, help="write the summary (with --grid: every seed's results) here")
     add_write_argument(p, "privacy")  # --grid writes privacy_grid.md
     add_grid_arguments(p)
+    add_lever_arguments(p)
     args = p.parse_args(argv)
+    apply_levers(args)
+    if args.levers:
+        run_levers(args)
+        return
     if args.grid:
         run_grid(args)
         return

@@ -51,6 +51,7 @@ from shared.dp.plan import NoisePlan, plan_study
 from shared.dp.sensitivity import psm_wsum_sensitivity
 from shared.dp.workflow import (
     after_describe,
+    dp_bound_weights,
     dp_edges,
     dp_estimate,
     dp_fitter,
@@ -429,8 +430,12 @@ def _release(spec: StudySpec, rounds: _Rounds, run: StudyRun) -> None:
     run.table = dp_table(
         main=sums, balance=sums if plan.has("psm_balance") else None, edges=edges, n_covariates=d
     )
+    # strata with few (noisy) controls merged with their neighbours (shared/dp/weightbound.py)
+    run.table, cells, weight_check = dp_bound_weights(run.table, plan=plan, n_nodes=nodes(answers), **sa)
     wsum = None
-    op = dp_wsum_query(table=run.table, beta=fitter.beta, plan=plan, n_nodes=nodes(answers), **sa)
+    op = dp_wsum_query(
+        table=run.table, beta=fitter.beta, plan=plan, n_nodes=nodes(answers), cells=cells, **sa
+    )
     if op is not None:  # None: no stratum holds both arms, and dp_estimate says so
         answers = _wsum_round(spec, rounds, run, op, plan)
         wsum = rounds.total(answers, "psm_wsum", "wsum")
@@ -442,6 +447,8 @@ def _release(spec: StudySpec, rounds: _Rounds, run: StudyRun) -> None:
         covariates=[c.name for c in spec.covariates],
         wsum=wsum,
         fit_noise=fit_noise,
+        cells=cells,
+        weight_check=weight_check,
         **sa,
     )
     _split_negative_controls(spec, run)
@@ -467,10 +474,10 @@ def _wsum_round(spec: StudySpec, rounds: _Rounds, run: StudyRun, op: PsmWsum, pl
     sigma = (
         plan.release("psm_wsum")
         .for_sensitivity(
-            psm_wsum_sensitivity(n_outcomes=len(spec.analysed_outcomes), max_weight=op.max_weight)
+            2.0 * psm_wsum_sensitivity(n_outcomes=len(spec.analysed_outcomes), max_weight=op.max_weight)
         )
         .sigma
-    )  # an upper bound: the centres keep the sensitivity within √O·v_max/2
+    )  # an upper bound: centres in [0, 1] keep the sensitivity within √O·v_max
     # |Σ v (y − ½)| is at most about N_T ≤ the rows bound the scale holds; add the noise's
     # margin (secure_scale is linear in both: this is secure_scale(rows, σ_max + σ_wsum))
     run.secure = (

@@ -75,6 +75,7 @@ RELEASE_KEYS: dict[str, tuple[str, ...]] = {
     "psm_sumsq": ("sumsq_y",),
     "psm_balance": ("sum_z", "sumsq_z"),
     "psm_wsum": ("wsum",),
+    "cap_hist": ("count",),  # shared.dp.capquantile: a large-loss cap's noisy histogram
 }
 
 

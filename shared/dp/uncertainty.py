@@ -51,12 +51,16 @@ class UsedCells(NamedTuple):
     w: np.ndarray  #: (B,) stratum weights n_bT / N
     ybar_c: np.ndarray  #: (B, O) control means on [0, 1], clipped
     inv_c2: np.ndarray  #: (B,) E[1/n̂_bC²] to second order in the count noise
+    var_n: np.ndarray  #: (B,) noise variance of each used stratum's counts
 
 
-def used_cells(*, count, sum_y, used, sigma_count: float) -> UsedCells | None:
+def used_cells(*, count, sum_y, used, sigma_count) -> UsedCells | None:
     """The used strata's counts, weights and control means; None when there is nothing to
-    estimate (no treated, or a used stratum without controls): the SE is then infinite."""
+    estimate (no treated, or a used stratum without controls): the SE is then infinite.
+    ``sigma_count``: the SD of one summed count, or ``(S,)`` per stratum (merged strata,
+    :mod:`shared.dp.weightbound`)."""
     n = np.clip(np.asarray(count, dtype=float), 0.0, None)[used]
+    var_n = np.broadcast_to(np.asarray(sigma_count, dtype=float) ** 2, (np.shape(count)[0],))[used]
     s = np.asarray(sum_y, dtype=float)[used]
     n_t, n_c = n[:, 1], n[:, 0]
     N = float(n_t.sum())
@@ -67,7 +71,8 @@ def used_cells(*, count, sum_y, used, sigma_count: float) -> UsedCells | None:
         N=N,
         w=n_t / N,
         ybar_c=np.clip(s[:, 0, :] / n_c[:, None], 0.0, 1.0),
-        inv_c2=(1.0 + 3.0 * sigma_count**2 / n_c**2) / n_c**2,
+        inv_c2=(1.0 + 3.0 * var_n / n_c**2) / n_c**2,
+        var_n=var_n,
     )
 
 
@@ -76,8 +81,8 @@ def att_privacy_se(
     count: np.ndarray,
     sum_y: np.ndarray,
     used: np.ndarray,
-    sigma_count: float,
-    sigma_sum: float,
+    sigma_count,
+    sigma_sum,
     center: float = 0.0,
 ) -> np.ndarray:
     r"""Analytic SD of the stratified ATT due to DP noise, per outcome, on the [0, 1] scale.
@@ -86,8 +91,9 @@ def att_privacy_se(
         count: ``(S, 2)`` noisy summed counts, clamped at 0 (control = column 0).
         sum_y: ``(S, 2, O)`` noisy summed Σy.
         used: ``(S,)`` strata that enter the estimate (both arms present).
-        sigma_count: total noise SD of one summed count.
-        sigma_sum: total noise SD of one summed (centred) Σy entry.
+        sigma_count: total noise SD of one summed count (or ``(S,)`` per stratum: merged
+            strata, :mod:`shared.dp.weightbound`).
+        sigma_sum: total noise SD of one summed (centred) Σy entry (or ``(S,)``).
         center: the centre the outcome sums were released at (their noise is on Σ(y − c));
             ``sum_y`` is the mapped-back Σy either way.
 
@@ -102,10 +108,12 @@ def att_privacy_se(
     ybar_t = np.clip(s[:, 1, :] / np.maximum(cells.n_t, 1e-12)[:, None], 0.0, 1.0)
     att = (w[:, None] * (ybar_t - cells.ybar_c)).sum(axis=0)
     ybar_c = cells.ybar_c - center
-    var_sum = sigma_sum**2 * (cells.n_t.size / N**2 + np.sum(w**2 * inv_c2))
-    var_cnt = sigma_count**2 * (
-        np.sum((w**2 * inv_c2)[:, None] * ybar_c**2, axis=0)
-        + np.sum((ybar_c + att[None, :]) ** 2, axis=0) / N**2
+    var_s = np.broadcast_to(np.asarray(sigma_sum, dtype=float) ** 2, (np.shape(count)[0],))[used]
+    var_sum = np.sum(var_s * (1.0 / N**2 + w**2 * inv_c2))
+    var_n = cells.var_n[:, None]
+    var_cnt = (
+        np.sum(var_n * (w**2 * inv_c2)[:, None] * ybar_c**2, axis=0)
+        + np.sum(var_n * (ybar_c + att[None, :]) ** 2, axis=0) / N**2
     )
     return np.sqrt(var_sum + var_cnt)
 

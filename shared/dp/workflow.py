@@ -23,6 +23,7 @@ from typing import Literal, Mapping, Sequence
 
 import numpy as np
 
+from shared.dp import weightbound
 from shared.dp.fitnoise import FitNoise, bias_aware_halfwidth, fit_bias_bound
 from shared.dp.forms import CENTER, balance_from_release, balance_noise, main_from_release, ps_from_release
 from shared.dp.limit import with_limit
@@ -31,6 +32,7 @@ from shared.dp.plan import NoisePlan
 from shared.dp.stoprule import fit_resolution_check, strata_resolution_check
 from shared.dp.strata import DP_GRID_BINS, dp_min_cell, dp_n_strata, dp_width_edges
 from shared.dp.uncertainty import att_privacy_se
+from shared.dp.weightbound import merge_table, weight_groups
 from shared.dp.wsum import (
     att_weights,
     max_weight,
@@ -53,6 +55,7 @@ __all__ = [
     "AfterDescribe",
     "after_describe",
     "dp_edges",
+    "dp_bound_weights",
     "dp_estimate",
     "dp_fitter",
     "dp_grid",
@@ -60,6 +63,7 @@ __all__ = [
     "dp_start_beta",
     "dp_table",
     "dp_used",
+    "dp_wsum_centers",
     "dp_wsum_query",
     "fit_resolution_check",
 ]
@@ -173,15 +177,124 @@ def dp_used(
     *, table: PsmTable, plan: NoisePlan, n_nodes: int, secure_aggregation: bool = False
 ) -> np.ndarray:
     """``(S,)`` the strata the estimate uses: both arms' noisy counts at least ``dp_min_cell``
-    (the estimator's common support, :func:`shared.psm.estimator.estimate_att`)."""
+    (the estimator's common support, :func:`shared.psm.estimator.estimate_att`). The threshold
+    is that of one released count also for merged strata (:func:`dp_bound_weights`): they are
+    sums of occupied strata, far above it, and the estimator applies the same one."""
     sigma = plan.release("psm_main").total_sigma(n_nodes, secure_aggregation=secure_aggregation)
     n = np.clip(table.count, 0.0, None)
     min_cell = dp_min_cell(count_sigma=sigma)
     return (n[:, 1] >= min_cell) & (n[:, 0] >= min_cell)
 
 
+def _count_sigma(
+    plan: NoisePlan, n_nodes: int, secure_aggregation: bool, cells: np.ndarray | None, n_strata: int
+) -> np.ndarray:
+    """``(S,)`` noise SD of each stratum's summed count: σ_tot √m for m released strata."""
+    sigma = plan.release("psm_main").total_sigma(n_nodes, secure_aggregation=secure_aggregation)
+    m = np.ones(n_strata) if cells is None else np.asarray(cells, dtype=float)
+    return sigma * np.sqrt(m)
+
+
+def dp_bound_weights(
+    table: PsmTable, *, plan: NoisePlan, n_nodes: int, secure_aggregation: bool = False
+) -> tuple[PsmTable, np.ndarray, Check]:
+    """The table with adjacent strata merged so that no control weighs more than a treated
+    person (:mod:`shared.dp.weightbound`, post-processing of the noisy counts), the number of
+    released strata in each merged one, and the ``dp_weight_bound`` diagnostic saying what was
+    merged."""
+    bound, k = weightbound.MAX_CONTROL_WEIGHT, weightbound.MIN_CONTROL_SIGMAS
+    sigma = plan.release("psm_main").total_sigma(n_nodes, secure_aggregation=secure_aggregation)
+    min_controls = None if k is None else k * sigma
+    groups = weight_groups(table.count, bound, min_controls)
+    merged = merge_table(table, groups)
+    cells = np.bincount(groups).astype(float)
+    n0, n1 = np.clip(table.count, 0.0, None), np.clip(merged.count, 0.0, None)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        before = float(np.nanmax(np.where(n0[:, 0] > 0, n0[:, 1] / n0[:, 0], np.nan), initial=0.0))
+        after = float(np.nanmax(np.where(n1[:, 0] > 0, n1[:, 1] / n1[:, 0], np.nan), initial=0.0))
+    rules = [f"no control weighs more than {bound:g} treated"] if bound is not None else []
+    rules += [f"every stratum holds ≥ {k:g}σ = {min_controls:.0f} noisy controls"] if min_controls else []
+    said = " and ".join(rules) or "no rule (merging off)"
+    check = Check(
+        name="dp_weight_bound",
+        passed=True,
+        value=after,
+        threshold=bound,
+        message=(
+            f"{table.n_strata} released strata merged into {merged.n_strata} so that {said} "
+            f"(largest noisy control weight {before:.2f} before, "
+            f"{after:.2f} after; nobody trimmed: the estimand is still the ATT over all treated "
+            "in the used strata; shared/dp/weightbound.py)"
+        ),
+    )
+    return merged, cells, check
+
+
+#: Candidate reaches R of the weighted sums' centres, as fractions of the largest weight
+#: (:func:`dp_wsum_centers`): a fixed grid from the module's ½ (every cell's contribution within
+#: half the largest weight) to 1 (every cell at its mean), not a tuned value.
+REACH_GRID = tuple(0.5 + 0.05 * k for k in range(11))
+
+
+def dp_wsum_centers(
+    *,
+    table: PsmTable,
+    used: np.ndarray,
+    plan: NoisePlan,
+    n_nodes: int,
+    secure_aggregation: bool = False,
+    cells: np.ndarray | None = None,
+) -> np.ndarray:
+    r"""The ``psm_wsum`` centres whose predicted privacy variance is smallest.
+
+    The centres trade the release's sensitivity (:math:`\max |v|\,\lVert\max(c, 1-c)\rVert`,
+    smallest at ½) against the counts' noise reaching the estimate (smallest at each cell's
+    mean, :func:`shared.dp.wsum.wsum_privacy_se`). While one control cell's weight is far above
+    the treated weight 1, clipping only that cell to ½ costs nothing; once the weights are
+    bounded (:func:`dp_bound_weights`) the treated cells carry the largest weight, and holding
+    them at ½ let the count noise through :math:`(c_{bT} - \bar y_{bC} - ATT)/N` dominate (10k
+    treated, ε = 1, SecAgg: claims' privacy SE 305 against 82 from the sum itself). So the reach
+    :math:`R` is chosen from :data:`REACH_GRID` × :math:`v_{max}` by the predicted privacy
+    variance summed over outcomes on the [0, 1] scale, from released quantities only (counts,
+    cell means, the plan's σ): post-processing, no privacy cost, the same on both sides.
+    """
+    sa = {"secure_aggregation": secure_aggregation}
+    sigma_cells = _count_sigma(plan, n_nodes, secure_aggregation, cells, table.n_strata)
+    v = att_weights(table.count, used)
+    v_max = max_weight(v)
+    n = np.clip(table.count, 0.0, None)
+    u = np.asarray(used, dtype=bool)
+    means = np.clip(table.sum_y[u] / np.maximum(n[u], 1e-12)[..., None], 0.0, 1.0)
+    w = n[u, 1] / max(float(n[u, 1].sum()), 1e-12)
+    att = (w[:, None] * (means[:, 1, :] - means[:, 0, :])).sum(axis=0)
+    rel = plan.release("psm_wsum")
+    best, best_var = None, math.inf
+    for frac in REACH_GRID:
+        c = wsum_centers(count=table.count, sum_y=table.sum_y, used=used, reach=frac * v_max)
+        se = wsum_privacy_se(
+            count=table.count,
+            sum_y=table.sum_y,
+            used=used,
+            att=att,
+            centers=c,
+            sigma_count=sigma_cells,
+            sigma_wsum=rel.for_sensitivity(wsum_sensitivity(v, c)).total_sigma(n_nodes, **sa),
+        )
+        var = float(np.sum(se**2))
+        if var < best_var:
+            best, best_var = c, var
+    assert best is not None
+    return best
+
+
 def dp_wsum_query(
-    *, table: PsmTable, beta, plan: NoisePlan, n_nodes: int, secure_aggregation: bool = False
+    *,
+    table: PsmTable,
+    beta,
+    plan: NoisePlan,
+    n_nodes: int,
+    secure_aggregation: bool = False,
+    cells: np.ndarray | None = None,
 ) -> PsmWsum | None:
     """The ``psm_wsum`` operation that releases the ATT at ``beta`` over the table's strata
     (:mod:`shared.dp.wsum`), or None when no stratum holds both arms (the estimate then fails
@@ -194,7 +307,15 @@ def dp_wsum_query(
         edges=tuple(float(e) for e in table.edges),
         count=wsum_query_counts(table.count, used),
         center=tuple(
-            float(c) for c in wsum_centers(count=table.count, sum_y=table.sum_y, used=used).reshape(-1)
+            float(c)
+            for c in dp_wsum_centers(
+                table=table,
+                used=used,
+                plan=plan,
+                n_nodes=n_nodes,
+                secure_aggregation=secure_aggregation,
+                cells=cells,
+            ).reshape(-1)
         ),
         max_weight=max_weight(att_weights(table.count, used)),
     )
@@ -210,6 +331,8 @@ def dp_estimate(
     secure_aggregation: bool = False,
     wsum: np.ndarray | None = None,
     fit_noise: FitNoise | None = None,
+    cells: np.ndarray | None = None,
+    weight_check: Check | None = None,
 ) -> AttEstimate:
     """The stratified ATT with the privacy noise in its SE and CI.
 
@@ -220,7 +343,9 @@ def dp_estimate(
     come from the table either way; balance statistics the noise cannot resolve are None
     (:mod:`shared.psm.balance`). With ``fit_noise`` the CI also holds the bias the propensity
     fit's noise may leave (:mod:`shared.dp.fitnoise`), and the diagnostic ``dp_fit_bias`` says
-    how large that bound is.
+    how large that bound is. With ``cells`` (released strata summed into each stratum of a
+    merged table, :func:`dp_bound_weights`) the count noise of each stratum is σ√m in both
+    privacy SEs, and ``weight_check`` (the merge's diagnostic) joins the diagnostics.
     """
     sa = {"secure_aggregation": secure_aggregation}
     sigma = plan.release("psm_main").total_sigma(n_nodes, **sa)
@@ -231,12 +356,18 @@ def dp_estimate(
         )
     min_cell = dp_min_cell(count_sigma=sigma)
     used = dp_used(table=table, plan=plan, n_nodes=n_nodes, **sa)
+    sigma_cells = _count_sigma(plan, n_nodes, secure_aggregation, cells, table.n_strata)
     span = np.array([o.cap - o.lo for o in outcomes])
     att01 = None
     if wsum is not None and used.any():
-        centers = wsum_centers(count=table.count, sum_y=table.sum_y, used=used)
+        centers = dp_wsum_centers(table=table, used=used, plan=plan, n_nodes=n_nodes, cells=cells, **sa)
         att01 = wsum_att(
-            wsum=wsum, count=table.count, used=used, centers=centers, sum_y=table.sum_y, sigma_count=sigma
+            wsum=wsum,
+            count=table.count,
+            used=used,
+            centers=centers,
+            sum_y=table.sum_y,
+            sigma_count=sigma_cells,
         )
         rel = plan.release("psm_wsum").for_sensitivity(
             wsum_sensitivity(att_weights(table.count, used), centers)
@@ -247,12 +378,17 @@ def dp_estimate(
             used=used,
             att=att01,
             centers=centers,
-            sigma_count=sigma,
+            sigma_count=sigma_cells,
             sigma_wsum=rel.total_sigma(n_nodes, **sa),
         )
     else:
         se01 = att_privacy_se(
-            count=table.count, sum_y=table.sum_y, used=used, sigma_count=sigma, sigma_sum=sigma, center=CENTER
+            count=table.count,
+            sum_y=table.sum_y,
+            used=used,
+            sigma_count=sigma_cells,
+            sigma_sum=sigma_cells,
+            center=CENTER,
         )
     check = fit_resolution_check(
         n_treated=float(np.clip(table.count, 0.0, None)[:, 1].sum()),
@@ -279,7 +415,8 @@ def dp_estimate(
                 realised=True,
                 **sa,
             ),
-        ),
+        )
+        + ((weight_check,) if weight_check is not None else ()),
     )
     if att01 is not None:
         est = replace(

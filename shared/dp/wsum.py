@@ -26,7 +26,12 @@ cell's :math:`|v|\max(c, 1 - c)` stays within :math:`v_{max}/2`: the sensitivity
 :math:`\sqrt O\,v_{max}/2`, the same as at ½ everywhere, and only the cells of the largest
 weight keep ½. The weights are scaled by :math:`N` (treated
 weight 1, not 1/N) so the sums are of the order of the row count, as SecAgg+'s fixed-point
-range expects (:mod:`shared.secure_sum`).
+range expects (:mod:`shared.secure_sum`). The bound :math:`v_{max}/2` is the default reach R;
+once merged strata (:mod:`shared.dp.weightbound`) bring the controls' weights near the treated
+weight 1, holding every treated cell at ½ lets the count noise through, so the workflow picks R
+from a fixed grid in :math:`[v_{max}/2, v_{max}]` by this module's predicted privacy variance
+(:func:`shared.dp.workflow.dp_wsum_centers`); the node computes Δ from the centres it is sent
+either way.
 
 **What the node checks** (:func:`node_weights`, before any data is read): the query carries
 the strata edges, the noisy counts of the strata to use (0 for a stratum left out), the
@@ -108,16 +113,20 @@ def wsum_query_counts(count: np.ndarray, used: np.ndarray) -> tuple[float, ...]:
     return tuple(float(x) for x in n.reshape(-1))
 
 
-def wsum_centers(*, count, sum_y, used) -> np.ndarray:
+def wsum_centers(*, count, sum_y, used, reach: float | None = None) -> np.ndarray:
     r"""``(S, 2, O)`` public centres: each used cell's noisy mean (from the cell release),
-    clipped so that :math:`|v| \max(c, 1 - c) \le v_{max}/2` (module docstring); ½ in the cells
-    of the largest weight and outside the used strata."""
+    clipped so that :math:`|v| \max(c, 1 - c) \le R` (module docstring), by default
+    :math:`R = v_{max}/2`: ½ in the cells of the largest weight and outside the used strata.
+    A larger ``reach`` R (at most :math:`v_{max}`) keeps more cells at their means and raises the
+    sensitivity to at most :math:`\sqrt O R` (:func:`shared.dp.workflow.dp_wsum_centers`
+    chooses it)."""
     n = np.clip(np.asarray(count, dtype=float), 0.0, None)
     s = np.asarray(sum_y, dtype=float)
     v = np.abs(att_weights(n, used))
+    half = max_weight(v) / 2.0 if reach is None else float(reach)
     with np.errstate(divide="ignore", invalid="ignore"):
         mean = np.where(n[..., None] > 0, s / n[..., None], CENTER)
-        r = np.where(v > 0, max_weight(v) / (2.0 * v), 1.0)[..., None]  # max(c, 1 − c) ≤ r
+        r = np.where(v > 0, half / v, 1.0)[..., None]  # max(c, 1 − c) ≤ r
     return np.clip(np.clip(mean, 0.0, 1.0), 1.0 - np.minimum(r, 1.0), np.minimum(r, 1.0))
 
 
@@ -174,7 +183,7 @@ def weighted_sums(*, z, t, y, beta, edges, v, centers) -> np.ndarray:
     return weight @ (np.asarray(y, dtype=float) - np.asarray(centers, dtype=float)[b, arm])
 
 
-def wsum_att(*, wsum, count, used, centers, sum_y=None, sigma_count: float = 0.0) -> np.ndarray:
+def wsum_att(*, wsum, count, used, centers, sum_y=None, sigma_count=0.0) -> np.ndarray:
     """The ATT per outcome on the [0, 1] scale from the summed noisy weighted sums, the
     centres added back with the noisy treated counts (module docstring).
 
@@ -190,15 +199,16 @@ def wsum_att(*, wsum, count, used, centers, sum_y=None, sigma_count: float = 0.0
     n_t = float(n[u, 1].sum())
     back = np.sum(n[u, 1][:, None] * (c[:, 1, :] - c[:, 0, :]), axis=0)
     att = (np.asarray(wsum, dtype=float) + back) / n_t
-    if sum_y is None or not sigma_count > 0:
+    var_n = np.broadcast_to(np.asarray(sigma_count, dtype=float) ** 2, (n.shape[0],))[u]
+    if sum_y is None or not np.any(var_n > 0):
         return att
     n_c = n[u, 0]
     ybar_c = np.clip(np.asarray(sum_y, dtype=float)[u, 0, :] / n_c[:, None], 0.0, 1.0)
-    ratio_bias = (n[u, 1] / n_t * sigma_count**2 / n_c**2)[:, None] * (ybar_c - c[:, 0, :])
+    ratio_bias = (n[u, 1] / n_t * var_n / n_c**2)[:, None] * (ybar_c - c[:, 0, :])
     return att + ratio_bias.sum(axis=0)
 
 
-def wsum_privacy_se(*, count, sum_y, used, att, centers, sigma_count: float, sigma_wsum: float) -> np.ndarray:
+def wsum_privacy_se(*, count, sum_y, used, att, centers, sigma_count, sigma_wsum: float) -> np.ndarray:
     r"""Analytic SD of :func:`wsum_att` due to both noises, per outcome on the [0, 1] scale
     (module docstring).
 
@@ -209,7 +219,7 @@ def wsum_privacy_se(*, count, sum_y, used, att, centers, sigma_count: float, sig
         used: ``(S,)`` the strata with weight.
         att: ``(O,)`` the estimate on the [0, 1] scale.
         centers: ``(S, 2, O)`` the release's centres.
-        sigma_count: noise SD of one summed count.
+        sigma_count: noise SD of one summed count, or ``(S,)`` per stratum (merged strata).
         sigma_wsum: noise SD of one summed weighted sum.
     """
     cells = used_cells(count=count, sum_y=sum_y, used=used, sigma_count=sigma_count)
@@ -217,8 +227,9 @@ def wsum_privacy_se(*, count, sum_y, used, att, centers, sigma_count: float, sig
         return np.full(np.shape(sum_y)[-1], np.inf)
     N, w, ybar_c, inv_c2 = cells.N, cells.w, cells.ybar_c, cells.inv_c2
     c = np.asarray(centers, dtype=float)[used]
-    var_cnt = sigma_count**2 * (
-        np.sum((w**2 * inv_c2)[:, None] * (ybar_c - c[:, 0, :]) ** 2, axis=0)
-        + np.sum((c[:, 1, :] - ybar_c - np.asarray(att, dtype=float)[None, :]) ** 2, axis=0) / N**2
+    var_n = cells.var_n[:, None]  # per used stratum (merged strata carry more, weightbound)
+    var_cnt = (
+        np.sum(var_n * (w**2 * inv_c2)[:, None] * (ybar_c - c[:, 0, :]) ** 2, axis=0)
+        + np.sum(var_n * (c[:, 1, :] - ybar_c - np.asarray(att, dtype=float)[None, :]) ** 2, axis=0) / N**2
     )
     return np.sqrt(sigma_wsum**2 / N**2 + var_cnt)
