@@ -144,5 +144,4 @@ def test_secure_aggregation_study_over_real_nodes(synthetic, tmp_path):
         assert result.privacy.per_site[s.name] == pytest.approx(ledger.spent())
     for o in result.outcomes:
         assert o.se_privacy > 0 and o.ci[0] < o.att < o.ci[1]
-    assert [o.name for o in result.negative_controls] == [o.name for o in spec.negative_controls]
-    assert len(result.negative_controls) == 24 and all(o.se_privacy > 0 for o in result.negative_controls)
+    assert not spec.negative_controls and not result.negative_controls  # none declared, none estimated
