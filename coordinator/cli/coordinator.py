@@ -18,6 +18,15 @@ def _group() -> None:
     """Coordinator services."""
 
 
+def _mount_console() -> None:
+    from coordinator.console.cli import app as console_app
+
+    app.add_typer(console_app, name="console")
+
+
+_mount_console()
+
+
 @app.command("run")
 def run(
     kit: Path = typer.Option(..., "--kit", exists=True, file_okay=False, help="The coordinator kit."),
