@@ -35,6 +35,15 @@ def run(
         "text", "--log-format", envvar="REHEALTH_LOG_FORMAT", help="text or json."
     ),
     log_level: str = typer.Option("INFO", "--log-level", envvar="REHEALTH_LOG_LEVEL", help="DEBUG … ERROR."),
+    console: str = typer.Option(
+        None,
+        "--console",
+        help="Also serve the operator console on host:port (e.g. 127.0.0.1:8480) over the kit's "
+        "provisioning folder; needs the signing key's passphrase (REHEALTH_KEY_PASSPHRASE).",
+    ),
+    console_tls: bool = typer.Option(
+        False, "--console-tls", help="Serve the console over HTTPS with the kit's certificate."
+    ),
 ) -> None:
     """Start the SuperLink (TLS, SuperNode authentication, the kit's registered node keys) and
     its SuperExec; stop both on SIGTERM or Ctrl-C."""
@@ -45,4 +54,4 @@ def run(
         setup_logging(log_format, log_level)
     except ValueError as e:
         raise typer.BadParameter(str(e), param_hint="--log-format/--log-level") from None
-    raise typer.Exit(serve.run(kit, bind=bind))
+    raise typer.Exit(serve.run(kit, bind=bind, console=console, console_tls=console_tls))

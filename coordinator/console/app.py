@@ -110,6 +110,7 @@ def create_app(cfg: ConsoleConfig, *, sessions: Sessions | None = None) -> FastA
         autoescape=select_autoescape(default=True, default_for_string=True),
     )
     env.filters["when"] = views.short_time
+    env.filters["age"] = views.age
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     app.state.manager = manager
     app.state.sessions = sessions
@@ -424,7 +425,7 @@ def _studies(manager: RunManager) -> dict:
         for r in manager.runs()
     ]
     ours = {r["run_id"] for r in runs}
-    others = [r for r in superlink_list if r["run-id"] not in ours]
+    others = [{**r, "run-id": str(r["run-id"])} for r in superlink_list if str(r["run-id"]) not in ours]
     return {"studies": studies, "runs": runs, "other_runs": others, "superlink_error": error}
 
 

@@ -16,15 +16,19 @@ DIR_HELP = "The provisioning folder (rehealth federation provision --out): coord
 DEFAULT_LISTEN = "127.0.0.1:8480"
 
 
-def serve(federation_dir: Path, listen: str, *, tls: bool, superlink: str | None = None) -> int:
-    """Start the console (blocks). Checks the kit and the signing key's passphrase first."""
+def server(federation_dir: Path, listen: str, *, tls: bool, superlink: str | None = None):
+    """The console's uvicorn server, not yet started, after checking the kit and that the
+    signing key opens (the console signs studies and reports with it).
+
+    Raises:
+        ReHealthError: not a coordinator kit, or the key does not open.
+    """
     import logging
 
     import uvicorn
 
     from coordinator.console.app import ConsoleConfig, create_app
     from coordinator.federation.provision import load_signing_key
-    from shared.errors import ReHealthError
     from shared.flower_commands import split_address
 
     log = logging.getLogger("rehealth.console")
@@ -33,19 +37,15 @@ def serve(federation_dir: Path, listen: str, *, tls: bool, superlink: str | None
     cfg.hosts = sorted(
         {host, "127.0.0.1", "localhost", f"{host}:{port}", f"127.0.0.1:{port}", f"localhost:{port}"}
     )
-    try:
-        app = create_app(cfg)
-        load_signing_key(cfg.kit.signing_key)  # the console signs studies and reports with it
-    except ReHealthError as e:
-        log.error("%s", e)
-        return 1
+    app = create_app(cfg)
+    load_signing_key(cfg.kit.signing_key)
     if not cfg.users_file.exists():
         log.warning(
             "no operator yet: add one with `rehealth coordinator console adduser --federation-dir %s NAME`",
             federation_dir,
         )
     log.info("operator console on %s://%s", "https" if tls else "http", listen)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=host,
         port=port,
@@ -55,6 +55,41 @@ def serve(federation_dir: Path, listen: str, *, tls: bool, superlink: str | None
         ssl_certfile=str(cfg.kit.server_cert) if tls else None,
         ssl_keyfile=str(cfg.kit.server_key) if tls else None,
     )
+    return uvicorn.Server(config)
+
+
+def start_in_thread(federation_dir: Path, listen: str, *, tls: bool = False, timeout_s: float = 15.0):
+    """Serve the console from a thread of this process (``rehealth coordinator run --console``);
+    returns the server once it listens (set ``server.should_exit = True`` to stop it)."""
+    import threading
+    import time
+
+    srv = server(federation_dir, listen, tls=tls)
+    thread = threading.Thread(target=srv.run, name="rehealth-console", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout_s
+    while not srv.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            from shared.errors import FederationError
+
+            raise FederationError(f"the operator console did not start on {listen}")
+        time.sleep(0.05)
+    srv.thread = thread
+    return srv
+
+
+def serve(federation_dir: Path, listen: str, *, tls: bool, superlink: str | None = None) -> int:
+    """Serve the console until SIGINT/SIGTERM."""
+    import logging
+
+    from shared.errors import ReHealthError
+
+    try:
+        srv = server(federation_dir, listen, tls=tls, superlink=superlink)
+    except ReHealthError as e:
+        logging.getLogger("rehealth.console").error("%s", e)
+        return 1
+    srv.run()
     return 0
 
 

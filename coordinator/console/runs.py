@@ -246,7 +246,7 @@ class RunManager:
                 state=state,
                 finished_at=now_iso(),
                 error={
-                    "message": str(e).split("\n", 1)[0][:500],
+                    "message": str(e).split("\n", 1)[0][:2000],
                     "site": getattr(e, "node", None),
                     "round": getattr(e, "round_name", None),
                 },

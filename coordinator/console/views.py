@@ -38,6 +38,26 @@ def _iso(ts: float | None) -> str | None:
     return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def age(iso: str | None) -> str:
+    """``42 s ago``, ``5 min ago``, ``3 h ago`` (blank when unknown)."""
+    if not iso:
+        return ""
+    try:
+        t = dt.datetime.fromisoformat(str(iso).replace("Z", "+00:00"))
+    except ValueError:
+        return ""
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.timezone.utc)
+    s = max(0, int((dt.datetime.now(dt.timezone.utc) - t).total_seconds()))
+    if s < 120:
+        return f"{s} s ago"
+    if s < 7200:
+        return f"{s // 60} min ago"
+    if s < 172800:
+        return f"{s // 3600} h ago"
+    return f"{s // 86400} days ago"
+
+
 def short_time(iso: str | None) -> str:
     """``2026-12-07 00:12:03 UTC`` from an ISO time (blank when unknown)."""
     if not iso:
@@ -130,6 +150,7 @@ def sites(manager: RunManager) -> dict:
                 "last_study": (
                     {
                         "run": run.key if run else None,
+                        "study": (result or {}).get("study"),
                         "status": summary.get("status"),
                         "error": summary.get("error"),
                     }
@@ -216,7 +237,7 @@ def run_progress(manager: RunManager, run: RunFolder, *, superlink_status: str |
                     "kind": "study failed",
                     "site": ev.get("node"),
                     "round": ev.get("round"),
-                    "message": str(ev.get("message", ""))[:500],
+                    "message": str(ev.get("message", ""))[:2000],
                     "at": _iso(ev.get("t")),
                 }
             )
@@ -234,9 +255,10 @@ def run_progress(manager: RunManager, run: RunFolder, *, superlink_status: str |
                 "at": meta.get("finished_at"),
             }
         )
+    failed_rounds = {str(f["round"]) for f in failures if f.get("round")}
     for r in rounds:
         if state not in ACTIVE and r["state"] == "running":
-            r["state"] = "interrupted"
+            r["state"] = "failed" if r["round"] in failed_rounds else "interrupted"
     summary = None
     path = run.file("result.json")
     if path:
@@ -261,7 +283,8 @@ def run_progress(manager: RunManager, run: RunFolder, *, superlink_status: str |
     return {
         "key": run.key,
         "study": meta.get("study"),
-        "run_id": meta.get("run_id"),
+        # text: Flower's run ids are uint64, beyond a JavaScript number's exact integers
+        "run_id": str(meta["run_id"]) if meta.get("run_id") is not None else None,
         "state": state,
         "superlink_status": superlink_status,
         "started_by": meta.get("started_by"),
@@ -321,7 +344,7 @@ def verify_report(path: Path, ca_cert: Path) -> dict:
         "sha256": certified.verified.sha256,
         "study": report.study.name,
         "billable": report.billable,
-        "failed_gates": list(report.failed_gates),
+        "failed_gates": [c.label for c in report.checks if c.failed],
         "registered": report.registration is not None,
     }
 

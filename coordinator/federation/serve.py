@@ -166,14 +166,26 @@ def _private_opener(path, flags):
     return os.open(path, flags, 0o600)
 
 
-def run(kit: Path, *, bind: str | None = None) -> int:
+def run(kit: Path, *, bind: str | None = None, console: str | None = None, console_tls: bool = False) -> int:
+    """Serve the SuperLink from ``kit`` until a signal; with ``console`` (host:port) also the
+    operator console over the kit's provisioning folder (:mod:`coordinator.console`)."""
+    from shared.errors import ReHealthError
+
     coord = Coordinator(CoordinatorKit(Path(kit).resolve()), bind=bind)
+    web = None
     try:
         coord.start()
+        if console:
+            from coordinator.console.cli import start_in_thread
+
+            web = start_in_thread(coord.kit.root.parent, console, tls=console_tls)
         coord.run_forever()
         return 0
-    except (FederationError, SpecError) as e:
+    except ReHealthError as e:
         log.error("%s", e)
         return 1
     finally:
+        if web is not None:
+            web.should_exit = True
+            web.thread.join(timeout=10)
         coord.stop()
