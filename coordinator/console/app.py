@@ -93,8 +93,15 @@ class Refused(Exception):
 
 
 def create_app(cfg: ConsoleConfig, *, sessions: Sessions | None = None) -> FastAPI:
+    from coordinator.federation.control_auth import OperatorCredential
+    from coordinator.federation.provision import load_signing_key
+
     kit = cfg.kit
     kit.manifest()  # a coordinator kit, or SpecError now rather than on the first page
+    # the console acts for the operator: its Control API calls carry operator tokens signed
+    # with the kit's study-signing key, which also signs its studies and reports (so it must
+    # open now, with the passphrase in the environment, not at the first study)
+    credential = OperatorCredential(load_signing_key(kit.signing_key))
     users = UserStore(cfg.users_file)
     sessions = sessions or Sessions()
     manager = RunManager(
@@ -104,6 +111,7 @@ def create_app(cfg: ConsoleConfig, *, sessions: Sessions | None = None) -> FastA
         address=cfg.superlink,
         timeout_s=cfg.run_timeout_s,
         connect_timeout_s=cfg.connect_timeout_s,
+        credential=credential,
     )
     env = Environment(
         loader=FileSystemLoader(HERE / "templates"),

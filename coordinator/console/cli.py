@@ -28,7 +28,6 @@ def server(federation_dir: Path, listen: str, *, tls: bool, superlink: str | Non
     import uvicorn
 
     from coordinator.console.app import ConsoleConfig, create_app
-    from coordinator.federation.provision import load_signing_key
     from shared.flower_commands import split_address
 
     log = logging.getLogger("rehealth.console")
@@ -37,8 +36,7 @@ def server(federation_dir: Path, listen: str, *, tls: bool, superlink: str | Non
     cfg.hosts = sorted(
         {host, "127.0.0.1", "localhost", f"{host}:{port}", f"127.0.0.1:{port}", f"localhost:{port}"}
     )
-    app = create_app(cfg)
-    load_signing_key(cfg.kit.signing_key)
+    app = create_app(cfg)  # opens the signing key: it signs studies, reports and API tokens
     if not cfg.users_file.exists():
         log.warning(
             "no operator yet: add one with `rehealth coordinator console adduser --federation-dir %s NAME`",

@@ -140,8 +140,11 @@ class RunManager:
         address: str | None = None,
         timeout_s: float = 900.0,
         connect_timeout_s: float = 60.0,
+        credential=None,
     ):
         self.kit = kit
+        #: the token every Control API call carries (:mod:`coordinator.federation.control_auth`)
+        self.credential = credential
         self.studies_dir = studies_dir
         self.runs_dir = runs_dir
         self.address = address or kit.address
@@ -151,7 +154,9 @@ class RunManager:
         self._lock = threading.Lock()
 
     def control(self, timeout_s: float = 5.0) -> ControlClient:
-        return ControlClient(self.address, root_certificates=self.kit.ca_cert, timeout_s=timeout_s)
+        return ControlClient(
+            self.address, root_certificates=self.kit.ca_cert, timeout_s=timeout_s, credential=self.credential
+        )
 
     # -- studies and runs ------------------------------------------------------------------
 

@@ -13,9 +13,9 @@ not keep), nor its privacy budget. So:
   so a site that answered the latest study speaks this coordinator's version — shown with the
   run it is known from, and "not known" for a site that has not answered one;
 - *software version*: not reported by nodes (shown as such);
-- *privacy budget*: the ε each node's ledger reported as spent in its last answer of the
-  latest finished study (``result.privacy.per_site``; nodes report it with each DP answer, the
-  console adds no release).
+- *privacy budget*: the ε each node's ledger reported as spent in total in its last answer of
+  the latest finished study (``result.privacy.ledger_total``), and what that study cost it
+  (``per_site``); nodes report both with each DP answer, the console adds no release.
 """
 
 from __future__ import annotations
@@ -157,7 +157,9 @@ def sites(manager: RunManager) -> dict:
                     if summary
                     else None
                 ),
-                "epsilon_spent": privacy.get("per_site", {}).get(name),
+                # the node's ledger total (all studies and views on its data); older results
+                # carry only per_site, which then was that total
+                "epsilon_spent": (privacy.get("ledger_total") or privacy.get("per_site") or {}).get(name),
             }
         )
     return {
