@@ -328,6 +328,16 @@ def verify_report(path: Path, ca_cert: Path) -> dict:
     except OSError as e:
         return {"state": "failed", "reason": "unreadable", "detail": e.strerror}
     try:
+        doc = json.loads(data)
+    except ValueError:
+        doc = None
+    if isinstance(doc, dict) and "report" in doc and "signature" not in doc:
+        return {
+            "state": "unsigned",
+            "reason": "signature-missing",
+            "detail": "the report carries no signature",
+        }
+    try:
         certified = verify_with_ca(data, ca_cert.read_bytes())
     except ReportVerificationError as e:
         reason = getattr(e, "reason", "")

@@ -50,8 +50,6 @@ def federation(tmp_path_factory):
     base = tmp_path_factory.mktemp("console-e2e")
     synth = generate_federation(seed=5, sites=2, scale=0.05)
     spec_path = write_federation(synth, base / "synth", epsilon=9.0)  # the kits' budget is ε = 10
-    # three Newton rounds fewer than the default tolerance: the estimate is beside the point
-    spec_path.write_text(spec_path.read_text() + "\n[federation]\ntol = 1e-4\n")
     names = [s.name for s in synth.sites]
     address = f"127.0.0.1:{_free_port()}"
     sites = "".join(
