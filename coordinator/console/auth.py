@@ -72,8 +72,14 @@ class Sessions:
         now = self._clock()
         s = Session(secrets.token_urlsafe(32), user, secrets.token_urlsafe(32), now, now)
         with self._lock:
+            for sid in [k for k, old in self._sessions.items() if self._expired(old, now)]:
+                del self._sessions[sid]  # sessions nobody came back for
             self._sessions[s.sid] = s
         return s
+
+    @staticmethod
+    def _expired(s: Session, now: float) -> bool:
+        return now - s.seen > IDLE_S or now - s.created > MAX_AGE_S
 
     def lookup(self, cookie: str | None) -> Session | None:
         """The live session a cookie names, or None (unsigned, altered, unknown or expired)."""
@@ -87,7 +93,7 @@ class Sessions:
             s = self._sessions.get(sid)
             if s is None:
                 return None
-            if now - s.seen > IDLE_S or now - s.created > MAX_AGE_S:
+            if self._expired(s, now):
                 del self._sessions[sid]
                 return None
             s.seen = now
