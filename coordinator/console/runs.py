@@ -191,6 +191,21 @@ class RunManager:
         """Check the study's registration, make its run folder, start the run in a thread."""
         study = self.study(study_name)
         study.check(self.kit)
+        with self._lock:  # one run of a study at a time (a double click starts one)
+            running = [
+                k
+                for k, t in self._threads.items()
+                if t.is_alive() and RunFolder(self.runs_dir / k).meta().get("study") == study.name
+            ]
+            if running:
+                raise SpecError(
+                    f"study {study.name} is already running here (run {running[0]}): stop it first"
+                )
+            key, thread = self._begin(study, user=user, rerun_of=rerun_of)
+        thread.start()
+        return RunFolder(self.runs_dir / key)
+
+    def _begin(self, study: RegisteredStudy, *, user: str, rerun_of: str | None):
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         key = f"{study.name}-{stamp}-{secrets.token_hex(2)}"
         run = RunFolder(private_dir(self.runs_dir / key))
@@ -204,10 +219,8 @@ class RunManager:
             rerun_of=rerun_of,
         )
         thread = threading.Thread(target=self._run, args=(run, study), name=f"console-run-{key}", daemon=True)
-        with self._lock:
-            self._threads[key] = thread
-        thread.start()
-        return run
+        self._threads[key] = thread
+        return key, thread
 
     def _run(self, run: RunFolder, study: RegisteredStudy) -> None:
         from coordinator.report import write_signed_report

@@ -30,9 +30,10 @@ from tests.integration.test_provisioned_federation import _env, _free_port, _sto
 pytestmark = pytest.mark.integration
 USER, PASSWORD = "operator", "a long console password"
 STUDY = "prevention-2026"
+SMALL = "prevention-2026-small"
 
 
-def _listening(port: int, proc: subprocess.Popen, log: Path, timeout_s: float = 30) -> None:
+def _listening(port: int, proc: subprocess.Popen, log: Path, timeout_s: float = 120) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
@@ -69,27 +70,31 @@ def federation(tmp_path_factory):
         toml = fed / "sites" / name / "node.toml"
         data = (base / "synth" / name / "cohort.csv").resolve()
         toml.write_text(toml.read_text().replace('# data_path = "data/cohort.csv"', f'data_path = "{data}"'))
-    # the registered study: spec + registration signed with the kit's key, in studies/<name>/
-    study = fed / "studies" / STUDY
-    study.mkdir(parents=True)
-    shutil.copy(spec_path, study / "study.toml")
-    shutil.copy(base / "synth" / "truth.json", study / "truth.json")
-    subprocess.run(
-        [
-            *cli,
-            "study",
-            "register",
-            "--spec",
-            str(study / "study.toml"),
-            "--key",
-            str(fed / "coordinator" / "signing" / "coordinator.key"),
-            "--out",
-            str(study / "registration.json"),
-        ],
-        env=env,
-        check=True,
-        capture_output=True,
-    )
+    # the registered studies: spec + registration signed with the kit's key, in studies/<name>/;
+    # the second asks little ε (the first leaves 1 of each site's 10): it is the one stopped
+    text = spec_path.read_text()
+    assert "epsilon = 9.0" in text
+    for name, spec_text in ((STUDY, text), (SMALL, text.replace("epsilon = 9.0", "epsilon = 0.5"))):
+        study = fed / "studies" / name
+        study.mkdir(parents=True)
+        (study / "study.toml").write_text(spec_text)
+        shutil.copy(base / "synth" / "truth.json", study / "truth.json")
+        subprocess.run(
+            [
+                *cli,
+                "study",
+                "register",
+                "--spec",
+                str(study / "study.toml"),
+                "--key",
+                str(fed / "coordinator" / "signing" / "coordinator.key"),
+                "--out",
+                str(study / "registration.json"),
+            ],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
     UserStore(fed / "console" / "users.json").add(USER, PASSWORD)
 
     logs = base / "logs"
@@ -157,7 +162,7 @@ def test_operator_signs_in_runs_a_registered_study_and_sees_its_report_verified(
     page.get_by_role("link", name="Studies").click()
     page.wait_for_url(f"{url}/studies")
     shot(page, "3-studies")
-    page.get_by_role("button", name=f"Start {STUDY}").click()
+    page.get_by_role("button", name=f"Start {STUDY}", exact=True).click()
     page.wait_for_url(f"{url}/runs/**")
     run_url = page.url
     # live progress: rounds appear in the table while the run goes on (the page polls its JSON)
@@ -191,7 +196,7 @@ def test_operator_signs_in_runs_a_registered_study_and_sees_its_report_verified(
 
     # again: each site's ledger has spent ε = 9 of its 10 and refuses the second study
     page.goto(run_url)
-    page.get_by_role("button", name=f"Run {STUDY} again").click()
+    page.get_by_role("button", name=f"Run {STUDY} again", exact=True).click()
     page.wait_for_url(f"{url}/runs/**")
     assert page.url != run_url
     page.locator("#failures li.flash").first.wait_for(timeout=180_000)
@@ -205,8 +210,21 @@ def test_operator_signs_in_runs_a_registered_study_and_sees_its_report_verified(
     listed = page.get_by_role("row", name=rerun_key).inner_text()
     assert "failed" in listed and "round reserve" in listed, listed
     shot(page, "10-studies-after")
+    # stop: a run of the small study, stopped through the Control API once the SuperLink has it
+    page.get_by_role("button", name=f"Start {SMALL}").click()
+    page.wait_for_url(f"{url}/runs/**")
+    stop = page.get_by_role("button", name="Stop this run")
+    deadline = time.monotonic() + 120
+    while not stop.is_visible() and time.monotonic() < deadline:
+        time.sleep(1)
+        page.reload()  # the stop button is drawn once the run has a SuperLink run id
+    stop.click()
+    expect(page.locator("#run-state")).to_have_text("stopped", timeout=180_000)
+    assert "finished:stopped" in page.locator("#run-id").inner_text()
+    assert "study stopped" in page.locator("#failures").inner_text()
+    shot(page, "11-run-stopped")
     page.goto(f"{url}/")
-    shot(page, "11-sites-after")
+    shot(page, "12-sites-after")
     assert "9" in page.get_by_role("row", name=names[0]).inner_text()  # ε spent, from the ledger
     assert page.console_errors == [], page.console_errors
     print(f"sign-in to verified report {study_s:.1f} s; whole test {time.monotonic() - started:.1f} s")
