@@ -227,8 +227,17 @@ class RunManager:
         from coordinator.study.runner import run_with_client
 
         def on_event(ev: dict) -> None:
-            if ev.get("event") == "submitted":
-                run.update(run_id=int(ev["run_id"]), state="running")
+            if ev.get("event") != "submitted":
+                return
+            if run.meta().get("stop_requested"):
+                # the runner starts a run again when its first attempt ended before the
+                # ServerApp ran (coordinator.study.runner.start_and_follow): a stop asked for
+                # is meant for that one too
+                run.update(run_id=int(ev["run_id"]))
+                with self.control() as c:
+                    c.stop(int(ev["run_id"]))
+                return
+            run.update(run_id=int(ev["run_id"]), state="running")
 
         try:
             with self.control(timeout_s=30.0) as control:
@@ -258,7 +267,7 @@ class RunManager:
                         status = c.status(int(meta["run_id"]))
                 except ReHealthError:
                     pass
-            if status == "finished:stopped":
+            if status == "finished:stopped" or meta.get("stop_requested"):
                 state = "stopped"
             run.update(
                 state=state,
@@ -284,6 +293,7 @@ class RunManager:
         meta = run.meta()
         if meta.get("run_id") is None:
             raise FederationError(f"run {key} has no SuperLink run yet: nothing to stop")
+        run.update(stop_requested=True)
         with self.control() as c:
             stopped = c.stop(int(meta["run_id"]))
         if stopped and meta.get("state") in ACTIVE:

@@ -213,12 +213,9 @@ def test_operator_signs_in_runs_a_registered_study_and_sees_its_report_verified(
     # stop: a run of the small study, stopped through the Control API once the SuperLink has it
     page.get_by_role("button", name=f"Start {SMALL}").click()
     page.wait_for_url(f"{url}/runs/**")
-    stop = page.get_by_role("button", name="Stop this run")
-    deadline = time.monotonic() + 120
-    while not stop.is_visible() and time.monotonic() < deadline:
-        time.sleep(1)
-        page.reload()  # the stop button is drawn once the run has a SuperLink run id
-    stop.click()
+    page.locator("#rounds tr th").first.wait_for(timeout=180_000)  # its ServerApp is at work
+    page.reload()  # the stop button is drawn by the server once the run has a SuperLink run id
+    page.get_by_role("button", name="Stop this run").click()
     expect(page.locator("#run-state")).to_have_text("stopped", timeout=180_000)
     assert "finished:stopped" in page.locator("#run-id").inner_text()
     assert "study stopped" in page.locator("#failures").inner_text()

@@ -35,7 +35,7 @@
       fails.replaceChildren();
       run.failures.forEach(function (f) {
         var li = document.createElement("li");
-        li.className = "flash error";
+        li.className = "notice bad";
         li.textContent = f.kind + (f.site ? " — site " + f.site : "") + (f.round ? ", round " + f.round : "") + ": " + f.message;
         fails.appendChild(li);
       });
