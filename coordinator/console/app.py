@@ -19,7 +19,6 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
-from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from coordinator.console import views
@@ -27,7 +26,7 @@ from coordinator.console.auth import Session, Sessions
 from coordinator.console.runs import RunManager
 from coordinator.console.users import UserStore
 from coordinator.federation.kit_files import CoordinatorKit
-from shared import __version__
+from shared import __version__, web
 from shared.errors import ReHealthError
 
 log = logging.getLogger("rehealth.console")
@@ -37,7 +36,7 @@ PRE_COOKIE = "rh_login"
 MAX_FORM = 16 * 1024
 NAME = re.compile(r"^[A-Za-z0-9_.-]{1,120}$")
 CSP = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
 # the rendered evidence report: its own inline stylesheet and data: plots, no script at all
@@ -113,16 +112,14 @@ def create_app(cfg: ConsoleConfig, *, sessions: Sessions | None = None) -> FastA
         connect_timeout_s=cfg.connect_timeout_s,
         credential=credential,
     )
-    env = Environment(
-        loader=FileSystemLoader(HERE / "templates"),
-        autoescape=select_autoescape(default=True, default_for_string=True),
-    )
+    env = web.environment(HERE / "templates")  # the shared layout and macros behind ours
     env.filters["when"] = views.short_time
     env.filters["age"] = views.age
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     app.state.manager = manager
     app.state.sessions = sessions
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=cfg.hosts)
+    app.mount("/static/shared", StaticFiles(directory=web.STATIC), name="shared-static")
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
     @app.middleware("http")
@@ -189,8 +186,13 @@ def create_app(cfg: ConsoleConfig, *, sessions: Sessions | None = None) -> FastA
         flashes = s.flashes[:] if s else []
         if s:
             s.flashes.clear()
+        path = request.url.path
         html = env.get_template(template).render(
             request=request,
+            css_href="/static/shared/base.css",
+            home_href="/",
+            nav_items=NAV,
+            current=next((href for href, _ in reversed(NAV) if _in_section(path, href)), ""),
             user=s.user if s else None,
             csrf=s.csrf if s else None,
             path=request.url.path,
@@ -211,7 +213,12 @@ def create_app(cfg: ConsoleConfig, *, sessions: Sessions | None = None) -> FastA
             request,
             "login.html.j2",
             None,
-            {"login_csrf": sessions.login_token(pre), "next": _safe_next(next), "error": None},
+            {
+                "login_csrf": sessions.login_token(pre),
+                "next": _safe_next(next),
+                "error": None,
+                "username": None,
+            },
         )
         _cookie(response, PRE_COOKIE, pre, path="/login", max_age=3600)
         return response
@@ -379,6 +386,16 @@ def create_app(cfg: ConsoleConfig, *, sessions: Sessions | None = None) -> FastA
         return RedirectResponse(f"/runs/{key}", status_code=303)
 
     return app
+
+
+NAV = (("/", "Sites"), ("/studies", "Studies"), ("/reports", "Reports"))
+
+
+def _in_section(path: str, href: str) -> bool:
+    """Which nav item a page belongs to (a run's page is under Studies)."""
+    if href == "/":
+        return path == "/"
+    return path.startswith(href) or (href == "/studies" and path.startswith("/runs/"))
 
 
 def _safe_next(value: str) -> str:

@@ -83,8 +83,10 @@ def test_keyboard_sign_in_and_every_page_in_trouble(console, page, shot):
     skip = page.get_by_role("link", name="Skip to content")
     expect(skip).to_be_focused()
     assert skip.is_visible() and skip.bounding_box()["x"] >= 0
-    page.keyboard.press("Tab")  # then the first nav link: its focus ring is drawn
-    expect(page.get_by_role("link", name="Sites")).to_be_focused()
+    page.keyboard.press("Tab")  # the product name (home), then the first nav link
+    expect(page.get_by_role("link", name="ReHealth", exact=True)).to_be_focused()
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("link", name="Sites")).to_be_focused()  # its focus ring is drawn
     shot(page, "2-sites-superlink-down")
 
     page.get_by_role("link", name="Studies").click()
