@@ -166,9 +166,9 @@ def test_operator_signs_in_runs_a_registered_study_and_sees_its_report_verified(
     page.wait_for_url(f"{url}/runs/**")
     run_url = page.url
     # live progress: rounds appear in the table while the run goes on (the page polls its JSON)
-    page.locator("#rounds tr th").nth(1).wait_for(timeout=180_000)  # (the CSP forbids eval)
+    page.locator("#rounds tr th").nth(1).wait_for(timeout=600_000)  # (the CSP forbids eval)
     shot(page, "4-run-in-progress")
-    page.get_by_role("link", name="Open the signed report").wait_for(timeout=300_000)
+    page.get_by_role("link", name="Open the signed report").wait_for(timeout=900_000)
     assert page.locator("#run-state").inner_text() == "completed"
     assert "None." in page.locator("#failures").inner_text()
     rounds = page.locator("#rounds tr").count()
@@ -199,8 +199,8 @@ def test_operator_signs_in_runs_a_registered_study_and_sees_its_report_verified(
     page.get_by_role("button", name=f"Run {STUDY} again", exact=True).click()
     page.wait_for_url(f"{url}/runs/**")
     assert page.url != run_url
-    page.locator("#failures li.flash").first.wait_for(timeout=180_000)
-    expect(page.locator("#run-state")).to_have_text("failed", timeout=180_000)
+    page.locator("#failures li.flash").first.wait_for(timeout=600_000)
+    expect(page.locator("#run-state")).to_have_text("failed", timeout=600_000)
     failure = page.locator("#failures").inner_text()
     assert "site " in failure and "round " in failure, failure
     assert any(n in failure for n in names), failure
@@ -213,10 +213,10 @@ def test_operator_signs_in_runs_a_registered_study_and_sees_its_report_verified(
     # stop: a run of the small study, stopped through the Control API once the SuperLink has it
     page.get_by_role("button", name=f"Start {SMALL}").click()
     page.wait_for_url(f"{url}/runs/**")
-    page.locator("#rounds tr th").first.wait_for(timeout=180_000)  # its ServerApp is at work
+    page.locator("#rounds tr th").first.wait_for(timeout=600_000)  # its ServerApp is at work
     page.reload()  # the stop button is drawn by the server once the run has a SuperLink run id
     page.get_by_role("button", name="Stop this run").click()
-    expect(page.locator("#run-state")).to_have_text("stopped", timeout=180_000)
+    expect(page.locator("#run-state")).to_have_text("stopped", timeout=600_000)
     assert "finished:stopped" in page.locator("#run-id").inner_text()
     assert "study stopped" in page.locator("#failures").inner_text()
     shot(page, "11-run-stopped")
