@@ -199,7 +199,7 @@ def test_operator_signs_in_runs_a_registered_study_and_sees_its_report_verified(
     page.get_by_role("button", name=f"Run {STUDY} again", exact=True).click()
     page.wait_for_url(f"{url}/runs/**")
     assert page.url != run_url
-    page.locator("#failures li.flash").first.wait_for(timeout=600_000)
+    page.locator("#failures li.notice").first.wait_for(timeout=600_000)
     expect(page.locator("#run-state")).to_have_text("failed", timeout=600_000)
     failure = page.locator("#failures").inner_text()
     assert "site " in failure and "round " in failure, failure
