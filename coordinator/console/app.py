@@ -371,7 +371,7 @@ def create_app(cfg: ConsoleConfig, *, sessions: Sessions | None = None) -> FastA
         s, _ = await _post(request)
         _run_folder(manager, key)
         try:
-            stopped = await run_in_threadpool(manager.stop, key)
+            stopped = await run_in_threadpool(lambda: manager.stop(key, user=s.user))
         except ReHealthError as e:
             s.flashes.append(("error", str(e)))
         else:

@@ -269,11 +269,17 @@ class RunManager:
                     pass
             if status == "finished:stopped" or meta.get("stop_requested"):
                 state = "stopped"
+            message = str(e).split("\n", 1)[0][:2000]
+            if state == "stopped":
+                who = run.meta().get("stopped_by") or "an operator"
+                message = (
+                    f"stopped at the request of {who}; the SuperLink ended the run ({status or 'stopped'})"
+                )
             run.update(
                 state=state,
                 finished_at=now_iso(),
                 error={
-                    "message": str(e).split("\n", 1)[0][:2000],
+                    "message": message,
                     "site": getattr(e, "node", None),
                     "round": getattr(e, "round_name", None),
                 },
@@ -287,13 +293,13 @@ class RunManager:
             )
             log.exception("console run %s", run.key)
 
-    def stop(self, key: str) -> bool:
+    def stop(self, key: str, *, user: str = "") -> bool:
         """Ask the SuperLink to stop the run (its thread then records it as stopped)."""
         run = self.run(key)
         meta = run.meta()
         if meta.get("run_id") is None:
             raise FederationError(f"run {key} has no SuperLink run yet: nothing to stop")
-        run.update(stop_requested=True)
+        run.update(stop_requested=True, stopped_by=user or None)
         with self.control() as c:
             stopped = c.stop(int(meta["run_id"]))
         if stopped and meta.get("state") in ACTIVE:
