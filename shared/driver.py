@@ -127,6 +127,8 @@ class StudyRun:
     plan: NoisePlan | None = None
     resplit: BudgetSplit | None = None  # a re-split after describe (the coordinator no longer asks one)
     secure: tuple[int, float] | None = None  # SecAgg+ after describe: (nodes K, public scale)
+    #: SecAgg+'s scale for the weighted sums and the σ bound it covers (≥ the σ the nodes use)
+    secure_wsum: tuple[float, float] | None = None
     strata_method: str = "caliper"
     moments: CovMoments | None = None  # exact studies: the summed describe moments
     at_describe: Check | None = None  # DP studies: ``dp_fit_resolution`` (stop rule) at describe's counts
@@ -480,10 +482,10 @@ def _wsum_round(spec: StudySpec, rounds: _Rounds, run: StudyRun, op: PsmWsum, pl
     )  # an upper bound: centres in [0, 1] keep the sensitivity within √O·v_max
     # |Σ v (y − ½)| is at most about N_T ≤ the rows bound the scale holds; add the noise's
     # margin (secure_scale is linear in both: this is secure_scale(rows, σ_max + σ_wsum))
-    run.secure = (
-        k,
-        scale + secure_scale(rows_upper=0.0, sigma_max=sigma) - secure_scale(rows_upper=0.0, sigma_max=0.0),
+    wsum_scale = (
+        scale + secure_scale(rows_upper=0.0, sigma_max=sigma) - secure_scale(rows_upper=0.0, sigma_max=0.0)
     )
+    run.secure, run.secure_wsum = (k, wsum_scale), (wsum_scale, sigma)
     try:
         return rounds.ask((op,), "psm-wsum")
     finally:

@@ -71,9 +71,13 @@ def _fake(seed: int, truth: float, exact: tuple[float, float], dp: tuple[float, 
     def iv(lo: float, hi: float, limit: float | None = None) -> dict:
         return {"att": (lo + hi) / 2, "se": (hi - lo) / 3.92, "lo": lo, "hi": hi, "limit_width": limit}
 
-    modes: dict = {"exact": {"stopped": False, "outcomes": {"y": iv(*exact)}}}
+    # the caps in force (here the spec's 1.0, nothing clipped) and the uncapped truth, 0.1 above
+    capping = {"caps": {"y": 1.0}, "clipped": {"y": 0.0}, "truth_raw": {"y": truth + 0.1}}
+    modes: dict = {"exact": {"stopped": False, "outcomes": {"y": iv(*exact)}, **capping}}
     modes["local"] = (
-        {"error": "NoOverlapError"} if dp is None else {"stopped": stopped, "outcomes": {"y": iv(*dp, 0.5)}}
+        {"error": "NoOverlapError"}
+        if dp is None
+        else {"stopped": stopped, "outcomes": {"y": iv(*dp, 0.5)}, **capping}
     )
     return {"seed": seed, "truth": {"y": truth}, "modes": modes}
 
@@ -96,6 +100,10 @@ def test_cell_summary_counts_coverage_width_stopped_and_errors():
     assert rows["local"]["width_by_limit"] == pytest.approx(1.4)  # median of 0.8/0.5 and 0.6/0.5
     assert rows["exact"]["width_by_limit"] is None
     assert rows["exact"]["bias"] == pytest.approx(np.mean([0.0, 0.15, 0.0]))
+    # against the uncapped truth the same estimates sit 0.1 lower, in units of the mean SE
+    se = np.mean([0.2, 0.1, 0.1]) / 3.92
+    assert rows["exact"]["bias_raw_in_se"] == pytest.approx((np.mean([0.0, 0.15, 0.0]) - 0.1) / se)
+    assert rows["exact"]["cap"] == 1.0 and rows["exact"]["clipped"] == 0.0
 
 
 def test_exact_estimator_covers_the_true_att_under_a_misspecified_propensity():
