@@ -27,15 +27,25 @@ PULL_BACKOFF_CAP_S = 0.5
 
 
 def configure_object_pull(
-    initial_s: float = PULL_INITIAL_BACKOFF_S, cap_s: float = PULL_BACKOFF_CAP_S
+    initial_s: float = PULL_INITIAL_BACKOFF_S,
+    cap_s: float = PULL_BACKOFF_CAP_S,
+    max_time_s: float | None = None,
 ) -> None:
-    """Set the backoff of this process's object pulls (call before Flower pulls anything)."""
+    """Set the backoff of this process's object pulls (call before Flower pulls anything).
+
+    ``max_time_s``: give up on a message whose objects have not all arrived after this long
+    (Flower: 7,200 s). The ServerApp sets it to the federation's detection bound: a node that
+    stops between pushing a reply's row and its objects is otherwise waited for until the round
+    times out (measured: 180 s), although it is long offline; with it, Flower's grid turns the
+    reply into a ``MESSAGE_UNAVAILABLE`` error and the node is dropped or named like any other."""
     from flwr.supercore.inflatable import inflatable_utils as iu
 
     if not 0 < initial_s <= cap_s <= 10:
         raise ValueError(f"object pull backoff: need 0 < initial ({initial_s}) ≤ cap ({cap_s}) ≤ 10 s")
     for fn in (iu.pull_objects, iu.pull_and_inflate_object_from_tree):
         defaults = fn.__kwdefaults__
-        if defaults is None or not {"initial_backoff", "backoff_cap"} <= defaults.keys():
-            raise RuntimeError(f"Flower's {fn.__name__} no longer takes initial_backoff/backoff_cap")
+        if defaults is None or not {"initial_backoff", "backoff_cap", "max_time"} <= defaults.keys():
+            raise RuntimeError(f"Flower's {fn.__name__} no longer takes initial_backoff/backoff_cap/max_time")
         defaults["initial_backoff"], defaults["backoff_cap"] = initial_s, cap_s
+        if max_time_s is not None:
+            defaults["max_time"] = max_time_s

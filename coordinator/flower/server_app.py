@@ -25,6 +25,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from coordinator.federation import run_events
+from coordinator.federation.supernode import DETECTION_BOUND_S
 from coordinator.flower.federation import GridFederation
 from coordinator.study.assemble import assemble_result
 from shared.driver import run_study
@@ -47,7 +48,9 @@ def progress(event: str, data: dict) -> None:
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     run_events.install_output_guard()  # before anything a node said can reach our output
-    configure_object_pull()  # replies' objects may still be on their way to the SuperLink
+    # replies' objects may still be on their way to the SuperLink; a node silent for the
+    # heartbeat bound mid-upload is gone (its reply becomes an error, the node is dropped)
+    configure_object_pull(max_time_s=DETECTION_BOUND_S)
     cfg = context.run_config
     progress("started", {})  # before any message to a node: the runner's sign that the app ran
     try:
