@@ -17,6 +17,8 @@ import io
 import itertools
 import logging
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -27,7 +29,7 @@ from sqlalchemy import Connection, Engine, Table, create_engine, delete, event, 
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from node.store import models
 from node.store.schema import migrate
@@ -234,10 +236,14 @@ def open_store(url: str, *, check: bool = True, create: bool = True) -> Store:
         if backend == "sqlite":
             _create_private_file(engine.url.database)
             event.listen(engine, "connect", _sqlite_pragmas)
-        with engine.connect() as conn:  # connects: an unreachable server fails here
-            if check and backend == "sqlite":
-                _quick_check(conn, where)
-        migrate(engine, where)  # refuses a newer schema before anything reads the store
+
+        def first_start() -> None:
+            with engine.connect() as conn:  # connects: an unreachable server fails here
+                if check and backend == "sqlite":
+                    _quick_check(conn, where)
+            migrate(engine, where)  # refuses a newer schema before anything reads the store
+
+        _when_unlocked(first_start, where, sqlite=backend == "sqlite")
         if check:
             _check_schema(engine, where)
     except ReHealthError:
@@ -248,6 +254,33 @@ def open_store(url: str, *, check: bool = True, create: bool = True) -> Store:
         raise _open_error(e, backend, where) from None
     log.info("store ready: %s", engine.url.render_as_string(hide_password=True))
     return Store(engine)
+
+
+#: How long a first start waits for another process's first start to finish migrating.
+LOCKED_RETRY_S = 60.0
+
+
+def _when_unlocked(step: Callable[[], None], where: str, *, sqlite: bool) -> None:
+    """A first start's ``step`` (connect, check, :func:`migrate`), retried while SQLite says
+    "database is locked".
+
+    Two first starts at once (a node's API and its SuperNode) both migrate a new store. SQLite
+    answers a transaction that read and then wants to write while another writes with an
+    immediate SQLITE_BUSY — its busy timeout does not apply to that lock upgrade — so the second
+    start failed now and then (seen in CI). It waits and tries again; the first one's
+    migration is then found done. Other errors, and PostgreSQL, are not retried."""
+    deadline = time.monotonic() + LOCKED_RETRY_S
+    delay = 0.05
+    while True:
+        try:
+            step()
+            return
+        except OperationalError as e:
+            if not (sqlite and "database is locked" in str(e.orig)) or time.monotonic() > deadline:
+                raise
+            log.info("%s is locked by another first start: migrating again in %.2f s", where, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
 
 #: What to do with a store that fails its integrity check.
