@@ -10,6 +10,11 @@ outcomes differ (common random numbers):
 ``baseline``                  today's generator, bit-identical for every seed
 ``misspecified``              uptake logit with ``age²``, ``BMI·smoker`` and ``SBP·age`` terms:
                               a propensity the logistic-linear fit cannot represent
+``threshold_uptake``          uptake logit + a step at age 60, a hinge in BMI above 30, a
+                              saturating rise in glucose and a diabetes·family-history
+                              interaction: shapes no square of a feature reproduces (added
+                              after the squares basis of :mod:`shared.psm.terms`, to validate
+                              it on a process it was not chosen on)
 ``weak_confounding``          the features' uptake log-odds × 0.35
 ``strong_confounding``        the features' uptake log-odds × 2 (thin overlap at the top)
 ``heavy_tail``                claims lognormal with log-sd 1.9 (routine) and 1.2 (event cost),
@@ -41,7 +46,16 @@ import numpy as np
 
 from shared.errors import SpecError
 
-__all__ = ["BASELINE", "DGPS", "DGP_NAMES", "Dgp", "dgp", "effect_modifier", "nonlinear_uptake_terms"]
+__all__ = [
+    "BASELINE",
+    "DGPS",
+    "DGP_NAMES",
+    "Dgp",
+    "dgp",
+    "effect_modifier",
+    "nonlinear_uptake_terms",
+    "threshold_uptake_terms",
+]
 
 
 @dataclass(frozen=True)
@@ -55,6 +69,7 @@ class Dgp:
         uptake_offset: added to the uptake log-odds, so uptake stays near the baseline's
             (~15 % at the large insurer) when the feature part changes.
         nonlinear_uptake: add :func:`nonlinear_uptake_terms` to the uptake log-odds.
+        threshold_uptake: add :func:`threshold_uptake_terms` to the uptake log-odds.
         claims_log_sd: ``(routine, event cost)`` log-sd of the claims lognormals (None: the
             baseline's 1.1 and 0.6); the means are kept, so only the tail grows.
         claims_clip: clip claims at this value at generation (a heavy tail passes the public cap
@@ -71,6 +86,7 @@ class Dgp:
     confounding: float = 1.0
     uptake_offset: float = 0.0
     nonlinear_uptake: bool = False
+    threshold_uptake: bool = False
     claims_log_sd: tuple[float, float] | None = None
     claims_clip: float | None = None
     heterogeneity: str = "none"
@@ -87,6 +103,7 @@ class Dgp:
             self.confounding != 1.0
             or self.uptake_offset != 0.0
             or self.nonlinear_uptake
+            or self.threshold_uptake
             or self.unmeasured != 0.0
         )
 
@@ -108,6 +125,12 @@ DGPS: dict[str, Dgp] = {
             "uptake logit + age², BMI·smoker, SBP·age (the linear-logit fit is misspecified)",
             nonlinear_uptake=True,
             uptake_offset=-0.45,
+        ),
+        Dgp(
+            "threshold_uptake",
+            "uptake logit + step at age 60, BMI hinge at 30, saturating glucose, diabetes·family",
+            threshold_uptake=True,
+            uptake_offset=-0.55,
         ),
         Dgp("weak_confounding", "feature uptake log-odds × 0.35", confounding=0.35, uptake_offset=0.38),
         Dgp("strong_confounding", "feature uptake log-odds × 2", confounding=2.0, uptake_offset=-0.45),
@@ -158,6 +181,24 @@ def nonlinear_uptake_terms(f: dict[str, np.ndarray]) -> np.ndarray:
     """
     da = f["age"] - 50.0
     return 0.002 * da**2 + 0.2 * (f["bmi"] - 26.0) * f["smoker"] - 0.0015 * (f["sbp"] - 125.0) * da
+
+
+def threshold_uptake_terms(f: dict[str, np.ndarray]) -> np.ndarray:
+    r"""Log-odds of step, hinge and saturating shapes, for validating a propensity basis of squares.
+
+    A checkup campaign for everyone from 60 on, a weight-loss track only above obesity (BMI 30),
+    outreach that rises with glucose through the prediabetic range and then levels off, and
+    people with both diabetes and a family history already in a specialist's programme:
+
+    .. math:: 0.9\,[age \ge 60] + 0.15 \max(BMI - 30, 0) + 0.8 (1 - e^{-\max(glucose - 5.6, 0)})
+        - 0.8\,diabetes \cdot family
+
+    Fixed before the squares basis was measured on it (docs/benchmarks/misspec.md).
+    """
+    step = (f["age"] >= 60.0).astype(float)
+    hinge = np.maximum(f["bmi"] - 30.0, 0.0)
+    sat = 1.0 - np.exp(-np.maximum(f["glucose"] - 5.6, 0.0))
+    return 0.9 * step + 0.15 * hinge + 0.8 * sat - 0.8 * f["diabetes"] * f["family_history"]
 
 
 def effect_modifier(process: Dgp, f: dict[str, np.ndarray]) -> np.ndarray | None:
