@@ -28,6 +28,7 @@ Policy file (``policy-path`` in the node config; TOML), every key optional::
     max_abs_beta = 1000.0
     max_strata = 10000
     treatment_columns = ["treated"]
+    allow_design_terms = true  # squares and products of listed covariates (a study's [terms])
     [[covariates]]            # default: the 16 clinical features with their public bounds
     name = "age"; lo = 18; hi = 90
     [[outcomes]]              # default: claims_cost (cap 100000), cv_event, absence_days (365)
@@ -43,12 +44,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from node.files import read_toml
 from shared.dp.workflow import MIN_PS_SHARE
-from shared.errors import PolicyRefused, SpecError
+from shared.errors import DataError, PolicyRefused, SpecError
 from shared.features import FEATURES
 from shared.grant import Grant, canonical_json
 from shared.protocol import DP_RELEASES, PsFit, PsmStats, ScoreHist, StudyQuery
 from shared.psm.strata import MAX_STRATA
 from shared.study import DEFAULT_OUTCOMES, BudgetSplit, Covariate, Outcome, format_validation_error
+from shared.terms import term_factors
 
 __all__ = ["MIN_RELEASE_SHARE", "NodePolicy"]
 
@@ -95,6 +97,10 @@ class NodePolicy(BaseModel):
     #: real guard against fine edges is ``min_cell``
     max_strata: int = Field(default=MAX_STRATA, ge=1)
     treatment_columns: tuple[str, ...] = ("treated",)
+    #: answer over squares and products of listed covariates (a study's ``[terms]``,
+    #: :mod:`shared.terms`): functions of columns this policy already allows, on the same
+    #: [0, 1] scale, charged as one more covariate each; ``false`` refuses such studies
+    allow_design_terms: bool = True
     covariates: tuple[Covariate, ...] = Field(default_factory=_default_covariates)
     outcomes: tuple[Outcome, ...] = DEFAULT_OUTCOMES
 
@@ -136,6 +142,14 @@ class NodePolicy(BaseModel):
             raise PolicyRefused(f"treatment column {query.treatment_column!r} is not in this node's policy")
         _check_listed("covariate", query.covariates, self.covariates, lambda c: (c.lo, c.hi, c.kind))
         _check_listed("outcome", query.outcomes, self.outcomes, lambda o: (o.lo, o.cap, o.kind))
+        terms = query.design_terms
+        if terms is not None and not terms.empty:
+            if not self.allow_design_terms:
+                raise PolicyRefused("this node's policy does not allow derived covariate terms ([terms])")
+            try:
+                term_factors(query.covariates, terms)
+            except DataError as e:
+                raise PolicyRefused(f"derived terms: {e}") from None
 
     def _check_exact(self, query: StudyQuery) -> None:
         for op in query.ops:

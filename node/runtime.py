@@ -49,7 +49,7 @@ def _whole_study(query: StudyQuery) -> StudyQuery:
     edges are placeholders: under DP the policy judges the releases, not where they are taken."""
     from shared.protocol import Describe, PsFit, PsmStats, PsmWsum, ScoreHist
 
-    beta = (0.0,) * (len(query.covariates) + 1)
+    beta = (0.0,) * (len(query.design_covariates) + 1)
     whole = (-float("inf"), float("inf"))
     ops = (
         Describe(),
@@ -377,7 +377,7 @@ class NodeRuntime:
         from shared.dp.plan import NoisePlan
 
         assert query.privacy is not None
-        dims = {"n_covariates": len(query.covariates), "n_outcomes": len(query.outcomes)}
+        dims = {"n_covariates": len(query.design_covariates), "n_outcomes": len(query.outcomes)}
         public = json.dumps({**dims, "protocol": query.protocol})  # new code, new plans
         key = hashlib.sha256((query.privacy.model_dump_json() + public).encode()).hexdigest()
         cache = self.state_dir / "plans" / f"{key[:32]}.json" if self.state_dir else None

@@ -15,6 +15,7 @@ against any ledger with the methods of :class:`NodeLedger` (a real node passes
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol, Sequence
@@ -41,6 +42,7 @@ from shared.psm.dr import slope_arrays
 from shared.psm.propensity import cov_moments, ps_contribution
 from shared.psm.strata import score_histogram
 from shared.psm.table import psm_table
+from shared.terms import expand
 
 __all__ = [
     "Release",
@@ -111,13 +113,22 @@ def answer(
 ) -> dict[str, dict[str, np.ndarray]]:
     """Compute every operation of ``query`` over ``data``; each answer passes through
     ``release`` (the DP noise step when privacy is on) before it is returned."""
+    data = with_design_terms(query, data)
     return {op.op: release(op.op, exact_answer(op, query, data)) for op in query.ops}
+
+
+def with_design_terms(query: StudyQuery, data: SiteArrays) -> SiteArrays:
+    """``data`` with the query's derived terms (:mod:`shared.terms`) appended to ``z``; the
+    same ``data`` when the query declares none."""
+    if query.design_terms is None or query.design_terms.empty:
+        return data
+    return dataclasses.replace(data, z=expand(data.z, query.covariates, query.design_terms))
 
 
 def exact_answer(op, query: StudyQuery, data: SiteArrays) -> dict[str, np.ndarray]:
     """One operation's exact aggregates over the site's rows (they stay on the node until
     released)."""
-    d = len(query.covariates)
+    d = len(query.design_covariates)
     if isinstance(op, Describe):
         return {
             **cov_moments(z=data.z, t=data.t).to_arrays(),
@@ -203,7 +214,7 @@ def check_query(query: StudyQuery) -> None:
         ):
             raise QueryRefused("reserve: a reservation is made from the signed study's terms alone")
         return
-    d = len(query.covariates)
+    d = len(query.design_covariates)
     for op in query.ops:
         if isinstance(op, (PsFit, ScoreHist, PsmStats, PsmWsum)):
             _check_beta(op.beta, d)

@@ -213,7 +213,7 @@ def run_study(spec: StudySpec, fed: Federation, progress: Progress | None = None
 
 
 def _run_exact(spec: StudySpec, rounds: _Rounds, run: StudyRun, fed: Federation) -> None:
-    d = len(spec.covariates)
+    d = len(spec.design_covariates)
     moments = {s: CovMoments.from_arrays(a.answers["describe"]) for s, a in rounds.describe().items()}
 
     def total_moments() -> CovMoments:
@@ -265,7 +265,7 @@ def _run_exact(spec: StudySpec, rounds: _Rounds, run: StudyRun, fed: Federation)
     )
     run.moments = total_moments()
     run.estimate = estimate_att(
-        table=run.table, outcomes=spec.analysed_outcomes, covariates=[c.name for c in spec.covariates]
+        table=run.table, outcomes=spec.analysed_outcomes, covariates=[c.name for c in spec.design_covariates]
     )
     if dr:  # the same strata, table and diagnostics; each outcome's ATT, SE and CI are DR's
         stats = _sum(
@@ -283,7 +283,7 @@ def noise_plan(spec: StudySpec) -> NoisePlan:
         epsilon=p.epsilon,
         delta=p.delta,
         split=p.split,
-        n_covariates=len(spec.covariates),
+        n_covariates=len(spec.design_covariates),
         n_outcomes=len(spec.analysed_outcomes),
         n_ps_rounds=p.ps_rounds,
         accountant=p.accountant,
@@ -349,7 +349,7 @@ def _cancel(spec: StudySpec, rounds: _Rounds) -> None:
 
 
 def _release(spec: StudySpec, rounds: _Rounds, run: StudyRun) -> None:
-    d, p = len(spec.covariates), spec.privacy
+    d, p = len(spec.design_covariates), spec.privacy
     plan = noise_plan(spec)
     run.plan, run.strata_method = plan, "equal-width on the treated score range (DP)"
     described = rounds.describe()
@@ -446,7 +446,7 @@ def _release(spec: StudySpec, rounds: _Rounds, run: StudyRun) -> None:
         plan=plan,
         n_nodes=nodes(answers),
         outcomes=spec.analysed_outcomes,
-        covariates=[c.name for c in spec.covariates],
+        covariates=[c.name for c in spec.design_covariates],
         wsum=wsum,
         fit_noise=fit_noise,
         cells=cells,

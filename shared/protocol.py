@@ -21,6 +21,7 @@ from protos import rehealth_v1_pb2 as _pb  # the generated contract (protobuf on
 from shared.grant import Grant, SignedGrant
 from shared.secure_sum import secured
 from shared.study import BudgetSplit, Covariate, Outcome, StudySpec
+from shared.terms import DesignTerms, derived_covariates
 
 #: The protocol version, from the wire contract (``protos/rehealth_v1.proto``, enum
 #: ``Protocol``; its history is there). A node and a coordinator of different versions refuse
@@ -198,6 +199,13 @@ class StudyQuery(_Model):
     secure_scale: float | None = Field(default=None, gt=0)
     #: the operator's signed grant this query belongs to (:mod:`shared.grant`)
     grant: SignedGrant | None = None
+    #: derived terms the node appends to its scaled covariates (:mod:`shared.terms`); None: none
+    design_terms: DesignTerms | None = None
+
+    @property
+    def design_covariates(self) -> tuple[Covariate, ...]:
+        """The covariates, then the derived terms: the columns every aggregate is taken over."""
+        return self.covariates + derived_covariates(self.covariates, self.design_terms)
 
     @field_validator("protocol")
     @classmethod
@@ -213,12 +221,15 @@ class StudyQuery(_Model):
             if self.privacy is None
             else self.privacy.model_dump(mode="json", exclude={"resplit", "secure_nodes"})
         )
-        return {
+        out = {
             "treatment_column": self.treatment_column,
             "covariates": [c.model_dump(mode="json") for c in self.covariates],
             "outcomes": [o.model_dump(mode="json") for o in self.outcomes],
             "privacy": privacy,
         }
+        if self.design_terms is not None and not self.design_terms.empty:
+            out["design_terms"] = self.design_terms.model_dump(mode="json")  # old grants: unchanged
+        return out
 
     @classmethod
     def for_spec(
@@ -256,6 +267,7 @@ class StudyQuery(_Model):
             privacy=privacy,
             secure_scale=secure_scale,
             grant=grant,
+            design_terms=None if spec.terms.empty else spec.terms,
         )
 
     @staticmethod

@@ -30,6 +30,7 @@ from pydantic import (
 
 from shared.errors import SpecError
 from shared.features import FEATURES, Feature
+from shared.terms import DesignTerms, derived_covariates, term_factors
 
 
 class _Model(BaseModel):
@@ -204,6 +205,10 @@ class StudySpec(_Model):
     #: the noise plan). A spec that does not name one is a stratified study, and hashes as it did
     #: before this field existed.
     estimator: Literal["stratified", "dr"] = "stratified"
+    #: second-order terms of the covariate basis (squares, declared interactions) that nodes
+    #: compute from the scaled covariates (:mod:`shared.terms`); empty by default, and a spec
+    #: without them hashes as it did before this field existed
+    terms: DesignTerms = DesignTerms()
     _source_dir: str | None = PrivateAttr(default=None)  # the spec file's folder, if loaded from one
 
     @field_validator("covariates")
@@ -236,6 +241,8 @@ class StudySpec(_Model):
             data.pop("negative_controls", None)
         if self.estimator == "stratified":
             data.pop("estimator", None)
+        if self.terms.empty:
+            data.pop("terms", None)
         return data
 
     @property
@@ -262,6 +269,17 @@ class StudySpec(_Model):
                 "would carry less noise than the plan"
             )
         return self
+
+    @model_validator(mode="after")
+    def _terms_of_covariates(self) -> "StudySpec":
+        term_factors(self.covariates, self.terms)  # an interaction of an unknown column: DataError
+        return self
+
+    @property
+    def design_covariates(self) -> tuple[Covariate, ...]:
+        """The covariates, then the derived terms (:mod:`shared.terms`): every column of the
+        scaled matrix the propensity model, strata, balance and DR work on."""
+        return self.covariates + derived_covariates(self.covariates, self.terms)
 
     @model_validator(mode="after")
     def _dr_is_exact_only(self) -> "StudySpec":

@@ -183,7 +183,7 @@ def plan(
         before = noise_plan(study)
         gate = after_describe(
             counts=(float(4 * treated if controls is None else controls), float(treated)),
-            n_covariates=len(study.covariates),
+            n_covariates=len(study.design_covariates),
             plan=before,
             split=study.privacy.split,
             n_nodes=k,

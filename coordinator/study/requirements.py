@@ -45,7 +45,7 @@ def runs(
         study = study.model_copy(update={"privacy": study.privacy.model_copy(update={"epsilon": epsilon})})
     gate = after_describe(
         counts=(float(controls), float(treated)),
-        n_covariates=len(study.covariates),
+        n_covariates=len(study.design_covariates),
         plan=noise_plan(study),
         split=study.privacy.split,
         n_nodes=nodes,

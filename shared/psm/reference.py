@@ -34,6 +34,7 @@ from shared.psm.propensity import PropensityFitter
 from shared.psm.strata import logit_sd
 from shared.psm.table import PsmTable, psm_table, scale_outcomes
 from shared.study import Covariate, Federation, Outcome, Privacy, Site, Strata, StudyInfo, StudySpec
+from shared.terms import DesignTerms
 
 __all__ = [
     "NnMatch",
@@ -70,21 +71,28 @@ def reference_spec(
     max_iter: int = 25,
     privacy: Privacy | None = None,
     estimator: Literal["stratified", "dr"] = "stratified",
+    terms: DesignTerms | None = None,
+    binary: Sequence[str] = (),
 ) -> StudySpec:
     """The study spec of a reference run over arrays already scaled to [0, 1] (covariate
     bounds 0..1), with sites ``site-0`` … ``site-{n_sites-1}``; exact unless ``privacy``;
-    ``strata`` as the spec's ``[strata] method``."""
+    ``strata`` as the spec's ``[strata] method``; ``binary`` names the 0/1 covariates (their
+    squares are not terms, :mod:`shared.terms`)."""
     if strata not in ("auto", "caliper", "quantile"):
         raise DataError(f"unknown strata method {strata!r} (auto, caliper or quantile)", field="strata")
     return StudySpec(
         study=StudyInfo(name="reference"),
-        covariates=tuple(Covariate(name=c, lo=0.0, hi=1.0) for c in covariates),
+        covariates=tuple(
+            Covariate(name=c, lo=0.0, hi=1.0, kind="binary" if c in binary else "continuous")
+            for c in covariates
+        ),
         outcomes=tuple(outcomes),
         privacy=privacy if privacy is not None else Privacy(enabled=False),
         strata=Strata(method=strata, caliper_sd=caliper_sd, n=n_strata),
         federation=Federation(ridge=ridge, tol=tol, max_newton_iter=max_iter),
         sites=tuple(Site(name=f"site-{i}") for i in range(n_sites)),
         estimator=estimator,
+        terms=terms or DesignTerms(),
     )
 
 
@@ -100,6 +108,8 @@ def estimate_att_federated(
     tol: float = 1e-10,
     max_iter: int = 25,
     estimator: Literal["stratified", "dr"] = "stratified",
+    terms: DesignTerms | None = None,
+    binary: Sequence[str] = (),
 ) -> PooledAtt:
     """The exact study in one process: the study driver (:func:`shared.driver.run_study`, the
     coordinator's code) over in-process sites answering with the node's code
@@ -114,6 +124,8 @@ def estimate_att_federated(
             (``n_strata`` equal-treated strata read off the public score grid
             :func:`shared.dp.workflow.dp_grid`, from summed per-node histograms).
         estimator: the spec's ``estimator`` (``dr``: :mod:`shared.psm.dr` on the same strata).
+        terms: the spec's ``[terms]`` (:mod:`shared.terms`): each node appends them to its ``z``.
+        binary: the names of 0/1 covariates (no square of theirs is a term).
 
     Raises:
         DataError / CovariateBoundsError: bad input (row numbers are within the node).
@@ -135,6 +147,8 @@ def estimate_att_federated(
         tol=tol,
         max_iter=max_iter,
         estimator=estimator,
+        terms=terms,
+        binary=binary,
     )
     lo, cap = [o.lo for o in outcomes], [o.cap for o in outcomes]
     sites, clipped = {}, []
