@@ -14,7 +14,7 @@ CohortMethod's users add squares and interactions and check balance on them). Th
 
 * ``squares = "continuous"``: the square of every continuous covariate (binary ones square to
   themselves) — the pre-declared default basis, the same for every study;
-* ``interactions = [["bmi", "smoker"], ...]``: products the design names (none by default).
+* ``interactions = ["bmi*smoker", ...]``: products the design names (none by default).
 
 Each term is the product of covariates already scaled to [0, 1] by their public bounds, so it
 lies in [0, 1] too: it needs no bounds of its own, adds nothing a node's policy has not allowed
@@ -27,7 +27,7 @@ holds for them as for the covariates (tests/unit/test_psm_terms.py).
 A spec without ``[terms]`` (or with the empty default) dumps, hashes and queries as before.
 
 >>> from shared.study import Covariate
->>> t = DesignTerms(squares="continuous", interactions=(("bmi", "smoker"),))
+>>> t = DesignTerms(squares="continuous", interactions=("bmi*smoker",))
 >>> [c.name for c in derived_covariates(
 ...     (Covariate(name="age", lo=18, hi=90), Covariate(name="bmi", lo=15, hi=60),
 ...      Covariate(name="smoker", lo=0, hi=1, kind="binary")), t)]
@@ -55,13 +55,18 @@ class DesignTerms(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     squares: Literal["none", "continuous"] = "none"
-    interactions: tuple[tuple[str, str], ...] = Field(default=(), max_length=200)
+    #: products of two covariates, ``"a*b"``
+    interactions: tuple[str, ...] = Field(default=(), max_length=200)
 
     @field_validator("interactions")
     @classmethod
-    def _distinct_pairs(cls, v: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    def _distinct_pairs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         seen: set[frozenset[str]] = set()
-        for a, b in v:
+        for term in v:
+            parts = term.split("*")
+            if len(parts) != 2 or not all(p.strip() for p in parts):
+                raise ValueError(f"interaction {term!r} is not of the form 'a*b'")
+            a, b = (p.strip() for p in parts)
             if a == b:
                 raise ValueError(f"interaction {a!r}*{b!r}: a square is declared by squares = 'continuous'")
             key = frozenset((a, b))
@@ -88,7 +93,8 @@ def term_factors(covariates: Sequence[Covariate], terms: DesignTerms | None) -> 
     pairs = []
     if terms.squares == "continuous":
         pairs += [(i, i) for i, c in enumerate(covariates) if c.kind == "continuous"]
-    for k, (a, b) in enumerate(terms.interactions):
+    for k, term in enumerate(terms.interactions):
+        a, b = (p.strip() for p in term.split("*"))
         for name in (a, b):
             if name not in index:
                 raise DataError(

@@ -15,7 +15,7 @@ from shared.study import DEFAULT_OUTCOMES, Covariate, StudySpec
 from shared.synth import generate_cohort
 from shared.terms import DesignTerms, derived_covariates, expand
 
-SQUARES = DesignTerms(squares="continuous", interactions=(("bmi", "smoker"),))
+SQUARES = DesignTerms(squares="continuous", interactions=("bmi*smoker",))
 COVS = tuple(Covariate(name=f.name, lo=0.0, hi=1.0, kind=f.kind) for f in FEATURES)
 NAMES = list(FEATURE_NAMES)
 BINARY = [f.name for f in FEATURES if f.kind == "binary"]
@@ -64,9 +64,9 @@ def test_a_spec_without_terms_hashes_as_before_and_one_with_terms_does_not():
     assert "design_terms" not in StudyQuery.study_grant(plain, "g" * 16).terms
     assert StudyQuery.study_grant(with_terms, "g" * 16).terms["design_terms"]["squares"] == "continuous"
     with pytest.raises(SpecError, match="interactions\\[0\\] names 'bogus'"):
-        _spec(terms={"interactions": [["bmi", "bogus"]]})
+        _spec(terms={"interactions": ["bmi*bogus"]})
     with pytest.raises(SpecError, match="declared twice"):
-        _spec(terms={"interactions": [["bmi", "smoker"], ["smoker", "bmi"]]})
+        _spec(terms={"interactions": ["bmi*smoker", "smoker * bmi"]})
 
 
 def test_the_node_policy_decides_whether_it_computes_terms():
@@ -79,7 +79,7 @@ def test_the_node_policy_decides_whether_it_computes_terms():
     with pytest.raises(PolicyRefused, match="derived covariate terms"):
         NodePolicy(allow_exact=True, allow_design_terms=False).check(query, None)
     # an interaction naming a column the query does not carry is refused, not computed
-    bad = query.model_copy(update={"design_terms": DesignTerms(interactions=(("bmi", "person_id"),))})
+    bad = query.model_copy(update={"design_terms": DesignTerms(interactions=("bmi*person_id",))})
     with pytest.raises(PolicyRefused, match="person_id"):
         NodePolicy(allow_exact=True).check(bad, None)
 
@@ -128,3 +128,13 @@ def test_squares_remove_most_of_the_retirement_bias_of_the_misspecified_process(
     assert not est["linear"].ci[0] <= true <= est["linear"].ci[1]
     assert est["squares"].ci[0] <= true <= est["squares"].ci[1]
     assert est["squares"].att - est["linear"].att > 0.5  # same rows: a paired shift, not noise
+
+
+def test_the_terms_travel_on_the_wire_and_are_absent_when_there_are_none():
+    from protos.codec import query_from_proto, query_to_proto
+
+    for terms in ({"squares": "continuous", "interactions": ["bmi*smoker"]}, {}):
+        query = StudyQuery.for_spec(_spec(terms=terms, privacy={"enabled": False}), (Describe(),))
+        msg = query_to_proto(query)
+        assert msg.HasField("design_terms") == bool(terms)
+        assert query_from_proto(msg) == query
