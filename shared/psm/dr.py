@@ -581,8 +581,8 @@ def _estimate_release(rel: DrRelease, outcomes, min_cell: float, se_privacy=None
 
 
 def redraw_dr_se(
-    rel: DrRelease, *, outcomes: Sequence[Outcome], min_cell: float, n_draws: int, rng
-) -> np.ndarray:
+    rel: DrRelease, *, outcomes: Sequence[Outcome], min_cell: float, n_draws: int, rng, parts: bool = False
+):
     r"""Privacy SE per outcome (original units): a parametric bootstrap from the releases' known
     noise, corrected for re-drawing at a noisy point.
 
@@ -598,7 +598,8 @@ def redraw_dr_se(
     the bilinear form; it is floored at :math:`\max(V_c, V_s)`, whose means
     (:math:`\gamma^\top\Sigma_d\gamma + \mathrm{tr}`, :math:`d^\top\Sigma_\gamma d +
     \mathrm{tr}`) never exceed the variance. The stratified part's noise rides in
-    :math:`V_c`.
+    :math:`V_c`. ``parts``: return :math:`(\sqrt{V_c}, \sqrt{V_s}, \text{SE})` instead
+    (``bench/bench_dr_noise.py``).
     """
     if n_draws < 2:
         raise DataError(f"n_draws must be at least 2, got {n_draws!r}")
@@ -616,7 +617,8 @@ def redraw_dr_se(
         f_s.append(est(cells, ns))
         f_cs.append(est(nc, ns))
     v_c, v_s, v_cs = (np.var(np.stack(f), axis=0, ddof=1) for f in (f_c, f_s, f_cs))
-    return np.sqrt(np.maximum(2 * v_c + 2 * v_s - v_cs, np.maximum(v_c, v_s)))
+    se = np.sqrt(np.maximum(2 * v_c + 2 * v_s - v_cs, np.maximum(v_c, v_s)))
+    return (np.sqrt(v_c), np.sqrt(v_s), se) if parts else se
 
 
 def estimate_dr_release(
