@@ -155,11 +155,14 @@ def _redraw_strat(rel, sigma, strat_att, rng):
     from shared.dp.uncertainty import redraw_se
     from shared.psm.dr import _centre, _uncentre
 
-    def est(arrays):
-        return strat_att(_uncentre(dict(arrays), rel.table.edges, rel.table.sumsq_z))
-
+    centred = _centre(rel)
     keys = ("count", "sum_y", "sumsq_y", "sum_z")
-    arrays = {k: v for k, v in _centre(rel).items() if k in keys}
+    arrays = {k: v for k, v in centred.items() if k in keys}
+
+    def est(noisy):
+        whole = {**noisy, "zz": centred["zz"], "zy": centred["zy"]}  # not read by the stratified ATT
+        return strat_att(_uncentre(whole, rel.table.edges, rel.table.sumsq_z))
+
     return redraw_se(arrays=arrays, sigma={k: sigma[k] for k in keys}, estimate=est, n_draws=40, rng=rng)
 
 

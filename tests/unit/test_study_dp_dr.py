@@ -44,10 +44,12 @@ def test_dp_dr_plan_has_the_slope_release_in_place_of_the_weighted_sums(study):
     stratified = noise_plan(spec.model_copy(update={"estimator": "stratified"}))
     assert plan.has("dr_slope") and not plan.has("psm_wsum")
     assert stratified.has("psm_wsum") and not stratified.has("dr_slope")
-    # the same total ρ spread over as many releases: the slope takes the weighted sums' share
+    # the same total ρ over as many releases: the weighted sums' 45 % split between slope (25 %) and balance
     assert plan.rho == pytest.approx(stratified.rho, rel=1e-5)
     mu = {r.query: r.noise_multiplier for r in plan.releases}
-    assert mu["dr_slope"] == pytest.approx(stratified.release("psm_wsum").noise_multiplier, rel=1e-6)
+    assert mu["dr_slope"] == pytest.approx(
+        stratified.release("psm_wsum").noise_multiplier * (0.45 / 0.25) ** 0.5, rel=1e-6
+    )
     assert plan.release("dr_slope").sensitivity == pytest.approx(
         np.sqrt(1 + 3 / 4 + 16 / 4 + (16 * 17 / 2 + 16 * 3) / 16), rel=1e-12
     )
