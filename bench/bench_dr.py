@@ -8,15 +8,17 @@ strata
 
 * ``strat``: the stratified estimator (:func:`shared.psm.estimate_att`, the study's default);
 * ``dr``: regression adjustment within strata (:func:`shared.psm.dr.estimate_dr`);
-* with ``--dp``, at one ε (δ = 1e-6, the ledger's accountant): ``strat`` on one Gaussian
-  release of the table's cells at the whole ε (σ = μ·Δ_cells), ``dr`` on the two releases of
-  :func:`shared.psm.dr.release_dr` splitting the same ε (:func:`shared.psm.dr.dr_sigmas`), privacy
-  SE by the parametric bootstrap of each (40 draws; DR's corrected for re-drawing at a noisy
-  point, :func:`shared.psm.dr.redraw_dr_se`). Only these releases are noised: the propensity
-  fit is the exact one (the DP pipeline's fit noise is not simulated here), and ``strat`` is
-  read off the table, not the production ``psm_wsum`` path. The strata are the DP design's
-  (:func:`shared.dp.workflow.dp_edges`: equal width over the treated range, as many as the
-  stratified release's count noise allows), from the exact histogram, the same for both.
+* with ``--dp``, at one ε (δ = 1e-6, the ledger's accountant, the default split): the noise
+  of a DR study's plan (:func:`dp_plan_sigmas`: ``psm_main`` on counts and Σy, ``psm_sumsq`` on
+  Σy², ``psm_balance`` on Σz, ``dr_slope`` on the slope release; central σ, as under secure
+  aggregation), ``strat`` and ``dr`` on the same noisy cells, ``dr`` also on the slope release
+  (:func:`shared.psm.dr.release_dr`), privacy SE by the parametric bootstrap of each (40 draws;
+  DR's corrected for re-drawing at a noisy point, :func:`shared.psm.dr.redraw_dr_se`). Only
+  these releases are noised: the propensity fit is the exact one (the DP pipeline's fit noise
+  is not simulated here), and ``strat`` is read off the table, not the production ``psm_wsum``
+  path. The strata are the DP design's (:func:`shared.dp.workflow.dp_edges`: equal width over
+  the treated range, as many as the count noise allows), from the exact histogram, the same
+  for both.
 
 Printed per cell, noise mode and outcome: each estimator's mean error (bias) ± its Monte-Carlo
 SE and coverage with its Wilson 95 % interval (:mod:`_coverage`), |DR bias| − |strat bias| with
@@ -45,13 +47,10 @@ from _coverage import wilson_interval  # noqa: E402
 from _layouts import LAYOUTS, NAMES, build_nodes  # noqa: E402
 from _table import Table, add_write_argument, provenance, write_tables  # noqa: E402
 
-from shared.dp.plan import single_release_multiplier  # noqa: E402
 from shared.dp.strata import dp_min_cell, dp_n_strata, dp_width_edges  # noqa: E402
 from shared.dp.workflow import dp_grid  # noqa: E402
 from shared.psm import caliper_edges, cov_moments, estimate_att, fit_propensity, logit_sd, scale_outcomes  # noqa: E402
 from shared.psm.dr import (  # noqa: E402
-    dr_sensitivities,
-    dr_sigmas,
     dr_stats,
     estimate_dr,
     estimate_dr_release,
@@ -85,6 +84,31 @@ def _dp_edges(z, t, beta, count_sigma):
     )
 
 
+def dp_plan_sigmas(epsilon: float, n_covariates: int, n_outcomes: int):
+    """``({array: σ}, σ_slope)`` of a DR study's plan at ``epsilon`` (default split, δ = 1e-6):
+    the noise the coordinator's sums carry under secure aggregation
+    (:func:`shared.dp.drstudy.dp_dr_release` maps the releases the same way)."""
+    from shared.dp.plan import plan_study
+    from shared.study import BudgetSplit
+
+    plan = plan_study(
+        epsilon=epsilon,
+        delta=DELTA,
+        split=BudgetSplit(),
+        n_covariates=n_covariates,
+        n_outcomes=n_outcomes,
+        estimator="dr",
+    )
+    main = plan.sigma("psm_main")
+    cells = {
+        "count": main,
+        "sum_y": main,
+        "sumsq_y": plan.sigma("psm_sumsq"),
+        "sum_z": plan.sigma("psm_balance"),
+    }
+    return cells, plan.sigma("dr_slope")
+
+
 def one_seed(z, t, y01, outcomes, covariates, truth, dp_eps, seed):
     """{(mode, estimator, outcome): (error, se, covered)} for one seed."""
     beta, edges = _design(z, t)
@@ -103,16 +127,11 @@ def one_seed(z, t, y01, outcomes, covariates, truth, dp_eps, seed):
     )
     if dp_eps:
         rng = np.random.default_rng(10_000_000 + seed)
-        d, o = z.shape[1], len(outcomes)
-        # stratification alone spends the whole ε on the cells; DR splits it (dr_sigmas)
-        sigma_strat = (
-            single_release_multiplier(epsilon=dp_eps, delta=DELTA)
-            * dr_sensitivities(n_covariates=d, n_outcomes=o)[0]
-        )
-        sigma_c, sigma_s = dr_sigmas(epsilon=dp_eps, delta=DELTA, n_covariates=d, n_outcomes=o)
-        stats = dr_stats(z=z, t=t, y=y01, beta=beta, edges=_dp_edges(z, t, beta, sigma_strat))
-        strat_rel = release_dr(stats, sigma_cells=sigma_strat, sigma_slope=sigma_s, rng=rng).cells
-        mc = dp_min_cell(count_sigma=sigma_strat)
+        sigma_c, sigma_s = dp_plan_sigmas(dp_eps, z.shape[1], len(outcomes))
+        stats = dr_stats(z=z, t=t, y=y01, beta=beta, edges=_dp_edges(z, t, beta, sigma_c["count"]))
+        rel = release_dr(stats, sigma_cells=sigma_c, sigma_slope=sigma_s, rng=rng)
+        strat_rel = rel.cells  # the same noisy cells: the two estimators differ by the slope only
+        mc = dp_min_cell(count_sigma=sigma_c["count"])
 
         def strat_att(arrays_stats):
             est = estimate_att(
@@ -120,16 +139,13 @@ def one_seed(z, t, y01, outcomes, covariates, truth, dp_eps, seed):
             )
             return np.array([o.att for o in est.outcomes])
 
-        se_st = _redraw_strat(strat_rel, sigma_strat, strat_att, rng)
-        rel = release_dr(stats, sigma_cells=sigma_c, sigma_slope=sigma_s, rng=rng)
+        se_st = _redraw_strat(strat_rel, sigma_c, strat_att, rng)
         record(
             f"dp eps={dp_eps:g}",
             estimate_att(
                 table=strat_rel.table, outcomes=outcomes, covariates=covariates, min_cell=mc, se_privacy=se_st
             ).outcomes,
-            estimate_dr_release(
-                rel, outcomes=outcomes, min_cell=dp_min_cell(count_sigma=sigma_c), n_draws=40, rng=rng
-            ),
+            estimate_dr_release(rel, outcomes=outcomes, min_cell=mc, n_draws=40, rng=rng),
         )
     return out
 
@@ -139,11 +155,15 @@ def _redraw_strat(rel, sigma, strat_att, rng):
     from shared.dp.uncertainty import redraw_se
     from shared.psm.dr import _centre, _uncentre
 
-    def est(arrays):
-        return strat_att(_uncentre(dict(arrays), rel.table.edges, rel.table.sumsq_z))
-
+    centred = _centre(rel)
     keys = ("count", "sum_y", "sumsq_y", "sum_z")
-    return redraw_se(arrays=_centre(rel), sigma={k: sigma for k in keys}, estimate=est, n_draws=40, rng=rng)
+    arrays = {k: v for k, v in centred.items() if k in keys}
+
+    def est(noisy):
+        whole = {**noisy, "zz": centred["zz"], "zy": centred["zy"]}  # not read by the stratified ATT
+        return strat_att(_uncentre(whole, rel.table.edges, rel.table.sumsq_z))
+
+    return redraw_se(arrays=arrays, sigma={k: sigma[k] for k in keys}, estimate=est, n_draws=40, rng=rng)
 
 
 #: The acceptance of issue #21: 95 % CIs covering 93–97 % of seeds, and the DR default's bias
@@ -306,7 +326,9 @@ def main() -> None:
     print("\n" + said)
     if args.write:
         setting = f"{args.seeds} seeds, layout {args.layout}, exact: caliper strata 0.2 SD" + (
-            f"; DP ε = {args.epsilon:g}, δ = {DELTA:g}: equal-width DP strata" if dp_eps else ""
+            f"; DP ε = {args.epsilon:g}, δ = {DELTA:g}: a DR study's plan (central σ), equal-width DP strata"
+            if dp_eps
+            else ""
         )
         table = Table(columns=COLUMNS, rows=rows, align="lllllllll")
         write_tables(

@@ -68,6 +68,7 @@ _SHARE_OF = {
     "psm_sumsq": "psm_stats",
     "psm_wsum": "psm_stats",
     "psm_balance": "balance",
+    "dr_slope": "psm_stats",
 }
 
 

@@ -51,15 +51,16 @@ def _whole_study(query: StudyQuery) -> StudyQuery:
 
     beta = (0.0,) * (len(query.design_covariates) + 1)
     whole = (-float("inf"), float("inf"))
+    dr = query.privacy is not None and query.privacy.estimator == "dr"  # dr_slope, no psm_wsum
+    wsum = PsmWsum(
+        beta=beta, edges=whole, count=(1.0, 1.0), center=(0.5,) * 2 * len(query.outcomes), max_weight=1.0
+    )
     ops = (
         Describe(),
         PsFit(beta=beta),
         ScoreHist(beta=beta),
-        PsmStats(beta=beta, edges=whole),
-        PsmWsum(
-            beta=beta, edges=whole, count=(1.0, 1.0), center=(0.5,) * 2 * len(query.outcomes), max_weight=1.0
-        ),
-    )
+        PsmStats(beta=beta, edges=whole, slope=dr),
+    ) + (() if dr else (wsum,))
     return query.model_copy(update={"ops": ops})
 
 

@@ -36,6 +36,12 @@ class Accountant(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ACCOUNTANT_RDP: _ClassVar[Accountant]
     ACCOUNTANT_PRV: _ClassVar[Accountant]
     ACCOUNTANT_GAUSSIAN: _ClassVar[Accountant]
+
+class Estimator(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ESTIMATOR_UNSPECIFIED: _ClassVar[Estimator]
+    ESTIMATOR_STRATIFIED: _ClassVar[Estimator]
+    ESTIMATOR_DR: _ClassVar[Estimator]
 PROTOCOL_UNSPECIFIED: Protocol
 PROTOCOL_VERSION: Protocol
 ERROR_CODE_UNSPECIFIED: ErrorCode
@@ -53,6 +59,9 @@ ACCOUNTANT_UNSPECIFIED: Accountant
 ACCOUNTANT_RDP: Accountant
 ACCOUNTANT_PRV: Accountant
 ACCOUNTANT_GAUSSIAN: Accountant
+ESTIMATOR_UNSPECIFIED: Estimator
+ESTIMATOR_STRATIFIED: Estimator
+ESTIMATOR_DR: Estimator
 TEXT_FIELD_NUMBER: _ClassVar[int]
 text: _descriptor.FieldDescriptor
 
@@ -103,7 +112,7 @@ class BudgetSplit(_message.Message):
     def __init__(self, describe: _Optional[float] = ..., ps_fit: _Optional[float] = ..., psm_stats: _Optional[float] = ..., balance: _Optional[float] = ...) -> None: ...
 
 class PrivacyQuery(_message.Message):
-    __slots__ = ("epsilon", "delta", "split", "n_ps_rounds", "accountant", "resplit", "secure_nodes", "secure_aggregation")
+    __slots__ = ("epsilon", "delta", "split", "n_ps_rounds", "accountant", "resplit", "secure_nodes", "secure_aggregation", "estimator")
     EPSILON_FIELD_NUMBER: _ClassVar[int]
     DELTA_FIELD_NUMBER: _ClassVar[int]
     SPLIT_FIELD_NUMBER: _ClassVar[int]
@@ -112,6 +121,7 @@ class PrivacyQuery(_message.Message):
     RESPLIT_FIELD_NUMBER: _ClassVar[int]
     SECURE_NODES_FIELD_NUMBER: _ClassVar[int]
     SECURE_AGGREGATION_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATOR_FIELD_NUMBER: _ClassVar[int]
     epsilon: float
     delta: float
     split: BudgetSplit
@@ -120,7 +130,8 @@ class PrivacyQuery(_message.Message):
     resplit: BudgetSplit
     secure_nodes: int
     secure_aggregation: bool
-    def __init__(self, epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., split: _Optional[_Union[BudgetSplit, _Mapping]] = ..., n_ps_rounds: _Optional[int] = ..., accountant: _Optional[_Union[Accountant, str]] = ..., resplit: _Optional[_Union[BudgetSplit, _Mapping]] = ..., secure_nodes: _Optional[int] = ..., secure_aggregation: _Optional[bool] = ...) -> None: ...
+    estimator: Estimator
+    def __init__(self, epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., split: _Optional[_Union[BudgetSplit, _Mapping]] = ..., n_ps_rounds: _Optional[int] = ..., accountant: _Optional[_Union[Accountant, str]] = ..., resplit: _Optional[_Union[BudgetSplit, _Mapping]] = ..., secure_nodes: _Optional[int] = ..., secure_aggregation: _Optional[bool] = ..., estimator: _Optional[_Union[Estimator, str]] = ...) -> None: ...
 
 class Describe(_message.Message):
     __slots__ = ()
@@ -253,7 +264,7 @@ class PsFitReply(_message.Message):
     def __init__(self, n: _Optional[_Union[Tensor, _Mapping]] = ..., g: _Optional[_Union[Tensor, _Mapping]] = ..., H: _Optional[_Union[Tensor, _Mapping]] = ..., loglik: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class PsmStatsReply(_message.Message):
-    __slots__ = ("edges", "count", "sum_y", "sumsq_y", "sum_z", "sumsq_z", "zz_c", "zy_c")
+    __slots__ = ("edges", "count", "sum_y", "sumsq_y", "sum_z", "sumsq_z", "zz_c", "zy_c", "slope_count", "slope_sum_y", "slope_sum_z")
     EDGES_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     SUM_Y_FIELD_NUMBER: _ClassVar[int]
@@ -262,6 +273,9 @@ class PsmStatsReply(_message.Message):
     SUMSQ_Z_FIELD_NUMBER: _ClassVar[int]
     ZZ_C_FIELD_NUMBER: _ClassVar[int]
     ZY_C_FIELD_NUMBER: _ClassVar[int]
+    SLOPE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    SLOPE_SUM_Y_FIELD_NUMBER: _ClassVar[int]
+    SLOPE_SUM_Z_FIELD_NUMBER: _ClassVar[int]
     edges: Tensor
     count: Tensor
     sum_y: Tensor
@@ -270,7 +284,10 @@ class PsmStatsReply(_message.Message):
     sumsq_z: Tensor
     zz_c: Tensor
     zy_c: Tensor
-    def __init__(self, edges: _Optional[_Union[Tensor, _Mapping]] = ..., count: _Optional[_Union[Tensor, _Mapping]] = ..., sum_y: _Optional[_Union[Tensor, _Mapping]] = ..., sumsq_y: _Optional[_Union[Tensor, _Mapping]] = ..., sum_z: _Optional[_Union[Tensor, _Mapping]] = ..., sumsq_z: _Optional[_Union[Tensor, _Mapping]] = ..., zz_c: _Optional[_Union[Tensor, _Mapping]] = ..., zy_c: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    slope_count: Tensor
+    slope_sum_y: Tensor
+    slope_sum_z: Tensor
+    def __init__(self, edges: _Optional[_Union[Tensor, _Mapping]] = ..., count: _Optional[_Union[Tensor, _Mapping]] = ..., sum_y: _Optional[_Union[Tensor, _Mapping]] = ..., sumsq_y: _Optional[_Union[Tensor, _Mapping]] = ..., sum_z: _Optional[_Union[Tensor, _Mapping]] = ..., sumsq_z: _Optional[_Union[Tensor, _Mapping]] = ..., zz_c: _Optional[_Union[Tensor, _Mapping]] = ..., zy_c: _Optional[_Union[Tensor, _Mapping]] = ..., slope_count: _Optional[_Union[Tensor, _Mapping]] = ..., slope_sum_y: _Optional[_Union[Tensor, _Mapping]] = ..., slope_sum_z: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class ScoreHistReply(_message.Message):
     __slots__ = ("count",)

@@ -144,7 +144,7 @@ def exact_answer(op, query: StudyQuery, data: SiteArrays) -> dict[str, np.ndarra
     if isinstance(op, PsmStats):
         edges = check_edges(op.edges)
         table = psm_table(z=data.z, t=data.t, y=data.y, beta=beta, edges=edges).to_arrays()
-        if op.slope:  # a DR study (exact only, check_query): the controls' cross-products too
+        if op.slope:  # a DR study: the controls' cross-products too (under DP: dr_slope)
             table.update(slope_arrays(z=data.z, t=data.t, y=data.y, beta=beta, edges=edges))
         return table
     if isinstance(op, PsmWsum):
@@ -221,7 +221,11 @@ def check_query(query: StudyQuery) -> None:
         if isinstance(op, (PsmStats, PsmWsum)):
             check_edges(op.edges)
         if isinstance(op, PsmStats) and op.slope and query.privacy is not None:
-            raise QueryRefused("psm_stats: the DR cross-products (slope) are not a planned DP release")
+            if query.privacy.estimator != "dr":
+                raise QueryRefused(
+                    "psm_stats: the DR cross-products (slope) are a planned DP release only of a "
+                    'study signed with estimator = "dr"'
+                )
         if isinstance(op, PsmWsum):
             if query.privacy is None:
                 raise QueryRefused("psm_wsum is a DP release: an exact study reads the PSM table")
@@ -261,8 +265,12 @@ def planned_releases(query: StudyQuery, plan: NoisePlan) -> dict[str, PlannedRel
     """
     out = {}
     for op in query.ops:
+        if isinstance(op, PsmStats) and op.slope and not plan.has("dr_slope"):
+            raise QueryRefused("psm_stats: this study's noise plan has no dr_slope release")
+        if isinstance(op, PsmWsum) and not plan.has("psm_wsum"):
+            raise QueryRefused("psm_wsum: this study's noise plan has no weighted sums (a DR study)")
         for name in DP_RELEASES[op.op]:
-            if not plan.has(name):
+            if not plan.has(name) or (name == "dr_slope" and not (isinstance(op, PsmStats) and op.slope)):
                 continue
             rel = plan.release(name)
             if isinstance(op, PsmWsum):
@@ -299,7 +307,8 @@ def ledger_step(query: StudyQuery, plan: NoisePlan | None, ledger: NodeLedger, *
     it makes (:func:`planned_releases`) into a charge — never without a live reservation. The
     PSM table is a DP study's last release (:func:`shared.driver.run_study`): charging it
     completes the reservation, so a re-split's slack does not stay reserved; since protocol 7
-    the last release is the ATT's weighted sums (``psm_wsum``), which completes it instead.
+    the last release is the ATT's weighted sums (``psm_wsum``), which completes it instead, or
+    in a doubly robust study the PSM table with its slope (``dr_slope``).
 
     Returns:
         The ids of the charges made (the node marks them ``sent`` once its reply is handed on).
@@ -312,15 +321,16 @@ def ledger_step(query: StudyQuery, plan: NoisePlan | None, ledger: NodeLedger, *
     if control == "reserve":
         ledger.reserve(study_id=query.study_id, releases=study_releases(plan), ttl_s=ttl_s)
         return []
+    planned = planned_releases(query, plan)
     ids = [
         int(
             ledger.charge_reserved(
                 study_id=query.study_id, query=name, sigma=rel.sigma, sensitivity=rel.sensitivity
             ).id
         )
-        for name, rel in planned_releases(query, plan).items()
+        for name, rel in planned.items()
     ]
-    if any(isinstance(op, PsmWsum) for op in query.ops):
+    if "psm_wsum" in planned or "dr_slope" in planned:
         ledger.complete(query.study_id)
     return ids
 

@@ -46,6 +46,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
+from shared.dp.drstudy import DR_KEYS, dp_dr_estimates, dp_dr_release
 from shared.dp.fitnoise import FitNoise, score_variance, slope_noise_covariance
 from shared.dp.plan import NoisePlan, plan_study
 from shared.dp.sensitivity import psm_wsum_sensitivity
@@ -287,6 +288,7 @@ def noise_plan(spec: StudySpec) -> NoisePlan:
         n_outcomes=len(spec.analysed_outcomes),
         n_ps_rounds=p.ps_rounds,
         accountant=p.accountant,
+        estimator=spec.estimator,
     )
 
 
@@ -426,12 +428,36 @@ def _release(spec: StudySpec, rounds: _Rounds, run: StudyRun) -> None:
         requested=spec.strata.n if spec.strata.method == "quantile" else None,
         **sa,
     )
-    answers = rounds.ask((PsmStats(beta=beta, edges=tuple(float(e) for e in edges)),), "psm-stats")
+    dr = spec.estimator == "dr"  # the slope release too, and no weighted sums (shared/dp/drstudy.py)
+    answers = rounds.ask((PsmStats(beta=beta, edges=tuple(float(e) for e in edges), slope=dr),), "psm-stats")
     keys = ("count", "sum_y", "sumsq_y") + (("sum_z", "sumsq_z") if plan.has("psm_balance") else ())
-    sums = {k: rounds.total(answers, "psm_stats", k) for k in keys}
+    sums = {k: rounds.total(answers, "psm_stats", k) for k in keys + (DR_KEYS if dr else ())}
     run.table = dp_table(
         main=sums, balance=sums if plan.has("psm_balance") else None, edges=edges, n_covariates=d
     )
+    if dr:
+        n = nodes(answers)
+        release = dp_dr_release(sums=sums, edges=edges, plan=plan, n_nodes=n, **sa)
+        secure = p.secure_aggregation
+        run.estimate = dp_estimate(
+            table=run.table,
+            plan=plan,
+            n_nodes=n,
+            outcomes=spec.analysed_outcomes,
+            covariates=[c.name for c in spec.covariates],
+            fit_noise=fit_noise,
+            dr=dp_dr_estimates(
+                release,
+                plan=plan,
+                n_nodes=n,
+                outcomes=spec.analysed_outcomes,
+                rng=np.random.default_rng(spec.study.seed),
+                secure_aggregation=secure,
+            ),
+            secure_aggregation=secure,
+        )
+        _split_negative_controls(spec, run)
+        return
     # strata with few (noisy) controls merged with their neighbours (shared/dp/weightbound.py)
     run.table, cells, weight_check = dp_bound_weights(run.table, plan=plan, n_nodes=nodes(answers), **sa)
     wsum = None
@@ -451,7 +477,7 @@ def _release(spec: StudySpec, rounds: _Rounds, run: StudyRun) -> None:
         fit_noise=fit_noise,
         cells=cells,
         weight_check=weight_check,
-        **sa,
+        secure_aggregation=p.secure_aggregation,
     )
     _split_negative_controls(spec, run)
 

@@ -75,8 +75,9 @@ class PsFit(_Model):
 
 class PsmStats(_Model):
     """Per stratum x arm sums of the outcomes and covariates at ``beta`` with ``edges``; with
-    ``slope`` (a DR study, exact only) also the controls' Σzzᵀ and Σzyᵀ per stratum
-    (:func:`shared.psm.dr.slope_arrays`)."""
+    ``slope`` (a DR study) also the controls' Σzzᵀ and Σzyᵀ per stratum
+    (:func:`shared.psm.dr.slope_arrays`); under DP those travel as the plan's ``dr_slope``
+    release (:mod:`shared.dp.forms`), asked only of a study signed with ``estimator = "dr"``."""
 
     op: Literal["psm_stats"] = "psm_stats"
     beta: tuple[float, ...]
@@ -139,7 +140,7 @@ DP_RELEASES: dict[str, tuple[str, ...]] = {
     "describe": ("describe",),
     "ps_fit": ("ps_fit",),
     "score_hist": ("score_hist",),
-    "psm_stats": ("psm_main", "psm_sumsq", "psm_balance"),
+    "psm_stats": ("psm_main", "psm_sumsq", "psm_balance", "dr_slope"),
     "psm_wsum": ("psm_wsum",),
 }
 
@@ -163,6 +164,9 @@ class PrivacyQuery(_Model):
     secure_nodes: int | None = Field(default=None, ge=2)
     #: the study's rounds after describe travel as SecAgg+ sums (signed with the study)
     secure_aggregation: bool = False
+    #: the study's estimator (signed with it): a doubly robust study's plan holds the
+    #: ``dr_slope`` release instead of ``psm_wsum`` (:func:`shared.dp.plan.plan_study`)
+    estimator: Literal["stratified", "dr"] = "stratified"
 
     def share(self, release: str) -> int:
         """Over how many nodes' noise a release's σ is split (1: all of it at this node)."""
@@ -179,6 +183,7 @@ class PrivacyQuery(_Model):
             n_outcomes=n_outcomes,
             n_ps_rounds=self.n_ps_rounds,
             accountant=self.accountant,
+            estimator=self.estimator,
         )
         return plan if self.resplit is None else plan.with_split(self.resplit)
 
@@ -219,7 +224,13 @@ class StudyQuery(_Model):
         privacy = (
             None
             if self.privacy is None
-            else self.privacy.model_dump(mode="json", exclude={"resplit", "secure_nodes"})
+            else self.privacy.model_dump(
+                mode="json",
+                # the default estimator is left out, so grants signed before the field existed
+                # still match their studies' queries
+                exclude={"resplit", "secure_nodes"}
+                | ({"estimator"} if self.privacy.estimator == "stratified" else set()),
+            )
         )
         out = {
             "treatment_column": self.treatment_column,
@@ -252,6 +263,7 @@ class StudyQuery(_Model):
                 resplit=resplit,
                 secure_nodes=secure_nodes,
                 secure_aggregation=p.secure_aggregation,
+                estimator=spec.estimator,
             )
             if p.enabled
             else None

@@ -201,8 +201,8 @@ class StudySpec(_Model):
     sites: tuple[Site, ...] = ()
     #: the ATT's estimator: ``stratified`` (within propensity strata, the default, chosen by
     #: measurement: docs/STATISTICS.md) or ``dr`` (doubly robust: regression adjustment within
-    #: the same strata, :mod:`shared.psm.dr`; exact studies only until its DP releases are in
-    #: the noise plan). A spec that does not name one is a stratified study, and hashes as it did
+    #: the same strata, :mod:`shared.psm.dr`; under DP its slope is a release of the noise plan,
+    #: ``dr_slope``). A spec that does not name one is a stratified study, and hashes as it did
     #: before this field existed.
     estimator: Literal["stratified", "dr"] = "stratified"
     #: second-order terms of the covariate basis (squares, declared interactions) that nodes
@@ -282,12 +282,11 @@ class StudySpec(_Model):
         return self.covariates + derived_covariates(self.covariates, self.terms)
 
     @model_validator(mode="after")
-    def _dr_is_exact_only(self) -> "StudySpec":
-        if self.estimator == "dr" and self.privacy.enabled:
+    def _dp_dr_reads_the_balance_release(self) -> "StudySpec":
+        if self.estimator == "dr" and self.privacy.enabled and not self.privacy.split.balance > 0:
             raise ValueError(
-                'estimator = "dr" is exact-only for now: its two DP releases (shared/psm/dr.py) '
-                "are not yet in the noise plan nodes reserve and charge; use privacy.enabled = "
-                'false or estimator = "stratified"'
+                'estimator = "dr" under DP reads the covariate imbalance left in the strata from '
+                "the balance release: privacy.split.balance must be positive"
             )
         return self
 

@@ -62,7 +62,9 @@ def method_section(
 DR_VARIANCE = (
     "Doubly robust estimate: each cell variance is scaled by the share of the within-stratum "
     "variance the outcome model leaves, and the estimated slope's variance σ̂² dᵀS_zz⁻¹d is added "
-    "(delta method, shared/psm/dr.py). "
+    "(delta method, shared/psm/dr.py). Under differential privacy the slope is read from its own "
+    "release (dr_slope) and the imbalance from the balance release, and the privacy SE is a "
+    "parametric bootstrap of the releases' known noise (shared/dp/drstudy.py). "
 )
 
 

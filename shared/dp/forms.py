@@ -28,6 +28,13 @@ The centring is a fixed invertible linear map :math:`A` (:math:`\tilde z_c = A\t
   was: the ATT's privacy SE is about 0.72× at the same ρ
   (:func:`shared.dp.uncertainty.att_privacy_se` takes ``center``).
 
+* ``dr_slope`` (a doubly robust study): the controls' own copy of their cells (count, centred
+  Σy and Σz per stratum) and their cross-products pooled over strata and centred,
+  :math:`\sum (z - c)(z - c)^\top` as its upper triangle (each distinct entry once, as its
+  sensitivity counts them) and :math:`\sum (z - c)(y - c)^\top`; the coordinator reads them
+  as :func:`slope_from_release` gives them, centred (:func:`shared.psm.dr.estimate_dr` works
+  on centred arrays: within-stratum cross-products do not change under a shift).
+
 All maps are public and data-independent: post-processing, no privacy cost.
 
 >>> import numpy as np
@@ -55,6 +62,7 @@ __all__ = [
     "main_from_release",
     "ps_from_release",
     "release_arrays",
+    "slope_from_release",
     "release_form",
 ]
 
@@ -87,6 +95,8 @@ def release_form(query: str, arrays: Mapping[str, np.ndarray]) -> dict[str, np.n
         s, ss = out["sum_z"], out["sumsq_z"]
         out["sum_z"] = s - CENTER * n
         out["sumsq_z"] = _centred_squares(ss, s, n).sum(axis=0)  # (2, D) per arm
+    elif query == "dr_slope":
+        out.update(_slope_form(out))
     elif query in ("psm_main", "psm_sumsq"):
         n = out["count"][..., None]
         s = out["sum_y"]
@@ -94,6 +104,41 @@ def release_form(query: str, arrays: Mapping[str, np.ndarray]) -> dict[str, np.n
         if "sumsq_y" in out:
             out["sumsq_y"] = _centred_squares(out["sumsq_y"], s, n)
     return out
+
+
+def _slope_form(a: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The ``dr_slope`` arrays from a PSM answer with the controls' per-stratum ``zz_c``,
+    ``zy_c`` (:func:`shared.psm.dr.slope_arrays`): every sum centred on :data:`CENTER`."""
+    n = a["count"][:, 0]
+    sy, sz = a["sum_y"][:, 0], a["sum_z"][:, 0]
+    n_c, sz_c, sy_c = n.sum(), sz.sum(axis=0), sy.sum(axis=0)
+    zz = a["zz_c"].sum(axis=0) - CENTER * (sz_c[:, None] + sz_c[None, :]) + CENTER**2 * n_c
+    zy = a["zy_c"].sum(axis=0) - CENTER * (sz_c[:, None] + sy_c[None, :]) + CENTER**2 * n_c
+    return {
+        "slope_count": n,
+        "slope_sum_y": sy - CENTER * n[:, None],
+        "slope_sum_z": sz - CENTER * n[:, None],
+        "zz_c": zz[np.triu_indices(zz.shape[0])],
+        "zy_c": zy,
+    }
+
+
+def slope_from_release(*, slope_count, slope_sum_y, slope_sum_z, zz_c, zy_c) -> dict[str, np.ndarray]:
+    """The summed ``dr_slope`` release as :func:`shared.psm.dr.estimate_dr` reads it, still
+    centred: ``count``, ``sum_y``, ``sum_z`` of the control cells and the symmetric ``zz``
+    rebuilt from its upper triangle, ``zy``."""
+    sz = np.asarray(slope_sum_z, dtype=float)
+    d = sz.shape[-1]
+    zz = np.zeros((d, d))
+    zz[np.triu_indices(d)] = np.asarray(zz_c, dtype=float).reshape(-1)
+    zz = zz + np.triu(zz, 1).T
+    return {
+        "count": np.asarray(slope_count, dtype=float),
+        "sum_y": np.asarray(slope_sum_y, dtype=float),
+        "sum_z": sz,
+        "zz": zz,
+        "zy": np.asarray(zy_c, dtype=float),
+    }
 
 
 def _centred_squares(sumsq, sums, n):
@@ -106,6 +151,10 @@ def _uncentred_squares(centred_sumsq, centred_sums, n):
     return centred_sumsq + 2.0 * CENTER * centred_sums + CENTER**2 * n
 
 
+#: The exact arrays a release is formed from, where they are not the ones it releases.
+_SOURCE_KEYS = {"dr_slope": ("count", "sum_y", "sum_z", "zz_c", "zy_c")}
+
+
 def release_arrays(query: str, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Exactly the arrays ``query`` releases (:data:`RELEASE_KEYS`), in release form: what the
     node adds noise to. Everything else of the answer is withheld.
@@ -115,7 +164,7 @@ def release_arrays(query: str, arrays: Mapping[str, np.ndarray]) -> dict[str, np
     """
     if query not in RELEASE_KEYS:
         raise PrivacyError(f"unknown DP release {query!r}; known: {', '.join(RELEASE_KEYS)}")
-    missing = [k for k in RELEASE_KEYS[query] if k not in arrays]
+    missing = [k for k in _SOURCE_KEYS.get(query, RELEASE_KEYS[query]) if k not in arrays]
     if missing:
         raise PrivacyError(f"release {query!r} lacks array(s) {', '.join(missing)}")
     formed = release_form(query, arrays)

@@ -18,6 +18,10 @@ release            arrays                                      :math:`\Delta_2`
 ``psm_sumsq``      ``sumsq_y``, centred                        :math:`\sqrt{O}/4`
 ``psm_balance``    ``sum_z``, ``sumsq_z``, centred             :math:`\sqrt{5 D / 16}`
 ``psm_wsum``       ``wsum`` (O,), weighted and centred         :math:`\le\sqrt{O}\,v_{max}/2`
+``dr_slope``       the controls' ``slope_count`` (S,),         :math:`\sqrt{1 + O/4 + D/4 + T/16}`
+                   ``slope_sum_y`` (S, O), ``slope_sum_z``     with :math:`T = D(D+1)/2 + DO`
+                   (S, D), ``zz_c`` (upper triangle),
+                   ``zy_c`` (D, O), centred
 =================  ==========================================  =================================
 
 Derivations (one row, treatment t, fitted probability p):
@@ -40,6 +44,11 @@ Derivations (one row, treatment t, fitted probability p):
   :math:`\sqrt{O}\,v_{max}/2` (:func:`psm_wsum_sensitivity`, all centres ½). Only this
   release's sensitivity depends on the query; its plan entry holds the noise multiplier μ,
   and σ = μ·Δ follows from the weights and centres the node is asked for.
+* ``dr_slope`` (a doubly robust study, :mod:`shared.psm.dr`): a control lands in one
+  stratum, moving its count by 1, its O centred outcome sums and D centred covariate sums by
+  at most ½ each, and each of the D(D+1)/2 distinct entries of :math:`\sum(z - ½)(z - ½)^\top`
+  (released as its upper triangle) and the D·O entries of :math:`\sum(z - ½)(y - ½)^\top` by
+  at most ¼; a treated row moves nothing.
 * The log-likelihood and ``n`` of :class:`shared.psm.propensity.PsStats` are *not* released
   under DP: the log-likelihood of one row, :math:`t\eta - \log(1 + e^\eta)`, is unbounded in
   :math:`\eta`, and the DP fit runs a fixed number of Newton rounds, so it needs neither.
@@ -59,6 +68,7 @@ __all__ = [
     "RELEASE_KEYS",
     "cov_moments_sensitivity",
     "count_sensitivity",
+    "dr_slope_sensitivity",
     "ps_fit_sensitivity",
     "psm_balance_sensitivity",
     "psm_main_sensitivity",
@@ -75,6 +85,7 @@ RELEASE_KEYS: dict[str, tuple[str, ...]] = {
     "psm_sumsq": ("sumsq_y",),
     "psm_balance": ("sum_z", "sumsq_z"),
     "psm_wsum": ("wsum",),
+    "dr_slope": ("slope_count", "slope_sum_y", "slope_sum_z", "zz_c", "zy_c"),
     "cap_hist": ("count",),  # shared.dp.capquantile: a large-loss cap's noisy histogram
 }
 
@@ -152,3 +163,17 @@ def psm_wsum_sensitivity(*, n_outcomes: int, max_weight: float) -> float:
     if not (math.isfinite(max_weight) and max_weight > 0):
         raise ValueError(f"max_weight must be positive and finite, got {max_weight!r}")
     return math.sqrt(_positive("n_outcomes", n_outcomes)) * float(max_weight) / 2.0
+
+
+def dr_slope_sensitivity(*, n_covariates: int, n_outcomes: int) -> float:
+    r"""The doubly robust slope release (the controls' cells and cross-products, centred):
+    :math:`\sqrt{1 + O/4 + D/4 + (D(D+1)/2 + DO)/16}`.
+
+    >>> round(dr_slope_sensitivity(n_covariates=16, n_outcomes=3), 3)
+    4.153
+
+    Raises:
+        ValueError: a dimension is not a positive integer.
+    """
+    d, o = _positive("n_covariates", n_covariates), _positive("n_outcomes", n_outcomes)
+    return math.sqrt(1.0 + o / 4.0 + d / 4.0 + (d * (d + 1) / 2.0 + d * o) / 16.0)

@@ -333,8 +333,11 @@ def dp_estimate(
     fit_noise: FitNoise | None = None,
     cells: np.ndarray | None = None,
     weight_check: Check | None = None,
+    dr: Sequence | None = None,
 ) -> AttEstimate:
-    """The stratified ATT with the privacy noise in its SE and CI.
+    """The stratified ATT with the privacy noise in its SE and CI; with ``dr`` (a doubly robust
+    study's :func:`shared.dp.drstudy.dp_dr_estimates`) each outcome's ATT, SE and CI are DR's,
+    the stratified ATT kept beside it (:func:`shared.psm.dr.with_dr`).
 
     Cells need ``dp_min_cell`` noisy rows per arm (:func:`dp_used`). With ``wsum`` (the summed
     ``psm_wsum`` release over those strata) the point estimate is the weighted sum and its
@@ -422,6 +425,10 @@ def dp_estimate(
         est = replace(
             est, outcomes=tuple(_with_att(o, float(a * s)) for o, a, s in zip(est.outcomes, att01, span))
         )
+    if dr is not None:
+        from shared.psm.dr import with_dr
+
+        est = with_dr(est, dr)
     if fit_noise is not None:
         est = _fit_bias_aware(est, table, fit_noise, span)
     # the final CI (bias-aware) ÷ the physical limit and ÷ exact (estimated), per outcome

@@ -87,7 +87,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -391,12 +391,13 @@ def dr_sensitivities(*, n_covariates: int, n_outcomes: int) -> tuple[float, floa
     >>> [round(x, 3) for x in dr_sensitivities(n_covariates=16, n_outcomes=3)]
     [2.385, 4.153]
     """
+    from shared.dp.sensitivity import dr_slope_sensitivity
+
     d, o = int(n_covariates), int(n_outcomes)
     if d < 1 or o < 1:
         raise DataError("DR sensitivity needs at least one covariate and one outcome")
     cells = math.sqrt(1 + o / 4 + d / 4 + o / 16)
-    slope = math.sqrt(1 + o / 4 + d / 4 + (d * (d + 1) / 2 + d * o) / 16)
-    return cells, slope
+    return cells, dr_slope_sensitivity(n_covariates=d, n_outcomes=o)
 
 
 #: Share of the DR budget (zCDP ρ) spent on the slope release. Equal shares: stated, not tuned.
@@ -477,26 +478,40 @@ class DrRelease:
 
     ``cells``: the stratified table (its ``zz``/``zy`` are not released and hold zeros);
     ``slope``: the control cells' copy (treated cells zero; Σy² taken from ``cells``, read only
-    for the residual variance) with the controls' ``zz`` and ``zy``.
+    for the residual variance) with the controls' ``zz`` and ``zy``. ``sigma_cells``: one SD
+    for every centred cell array, or one per array (:data:`CELL_ARRAYS`) where they come from
+    different releases (a study: count and Σy from ``psm_main``, Σy² from ``psm_sumsq``, Σz
+    from ``psm_balance``, :func:`shared.dp.drstudy.dp_dr_release`).
     """
 
     cells: DrStats
     slope: DrStats
-    sigma_cells: float
+    sigma_cells: float | Mapping[str, float]
     sigma_slope: float
 
 
-def _noisy(centred: dict[str, np.ndarray], sigma: float, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """``centred`` plus N(0, σ²) on every entry; ``zz`` one draw per distinct entry, mirrored."""
-    out = {k: v + rng.normal(0.0, sigma, size=np.shape(v)) for k, v in centred.items() if k != "zz"}
+def _noisy(
+    centred: dict[str, np.ndarray], sigma: float | Mapping[str, float], rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """``centred`` plus N(0, σ²) on every entry (σ one for all, or per array); ``zz`` one draw
+    per distinct entry, mirrored."""
+
+    def sd(k: str) -> float:
+        return float(sigma[k]) if isinstance(sigma, Mapping) else float(sigma)
+
+    out = {k: v + rng.normal(0.0, sd(k), size=np.shape(v)) for k, v in centred.items() if k != "zz"}
     if "zz" in centred:
-        upper = np.triu(rng.normal(0.0, sigma, size=np.shape(centred["zz"])))
+        upper = np.triu(rng.normal(0.0, sd("zz"), size=np.shape(centred["zz"])))
         out["zz"] = centred["zz"] + upper + np.triu(upper, 1).T
     return out
 
 
 def _release_from_centred(
-    cells: dict[str, np.ndarray], slope: dict[str, np.ndarray], edges, sigma_cells: float, sigma_slope: float
+    cells: dict[str, np.ndarray],
+    slope: dict[str, np.ndarray],
+    edges,
+    sigma_cells: float | Mapping[str, float],
+    sigma_slope: float,
 ) -> DrRelease:
     """The coordinator's :class:`DrRelease` from the two released centred array sets
     (``slope`` holds the control arm only: ``count (S,)``, ``sum_y (S, O)``, ``sum_z (S, D)``)."""
@@ -518,7 +533,7 @@ def _release_from_centred(
     return DrRelease(
         cells=DrStats(table=c.table, zz=zero_dd, zy=zero_do),
         slope=s,
-        sigma_cells=float(sigma_cells),
+        sigma_cells=dict(sigma_cells) if isinstance(sigma_cells, Mapping) else float(sigma_cells),
         sigma_slope=float(sigma_slope),
     )
 
@@ -566,8 +581,8 @@ def _estimate_release(rel: DrRelease, outcomes, min_cell: float, se_privacy=None
 
 
 def redraw_dr_se(
-    rel: DrRelease, *, outcomes: Sequence[Outcome], min_cell: float, n_draws: int, rng
-) -> np.ndarray:
+    rel: DrRelease, *, outcomes: Sequence[Outcome], min_cell: float, n_draws: int, rng, parts: bool = False
+):
     r"""Privacy SE per outcome (original units): a parametric bootstrap from the releases' known
     noise, corrected for re-drawing at a noisy point.
 
@@ -583,7 +598,8 @@ def redraw_dr_se(
     the bilinear form; it is floored at :math:`\max(V_c, V_s)`, whose means
     (:math:`\gamma^\top\Sigma_d\gamma + \mathrm{tr}`, :math:`d^\top\Sigma_\gamma d +
     \mathrm{tr}`) never exceed the variance. The stratified part's noise rides in
-    :math:`V_c`.
+    :math:`V_c`. ``parts``: return :math:`(\sqrt{V_c}, \sqrt{V_s}, \text{SE})` instead
+    (``bench/bench_dr_noise.py``).
     """
     if n_draws < 2:
         raise DataError(f"n_draws must be at least 2, got {n_draws!r}")
@@ -601,7 +617,8 @@ def redraw_dr_se(
         f_s.append(est(cells, ns))
         f_cs.append(est(nc, ns))
     v_c, v_s, v_cs = (np.var(np.stack(f), axis=0, ddof=1) for f in (f_c, f_s, f_cs))
-    return np.sqrt(np.maximum(2 * v_c + 2 * v_s - v_cs, np.maximum(v_c, v_s)))
+    se = np.sqrt(np.maximum(2 * v_c + 2 * v_s - v_cs, np.maximum(v_c, v_s)))
+    return (np.sqrt(v_c), np.sqrt(v_s), se) if parts else se
 
 
 def estimate_dr_release(

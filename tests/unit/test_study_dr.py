@@ -82,7 +82,7 @@ def test_dr_study_over_the_client_app_equals_pooled_dr_and_states_it(federation,
     assert "σ̂² dᵀS_zz⁻¹d" in doc.method.variance
 
 
-def test_spec_estimator_default_keeps_the_hash_and_dr_is_exact_only():
+def test_spec_estimator_default_keeps_the_hash_and_dp_dr_needs_the_balance_release():
     from shared.psm.reference import reference_spec
 
     spec = reference_spec(outcomes=(Outcome(name="y", cap=1.0),), covariates=("a", "b"), n_sites=2)
@@ -93,7 +93,9 @@ def test_spec_estimator_default_keeps_the_hash_and_dr_is_exact_only():
     data = spec.model_dump(mode="json")
     data["privacy"] = {"enabled": True}
     data["estimator"] = "dr"
-    with pytest.raises(SpecError, match="exact-only"):
+    assert StudySpec.from_dict(data).estimator == "dr"  # DP DR: planned releases (test_study_dp_dr.py)
+    data["privacy"]["split"] = {"describe": 0.05, "ps_fit": 0.5, "psm_stats": 0.45, "balance": 0.0}
+    with pytest.raises(SpecError, match="balance must be positive"):
         StudySpec.from_dict(data)
     toml = "\n".join(
         (

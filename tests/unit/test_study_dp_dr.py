@@ -1,0 +1,175 @@
+"""``estimator = "dr"`` under DP as a study: its releases are the noise plan's, each node's
+ledger pays exactly the plan, and a node releases the slope only as its own plan says."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from coordinator.files import load_spec
+from coordinator.synth import write_federation
+from node.ledger import PrivacyLedger
+from node.study_service import load_site_arrays
+from shared.answer import ledger_step, planned_releases
+from shared.dp.accounting import epsilon_spent
+from shared.driver import noise_plan, run_study
+from shared.errors import PolicyRefused, PrivacyError, QueryRefused, SpecError
+from shared.inprocess_sites import InProcessSites, node_plan
+from shared.protocol import Describe, PsmStats, PsmWsum, StudyQuery
+from shared.study import BudgetSplit, StudySpec
+from shared.synth import generate_federation
+
+EPSILON = 4.0
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fed")
+    spec = load_spec(write_federation(generate_federation(seed=5, sites=3, scale=0.12), out))
+    spec = spec.model_copy(
+        update={
+            "estimator": "dr",
+            "privacy": spec.privacy.model_copy(
+                update={"enabled": True, "epsilon": EPSILON, "unresolved_fit": "warn"}
+            ),
+        }
+    )
+    query = StudyQuery.for_spec(spec, (Describe(),))
+    return spec, {s.name: load_site_arrays(s.data, query, None) for s in spec.sites}
+
+
+def test_dp_dr_plan_has_the_slope_release_in_place_of_the_weighted_sums(study):
+    spec, _ = study
+    plan = noise_plan(spec)
+    stratified = noise_plan(spec.model_copy(update={"estimator": "stratified"}))
+    assert plan.has("dr_slope") and not plan.has("psm_wsum")
+    assert stratified.has("psm_wsum") and not stratified.has("dr_slope")
+    # the same total ρ over as many releases: the weighted sums' 45 % split between slope (25 %) and balance
+    assert plan.rho == pytest.approx(stratified.rho, rel=1e-5)
+    mu = {r.query: r.noise_multiplier for r in plan.releases}
+    assert mu["dr_slope"] == pytest.approx(
+        stratified.release("psm_wsum").noise_multiplier * (0.45 / 0.25) ** 0.5, rel=1e-6
+    )
+    assert plan.release("dr_slope").sensitivity == pytest.approx(
+        np.sqrt(1 + 3 / 4 + 16 / 4 + (16 * 17 / 2 + 16 * 3) / 16), rel=1e-12
+    )
+    assert plan.epsilon_planned <= EPSILON
+    # the node derives the same plan from the query's signed terms
+    assert node_plan(StudyQuery.for_spec(spec, (Describe(),))).to_dict() == plan.to_dict()
+
+
+def test_dp_dr_study_charges_each_node_exactly_its_plan(study, tmp_path):
+    """End to end in-process through each node's own ledger step: every planned release is
+    charged once (dr_slope included, psm_wsum never asked), each ledger's study ε is the plan's,
+    the reservation completes, and the estimate is DR's (adjusted, its stratified ATT beside)."""
+    spec, arrays = study
+    plan = noise_plan(spec)
+    urls = {s: f"sqlite:///{tmp_path / s}.db" for s in arrays}
+    for url in urls.values():
+        PrivacyLedger(url).ensure_budget(epsilon=10.0, delta=spec.privacy.delta)
+    fed = InProcessSites(
+        arrays,
+        rngs=lambda site: np.random.default_rng(3),
+        ledgers={s: PrivacyLedger(u) for s, u in urls.items()},
+    )
+    run = run_study(spec, fed)
+    planned = sorted(r.query for r in plan.releases)
+    eps_plan = epsilon_spent(
+        noise_multipliers=[r.noise_multiplier for r in plan.releases],
+        delta=spec.privacy.delta,
+        accountant=plan.accountant,
+    )
+    for site, url in urls.items():
+        led = PrivacyLedger(url)
+        charges = led.history()
+        assert sorted(c.query for c in charges) == planned
+        for c in charges:
+            r = next(r for r in plan.releases if r.query == c.query)
+            assert c.sigma == pytest.approx(r.sigma, rel=1e-12)
+            assert c.sensitivity == pytest.approx(r.sensitivity, rel=1e-12)
+        assert led.study_spent(spec.spec_hash()) == pytest.approx(eps_plan, rel=1e-9)
+        assert run.privacy_study[site] == pytest.approx(eps_plan, rel=1e-9)
+        assert [r.status for r in led.reservations()] == ["completed"]
+    assert [r.name for r in run.rounds][-1] == "psm-stats"
+    for o in run.estimate.outcomes:
+        assert o.att_stratified is not None and o.att != o.att_stratified
+        assert np.isfinite(o.se) and o.se > o.se_sampling
+        assert o.ci[0] < o.att < o.ci[1]
+
+
+def test_a_node_releases_the_slope_only_as_its_own_plan_says(study, tmp_path):
+    """Attack: a coordinator asking for less noise on the slope. The node never takes a σ from
+    the query: it derives every (σ, Δ) from the signed terms. So the coordinator's levers are
+    the terms and the ops, and each is refused before anything is charged: the slope asked of a
+    study signed stratified (its plan has no dr_slope: the cross-products would leave unpaid),
+    the weighted sums asked of a DR study, and a charge of dr_slope at a σ below the plan's
+    (the ledger holds the study to the ρ it reserved)."""
+    spec, _ = study
+    stratified = spec.model_copy(update={"estimator": "stratified"})
+    beta, edges = (0.0,) * (len(spec.covariates) + 1), (-np.inf, 0.0, np.inf)
+    slope_ask = StudyQuery.for_spec(stratified, (PsmStats(beta=beta, edges=edges, slope=True),))
+    led = PrivacyLedger(f"sqlite:///{tmp_path / 'a.db'}")
+    led.ensure_budget(epsilon=10.0, delta=spec.privacy.delta)
+    plan_s = node_plan(slope_ask)
+    with pytest.raises(QueryRefused, match="no dr_slope"):
+        planned_releases(slope_ask, plan_s)
+    led.reserve(
+        study_id=slope_ask.study_id, releases=[(r.query, r.sigma, r.sensitivity) for r in plan_s.releases]
+    )
+    with pytest.raises(QueryRefused, match="no dr_slope"):
+        ledger_step(slope_ask, plan_s, led, ttl_s=60)
+    assert led.history() == []  # nothing charged, nothing released
+
+    wsum = PsmWsum(beta=beta, edges=edges, count=(5.0, 5.0, 5.0, 5.0), center=(0.5,) * 12, max_weight=1.0)
+    wsum_ask = StudyQuery.for_spec(spec, (wsum,))
+    with pytest.raises(QueryRefused, match="no weighted sums"):
+        planned_releases(wsum_ask, node_plan(wsum_ask))
+
+    # a DR study's reservation: the slope at a quarter of its σ (16× its ρ) does not fit
+    dr_ask = StudyQuery.for_spec(spec, (PsmStats(beta=beta, edges=edges, slope=True),))
+    plan = node_plan(dr_ask)
+    led.reserve(study_id=dr_ask.study_id, releases=[(r.query, r.sigma, r.sensitivity) for r in plan.releases])
+    slope = plan.release("dr_slope")
+    with pytest.raises(PrivacyError, match="beyond"):
+        led.charge_reserved(
+            study_id=dr_ask.study_id, query="dr_slope", sigma=slope.sigma / 4, sensitivity=slope.sensitivity
+        )
+    # what the node charges is its plan's, whatever the query
+    assert {k: (r.sigma, r.sensitivity) for k, r in planned_releases(dr_ask, plan).items()} == {
+        q: (plan.release(q).sigma, plan.release(q).sensitivity)
+        for q in ("psm_main", "psm_sumsq", "psm_balance", "dr_slope")
+    }
+
+
+def test_a_dr_grant_does_not_match_a_query_claiming_another_estimator(study):
+    """The estimator is in the signed terms of a DR study (so its plan is), and absent from a
+    stratified study's, whose grants signed before the field existed stay valid."""
+    spec, _ = study
+    dr_terms = StudyQuery.for_spec(spec, (Describe(),)).terms()
+    strat_terms = StudyQuery.for_spec(
+        spec.model_copy(update={"estimator": "stratified"}), (Describe(),)
+    ).terms()
+    assert dr_terms["privacy"]["estimator"] == "dr" and "estimator" not in strat_terms["privacy"]
+    assert dr_terms != strat_terms
+
+
+def test_dp_dr_needs_the_balance_release(study):
+    spec, _ = study
+    data = spec.model_dump(mode="json")
+    data["privacy"]["split"] = BudgetSplit(
+        describe=0.05, ps_fit=0.5, psm_stats=0.45, balance=0.0
+    ).model_dump()
+    with pytest.raises(SpecError, match="balance must be positive"):
+        StudySpec.from_dict(data)
+
+
+def test_policy_floor_applies_to_the_slope_release(study):
+    from node.policy import NodePolicy
+
+    spec, _ = study
+    q = StudyQuery.for_spec(spec, (PsmStats(beta=(0.0,) * 17, edges=(-np.inf, np.inf), slope=True),))
+    tiny = BudgetSplit(describe=0.05, ps_fit=0.895, psm_stats=0.005, balance=0.05)
+    q = q.model_copy(update={"privacy": q.privacy.model_copy(update={"split": tiny})})
+    policy = NodePolicy(covariates=spec.covariates, outcomes=spec.analysed_outcomes)
+    with pytest.raises(PolicyRefused, match="dr_slope|psm_main"):
+        policy.check(q, None)
