@@ -25,7 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench"), str(ROOT / "tests" / "unit")]
 
-from bench_dr import _cell_setup, _dp_edges, _design, dp_plan_sigmas  # noqa: E402
+from bench_dr import _cell_setup, _design, _dp_edges, dp_plan_sigmas  # noqa: E402
 
 from shared.dp.strata import dp_min_cell  # noqa: E402
 from shared.psm import scale_outcomes  # noqa: E402
