@@ -46,20 +46,6 @@ from coordinator.report.keys import open_private_key, private_key_pem, write_new
 from shared.canonical import CANONICALIZATION, canonical_bytes
 from shared.signed_report import ALGORITHM, key_id, verify_signed_bytes
 
-__all__ = [
-    "ALGORITHM",
-    "PRIVATE_KEY_NAME",
-    "PUBLIC_KEY_NAME",
-    "VerifiedReport",
-    "generate_keypair",
-    "key_id",
-    "load_private_key",
-    "load_public_key",
-    "report_bytes",
-    "sign_report",
-    "verify_file",
-    "verify_signed_report",
-]
 PRIVATE_KEY_NAME = "coordinator.key"
 PUBLIC_KEY_NAME = "coordinator.pub"
 
