@@ -198,6 +198,11 @@ def _site_toml(manager: RunManager, name: str) -> dict:
 # -- runs ------------------------------------------------------------------------------------
 
 
+def _failure(kind: str, site: object, round_name: object, message: object, at: object) -> dict:
+    """One row of a run's failure table (a dropped site, a failed or stopped study)."""
+    return {"kind": kind, "site": site, "round": round_name, "message": message, "at": at}
+
+
 def run_progress(manager: RunManager, run: RunFolder, *, superlink_status: str | None = None) -> dict:
     """A run's state, rounds, failures and result summary, from its recorded events."""
     meta = run.meta()
@@ -224,39 +229,19 @@ def run_progress(manager: RunManager, run: RunFolder, *, superlink_status: str |
                 rounds.append(match)
             match.update(state="done", seconds=ev.get("seconds"), sites=[str(s) for s in ev.get("sites", [])])
         elif kind == "dropped":
-            failures.append(
-                {
-                    "kind": "site dropped",
-                    "site": ev.get("site"),
-                    "round": ev.get("round"),
-                    "message": str(ev.get("reason", ""))[:300],
-                    "at": _iso(ev.get("t")),
-                }
-            )
+            why, at = str(ev.get("reason", ""))[:300], _iso(ev.get("t"))
+            failures.append(_failure("site dropped", ev.get("site"), ev.get("round"), why, at))
         elif kind == "failed":
-            failures.append(
-                {
-                    "kind": "study failed",
-                    "site": ev.get("node"),
-                    "round": ev.get("round"),
-                    "message": str(ev.get("message", ""))[:2000],
-                    "at": _iso(ev.get("t")),
-                }
-            )
+            why, at = str(ev.get("message", ""))[:2000], _iso(ev.get("t"))
+            failures.append(_failure("study failed", ev.get("node"), ev.get("round"), why, at))
     state = meta.get("state", "unknown")
     if state in ACTIVE and not manager.alive(run.key):
         state = "detached"  # started by a console process that is gone
     error = meta.get("error")
     if error and not any(f["kind"] == "study failed" for f in failures) and state in ("failed", "stopped"):
-        failures.append(
-            {
-                "kind": "study stopped" if state == "stopped" else "study failed",
-                "site": error.get("site"),
-                "round": error.get("round"),
-                "message": error.get("message"),
-                "at": meta.get("finished_at"),
-            }
-        )
+        ended = "study stopped" if state == "stopped" else "study failed"
+        why, at = error.get("message"), meta.get("finished_at")
+        failures.append(_failure(ended, error.get("site"), error.get("round"), why, at))
     failed_rounds = {str(f["round"]) for f in failures if f.get("round")}
     for r in rounds:
         if state not in ACTIVE and r["state"] == "running":
