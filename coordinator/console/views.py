@@ -38,16 +38,20 @@ def _iso(ts: float | None) -> str | None:
     return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def age(iso: str | None) -> str:
-    """``42 s ago``, ``5 min ago``, ``3 h ago`` (blank when unknown)."""
-    if not iso:
-        return ""
+def _utc(iso: str) -> dt.datetime | None:
+    """An ISO time (``Z`` or an offset; none means UTC) as an aware UTC time, or None."""
     try:
         t = dt.datetime.fromisoformat(str(iso).replace("Z", "+00:00"))
     except ValueError:
+        return None
+    return t.replace(tzinfo=dt.timezone.utc) if t.tzinfo is None else t.astimezone(dt.timezone.utc)
+
+
+def age(iso: str | None) -> str:
+    """``42 s ago``, ``5 min ago``, ``3 h ago`` (blank when unknown)."""
+    t = _utc(iso) if iso else None
+    if t is None:
         return ""
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=dt.timezone.utc)
     s = max(0, int((dt.datetime.now(dt.timezone.utc) - t).total_seconds()))
     if s < 120:
         return f"{s} s ago"
@@ -62,13 +66,8 @@ def short_time(iso: str | None) -> str:
     """``2026-12-07 00:12:03 UTC`` from an ISO time (blank when unknown)."""
     if not iso:
         return ""
-    try:
-        t = dt.datetime.fromisoformat(str(iso).replace("Z", "+00:00"))
-    except ValueError:
-        return str(iso)
-    if t.tzinfo is not None:
-        t = t.astimezone(dt.timezone.utc)
-    return t.strftime("%Y-%m-%d %H:%M:%S UTC")
+    t = _utc(iso)
+    return str(iso) if t is None else t.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def control_nodes(manager: RunManager) -> tuple[list[dict], str | None]:
