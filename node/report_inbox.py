@@ -1,12 +1,12 @@
 """Evidence reports a node has received: verified at import, kept, the newest shown to HR.
 
 ``rehealth node report import report.json --key coordinator.pub`` checks the file before it
-keeps it, the way ``deploy/verify/verify-report.mjs`` does (the node does not import the
-coordinator's code; this is one more independent check of the published format): the bytes are
-the RFC 8785 form of what they parse to (``rfc8785``, the maintained implementation), the
-signature block names RFC 8785 and Ed25519, ``key_id`` is the SHA-256 of the given key's raw
-bytes, and the Ed25519 signature (``cryptography``) over the RFC 8785 bytes of ``report``
-matches. A file that fails is refused with the reason and not kept.
+keeps it with the check the coordinator's ``rehealth report verify`` runs,
+:func:`shared.signed_report.verify_signed_bytes` (the node does not import the coordinator's
+code): the bytes are the RFC 8785 form of what they parse to, the signature block names RFC 8785
+and Ed25519, ``key_id`` is the SHA-256 of the given key's raw bytes, and the Ed25519 signature
+over the RFC 8785 bytes of ``report`` matches; the node then needs ``report`` to be an object.
+A file that fails is refused with the reason and not kept.
 
 Kept as ``<node dir>/reports/<sha256>.json`` (the verified bytes) and ``latest.json`` (which one,
 with the key id it verified under and when it was imported). A report holds aggregates only
@@ -15,8 +15,6 @@ with the key id it verified under and when it was imported). A report holds aggr
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import os
@@ -25,17 +23,14 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-import rfc8785
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from shared.errors import SpecError
+from shared.errors import ReportVerificationError, SpecError, WrongReportKey
+from shared.signed_report import public_key_from_bytes, verify_signed_bytes
 
 __all__ = ["ReportRefused", "StoredReport", "import_report", "latest_report", "verify_bytes"]
 
 REPORTS_DIR = "reports"
-_BLOCK = {"algorithm", "canonicalization", "key_id", "value"}
 
 
 class ReportRefused(SpecError):
@@ -56,13 +51,8 @@ def _public_key(path: Path) -> Ed25519PublicKey:
         data = path.read_bytes()
     except OSError as e:
         raise SpecError(f"cannot read public key {path}: {e.strerror}") from None
-    try:
-        key = serialization.load_pem_public_key(data) if b"-----BEGIN" in data else None
-    except ValueError:
-        key = None
-    if key is None and len(data) == 32:
-        key = Ed25519PublicKey.from_public_bytes(data)
-    if not isinstance(key, Ed25519PublicKey):
+    key = public_key_from_bytes(data)
+    if key is None:
         raise SpecError(f"{path}: not an Ed25519 public key (PEM or raw 32 bytes)")
     return key
 
@@ -74,36 +64,16 @@ def verify_bytes(data: bytes, key: Ed25519PublicKey) -> tuple[dict, str]:
         ReportRefused: why the file is not an intact report signed by ``key``.
     """
     try:
-        doc = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ReportRefused(f"not a JSON report: {e}") from None
-    if (
-        not isinstance(doc, dict)
-        or set(doc) != {"report", "signature"}
-        or not isinstance(doc["report"], dict)
-    ):
-        raise ReportRefused("not a signed report: top-level fields must be report and signature")
-    block = doc["signature"]
-    if not isinstance(block, dict) or not _BLOCK <= set(block) <= _BLOCK | {"certificate"}:
-        raise ReportRefused("signature block must hold algorithm, canonicalization, key_id, value")
-    if block["canonicalization"] != "RFC 8785" or block["algorithm"] != "Ed25519":
-        raise ReportRefused("the signature is not RFC 8785 + Ed25519 (an old or unknown format)")
-    try:
-        canonical = rfc8785.dumps(doc)
-    except rfc8785.CanonicalizationError as e:
-        raise ReportRefused(f"no RFC 8785 form: {e}") from None
-    if canonical != data:
-        raise ReportRefused("the file's bytes are not the RFC 8785 form of its content: it was edited")
-    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    kid = hashlib.sha256(raw).hexdigest()
-    if block["key_id"] != kid:
-        raise ReportRefused(f"signed by another key (key id {str(block['key_id'])[:16]}…), not {kid[:16]}…")
-    try:
-        sig = base64.b64decode(str(block["value"]), validate=True)
-        key.verify(sig, rfc8785.dumps(doc["report"]))
-    except (binascii.Error, InvalidSignature):
-        raise ReportRefused("the signature does not match: the report was changed after signing") from None
-    return doc["report"], kid
+        signed = verify_signed_bytes(data, key)
+    except WrongReportKey as e:
+        raise ReportRefused(
+            f"signed by another key (key id {e.signed_by[:16]}…), not {e.given[:16]}…"
+        ) from None
+    except ReportVerificationError as e:
+        raise ReportRefused(str(e)) from None
+    if not isinstance(signed.report, dict):
+        raise ReportRefused("not a signed report: its report field must be an object")
+    return signed.report, signed.key_id
 
 
 def _write(path: Path, data: bytes) -> None:

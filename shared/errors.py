@@ -16,7 +16,11 @@ Hierarchy::
     ├── QueryRefused         a node refused a query it does not know or cannot validate
     │   ├── PolicyRefused         the query disagrees with the node's own policy
     │   └── UnauthorizedQuery     the query carries no valid grant signed by the pinned key
-    └── FederationError      a node failed or timed out in a round (names node and round)
+    ├── FederationError      a node failed or timed out in a round (names node and round)
+    └── ReportError          an evidence report cannot be built, serialised or rendered
+        ├── CanonicalisationError   a value has no canonical JSON form (NaN, ±inf, non-str key)
+        └── ReportVerificationError a signed report fails verification; ``reason`` is a stable code
+            └── WrongReportKey      it is intact but signed by another key than the one given
 """
 
 from __future__ import annotations
@@ -99,3 +103,40 @@ class FederationError(ReHealthError):
         super().__init__(message)
         self.node = node
         self.round_name = round_name
+
+
+class ReportError(ReHealthError):
+    """The evidence report cannot be built, serialised or rendered."""
+
+
+class CanonicalisationError(ReportError, ValueError):
+    """A value has no canonical JSON form; the message names its path (``report.outcomes[0].att``)."""
+
+
+class ReportVerificationError(ReportError):
+    """A signed report is not intact, not signed, or not signed by the expected key.
+
+    Here rather than in the coordinator because both sides verify reports
+    (:mod:`shared.signed_report`): the coordinator's ``rehealth report verify`` and the node's
+    ``rehealth node report import``.
+
+    Args:
+        message: what a reader should be told, e.g. ``"report altered: signature does not match"``.
+        reason: a stable machine code: ``unreadable``, ``not-canonical``, ``signature-missing``,
+            ``old-format``, ``bad-signature-block``, ``wrong-key``, ``signature-mismatch``, ``schema``
+            (``certify``: ``no-certificate``, ``bad-certificate``, ``issuer-mismatch``).
+    """
+
+    def __init__(self, message: str, *, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+class WrongReportKey(ReportVerificationError):
+    """The report is signed by another key than the one given (reason ``wrong-key``); both key
+    ids (SHA-256 hex of the raw public keys) are kept so a caller can word its own message."""
+
+    def __init__(self, message: str, *, signed_by: str, given: str):
+        super().__init__(message, reason="wrong-key")
+        self.signed_by = signed_by
+        self.given = given

@@ -38,16 +38,20 @@ def _iso(ts: float | None) -> str | None:
     return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def age(iso: str | None) -> str:
-    """``42 s ago``, ``5 min ago``, ``3 h ago`` (blank when unknown)."""
-    if not iso:
-        return ""
+def _utc(iso: str) -> dt.datetime | None:
+    """An ISO time (``Z`` or an offset; none means UTC) as an aware UTC time, or None."""
     try:
         t = dt.datetime.fromisoformat(str(iso).replace("Z", "+00:00"))
     except ValueError:
+        return None
+    return t.replace(tzinfo=dt.timezone.utc) if t.tzinfo is None else t.astimezone(dt.timezone.utc)
+
+
+def age(iso: str | None) -> str:
+    """``42 s ago``, ``5 min ago``, ``3 h ago`` (blank when unknown)."""
+    t = _utc(iso) if iso else None
+    if t is None:
         return ""
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=dt.timezone.utc)
     s = max(0, int((dt.datetime.now(dt.timezone.utc) - t).total_seconds()))
     if s < 120:
         return f"{s} s ago"
@@ -62,13 +66,8 @@ def short_time(iso: str | None) -> str:
     """``2026-12-07 00:12:03 UTC`` from an ISO time (blank when unknown)."""
     if not iso:
         return ""
-    try:
-        t = dt.datetime.fromisoformat(str(iso).replace("Z", "+00:00"))
-    except ValueError:
-        return str(iso)
-    if t.tzinfo is not None:
-        t = t.astimezone(dt.timezone.utc)
-    return t.strftime("%Y-%m-%d %H:%M:%S UTC")
+    t = _utc(iso)
+    return str(iso) if t is None else t.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def control_nodes(manager: RunManager) -> tuple[list[dict], str | None]:
@@ -198,6 +197,11 @@ def _site_toml(manager: RunManager, name: str) -> dict:
 # -- runs ------------------------------------------------------------------------------------
 
 
+def _failure(kind: str, site: object, round_name: object, message: object, at: object) -> dict:
+    """One row of a run's failure table (a dropped site, a failed or stopped study)."""
+    return {"kind": kind, "site": site, "round": round_name, "message": message, "at": at}
+
+
 def run_progress(manager: RunManager, run: RunFolder, *, superlink_status: str | None = None) -> dict:
     """A run's state, rounds, failures and result summary, from its recorded events."""
     meta = run.meta()
@@ -224,39 +228,19 @@ def run_progress(manager: RunManager, run: RunFolder, *, superlink_status: str |
                 rounds.append(match)
             match.update(state="done", seconds=ev.get("seconds"), sites=[str(s) for s in ev.get("sites", [])])
         elif kind == "dropped":
-            failures.append(
-                {
-                    "kind": "site dropped",
-                    "site": ev.get("site"),
-                    "round": ev.get("round"),
-                    "message": str(ev.get("reason", ""))[:300],
-                    "at": _iso(ev.get("t")),
-                }
-            )
+            why, at = str(ev.get("reason", ""))[:300], _iso(ev.get("t"))
+            failures.append(_failure("site dropped", ev.get("site"), ev.get("round"), why, at))
         elif kind == "failed":
-            failures.append(
-                {
-                    "kind": "study failed",
-                    "site": ev.get("node"),
-                    "round": ev.get("round"),
-                    "message": str(ev.get("message", ""))[:2000],
-                    "at": _iso(ev.get("t")),
-                }
-            )
+            why, at = str(ev.get("message", ""))[:2000], _iso(ev.get("t"))
+            failures.append(_failure("study failed", ev.get("node"), ev.get("round"), why, at))
     state = meta.get("state", "unknown")
     if state in ACTIVE and not manager.alive(run.key):
         state = "detached"  # started by a console process that is gone
     error = meta.get("error")
     if error and not any(f["kind"] == "study failed" for f in failures) and state in ("failed", "stopped"):
-        failures.append(
-            {
-                "kind": "study stopped" if state == "stopped" else "study failed",
-                "site": error.get("site"),
-                "round": error.get("round"),
-                "message": error.get("message"),
-                "at": meta.get("finished_at"),
-            }
-        )
+        ended = "study stopped" if state == "stopped" else "study failed"
+        why, at = error.get("message"), meta.get("finished_at")
+        failures.append(_failure(ended, error.get("site"), error.get("round"), why, at))
     failed_rounds = {str(f["round"]) for f in failures if f.get("round")}
     for r in rounds:
         if state not in ACTIVE and r["state"] == "running":

@@ -14,7 +14,6 @@ Rendering (matplotlib, fpdf2) is imported on first use, so ``verify`` starts fas
 """
 
 from coordinator.report.build import build_report
-from coordinator.report.canonical import canonical_bytes
 from coordinator.report.document import REPORT_SCHEMA_VERSION, EvidenceReport
 from coordinator.report.errors import CanonicalisationError, ReportError, ReportVerificationError
 from coordinator.report.signing import (
@@ -28,6 +27,7 @@ from coordinator.report.signing import (
     verify_file,
     verify_signed_report,
 )
+from shared.canonical import canonical_bytes
 
 __all__ = [
     "REPORT_SCHEMA_VERSION",

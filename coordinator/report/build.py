@@ -13,7 +13,6 @@ import math
 from datetime import datetime, timezone
 
 from coordinator.report import checks
-from coordinator.report.canonical import canonical_bytes
 from coordinator.report.document import (
     Attrition,
     Check,
@@ -41,6 +40,7 @@ from coordinator.report.registration import (
 from coordinator.report.sensitivity import sensitivity_section
 from coordinator.report.value import value_section
 from shared import __version__
+from shared.canonical import canonical_bytes
 from shared.result import BalanceRow, SiteSummary, StudyResult
 
 DEFAULT_ISSUER = "ReHealth Core coordinator"

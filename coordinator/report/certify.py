@@ -30,9 +30,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.x509.oid import NameOID
 
-from coordinator.report.canonical import parse_canonical
 from coordinator.report.errors import CanonicalisationError, ReportError, ReportVerificationError
 from coordinator.report.signing import VerifiedReport, verify_signed_report
+from shared.canonical import parse_canonical
 from shared.tls import SIGNING_KEY_USAGE
 
 CERTIFICATE_NAME = "coordinator.crt"  # beside coordinator.key in a provisioned kit

@@ -30,10 +30,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from coordinator.report.canonical import canonical_bytes
 from coordinator.report.document import Check, RegistrationSection
 from coordinator.report.errors import ReportError
 from coordinator.report.signing import key_id
+from shared.canonical import canonical_bytes
 from shared.result import StudyResult
 
 KIND = "rehealth.study-registration"

@@ -1,6 +1,6 @@
 """Ed25519 signing and offline verification of evidence reports.
 
-The signed file is itself canonical JSON per RFC 8785 (:mod:`canonical`)::
+The signed file is itself canonical JSON per RFC 8785 (:mod:`shared.canonical`)::
 
     {"report": {...},
      "signature": {"algorithm": "Ed25519", "canonicalization": "RFC 8785", "key_id": <hex>,
@@ -18,8 +18,10 @@ Verification needs only the file and the public key (or the CA certificate, :mod
 and checks, in order: the file parses as strict JSON; it carries a signature; the signature
 block names RFC 8785; the file's bytes are exactly the RFC 8785 serialisation of what they parse
 to (so *any* byte change is caught, even whitespace); the key id is the expected key's; the
-signature matches; the report follows the schema. An actuary can reproduce the check without
-this code: ``deploy/verify/verify-report.mjs`` does it with Node.js's standard library alone.
+signature matches (all of that is :mod:`shared.signed_report`, which the node's
+``rehealth node report import`` runs too); the report follows the schema. An actuary can
+reproduce the check without this code: ``deploy/verify/verify-report.mjs`` does it with
+Node.js's standard library alone.
 
 Notes:
     Ed25519 verification is deterministic and constant-time in the key (``cryptography``/
@@ -30,28 +32,20 @@ Notes:
 from __future__ import annotations
 
 import base64
-import binascii
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import ValidationError
 
-from coordinator.report.canonical import (
-    CANONICALIZATION,
-    canonical_bytes,
-    dump_parsed,
-    first_difference,
-    parse_canonical,
-)
 from coordinator.report.document import EvidenceReport
-from coordinator.report.errors import CanonicalisationError, ReportError, ReportVerificationError
+from coordinator.report.errors import ReportError, ReportVerificationError
 from coordinator.report.keys import open_private_key, private_key_pem, write_new_private
+from shared.canonical import CANONICALIZATION, canonical_bytes
+from shared.signed_report import ALGORITHM, key_id, verify_signed_bytes
 
-ALGORITHM = "Ed25519"
 PRIVATE_KEY_NAME = "coordinator.key"
 PUBLIC_KEY_NAME = "coordinator.pub"
 
@@ -113,12 +107,6 @@ def load_public_key(path: str | Path) -> Ed25519PublicKey:
     return key
 
 
-def key_id(public_key: Ed25519PublicKey) -> str:
-    """SHA-256 (hex) of the raw 32-byte public key: names the key in the signature block."""
-    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()
-
-
 def report_bytes(report: EvidenceReport) -> bytes:
     """The canonical bytes of the report document: what the signature covers."""
     return canonical_bytes(report.model_dump(mode="json"))
@@ -147,44 +135,15 @@ def sign_report(
 
 
 def verify_signed_report(data: bytes, public_key: Ed25519PublicKey) -> VerifiedReport:
-    """Verify a signed report file's bytes against the issuer's public key.
+    """Verify a signed report file's bytes against the issuer's public key
+    (:func:`shared.signed_report.verify_signed_bytes`), then the report's schema.
 
     Raises:
         ReportVerificationError: with a message saying what is wrong and a ``reason`` code.
     """
+    signed = verify_signed_bytes(data, public_key)
     try:
-        parsed = parse_canonical(data)
-    except CanonicalisationError as e:
-        raise ReportVerificationError(f"report altered or unreadable: {e}", reason="unreadable") from None
-    if not isinstance(parsed, dict) or "report" not in parsed:
-        raise ReportVerificationError("not a signed evidence report: no 'report' field", reason="unreadable")
-    if "signature" not in parsed:
-        raise ReportVerificationError(
-            "signature missing: the report is not signed", reason="signature-missing"
-        )
-    _require_marker(parsed["signature"])
-    _require_canonical(data, parsed)
-    if set(parsed) != {"report", "signature"}:
-        extra = sorted(set(parsed) - {"report", "signature"})
-        raise ReportVerificationError(
-            f"report altered: unexpected top-level fields {extra}", reason="bad-signature-block"
-        )
-    signature = _signature_value(parsed["signature"])
-    expected = key_id(public_key)
-    if parsed["signature"]["key_id"] != expected:
-        raise ReportVerificationError(
-            f"signed by a different key (key id {parsed['signature']['key_id']}); "
-            f"the public key given has key id {expected}",
-            reason="wrong-key",
-        )
-    try:
-        public_key.verify(signature, dump_parsed(parsed["report"]))
-    except InvalidSignature:
-        raise ReportVerificationError(
-            "report altered: signature does not match", reason="signature-mismatch"
-        ) from None
-    try:
-        report = EvidenceReport.model_validate(parsed["report"])
+        report = EvidenceReport.model_validate(signed.report)
     except ValidationError as e:
         raise ReportVerificationError(
             f"signature valid but the report does not follow schema "
@@ -192,7 +151,7 @@ def verify_signed_report(data: bytes, public_key: Ed25519PublicKey) -> VerifiedR
             f"first at {'.'.join(map(str, e.errors()[0]['loc']))}",
             reason="schema",
         ) from None
-    return VerifiedReport(report=report, key_id=expected, sha256=hashlib.sha256(data).hexdigest())
+    return VerifiedReport(report=report, key_id=signed.key_id, sha256=signed.sha256)
 
 
 def verify_file(report_path: str | Path, public_key_path: str | Path) -> VerifiedReport:
@@ -208,74 +167,6 @@ def verify_file(report_path: str | Path, public_key_path: str | Path) -> Verifie
     except OSError as e:
         raise ReportError(f"cannot read report {report_path}: {e.strerror}") from None
     return verify_signed_report(data, public_key)
-
-
-def _require_canonical(data: bytes, parsed: dict) -> None:
-    again = dump_parsed(parsed)
-    if again != data:
-        at = first_difference(again, data)
-        raise ReportVerificationError(
-            f"report altered: bytes are not canonical (first difference at byte {at})", reason="not-canonical"
-        )
-
-
-def _require_marker(block: object) -> None:
-    """Refuse a file whose signature was made over other bytes than RFC 8785's."""
-    if not isinstance(block, dict) or "value" not in block:
-        return  # no signature at all: the block checks say what is wrong
-    marker = block.get("canonicalization")
-    if marker is None:
-        raise ReportVerificationError(
-            "signed under the old pre-RFC 8785 format (its signature block names no "
-            "'canonicalization'): this verifier checks only RFC 8785 reports; ask the issuer to "
-            "re-issue the report",
-            reason="old-format",
-        )
-    if marker != CANONICALIZATION:
-        raise ReportVerificationError(
-            f"unknown canonicalization {marker!r}: this verifier checks only {CANONICALIZATION!r}",
-            reason="old-format",
-        )
-
-
-_BLOCK_FIELDS = {"algorithm", "canonicalization", "key_id", "value"}
-
-
-def _signature_value(block: object) -> bytes:
-    if not isinstance(block, dict) or not _BLOCK_FIELDS <= set(block) <= _BLOCK_FIELDS | {"certificate"}:
-        raise ReportVerificationError(
-            "report altered: signature block must hold exactly algorithm, canonicalization, key_id, "
-            "value and optionally certificate",
-            reason="bad-signature-block",
-        )
-    if "certificate" in block and not isinstance(block["certificate"], str):
-        raise ReportVerificationError(
-            "report altered: the certificate must be a PEM string", reason="bad-signature-block"
-        )
-    if block["algorithm"] != ALGORITHM:
-        raise ReportVerificationError(
-            f"report altered: signature algorithm {block['algorithm']!r}, expected {ALGORITHM}",
-            reason="bad-signature-block",
-        )
-    if not isinstance(block["key_id"], str) or not isinstance(block["value"], str):
-        raise ReportVerificationError(
-            "report altered: key_id and value must be strings", reason="bad-signature-block"
-        )
-    try:
-        raw = base64.b64decode(block["value"], validate=True)
-    except (binascii.Error, ValueError):
-        raise ReportVerificationError(
-            "report altered: signature value is not base64", reason="bad-signature-block"
-        ) from None
-    if base64.b64encode(raw).decode("ascii") != block["value"]:  # unused padding bits set
-        raise ReportVerificationError(
-            "report altered: signature value is not canonical base64", reason="bad-signature-block"
-        )
-    if len(raw) != 64:
-        raise ReportVerificationError(
-            "report altered: an Ed25519 signature has 64 bytes", reason="bad-signature-block"
-        )
-    return raw
 
 
 def _load(path: str | Path, loader, **kwargs):

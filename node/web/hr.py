@@ -20,6 +20,7 @@ carry no script at all; the Content-Security-Policy allows none.
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import parse_qs
 
@@ -132,6 +133,28 @@ def install_hr_view(
     def refused(request: Request, why: str) -> HTMLResponse:
         return page(request, "refused.html", status=403, title="Refused", why=why, session=None)
 
+    async def checked_post(request: Request) -> tuple[Session, dict[str, str]] | Response:
+        """The session and form of a state-changing POST, or the response that turns it away:
+        no live session (to the login page), or not sent from this server's own page (the
+        same-origin and CSRF-token checks)."""
+        who = current(request)
+        if who is None:
+            return to_login(request, "expired")
+        data = await form(request)
+        if not same_origin(request) or not hmac.compare_digest(data.get("csrf", ""), who[1].csrf):
+            return refused(request, "This request did not come from this server's own page.")
+        return who[1], data
+
+    def release(request: Request, session: Session, get: Callable[[], object], then: str) -> Response:
+        """Run ``get``, the API's own release (charged once, stored, served again for free), and
+        go back to ``then``; a release the node refuses is shown as such (409)."""
+        try:
+            get()
+        except ReHealthError as e:
+            why = str(e)
+            return page(request, "refused.html", status=409, title="Not released", why=why, session=session)
+        return RedirectResponse(then, status_code=303)
+
     # ------------------------------------------------------------------ static and login
     @app.get(f"{PREFIX}/static/base.css", include_in_schema=False)
     def css() -> FileResponse:
@@ -232,20 +255,14 @@ def install_hr_view(
 
     @app.post(f"{PREFIX}/release", include_in_schema=False)
     async def release_profile(request: Request) -> Response:
-        who = current(request)
-        if who is None:
-            return to_login(request, "expired")
-        data = await form(request)
-        if not same_origin(request) or not hmac.compare_digest(data.get("csrf", ""), who[1].csrf):
-            return refused(request, "This request did not come from this server's own page.")
+        posted = await checked_post(request)
+        if isinstance(posted, Response):
+            return posted
+        session, data = posted
         by = data.get("by", "")
         if by not in dict(VIEWS):
             return refused(request, "Unknown view.")
-        try:
-            views.get(by)  # the API's own release: charged once, stored, served again for free
-        except ReHealthError as e:
-            return page(request, "refused.html", status=409, title="Not released", why=str(e), session=who[1])
-        return RedirectResponse(f"{PREFIX}/?by={by}", status_code=303)
+        return release(request, session, lambda: views.get(by), f"{PREFIX}/?by={by}")
 
     # ------------------------------------------------------------------ programme uptake
     @app.get(f"{PREFIX}/programme", include_in_schema=False)
@@ -272,19 +289,12 @@ def install_hr_view(
 
     @app.post(f"{PREFIX}/programme/release", include_in_schema=False)
     async def release_uptake(request: Request) -> Response:
-        who = current(request)
-        if who is None:
-            return to_login(request, "expired")
-        data = await form(request)
-        if not same_origin(request) or not hmac.compare_digest(data.get("csrf", ""), who[1].csrf):
-            return refused(request, "This request did not come from this server's own page.")
+        posted = await checked_post(request)
+        if isinstance(posted, Response):
+            return posted
         if programme is None:
             return refused(request, "This node has no intervention programme store.")
-        try:
-            programme.get()
-        except ReHealthError as e:
-            return page(request, "refused.html", status=409, title="Not released", why=str(e), session=who[1])
-        return RedirectResponse(f"{PREFIX}/programme", status_code=303)
+        return release(request, posted[0], programme.get, f"{PREFIX}/programme")
 
     # ------------------------------------------------------------------ evidence report
     @app.get(f"{PREFIX}/evidence", include_in_schema=False)

@@ -14,9 +14,9 @@ import time
 import pytest
 
 from coordinator.report import build_report
-from coordinator.report.canonical import canonical_bytes
 from coordinator.study.runner import run_local
 from coordinator.synth import write_federation
+from shared.canonical import canonical_bytes
 from shared.synth import generate_federation
 
 pytestmark = pytest.mark.integration

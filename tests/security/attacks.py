@@ -38,29 +38,21 @@ def attacker_env(home: Path) -> dict:
 def plaintext_list_runs(home: Path, port: int) -> subprocess.CompletedProcess:
     """``flwr ls`` through a connection with ``insecure = true`` (what every launcher's own
     client used before): lists the SuperLink's runs if the SuperLink speaks plaintext."""
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "config.toml").write_text(
-        f'[superlink]\ndefault = "x"\n\n[superlink.x]\naddress = "{HOST}:{port}"\ninsecure = true\n'
-    )
-    return subprocess.run(
-        [flwr("flwr"), "ls", "x", "--format", "json"],
-        env=attacker_env(home),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
+    return _flwr_ls(home, f'address = "{HOST}:{port}"\ninsecure = true\n')
 
 
 def tls_list_runs(home: Path, port: int, ca_cert: Path) -> subprocess.CompletedProcess:
     """``flwr ls`` over TLS pinning the federation's CA: what any network party that trusts the
     CA (every site does) could do against Flower's open-source Control API, which takes any
     caller, and so read every run and its log."""
+    return _flwr_ls(home, f'address = "{HOST}:{port}"\nroot-certificates = "{ca_cert}"\n')
+
+
+def _flwr_ls(home: Path, connection: str) -> subprocess.CompletedProcess:
+    """``flwr ls`` as the attacker, with ``connection`` (the ``[superlink.x]`` table's lines) in
+    its own ``FLWR_HOME``."""
     home.mkdir(parents=True, exist_ok=True)
-    (home / "config.toml").write_text(
-        f'[superlink]\ndefault = "x"\n\n[superlink.x]\naddress = "{HOST}:{port}"\n'
-        f'root-certificates = "{ca_cert}"\n'
-    )
+    (home / "config.toml").write_text(f'[superlink]\ndefault = "x"\n\n[superlink.x]\n{connection}')
     return subprocess.run(
         [flwr("flwr"), "ls", "x", "--format", "json"],
         env=attacker_env(home),

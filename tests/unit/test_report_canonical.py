@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coordinator.report.canonical import canonical_bytes, first_difference, parse_canonical
 from coordinator.report.errors import CanonicalisationError
+from shared.canonical import canonical_bytes, first_difference, parse_canonical
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -13,7 +13,7 @@ verifier in any language that implements JCS reproduces the signed bytes (the No
 
 Because JCS writes an integral float without a fraction, a parsed document holds ``2`` where the
 report had ``2.0``; the report's models accept either, and re-serialising reproduces the bytes
-exactly. That is what lets :func:`coordinator.report.signing.verify_signed_report` reject *any*
+exactly. That is what lets :func:`shared.signed_report.verify_signed_bytes` reject *any*
 byte change, even one that leaves the parsed values unchanged (an added space, ``2.0`` for ``2``).
 
 >>> canonical_bytes({"b": 1.0, "a": [1, "é", None, True], "c": 1e-06})
@@ -28,7 +28,7 @@ from typing import Any
 
 import rfc8785
 
-from coordinator.report.errors import CanonicalisationError
+from shared.errors import CanonicalisationError
 
 __all__ = ["CANONICALIZATION", "canonical_bytes", "dump_parsed", "parse_canonical", "first_difference"]
 
