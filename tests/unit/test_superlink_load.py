@@ -1,5 +1,6 @@
-"""The SuperLink's start window for app processes (:mod:`coordinator.federation.app_start`),
-on Flower's own state classes (SQL and in-memory), the clock moved forward.
+"""The SuperLink under load (:mod:`coordinator.federation.superlink_load`): the start window for
+app processes on Flower's own state classes (SQL and in-memory), the clock moved forward; and
+the SQLite busy timeout of the connections Flower opens.
 
 Without the change, a ServerApp that has not sent its first heartbeat 30 s after its task was
 claimed loses its token and its task goes back to pending (Flower relaunches it); that is what
@@ -13,7 +14,12 @@ from flwr.supercore.corestate import in_memory_corestate, sql_corestate
 from flwr.supercore.date import now
 from flwr.supercore.object_store import ObjectStoreFactory
 
-from coordinator.federation.app_start import APP_START_WINDOW_S, widen_app_start_window
+from coordinator.federation.superlink_load import (
+    APP_START_WINDOW_S,
+    SQLITE_BUSY_TIMEOUT_MS,
+    configure_superlink,
+    widen_app_start_window,
+)
 
 
 class _Sql(sql_corestate.SqlCoreState):
@@ -44,8 +50,11 @@ def _state(kind: str):
 @pytest.fixture
 def restore_flower(monkeypatch):
     """Flower's classes as they were after the test (the patch is process-wide)."""
+    from flwr.supercore import sql_mixin
+
     for cls in (sql_corestate.SqlCoreState, in_memory_corestate.InMemoryCoreState):
         monkeypatch.setattr(cls, "claim_task", cls.claim_task)
+    monkeypatch.setattr(sql_mixin, "SQLITE_PRAGMAS", sql_mixin.SQLITE_PRAGMAS)
     return monkeypatch
 
 
@@ -104,3 +113,20 @@ def test_a_running_app_keeps_flowers_heartbeat_bound(kind, restore_flower):
 def test_a_window_shorter_than_flowers_is_refused():
     with pytest.raises(ValueError, match="30 s"):
         widen_app_start_window(10)
+
+
+def _busy_timeout(path) -> int:
+    from sqlalchemy import text
+
+    state = _Sql(str(path), ObjectStoreFactory().store())
+    state.initialize()
+    with state.session() as session:
+        return int(session.execute(text("PRAGMA busy_timeout")).scalar())
+
+
+def test_flowers_sqlite_connections_wait_for_a_lock_as_long_as_we_set(tmp_path, restore_flower):
+    """A real SQLite file opened by Flower's own state class: 5 s without the change (what made
+    the SuperLink answer "database is locked" under load), ours with it."""
+    assert _busy_timeout(tmp_path / "flowers.db") == 5000
+    configure_superlink()
+    assert _busy_timeout(tmp_path / "ours.db") == SQLITE_BUSY_TIMEOUT_MS
