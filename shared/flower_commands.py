@@ -29,7 +29,13 @@ SUPERNODE_MODULE = "coordinator.federation.supernode"
 #: ``supercore/superexec/run_superexec.py``, 0.01–60 s): each message to a node waited 0.5 s on
 #: average for it, each run's ServerApp too. A tenth of that is one cheap loopback call per
 #: 0.1 s per SuperExec (docs/benchmarks/roundtrip.md).
-FLOWER_PACE_ENV = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1"}
+#: Set to "0" in a node's environment: its ClientApp zygote never imports the risk model's
+#: libraries (torch: ~300 MB and ~3 s of CPU per node, :mod:`node.flower.zygote`). A local
+#: federation started for a study sets it; one for risk training does not.
+ZYGOTE_RISK_IMPORTS_ENV = "REHEALTH_ZYGOTE_RISK_IMPORTS"
+
+TASK_POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
+FLOWER_PACE_ENV = {TASK_POLL_ENV: "0.1"}
 
 
 @dataclass(frozen=True)

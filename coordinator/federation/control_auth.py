@@ -43,6 +43,8 @@ from typing import Any, Protocol
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from coordinator.federation.superlink_load import configure_superlink
+
 log = logging.getLogger("rehealth.coordinator.control_auth")
 
 AUDIENCE = "rehealth-control-api"
@@ -291,6 +293,7 @@ def main(argv: list[str] | None = None) -> None:
     if not hasattr(superlink_cli, "load_control_authn_plugin"):  # the patched site is gone: fail shut
         sys.exit("rehealth superlink: this Flower has no load_control_authn_plugin to replace")
     superlink_cli.load_control_authn_plugin = lambda: plugin
+    configure_superlink()  # many nodes on a loaded machine: ServerApp start window, SQLite waits
     sys.argv = ["flower-superlink", *args]
     superlink_cli.flower_superlink()
 

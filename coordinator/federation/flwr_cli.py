@@ -40,15 +40,15 @@ def flwr_env(home: Path, **extra: str) -> dict:
     """Environment for a Flower process: its own FLWR_HOME, this venv's bin first on PATH
     (Flower spawns flower-superexec / flwr-clientapp by name), no telemetry."""
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    return dict(
-        os.environ,
-        FLWR_HOME=str(home),
-        PATH=path,
-        FLWR_TELEMETRY_ENABLED="0",
-        FLWR_DISABLE_UPDATE_CHECK="1",
+    return {
+        **os.environ,
+        "FLWR_HOME": str(home),
+        "PATH": path,
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
         **FLOWER_PACE_ENV,
-        **extra,
-    )
+        **extra,  # may set its own pace
+    }
 
 
 @dataclass(frozen=True)

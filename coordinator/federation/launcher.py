@@ -46,8 +46,11 @@ from coordinator.federation.control_auth import CoordinatorCredential, guarded_s
 from coordinator.federation.flwr_cli import FlwrClient, flwr_bin, flwr_env
 from coordinator.federation.lifetime import spawn
 from coordinator.federation.pki import FederationPKI, private_dir, write_private
+from coordinator.federation.supernode import PULL_IDLE_ENV, PULL_IDLE_S
 from shared.errors import FederationError
 from shared.flower_commands import (
+    FLOWER_PACE_ENV,
+    TASK_POLL_ENV,
     RuntimeTLS,
     superexec_command,
     superlink_command,
@@ -60,13 +63,33 @@ HOST = "127.0.0.1"
 UMASK = 0o077  # Flower's state, logs and installed bundles: owner only
 
 
+#: Nodes one machine runs at our base pace (``FLOWER_PACE_ENV``, the SuperNode's idle pull): with
+#: eight idle nodes their polls took 40 % of a core (docs/benchmarks/roundtrip.md).
+PACE_NODES = 8
+
+
+def pace_env(nodes: int) -> dict[str, str]:
+    """The poll intervals for a federation of ``nodes`` SuperNodes on this one machine.
+
+    Every SuperExec asks its Runtime API for a task every 0.1 s and every idle SuperNode asks
+    the SuperLink for a message every 0.25 s; both cost CPU per node, all on this machine. Twenty
+    nodes at that pace kept a whole core busy while idle (SuperNodes 66 %, SuperExecs 24 %,
+    SuperLink 15 %, measured with 20 firms), which every round's work then queued behind. Up to
+    :data:`PACE_NODES` nodes keep the base pace; beyond, both intervals grow in proportion, so
+    the polls' total cost stays that of eight nodes, at ≈ 0.3 s more latency per message hop for
+    twenty."""
+    factor = max(1.0, nodes / PACE_NODES)
+    base_poll = float(FLOWER_PACE_ENV[TASK_POLL_ENV])
+    return {TASK_POLL_ENV: f"{base_poll * factor:.3g}", PULL_IDLE_ENV: f"{PULL_IDLE_S * factor:.3g}"}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
         return s.getsockname()[1]
 
 
-__all__ = ["HOST", "LocalFederation", "NodeSpec", "free_port"]
+__all__ = ["HOST", "LocalFederation", "NodeSpec", "free_port", "pace_env"]
 
 
 @dataclass(frozen=True)
@@ -98,7 +121,7 @@ class LocalFederation:
 
     def _env(self, home_name: str, guarded: bool = False) -> dict:
         home = private_dir(self.workdir / "flwr-home" / home_name)
-        env = flwr_env(home, PYTHONUNBUFFERED="1", **self.env_extra)
+        env = flwr_env(home, PYTHONUNBUFFERED="1", **{**pace_env(len(self.nodes)), **self.env_extra})
         if guarded:
             env["PATH"] = f"{self._guard_bin()}{os.pathsep}{env['PATH']}"
         return env

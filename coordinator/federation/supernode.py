@@ -24,8 +24,9 @@ and when there is none sleeps a fixed ``time.sleep(3)`` — no option or variabl
 message waited 1.5 s on average (3 s at worst) before its node even saw it; after handing a
 message to its ClientApp it polls for the reply every 0.5 s. Both sleeps of that module are
 capped (:func:`configure_pace`): 0.25 s when idle (one small authenticated request per node every
-quarter second), 0.05 s for the reply (a local lookup). Nothing else in Flower changes; the figures
-are in docs/benchmarks/roundtrip.md.
+quarter second; a launcher running more than eight nodes on one machine lengthens it in
+proportion, :func:`coordinator.federation.launcher.pace_env`), 0.05 s for the reply (a local
+lookup). Nothing else in Flower changes; the figures are in docs/benchmarks/roundtrip.md.
 
 Only the SuperNode's own two uses of the constant change (the interval it declares, and its
 heartbeat period); its app processes and the SuperLink keep Flower's values. Run as a script
@@ -34,6 +35,7 @@ named ``flower-supernode`` (the launcher writes one) with ``flower-supernode``'s
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -62,6 +64,9 @@ def configure_heartbeat(interval_s: int = HEARTBEAT_INTERVAL_S) -> None:
 
 #: The SuperNode's sleep between pulls that found no message (Flower: 3 s).
 PULL_IDLE_S = 0.25
+#: Environment variable that sets it for one SuperNode (a launcher running many nodes on one
+#: machine slows every node's pull: :func:`coordinator.federation.launcher.pace_env`).
+PULL_IDLE_ENV = "REHEALTH_SUPERNODE_IDLE_PULL_S"
 #: Its sleep while waiting for its ClientApp's reply, and for a reply's content (Flower: 0.5 s).
 REPLY_POLL_S = 0.05
 
@@ -90,13 +95,19 @@ def configure_pace(idle_s: float = PULL_IDLE_S, poll_s: float = REPLY_POLL_S) ->
     loop.time = _PacedTime(idle_s, poll_s)  # type: ignore[assignment]
 
 
+def idle_pull_s() -> float:
+    """This SuperNode's idle pull interval: :data:`PULL_IDLE_ENV` if its launcher set it, else
+    :data:`PULL_IDLE_S`."""
+    return float(os.environ.get(PULL_IDLE_ENV) or PULL_IDLE_S)
+
+
 def main() -> None:
     from flwr.supernode.cli import flower_supernode
 
     from shared.flower_pull import configure_object_pull
 
     configure_heartbeat()
-    configure_pace()
+    configure_pace(idle_s=idle_pull_s())
     configure_object_pull()  # a message's objects may still be on their way to the SuperLink
     sys.argv[0] = sys.argv[0].removesuffix(".exe")
     flower_supernode()

@@ -38,6 +38,7 @@ from coordinator.federation.launcher import LocalFederation, NodeSpec
 from coordinator.federation.run_events import EventParser
 from coordinator.files import load_spec, write_result
 from shared.errors import FederationError, ReHealthError, SpecError
+from shared.flower_commands import ZYGOTE_RISK_IMPORTS_ENV
 from shared.result import StudyResult
 from shared.study import StudySpec
 
@@ -437,11 +438,22 @@ def run_with_client(
 
 
 @contextmanager
-def local_federation(spec_path: Path, out_dir: Path, coordinator_pub: Path, on_event: OnEvent | None = None):
-    """A SuperLink and one SuperNode per site of the spec on 127.0.0.1, stopped on exit."""
+def local_federation(
+    spec_path: Path,
+    out_dir: Path,
+    coordinator_pub: Path,
+    on_event: OnEvent | None = None,
+    *,
+    risk: bool = False,
+):
+    """A SuperLink and one SuperNode per site of the spec on 127.0.0.1, stopped on exit.
+
+    Only a federation for risk training (``risk``) lets the nodes' ClientApp zygotes import
+    torch when idle: a study never uses it, and twenty nodes' copies were ~6 GB."""
     spec = load_spec(spec_path)
     workdir = out_dir.resolve() / "federation"
-    with LocalFederation(workdir, site_nodes(spec, workdir, coordinator_pub)) as fed:
+    env = {} if risk else {ZYGOTE_RISK_IMPORTS_ENV: "0"}
+    with LocalFederation(workdir, site_nodes(spec, workdir, coordinator_pub), env_extra=env) as fed:
         if on_event:
             on_event({"event": "federation_up", "seconds": fed.startup_s, "nodes": len(fed.nodes)})
         yield fed
@@ -466,7 +478,7 @@ def train_risk_local(
     """Federated DP training of the risk model over one local SuperNode per site of the spec."""
     with exclusive_folder(out_dir):
         key, pub = coordinator_keys(out_dir.resolve() / "keys", key_path)
-        with local_federation(spec_path, out_dir, pub, on_event) as fed:
+        with local_federation(spec_path, out_dir, pub, on_event, risk=True) as fed:
             done = run_app(
                 fed.control,
                 {

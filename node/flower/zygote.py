@@ -57,6 +57,8 @@ import sys
 import time
 from dataclasses import dataclass
 
+from shared.flower_commands import ZYGOTE_RISK_IMPORTS_ENV
+
 log = logging.getLogger("rehealth.node.zygote")
 
 PR_SET_NAME, PR_SET_PDEATHSIG = 15, 1
@@ -101,6 +103,8 @@ PRELOAD = (
 #: rest): imported once the zygote has been idle :data:`DEFER_IDLE_S`, so that eight nodes
 #: starting at once on two cores are ready for a study's first round sooner. A risk message that
 #: comes before imports them in its own child (a cold start's cost, that once).
+#: A node whose launcher sets :data:`~shared.flower_commands.ZYGOTE_RISK_IMPORTS_ENV` to "0" (a local
+#: federation run for a study) never imports them: twenty such zygotes held ~6 GB more with torch.
 DEFERRED = ("torch", "node.risk.train", "node.risk.model_store")
 DEFER_IDLE_S = 15.0
 
@@ -234,13 +238,14 @@ def serve(sock: socket.socket, parent: int) -> int:
     """Answer launch requests until the SuperExec closes its end (or dies)."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
     last_request, deferred = time.monotonic(), False
+    risk_imports = os.environ.get(ZYGOTE_RISK_IMPORTS_ENV, "1") != "0"  # a study's nodes: never
     while True:
         ready, _, _ = select.select([sock], [], [], 1.0)
         _reap()
         if os.getppid() != parent:
             return 0
         if not ready:
-            if not deferred and time.monotonic() - last_request >= DEFER_IDLE_S:
+            if not deferred and risk_imports and time.monotonic() - last_request >= DEFER_IDLE_S:
                 deferred = True
                 failed = preload(DEFERRED)
                 log.info("zygote: deferred imports done (%d failed)", len(failed))

@@ -94,3 +94,33 @@ def test_a_pull_of_an_object_not_there_yet_retries_after_50_ms(monkeypatch):
 
     assert iu.pull_objects(["a"], pull) == {"a": b"x"}
     assert time.monotonic() - start < 0.9
+
+
+def test_a_big_local_federation_polls_slower_in_proportion(monkeypatch, tmp_path):
+    """Up to eight nodes keep the base pace; twenty poll 2.5 × slower, so twenty idle nodes cost
+    what eight did. The values reach both readers: Flower's SuperExec (which exits on a value
+    out of its range) and our SuperNode's pull loop."""
+    from flwr.supercore.superexec import run_superexec
+
+    from coordinator.federation.launcher import LocalFederation, NodeSpec, pace_env
+
+    assert (
+        pace_env(5)
+        == pace_env(8)
+        == {
+            "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1",
+            supernode.PULL_IDLE_ENV: "0.25",
+        }
+    )
+    fed = LocalFederation(tmp_path, [NodeSpec(f"s{i}", {}) for i in range(20)])
+    env = fed._env("supernode-s0")
+    assert env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] == "0.25" and env[supernode.PULL_IDLE_ENV] == "0.625"
+    for k in ("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", supernode.PULL_IDLE_ENV):
+        monkeypatch.setenv(k, env[k])
+    assert run_superexec._get_task_poll_interval() == pytest.approx(0.25)
+    assert supernode.idle_pull_s() == pytest.approx(0.625)
+    monkeypatch.delenv(supernode.PULL_IDLE_ENV)
+    assert supernode.idle_pull_s() == supernode.PULL_IDLE_S
+    # a test's own env_extra still wins
+    fed = LocalFederation(tmp_path, fed.nodes, env_extra={"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.5"})
+    assert fed._env("supernode-s0")["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] == "0.5"
