@@ -36,15 +36,27 @@ A spec without ``[terms]`` (or with the empty default) dumps, hashes and queries
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal, Sequence
+from typing import Any, Literal, Protocol, Sequence, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shared.errors import DataError
 
-if TYPE_CHECKING:  # shared.study holds a DesignTerms field: imported at run time where used
-    from shared.study import Covariate
+
+class Covariate(Protocol):
+    """What this module reads of a study's covariate (:class:`shared.study.Covariate`, which it
+    does not import: the spec holds a :class:`DesignTerms`, so importing it would be a cycle)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def kind(self) -> Literal["continuous", "binary"]: ...
+
+
+C = TypeVar("C", bound=Covariate)
+
 
 __all__ = ["DesignTerms", "derived_covariates", "expand", "term_factors"]
 
@@ -109,19 +121,23 @@ def _term_name(covariates: Sequence[Covariate], i: int, j: int) -> str:
     return f"{a}^2" if i == j else f"{a}*{b}"
 
 
-def derived_covariates(covariates: Sequence[Covariate], terms: DesignTerms | None) -> tuple[Covariate, ...]:
+def derived_covariates(covariates: Sequence[C], terms: DesignTerms | None) -> tuple[C, ...]:
     """The derived terms as covariates on the [0, 1] scale (names ``age^2``, ``bmi*smoker``)
-    — what balance tables and results list after the study's own covariates."""
-    from shared.study import Covariate
-
+    — what balance tables and results list after the study's own covariates. They are built as
+    the covariates' own class (:class:`shared.study.Covariate`), so this module need not import
+    the spec that holds a :class:`DesignTerms` (no import cycle)."""
+    pairs = term_factors(covariates, terms)
+    if not pairs:
+        return ()
+    make: Any = type(covariates[0])
     return tuple(
-        Covariate(
+        make(
             name=_term_name(covariates, i, j),
             lo=0.0,
             hi=1.0,
             kind="binary" if covariates[i].kind == covariates[j].kind == "binary" else "continuous",
         )
-        for i, j in term_factors(covariates, terms)
+        for i, j in pairs
     )
 
 

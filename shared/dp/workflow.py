@@ -44,7 +44,7 @@ from shared.dp.wsum import (
 )
 from shared.errors import EmptyArmError, UnresolvedFitError
 from shared.protocol import PsmWsum
-from shared.psm.estimator import Z_95, AttEstimate, Check, estimate_att
+from shared.psm.estimator import AttEstimate, Check, estimate_att, with_att
 from shared.psm.propensity import PropensityFitter, PsStats
 from shared.psm.strata import score_grid
 from shared.psm.table import PsmTable
@@ -423,7 +423,7 @@ def dp_estimate(
     )
     if att01 is not None:
         est = replace(
-            est, outcomes=tuple(_with_att(o, float(a * s)) for o, a, s in zip(est.outcomes, att01, span))
+            est, outcomes=tuple(with_att(o, float(a * s)) for o, a, s in zip(est.outcomes, att01, span))
         )
     if dr is not None:
         from shared.psm.dr import with_dr
@@ -475,25 +475,6 @@ def _fit_bias_aware(est: AttEstimate, table: PsmTable, fit_noise: FitNoise, span
         ),
     )
     return replace(est, outcomes=tuple(outcomes), diagnostics=est.diagnostics + (check,))
-
-
-def _with_att(o, att: float):
-    """An outcome's estimate with the weighted sum's ATT: the CI re-centred on it (same SE),
-    the counterfactual control mean the treated mean minus it, the risks of a binary outcome
-    recomputed (its relative-risk CI moved by the same factor)."""
-    control = o.treated_mean - att
-    update: dict = {"att": att, "ci": (att - Z_95 * o.se, att + Z_95 * o.se), "control_mean": control}
-    if o.kind == "binary":
-        update["risk_difference"] = att
-        if o.relative_risk is not None and control > 0:
-            rr = o.treated_mean / control
-            k = rr / o.relative_risk
-            update["relative_risk"] = rr
-            if o.relative_risk_ci is not None:
-                update["relative_risk_ci"] = (o.relative_risk_ci[0] * k, o.relative_risk_ci[1] * k)
-        else:
-            update["relative_risk"] = update["relative_risk_ci"] = None
-    return o.model_copy(update=update)
 
 
 #: The smallest ps_fit share a re-split may leave (it also pays for the strata's histogram). The

@@ -202,14 +202,14 @@ def with_dr(est: AttEstimate, dr: Sequence[DrEstimate]) -> AttEstimate:
     diagnostics are unchanged (they describe the design both estimators share)."""
     from dataclasses import replace
 
-    from shared.dp.workflow import _with_att  # the one place an outcome's ATT is re-centred
+    from shared.psm.estimator import with_att  # the one place an outcome's ATT is re-centred
 
     by_name = {d.name: d for d in dr}
     outcomes = []
     for o in est.outcomes:
         d = by_name[o.name]
         o2 = o.model_copy(update={"se": d.se, "se_sampling": d.se_sampling, "att_stratified": o.att})
-        outcomes.append(_with_att(o2, d.att))
+        outcomes.append(with_att(o2, d.att))
     return replace(est, outcomes=tuple(outcomes))
 
 

@@ -58,7 +58,7 @@ from shared.psm.table import PsmTable
 from shared.result import BalanceRow, Diagnostic, OutcomeEstimate, StratumCounts
 from shared.study import Outcome
 
-__all__ = ["AttEstimate", "Check", "estimate_att"]
+__all__ = ["AttEstimate", "Check", "estimate_att", "with_att"]
 
 Z_95 = 1.959963984540054
 #: The estimator's diagnostics are :class:`shared.result.Diagnostic` (this name is kept for the
@@ -327,3 +327,22 @@ def _diagnostics(
         if not c.passed and c.name != "score_overlap":
             warnings.append(f"{c.name}: {c.message}")
     return checks
+
+
+def with_att(o, att: float):
+    """An outcome's estimate with the weighted sum's ATT: the CI re-centred on it (same SE),
+    the counterfactual control mean the treated mean minus it, the risks of a binary outcome
+    recomputed (its relative-risk CI moved by the same factor)."""
+    control = o.treated_mean - att
+    update: dict = {"att": att, "ci": (att - Z_95 * o.se, att + Z_95 * o.se), "control_mean": control}
+    if o.kind == "binary":
+        update["risk_difference"] = att
+        if o.relative_risk is not None and control > 0:
+            rr = o.treated_mean / control
+            k = rr / o.relative_risk
+            update["relative_risk"] = rr
+            if o.relative_risk_ci is not None:
+                update["relative_risk_ci"] = (o.relative_risk_ci[0] * k, o.relative_risk_ci[1] * k)
+        else:
+            update["relative_risk"] = update["relative_risk_ci"] = None
+    return o.model_copy(update=update)
