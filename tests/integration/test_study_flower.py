@@ -109,39 +109,5 @@ def test_private_study_charges_each_real_node_ledger(synthetic, tmp_path):
     assert len(result.negative_controls) == 24 and all(o.se_privacy > 0 for o in result.negative_controls)
 
 
-def test_secure_aggregation_study_over_real_nodes(synthetic, tmp_path):
-    """SecAgg+ between real SuperNodes: every round after describe is a masked sum, each node's
-    ledger is charged the plan's (central) σ once per release, and the CI holds the estimate."""
-    from coordinator.synth.io import study_document, to_toml
-    from node.ledger import PrivacyLedger
-
-    spec_path = write_federation(synthetic[1], tmp_path / "data").with_name("study-secagg.toml")
-    doc = study_document(synthetic[1], epsilon=8.0, secure_aggregation=True)
-    doc["sites"] = doc["sites"][:3]  # each SecAgg+ stage starts a ClientApp process per node
-    # two Newton rounds, not four: each SecAgg+ round is four exchanges, each a ClientApp
-    # process per node; the ledger is still checked against the plan for every release kind
-    doc["privacy"]["ps_rounds"] = 2
-    spec_path.write_text(to_toml(doc))
-    spec = load_spec(spec_path)
-    result = run_local(spec_path, tmp_path / "run", timeout_s=600)
-    from shared.driver import noise_plan
-    from shared.study import BudgetSplit
-
-    assert result.privacy.enabled and result.privacy.secure_nodes == len(spec.sites)
-    planned = noise_plan(spec)
-    if result.privacy.resplit:
-        planned = planned.with_split(BudgetSplit(**result.privacy.resplit))
-    # the plan's μ for every release; its σ too, but psm_wsum's follows the weights asked
-    plan = {r.query: r.noise_multiplier for r in planned.releases}
-    sigmas = {r.query: r.sigma for r in planned.releases if r.query != "psm_wsum"}
-    for s in spec.sites:
-        ledger = PrivacyLedger(f"sqlite:///{node_state_dir(s.data) / 'ledger.db'}")
-        history = ledger.history()
-        assert [h.query for h in history].count("ps_fit") == spec.privacy.ps_rounds
-        assert {h.query: h.sigma / h.sensitivity for h in history} == pytest.approx(plan)
-        assert {h.query: h.sigma for h in history if h.query != "psm_wsum"} == pytest.approx(sigmas)
-        assert 0 < ledger.spent() <= spec.privacy.epsilon + 1e-9
-        assert result.privacy.per_site[s.name] == pytest.approx(ledger.spent())
-    for o in result.outcomes:
-        assert o.se_privacy > 0 and o.ci[0] < o.att < o.ci[1]
-    assert not spec.negative_controls and not result.negative_controls  # none declared, none estimated
+# SecAgg+ between real SuperNodes (each ledger charged the plan's central σ once per release):
+# tests/integration/test_small_firms.py, over twenty firms.
