@@ -157,7 +157,7 @@ def main() -> None:
     ap.add_argument("--dp", action="store_true", help="also the DP releases at --epsilon")
     ap.add_argument("--epsilon", type=float, default=1.0)
     ap.add_argument("--workers", type=int, default=1)
-    add_write_argument(ap, "misspec")
+    add_write_argument(ap, "misspec")  # misspec_dp.md with --dp
     args = ap.parse_args()
     dp_eps = args.epsilon if args.dp else 0.0
     rows, gates, secs = [], [], []
@@ -174,7 +174,7 @@ def main() -> None:
             + f"; seconds per process: {', '.join(secs)}"
         )
         write_tables(
-            "misspec",
+            "misspec_dp" if dp_eps else "misspec",
             title="Misspecified propensity: linear basis vs squares basis",
             tables=[
                 Table(columns=COLUMNS, rows=rows, align="llllllll", title="Bias and coverage"),

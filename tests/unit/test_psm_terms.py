@@ -138,3 +138,33 @@ def test_the_terms_travel_on_the_wire_and_are_absent_when_there_are_none():
         msg = query_to_proto(query)
         assert msg.HasField("design_terms") == bool(terms)
         assert query_from_proto(msg) == query
+
+
+def test_a_dp_study_with_terms_runs_through_the_nodes_and_charges_the_wider_plan(tmp_path):
+    """The real ServerApp/ClientApp code (in-process Grid): each node reads its cohort, appends
+    the squares, derives its noise plan for 16 + 11 columns and charges its ledger; the result's
+    balance table has a row per term."""
+    from flower_inprocess import signed_federation
+
+    from coordinator.files import load_spec
+    from coordinator.synth import write_federation
+    from shared.driver import noise_plan, run_study
+    from shared.synth import generate_federation
+
+    spec = load_spec(write_federation(generate_federation(seed=5, sites=2, scale=0.05), tmp_path / "fed"))
+    spec = spec.model_copy(
+        update={
+            "terms": DesignTerms(squares="continuous"),
+            "privacy": spec.privacy.model_copy(update={"enabled": True, "epsilon": 4.0}),
+        }
+    )
+    fed, grant = signed_federation(spec, tmp_path / "run", extra={"budget-epsilon": 10.0})
+    run = run_study(spec, fed, grant=grant)
+    assert run.estimate is not None
+    assert [b.covariate for b in run.estimate.balance][16:19] == ["age^2", "sbp^2", "dbp^2"]
+    plan = noise_plan(spec)
+    wider = {r.query: r.sensitivity for r in plan.releases}
+    narrow = {
+        r.query: r.sensitivity for r in noise_plan(spec.model_copy(update={"terms": DesignTerms()})).releases
+    }
+    assert wider["ps_fit"] > narrow["ps_fit"] and wider["psm_balance"] > narrow["psm_balance"]
