@@ -60,10 +60,90 @@ def one_dataset(layout, dgp, seed, epsilon, n_releases, n_draws):
         parts = redraw_dr_se(rel, outcomes=outcomes, min_cell=mc, n_draws=n_draws, rng=rng, parts=True)
         se_c.append(parts[0])
         se_s.append(parts[1])
-        se_cs.append(parts[2])
+        se_cs.append(parts[3])
     sd = [np.std(np.stack(f), axis=0, ddof=1) for f in (f_c, f_s, f_cs)]
     rms = [np.sqrt(np.mean(np.stack(v) ** 2, axis=0)) for v in (se_c, se_s, se_cs)]
     return outcomes, sd, rms
+
+
+def across_seeds(layout, dgp, seeds, epsilon, n_draws):
+    """Per outcome, over data sets (one release each): the DP estimate's sampling SE against
+    the SD of the exact DR estimate's error, its privacy SE against the SD of (DP − exact), and
+    its SE against the SD of the DP estimate's error (RMS of the SEs ÷ the SD)."""
+    from shared.psm.dr import estimate_dr, estimate_dr_release, release_dr
+
+    make, outcomes, _ = _cell_setup(layout, dgp)
+    rows = []
+    for seed in seeds:
+        z, t, y_raw, truth = make(seed)
+        y01, _ = scale_outcomes(y=y_raw, lo=[o.lo for o in outcomes], cap=[o.cap for o in outcomes])
+        beta, _ = _design(z, t)
+        sig_cells, sig_slope = dp_plan_sigmas(epsilon, z.shape[1], len(outcomes))
+        stats = dr_stats(z=z, t=t, y=y01, beta=beta, edges=_dp_edges(z, t, beta, sig_cells["count"]))
+        exact = estimate_dr(
+            stats=stats, outcomes=outcomes, min_cell=dp_min_cell(count_sigma=sig_cells["count"])
+        )
+        rng = np.random.default_rng(10_000_000 + seed)
+        rel = release_dr(stats, sigma_cells=sig_cells, sigma_slope=sig_slope, rng=rng)
+        dp = estimate_dr_release(
+            rel,
+            outcomes=outcomes,
+            min_cell=dp_min_cell(count_sigma=sig_cells["count"]),
+            n_draws=n_draws,
+            rng=rng,
+        )
+        from shared.psm.dr import redraw_dr_se
+
+        vc, vs, vcs, _ = redraw_dr_se(
+            rel,
+            outcomes=outcomes,
+            min_cell=dp_min_cell(count_sigma=sig_cells["count"]),
+            n_draws=n_draws,
+            rng=rng,
+            parts=True,
+        )
+        rows.append(
+            [
+                (
+                    e.att - truth[o.name],
+                    d.att - e.att,
+                    d.att - truth[o.name],
+                    d.se_sampling,
+                    d.se_privacy,
+                    d.se,
+                    e.se,
+                    vc[k],
+                    vs[k],
+                    vcs[k],
+                )
+                for k, (o, e, d) in enumerate(zip(outcomes, exact, dp))
+            ]
+        )
+    a = np.array(rows)  # (seeds, outcomes, 7)
+    for k, o in enumerate(outcomes):
+        sd = a[:, k, :3].std(axis=0, ddof=1)
+        rms = np.sqrt(np.mean(a[:, k, 3:] ** 2, axis=0))
+        print(
+            f"  {o.name:>13}: sampling {rms[0] / sd[0]:.2f} (exact SE {rms[3] / sd[0]:.2f}, SD {sd[0]:.4g})  "
+            f"privacy {rms[1] / sd[1]:.2f} (SD {sd[1]:.4g})  total {rms[2] / sd[2]:.2f} (SD {sd[2]:.4g})",
+            flush=True,
+        )
+        vc, vs, vcs = a[:, k, 7] ** 2, a[:, k, 8] ** 2, a[:, k, 9] ** 2
+        cands = {
+            "V_c": vc,
+            "V_s": vs,
+            "V_cs": vcs,
+            "V_c+V_s": vc + vs,
+            "2V_c+2V_s-V_cs": 2 * vc + 2 * vs - vcs,
+            "floor max(V_c,V_s)": np.maximum(2 * vc + 2 * vs - vcs, np.maximum(vc, vs)),
+            "floor min(V_c,V_s)": np.maximum(2 * vc + 2 * vs - vcs, np.minimum(vc, vs)),
+            "floor mean": np.maximum(2 * vc + 2 * vs - vcs, (vc + vs) / 2),
+        }
+        print(
+            "      privacy SE candidates ÷ SD: "
+            + "  ".join(f"{n} {np.sqrt(np.mean(np.clip(v, 0, None))) / sd[1]:.2f}" for n, v in cands.items()),
+            flush=True,
+        )
 
 
 def main() -> None:
@@ -74,7 +154,12 @@ def main() -> None:
     ap.add_argument("--releases", type=int, default=100)
     ap.add_argument("--draws", type=int, default=40)
     ap.add_argument("--epsilon", type=float, default=1.0)
+    ap.add_argument("--across", action="store_true", help="one release per data set, over --seeds")
     args = ap.parse_args()
+    if args.across:
+        print(f"{args.layout}/{args.dgp}, ε = {args.epsilon:g}, {args.seeds} data sets: RMS SE ÷ SD")
+        across_seeds(args.layout, args.dgp, range(args.seeds), args.epsilon, args.draws)
+        return
     print(f"{args.layout}/{args.dgp}, ε = {args.epsilon:g}: bootstrap SE ÷ empirical SD over releases")
     for seed in range(args.seeds):
         outcomes, sd, rms = one_dataset(args.layout, args.dgp, seed, args.epsilon, args.releases, args.draws)

@@ -444,7 +444,7 @@ def _release(spec: StudySpec, rounds: _Rounds, run: StudyRun) -> None:
             plan=plan,
             n_nodes=n,
             outcomes=spec.analysed_outcomes,
-            covariates=[c.name for c in spec.covariates],
+            covariates=[c.name for c in spec.design_covariates],
             fit_noise=fit_noise,
             dr=dp_dr_estimates(
                 release,

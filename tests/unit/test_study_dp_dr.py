@@ -173,3 +173,30 @@ def test_policy_floor_applies_to_the_slope_release(study):
     policy = NodePolicy(covariates=spec.covariates, outcomes=spec.analysed_outcomes)
     with pytest.raises(PolicyRefused, match="dr_slope|psm_main"):
         policy.check(q, None)
+
+
+def test_dp_dr_study_over_the_client_app(study, tmp_path):
+    """The same study through the real ClientApp on an in-process Grid: the signed grant
+    carries the estimator, each node derives the DR plan, its policy judges the slope release,
+    the wire carries the slope arrays, and each node's own ledger holds exactly the plan's
+    releases (the ε it reports is at its budget's δ)."""
+    from flower_inprocess import signed_federation
+
+    spec, _ = study
+    fed, grant = signed_federation(spec, tmp_path, extra={"budget-epsilon": 10.0})
+    run = run_study(spec, fed, grant=grant)
+    plan = sorted((r.query, r.sigma, r.sensitivity) for r in noise_plan(spec).releases)
+    for site in spec.sites:
+        led = PrivacyLedger(f"sqlite:///{tmp_path / 'nodes' / site.name / 'ledger.db'}")
+        held = sorted((c.query, c.sigma, c.sensitivity) for c in led.history())
+        assert [q for q, _, _ in held] == [q for q, _, _ in plan]
+        assert np.allclose([x[1:] for x in held], [x[1:] for x in plan], rtol=1e-12)
+        assert run.privacy_study[site.name] == pytest.approx(led.study_spent(grant_id(grant)), rel=1e-12)
+    assert [r.name for r in run.rounds][-1] == "psm-stats"
+    assert all(o.att_stratified is not None and o.att != o.att_stratified for o in run.estimate.outcomes)
+
+
+def grant_id(grant) -> str:
+    from shared.grant import Grant
+
+    return Grant.model_validate_json(grant.body).grant_id
