@@ -99,7 +99,7 @@ def sq(v):
     return v * v
 
 
-res = {}
+res: dict = {}
 t0 = time.time()
 for seed in range(NS):
     z, t, y, y0, pi, retired, p0, truth = data(seed)
