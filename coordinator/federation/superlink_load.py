@@ -24,8 +24,9 @@ retried, later.
 (``supercore/constant.py``, ``SQLITE_PRAGMAS``). Every node's heartbeat, pull and push is a
 write from one of the SuperLink's many request threads; a thread that holds the write lock but
 not the CPU (nor the GIL) keeps the others waiting, and after 5 s they fail with "database is
-locked" (HTTP 500). In the same run 20 requests failed so within six minutes; when the
-ServerApp's own heartbeats were among them, the SuperLink failed the run ("Run is finished").
+locked" (HTTP 500). In the same run 20 requests (node heartbeats, pulls, task polls) failed so
+within six minutes, and the run ended failed while its nodes were still pulling ("Run is
+finished").
 :func:`lengthen_sqlite_busy_timeout` makes it :data:`SQLITE_BUSY_TIMEOUT_MS`: a request waits
 for the lock instead of failing (WAL mode, so readers never wait).
 """
