@@ -10,8 +10,9 @@ zygotes that never import torch for a study.
 
 Measured (2 cores, 24 GiB, other sessions' jobs keeping the load average at 15–30,
 2026-12-07): 637 s and 829 s wall, peak 12.6 GiB RSS / 7.1 GiB PSS over its 84 processes; ~600 s
-of CPU, two thirds of it the nodes' polling (about 5 minutes on an idle CI machine). It replaces a five-firm test (59 s in CI) and the three-node SecAgg+ test of
-test_study_flower.py (96 s here at load 15), whose ledger checks it now makes over twenty firms.
+of CPU, two thirds of it the nodes' polling (about 5 minutes on an idle CI machine). It
+replaces a five-firm test (59 s in CI) and the three-node SecAgg+ test of test_study_flower.py
+(96 s here at load 15), whose ledger checks it now makes over twenty firms.
 Figures and what they cost: docs/USAGE.md, "Cross-company studies for small firms".
 """
 
