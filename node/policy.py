@@ -17,6 +17,11 @@ with its policy (vantage6's "the node has the last word", NVFlare's site ``priva
   move budget ps_fit → psm_stats (the coordinator no longer asks one; ps_fit not below
   :data:`~shared.dp.workflow.MIN_PS_SHARE`), so no probe is answered for (almost) free.
 * **Secure aggregation** splits the noise over exactly the signed study's sites.
+* **Large-loss caps** (issue #19, :mod:`shared.dp.capquantile`): a study signed with a cap
+  round may lower an outcome's cap to one its noisy histogram proposed — one of the public bin
+  edges of the signed span, never below the lowest cap this node accepts (``min_caps``), and
+  only for a continuous outcome. The histogram's share of the budget is fixed by the code
+  (:data:`~shared.dp.capquantile.CAP_SHARE`), so no query can buy it with less noise.
 
 Every check here depends only on the query, its signed grant and this policy — never on data —
 so whether a query is answered and what it costs reveal nothing about any row.
@@ -33,6 +38,8 @@ Policy file (``policy-path`` in the node config; TOML), every key optional::
     name = "age"; lo = 18; hi = 90
     [[outcomes]]              # default: claims_cost (cap 100000), cv_event, absence_days (365)
     name = "claims_cost"; cap = 100000
+    [min_caps]                # the lowest cap a study's cap round may set (default: any edge)
+    claims_cost = 20000
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from node.files import read_toml
+from shared.dp.capquantile import CAP_SHARE, check_cap_edge
 from shared.dp.workflow import MIN_PS_SHARE
 from shared.errors import DataError, PolicyRefused, SpecError
 from shared.features import FEATURES
@@ -104,6 +112,9 @@ class NodePolicy(BaseModel):
     allow_design_terms: bool = True
     covariates: tuple[Covariate, ...] = Field(default_factory=_default_covariates)
     outcomes: tuple[Outcome, ...] = DEFAULT_OUTCOMES
+    #: per outcome, the lowest cap a study's large-loss cap round may set here (in the
+    #: outcome's units); an outcome not named accepts any public edge of its signed span
+    min_caps: dict[str, float] = Field(default_factory=dict)
 
     @classmethod
     def load(cls, path: str | Path | None, **overrides) -> "NodePolicy":
@@ -137,6 +148,7 @@ class NodePolicy(BaseModel):
         else:
             self._check_shares(query)
             self._check_secure(query, grant)
+            self._check_caps(query)
 
     def _check_columns(self, query: StudyQuery) -> None:
         if query.treatment_column not in self.treatment_columns:
@@ -174,7 +186,7 @@ class NodePolicy(BaseModel):
         split = p.resplit or p.split
         for op in query.ops:
             for release in DP_RELEASES[op.op]:
-                share = getattr(split, _SHARE_OF[release])
+                share = CAP_SHARE if release == "cap_hist" else getattr(split, _SHARE_OF[release])
                 if release == "psm_balance" and share == 0:
                     continue  # the balance sums are not released at all
                 if share < MIN_RELEASE_SHARE:
@@ -183,6 +195,36 @@ class NodePolicy(BaseModel):
                         f"privacy loss is below this node's floor of "
                         f"{MIN_RELEASE_SHARE:g}"
                     )
+
+    def _check_caps(self, query: StudyQuery) -> None:
+        """Lowered caps only in a study signed with a cap round, each a public edge of its
+        signed span (what a released histogram can propose), none below ``min_caps``; binary
+        outcomes keep their span. The refusal names the query's cap and this node's bound."""
+        p = query.privacy
+        assert p is not None
+        if not p.caps:
+            return
+        if not p.cap_round:
+            raise PolicyRefused("caps lowered in a study not signed with a large-loss cap round")
+        if len(p.caps) != len(query.outcomes):
+            raise PolicyRefused(f"caps name {len(p.caps)} outcomes; the study has {len(query.outcomes)}")
+        for cap, o in zip(p.caps, query.outcomes):
+            if o.kind == "binary" or cap == o.cap:
+                if cap != o.cap:
+                    raise PolicyRefused(f"outcome {o.name!r} is binary: its cap stays {o.cap:g}")
+                continue
+            try:
+                check_cap_edge((cap - o.lo) / (o.cap - o.lo))
+            except ValueError:
+                raise PolicyRefused(
+                    f"outcome {o.name!r}: cap {cap:g} is not one of the public edges of its "
+                    f"signed span [{o.lo:g}, {o.cap:g}]"
+                ) from None
+            floor = self.min_caps.get(o.name)
+            if floor is not None and cap < floor:
+                raise PolicyRefused(
+                    f"outcome {o.name!r}: cap {cap:g} is below the lowest this node accepts ({floor:g})"
+                )
 
     def _check_secure(self, query: StudyQuery, grant: Grant | None) -> None:
         p = query.privacy

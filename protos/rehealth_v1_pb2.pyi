@@ -112,7 +112,7 @@ class BudgetSplit(_message.Message):
     def __init__(self, describe: _Optional[float] = ..., ps_fit: _Optional[float] = ..., psm_stats: _Optional[float] = ..., balance: _Optional[float] = ...) -> None: ...
 
 class PrivacyQuery(_message.Message):
-    __slots__ = ("epsilon", "delta", "split", "n_ps_rounds", "accountant", "resplit", "secure_nodes", "secure_aggregation", "estimator")
+    __slots__ = ("epsilon", "delta", "split", "n_ps_rounds", "accountant", "resplit", "secure_nodes", "secure_aggregation", "estimator", "cap_round", "caps")
     EPSILON_FIELD_NUMBER: _ClassVar[int]
     DELTA_FIELD_NUMBER: _ClassVar[int]
     SPLIT_FIELD_NUMBER: _ClassVar[int]
@@ -122,6 +122,8 @@ class PrivacyQuery(_message.Message):
     SECURE_NODES_FIELD_NUMBER: _ClassVar[int]
     SECURE_AGGREGATION_FIELD_NUMBER: _ClassVar[int]
     ESTIMATOR_FIELD_NUMBER: _ClassVar[int]
+    CAP_ROUND_FIELD_NUMBER: _ClassVar[int]
+    CAPS_FIELD_NUMBER: _ClassVar[int]
     epsilon: float
     delta: float
     split: BudgetSplit
@@ -131,9 +133,15 @@ class PrivacyQuery(_message.Message):
     secure_nodes: int
     secure_aggregation: bool
     estimator: Estimator
-    def __init__(self, epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., split: _Optional[_Union[BudgetSplit, _Mapping]] = ..., n_ps_rounds: _Optional[int] = ..., accountant: _Optional[_Union[Accountant, str]] = ..., resplit: _Optional[_Union[BudgetSplit, _Mapping]] = ..., secure_nodes: _Optional[int] = ..., secure_aggregation: _Optional[bool] = ..., estimator: _Optional[_Union[Estimator, str]] = ...) -> None: ...
+    cap_round: bool
+    caps: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., split: _Optional[_Union[BudgetSplit, _Mapping]] = ..., n_ps_rounds: _Optional[int] = ..., accountant: _Optional[_Union[Accountant, str]] = ..., resplit: _Optional[_Union[BudgetSplit, _Mapping]] = ..., secure_nodes: _Optional[int] = ..., secure_aggregation: _Optional[bool] = ..., estimator: _Optional[_Union[Estimator, str]] = ..., cap_round: _Optional[bool] = ..., caps: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class Describe(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class CapHist(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
@@ -182,7 +190,7 @@ class Cancel(_message.Message):
     def __init__(self) -> None: ...
 
 class Operation(_message.Message):
-    __slots__ = ("describe", "ps_fit", "psm_stats", "score_hist", "reserve", "cancel", "psm_wsum")
+    __slots__ = ("describe", "ps_fit", "psm_stats", "score_hist", "reserve", "cancel", "psm_wsum", "cap_hist")
     DESCRIBE_FIELD_NUMBER: _ClassVar[int]
     PS_FIT_FIELD_NUMBER: _ClassVar[int]
     PSM_STATS_FIELD_NUMBER: _ClassVar[int]
@@ -190,6 +198,7 @@ class Operation(_message.Message):
     RESERVE_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     PSM_WSUM_FIELD_NUMBER: _ClassVar[int]
+    CAP_HIST_FIELD_NUMBER: _ClassVar[int]
     describe: Describe
     ps_fit: PsFit
     psm_stats: PsmStats
@@ -197,7 +206,8 @@ class Operation(_message.Message):
     reserve: Reserve
     cancel: Cancel
     psm_wsum: PsmWsum
-    def __init__(self, describe: _Optional[_Union[Describe, _Mapping]] = ..., ps_fit: _Optional[_Union[PsFit, _Mapping]] = ..., psm_stats: _Optional[_Union[PsmStats, _Mapping]] = ..., score_hist: _Optional[_Union[ScoreHist, _Mapping]] = ..., reserve: _Optional[_Union[Reserve, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., psm_wsum: _Optional[_Union[PsmWsum, _Mapping]] = ...) -> None: ...
+    cap_hist: CapHist
+    def __init__(self, describe: _Optional[_Union[Describe, _Mapping]] = ..., ps_fit: _Optional[_Union[PsFit, _Mapping]] = ..., psm_stats: _Optional[_Union[PsmStats, _Mapping]] = ..., score_hist: _Optional[_Union[ScoreHist, _Mapping]] = ..., reserve: _Optional[_Union[Reserve, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., psm_wsum: _Optional[_Union[PsmWsum, _Mapping]] = ..., cap_hist: _Optional[_Union[CapHist, _Mapping]] = ...) -> None: ...
 
 class StudyQuery(_message.Message):
     __slots__ = ("protocol", "study_id", "treatment_column", "covariates", "outcomes", "ops", "sites", "privacy", "secure_scale", "grant", "design_terms")
@@ -301,19 +311,27 @@ class PsmWsumReply(_message.Message):
     wsum: Tensor
     def __init__(self, wsum: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
+class CapHistReply(_message.Message):
+    __slots__ = ("count",)
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    count: Tensor
+    def __init__(self, count: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
 class StudyAnswers(_message.Message):
-    __slots__ = ("describe", "ps_fit", "psm_stats", "score_hist", "psm_wsum")
+    __slots__ = ("describe", "ps_fit", "psm_stats", "score_hist", "psm_wsum", "cap_hist")
     DESCRIBE_FIELD_NUMBER: _ClassVar[int]
     PS_FIT_FIELD_NUMBER: _ClassVar[int]
     PSM_STATS_FIELD_NUMBER: _ClassVar[int]
     SCORE_HIST_FIELD_NUMBER: _ClassVar[int]
     PSM_WSUM_FIELD_NUMBER: _ClassVar[int]
+    CAP_HIST_FIELD_NUMBER: _ClassVar[int]
     describe: DescribeReply
     ps_fit: PsFitReply
     psm_stats: PsmStatsReply
     score_hist: ScoreHistReply
     psm_wsum: PsmWsumReply
-    def __init__(self, describe: _Optional[_Union[DescribeReply, _Mapping]] = ..., ps_fit: _Optional[_Union[PsFitReply, _Mapping]] = ..., psm_stats: _Optional[_Union[PsmStatsReply, _Mapping]] = ..., score_hist: _Optional[_Union[ScoreHistReply, _Mapping]] = ..., psm_wsum: _Optional[_Union[PsmWsumReply, _Mapping]] = ...) -> None: ...
+    cap_hist: CapHistReply
+    def __init__(self, describe: _Optional[_Union[DescribeReply, _Mapping]] = ..., ps_fit: _Optional[_Union[PsFitReply, _Mapping]] = ..., psm_stats: _Optional[_Union[PsmStatsReply, _Mapping]] = ..., score_hist: _Optional[_Union[ScoreHistReply, _Mapping]] = ..., psm_wsum: _Optional[_Union[PsmWsumReply, _Mapping]] = ..., cap_hist: _Optional[_Union[CapHistReply, _Mapping]] = ...) -> None: ...
 
 class ReplyMeta(_message.Message):
     __slots__ = ("site", "seconds", "ops", "dataset", "epsilon_spent", "epsilon_budget", "epsilon_reserved", "epsilon_study")

@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
+from shared.dp.capquantile import cap_histogram, rescale_to_caps
 from shared.dp.forms import release_arrays
 from shared.dp.mechanisms import release as gaussian_release
 from shared.dp.plan import NoisePlan, PlannedRelease
@@ -31,6 +32,7 @@ from shared.errors import QueryRefused
 from shared.protocol import (
     CONTROL_OPS,
     DP_RELEASES,
+    CapHist,
     Describe,
     PsFit,
     PsmStats,
@@ -48,6 +50,7 @@ __all__ = [
     "Release",
     "SiteArrays",
     "answer",
+    "at_released_caps",
     "check_edges",
     "NodeLedger",
     "check_query",
@@ -112,8 +115,9 @@ def answer(
     query: StudyQuery, data: SiteArrays, release: Release = _no_noise
 ) -> dict[str, dict[str, np.ndarray]]:
     """Compute every operation of ``query`` over ``data``; each answer passes through
-    ``release`` (the DP noise step when privacy is on) before it is returned."""
-    data = with_design_terms(query, data)
+    ``release`` (the DP noise step when privacy is on) before it is returned. Outcomes are read
+    at the caps the study's cap round released, if any (:func:`at_released_caps`)."""
+    data = at_released_caps(query, with_design_terms(query, data))
     return {op.op: release(op.op, exact_answer(op, query, data)) for op in query.ops}
 
 
@@ -125,10 +129,24 @@ def with_design_terms(query: StudyQuery, data: SiteArrays) -> SiteArrays:
     return dataclasses.replace(data, z=expand(data.z, query.covariates, query.design_terms))
 
 
+def at_released_caps(query: StudyQuery, data: SiteArrays) -> SiteArrays:
+    """``data`` (outcomes scaled by the signed caps) with its outcomes rescaled to the caps the
+    query carries from the study's cap round (:func:`shared.dp.capquantile.rescale_to_caps`;
+    the rows they clip are added to the withheld clipping counts); unchanged without them.
+    Whether the node accepts those caps is its policy's check, made before (node.policy)."""
+    c01 = query.released_caps01()
+    if c01 is None:
+        return data
+    y, clipped = rescale_to_caps(data.y, c01)
+    return dataclasses.replace(data, y=y, n_clipped=np.asarray(data.n_clipped, dtype=float) + clipped)
+
+
 def exact_answer(op, query: StudyQuery, data: SiteArrays) -> dict[str, np.ndarray]:
     """One operation's exact aggregates over the site's rows (they stay on the node until
     released)."""
     d = len(query.design_covariates)
+    if isinstance(op, CapHist):
+        return {"count": cap_histogram(data.y)}
     if isinstance(op, Describe):
         return {
             **cov_moments(z=data.z, t=data.t).to_arrays(),
@@ -216,6 +234,12 @@ def check_query(query: StudyQuery) -> None:
         return
     d = len(query.design_covariates)
     for op in query.ops:
+        if isinstance(op, CapHist):
+            p = query.privacy
+            if p is None or not p.cap_round:
+                raise QueryRefused("cap_hist: only a DP study signed with a cap round asks it")
+            if p.caps:
+                raise QueryRefused("cap_hist: the histogram is of the signed span, before any cap is lowered")
         if isinstance(op, (PsFit, ScoreHist, PsmStats, PsmWsum)):
             _check_beta(op.beta, d)
         if isinstance(op, (PsmStats, PsmWsum)):

@@ -47,6 +47,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from shared.dp.drstudy import DR_KEYS, dp_dr_estimates, dp_dr_release
+from shared.dp.capround import LargeLossCaps, large_loss_caps, outcomes_at_caps
 from shared.dp.fitnoise import FitNoise, score_variance, slope_noise_covariance
 from shared.dp.plan import NoisePlan, plan_study
 from shared.dp.sensitivity import psm_wsum_sensitivity
@@ -63,7 +64,17 @@ from shared.dp.workflow import (
     dp_wsum_query,
 )
 from shared.errors import FederationError, UnresolvedFitError
-from shared.protocol import Cancel, Describe, PsFit, PsmStats, PsmWsum, Reserve, ScoreHist, StudyQuery
+from shared.protocol import (
+    Cancel,
+    CapHist,
+    Describe,
+    PsFit,
+    PsmStats,
+    PsmWsum,
+    Reserve,
+    ScoreHist,
+    StudyQuery,
+)
 from shared.psm.dr import DrStats, estimate_dr, with_dr
 from shared.psm.estimator import AttEstimate, Check, estimate_att
 from shared.psm.propensity import CovMoments, PropensityFitter, PsStats, initial_beta
@@ -128,6 +139,8 @@ class StudyRun:
     plan: NoisePlan | None = None
     resplit: BudgetSplit | None = None  # a re-split after describe (the coordinator no longer asks one)
     secure: tuple[int, float] | None = None  # SecAgg+ after describe: (nodes K, public scale)
+    #: the large-loss cap round's released caps and clipping (shared/dp/capround.py), if it ran
+    caps: LargeLossCaps | None = None
     #: SecAgg+'s scale for the weighted sums and the σ bound it covers (≥ the σ the nodes use)
     secure_wsum: tuple[float, float] | None = None
     strata_method: str = "caliper"
@@ -163,7 +176,13 @@ class _Rounds:
         self.progress("round_start", {"round": name, "ops": [o.op for o in ops]})
         nodes, scale = self.run.secure or (None, None)
         query = StudyQuery.for_spec(
-            self.spec, ops, resplit=self.run.resplit, secure_nodes=nodes, secure_scale=scale, grant=self.grant
+            self.spec,
+            ops,
+            resplit=self.run.resplit,
+            secure_nodes=nodes,
+            secure_scale=scale,
+            grant=self.grant,
+            caps=self.run.caps.caps if self.run.caps is not None else (),
         )
         answers = (self.fed.secure_ask if nodes is not None else self.fed.ask)(query, name)
         if not answers:
@@ -289,6 +308,7 @@ def noise_plan(spec: StudySpec) -> NoisePlan:
         n_ps_rounds=p.ps_rounds,
         accountant=p.accountant,
         estimator=spec.estimator,
+        cap_round=p.large_loss_cap,
     )
 
 
@@ -392,6 +412,16 @@ def _release(spec: StudySpec, rounds: _Rounds, run: StudyRun) -> None:
     def nodes(answers: dict) -> int:
         return sum(1 for s in answers if s != SECURE_SUM)
 
+    if p.large_loss_cap:  # the caps every later release is read at (shared/dp/capround.py)
+        answers = rounds.ask((CapHist(),), "cap-hist")
+        run.caps = large_loss_caps(
+            hist=rounds.total(answers, "cap_hist", "count"),
+            outcomes=spec.analysed_outcomes,
+            plan=plan,
+            n_nodes=nodes(answers),
+            **sa,
+        )
+        log.info("DP study %s: large-loss caps %s", spec.study.name, dict(zip(run.caps.names, run.caps.caps)))
     fitter = dp_fitter(
         plan=plan,
         n_covariates=d,
@@ -443,14 +473,14 @@ def _release(spec: StudySpec, rounds: _Rounds, run: StudyRun) -> None:
             table=run.table,
             plan=plan,
             n_nodes=n,
-            outcomes=spec.analysed_outcomes,
+            outcomes=outcomes_at_caps(spec.analysed_outcomes, run.caps),
             covariates=[c.name for c in spec.design_covariates],
             fit_noise=fit_noise,
             dr=dp_dr_estimates(
                 release,
                 plan=plan,
                 n_nodes=n,
-                outcomes=spec.analysed_outcomes,
+                outcomes=outcomes_at_caps(spec.analysed_outcomes, run.caps),
                 rng=np.random.default_rng(spec.study.seed),
                 secure_aggregation=secure,
             ),
@@ -471,7 +501,7 @@ def _release(spec: StudySpec, rounds: _Rounds, run: StudyRun) -> None:
         table=run.table,
         plan=plan,
         n_nodes=nodes(answers),
-        outcomes=spec.analysed_outcomes,
+        outcomes=outcomes_at_caps(spec.analysed_outcomes, run.caps),
         covariates=[c.name for c in spec.design_covariates],
         wsum=wsum,
         fit_noise=fit_noise,

@@ -109,6 +109,14 @@ class ScoreHist(_Model):
     beta: tuple[float, ...]
 
 
+class CapHist(_Model):
+    """Per outcome, the histogram of the node's rows over the public log bins of its signed
+    span (:func:`shared.dp.capquantile.cap_histogram`): the large-loss cap round, answered only
+    in a study signed with ``cap_round`` and before any cap is lowered. Under DP only."""
+
+    op: Literal["cap_hist"] = "cap_hist"
+
+
 class Reserve(_Model):
     """A DP study's first round: reserve the study's whole noise plan on the node's ledger
     before any release (the node derives the plan from the signed terms; nothing is released).
@@ -126,7 +134,7 @@ class Cancel(_Model):
 
 
 Operation = Annotated[
-    Union[Describe, PsFit, PsmStats, ScoreHist, PsmWsum, Reserve, Cancel], Field(discriminator="op")
+    Union[Describe, PsFit, PsmStats, ScoreHist, PsmWsum, CapHist, Reserve, Cancel], Field(discriminator="op")
 ]
 
 #: Operations about the study's budget rather than its data: they travel alone, read no data
@@ -142,6 +150,7 @@ DP_RELEASES: dict[str, tuple[str, ...]] = {
     "score_hist": ("score_hist",),
     "psm_stats": ("psm_main", "psm_sumsq", "psm_balance", "dr_slope"),
     "psm_wsum": ("psm_wsum",),
+    "cap_hist": ("cap_hist",),
 }
 
 
@@ -167,6 +176,13 @@ class PrivacyQuery(_Model):
     #: the study's estimator (signed with it): a doubly robust study's plan holds the
     #: ``dr_slope`` release instead of ``psm_wsum`` (:func:`shared.dp.plan.plan_study`)
     estimator: Literal["stratified", "dr"] = "stratified"
+    #: the study opens with the large-loss cap round (signed with the study; the plan then
+    #: holds a ``cap_hist`` release, :func:`shared.dp.plan.plan_study`)
+    cap_round: bool = False
+    #: the caps the cap round released, one per outcome in its units (empty before it, or without
+    #: it): not signed (the data chose them, through the noisy histogram); each node checks them
+    #: against its policy (:meth:`node.policy.NodePolicy.check`) and answers on outcomes capped there
+    caps: tuple[float, ...] = ()
 
     def share(self, release: str) -> int:
         """Over how many nodes' noise a release's σ is split (1: all of it at this node)."""
@@ -184,6 +200,7 @@ class PrivacyQuery(_Model):
             n_ps_rounds=self.n_ps_rounds,
             accountant=self.accountant,
             estimator=self.estimator,
+            cap_round=self.cap_round,
         )
         return plan if self.resplit is None else plan.with_split(self.resplit)
 
@@ -226,10 +243,12 @@ class StudyQuery(_Model):
             if self.privacy is None
             else self.privacy.model_dump(
                 mode="json",
-                # the default estimator is left out, so grants signed before the field existed
-                # still match their studies' queries
-                exclude={"resplit", "secure_nodes"}
-                | ({"estimator"} if self.privacy.estimator == "stratified" else set()),
+                # defaults left out (the stratified estimator, no cap round), so grants signed
+                # before those fields existed still match their studies' queries; the released
+                # caps are not signed (the data chose them, through the noisy histogram)
+                exclude={"resplit", "secure_nodes", "caps"}
+                | ({"estimator"} if self.privacy.estimator == "stratified" else set())
+                | (set() if self.privacy.cap_round else {"cap_round"}),
             )
         )
         out = {
@@ -251,6 +270,7 @@ class StudyQuery(_Model):
         secure_nodes: int | None = None,
         secure_scale: float | None = None,
         grant: SignedGrant | None = None,
+        caps: tuple[float, ...] = (),
     ) -> "StudyQuery":
         p = spec.privacy
         privacy = (
@@ -264,6 +284,8 @@ class StudyQuery(_Model):
                 secure_nodes=secure_nodes,
                 secure_aggregation=p.secure_aggregation,
                 estimator=spec.estimator,
+                cap_round=p.large_loss_cap,
+                caps=caps,
             )
             if p.enabled
             else None
@@ -299,6 +321,15 @@ class StudyQuery(_Model):
             tuple((c.name, c.lo, c.hi, c.kind) for c in self.covariates),
             tuple((o.name, o.lo, o.cap, o.kind) for o in self.outcomes),
         )
+
+    def released_caps01(self):
+        """The released caps on each outcome's signed [0, 1] scale (None: the signed caps)."""
+        caps = () if self.privacy is None else self.privacy.caps
+        if not caps:
+            return None
+        if len(caps) != len(self.outcomes):
+            raise ValueError(f"caps name {len(caps)} outcomes, the study has {len(self.outcomes)}")
+        return tuple((c - o.lo) / (o.cap - o.lo) for c, o in zip(caps, self.outcomes))
 
 
 # -- federated risk-model training (Flower train/evaluate messages) --------------------------

@@ -137,6 +137,12 @@ class Privacy(_Model):
     #: honest-but-curious coordinator and non-colluding nodes (a node that revealed its own
     #: noise would leave the others' sum with less); every node must answer every round
     secure_aggregation: bool = False
+    #: open the study with a large-loss cap round (shared.dp.capquantile): a noisy histogram
+    #: (a fixed 5 % of ρ) proposes each continuous outcome's cap at the DP 99.5 % quantile, the
+    #: estimand becomes the ATT on outcomes capped there, and the report states cap and clipping.
+    #: Off by default: at ~1k treated the narrower CIs expose the DP study's own bias
+    #: (docs/benchmarks/privacy_levers.md)
+    large_loss_cap: bool = False
 
     @model_validator(mode="after")
     def _secure_aggregation_needs_dp(self) -> "Privacy":

@@ -47,7 +47,11 @@ __all__ = [
     "cap_bins",
     "cap_hist_sensitivity",
     "cap_histogram",
+    "check_cap_edge",
+    "clipped_above",
     "quantile_cap",
+    "rescale_to_caps",
+    "uncapped_shift_bound",
 ]
 
 #: The quantile the proposed cap sits at (module docstring: fixed in advance, not tuned).
@@ -137,3 +141,59 @@ def cap_budget(
         noise_multipliers=[1.0 / math.sqrt(2.0 * rho * (1.0 - share))], delta=delta, accountant=accountant
     )
     return mu_cap, rest
+
+
+def check_cap_edge(c01: float) -> float:
+    """``c01`` (a cap on the [0, 1] scale of the signed span) if it is one of the public edges
+    :func:`quantile_cap` can return, else ValueError: a node accepts only a cap that a released
+    histogram could have proposed (nothing else about the data may choose it)."""
+    edges = cap_bins()[1:]
+    k = int(np.argmin(np.abs(edges - c01)))
+    if not (math.isfinite(c01) and abs(edges[k] - c01) <= 1e-9 * edges[k]):
+        raise ValueError(f"a cap at {c01!r} of the public span is not one of the public edges")
+    return float(edges[k])
+
+
+def rescale_to_caps(y01, c01) -> tuple[np.ndarray, np.ndarray]:
+    """Outcomes scaled to [0, 1] by the signed caps, rescaled to the released caps ``c01``
+    (each on the signed [0, 1] scale, ≤ 1): ``min(y / c, 1)``, exact because the signed scaling
+    already clipped at 1. Returns the rescaled ``(n, O)`` outcomes and the rows per outcome
+    that the lower caps clip (counted at the node and withheld like every clipping count)."""
+    y = np.asarray(y01, dtype=float)
+    c = np.asarray(c01, dtype=float)
+    if c.shape != (y.shape[1],) or not np.all((c > 0) & (c <= 1)):
+        raise ValueError(f"caps must be {y.shape[1]} values in (0, 1], got {c.tolist()}")
+    return np.minimum(y / c, 1.0), np.sum(y > c, axis=0).astype(float)
+
+
+def clipped_above(hist, c01) -> tuple[np.ndarray, np.ndarray]:
+    """Per outcome, the noisy histogram's rows at or above the released cap (the clipped rows,
+    up to those exactly at the edge) and its total rows: post-processing of the release, so the
+    report may state the clipped share (clamped at 0)."""
+    h = np.clip(np.asarray(hist, dtype=float), 0.0, None)
+    edges = cap_bins()
+    above = np.cumsum(h[::-1], axis=0)[::-1]
+    k = np.searchsorted(edges, np.asarray(c01, dtype=float) * (1 - 1e-12))
+    n_above = np.array([above[kk, o] if kk < h.shape[0] else 0.0 for o, kk in enumerate(k)])
+    return n_above, h.sum(axis=0)
+
+
+def uncapped_shift_bound(
+    *, n_clipped: float, span_above: float, n_treated: float, max_weight: float
+) -> float:
+    r"""A bound on how far the uncapped ATT's estimate lies from the capped one, in outcome
+    units: a clipped row moves the stratified estimate by its weight times what the cap took
+    off it, at most ``max_weight``/N_T × (signed cap − released cap), so
+
+    .. math:: |\hat\tau_{raw} - \hat\tau_{cap}| \le n_{clip} \, w_{max} \, (c_0 - c) / N_T .
+
+    ``n_clipped`` should be an upper bound on the clipped rows (the noisy count plus 1.96 of
+    its SDs: :func:`clipped_above` on the release). Loose by design (every clipped row at the
+    signed cap, all in the arm of largest weight): what the data can guarantee, not a guess.
+
+    >>> uncapped_shift_bound(n_clipped=10, span_above=50_000, n_treated=1_000, max_weight=2.0)
+    1000.0
+    """
+    if n_treated <= 0:
+        raise ValueError("n_treated must be positive")
+    return float(max(n_clipped, 0.0) * max_weight * span_above / n_treated)

@@ -25,6 +25,9 @@ share                  releases (each its own Gaussian mechanism)
                        copy of the control cells, 25 % (:data:`DR_SLOPE_SHARE`), in place of
                        ``psm_wsum``; 30 % added to ``psm_balance`` (:data:`DR_IMBALANCE_SHARE`),
                        whose Σz is the imbalance d; ``balance`` must be positive
+(``cap_round``)        ``cap_hist``: the large-loss cap's noisy histogram
+                       (:mod:`shared.dp.capquantile`), a fixed :data:`~shared.dp.capquantile.CAP_SHARE`
+                       of ρ taken off the top; the split's shares then divide the rest
 =====================  =========================================================================
 
 Outcome sums are released centred on ½ (:mod:`shared.dp.forms`). The ATT's point estimate is
@@ -180,6 +183,8 @@ class NoisePlan:
     n_ps_rounds: int
     releases: tuple[PlannedRelease, ...]
     epsilon_planned: float
+    #: the study opens with the large-loss cap's histogram (``cap_hist``), paid off the top
+    cap_round: bool = False
 
     def release(self, query: str) -> PlannedRelease:
         """The first planned release of ``query`` (all ps_fit rounds have equal noise).
@@ -221,7 +226,9 @@ class NoisePlan:
                 re-split plan would cost more than the study's ε.
         """
         sens = {r.query: r.sensitivity for r in self.releases}
-        shares = tuple(_release_shares(split, self.n_ps_rounds, dr=self.has("dr_slope")))
+        shares = tuple(
+            _release_shares(split, self.n_ps_rounds, dr=self.has("dr_slope"), cap_round=self.cap_round)
+        )
         unknown = sorted({q for q, _, _ in shares} - set(sens))
         if unknown:
             raise PrivacyError(f"cannot re-split onto release(s) the plan lacks: {', '.join(unknown)}")
@@ -235,7 +242,15 @@ class NoisePlan:
                 f"the re-split plan would cost ε = {eps:.6g}, more than the study's ε = {self.epsilon:g}"
             )
         return _assemble(
-            self.epsilon, self.delta, self.accountant, self.rho, self.n_ps_rounds, shares, sens, eps
+            self.epsilon,
+            self.delta,
+            self.accountant,
+            self.rho,
+            self.n_ps_rounds,
+            shares,
+            sens,
+            eps,
+            self.cap_round,
         )
 
     def to_dict(self) -> dict:
@@ -246,6 +261,7 @@ class NoisePlan:
             "rho": self.rho,
             "n_ps_rounds": self.n_ps_rounds,
             "epsilon_planned": self.epsilon_planned,
+            "cap_round": self.cap_round,
             "releases": [
                 {
                     "query": r.query,
@@ -279,12 +295,21 @@ class NoisePlan:
             n_ps_rounds=int(d["n_ps_rounds"]),
             releases=releases,
             epsilon_planned=float(d["epsilon_planned"]),
+            cap_round=bool(d.get("cap_round", False)),
         )
 
 
-def _release_shares(split, n_ps_rounds: int, *, dr: bool = False) -> list[tuple[str, int, float]]:
+def _release_shares(
+    split, n_ps_rounds: int, *, dr: bool = False, cap_round: bool = False
+) -> list[tuple[str, int, float]]:
     """(query, index, share of ρ) for every release with a positive share; ``dr``: a doubly
-    robust study's (``dr_slope`` in place of ``psm_wsum``)."""
+    robust study's (``dr_slope`` in place of ``psm_wsum``); with ``cap_round`` the cap
+    histogram first, at its fixed share, and the other shares scaled to the rest."""
+    if cap_round:
+        from shared.dp.capquantile import CAP_SHARE
+
+        rest = _release_shares(split, n_ps_rounds, dr=dr)
+        return [("cap_hist", 0, CAP_SHARE)] + [(q, i, (1.0 - CAP_SHARE) * s) for q, i, s in rest]
     ps_each = split.ps_fit / (n_ps_rounds + 1)
     last = ("dr_slope", DR_SLOPE_SHARE) if dr else ("psm_wsum", WSUM_SHARE)
     imbalance = DR_IMBALANCE_SHARE if dr else 0.0  # DR's d is read from the balance release
@@ -310,6 +335,7 @@ def plan_study(
     n_ps_rounds: int = DEFAULT_PS_ROUNDS,
     accountant: str = DEFAULT_ACCOUNTANT,
     estimator: str = "stratified",
+    cap_round: bool = False,
 ) -> NoisePlan:
     r"""σ for every release so that their composition costs at most ``epsilon`` at ``delta``.
 
@@ -320,6 +346,7 @@ def plan_study(
         n_ps_rounds: R, the fixed number of DP Newton rounds.
         accountant: ``"gaussian"`` (default, exact), ``"rdp"`` or ``"prv"``.
         estimator: ``"stratified"`` or ``"dr"`` (``dr_slope`` in place of ``psm_wsum``).
+        cap_round: the study opens with the large-loss cap's histogram (``cap_hist``).
 
     Returns:
         The :class:`NoisePlan` (deterministic in its arguments).
@@ -350,10 +377,11 @@ def plan_study(
         "psm_balance": psm_balance_sensitivity(n_covariates=n_covariates),
         "psm_wsum": UNIT_SENSITIVITY,
         "dr_slope": dr_slope_sensitivity(n_covariates=n_covariates, n_outcomes=n_outcomes),
+        "cap_hist": math.sqrt(n_outcomes),  # shared.dp.capquantile.cap_hist_sensitivity
     }
-    shares = tuple(_release_shares(split, n_ps_rounds, dr=estimator == "dr"))
+    shares = tuple(_release_shares(split, n_ps_rounds, dr=estimator == "dr", cap_round=cap_round))
     rho, eps = _calibrate(float(epsilon), float(delta), tuple(s for _, _, s in shares), accountant)
-    return _assemble(float(epsilon), float(delta), accountant, rho, n_ps_rounds, shares, sens, eps)
+    return _assemble(float(epsilon), float(delta), accountant, rho, n_ps_rounds, shares, sens, eps, cap_round)
 
 
 def single_release_multiplier(*, epsilon: float, delta: float, accountant: str = DEFAULT_ACCOUNTANT) -> float:
@@ -382,6 +410,7 @@ def _assemble(
     shares,
     sens: dict[str, float],
     eps: float,
+    cap_round: bool = False,
 ) -> NoisePlan:
     releases = tuple(
         PlannedRelease(query=q, index=i, sensitivity=sens[q], noise_multiplier=_multiplier(rho * s))
@@ -395,6 +424,7 @@ def _assemble(
         n_ps_rounds=n_ps_rounds,
         releases=releases,
         epsilon_planned=eps,
+        cap_round=cap_round,
     )
 
 

@@ -30,6 +30,7 @@ from typing import Sequence
 import numpy as np
 
 from shared.answer import SiteArrays
+from shared.dp.capround import LargeLossCaps
 from shared.dp.plan import NoisePlan
 from shared.psm.estimator import AttEstimate, Check
 from shared.study import Outcome, Privacy, StudySpec
@@ -44,6 +45,7 @@ class DpStudy:
     edges: np.ndarray
     plan: NoisePlan  #: the plan of the rounds after describe (re-split if the study re-split)
     at_describe: Check  #: ``dp_fit_resolution`` at describe (what ``unresolved_fit`` acts on)
+    caps: LargeLossCaps | None = None  #: the large-loss cap round's caps (``privacy.large_loss_cap``)
 
 
 def dp_spec(
@@ -119,4 +121,5 @@ def run_dp_study(
         edges=run.table.edges,
         plan=run.plan,
         at_describe=run.at_describe,
+        caps=run.caps,
     )
