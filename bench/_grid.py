@@ -28,8 +28,8 @@ import numpy as np
 from _coverage import wilson_interval
 from _layouts import LAYOUTS, NAMES, Node, build_nodes, uncapped_truth
 
-from shared.answer import noisy_release
-from shared.dp.capquantile import cap_budget, cap_hist_sensitivity, cap_histogram, quantile_cap
+from shared.dp.capquantile import CAP_QUANTILE
+from shared.dp.capround import outcomes_at_caps
 from shared.dp.study_sim import run_dp_study
 from shared.errors import EstimationError
 from shared.psm.reference import estimate_att_federated
@@ -51,15 +51,20 @@ class Cell:
     epsilon: float
     modes: tuple[str, ...]
     outcomes: tuple[Outcome, ...]
-    #: propose each continuous outcome's cap from a DP quantile at this level first
-    #: (:mod:`shared.dp.capquantile`); None keeps the spec's caps
+    #: run the study's large-loss cap round first (``privacy.large_loss_cap``,
+    #: :mod:`shared.dp.capround`: its level is fixed, :data:`CAP_QUANTILE`); None keeps the
+    #: spec's caps
     cap_quantile: float | None = None
 
+    def __post_init__(self) -> None:
+        if self.cap_quantile is not None and self.cap_quantile != CAP_QUANTILE:
+            raise ValueError(f"the cap round's level is fixed at {CAP_QUANTILE} (shared/dp/capquantile.py)")
 
-def _privacy(epsilon: float, secagg: bool) -> Privacy:
+
+def _privacy(epsilon: float, secagg: bool, cap_round: bool = False) -> Privacy:
     """The DP spec: run every study through (``warn``) where the spec still has a stop rule."""
     extra: dict[str, Any] = {"unresolved_fit": "warn"} if "unresolved_fit" in Privacy.model_fields else {}
-    return Privacy(epsilon=epsilon, delta=DELTA, secure_aggregation=secagg, **extra)
+    return Privacy(epsilon=epsilon, delta=DELTA, secure_aggregation=secagg, large_loss_cap=cap_round, **extra)
 
 
 def _stopped(study: Any) -> bool:
@@ -100,18 +105,16 @@ def _dp(nodes: Sequence[Node], cell: Cell, seed: int, mode: str) -> dict[str, An
         int(round(cell.epsilon * 1000)),
         MODES.index(mode),
     ]
-    outcomes, epsilon, extra = cell.outcomes, cell.epsilon, {}
-    if cell.cap_quantile is not None:
-        outcomes, epsilon = _proposed_caps(nodes, cell, mode, noise_key)
-        nodes, truth = build_nodes(layout=LAYOUTS[cell.layout], dgp=cell.dgp, seed=seed, outcomes=outcomes)
-        extra = {"truth": truth, **_clipping(nodes, outcomes)}
     study = run_dp_study(
         sites=[n.arrays for n in nodes],
-        outcomes=outcomes,
+        outcomes=cell.outcomes,
         covariates=NAMES,
-        privacy=_privacy(epsilon, mode == "secagg"),
+        privacy=_privacy(cell.epsilon, mode == "secagg", cap_round=cell.cap_quantile is not None),
         rngs=[np.random.default_rng([*noise_key, i]) for i in range(len(nodes))],
     )
+    extra: dict[str, Any] = {}
+    if study.caps is not None:  # the estimand: the ATT at the caps the study's round released
+        extra = capped_estimand(cell, seed, study.caps)
     return {
         "stopped": _stopped(study),
         "outcomes": {
@@ -122,32 +125,17 @@ def _dp(nodes: Sequence[Node], cell: Cell, seed: int, mode: str) -> dict[str, An
     }
 
 
-def _proposed_caps(
-    nodes: Sequence[Node], cell: Cell, mode: str, noise_key: list[int]
-) -> tuple[tuple[Outcome, ...], float]:
-    """The outcomes with each continuous cap lowered to the DP quantile of the summed noisy
-    histograms (:mod:`shared.dp.capquantile`; each node's noise as :func:`shared.answer.noisy_release`
-    adds it, σ/√K under SecAgg+), and the ε left for the study (both compose to the cell's ε)."""
-    assert cell.cap_quantile is not None
-    mu, rest = cap_budget(epsilon=cell.epsilon, delta=DELTA)
-    sigma = mu * cap_hist_sensitivity(n_outcomes=len(cell.outcomes))
-    share = len(nodes) if mode == "secagg" else 1
-    hist = sum(
-        noisy_release(
-            query="cap_hist",
-            arrays={"count": cap_histogram(n.arrays.y)},
-            sigma=sigma,
-            share=share,
-            rng=np.random.default_rng([*noise_key, 1000 + i]),
-        )["count"]
-        for i, n in enumerate(nodes)
-    )
-    caps = quantile_cap(hist, cell.cap_quantile)
-    outcomes = tuple(
-        o if o.kind == "binary" else o.model_copy(update={"cap": o.lo + float(c) * (o.cap - o.lo)})
-        for o, c in zip(cell.outcomes, caps)
-    )
-    return outcomes, rest
+def capped_estimand(cell: Cell, seed: int, caps: Any) -> dict[str, Any]:
+    """What a study with a cap round estimates, from the seed's potential outcomes: the true ATT
+    on outcomes capped at the released caps (``truth``), the caps, the rows above them and the
+    uncapped truth; and the cap round's own account (noisy clipped share, caps' share of ρ)."""
+    outcomes = outcomes_at_caps(cell.outcomes, caps)
+    nodes, truth = build_nodes(layout=LAYOUTS[cell.layout], dgp=cell.dgp, seed=seed, outcomes=outcomes)
+    return {
+        "truth": truth,
+        **_clipping(nodes, outcomes),
+        "clipped_dp": {n: caps.clipped_share(n) for n in caps.names},
+    }
 
 
 def _clipping(nodes: Sequence[Node], outcomes: tuple[Outcome, ...]) -> dict[str, Any]:
@@ -235,6 +223,9 @@ def summarise_cell(cell: Cell, results: Sequence[dict[str, Any]]) -> list[dict[s
                     "bias_raw_in_se": float(np.mean(att - raw) / np.mean(se)) if est else None,
                     "cap": float(np.median(caps)) if est else None,
                     "clipped": float(np.mean(clipped)) if est else None,
+                    "clipped_dp": _mean_or_none(
+                        r["modes"][mode].get("clipped_dp", {}).get(o.name) for r in done
+                    ),
                     "width_by_exact": None if mode == "exact" or not by_exact else float(np.median(by_exact)),
                     "width_by_limit": float(np.median(by_limit)) if by_limit else None,
                     "stopped": stopped,
@@ -242,3 +233,8 @@ def summarise_cell(cell: Cell, results: Sequence[dict[str, Any]]) -> list[dict[s
                 }
             )
     return rows
+
+
+def _mean_or_none(values) -> float | None:
+    got = [v for v in values if v is not None]
+    return float(np.mean(got)) if got else None

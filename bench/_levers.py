@@ -108,12 +108,12 @@ def run_levers(args: argparse.Namespace) -> list[dict]:
     from _table import Table, write_tables
 
     picked = [CONFIGS[i] for i in args.lever_configs] if args.lever_configs else list(CONFIGS)
-    dgp, layout = args.dgps[0], args.layouts[0]
+    dgp, layouts = args.dgps[0], list(args.layouts)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     rows: list[dict] = []
     t_all = time.time()
     _init_worker()
-    for label, bound, minc, centres, cap_q in picked:
+    for layout, (label, bound, minc, centres, cap_q) in [(lay, c) for lay in layouts for c in picked]:
         weightbound.MAX_CONTROL_WEIGHT = None if bound == "off" else float(bound)
         weightbound.MIN_CONTROL_SIGMAS = None if minc == "off" else float(minc)
         workflow.REACH_GRID = (0.5,) if centres == "half" else _REACH_GRID
@@ -132,13 +132,13 @@ def run_levers(args: argparse.Namespace) -> list[dict]:
             results = list(
                 pool.map(partial(run_seed, cell), seeds, chunksize=max(1, len(seeds) // (4 * jobs)))
             )
-        first = not rows
+        first = not any(r["layout"] == layout for r in rows)
         for r in summarise_cell(cell, results):
             if r["mode"] != "exact" or first:  # the exact study is the same in every setting
                 rows.append({"lever": label if r["mode"] != "exact" else "exact study (spec caps)", **r})
-        print(f"\n== {label}: {len(seeds)} seeds, {time.time() - t0:.0f} s", flush=True)
+        print(f"\n== {layout}, {label}: {len(seeds)} seeds, {time.time() - t0:.0f} s", flush=True)
         for r in rows:
-            if r["lever"] == label:
+            if r["lever"] == label and r["layout"] == layout:
                 print("  " + " | ".join(str(c) for c in _cells(r)), flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1, default=str))
@@ -148,10 +148,12 @@ def run_levers(args: argparse.Namespace) -> list[dict]:
             title="Differential privacy: what each lever of issue #19 moves",
             tables=[
                 Table(
-                    title=f"CI width ÷ exact and ÷ limit, coverage and bias per lever ({dgp} × {layout})",
+                    title=f"CI width ÷ exact and ÷ limit, coverage and bias per lever ({dgp} × "
+                    + ", ".join(layouts)
+                    + ")",
                     columns=COLUMNS,
                     rows=[_cells(r) for r in rows],
-                    align="llllrrrrrrrrr",
+                    align="lllllrrrrrrrrrr",
                     note=NOTE,
                 )
             ],
@@ -168,6 +170,7 @@ def run_levers(args: argparse.Namespace) -> list[dict]:
 _REACH_GRID = workflow.REACH_GRID
 
 COLUMNS = (
+    "layout",
     "lever",
     "mode",
     "outcome",
@@ -180,6 +183,7 @@ COLUMNS = (
     "width ÷ limit",
     "cap (median)",
     "rows clipped",
+    "clipped (DP)",
     "stopped",
 )
 
@@ -191,8 +195,10 @@ NOTE = (
     "the study's own estimand: the ATT on the outcome capped at the caps in force (the spec's, or "
     "the DP quantile's, which differ per seed and mode); 'bias/SE vs uncapped' is the mean error "
     "against the uncapped true ATT over the mean SE: what the capped estimand gives up. 'rows "
-    "clipped': share of all rows above the cap in force. Wilson 95 %: the coverage's binomial "
-    "interval."
+    "clipped': share of all rows above the cap in force; 'clipped (DP)': the share the study "
+    "itself states, from its noisy cap histogram (mean). Wilson 95 %: the coverage's binomial "
+    "interval. The DP cap is the study's own cap round (privacy.large_loss_cap: a fixed 5 % of ρ, "
+    "shared/dp/capround.py)."
 )
 
 
@@ -202,6 +208,7 @@ def _cells(r: dict) -> tuple:
 
     lo, hi = r["wilson"]
     return (
+        r["layout"],
         r["lever"],
         r["mode"],
         r["outcome"],
@@ -214,5 +221,6 @@ def _cells(r: dict) -> tuple:
         num(r["width_by_limit"]),
         num(r.get("cap"), ".4g"),
         "—" if r.get("clipped") is None else f"{100 * r['clipped']:.2f}%",
+        "—" if r.get("clipped_dp") is None else f"{100 * r['clipped_dp']:.2f}%",
         r["stopped"],
     )
