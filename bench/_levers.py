@@ -105,7 +105,7 @@ def run_levers(args: argparse.Namespace) -> list[dict]:
 
     from _grid import Cell, run_seed, summarise_cell
     from _grid_cli import _init_worker, _Inline
-    from _table import Table, write_tables
+    from _table import Table, write_readme_block, write_tables
 
     picked = [CONFIGS[i] for i in args.lever_configs] if args.lever_configs else list(CONFIGS)
     dgp, layouts = args.dgps[0], list(args.layouts)
@@ -164,7 +164,44 @@ def run_levers(args: argparse.Namespace) -> list[dict]:
                 + f"; {time.time() - t_all:.0f} s in all"
             ),
         )
+        write_readme_block("privacy_levers", readme_summary(rows, seeds=args.seeds, epsilon=args.epsilon))
     return rows
+
+
+_ORDER = ("claims_cost", "cv_event", "absence_days")
+
+
+def readme_summary(rows: list[dict], *, seeds: int, epsilon: float) -> str:
+    """The README's table: per layout, setting and mode, CI width ÷ exact and ÷ limit and
+    coverage per outcome (claims / CV event / absence days), from the rows just measured."""
+    groups: dict[tuple, dict[str, dict]] = {}
+    for r in rows:
+        groups.setdefault((r["layout"], r["lever"], r["mode"]), {})[r["outcome"]] = r
+
+    def three(g: dict[str, dict], key: str, fmt) -> str:
+        return " / ".join(fmt(g[o].get(key)) if o in g else "—" for o in _ORDER)
+
+    def num(x) -> str:
+        return "—" if x is None else f"{x:.2f}"
+
+    def pct(x) -> str:
+        return "—" if x is None else f"{100 * x:.1f}"
+
+    lines = [
+        f"ε = {epsilon:g}, δ = 1e-6, {seeds} seeds per row; claims / CV event / absence days. "
+        "Written by `bench/bench_privacy.py --levers --write` (full table, command and commit: "
+        "[docs/benchmarks/privacy_levers.md](docs/benchmarks/privacy_levers.md)).",
+        "",
+        "| federation | setting | noise | CI width ÷ exact | ÷ limit | coverage % |",
+        "|:--|:--|:--|:--|:--|:--|",
+    ]
+    for (layout, lever, mode), g in groups.items():
+        exact = mode == "exact"
+        lines.append(
+            f"| {layout} | {lever} | {mode} | {'1 (ref)' if exact else three(g, 'width_by_exact', num)} "
+            f"| {'—' if exact else three(g, 'width_by_limit', num)} | {three(g, 'coverage', pct)} |"
+        )
+    return "\n".join(lines)
 
 
 _REACH_GRID = workflow.REACH_GRID

@@ -26,7 +26,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-__all__ = ["OUT_DIR", "Table", "add_write_argument", "cell", "provenance", "render", "write_tables"]
+__all__ = [
+    "OUT_DIR",
+    "Table",
+    "add_write_argument",
+    "cell",
+    "provenance",
+    "render",
+    "write_readme_block",
+    "write_tables",
+]
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Where the tables land, relative to the repository root.
@@ -198,6 +207,21 @@ def write_tables(
         render(title=title, tables=tables, setting=setting, notes=notes, prov=prov), encoding="utf-8"
     )
     print(f"wrote {path}", file=sys.stderr)
+    return path
+
+
+def write_readme_block(name: str, markdown: str, *, root: Path | None = None) -> Path:
+    """Replace the README's block between ``<!-- bench:<name> -->`` and ``<!-- /bench:<name> -->``
+    with ``markdown`` (a benchmark's summary table, so the README quotes only what the benchmark
+    wrote); ValueError if the README lacks the markers."""
+    path = (root or ROOT) / "README.md"
+    text = path.read_text(encoding="utf-8")
+    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    i, j = text.find(start), text.find(end)
+    if i < 0 or j < i:
+        raise ValueError(f"{path} has no {start} … {end} block")
+    path.write_text(text[: i + len(start)] + "\n" + markdown.strip() + "\n" + text[j:], encoding="utf-8")
+    print(f"wrote the {name} block of {path}", file=sys.stderr)
     return path
 
 
