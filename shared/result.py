@@ -121,6 +121,10 @@ class PrivacySpent(_Model):
     resplit: dict[str, float] | None = None
     # K when every release after describe was a SecAgg+ sum over K nodes (each adding σ/√K)
     secure_nodes: int | None = None
+    # the large-loss cap round (privacy.large_loss_cap, shared/dp/capround.py result_caps): its
+    # level and share of ρ, per outcome the signed and released caps, the noisy clipped share
+    # and the bound on |uncapped − capped| estimate; None: no cap round
+    large_loss_caps: dict | None = None
 
 
 class StudyResult(_Model):

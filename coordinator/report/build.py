@@ -18,6 +18,7 @@ from coordinator.report.document import (
     Check,
     Estimand,
     EvidenceReport,
+    LargeLossCap,
     OutcomeRow,
     PrivacySection,
     SiteBudget,
@@ -227,6 +228,18 @@ def _privacy(result: StudyResult, outcomes: tuple[OutcomeRow, ...]) -> PrivacySe
         split=(p.resplit or result.spec.get("privacy", {}).get("split")) if p.enabled else None,
         resplit=p.resplit is not None,
         secure_nodes=p.secure_nodes,
+        cap_share=None if p.large_loss_caps is None else p.large_loss_caps.get("share"),
+        large_loss_caps=tuple(
+            LargeLossCap(
+                name=r["name"],
+                signed_cap=r["signed_cap"],
+                cap=r["cap"],
+                clipped_share=r.get("clipped_share"),
+                shift_bound=r.get("shift_bound"),
+            )
+            for r in (p.large_loss_caps or {}).get("outcomes", ())
+            if r["cap"] < r["signed_cap"]
+        ),
     )
 
 

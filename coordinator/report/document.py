@@ -159,6 +159,17 @@ class SiteBudget(_Model):
     ledger_total: float | None = None
 
 
+class LargeLossCap(_Model):
+    """One outcome's cap from the study's large-loss cap round: the estimand is the ATT on the
+    outcome capped at ``cap`` (the spec's ``signed_cap`` above it is the large-loss layer)."""
+
+    name: str
+    signed_cap: float
+    cap: float
+    clipped_share: float | None = None  # noisy share of rows at or above the cap
+    shift_bound: float | None = None  # bound on |uncapped − capped| estimate, outcome units
+
+
 class PrivacySection(_Model):
     enabled: bool
     epsilon: float | None
@@ -170,6 +181,9 @@ class PrivacySection(_Model):
     split: dict[str, float] | None = None
     resplit: bool = False
     secure_nodes: int | None = None  # releases after describe summed under SecAgg+ over K nodes
+    # the large-loss cap round: its share of ρ and its caps (outcomes whose cap it lowered)
+    cap_share: float | None = None
+    large_loss_caps: tuple[LargeLossCap, ...] = ()
 
 
 class ValueFigure(_Model):

@@ -261,7 +261,35 @@ def _privacy_sentence(doc: "EvidenceReport") -> str:
         f"for at most {fmt.pct(p.max_privacy_share_of_ci)} of a confidence interval's width."
         + _split_clause(p)
         + _secure_clause(p)
+        + _caps_clause(p)
         + _limit_clause(doc)
+    )
+
+
+def _caps_clause(p) -> str:
+    """The large-loss cap round: each lowered cap, its share of the budget and the clipping
+    (shared/dp/capround.py); empty without the round."""
+    if p.cap_share is None:
+        return ""
+    if not p.large_loss_caps:
+        return (
+            f" A large-loss cap round ({fmt.pct(p.cap_share)} of the budget) left every cap at the "
+            "spec's value."
+        )
+    parts = "; ".join(
+        f"{c.name} at {fmt.num(c.cap)} instead of {fmt.num(c.signed_cap)}"
+        + ("" if c.clipped_share is None else f" (about {fmt.pct(c.clipped_share)} of rows at or above it)")
+        + (
+            ""
+            if c.shift_bound is None
+            else f", so the uncapped estimate lies within ±{fmt.num(c.shift_bound)} of the capped one"
+        )
+        for c in p.large_loss_caps
+    )
+    return (
+        f" A large-loss cap round ({fmt.pct(p.cap_share)} of the budget: a noisy histogram, the "
+        f"99.5 % quantile rounded up to a public edge) capped {parts}. Those ATTs are of the "
+        "outcome capped there: the large-loss layer above the cap is excluded."
     )
 
 

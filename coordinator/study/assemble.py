@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from shared import __version__
 from shared.dp.accounting import accountant_label
+from shared.dp.capround import result_caps
 from shared.driver import StudyRun
 from shared.psm.strata import score_range
 from shared.result import PrivacySpent, Propensity, RoundLog, SiteSummary, StudyResult
@@ -37,6 +38,11 @@ def _privacy(run: StudyRun) -> PrivacySpent:
         ledger_total=dict(run.privacy_spent),
         resplit=run.resplit.model_dump() if run.resplit else None,
         secure_nodes=run.secure[0] if run.secure else None,
+        large_loss_caps=(
+            result_caps(run.caps, count=run.table.count)
+            if run.caps is not None and run.table is not None
+            else None
+        ),
     )
 
 

@@ -30,7 +30,7 @@ from shared.dp.capquantile import CAP_QUANTILE, CAP_SHARE, clipped_above, quanti
 from shared.dp.plan import NoisePlan
 from shared.study import Outcome
 
-__all__ = ["LargeLossCaps", "large_loss_caps", "outcomes_at_caps"]
+__all__ = ["LargeLossCaps", "large_loss_caps", "outcomes_at_caps", "result_caps"]
 
 
 @dataclass(frozen=True)
@@ -119,3 +119,27 @@ def outcomes_at_caps(outcomes: Sequence[Outcome], caps: LargeLossCaps | None) ->
         else o.model_copy(update={"cap": by_name[o.name]})
         for o in outcomes
     )
+
+
+def result_caps(caps: LargeLossCaps, *, count) -> dict:
+    """What the study result states about its cap round (:class:`shared.result.PrivacySpent`):
+    :meth:`LargeLossCaps.to_dict`, and per outcome the noisy clipped share and the bound on how
+    far the estimate on uncapped outcomes could lie from the capped one, over the strata of the
+    final ``(S, 2)`` noisy counts (largest weight of one person, :func:`shared.dp.limit.largest_weight`
+    under replace-one: a clipped row's own weight)."""
+    from shared.dp.limit import largest_weight
+    from shared.psm.cells import clamped_counts
+
+    n = clamped_counts(np.asarray(count, dtype=float))
+    used = (n[:, 0] > 0) & (n[:, 1] > 0)
+    try:
+        weight = largest_weight(count=n, used=used, neighbours="replace")
+    except ValueError:  # no stratum with both arms: no estimate, so no bound to state
+        weight = None
+    out = caps.to_dict()
+    for row in out["outcomes"]:
+        row["clipped_share"] = caps.clipped_share(row["name"])
+        row["shift_bound"] = (
+            None if weight is None else caps.shift_bound(row["name"], n_treated=1.0, max_weight=weight)
+        )
+    return out

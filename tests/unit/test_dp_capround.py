@@ -213,3 +213,53 @@ def test_the_benchmark_measures_a_cap_round_study_against_the_att_at_its_release
     assert r["truth"]["claims_cost"] != pytest.approx(r["truth_raw"]["claims_cost"])
     with pytest.raises(ValueError, match="fixed"):
         Cell(dgp="baseline", layout="k5_1k", epsilon=1.0, modes=(), outcomes=(), cap_quantile=0.99)
+
+
+def test_a_study_with_a_cap_round_through_the_node_code_states_its_caps_in_result_and_report(tmp_path):
+    """The real ServerApp/ClientApp code (in-process grid): every node charges the histogram,
+    checks and applies the released caps; the result and the report's summary state them."""
+    from flower_inprocess import signed_federation
+
+    from coordinator.files import load_spec
+    from coordinator.report.build import build_report
+    from coordinator.study.assemble import assemble_result
+    from coordinator.synth import write_federation
+    from node.runtime import NodeRuntime
+    from shared.driver import run_study
+    from shared.synth import generate_federation
+
+    spec = load_spec(write_federation(generate_federation(seed=5, sites=3, scale=0.15), tmp_path / "fed"))
+    spec = spec.model_copy(
+        update={
+            "privacy": spec.privacy.model_copy(
+                update={
+                    "enabled": True,
+                    "epsilon": 4.0,
+                    "large_loss_cap": True,
+                    "unresolved_fit": "warn",
+                    "ps_rounds": 1,
+                }
+            )
+        }
+    )
+    fed, grant = signed_federation(spec, tmp_path / "run", extra={"budget-epsilon": 10.0})
+    run = run_study(spec, fed, grant=grant)
+    assert run.caps is not None and run.plan is not None and run.plan.has("cap_hist")
+    claims = run.caps.names.index("claims_cost")
+    assert run.caps.caps[claims] < run.caps.signed[claims]  # a lowered claims cap
+    for s in spec.sites:
+        rt = NodeRuntime.from_node_config(
+            {"site": s.name, "state-dir": str(tmp_path / "run" / "nodes" / s.name)}
+        )
+        queries = [h.query for h in rt.ledger().history(rt.dataset)]
+        assert queries.count("cap_hist") == 1 and queries.index("cap_hist") == 1  # after describe
+    result = assemble_result(run, dropped={}, started_at="a", finished_at="b", total_s=1.0)
+    stated = {r["name"]: r for r in result.privacy.large_loss_caps["outcomes"]}
+    assert stated["claims_cost"]["cap"] == run.caps.caps[claims] and stated["claims_cost"]["shift_bound"] > 0
+    claims_est = next(o for o in result.outcomes if o.name == "claims_cost")
+    assert abs(claims_est.att) < run.caps.caps[claims]  # reported in units of the capped outcome
+    report = build_report(result)
+    assert report.privacy.cap_share == CAP_SHARE
+    assert any(c.name == "claims_cost" for c in report.privacy.large_loss_caps)
+    text = " ".join(str(v) for v in report.model_dump().values())
+    assert "large-loss cap round" in text and "claims_cost at" in text
