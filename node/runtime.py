@@ -380,7 +380,7 @@ class NodeRuntime:
         assert query.privacy is not None
         dims = {"n_covariates": len(query.design_covariates), "n_outcomes": len(query.outcomes)}
         public = json.dumps({**dims, "protocol": query.protocol})  # new code, new plans
-        key = hashlib.sha256((query.privacy.model_dump_json() + public).encode()).hexdigest()
+        key = hashlib.sha256((query.privacy.model_dump_json(exclude={"caps"}) + public).encode()).hexdigest()
         cache = self.state_dir / "plans" / f"{key[:32]}.json" if self.state_dir else None
         if cache is not None and cache.exists():
             return NoisePlan.from_dict(json.loads(cache.read_text()))

@@ -57,7 +57,8 @@ def node_plan(query: StudyQuery) -> NoisePlan:
     """The noise plan a node derives from ``query`` (as :meth:`node.runtime.NodeRuntime._plan`
     does; cached, since calibration takes a moment and a benchmark runs the same study often)."""
     assert query.privacy is not None
-    return _plan(query.privacy.model_dump_json(), len(query.design_covariates), len(query.outcomes))
+    privacy = query.privacy.model_dump_json(exclude={"caps"})
+    return _plan(privacy, len(query.design_covariates), len(query.outcomes))
 
 
 class InProcessSites:
