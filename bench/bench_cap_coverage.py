@@ -21,6 +21,7 @@ the mean error by released claims cap::
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -145,12 +146,21 @@ def main(argv=None) -> None:
     p.add_argument("--epsilon", type=float, default=1.0)
     p.add_argument("--fixed-claims-cap", type=float, default=50_000.0)
     p.add_argument("--quantile-strata", type=int, default=7)
+    p.add_argument("--json", type=Path, help="keep every seed's figures here (written as it goes)")
+    p.add_argument("--from-json", type=Path, help="only summarise the seeds a --json run kept")
     args = p.parse_args(argv)
+    if args.from_json:
+        results = json.loads(args.from_json.read_text())
+        summarise(results)
+        print(f"\n{len(results)} seeds from {args.from_json}")
+        return
     t0, results = time.time(), []
     for seed in range(args.seeds):
         results.append(one_seed(seed, args))
-        if (seed + 1) % 20 == 0:
+        if (seed + 1) % 10 == 0:
             print(f"  {seed + 1}/{args.seeds} seeds, {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
+            if args.json:
+                args.json.write_text(json.dumps(results))
     summarise(results)
     print(f"\n{args.seeds} seeds, {args.layout}, ε = {args.epsilon:g}, SecAgg+; {time.time() - t0:.0f} s")
 
