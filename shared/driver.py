@@ -46,8 +46,8 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from shared.dp.drstudy import DR_KEYS, dp_dr_estimates, dp_dr_release
 from shared.dp.capround import LargeLossCaps, large_loss_caps, outcomes_at_caps
+from shared.dp.drstudy import DR_KEYS, dp_dr_estimates, dp_dr_release
 from shared.dp.fitnoise import FitNoise, score_variance, slope_noise_covariance
 from shared.dp.plan import NoisePlan, plan_study
 from shared.dp.sensitivity import psm_wsum_sensitivity
