@@ -175,16 +175,21 @@ def test_policy_floor_applies_to_the_slope_release(study):
         policy.check(q, None)
 
 
-def test_dp_dr_study_over_the_client_app(study, tmp_path):
+def test_dp_dr_study_over_the_client_app(study, tmp_path, monkeypatch):
     """The same study through the real ClientApp on an in-process Grid: the signed grant
     carries the estimator, each node derives the DR plan, its policy judges the slope release,
     the wire carries the slope arrays, and each node's own ledger holds exactly the plan's
-    releases (the ε it reports is at its budget's δ)."""
+    releases (the ε it reports is at its budget's δ). Seeded alike, it equals the in-process
+    study to 1e-9: one driver, one release code."""
     from flower_inprocess import signed_federation
+    from test_psm_federated import assert_estimates_equal
 
-    spec, _ = study
+    spec, arrays = study
+    monkeypatch.setattr("shared.dp.mechanisms.secure_rng", lambda: np.random.default_rng(7))
     fed, grant = signed_federation(spec, tmp_path, extra={"budget-epsilon": 10.0})
     run = run_study(spec, fed, grant=grant)
+    local = run_study(spec, InProcessSites(arrays, rngs=lambda site: np.random.default_rng(7)))
+    assert_estimates_equal(run.estimate, local.estimate)
     plan = sorted((r.query, r.sigma, r.sensitivity) for r in noise_plan(spec).releases)
     for site in spec.sites:
         led = PrivacyLedger(f"sqlite:///{tmp_path / 'nodes' / site.name / 'ledger.db'}")
