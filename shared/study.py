@@ -144,6 +144,15 @@ class Privacy(_Model):
     #: (docs/benchmarks/privacy_levers.md)
     large_loss_cap: bool = False
 
+    @model_serializer(mode="wrap")
+    def _omit_the_cap_round_when_off(self, handler: SerializerFunctionWrapHandler) -> dict:
+        """A spec without the cap round dumps (and so hashes, and is signed) as it did before
+        the field existed: registrations and grants of such specs stay valid."""
+        data = handler(self)
+        if not self.large_loss_cap:
+            data.pop("large_loss_cap", None)
+        return data
+
     @model_validator(mode="after")
     def _secure_aggregation_needs_dp(self) -> "Privacy":
         if self.secure_aggregation and not self.enabled:
