@@ -1,0 +1,155 @@
+"""Where the DP strata's residual confounding at about 1k treated comes from (issue #19).
+
+Per seed of one layout (default ``k5_1k``, baseline process, SecAgg+, ε = 1, no cap round) it
+runs the shipped DP study, then measures the *noise-free* pooled stratified ATT (the plug-in
+of ``bench_cap_coverage.py``) at a given β and given edges against the truth, in units of the
+DP study's SE, for candidate stratum rules. Edges are made from a score histogram at that β on
+the public grid with the plan's ``score_hist`` noise added (what the study releases), so every
+rule reads only what a coordinator could read. Cells enter when both arms' counts reach the
+study's ``dp_min_cell``::
+
+    .venv/bin/python bench/bench_dp_strata.py --seeds 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _layouts import LAYOUTS, NAMES, build_nodes  # noqa: E402
+
+from shared.dp import strata as dps  # noqa: E402
+from shared.dp.study_sim import run_dp_study  # noqa: E402
+from shared.dp.workflow import dp_grid  # noqa: E402
+from shared.psm.reference import estimate_att_federated  # noqa: E402
+from shared.psm.table import psm_table  # noqa: E402
+from shared.study import Privacy  # noqa: E402
+from shared.synth.outcomes import OUTCOMES  # noqa: E402
+
+logging.getLogger("rehealth.coordinator").setLevel(logging.ERROR)
+
+
+def plug_in(pool, beta, edges, outcomes, min_cell: float) -> np.ndarray:
+    """The stratified ATT of the noise-free pooled table at ``beta`` and ``edges`` (outcome units)."""
+    z, t, y = pool
+    tab = psm_table(z=z, t=t, y=y, beta=beta, edges=edges)
+    c = tab.count
+    ok = (c[:, 0] >= min_cell) & (c[:, 1] >= min_cell)
+    m = tab.sum_y[ok] / c[ok][:, :, None]
+    w = c[ok, 1] / c[ok, 1].sum()
+    span = np.array([o.cap - o.lo for o in outcomes])
+    return span * (w[:, None] * (m[:, 1] - m[:, 0])).sum(0)
+
+
+def support_edges(*, grid, treated_counts, noise_sd: float, n_strata: int) -> np.ndarray:
+    """The shipped equal-width edges with the outer strata ended where the treated's noisy
+    (3σ-thresholded) histogram ends: two more strata beyond, holding controls outside the
+    treated's support, which the min-cell rule then drops (the hypothesis under test)."""
+    e = dps.dp_width_edges(grid=grid, treated_counts=treated_counts, noise_sd=noise_sd, n_strata=n_strata)
+    kept = np.flatnonzero(np.asarray(treated_counts) - dps._HIST_THRESHOLD_SD * noise_sd > 0)
+    if kept.size == 0:
+        return e
+    a, b = grid[kept[0]], grid[kept[-1] + 1]
+    inner = e[1:-1]
+    lo = [a] if np.isfinite(a) and (inner.size == 0 or a < inner[0]) else []
+    hi = [b] if np.isfinite(b) and (inner.size == 0 or b > inner[-1]) else []
+    return np.concatenate(([-np.inf], lo, inner, hi, [np.inf]))
+
+
+def calibration(pool, beta, beta_ref) -> tuple[float, float]:
+    """Slope and correlation of the score at ``beta`` regressed on the score at ``beta_ref``
+    over the pooled rows (slope < 1: the DP score is attenuated)."""
+    z = pool[0]
+    s, r = beta[0] + z @ beta[1:], beta_ref[0] + z @ beta_ref[1:]
+    c = np.cov(s, r)
+    return float(c[0, 1] / c[1, 1]), float(c[0, 1] / np.sqrt(c[0, 0] * c[1, 1]))
+
+
+def noisy_hist(pool, beta, sd: float, rng) -> np.ndarray:
+    """``(G, 2)`` score histogram on the public grid at ``beta``, with the release's noise."""
+    z, t, _ = pool
+    s = beta[0] + z @ beta[1:]
+    grid = dp_grid(beta=beta)
+    h = np.stack([np.histogram(s[t == a], bins=grid)[0] for a in (0, 1)], axis=1).astype(float)
+    return h + rng.normal(0.0, sd, size=h.shape)
+
+
+def one_seed(seed: int, args) -> dict:
+    layout = LAYOUTS[args.layout]
+    outs = tuple(OUTCOMES)
+    nodes, truth = build_nodes(layout=layout, dgp="baseline", seed=seed, outcomes=outs)
+    dp = run_dp_study(
+        sites=[n.arrays for n in nodes],
+        outcomes=outs,
+        covariates=NAMES,
+        privacy=Privacy(epsilon=args.epsilon, secure_aggregation=True, unresolved_fit="warn"),
+        rngs=[np.random.default_rng([seed, 19, i]) for i in range(len(nodes))],
+    )
+    k = len(nodes)
+    hist_sd = dp.plan.release("score_hist").total_sigma(k, secure_aggregation=True)
+    count_sd = dp.plan.release("psm_main").total_sigma(k, secure_aggregation=True)
+    min_cell = dps.dp_min_cell(count_sigma=count_sd)
+    pool = (
+        np.vstack([n.arrays.z for n in nodes]),
+        np.concatenate([n.arrays.t for n in nodes]),
+        np.vstack([n.arrays.y for n in nodes]),
+    )
+    raw = [(n.arrays.z, n.arrays.t, n.y_raw) for n in nodes]
+    exact = estimate_att_federated(nodes=raw, outcomes=outs, covariates=NAMES)
+    rng = np.random.default_rng([seed, 77])
+    n_t = float(pool[1].sum())
+    s_rule = dps.dp_n_strata(n_treated=n_t, count_sigma=count_sd)
+    rows: dict[str, np.ndarray] = {"shipped (merged)": plug_in(pool, dp.beta, dp.edges, outs, min_cell)}
+    for label, beta in (("DP β", dp.beta), ("exact β", exact.fitter.beta)):
+        h = noisy_hist(pool, beta, hist_sd, rng)
+        grid = dp_grid(beta=beta)
+        for name, fn in args.rules.items():
+            for tag, s in (("rule", s_rule), ("2×rule", 2 * s_rule), ("20", 20)):
+                e = fn(grid=grid, treated_counts=h[:, 1], noise_sd=hist_sd, n_strata=s)
+                rows[f"{label}, {name}, S={tag}"] = plug_in(pool, beta, e, outs, min_cell)
+    rows["exact β, caliper (exact study)"] = np.array([exact.estimate.outcome(o.name).att for o in outs])
+    return {
+        "calib": calibration(pool, dp.beta, exact.fitter.beta),
+        "se": np.array([dp.estimate.outcome(o.name).se for o in outs]),
+        "truth": np.array([truth[o.name] for o in outs]),
+        "rows": rows,
+        "s_rule": s_rule,
+    }
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--seeds", type=int, default=50)
+    p.add_argument("--layout", default="k5_1k", choices=sorted(LAYOUTS))
+    p.add_argument("--epsilon", type=float, default=1.0)
+    args = p.parse_args(argv)
+    args.rules = {"width ±inf": dps.dp_width_edges, "support-bounded": support_edges}
+    t0, res = time.time(), []
+    for seed in range(args.seeds):
+        res.append(one_seed(seed, args))
+        if (seed + 1) % 10 == 0:
+            print(f"  {seed + 1}/{args.seeds} seeds, {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
+    se = np.mean([r["se"] for r in res], axis=0)
+    names = " / ".join(o.name for o in OUTCOMES)
+    print(f"noise-free bias ÷ mean DP SE ({names}); {args.seeds} seeds, {args.layout}, ε = {args.epsilon:g}")
+    print(f"strata by the rule: {sorted(set(r['s_rule'] for r in res))}")
+    for key in res[0]["rows"]:
+        b = np.mean([r["rows"][key] - r["truth"] for r in res], axis=0) / se
+        print(f"  {key:44s} " + " / ".join(f"{x:+.2f}" for x in b))
+    cal = np.array([r["calib"] for r in res])
+    print(
+        f"DP score on exact score over the rows: slope {cal[:, 0].mean():.2f} (SD {cal[:, 0].std():.2f}),"
+        f" correlation {cal[:, 1].mean():.3f} (SD {cal[:, 1].std():.3f})"
+    )
+    print(f"{time.time() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
