@@ -23,9 +23,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _coverage import wilson_interval  # noqa: E402
 from _layouts import LAYOUTS, NAMES, build_nodes  # noqa: E402
 
 from shared.dp import strata as dps  # noqa: E402
+from shared.dp.fitnoise import bias_aware_halfwidth  # noqa: E402
 from shared.dp.study_sim import run_dp_study  # noqa: E402
 from shared.dp.workflow import dp_grid  # noqa: E402
 from shared.psm.reference import estimate_att_federated  # noqa: E402
@@ -72,6 +74,18 @@ def calibration(pool, beta, beta_ref) -> tuple[float, float]:
     return float(c[0, 1] / c[1, 1]), float(c[0, 1] / np.sqrt(c[0, 0] * c[1, 1]))
 
 
+def stated_bound(est, name: str) -> float:
+    """The fit-bias bound the study put into this outcome's CI, in its SEs: the t with
+    ``bias_aware_halfwidth(se, t·se)`` equal to the CI's half-width (bisection)."""
+    o = est.outcome(name)
+    half = (o.ci[1] - o.ci[0]) / 2
+    lo, hi = 0.0, 50.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if bias_aware_halfwidth(se=o.se, bias=mid * o.se) < half else (lo, mid)
+    return lo
+
+
 def noisy_hist(pool, beta, sd: float, rng) -> np.ndarray:
     """``(G, 2)`` score histogram on the public grid at ``beta``, with the release's noise."""
     z, t, _ = pool
@@ -89,7 +103,9 @@ def one_seed(seed: int, args) -> dict:
         sites=[n.arrays for n in nodes],
         outcomes=outs,
         covariates=NAMES,
-        privacy=Privacy(epsilon=args.epsilon, secure_aggregation=True, unresolved_fit="warn"),
+        privacy=Privacy(
+            epsilon=args.epsilon, secure_aggregation=True, unresolved_fit="warn", ps_rounds=args.ps_rounds
+        ),
         rngs=[np.random.default_rng([seed, 19, i]) for i in range(len(nodes))],
     )
     k = len(nodes)
@@ -116,6 +132,8 @@ def one_seed(seed: int, args) -> dict:
                 rows[f"{label}, {name}, S={tag}"] = plug_in(pool, beta, e, outs, min_cell)
     rows["exact β, caliper (exact study)"] = np.array([exact.estimate.outcome(o.name).att for o in outs])
     return {
+        "ci": np.array([dp.estimate.outcome(o.name).ci for o in outs]),
+        "bound": np.array([stated_bound(dp.estimate, o.name) for o in outs]),
         "calib": calibration(pool, dp.beta, exact.fitter.beta),
         "se": np.array([dp.estimate.outcome(o.name).se for o in outs]),
         "truth": np.array([truth[o.name] for o in outs]),
@@ -129,6 +147,7 @@ def main(argv=None) -> None:
     p.add_argument("--seeds", type=int, default=50)
     p.add_argument("--layout", default="k5_1k", choices=sorted(LAYOUTS))
     p.add_argument("--epsilon", type=float, default=1.0)
+    p.add_argument("--ps-rounds", type=int, default=4, help="the fit's noisy Newton rounds (shipped: 4)")
     args = p.parse_args(argv)
     args.rules = {"width ±inf": dps.dp_width_edges, "support-bounded": support_edges}
     t0, res = time.time(), []
@@ -138,11 +157,30 @@ def main(argv=None) -> None:
             print(f"  {seed + 1}/{args.seeds} seeds, {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
     se = np.mean([r["se"] for r in res], axis=0)
     names = " / ".join(o.name for o in OUTCOMES)
-    print(f"noise-free bias ÷ mean DP SE ({names}); {args.seeds} seeds, {args.layout}, ε = {args.epsilon:g}")
+    head = f"{args.seeds} seeds, {args.layout}, ε = {args.epsilon:g}, {args.ps_rounds} fit rounds"
+    print(f"noise-free bias ÷ mean DP SE ({names}); {head}")
     print(f"strata by the rule: {sorted(set(r['s_rule'] for r in res))}")
     for key in res[0]["rows"]:
         b = np.mean([r["rows"][key] - r["truth"] for r in res], axis=0) / se
         print(f"  {key:44s} " + " / ".join(f"{x:+.2f}" for x in b))
+    d = np.mean(
+        [r["rows"]["DP β, width ±inf, S=rule"] - r["rows"]["exact β, width ±inf, S=rule"] for r in res],
+        axis=0,
+    )
+    bound = np.mean([r["bound"] for r in res], axis=0)
+    print(
+        "the fit's share (DP β minus exact β, same rule): "
+        + " / ".join(f"{x:+.2f}" for x in d / se)
+        + " SE; the fit-bias bound the CIs carry (mean): "
+        + " / ".join(f"{x:.2f}" for x in bound)
+        + " SE"
+    )
+    hit = np.array([(r["ci"][:, 0] <= r["truth"]) & (r["truth"] <= r["ci"][:, 1]) for r in res]).sum(0)
+    cover = []
+    for h in hit:
+        lo, hi = wilson_interval(int(h), len(res))
+        cover.append(f"{100 * h / len(res):.1f} % [{100 * lo:.1f}, {100 * hi:.1f}]")
+    print("the shipped study's coverage: " + " / ".join(cover))
     cal = np.array([r["calib"] for r in res])
     print(
         f"DP score on exact score over the rows: slope {cal[:, 0].mean():.2f} (SD {cal[:, 0].std():.2f}),"
