@@ -28,6 +28,8 @@ from _layouts import LAYOUTS, NAMES, build_nodes  # noqa: E402
 
 from shared.dp import strata as dps  # noqa: E402
 from shared.dp.fitnoise import bias_aware_halfwidth  # noqa: E402
+from shared.dp.forms import CENTER  # noqa: E402
+from shared.dp.mechanisms import project_psd  # noqa: E402
 from shared.dp.study_sim import run_dp_study  # noqa: E402
 from shared.dp.workflow import dp_grid  # noqa: E402
 from shared.psm.reference import estimate_att_federated  # noqa: E402
@@ -86,6 +88,25 @@ def stated_bound(est, name: str) -> float:
     return lo
 
 
+def floored_beta(pool, *, n_rounds: int, sigma_fit: float, average: bool = False) -> np.ndarray:
+    """The DP fit's rounds without their noise but with the Hessian floor that noise sets
+    (``sqrt(2(d + 1))·σ`` on the centred Hessian's eigenvalues, :func:`shared.dp.workflow.dp_ps_stats`),
+    from the same start (intercept log(n1/n0), slopes 0): is the floor alone what turns the score?
+    ``average``: the floor at round r divided by √r, what a running mean of the r released
+    Hessians would need (a sensitivity, not the shipped fit)."""
+    z, t, _ = pool
+    x = np.hstack([np.ones((len(t), 1)), z - CENTER])
+    b = np.zeros(x.shape[1])
+    b[0] = np.log(t.sum() / (len(t) - t.sum()))
+    floor = np.sqrt(2.0 * x.shape[1]) * sigma_fit
+    for r in range(1, n_rounds + 1):
+        p = 1.0 / (1.0 + np.exp(-(x @ b)))
+        g = x.T @ (t - p)
+        H = project_psd((x * (p * (1 - p))[:, None]).T @ x, floor=floor / (np.sqrt(r) if average else 1.0))
+        b = b + np.linalg.solve(H, g)
+    return np.concatenate(([b[0] - CENTER * b[1:].sum()], b[1:]))
+
+
 def noisy_hist(pool, beta, sd: float, rng) -> np.ndarray:
     """``(G, 2)`` score histogram on the public grid at ``beta``, with the release's noise."""
     z, t, _ = pool
@@ -123,6 +144,17 @@ def one_seed(seed: int, args) -> dict:
     n_t = float(pool[1].sum())
     s_rule = dps.dp_n_strata(n_treated=n_t, count_sigma=count_sd)
     rows: dict[str, np.ndarray] = {"shipped (merged)": plug_in(pool, dp.beta, dp.edges, outs, min_cell)}
+    fit_sd = dp.plan.release("ps_fit").total_sigma(k, secure_aggregation=True)
+    floored = floored_beta(pool, n_rounds=dp.plan.n_ps_rounds, sigma_fit=fit_sd)
+    h = noisy_hist(pool, floored, hist_sd, rng)
+    e = dps.dp_width_edges(
+        grid=dp_grid(beta=floored), treated_counts=h[:, 1], noise_sd=hist_sd, n_strata=s_rule
+    )
+    rows["floored noise-free β, width ±inf, S=rule"] = plug_in(pool, floored, e, outs, min_cell)
+    avg = floored_beta(pool, n_rounds=dp.plan.n_ps_rounds, sigma_fit=fit_sd, average=True)
+    h = noisy_hist(pool, avg, hist_sd, rng)
+    e = dps.dp_width_edges(grid=dp_grid(beta=avg), treated_counts=h[:, 1], noise_sd=hist_sd, n_strata=s_rule)
+    rows["floor/√r noise-free β, width ±inf, S=rule"] = plug_in(pool, avg, e, outs, min_cell)
     for label, beta in (("DP β", dp.beta), ("exact β", exact.fitter.beta)):
         h = noisy_hist(pool, beta, hist_sd, rng)
         grid = dp_grid(beta=beta)
@@ -141,6 +173,7 @@ def one_seed(seed: int, args) -> dict:
         "ci": np.array([dp.estimate.outcome(o.name).ci for o in outs]),
         "bound": np.array([stated_bound(dp.estimate, o.name) for o in outs]),
         "calib": calibration(pool, dp.beta, exact.fitter.beta),
+        "calib_floor": calibration(pool, floored, exact.fitter.beta),
         "se": np.array([dp.estimate.outcome(o.name).se for o in outs]),
         "truth": np.array([truth[o.name] for o in outs]),
         "rows": rows,
@@ -195,6 +228,11 @@ def main(argv=None) -> None:
     cal = np.array([r["calib"] for r in res])
     print(
         f"DP score on exact score over the rows: slope {cal[:, 0].mean():.2f} (SD {cal[:, 0].std():.2f}),"
+        f" correlation {cal[:, 1].mean():.3f} (SD {cal[:, 1].std():.3f})"
+    )
+    cal = np.array([r["calib_floor"] for r in res])
+    print(
+        f"floored noise-free score on exact score: slope {cal[:, 0].mean():.2f} (SD {cal[:, 0].std():.2f}),"
         f" correlation {cal[:, 1].mean():.3f} (SD {cal[:, 1].std():.3f})"
     )
     print(f"{time.time() - t0:.0f} s")
