@@ -6,7 +6,9 @@ of ``bench_cap_coverage.py``) at a given β and given edges against the truth, i
 DP study's SE, for candidate stratum rules. Edges are made from a score histogram at that β on
 the public grid with the plan's ``score_hist`` noise added (what the study releases), so every
 rule reads only what a coordinator could read. Cells enter when both arms' counts reach the
-study's ``dp_min_cell``::
+study's ``dp_min_cell``. Beside the stratum rules it runs the DP fit's rounds without noise at
+the noise's Hessian floor (is the floor what turns the score?), compares the fit's share of the
+bias with the fit-bias bound the CIs carry, and prints the shipped study's coverage::
 
     .venv/bin/python bench/bench_dp_strata.py --seeds 50
 """
