@@ -40,6 +40,8 @@ import math
 
 import numpy as np
 
+from shared.dp.plan import CAP_SHARE, single_release_multiplier
+
 __all__ = [
     "CAP_QUANTILE",
     "CAP_SHARE",
@@ -56,9 +58,6 @@ __all__ = [
 
 #: The quantile the proposed cap sits at (module docstring: fixed in advance, not tuned).
 CAP_QUANTILE = 0.995
-#: Share of the study's privacy loss (zCDP ρ) the histogram takes, fixed in advance: that of
-#: describe's counts (``BudgetSplit.describe``), like them one count per row per outcome.
-CAP_SHARE = 0.05
 #: Bins per halving: edges a factor 2^(1/2) apart.
 _PER_OCTAVE = 2
 #: The lowest positive edge, 2^-10 of the span (≈ 98 claims units at a 100,000 cap).
@@ -130,7 +129,6 @@ def cap_budget(
     (18.9, True)
     """
     from shared.dp.accounting import epsilon_spent
-    from shared.dp.plan import single_release_multiplier
 
     if not 0.0 < share < 1.0:
         raise ValueError(f"share must lie in (0, 1), got {share!r}")

@@ -98,6 +98,11 @@ from shared.dp.sensitivity import (
 )
 from shared.errors import PrivacyError
 
+#: Share of the study's privacy loss (zCDP ρ) the large-loss cap's histogram takes
+#: (:mod:`shared.dp.capquantile`), fixed in advance: that of describe's counts
+#: (``BudgetSplit.describe``), like them one count per row per outcome. Here, with the other
+#: shares, so the plan need not import the cap's module.
+CAP_SHARE = 0.05
 #: The sensitivity a plan records for ``psm_wsum``: a unit. That release's Δ depends on the
 #: largest weight the query asks for (:func:`shared.dp.sensitivity.psm_wsum_sensitivity`); the
 #: plan fixes its noise multiplier μ, and σ = μ·Δ follows from the query
@@ -105,6 +110,7 @@ from shared.errors import PrivacyError
 UNIT_SENSITIVITY = 1.0
 
 __all__ = [
+    "CAP_SHARE",
     "DEFAULT_PS_ROUNDS",
     "DR_SLOPE_SHARE",
     "NoisePlan",
@@ -306,8 +312,6 @@ def _release_shares(
     robust study's (``dr_slope`` in place of ``psm_wsum``); with ``cap_round`` the cap
     histogram first, at its fixed share, and the other shares scaled to the rest."""
     if cap_round:
-        from shared.dp.capquantile import CAP_SHARE
-
         rest = _release_shares(split, n_ps_rounds, dr=dr)
         return [("cap_hist", 0, CAP_SHARE)] + [(q, i, (1.0 - CAP_SHARE) * s) for q, i, s in rest]
     ps_each = split.ps_fit / (n_ps_rounds + 1)
