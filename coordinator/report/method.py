@@ -143,9 +143,21 @@ def _propensity(result: StudyResult) -> str:
     )
     return (
         f"Logistic regression of treatment on {k} covariates, each scaled to [0, 1] by its public "
-        f"bounds, with an intercept and a ridge penalty of {fed.get('ridge', 'n/a')}; fitted by "
-        f"Newton steps on the sites' summed gradients and Hessians (no row leaves a site): {fit}."
+        f"bounds{_terms(spec)}, with an intercept and a ridge penalty of {fed.get('ridge', 'n/a')}; "
+        f"fitted by Newton steps on the sites' summed gradients and Hessians (no row leaves a site): {fit}."
     )
+
+
+def _terms(spec: dict) -> str:
+    """The derived terms of the spec's ``[terms]`` (shared/terms.py), as a clause; "" if none."""
+    terms = spec.get("terms") or {}
+    squares = [c["name"] for c in spec.get("covariates", []) if c.get("kind") == "continuous"]
+    parts = []
+    if terms.get("squares") == "continuous" and squares:
+        parts.append(f"the squares of the {len(squares)} continuous ones")
+    if terms.get("interactions"):
+        parts.append("the products " + ", ".join(terms["interactions"]))
+    return ", plus " + " and ".join(parts) + " (computed at each site, declared in the spec)" if parts else ""
 
 
 def _strata(result: StudyResult, strata: tuple[StratumRow, ...], a: Attrition) -> str:

@@ -60,6 +60,11 @@ def test_a_spec_without_terms_hashes_as_before_and_one_with_terms_does_not():
     with_terms = _spec(terms={"squares": "continuous"})
     assert with_terms.spec_hash() != plain.spec_hash()
     assert len(with_terms.design_covariates) == 16 + 11
+    # the report's method section names them; a spec without them reads as before
+    from coordinator.report.method import _terms
+
+    assert "squares of the 11 continuous" in _terms(with_terms.model_dump(mode="json"))
+    assert _terms(plain.model_dump(mode="json")) == ""
     # the grant signs the terms only when there are some: old grants keep their bytes
     assert "design_terms" not in StudyQuery.study_grant(plain, "g" * 16).terms
     assert StudyQuery.study_grant(with_terms, "g" * 16).terms["design_terms"]["squares"] == "continuous"
