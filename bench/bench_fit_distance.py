@@ -40,14 +40,45 @@ from shared.synth.outcomes import OUTCOMES  # noqa: E402
 logging.getLogger("rehealth.coordinator").setLevel(logging.ERROR)
 
 
-def next_step(z, t, beta, sigma: float, rng) -> np.ndarray:
+def scaled_floor(scale: float) -> None:
+    """Run the study with the fit's Hessian floor times ``scale`` (a sensitivity: does a lower
+    floor turn the floor's shrinkage, which the bound does not hold, into noise, which it does?)."""
+    import math
+
+    import shared.driver as driver
+    from shared.dp.forms import ps_from_release
+    from shared.psm.propensity import PsStats
+
+    def stats(*, g, H, plan, n_nodes, secure_aggregation=False):
+        g = np.asarray(g, dtype=float).reshape(-1)
+        sigma = plan.release("ps_fit").total_sigma(n_nodes, secure_aggregation=secure_aggregation)
+        floor = scale * math.sqrt(2.0 * g.size) * sigma
+        g, H = ps_from_release(g=g, H=project_psd(np.asarray(H, dtype=float), floor=floor))
+        return PsStats(n=0, g=g, H=H, loglik=0.0)
+
+    driver.dp_ps_stats = stats  # type: ignore[assignment]
+
+
+def dr_studies() -> None:
+    """Run the study with the doubly robust estimator (``estimator = "dr"``, shared/dp/drstudy.py)."""
+    import shared.dp.study_sim as sim
+
+    plain = sim.dp_spec
+
+    def spec(**kw):
+        return plain(**kw).model_copy(update={"estimator": "dr"})
+
+    sim.dp_spec = spec  # type: ignore[assignment]
+
+
+def next_step(z, t, beta, sigma: float, rng, scale: float = 1.0) -> np.ndarray:
     """Slopes of the Newton step one more noisy, floored ``ps_fit`` release at ``beta`` would take."""
     x = np.hstack([np.ones((len(t), 1)), z - CENTER])
     bc = np.concatenate(([beta[0] + CENTER * beta[1:].sum()], beta[1:]))
     p = 1.0 / (1.0 + np.exp(-(x @ bc)))
     g = x.T @ (t - p) + rng.normal(0.0, sigma, x.shape[1])
     H = (x * (p * (1 - p))[:, None]).T @ x + rng.normal(0.0, sigma, (x.shape[1], x.shape[1]))
-    H = project_psd(H, floor=np.sqrt(2.0 * x.shape[1]) * sigma)
+    H = project_psd(H, floor=scale * np.sqrt(2.0 * x.shape[1]) * sigma)
     return np.linalg.solve(H, g)[1:]
 
 
@@ -73,7 +104,7 @@ def one_seed(seed: int, args) -> dict:
         nodes=[(n.arrays.z, n.arrays.t, n.y_raw) for n in nodes], outcomes=outs, covariates=NAMES
     )
     sigma = dp.plan.release("ps_fit").total_sigma(k, secure_aggregation=True)
-    delta = next_step(z, t, dp.beta, sigma, np.random.default_rng([seed, 88]))
+    delta = next_step(z, t, dp.beta, sigma, np.random.default_rng([seed, 88]), args.floor_scale)
     sd = np.clip(z.std(0), 0.0, 0.5)
     var_s = float(np.var(dp.beta[0] + z @ dp.beta[1:]))
     s_step = float(sd @ np.abs(delta)) ** 2 / var_s
@@ -94,6 +125,7 @@ def one_seed(seed: int, args) -> dict:
         "step": form(removed, s_step) / se,
         "realised": form(removed, 1.0 - rho2) / se,
         "s": (s_step, 1.0 - rho2),
+        "calib": calibration((z, t, y), dp.beta, exact.fitter.beta),
         "hit": np.array([o.ci[0] <= x <= o.ci[1] for o, x in zip(est, tr)]),
         "hit_step": np.abs(att - tr) <= half,
     }
@@ -113,14 +145,23 @@ def main(argv=None) -> None:
     p.add_argument("--seeds", type=int, default=50)
     p.add_argument("--layout", default="k5_1k", choices=sorted(LAYOUTS))
     p.add_argument("--epsilon", type=float, default=1.0)
+    p.add_argument("--floor-scale", type=float, default=1.0, help="the Hessian floor times this (shipped: 1)")
+    p.add_argument("--dr", action="store_true", help="the doubly robust estimator (shipped: stratified)")
     args = p.parse_args(argv)
+    if args.dr:
+        dr_studies()
+    if args.floor_scale != 1.0:
+        scaled_floor(args.floor_scale)
     t0, res = time.time(), []
     for seed in range(args.seeds):
         res.append(one_seed(seed, args))
         if (seed + 1) % 10 == 0:
             print(f"  {seed + 1}/{args.seeds} seeds, {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
     names = " / ".join(o.name for o in OUTCOMES)
-    print(f"{args.seeds} seeds, {args.layout}, ε = {args.epsilon:g}, SecAgg+ ({names})")
+    print(
+        f"{args.seeds} seeds, {args.layout}, ε = {args.epsilon:g}, SecAgg+, floor ×{args.floor_scale:g},"
+        f" {'DR' if args.dr else 'stratified'} ({names})"
+    )
     for key, label in (
         ("shipped", "shipped bound (last step's noise)"),
         ("step", "one more noisy floored step's share"),
@@ -139,6 +180,8 @@ def main(argv=None) -> None:
         f"  share s: step median {np.median(s[:, 0]):.3f}, realised 1 − ρ² median {np.median(s[:, 1]):.3f}; "
         f"corr {np.corrcoef(s[:, 0], s[:, 1])[0, 1]:.2f}"
     )
+    cal = np.array([r["calib"] for r in res])
+    print(f"  DP score on exact score: slope {cal[:, 0].mean():.2f}, correlation {cal[:, 1].mean():.3f}")
     print("  coverage, shipped CI: " + _cov([r["hit"] for r in res]))
     print("  coverage, + the step's bound: " + _cov([r["hit_step"] for r in res]))
     print(f"{time.time() - t0:.0f} s")
