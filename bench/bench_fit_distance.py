@@ -71,15 +71,19 @@ def dr_studies() -> None:
     sim.dp_spec = spec  # type: ignore[assignment]
 
 
-def next_step(z, t, beta, sigma: float, rng, scale: float = 1.0) -> np.ndarray:
-    """Slopes of the Newton step one more noisy, floored ``ps_fit`` release at ``beta`` would take."""
+def next_step(z, t, beta, sigma: float, rng, scale: float = 1.0) -> tuple[np.ndarray, int]:
+    """Slopes of the Newton step one more noisy, floored ``ps_fit`` release at ``beta`` would
+    take, and how many of the released Hessian's eigenvalues the floor raised (which the
+    coordinator sees)."""
     x = np.hstack([np.ones((len(t), 1)), z - CENTER])
     bc = np.concatenate(([beta[0] + CENTER * beta[1:].sum()], beta[1:]))
     p = 1.0 / (1.0 + np.exp(-(x @ bc)))
     g = x.T @ (t - p) + rng.normal(0.0, sigma, x.shape[1])
     H = (x * (p * (1 - p))[:, None]).T @ x + rng.normal(0.0, sigma, (x.shape[1], x.shape[1]))
-    H = project_psd(H, floor=scale * np.sqrt(2.0 * x.shape[1]) * sigma)
-    return np.linalg.solve(H, g)[1:]
+    floor = scale * np.sqrt(2.0 * x.shape[1]) * sigma
+    n_floored = int(np.sum(np.linalg.eigvalsh((H + H.T) / 2) < floor))
+    H = project_psd(H, floor=floor)
+    return np.linalg.solve(H, g)[1:], n_floored
 
 
 def form(removed, s: float) -> np.ndarray:
@@ -104,7 +108,7 @@ def one_seed(seed: int, args) -> dict:
         nodes=[(n.arrays.z, n.arrays.t, n.y_raw) for n in nodes], outcomes=outs, covariates=NAMES
     )
     sigma = dp.plan.release("ps_fit").total_sigma(k, secure_aggregation=True)
-    delta = next_step(z, t, dp.beta, sigma, np.random.default_rng([seed, 88]), args.floor_scale)
+    delta, n_floored = next_step(z, t, dp.beta, sigma, np.random.default_rng([seed, 88]), args.floor_scale)
     sd = np.clip(z.std(0), 0.0, 0.5)
     var_s = float(np.var(dp.beta[0] + z @ dp.beta[1:]))
     s_step = float(sd @ np.abs(delta)) ** 2 / var_s
@@ -125,6 +129,7 @@ def one_seed(seed: int, args) -> dict:
         "step": form(removed, s_step) / se,
         "realised": form(removed, 1.0 - rho2) / se,
         "s": (s_step, 1.0 - rho2),
+        "floored": n_floored,
         "calib": calibration((z, t, y), dp.beta, exact.fitter.beta),
         "hit": np.array([o.ci[0] <= x <= o.ci[1] for o, x in zip(est, tr)]),
         "hit_step": np.abs(att - tr) <= half,
@@ -179,6 +184,11 @@ def main(argv=None) -> None:
     print(
         f"  share s: step median {np.median(s[:, 0]):.3f}, realised 1 − ρ² median {np.median(s[:, 1]):.3f}; "
         f"corr {np.corrcoef(s[:, 0], s[:, 1])[0, 1]:.2f}"
+    )
+    fl = np.array([r["floored"] for r in res])
+    print(
+        f"  eigenvalues the floor raises (of {len(NAMES) + 1}): median {np.median(fl):.0f},"
+        f" range {fl.min()}–{fl.max()}"
     )
     cal = np.array([r["calib"] for r in res])
     print(f"  DP score on exact score: slope {cal[:, 0].mean():.2f}, correlation {cal[:, 1].mean():.3f}")
