@@ -56,7 +56,7 @@ def scaled_floor(scale: float) -> None:
         g, H = ps_from_release(g=g, H=project_psd(np.asarray(H, dtype=float), floor=floor))
         return PsStats(n=0, g=g, H=H, loglik=0.0)
 
-    driver.dp_ps_stats = stats  # type: ignore[assignment]
+    driver.dp_ps_stats = stats
 
 
 def dr_studies() -> None:
@@ -68,7 +68,7 @@ def dr_studies() -> None:
     def spec(**kw):
         return plain(**kw).model_copy(update={"estimator": "dr"})
 
-    sim.dp_spec = spec  # type: ignore[assignment]
+    sim.dp_spec = spec
 
 
 def next_step(z, t, beta, sigma: float, rng, scale: float = 1.0) -> tuple[np.ndarray, int]:
