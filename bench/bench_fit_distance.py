@@ -173,7 +173,7 @@ def main(argv=None) -> None:
         ("realised", "the form at the realised 1 − ρ²"),
     ):
         v = np.median([r[key] for r in res], axis=0)
-        m = np.mean([np.where(np.isfinite(r[key]), r[key], np.nan) for r in res], axis=0)
+        m = np.nanmean([np.where(np.isfinite(r[key]), r[key], np.nan) for r in res], axis=0)  # finite only
         print(
             f"  {label:40s} median "
             + " / ".join(f"{x:.2f}" for x in v)
