@@ -78,7 +78,7 @@ def test_the_secure_sum_is_the_sum_of_the_nodes_answers(spec, tmp_path):
     assert all(a.meta["epsilon_spent"] > 0 for s, a in got.items() if s != SECURE_SUM)
 
 
-def test_a_secure_study_charges_the_central_sigma_and_narrows_the_ci(spec, tmp_path):
+def test_a_secure_study_charges_the_central_sigma_and_each_release_carries_it(spec, tmp_path):
     local_fed, local_grant = _fed(_dp(spec, epsilon=4.0), tmp_path / "local")
     local = run_study(_dp(spec, epsilon=4.0), local_fed, grant=local_grant)
     secure_spec = _dp(spec, epsilon=4.0, secure_aggregation=True)
@@ -104,16 +104,17 @@ def test_a_secure_study_charges_the_central_sigma_and_narrows_the_ci(spec, tmp_p
             {r.query: r.sensitivity for r in secure.plan.releases if r.query != "psm_wsum"}
         )
         assert secure.privacy_spent[s.name] <= 4.0 + 1e-9
-    # each node adds σ/√3 instead of σ, and the table's share of ρ is at least as large
-    table = lambda run, sa: run.plan.release("psm_main").total_sigma(3, secure_aggregation=sa)  # noqa: E731
-    assert table(secure, True) <= table(local, False) / 3**0.5 * (1 + 1e-9)
-    # the privacy SE scales about as σ·√(strata); strata come from a noisy histogram, so their
-    # number varies from run to run (12 vs 20 seen) and the SE itself may even come out larger
-    # (1 run in 4 here). Per stratum the secure study's noise is √3 smaller: with that margin,
-    # its privacy SE per √stratum is below the plain study's
-    strata = lambda run: len(run.table.edges) - 1  # noqa: E731
-    for a, b in zip(local.estimate.outcomes, secure.estimate.outcomes):
-        assert b.se_privacy / strata(secure) ** 0.5 < a.se_privacy / strata(local) ** 0.5
+    # each node adds σ/√3 instead of σ: every release after describe reaches the coordinator with
+    # the noise of one central release, √3 less than the plain study's three nodes' σ each
+    total = lambda run, q, sa: run.plan.release(q).total_sigma(3, secure_aggregation=sa)  # noqa: E731
+    after_describe = {r.query for r in secure.plan.releases} - {"describe"}
+    assert after_describe >= {"ps_fit", "psm_main", "psm_wsum"}
+    for q in after_describe:
+        assert total(secure, q, True) <= total(local, q, False) / 3**0.5 * (1 + 1e-9), q
+    # The CI itself is not compared here: each study's privacy SE also depends on its own noisy
+    # counts (the weights, the merged strata), so one pair of runs can order either way (seen
+    # in CI: 680 vs 635 on claims with 18 strata each). What SecAgg+ buys in CI width is
+    # measured over 200 seeds by bench/bench_privacy.py --levers (docs/benchmarks/privacy_levers.md).
 
 
 def test_a_node_never_releases_a_noise_share_in_a_plain_reply(spec, tmp_path):
