@@ -200,6 +200,11 @@ def main() -> None:
             f"skewness of err/SE {sst.skew(e_all / r['shipped']):.2f}, "
             f"CV of shipped SE {r['shipped'].std() / r['shipped'].mean():.2f}"
         )
+        se = r["shipped"]
+        print(
+            f"  misses above the CI (estimate too high) {int(np.sum(e_all > Z95 * se))}, "
+            f"below {int(np.sum(e_all < -Z95 * se))}"
+        )
         q = sst.t.ppf(0.975, r["dof"])
         cov = int(np.sum(np.abs(e_all) <= q * r["shipped"]))
         lo, hi = wilson_interval(cov, e.size)
