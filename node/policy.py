@@ -77,6 +77,9 @@ _SHARE_OF = {
     "psm_wsum": "psm_stats",
     "psm_balance": "balance",
     "dr_slope": "psm_stats",
+    "nc_main": "psm_stats",  # the negative controls' (shared/dp/plan.py: on top, at psm_stats' shares)
+    "nc_sumsq": "psm_stats",
+    "nc_wsum": "psm_stats",
 }
 
 

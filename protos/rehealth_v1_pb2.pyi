@@ -112,7 +112,7 @@ class BudgetSplit(_message.Message):
     def __init__(self, describe: _Optional[float] = ..., ps_fit: _Optional[float] = ..., psm_stats: _Optional[float] = ..., balance: _Optional[float] = ...) -> None: ...
 
 class PrivacyQuery(_message.Message):
-    __slots__ = ("epsilon", "delta", "split", "n_ps_rounds", "accountant", "resplit", "secure_nodes", "secure_aggregation", "estimator", "cap_round", "caps")
+    __slots__ = ("epsilon", "delta", "split", "n_ps_rounds", "accountant", "resplit", "secure_nodes", "secure_aggregation", "estimator", "cap_round", "caps", "negative_controls")
     EPSILON_FIELD_NUMBER: _ClassVar[int]
     DELTA_FIELD_NUMBER: _ClassVar[int]
     SPLIT_FIELD_NUMBER: _ClassVar[int]
@@ -124,6 +124,7 @@ class PrivacyQuery(_message.Message):
     ESTIMATOR_FIELD_NUMBER: _ClassVar[int]
     CAP_ROUND_FIELD_NUMBER: _ClassVar[int]
     CAPS_FIELD_NUMBER: _ClassVar[int]
+    NEGATIVE_CONTROLS_FIELD_NUMBER: _ClassVar[int]
     epsilon: float
     delta: float
     split: BudgetSplit
@@ -135,7 +136,8 @@ class PrivacyQuery(_message.Message):
     estimator: Estimator
     cap_round: bool
     caps: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., split: _Optional[_Union[BudgetSplit, _Mapping]] = ..., n_ps_rounds: _Optional[int] = ..., accountant: _Optional[_Union[Accountant, str]] = ..., resplit: _Optional[_Union[BudgetSplit, _Mapping]] = ..., secure_nodes: _Optional[int] = ..., secure_aggregation: _Optional[bool] = ..., estimator: _Optional[_Union[Estimator, str]] = ..., cap_round: _Optional[bool] = ..., caps: _Optional[_Iterable[float]] = ...) -> None: ...
+    negative_controls: int
+    def __init__(self, epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., split: _Optional[_Union[BudgetSplit, _Mapping]] = ..., n_ps_rounds: _Optional[int] = ..., accountant: _Optional[_Union[Accountant, str]] = ..., resplit: _Optional[_Union[BudgetSplit, _Mapping]] = ..., secure_nodes: _Optional[int] = ..., secure_aggregation: _Optional[bool] = ..., estimator: _Optional[_Union[Estimator, str]] = ..., cap_round: _Optional[bool] = ..., caps: _Optional[_Iterable[float]] = ..., negative_controls: _Optional[int] = ...) -> None: ...
 
 class Describe(_message.Message):
     __slots__ = ()
@@ -274,7 +276,7 @@ class PsFitReply(_message.Message):
     def __init__(self, n: _Optional[_Union[Tensor, _Mapping]] = ..., g: _Optional[_Union[Tensor, _Mapping]] = ..., H: _Optional[_Union[Tensor, _Mapping]] = ..., loglik: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class PsmStatsReply(_message.Message):
-    __slots__ = ("edges", "count", "sum_y", "sumsq_y", "sum_z", "sumsq_z", "zz_c", "zy_c", "slope_count", "slope_sum_y", "slope_sum_z")
+    __slots__ = ("edges", "count", "sum_y", "sumsq_y", "sum_z", "sumsq_z", "zz_c", "zy_c", "slope_count", "slope_sum_y", "slope_sum_z", "nc_sum_y", "nc_sumsq_y")
     EDGES_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     SUM_Y_FIELD_NUMBER: _ClassVar[int]
@@ -286,6 +288,8 @@ class PsmStatsReply(_message.Message):
     SLOPE_COUNT_FIELD_NUMBER: _ClassVar[int]
     SLOPE_SUM_Y_FIELD_NUMBER: _ClassVar[int]
     SLOPE_SUM_Z_FIELD_NUMBER: _ClassVar[int]
+    NC_SUM_Y_FIELD_NUMBER: _ClassVar[int]
+    NC_SUMSQ_Y_FIELD_NUMBER: _ClassVar[int]
     edges: Tensor
     count: Tensor
     sum_y: Tensor
@@ -297,7 +301,9 @@ class PsmStatsReply(_message.Message):
     slope_count: Tensor
     slope_sum_y: Tensor
     slope_sum_z: Tensor
-    def __init__(self, edges: _Optional[_Union[Tensor, _Mapping]] = ..., count: _Optional[_Union[Tensor, _Mapping]] = ..., sum_y: _Optional[_Union[Tensor, _Mapping]] = ..., sumsq_y: _Optional[_Union[Tensor, _Mapping]] = ..., sum_z: _Optional[_Union[Tensor, _Mapping]] = ..., sumsq_z: _Optional[_Union[Tensor, _Mapping]] = ..., zz_c: _Optional[_Union[Tensor, _Mapping]] = ..., zy_c: _Optional[_Union[Tensor, _Mapping]] = ..., slope_count: _Optional[_Union[Tensor, _Mapping]] = ..., slope_sum_y: _Optional[_Union[Tensor, _Mapping]] = ..., slope_sum_z: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    nc_sum_y: Tensor
+    nc_sumsq_y: Tensor
+    def __init__(self, edges: _Optional[_Union[Tensor, _Mapping]] = ..., count: _Optional[_Union[Tensor, _Mapping]] = ..., sum_y: _Optional[_Union[Tensor, _Mapping]] = ..., sumsq_y: _Optional[_Union[Tensor, _Mapping]] = ..., sum_z: _Optional[_Union[Tensor, _Mapping]] = ..., sumsq_z: _Optional[_Union[Tensor, _Mapping]] = ..., zz_c: _Optional[_Union[Tensor, _Mapping]] = ..., zy_c: _Optional[_Union[Tensor, _Mapping]] = ..., slope_count: _Optional[_Union[Tensor, _Mapping]] = ..., slope_sum_y: _Optional[_Union[Tensor, _Mapping]] = ..., slope_sum_z: _Optional[_Union[Tensor, _Mapping]] = ..., nc_sum_y: _Optional[_Union[Tensor, _Mapping]] = ..., nc_sumsq_y: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class ScoreHistReply(_message.Message):
     __slots__ = ("count",)
@@ -306,10 +312,12 @@ class ScoreHistReply(_message.Message):
     def __init__(self, count: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class PsmWsumReply(_message.Message):
-    __slots__ = ("wsum",)
+    __slots__ = ("wsum", "nc_wsum")
     WSUM_FIELD_NUMBER: _ClassVar[int]
+    NC_WSUM_FIELD_NUMBER: _ClassVar[int]
     wsum: Tensor
-    def __init__(self, wsum: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    nc_wsum: Tensor
+    def __init__(self, wsum: _Optional[_Union[Tensor, _Mapping]] = ..., nc_wsum: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class CapHistReply(_message.Message):
     __slots__ = ("count",)

@@ -27,7 +27,7 @@ from shared.dp.forms import release_arrays
 from shared.dp.mechanisms import release as gaussian_release
 from shared.dp.plan import NoisePlan, PlannedRelease
 from shared.dp.workflow import dp_grid
-from shared.dp.wsum import node_weights, weighted_sums
+from shared.dp.wsum import node_weights, weighted_sums, wsum_sensitivity
 from shared.errors import QueryRefused
 from shared.protocol import (
     CONTROL_OPS,
@@ -54,6 +54,7 @@ __all__ = [
     "check_edges",
     "NodeLedger",
     "check_query",
+    "split_controls",
     "control_op",
     "dp_release",
     "exact_answer",
@@ -288,6 +289,8 @@ def planned_releases(query: StudyQuery, plan: NoisePlan) -> dict[str, PlannedRel
     by, the largest weight it is asked for, computed from the query before any data is read.
     """
     out = {}
+    n_controls = query.privacy.negative_controls if query.privacy is not None else 0
+    n_outcomes = len(query.outcomes) - n_controls
     for op in query.ops:
         if isinstance(op, PsmStats) and op.slope and not plan.has("dr_slope"):
             raise QueryRefused("psm_stats: this study's noise plan has no dr_slope release")
@@ -297,9 +300,37 @@ def planned_releases(query: StudyQuery, plan: NoisePlan) -> dict[str, PlannedRel
             if not plan.has(name) or (name == "dr_slope" and not (isinstance(op, PsmStats) and op.slope)):
                 continue
             rel = plan.release(name)
-            if isinstance(op, PsmWsum):
-                rel = rel.for_sensitivity(_wsum_weights(op, n_outcomes=len(query.outcomes))[2])
+            if isinstance(op, PsmWsum):  # each of the two sums' own centres: outcomes | controls
+                v, centers, _ = _wsum_weights(op, n_outcomes=len(query.outcomes))
+                part = centers[..., :n_outcomes] if name == "psm_wsum" else centers[..., n_outcomes:]
+                rel = rel.for_sensitivity(wsum_sensitivity(v, part))
             out[name] = rel
+    if n_controls and any(op.op in ("psm_stats", "psm_wsum") for op in query.ops):
+        missing = [n for op in query.ops for n in _NC_OF.get(op.op, ()) if n not in out]
+        if missing:  # the signed plan releases the controls apart: never with the outcomes
+            raise QueryRefused(f"the study's noise plan lacks its negative controls' {missing[0]} release")
+    return out
+
+
+#: The negative controls' release beside each operation's outcomes' release (issue #21).
+_NC_OF = {"psm_stats": ("nc_main", "nc_sumsq"), "psm_wsum": ("nc_wsum",)}
+
+
+def split_controls(op: str, arrays: Mapping[str, np.ndarray], n_controls: int) -> dict[str, np.ndarray]:
+    """An exact answer with its last ``n_controls`` outcomes (the study's negative controls,
+    signed) moved apart: ``sum_y``, ``sumsq_y``, ``zy_c`` and ``wsum`` keep the outcomes only,
+    ``nc_sum_y``, ``nc_sumsq_y`` and ``nc_wsum`` hold the controls (the ``nc_*`` releases).
+    Unchanged when ``n_controls`` is 0."""
+    out = dict(arrays)
+    if not n_controls:
+        return out
+    last = {"sum_y": "nc_sum_y", "sumsq_y": "nc_sumsq_y", "wsum": "nc_wsum", "zy_c": None}
+    for key, nc_key in last.items():
+        if key in out:
+            a = np.asarray(out[key], dtype=float)
+            if nc_key is not None:
+                out[nc_key] = a[..., -n_controls:]
+            out[key] = a[..., :-n_controls]
     return out
 
 
@@ -371,6 +402,7 @@ def dp_release(query: StudyQuery, plan: NoisePlan, rng: np.random.Generator) -> 
 
     def release(op: str, arrays: dict) -> dict:
         out: dict = {}
+        arrays = split_controls(op, arrays, privacy.negative_controls)
         for name in DP_RELEASES[op]:
             if name in planned:
                 out.update(

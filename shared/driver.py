@@ -74,6 +74,7 @@ from shared.protocol import (
     Reserve,
     ScoreHist,
     StudyQuery,
+    controls_apart,
 )
 from shared.psm.dr import DrStats, estimate_dr, with_dr
 from shared.psm.estimator import AttEstimate, Check, estimate_att
@@ -299,12 +300,14 @@ def _run_exact(spec: StudySpec, rounds: _Rounds, run: StudyRun, fed: Federation)
 def noise_plan(spec: StudySpec) -> NoisePlan:
     """The DP study's public noise plan before describe (each node derives the same)."""
     p = spec.privacy
+    c = controls_apart(spec)
     return plan_study(
         epsilon=p.epsilon,
         delta=p.delta,
         split=p.split,
         n_covariates=len(spec.design_covariates),
-        n_outcomes=len(spec.analysed_outcomes),
+        n_outcomes=len(spec.analysed_outcomes) - c,
+        n_negative_controls=c,
         n_ps_rounds=p.ps_rounds,
         accountant=p.accountant,
         estimator=spec.estimator,

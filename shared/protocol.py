@@ -148,10 +148,24 @@ DP_RELEASES: dict[str, tuple[str, ...]] = {
     "describe": ("describe",),
     "ps_fit": ("ps_fit",),
     "score_hist": ("score_hist",),
-    "psm_stats": ("psm_main", "psm_sumsq", "psm_balance", "dr_slope"),
-    "psm_wsum": ("psm_wsum",),
+    "psm_stats": ("psm_main", "psm_sumsq", "psm_balance", "dr_slope", "nc_main", "nc_sumsq"),
+    "psm_wsum": ("psm_wsum", "nc_wsum"),
     "cap_hist": ("cap_hist",),
 }
+
+
+#: Whether a DP study releases its negative controls apart (``nc_*``, issue #21). Off until the
+#: coordinator's estimates read those releases (:func:`controls_apart`): the plan, the signed
+#: count and the node's releases and checks are in place and tested; the driver's estimate of
+#: the controls from their own releases is not yet.
+NEGATIVE_CONTROLS_APART = False
+
+
+def controls_apart(spec: StudySpec) -> int:
+    """C, the negative controls a DP study releases apart (0: none, or they ride along)."""
+    if not (NEGATIVE_CONTROLS_APART and spec.privacy.enabled):
+        return 0
+    return len(spec.negative_controls)
 
 
 class PrivacyQuery(_Model):
@@ -183,20 +197,37 @@ class PrivacyQuery(_Model):
     #: it): not signed (the data chose them, through the noisy histogram); each node checks them
     #: against its policy (:meth:`node.policy.NodePolicy.check`) and answers on outcomes capped there
     caps: tuple[float, ...] = ()
+    #: C: the query's last C outcomes are the study's negative controls, released apart from
+    #: the outcomes (``nc_*``, :func:`shared.dp.plan.plan_study`). Signed with the study (a node
+    #: never takes a control for one on the coordinator's word: the controls are paid on top of
+    #: the study's ε); 0 (left out of the signed terms, so older grants match): none apart
+    negative_controls: int = Field(default=0, ge=0)
 
     def share(self, release: str) -> int:
         """Over how many nodes' noise a release's σ is split (1: all of it at this node)."""
         return self.secure_nodes if self.secure_nodes is not None and secured(release) else 1
 
     def plan(self, *, n_covariates: int, n_outcomes: int):
-        from shared.dp.plan import plan_study
+        """The noise plan of a query of ``n_outcomes`` outcomes, the last
+        :attr:`negative_controls` of them the negative controls released apart.
 
+        Raises:
+            PrivacyError: the controls leave no outcome.
+        """
+        from shared.dp.plan import plan_study
+        from shared.errors import PrivacyError
+
+        if n_outcomes - self.negative_controls < 1:
+            raise PrivacyError(
+                f"{self.negative_controls} negative controls among {n_outcomes} outcomes leave no outcome"
+            )
         plan = plan_study(
             epsilon=self.epsilon,
             delta=self.delta,
             split=self.split,
             n_covariates=n_covariates,
-            n_outcomes=n_outcomes,
+            n_outcomes=n_outcomes - self.negative_controls,
+            n_negative_controls=self.negative_controls,
             n_ps_rounds=self.n_ps_rounds,
             accountant=self.accountant,
             estimator=self.estimator,
@@ -248,7 +279,8 @@ class StudyQuery(_Model):
                 # caps are not signed (the data chose them, through the noisy histogram)
                 exclude={"resplit", "secure_nodes", "caps"}
                 | ({"estimator"} if self.privacy.estimator == "stratified" else set())
-                | (set() if self.privacy.cap_round else {"cap_round"}),
+                | (set() if self.privacy.cap_round else {"cap_round"})
+                | (set() if self.privacy.negative_controls else {"negative_controls"}),
             )
         )
         out = {
@@ -286,6 +318,7 @@ class StudyQuery(_Model):
                 estimator=spec.estimator,
                 cap_round=p.large_loss_cap,
                 caps=caps,
+                negative_controls=controls_apart(spec),
             )
             if p.enabled
             else None

@@ -97,6 +97,12 @@ def release_form(query: str, arrays: Mapping[str, np.ndarray]) -> dict[str, np.n
         out["sumsq_z"] = _centred_squares(ss, s, n).sum(axis=0)  # (2, D) per arm
     elif query == "dr_slope":
         out.update(_slope_form(out))
+    elif query in ("nc_main", "nc_sumsq"):  # the negative controls' sums, beside psm_main's counts
+        n = out["count"][..., None]
+        s = out["nc_sum_y"]
+        out["nc_sum_y"] = s - CENTER * n
+        if "nc_sumsq_y" in out:
+            out["nc_sumsq_y"] = _centred_squares(out["nc_sumsq_y"], s, n)
     elif query in ("psm_main", "psm_sumsq"):
         n = out["count"][..., None]
         s = out["sum_y"]

@@ -25,6 +25,11 @@ share                  releases (each its own Gaussian mechanism)
                        copy of the control cells, 25 % (:data:`DR_SLOPE_SHARE`), in place of
                        ``psm_wsum``; 30 % added to ``psm_balance`` (:data:`DR_IMBALANCE_SHARE`),
                        whose Σz is the imbalance d; ``balance`` must be positive
+(negative controls)    ``nc_main``: the C negative controls' Σ(y − ½) per stratum × arm (the
+                       counts are ``psm_main``'s), ``nc_sumsq``: their Σ(y − ½)², ``nc_wsum``:
+                       their weighted sums, at the multipliers ``psm_main``, ``psm_sumsq`` and
+                       ``psm_wsum`` have in a stratified study (:data:`NC_SHARES`), paid *on top*
+                       of the study's ρ (see below); also in a DR study (controls: stratified)
 (``cap_round``)        ``cap_hist``: the large-loss cap's noisy histogram
                        (:mod:`shared.dp.capquantile`), a fixed :data:`~shared.dp.capquantile.CAP_SHARE`
                        of ρ taken off the top; the split's shares then divide the rest
@@ -69,6 +74,22 @@ releases, SD of the DR estimate over releases, claims / CV event / absence days)
 26–34; slope 25 % + balance 30 % 7,950–8,090 / 0.041–0.073 / 23–25; 15 % + 40 % about the
 same; 30 % + 15 % 6,470–9,720 / 0.072–0.078 / 20–28.
 
+**Negative controls apart** (issue #21). The controls the spec declares (``[[negative_controls]]``,
+their number C signed with the study, :class:`shared.protocol.PrivacyQuery`) are not outcomes of the
+study's releases: ``psm_main``, ``psm_sumsq``, ``psm_wsum`` and ``dr_slope`` carry the O outcomes
+only (their Δ grows with O, √O-type, so riding along, 24 controls widened every outcome's noise
+×2–3), and the controls travel in releases of their own. Their ρ is the *same* total ρ times
+:data:`NC_SHARES` (those of the stratified study's ``psm_stats`` releases), added to the study's
+rather than carved out of it: so the outcomes' every σ is exactly that of the study without
+controls (the accountant calibrates ρ on the outcomes' releases alone), and each control is
+estimated at the multipliers an outcome would have in a study of C outcomes (their noise enters
+their own SEs, which the empirical null is fitted with). The price is stated, never hidden:
+:attr:`NoisePlan.epsilon` is the outcomes' ε, :attr:`NoisePlan.epsilon_planned` the ε of every
+release, controls included (above ``epsilon`` by their cost), and a node reserves and charges
+every release of the plan. A DR study leaves the controls out of ``dr_slope``: they get the
+stratified estimate from ``nc_wsum``. A spec without negative controls plans (and hashes)
+exactly as before.
+
 The total :math:`\rho` is the largest for which the accountant (:mod:`.accounting`) composes all
 releases to at most the study's ε at δ, found by bisection and returned from the conservative
 end (never above ε, Opacus' ``get_noise_multiplier`` convention). A node charges its ledger
@@ -91,6 +112,7 @@ from shared.dp.accounting import DEFAULT_ACCOUNTANT, epsilon_spent
 from shared.dp.sensitivity import (
     count_sensitivity,
     dr_slope_sensitivity,
+    nc_main_sensitivity,
     ps_fit_sensitivity,
     psm_balance_sensitivity,
     psm_main_sensitivity,
@@ -113,6 +135,8 @@ __all__ = [
     "CAP_SHARE",
     "DEFAULT_PS_ROUNDS",
     "DR_SLOPE_SHARE",
+    "NC_RELEASES",
+    "NC_SHARES",
     "NoisePlan",
     "PlannedRelease",
     "SUMSQ_SHARE",
@@ -133,6 +157,16 @@ DR_SLOPE_SHARE = 0.25
 #: Share of the ``psm_stats`` budget a doubly robust study adds to the balance release, whose
 #: Σz is the imbalance d (see the module docstring).
 DR_IMBALANCE_SHARE = 0.30
+#: The negative controls' releases and each one's share of ``psm_stats`` (times the study's ρ),
+#: paid on top of the study's ρ: the stratified study's ``psm_main``, ``psm_sumsq`` and
+#: ``psm_wsum`` shares (see the module docstring).
+NC_SHARES: dict[str, float] = {
+    "nc_main": 1.0 - SUMSQ_SHARE - WSUM_SHARE,
+    "nc_sumsq": SUMSQ_SHARE,
+    "nc_wsum": WSUM_SHARE,
+}
+#: The negative controls' releases, in plan order.
+NC_RELEASES: tuple[str, ...] = tuple(NC_SHARES)
 
 
 @dataclass(frozen=True)
@@ -180,7 +214,9 @@ class PlannedRelease:
 
 @dataclass(frozen=True)
 class NoisePlan:
-    """Every release of a DP study with its σ; :attr:`epsilon_planned` ≤ :attr:`epsilon`."""
+    """Every release of a DP study with its σ. :attr:`epsilon` is the study's outcomes' ε and
+    bounds the composition of their releases; :attr:`epsilon_planned` is that of every release,
+    ≤ :attr:`epsilon` unless the plan holds negative controls' releases (paid on top)."""
 
     epsilon: float
     delta: float
@@ -191,6 +227,8 @@ class NoisePlan:
     epsilon_planned: float
     #: the study opens with the large-loss cap's histogram (``cap_hist``), paid off the top
     cap_round: bool = False
+    #: C, the negative controls released apart (``nc_*``, on top of :attr:`rho`)
+    n_negative_controls: int = 0
 
     def release(self, query: str) -> PlannedRelease:
         """The first planned release of ``query`` (all ps_fit rounds have equal noise).
@@ -247,6 +285,15 @@ class NoisePlan:
             raise PrivacyError(
                 f"the re-split plan would cost ε = {eps:.6g}, more than the study's ε = {self.epsilon:g}"
             )
+        # the controls' releases keep the signed split's multipliers (reserved as planned)
+        controls = tuple(r for r in self.releases if r.query in NC_SHARES)
+        if controls:
+            eps = epsilon_spent(
+                noise_multipliers=[_multiplier(self.rho * s) for _, _, s in shares]
+                + [r.noise_multiplier for r in controls],
+                delta=self.delta,
+                accountant=self.accountant,
+            )
         return _assemble(
             self.epsilon,
             self.delta,
@@ -257,10 +304,12 @@ class NoisePlan:
             sens,
             eps,
             self.cap_round,
+            controls=controls,
+            n_negative_controls=self.n_negative_controls,
         )
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "epsilon": self.epsilon,
             "delta": self.delta,
             "accountant": self.accountant,
@@ -279,6 +328,9 @@ class NoisePlan:
                 for r in self.releases
             ],
         }
+        if self.n_negative_controls:  # a plan without controls: its dict as before
+            out["n_negative_controls"] = self.n_negative_controls
+        return out
 
     @classmethod
     def from_dict(cls, d: dict) -> "NoisePlan":
@@ -302,6 +354,7 @@ class NoisePlan:
             releases=releases,
             epsilon_planned=float(d["epsilon_planned"]),
             cap_round=bool(d.get("cap_round", False)),
+            n_negative_controls=int(d.get("n_negative_controls", 0)),
         )
 
 
@@ -340,17 +393,22 @@ def plan_study(
     accountant: str = DEFAULT_ACCOUNTANT,
     estimator: str = "stratified",
     cap_round: bool = False,
+    n_negative_controls: int = 0,
 ) -> NoisePlan:
-    r"""σ for every release so that their composition costs at most ``epsilon`` at ``delta``.
+    r"""σ for every release so that the outcomes' releases compose to at most ``epsilon`` at
+    ``delta`` (the negative controls' releases, if any, on top: see the module docstring).
 
     Args:
         epsilon, delta: the study's budget (per node and dataset).
         split: a :class:`shared.study.BudgetSplit` (shares of ρ, see the module docstring).
-        n_covariates, n_outcomes: D and O (the sensitivities depend on them).
+        n_covariates, n_outcomes: D and O (the sensitivities depend on them); O counts the
+            study's outcomes, not its negative controls.
         n_ps_rounds: R, the fixed number of DP Newton rounds.
         accountant: ``"gaussian"`` (default, exact), ``"rdp"`` or ``"prv"``.
         estimator: ``"stratified"`` or ``"dr"`` (``dr_slope`` in place of ``psm_wsum``).
         cap_round: the study opens with the large-loss cap's histogram (``cap_hist``).
+        n_negative_controls: C, the negative controls released apart (``nc_main``,
+            ``nc_sumsq``, ``nc_wsum``); 0: none, the plan exactly as without them.
 
     Returns:
         The :class:`NoisePlan` (deterministic in its arguments).
@@ -366,6 +424,8 @@ def plan_study(
         raise PrivacyError(f"a DP study needs ε > 0 and 0 < δ < 1, got ε={epsilon!r}, δ={delta!r}")
     if n_ps_rounds < 1:
         raise ValueError(f"n_ps_rounds must be at least 1, got {n_ps_rounds!r}")
+    if int(n_negative_controls) != n_negative_controls or n_negative_controls < 0:
+        raise ValueError(f"n_negative_controls must be a non-negative integer, got {n_negative_controls!r}")
     for name in ("describe", "ps_fit", "psm_stats") + (("balance",) if estimator == "dr" else ()):
         if not getattr(split, name) > 0:
             raise PrivacyError(
@@ -385,7 +445,43 @@ def plan_study(
     }
     shares = tuple(_release_shares(split, n_ps_rounds, dr=estimator == "dr", cap_round=cap_round))
     rho, eps = _calibrate(float(epsilon), float(delta), tuple(s for _, _, s in shares), accountant)
-    return _assemble(float(epsilon), float(delta), accountant, rho, n_ps_rounds, shares, sens, eps, cap_round)
+    controls: tuple[PlannedRelease, ...] = ()
+    if n_negative_controls:
+        c = int(n_negative_controls)
+        nc_sens = {
+            "nc_main": nc_main_sensitivity(n_controls=c),
+            "nc_sumsq": psm_sumsq_sensitivity(n_outcomes=c),
+            "nc_wsum": UNIT_SENSITIVITY,
+        }
+        scale = (1.0 - CAP_SHARE) if cap_round else 1.0  # the outcomes' psm_stats releases' scale
+        controls = tuple(
+            PlannedRelease(
+                query=q,
+                index=0,
+                sensitivity=nc_sens[q],
+                noise_multiplier=_multiplier(rho * scale * split.psm_stats * share),
+            )
+            for q, share in NC_SHARES.items()
+        )
+        eps = epsilon_spent(
+            noise_multipliers=[_multiplier(rho * s) for _, _, s in shares]
+            + [r.noise_multiplier for r in controls],
+            delta=float(delta),
+            accountant=accountant,
+        )
+    return _assemble(
+        float(epsilon),
+        float(delta),
+        accountant,
+        rho,
+        n_ps_rounds,
+        shares,
+        sens,
+        eps,
+        cap_round,
+        controls=controls,
+        n_negative_controls=int(n_negative_controls),
+    )
 
 
 def single_release_multiplier(*, epsilon: float, delta: float, accountant: str = DEFAULT_ACCOUNTANT) -> float:
@@ -415,10 +511,16 @@ def _assemble(
     sens: dict[str, float],
     eps: float,
     cap_round: bool = False,
+    *,
+    controls: tuple[PlannedRelease, ...] = (),
+    n_negative_controls: int = 0,
 ) -> NoisePlan:
-    releases = tuple(
-        PlannedRelease(query=q, index=i, sensitivity=sens[q], noise_multiplier=_multiplier(rho * s))
-        for q, i, s in shares
+    releases = (
+        tuple(
+            PlannedRelease(query=q, index=i, sensitivity=sens[q], noise_multiplier=_multiplier(rho * s))
+            for q, i, s in shares
+        )
+        + controls
     )
     return NoisePlan(
         epsilon=epsilon,
@@ -429,6 +531,7 @@ def _assemble(
         releases=releases,
         epsilon_planned=eps,
         cap_round=cap_round,
+        n_negative_controls=n_negative_controls,
     )
 
 

@@ -69,6 +69,7 @@ __all__ = [
     "cov_moments_sensitivity",
     "count_sensitivity",
     "dr_slope_sensitivity",
+    "nc_main_sensitivity",
     "ps_fit_sensitivity",
     "psm_balance_sensitivity",
     "psm_main_sensitivity",
@@ -86,6 +87,10 @@ RELEASE_KEYS: dict[str, tuple[str, ...]] = {
     "psm_balance": ("sum_z", "sumsq_z"),
     "psm_wsum": ("wsum",),
     "dr_slope": ("slope_count", "slope_sum_y", "slope_sum_z", "zz_c", "zy_c"),
+    # the negative controls' releases (shared/dp/plan.py): their sums apart from the outcomes'
+    "nc_main": ("nc_sum_y",),
+    "nc_sumsq": ("nc_sumsq_y",),
+    "nc_wsum": ("nc_wsum",),
     "cap_hist": ("count",),  # shared.dp.capquantile: a large-loss cap's noisy histogram
 }
 
@@ -119,6 +124,16 @@ def psm_main_sensitivity(*, n_outcomes: int) -> float:
         ValueError: ``n_outcomes`` is not a positive integer.
     """
     return math.sqrt(1.0 + _positive("n_outcomes", n_outcomes) / 4.0)
+
+
+def nc_main_sensitivity(*, n_controls: int) -> float:
+    r"""The C negative controls' centred :math:`\sum (y - 1/2)` per stratum × arm, without the
+    counts (``psm_main`` releases those): :math:`\sqrt{C}/2`.
+
+    Raises:
+        ValueError: ``n_controls`` is not a positive integer.
+    """
+    return math.sqrt(_positive("n_controls", n_controls)) / 2.0
 
 
 def psm_sumsq_sensitivity(*, n_outcomes: int) -> float:

@@ -1,0 +1,158 @@
+"""Negative controls released apart from the outcomes (issue #21, item 2): their own releases
+(``nc_main``, ``nc_sumsq``, ``nc_wsum``) paid on top, so the outcomes' noise is exactly that of
+the study without controls; their number signed with the study; the node's ledger holds and
+charges exactly the plan."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tomli_w
+from flower_inprocess import signed_grid
+
+import shared.protocol as protocol
+from node.runtime import NodeRuntime
+from shared.dp.accounting import epsilon_spent
+from shared.dp.plan import NC_RELEASES, plan_study
+from shared.dp.sensitivity import nc_main_sensitivity, psm_main_sensitivity, psm_sumsq_sensitivity
+from shared.dp.wsum import att_weights, max_weight
+from shared.errors import UnauthorizedQuery
+from shared.protocol import PsmStats, PsmWsum, Reserve, StudyQuery
+from shared.study import BudgetSplit
+from shared.synth import generate_federation
+
+C = 24
+
+
+@pytest.mark.parametrize("estimator,cap_round", [("stratified", False), ("dr", False), ("stratified", True)])
+def test_24_controls_leave_every_outcome_sigma_as_without_them(estimator, cap_round):
+    split = BudgetSplit(balance=0.05) if estimator == "dr" else BudgetSplit()
+    kw = dict(epsilon=1.0, delta=1e-6, split=split, n_covariates=16, n_outcomes=3)
+    kw.update(estimator=estimator, cap_round=cap_round)
+    plain, apart = plan_study(**kw), plan_study(**kw, n_negative_controls=C)
+    ridden = plan_study(**{**kw, "n_outcomes": 3 + C})  # the controls riding in the outcomes' releases
+    outcomes = [r for r in apart.releases if r.query not in NC_RELEASES]
+    assert [(r.query, r.index) for r in outcomes] == [(r.query, r.index) for r in plain.releases]
+    for a, b in zip(outcomes, plain.releases):
+        assert a.sigma == pytest.approx(b.sigma, rel=0, abs=1e-12)
+    assert ridden.sigma("psm_main") > 2.0 * plain.sigma("psm_main")  # what riding along cost
+    # the controls' own releases, at the stratified psm_stats multipliers, in a DR study too
+    nc = {r.query: r for r in apart.releases if r.query in NC_RELEASES}
+    assert set(nc) == set(NC_RELEASES)
+    assert nc["nc_main"].sensitivity == nc_main_sensitivity(n_controls=C) == pytest.approx(np.sqrt(C) / 2)
+    assert nc["nc_sumsq"].sensitivity == psm_sumsq_sensitivity(n_outcomes=C)
+    if estimator == "stratified":
+        for q, o in (("nc_main", "psm_main"), ("nc_sumsq", "psm_sumsq"), ("nc_wsum", "psm_wsum")):
+            assert nc[q].noise_multiplier == pytest.approx(plain.release(o).noise_multiplier, rel=1e-12)
+    # the outcomes' releases still compose to ε; the plan states the whole price, controls included
+    assert plain.epsilon_planned <= 1.0 and apart.epsilon == 1.0
+    every = epsilon_spent(
+        noise_multipliers=[r.noise_multiplier for r in apart.releases],
+        delta=1e-6,
+        accountant=apart.accountant,
+    )
+    assert apart.epsilon_planned == pytest.approx(every, rel=1e-12) and every > 1.05
+    assert apart.n_negative_controls == C and "n_negative_controls" not in plain.to_dict()
+    assert type(apart).from_dict(apart.to_dict()) == apart
+
+
+def test_a_re_split_moves_the_outcomes_budget_and_keeps_the_controls_as_reserved():
+    apart = plan_study(
+        epsilon=1.0, delta=1e-6, split=BudgetSplit(), n_covariates=4, n_outcomes=3, n_negative_controls=C
+    )
+    s = BudgetSplit()
+    moved = apart.with_split(
+        BudgetSplit(describe=s.describe, ps_fit=0.2, psm_stats=s.psm_stats + s.ps_fit - 0.2)
+    )
+    assert [r for r in moved.releases if r.query in NC_RELEASES] == [
+        r for r in apart.releases if r.query in NC_RELEASES
+    ]
+    assert moved.sigma("psm_main") < apart.sigma("psm_main")
+    assert moved.epsilon_planned == pytest.approx(apart.epsilon_planned, rel=1e-6)
+
+
+def _signed_node(tmp_path, monkeypatch, *, apart_when_signed: bool):
+    from coordinator.files import load_spec
+    from coordinator.synth import write_federation
+
+    fed = generate_federation(seed=5, sites=2, scale=0.1)
+    spec = load_spec(write_federation(fed, tmp_path / "fed", epsilon=4.0, negative_controls=True))
+    assert len(spec.negative_controls) == C and len(spec.outcomes) == 3
+    policy = tmp_path / "policy.toml"
+    policy.write_text(
+        tomli_w.dumps({"outcomes": [o.model_dump(mode="json") for o in spec.analysed_outcomes]})
+    )
+    monkeypatch.setattr(protocol, "NEGATIVE_CONTROLS_APART", apart_when_signed)
+    grid, grant = signed_grid(
+        spec, tmp_path / "dp", extra={"budget-epsilon": 10.0, "policy-path": str(policy)}
+    )
+    monkeypatch.setattr(protocol, "NEGATIVE_CONTROLS_APART", True)  # what the queries claim
+    rt = NodeRuntime.from_node_config(grid.node_configs[1])
+    return spec, grant, rt
+
+
+def test_the_node_reserves_and_charges_the_controls_own_releases_exactly_as_planned(tmp_path, monkeypatch):
+    spec, grant, rt = _signed_node(tmp_path, monkeypatch, apart_when_signed=True)
+    q = StudyQuery.for_spec(spec, (Reserve(),), grant=grant)
+    assert q.privacy is not None and q.privacy.negative_controls == C
+    plan = rt._plan(q)
+    rt.respond(q)
+    ledger = rt.ledger()
+    whole = epsilon_spent(  # the whole plan, controls included, at the ledger's δ
+        noise_multipliers=[r.noise_multiplier for r in plan.releases],
+        delta=rt.budget_delta,
+        accountant=ledger.accountant,
+    )
+    outcomes_only = epsilon_spent(
+        noise_multipliers=[r.noise_multiplier for r in plan.releases if r.query not in NC_RELEASES],
+        delta=rt.budget_delta,
+        accountant=ledger.accountant,
+    )
+    assert ledger.state(rt.dataset).reserved == pytest.approx(whole, rel=1e-9) and whole > outcomes_only
+    beta = (0.0,) * (len(spec.design_covariates) + 1)
+    edges = (-np.inf, 0.0, np.inf)
+    answers, _, _ = rt.respond(StudyQuery.for_spec(spec, (PsmStats(beta=beta, edges=edges),), grant=grant))
+    a = answers["psm_stats"]
+    assert np.shape(a["sum_y"])[-1] == 3 and np.shape(a["sumsq_y"])[-1] == 3
+    assert np.shape(a["nc_sum_y"]) == (2, 2, C) and np.shape(a["nc_sumsq_y"]) == (2, 2, C)
+    n = np.full((2, 2), 50.0)
+    v = att_weights(n, np.ones(2, dtype=bool))
+    op = PsmWsum(
+        beta=beta,
+        edges=edges,
+        count=tuple(n.ravel()),
+        center=(0.5,) * (4 * (3 + C)),
+        max_weight=max_weight(v),
+    )
+    answers, _, _ = rt.respond(StudyQuery.for_spec(spec, (op,), grant=grant))
+    assert np.shape(answers["psm_wsum"]["wsum"]) == (3,) and np.shape(answers["psm_wsum"]["nc_wsum"]) == (C,)
+    charged = {h.query: h for h in ledger.history(rt.dataset)}
+    assert {"psm_main", "psm_sumsq", "psm_wsum", *NC_RELEASES} <= set(charged)
+    for q_name in ("psm_main", "psm_sumsq", "nc_main", "nc_sumsq"):
+        assert charged[q_name].sigma == pytest.approx(plan.sigma(q_name), rel=1e-12)
+    # the outcomes' weighted sums at their own 3 outcomes' sensitivity, the controls' at theirs
+    assert charged["psm_wsum"].sigma == pytest.approx(
+        plan.release("psm_wsum").noise_multiplier * v.max() * np.sqrt(3) / 2
+    )
+    assert charged["nc_wsum"].sigma == pytest.approx(
+        plan.release("nc_wsum").noise_multiplier * v.max() * np.sqrt(C) / 2
+    )
+    assert plan.sigma("psm_main") == pytest.approx(
+        plan.release("psm_main").noise_multiplier * psm_main_sensitivity(n_outcomes=3), rel=1e-12
+    )
+
+
+def test_a_node_refuses_controls_apart_in_a_study_signed_without_them(tmp_path, monkeypatch):
+    """The attack: a coordinator claims the study's last 24 outcomes are controls released apart
+    (paid on top of the signed ε). Unsigned, the node would plan and charge them; the count is a
+    signed term, so the query no longer matches its grant and is refused before any charge."""
+    spec, grant, rt = _signed_node(tmp_path, monkeypatch, apart_when_signed=False)
+    q = StudyQuery.for_spec(spec, (Reserve(),), grant=grant)
+    assert q.privacy is not None and q.privacy.negative_controls == C
+    honest = q.model_copy(update={"privacy": q.privacy.model_copy(update={"negative_controls": 0})})
+    assert rt.respond(honest)[1]["epsilon_reserved"] > 0  # the study as signed is answered
+    with pytest.raises(UnauthorizedQuery, match="privacy terms differ"):
+        rt.respond(q)
+    # the one difference is the signed count: without it in the terms the claim would pass
+    diff = {k for k in q.terms()["privacy"]} ^ {k for k in honest.terms()["privacy"]}
+    assert diff == {"negative_controls"}
