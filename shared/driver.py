@@ -61,6 +61,8 @@ from shared.dp.workflow import (
     dp_ps_stats,
     dp_start_beta,
     dp_table,
+    dp_used,
+    dp_wsum_centers,
     dp_wsum_query,
 )
 from shared.errors import FederationError, UnresolvedFitError
@@ -464,7 +466,9 @@ def _release(spec: StudySpec, rounds: _Rounds, run: StudyRun) -> None:
     dr = spec.estimator == "dr"  # the slope release too, and no weighted sums (shared/dp/drstudy.py)
     answers = rounds.ask((PsmStats(beta=beta, edges=tuple(float(e) for e in edges), slope=dr),), "psm-stats")
     keys = ("count", "sum_y", "sumsq_y") + (("sum_z", "sumsq_z") if plan.has("psm_balance") else ())
-    sums = {k: rounds.total(answers, "psm_stats", k) for k in keys + (DR_KEYS if dr else ())}
+    n_nc = plan.n_negative_controls  # the controls' sums come in their own releases (nc_*)
+    keys += ("nc_sum_y", "nc_sumsq_y") if n_nc else ()
+    sums = _join_controls({k: rounds.total(answers, "psm_stats", k) for k in keys + (DR_KEYS if dr else ())})
     run.table = dp_table(
         main=sums, balance=sums if plan.has("psm_balance") else None, edges=edges, n_covariates=d
     )
@@ -497,22 +501,70 @@ def _release(spec: StudySpec, rounds: _Rounds, run: StudyRun) -> None:
     op = dp_wsum_query(
         table=run.table, beta=fitter.beta, plan=plan, n_nodes=nodes(answers), cells=cells, **sa
     )
+    if op is not None and n_nc:  # each part's centres chosen for its own release's noise
+        o = len(spec.analysed_outcomes) - n_nc
+        used = dp_used(table=run.table, plan=plan, n_nodes=nodes(answers), **sa)
+        parts = [
+            dp_wsum_centers(
+                table=_outcome_columns(run.table, cols),
+                used=used,
+                plan=part_plan,
+                n_nodes=nodes(answers),
+                cells=cells,
+                **sa,
+            )
+            for cols, part_plan in ((slice(0, o), plan), (slice(o, None), plan.for_controls()))
+        ]
+        op = op.model_copy(
+            update={"center": tuple(float(c) for c in np.concatenate(parts, axis=-1).reshape(-1))}
+        )
     if op is not None:  # None: no stratum holds both arms, and dp_estimate says so
         answers = _wsum_round(spec, rounds, run, op, plan)
         wsum = rounds.total(answers, "psm_wsum", "wsum")
-    run.estimate = dp_estimate(
-        table=run.table,
-        plan=plan,
-        n_nodes=nodes(answers),
-        outcomes=outcomes_at_caps(spec.analysed_outcomes, run.caps),
-        covariates=[c.name for c in spec.design_covariates],
-        wsum=wsum,
-        fit_noise=fit_noise,
-        cells=cells,
-        weight_check=weight_check,
-        secure_aggregation=p.secure_aggregation,
-    )
-    _split_negative_controls(spec, run)
+        if n_nc:
+            wsum = np.concatenate([wsum, rounds.total(answers, "psm_wsum", "nc_wsum")])
+    outcomes = outcomes_at_caps(spec.analysed_outcomes, run.caps)
+
+    def estimate(table: PsmTable, plan: NoisePlan, cols: slice) -> AttEstimate:
+        return dp_estimate(
+            table=table,
+            plan=plan,
+            n_nodes=nodes(answers),
+            outcomes=outcomes[cols],
+            covariates=[c.name for c in spec.design_covariates],
+            wsum=None if wsum is None else wsum[cols],
+            fit_noise=fit_noise,
+            cells=cells,
+            weight_check=weight_check,
+            secure_aggregation=p.secure_aggregation,
+        )
+
+    if not n_nc:
+        run.estimate = estimate(run.table, plan, slice(None))
+        _split_negative_controls(spec, run)
+        return
+    # the controls apart: the outcomes' estimate from the outcomes' releases alone, the
+    # controls' from theirs (the counts, released once, shared); the table keeps both
+    o = len(outcomes) - n_nc
+    run.estimate = estimate(_outcome_columns(run.table, slice(0, o)), plan, slice(0, o))
+    controls = estimate(_outcome_columns(run.table, slice(o, None)), plan.for_controls(), slice(o, None))
+    run.negative_controls = controls.outcomes
+
+
+def _join_controls(sums: dict) -> dict:
+    """The summed PSM releases with the negative controls' sums (``nc_*``) appended to the
+    outcomes' as the table's last outcomes (the order of ``spec.analysed_outcomes``)."""
+    out = dict(sums)
+    for key in ("sum_y", "sumsq_y"):
+        nc = out.pop(f"nc_{key}", None)
+        if nc is not None:
+            out[key] = np.concatenate([out[key], nc], axis=-1)
+    return out
+
+
+def _outcome_columns(table: PsmTable, cols: slice) -> PsmTable:
+    """The table with only the outcomes ``cols`` (the same strata, counts and balance)."""
+    return replace(table, sum_y=table.sum_y[..., cols], sumsq_y=table.sumsq_y[..., cols])
 
 
 def _split_negative_controls(spec: StudySpec, run: StudyRun) -> None:
@@ -532,12 +584,13 @@ def _wsum_round(spec: StudySpec, rounds: _Rounds, run: StudyRun, op: PsmWsum, pl
     if run.secure is None:
         return rounds.ask((op,), "psm-wsum")
     k, scale = run.secure
-    sigma = (
-        plan.release("psm_wsum")
-        .for_sensitivity(
-            2.0 * psm_wsum_sensitivity(n_outcomes=len(spec.analysed_outcomes), max_weight=op.max_weight)
-        )
+    n_nc = plan.n_negative_controls
+    sigma = max(
+        plan.release(name)
+        .for_sensitivity(2.0 * psm_wsum_sensitivity(n_outcomes=n, max_weight=op.max_weight))
         .sigma
+        for name, n in (("psm_wsum", len(spec.analysed_outcomes) - n_nc), ("nc_wsum", n_nc))
+        if n
     )  # an upper bound: centres in [0, 1] keep the sensitivity within √O·v_max
     # |Σ v (y − ½)| is at most about N_T ≤ the rows bound the scale holds; add the noise's
     # margin (secure_scale is linear in both: this is secure_scale(rows, σ_max + σ_wsum))

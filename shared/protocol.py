@@ -163,8 +163,8 @@ NEGATIVE_CONTROLS_APART = False
 
 def controls_apart(spec: StudySpec) -> int:
     """C, the negative controls a DP study releases apart (0: none, or they ride along)."""
-    if not (NEGATIVE_CONTROLS_APART and spec.privacy.enabled):
-        return 0
+    if not (NEGATIVE_CONTROLS_APART and spec.privacy.enabled) or spec.estimator == "dr":
+        return 0  # a DR study's controls still ride in its releases (the driver reads them so)
     return len(spec.negative_controls)
 
 

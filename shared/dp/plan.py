@@ -247,6 +247,36 @@ class NoisePlan:
     def sigma(self, query: str) -> float:
         return self.release(query).sigma
 
+    def for_controls(self) -> "NoisePlan":
+        """The plan as the negative controls' estimates read it: ``psm_sumsq`` and
+        ``psm_wsum`` carry the controls' ``nc_sumsq`` and ``nc_wsum`` noise, ``psm_main`` keeps
+        the counts' (released once, for outcomes and controls alike). Not for charging.
+
+        Raises:
+            PrivacyError: the plan holds no controls' releases.
+        """
+        if not self.n_negative_controls:
+            raise PrivacyError("the study's noise plan releases no negative controls apart")
+        nc = {"psm_sumsq": self.release("nc_sumsq"), "psm_wsum": self.release("nc_wsum")}
+        releases = tuple(
+            PlannedRelease(r.query, r.index, nc[r.query].sensitivity, nc[r.query].noise_multiplier)
+            if r.query in nc
+            else r
+            for r in self.releases
+            if r.query not in NC_SHARES
+        )
+        return NoisePlan(
+            epsilon=self.epsilon,
+            delta=self.delta,
+            accountant=self.accountant,
+            rho=self.rho,
+            n_ps_rounds=self.n_ps_rounds,
+            releases=releases,
+            epsilon_planned=self.epsilon_planned,
+            cap_round=self.cap_round,
+            n_negative_controls=self.n_negative_controls,
+        )
+
     def epsilon_for_sigma(self, query: str, sigma: float) -> float:
         """The study ε at which ``query`` would carry noise ``sigma`` per node, with the same
         split, δ and rounds: every σ scales together when ε changes, so this is the accountant's

@@ -156,3 +156,37 @@ def test_a_node_refuses_controls_apart_in_a_study_signed_without_them(tmp_path, 
     # the one difference is the signed count: without it in the terms the claim would pass
     diff = {k for k in q.terms()["privacy"]} ^ {k for k in honest.terms()["privacy"]}
     assert diff == {"negative_controls"}
+
+
+def test_dp_outcomes_with_24_controls_apart_are_those_of_the_study_without_them(monkeypatch):
+    """In process, the nodes' own release code with seeded noise: the outcomes' estimates with
+    the controls apart equal the study's without controls (their noise is drawn first), while
+    riding along widened their CIs; the controls get estimates of their own. (Each answer's
+    noise generator starts afresh, and a node draws the outcomes' releases before the controls'.)"""
+    from coordinator.synth.io import study_document
+    from node.study_service import prepare_arrays
+    from shared.driver import run_study
+    from shared.inprocess_sites import InProcessSites
+    from shared.protocol import Describe
+    from shared.study import StudySpec
+
+    fed = generate_federation(seed=0, sites=3, scale=0.2)
+
+    def run(apart: bool, controls: bool):
+        monkeypatch.setattr(protocol, "NEGATIVE_CONTROLS_APART", apart)
+        spec = StudySpec.from_dict(study_document(fed, epsilon=1.0, negative_controls=controls))
+        q = StudyQuery.for_spec(spec, (Describe(),))
+        sites = {s.name: prepare_arrays(s.cohort, q) for s in fed.sites}
+        names = sorted(sites)  # a fresh generator per answer, as a real node starts one per message
+        return run_study(
+            spec, InProcessSites(sites, rngs=lambda site: np.random.default_rng(names.index(site)))
+        )
+
+    none, ride, apart = run(False, False), run(False, True), run(True, True)
+    assert apart.plan is not None and apart.plan.n_negative_controls == C
+    for a, b, r in zip(apart.estimate.outcomes, none.estimate.outcomes, ride.estimate.outcomes):
+        assert a.name == b.name == r.name
+        assert (a.att, *a.ci, a.se_privacy) == pytest.approx((b.att, *b.ci, b.se_privacy), rel=1e-9)
+        assert r.ci[1] - r.ci[0] > 1.5 * (b.ci[1] - b.ci[0])
+    assert len(apart.negative_controls) == C and all(o.se_privacy > 0 for o in apart.negative_controls)
+    assert [o.name for o in apart.negative_controls] == [o.name for o in ride.negative_controls]
