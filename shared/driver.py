@@ -151,8 +151,9 @@ class StudyRun:
     at_describe: Check | None = None  # DP studies: ``dp_fit_resolution`` (stop rule) at describe's counts
     table: PsmTable | None = None
     estimate: AttEstimate | None = None
-    #: the ATT on each of the spec's negative controls, from the same table and releases as
-    #: ``estimate`` (which holds the spec's outcomes only)
+    #: the ATT on each of the spec's negative controls (``estimate`` holds the spec's outcomes
+    #: only); under DP from their own releases (``nc_*``, stratified even in a DR study, whose
+    #: controls still ride in its releases), exact studies from the same table
     negative_controls: tuple[OutcomeEstimate, ...] = ()
     rounds: list[RoundRecord] = field(default_factory=list)
     compute_s: float = 0.0

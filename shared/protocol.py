@@ -154,11 +154,9 @@ DP_RELEASES: dict[str, tuple[str, ...]] = {
 }
 
 
-#: Whether a DP study releases its negative controls apart (``nc_*``, issue #21). Off until the
-#: coordinator's estimates read those releases (:func:`controls_apart`): the plan, the signed
-#: count and the node's releases and checks are in place and tested; the driver's estimate of
-#: the controls from their own releases is not yet.
-NEGATIVE_CONTROLS_APART = False
+#: Whether a DP study releases its negative controls apart (``nc_*``, issue #21,
+#: :func:`controls_apart`); False: they ride in the outcomes' releases (the behaviour before).
+NEGATIVE_CONTROLS_APART = True
 
 
 def controls_apart(spec: StudySpec) -> int:
@@ -328,7 +326,7 @@ class StudyQuery(_Model):
             study_id=study_id,
             treatment_column=spec.treatment.column,
             covariates=spec.covariates,
-            outcomes=spec.analysed_outcomes,  # negative controls ride in the same releases
+            outcomes=spec.analysed_outcomes,  # controls last (released apart: privacy.negative_controls)
             ops=ops,
             sites=tuple(s.name for s in spec.sites),
             privacy=privacy,

@@ -31,7 +31,9 @@ def _privacy(run: StudyRun) -> PrivacySpent:
         return PrivacySpent(enabled=False)
     return PrivacySpent(
         enabled=True,
-        epsilon=run.plan.epsilon,
+        # the whole study's: a plan's negative controls released apart are paid on top of the
+        # outcomes' ε (shared/dp/plan.py); without them epsilon_planned ≤ epsilon
+        epsilon=max(run.plan.epsilon, run.plan.epsilon_planned),
         delta=run.plan.delta,
         accountant=accountant_label(run.plan.accountant),
         per_site=dict(run.privacy_study),
