@@ -29,8 +29,9 @@ share                  releases (each its own Gaussian mechanism)
                        counts are ``psm_main``'s), ``nc_sumsq``: their Σ(y − ½)², ``nc_wsum``:
                        their weighted sums, at the multipliers ``psm_main``, ``psm_sumsq`` and
                        ``psm_wsum`` have in a stratified study (:data:`NC_SHARES`), paid *on top*
-                       of the study's ρ (see below); also in a DR study (controls: stratified)
-(``cap_round``)        ``cap_hist``: the large-loss cap's noisy histogram
+                       of the study's ρ (see below)
+(``cap_round``)        ``cap_hist``: the large-loss cap's noisy histogram (over every column,
+                       the negative controls' too: its Δ counts them)
                        (:mod:`shared.dp.capquantile`), a fixed :data:`~shared.dp.capquantile.CAP_SHARE`
                        of ρ taken off the top; the split's shares then divide the rest
 =====================  =========================================================================
@@ -86,9 +87,10 @@ estimated at the multipliers an outcome would have in a study of C outcomes (the
 their own SEs, which the empirical null is fitted with). The price is stated, never hidden:
 :attr:`NoisePlan.epsilon` is the outcomes' ε, :attr:`NoisePlan.epsilon_planned` the ε of every
 release, controls included (above ``epsilon`` by their cost), and a node reserves and charges
-every release of the plan. A DR study leaves the controls out of ``dr_slope``: they get the
-stratified estimate from ``nc_wsum``. A spec without negative controls plans (and hashes)
-exactly as before.
+every release of the plan. A DR plan with controls leaves them out of ``dr_slope`` (they would
+get the stratified estimate from ``nc_wsum``), but the driver does not ask it yet: a DR study's
+controls still ride in its releases (:func:`shared.protocol.controls_apart`). A spec without
+negative controls plans (and hashes) exactly as before.
 
 The total :math:`\rho` is the largest for which the accountant (:mod:`.accounting`) composes all
 releases to at most the study's ε at δ, found by bisection and returned from the conservative
@@ -471,7 +473,9 @@ def plan_study(
         "psm_balance": psm_balance_sensitivity(n_covariates=n_covariates),
         "psm_wsum": UNIT_SENSITIVITY,
         "dr_slope": dr_slope_sensitivity(n_covariates=n_covariates, n_outcomes=n_outcomes),
-        "cap_hist": math.sqrt(n_outcomes),  # shared.dp.capquantile.cap_hist_sensitivity
+        # shared.dp.capquantile.cap_hist_sensitivity: the histogram covers every outcome column,
+        # the negative controls' too (their caps are lowered with the outcomes')
+        "cap_hist": math.sqrt(n_outcomes + n_negative_controls),
     }
     shares = tuple(_release_shares(split, n_ps_rounds, dr=estimator == "dr", cap_round=cap_round))
     rho, eps = _calibrate(float(epsilon), float(delta), tuple(s for _, _, s in shares), accountant)
