@@ -81,8 +81,8 @@ def test_private_study_charges_each_real_node_ledger(synthetic, tmp_path):
 
     # its own copy of the data: a site's ledger lives beside its data file, for every run over it
     spec_path = write_federation(synthetic[1], tmp_path / "data").with_name("study-dp.toml")
-    # with the 24 negative controls: the local sites' policy lists them, and they travel in
-    # charged releases of their own (nc_*, paid on top of the outcomes' ε: shared/dp/plan.py)
+    # with the 24 negative controls: the local sites' policy lists them, and they ride in the
+    # same charged releases (no release kind of their own)
     doc = study_document(synthetic[1], epsilon=1.0, negative_controls=True)
     # about 800 treated cannot resolve the propensity fit at ε = 1 (a study would stop after
     # describe by default); this test is about every round charging the real ledgers
@@ -94,16 +94,14 @@ def test_private_study_charges_each_real_node_ledger(synthetic, tmp_path):
     spec = load_spec(spec_path)
     assert spec.privacy.enabled and spec.privacy.epsilon == 1.0
     result = run_local(spec_path, tmp_path / "run", timeout_s=500)
-    plan = noise_plan(spec)
-    assert plan.epsilon == spec.privacy.epsilon < plan.epsilon_planned  # the controls' price, stated
-    assert result.privacy.enabled and result.privacy.epsilon == plan.epsilon_planned
+    assert result.privacy.enabled and result.privacy.epsilon == spec.privacy.epsilon
     for s in spec.sites:
         ledger = PrivacyLedger(f"sqlite:///{node_state_dir(s.data) / 'ledger.db'}")
         history = ledger.history()
         # every release kind of the plan was charged at this node, ps_fit once per Newton round
         assert [h.query for h in history].count("ps_fit") == spec.privacy.ps_rounds
-        assert {h.query for h in history} == {r.query for r in plan.releases}
-        assert 0 < ledger.spent() <= plan.epsilon_planned + 1e-9
+        assert {h.query for h in history} == {r.query for r in noise_plan(spec).releases}
+        assert 0 < ledger.spent() <= spec.privacy.epsilon + 1e-9
         assert result.privacy.per_site[s.name] == pytest.approx(ledger.spent())
     for o in result.outcomes:
         assert o.se_privacy > 0 and o.ci[0] < o.att < o.ci[1]
