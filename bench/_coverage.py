@@ -53,3 +53,14 @@ def wilson_interval(successes: int, n: int, *, z: float = Z95) -> tuple[float, f
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     # at p = 0 or 1 the interval touches the bound exactly; rounding must not push it past
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def map_seeds(fn, jobs: list, *, workers: int, chunksize: int = 2) -> list:
+    """``[fn(j) for j in jobs]``, over ``workers`` forked processes when more than one (each seed
+    is independent; fork keeps the parent's imports, so a worker starts in milliseconds)."""
+    if workers <= 1:
+        return [fn(j) for j in jobs]
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        return pool.map(fn, jobs, chunksize=chunksize)

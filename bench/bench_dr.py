@@ -43,7 +43,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench"), str(ROOT / "tests" / "unit")]
 
-from _coverage import wilson_interval  # noqa: E402
+from _coverage import map_seeds, wilson_interval  # noqa: E402
 from _layouts import LAYOUTS, NAMES, build_nodes  # noqa: E402
 from _table import Table, add_write_argument, provenance, write_tables  # noqa: E402
 
@@ -197,13 +197,7 @@ def run_cell(label, seeds, layout, dgp, dp_eps, workers=1):
     rows: dict = {}
     t0 = time.time()
     jobs = [(layout, dgp, seed, dp_eps) for seed in seeds]
-    if workers > 1:
-        import multiprocessing
-
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
-            results = pool.map(_run_seed, jobs, chunksize=4)
-    else:
-        results = [_run_seed(j) for j in jobs]
+    results = map_seeds(_run_seed, jobs, workers=workers, chunksize=4)
     for res in results:
         for key, v in res.items():
             rows.setdefault(key, []).append(v)

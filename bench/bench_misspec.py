@@ -37,7 +37,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench"), str(ROOT / "tests" / "unit")]
 
-from _coverage import wilson_interval  # noqa: E402
+from _coverage import map_seeds, wilson_interval  # noqa: E402
 from _table import Table, add_write_argument, write_tables  # noqa: E402
 from bench_dr import one_seed, synth_maker  # noqa: E402
 
@@ -85,13 +85,7 @@ def _run_seed(job):
 def run_cell(layout, dgp, seeds, dp_eps, workers):
     t0 = time.time()
     jobs = [(layout, dgp, s, dp_eps) for s in seeds]
-    if workers > 1:
-        import multiprocessing
-
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
-            results = pool.map(_run_seed, jobs, chunksize=2)
-    else:
-        results = [_run_seed(j) for j in jobs]
+    results = map_seeds(_run_seed, jobs, workers=workers, chunksize=2)
     took = time.time() - t0
     rows, gate = [], []
     order = [o.name for o in OUTCOMES]

@@ -106,6 +106,7 @@ with the *same* accountant, so the plan's releases always fit a fresh budget of 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -267,17 +268,7 @@ class NoisePlan:
             for r in self.releases
             if r.query not in NC_SHARES
         )
-        return NoisePlan(
-            epsilon=self.epsilon,
-            delta=self.delta,
-            accountant=self.accountant,
-            rho=self.rho,
-            n_ps_rounds=self.n_ps_rounds,
-            releases=releases,
-            epsilon_planned=self.epsilon_planned,
-            cap_round=self.cap_round,
-            n_negative_controls=self.n_negative_controls,
-        )
+        return dataclasses.replace(self, releases=releases)
 
     def epsilon_for_sigma(self, query: str, sigma: float) -> float:
         """The study ε at which ``query`` would carry noise ``sigma`` per node, with the same
