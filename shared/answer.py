@@ -430,7 +430,22 @@ def noisy_release(
     return gaussian_release(arrays=release_arrays(query, arrays), sigma=sigma / math.sqrt(share), rng=rng)
 
 
+#: Bound on a β's score span |β₀| + Σ|βⱼ|, the largest |logit score| it can give on [0, 1]-scaled
+#: covariates, checked on the query alone under DP and exact answers alike. Any β within it scores
+#: every row finitely (no partial sum of β₀ + zᵀβ can overflow), so whether a query is answered
+#: never depends on a row: a β near the float maximum (β₀ = 1.7e308, β_age = 1e307) scored +inf
+#: exactly for the rows past a chosen age and made the node fail after its charge — an exact
+#: yes/no on "is anyone here older than x", outside the DP release (tests/security/
+#: test_answer_oracles.py). 1e12 is far beyond any fitted logit (probabilities saturate near ±37).
+MAX_SCORE_SPAN = 1e12
+
+
 def _check_beta(beta: tuple[float, ...], d: int) -> np.ndarray:
     if len(beta) != d + 1 or not np.all(np.isfinite(beta)):
         raise QueryRefused(f"beta must hold {d + 1} finite values (intercept + {d} covariates)")
-    return np.array(beta, dtype=float)
+    b = np.array(beta, dtype=float)
+    with np.errstate(over="ignore"):  # a span past the float maximum sums to inf: refused
+        span = float(np.sum(np.abs(b)))
+    if not span <= MAX_SCORE_SPAN:
+        raise QueryRefused(f"beta: |β₀| + Σ|βⱼ| exceeds {MAX_SCORE_SPAN:g}, the score span a node accepts")
+    return b
