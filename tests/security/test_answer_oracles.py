@@ -10,6 +10,7 @@ set, with every query signed by the operator's key (the attacker holds it).
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from node.study_service import prepare_arrays, read_cohort
@@ -77,3 +78,52 @@ def test_a_a_fitted_beta_far_past_any_real_fit_is_still_answered(dp):
     beta[0], beta[1 + names.index("age")] = -5e5, 1e6
     reply = dp.node(0).ask(dp.sign(dp.query((PsFit(beta=tuple(beta.tolist())),))))
     assert reply.ok, reply.reason
+
+
+def test_b_a_secure_sum_input_is_never_refused_for_what_the_rows_hold(tmp_path, synth):
+    """Under secure aggregation a node adds only σ/√K of the noise: its own input must never be
+    seen, only the masked sum. The attack: the coordinator chooses the round's public
+    ``secure_scale`` (unsigned) so that SecAgg+'s range ends between two counts. Before, the
+    node refused in the clear (code 4003) when its own noisy share left the range — a
+    threshold on an answer carrying K times less noise variance than the charge assumes,
+    uncharged beyond it. Shown with 40 added controls, so the bit is certain at ε = 1; one
+    person moves it with probability set by σ/√K, not σ. Now the node clips its share to the
+    range (what SecAgg+ itself would do) and answers either way; its log says so, without
+    a value."""
+    from node.runtime import NodeRuntime
+    from protos.codec import encode_secure_input
+    from shared.protocol import Reserve
+    from shared.secure_sum import CLIP
+
+    fed = make_federation(tmp_path / "sa", synth=synth, extra={"secure-aggregation": True})
+    spec = fed.spec.model_copy(
+        update={"privacy": fed.spec.privacy.model_copy(update={"secure_aggregation": True})}
+    )
+    node = fed.node(0)
+    runtime = NodeRuntime.from_node_config(node.config)
+    path = fed.data_path(node.site)
+    rows = read_cohort(path)
+    arm = int(rows["treated"].mean() > 0.5)  # the larger arm's count is the largest entry
+    n_arm = int((rows["treated"] == arm).sum())
+    scale = (n_arm + 20) / CLIP  # the range ends 20 people above this arm's count
+    beta = (0.0,) * (len(spec.covariates) + 1)
+    outcomes = []
+    for added in (0, 40):
+        if added:
+            rows = pd.concat([rows, rows[rows["treated"] == arm].head(added)])
+            rows.to_csv(path, index=False)
+        q = fed.sign(fed.query((PsmStats(beta=beta, edges=(-np.inf, np.inf)),), spec=spec))
+        node.ask(q.model_copy(update={"ops": (Reserve(),)}), reserve=False)
+        secure = q.model_copy(
+            update={
+                "secure_scale": scale,
+                "privacy": q.privacy.model_copy(update={"secure_nodes": len(fed.nodes)}),
+            }
+        )
+        try:
+            answers, meta, _ = runtime.respond(secure, secure_sum=True)
+            vec, _ = encode_secure_input(answers, meta, scale=scale)
+            outcomes.append(("input", bool(np.all(np.abs(vec) <= CLIP))))
+        except Exception as e:  # noqa: BLE001 - what the coordinator would see as an error reply
+            outcomes.append((type(e).__name__, False))
+    assert outcomes == [("input", True), ("input", True)], outcomes

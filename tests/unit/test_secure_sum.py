@@ -16,7 +16,7 @@ from node.study_service import load_site_arrays
 from shared.answer import answer
 from shared.dp.forms import main_from_release
 from shared.driver import run_study
-from shared.errors import FederationError, PrivacyError, SpecError
+from shared.errors import FederationError, SpecError
 from shared.protocol import PsmStats, Reserve, ScoreHist, StudyQuery
 from shared.secure_sum import SECURE_SUM, pack, secure_scale, unpack
 from shared.study import StudySpec
@@ -151,8 +151,10 @@ def test_secure_aggregation_needs_dp_and_every_node(spec):
         StudySpec.from_dict({**doc, "federation": {}, "sites": doc["sites"][:1]})
 
 
-def test_pack_refuses_values_outside_the_secure_range():
+def test_pack_clips_values_outside_the_secure_range_without_refusing():
+    """A refusal would tell the coordinator a threshold of the node's own input (its share of
+    the noise only): the entry is clipped, as SecAgg+ would (tests/security/test_answer_oracles)."""
     vec, layout = pack({"a": {"x": np.array([[1.0, -2.0]])}}, scale=1.0)
     assert unpack(vec, layout)["a"]["x"].tolist() == [[1.0, -2.0]]
-    with pytest.raises(PrivacyError, match="exceeds the secure-sum range"):
-        pack({"a": {"x": np.array([100.0])}}, scale=1.0)
+    vec, _ = pack({"a": {"x": np.array([100.0, -100.0, 3.0])}}, scale=1.0)
+    assert vec.tolist() == [8.0, -8.0, 3.0]
