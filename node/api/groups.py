@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -153,7 +154,9 @@ def group_frame(scored: pd.DataFrame) -> pd.DataFrame:
 def data_version(book: pd.DataFrame) -> str:
     """SHA-256 of every person's groups and 16 features, in order: what a view is computed from
     besides the model. Per-person rows make it a high-entropy digest (unlike one of a count
-    table), and it changes with any ingested, corrected or removed person."""
+    table), and it changes with any ingested, corrected or removed person. It stays in the node
+    (the view's ledger key): unkeyed, it would test any guess at the rows, so a released view
+    carries a random tag instead."""
     cols = [c for c in ("department", "job_type", "age_band", "age", *FEATURE_NAMES) if c in book.columns]
     cols = list(dict.fromkeys(cols))
     digest = hashlib.sha256(",".join(cols).encode())
@@ -344,9 +347,12 @@ class GroupViews:
             "epsilon": self.epsilon,
             "delta": self.policy.delta,
             "model_version": self.model_version,
-            "data_version": self.data[:16],
+            # a random tag, not the data's digest: an unkeyed digest of every row, released
+            # uncharged, let anyone who knows the population but one person test each guess
+            # (tests/security/test_view_digest.py); stored with the view, so it names this release
+            "data_version": secrets.token_hex(8),
             "released_at": datetime.now(timezone.utc).isoformat(),
-            "supersedes": _superseded(previous, self.model_version, self.data[:16]),
+            "supersedes": _superseded(previous, self.model_version),
             **release_view(self.groups, dims, policy=self.policy, rng=self.rng),
         }
         return json.dumps(body)
@@ -409,18 +415,14 @@ class GroupViews:
             return {**view, "charged_now": charged, "note": note}
 
 
-def _superseded(previous: dict | None, model: str, data: str) -> dict | None:
-    """What changed since the last release of the same view definition (None: the first)."""
+def _superseded(previous: dict | None, model: str) -> dict | None:
+    """What changed since the last release of the same view definition (None: the first). A
+    definition is released again only when its model or its data changed (its ledger key), so
+    the same model means new data; a new model is said alone (whether the data changed too is
+    not kept: the tag of a release is random, never a digest of the rows)."""
     if previous is None:
         return None
-    changed = [
-        what
-        for what, old, new in (
-            ("model", previous.get("model_version"), model),
-            ("data", previous.get("data_version"), data),
-        )
-        if old != new
-    ]
+    changed = ["model"] if previous.get("model_version") != model else ["data"]
     return {
         "released_at": previous.get("released_at"),
         "model_version": previous.get("model_version"),

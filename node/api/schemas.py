@@ -87,7 +87,9 @@ class GroupView(_Body):
     epsilon: float = Field(description="ε of this release at delta")
     delta: float
     model_version: str
-    data_version: str = Field(description="Digest prefix of the population the view was drawn from")
+    data_version: str = Field(
+        description="Opaque tag of this release's population (random, not a digest of the data)"
+    )
     released_at: str
     supersedes: Superseded | None = Field(
         description="The previous release of this view definition, and what changed since"
