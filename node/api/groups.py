@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import secrets
 import threading
 from dataclasses import dataclass
@@ -64,6 +65,7 @@ DIMENSIONS = ("department", "age_band", "job_type")
 SENSITIVITY = sqrt(2.0)
 #: the label of a person whose department or job type is not recorded
 UNKNOWN = "unknown"
+log = logging.getLogger("rehealth.node.api")
 _SCHEMA = 2  # bump when the released body changes meaning: old stored views then no longer match
 
 
@@ -315,9 +317,19 @@ class GroupViews:
         self.epsilon = policy.epsilon
 
     def _load(self) -> None:
-        """Read the population now if it was deferred (under the lock)."""
+        """Read the population now if it was deferred (under the lock). A book that cannot be
+        read or scored is named only in the node's log: its error names a row and what is wrong
+        with one of its values ("row 3: sbp outside public bounds"), which HR must not read
+        (tests/security/test_group_view_leaks.py)."""
         if callable(self._population):
-            self.groups, self.data = self._population()
+            try:
+                self.groups, self.data = self._population()
+            except DataError as e:
+                log.error("group views: the population could not be read or scored: %s", e)
+                raise DataError(
+                    "group views unavailable: this node's population could not be read or "
+                    "scored (the node's log says why)"
+                ) from None
             self._population = (self.groups, self.data)
 
     def _definition(self, dims: tuple[str, ...]) -> str:
@@ -349,7 +361,7 @@ class GroupViews:
             "model_version": self.model_version,
             # a random tag, not the data's digest: an unkeyed digest of every row, released
             # uncharged, let anyone who knows the population but one person test each guess
-            # (tests/security/test_view_digest.py); stored with the view, so it names this release
+            # (tests/security/test_group_view_leaks.py); stored with the view, so it names this release
             "data_version": secrets.token_hex(8),
             "released_at": datetime.now(timezone.utc).isoformat(),
             "supersedes": _superseded(previous, self.model_version),

@@ -1,5 +1,11 @@
 """Red team: what an HR group view says about its data beyond the noisy table.
 
+**b. The error of a book that cannot be scored.** Served from a book read at the first request,
+a view whose book held an out-of-range or non-numeric value answered HR with the scorer's
+error, "row 3: sbp outside public bounds [80, 220]": the row and which side of the public
+bounds one of its values lies, uncharged. Now HR gets a fixed text; the node's log names it.
+
+**a. The data version.**
 A released view named the data it was drawn from by ``data_version``: the first 16 hex digits
 (64 bits) of an unkeyed SHA-256 over every person's groups and 16 features. That value is a
 deterministic function of every row, released uncharged — and the function is public
@@ -44,3 +50,22 @@ def test_a_views_data_version_does_not_test_whether_a_person_is_in_the_data(rele
     shown = view(with_p)["data_version"]
     assert shown not in candidates
     assert view(with_p)["data_version"] == shown  # the same release, served again
+
+
+def test_b_a_book_that_cannot_be_scored_tells_hr_nothing_of_its_rows(tmp_path, caplog):
+    import logging
+
+    ledger = PrivacyLedger(f"sqlite:///{tmp_path}/ledger.db")
+    ledger.ensure_budget(epsilon=30.0, delta=1e-6)
+    model = risk_model(tmp_path / "models")
+    caplog.set_level(logging.ERROR, logger="rehealth.node")
+    for column, value in (("sbp", 400.0), ("ldl", "x12")):
+        book = company(n=60)
+        book[column] = book[column].astype(object)
+        book.loc[3, column] = value
+        app = create_app(keys={"hr-key": "hr"}, model=model, book=lambda b=book: b, ledger=ledger)
+        r = TestClient(app, headers={"X-API-Key": "hr-key"}).get("/v1/groups")
+        assert r.status_code == 404
+        assert "row" not in r.text and column not in r.text and "bounds" not in r.text, r.text
+        assert any(f"row 3: {column}" in m.getMessage() for m in caplog.records)  # the node's log
+    assert ledger.history() == []
