@@ -47,7 +47,8 @@ def check_t(t, *, n: int, field: str = "treated") -> np.ndarray:
     bad = (t != 0.0) & (t != 1.0)
     if bad.any():
         r = int(np.flatnonzero(bad)[0])
-        raise DataError(f"row {r}: {field}={t[r]!r} must be 0 or 1", row=r, field=field)
+        # row and field, never the value (shared.features.check_bounds): a node logs this
+        raise DataError(f"row {r}: {field} must be 0 or 1", row=r, field=field)
     return t
 
 
@@ -67,7 +68,7 @@ def check_unit_outcomes(y, *, n: int, names: Sequence[str] | None = None) -> np.
     if bad.any():
         r, c = (int(v) for v in np.argwhere(bad)[0])
         raise DataError(
-            f"row {r}: outcome {names[c]}={y[r, c]!r} is not a number in [0, 1] "
+            f"row {r}: outcome {names[c]} is not a number in [0, 1] "
             "(clip and rescale with scale_outcomes first)",
             row=r,
             field=names[c],

@@ -116,7 +116,9 @@ def stratum_index(scores: np.ndarray, edges) -> np.ndarray:
     outside = (b < 0) | (b >= edges.size - 1)
     if outside.any():
         r = int(np.flatnonzero(outside)[0])
-        raise DataError(f"row {r}: score {scores[r]:.6g} outside the stratum edges", row=r, field="edges")
+        raise DataError(
+            f"row {r}: its score lies outside the stratum edges", row=r, field="edges"
+        )  # no value
     return b
 
 

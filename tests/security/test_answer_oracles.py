@@ -127,3 +127,23 @@ def test_b_a_secure_sum_input_is_never_refused_for_what_the_rows_hold(tmp_path, 
         except Exception as e:  # noqa: BLE001 - what the coordinator would see as an error reply
             outcomes.append((type(e).__name__, False))
     assert outcomes == [("input", True), ("input", True)], outcomes
+
+
+def test_c_the_psm_checks_name_row_and_field_never_the_value():
+    """The node logs a DataError's text (and its log may be shipped off the host): the PSM
+    checks quoted the offending treatment, outcome or logit score (a linear function of the
+    row's covariates). Unreachable through a node since the score-span bound and the clipping,
+    but one refactor away: each now names row and field only, as shared.features does."""
+    from shared.errors import DataError
+    from shared.psm._checks import check_t, check_unit_outcomes
+    from shared.psm.strata import stratum_index
+
+    canary = 0.7316429
+    for check in (
+        lambda: check_t(np.array([0.0, canary]), n=2),
+        lambda: check_unit_outcomes(np.array([[0.5], [1 + canary]]), n=2),
+        lambda: stratum_index(np.array([0.1, 5 + canary]), np.array([-1.0, 0.0, 1.0])),
+    ):
+        with pytest.raises(DataError) as e:
+            check()
+        assert "row 1" in str(e.value) and "7316" not in str(e.value), str(e.value)
