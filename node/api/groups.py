@@ -110,6 +110,12 @@ def _age_bands(age: pd.Series) -> pd.Series:
     return pd.cut(age, bins=edges, right=False, labels=list(AGE_BANDS)).astype(str)
 
 
+#: ``DataFrame.attrs`` key of a population's roster categories: the departments and job types
+#: of *every* person (:func:`persons_frame`), scorable or not. A view lists those, so a category
+#: does not vanish when its only members cannot be scored (a missing lab value is a health fact).
+ROSTER = "roster_categories"
+
+
 def _label(book: pd.DataFrame, name: str) -> pd.Series:
     if name not in book.columns:
         return pd.Series(UNKNOWN, index=book.index)
@@ -142,7 +148,7 @@ def group_frame(scored: pd.DataFrame) -> pd.DataFrame:
     else:
         raise DataError("book lacks both 'age_band' and 'age'", field="age_band")
     prob = scored["probability"] if "probability" in scored.columns else pd.Series(np.nan, index=scored.index)
-    return pd.DataFrame(
+    out = pd.DataFrame(
         {
             "department": _label(scored, "department").to_numpy(),
             "age_band": bands.to_numpy(),
@@ -151,6 +157,8 @@ def group_frame(scored: pd.DataFrame) -> pd.DataFrame:
             "probability": np.clip(prob.to_numpy(dtype=float), 0.0, 1.0),
         }
     )
+    out.attrs[ROSTER] = scored.attrs.get(ROSTER, {})
+    return out
 
 
 def data_version(book: pd.DataFrame) -> str:
@@ -163,6 +171,7 @@ def data_version(book: pd.DataFrame) -> str:
     cols = list(dict.fromkeys(cols))
     digest = hashlib.sha256(",".join(cols).encode())
     digest.update(pd.util.hash_pandas_object(book[cols].astype(str), index=False).to_numpy().tobytes())
+    digest.update(json.dumps(book.attrs.get(ROSTER, {}), sort_keys=True).encode())
     return digest.hexdigest()
 
 
@@ -188,16 +197,18 @@ def persons_frame(store_url: str) -> pd.DataFrame:
     finally:
         store.engine.dispose()
     frame = pd.DataFrame(rows, columns=[c.name for c in cols])
+    roster = {d: sorted(set(_label(frame, d))) for d in ("department", "job_type")}  # everyone's
     frame = frame.dropna(subset=list(FEATURE_NAMES)).reset_index(drop=True)
     if frame.empty:
         raise DataError("the node store holds no persons: ingest a persons file first (rehealth node ingest)")
+    frame.attrs[ROSTER] = roster
     return frame
 
 
 def _categories(groups: pd.DataFrame, dim: str) -> list[str]:
     if dim == "age_band":
         return list(AGE_BANDS)
-    return sorted(groups[dim].unique().tolist())
+    return sorted(set(groups[dim].unique().tolist()) | set(groups.attrs.get(ROSTER, {}).get(dim, ())))
 
 
 def exact_tables(
