@@ -371,7 +371,13 @@ class NodeRuntime:
 
     def _plan(self, query: StudyQuery):
         """The study's noise plan, derived here from its public parameters and cached in the
-        state folder (calibration costs seconds; each Flower message is a fresh process)."""
+        state folder (calibration costs seconds; each Flower message is a fresh process).
+
+        A cached plan is used only if this code derives the same plan at its ρ (sensitivities,
+        shares and the ρ fitting ε under this accountant: one composition, not the search): the
+        key names the terms, not the code, so a plan cached before an upgrade that corrected a
+        Δ would otherwise keep releasing at the old one (tests/security/test_answer_oracles.py d).
+        """
         import hashlib
         import json
 
@@ -383,7 +389,13 @@ class NodeRuntime:
         key = hashlib.sha256((query.privacy.model_dump_json(exclude={"caps"}) + public).encode()).hexdigest()
         cache = self.state_dir / "plans" / f"{key[:32]}.json" if self.state_dir else None
         if cache is not None and cache.exists():
-            return NoisePlan.from_dict(json.loads(cache.read_text()))
+            cached = NoisePlan.from_dict(json.loads(cache.read_text()))
+            try:
+                if query.privacy.plan(**dims, rho=cached.rho) == cached:
+                    return cached
+            except PrivacyError:
+                pass
+            log.warning("site %s: a cached noise plan is not this code's: derived afresh", self.site)
         plan = query.privacy.plan(**dims)
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)

@@ -209,9 +209,10 @@ class PrivacyQuery(_Model):
         """Over how many nodes' noise a release's σ is split (1: all of it at this node)."""
         return self.secure_nodes if self.secure_nodes is not None and secured(release) else 1
 
-    def plan(self, *, n_covariates: int, n_outcomes: int):
+    def plan(self, *, n_covariates: int, n_outcomes: int, rho: float | None = None):
         """The noise plan of a query of ``n_outcomes`` outcomes, the last
-        :attr:`negative_controls` of them the negative controls released apart.
+        :attr:`negative_controls` of them the negative controls released apart (at total
+        ``rho`` if given, else calibrated: :func:`shared.dp.plan.plan_study`).
 
         Raises:
             PrivacyError: the controls leave no outcome.
@@ -234,6 +235,7 @@ class PrivacyQuery(_Model):
             accountant=self.accountant,
             estimator=self.estimator,
             cap_round=self.cap_round,
+            rho=rho,
         )
         return plan if self.resplit is None else plan.with_split(self.resplit)
 

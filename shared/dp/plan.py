@@ -417,6 +417,7 @@ def plan_study(
     estimator: str = "stratified",
     cap_round: bool = False,
     n_negative_controls: int = 0,
+    rho: float | None = None,
 ) -> NoisePlan:
     r"""σ for every release so that the outcomes' releases compose to at most ``epsilon`` at
     ``delta`` (the negative controls' releases, if any, on top: see the module docstring).
@@ -432,13 +433,15 @@ def plan_study(
         cap_round: the study opens with the large-loss cap's histogram (``cap_hist``).
         n_negative_controls: C, the negative controls released apart (``nc_main``,
             ``nc_sumsq``, ``nc_wsum``); 0: none, the plan exactly as without them.
+        rho: the total ρ to plan at instead of calibrating it (a node re-deriving a cached
+            plan cheaply, to check it is this code's); it must fit ``epsilon``.
 
     Returns:
         The :class:`NoisePlan` (deterministic in its arguments).
 
     Raises:
         PrivacyError: ε or δ out of range, or describe, ps_fit or psm_stats has no share (or
-            balance, in a doubly robust study).
+            balance, in a doubly robust study), or a given ``rho`` does not fit ``epsilon``.
         ValueError: bad dimensions, accountant or estimator.
     """
     if estimator not in ("stratified", "dr"):
@@ -469,7 +472,18 @@ def plan_study(
         "cap_hist": math.sqrt(n_outcomes + n_negative_controls),
     }
     shares = tuple(_release_shares(split, n_ps_rounds, dr=estimator == "dr", cap_round=cap_round))
-    rho, eps = _calibrate(float(epsilon), float(delta), tuple(s for _, _, s in shares), accountant)
+    if rho is None:
+        rho, eps = _calibrate(float(epsilon), float(delta), tuple(s for _, _, s in shares), accountant)
+    else:
+        eps = epsilon_spent(
+            noise_multipliers=[_multiplier(rho * s) for _, _, s in shares],
+            delta=float(delta),
+            accountant=accountant,
+        )
+        if not eps <= float(epsilon):
+            raise PrivacyError(
+                f"a total ρ of {rho:g} composes to ε = {eps:.6g}, above the study's {epsilon:g}"
+            )
     controls: tuple[PlannedRelease, ...] = ()
     if n_negative_controls:
         c = int(n_negative_controls)

@@ -147,3 +147,39 @@ def test_c_the_psm_checks_name_row_and_field_never_the_value():
         with pytest.raises(DataError) as e:
             check()
         assert "row 1" in str(e.value) and "7316" not in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("estimator", ["stratified", "dr"])
+def test_d_a_plan_cached_by_other_code_is_not_used(tmp_path, synth, estimator, caplog):
+    """A node caches each study's noise plan in its state folder, keyed by the study's privacy
+    terms and dimensions, not by the code that derived it. The attack needs no attacker: a node
+    upgraded to a release that corrects a Δ (this session's cap_hist fix counted the negative
+    controls, with the protocol unchanged) kept its plans and released at the old Δ. Shown by
+    writing into the cache what older code would have (every Δ halved, or one share moved):
+    before, the node used it; now it re-derives the plan and logs it."""
+    import json
+    import logging
+
+    from node.runtime import NodeRuntime
+
+    fed = make_federation(tmp_path / "p", synth=synth)
+    spec = fed.spec.model_copy(update={"estimator": estimator})
+    if estimator == "dr":
+        spec = spec.model_copy(update={"privacy": spec.privacy.model_copy(update={"large_loss_cap": True})})
+    q = fed.query((Describe(),), spec=spec)
+    runtime = NodeRuntime.from_node_config(fed.node(0).config)
+    honest = runtime._plan(q)
+    assert runtime._plan(q) == honest  # served from the cache
+    (cached,) = (runtime.state_dir / "plans").glob("*.json")
+    for tamper in ("halve every Δ", "move a share"):
+        old = json.loads(cached.read_text())
+        for r in old["releases"]:
+            if tamper == "halve every Δ":
+                r["sensitivity"] /= 2
+            elif r["query"] == "psm_main":
+                r["noise_multiplier"] /= 1.5
+        cached.write_text(json.dumps(old))
+        caplog.set_level(logging.WARNING, logger="rehealth.node")
+        assert runtime._plan(q) == honest, tamper
+        assert any("not this code's" in m.getMessage() for m in caplog.records)
+        assert runtime._plan(q) == honest
