@@ -183,3 +183,31 @@ def test_d_a_plan_cached_by_other_code_is_not_used(tmp_path, synth, estimator, c
         assert runtime._plan(q) == honest, tamper
         assert any("not this code's" in m.getMessage() for m in caplog.records)
         assert runtime._plan(q) == honest
+
+
+def test_e_caps_either_side_of_the_largest_claim_are_answered_alike(dp):
+    """Caps chosen by a curious coordinator to isolate the costliest member: the two public
+    edges just below and just above the site's largest claim. The node must answer both the
+    same way (no check on a value), charging the same; each answer is DP at its own span
+    (its Δ: tests/security/test_release_sensitivity.py, "caps")."""
+    from shared.dp.capquantile import cap_bins
+
+    node = dp.node(0)
+    spec = dp.spec.model_copy(update={"privacy": dp.spec.privacy.model_copy(update={"large_loss_cap": True})})
+    truth = prepare_arrays(read_cohort(dp.data_path(node.site)), dp.query((Describe(),), spec=spec))
+    names = [o.name for o in spec.analysed_outcomes]
+    top = float(truth.y[:, names.index("claims_cost")].max())  # on the signed [0, 1] span
+    edges = cap_bins()[1:]
+    k = int(np.searchsorted(edges, top))
+    assert 0 < k < edges.size and edges[k - 1] < top <= edges[k]
+    beta = (0.0,) * (len(spec.covariates) + 1)
+    seen = []
+    for c01 in (edges[k - 1], edges[k]):  # the largest claim clipped / not clipped
+        caps = tuple(
+            o.lo + c01 * (o.cap - o.lo) if o.name == "claims_cost" else o.cap for o in spec.analysed_outcomes
+        )
+        q = dp.sign(dp.query((PsmStats(beta=beta, edges=(-np.inf, 0.0, np.inf)),), spec=spec))
+        q = q.model_copy(update={"privacy": q.privacy.model_copy(update={"caps": caps})})
+        r = node.ask(q)
+        seen.append((r.code, sorted(r.answers), r.meta.get("epsilon_study")))
+    assert seen[0] == seen[1] and seen[0][0] is None, seen
