@@ -164,7 +164,8 @@ def exact_answer(op, query: StudyQuery, data: SiteArrays) -> dict[str, np.ndarra
         edges = check_edges(op.edges)
         table = psm_table(z=data.z, t=data.t, y=data.y, beta=beta, edges=edges).to_arrays()
         if op.slope:  # a DR study: the controls' cross-products too (under DP: dr_slope)
-            table.update(slope_arrays(z=data.z, t=data.t, y=data.y, beta=beta, edges=edges))
+            pooled = query.privacy is not None  # released summed over strata: no per-stratum work
+            table.update(slope_arrays(z=data.z, t=data.t, y=data.y, beta=beta, edges=edges, pooled=pooled))
         return table
     if isinstance(op, PsmWsum):
         edges = check_edges(op.edges)

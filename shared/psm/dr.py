@@ -158,12 +158,18 @@ def dr_stats(*, z, t, y, beta, edges, names=None) -> DrStats:
     return DrStats(table=table, zz=zc.T @ zc, zy=zc.T @ yc)
 
 
-def slope_arrays(*, z, t, y, beta, edges, names=None) -> dict[str, np.ndarray]:
+def slope_arrays(*, z, t, y, beta, edges, names=None, pooled: bool = False) -> dict[str, np.ndarray]:
     """What a node adds to its PSM-statistics answer in a DR study: the controls' Σzzᵀ
     ``zz_c`` ``(S, D, D)`` and Σzyᵀ ``zy_c`` ``(S, D, O)`` per stratum. Per stratum, not pooled,
     so that a cell the node suppresses (fewer than k controls) takes its rows' cross-products
     with it (:func:`shared.answer.suppress_small_cells`); the coordinator sums over strata
-    (:meth:`DrStats.from_answer`)."""
+    (:meth:`DrStats.from_answer`).
+
+    ``pooled`` (a DP answer, whose ``dr_slope`` release sums over strata anyway): one ``(1, D,
+    D)`` / ``(1, D, O)`` sum over every control, in time and memory that do not depend on how
+    many strata hold controls — per stratum they did (one product and one D × D page per
+    occupied stratum), which the reply's timing told a coordinator choosing fine edges
+    (tests/security/test_answer_oracles.py f)."""
     from shared.psm.strata import logit_scores, stratum_index
 
     z = check_z(z, names=names)
@@ -172,8 +178,10 @@ def slope_arrays(*, z, t, y, beta, edges, names=None) -> dict[str, np.ndarray]:
     edges = np.asarray(edges, dtype=float)
     b = stratum_index(logit_scores(z=z, beta=np.asarray(beta, dtype=float)), edges)
     s, d, o = edges.size - 1, z.shape[1], y.shape[1]
-    zz, zy = np.zeros((s, d, d)), np.zeros((s, d, o))
     c = t == 0
+    if pooled:
+        return {"zz_c": (z[c].T @ z[c])[None], "zy_c": (z[c].T @ y[c])[None]}
+    zz, zy = np.zeros((s, d, d)), np.zeros((s, d, o))
     for k in np.unique(b[c]):
         rows = c & (b == k)
         zz[k] = z[rows].T @ z[rows]
