@@ -89,7 +89,8 @@ def test_b_a_secure_sum_input_is_never_refused_for_what_the_rows_hold(tmp_path, 
     uncharged beyond it. Shown with 40 added controls, so the bit is certain at ε = 1; one
     person moves it with probability set by σ/√K, not σ. Now the node clips its share to the
     range (what SecAgg+ itself would do) and answers either way; its log says so, without
-    a value."""
+    a value. What remains (deploy/TRUST.md, open item 3): the masked sum of clipped shares is
+    still a function of each share, bounded by what releasing the shares would cost."""
     from node.runtime import NodeRuntime
     from protos.codec import encode_secure_input
     from shared.protocol import Reserve
