@@ -381,9 +381,10 @@ class RiskJob(_Model):
 
     The final evaluation is one more Gaussian release per node, at ``eval_epsilon`` (and
     ``delta``), charged on top of training: a node's total for the job is the composition of
-    both, which its ledger's accountant computes. ``eval_bins`` is the public probability grid
-    of that release (fewer bins, less noise per pooled metric; see
-    :mod:`shared.risk.metrics`). A node not in ``sites`` declines every message of the job.
+    both, which its ledger's accountant computes. Each node's FedAvg weight is a third: its
+    row count, released once per job with noise (:data:`shared.risk.fedavg.COUNT_EPSILON`).
+    ``eval_bins`` is the public probability grid of that release (fewer bins, less noise per
+    pooled metric; see :mod:`shared.risk.metrics`). A node not in ``sites`` declines every message of the job.
     """
 
     job_id: str = Field(min_length=8, max_length=128)

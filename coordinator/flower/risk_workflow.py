@@ -1,9 +1,10 @@
 """Federated DP training of the cardiovascular risk model with Flower's FedAvg strategy.
 
 Each round every node runs local DP-SGD (Opacus) from the global weights, charged to its own
-ledger, and FedAvg averages the returned weights by row count. A final evaluation message sends
-the trained model to every node, which stores it as a *candidate* (served only after its
-operator approves it) and answers with one Gaussian release of its additive evaluation
+ledger, and FedAvg averages the returned weights by each node's noisy row count (one charged
+release per job, :data:`shared.risk.fedavg.COUNT_EPSILON`: the exact count would leave
+uncharged). A final evaluation message sends the trained model to every node, which stores it
+as a *candidate* (served only after its operator approves it) and answers with one Gaussian release of its additive evaluation
 aggregate at the job's ``eval_epsilon``, charged to its ledger. The pooled AUC, Brier score and
 decile calibration come from the merged noisy aggregates (clamped where a metric needs
 non-negative counts: :func:`shared.risk.metrics.evaluate`), and the result says the evaluation
@@ -90,6 +91,7 @@ def train_risk_model(
         "nodes": expected_nodes,
         "evaluation": report.to_dict(),
         "evaluation_privacy": evaluation_privacy(job, expected_nodes),
+        "weight_privacy": weight_privacy(job),
         "train_metrics": train_metrics,
         "seconds": time.perf_counter() - started,
     }
@@ -116,6 +118,21 @@ def evaluation_privacy(job: RiskJob, nodes: int) -> dict:
         "bins": job.eval_bins,
         "note": "each node's evaluation aggregate is one Gaussian release charged to its "
         "ledger on top of training; metrics are computed from the noisy sums",
+    }
+
+
+def weight_privacy(job: RiskJob) -> dict:
+    """What FedAvg's weights cost: each node released its training row count once per job."""
+    from shared.risk.fedavg import COUNT_EPSILON, COUNT_SENSITIVITY, count_sigma
+
+    return {
+        "dp": True,
+        "epsilon": COUNT_EPSILON,
+        "delta": job.delta,
+        "sensitivity": COUNT_SENSITIVITY,
+        "sigma_per_node": count_sigma(delta=job.delta),
+        "note": "each node's FedAvg weight is one Gaussian release of its row count, charged "
+        "to its ledger once per job on top of training; later rounds re-use it",
     }
 
 

@@ -131,6 +131,7 @@ def train(msg: Message, runtime: NodeRuntime) -> Message:
         sample_rate=q,
         steps=steps,
     )
+    weight, count_charge = _noisy_count(runtime, job, n=len(y))  # charged before training too
     res = local_train(
         arrays=_model_arrays(msg.content, job),
         X=X,
@@ -143,19 +144,41 @@ def train(msg: Message, runtime: NodeRuntime) -> Message:
         max_grad_norm=job.max_grad_norm,
         delta=job.delta,
     )
-    metrics = MetricRecord(
-        {
-            "num-examples": int(res.n),
-            "epsilon-spent": ledger.spent(runtime.dataset),
-            "loss": float(res.metrics.get("loss", 0.0)),
-        }
-    )
+    # only the noisy count, FedAvg's weight: the exact row count (and the ledger's running
+    # total, which other releases of this node move) would leave uncharged
+    metrics = MetricRecord({"num-examples": weight})
     reply = Message(
         RecordDict({RISK_ARRAYS_KEY: ArrayRecord([np.asarray(a) for a in res.arrays]), "metrics": metrics}),
         reply_to=msg,
     )
-    ledger.mark_sent(charge.id)  # the reply is built: handing it to Flower is all that is left
+    # the reply is built: handing it to Flower is all that is left
+    ledger.mark_sent([charge.id] + ([count_charge.id] if count_charge is not None else []))
     return reply
+
+
+#: The ledger's name for the noisy row count a node releases once per risk job.
+COUNT_QUERY = "risk_count"
+
+
+def _noisy_count(runtime: NodeRuntime, job: RiskJob, *, n: int):
+    """The node's FedAvg weight for ``job``: one Gaussian release of its training row count,
+    charged once per job and served again to the job's later rounds (a fresh draw per round
+    would average out). Returns ``(weight, charge)``; the charge is None when re-served."""
+    import json
+
+    from shared.dp.mechanisms import secure_rng
+    from shared.risk.fedavg import COUNT_SENSITIVITY, count_sigma, fedavg_weight
+
+    sigma = count_sigma(delta=job.delta)
+    body, charge = runtime.ledger().release_once(
+        key=f"{COUNT_QUERY}:{runtime.dataset}:{job.job_id}",
+        study_id=job.job_id,
+        query=COUNT_QUERY,
+        sigma=sigma,
+        sensitivity=COUNT_SENSITIVITY,
+        make=lambda: json.dumps({"count": n + float(secure_rng().normal(0.0, sigma))}),
+    )
+    return fedavg_weight(json.loads(body)["count"]), charge
 
 
 #: The ledger's name for the evaluation release (one per job: a replay gets nothing).

@@ -109,6 +109,20 @@ def evaluate_message(
     node: Node, arrays: list[np.ndarray], job: str, *, grant_sites: tuple[str, ...] = (SITE,)
 ):
     """Send ``arrays`` for evaluation with an operator-signed job; return the reply."""
+    return send_message(node, arrays, job, message_type="evaluate", grant_sites=grant_sites)
+
+
+def send_message(
+    node: Node,
+    arrays: list[np.ndarray],
+    job: str,
+    *,
+    message_type: str,
+    grant_sites: tuple[str, ...] = (SITE,),
+    message_id: str | None = None,
+):
+    """Send ``arrays`` as a ``message_type`` ("train", "evaluate") message of an operator-signed
+    job through the real ClientApp; return the reply."""
     from flwr.app import ArrayRecord, Context, Message, RecordDict
 
     from node.flower.client_app import app as client_app
@@ -124,8 +138,8 @@ def evaluate_message(
     from flwr.supercore.task_identity import TaskIdentity
 
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
-    msg = Message(content=content, dst_node_id=1, message_type="evaluate", group_id="attack")
-    msg.metadata.__dict__["_message_id"] = f"attack-{parsed.job_id}"
+    msg = Message(content=content, dst_node_id=1, message_type=message_type, group_id="attack")
+    msg.metadata.__dict__["_message_id"] = message_id or f"attack-{parsed.job_id}"
     ctx = Context(run_id=1, node_id=1, node_config=node.config, state=RecordDict(), run_config={})
     return client_app(msg, ctx)
 
