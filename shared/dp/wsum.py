@@ -86,6 +86,12 @@ __all__ = [
 
 #: Relative tolerance of the declared largest weight against the node's own (float round-off).
 _WEIGHT_RTOL = 1e-9
+#: The largest count a ``psm_wsum`` query may carry (more people than live on earth): a weight,
+#: a ratio of counts, then stays below it, and no sum of weighted rows can overflow. A count of
+#: 1e306 made the controls' weighted sum overflow exactly when their Σy passed the threshold it
+#: set, and the node failed after its charge: an exact yes/no on, e.g., the number of events
+#: among the controls of chosen strata (tests/security/test_answer_oracles.py g).
+MAX_COUNT = 1e10
 
 
 def att_weights(count: np.ndarray, used: np.ndarray) -> np.ndarray:
@@ -147,15 +153,15 @@ def node_weights(
         sensitivity.
 
     Raises:
-        QueryRefused: counts or centres of the wrong size or not finite, negative counts, one
-            arm of a stratum without the other, a used count below 1, no used stratum, a
-            centre outside [0, 1], or a declared largest weight other than the counts' (no
-            value is named: they are the study's).
+        QueryRefused: counts or centres of the wrong size or not finite, counts negative or
+            above :data:`MAX_COUNT`, one arm of a stratum without the other, a used count below
+            1, no used stratum, a centre outside [0, 1], or a declared largest weight other
+            than the counts' (no value is named: they are the study's).
     """
     flat_n = np.asarray(counts, dtype=float).reshape(-1)
     flat_c = np.asarray(centers, dtype=float).reshape(-1)
-    if flat_n.size != 2 * n_strata or not np.all(np.isfinite(flat_n)) or np.any(flat_n < 0):
-        raise QueryRefused(f"psm_wsum: counts must be {2 * n_strata} finite non-negative values")
+    if flat_n.size != 2 * n_strata or not np.all((flat_n >= 0) & (flat_n <= MAX_COUNT)):
+        raise QueryRefused(f"psm_wsum: counts must be {2 * n_strata} values in [0, {MAX_COUNT:g}]")
     if flat_c.size != 2 * n_strata * n_outcomes or not np.all((flat_c >= 0.0) & (flat_c <= 1.0)):
         raise QueryRefused(f"psm_wsum: centers must be {2 * n_strata * n_outcomes} values in [0, 1]")
     n = flat_n.reshape(n_strata, 2)

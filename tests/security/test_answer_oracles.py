@@ -260,3 +260,30 @@ def test_f_a_dr_answers_work_does_not_grow_with_the_strata_its_controls_occupy()
 
     t_together, t_spread = seconds(together), seconds(spread)
     assert t_spread < 3 * t_together + 0.15, (t_together, t_spread)
+
+
+def test_g_a_weighted_sum_cannot_overflow_on_what_the_controls_hold(dp):
+    """The attack: psm_wsum counts (control 1, treated x) give every control the weight −x,
+    and with centres 0 the controls' sum is −x·Σy. At x = DBL_MAX / (0.8·Σy) it overflowed,
+    the node refused to add noise to −inf after its charge (code 4003); at DBL_MAX / (1.2·Σy)
+    it answered. The threshold is the coordinator's: bisection read the exact Σy of the
+    controls (the events among them, for cv_event; in chosen strata, with β and edges), one
+    un-noised bit per query. Now counts above 1e10 are refused on the query alone."""
+    node = dp.node(0)
+    truth = prepare_arrays(read_cohort(dp.data_path(node.site)), dp.query((Describe(),)))
+    top = float(truth.y[truth.t == 0].sum(axis=0).max())
+    o, d = len(dp.spec.analysed_outcomes), len(dp.spec.covariates)
+    seen = []
+    for f in (0.8, 1.2):  # the controls' sum past / short of the float maximum
+        x = DBL_MAX / (top * f)
+        w = PsmWsum(
+            beta=(0.0,) * (d + 1),
+            edges=(-np.inf, np.inf),
+            count=(1.0, x),
+            center=(0.0,) * (2 * o),
+            max_weight=x,
+        )
+        r = node.ask(dp.sign(dp.query((w,))))
+        seen.append((r.code, r.reason.split(": ")[-1][:40]))
+    assert seen[0] == seen[1] and seen[0][0] == CODE_REFUSED, seen
+    assert node.releases() == []
