@@ -3,12 +3,12 @@
 Each round every node runs local DP-SGD (Opacus) from the global weights, charged to its own
 ledger, and FedAvg averages the returned weights by each node's noisy row count (one charged
 release per job, :data:`shared.risk.fedavg.COUNT_EPSILON`: the exact count would leave
-uncharged). A final evaluation message sends the trained model to every node, which stores it
-as a *candidate* (served only after its operator approves it) and answers with one Gaussian
-release of its additive evaluation aggregate at the job's ``eval_epsilon``, charged to its ledger. The pooled AUC, Brier score and
-decile calibration come from the merged noisy aggregates (clamped where a metric needs
-non-negative counts: :func:`shared.risk.metrics.evaluate`), and the result says the evaluation
-is DP and at what noise. No per-person score leaves a node.
+uncharged). A final evaluation message sends the trained model to every node, which stores it as
+a *candidate* (served only after its operator approves it) and answers with one Gaussian release
+of its additive evaluation aggregate at the job's ``eval_epsilon``, charged to its ledger. The
+pooled AUC, Brier score and decile calibration come from the merged noisy aggregates (clamped
+where a metric needs non-negative counts: :func:`shared.risk.metrics.evaluate`), and the result
+says the evaluation is DP and at what noise. No per-person score leaves a node.
 """
 
 from __future__ import annotations
