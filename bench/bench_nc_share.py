@@ -32,10 +32,12 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+
+from _coverage import map_seeds  # noqa: E402
 
 import shared.protocol as protocol  # noqa: E402
-from bench._coverage import map_seeds  # noqa: E402
 from coordinator.report.negative_controls import negative_control_section  # noqa: E402
 from coordinator.study.assemble import assemble_result  # noqa: E402
 from coordinator.synth.io import study_document  # noqa: E402
