@@ -72,6 +72,7 @@ def _one_run(fed, seed: int, epsilon: float, controls: bool, apart: bool, share:
     rngs = {s.name: np.random.default_rng([seed, i, 7]) for i, s in enumerate(fed.sites)}
     run = run_study(spec, InProcessSites(arrays, rngs=rngs))
     result = assemble_result(run, dropped={}, started_at="", finished_at="", total_s=0.0)
+    assert run.plan is not None  # a DP study
     out: dict = {"ci": {o.name: o.ci for o in result.outcomes}, "eps": run.plan.epsilon_planned}
     section = negative_control_section(result)
     if section is None:
@@ -128,9 +129,10 @@ def table(dgp: str, results: list[dict], shares: list[float]) -> list[str]:
         eps = max(r["eps"] for r in rs)
         width = " / ".join(f"{_med(r['ci'][k][1] - r['ci'][k][0] for r in rs):.4g}" for k in OUTCOMES)
         if not controls:
-            t = {k: [res["truth"][k] for res in results] for k in OUTCOMES}
-            plain = " / ".join(f"{sum(_cover(r['ci'][k], tk) for r, tk in zip(rs, t[k]))}" for k in OUTCOMES)
-            rows.append(f"| {dgp} | {label} | {eps:.6f} | {width} | {plain} | | | | |")
+            truths = {k: [res["truth"][k] for res in results] for k in OUTCOMES}
+            hits = [sum(_cover(r["ci"][k], tk) for r, tk in zip(rs, truths[k])) for k in OUTCOMES]
+            cov = " / ".join(str(h) for h in hits)
+            rows.append(f"| {dgp} | {label} | {eps:.6f} | {width} | {cov} | | | | |")
             continue
         eases = [r["ease"] if r["ease"] is not None else math.inf for r in rs]
         plain, cal, calmu, sd = [], [], [], []
@@ -138,9 +140,9 @@ def table(dgp: str, results: list[dict], shares: list[float]) -> list[str]:
             t = [res["truth"][k] for res in results]
             plain.append(f"{sum(_cover(r['ci'][k], tk) for r, tk in zip(rs, t))}")
             have = [(r["cal"][k], tk) for r, tk in zip(rs, t) if r["cal"][k] is not None]
-            cov = sum(_cover(ci, tk) for ci, tk in have)
+            covered = sum(_cover(ci, tk) for ci, tk in have)
             none = f" ({n - len(have)} n/a)" if len(have) < n else ""
-            cal.append(f"{cov}{none} {_med(ci[1] - ci[0] for ci, _ in have):.4g}")
+            cal.append(f"{covered}{none} {_med(ci[1] - ci[0] for ci, _ in have):.4g}")
             hm = [(r["cal_mu"][k], tk) for r, tk in zip(rs, t) if r["cal_mu"][k] is not None]
             calmu.append(f"{sum(_cover(ci, tk) for ci, tk in hm)} {_med(ci[1] - ci[0] for ci, _ in hm):.4g}")
             sd.append(f"{_med(r['sd'].get(k) for r in rs):.4f}")
