@@ -218,16 +218,17 @@ class PrivacyQuery(_Model):
     #: it); 0 (left out of the signed terms, so older grants match): none apart
     negative_controls: int = Field(default=0, ge=0)
     #: f: the share of ``psm_stats``' ρ the controls' releases take, the outcomes' keeping 1 − f
-    #: (within the study's ε). Signed with the study when it has controls apart; None without
+    #: (within the study's ε). Signed with the study when it has controls apart (a study's
+    #: queries always state it); None: the plan's default for the query's outcomes
+    #: (:func:`shared.dp.plan.default_control_share`), and none without controls
     negative_control_share: float | None = Field(default=None, gt=0, lt=1)
 
     @model_validator(mode="after")
     def _share_with_controls(self) -> "PrivacyQuery":
-        if bool(self.negative_controls) != (self.negative_control_share is not None):
+        if self.negative_control_share is not None and not self.negative_controls:
             raise ValueError(
-                "negative controls released apart need their share of psm_stats (negative_control_share), "
-                f"and a share needs controls: got {self.negative_controls} controls, "
-                f"share {self.negative_control_share!r}"
+                f"a share of psm_stats for negative controls ({self.negative_control_share!r}) "
+                "in a query that releases none apart"
             )
         return self
 

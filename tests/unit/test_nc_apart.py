@@ -88,8 +88,10 @@ def test_a_declared_share_is_used_and_a_share_outside_zero_one_refused():
     for bad in (0.0, 1.0, 1.5):
         with pytest.raises(PrivacyError, match="share"):
             plan_study(**kw, control_share=bad)
-    with pytest.raises(ValueError, match="share"):  # a query's share and count go together
-        PrivacyQuery(epsilon=1.0, delta=1e-6, split=BudgetSplit(), n_ps_rounds=4, negative_controls=C)
+    with pytest.raises(ValueError, match="share"):  # a share without controls
+        PrivacyQuery(epsilon=1.0, delta=1e-6, split=BudgetSplit(), n_ps_rounds=4, negative_control_share=0.3)
+    implicit = PrivacyQuery(epsilon=1.0, delta=1e-6, split=BudgetSplit(), n_ps_rounds=4, negative_controls=C)
+    assert implicit.plan(n_covariates=4, n_outcomes=3 + C).control_share == F  # the default for O = 3
 
 
 def test_a_re_split_moves_the_controls_with_psm_stats_and_keeps_the_study_epsilon():
