@@ -379,6 +379,13 @@ def _limitations(result: StudyResult, spec: dict) -> tuple[str, ...]:
             "outcomes: a bias that reaches the outcomes by another path than the controls' is not "
             "seen by EASE nor removed by the calibrated CI."
         )
+        if result.privacy.enabled:
+            out.append(
+                "Under differential privacy the negative controls' log ratios are read on noisy arm "
+                "means, which pulls them towards zero: a passed EASE gate is weaker evidence of no "
+                "systematic error than in an exact study (on synthetic data with an unmeasured "
+                "confounder, DP studies at ε = 1 failed it far less often than exact ones)."
+            )
     if result.truth is not None:
         out.append("Simulated data: the study demonstrates the method and is not real-world evidence.")
     if any(s.status != "ok" for s in result.sites):

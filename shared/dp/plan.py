@@ -94,7 +94,7 @@ is ∝ 1/f (C cancels). The sum O/(1 − f) + 1/f is smallest at (1 − f)/f = �
 control's privacy noise on the log ratio is like an outcome's (the data decide their means, the
 plan cannot); it minimises the width of a calibrated CI that carries μ̂'s error, not that of the
 reported one (which leaves μ̂'s error out and would take f → 0, leaving μ̂ to the noise).
-Measured (``bench/bench_nc_share.py``): docs/PRIVACY.md. A DR study's controls still ride in
+Measured: docs/benchmarks/nc_share.md (``bench/bench_nc_share.py``). A DR study's controls still ride in
 its releases (:func:`shared.protocol.controls_apart`): its outcomes are DR estimates, and
 controls estimated apart by the weighted sums would be stratified ones, whose systematic error is
 another estimator's; a DR plan asked with controls divides the share the same way. A spec
