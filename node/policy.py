@@ -77,7 +77,7 @@ _SHARE_OF = {
     "psm_wsum": "psm_stats",
     "psm_balance": "balance",
     "dr_slope": "psm_stats",
-    "nc_main": "psm_stats",  # the negative controls' (shared/dp/plan.py: on top, at psm_stats' shares)
+    "nc_main": "psm_stats",  # the negative controls' (shared/dp/plan.py: a share of psm_stats)
     "nc_sumsq": "psm_stats",
     "nc_wsum": "psm_stats",
 }

@@ -112,7 +112,7 @@ class BudgetSplit(_message.Message):
     def __init__(self, describe: _Optional[float] = ..., ps_fit: _Optional[float] = ..., psm_stats: _Optional[float] = ..., balance: _Optional[float] = ...) -> None: ...
 
 class PrivacyQuery(_message.Message):
-    __slots__ = ("epsilon", "delta", "split", "n_ps_rounds", "accountant", "resplit", "secure_nodes", "secure_aggregation", "estimator", "cap_round", "caps", "negative_controls")
+    __slots__ = ("epsilon", "delta", "split", "n_ps_rounds", "accountant", "resplit", "secure_nodes", "secure_aggregation", "estimator", "cap_round", "caps", "negative_controls", "negative_control_share")
     EPSILON_FIELD_NUMBER: _ClassVar[int]
     DELTA_FIELD_NUMBER: _ClassVar[int]
     SPLIT_FIELD_NUMBER: _ClassVar[int]
@@ -125,6 +125,7 @@ class PrivacyQuery(_message.Message):
     CAP_ROUND_FIELD_NUMBER: _ClassVar[int]
     CAPS_FIELD_NUMBER: _ClassVar[int]
     NEGATIVE_CONTROLS_FIELD_NUMBER: _ClassVar[int]
+    NEGATIVE_CONTROL_SHARE_FIELD_NUMBER: _ClassVar[int]
     epsilon: float
     delta: float
     split: BudgetSplit
@@ -137,7 +138,8 @@ class PrivacyQuery(_message.Message):
     cap_round: bool
     caps: _containers.RepeatedScalarFieldContainer[float]
     negative_controls: int
-    def __init__(self, epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., split: _Optional[_Union[BudgetSplit, _Mapping]] = ..., n_ps_rounds: _Optional[int] = ..., accountant: _Optional[_Union[Accountant, str]] = ..., resplit: _Optional[_Union[BudgetSplit, _Mapping]] = ..., secure_nodes: _Optional[int] = ..., secure_aggregation: _Optional[bool] = ..., estimator: _Optional[_Union[Estimator, str]] = ..., cap_round: _Optional[bool] = ..., caps: _Optional[_Iterable[float]] = ..., negative_controls: _Optional[int] = ...) -> None: ...
+    negative_control_share: float
+    def __init__(self, epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., split: _Optional[_Union[BudgetSplit, _Mapping]] = ..., n_ps_rounds: _Optional[int] = ..., accountant: _Optional[_Union[Accountant, str]] = ..., resplit: _Optional[_Union[BudgetSplit, _Mapping]] = ..., secure_nodes: _Optional[int] = ..., secure_aggregation: _Optional[bool] = ..., estimator: _Optional[_Union[Estimator, str]] = ..., cap_round: _Optional[bool] = ..., caps: _Optional[_Iterable[float]] = ..., negative_controls: _Optional[int] = ..., negative_control_share: _Optional[float] = ...) -> None: ...
 
 class Describe(_message.Message):
     __slots__ = ()

@@ -76,6 +76,7 @@ from shared.protocol import (
     Reserve,
     ScoreHist,
     StudyQuery,
+    control_share,
     controls_apart,
 )
 from shared.psm.dr import DrStats, estimate_dr, with_dr
@@ -311,6 +312,7 @@ def noise_plan(spec: StudySpec) -> NoisePlan:
         n_covariates=len(spec.design_covariates),
         n_outcomes=len(spec.analysed_outcomes) - c,
         n_negative_controls=c,
+        control_share=control_share(spec),
         n_ps_rounds=p.ps_rounds,
         accountant=p.accountant,
         estimator=spec.estimator,

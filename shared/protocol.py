@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Annotated, Final, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from protos import rehealth_v1_pb2 as _pb  # the generated contract (protobuf only, no Flower)
 from shared.grant import Grant, SignedGrant
@@ -154,20 +154,33 @@ DP_RELEASES: dict[str, tuple[str, ...]] = {
 }
 
 
-#: Whether a DP study releases its negative controls apart (``nc_*``, issue #21,
-#: :func:`controls_apart`); False: they ride in the outcomes' releases (the behaviour before).
-#: Off: released apart, the controls are paid *on top* of the study's ε (24 controls: ε 1 → 1.22
-#: spent), so a spec's ε would no longer bound what its study costs a node. Whether the controls
-#: should instead take a share within ε (every outcome σ ×≈1.2 rather than ×2–3 riding along) is
-#: open (tests/unit/test_nc_apart.py turns this on to test the mechanism).
-NEGATIVE_CONTROLS_APART = False
+#: Whether a stratified DP study releases its negative controls apart (``nc_*``, issue #21,
+#: :func:`controls_apart`), within the study's ε: they take a signed share of ``psm_stats``
+#: (:func:`shared.dp.plan.default_control_share`), so a spec's ε bounds what its study costs a
+#: node with or without them. False: they ride in the outcomes' releases (the behaviour before,
+#: every outcome σ ×2–3 with 24 controls instead of ×1.26).
+NEGATIVE_CONTROLS_APART = True
 
 
 def controls_apart(spec: StudySpec) -> int:
     """C, the negative controls a DP study releases apart (0: none, or they ride along)."""
     if not (NEGATIVE_CONTROLS_APART and spec.privacy.enabled) or spec.estimator == "dr":
-        return 0  # a DR study's controls still ride in its releases (the driver reads them so)
+        # a DR study's controls still ride in its releases: apart, the weighted sums would give
+        # them stratified estimates, whose systematic error is not the DR outcomes' (plan.py)
+        return 0
     return len(spec.negative_controls)
+
+
+def control_share(spec: StudySpec) -> float | None:
+    """The share of ``psm_stats``' ρ a study's controls released apart take (signed with the
+    study): the spec's ``privacy.negative_control_share``, else the plan's default for its
+    outcomes; None when no controls are released apart."""
+    if not controls_apart(spec):
+        return None
+    from shared.dp.plan import default_control_share
+
+    declared = spec.privacy.negative_control_share
+    return default_control_share(len(spec.outcomes)) if declared is None else declared
 
 
 class PrivacyQuery(_Model):
@@ -201,9 +214,23 @@ class PrivacyQuery(_Model):
     caps: tuple[float, ...] = ()
     #: C: the query's last C outcomes are the study's negative controls, released apart from
     #: the outcomes (``nc_*``, :func:`shared.dp.plan.plan_study`). Signed with the study (a node
-    #: never takes a control for one on the coordinator's word: the controls are paid on top of
-    #: the study's ε); 0 (left out of the signed terms, so older grants match): none apart
+    #: never takes a control for one on the coordinator's word: the plan's shares follow from
+    #: it); 0 (left out of the signed terms, so older grants match): none apart
     negative_controls: int = Field(default=0, ge=0)
+    #: f: the share of ``psm_stats``' ρ the controls' releases take, the outcomes' keeping 1 − f
+    #: (within the study's ε). Signed with the study when it has controls apart (a study's
+    #: queries always state it); None: the plan's default for the query's outcomes
+    #: (:func:`shared.dp.plan.default_control_share`), and none without controls
+    negative_control_share: float | None = Field(default=None, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _share_with_controls(self) -> "PrivacyQuery":
+        if self.negative_control_share is not None and not self.negative_controls:
+            raise ValueError(
+                f"a share of psm_stats for negative controls ({self.negative_control_share!r}) "
+                "in a query that releases none apart"
+            )
+        return self
 
     def share(self, release: str) -> int:
         """Over how many nodes' noise a release's σ is split (1: all of it at this node)."""
@@ -231,6 +258,7 @@ class PrivacyQuery(_Model):
             n_covariates=n_covariates,
             n_outcomes=n_outcomes - self.negative_controls,
             n_negative_controls=self.negative_controls,
+            control_share=self.negative_control_share,
             n_ps_rounds=self.n_ps_rounds,
             accountant=self.accountant,
             estimator=self.estimator,
@@ -284,7 +312,11 @@ class StudyQuery(_Model):
                 exclude={"resplit", "secure_nodes", "caps"}
                 | ({"estimator"} if self.privacy.estimator == "stratified" else set())
                 | (set() if self.privacy.cap_round else {"cap_round"})
-                | (set() if self.privacy.negative_controls else {"negative_controls"}),
+                | (
+                    set()
+                    if self.privacy.negative_controls
+                    else {"negative_controls", "negative_control_share"}
+                ),
             )
         )
         out = {
@@ -323,6 +355,7 @@ class StudyQuery(_Model):
                 cap_round=p.large_loss_cap,
                 caps=caps,
                 negative_controls=controls_apart(spec),
+                negative_control_share=control_share(spec),
             )
             if p.enabled
             else None

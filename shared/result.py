@@ -125,6 +125,9 @@ class PrivacySpent(_Model):
     # level and share of ρ, per outcome the signed and released caps, the noisy clipped share
     # and the bound on |uncapped − capped| estimate; None: no cap round
     large_loss_caps: dict | None = None
+    # the share of psm_stats' budget the negative controls' own releases took, within ε
+    # (shared/dp/plan.py); None: no controls, or they rode in the outcomes' releases
+    negative_control_share: float | None = None
 
 
 class StudyResult(_Model):

@@ -143,14 +143,20 @@ class Privacy(_Model):
     #: Off by default: at ~1k treated the narrower CIs expose the DP study's own bias
     #: (docs/benchmarks/privacy_levers.md)
     large_loss_cap: bool = False
+    #: the share of ``psm_stats``' ρ the negative controls' own releases take, within ε
+    #: (shared.dp.plan: the outcomes' releases keep the rest); None: the plan's default
+    #: 1/(1 + √O), which minimises the calibrated estimate's variance
+    negative_control_share: float | None = Field(default=None, gt=0, lt=1)
 
     @model_serializer(mode="wrap")
     def _omit_the_cap_round_when_off(self, handler: SerializerFunctionWrapHandler) -> dict:
-        """A spec without the cap round dumps (and so hashes, and is signed) as it did before
-        the field existed: registrations and grants of such specs stay valid."""
+        """A spec without the cap round or a declared controls' share dumps (and so hashes, and
+        is signed) as it did before the fields existed: registrations and grants stay valid."""
         data = handler(self)
         if not self.large_loss_cap:
             data.pop("large_loss_cap", None)
+        if self.negative_control_share is None:
+            data.pop("negative_control_share", None)
         return data
 
     @model_validator(mode="after")

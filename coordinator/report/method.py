@@ -320,8 +320,18 @@ def negative_control_note(result: StudyResult) -> str:
     if not n:
         return ""
     o = len(result.outcomes)
+    f = result.privacy.negative_control_share
     released = (
-        f"Under differential privacy they were further outcome columns of the same releases "
+        f"Under differential privacy they were released apart from the outcomes, in releases of "
+        f"their own (nc_main, nc_sumsq, nc_wsum) charged to each site's ledger before they left, "
+        f"which took a share of {fmt.pct(f)} of the PSM-statistics budget within the study's ε: "
+        f"the study cost each site the same ε as it would without them, and the outcomes' PSM "
+        f"releases kept {fmt.pct(1 - f)} of that budget, so every outcome's privacy noise there is "
+        f"{1 / math.sqrt(1 - f):.2f}× what it would be without controls (riding in the outcomes' "
+        f"releases instead, O = {o + n} columns in place of {o}, it would be "
+        f"{math.sqrt((1 + (o + n) / 4) / (1 + o / 4)):.2f}× to {math.sqrt((o + n) / o):.2f}×)."
+        if result.privacy.enabled and f is not None
+        else f"Under differential privacy they were further outcome columns of the same releases "
         f"(psm_main, psm_sumsq, psm_wsum), charged to each site's ledger before they left, "
         f"within the study's ε: no separate share of the budget. Their cost is in those releases' "
         f"sensitivity, which grows with the number of outcome columns (psm_main √(1 + O/4), "
@@ -369,6 +379,13 @@ def _limitations(result: StudyResult, spec: dict) -> tuple[str, ...]:
             "outcomes: a bias that reaches the outcomes by another path than the controls' is not "
             "seen by EASE nor removed by the calibrated CI."
         )
+        if result.privacy.enabled:
+            out.append(
+                "Under differential privacy the negative controls' log ratios are read on noisy arm "
+                "means, which pulls them towards zero: a passed EASE gate is weaker evidence of no "
+                "systematic error than in an exact study (on synthetic data with an unmeasured "
+                "confounder, DP studies at ε = 1 failed it far less often than exact ones)."
+            )
     if result.truth is not None:
         out.append("Simulated data: the study demonstrates the method and is not real-world evidence.")
     if any(s.status != "ok" for s in result.sites):

@@ -31,9 +31,9 @@ def _privacy(run: StudyRun) -> PrivacySpent:
         return PrivacySpent(enabled=False)
     return PrivacySpent(
         enabled=True,
-        # the whole study's: a plan's negative controls released apart are paid on top of the
-        # outcomes' ε (shared/dp/plan.py); without them epsilon_planned ≤ epsilon
-        epsilon=max(run.plan.epsilon, run.plan.epsilon_planned),
+        # the whole study's, the negative controls' releases included (a share within ε,
+        # shared/dp/plan.py): epsilon_planned ≤ epsilon
+        epsilon=run.plan.epsilon,
         delta=run.plan.delta,
         accountant=accountant_label(run.plan.accountant),
         per_site=dict(run.privacy_study),
@@ -45,6 +45,7 @@ def _privacy(run: StudyRun) -> PrivacySpent:
             if run.caps is not None and run.table is not None
             else None
         ),
+        negative_control_share=run.plan.control_share if run.plan.n_negative_controls else None,
     )
 
 

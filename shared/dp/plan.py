@@ -27,9 +27,9 @@ share                  releases (each its own Gaussian mechanism)
                        whose Σz is the imbalance d; ``balance`` must be positive
 (negative controls)    ``nc_main``: the C negative controls' Σ(y − ½) per stratum × arm (the
                        counts are ``psm_main``'s), ``nc_sumsq``: their Σ(y − ½)², ``nc_wsum``:
-                       their weighted sums, at the multipliers ``psm_main``, ``psm_sumsq`` and
-                       ``psm_wsum`` have in a stratified study (:data:`NC_SHARES`), paid *on top*
-                       of the study's ρ (see below)
+                       their weighted sums, in the proportions of ``psm_main``, ``psm_sumsq`` and
+                       ``psm_wsum`` in a stratified study (:data:`NC_SHARES`), together a
+                       share f of ``psm_stats``, the outcomes' releases keeping 1 − f (below)
 (``cap_round``)        ``cap_hist``: the large-loss cap's noisy histogram (over every column,
                        the negative controls' too: its Δ counts them)
                        (:mod:`shared.dp.capquantile`), a fixed :data:`~shared.dp.capquantile.CAP_SHARE`
@@ -75,22 +75,30 @@ releases, SD of the DR estimate over releases, claims / CV event / absence days)
 26–34; slope 25 % + balance 30 % 7,950–8,090 / 0.041–0.073 / 23–25; 15 % + 40 % about the
 same; 30 % + 15 % 6,470–9,720 / 0.072–0.078 / 20–28.
 
-**Negative controls apart** (issue #21). The controls the spec declares (``[[negative_controls]]``,
-their number C signed with the study, :class:`shared.protocol.PrivacyQuery`) are not outcomes of the
-study's releases: ``psm_main``, ``psm_sumsq``, ``psm_wsum`` and ``dr_slope`` carry the O outcomes
-only (their Δ grows with O, √O-type, so riding along, 24 controls widened every outcome's noise
-×2–3), and the controls travel in releases of their own. Their ρ is the *same* total ρ times
-:data:`NC_SHARES` (those of the stratified study's ``psm_stats`` releases), added to the study's
-rather than carved out of it: so the outcomes' every σ is exactly that of the study without
-controls (the accountant calibrates ρ on the outcomes' releases alone), and each control is
-estimated at the multipliers an outcome would have in a study of C outcomes (their noise enters
-their own SEs, which the empirical null is fitted with). The price is stated, never hidden:
-:attr:`NoisePlan.epsilon` is the outcomes' ε, :attr:`NoisePlan.epsilon_planned` the ε of every
-release, controls included (above ``epsilon`` by their cost), and a node reserves and charges
-every release of the plan. A DR plan with controls leaves them out of ``dr_slope`` (they would
-get the stratified estimate from ``nc_wsum``), but the driver does not ask it yet: a DR study's
-controls still ride in its releases (:func:`shared.protocol.controls_apart`). A spec without
-negative controls plans (and hashes) exactly as before.
+**Negative controls within ε** (issue #21). The controls the spec declares (``[[negative_controls]]``,
+their number C and their share f signed with the study, :class:`shared.protocol.PrivacyQuery`)
+are not outcomes of the study's releases: ``psm_main``, ``psm_sumsq`` and ``psm_wsum`` carry the
+O outcomes only (their Δ grows with the columns, √O-type, so riding along, 24 controls widened
+every outcome's noise ×2–3), and the controls travel in releases of their own, ``nc_main``,
+``nc_sumsq``, ``nc_wsum``, which divide a share f of ``psm_stats``' ρ in the stratified
+proportions (:data:`NC_SHARES`); the outcomes' three releases keep 1 − f of it. Every share is
+still a share of the one total ρ, calibrated over all releases, so a study with controls costs a
+node exactly what it costs without them (the same ε; under the exact Gaussian accountant the same
+ρ), and each outcome σ of ``psm_stats`` is 1/√(1 − f) that of the study without controls.
+
+Why f = 1/(1 + √O) (:func:`default_control_share`, 0.366 at O = 3): the calibrated estimate is
+θ̂ − μ̂ (:mod:`shared.psm.calibration`), whose error is θ̂'s (sampling, systematic τ², and the
+outcome's privacy noise) plus μ̂'s. An outcome's privacy variance is that of one of O columns of
+releases holding ρ(1 − f), ∝ O/(1 − f); μ̂ averages C controls each ∝ C/f, so its privacy variance
+is ∝ 1/f (C cancels). The sum O/(1 − f) + 1/f is smallest at (1 − f)/f = √O. It assumes a
+control's privacy noise on the log ratio is like an outcome's (the data decide their means, the
+plan cannot); it minimises the width of a calibrated CI that carries μ̂'s error, not that of the
+reported one (which leaves μ̂'s error out and would take f → 0, leaving μ̂ to the noise).
+Measured: docs/benchmarks/nc_share.md (``bench/bench_nc_share.py``). A DR study's controls still ride in
+its releases (:func:`shared.protocol.controls_apart`): its outcomes are DR estimates, and
+controls estimated apart by the weighted sums would be stratified ones, whose systematic error is
+another estimator's; a DR plan asked with controls divides the share the same way. A spec
+without negative controls plans (and hashes) exactly as before.
 
 The total :math:`\rho` is the largest for which the accountant (:mod:`.accounting`) composes all
 releases to at most the study's ε at δ, found by bisection and returned from the conservative
@@ -144,6 +152,7 @@ __all__ = [
     "PlannedRelease",
     "SUMSQ_SHARE",
     "WSUM_SHARE",
+    "default_control_share",
     "plan_study",
     "single_release_multiplier",
 ]
@@ -160,9 +169,9 @@ DR_SLOPE_SHARE = 0.25
 #: Share of the ``psm_stats`` budget a doubly robust study adds to the balance release, whose
 #: Σz is the imbalance d (see the module docstring).
 DR_IMBALANCE_SHARE = 0.30
-#: The negative controls' releases and each one's share of ``psm_stats`` (times the study's ρ),
-#: paid on top of the study's ρ: the stratified study's ``psm_main``, ``psm_sumsq`` and
-#: ``psm_wsum`` shares (see the module docstring).
+#: The negative controls' releases and how they divide the controls' part of ``psm_stats``
+#: (:func:`default_control_share` of it): the stratified study's ``psm_main``, ``psm_sumsq`` and
+#: ``psm_wsum`` proportions (see the module docstring).
 NC_SHARES: dict[str, float] = {
     "nc_main": 1.0 - SUMSQ_SHARE - WSUM_SHARE,
     "nc_sumsq": SUMSQ_SHARE,
@@ -170,6 +179,20 @@ NC_SHARES: dict[str, float] = {
 }
 #: The negative controls' releases, in plan order.
 NC_RELEASES: tuple[str, ...] = tuple(NC_SHARES)
+
+
+def default_control_share(n_outcomes: int) -> float:
+    r"""The default share of ``psm_stats``' ρ the negative controls' own releases take, within
+    the study's ρ: :math:`f = 1/(1 + \sqrt{O})` for O outcomes (0.5 at one outcome, 0.366 at
+    the synthetic three). It minimises the variance of the calibrated estimate
+    :math:`\hat\theta - \hat\mu` (module docstring, "Negative controls within ε").
+
+    >>> round(default_control_share(3), 3)
+    0.366
+    """
+    if n_outcomes < 1:
+        raise ValueError(f"n_outcomes must be at least 1, got {n_outcomes!r}")
+    return 1.0 / (1.0 + math.sqrt(n_outcomes))
 
 
 @dataclass(frozen=True)
@@ -217,9 +240,9 @@ class PlannedRelease:
 
 @dataclass(frozen=True)
 class NoisePlan:
-    """Every release of a DP study with its σ. :attr:`epsilon` is the study's outcomes' ε and
-    bounds the composition of their releases; :attr:`epsilon_planned` is that of every release,
-    ≤ :attr:`epsilon` unless the plan holds negative controls' releases (paid on top)."""
+    """Every release of a DP study with its σ. :attr:`epsilon` is the study's ε and bounds the
+    composition of every release, the negative controls' included (:attr:`epsilon_planned`
+    ≤ :attr:`epsilon`: the controls take a share of ρ within it)."""
 
     epsilon: float
     delta: float
@@ -230,8 +253,10 @@ class NoisePlan:
     epsilon_planned: float
     #: the study opens with the large-loss cap's histogram (``cap_hist``), paid off the top
     cap_round: bool = False
-    #: C, the negative controls released apart (``nc_*``, on top of :attr:`rho`)
+    #: C, the negative controls released apart (``nc_*``, within :attr:`rho`)
     n_negative_controls: int = 0
+    #: the share of ``psm_stats``' ρ the controls' releases take (0: no controls apart)
+    control_share: float = 0.0
 
     def release(self, query: str) -> PlannedRelease:
         """The first planned release of ``query`` (all ps_fit rounds have equal noise).
@@ -294,7 +319,13 @@ class NoisePlan:
         """
         sens = {r.query: r.sensitivity for r in self.releases}
         shares = tuple(
-            _release_shares(split, self.n_ps_rounds, dr=self.has("dr_slope"), cap_round=self.cap_round)
+            _release_shares(
+                split,
+                self.n_ps_rounds,
+                dr=self.has("dr_slope"),
+                cap_round=self.cap_round,
+                controls=self.control_share,
+            )
         )
         unknown = sorted({q for q, _, _ in shares} - set(sens))
         if unknown:
@@ -308,15 +339,6 @@ class NoisePlan:
             raise PrivacyError(
                 f"the re-split plan would cost ε = {eps:.6g}, more than the study's ε = {self.epsilon:g}"
             )
-        # the controls' releases keep the signed split's multipliers (reserved as planned)
-        controls = tuple(r for r in self.releases if r.query in NC_SHARES)
-        if controls:
-            eps = epsilon_spent(
-                noise_multipliers=[_multiplier(self.rho * s) for _, _, s in shares]
-                + [r.noise_multiplier for r in controls],
-                delta=self.delta,
-                accountant=self.accountant,
-            )
         return _assemble(
             self.epsilon,
             self.delta,
@@ -327,8 +349,8 @@ class NoisePlan:
             sens,
             eps,
             self.cap_round,
-            controls=controls,
             n_negative_controls=self.n_negative_controls,
+            control_share=self.control_share,
         )
 
     def to_dict(self) -> dict:
@@ -353,6 +375,7 @@ class NoisePlan:
         }
         if self.n_negative_controls:  # a plan without controls: its dict as before
             out["n_negative_controls"] = self.n_negative_controls
+            out["control_share"] = self.control_share
         return out
 
     @classmethod
@@ -378,30 +401,35 @@ class NoisePlan:
             epsilon_planned=float(d["epsilon_planned"]),
             cap_round=bool(d.get("cap_round", False)),
             n_negative_controls=int(d.get("n_negative_controls", 0)),
+            control_share=float(d.get("control_share", 0.0)),
         )
 
 
 def _release_shares(
-    split, n_ps_rounds: int, *, dr: bool = False, cap_round: bool = False
+    split, n_ps_rounds: int, *, dr: bool = False, cap_round: bool = False, controls: float = 0.0
 ) -> list[tuple[str, int, float]]:
     """(query, index, share of ρ) for every release with a positive share; ``dr``: a doubly
     robust study's (``dr_slope`` in place of ``psm_wsum``); with ``cap_round`` the cap
-    histogram first, at its fixed share, and the other shares scaled to the rest."""
+    histogram first, at its fixed share, and the other shares scaled to the rest; ``controls``:
+    the share of ``psm_stats`` the negative controls' releases take (:data:`NC_SHARES`), the
+    outcomes' ``psm_stats`` releases keeping the rest. The shares sum to 1 either way."""
     if cap_round:
-        rest = _release_shares(split, n_ps_rounds, dr=dr)
+        rest = _release_shares(split, n_ps_rounds, dr=dr, controls=controls)
         return [("cap_hist", 0, CAP_SHARE)] + [(q, i, (1.0 - CAP_SHARE) * s) for q, i, s in rest]
     ps_each = split.ps_fit / (n_ps_rounds + 1)
     last = ("dr_slope", DR_SLOPE_SHARE) if dr else ("psm_wsum", WSUM_SHARE)
     imbalance = DR_IMBALANCE_SHARE if dr else 0.0  # DR's d is read from the balance release
+    stats = split.psm_stats * (1.0 - controls)  # the outcomes' part of psm_stats
     out = [("describe", 0, split.describe)]
     out += [("ps_fit", i, ps_each) for i in range(n_ps_rounds)]
     out += [
         ("score_hist", 0, ps_each),
-        ("psm_main", 0, split.psm_stats * (1.0 - SUMSQ_SHARE - last[1] - imbalance)),
-        ("psm_sumsq", 0, split.psm_stats * SUMSQ_SHARE),
-        (last[0], 0, split.psm_stats * last[1]),
-        ("psm_balance", 0, split.balance + split.psm_stats * imbalance),
+        ("psm_main", 0, stats * (1.0 - SUMSQ_SHARE - last[1] - imbalance)),
+        ("psm_sumsq", 0, stats * SUMSQ_SHARE),
+        (last[0], 0, stats * last[1]),
+        ("psm_balance", 0, split.balance + stats * imbalance),
     ]
+    out += [(q, 0, split.psm_stats * controls * share) for q, share in NC_SHARES.items()]
     return [r for r in out if r[2] > 0]
 
 
@@ -417,10 +445,11 @@ def plan_study(
     estimator: str = "stratified",
     cap_round: bool = False,
     n_negative_controls: int = 0,
+    control_share: float | None = None,
     rho: float | None = None,
 ) -> NoisePlan:
-    r"""σ for every release so that the outcomes' releases compose to at most ``epsilon`` at
-    ``delta`` (the negative controls' releases, if any, on top: see the module docstring).
+    r"""σ for every release so that all releases, the negative controls' included, compose to
+    at most ``epsilon`` at ``delta`` (see the module docstring).
 
     Args:
         epsilon, delta: the study's budget (per node and dataset).
@@ -433,6 +462,8 @@ def plan_study(
         cap_round: the study opens with the large-loss cap's histogram (``cap_hist``).
         n_negative_controls: C, the negative controls released apart (``nc_main``,
             ``nc_sumsq``, ``nc_wsum``); 0: none, the plan exactly as without them.
+        control_share: the share of ``psm_stats``' ρ their releases take, in (0, 1); None:
+            :func:`default_control_share` of O. Ignored without controls.
         rho: the total ρ to plan at instead of calibrating it (a node re-deriving a cached
             plan cheaply, to check it is this code's); it must fit ``epsilon``.
 
@@ -452,6 +483,11 @@ def plan_study(
         raise ValueError(f"n_ps_rounds must be at least 1, got {n_ps_rounds!r}")
     if int(n_negative_controls) != n_negative_controls or n_negative_controls < 0:
         raise ValueError(f"n_negative_controls must be a non-negative integer, got {n_negative_controls!r}")
+    share = 0.0
+    if n_negative_controls:
+        share = default_control_share(n_outcomes) if control_share is None else float(control_share)
+        if not 0.0 < share < 1.0:
+            raise PrivacyError(f"the negative controls' share of psm_stats must be in (0, 1), got {share!r}")
     for name in ("describe", "ps_fit", "psm_stats") + (("balance",) if estimator == "dr" else ()):
         if not getattr(split, name) > 0:
             raise PrivacyError(
@@ -470,8 +506,13 @@ def plan_study(
         # shared.dp.capquantile.cap_hist_sensitivity: the histogram covers every outcome column,
         # the negative controls' too (their caps are lowered with the outcomes')
         "cap_hist": math.sqrt(n_outcomes + n_negative_controls),
+        "nc_main": nc_main_sensitivity(n_controls=max(int(n_negative_controls), 1)),
+        "nc_sumsq": psm_sumsq_sensitivity(n_outcomes=max(int(n_negative_controls), 1)),
+        "nc_wsum": UNIT_SENSITIVITY,
     }
-    shares = tuple(_release_shares(split, n_ps_rounds, dr=estimator == "dr", cap_round=cap_round))
+    shares = tuple(
+        _release_shares(split, n_ps_rounds, dr=estimator == "dr", cap_round=cap_round, controls=share)
+    )
     if rho is None:
         rho, eps = _calibrate(float(epsilon), float(delta), tuple(s for _, _, s in shares), accountant)
     else:
@@ -484,30 +525,6 @@ def plan_study(
             raise PrivacyError(
                 f"a total ρ of {rho:g} composes to ε = {eps:.6g}, above the study's {epsilon:g}"
             )
-    controls: tuple[PlannedRelease, ...] = ()
-    if n_negative_controls:
-        c = int(n_negative_controls)
-        nc_sens = {
-            "nc_main": nc_main_sensitivity(n_controls=c),
-            "nc_sumsq": psm_sumsq_sensitivity(n_outcomes=c),
-            "nc_wsum": UNIT_SENSITIVITY,
-        }
-        scale = (1.0 - CAP_SHARE) if cap_round else 1.0  # the outcomes' psm_stats releases' scale
-        controls = tuple(
-            PlannedRelease(
-                query=q,
-                index=0,
-                sensitivity=nc_sens[q],
-                noise_multiplier=_multiplier(rho * scale * split.psm_stats * share),
-            )
-            for q, share in NC_SHARES.items()
-        )
-        eps = epsilon_spent(
-            noise_multipliers=[_multiplier(rho * s) for _, _, s in shares]
-            + [r.noise_multiplier for r in controls],
-            delta=float(delta),
-            accountant=accountant,
-        )
     return _assemble(
         float(epsilon),
         float(delta),
@@ -518,8 +535,8 @@ def plan_study(
         sens,
         eps,
         cap_round,
-        controls=controls,
         n_negative_controls=int(n_negative_controls),
+        control_share=share,
     )
 
 
@@ -551,15 +568,12 @@ def _assemble(
     eps: float,
     cap_round: bool = False,
     *,
-    controls: tuple[PlannedRelease, ...] = (),
     n_negative_controls: int = 0,
+    control_share: float = 0.0,
 ) -> NoisePlan:
-    releases = (
-        tuple(
-            PlannedRelease(query=q, index=i, sensitivity=sens[q], noise_multiplier=_multiplier(rho * s))
-            for q, i, s in shares
-        )
-        + controls
+    releases = tuple(
+        PlannedRelease(query=q, index=i, sensitivity=sens[q], noise_multiplier=_multiplier(rho * s))
+        for q, i, s in shares
     )
     return NoisePlan(
         epsilon=epsilon,
@@ -571,6 +585,7 @@ def _assemble(
         epsilon_planned=eps,
         cap_round=cap_round,
         n_negative_controls=n_negative_controls,
+        control_share=control_share,
     )
 
 

@@ -77,12 +77,14 @@ def test_real_federation_equals_pooled_estimator(synthetic, tmp_path):
 def test_private_study_charges_each_real_node_ledger(synthetic, tmp_path):
     from coordinator.synth.io import study_document, to_toml
     from node.ledger import PrivacyLedger
+    from shared.dp.accounting import epsilon_spent
+    from shared.dp.plan import NC_RELEASES
     from shared.driver import noise_plan
 
     # its own copy of the data: a site's ledger lives beside its data file, for every run over it
     spec_path = write_federation(synthetic[1], tmp_path / "data").with_name("study-dp.toml")
-    # with the 24 negative controls: the local sites' policy lists them, and they ride in the
-    # same charged releases (no release kind of their own)
+    # with the 24 negative controls: the local sites' policy lists them, and they travel in
+    # releases of their own (nc_*) at their signed share of psm_stats, within the study's ε
     doc = study_document(synthetic[1], epsilon=1.0, negative_controls=True)
     # about 800 treated cannot resolve the propensity fit at ε = 1 (a study would stop after
     # describe by default); this test is about every round charging the real ledgers
@@ -95,13 +97,32 @@ def test_private_study_charges_each_real_node_ledger(synthetic, tmp_path):
     assert spec.privacy.enabled and spec.privacy.epsilon == 1.0
     result = run_local(spec_path, tmp_path / "run", timeout_s=500)
     assert result.privacy.enabled and result.privacy.epsilon == spec.privacy.epsilon
+    plan = noise_plan(spec)
+    assert plan.n_negative_controls == 24 and result.privacy.negative_control_share == plan.control_share
+    without = noise_plan(spec.model_copy(update={"negative_controls": ()}))
     for s in spec.sites:
         ledger = PrivacyLedger(f"sqlite:///{node_state_dir(s.data) / 'ledger.db'}")
         history = ledger.history()
-        # every release kind of the plan was charged at this node, ps_fit once per Newton round
-        assert [h.query for h in history].count("ps_fit") == spec.privacy.ps_rounds
-        assert {h.query for h in history} == {r.query for r in noise_plan(spec).releases}
-        assert 0 < ledger.spent() <= spec.privacy.epsilon + 1e-9
+        queries = [h.query for h in history]
+        # every release of the plan was charged at this node once (ps_fit once per Newton
+        # round), the controls' own releases too, and nothing else
+        assert sorted(queries) == sorted(r.query for r in plan.releases)
+        assert queries.count("ps_fit") == spec.privacy.ps_rounds
+        assert all(queries.count(q) == 1 for q in NC_RELEASES)
+
+        # the study cost the node the plan's ε to 1e-9 (at the ledger's δ): what it would cost
+        # without controls, and within the spec's ε
+        def at_ledger(p) -> float:
+            return epsilon_spent(
+                noise_multipliers=[r.noise_multiplier for r in p.releases],
+                delta=ledger.state().delta,
+                accountant=ledger.accountant,
+            )
+
+        assert ledger.spent() == pytest.approx(at_ledger(plan), rel=1e-9)
+        assert at_ledger(plan) == pytest.approx(at_ledger(without), rel=1e-9)
+        assert plan.epsilon_planned == pytest.approx(without.epsilon_planned, rel=1e-9)
+        assert plan.epsilon_planned <= spec.privacy.epsilon
         assert result.privacy.per_site[s.name] == pytest.approx(ledger.spent())
     for o in result.outcomes:
         assert o.se_privacy > 0 and o.ci[0] < o.att < o.ci[1]

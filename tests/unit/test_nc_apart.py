@@ -1,9 +1,11 @@
 """Negative controls released apart from the outcomes (issue #21, item 2): their own releases
-(``nc_main``, ``nc_sumsq``, ``nc_wsum``) paid on top, so the outcomes' noise is exactly that of
-the study without controls; their number signed with the study; the node's ledger holds and
-charges exactly the plan."""
+(``nc_main``, ``nc_sumsq``, ``nc_wsum``) take a signed share f of ``psm_stats``' ρ *within* the
+study's ε, so a node's charge for a study is its ε with or without controls; their number and
+share signed with the study; the node's ledger holds and charges exactly the plan."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
@@ -13,53 +15,86 @@ from flower_inprocess import signed_grid
 import shared.protocol as protocol
 from node.runtime import NodeRuntime
 from shared.dp.accounting import epsilon_spent
-from shared.dp.plan import NC_RELEASES, plan_study
+from shared.dp.plan import NC_RELEASES, default_control_share, plan_study
 from shared.dp.sensitivity import nc_main_sensitivity, psm_main_sensitivity, psm_sumsq_sensitivity
 from shared.dp.wsum import att_weights, max_weight
-from shared.errors import UnauthorizedQuery
-from shared.protocol import PsmStats, PsmWsum, Reserve, StudyQuery
+from shared.errors import PrivacyError, UnauthorizedQuery
+from shared.protocol import PrivacyQuery, PsmStats, PsmWsum, Reserve, StudyQuery
 from shared.study import BudgetSplit
 from shared.synth import generate_federation
 
 C = 24
+F = default_control_share(3)
+
+
+def _composed(plan) -> float:
+    return epsilon_spent(
+        noise_multipliers=[r.noise_multiplier for r in plan.releases],
+        delta=plan.delta,
+        accountant=plan.accountant,
+    )
 
 
 @pytest.mark.parametrize("estimator,cap_round", [("stratified", False), ("dr", False), ("stratified", True)])
-def test_24_controls_leave_every_outcome_sigma_as_without_them(estimator, cap_round):
+def test_24_controls_cost_the_study_its_epsilon_and_take_their_share_of_psm_stats(estimator, cap_round):
     split = BudgetSplit(balance=0.05) if estimator == "dr" else BudgetSplit()
     kw = dict(epsilon=1.0, delta=1e-6, split=split, n_covariates=16, n_outcomes=3)
     kw.update(estimator=estimator, cap_round=cap_round)
     plain, apart = plan_study(**kw), plan_study(**kw, n_negative_controls=C)
     ridden = plan_study(**{**kw, "n_outcomes": 3 + C})  # the controls riding in the outcomes' releases
+    assert apart.control_share == pytest.approx(1 / (1 + math.sqrt(3))) and plain.control_share == 0
+    # within ε: every release, the controls' included, composes to the plain study's ε (to 1e-9)
+    assert _composed(apart) == pytest.approx(_composed(plain), rel=1e-9)
+    assert apart.epsilon_planned == pytest.approx(plain.epsilon_planned, rel=1e-9)
+    assert apart.epsilon_planned <= 1.0
+    assert apart.rho == pytest.approx(plain.rho, rel=1e-9)  # the exact accountant adds ρ
     # the cap histogram covers every column, controls included (as it did when they rode along)
     assert apart.sigma("cap_hist") == ridden.sigma("cap_hist") if cap_round else not apart.has("cap_hist")
-    outcomes = [r for r in apart.releases if r.query not in NC_RELEASES and r.query != "cap_hist"]
-    plain_outcomes = [r for r in plain.releases if r.query != "cap_hist"]
-    assert [(r.query, r.index) for r in outcomes] == [(r.query, r.index) for r in plain_outcomes]
-    for a, b in zip(outcomes, plain_outcomes):
-        assert a.sigma == pytest.approx(b.sigma, rel=0, abs=1e-12)
-    assert ridden.sigma("psm_main") > 2.0 * plain.sigma("psm_main")  # what riding along cost
-    # the controls' own releases, at the stratified psm_stats multipliers, in a DR study too
+    last = "dr_slope" if estimator == "dr" else "psm_wsum"
+    for q in ("describe", "ps_fit", "score_hist") + (() if estimator == "dr" else ("psm_balance",)):
+        assert apart.sigma(q) == pytest.approx(plain.sigma(q), rel=1e-9), q
+    for q in ("psm_main", "psm_sumsq", last):  # the outcomes' psm_stats releases keep 1 − f
+        assert apart.sigma(q) == pytest.approx(plain.sigma(q) / math.sqrt(1 - F), rel=1e-9), q
+    assert ridden.sigma("psm_main") > 2.0 * plain.sigma("psm_main") > 1.5 * apart.sigma("psm_main")
+    # the controls' own releases: f of psm_stats in the stratified proportions, their own Δ
     nc = {r.query: r for r in apart.releases if r.query in NC_RELEASES}
     assert set(nc) == set(NC_RELEASES)
     assert nc["nc_main"].sensitivity == nc_main_sensitivity(n_controls=C) == pytest.approx(np.sqrt(C) / 2)
     assert nc["nc_sumsq"].sensitivity == psm_sumsq_sensitivity(n_outcomes=C)
     if estimator == "stratified":
         for q, o in (("nc_main", "psm_main"), ("nc_sumsq", "psm_sumsq"), ("nc_wsum", "psm_wsum")):
-            assert nc[q].noise_multiplier == pytest.approx(plain.release(o).noise_multiplier, rel=1e-12)
-    # the outcomes' releases still compose to ε; the plan states the whole price, controls included
-    assert plain.epsilon_planned <= 1.0 and apart.epsilon == 1.0
-    every = epsilon_spent(
-        noise_multipliers=[r.noise_multiplier for r in apart.releases],
-        delta=1e-6,
-        accountant=apart.accountant,
-    )
-    assert apart.epsilon_planned == pytest.approx(every, rel=1e-12) and every > 1.05
+            mu = plain.release(o).noise_multiplier / math.sqrt(F)
+            assert nc[q].noise_multiplier == pytest.approx(mu, rel=1e-9)
     assert apart.n_negative_controls == C and "n_negative_controls" not in plain.to_dict()
     assert type(apart).from_dict(apart.to_dict()) == apart
 
 
-def test_a_re_split_moves_the_outcomes_budget_and_keeps_the_controls_as_reserved():
+def test_the_rdp_accountant_recalibrates_the_whole_plan_within_epsilon():
+    kw = dict(epsilon=1.0, delta=1e-6, split=BudgetSplit(), n_covariates=16, n_outcomes=3, accountant="rdp")
+    apart = plan_study(**kw, n_negative_controls=C)
+    assert 0.999 < apart.epsilon_planned <= 1.0
+    assert _composed(apart) == pytest.approx(apart.epsilon_planned, rel=1e-9)
+
+
+def test_a_declared_share_is_used_and_a_share_outside_zero_one_refused():
+    kw = dict(
+        epsilon=1.0, delta=1e-6, split=BudgetSplit(), n_covariates=4, n_outcomes=3, n_negative_controls=C
+    )
+    half = plan_study(**kw, control_share=0.5)
+    assert half.control_share == 0.5
+    assert half.release("nc_wsum").noise_multiplier == pytest.approx(
+        half.release("psm_wsum").noise_multiplier
+    )
+    for bad in (0.0, 1.0, 1.5):
+        with pytest.raises(PrivacyError, match="share"):
+            plan_study(**kw, control_share=bad)
+    with pytest.raises(ValueError, match="share"):  # a share without controls
+        PrivacyQuery(epsilon=1.0, delta=1e-6, split=BudgetSplit(), n_ps_rounds=4, negative_control_share=0.3)
+    implicit = PrivacyQuery(epsilon=1.0, delta=1e-6, split=BudgetSplit(), n_ps_rounds=4, negative_controls=C)
+    assert implicit.plan(n_covariates=4, n_outcomes=3 + C).control_share == F  # the default for O = 3
+
+
+def test_a_re_split_moves_the_controls_with_psm_stats_and_keeps_the_study_epsilon():
     apart = plan_study(
         epsilon=1.0, delta=1e-6, split=BudgetSplit(), n_covariates=4, n_outcomes=3, n_negative_controls=C
     )
@@ -67,10 +102,8 @@ def test_a_re_split_moves_the_outcomes_budget_and_keeps_the_controls_as_reserved
     moved = apart.with_split(
         BudgetSplit(describe=s.describe, ps_fit=0.2, psm_stats=s.psm_stats + s.ps_fit - 0.2)
     )
-    assert [r for r in moved.releases if r.query in NC_RELEASES] == [
-        r for r in apart.releases if r.query in NC_RELEASES
-    ]
     assert moved.sigma("psm_main") < apart.sigma("psm_main")
+    assert moved.sigma("nc_wsum") < apart.sigma("nc_wsum") and moved.control_share == apart.control_share
     assert moved.epsilon_planned == pytest.approx(apart.epsilon_planned, rel=1e-6)
 
 
@@ -99,19 +132,25 @@ def test_the_node_reserves_and_charges_the_controls_own_releases_exactly_as_plan
     q = StudyQuery.for_spec(spec, (Reserve(),), grant=grant)
     assert q.privacy is not None and q.privacy.negative_controls == C
     plan = rt._plan(q)
+    assert plan.n_negative_controls == C and plan.control_share == pytest.approx(F)
     rt.respond(q)
     ledger = rt.ledger()
-    whole = epsilon_spent(  # the whole plan, controls included, at the ledger's δ
-        noise_multipliers=[r.noise_multiplier for r in plan.releases],
-        delta=rt.budget_delta,
-        accountant=ledger.accountant,
+
+    def at_ledger(plan) -> float:  # a plan's composed ε at the ledger's δ
+        return epsilon_spent(
+            noise_multipliers=[r.noise_multiplier for r in plan.releases],
+            delta=rt.budget_delta,
+            accountant=ledger.accountant,
+        )
+
+    without = q.privacy.model_copy(update={"negative_controls": 0, "negative_control_share": None})
+    plain = without.plan(n_covariates=len(q.design_covariates), n_outcomes=3)
+    # the node reserves the whole plan, controls included: what the study without them costs
+    assert ledger.state(rt.dataset).reserved == pytest.approx(at_ledger(plan), rel=1e-9)
+    assert (
+        at_ledger(plan) == pytest.approx(at_ledger(plain), rel=1e-9)
+        and at_ledger(plan) <= spec.privacy.epsilon
     )
-    outcomes_only = epsilon_spent(
-        noise_multipliers=[r.noise_multiplier for r in plan.releases if r.query not in NC_RELEASES],
-        delta=rt.budget_delta,
-        accountant=ledger.accountant,
-    )
-    assert ledger.state(rt.dataset).reserved == pytest.approx(whole, rel=1e-9) and whole > outcomes_only
     beta = (0.0,) * (len(spec.design_covariates) + 1)
     edges = (-np.inf, 0.0, np.inf)
     answers, _, _ = rt.respond(StudyQuery.for_spec(spec, (PsmStats(beta=beta, edges=edges),), grant=grant))
@@ -147,8 +186,9 @@ def test_the_node_reserves_and_charges_the_controls_own_releases_exactly_as_plan
 
 def test_a_node_refuses_controls_apart_in_a_study_signed_without_them(tmp_path, monkeypatch):
     """The attack: a coordinator claims the study's last 24 outcomes are controls released apart
-    (paid on top of the signed ε). Unsigned, the node would plan and charge them; the count is a
-    signed term, so the query no longer matches its grant and is refused before any charge."""
+    (moving part of psm_stats' budget off the outcomes). Unsigned, the node would plan and charge
+    them so; the count is a signed term, so the query no longer matches its grant and is refused
+    before any charge."""
     spec, grant, rt = _signed_node(tmp_path, monkeypatch, apart_when_signed=False)
     q = StudyQuery.for_spec(spec, (Reserve(),), grant=grant)
     assert q.privacy is not None and q.privacy.negative_controls == C
@@ -158,14 +198,31 @@ def test_a_node_refuses_controls_apart_in_a_study_signed_without_them(tmp_path, 
         rt.respond(q)
     # the one difference is the signed count: without it in the terms the claim would pass
     diff = {k for k in q.terms()["privacy"]} ^ {k for k in honest.terms()["privacy"]}
-    assert diff == {"negative_controls"}
+    assert diff == {"negative_controls", "negative_control_share"}
 
 
-def test_dp_outcomes_with_24_controls_apart_are_those_of_the_study_without_them(monkeypatch):
-    """In process, the nodes' own release code with seeded noise: the outcomes' estimates with
-    the controls apart equal the study's without controls (their noise is drawn first), while
-    riding along widened their CIs; the controls get estimates of their own. (Each answer's
-    noise generator starts afresh, and a node draws the outcomes' releases before the controls'.)"""
+@pytest.mark.parametrize("claim", [{"negative_control_share": 0.05}, {"negative_controls": C + 1}])
+def test_a_node_refuses_another_share_or_more_controls_than_signed(tmp_path, monkeypatch, claim):
+    """The attack: the study is signed with 24 controls at share f; the coordinator claims a
+    smaller share (the controls' noise up, the outcomes' down: a plan the operator did not sign)
+    or one more control (an outcome read at the controls' noise and estimated as a control).
+    Both are signed terms, so the node refuses before it reserves anything; take the share or
+    the count out of :meth:`StudyQuery.terms` and the claim is planned and reserved."""
+    spec, grant, rt = _signed_node(tmp_path, monkeypatch, apart_when_signed=True)
+    q = StudyQuery.for_spec(spec, (Reserve(),), grant=grant)
+    assert q.privacy is not None and q.privacy.negative_control_share == pytest.approx(F)
+    forged = q.model_copy(update={"privacy": q.privacy.model_copy(update=claim)})
+    with pytest.raises(UnauthorizedQuery, match="privacy terms differ"):
+        rt.respond(forged)
+    assert rt.ledger().state(rt.dataset).reserved == 0  # refused before any reservation
+    assert rt.respond(q)[1]["epsilon_reserved"] > 0  # the study as signed is answered
+
+
+def test_dp_outcomes_with_24_controls_apart_widen_by_their_share_not_by_riding_along(monkeypatch):
+    """In process, the nodes' own release code with seeded noise: the same ε buys the outcomes'
+    CIs within ~1/√(1 − f) = 1.26× of the study without controls (only psm_stats' releases
+    are noisier), where riding along widened them > 2×; the controls get estimates of their own.
+    (Each answer's noise generator starts afresh, and a node draws the outcomes' releases first.)"""
     from coordinator.synth.io import study_document
     from node.study_service import prepare_arrays
     from shared.driver import run_study
@@ -186,10 +243,12 @@ def test_dp_outcomes_with_24_controls_apart_are_those_of_the_study_without_them(
         )
 
     none, ride, apart = run(False, False), run(False, True), run(True, True)
-    assert apart.plan is not None and apart.plan.n_negative_controls == C
+    assert apart.plan is not None and none.plan is not None and apart.plan.n_negative_controls == C
+    assert apart.plan.epsilon_planned == pytest.approx(none.plan.epsilon_planned, rel=1e-9)
     for a, b, r in zip(apart.estimate.outcomes, none.estimate.outcomes, ride.estimate.outcomes):
         assert a.name == b.name == r.name
-        assert (a.att, *a.ci, a.se_privacy) == pytest.approx((b.att, *b.ci, b.se_privacy), rel=1e-9)
-        assert r.ci[1] - r.ci[0] > 1.5 * (b.ci[1] - b.ci[0])
+        width = {k: (o.ci[1] - o.ci[0]) / (b.ci[1] - b.ci[0]) for k, o in (("apart", a), ("ride", r))}
+        assert 1.0 < width["apart"] < 1.35 < 1.5 < width["ride"], (a.name, width)
+        assert 1.0 < a.se_privacy / b.se_privacy < 1.0 / math.sqrt(1 - F) + 0.05
     assert len(apart.negative_controls) == C and all(o.se_privacy > 0 for o in apart.negative_controls)
     assert [o.name for o in apart.negative_controls] == [o.name for o in ride.negative_controls]

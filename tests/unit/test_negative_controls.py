@@ -174,23 +174,29 @@ def test_a_bad_negative_control_value_is_excluded_counted_and_named_in_the_node_
     assert "row 4: nc_warts" in caplog.text and "yes" not in caplog.text
 
 
-def test_dp_negative_controls_ride_in_the_charged_releases(tmp_path):
-    """Under DP the controls are more columns of the same psm releases: each node's ledger
-    charges the plan (whose sensitivities count them) before answering, within the study's ε,
-    and a node whose policy lists them answers through the real node code."""
+def test_dp_negative_controls_are_released_apart_within_the_studys_epsilon(tmp_path):
+    """Under DP the controls travel in releases of their own (``nc_*``) at a signed share of
+    psm_stats' budget: each node's ledger charges every release of the plan once before
+    answering, and what the study cost a node is the plan's ε to 1e-9, the same as the study
+    without controls; a node whose policy lists them answers through the real node code."""
     from coordinator.files import load_spec
     from coordinator.synth import write_federation
+    from shared.dp.accounting import epsilon_spent
+    from shared.dp.plan import NC_RELEASES
+    from shared.dp.sensitivity import nc_main_sensitivity
 
     fed = generate_federation(seed=5, sites=3, scale=0.15)
     spec = load_spec(write_federation(fed, tmp_path / "fed", epsilon=4.0, negative_controls=True))
     plain = spec.model_copy(update={"negative_controls": ()})
-    n_out = len(spec.analysed_outcomes)
-    assert n_out == 27
-    # the releases' sensitivities count the controls as outcomes (ε unchanged, σ larger)
-    sens = {p.query: p.sensitivity for p in noise_plan(spec).releases}
-    assert sens["psm_main"] == pytest.approx(psm_main_sensitivity(n_outcomes=27))
-    assert sens["psm_sumsq"] == pytest.approx(psm_sumsq_sensitivity(n_outcomes=27))
-    assert noise_plan(spec).epsilon == noise_plan(plain).epsilon == 4.0
+    assert len(spec.analysed_outcomes) == 27
+    # the outcomes' releases count the 3 outcomes only, the controls' their 24
+    plan = noise_plan(spec)
+    sens = {p.query: p.sensitivity for p in plan.releases}
+    assert sens["psm_main"] == pytest.approx(psm_main_sensitivity(n_outcomes=3))
+    assert sens["psm_sumsq"] == pytest.approx(psm_sumsq_sensitivity(n_outcomes=3))
+    assert sens["nc_main"] == pytest.approx(nc_main_sensitivity(n_controls=24))
+    assert plan.epsilon == noise_plan(plain).epsilon == 4.0
+    assert plan.epsilon_planned == pytest.approx(noise_plan(plain).epsilon_planned, rel=1e-9)
     policy = tmp_path / "policy.toml"
     policy.write_text(
         tomli_w.dumps({"outcomes": [o.model_dump(mode="json") for o in spec.analysed_outcomes]})
@@ -199,17 +205,26 @@ def test_dp_negative_controls_ride_in_the_charged_releases(tmp_path):
         spec, tmp_path / "dp", extra={"budget-epsilon": 10.0, "policy-path": str(policy)}
     )
     run = run_study(spec, federation, grant=grant)
-    assert len(run.negative_controls) == 24 and all(o.se_privacy > 0 for o in run.negative_controls)
+    assert run.plan == plan and len(run.negative_controls) == 24
+    assert all(o.se_privacy > 0 for o in run.negative_controls)
     for s in spec.sites:
         rt = NodeRuntime.from_node_config(
             {"site": s.name, "state-dir": str(tmp_path / "dp" / "nodes" / s.name)}
         )
         ledger = rt.ledger()
         queries = [h.query for h in ledger.history(rt.dataset)]
-        assert {"psm_main", "psm_wsum"} <= set(queries)
-        assert 0 < ledger.spent(rt.dataset) <= 4.0 + 1e-9
+        assert sorted(queries) == sorted(r.query for r in plan.releases)  # each release once
+        assert all(queries.count(q) == 1 for q in NC_RELEASES)
+        at_ledger = epsilon_spent(
+            noise_multipliers=[r.noise_multiplier for r in plan.releases],
+            delta=rt.budget_delta,
+            accountant=ledger.accountant,
+        )
+        assert ledger.spent(rt.dataset) == pytest.approx(at_ledger, rel=1e-9)
+        assert at_ledger <= 4.0
     doc = _report(fed, spec, run)
     assert doc.negative_controls is not None and doc.check("ease").kind == "gate"
+    assert "share of 36.6%" in doc.method.negative_controls and "same ε" in doc.method.negative_controls
 
 
 def test_a_node_ingests_negative_controls_and_quarantines_a_bad_one_with_row_and_field(tmp_path):
