@@ -81,11 +81,11 @@ def test_interval_leans_toward_the_long_tail():
 
 
 def test_covers_a_skewed_process_better_than_wald():
-    """200 draws of a stratum of 25 lognormal controls facing 250 treated under a null effect
+    """100 draws of a stratum of 25 lognormal controls facing 250 treated under a null effect
     (the truth is the treated's own Y(0) mean minus itself: err = ȳ_T(0) − ȳ_C)."""
     rng = np.random.default_rng(4)
     hits = {"wald": 0, "skew_t": 0}
-    reps = 200
+    reps = 100
     for _ in range(reps):
         y_c = np.clip(rng.lognormal(0, 1.6, 25) / 80, 0, 1)
         y_t = np.clip(rng.lognormal(0, 1.6, 250) / 80, 0, 1)
@@ -95,8 +95,8 @@ def test_covers_a_skewed_process_better_than_wald():
         hits["skew_t"] += o.ci[0] <= truth <= o.ci[1]
         wald = (o.att - 1.959963984540054 * o.se, o.att + 1.959963984540054 * o.se)
         hits["wald"] += wald[0] <= truth <= wald[1]
-    assert hits["wald"] / reps < 0.92  # the process is one where Wald under-covers
-    assert hits["skew_t"] >= hits["wald"] + 0.02 * reps
+    assert hits["wald"] / reps < 0.9  # the process is one where Wald under-covers
+    assert hits["skew_t"] >= hits["wald"] + 0.08 * reps
 
 
 def test_a_table_without_higher_sums_keeps_wald():
@@ -144,3 +144,29 @@ def test_at_the_floor_and_above_they_are_released_with_small_cells_zeroed():
 
 def test_no_dp_release_names_the_higher_power_sums():
     assert not any(set(HIGHER) & set(keys) for keys in RELEASE_KEYS.values())
+
+
+@pytest.mark.parametrize("min_cell, method", [(3, "wald"), (HIGHER_MIN_CELL, "skew_t")])
+def test_a_federation_with_a_site_below_the_floor_reports_wald(min_cell, method):
+    """The study driver over in-process sites answering as nodes at ``min_cell`` (the node's
+    suppression): below the floor no Σy³/Σy⁴ reaches the coordinator and the result says its
+    CI is the Wald interval; at the floor it is the skewness-corrected one."""
+    from psm_dgp import COVARIATES, OUTCOMES, make_study, partition
+
+    from shared.answer import SiteArrays
+    from shared.driver import run_study
+    from shared.inprocess_sites import InProcessSites
+    from shared.psm.reference import reference_spec
+    from shared.psm.table import scale_outcomes
+
+    st = make_study(n=3000, seed=7)
+    parts = partition(st.t.size, 3, np.random.default_rng(7))
+    spec = reference_spec(outcomes=OUTCOMES, covariates=COVARIATES, n_sites=3)
+    lo, cap = [o.lo for o in OUTCOMES], [o.cap for o in OUTCOMES]
+    sites = {
+        s.name: SiteArrays(z=st.z[p], t=st.t[p], y=scale_outcomes(y=st.y[p], lo=lo, cap=cap)[0])
+        for s, p in zip(spec.sites, parts)
+    }
+    run = run_study(spec, InProcessSites(sites, min_cell=min_cell))
+    assert run.table is not None and run.table.has_higher == (method == "skew_t")
+    assert run.estimate is not None and {o.ci_method for o in run.estimate.outcomes} == {method}
