@@ -77,7 +77,7 @@ def run_cell(label, seeds, layout, dgp, workers):
     print(f"\n== {label}: {len(seeds)} seeds, {time.time() - t0:.0f} s ==", flush=True)
     rows = []
     for o in outcomes:
-        base = {}
+        base: dict[bool, float] = {}
         for m in METHODS:
             a = np.array([r[(m, o.name)] for r in results], dtype=float)
             cov = int(a[:, 0].sum())
