@@ -74,11 +74,17 @@ def ci_statement(result: StudyResult) -> str:
     studies whose sites released Σy³, Σy⁴) or the Wald interval."""
     methods = {o.ci_method for o in result.outcomes}
     wald = "95% CI = estimate ± 1.96 SE (normal approximation)."
+    skew = SKEW_T_CI + (
+        " The doubly robust estimate takes the stratified interval's shape (its ends in SE units) "
+        "about its own estimate and SE."
+        if result.estimator == "dr"
+        else ""
+    )
     if methods == {"skew_t"}:
-        return SKEW_T_CI
+        return skew
     if "skew_t" in methods:
         skewed = ", ".join(o.name for o in result.outcomes if o.ci_method == "skew_t")
-        return f"{SKEW_T_CI} Outcomes with it: {skewed}; the others: {wald}"
+        return f"{skew} Outcomes with it: {skewed}; the others: {wald}"
     return wald
 
 
