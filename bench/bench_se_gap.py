@@ -18,6 +18,7 @@ and the SE in several forms, each judged by SD(err_supp)/mean(SE) and coverage o
 * ``own``: each cell's own :math:`s^2_{bC}` (n − 1; 0 for one control), no borrowing;
 * ``pop``: :math:`\\sum w_b^2 (s^2_{bT}/n_{bT} + s^2_{bC}/n_{bC})` (the population-ATT form);
 * ``t_ref``: shipped SE, t quantile at Satterthwaite's degrees of freedom;
+* ``skew_t``: the shipped CI itself (Hall's skewness-corrected t interval, shared/psm/skew.py);
 * ``true_ps``: the same estimator on strata of the TRUE propensity (fixed edges: 0.2 SD of the
   true logit over seed 0), i.e. no estimated score and no data-dependent edges.
 
@@ -119,8 +120,11 @@ def analyse(z, t, y01, y001, beta, edges, names):
     # the same with a borrowed cell's dof the least its pool holds (MIN_DOF)
     dof10 = np.sum(terms, axis=0) ** 2 / np.sum(terms**2 / np.maximum(nc - 1, MIN_DOF)[:, None], axis=0)
     att01 = np.array([o.att for o in est.outcomes]) / (CAP - LO)
+    # the shipped CI's ends in SE units about the estimate (Hall's skewness-corrected t
+    # interval, shared/psm/skew.py): (att − upper·SE, att − lower·SE)
+    ends = np.array([((o.att - o.ci[0]) / o.se, (o.att - o.ci[1]) / o.se) for o in est.outcomes])
     ses = {"shipped": se_sh, "own": se_own, "pop": se_pop, "y0_treated": se_orc}
-    return att01, oracle, supp, ses, (dof, dof10), int(tr.sum() - supp.sum())
+    return att01, oracle, supp, ses, (dof, dof10, ends), int(tr.sum() - supp.sum())
 
 
 def main() -> None:
@@ -149,6 +153,7 @@ def main() -> None:
             r["oracle"].append(oracle[k])
             r["dof"].append(dof[0][k])
             r.setdefault("dof10", []).append(dof[1][k])
+            r.setdefault("ends", []).append(dof[2][k])
             for name, se in ses.items():
                 r.setdefault(name, []).append(se[k])
         # the true propensity as a one-column score, fixed edges (seed 0's 0.2 SD grid)
@@ -211,6 +216,15 @@ def main() -> None:
         print(
             f"  t_ref    vs all : dof median {np.median(r['dof']):.0f} (min {r['dof'].min():.0f})  "
             f"cover {cov / e.size:.1%} [{lo:.1%}, {hi:.1%}]"
+        )
+        up, low = r["ends"][:, 0], r["ends"][:, 1]
+        covered = (e_all <= up * r["shipped"]) & (e_all >= low * r["shipped"])
+        cov = int(np.sum(covered))
+        lo, hi = wilson_interval(cov, e.size)
+        print(
+            f"  skew_t   vs all : the shipped CI (shared/psm/skew.py) cover {cov / e.size:.1%} "
+            f"[{lo:.1%}, {hi:.1%}], misses above {int(np.sum(e_all > up * r['shipped']))}, "
+            f"below {int(np.sum(e_all < low * r['shipped']))}, width ×{np.mean(up - low) / (2 * Z95):.3f}"
         )
         q = sst.t.ppf(0.975, r["dof10"])
         cov = int(np.sum(np.abs(e_all) <= q * r["shipped"]))

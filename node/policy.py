@@ -93,7 +93,8 @@ class NodePolicy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     allow_exact: bool = False
-    #: the smallest cell an exact answer releases (cells below are released as 0)
+    #: the smallest cell an exact answer releases (cells below are released as 0); below 5 the
+    #: outcomes' Σy³ and Σy⁴ are withheld too (shared.answer.HIGHER_MIN_CELL)
     min_cell: int = Field(default=11, ge=2)
     #: bound on every coefficient of β on the [0, 1]-scaled covariates, exact answers only.
     #: Collinear lipids make fitted coefficients large (total cholesterol ≈ HDL + LDL +

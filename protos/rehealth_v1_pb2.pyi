@@ -278,7 +278,7 @@ class PsFitReply(_message.Message):
     def __init__(self, n: _Optional[_Union[Tensor, _Mapping]] = ..., g: _Optional[_Union[Tensor, _Mapping]] = ..., H: _Optional[_Union[Tensor, _Mapping]] = ..., loglik: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class PsmStatsReply(_message.Message):
-    __slots__ = ("edges", "count", "sum_y", "sumsq_y", "sum_z", "sumsq_z", "zz_c", "zy_c", "slope_count", "slope_sum_y", "slope_sum_z", "nc_sum_y", "nc_sumsq_y")
+    __slots__ = ("edges", "count", "sum_y", "sumsq_y", "sum_z", "sumsq_z", "zz_c", "zy_c", "slope_count", "slope_sum_y", "slope_sum_z", "nc_sum_y", "nc_sumsq_y", "sum3_y", "sum4_y")
     EDGES_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     SUM_Y_FIELD_NUMBER: _ClassVar[int]
@@ -292,6 +292,8 @@ class PsmStatsReply(_message.Message):
     SLOPE_SUM_Z_FIELD_NUMBER: _ClassVar[int]
     NC_SUM_Y_FIELD_NUMBER: _ClassVar[int]
     NC_SUMSQ_Y_FIELD_NUMBER: _ClassVar[int]
+    SUM3_Y_FIELD_NUMBER: _ClassVar[int]
+    SUM4_Y_FIELD_NUMBER: _ClassVar[int]
     edges: Tensor
     count: Tensor
     sum_y: Tensor
@@ -305,7 +307,9 @@ class PsmStatsReply(_message.Message):
     slope_sum_z: Tensor
     nc_sum_y: Tensor
     nc_sumsq_y: Tensor
-    def __init__(self, edges: _Optional[_Union[Tensor, _Mapping]] = ..., count: _Optional[_Union[Tensor, _Mapping]] = ..., sum_y: _Optional[_Union[Tensor, _Mapping]] = ..., sumsq_y: _Optional[_Union[Tensor, _Mapping]] = ..., sum_z: _Optional[_Union[Tensor, _Mapping]] = ..., sumsq_z: _Optional[_Union[Tensor, _Mapping]] = ..., zz_c: _Optional[_Union[Tensor, _Mapping]] = ..., zy_c: _Optional[_Union[Tensor, _Mapping]] = ..., slope_count: _Optional[_Union[Tensor, _Mapping]] = ..., slope_sum_y: _Optional[_Union[Tensor, _Mapping]] = ..., slope_sum_z: _Optional[_Union[Tensor, _Mapping]] = ..., nc_sum_y: _Optional[_Union[Tensor, _Mapping]] = ..., nc_sumsq_y: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    sum3_y: Tensor
+    sum4_y: Tensor
+    def __init__(self, edges: _Optional[_Union[Tensor, _Mapping]] = ..., count: _Optional[_Union[Tensor, _Mapping]] = ..., sum_y: _Optional[_Union[Tensor, _Mapping]] = ..., sumsq_y: _Optional[_Union[Tensor, _Mapping]] = ..., sum_z: _Optional[_Union[Tensor, _Mapping]] = ..., sumsq_z: _Optional[_Union[Tensor, _Mapping]] = ..., zz_c: _Optional[_Union[Tensor, _Mapping]] = ..., zy_c: _Optional[_Union[Tensor, _Mapping]] = ..., slope_count: _Optional[_Union[Tensor, _Mapping]] = ..., slope_sum_y: _Optional[_Union[Tensor, _Mapping]] = ..., slope_sum_z: _Optional[_Union[Tensor, _Mapping]] = ..., nc_sum_y: _Optional[_Union[Tensor, _Mapping]] = ..., nc_sumsq_y: _Optional[_Union[Tensor, _Mapping]] = ..., sum3_y: _Optional[_Union[Tensor, _Mapping]] = ..., sum4_y: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class ScoreHistReply(_message.Message):
     __slots__ = ("count",)

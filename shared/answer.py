@@ -43,10 +43,11 @@ from shared.protocol import (
 from shared.psm.dr import slope_arrays
 from shared.psm.propensity import cov_moments, ps_contribution
 from shared.psm.strata import score_histogram
-from shared.psm.table import psm_table
+from shared.psm.table import HIGHER, psm_table
 from shared.terms import expand
 
 __all__ = [
+    "HIGHER_MIN_CELL",
     "Release",
     "SiteArrays",
     "answer",
@@ -68,6 +69,14 @@ __all__ = [
 #: Counts a node keeps to itself: how many values it clipped to the public bounds and how
 #: many rows it could not use (its log names them). Never released, not even exactly.
 WITHHELD = ("n_clipped", "n_clipped_z", "n_excluded")
+
+#: The smallest ``min_cell`` at which a node releases its cells' Σy³ and Σy⁴ in an exact answer
+#: (:data:`shared.psm.table.HIGHER`, for the skewness-corrected CI, :mod:`shared.psm.skew`).
+#: The first k power sums of a cell determine the multiset of its values when it holds at most
+#: k rows (Newton's identities): Σy and Σy² already give away a cell of two, Σy³ and Σy⁴ would
+#: give away cells of three and four. Below this floor the node withholds both (the study's CI
+#: is then the Wald interval); the node policy's default, 11, releases them.
+HIGHER_MIN_CELL = 5
 
 
 @dataclass(frozen=True)
@@ -264,9 +273,12 @@ def suppress_small_cells(op: str, arrays: dict[str, np.ndarray], *, k: int) -> d
     A cell is an arm (describe), a score bin × arm (score_hist) or a stratum × arm
     (psm_stats); its count and all its sums go together, so a suppressed cell looks exactly like
     an empty one. ps_fit sums over the whole site: a site of fewer than ``k`` rows releases 0.
-    The clipping and exclusion counts are withheld.
+    The clipping and exclusion counts are withheld, and so are the outcomes' Σy³ and Σy⁴ when
+    ``k`` is below :data:`HIGHER_MIN_CELL` (``k`` ≤ 1 keeps every cell: an in-process
+    reference, not a node — a node's policy asks at least 2).
     """
-    out = {key: np.array(v, dtype=float, copy=True) for key, v in arrays.items() if key not in WITHHELD}
+    withheld = WITHHELD + (HIGHER if 1 < k < HIGHER_MIN_CELL else ())
+    out = {key: np.array(v, dtype=float, copy=True) for key, v in arrays.items() if key not in withheld}
     if op == "ps_fit":
         if out["n"][0] < k:
             out = {key: np.zeros_like(v) for key, v in out.items()}

@@ -83,7 +83,7 @@ from shared.psm.dr import DrStats, estimate_dr, with_dr
 from shared.psm.estimator import AttEstimate, Check, estimate_att
 from shared.psm.propensity import CovMoments, PropensityFitter, PsStats, initial_beta
 from shared.psm.strata import caliper_edges, logit_sd, quantile_edges
-from shared.psm.table import PsmTable
+from shared.psm.table import HIGHER, PsmTable
 from shared.result import OutcomeEstimate
 from shared.secure_sum import SECURE_SUM, secure_scale
 from shared.study import BudgetSplit, StudySpec
@@ -567,7 +567,8 @@ def _join_controls(sums: dict) -> dict:
 
 def _outcome_columns(table: PsmTable, cols: slice) -> PsmTable:
     """The table with only the outcomes ``cols`` (the same strata, counts and balance)."""
-    return replace(table, sum_y=table.sum_y[..., cols], sumsq_y=table.sumsq_y[..., cols])
+    higher = {k: getattr(table, k)[..., cols] for k in HIGHER} if table.has_higher else {}
+    return replace(table, sum_y=table.sum_y[..., cols], sumsq_y=table.sumsq_y[..., cols], **higher)
 
 
 def _split_negative_controls(spec: StudySpec, run: StudyRun) -> None:

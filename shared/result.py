@@ -33,6 +33,10 @@ class OutcomeEstimate(_Model):
     att: float
     se: float
     ci: tuple[float, float]
+    # how ``ci`` was formed: "wald" estimate ± 1.96 SE (DP studies, doubly robust estimates,
+    # an exact study whose sites withheld Σy³/Σy⁴); "skew_t" Hall's skewness-corrected interval
+    # with a kurtosis-aware t reference (shared/psm/skew.py, exact stratified studies)
+    ci_method: Literal["wald", "skew_t"] = "wald"
     n_treated: int  # treated in common support
     n_control: int  # controls in common support
     n_treated_dropped: int  # treated in strata without controls (attrition)

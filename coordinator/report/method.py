@@ -47,7 +47,7 @@ def method_section(
                 if result.privacy.enabled
                 else ""
             )
-            + "95% CI = estimate ± 1.96 SE (normal approximation)."
+            + ci_statement(result)
         ),
         privacy=privacy_statement(result, strata),
         per_site=_per_site(result),
@@ -56,6 +56,36 @@ def method_section(
         assumptions=ASSUMPTIONS,
         limitations=_limitations(result, spec),
     )
+
+
+#: How an exact stratified study's CI is formed (shared/psm/skew.py).
+SKEW_T_CI = (
+    "95% CI: Hall's (1992) skewness-corrected interval with a t reference — the studentized "
+    "estimate's skewness and its covariance with the variance estimate, from each stratum's "
+    "third power sums, are removed by Hall's monotone cubic transformation, and the quantile is "
+    "Student's t at Satterthwaite's degrees of freedom counting the cells' fourth moments "
+    "(heavy tails give fewer degrees of freedom and a wider interval). Skewed outcomes "
+    "(costs, rare events) get an interval that is asymmetric about the estimate."
+)
+
+
+def ci_statement(result: StudyResult) -> str:
+    """Which interval each outcome's CI is: the skewness-corrected one (exact stratified
+    studies whose sites released Σy³, Σy⁴) or the Wald interval."""
+    methods = {o.ci_method for o in result.outcomes}
+    wald = "95% CI = estimate ± 1.96 SE (normal approximation)."
+    skew = SKEW_T_CI + (
+        " The doubly robust estimate takes the stratified interval's shape (its ends in SE units) "
+        "about its own estimate and SE."
+        if result.estimator == "dr"
+        else ""
+    )
+    if methods == {"skew_t"}:
+        return skew
+    if "skew_t" in methods:
+        skewed = ", ".join(o.name for o in result.outcomes if o.ci_method == "skew_t")
+        return f"{skew} Outcomes with it: {skewed}; the others: {wald}"
+    return wald
 
 
 #: The doubly robust estimator's variance, added to the stratified form it scales.

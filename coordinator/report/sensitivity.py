@@ -92,8 +92,11 @@ def sensitivity_section(outcomes: "tuple[OutcomeEstimate, ...]", *, private: boo
 
 
 def _ci_widening(o: "OutcomeEstimate") -> float:
-    """The ATT's CI width over its sampling-only width (≥ 1; 1 in an exact study, where the
-    two differ only by how 1.96 was rounded)."""
+    """The ATT's CI width over its sampling-only width (≥ 1) under privacy noise; 1 in an exact
+    study, whose CI differs from ± 1.96 SE only by its skewness correction
+    (:mod:`shared.psm.skew`), not by noise."""
+    if not o.se_privacy > 0:
+        return 1.0
     sampling = 2.0 * Z_95 * o.se_sampling
     factor = (o.ci[1] - o.ci[0]) / sampling if sampling > 0 else 1.0
     return factor if factor > 1.005 else 1.0

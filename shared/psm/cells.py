@@ -32,6 +32,17 @@ def cell_means(sums: np.ndarray, n: np.ndarray, *, clamp: bool = True) -> np.nda
 MIN_DOF = 10.0
 
 
+def own_variances(sums: np.ndarray, sumsq: np.ndarray, n: np.ndarray) -> np.ndarray:
+    r"""Each cell's own sample variance :math:`(\sum y^2 - n\bar y^2)/(n-1)`, ``(S, 2, K)``: 0
+    below two rows, clamped to the range of a sample variance on [0, 1],
+    :math:`[0, \tfrac{n}{4(n-1)}]`."""
+    mean = cell_means(sums, n)
+    nn = n[..., None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s2 = np.where(nn >= 2, (sumsq - nn * mean**2) / (nn - 1.0), 0.0)
+        return np.clip(s2, 0.0, np.where(nn >= 2, nn / (4.0 * (nn - 1.0)), 0.25))
+
+
 def cell_variances(
     sums: np.ndarray, sumsq: np.ndarray, n: np.ndarray, usable: np.ndarray, *, min_dof: float = MIN_DOF
 ) -> np.ndarray:
@@ -62,11 +73,7 @@ def cell_variances(
         usable: ``(S, 2)`` boolean, the cells that enter the estimate.
         min_dof: degrees of freedom below which a cell borrows.
     """
-    mean = cell_means(sums, n)
-    nn = n[..., None]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        s2 = np.where(nn >= 2, (sumsq - nn * mean**2) / (nn - 1.0), 0.0)
-        s2 = np.clip(s2, 0.0, np.where(nn >= 2, nn / (4.0 * (nn - 1.0)), 0.25))
+    s2 = own_variances(sums, sumsq, n)
     dof = np.where(usable & (n >= 2), n - 1.0, 0.0)
     out = np.full(s2.shape, 0.25)
     for arm in (0, 1):
@@ -88,22 +95,32 @@ def cell_variances(
 
 def _local_pool(dof: np.ndarray, s2: np.ndarray, min_dof: float) -> np.ndarray:
     """``(L, K)`` variances: each cell's own if ``dof >= min_dof``, else pooled over the
-    smallest symmetric window of neighbours (in score order) holding ``min_dof`` dof."""
+    smallest symmetric window of neighbours (in score order) holding ``min_dof`` dof; 0.25
+    (the largest variance on [0, 1]) where the window holds none."""
+    weights = pool_weights(dof, min_dof)
+    empty = weights.sum(axis=1) == 0
+    return np.where(empty[:, None], 0.25, weights @ s2)
+
+
+def pool_weights(dof: np.ndarray, min_dof: float) -> np.ndarray:
+    r"""``(L, L)`` weights :math:`\pi_{bj}` of the local pool: row b holds ``dof_j / Σ dof`` over
+    the smallest symmetric window around b (in score order) holding ``min_dof`` degrees of
+    freedom, or over all L cells (a cell of ``min_dof`` or more is its own window); a row of
+    zeros where the window holds none. A pooled statistic is ``weights @ own`` — the variances
+    of :func:`cell_variances`, and the third and fourth moments and covariances the
+    skewness-corrected CI needs (:mod:`shared.psm.skew`) from the same windows."""
     L = dof.size
     cum_dof = np.concatenate(([0.0], np.cumsum(dof)))
-    cum_num = np.vstack([np.zeros((1, s2.shape[1])), np.cumsum(dof[:, None] * s2, axis=0)])
-    out = np.full(s2.shape, np.nan)
+    out = np.zeros((L, L))
     todo = np.ones(L, dtype=bool)
     i = np.arange(L)
     for r in range(L):
         a, b = np.clip(i - r, 0, L), np.clip(i + r + 1, 0, L)
         window = cum_dof[b] - cum_dof[a]
         done = todo & ((window >= min_dof) | ((a == 0) & (b == L)))
-        if done.any():
-            with np.errstate(divide="ignore", invalid="ignore"):
-                pooled = (cum_num[b[done]] - cum_num[a[done]]) / window[done, None]
-            out[done] = np.where(window[done, None] > 0, pooled, 0.25)
-            todo &= ~done
+        for row in np.flatnonzero(done & (window > 0)):
+            out[row, a[row] : b[row]] = dof[a[row] : b[row]] / window[row]
+        todo &= ~done
         if not todo.any():
             break
     return out

@@ -6,7 +6,9 @@ n_{bT} / \sum_{\mathcal B} n_{bT}`:
 .. math::
     \widehat{ATT} = \sum_{b \in \mathcal B} w_b (\bar y_{bT} - \bar y_{bC}),
 
-and CI = estimate ± 1.96·SE, where
+and CI = estimate ± 1.96·SE (the Wald interval) where the table has only first and second
+sums (DP), and in an exact study Hall's skewness-corrected interval with a kurtosis-aware t
+reference (:mod:`shared.psm.skew`: the outcomes' Σy³, Σy⁴ per cell), where
 
 .. math::
     \widehat V = \sum_{b \in \mathcal B} w_b^2\, s^2_{bC}
@@ -54,6 +56,7 @@ from shared import thresholds as th
 from shared.errors import DataError, EmptyArmError, NoOverlapError
 from shared.psm.balance import BalanceNoise, balance_table, balance_verdict, overlap_coefficient
 from shared.psm.cells import cell_means, cell_variances, clamped_counts
+from shared.psm.skew import skew_t_multipliers
 from shared.psm.table import PsmTable
 from shared.result import BalanceRow, Diagnostic, OutcomeEstimate, StratumCounts
 from shared.study import Outcome
@@ -61,6 +64,7 @@ from shared.study import Outcome
 __all__ = ["AttEstimate", "Check", "estimate_att", "with_att"]
 
 Z_95 = 1.959963984540054
+CI_LEVEL = 0.95
 #: The estimator's diagnostics are :class:`shared.result.Diagnostic` (this name is kept for the
 #: DP workflow and simulation, which build and pass them as ``Check``): one type per concept.
 Check = Diagnostic
@@ -178,8 +182,18 @@ def estimate_att(
     var = cell_variances(table.sum_y, table.sumsq_y, n, usable)
     se_priv = np.zeros(len(outcomes)) if se_privacy is None else np.asarray(se_privacy, dtype=float)
     warnings: list[str] = []
+    skew = table.has_higher and not np.any(se_priv)
+
+    def multipliers(k: int) -> tuple[float, float] | None:
+        if not skew:
+            return None
+        m = skew_t_multipliers(table=table, n=n, used=used, w=w, var=var, k=k, level=CI_LEVEL)
+        return m.upper, m.lower
+
     results = tuple(
-        _outcome_att(o, k, w, used, n, mean, var, float(se_priv[k]), n_treated_dropped, warnings)
+        _outcome_att(
+            o, k, w, used, n, mean, var, float(se_priv[k]), n_treated_dropped, warnings, multipliers(k)
+        )
         for k, o in enumerate(outcomes)
     )
     balance = balance_table(table=table, covariates=covariates, weights=w, used=used, noise=balance_noise)
@@ -225,8 +239,20 @@ def _count(x: float) -> int:
 
 
 def _outcome_att(
-    o: Outcome, k: int, w, used, n, mean, var, se_priv: float, n_treated_dropped: int, warnings: list[str]
+    o: Outcome,
+    k: int,
+    w,
+    used,
+    n,
+    mean,
+    var,
+    se_priv: float,
+    n_treated_dropped: int,
+    warnings: list[str],
+    multipliers: tuple[float, float] | None = None,
 ) -> OutcomeEstimate:
+    """One outcome's estimate; ``multipliers`` ``(upper, lower)`` give the skewness-corrected CI
+    ``(att - upper·SE, att - lower·SE)`` (:mod:`shared.psm.skew`), None the Wald interval."""
     span = o.cap - o.lo
     nt, nc = n[used, 1], n[used, 0]
     mt, mc = mean[used, 1, k], mean[used, 0, k]
@@ -255,7 +281,10 @@ def _outcome_att(
         kind=o.kind,
         att=att,
         se=se,
-        ci=(att - Z_95 * se, att + Z_95 * se),
+        ci=(att - Z_95 * se, att + Z_95 * se)
+        if multipliers is None
+        else (att - multipliers[0] * se, att - multipliers[1] * se),
+        ci_method="wald" if multipliers is None else "skew_t",
         n_treated=_count(nt.sum()),
         n_control=_count(nc.sum()),
         n_treated_dropped=n_treated_dropped,
@@ -330,11 +359,16 @@ def _diagnostics(
 
 
 def with_att(o, att: float):
-    """An outcome's estimate with the weighted sum's ATT: the CI re-centred on it (same SE),
+    """An outcome's estimate with the weighted sum's ATT: the Wald CI re-centred on it (same SE),
     the counterfactual control mean the treated mean minus it, the risks of a binary outcome
     recomputed (its relative-risk CI moved by the same factor)."""
     control = o.treated_mean - att
-    update: dict = {"att": att, "ci": (att - Z_95 * o.se, att + Z_95 * o.se), "control_mean": control}
+    update: dict = {
+        "att": att,
+        "ci": (att - Z_95 * o.se, att + Z_95 * o.se),
+        "ci_method": "wald",
+        "control_mean": control,
+    }
     if o.kind == "binary":
         update["risk_difference"] = att
         if o.relative_risk is not None and control > 0:

@@ -1,4 +1,5 @@
-r"""The PSM sufficient-statistics table: per stratum × arm, count and first/second sums.
+r"""The PSM sufficient-statistics table: per stratum × arm, count and first/second sums (and,
+in an exact study's answer, the outcomes' third and fourth power sums).
 
 A node computes one table over its rows at the final β and agreed edges
 (:func:`psm_table`); tables add cell by cell across nodes (:meth:`PsmTable.merge`), and the
@@ -26,9 +27,12 @@ from shared.errors import DataError
 from shared.psm._checks import check_beta, check_t, check_unit_outcomes, check_z, require_keys
 from shared.psm.strata import stratum_index
 
-__all__ = ["PsmTable", "psm_table", "scale_outcomes", "unscale_outcomes"]
+__all__ = ["HIGHER", "PsmTable", "psm_table", "scale_outcomes", "unscale_outcomes"]
 
 _ARRAYS = ("edges", "count", "sum_y", "sumsq_y", "sum_z", "sumsq_z")
+#: The outcomes' third and fourth power sums per cell: released in exact answers only (no DP
+#: release names them), for the skewness-corrected CI (:mod:`shared.psm.skew`).
+HIGHER = ("sum3_y", "sum4_y")
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,9 @@ class PsmTable:
         count: ``(S, 2)`` rows.
         sum_y, sumsq_y: ``(S, 2, O)`` Σy and Σy² of the [0, 1]-scaled outcomes.
         sum_z, sumsq_z: ``(S, 2, D)`` Σz and Σz² of the [0, 1]-scaled covariates.
+        sum3_y, sum4_y: ``(S, 2, O)`` Σy³ and Σy⁴ of the scaled outcomes, or None (a DP table,
+            or a site that withholds them, :func:`shared.answer.suppress_small_cells`): the CI is
+            then the Wald interval.
     """
 
     edges: np.ndarray
@@ -48,6 +55,8 @@ class PsmTable:
     sumsq_y: np.ndarray
     sum_z: np.ndarray
     sumsq_z: np.ndarray
+    sum3_y: np.ndarray | None = None
+    sum4_y: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         s = self.edges.shape[0] - 1
@@ -58,7 +67,10 @@ class PsmTable:
             "sumsq_y": (s, 2, o),
             "sum_z": (s, 2, d),
             "sumsq_z": (s, 2, d),
+            **{k: (s, 2, o) for k in HIGHER if getattr(self, k) is not None},
         }
+        if (self.sum3_y is None) != (self.sum4_y is None):
+            raise DataError("PsmTable holds one of sum3_y and sum4_y without the other", field="sum3_y")
         for name, shape in want.items():
             if getattr(self, name).shape != shape:
                 raise DataError(
@@ -71,6 +83,11 @@ class PsmTable:
         return int(self.count.shape[0])
 
     @property
+    def has_higher(self) -> bool:
+        """Whether the table holds the outcomes' third and fourth power sums."""
+        return self.sum3_y is not None
+
+    @property
     def n_outcomes(self) -> int:
         return int(self.sum_y.shape[-1])
 
@@ -79,7 +96,8 @@ class PsmTable:
         return int(self.sum_z.shape[-1])
 
     def merge(self, other: "PsmTable") -> "PsmTable":
-        """Cell-wise sum; both tables must be over the same edges.
+        """Cell-wise sum; both tables must be over the same edges. The higher power sums are
+        kept only if both tables hold them (one site's withholding them withholds the sum's).
 
         Raises:
             DataError: edges or dimensions differ.
@@ -88,22 +106,26 @@ class PsmTable:
             raise DataError("cannot merge PSM tables over different stratum edges", field="edges")
         if (self.n_outcomes, self.n_covariates) != (other.n_outcomes, other.n_covariates):
             raise DataError("cannot merge PSM tables with different outcomes or covariates")
-        return PsmTable(edges=self.edges, **{k: getattr(self, k) + getattr(other, k) for k in _ARRAYS[1:]})
+        keys = _ARRAYS[1:] + (HIGHER if self.has_higher and other.has_higher else ())
+        return PsmTable(edges=self.edges, **{k: getattr(self, k) + getattr(other, k) for k in keys})
 
     __add__ = merge
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        return {k: np.array(getattr(self, k), dtype=float) for k in _ARRAYS}
+        keys = _ARRAYS + (HIGHER if self.has_higher else ())
+        return {k: np.array(getattr(self, k), dtype=float) for k in keys}
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "PsmTable":
-        """Inverse of :meth:`to_arrays`; other keys are ignored.
+        """Inverse of :meth:`to_arrays` (the higher power sums when both are present); other
+        keys are ignored.
 
         Raises:
             DataError: a key is missing or the shapes disagree.
         """
         require_keys(arrays, _ARRAYS, "PsmTable")
-        return cls(**{k: np.asarray(arrays[k], dtype=float) for k in _ARRAYS})
+        keys = _ARRAYS + (HIGHER if all(k in arrays for k in HIGHER) else ())
+        return cls(**{k: np.asarray(arrays[k], dtype=float) for k in keys})
 
 
 def psm_table(*, z, t, y, beta, edges, names=None) -> PsmTable:
@@ -144,6 +166,8 @@ def psm_table(*, z, t, y, beta, edges, names=None) -> PsmTable:
         sumsq_y=cell_sums(y * y),
         sum_z=cell_sums(z),
         sumsq_z=cell_sums(z * z),
+        sum3_y=cell_sums(y**3),
+        sum4_y=cell_sums(y**4),
     )
 
 

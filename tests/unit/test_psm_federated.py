@@ -91,6 +91,15 @@ def test_federated_equals_pooled_for_k_unequal_nodes(study, pooled_caliper, k):
     assert_estimates_equal(fed.estimate, pooled.estimate)
     # and the estimate is not trivially the same object: the effect is real and in original units
     assert fed.estimate.outcome("claims_cost").att < -500
+    # the CIs compared are the skewness-corrected ones, from the sites' summed Σy³ and Σy⁴
+    # (shared/psm/skew.py): asymmetric about the estimate, identical to the pooled rows' to 1e-9
+    for o in fed.estimate.outcomes:
+        assert o.ci_method == "skew_t"
+        assert o.ci[1] - o.ci[0] > 2 * 1.96 * o.se  # the t reference is wider than the normal
+    claims = fed.estimate.outcome("claims_cost")
+    assert abs((claims.ci[1] - claims.att) - (claims.att - claims.ci[0])) > 0.01 * claims.se
+    np.testing.assert_allclose(fed.table.sum3_y, pooled.table.sum3_y, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(fed.table.sum4_y, pooled.table.sum4_y, rtol=1e-9, atol=1e-12)
 
 
 def test_federated_equals_pooled_with_quantile_strata(study):

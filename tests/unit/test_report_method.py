@@ -104,3 +104,17 @@ def test_the_privacy_statement_lists_the_rounds_that_released():
     assert "gradient and Hessian (4 rounds)" in p and "log-likelihood" not in p
     assert "histogram of the logit score" in p and "Σy and Σy² of each outcome" in p
     assert "weighted sum per outcome" not in p  # no psm-wsum round ran
+
+
+def test_the_variance_text_names_each_outcomes_interval():
+    """An exact stratified study's CIs are the skewness-corrected ones and the method says so;
+    where some outcome kept the Wald interval it is named; a Wald-only study says ± 1.96 SE."""
+    result = make_result()
+    assert "estimate ± 1.96 SE" in _doc(result).method.variance  # the fixture's CIs are Wald
+    skewed = tuple(o.model_copy(update={"ci_method": "skew_t"}) for o in result.outcomes)
+    text = _doc(result.model_copy(update={"outcomes": skewed})).method.variance
+    assert "Hall's (1992) skewness-corrected interval" in text and "± 1.96 SE" not in text
+    mixed = (*skewed[:2], result.outcomes[2])
+    text = _doc(result.model_copy(update={"outcomes": mixed})).method.variance
+    assert f"Outcomes with it: {skewed[0].name}, {skewed[1].name}; the others:" in text
+    assert "± 1.96 SE" in text
