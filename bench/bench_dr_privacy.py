@@ -216,7 +216,7 @@ def verdict(pairs: list[dict]) -> str:
     )
 
 
-def _readme(rows: list[dict], pairs: list[dict], seeds: int, said: str) -> str:
+def _readme(rows: list[dict], said: str) -> str:
     groups: dict[tuple, dict[str, dict]] = {}
     for r in rows:
         if r["mode"] == "exact":
@@ -227,21 +227,67 @@ def _readme(rows: list[dict], pairs: list[dict], seeds: int, said: str) -> str:
         return " / ".join(fmt(g[o].get(key)) if o in g else "—" for o in _ORDER)
 
     lines = [
-        f"{seeds} seeds per row, δ = 1e-6; claims / CV event / absence days; the same seeds and "
-        "noisy fit for both estimators. Written by `bench/bench_dr_privacy.py --write` (full "
-        "table, command and commit: [docs/benchmarks/dr_privacy.md](docs/benchmarks/dr_privacy.md)).",
+        "δ = 1e-6; claims / CV event / absence days; both estimators on the same seeds and noisy "
+        "fit. Written by `bench/bench_dr_privacy.py --write` (full table, paired comparison, "
+        "command and commit: [docs/benchmarks/dr_privacy.md](docs/benchmarks/dr_privacy.md)).",
         "",
-        "| federation | ε | cap round | noise | CI width ÷ exact | ÷ limit | coverage % | bias/SE |",
-        "|:--|:--|:--|:--|:--|:--|:--|:--|",
+        "| federation | ε | cap round | noise | seeds | CI width ÷ exact | ÷ limit | coverage % | bias/SE |",
+        "|:--|:--|:--|:--|:--|:--|:--|:--|:--|",
     ]
     for (layout, eps, cap, mode), g in groups.items():
         lines.append(
-            f"| {layout} | {eps:g} | {'on' if cap else 'off'} | {mode} | {three(g, 'width_by_exact', _num)} "
-            f"| {three(g, 'width_by_limit', _num)} "
+            f"| {layout} | {eps:g} | {'on' if cap else 'off'} | {mode} | {next(iter(g.values()))['n']} "
+            f"| {three(g, 'width_by_exact', _num)} | {three(g, 'width_by_limit', _num)} "
             f"| {three(g, 'coverage', lambda x: '—' if x is None else f'{100 * x:.1f}')} "
             f"| {three(g, 'bias_in_se', _num)} |"
         )
     return "\n".join(lines + ["", said])
+
+
+def write(rows: list[dict], pairs: list[dict], walls: list[dict]) -> None:
+    """docs/benchmarks/dr_privacy.md and the README's ``dr_privacy`` block, from what ran."""
+    setting = (
+        "baseline process, seeds from 0; δ = 1e-6, the study's default split and rounds; cap round "
+        f"at the DP {CAP_QUANTILE:g} quantile when on; per setting: "
+        + "; ".join(
+            f"{w['layout']} ε = {w['epsilon']:g} cap {'on' if w['cap_round'] else 'off'}: "
+            f"{w['seeds']} seeds, {w['wall']:.0f} s ({w['jobs']} worker(s))"
+            for w in walls
+        )
+    )
+    if min(w["seeds"] for w in walls) < 200:
+        setting += ". **Fewer than 200 seeds somewhere: that shows the shape, not calibration.**"
+    said = verdict(pairs)
+    write_tables(
+        "dr_privacy",
+        title="DP studies: doubly robust vs stratified on issue #19's cells",
+        tables=[
+            Table(
+                title="Coverage, bias and CI width per estimator",
+                columns=ROW_COLUMNS,
+                rows=[row_cells(r) for r in rows],
+                align="llllllrrrrrr",
+                note='noise `secagg dr` = SecAgg+ with estimator = "dr", and so on. Coverage of '
+                "the true (capped, sample) ATT; Wilson 95 %: the coverage's binomial interval. "
+                "bias/SE: mean error over mean SE. Width ratios: medians over seeds of the CI width "
+                "÷ the exact (stratified, caliper) study's on the same data, and ÷ the limit (one "
+                "Gaussian release of the ATT at the same (ε, δ) for the study's weights).",
+            ),
+            Table(
+                title="Paired: is DR at least as good as stratification?",
+                columns=PAIR_COLUMNS,
+                rows=[pair_cells(p) for p in pairs],
+                align="lllllllll",
+                note=f"At least as good: |DR bias| not above |strat bias| by more than 2 paired MC "
+                f"SEs (bias), DR coverage in {COVERAGE_BAND[0]:.0%}–{COVERAGE_BAND[1]:.0%} or no "
+                f"further outside than stratified's (coverage), median per-seed DR ÷ stratified CI "
+                f"width ≤ {WIDTH_TOLERANCE:g} (width).",
+            ),
+        ],
+        setting=setting,
+        notes=said,
+    )
+    write_readme_block("dr_privacy", _readme(rows, said))
 
 
 def main(argv=None) -> None:
@@ -252,22 +298,49 @@ def main(argv=None) -> None:
         "--layouts", default=",".join(s[0] for s in SETTINGS), help="comma list of the settings' layouts"
     )
     p.add_argument("--cap", choices=("both", "off", "on"), default="both", help="the large-loss cap round")
-    p.add_argument("--json", type=Path, help="keep the rows and paired comparisons here")
+    p.add_argument("--json", type=Path, help="keep the rows and paired comparisons here (after each setting)")
+    p.add_argument(
+        "--from-json",
+        type=Path,
+        nargs="+",
+        help="run nothing: merge the settings these --json files kept (in order) and print/write them",
+    )
     p.add_argument(
         "--write", action="store_true", help="write docs/benchmarks/dr_privacy.md and the README block"
     )
     args = p.parse_args(argv)
+    rows: list[dict] = []
+    pairs: list[dict] = []
+    walls: list[dict] = []
+    if args.from_json:
+        for f in args.from_json:
+            kept = json.loads(f.read_text())
+            rows += kept["rows"]
+            pairs += kept["pairs"]
+            walls += kept["walls"]
+        print(verdict(pairs))
+        if args.write:
+            write(rows, pairs, walls)
+        return
     _init_worker()
     jobs = max(1, min(args.jobs, 2))
     picked = [s for s in SETTINGS if s[0] in args.layouts.split(",")]
     caps = {"both": (False, True), "off": (False,), "on": (True,)}[args.cap]
-    rows: list[dict] = []
-    pairs: list[dict] = []
     t_all = time.time()
     for layout, eps, modes in picked:
         for cap in caps:
             cell, results, cell_rows, wall = run_setting(layout, eps, modes, cap, range(args.seeds), jobs)
             rows += cell_rows
+            walls.append(
+                {
+                    "layout": layout,
+                    "epsilon": eps,
+                    "cap_round": cap,
+                    "seeds": args.seeds,
+                    "wall": wall,
+                    "jobs": jobs,
+                }
+            )
             head = f"{layout}, ε = {eps:g}, cap round {'on' if cap else 'off'}"
             print(f"\n== {head}: {args.seeds} seeds, {wall:.0f} s")
             for r in cell_rows:
@@ -277,49 +350,11 @@ def main(argv=None) -> None:
                     pr = {**paired(cell, results, mode, o, cell_rows), "cap_round": cap}
                     pairs.append(pr)
                     print("  paired: " + " | ".join(str(c) for c in pair_cells(pr)[3:]), flush=True)
-    total = time.time() - t_all
-    said = verdict(pairs)
-    print(f"\n{said}\n\ntotal {total:.0f} s with {jobs} worker(s)")
-    if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "pairs": pairs}, indent=1, default=str))
+            if args.json:
+                args.json.write_text(json.dumps({"rows": rows, "pairs": pairs, "walls": walls}, default=str))
+    print(f"\n{verdict(pairs)}\n\ntotal {time.time() - t_all:.0f} s with {jobs} worker(s)")
     if args.write:
-        setting = (
-            f"{args.seeds} seeds per setting (from seed 0), baseline process; δ = 1e-6, the "
-            f"study's default split and rounds; cap round at the DP {CAP_QUANTILE:g} quantile when on; "
-            f"{jobs} worker process(es), {total:.0f} s in all"
-        )
-        if args.seeds < 200:
-            setting += ". **Fewer than 200 seeds: this shows the shape, not calibration.**"
-        write_tables(
-            "dr_privacy",
-            title="DP studies: doubly robust vs stratified on issue #19's cells",
-            tables=[
-                Table(
-                    title="Coverage, bias and CI width per estimator",
-                    columns=ROW_COLUMNS,
-                    rows=[row_cells(r) for r in rows],
-                    align="llllllrrrrrr",
-                    note='noise `secagg dr` = SecAgg+ with estimator = "dr", and so on. Coverage of '
-                    "the true (capped, sample) ATT; Wilson 95 %: the coverage's binomial interval. "
-                    "bias/SE: mean error over mean SE. Width ratios: medians over seeds of the CI width "
-                    "÷ the exact (stratified, caliper) study's on the same data, and ÷ the limit (one "
-                    "Gaussian release of the ATT at the same (ε, δ) for the study's weights).",
-                ),
-                Table(
-                    title="Paired: is DR at least as good as stratification?",
-                    columns=PAIR_COLUMNS,
-                    rows=[pair_cells(p) for p in pairs],
-                    align="lllllllll",
-                    note=f"At least as good: |DR bias| not above |strat bias| by more than 2 paired MC "
-                    f"SEs (bias), DR coverage in {COVERAGE_BAND[0]:.0%}–{COVERAGE_BAND[1]:.0%} or no "
-                    f"further outside than stratified's (coverage), median per-seed DR ÷ stratified CI "
-                    f"width ≤ {WIDTH_TOLERANCE:g} (width).",
-                ),
-            ],
-            setting=setting,
-            notes=said,
-        )
-        write_readme_block("dr_privacy", _readme(rows, pairs, args.seeds, said))
+        write(rows, pairs, walls)
 
 
 if __name__ == "__main__":
