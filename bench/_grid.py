@@ -55,6 +55,24 @@ class Cell:
     #: :mod:`shared.dp.capround`: its level is fixed, :data:`CAP_QUANTILE`); None keeps the
     #: spec's caps
     cap_quantile: float | None = None
+    #: the DP studies' estimators (``stratified``, ``dr``; None: the spec's default); each DP
+    #: mode runs once per estimator, on the same data and noise seeds (a paired comparison),
+    #: labelled ``"secagg dr"`` etc. where more than the default is asked
+    estimators: tuple[str | None, ...] = (None,)
+
+    @property
+    def runs(self) -> tuple[tuple[str, str, str | None], ...]:
+        """``(label, mode, estimator)`` of every study a seed runs: the exact study once, each
+        DP mode once per estimator."""
+        out: list[tuple[str, str, str | None]] = []
+        for mode in self.modes:
+            for est in (None,) if mode == "exact" else self.estimators:
+                out.append((mode if est is None else f"{mode} {est}", mode, est))
+        return tuple(out)
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(label for label, _, _ in self.runs)
 
     def __post_init__(self) -> None:
         if self.cap_quantile is not None and self.cap_quantile != CAP_QUANTILE:
@@ -97,7 +115,9 @@ def _exact(nodes: Sequence[Node], outcomes: tuple[Outcome, ...]) -> dict[str, An
     }
 
 
-def _dp(nodes: Sequence[Node], cell: Cell, seed: int, mode: str) -> dict[str, Any]:
+def _dp(
+    nodes: Sequence[Node], cell: Cell, seed: int, mode: str, estimator: str | None = None
+) -> dict[str, Any]:
     noise_key = [
         seed,
         DGP_NAMES.index(cell.dgp),
@@ -111,6 +131,7 @@ def _dp(nodes: Sequence[Node], cell: Cell, seed: int, mode: str) -> dict[str, An
         covariates=NAMES,
         privacy=_privacy(cell.epsilon, mode == "secagg", cap_round=cell.cap_quantile is not None),
         rngs=[np.random.default_rng([*noise_key, i]) for i in range(len(nodes))],
+        estimator=estimator,  # type: ignore[arg-type]
     )
     extra: dict[str, Any] = {}
     if study.caps is not None:  # the estimand: the ATT at the caps the study's round released
@@ -164,16 +185,16 @@ def run_seed(cell: Cell, seed: int) -> dict[str, Any]:
         "time": {"data": time.process_time() - t0},
         "modes": {},
     }
-    for mode in cell.modes:
+    for label, mode, estimator in cell.runs:
         t0 = time.process_time()
         try:
-            res = _exact(nodes, cell.outcomes) if mode == "exact" else _dp(nodes, cell, seed, mode)
+            res = _exact(nodes, cell.outcomes) if mode == "exact" else _dp(nodes, cell, seed, mode, estimator)
             if mode != "exact" and "caps" not in res:
                 res.update(_clipping(nodes, cell.outcomes))
         except EstimationError as e:  # no estimate at all: counted, named by type only
             res = {"error": type(e).__name__}
-        out["modes"][mode] = res
-        out["time"][mode] = time.process_time() - t0
+        out["modes"][label] = res
+        out["time"][label] = time.process_time() - t0
     return out
 
 
@@ -187,7 +208,7 @@ def _exact_width(r: dict[str, Any], outcome: str) -> float | None:
 def summarise_cell(cell: Cell, results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per mode and outcome: coverage (Wilson 95 %), bias/SE, width ratios, stopped."""
     rows = []
-    for mode in cell.modes:
+    for mode in cell.labels:
         done = [r for r in results if "outcomes" in r["modes"][mode]]
         errors = len(results) - len(done)
         stopped = sum(bool(r["modes"][mode]["stopped"]) for r in done)

@@ -25,7 +25,7 @@ True
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 
@@ -56,9 +56,11 @@ def dp_spec(
     n_sites: int,
     ridge: float = 1e-6,
     strata_n: int | None = None,
+    estimator: Literal["stratified", "dr"] | None = None,
 ) -> StudySpec:
     """The study spec of a simulated DP study over arrays scaled to [0, 1]: ``strata_n`` asks
-    for at most that many strata (quantile), None leaves it to the DP rule."""
+    for at most that many strata (quantile), None leaves it to the DP rule; ``estimator`` as
+    the spec's (None: the spec's default)."""
     from shared.psm.reference import reference_spec
 
     if not privacy.enabled:
@@ -71,6 +73,7 @@ def dp_spec(
         n_strata=strata_n or 8,
         ridge=ridge,
         privacy=privacy,
+        estimator=estimator,
     )
 
 
@@ -83,6 +86,7 @@ def run_dp_study(
     rngs: Sequence[np.random.Generator],
     ridge: float = 1e-6,
     strata_n: int | None = None,
+    estimator: Literal["stratified", "dr"] | None = None,
 ) -> DpStudy:
     """describe → R noisy Newton rounds → noisy score histogram → noisy PSM table → estimate,
     exactly as the Flower study runs it (re-split after describe included).
@@ -96,6 +100,7 @@ def run_dp_study(
         rngs: one noise generator per node (``secure_rng()`` on real nodes).
         ridge: propensity ridge.
         strata_n: an explicit upper bound on the number of strata (None: the DP rule alone).
+        estimator: the spec's ``estimator`` (None: the spec's default for a DP study).
 
     Raises:
         EstimationError subclasses: an arm empty, no overlap, an unresolved fit told to stop.
@@ -110,6 +115,7 @@ def run_dp_study(
         n_sites=len(sites),
         ridge=ridge,
         strata_n=strata_n,
+        estimator=estimator,
     )
     names = [s.name for s in spec.sites]
     run = run_study(spec, InProcessSites(dict(zip(names, sites)), rngs=dict(zip(names, rngs))))

@@ -70,14 +70,15 @@ def reference_spec(
     tol: float = 1e-10,
     max_iter: int = 25,
     privacy: Privacy | None = None,
-    estimator: Literal["stratified", "dr"] = "stratified",
+    estimator: Literal["stratified", "dr"] | None = None,
     terms: DesignTerms | None = None,
     binary: Sequence[str] = (),
 ) -> StudySpec:
     """The study spec of a reference run over arrays already scaled to [0, 1] (covariate
     bounds 0..1), with sites ``site-0`` … ``site-{n_sites-1}``; exact unless ``privacy``;
-    ``strata`` as the spec's ``[strata] method``; ``binary`` names the 0/1 covariates (their
-    squares are not terms, :mod:`shared.terms`)."""
+    ``strata`` as the spec's ``[strata] method``; ``estimator`` as the spec's (None: left unset,
+    the spec's default); ``binary`` names the 0/1 covariates (their squares are not terms,
+    :mod:`shared.terms`)."""
     if strata not in ("auto", "caliper", "quantile"):
         raise DataError(f"unknown strata method {strata!r} (auto, caliper or quantile)", field="strata")
     return StudySpec(
@@ -91,8 +92,8 @@ def reference_spec(
         strata=Strata(method=strata, caliper_sd=caliper_sd, n=n_strata),
         federation=Federation(ridge=ridge, tol=tol, max_newton_iter=max_iter),
         sites=tuple(Site(name=f"site-{i}") for i in range(n_sites)),
-        estimator=estimator,
         terms=terms or DesignTerms(),
+        **({} if estimator is None else {"estimator": estimator}),
     )
 
 

@@ -77,6 +77,9 @@ def test_dr_study_over_the_client_app_equals_pooled_dr_and_states_it(federation,
     assert result.estimator == "dr" and result.spec["estimator"] == "dr"
     doc = build_report(result, issued_at="2026-11-23T20:00:00+00:00")
     assert doc.method.outcome_model.startswith("Doubly robust")
+    # why stratified stays the default, exact and DP: the measurements the report cites
+    assert "docs/benchmarks/dr.md" in doc.method.outcome_model
+    assert "docs/benchmarks/dr_privacy.md" in doc.method.outcome_model
     for o in result.outcomes:
         assert o.name in doc.method.outcome_model  # each stratified estimate stated beside it
     assert "σ̂² dᵀS_zz⁻¹d" in doc.method.variance
