@@ -35,6 +35,9 @@ case "$cmd" in
   test) bash deploy/postgres.sh  # the store tests also run on a real PostgreSQL server
         bash deploy/node.sh      # the report verifier test runs deploy/verify/verify-report.mjs
         bash deploy/browser.sh   # the web console tests drive headless Chromium
-        exec "$VENV/bin/python" -m pytest "$@" ;;
+        # Two workers (pytest-xdist): the 20-firm study on one and the other integration tests on
+        # the other, each lane one test at a time, the unit, security and browser tests around
+        # them (tests/conftest.py). REHEALTH_TEST_WORKERS=0 runs all in this one process.
+        exec "$VENV/bin/python" -m pytest -n "${REHEALTH_TEST_WORKERS:-2}" --dist loadscope "$@" ;;
   *) echo "usage: bash deploy/dev.sh {demo|test|lint} [args...]" >&2; exit 2 ;;
 esac

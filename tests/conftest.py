@@ -147,3 +147,52 @@ def _valid_person(person_id: str, **overrides) -> dict:
 def valid_person():
     """Factory of valid persons-file rows: ``valid_person("A-1", age="55")``."""
     return _valid_person
+
+
+#: The lanes of ``deploy/dev.sh test`` (two pytest-xdist workers, ``--dist loadscope``): the
+#: 20-firm study has a lane of its own (a quarter of the suite's time), every other test under
+#: tests/integration/ shares the second; each lane runs its tests one after another on one worker.
+OWN_LANE = ("tests/integration/test_small_firms.py",)
+INTEGRATION_LANE = "tests/integration/"
+
+
+def lane_of(nodeid: str) -> str:
+    """The work unit a test belongs to: its lane (above) or else its module."""
+    module = nodeid.split("::")[0]
+    if module in OWN_LANE:
+        return module
+    return INTEGRATION_LANE if module.startswith(INTEGRATION_LANE) else module
+
+
+def _lane_rank(nodeid: str) -> int:
+    lane = lane_of(nodeid)
+    return 0 if lane in OWN_LANE else 1 if lane == INTEGRATION_LANE else 2
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """Under ``--dist loadscope``: pytest-xdist's module scopes, with the integration lanes.
+
+    Real Flower federations (dozens of processes each, ports, network namespaces) then run at
+    most two at a time, one per lane, while the unit, security and browser tests — grouped by
+    module, so a module-scoped fixture (a federation, a browser, a signed report) is built once —
+    fill the cores around them. The lanes are handed out first (the workers put them first in
+    their collection, :func:`pytest_collection_modifyitems`; xdist keeps that order instead of
+    sorting scopes by their number of tests), so the suite ends with short modules."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class LaneScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return lane_of(nodeid)
+
+    config.option.loadscopereorder = False
+    return LaneScheduling(config, log)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On a pytest-xdist worker, the lanes first (see :func:`pytest_xdist_make_scheduler`);
+    stable, so file order within each. A run without ``-n`` keeps file order."""
+    if hasattr(config, "workerinput"):
+        items.sort(key=lambda item: _lane_rank(item.nodeid))
