@@ -149,50 +149,27 @@ def valid_person():
     return _valid_person
 
 
-#: The lanes of ``deploy/dev.sh test`` (two pytest-xdist workers, ``--dist loadscope``): the
-#: 20-firm study has a lane of its own (a quarter of the suite's time), every other test under
-#: tests/integration/ shares the second; each lane runs its tests one after another on one worker.
-OWN_LANE = ("tests/integration/test_small_firms.py",)
-INTEGRATION_LANE = "tests/integration/"
+#: Run first under ``deploy/dev.sh test`` (two pytest-xdist workers): the 20-firm study, a
+#: quarter of the suite's time on its own, then the other integration tests (tests/integration/).
+FIRST = "tests/integration/test_small_firms.py"
+INTEGRATION = "tests/integration/"
 
 
-def lane_of(nodeid: str) -> str:
-    """The work unit a test belongs to: its lane (above) or else its module."""
-    module = nodeid.split("::")[0]
-    if module in OWN_LANE:
-        return module
-    return INTEGRATION_LANE if module.startswith(INTEGRATION_LANE) else module
-
-
-def _lane_rank(nodeid: str) -> int:
-    lane = lane_of(nodeid)
-    return 0 if lane in OWN_LANE else 1 if lane == INTEGRATION_LANE else 2
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_xdist_make_scheduler(config: pytest.Config, log):
-    """Under ``--dist loadscope``: pytest-xdist's module scopes, with the integration lanes.
-
-    Real Flower federations (dozens of processes each, ports, network namespaces) then run at
-    most two at a time, one per lane, while the unit, security and browser tests — grouped by
-    module, so a module-scoped fixture (a federation, a browser, a signed report) is built once —
-    fill the cores around them. The lanes are handed out first (the workers put them first in
-    their collection, :func:`pytest_collection_modifyitems`; xdist keeps that order instead of
-    sorting scopes by their number of tests), so the suite ends with short modules."""
-    if config.getvalue("dist") != "loadscope":
-        return None
-    from xdist.scheduler import LoadScopeScheduling
-
-    class LaneScheduling(LoadScopeScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            return lane_of(nodeid)
-
-    config.option.loadscopereorder = False
-    return LaneScheduling(config, log)
+def _queue_rank(item: pytest.Item) -> int:
+    module = item.nodeid.split("::")[0]
+    return 0 if module == FIRST else 1 if module.startswith(INTEGRATION) else 2
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """On a pytest-xdist worker, the lanes first (see :func:`pytest_xdist_make_scheduler`);
-    stable, so file order within each. A run without ``-n`` keeps file order."""
+    """On a pytest-xdist worker: the longest work first, so the short modules fill in at the end.
+
+    ``deploy/dev.sh test`` runs two workers with ``--dist loadscope --no-loadscope-reorder``:
+    each module goes whole to one worker (a module-scoped fixture — a federation, a browser, a
+    signed report — is built once) and the modules are handed out in the workers' collection
+    order, which this puts as :data:`FIRST`, the other integration modules, then everything
+    else (a stable sort: file order within each). So the 20-firm study starts at once on one
+    worker, the other integration modules, each starting real Flower federations, follow on
+    either, and at most two federations run at a time, one per worker. A run without ``-n``
+    keeps file order."""
     if hasattr(config, "workerinput"):
-        items.sort(key=lambda item: _lane_rank(item.nodeid))
+        items.sort(key=_queue_rank)
