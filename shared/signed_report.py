@@ -105,12 +105,28 @@ def verify_signed_bytes(data: bytes, public_key: Ed25519PublicKey) -> SignedRepo
             given=expected,
         )
     try:
-        public_key.verify(signature, dump_parsed(parsed["report"]))
+        public_key.verify(signature, _report_bytes(data, parsed))
     except InvalidSignature:
         raise ReportVerificationError(
             "report altered: signature does not match", reason="signature-mismatch"
         ) from None
     return SignedReport(report=parsed["report"], key_id=expected, sha256=hashlib.sha256(data).hexdigest())
+
+
+def _report_bytes(data: bytes, parsed: dict) -> bytes:
+    """The RFC 8785 bytes of ``parsed["report"]``, cut from ``data`` instead of serialised again.
+
+    Called once ``data`` is known to be exactly the RFC 8785 form of ``parsed``, a dict of the
+    keys ``report`` and ``signature`` only: that form is ``{"report":`` + the report's form +
+    ``,"signature":`` + the block's form + ``}`` (keys sorted, no whitespace), so the middle is
+    the report's form byte for byte. The prefix and the (small) block's form are checked, and
+    anything else falls back to serialising the report. Halves a verification's cost: the
+    serialisation is pure Python, ~2 ms for a small report."""
+    head = b'{"report":'
+    tail = b',"signature":' + dump_parsed(parsed["signature"]) + b"}"
+    if data.startswith(head) and data.endswith(tail) and len(data) > len(head) + len(tail):
+        return data[len(head) : -len(tail)]
+    return dump_parsed(parsed["report"])
 
 
 def _require_canonical(data: bytes, parsed: dict) -> None:

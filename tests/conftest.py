@@ -147,3 +147,29 @@ def _valid_person(person_id: str, **overrides) -> dict:
 def valid_person():
     """Factory of valid persons-file rows: ``valid_person("A-1", age="55")``."""
     return _valid_person
+
+
+#: Run first under ``deploy/dev.sh test`` (two pytest-xdist workers): the 20-firm study, a
+#: quarter of the suite's time on its own, then the other integration tests (tests/integration/).
+FIRST = "tests/integration/test_small_firms.py"
+INTEGRATION = "tests/integration/"
+
+
+def _queue_rank(item: pytest.Item) -> int:
+    module = item.nodeid.split("::")[0]
+    return 0 if module == FIRST else 1 if module.startswith(INTEGRATION) else 2
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On a pytest-xdist worker: the longest work first, so the short modules fill in at the end.
+
+    ``deploy/dev.sh test`` runs two workers with ``--dist loadscope --no-loadscope-reorder``:
+    each module goes whole to one worker (a module-scoped fixture — a federation, a browser, a
+    signed report — is built once) and the modules are handed out in the workers' collection
+    order, which this puts as :data:`FIRST`, the other integration modules, then everything
+    else (a stable sort: file order within each). So the 20-firm study starts at once on one
+    worker, the other integration modules, each starting real Flower federations, follow on
+    either, and at most two federations run at a time, one per worker. A run without ``-n``
+    keeps file order."""
+    if hasattr(config, "workerinput"):
+        items.sort(key=_queue_rank)
