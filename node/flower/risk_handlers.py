@@ -244,7 +244,6 @@ def evaluate(msg: Message, runtime: NodeRuntime, *, rng: np.random.Generator | N
         {
             "eval-epsilon": float(job.eval_epsilon),
             "eval-sigma": float(sigma),
-            "epsilon-spent": float(charge.epsilon_after),
         }
     )
     return Message(

@@ -10,11 +10,13 @@ from sklearn.metrics import roc_auc_score
 from coordinator.files import load_spec
 from coordinator.study.runner import node_state_dir, train_risk_local
 from coordinator.synth import write_federation
+from node.flower.risk_handlers import COUNT_QUERY
 from node.ledger import PrivacyLedger
 from node.risk.model_store import ModelStore
 from shared.features import FEATURE_NAMES, FEATURES, scale
 from shared.protocol import RiskJob
 from shared.risk.arch import RiskArch, model_input, predict_proba
+from shared.risk.fedavg import COUNT_EPSILON
 from shared.synth import generate_cohort, generate_federation
 
 pytestmark = pytest.mark.integration
@@ -73,14 +75,18 @@ def test_federated_dp_model_matches_centralized_auc_at_eps_8(tmp_path):
         state = node_state_dir(s.data)  # beside the site's data, whatever the output folder
         ledger = PrivacyLedger(f"sqlite:///{state / 'ledger.db'}")
         history = ledger.history()
+        # one noisy row count per job (FedAvg's weight, charged once, re-served to later rounds)
+        counts = [h for h in history if h.query == COUNT_QUERY]
+        assert len(counts) == 1 and counts[0].epsilon <= COUNT_EPSILON + 1e-6, s.name
+        history = [h for h in history if h.query != COUNT_QUERY]
         assert [h.query for h in history] == ["risk_train"] * job.rounds + ["risk_evaluate"]
-        assert {h.status for h in history} == {"sent"}  # every charged reply was handed to Flower
+        assert {h.status for h in history + counts} == {"sent"}  # every charged reply was handed to Flower
         assert all(h.sample_rate < 1 and h.steps >= 1 for h in history[:-1])
         # each round charged the job's epochs, not one: ⌈n / batch⌉ Poisson steps per epoch
         per_round = job.epochs * steps_per_epoch(n=rows[s.name], batch_size=job.batch_size)
         assert [h.steps for h in history[:-1]] == [per_round] * job.rounds, s.name
         assert history[-1].epsilon <= job.eval_epsilon + 1e-6
-        assert 0 < ledger.spent() <= job.target_epsilon + job.eval_epsilon + 1e-6
+        assert 0 < ledger.spent() <= job.target_epsilon + job.eval_epsilon + COUNT_EPSILON + 1e-6
         store = ModelStore(state / "models")  # the node keeps the model it was sent, as a candidate
         assert store.versions() == []
         [version] = store.candidate_versions()

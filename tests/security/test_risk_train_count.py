@@ -63,3 +63,21 @@ def test_a_later_round_of_the_job_gets_the_same_count_uncharged(tmp_path):
     assert first == second  # one draw per job: re-drawing per round would average out
     counts = [h for h in _ledger(node).history() if h.query == "risk_count"]
     assert len(counts) == 1
+
+
+def test_an_evaluation_reply_does_not_carry_the_ledgers_running_total(tmp_path):
+    """The same attack on the evaluation reply: its ``epsilon-spent`` was the ledger's running
+    total, which the job's DP-SGD steps (⌈n / batch⌉ per epoch: the row count) and the node's
+    other releases move. Two nodes alike but for one earlier charge must answer alike."""
+    replies = []
+    for name, earlier in (("quiet", False), ("busy", True)):
+        node = ra.make_node(tmp_path / name, n=400)
+        if earlier:  # e.g. an HR view released before the job
+            ledger = _ledger(node)
+            ledger.ensure_budget(epsilon=float(node.config["budget-epsilon"]), delta=1e-5)
+            ledger.charge(study_id="hr-view", query="group_view", sigma=5.0, sensitivity=1.0)
+        reply = ra.evaluate_message(node, MODEL, ra.job_json("eval-job-0001"))
+        assert not reply.has_error(), reply.error.reason
+        replies.append(dict(reply.content.metric_records["metrics"]))
+    assert replies[0] == replies[1]
+    assert set(replies[0]) == {"eval-epsilon", "eval-sigma"}  # the job's own public terms
