@@ -95,8 +95,10 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
+from node.files import create_private_file
 from shared.dp.accounting import ACCOUNTANTS, DEFAULT_ACCOUNTANT, epsilon_of_history
 from shared.errors import BudgetExceededError, PrivacyError, ReplayRefused
 
@@ -1033,8 +1035,6 @@ def _iso(value) -> str:
 
 
 def _redact(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
     return make_url(url).render_as_string(hide_password=True)
 
 
@@ -1044,6 +1044,8 @@ def _make_engine(url: str) -> Engine:
     insert. On PostgreSQL the budget row's ``FOR UPDATE`` lock serialises charges."""
     if not url.startswith("sqlite"):
         return create_engine(url, pool_pre_ping=True)
+    # 0600 whatever the umask, like the store (tests/security/test_files_at_rest.py)
+    create_private_file(make_url(url).database)
     engine = create_engine(url, connect_args={"timeout": 60.0})
 
     @event.listens_for(engine, "connect")

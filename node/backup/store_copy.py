@@ -28,8 +28,9 @@ from pathlib import Path
 from sqlalchemy import JSON, Connection, Integer, Table, delete, select, text
 from sqlalchemy.engine import URL, make_url
 
+from node.files import create_private_file
 from node.store import Store, insert_ignore, models
-from node.store.engine import _check_sqlite_location, _create_private_file
+from node.store.engine import _check_sqlite_location
 from node.store.schema import VERSION_TABLE, check_known, head_revision
 from shared.errors import DataError, SpecError
 
@@ -129,7 +130,7 @@ def sqlite_restore(copy: Path, url: str) -> None:
     lock; refuse a store another process holds open."""
     live = _sqlite_path(url)
     _check_sqlite_location(str(live), create=True)
-    _create_private_file(str(live))
+    create_private_file(str(live))
     dst = sqlite3.connect(live, timeout=5)
     src = sqlite3.connect(f"file:{copy}?mode=ro", uri=True)
     try:

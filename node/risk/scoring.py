@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from node.files import private_output
 from node.risk.model_store import StoredModel
 from shared.errors import DataError
 from shared.features import FEATURE_NAMES, FEATURES, check_bounds
@@ -118,11 +119,14 @@ def read_book(path: str | Path) -> pd.DataFrame:
 
 
 def write_scores(scored: pd.DataFrame, path: str | Path) -> None:
-    """Write scores as CSV or Parquet (by extension)."""
+    """Write scores as CSV or Parquet (by extension), mode 0600: per-person scores are for the
+    node's own staff, not for another account on its host."""
     path = Path(path)
-    if path.suffix.lower() == ".csv":
-        scored.to_csv(path, index=False)
-    elif path.suffix.lower() in (".parquet", ".pq"):
-        scored.to_parquet(path, index=False)
-    else:
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".parquet", ".pq"):
         raise DataError(f"output {path}: expected a .csv or .parquet file")
+    with private_output(path) as f:
+        if suffix == ".csv":
+            scored.to_csv(f, index=False)
+        else:
+            scored.to_parquet(f, index=False)

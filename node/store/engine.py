@@ -16,7 +16,6 @@ import errno
 import io
 import itertools
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
+from node.files import create_private_file
 from node.store import models
 from node.store.schema import migrate
 from shared.errors import DataError, ReHealthError, SpecError
@@ -234,7 +234,7 @@ def open_store(url: str, *, check: bool = True, create: bool = True) -> Store:
     where = _where(parsed)
     try:
         if backend == "sqlite":
-            _create_private_file(engine.url.database)
+            create_private_file(engine.url.database)
             event.listen(engine, "connect", _sqlite_pragmas)
 
         def first_start() -> None:
@@ -363,17 +363,6 @@ def _open_error(e: Exception, backend: str, where: str) -> DataError:
     if backend == "postgresql":
         return DataError(f"cannot open the {where}: {first} (check that the server runs and store_url)")
     return DataError(f"cannot open the {where}: {first}")
-
-
-def _create_private_file(database: str | None) -> None:
-    """Create a new SQLite file as 0600: it holds pseudonymised health data. SQLite gives
-    its -wal and -shm files the database file's permissions."""
-    if not database or database == ":memory:" or database.startswith("file:"):
-        return
-    try:
-        os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    except FileExistsError:
-        pass
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
