@@ -483,7 +483,7 @@ def view_csv(view: dict) -> str:
     for c in view["cells"]:
         cells.setdefault(c["group"], []).append(c)
     for g in view["groups"]:
-        vals = [g["values"][d] for d in dims]
+        vals = [_not_a_formula(g["values"][d]) for d in dims]
         for c in cells[g["group"]]:
             w.writerow(
                 [*vals, c["tier"], _blank(c["count"]), "", str(c["suppressed"]).lower(), c["reason"] or ""]
@@ -492,6 +492,17 @@ def view_csv(view: dict) -> str:
             [*vals, "all", _blank(g["people"]), _blank(g["mean_risk"]), str(g["suppressed"]).lower(), ""]
         )
     return out.getvalue()
+
+
+#: what a spreadsheet reads as the start of a formula (OWASP, "CSV injection")
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _not_a_formula(label: str) -> str:
+    """A department or job type as a CSV cell: the employer's HR system chose it, and a label
+    that starts like a formula (``=HYPERLINK(…)``) would run as one in the spreadsheet HR opens
+    the export in, so it gets a leading apostrophe (tests/security/test_view_export_injection.py)."""
+    return "'" + label if label.startswith(_FORMULA_START) else label
 
 
 def _blank(v) -> str:
