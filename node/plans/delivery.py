@@ -119,7 +119,7 @@ def _send(store, client, plan, s: DeliverySettings, *, sleep, clock) -> tuple[st
         headers = {
             "Content-Type": "application/json",
             TIMESTAMP: str(ts),
-            SIGNATURE: sign(s.secret, ts, body),
+            SIGNATURE: sign(s.secret, ts, body, plan["id"]),
             IDEMPOTENCY: plan["id"],
         }
         _event(store, plan, "sent", channel, f"attempt {attempts}")

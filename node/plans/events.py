@@ -4,8 +4,9 @@ A callback (``POST /v1/plans/events`` on the node API) is accepted only if
 
 1. its ``X-ReHealth-Timestamp`` lies within ``callback_window_s`` of the node's clock (an old
    message replayed verbatim is refused),
-2. its ``X-ReHealth-Signature`` is the HMAC-SHA256 of timestamp and body under the callback
-   secret (a forged or altered one is refused),
+2. its ``X-ReHealth-Signature`` is the HMAC-SHA256 of timestamp, ``Idempotency-Key`` and body
+   under the callback secret (a forged or altered one is refused, and so is a captured one
+   replayed under a fresh key),
 3. its ``Idempotency-Key`` was never accepted before (a replay inside the window is refused:
    the key is unique in ``plan_events``),
 4. it names a delivered plan with the plan's own recipient id, and for ``completed`` one of
@@ -79,9 +80,9 @@ def accept_callback(settings: CallbackSettings, headers: Mapping[str, str], body
         raise CallbackRefused(401, f"missing or malformed {TIMESTAMP}") from None
     if abs(settings.clock() - ts) > settings.window_s:
         raise CallbackRefused(401, f"{TIMESTAMP} outside the {settings.window_s} s window")
-    if not verify(settings.secret, ts, body, h.get(SIGNATURE.lower(), "")):
-        raise CallbackRefused(401, "bad signature")
     key = h.get(IDEMPOTENCY.lower(), "")
+    if not verify(settings.secret, ts, body, key, h.get(SIGNATURE.lower(), "")):
+        raise CallbackRefused(401, "bad signature")
     if not 1 <= len(key) <= 100:
         raise CallbackRefused(400, f"{IDEMPOTENCY} must have 1 to 100 characters")
     try:

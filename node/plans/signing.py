@@ -1,13 +1,17 @@
 """HMAC-SHA256 signatures of webhooks and callbacks, and the recipient id the employer sees.
 
-Both directions sign ``<unix seconds> "." <raw body>`` with a shared secret and send::
+Both directions sign ``<unix seconds> "." <idempotency key> "\n" <raw body>`` with a shared
+secret and send::
 
     X-ReHealth-Timestamp: 1733512345
     X-ReHealth-Signature: sha256=<hex HMAC-SHA256>
     Idempotency-Key: <plan id (webhook) or the sender's unique event id (callback)>
 
 Signing the timestamp with the body lets a receiver reject an old message replayed verbatim
-(outside its window), and the idempotency key a replay inside it.
+(outside its window), and the idempotency key a replay inside it. The key is signed too (a
+header value holds no newline, so the three parts cannot be shifted): unsigned, a callback
+captured once could be replayed inside the window under a fresh key and was recorded again
+(``tests/security/test_callback_replay.py``).
 
 **Recipient id.** The store's pseudonym never leaves the node. A plan names its person by
 ``recipient = HMAC-SHA256(K_r, pseudonym)`` with ``K_r = HMAC-SHA256(node key,
@@ -32,15 +36,21 @@ IDEMPOTENCY = "Idempotency-Key"
 SECRET_BYTES = 32
 
 
-def sign(secret: bytes, timestamp: int, body: bytes) -> str:
-    """The signature header value for ``body`` sent at ``timestamp``."""
-    mac = hmac.new(secret, str(int(timestamp)).encode() + b"." + body, hashlib.sha256)
-    return "sha256=" + mac.hexdigest()
+def sign(secret: bytes, timestamp: int, body: bytes, idempotency_key: str) -> str:
+    """The signature header value for ``body`` sent at ``timestamp`` under ``idempotency_key``."""
+    if "\n" in idempotency_key or "\r" in idempotency_key:
+        raise ValueError("an idempotency key is one header line")
+    signed = str(int(timestamp)).encode() + b"." + idempotency_key.encode() + b"\n" + body
+    return "sha256=" + hmac.new(secret, signed, hashlib.sha256).hexdigest()
 
 
-def verify(secret: bytes, timestamp: int, body: bytes, signature: str) -> bool:
+def verify(secret: bytes, timestamp: int, body: bytes, idempotency_key: str, signature: str) -> bool:
     """Constant-time check of a signature header value."""
-    return hmac.compare_digest(sign(secret, timestamp, body), signature)
+    try:
+        expected = sign(secret, timestamp, body, idempotency_key)
+    except ValueError:
+        return False
+    return hmac.compare_digest(expected, signature)
 
 
 def recipient_key(node_key: bytes) -> bytes:

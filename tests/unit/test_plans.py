@@ -174,7 +174,7 @@ def test_a_wrong_secret_is_refused_by_the_receiver_and_dead_lettered_at_once(nod
 def _callback(body: dict, *, key: str, ts: int | None = None, secret: bytes = CALLBACK_SECRET):
     raw = json.dumps(body).encode()
     ts = int(time.time()) if ts is None else ts
-    return {TIMESTAMP: str(ts), SIGNATURE: sign(secret, ts, raw), IDEMPOTENCY: key}, raw
+    return {TIMESTAMP: str(ts), SIGNATURE: sign(secret, ts, raw, key), IDEMPOTENCY: key}, raw
 
 
 def test_signed_callbacks_reach_the_trajectory_and_the_next_cohorts_treatment(node):

@@ -94,13 +94,13 @@ def test_generate_deliver_opt_out_callback_and_import(node_dir):
     headers = {
         "Content-Type": "application/json",
         TIMESTAMP: str(ts),
-        SIGNATURE: sign(cb_secret, ts, event),
+        SIGNATURE: sign(cb_secret, ts, event, "evt-1"),
         IDEMPOTENCY: "evt-1",
     }
     r = client.post("/v1/plans/events", content=event, headers=headers)
     assert r.status_code == 200 and r.json() == {"recorded": "opened"}
     assert client.post("/v1/plans/events", content=event, headers=headers).status_code == 409
-    forged = {**headers, SIGNATURE: sign(secret, ts, event), IDEMPOTENCY: "evt-2"}  # the webhook key
+    forged = {**headers, SIGNATURE: sign(secret, ts, event, "evt-2"), IDEMPOTENCY: "evt-2"}  # the webhook key
     r = client.post("/v1/plans/events", content=event, headers=forged)
     assert r.status_code == 401 and found not in r.text
 

@@ -30,7 +30,7 @@ class Receiver:
                     receiver.requests += 1
                     action = receiver.script.pop(0) if receiver.script else 200
                 ts = int(self.headers[TIMESTAMP])
-                if not verify(secret, ts, body, self.headers[SIGNATURE]):
+                if not verify(secret, ts, body, self.headers[IDEMPOTENCY], self.headers[SIGNATURE]):
                     receiver.bad_signatures += 1
                     return self._answer(401)
                 if action == 500:
