@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from sqlalchemy.engine import make_url
 
 from node.files import read_toml
@@ -80,6 +80,20 @@ class ApiSection(_Model):
     #: browser origins allowed to call the API (CORS), e.g. ["https://portal.example.org"];
     #: empty (the default): no CORS headers, browsers refuse cross-origin calls
     cors_origins: tuple[str, ...] = ()
+    #: HTTPS: the server's certificate (chain) and key, PEM. Required when ``host`` is not a
+    #: loopback address: API keys, per-person scores and HR's session cookie are not sent in
+    #: the clear over a network (a TLS proxy on this host keeps ``host = "127.0.0.1"``)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> "ApiSection":
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("api: give both tls_cert and tls_key, or neither")
+        return self
+
+    def resolve_paths(self, base: Path) -> "ApiSection":
+        return self.model_copy(update={n: _abs(getattr(self, n), base) for n in ("tls_cert", "tls_key")})
 
     @field_validator("cors_origins")
     @classmethod
@@ -210,6 +224,7 @@ class NodeConfig(_Model):
                 "data": data,
                 "federation": self.federation.resolve_paths(base) if self.federation else None,
                 "plans": self.plans.resolve_paths(base) if self.plans else None,
+                "api": self.api.resolve_paths(base) if self.api else None,
             }
         )
 

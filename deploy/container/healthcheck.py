@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import socket
+import ssl
 import sys
 import tomllib
 import urllib.error
@@ -126,11 +127,14 @@ def check_tcp(host: str, port: int, what: str) -> None:
         raise Unhealthy(f"{what} on {host}:{port} does not accept connections ({e.strerror or e})") from None
 
 
-def check_api(host: str, port: int) -> str:
-    base = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+def check_api(host: str, port: int, *, tls: bool = False) -> str:
+    base = f"{'https' if tls else 'http'}://{'[' + host + ']' if ':' in host else host}:{port}"
+    # over TLS the probe asks its own machine, by an address the certificate need not name:
+    # it checks that the API answers, not who it is
+    context = ssl._create_unverified_context() if tls else None
     for path in API_PATHS:
         try:
-            with urllib.request.urlopen(base + path, timeout=TIMEOUT_S) as resp:
+            with urllib.request.urlopen(base + path, timeout=TIMEOUT_S, context=context) as resp:
                 return f"scoring API {path} {resp.status}"
         except urllib.error.HTTPError as e:
             if e.code == 404 and path != API_PATHS[-1]:
@@ -158,7 +162,8 @@ def check_node_run(main: Proc, args: list[str], procs: list[Proc], proc_root: Pa
     said = ["SuperNode running"]
     api = cfg.get("api")
     if isinstance(api, dict):
-        said.append(check_api(local_host(str(api.get("host", "127.0.0.1"))), int(api.get("port", 8080))))
+        host, port = local_host(str(api.get("host", "127.0.0.1"))), int(api.get("port", 8080))
+        said.append(check_api(host, port, tls="tls_cert" in api))
     return ", ".join(said)
 
 
@@ -179,7 +184,15 @@ def check_coordinator_run(main: Proc, args: list[str], procs: list[Proc], proc_r
 
 def check_node_serve(main: Proc, args: list[str], procs: list[Proc], proc_root: Path) -> str:
     host = local_host(option(args, "--host") or "127.0.0.1")
-    return check_api(host, int(option(args, "--port") or 8080))
+    tls = option(args, "--tls-cert") is not None
+    config = option(args, "-c", "--config")
+    if not tls and config is not None:  # the certificate may come from node.toml's [api]
+        try:
+            api = tomllib.loads(resolve(config, main.pid, proc_root).read_text()).get("api")
+        except (OSError, tomllib.TOMLDecodeError):
+            api = None
+        tls = isinstance(api, dict) and "tls_cert" in api
+    return check_api(host, int(option(args, "--port") or 8080), tls=tls)
 
 
 CHECKS = {

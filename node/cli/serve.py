@@ -11,6 +11,7 @@ from node.cli._dataplane import errors_to_exit
 from node.cli._logging import LOG_FORMAT_OPTION, LOG_LEVEL_OPTION, setup_node_logging
 from node.cli._risk import keys_file, model_dir, node_config, parse_cutoffs
 from node.cli.report import reports_folder
+from shared.errors import SpecError
 
 
 @app.command("serve")
@@ -27,6 +28,10 @@ def serve(
     sigma: float = typer.Option(2.0, "--sigma", help="Group views: Gaussian noise per count and risk sum."),
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(8080, "--port"),
+    tls_cert: Path = typer.Option(
+        None, "--tls-cert", help="HTTPS certificate, PEM (default: [api] tls_cert); needed off loopback."
+    ),
+    tls_key: Path = typer.Option(None, "--tls-key", help="HTTPS private key, PEM (default: [api] tls_key)."),
     log_format: str = LOG_FORMAT_OPTION,
     log_level: str = LOG_LEVEL_OPTION,
 ) -> None:
@@ -41,6 +46,7 @@ def serve(
 
     with errors_to_exit():
         cfg = node_config(config)
+        tls = transport(host, tls_cert, tls_key, cfg.api if cfg is not None else None)
         _, level = setup_node_logging(cfg, log_format, log_level)
         ledger = None
         # the store's persons are read at the first group request, not at start-up
@@ -73,12 +79,62 @@ def serve(
                 "host": host,
                 "port": port,
                 "max_body_bytes": api_cfg.max_body_bytes if api_cfg else MAX_BODY_BYTES,
+                "tls": tls is not None,
             }
         },
     )
     # log_config=None: uvicorn keeps the one handler set up above; its own access log stays
     # off (the audit line replaces it: it has the key id and route template, not the raw path)
-    uvicorn.run(api, host=host, port=port, log_config=None, log_level=level.lower(), access_log=False)
+    uvicorn.run(
+        api,
+        host=host,
+        port=port,
+        log_config=None,
+        log_level=level.lower(),
+        access_log=False,
+        ssl_certfile=str(tls[0]) if tls else None,
+        ssl_keyfile=str(tls[1]) if tls else None,
+    )
+
+
+def is_loopback(host: str) -> bool:
+    """``host`` is reached from this machine only (127.0.0.0/8, ::1, ``localhost``)."""
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name or a wildcard (0.0.0.0 is not loopback either)
+
+
+def transport(host: str, cert: Path | None, key: Path | None, api) -> tuple[Path, Path] | None:
+    """The certificate and key to serve HTTPS with (the options, else ``[api]``), or None for
+    plain HTTP — which only a loopback host may have: the API carries API keys, per-person
+    scores and HR's session cookie, which must not cross a network in the clear (a TLS proxy
+    on this host keeps the API on 127.0.0.1). Checked before anything is opened.
+
+    Raises:
+        SpecError: one of cert and key without the other, a missing file, or a plain-HTTP
+            host that is not loopback.
+    """
+    if cert is None and key is None and api is not None:
+        cert, key = api.tls_cert, api.tls_key
+    if (cert is None) != (key is None):
+        raise SpecError("give both --tls-cert and --tls-key, or neither")
+    if cert is not None and key is not None:
+        for p in (cert, key):
+            if not p.is_file():
+                raise SpecError(f"TLS file {p} not found")
+        return cert, key
+    if not is_loopback(host):
+        raise SpecError(
+            f"the scoring API on {host} would be plain HTTP: API keys and per-person scores would "
+            "cross the network in the clear. Give --tls-cert/--tls-key (or [api] tls_cert/tls_key), "
+            "or keep --host 127.0.0.1 behind a TLS proxy on this machine"
+        )
+    return None
 
 
 def _plan_callbacks(cfg):

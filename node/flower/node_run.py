@@ -222,7 +222,12 @@ def run(config_path: Path, *, restart_max_s: float = 30.0) -> int:
         if p.api is not None and cfg.api is not None:
             sup.spawn("api", p.api, env=p.env)
             sup.wait_port("api", cfg.api.host, cfg.api.port)
-            log.info("scoring API on http://%s:%d", cfg.api.host, cfg.api.port)
+            log.info(
+                "scoring API on %s://%s:%d",
+                "https" if cfg.api.tls_cert else "http",
+                cfg.api.host,
+                cfg.api.port,
+            )
         while True:
             started = time.monotonic()
             try:
