@@ -171,3 +171,17 @@ def test_c_every_route_but_the_public_ones_wants_a_key_of_its_role(tmp_path) -> 
         if not path.startswith("/hr/") and path != "/metrics":
             r = c.request(method, url, headers={"X-API-Key": ops}, **body)
             assert r.status_code == 403, (method, path, r.status_code)
+
+
+def test_d_a_batch_past_the_limit_is_refused_whole_and_nothing_is_scored(tmp_path) -> None:
+    from node.api.schemas import MAX_BATCH
+    from shared.features import FEATURES
+
+    key = "rh_uw_key_for_the_batch_test"
+    c = TestClient(create_app(keys={key: "underwriter"}, model=risk_model(tmp_path / "models")))
+    person = {f.name: (0 if f.kind == "binary" else (f.lo + f.hi) / 2) for f in FEATURES}
+    r = c.post("/v1/score/batch", json={"persons": [person] * (MAX_BATCH + 1)}, headers={"X-API-Key": key})
+    assert r.status_code == 422 and r.json()["field"] == "persons"
+    assert "probability" not in r.text and len(r.content) < 2000  # one error, not one per person
+    ok = c.post("/v1/score/batch", json={"persons": [person] * 3}, headers={"X-API-Key": key})
+    assert ok.status_code == 200 and ok.json()["count"] == 3
