@@ -48,6 +48,11 @@ def serve(
         cfg = node_config(config)
         tls = transport(host, tls_cert, tls_key, cfg.api if cfg is not None else None)
         _, level = setup_node_logging(cfg, log_format, log_level)
+        if cfg is None and book is not None:  # as `rehealth node groups` (test_views_need_a_ledger.py)
+            raise SpecError(
+                "give --config node.toml: group views of --book are charged to the node's ledger "
+                "(without it every restart would give a fresh, uncharged draw)"
+            )
         ledger = None
         # the store's persons are read at the first group request, not at start-up
         people = book if book is not None or cfg is None else (lambda: population(cfg, None))

@@ -67,6 +67,8 @@ def server(tmp_path_factory):
     assert key["underwriter"] not in keys.read_text()  # only hashes are stored
     book, _ = generate_cohort(n=3000, seed=4)
     book.to_csv(root / "book.csv", index=False)
+    # a config, for its ledger: serve refuses group views it could not charge
+    (root / "node.toml").write_text('site_id = "a"\n')
     port = _free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
@@ -74,6 +76,8 @@ def server(tmp_path_factory):
             REHEALTH,
             "node",
             "serve",
+            "--config",
+            str(root / "node.toml"),
             "--model-dir",
             str(root / "models"),
             "--keys-file",
