@@ -30,6 +30,7 @@ from typing import Sequence
 import numpy as np
 from pydantic import ValidationError
 
+from node.files import private_output
 from shared.errors import SpecError
 from shared.features import FEATURE_NAMES
 from shared.risk.arch import RiskArch, check_arrays
@@ -78,9 +79,14 @@ def model_version(*, arrays: Sequence[np.ndarray], record: TrainingRecord) -> st
     return h.hexdigest()[:_VERSION_CHARS]
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def _write_atomic(path: Path, data: bytes, *, private: bool = False) -> None:
+    """Write ``path`` whole or not at all; ``private``: mode 0600 whatever the umask."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
+    if private:
+        with private_output(tmp) as f:
+            f.write(data)
+    else:
+        tmp.write_bytes(data)
     os.replace(tmp, path)
 
 
@@ -160,8 +166,12 @@ class ModelStore:
             "approved_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             **body,
         }
+        # 0600: the calibration check is exact figures of the node's own rows (events, observed
+        # rate per decile of risk), not for another account on the host (test_files_at_rest.py)
         _write_atomic(
-            self.root / f"{version}{_APPROVAL}", (json.dumps(body, indent=2, default=float) + "\n").encode()
+            self.root / f"{version}{_APPROVAL}",
+            (json.dumps(body, indent=2, default=float) + "\n").encode(),
+            private=True,
         )
 
     # -- reading ---------------------------------------------------------------------------

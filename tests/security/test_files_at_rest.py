@@ -17,6 +17,7 @@ import os
 import stat
 from pathlib import Path
 
+import numpy as np
 import pytest
 from sqlalchemy import create_engine, select
 from typer.testing import CliRunner
@@ -80,3 +81,23 @@ def test_another_account_reads_no_person_and_the_log_names_none(tmp_path: Path, 
     log_text = "\n".join(r.getMessage() for r in caplog.records)
     assert CANARY not in log_text
     assert not [p for p in pseudonyms if p in log_text]
+
+
+def test_an_approval_note_of_exact_calibration_figures_is_private(tmp_path: Path, umask_022) -> None:
+    """``rehealth node model approve`` records the calibration check it rests on — exact
+    figures of the node's own rows: row and event counts, the observed event rate per decile of
+    predicted risk. Before this test the note was created 0644."""
+    from node.risk.calibration import calibration_check
+    from node.risk.model_store import ModelStore
+    from shared.risk.record import TrainingRecord
+
+    store = ModelStore(tmp_path / "models")
+    served = risk_model(tmp_path / "models")
+    sent = store.save_candidate(arrays=served.arrays, record=TrainingRecord(rounds=2))
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0.02, 0.4, 300)
+    check = calibration_check(prob=p, y=(rng.random(300) < p).astype(float)).to_dict()
+    store.approve(sent.version, check=check)
+    note = tmp_path / "models" / f"{sent.version}.approved.json"
+    assert str(check["events"]) in note.read_text()
+    assert stat.S_IMODE(note.stat().st_mode) == 0o600
