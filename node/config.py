@@ -7,9 +7,11 @@ naming the field (``budget.epsilon: Input should be greater than 0``).
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -66,6 +68,17 @@ class FederationSection(_Model):
         names = ("root_certificates", "private_key", "public_key", "coordinator_key", "state_dir")
         update = {n: _abs(getattr(self, n), base) for n in (*names, "data_path", "policy_path")}
         return self.model_copy(update=update)
+
+
+def is_loopback(host: str) -> bool:
+    """``host`` is reached from this machine only (127.0.0.0/8, ::1, ``localhost``): where the
+    node's HTTP may go unencrypted (the scoring API, the plans webhook)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name or a wildcard (0.0.0.0 is not loopback either)
 
 
 class ApiSection(_Model):
@@ -154,6 +167,7 @@ class PlansSection(_Model):
     and the delivery's retry schedule. Secrets live in files (mode 0600), never in node.toml."""
 
     catalogue: Path
+    #: https, or http to a loopback host only: a plan is health data (which factor is off target)
     webhook_url: str | None = Field(default=None, pattern=r"^https?://")
     #: HMAC-SHA256 key signing outgoing webhooks (shared with the employer's gateway)
     webhook_secret_path: Path = Path("webhook.secret")
@@ -165,6 +179,16 @@ class PlansSection(_Model):
     backoff_ms: float = Field(default=1000.0, ge=0)  # first retry delay; doubles each retry
     max_backoff_ms: float = Field(default=60_000.0, ge=0)
     timeout_s: float = Field(default=10.0, gt=0, le=300)
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _encrypted(cls, v: str | None) -> str | None:
+        if v is not None and v.lower().startswith("http://") and not is_loopback(urlsplit(v).hostname or ""):
+            raise ValueError(
+                f"{v!r}: plans are health data and would cross the network in the clear; "
+                "use https:// (plain http only to a gateway on this machine)"
+            )
+        return v
 
     def resolve_paths(self, base: Path) -> "PlansSection":
         names = ("catalogue", "webhook_secret_path", "callback_secret_path")

@@ -11,6 +11,7 @@ from node.cli._dataplane import errors_to_exit
 from node.cli._logging import LOG_FORMAT_OPTION, LOG_LEVEL_OPTION, setup_node_logging
 from node.cli._risk import keys_file, model_dir, node_config, parse_cutoffs
 from node.cli.report import reports_folder
+from node.config import is_loopback
 from shared.errors import SpecError
 
 
@@ -100,18 +101,6 @@ def serve(
         ssl_certfile=str(tls[0]) if tls else None,
         ssl_keyfile=str(tls[1]) if tls else None,
     )
-
-
-def is_loopback(host: str) -> bool:
-    """``host`` is reached from this machine only (127.0.0.0/8, ::1, ``localhost``)."""
-    import ipaddress
-
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a name or a wildcard (0.0.0.0 is not loopback either)
 
 
 def transport(host: str, cert: Path | None, key: Path | None, api) -> tuple[Path, Path] | None:

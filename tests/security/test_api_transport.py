@@ -34,7 +34,7 @@ from typer.testing import CliRunner
 from node.api.app import create_app
 from node.api.auth import add_key
 from node.cli import app as cli
-from node.cli.serve import is_loopback
+from node.config import is_loopback
 from tests.security.hr_company import company, risk_model
 from tests.web_node import free_port
 
@@ -185,3 +185,20 @@ def test_d_a_batch_past_the_limit_is_refused_whole_and_nothing_is_scored(tmp_pat
     assert "probability" not in r.text and len(r.content) < 2000  # one error, not one per person
     ok = c.post("/v1/score/batch", json={"persons": [person] * 3}, headers={"X-API-Key": key})
     assert ok.status_code == 200 and ok.json()["count"] == 3
+
+
+def test_e_plans_go_to_the_employers_gateway_encrypted(tmp_path) -> None:
+    """A plan says which of a person's factors is off target (health data). ``webhook_url``
+    took ``http://`` to any host: every plan crossed the network in the clear."""
+    from node.config import NodeConfig
+    from shared.errors import SpecError
+
+    def plans(url: str) -> NodeConfig:
+        toml = {"site_id": "a", "plans": {"catalogue": "c.toml", "webhook_url": url}}
+        return NodeConfig.from_dict(toml, base=tmp_path)
+
+    for url in ("http://gateway.example.org/plans", "http://10.1.2.3:8443/p", "http://0.0.0.0/p"):
+        with pytest.raises(SpecError, match="in the clear"):
+            plans(url)
+    for url in ("https://gateway.example.org/plans", "http://127.0.0.1:9000/p", "http://localhost/p"):
+        assert plans(url).plans.webhook_url == url
