@@ -1,6 +1,6 @@
 """FastAPI app factory for the node's scoring API.
 
-Endpoints (JSON in and out; OpenAPI at ``/openapi.json``, docs at ``/docs``)::
+Endpoints (JSON in and out; OpenAPI at ``/openapi.json``; no ``/docs`` page)::
 
     GET  /v1/health          no key        liveness and the model version in use
     GET  /livez              no key        the process answers (restart it if not)
@@ -220,6 +220,11 @@ def create_app(
     app = FastAPI(
         title="ReHealth node scoring API",
         version="1",
+        # no /docs or /redoc: FastAPI's pages load their script from a CDN (floating version, no
+        # integrity hash) into this origin, where HR's session and admins' keys live
+        # (tests/security/test_api_transport.py f); /openapi.json stays for the integrator's viewer
+        docs_url=None,
+        redoc_url=None,
         description="Cardiovascular risk scores at the node. Per-person scores are "
         "returned only to the authenticated caller and never leave the node.",
     )

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import re
 import ssl
 import subprocess
 import sys
@@ -202,3 +203,19 @@ def test_e_plans_go_to_the_employers_gateway_encrypted(tmp_path) -> None:
             plans(url)
     for url in ("https://gateway.example.org/plans", "http://127.0.0.1:9000/p", "http://localhost/p"):
         assert plans(url).plans.webhook_url == url
+
+
+def test_f_no_page_of_the_node_runs_a_script_from_another_host(tmp_path) -> None:
+    """FastAPI's ``/docs`` and ``/redoc`` pages (public, no key) load Swagger UI and ReDoc from
+    cdn.jsdelivr.net — a floating version, no integrity hash — into the node's origin, where the
+    HR session cookie rides along on same-origin requests and an admin types API keys into the
+    "Authorize" box: whoever serves that script reads the HR pages, spends the budget and takes
+    the keys. The node serves its OpenAPI document; a viewer for it is the integrator's own."""
+    app = create_app(keys={"k": "admin"}, model=risk_model(tmp_path / "models"), book=company(n=60))
+    c = TestClient(app, follow_redirects=False)
+    assert c.get("/openapi.json").status_code == 200
+    for path in sorted(PUBLIC | DOCS - {"/openapi.json"}):
+        r = c.get(path)
+        if r.status_code == 404:
+            continue
+        assert not re.search(r"""<(script|link)[^>]+(src|href)=["']?(https?:)?//""", r.text), path
