@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
 import typer
@@ -110,8 +111,8 @@ def transport(host: str, cert: Path | None, key: Path | None, api) -> tuple[Path
     on this host keeps the API on 127.0.0.1). Checked before anything is opened.
 
     Raises:
-        SpecError: one of cert and key without the other, a missing file, or a plain-HTTP
-            host that is not loopback.
+        SpecError: one of cert and key without the other, a missing file, a key others can
+            read, or a plain-HTTP host that is not loopback.
     """
     if cert is None and key is None and api is not None:
         cert, key = api.tls_cert, api.tls_key
@@ -121,6 +122,9 @@ def transport(host: str, cert: Path | None, key: Path | None, api) -> tuple[Path
         for p in (cert, key):
             if not p.is_file():
                 raise SpecError(f"TLS file {p} not found")
+        mode = stat.S_IMODE(key.stat().st_mode)
+        if mode & 0o077:  # as federation.private_key: a key others can read is their server
+            raise SpecError(f"TLS key {key} is readable by others (mode {mode:o}); chmod 600 it")
         return cert, key
     if not is_loopback(host):
         raise SpecError(

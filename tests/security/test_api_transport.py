@@ -106,9 +106,12 @@ def test_a_plain_http_off_loopback_is_refused_before_anything_opens(node_dir, mo
         assert res.exit_code == 0, res.output
     assert len(served) == 4 and all(kw["ssl_certfile"] is None for kw in served)
     cert, key = _self_signed(node_dir)
-    res = CliRunner().invoke(
-        cli, [*common, "--host", "0.0.0.0", "--tls-cert", str(cert), "--tls-key", str(key)]
-    )
+    tls = ["--tls-cert", str(cert), "--tls-key", str(key)]
+    key.chmod(0o644)
+    res = CliRunner().invoke(cli, [*common, "--host", "0.0.0.0", *tls])
+    assert res.exit_code != 0 and "readable by others" in res.output and len(served) == 4
+    key.chmod(0o600)
+    res = CliRunner().invoke(cli, [*common, "--host", "0.0.0.0", *tls])
     assert res.exit_code == 0, res.output
     assert served[-1]["ssl_certfile"] == str(cert) and served[-1]["ssl_keyfile"] == str(key)
     (node_dir / "node.toml").write_text(
