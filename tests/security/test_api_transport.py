@@ -15,6 +15,7 @@ c. Every route of the app (the OpenAPI ones and the HR view's) refuses a caller 
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
 import ipaddress
 import re
 import ssl
@@ -42,6 +43,7 @@ from tests.web_node import free_port
 #: routes anyone may call: probes (no data but the model's version and readiness words) and
 #: the pages that hold no data of the node (sign-in form, its stylesheet, the report checker)
 PUBLIC = {"/v1/health", "/livez", "/readyz", "/hr/login", "/hr/static/base.css", "/report"}
+HEALTHCHECK = Path(__file__).resolve().parents[2] / "deploy" / "container" / "healthcheck.py"
 #: routes FastAPI adds for the API's own description (no data)
 DOCS = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 
@@ -122,7 +124,7 @@ def test_a_plain_http_off_loopback_is_refused_before_anything_opens(node_dir, mo
     assert served[-1]["ssl_certfile"] == str(cert)
 
 
-def test_b_with_a_certificate_it_serves_https_only(node_dir) -> None:
+def test_b_with_a_certificate_it_serves_https_only(node_dir, monkeypatch) -> None:
     cert, key = _self_signed(node_dir)
     port = free_port()
     proc = subprocess.Popen(
@@ -145,6 +147,12 @@ def test_b_with_a_certificate_it_serves_https_only(node_dir) -> None:
         assert r.status_code == 200
         with pytest.raises(httpx.TransportError):  # a plaintext request gets no HTTP answer
             httpx.get(f"http://127.0.0.1:{port}/v1/health", timeout=5)
+        # the container's health check follows the API to HTTPS
+        spec = importlib.util.spec_from_file_location("healthcheck", HEALTHCHECK)
+        health = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, "healthcheck", health)  # its dataclasses look it up
+        spec.loader.exec_module(health)
+        assert health.check_api("127.0.0.1", port, tls=True).startswith("scoring API /")
     finally:
         proc.terminate()
         proc.wait(timeout=20)
