@@ -40,7 +40,9 @@ case "$cmd" in
         # REHEALTH_TEST_WORKERS=2 runs two pytest-xdist workers that each take whole modules
         # (order: tests/conftest.py), at most two federations at once, on a machine with cores
         # to spare.
-        exec "$VENV/bin/python" -m pytest -n "${REHEALTH_TEST_WORKERS:-0}" --dist loadscope \
-          --no-loadscope-reorder "$@" ;;
+        if [ "${REHEALTH_TEST_WORKERS:-0}" != 0 ]; then
+          set -- -n "$REHEALTH_TEST_WORKERS" --dist loadscope --no-loadscope-reorder "$@"
+        fi
+        exec "$VENV/bin/python" -m pytest "$@" ;;
   *) echo "usage: bash deploy/dev.sh {demo|test|lint} [args...]" >&2; exit 2 ;;
 esac
