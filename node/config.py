@@ -7,7 +7,6 @@ naming the field (``budget.epsilon: Input should be greater than 0``).
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from pathlib import Path
 from typing import Literal
@@ -20,6 +19,7 @@ from sqlalchemy.engine import make_url
 from node.files import read_toml
 from shared.errors import SpecError
 from shared.features import FEATURES
+from shared.flower_commands import is_loopback
 from shared.study import format_validation_error
 
 CONFIG_NAME = "node.toml"
@@ -68,17 +68,6 @@ class FederationSection(_Model):
         names = ("root_certificates", "private_key", "public_key", "coordinator_key", "state_dir")
         update = {n: _abs(getattr(self, n), base) for n in (*names, "data_path", "policy_path")}
         return self.model_copy(update=update)
-
-
-def is_loopback(host: str) -> bool:
-    """``host`` is reached from this machine only (127.0.0.0/8, ::1, ``localhost``): where the
-    node's HTTP may go unencrypted (the scoring API, the plans webhook)."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a name or a wildcard (0.0.0.0 is not loopback either)
 
 
 class ApiSection(_Model):

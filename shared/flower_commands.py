@@ -173,6 +173,20 @@ def supernode_script_text() -> bytes:
     return f"from {SUPERNODE_MODULE} import main\n\nmain()\n".encode()
 
 
+def is_loopback(host: str) -> bool:
+    """``host`` is reached from this machine only (127.0.0.0/8, ::1, ``localhost``): the only
+    place HTTP may go unencrypted (the node's scoring API and plans webhook, the coordinator's
+    console: keys, scores, passwords and session cookies cross it)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        import ipaddress
+
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name or a wildcard (0.0.0.0 is not loopback either)
+
+
 def split_address(address: str) -> tuple[str, int]:
     """``host:port`` (``[v6]:port`` too) as (host, port).
 

@@ -21,17 +21,24 @@ def server(federation_dir: Path, listen: str, *, tls: bool, superlink: str | Non
     signing key opens (the console signs studies and reports with it).
 
     Raises:
-        ReHealthError: not a coordinator kit, or the key does not open.
+        ReHealthError: plain HTTP off loopback, not a coordinator kit, or the key does not open.
     """
     import logging
 
     import uvicorn
 
     from coordinator.console.app import ConsoleConfig, create_app
-    from shared.flower_commands import split_address
+    from shared.errors import ReHealthError
+    from shared.flower_commands import is_loopback, split_address
 
     log = logging.getLogger("rehealth.console")
     host, port = split_address(listen)
+    if not tls and not is_loopback(host):
+        raise ReHealthError(
+            f"the console would send operator passwords, session cookies and API tokens in the "
+            f"clear on {host}: serve it over HTTPS (--tls, or `coordinator run --console-tls`) "
+            "or listen on loopback"
+        )
     cfg = ConsoleConfig(Path(federation_dir), tls=tls, superlink=superlink)
     cfg.hosts = sorted(
         {host, "127.0.0.1", "localhost", f"{host}:{port}", f"127.0.0.1:{port}", f"localhost:{port}"}
