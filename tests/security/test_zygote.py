@@ -106,6 +106,11 @@ def test_the_superexec_itself_gets_a_clientapp_forked(zyg, listener, cert):
     finally:
         os.close(fd)
     assert pid in _children(zyg)
+    # the child names itself (prctl PR_SET_NAME) right after the fork: on a loaded machine the
+    # zygote's answer can arrive first, so wait for the name (not a timing bound: 10 s)
+    deadline = time.monotonic() + 10
+    while psutil.Process(pid).name() != "flwr-clientapp" and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert psutil.Process(pid).name() == "flwr-clientapp"
 
 
