@@ -263,6 +263,11 @@ STUDY_LABELS = {
     "dp_fit_resolution": "Propensity fit noise share, predicted (DP stop rule)",
     "dp_fit_bias": "Propensity fit noise: bias bound held by the CI (DP)",
     "dp_strata_resolution": "Propensity strata the count noise allows (DP stop rule)",
+    "dp_weight_bound": "Largest control weight after merging strata (DP)",
+    # the study run's own reading of a gate the report also checks (shown when they differ:
+    # under DP they read different noisy releases of the same counts)
+    "size_gate_treated": "Size gate: treated (the study run's counts)",
+    "size_gate_control_ratio": "Size gate: control pool (the study run's counts)",
 }
 
 
@@ -272,10 +277,13 @@ STUDY_INFO = frozenset({"score_overlap"})
 
 def study_check(d: Diagnostic) -> Check:
     """A diagnostic the study run reported, carried over as stated: a gate unless it is one
-    of :data:`STUDY_INFO` (then its pass/fail is not shown, only its value)."""
+    of :data:`STUDY_INFO` or passed without a threshold (then its pass/fail is not shown, only
+    its value: a check without a threshold is information, never a pass). One that failed
+    without a threshold (the fit-noise bias bound when the CIs are unbounded) stays a failed
+    gate: its failure is a stated condition, not a reading."""
     rule = d.message or d.name
     label = STUDY_LABELS.get(d.name, d.name.replace("_", " ").capitalize())
-    info = d.name in STUDY_INFO
+    info = d.name in STUDY_INFO or (d.threshold is None and d.passed)
     return Check(
         name=d.name,
         label=label,

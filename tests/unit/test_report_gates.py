@@ -49,6 +49,26 @@ def test_information_checks_are_never_counted_as_passes():
     assert dict((r[0], r[4]) for r in view.checks.rows)["Score overlap"] == "info"
 
 
+def test_a_study_diagnostic_without_a_threshold_is_information_not_a_pass():
+    """The demo's DP report showed the fit-noise bias bound and the merged strata's largest
+    weight as "pass" with threshold "n/a": a check without a threshold passed nothing."""
+    result = make_result()
+    extra = (
+        Diagnostic(
+            name="dp_fit_bias", passed=True, value=0.056, threshold=None, message="bias bound in the CI"
+        ),
+        Diagnostic(name="dp_weight_bound", passed=True, value=2.7, threshold=None, message="strata merged"),
+    )
+    doc = _registered(result.model_copy(update={"diagnostics": (*result.diagnostics, *extra)}))
+    for name in ("dp_fit_bias", "dp_weight_bound"):
+        assert doc.check(name).kind == "info" and doc.check(name).passed is None
+    assert doc.check("dp_weight_bound").label == "Largest control weight after merging strata (DP)"
+    assert doc.billable
+    unbounded = Diagnostic(name="dp_fit_bias", passed=False, value=None, threshold=None, message="unbounded")
+    doc = _registered(result.model_copy(update={"diagnostics": (*result.diagnostics, unbounded)}))
+    assert doc.check("dp_fit_bias").kind == "gate" and not doc.billable  # a stated failure still fails
+
+
 def test_a_check_is_a_gate_with_a_verdict_or_information_without_one():
     kw = dict(name="x", label="x", rule="r", value=None, threshold=None, source="report", detail="")
     with pytest.raises(ValidationError, match="info check"):
