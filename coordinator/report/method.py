@@ -92,9 +92,11 @@ def ci_statement(result: StudyResult) -> str:
 DR_VARIANCE = (
     "Doubly robust estimate: each cell variance is scaled by the share of the within-stratum "
     "variance the outcome model leaves, and the estimated slope's variance σ̂² dᵀS_zz⁻¹d is added "
-    "(delta method, shared/psm/dr.py). Under differential privacy the slope is read from its own "
-    "release (dr_slope) and the imbalance from the balance release, and the privacy SE is a "
-    "parametric bootstrap of the releases' known noise (shared/dp/drstudy.py). "
+    "(delta method, shared/psm/dr.py). Under differential privacy the stratified part and the "
+    "imbalance are released as weighted sums with the weights the noisy counts fix (psm_wsum, "
+    "dr_dsum) and the slope from its own release (dr_slope); the privacy SE is the weighted "
+    "sums' delta-method SE plus a parametric bootstrap of the adjustment's known noise "
+    "(shared/dp/drwsum.py). "
 )
 
 
