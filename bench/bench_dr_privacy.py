@@ -200,19 +200,31 @@ def pair_cells(p: dict) -> tuple:
 def verdict(pairs: list[dict]) -> str:
     good = [p for p in pairs if p["dr_as_good"]]
     ratios = np.array([p["width_ratio"] for p in pairs])
+    lo, hi = COVERAGE_BAND
+    in_band = sum(lo <= p["cov_dr"] <= hi for p in pairs)
+    biased = sum(not p["verdict"]["bias"] for p in pairs)
+    how = (
+        "A DP DR study releases its ATT by weighted sums as the stratified one does (psm_wsum), "
+        "the imbalance as the covariates' weighted sums (dr_dsum) and the slope (dr_slope), each "
+        "of the four (counts too) at 22.5 % of psm_stats where stratification gives the counts and "
+        "psm_wsum 45 % each (shared/dp/plan.py)."
+    )
+    said = (
+        f"DR's coverage is in {lo:.0%}–{hi:.0%} on {in_band} of {len(pairs)} DP rows; its bias is "
+        f"larger than stratification's by more than 2 paired MC SEs on {biased}; DR ÷ stratified "
+        f"CI width, median per seed: {ratios.min():.2f}–{ratios.max():.2f}. {how}"
+    )
     if len(good) == len(pairs):
         return (
             f"DR is at least as good as stratification on all {len(pairs)} DP rows: "
-            "DP studies can default to the doubly robust estimator."
+            f"DP studies can default to the doubly robust estimator. {said}"
         )
     wider = sum(not p["verdict"]["width"] for p in pairs)
     return (
         f"**DR is at least as good on {len(good)} of {len(pairs)} DP rows.** Its CI is wider than "
-        f"stratification's by more than {WIDTH_TOLERANCE:g}× on {wider} rows (DR ÷ stratified "
-        f"width, median per seed: {ratios.min():.2f}–{ratios.max():.2f}): a DP DR study releases "
-        "its cells, the balance sums and the slope instead of one weighted sum per outcome "
-        "(psm_wsum), so the price of DR's coverage is several times the interval. The DP default "
-        'stays `estimator = "stratified"`; DR remains a choice a spec states.'
+        f"stratification's by more than {WIDTH_TOLERANCE:g}× on {wider} rows. {said} The DP "
+        'default stays `estimator = "stratified"` unless the lead decides otherwise; DR remains a '
+        "choice a spec states."
     )
 
 

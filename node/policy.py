@@ -77,6 +77,7 @@ _SHARE_OF = {
     "psm_wsum": "psm_stats",
     "psm_balance": "balance",
     "dr_slope": "psm_stats",
+    "dr_dsum": "psm_stats",
     "nc_main": "psm_stats",  # the negative controls' (shared/dp/plan.py: a share of psm_stats)
     "nc_sumsq": "psm_stats",
     "nc_wsum": "psm_stats",

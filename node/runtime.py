@@ -51,16 +51,22 @@ def _whole_study(query: StudyQuery) -> StudyQuery:
 
     beta = (0.0,) * (len(query.design_covariates) + 1)
     whole = (-float("inf"), float("inf"))
-    dr = query.privacy is not None and query.privacy.estimator == "dr"  # dr_slope, no psm_wsum
+    dr = query.privacy is not None and query.privacy.estimator == "dr"  # dr_slope and dr_dsum too
     wsum = PsmWsum(
-        beta=beta, edges=whole, count=(1.0, 1.0), center=(0.5,) * 2 * len(query.outcomes), max_weight=1.0
+        beta=beta,
+        edges=whole,
+        count=(1.0, 1.0),
+        center=(0.5,) * 2 * len(query.outcomes),
+        max_weight=1.0,
+        z_center=(0.5,) * 2 * len(query.design_covariates) if dr else (),
     )
     ops = (
         Describe(),
         PsFit(beta=beta),
         ScoreHist(beta=beta),
         PsmStats(beta=beta, edges=whole, slope=dr),
-    ) + (() if dr else (wsum,))
+        wsum,
+    )
     return query.model_copy(update={"ops": ops})
 
 

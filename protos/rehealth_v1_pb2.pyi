@@ -166,18 +166,20 @@ class PsmStats(_message.Message):
     def __init__(self, beta: _Optional[_Iterable[float]] = ..., edges: _Optional[_Iterable[float]] = ..., slope: _Optional[bool] = ...) -> None: ...
 
 class PsmWsum(_message.Message):
-    __slots__ = ("beta", "edges", "count", "max_weight", "center")
+    __slots__ = ("beta", "edges", "count", "max_weight", "center", "z_center")
     BETA_FIELD_NUMBER: _ClassVar[int]
     EDGES_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     MAX_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     CENTER_FIELD_NUMBER: _ClassVar[int]
+    Z_CENTER_FIELD_NUMBER: _ClassVar[int]
     beta: _containers.RepeatedScalarFieldContainer[float]
     edges: _containers.RepeatedScalarFieldContainer[float]
     count: _containers.RepeatedScalarFieldContainer[float]
     max_weight: float
     center: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, beta: _Optional[_Iterable[float]] = ..., edges: _Optional[_Iterable[float]] = ..., count: _Optional[_Iterable[float]] = ..., max_weight: _Optional[float] = ..., center: _Optional[_Iterable[float]] = ...) -> None: ...
+    z_center: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, beta: _Optional[_Iterable[float]] = ..., edges: _Optional[_Iterable[float]] = ..., count: _Optional[_Iterable[float]] = ..., max_weight: _Optional[float] = ..., center: _Optional[_Iterable[float]] = ..., z_center: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ScoreHist(_message.Message):
     __slots__ = ("beta",)
@@ -318,12 +320,14 @@ class ScoreHistReply(_message.Message):
     def __init__(self, count: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class PsmWsumReply(_message.Message):
-    __slots__ = ("wsum", "nc_wsum")
+    __slots__ = ("wsum", "nc_wsum", "dsum")
     WSUM_FIELD_NUMBER: _ClassVar[int]
     NC_WSUM_FIELD_NUMBER: _ClassVar[int]
+    DSUM_FIELD_NUMBER: _ClassVar[int]
     wsum: Tensor
     nc_wsum: Tensor
-    def __init__(self, wsum: _Optional[_Union[Tensor, _Mapping]] = ..., nc_wsum: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    dsum: Tensor
+    def __init__(self, wsum: _Optional[_Union[Tensor, _Mapping]] = ..., nc_wsum: _Optional[_Union[Tensor, _Mapping]] = ..., dsum: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class CapHistReply(_message.Message):
     __slots__ = ("count",)

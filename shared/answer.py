@@ -23,6 +23,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 import numpy as np
 
 from shared.dp.capquantile import cap_histogram, rescale_to_caps
+from shared.dp.drwsum import node_dsum
 from shared.dp.forms import release_arrays
 from shared.dp.mechanisms import release as gaussian_release
 from shared.dp.plan import NoisePlan, PlannedRelease
@@ -179,7 +180,11 @@ def exact_answer(op, query: StudyQuery, data: SiteArrays) -> dict[str, np.ndarra
     if isinstance(op, PsmWsum):
         edges = check_edges(op.edges)
         v, c, _ = _wsum_weights(op, n_outcomes=len(query.outcomes))
-        return {"wsum": weighted_sums(z=data.z, t=data.t, y=data.y, beta=beta, edges=edges, v=v, centers=c)}
+        out = {"wsum": weighted_sums(z=data.z, t=data.t, y=data.y, beta=beta, edges=edges, v=v, centers=c)}
+        if op.z_center:  # a DR study's imbalance: the covariates with the same weights (dr_dsum)
+            v, cz, _ = _dsum_weights(op, n_covariates=d)
+            out["dsum"] = weighted_sums(z=data.z, t=data.t, y=data.z, beta=beta, edges=edges, v=v, centers=cz)
+        return out
     raise QueryRefused(f"unknown operation {op!r}")  # pragma: no cover - union admits no other
 
 
@@ -207,6 +212,18 @@ def _wsum_weights(op: PsmWsum, *, n_outcomes: int) -> tuple[np.ndarray, np.ndarr
         centers=op.center,
         n_strata=len(op.edges) - 1,
         n_outcomes=n_outcomes,
+        declared_max=op.max_weight,
+    )
+
+
+def _dsum_weights(op: PsmWsum, *, n_covariates: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """The weights, covariate centres and sensitivity of a ``dr_dsum`` request (``psm_wsum``
+    with ``z_center``), checked on the query alone (:func:`shared.dp.drwsum.node_dsum`)."""
+    return node_dsum(
+        counts=op.count,
+        z_centers=op.z_center,
+        n_strata=len(op.edges) - 1,
+        n_covariates=n_covariates,
         declared_max=op.max_weight,
     )
 
@@ -265,6 +282,19 @@ def check_query(query: StudyQuery) -> None:
             if query.privacy is None:
                 raise QueryRefused("psm_wsum is a DP release: an exact study reads the PSM table")
             _wsum_weights(op, n_outcomes=len(query.outcomes))
+            dr = query.privacy.estimator == "dr"
+            if op.z_center and not dr:
+                raise QueryRefused(
+                    "psm_wsum: the covariates' weighted sums (z_center, dr_dsum) are a release only "
+                    'of a study signed with estimator = "dr"'
+                )
+            if dr and not op.z_center:
+                raise QueryRefused(
+                    "psm_wsum: a doubly robust study's weighted sums carry the imbalance's (z_center), "
+                    "as its signed plan releases them"
+                )
+            if op.z_center:
+                _dsum_weights(op, n_covariates=d)
 
 
 def suppress_small_cells(op: str, arrays: dict[str, np.ndarray], *, k: int) -> dict[str, np.ndarray]:
@@ -308,12 +338,19 @@ def planned_releases(query: StudyQuery, plan: NoisePlan) -> dict[str, PlannedRel
         if isinstance(op, PsmStats) and op.slope and not plan.has("dr_slope"):
             raise QueryRefused("psm_stats: this study's noise plan has no dr_slope release")
         if isinstance(op, PsmWsum) and not plan.has("psm_wsum"):
-            raise QueryRefused("psm_wsum: this study's noise plan has no weighted sums (a DR study)")
+            raise QueryRefused("psm_wsum: this study's noise plan has no weighted sums")
+        if isinstance(op, PsmWsum) and op.z_center and not plan.has("dr_dsum"):
+            raise QueryRefused("psm_wsum: this study's noise plan has no dr_dsum release (not a DR study)")
         for name in DP_RELEASES[op.op]:
             if not plan.has(name) or (name == "dr_slope" and not (isinstance(op, PsmStats) and op.slope)):
                 continue
+            if name == "dr_dsum" and not (isinstance(op, PsmWsum) and op.z_center):
+                continue
             rel = plan.release(name)
-            if isinstance(op, PsmWsum):  # each of the two sums' own centres: outcomes | controls
+            if name == "dr_dsum":  # the Δ the node computes from the weights and centres it is sent
+                assert isinstance(op, PsmWsum)
+                rel = rel.for_sensitivity(_dsum_weights(op, n_covariates=len(query.design_covariates))[2])
+            elif isinstance(op, PsmWsum):  # each of the two sums' own centres: outcomes | controls
                 v, centers, _ = _wsum_weights(op, n_outcomes=len(query.outcomes))
                 part = centers[..., :n_outcomes] if name == "psm_wsum" else centers[..., n_outcomes:]
                 rel = rel.for_sensitivity(wsum_sensitivity(v, part))
@@ -375,8 +412,8 @@ def ledger_step(query: StudyQuery, plan: NoisePlan | None, ledger: NodeLedger, *
     it makes (:func:`planned_releases`) into a charge — never without a live reservation. The
     PSM table is a DP study's last release (:func:`shared.driver.run_study`): charging it
     completes the reservation, so a re-split's slack does not stay reserved; since protocol 7
-    the last release is the ATT's weighted sums (``psm_wsum``), which completes it instead, or
-    in a doubly robust study the PSM table with its slope (``dr_slope``).
+    the last release is the ATT's weighted sums (``psm_wsum``), which completes it instead, in
+    a doubly robust study too since protocol 8 (its ``dr_dsum`` rides in the same operation).
 
     Returns:
         The ids of the charges made (the node marks them ``sent`` once its reply is handed on).
@@ -398,7 +435,7 @@ def ledger_step(query: StudyQuery, plan: NoisePlan | None, ledger: NodeLedger, *
         )
         for name, rel in planned.items()
     ]
-    if "psm_wsum" in planned or "dr_slope" in planned:
+    if "psm_wsum" in planned:  # a DR study's too: its weighted sums follow its slope
         ledger.complete(query.study_id)
     return ids
 

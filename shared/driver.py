@@ -47,13 +47,14 @@ from typing import Callable, Protocol
 import numpy as np
 
 from shared.dp.capround import LargeLossCaps, large_loss_caps, outcomes_at_caps
-from shared.dp.drstudy import DR_KEYS, dp_dr_estimates, dp_dr_release
+from shared.dp.drstudy import DR_KEYS, dp_dr_estimates, dp_dr_release, dp_dsum_query
 from shared.dp.fitnoise import FitNoise, score_variance, slope_noise_covariance
 from shared.dp.plan import NoisePlan, plan_study
 from shared.dp.sensitivity import psm_wsum_sensitivity
 from shared.dp.workflow import (
     after_describe,
     dp_bound_weights,
+    dp_count_sigma,
     dp_edges,
     dp_estimate,
     dp_fitter,
@@ -466,7 +467,7 @@ def _release(spec: StudySpec, rounds: _Rounds, run: StudyRun) -> None:
         requested=spec.strata.n if spec.strata.method == "quantile" else None,
         **sa,
     )
-    dr = spec.estimator == "dr"  # the slope release too, and no weighted sums (shared/dp/drstudy.py)
+    dr = spec.estimator == "dr"  # the slope release too, and the imbalance's weighted sums (drstudy.py)
     answers = rounds.ask((PsmStats(beta=beta, edges=tuple(float(e) for e in edges), slope=dr),), "psm-stats")
     keys = ("count", "sum_y", "sumsq_y") + (("sum_z", "sumsq_z") if plan.has("psm_balance") else ())
     n_nc = plan.n_negative_controls  # the controls' sums come in their own releases (nc_*)
@@ -475,32 +476,12 @@ def _release(spec: StudySpec, rounds: _Rounds, run: StudyRun) -> None:
     run.table = dp_table(
         main=sums, balance=sums if plan.has("psm_balance") else None, edges=edges, n_covariates=d
     )
-    if dr:
-        n = nodes(answers)
-        release = dp_dr_release(sums=sums, edges=edges, plan=plan, n_nodes=n, **sa)
-        secure = p.secure_aggregation
-        run.estimate = dp_estimate(
-            table=run.table,
-            plan=plan,
-            n_nodes=n,
-            outcomes=outcomes_at_caps(spec.analysed_outcomes, run.caps),
-            covariates=[c.name for c in spec.design_covariates],
-            fit_noise=fit_noise,
-            dr=dp_dr_estimates(
-                release,
-                plan=plan,
-                n_nodes=n,
-                outcomes=outcomes_at_caps(spec.analysed_outcomes, run.caps),
-                rng=np.random.default_rng(spec.study.seed),
-                secure_aggregation=secure,
-            ),
-            secure_aggregation=secure,
-        )
-        _split_negative_controls(spec, run)
-        return
+    dr_release = (
+        dp_dr_release(sums=sums, edges=edges, plan=plan, n_nodes=nodes(answers), **sa) if dr else None
+    )
     # strata with few (noisy) controls merged with their neighbours (shared/dp/weightbound.py)
     run.table, cells, weight_check = dp_bound_weights(run.table, plan=plan, n_nodes=nodes(answers), **sa)
-    wsum = None
+    wsum = dsum = None
     op = dp_wsum_query(
         table=run.table, beta=fitter.beta, plan=plan, n_nodes=nodes(answers), cells=cells, **sa
     )
@@ -521,12 +502,34 @@ def _release(spec: StudySpec, rounds: _Rounds, run: StudyRun) -> None:
         op = op.model_copy(
             update={"center": tuple(float(c) for c in np.concatenate(parts, axis=-1).reshape(-1))}
         )
+    if op is not None and dr:  # the imbalance d as the covariates' weighted sums (dr_dsum)
+        op = dp_dsum_query(
+            op, table=run.table, used=dp_used(table=run.table, plan=plan, n_nodes=nodes(answers), **sa)
+        )
     if op is not None:  # None: no stratum holds both arms, and dp_estimate says so
         answers = _wsum_round(spec, rounds, run, op, plan)
         wsum = rounds.total(answers, "psm_wsum", "wsum")
         if n_nc:
             wsum = np.concatenate([wsum, rounds.total(answers, "psm_wsum", "nc_wsum")])
+        if dr:
+            dsum = rounds.total(answers, "psm_wsum", "dsum")
     outcomes = outcomes_at_caps(spec.analysed_outcomes, run.caps)
+
+    dr_estimates = None
+    if dr_release is not None and op is not None and wsum is not None and dsum is not None:
+        dr_estimates = dp_dr_estimates(
+            dr_release,
+            plan=plan,
+            n_nodes=nodes(answers),
+            outcomes=outcomes,
+            rng=np.random.default_rng(spec.study.seed),
+            table=run.table,
+            op=op,
+            wsum=wsum,
+            dsum=dsum,
+            sigma_count=dp_count_sigma(plan, nodes(answers), p.secure_aggregation, cells, run.table.n_strata),
+            **sa,
+        )
 
     def estimate(table: PsmTable, plan: NoisePlan, cols: slice) -> AttEstimate:
         return dp_estimate(
@@ -540,6 +543,7 @@ def _release(spec: StudySpec, rounds: _Rounds, run: StudyRun) -> None:
             cells=cells,
             weight_check=weight_check,
             secure_aggregation=p.secure_aggregation,
+            dr=dr_estimates,
         )
 
     if not n_nc:
@@ -589,13 +593,14 @@ def _wsum_round(spec: StudySpec, rounds: _Rounds, run: StudyRun, op: PsmWsum, pl
         return rounds.ask((op,), "psm-wsum")
     k, scale = run.secure
     n_nc = plan.n_negative_controls
+    n_d = len(spec.design_covariates) if op.z_center else 0  # a DR study's imbalance (dr_dsum)
     sigma = max(
         plan.release(name)
         .for_sensitivity(2.0 * psm_wsum_sensitivity(n_outcomes=n, max_weight=op.max_weight))
         .sigma
-        for name, n in (("psm_wsum", len(spec.analysed_outcomes) - n_nc), ("nc_wsum", n_nc))
+        for name, n in (("psm_wsum", len(spec.analysed_outcomes) - n_nc), ("nc_wsum", n_nc), ("dr_dsum", n_d))
         if n
-    )  # an upper bound: centres in [0, 1] keep the sensitivity within √O·v_max
+    )  # an upper bound: centres in [0, 1] keep the sensitivity within √O·v_max (√D·v_max)
     # |Σ v (y − ½)| is at most about N_T ≤ the rows bound the scale holds; add the noise's
     # margin (secure_scale is linear in both: this is secure_scale(rows, σ_max + σ_wsum))
     wsum_scale = (

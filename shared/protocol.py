@@ -91,7 +91,12 @@ class PsmWsum(_Model):
     the estimator uses, 0 for one left out, ``(control, treated)`` per stratum, flattened),
     which the node turns into weights itself; ``max_weight`` is the largest it must find.
     ``center``: the public centre of every stratum × arm × outcome in [0, 1], flattened. The
-    node charges the sensitivity it computes from weights and centres. Under DP only."""
+    node charges the sensitivity it computes from weights and centres. Under DP only.
+
+    ``z_center`` (a doubly robust study only, ``dr_dsum``): the public centre of every stratum ×
+    arm × covariate in [0, 1], flattened; the node then also releases the D weighted sums
+    Σ vᵢ (zᵢ − cᵢ) of the scaled covariates with the same weights, the imbalance d
+    (:mod:`shared.dp.drwsum`). Empty (omitted on the wire): no such release."""
 
     op: Literal["psm_wsum"] = "psm_wsum"
     beta: tuple[float, ...]
@@ -99,6 +104,7 @@ class PsmWsum(_Model):
     count: tuple[float, ...]
     center: tuple[float, ...]
     max_weight: float
+    z_center: tuple[float, ...] = ()
 
 
 class ScoreHist(_Model):
@@ -149,7 +155,7 @@ DP_RELEASES: dict[str, tuple[str, ...]] = {
     "ps_fit": ("ps_fit",),
     "score_hist": ("score_hist",),
     "psm_stats": ("psm_main", "psm_sumsq", "psm_balance", "dr_slope", "nc_main", "nc_sumsq"),
-    "psm_wsum": ("psm_wsum", "nc_wsum"),
+    "psm_wsum": ("psm_wsum", "dr_dsum", "nc_wsum"),
     "cap_hist": ("cap_hist",),
 }
 
@@ -203,7 +209,7 @@ class PrivacyQuery(_Model):
     #: the study's rounds after describe travel as SecAgg+ sums (signed with the study)
     secure_aggregation: bool = False
     #: the study's estimator (signed with it): a doubly robust study's plan holds the
-    #: ``dr_slope`` release instead of ``psm_wsum`` (:func:`shared.dp.plan.plan_study`)
+    #: ``dr_dsum`` and ``dr_slope`` releases beside ``psm_wsum`` (:func:`shared.dp.plan.plan_study`)
     estimator: Literal["stratified", "dr"] = "stratified"
     #: the study opens with the large-loss cap round (signed with the study; the plan then
     #: holds a ``cap_hist`` release, :func:`shared.dp.plan.plan_study`)

@@ -222,9 +222,10 @@ class StudySpec(_Model):
     sites: tuple[Site, ...] = ()
     #: the ATT's estimator: ``stratified`` (within propensity strata, the default, chosen by
     #: measurement: exact studies docs/STATISTICS.md and docs/benchmarks/dr.md, DP studies
-    #: docs/benchmarks/dr_privacy.md, where DR's CI is several times stratification's) or ``dr``
-    #: (doubly robust: regression adjustment within the same strata, :mod:`shared.psm.dr`; under
-    #: DP its slope is a release of the noise plan, ``dr_slope``). A spec that does not name one
+    #: docs/benchmarks/dr_privacy.md, where DR's CI is 1.7–2.7× stratification's and more
+    #: biased) or ``dr`` (doubly robust: regression adjustment within the same strata,
+    #: :mod:`shared.psm.dr`; under DP released by weighted sums, ``psm_wsum`` and ``dr_dsum``,
+    #: beside its slope ``dr_slope``, :mod:`shared.dp.drwsum`). A spec that does not name one
     #: is a stratified study, and hashes as it did before this field existed.
     estimator: Literal["stratified", "dr"] = "stratified"
     #: second-order terms of the covariate basis (squares, declared interactions) that nodes

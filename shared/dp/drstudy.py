@@ -3,17 +3,19 @@ r"""The coordinator's side of a doubly robust DP study (``estimator = "dr"``), o
 A DR study's PSM-statistics round asks ``psm_stats`` with ``slope``: each node releases, as
 planned releases charged to its ledger (:mod:`shared.dp.plan`), the table's cells
 (``psm_main``: counts and Σ(y − ½); ``psm_sumsq``: Σ(y − ½)²), the balance sums
-(``psm_balance``: Σ(z − ½) per cell) and the slope release ``dr_slope`` (the controls' own copy
-of their cells and their pooled cross-products, :mod:`shared.dp.forms`). No weighted sums are
-asked: the DR ATT replaces the stratified one they would give.
+(``psm_balance``: Σ(z − ½) per cell, the d release's centres) and the slope release
+``dr_slope`` (the controls' own copy of their cells and their pooled cross-products,
+:mod:`shared.dp.forms`). Then, as in a stratified study, the weighted-sums round: ``psm_wsum``
+with ``z_center``, the outcomes' weighted sums and the covariates' (``dr_dsum``, the imbalance
+d) with the weights the counts fix (:mod:`shared.dp.drwsum`).
 
-:func:`dp_dr_release` maps the summed releases onto :class:`shared.psm.dr.DrRelease` with each
-array's own noise SD (the imbalance :math:`\hat d` reads Σz from ``psm_balance``, the slope
-:math:`\hat\gamma` reads ``dr_slope``: independent noises, as :mod:`shared.psm.dr` requires),
-and :func:`dp_dr_estimates` is the library's DP DR estimate on it
-(:func:`shared.psm.dr.estimate_dr_release`: centring's noise mean added back, PSD projection,
-ridge, privacy SE by the three-way parametric bootstrap), which
-:func:`shared.dp.workflow.dp_estimate` puts in place of each outcome's stratified ATT.
+:func:`dp_dr_release` maps the summed PSM releases onto :class:`shared.psm.dr.DrRelease` with each
+array's own noise SD (the slope :math:`\hat\gamma` reads ``dr_slope``), and
+:func:`dp_dr_estimates` is the DP DR estimate: the stratified ATT and d from the weighted sums,
+γ̂ from the slope (centring's noise mean added back, PSD projection, ridge), privacy SE the
+weighted sums' analytic one on the residual plus the adjustment's parametric bootstrap
+(:func:`shared.dp.drwsum.dr_wsum_estimates`), which :func:`shared.dp.workflow.dp_estimate` puts
+in place of each outcome's stratified ATT.
 """
 
 from __future__ import annotations
@@ -22,14 +24,18 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from shared.dp.drwsum import dr_wsum_estimates, dsum_centers
 from shared.dp.forms import slope_from_release
 from shared.dp.plan import NoisePlan
 from shared.dp.sensitivity import RELEASE_KEYS
 from shared.dp.strata import dp_min_cell
-from shared.psm.dr import DrEstimate, DrRelease, _release_from_centred, estimate_dr_release
+from shared.dp.wsum import att_weights, wsum_sensitivity
+from shared.protocol import PsmWsum
+from shared.psm.dr import DrEstimate, DrRelease, _release_from_centred
+from shared.psm.table import PsmTable
 from shared.study import Outcome
 
-__all__ = ["DR_BOOTSTRAP_DRAWS", "DR_KEYS", "dp_dr_estimates", "dp_dr_release"]
+__all__ = ["DR_BOOTSTRAP_DRAWS", "DR_KEYS", "dp_dr_estimates", "dp_dr_release", "dp_dsum_query"]
 
 #: The summed arrays a DR study's PSM round adds to the stratified ones.
 DR_KEYS: tuple[str, ...] = RELEASE_KEYS["dr_slope"]
@@ -64,6 +70,13 @@ def dp_dr_release(
     )
 
 
+def dp_dsum_query(op: PsmWsum, *, table: PsmTable, used: np.ndarray) -> PsmWsum:
+    """The stratified study's ``psm_wsum`` operation ``op`` with the imbalance's centres added
+    (``z_center``): the node then releases ``dr_dsum`` beside the outcomes' sums."""
+    c = dsum_centers(table=table, used=used)
+    return op.model_copy(update={"z_center": tuple(float(x) for x in c.reshape(-1))})
+
+
 def dp_dr_estimates(
     release: DrRelease,
     *,
@@ -71,16 +84,45 @@ def dp_dr_estimates(
     n_nodes: int,
     outcomes: Sequence[Outcome],
     rng: np.random.Generator,
+    table: PsmTable,
+    op: PsmWsum,
+    wsum: np.ndarray,
+    dsum: np.ndarray,
+    sigma_count,
     secure_aggregation: bool = False,
 ) -> tuple[DrEstimate, ...]:
-    """Each outcome's DP DR estimate; common support and intercept groups as the stratified
-    DP estimate's (``dp_min_cell`` of one released count, :func:`shared.dp.workflow.dp_used`).
-    ``rng`` drives only the coordinator's bootstrap of the known noise (post-processing)."""
-    count_sigma = plan.release("psm_main").total_sigma(n_nodes, secure_aggregation=secure_aggregation)
-    return estimate_dr_release(
-        release,
+    """Each outcome's DP DR estimate from the summed weighted sums ``wsum`` ``(O,)`` and
+    ``dsum`` ``(D,)`` of the ``psm_wsum`` operation ``op`` over ``table`` (the merged strata the
+    weights came from) and the slope of ``release``; common support and intercept groups as the
+    stratified DP estimate's (``dp_min_cell`` of one released count). ``sigma_count``: the SD of
+    each (merged) stratum's summed count. ``rng`` drives only the coordinator's bootstrap of
+    the known noise (post-processing)."""
+    sa = {"secure_aggregation": secure_aggregation}
+    count_sigma = plan.release("psm_main").total_sigma(n_nodes, **sa)
+    min_cell = dp_min_cell(count_sigma=count_sigma)
+    s, o, d = table.n_strata, len(outcomes), table.n_covariates
+    n = np.asarray(op.count, dtype=float).reshape(s, 2)
+    used = (n[:, 0] > 0) & (n[:, 1] > 0)
+    v = att_weights(n, used)
+    centers = np.asarray(op.center, dtype=float).reshape(s, 2, o)
+    z_centers = np.asarray(op.z_center, dtype=float).reshape(s, 2, d)
+
+    def sigma(query: str, c: np.ndarray) -> float:
+        return plan.release(query).for_sensitivity(wsum_sensitivity(v, c)).total_sigma(n_nodes, **sa)
+
+    return dr_wsum_estimates(
+        release=release,
+        table=table,
+        used=used,
+        wsum=wsum,
+        centers=centers,
+        sigma_wsum=sigma("psm_wsum", centers),
+        dsum=dsum,
+        z_centers=z_centers,
+        sigma_dsum=sigma("dr_dsum", z_centers),
+        sigma_count=sigma_count,
         outcomes=outcomes,
-        min_cell=dp_min_cell(count_sigma=count_sigma),
+        min_cell=min_cell,
         n_draws=DR_BOOTSTRAP_DRAWS,
         rng=rng,
     )

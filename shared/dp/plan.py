@@ -20,11 +20,13 @@ share                  releases (each its own Gaussian mechanism)
                        Σ(y − ½)², 10 % (:data:`SUMSQ_SHARE`); ``psm_wsum``: the ATT itself as
                        one weighted sum per outcome, 45 % (:data:`WSUM_SHARE`)
 ``balance``            ``psm_balance``: Σz, Σz² per stratum × arm (0 = not released)
-``psm_stats``, DR      a doubly robust study (``estimator = "dr"``): ``psm_main`` 35 %,
-                       ``psm_sumsq`` 10 %, ``dr_slope``: the controls' Σzzᵀ, Σzyᵀ and their own
-                       copy of the control cells, 25 % (:data:`DR_SLOPE_SHARE`), in place of
-                       ``psm_wsum``; 30 % added to ``psm_balance`` (:data:`DR_IMBALANCE_SHARE`),
-                       whose Σz is the imbalance d; ``balance`` must be positive
+``psm_stats``, DR      a doubly robust study (``estimator = "dr"``, :data:`DR_SHARES`):
+                       ``psm_main`` 22.5 %, ``psm_sumsq`` 10 %, ``psm_wsum`` 22.5 % (the
+                       stratified ATT's weighted sums, as in a stratified study), ``dr_dsum``
+                       22.5 %: the imbalance d as D weighted sums of the covariates with the
+                       same weights (:mod:`shared.dp.drwsum`), ``dr_slope`` 22.5 %: the
+                       controls' Σzzᵀ, Σzyᵀ and their own copy of the control cells;
+                       ``balance`` must be positive (its Σz centres the d release)
 (negative controls)    ``nc_main``: the C negative controls' Σ(y − ½) per stratum × arm (the
                        counts are ``psm_main``'s), ``nc_sumsq``: their Σ(y − ½)², ``nc_wsum``:
                        their weighted sums, in the proportions of ``psm_main``, ``psm_sumsq`` and
@@ -56,24 +58,40 @@ quarter (SD 0.0014 against 0.0026 on the [0, 1] scale); a ``psm_wsum`` share of 
 of 45 % changed the CI widths by under 2 % (3.91 / 1.35 / 8.45× the exact width against 3.85 /
 1.37 / 8.34×, claims / CV event / absence days), so the split was left as derived.
 
-**The doubly robust split** (:mod:`shared.psm.dr`). The DR ATT is the stratified ATT read
-off the table minus :math:`\hat d^\top\hat\gamma`: the table's cells (``psm_main``, whose
-count and outcome-sum noise carry the stratified part), the imbalance :math:`\hat d` from the
-balance release's Σz (its own share, ``balance``) and the slope :math:`\hat\gamma` from
-``dr_slope``, three independent noises, so that the adjustment's mean is the product of the
-means. The weighted sums are not asked: the stratified ATT they would give is replaced by DR's,
-so their 45 % goes to the slope and the imbalance. The privacy variance of
-:math:`\hat d^\top\hat\gamma` is :math:`\gamma^\top\Sigma_d\gamma + d^\top\Sigma_\gamma d +
-\mathrm{tr}(\Sigma_d\Sigma_\gamma)`, and the last, the product of the two noises, dominates
-wherever the strata leave little imbalance (d mostly noise): with :math:`\Sigma_d \propto
-1/\rho_{bal}` and :math:`\Sigma_\gamma \propto 1/\rho_{slope}` it is smallest for a given
-:math:`\rho_{bal} + \rho_{slope}` at equal shares, so the 45 % is split about evenly between
-them (the balance already holds the spec's 5 %), and the table's cells keep 35 %. Measured
-(``bench/bench_dr_noise.py``, 1k treated, misspecified uptake, ε = 1, 2 data sets × 30
-releases, SD of the DR estimate over releases, claims / CV event / absence days): the whole
-45 % on the slope (d from the 5 % balance release alone) 8,560–11,990 / 0.089–0.096 /
-26–34; slope 25 % + balance 30 % 7,950–8,090 / 0.041–0.073 / 23–25; 15 % + 40 % about the
-same; 30 % + 15 % 6,470–9,720 / 0.072–0.078 / 20–28.
+**The doubly robust split** (:mod:`shared.psm.dr`, :mod:`shared.dp.drwsum`). With the counts
+of ``psm_main`` public, every person's weight :math:`v_i` is fixed, and the DR ATT is
+:math:`\frac1N[\sum_i v_i y_i - (\sum_i v_i z_i)^\top\hat\gamma]` (+ the centres' terms): the
+stratified study's weighted sums ``psm_wsum`` for the outcomes, the same weighted sums of the D
+covariates ``dr_dsum`` for the imbalance :math:`\hat d`, and the slope :math:`\hat\gamma` from
+``dr_slope`` — three independent noises beside the counts'. Its privacy variance per outcome,
+linearised (:func:`shared.dp.drwsum.dr_wsum_privacy_se`), on the [0, 1] scale with
+:math:`\rho_x` each release's share of ``psm_stats``' ρ and :math:`\mu_x^2 = 1/(2\rho_x)`:
+
+.. math::
+    V = \underbrace{\frac{O v_{max}^2}{8 N^2 \rho_W}}_{\text{psm\_wsum}}
+      + \underbrace{\frac{b}{\rho_M}}_{\text{counts}}
+      + \underbrace{\frac{D\lVert\gamma\rVert^2 v_{max}^2}{8 N^2 \rho_D}}_{\gamma^\top\xi_d/N}
+      + \underbrace{\frac{d^\top\Sigma_1 d}{\rho_S}}_{d^\top(\hat\gamma - \gamma)}
+      + \underbrace{\frac{\mathrm{tr}(\Sigma_1)\,D v_{max}^2}{8 N^2 \rho_D\rho_S}}_{\text{both noises}}
+
+(:math:`\Delta = \sqrt{O}\,v_{max}/2` and :math:`\sqrt{D}\,v_{max}/2` for the two weighted sums,
+:math:`\Sigma_1` the slope's noise covariance at ρ = 1). The first two are the stratified
+study's, equal at equal shares (a ≈ b, above). The third is the covariates' weighted sum read
+through γ: the plan cannot know γ (it is the data's), and at :math:`D\lVert\gamma\rVert^2 = O` —
+the covariates' part of the residual :math:`y - z^\top\gamma` moving the weighted sum as much as
+the outcome does, the neutral assumption — it equals the first. A sum :math:`\sum_x c_x/\rho_x`
+under :math:`\sum_x\rho_x` fixed is smallest at :math:`\rho_x\propto\sqrt{c_x}`, so the three get
+equal shares. The slope's terms: the fourth shrinks as :math:`1/N_C^2` (:math:`\Sigma_1 \propto
+S_{zz}^{-2}`) and the fifth, the product of the two noises, is smallest for a given
+:math:`\rho_D + \rho_S` at :math:`\rho_D = \rho_S` (the DR study's earlier split, which read d
+from the balance release, made the same argument). So ``psm_main``, ``psm_wsum``, ``dr_dsum``
+and ``dr_slope`` take equal shares of what ``psm_sumsq``'s 10 % leaves, 22.5 % each
+(:data:`DR_SHARES`): derived, not tuned. Measured after the fact (10k treated, five nodes,
+SecAgg+, ε = 1, 10 seeds, claims, median privacy SEs): the d release through γ̂ 354 against the
+outcomes' weighted sums' own 292 (the neutral assumption within 20 %), the slope's noise 538;
+a slope share of 54 % did not remove DR's bias there (docs/PRIVACY.md, "DR as the DP default"),
+so the split stands. Coverage and widths: docs/benchmarks/dr_privacy.md.
+The balance release keeps the spec's ``balance`` share; its Σz gives the d release its centres.
 
 **Negative controls within ε** (issue #21). The controls the spec declares (``[[negative_controls]]``,
 their number C and their share f signed with the study, :class:`shared.protocol.PrivacyQuery`)
@@ -145,6 +163,7 @@ UNIT_SENSITIVITY = 1.0
 __all__ = [
     "CAP_SHARE",
     "DEFAULT_PS_ROUNDS",
+    "DR_SHARES",
     "DR_SLOPE_SHARE",
     "NC_RELEASES",
     "NC_SHARES",
@@ -163,12 +182,18 @@ DEFAULT_PS_ROUNDS = 4
 SUMSQ_SHARE = 0.10
 #: Share of the ``psm_stats`` budget spent on the ATT's weighted sums (see the module docstring).
 WSUM_SHARE = 0.45
-#: Share of the ``psm_stats`` budget a doubly robust study spends on ``dr_slope`` (see the
-#: module docstring), in place of the weighted sums.
-DR_SLOPE_SHARE = 0.25
-#: Share of the ``psm_stats`` budget a doubly robust study adds to the balance release, whose
-#: Σz is the imbalance d (see the module docstring).
-DR_IMBALANCE_SHARE = 0.30
+#: How a doubly robust study divides the ``psm_stats`` budget (see the module docstring):
+#: ``psm_sumsq`` as in a stratified study, the rest equally between the counts, the outcomes'
+#: weighted sums, the imbalance's weighted sums and the slope.
+DR_SHARES: dict[str, float] = {
+    "psm_main": (1.0 - SUMSQ_SHARE) / 4,
+    "psm_sumsq": SUMSQ_SHARE,
+    "psm_wsum": (1.0 - SUMSQ_SHARE) / 4,
+    "dr_dsum": (1.0 - SUMSQ_SHARE) / 4,
+    "dr_slope": (1.0 - SUMSQ_SHARE) / 4,
+}
+#: Share of the ``psm_stats`` budget a doubly robust study spends on ``dr_slope``.
+DR_SLOPE_SHARE = DR_SHARES["dr_slope"]
 #: The negative controls' releases and how they divide the controls' part of ``psm_stats``
 #: (:func:`default_control_share` of it): the stratified study's ``psm_main``, ``psm_sumsq`` and
 #: ``psm_wsum`` proportions (see the module docstring).
@@ -409,26 +434,25 @@ def _release_shares(
     split, n_ps_rounds: int, *, dr: bool = False, cap_round: bool = False, controls: float = 0.0
 ) -> list[tuple[str, int, float]]:
     """(query, index, share of ρ) for every release with a positive share; ``dr``: a doubly
-    robust study's (``dr_slope`` in place of ``psm_wsum``); with ``cap_round`` the cap
-    histogram first, at its fixed share, and the other shares scaled to the rest; ``controls``:
-    the share of ``psm_stats`` the negative controls' releases take (:data:`NC_SHARES`), the
-    outcomes' ``psm_stats`` releases keeping the rest. The shares sum to 1 either way."""
+    robust study's (:data:`DR_SHARES`: ``dr_dsum`` and ``dr_slope`` beside ``psm_wsum``); with
+    ``cap_round`` the cap histogram first, at its fixed share, and the other shares scaled to
+    the rest; ``controls``: the share of ``psm_stats`` the negative controls' releases take
+    (:data:`NC_SHARES`), the outcomes' ``psm_stats`` releases keeping the rest. The shares
+    sum to 1 either way."""
     if cap_round:
         rest = _release_shares(split, n_ps_rounds, dr=dr, controls=controls)
         return [("cap_hist", 0, CAP_SHARE)] + [(q, i, (1.0 - CAP_SHARE) * s) for q, i, s in rest]
     ps_each = split.ps_fit / (n_ps_rounds + 1)
-    last = ("dr_slope", DR_SLOPE_SHARE) if dr else ("psm_wsum", WSUM_SHARE)
-    imbalance = DR_IMBALANCE_SHARE if dr else 0.0  # DR's d is read from the balance release
     stats = split.psm_stats * (1.0 - controls)  # the outcomes' part of psm_stats
+    shares = DR_SHARES if dr else {"psm_main": 1.0 - SUMSQ_SHARE - WSUM_SHARE, "psm_sumsq": SUMSQ_SHARE}
     out = [("describe", 0, split.describe)]
     out += [("ps_fit", i, ps_each) for i in range(n_ps_rounds)]
-    out += [
-        ("score_hist", 0, ps_each),
-        ("psm_main", 0, stats * (1.0 - SUMSQ_SHARE - last[1] - imbalance)),
-        ("psm_sumsq", 0, stats * SUMSQ_SHARE),
-        (last[0], 0, stats * last[1]),
-        ("psm_balance", 0, split.balance + stats * imbalance),
-    ]
+    out += [("score_hist", 0, ps_each)]
+    out += [(q, 0, stats * shares[q]) for q in ("psm_main", "psm_sumsq")]
+    out += [(q, 0, stats * s) for q, s in shares.items() if q not in ("psm_main", "psm_sumsq")]
+    if not dr:
+        out += [("psm_wsum", 0, stats * WSUM_SHARE)]
+    out += [("psm_balance", 0, split.balance)]
     out += [(q, 0, split.psm_stats * controls * share) for q, share in NC_SHARES.items()]
     return [r for r in out if r[2] > 0]
 
@@ -458,7 +482,7 @@ def plan_study(
             study's outcomes, not its negative controls.
         n_ps_rounds: R, the fixed number of DP Newton rounds.
         accountant: ``"gaussian"`` (default, exact), ``"rdp"`` or ``"prv"``.
-        estimator: ``"stratified"`` or ``"dr"`` (``dr_slope`` in place of ``psm_wsum``).
+        estimator: ``"stratified"`` or ``"dr"`` (``dr_dsum`` and ``dr_slope`` beside ``psm_wsum``).
         cap_round: the study opens with the large-loss cap's histogram (``cap_hist``).
         n_negative_controls: C, the negative controls released apart (``nc_main``,
             ``nc_sumsq``, ``nc_wsum``); 0: none, the plan exactly as without them.
@@ -502,6 +526,7 @@ def plan_study(
         "psm_sumsq": psm_sumsq_sensitivity(n_outcomes=n_outcomes),
         "psm_balance": psm_balance_sensitivity(n_covariates=n_covariates),
         "psm_wsum": UNIT_SENSITIVITY,
+        "dr_dsum": UNIT_SENSITIVITY,  # like psm_wsum's: σ = μ·Δ from the weights the query asks
         "dr_slope": dr_slope_sensitivity(n_covariates=n_covariates, n_outcomes=n_outcomes),
         # shared.dp.capquantile.cap_hist_sensitivity: the histogram covers every outcome column,
         # the negative controls' too (their caps are lowered with the outcomes')

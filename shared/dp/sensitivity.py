@@ -18,6 +18,8 @@ release            arrays                                      :math:`\Delta_2`
 ``psm_sumsq``      ``sumsq_y``, centred                        :math:`\sqrt{O}/4`
 ``psm_balance``    ``sum_z``, ``sumsq_z``, centred             :math:`\sqrt{5 D / 16}`
 ``psm_wsum``       ``wsum`` (O,), weighted and centred         :math:`\le\sqrt{O}\,v_{max}/2`
+``dr_dsum``        ``dsum`` (D,), the covariates weighted      :math:`\le\sqrt{D}\,v_{max}/2`
+                   as ``wsum``'s outcomes, centred
 ``dr_slope``       the controls' ``slope_count`` (S,),         :math:`\sqrt{1 + O/4 + D/4 + T/16}`
                    ``slope_sum_y`` (S, O), ``slope_sum_z``     with :math:`T = D(D+1)/2 + DO`
                    (S, D), ``zz_c`` (upper triangle),
@@ -44,6 +46,8 @@ Derivations (one row, treatment t, fitted probability p):
   :math:`\sqrt{O}\,v_{max}/2` (:func:`psm_wsum_sensitivity`, all centres ½). Only this
   release's sensitivity depends on the query; its plan entry holds the noise multiplier μ,
   and σ = μ·Δ follows from the weights and centres the node is asked for.
+* ``dr_dsum`` (a doubly robust study, :mod:`shared.dp.drwsum`): the same weights, the D
+  scaled covariates in place of the outcomes, so the same argument with D for O.
 * ``dr_slope`` (a doubly robust study, :mod:`shared.psm.dr`): a control lands in one
   stratum, moving its count by 1, its O centred outcome sums and D centred covariate sums by
   at most ½ each, and each of the D(D+1)/2 distinct entries of :math:`\sum(z - ½)(z - ½)^\top`
@@ -86,6 +90,7 @@ RELEASE_KEYS: dict[str, tuple[str, ...]] = {
     "psm_sumsq": ("sumsq_y",),
     "psm_balance": ("sum_z", "sumsq_z"),
     "psm_wsum": ("wsum",),
+    "dr_dsum": ("dsum",),  # a DR study's imbalance: the covariates' weighted sums (shared/dp/drwsum.py)
     "dr_slope": ("slope_count", "slope_sum_y", "slope_sum_z", "zz_c", "zy_c"),
     # the negative controls' releases (shared/dp/plan.py): their sums apart from the outcomes'
     "nc_main": ("nc_sum_y",),

@@ -54,11 +54,12 @@ class UsedCells(NamedTuple):
     var_n: np.ndarray  #: (B,) noise variance of each used stratum's counts
 
 
-def used_cells(*, count, sum_y, used, sigma_count) -> UsedCells | None:
+def used_cells(*, count, sum_y, used, sigma_count, clip: bool = True) -> UsedCells | None:
     """The used strata's counts, weights and control means; None when there is nothing to
     estimate (no treated, or a used stratum without controls): the SE is then infinite.
     ``sigma_count``: the SD of one summed count, or ``(S,)`` per stratum (merged strata,
-    :mod:`shared.dp.weightbound`)."""
+    :mod:`shared.dp.weightbound`). ``clip``: the means clipped to [0, 1] (an outcome's); off
+    for a DR residual y − zᵀγ̂, which may lie anywhere (:mod:`shared.dp.drwsum`)."""
     n = np.clip(np.asarray(count, dtype=float), 0.0, None)[used]
     var_n = np.broadcast_to(np.asarray(sigma_count, dtype=float) ** 2, (np.shape(count)[0],))[used]
     s = np.asarray(sum_y, dtype=float)[used]
@@ -70,7 +71,7 @@ def used_cells(*, count, sum_y, used, sigma_count) -> UsedCells | None:
         n_t=n_t,
         N=N,
         w=n_t / N,
-        ybar_c=np.clip(s[:, 0, :] / n_c[:, None], 0.0, 1.0),
+        ybar_c=np.clip(s[:, 0, :] / n_c[:, None], 0.0, 1.0) if clip else s[:, 0, :] / n_c[:, None],
         inv_c2=(1.0 + 3.0 * var_n / n_c**2) / n_c**2,
         var_n=var_n,
     )

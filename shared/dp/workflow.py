@@ -56,6 +56,7 @@ __all__ = [
     "after_describe",
     "dp_edges",
     "dp_bound_weights",
+    "dp_count_sigma",
     "dp_estimate",
     "dp_fitter",
     "dp_grid",
@@ -186,7 +187,7 @@ def dp_used(
     return (n[:, 1] >= min_cell) & (n[:, 0] >= min_cell)
 
 
-def _count_sigma(
+def dp_count_sigma(
     plan: NoisePlan, n_nodes: int, secure_aggregation: bool, cells: np.ndarray | None, n_strata: int
 ) -> np.ndarray:
     """``(S,)`` noise SD of each stratum's summed count: σ_tot √m for m released strata."""
@@ -259,7 +260,7 @@ def dp_wsum_centers(
     cell means, the plan's σ): post-processing, no privacy cost, the same on both sides.
     """
     sa = {"secure_aggregation": secure_aggregation}
-    sigma_cells = _count_sigma(plan, n_nodes, secure_aggregation, cells, table.n_strata)
+    sigma_cells = dp_count_sigma(plan, n_nodes, secure_aggregation, cells, table.n_strata)
     v = att_weights(table.count, used)
     v_max = max_weight(v)
     n = np.clip(table.count, 0.0, None)
@@ -359,7 +360,7 @@ def dp_estimate(
         )
     min_cell = dp_min_cell(count_sigma=sigma)
     used = dp_used(table=table, plan=plan, n_nodes=n_nodes, **sa)
-    sigma_cells = _count_sigma(plan, n_nodes, secure_aggregation, cells, table.n_strata)
+    sigma_cells = dp_count_sigma(plan, n_nodes, secure_aggregation, cells, table.n_strata)
     span = np.array([o.cap - o.lo for o in outcomes])
     att01 = None
     if wsum is not None and used.any():

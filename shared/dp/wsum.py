@@ -214,7 +214,9 @@ def wsum_att(*, wsum, count, used, centers, sum_y=None, sigma_count=0.0) -> np.n
     return att + ratio_bias.sum(axis=0)
 
 
-def wsum_privacy_se(*, count, sum_y, used, att, centers, sigma_count, sigma_wsum: float) -> np.ndarray:
+def wsum_privacy_se(
+    *, count, sum_y, used, att, centers, sigma_count, sigma_wsum: float, clip: bool = True
+) -> np.ndarray:
     r"""Analytic SD of :func:`wsum_att` due to both noises, per outcome on the [0, 1] scale
     (module docstring).
 
@@ -227,8 +229,11 @@ def wsum_privacy_se(*, count, sum_y, used, att, centers, sigma_count, sigma_wsum
         centers: ``(S, 2, O)`` the release's centres.
         sigma_count: noise SD of one summed count, or ``(S,)`` per stratum (merged strata).
         sigma_wsum: noise SD of one summed weighted sum.
+        clip: the cell means clipped to [0, 1]; off for a doubly robust study's residual
+            :math:`y - z^\top\hat\gamma` (:func:`shared.dp.drwsum.dr_wsum_estimates`), whose
+            sums and centres are the outcomes' less the covariates' through γ̂.
     """
-    cells = used_cells(count=count, sum_y=sum_y, used=used, sigma_count=sigma_count)
+    cells = used_cells(count=count, sum_y=sum_y, used=used, sigma_count=sigma_count, clip=clip)
     if cells is None:
         return np.full(np.shape(sum_y)[-1], np.inf)
     N, w, ybar_c, inv_c2 = cells.N, cells.w, cells.ybar_c, cells.inv_c2

@@ -102,6 +102,7 @@ __all__ = [
     "DrEstimate",
     "DrStats",
     "DrRelease",
+    "bilinear_redraw_se",
     "dp_ridge",
     "dr_sensitivities",
     "dr_sigmas",
@@ -299,6 +300,8 @@ def estimate_dr(
     ridge: float = 0.0,
     slope: DrStats | None = None,
     slope_noise_sd: float = 0.0,
+    att_stratified: np.ndarray | None = None,
+    imbalance: np.ndarray | None = None,
 ) -> tuple[DrEstimate, ...]:
     """DR ATT, SE and 95 % CI per outcome from summed (possibly noisy) statistics.
 
@@ -313,6 +316,10 @@ def estimate_dr(
         slope: where the slope is read (its control cells, ``zz``, ``zy``): ``stats`` itself
             when None (exact); under DP the ``slope`` release (:func:`release_dr`).
         slope_noise_sd: that release's noise SD per centred entry (0 exact).
+        att_stratified, imbalance: the stratified ATT ``(O,)`` and the imbalance d ``(D,)`` on
+            the [0, 1] scale where they are not read off ``stats``' cells: a DP study releases
+            both as weighted sums over the same strata (:mod:`shared.dp.drwsum`); the cells
+            then give the sampling variance only.
 
     Raises:
         DataError: dimensions disagree, non-finite entries, ``min_cell`` not positive.
@@ -346,8 +353,10 @@ def estimate_dr(
     ybar = cell_means(tab.sum_y, n, clamp=False)[used]  # (U, 2, O)
     zbar = cell_means(tab.sum_z, n, clamp=False)[used]  # (U, 2, D)
     wu, nu = w[used], n[used]
-    att_strat = wu @ (ybar[:, 1] - ybar[:, 0])  # (O,)
-    d = wu @ (zbar[:, 1] - zbar[:, 0])  # (D,)
+    att_strat = (
+        wu @ (ybar[:, 1] - ybar[:, 0]) if att_stratified is None else np.asarray(att_stratified, float)
+    )
+    d = wu @ (zbar[:, 1] - zbar[:, 0]) if imbalance is None else np.asarray(imbalance, dtype=float)
     gamma, szz, rss, syy_w, n_c, n_groups = _fit(
         stats if slope is None else slope, min_cell, ridge, slope_noise_sd
     )
@@ -633,8 +642,6 @@ def redraw_dr_se(
     ``parts``: return :math:`(\sqrt{V_c}, \sqrt{V_s}, \sqrt{V_{cs}}, \text{SE})` instead
     (``bench/bench_dr_noise.py``).
     """
-    if n_draws < 2:
-        raise DataError(f"n_draws must be at least 2, got {n_draws!r}")
     cells, slope = _split(rel.cells)[0], _split(rel.slope)[1]
     edges = rel.cells.table.edges
 
@@ -642,15 +649,36 @@ def redraw_dr_se(
         r = _release_from_centred(c, s, edges, rel.sigma_cells, rel.sigma_slope)
         return np.array([e.att for e in _estimate_release(r, outcomes, min_cell)])
 
-    f_c, f_s, f_cs = [], [], []
-    for _ in range(n_draws):
-        nc, ns = _noisy(cells, rel.sigma_cells, rng), _noisy(slope, rel.sigma_slope, rng)
-        f_c.append(est(nc, slope))
-        f_s.append(est(cells, ns))
-        f_cs.append(est(nc, ns))
-    v_c, v_s, v_cs = (np.var(np.stack(f), axis=0, ddof=1) for f in (f_c, f_s, f_cs))
-    se = np.sqrt(np.maximum(2 * v_c + 2 * v_s - v_cs, np.minimum(v_c, v_s)))
+    v_c, v_s, v_cs, se = bilinear_redraw_se(
+        est,
+        cells,
+        slope,
+        redraw_a=lambda: _noisy(cells, rel.sigma_cells, rng),
+        redraw_b=lambda: _noisy(slope, rel.sigma_slope, rng),
+        n_draws=n_draws,
+    )
     return (np.sqrt(v_c), np.sqrt(v_s), np.sqrt(v_cs), se) if parts else se
+
+
+def bilinear_redraw_se(est, a, b, *, redraw_a, redraw_b, n_draws: int):
+    r"""The three-way parametric bootstrap of :func:`redraw_dr_se` for any estimate
+    ``est(a, b)`` bilinear in two independently noised releases: ``redraw_a()`` and
+    ``redraw_b()`` each give one re-noised copy of ``a`` and ``b`` (in that order per draw, so a
+    seeded ``rng`` gives the same draws as before this was shared). Returns :math:`(V_a, V_b,
+    V_{ab}, SE)` with :math:`SE = \sqrt{\max(2V_a + 2V_b - V_{ab}, \min(V_a, V_b))}`
+    (:func:`redraw_dr_se` says why). Also the DP DR study's adjustment
+    :math:`\hat d^\top\hat\gamma` over the imbalance's weighted sums and the slope
+    (:func:`shared.dp.drwsum.dr_wsum_estimates`)."""
+    if n_draws < 2:
+        raise DataError(f"n_draws must be at least 2, got {n_draws!r}")
+    f_a, f_b, f_ab = [], [], []
+    for _ in range(n_draws):
+        na, nb = redraw_a(), redraw_b()
+        f_a.append(est(na, b))
+        f_b.append(est(a, nb))
+        f_ab.append(est(na, nb))
+    v_a, v_b, v_ab = (np.var(np.stack(f), axis=0, ddof=1) for f in (f_a, f_b, f_ab))
+    return v_a, v_b, v_ab, np.sqrt(np.maximum(2 * v_a + 2 * v_b - v_ab, np.minimum(v_a, v_b)))
 
 
 def estimate_dr_release(

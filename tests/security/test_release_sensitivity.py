@@ -6,7 +6,8 @@ less private than the ledger says. The attack a curious coordinator would look f
 shape where the plan's Δ is too small — derived ``[terms]`` columns (is each really in
 [0, 1], counted as one covariate?), caps lowered by the cap round (is a rescaled outcome
 still in [0, 1]?), the DR study's ``dr_slope`` (its upper triangle, its own copy of the
-control cells), negative controls signed apart beside a DR slope (a shape the coordinator
+control cells), its ``dr_dsum`` (the covariates' weighted sums, centres anywhere in [0, 1]),
+negative controls signed apart beside a DR slope (a shape the coordinator
 never asks but can sign), the cap histogram over outcomes and controls. Here each release
 is computed by the one code path every node runs (:func:`shared.answer.answer`, in release
 form, without the noise) on a small data set and on the same data set plus one worst-case
@@ -140,18 +141,18 @@ BETAS = {
 EDGES = (-np.inf, -1.0, 0.0, 1.0, np.inf)
 
 
-def _ops(beta, *, dr: bool, o: int) -> list[tuple]:
-    ops = [
+def _ops(beta, *, dr: bool, o: int, d: int) -> list[tuple]:
+    counts = (9.0, 3.0, 4.0, 8.0, 6.0, 6.0, 2.0, 7.0)  # weights up to 3.5: Δ follows them
+    centre = tuple(np.linspace(0.05, 0.95, 8 * o).tolist())
+    # a DR study's weighted sums carry the covariates' too (dr_dsum), centres anywhere in [0, 1]
+    z_centre = tuple(np.linspace(0.0, 1.0, 8 * d).tolist()) if dr else ()
+    return [
         (Describe(),),
         (PsFit(beta=beta),),
         (ScoreHist(beta=beta),),
         (PsmStats(beta=beta, edges=EDGES, slope=dr),),
+        (PsmWsum(beta=beta, edges=EDGES, count=counts, center=centre, max_weight=3.5, z_center=z_centre),),
     ]
-    if not dr:
-        counts = (9.0, 3.0, 4.0, 8.0, 6.0, 6.0, 2.0, 7.0)  # weights up to 3.5: Δ follows them
-        centre = tuple(np.linspace(0.05, 0.95, 8 * o).tolist())
-        ops.append((PsmWsum(beta=beta, edges=EDGES, count=counts, center=centre, max_weight=3.5),))
-    return ops
 
 
 @pytest.mark.parametrize(
@@ -172,13 +173,16 @@ def test_no_person_moves_a_release_by_more_than_its_stated_sensitivity(shape, be
     shape = {**shape, "cap_round": bool(caps)}
     o = len(OUTCOMES) - shape.get("controls", 0)
     checked = set()
-    for ops in _ops(BETAS[beta], dr=shape.get("estimator") == "dr", o=len(OUTCOMES)):
+    dr = shape.get("estimator") == "dr"
+    d = len(_query((Describe(),), **shape).design_covariates)
+    for ops in _ops(BETAS[beta], dr=dr, o=len(OUTCOMES), d=d):
         q = _query(ops, **shape)
         stated = _stated(q)
         for name, change in _worst_change(q, base).items():
             assert change <= stated[name] * (1 + 1e-9), (name, change, stated[name])
             checked.add(name)
-    assert {"describe", "ps_fit", "score_hist", "psm_main", "psm_sumsq", "psm_balance"} <= checked
+    assert {"describe", "ps_fit", "score_hist", "psm_main", "psm_sumsq", "psm_balance", "psm_wsum"} <= checked
+    assert ({"dr_slope", "dr_dsum"} <= checked) == dr
     assert o >= 2
 
 
