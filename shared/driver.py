@@ -83,7 +83,7 @@ from shared.protocol import (
 from shared.psm.dr import DrStats, estimate_dr, with_dr
 from shared.psm.estimator import AttEstimate, Check, estimate_att
 from shared.psm.propensity import CovMoments, PropensityFitter, PsStats, initial_beta
-from shared.psm.strata import caliper_edges, logit_sd, quantile_edges
+from shared.psm.strata import caliper_edges, logit_mean, logit_sd, quantile_edges
 from shared.psm.table import HIGHER, PsmTable
 from shared.result import OutcomeEstimate
 from shared.secure_sum import SECURE_SUM, secure_scale
@@ -632,5 +632,8 @@ def _spent(run: StudyRun) -> str:
 def _caliper(spec: StudySpec, moments: CovMoments, beta: np.ndarray) -> np.ndarray:
     """Caliper-width edges on the logit score, from public quantities and pooled moments only."""
     return caliper_edges(
-        beta=beta, sd=logit_sd(moments=moments, beta=beta), caliper_sd=spec.strata.caliper_sd
+        beta=beta,
+        sd=logit_sd(moments=moments, beta=beta),
+        caliper_sd=spec.strata.caliper_sd,
+        center=logit_mean(moments=moments, beta=beta),
     )
