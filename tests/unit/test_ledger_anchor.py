@@ -174,3 +174,85 @@ def test_a_data_file_node_keeps_its_anchor_in_its_state_folder(tmp_path: Path) -
     with pytest.raises(LedgerAnchorError, match="ledger is missing"):
         rt.ledger()
     assert not (state / "ledger.db").exists()
+
+
+def _anchored_charges(node, study: str, n: int) -> None:
+    cfg = node.cfg
+    anchor = StoreAnchor(cfg.store_url)
+    led = open_anchored_ledger(cfg.ledger_url, anchor)
+    try:
+        for i in range(n):
+            led.charge(study_id=study, query=f"q{i}", sigma=20.0, sensitivity=1.0)
+    finally:
+        led.engine.dispose()
+        anchor.close()
+
+
+@pytest.fixture
+def backed_up(tmp_path, valid_person):
+    """A SQLite node with two anchored charges, a backup, then two more charges."""
+    from backup_node import make_node
+
+    from node.backup import backup_node
+
+    node = make_node(tmp_path, "sqlite:///node.db")
+    node.ingest([valid_person(f"E-{i}") for i in range(12)], "first")
+    _anchored_charges(node, "early", 2)
+    archive = tmp_path / "early.rhb"
+    backup_node(node.cfg, archive)
+    _anchored_charges(node, "late", 2)
+    return node, archive
+
+
+def test_restore_beside_the_live_ledger_keeps_the_anchor_satisfied(backed_up) -> None:
+    from node.backup import restore_node
+
+    node, archive = backed_up
+    out = restore_node(node.cfg, archive)
+    assert out["ledger_anchor"] is None
+    assert _anchor(node.dir) is not None and _anchor(node.dir).charges == 4  # not the backup's 2
+    anchor = StoreAnchor(node.cfg.store_url)
+    open_anchored_ledger(node.cfg.ledger_url, anchor).engine.dispose()  # releases as before
+    anchor.close()
+
+
+def test_restore_without_the_live_ledger_is_behind_the_mark(backed_up) -> None:
+    """The live ledger is lost; the backup's is older: the releases since are unknown, so the
+    restored node refuses until the operator adopts what the backup brought back."""
+    from node.backup import restore_node
+
+    node, archive = backed_up
+    for f in node.dir.glob("ledger.db*"):
+        f.unlink()
+    out = restore_node(node.cfg, archive)
+    assert out["ledger"]["releases_after"] == 2
+    assert "behind the charges" in out["ledger_anchor"]
+    res = CliRunner().invoke(app, ["restore", "--from", str(archive), "--config", str(node.config)])
+    assert "behind the charges" in res.output, res.output
+    anchor = StoreAnchor(node.cfg.store_url)
+    try:
+        with pytest.raises(LedgerAnchorError, match="behind the charges"):
+            open_anchored_ledger(node.cfg.ledger_url, anchor)
+    finally:
+        anchor.close()
+
+
+def test_restore_onto_a_new_machine_takes_the_backups_ledger(backed_up, tmp_path) -> None:
+    """No store and no ledger: the restored store's anchor names the backup's ledger, whose id
+    the restored ledger keeps, so the node releases (what came after the backup is lost, as
+    documented)."""
+    from node.backup import restore_node
+
+    node, archive = backed_up
+    old = _anchor(node.dir)
+    for f in [*node.dir.glob("ledger.db*"), *node.dir.glob("node.db*")]:
+        f.unlink()
+    out = restore_node(node.cfg, archive)
+    assert out["ledger_anchor"] is None
+    anchor = StoreAnchor(node.cfg.store_url)
+    try:
+        led = open_anchored_ledger(node.cfg.ledger_url, anchor)
+        assert old is not None and led.ledger_id == old.ledger_id and led.mark().charges == 2
+        led.engine.dispose()
+    finally:
+        anchor.close()
