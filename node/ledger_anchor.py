@@ -159,14 +159,14 @@ class FileAnchor:
     def read(self) -> LedgerMark | None:
         try:
             data = json.loads(self.path.read_text())
+            return LedgerMark(ledger_id=str(data["ledger_id"]), charges=int(data["charges"]))
         except FileNotFoundError:
             return None
-        except (OSError, ValueError):
+        except (OSError, ValueError, KeyError, TypeError):  # damaged: refuse, never start afresh
             raise LedgerAnchorError(
                 "the node's ledger anchor (ledger-anchor.json in its state folder) cannot be read: "
                 + ADOPT_HINT
             ) from None
-        return LedgerMark(ledger_id=str(data["ledger_id"]), charges=int(data["charges"]))
 
     def advance(self, mark: LedgerMark) -> None:
         with self._locked():
