@@ -25,6 +25,10 @@ Tables (SQLite file by default, PostgreSQL by URL):
   reservation frees what was not converted into charges; charges stay.
 * ``privacy_views(key, release_id, body, created_at)`` — a released answer kept so that it is
   served again instead of being re-drawn and re-charged (:meth:`PrivacyLedger.release_once`).
+* ``privacy_ledger_meta(name, value)`` — the ledger's own facts: ``ledger_id``, a random id
+  made when the ledger is created. With the number of charges it is the ledger's
+  :class:`LedgerMark`, which the node's store keeps as an anchor (:mod:`node.ledger_anchor`) so
+  that a deleted, replaced or rolled-back ledger is refused instead of being a fresh budget.
 
 A ledger written before budgets were per population (one row per dataset name) is migrated when
 opened: its releases all count against the population, at the smallest ε and δ it held.
@@ -72,9 +76,11 @@ from __future__ import annotations
 import json
 import logging
 import math
+import secrets
 from collections import Counter
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from sqlalchemy import (
@@ -107,9 +113,11 @@ __all__ = [
     "POPULATION",
     "BudgetState",
     "Charge",
+    "LedgerMark",
     "PrivacyLedger",
     "ReleaseRecord",
     "Reservation",
+    "ledger_exists",
     "release_kind",
 ]
 
@@ -172,6 +180,16 @@ views = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
 
+ledger_meta = Table(
+    "privacy_ledger_meta",
+    metadata,
+    Column("name", String(64), primary_key=True),  # ledger_id
+    Column("value", String(255), nullable=False),
+)
+
+#: ``privacy_ledger_meta`` row holding the ledger's random id.
+META_LEDGER_ID = "ledger_id"
+
 _EPS_TOL = 1e-9  # float noise of the accountant; never lets a real overspend through
 _RHO_TOL = 1e-9  # relative: a re-split plan's ρ is the plan's up to float rounding
 
@@ -203,6 +221,23 @@ def _population(dataset: str | None) -> str:
         f"a ledger holds one budget, for the node's whole population: dataset "
         f"{dataset!r} does not name another budget (omit it)"
     )
+
+
+@dataclass(frozen=True)
+class LedgerMark:
+    """Which ledger, and how far it has got: its random id and how many charges it holds.
+
+    Charges are never deleted, so the count only grows; a copy of the same ledger holding
+    fewer charges is an older copy of it (a rollback), one with another id is another ledger."""
+
+    ledger_id: str
+    charges: int
+
+
+def ledger_exists(url: str) -> bool:
+    """A SQLite ledger exists when its file does (a server's ledger is always opened)."""
+    u = make_url(url)
+    return u.get_backend_name() != "sqlite" or bool(u.database and Path(u.database).exists())
 
 
 @dataclass(frozen=True)
@@ -301,6 +336,39 @@ class PrivacyLedger:
         except DBAPIError:  # another process created the tables between check and create
             metadata.create_all(self.engine)
         self._migrate_named_budgets()
+        #: called with the ledger after each charge committed (:mod:`node.ledger_anchor`
+        #: records the ledger's mark in the node's store there); None: nothing is told
+        self.after_charge: Callable[["PrivacyLedger"], None] | None = None
+        self.ledger_id = self._ensure_id()
+
+    def _ensure_id(self) -> str:
+        """The ledger's random id, made once when the ledger is new (or first opened by a
+        version that keeps one): a new ledger file is a new id, whatever its path."""
+        q = select(ledger_meta.c.value).where(ledger_meta.c.name == META_LEDGER_ID)
+        with self.engine.connect() as conn:
+            found = conn.execute(q).scalar()
+        if found is not None:
+            return str(found)
+        try:
+            with self.engine.begin() as conn:  # SQLite: BEGIN IMMEDIATE, so one process makes it
+                found = conn.execute(q).scalar()
+                if found is None:
+                    found = secrets.token_hex(16)
+                    conn.execute(insert(ledger_meta).values(name=META_LEDGER_ID, value=found))
+        except IntegrityError:  # PostgreSQL: another process made it first
+            with self.engine.connect() as conn:
+                found = conn.execute(q).scalar_one()
+        return str(found)
+
+    def mark(self) -> LedgerMark:
+        """This ledger's id and how many charges it holds now."""
+        with self.engine.connect() as conn:
+            n = conn.execute(select(func.count()).select_from(releases)).scalar_one()
+        return LedgerMark(ledger_id=self.ledger_id, charges=int(n))
+
+    def _charged(self) -> None:
+        if self.after_charge is not None:
+            self.after_charge(self)
 
     def _migrate_named_budgets(self) -> None:
         """Fold a ledger written with one budget per dataset name into the population's: every
@@ -413,7 +481,7 @@ class PrivacyLedger:
         _population(dataset)
         sigma, sensitivity = self._gaussian(query, sigma, sensitivity)
         with self.engine.begin() as conn:
-            return self._charge(
+            charge = self._charge(
                 conn,
                 study_id=study_id,
                 query=query,
@@ -423,6 +491,8 @@ class PrivacyLedger:
                 steps=1,
                 limit=limit,
             )
+        self._charged()
+        return charge
 
     def charge_sgd(
         self,
@@ -447,7 +517,7 @@ class PrivacyLedger:
                 f"release {query!r}: need 0 < q <= 1 and steps >= 1, got q={sample_rate!r}, steps={steps!r}"
             )
         with self.engine.begin() as conn:
-            return self._charge(
+            charge = self._charge(
                 conn,
                 study_id=study_id,
                 query=query,
@@ -456,6 +526,8 @@ class PrivacyLedger:
                 sample_rate=float(sample_rate),
                 steps=int(steps),
             )
+        self._charged()
+        return charge
 
     def release_once(
         self,
@@ -502,6 +574,7 @@ class PrivacyLedger:
                     key=key, release_id=charge.id, body=body, created_at=datetime.now(timezone.utc)
                 )
             )
+        self._charged()
         return body, charge
 
     def latest_view(self, prefix: str) -> dict | None:
@@ -776,6 +849,7 @@ class PrivacyLedger:
             if all(self._count(conn, study_id, q) >= n for q, n in counts.items()):
                 values.update(status="completed", closed_at=now)
             conn.execute(update(reservations).where(reservations.c.id == res.id).values(**values))
+        self._charged()
         return charge
 
     def complete(self, study_id: str) -> Reservation | None:

@@ -38,6 +38,9 @@ from shared.protocol import DP_RELEASES, StudyQuery
 
 log = logging.getLogger("rehealth.node")
 
+#: The ledger's anchor of a node without a store, in its state folder (:mod:`node.ledger_anchor`).
+ANCHOR_FILE = "ledger-anchor.json"
+
 
 class NotInStudy(QueryRefused):
     """The query names sites and this node is not one of them: it declines, computing nothing."""
@@ -362,8 +365,12 @@ class NodeRuntime:
 
     def ledger(self):
         """The node's ledger: one population, one budget, at ``ledger-url`` or
-        ``<state-dir>/ledger.db`` (the operator's choice; no query or name selects another)."""
-        from node.ledger import PrivacyLedger
+        ``<state-dir>/ledger.db`` (the operator's choice; no query or name selects another).
+
+        Checked against the node's anchor first (:mod:`node.ledger_anchor`): a ledger that is
+        missing, another one or behind the charges the node recorded is refused, not started
+        afresh with the whole budget."""
+        from node.ledger_anchor import open_anchored_ledger
 
         url = self.ledger_url
         if url is None:
@@ -371,9 +378,21 @@ class NodeRuntime:
                 raise PrivacyError(f"site {self.site} has no privacy ledger (ledger-url or state-dir)")
             self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             url = f"sqlite:///{self.state_dir / 'ledger.db'}"
-        ledger = PrivacyLedger(url)
+        ledger = open_anchored_ledger(url, self.ledger_anchor())
         ledger.ensure_budget(dataset=self.dataset, epsilon=self.budget_epsilon, delta=self.budget_delta)
         return ledger
+
+    def ledger_anchor(self):
+        """Where this node keeps its ledger's mark: its store, else its state folder (a node
+        that reads a data file); None when it has neither (nothing to remember it in)."""
+        from node.ledger_anchor import FileAnchor, StoreAnchor
+
+        if self.store_url:
+            return StoreAnchor(self.store_url)
+        if self.state_dir is not None:
+            self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            return FileAnchor(self.state_dir / ANCHOR_FILE)
+        return None
 
     def _plan(self, query: StudyQuery):
         """The study's noise plan, derived here from its public parameters and cached in the

@@ -16,12 +16,18 @@ Restore order: authenticate and unpack the whole archive; refuse another site's 
 schema newer than this code; merge the ledger (never lowering ε spent); only then replace the
 store and bring it to this code's schema. A failure before the store step leaves the store as
 it was; the ledger merge alone never does harm.
+
+The ledger's anchor (:mod:`node.ledger_anchor`) is not rolled back with the store: the store
+being replaced knows the newest mark, so the restored store keeps it. A restore that brings the
+ledger back behind that mark (the live ledger was lost, the backup's is older) restores, but
+says so, and the node then refuses to release until the operator adopts the ledger.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -29,7 +35,7 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 
 from node.backup.archive import ArchiveError, extract_archive, write_archive
-from node.backup.ledger_merge import MergeReport, export_ledger, ledger_exists, merge_ledger
+from node.backup.ledger_merge import MergeReport, backup_ledger_id, export_ledger, ledger_exists, merge_ledger
 from node.backup.store_copy import (
     FILES,
     check_sqlite_copy,
@@ -40,6 +46,8 @@ from node.backup.store_copy import (
     sqlite_restore,
 )
 from node.config import NodeConfig
+from node.ledger import LedgerMark, PrivacyLedger
+from node.ledger_anchor import LedgerAnchorError, StoreAnchor, check_mark
 from node.pseudonym import META_FINGERPRINT, KeyMismatchError, key_fingerprint, load_or_create_key
 from node.store import Store, open_store
 from node.store.schema import check_known, current_revision
@@ -48,6 +56,8 @@ from shared.errors import SpecError
 __all__ = ["ArchiveError", "MergeReport", "backup_node", "restore_node"]
 
 MANIFEST, LEDGER = "manifest.json", "ledger.json"
+
+log = logging.getLogger(__name__)
 
 
 def backup_node(cfg: NodeConfig, to: Path, *, method: str | None = None, force: bool = False) -> dict:
@@ -126,6 +136,7 @@ def restore_node(cfg: NodeConfig, src: Path) -> dict:
         if st["method"] == "sqlite":
             check_sqlite_copy(copy, where)
         ledger = json.loads((tmp / LEDGER).read_text()) if (tmp / LEDGER).exists() else None
+        live_mark = _live_anchor(cfg)  # before the store it lives in is replaced
         merged = merge_ledger(cfg.ledger_url, ledger) if ledger else None
         if st["method"] == "sqlite":
             sqlite_restore(copy, cfg.store_url)
@@ -143,6 +154,7 @@ def restore_node(cfg: NodeConfig, src: Path) -> dict:
             rows = store.counts()
         finally:
             store.engine.dispose()
+        anchor_problem = _anchor_after_restore(cfg, live_mark, ledger)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {
@@ -151,7 +163,55 @@ def restore_node(cfg: NodeConfig, src: Path) -> dict:
         "revision": st["revision"],
         "rows": rows,
         "ledger": merged.__dict__ if merged else None,
+        "ledger_anchor": anchor_problem,
     }
+
+
+def _live_anchor(cfg: NodeConfig) -> LedgerMark | None:
+    """The mark the current store holds (None: no store, none anchored, or a store too damaged
+    to read, which is logged)."""
+    if not ledger_exists(cfg.store_url):  # the same test for the store's SQLite file
+        return None
+    anchor = StoreAnchor(cfg.store_url)
+    try:
+        return anchor.read()
+    except Exception as e:  # noqa: BLE001 - a store being restored may be corrupt: restore it anyway
+        log.warning("restore: the current store's ledger anchor cannot be read (%s)", type(e).__name__)
+        return None
+    finally:
+        anchor.close()
+
+
+def _anchor_after_restore(cfg: NodeConfig, live: LedgerMark | None, backup: dict | None) -> str | None:
+    """Anchor the restored store, and say what is wrong with the ledger if anything (None: ok).
+
+    The anchor is the current store's (newer than the backup's), else the backup's own. When it
+    names the backup's ledger at no more charges than the backup holds, the merged ledger holds
+    all it vouches for (the merge is a union), so the store is anchored to the merged ledger."""
+    anchor = StoreAnchor(cfg.store_url)
+    try:
+        restored = anchor.read()
+        mark = live or restored
+        if restored is not None and mark is not None and restored.ledger_id == mark.ledger_id:
+            mark = max(mark, restored, key=lambda m: m.charges)
+        if mark is None:
+            return None  # anchored at the node's first release
+        ledger = PrivacyLedger(cfg.ledger_url)
+        try:
+            now = ledger.mark()
+        finally:
+            ledger.engine.dispose()
+        if backup is not None and backup_ledger_id(backup) == mark.ledger_id:
+            if mark.charges <= len(backup.get("privacy_releases", [])):
+                mark = now  # the merged ledger holds every charge the mark vouches for
+        anchor.replace(mark)
+        try:
+            check_mark(now, mark, where="after the restore")
+        except LedgerAnchorError as e:
+            return str(e)
+        return None
+    finally:
+        anchor.close()
 
 
 def _revision(store: Store) -> str | None:

@@ -11,7 +11,10 @@ of the backup (matched by what they were: study, query, time, noise, ε), so ε 
 - released answers kept for re-serving (``privacy_views``): the union, pointing at the
   merged release rows;
 - the budget (ε, δ): the current ledger's; the backup's only when the current ledger has none
-  (a node restored onto an empty machine). ``node.toml`` stays the authority either way.
+  (a node restored onto an empty machine). ``node.toml`` stays the authority either way;
+- the ledger's id (``privacy_ledger_meta``): the current ledger's; the backup's when the
+  current ledger never charged anything (a new machine), so the restored ledger is the same
+  ledger as the restored store's anchor names (:mod:`node.ledger_anchor`).
 
 When the current ledger is lost too (a new machine), the union is the backup's ledger: the
 releases made after the backup cannot be known. Keep the ledger on storage that outlives the
@@ -23,16 +26,26 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 
-from sqlalchemy import Connection, Table, insert, select, text, update
-from sqlalchemy.engine import make_url
+from sqlalchemy import Connection, Table, func, insert, select, text, update
 
-from node.ledger import PrivacyLedger, _aware, budgets, releases, reservations, views
+from node.ledger import (
+    META_LEDGER_ID,
+    PrivacyLedger,
+    _aware,
+    budgets,
+    ledger_exists,
+    ledger_meta,
+    releases,
+    reservations,
+    views,
+)
 
 log = logging.getLogger(__name__)
 
-_TABLES: dict[str, Table] = {t.name: t for t in (budgets, releases, reservations, views)}
+_TABLES: dict[str, Table] = {t.name: t for t in (budgets, releases, reservations, views, ledger_meta)}
+
+__all__ = ["MergeReport", "backup_ledger_id", "export_ledger", "ledger_exists", "merge_ledger"]
 
 
 @dataclass(frozen=True)
@@ -48,10 +61,9 @@ class MergeReport:
     budget_from_backup: bool
 
 
-def ledger_exists(url: str) -> bool:
-    """A SQLite ledger exists when its file does (a server's ledger is always opened)."""
-    u = make_url(url)
-    return u.get_backend_name() != "sqlite" or bool(u.database and Path(u.database).exists())
+def backup_ledger_id(backup: dict[str, list[dict]]) -> str | None:
+    """The id of the ledger a backup's rows are from (None: a backup made before ledger ids)."""
+    return next((r["value"] for r in backup.get(ledger_meta.name, []) if r["name"] == META_LEDGER_ID), None)
 
 
 def export_ledger(url: str) -> dict[str, list[dict]] | None:
@@ -79,6 +91,7 @@ def merge_ledger(url: str, backup: dict[str, list[dict]]) -> MergeReport:
         before = ledger.state().spent if ledger.has_budget() else None
         with ledger.engine.begin() as conn:  # SQLite: BEGIN IMMEDIATE
             _lock(conn)
+            _merge_id(conn, backup)
             from_backup = _merge_budget(conn, backup.get("privacy_budgets", []))
             id_map, added = _merge_releases(conn, backup.get("privacy_releases", []))
             res_added = _merge_reservations(conn, backup.get("privacy_reservations", []))
@@ -107,6 +120,14 @@ def _lock(conn: Connection) -> None:
         conn.execute(
             text("LOCK TABLE privacy_budgets, privacy_releases, privacy_reservations IN EXCLUSIVE MODE")
         )
+
+
+def _merge_id(conn: Connection, backup: dict[str, list[dict]]) -> None:
+    """A ledger that never charged anything takes the backup's id (see the module notes)."""
+    theirs = backup_ledger_id(backup)
+    if theirs is None or conn.execute(select(func.count()).select_from(releases)).scalar_one():
+        return
+    conn.execute(update(ledger_meta).where(ledger_meta.c.name == META_LEDGER_ID).values(value=theirs))
 
 
 def _merge_budget(conn: Connection, rows: list[dict]) -> bool:

@@ -13,6 +13,7 @@ from node.cli import (  # noqa: E402,F401
     ingest,
     init,
     intervention,
+    ledger,  # noqa: E402,F401
     model,  # noqa: E402,F401
     plans,  # noqa: E402,F401
     quarantine,  # noqa: E402,F401

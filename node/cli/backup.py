@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from node.cli._app import app
 from node.cli._dataplane import CONFIG_OPTION, FORMAT_OPTION, check_format, echo_json, errors_to_exit
@@ -80,3 +81,6 @@ def restore(
             highlight=False,
             soft_wrap=True,
         )
+    if info.get("ledger_anchor"):
+        # restored, but the node will refuse to release from this ledger (node.ledger_anchor)
+        out.print(f"[red]warning:[/red] {escape(info['ledger_anchor'])}", highlight=False, soft_wrap=True)

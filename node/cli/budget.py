@@ -13,12 +13,16 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from node.cli._app import app
 from node.cli._dataplane import check_format, echo_json, errors_to_exit
 from shared.errors import SpecError
+
+if TYPE_CHECKING:
+    from node.ledger_anchor import StoreAnchor
 
 
 @app.command("budget")
@@ -35,10 +39,12 @@ def budget(
     training (per job), group views — and the studies' reservations."""
     check_format(fmt)
     with errors_to_exit():
-        url, configured = _ledger_source(config, ledger_url)
-        from node.ledger import PrivacyLedger  # SQLAlchemy and the accountant: only when run
+        url, configured, anchor = _ledger_source(config, ledger_url)
+        from node.ledger_anchor import open_anchored_ledger  # SQLAlchemy and the accountant: only when run
 
-        ledger = PrivacyLedger(url)
+        # with --config: the ledger the node releases from, checked against the store's anchor
+        # (a missing one is not created); --ledger-url inspects any ledger as it is
+        ledger = open_anchored_ledger(url, anchor, record=False)
         state = ledger.state() if ledger.has_budget() else None
         rows = ledger.history() if state is not None else []
         held = ledger.reservations() if state is not None else []
@@ -88,17 +94,25 @@ def _by_kind(rows) -> dict[str, list[dict]]:
     return {k: [{**g, "queries": dict(g["queries"])} for g in v.values()] for k, v in groups.items()}
 
 
-def _ledger_source(config: Path | None, ledger_url: str | None) -> tuple[str, dict | None]:
+def _ledger_source(
+    config: Path | None, ledger_url: str | None
+) -> tuple[str, dict | None, "StoreAnchor | None"]:
+    """The ledger's URL, the configured budget and the node's anchor (None with --ledger-url,
+    or when the node has no store yet: then nothing was charged through it)."""
     if ledger_url:
-        return ledger_url, None
+        return ledger_url, None, None
     if config is None:
         config = Path("node.toml")
         if not config.exists():
             raise SpecError("give --config node.toml or --ledger-url URL")
     from node.config import NodeConfig
+    from node.ledger import ledger_exists
+    from node.ledger_anchor import StoreAnchor
 
     cfg = NodeConfig.from_toml(config)
-    return cfg.ledger_url, {"epsilon": cfg.budget.epsilon, "delta": cfg.budget.delta}
+    # ledger_exists: the same test for any SQLite database (an inspection creates no store)
+    anchor = StoreAnchor(cfg.store_url) if ledger_exists(cfg.store_url) else None
+    return cfg.ledger_url, {"epsilon": cfg.budget.epsilon, "delta": cfg.budget.delta}, anchor
 
 
 def _redact(url: str) -> str:

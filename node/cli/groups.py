@@ -61,7 +61,7 @@ def groups(
     charged to the node's budget once and served again at no cost."""
     from node.api.app import group_views
     from node.api.groups import parse_by, view_csv
-    from node.ledger import PrivacyLedger
+    from node.ledger_anchor import StoreAnchor, open_anchored_ledger
     from node.risk.model_store import ModelStore
     from node.risk.scoring import Scorer
 
@@ -77,7 +77,7 @@ def groups(
         store = ModelStore(model_dir(cfg, config, models))
         stored = store.load(version) if version else store.latest()
         scorer = Scorer.from_model(stored, cutoffs=parse_cutoffs(cutoffs))
-        ledger = PrivacyLedger(cfg.ledger_url)
+        ledger = open_anchored_ledger(cfg.ledger_url, StoreAnchor(cfg.store_url))
         ledger.ensure_budget(epsilon=cfg.budget.epsilon, delta=cfg.budget.delta)
         views = group_views(
             population(cfg, book),

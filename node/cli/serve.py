@@ -59,9 +59,10 @@ def serve(
         # the store's persons are read at the first group request, not at start-up
         people = book if book is not None or cfg is None else (lambda: population(cfg, None))
         if cfg is not None:
-            from node.ledger import PrivacyLedger
+            from node.ledger_anchor import StoreAnchor, open_anchored_ledger
 
-            ledger = PrivacyLedger(cfg.ledger_url)  # the population's one budget (and /readyz's)
+            # the population's one budget (and /readyz's), checked against the store's anchor
+            ledger = open_anchored_ledger(cfg.ledger_url, StoreAnchor(cfg.store_url))
             ledger.ensure_budget(epsilon=cfg.budget.epsilon, delta=cfg.budget.delta)
         policy = group_policy(cfg, k=k, sigma=sigma)
         api_cfg = cfg.api if cfg is not None else None

@@ -1,20 +1,20 @@
-"""A ledger file that disappears gives the whole budget back.
+"""A ledger file that disappears must not give the whole budget back.
 
-Restoring an old backup does not (``test_backup_rollback.py``), but deleting ``ledger.db`` (or
-pointing ``ledger_url`` at a new path) does: the next release finds no ledger, creates an empty
-one with the configured budget, and releases the same view again — a second, independent draw
-of a view already paid for. Only the node's own account (or the operator) can delete the file,
-so this is the operator's decision or accident, not a coordinator's attack; but nothing tells
-the operator either. Closing it needs the store to remember the ledger it was charged through
-(an id and a high-water mark in ``store_meta``) and every opener of the ledger to check it —
-open in deploy/TRUST.md, "What remains open".
+Restoring an old backup does not (``test_backup_rollback.py``), and deleting ``ledger.db`` (or
+pointing ``ledger_url`` at a new path) used to: the next release found no ledger, created an
+empty one with the configured budget, and released the same view again — a second, independent
+draw of a view already paid for. Only the node's own account (or the operator) can delete the
+file, so this is the operator's decision or accident, not a coordinator's attack; but nothing
+told the operator either. Closed: the store remembers the ledger it was charged through (its id
+and a high-water mark in ``store_meta``, :mod:`node.ledger_anchor`) and every opener checks it
+(deploy/TRUST.md, "What the node enforces itself"); the other cases are in
+``tests/unit/test_ledger_anchor.py``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from typer.testing import CliRunner
 
 from node.cli import app
@@ -26,10 +26,6 @@ def _run(*args: str):
     return CliRunner().invoke(app, list(args))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the ledger is not anchored in the store: a deleted ledger.db is a fresh budget (TRUST.md open 9)",
-)
 def test_deleting_the_ledger_does_not_give_the_budget_back(tmp_path: Path) -> None:
     node = tmp_path / "node"
     assert _run("init", "--dir", str(node), "--site-id", "acme").exit_code == 0
