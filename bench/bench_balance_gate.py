@@ -6,8 +6,9 @@ default) and the exact study. Printed per cell: the median over seeds of the med
 SMD noise SD after weighting (``BalanceRow.smd_after_noise_sd``), the exact study's largest
 |SMD| after weighting, and how many DP studies the gate (:func:`shared.psm.balance.balance_verdict`)
 calls balanced / imbalanced / not shown, next to what the plain reading on noisy values
-("max |SMD| < 0.1") would have said, and the median number of covariates whose SMD the noise
-resolves.
+("max |SMD| < 0.1") would have said, the median number of covariates whose SMD the noise
+resolves, and how many of the studies not shown read every resolved covariate balanced (not
+shown only for the unresolved ones).
 
 ``--estimator`` is the spec's (default: the spec's default, stratified). A doubly robust study
 reads the SMD after weighting from its ``dr_dsum`` release instead of the balance cells
@@ -69,7 +70,12 @@ def run_cell(
         sd_med.append(float(np.median(sds)) if sds else float("nan"))
         sd_max.append(max(sds) if sds else float("nan"))
         resolved.append(len(sds))
-        states[balance_verdict(rows, th.SMD_MAX).state] += 1
+        verdict = balance_verdict(rows, th.SMD_MAX)
+        states[verdict.state] += 1
+        # every covariate the noise resolves reads balanced: "not shown" only for the unresolved
+        read = [st for r, st in zip(rows, verdict.states) if r.smd_after is not None]
+        if verdict.state == "not_shown" and read and all(st == "balanced" for st in read):
+            states["resolved_balanced"] += 1
         known = [abs(r.smd_after) for r in rows if r.smd_after is not None]
         plain["pass" if known and max(known) < th.SMD_MAX else "fail"] += 1
     return {
@@ -98,7 +104,7 @@ def main() -> None:
     print(f"estimator {args.estimator}, secure aggregation {'off' if args.no_secagg else 'on'}")
     print(
         f"{'layout':8} {'eps':>5} {'SD med':>7} {'SD max':>7} {'resolved':>8} {'exact max|SMD|':>15} "
-        f"{'balanced':>9} {'imbal.':>7} {'not shown':>10} {'plain pass':>11}"
+        f"{'balanced':>9} {'imbal.':>7} {'not shown':>10} {'(resolved bal.)':>15} {'plain pass':>11}"
     )
     for layout in args.layouts:
         for eps in args.eps:
@@ -107,6 +113,7 @@ def main() -> None:
             print(
                 f"{layout:8} {eps:5g} {c['sd_med']:7.3f} {c['sd_max']:7.3f} {c['resolved']:8g} "
                 f"{c['exact_max']:15.3f} {s['balanced']:9d} {s['imbalanced']:7d} {s['not_shown']:10d} "
+                f"{s['resolved_balanced']:15d} "
                 f"{c['plain']['pass']:5d}/{args.seeds}",
                 flush=True,
             )
