@@ -41,8 +41,9 @@ add in quadrature (independent noises, to first order). The sampling SE is DR's
 **Balance** (:func:`dsum_imbalance`). d is also the numerator of each covariate's SMD after
 weighting (:mod:`shared.psm.balance`): read off this release instead of the balance release's
 S × 2 noisy cells, its noise SD is :math:`\sigma_d/N` plus the counts' terms
-(:func:`shared.dp.wsum.wsum_privacy_se`), 4–5× smaller at 10k treated, ε = 1 — the balance
-table of a DR DP study reads it there (post-processing; no release added).
+(:func:`shared.dp.wsum.wsum_privacy_se`): at 10k treated, ε = 1, secure aggregation, the SMD
+after weighting's noise SD is 3.6× smaller (median over covariates, docs/STATISTICS.md). So the
+balance table of a DR DP study reads it there (post-processing; no release added).
 """
 
 from __future__ import annotations
