@@ -47,7 +47,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from shared.dp.capround import LargeLossCaps, large_loss_caps, outcomes_at_caps
-from shared.dp.drstudy import DR_KEYS, dp_dr_estimates, dp_dr_release, dp_dsum_query
+from shared.dp.drstudy import DR_KEYS, dp_dr_estimates, dp_dr_release, dp_dsum_imbalance, dp_dsum_query
 from shared.dp.fitnoise import FitNoise, score_variance, slope_noise_covariance
 from shared.dp.plan import NoisePlan, plan_study
 from shared.dp.sensitivity import psm_wsum_sensitivity
@@ -515,8 +515,9 @@ def _release(spec: StudySpec, rounds: _Rounds, run: StudyRun) -> None:
             dsum = rounds.total(answers, "psm_wsum", "dsum")
     outcomes = outcomes_at_caps(spec.analysed_outcomes, run.caps)
 
-    dr_estimates = None
+    dr_estimates = imbalance = None
     if dr_release is not None and op is not None and wsum is not None and dsum is not None:
+        count_sigma = dp_count_sigma(plan, nodes(answers), p.secure_aggregation, cells, run.table.n_strata)
         dr_estimates = dp_dr_estimates(
             dr_release,
             plan=plan,
@@ -527,7 +528,17 @@ def _release(spec: StudySpec, rounds: _Rounds, run: StudyRun) -> None:
             op=op,
             wsum=wsum,
             dsum=dsum,
-            sigma_count=dp_count_sigma(plan, nodes(answers), p.secure_aggregation, cells, run.table.n_strata),
+            sigma_count=count_sigma,
+            **sa,
+        )
+        # d is the numerator of the SMD after weighting: the balance reads it too (shared/psm/balance.py)
+        imbalance = dp_dsum_imbalance(
+            plan=plan,
+            n_nodes=nodes(answers),
+            table=run.table,
+            op=op,
+            dsum=dsum,
+            sigma_count=count_sigma,
             **sa,
         )
 
@@ -544,6 +555,7 @@ def _release(spec: StudySpec, rounds: _Rounds, run: StudyRun) -> None:
             weight_check=weight_check,
             secure_aggregation=p.secure_aggregation,
             dr=dr_estimates,
+            imbalance=imbalance,
         )
 
     if not n_nc:

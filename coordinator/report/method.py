@@ -96,7 +96,10 @@ DR_VARIANCE = (
     "imbalance are released as weighted sums with the weights the noisy counts fix (psm_wsum, "
     "dr_dsum) and the slope from its own release (dr_slope); the privacy SE is the weighted "
     "sums' delta-method SE plus a parametric bootstrap of the adjustment's known noise "
-    "(shared/dp/drwsum.py). "
+    "(shared/dp/drwsum.py). That released imbalance is also the numerator of each covariate's "
+    "SMD after weighting: under differential privacy the balance table reads it there, with its "
+    "noise SD, over the pooled SD from the balance release (shared/psm/balance.py); the SMD "
+    "before and the variance ratios come from the balance release. "
 )
 
 

@@ -15,7 +15,9 @@ array's own noise SD (the slope :math:`\hat\gamma` reads ``dr_slope``), and
 γ̂ from the slope (centring's noise mean added back, PSD projection, ridge), privacy SE the
 weighted sums' analytic one on the residual plus the adjustment's parametric bootstrap
 (:func:`shared.dp.drwsum.dr_wsum_estimates`), which :func:`shared.dp.workflow.dp_estimate` puts
-in place of each outcome's stratified ATT.
+in place of each outcome's stratified ATT. :func:`dp_dsum_imbalance` is the same d with its noise
+SD for the balance table, whose SMD after weighting it is the numerator of
+(:mod:`shared.psm.balance`).
 """
 
 from __future__ import annotations
@@ -24,18 +26,26 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from shared.dp.drwsum import dr_wsum_estimates, dsum_centers
+from shared.dp.drwsum import dr_wsum_estimates, dsum_centers, dsum_imbalance
 from shared.dp.forms import slope_from_release
 from shared.dp.plan import NoisePlan
 from shared.dp.sensitivity import RELEASE_KEYS
 from shared.dp.strata import dp_min_cell
 from shared.dp.wsum import att_weights, wsum_sensitivity
 from shared.protocol import PsmWsum
+from shared.psm.balance import WeightedImbalance
 from shared.psm.dr import DrEstimate, DrRelease, _release_from_centred
 from shared.psm.table import PsmTable
 from shared.study import Outcome
 
-__all__ = ["DR_BOOTSTRAP_DRAWS", "DR_KEYS", "dp_dr_estimates", "dp_dr_release", "dp_dsum_query"]
+__all__ = [
+    "DR_BOOTSTRAP_DRAWS",
+    "DR_KEYS",
+    "dp_dr_estimates",
+    "dp_dr_release",
+    "dp_dsum_imbalance",
+    "dp_dsum_query",
+]
 
 #: The summed arrays a DR study's PSM round adds to the stratified ones.
 DR_KEYS: tuple[str, ...] = RELEASE_KEYS["dr_slope"]
@@ -77,6 +87,48 @@ def dp_dsum_query(op: PsmWsum, *, table: PsmTable, used: np.ndarray) -> PsmWsum:
     return op.model_copy(update={"z_center": tuple(float(x) for x in c.reshape(-1))})
 
 
+def _wsum_terms(*, op: PsmWsum, table: PsmTable, plan: NoisePlan, n_nodes: int, sa: dict):
+    """What the ``psm_wsum`` operation ``op`` over ``table`` fixed, as the coordinator reads its
+    answers: the used strata (both counts of the query > 0), the covariates' centres ``(S, 2,
+    D)``, and σ(query, centres), the noise SD of one summed entry of a weighted-sums release at
+    the Δ the nodes computed from the weights and those centres."""
+    n = np.asarray(op.count, dtype=float).reshape(table.n_strata, 2)
+    used = (n[:, 0] > 0) & (n[:, 1] > 0)
+    v = att_weights(n, used)
+    z_centers = np.asarray(op.z_center, dtype=float).reshape(table.n_strata, 2, table.n_covariates)
+
+    def sigma(query: str, c: np.ndarray) -> float:
+        return plan.release(query).for_sensitivity(wsum_sensitivity(v, c)).total_sigma(n_nodes, **sa)
+
+    return used, z_centers, sigma
+
+
+def dp_dsum_imbalance(
+    *,
+    plan: NoisePlan,
+    n_nodes: int,
+    table: PsmTable,
+    op: PsmWsum,
+    dsum: np.ndarray,
+    sigma_count,
+    secure_aggregation: bool = False,
+) -> WeightedImbalance:
+    """The imbalance d ``(D,)`` and its noise SD from the summed ``dr_dsum`` ``dsum`` of the
+    ``psm_wsum`` operation ``op`` over ``table`` (:func:`shared.dp.drwsum.dsum_imbalance`), for
+    the balance table's SMD after weighting (:mod:`shared.psm.balance`): the strata, weights and
+    d of :func:`dp_dr_estimates`, read again — post-processing. ``sigma_count`` as there."""
+    sa = {"secure_aggregation": secure_aggregation}
+    used, z_centers, sigma = _wsum_terms(op=op, table=table, plan=plan, n_nodes=n_nodes, sa=sa)
+    return dsum_imbalance(
+        table=table,
+        used=used,
+        dsum=dsum,
+        z_centers=z_centers,
+        sigma_dsum=sigma("dr_dsum", z_centers),
+        sigma_count=sigma_count,
+    )
+
+
 def dp_dr_estimates(
     release: DrRelease,
     *,
@@ -100,16 +152,8 @@ def dp_dr_estimates(
     sa = {"secure_aggregation": secure_aggregation}
     count_sigma = plan.release("psm_main").total_sigma(n_nodes, **sa)
     min_cell = dp_min_cell(count_sigma=count_sigma)
-    s, o, d = table.n_strata, len(outcomes), table.n_covariates
-    n = np.asarray(op.count, dtype=float).reshape(s, 2)
-    used = (n[:, 0] > 0) & (n[:, 1] > 0)
-    v = att_weights(n, used)
-    centers = np.asarray(op.center, dtype=float).reshape(s, 2, o)
-    z_centers = np.asarray(op.z_center, dtype=float).reshape(s, 2, d)
-
-    def sigma(query: str, c: np.ndarray) -> float:
-        return plan.release(query).for_sensitivity(wsum_sensitivity(v, c)).total_sigma(n_nodes, **sa)
-
+    used, z_centers, sigma = _wsum_terms(op=op, table=table, plan=plan, n_nodes=n_nodes, sa=sa)
+    centers = np.asarray(op.center, dtype=float).reshape(table.n_strata, 2, len(outcomes))
     return dr_wsum_estimates(
         release=release,
         table=table,

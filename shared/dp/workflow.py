@@ -44,6 +44,7 @@ from shared.dp.wsum import (
 )
 from shared.errors import EmptyArmError, UnresolvedFitError
 from shared.protocol import PsmWsum
+from shared.psm.balance import WeightedImbalance
 from shared.psm.estimator import AttEstimate, Check, estimate_att, with_att
 from shared.psm.propensity import PropensityFitter, PsStats
 from shared.psm.strata import score_grid
@@ -335,6 +336,7 @@ def dp_estimate(
     cells: np.ndarray | None = None,
     weight_check: Check | None = None,
     dr: Sequence | None = None,
+    imbalance: WeightedImbalance | None = None,
 ) -> AttEstimate:
     """The stratified ATT with the privacy noise in its SE and CI; with ``dr`` (a doubly robust
     study's :func:`shared.dp.drstudy.dp_dr_estimates`) each outcome's ATT, SE and CI are DR's,
@@ -344,8 +346,10 @@ def dp_estimate(
     ``psm_wsum`` release over those strata) the point estimate is the weighted sum and its
     privacy SE :func:`shared.dp.wsum.wsum_privacy_se`; without, the table's stratified ATT with
     :func:`shared.dp.uncertainty.att_privacy_se`. The sampling SE, the arm means and balance
-    come from the table either way; balance statistics the noise cannot resolve are None
-    (:mod:`shared.psm.balance`). With ``fit_noise`` the CI also holds the bias the propensity
+    come from the table either way — except, with ``imbalance`` (a doubly robust study's
+    released d, :func:`shared.dp.drstudy.dp_dsum_imbalance`), the SMD after weighting and its
+    noise SD, read from d (:mod:`shared.psm.balance`); balance statistics the noise cannot
+    resolve are None. With ``fit_noise`` the CI also holds the bias the propensity
     fit's noise may leave (:mod:`shared.dp.fitnoise`), and the diagnostic ``dp_fit_bias`` says
     how large that bound is. With ``cells`` (released strata summed into each stratum of a
     merged table, :func:`dp_bound_weights`) the count noise of each stratum is σ√m in both
@@ -409,6 +413,7 @@ def dp_estimate(
         min_cell=min_cell,
         se_privacy=se01 * span,
         balance_noise=noise,
+        imbalance=imbalance,
         extra_checks=(
             check,
             strata_resolution_check(

@@ -54,7 +54,13 @@ import numpy as np
 
 from shared import thresholds as th
 from shared.errors import DataError, EmptyArmError, NoOverlapError
-from shared.psm.balance import BalanceNoise, balance_table, balance_verdict, overlap_coefficient
+from shared.psm.balance import (
+    BalanceNoise,
+    WeightedImbalance,
+    balance_table,
+    balance_verdict,
+    overlap_coefficient,
+)
 from shared.psm.cells import cell_means, cell_variances, clamped_counts
 from shared.psm.skew import skew_t_multipliers
 from shared.psm.table import PsmTable
@@ -139,6 +145,7 @@ def estimate_att(
     min_cell: float = 1,
     se_privacy: Sequence[float] | None = None,
     balance_noise: BalanceNoise | None = None,
+    imbalance: WeightedImbalance | None = None,
     extra_checks: Sequence[Check] = (),
 ) -> AttEstimate:
     """Stratified ATT, SE, CI, balance and diagnostics from a summed table.
@@ -151,6 +158,8 @@ def estimate_att(
             raise it under DP so noise-only cells stay out).
         se_privacy: optional DP-noise SE per outcome in original units, added in quadrature.
         balance_noise: the DP noise of the balance sums (SMDs it cannot resolve are None).
+        imbalance: a doubly robust DP study's released d over these strata and weights, read
+            for the SMD after weighting and its noise SD (:mod:`shared.psm.balance`).
         extra_checks: diagnostics of the caller's own (e.g. the DP fit's resolution), listed
             and warned about like the estimator's.
 
@@ -196,7 +205,9 @@ def estimate_att(
         )
         for k, o in enumerate(outcomes)
     )
-    balance = balance_table(table=table, covariates=covariates, weights=w, used=used, noise=balance_noise)
+    balance = balance_table(
+        table=table, covariates=covariates, weights=w, used=used, noise=balance_noise, imbalance=imbalance
+    )
     overlap = overlap_coefficient(n)
     strata = tuple(
         StratumCounts(
