@@ -168,6 +168,11 @@ class NodePolicy(BaseModel):
                 term_factors(query.covariates, terms)
             except DataError as e:
                 raise PolicyRefused(f"derived terms: {e}") from None
+            if terms.sites and query.privacy is not None:
+                raise PolicyRefused(
+                    "site effects ([terms] sites) are answered only in exact studies: under DP their "
+                    "pooled sums would be each site's own per-stratum counts"
+                )
 
     def _check_exact(self, query: StudyQuery) -> None:
         for op in query.ops:

@@ -253,7 +253,7 @@ class NodeRuntime:
         check_query(query)
         if query.privacy is None:
             data = self._site_arrays(query)
-            exact = answer(query, data)
+            exact = answer(query, data, site=self.site)
             return {op: suppress_small_cells(op, a, k=policy.min_cell) for op, a in exact.items()}, {}, []
         if control == "reserve":
             if secure_sum:
@@ -270,7 +270,7 @@ class NodeRuntime:
         plan = self._plan(query)
         answers, meta, charges = self._ledger_step(query, plan)  # before any data is read
         data = self._site_arrays(query)
-        return answer(query, data, dp_release(query, plan, secure_rng())), meta, charges
+        return answer(query, data, dp_release(query, plan, secure_rng()), site=self.site), meta, charges
 
     def _ledger_step(self, query: StudyQuery, plan) -> tuple[dict, dict, list[int]]:
         """Reserve, cancel or charge (:func:`shared.answer.ledger_step`); the reply's metadata

@@ -123,21 +123,23 @@ def _no_noise(op: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def answer(
-    query: StudyQuery, data: SiteArrays, release: Release = _no_noise
+    query: StudyQuery, data: SiteArrays, release: Release = _no_noise, *, site: str | None = None
 ) -> dict[str, dict[str, np.ndarray]]:
     """Compute every operation of ``query`` over ``data``; each answer passes through
     ``release`` (the DP noise step when privacy is on) before it is returned. Outcomes are read
-    at the caps the study's cap round released, if any (:func:`at_released_caps`)."""
-    data = at_released_caps(query, with_design_terms(query, data))
+    at the caps the study's cap round released, if any (:func:`at_released_caps`). ``site``:
+    the answering node's own name (its site-effect indicators, :mod:`shared.terms`)."""
+    data = at_released_caps(query, with_design_terms(query, data, site=site))
     return {op.op: release(op.op, exact_answer(op, query, data)) for op in query.ops}
 
 
-def with_design_terms(query: StudyQuery, data: SiteArrays) -> SiteArrays:
-    """``data`` with the query's derived terms (:mod:`shared.terms`) appended to ``z``; the
-    same ``data`` when the query declares none."""
+def with_design_terms(query: StudyQuery, data: SiteArrays, *, site: str | None = None) -> SiteArrays:
+    """``data`` with the query's derived terms (:mod:`shared.terms`) appended to ``z`` (site
+    effects: the indicators of ``site``, the node's own name); the same ``data`` when the
+    query declares none."""
     if query.design_terms is None or query.design_terms.empty:
         return data
-    return dataclasses.replace(data, z=expand(data.z, query.covariates, query.design_terms))
+    return dataclasses.replace(data, z=expand(data.z, query.covariates, query.design_terms, site=site))
 
 
 def at_released_caps(query: StudyQuery, data: SiteArrays) -> SiteArrays:

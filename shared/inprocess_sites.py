@@ -104,14 +104,15 @@ class InProcessSites:
             return {}
         data = self.sites[site]
         if query.privacy is None:
-            return {op: suppress_small_cells(op, a, k=self.min_cell) for op, a in answer(query, data).items()}
+            exact = answer(query, data, site=site)
+            return {op: suppress_small_cells(op, a, k=self.min_cell) for op, a in exact.items()}
         if callable(self.rngs):
             rng = self.rngs(site)
         elif site in self.rngs:
             rng = self.rngs[site]
         else:
             raise ValueError(f"in-process site {site} has no noise generator for a DP query")
-        return answer(query, data, dp_release(query, node_plan(query), rng))
+        return answer(query, data, dp_release(query, node_plan(query), rng), site=site)
 
     def ask(self, query: StudyQuery, round_name: str) -> dict[str, NodeAnswer]:
         """Every site's answer; a site whose ledger refuses ends the round as a Flower node's

@@ -14,7 +14,7 @@ import json
 import os
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -296,6 +296,31 @@ class StudySpec(_Model):
     @model_validator(mode="after")
     def _terms_of_covariates(self) -> "StudySpec":
         term_factors(self.covariates, self.terms)  # an interaction of an unknown column: DataError
+        return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _site_effects_over_every_site(cls, data: Any) -> Any:
+        """``[terms] sites = "all"`` names the spec's sites in their order (the first is the
+        reference), so the signed spec says exactly which indicator columns the nodes add."""
+        terms = data.get("terms") if isinstance(data, dict) else None
+        if isinstance(terms, dict) and terms.get("sites") == "all":
+            names = [s["name"] if isinstance(s, dict) else s.name for s in data.get("sites", ())]
+            data = {**data, "terms": {**data["terms"], "sites": names}}
+        return data
+
+    @model_validator(mode="after")
+    def _site_effects_name_the_sites_of_an_exact_study(self) -> "StudySpec":
+        if not self.terms.sites:
+            return self
+        if self.terms.sites != tuple(s.name for s in self.sites):
+            raise ValueError('terms.sites must list the study\'s sites in their order: write sites = "all"')
+        if self.privacy.enabled:
+            raise ValueError(
+                "site effects ([terms] sites) are for exact studies (privacy.enabled = false): under DP "
+                "the indicator columns' pooled sums would be each site's own per-stratum counts, which "
+                "secure aggregation exists to hide"
+            )
         return self
 
     @property

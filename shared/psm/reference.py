@@ -73,12 +73,17 @@ def reference_spec(
     estimator: Literal["stratified", "dr"] | None = None,
     terms: DesignTerms | None = None,
     binary: Sequence[str] = (),
+    site_effects: bool = False,
 ) -> StudySpec:
     """The study spec of a reference run over arrays already scaled to [0, 1] (covariate
     bounds 0..1), with sites ``site-0`` … ``site-{n_sites-1}``; exact unless ``privacy``;
     ``strata`` as the spec's ``[strata] method``; ``estimator`` as the spec's (None: left unset,
     the spec's default); ``binary`` names the 0/1 covariates (their squares are not terms,
-    :mod:`shared.terms`)."""
+    :mod:`shared.terms`); ``site_effects`` adds the sites' indicators to ``terms``."""
+    sites = tuple(Site(name=f"site-{i}") for i in range(n_sites))
+    terms = terms or DesignTerms()
+    if site_effects:
+        terms = DesignTerms(**{**terms.model_dump(), "sites": tuple(s.name for s in sites)})
     if strata not in ("auto", "caliper", "quantile"):
         raise DataError(f"unknown strata method {strata!r} (auto, caliper or quantile)", field="strata")
     return StudySpec(
@@ -91,8 +96,8 @@ def reference_spec(
         privacy=privacy if privacy is not None else Privacy(enabled=False),
         strata=Strata(method=strata, caliper_sd=caliper_sd, n=n_strata),
         federation=Federation(ridge=ridge, tol=tol, max_newton_iter=max_iter),
-        sites=tuple(Site(name=f"site-{i}") for i in range(n_sites)),
-        terms=terms or DesignTerms(),
+        sites=sites,
+        terms=terms,
         **({} if estimator is None else {"estimator": estimator}),
     )
 
@@ -111,6 +116,7 @@ def estimate_att_federated(
     estimator: Literal["stratified", "dr"] = "stratified",
     terms: DesignTerms | None = None,
     binary: Sequence[str] = (),
+    site_effects: bool = False,
 ) -> PooledAtt:
     """The exact study in one process: the study driver (:func:`shared.driver.run_study`, the
     coordinator's code) over in-process sites answering with the node's code
@@ -127,6 +133,7 @@ def estimate_att_federated(
         estimator: the spec's ``estimator`` (``dr``: :mod:`shared.psm.dr` on the same strata).
         terms: the spec's ``[terms]`` (:mod:`shared.terms`): each node appends them to its ``z``.
         binary: the names of 0/1 covariates (no square of theirs is a term).
+        site_effects: each node also appends its site's indicators (``[terms] sites``).
 
     Raises:
         DataError / CovariateBoundsError: bad input (row numbers are within the node).
@@ -150,6 +157,7 @@ def estimate_att_federated(
         estimator=estimator,
         terms=terms,
         binary=binary,
+        site_effects=site_effects,
     )
     lo, cap = [o.lo for o in outcomes], [o.cap for o in outcomes]
     sites, clipped = {}, []
