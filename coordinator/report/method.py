@@ -203,6 +203,9 @@ def _terms(spec: dict) -> str:
         parts.append(f"the squares of the {len(squares)} continuous ones")
     if terms.get("interactions"):
         parts.append("the products " + ", ".join(terms["interactions"]))
+    if terms.get("sites"):
+        sites = terms["sites"]
+        parts.append(f"an indicator of each site but the first ({sites[0]}, the reference): site effects")
     return ", plus " + " and ".join(parts) + " (computed at each site, declared in the spec)" if parts else ""
 
 

@@ -282,11 +282,13 @@ def test_a_node_refuses_a_query_of_another_version_naming_both():
 
 
 def test_a_coordinator_refuses_a_reply_of_another_version_naming_both():
-    msg = _old(codec.reply_to_proto({"describe": {"count": np.ones(2)}}, {"site": "insurer_a"}), 9)
+    msg = _old(
+        codec.reply_to_proto({"describe": {"count": np.ones(2)}}, {"site": "insurer_a"}), PROTOCOL_VERSION + 1
+    )
     content = RecordDict({codec.RECORD: ConfigRecord({codec.REPLY_ENTRY: msg.SerializeToString()})})
     with pytest.raises(
         codec.ProtocolMismatch,
-        match=f"insurer_a replied in protocol version 9; this coordinator speaks version {PROTOCOL_VERSION}",
+        match=f"insurer_a replied in protocol version {PROTOCOL_VERSION + 1}; this coordinator speaks version {PROTOCOL_VERSION}",
     ):
         codec.decode_answer(content)
 
