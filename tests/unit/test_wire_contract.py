@@ -288,7 +288,8 @@ def test_a_coordinator_refuses_a_reply_of_another_version_naming_both():
     content = RecordDict({codec.RECORD: ConfigRecord({codec.REPLY_ENTRY: msg.SerializeToString()})})
     with pytest.raises(
         codec.ProtocolMismatch,
-        match=f"insurer_a replied in protocol version {PROTOCOL_VERSION + 1}; this coordinator speaks version {PROTOCOL_VERSION}",
+        match=f"insurer_a replied in protocol version {PROTOCOL_VERSION + 1}; "
+        f"this coordinator speaks version {PROTOCOL_VERSION}",
     ):
         codec.decode_answer(content)
 
