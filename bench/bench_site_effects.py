@@ -5,13 +5,14 @@ differ in case mix, so the propensity over the pooled rows is a mixture of the s
 scores, which a score linear in the covariates alone does not fit; at 10k treated the leftover
 imbalance biases the absence-days ATT by about −0.7 SE in nearly every process of the grid. With
 one indicator per non-reference site in the model (shared/terms.py) the fit is the within-site
-model of multi-site studies. Both designs run on the same seeded federations (a paired
-comparison), exact studies through the study driver (:func:`shared.psm.reference.
-estimate_att_federated`, federated = pooled). Seeds start at 30,000: no seed the grid or the
-diagnosis (seeds 20,000–20,059) ever used.
+model of multi-site studies; with the squares of the continuous covariates too
+(``[terms] squares``, docs/benchmarks/misspec.md), stratified and doubly robust. Every design
+runs on the same seeded federations (a paired comparison), exact studies through the study
+driver (:func:`shared.psm.reference.estimate_att_federated`, federated = pooled). Seeds start
+at 30,000: no seed the grid or the diagnosis (seeds 20,000–20,059) ever used.
 
 Printed per layout × process × outcome and design: mean bias/SE ± its Monte-Carlo SE, coverage
-with its Wilson 95 % interval, and the site design's mean CI width over the linear one's.
+with its Wilson 95 % interval, and each design's mean CI width over the linear one's.
 
     .venv/bin/python bench/bench_site_effects.py --seeds 200                    # ≈ 25 min
     .venv/bin/python bench/bench_site_effects.py --seeds 40 --layouts k5_1k     # quick look
@@ -33,10 +34,19 @@ from _coverage import map_seeds, wilson_interval  # noqa: E402
 from _layouts import LAYOUTS, NAMES, build_nodes  # noqa: E402
 
 from shared.errors import EstimationError  # noqa: E402
+from shared.features import FEATURES  # noqa: E402
 from shared.psm.reference import estimate_att_federated  # noqa: E402
 from shared.synth.outcomes import OUTCOMES  # noqa: E402
+from shared.terms import DesignTerms  # noqa: E402
 
-DESIGNS = ("linear", "site effects")
+#: label → (site effects, squares of the continuous covariates, estimator)
+DESIGNS = {
+    "linear": (False, False, "stratified"),
+    "site effects": (True, False, "stratified"),
+    "sites+squares": (True, True, "stratified"),
+    "sites+sq DR": (True, True, "dr"),
+}
+BINARY = [n for n, f in zip(NAMES, FEATURES) if f.kind == "binary"]
 FIRST_SEED = 30_000
 
 
@@ -45,10 +55,16 @@ def one_seed(seed: int, *, layout: str, dgp: str) -> dict:
     nodes, truth = build_nodes(layout=LAYOUTS[layout], dgp=dgp, seed=seed, outcomes=OUTCOMES)
     rows = [(n.arrays.z, n.arrays.t, n.y_raw) for n in nodes]
     out: dict = {}
-    for design in DESIGNS:
+    for design, (sites, squares, estimator) in DESIGNS.items():
         try:
             est = estimate_att_federated(
-                nodes=rows, outcomes=OUTCOMES, covariates=NAMES, site_effects=design == "site effects"
+                nodes=rows,
+                outcomes=OUTCOMES,
+                covariates=NAMES,
+                site_effects=sites,
+                terms=DesignTerms(squares="continuous") if squares else None,
+                binary=BINARY,
+                estimator=estimator,
             ).estimate
         except EstimationError as e:
             out[design] = type(e).__name__
