@@ -25,6 +25,7 @@ import sys
 import time
 from functools import partial
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -40,7 +41,7 @@ from shared.synth.outcomes import OUTCOMES  # noqa: E402
 from shared.terms import DesignTerms  # noqa: E402
 
 #: label → (site effects, squares of the continuous covariates, estimator)
-DESIGNS = {
+DESIGNS: dict[str, tuple[bool, bool, Literal["stratified", "dr"]]] = {
     "linear": (False, False, "stratified"),
     "site effects": (True, False, "stratified"),
     "sites+squares": (True, True, "stratified"),
