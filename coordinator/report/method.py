@@ -224,13 +224,34 @@ def _strata(result: StudyResult, strata: tuple[StratumRow, ...], a: Attrition) -
 
 
 #: What each study round releases (shared/driver.py round names; reserve/cancel release nothing).
-ROUND_RELEASES = {
-    "describe": "per-arm counts and covariate sums and cross-products (describe)",
-    "ps-fit": "the propensity fit's gradient and Hessian{loglik} ({n} round{s})",
-    "score-hist": "a histogram of the logit score per arm on a public grid",
-    "psm-stats": "per stratum and arm the count, Σy and Σy² of each outcome{balance}",
-    "psm-wsum": "one weighted sum per outcome (the ATT's numerator)",
-}
+def _round_releases(result: StudyResult) -> dict[str, str]:
+    """What each round name of the log released, exactly as the nodes answer it
+    (shared/answer.py, shared/dp/sensitivity.py): under DP describe sends counts only, the
+    cap round a histogram per column, and the weighted-sum round one sum per outcome (per
+    negative control too) and, in a doubly robust study, one per covariate."""
+    exact = not result.privacy.enabled
+    dr = result.estimator == "dr"
+    nc = bool(result.negative_controls)
+    outcomes = "outcome" + (" and negative control" if nc else "")
+    return {
+        "describe": "per-arm counts and covariate sums and cross-products (describe)"
+        if exact
+        else "per-arm counts (describe)",
+        "cap-hist": f"a histogram of each {outcomes}'s values on a public grid (the large-loss caps)",
+        "ps-fit": "the propensity fit's gradient and Hessian{loglik} ({n} round{s})",
+        "score-hist": "a histogram of the logit score per arm on a public grid",
+        "psm-stats": f"per stratum and arm the count, Σy and Σy² of each {outcomes}"
+        + (
+            ", and Σy³ and Σy⁴ from sites whose smallest released cell is at least 5 (the skewness-"
+            "corrected CI)"
+            if exact
+            else ""
+        )
+        + " and Σz and Σz² of each covariate"
+        + (" and the controls' Σzzᵀ and Σzyᵀ (doubly robust)" if dr else ""),
+        "psm-wsum": f"one weighted sum per {outcomes} (the ATT's numerator)"
+        + (" and one per covariate (the imbalance left in the strata, doubly robust)" if dr else ""),
+    }
 
 
 def released_rounds(result: StudyResult) -> str:
@@ -239,19 +260,11 @@ def released_rounds(result: StudyResult) -> str:
     fits = sum(n.startswith("ps-fit") for n in names)
     exact = not result.privacy.enabled
     out = []
-    for key, text in ROUND_RELEASES.items():
+    for key, text in _round_releases(result).items():
         n = fits if key == "ps-fit" else sum(name == key for name in names)
         if not n and not (key == "psm-stats" and exact and fits):  # exact: tables ride on ps-fit rounds
             continue
-        out.append(
-            text.format(
-                loglik=" and log-likelihood" if exact else "",
-                n=n,
-                s="s" if n != 1 else "",
-                balance=" and Σz and Σz² of each covariate"
-                + (" and the controls' Σzzᵀ and Σzyᵀ (doubly robust)" if result.estimator == "dr" else ""),
-            )
-        )
+        out.append(text.format(loglik=" and log-likelihood" if exact else "", n=n, s="s" if n != 1 else ""))
     return "; ".join(out)
 
 

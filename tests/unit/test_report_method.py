@@ -104,6 +104,30 @@ def test_the_privacy_statement_lists_the_rounds_that_released():
     assert "gradient and Hessian (4 rounds)" in p and "log-likelihood" not in p
     assert "histogram of the logit score" in p and "Σy and Σy² of each outcome" in p
     assert "weighted sum per outcome" not in p  # no psm-wsum round ran
+    # under DP describe sends counts only: the statement must not claim more left, nor less
+    assert "per-arm counts (describe)" in p and "cross-products" not in p and "Σy³" not in p
+
+
+def test_the_privacy_statement_names_every_release_of_a_dp_dr_study_and_the_cap_round():
+    """Each round's text is what the nodes answered: the cap round's histograms, and in a DR
+    study the weighted-sum round's one sum per covariate (``dr_dsum``) beside the outcomes'."""
+    from shared.result import RoundLog
+
+    names = ("describe", "cap-hist", "ps-fit-1", "score-hist", "psm-stats", "psm-wsum")
+    rounds = tuple(RoundLog(name=n, seconds=0.1) for n in names)
+    dr = make_result(privacy=True).model_copy(update={"rounds": rounds, "estimator": "dr"})
+    p = _doc(dr).method.privacy
+    assert "values on a public grid (the large-loss caps)" in p
+    assert "one weighted sum per outcome (the ATT's numerator) and one per covariate" in p
+    assert "Σzzᵀ and Σzyᵀ (doubly robust)" in p
+    strat = _doc(dr.model_copy(update={"estimator": "stratified"})).method.privacy
+    assert "one per covariate" not in strat and "Σzzᵀ" not in strat
+    # an exact study's describe sends the covariates' moments, and its tables the higher sums
+    exact = make_result().model_copy(
+        update={"rounds": tuple(RoundLog(name=n, seconds=0.1) for n in names[:3])}
+    )
+    e = _doc(exact).method.privacy
+    assert "covariate sums and cross-products (describe)" in e and "Σy³ and Σy⁴" in e
 
 
 def test_the_variance_text_names_each_outcomes_interval():
