@@ -71,6 +71,29 @@ def test_real_federation_equals_pooled_estimator(synthetic, tmp_path):
     assert result.timings["startup_s"] > 0 and result.truth  # truth.json beside the spec
 
 
+def test_real_nodes_append_their_own_site_effects(synthetic, tmp_path):
+    """``[terms] sites = "all"``: each real node appends the indicators of the site name in its
+    own configuration; the real run equals the in-process run of the same code to 1e-9, and the
+    fit carries one slope per non-reference site."""
+    from flower_inprocess import signed_federation
+
+    from shared.driver import run_study
+
+    spec_path = synthetic[0].with_name("study-sites.toml")
+    spec_path.write_text(synthetic[0].read_text() + '\n[terms]\nsites = "all"\n')
+    spec = load_spec(spec_path)
+    assert len(spec.terms.sites) == len(spec.sites) == 4
+    result = run_local(spec_path, tmp_path / "run", timeout_s=400)
+    inproc_fed, grant = signed_federation(spec, tmp_path / "inprocess")
+    ref = run_study(spec, inproc_fed, grant=grant)
+    assert len(result.propensity.beta) == 1 + len(spec.covariates) + 3
+    np.testing.assert_allclose(result.propensity.beta, ref.fitter.beta, rtol=1e-9, atol=1e-12)
+    for o in spec.outcomes:
+        assert result.outcome(o.name).att == pytest.approx(
+            ref.estimate.outcome(o.name).att, rel=1e-9, abs=1e-12
+        )
+
+
 # A killed SuperNode (the error names site and round, within the bound): tests/integration/test_faults.py
 
 
