@@ -1,0 +1,170 @@
+"""The propensity basis chosen by Imbens & Rubin's stepwise rule against the fixed ones.
+
+No fixed basis covers every process at 10k treated (docs/STATISTICS.md, "Site effects"): site
+effects alone leave ``misspecified`` biased (−4.95 SE on absence days), every square of a
+continuous covariate fixes it but overshoots ``threshold_uptake`` (+1.34 SE). This benchmark
+measures the basis :func:`shared.psm.selection.stepwise_basis` chooses from covariates and
+treatment alone (squares and all pairwise products as candidates, C_qua = 2.71, the authors'
+constant), with the site indicators always in, on the same seeded federations (a paired
+comparison). The selection's rounds are sums of the node's own :func:`~shared.psm.propensity.
+ps_contribution` over the expanded basis, as a study would collect them; the estimate is the
+exact study (:func:`shared.psm.reference.estimate_att_federated`) with the chosen products
+appended to each node's covariates. Seeds start at 40,000: none of them was used before.
+
+Printed per layout × process: the terms chosen (mean, range, the most frequent); per outcome
+and design: mean bias/SE ± its Monte-Carlo SE, coverage with its Wilson 95 % interval, and the
+mean CI width over the site-effects basis.
+
+    .venv/bin/python bench/bench_term_selection.py --seeds 200 --workers 2
+    .venv/bin/python bench/bench_term_selection.py --seeds 40 --dgps misspecified   # quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import Counter
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _coverage import map_seeds, wilson_interval  # noqa: E402
+from _layouts import LAYOUTS, NAMES, build_nodes  # noqa: E402
+
+from shared.errors import EstimationError  # noqa: E402
+from shared.features import FEATURES  # noqa: E402
+from shared.psm.propensity import PsStats, ps_contribution  # noqa: E402
+from shared.psm.reference import estimate_att_federated  # noqa: E402
+from shared.psm.selection import candidate_pairs, stepwise_basis  # noqa: E402
+from shared.synth.outcomes import OUTCOMES  # noqa: E402
+
+BINARY = [n for n, f in zip(NAMES, FEATURES) if f.kind == "binary"]
+PAIRS = candidate_pairs([f.kind for f in FEATURES])
+SQUARES = [p for p in PAIRS if p[0] == p[1]]
+DESIGNS = ("site effects", "sites+squares", "sites+stepwise")
+FIRST_SEED = 40_000
+
+
+def _name(pair: tuple[int, int]) -> str:
+    i, j = pair
+    return f"{NAMES[i]}^2" if i == j else f"{NAMES[i]}*{NAMES[j]}"
+
+
+def _products(z: np.ndarray, pairs) -> np.ndarray:
+    return np.column_stack([z[:, i] * z[:, j] for i, j in pairs])
+
+
+def choose(nodes) -> tuple[list[tuple[int, int]], int]:
+    """The stepwise basis over the federation: chosen pairs and the rounds it took."""
+    k = len(nodes)
+    designs, ts = [], []
+    for i, n in enumerate(nodes):
+        z = n.arrays.z
+        sites = np.zeros((z.shape[0], k - 1))
+        if i:
+            sites[:, i - 1] = 1.0
+        designs.append(np.hstack([z, sites, _products(z, PAIRS)]))
+        ts.append(n.arrays.t)
+
+    def stats_at(beta: np.ndarray, params) -> PsStats:
+        if params is None:
+            parts = [ps_contribution(z=x, t=t, beta=beta) for x, t in zip(designs, ts)]
+        else:
+            cols = [k - 1 for k in params[1:]]  # the intercept is parameter 0
+            parts = [ps_contribution(z=x[:, cols], t=t, beta=beta[params]) for x, t in zip(designs, ts)]
+        total = parts[0]
+        for p in parts[1:]:
+            total = total + p
+        return total
+
+    step = stepwise_basis(stats_at, n_base=len(NAMES) + k - 1, n_candidates=len(PAIRS))
+    return [PAIRS[c] for c in step.chosen], step.rounds
+
+
+def one_seed(seed: int, *, layout: str, dgp: str) -> dict:
+    nodes, truth = build_nodes(layout=LAYOUTS[layout], dgp=dgp, seed=seed, outcomes=OUTCOMES)
+    try:
+        chosen, rounds = choose(nodes)
+    except EstimationError as e:
+        return {"error": type(e).__name__}
+    out: dict = {"chosen": [_name(p) for p in chosen], "rounds": rounds}
+    for design, extra in zip(DESIGNS, ([], SQUARES, chosen)):
+        rows = [
+            (
+                np.hstack([n.arrays.z, _products(n.arrays.z, extra)]) if extra else n.arrays.z,
+                n.arrays.t,
+                n.y_raw,
+            )
+            for n in nodes
+        ]
+        try:
+            est = estimate_att_federated(
+                nodes=rows,
+                outcomes=OUTCOMES,
+                covariates=NAMES + [_name(p) for p in extra],
+                site_effects=True,
+                binary=BINARY,
+            ).estimate
+        except EstimationError as e:
+            out[design] = type(e).__name__
+            continue
+        out[design] = {
+            o.name: (
+                (est.outcome(o.name).att - truth[o.name]) / est.outcome(o.name).se,
+                est.outcome(o.name).ci[0] <= truth[o.name] <= est.outcome(o.name).ci[1],
+                est.outcome(o.name).ci[1] - est.outcome(o.name).ci[0],
+            )
+            for o in OUTCOMES
+        }
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seeds", type=int, default=200)
+    ap.add_argument("--first-seed", type=int, default=FIRST_SEED)
+    ap.add_argument("--layouts", default="k5_10k")
+    ap.add_argument(
+        "--dgps",
+        default="baseline,misspecified,threshold_uptake,heavy_tail,heterogeneous,weak_confounding,"
+        "strong_confounding,null",
+    )
+    ap.add_argument("--workers", type=int, default=1)
+    args = ap.parse_args()
+    first = args.first_seed
+    print(
+        f"seeds {first}..{first + args.seeds - 1}; exact studies; caliper strata 0.2 SD; site effects in all"
+    )
+    for layout in args.layouts.split(","):
+        for dgp in args.dgps.split(","):
+            t0 = time.time()
+            seeds = list(range(first, first + args.seeds))
+            res = map_seeds(partial(one_seed, layout=layout, dgp=dgp), seeds, workers=args.workers)
+            ok = [r for r in res if "error" not in r and all(isinstance(r[d], dict) for d in DESIGNS)]
+            n_terms = [len(r["chosen"]) for r in ok]
+            top = Counter(t for r in ok for t in r["chosen"]).most_common(5)
+            print(
+                f"{layout} {dgp}: {len(ok)} of {len(res)} seeds; terms chosen {np.mean(n_terms):.1f} "
+                f"[{min(n_terms)}, {max(n_terms)}], {np.mean([r['rounds'] for r in ok]):.0f} rounds; "
+                f"most often: {', '.join(f'{t} {100 * c / len(ok):.0f}%' for t, c in top)}"
+            )
+            for o in OUTCOMES:
+                width0 = np.mean([r["site effects"][o.name][2] for r in ok])
+                for design in DESIGNS:
+                    v = np.array([r[design][o.name][:2] for r in ok], dtype=float)
+                    lo, hi = wilson_interval(int(v[:, 1].sum()), len(v))
+                    width = np.mean([r[design][o.name][2] for r in ok]) / width0
+                    print(
+                        f"  {o.name:13} {design:15} {v[:, 0].mean():+6.2f} ± "
+                        f"{v[:, 0].std(ddof=1) / np.sqrt(len(v)):.2f} "
+                        f"{100 * v[:, 1].mean():6.1f}% [{100 * lo:4.1f}, {100 * hi:4.1f}] {width:6.3f}"
+                    )
+            print(f"  ({time.time() - t0:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""An outcome-blind choice of the propensity basis: Imbens & Rubin's stepwise algorithm.
+
+Why: a propensity score linear in the covariates leaves imbalance when uptake is not
+logistic-linear (the ``misspecified`` process: an age², a BMI·smoker and an SBP·age term), and
+the fixed remedy — every square of a continuous covariate (``[terms] squares``) — fixes that
+process but overshoots on one it does not describe (``threshold_uptake``,
+docs/STATISTICS.md, "Site effects"). Imbens & Rubin (2015, *Causal Inference*, ch. 13.3) choose
+the second-order terms from the data instead, before any outcome is seen: starting from the
+basis the design declares (every covariate, the site indicators), add the candidate — a square
+of a continuous covariate or a product of two covariates — whose likelihood-ratio statistic is
+largest, refit, and stop when no candidate's statistic exceeds ``C_qua = 2.71`` (the χ²₁ 90 %
+point, their constant; fixed in advance, not tuned here).
+
+The likelihood ratio of each candidate would need one fit per candidate. Its score (Rao)
+statistic needs none: at the fit of the current basis, with every candidate's coefficient at 0,
+the gradient and negative Hessian of the *full* basis — what :func:`shared.psm.propensity.
+ps_contribution` returns for the expanded design, summed over sites like any fit round — give,
+for candidate *c* alone,
+
+.. math:: S_c = g_c^2 / (H_{cc} - H_{cA} H_{AA}^{-1} H_{Ac}),
+
+asymptotically the same χ²₁ as the likelihood ratio. So each step costs the Newton rounds of
+the refit and nothing else: every round is one sum of ``PsStats`` over the full basis.
+
+Uses only covariates and treatment: the choice is part of the design, made blind to outcomes
+as pre-registration requires.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from shared.errors import ConvergenceError
+from shared.psm.propensity import PropensityFitter, PsStats
+
+__all__ = ["C_QUA", "Stepwise", "candidate_pairs", "score_statistics", "stepwise_basis"]
+
+#: Imbens & Rubin's threshold for a second-order term (χ²₁ at 90 %).
+C_QUA = 2.71
+
+
+def candidate_pairs(kinds: Sequence[str]) -> list[tuple[int, int]]:
+    """The second-order candidates over covariates of the given kinds (``continuous`` or
+    ``binary``): the square of each continuous one (a binary square is the covariate itself),
+    then every product of two different covariates, in index order."""
+    d = len(kinds)
+    pairs = [(i, i) for i in range(d) if kinds[i] == "continuous"]
+    pairs += [(i, j) for i in range(d) for j in range(i + 1, d)]
+    return pairs
+
+
+def score_statistics(total: PsStats, active: np.ndarray, *, ridge: float = 1e-6) -> np.ndarray:
+    """Rao score statistic of adding each inactive parameter alone (NaN for the active ones).
+
+    ``total`` holds the full basis's gradient and negative Hessian at a β that is the (ridge)
+    fit over the ``active`` parameters, with zeros elsewhere; ``active`` is a boolean mask over
+    the parameters (the intercept first). A candidate whose information left after the active
+    ones is nil (a copy of them) scores 0.
+    """
+    active = np.asarray(active, dtype=bool)
+    A, C = np.flatnonzero(active), np.flatnonzero(~active)
+    out = np.full(active.size, np.nan)
+    if C.size == 0:
+        return out
+    H_AA = total.H[np.ix_(A, A)] + ridge * np.eye(A.size)
+    H_CA = total.H[np.ix_(C, A)]
+    left = np.diag(total.H)[C] - np.einsum("ij,ji->i", H_CA, np.linalg.solve(H_AA, H_CA.T))
+    scale = np.maximum(np.diag(total.H)[C], 1e-300)
+    ok = left > 1e-9 * scale  # information a candidate adds beyond the active basis
+    out[C] = np.where(ok, total.g[C] ** 2 / np.where(ok, left, 1.0), 0.0)
+    return out
+
+
+@dataclass(frozen=True)
+class Stepwise:
+    """The chosen basis: ``chosen`` candidate indices in order of entry, each entry's score
+    statistic, the final β over the active parameters (intercept, base columns, chosen
+    candidates in entry order) and the rounds of statistics it took."""
+
+    chosen: tuple[int, ...]
+    statistics: tuple[float, ...]
+    beta: np.ndarray
+    rounds: int
+
+
+def stepwise_basis(
+    stats_at: Callable[[np.ndarray, Sequence[int] | None], PsStats],
+    *,
+    n_base: int,
+    n_candidates: int,
+    threshold: float = C_QUA,
+    max_terms: int | None = None,
+    ridge: float = 1e-6,
+    tol: float = 1e-8,
+    max_iter: int = 25,
+) -> Stepwise:
+    """Imbens & Rubin's forward selection of second-order terms (module docstring).
+
+    Args:
+        stats_at: ``(beta, params)``: one round of the study, the summed :class:`PsStats` over
+            the parameters ``params`` (indices into the full basis — intercept, ``n_base`` base
+            columns, then the ``n_candidates`` candidate columns; None: all of them) at the
+            full-length ``beta``, whose other entries are 0. A refit's rounds ask for the active
+            parameters only (an ordinary fit round over the current basis), each step's score
+            round for all.
+        threshold: a candidate enters while its score statistic exceeds this.
+        max_terms: stop after this many entries (None: only the threshold stops).
+
+    Raises:
+        ConvergenceError: a refit did not converge within ``max_iter`` rounds.
+    """
+    p = 1 + n_base + n_candidates
+    order = list(range(1 + n_base))  # active parameters, in the order they entered
+    beta_full = np.zeros(p)
+    chosen: list[int] = []
+    stats: list[float] = []
+    rounds = 0
+    while True:
+        fitter = PropensityFitter(
+            p=len(order), ridge=ridge, tol=tol, max_iter=max_iter, beta0=beta_full[order]
+        )
+        while True:
+            beta_full = np.zeros(p)
+            beta_full[order] = fitter.beta
+            rounds += 1
+            if fitter.update(stats_at(beta_full, list(order))):
+                break
+        if max_terms is not None and len(chosen) >= max_terms:
+            break
+        total = stats_at(beta_full, None)  # every candidate at the fit: the score round
+        rounds += 1
+        mask = np.zeros(p, dtype=bool)
+        mask[order] = True
+        s = score_statistics(total, mask, ridge=ridge)
+        if np.all(np.isnan(s)):
+            break
+        best = int(np.nanargmax(s))
+        if not s[best] > threshold:
+            break
+        order.append(best)
+        chosen.append(best - 1 - n_base)
+        stats.append(float(s[best]))
+    if not np.all(np.isfinite(fitter.beta)):
+        raise ConvergenceError("the stepwise propensity fit did not converge")
+    return Stepwise(chosen=tuple(chosen), statistics=tuple(stats), beta=fitter.beta.copy(), rounds=rounds)
