@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["Z95", "wilson_interval"]
+__all__ = ["Z95", "design_rows", "map_seeds", "outcome_errors", "wilson_interval"]
 
 #: The standard normal's 97.5 % quantile.
 Z95 = 1.959963984540054
@@ -64,3 +64,34 @@ def map_seeds(fn, jobs: list, *, workers: int, chunksize: int = 2) -> list:
 
     with multiprocessing.get_context("fork").Pool(workers) as pool:
         return pool.map(fn, jobs, chunksize=chunksize)
+
+
+def outcome_errors(est, truth: dict[str, float], outcomes) -> dict[str, tuple[float, bool, float]]:
+    """Per outcome of an :class:`~shared.psm.estimator.AttEstimate`: its error in SEs, whether
+    its CI holds the truth, and the CI's width — what a paired design comparison sums."""
+    out = {}
+    for o in outcomes:
+        e = est.outcome(o.name)
+        out[o.name] = ((e.att - truth[o.name]) / e.se, e.ci[0] <= truth[o.name] <= e.ci[1], e.ci[1] - e.ci[0])
+    return out
+
+
+def design_rows(ok: list[dict], designs, outcomes, *, base: str) -> list[str]:
+    """One line per outcome × design over the seeds ``ok`` (each ``{design: outcome_errors}``):
+    mean bias/SE ± its Monte-Carlo SE, coverage with its Wilson interval, and the mean CI width
+    over design ``base``'s."""
+    lines = []
+    for o in outcomes:
+        width0 = sum(r[base][o.name][2] for r in ok) / len(ok)
+        for design in designs:
+            err = [r[design][o.name][0] for r in ok]
+            hits = sum(bool(r[design][o.name][1]) for r in ok)
+            mean = sum(err) / len(err)
+            mc = math.sqrt(sum((e - mean) ** 2 for e in err) / (len(err) - 1) / len(err))
+            lo, hi = wilson_interval(hits, len(ok))
+            width = sum(r[design][o.name][2] for r in ok) / len(ok) / width0
+            lines.append(
+                f"{o.name:13} {design:15} {mean:+6.2f} ± {mc:.2f} "
+                f"{100 * hits / len(ok):6.1f}% [{100 * lo:4.1f}, {100 * hi:4.1f}] {width:6.3f}"
+            )
+    return lines

@@ -27,11 +27,9 @@ from functools import partial
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _coverage import map_seeds, wilson_interval  # noqa: E402
+from _coverage import design_rows, map_seeds, outcome_errors  # noqa: E402
 from _layouts import LAYOUTS, NAMES, build_nodes  # noqa: E402
 
 from shared.errors import EstimationError  # noqa: E402
@@ -70,14 +68,7 @@ def one_seed(seed: int, *, layout: str, dgp: str) -> dict:
         except EstimationError as e:
             out[design] = type(e).__name__
             continue
-        out[design] = {
-            o.name: (
-                (est.outcome(o.name).att - truth[o.name]) / est.outcome(o.name).se,
-                est.outcome(o.name).ci[0] <= truth[o.name] <= est.outcome(o.name).ci[1],
-                est.outcome(o.name).ci[1] - est.outcome(o.name).ci[0],
-            )
-            for o in OUTCOMES
-        }
+        out[design] = outcome_errors(est, truth, OUTCOMES)
     return out
 
 
@@ -101,17 +92,8 @@ def main() -> None:
             seeds = list(range(FIRST_SEED, FIRST_SEED + args.seeds))
             res = map_seeds(partial(one_seed, layout=layout, dgp=dgp), seeds, workers=args.workers)
             ok = [r for r in res if all(isinstance(r[d], dict) for d in DESIGNS)]
-            for o in OUTCOMES:
-                width0 = np.mean([r["linear"][o.name][2] for r in ok])
-                for design in DESIGNS:
-                    v = np.array([r[design][o.name][:2] for r in ok], dtype=float)
-                    lo, hi = wilson_interval(int(v[:, 1].sum()), len(v))
-                    width = np.mean([r[design][o.name][2] for r in ok]) / width0
-                    print(
-                        f"{layout:8} {dgp:19} {o.name:13} {design:13} "
-                        f"{v[:, 0].mean():+6.2f} ± {v[:, 0].std(ddof=1) / np.sqrt(len(v)):.2f} "
-                        f"{100 * v[:, 1].mean():6.1f}% [{100 * lo:4.1f}, {100 * hi:4.1f}] {width:6.3f}"
-                    )
+            for line in design_rows(ok, DESIGNS, OUTCOMES, base="linear"):
+                print(f"{layout:8} {dgp:19} {line}")
             took = time.time() - t0
             print(f"  ({len(ok)} of {len(res)} seeds with both estimates, {took:.0f} s)", flush=True)
 

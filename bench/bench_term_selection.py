@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _coverage import map_seeds, wilson_interval  # noqa: E402
+from _coverage import design_rows, map_seeds, outcome_errors  # noqa: E402
 from _layouts import LAYOUTS, NAMES, build_nodes  # noqa: E402
 
 from shared.errors import EstimationError  # noqa: E402
@@ -112,14 +112,7 @@ def one_seed(seed: int, *, layout: str, dgp: str) -> dict:
         except EstimationError as e:
             out[design] = type(e).__name__
             continue
-        out[design] = {
-            o.name: (
-                (est.outcome(o.name).att - truth[o.name]) / est.outcome(o.name).se,
-                est.outcome(o.name).ci[0] <= truth[o.name] <= est.outcome(o.name).ci[1],
-                est.outcome(o.name).ci[1] - est.outcome(o.name).ci[0],
-            )
-            for o in OUTCOMES
-        }
+        out[design] = outcome_errors(est, truth, OUTCOMES)
     return out
 
 
@@ -152,17 +145,8 @@ def main() -> None:
                 f"[{min(n_terms)}, {max(n_terms)}], {np.mean([r['rounds'] for r in ok]):.0f} rounds; "
                 f"most often: {', '.join(f'{t} {100 * c / len(ok):.0f}%' for t, c in top)}"
             )
-            for o in OUTCOMES:
-                width0 = np.mean([r["site effects"][o.name][2] for r in ok])
-                for design in DESIGNS:
-                    v = np.array([r[design][o.name][:2] for r in ok], dtype=float)
-                    lo, hi = wilson_interval(int(v[:, 1].sum()), len(v))
-                    width = np.mean([r[design][o.name][2] for r in ok]) / width0
-                    print(
-                        f"  {o.name:13} {design:15} {v[:, 0].mean():+6.2f} ± "
-                        f"{v[:, 0].std(ddof=1) / np.sqrt(len(v)):.2f} "
-                        f"{100 * v[:, 1].mean():6.1f}% [{100 * lo:4.1f}, {100 * hi:4.1f}] {width:6.3f}"
-                    )
+            for line in design_rows(ok, DESIGNS, OUTCOMES, base="site effects"):
+                print(f"  {line}")
             print(f"  ({time.time() - t0:.0f} s)", flush=True)
 
 
