@@ -24,6 +24,10 @@ the refit and nothing else: every round is one sum of ``PsStats`` over the full 
 
 Uses only covariates and treatment: the choice is part of the design, made blind to outcomes
 as pre-registration requires.
+
+Not called by the study driver: measured first (``bench/bench_term_selection.py``,
+docs/STATISTICS.md, "Choosing the basis from the data"), it does on the benchmark's processes
+what declaring the squares does and fails where they fail, so no study option uses it yet.
 """
 
 from __future__ import annotations
