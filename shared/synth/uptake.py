@@ -21,7 +21,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from shared.synth.dgp import BASELINE, Dgp, nonlinear_uptake_terms, threshold_uptake_terms
+from shared.synth.dgp import (
+    BASELINE,
+    Dgp,
+    nonlinear_uptake_terms,
+    smooth_uptake_terms,
+    threshold_uptake_terms,
+)
 
 #: Uptake probabilities are kept in this range (positivity / overlap).
 PROPENSITY_RANGE = (0.01, 0.95)
@@ -76,6 +82,8 @@ def uptake_probability(
             logit = logit + nonlinear_uptake_terms(features)
         if process.threshold_uptake:
             logit = logit + threshold_uptake_terms(features)
+        if process.smooth_uptake:
+            logit = logit + smooth_uptake_terms(features)
         if process.unmeasured != 0.0:
             assert care is not None, "an unmeasured confounder needs its values"
             logit = logit + process.unmeasured * care
