@@ -39,27 +39,38 @@ from shared.errors import EstimationError  # noqa: E402
 from shared.features import FEATURES  # noqa: E402
 from shared.psm.propensity import PsStats, ps_contribution  # noqa: E402
 from shared.psm.reference import estimate_att_federated  # noqa: E402
-from shared.psm.selection import candidate_pairs, stepwise_basis  # noqa: E402
+from shared.psm.selection import candidate_hinges, candidate_pairs, stepwise_basis  # noqa: E402
 from shared.synth.outcomes import OUTCOMES  # noqa: E402
+from shared.terms import hinge  # noqa: E402
 
 BINARY = [n for n, f in zip(NAMES, FEATURES) if f.kind == "binary"]
-PAIRS = candidate_pairs([f.kind for f in FEATURES])
+KINDS = [f.kind for f in FEATURES]
+PAIRS = candidate_pairs(KINDS)
 SQUARES = [p for p in PAIRS if p[0] == p[1]]
-DESIGNS = ("site effects", "sites+squares", "sites+stepwise")
+#: a term is a product ``(i, j)`` of two covariates (ints) or a hinge ``(i, knot)`` (a float)
+HINGES = candidate_hinges(KINDS)
+#: the candidates each stepwise design chooses from
+CANDIDATES = {"sites+stepwise": PAIRS, "sites+stepwise+hinges": PAIRS + HINGES}
+DESIGNS = ("site effects", "sites+squares", *CANDIDATES)
 FIRST_SEED = 40_000
 
 
-def _name(pair: tuple[int, int]) -> str:
-    i, j = pair
+def _name(term) -> str:
+    i, j = term
+    if isinstance(j, float):
+        return f"{NAMES[i]}>{j:g}"
     return f"{NAMES[i]}^2" if i == j else f"{NAMES[i]}*{NAMES[j]}"
 
 
-def _products(z: np.ndarray, pairs) -> np.ndarray:
-    return np.column_stack([z[:, i] * z[:, j] for i, j in pairs])
+def _columns(z: np.ndarray, terms) -> np.ndarray:
+    """The terms' columns over scaled covariates ``z`` (products, hinges)."""
+    return np.column_stack(
+        [hinge(z[:, i], j) if isinstance(j, float) else z[:, i] * z[:, j] for i, j in terms]
+    )
 
 
-def choose(nodes) -> tuple[list[tuple[int, int]], int]:
-    """The stepwise basis over the federation: chosen pairs and the rounds it took."""
+def choose(nodes, candidates) -> tuple[list, int]:
+    """The stepwise basis over the federation: chosen terms and the rounds it took."""
     k = len(nodes)
     designs, ts = [], []
     for i, n in enumerate(nodes):
@@ -67,7 +78,7 @@ def choose(nodes) -> tuple[list[tuple[int, int]], int]:
         sites = np.zeros((z.shape[0], k - 1))
         if i:
             sites[:, i - 1] = 1.0
-        designs.append(np.hstack([z, sites, _products(z, PAIRS)]))
+        designs.append(np.hstack([z, sites, _columns(z, candidates)]))
         ts.append(n.arrays.t)
 
     def stats_at(beta: np.ndarray, params) -> PsStats:
@@ -81,21 +92,26 @@ def choose(nodes) -> tuple[list[tuple[int, int]], int]:
             total = total + p
         return total
 
-    step = stepwise_basis(stats_at, n_base=len(NAMES) + k - 1, n_candidates=len(PAIRS))
-    return [PAIRS[c] for c in step.chosen], step.rounds
+    step = stepwise_basis(stats_at, n_base=len(NAMES) + k - 1, n_candidates=len(candidates))
+    return [candidates[c] for c in step.chosen], step.rounds
 
 
-def one_seed(seed: int, *, layout: str, dgp: str) -> dict:
+def one_seed(seed: int, *, layout: str, dgp: str, designs: tuple[str, ...]) -> dict:
     nodes, truth = build_nodes(layout=LAYOUTS[layout], dgp=dgp, seed=seed, outcomes=OUTCOMES)
-    try:
-        chosen, rounds = choose(nodes)
-    except EstimationError as e:
-        return {"error": type(e).__name__}
-    out: dict = {"chosen": [_name(p) for p in chosen], "rounds": rounds}
-    for design, extra in zip(DESIGNS, ([], SQUARES, chosen)):
+    out: dict = {}
+    bases: dict[str, list] = {"site effects": [], "sites+squares": SQUARES}
+    for design in designs:
+        if design in CANDIDATES:
+            try:
+                bases[design], out[f"{design} rounds"] = choose(nodes, CANDIDATES[design])
+            except EstimationError as e:
+                return {"error": type(e).__name__}
+            out[f"{design} chosen"] = [_name(p) for p in bases[design]]
+    for design in designs:
+        extra = bases[design]
         rows = [
             (
-                np.hstack([n.arrays.z, _products(n.arrays.z, extra)]) if extra else n.arrays.z,
+                np.hstack([n.arrays.z, _columns(n.arrays.z, extra)]) if extra else n.arrays.z,
                 n.arrays.t,
                 n.y_raw,
             )
@@ -127,7 +143,12 @@ def main() -> None:
         "strong_confounding,null",
     )
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--designs", default=",".join(DESIGNS), help="a subset of: " + ", ".join(DESIGNS))
     args = ap.parse_args()
+    designs = tuple(args.designs.split(","))
+    unknown = set(designs) - set(DESIGNS)
+    if unknown or "site effects" not in designs:
+        sys.exit(f"--designs: unknown {sorted(unknown)}, or no 'site effects' (the base of the widths)")
     first = args.first_seed
     print(
         f"seeds {first}..{first + args.seeds - 1}; exact studies; caliper strata 0.2 SD; site effects in all"
@@ -136,16 +157,19 @@ def main() -> None:
         for dgp in args.dgps.split(","):
             t0 = time.time()
             seeds = list(range(first, first + args.seeds))
-            res = map_seeds(partial(one_seed, layout=layout, dgp=dgp), seeds, workers=args.workers)
-            ok = [r for r in res if "error" not in r and all(isinstance(r[d], dict) for d in DESIGNS)]
-            n_terms = [len(r["chosen"]) for r in ok]
-            top = Counter(t for r in ok for t in r["chosen"]).most_common(5)
-            print(
-                f"{layout} {dgp}: {len(ok)} of {len(res)} seeds; terms chosen {np.mean(n_terms):.1f} "
-                f"[{min(n_terms)}, {max(n_terms)}], {np.mean([r['rounds'] for r in ok]):.0f} rounds; "
-                f"most often: {', '.join(f'{t} {100 * c / len(ok):.0f}%' for t, c in top)}"
-            )
-            for line in design_rows(ok, DESIGNS, OUTCOMES, base="site effects"):
+            fn = partial(one_seed, layout=layout, dgp=dgp, designs=designs)
+            res = map_seeds(fn, seeds, workers=args.workers)
+            ok = [r for r in res if "error" not in r and all(isinstance(r[d], dict) for d in designs)]
+            print(f"{layout} {dgp}: {len(ok)} of {len(res)} seeds")
+            for design in (d for d in designs if d in CANDIDATES):
+                n_terms = [len(r[f"{design} chosen"]) for r in ok]
+                top = Counter(t for r in ok for t in r[f"{design} chosen"]).most_common(6)
+                print(
+                    f"  {design}: terms chosen {np.mean(n_terms):.1f} [{min(n_terms)}, {max(n_terms)}], "
+                    f"{np.mean([r[f'{design} rounds'] for r in ok]):.0f} rounds; most often: "
+                    + ", ".join(f"{t} {100 * c / len(ok):.0f}%" for t, c in top)
+                )
+            for line in design_rows(ok, designs, OUTCOMES, base="site effects"):
                 print(f"  {line}")
             print(f"  ({time.time() - t0:.0f} s)", flush=True)
 

@@ -70,7 +70,33 @@ class Covariate(Protocol):
 C = TypeVar("C", bound=Covariate)
 
 
-__all__ = ["DesignTerms", "derived_covariates", "expand", "site_column", "term_factors"]
+__all__ = [
+    "KNOTS",
+    "DesignTerms",
+    "derived_covariates",
+    "expand",
+    "hinge",
+    "site_column",
+    "term_factors",
+]
+
+#: Knots of the hinge terms on the [0, 1] scale: every tenth of a covariate's **public** range
+#: (age 18–90: 25.2, 32.4, …, 82.8 years), so no knot comes from data.
+KNOTS: tuple[float, ...] = tuple(k / 10 for k in range(1, 10))
+
+
+def hinge(z: np.ndarray, knot: float) -> np.ndarray:
+    """``max(z − knot, 0) / (1 − knot)``: a covariate scaled to [0, 1] bent at ``knot``, again
+    in [0, 1] (so, like a product, it needs no bounds of its own).
+
+    A sum of hinges is a linear spline: it follows a step, a threshold or a saturating rise
+    that no square or product of covariates represents (``threshold_uptake``,
+    :mod:`shared.synth.dgp`).
+
+    >>> hinge(np.array([0.0, 0.5, 0.75, 1.0]), 0.5).tolist()
+    [0.0, 0.0, 0.5, 1.0]
+    """
+    return np.maximum(np.asarray(z, dtype=float) - knot, 0.0) / (1.0 - knot)
 
 
 class DesignTerms(BaseModel):

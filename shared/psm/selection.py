@@ -39,8 +39,16 @@ import numpy as np
 
 from shared.errors import ConvergenceError
 from shared.psm.propensity import PropensityFitter, PsStats
+from shared.terms import KNOTS
 
-__all__ = ["C_QUA", "Stepwise", "candidate_pairs", "score_statistics", "stepwise_basis"]
+__all__ = [
+    "C_QUA",
+    "Stepwise",
+    "candidate_hinges",
+    "candidate_pairs",
+    "score_statistics",
+    "stepwise_basis",
+]
 
 #: Imbens & Rubin's threshold for a second-order term (χ²₁ at 90 %).
 C_QUA = 2.71
@@ -54,6 +62,16 @@ def candidate_pairs(kinds: Sequence[str]) -> list[tuple[int, int]]:
     pairs = [(i, i) for i in range(d) if kinds[i] == "continuous"]
     pairs += [(i, j) for i in range(d) for j in range(i + 1, d)]
     return pairs
+
+
+def candidate_hinges(kinds: Sequence[str], knots: Sequence[float] = KNOTS) -> list[tuple[int, float]]:
+    """Hinge candidates ``(covariate index, knot)``: each continuous covariate bent at each knot
+    of its public range (:func:`shared.terms.hinge`), in index order then knot order.
+
+    Second-order terms cannot follow a step or a saturating rise; a linear spline can, and its
+    knots at fixed tenths of the public range come from no data. The stepwise rule chooses
+    among them as among products (``bench/bench_term_selection.py``)."""
+    return [(i, k) for i, kind in enumerate(kinds) if kind == "continuous" for k in knots]
 
 
 def score_statistics(total: PsStats, active: np.ndarray, *, ridge: float = 1e-6) -> np.ndarray:
