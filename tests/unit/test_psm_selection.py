@@ -5,11 +5,24 @@ import numpy as np
 import pytest
 
 from shared.psm.propensity import PsStats, ps_contribution
-from shared.psm.selection import candidate_pairs, score_statistics, stepwise_basis
+from shared.psm.selection import candidate_hinges, candidate_pairs, score_statistics, stepwise_basis
+from shared.terms import hinge
 
 
 def _design(z, pairs):
     return np.column_stack([z] + [z[:, i] * z[:, j] for i, j in pairs]) if pairs else z
+
+
+def _rounds(x: np.ndarray, t: np.ndarray):
+    """One site's rounds over the full design ``x`` (base columns, then candidates)."""
+
+    def stats_at(beta: np.ndarray, params) -> PsStats:
+        if params is None:
+            return ps_contribution(z=x, t=t, beta=beta)
+        cols = [k - 1 for k in params[1:]]  # the intercept is parameter 0
+        return ps_contribution(z=x[:, cols], t=t, beta=beta[params])
+
+    return stats_at
 
 
 def test_candidates_are_continuous_squares_then_every_product():
@@ -48,17 +61,42 @@ def test_stepwise_enters_the_generating_square_first_and_stops():
     eta = -1.0 + z[:, 0] - z[:, 1] + 4.0 * (z[:, 2] - 0.5) ** 2
     t = (rng.uniform(size=n) < 1 / (1 + np.exp(-eta))).astype(float)
     pairs = candidate_pairs(["continuous"] * d)
-    x = _design(z, pairs)
-
-    def stats_at(beta: np.ndarray, params) -> PsStats:
-        if params is None:
-            return ps_contribution(z=x, t=t, beta=beta)
-        cols = [k - 1 for k in params[1:]]  # the intercept is parameter 0
-        return ps_contribution(z=x[:, cols], t=t, beta=beta[params])
-
+    stats_at = _rounds(_design(z, pairs), t)
     step = stepwise_basis(stats_at, n_base=d, n_candidates=len(pairs))
     assert step.chosen and pairs[step.chosen[0]] == (2, 2)
     assert step.statistics[0] > 100  # the true term is no borderline entry
     assert len(step.chosen) < len(pairs)  # the threshold stopped it
     none = stepwise_basis(stats_at, n_base=d, n_candidates=len(pairs), threshold=np.inf)
     assert none.chosen == () and none.beta.size == 1 + d
+
+
+def test_hinges_bend_each_continuous_covariate_at_every_tenth_of_its_range():
+    assert candidate_hinges(["continuous", "binary"]) == [(0, k / 10) for k in range(1, 10)]
+    z = np.array([0.0, 0.3, 0.65, 1.0])
+    assert hinge(z, 0.3).tolist() == pytest.approx([0.0, 0.0, 0.5, 1.0])
+
+
+def test_stepwise_follows_a_step_with_hinges_where_squares_leave_it():
+    """Uptake steps up by 1.5 at 0.55 of one covariate's range: no square or product is a step,
+    a linear spline with knots at tenths of the range comes close. The rule enters hinges of
+    that covariate only, and the fitted log-odds along it are flat on both sides of the step
+    and 1.5 apart; from squares alone it takes the square, which is no step."""
+    rng = np.random.default_rng(5)
+    n, d = 20000, 3
+    z = rng.uniform(size=(n, d))
+    eta = -1.5 + z[:, 0] - z[:, 1] + 1.5 * (z[:, 2] >= 0.55)
+    t = (rng.uniform(size=n) < 1 / (1 + np.exp(-eta))).astype(float)
+    pairs, hinges = candidate_pairs(["continuous"] * d), candidate_hinges(["continuous"] * d)
+    x = np.column_stack([_design(z, pairs)] + [hinge(z[:, i], k) for i, k in hinges])
+    step = stepwise_basis(_rounds(x, t), n_base=d, n_candidates=len(pairs) + len(hinges))
+    terms = [(pairs + hinges)[c] for c in step.chosen]
+    assert terms and all(i == 2 and isinstance(k, float) for i, k in terms), terms
+    grid = np.linspace(0, 1, 21)
+    fitted = step.beta[3] * grid + sum(b * hinge(grid, k) for b, (_, k) in zip(step.beta[1 + d :], terms))
+    below, above = fitted[grid <= 0.5], fitted[grid >= 0.6]
+    assert np.ptp(below) < 0.4 and np.ptp(above) < 0.4  # flat on either side
+    assert above.mean() - below.mean() == pytest.approx(1.5, abs=0.25)
+    only_squares = stepwise_basis(
+        _rounds(_design(z, pairs), t), n_base=d, n_candidates=len(pairs), max_terms=1
+    )
+    assert pairs[only_squares.chosen[0]] == (2, 2)  # without hinges a square stands in for it
