@@ -81,6 +81,7 @@ def design_rows(ok: list[dict], designs, outcomes, *, base: str) -> list[str]:
     mean bias/SE ± its Monte-Carlo SE, coverage with its Wilson interval, and the mean CI width
     over design ``base``'s."""
     lines = []
+    w = max(len(d) for d in designs)
     for o in outcomes:
         width0 = sum(r[base][o.name][2] for r in ok) / len(ok)
         for design in designs:
@@ -91,7 +92,7 @@ def design_rows(ok: list[dict], designs, outcomes, *, base: str) -> list[str]:
             lo, hi = wilson_interval(hits, len(ok))
             width = sum(r[design][o.name][2] for r in ok) / len(ok) / width0
             lines.append(
-                f"{o.name:13} {design:15} {mean:+6.2f} ± {mc:.2f} "
+                f"{o.name:13} {design:{w}} {mean:+6.2f} ± {mc:.2f} "
                 f"{100 * hits / len(ok):6.1f}% [{100 * lo:4.1f}, {100 * hi:4.1f}] {width:6.3f}"
             )
     return lines

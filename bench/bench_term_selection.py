@@ -37,9 +37,8 @@ from _layouts import LAYOUTS, NAMES, build_nodes  # noqa: E402
 
 from shared.errors import EstimationError  # noqa: E402
 from shared.features import FEATURES  # noqa: E402
-from shared.psm.propensity import PsStats, ps_contribution  # noqa: E402
 from shared.psm.reference import estimate_att_federated  # noqa: E402
-from shared.psm.selection import candidate_hinges, candidate_pairs, stepwise_basis  # noqa: E402
+from shared.psm.selection import candidate_hinges, candidate_pairs, rounds_over, stepwise_basis  # noqa: E402
 from shared.synth.outcomes import OUTCOMES  # noqa: E402
 from shared.terms import hinge  # noqa: E402
 
@@ -81,18 +80,7 @@ def choose(nodes, candidates) -> tuple[list, int]:
         designs.append(np.hstack([z, sites, _columns(z, candidates)]))
         ts.append(n.arrays.t)
 
-    def stats_at(beta: np.ndarray, params) -> PsStats:
-        if params is None:
-            parts = [ps_contribution(z=x, t=t, beta=beta) for x, t in zip(designs, ts)]
-        else:
-            cols = [k - 1 for k in params[1:]]  # the intercept is parameter 0
-            parts = [ps_contribution(z=x[:, cols], t=t, beta=beta[params]) for x, t in zip(designs, ts)]
-        total = parts[0]
-        for p in parts[1:]:
-            total = total + p
-        return total
-
-    step = stepwise_basis(stats_at, n_base=len(NAMES) + k - 1, n_candidates=len(candidates))
+    step = stepwise_basis(rounds_over(designs, ts), n_base=len(NAMES) + k - 1, n_candidates=len(candidates))
     return [candidates[c] for c in step.chosen], step.rounds
 
 

@@ -38,7 +38,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from shared.errors import ConvergenceError
-from shared.psm.propensity import PropensityFitter, PsStats
+from shared.psm.propensity import PropensityFitter, PsStats, ps_contribution
 from shared.terms import KNOTS
 
 __all__ = [
@@ -46,6 +46,7 @@ __all__ = [
     "Stepwise",
     "candidate_hinges",
     "candidate_pairs",
+    "rounds_over",
     "score_statistics",
     "stepwise_basis",
 ]
@@ -94,6 +95,29 @@ def score_statistics(total: PsStats, active: np.ndarray, *, ridge: float = 1e-6)
     ok = left > 1e-9 * scale  # information a candidate adds beyond the active basis
     out[C] = np.where(ok, total.g[C] ** 2 / np.where(ok, left, 1.0), 0.0)
     return out
+
+
+def rounds_over(
+    designs: Sequence[np.ndarray], treated: Sequence[np.ndarray]
+) -> Callable[[np.ndarray, Sequence[int] | None], PsStats]:
+    """The ``stats_at`` of :func:`stepwise_basis` over sites holding the full designs (base
+    columns, then candidate columns) and treatment indicators: each site's
+    :func:`~shared.psm.propensity.ps_contribution` over the asked parameters, summed, as a
+    study's round sums them. For benchmarks and tests: a study's nodes hold their own."""
+
+    def stats_at(beta: np.ndarray, params: Sequence[int] | None) -> PsStats:
+        if params is None:
+            parts = [ps_contribution(z=x, t=t, beta=beta) for x, t in zip(designs, treated)]
+        else:
+            cols = [k - 1 for k in params[1:]]  # the intercept is parameter 0
+            b = beta[list(params)]
+            parts = [ps_contribution(z=x[:, cols], t=t, beta=b) for x, t in zip(designs, treated)]
+        total = parts[0]
+        for part in parts[1:]:
+            total = total + part
+        return total
+
+    return stats_at
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,14 @@ brute-force recomputation, and the selection on data whose uptake has one known 
 import numpy as np
 import pytest
 
-from shared.psm.propensity import PsStats, ps_contribution
-from shared.psm.selection import candidate_hinges, candidate_pairs, score_statistics, stepwise_basis
+from shared.psm.propensity import ps_contribution
+from shared.psm.selection import (
+    candidate_hinges,
+    candidate_pairs,
+    rounds_over,
+    score_statistics,
+    stepwise_basis,
+)
 from shared.terms import hinge
 
 
@@ -15,14 +21,7 @@ def _design(z, pairs):
 
 def _rounds(x: np.ndarray, t: np.ndarray):
     """One site's rounds over the full design ``x`` (base columns, then candidates)."""
-
-    def stats_at(beta: np.ndarray, params) -> PsStats:
-        if params is None:
-            return ps_contribution(z=x, t=t, beta=beta)
-        cols = [k - 1 for k in params[1:]]  # the intercept is parameter 0
-        return ps_contribution(z=x[:, cols], t=t, beta=beta[params])
-
-    return stats_at
+    return rounds_over([x], [t])
 
 
 def test_candidates_are_continuous_squares_then_every_product():
