@@ -148,7 +148,15 @@ def main() -> None:
             fn = partial(one_seed, layout=layout, dgp=dgp, designs=designs)
             res = map_seeds(fn, seeds, workers=args.workers)
             ok = [r for r in res if "error" not in r and all(isinstance(r[d], dict) for d in designs)]
-            print(f"{layout} {dgp}: {len(ok)} of {len(res)} seeds")
+            failed = Counter(
+                r.get("error") or ", ".join(f"{d}: {r[d]}" for d in designs if not isinstance(r[d], dict))
+                for r in res
+                if r not in ok
+            )
+            print(
+                f"{layout} {dgp}: {len(ok)} of {len(res)} seeds"
+                + (f" (failed: {dict(failed)})" if failed else "")
+            )
             for design in (d for d in designs if d in CANDIDATES):
                 n_terms = [len(r[f"{design} chosen"]) for r in ok]
                 top = Counter(t for r in ok for t in r[f"{design} chosen"]).most_common(6)
