@@ -37,7 +37,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from shared.errors import ConvergenceError
 from shared.psm.propensity import PropensityFitter, PsStats, ps_contribution
 from shared.terms import KNOTS
 
@@ -156,7 +155,9 @@ def stepwise_basis(
         max_terms: stop after this many entries (None: only the threshold stops).
 
     Raises:
-        ConvergenceError: a refit did not converge within ``max_iter`` rounds.
+        ConvergenceError: a refit did not converge within ``max_iter`` rounds (raised by
+            :class:`~shared.psm.propensity.PropensityFitter`, as in a study's own fit).
+        NoOverlapError: a refit separates the arms.
     """
     p = 1 + n_base + n_candidates
     order = list(range(1 + n_base))  # active parameters, in the order they entered
@@ -189,6 +190,4 @@ def stepwise_basis(
         order.append(best)
         chosen.append(best - 1 - n_base)
         stats.append(float(s[best]))
-    if not np.all(np.isfinite(fitter.beta)):
-        raise ConvergenceError("the stepwise propensity fit did not converge")
     return Stepwise(chosen=tuple(chosen), statistics=tuple(stats), beta=fitter.beta.copy(), rounds=rounds)
