@@ -4,12 +4,14 @@ No fixed basis covers every process at 10k treated (docs/STATISTICS.md, "Site ef
 effects alone leave ``misspecified`` biased (−4.95 SE on absence days), every square of a
 continuous covariate fixes it but overshoots ``threshold_uptake`` (+1.34 SE). This benchmark
 measures the basis :func:`shared.psm.selection.stepwise_basis` chooses from covariates and
-treatment alone (squares and all pairwise products as candidates, C_qua = 2.71, the authors'
-constant), with the site indicators always in, on the same seeded federations (a paired
-comparison). The selection's rounds are sums of the node's own :func:`~shared.psm.propensity.
-ps_contribution` over the expanded basis, as a study would collect them; the estimate is the
-exact study (:func:`shared.psm.reference.estimate_att_federated`) with the chosen products
-appended to each node's covariates. Seeds start at 40,000: none of them was used before.
+treatment alone (C_qua = 2.71, the authors' constant) from two candidate sets: squares and all
+pairwise products (``sites+stepwise``), and those plus hinges at tenths of each continuous
+covariate's public range (``sites+stepwise+hinges``), with the site indicators always in, on
+the same seeded federations (a paired comparison). The selection's rounds are sums of the
+node's own :func:`~shared.psm.propensity.ps_contribution` over the expanded basis, as a study
+would collect them; the estimate is the exact study
+(:func:`shared.psm.reference.estimate_att_federated`) with the chosen terms appended to each
+node's covariates. Seeds start at 40,000: none of them was used before.
 
 Printed per layout × process: the terms chosen (mean, range, the most frequent); per outcome
 and design: mean bias/SE ± its Monte-Carlo SE, coverage with its Wilson 95 % interval, and the
@@ -17,6 +19,11 @@ mean CI width over the site-effects basis.
 
     .venv/bin/python bench/bench_term_selection.py --seeds 200 --workers 2
     .venv/bin/python bench/bench_term_selection.py --seeds 40 --dgps misspecified   # quick look
+    OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/bench_term_selection.py --seeds 100 --workers 2 \
+        --dgps smooth_uptake --designs "site effects,sites+squares,sites+stepwise+hinges"
+
+One BLAS thread per worker: with two workers of two threads each on two cores, the four designs
+on smooth_uptake took 55 min; three designs with one thread 7–10 min per process.
 """
 
 from __future__ import annotations

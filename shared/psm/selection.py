@@ -25,9 +25,16 @@ the refit and nothing else: every round is one sum of ``PsStats`` over the full 
 Uses only covariates and treatment: the choice is part of the design, made blind to outcomes
 as pre-registration requires.
 
-Not called by the study driver: measured first (``bench/bench_term_selection.py``,
-docs/STATISTICS.md, "Choosing the basis from the data"), it does on the benchmark's processes
-what declaring the squares does and fails where they fail, so no study option uses it yet.
+Candidates: the second-order terms (:func:`candidate_pairs`) and, since a step or a threshold
+is no second-order term, hinges at tenths of each continuous covariate's public range
+(:func:`candidate_hinges`, :func:`shared.terms.hinge`).
+
+Not called by the study driver yet. Measured first (``bench/bench_term_selection.py``,
+docs/STATISTICS.md, "Choosing the basis from the data" and "Hinges"): from second-order terms
+alone it does what declaring the squares does and fails where they fail; with hinges it covers
+every row of the three non-linear processes at 10k treated, including one written before hinges
+were measured. Wiring it in changes what a node answers (score rounds over a signed candidate
+basis, later queries on a subset of it), which needs its own attack tests.
 """
 
 from __future__ import annotations
