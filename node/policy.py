@@ -33,7 +33,7 @@ Policy file (``policy-path`` in the node config; TOML), every key optional::
     max_abs_beta = 1000.0
     max_strata = 10000
     treatment_columns = ["treated"]
-    allow_design_terms = true  # squares and products of listed covariates (a study's [terms])
+    allow_design_terms = true  # squares, products and hinges of listed covariates (a study's [terms])
     [[covariates]]            # default: the 16 clinical features with their public bounds
     name = "age"; lo = 18; hi = 90
     [[outcomes]]              # default: claims_cost (cap 100000), cv_event, absence_days (365)
@@ -58,7 +58,7 @@ from shared.grant import Grant, canonical_json
 from shared.protocol import DP_RELEASES, PsFit, PsmStats, ScoreHist, StudyQuery
 from shared.psm.strata import MAX_STRATA
 from shared.study import DEFAULT_OUTCOMES, BudgetSplit, Covariate, Outcome, format_validation_error
-from shared.terms import term_factors
+from shared.terms import hinge_knots, term_factors
 
 __all__ = ["MIN_RELEASE_SHARE", "NodePolicy"]
 
@@ -166,6 +166,7 @@ class NodePolicy(BaseModel):
                 raise PolicyRefused("this node's policy does not allow derived covariate terms ([terms])")
             try:
                 term_factors(query.covariates, terms)
+                hinge_knots(query.covariates, terms)
             except DataError as e:
                 raise PolicyRefused(f"derived terms: {e}") from None
             if terms.sites and query.privacy is not None:

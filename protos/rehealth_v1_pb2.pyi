@@ -242,14 +242,16 @@ class StudyQuery(_message.Message):
     def __init__(self, protocol: _Optional[int] = ..., study_id: _Optional[str] = ..., treatment_column: _Optional[str] = ..., covariates: _Optional[_Iterable[_Union[Covariate, _Mapping]]] = ..., outcomes: _Optional[_Iterable[_Union[Outcome, _Mapping]]] = ..., ops: _Optional[_Iterable[_Union[Operation, _Mapping]]] = ..., sites: _Optional[_Iterable[str]] = ..., privacy: _Optional[_Union[PrivacyQuery, _Mapping]] = ..., secure_scale: _Optional[float] = ..., grant: _Optional[_Union[SignedGrant, _Mapping]] = ..., design_terms: _Optional[_Union[DesignTerms, _Mapping]] = ...) -> None: ...
 
 class DesignTerms(_message.Message):
-    __slots__ = ("squares", "interactions", "sites")
+    __slots__ = ("squares", "interactions", "sites", "hinges")
     SQUARES_FIELD_NUMBER: _ClassVar[int]
     INTERACTIONS_FIELD_NUMBER: _ClassVar[int]
     SITES_FIELD_NUMBER: _ClassVar[int]
+    HINGES_FIELD_NUMBER: _ClassVar[int]
     squares: str
     interactions: _containers.RepeatedScalarFieldContainer[str]
     sites: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, squares: _Optional[str] = ..., interactions: _Optional[_Iterable[str]] = ..., sites: _Optional[_Iterable[str]] = ...) -> None: ...
+    hinges: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, squares: _Optional[str] = ..., interactions: _Optional[_Iterable[str]] = ..., sites: _Optional[_Iterable[str]] = ..., hinges: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Tensor(_message.Message):
     __slots__ = ("values", "shape")

@@ -14,12 +14,17 @@ CohortMethod's users add squares and interactions and check balance on them). Th
 
 * ``squares = "continuous"``: the square of every continuous covariate (binary ones square to
   themselves) — the pre-declared default basis, the same for every study;
-* ``interactions = ["bmi*smoker", ...]``: products the design names (none by default).
+* ``interactions = ["bmi*smoker", ...]``: products the design names (none by default);
+* ``hinges = ["age>60", ...]``: a continuous covariate bent at a value inside its public
+  bounds, ``max(z − k, 0) / (1 − k)`` on the [0, 1] scale (:func:`hinge`): a step, threshold or
+  saturating rise the design knows of (an outreach campaign from age 60), which no square or
+  product represents (none by default).
 
-Each term is the product of covariates already scaled to [0, 1] by their public bounds, so it
-lies in [0, 1] too: it needs no bounds of its own, adds nothing a node's policy has not allowed
-(a function of allowed columns), and enters every aggregate — propensity fit, strata, balance
-table, DR cross-products, DP sensitivities (one more column each) — exactly as a covariate does.
+Each term is a product of covariates already scaled to [0, 1] by their public bounds, or a
+hinge of one, so it lies in [0, 1] too: it needs no bounds of its own, adds nothing a node's
+policy has not allowed (a function of allowed columns), and enters every aggregate —
+propensity fit, strata, balance table, DR cross-products, DP sensitivities (one more column
+each) — exactly as a covariate does.
 The node appends the terms to its scaled matrix in :func:`shared.answer.answer`, the one code
 path every adapter (real node, in-process site, pooled reference) runs, so federated = pooled
 holds for them as for the covariates (tests/unit/test_psm_terms.py).
@@ -51,7 +56,14 @@ from __future__ import annotations
 from typing import Any, Literal, Protocol, Sequence, TypeVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+)
 
 from shared.errors import DataError
 
@@ -66,6 +78,12 @@ class Covariate(Protocol):
     @property
     def kind(self) -> Literal["continuous", "binary"]: ...
 
+    @property
+    def lo(self) -> float: ...
+
+    @property
+    def hi(self) -> float: ...
+
 
 C = TypeVar("C", bound=Covariate)
 
@@ -76,6 +94,8 @@ __all__ = [
     "derived_covariates",
     "expand",
     "hinge",
+    "hinge_knots",
+    "hinge_term",
     "site_column",
     "term_factors",
 ]
@@ -107,6 +127,8 @@ class DesignTerms(BaseModel):
     squares: Literal["none", "continuous"] = "none"
     #: products of two covariates, ``"a*b"``
     interactions: tuple[str, ...] = Field(default=(), max_length=200)
+    #: a continuous covariate bent at a value inside its public bounds, ``"age>60"``
+    hinges: tuple[str, ...] = Field(default=(), max_length=200)
     #: the study's sites, the reference first: one 0/1 indicator column per other site
     #: (site effects; a spec writes ``sites = "all"``, :class:`shared.study.StudySpec`)
     sites: tuple[str, ...] = Field(default=(), max_length=1000)
@@ -137,9 +159,80 @@ class DesignTerms(BaseModel):
             seen.add(key)
         return v
 
+    @field_validator("hinges")
+    @classmethod
+    def _hinge_form(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        seen: set[tuple[str, float]] = set()
+        for term in v:
+            name, knot = _parse_hinge(term)
+            if (name, knot) in seen:
+                raise ValueError(f"hinge {term!r} is declared twice")
+            seen.add((name, knot))
+        return v
+
+    @model_serializer(mode="wrap")
+    def _omit_no_hinges(self, handler: SerializerFunctionWrapHandler) -> dict:
+        """Terms without hinges dump (and so hash, and are signed) as before hinges existed:
+        registrations and grants of such specs stay valid."""
+        data = handler(self)
+        if not self.hinges:
+            data.pop("hinges", None)
+        return data
+
     @property
     def empty(self) -> bool:
-        return self.squares == "none" and not self.interactions and not self.sites
+        return self.squares == "none" and not self.interactions and not self.hinges and not self.sites
+
+
+def _parse_hinge(term: str) -> tuple[str, float]:
+    """``"age>60"`` → ``("age", 60.0)``.
+
+    Raises:
+        ValueError: not of that form.
+    """
+    parts = term.split(">")
+    try:
+        if len(parts) != 2 or not parts[0].strip():
+            raise ValueError
+        knot = float(parts[1])
+    except ValueError:
+        raise ValueError(f"hinge {term!r} is not of the form 'covariate>value'") from None
+    if not np.isfinite(knot):
+        raise ValueError(f"hinge {term!r}: the value must be finite")
+    return parts[0].strip(), knot
+
+
+def hinge_knots(covariates: Sequence[Covariate], terms: DesignTerms | None) -> list[tuple[int, float]]:
+    """Column index and knot on the [0, 1] scale of each declared hinge, in declared order.
+
+    Raises:
+        DataError: a hinge names a covariate the study does not have, a binary one, or a value
+            not strictly inside the covariate's public bounds (it would bend nowhere).
+    """
+    if terms is None or not terms.hinges:
+        return []
+    index = {c.name: i for i, c in enumerate(covariates)}
+    out = []
+    for k, term in enumerate(terms.hinges):
+        name, value = _parse_hinge(term)
+        if name not in index:
+            raise DataError(f"terms.hinges[{k}] names {name!r}, which is not a covariate", field=name)
+        c = covariates[index[name]]
+        if c.kind != "continuous":
+            raise DataError(f"terms.hinges[{k}]: {name!r} is binary; a hinge bends a continuous covariate")
+        if not c.lo < value < c.hi:
+            raise DataError(
+                f"terms.hinges[{k}]: {value:g} is not inside {name}'s public bounds ({c.lo:g}, {c.hi:g})",
+                field=name,
+            )
+        out.append((index[name], (value - c.lo) / (c.hi - c.lo)))
+    return out
+
+
+def hinge_term(covariate: Covariate, knot: float) -> str:
+    """The declared form of ``covariate`` bent at ``knot`` on the [0, 1] scale (``"age>54"``
+    for age 18–90 at 0.5): how a chosen hinge is written into a spec."""
+    return f"{covariate.name}>{covariate.lo + knot * (covariate.hi - covariate.lo):g}"
 
 
 def term_factors(covariates: Sequence[Covariate], terms: DesignTerms | None) -> list[tuple[int, int]]:
@@ -183,26 +276,32 @@ def derived_covariates(covariates: Sequence[C], terms: DesignTerms | None) -> tu
     so this module need not import the spec that holds a :class:`DesignTerms` (no import
     cycle)."""
     pairs = term_factors(covariates, terms)
+    hinges = terms.hinges if terms is not None else ()
+    hinge_knots(covariates, terms)  # a hinge of an unknown column or outside its bounds: DataError
     sites = terms.sites[1:] if terms is not None else ()
-    if not pairs and not sites:
+    if not pairs and not hinges and not sites:
         return ()
     make: Any = type(covariates[0])
-    return tuple(
-        make(
-            name=_term_name(covariates, i, j),
-            lo=0.0,
-            hi=1.0,
-            kind="binary" if covariates[i].kind == covariates[j].kind == "binary" else "continuous",
+    return (
+        tuple(
+            make(
+                name=_term_name(covariates, i, j),
+                lo=0.0,
+                hi=1.0,
+                kind="binary" if covariates[i].kind == covariates[j].kind == "binary" else "continuous",
+            )
+            for i, j in pairs
         )
-        for i, j in pairs
-    ) + tuple(make(name=site_column(s), lo=0.0, hi=1.0, kind="binary") for s in sites)
+        + tuple(make(name=h, lo=0.0, hi=1.0, kind="continuous") for h in hinges)
+        + tuple(make(name=site_column(s), lo=0.0, hi=1.0, kind="binary") for s in sites)
+    )
 
 
 def expand(
     z: np.ndarray, covariates: Sequence[Covariate], terms: DesignTerms | None, *, site: str | None = None
 ) -> np.ndarray:
     """``z`` (scaled covariates, ``(n, D)``) with the derived terms appended as columns: the
-    products, then (site effects) the indicators of ``site``, the node's own name.
+    products, the hinges, then (site effects) the indicators of ``site``, the node's own name.
 
     Returns ``z`` itself when there are no terms (bit-identical to a study without them).
 
@@ -210,13 +309,14 @@ def expand(
         DataError: site effects without ``site``, or ``site`` not among ``terms.sites``.
     """
     pairs = term_factors(covariates, terms)
+    knots = hinge_knots(covariates, terms)
     sites = terms.sites if terms is not None else ()
-    if not pairs and not sites:
+    if not pairs and not knots and not sites:
         return z
     z = np.asarray(z, dtype=float)
     if z.ndim != 2 or z.shape[1] != len(covariates):
         raise DataError(f"covariates must be an (n, {len(covariates)}) array, got shape {z.shape}")
-    extra = [z[:, i] * z[:, j] for i, j in pairs]
+    extra = [z[:, i] * z[:, j] for i, j in pairs] + [hinge(z[:, i], k) for i, k in knots]
     if sites:
         if site not in sites:
             raise DataError(

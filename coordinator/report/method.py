@@ -203,6 +203,11 @@ def _terms(spec: dict) -> str:
         parts.append(f"the squares of the {len(squares)} continuous ones")
     if terms.get("interactions"):
         parts.append("the products " + ", ".join(terms["interactions"]))
+    if terms.get("hinges"):
+        parts.append(
+            "the hinges " + ", ".join(terms["hinges"]) + " (each covariate's excess over the value, "
+            "0 below it)"
+        )
     if terms.get("sites"):
         sites = terms["sites"]
         parts.append(f"an indicator of each site but the first ({sites[0]}, the reference): site effects")

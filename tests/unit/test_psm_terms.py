@@ -13,7 +13,7 @@ from shared.protocol import Describe, StudyQuery
 from shared.psm.reference import estimate_att_federated, estimate_att_pooled
 from shared.study import DEFAULT_OUTCOMES, Covariate, StudySpec
 from shared.synth import generate_cohort
-from shared.terms import DesignTerms, derived_covariates, expand
+from shared.terms import DesignTerms, derived_covariates, expand, hinge_term
 
 SQUARES = DesignTerms(squares="continuous", interactions=("bmi*smoker",))
 COVS = tuple(Covariate(name=f.name, lo=0.0, hi=1.0, kind=f.kind) for f in FEATURES)
@@ -138,7 +138,7 @@ def test_squares_remove_most_of_the_retirement_bias_of_the_misspecified_process(
 def test_the_terms_travel_on_the_wire_and_are_absent_when_there_are_none():
     from protos.codec import query_from_proto, query_to_proto
 
-    for terms in ({"squares": "continuous", "interactions": ["bmi*smoker"]}, {}):
+    for terms in ({"squares": "continuous", "interactions": ["bmi*smoker"]}, {"hinges": ["age>60"]}, {}):
         query = StudyQuery.for_spec(_spec(terms=terms, privacy={"enabled": False}), (Describe(),))
         msg = query_to_proto(query)
         assert msg.HasField("design_terms") == bool(terms)
@@ -173,3 +173,75 @@ def test_a_dp_study_with_terms_runs_through_the_nodes_and_charges_the_wider_plan
         r.query: r.sensitivity for r in noise_plan(spec.model_copy(update={"terms": DesignTerms()})).releases
     }
     assert wider["ps_fit"] > narrow["ps_fit"] and wider["psm_balance"] > narrow["psm_balance"]
+
+
+HINGES = DesignTerms(squares="continuous", hinges=("age>60", "bmi>30"))
+
+
+def test_a_hinge_bends_its_scaled_column_at_the_declared_value_and_stays_in_the_unit_box():
+    z = np.random.default_rng(2).uniform(size=(200, len(COVS)))
+    covs = tuple(Covariate(name=f.name, lo=f.lo, hi=f.hi, kind=f.kind) for f in FEATURES)
+    out = expand(z, covs, HINGES)
+    names = [c.name for c in derived_covariates(covs, HINGES)]
+    assert names[-2:] == ["age>60", "bmi>30"] and out.shape[1] == len(covs) + 11 + 2
+    age = z[:, NAMES.index("age")] * (90 - 18) + 18  # back to years
+    want = np.maximum(age - 60, 0) / (90 - 60)  # the excess over 60, as a share of 60–90
+    np.testing.assert_allclose(out[:, -2], want, rtol=0, atol=1e-12)
+    assert 0.0 <= out.min() and out.max() <= 1.0
+    assert hinge_term(covs[NAMES.index("age")], 0.5) == "age>54"  # how a chosen knot is declared
+
+
+def test_hinges_hash_only_when_declared_and_bad_ones_are_refused_by_spec_and_node():
+    from node.policy import NodePolicy
+
+    squares = _spec(terms={"squares": "continuous"})
+    assert "hinges" not in squares.model_dump()["terms"]  # old specs with terms: same bytes, same grants
+    hinged = _spec(terms={"squares": "continuous", "hinges": ["age>60", "bmi>30"]})
+    assert hinged.spec_hash() != squares.spec_hash()
+    assert [c.name for c in hinged.design_covariates][-2:] == ["age>60", "bmi>30"]
+    assert StudyQuery.study_grant(hinged, "g" * 16).terms["design_terms"]["hinges"] == ["age>60", "bmi>30"]
+    from coordinator.report.method import _terms
+
+    assert "the hinges age>60, bmi>30" in _terms(hinged.model_dump(mode="json"))
+    for bad, match in (
+        (["age>90"], "not inside age's public bounds"),
+        (["age>18"], "not inside age's public bounds"),
+        (["smoker>0.5"], "binary"),
+        (["bogus>1"], "names 'bogus'"),
+        (["age>>1"], "not of the form"),
+        (["age>nan"], "finite"),
+        (["age>60", "age > 60.0"], "declared twice"),
+    ):
+        with pytest.raises(SpecError, match=match):
+            _spec(terms={"hinges": bad})
+    # a query that claims a hinge the spec could not declare is refused by the node, not computed
+    query = StudyQuery.for_spec(hinged.model_copy(update={"privacy": squares.privacy}), (Describe(),))
+    NodePolicy(allow_exact=True).check(query, None)
+    for bad in ("age>200", "smoker>0.5", "person_id>1"):
+        crafted = query.model_copy(update={"design_terms": DesignTerms(hinges=(bad,))})
+        with pytest.raises(PolicyRefused, match="derived terms"):
+            NodePolicy(allow_exact=True).check(crafted, None)
+
+
+@pytest.mark.parametrize("estimator", ["stratified", "dr"])
+def test_federated_with_hinges_equals_the_pooled_estimator_on_the_expanded_rows(estimator):
+    parts = [_cohort(seed, 1000, "threshold_uptake") for seed in (21, 22, 23)]
+    covs = tuple(Covariate(name=f.name, lo=0.0, hi=1.0, kind=f.kind) for f in FEATURES)
+    terms = DesignTerms(hinges=("age>0.5", "age>0.6", "bmi>0.35"))  # on the scaled [0, 1] bounds
+    fed = estimate_att_federated(
+        nodes=[(z, t, y) for z, t, y, _ in parts],
+        outcomes=DEFAULT_OUTCOMES,
+        covariates=NAMES,
+        terms=terms,
+        binary=BINARY,
+        estimator=estimator,
+    )
+    z, t, y = (np.concatenate([p[i] for p in parts]) for i in range(3))
+    names = NAMES + list(terms.hinges)
+    pooled = estimate_att_pooled(
+        z=expand(z, covs, terms), t=t, y=y, outcomes=DEFAULT_OUTCOMES, covariates=names, estimator=estimator
+    )
+    assert [b.covariate for b in fed.estimate.balance] == names
+    x, y = np.array(_numbers(fed.estimate)), np.array(_numbers(pooled.estimate))
+    assert x.shape == y.shape and x.size > 50
+    np.testing.assert_allclose(x[np.isfinite(x)], y[np.isfinite(y)], rtol=1e-9, atol=1e-9)
