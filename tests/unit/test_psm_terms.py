@@ -90,22 +90,31 @@ def test_the_node_policy_decides_whether_it_computes_terms():
 
 
 @pytest.mark.parametrize("estimator", ["stratified", "dr"])
-def test_federated_with_terms_equals_the_pooled_estimator_on_the_expanded_rows(estimator):
+@pytest.mark.parametrize(
+    ("terms", "dgp"),
+    [
+        (SQUARES, "misspecified"),
+        # hinges on the scaled [0, 1] bounds the reference works in: age 54 and 61.2, BMI 30.1
+        (DesignTerms(hinges=("age>0.5", "age>0.6", "bmi>0.35")), "threshold_uptake"),
+    ],
+    ids=["squares", "hinges"],
+)
+def test_federated_with_terms_equals_the_pooled_estimator_on_the_expanded_rows(estimator, terms, dgp):
     """Three nodes each expand their own rows; the pooled reference gets the expanded matrix
     as plain covariates: the same estimate to 1e-9 (the terms are per-row, the sums additive)."""
-    parts = [_cohort(seed, 1000, "misspecified") for seed in (11, 12, 13)]
+    parts = [_cohort(seed, 1000, dgp) for seed in (11, 12, 13)]
     fed = estimate_att_federated(
         nodes=[(z, t, y) for z, t, y, _ in parts],
         outcomes=DEFAULT_OUTCOMES,
         covariates=NAMES,
-        terms=SQUARES,
+        terms=terms,
         binary=BINARY,
         estimator=estimator,
     )
     z, t, y = (np.concatenate([p[i] for p in parts]) for i in range(3))
-    names = NAMES + [c.name for c in derived_covariates(COVS, SQUARES)]
+    names = NAMES + [c.name for c in derived_covariates(COVS, terms)]
     pooled = estimate_att_pooled(
-        z=expand(z, COVS, SQUARES), t=t, y=y, outcomes=DEFAULT_OUTCOMES, covariates=names, estimator=estimator
+        z=expand(z, COVS, terms), t=t, y=y, outcomes=DEFAULT_OUTCOMES, covariates=names, estimator=estimator
     )
     assert fed.fitter.beta.shape == (len(names) + 1,)
     assert [b.covariate for b in fed.estimate.balance] == names
@@ -221,27 +230,3 @@ def test_hinges_hash_only_when_declared_and_bad_ones_are_refused_by_spec_and_nod
         crafted = query.model_copy(update={"design_terms": DesignTerms(hinges=(bad,))})
         with pytest.raises(PolicyRefused, match="derived terms"):
             NodePolicy(allow_exact=True).check(crafted, None)
-
-
-@pytest.mark.parametrize("estimator", ["stratified", "dr"])
-def test_federated_with_hinges_equals_the_pooled_estimator_on_the_expanded_rows(estimator):
-    parts = [_cohort(seed, 1000, "threshold_uptake") for seed in (21, 22, 23)]
-    covs = tuple(Covariate(name=f.name, lo=0.0, hi=1.0, kind=f.kind) for f in FEATURES)
-    terms = DesignTerms(hinges=("age>0.5", "age>0.6", "bmi>0.35"))  # on the scaled [0, 1] bounds
-    fed = estimate_att_federated(
-        nodes=[(z, t, y) for z, t, y, _ in parts],
-        outcomes=DEFAULT_OUTCOMES,
-        covariates=NAMES,
-        terms=terms,
-        binary=BINARY,
-        estimator=estimator,
-    )
-    z, t, y = (np.concatenate([p[i] for p in parts]) for i in range(3))
-    names = NAMES + list(terms.hinges)
-    pooled = estimate_att_pooled(
-        z=expand(z, covs, terms), t=t, y=y, outcomes=DEFAULT_OUTCOMES, covariates=names, estimator=estimator
-    )
-    assert [b.covariate for b in fed.estimate.balance] == names
-    x, y = np.array(_numbers(fed.estimate)), np.array(_numbers(pooled.estimate))
-    assert x.shape == y.shape and x.size > 50
-    np.testing.assert_allclose(x[np.isfinite(x)], y[np.isfinite(y)], rtol=1e-9, atol=1e-9)
