@@ -45,9 +45,16 @@ from _layouts import LAYOUTS, NAMES, build_nodes  # noqa: E402
 from shared.errors import EstimationError  # noqa: E402
 from shared.features import FEATURES  # noqa: E402
 from shared.psm.reference import estimate_att_federated  # noqa: E402
-from shared.psm.selection import candidate_hinges, candidate_pairs, rounds_over, stepwise_basis  # noqa: E402
+from shared.psm.selection import (  # noqa: E402
+    as_terms,
+    candidate_hinges,
+    candidate_pairs,
+    rounds_over,
+    stepwise_basis,
+)
+from shared.study import Covariate  # noqa: E402
 from shared.synth.outcomes import OUTCOMES  # noqa: E402
-from shared.terms import hinge  # noqa: E402
+from shared.terms import derived_covariates, expand  # noqa: E402
 
 BINARY = [n for n, f in zip(NAMES, FEATURES) if f.kind == "binary"]
 KINDS = [f.kind for f in FEATURES]
@@ -59,20 +66,20 @@ HINGES = candidate_hinges(KINDS)
 CANDIDATES = {"sites+stepwise": PAIRS, "sites+stepwise+hinges": PAIRS + HINGES}
 DESIGNS = ("site effects", "sites+squares", *CANDIDATES)
 FIRST_SEED = 40_000
+#: the covariates on the [0, 1] scale the benchmark's arrays hold
+SCALED = tuple(Covariate(name=f.name, lo=0.0, hi=1.0, kind=f.kind) for f in FEATURES)
 
 
 def _name(term) -> str:
-    i, j = term
-    if isinstance(j, float):
-        return f"{NAMES[i]}>{j:g}"
-    return f"{NAMES[i]}^2" if i == j else f"{NAMES[i]}*{NAMES[j]}"
+    """A candidate's column name as the nodes name it (``age^2``, ``bmi*smoker``, ``age>0.5``:
+    on the scaled [0, 1] bounds the reference works in)."""
+    return derived_covariates(SCALED, as_terms([term], SCALED))[0].name
 
 
 def _columns(z: np.ndarray, terms) -> np.ndarray:
-    """The terms' columns over scaled covariates ``z`` (products, hinges)."""
-    return np.column_stack(
-        [hinge(z[:, i], j) if isinstance(j, float) else z[:, i] * z[:, j] for i, j in terms]
-    )
+    """The terms' columns over scaled covariates ``z``, from the nodes' own
+    :func:`shared.terms.expand` (products, then hinges: candidate order)."""
+    return expand(z, SCALED, as_terms(terms, SCALED))[:, len(SCALED) :]
 
 
 def choose(nodes, candidates) -> tuple[list, int]:
@@ -104,19 +111,12 @@ def one_seed(seed: int, *, layout: str, dgp: str, designs: tuple[str, ...]) -> d
             out[f"{design} chosen"] = [_name(p) for p in bases[design]]
     for design in designs:
         extra = bases[design]
-        rows = [
-            (
-                np.hstack([n.arrays.z, _columns(n.arrays.z, extra)]) if extra else n.arrays.z,
-                n.arrays.t,
-                n.y_raw,
-            )
-            for n in nodes
-        ]
         try:
             est = estimate_att_federated(
-                nodes=rows,
+                nodes=[(n.arrays.z, n.arrays.t, n.y_raw) for n in nodes],
                 outcomes=OUTCOMES,
-                covariates=NAMES + [_name(p) for p in extra],
+                covariates=NAMES,
+                terms=as_terms(extra, SCALED) if extra else None,
                 site_effects=True,
                 binary=BINARY,
             ).estimate

@@ -61,6 +61,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
+    ValidationInfo,
     field_validator,
     model_serializer,
 )
@@ -125,7 +126,7 @@ class DesignTerms(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     squares: Literal["none", "continuous"] = "none"
-    #: products of two covariates, ``"a*b"``
+    #: products of two covariates, ``"a*b"``; ``"a*a"`` is one continuous covariate's square
     interactions: tuple[str, ...] = Field(default=(), max_length=200)
     #: a continuous covariate bent at a value inside its public bounds, ``"age>60"``
     hinges: tuple[str, ...] = Field(default=(), max_length=200)
@@ -144,15 +145,16 @@ class DesignTerms(BaseModel):
 
     @field_validator("interactions")
     @classmethod
-    def _distinct_pairs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+    def _distinct_pairs(cls, v: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        every_square = info.data.get("squares") == "continuous"
         seen: set[frozenset[str]] = set()
         for term in v:
             parts = term.split("*")
             if len(parts) != 2 or not all(p.strip() for p in parts):
                 raise ValueError(f"interaction {term!r} is not of the form 'a*b'")
             a, b = (p.strip() for p in parts)
-            if a == b:
-                raise ValueError(f"interaction {a!r}*{b!r}: a square is declared by squares = 'continuous'")
+            if a == b and every_square:
+                raise ValueError(f"interaction {a!r}*{b!r} is declared twice: squares = 'continuous' has it")
             key = frozenset((a, b))
             if key in seen:
                 raise ValueError(f"interaction {a!r}*{b!r} is declared twice")
@@ -240,7 +242,8 @@ def term_factors(covariates: Sequence[Covariate], terms: DesignTerms | None) -> 
     order), then the declared interactions.
 
     Raises:
-        DataError: an interaction names a covariate the study does not have.
+        DataError: an interaction names a covariate the study does not have, or squares a
+            binary one (which is its own square).
     """
     if terms is None or terms.empty:
         return []
@@ -255,6 +258,8 @@ def term_factors(covariates: Sequence[Covariate], terms: DesignTerms | None) -> 
                 raise DataError(
                     f"terms.interactions[{k}] names {name!r}, which is not a covariate", field=name
                 )
+        if a == b and covariates[index[a]].kind == "binary":
+            raise DataError(f"terms.interactions[{k}]: {a!r} is binary, its square is itself", field=a)
         pairs.append((index[a], index[b]))
     return pairs
 

@@ -45,11 +45,12 @@ from typing import Callable, Sequence
 import numpy as np
 
 from shared.psm.propensity import PropensityFitter, PsStats, ps_contribution
-from shared.terms import KNOTS
+from shared.terms import KNOTS, Covariate, DesignTerms, hinge_term
 
 __all__ = [
     "C_QUA",
     "Stepwise",
+    "as_terms",
     "candidate_hinges",
     "candidate_pairs",
     "rounds_over",
@@ -79,6 +80,21 @@ def candidate_hinges(kinds: Sequence[str], knots: Sequence[float] = KNOTS) -> li
     knots at fixed tenths of the public range come from no data. The stepwise rule chooses
     among them as among products (``bench/bench_term_selection.py``)."""
     return [(i, k) for i, kind in enumerate(kinds) if kind == "continuous" for k in knots]
+
+
+def as_terms(terms: Sequence[tuple[int, int | float]], covariates: Sequence[Covariate]) -> DesignTerms:
+    """Candidates as a spec's ``[terms]``: a pair ``(i, j)`` of ints is the product ``"a*b"``
+    (``"a*a"`` a square), ``(i, knot)`` with a float knot the hinge at that point of the public
+    range (``"age>54"``, :func:`shared.terms.hinge_term`). :func:`shared.terms.expand` then
+    appends them in this order (products, then hinges), so a design built from
+    ``as_terms(pairs + hinges)`` has the candidates' columns in candidate order.
+
+    How a chosen basis is declared, so that a study runs it through the nodes' own code."""
+    names = [c.name for c in covariates]
+    return DesignTerms(
+        interactions=tuple(f"{names[i]}*{names[int(j)]}" for i, j in terms if not isinstance(j, float)),
+        hinges=tuple(hinge_term(covariates[i], j) for i, j in terms if isinstance(j, float)),
+    )
 
 
 def score_statistics(total: PsStats, active: np.ndarray, *, ridge: float = 1e-6) -> np.ndarray:

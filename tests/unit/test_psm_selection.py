@@ -4,15 +4,18 @@ brute-force recomputation, and the selection on data whose uptake has one known 
 import numpy as np
 import pytest
 
+from shared.errors import SpecError
 from shared.psm.propensity import ps_contribution
 from shared.psm.selection import (
+    as_terms,
     candidate_hinges,
     candidate_pairs,
     rounds_over,
     score_statistics,
     stepwise_basis,
 )
-from shared.terms import hinge
+from shared.study import Covariate
+from shared.terms import DesignTerms, hinge
 
 
 def _design(z, pairs):
@@ -99,3 +102,38 @@ def test_stepwise_follows_a_step_with_hinges_where_squares_leave_it():
         _rounds(_design(z, pairs), t), n_base=d, n_candidates=len(pairs), max_terms=1
     )
     assert pairs[only_squares.chosen[0]] == (2, 2)  # without hinges a square stands in for it
+
+
+def test_chosen_terms_declare_as_a_spec_and_expand_to_the_candidates_columns():
+    """A chosen basis is written as ``[terms]`` (products as ``a*b``, a square as ``a*a``,
+    hinges at their value in the covariate's units), so a study runs it through the nodes'
+    own :func:`shared.terms.expand`: those columns equal the candidates' in candidate order."""
+    from shared.features import FEATURES
+    from shared.study import DEFAULT_OUTCOMES, StudySpec
+    from shared.terms import expand
+
+    kinds = [f.kind for f in FEATURES]
+    candidates = candidate_pairs(kinds) + candidate_hinges(kinds)
+    scaled = tuple(Covariate(name=f.name, lo=0.0, hi=1.0, kind=f.kind) for f in FEATURES)
+    z = np.random.default_rng(4).uniform(size=(300, len(FEATURES)))
+    want = np.column_stack(
+        [hinge(z[:, i], j) if isinstance(j, float) else z[:, i] * z[:, j] for i, j in candidates]
+    )
+    got = expand(z, scaled, as_terms(candidates, scaled))[:, len(FEATURES) :]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+    chosen = [(0, 0), (12, 11), (0, 0.5), (0, 0.6)]  # age², BMI·smoker, age bent at 54 and 61.2
+    units = tuple(Covariate(name=f.name, lo=f.lo, hi=f.hi, kind=f.kind) for f in FEATURES)
+    terms = as_terms(chosen, units)
+    assert terms.interactions == ("age*age", "bmi*smoker") and terms.hinges == ("age>54", "age>61.2")
+    spec = StudySpec.from_dict(
+        {
+            "study": {"name": "chosen"},
+            "outcomes": [o.model_dump() for o in DEFAULT_OUTCOMES],
+            "terms": terms.model_dump(),
+        }
+    )
+    assert [c.name for c in spec.design_covariates][16:] == ["age^2", "bmi*smoker", "age>54", "age>61.2"]
+    with pytest.raises(ValueError, match="declared twice"):  # squares = "continuous" has age² already
+        DesignTerms(squares="continuous", interactions=("age*age",))
+    with pytest.raises(SpecError, match="is binary"):
+        StudySpec.from_dict({**spec.model_dump(), "terms": {"interactions": ["smoker*smoker"]}})
