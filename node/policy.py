@@ -58,7 +58,7 @@ from shared.grant import Grant, canonical_json
 from shared.protocol import DP_RELEASES, PsFit, PsmStats, ScoreHist, StudyQuery
 from shared.psm.strata import MAX_STRATA
 from shared.study import DEFAULT_OUTCOMES, BudgetSplit, Covariate, Outcome, format_validation_error
-from shared.terms import hinge_knots, term_factors
+from shared.terms import check_terms
 
 __all__ = ["MIN_RELEASE_SHARE", "NodePolicy"]
 
@@ -165,8 +165,7 @@ class NodePolicy(BaseModel):
             if not self.allow_design_terms:
                 raise PolicyRefused("this node's policy does not allow derived covariate terms ([terms])")
             try:
-                term_factors(query.covariates, terms)
-                hinge_knots(query.covariates, terms)
+                check_terms(query.covariates, terms)
             except DataError as e:
                 raise PolicyRefused(f"derived terms: {e}") from None
             if terms.sites and query.privacy is not None:

@@ -30,7 +30,7 @@ from pydantic import (
 
 from shared.errors import SpecError
 from shared.features import FEATURES, Feature
-from shared.terms import DesignTerms, derived_covariates, hinge_knots, term_factors
+from shared.terms import DesignTerms, check_terms, derived_covariates
 
 
 class _Model(BaseModel):
@@ -295,8 +295,7 @@ class StudySpec(_Model):
 
     @model_validator(mode="after")
     def _terms_of_covariates(self) -> "StudySpec":
-        term_factors(self.covariates, self.terms)  # an interaction of an unknown column: DataError
-        hinge_knots(self.covariates, self.terms)  # a hinge of an unknown column or out of bounds
+        check_terms(self.covariates, self.terms)  # a term of an unknown column, …: DataError
         return self
 
     @model_validator(mode="before")

@@ -92,6 +92,7 @@ C = TypeVar("C", bound=Covariate)
 __all__ = [
     "KNOTS",
     "DesignTerms",
+    "check_terms",
     "derived_covariates",
     "expand",
     "hinge",
@@ -262,6 +263,18 @@ def term_factors(covariates: Sequence[Covariate], terms: DesignTerms | None) -> 
             raise DataError(f"terms.interactions[{k}]: {a!r} is binary, its square is itself", field=a)
         pairs.append((index[a], index[b]))
     return pairs
+
+
+def check_terms(covariates: Sequence[Covariate], terms: DesignTerms | None) -> None:
+    """Every derived term of ``terms`` is computable from ``covariates``: what the spec and,
+    independently, a node's policy check (one check, so a new kind of term cannot reach one of
+    them only).
+
+    Raises:
+        DataError: as :func:`term_factors` and :func:`hinge_knots`.
+    """
+    term_factors(covariates, terms)
+    hinge_knots(covariates, terms)
 
 
 def _term_name(covariates: Sequence[Covariate], i: int, j: int) -> str:
