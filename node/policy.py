@@ -33,7 +33,7 @@ Policy file (``policy-path`` in the node config; TOML), every key optional::
     max_abs_beta = 1000.0
     max_strata = 10000
     treatment_columns = ["treated"]
-    allow_design_terms = true  # squares, products and hinges of listed covariates (a study's [terms])
+    allow_design_terms = true  # squares, products, hinges of listed covariates ([terms], chosen ones too)
     [[covariates]]            # default: the 16 clinical features with their public bounds
     name = "age"; lo = 18; hi = 90
     [[outcomes]]              # default: claims_cost (cap 100000), cv_event, absence_days (365)
@@ -161,17 +161,22 @@ class NodePolicy(BaseModel):
         _check_listed("covariate", query.covariates, self.covariates, lambda c: (c.lo, c.hi, c.kind))
         _check_listed("outcome", query.outcomes, self.outcomes, lambda o: (o.lo, o.cap, o.kind))
         terms = query.design_terms
-        if terms is not None and not terms.empty:
+        if (terms is not None and not terms.empty) or query.chosen is not None:
             if not self.allow_design_terms:
                 raise PolicyRefused("this node's policy does not allow derived covariate terms ([terms])")
             try:
-                check_terms(query.covariates, terms)
+                check_terms(query.covariates, terms, query.chosen)
             except DataError as e:
                 raise PolicyRefused(f"derived terms: {e}") from None
-            if terms.sites and query.privacy is not None:
+            if terms is not None and terms.sites and query.privacy is not None:
                 raise PolicyRefused(
                     "site effects ([terms] sites) are answered only in exact studies: under DP their "
                     "pooled sums would be each site's own per-stratum counts"
+                )
+            if terms is not None and terms.select != "none" and query.privacy is not None:
+                raise PolicyRefused(
+                    "a basis chosen from the data ([terms] select) is answered only in exact studies: "
+                    "its score rounds release the full candidate basis's Hessian"
                 )
 
     def _check_exact(self, query: StudyQuery) -> None:

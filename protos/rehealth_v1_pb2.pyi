@@ -216,7 +216,7 @@ class Operation(_message.Message):
     def __init__(self, describe: _Optional[_Union[Describe, _Mapping]] = ..., ps_fit: _Optional[_Union[PsFit, _Mapping]] = ..., psm_stats: _Optional[_Union[PsmStats, _Mapping]] = ..., score_hist: _Optional[_Union[ScoreHist, _Mapping]] = ..., reserve: _Optional[_Union[Reserve, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., psm_wsum: _Optional[_Union[PsmWsum, _Mapping]] = ..., cap_hist: _Optional[_Union[CapHist, _Mapping]] = ...) -> None: ...
 
 class StudyQuery(_message.Message):
-    __slots__ = ("protocol", "study_id", "treatment_column", "covariates", "outcomes", "ops", "sites", "privacy", "secure_scale", "grant", "design_terms")
+    __slots__ = ("protocol", "study_id", "treatment_column", "covariates", "outcomes", "ops", "sites", "privacy", "secure_scale", "grant", "design_terms", "chosen")
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     STUDY_ID_FIELD_NUMBER: _ClassVar[int]
     TREATMENT_COLUMN_FIELD_NUMBER: _ClassVar[int]
@@ -228,6 +228,7 @@ class StudyQuery(_message.Message):
     SECURE_SCALE_FIELD_NUMBER: _ClassVar[int]
     GRANT_FIELD_NUMBER: _ClassVar[int]
     DESIGN_TERMS_FIELD_NUMBER: _ClassVar[int]
+    CHOSEN_FIELD_NUMBER: _ClassVar[int]
     protocol: int
     study_id: str
     treatment_column: str
@@ -239,19 +240,22 @@ class StudyQuery(_message.Message):
     secure_scale: float
     grant: SignedGrant
     design_terms: DesignTerms
-    def __init__(self, protocol: _Optional[int] = ..., study_id: _Optional[str] = ..., treatment_column: _Optional[str] = ..., covariates: _Optional[_Iterable[_Union[Covariate, _Mapping]]] = ..., outcomes: _Optional[_Iterable[_Union[Outcome, _Mapping]]] = ..., ops: _Optional[_Iterable[_Union[Operation, _Mapping]]] = ..., sites: _Optional[_Iterable[str]] = ..., privacy: _Optional[_Union[PrivacyQuery, _Mapping]] = ..., secure_scale: _Optional[float] = ..., grant: _Optional[_Union[SignedGrant, _Mapping]] = ..., design_terms: _Optional[_Union[DesignTerms, _Mapping]] = ...) -> None: ...
+    chosen: DesignTerms
+    def __init__(self, protocol: _Optional[int] = ..., study_id: _Optional[str] = ..., treatment_column: _Optional[str] = ..., covariates: _Optional[_Iterable[_Union[Covariate, _Mapping]]] = ..., outcomes: _Optional[_Iterable[_Union[Outcome, _Mapping]]] = ..., ops: _Optional[_Iterable[_Union[Operation, _Mapping]]] = ..., sites: _Optional[_Iterable[str]] = ..., privacy: _Optional[_Union[PrivacyQuery, _Mapping]] = ..., secure_scale: _Optional[float] = ..., grant: _Optional[_Union[SignedGrant, _Mapping]] = ..., design_terms: _Optional[_Union[DesignTerms, _Mapping]] = ..., chosen: _Optional[_Union[DesignTerms, _Mapping]] = ...) -> None: ...
 
 class DesignTerms(_message.Message):
-    __slots__ = ("squares", "interactions", "sites", "hinges")
+    __slots__ = ("squares", "interactions", "sites", "hinges", "select")
     SQUARES_FIELD_NUMBER: _ClassVar[int]
     INTERACTIONS_FIELD_NUMBER: _ClassVar[int]
     SITES_FIELD_NUMBER: _ClassVar[int]
     HINGES_FIELD_NUMBER: _ClassVar[int]
+    SELECT_FIELD_NUMBER: _ClassVar[int]
     squares: str
     interactions: _containers.RepeatedScalarFieldContainer[str]
     sites: _containers.RepeatedScalarFieldContainer[str]
     hinges: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, squares: _Optional[str] = ..., interactions: _Optional[_Iterable[str]] = ..., sites: _Optional[_Iterable[str]] = ..., hinges: _Optional[_Iterable[str]] = ...) -> None: ...
+    select: str
+    def __init__(self, squares: _Optional[str] = ..., interactions: _Optional[_Iterable[str]] = ..., sites: _Optional[_Iterable[str]] = ..., hinges: _Optional[_Iterable[str]] = ..., select: _Optional[str] = ...) -> None: ...
 
 class Tensor(_message.Message):
     __slots__ = ("values", "shape")

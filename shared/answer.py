@@ -137,9 +137,10 @@ def with_design_terms(query: StudyQuery, data: SiteArrays, *, site: str | None =
     """``data`` with the query's derived terms (:mod:`shared.terms`) appended to ``z`` (site
     effects: the indicators of ``site``, the node's own name); the same ``data`` when the
     query declares none."""
-    if query.design_terms is None or query.design_terms.empty:
+    basis = query.basis
+    if basis is None or basis.empty:
         return data
-    return dataclasses.replace(data, z=expand(data.z, query.covariates, query.design_terms, site=site))
+    return dataclasses.replace(data, z=expand(data.z, query.covariates, basis, site=site))
 
 
 def at_released_caps(query: StudyQuery, data: SiteArrays) -> SiteArrays:

@@ -83,11 +83,13 @@ from shared.protocol import (
 from shared.psm.dr import DrStats, estimate_dr, with_dr
 from shared.psm.estimator import AttEstimate, Check, estimate_att
 from shared.psm.propensity import CovMoments, PropensityFitter, PsStats, initial_beta
+from shared.psm.selection import Stepwise, stepwise_basis
 from shared.psm.strata import caliper_edges, logit_mean, logit_sd, quantile_edges
 from shared.psm.table import HIGHER, PsmTable
 from shared.result import OutcomeEstimate
 from shared.secure_sum import SECURE_SUM, secure_scale
 from shared.study import BudgetSplit, StudySpec
+from shared.terms import DesignTerms, as_terms, basis_terms, candidates, derived_covariates
 
 log = logging.getLogger("rehealth.coordinator")
 
@@ -159,6 +161,10 @@ class StudyRun:
     negative_controls: tuple[OutcomeEstimate, ...] = ()
     rounds: list[RoundRecord] = field(default_factory=list)
     compute_s: float = 0.0
+    #: a selecting study (``[terms] select``): the chosen candidate terms (in candidate order,
+    #: as every later query names them) and the stepwise rule's record
+    chosen: DesignTerms | None = None
+    selection: Stepwise | None = None
 
 
 Progress = Callable[[str, dict], None]
@@ -174,6 +180,7 @@ class _Rounds:
     def __init__(self, spec: StudySpec, fed: Federation, run: StudyRun, progress: Progress, grant=None):
         self.spec, self.fed, self.run, self.progress = spec, fed, run, progress
         self.grant = grant
+        self.chosen: DesignTerms | None = None  # a selecting study's chosen terms, sent with each query
 
     def ask(self, ops: tuple, name: str) -> dict:
         """One round; under secure aggregation (after describe) a SecAgg+ sum, whose answers
@@ -189,6 +196,7 @@ class _Rounds:
             secure_scale=scale,
             grant=self.grant,
             caps=self.run.caps.caps if self.run.caps is not None else (),
+            chosen=self.chosen,
         )
         answers = (self.fed.secure_ask if nodes is not None else self.fed.ask)(query, name)
         if not answers:
@@ -239,19 +247,29 @@ def run_study(spec: StudySpec, fed: Federation, progress: Progress | None = None
 
 
 def _run_exact(spec: StudySpec, rounds: _Rounds, run: StudyRun, fed: Federation) -> None:
-    d = len(spec.design_covariates)
     moments = {s: CovMoments.from_arrays(a.answers["describe"]) for s, a in rounds.describe().items()}
 
     def total_moments() -> CovMoments:
         return _sum(m for s, m in moments.items() if s not in fed.dropped)
 
+    columns = spec.design_covariates
+    start = initial_beta(moments=total_moments())
+    if spec.terms.select != "none":  # choose the basis, then describe it (the caliper's SD)
+        run.selection, run.chosen = _select_basis(spec, rounds, run, start)
+        rounds.chosen = run.chosen
+        columns = spec.covariates + derived_covariates(
+            spec.covariates, basis_terms(spec.covariates, spec.terms, run.chosen)
+        )
+        moments = {s: CovMoments.from_arrays(a.answers["describe"]) for s, a in rounds.describe().items()}
+        start = run.selection.beta
+    d = len(columns)
     cfg = spec.federation
     fitter = PropensityFitter(
         p=d + 1,
         ridge=cfg.ridge,
         tol=cfg.tol,
         max_iter=cfg.max_newton_iter,
-        beta0=initial_beta(moments=total_moments()),
+        beta0=start,
         near_tol=NEAR_TOL,
     )
     run.fitter = fitter
@@ -291,7 +309,7 @@ def _run_exact(spec: StudySpec, rounds: _Rounds, run: StudyRun, fed: Federation)
     )
     run.moments = total_moments()
     run.estimate = estimate_att(
-        table=run.table, outcomes=spec.analysed_outcomes, covariates=[c.name for c in spec.design_covariates]
+        table=run.table, outcomes=spec.analysed_outcomes, covariates=[c.name for c in columns]
     )
     if dr:  # the same strata, table and diagnostics; each outcome's ATT, SE and CI are DR's
         stats = _sum(
@@ -300,6 +318,55 @@ def _run_exact(spec: StudySpec, rounds: _Rounds, run: StudyRun, fed: Federation)
         run.estimate = with_dr(run.estimate, estimate_dr(stats=stats, outcomes=spec.analysed_outcomes))
     _split_negative_controls(spec, run)
     run.compute_s += time.perf_counter() - t0
+
+
+def _select_basis(
+    spec: StudySpec, rounds: _Rounds, run: StudyRun, start: np.ndarray
+) -> tuple[Stepwise, DesignTerms]:
+    """Imbens & Rubin's stepwise choice of the propensity basis (:mod:`shared.psm.selection`)
+    over the study's own rounds, from covariates and treatment only (no outcome is read): each
+    refit round asks ``ps_fit`` over the terms chosen so far, each score round over every
+    candidate (:func:`shared.terms.candidates`, which every node derives itself from the
+    signed covariates and checks the query against). Returns the rule's record and the chosen
+    terms, in candidate order.
+
+    Raises:
+        ConvergenceError, NoOverlapError: a refit failed (as the study's own fit would).
+    """
+    covs = spec.covariates
+    cands = candidates(covs)
+    n_base = len(spec.design_covariates)  # the covariates and any site effects
+    asked = {"fit": 0, "score": 0}
+
+    def stats_at(beta: np.ndarray, params) -> PsStats:
+        kind = "score" if params is None else "fit"
+        asked[kind] += 1
+        if params is None:
+            idx, b = list(range(len(cands))), beta
+        else:
+            idx, b = [k - 1 - n_base for k in params if k > n_base], beta[list(params)]
+        rounds.chosen = as_terms([cands[i] for i in idx], covs)
+        answers = rounds.ask((PsFit(beta=tuple(float(x) for x in b)),), f"select-{kind}-{asked[kind]}")
+        t0 = time.perf_counter()
+        total = _sum(PsStats.from_arrays(a.answers["ps_fit"]) for a in answers.values())
+        run.compute_s += time.perf_counter() - t0
+        return total
+
+    cfg = spec.federation
+    step = stepwise_basis(
+        stats_at,
+        n_base=n_base,
+        n_candidates=len(cands),
+        ridge=cfg.ridge,
+        tol=cfg.tol,
+        max_iter=cfg.max_newton_iter,
+        start=start,
+    )
+    rounds.progress("selected", {"terms": len(step.chosen), "rounds": step.rounds})
+    log.info(
+        "stepwise selection: %d of %d candidate terms in %d rounds", len(step.chosen), len(cands), step.rounds
+    )
+    return step, as_terms([cands[i] for i in sorted(step.chosen)], covs)
 
 
 def noise_plan(spec: StudySpec) -> NoisePlan:

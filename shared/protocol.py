@@ -21,7 +21,7 @@ from protos import rehealth_v1_pb2 as _pb  # the generated contract (protobuf on
 from shared.grant import Grant, SignedGrant
 from shared.secure_sum import secured
 from shared.study import BudgetSplit, Covariate, Outcome, StudySpec
-from shared.terms import DesignTerms, derived_covariates
+from shared.terms import DesignTerms, basis_terms, derived_covariates
 
 #: The protocol version, from the wire contract (``protos/rehealth_v1.proto``, enum
 #: ``Protocol``; its history is there). A node and a coordinator of different versions refuse
@@ -292,11 +292,26 @@ class StudyQuery(_Model):
     grant: SignedGrant | None = None
     #: derived terms the node appends to its scaled covariates (:mod:`shared.terms`); None: none
     design_terms: DesignTerms | None = None
+    #: a selecting study (``design_terms.select``): the candidate terms chosen so far, which
+    #: the node computes beside the signed site effects (:func:`shared.terms.basis_terms`).
+    #: Not signed — the rounds' sums choose them — so every node checks them against the
+    #: candidates it derives from the signed covariates; None: none chosen (or no selection)
+    chosen: DesignTerms | None = None
+
+    @property
+    def basis(self) -> DesignTerms | None:
+        """The derived terms the node computes: the signed ones, or the chosen candidates.
+
+        Raises:
+            DataError: ``chosen`` names what the signed terms do not allow
+                (:func:`shared.terms.basis_terms`).
+        """
+        return basis_terms(self.covariates, self.design_terms, self.chosen)
 
     @property
     def design_covariates(self) -> tuple[Covariate, ...]:
         """The covariates, then the derived terms: the columns every aggregate is taken over."""
-        return self.covariates + derived_covariates(self.covariates, self.design_terms)
+        return self.covariates + derived_covariates(self.covariates, self.basis)
 
     @field_validator("protocol")
     @classmethod
@@ -345,6 +360,7 @@ class StudyQuery(_Model):
         secure_scale: float | None = None,
         grant: SignedGrant | None = None,
         caps: tuple[float, ...] = (),
+        chosen: DesignTerms | None = None,
     ) -> "StudyQuery":
         p = spec.privacy
         privacy = (
@@ -378,6 +394,7 @@ class StudyQuery(_Model):
             secure_scale=secure_scale,
             grant=grant,
             design_terms=None if spec.terms.empty else spec.terms,
+            chosen=chosen,
         )
 
     @staticmethod

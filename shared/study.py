@@ -323,6 +323,16 @@ class StudySpec(_Model):
             )
         return self
 
+    @model_validator(mode="after")
+    def _selection_in_exact_studies(self) -> "StudySpec":
+        if self.terms.select != "none" and self.privacy.enabled:
+            raise ValueError(
+                "a basis chosen from the data ([terms] select) is for exact studies "
+                "(privacy.enabled = false): its score rounds need the full candidate basis's "
+                "gradient and Hessian, a few hundred columns the plan would have to noise"
+            )
+        return self
+
     @property
     def design_covariates(self) -> tuple[Covariate, ...]:
         """The covariates, then the derived terms (:mod:`shared.terms`): every column of the

@@ -64,6 +64,7 @@ from pydantic import (
     ValidationInfo,
     field_validator,
     model_serializer,
+    model_validator,
 )
 
 from shared.errors import DataError
@@ -92,6 +93,12 @@ C = TypeVar("C", bound=Covariate)
 __all__ = [
     "KNOTS",
     "DesignTerms",
+    "as_terms",
+    "basis_terms",
+    "candidate_hinges",
+    "candidate_pairs",
+    "candidate_terms",
+    "candidates",
     "check_terms",
     "derived_covariates",
     "expand",
@@ -134,6 +141,25 @@ class DesignTerms(BaseModel):
     #: the study's sites, the reference first: one 0/1 indicator column per other site
     #: (site effects; a spec writes ``sites = "all"``, :class:`shared.study.StudySpec`)
     sites: tuple[str, ...] = Field(default=(), max_length=1000)
+    #: ``"stepwise"`` (exact studies): the basis adds the products and hinges Imbens & Rubin's
+    #: stepwise rule chooses among :func:`candidate_terms`, from covariates and treatment only,
+    #: before any outcome is read; each query then names the terms chosen so far
+    #: (``StudyQuery.chosen``, checked by :func:`basis_terms`)
+    select: Literal["none", "stepwise"] = "none"
+
+    @field_validator("select", mode="before")
+    @classmethod
+    def _unset_is_none(cls, v: object) -> object:
+        return "none" if v == "" else v  # proto3 reads a string it was not sent as ""
+
+    @model_validator(mode="after")
+    def _select_chooses_every_term(self) -> "DesignTerms":
+        if self.select != "none" and (self.squares != "none" or self.interactions or self.hinges):
+            raise ValueError(
+                "terms.select = 'stepwise' chooses among every square, product and hinge: declare "
+                "none of them beside it (site effects may be)"
+            )
+        return self
 
     @field_validator("sites")
     @classmethod
@@ -175,16 +201,24 @@ class DesignTerms(BaseModel):
 
     @model_serializer(mode="wrap")
     def _omit_no_hinges(self, handler: SerializerFunctionWrapHandler) -> dict:
-        """Terms without hinges dump (and so hash, and are signed) as before hinges existed:
-        registrations and grants of such specs stay valid."""
+        """Terms without hinges or selection dump (and so hash, and are signed) as before
+        those existed: registrations and grants of such specs stay valid."""
         data = handler(self)
         if not self.hinges:
             data.pop("hinges", None)
+        if self.select == "none":
+            data.pop("select", None)
         return data
 
     @property
     def empty(self) -> bool:
-        return self.squares == "none" and not self.interactions and not self.hinges and not self.sites
+        return (
+            self.squares == "none"
+            and not self.interactions
+            and not self.hinges
+            and not self.sites
+            and self.select == "none"
+        )
 
 
 def _parse_hinge(term: str) -> tuple[str, float]:
@@ -265,16 +299,113 @@ def term_factors(covariates: Sequence[Covariate], terms: DesignTerms | None) -> 
     return pairs
 
 
-def check_terms(covariates: Sequence[Covariate], terms: DesignTerms | None) -> None:
-    """Every derived term of ``terms`` is computable from ``covariates``: what the spec and,
-    independently, a node's policy check (one check, so a new kind of term cannot reach one of
-    them only).
+def check_terms(
+    covariates: Sequence[Covariate], terms: DesignTerms | None, chosen: DesignTerms | None = None
+) -> None:
+    """Every derived term of ``terms`` (with a selecting study's ``chosen`` ones) is computable
+    from ``covariates``: what the spec and, independently, a node's policy check (one check, so
+    a new kind of term cannot reach one of them only).
 
     Raises:
-        DataError: as :func:`term_factors` and :func:`hinge_knots`.
+        DataError: as :func:`basis_terms`, :func:`term_factors` and :func:`hinge_knots`.
     """
-    term_factors(covariates, terms)
-    hinge_knots(covariates, terms)
+    if terms is not None and terms.select != "none":
+        n = len(candidate_pairs([c.kind for c in covariates]))
+        limit = DesignTerms.model_fields["interactions"].metadata[0].max_length
+        if n > limit:
+            raise DataError(
+                f"terms.select: {len(covariates)} covariates give {n} candidate products, "
+                f"above the {limit} a query may carry"
+            )
+    basis = basis_terms(covariates, terms, chosen)
+    term_factors(covariates, basis)
+    hinge_knots(covariates, basis)
+
+
+def candidate_pairs(kinds: Sequence[str]) -> list[tuple[int, int]]:
+    """The second-order candidates over covariates of the given kinds (``continuous`` or
+    ``binary``): the square of each continuous one (a binary square is the covariate itself),
+    then every product of two different covariates, in index order."""
+    d = len(kinds)
+    pairs = [(i, i) for i in range(d) if kinds[i] == "continuous"]
+    pairs += [(i, j) for i in range(d) for j in range(i + 1, d)]
+    return pairs
+
+
+def candidate_hinges(kinds: Sequence[str], knots: Sequence[float] = KNOTS) -> list[tuple[int, float]]:
+    """Hinge candidates ``(covariate index, knot)``: each continuous covariate bent at each knot
+    of its public range (:func:`hinge`), in index order then knot order.
+
+    Second-order terms cannot follow a step or a saturating rise; a linear spline can, and its
+    knots at fixed tenths of the public range come from no data. The stepwise rule chooses
+    among them as among products (``bench/bench_term_selection.py``)."""
+    return [(i, k) for i, kind in enumerate(kinds) if kind == "continuous" for k in knots]
+
+
+def as_terms(terms: Sequence[tuple[int, int | float]], covariates: Sequence[Covariate]) -> DesignTerms:
+    """Candidates as a spec's ``[terms]``: a pair ``(i, j)`` of ints is the product ``"a*b"``
+    (``"a*a"`` a square), ``(i, knot)`` with a float knot the hinge at that point of the public
+    range (``"age>54"``, :func:`hinge_term`). :func:`expand` then appends them in this order
+    (products, then hinges), so a design built from ``as_terms(pairs + hinges)`` has the
+    candidates' columns in candidate order.
+
+    How a chosen basis is declared, so that a study runs it through the nodes' own code."""
+    names = [c.name for c in covariates]
+    return DesignTerms(
+        interactions=tuple(f"{names[i]}*{names[int(j)]}" for i, j in terms if not isinstance(j, float)),
+        hinges=tuple(hinge_term(covariates[i], j) for i, j in terms if isinstance(j, float)),
+    )
+
+
+def candidates(covariates: Sequence[Covariate]) -> list[tuple[int, int | float]]:
+    """Every term a selecting study may choose (``[terms] select``), in candidate order: the
+    squares of the continuous covariates and the products of two (:func:`candidate_pairs`), then
+    the hinges at tenths of each continuous one's public range (:func:`candidate_hinges`). A
+    public function of the signed covariates: nothing in it comes from data."""
+    kinds = [c.kind for c in covariates]
+    out: list[tuple[int, int | float]] = []
+    out += candidate_pairs(kinds)
+    out += candidate_hinges(kinds)
+    return out
+
+
+def candidate_terms(covariates: Sequence[Covariate]) -> DesignTerms:
+    """:func:`candidates` as declared terms: what a selecting study's score rounds ask over."""
+    return as_terms(candidates(covariates), covariates)
+
+
+def basis_terms(
+    covariates: Sequence[Covariate], terms: DesignTerms | None, chosen: DesignTerms | None
+) -> DesignTerms | None:
+    """The terms a query's columns are taken over: the signed ``terms``; in a selecting study
+    (``terms.select``) its signed site effects plus the ``chosen`` candidates (none: the first
+    fit, over the covariates alone).
+
+    The coordinator chooses the terms from the rounds' sums, so the node takes them only from
+    the candidates it derives itself from the signed covariates (:func:`candidate_terms`):
+    the grant fixes what can be asked, the query picks among it.
+
+    Raises:
+        DataError: ``chosen`` in a study whose signed terms select nothing, or naming a square
+            of every covariate, site effects, a selection, or a product or hinge that is not a
+            candidate (a binary square, a hinge off the public knots, an unknown column).
+    """
+    selecting = terms is not None and terms.select != "none"
+    if chosen is None:
+        return DesignTerms(sites=terms.sites) if selecting and terms is not None else terms
+    if not selecting or terms is None:
+        raise DataError("chosen terms in a study whose signed terms select none ([terms] select)")
+    if chosen.squares != "none" or chosen.sites or chosen.select != "none":
+        raise DataError("chosen terms name only products and hinges among the study's candidates")
+    allowed = candidate_terms(covariates)
+    for what, got, among in (
+        ("product", chosen.interactions, allowed.interactions),
+        ("hinge", chosen.hinges, allowed.hinges),
+    ):
+        outside = sorted(set(got) - set(among))
+        if outside:
+            raise DataError(f"chosen {what} {outside[0]!r} is not among the study's candidates")
+    return DesignTerms(interactions=chosen.interactions, hinges=chosen.hinges, sites=terms.sites)
 
 
 def _term_name(covariates: Sequence[Covariate], i: int, j: int) -> str:

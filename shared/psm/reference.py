@@ -56,6 +56,8 @@ class PooledAtt:
     table: PsmTable
     logit_sd: float
     n_clipped: np.ndarray  # per outcome, over all rows
+    #: a selecting study (``[terms] select``): the terms the stepwise rule chose
+    chosen: DesignTerms | None = None
 
 
 def reference_spec(
@@ -179,6 +181,7 @@ def estimate_att_federated(
         table=run.table,
         logit_sd=logit_sd(moments=run.moments, beta=run.fitter.beta),
         n_clipped=_total(clipped),
+        chosen=run.chosen,
     )
 
 

@@ -29,12 +29,14 @@ Candidates: the second-order terms (:func:`candidate_pairs`) and, since a step o
 is no second-order term, hinges at tenths of each continuous covariate's public range
 (:func:`candidate_hinges`, :func:`shared.terms.hinge`).
 
-Not called by the study driver yet. Measured first (``bench/bench_term_selection.py``,
+An exact study runs it when its spec says ``[terms] select = "stepwise"``
+(:func:`shared.driver.run_study`): the score rounds ask every candidate, the refits the chosen
+ones, and each node checks that what a query names is among the candidates it derives itself
+(:func:`shared.terms.basis_terms`). Measured first (``bench/bench_term_selection.py``,
 docs/STATISTICS.md, "Choosing the basis from the data" and "Hinges"): from second-order terms
 alone it does what declaring the squares does and fails where they fail; with hinges it covers
 every row of the three non-linear processes at 10k treated, including one written before hinges
-were measured. Wiring it in changes what a node answers (score rounds over a signed candidate
-basis, later queries on a subset of it), which needs its own attack tests.
+were measured.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from shared.psm.propensity import PropensityFitter, PsStats, ps_contribution
-from shared.terms import KNOTS, Covariate, DesignTerms, hinge_term
+from shared.terms import as_terms, candidate_hinges, candidate_pairs
 
 __all__ = [
     "C_QUA",
@@ -60,41 +62,6 @@ __all__ = [
 
 #: Imbens & Rubin's threshold for a second-order term (χ²₁ at 90 %).
 C_QUA = 2.71
-
-
-def candidate_pairs(kinds: Sequence[str]) -> list[tuple[int, int]]:
-    """The second-order candidates over covariates of the given kinds (``continuous`` or
-    ``binary``): the square of each continuous one (a binary square is the covariate itself),
-    then every product of two different covariates, in index order."""
-    d = len(kinds)
-    pairs = [(i, i) for i in range(d) if kinds[i] == "continuous"]
-    pairs += [(i, j) for i in range(d) for j in range(i + 1, d)]
-    return pairs
-
-
-def candidate_hinges(kinds: Sequence[str], knots: Sequence[float] = KNOTS) -> list[tuple[int, float]]:
-    """Hinge candidates ``(covariate index, knot)``: each continuous covariate bent at each knot
-    of its public range (:func:`shared.terms.hinge`), in index order then knot order.
-
-    Second-order terms cannot follow a step or a saturating rise; a linear spline can, and its
-    knots at fixed tenths of the public range come from no data. The stepwise rule chooses
-    among them as among products (``bench/bench_term_selection.py``)."""
-    return [(i, k) for i, kind in enumerate(kinds) if kind == "continuous" for k in knots]
-
-
-def as_terms(terms: Sequence[tuple[int, int | float]], covariates: Sequence[Covariate]) -> DesignTerms:
-    """Candidates as a spec's ``[terms]``: a pair ``(i, j)`` of ints is the product ``"a*b"``
-    (``"a*a"`` a square), ``(i, knot)`` with a float knot the hinge at that point of the public
-    range (``"age>54"``, :func:`shared.terms.hinge_term`). :func:`shared.terms.expand` then
-    appends them in this order (products, then hinges), so a design built from
-    ``as_terms(pairs + hinges)`` has the candidates' columns in candidate order.
-
-    How a chosen basis is declared, so that a study runs it through the nodes' own code."""
-    names = [c.name for c in covariates]
-    return DesignTerms(
-        interactions=tuple(f"{names[i]}*{names[int(j)]}" for i, j in terms if not isinstance(j, float)),
-        hinges=tuple(hinge_term(covariates[i], j) for i, j in terms if isinstance(j, float)),
-    )
 
 
 def score_statistics(total: PsStats, active: np.ndarray, *, ridge: float = 1e-6) -> np.ndarray:
@@ -146,7 +113,8 @@ def rounds_over(
 class Stepwise:
     """The chosen basis: ``chosen`` candidate indices in order of entry, each entry's score
     statistic, the final β over the active parameters (intercept, base columns, chosen
-    candidates in entry order) and the rounds of statistics it took."""
+    candidates in candidate order: the columns of ``as_terms`` of the sorted choice) and the
+    rounds of statistics it took."""
 
     chosen: tuple[int, ...]
     statistics: tuple[float, ...]
@@ -164,6 +132,7 @@ def stepwise_basis(
     ridge: float = 1e-6,
     tol: float = 1e-8,
     max_iter: int = 25,
+    start: np.ndarray | None = None,
 ) -> Stepwise:
     """Imbens & Rubin's forward selection of second-order terms (module docstring).
 
@@ -176,6 +145,8 @@ def stepwise_basis(
             round for all.
         threshold: a candidate enters while its score statistic exceeds this.
         max_terms: stop after this many entries (None: only the threshold stops).
+        start: the first fit's start over the intercept and base columns (None: zeros), e.g.
+            :func:`~shared.psm.propensity.initial_beta` of a study's describe moments.
 
     Raises:
         ConvergenceError: a refit did not converge within ``max_iter`` rounds (raised by
@@ -185,6 +156,8 @@ def stepwise_basis(
     p = 1 + n_base + n_candidates
     order = list(range(1 + n_base))  # active parameters, in the order they entered
     beta_full = np.zeros(p)
+    if start is not None:
+        beta_full[order] = start
     chosen: list[int] = []
     stats: list[float] = []
     rounds = 0
@@ -210,7 +183,7 @@ def stepwise_basis(
         best = int(np.nanargmax(s))
         if not s[best] > threshold:
             break
-        order.append(best)
+        order = sorted(order + [best])  # candidate order: a query's chosen columns (shared.terms.expand)
         chosen.append(best - 1 - n_base)
         stats.append(float(s[best]))
     return Stepwise(chosen=tuple(chosen), statistics=tuple(stats), beta=fitter.beta.copy(), rounds=rounds)

@@ -92,7 +92,7 @@ def test_the_committed_generated_code_is_what_the_proto_generates(tmp_path):
 
 
 def test_one_version_and_one_set_of_error_texts_from_the_proto():
-    assert PROTOCOL_VERSION == pb.PROTOCOL_VERSION == 9
+    assert PROTOCOL_VERSION == pb.PROTOCOL_VERSION == 10
     assert StudyQuery.model_fields["protocol"].default == PROTOCOL_VERSION
     codes = {v.number for v in pb.ErrorCode.DESCRIPTOR.values} - {0}
     assert set(ERROR_TEXT) == codes and all(ERROR_TEXT.values())
