@@ -177,4 +177,3 @@ def test_a_selecting_study_chooses_over_the_nodes_what_the_rule_chooses_on_poole
     x, w = np.array(_numbers(fed.estimate)), np.array(_numbers(pooled.estimate))
     assert x.shape == w.shape and x.size > 50
     np.testing.assert_allclose(x[np.isfinite(x)], w[np.isfinite(w)], rtol=1e-9, atol=1e-9)
-
