@@ -90,11 +90,27 @@ class StratumCounts(_Model):
     used: bool  # both arms present (common support)
 
 
+class Selection(_Model):
+    """How a selecting study (``[terms] select``) chose its propensity basis: Imbens & Rubin's
+    stepwise rule (:mod:`shared.psm.selection`) over ``candidates`` public terms, from
+    covariates and treatment only; ``terms`` in order of entry (named as in the balance table),
+    each with the score statistic that let it in (above ``threshold``)."""
+
+    rule: Literal["stepwise"] = "stepwise"
+    threshold: float
+    candidates: int
+    terms: tuple[str, ...]
+    statistics: tuple[float, ...]
+    rounds: int
+
+
 class Propensity(_Model):
     beta: tuple[float, ...]
     iterations: int
     converged: bool
     loglik: float | None = None
+    #: a selecting study: how its basis was chosen (None: the spec declared it)
+    selection: Selection | None = None
 
 
 class Diagnostic(_Model):

@@ -14,7 +14,7 @@ from statistics import NormalDist
 
 from coordinator.report import fmt
 from coordinator.report.document import Attrition, MethodSection, OutcomeRow, StratumRow
-from shared.result import StudyResult
+from shared.result import Selection, StudyResult
 from shared.synth.records import INDEX_WINDOW_DAYS, OUTCOME_PERIOD_DAYS
 
 #: A node's default floor on an exact answer's cells (:class:`node.policy.NodePolicy`
@@ -189,13 +189,16 @@ def _propensity(result: StudyResult) -> str:
     )
     return (
         f"Logistic regression of treatment on {k} covariates, each scaled to [0, 1] by its public "
-        f"bounds{_terms(spec)}, with an intercept and a ridge penalty of {fed.get('ridge', 'n/a')}; "
+        f"bounds{_terms(spec, p.selection)}, with an intercept and a ridge penalty of "
+        f"{fed.get('ridge', 'n/a')}; "
         f"fitted by Newton steps on the sites' summed gradients and Hessians (no row leaves a site): {fit}."
+        + _selection(p.selection)
     )
 
 
-def _terms(spec: dict) -> str:
-    """The derived terms of the spec's ``[terms]`` (shared/terms.py), as a clause; "" if none."""
+def _terms(spec: dict, selection: Selection | None = None) -> str:
+    """The derived terms of the spec's ``[terms]`` (shared/terms.py), and those a selecting
+    study chose (``selection``), as a clause; "" if none."""
     terms = spec.get("terms") or {}
     squares = [c["name"] for c in spec.get("covariates", []) if c.get("kind") == "continuous"]
     parts = []
@@ -211,7 +214,26 @@ def _terms(spec: dict) -> str:
     if terms.get("sites"):
         sites = terms["sites"]
         parts.append(f"an indicator of each site but the first ({sites[0]}, the reference): site effects")
-    return ", plus " + " and ".join(parts) + " (computed at each site, declared in the spec)" if parts else ""
+    where = "computed at each site, declared in the spec"
+    if terms.get("select") == "stepwise" and selection is not None:
+        parts.append(f"{len(selection.terms)} terms chosen from the data (below)")
+        where = "computed at each site"
+    return f", plus {' and '.join(parts)} ({where})" if parts else ""
+
+
+def _selection(selection: Selection | None) -> str:
+    """How a selecting study chose its terms, as a sentence ("" when the spec declared them)."""
+    if selection is None:
+        return ""
+    chosen = ", ".join(selection.terms) if selection.terms else "none"
+    return (
+        f" The chosen terms come from Imbens & Rubin's stepwise rule, run before any outcome was read, "
+        f"on covariates and treatment only: of {selection.candidates} public candidates (every square "
+        f"and product of two covariates, and each continuous covariate bent at tenths of its public "
+        f"range), the term with the largest score statistic entered while that statistic exceeded "
+        f"{selection.threshold:g} (the χ²₁ 90 % point), {selection.rounds} rounds in all. "
+        f"In order of entry: {chosen}."
+    )
 
 
 def _strata(result: StudyResult, strata: tuple[StratumRow, ...], a: Attrition) -> str:

@@ -6,8 +6,10 @@ from shared import __version__
 from shared.dp.accounting import accountant_label
 from shared.dp.capround import result_caps
 from shared.driver import StudyRun
+from shared.psm.selection import C_QUA
 from shared.psm.strata import score_range
-from shared.result import PrivacySpent, Propensity, RoundLog, SiteSummary, StudyResult
+from shared.result import PrivacySpent, Propensity, RoundLog, Selection, SiteSummary, StudyResult
+from shared.terms import as_terms, candidates, derived_covariates
 
 
 def _site_summaries(run: StudyRun, dropped: dict[str, str]) -> tuple[SiteSummary, ...]:
@@ -49,6 +51,23 @@ def _privacy(run: StudyRun) -> PrivacySpent:
     )
 
 
+def _selection(run: StudyRun) -> Selection | None:
+    """The stepwise rule's record, its terms named as the balance table names them."""
+    if run.selection is None:
+        return None
+    covs = run.spec.covariates
+    cands = candidates(covs)
+    return Selection(
+        threshold=C_QUA,
+        candidates=len(cands),
+        terms=tuple(
+            derived_covariates(covs, as_terms([cands[c]], covs))[0].name for c in run.selection.chosen
+        ),
+        statistics=tuple(float(s) for s in run.selection.statistics),
+        rounds=run.selection.rounds,
+    )
+
+
 def assemble_result(
     run: StudyRun, *, dropped: dict[str, str], started_at: str, finished_at: str, total_s: float
 ) -> StudyResult:
@@ -83,6 +102,7 @@ def assemble_result(
             iterations=run.fitter.iterations,
             converged=run.fitter.converged,
             loglik=run.fitter.loglik,
+            selection=_selection(run),
         ),
         warnings=warnings,
         negative_controls=run.negative_controls,
