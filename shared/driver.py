@@ -346,11 +346,14 @@ def _select_basis(
         else:
             idx, b = [k - 1 - n_base for k in params if k > n_base], beta[list(params)]
         rounds.chosen = as_terms([cands[i] for i in idx], covs)
-        answers = rounds.ask((PsFit(beta=tuple(float(x) for x in b)),), f"select-{kind}-{asked[kind]}")
+        at = _node_order(len(covs), n_base - len(covs), len(idx))
+        answers = rounds.ask((PsFit(beta=tuple(float(x) for x in b[at])),), f"select-{kind}-{asked[kind]}")
         t0 = time.perf_counter()
         total = _sum(PsStats.from_arrays(a.answers["ps_fit"]) for a in answers.values())
+        g, H = np.empty_like(total.g), np.empty_like(total.H)
+        g[at], H[np.ix_(at, at)] = total.g, total.H  # back to the rule's order
         run.compute_s += time.perf_counter() - t0
-        return total
+        return replace(total, g=g, H=H)
 
     cfg = spec.federation
     step = stepwise_basis(
@@ -362,11 +365,22 @@ def _select_basis(
         max_iter=cfg.max_newton_iter,
         start=start,
     )
+    # the final fit starts from the rule's β, in the nodes' column order
+    step = replace(step, beta=step.beta[_node_order(len(covs), n_base - len(covs), len(step.chosen))])
     rounds.progress("selected", {"terms": len(step.chosen), "rounds": step.rounds})
     log.info(
         "stepwise selection: %d of %d candidate terms in %d rounds", len(step.chosen), len(cands), step.rounds
     )
     return step, as_terms([cands[i] for i in sorted(step.chosen)], covs)
+
+
+def _node_order(n_covariates: int, n_sites: int, n_chosen: int) -> np.ndarray:
+    """Where each of a node's parameters sits in the stepwise rule's order. The rule keeps the
+    declared basis first (intercept, covariates, site indicators), then the chosen terms; a
+    node appends the chosen terms before the site indicators (:func:`shared.terms.expand`).
+    ``beta_rule[at]`` is the node's β; the node's gradient ``g`` goes back as ``rule[at] = g``."""
+    d, s = n_covariates, n_sites
+    return np.r_[0 : 1 + d, 1 + d + s : 1 + d + s + n_chosen, 1 + d : 1 + d + s].astype(int)
 
 
 def noise_plan(spec: StudySpec) -> NoisePlan:

@@ -31,6 +31,7 @@ from shared.errors import DataError, EmptyArmError, NoOverlapError
 from shared.psm._checks import check_t, check_z
 from shared.psm.estimator import Z_95, AttEstimate, estimate_att
 from shared.psm.propensity import PropensityFitter
+from shared.psm.selection import Stepwise
 from shared.psm.strata import logit_sd
 from shared.psm.table import PsmTable, psm_table, scale_outcomes
 from shared.study import Covariate, Federation, Outcome, Privacy, Site, Strata, StudyInfo, StudySpec
@@ -56,8 +57,9 @@ class PooledAtt:
     table: PsmTable
     logit_sd: float
     n_clipped: np.ndarray  # per outcome, over all rows
-    #: a selecting study (``[terms] select``): the terms the stepwise rule chose
+    #: a selecting study (``[terms] select``): the terms the stepwise rule chose, and its record
     chosen: DesignTerms | None = None
+    selection: Stepwise | None = None
 
 
 def reference_spec(
@@ -182,6 +184,7 @@ def estimate_att_federated(
         logit_sd=logit_sd(moments=run.moments, beta=run.fitter.beta),
         n_clipped=_total(clipped),
         chosen=run.chosen,
+        selection=run.selection,
     )
 
 

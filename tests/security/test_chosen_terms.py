@@ -34,14 +34,13 @@ def exact(tmp_path, synth) -> Federation:
     return make_federation(tmp_path / "exact", synth=synth, extra={"allow-exact": True})
 
 
-def selecting(spec: StudySpec, *, dp: bool = False) -> StudySpec:
-    """``spec`` as an exact study that selects its basis (or, ``dp``, its DP twin without)."""
-    if dp:
-        return spec
+def selecting(spec: StudySpec, *, sites: bool = False) -> StudySpec:
+    """``spec`` as an exact study that selects its basis (with site effects: ``sites``)."""
+    names = tuple(s.name for s in spec.sites) if sites else ()
     return spec.model_copy(
         update={
             "privacy": spec.privacy.model_copy(update={"enabled": False}),
-            "terms": DesignTerms(select="stepwise"),
+            "terms": DesignTerms(select="stepwise", sites=names),
         }
     )
 
@@ -82,7 +81,8 @@ def test_a_node_answers_chosen_candidates_and_refuses_any_other_term(exact):
 
 
 def test_chosen_terms_are_refused_in_a_study_that_selects_nothing_and_under_dp(exact, tmp_path, synth):
-    plain = exact.spec.model_copy(update={"privacy": exact.spec.privacy.model_copy(update={"enabled": False})})
+    off = exact.spec.privacy.model_copy(update={"enabled": False})
+    plain = exact.spec.model_copy(update={"privacy": off})
     chosen = as_terms(candidates(plain.covariates)[:1], plain.covariates)
     reply = exact.node(0).ask(exact.sign(exact.query((fit(plain, chosen),), spec=plain, chosen=chosen)))
     assert reply.code == CODE_REFUSED and "select none" in reply.reason, reply.text
@@ -102,7 +102,8 @@ def test_chosen_terms_are_refused_in_a_study_that_selects_nothing_and_under_dp(e
 def test_a_selecting_study_runs_through_the_nodes_and_its_result_names_the_chosen_terms(tmp_path, synth):
     """The coordinator's driver over the real ClientApp code (in-process Grid, signed grant):
     the rounds choose the terms, every query names them, and the result and the report's
-    method state them in order of entry with the rule's statistics."""
+    method state them in order of entry with the rule's statistics. With site effects, which
+    the nodes append after the chosen terms."""
     from flower_inprocess import signed_federation
 
     from coordinator.files import load_spec
@@ -111,7 +112,7 @@ def test_a_selecting_study_runs_through_the_nodes_and_its_result_names_the_chose
     from coordinator.synth import write_federation
     from shared.driver import run_study
 
-    spec = selecting(load_spec(write_federation(synth, tmp_path / "data")))
+    spec = selecting(load_spec(write_federation(synth, tmp_path / "data")), sites=True)
     fed, grant = signed_federation(spec, tmp_path / "run", extra={"allow-exact": True})
     run = run_study(spec, fed, grant=grant)
     assert run.selection is not None and run.chosen is not None
@@ -122,7 +123,9 @@ def test_a_selecting_study_runs_through_the_nodes_and_its_result_names_the_chose
     assert all(s > sel.threshold for s in sel.statistics)
     names = [b.covariate for b in result.balance]
     assert names[: len(spec.covariates)] == [c.name for c in spec.covariates]
-    assert sorted(names[len(spec.covariates) :]) == sorted(sel.terms)  # a balance row per chosen term
+    site = f"site={spec.sites[1].name}"
+    assert names[-1] == site  # the nodes' order: covariates, chosen terms, site indicators
+    assert sorted(names[len(spec.covariates) : -1]) == sorted(sel.terms)  # a balance row per term
     assert len(result.propensity.beta) == len(names) + 1
     rounds = [r.name for r in result.rounds]
     assert sum(r.startswith("select-") for r in rounds) == sel.rounds

@@ -140,40 +140,66 @@ def test_chosen_terms_declare_as_a_spec_and_expand_to_the_candidates_columns():
 
 
 @pytest.mark.parametrize("estimator", ["stratified", "dr"])
-def test_a_selecting_study_chooses_over_the_nodes_what_the_rule_chooses_on_pooled_rows(estimator):
+@pytest.mark.parametrize("sites", [False, True], ids=["covariates", "site-effects"])
+def test_a_selecting_study_chooses_over_the_nodes_what_the_rule_chooses_on_pooled_rows(estimator, sites):
     """``[terms] select = "stepwise"`` in the study driver: three nodes answer the score rounds
     over every candidate and the refits over the chosen ones; the rule applied to the pooled,
     fully expanded rows chooses the same terms, and the study on that basis declared outright
-    gives the same estimate to 1e-9 (federated = pooled)."""
+    gives the same estimate to 1e-9 (federated = pooled). With site effects the nodes put the
+    chosen terms before their site indicators, the rule after them: the driver maps between."""
     from test_psm_federated import _numbers
     from test_psm_terms import BINARY, COVS, NAMES, _cohort
 
     from shared.psm.propensity import cov_moments, initial_beta
     from shared.psm.reference import estimate_att_federated, estimate_att_pooled
     from shared.study import DEFAULT_OUTCOMES
-    from shared.terms import candidate_terms, candidates, derived_covariates, expand
+    from shared.terms import candidate_terms, candidates, expand
 
-    parts = [_cohort(seed, 1500, "threshold_uptake") for seed in (21, 22, 23)]
+    parts = [
+        _cohort(seed, 1500, "threshold_uptake", profile)
+        for seed, profile in zip((21, 22, 23), ("insurer_mid_1", "insurer_large", "company_logistics"))
+    ]
     # tol 1e-12: the study warm-starts its last fit from the rule's β, the pooled run starts
     # afresh; at the default 1e-10 the two stop ~1e-9 apart on the same optimum
-    options = dict(outcomes=DEFAULT_OUTCOMES, covariates=NAMES, binary=BINARY, estimator=estimator, tol=1e-12)
+    options = dict(outcomes=DEFAULT_OUTCOMES, estimator=estimator, tol=1e-12)
     fed = estimate_att_federated(
-        nodes=[(z, t, y) for z, t, y, _ in parts], terms=DesignTerms(select="stepwise"), **options
+        nodes=[(z, t, y) for z, t, y, _ in parts],
+        terms=DesignTerms(select="stepwise"),
+        covariates=NAMES,
+        binary=BINARY,
+        site_effects=sites,
+        **options,
     )
     z, t, y = (np.concatenate([p[i] for p in parts]) for i in range(3))
+    site_names = ["site=site-1", "site=site-2"] if sites else []
+    which = np.repeat(np.arange(3), [p[0].shape[0] for p in parts])
+    base = np.column_stack([z] + [(which == k).astype(float) for k in (1, 2)][: len(site_names)])
     cands = candidates(COVS)
-    full = expand(z, COVS, candidate_terms(COVS))
-    start = initial_beta(moments=cov_moments(z=z, t=t))
+    full = np.hstack([base, expand(z, COVS, candidate_terms(COVS))[:, len(NAMES) :]])
+    start = initial_beta(moments=cov_moments(z=base, t=t))
     step = stepwise_basis(
-        _rounds(full, t), n_base=len(NAMES), n_candidates=len(cands), tol=1e-12, start=start
+        _rounds(full, t), n_base=base.shape[1], n_candidates=len(cands), tol=1e-12, start=start
     )
     want = as_terms([cands[i] for i in sorted(step.chosen)], COVS)
     assert fed.chosen == want and len(step.chosen) >= 2
-    # the threshold at 60 lies between the public knots 54 and 61.2 (tenths of 18–90, scaled)
-    assert {"age>0.5", "age>0.6"} <= set(want.hinges)
-    pooled = estimate_att_pooled(z=z, t=t, y=y, terms=want, **options)
-    names = NAMES + [c.name for c in derived_covariates(COVS, want)]
-    assert [b.covariate for b in fed.estimate.balance] == names
-    x, w = np.array(_numbers(fed.estimate)), np.array(_numbers(pooled.estimate))
-    assert x.shape == w.shape and x.size > 50
-    np.testing.assert_allclose(x[np.isfinite(x)], w[np.isfinite(w)], rtol=1e-9, atol=1e-9)
+    assert "age>0.5" in want.hinges  # the knot at 54, below the process's threshold at 60
+    pooled = estimate_att_pooled(
+        z=base, t=t, y=y, terms=want, covariates=NAMES + site_names, binary=BINARY + site_names, **options
+    )
+    # the same columns, the sites last on the nodes and before the terms in the pooled design
+    assert sorted(b.covariate for b in fed.estimate.balance) == sorted(
+        b.covariate for b in pooled.estimate.balance
+    )
+    by_name = {b.covariate: b for b in pooled.estimate.balance}
+    # atol: the strata edges follow β, which this basis (|β| up to ~65, collinear hinges)
+    # determines to ~1e-11 relative; from the rule's warm start and from afresh the two fits
+    # stop 7e-10 apart, and the edges ~1e-9. Outcomes and balance agree to 1e-9.
+    pairs = [
+        (fed.estimate.outcomes, pooled.estimate.outcomes, 1e-9),
+        (fed.estimate.strata, pooled.estimate.strata, 1e-8),
+        (fed.estimate.balance, tuple(by_name[b.covariate] for b in fed.estimate.balance), 1e-9),
+    ]
+    for a, b, atol in pairs:
+        x, w = np.array(_numbers(a)), np.array(_numbers(b))
+        assert x.shape == w.shape and np.isfinite(x).all() == np.isfinite(w).all()
+        np.testing.assert_allclose(x[np.isfinite(x)], w[np.isfinite(w)], rtol=1e-9, atol=atol)
