@@ -18,7 +18,12 @@ CohortMethod's users add squares and interactions and check balance on them). Th
 * ``hinges = ["age>60", ...]``: a continuous covariate bent at a value inside its public
   bounds, ``max(z − k, 0) / (1 − k)`` on the [0, 1] scale (:func:`hinge`): a step, threshold or
   saturating rise the design knows of (an outreach campaign from age 60), which no square or
-  product represents (none by default).
+  product represents (none by default);
+* ``select = "stepwise"`` (exact studies, instead of the three above): the data choose the
+  terms among public candidates — every square and product, and hinges at tenths of each
+  public range (:func:`candidates`) — by Imbens & Rubin's rule, before any outcome is read
+  (:mod:`shared.psm.selection`); each query names the terms chosen so far and each node takes
+  only candidates it derives itself (:func:`basis_terms`).
 
 Each term is a product of covariates already scaled to [0, 1] by their public bounds, or a
 hinge of one, so it lies in [0, 1] too: it needs no bounds of its own, adds nothing a node's
