@@ -162,7 +162,8 @@ class StudyRun:
     rounds: list[RoundRecord] = field(default_factory=list)
     compute_s: float = 0.0
     #: a selecting study (``[terms] select``): the chosen candidate terms (in candidate order,
-    #: as every later query names them) and the stepwise rule's record
+    #: as every later query names them) and the stepwise rule's record (its β in the nodes'
+    #: column order: the start of the study's own fit)
     chosen: DesignTerms | None = None
     selection: Stepwise | None = None
 

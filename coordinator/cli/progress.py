@@ -47,6 +47,8 @@ def study_progress(console: Console, *, enabled: bool = True):
                     f"{escape(str(ev['round']))}[/yellow]: {escape(str(ev.get('reason', '')))}; "
                     "the study goes on without it (federation.min_nodes)"
                 )
+            elif kind == "selected":  # a selecting study ([terms] select) chose its basis
+                console.log(f"propensity basis chosen: {ev['terms']} terms, {ev['rounds']} rounds")
             elif kind == "estimated":
                 bar.update(task, description="estimated")
             elif kind == "failed":
