@@ -71,22 +71,29 @@ def test_real_federation_equals_pooled_estimator(synthetic, tmp_path):
     assert result.timings["startup_s"] > 0 and result.truth  # truth.json beside the spec
 
 
-def test_real_nodes_append_their_own_site_effects(synthetic, tmp_path):
-    """``[terms] sites = "all"``: each real node appends the indicators of the site name in its
-    own configuration; the real run equals the in-process run of the same code to 1e-9, and the
-    fit carries one slope per non-reference site."""
+def test_real_nodes_append_their_own_site_effects_and_the_chosen_terms(synthetic, tmp_path):
+    """``[terms] sites = "all"`` and ``select = "stepwise"``: each real node appends the
+    indicators of the site name in its own configuration, and the terms each query names after
+    checking them against the candidates it derives itself (protocol 10 through the real
+    codec, TLS and authentication); the real run chooses the same terms as the in-process run
+    of the same code and equals it to 1e-9, and the fit carries one slope per non-reference
+    site and per chosen term."""
     from flower_inprocess import signed_federation
 
     from shared.driver import run_study
 
     spec_path = synthetic[0].with_name("study-sites.toml")
-    spec_path.write_text(synthetic[0].read_text() + '\n[terms]\nsites = "all"\n')
+    spec_path.write_text(synthetic[0].read_text() + '\n[terms]\nsites = "all"\nselect = "stepwise"\n')
     spec = load_spec(spec_path)
     assert len(spec.terms.sites) == len(spec.sites) == 4
     result = run_local(spec_path, tmp_path / "run", timeout_s=400)
     inproc_fed, grant = signed_federation(spec, tmp_path / "inprocess")
     ref = run_study(spec, inproc_fed, grant=grant)
-    assert len(result.propensity.beta) == 1 + len(spec.covariates) + 3
+    assert ref.chosen is not None and ref.selection is not None
+    chosen = len(ref.chosen.interactions) + len(ref.chosen.hinges)
+    sel = result.propensity.selection
+    assert sel is not None and len(sel.terms) == chosen and sel.rounds == ref.selection.rounds
+    assert len(result.propensity.beta) == 1 + len(spec.covariates) + chosen + 3
     np.testing.assert_allclose(result.propensity.beta, ref.fitter.beta, rtol=1e-9, atol=1e-12)
     for o in spec.outcomes:
         assert result.outcome(o.name).att == pytest.approx(
