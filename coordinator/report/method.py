@@ -183,7 +183,8 @@ def _propensity(result: StudyResult) -> str:
     fit = (
         f"{p.iterations} noisy Newton rounds fixed in advance (convergence is not tested under DP)"
         if result.privacy.enabled
-        else f"{p.iterations} Newton iterations, "
+        else f"{p.iterations} Newton iteration{'' if p.iterations == 1 else 's'}"
+        + (" from the stepwise rule's fit, " if p.selection is not None else ", ")
         + ("converged" if p.converged else "NOT converged")
         + f" (largest step < {fed.get('tol', 'n/a')})"
     )
@@ -214,11 +215,12 @@ def _terms(spec: dict, selection: Selection | None = None) -> str:
     if terms.get("sites"):
         sites = terms["sites"]
         parts.append(f"an indicator of each site but the first ({sites[0]}, the reference): site effects")
-    where = "computed at each site, declared in the spec"
+    declared = " and ".join(parts)
     if terms.get("select") == "stepwise" and selection is not None:
-        parts.append(f"{len(selection.terms)} terms chosen from the data (below)")
-        where = "computed at each site"
-    return f", plus {' and '.join(parts)} ({where})" if parts else ""
+        n = len(selection.terms)
+        chosen = f"{n} term{'' if n == 1 else 's'} chosen from the data (below)"
+        return f", plus {declared + '; and ' if parts else ''}{chosen}, all computed at each site"
+    return f", plus {declared} (computed at each site, declared in the spec)" if parts else ""
 
 
 def _selection(selection: Selection | None) -> str:
@@ -265,6 +267,9 @@ def _round_releases(result: StudyResult) -> dict[str, str]:
         if exact
         else "per-arm counts (describe)",
         "cap-hist": f"a histogram of each {outcomes}'s values on a public grid (the large-loss caps)",
+        "select": "choosing the propensity basis before any outcome was read, the fit's gradient "
+        "and Hessian{loglik} over the terms chosen so far ({n} round{s}) or over every candidate "
+        "term ({scores} round{scores_s})",
         "ps-fit": "the propensity fit's gradient and Hessian{loglik} ({n} round{s})",
         "score-hist": "a histogram of the logit score per arm on a public grid",
         "psm-stats": f"per stratum and arm the count, Σy and Σy² of each {outcomes}"
@@ -287,11 +292,25 @@ def released_rounds(result: StudyResult) -> str:
     fits = sum(n.startswith("ps-fit") for n in names)
     exact = not result.privacy.enabled
     out = []
+    scores = sum(n.startswith("select-score") for n in names)
     for key, text in _round_releases(result).items():
-        n = fits if key == "ps-fit" else sum(name == key for name in names)
+        n = {
+            "ps-fit": fits,
+            "select": sum(n.startswith("select-fit") for n in names),
+            "describe": sum(n == "describe" for n in names),
+        }.get(key, sum(name == key for name in names))
         if not n and not (key == "psm-stats" and exact and fits):  # exact: tables ride on ps-fit rounds
             continue
-        out.append(text.format(loglik=" and log-likelihood" if exact else "", n=n, s="s" if n != 1 else ""))
+        line = text.format(
+            loglik=" and log-likelihood" if exact else "",
+            n=n,
+            s="s" if n != 1 else "",
+            scores=scores,
+            scores_s="s" if scores != 1 else "",
+        )
+        if key == "describe" and n > 1:  # a selecting study describes its chosen basis again
+            line += f" ({n} rounds: again over the chosen basis)"
+        out.append(line)
     return "; ".join(out)
 
 

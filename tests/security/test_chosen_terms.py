@@ -107,7 +107,7 @@ def test_a_selecting_study_runs_through_the_nodes_and_its_result_names_the_chose
     from flower_inprocess import signed_federation
 
     from coordinator.files import load_spec
-    from coordinator.report.method import _selection
+    from coordinator.report.method import _selection, released_rounds
     from coordinator.study.assemble import assemble_result
     from coordinator.synth import write_federation
     from shared.driver import run_study
@@ -132,4 +132,10 @@ def test_a_selecting_study_runs_through_the_nodes_and_its_result_names_the_chose
     assert rounds.count("describe") == 2  # the chosen basis is described again (the caliper's SD)
     text = _selection(sel)
     assert f"of {sel.candidates} public candidates" in text and all(t in text for t in sel.terms)
+    # what left the sites, exactly: the selection's rounds and the second describe are named
+    released = released_rounds(result)
+    fits = sum(r.startswith("select-fit") for r in rounds)
+    assert f"over the terms chosen so far ({fits} rounds)" in released
+    assert f"over every candidate term ({sel.rounds - fits} rounds)" in released
+    assert "(2 rounds: again over the chosen basis)" in released
     assert np.isfinite([o.att for o in result.outcomes]).all()
