@@ -309,7 +309,7 @@ def released_rounds(result: StudyResult) -> str:
             scores_s="s" if scores != 1 else "",
         )
         if key == "describe" and n > 1:  # a selecting study describes its chosen basis again
-            line += f" ({n} rounds: again over the chosen basis)"
+            line = line.removesuffix(")") + f"; {n} rounds, the second over the chosen basis)"
         out.append(line)
     return "; ".join(out)
 

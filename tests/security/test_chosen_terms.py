@@ -137,5 +137,5 @@ def test_a_selecting_study_runs_through_the_nodes_and_its_result_names_the_chose
     fits = sum(r.startswith("select-fit") for r in rounds)
     assert f"over the terms chosen so far ({fits} rounds)" in released
     assert f"over every candidate term ({sel.rounds - fits} rounds)" in released
-    assert "(2 rounds: again over the chosen basis)" in released
+    assert "(describe; 2 rounds, the second over the chosen basis)" in released
     assert np.isfinite([o.att for o in result.outcomes]).all()
