@@ -109,6 +109,12 @@ def rounds_over(
     return stats_at
 
 
+def _restricted(stats: PsStats, params: Sequence[int]) -> PsStats:
+    """``stats`` over the full basis, cut to the parameters ``params`` (a fit round's answer)."""
+    idx = list(params)
+    return PsStats(n=stats.n, g=stats.g[idx], H=stats.H[np.ix_(idx, idx)], loglik=stats.loglik)
+
+
 @dataclass(frozen=True)
 class Stepwise:
     """The chosen basis: ``chosen`` candidate indices in order of entry, each entry's score
@@ -165,16 +171,25 @@ def stepwise_basis(
         fitter = PropensityFitter(
             p=len(order), ridge=ridge, tol=tol, max_iter=max_iter, beta0=beta_full[order]
         )
+        last = max_terms is not None and len(chosen) >= max_terms  # no score round follows
+        total: PsStats | None = None
         while True:
             beta_full = np.zeros(p)
             beta_full[order] = fitter.beta
             rounds += 1
-            if fitter.update(stats_at(beta_full, list(order))):
+            # Near convergence ask every candidate: the fitter keeps the β of the round that
+            # confirms convergence, so that round is also the score round (one round less
+            # per step; the statistics are the same sums at the same β).
+            every = fitter.near_converged and not last
+            got = stats_at(beta_full, None if every else list(order))
+            if fitter.update(_restricted(got, order) if every else got):
+                total = got if every else None
                 break
-        if max_terms is not None and len(chosen) >= max_terms:
+        if last:
             break
-        total = stats_at(beta_full, None)  # every candidate at the fit: the score round
-        rounds += 1
+        if total is None:
+            total = stats_at(beta_full, None)  # every candidate at the fit: the score round
+            rounds += 1
         mask = np.zeros(p, dtype=bool)
         mask[order] = True
         s = score_statistics(total, mask, ridge=ridge)
