@@ -148,7 +148,8 @@ def stepwise_basis(
             columns, then the ``n_candidates`` candidate columns; None: all of them) at the
             full-length ``beta``, whose other entries are 0. A refit's rounds ask for the active
             parameters only (an ordinary fit round over the current basis), each step's score
-            round for all.
+            round for all; once the refit is near convergence its rounds ask for all, so the
+            round that confirms it is the score round too.
         threshold: a candidate enters while its score statistic exceeds this.
         max_terms: stop after this many entries (None: only the threshold stops).
         start: the first fit's start over the intercept and base columns (None: zeros), e.g.
