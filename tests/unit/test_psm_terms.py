@@ -230,3 +230,25 @@ def test_hinges_hash_only_when_declared_and_bad_ones_are_refused_by_spec_and_nod
         crafted = query.model_copy(update={"design_terms": DesignTerms(hinges=(bad,))})
         with pytest.raises(PolicyRefused, match="derived terms"):
             NodePolicy(allow_exact=True).check(crafted, None)
+
+
+def test_a_selecting_spec_hashes_only_when_it_selects_and_is_refused_where_it_cannot_run():
+    """``[terms] select = "stepwise"``: signed with the spec (so with its grant), absent from
+    the bytes of every spec that does not select; refused beside declared squares, products or
+    hinges (the candidates hold them all), under DP, and where the candidates would not fit in
+    a query."""
+    exact = {"privacy": {"enabled": False}}
+    plain = _spec(terms={"sites": "all"}, **exact)
+    assert "select" not in plain.model_dump()["terms"]
+    chosen = _spec(terms={"sites": "all", "select": "stepwise"}, **exact)
+    assert chosen.spec_hash() != plain.spec_hash()
+    assert StudyQuery.study_grant(chosen, "g" * 16).terms["design_terms"]["select"] == "stepwise"
+    assert chosen.design_covariates == plain.design_covariates  # the chosen terms come later
+    for beside in ({"squares": "continuous"}, {"interactions": ["bmi*smoker"]}, {"hinges": ["age>60"]}):
+        with pytest.raises(SpecError, match="declare none of them beside it"):
+            _spec(terms={"select": "stepwise", **beside}, **exact)
+    with pytest.raises(SpecError, match="for exact studies"):
+        _spec(terms={"select": "stepwise"})  # DP by default
+    many = [{"name": f"x{i}", "lo": 0, "hi": 1} for i in range(21)]  # 21 + C(21, 2) = 231 products
+    with pytest.raises(SpecError, match="231 candidate products, above the 200"):
+        _spec(terms={"select": "stepwise"}, covariates=many, **exact)
