@@ -54,7 +54,7 @@ from shared.psm.selection import (  # noqa: E402
 )
 from shared.study import Covariate  # noqa: E402
 from shared.synth.outcomes import OUTCOMES  # noqa: E402
-from shared.terms import DesignTerms, derived_covariates, expand  # noqa: E402
+from shared.terms import DesignTerms, candidate_name, expand  # noqa: E402
 
 BINARY = [n for n, f in zip(NAMES, FEATURES) if f.kind == "binary"]
 KINDS = [f.kind for f in FEATURES]
@@ -76,7 +76,7 @@ SCALED = tuple(Covariate(name=f.name, lo=0.0, hi=1.0, kind=f.kind) for f in FEAT
 def _name(term) -> str:
     """A candidate's column name as the nodes name it (``age^2``, ``bmi*smoker``, ``age>0.5``:
     on the scaled [0, 1] bounds the reference works in)."""
-    return derived_covariates(SCALED, as_terms([term], SCALED))[0].name
+    return candidate_name(SCALED, term)
 
 
 def _columns(z: np.ndarray, terms) -> np.ndarray:

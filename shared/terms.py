@@ -101,6 +101,7 @@ __all__ = [
     "as_terms",
     "basis_terms",
     "candidate_hinges",
+    "candidate_name",
     "candidate_pairs",
     "candidate_terms",
     "candidates",
@@ -372,6 +373,13 @@ def candidates(covariates: Sequence[Covariate]) -> list[tuple[int, int | float]]
     out += candidate_pairs(kinds)
     out += candidate_hinges(kinds)
     return out
+
+
+def candidate_name(covariates: Sequence[Covariate], term: tuple[int, int | float]) -> str:
+    """A candidate's column name as the nodes and the balance table name it (``age^2``,
+    ``bmi*smoker``, ``age>54``)."""
+    i, j = term
+    return hinge_term(covariates[i], j) if isinstance(j, float) else _term_name(covariates, i, int(j))
 
 
 def candidate_terms(covariates: Sequence[Covariate]) -> DesignTerms:

@@ -9,7 +9,7 @@ from shared.driver import StudyRun
 from shared.psm.selection import C_QUA
 from shared.psm.strata import score_range
 from shared.result import PrivacySpent, Propensity, RoundLog, Selection, SiteSummary, StudyResult
-from shared.terms import as_terms, candidates, derived_covariates
+from shared.terms import candidate_name, candidates
 
 
 def _site_summaries(run: StudyRun, dropped: dict[str, str]) -> tuple[SiteSummary, ...]:
@@ -60,9 +60,7 @@ def _selection(run: StudyRun) -> Selection | None:
     return Selection(
         threshold=C_QUA,
         candidates=len(cands),
-        terms=tuple(
-            derived_covariates(covs, as_terms([cands[c]], covs))[0].name for c in run.selection.chosen
-        ),
+        terms=tuple(candidate_name(covs, cands[c]) for c in run.selection.chosen),
         statistics=tuple(float(s) for s in run.selection.statistics),
         rounds=run.selection.rounds,
     )
