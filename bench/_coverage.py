@@ -78,8 +78,9 @@ def outcome_errors(est, truth: dict[str, float], outcomes) -> dict[str, tuple[fl
 
 def design_rows(ok: list[dict], designs, outcomes, *, base: str) -> list[str]:
     """One line per outcome × design over the seeds ``ok`` (each ``{design: outcome_errors}``):
-    mean bias/SE ± its Monte-Carlo SE, coverage with its Wilson interval, and the mean CI width
-    over design ``base``'s."""
+    mean bias/SE ± its Monte-Carlo SE, the SD of the errors in SEs (1 when the SE is the
+    estimate's spread over seeds; above 1 a CI too narrow for its centre), coverage with its
+    Wilson interval, and the mean CI width over design ``base``'s."""
     lines = []
     w = max(len(d) for d in designs)
     for o in outcomes:
@@ -88,11 +89,12 @@ def design_rows(ok: list[dict], designs, outcomes, *, base: str) -> list[str]:
             err = [r[design][o.name][0] for r in ok]
             hits = sum(bool(r[design][o.name][1]) for r in ok)
             mean = sum(err) / len(err)
-            mc = math.sqrt(sum((e - mean) ** 2 for e in err) / (len(err) - 1) / len(err))
+            sd = math.sqrt(sum((e - mean) ** 2 for e in err) / (len(err) - 1))
+            mc = sd / math.sqrt(len(err))
             lo, hi = wilson_interval(hits, len(ok))
             width = sum(r[design][o.name][2] for r in ok) / len(ok) / width0
             lines.append(
-                f"{o.name:13} {design:{w}} {mean:+6.2f} ± {mc:.2f} "
+                f"{o.name:13} {design:{w}} {mean:+6.2f} ± {mc:.2f} sd {sd:4.2f} "
                 f"{100 * hits / len(ok):6.1f}% [{100 * lo:4.1f}, {100 * hi:4.1f}] {width:6.3f}"
             )
     return lines

@@ -14,8 +14,10 @@ would collect them; the estimate is the exact study
 node's covariates. Seeds start at 40,000: none of them was used before.
 
 Printed per layout × process: the terms chosen (mean, range, the most frequent); per outcome
-and design: mean bias/SE ± its Monte-Carlo SE, coverage with its Wilson 95 % interval, and the
-mean CI width over the site-effects basis.
+and design: mean bias/SE ± its Monte-Carlo SE, the SD of the errors in SEs (``sd``: 1 for an
+SE that is the estimate's spread), coverage with its Wilson 95 % interval, and the mean CI
+width over the site-effects basis. ``--estimator dr`` runs every design doubly robust;
+``--json`` keeps every seed's errors.
 
     .venv/bin/python bench/bench_term_selection.py --seeds 200 --workers 2
     .venv/bin/python bench/bench_term_selection.py --seeds 40 --dgps misspecified   # quick look
@@ -29,6 +31,7 @@ on smooth_uptake took 55 min; three designs with one thread 7–10 min per proce
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections import Counter
@@ -101,7 +104,9 @@ def choose(nodes, candidates) -> tuple[list, int]:
     return [candidates[c] for c in step.chosen], step.rounds
 
 
-def one_seed(seed: int, *, layout: str, dgp: str, designs: tuple[str, ...]) -> dict:
+def one_seed(
+    seed: int, *, layout: str, dgp: str, designs: tuple[str, ...], estimator: str = "stratified"
+) -> dict:
     nodes, truth = build_nodes(layout=LAYOUTS[layout], dgp=dgp, seed=seed, outcomes=OUTCOMES)
     out: dict = {}
     bases: dict[str, list] = {"site effects": [], "sites+squares": SQUARES}
@@ -122,6 +127,7 @@ def one_seed(seed: int, *, layout: str, dgp: str, designs: tuple[str, ...]) -> d
                 terms=DesignTerms(select="stepwise") if design == SHIPPED else as_terms(extra, SCALED),
                 site_effects=True,
                 binary=BINARY,
+                estimator=estimator,  # type: ignore[arg-type]
             )
         except EstimationError as e:
             out[design] = type(e).__name__
@@ -145,6 +151,13 @@ def main() -> None:
     )
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--designs", default=",".join(DESIGNS), help="a subset of: " + ", ".join(DESIGNS))
+    ap.add_argument(
+        "--estimator",
+        choices=("stratified", "dr"),
+        default="stratified",
+        help="every design's estimator (the spec's `estimator`)",
+    )
+    ap.add_argument("--json", type=Path, help="keep every seed's result here (one list per layout × process)")
     args = ap.parse_args()
     designs = tuple(args.designs.split(","))
     unknown = set(designs) - set(DESIGNS)
@@ -152,14 +165,19 @@ def main() -> None:
         sys.exit(f"--designs: unknown {sorted(unknown)}, or no 'site effects' (the base of the widths)")
     first = args.first_seed
     print(
-        f"seeds {first}..{first + args.seeds - 1}; exact studies; caliper strata 0.2 SD; site effects in all"
+        f"seeds {first}..{first + args.seeds - 1}; exact studies, {args.estimator}; caliper strata 0.2 SD; "
+        "site effects in all"
     )
+    kept: dict[str, list] = {}
     for layout in args.layouts.split(","):
         for dgp in args.dgps.split(","):
             t0 = time.time()
             seeds = list(range(first, first + args.seeds))
-            fn = partial(one_seed, layout=layout, dgp=dgp, designs=designs)
+            fn = partial(one_seed, layout=layout, dgp=dgp, designs=designs, estimator=args.estimator)
             res = map_seeds(fn, seeds, workers=args.workers)
+            if args.json:
+                kept[f"{layout} {dgp}"] = [{"seed": s, **r} for s, r in zip(seeds, res)]
+                args.json.write_text(json.dumps(kept))
             ok = [r for r in res if "error" not in r and all(isinstance(r[d], dict) for d in designs)]
             failed = Counter(
                 r.get("error") or ", ".join(f"{d}: {r[d]}" for d in designs if not isinstance(r[d], dict))
