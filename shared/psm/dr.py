@@ -373,7 +373,10 @@ def estimate_dr(
         # only lower the residual variance, so this errs on the wide side)
         sigma2 = np.clip(s2_within, 0.0, 0.25)
         ratio = np.ones_like(ratio)
-    var = cell_variances(tab.sum_y, tab.sumsq_y, n, np.repeat(used[:, None], 2, axis=1))[used, 0]  # (U, O)
+    binary = np.array([o.kind == "binary" for o in outcomes])
+    var = cell_variances(tab.sum_y, tab.sumsq_y, n, np.repeat(used[:, None], 2, axis=1), binary=binary)[
+        used, 0
+    ]  # (U, O)
     v_main = ratio * np.sum((wu**2 * (1.0 / nu[:, 1] + 1.0 / nu[:, 0]))[:, None] * var, axis=0)
     v_gamma = sigma2 * float(d @ np.linalg.solve(szz, d))
     se01 = np.sqrt(v_main + v_gamma)

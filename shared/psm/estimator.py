@@ -188,7 +188,8 @@ def estimate_att(
 
     usable = np.repeat(used[:, None], 2, axis=1)
     mean = cell_means(table.sum_y, n, clamp=False)  # unbiased under DP noise (see cells)
-    var = cell_variances(table.sum_y, table.sumsq_y, n, usable)
+    binary = np.array([o.kind == "binary" for o in outcomes])
+    var = cell_variances(table.sum_y, table.sumsq_y, n, usable, binary=binary)
     se_priv = np.zeros(len(outcomes)) if se_privacy is None else np.asarray(se_privacy, dtype=float)
     warnings: list[str] = []
     skew = table.has_higher and not np.any(se_priv)
@@ -196,7 +197,9 @@ def estimate_att(
     def multipliers(k: int) -> tuple[float, float] | None:
         if not skew:
             return None
-        m = skew_t_multipliers(table=table, n=n, used=used, w=w, var=var, k=k, level=CI_LEVEL)
+        m = skew_t_multipliers(
+            table=table, n=n, used=used, w=w, var=var, k=k, level=CI_LEVEL, binary=bool(binary[k])
+        )
         return m.upper, m.lower
 
     results = tuple(

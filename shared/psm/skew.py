@@ -64,7 +64,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from shared.psm.cells import MIN_DOF, own_variances, pool_weights
+from shared.psm.cells import MIN_DOF, own_variances, pool_weights, variance_information
 from shared.psm.table import PsmTable
 
 __all__ = ["SkewCi", "hall_inverse", "skew_t_multipliers"]
@@ -97,7 +97,15 @@ def hall_inverse(x: float, a_coef: float, b_coef: float) -> float:
 
 
 def skew_t_multipliers(
-    *, table: PsmTable, n: np.ndarray, used: np.ndarray, w: np.ndarray, var: np.ndarray, k: int, level: float
+    *,
+    table: PsmTable,
+    n: np.ndarray,
+    used: np.ndarray,
+    w: np.ndarray,
+    var: np.ndarray,
+    k: int,
+    level: float,
+    binary: bool = False,
 ) -> SkewCi:
     """The multipliers of outcome ``k``'s skewness-corrected CI (module docstring).
 
@@ -107,6 +115,8 @@ def skew_t_multipliers(
             ``(S,)`` treated weights; ``var``: ``(S, 2, O)`` the estimator's cell variances
             (:func:`shared.psm.cells.cell_variances`, the same windows).
         level: two-sided coverage (0.95).
+        binary: outcome ``k`` is 0/1 (its cells' variances are worth fewer degrees of freedom
+            when events are rare, :func:`shared.psm.cells.variance_information`: the same windows).
     """
     assert table.sum3_y is not None and table.sum4_y is not None
     u = np.flatnonzero(used)
@@ -120,7 +130,9 @@ def skew_t_multipliers(
     s1, s2, s3, s4 = (x[u, 0, k] for x in (table.sum_y, table.sumsq_y, table.sum3_y, table.sum4_y))
     k3, c4 = _cumulants(s1, s2, s3, s4, nc)
     own = own_variances(table.sum_y[u, :1, k : k + 1], table.sumsq_y[u, :1, k : k + 1], n[u, :1])[:, 0, 0]
-    pi = pool_weights(np.where(nc >= 2, nc - 1.0, 0.0), MIN_DOF)
+    dof_c = np.where(nc >= 2, nc - 1.0, 0.0)
+    info = variance_information(table.sum_y[u, :1, k : k + 1], n[u, :1], dof_c[:, None], np.array([binary]))
+    pi = pool_weights(dof_c, MIN_DOF, info[:, 0, 0])
     pooled = pi @ own
     # where the cell's variance is its pool's (not the κ branch of cell_variances)
     from_pool = np.isclose(v, np.where(pi.sum(axis=1) > 0, pooled, 0.25), rtol=1e-12, atol=0.0)

@@ -41,21 +41,33 @@ def test_estimate_equals_row_level_computation(study, pooled):
         treated = [y[(b == s) & (t == 1), k] for s in used]
         dof = [max(c.size - 1, 0) for c in controls]
         ss = [((c - c.mean()) ** 2).sum() for c in controls]
-        big = [i for i in range(len(used)) if controls[i].size > 10 and treated[i].size > 10]
+
+        def worth(cell):
+            """The degrees of freedom a cell's variance is worth: n − 1, and for a 0/1 outcome
+            at most 2n·p(1 − p)/(1 − 2p)² (the delta method against a normal variance)."""
+            d, p = max(cell.size - 1, 0), cell.mean() if cell.size else 0.0
+            if o.kind != "binary" or d == 0 or p == 0.5:
+                return d
+            return min(d, 2 * cell.size * p * (1 - p) / (1 - 2 * p) ** 2)
+
+        info = [worth(c) for c in controls]
+        big = [i for i in range(len(used)) if worth(controls[i]) >= 10 and worth(treated[i]) >= 10]
         assert any(dof[i] < 10 and treated[i].size > 10 for i in range(len(used)))  # both rules run
+        if o.kind == "binary":  # cells of ten or more controls but too few events borrow too
+            assert any(dof[i] >= 10 > info[i] for i in range(len(used)))
         kappa = (sum(ss[i] for i in big) / sum(dof[i] for i in big)) / (
             sum(treated[i].var() * treated[i].size for i in big) / sum(treated[i].size - 1 for i in big)
         )
 
         def variance(i):
-            if dof[i] >= 10:
+            if info[i] >= 10:
                 return ss[i] / dof[i]
-            for r in range(len(used)):  # the nearest symmetric window holding 10 dof
+            for r in range(len(used)):  # the nearest symmetric window worth 10 dof
                 win = range(max(i - r, 0), min(i + r + 1, len(used)))
-                if sum(dof[j] for j in win) >= 10 or len(win) == len(used):
+                if sum(info[j] for j in win) >= 10 or len(win) == len(used):
                     pooled = sum(ss[j] for j in win) / sum(dof[j] for j in win)
                     break
-            if treated[i].size > 10:  # the stratum's many treated give the local spread
+            if worth(treated[i]) >= 10:  # the stratum's many treated give the local spread
                 pooled = max(pooled, kappa * treated[i].var(ddof=1))
             return pooled
 
