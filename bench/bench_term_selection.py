@@ -17,7 +17,8 @@ Printed per layout × process: the terms chosen (mean, range, the most frequent)
 and design: mean bias/SE ± its Monte-Carlo SE, the SD of the errors in SEs (``sd``: 1 for an
 SE that is the estimate's spread), coverage with its Wilson 95 % interval, and the mean CI
 width over the site-effects basis. ``--estimator dr`` runs every design doubly robust;
-``--json`` keeps every seed's errors.
+``--json`` keeps every seed's errors. ``stepwise chosen elsewhere`` uses the terms the shipped rule
+chose on an independent federation (seed + 1,000,000): post-selection variability apart.
 
     .venv/bin/python bench/bench_term_selection.py --seeds 200 --workers 2
     .venv/bin/python bench/bench_term_selection.py --seeds 40 --dgps misspecified   # quick look
@@ -70,7 +71,12 @@ HINGES = candidate_hinges(KINDS)
 #: the study driver itself, the others by :func:`choose` here
 CANDIDATES: dict[str, list] = {"sites+stepwise": PAIRS, "sites+stepwise+hinges": PAIRS + HINGES}
 SHIPPED = "sites+stepwise+hinges"
-DESIGNS = ("site effects", "sites+squares", *CANDIDATES)
+#: the shipped rule's terms chosen on an independent federation of the same process and layout
+#: (seed + 1,000,000), then used here: the same kind of basis without reusing the data that
+#: chose it, to tell post-selection variability from the rest of an SE's gap
+ELSEWHERE = "stepwise chosen elsewhere"
+OTHER_SEED = 1_000_000
+DESIGNS = ("site effects", "sites+squares", *CANDIDATES, ELSEWHERE)
 FIRST_SEED = 40_000
 #: the covariates on the [0, 1] scale the benchmark's arrays hold
 SCALED = tuple(Covariate(name=f.name, lo=0.0, hi=1.0, kind=f.kind) for f in FEATURES)
@@ -117,6 +123,23 @@ def one_seed(
             except EstimationError as e:
                 return {"error": type(e).__name__}
             out[f"{design} chosen"] = [_name(p) for p in bases[design]]
+    if ELSEWHERE in designs:
+        other, _ = build_nodes(layout=LAYOUTS[layout], dgp=dgp, seed=seed + OTHER_SEED, outcomes=OUTCOMES)
+        try:
+            picked = estimate_att_federated(
+                nodes=[(n.arrays.z, n.arrays.t, n.y_raw) for n in other],
+                outcomes=OUTCOMES,
+                covariates=NAMES,
+                terms=DesignTerms(select="stepwise"),
+                site_effects=True,
+                binary=BINARY,
+            ).selection
+        except EstimationError as e:
+            return {"error": f"elsewhere: {type(e).__name__}"}
+        assert picked is not None
+        bases[ELSEWHERE] = [CANDIDATES[SHIPPED][c] for c in picked.chosen]
+        out[f"{ELSEWHERE} chosen"] = [_name(p) for p in bases[ELSEWHERE]]
+        out[f"{ELSEWHERE} rounds"] = picked.rounds
     for design in designs:
         extra = bases.get(design, [])
         try:
@@ -188,7 +211,7 @@ def main() -> None:
                 f"{layout} {dgp}: {len(ok)} of {len(res)} seeds"
                 + (f" (failed: {dict(failed)})" if failed else "")
             )
-            for design in (d for d in designs if d in CANDIDATES):
+            for design in (d for d in designs if d in CANDIDATES or d == ELSEWHERE):
                 n_terms = [len(r[f"{design} chosen"]) for r in ok]
                 top = Counter(t for r in ok for t in r[f"{design} chosen"]).most_common(6)
                 print(
