@@ -38,8 +38,10 @@ def method_section(
         variance=(
             "Var = Σ_b w_b² s²_bC (1/n_bT + 1/n_bC), w_b the treated share of stratum b and s²_bC the "
             "controls' within-stratum variance (the sample ATT's error, shared/psm/estimator.py); "
-            "cells with fewer than 10 degrees of freedom borrow a variance from neighbouring strata. "
-            "The propensity score is treated as known (Abadie & Imbens 2016: usually conservative). "
+            "cells worth fewer than 10 degrees of freedom (a binary outcome's cell about twice its "
+            "events) borrow a variance from neighbouring strata. The propensity score is treated as "
+            "known; for the ATT its estimation can widen or narrow the true interval (Abadie & Imbens "
+            "2016; measured on synthetic data in docs/STATISTICS.md). "
             + (DR_VARIANCE if result.estimator == "dr" else "")
             + (
                 "The privacy noise's SE is added in quadrature, and where the fit's noise may bias "
