@@ -36,14 +36,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _coverage import map_seeds, wilson_interval  # noqa: E402
-from _layouts import LAYOUTS, NAMES, build_nodes  # noqa: E402
-from bench_term_selection import BINARY  # noqa: E402
+from _layouts import LAYOUTS, build_nodes  # noqa: E402
+from bench_term_selection import study  # noqa: E402
 
 import shared.psm.cells as cells  # noqa: E402
 import shared.psm.skew as skew  # noqa: E402
 from shared.errors import EstimationError  # noqa: E402
 from shared.psm.estimator import estimate_att  # noqa: E402
-from shared.psm.reference import estimate_att_federated  # noqa: E402
 from shared.psm.table import PsmTable  # noqa: E402
 from shared.synth.outcomes import OUTCOMES  # noqa: E402
 from shared.terms import DesignTerms  # noqa: E402
@@ -74,14 +73,7 @@ RULES = {
 def one_seed(seed: int, *, layout: str, dgp: str, select: bool) -> dict:
     nodes, truth = build_nodes(layout=LAYOUTS[layout], dgp=dgp, seed=seed, outcomes=OUTCOMES)
     try:
-        run = estimate_att_federated(
-            nodes=[(n.arrays.z, n.arrays.t, n.y_raw) for n in nodes],
-            outcomes=OUTCOMES,
-            covariates=NAMES,
-            terms=DesignTerms(select="stepwise") if select else DesignTerms(),
-            site_effects=True,
-            binary=BINARY,
-        )
+        run = study(nodes, DesignTerms(select="stepwise") if select else DesignTerms())
     except EstimationError as e:
         return {"seed": seed, "error": type(e).__name__}
     t = run.table

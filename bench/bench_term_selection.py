@@ -110,6 +110,20 @@ def choose(nodes, candidates) -> tuple[list, int]:
     return [candidates[c] for c in step.chosen], step.rounds
 
 
+def study(nodes, terms: DesignTerms, estimator: str = "stratified"):
+    """The shipped exact study over the benchmark's nodes with site effects and ``terms``
+    (:func:`shared.psm.reference.estimate_att_federated`, the study driver)."""
+    return estimate_att_federated(
+        nodes=[(n.arrays.z, n.arrays.t, n.y_raw) for n in nodes],
+        outcomes=OUTCOMES,
+        covariates=NAMES,
+        terms=terms,
+        site_effects=True,
+        binary=BINARY,
+        estimator=estimator,  # type: ignore[arg-type]
+    )
+
+
 def one_seed(
     seed: int, *, layout: str, dgp: str, designs: tuple[str, ...], estimator: str = "stratified"
 ) -> dict:
@@ -126,14 +140,7 @@ def one_seed(
     if ELSEWHERE in designs:
         other, _ = build_nodes(layout=LAYOUTS[layout], dgp=dgp, seed=seed + OTHER_SEED, outcomes=OUTCOMES)
         try:
-            picked = estimate_att_federated(
-                nodes=[(n.arrays.z, n.arrays.t, n.y_raw) for n in other],
-                outcomes=OUTCOMES,
-                covariates=NAMES,
-                terms=DesignTerms(select="stepwise"),
-                site_effects=True,
-                binary=BINARY,
-            ).selection
+            picked = study(other, DesignTerms(select="stepwise")).selection
         except EstimationError as e:
             return {"error": f"elsewhere: {type(e).__name__}"}
         assert picked is not None
@@ -143,15 +150,8 @@ def one_seed(
     for design in designs:
         extra = bases.get(design, [])
         try:
-            run = estimate_att_federated(
-                nodes=[(n.arrays.z, n.arrays.t, n.y_raw) for n in nodes],
-                outcomes=OUTCOMES,
-                covariates=NAMES,
-                terms=DesignTerms(select="stepwise") if design == SHIPPED else as_terms(extra, SCALED),
-                site_effects=True,
-                binary=BINARY,
-                estimator=estimator,  # type: ignore[arg-type]
-            )
+            terms = DesignTerms(select="stepwise") if design == SHIPPED else as_terms(extra, SCALED)
+            run = study(nodes, terms, estimator)
         except EstimationError as e:
             out[design] = type(e).__name__
             continue
